@@ -1,0 +1,9 @@
+//! Real implementations of the `hal` traits.
+//!
+//! * [`sysfs`]: always on. Every backend takes a root directory (`/` on a node, a fixture or a captured
+//!   dump anywhere else), so the same code runs on machines and in tests.
+
+pub mod sysfs;
+
+pub use sysfs::SysfsRoot;
+pub use sysfs::cpu::SysfsCpuTopology;

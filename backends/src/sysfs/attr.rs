@@ -1,0 +1,229 @@
+//! The one way attributes are read: bounded, trimmed, parsed, with the path attached to every error.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use hal::{Error, InventoryError, ParseError, Result};
+
+/// The largest attribute read. sysfs attributes are at most a page (4 KiB) in practice; a dump or a
+/// hostile tree may hold anything, so reads stop here.
+pub const MAX_ATTRIBUTE_BYTES: u64 = 64 * 1024;
+
+/// A filesystem root under which `sys/...` is looked up: `/` on a real node, a fixture directory in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysfsRoot {
+    root: PathBuf,
+}
+
+impl SysfsRoot {
+    /// A root at `root` (the directory that contains `sys/`).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SysfsRoot { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `root/relative`.
+    pub fn join(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+}
+
+impl Default for SysfsRoot {
+    fn default() -> Self {
+        SysfsRoot::new("/")
+    }
+}
+
+fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
+    Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads an attribute as text, trimmed of surrounding whitespace. At most [`MAX_ATTRIBUTE_BYTES`] are
+/// read; anything longer is an error rather than a silent truncation.
+pub fn read_trimmed(path: &Path) -> Result<String> {
+    let file = fs::File::open(path).map_err(|e| io_error("read", path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_ATTRIBUTE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error("read", path, e))?;
+    if bytes.len() as u64 > MAX_ATTRIBUTE_BYTES {
+        let source = ParseError::new("attribute", "", "longer than 64 KiB");
+        return Err(Error::Parse {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(_) => Err(Error::Parse {
+            path: path.to_path_buf(),
+            source: ParseError::new("attribute", "", "not UTF-8 text"),
+        }),
+    }
+}
+
+/// Like [`read_trimmed`], but a missing file is `Ok(None)`.
+pub fn read_optional(path: &Path) -> Result<Option<String>> {
+    match read_trimmed(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads and parses an attribute; a missing file is `Ok(None)`, bad contents an error naming the file.
+pub fn parse_optional<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>> {
+    match read_optional(path)? {
+        None => Ok(None),
+        Some(text) => parse(&text).map(Some).map_err(|source| Error::Parse {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Parses a topology id where the kernel uses -1 for "not supported" (`die_id`, `physical_package_id`).
+pub fn parse_topology_id(text: &str) -> Result<Option<u32>, ParseError> {
+    match text.parse::<i64>() {
+        Ok(-1) => Ok(None),
+        Ok(v) => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| ParseError::new("topology id", text, "out of range")),
+        Err(_) => Err(ParseError::new(
+            "topology id",
+            text,
+            "not a decimal integer",
+        )),
+    }
+}
+
+/// Parses a non-negative decimal integer.
+pub fn parse_u32(text: &str) -> Result<u32, ParseError> {
+    text.parse()
+        .map_err(|_| ParseError::new("unsigned integer", text, "not a decimal integer below 2^32"))
+}
+
+/// Lists the entries of `dir` named `<prefix><decimal>` and returns their numbers, sorted.
+/// Numbers of `max` or more are skipped.
+pub fn numbered_entries(dir: &Path, prefix: &str, max: u32) -> Result<Vec<u32>> {
+    let entries = fs::read_dir(dir).map_err(|e| io_error("list", dir, e))?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(number) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(id) = number.parse::<u32>() {
+            if id < max {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Collects per-file problems while discovery goes on.
+#[derive(Default)]
+pub(crate) struct ErrorLog(pub(crate) Vec<InventoryError>);
+
+impl ErrorLog {
+    pub(crate) fn keep<T>(&mut self, result: Result<Option<T>>) -> Option<T> {
+        match result {
+            Ok(value) => value,
+            Err(e) => {
+                self.0.push((&e).into());
+                None
+            }
+        }
+    }
+
+    pub(crate) fn note(&mut self, path: &Path, error: String) {
+        self.0.push(InventoryError {
+            path: path.display().to_string(),
+            error,
+            kind: Some(hal::ErrorKind::Malformed),
+        });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hal::ErrorKind;
+
+    #[test]
+    fn reads_are_trimmed_bounded_and_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok");
+        fs::write(&ok, "  0-3\n").unwrap();
+        assert_eq!(read_trimmed(&ok).unwrap(), "0-3");
+
+        let big = dir.path().join("big");
+        fs::write(&big, vec![b'1'; 70_000]).unwrap();
+        let err = read_trimmed(&big).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Malformed);
+        assert!(err.to_string().contains("big"), "{err}");
+
+        let binary = dir.path().join("bin");
+        fs::write(&binary, [0xff, 0xfe]).unwrap();
+        assert!(
+            read_trimmed(&binary)
+                .unwrap_err()
+                .to_string()
+                .contains("not UTF-8")
+        );
+
+        assert_eq!(read_optional(&dir.path().join("missing")).unwrap(), None);
+        let err = parse_optional(&ok, |t| parse_u32(t)).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&ok.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbered_entries_filter_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "cpu0",
+            "cpu10",
+            "cpu2",
+            "cpufreq",
+            "cpuidle",
+            "cpu",
+            "cpu99999999",
+        ] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        assert_eq!(
+            numbered_entries(dir.path(), "cpu", 65536).unwrap(),
+            [0, 2, 10]
+        );
+    }
+
+    #[test]
+    fn topology_ids() {
+        assert_eq!(parse_topology_id("-1").unwrap(), None);
+        assert_eq!(parse_topology_id("60").unwrap(), Some(60));
+        assert!(parse_topology_id("-2").is_err());
+        assert!(parse_topology_id("").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! The vocabulary of the hardware-abstraction stack: domain types that parse and print exactly what the
+//! Linux kernel does, the device traits backends implement, and one error type with a kind.
+//!
+//! No I/O happens here: see the `backends` crate for implementations and `hal-mock` for fakes.
+
+pub mod cpu;
+pub mod cpuset;
+pub mod devices;
+pub mod error;
+pub mod numa;
+pub mod pci;
+
+pub use cpu::{CoreType, CpuInventory, CpuTopology, InventoryError, LogicalCpu, NumaNodeInfo};
+pub use cpuset::CpuSet;
+pub use devices::{
+    GpuDevice, GpuInfo, PciDevice, PciFunction, RdmaDevice, RdmaInfo, SriovPf, SriovState,
+};
+pub use error::{Error, ErrorKind, ParseError, Result};
+pub use numa::NumaNode;
+pub use pci::{PciAddress, PcieRoot};

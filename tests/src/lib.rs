@@ -1,1 +1,3 @@
-//! placeholder
+//! Helpers for the cross-crate tests: the hwloc corpus and its `lstopo` oracle.
+
+pub mod hwloc;

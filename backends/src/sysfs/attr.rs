@@ -94,6 +94,23 @@ pub fn parse_optional<T>(
     }
 }
 
+/// Like [`parse_optional`], for single values (ids, levels, sizes): an empty file says nothing, as a
+/// missing one does. Write-only and root-only attributes read back empty, and captured trees hold them
+/// as empty files. (CPU sets are not read this way: an empty cpulist is a real answer.)
+pub fn parse_scalar<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>> {
+    match read_optional(path)? {
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) => parse(&text).map(Some).map_err(|source| Error::Parse {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Parses a topology id where the kernel uses -1 for "not supported" (`die_id`, `physical_package_id`).
 pub fn parse_topology_id(text: &str) -> Result<Option<u32>, ParseError> {
     match text.parse::<i64>() {
@@ -192,7 +209,11 @@ mod tests {
         );
 
         assert_eq!(read_optional(&dir.path().join("missing")).unwrap(), None);
-        let err = parse_optional(&ok, |t| parse_u32(t)).unwrap_err();
+        let empty = dir.path().join("empty");
+        fs::write(&empty, "\n").unwrap();
+        assert_eq!(parse_scalar(&empty, parse_u32).unwrap(), None);
+        assert_eq!(parse_optional(&empty, |t| Ok(t.len())).unwrap(), Some(0));
+        let err = parse_optional(&ok, parse_u32).unwrap_err();
         assert!(
             err.to_string().starts_with(&ok.display().to_string()),
             "{err}"

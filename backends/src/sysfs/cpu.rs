@@ -2,17 +2,23 @@
 //!
 //! Works on every kernel in hwloc's Linux test corpus: masks-only kernels (no `*_list`), no
 //! `cpu/online`, offline CPUs without `topology/`, no `cache/`, no `node/`, sparse node ids.
+//!
+//! Groupings (which CPUs share a package, a core, an L3) come from the kernel's CPU masks, as hwloc
+//! builds them; ids are the kernel's labels for those groups, kept where they agree with the masks (see
+//! `cpu_groups`).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hal::cpuset::{CpuSet, MAX_CPUS};
-use hal::{CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNode, ParseError, Result};
+use hal::{CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNode, Result};
 
 use super::SysfsRoot;
 use super::attr::{
-    ErrorLog, numbered_entries, parse_optional, parse_topology_id, parse_u32, read_optional,
+    ErrorLog, numbered_entries, parse_optional, parse_scalar, parse_topology_id, parse_u32,
+    read_optional,
 };
+use super::core_type::assign_core_types;
+use super::cpu_groups::{RawCpu, assign_l3, label_groups};
 use super::numa::read_numa_nodes;
 
 /// x86's `BAD_APICID`: the `cluster_id` of a CPU whose L2 cluster the kernel does not know (VMs).
@@ -37,63 +43,69 @@ impl CpuTopology for SysfsCpuTopology {
     }
 }
 
-/// What the cache directories say about a CPU's L3.
-struct L3 {
-    id: Option<u32>,
-    shared: Option<CpuSet>,
-}
-
 fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
     let cpu_dir = root.join("sys/devices/system/cpu");
     let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS)?;
     let mut errors = ErrorLog::default();
+    let global_online = errors.keep(parse_optional(
+        &cpu_dir.join("online"),
+        CpuSet::from_cpulist,
+    ));
 
-    let online_file = cpu_dir.join("online");
-    let global_online = errors.keep(parse_optional(&online_file, CpuSet::from_cpulist));
+    let raw: Vec<RawCpu> = ids
+        .iter()
+        .map(|&id| {
+            let online = match &global_online {
+                Some(set) => set.contains(id),
+                None => errors
+                    .keep(parse_scalar(
+                        &cpu_dir.join(format!("cpu{id}/online")),
+                        parse_u32,
+                    ))
+                    .is_none_or(|v| v != 0),
+            };
+            read_cpu(&mut errors, &cpu_dir.join(format!("cpu{id}")), id, online)
+        })
+        .collect();
 
-    let mut cpus = Vec::with_capacity(ids.len());
-    let mut l3s = Vec::with_capacity(ids.len());
-    for &id in &ids {
-        let dir = cpu_dir.join(format!("cpu{id}"));
-        let online = match &global_online {
-            Some(set) => set.contains(id),
-            None => errors
-                .keep(parse_optional(&dir.join("online"), parse_u32))
-                .is_none_or(|v| v != 0),
-        };
-        let topology = dir.join("topology");
-        let id_of = |errors: &mut ErrorLog, name: &str| {
-            errors
-                .keep(parse_optional(&topology.join(name), parse_topology_id))
-                .flatten()
-        };
-        let package = id_of(&mut errors, "physical_package_id");
-        let die = id_of(&mut errors, "die_id");
-        // x86 reports an unknown cluster as BAD_APICID (65535); arm64 as -1.
-        let cluster = id_of(&mut errors, "cluster_id").filter(|&c| c != X86_BAD_APICID);
-        let core = id_of(&mut errors, "core_id");
-        let siblings = read_cpuset(
-            &mut errors,
-            &topology,
-            &["core_cpus_list", "thread_siblings_list"],
-            &["core_cpus", "thread_siblings"],
-        );
-        l3s.push(read_l3(&mut errors, &dir.join("cache")));
-        cpus.push(LogicalCpu {
-            id,
-            online,
-            package,
-            die,
-            cluster,
-            core,
+    let packages = label_groups(
+        &mut errors,
+        &cpu_dir,
+        "physical_package_id",
+        &raw,
+        |c| c.package_cpus.as_ref(),
+        |c| c.package,
+        |_| (),
+    );
+    let cores = label_groups(
+        &mut errors,
+        &cpu_dir,
+        "core_id",
+        &raw,
+        |c| c.siblings.as_ref(),
+        |c| c.core,
+        |c| {
+            let index = raw.iter().position(|r| r.id == c.id).unwrap_or(0);
+            (packages.get(index).copied().flatten(), c.die)
+        },
+    );
+    let l3 = assign_l3(&raw);
+    let mut cpus: Vec<LogicalCpu> = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| LogicalCpu {
+            id: c.id,
+            online: c.online,
+            package: packages.get(i).copied().flatten(),
+            die: c.die,
+            cluster: c.cluster,
+            core: cores.get(i).copied().flatten(),
             numa_node: None,
-            l3: None,
+            l3: l3.get(i).copied().flatten(),
             core_type: CoreType::Standard,
-            siblings,
-        });
-    }
-
-    assign_l3(&mut cpus, &l3s);
+            siblings: c.siblings,
+        })
+        .collect();
     assign_core_types(root, &cpu_dir, &mut cpus, &mut errors);
 
     let node_dir = root.join("sys/devices/system/node");
@@ -136,38 +148,86 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
     })
 }
 
-/// Reads the first list file that exists, else the first mask file that exists.
-fn read_cpuset(
+/// Reads one `cpuN` directory.
+fn read_cpu(errors: &mut ErrorLog, dir: &Path, id: u32, online: bool) -> RawCpu {
+    let topology = dir.join("topology");
+    let mut label = |name: &str| {
+        errors
+            .keep(parse_scalar(&topology.join(name), parse_topology_id))
+            .flatten()
+    };
+    let package = label("physical_package_id");
+    let die = label("die_id");
+    // x86 reports an unknown cluster as BAD_APICID (65535); arm64 as -1.
+    let cluster = label("cluster_id").filter(|&c| c != X86_BAD_APICID);
+    let core = label("core_id");
+    let siblings = read_own_cpuset(
+        errors,
+        &topology,
+        id,
+        &["core_cpus_list", "thread_siblings_list"],
+        &["core_cpus", "thread_siblings"],
+    );
+    let package_cpus = read_own_cpuset(
+        errors,
+        &topology,
+        id,
+        &["package_cpus_list", "core_siblings_list"],
+        &["package_cpus", "core_siblings"],
+    );
+    let l3 = read_l3(errors, &dir.join("cache"), id);
+    RawCpu {
+        id,
+        online,
+        package,
+        die,
+        cluster,
+        core,
+        siblings,
+        package_cpus,
+        l3,
+    }
+}
+
+/// A parser of one of the two kernel CPU-set forms.
+type CpuSetParser = fn(&str) -> Result<CpuSet, hal::ParseError>;
+
+/// Reads the CPU set of a group `cpu` belongs to: the first of the list files, then of the mask files,
+/// that exists and contains `cpu` itself. A set without its own CPU is wrong (ia64 prints empty cache
+/// maps; a dump may hold stale lists) and the next form is tried.
+fn read_own_cpuset(
     errors: &mut ErrorLog,
     dir: &Path,
+    cpu: u32,
     lists: &[&str],
     masks: &[&str],
 ) -> Option<CpuSet> {
-    for name in lists {
-        if let Some(set) = errors.keep(parse_optional(&dir.join(name), CpuSet::from_cpulist)) {
-            return Some(set);
-        }
-    }
-    for name in masks {
-        if let Some(set) = errors.keep(parse_optional(&dir.join(name), CpuSet::from_hex_mask)) {
-            return Some(set);
+    let parsers: [(&[&str], CpuSetParser); 2] = [
+        (lists, CpuSet::from_cpulist),
+        (masks, CpuSet::from_hex_mask),
+    ];
+    for (names, parse) in parsers {
+        for name in names {
+            if let Some(set) = errors.keep(parse_optional(&dir.join(name), parse)) {
+                if set.contains(cpu) {
+                    return Some(set);
+                }
+            }
         }
     }
     None
 }
 
-/// Finds the level-3 data or unified cache among `cache/index*`.
-fn read_l3(errors: &mut ErrorLog, cache_dir: &Path) -> L3 {
-    let none = L3 {
-        id: None,
-        shared: None,
-    };
-    let Ok(indices) = numbered_entries(cache_dir, "index", 64) else {
-        return none;
-    };
+/// The CPUs sharing `cpu`'s level-3 data or unified cache, and the cache's `id`, from `cache/index*`.
+fn read_l3(
+    errors: &mut ErrorLog,
+    cache_dir: &Path,
+    cpu: u32,
+) -> Option<(Option<u32>, Option<CpuSet>)> {
+    let indices = numbered_entries(cache_dir, "index", 64).ok()?;
     for index in indices {
         let dir = cache_dir.join(format!("index{index}"));
-        if errors.keep(parse_optional(&dir.join("level"), parse_u32)) != Some(3) {
+        if errors.keep(parse_scalar(&dir.join("level"), parse_u32)) != Some(3) {
             continue;
         }
         if errors
@@ -176,154 +236,11 @@ fn read_l3(errors: &mut ErrorLog, cache_dir: &Path) -> L3 {
         {
             continue;
         }
-        let id = errors.keep(parse_optional(&dir.join("id"), parse_u32));
-        let shared = read_cpuset(errors, &dir, &["shared_cpu_list"], &["shared_cpu_map"]);
-        return L3 { id, shared };
+        let id = errors.keep(parse_scalar(&dir.join("id"), parse_u32));
+        let shared = read_own_cpuset(errors, &dir, cpu, &["shared_cpu_list"], &["shared_cpu_map"]);
+        return Some((id, shared));
     }
-    none
-}
-
-/// Uses the kernel's cache `id` when every CPU with an L3 has one; otherwise numbers the distinct
-/// `shared_cpu_list` sets in order of their lowest CPU (older kernels have no `id`).
-fn assign_l3(cpus: &mut [LogicalCpu], l3s: &[L3]) {
-    let with_l3 = l3s.iter().filter(|l| l.id.is_some() || l.shared.is_some());
-    if with_l3.clone().all(|l| l.id.is_some()) {
-        for (cpu, l3) in cpus.iter_mut().zip(l3s) {
-            cpu.l3 = l3.id;
-        }
-        return;
-    }
-    let mut by_set: BTreeMap<u32, (CpuSet, u32)> = BTreeMap::new();
-    for l3 in with_l3 {
-        if let Some(shared) = &l3.shared {
-            let first = shared.first().unwrap_or(0);
-            by_set.entry(first).or_insert_with(|| (shared.clone(), 0));
-        }
-    }
-    for (index, entry) in by_set.values_mut().enumerate() {
-        entry.1 = index as u32;
-    }
-    for (cpu, l3) in cpus.iter_mut().zip(l3s) {
-        cpu.l3 = l3
-            .shared
-            .as_ref()
-            .and_then(|s| by_set.get(&s.first().unwrap_or(0)))
-            .map(|(_, index)| *index);
-    }
-}
-
-/// Intel hybrid PMU lists first, then arm `cpu_capacity`, then arm MIDR part numbers.
-fn assign_core_types(
-    root: &SysfsRoot,
-    cpu_dir: &Path,
-    cpus: &mut [LogicalCpu],
-    errors: &mut ErrorLog,
-) {
-    let p_cores = errors.keep(parse_optional(
-        &root.join("sys/devices/cpu_core/cpus"),
-        CpuSet::from_cpulist,
-    ));
-    let e_cores = errors.keep(parse_optional(
-        &root.join("sys/devices/cpu_atom/cpus"),
-        CpuSet::from_cpulist,
-    ));
-    if p_cores.is_some() || e_cores.is_some() {
-        let (p_cores, e_cores) = (p_cores.unwrap_or_default(), e_cores.unwrap_or_default());
-        for cpu in cpus.iter_mut() {
-            if p_cores.contains(cpu.id) {
-                cpu.core_type = CoreType::Performance;
-            } else if e_cores.contains(cpu.id) {
-                cpu.core_type = CoreType::Efficiency;
-            }
-        }
-        return;
-    }
-    let per_cpu = |errors: &mut ErrorLog,
-                   relative: &str,
-                   parse: fn(&str) -> Result<u64, ParseError>|
-     -> Vec<Option<u64>> {
-        cpus.iter()
-            .map(|cpu| {
-                let path: PathBuf = cpu_dir.join(format!("cpu{}", cpu.id)).join(relative);
-                errors.keep(parse_optional(&path, parse))
-            })
-            .collect()
-    };
-    let capacities = per_cpu(errors, "cpu_capacity", |t| {
-        t.parse()
-            .map_err(|_| ParseError::new("cpu_capacity", t, "not a decimal integer"))
-    });
-    if let Some(kinds) = classify_by_capacity(&capacities) {
-        cpus.iter_mut()
-            .zip(kinds)
-            .for_each(|(cpu, kind)| cpu.core_type = kind);
-        return;
-    }
-    // Only look for MIDR registers on machines that have them (arm64).
-    if !cpus.first().is_some_and(|c| {
-        cpu_dir
-            .join(format!("cpu{}/regs/identification", c.id))
-            .is_dir()
-    }) {
-        return;
-    }
-    let midrs = per_cpu(errors, "regs/identification/midr_el1", parse_hex_u64);
-    if let Some(kinds) = classify_by_midr(&midrs) {
-        cpus.iter_mut()
-            .zip(kinds)
-            .for_each(|(cpu, kind)| cpu.core_type = kind);
-    }
-}
-
-fn parse_hex_u64(text: &str) -> Result<u64, ParseError> {
-    let digits = text.strip_prefix("0x").unwrap_or(text);
-    u64::from_str_radix(digits, 16)
-        .map_err(|_| ParseError::new("hex register", text, "not hexadecimal"))
-}
-
-/// big.LITTLE by `cpu_capacity`: the lowest capacity is "efficiency", every higher one "performance"
-/// (so the middle cluster of a tri-cluster DynamIQ part counts as big). `None` when all are equal or
-/// none is known.
-fn classify_by_capacity(capacities: &[Option<u64>]) -> Option<Vec<CoreType>> {
-    let known = capacities.iter().flatten();
-    let (min, max) = (known.clone().min()?, known.max()?);
-    if min == max {
-        return None;
-    }
-    Some(
-        capacities
-            .iter()
-            .map(|c| match c {
-                Some(c) if c == min => CoreType::Efficiency,
-                Some(_) => CoreType::Performance,
-                None => CoreType::Standard,
-            })
-            .collect(),
-    )
-}
-
-/// Arm part numbers (MIDR bits 15:4, implementer 0x41) of in-order "LITTLE" cores:
-/// Cortex-A5, A7, A53, A55, A510, A520.
-const LITTLE_ARM_PARTS: [u64; 6] = [0xc05, 0xc07, 0xd03, 0xd05, 0xd46, 0xd80];
-
-/// big.LITTLE by MIDR, used only when the machine mixes part numbers.
-fn classify_by_midr(midrs: &[Option<u64>]) -> Option<Vec<CoreType>> {
-    let part = |midr: u64| (midr >> 24 & 0xff, midr >> 4 & 0xfff);
-    let mut parts = midrs.iter().flatten().map(|&m| part(m));
-    let first = parts.next()?;
-    if parts.all(|p| p == first) {
-        return None;
-    }
-    Some(
-        midrs
-            .iter()
-            .map(|m| match m.map(part) {
-                Some((0x41, part)) if LITTLE_ARM_PARTS.contains(&part) => CoreType::Efficiency,
-                Some(_) => CoreType::Performance,
-                None => CoreType::Standard,
-            })
-            .collect(),
-    )
+    None
 }
 
 #[cfg(test)]
@@ -336,31 +253,6 @@ mod tests {
         let path = root.join(relative);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, contents).unwrap();
-    }
-
-    #[test]
-    fn capacity_and_midr_classification() {
-        let kinds = classify_by_capacity(&[Some(446), Some(446), Some(1024), Some(871)]).unwrap();
-        assert_eq!(
-            kinds,
-            [
-                CoreType::Efficiency,
-                CoreType::Efficiency,
-                CoreType::Performance,
-                CoreType::Performance
-            ]
-        );
-        assert_eq!(classify_by_capacity(&[Some(1024), Some(1024)]), None);
-        assert_eq!(classify_by_capacity(&[None, None]), None);
-        let a55 = 0x412f_d050;
-        let a78 = 0x414f_d410;
-        let kinds = classify_by_midr(&[Some(a55), Some(a78)]).unwrap();
-        assert_eq!(kinds, [CoreType::Efficiency, CoreType::Performance]);
-        assert_eq!(
-            classify_by_midr(&[Some(a78), Some(a78 | 1)]),
-            None,
-            "same part, other revision"
-        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The sysfs backend: reads `/sys` (or any directory laid out like it).
 
 pub mod attr;
+mod core_type;
 pub mod cpu;
-mod numa;
+mod cpu_groups;
+pub mod numa;
 
 pub use attr::SysfsRoot;

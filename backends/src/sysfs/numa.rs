@@ -6,7 +6,7 @@ use hal::cpuset::CpuSet;
 use hal::numa::MAX_NUMA_NODES;
 use hal::{NumaNode, NumaNodeInfo, ParseError};
 
-use super::attr::{ErrorLog, numbered_entries, parse_optional};
+use super::attr::{ErrorLog, numbered_entries, parse_optional, parse_scalar};
 
 /// Reads every `nodeN` directory. A kernel without NUMA support has no `node/` directory: that is an
 /// empty list, not an error.
@@ -27,7 +27,7 @@ pub(crate) fn read_numa_nodes(node_dir: &Path, errors: &mut ErrorLog) -> Vec<Num
                 Some(cpus) => Some(cpus),
                 None => errors.keep(parse_optional(&dir.join("cpumap"), CpuSet::from_hex_mask)),
             };
-            let memory_bytes = errors.keep(parse_optional(&dir.join("meminfo"), parse_mem_total));
+            let memory_bytes = errors.keep(parse_scalar(&dir.join("meminfo"), parse_mem_total));
             let distances = errors
                 .keep(parse_optional(&dir.join("distance"), parse_distances))
                 .unwrap_or_default();
@@ -42,7 +42,8 @@ pub(crate) fn read_numa_nodes(node_dir: &Path, errors: &mut ErrorLog) -> Vec<Num
 }
 
 /// `Node 0 MemTotal:       263841836 kB` → bytes.
-pub(crate) fn parse_mem_total(meminfo: &str) -> Result<u64, ParseError> {
+/// Public so the `fuzz/` targets can reach it.
+pub fn parse_mem_total(meminfo: &str) -> Result<u64, ParseError> {
     for line in meminfo.lines() {
         let mut words = line.split_whitespace();
         let (Some("Node"), Some(_), Some("MemTotal:"), Some(value), unit) = (
@@ -72,7 +73,8 @@ pub(crate) fn parse_mem_total(meminfo: &str) -> Result<u64, ParseError> {
 }
 
 /// A SLIT row: `10 21 21`.
-pub(crate) fn parse_distances(row: &str) -> Result<Vec<u32>, ParseError> {
+/// Public so the `fuzz/` targets can reach it.
+pub fn parse_distances(row: &str) -> Result<Vec<u32>, ParseError> {
     let distances = row
         .split_whitespace()
         .map(|d| {

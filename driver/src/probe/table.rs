@@ -1,4 +1,8 @@
 //! The table form: one line per package, NUMA node and L3 group, like a compact `lstopo`.
+//!
+//! Levels nest by size, bigger groups outside: package > NUMA node > L3 on most machines, NUMA node >
+//! package on machines whose nodes hold several sockets, package > NUMA node > L3 with sub-NUMA
+//! clustering. A group that straddles its parent is shown with the part inside it and marked `part of`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -26,8 +30,15 @@ fn count(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+/// One grouping level: its groups as (label, CPUs, extra text).
+struct Level {
+    groups: Vec<(String, CpuSet, String)>,
+}
+
+impl Level {
+    fn mean_size(&self) -> usize {
+        self.groups.iter().map(|g| g.1.len()).sum::<usize>() / self.groups.len().max(1)
+    }
 }
 
 fn render_cpu(out: &mut String, report: &CpuReport) {
@@ -37,9 +48,9 @@ fn render_cpu(out: &mut String, report: &CpuReport) {
         errors: vec![],
     };
     let online = inventory.online();
-    let cores = inventory.cores();
-    let l3s = inventory.l3_groups();
+    let cores: Vec<CpuSet> = inventory.cores().into_values().collect();
     let packages = inventory.packages();
+    let l3s = inventory.l3_groups();
     let _ = writeln!(
         out,
         "cpus: {} ({} online), {}, {}, {}, {}",
@@ -65,7 +76,7 @@ fn render_cpu(out: &mut String, report: &CpuReport) {
         .filter(|c| c.online)
         .map(|c| c.core_type)
         .collect();
-    if kinds.len() > 1 || kinds.iter().any(|k| *k != CoreType::Standard) {
+    if kinds.iter().any(|k| *k != CoreType::Standard) {
         for kind in kinds {
             let set: CpuSet = inventory
                 .cpus
@@ -76,85 +87,109 @@ fn render_cpu(out: &mut String, report: &CpuReport) {
             let _ = writeln!(out, "core type {}: {set}", core_type_name(kind));
         }
     }
-    let mut groups: Vec<(Option<u32>, CpuSet)> =
-        packages.into_iter().map(|(p, s)| (Some(p), s)).collect();
-    let unplaced = online.difference(
-        &groups
-            .iter()
-            .fold(CpuSet::new(), |acc, (_, s)| acc.union(s)),
-    );
-    if !unplaced.is_empty() {
-        groups.push((None, unplaced));
+
+    let mut levels = vec![
+        Level {
+            groups: packages
+                .iter()
+                .map(|(id, s)| (format!("package {id}"), s.clone(), String::new()))
+                .collect(),
+        },
+        Level {
+            groups: inventory
+                .numa_nodes
+                .iter()
+                .filter(|n| !n.cpus.intersection(&online).is_empty())
+                .map(|n| {
+                    (
+                        format!("numa {}", n.id),
+                        n.cpus.intersection(&online),
+                        numa_extra(n),
+                    )
+                })
+                .collect(),
+        },
+        Level {
+            groups: l3s
+                .iter()
+                .map(|(id, s)| (format!("l3 {id}"), s.clone(), String::new()))
+                .collect(),
+        },
+    ];
+    levels.retain(|l| !l.groups.is_empty());
+    // Stable: equal sizes keep package > numa > l3.
+    levels.sort_by_key(|l| std::cmp::Reverse(l.mean_size()));
+    if levels.is_empty() {
+        // Nothing but cores is known (PS3, some VMs): one line for the machine.
+        levels.push(Level {
+            groups: vec![("machine".to_owned(), online.clone(), String::new())],
+        });
     }
-    for (package, package_cpus) in groups {
-        let cores_here = cores
-            .values()
-            .filter(|c| c.is_subset(&package_cpus))
-            .count();
-        let name = package.map_or_else(|| "package ?".to_owned(), |p| format!("package {p}"));
-        let _ = writeln!(
-            out,
-            "{name}: cpus {package_cpus} ({}, {})",
-            count(cores_here, "core"),
-            count(package_cpus.len(), "thread")
-        );
-        let mut node_parts: Vec<(String, CpuSet)> = inventory
-            .numa_nodes
+    render_level(out, &levels, &cores, &online, 0);
+    let placed = levels.first().map_or_else(CpuSet::new, |l| {
+        l.groups
             .iter()
-            .map(|n| {
-                (
-                    numa_line(&inventory, n.id.0),
-                    n.cpus.intersection(&package_cpus).intersection(&online),
-                )
-            })
-            .filter(|(_, s)| !s.is_empty())
-            .collect();
-        if node_parts.is_empty() {
-            node_parts.push((String::new(), package_cpus.clone()));
-        }
-        for (line, node_cpus) in node_parts {
-            let indent = if line.is_empty() { "  " } else { "    " };
-            if !line.is_empty() {
-                let _ = writeln!(out, "  {line}");
-            }
-            for (l3, l3_cpus) in &l3s {
-                let part = l3_cpus.intersection(&node_cpus);
-                if !part.is_empty() {
-                    let n = cores.values().filter(|c| c.is_subset(&part)).count();
-                    let _ = writeln!(out, "{indent}l3 {l3}: cpus {part} ({})", count(n, "core"));
-                }
-            }
-        }
+            .fold(CpuSet::new(), |acc, g| acc.union(&g.1))
+    });
+    let unplaced = online.difference(&placed);
+    if !unplaced.is_empty() {
+        let _ = writeln!(out, "not in any group: cpus {unplaced}");
     }
     for node in inventory
         .numa_nodes
         .iter()
         .filter(|n| n.cpus.intersection(&online).is_empty())
     {
-        let _ = writeln!(out, "{} (no online CPUs)", numa_line(&inventory, node.id.0));
+        let _ = writeln!(out, "numa {}: no online cpus{}", node.id, numa_extra(node));
     }
 }
 
-fn numa_line(inventory: &CpuInventory, id: u32) -> String {
-    let Some(node) = inventory.numa_nodes.iter().find(|n| n.id.0 == id) else {
-        return format!("numa {id}");
+fn render_level(
+    out: &mut String,
+    levels: &[Level],
+    cores: &[CpuSet],
+    parent: &CpuSet,
+    depth: usize,
+) {
+    let Some(level) = levels.get(depth) else {
+        return;
     };
-    let mut line = format!(
-        "numa {id}: cpus {}",
-        if node.cpus.is_empty() {
-            "none".to_owned()
-        } else {
-            node.cpus.to_string()
+    for (label, set, extra) in &level.groups {
+        let part = set.intersection(parent);
+        if part.is_empty() {
+            continue;
         }
-    );
-    if let Some(m) = node.memory_bytes {
-        let _ = write!(line, ", {}", gib(m));
+        let core_count = cores
+            .iter()
+            .filter(|c| !c.intersection(&part).is_empty())
+            .count();
+        let whole = if part == *set {
+            String::new()
+        } else {
+            format!(", part of {set}")
+        };
+        let _ = writeln!(
+            out,
+            "{:indent$}{label}: cpus {part} ({}, {}{whole}){extra}",
+            "",
+            count(core_count, "core"),
+            count(part.len(), "thread"),
+            indent = depth * 2
+        );
+        render_level(out, levels, cores, &part, depth + 1);
+    }
+}
+
+fn numa_extra(node: &hal::NumaNodeInfo) -> String {
+    let mut extra = String::new();
+    if let Some(bytes) = node.memory_bytes {
+        let _ = write!(extra, ", {:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
     }
     if !node.distances.is_empty() {
         let row: Vec<String> = node.distances.iter().map(|d| d.to_string()).collect();
-        let _ = write!(line, ", distances {}", row.join(" "));
+        let _ = write!(extra, ", distances {}", row.join(" "));
     }
-    line
+    extra
 }
 
 fn core_type_name(kind: CoreType) -> &'static str {

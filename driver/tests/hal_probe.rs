@@ -1,0 +1,176 @@
+//! `hal-probe` end to end: the real binary on fixtures, on broken trees, and on this machine's `/sys`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::fs;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn hal_probe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hal-probe"))
+        .args(args)
+        .output()
+        .expect("run hal-probe")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "hal-probe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn json_contract_on_the_xeon_fixture() {
+    let json: Value = serde_json::from_str(&stdout(&hal_probe(&[
+        "--fixture",
+        "xeon-2s",
+        "--format",
+        "json",
+        "cpu",
+    ])))
+    .unwrap();
+    let top: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(top, ["cpu", "errors"]);
+    let cpus = json["cpu"]["cpus"].as_array().unwrap();
+    assert_eq!(cpus.len(), 224);
+    // serde_json::Value sorts keys.
+    let keys: Vec<&str> = cpus[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "cluster",
+            "core",
+            "core_type",
+            "die",
+            "id",
+            "l3",
+            "numa_node",
+            "online",
+            "package",
+            "siblings"
+        ]
+    );
+    let node_keys: Vec<&str> = json["cpu"]["numa_nodes"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(node_keys, ["cpus", "distances", "id", "memory_bytes"]);
+    assert_eq!(cpus[0]["siblings"], "0,112");
+    assert_eq!(cpus[200]["package"], 1);
+    assert_eq!(cpus[200]["numa_node"], 1);
+    let nodes = json["cpu"]["numa_nodes"].as_array().unwrap();
+    assert_eq!(nodes[1]["cpus"], "56-111,168-223");
+    assert_eq!(nodes[1]["distances"], serde_json::json!([21, 10]));
+    assert_eq!(nodes[0]["memory_bytes"], 256u64 << 30);
+    assert_eq!(json["errors"], serde_json::json!([]));
+}
+
+#[test]
+fn json_snapshot_of_the_hybrid_fixture() {
+    let json: Value = serde_json::from_str(&stdout(&hal_probe(&[
+        "--fixture",
+        "i915-raptorlake",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    insta::assert_json_snapshot!("i915-raptorlake.json", json);
+}
+
+#[test]
+fn table_snapshots_of_every_fixture() {
+    for name in hal_mock::FIXTURES {
+        let table = stdout(&hal_probe(&["--fixture", name]));
+        insta::assert_snapshot!(format!("table-{name}"), table);
+    }
+}
+
+#[test]
+fn a_broken_file_is_listed_and_the_rest_is_reported() {
+    let fixture = hal_mock::by_name("xeon-2s").unwrap().materialize().unwrap();
+    let root = fixture.root();
+    let bad = root.join("sys/devices/system/cpu/cpu3/topology/core_id");
+    fs::write(&bad, "three\n").unwrap();
+    fs::remove_dir_all(root.join("sys/devices/system/node/node1")).unwrap();
+    let output = hal_probe(&["--sysfs-root", root.to_str().unwrap(), "--format", "json"]);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let errors = json["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["path"] == bad.to_str().unwrap()
+            && e["error"].as_str().unwrap().contains("\"three\"")),
+        "{errors:?}"
+    );
+    let cpus = json["cpu"]["cpus"].as_array().unwrap();
+    assert_eq!(
+        cpus.len(),
+        224,
+        "one bad file degrades one CPU's core id only"
+    );
+    assert_eq!(cpus[4]["core"], 4);
+    assert_eq!(json["cpu"]["numa_nodes"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        cpus[100]["numa_node"],
+        Value::Null,
+        "CPUs of the vanished node have no node"
+    );
+}
+
+#[test]
+fn bad_usage_and_bad_roots_fail_clearly() {
+    let unknown = hal_probe(&["--fixture", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("unknown fixture \"nope\"") && stderr.contains("xeon-2s"),
+        "{stderr}"
+    );
+
+    let format = hal_probe(&["--format", "yaml"]);
+    assert_eq!(format.status.code(), Some(2));
+
+    let empty = tempfile::tempdir().unwrap();
+    let output = hal_probe(&["--sysfs-root", empty.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sys/devices/system/cpu"),
+        "names the missing directory: {stderr}"
+    );
+
+    let help = stdout(&hal_probe(&["--help"]));
+    assert!(
+        help.contains("--sysfs-root") && help.contains("--fixture") && help.contains("Exit status"),
+        "{help}"
+    );
+}
+
+#[test]
+fn probes_this_machines_real_sysfs() {
+    let json: Value = serde_json::from_str(&stdout(&hal_probe(&["--format", "json"]))).unwrap();
+    let cpus = json["cpu"]["cpus"].as_array().unwrap();
+    assert!(!cpus.is_empty());
+    assert!(cpus.iter().any(|c| c["online"] == true));
+    let table = stdout(&hal_probe(&[]));
+    assert!(table.starts_with("cpus: "), "{table}");
+}

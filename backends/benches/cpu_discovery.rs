@@ -37,7 +37,7 @@ fn extract_dump(into: &Path) -> Option<PathBuf> {
 }
 
 fn bench(c: &mut Criterion) {
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = hal_mock::scratch_dir("bench-").unwrap();
     if let Some(root) = extract_dump(scratch.path()) {
         let topology = SysfsCpuTopology::new(SysfsRoot::new(&root));
         let inventory = topology.cpu_inventory().unwrap();
@@ -46,9 +46,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| topology.cpu_inventory().unwrap())
         });
     }
-    let fixture = hal_mock::by_name("xeon-2s").unwrap().materialize().unwrap();
+    let fixture = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
     let topology = SysfsCpuTopology::new(SysfsRoot::new(fixture.root()));
-    c.bench_function("cpu_inventory/fixture-xeon-2s", |b| {
+    c.bench_function("cpu_inventory/fixture-xeon", |b| {
         b.iter(|| topology.cpu_inventory().unwrap())
     });
 }

@@ -32,7 +32,7 @@ fn stdout(output: &Output) -> String {
 fn json_contract_on_the_xeon_fixture() {
     let json: Value = serde_json::from_str(&stdout(&hal_probe(&[
         "--fixture",
-        "xeon-2s",
+        "xeon",
         "--format",
         "json",
         "cpu",
@@ -90,12 +90,12 @@ fn json_contract_on_the_xeon_fixture() {
 fn json_snapshot_of_the_hybrid_fixture() {
     let json: Value = serde_json::from_str(&stdout(&hal_probe(&[
         "--fixture",
-        "i915-raptorlake",
+        "hybrid",
         "--format",
         "json",
     ])))
     .unwrap();
-    insta::assert_json_snapshot!("i915-raptorlake.json", json);
+    insta::assert_json_snapshot!("hybrid.json", json);
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn table_snapshots_of_every_fixture() {
 
 #[test]
 fn a_broken_file_is_listed_and_the_rest_is_reported() {
-    let fixture = hal_mock::by_name("xeon-2s").unwrap().materialize().unwrap();
+    let fixture = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
     let root = fixture.root();
     let bad = root.join("sys/devices/system/cpu/cpu3/topology/core_id");
     fs::write(&bad, "three\n").unwrap();
@@ -142,7 +142,7 @@ fn bad_usage_and_bad_roots_fail_clearly() {
     assert_eq!(unknown.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(
-        stderr.contains("unknown fixture \"nope\"") && stderr.contains("xeon-2s"),
+        stderr.contains("unknown fixture \"nope\"") && stderr.contains("xeon"),
         "{stderr}"
     );
 

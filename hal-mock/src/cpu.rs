@@ -34,8 +34,6 @@ pub struct CpuLayout {
     pub nodes_per_package: u32,
     /// Memory of each CPU node, in bytes.
     pub memory_per_node: u64,
-    /// Memory-only nodes (GPU HBM, CXL) after the CPU nodes, with their sizes in bytes.
-    pub memory_only_nodes: Vec<u64>,
     /// Distance between CPU nodes of different packages (10 is local, 11-12 within a package).
     pub remote_distance: u32,
     /// CPUs that are offline (their `topology/` and `cache/` directories vanish, as on real kernels).
@@ -243,22 +241,17 @@ impl CpuLayout {
     }
 
     fn render_nodes(&self, root: &Path, cpus: &[ExpectedCpu], nr: u32) -> io::Result<()> {
-        let cpu_nodes = self.cpu_node_count();
-        if cpu_nodes == 0 {
+        let nodes = self.cpu_node_count();
+        if nodes == 0 {
             return Ok(());
         }
-        let total_nodes = cpu_nodes + self.memory_only_nodes.len() as u32;
         let node_dir = root.join("sys/devices/system/node");
-        let all_nodes: CpuSet = (0..total_nodes).collect();
-        write(&node_dir.join("online"), &all_nodes.to_cpulist())?;
-        write(&node_dir.join("possible"), &all_nodes.to_cpulist())?;
-        write(
-            &node_dir.join("has_cpu"),
-            &(0..cpu_nodes).collect::<CpuSet>().to_cpulist(),
-        )?;
-        let package_of_node =
-            |node: u32| (node < cpu_nodes).then(|| node / self.nodes_per_package.max(1));
-        for node in 0..total_nodes {
+        let all_nodes: CpuSet = (0..nodes).collect();
+        for file in ["online", "possible", "has_cpu", "has_memory"] {
+            write(&node_dir.join(file), &all_nodes.to_cpulist())?;
+        }
+        let package_of_node = |node: u32| node / self.nodes_per_package.max(1);
+        for node in 0..nodes {
             let dir = node_dir.join(format!("node{node}"));
             let node_cpus: CpuSet = cpus
                 .iter()
@@ -267,27 +260,23 @@ impl CpuLayout {
                 .collect();
             write(&dir.join("cpulist"), &node_cpus.to_cpulist())?;
             write(&dir.join("cpumap"), &node_cpus.to_hex_mask(nr))?;
-            let memory = match node.checked_sub(cpu_nodes) {
-                None => self.memory_per_node,
-                Some(i) => self.memory_only_nodes.get(i as usize).copied().unwrap_or(0),
-            };
-            write(
-                &dir.join("meminfo"),
-                &format!(
-                    "Node {node} MemTotal:       {} kB\nNode {node} MemFree:        {} kB\n",
-                    memory / 1024,
-                    memory / 2048
-                ),
-            )?;
-            let row: Vec<String> = (0..total_nodes)
-                .map(
-                    |other| match (node == other, package_of_node(node), package_of_node(other)) {
-                        (true, _, _) => 10,
-                        (false, Some(a), Some(b)) if a == b => 12,
-                        (false, Some(_), Some(_)) => self.remote_distance,
-                        _ => 80,
-                    },
-                )
+            let kib = self.memory_per_node / 1024;
+            let meminfo = format!(
+                "Node {node} MemTotal:       {kib} kB\nNode {node} MemFree:        {} kB\n",
+                kib / 2
+            );
+            write(&dir.join("meminfo"), &meminfo)?;
+            let row: Vec<String> = (0..nodes)
+                .map(|other| {
+                    match (
+                        node == other,
+                        package_of_node(node) == package_of_node(other),
+                    ) {
+                        (true, _) => 10,
+                        (false, true) => 12,
+                        (false, false) => self.remote_distance,
+                    }
+                })
                 .map(|d| d.to_string())
                 .collect();
             write(&dir.join("distance"), &row.join(" "))?;

@@ -15,6 +15,18 @@ pub use machines::{FIXTURES, FixtureMachine, by_name};
 use std::io;
 use std::path::Path;
 
+/// A fresh temporary directory for sysfs trees: under `$TMPDIR` when it is set, else in RAM-backed
+/// `/dev/shm` where there is one, else the system temporary directory. A tree is thousands of tiny
+/// files; creating them on a disk-backed `/tmp` was 40 times slower on the CI machines.
+pub fn scratch_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let parent = match std::env::var_os("TMPDIR") {
+        None if shm.is_dir() => shm.to_path_buf(),
+        _ => std::env::temp_dir(),
+    };
+    tempfile::Builder::new().prefix(prefix).tempdir_in(parent)
+}
+
 /// A fixture written to a temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct MaterializedFixture {
@@ -29,11 +41,9 @@ impl MaterializedFixture {
 }
 
 impl FixtureMachine {
-    /// Writes the machine's sysfs tree into a fresh temporary directory.
+    /// Writes the machine's sysfs tree into a fresh temporary directory (see [`scratch_dir`]).
     pub fn materialize(&self) -> io::Result<MaterializedFixture> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("hal-fixture-{}-", self.name))
-            .tempdir()?;
+        let dir = scratch_dir(&format!("hal-fixture-{}-", self.name))?;
         self.render(dir.path())?;
         Ok(MaterializedFixture { dir })
     }

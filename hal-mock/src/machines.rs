@@ -16,13 +16,13 @@ pub struct FixtureMachine {
 }
 
 /// Names of every fixture, for `--help` and error messages.
-pub const FIXTURES: [&str; 4] = ["xeon-2s", "gb300", "i915-raptorlake", "epyc-1s"];
+pub const FIXTURES: [&str; 5] = ["xeon", "gb300", "i915", "hybrid", "epyc"];
 
 /// Looks a fixture up by name.
 pub fn by_name(name: &str) -> Option<FixtureMachine> {
     let machine = match name {
-        "xeon-2s" => FixtureMachine {
-            name: "xeon-2s",
+        "xeon" => FixtureMachine {
+            name: "xeon",
             description: "2-socket Intel Xeon Platinum 8480+ (Sapphire Rapids): 56 cores x 2 threads per socket, \
                           one L3 per socket, SNC off (one NUMA node per socket, 256 GiB each, SLIT 10/21)",
             cpu: CpuLayout {
@@ -34,17 +34,15 @@ pub fn by_name(name: &str) -> Option<FixtureMachine> {
                 l3_per_package: 1,
                 nodes_per_package: 1,
                 memory_per_node: 256 * GIB,
-                memory_only_nodes: vec![],
                 remote_distance: 21,
                 offline: vec![],
             },
         },
         "gb300" => FixtureMachine {
             name: "gb300",
-            description: "Azure GB300 node (2 Grace CPUs, 4 GB300 GPUs): 2 x 64 Neoverse-V2 vCPUs without SMT, one \
-                          L3 per Grace, CPU nodes 0-1; each GPU's HBM as a CPU-less node (2-5, 288 GB). The GPU and \
-                          NIC placement (nodes 0 and 1) follows the live GB300 slices in the shared corpora; the \
-                          vCPU count and node numbering of the HBM are modelled, not captured",
+            description: "Azure ND GB300 v6 VM: 2 Grace (aarch64, Neoverse-V2) sockets, 128 vCPUs without SMT, \
+                          one L3 per Grace, 2 NUMA nodes. GPU and NIC placement (NUMA 0 and 1) as in the live GB300 \
+                          ResourceSlices of the shared corpora",
             cpu: CpuLayout {
                 arch: Arch::Arm64,
                 packages: 2,
@@ -54,14 +52,30 @@ pub fn by_name(name: &str) -> Option<FixtureMachine> {
                 l3_per_package: 1,
                 nodes_per_package: 1,
                 memory_per_node: 480 * GIB,
-                memory_only_nodes: vec![288_000_000_000; 4],
                 remote_distance: 40,
                 offline: vec![],
             },
         },
-        "i915-raptorlake" => FixtureMachine {
-            name: "i915-raptorlake",
-            description: "Intel Core i7-1370P host with an i915 iGPU: 6 P-cores x 2 threads (CPUs 0-11) and 8 \
+        "i915" => FixtureMachine {
+            name: "i915",
+            description: "2-socket Intel Xeon Gold 6336Y (Ice Lake) host for Intel Data Center GPU Flex 170 cards: \
+                          24 cores x 2 threads per socket, one L3 per socket, 2 NUMA nodes",
+            cpu: CpuLayout {
+                arch: Arch::X86,
+                packages: 2,
+                cores_per_package: 24,
+                threads_per_core: 2,
+                efficiency_cores_per_package: 0,
+                l3_per_package: 1,
+                nodes_per_package: 1,
+                memory_per_node: 128 * GIB,
+                remote_distance: 20,
+                offline: vec![],
+            },
+        },
+        "hybrid" => FixtureMachine {
+            name: "hybrid",
+            description: "Intel Core i7-1370P laptop (Raptor Lake): 6 P-cores x 2 threads (CPUs 0-11) and 8 \
                           E-cores (CPUs 12-19), one L3, no NUMA beyond node 0; the same CPU as hwloc's \
                           20em64t-hybrid dump, plus the cpu_core/cpu_atom PMU lists that dump lacks",
             cpu: CpuLayout {
@@ -73,13 +87,12 @@ pub fn by_name(name: &str) -> Option<FixtureMachine> {
                 l3_per_package: 1,
                 nodes_per_package: 1,
                 memory_per_node: 32 * GIB,
-                memory_only_nodes: vec![],
                 remote_distance: 21,
                 offline: vec![],
             },
         },
-        "epyc-1s" => FixtureMachine {
-            name: "epyc-1s",
+        "epyc" => FixtureMachine {
+            name: "epyc",
             description: "1-socket AMD EPYC 9354 (Genoa): 32 cores x 2 threads, 8 CCDs with an L3 each, NPS2 (two \
                           NUMA nodes), with CPUs 62-63 taken offline",
             cpu: CpuLayout {
@@ -91,7 +104,6 @@ pub fn by_name(name: &str) -> Option<FixtureMachine> {
                 l3_per_package: 8,
                 nodes_per_package: 2,
                 memory_per_node: 192 * GIB,
-                memory_only_nodes: vec![],
                 remote_distance: 21,
                 offline: vec![62, 63],
             },
@@ -154,8 +166,7 @@ mod tests {
                     cpu.id
                 );
             }
-            let nodes = machine.cpu.packages * machine.cpu.nodes_per_package
-                + machine.cpu.memory_only_nodes.len() as u32;
+            let nodes = machine.cpu.packages * machine.cpu.nodes_per_package;
             assert_eq!(inventory.numa_nodes.len() as u32, nodes, "{name}");
             for node in &inventory.numa_nodes {
                 assert_eq!(node.distances.len() as u32, nodes, "{name}");
@@ -166,11 +177,11 @@ mod tests {
 
     #[test]
     fn fixture_facts() {
-        let xeon = by_name("xeon-2s").unwrap().cpu.expected();
+        let xeon = by_name("xeon").unwrap().cpu.expected();
         assert_eq!(xeon.len(), 224);
         // Linux numbers first threads first: cpu0 and cpu112 share a core.
         assert_eq!(xeon.first().unwrap().siblings.to_string(), "0,112");
-        let rpl = by_name("i915-raptorlake").unwrap().cpu.expected();
+        let rpl = by_name("hybrid").unwrap().cpu.expected();
         assert_eq!(rpl.len(), 20);
         let gb300 = by_name("gb300").unwrap();
         assert_eq!(gb300.cpu.expected().len(), 128);

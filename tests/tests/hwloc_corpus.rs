@@ -29,7 +29,7 @@ fn exceptions() -> BTreeMap<(&'static str, Grouping), &'static str> {
 #[test]
 #[ignore = "needs ../shared corpora and Debian hwloc"]
 fn cpu_groupings_match_lstopo_on_every_hwloc_dump_needs_shared_corpora() {
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = hal_mock::scratch_dir("hwloc-corpus-").unwrap();
     let exceptions = exceptions();
     let mut used = Vec::new();
     let mut failures = Vec::new();

@@ -15,9 +15,9 @@ use driver::probe::{Family, Report, render_table};
     version,
     about = "Show what the DRA hardware-abstraction layer sees: CPUs, cores, caches and NUMA nodes",
     after_help = "Examples:\n  hal-probe                           the real machine (reads /sys)\n  \
-                  hal-probe --fixture xeon-2s cpu     an embedded fixture machine\n  \
+                  hal-probe --fixture xeon cpu     an embedded fixture machine\n  \
                   hal-probe --sysfs-root DUMP --format json cpu\n\n\
-                  Fixtures: xeon-2s, gb300, i915-raptorlake, epyc-1s.\n\
+                  Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
                   Unreadable files do not stop the probe: they are listed under \"errors\" and only what\n\
                   depends on them is missing. Exit status: 0 on success (even with errors listed), 1 when\n\
                   nothing could be read, 2 on bad usage."

@@ -1,5 +1,6 @@
 //! The one way attributes are read: bounded, trimmed, parsed, with the path attached to every error.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -50,11 +51,23 @@ fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
 /// Reads an attribute as text, trimmed of surrounding whitespace. At most [`MAX_ATTRIBUTE_BYTES`] are
 /// read; anything longer is an error rather than a silent truncation.
 pub fn read_trimmed(path: &Path) -> Result<String> {
-    let file = fs::File::open(path).map_err(|e| io_error("read", path, e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_ATTRIBUTE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error("read", path, e))?;
+    let mut file = fs::File::open(path).map_err(|e| io_error("read", path, e))?;
+    // A sysfs attribute is at most a page and comes in one read; a short read of a regular file is
+    // its end. So the common case costs one read(2), not the two or more of `read_to_end`.
+    let mut page = [0u8; 4096];
+    let first = loop {
+        match file.read(&mut page) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error("read", path, e)),
+        }
+    };
+    let mut bytes = page.get(..first).unwrap_or_default().to_vec();
+    if first == page.len() {
+        file.take(MAX_ATTRIBUTE_BYTES + 1 - first as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_error("read", path, e))?;
+    }
     if bytes.len() as u64 > MAX_ATTRIBUTE_BYTES {
         let source = ParseError::new("attribute", "", "longer than 64 KiB");
         return Err(Error::Parse {
@@ -130,6 +143,18 @@ pub fn parse_topology_id(text: &str) -> Result<Option<u32>, ParseError> {
 pub fn parse_u32(text: &str) -> Result<u32, ParseError> {
     text.parse()
         .map_err(|_| ParseError::new("unsigned integer", text, "not a decimal integer below 2^32"))
+}
+
+/// The names in a directory, or `None` when it cannot be listed (missing: an offline CPU's
+/// `topology/`). Listing once and opening only what exists is cheaper than probing for files that
+/// old kernels lack.
+pub fn entry_names(dir: &Path) -> Option<BTreeSet<String>> {
+    let entries = fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect(),
+    )
 }
 
 /// Lists the entries of `dir` named `<prefix><decimal>` and returns their numbers, sorted.

@@ -37,6 +37,14 @@ pub(crate) fn assign_core_types(
                    relative: &str,
                    parse: fn(&str) -> Result<u64, ParseError>|
      -> Vec<Option<u64>> {
+        // The attribute is arch-wide (every CPU device has it, or none does): look at the first CPU
+        // before opening one file per CPU.
+        let first = cpus
+            .first()
+            .map(|c| cpu_dir.join(format!("cpu{}", c.id)).join(relative));
+        if !first.is_some_and(|p| p.exists()) {
+            return vec![None; cpus.len()];
+        }
         cpus.iter()
             .map(|cpu| {
                 let path: PathBuf = cpu_dir.join(format!("cpu{}", cpu.id)).join(relative);
@@ -52,14 +60,6 @@ pub(crate) fn assign_core_types(
         cpus.iter_mut()
             .zip(kinds)
             .for_each(|(cpu, kind)| cpu.core_type = kind);
-        return;
-    }
-    // Only look for MIDR registers on machines that have them (arm64).
-    if !cpus.first().is_some_and(|c| {
-        cpu_dir
-            .join(format!("cpu{}/regs/identification", c.id))
-            .is_dir()
-    }) {
         return;
     }
     let midrs = per_cpu(errors, "regs/identification/midr_el1", parse_hex_u64);

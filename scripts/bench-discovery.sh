@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Benchmarks CPU-topology discovery: `hal-probe --sysfs-root DIR --format json cpu` against hwloc's
+# `lstopo-no-graphics --of xml -` on the three largest hwloc Linux dumps (by CPU count), plus hal-probe
+# alone on an embedded fixture machine (lstopo has nothing to read there, so it is not timed).
+#
+# Prints, to stdout, hyperfine's results per input and then a table: mean wall times, the ratio
+# lstopo / hal-probe, and the peak RSS of one hal-probe run per input; "target missed" marks a ratio
+# below 10x or an RSS of 8 MiB or more. The cargo build log goes to stderr.
+# It is a report: missed targets do not fail it. It exits non-zero only when a tool is missing or a
+# command fails.
+#
+# Needs: cargo, Debian `hyperfine`, `hwloc` (lstopo-no-graphics), `bzip2` (with tar), python3, and the
+# hwloc corpus at ../shared/corpora/hwloc-linux (override with HWLOC_CORPUS=DIR).
+# Optional: FIXTURE=NAME (default xeon) picks the embedded fixture machine.
+#
+# Usage: scripts/bench-discovery.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+corpus=${HWLOC_CORPUS:-$repo/../shared/corpora/hwloc-linux}
+fixture=${FIXTURE:-xeon}
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+probe=$target_dir/release/hal-probe
+dumps=(256ia64-64n2s2c 128ia64-17n4s2c 96em64t-4no4pa3ca2co)
+ratio_target=10
+rss_target_mib=8
+
+missing=0
+for tool in cargo hyperfine lstopo-no-graphics tar bzip2 python3; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "bench-discovery: missing tool: $tool" >&2
+        missing=1
+    fi
+done
+[[ $missing -eq 0 ]] || exit 1
+for dump in "${dumps[@]}"; do
+    if [[ ! -f $corpus/$dump.tar.bz2 ]]; then
+        echo "bench-discovery: missing dump: $corpus/$dump.tar.bz2" >&2
+        exit 1
+    fi
+done
+
+tmp=$(mktemp -d -t bench-discovery.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "== building hal-probe (release)"
+cargo build --release -p driver --bin hal-probe
+
+# Peak RSS in KiB of one run of the given command (stdout discarded; a failure is fatal).
+#
+# Not `getrusage(RUSAGE_CHILDREN).ru_maxrss` after `subprocess.run`: Linux charges a process, at exec,
+# with the high-water RSS of the address space it replaces, which for a child of python3 is python's own
+# (~10-14 MiB, even for /bin/true). Instead the child is traced, stopped at exit (PTRACE_O_TRACEEXIT) and
+# its `VmHWM` (peak RSS of the exec'd program alone) read from /proc. Where ptrace is not allowed it falls
+# back to ru_maxrss and prints the value with a '>' (an upper bound that includes python's RSS).
+peak_rss_kib() {
+    python3 - "$@" <<'EOF'
+import ctypes, os, resource, signal, subprocess, sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+PTRACE_TRACEME, PTRACE_CONT, PTRACE_SETOPTIONS = 0, 7, 0x4200
+PTRACE_O_TRACEEXIT, PTRACE_EVENT_EXIT = 0x40, 6
+TRACE_REFUSED = 125
+
+def traceme():
+    if libc.ptrace(PTRACE_TRACEME, 0, None, None) != 0:
+        os._exit(TRACE_REFUSED)
+
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, preexec_fn=traceme)
+pid, status = os.waitpid(proc.pid, 0)
+if os.WIFEXITED(status) and os.WEXITSTATUS(status) == TRACE_REFUSED:
+    subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
+    print(">%d" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    sys.exit(0)
+# Stopped by the SIGTRAP that follows a traced exec.
+libc.ptrace(PTRACE_SETOPTIONS, pid, None, ctypes.c_void_p(PTRACE_O_TRACEEXIT))
+libc.ptrace(PTRACE_CONT, pid, None, None)
+hwm = None
+while True:
+    pid, status = os.waitpid(proc.pid, 0)
+    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        break
+    deliver = os.WSTOPSIG(status)
+    if status >> 16 == PTRACE_EVENT_EXIT:
+        with open(f"/proc/{pid}/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        deliver = 0
+    elif deliver == signal.SIGTRAP:
+        deliver = 0
+    libc.ptrace(PTRACE_CONT, pid, None, ctypes.c_void_p(deliver))
+if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0 or hwm is None:
+    sys.exit(f"peak RSS: {sys.argv[1:]} failed (wait status {status:#x})")
+print(hwm)
+EOF
+}
+
+# Input name, hyperfine JSON, RSS in KiB: one line per input, for the table at the end.
+results=$tmp/results.tsv
+: >"$results"
+
+for dump in "${dumps[@]}"; do
+    dir=$tmp/$dump
+    mkdir -p "$dir"
+    echo "== extracting $dump"
+    tar -xjf "$corpus/$dump.tar.bz2" -C "$dir"
+    # One top-level directory per tarball (its name need not match the tarball's), as in hwloc's runner.
+    tops=("$dir"/*/)
+    if [[ ${#tops[@]} -ne 1 || ! -d ${tops[0]} ]]; then
+        echo "bench-discovery: $dump: expected one top-level directory, found ${#tops[@]}" >&2
+        exit 1
+    fi
+    root=${tops[0]%/}
+    [[ -d $root/fsroot ]] && root=$root/fsroot
+
+    echo "== timing $dump"
+    # The hwloc variables are exported to both commands (hal-probe ignores them) so that neither pays for
+    # an extra `env` exec. HWLOC_DUMPED_HWDATA_DIR keeps lstopo from reading this host's DMI dump.
+    HWLOC_FSROOT=$root HWLOC_COMPONENTS=linux,stop HWLOC_DUMPED_HWDATA_DIR=/var/run/hwloc \
+        hyperfine -N --warmup 3 --style basic --export-json "$tmp/$dump.json" \
+        --command-name hal-probe "$probe --sysfs-root $root --format json cpu" \
+        --command-name lstopo "lstopo-no-graphics --of xml -"
+    rss=$(peak_rss_kib "$probe" --sysfs-root "$root" --format json cpu)
+    printf '%s\t%s\t%s\n' "$dump" "$tmp/$dump.json" "$rss" >>"$results"
+done
+
+echo "== timing fixture $fixture (hal-probe only)"
+hyperfine -N --warmup 3 --style basic --export-json "$tmp/fixture.json" \
+    --command-name hal-probe "$probe --fixture $fixture --format json cpu"
+rss=$(peak_rss_kib "$probe" --fixture "$fixture" --format json cpu)
+printf '%s\t%s\t%s\n' "fixture:$fixture" "$tmp/fixture.json" "$rss" >>"$results"
+
+python3 - "$results" "$ratio_target" "$rss_target_mib" <<'EOF'
+import json, sys
+
+results, ratio_target, rss_target = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+header = ("input", "hal-probe ms", "lstopo ms", "lstopo/hal-probe", "hal-probe RSS MiB", "verdict")
+rows = []
+missed = 0
+with open(results) as f:
+    for line in f:
+        name, path, rss_kib = line.rstrip("\n").split("\t")
+        with open(path) as j:
+            means = {r["command"]: r["mean"] * 1000 for r in json.load(j)["results"]}
+        probe = means["hal-probe"]
+        lstopo = means.get("lstopo")
+        bound = rss_kib.startswith(">")
+        rss = int(rss_kib.lstrip(">")) / 1024
+        problems = []
+        if lstopo is not None and lstopo / probe < ratio_target:
+            problems.append(f"ratio < {ratio_target:g}")
+        if rss >= rss_target:
+            problems.append(f"RSS >= {rss_target:g} MiB")
+        missed += bool(problems)
+        verdict = "target missed: " + ", ".join(problems) if problems else "ok"
+        rows.append((
+            name,
+            f"{probe:.2f}",
+            f"{lstopo:.2f}" if lstopo is not None else "n/a (not timed)",
+            f"{lstopo / probe:.1f}x" if lstopo is not None else "n/a",
+            (">" if bound else "") + f"{rss:.1f}",
+            verdict,
+        ))
+widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+print(fmt.format(*header))
+print(fmt.format(*("-" * w for w in widths)))
+for r in rows:
+    print(fmt.format(*r))
+print()
+print(f"targets: lstopo/hal-probe >= {ratio_target:g}x, hal-probe peak RSS < {rss_target:g} MiB.")
+print("the fixture row has no lstopo run (nothing on disk for lstopo to read), so only its RSS is checked;")
+print("its time includes hal-probe writing the fixture's sysfs tree to a temporary directory first.")
+print("RSS is the exec'd hal-probe's own VmHWM at exit ('>' marks a fallback upper bound, see the script).")
+print(f"{missed} of {len(rows)} inputs missed a target." if missed else "all targets met.")
+EOF

@@ -5,16 +5,18 @@
 
 pub mod cpu;
 pub mod cpuset;
-pub mod devices;
+pub mod device;
 pub mod error;
 pub mod numa;
 pub mod pci;
+pub mod text;
 
 pub use cpu::{CoreType, CpuInventory, CpuTopology, InventoryError, LogicalCpu, NumaNodeInfo};
 pub use cpuset::CpuSet;
-pub use devices::{
-    GpuDevice, GpuInfo, PciDevice, PciFunction, RdmaDevice, RdmaInfo, SriovPf, SriovState,
-};
+pub use device::gpu::{GpuDevice, GpuInfo, GpuVendor};
+pub use device::pci::{PciDevice, PciFunction};
+pub use device::rdma::{LinkLayer, RdmaCharDevice, RdmaCharKind, RdmaDevice, RdmaInfo, RdmaPort};
+pub use device::sriov::{SriovPf, SriovState, VirtualFunction};
 pub use error::{Error, ErrorKind, ParseError, Result};
 pub use numa::NumaNode;
 pub use pci::{PciAddress, PcieRoot};

@@ -1,0 +1,59 @@
+//! [`GpuInfo`] and the [`GpuDevice`] trait.
+
+use crate::error::Result;
+use crate::pci::PciAddress;
+
+/// GPU vendor, from the PCI vendor id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuVendor {
+    /// 0x10de.
+    Nvidia,
+    /// 0x8086.
+    Intel,
+    /// 0x1002.
+    Amd,
+    /// Any other vendor id.
+    Other(u16),
+}
+
+impl GpuVendor {
+    /// From a PCI vendor id.
+    pub fn from_pci_vendor(id: u16) -> Self {
+        match id {
+            0x10de => GpuVendor::Nvidia,
+            0x8086 => GpuVendor::Intel,
+            0x1002 => GpuVendor::Amd,
+            other => GpuVendor::Other(other),
+        }
+    }
+}
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GpuInfo {
+    /// PCI address.
+    pub pci_address: PciAddress,
+    /// Vendor.
+    pub vendor: GpuVendor,
+    /// Bound kernel driver (`i915`, `xe`, `nvidia`, `amdgpu`).
+    pub driver: Option<String>,
+    /// DRM card node name (`card0`).
+    pub drm_card: Option<String>,
+    /// DRM render node name (`renderD128`).
+    pub drm_render: Option<String>,
+    /// NVIDIA device minor (`/dev/nvidiaN`).
+    pub nvidia_minor: Option<u32>,
+    /// Vendor-assigned unique id (NVIDIA UUID), where known.
+    pub uuid: Option<String>,
+    /// Product name.
+    pub product: Option<String>,
+    /// Device-local memory in bytes, where known.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Enumerates GPUs.
+pub trait GpuDevice: Send + Sync {
+    /// Every GPU, sorted by PCI address.
+    fn gpus(&self) -> Result<Vec<GpuInfo>>;
+}

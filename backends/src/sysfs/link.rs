@@ -1,0 +1,160 @@
+//! sysfs links, resolved lexically inside the root, and what a resolved device path says.
+//!
+//! Links under `sys/bus` and `sys/class` are relative (`../../../devices/pci0000:00/0000:00:01.0`).
+//! They are resolved against the link's own directory with `..` applied as text, so a captured tree
+//! resolves inside its root exactly as on the machine, and a link can never lead outside the root.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use hal::{Error, ParseError, PciAddress, PcieRoot, Result};
+
+/// Resolves the symlink at `root/relative` and returns its target relative to `root`
+/// (`sys/devices/pci0000:00/...`). Absolute link text is taken relative to the root. A target that
+/// would climb above the root is an error.
+pub fn resolve_link(root: &Path, relative: &Path) -> Result<PathBuf> {
+    let link = root.join(relative);
+    let text = fs::read_link(&link).map_err(|source| Error::Io {
+        op: "resolve",
+        path: link.clone(),
+        source,
+    })?;
+    let mut parts: Vec<OsString> = relative
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    if text.is_absolute() {
+        parts.clear();
+    }
+    for component in text.components() {
+        match component {
+            Component::Normal(name) => parts.push(name.to_os_string()),
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    let source = ParseError::new(
+                        "link",
+                        &text.to_string_lossy(),
+                        "points outside the sysfs root",
+                    );
+                    return Err(Error::Parse { path: link, source });
+                }
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(parts.iter().collect())
+}
+
+/// The name a link points to (`driver` → `../../../bus/pci/drivers/ice` gives `ice`), or `None` when
+/// there is no link.
+pub fn link_name(path: &Path) -> Option<String> {
+    let target = fs::read_link(path).ok()?;
+    target.file_name()?.to_str().map(str::to_owned)
+}
+
+/// The PCI functions along a resolved device path, outermost first
+/// (`sys/devices/pci0000:00/0000:00:01.0/0000:3b:00.0/net/eth0` gives `0000:00:01.0`, `0000:3b:00.0`).
+pub fn pci_functions_in_path(path: &Path) -> Vec<PciAddress> {
+    path.components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .filter_map(|name| PciAddress::parse(name).ok())
+        .collect()
+}
+
+/// The PCIe root of a resolved device path: the `pciDDDD:BB` component right before the first PCI
+/// function. This also finds the root on Hyper-V/Azure VMBUS paths
+/// (`sys/devices/LNXSYSTM:00/.../VMBUS:00/<guid>/pci0101:00/0101:00:00.0`), where the upstream
+/// Kubernetes helper, which requires the path to start with `/sys/devices/pci`, gives up.
+pub fn pcie_root_of_path(path: &Path) -> Option<PcieRoot> {
+    let names: Vec<&str> = path
+        .components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .collect();
+    let first_function = names
+        .iter()
+        .position(|name| PciAddress::parse(name).is_ok())?;
+    let before = names.get(first_function.checked_sub(1)?)?;
+    PcieRoot::parse(before).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn resolves_relative_links_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
+        fs::create_dir_all(root.join("sys/devices/pci0000:00/0000:00:01.0/0000:3b:00.0")).unwrap();
+        symlink(
+            "../../../devices/pci0000:00/0000:00:01.0/0000:3b:00.0",
+            root.join("sys/bus/pci/devices/0000:3b:00.0"),
+        )
+        .unwrap();
+        let resolved = resolve_link(root, Path::new("sys/bus/pci/devices/0000:3b:00.0")).unwrap();
+        assert_eq!(
+            resolved,
+            Path::new("sys/devices/pci0000:00/0000:00:01.0/0000:3b:00.0")
+        );
+
+        symlink(
+            "../../../../../../etc",
+            root.join("sys/bus/pci/devices/evil"),
+        )
+        .unwrap();
+        let err = resolve_link(root, Path::new("sys/bus/pci/devices/evil")).unwrap_err();
+        assert!(err.to_string().contains("outside the sysfs root"), "{err}");
+
+        symlink(
+            "/sys/devices/pci0000:00",
+            root.join("sys/bus/pci/devices/absolute"),
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_link(root, Path::new("sys/bus/pci/devices/absolute")).unwrap(),
+            Path::new("sys/devices/pci0000:00")
+        );
+
+        let missing = resolve_link(root, Path::new("sys/bus/pci/devices/none")).unwrap_err();
+        assert_eq!(missing.kind(), hal::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn roots_and_functions_of_paths() {
+        let plain = Path::new("sys/devices/pci0000:00/0000:00:01.0/0000:3b:00.0/infiniband/mlx5_0");
+        assert_eq!(pcie_root_of_path(plain).unwrap().to_string(), "pci0000:00");
+        let functions: Vec<String> = pci_functions_in_path(plain)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(functions, ["0000:00:01.0", "0000:3b:00.0"]);
+
+        let vmbus = Path::new(
+            "sys/devices/LNXSYSTM:00/LNXSYBUS:00/ACPI0004:00/VMBUS:00/7870a0d2-0101-4d5b-a0f3-4e5f8c1d2e3f/pci0101:00/0101:00:00.0",
+        );
+        assert_eq!(pcie_root_of_path(vmbus).unwrap().to_string(), "pci0101:00");
+        assert_eq!(
+            pci_functions_in_path(vmbus),
+            [PciAddress::parse("0101:00:00.0").unwrap()]
+        );
+
+        let wide = Path::new("sys/devices/pci10000:00/10000:00:02.0/10000:01:00.0");
+        assert_eq!(pcie_root_of_path(wide).unwrap().to_string(), "pci10000:00");
+        assert_eq!(
+            pcie_root_of_path(Path::new("sys/devices/virtual/net/lo")),
+            None
+        );
+        assert_eq!(
+            pcie_root_of_path(Path::new("sys/devices/platform/0000:00:01.0")),
+            None
+        );
+    }
+}

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::cpuset::CpuSet;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
+use crate::inventory::InventoryError;
 use crate::numa::NumaNode;
 
 /// The kind of core a logical CPU sits on.
@@ -59,31 +60,6 @@ pub struct NumaNodeInfo {
     /// The kernel's distance row: one entry per node, in ascending node-id order (the order of
     /// [`CpuInventory::numa_nodes`]), not indexed by node id.
     pub distances: Vec<u32>,
-}
-
-/// A problem met during discovery that degraded part of the result but not all of it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct InventoryError {
-    /// The file or directory concerned.
-    pub path: String,
-    /// What went wrong, for people.
-    pub error: String,
-    /// What went wrong, for programs.
-    #[serde(skip)]
-    pub kind: Option<ErrorKind>,
-}
-
-impl From<&Error> for InventoryError {
-    fn from(error: &Error) -> Self {
-        InventoryError {
-            path: error
-                .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            error: error.to_string(),
-            kind: Some(error.kind()),
-        }
-    }
 }
 
 /// A snapshot of the machine's CPUs and NUMA nodes, sorted by id.

@@ -1,6 +1,7 @@
 //! [`GpuInfo`] and the [`GpuDevice`] trait.
 
 use crate::error::Result;
+use crate::inventory::Discovered;
 use crate::pci::PciAddress;
 
 /// GPU vendor, from the PCI vendor id.
@@ -55,5 +56,5 @@ pub struct GpuInfo {
 /// Enumerates GPUs.
 pub trait GpuDevice: Send + Sync {
     /// Every GPU, sorted by PCI address.
-    fn gpus(&self) -> Result<Vec<GpuInfo>>;
+    fn gpus(&self) -> Result<Discovered<GpuInfo>>;
 }

@@ -2,6 +2,7 @@
 
 use crate::cpuset::CpuSet;
 use crate::error::Result;
+use crate::inventory::Discovered;
 use crate::numa::NumaNode;
 use crate::pci::{PciAddress, PcieRoot};
 
@@ -80,14 +81,15 @@ impl PciFunction {
 
 /// Enumerates PCI functions.
 pub trait PciDevice: Send + Sync {
-    /// Every PCI function of the machine, sorted by address. Functions that cannot be read at all are
-    /// left out by implementations that keep an error list (see the sysfs backend).
-    fn pci_functions(&self) -> Result<Vec<PciFunction>>;
+    /// Every PCI function of the machine, sorted by address; a function that cannot be read is an
+    /// error entry, not a failed scan.
+    fn pci_functions(&self) -> Result<Discovered<PciFunction>>;
 
     /// One function by address.
     fn pci_function(&self, address: PciAddress) -> Result<Option<PciFunction>> {
         Ok(self
             .pci_functions()?
+            .items
             .into_iter()
             .find(|f| f.address == address))
     }

@@ -1,6 +1,7 @@
 //! [`RdmaInfo`] and the [`RdmaDevice`] trait.
 
 use crate::error::Result;
+use crate::inventory::Discovered;
 use crate::pci::PciAddress;
 
 /// The link layer of an RDMA port (`ports/N/link_layer`).
@@ -88,5 +89,5 @@ impl RdmaInfo {
 /// Enumerates RDMA devices.
 pub trait RdmaDevice: Send + Sync {
     /// Every RDMA device, sorted by name.
-    fn rdma_devices(&self) -> Result<Vec<RdmaInfo>>;
+    fn rdma_devices(&self) -> Result<Discovered<RdmaInfo>>;
 }

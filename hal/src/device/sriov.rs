@@ -1,6 +1,7 @@
 //! [`SriovState`] and the [`SriovPf`] trait.
 
 use crate::error::Result;
+use crate::inventory::Discovered;
 use crate::pci::PciAddress;
 
 /// One enabled virtual function of a PF.
@@ -32,7 +33,7 @@ pub struct SriovState {
 /// Reads and changes SR-IOV state and driver binding.
 pub trait SriovPf: Send + Sync {
     /// The PFs with SR-IOV capability, sorted by address.
-    fn sriov_pfs(&self) -> Result<Vec<SriovState>>;
+    fn sriov_pfs(&self) -> Result<Discovered<SriovState>>;
 
     /// Sets the number of VFs of `pf`. The kernel refuses to change a non-zero count directly, so a
     /// change goes through 0 first.
@@ -43,6 +44,6 @@ pub trait SriovPf: Send + Sync {
 
     /// One PF's state.
     fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
-        Ok(self.sriov_pfs()?.into_iter().find(|s| s.pf == pf))
+        Ok(self.sriov_pfs()?.items.into_iter().find(|s| s.pf == pf))
     }
 }

@@ -7,3 +7,4 @@ pub mod sysfs;
 
 pub use sysfs::SysfsRoot;
 pub use sysfs::cpu::SysfsCpuTopology;
+pub use sysfs::pci::SysfsPci;

@@ -6,5 +6,7 @@ pub mod cpu;
 mod cpu_groups;
 pub mod link;
 pub mod numa;
+pub mod pci;
+pub mod pciids;
 
 pub use attr::SysfsRoot;

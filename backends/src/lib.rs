@@ -8,3 +8,5 @@ pub mod sysfs;
 pub use sysfs::SysfsRoot;
 pub use sysfs::cpu::SysfsCpuTopology;
 pub use sysfs::pci::SysfsPci;
+pub use sysfs::sriov::SysfsSriov;
+pub use sysfs::write::FileWriter;

@@ -7,10 +7,15 @@
 //! round-trip test of the backend.
 
 mod cpu;
+mod kernel;
 mod machines;
+mod pci;
+mod tree;
 
 pub use cpu::{Arch, CpuLayout, ExpectedCpu};
+pub use kernel::EmulatedKernel;
 pub use machines::{FIXTURES, FixtureMachine, by_name};
+pub use pci::{PciFunctionSpec, SriovSpec};
 
 use std::io;
 use std::path::Path;

@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod numa;
 pub mod pci;
 pub mod text;
+pub mod write;
 
 pub use cpu::{CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNodeInfo};
 pub use cpuset::CpuSet;
@@ -22,3 +23,4 @@ pub use error::{Error, ErrorKind, ParseError, Result};
 pub use inventory::{Discovered, InventoryError};
 pub use numa::NumaNode;
 pub use pci::{PciAddress, PcieRoot};
+pub use write::AttributeWriter;

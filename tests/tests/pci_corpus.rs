@@ -4,15 +4,20 @@
 //!
 //! Needs `../shared/corpora`, `tar`, and Debian `hwloc`: ignored by default, run by `.ci/run`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use backends::{SysfsPci, SysfsRoot};
-use hal::{CpuSet, NumaNode, PciAddress, PciDevice, PciFunction};
+use backends::{SysfsPci, SysfsRoot, SysfsSriov};
+use hal::{CpuSet, NumaNode, PciAddress, PciDevice, PciFunction, SriovPf};
 use stack_tests::hwloc::{self, corpus_dir};
 use stack_tests::index::{Row, tables};
 
@@ -36,6 +41,7 @@ fn pci_functions_match_the_hwloc_index_tables_needs_shared_corpora() {
     let scratch = hal_mock::scratch_dir("pci-corpus-").unwrap();
     let mut checked = 0;
     let mut matched_tables = 0;
+    let mut sriov_checked = 0;
     let mut failures = Vec::new();
     for dump in hwloc::dumps().unwrap() {
         let root = dump.extract(scratch.path()).unwrap();
@@ -67,6 +73,13 @@ fn pci_functions_match_the_hwloc_index_tables_needs_shared_corpora() {
         matched_tables += 1;
         let heading = &dump.name;
         let (found, errors) = functions(&root);
+        let sriov: BTreeMap<PciAddress, (u32, u32)> = SysfsSriov::new(SysfsRoot::new(&root))
+            .sriov_pfs()
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|s| (s.pf, (s.num_vfs, s.total_vfs)))
+            .collect();
         for row in rows.iter() {
             let address = PciAddress::parse(&row["BDF"]).unwrap();
             let mut check = |what: &str, same: bool, detail: String| {
@@ -147,6 +160,18 @@ fn pci_functions_match_the_hwloc_index_tables_needs_shared_corpora() {
                 "pcie root",
                 f.pcie_root.map(|r| r.to_string()) == want_root,
                 format!("{:?} vs {target}", f.pcie_root),
+            );
+            let want_sriov = none_if_dash(&row["sriov numvfs/totalvfs"]).map(|c| {
+                let (num, total) = c.split_once('/').unwrap();
+                (num.parse().unwrap(), total.parse().unwrap())
+            });
+            if want_sriov.is_some() {
+                sriov_checked += 1;
+            }
+            check(
+                "sriov",
+                sriov.get(&address).copied() == want_sriov,
+                format!("{:?} vs {want_sriov:?}", sriov.get(&address)),
             );
             let children: BTreeSet<String> = row["children (net/infiniband/drm)"]
                 .split(", ")

@@ -8,5 +8,7 @@ pub mod link;
 pub mod numa;
 pub mod pci;
 pub mod pciids;
+pub mod sriov;
+pub mod write;
 
 pub use attr::SysfsRoot;

@@ -1,0 +1,190 @@
+//! [`SysfsSriov`]: SR-IOV state of physical functions, and the writes that change it: the number of
+//! VFs and the driver a function is bound to.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hal::{
+    AttributeWriter, Discovered, Error, PciAddress, Result, SriovPf, SriovState, VirtualFunction,
+};
+
+use super::SysfsRoot;
+use super::attr::{ErrorLog, entry_names, numbered_entries, parse_scalar, parse_u32};
+use super::link::{link_name, pci_functions_in_path, resolve_link};
+use super::write::FileWriter;
+
+/// The most VFs a PF can have: the PCIe SR-IOV capability's `TotalVFs` is 16 bits.
+const MAX_VFS: u32 = 1 << 16;
+
+/// SR-IOV read from sysfs under a root, changed through an [`AttributeWriter`].
+#[derive(Clone)]
+pub struct SysfsSriov {
+    root: SysfsRoot,
+    writer: Arc<dyn AttributeWriter>,
+}
+
+impl std::fmt::Debug for SysfsSriov {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SysfsSriov")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SysfsSriov {
+    /// Reads and writes the files under `root` directly (what a node needs).
+    pub fn new(root: SysfsRoot) -> Self {
+        Self::with_writer(root, Arc::new(FileWriter))
+    }
+
+    /// Writes through `writer` (tests pass `hal-mock`'s emulated kernel).
+    pub fn with_writer(root: SysfsRoot, writer: Arc<dyn AttributeWriter>) -> Self {
+        SysfsSriov { root, writer }
+    }
+
+    fn relative_dir(&self, function: PciAddress) -> PathBuf {
+        PathBuf::from(format!("sys/bus/pci/devices/{function}"))
+    }
+
+    fn dir(&self, function: PciAddress) -> PathBuf {
+        self.root.root().join(self.relative_dir(function))
+    }
+
+    fn write(&self, path: &Path, value: &str) -> Result<()> {
+        self.writer
+            .write_attribute(path, value)
+            .map_err(|source| Error::Refused {
+                path: path.to_path_buf(),
+                value: value.to_owned(),
+                source,
+            })
+    }
+
+    fn read_state(&self, pf: PciAddress, errors: &mut ErrorLog) -> Result<Option<SriovState>> {
+        let dir = self.dir(pf);
+        let Some(total_vfs) = parse_scalar(&dir.join("sriov_totalvfs"), parse_u32)? else {
+            return Ok(None);
+        };
+        let num_vfs = parse_scalar(&dir.join("sriov_numvfs"), parse_u32)?.unwrap_or(0);
+        let drivers_autoprobe = errors
+            .keep(parse_scalar(
+                &dir.join("sriov_drivers_autoprobe"),
+                parse_u32,
+            ))
+            .map(|v| v != 0);
+        let vf_device_id = errors.keep(parse_scalar(&dir.join("sriov_vf_device"), |t| {
+            u16::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| hal::ParseError::new("sriov_vf_device", t, "expected a hex device id"))
+        }));
+        let mut vfs = Vec::new();
+        for index in numbered_entries(&dir, "virtfn", MAX_VFS).unwrap_or_default() {
+            let link = self.relative_dir(pf).join(format!("virtfn{index}"));
+            let resolved = errors.keep(resolve_link(self.root.root(), &link).map(Some));
+            if let Some(address) = resolved.and_then(|p| pci_functions_in_path(&p).last().copied())
+            {
+                vfs.push(VirtualFunction { index, address });
+            }
+        }
+        if vfs.len() as u32 != num_vfs {
+            errors.note(
+                &dir.join("sriov_numvfs"),
+                format!("{num_vfs} VFs enabled but {} virtfn links", vfs.len()),
+            );
+        }
+        Ok(Some(SriovState {
+            pf,
+            total_vfs,
+            num_vfs,
+            drivers_autoprobe,
+            vf_device_id,
+            vfs,
+        }))
+    }
+}
+
+impl SriovPf for SysfsSriov {
+    fn sriov_pfs(&self) -> Result<Discovered<SriovState>> {
+        let devices = self.root.join("sys/bus/pci/devices");
+        let mut errors = ErrorLog::default();
+        let mut pfs = Vec::new();
+        let mut addresses: Vec<PciAddress> = entry_names(&devices)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| PciAddress::parse(n).ok())
+            .collect();
+        addresses.sort();
+        for pf in addresses {
+            match self.read_state(pf, &mut errors) {
+                Ok(Some(state)) => pfs.push(state),
+                Ok(None) => {}
+                Err(e) => errors.0.push((&e).into()),
+            }
+        }
+        Ok(Discovered {
+            items: pfs,
+            errors: errors.0,
+        })
+    }
+
+    fn set_num_vfs(&self, pf: PciAddress, count: u32) -> Result<()> {
+        let mut errors = ErrorLog::default();
+        let Some(state) = self.read_state(pf, &mut errors)? else {
+            return Err(Error::Unsupported(format!(
+                "{pf} is not an SR-IOV physical function (no sriov_totalvfs)"
+            )));
+        };
+        if count > state.total_vfs {
+            return Err(Error::InvalidInput(format!(
+                "{pf} supports at most {} VFs, {count} asked",
+                state.total_vfs
+            )));
+        }
+        if count == state.num_vfs {
+            return Ok(());
+        }
+        let path = self.dir(pf).join("sriov_numvfs");
+        // The kernel answers EBUSY to a change between two non-zero counts: go through 0.
+        if state.num_vfs != 0 && count != 0 {
+            self.write(&path, "0")?;
+        }
+        self.write(&path, &count.to_string())
+    }
+
+    fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
+        if driver.is_empty()
+            || driver.len() > 64
+            || driver.contains(['/', '\0'])
+            || driver.chars().any(char::is_whitespace)
+        {
+            return Err(Error::InvalidInput(format!(
+                "{driver:?} is not a kernel driver name"
+            )));
+        }
+        let dir = self.dir(function);
+        if !dir.exists() {
+            return Err(Error::Io {
+                op: "find",
+                path: dir,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        if link_name(&dir.join("driver")).as_deref() == Some(driver) {
+            return Ok(());
+        }
+        self.write(&dir.join("driver_override"), driver)?;
+        if dir.join("driver").exists() {
+            self.write(&dir.join("driver/unbind"), &function.to_string())?;
+        }
+        self.write(
+            &self.root.join("sys/bus/pci/drivers_probe"),
+            &function.to_string(),
+        )?;
+        match link_name(&dir.join("driver")) {
+            Some(bound) if bound == driver => Ok(()),
+            bound => Err(Error::Unsupported(format!(
+                "{function}: {driver} did not bind (bound now: {}); is the module loaded?",
+                bound.as_deref().unwrap_or("none")
+            ))),
+        }
+    }
+}

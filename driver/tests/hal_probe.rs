@@ -154,8 +154,26 @@ fn bad_usage_and_bad_roots_fail_clearly() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("sys/devices/system/cpu"),
-        "names the missing directory: {stderr}"
+        stderr.contains("no sys/ directory inside"),
+        "says what is missing: {stderr}"
+    );
+
+    // A tree with sys/ but no CPU directory: the other families still report, the gap is listed.
+    std::fs::create_dir_all(empty.path().join("sys/bus/pci/devices")).unwrap();
+    let json: Value = serde_json::from_str(&stdout(&hal_probe(&[
+        "--sysfs-root",
+        empty.path().to_str().unwrap(),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(json["pci"], serde_json::json!([]));
+    assert!(
+        json["errors"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("sys/devices/system/cpu"),
+        "{json}"
     );
 
     let help = stdout(&hal_probe(&["--help"]));

@@ -5,17 +5,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use backends::{SysfsCpuTopology, SysfsRoot};
-use clap::{Parser, Subcommand, ValueEnum};
-use driver::probe::{Family, Report, render_table};
+use backends::sysfs::pciids::default_pci_ids;
+use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
+use clap::{Parser, ValueEnum};
+use driver::probe::{Family, Report, Sources, render_table};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "hal-probe",
     version,
-    about = "Show what the DRA hardware-abstraction layer sees: CPUs, cores, caches and NUMA nodes",
+    about = "Show what the DRA hardware-abstraction layer sees: CPUs, caches, NUMA nodes, PCI functions, SR-IOV",
     after_help = "Examples:\n  hal-probe                           the real machine (reads /sys)\n  \
-                  hal-probe --fixture xeon cpu     an embedded fixture machine\n  \
+                  hal-probe --fixture xeon cpu        an embedded fixture machine\n  \
+                  hal-probe pci sriov                 only PCI functions and SR-IOV\n  \
                   hal-probe --sysfs-root DUMP --format json cpu\n\n\
                   Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
                   Unreadable files do not stop the probe: they are listed under \"errors\" and only what\n\
@@ -35,8 +37,14 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 
-    #[command(subcommand)]
-    family: Option<FamilyArg>,
+    /// Vendor and device names from this pci.ids file (default: the system's, e.g.
+    /// /usr/share/misc/pci.ids, if there is one; names are left out otherwise).
+    #[arg(long, value_name = "FILE")]
+    pci_ids: Option<PathBuf>,
+
+    /// What to report (default: everything).
+    #[arg(value_enum)]
+    families: Vec<FamilyArg>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,10 +53,14 @@ enum Format {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FamilyArg {
-    /// CPUs, cores, L3 caches, core types and NUMA nodes (the default).
+    /// CPUs, cores, L3 caches, core types and NUMA nodes.
     Cpu,
+    /// PCI functions: ids, class, driver, NUMA node, PCIe root, interfaces.
+    Pci,
+    /// SR-IOV physical functions and their VFs.
+    Sriov,
 }
 
 fn main() -> ExitCode {
@@ -63,8 +75,17 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    let families = match args.family {
-        None | Some(FamilyArg::Cpu) => vec![Family::Cpu],
+    let families: Vec<Family> = if args.families.is_empty() {
+        Family::ALL.to_vec()
+    } else {
+        args.families
+            .iter()
+            .map(|f| match f {
+                FamilyArg::Cpu => Family::Cpu,
+                FamilyArg::Pci => Family::Pci,
+                FamilyArg::Sriov => Family::Sriov,
+            })
+            .collect()
     };
 
     // Keeps a materialized fixture alive (its directory is removed on drop).
@@ -88,14 +109,30 @@ fn run() -> anyhow::Result<ExitCode> {
             if !dir.is_dir() {
                 bail!("--sysfs-root {}: not a directory", dir.display());
             }
+            if !dir.join("sys").is_dir() {
+                bail!(
+                    "--sysfs-root {}: no sys/ directory inside (give the directory that contains sys/)",
+                    dir.display()
+                );
+            }
             SysfsRoot::new(dir)
         }
         (None, None) => SysfsRoot::default(),
     };
 
-    let topology = SysfsCpuTopology::new(root);
-    let report = Report::collect(&topology, &families);
-    if report.cpu.is_none() {
+    let topology = SysfsCpuTopology::new(root.clone());
+    let mut pci = SysfsPci::new(root.clone());
+    if let Some(ids) = args.pci_ids.clone().or_else(default_pci_ids) {
+        pci = pci.with_pci_ids(ids);
+    }
+    let sriov = SysfsSriov::new(root);
+    let sources = Sources {
+        cpu: &topology,
+        pci: &pci,
+        sriov: &sriov,
+    };
+    let report = Report::collect(&sources, &families);
+    if report.is_empty() {
         for e in &report.errors {
             eprintln!("hal-probe: {}", e.error);
         }

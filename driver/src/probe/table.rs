@@ -17,6 +17,21 @@ pub fn render_table(report: &Report) -> String {
     if let Some(cpu) = &report.cpu {
         render_cpu(&mut out, cpu);
     }
+    if let Some(pci) = &report.pci {
+        super::devices_table::render_pci(&mut out, pci, report.sriov.as_deref());
+    } else if let Some(sriov) = &report.sriov {
+        for state in sriov {
+            let vfs: Vec<String> = state.vfs.iter().map(|v| v.address.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "sriov {}: {}/{} VFs {}",
+                state.pf,
+                state.num_vfs,
+                state.total_vfs,
+                vfs.join(" ")
+            );
+        }
+    }
     if !report.errors.is_empty() {
         let _ = writeln!(out, "errors ({}):", report.errors.len());
         for e in &report.errors {

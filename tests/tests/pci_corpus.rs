@@ -196,7 +196,10 @@ fn pci_functions_match_the_hwloc_index_tables_needs_shared_corpora() {
         matched_tables >= 6,
         "only {matched_tables} dumps matched an INDEX table"
     );
-    assert!(sriov_checked >= 2, "only {sriov_checked} SR-IOV PFs checked");
+    assert!(
+        sriov_checked >= 2,
+        "only {sriov_checked} SR-IOV PFs checked"
+    );
 }
 
 /// `pci_type="0604 [8086:3408] [0000:0000] 22"` of every PCI object lstopo shows with `--whole-io`.

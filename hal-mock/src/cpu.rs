@@ -7,7 +7,8 @@ use std::path::Path;
 use hal::{CoreType, CpuSet};
 
 /// Instruction-set family; decides which files the kernel shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// x86-64: `die_id`, `cluster_id`, cache ids; Intel hybrid PMU lists.
     X86,
@@ -16,7 +17,8 @@ pub enum Arch {
 }
 
 /// A machine's CPUs and NUMA nodes, described the way a datasheet does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CpuLayout {
     /// Instruction-set family.
     pub arch: Arch,
@@ -32,11 +34,12 @@ pub struct CpuLayout {
     pub l3_per_package: u32,
     /// NUMA nodes with CPUs per package (sub-NUMA clustering); 0 for a kernel without NUMA.
     pub nodes_per_package: u32,
-    /// Memory of each CPU node, in bytes.
-    pub memory_per_node: u64,
+    /// Memory of each CPU node, in GiB.
+    pub memory_per_node_gib: u64,
     /// Distance between CPU nodes of different packages (10 is local, 11-12 within a package).
     pub remote_distance: u32,
     /// CPUs that are offline (their `topology/` and `cache/` directories vanish, as on real kernels).
+    #[serde(default)]
     pub offline: Vec<u32>,
 }
 
@@ -260,7 +263,7 @@ impl CpuLayout {
                 .collect();
             write(&dir.join("cpulist"), &node_cpus.to_cpulist())?;
             write(&dir.join("cpumap"), &node_cpus.to_hex_mask(nr))?;
-            let kib = self.memory_per_node / 1024;
+            let kib = self.memory_per_node_gib << 20;
             let meminfo = format!(
                 "Node {node} MemTotal:       {kib} kB\nNode {node} MemFree:        {} kB\n",
                 kib / 2

@@ -7,14 +7,17 @@
 //! round-trip test of the backend.
 
 mod cpu;
+mod devices;
+mod hex;
 mod kernel;
 mod machines;
 mod pci;
 mod tree;
 
 pub use cpu::{Arch, CpuLayout, ExpectedCpu};
+pub use devices::{GpuSpec, NvidiaSpec, RdmaPortSpec, RdmaSpec};
 pub use kernel::EmulatedKernel;
-pub use machines::{FIXTURES, FixtureMachine, by_name};
+pub use machines::{DefaultDriver, FIXTURES, FixtureMachine, by_name};
 pub use pci::{PciFunctionSpec, SriovSpec};
 
 use std::io;
@@ -51,10 +54,5 @@ impl FixtureMachine {
         let dir = scratch_dir(&format!("hal-fixture-{}-", self.name))?;
         self.render(dir.path())?;
         Ok(MaterializedFixture { dir })
-    }
-
-    /// Writes the machine's sysfs tree under `root` (which must exist).
-    pub fn render(&self, root: &Path) -> io::Result<()> {
-        self.cpu.render(root)
     }
 }

@@ -1,116 +1,166 @@
-//! The named fixture machines.
+//! The named fixture machines: JSON descriptions in `testdata/machines/`, embedded at build time.
 
-use crate::cpu::{Arch, CpuLayout};
+use std::io;
+use std::path::Path;
 
-const GIB: u64 = 1 << 30;
+use hal::AttributeWriter;
 
-/// A named machine description.
-#[derive(Debug, Clone)]
+use crate::cpu::CpuLayout;
+use crate::devices::{GpuSpec, RdmaSpec};
+use crate::kernel::EmulatedKernel;
+use crate::pci::PciFunctionSpec;
+use crate::tree::write;
+
+/// A driver the emulated kernel binds to `vendor:device` functions by default (module aliases).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultDriver {
+    /// PCI vendor id.
+    #[serde(with = "crate::hex::u16_hex")]
+    pub vendor: u16,
+    /// PCI device id.
+    #[serde(with = "crate::hex::u16_hex")]
+    pub device: u16,
+    /// Driver name.
+    pub driver: String,
+}
+
+/// A machine description.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FixtureMachine {
     /// Name used by `hal-probe --fixture`.
-    pub name: &'static str,
-    /// What machine it models and where its facts come from.
-    pub description: &'static str,
+    pub name: String,
+    /// What machine it models, which facts are captured and which are modelled.
+    pub description: String,
     /// Its CPUs and NUMA nodes.
     pub cpu: CpuLayout,
+    /// PCI functions (PFs; VFs are created from `sriov.enabled`).
+    #[serde(default)]
+    pub pci: Vec<PciFunctionSpec>,
+    /// RDMA devices.
+    #[serde(default)]
+    pub rdma: Vec<RdmaSpec>,
+    /// GPUs.
+    #[serde(default)]
+    pub gpus: Vec<GpuSpec>,
+    /// Drivers the kernel binds by default.
+    #[serde(default)]
+    pub default_drivers: Vec<DefaultDriver>,
 }
 
 /// Names of every fixture, for `--help` and error messages.
 pub const FIXTURES: [&str; 5] = ["xeon", "gb300", "i915", "hybrid", "epyc"];
 
-/// Looks a fixture up by name.
-pub fn by_name(name: &str) -> Option<FixtureMachine> {
-    let machine = match name {
-        "xeon" => FixtureMachine {
-            name: "xeon",
-            description: "2-socket Intel Xeon Platinum 8480+ (Sapphire Rapids): 56 cores x 2 threads per socket, \
-                          one L3 per socket, SNC off (one NUMA node per socket, 256 GiB each, SLIT 10/21)",
-            cpu: CpuLayout {
-                arch: Arch::X86,
-                packages: 2,
-                cores_per_package: 56,
-                threads_per_core: 2,
-                efficiency_cores_per_package: 0,
-                l3_per_package: 1,
-                nodes_per_package: 1,
-                memory_per_node: 256 * GIB,
-                remote_distance: 21,
-                offline: vec![],
-            },
-        },
-        "gb300" => FixtureMachine {
-            name: "gb300",
-            description: "Azure ND GB300 v6 VM: 2 Grace (aarch64, Neoverse-V2) sockets, 128 vCPUs without SMT, \
-                          one L3 per Grace, 2 NUMA nodes. GPU and NIC placement (NUMA 0 and 1) as in the live GB300 \
-                          ResourceSlices of the shared corpora",
-            cpu: CpuLayout {
-                arch: Arch::Arm64,
-                packages: 2,
-                cores_per_package: 64,
-                threads_per_core: 1,
-                efficiency_cores_per_package: 0,
-                l3_per_package: 1,
-                nodes_per_package: 1,
-                memory_per_node: 480 * GIB,
-                remote_distance: 40,
-                offline: vec![],
-            },
-        },
-        "i915" => FixtureMachine {
-            name: "i915",
-            description: "2-socket Intel Xeon Gold 6336Y (Ice Lake) host for Intel Data Center GPU Flex 170 cards: \
-                          24 cores x 2 threads per socket, one L3 per socket, 2 NUMA nodes",
-            cpu: CpuLayout {
-                arch: Arch::X86,
-                packages: 2,
-                cores_per_package: 24,
-                threads_per_core: 2,
-                efficiency_cores_per_package: 0,
-                l3_per_package: 1,
-                nodes_per_package: 1,
-                memory_per_node: 128 * GIB,
-                remote_distance: 20,
-                offline: vec![],
-            },
-        },
-        "hybrid" => FixtureMachine {
-            name: "hybrid",
-            description: "Intel Core i7-1370P laptop (Raptor Lake): 6 P-cores x 2 threads (CPUs 0-11) and 8 \
-                          E-cores (CPUs 12-19), one L3, no NUMA beyond node 0; the same CPU as hwloc's \
-                          20em64t-hybrid dump, plus the cpu_core/cpu_atom PMU lists that dump lacks",
-            cpu: CpuLayout {
-                arch: Arch::X86,
-                packages: 1,
-                cores_per_package: 6,
-                threads_per_core: 2,
-                efficiency_cores_per_package: 8,
-                l3_per_package: 1,
-                nodes_per_package: 1,
-                memory_per_node: 32 * GIB,
-                remote_distance: 21,
-                offline: vec![],
-            },
-        },
-        "epyc" => FixtureMachine {
-            name: "epyc",
-            description: "1-socket AMD EPYC 9354 (Genoa): 32 cores x 2 threads, 8 CCDs with an L3 each, NPS2 (two \
-                          NUMA nodes), with CPUs 62-63 taken offline",
-            cpu: CpuLayout {
-                arch: Arch::X86,
-                packages: 1,
-                cores_per_package: 32,
-                threads_per_core: 2,
-                efficiency_cores_per_package: 0,
-                l3_per_package: 8,
-                nodes_per_package: 2,
-                memory_per_node: 192 * GIB,
-                remote_distance: 21,
-                offline: vec![62, 63],
-            },
-        },
-        _ => return None,
+const SOURCES: [(&str, &str); 5] = [
+    ("xeon", include_str!("../../testdata/machines/xeon.json")),
+    ("gb300", include_str!("../../testdata/machines/gb300.json")),
+    ("i915", include_str!("../../testdata/machines/i915.json")),
+    (
+        "hybrid",
+        include_str!("../../testdata/machines/hybrid.json"),
+    ),
+    ("epyc", include_str!("../../testdata/machines/epyc.json")),
+];
+
+/// Loads a fixture by name. Errors name the unknown fixture (with the known ones) or the description
+/// file and what is wrong in it.
+pub fn by_name(name: &str) -> Result<FixtureMachine, String> {
+    let Some((_, json)) = SOURCES.iter().find(|(n, _)| *n == name) else {
+        return Err(format!(
+            "unknown fixture {name:?}; known fixtures: {}",
+            FIXTURES.join(", ")
+        ));
     };
-    Some(machine)
+    serde_json::from_str(json).map_err(|e| format!("testdata/machines/{name}.json: {e}"))
+}
+
+impl FixtureMachine {
+    /// The emulated kernel of this machine's tree at `root`, with its default drivers.
+    pub fn kernel(&self, root: &Path) -> EmulatedKernel {
+        self.default_drivers
+            .iter()
+            .fold(EmulatedKernel::new(root), |k, d| {
+                k.with_default_driver(d.vendor, d.device, &d.driver)
+            })
+    }
+
+    /// Writes the machine's sysfs (and `proc/driver/nvidia`) tree under `root` (which must exist):
+    /// CPUs and nodes, PCI functions, VFs enabled through the emulated kernel, then RDMA and GPUs.
+    pub fn render(&self, root: &Path) -> io::Result<()> {
+        self.cpu.render(root)?;
+        write(&root.join("sys/bus/pci/drivers_probe"), "")?;
+        for function in &self.pci {
+            function.render(root)?;
+        }
+        let kernel = self.kernel(root);
+        for function in &self.pci {
+            let Some(sriov) = function.sriov.as_ref().filter(|s| s.enabled > 0) else {
+                continue;
+            };
+            let numvfs = root.join(function.sysfs_dir()).join("sriov_numvfs");
+            kernel.write_attribute(&numvfs, &sriov.enabled.to_string())?;
+            for (index, netdev) in sriov.vf_netdevs.iter().enumerate() {
+                let vf = std::fs::read_link(
+                    root.join(function.sysfs_dir())
+                        .join(format!("virtfn{index}")),
+                )?;
+                let vf_dir = function
+                    .sysfs_dir()
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(vf.file_name().unwrap_or_default());
+                write(
+                    &root.join(&vf_dir).join("net").join(netdev).join("ifindex"),
+                    &(10 + index).to_string(),
+                )?;
+                crate::tree::link(
+                    root,
+                    &Path::new("sys/class/net").join(netdev),
+                    &vf_dir.join("net").join(netdev),
+                )?;
+            }
+        }
+        let functions = self.all_functions(root);
+        for rdma in &self.rdma {
+            rdma.render(root, &functions)?;
+        }
+        for gpu in &self.gpus {
+            gpu.render(root, &functions)?;
+        }
+        Ok(())
+    }
+
+    /// The described functions plus the VFs the kernel created (found from the PFs' `virtfnN` links).
+    fn all_functions(&self, root: &Path) -> Vec<PciFunctionSpec> {
+        let mut all = self.pci.clone();
+        for pf in &self.pci {
+            let enabled = pf.sriov.as_ref().map_or(0, |s| s.enabled);
+            for index in 0..enabled {
+                let Ok(target) =
+                    std::fs::read_link(root.join(pf.sysfs_dir()).join(format!("virtfn{index}")))
+                else {
+                    continue;
+                };
+                let Some(address) = target
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| hal::PciAddress::parse(n).ok())
+                else {
+                    continue;
+                };
+                all.push(PciFunctionSpec {
+                    address,
+                    sriov: None,
+                    netdevs: vec![],
+                    driver: None,
+                    iommu_group: None,
+                    ..pf.clone()
+                });
+            }
+        }
+        all
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +225,134 @@ mod tests {
         }
     }
 
+    /// Every described PCI function, and every VF the kernel created, comes back through the real PCI
+    /// and SR-IOV backends with its identity and place.
+    #[test]
+    fn every_fixture_pci_round_trips_through_the_sysfs_backends() {
+        use backends::{SysfsPci, SysfsSriov};
+        use hal::{PciDevice, SriovPf};
+        for name in FIXTURES {
+            let machine = by_name(name).unwrap();
+            let fixture = machine.materialize().unwrap();
+            let found = SysfsPci::new(SysfsRoot::new(fixture.root()))
+                .pci_functions()
+                .unwrap();
+            assert!(found.errors.is_empty(), "{name}: {:?}", found.errors);
+            let vfs: u32 = machine
+                .pci
+                .iter()
+                .filter_map(|f| f.sriov.as_ref())
+                .map(|s| s.enabled)
+                .sum();
+            assert_eq!(
+                found.items.len(),
+                machine.pci.len() + vfs as usize,
+                "{name}"
+            );
+            for spec in &machine.pci {
+                let f = found
+                    .items
+                    .iter()
+                    .find(|f| f.address == spec.address)
+                    .unwrap();
+                assert_eq!(
+                    (f.vendor_id, f.device_id, f.class),
+                    (spec.vendor, spec.device, spec.class),
+                    "{name}"
+                );
+                assert_eq!(
+                    f.numa_node,
+                    spec.numa_node.map(NumaNode),
+                    "{name} {}",
+                    spec.address
+                );
+                assert_eq!(f.driver, spec.driver, "{name} {}", spec.address);
+                assert_eq!(f.netdevs, spec.netdevs, "{name} {}", spec.address);
+                let root = spec.root_dir.rsplit('/').next().unwrap();
+                assert_eq!(
+                    f.pcie_root.map(|r| r.to_string()).as_deref(),
+                    Some(root),
+                    "{name} {}",
+                    spec.address
+                );
+            }
+            let sriov = SysfsSriov::new(SysfsRoot::new(fixture.root()))
+                .sriov_pfs()
+                .unwrap();
+            for state in &sriov.items {
+                let spec = machine
+                    .pci
+                    .iter()
+                    .find(|f| f.address == state.pf)
+                    .unwrap()
+                    .sriov
+                    .clone()
+                    .unwrap();
+                assert_eq!(
+                    (state.total_vfs, state.num_vfs, state.vfs.len() as u32),
+                    (spec.total_vfs, spec.enabled, spec.enabled),
+                    "{name}"
+                );
+                for (vf, netdev) in state.vfs.iter().zip(&spec.vf_netdevs) {
+                    let f = found
+                        .items
+                        .iter()
+                        .find(|f| f.address == vf.address)
+                        .unwrap();
+                    assert_eq!(f.physfn, Some(state.pf));
+                    assert_eq!(
+                        f.netdevs,
+                        std::slice::from_ref(netdev),
+                        "{name} {}",
+                        vf.address
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gb300_devices_sit_where_the_live_slices_say() {
+        use backends::SysfsPci;
+        use hal::PciDevice;
+        let fixture = by_name("gb300").unwrap().materialize().unwrap();
+        let found = SysfsPci::new(SysfsRoot::new(fixture.root()))
+            .pci_functions()
+            .unwrap();
+        let place: Vec<String> = found
+            .items
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} numa{}",
+                    f.address,
+                    f.pcie_root.unwrap(),
+                    f.numa_node.unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            place,
+            [
+                "0008:06:00.0 pci0008:00 numa0",
+                "0009:06:00.0 pci0009:00 numa0",
+                "0018:06:00.0 pci0018:00 numa1",
+                "0019:06:00.0 pci0019:00 numa1",
+                "0101:00:00.0 pci0101:00 numa0",
+                "0102:00:00.0 pci0102:00 numa0",
+                "0103:00:00.0 pci0103:00 numa1",
+                "0104:00:00.0 pci0104:00 numa1",
+            ]
+        );
+        let nic = found
+            .items
+            .iter()
+            .find(|f| f.address.domain == 0x0101)
+            .unwrap();
+        assert!(nic.sysfs_path.contains("/VMBUS:00/"), "{}", nic.sysfs_path);
+        assert!(nic.netdevs.is_empty(), "InfiniBand-mode VFs have no netdev");
+    }
+
     #[test]
     fn fixture_facts() {
         let xeon = by_name("xeon").unwrap().cpu.expected();
@@ -185,6 +363,10 @@ mod tests {
         assert_eq!(rpl.len(), 20);
         let gb300 = by_name("gb300").unwrap();
         assert_eq!(gb300.cpu.expected().len(), 128);
-        assert!(by_name("nope").is_none());
+        let unknown = by_name("nope").unwrap_err();
+        assert!(
+            unknown.contains("unknown fixture \"nope\"") && unknown.contains("gb300"),
+            "{unknown}"
+        );
     }
 }

@@ -8,11 +8,13 @@ use hal::{CpuSet, PciAddress};
 use crate::tree::{link, write};
 
 /// SR-IOV capability of a physical function.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SriovSpec {
     /// `sriov_totalvfs`.
     pub total_vfs: u32,
     /// `sriov_vf_device`: the VFs' device id.
+    #[serde(with = "crate::hex::u16_hex")]
     pub vf_device: u16,
     /// `sriov_offset` (routing-id distance of VF 0 from the PF).
     pub offset: u32,
@@ -20,10 +22,17 @@ pub struct SriovSpec {
     pub stride: u32,
     /// `sriov_drivers_autoprobe`.
     pub autoprobe: bool,
+    /// VFs enabled when the fixture is materialized (created through the emulated kernel).
+    #[serde(default)]
+    pub enabled: u32,
+    /// Interface names of the enabled VFs, by VF index.
+    #[serde(default)]
+    pub vf_netdevs: Vec<String>,
 }
 
 /// One PCI function of a fixture.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PciFunctionSpec {
     /// Its address.
     pub address: PciAddress,
@@ -31,22 +40,33 @@ pub struct PciFunctionSpec {
     /// Hyper-V path ending in the root (`LNXSYSTM:00/.../VMBUS:00/<guid>/pci0101:00`).
     pub root_dir: String,
     /// Bridges between the root and the function, outermost first.
+    #[serde(default)]
     pub bridges: Vec<PciAddress>,
     /// `vendor`.
+    #[serde(with = "crate::hex::u16_hex")]
     pub vendor: u16,
     /// `device`.
+    #[serde(with = "crate::hex::u16_hex")]
     pub device: u16,
     /// `class`.
+    #[serde(with = "crate::hex::u32_hex")]
     pub class: u32,
     /// `numa_node` (`None` renders -1).
+    #[serde(default)]
     pub numa_node: Option<u32>,
     /// `local_cpulist`.
     pub local_cpus: CpuSet,
+    /// Network interfaces (`net/<name>`).
+    #[serde(default)]
+    pub netdevs: Vec<String>,
     /// Bound driver.
+    #[serde(default)]
     pub driver: Option<String>,
     /// IOMMU group.
+    #[serde(default)]
     pub iommu_group: Option<u32>,
     /// SR-IOV capability (PFs only).
+    #[serde(default)]
     pub sriov: Option<SriovSpec>,
 }
 
@@ -85,6 +105,14 @@ impl PciFunctionSpec {
             &PathBuf::from(format!("sys/bus/pci/devices/{}", self.address)),
             &dir,
         )?;
+        for netdev in &self.netdevs {
+            write(&full.join("net").join(netdev).join("ifindex"), "2")?;
+            link(
+                root,
+                &Path::new("sys/class/net").join(netdev),
+                &dir.join("net").join(netdev),
+            )?;
+        }
         if let Some(driver) = &self.driver {
             bind(root, &dir, driver)?;
         }

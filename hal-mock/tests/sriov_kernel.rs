@@ -33,6 +33,7 @@ fn e810(root: &Path) -> Arc<EmulatedKernel> {
         numa_node: Some(0),
         local_cpus: "0-55,112-167".parse().unwrap(),
         driver: Some("ice".into()),
+        netdevs: vec![],
         iommu_group: Some(20),
         sriov: Some(SriovSpec {
             total_vfs: 8,
@@ -40,6 +41,8 @@ fn e810(root: &Path) -> Arc<EmulatedKernel> {
             offset: 8,
             stride: 1,
             autoprobe: true,
+            enabled: 0,
+            vf_netdevs: vec![],
         }),
     }
     .render(root)

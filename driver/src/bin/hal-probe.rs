@@ -92,12 +92,7 @@ fn run() -> anyhow::Result<ExitCode> {
     let mut _fixture = None;
     let root = match (&args.fixture, &args.sysfs_root) {
         (Some(name), _) => {
-            let Some(machine) = hal_mock::by_name(name) else {
-                bail!(
-                    "unknown fixture {name:?}; known fixtures: {}",
-                    hal_mock::FIXTURES.join(", ")
-                );
-            };
+            let machine = hal_mock::by_name(name).map_err(anyhow::Error::msg)?;
             let materialized = machine
                 .materialize()
                 .with_context(|| format!("writing fixture {name}"))?;

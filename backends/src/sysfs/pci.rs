@@ -1,7 +1,7 @@
 //! [`SysfsPci`]: every PCI function under `sys/bus/pci/devices`, with its place in the topology.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hal::{
     CpuSet, Discovered, Error, NumaNode, ParseError, PciAddress, PciDevice, PciFunction, Result,
@@ -174,12 +174,23 @@ fn read_function(
         pcie_root: pcie_root_of_path(&sysfs_path),
         parent,
         physfn,
-        netdevs: entry_names(&dir.join("net"))
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
+        netdevs: netdevs_of(&dir),
         sysfs_path: sysfs_path.to_string_lossy().into_owned(),
     })
+}
+
+/// Interface names of a function: `net/<name>`, and `virtioN/net/<name>` for virtio-net, whose
+/// interface hangs under the virtio device the PCI function carries.
+fn netdevs_of(dir: &Path) -> Vec<String> {
+    let mut names: BTreeSet<String> = entry_names(&dir.join("net")).unwrap_or_default();
+    for child in entry_names(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n.starts_with("virtio"))
+    {
+        names.extend(entry_names(&dir.join(child).join("net")).unwrap_or_default());
+    }
+    names.into_iter().collect()
 }
 
 /// `0x8086` → 0x8086, at most `digits` hex digits (the kernel prints `0x%04x`, class `0x%06x`).

@@ -53,28 +53,7 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
         CpuSet::from_cpulist,
     ));
 
-    let mut known = KnownSets::default();
-    let raw: Vec<RawCpu> = ids
-        .iter()
-        .map(|&id| {
-            let online = match &global_online {
-                Some(set) => set.contains(id),
-                None => errors
-                    .keep(parse_scalar(
-                        &cpu_dir.join(format!("cpu{id}/online")),
-                        parse_u32,
-                    ))
-                    .is_none_or(|v| v != 0),
-            };
-            read_cpu(
-                &mut errors,
-                &mut known,
-                &cpu_dir.join(format!("cpu{id}")),
-                id,
-                online,
-            )
-        })
-        .collect();
+    let raw = read_cpus(&cpu_dir, &ids, global_online.as_ref(), &mut errors);
 
     let packages = label_groups(
         &mut errors,
@@ -157,6 +136,72 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
 }
 
 /// Reads one `cpuN` directory.
+/// Machines with at least this many CPUs are read by several threads.
+const PARALLEL_FROM_CPUS: usize = 128;
+
+/// Reads every `cpuN` directory, in order. Big machines are split into contiguous chunks read by
+/// scoped threads (each with its own error log and known sets, merged in CPU order, so the result is
+/// the same as one thread's): per-file cost dominates, and a 224-CPU machine has thousands of files.
+fn read_cpus(
+    cpu_dir: &Path,
+    ids: &[u32],
+    global_online: Option<&CpuSet>,
+    errors: &mut ErrorLog,
+) -> Vec<RawCpu> {
+    let read_chunk = |chunk: &[u32]| -> (Vec<RawCpu>, ErrorLog) {
+        let mut errors = ErrorLog::default();
+        let mut known = KnownSets::default();
+        let cpus = chunk
+            .iter()
+            .map(|&id| {
+                let online = match global_online {
+                    Some(set) => set.contains(id),
+                    None => errors
+                        .keep(parse_scalar(
+                            &cpu_dir.join(format!("cpu{id}/online")),
+                            parse_u32,
+                        ))
+                        .is_none_or(|v| v != 0),
+                };
+                read_cpu(
+                    &mut errors,
+                    &mut known,
+                    &cpu_dir.join(format!("cpu{id}")),
+                    id,
+                    online,
+                )
+            })
+            .collect();
+        (cpus, errors)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    let parts: Vec<(Vec<RawCpu>, ErrorLog)> = if ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
+        vec![read_chunk(ids)]
+    } else {
+        let size = ids.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ids
+                .chunks(size)
+                .map(|chunk| scope.spawn(move || read_chunk(chunk)))
+                .collect();
+            // A panicking reader would be a bug; its chunk is then read again on this thread.
+            handles
+                .into_iter()
+                .zip(ids.chunks(size))
+                .map(|(handle, chunk)| handle.join().unwrap_or_else(|_| read_chunk(chunk)))
+                .collect()
+        })
+    };
+    let mut cpus = Vec::with_capacity(ids.len());
+    for (part, log) in parts {
+        cpus.extend(part);
+        errors.0.extend(log.0);
+    }
+    cpus
+}
+
 /// A group's CPU set names every CPU in it: once read, it is not read again for those CPUs (as hwloc
 /// does). On a 96-CPU x86 dump this halves the files opened.
 #[derive(Default)]
@@ -185,6 +230,10 @@ impl<T: Clone> Known<T> {
 /// The sets read so far.
 #[derive(Default)]
 struct KnownSets {
+    /// The files of the first CPU's `topology/`: the kernel's topology attributes are the same for
+    /// every CPU of an architecture, so one listing serves all (a file missing after all reads as
+    /// "not said", as on a CPU without it).
+    topology_files: Option<BTreeSet<String>>,
     siblings: Known<CpuSet>,
     packages: Known<CpuSet>,
     l3: Known<(Option<u32>, Option<CpuSet>)>,
@@ -220,7 +269,10 @@ fn read_cpu(
     online: bool,
 ) -> RawCpu {
     let topology = dir.join("topology");
-    let present = entry_names(&topology).unwrap_or_default();
+    if known.topology_files.is_none() {
+        known.topology_files = entry_names(&topology);
+    }
+    let present = known.topology_files.clone().unwrap_or_default();
     let mut label = |name: &str| {
         if !present.contains(name) {
             return None;

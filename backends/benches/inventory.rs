@@ -1,0 +1,70 @@
+//! Full inventory in process: CPU topology, PCI functions and SR-IOV of every fixture machine, and of
+//! the hwloc dumps with I/O when `../shared` is present. (RDMA and GPU join when their backends do.)
+//!
+//! `cargo bench -p backends --bench inventory`
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
+use criterion::{Criterion, criterion_group, criterion_main};
+use hal::{CpuTopology, PciDevice, SriovPf};
+
+/// hwloc dumps with PCI devices (see the corpus INDEX).
+const IO_DUMPS: [&str; 3] = [
+    "32intel64-2p8co2t+8ve",
+    "40intel64-2g2n4c+pcilocality",
+    "2pa-pcidomain32bits",
+];
+
+fn inventory(root: &SysfsRoot) -> usize {
+    let cpu = SysfsCpuTopology::new(root.clone()).cpu_inventory().unwrap();
+    let pci = SysfsPci::new(root.clone()).pci_functions().unwrap();
+    let sriov = SysfsSriov::new(root.clone()).sriov_pfs().unwrap();
+    cpu.cpus.len() + pci.items.len() + sriov.items.len()
+}
+
+/// Extracts a dump with tar (benchmark setup only; the code under test never shells out).
+fn extract(name: &str, into: &Path) -> Option<PathBuf> {
+    let tarball = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../shared/corpora/hwloc-linux/{name}.tar.bz2"));
+    if !tarball.exists() {
+        return None;
+    }
+    let dir = into.join(name);
+    std::fs::create_dir_all(&dir).ok()?;
+    let ok = Command::new("tar")
+        .arg("xjf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .ok()?
+        .success();
+    let top = std::fs::read_dir(&dir).ok()?.next()?.ok()?.path();
+    ok.then_some(top)
+}
+
+fn bench(c: &mut Criterion) {
+    for name in hal_mock::FIXTURES {
+        let fixture = hal_mock::by_name(name).unwrap().materialize().unwrap();
+        let root = SysfsRoot::new(fixture.root());
+        c.bench_function(&format!("full_inventory/fixture-{name}"), |b| {
+            b.iter(|| inventory(&root))
+        });
+    }
+    let scratch = hal_mock::scratch_dir("bench-io-").unwrap();
+    for name in IO_DUMPS {
+        if let Some(top) = extract(name, scratch.path()) {
+            let root = SysfsRoot::new(top);
+            c.bench_function(&format!("full_inventory/hwloc-{name}"), |b| {
+                b.iter(|| inventory(&root))
+            });
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

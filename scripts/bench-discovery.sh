@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks CPU-topology discovery: `hal-probe --sysfs-root DIR --format json cpu` against hwloc's
+# Benchmarks discovery. CPU topology: `hal-probe --sysfs-root DIR --format json cpu` against hwloc's
 # `lstopo-no-graphics --of xml -` on the three largest hwloc Linux dumps (by CPU count), plus hal-probe
-# alone on an embedded fixture machine (lstopo has nothing to read there, so it is not timed).
+# alone on an embedded fixture machine (lstopo has nothing to read there, so it is not timed). PCI:
+# `hal-probe pci sriov` beside `lstopo --whole-io` and `lspci -vmm` on two hwloc dumps with I/O.
 #
 # Prints, to stdout, hyperfine's results per input and then a table: mean wall times, the ratio
 # lstopo / hal-probe, and the peak RSS of one hal-probe run per input; "target missed" marks a ratio
@@ -101,19 +102,25 @@ EOF
 results=$tmp/results.tsv
 : >"$results"
 
-for dump in "${dumps[@]}"; do
-    dir=$tmp/$dump
+# Extracts a dump and prints its filesystem root: the one top-level directory (its name need not match
+# the tarball's), or its fsroot/ where there is one, as in hwloc's test runner.
+extract_dump() {
+    local dump=$1 dir=$tmp/$1
     mkdir -p "$dir"
-    echo "== extracting $dump"
     tar -xjf "$corpus/$dump.tar.bz2" -C "$dir"
-    # One top-level directory per tarball (its name need not match the tarball's), as in hwloc's runner.
-    tops=("$dir"/*/)
+    local tops=("$dir"/*/)
     if [[ ${#tops[@]} -ne 1 || ! -d ${tops[0]} ]]; then
         echo "bench-discovery: $dump: expected one top-level directory, found ${#tops[@]}" >&2
         exit 1
     fi
-    root=${tops[0]%/}
+    local root=${tops[0]%/}
     [[ -d $root/fsroot ]] && root=$root/fsroot
+    echo "$root"
+}
+
+for dump in "${dumps[@]}"; do
+    echo "== extracting $dump"
+    root=$(extract_dump "$dump")
 
     echo "== timing $dump"
     # The hwloc variables are exported to both commands (hal-probe ignores them) so that neither pays for
@@ -131,6 +138,25 @@ hyperfine -N --warmup 3 --style basic --export-json "$tmp/fixture.json" \
     --command-name hal-probe "$probe --fixture $fixture --format json cpu"
 rss=$(peak_rss_kib "$probe" --fixture "$fixture" --format json cpu)
 printf '%s\t%s\t%s\n' "fixture:$fixture" "$tmp/fixture.json" "$rss" >>"$results"
+
+# PCI and SR-IOV discovery on the dumps with I/O, beside lstopo --whole-io and lspci -vmm (pciutils, if
+# installed; pointed at the dump with -A linux-sysfs -O sysfs.path). hyperfine prints the ratios.
+io_dumps=(32intel64-2p8co2t+8ve 40intel64-2g2n4c+pcilocality)
+for dump in "${io_dumps[@]}"; do
+    echo "== PCI discovery on $dump"
+    root=$(extract_dump "$dump")
+    lspci_cmd=()
+    if command -v lspci >/dev/null 2>&1; then
+        lspci_cmd=(--command-name "lspci -vmm" "lspci -vmm -A linux-sysfs -O sysfs.path=$root/sys/bus/pci")
+    else
+        echo "(lspci not installed: Debian pciutils; skipped)"
+    fi
+    HWLOC_FSROOT=$root HWLOC_COMPONENTS=linux,stop HWLOC_DUMPED_HWDATA_DIR=/var/run/hwloc \
+        hyperfine -N --warmup 3 --style basic \
+        --command-name "hal-probe pci sriov" "$probe --sysfs-root $root --format json pci sriov" \
+        --command-name "lstopo --whole-io" "lstopo-no-graphics --whole-io --of xml -" \
+        "${lspci_cmd[@]}"
+done
 
 python3 - "$results" "$ratio_target" "$rss_target_mib" <<'EOF'
 import json, sys

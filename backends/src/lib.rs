@@ -7,6 +7,7 @@ pub mod sysfs;
 
 pub use sysfs::SysfsRoot;
 pub use sysfs::cpu::SysfsCpuTopology;
+pub use sysfs::gpu::SysfsGpu;
 pub use sysfs::pci::SysfsPci;
 pub use sysfs::sriov::SysfsSriov;
 pub use sysfs::write::FileWriter;

@@ -4,6 +4,7 @@ pub mod attr;
 mod core_type;
 pub mod cpu;
 mod cpu_groups;
+pub mod gpu;
 pub mod link;
 pub mod numa;
 pub mod pci;

@@ -9,5 +9,6 @@ pub use sysfs::SysfsRoot;
 pub use sysfs::cpu::SysfsCpuTopology;
 pub use sysfs::gpu::SysfsGpu;
 pub use sysfs::pci::SysfsPci;
+pub use sysfs::rdma::SysfsRdma;
 pub use sysfs::sriov::SysfsSriov;
 pub use sysfs::write::FileWriter;

@@ -1,4 +1,5 @@
-//! Helpers for the cross-crate tests: the hwloc corpus and its `lstopo` oracle.
+//! Helpers for the cross-crate tests: the hwloc corpus and its `lstopo` oracle, INDEX tables, ttar trees.
 
 pub mod hwloc;
 pub mod index;
+pub mod ttar;

@@ -9,6 +9,7 @@ pub mod link;
 pub mod numa;
 pub mod pci;
 pub mod pciids;
+pub mod rdma;
 pub mod sriov;
 pub mod write;
 

@@ -1,0 +1,306 @@
+use super::*;
+use proptest::prelude::*;
+use std::fs;
+use std::os::unix::fs::symlink;
+
+fn write(root: &Path, relative: &str, contents: &str) {
+    let path = root.join(relative);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, contents).unwrap();
+}
+
+fn link(root: &Path, relative: &str, target: &str) {
+    let path = root.join(relative);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    symlink(target, path).unwrap();
+}
+
+fn devices(root: &Path) -> (BTreeMap<String, RdmaInfo>, Vec<hal::InventoryError>) {
+    let found = SysfsRdma::new(SysfsRoot::new(root)).rdma_devices().unwrap();
+    let names: Vec<&String> = found.items.iter().map(|d| &d.name).collect();
+    assert!(names.is_sorted(), "{names:?}");
+    (
+        found
+            .items
+            .into_iter()
+            .map(|d| (d.name.clone(), d))
+            .collect(),
+        found.errors,
+    )
+}
+
+fn paths(device: &RdmaInfo) -> Vec<(&str, Option<(u32, u32)>)> {
+    device
+        .char_devices
+        .iter()
+        .map(|c| (c.path.as_str(), c.dev))
+        .collect()
+}
+
+/// An RDMA device under `sys/devices/<parent>` with one port, its class link, verbs and MAD nodes.
+fn device(root: &Path, parent: &str, name: &str, index: u32, link_layer: &str) {
+    let dir = format!("sys/devices/{parent}/infiniband/{name}");
+    write(root, &format!("{dir}/node_type"), "1: CA\n");
+    write(root, &format!("{dir}/ports/1/state"), "4: ACTIVE\n");
+    write(root, &format!("{dir}/ports/1/phys_state"), "5: LinkUp\n");
+    write(
+        root,
+        &format!("{dir}/ports/1/rate"),
+        "200 Gb/sec (4X HDR)\n",
+    );
+    write(
+        root,
+        &format!("{dir}/ports/1/link_layer"),
+        &format!("{link_layer}\n"),
+    );
+    link(
+        root,
+        &format!("{CLASS}/{name}"),
+        &format!("../../devices/{parent}/infiniband/{name}"),
+    );
+    for (class, node, minor) in [
+        ("infiniband_verbs", format!("uverbs{index}"), 192 + index),
+        ("infiniband_mad", format!("umad{index}"), index),
+        ("infiniband_mad", format!("issm{index}"), 64 + index),
+    ] {
+        let entry = format!("sys/devices/{parent}/{class}/{node}");
+        write(root, &format!("{entry}/ibdev"), &format!("{name}\n"));
+        write(root, &format!("{entry}/dev"), &format!("231:{minor}\n"));
+        link(
+            root,
+            &format!("sys/class/{class}/{node}"),
+            &format!("../../devices/{parent}/{class}/{node}"),
+        );
+    }
+}
+
+#[test]
+fn gb300_ib_only_vfs_on_vmbus_get_exactly_their_nodes() {
+    let gb300 = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
+    let (by, errors) = devices(gb300.root());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        by.keys().collect::<Vec<_>>(),
+        ["mlx5_0", "mlx5_1", "mlx5_2", "mlx5_3"]
+    );
+    for (i, (name, device)) in by.iter().enumerate() {
+        let i = i as u32;
+        assert_eq!(
+            device.pci_address,
+            Some(PciAddress::parse(&format!("010{}:00:00.0", i + 1)).unwrap()),
+            "{name}"
+        );
+        assert!(device.is_ib_only(), "{name}: {:?}", device.netdevs);
+        assert_eq!(device.node_type.as_deref(), Some("CA"));
+        assert_eq!(
+            paths(device),
+            [
+                (
+                    format!("/dev/infiniband/uverbs{i}").as_str(),
+                    Some((231, 192 + i))
+                ),
+                (format!("/dev/infiniband/umad{i}").as_str(), Some((231, i))),
+                (
+                    format!("/dev/infiniband/issm{i}").as_str(),
+                    Some((231, 64 + i))
+                ),
+                ("/dev/infiniband/rdma_cm", None),
+            ],
+            "{name}"
+        );
+        let [port] = device.ports.as_slice() else {
+            panic!("{name}: {:?}", device.ports)
+        };
+        assert_eq!(port.number, 1);
+        assert_eq!(port.state.as_deref(), Some("ACTIVE"));
+        assert_eq!(port.phys_state.as_deref(), Some("LinkUp"));
+        assert_eq!(port.link_layer, Some(LinkLayer::Infiniband));
+        assert_eq!(port.rate.as_deref(), Some("800 Gb/sec (8X NDR)"));
+        assert_eq!(port.rate_mbps, Some(800_000));
+    }
+}
+
+#[test]
+fn xeon_roce_pf_and_vfs_have_their_netdevs() {
+    let xeon = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let (by, errors) = devices(xeon.root());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(by.len(), 5, "the PF and 4 VFs: {:?}", by.keys());
+    let pf = &by["mlx5_0"];
+    assert_eq!(pf.netdevs, ["ens2f0np0"]);
+    assert_eq!(pf.ports[0].link_layer, Some(LinkLayer::Ethernet));
+    assert_eq!(pf.ports[0].rate_mbps, Some(100_000));
+    for device in by.values() {
+        assert!(!device.is_ib_only(), "{}", device.name);
+        assert_eq!(device.char_devices.len(), 4, "{}", device.name);
+    }
+    assert_eq!(by["mlx5_1"].netdevs, ["ens2f0v0"]);
+}
+
+#[test]
+fn matching_is_exact_and_soft_devices_have_no_pci_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    device(
+        root,
+        "pci0000:00/0000:00:01.0/0000:01:00.0",
+        "mlx5_1",
+        1,
+        "InfiniBand",
+    );
+    device(
+        root,
+        "pci0000:00/0000:00:02.0/0000:02:00.0",
+        "mlx5_10",
+        10,
+        "InfiniBand",
+    );
+    device(root, "virtual/net/eth0", "rxe0", 2, "Ethernet");
+    write(root, "sys/class/infiniband_mad/abi_version", "5\n");
+    write(root, "sys/class/infiniband_verbs/abi_version", "6\n");
+    write(root, RDMA_CM_DEV, "10:58\n");
+    // IPoIB on the mlx5_1 function.
+    fs::create_dir_all(root.join("sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/net/ib0"))
+        .unwrap();
+    let (by, errors) = devices(root);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        paths(&by["mlx5_1"]),
+        [
+            ("/dev/infiniband/uverbs1", Some((231, 193))),
+            ("/dev/infiniband/umad1", Some((231, 1))),
+            ("/dev/infiniband/issm1", Some((231, 65))),
+            ("/dev/infiniband/rdma_cm", Some((10, 58))),
+        ]
+    );
+    assert_eq!(
+        paths(&by["mlx5_10"]),
+        [
+            ("/dev/infiniband/uverbs10", Some((231, 202))),
+            ("/dev/infiniband/umad10", Some((231, 10))),
+            ("/dev/infiniband/issm10", Some((231, 74))),
+            ("/dev/infiniband/rdma_cm", Some((10, 58))),
+        ]
+    );
+    assert_eq!(by["mlx5_1"].netdevs, ["ib0"]);
+    assert!(by["mlx5_10"].is_ib_only());
+    assert_eq!(
+        by["mlx5_10"].pci_address,
+        Some(PciAddress::parse("0000:02:00.0").unwrap())
+    );
+    assert_eq!(by["rxe0"].pci_address, None);
+    assert_eq!(by["rxe0"].ports[0].link_layer, Some(LinkLayer::Ethernet));
+}
+
+#[test]
+fn bad_values_are_errors_naming_the_file_and_the_rest_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    device(
+        root,
+        "pci0000:00/0000:00:01.0/0000:01:00.0",
+        "mlx5_0",
+        0,
+        "InfiniBand",
+    );
+    let port = "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/infiniband/mlx5_0/ports/1";
+    write(root, &format!("{port}/rate"), "fast\n");
+    write(
+        root,
+        "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/infiniband_verbs/uverbs0/dev",
+        "231-192\n",
+    );
+    let (by, errors) = devices(root);
+    let device = &by["mlx5_0"];
+    assert_eq!(device.ports[0].rate.as_deref(), Some("fast"));
+    assert_eq!(device.ports[0].rate_mbps, None);
+    assert_eq!(device.ports[0].state.as_deref(), Some("ACTIVE"));
+    assert_eq!(device.char_devices[0].dev, None);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].path.ends_with("uverbs0/dev"), "{errors:?}");
+    assert!(errors[1].path.ends_with("ports/1/rate"), "{errors:?}");
+}
+
+#[test]
+fn no_rdma_stack_is_an_empty_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (by, errors) = devices(dir.path());
+    assert!(by.is_empty() && errors.is_empty());
+}
+
+#[test]
+fn rates_and_states() {
+    for (text, mbps) in [
+        ("400 Gb/sec (4X NDR)", 400_000),
+        ("800 Gb/sec (8X NDR)", 800_000),
+        ("56 Gb/sec (4X FDR)", 56_000),
+        ("2.5 Gb/sec (1X SDR)", 2_500),
+        ("10 Gb/sec (4X)", 10_000),
+        ("25 Gb/sec", 25_000),
+        ("13.125 Gb/sec (1X)", 13_125),
+    ] {
+        assert_eq!(parse_rate_mbps(text).unwrap(), mbps, "{text}");
+    }
+    for bad in [
+        "",
+        "Gb/sec",
+        "fast",
+        "-1 Gb/sec",
+        "1.2.3 Gb/sec",
+        "100 Mb/sec",
+        "1.0625 Gb/sec",
+    ] {
+        assert!(parse_rate_mbps(bad).is_err(), "{bad}");
+    }
+    assert_eq!(numbered_name("4: ACTIVE").as_deref(), Some("ACTIVE"));
+    assert_eq!(numbered_name("5: LinkUp").as_deref(), Some("LinkUp"));
+    assert_eq!(numbered_name("ACTIVE").as_deref(), Some("ACTIVE"));
+    assert_eq!(numbered_name("4: "), None);
+    assert_eq!(parse_dev("231:192").unwrap(), (231, 192));
+    for bad in ["231", ":1", "a:b", "1:2:3", "99999999999:1"] {
+        assert!(parse_dev(bad).is_err(), "{bad}");
+    }
+    assert!(is_numbered("umad12", "umad") && !is_numbered("umad", "umad"));
+    assert!(!is_numbered("abi_version", "uverbs"));
+}
+
+proptest! {
+    #[test]
+    fn parsers_never_panic(text in ".{0,40}") {
+        let _ = parse_rate_mbps(&text);
+        let _ = parse_dev(&text);
+        let _ = numbered_name(&text);
+    }
+
+    #[test]
+    fn whole_rates_round_trip(gbps in 0u64..1_000_000, lanes in 1u8..16) {
+        let text = format!("{gbps} Gb/sec ({lanes}X NDR)");
+        prop_assert_eq!(parse_rate_mbps(&text).unwrap(), gbps * 1000);
+    }
+}
+
+#[test]
+fn captures_without_char_device_classes_use_the_parent_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    device(
+        root,
+        "pci0000:40/0000:40:03.0/0000:43:00.0",
+        "qib0",
+        0,
+        "InfiniBand",
+    );
+    fs::remove_dir_all(root.join("sys/class/infiniband_verbs")).unwrap();
+    fs::remove_dir_all(root.join("sys/class/infiniband_mad")).unwrap();
+    let (by, errors) = devices(root);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        paths(&by["qib0"]),
+        [
+            ("/dev/infiniband/uverbs0", Some((231, 192))),
+            ("/dev/infiniband/umad0", Some((231, 0))),
+            ("/dev/infiniband/issm0", Some((231, 64))),
+            ("/dev/infiniband/rdma_cm", None),
+        ]
+    );
+}

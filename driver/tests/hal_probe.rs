@@ -196,3 +196,89 @@ fn probes_this_machines_real_sysfs() {
     let table = stdout(&hal_probe(&[]));
     assert!(table.starts_with("cpus: "), "{table}");
 }
+
+#[test]
+fn json_devices_and_topology_on_the_gb300_fixture() {
+    let json: Value = serde_json::from_str(&stdout(&hal_probe(&[
+        "--fixture",
+        "gb300",
+        "--format",
+        "json",
+        "rdma",
+        "gpus",
+        "topology",
+    ])))
+    .unwrap();
+    let top: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        top,
+        ["errors", "gpus", "rdma", "topology"],
+        "pci is read, not shown"
+    );
+    assert_eq!(json["errors"], serde_json::json!([]));
+
+    let rdma = json["rdma"].as_array().unwrap();
+    assert_eq!(rdma.len(), 4);
+    let mlx5_1 = &rdma[1];
+    assert_eq!(mlx5_1["name"], "mlx5_1");
+    assert_eq!(mlx5_1["pci_address"], "0102:00:00.0");
+    assert_eq!(mlx5_1["ib_only"], true);
+    assert_eq!(mlx5_1["netdevs"], serde_json::json!([]));
+    let paths: Vec<&str> = mlx5_1["char_devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/dev/infiniband/uverbs1",
+            "/dev/infiniband/umad1",
+            "/dev/infiniband/issm1",
+            "/dev/infiniband/rdma_cm"
+        ]
+    );
+    assert_eq!(
+        mlx5_1["char_devices"][0]["dev"],
+        serde_json::json!([231, 193])
+    );
+    assert_eq!(mlx5_1["ports"][0]["rate_mbps"], 800_000);
+    assert_eq!(mlx5_1["ports"][0]["link_layer"], "infiniband");
+
+    let gpus = json["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 4);
+    assert_eq!(gpus[2]["pci_address"], "0018:06:00.0");
+    assert_eq!(gpus[2]["nvidia_minor"], 2);
+    assert_eq!(gpus[2]["product"], "NVIDIA GB300");
+    assert_eq!(gpus[2]["vendor"], "nvidia");
+
+    let topology = &json["topology"];
+    let labels: Vec<&str> = topology["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "GPU0", "GPU1", "GPU2", "GPU3", "NIC0", "NIC1", "NIC2", "NIC3"
+        ]
+    );
+    assert_eq!(topology["devices"][4]["name"], "mlx5_0");
+    assert_eq!(topology["devices"][4]["pcie_root"], "pci0101:00");
+    assert_eq!(
+        topology["links"][0],
+        serde_json::json!(["X", "NODE", "SYS", "SYS", "NODE", "NODE", "SYS", "SYS"])
+    );
+    assert_eq!(
+        topology["links"][3],
+        serde_json::json!(["SYS", "SYS", "NODE", "X", "SYS", "SYS", "NODE", "NODE"])
+    );
+}

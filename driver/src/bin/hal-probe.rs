@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use backends::sysfs::pciids::default_pci_ids;
-use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
+use backends::{SysfsCpuTopology, SysfsGpu, SysfsPci, SysfsRdma, SysfsRoot, SysfsSriov};
 use clap::{Parser, ValueEnum};
 use driver::probe::{Family, Report, Sources, render_table};
 
@@ -14,10 +14,11 @@ use driver::probe::{Family, Report, Sources, render_table};
 #[command(
     name = "hal-probe",
     version,
-    about = "Show what the DRA hardware-abstraction layer sees: CPUs, caches, NUMA nodes, PCI functions, SR-IOV",
+    about = "Show what the DRA hardware-abstraction layer sees: CPUs, caches, NUMA nodes, PCI functions, SR-IOV, RDMA, GPUs and their topology",
     after_help = "Examples:\n  hal-probe                           the real machine (reads /sys)\n  \
                   hal-probe --fixture xeon cpu        an embedded fixture machine\n  \
                   hal-probe pci sriov                 only PCI functions and SR-IOV\n  \
+                  hal-probe --fixture gb300 topology  GPU/NIC matrix like nvidia-smi topo -m\n  \
                   hal-probe --sysfs-root DUMP --format json cpu\n\n\
                   Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
                   Unreadable files do not stop the probe: they are listed under \"errors\" and only what\n\
@@ -61,6 +62,12 @@ enum FamilyArg {
     Pci,
     /// SR-IOV physical functions and their VFs.
     Sriov,
+    /// RDMA devices: PCI function, ports, netdevs (none: IB-only), char devices.
+    Rdma,
+    /// GPUs: PCI function, driver, DRM nodes, NVIDIA minor and UUID, memory.
+    Gpus,
+    /// GPU/NIC pairs: same PCIe root (PIX/PXB/PHB), same NUMA node (NODE) or not (SYS).
+    Topology,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +91,9 @@ fn run() -> anyhow::Result<ExitCode> {
                 FamilyArg::Cpu => Family::Cpu,
                 FamilyArg::Pci => Family::Pci,
                 FamilyArg::Sriov => Family::Sriov,
+                FamilyArg::Rdma => Family::Rdma,
+                FamilyArg::Gpus => Family::Gpus,
+                FamilyArg::Topology => Family::Topology,
             })
             .collect()
     };
@@ -120,11 +130,15 @@ fn run() -> anyhow::Result<ExitCode> {
     if let Some(ids) = args.pci_ids.clone().or_else(default_pci_ids) {
         pci = pci.with_pci_ids(ids);
     }
-    let sriov = SysfsSriov::new(root);
+    let sriov = SysfsSriov::new(root.clone());
+    let rdma = SysfsRdma::new(root.clone());
+    let gpus = SysfsGpu::new(root);
     let sources = Sources {
         cpu: &topology,
         pci: &pci,
         sriov: &sriov,
+        rdma: &rdma,
+        gpus: &gpus,
     };
     let report = Report::collect(&sources, &families);
     if report.is_empty() {

@@ -1,10 +1,10 @@
 //! The table form of the device families: one line per PCI function (bridges counted, not listed),
-//! with its driver, NUMA node, PCIe root, name, interfaces and SR-IOV state.
+//! with its driver, NUMA node, PCIe root, name, interfaces and SR-IOV state; RDMA devices and GPUs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use hal::{PciAddress, PciFunction, SriovState};
+use hal::{GpuInfo, LinkLayer, PciAddress, PciFunction, RdmaCharKind, RdmaInfo, SriovState};
 
 /// A short name for a PCI base class.
 fn class_name(function: &PciFunction) -> String {
@@ -67,5 +67,77 @@ pub(super) fn render_pci(
             let _ = write!(line, "  sriov {}/{} VFs", state.num_vfs, state.total_vfs);
         }
         let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// Renders RDMA devices: one line per device, one per port.
+pub(super) fn render_rdma(out: &mut String, devices: &[RdmaInfo]) {
+    let _ = writeln!(out, "rdma: {} devices", devices.len());
+    for d in devices {
+        let pci = d
+            .pci_address
+            .map_or_else(|| "no PCI function".to_owned(), |a| a.to_string());
+        let netdevs = match d.is_ib_only() {
+            true => "IB-only".to_owned(),
+            false => format!("[{}]", d.netdevs.join(", ")),
+        };
+        let nodes: Vec<&str> = d
+            .char_devices
+            .iter()
+            .filter(|c| c.kind != RdmaCharKind::RdmaCm)
+            .filter_map(|c| c.path.rsplit('/').next())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<10} {pci}  {netdevs}  {}",
+            d.name,
+            nodes.join(" ")
+        );
+        for p in &d.ports {
+            let layer = match &p.link_layer {
+                Some(LinkLayer::Infiniband) => "InfiniBand",
+                Some(LinkLayer::Ethernet) => "Ethernet",
+                Some(LinkLayer::Other(other)) => other.as_str(),
+                None => "-",
+            };
+            let _ = writeln!(
+                out,
+                "    port {}  {} {}  {layer}  {}",
+                p.number,
+                p.state.as_deref().unwrap_or("-"),
+                p.phys_state.as_deref().unwrap_or("-"),
+                p.rate.as_deref().unwrap_or("-"),
+            );
+        }
+    }
+}
+
+/// Renders GPUs: one line each.
+pub(super) fn render_gpus(out: &mut String, gpus: &[GpuInfo]) {
+    let _ = writeln!(out, "gpus: {}", gpus.len());
+    for g in gpus {
+        let mut line = format!(
+            "  {}  {:<7}",
+            g.pci_address,
+            g.driver.as_deref().unwrap_or("-")
+        );
+        let nodes: Vec<String> = [g.drm_card.clone(), g.drm_render.clone()]
+            .into_iter()
+            .flatten()
+            .chain(g.nvidia_minor.map(|m| format!("/dev/nvidia{m}")))
+            .collect();
+        if !nodes.is_empty() {
+            let _ = write!(line, "  {}", nodes.join(" "));
+        }
+        if let Some(bytes) = g.memory_bytes {
+            let _ = write!(line, "  {} MiB", bytes / (1024 * 1024));
+        }
+        if let Some(product) = &g.product {
+            let _ = write!(line, "  {product}");
+        }
+        if let Some(uuid) = &g.uuid {
+            let _ = write!(line, "  {uuid}");
+        }
+        let _ = writeln!(out, "{line}");
     }
 }

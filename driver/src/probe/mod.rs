@@ -4,13 +4,15 @@
 
 mod devices_table;
 mod table;
+mod topology;
 
 use hal::{
-    CpuInventory, CpuTopology, Discovered, InventoryError, LogicalCpu, NumaNodeInfo, PciDevice,
-    PciFunction, SriovPf, SriovState,
+    CpuInventory, CpuTopology, Discovered, GpuDevice, GpuInfo, InventoryError, LogicalCpu,
+    NumaNodeInfo, PciDevice, PciFunction, RdmaDevice, RdmaInfo, SriovPf, SriovState,
 };
 
 pub use table::render_table;
+pub use topology::{Endpoint, EndpointKind, Link, Topology};
 
 /// The device families `hal-probe` can report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,11 +23,24 @@ pub enum Family {
     Pci,
     /// SR-IOV physical functions and their VFs.
     Sriov,
+    /// RDMA devices.
+    Rdma,
+    /// GPUs.
+    Gpus,
+    /// The GPU/NIC topology matrix.
+    Topology,
 }
 
 impl Family {
     /// Every family, in report order.
-    pub const ALL: [Family; 3] = [Family::Cpu, Family::Pci, Family::Sriov];
+    pub const ALL: [Family; 6] = [
+        Family::Cpu,
+        Family::Pci,
+        Family::Sriov,
+        Family::Rdma,
+        Family::Gpus,
+        Family::Topology,
+    ];
 }
 
 /// Where each family is read from.
@@ -36,6 +51,10 @@ pub struct Sources<'a> {
     pub pci: &'a dyn PciDevice,
     /// SR-IOV.
     pub sriov: &'a dyn SriovPf,
+    /// RDMA devices.
+    pub rdma: &'a dyn RdmaDevice,
+    /// GPUs.
+    pub gpus: &'a dyn GpuDevice,
 }
 
 /// The CPU part of a report.
@@ -59,8 +78,43 @@ pub struct Report {
     /// SR-IOV physical functions, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sriov: Option<Vec<SriovState>>,
+    /// RDMA devices, when asked for.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_rdma"
+    )]
+    pub rdma: Option<Vec<RdmaInfo>>,
+    /// GPUs, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<GpuInfo>>,
+    /// The GPU/NIC topology matrix, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
     /// Everything that could not be read; the rest of the report is still valid.
     pub errors: Vec<InventoryError>,
+}
+
+/// An RDMA device in JSON: its fields plus `ib_only`, so consumers need not derive it.
+#[derive(serde::Serialize)]
+struct RdmaJson<'a> {
+    #[serde(flatten)]
+    device: &'a RdmaInfo,
+    ib_only: bool,
+}
+
+fn serialize_rdma<S: serde::Serializer>(
+    devices: &Option<Vec<RdmaInfo>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let devices: Option<Vec<RdmaJson<'_>>> = devices.as_ref().map(|list| {
+        list.iter()
+            .map(|device| RdmaJson {
+                device,
+                ib_only: device.is_ib_only(),
+            })
+            .collect()
+    });
+    serde::Serialize::serialize(&devices, serializer)
 }
 
 impl Report {
@@ -68,7 +122,13 @@ impl Report {
     /// entry; the report is still produced.
     pub fn collect(sources: &Sources<'_>, families: &[Family]) -> Report {
         let mut report = Report::default();
-        for family in Family::ALL.into_iter().filter(|f| families.contains(f)) {
+        // The topology is built from the PCI, GPU and RDMA inventories, read if not asked for.
+        let needs = |family: Family| {
+            families.contains(&family)
+                || (families.contains(&Family::Topology)
+                    && matches!(family, Family::Pci | Family::Gpus | Family::Rdma))
+        };
+        for family in Family::ALL.into_iter().filter(|f| needs(*f)) {
             match family {
                 Family::Cpu => match sources.cpu.cpu_inventory() {
                     Ok(CpuInventory {
@@ -83,8 +143,32 @@ impl Report {
                 },
                 Family::Pci => report.pci = report.take(sources.pci.pci_functions()),
                 Family::Sriov => report.sriov = report.take(sources.sriov.sriov_pfs()),
+                Family::Rdma => report.rdma = report.take(sources.rdma.rdma_devices()),
+                Family::Gpus => report.gpus = report.take(sources.gpus.gpus()),
+                Family::Topology => {
+                    report.topology = Some(Topology::build(
+                        report.pci.as_deref().unwrap_or_default(),
+                        report.gpus.as_deref().unwrap_or_default(),
+                        report.rdma.as_deref().unwrap_or_default(),
+                    ));
+                }
             }
         }
+        // Families read only for the topology are not shown.
+        if !families.contains(&Family::Pci) {
+            report.pci = None;
+        }
+        if !families.contains(&Family::Gpus) {
+            report.gpus = None;
+        }
+        if !families.contains(&Family::Rdma) {
+            report.rdma = None;
+        }
+        // GPU discovery reads the PCI functions too: each problem is listed once.
+        let mut seen = std::collections::BTreeSet::new();
+        report
+            .errors
+            .retain(|e| seen.insert((e.path.clone(), e.error.clone())));
         report
     }
 
@@ -104,7 +188,12 @@ impl Report {
 
     /// Whether any family asked for was read at all.
     pub fn is_empty(&self) -> bool {
-        self.cpu.is_none() && self.pci.is_none() && self.sriov.is_none()
+        self.cpu.is_none()
+            && self.pci.is_none()
+            && self.sriov.is_none()
+            && self.rdma.is_none()
+            && self.gpus.is_none()
+            && self.topology.is_none()
     }
 
     /// The JSON contract, pretty-printed.

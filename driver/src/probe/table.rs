@@ -32,6 +32,15 @@ pub fn render_table(report: &Report) -> String {
             );
         }
     }
+    if let Some(rdma) = &report.rdma {
+        super::devices_table::render_rdma(&mut out, rdma);
+    }
+    if let Some(gpus) = &report.gpus {
+        super::devices_table::render_gpus(&mut out, gpus);
+    }
+    if let Some(topology) = &report.topology {
+        topology.render(&mut out);
+    }
     if !report.errors.is_empty() {
         let _ = writeln!(out, "errors ({}):", report.errors.len());
         for e in &report.errors {

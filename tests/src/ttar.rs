@@ -1,6 +1,7 @@
 //! Extracts a `ttar` archive (the plain-text tree format of Prometheus' procfs and node_exporter
 //! fixtures) into a directory: `Directory:`, `Path:` + `Lines:` + content (a last line ending in `EOF`
-//! had no newline), `SymlinkTo:`, `Mode:`, records separated by `# ttar - - -` lines.
+//! had no newline, `NULLBYTE` stands for a NUL byte), `SymlinkTo:`, `Mode:`, records separated by
+//! `# ttar - - -` lines.
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -22,10 +23,11 @@ pub fn extract(archive: &Path, into: &Path) -> Result<(), String> {
             let mut content = String::new();
             for _ in 0..count {
                 let l = lines.next().ok_or(format!("{p}: archive ends early"))?;
+                let l = l.replace("NULLBYTE", "\0");
                 match l.strip_suffix("EOF") {
                     Some(last) => content.push_str(last),
                     None => {
-                        content.push_str(l);
+                        content.push_str(&l);
                         content.push('\n');
                     }
                 }
@@ -66,13 +68,13 @@ mod tests {
         let archive = dir.path().join("a.ttar");
         fs::write(
             &archive,
-            "# Archive\nDirectory: sys\nMode: 755\n# ttar - - -\nPath: sys/a\nLines: 2\none\ntwoEOF\nMode: 644\n# ttar - - -\n\
+            "# Archive\nDirectory: sys\nMode: 755\n# ttar - - -\nPath: sys/a\nLines: 2\none\ntwoNULLBYTEEOF\nMode: 644\n# ttar - - -\n\
              Path: sys/l\nSymlinkTo: a\n# ttar - - -\nPath: sys/e\nLines: 0\nMode: 644\n",
         )
         .unwrap();
         let out = dir.path().join("out");
         extract(&archive, &out).unwrap();
-        assert_eq!(fs::read_to_string(out.join("sys/a")).unwrap(), "one\ntwo");
+        assert_eq!(fs::read_to_string(out.join("sys/a")).unwrap(), "one\ntwo\0");
         assert_eq!(fs::read_link(out.join("sys/l")).unwrap(), Path::new("a"));
         assert_eq!(fs::read_to_string(out.join("sys/e")).unwrap(), "");
         fs::write(&archive, "Path: ../x\nLines: 0\n").unwrap();

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks discovery. CPU topology: `hal-probe --sysfs-root DIR --format json cpu` against hwloc's
-# `lstopo-no-graphics --of xml -` on the three largest hwloc Linux dumps (by CPU count), plus hal-probe
-# alone on an embedded fixture machine (lstopo has nothing to read there, so it is not timed). PCI:
-# `hal-probe pci sriov` beside `lstopo --whole-io` and `lspci -vmm` on two hwloc dumps with I/O.
+# `lstopo-no-graphics --of xml -` on the three largest hwloc Linux dumps (by CPU count) and on a fixture
+# machine's tree (written once with `hal-fixture`, so both tools read the same files). Full inventory
+# (CPU + PCI + SR-IOV + RDMA + GPU): `hal-probe` beside `lstopo --whole-io` and `lspci -vmm` on the
+# fixture trees and on the hwloc dumps with I/O.
 #
 # Prints, to stdout, hyperfine's results per input and then a table: mean wall times, the ratio
 # lstopo / hal-probe, and the peak RSS of one hal-probe run per input; "target missed" marks a ratio
@@ -45,8 +46,9 @@ done
 tmp=$(mktemp -d -t bench-discovery.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
-echo "== building hal-probe (release)"
+echo "== building hal-probe and hal-fixture (release)"
 cargo build --release -p driver --bin hal-probe
+cargo build --release -p hal-mock --bin hal-fixture
 
 # Peak RSS in KiB of one run of the given command (stdout discarded; a failure is fatal).
 #
@@ -133,18 +135,32 @@ for dump in "${dumps[@]}"; do
     printf '%s\t%s\t%s\n' "$dump" "$tmp/$dump.json" "$rss" >>"$results"
 done
 
-echo "== timing fixture $fixture (hal-probe only)"
-hyperfine -N --warmup 3 --style basic --export-json "$tmp/fixture.json" \
-    --command-name hal-probe "$probe --fixture $fixture --format json cpu"
-rss=$(peak_rss_kib "$probe" --fixture "$fixture" --format json cpu)
+echo "== timing fixture $fixture"
+fixture_root=$tmp/fixture-$fixture
+"$target_dir/release/hal-fixture" "$fixture" "$fixture_root"
+HWLOC_FSROOT=$fixture_root HWLOC_COMPONENTS=linux,stop HWLOC_DUMPED_HWDATA_DIR=/var/run/hwloc \
+    hyperfine -N --warmup 3 --style basic --export-json "$tmp/fixture.json" \
+    --command-name hal-probe "$probe --sysfs-root $fixture_root --format json cpu" \
+    --command-name lstopo "lstopo-no-graphics --of xml -"
+rss=$(peak_rss_kib "$probe" --sysfs-root "$fixture_root" --format json cpu)
 printf '%s\t%s\t%s\n' "fixture:$fixture" "$tmp/fixture.json" "$rss" >>"$results"
 
-# PCI and SR-IOV discovery on the dumps with I/O, beside lstopo --whole-io and lspci -vmm (pciutils, if
-# installed; pointed at the dump with -A linux-sysfs -O sysfs.path). hyperfine prints the ratios.
+# Full inventory (every family, topology included) on every fixture tree and the hwloc dumps with I/O,
+# beside lstopo --whole-io and lspci -vmm (pciutils, if installed; pointed at the tree with
+# -A linux-sysfs -O sysfs.path). hyperfine prints the ratios.
+inventory_roots=()
+for name in xeon gb300 i915; do
+    dir=$tmp/inventory-$name
+    "$target_dir/release/hal-fixture" "$name" "$dir"
+    inventory_roots+=("fixture:$name=$dir")
+done
 io_dumps=(32intel64-2p8co2t+8ve 40intel64-2g2n4c+pcilocality)
 for dump in "${io_dumps[@]}"; do
-    echo "== PCI discovery on $dump"
-    root=$(extract_dump "$dump")
+    inventory_roots+=("$dump=$(extract_dump "$dump")")
+done
+for entry in "${inventory_roots[@]}"; do
+    dump=${entry%%=*} root=${entry#*=}
+    echo "== full inventory on $dump"
     lspci_cmd=()
     if command -v lspci >/dev/null 2>&1; then
         lspci_cmd=(--command-name "lspci -vmm" "lspci -vmm -A linux-sysfs -O sysfs.path=$root/sys/bus/pci")
@@ -153,7 +169,7 @@ for dump in "${io_dumps[@]}"; do
     fi
     HWLOC_FSROOT=$root HWLOC_COMPONENTS=linux,stop HWLOC_DUMPED_HWDATA_DIR=/var/run/hwloc \
         hyperfine -N --warmup 3 --style basic \
-        --command-name "hal-probe pci sriov" "$probe --sysfs-root $root --format json pci sriov" \
+        --command-name "hal-probe (all)" "$probe --sysfs-root $root --format json" \
         --command-name "lstopo --whole-io" "lstopo-no-graphics --whole-io --of xml -" \
         "${lspci_cmd[@]}"
 done
@@ -197,8 +213,7 @@ for r in rows:
     print(fmt.format(*r))
 print()
 print(f"targets: lstopo/hal-probe >= {ratio_target:g}x, hal-probe peak RSS < {rss_target:g} MiB.")
-print("the fixture row has no lstopo run (nothing on disk for lstopo to read), so only its RSS is checked;")
-print("its time includes hal-probe writing the fixture's sysfs tree to a temporary directory first.")
+print("the fixture row reads the fixture's tree written once by hal-fixture, as lstopo does.")
 print("RSS is the exec'd hal-probe's own VmHWM at exit ('>' marks a fallback upper bound, see the script).")
 print(f"{missed} of {len(rows)} inputs missed a target." if missed else "all targets met.")
 EOF

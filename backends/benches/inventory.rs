@@ -1,5 +1,5 @@
-//! Full inventory in process: CPU topology, PCI functions and SR-IOV of every fixture machine, and of
-//! the hwloc dumps with I/O when `../shared` is present. (RDMA and GPU join when their backends do.)
+//! Full inventory in process: CPU topology, PCI functions, SR-IOV, RDMA devices and GPUs of every
+//! fixture machine, and of the hwloc dumps with I/O when `../shared` is present.
 //!
 //! `cargo bench -p backends --bench inventory`
 
@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
+use backends::{SysfsCpuTopology, SysfsGpu, SysfsPci, SysfsRdma, SysfsRoot, SysfsSriov};
 use criterion::{Criterion, criterion_group, criterion_main};
-use hal::{CpuTopology, PciDevice, SriovPf};
+use hal::{CpuTopology, GpuDevice, PciDevice, RdmaDevice, SriovPf};
 
 /// hwloc dumps with PCI devices (see the corpus INDEX).
 const IO_DUMPS: [&str; 3] = [
@@ -23,7 +23,9 @@ fn inventory(root: &SysfsRoot) -> usize {
     let cpu = SysfsCpuTopology::new(root.clone()).cpu_inventory().unwrap();
     let pci = SysfsPci::new(root.clone()).pci_functions().unwrap();
     let sriov = SysfsSriov::new(root.clone()).sriov_pfs().unwrap();
-    cpu.cpus.len() + pci.items.len() + sriov.items.len()
+    let rdma = SysfsRdma::new(root.clone()).rdma_devices().unwrap();
+    let gpus = SysfsGpu::new(root.clone()).gpus().unwrap();
+    cpu.cpus.len() + pci.items.len() + sriov.items.len() + rdma.items.len() + gpus.items.len()
 }
 
 /// Extracts a dump with tar (benchmark setup only; the code under test never shells out).

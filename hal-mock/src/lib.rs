@@ -5,12 +5,15 @@
 //! hybrid PMU lists) into a temporary directory, and the real sysfs backend reads that directory. The
 //! description also says what discovery must find ([`CpuLayout::expected`]), so every fixture is a
 //! round-trip test of the backend.
+//!
+//! For narrow unit tests of logic above the traits, [`mocks`] has [`mockall`] mocks of every `hal` trait.
 
 mod cpu;
 mod devices;
 mod hex;
 mod kernel;
 mod machines;
+pub mod mocks;
 mod pci;
 mod tree;
 

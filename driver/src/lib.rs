@@ -1,6 +1,10 @@
 //! The DRA driver built on the HAL and the `hal-probe` diagnostics it shares its view with.
 //!
-//! Today this crate holds [`probe`], the report `hal-probe` prints. The kubelet plugin (ResourceSlices,
-//! gRPC, CDI) is built on the same inventory in later steps.
+//! [`inventory`] reads every device family once; [`slices`] turns it into the ResourceSlices the driver
+//! publishes; [`probe`] is the report `hal-probe` prints. The kubelet plugin (gRPC, CDI) is built on the
+//! same inventory.
 
+pub mod inventory;
 pub mod probe;
+pub mod slices;
+pub mod yaml;

@@ -150,7 +150,7 @@ fn bad_usage_and_bad_roots_fail_clearly() {
         "{stderr}"
     );
 
-    let format = hal_probe(&["--format", "yaml"]);
+    let format = hal_probe(&["--format", "xml"]);
     assert_eq!(format.status.code(), Some(2));
 
     let empty = tempfile::tempdir().unwrap();
@@ -281,4 +281,44 @@ fn json_devices_and_topology_on_the_gb300_fixture() {
         topology["links"][3],
         serde_json::json!(["SYS", "SYS", "NODE", "X", "SYS", "SYS", "NODE", "NODE"])
     );
+}
+
+#[test]
+fn slices_snapshots_of_every_fixture() {
+    for name in hal_mock::FIXTURES {
+        let yaml = stdout(&hal_probe(&[
+            "--fixture",
+            name,
+            "--node-name",
+            "node-1",
+            "slices",
+        ]));
+        assert!(
+            yaml.starts_with("---\napiVersion: \"resource.k8s.io/v1\"\nkind: \"ResourceSlice\"\n"),
+            "{yaml}"
+        );
+        insta::assert_snapshot!(format!("slices-{name}"), yaml);
+    }
+    let json: Value = serde_json::from_str(&stdout(&hal_probe(&[
+        "--fixture",
+        "gb300",
+        "--format",
+        "json",
+        "--cpu-mode",
+        "individual",
+        "--reserved-cpus",
+        "0-1",
+        "--publish",
+        "cpus",
+        "slices",
+    ])))
+    .unwrap();
+    let devices = json[0]["spec"]["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 126);
+    assert_eq!(devices[0]["name"], "cpu-2");
+    let bad = hal_probe(&["--fixture", "gb300", "--driver-name", "Bad Name", "slices"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("driver name \"Bad Name\""));
+    let mixed = hal_probe(&["--fixture", "gb300", "slices", "cpu"]);
+    assert_eq!(mixed.status.code(), Some(1));
 }

@@ -8,7 +8,12 @@ use anyhow::{Context, bail};
 use backends::sysfs::pciids::default_pci_ids;
 use backends::{SysfsCpuTopology, SysfsGpu, SysfsPci, SysfsRdma, SysfsRoot, SysfsSriov};
 use clap::{Parser, ValueEnum};
+use driver::inventory::Inventory;
 use driver::probe::{Family, Report, Sources, render_table};
+use driver::slices::args::SliceArgs;
+use driver::slices::build_slices;
+use driver::slices::validate::validate_pool;
+use driver::yaml::to_yaml;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +24,7 @@ use driver::probe::{Family, Report, Sources, render_table};
                   hal-probe --fixture xeon cpu        an embedded fixture machine\n  \
                   hal-probe pci sriov                 only PCI functions and SR-IOV\n  \
                   hal-probe --fixture gb300 topology  GPU/NIC matrix like nvidia-smi topo -m\n  \
+                  hal-probe --fixture gb300 slices    the ResourceSlices the driver would publish\n  \
                   hal-probe --sysfs-root DUMP --format json cpu\n\n\
                   Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
                   Unreadable files do not stop the probe: they are listed under \"errors\" and only what\n\
@@ -34,24 +40,34 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     fixture: Option<String>,
 
-    /// Output format: `table` for people, `json` for programs (a stable contract, see the driver README).
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    /// Output format: `table` for people, `json` for programs (a stable contract, see the driver README),
+    /// `yaml` (for `slices`, the form `kubectl` shows). `slices` defaults to yaml.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
 
     /// Vendor and device names from this pci.ids file (default: the system's, e.g.
     /// /usr/share/misc/pci.ids, if there is one; names are left out otherwise).
     #[arg(long, value_name = "FILE")]
     pci_ids: Option<PathBuf>,
 
-    /// What to report (default: everything).
+    /// The node name of `slices` (the pool name; default: NODE_NAME, else the fixture's name, else this
+    /// host's name).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+
+    #[command(flatten)]
+    slices: SliceArgs,
+
+    /// What to report (default: everything but `slices`).
     #[arg(value_enum)]
     families: Vec<FamilyArg>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,6 +84,8 @@ enum FamilyArg {
     Gpus,
     /// GPU/NIC pairs: same PCIe root (PIX/PXB/PHB), same NUMA node (NODE) or not (SYS).
     Topology,
+    /// The ResourceSlices the driver would publish on this node (alone; see the slice flags).
+    Slices,
 }
 
 fn main() -> ExitCode {
@@ -82,7 +100,11 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    let families: Vec<Family> = if args.families.is_empty() {
+    let want_slices = args.families.contains(&FamilyArg::Slices);
+    if want_slices && args.families.len() > 1 {
+        bail!("`slices` cannot be combined with other families");
+    }
+    let families: Vec<Family> = if args.families.is_empty() || want_slices {
         Family::ALL.to_vec()
     } else {
         args.families
@@ -94,6 +116,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 FamilyArg::Rdma => Family::Rdma,
                 FamilyArg::Gpus => Family::Gpus,
                 FamilyArg::Topology => Family::Topology,
+                FamilyArg::Slices => Family::Topology,
             })
             .collect()
     };
@@ -125,9 +148,40 @@ fn run() -> anyhow::Result<ExitCode> {
         (None, None) => SysfsRoot::default(),
     };
 
+    let pci_ids = args.pci_ids.clone().or_else(default_pci_ids);
+    if want_slices {
+        let node = args
+            .node_name
+            .clone()
+            .or_else(|| args.fixture.clone())
+            .or_else(hostname)
+            .unwrap_or_else(|| "node".to_owned());
+        let config = args.slices.config(&node).map_err(anyhow::Error::msg)?;
+        let inventory = Inventory::from_sysfs(&root, pci_ids.as_deref());
+        for e in &inventory.errors {
+            eprintln!("hal-probe: {}", e.error);
+        }
+        let slices = build_slices(&inventory, &config, 0);
+        let problems = validate_pool(&slices);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("hal-probe: {p}");
+            }
+            bail!("the slices would be rejected by the API server (a bug: please report it)");
+        }
+        match args.format.unwrap_or(Format::Yaml) {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&slices)?),
+            Format::Yaml | Format::Table => {
+                for slice in &slices {
+                    print!("---\n{}", to_yaml(&serde_json::to_value(slice)?));
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let topology = SysfsCpuTopology::new(root.clone());
     let mut pci = SysfsPci::new(root.clone());
-    if let Some(ids) = args.pci_ids.clone().or_else(default_pci_ids) {
+    if let Some(ids) = pci_ids {
         pci = pci.with_pci_ids(ids);
     }
     let sriov = SysfsSriov::new(root.clone());
@@ -147,9 +201,17 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         bail!("nothing could be read");
     }
-    match args.format {
+    match args.format.unwrap_or(Format::Table) {
         Format::Json => println!("{}", report.to_json()),
+        Format::Yaml => print!("{}", to_yaml(&serde_json::to_value(&report)?)),
         Format::Table => print!("{}", render_table(&report)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// This host's name, lower-cased, from the kernel.
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
 }

@@ -1,0 +1,111 @@
+//! [`Inventory`]: one read of every device family the driver publishes, from any HAL backends.
+
+use hal::{
+    CpuInventory, CpuTopology, Discovered, GpuDevice, GpuInfo, InventoryError, PciDevice,
+    PciFunction, RdmaDevice, RdmaInfo, SriovPf, SriovState,
+};
+
+/// Where each family is read from (the sysfs backends on a node, fixtures or mocks in tests).
+pub struct Backends<'a> {
+    /// CPU topology.
+    pub cpu: &'a dyn CpuTopology,
+    /// PCI functions.
+    pub pci: &'a dyn PciDevice,
+    /// SR-IOV.
+    pub sriov: &'a dyn SriovPf,
+    /// RDMA devices.
+    pub rdma: &'a dyn RdmaDevice,
+    /// GPUs.
+    pub gpus: &'a dyn GpuDevice,
+}
+
+/// Everything the driver knows about the node at one moment. A family that could not be read at all
+/// is empty and its error is in `errors`: a partial inventory still publishes what it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// CPUs and NUMA nodes (`None` when the CPU topology could not be read).
+    pub cpu: Option<CpuInventory>,
+    /// PCI functions, by address.
+    pub pci: Vec<PciFunction>,
+    /// SR-IOV physical functions.
+    pub sriov: Vec<SriovState>,
+    /// RDMA devices, by name.
+    pub rdma: Vec<RdmaInfo>,
+    /// GPUs, by address.
+    pub gpus: Vec<GpuInfo>,
+    /// What could not be read, each problem once.
+    pub errors: Vec<InventoryError>,
+}
+
+impl Inventory {
+    /// Reads every family.
+    pub fn read(backends: &Backends<'_>) -> Inventory {
+        let mut errors = Vec::new();
+        let cpu = match backends.cpu.cpu_inventory() {
+            Ok(mut cpu) => {
+                errors.append(&mut cpu.errors);
+                Some(cpu)
+            }
+            Err(e) => {
+                errors.push((&e).into());
+                None
+            }
+        };
+        let mut inventory = Inventory {
+            cpu,
+            pci: take(backends.pci.pci_functions(), &mut errors),
+            sriov: take(backends.sriov.sriov_pfs(), &mut errors),
+            rdma: take(backends.rdma.rdma_devices(), &mut errors),
+            gpus: take(backends.gpus.gpus(), &mut errors),
+            errors: Vec::new(),
+        };
+        inventory.pci.sort_by_key(|f| f.address);
+        let mut seen = std::collections::BTreeSet::new();
+        errors.retain(|e: &InventoryError| seen.insert((e.path.clone(), e.error.clone())));
+        inventory.errors = errors;
+        inventory
+    }
+
+    /// The PCI function at `address`.
+    pub fn function(&self, address: hal::PciAddress) -> Option<&PciFunction> {
+        self.pci
+            .binary_search_by_key(&address, |f| f.address)
+            .ok()
+            .and_then(|i| self.pci.get(i))
+    }
+}
+
+fn take<T>(found: hal::Result<Discovered<T>>, errors: &mut Vec<InventoryError>) -> Vec<T> {
+    match found {
+        Ok(mut found) => {
+            errors.append(&mut found.errors);
+            found.items
+        }
+        Err(e) => {
+            errors.push((&e).into());
+            Vec::new()
+        }
+    }
+}
+
+impl Inventory {
+    /// Reads a machine through the sysfs backends under `root`, with names from the pci.ids file at
+    /// `pci_ids` when given.
+    pub fn from_sysfs(root: &backends::SysfsRoot, pci_ids: Option<&std::path::Path>) -> Inventory {
+        let cpu = backends::SysfsCpuTopology::new(root.clone());
+        let mut pci = backends::SysfsPci::new(root.clone());
+        if let Some(path) = pci_ids {
+            pci = pci.with_pci_ids(path);
+        }
+        let sriov = backends::SysfsSriov::new(root.clone());
+        let rdma = backends::SysfsRdma::new(root.clone());
+        let gpus = backends::SysfsGpu::new(root.clone());
+        Inventory::read(&Backends {
+            cpu: &cpu,
+            pci: &pci,
+            sriov: &sriov,
+            rdma: &rdma,
+            gpus: &gpus,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! [`SliceConfig`]: what the driver publishes and under which names.
+
+use hal::CpuSet;
+
+use super::names::{is_dns_subdomain, is_driver_name};
+
+/// The driver name used everywhere by default: ResourceSlices, the attribute domain, the kubelet
+/// plugin sockets, CDI kinds.
+pub const DEFAULT_DRIVER_NAME: &str = "hal.dra.dev";
+
+/// Compatibility domains are few: each adds one attribute to every device.
+pub const MAX_COMPAT_DOMAINS: usize = 4;
+
+/// How CPUs are published (the two modes of dra-driver-cpu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuMode {
+    /// One device per allocatable CPU, with its topology.
+    Individual,
+    /// One shareable device per NUMA node with consumable capacity `cpu`.
+    #[default]
+    GroupedByNuma,
+    /// One shareable device per socket with consumable capacity `cpu`.
+    GroupedBySocket,
+}
+
+/// Which device families are published. A family off is never published, so the driver can run
+/// beside a vendor's driver for that family without publishing a device twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// GPUs (NVIDIA, Intel, AMD).
+    pub gpus: bool,
+    /// Network functions (PFs and VFs, with or without RDMA) and IB-only RDMA functions.
+    pub nics: bool,
+    /// CPUs.
+    pub cpus: bool,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Families {
+            gpus: true,
+            nics: true,
+            cpus: true,
+        }
+    }
+}
+
+/// Everything that decides the slices besides the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceConfig {
+    /// `spec.driver` and the domain of unqualified attribute names.
+    pub driver_name: String,
+    /// The node: `spec.nodeName` and the pool name.
+    pub node_name: String,
+    /// Families to publish.
+    pub families: Families,
+    /// How CPUs are published.
+    pub cpu_mode: CpuMode,
+    /// CPUs never published nor allocated (the kubelet's reserved CPUs).
+    pub reserved_cpus: CpuSet,
+    /// Other drivers' domains that also get `<domain>/numaNode` (e.g. `dra.net`), so claims can
+    /// `matchAttribute` across drivers.
+    pub compat_domains: Vec<String>,
+}
+
+impl SliceConfig {
+    /// The defaults for `node_name`: every family, CPUs grouped by NUMA node, no reserved CPUs, `dra.net`
+    /// as the compatibility domain (dranet, dra-driver-cpu and the SR-IOV driver publish it).
+    pub fn new(node_name: &str) -> Self {
+        SliceConfig {
+            driver_name: DEFAULT_DRIVER_NAME.to_owned(),
+            node_name: node_name.to_owned(),
+            families: Families::default(),
+            cpu_mode: CpuMode::default(),
+            reserved_cpus: CpuSet::new(),
+            compat_domains: vec!["dra.net".to_owned()],
+        }
+    }
+
+    /// Checks the names: a bad driver name, node name or domain is an error naming it.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_driver_name(&self.driver_name) {
+            return Err(format!(
+                "driver name {:?}: must be a DNS subdomain of at most 63 characters (e.g. {DEFAULT_DRIVER_NAME})",
+                self.driver_name
+            ));
+        }
+        if !is_dns_subdomain(&self.node_name, 253) {
+            return Err(format!(
+                "node name {:?}: must be a DNS subdomain (lower case, at most 253 characters)",
+                self.node_name
+            ));
+        }
+        if self.compat_domains.len() > MAX_COMPAT_DOMAINS {
+            return Err(format!(
+                "{} compatibility domains: at most {MAX_COMPAT_DOMAINS}",
+                self.compat_domains.len()
+            ));
+        }
+        for domain in &self.compat_domains {
+            if !is_driver_name(domain) || domain == &self.driver_name {
+                return Err(format!(
+                    "compatibility domain {domain:?}: must be a DNS subdomain other than the driver name"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,370 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::{Device, DeviceAttribute};
+
+use super::names::*;
+use super::validate::validate_pool;
+use super::*;
+
+const PCI_IDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/pci.ids");
+
+fn inventory(name: &str) -> Inventory {
+    let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();
+    let root = backends::SysfsRoot::new(machine.root());
+    Inventory::from_sysfs(&root, Some(std::path::Path::new(PCI_IDS)))
+}
+
+fn by_name(slices: &[ResourceSlice]) -> BTreeMap<String, Device> {
+    slices
+        .iter()
+        .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+        .map(|d| (d.name.clone(), d))
+        .collect()
+}
+
+fn attr<'a>(device: &'a Device, name: &str) -> Option<&'a DeviceAttribute> {
+    device.attributes.as_ref()?.get(name)
+}
+
+fn int(device: &Device, name: &str) -> Option<i64> {
+    attr(device, name)?.int
+}
+
+fn string<'a>(device: &'a Device, name: &str) -> Option<&'a str> {
+    attr(device, name)?.string.as_deref()
+}
+
+#[test]
+fn gb300_publishes_gpus_ib_only_nics_and_numa_groups_aligned_by_numa() {
+    let config = SliceConfig::new("gb300-node");
+    let slices = build_slices(&inventory("gb300"), &config, 1);
+    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(slices.len(), 1);
+    let devices = by_name(&slices);
+    let names: Vec<&String> = devices.keys().collect();
+    assert_eq!(
+        names,
+        [
+            "cpus-numa-0",
+            "cpus-numa-1",
+            "gpu-0008-06-00-0",
+            "gpu-0009-06-00-0",
+            "gpu-0018-06-00-0",
+            "gpu-0019-06-00-0",
+            "rdma-0101-00-00-0",
+            "rdma-0102-00-00-0",
+            "rdma-0103-00-00-0",
+            "rdma-0104-00-00-0",
+        ]
+    );
+    let gpu0 = &devices["gpu-0008-06-00-0"];
+    assert_eq!(
+        string(gpu0, "resource.kubernetes.io/pciBusID"),
+        Some("0008:06:00.0")
+    );
+    assert_eq!(
+        string(gpu0, "resource.kubernetes.io/pcieRoot"),
+        Some("pci0008:00")
+    );
+    assert_eq!(
+        string(gpu0, "uuid"),
+        Some("GPU-3b1f0a52-7c44-4e1d-9a2b-6f0e8d7c0000")
+    );
+    assert_eq!(int(gpu0, "numaNode"), Some(0));
+    assert_eq!(int(gpu0, "dra.net/numaNode"), Some(0));
+
+    // The seed's claims: GPU 0 with mlx5_0 (aligned), with both NUMA-0 RDMA NICs, and with mlx5_2
+    // (unaligned). Each NIC carries its rdmaDevice, its NUMA node in both domains, and the pcieRoot
+    // of its VMBUS path, which the live dranet slices could not publish.
+    for (i, node) in [0, 0, 1, 1].into_iter().enumerate() {
+        let nic = &devices[&format!("rdma-010{}-00-00-0", i + 1)];
+        assert_eq!(
+            string(nic, "rdmaDevice"),
+            Some(format!("mlx5_{i}").as_str())
+        );
+        assert_eq!(attr(nic, "ibOnly").and_then(|a| a.bool), Some(true));
+        assert_eq!(attr(nic, "rdma").and_then(|a| a.bool), Some(true));
+        assert_eq!(int(nic, "numaNode"), Some(node));
+        assert_eq!(int(nic, "dra.net/numaNode"), Some(node));
+        assert_eq!(
+            string(nic, "resource.kubernetes.io/pcieRoot"),
+            Some(format!("pci010{}:00", i + 1).as_str())
+        );
+        assert_eq!(string(nic, "linkLayer"), Some("InfiniBand"));
+        let bandwidth = &nic.capacity.as_ref().unwrap()["bandwidth"].value.0;
+        assert_eq!(bandwidth, "800000M");
+    }
+    let aligned: Vec<&str> = devices
+        .values()
+        .filter(|d| {
+            string(d, "type") == Some("rdma") && int(d, "numaNode") == int(gpu0, "numaNode")
+        })
+        .filter_map(|d| string(d, "rdmaDevice"))
+        .collect();
+    assert_eq!(aligned, ["mlx5_0", "mlx5_1"]);
+
+    let numa0 = &devices["cpus-numa-0"];
+    assert_eq!(numa0.allow_multiple_allocations, Some(true));
+    assert_eq!(numa0.capacity.as_ref().unwrap()["cpu"].value.0, "64");
+    assert_eq!(int(numa0, "numaNode"), Some(0));
+}
+
+#[test]
+fn xeon_vf_and_gpu_share_numa_node_and_pcie_root() {
+    let slices = build_slices(&inventory("xeon"), &SliceConfig::new("xeon-node"), 0);
+    assert_eq!(validate_pool(&slices), []);
+    let devices = by_name(&slices);
+    let gpu = &devices["gpu-0000-b3-00-0"];
+    let vf = &devices["nic-0000-b1-00-2"];
+    assert_eq!(attr(vf, "isSriovVf").and_then(|a| a.bool), Some(true));
+    assert_eq!(string(vf, "parentPf"), Some("0000:b1:00.0"));
+    assert_eq!(string(vf, "rdmaDevice"), Some("mlx5_1"));
+    assert_eq!(string(vf, "ifName"), Some("ens2f0v0"));
+    assert_eq!(int(vf, "vfIndex"), Some(0));
+    for key in ["numaNode", "resource.kubernetes.io/pcieRoot"] {
+        assert_eq!(attr(vf, key), attr(gpu, key), "{key}");
+        assert!(attr(vf, key).is_some(), "{key}");
+    }
+    let pf = &devices["nic-0000-3b-00-0"];
+    assert_eq!(attr(pf, "sriov").and_then(|a| a.bool), Some(true));
+    assert_eq!(int(pf, "sriovVfs"), Some(128));
+    assert_eq!(
+        string(pf, "productName"),
+        Some("Ethernet Controller E810-C for QSFP")
+    );
+    // 1 + 8 iavf VFs, 1 + 4 mlx5 VFs, 2 GPUs, 2 NUMA groups.
+    assert_eq!(devices.len(), 9 + 5 + 2 + 2);
+}
+
+#[test]
+fn individual_cpus_skip_reserved_and_split_into_slices_of_128() {
+    let mut config = SliceConfig::new("xeon-node");
+    config.cpu_mode = CpuMode::Individual;
+    config.families.gpus = false;
+    config.families.nics = false;
+    config.reserved_cpus = hal::CpuSet::from_cpulist("0,112").unwrap();
+    let slices = build_slices(&inventory("xeon"), &config, 7);
+    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(slices.len(), 2, "222 CPUs: 128 + 94");
+    assert!(slices.iter().all(|s| s.spec.pool.resource_slice_count == 2
+        && s.spec.pool.generation == 7
+        && s.spec.node_name.as_deref() == Some("xeon-node")));
+    let devices = by_name(&slices);
+    assert_eq!(devices.len(), 222);
+    assert!(!devices.contains_key("cpu-0") && !devices.contains_key("cpu-112"));
+    let cpu1 = &devices["cpu-1"];
+    assert_eq!(int(cpu1, "socket"), Some(0));
+    assert_eq!(string(cpu1, "smtSiblings"), Some("1,113"));
+    assert_eq!(string(cpu1, "coreType"), Some("standard"));
+    let cpu200 = &devices["cpu-200"];
+    assert_eq!(
+        (int(cpu200, "socket"), int(cpu200, "numaNode")),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn families_can_be_turned_off_and_grouping_by_socket() {
+    let mut config = SliceConfig::new("n");
+    config.families.gpus = false;
+    config.cpu_mode = CpuMode::GroupedBySocket;
+    config.reserved_cpus = hal::CpuSet::from_cpulist("0-3").unwrap();
+    let devices = by_name(&build_slices(&inventory("gb300"), &config, 0));
+    assert!(devices.keys().all(|n| !n.starts_with("gpu-")));
+    let socket0 = &devices["cpus-socket-0"];
+    assert_eq!(socket0.capacity.as_ref().unwrap()["cpu"].value.0, "60");
+    assert_eq!(int(socket0, "numCpus"), Some(60));
+}
+
+#[test]
+fn every_fixture_gives_a_valid_pool() {
+    for name in hal_mock::FIXTURES {
+        for mode in [
+            CpuMode::Individual,
+            CpuMode::GroupedByNuma,
+            CpuMode::GroupedBySocket,
+        ] {
+            let mut config = SliceConfig::new(name);
+            config.cpu_mode = mode;
+            let slices = build_slices(&inventory(name), &config, 0);
+            assert_eq!(validate_pool(&slices), [], "{name} {mode:?}");
+        }
+    }
+}
+
+#[test]
+fn the_validator_catches_what_the_api_server_rejects() {
+    let mut slices = build_slices(&inventory("gb300"), &SliceConfig::new("gb300-node"), 0);
+    let devices = slices[0].spec.devices.as_mut().unwrap();
+    devices[0].name = "GPU_0".into();
+    let attrs = devices[1].attributes.as_mut().unwrap();
+    attrs.insert(
+        "numa-1".into(),
+        DeviceAttribute {
+            int: Some(1),
+            ..Default::default()
+        },
+    );
+    attrs.insert(
+        "long".into(),
+        DeviceAttribute {
+            string: Some("x".repeat(65)),
+            ..Default::default()
+        },
+    );
+    attrs.insert(
+        "driverVersion".into(),
+        DeviceAttribute {
+            version: Some("580.105.08".into()),
+            ..Default::default()
+        },
+    );
+    attrs.insert(
+        "both".into(),
+        DeviceAttribute {
+            int: Some(1),
+            bool: Some(true),
+            ..Default::default()
+        },
+    );
+    for i in 0..40 {
+        devices[2].attributes.as_mut().unwrap().insert(
+            format!("extra{i}"),
+            DeviceAttribute {
+                bool: Some(true),
+                ..Default::default()
+            },
+        );
+    }
+    devices[3].name = devices[4].name.clone();
+    let extra: Vec<Device> = (0..130)
+        .map(|i| Device {
+            name: format!("d{i}"),
+            ..Default::default()
+        })
+        .collect();
+    devices.extend(extra);
+    slices[0].spec.pool.resource_slice_count = 2;
+    let errors: Vec<String> = validate_pool(&slices)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let expect = [
+        "spec.devices[0].name: \"GPU_0\" is not a DNS label",
+        "attributes[\"numa-1\"]: not a C identifier",
+        "attributes[\"long\"]: string of 65 bytes",
+        "attributes[\"driverVersion\"]: \"580.105.08\" is not strict semver",
+        "attributes[\"both\"]: exactly one of",
+        "spec.devices[2]: 54 attributes and capacities; at most 32",
+        "is already used in the pool",
+        "spec.devices: 140 devices; at most 128",
+        "resourceSliceCount: 2 but the pool has 1 slices",
+    ];
+    for e in expect {
+        assert!(errors.iter().any(|x| x.contains(e)), "{e}\n{errors:#?}");
+    }
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+}
+
+#[test]
+fn names_and_values() {
+    for ok in ["gpu-0008-06-00-0", "a", "cpu-12", &"x".repeat(63)] {
+        assert!(is_dns_label(ok), "{ok}");
+    }
+    for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"x".repeat(64)] {
+        assert!(!is_dns_label(bad), "{bad}");
+    }
+    for ok in [
+        "numaNode",
+        "_x",
+        "dra.net/numaNode",
+        "resource.kubernetes.io/pcieRoot",
+    ] {
+        assert!(is_qualified_name(ok), "{ok}");
+    }
+    for bad in [
+        "numa-1",
+        "1x",
+        "/x",
+        "dra.net/",
+        "Bad_Domain!/x",
+        &"x".repeat(33),
+    ] {
+        assert!(!is_qualified_name(bad), "{bad}");
+    }
+    for ok in [
+        "1.2.3",
+        "0.0.0",
+        "10.3.0",
+        "1.0.0-rc.1",
+        "1.0.0+build.5",
+        "1.0.0-0a",
+    ] {
+        assert!(is_semver(ok), "{ok}");
+    }
+    for bad in [
+        "1.2", "v1.2.3", "01.2.3", "1.2.3-01", "1.2.3-", "1.2.3+", "1..3",
+    ] {
+        assert!(!is_semver(bad), "{bad}");
+    }
+    assert_eq!(
+        semver_from_dotted("580.105.08").as_deref(),
+        Some("580.105.8")
+    );
+    assert_eq!(semver_from_dotted("13.0").as_deref(), Some("13.0.0"));
+    assert_eq!(semver_from_dotted("10.3").as_deref(), Some("10.3.0"));
+    assert_eq!(semver_from_dotted("1.2.3.4"), None);
+    assert_eq!(semver_from_dotted("r580"), None);
+    for ok in [
+        "1", "64", "284208Mi", "800000M", "1.5", ".5", "100m", "1e3", "-1Ki",
+    ] {
+        assert!(is_quantity(ok), "{ok}");
+    }
+    for bad in ["", "Mi", "1.2.3", "1X", "1e", "1 Mi"] {
+        assert!(!is_quantity(bad), "{bad}");
+    }
+    // 64 bytes cut on a character boundary: 'é' is 2 bytes.
+    let long = format!("{}é", "a".repeat(63));
+    assert_eq!(attribute_string(&long), "a".repeat(63));
+    assert_eq!(
+        address_label(hal::PciAddress::parse("10000:00:04.0").unwrap()),
+        "10000-00-04-0"
+    );
+    let node = [
+        "n".repeat(60),
+        "m".repeat(60),
+        "o".repeat(60),
+        "p".repeat(60),
+    ]
+    .join(".");
+    let name = slice_name(&node, DEFAULT_DRIVER_NAME, 3);
+    assert!(
+        is_dns_subdomain(&name, 253) && name.ends_with("-3.hal.dra.dev"),
+        "{name}"
+    );
+    let long_driver = format!("{}.example.com", "d".repeat(51));
+    assert!(is_dns_subdomain(&slice_name(&node, &long_driver, 0), 253));
+    assert_eq!(
+        slice_name("node-1", DEFAULT_DRIVER_NAME, 0),
+        "node-1-hal-dra-dev-0"
+    );
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let mut config = SliceConfig::new("node-1");
+    assert_eq!(config.validate(), Ok(()));
+    config.driver_name = "Not A Domain".into();
+    assert!(config.validate().unwrap_err().contains("driver name"));
+    let mut config = SliceConfig::new("Node_1");
+    assert!(config.validate().unwrap_err().contains("node name"));
+    config.node_name = "n".into();
+    config.compat_domains = vec![
+        "dra.net".into(),
+        "x".into(),
+        "y".into(),
+        "z".into(),
+        "w".into(),
+    ];
+    assert!(config.validate().unwrap_err().contains("at most 4"));
+}

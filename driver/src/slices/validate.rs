@@ -1,0 +1,224 @@
+//! The API server's rules for ResourceSlices (interface-facts A.2/A.3), checked before a slice leaves
+//! the process: a slice the server would reject is a bug, caught here with the field that breaks it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
+
+use super::names::{
+    MAX_VALUE_BYTES, is_dns_label, is_dns_subdomain, is_driver_name, is_qualified_name,
+    is_quantity, is_semver,
+};
+use super::{MAX_DEVICES_PER_SLICE, MAX_DEVICES_PER_SLICE_ADVANCED, uses_advanced_features};
+
+/// Attributes plus capacities of one device.
+pub const MAX_ATTRIBUTES_AND_CAPACITIES: usize = 32;
+
+/// One broken rule: the slice, the field path inside it, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceError {
+    /// `metadata.name` of the slice (or its index when unnamed).
+    pub slice: String,
+    /// The field, e.g. `spec.devices[3].attributes["productName"]`.
+    pub field: String,
+    /// The rule it breaks.
+    pub problem: String,
+}
+
+impl fmt::Display for SliceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slice {}: {}: {}", self.slice, self.field, self.problem)
+    }
+}
+
+/// Checks one pool (all slices of one driver and pool name): every slice on its own, and together
+/// the same generation and `resourceSliceCount`, that count equal to the number of slices, and device
+/// names unique across the pool.
+pub fn validate_pool(slices: &[ResourceSlice]) -> Vec<SliceError> {
+    let mut errors = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, slice) in slices.iter().enumerate() {
+        let id = slice
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("#{i}"));
+        let mut fail = |field: String, problem: String| {
+            errors.push(SliceError {
+                slice: id.clone(),
+                field,
+                problem,
+            });
+        };
+        validate_slice(slice, &mut fail);
+        for (j, device) in slice.spec.devices.iter().flatten().enumerate() {
+            if !names.insert(device.name.clone()) {
+                fail(
+                    format!("spec.devices[{j}].name"),
+                    format!("{:?} is already used in the pool", device.name),
+                );
+            }
+        }
+        let pool = &slice.spec.pool;
+        if pool.resource_slice_count != slices.len() as i64 {
+            fail(
+                "spec.pool.resourceSliceCount".into(),
+                format!(
+                    "{} but the pool has {} slices",
+                    pool.resource_slice_count,
+                    slices.len()
+                ),
+            );
+        }
+        if let Some(first) = slices.first() {
+            let first = &first.spec;
+            if (&pool.name, pool.generation, &slice.spec.driver)
+                != (&first.pool.name, first.pool.generation, &first.driver)
+            {
+                fail(
+                    "spec.pool".into(),
+                    "every slice of a pool must have the same driver, pool name and generation"
+                        .into(),
+                );
+            }
+        }
+    }
+    errors
+}
+
+fn validate_slice(slice: &ResourceSlice, fail: &mut impl FnMut(String, String)) {
+    let spec = &slice.spec;
+    if let Some(name) = &slice.metadata.name {
+        if !is_dns_subdomain(name, 253) {
+            fail(
+                "metadata.name".into(),
+                format!("{name:?} is not a DNS subdomain"),
+            );
+        }
+    }
+    if !is_driver_name(&spec.driver) {
+        fail(
+            "spec.driver".into(),
+            format!(
+                "{:?} is not a DNS subdomain of at most 63 characters",
+                spec.driver
+            ),
+        );
+    }
+    let pool = &spec.pool;
+    if pool.name.is_empty()
+        || pool.name.len() > 253
+        || !pool.name.split('/').all(|s| is_dns_subdomain(s, 253))
+    {
+        fail(
+            "spec.pool.name".into(),
+            format!("{:?} is not '/'-separated DNS subdomains", pool.name),
+        );
+    }
+    if pool.generation < 0 {
+        fail("spec.pool.generation".into(), "must not be negative".into());
+    }
+    if pool.resource_slice_count < 1 {
+        fail(
+            "spec.pool.resourceSliceCount".into(),
+            "must be at least 1".into(),
+        );
+    }
+    let placements = [
+        spec.node_name.as_ref().is_some_and(|n| !n.is_empty()),
+        spec.node_selector.is_some(),
+        spec.all_nodes == Some(true),
+        spec.per_device_node_selection == Some(true),
+    ];
+    if placements.iter().filter(|p| **p).count() != 1 {
+        fail(
+            "spec".into(),
+            "exactly one of nodeName, nodeSelector, allNodes, perDeviceNodeSelection".into(),
+        );
+    }
+    let devices = spec.devices.as_deref().unwrap_or_default();
+    let limit = match devices.iter().any(uses_advanced_features) {
+        true => MAX_DEVICES_PER_SLICE_ADVANCED,
+        false => MAX_DEVICES_PER_SLICE,
+    };
+    if devices.len() > limit {
+        fail(
+            "spec.devices".into(),
+            format!("{} devices; at most {limit}", devices.len()),
+        );
+    }
+    for (i, device) in devices.iter().enumerate() {
+        validate_device(device, &format!("spec.devices[{i}]"), fail);
+    }
+}
+
+fn validate_device(device: &Device, at: &str, fail: &mut impl FnMut(String, String)) {
+    if !is_dns_label(&device.name) {
+        fail(
+            format!("{at}.name"),
+            format!("{:?} is not a DNS label", device.name),
+        );
+    }
+    let attributes = device.attributes.as_ref();
+    let capacity = device.capacity.as_ref();
+    let total = attributes.map_or(0, |a| a.len()) + capacity.map_or(0, |c| c.len());
+    if total > MAX_ATTRIBUTES_AND_CAPACITIES {
+        fail(
+            at.to_owned(),
+            format!("{total} attributes and capacities; at most {MAX_ATTRIBUTES_AND_CAPACITIES}"),
+        );
+    }
+    for (name, value) in attributes.into_iter().flatten() {
+        let field = format!("{at}.attributes[{name:?}]");
+        if !is_qualified_name(name) {
+            fail(
+                field.clone(),
+                "not a C identifier, optionally with a domain".into(),
+            );
+        }
+        let set = [
+            value.bool.is_some(),
+            value.int.is_some(),
+            value.string.is_some(),
+            value.version.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            fail(
+                field.clone(),
+                "exactly one of bool, int, string, version".into(),
+            );
+        }
+        if let Some(text) = &value.string {
+            if text.len() > MAX_VALUE_BYTES {
+                fail(
+                    field.clone(),
+                    format!("string of {} bytes; at most 64", text.len()),
+                );
+            }
+        }
+        if let Some(version) = &value.version {
+            if !is_semver(version) {
+                fail(field, format!("{version:?} is not strict semver"));
+            }
+        }
+    }
+    for (name, value) in capacity.into_iter().flatten() {
+        let field = format!("{at}.capacity[{name:?}]");
+        if !is_qualified_name(name) {
+            fail(
+                field.clone(),
+                "not a C identifier, optionally with a domain".into(),
+            );
+        }
+        if !is_quantity(&value.value.0) {
+            fail(
+                field.clone(),
+                format!("{:?} is not a quantity", value.value.0),
+            );
+        }
+        if value.request_policy.is_some() && device.allow_multiple_allocations != Some(true) {
+            fail(field, "requestPolicy needs allowMultipleAllocations".into());
+        }
+    }
+}

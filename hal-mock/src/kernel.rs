@@ -194,10 +194,9 @@ impl EmulatedKernel {
                 &vf_dir.join("iommu_group"),
                 Path::new(&format!("sys/kernel/iommu_groups/{group}")),
             )?;
-            if autoprobe {
-                if let Some(driver) = self.default_drivers.get(&(vendor_id, vf_device_id)) {
-                    bind(&self.root, &vf_dir, driver)?;
-                }
+            if autoprobe && let Some(driver) = self.default_drivers.get(&(vendor_id, vf_device_id))
+            {
+                bind(&self.root, &vf_dir, driver)?;
             }
         }
         Ok(())

@@ -40,10 +40,10 @@ fn ib_only_on_node(
         if !dev.is_ib_only() {
             continue;
         }
-        if let Some(function) = pci.pci_function(address)? {
-            if function.numa_node == Some(node) {
-                picked.push(dev.name);
-            }
+        if let Some(function) = pci.pci_function(address)?
+            && function.numa_node == Some(node)
+        {
+            picked.push(dev.name);
         }
     }
     Ok(picked)

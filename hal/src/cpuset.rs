@@ -248,7 +248,7 @@ impl CpuSet {
 
     fn word32(&self, index: u32) -> u32 {
         let word = self.words.get((index / 2) as usize).copied().unwrap_or(0);
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             word as u32
         } else {
             (word >> 32) as u32

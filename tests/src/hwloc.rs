@@ -93,10 +93,10 @@ impl Dump {
             }
             for line in text.lines().filter_map(|l| l.strip_prefix("env:")) {
                 let line = line.trim();
-                if let Some((name, value)) = line.split_once('=') {
-                    if !name.contains(' ') {
-                        vars.push((name.to_owned(), value.trim_matches('"').to_owned()));
-                    }
+                if let Some((name, value)) = line.split_once('=')
+                    && !name.contains(' ')
+                {
+                    vars.push((name.to_owned(), value.trim_matches('"').to_owned()));
                 }
             }
         }

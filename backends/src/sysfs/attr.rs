@@ -171,10 +171,10 @@ pub fn numbered_entries(dir: &Path, prefix: &str, max: u32) -> Result<Vec<u32>> 
         if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if let Ok(id) = number.parse::<u32>() {
-            if id < max {
-                ids.push(id);
-            }
+        if let Ok(id) = number.parse::<u32>()
+            && id < max
+        {
+            ids.push(id);
         }
     }
     ids.sort_unstable();

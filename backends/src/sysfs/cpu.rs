@@ -107,10 +107,10 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
             );
         }
         for cpu_id in node.cpus.difference(&assigned).iter() {
-            if let Ok(index) = cpus.binary_search_by_key(&cpu_id, |c| c.id) {
-                if let Some(cpu) = cpus.get_mut(index) {
-                    cpu.numa_node = Some(NumaNode(node.id.0));
-                }
+            if let Ok(index) = cpus.binary_search_by_key(&cpu_id, |c| c.id)
+                && let Some(cpu) = cpus.get_mut(index)
+            {
+                cpu.numa_node = Some(NumaNode(node.id.0));
             }
         }
         assigned = assigned.union(&node.cpus);
@@ -361,10 +361,10 @@ fn read_own_cpuset(
             .iter()
             .filter(|n| present.is_none_or(|p| p.contains(**n)))
         {
-            if let Some(set) = errors.keep(parse_optional(&dir.join(name), parse)) {
-                if set.contains(cpu) {
-                    return Some(set);
-                }
+            if let Some(set) = errors.keep(parse_optional(&dir.join(name), parse))
+                && set.contains(cpu)
+            {
+                return Some(set);
             }
         }
     }

@@ -99,10 +99,10 @@ impl GpuDevice for SysfsGpu {
             })
             .collect();
         for (address, nodes) in &drm {
-            if !candidates.contains_key(address) {
-                if let Some(candidate) = candidate_from_uevent(&self.root, nodes, &mut errors) {
-                    candidates.insert(*address, candidate);
-                }
+            if !candidates.contains_key(address)
+                && let Some(candidate) = candidate_from_uevent(&self.root, nodes, &mut errors)
+            {
+                candidates.insert(*address, candidate);
             }
         }
         for address in nvidia.keys() {

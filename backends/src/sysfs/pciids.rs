@@ -85,11 +85,11 @@ impl PciNames {
                 }
             } else {
                 vendor = None;
-                if let Some((id, name)) = split_id(line) {
-                    if wanted_vendors.contains(&id) {
-                        vendor = Some(id);
-                        names.vendors.insert(id, name.to_owned());
-                    }
+                if let Some((id, name)) = split_id(line)
+                    && wanted_vendors.contains(&id)
+                {
+                    vendor = Some(id);
+                    names.vendors.insert(id, name.to_owned());
                 }
             }
         }

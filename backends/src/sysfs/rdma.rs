@@ -121,10 +121,10 @@ fn read_device(
 
 /// The device's directory relative to the root: the resolved class link, or the entry itself.
 fn device_dir(root: &SysfsRoot, entry: &Path, errors: &mut ErrorLog) -> PathBuf {
-    if root.root().join(entry).is_symlink() {
-        if let Some(resolved) = errors.keep(resolve_link(root.root(), entry).map(Some)) {
-            return resolved;
-        }
+    if root.root().join(entry).is_symlink()
+        && let Some(resolved) = errors.keep(resolve_link(root.root(), entry).map(Some))
+    {
+        return resolved;
     }
     entry.to_path_buf()
 }

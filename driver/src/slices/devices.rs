@@ -138,10 +138,10 @@ pub fn devices(inventory: &Inventory, config: &SliceConfig) -> Vec<Device> {
     if config.families.nics {
         out.extend(network_functions(inventory, config));
     }
-    if config.families.cpus {
-        if let Some(cpu) = &inventory.cpu {
-            out.extend(cpus(cpu, config));
-        }
+    if config.families.cpus
+        && let Some(cpu) = &inventory.cpu
+    {
+        out.extend(cpus(cpu, config));
     }
     out
 }

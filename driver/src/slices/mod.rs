@@ -1,5 +1,5 @@
 //! ResourceSlices from the HAL inventory, valid by construction: [`build_slices`] turns an
-//! [`Inventory`](crate::inventory::Inventory) and a [`SliceConfig`] into the node's pool, split into
+//! [`Inventory`] and a [`SliceConfig`] into the node's pool, split into
 //! slices within the API server's limits, and [`validate::validate_pool`] checks every slice before it
 //! leaves the process.
 

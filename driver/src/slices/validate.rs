@@ -89,13 +89,13 @@ pub fn validate_pool(slices: &[ResourceSlice]) -> Vec<SliceError> {
 
 fn validate_slice(slice: &ResourceSlice, fail: &mut impl FnMut(String, String)) {
     let spec = &slice.spec;
-    if let Some(name) = &slice.metadata.name {
-        if !is_dns_subdomain(name, 253) {
-            fail(
-                "metadata.name".into(),
-                format!("{name:?} is not a DNS subdomain"),
-            );
-        }
+    if let Some(name) = &slice.metadata.name
+        && !is_dns_subdomain(name, 253)
+    {
+        fail(
+            "metadata.name".into(),
+            format!("{name:?} is not a DNS subdomain"),
+        );
     }
     if !is_driver_name(&spec.driver) {
         fail(
@@ -189,18 +189,18 @@ fn validate_device(device: &Device, at: &str, fail: &mut impl FnMut(String, Stri
                 "exactly one of bool, int, string, version".into(),
             );
         }
-        if let Some(text) = &value.string {
-            if text.len() > MAX_VALUE_BYTES {
-                fail(
-                    field.clone(),
-                    format!("string of {} bytes; at most 64", text.len()),
-                );
-            }
+        if let Some(text) = &value.string
+            && text.len() > MAX_VALUE_BYTES
+        {
+            fail(
+                field.clone(),
+                format!("string of {} bytes; at most 64", text.len()),
+            );
         }
-        if let Some(version) = &value.version {
-            if !is_semver(version) {
-                fail(field, format!("{version:?} is not strict semver"));
-            }
+        if let Some(version) = &value.version
+            && !is_semver(version)
+        {
+            fail(field, format!("{version:?} is not strict semver"));
         }
     }
     for (name, value) in capacity.into_iter().flatten() {

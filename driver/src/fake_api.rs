@@ -2,8 +2,9 @@
 //! makes (Nodes, ResourceSlices, ResourceClaims) the way the real one does, keeps every request in a
 //! log that tests compare exactly, and can be told to fail a request.
 //!
-//! It is only the request → response logic; [`FakeApi::serve_mock`] connects it to a `tower_test`
-//! mock service (for `kube::Client::new`) in the driver's own tests.
+//! It is the request → response logic, with two front ends: [`FakeApi::serve_mock`] behind a
+//! `tower_test` mock service (for `kube::Client::new`), and [`FakeApi::serve_http`] on a TCP port for
+//! another process. Built for the driver's tests and with the `fake-api` feature.
 //!
 //! JSON is read and written with `Value` indexing: a missing field reads as `null`, and bodies are
 //! checked to be objects before fields are set.
@@ -198,7 +199,6 @@ impl FakeApi {
 
     /// Serves a `tower_test` mock handle until the client side is dropped; the state is shared so a test
     /// can inspect it (and change it) between calls.
-    #[cfg(test)]
     pub async fn serve_mock(
         state: std::sync::Arc<std::sync::Mutex<FakeApi>>,
         handle: tower_test::mock::Handle<
@@ -244,4 +244,88 @@ fn status(code: u16, message: &str) -> (u16, Value) {
         json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
                "message": message, "reason": reason, "code": code}),
     )
+}
+
+impl FakeApi {
+    /// Serves plain HTTP/1.1 on `listener` (keep-alive, `content-length` or chunked request bodies), so
+    /// a separate process, such as the plugin binary with a kubeconfig whose server is
+    /// `http://127.0.0.1:<port>`, can use it.
+    pub async fn serve_http(
+        state: std::sync::Arc<std::sync::Mutex<FakeApi>>,
+        listener: tokio::net::TcpListener,
+    ) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _ = connection(state, stream).await;
+            });
+        }
+    }
+}
+
+async fn connection(
+    state: std::sync::Arc<std::sync::Mutex<FakeApi>>,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(uri)) = (parts.next(), parts.next()) else {
+            return Ok(());
+        };
+        let (method, uri) = (method.to_owned(), uri.to_owned());
+        let mut length = 0usize;
+        let mut chunked = false;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).await?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                let value = value.trim();
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size).await?;
+                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0u8; size + 2];
+                reader.read_exact(&mut chunk).await?;
+                chunk.truncate(size);
+                if size == 0 {
+                    break;
+                }
+                body.extend(chunk);
+            }
+        } else {
+            body.resize(length.min(16 << 20), 0);
+            reader.read_exact(&mut body).await?;
+        }
+        let (code, value) = match state.lock() {
+            Ok(mut api) => api.handle(&method, &uri, &body),
+            Err(_) => status(500, "fake API server state poisoned"),
+        };
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        let head = format!(
+            "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            bytes.len()
+        );
+        let stream = reader.get_mut();
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&bytes).await?;
+    }
 }

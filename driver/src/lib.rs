@@ -4,9 +4,10 @@
 //! publishes; [`probe`] is the report `hal-probe` prints. The kubelet plugin (gRPC, CDI) is built on the
 //! same inventory.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fake-api"))]
 pub mod fake_api;
 pub mod inventory;
+pub mod plugin;
 pub mod probe;
 pub mod publish;
 pub mod slices;

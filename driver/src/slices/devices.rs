@@ -124,8 +124,37 @@ impl DeviceBuilder {
     }
 }
 
+/// What a published device is on the machine: what preparing it needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// A GPU.
+    Gpu(GpuInfo),
+    /// A network function (or IB-only RDMA function), with its RDMA device if it has one.
+    Nic {
+        /// The PCI function.
+        function: Box<PciFunction>,
+        /// Its RDMA device.
+        rdma: Option<RdmaInfo>,
+    },
+    /// One CPU (individual mode).
+    Cpu(u32),
+    /// A group of CPUs (grouped mode): the allocatable CPUs of the group.
+    CpuGroup(CpuSet),
+}
+
 /// Every device to publish, in a stable order: GPUs and network functions by PCI address, then CPUs.
 pub fn devices(inventory: &Inventory, config: &SliceConfig) -> Vec<Device> {
+    devices_with_sources(inventory, config)
+        .into_iter()
+        .map(|(device, _)| device)
+        .collect()
+}
+
+/// [`devices`], each with what it is on the machine.
+pub fn devices_with_sources(
+    inventory: &Inventory,
+    config: &SliceConfig,
+) -> Vec<(Device, DeviceSource)> {
     let mut out = Vec::new();
     if config.families.gpus {
         out.extend(
@@ -148,7 +177,7 @@ pub fn devices(inventory: &Inventory, config: &SliceConfig) -> Vec<Device> {
 
 /// A GPU of a compute vendor (NVIDIA, Intel, AMD); `None` for others: a BMC's VGA (ASPEED, Matrox)
 /// or an emulated display is not a device anyone claims.
-fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<Device> {
+fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<(Device, DeviceSource)> {
     let vendor = match g.vendor {
         GpuVendor::Nvidia => "nvidia",
         GpuVendor::Intel => "intel",
@@ -183,12 +212,12 @@ fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<Devic
     if let Some(bytes) = g.memory_bytes {
         d.capacity("memory", format!("{}Mi", bytes / (1024 * 1024)));
     }
-    Some(d.build())
+    Some((d.build(), DeviceSource::Gpu(g.clone())))
 }
 
 /// Network-class functions (PFs and VFs) and functions with an RDMA device (IB-only ones included,
 /// whatever their class: QLogic's qib is a serial-bus controller).
-fn network_functions(inventory: &Inventory, config: &SliceConfig) -> Vec<Device> {
+fn network_functions(inventory: &Inventory, config: &SliceConfig) -> Vec<(Device, DeviceSource)> {
     let rdma: BTreeMap<hal::PciAddress, &RdmaInfo> = inventory
         .rdma
         .iter()
@@ -253,7 +282,11 @@ fn network_functions(inventory: &Inventory, config: &SliceConfig) -> Vec<Device>
                     }
                 }
             }
-            d.build()
+            let source = DeviceSource::Nic {
+                function: Box::new(f.clone()),
+                rdma: rdma.cloned(),
+            };
+            (d.build(), source)
         })
         .collect()
 }
@@ -263,7 +296,7 @@ pub fn allocatable_cpus(cpu: &CpuInventory, reserved: &CpuSet) -> CpuSet {
     cpu.online().difference(reserved)
 }
 
-fn cpus(cpu: &CpuInventory, config: &SliceConfig) -> Vec<Device> {
+fn cpus(cpu: &CpuInventory, config: &SliceConfig) -> Vec<(Device, DeviceSource)> {
     let allocatable = allocatable_cpus(cpu, &config.reserved_cpus);
     let usable = cpu.cpus.iter().filter(|c| allocatable.contains(c.id));
     match config.cpu_mode {
@@ -288,7 +321,7 @@ fn cpus(cpu: &CpuInventory, config: &SliceConfig) -> Vec<Device> {
                     d.string("smtSiblings", &siblings.to_cpulist());
                 }
                 d.numa(c.numa_node, config);
-                d.build()
+                (d.build(), DeviceSource::Cpu(c.id))
             })
             .collect(),
         CpuMode::GroupedByNuma | CpuMode::GroupedBySocket => {
@@ -336,7 +369,8 @@ fn cpus(cpu: &CpuInventory, config: &SliceConfig) -> Vec<Device> {
                         .collect();
                     d.numa(single(nodes).map(NumaNode), config);
                     d.capacity("cpu", count.to_string());
-                    d.build()
+                    let set: CpuSet = members.iter().map(|c| c.id).collect();
+                    (d.build(), DeviceSource::CpuGroup(set))
                 })
                 .collect()
         }

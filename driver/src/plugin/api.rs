@@ -1,0 +1,50 @@
+//! The plugin's domain view of the kubelet's DRA calls, independent of the gRPC types: the gRPC layer
+//! (`grpc`) maps the v1 and v1beta1 messages onto these, and the claim logic implements
+//! [`DraHandler`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A claim as the kubelet names it (`Claim { namespace, uid, name }`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ClaimRef {
+    /// Namespace of the ResourceClaim.
+    pub namespace: String,
+    /// UID of the ResourceClaim: the key of every answer.
+    pub uid: String,
+    /// Name of the ResourceClaim.
+    pub name: String,
+}
+
+/// One prepared device, as returned to the kubelet (`Device` of NodePrepareResourceResponse).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreparedDevice {
+    /// The claim's requests this device serves (empty: all).
+    pub request_names: Vec<String>,
+    /// Pool (the node name).
+    pub pool_name: String,
+    /// Device name in the pool.
+    pub device_name: String,
+    /// Fully qualified CDI device ids (`vendor/class=name`).
+    pub cdi_device_ids: Vec<String>,
+    /// Share id of a shared (consumable-capacity) allocation, v1 only.
+    pub share_id: Option<String>,
+}
+
+/// Answers per claim UID: devices or an error text.
+pub type PrepareResults = BTreeMap<String, Result<Vec<PreparedDevice>, String>>;
+/// Answers per claim UID: done or an error text.
+pub type UnprepareResults = BTreeMap<String, Result<(), String>>;
+
+/// A boxed future, so the handler is object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the DRA gRPC service calls. Every claim of a call gets its own answer; one bad claim never
+/// fails the others.
+pub trait DraHandler: Send + Sync + 'static {
+    /// NodePrepareResources.
+    fn prepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, PrepareResults>;
+    /// NodeUnprepareResources.
+    fn unprepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, UnprepareResults>;
+}

@@ -1,0 +1,283 @@
+//! The plugin process: flags, and [`run`], which wires the inventory, the ResourceSlice publisher, the
+//! claim preparer, the kubelet sockets, metrics and health together until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::cdi::CdiDir;
+use super::checkpoint::CheckpointFile;
+use super::grpc::{
+    PluginSockets, RegistrationService, RegistrationState, acquire_instance_lock, serve,
+};
+use super::metrics::{Metered, Metrics};
+use super::prepare::{ClaimSource, KubeClaims, Preparer, PreparerConfig};
+use crate::inventory::Inventory;
+use crate::publish::{Publisher, publish_loop};
+use crate::slices::SliceConfig;
+use crate::slices::args::SliceArgs;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The plugin's flags. Each has an environment variable fallback, for DaemonSet manifests.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "dra-hal-plugin",
+    version,
+    about = "DRA kubelet plugin: publishes this node's GPUs, NICs, RDMA devices and CPUs as ResourceSlices \
+             and prepares claims through CDI",
+    after_help = "Try it on a laptop against any API server:\n  \
+                  dra-hal-plugin --fixture gb300 --node-name my-node --kubeconfig ~/.kube/config \\\n    \
+                  --kubelet-root-dir /tmp/kubelet --cdi-root /tmp/cdi\n\n\
+                  Exit status: 0 after a clean shutdown (SIGTERM, SIGINT), 1 on a startup or serving error, 2 on bad usage."
+)]
+pub struct PluginArgs {
+    /// This node's name: the pool name and the slices' nodeName.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// The kubelet's root directory (sockets go to `plugins_registry/` and `plugins/<driver>/` below it).
+    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_root_dir: PathBuf,
+
+    /// Where CDI specs are written (the runtime's dynamic CDI directory).
+    #[arg(long, env = "CDI_ROOT", default_value = "/var/run/cdi")]
+    pub cdi_root: PathBuf,
+
+    /// A kubeconfig file (any server URL, http:// included); in-cluster configuration when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Read sysfs under DIR instead of / (a captured tree).
+    #[arg(long, value_name = "DIR", conflicts_with = "fixture")]
+    pub sysfs_root: Option<PathBuf>,
+
+    /// Serve an embedded fixture machine (xeon, gb300, i915, hybrid, epyc) instead of this one.
+    #[arg(long, value_name = "NAME")]
+    pub fixture: Option<String>,
+
+    /// Vendor and device names from this pci.ids file (default: the system's, if any).
+    #[arg(long, value_name = "FILE")]
+    pub pci_ids: Option<PathBuf>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub slices: SliceArgs,
+
+    /// Seconds between rescans of the hardware (changes are published; an unchanged rescan costs no API call).
+    #[arg(long, env = "RESCAN_INTERVAL", default_value_t = 60)]
+    pub rescan_interval: u64,
+
+    /// Address of the HTTP endpoint with /metrics (Prometheus) and /healthz; empty to turn it off.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9464")]
+    pub metrics_address: String,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Starts logging (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// A kube client from `--kubeconfig`, else in-cluster (or the default kubeconfig).
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig and no in-cluster configuration")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Runs the plugin until `shutdown` resolves: the claim handler serves the kubelet, the publisher keeps
+/// the slices current. On shutdown the sockets are removed (deregistration) after in-flight calls end,
+/// so the checkpoint is left consistent.
+pub async fn run(
+    args: PluginArgs,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (config, root, _fixture) = machine(&args)?;
+    let pci_ids = args
+        .pci_ids
+        .clone()
+        .or_else(backends::sysfs::pciids::default_pci_ids);
+    let read_inventory = {
+        let root = root.clone();
+        move || Inventory::from_sysfs(&root, pci_ids.as_deref())
+    };
+    let inventory = Arc::new(RwLock::new(read_inventory()));
+    let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;
+    let _lock = acquire_instance_lock(sockets.plugin_dir()).await?;
+    let boot_id = std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims(client.clone()));
+    let preparer = Preparer::new(
+        PreparerConfig {
+            slices: config.clone(),
+            cdi: CdiDir::new(&args.cdi_root),
+            checkpoint: CheckpointFile::new(sockets.plugin_dir().join("checkpoint.json")),
+            boot_id,
+        },
+        claims,
+        inventory.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "loading the checkpoint in {}",
+            sockets.plugin_dir().display()
+        )
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let handler = Arc::new(Metered::new(preparer, metrics.clone()));
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let handler = handler.clone();
+        tasks.spawn(async move {
+            let cleaned = handler.inner().clean_stale().await;
+            if !cleaned.is_empty() {
+                tracing::info!(claims = ?cleaned, "unprepared claims that no longer exist");
+            }
+        });
+    }
+    {
+        let inventory = inventory.clone();
+        let metrics = metrics.clone();
+        let slice_config = config.clone();
+        let read = move || {
+            let fresh = read_inventory();
+            let published = crate::slices::devices::devices(&fresh, &slice_config).len();
+            metrics.set_devices_published(published);
+            if let Ok(mut shared) = inventory.write() {
+                *shared = fresh.clone();
+            }
+            fresh
+        };
+        let publisher = Publisher::new(client, config.clone());
+        let interval = Duration::from_secs(args.rescan_interval.max(1));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        tasks.spawn(publish_loop(
+            publisher,
+            read,
+            interval,
+            changed,
+            stopped.clone(),
+        ));
+    }
+    if !args.metrics_address.is_empty() {
+        let address: SocketAddr = args
+            .metrics_address
+            .parse()
+            .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address} for metrics"))?;
+        tracing::info!(%address, "serving /metrics and /healthz");
+        let mut stopped = stopped.clone();
+        tasks.spawn(super::metrics::serve(
+            listener,
+            metrics.clone(),
+            async move {
+                let _ = stopped.changed().await;
+            },
+        ));
+    }
+    let registration = RegistrationService::new(&sockets);
+    let mut status = registration.status();
+    {
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            while status.changed().await.is_ok() {
+                let state = status.borrow_and_update().clone();
+                match &state {
+                    RegistrationState::Registered => tracing::info!("registered with the kubelet"),
+                    RegistrationState::Failed(error) => {
+                        tracing::error!(%error, "the kubelet refused the registration")
+                    }
+                    RegistrationState::Pending => {}
+                }
+                metrics.set_healthy(!matches!(state, RegistrationState::Failed(_)));
+            }
+        });
+    }
+    metrics.set_healthy(true);
+    tracing::info!(
+        driver = %config.driver_name,
+        node = %config.node_name,
+        registration = %sockets.registration().display(),
+        dra = %sockets.dra().display(),
+        "serving the kubelet"
+    );
+    let served = serve(&sockets, handler, registration, shutdown).await;
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    served.map_err(anyhow::Error::from)
+}
+
+/// The slice configuration, the sysfs root, and the fixture directory to keep alive.
+fn machine(
+    args: &PluginArgs,
+) -> anyhow::Result<(
+    SliceConfig,
+    backends::SysfsRoot,
+    Option<hal_mock::MaterializedFixture>,
+)> {
+    let node = match (&args.node_name, &args.fixture) {
+        (Some(node), _) => node.clone(),
+        (None, Some(fixture)) => fixture.clone(),
+        (None, None) => bail!("--node-name (or NODE_NAME) is required"),
+    };
+    let config = args.slices.config(&node).map_err(anyhow::Error::msg)?;
+    let (root, fixture) = match (&args.fixture, &args.sysfs_root) {
+        (Some(name), _) => {
+            let machine = hal_mock::by_name(name).map_err(anyhow::Error::msg)?;
+            let materialized = machine
+                .materialize()
+                .with_context(|| format!("writing fixture {name}"))?;
+            (
+                backends::SysfsRoot::new(materialized.root()),
+                Some(materialized),
+            )
+        }
+        (None, Some(dir)) => {
+            if !dir.join("sys").is_dir() {
+                bail!("--sysfs-root {}: no sys/ directory inside", dir.display());
+            }
+            (backends::SysfsRoot::new(dir), None)
+        }
+        (None, None) => (backends::SysfsRoot::default(), None),
+    };
+    Ok((config, root, fixture))
+}

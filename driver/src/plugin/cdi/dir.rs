@@ -1,0 +1,269 @@
+//! Transient (per-claim) spec files in a CDI spec directory, written atomically.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::validate::{kind_parts, validate};
+use super::{CdiError, Spec};
+
+/// The longest claim UID accepted in a file name (Kubernetes UIDs are 36-byte UUIDs).
+const MAX_CLAIM_UID_BYTES: usize = 128;
+/// How many unique temp-file names a write tries before giving up.
+const TEMP_ATTEMPTS: u32 = 16;
+/// Distinguishes the temp files of concurrent writes in one process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A CDI spec directory holding one transient spec per prepared claim,
+/// `<dir>/<vendor>-<class>_<claimUID>.json` (the upstream transient-spec naming).
+///
+/// Writes go to a hidden temp file in the same directory (`.<name>.json.<unique>.tmp`, which CDI
+/// runtimes ignore: they load only `*.json` and `*.yaml`), are fsynced, renamed over the final name
+/// and the directory is fsynced: a reader sees the old spec or the new one, never a partial one, and
+/// a crash leaves at most a stray temp file, removed by [`CdiDir::remove_claim_spec`].
+///
+/// Claim UIDs must be plain file-name parts: 1 to 128 bytes of ASCII letters, digits, `_ . -`, not
+/// starting with `.` and without `..` (so no `/`, NUL or path traversal). Upstream replaces `/` by
+/// `_` in transient ids; rejecting it instead keeps [`CdiDir::list_claim_specs`] lossless, and
+/// Kubernetes UIDs never contain it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdiDir {
+    dir: PathBuf,
+}
+
+/// Where an injected failure happens (tests of the crash-safety guarantees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FailAt {
+    Never,
+    Write,
+    Rename,
+}
+
+impl CdiDir {
+    /// The spec directory `dir` (the plugin uses `/var/run/cdi`); it is created on the first write.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CdiDir { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/<vendor>-<class>_<claimUID>.json`; fails on an invalid kind or an unsafe claim UID.
+    pub fn claim_spec_path(&self, kind: &str, claim_uid: &str) -> Result<PathBuf, CdiError> {
+        Ok(self.dir.join(claim_file_name(kind, claim_uid)?))
+    }
+
+    /// Writes `spec` as the spec of `claim_uid` (replacing any previous one) and returns its path.
+    /// `cdiVersion` is raised to [`super::minimum_version`] when lower, empty or unknown; the spec
+    /// is then validated, so nothing is written for an invalid one. On any error the previous spec
+    /// file, if any, is left as it was. An I/O error names the path and keeps the OS error
+    /// ([`CdiError::io_kind`], e.g. `StorageFull` for ENOSPC).
+    pub fn write_claim_spec(&self, claim_uid: &str, spec: &Spec) -> Result<PathBuf, CdiError> {
+        self.write_claim_spec_failing(claim_uid, spec, FailAt::Never)
+    }
+
+    pub(super) fn write_claim_spec_failing(
+        &self,
+        claim_uid: &str,
+        spec: &Spec,
+        fail: FailAt,
+    ) -> Result<PathBuf, CdiError> {
+        let mut spec = spec.clone();
+        spec.raise_version_to_minimum();
+        validate(&spec)?;
+        let file_name = claim_file_name(&spec.kind, claim_uid)?;
+        let mut bytes = serde_json::to_vec_pretty(&spec).map_err(CdiError::Serialize)?;
+        bytes.push(b'\n');
+
+        fs::create_dir_all(&self.dir).map_err(io_error("create directory", &self.dir))?;
+        let final_path = self.dir.join(&file_name);
+        let (temp_path, file) = self.create_temp(&file_name)?;
+        if let Err(e) = fill_and_rename(file, &temp_path, &final_path, &bytes, fail) {
+            // Best effort: the error that matters is `e`; a leftover temp file is harmless.
+            let _ = fs::remove_file(&temp_path);
+            return Err(e);
+        }
+        sync_dir(&self.dir)?;
+        Ok(final_path)
+    }
+
+    /// Removes the spec of `claim_uid` and any temp file a crashed write of it left behind. A missing
+    /// file or directory is success.
+    pub fn remove_claim_spec(&self, kind: &str, claim_uid: &str) -> Result<(), CdiError> {
+        let file_name = claim_file_name(kind, claim_uid)?;
+        let path = self.dir.join(&file_name);
+        remove_if_present(&path)?;
+
+        let temp_prefix = format!(".{file_name}.");
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error("read directory", &self.dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_error("read directory", &self.dir))?;
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(&temp_prefix) && n.ends_with(".tmp"))
+            {
+                remove_if_present(&entry.path())?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// The claim UIDs that have a spec of `kind` in the directory, sorted (to find stale ones after a
+    /// restart). Best effort, for cleanup: an invalid kind or an unreadable directory is logged as a
+    /// warning and yields no UIDs; [`CdiDir::try_list_claim_specs`] returns the error.
+    pub fn list_claim_specs(&self, kind: &str) -> Vec<String> {
+        self.try_list_claim_specs(kind).unwrap_or_else(|error| {
+            tracing::warn!(dir = %self.dir.display(), %error, "listing CDI claim specs failed");
+            Vec::new()
+        })
+    }
+
+    /// [`CdiDir::list_claim_specs`] with errors. A missing directory has no specs; temp files and
+    /// names that are not ours are skipped.
+    ///
+    /// File names cannot tell `vendor-x/class` from `vendor/x-class`, nor a class containing `_` from
+    /// a claim UID; a kind whose `<vendor>-<class>_` prefix is shared with another driver's kind would
+    /// see that driver's specs, so keep kinds distinct beyond `-`/`_` (vendors own their domain).
+    pub fn try_list_claim_specs(&self, kind: &str) -> Result<Vec<String>, CdiError> {
+        let (vendor, class) = kind_parts(kind)?;
+        let prefix = format!("{vendor}-{class}_");
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("read directory", &self.dir)(e)),
+        };
+        let mut uids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("read directory", &self.dir))?;
+            let name = entry.file_name();
+            let Some(uid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let is_file = entry
+                .file_type()
+                .map_err(io_error("stat", &entry.path()))?
+                .is_file();
+            if is_file && check_claim_uid(uid).is_ok() {
+                uids.push(uid.to_owned());
+            }
+        }
+        uids.sort();
+        Ok(uids)
+    }
+
+    /// Creates a new, uniquely named temp file for `file_name` in the directory.
+    fn create_temp(&self, file_name: &str) -> Result<(PathBuf, File), CdiError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut last = None;
+        for _ in 0..TEMP_ATTEMPTS {
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = self.dir.join(format!(
+                ".{file_name}.{}-{nanos}-{n}.tmp",
+                std::process::id()
+            ));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&path)
+            {
+                Ok(file) => return Ok((path, file)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((path, e)),
+                Err(e) => return Err(io_error("create", &path)(e)),
+            }
+        }
+        let (path, e) = last.unwrap_or_else(|| {
+            (
+                self.dir.clone(),
+                io::Error::from(io::ErrorKind::AlreadyExists),
+            )
+        });
+        Err(io_error("create", &path)(e))
+    }
+}
+
+fn fill_and_rename(
+    mut file: File,
+    temp_path: &Path,
+    final_path: &Path,
+    bytes: &[u8],
+    fail: FailAt,
+) -> Result<(), CdiError> {
+    let injected = |at: FailAt| {
+        if fail == at {
+            Err(io::Error::from_raw_os_error(28)) // ENOSPC, as a full disk would report
+        } else {
+            Ok(())
+        }
+    };
+    injected(FailAt::Write)
+        .and_then(|()| file.write_all(bytes))
+        .map_err(io_error("write", temp_path))?;
+    file.sync_all().map_err(io_error("sync", temp_path))?;
+    drop(file);
+    injected(FailAt::Rename)
+        .and_then(|()| fs::rename(temp_path, final_path))
+        .map_err(io_error("rename", final_path))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), CdiError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Makes a rename or removal in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), CdiError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync directory", dir))
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CdiError {
+    let path = path.to_path_buf();
+    move |source| CdiError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn claim_file_name(kind: &str, claim_uid: &str) -> Result<String, CdiError> {
+    let (vendor, class) = kind_parts(kind)?;
+    check_claim_uid(claim_uid)?;
+    Ok(format!("{vendor}-{class}_{claim_uid}.json"))
+}
+
+fn check_claim_uid(uid: &str) -> Result<(), CdiError> {
+    let bad = |problem: &str| Err(CdiError::invalid("claimUID", format!("{uid:?} {problem}")));
+    if uid.is_empty() || uid.len() > MAX_CLAIM_UID_BYTES {
+        return bad("must have 1 to 128 bytes");
+    }
+    if !uid
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return bad("may only contain ASCII letters, digits, '_', '.' and '-'");
+    }
+    if uid.starts_with('.') || uid.contains("..") {
+        return bad("must not start with '.' or contain '..'");
+    }
+    Ok(())
+}

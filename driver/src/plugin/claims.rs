@@ -1,0 +1,426 @@
+//! What a ResourceClaim asks of this driver on this node: its allocated devices and their opaque
+//! configuration, decoded strictly (an unknown field is an error that names it).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::{DeviceAllocationConfiguration, ResourceClaim};
+
+use super::api::ClaimRef;
+
+/// The kinds of opaque configuration this driver understands, in API version `<driver>/v1alpha1`.
+pub const CONFIG_VERSION: &str = "v1alpha1";
+/// Environment variables one config may set.
+const MAX_ENV: usize = 64;
+
+/// One device allocated to the claim by this driver on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    /// The claim's request it serves.
+    pub request: String,
+    /// The device in this node's pool.
+    pub device: String,
+    /// Admin access (the device is not exclusively given).
+    pub admin_access: bool,
+    /// Share id of a consumable-capacity allocation.
+    pub share_id: Option<String>,
+    /// The configuration that applies to it (class configs first, then the claim's).
+    pub config: DeviceConfig,
+}
+
+/// Generic device configuration (`kind: DeviceConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Extra environment variables for the containers that use the device.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl DeviceConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.env.len() > MAX_ENV {
+            return Err(format!(
+                "env: {} entries; at most {MAX_ENV}",
+                self.env.len()
+            ));
+        }
+        for (name, value) in &self.env {
+            let valid = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(format!("env.{name}: not an environment variable name"));
+            }
+            if value.contains('\0') {
+                return Err(format!("env.{name}: contains a NUL byte"));
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: &DeviceConfig) {
+        self.env
+            .extend(other.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
+/// Why a claim cannot be prepared by this driver here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// The API server has a different claim under that name (deleted and re-created).
+    #[error("claim {namespace}/{name} has uid {found}, not {wanted}: it was replaced")]
+    UidMismatch {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// UID the kubelet asked for.
+        wanted: String,
+        /// UID the API server holds.
+        found: String,
+    },
+    /// Not allocated yet.
+    #[error("claim {0} is not allocated")]
+    NotAllocated(String),
+    /// Allocated, but nothing by this driver on this node.
+    #[error("claim {claim} has no device of driver {driver} in pool {pool}")]
+    NotOurs {
+        /// `namespace/name`.
+        claim: String,
+        /// This driver.
+        driver: String,
+        /// This node's pool.
+        pool: String,
+    },
+    /// Opaque configuration that does not decode or validate.
+    #[error("claim {claim}: {field}: {problem}")]
+    BadConfig {
+        /// `namespace/name`.
+        claim: String,
+        /// Where, e.g. `status.allocation.devices.config[1].opaque.parameters.env`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// This driver's devices of `claim` on `pool`, with their configuration. `claim_ref` is what the kubelet
+/// asked for; its UID must be the claim's.
+pub fn allocated_devices(
+    claim_ref: &ClaimRef,
+    claim: &ResourceClaim,
+    driver: &str,
+    pool: &str,
+) -> Result<Vec<Allocated>, ClaimError> {
+    let id = format!("{}/{}", claim_ref.namespace, claim_ref.name);
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    if uid != claim_ref.uid {
+        return Err(ClaimError::UidMismatch {
+            namespace: claim_ref.namespace.clone(),
+            name: claim_ref.name.clone(),
+            wanted: claim_ref.uid.clone(),
+            found: uid,
+        });
+    }
+    let devices = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .and_then(|a| a.devices.as_ref())
+        .ok_or_else(|| ClaimError::NotAllocated(id.clone()))?;
+    let configs = decode_configs(&id, devices.config.as_deref().unwrap_or_default(), driver)?;
+    let ours: Vec<Allocated> = devices
+        .results
+        .iter()
+        .flatten()
+        .filter(|r| r.driver == driver && r.pool == pool)
+        .map(|r| {
+            let mut config = DeviceConfig::default();
+            for (requests, c) in &configs {
+                if requests.is_empty() || requests.iter().any(|q| request_matches(q, &r.request)) {
+                    config.merge(c);
+                }
+            }
+            Allocated {
+                request: r.request.clone(),
+                device: r.device.clone(),
+                admin_access: r.admin_access == Some(true),
+                share_id: r.share_id.clone(),
+                config,
+            }
+        })
+        .collect();
+    if ours.is_empty() {
+        return Err(ClaimError::NotOurs {
+            claim: id,
+            driver: driver.to_owned(),
+            pool: pool.to_owned(),
+        });
+    }
+    Ok(ours)
+}
+
+/// A config's request `gpu` also applies to the sub-requests `gpu/<name>` of `firstAvailable`.
+fn request_matches(config_request: &str, result_request: &str) -> bool {
+    result_request == config_request
+        || result_request
+            .strip_prefix(config_request)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The configs of this driver, class configs before claim configs (later ones win), each with the
+/// requests it applies to (empty: all).
+fn decode_configs(
+    claim: &str,
+    configs: &[DeviceAllocationConfiguration],
+    driver: &str,
+) -> Result<Vec<(Vec<String>, DeviceConfig)>, ClaimError> {
+    let mut decoded = Vec::new();
+    for source in ["FromClass", "FromClaim"] {
+        for (i, config) in configs.iter().enumerate() {
+            if config.source != source {
+                continue;
+            }
+            let Some(opaque) = config.opaque.as_ref().filter(|o| o.driver == driver) else {
+                continue;
+            };
+            let field = format!("status.allocation.devices.config[{i}].opaque.parameters");
+            let parsed = decode_opaque(&opaque.parameters.0, driver).map_err(|(at, problem)| {
+                ClaimError::BadConfig {
+                    claim: claim.to_owned(),
+                    field: format!("{field}{at}"),
+                    problem,
+                }
+            })?;
+            decoded.push((config.requests.clone().unwrap_or_default(), parsed));
+        }
+    }
+    Ok(decoded)
+}
+
+/// Decodes one opaque parameters object: `apiVersion: <driver>/v1alpha1`, `kind: DeviceConfig`, and
+/// no field the kind does not have. Errors are (field suffix, problem).
+pub fn decode_opaque(
+    parameters: &serde_json::Value,
+    driver: &str,
+) -> Result<DeviceConfig, (String, String)> {
+    let serde_json::Value::Object(map) = parameters else {
+        return Err((String::new(), "must be an object".into()));
+    };
+    let expected = format!("{driver}/{CONFIG_VERSION}");
+    match map.get("apiVersion").and_then(|v| v.as_str()) {
+        Some(v) if v == expected => {}
+        other => {
+            let found = other.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
+            return Err((
+                ".apiVersion".into(),
+                format!("{found}; expected {expected:?}"),
+            ));
+        }
+    }
+    let kind = map.get("kind").and_then(|v| v.as_str());
+    if kind != Some("DeviceConfig") {
+        let found = kind.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
+        return Err((
+            ".kind".into(),
+            format!("{found}; expected \"DeviceConfig\""),
+        ));
+    }
+    let mut rest = map.clone();
+    rest.remove("apiVersion");
+    rest.remove("kind");
+    let config: DeviceConfig = serde_path_to_error::deserialize(serde_json::Value::Object(rest))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!(".{path}")
+            };
+            (at, e.into_inner().to_string())
+        })?;
+    config.check().map_err(|problem| {
+        let (field, problem) = problem.split_once(": ").unwrap_or(("", &problem));
+        (format!(".{field}"), problem.to_owned())
+    })?;
+    Ok(config)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const DRIVER: &str = "hal.dra.dev";
+
+    fn claim(uid: &str, results: serde_json::Value, config: serde_json::Value) -> ResourceClaim {
+        serde_json::from_value(json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"namespace": "ns", "name": "c", "uid": uid},
+            "spec": {"devices": {"requests": []}},
+            "status": {"allocation": {"devices": {"results": results, "config": config}}}
+        }))
+        .unwrap()
+    }
+
+    fn reference(uid: &str) -> ClaimRef {
+        ClaimRef {
+            namespace: "ns".into(),
+            uid: uid.into(),
+            name: "c".into(),
+        }
+    }
+
+    fn result(request: &str, driver: &str, pool: &str, device: &str) -> serde_json::Value {
+        json!({"request": request, "driver": driver, "pool": pool, "device": device})
+    }
+
+    fn opaque(source: &str, requests: &[&str], parameters: serde_json::Value) -> serde_json::Value {
+        json!({"source": source, "requests": requests, "opaque": {"driver": DRIVER, "parameters": parameters}})
+    }
+
+    #[test]
+    fn takes_this_drivers_devices_on_this_node_with_merged_config() {
+        let results = json!([
+            result("gpu", DRIVER, "node-1", "gpu-0008-06-00-0"),
+            result("nic/ib", DRIVER, "node-1", "rdma-0101-00-00-0"),
+            result("nic", "dra.net", "node-1", "pci-0101-00-00-0"),
+            result("gpu", DRIVER, "node-2", "gpu-0009-06-00-0"),
+        ]);
+        let config = json!([
+            opaque(
+                "FromClaim",
+                &["gpu"],
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"A": "claim"}})
+            ),
+            opaque(
+                "FromClass",
+                &[],
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"A": "class", "B": "1"}})
+            ),
+            opaque(
+                "FromClaim",
+                &["nic"],
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"C": "2"}})
+            ),
+            json!({"source": "FromClaim", "opaque": {"driver": "dra.net", "parameters": {"whatever": 1}}}),
+        ]);
+        let devices = allocated_devices(
+            &reference("u1"),
+            &claim("u1", results, config),
+            DRIVER,
+            "node-1",
+        )
+        .unwrap();
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices[0].device, "gpu-0008-06-00-0");
+        let env = |d: &Allocated| d.config.env.clone().into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            env(&devices[0]),
+            [("A".into(), "claim".into()), ("B".into(), "1".into())]
+        );
+        assert_eq!(
+            env(&devices[1]),
+            [
+                ("A".into(), "class".into()),
+                ("B".into(), "1".into()),
+                ("C".into(), "2".into())
+            ],
+            "nic/ib is a sub-request of nic"
+        );
+    }
+
+    #[test]
+    fn bad_claims_get_errors_that_say_why() {
+        let ok = json!([result("gpu", DRIVER, "node-1", "gpu-0")]);
+        let uid = allocated_devices(
+            &reference("u1"),
+            &claim("u2", ok.clone(), json!([])),
+            DRIVER,
+            "node-1",
+        );
+        assert!(uid.unwrap_err().to_string().contains("has uid u2, not u1"));
+        let other = allocated_devices(
+            &reference("u1"),
+            &claim("u1", ok, json!([])),
+            DRIVER,
+            "node-9",
+        );
+        assert_eq!(
+            other.unwrap_err().to_string(),
+            "claim ns/c has no device of driver hal.dra.dev in pool node-9"
+        );
+        let mut unallocated = claim("u1", json!([]), json!([]));
+        unallocated.status = None;
+        assert!(matches!(
+            allocated_devices(&reference("u1"), &unallocated, DRIVER, "node-1"),
+            Err(ClaimError::NotAllocated(_))
+        ));
+    }
+
+    #[test]
+    fn opaque_config_is_strict_and_errors_name_the_field() {
+        let cases = [
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "evn": {}}),
+                ".evn",
+                "unknown field `evn`",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"A": 1}}),
+                ".env.A",
+                "invalid type",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"1A": "x"}}),
+                ".env.1A",
+                "not an environment variable name",
+            ),
+            (
+                json!({"apiVersion": "v1", "kind": "DeviceConfig"}),
+                ".apiVersion",
+                "expected \"hal.dra.dev/v1alpha1\"",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig"}),
+                ".kind",
+                "\"VfConfig\"",
+            ),
+            (json!("text"), "", "must be an object"),
+        ];
+        for (parameters, field, problem) in cases {
+            let (at, why) = decode_opaque(&parameters, DRIVER).unwrap_err();
+            assert_eq!(at, field, "{parameters}");
+            assert!(why.contains(problem), "{parameters}: {why}");
+        }
+        let config = json!([opaque(
+            "FromClaim",
+            &[],
+            json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "bogus": true})
+        )]);
+        let err = allocated_devices(
+            &reference("u1"),
+            &claim(
+                "u1",
+                json!([result("gpu", DRIVER, "node-1", "gpu-0")]),
+                config,
+            ),
+            DRIVER,
+            "node-1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("claim ns/c: status.allocation.devices.config[0].opaque.parameters.bogus: unknown field `bogus`"),
+            "{err}"
+        );
+        let empty = json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig"});
+        assert_eq!(
+            decode_opaque(&empty, DRIVER).unwrap(),
+            DeviceConfig::default()
+        );
+    }
+}

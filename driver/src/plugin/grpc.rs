@@ -1,0 +1,101 @@
+//! The kubelet-facing gRPC side of the plugin: the DRA service (`v1.DRAPlugin` and `v1beta1.DRAPlugin`)
+//! and the plugin-registration service, each on its Unix socket.
+//!
+//! The message and service types are generated at build time from `driver/proto/` (protox + tonic),
+//! servers for the plugin and clients for tests that play the kubelet. Everything kubelet-facing is
+//! here; the claim logic only implements [`DraHandler`](super::api::DraHandler).
+//!
+//! A binary puts the pieces together like this:
+//!
+//! ```no_run
+//! # use std::{path::Path, sync::Arc};
+//! # use driver::plugin::api::DraHandler;
+//! use driver::plugin::grpc::{PluginSockets, RegistrationService, acquire_instance_lock, serve};
+//!
+//! # async fn run(handler: Arc<dyn DraHandler>) -> Result<(), Box<dyn std::error::Error>> {
+//! let sockets = PluginSockets::new(Path::new("/var/lib/kubelet"), "gpu.example.com")?;
+//! // Wait for an older instance on this node to exit (rolling update) before touching sockets.
+//! let _lock = acquire_instance_lock(sockets.plugin_dir()).await?;
+//! let registration = RegistrationService::new(&sockets);
+//! let mut status = registration.status();
+//! tokio::spawn(async move {
+//!     while status.changed().await.is_ok() {
+//!         tracing::info!("{}", *status.borrow_and_update());
+//!     }
+//! });
+//! serve(&sockets, handler, registration, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod dra;
+mod registration;
+mod server;
+mod sockets;
+
+pub use dra::DraService;
+pub use registration::{PLUGIN_TYPE, RegistrationService, RegistrationState, SUPPORTED_VERSIONS};
+pub use server::serve;
+pub use sockets::{
+    INSTANCE_LOCK_FILE, InstanceLock, MAX_SOCKET_PATH_BYTES, PluginSockets, SocketError,
+    acquire_instance_lock,
+};
+
+/// Generated: the kubelet's DRA API `k8s.io.kubelet.pkg.apis.dra.v1` (messages, `DRAPlugin` server
+/// and client).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    rust_2018_idioms
+)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod v1 {
+    tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1");
+}
+
+/// Generated: the kubelet's DRA API `k8s.io.kubelet.pkg.apis.dra.v1beta1` (as v1 without
+/// `Device.share_id`).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    rust_2018_idioms
+)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod v1beta1 {
+    tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1beta1");
+}
+
+/// Generated: the kubelet's plugin-registration API (proto package `pluginregistration`).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    rust_2018_idioms
+)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
+}

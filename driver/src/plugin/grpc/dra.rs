@@ -1,0 +1,323 @@
+//! The DRA service, `v1.DRAPlugin` and `v1beta1.DRAPlugin`, both served by one [`DraHandler`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use super::{v1, v1beta1};
+use crate::plugin::api::{ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults};
+
+/// The answer for a claim the handler left out of its results: the kubelet retries such claims.
+const NO_RESULT: &str = "the driver returned no result for this claim";
+
+/// The DRA gRPC service over one [`DraHandler`]; it implements both the v1 and the v1beta1
+/// `DRAPlugin` traits, so one handler serves whichever version the kubelet picked.
+///
+/// What it guarantees the kubelet, whatever the handler answers:
+/// * every claim UID of a request gets exactly one entry in the response map (a UID the handler
+///   left out gets an error entry, entries for UIDs nobody asked for are dropped, a UID asked
+///   for twice is passed to the handler once);
+/// * a claim with an empty UID is not passed to the handler: it is answered by one entry keyed by
+///   the empty string whose error names the claim(s), since the kubelet keys answers by UID and
+///   there is no better key (the kubelet always sends UIDs, so this only guards against bad callers);
+/// * calls reach the handler one at a time, across both versions (like the Go kubelet-plugin
+///   helper's default serialization), so the claim logic needs no locking of its own.
+///
+/// `Device.share_id` is passed on by v1 and dropped by v1beta1, which has no such field.
+#[derive(Clone)]
+pub struct DraService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handler: Arc<dyn DraHandler>,
+    serialize: Mutex<()>,
+}
+
+impl std::fmt::Debug for DraService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraService").finish_non_exhaustive()
+    }
+}
+
+impl DraService {
+    /// A service calling `handler`.
+    pub fn new(handler: Arc<dyn DraHandler>) -> Self {
+        DraService {
+            inner: Arc::new(Inner {
+                handler,
+                serialize: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The `v1.DRAPlugin` server, for `tonic::transport::Server::add_service`.
+    pub fn v1_server(&self) -> v1::dra_plugin_server::DraPluginServer<Self> {
+        v1::dra_plugin_server::DraPluginServer::new(self.clone())
+    }
+
+    /// The `v1beta1.DRAPlugin` server, for `tonic::transport::Server::add_service`.
+    pub fn v1beta1_server(&self) -> v1beta1::dra_plugin_server::DraPluginServer<Self> {
+        v1beta1::dra_plugin_server::DraPluginServer::new(self.clone())
+    }
+
+    /// Prepares `claims`: one answer per UID of the request.
+    async fn prepare(&self, version: &'static str, claims: Vec<ClaimRef>) -> PrepareResults {
+        let (valid, mut answers) = split_claims(claims);
+        tracing::debug!(version, claims = valid.len(), "NodePrepareResources");
+        if !valid.is_empty() {
+            let uids: Vec<String> = valid.iter().map(|claim| claim.uid.clone()).collect();
+            let mut results = {
+                let _serial = self.inner.serialize.lock().await;
+                self.inner.handler.prepare(valid).await
+            };
+            for uid in uids {
+                let result = results
+                    .remove(&uid)
+                    .unwrap_or_else(|| Err(NO_RESULT.to_owned()));
+                answers.insert(uid, result);
+            }
+        }
+        for (uid, result) in &answers {
+            if let Err(error) = result {
+                tracing::warn!(version, claim_uid = %uid, %error, "preparing claim failed");
+            }
+        }
+        answers
+    }
+
+    /// Unprepares `claims`: one answer per UID of the request.
+    async fn unprepare(&self, version: &'static str, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let (valid, errors) = split_claims(claims);
+        let mut answers: UnprepareResults = errors
+            .into_iter()
+            .map(|(uid, result)| (uid, result.map(|_| ())))
+            .collect();
+        tracing::debug!(version, claims = valid.len(), "NodeUnprepareResources");
+        if !valid.is_empty() {
+            let uids: Vec<String> = valid.iter().map(|claim| claim.uid.clone()).collect();
+            let mut results = {
+                let _serial = self.inner.serialize.lock().await;
+                self.inner.handler.unprepare(valid).await
+            };
+            for uid in uids {
+                let result = results
+                    .remove(&uid)
+                    .unwrap_or_else(|| Err(NO_RESULT.to_owned()));
+                answers.insert(uid, result);
+            }
+        }
+        for (uid, result) in &answers {
+            if let Err(error) = result {
+                tracing::warn!(version, claim_uid = %uid, %error, "unpreparing claim failed");
+            }
+        }
+        answers
+    }
+}
+
+/// Splits a request's claims into those to pass to the handler (non-empty UID, each UID once) and
+/// the answer for claims without a UID (one entry keyed by "", naming them all).
+fn split_claims(claims: Vec<ClaimRef>) -> (Vec<ClaimRef>, PrepareResults) {
+    let mut valid: Vec<ClaimRef> = Vec::with_capacity(claims.len());
+    let mut without_uid = Vec::new();
+    for claim in claims {
+        if claim.uid.is_empty() {
+            without_uid.push(format!("{}/{}", claim.namespace, claim.name));
+        } else if !valid.iter().any(|seen| seen.uid == claim.uid) {
+            valid.push(claim);
+        }
+    }
+    let mut answers = BTreeMap::new();
+    if !without_uid.is_empty() {
+        answers.insert(
+            String::new(),
+            Err(format!("claim without a UID: {}", without_uid.join(", "))),
+        );
+    }
+    (valid, answers)
+}
+
+fn v1_claim(claim: v1::Claim) -> ClaimRef {
+    ClaimRef {
+        namespace: claim.namespace,
+        uid: claim.uid,
+        name: claim.name,
+    }
+}
+
+fn v1beta1_claim(claim: v1beta1::Claim) -> ClaimRef {
+    ClaimRef {
+        namespace: claim.namespace,
+        uid: claim.uid,
+        name: claim.name,
+    }
+}
+
+fn v1_device(device: PreparedDevice) -> v1::Device {
+    v1::Device {
+        request_names: device.request_names,
+        pool_name: device.pool_name,
+        device_name: device.device_name,
+        cdi_device_ids: device.cdi_device_ids,
+        share_id: device.share_id,
+    }
+}
+
+fn v1beta1_device(device: PreparedDevice) -> v1beta1::Device {
+    v1beta1::Device {
+        request_names: device.request_names,
+        pool_name: device.pool_name,
+        device_name: device.device_name,
+        cdi_device_ids: device.cdi_device_ids,
+    }
+}
+
+#[tonic::async_trait]
+impl v1::dra_plugin_server::DraPlugin for DraService {
+    async fn node_prepare_resources(
+        &self,
+        request: Request<v1::NodePrepareResourcesRequest>,
+    ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
+        let claims = request
+            .into_inner()
+            .claims
+            .into_iter()
+            .map(v1_claim)
+            .collect();
+        let claims = self
+            .prepare("v1", claims)
+            .await
+            .into_iter()
+            .map(|(uid, result)| {
+                let answer = match result {
+                    Ok(devices) => v1::NodePrepareResourceResponse {
+                        devices: devices.into_iter().map(v1_device).collect(),
+                        error: String::new(),
+                    },
+                    Err(error) => v1::NodePrepareResourceResponse {
+                        devices: Vec::new(),
+                        error,
+                    },
+                };
+                (uid, answer)
+            })
+            .collect();
+        Ok(Response::new(v1::NodePrepareResourcesResponse { claims }))
+    }
+
+    async fn node_unprepare_resources(
+        &self,
+        request: Request<v1::NodeUnprepareResourcesRequest>,
+    ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
+        let claims = request
+            .into_inner()
+            .claims
+            .into_iter()
+            .map(v1_claim)
+            .collect();
+        let claims = self
+            .unprepare("v1", claims)
+            .await
+            .into_iter()
+            .map(|(uid, result)| {
+                let error = result.err().unwrap_or_default();
+                (uid, v1::NodeUnprepareResourceResponse { error })
+            })
+            .collect();
+        Ok(Response::new(v1::NodeUnprepareResourcesResponse { claims }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1beta1::dra_plugin_server::DraPlugin for DraService {
+    async fn node_prepare_resources(
+        &self,
+        request: Request<v1beta1::NodePrepareResourcesRequest>,
+    ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
+        let claims = request
+            .into_inner()
+            .claims
+            .into_iter()
+            .map(v1beta1_claim)
+            .collect();
+        let claims = self
+            .prepare("v1beta1", claims)
+            .await
+            .into_iter()
+            .map(|(uid, result)| {
+                let answer = match result {
+                    Ok(devices) => v1beta1::NodePrepareResourceResponse {
+                        devices: devices.into_iter().map(v1beta1_device).collect(),
+                        error: String::new(),
+                    },
+                    Err(error) => v1beta1::NodePrepareResourceResponse {
+                        devices: Vec::new(),
+                        error,
+                    },
+                };
+                (uid, answer)
+            })
+            .collect();
+        Ok(Response::new(v1beta1::NodePrepareResourcesResponse {
+            claims,
+        }))
+    }
+
+    async fn node_unprepare_resources(
+        &self,
+        request: Request<v1beta1::NodeUnprepareResourcesRequest>,
+    ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
+        let claims = request
+            .into_inner()
+            .claims
+            .into_iter()
+            .map(v1beta1_claim)
+            .collect();
+        let claims = self
+            .unprepare("v1beta1", claims)
+            .await
+            .into_iter()
+            .map(|(uid, result)| {
+                let error = result.err().unwrap_or_default();
+                (uid, v1beta1::NodeUnprepareResourceResponse { error })
+            })
+            .collect();
+        Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse {
+            claims,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(uid: &str, name: &str) -> ClaimRef {
+        ClaimRef {
+            namespace: "ns".into(),
+            uid: uid.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn claims_without_uid_get_one_entry_and_duplicates_are_passed_once() {
+        let (valid, answers) = split_claims(vec![
+            claim("a", "one"),
+            claim("", "two"),
+            claim("a", "one-again"),
+            claim("", "three"),
+            claim("b", "four"),
+        ]);
+        let uids: Vec<&str> = valid.iter().map(|claim| claim.uid.as_str()).collect();
+        assert_eq!(uids, ["a", "b"]);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(
+            answers.get(""),
+            Some(&Err("claim without a UID: ns/two, ns/three".to_owned()))
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! Running the DRA and registration servers on their sockets until shutdown.
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use super::sockets::bind_socket;
+use super::{DraService, PluginSockets, RegistrationService, SocketError};
+use crate::plugin::api::DraHandler;
+
+/// Serves the DRA services (`v1.DRAPlugin`, `v1beta1.DRAPlugin`) over `handler` on
+/// [`PluginSockets::dra`] and `registration` on [`PluginSockets::registration`] until `shutdown`
+/// completes or a server fails, then removes both socket files (which deregisters the plugin).
+///
+/// The DRA socket listens before the registration socket appears, since the kubelet connects to the
+/// DRA endpoint right after registering. Stale sockets are replaced, anything else at a socket path
+/// is an error, and both sockets are made 0600. Hold the [`InstanceLock`](super::InstanceLock)
+/// while calling this. The sockets are also removed if this future is dropped.
+pub async fn serve(
+    sockets: &PluginSockets,
+    handler: Arc<dyn DraHandler>,
+    registration: RegistrationService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SocketError> {
+    let dra_listener = bind_socket(sockets.dra())?;
+    let dra_socket = RemoveOnDrop(sockets.dra().to_owned());
+    let registration_listener = bind_socket(sockets.registration())?;
+    // Declared after `dra_socket`, so dropped (deregistered) first.
+    let registration_socket = RemoveOnDrop(sockets.registration().to_owned());
+    tracing::info!(
+        registration = %sockets.registration().display(),
+        dra = %sockets.dra().display(),
+        "kubelet plugin sockets listening"
+    );
+
+    // One stop signal for both servers: the caller's shutdown, or either server ending.
+    let (stop, _) = watch::channel(false);
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+
+    let dra = DraService::new(handler);
+    let dra_server = async {
+        let result = Server::builder()
+            .add_service(dra.v1_server())
+            .add_service(dra.v1beta1_server())
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(dra_listener),
+                stopped(stop.subscribe()),
+            )
+            .await;
+        stop.send_replace(true);
+        result.map_err(|source| SocketError::Serve {
+            path: dra_socket.0.clone(),
+            source,
+        })
+    };
+    let registration_server = async {
+        let result = Server::builder()
+            .add_service(registration.server())
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(registration_listener),
+                stopped(stop.subscribe()),
+            )
+            .await;
+        stop.send_replace(true);
+        result.map_err(|source| SocketError::Serve {
+            path: registration_socket.0.clone(),
+            source,
+        })
+    };
+    let trigger = async {
+        tokio::select! {
+            () = shutdown => tracing::info!("shutting down the kubelet plugin servers"),
+            () = stopped(stop.subscribe()) => {}
+        }
+        stop.send_replace(true);
+    };
+    let (dra_result, registration_result, ()) =
+        tokio::join!(dra_server, registration_server, trigger);
+
+    drop(registration_socket);
+    drop(dra_socket);
+    dra_result.and(registration_result)
+}
+
+/// Removes a socket file when dropped: on shutdown, on error and on cancellation alike.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        remove_socket(&self.0);
+    }
+}
+
+fn remove_socket(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => tracing::debug!(socket = %path.display(), "removed socket"),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(socket = %path.display(), %error, "failed to remove socket");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Prometheus metrics and a health endpoint, served over plain HTTP on a configurable address.
+//!
+//! `GET /metrics`: counters of prepared and unprepared claims and their errors, a latency histogram
+//! per call, the number of devices published. `GET /healthz`: `ok` while the plugin serves and the
+//! kubelet has not refused its registration. Written by hand (a few atomics and a text format): no
+//! metrics framework is needed for this handful of series.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::api::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
+
+/// Latency buckets in seconds (the upper bounds of a Prometheus histogram).
+const BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// The plugin's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    prepared: AtomicU64,
+    prepare_errors: AtomicU64,
+    unprepared: AtomicU64,
+    unprepare_errors: AtomicU64,
+    prepare_seconds: Histogram,
+    unprepare_seconds: Histogram,
+    devices_published: AtomicU64,
+    healthy: AtomicBool,
+}
+
+impl Metrics {
+    /// Sets the number of devices in the published slices.
+    pub fn set_devices_published(&self, count: usize) {
+        self.devices_published
+            .store(count as u64, Ordering::Relaxed);
+    }
+
+    /// Marks the plugin healthy (serving and registered) or not.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Whether `/healthz` answers ok.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counters = [
+            (
+                "dra_hal_prepared_claims_total",
+                "Claims prepared successfully.",
+                &self.prepared,
+            ),
+            (
+                "dra_hal_prepare_errors_total",
+                "Claims whose prepare failed.",
+                &self.prepare_errors,
+            ),
+            (
+                "dra_hal_unprepared_claims_total",
+                "Claims unprepared successfully.",
+                &self.unprepared,
+            ),
+            (
+                "dra_hal_unprepare_errors_total",
+                "Claims whose unprepare failed.",
+                &self.unprepare_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        self.prepare_seconds.render(
+            &mut out,
+            "dra_hal_prepare_duration_seconds",
+            "NodePrepareResources call latency.",
+        );
+        self.unprepare_seconds.render(
+            &mut out,
+            "dra_hal_unprepare_duration_seconds",
+            "NodeUnprepareResources call latency.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dra_hal_devices_published Devices in this node's ResourceSlices.\n\
+             # TYPE dra_hal_devices_published gauge\ndra_hal_devices_published {}",
+            self.devices_published.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+/// A [`DraHandler`] that counts and times the calls of another.
+pub struct Metered<H> {
+    inner: H,
+    metrics: Arc<Metrics>,
+}
+
+impl<H: DraHandler> Metered<H> {
+    /// Wraps `inner`.
+    pub fn new(inner: H, metrics: Arc<Metrics>) -> Self {
+        Metered { inner, metrics }
+    }
+
+    /// The wrapped handler.
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+}
+
+impl<H: DraHandler> DraHandler for Metered<H> {
+    fn prepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, PrepareResults> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let results = self.inner.prepare(claims).await;
+            self.metrics
+                .prepare_seconds
+                .observe(start.elapsed().as_secs_f64());
+            let failed = results.values().filter(|r| r.is_err()).count() as u64;
+            self.metrics
+                .prepare_errors
+                .fetch_add(failed, Ordering::Relaxed);
+            self.metrics
+                .prepared
+                .fetch_add(results.len() as u64 - failed, Ordering::Relaxed);
+            results
+        })
+    }
+
+    fn unprepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, UnprepareResults> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let results = self.inner.unprepare(claims).await;
+            self.metrics
+                .unprepare_seconds
+                .observe(start.elapsed().as_secs_f64());
+            let failed = results.values().filter(|r| r.is_err()).count() as u64;
+            self.metrics
+                .unprepare_errors
+                .fetch_add(failed, Ordering::Relaxed);
+            self.metrics
+                .unprepared
+                .fetch_add(results.len() as u64 - failed, Ordering::Relaxed);
+            results
+        })
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves. Requests are read up to
+/// 8 KiB; anything else is a 404.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 8192];
+            let n = match stream.read(&mut buffer).await {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let request = String::from_utf8_lossy(buffer.get(..n).unwrap_or_default());
+            let path = request.split_whitespace().nth(1).unwrap_or_default();
+            let (status, body, content_type) = match path {
+                "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
+                "/healthz" if metrics.is_healthy() => ("200 OK", "ok\n".to_owned(), "text/plain"),
+                "/healthz" => (
+                    "503 Service Unavailable",
+                    "not ready\n".to_owned(),
+                    "text/plain",
+                ),
+                _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Fixed;
+
+    impl DraHandler for Fixed {
+        fn prepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, PrepareResults> {
+            Box::pin(async move {
+                claims
+                    .into_iter()
+                    .map(|c| {
+                        let r = if c.uid == "bad" {
+                            Err("no".into())
+                        } else {
+                            Ok(Vec::new())
+                        };
+                        (c.uid, r)
+                    })
+                    .collect()
+            })
+        }
+        fn unprepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, UnprepareResults> {
+            Box::pin(async move {
+                claims
+                    .into_iter()
+                    .map(|c| (c.uid, Ok(())))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        }
+    }
+
+    fn claim(uid: &str) -> ClaimRef {
+        ClaimRef {
+            namespace: "ns".into(),
+            uid: uid.into(),
+            name: "c".into(),
+        }
+    }
+
+    async fn get(address: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn counts_times_and_serves_over_http() {
+        let metrics = Arc::new(Metrics::default());
+        let handler = Metered::new(Fixed, metrics.clone());
+        handler
+            .prepare(vec![claim("a"), claim("bad"), claim("c")])
+            .await;
+        handler.unprepare(vec![claim("a")]).await;
+        metrics.set_devices_published(10);
+        let text = metrics.render();
+        for line in [
+            "dra_hal_prepared_claims_total 2",
+            "dra_hal_prepare_errors_total 1",
+            "dra_hal_unprepared_claims_total 1",
+            "dra_hal_prepare_duration_seconds_count 1",
+            "dra_hal_prepare_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "dra_hal_devices_published 10",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics.clone(), async {
+            let _ = stopped.await;
+        }));
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 503"));
+        metrics.set_healthy(true);
+        assert!(get(address, "/healthz").await.ends_with("\r\n\r\nok\n"));
+        assert!(
+            get(address, "/metrics")
+                .await
+                .contains("dra_hal_devices_published 10")
+        );
+        assert!(get(address, "/nope").await.starts_with("HTTP/1.1 404"));
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,11 @@
+//! The kubelet plugin: registration and DRA gRPC services on Unix sockets, claim preparation with CDI,
+//! and a crash-safe checkpoint.
+
+pub mod api;
+pub mod app;
+pub mod cdi;
+pub mod checkpoint;
+pub mod claims;
+pub mod grpc;
+pub mod metrics;
+pub mod prepare;

@@ -1,0 +1,476 @@
+//! [`Preparer`]: NodePrepareResources and NodeUnprepareResources for this driver's devices.
+//!
+//! Per claim: read the ResourceClaim, take this driver's devices on this node and their strictly
+//! decoded configuration, record the claim as `Started` in the checkpoint (before any change), prepare
+//! the devices, write the claim's CDI spec atomically, record it as `Completed`, answer with CDI ids.
+//! Calls are serialized (one claim at a time, as the kubelet helper does by default), so the state is
+//! never torn and no device goes to two claims that do not share it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::Api;
+
+use super::api::{
+    BoxFuture, ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults,
+};
+use super::cdi::{CdiDir, ContainerEdits, Device as CdiDevice, DeviceNode, Spec, qualified_device};
+use super::checkpoint::{CheckpointFile, ClaimRecord, Phase};
+use super::claims::{Allocated, allocated_devices};
+use crate::inventory::Inventory;
+use crate::slices::SliceConfig;
+use crate::slices::devices::{DeviceSource, devices_with_sources};
+
+/// The points between the writes of a prepare, where tests inject a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The claim is recorded as started.
+    Started,
+    /// The devices are prepared.
+    DevicesPrepared,
+    /// The CDI spec is written.
+    CdiWritten,
+    /// The claim is recorded as completed.
+    Completed,
+}
+
+/// A test hook called after each step; an error stops the prepare right there, as a crash would.
+pub type FaultHook = Arc<dyn Fn(Step) -> Result<(), String> + Send + Sync>;
+
+/// Where claims are read from.
+pub trait ClaimSource: Send + Sync {
+    /// The ResourceClaim `namespace/name`; `Ok(None)` when it does not exist.
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>>;
+}
+
+/// Claims from the API server.
+pub struct KubeClaims(pub kube::Client);
+
+impl ClaimSource for KubeClaims {
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>> {
+        let api: Api<ResourceClaim> = Api::namespaced(self.0.clone(), namespace);
+        let name = name.to_owned();
+        let namespace = namespace.to_owned();
+        Box::pin(async move {
+            api.get_opt(&name)
+                .await
+                .map_err(|e| format!("reading ResourceClaim {namespace}/{name}: {e}"))
+        })
+    }
+}
+
+/// Everything the preparer needs besides the claims.
+pub struct PreparerConfig {
+    /// Driver name, pool name and the rest of the slice model (device names come from it).
+    pub slices: SliceConfig,
+    /// The CDI spec directory.
+    pub cdi: CdiDir,
+    /// The checkpoint file.
+    pub checkpoint: CheckpointFile,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
+}
+
+/// The DRA handler of the plugin.
+pub struct Preparer {
+    config: PreparerConfig,
+    kind: String,
+    claims: Arc<dyn ClaimSource>,
+    inventory: Arc<RwLock<Inventory>>,
+    state: tokio::sync::Mutex<BTreeMap<String, ClaimRecord>>,
+    faults: Option<FaultHook>,
+}
+
+impl Preparer {
+    /// Loads the checkpoint (a corrupt one is reported through `tracing` and replaced), rolls back
+    /// claims a crash left `Started`, and serves the devices of `inventory` (shared with the publisher,
+    /// which refreshes it).
+    pub fn new(
+        config: PreparerConfig,
+        claim_source: Arc<dyn ClaimSource>,
+        inventory: Arc<RwLock<Inventory>>,
+    ) -> std::io::Result<Preparer> {
+        let loaded = config.checkpoint.load()?;
+        if let Some(why) = &loaded.discarded {
+            tracing::warn!(reason = %why, "checkpoint discarded; starting with no prepared claims");
+        }
+        let kind = format!("{}/device", config.slices.driver_name);
+        let mut claims = loaded.claims;
+        let started: Vec<String> = claims
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Started)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in &started {
+            tracing::info!(claim = %uid, "rolling back a claim whose prepare was interrupted");
+            config
+                .cdi
+                .remove_claim_spec(&kind, uid)
+                .map_err(std::io::Error::other)?;
+            claims.remove(uid);
+        }
+        if loaded.discarded.is_some() || !started.is_empty() {
+            config.checkpoint.store(&claims)?;
+        }
+        Ok(Preparer {
+            config,
+            kind,
+            claims: claim_source,
+            inventory,
+            state: tokio::sync::Mutex::new(claims),
+            faults: None,
+        })
+    }
+
+    /// Injects a crash after a step (tests).
+    pub fn with_faults(mut self, hook: FaultHook) -> Self {
+        self.faults = Some(hook);
+        self
+    }
+
+    /// The CDI kind of this driver's specs (`<driver>/device`).
+    pub fn cdi_kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// UIDs of the claims in the checkpoint, with their phase.
+    pub async fn recorded(&self) -> BTreeMap<String, Phase> {
+        self.state
+            .lock()
+            .await
+            .iter()
+            .map(|(uid, r)| (uid.clone(), r.phase))
+            .collect()
+    }
+
+    /// Unprepares the recorded claims that no longer exist (deleted, or re-created with another UID)
+    /// and removes CDI specs of this driver that no recorded claim owns. Returns the UIDs cleaned.
+    pub async fn clean_stale(&self) -> Vec<String> {
+        let recorded: Vec<ClaimRef> = self
+            .state
+            .lock()
+            .await
+            .values()
+            .map(|r| r.claim.clone())
+            .collect();
+        let mut stale = Vec::new();
+        for claim in recorded {
+            match self.claims.get(&claim.namespace, &claim.name).await {
+                Ok(Some(found)) if found.metadata.uid.as_deref() == Some(claim.uid.as_str()) => {}
+                Ok(_) => stale.push(claim),
+                Err(error) => tracing::warn!(%error, "cannot check whether a claim still exists"),
+            }
+        }
+        let uids: Vec<String> = stale.iter().map(|c| c.uid.clone()).collect();
+        for (uid, result) in self.unprepare_claims(stale).await {
+            if let Err(error) = result {
+                tracing::warn!(claim = %uid, %error, "cleaning a stale claim failed");
+            }
+        }
+        let owned: Vec<String> = self.state.lock().await.keys().cloned().collect();
+        for uid in self.config.cdi.list_claim_specs(&self.kind) {
+            if !owned.contains(&uid)
+                && let Err(error) = self.config.cdi.remove_claim_spec(&self.kind, &uid)
+            {
+                tracing::warn!(claim = %uid, %error, "removing a stale CDI spec failed");
+            }
+        }
+        uids
+    }
+
+    async fn prepare_claims(&self, claims: Vec<ClaimRef>) -> PrepareResults {
+        let mut results = BTreeMap::new();
+        for claim in claims {
+            let uid = claim.uid.clone();
+            let result = self.prepare_one(claim).await;
+            if let Err(error) = &result {
+                tracing::warn!(claim = %uid, %error, "prepare failed");
+            }
+            results.insert(uid, result);
+        }
+        results
+    }
+
+    async fn prepare_one(&self, claim: ClaimRef) -> Result<Vec<PreparedDevice>, String> {
+        if claim.uid.is_empty() || claim.namespace.is_empty() || claim.name.is_empty() {
+            return Err("a claim needs a namespace, a name and a uid".into());
+        }
+        let mut state = self.state.lock().await;
+        if let Some(record) = state.get(&claim.uid).cloned() {
+            match record.phase {
+                Phase::Completed => return self.redo_completed(&mut state, record),
+                Phase::Started => {
+                    self.undo(&record)
+                        .map_err(|e| format!("rolling back: {e}"))?;
+                    state.remove(&claim.uid);
+                    self.store(&state)?;
+                }
+            }
+        }
+        let resource_claim = self
+            .claims
+            .get(&claim.namespace, &claim.name)
+            .await?
+            .ok_or_else(|| format!("ResourceClaim {}/{} not found", claim.namespace, claim.name))?;
+        let allocated = allocated_devices(
+            &claim,
+            &resource_claim,
+            &self.config.slices.driver_name,
+            &self.config.slices.node_name,
+        )
+        .map_err(|e| e.to_string())?;
+        let sources = self.sources(&allocated)?;
+        self.check_exclusive(&state, &claim.uid, &allocated)?;
+        let (spec, devices) = self.plan(&claim, &allocated, &sources)?;
+        let mut record = ClaimRecord {
+            claim: claim.clone(),
+            phase: Phase::Started,
+            boot_id: self.config.boot_id.clone(),
+            devices: devices.clone(),
+            cdi_spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
+            undo: BTreeMap::new(),
+        };
+        state.insert(claim.uid.clone(), record.clone());
+        self.store(&state)?;
+        self.fault(Step::Started)?;
+        // Generic devices need no change on the host; the families' own steps come here.
+        self.fault(Step::DevicesPrepared)?;
+        if let Err(e) = self.config.cdi.write_claim_spec(&claim.uid, &spec) {
+            // A real failure (a full disk), not a crash: undo now so nothing is left half done.
+            let error = format!("writing the CDI spec: {e}");
+            let _ = self.undo(&record);
+            state.remove(&claim.uid);
+            self.store(&state)?;
+            return Err(error);
+        }
+        self.fault(Step::CdiWritten)?;
+        record.phase = Phase::Completed;
+        state.insert(claim.uid.clone(), record);
+        self.store(&state)?;
+        self.fault(Step::Completed)?;
+        Ok(devices)
+    }
+
+    /// A completed claim asked again (kubelet restart, node reboot): the same devices, and its CDI spec
+    /// written again (after a reboot `/var/run/cdi` is empty).
+    fn redo_completed(
+        &self,
+        state: &mut BTreeMap<String, ClaimRecord>,
+        mut record: ClaimRecord,
+    ) -> Result<Vec<PreparedDevice>, String> {
+        let spec: Spec = serde_json::from_value(record.cdi_spec.clone())
+            .map_err(|e| format!("checkpointed CDI spec: {e}"))?;
+        self.config
+            .cdi
+            .write_claim_spec(&record.claim.uid, &spec)
+            .map_err(|e| e.to_string())?;
+        if record.boot_id != self.config.boot_id {
+            record.boot_id = self.config.boot_id.clone();
+            let devices = record.devices.clone();
+            state.insert(record.claim.uid.clone(), record);
+            self.store(state)?;
+            return Ok(devices);
+        }
+        Ok(record.devices)
+    }
+
+    /// The machine side of each allocated device; a device this node does not publish is an error.
+    fn sources(&self, allocated: &[Allocated]) -> Result<Vec<DeviceSource>, String> {
+        let inventory = self
+            .inventory
+            .read()
+            .map_err(|_| "inventory lock poisoned".to_owned())?;
+        let published: BTreeMap<String, DeviceSource> =
+            devices_with_sources(&inventory, &self.config.slices)
+                .into_iter()
+                .map(|(d, s)| (d.name, s))
+                .collect();
+        allocated
+            .iter()
+            .map(|a| {
+                published.get(&a.device).cloned().ok_or_else(|| {
+                    format!(
+                        "device {} is not published on this node (any more)",
+                        a.device
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// A device given exclusively must not be in another claim (the scheduler ensures it; a stale
+    /// checkpoint or a race with a re-created claim must not break it).
+    fn check_exclusive(
+        &self,
+        state: &BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        allocated: &[Allocated],
+    ) -> Result<(), String> {
+        for a in allocated
+            .iter()
+            .filter(|a| !a.admin_access && a.share_id.is_none())
+        {
+            for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
+                let taken = record
+                    .devices
+                    .iter()
+                    .any(|d| d.device_name == a.device && d.share_id.is_none());
+                if taken {
+                    return Err(format!(
+                        "device {} is already prepared for claim {other}",
+                        a.device
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The claim's CDI spec and the answer to the kubelet.
+    fn plan(
+        &self,
+        claim: &ClaimRef,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+    ) -> Result<(Spec, Vec<PreparedDevice>), String> {
+        let mut cdi_devices = Vec::new();
+        let mut prepared = Vec::new();
+        let names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
+        for (a, source) in allocated.iter().zip(sources) {
+            let name = format!("{}-{}", claim.uid, a.device);
+            let mut edits = container_edits(source);
+            edits
+                .env
+                .push(format!("DRA_HAL_DEVICES={}", names.join(",")));
+            edits
+                .env
+                .extend(a.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+            cdi_devices.push(CdiDevice {
+                name: name.clone(),
+                annotations: None,
+                container_edits: edits,
+            });
+            prepared.push(PreparedDevice {
+                request_names: vec![a.request.clone()],
+                pool_name: self.config.slices.node_name.clone(),
+                device_name: a.device.clone(),
+                cdi_device_ids: vec![qualified_device(&self.kind, &name)],
+                share_id: a.share_id.clone(),
+            });
+        }
+        Ok((Spec::new(&self.kind, cdi_devices), prepared))
+    }
+
+    fn undo(&self, record: &ClaimRecord) -> std::io::Result<()> {
+        self.config
+            .cdi
+            .remove_claim_spec(&self.kind, &record.claim.uid)
+            .map_err(std::io::Error::other)
+    }
+
+    fn store(&self, state: &BTreeMap<String, ClaimRecord>) -> Result<(), String> {
+        self.config
+            .checkpoint
+            .store(state)
+            .map_err(|e| format!("writing {}: {e}", self.config.checkpoint.path().display()))
+    }
+
+    fn fault(&self, step: Step) -> Result<(), String> {
+        match &self.faults {
+            Some(hook) => hook(step),
+            None => Ok(()),
+        }
+    }
+
+    async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let mut results = BTreeMap::new();
+        for claim in claims {
+            let mut state = self.state.lock().await;
+            let result = match state.get(&claim.uid).cloned() {
+                // Unknown claims (never prepared here, or already unprepared) are done.
+                None => Ok(()),
+                Some(record) => match self.undo(&record) {
+                    Ok(()) => {
+                        state.remove(&claim.uid);
+                        self.store(&state)
+                    }
+                    Err(e) => Err(format!("removing the CDI spec: {e}")),
+                },
+            };
+            if let Err(error) = &result {
+                tracing::warn!(claim = %claim.uid, %error, "unprepare failed");
+            }
+            results.insert(claim.uid, result);
+        }
+        results
+    }
+}
+
+/// The device nodes a container needs for a device, where this generic path knows them: the NVIDIA
+/// and DRM nodes of a GPU, the verbs/MAD nodes and `rdma_cm` of an RDMA function. (Binding, VFIO and
+/// CPU pinning are the device families' own steps.)
+fn container_edits(source: &DeviceSource) -> ContainerEdits {
+    let mut edits = ContainerEdits::default();
+    let node = |path: String| DeviceNode {
+        path,
+        ..Default::default()
+    };
+    match source {
+        DeviceSource::Gpu(gpu) => {
+            if let Some(minor) = gpu.nvidia_minor {
+                edits.device_nodes.push(node(format!("/dev/nvidia{minor}")));
+                for shared in ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
+                    edits.device_nodes.push(node(shared.to_owned()));
+                }
+            }
+            for drm in [&gpu.drm_card, &gpu.drm_render].into_iter().flatten() {
+                edits.device_nodes.push(node(format!("/dev/dri/{drm}")));
+            }
+        }
+        DeviceSource::Nic {
+            rdma: Some(rdma), ..
+        } => {
+            for c in &rdma.char_devices {
+                let mut n = node(c.path.clone());
+                if let Some((major, minor)) = c.dev {
+                    n.r#type = Some("c".into());
+                    n.major = Some(i64::from(major));
+                    n.minor = Some(i64::from(minor));
+                }
+                edits.device_nodes.push(n);
+            }
+            edits.env.push(format!("DRA_HAL_RDMA_DEVICE={}", rdma.name));
+        }
+        DeviceSource::Nic { rdma: None, .. } | DeviceSource::Cpu(_) | DeviceSource::CpuGroup(_) => {
+        }
+    }
+    edits
+}
+
+impl DraHandler for Preparer {
+    fn prepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, PrepareResults> {
+        Box::pin(self.prepare_claims(claims))
+    }
+
+    fn unprepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, UnprepareResults> {
+        Box::pin(self.unprepare_claims(claims))
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests;

@@ -1,0 +1,441 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde_json::json;
+
+use super::*;
+
+const DRIVER: &str = "hal.dra.dev";
+const NODE: &str = "node-1";
+
+/// Claims held in memory, as the API server would return them.
+#[derive(Default)]
+struct Claims(Mutex<BTreeMap<String, ResourceClaim>>);
+
+impl Claims {
+    fn add(&self, uid: &str, results: &[(&str, &str)], config: serde_json::Value) {
+        let results: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(request, device)| json!({"request": request, "driver": DRIVER, "pool": NODE, "device": device}))
+            .collect();
+        let claim: ResourceClaim = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": format!("claim-{uid}"), "uid": uid},
+            "spec": {"devices": {"requests": []}},
+            "status": {"allocation": {"devices": {"results": results, "config": config}}}
+        }))
+        .unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .insert(format!("ns/claim-{uid}"), claim);
+    }
+
+    fn remove(&self, uid: &str) {
+        self.0.lock().unwrap().remove(&format!("ns/claim-{uid}"));
+    }
+}
+
+impl ClaimSource for Claims {
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>> {
+        let found = self
+            .0
+            .lock()
+            .unwrap()
+            .get(&format!("{namespace}/{name}"))
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+fn reference(uid: &str) -> ClaimRef {
+    ClaimRef {
+        namespace: "ns".into(),
+        uid: uid.into(),
+        name: format!("claim-{uid}"),
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    claims: Arc<Claims>,
+    inventory: Arc<RwLock<Inventory>>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let machine = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
+        let inventory = Inventory::from_sysfs(&backends::SysfsRoot::new(machine.root()), None);
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+            claims: Arc::new(Claims::default()),
+            inventory: Arc::new(RwLock::new(inventory)),
+        }
+    }
+
+    fn cdi_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("cdi")
+    }
+
+    fn preparer(&self, boot_id: &str) -> Preparer {
+        let config = PreparerConfig {
+            slices: SliceConfig::new(NODE),
+            cdi: CdiDir::new(self.cdi_dir()),
+            checkpoint: CheckpointFile::new(self.dir.path().join("plugin/checkpoint.json")),
+            boot_id: boot_id.into(),
+        };
+        Preparer::new(config, self.claims.clone(), self.inventory.clone()).unwrap()
+    }
+
+    fn spec_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.cdi_dir())
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn spec(&self, uid: &str) -> serde_json::Value {
+        let path = self
+            .cdi_dir()
+            .join(format!("hal.dra.dev-device_{uid}.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+}
+
+fn node_paths(spec: &serde_json::Value, device: usize) -> Vec<String> {
+    spec["devices"][device]["containerEdits"]["deviceNodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| n["path"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn prepares_a_gpu_and_an_ib_only_nic_with_exactly_their_nodes() {
+    let s = Setup::new();
+    s.claims.add(
+        "u1",
+        &[("gpu", "gpu-0008-06-00-0"), ("nic", "rdma-0101-00-00-0")],
+        json!([]),
+    );
+    let preparer = s.preparer("boot-1");
+    let results = preparer.prepare(vec![reference("u1")]).await;
+    let devices = results["u1"].as_ref().unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(devices[0].device_name, "gpu-0008-06-00-0");
+    assert_eq!(devices[0].request_names, ["gpu"]);
+    assert_eq!(devices[0].pool_name, NODE);
+    assert_eq!(
+        devices[1].cdi_device_ids,
+        ["hal.dra.dev/device=u1-rdma-0101-00-00-0"]
+    );
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_u1.json"]);
+    let spec = s.spec("u1");
+    assert_eq!(spec["kind"], "hal.dra.dev/device");
+    assert_eq!(
+        node_paths(&spec, 0),
+        [
+            "/dev/nvidia0",
+            "/dev/nvidiactl",
+            "/dev/nvidia-uvm",
+            "/dev/nvidia-uvm-tools"
+        ]
+    );
+    assert_eq!(
+        node_paths(&spec, 1),
+        [
+            "/dev/infiniband/uverbs0",
+            "/dev/infiniband/umad0",
+            "/dev/infiniband/issm0",
+            "/dev/infiniband/rdma_cm"
+        ]
+    );
+    let uverbs = &spec["devices"][1]["containerEdits"]["deviceNodes"][0];
+    assert_eq!(
+        (
+            uverbs["type"].as_str(),
+            uverbs["major"].as_i64(),
+            uverbs["minor"].as_i64()
+        ),
+        (Some("c"), Some(231), Some(192))
+    );
+    let env: Vec<&str> = spec["devices"][1]["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"DRA_HAL_RDMA_DEVICE=mlx5_0"), "{env:?}");
+    assert!(
+        env.contains(&"DRA_HAL_DEVICES=gpu-0008-06-00-0,rdma-0101-00-00-0"),
+        "{env:?}"
+    );
+    assert_eq!(
+        preparer.recorded().await,
+        BTreeMap::from([("u1".to_owned(), Phase::Completed)])
+    );
+
+    let done = preparer
+        .unprepare(vec![reference("u1"), reference("never-seen")])
+        .await;
+    assert_eq!(
+        done,
+        BTreeMap::from([("never-seen".to_owned(), Ok(())), ("u1".to_owned(), Ok(()))])
+    );
+    assert!(s.spec_files().is_empty());
+    assert!(preparer.recorded().await.is_empty());
+}
+
+#[tokio::test]
+async fn prepare_is_idempotent_and_rewrites_the_spec_after_a_reboot() {
+    let s = Setup::new();
+    s.claims
+        .add("u1", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let first = s.preparer("boot-1").prepare(vec![reference("u1")]).await;
+    // The node reboots: /var/run/cdi is a tmpfs, so the spec is gone; the kubelet prepares again.
+    std::fs::remove_dir_all(s.cdi_dir()).unwrap();
+    let after_reboot = s.preparer("boot-2");
+    let again = after_reboot.prepare(vec![reference("u1")]).await;
+    assert_eq!(first, again);
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_u1.json"]);
+    let twice = after_reboot.prepare(vec![reference("u1")]).await;
+    assert_eq!(first, twice);
+}
+
+#[tokio::test]
+async fn one_bad_claim_gets_its_own_error_and_the_others_succeed() {
+    let s = Setup::new();
+    s.claims
+        .add("good", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("ghost-device", &[("gpu", "gpu-0fff-00-00-0")], json!([]));
+    s.claims.add(
+        "bad-config",
+        &[("gpu", "gpu-0009-06-00-0")],
+        json!([{"source": "FromClaim", "opaque": {"driver": DRIVER, "parameters": {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "envv": {}}}}]),
+    );
+    let mut other_node = s.claims.0.lock().unwrap()["ns/claim-good"].clone();
+    other_node.metadata.uid = Some("elsewhere".into());
+    other_node.metadata.name = Some("claim-elsewhere".into());
+    if let Some(results) = other_node
+        .status
+        .as_mut()
+        .and_then(|st| st.allocation.as_mut())
+        .and_then(|a| a.devices.as_mut())
+        .and_then(|d| d.results.as_mut())
+    {
+        results[0].pool = "node-2".into();
+    }
+    s.claims
+        .0
+        .lock()
+        .unwrap()
+        .insert("ns/claim-elsewhere".into(), other_node);
+    let preparer = s.preparer("boot-1");
+    let empty = ClaimRef {
+        namespace: "ns".into(),
+        uid: String::new(),
+        name: "x".into(),
+    };
+    let results = preparer
+        .prepare(vec![
+            reference("good"),
+            reference("ghost-device"),
+            reference("bad-config"),
+            reference("elsewhere"),
+            reference("missing"),
+            empty,
+        ])
+        .await;
+    assert!(results["good"].is_ok());
+    let error = |uid: &str| results[uid].clone().unwrap_err();
+    assert!(error("ghost-device").contains("gpu-0fff-00-00-0 is not published"));
+    assert!(
+        error("bad-config").contains("parameters.envv: unknown field `envv`"),
+        "{}",
+        error("bad-config")
+    );
+    assert!(error("elsewhere").contains("no device of driver hal.dra.dev in pool node-1"));
+    assert!(error("missing").contains("ResourceClaim ns/claim-missing not found"));
+    assert!(error("").contains("needs a namespace, a name and a uid"));
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_good.json"]);
+    assert_eq!(
+        preparer.recorded().await.len(),
+        1,
+        "failed claims leave nothing behind"
+    );
+}
+
+#[tokio::test]
+async fn a_device_is_never_given_to_two_claims() {
+    let s = Setup::new();
+    s.claims
+        .add("a", &[("nic", "rdma-0102-00-00-0")], json!([]));
+    s.claims
+        .add("b", &[("nic", "rdma-0102-00-00-0")], json!([]));
+    let preparer = s.preparer("boot-1");
+    let results = preparer.prepare(vec![reference("a"), reference("b")]).await;
+    assert!(results["a"].is_ok());
+    assert!(
+        results["b"]
+            .clone()
+            .unwrap_err()
+            .contains("already prepared for claim a")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_prepares_never_tear_the_checkpoint() {
+    let s = Setup::new();
+    let devices = [
+        "gpu-0008-06-00-0",
+        "gpu-0009-06-00-0",
+        "gpu-0018-06-00-0",
+        "gpu-0019-06-00-0",
+        "rdma-0101-00-00-0",
+        "rdma-0102-00-00-0",
+        "rdma-0103-00-00-0",
+        "rdma-0104-00-00-0",
+    ];
+    for (i, device) in devices.iter().enumerate() {
+        s.claims.add(&format!("c{i}"), &[("r", device)], json!([]));
+    }
+    let preparer = Arc::new(s.preparer("boot-1"));
+    let tasks: Vec<_> = (0..devices.len())
+        .map(|i| {
+            let p = preparer.clone();
+            tokio::spawn(async move { p.prepare(vec![reference(&format!("c{i}"))]).await })
+        })
+        .collect();
+    for task in tasks {
+        let results = task.await.unwrap();
+        assert!(results.values().all(Result::is_ok), "{results:?}");
+    }
+    let reloaded = CheckpointFile::new(s.dir.path().join("plugin/checkpoint.json"))
+        .load()
+        .unwrap();
+    assert_eq!(reloaded.claims.len(), devices.len());
+    assert!(reloaded.discarded.is_none());
+    assert_eq!(s.spec_files().len(), devices.len());
+}
+
+#[tokio::test]
+async fn a_crash_after_any_step_leaves_a_consistent_state_and_prepare_succeeds_again() {
+    for step in [
+        Step::Started,
+        Step::DevicesPrepared,
+        Step::CdiWritten,
+        Step::Completed,
+    ] {
+        let s = Setup::new();
+        s.claims
+            .add("u1", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+        let reference_result = {
+            let clean = Setup::new();
+            clean
+                .claims
+                .add("u1", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+            clean
+                .preparer("boot-1")
+                .prepare(vec![reference("u1")])
+                .await
+        };
+        let crashing = s.preparer("boot-1").with_faults(Arc::new(move |at| {
+            if at == step {
+                Err(format!("crash after {at:?}"))
+            } else {
+                Ok(())
+            }
+        }));
+        let crashed = crashing.prepare(vec![reference("u1")]).await;
+        assert!(crashed["u1"].is_err(), "{step:?}");
+        drop(crashing);
+
+        // The process restarts.
+        let restarted = s.preparer("boot-1");
+        let recorded = restarted.recorded().await;
+        match step {
+            Step::Completed => {
+                assert_eq!(recorded["u1"], Phase::Completed, "{step:?}");
+                assert_eq!(s.spec_files(), ["hal.dra.dev-device_u1.json"], "{step:?}");
+            }
+            _ => {
+                assert!(
+                    recorded.is_empty(),
+                    "{step:?}: a started claim is rolled back"
+                );
+                assert!(s.spec_files().is_empty(), "{step:?}: {:?}", s.spec_files());
+            }
+        }
+        let again = restarted.prepare(vec![reference("u1")]).await;
+        assert_eq!(again, reference_result, "{step:?}");
+        assert_eq!(restarted.recorded().await["u1"], Phase::Completed);
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_checkpoint_is_replaced_not_a_crash_loop() {
+    let s = Setup::new();
+    let path = s.dir.path().join("plugin/checkpoint.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "{ this is not json").unwrap();
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.recorded().await.is_empty());
+    let loaded = CheckpointFile::new(&path).load().unwrap();
+    assert!(
+        loaded.discarded.is_none(),
+        "replaced by a valid empty checkpoint"
+    );
+}
+
+#[tokio::test]
+async fn stale_claims_and_specs_are_cleaned() {
+    let s = Setup::new();
+    s.claims
+        .add("kept", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("gone", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let preparer = s.preparer("boot-1");
+    preparer
+        .prepare(vec![reference("kept"), reference("gone")])
+        .await;
+    s.claims.remove("gone");
+    std::fs::write(s.cdi_dir().join("hal.dra.dev-device_orphan.json"), "{}").unwrap();
+    assert_eq!(preparer.clean_stale().await, ["gone"]);
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_kept.json"]);
+    assert_eq!(
+        preparer.recorded().await.keys().collect::<Vec<_>>(),
+        ["kept"]
+    );
+}
+
+#[tokio::test]
+async fn a_cdi_write_failure_is_a_clear_per_claim_error_and_nothing_is_left_half_done() {
+    let s = Setup::new();
+    s.claims
+        .add("u1", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    // The CDI "directory" is a file: every write fails, as on a full or read-only disk.
+    std::fs::write(s.cdi_dir(), "not a directory").unwrap();
+    let preparer = s.preparer("boot-1");
+    let results = preparer.prepare(vec![reference("u1")]).await;
+    let error = results["u1"].clone().unwrap_err();
+    assert!(error.starts_with("writing the CDI spec: "), "{error}");
+    assert!(
+        error.contains(&s.cdi_dir().display().to_string()),
+        "names the path: {error}"
+    );
+    assert!(preparer.recorded().await.is_empty());
+    assert!(Path::new(&s.dir.path().join("plugin/checkpoint.json")).exists());
+}

@@ -255,6 +255,7 @@ impl FakeApi {
         listener: tokio::net::TcpListener,
     ) {
         while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
             let state = state.clone();
             tokio::spawn(async move {
                 let _ = connection(state, stream).await;
@@ -324,8 +325,9 @@ async fn connection(
             "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             bytes.len()
         );
-        let stream = reader.get_mut();
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&bytes).await?;
+        // One write: a head and a body in two segments meet Nagle and delayed ACKs (40 ms a request).
+        let mut response = head.into_bytes();
+        response.extend_from_slice(&bytes);
+        reader.get_mut().write_all(&response).await?;
     }
 }

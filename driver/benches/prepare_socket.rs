@@ -187,3 +187,9 @@ async fn main() {
         .status();
     let _ = child.wait();
 }
+
+/// SIGTERM, as the kubelet stops a pod.
+fn terminate(child: &std::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+}

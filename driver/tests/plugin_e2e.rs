@@ -268,11 +268,7 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     assert!(!spec.exists());
 
     // SIGTERM: a clean exit that removes both sockets.
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    terminate(&child);
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -326,4 +322,10 @@ fn bad_flags_fail_with_clear_messages() {
     }
     let bad = run(&["--cpu-mode", "sideways"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// SIGTERM, as the kubelet stops a pod.
+fn terminate(child: &std::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
 }

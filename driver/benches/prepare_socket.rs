@@ -182,9 +182,7 @@ async fn main() {
     println!(
         "(prepare includes the GET of the claim from the API server over HTTP, the CDI write and two checkpoint writes with fsync)"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    terminate(&child);
     let _ = child.wait();
 }
 

@@ -161,6 +161,10 @@ fn gpu(address: &str, vendor: GpuVendor) -> GpuInfo {
         uuid: None,
         product: None,
         memory_bytes: None,
+        architecture: None,
+        compute_capability: None,
+        driver_version: None,
+        cuda_driver_version: None,
     }
 }
 

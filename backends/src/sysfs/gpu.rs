@@ -157,6 +157,10 @@ fn read_gpu(
         uuid: None,
         product: None,
         memory_bytes: None,
+        architecture: None,
+        compute_capability: None,
+        driver_version: None,
+        cuda_driver_version: None,
     };
     if let Some(dir) = &candidate.device_dir {
         let dir = root.root().join(dir);

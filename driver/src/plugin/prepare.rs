@@ -344,13 +344,11 @@ impl Preparer {
     ) -> Result<(Spec, Vec<PreparedDevice>), String> {
         let mut cdi_devices = Vec::new();
         let mut prepared = Vec::new();
-        let names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
+        let claim_env = claim_env(allocated, sources);
         for (a, source) in allocated.iter().zip(sources) {
             let name = format!("{}-{}", claim.uid, a.device);
             let mut edits = container_edits(source);
-            edits
-                .env
-                .push(format!("DRA_HAL_DEVICES={}", names.join(",")));
+            edits.env.extend(claim_env.iter().cloned());
             edits
                 .env
                 .extend(a.config.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -413,6 +411,39 @@ impl Preparer {
         }
         results
     }
+}
+
+/// The environment every container of the claim gets, whichever of its devices it uses:
+/// `DRA_HAL_DEVICES` (all device names), `GPU_DEVICE_<i>` per GPU, `NVIDIA_VISIBLE_DEVICES` (UUIDs, for
+/// the NVIDIA container toolkit), and for RDMA devices `DRA_HAL_RDMA_DEVICES` and `NCCL_IB_HCA` (with
+/// NCCL's `=` prefix for exact names, so `mlx5_1` never selects `mlx5_10`).
+fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
+    let names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
+    let mut env = vec![format!("DRA_HAL_DEVICES={}", names.join(","))];
+    let mut uuids = Vec::new();
+    let mut rdma = Vec::new();
+    let mut gpu_index = 0;
+    for (a, source) in allocated.iter().zip(sources) {
+        match source {
+            DeviceSource::Gpu(gpu) => {
+                env.push(format!("GPU_DEVICE_{gpu_index}={}", a.device));
+                gpu_index += 1;
+                if let Some(uuid) = gpu.uuid.as_ref().filter(|_| gpu.nvidia_minor.is_some()) {
+                    uuids.push(uuid.clone());
+                }
+            }
+            DeviceSource::Nic { rdma: Some(r), .. } => rdma.push(r.name.clone()),
+            _ => {}
+        }
+    }
+    if !uuids.is_empty() {
+        env.push(format!("NVIDIA_VISIBLE_DEVICES={}", uuids.join(",")));
+    }
+    if !rdma.is_empty() {
+        env.push(format!("DRA_HAL_RDMA_DEVICES={}", rdma.join(",")));
+        env.push(format!("NCCL_IB_HCA=={}", rdma.join(",")));
+    }
+    env
 }
 
 /// The device nodes a container needs for a device, where this generic path knows them: the NVIDIA

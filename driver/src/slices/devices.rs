@@ -11,7 +11,7 @@ use k8s_openapi::api::resource::v1::{Device, DeviceAttribute, DeviceCapacity};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::config::{CpuMode, SliceConfig};
-use super::names::{address_label, attribute_string};
+use super::names::{address_label, attribute_string, semver_from_dotted};
 use crate::inventory::Inventory;
 
 /// The standard attribute domain (k8s.io/dynamic-resource-allocation/deviceattribute).
@@ -66,6 +66,17 @@ impl DeviceBuilder {
             key.to_owned(),
             DeviceAttribute {
                 bool: Some(value),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// A `version` value; the caller passes strict semver (checked again by the validator).
+    fn version(&mut self, key: &str, value: &str) {
+        self.attributes.insert(
+            key.to_owned(),
+            DeviceAttribute {
+                version: Some(value.to_owned()),
                 ..Default::default()
             },
         );
@@ -208,6 +219,20 @@ fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<(Devi
     }
     if let Some(minor) = g.nvidia_minor {
         d.int("minor", i64::from(minor));
+    }
+    if let Some(architecture) = &g.architecture {
+        d.string("architecture", architecture);
+    }
+    // Vendor versions as `version` values (semver), as NVIDIA's driver publishes them:
+    // 580.105.08 becomes 580.105.8; a text that is not 1 to 3 numbers is left out.
+    for (key, text) in [
+        ("cudaComputeCapability", &g.compute_capability),
+        ("driverVersion", &g.driver_version),
+        ("cudaDriverVersion", &g.cuda_driver_version),
+    ] {
+        if let Some(version) = text.as_deref().and_then(semver_from_dotted) {
+            d.version(key, &version);
+        }
     }
     if let Some(bytes) = g.memory_bytes {
         d.capacity("memory", format!("{}Mi", bytes / (1024 * 1024)));

@@ -368,3 +368,39 @@ fn config_errors_name_the_field() {
     ];
     assert!(config.validate().unwrap_err().contains("at most 4"));
 }
+
+#[test]
+fn gpu_vendor_facts_become_version_attributes() {
+    let mut gb300 = inventory("gb300");
+    let gpu = &mut gb300.gpus[0];
+    gpu.architecture = Some("Blackwell".into());
+    gpu.compute_capability = Some("10.3".into());
+    gpu.driver_version = Some("580.105.08".into());
+    gpu.cuda_driver_version = Some("13.0".into());
+    gpu.memory_bytes = Some(284_208 * 1024 * 1024);
+    gb300.gpus[1].driver_version = Some("r580-beta".into());
+    let slices = build_slices(&gb300, &SliceConfig::new("n"), 0);
+    assert_eq!(validate_pool(&slices), []);
+    let devices = by_name(&slices);
+    let gpu0 = &devices["gpu-0008-06-00-0"];
+    let version = |d: &Device, k: &str| attr(d, k).and_then(|a| a.version.clone());
+    assert_eq!(
+        version(gpu0, "cudaComputeCapability").as_deref(),
+        Some("10.3.0")
+    );
+    assert_eq!(version(gpu0, "driverVersion").as_deref(), Some("580.105.8"));
+    assert_eq!(
+        version(gpu0, "cudaDriverVersion").as_deref(),
+        Some("13.0.0")
+    );
+    assert_eq!(string(gpu0, "architecture"), Some("Blackwell"));
+    assert_eq!(
+        gpu0.capacity.as_ref().unwrap()["memory"].value.0,
+        "284208Mi"
+    );
+    assert_eq!(
+        attr(&devices["gpu-0009-06-00-0"], "driverVersion"),
+        None,
+        "not semver: left out"
+    );
+}

@@ -51,6 +51,18 @@ pub struct GpuInfo {
     pub product: Option<String>,
     /// Device-local memory in bytes, where known.
     pub memory_bytes: Option<u64>,
+    /// Architecture (`Blackwell`, `Hopper`), from a vendor library; sysfs does not say.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// CUDA compute capability (`10.3`), from NVML.
+    #[serde(default)]
+    pub compute_capability: Option<String>,
+    /// Kernel driver version as the vendor prints it (`580.105.08`), from a vendor library.
+    #[serde(default)]
+    pub driver_version: Option<String>,
+    /// CUDA driver API version (`13.0`), from NVML.
+    #[serde(default)]
+    pub cuda_driver_version: Option<String>,
 }
 
 /// Enumerates GPUs.

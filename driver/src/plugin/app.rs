@@ -141,12 +141,24 @@ pub async fn run(
         .map(|id| id.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
     let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims(client.clone()));
+    // Writes go to the kernel on a node, and to the fixture's emulated kernel on a fixture.
+    let writer: Arc<dyn hal::AttributeWriter> = match &args.fixture {
+        Some(name) => Arc::new(
+            hal_mock::by_name(name)
+                .map_err(anyhow::Error::msg)?
+                .kernel(root.root()),
+        ),
+        None => Arc::new(backends::FileWriter),
+    };
+    let binder: Arc<dyn hal::SriovPf> =
+        Arc::new(backends::SysfsSriov::with_writer(root.clone(), writer));
     let preparer = Preparer::new(
         PreparerConfig {
             slices: config.clone(),
             cdi: CdiDir::new(&args.cdi_root),
             checkpoint: CheckpointFile::new(sockets.plugin_dir().join("checkpoint.json")),
             boot_id,
+            binder,
         },
         claims,
         inventory.clone(),

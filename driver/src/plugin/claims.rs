@@ -25,6 +25,82 @@ pub struct Allocated {
     pub share_id: Option<String>,
     /// The configuration that applies to it (class configs first, then the claim's).
     pub config: DeviceConfig,
+    /// The VF configuration that applies to it, the last one given.
+    pub vf: Option<VfConfig>,
+}
+
+/// How a network function (an SR-IOV VF, usually) is given to the workload (`kind: VfConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VfConfig {
+    /// The kernel driver to bind (`iavf`, `mlx5_core`), or `vfio-pci` for passthrough.
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// The interface name the workload wants inside the pod (`net1`), for the CNI.
+    #[serde(default)]
+    pub if_name: Option<String>,
+    /// The NetworkAttachmentDefinition the CNI (Multus) attaches the VF with.
+    #[serde(default)]
+    pub net_attach_def_name: Option<String>,
+    /// Its namespace (default: the claim's).
+    #[serde(default)]
+    pub net_attach_def_namespace: Option<String>,
+}
+
+impl VfConfig {
+    fn check(&self) -> Result<(), String> {
+        if let Some(driver) = &self.driver {
+            let ok = !driver.is_empty()
+                && driver.len() <= 64
+                && driver
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(format!("driver: {driver:?} is not a kernel driver name"));
+            }
+        }
+        if let Some(name) = &self.if_name {
+            let problem = if name.is_empty() {
+                Some("is empty")
+            } else if name.len() > 15 {
+                Some("is longer than 15 bytes (IFNAMSIZ)")
+            } else if name == "." || name == ".." {
+                Some("is . or ..")
+            } else if name.contains('/') {
+                Some("contains '/'")
+            } else if name
+                .chars()
+                .any(|c| c.is_whitespace() || c == ':' || c.is_control())
+            {
+                Some("contains whitespace, ':' or a control character")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(format!("ifName: {name:?} {problem}"));
+            }
+        }
+        for (field, value) in [
+            ("netAttachDefName", &self.net_attach_def_name),
+            ("netAttachDefNamespace", &self.net_attach_def_namespace),
+        ] {
+            if let Some(value) = value
+                && !crate::slices::names::is_dns_subdomain(value, 253)
+            {
+                return Err(format!("{field}: {value:?} is not a DNS subdomain"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One decoded opaque configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpaqueConfig {
+    /// `kind: DeviceConfig`.
+    Device(DeviceConfig),
+    /// `kind: VfConfig`.
+    Vf(VfConfig),
 }
 
 /// Generic device configuration (`kind: DeviceConfig`).
@@ -138,9 +214,13 @@ pub fn allocated_devices(
         .filter(|r| r.driver == driver && r.pool == pool)
         .map(|r| {
             let mut config = DeviceConfig::default();
+            let mut vf = None;
             for (requests, c) in &configs {
                 if requests.is_empty() || requests.iter().any(|q| request_matches(q, &r.request)) {
-                    config.merge(c);
+                    match c {
+                        OpaqueConfig::Device(c) => config.merge(c),
+                        OpaqueConfig::Vf(c) => vf = Some(c.clone()),
+                    }
                 }
             }
             Allocated {
@@ -149,6 +229,7 @@ pub fn allocated_devices(
                 admin_access: r.admin_access == Some(true),
                 share_id: r.share_id.clone(),
                 config,
+                vf,
             }
         })
         .collect();
@@ -176,7 +257,7 @@ fn decode_configs(
     claim: &str,
     configs: &[DeviceAllocationConfiguration],
     driver: &str,
-) -> Result<Vec<(Vec<String>, DeviceConfig)>, ClaimError> {
+) -> Result<Vec<(Vec<String>, OpaqueConfig)>, ClaimError> {
     let mut decoded = Vec::new();
     for source in ["FromClass", "FromClaim"] {
         for (i, config) in configs.iter().enumerate() {
@@ -200,12 +281,12 @@ fn decode_configs(
     Ok(decoded)
 }
 
-/// Decodes one opaque parameters object: `apiVersion: <driver>/v1alpha1`, `kind: DeviceConfig`, and
-/// no field the kind does not have. Errors are (field suffix, problem).
+/// Decodes one opaque parameters object: `apiVersion: <driver>/v1alpha1`, `kind: DeviceConfig` or
+/// `VfConfig`, and no field the kind does not have. Errors are (field suffix, problem).
 pub fn decode_opaque(
     parameters: &serde_json::Value,
     driver: &str,
-) -> Result<DeviceConfig, (String, String)> {
+) -> Result<OpaqueConfig, (String, String)> {
     let serde_json::Value::Object(map) = parameters else {
         return Err((String::new(), "must be an object".into()));
     };
@@ -220,36 +301,48 @@ pub fn decode_opaque(
             ));
         }
     }
-    let kind = map.get("kind").and_then(|v| v.as_str());
-    if kind != Some("DeviceConfig") {
-        let found = kind.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
-        return Err((
-            ".kind".into(),
-            format!("{found}; expected \"DeviceConfig\""),
-        ));
-    }
     let mut rest = map.clone();
     rest.remove("apiVersion");
-    rest.remove("kind");
-    let config: DeviceConfig = serde_path_to_error::deserialize(serde_json::Value::Object(rest))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!(".{path}")
-            };
-            (at, e.into_inner().to_string())
-        })?;
-    config.check().map_err(|problem| {
-        let (field, problem) = problem.split_once(": ").unwrap_or(("", &problem));
-        (format!(".{field}"), problem.to_owned())
-    })?;
-    Ok(config)
+    let kind = rest.remove("kind");
+    let rest = serde_json::Value::Object(rest);
+    let located = |e: serde_path_to_error::Error<serde_json::Error>| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(".{path}")
+        };
+        (at, e.into_inner().to_string())
+    };
+    let checked = |result: Result<(), String>| {
+        result.map_err(|problem| {
+            let (field, problem) = problem.split_once(": ").unwrap_or(("", &problem));
+            (format!(".{field}"), problem.to_owned())
+        })
+    };
+    match kind.as_ref().and_then(|k| k.as_str()) {
+        Some("DeviceConfig") => {
+            let config: DeviceConfig = serde_path_to_error::deserialize(rest).map_err(located)?;
+            checked(config.check())?;
+            Ok(OpaqueConfig::Device(config))
+        }
+        Some("VfConfig") => {
+            let config: VfConfig = serde_path_to_error::deserialize(rest).map_err(located)?;
+            checked(config.check())?;
+            Ok(OpaqueConfig::Vf(config))
+        }
+        other => {
+            let found = other.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
+            Err((
+                ".kind".into(),
+                format!("{found}; expected \"DeviceConfig\" or \"VfConfig\""),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -385,9 +478,44 @@ mod tests {
                 "expected \"hal.dra.dev/v1alpha1\"",
             ),
             (
-                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig"}),
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "NicConfig"}),
                 ".kind",
-                "\"VfConfig\"",
+                "\"NicConfig\"",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "ifName": "a-very-long-name0"}),
+                ".ifName",
+                "longer than 15 bytes",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "ifName": "net 1"}),
+                ".ifName",
+                "whitespace",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "ifName": ".."}),
+                ".ifName",
+                "is . or ..",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "ifName": "a/b"}),
+                ".ifName",
+                "contains '/'",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "driver": "vfio pci"}),
+                ".driver",
+                "not a kernel driver name",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "netAttachDefName": "Bad_Name"}),
+                ".netAttachDefName",
+                "not a DNS subdomain",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "ifname": "net1"}),
+                ".ifname",
+                "unknown field `ifname`",
             ),
             (json!("text"), "", "must be an object"),
         ];
@@ -420,7 +548,16 @@ mod tests {
         let empty = json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig"});
         assert_eq!(
             decode_opaque(&empty, DRIVER).unwrap(),
-            DeviceConfig::default()
+            OpaqueConfig::Device(DeviceConfig::default())
+        );
+        let vf = json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "driver": "vfio-pci",
+                        "ifName": "net1", "netAttachDefName": "vf-test1", "netAttachDefNamespace": "vf-test5"});
+        let OpaqueConfig::Vf(vf) = decode_opaque(&vf, DRIVER).unwrap() else {
+            panic!("a VfConfig")
+        };
+        assert_eq!(
+            (vf.driver.as_deref(), vf.if_name.as_deref()),
+            (Some("vfio-pci"), Some("net1"))
         );
     }
 }

@@ -17,7 +17,7 @@ use super::api::{
 };
 use super::cdi::{CdiDir, ContainerEdits, Device as CdiDevice, DeviceNode, Spec, qualified_device};
 use super::checkpoint::{CheckpointFile, ClaimRecord, Phase};
-use super::claims::{Allocated, allocated_devices};
+use super::claims::{Allocated, VfConfig, allocated_devices};
 use crate::inventory::Inventory;
 use crate::slices::SliceConfig;
 use crate::slices::devices::{DeviceSource, devices_with_sources};
@@ -78,6 +78,21 @@ pub struct PreparerConfig {
     pub checkpoint: CheckpointFile,
     /// This boot's id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
+    /// Driver binding of network functions (`SysfsSriov` with a writer on a node, the emulated kernel
+    /// of a fixture).
+    pub binder: Arc<dyn hal::SriovPf>,
+}
+
+/// The driver to bind a device to, and the one to give it back on unprepare.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebind {
+    /// The function.
+    pub function: hal::PciAddress,
+    /// Bound for the claim.
+    pub driver: String,
+    /// Bound before (none: unbound).
+    pub original: Option<String>,
 }
 
 /// The DRA handler of the plugin.
@@ -112,11 +127,9 @@ impl Preparer {
             .collect();
         for uid in &started {
             tracing::info!(claim = %uid, "rolling back a claim whose prepare was interrupted");
-            config
-                .cdi
-                .remove_claim_spec(&kind, uid)
-                .map_err(std::io::Error::other)?;
-            claims.remove(uid);
+            if let Some(record) = claims.remove(uid) {
+                undo_record(&config, &kind, &record).map_err(std::io::Error::other)?;
+            }
         }
         if loaded.discarded.is_some() || !started.is_empty() {
             config.checkpoint.store(&claims)?;
@@ -230,6 +243,13 @@ impl Preparer {
         .map_err(|e| e.to_string())?;
         let sources = self.sources(&allocated)?;
         self.check_exclusive(&state, &claim.uid, &allocated)?;
+        let rebinds = {
+            let inventory = self
+                .inventory
+                .read()
+                .map_err(|_| "inventory lock poisoned".to_owned())?;
+            rebinds(&allocated, &sources, &inventory)?
+        };
         let (spec, devices) = self.plan(&claim, &allocated, &sources)?;
         let mut record = ClaimRecord {
             claim: claim.clone(),
@@ -237,12 +257,28 @@ impl Preparer {
             boot_id: self.config.boot_id.clone(),
             devices: devices.clone(),
             cdi_spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
-            undo: BTreeMap::new(),
+            undo: rebinds
+                .iter()
+                .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
+                .collect(),
         };
+        // Recorded before the first write, with what undoes it: a crash at any point can be rolled back.
         state.insert(claim.uid.clone(), record.clone());
         self.store(&state)?;
         self.fault(Step::Started)?;
-        // Generic devices need no change on the host; the families' own steps come here.
+        for rebind in &rebinds {
+            if let Err(e) = self
+                .config
+                .binder
+                .bind_driver(rebind.function, &rebind.driver)
+            {
+                let error = format!("binding {} to {}: {e}", rebind.function, rebind.driver);
+                let _ = self.undo(&record);
+                state.remove(&claim.uid);
+                self.store(&state)?;
+                return Err(error);
+            }
+        }
         self.fault(Step::DevicesPrepared)?;
         if let Err(e) = self.config.cdi.write_claim_spec(&claim.uid, &spec) {
             // A real failure (a full disk), not a crash: undo now so nothing is left half done.
@@ -347,7 +383,7 @@ impl Preparer {
         let claim_env = claim_env(allocated, sources);
         for (a, source) in allocated.iter().zip(sources) {
             let name = format!("{}-{}", claim.uid, a.device);
-            let mut edits = container_edits(source);
+            let mut edits = container_edits(source, a.vf.as_ref());
             edits.env.extend(claim_env.iter().cloned());
             edits
                 .env
@@ -368,11 +404,8 @@ impl Preparer {
         Ok((Spec::new(&self.kind, cdi_devices), prepared))
     }
 
-    fn undo(&self, record: &ClaimRecord) -> std::io::Result<()> {
-        self.config
-            .cdi
-            .remove_claim_spec(&self.kind, &record.claim.uid)
-            .map_err(std::io::Error::other)
+    fn undo(&self, record: &ClaimRecord) -> Result<(), String> {
+        undo_record(&self.config, &self.kind, record)
     }
 
     fn store(&self, state: &BTreeMap<String, ClaimRecord>) -> Result<(), String> {
@@ -401,7 +434,7 @@ impl Preparer {
                         state.remove(&claim.uid);
                         self.store(&state)
                     }
-                    Err(e) => Err(format!("removing the CDI spec: {e}")),
+                    Err(e) => Err(e),
                 },
             };
             if let Err(error) = &result {
@@ -413,16 +446,83 @@ impl Preparer {
     }
 }
 
+/// Gives back what a claim changed: the original driver of every rebound function, then the CDI spec.
+fn undo_record(config: &PreparerConfig, kind: &str, record: &ClaimRecord) -> Result<(), String> {
+    for value in record.undo.values() {
+        let Ok(rebind) = serde_json::from_value::<Rebind>(value.clone()) else {
+            continue;
+        };
+        let result = match &rebind.original {
+            Some(original) => config.binder.bind_driver(rebind.function, original),
+            None => Ok(()),
+        };
+        result.map_err(|e| {
+            format!(
+                "restoring {} to its driver {:?}: {e}",
+                rebind.function, rebind.original
+            )
+        })?;
+    }
+    config
+        .cdi
+        .remove_claim_spec(kind, &record.claim.uid)
+        .map_err(|e| format!("removing the CDI spec: {e}"))
+}
+
+/// The driver changes the claim's VfConfigs ask for. `vfio-pci` is refused for a PF with VFs enabled
+/// (unbinding it would destroy them).
+fn rebinds(
+    allocated: &[Allocated],
+    sources: &[DeviceSource],
+    inventory: &Inventory,
+) -> Result<Vec<Rebind>, String> {
+    let mut out = Vec::new();
+    for (a, source) in allocated.iter().zip(sources) {
+        let Some(driver) = a.vf.as_ref().and_then(|vf| vf.driver.clone()) else {
+            continue;
+        };
+        let DeviceSource::Nic { function, .. } = source else {
+            return Err(format!(
+                "{}: a VfConfig applies to network functions only",
+                a.device
+            ));
+        };
+        if function.driver.as_deref() == Some(driver.as_str()) {
+            continue;
+        }
+        let vfs = inventory
+            .sriov
+            .iter()
+            .find(|s| s.pf == function.address)
+            .map_or(0, |s| s.num_vfs);
+        if vfs > 0 {
+            return Err(format!(
+                "{}: {} has {vfs} VFs enabled; binding it to {driver} would remove them",
+                a.device, function.address
+            ));
+        }
+        out.push(Rebind {
+            function: function.address,
+            driver,
+            original: function.driver.clone(),
+        });
+    }
+    Ok(out)
+}
+
 /// The environment every container of the claim gets, whichever of its devices it uses:
 /// `DRA_HAL_DEVICES` (all device names), `GPU_DEVICE_<i>` per GPU, `NVIDIA_VISIBLE_DEVICES` (UUIDs, for
 /// the NVIDIA container toolkit), and for RDMA devices `DRA_HAL_RDMA_DEVICES` and `NCCL_IB_HCA` (with
-/// NCCL's `=` prefix for exact names, so `mlx5_1` never selects `mlx5_10`).
+/// NCCL's `=` prefix for exact names, so `mlx5_1` never selects `mlx5_10`), and per network function
+/// `DRA_HAL_NIC_<i>_PCI_ADDRESS`, `_NETDEV`, and from its VfConfig `_IFNAME` and `_NETWORK`
+/// (`namespace/name` of the NetworkAttachmentDefinition), for a CNI to attach it.
 fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
     let names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
     let mut env = vec![format!("DRA_HAL_DEVICES={}", names.join(","))];
     let mut uuids = Vec::new();
     let mut rdma = Vec::new();
     let mut gpu_index = 0;
+    let mut nic_index = 0;
     for (a, source) in allocated.iter().zip(sources) {
         match source {
             DeviceSource::Gpu(gpu) => {
@@ -432,7 +532,31 @@ fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
                     uuids.push(uuid.clone());
                 }
             }
-            DeviceSource::Nic { rdma: Some(r), .. } => rdma.push(r.name.clone()),
+            DeviceSource::Nic { function, rdma: r } => {
+                let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci");
+                if let (Some(r), false) = (r, vfio) {
+                    rdma.push(r.name.clone());
+                }
+                let i = nic_index;
+                nic_index += 1;
+                env.push(format!("DRA_HAL_NIC_{i}_PCI_ADDRESS={}", function.address));
+                if let (Some(netdev), false) = (function.netdevs.first(), vfio) {
+                    env.push(format!("DRA_HAL_NIC_{i}_NETDEV={netdev}"));
+                }
+                if let Some(vf) = &a.vf {
+                    if let Some(name) = &vf.if_name {
+                        env.push(format!("DRA_HAL_NIC_{i}_IFNAME={name}"));
+                    }
+                    if let Some(network) = &vf.net_attach_def_name {
+                        let namespace = vf.net_attach_def_namespace.as_deref().unwrap_or_default();
+                        let full = match namespace {
+                            "" => network.clone(),
+                            ns => format!("{ns}/{network}"),
+                        };
+                        env.push(format!("DRA_HAL_NIC_{i}_NETWORK={full}"));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -449,7 +573,7 @@ fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
 /// The device nodes a container needs for a device, where this generic path knows them: the NVIDIA
 /// and DRM nodes of a GPU, the verbs/MAD nodes and `rdma_cm` of an RDMA function. (Binding, VFIO and
 /// CPU pinning are the device families' own steps.)
-fn container_edits(source: &DeviceSource) -> ContainerEdits {
+fn container_edits(source: &DeviceSource, vf: Option<&VfConfig>) -> ContainerEdits {
     let mut edits = ContainerEdits::default();
     let node = |path: String| DeviceNode {
         path,
@@ -466,6 +590,16 @@ fn container_edits(source: &DeviceSource) -> ContainerEdits {
             for drm in [&gpu.drm_card, &gpu.drm_render].into_iter().flatten() {
                 edits.device_nodes.push(node(format!("/dev/dri/{drm}")));
             }
+        }
+        DeviceSource::Nic { function, .. }
+            if vf.and_then(|v| v.driver.as_deref()) == Some("vfio-pci") =>
+        {
+            // Passthrough: the VFIO group of the function and the VFIO container node; no netdev or
+            // RDMA device remains once vfio-pci holds it.
+            if let Some(group) = function.iommu_group {
+                edits.device_nodes.push(node(format!("/dev/vfio/{group}")));
+            }
+            edits.device_nodes.push(node("/dev/vfio/vfio".to_owned()));
         }
         DeviceSource::Nic {
             rdma: Some(rdma), ..

@@ -64,17 +64,41 @@ struct Setup {
     dir: tempfile::TempDir,
     claims: Arc<Claims>,
     inventory: Arc<RwLock<Inventory>>,
+    machine: hal_mock::MaterializedFixture,
+    binder: Arc<dyn hal::SriovPf>,
 }
 
 impl Setup {
     fn new() -> Setup {
-        let machine = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
-        let inventory = Inventory::from_sysfs(&backends::SysfsRoot::new(machine.root()), None);
+        Setup::on("gb300")
+    }
+
+    fn on(name: &str) -> Setup {
+        let fixture = hal_mock::by_name(name).unwrap();
+        let machine = fixture.materialize().unwrap();
+        let root = backends::SysfsRoot::new(machine.root());
+        let inventory = Inventory::from_sysfs(&root, None);
+        let kernel = Arc::new(fixture.kernel(machine.root()));
         Setup {
             dir: tempfile::tempdir().unwrap(),
             claims: Arc::new(Claims::default()),
             inventory: Arc::new(RwLock::new(inventory)),
+            binder: Arc::new(backends::SysfsSriov::with_writer(root, kernel)),
+            machine,
         }
+    }
+
+    /// The driver bound to `address` now, from the tree.
+    fn driver_of(&self, address: &str) -> Option<String> {
+        let link = self
+            .machine
+            .root()
+            .join(format!("sys/bus/pci/devices/{address}/driver"));
+        std::fs::canonicalize(link)
+            .ok()?
+            .file_name()?
+            .to_str()
+            .map(str::to_owned)
     }
 
     fn cdi_dir(&self) -> std::path::PathBuf {
@@ -87,6 +111,7 @@ impl Setup {
             cdi: CdiDir::new(self.cdi_dir()),
             checkpoint: CheckpointFile::new(self.dir.path().join("plugin/checkpoint.json")),
             boot_id: boot_id.into(),
+            binder: self.binder.clone(),
         };
         Preparer::new(config, self.claims.clone(), self.inventory.clone()).unwrap()
     }
@@ -438,4 +463,171 @@ async fn a_cdi_write_failure_is_a_clear_per_claim_error_and_nothing_is_left_half
     );
     assert!(preparer.recorded().await.is_empty());
     assert!(Path::new(&s.dir.path().join("plugin/checkpoint.json")).exists());
+}
+
+fn vf_config(driver: Option<&str>, if_name: &str) -> serde_json::Value {
+    let mut parameters = json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "ifName": if_name,
+                                "netAttachDefName": "vf-test1", "netAttachDefNamespace": "vf-test5"});
+    if let Some(driver) = driver {
+        parameters["driver"] = json!(driver);
+    }
+    json!([{"source": "FromClaim", "requests": ["vf"], "opaque": {"driver": DRIVER, "parameters": parameters}}])
+}
+
+#[tokio::test]
+async fn a_vf_for_vfio_is_bound_exposed_through_its_group_and_given_back() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-1"), ("gpu", "gpu-0000-4b-00-0")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("iavf"));
+    let preparer = s.preparer("boot-1");
+    let results = preparer.prepare(vec![reference("u1")]).await;
+    assert!(results["u1"].is_ok(), "{results:?}");
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("vfio-pci"));
+    let spec = s.spec("u1");
+    let group = s
+        .inventory
+        .read()
+        .unwrap()
+        .function(hal::PciAddress::parse("0000:3b:01.1").unwrap())
+        .unwrap()
+        .iommu_group
+        .unwrap();
+    assert_eq!(
+        node_paths(&spec, 0),
+        [format!("/dev/vfio/{group}"), "/dev/vfio/vfio".to_owned()]
+    );
+    let env: Vec<&str> = spec["devices"][0]["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for expected in [
+        "DRA_HAL_NIC_0_PCI_ADDRESS=0000:3b:01.1",
+        "DRA_HAL_NIC_0_IFNAME=net1",
+        "DRA_HAL_NIC_0_NETWORK=vf-test5/vf-test1",
+        "GPU_DEVICE_0=gpu-0000-4b-00-0",
+    ] {
+        assert!(env.contains(&expected), "{expected}: {env:?}");
+    }
+    assert!(
+        !env.iter().any(|e| e.starts_with("DRA_HAL_NIC_0_NETDEV")),
+        "a vfio VF has no netdev: {env:?}"
+    );
+
+    preparer.unprepare(vec![reference("u1")]).await;
+    assert_eq!(
+        s.driver_of("0000:3b:01.1").as_deref(),
+        Some("iavf"),
+        "the original driver is back"
+    );
+}
+
+#[tokio::test]
+async fn a_kernel_driver_vf_passes_its_netdev_and_network_and_a_pf_with_vfs_is_never_unbound() {
+    let s = Setup::on("xeon");
+    s.claims
+        .add("k", &[("vf", "nic-0000-b1-00-2")], vf_config(None, "net1"));
+    s.claims.add(
+        "pf",
+        &[("vf", "nic-0000-3b-00-0")],
+        vf_config(Some("vfio-pci"), "net2"),
+    );
+    let preparer = s.preparer("boot-1");
+    let results = preparer
+        .prepare(vec![reference("k"), reference("pf")])
+        .await;
+    assert!(results["k"].is_ok());
+    let env = s.spec("k")["devices"][0]["containerEdits"]["env"].clone();
+    for expected in [
+        "DRA_HAL_NIC_0_NETDEV=ens2f0v0",
+        "DRA_HAL_NIC_0_IFNAME=net1",
+        "NCCL_IB_HCA==mlx5_1",
+    ] {
+        assert!(
+            env.as_array().unwrap().iter().any(|e| e == expected),
+            "{expected}: {env}"
+        );
+    }
+    assert!(
+        results["pf"]
+            .clone()
+            .unwrap_err()
+            .contains("has 8 VFs enabled"),
+        "{results:?}"
+    );
+    assert_eq!(s.driver_of("0000:3b:00.0").as_deref(), Some("ice"));
+}
+
+#[tokio::test]
+async fn a_crash_after_binding_is_rolled_back_to_the_original_driver() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-2")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let crashing = s.preparer("boot-1").with_faults(Arc::new(|at| {
+        if at == Step::DevicesPrepared {
+            Err("crash".into())
+        } else {
+            Ok(())
+        }
+    }));
+    assert!(crashing.prepare(vec![reference("u1")]).await["u1"].is_err());
+    assert_eq!(
+        s.driver_of("0000:3b:01.2").as_deref(),
+        Some("vfio-pci"),
+        "the crash left it bound"
+    );
+    drop(crashing);
+    let restarted = s.preparer("boot-1");
+    assert!(restarted.recorded().await.is_empty());
+    assert_eq!(
+        s.driver_of("0000:3b:01.2").as_deref(),
+        Some("iavf"),
+        "rolled back at start"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_bind_is_the_claims_error_and_nothing_stays_changed() {
+    let mut s = Setup::on("xeon");
+    // The kernel refuses (the module is not loaded): the function stays with its driver.
+    let mut refusing = hal_mock::mocks::MockSriovPf::new();
+    refusing
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "no-such-driver")
+        .times(1)
+        .returning(|function, driver| {
+            Err(hal::Error::Unsupported(format!(
+                "{function}: {driver} did not bind (bound now: none)"
+            )))
+        });
+    // The rollback gives the function back to its original driver.
+    refusing
+        .expect_bind_driver()
+        .withf(|function, driver| function.to_string() == "0000:3b:01.3" && driver == "iavf")
+        .times(1)
+        .returning(|_, _| Ok(()));
+    s.binder = Arc::new(refusing);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-3")],
+        vf_config(Some("no-such-driver"), "net1"),
+    );
+    let preparer = s.preparer("boot-1");
+    let error = preparer.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap_err();
+    assert!(
+        error.starts_with("binding 0000:3b:01.3 to no-such-driver: "),
+        "{error}"
+    );
+    assert!(preparer.recorded().await.is_empty());
+    assert!(s.spec_files().is_empty());
 }

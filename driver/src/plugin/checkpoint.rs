@@ -47,6 +47,10 @@ pub struct ClaimRecord {
     /// Per-device state needed to undo the preparation (original drivers, ...), by device name.
     #[serde(default)]
     pub undo: BTreeMap<String, serde_json::Value>,
+    /// The CPUs given to the claim, by device: reserved here before any I/O, the same after a restart
+    /// or a reboot.
+    #[serde(default)]
+    pub cpus: BTreeMap<String, hal::CpuSet>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -205,6 +209,7 @@ mod tests {
             }],
             cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}),
             undo: BTreeMap::new(),
+            cpus: BTreeMap::new(),
         }
     }
 

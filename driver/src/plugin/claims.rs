@@ -27,6 +27,19 @@ pub struct Allocated {
     pub config: DeviceConfig,
     /// The VF configuration that applies to it, the last one given.
     pub vf: Option<VfConfig>,
+    /// The CPU configuration that applies to it, the last one given.
+    pub cpu: Option<CpuConfig>,
+    /// CPUs consumed from a shared CPU group (`consumedCapacity` `cpu`), when the scheduler says.
+    pub consumed_cpus: Option<usize>,
+}
+
+/// Explicit CPUs for a CPU group claim (`kind: CpuConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CpuConfig {
+    /// The exact CPUs wanted, as a cpulist (`4-7`); checked to be in the group, free, and as many as
+    /// the claim consumes.
+    pub cpuset: hal::CpuSet,
 }
 
 /// How a network function (an SR-IOV VF, usually) is given to the workload (`kind: VfConfig`).
@@ -101,6 +114,8 @@ pub enum OpaqueConfig {
     Device(DeviceConfig),
     /// `kind: VfConfig`.
     Vf(VfConfig),
+    /// `kind: CpuConfig`.
+    Cpu(CpuConfig),
 }
 
 /// Generic device configuration (`kind: DeviceConfig`).
@@ -215,11 +230,13 @@ pub fn allocated_devices(
         .map(|r| {
             let mut config = DeviceConfig::default();
             let mut vf = None;
+            let mut cpu = None;
             for (requests, c) in &configs {
                 if requests.is_empty() || requests.iter().any(|q| request_matches(q, &r.request)) {
                     match c {
                         OpaqueConfig::Device(c) => config.merge(c),
                         OpaqueConfig::Vf(c) => vf = Some(c.clone()),
+                        OpaqueConfig::Cpu(c) => cpu = Some(c.clone()),
                     }
                 }
             }
@@ -230,6 +247,8 @@ pub fn allocated_devices(
                 share_id: r.share_id.clone(),
                 config,
                 vf,
+                cpu,
+                consumed_cpus: consumed_cpus(r.consumed_capacity.as_ref(), driver),
             }
         })
         .collect();
@@ -241,6 +260,18 @@ pub fn allocated_devices(
         });
     }
     Ok(ours)
+}
+
+/// The `cpu` capacity consumed (a whole number of CPUs), under its plain or driver-qualified name.
+fn consumed_cpus(
+    consumed: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    driver: &str,
+) -> Option<usize> {
+    let consumed = consumed?;
+    let quantity = consumed
+        .get("cpu")
+        .or_else(|| consumed.get(&format!("{driver}/cpu")))?;
+    quantity.0.parse().ok()
 }
 
 /// A config's request `gpu` also applies to the sub-requests `gpu/<name>` of `firstAvailable`.
@@ -326,6 +357,13 @@ pub fn decode_opaque(
             checked(config.check())?;
             Ok(OpaqueConfig::Device(config))
         }
+        Some("CpuConfig") => {
+            let config: CpuConfig = serde_path_to_error::deserialize(rest).map_err(located)?;
+            if config.cpuset.is_empty() {
+                return Err((".cpuset".into(), "is empty".into()));
+            }
+            Ok(OpaqueConfig::Cpu(config))
+        }
         Some("VfConfig") => {
             let config: VfConfig = serde_path_to_error::deserialize(rest).map_err(located)?;
             checked(config.check())?;
@@ -335,7 +373,7 @@ pub fn decode_opaque(
             let found = other.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
             Err((
                 ".kind".into(),
-                format!("{found}; expected \"DeviceConfig\" or \"VfConfig\""),
+                format!("{found}; expected \"DeviceConfig\", \"VfConfig\" or \"CpuConfig\""),
             ))
         }
     }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod cdi;
 pub mod checkpoint;
 pub mod claims;
+pub mod cpus;
 pub mod grpc;
 pub mod metrics;
 pub mod prepare;

@@ -18,6 +18,7 @@ use super::api::{
 use super::cdi::{CdiDir, ContainerEdits, Device as CdiDevice, DeviceNode, Spec, qualified_device};
 use super::checkpoint::{CheckpointFile, ClaimRecord, Phase};
 use super::claims::{Allocated, VfConfig, allocated_devices};
+use super::cpus::{Placement, allocate};
 use crate::inventory::Inventory;
 use crate::slices::SliceConfig;
 use crate::slices::devices::{DeviceSource, devices_with_sources};
@@ -242,7 +243,7 @@ impl Preparer {
         )
         .map_err(|e| e.to_string())?;
         let sources = self.sources(&allocated)?;
-        self.check_exclusive(&state, &claim.uid, &allocated)?;
+        self.check_exclusive(&state, &claim.uid, &allocated, &sources)?;
         let rebinds = {
             let inventory = self
                 .inventory
@@ -250,7 +251,8 @@ impl Preparer {
                 .map_err(|_| "inventory lock poisoned".to_owned())?;
             rebinds(&allocated, &sources, &inventory)?
         };
-        let (spec, devices) = self.plan(&claim, &allocated, &sources)?;
+        let cpus = self.place_cpus(&state, &claim.uid, &allocated, &sources)?;
+        let (spec, devices) = self.plan(&claim, &allocated, &sources, &cpus)?;
         let mut record = ClaimRecord {
             claim: claim.clone(),
             phase: Phase::Started,
@@ -261,6 +263,7 @@ impl Preparer {
                 .iter()
                 .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
                 .collect(),
+            cpus,
         };
         // Recorded before the first write, with what undoes it: a crash at any point can be rolled back.
         state.insert(claim.uid.clone(), record.clone());
@@ -343,6 +346,79 @@ impl Preparer {
             .collect()
     }
 
+    /// The CPUs of each CPU device of the claim: an individual CPU is itself; a group gives the CPUs the
+    /// claim's `CpuConfig` names (checked: in the group, free, as many as consumed) or those the
+    /// topology-aware policy picks, never one another claim holds.
+    fn place_cpus(
+        &self,
+        state: &BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+    ) -> Result<BTreeMap<String, hal::CpuSet>, String> {
+        let mut taken: hal::CpuSet = state
+            .iter()
+            .filter(|(other, _)| other.as_str() != uid)
+            .flat_map(|(_, r)| {
+                r.cpus
+                    .values()
+                    .flat_map(hal::CpuSet::iter)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let inventory = self
+            .inventory
+            .read()
+            .map_err(|_| "inventory lock poisoned".to_owned())?;
+        let mut placed = BTreeMap::new();
+        for (a, source) in allocated.iter().zip(sources) {
+            let cpus = match source {
+                DeviceSource::Cpu(id) => hal::CpuSet::from_iter([*id]),
+                DeviceSource::CpuGroup(group) => {
+                    let want = a.consumed_cpus.unwrap_or(group.len());
+                    match &a.cpu {
+                        Some(config) => {
+                            let asked = &config.cpuset;
+                            if !asked.is_subset(group) {
+                                return Err(format!(
+                                    "{}: CpuConfig cpuset {asked} is not within the group's allocatable CPUs {group} (offline or reserved CPUs are not)",
+                                    a.device
+                                ));
+                            }
+                            let busy = asked.intersection(&taken);
+                            if !busy.is_empty() {
+                                return Err(format!(
+                                    "{}: CPUs {busy} are held by another claim",
+                                    a.device
+                                ));
+                            }
+                            if asked.len() != want {
+                                return Err(format!(
+                                    "{}: CpuConfig cpuset {asked} has {} CPUs, the claim consumes {want}",
+                                    a.device,
+                                    asked.len()
+                                ));
+                            }
+                            asked.clone()
+                        }
+                        None => {
+                            let topology = inventory
+                                .cpu
+                                .as_ref()
+                                .ok_or("the CPU topology could not be read")?;
+                            allocate(topology, group, &taken, want, Placement::Packed)
+                                .map_err(|e| format!("{}: {e}", a.device))?
+                        }
+                    }
+                }
+                _ => continue,
+            };
+            taken = taken.union(&cpus);
+            placed.insert(a.device.clone(), cpus);
+        }
+        Ok(placed)
+    }
+
     /// A device given exclusively must not be in another claim (the scheduler ensures it; a stale
     /// checkpoint or a race with a re-created claim must not break it).
     fn check_exclusive(
@@ -350,11 +426,15 @@ impl Preparer {
         state: &BTreeMap<String, ClaimRecord>,
         uid: &str,
         allocated: &[Allocated],
+        sources: &[DeviceSource],
     ) -> Result<(), String> {
-        for a in allocated
+        // CPU groups are shared by design; their CPUs are checked one by one.
+        let exclusive = allocated
             .iter()
-            .filter(|a| !a.admin_access && a.share_id.is_none())
-        {
+            .zip(sources)
+            .filter(|(_, s)| !matches!(s, DeviceSource::CpuGroup(_)))
+            .map(|(a, _)| a);
+        for a in exclusive.filter(|a| !a.admin_access && a.share_id.is_none()) {
             for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
                 let taken = record
                     .devices
@@ -377,10 +457,20 @@ impl Preparer {
         claim: &ClaimRef,
         allocated: &[Allocated],
         sources: &[DeviceSource],
+        cpus: &BTreeMap<String, hal::CpuSet>,
     ) -> Result<(Spec, Vec<PreparedDevice>), String> {
         let mut cdi_devices = Vec::new();
         let mut prepared = Vec::new();
-        let claim_env = claim_env(allocated, sources);
+        let mut claim_env = claim_env(allocated, sources);
+        let all_cpus: hal::CpuSet = cpus.values().flat_map(hal::CpuSet::iter).collect();
+        if !all_cpus.is_empty() {
+            claim_env.push(format!(
+                "DRA_CPUSET_{}={}",
+                claim.uid,
+                all_cpus.to_cpulist()
+            ));
+            claim_env.push(format!("DRA_HAL_CPUSET={}", all_cpus.to_cpulist()));
+        }
         for (a, source) in allocated.iter().zip(sources) {
             let name = format!("{}-{}", claim.uid, a.device);
             let mut edits = container_edits(source, a.vf.as_ref());

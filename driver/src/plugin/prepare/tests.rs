@@ -19,6 +19,19 @@ impl Claims {
             .iter()
             .map(|(request, device)| json!({"request": request, "driver": DRIVER, "pool": NODE, "device": device}))
             .collect();
+        self.add_results(uid, results, config);
+    }
+
+    fn add_cpus(&self, uid: &str, device: &str, cpus: u32, config: serde_json::Value) {
+        let share = format!("share-{uid}");
+        let results = vec![
+            json!({"request": "cpus", "driver": DRIVER, "pool": NODE, "device": device,
+                                   "shareID": share, "consumedCapacity": {"cpu": cpus.to_string()}}),
+        ];
+        self.add_results(uid, results, config);
+    }
+
+    fn add_results(&self, uid: &str, results: Vec<serde_json::Value>, config: serde_json::Value) {
         let claim: ResourceClaim = serde_json::from_value(json!({
             "metadata": {"namespace": "ns", "name": format!("claim-{uid}"), "uid": uid},
             "spec": {"devices": {"requests": []}},
@@ -630,4 +643,97 @@ async fn a_refused_bind_is_the_claims_error_and_nothing_stays_changed() {
     );
     assert!(preparer.recorded().await.is_empty());
     assert!(s.spec_files().is_empty());
+}
+
+fn env_of(spec: &serde_json::Value) -> Vec<String> {
+    spec["devices"][0]["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn cpuset_of(s: &Setup, uid: &str) -> String {
+    let env = env_of(&s.spec(uid));
+    let prefix = format!("DRA_CPUSET_{uid}=");
+    env.iter()
+        .find_map(|e| e.strip_prefix(&prefix).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no {prefix} in {env:?}"))
+}
+
+#[tokio::test]
+async fn cpu_group_claims_get_disjoint_whole_cores_that_survive_restarts() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    s.claims.add_cpus("b", "cpus-numa-0", 3, json!([]));
+    let preparer = s.preparer("boot-1");
+    let results = preparer.prepare(vec![reference("a"), reference("b")]).await;
+    assert!(results.values().all(Result::is_ok), "{results:?}");
+    assert_eq!(cpuset_of(&s, "a"), "0-1,112-113");
+    assert_eq!(cpuset_of(&s, "b"), "2-3,114");
+    assert!(env_of(&s.spec("a")).contains(&"DRA_HAL_CPUSET=0-1,112-113".to_owned()));
+    // A restart, then a reboot (empty CDI dir): the same CPUs.
+    drop(preparer);
+    std::fs::remove_dir_all(s.cdi_dir()).unwrap();
+    let rebooted = s.preparer("boot-2");
+    rebooted.prepare(vec![reference("b"), reference("a")]).await;
+    assert_eq!(cpuset_of(&s, "a"), "0-1,112-113");
+    assert_eq!(cpuset_of(&s, "b"), "2-3,114");
+    // A third claim takes the split core's free sibling first.
+    s.claims.add_cpus("c", "cpus-numa-0", 1, json!([]));
+    rebooted.prepare(vec![reference("c")]).await;
+    assert_eq!(cpuset_of(&s, "c"), "115");
+    // Freed CPUs go back to the pool.
+    rebooted.unprepare(vec![reference("a")]).await;
+    s.claims.add_cpus("d", "cpus-numa-0", 4, json!([]));
+    rebooted.prepare(vec![reference("d")]).await;
+    assert_eq!(cpuset_of(&s, "d"), "0-1,112-113");
+}
+
+#[tokio::test]
+async fn an_explicit_cpuset_is_checked_against_the_group_and_other_claims() {
+    let s = Setup::on("xeon");
+    let config = |cpuset: &str| {
+        json!([{"source": "FromClaim", "opaque": {"driver": DRIVER, "parameters":
+            {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "CpuConfig", "cpuset": cpuset}}}])
+    };
+    s.claims.add_cpus("ok", "cpus-numa-0", 2, config("10,122"));
+    s.claims
+        .add_cpus("taken", "cpus-numa-0", 2, config("10-11"));
+    s.claims
+        .add_cpus("remote", "cpus-numa-0", 2, config("60-61"));
+    s.claims.add_cpus("size", "cpus-numa-0", 2, config("20-22"));
+    s.claims
+        .add_cpus("garbage", "cpus-numa-0", 2, config("x-y"));
+    let preparer = s.preparer("boot-1");
+    let results = preparer
+        .prepare(
+            ["ok", "taken", "remote", "size", "garbage"]
+                .map(reference)
+                .to_vec(),
+        )
+        .await;
+    assert_eq!(cpuset_of(&s, "ok"), "10,122");
+    let error = |uid: &str| results[uid].clone().unwrap_err();
+    assert!(
+        error("taken").contains("CPUs 10 are held by another claim"),
+        "{}",
+        error("taken")
+    );
+    assert!(
+        error("remote").contains("not within the group"),
+        "{}",
+        error("remote")
+    );
+    assert!(
+        error("size").contains("has 3 CPUs, the claim consumes 2"),
+        "{}",
+        error("size")
+    );
+    assert!(
+        error("garbage").contains("parameters.cpuset"),
+        "{}",
+        error("garbage")
+    );
 }

@@ -85,6 +85,11 @@ pub struct PluginArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// A VF provisioning policy (JSON: PF selector → number of VFs, VF driver), applied at start and
+    /// whenever the file changes, to PFs none of whose VFs is prepared.
+    #[arg(long, env = "VF_POLICY", value_name = "FILE")]
+    pub vf_policy: Option<PathBuf>,
 }
 
 /// Starts logging (`RUST_LOG` filters, default `info`).
@@ -173,6 +178,8 @@ pub async fn run(
     let handler = Arc::new(Metered::new(preparer, metrics.clone()));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let interval = Duration::from_secs(args.rescan_interval.max(1));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let handler = handler.clone();
@@ -197,15 +204,37 @@ pub async fn run(
             fresh
         };
         let publisher = Publisher::new(client, config.clone());
-        let interval = Duration::from_secs(args.rescan_interval.max(1));
-        let changed = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(publish_loop(
             publisher,
             read,
             interval,
-            changed,
+            changed.clone(),
             stopped.clone(),
         ));
+    }
+    if let Some(path) = &args.vf_policy {
+        let handler = handler.clone();
+        let changed = changed.clone();
+        let mut watch = super::provision::PolicyWatch::new(path);
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            loop {
+                match watch.changed() {
+                    Some(Ok(policy)) => {
+                        for outcome in handler.inner().provision(&policy, watch.path()).await {
+                            tracing::info!(?outcome, "VF provisioning");
+                        }
+                        changed.notify_one();
+                    }
+                    Some(Err(error)) => tracing::warn!(%error, "VF policy not applied"),
+                    None => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
     }
     if !args.metrics_address.is_empty() {
         let address: SocketAddr = args

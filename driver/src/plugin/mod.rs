@@ -10,3 +10,4 @@ pub mod cpus;
 pub mod grpc;
 pub mod metrics;
 pub mod prepare;
+pub mod provision;

@@ -166,6 +166,46 @@ impl Preparer {
             .collect()
     }
 
+    /// Applies a VF provisioning policy while holding the claim state, so no prepare runs meanwhile:
+    /// PFs whose VFs are prepared are left alone. The caller rescans and republishes afterwards.
+    pub async fn provision(
+        &self,
+        policy: &super::provision::VfPolicy,
+        source: &std::path::Path,
+    ) -> Vec<super::provision::Outcome> {
+        let state = self.state.lock().await;
+        let Ok(inventory) = self.inventory.read() else {
+            return Vec::new();
+        };
+        let published: BTreeMap<String, DeviceSource> =
+            devices_with_sources(&inventory, &self.config.slices)
+                .into_iter()
+                .map(|(d, s)| (d.name, s))
+                .collect();
+        let in_use: std::collections::BTreeSet<hal::PciAddress> = state
+            .values()
+            .flat_map(|r| r.devices.iter())
+            .filter_map(|d| match published.get(&d.device_name) {
+                Some(DeviceSource::Nic { function, .. }) => Some(function.address),
+                _ => None,
+            })
+            .chain(
+                state
+                    .values()
+                    .flat_map(|r| r.undo.values())
+                    .filter_map(|v| serde_json::from_value::<Rebind>(v.clone()).ok())
+                    .map(|r| r.function),
+            )
+            .collect();
+        super::provision::apply(
+            policy,
+            source,
+            &inventory,
+            self.config.binder.as_ref(),
+            &in_use,
+        )
+    }
+
     /// Unprepares the recorded claims that no longer exist (deleted, or re-created with another UID)
     /// and removes CDI specs of this driver that no recorded claim owns. Returns the UIDs cleaned.
     pub async fn clean_stale(&self) -> Vec<String> {

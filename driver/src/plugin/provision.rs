@@ -1,0 +1,246 @@
+//! VF provisioning: a declarative per-PF policy (which PFs get how many VFs, bound to which driver),
+//! applied at start and whenever the policy file changes, only while none of that PF's VFs is
+//! prepared for a claim. The new VFs are then discovered and published by the next rescan.
+//!
+//! The policy is a JSON file:
+//!
+//! ```json
+//! {"pfs": [
+//!   {"selector": {"pciAddress": "0000:3b:00.0"}, "numVfs": 8, "vfDriver": "iavf"},
+//!   {"selector": {"vendorId": "0x15b3", "deviceId": "0x101d"}, "numVfs": 4},
+//!   {"selector": {"netdev": "ens2f0np0"}, "numVfs": 0}
+//! ]}
+//! ```
+//!
+//! A selector matches a PF when every field it gives matches. Every write is checked; an error names
+//! the PF and the policy file; a refused count change puts the PF's previous count back.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use hal::{PciAddress, PciFunction, SriovPf, SriovState};
+
+use crate::inventory::Inventory;
+
+/// The largest policy file read.
+const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+
+/// Which PFs an entry is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PfSelector {
+    /// Exactly this function.
+    #[serde(default)]
+    pub pci_address: Option<PciAddress>,
+    /// PCI vendor id (`0x8086`).
+    #[serde(default)]
+    pub vendor_id: Option<String>,
+    /// PCI device id of the PF (`0x1592`).
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// One of the PF's network interfaces.
+    #[serde(default)]
+    pub netdev: Option<String>,
+}
+
+/// One policy entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PfPolicy {
+    /// The PFs.
+    pub selector: PfSelector,
+    /// VFs wanted (0 removes them).
+    pub num_vfs: u32,
+    /// Driver for the VFs (`vfio-pci`, `iavf`, ...); the kernel's default when absent.
+    #[serde(default)]
+    pub vf_driver: Option<String>,
+}
+
+/// The whole policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfPolicy {
+    /// Entries, applied in order; a PF takes the first entry that selects it.
+    pub pfs: Vec<PfPolicy>,
+}
+
+fn parse_id(text: &str) -> Option<u16> {
+    u16::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+}
+
+impl PfSelector {
+    fn matches(&self, pf: &PciFunction) -> bool {
+        self.pci_address.is_none_or(|a| a == pf.address)
+            && self
+                .vendor_id
+                .as_deref()
+                .is_none_or(|v| parse_id(v) == Some(pf.vendor_id))
+            && self
+                .device_id
+                .as_deref()
+                .is_none_or(|d| parse_id(d) == Some(pf.device_id))
+            && self.netdev.as_ref().is_none_or(|n| pf.netdevs.contains(n))
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == PfSelector::default()
+    }
+}
+
+impl VfPolicy {
+    /// Reads and checks a policy file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<VfPolicy, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_POLICY_BYTES), &mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut deserializer = serde_json::Deserializer::from_str(&text);
+        let policy: VfPolicy = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))?;
+        for (i, entry) in policy.pfs.iter().enumerate() {
+            if entry.selector.is_empty() {
+                return Err(format!(
+                    "{}: pfs[{i}].selector: selects every PF; give at least one field",
+                    path.display()
+                ));
+            }
+            for (field, id) in [
+                ("vendorId", &entry.selector.vendor_id),
+                ("deviceId", &entry.selector.device_id),
+            ] {
+                if let Some(id) = id
+                    && parse_id(id).is_none()
+                {
+                    return Err(format!(
+                        "{}: pfs[{i}].selector.{field}: {id:?} is not a hex id",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(policy)
+    }
+}
+
+/// What provisioning did to one PF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already as the policy says.
+    Unchanged(PciAddress),
+    /// VF count changed (from, to).
+    Changed(PciAddress, u32, u32),
+    /// Left alone: some of its VFs are prepared for claims.
+    Busy(PciAddress, Vec<PciAddress>),
+    /// The kernel refused; the PF is as it was.
+    Failed(PciAddress, String),
+}
+
+/// Applies `policy` to the PFs of `inventory`. `in_use` are the functions prepared for claims (a PF
+/// whose VFs are in use is not touched: changing its count goes through 0 and would destroy them).
+pub fn apply(
+    policy: &VfPolicy,
+    source: &Path,
+    inventory: &Inventory,
+    sriov: &dyn SriovPf,
+    in_use: &BTreeSet<PciAddress>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for state in &inventory.sriov {
+        let Some(pf) = inventory.function(state.pf) else {
+            continue;
+        };
+        let Some(entry) = policy.pfs.iter().find(|e| e.selector.matches(pf)) else {
+            continue;
+        };
+        outcomes.push(apply_one(entry, source, state, sriov, in_use));
+    }
+    outcomes
+}
+
+fn apply_one(
+    entry: &PfPolicy,
+    source: &Path,
+    state: &SriovState,
+    sriov: &dyn SriovPf,
+    in_use: &BTreeSet<PciAddress>,
+) -> Outcome {
+    let pf = state.pf;
+    let failed =
+        |what: String| Outcome::Failed(pf, format!("{what} (policy {})", source.display()));
+    let busy: Vec<PciAddress> = state
+        .vfs
+        .iter()
+        .map(|v| v.address)
+        .chain([pf])
+        .filter(|a| in_use.contains(a))
+        .collect();
+    let count_changes = state.num_vfs != entry.num_vfs;
+    if count_changes && !busy.is_empty() {
+        return Outcome::Busy(pf, busy);
+    }
+    if count_changes && let Err(e) = sriov.set_num_vfs(pf, entry.num_vfs) {
+        // Going through 0 may have removed the old VFs: put the previous count back.
+        let restored = sriov.set_num_vfs(pf, state.num_vfs);
+        let note = match restored {
+            Ok(()) => format!("restored to {} VFs", state.num_vfs),
+            Err(r) => format!("restoring {} VFs failed too: {r}", state.num_vfs),
+        };
+        return failed(format!("{pf}: setting {} VFs: {e}; {note}", entry.num_vfs));
+    }
+    if let Some(driver) = &entry.vf_driver {
+        let vfs = match sriov.sriov_state(pf) {
+            Ok(Some(now)) => now.vfs,
+            Ok(None) => Vec::new(),
+            Err(e) => return failed(format!("{pf}: reading its VFs: {e}")),
+        };
+        for vf in vfs.iter().filter(|v| !in_use.contains(&v.address)) {
+            if let Err(e) = sriov.bind_driver(vf.address, driver) {
+                return failed(format!("{pf}: binding VF {} to {driver}: {e}", vf.address));
+            }
+        }
+    }
+    match count_changes {
+        true => Outcome::Changed(pf, state.num_vfs, entry.num_vfs),
+        false => Outcome::Unchanged(pf),
+    }
+}
+
+/// The policy file and when it was last applied.
+#[derive(Debug)]
+pub struct PolicyWatch {
+    path: PathBuf,
+    applied: Option<std::time::SystemTime>,
+}
+
+impl PolicyWatch {
+    /// Watches `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        PolicyWatch {
+            path: path.into(),
+            applied: None,
+        }
+    }
+
+    /// The policy when the file is new or changed since the last call, else `None`.
+    pub fn changed(&mut self) -> Option<Result<VfPolicy, String>> {
+        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified());
+        let modified = match modified {
+            Ok(m) => m,
+            Err(e) => return Some(Err(format!("{}: {e}", self.path.display()))),
+        };
+        if self.applied == Some(modified) {
+            return None;
+        }
+        self.applied = Some(modified);
+        Some(VfPolicy::load(&self.path))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;

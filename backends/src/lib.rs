@@ -3,6 +3,8 @@
 //! * [`sysfs`]: always on. Every backend takes a root directory (`/` on a node, a fixture or a captured
 //!   dump anywhere else), so the same code runs on machines and in tests.
 
+#[cfg(feature = "nvml")]
+pub mod nvml;
 pub mod sysfs;
 
 pub use sysfs::SysfsRoot;

@@ -92,6 +92,15 @@ impl Inventory {
     /// Reads a machine through the sysfs backends under `root`, with names from the pci.ids file at
     /// `pci_ids` when given.
     pub fn from_sysfs(root: &backends::SysfsRoot, pci_ids: Option<&std::path::Path>) -> Inventory {
+        Inventory::from_machine(root, pci_ids, None)
+    }
+
+    /// Like [`Inventory::from_sysfs`], with NVIDIA GPUs enriched by `nvml` when given.
+    pub fn from_machine(
+        root: &backends::SysfsRoot,
+        pci_ids: Option<&std::path::Path>,
+        nvml: Option<Box<dyn backends::nvml::NvmlApi>>,
+    ) -> Inventory {
         let cpu = backends::SysfsCpuTopology::new(root.clone());
         let mut pci = backends::SysfsPci::new(root.clone());
         if let Some(path) = pci_ids {
@@ -99,13 +108,34 @@ impl Inventory {
         }
         let sriov = backends::SysfsSriov::new(root.clone());
         let rdma = backends::SysfsRdma::new(root.clone());
-        let gpus = backends::SysfsGpu::new(root.clone());
+        let sysfs_gpus = backends::SysfsGpu::new(root.clone());
+        let gpus: Box<dyn hal::GpuDevice> = match nvml {
+            Some(api) => Box::new(backends::nvml::NvmlGpus::new(sysfs_gpus, api)),
+            None => Box::new(sysfs_gpus),
+        };
         Inventory::read(&Backends {
             cpu: &cpu,
             pci: &pci,
             sriov: &sriov,
             rdma: &rdma,
-            gpus: &gpus,
+            gpus: gpus.as_ref(),
         })
+    }
+}
+
+/// The NVML seam for a machine: the fixture's recorded answers, or the real library on a node.
+pub fn nvml_for(fixture: Option<&str>) -> Box<dyn backends::nvml::NvmlApi> {
+    use backends::nvml::{FakeNvml, NvmlSystem, RealNvml};
+    match fixture {
+        None => Box::new(RealNvml),
+        Some(name) => {
+            let answers = hal_mock::nvml_answers(name)
+                .ok_or_else(|| format!("fixture {name} has no NVIDIA GPU"))
+                .and_then(|json| {
+                    serde_json::from_str::<NvmlSystem>(json)
+                        .map_err(|e| format!("{name} NVML answers: {e}"))
+                });
+            Box::new(FakeNvml(answers))
+        }
     }
 }

@@ -163,6 +163,16 @@ impl FixtureMachine {
     }
 }
 
+/// What NVML answers on a fixture machine with NVIDIA GPUs (`testdata/nvml/<name>.json`, the JSON of
+/// `backends::nvml::NvmlSystem`), or `None` for machines without them.
+pub fn nvml_answers(name: &str) -> Option<&'static str> {
+    match name {
+        "gb300" => Some(include_str!("../../testdata/nvml/gb300.json")),
+        "xeon" => Some(include_str!("../../testdata/nvml/xeon.json")),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

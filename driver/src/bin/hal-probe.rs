@@ -157,7 +157,8 @@ fn run() -> anyhow::Result<ExitCode> {
             .or_else(hostname)
             .unwrap_or_else(|| "node".to_owned());
         let config = args.slices.config(&node).map_err(anyhow::Error::msg)?;
-        let inventory = Inventory::from_sysfs(&root, pci_ids.as_deref());
+        let nvml = driver::inventory::nvml_for(args.fixture.as_deref());
+        let inventory = Inventory::from_machine(&root, pci_ids.as_deref(), Some(nvml));
         for e in &inventory.errors {
             eprintln!("hal-probe: {}", e.error);
         }
@@ -186,7 +187,10 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     let sriov = SysfsSriov::new(root.clone());
     let rdma = SysfsRdma::new(root.clone());
-    let gpus = SysfsGpu::new(root);
+    let gpus = backends::nvml::NvmlGpus::new(
+        SysfsGpu::new(root),
+        driver::inventory::nvml_for(args.fixture.as_deref()),
+    );
     let sources = Sources {
         cpu: &topology,
         pci: &pci,

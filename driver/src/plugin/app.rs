@@ -137,7 +137,11 @@ pub async fn run(
         .or_else(backends::sysfs::pciids::default_pci_ids);
     let read_inventory = {
         let root = root.clone();
-        move || Inventory::from_sysfs(&root, pci_ids.as_deref())
+        let fixture = args.fixture.clone();
+        move || {
+            let nvml = crate::inventory::nvml_for(fixture.as_deref());
+            Inventory::from_machine(&root, pci_ids.as_deref(), Some(nvml))
+        }
     };
     let inventory = Arc::new(RwLock::new(read_inventory()));
     let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;

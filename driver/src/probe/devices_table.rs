@@ -135,6 +135,15 @@ pub(super) fn render_gpus(out: &mut String, gpus: &[GpuInfo]) {
         if let Some(product) = &g.product {
             let _ = write!(line, "  {product}");
         }
+        if let Some(architecture) = &g.architecture {
+            let _ = write!(line, "  {architecture}");
+        }
+        if let Some(cc) = &g.compute_capability {
+            let _ = write!(line, "  cc {cc}");
+        }
+        if let Some(version) = &g.driver_version {
+            let _ = write!(line, "  driver {version}");
+        }
         if let Some(uuid) = &g.uuid {
             let _ = write!(line, "  {uuid}");
         }

@@ -1,0 +1,230 @@
+//! [`NvmlGpus`]: the sysfs GPUs enriched with what only NVML knows (architecture, CUDA compute
+//! capability, driver and CUDA versions, memory, MIG mode), merged by PCI address.
+//!
+//! sysfs stays the source of truth for what exists and where it sits: a GPU NVML reports that sysfs
+//! does not show is an error entry, not a device. NVML is reached through a small internal seam,
+//! [`NvmlApi`]: [`RealNvml`] (nvml-wrapper, `libnvidia-ml.so.1` loaded at run time, so building needs
+//! nothing) on nodes, [`FakeNvml`] (answers given by a fixture) in tests. When the library or the
+//! driver is missing, the backend says "unavailable" once in the errors and goes on from sysfs alone.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use hal::{CpuSet, Discovered, ErrorKind, GpuDevice, GpuInfo, InventoryError, PciAddress, Result};
+
+/// What NVML says about one GPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NvmlGpu {
+    /// PCI bus id as NVML prints it (`00000008:06:00.0`, 8-digit domain, upper case).
+    pub pci_bus_id: String,
+    /// `GPU-...`.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Architecture (`Blackwell`).
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// CUDA compute capability `major.minor`.
+    #[serde(default)]
+    pub compute_capability: Option<String>,
+    /// Memory in MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// `/dev/nvidiaN` minor.
+    #[serde(default)]
+    pub minor: Option<u32>,
+    /// NUMA node NVML reports (Grace: the GPU's own memory node is another).
+    #[serde(default)]
+    pub numa_node: Option<u32>,
+    /// CPUs NVML considers local.
+    #[serde(default)]
+    pub cpu_affinity: Option<CpuSet>,
+    /// MIG mode enabled.
+    #[serde(default)]
+    pub mig_enabled: Option<bool>,
+}
+
+/// What NVML says about the system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NvmlSystem {
+    /// Kernel driver version (`580.105.08`).
+    pub driver_version: String,
+    /// CUDA driver API version (`13.0`).
+    pub cuda_driver_version: String,
+    /// Every GPU.
+    pub gpus: Vec<NvmlGpu>,
+}
+
+/// The seam: the NVML calls the backend makes, all at once.
+pub trait NvmlApi: Send + Sync {
+    /// The system and its GPUs, or why NVML cannot be used.
+    fn query(&self) -> std::result::Result<NvmlSystem, String>;
+}
+
+/// Answers given in advance (a fixture's), or an error to play a missing library.
+#[derive(Debug, Clone)]
+pub struct FakeNvml(pub std::result::Result<NvmlSystem, String>);
+
+impl NvmlApi for FakeNvml {
+    fn query(&self) -> std::result::Result<NvmlSystem, String> {
+        self.0.clone()
+    }
+}
+
+/// NVML itself, through nvml-wrapper.
+#[derive(Debug, Default)]
+pub struct RealNvml;
+
+impl NvmlApi for RealNvml {
+    fn query(&self) -> std::result::Result<NvmlSystem, String> {
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
+        let driver_version = nvml.sys_driver_version().map_err(|e| e.to_string())?;
+        let cuda = nvml.sys_cuda_driver_version().map_err(|e| e.to_string())?;
+        let cuda_driver_version = format!(
+            "{}.{}",
+            nvml_wrapper::cuda_driver_version_major(cuda),
+            nvml_wrapper::cuda_driver_version_minor(cuda)
+        );
+        let count = nvml.device_count().map_err(|e| e.to_string())?;
+        let mut gpus = Vec::new();
+        for index in 0..count {
+            let device = nvml.device_by_index(index).map_err(|e| e.to_string())?;
+            let Ok(pci) = device.pci_info() else { continue };
+            gpus.push(NvmlGpu {
+                pci_bus_id: pci.bus_id,
+                uuid: device.uuid().unwrap_or_default(),
+                name: device.name().unwrap_or_default(),
+                architecture: device.architecture().ok().map(|a| a.to_string()),
+                compute_capability: device
+                    .cuda_compute_capability()
+                    .ok()
+                    .map(|c| format!("{}.{}", c.major, c.minor)),
+                memory_mib: device.memory_info().ok().map(|m| m.total / (1024 * 1024)),
+                minor: device.minor_number().ok(),
+                numa_node: device.numa_node_id().ok(),
+                cpu_affinity: None,
+                mig_enabled: device.mig_mode().ok().map(|m| m.current == 1),
+            });
+        }
+        Ok(NvmlSystem {
+            driver_version,
+            cuda_driver_version,
+            gpus,
+        })
+    }
+}
+
+/// GPUs from another backend (sysfs), enriched by NVML.
+pub struct NvmlGpus<G> {
+    base: G,
+    api: Box<dyn NvmlApi>,
+    /// Set once "unavailable" has been reported.
+    reported: Mutex<bool>,
+}
+
+impl<G: GpuDevice> NvmlGpus<G> {
+    /// Enriches `base` with `api`.
+    pub fn new(base: G, api: Box<dyn NvmlApi>) -> Self {
+        NvmlGpus {
+            base,
+            api,
+            reported: Mutex::new(false),
+        }
+    }
+}
+
+impl<G: GpuDevice> GpuDevice for NvmlGpus<G> {
+    fn gpus(&self) -> Result<Discovered<GpuInfo>> {
+        let mut found = self.base.gpus()?;
+        // NVML has nothing to say about a machine without NVIDIA GPUs: not even "unavailable".
+        if !found
+            .items
+            .iter()
+            .any(|g| g.vendor == hal::GpuVendor::Nvidia)
+        {
+            return Ok(found);
+        }
+        let system = match self.api.query() {
+            Ok(system) => system,
+            Err(why) => {
+                if let Ok(mut reported) = self.reported.lock()
+                    && !*reported
+                {
+                    *reported = true;
+                    found.errors.push(InventoryError {
+                        path: "libnvidia-ml.so.1".into(),
+                        error: format!("{why}; GPUs are described from sysfs alone"),
+                        kind: Some(ErrorKind::Unsupported),
+                    });
+                }
+                return Ok(found);
+            }
+        };
+        merge(&mut found, &system);
+        Ok(found)
+    }
+}
+
+/// Fills in what NVML knows, by PCI address. Disagreements and NVML-only GPUs become errors.
+pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
+    let mut by_address: BTreeMap<PciAddress, &NvmlGpu> = BTreeMap::new();
+    for gpu in &system.gpus {
+        match PciAddress::parse(&gpu.pci_bus_id.to_ascii_lowercase()) {
+            Ok(address) => {
+                by_address.insert(address, gpu);
+            }
+            Err(e) => found.errors.push(InventoryError {
+                path: "nvml".into(),
+                error: format!("NVML bus id {:?}: {e}", gpu.pci_bus_id),
+                kind: Some(ErrorKind::Malformed),
+            }),
+        }
+    }
+    for gpu in &mut found.items {
+        let Some(nvml) = by_address.remove(&gpu.pci_address) else {
+            continue;
+        };
+        let mut disagree = |what: &str, ours: String, theirs: String| {
+            found.errors.push(InventoryError {
+                path: format!("nvml/{}", gpu.pci_address),
+                error: format!("{what}: sysfs says {ours}, NVML says {theirs}; NVML's is used"),
+                kind: Some(ErrorKind::Malformed),
+            });
+        };
+        if let Some(uuid) = gpu.uuid.as_ref().filter(|u| **u != nvml.uuid) {
+            disagree("UUID", uuid.clone(), nvml.uuid.clone());
+        }
+        if let (Some(ours), Some(theirs)) = (gpu.nvidia_minor, nvml.minor)
+            && ours != theirs
+        {
+            disagree("minor", ours.to_string(), theirs.to_string());
+        }
+        if !nvml.uuid.is_empty() {
+            gpu.uuid = Some(nvml.uuid.clone());
+        }
+        if !nvml.name.is_empty() {
+            gpu.product = Some(nvml.name.clone());
+        }
+        gpu.nvidia_minor = nvml.minor.or(gpu.nvidia_minor);
+        gpu.architecture = nvml.architecture.clone();
+        gpu.compute_capability = nvml.compute_capability.clone();
+        gpu.driver_version = Some(system.driver_version.clone());
+        gpu.cuda_driver_version = Some(system.cuda_driver_version.clone());
+        if let Some(mib) = nvml.memory_mib {
+            gpu.memory_bytes = Some(mib * 1024 * 1024);
+        }
+    }
+    for address in by_address.keys() {
+        found.errors.push(InventoryError {
+            path: format!("nvml/{address}"),
+            error: format!("NVML reports a GPU at {address} that sysfs does not show; left out"),
+            kind: Some(ErrorKind::NotFound),
+        });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;

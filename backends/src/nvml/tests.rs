@@ -1,0 +1,106 @@
+use super::*;
+use crate::{SysfsGpu, SysfsRoot};
+
+fn answers(name: &str) -> NvmlSystem {
+    serde_json::from_str(hal_mock::nvml_answers(name).unwrap()).unwrap()
+}
+
+fn gpus(name: &str, api: FakeNvml) -> Discovered<GpuInfo> {
+    let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();
+    let backend = NvmlGpus::new(SysfsGpu::new(SysfsRoot::new(machine.root())), Box::new(api));
+    backend.gpus().unwrap()
+}
+
+#[test]
+fn gb300_gets_nvml_facts_merged_by_pci_address() {
+    let found = gpus("gb300", FakeNvml(Ok(answers("gb300"))));
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    assert_eq!(found.items.len(), 4);
+    for (i, gpu) in found.items.iter().enumerate() {
+        assert_eq!(gpu.product.as_deref(), Some("NVIDIA GB300"));
+        assert_eq!(gpu.architecture.as_deref(), Some("Blackwell"));
+        assert_eq!(gpu.compute_capability.as_deref(), Some("10.3"));
+        assert_eq!(gpu.driver_version.as_deref(), Some("580.105.08"));
+        assert_eq!(gpu.cuda_driver_version.as_deref(), Some("13.0"));
+        assert_eq!(gpu.memory_bytes, Some(284_208 * 1024 * 1024));
+        assert_eq!(gpu.nvidia_minor, Some(i as u32));
+    }
+    assert_eq!(found.items[2].pci_address.to_string(), "0018:06:00.0");
+}
+
+#[test]
+fn a_missing_library_is_reported_once_and_sysfs_goes_on() {
+    let machine = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
+    let api = FakeNvml(Err(
+        "NVML unavailable: libnvidia-ml.so.1: cannot open shared object file".into(),
+    ));
+    let backend = NvmlGpus::new(SysfsGpu::new(SysfsRoot::new(machine.root())), Box::new(api));
+    let first = backend.gpus().unwrap();
+    assert_eq!(first.items.len(), 4);
+    assert_eq!(first.items[0].architecture, None);
+    assert_eq!(first.errors.len(), 1);
+    assert!(first.errors[0].error.contains("described from sysfs alone"));
+    assert!(backend.gpus().unwrap().errors.is_empty(), "said once");
+}
+
+#[test]
+fn disagreements_and_gpus_sysfs_does_not_show_are_errors() {
+    let mut system = answers("gb300");
+    system.gpus[0].uuid = "GPU-00000000-0000-0000-0000-000000000000".into();
+    system.gpus.push(NvmlGpu {
+        pci_bus_id: "00000042:00:00.0".into(),
+        uuid: "GPU-x".into(),
+        name: "ghost".into(),
+        ..Default::default()
+    });
+    system.gpus.push(NvmlGpu {
+        pci_bus_id: "garbage".into(),
+        ..Default::default()
+    });
+    let found = gpus("gb300", FakeNvml(Ok(system)));
+    assert_eq!(found.items.len(), 4, "sysfs decides what exists");
+    assert_eq!(
+        found.items[0].uuid.as_deref(),
+        Some("GPU-00000000-0000-0000-0000-000000000000")
+    );
+    let errors: Vec<&str> = found.errors.iter().map(|e| e.error.as_str()).collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("UUID: sysfs says GPU-3b1f0a52")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("GPU at 0042:00:00.0 that sysfs does not show")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("\"garbage\"")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn xeon_h100s_by_upper_case_bus_ids() {
+    let found = gpus("xeon", FakeNvml(Ok(answers("xeon"))));
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    assert!(
+        found
+            .items
+            .iter()
+            .all(|g| g.architecture.as_deref() == Some("Hopper"))
+    );
+}
+
+#[test]
+fn the_real_library_is_absent_here_and_says_so() {
+    // No NVIDIA driver on CI machines: the real seam must fail cleanly, not panic.
+    if std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        return;
+    }
+    let error = RealNvml.query().unwrap_err();
+    assert!(error.starts_with("NVML unavailable"), "{error}");
+}

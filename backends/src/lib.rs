@@ -6,6 +6,8 @@
 #[cfg(feature = "nvml")]
 pub mod nvml;
 pub mod sysfs;
+#[cfg(feature = "udev")]
+pub mod udev;
 
 pub use sysfs::SysfsRoot;
 pub use sysfs::cpu::SysfsCpuTopology;

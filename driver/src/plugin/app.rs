@@ -216,6 +216,8 @@ pub async fn run(
             stopped.clone(),
         ));
     }
+    #[cfg(feature = "udev")]
+    spawn_hotplug_watch(changed.clone());
     if let Some(path) = &args.vf_policy {
         let handler = handler.clone();
         let changed = changed.clone();
@@ -325,4 +327,34 @@ fn machine(
         (None, None) => (backends::SysfsRoot::default(), None),
     };
     Ok((config, root, fixture))
+}
+
+/// Rescans on hotplug: a thread reads kernel uevents and wakes the publisher once per burst.
+#[cfg(feature = "udev")]
+fn spawn_hotplug_watch(changed: Arc<tokio::sync::Notify>) {
+    use backends::udev::{UeventSocket, watch};
+    match UeventSocket::open() {
+        Ok(socket) => {
+            let spawned = std::thread::Builder::new()
+                .name("uevents".into())
+                .spawn(move || {
+                    let error = watch(
+                        socket,
+                        Duration::from_millis(500),
+                        Duration::from_secs(5),
+                        || {
+                            changed.notify_one();
+                            true
+                        },
+                    );
+                    tracing::warn!(%error, "hotplug watch stopped; the periodic rescan goes on");
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "no hotplug watch");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot open the uevent socket; only the periodic rescan")
+        }
+    }
 }

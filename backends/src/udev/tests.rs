@@ -1,0 +1,95 @@
+use super::*;
+
+fn message(action: &str, devpath: &str, subsystem: &str, extra: &[&str]) -> Vec<u8> {
+    let mut m = format!(
+        "{action}@{devpath}\0ACTION={action}\0DEVPATH={devpath}\0SUBSYSTEM={subsystem}\0SEQNUM=4242\0"
+    );
+    for e in extra {
+        m.push_str(e);
+        m.push('\0');
+    }
+    m.into_bytes()
+}
+
+#[test]
+fn kernel_messages_parse_and_filter() {
+    let vf = message(
+        "add",
+        "/devices/pci0000:3a/0000:3a:00.0/0000:3b:01.0",
+        "pci",
+        &["PCI_SLOT_NAME=0000:3b:01.0"],
+    );
+    let event = parse_uevent(&vf).unwrap();
+    assert_eq!(event.action, "add");
+    assert_eq!(event.subsystem, "pci");
+    assert_eq!(event.vars["PCI_SLOT_NAME"], "0000:3b:01.0");
+    assert!(event.is_relevant());
+    for (action, subsystem, relevant) in [
+        ("bind", "pci", true),
+        ("remove", "infiniband", true),
+        ("add", "infiniband_verbs", true),
+        ("change", "drm", true),
+        ("move", "net", true),
+        ("add", "usb", false),
+        ("online", "cpu", false),
+        ("add", "block", false),
+    ] {
+        let e = parse_uevent(&message(action, "/devices/x", subsystem, &[])).unwrap();
+        assert_eq!(e.is_relevant(), relevant, "{action} {subsystem}");
+    }
+    // udevd's re-broadcast and garbage are not kernel uevents.
+    assert_eq!(parse_uevent(b"libudev\0\xfe\xed\xca\xfe"), None);
+    assert_eq!(parse_uevent(b""), None);
+    assert_eq!(parse_uevent(b"add@/x\0NOACTION=1\0"), None);
+    assert_eq!(parse_uevent(&[0xff; 64]), None);
+}
+
+#[test]
+fn a_burst_of_64_vf_creations_is_one_rescan() {
+    let quiet = Duration::from_millis(500);
+    let mut debounce = Debounce::new(quiet, Duration::from_secs(5));
+    let start = Instant::now();
+    let mut rescans = 0;
+    assert_eq!(debounce.timeout(), None, "no burst: wait for events");
+    for i in 0..64u64 {
+        let now = start + Duration::from_millis(3 * i);
+        debounce.event(now);
+        rescans += usize::from(debounce.due(now + Duration::from_millis(1)));
+    }
+    assert_eq!(debounce.timeout(), Some(quiet));
+    assert_eq!(rescans, 0, "still bursting");
+    assert!(debounce.due(start + Duration::from_millis(3 * 63 + 500)));
+    assert!(
+        !debounce.due(start + Duration::from_secs(10)),
+        "one rescan per burst"
+    );
+}
+
+#[test]
+fn an_endless_stream_still_rescans_after_max_wait() {
+    let mut debounce = Debounce::new(Duration::from_millis(500), Duration::from_secs(2));
+    let start = Instant::now();
+    let mut rescans = 0;
+    for i in 0..100u64 {
+        let now = start + Duration::from_millis(100 * i);
+        debounce.event(now);
+        rescans += usize::from(debounce.due(now));
+    }
+    assert_eq!(rescans, 4, "every 2 s during 10 s of events");
+}
+
+proptest::proptest! {
+    #[test]
+    fn parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        let _ = parse_uevent(&bytes);
+    }
+}
+
+#[test]
+fn the_socket_opens_or_says_why() {
+    // Sandboxes may refuse netlink; a node does not. Either way: no panic, a clear error.
+    match UeventSocket::open() {
+        Ok(socket) => assert!(socket.next(Some(Duration::from_millis(10))).is_ok()),
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}

@@ -29,8 +29,19 @@ pub struct Allocated {
     pub vf: Option<VfConfig>,
     /// The CPU configuration that applies to it, the last one given.
     pub cpu: Option<CpuConfig>,
+    /// The GPU configuration that applies to it, the last one given.
+    pub gpu: Option<GpuConfig>,
     /// CPUs consumed from a shared CPU group (`consumedCapacity` `cpu`), when the scheduler says.
     pub consumed_cpus: Option<usize>,
+}
+
+/// How a GPU is given (`kind: GpuConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GpuConfig {
+    /// `vfio-pci` to pass the whole GPU through to a VM (KubeVirt); absent: the GPU's own driver.
+    #[serde(default)]
+    pub driver: Option<String>,
 }
 
 /// Explicit CPUs for a CPU group claim (`kind: CpuConfig`).
@@ -116,6 +127,8 @@ pub enum OpaqueConfig {
     Vf(VfConfig),
     /// `kind: CpuConfig`.
     Cpu(CpuConfig),
+    /// `kind: GpuConfig`.
+    Gpu(GpuConfig),
 }
 
 /// Generic device configuration (`kind: DeviceConfig`).
@@ -231,12 +244,14 @@ pub fn allocated_devices(
             let mut config = DeviceConfig::default();
             let mut vf = None;
             let mut cpu = None;
+            let mut gpu = None;
             for (requests, c) in &configs {
                 if requests.is_empty() || requests.iter().any(|q| request_matches(q, &r.request)) {
                     match c {
                         OpaqueConfig::Device(c) => config.merge(c),
                         OpaqueConfig::Vf(c) => vf = Some(c.clone()),
                         OpaqueConfig::Cpu(c) => cpu = Some(c.clone()),
+                        OpaqueConfig::Gpu(c) => gpu = Some(c.clone()),
                     }
                 }
             }
@@ -248,6 +263,7 @@ pub fn allocated_devices(
                 config,
                 vf,
                 cpu,
+                gpu,
                 consumed_cpus: consumed_cpus(r.consumed_capacity.as_ref(), driver),
             }
         })
@@ -364,6 +380,16 @@ pub fn decode_opaque(
             }
             Ok(OpaqueConfig::Cpu(config))
         }
+        Some("GpuConfig") => {
+            let config: GpuConfig = serde_path_to_error::deserialize(rest).map_err(located)?;
+            if let Some(driver) = config.driver.as_deref().filter(|d| *d != "vfio-pci") {
+                return Err((
+                    ".driver".into(),
+                    format!("{driver:?}; only \"vfio-pci\" is supported"),
+                ));
+            }
+            Ok(OpaqueConfig::Gpu(config))
+        }
         Some("VfConfig") => {
             let config: VfConfig = serde_path_to_error::deserialize(rest).map_err(located)?;
             checked(config.check())?;
@@ -373,7 +399,7 @@ pub fn decode_opaque(
             let found = other.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
             Err((
                 ".kind".into(),
-                format!("{found}; expected \"DeviceConfig\", \"VfConfig\" or \"CpuConfig\""),
+                format!("{found}; expected DeviceConfig, VfConfig, CpuConfig or GpuConfig"),
             ))
         }
     }

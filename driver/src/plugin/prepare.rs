@@ -17,7 +17,7 @@ use super::api::{
 };
 use super::cdi::{CdiDir, ContainerEdits, Device as CdiDevice, DeviceNode, Spec, qualified_device};
 use super::checkpoint::{CheckpointFile, ClaimRecord, Phase};
-use super::claims::{Allocated, VfConfig, allocated_devices};
+use super::claims::{Allocated, allocated_devices};
 use super::cpus::{Placement, allocate};
 use crate::inventory::Inventory;
 use crate::slices::SliceConfig;
@@ -513,7 +513,20 @@ impl Preparer {
         }
         for (a, source) in allocated.iter().zip(sources) {
             let name = format!("{}-{}", claim.uid, a.device);
-            let mut edits = container_edits(source, a.vf.as_ref());
+            let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci")
+                || a.gpu.as_ref().and_then(|g| g.driver.as_deref()) == Some("vfio-pci");
+            let vfio_group = match source {
+                _ if !vfio => None,
+                DeviceSource::Nic { function, .. } => Some(function.iommu_group),
+                DeviceSource::Gpu(gpu) => Some(
+                    self.inventory
+                        .read()
+                        .ok()
+                        .and_then(|i| i.function(gpu.pci_address).and_then(|f| f.iommu_group)),
+                ),
+                _ => None,
+            };
+            let mut edits = container_edits(source, vfio_group);
             edits.env.extend(claim_env.iter().cloned());
             edits
                 .env
@@ -608,33 +621,41 @@ fn rebinds(
 ) -> Result<Vec<Rebind>, String> {
     let mut out = Vec::new();
     for (a, source) in allocated.iter().zip(sources) {
-        let Some(driver) = a.vf.as_ref().and_then(|vf| vf.driver.clone()) else {
+        let wanted =
+            a.vf.as_ref()
+                .and_then(|vf| vf.driver.clone())
+                .or_else(|| a.gpu.as_ref().and_then(|g| g.driver.clone()));
+        let Some(driver) = wanted else {
             continue;
         };
-        let DeviceSource::Nic { function, .. } = source else {
-            return Err(format!(
-                "{}: a VfConfig applies to network functions only",
-                a.device
-            ));
+        let (address, current) = match source {
+            DeviceSource::Nic { function, .. } => (function.address, function.driver.clone()),
+            DeviceSource::Gpu(gpu) if a.gpu.is_some() => (gpu.pci_address, gpu.driver.clone()),
+            _ => {
+                return Err(format!(
+                    "{}: a VfConfig applies to network functions, a GpuConfig to GPUs",
+                    a.device
+                ));
+            }
         };
-        if function.driver.as_deref() == Some(driver.as_str()) {
+        if current.as_deref() == Some(driver.as_str()) {
             continue;
         }
         let vfs = inventory
             .sriov
             .iter()
-            .find(|s| s.pf == function.address)
+            .find(|s| s.pf == address)
             .map_or(0, |s| s.num_vfs);
         if vfs > 0 {
             return Err(format!(
-                "{}: {} has {vfs} VFs enabled; binding it to {driver} would remove them",
-                a.device, function.address
+                "{}: {address} has {vfs} VFs enabled; binding it to {driver} would remove them",
+                a.device
             ));
         }
         out.push(Rebind {
-            function: function.address,
+            function: address,
             driver,
-            original: function.driver.clone(),
+            original: current,
         });
     }
     Ok(out)
@@ -700,15 +721,24 @@ fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
     env
 }
 
-/// The device nodes a container needs for a device, where this generic path knows them: the NVIDIA
-/// and DRM nodes of a GPU, the verbs/MAD nodes and `rdma_cm` of an RDMA function. (Binding, VFIO and
-/// CPU pinning are the device families' own steps.)
-fn container_edits(source: &DeviceSource, vf: Option<&VfConfig>) -> ContainerEdits {
+/// The device nodes a container needs for a device: the NVIDIA nodes of an NVIDIA GPU, the DRM nodes
+/// and their `/dev/dri/by-path` links of a DRM GPU, the verbs/MAD nodes and `rdma_cm` of an RDMA
+/// function; for a function bound to vfio-pci, its VFIO group instead.
+fn container_edits(source: &DeviceSource, vfio_group: Option<Option<u32>>) -> ContainerEdits {
     let mut edits = ContainerEdits::default();
     let node = |path: String| DeviceNode {
         path,
         ..Default::default()
     };
+    if let Some(group) = vfio_group {
+        // Passthrough (a VM, KubeVirt): the function's VFIO group and the VFIO container node; no
+        // driver node, netdev or RDMA device remains once vfio-pci holds it.
+        if let Some(group) = group {
+            edits.device_nodes.push(node(format!("/dev/vfio/{group}")));
+        }
+        edits.device_nodes.push(node("/dev/vfio/vfio".to_owned()));
+        return edits;
+    }
     match source {
         DeviceSource::Gpu(gpu) => {
             if let Some(minor) = gpu.nvidia_minor {
@@ -720,16 +750,13 @@ fn container_edits(source: &DeviceSource, vf: Option<&VfConfig>) -> ContainerEdi
             for drm in [&gpu.drm_card, &gpu.drm_render].into_iter().flatten() {
                 edits.device_nodes.push(node(format!("/dev/dri/{drm}")));
             }
-        }
-        DeviceSource::Nic { function, .. }
-            if vf.and_then(|v| v.driver.as_deref()) == Some("vfio-pci") =>
-        {
-            // Passthrough: the VFIO group of the function and the VFIO container node; no netdev or
-            // RDMA device remains once vfio-pci holds it.
-            if let Some(group) = function.iommu_group {
-                edits.device_nodes.push(node(format!("/dev/vfio/{group}")));
+            // The udev links Intel's tools and oneAPI look up by PCI address.
+            for (node_name, suffix) in [(&gpu.drm_card, "card"), (&gpu.drm_render, "render")] {
+                if node_name.is_some() {
+                    let link = format!("/dev/dri/by-path/pci-{}-{suffix}", gpu.pci_address);
+                    edits.device_nodes.push(node(link));
+                }
             }
-            edits.device_nodes.push(node("/dev/vfio/vfio".to_owned()));
         }
         DeviceSource::Nic {
             rdma: Some(rdma), ..

@@ -764,3 +764,69 @@ async fn provisioning_waits_until_no_vf_of_the_pf_is_prepared() {
         [Outcome::Changed(e810, 8, 2)]
     );
 }
+
+fn gpu_vfio() -> serde_json::Value {
+    json!([{"source": "FromClaim", "opaque": {"driver": DRIVER, "parameters":
+        {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "GpuConfig", "driver": "vfio-pci"}}}])
+}
+
+#[tokio::test]
+async fn a_gpu_for_a_vm_is_bound_to_vfio_and_given_back_and_refused_while_it_has_vfs() {
+    let s = Setup::on("i915");
+    s.claims
+        .add("vm", &[("gpu", "gpu-0000-4d-00-0")], gpu_vfio());
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("vm")]).await["vm"].is_ok());
+    assert_eq!(s.driver_of("0000:4d:00.0").as_deref(), Some("vfio-pci"));
+    let group = s
+        .inventory
+        .read()
+        .unwrap()
+        .function(hal::PciAddress::parse("0000:4d:00.0").unwrap())
+        .unwrap()
+        .iommu_group
+        .unwrap();
+    assert_eq!(
+        node_paths(&s.spec("vm"), 0),
+        [format!("/dev/vfio/{group}"), "/dev/vfio/vfio".to_owned()]
+    );
+    preparer.unprepare(vec![reference("vm")]).await;
+    assert_eq!(s.driver_of("0000:4d:00.0").as_deref(), Some("i915"));
+
+    // With VFs enabled the GPU is not taken away from them.
+    let sriov = backends::SysfsSriov::with_writer(
+        backends::SysfsRoot::new(s.machine.root()),
+        Arc::new(hal_mock::by_name("i915").unwrap().kernel(s.machine.root())),
+    );
+    hal::SriovPf::set_num_vfs(&sriov, hal::PciAddress::parse("0000:4d:00.0").unwrap(), 2).unwrap();
+    *s.inventory.write().unwrap() =
+        Inventory::from_sysfs(&backends::SysfsRoot::new(s.machine.root()), None);
+    let error = preparer.prepare(vec![reference("vm")]).await["vm"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("has 2 VFs enabled"), "{error}");
+}
+
+#[tokio::test]
+async fn an_intel_gpu_gets_its_drm_nodes_and_by_path_links_only() {
+    let s = Setup::on("i915");
+    s.claims
+        .add("u1", &[("gpu", "gpu-0000-4d-00-0")], json!([]));
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(
+        node_paths(&s.spec("u1"), 0),
+        [
+            "/dev/dri/card1",
+            "/dev/dri/renderD128",
+            "/dev/dri/by-path/pci-0000:4d:00.0-card",
+            "/dev/dri/by-path/pci-0000:4d:00.0-render"
+        ]
+    );
+    assert!(env_of(&s.spec("u1")).contains(&"GPU_DEVICE_0=gpu-0000-4d-00-0".to_owned()));
+    assert!(
+        !env_of(&s.spec("u1"))
+            .iter()
+            .any(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES"))
+    );
+}

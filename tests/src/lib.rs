@@ -2,4 +2,5 @@
 
 pub mod hwloc;
 pub mod index;
+pub mod k8s_schema;
 pub mod ttar;

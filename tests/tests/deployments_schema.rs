@@ -21,22 +21,7 @@ use driver::inventory::Inventory;
 use driver::slices::{CpuMode, SliceConfig, build_slices};
 use serde::Deserialize;
 use serde_json::Value;
-
-fn schema(version: &str, kind: &str) -> jsonschema::Validator {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpora/k8s/kubernetes-validate-jsonschema")
-        .join(format!("{version}-local-strict"));
-    let text = fs::read_to_string(dir.join(format!("{kind}-resource-v1.json")))
-        .unwrap()
-        .replace("/api/_definitions.json#/$defs/", "#/$defs/");
-    let mut schema: Value = serde_json::from_str(&text).unwrap();
-    let definitions: Value = serde_json::from_str(
-        &fs::read_to_string(dir.join("resource-v1-definitions.json")).unwrap(),
-    )
-    .unwrap();
-    schema["$defs"] = definitions["$defs"].clone();
-    jsonschema::validator_for(&schema).unwrap()
-}
+use stack_tests::k8s_schema::{VERSIONS, validator, violations};
 
 fn documents(path: &Path) -> Vec<Value> {
     let text = fs::read_to_string(path).unwrap();
@@ -98,7 +83,6 @@ fn referenced(doc: &Value) -> BTreeSet<String> {
 #[ignore = "needs ../shared corpora"]
 fn deployment_manifests_validate_and_name_published_attributes_needs_shared_corpora() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deployments");
-    let versions = ["v1.34.0", "v1.35.0", "v1.36.0", "v1.37.0"];
     let files = [
         (
             "deviceclasses/deviceclasses.yaml",
@@ -132,12 +116,8 @@ fn deployment_manifests_validate_and_name_published_attributes_needs_shared_corp
         for doc in documents(&root.join(file)) {
             let kind = doc["kind"].as_str().unwrap().to_ascii_lowercase();
             let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-            for version in versions {
-                let validator = schema(version, &kind);
-                let errors: Vec<String> = validator
-                    .iter_errors(&doc)
-                    .map(|e| format!("{e} at {}", e.instance_path()))
-                    .collect();
+            for version in VERSIONS {
+                let errors = violations(&validator(version, &kind).unwrap(), &doc);
                 assert!(errors.is_empty(), "{file} {name} {version}: {errors:#?}");
             }
             for attribute in referenced(&doc) {

@@ -12,38 +12,20 @@
     missing_docs
 )]
 
-use std::fs;
-use std::path::Path;
 
 use driver::inventory::Inventory;
 use driver::slices::{CpuMode, SliceConfig, build_slices};
 use serde_json::Value;
-
-const VERSIONS: [&str; 4] = ["v1.34.0", "v1.35.0", "v1.36.0", "v1.37.0"];
+use stack_tests::k8s_schema::{VERSIONS, validator, violations};
 
 /// The per-kind schema with its `/api/_definitions.json` references pointed at the bundled `$defs`.
-fn schema(version: &str, kind: &str) -> jsonschema::Validator {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpora/k8s/kubernetes-validate-jsonschema")
-        .join(format!("{version}-local-strict"));
-    let text = fs::read_to_string(dir.join(format!("{kind}-resource-v1.json")))
-        .unwrap()
-        .replace("/api/_definitions.json#/$defs/", "#/$defs/");
-    let mut schema: Value = serde_json::from_str(&text).unwrap();
-    let definitions: Value = serde_json::from_str(
-        &fs::read_to_string(dir.join("resource-v1-definitions.json")).unwrap(),
-    )
-    .unwrap();
-    schema["$defs"] = definitions["$defs"].clone();
-    jsonschema::validator_for(&schema).unwrap()
-}
 
 #[test]
 #[ignore = "needs ../shared corpora"]
 fn published_slices_validate_against_the_strict_schemas_needs_shared_corpora() {
     let validators: Vec<(&str, jsonschema::Validator)> = VERSIONS
         .iter()
-        .map(|v| (*v, schema(v, "resourceslice")))
+        .map(|v| (*v, validator(v, "resourceslice").unwrap()))
         .collect();
     let mut checked = 0;
     for name in hal_mock::FIXTURES {
@@ -61,10 +43,7 @@ fn published_slices_validate_against_the_strict_schemas_needs_shared_corpora() {
                 assert_eq!(json["apiVersion"], "resource.k8s.io/v1");
                 assert_eq!(json["kind"], "ResourceSlice");
                 for (version, validator) in &validators {
-                    let errors: Vec<String> = validator
-                        .iter_errors(&json)
-                        .map(|e| format!("{} at {}", e, e.instance_path()))
-                        .collect();
+                    let errors = violations(validator, &json);
                     assert!(errors.is_empty(), "{name} {mode:?} {version}: {errors:#?}");
                 }
                 checked += 1;

@@ -102,15 +102,7 @@ async fn main() {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(FakeApi::serve_http(state.clone(), listener));
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: f\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: f\n    user: u\n\
-             current-context: c\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(port)).unwrap();
     let kubelet = dir.path().join("kubelet");
     let mut child = Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
         .args([

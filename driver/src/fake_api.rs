@@ -331,3 +331,12 @@ async fn connection(
         reader.get_mut().write_all(&response).await?;
     }
 }
+
+/// A kubeconfig whose only cluster is this server at `http://127.0.0.1:<port>`, without credentials.
+pub fn kubeconfig(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+         users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
+         current-context: c\n"
+    )
+}

@@ -120,15 +120,7 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     let api_port = listener.local_addr().unwrap().port();
     tokio::spawn(FakeApi::serve_http(state.clone(), listener));
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{api_port}\n\
-             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
-             current-context: c\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(api_port)).unwrap();
 
     let kubelet = dir.path().join("kubelet");
     let cdi = dir.path().join("cdi");

@@ -12,7 +12,6 @@
     missing_docs
 )]
 
-
 use driver::inventory::Inventory;
 use driver::slices::{CpuMode, SliceConfig, build_slices};
 use serde_json::Value;

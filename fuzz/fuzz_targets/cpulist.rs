@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let printed = set.to_cpulist();
     let reparsed = CpuSet::from_cpulist(&printed).expect("to_cpulist output must parse");
-    assert_eq!(reparsed, set, "cpulist round trip changed the set (printed {printed:?})");
+    assert_eq!(
+        reparsed, set,
+        "cpulist round trip changed the set (printed {printed:?})"
+    );
     // The canonical form is a fixed point.
     assert_eq!(reparsed.to_cpulist(), printed);
 });

@@ -13,8 +13,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(row) = parse_distances(text) else {
         return;
     };
-    assert!(row.len() <= MAX_NUMA_NODES as usize, "row of {} entries accepted", row.len());
+    assert!(
+        row.len() <= MAX_NUMA_NODES as usize,
+        "row of {} entries accepted",
+        row.len()
+    );
     let printed = row.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     let reparsed = parse_distances(&printed).expect("printed distance row must parse");
-    assert_eq!(reparsed, row, "distance row round trip (printed {printed:?})");
+    assert_eq!(
+        reparsed, row,
+        "distance row round trip (printed {printed:?})"
+    );
 });

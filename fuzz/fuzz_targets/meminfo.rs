@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(bytes % 1024, 0, "MemTotal {bytes} is not whole KiB");
-    let printed = format!("Node 0 MemTotal:       {} kB\nNode 0 MemFree:        0 kB\n", bytes / 1024);
+    let printed = format!(
+        "Node 0 MemTotal:       {} kB\nNode 0 MemFree:        0 kB\n",
+        bytes / 1024
+    );
     let reparsed = parse_mem_total(&printed).expect("printed meminfo must parse");
     assert_eq!(reparsed, bytes, "meminfo round trip (printed {printed:?})");
 });

@@ -23,5 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let reparsed = NumaNode::from_kernel_text(&printed).expect("printed node must parse");
     assert_eq!(reparsed, node, "numa_node round trip (printed {printed:?})");
     // The kernel writes a trailing newline; that must not change the answer.
-    assert_eq!(NumaNode::from_kernel_text(&format!("{printed}\n")).ok(), Some(node));
+    assert_eq!(
+        NumaNode::from_kernel_text(&format!("{printed}\n")).ok(),
+        Some(node)
+    );
 });

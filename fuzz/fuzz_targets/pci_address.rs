@@ -12,12 +12,18 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(address) = PciAddress::parse(text) {
         let printed = address.to_string();
         let reparsed = PciAddress::parse(&printed).expect("PciAddress Display output must parse");
-        assert_eq!(reparsed, address, "PciAddress round trip (printed {printed:?})");
+        assert_eq!(
+            reparsed, address,
+            "PciAddress round trip (printed {printed:?})"
+        );
         assert!(address.device <= 31 && address.function <= 7);
         // Its bus root names a root that parses back too.
         let root = address.bus_root();
         let root_text = root.to_string();
-        assert_eq!(PcieRoot::parse(&root_text).expect("bus_root must parse"), root);
+        assert_eq!(
+            PcieRoot::parse(&root_text).expect("bus_root must parse"),
+            root
+        );
     }
     if let Ok(root) = PcieRoot::parse(text) {
         let printed = root.to_string();

@@ -21,6 +21,9 @@ fuzz_target!(|data: &[u8]| {
         let printed = value.to_string();
         assert_eq!(parse_u32(&printed).expect("printed u32 must parse"), value);
         // Every u32 is also a valid topology id.
-        assert_eq!(parse_topology_id(&printed).expect("u32 is a topology id"), Some(value));
+        assert_eq!(
+            parse_topology_id(&printed).expect("u32 is a topology id"),
+            Some(value)
+        );
     }
 });

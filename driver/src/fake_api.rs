@@ -97,6 +97,18 @@ impl FakeApi {
         if let Some(rest) = path.strip_prefix(CLAIMS) {
             // namespaces/<ns>/resourceclaims/<name>[/status]
             let parts: Vec<&str> = rest.split('/').collect();
+            if let [namespace, "resourceclaims", name, "status"] = parts.as_slice() {
+                let key = format!("{namespace}/{name}");
+                let Some(claim) = self.claims.get_mut(&key) else {
+                    return status(404, &format!("resourceclaims \"{name}\" not found"));
+                };
+                if method != "PATCH" || !body["status"].is_object() {
+                    return status(400, "a PATCH with a status is expected");
+                }
+                // Server-side apply by one field manager: its list replaces what it owned.
+                claim["status"]["devices"] = body["status"]["devices"].clone();
+                return (200, claim.clone());
+            }
             if let [namespace, "resourceclaims", name] = parts.as_slice() {
                 let key = format!("{namespace}/{name}");
                 return match (method, self.claims.get(&key)) {

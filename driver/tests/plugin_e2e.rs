@@ -229,6 +229,19 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
         std::fs::read_to_string(kubelet.join("plugins/hal.dra.dev/checkpoint.json")).unwrap();
     assert!(checkpoint.contains("\"completed\""), "{checkpoint}");
 
+    // The IB-only NIC is described in the claim's device status (server-side apply on /status).
+    {
+        let api = state.lock().unwrap();
+        let devices = api.claims["default/claim-good"]["status"]["devices"].clone();
+        assert_eq!(devices[0]["device"], "rdma-0101-00-00-0", "{devices}");
+        assert_eq!(devices[0]["data"]["rdmaDevice"], "mlx5_0");
+        assert!(api.log.iter().any(|l| l.method == "PATCH"
+            && l.uri.starts_with(
+                "/apis/resource.k8s.io/v1/namespaces/default/resourceclaims/claim-good/status?"
+            )
+            && l.uri.contains("fieldManager=hal.dra.dev")));
+    }
+
     // Metrics and health.
     let metrics = http_get(metrics_port, "/metrics").await;
     assert!(

@@ -47,6 +47,18 @@ pub trait ClaimSource: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>>;
+
+    /// Replaces this driver's entries in the claim's `status.devices` (server-side apply with the driver
+    /// as field manager; an empty list removes them). Sources that cannot write do nothing.
+    fn set_device_status(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _driver: &str,
+        _devices: Vec<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Claims from the API server.
@@ -65,6 +77,31 @@ impl ClaimSource for KubeClaims {
             api.get_opt(&name)
                 .await
                 .map_err(|e| format!("reading ResourceClaim {namespace}/{name}: {e}"))
+        })
+    }
+
+    fn set_device_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        driver: &str,
+        devices: Vec<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        let api: Api<ResourceClaim> = Api::namespaced(self.0.clone(), namespace);
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let params = kube::api::PatchParams::apply(driver).force();
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceClaim",
+                "status": {"devices": devices}
+            });
+            api.patch_status(&name, &params, &kube::api::Patch::Apply(body))
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    format!("writing the device status of ResourceClaim {namespace}/{name}: {e}")
+                })
         })
     }
 }
@@ -336,6 +373,19 @@ impl Preparer {
         state.insert(claim.uid.clone(), record);
         self.store(&state)?;
         self.fault(Step::Completed)?;
+        // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
+        // the API server may not allow it (an older release, RBAC); the CDI env says the same.
+        let statuses = self.network_status(&allocated, &sources);
+        if !statuses.is_empty() {
+            let driver = &self.config.slices.driver_name;
+            if let Err(error) = self
+                .claims
+                .set_device_status(&claim.namespace, &claim.name, driver, statuses)
+                .await
+            {
+                tracing::warn!(claim = %claim.uid, %error, "device status not written");
+            }
+        }
         Ok(devices)
     }
 
@@ -384,6 +434,55 @@ impl Preparer {
                 })
             })
             .collect()
+    }
+
+    /// `status.devices` entries for the claim's network functions: `networkData.interfaceName` (the
+    /// requested name in the pod, else the host netdev) and `data` with the PCI address, netdev, RDMA
+    /// device and network attachment.
+    fn network_status(
+        &self,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+    ) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (a, source) in allocated.iter().zip(sources) {
+            let DeviceSource::Nic { function, rdma } = source else {
+                continue;
+            };
+            let vf = a.vf.as_ref();
+            let netdev = function.netdevs.first();
+            let mut data = serde_json::Map::new();
+            data.insert("pciAddress".into(), function.address.to_string().into());
+            if let Some(netdev) = netdev {
+                data.insert("netdev".into(), netdev.clone().into());
+            }
+            if let Some(rdma) = rdma {
+                data.insert("rdmaDevice".into(), rdma.name.clone().into());
+            }
+            if let Some(network) = vf.and_then(|v| v.net_attach_def_name.clone()) {
+                let namespace = vf.and_then(|v| v.net_attach_def_namespace.clone());
+                let full = namespace.map_or(network.clone(), |ns| format!("{ns}/{network}"));
+                data.insert("network".into(), full.into());
+            }
+            let mut entry = serde_json::json!({
+                "driver": self.config.slices.driver_name,
+                "pool": self.config.slices.node_name,
+                "device": a.device,
+                "data": data,
+            });
+            if let Some(name) = vf
+                .and_then(|v| v.if_name.clone())
+                .or_else(|| netdev.cloned())
+                && let Some(map) = entry.as_object_mut()
+            {
+                map.insert(
+                    "networkData".into(),
+                    serde_json::json!({"interfaceName": name}),
+                );
+            }
+            out.push(entry);
+        }
+        out
     }
 
     /// The CPUs of each CPU device of the claim: an individual CPU is itself; a group gives the CPUs the
@@ -575,7 +674,16 @@ impl Preparer {
                 Some(record) => match self.undo(&record) {
                     Ok(()) => {
                         state.remove(&claim.uid);
-                        self.store(&state)
+                        let stored = self.store(&state);
+                        let driver = &self.config.slices.driver_name;
+                        let cleared = self
+                            .claims
+                            .set_device_status(&claim.namespace, &claim.name, driver, Vec::new())
+                            .await;
+                        if let Err(error) = cleared {
+                            tracing::debug!(claim = %claim.uid, %error, "device status not cleared");
+                        }
+                        stored
                     }
                     Err(e) => Err(e),
                 },

@@ -9,9 +9,12 @@ use super::*;
 const DRIVER: &str = "hal.dra.dev";
 const NODE: &str = "node-1";
 
-/// Claims held in memory, as the API server would return them.
+/// Claims held in memory, as the API server would return them, and the device statuses written.
 #[derive(Default)]
-struct Claims(Mutex<BTreeMap<String, ResourceClaim>>);
+struct Claims(
+    Mutex<BTreeMap<String, ResourceClaim>>,
+    Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
+);
 
 impl Claims {
     fn add(&self, uid: &str, results: &[(&str, &str)], config: serde_json::Value) {
@@ -62,6 +65,21 @@ impl ClaimSource for Claims {
             .get(&format!("{namespace}/{name}"))
             .cloned();
         Box::pin(async move { Ok(found) })
+    }
+
+    fn set_device_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        driver: &str,
+        devices: Vec<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        assert_eq!(driver, DRIVER);
+        self.1
+            .lock()
+            .unwrap()
+            .insert(format!("{namespace}/{name}"), devices);
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -828,5 +846,33 @@ async fn an_intel_gpu_gets_its_drm_nodes_and_by_path_links_only() {
         !env_of(&s.spec("u1"))
             .iter()
             .any(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES"))
+    );
+}
+
+#[tokio::test]
+async fn network_functions_are_described_in_the_claims_device_status() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-b1-00-2"), ("gpu", "gpu-0000-b3-00-0")],
+        vf_config(None, "net1"),
+    );
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    let statuses = s.claims.1.lock().unwrap()["ns/claim-u1"].clone();
+    assert_eq!(
+        statuses,
+        [
+            json!({"driver": DRIVER, "pool": NODE, "device": "nic-0000-b1-00-2",
+                "networkData": {"interfaceName": "net1"},
+                "data": {"pciAddress": "0000:b1:00.2", "netdev": "ens2f0v0", "rdmaDevice": "mlx5_1",
+                         "network": "vf-test5/vf-test1"}})
+        ]
+    );
+    preparer.unprepare(vec![reference("u1")]).await;
+    assert_eq!(
+        s.claims.1.lock().unwrap()["ns/claim-u1"],
+        Vec::<serde_json::Value>::new(),
+        "cleared"
     );
 }

@@ -52,10 +52,7 @@ pub(crate) fn assign_core_types(
             })
             .collect()
     };
-    let capacities = per_cpu(errors, "cpu_capacity", |t| {
-        t.parse()
-            .map_err(|_| ParseError::new("cpu_capacity", t, "not a decimal integer"))
-    });
+    let capacities = per_cpu(errors, "cpu_capacity", parse_capacity);
     if let Some(kinds) = classify_by_capacity(&capacities) {
         cpus.iter_mut()
             .zip(kinds)
@@ -70,7 +67,14 @@ pub(crate) fn assign_core_types(
     }
 }
 
-fn parse_hex_u64(text: &str) -> Result<u64, ParseError> {
+/// An arm `cpu_capacity` (decimal, 1024 for the biggest core).
+pub fn parse_capacity(text: &str) -> Result<u64, ParseError> {
+    text.parse()
+        .map_err(|_| ParseError::new("cpu_capacity", text, "not a decimal integer"))
+}
+
+/// A hexadecimal register such as `midr_el1` (`0x00000000410fd050`, or without `0x`).
+pub fn parse_hex_u64(text: &str) -> Result<u64, ParseError> {
     let digits = text.strip_prefix("0x").unwrap_or(text);
     u64::from_str_radix(digits, 16)
         .map_err(|_| ParseError::new("hex register", text, "not hexadecimal"))
@@ -79,7 +83,7 @@ fn parse_hex_u64(text: &str) -> Result<u64, ParseError> {
 /// big.LITTLE by `cpu_capacity`: the lowest capacity is "efficiency", every higher one "performance"
 /// (so the middle cluster of a tri-cluster DynamIQ part counts as big). `None` when all are equal or
 /// none is known.
-fn classify_by_capacity(capacities: &[Option<u64>]) -> Option<Vec<CoreType>> {
+pub fn classify_by_capacity(capacities: &[Option<u64>]) -> Option<Vec<CoreType>> {
     let known = capacities.iter().flatten();
     let (min, max) = (known.clone().min()?, known.max()?);
     if min == max {
@@ -102,7 +106,7 @@ fn classify_by_capacity(capacities: &[Option<u64>]) -> Option<Vec<CoreType>> {
 const LITTLE_ARM_PARTS: [u64; 6] = [0xc05, 0xc07, 0xd03, 0xd05, 0xd46, 0xd80];
 
 /// big.LITTLE by MIDR, used only when the machine mixes part numbers.
-fn classify_by_midr(midrs: &[Option<u64>]) -> Option<Vec<CoreType>> {
+pub fn classify_by_midr(midrs: &[Option<u64>]) -> Option<Vec<CoreType>> {
     let part = |midr: u64| (midr >> 24 & 0xff, midr >> 4 & 0xfff);
     let mut parts = midrs.iter().flatten().map(|&m| part(m));
     let first = parts.next()?;

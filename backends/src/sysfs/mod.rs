@@ -1,7 +1,7 @@
 //! The sysfs backend: reads `/sys` (or any directory laid out like it).
 
 pub mod attr;
-mod core_type;
+pub mod core_type;
 pub mod cpu;
 mod cpu_groups;
 pub mod gpu;

@@ -270,6 +270,27 @@ pub fn hal_groupings(inventory: &CpuInventory, cpus: &CpuSet) -> BTreeMap<Groupi
     ])
 }
 
+/// Extracts the ghw snapshot `name` (`../shared/corpora/sysfs-other/ghw/<name>.tar.gz`) under `into` and
+/// returns the directory that holds its `sys/`.
+pub fn extract_ghw(name: &str, into: &Path) -> Result<PathBuf, String> {
+    let tarball = corpus_dir()
+        .join("../sysfs-other/ghw")
+        .join(format!("{name}.tar.gz"));
+    let dir = into.join(name);
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .map_err(|e| format!("running tar: {e}"))?;
+    if !status.success() {
+        return Err(format!("tar failed on {}", tarball.display()));
+    }
+    Ok(dir)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use backends::{SysfsGpu, SysfsPci, SysfsRoot};
@@ -310,29 +310,12 @@ fn gpus_match_lstopo_whole_io_needs_shared_corpora() {
     assert_eq!(with_nodes, 1, "card0 of 2pa-pcidomain32bits");
 }
 
-fn extract_ghw(name: &str, into: &Path) -> PathBuf {
-    let tarball = corpus_dir()
-        .join("../sysfs-other/ghw")
-        .join(format!("{name}.tar.gz"));
-    let dir = into.join(name);
-    fs::create_dir_all(&dir).unwrap();
-    let status = Command::new("tar")
-        .arg("xzf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tar {}", tarball.display());
-    dir
-}
-
 #[test]
 #[ignore = "needs ../shared corpora"]
 fn gpus_match_the_ghw_snapshots_needs_shared_corpora() {
     let scratch = hal_mock::scratch_dir("gpu-ghw-").unwrap();
     let read = |name: &str| {
-        let root = extract_ghw(name, scratch.path());
+        let root = hwloc::extract_ghw(name, scratch.path()).unwrap();
         let (found, errors) = gpus(&root);
         assert_eq!(errors, pci_errors(&root), "{name}: no errors of its own");
         assert!(errors.is_empty(), "{name}: {errors:?}");

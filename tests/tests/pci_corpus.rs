@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use backends::{SysfsPci, SysfsRoot, SysfsSriov};
@@ -313,23 +313,6 @@ fn pci_functions_match_lstopo_whole_io_needs_shared_corpora() {
     );
 }
 
-fn extract_ghw(name: &str, into: &Path) -> PathBuf {
-    let tarball = corpus_dir()
-        .join("../sysfs-other/ghw")
-        .join(format!("{name}.tar.gz"));
-    let dir = into.join(name);
-    fs::create_dir_all(&dir).unwrap();
-    let status = Command::new("tar")
-        .arg("xzf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tar {}", tarball.display());
-    dir
-}
-
 #[test]
 #[ignore = "needs ../shared corpora"]
 fn pci_functions_match_ghw_assertions_needs_shared_corpora() {
@@ -339,10 +322,13 @@ fn pci_functions_match_ghw_assertions_needs_shared_corpora() {
     };
 
     // Dual Xeon L5640 (ghw's pci_linux_test.go).
-    let (xeon, errors) = functions(&extract_ghw(
-        "linux-amd64-8581cf3a529e5d8b97ea876eade2f60d",
-        scratch.path(),
-    ));
+    let (xeon, errors) = functions(
+        &hwloc::extract_ghw(
+            "linux-amd64-8581cf3a529e5d8b97ea876eade2f60d",
+            scratch.path(),
+        )
+        .unwrap(),
+    );
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(get(&xeon, "0000:07:03.0").numa_node, None);
     assert_eq!(get(&xeon, "0000:05:11.0").numa_node, Some(NumaNode(0)));
@@ -362,10 +348,13 @@ fn pci_functions_match_ghw_assertions_needs_shared_corpora() {
     assert_eq!(xeon.len(), 82);
 
     // Alder Lake laptop: parents and IOMMU groups.
-    let (laptop, errors) = functions(&extract_ghw(
-        "linux-amd64-415ee03b8c4d1c4f07ae2e9d8b3d3d6d",
-        scratch.path(),
-    ));
+    let (laptop, errors) = functions(
+        &hwloc::extract_ghw(
+            "linux-amd64-415ee03b8c4d1c4f07ae2e9d8b3d3d6d",
+            scratch.path(),
+        )
+        .unwrap(),
+    );
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(
         get(&laptop, "0000:04:00.0").parent,
@@ -382,7 +371,7 @@ fn pci_functions_match_ghw_assertions_needs_shared_corpora() {
         ("linux-amd64-accel", 0x1b36),
         ("linux-amd64-accel-nvidia", 0x10de),
     ] {
-        let (found, _) = functions(&extract_ghw(name, scratch.path()));
+        let (found, _) = functions(&hwloc::extract_ghw(name, scratch.path()).unwrap());
         let accelerators: Vec<&PciFunction> = found
             .values()
             .filter(|f| f.base_class() == 0x12 || (f.class == 0x030200))

@@ -447,21 +447,9 @@ fn parse_vram_bytes(text: &str) -> Result<u64, ParseError> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use crate::sysfs::test_tree::{link, write};
     use proptest::prelude::*;
     use std::fs;
-    use std::os::unix::fs::symlink;
-
-    fn write(root: &Path, relative: &str, contents: &str) {
-        let path = root.join(relative);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, contents).unwrap();
-    }
-
-    fn link(root: &Path, relative: &str, target: &str) {
-        let path = root.join(relative);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        symlink(target, path).unwrap();
-    }
 
     /// A PCI function at `sys/devices/<parent>/<bdf>` with its bus link and driver.
     fn function(root: &Path, parent: &str, bdf: &str, ids: (&str, &str, &str), driver: &str) {

@@ -11,6 +11,9 @@ pub mod pci;
 pub mod pciids;
 pub mod rdma;
 pub mod sriov;
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod test_tree;
 pub mod write;
 
 pub use attr::SysfsRoot;

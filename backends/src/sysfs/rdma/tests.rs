@@ -1,19 +1,7 @@
 use super::*;
+use crate::sysfs::test_tree::{link, write};
 use proptest::prelude::*;
 use std::fs;
-use std::os::unix::fs::symlink;
-
-fn write(root: &Path, relative: &str, contents: &str) {
-    let path = root.join(relative);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, contents).unwrap();
-}
-
-fn link(root: &Path, relative: &str, target: &str) {
-    let path = root.join(relative);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    symlink(target, path).unwrap();
-}
 
 fn devices(root: &Path) -> (BTreeMap<String, RdmaInfo>, Vec<hal::InventoryError>) {
     let found = SysfsRdma::new(SysfsRoot::new(root)).rdma_devices().unwrap();

@@ -14,6 +14,7 @@ use driver::slices::args::SliceArgs;
 use driver::slices::build_slices;
 use driver::slices::validate::validate_pool;
 use driver::yaml::to_yaml;
+use k8s_openapi::api::resource::v1::ResourceSlice;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,13 +26,36 @@ use driver::yaml::to_yaml;
                   hal-probe pci sriov                 only PCI functions and SR-IOV\n  \
                   hal-probe --fixture gb300 topology  GPU/NIC matrix like nvidia-smi topo -m\n  \
                   hal-probe --fixture gb300 slices    the ResourceSlices the driver would publish\n  \
-                  hal-probe --sysfs-root DUMP --format json cpu\n\n\
+                  hal-probe --sysfs-root DUMP --format json cpu\n  \
+                  hal-probe explain --fixture gb300 CLAIMS.yaml  would these claims fit here? (explain --help)\n\n\
                   Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
                   Unreadable files do not stop the probe: they are listed under \"errors\" and only what\n\
                   depends on them is missing. Exit status: 0 on success (even with errors listed), 1 when\n\
                   nothing could be read, 2 on bad usage."
 )]
 struct Args {
+    #[command(flatten)]
+    machine: MachineArgs,
+
+    /// Output format: `table` for people, `json` for programs (a stable contract, see the driver README),
+    /// `yaml` (for `slices`, the form `kubectl` shows). `slices` defaults to yaml.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+
+    #[command(flatten)]
+    slices: SliceArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// What to report (default: everything but `slices`).
+    #[arg(value_enum)]
+    families: Vec<FamilyArg>,
+}
+
+/// Which machine to look at.
+#[derive(Debug, clap::Args)]
+struct MachineArgs {
     /// Read sysfs under DIR instead of / (a captured dump or fixture; DIR holds `sys/`).
     #[arg(long, value_name = "DIR", conflicts_with = "fixture")]
     sysfs_root: Option<PathBuf>,
@@ -40,27 +64,72 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     fixture: Option<String>,
 
-    /// Output format: `table` for people, `json` for programs (a stable contract, see the driver README),
-    /// `yaml` (for `slices`, the form `kubectl` shows). `slices` defaults to yaml.
-    #[arg(long, value_enum)]
-    format: Option<Format>,
-
     /// Vendor and device names from this pci.ids file (default: the system's, e.g.
     /// /usr/share/misc/pci.ids, if there is one; names are left out otherwise).
     #[arg(long, value_name = "FILE")]
     pci_ids: Option<PathBuf>,
 
-    /// The node name of `slices` (the pool name; default: NODE_NAME, else the fixture's name, else this
-    /// host's name).
+    /// The node name: the pool of `slices`, and for `explain` the node whose slices count (default:
+    /// NODE_NAME, else the fixture's name, else this host's name).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Would these claims fit on this node? Which devices would they get, and if not, why?
+    ///
+    /// Runs each ResourceClaim and ResourceClaimTemplate of the files through Kubernetes' structured
+    /// allocation (resource.k8s.io/v1, as the 1.34 scheduler does it: class and request CEL selectors,
+    /// count and allocationMode All, firstAvailable, matchAttribute and distinctAttribute, adminAccess,
+    /// consumable capacity, shared counters, taints) against the slices this node would publish, and
+    /// prints the allocation, or the smallest reason there is none.
+    #[command(after_help = "Examples:\n  \
+        hal-probe explain --fixture gb300 deployments/examples/gb300-templates.yaml\n  \
+        hal-probe explain --fixture xeon --format json claim.yaml\n  \
+        hal-probe explain --slices gpus.yaml --slices nics.yaml --class classes.yaml templates.yaml\n\n\
+        Without --fixture, --sysfs-root or --slices: this machine's slices. With only --slices: just those.\n\
+        This driver's DeviceClasses (deployments/deviceclasses) are built in. Each claim is explained\n\
+        on its own, against the devices that --allocated claims hold.\n\
+        Exit status: 0 when every claim fits, 3 when one does not or is invalid, 1 on bad input, 2 on bad usage.")]
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
+    /// Output format (default: table).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+
+    /// Files of DeviceClasses (other drivers'; they override built-in classes of the same name).
+    #[arg(long = "class", value_name = "FILE")]
+    classes: Vec<PathBuf>,
+
+    /// Files of extra ResourceSlices (other drivers' on this node; a `kubectl get -o yaml` List works).
+    #[arg(long = "slices", value_name = "FILE")]
+    slices: Vec<PathBuf>,
+
+    /// Files of allocated ResourceClaims (`kubectl get resourceclaims -A -o yaml`): their devices are in use.
+    #[arg(long = "allocated", value_name = "FILE")]
+    allocated: Vec<PathBuf>,
+
+    /// Leave out this driver's built-in DeviceClasses.
+    #[arg(long)]
+    no_builtin_classes: bool,
+
+    /// Device tries before the search gives up on a claim.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u64>,
 
     #[command(flatten)]
-    slices: SliceArgs,
+    slice_flags: SliceArgs,
 
-    /// What to report (default: everything but `slices`).
-    #[arg(value_enum)]
-    families: Vec<FamilyArg>,
+    /// ResourceClaim and ResourceClaimTemplate files (YAML or JSON, several documents each).
+    #[arg(required = true, value_name = "CLAIMS.yaml")]
+    claims: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,6 +169,19 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if let Some(Command::Explain(mut explain)) = args.command {
+        // `hal-probe --fixture gb300 explain ...` means the same as `hal-probe explain --fixture gb300 ...`.
+        let (outer, inner) = (args.machine, &mut explain.machine);
+        inner.fixture = inner.fixture.take().or(outer.fixture);
+        inner.sysfs_root = inner.sysfs_root.take().or(outer.sysfs_root);
+        inner.pci_ids = inner.pci_ids.take().or(outer.pci_ids);
+        inner.node_name = inner.node_name.take().or(outer.node_name);
+        if inner.fixture.is_some() && inner.sysfs_root.is_some() {
+            bail!("--fixture and --sysfs-root cannot be used together");
+        }
+        explain.format = explain.format.or(args.format);
+        return run_explain(explain);
+    }
     let want_slices = args.families.contains(&FamilyArg::Slices);
     if want_slices && args.families.len() > 1 {
         bail!("`slices` cannot be combined with other families");
@@ -121,55 +203,9 @@ fn run() -> anyhow::Result<ExitCode> {
             .collect()
     };
 
-    // Keeps a materialized fixture alive (its directory is removed on drop).
-    let mut _fixture = None;
-    let root = match (&args.fixture, &args.sysfs_root) {
-        (Some(name), _) => {
-            let machine = hal_mock::by_name(name).map_err(anyhow::Error::msg)?;
-            let materialized = machine
-                .materialize()
-                .with_context(|| format!("writing fixture {name}"))?;
-            let root = SysfsRoot::new(materialized.root());
-            _fixture = Some(materialized);
-            root
-        }
-        (None, Some(dir)) => {
-            if !dir.is_dir() {
-                bail!("--sysfs-root {}: not a directory", dir.display());
-            }
-            if !dir.join("sys").is_dir() {
-                bail!(
-                    "--sysfs-root {}: no sys/ directory inside (give the directory that contains sys/)",
-                    dir.display()
-                );
-            }
-            SysfsRoot::new(dir)
-        }
-        (None, None) => SysfsRoot::default(),
-    };
-
-    let pci_ids = args.pci_ids.clone().or_else(default_pci_ids);
+    let machine = Machine::open(&args.machine)?;
     if want_slices {
-        let node = args
-            .node_name
-            .clone()
-            .or_else(|| args.fixture.clone())
-            .or_else(hostname)
-            .unwrap_or_else(|| "node".to_owned());
-        let config = args.slices.config(&node).map_err(anyhow::Error::msg)?;
-        let nvml = driver::inventory::nvml_for(args.fixture.as_deref());
-        let inventory = Inventory::from_machine(&root, pci_ids.as_deref(), Some(nvml));
-        for e in &inventory.errors {
-            eprintln!("hal-probe: {}", e.error);
-        }
-        let slices = build_slices(&inventory, &config, 0);
-        let problems = validate_pool(&slices);
-        if !problems.is_empty() {
-            for p in &problems {
-                eprintln!("hal-probe: {p}");
-            }
-            bail!("the slices would be rejected by the API server (a bug: please report it)");
-        }
+        let slices = machine.slices(&args.machine, &args.slices)?;
         match args.format.unwrap_or(Format::Yaml) {
             Format::Json => println!("{}", serde_json::to_string_pretty(&slices)?),
             Format::Yaml | Format::Table => {
@@ -180,16 +216,17 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let root = machine.root.clone();
     let topology = SysfsCpuTopology::new(root.clone());
     let mut pci = SysfsPci::new(root.clone());
-    if let Some(ids) = pci_ids {
+    if let Some(ids) = machine.pci_ids.clone() {
         pci = pci.with_pci_ids(ids);
     }
     let sriov = SysfsSriov::new(root.clone());
     let rdma = SysfsRdma::new(root.clone());
     let gpus = backends::nvml::NvmlGpus::new(
         SysfsGpu::new(root),
-        driver::inventory::nvml_for(args.fixture.as_deref()),
+        driver::inventory::nvml_for(args.machine.fixture.as_deref()),
     );
     let sources = Sources {
         cpu: &topology,
@@ -211,6 +248,118 @@ fn run() -> anyhow::Result<ExitCode> {
         Format::Table => print!("{}", render_table(&report)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hal-probe explain`.
+fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let m = &args.machine;
+    // With only --slices, just those; otherwise this node's slices too.
+    let node_slices = match (&m.fixture, &m.sysfs_root, args.slices.is_empty()) {
+        (None, None, false) => Vec::new(),
+        _ => Machine::open(m)?.slices(m, &args.slice_flags)?,
+    };
+    let node = match node_slices.is_empty() {
+        true => m.node_name.clone(),
+        false => Some(node_name(m)),
+    };
+    let request = driver::explain::Request {
+        claims: args.claims,
+        classes: args.classes,
+        slices: args.slices,
+        allocated: args.allocated,
+        node,
+        no_builtin_classes: args.no_builtin_classes,
+        driver_name: args.slice_flags.driver_name.clone(),
+        step_limit: args.max_steps,
+    };
+    let report = driver::explain::explain(&request, node_slices)?;
+    for note in &report.notes {
+        eprintln!("hal-probe: {note}");
+    }
+    match args.format.unwrap_or(Format::Table) {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report.claims)?),
+        Format::Yaml => print!("{}", to_yaml(&serde_json::to_value(&report.claims)?)),
+        Format::Table => print!("{}", allocator::render_table(&report.claims)),
+    }
+    let all_fit = report
+        .claims
+        .iter()
+        .all(|c| c.status == allocator::Status::Allocated);
+    Ok(if all_fit {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// The machine a command looks at: a sysfs root (a materialized fixture is kept alive here).
+struct Machine {
+    root: SysfsRoot,
+    pci_ids: Option<PathBuf>,
+    _fixture: Option<hal_mock::MaterializedFixture>,
+}
+
+impl Machine {
+    fn open(args: &MachineArgs) -> anyhow::Result<Machine> {
+        let mut fixture = None;
+        let root = match (&args.fixture, &args.sysfs_root) {
+            (Some(name), _) => {
+                let machine = hal_mock::by_name(name).map_err(anyhow::Error::msg)?;
+                let materialized = machine
+                    .materialize()
+                    .with_context(|| format!("writing fixture {name}"))?;
+                let root = SysfsRoot::new(materialized.root());
+                fixture = Some(materialized);
+                root
+            }
+            (None, Some(dir)) => {
+                if !dir.is_dir() {
+                    bail!("--sysfs-root {}: not a directory", dir.display());
+                }
+                if !dir.join("sys").is_dir() {
+                    bail!(
+                        "--sysfs-root {}: no sys/ directory inside (give the directory that contains sys/)",
+                        dir.display()
+                    );
+                }
+                SysfsRoot::new(dir)
+            }
+            (None, None) => SysfsRoot::default(),
+        };
+        Ok(Machine {
+            root,
+            pci_ids: args.pci_ids.clone().or_else(default_pci_ids),
+            _fixture: fixture,
+        })
+    }
+
+    /// The ResourceSlices the driver would publish here, checked as the API server would.
+    fn slices(&self, args: &MachineArgs, flags: &SliceArgs) -> anyhow::Result<Vec<ResourceSlice>> {
+        let config = flags.config(&node_name(args)).map_err(anyhow::Error::msg)?;
+        let nvml = driver::inventory::nvml_for(args.fixture.as_deref());
+        let inventory = Inventory::from_machine(&self.root, self.pci_ids.as_deref(), Some(nvml));
+        for e in &inventory.errors {
+            eprintln!("hal-probe: {}", e.error);
+        }
+        let slices = build_slices(&inventory, &config, 0);
+        let problems = validate_pool(&slices);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("hal-probe: {p}");
+            }
+            bail!("the slices would be rejected by the API server (a bug: please report it)");
+        }
+        Ok(slices)
+    }
+}
+
+/// The node name: --node-name or NODE_NAME, else the fixture's name, else this host's.
+fn node_name(args: &MachineArgs) -> String {
+    args.node_name
+        .clone()
+        .or_else(|| args.fixture.clone())
+        .or_else(hostname)
+        .unwrap_or_else(|| "node".to_owned())
 }
 
 /// This host's name, lower-cased, from the kernel.

@@ -1,0 +1,254 @@
+//! The CEL environment of DRA selectors: `device.driver`, `device.attributes[domain].name`,
+//! `device.capacity[domain].name` (quantities), `device.allowMultipleAllocations`, with the Kubernetes
+//! extension functions (`quantity()`, `semver()`, strings, lists, ...) from kube-cel.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+use kube_cel::KubeCelExt;
+use kube_cel::cel::{Context, ExecutionError, Program, Value};
+
+use crate::model::{AttrValue, Candidate};
+
+/// What one selector said of one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// `true`.
+    Selected,
+    /// `false`.
+    NotSelected,
+    /// The expression looked up an attribute or capacity the device does not have: not selected.
+    /// (The Kubernetes scheduler stops the whole allocation with a CEL runtime error here.)
+    Missing(String),
+    /// Any other runtime error, or a result that is not a bool.
+    Error(String),
+}
+
+/// Compiled selectors and the values devices are seen as.
+pub struct Cel {
+    root: Context<'static>,
+    to_quantity: Program,
+    to_semver: Program,
+    programs: HashMap<String, Result<Rc<Program>, String>>,
+}
+
+impl Cel {
+    /// A fresh environment with every Kubernetes CEL library.
+    pub fn new() -> Result<Cel, String> {
+        let compile = |s: &str| Program::compile(s).map_err(|e| e.to_string());
+        Ok(Cel {
+            root: Context::default().with_all(),
+            to_quantity: compile("quantity(s)")?,
+            to_semver: compile("semver(s)")?,
+            programs: HashMap::new(),
+        })
+    }
+
+    /// Compiles `expression` once; later calls return the same program (or the same error).
+    pub fn compile(&mut self, expression: &str) -> Result<Rc<Program>, String> {
+        self.programs
+            .entry(expression.to_owned())
+            .or_insert_with(|| {
+                Program::compile(expression)
+                    .map(Rc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
+    fn convert(&self, program: &Program, text: &str) -> Value {
+        let mut scope = self.root.new_inner_scope();
+        scope.add_variable_from_value("s", text.to_owned());
+        program
+            .execute(&scope)
+            .unwrap_or_else(|_| Value::from(text.to_owned()))
+    }
+
+    /// `device` as CEL sees it. Every domain in `domains` is present (empty when the device has none of
+    /// its attributes), as Kubernetes answers an unknown domain with an empty map.
+    pub fn device_value(&self, device: &Candidate, domains: &BTreeSet<String>) -> Value {
+        let mut attributes: BTreeMap<&str, HashMap<String, Value>> = BTreeMap::new();
+        let mut capacity: BTreeMap<&str, HashMap<String, Value>> = BTreeMap::new();
+        for domain in domains {
+            attributes.entry(domain).or_default();
+            capacity.entry(domain).or_default();
+        }
+        for (name, value) in &device.attributes {
+            let (domain, id) = split(name);
+            let value = match value {
+                AttrValue::Int(i) => Value::Int(*i),
+                AttrValue::Bool(b) => Value::Bool(*b),
+                AttrValue::String(s) => Value::from(s.clone()),
+                AttrValue::Version(v) => self.convert(&self.to_semver, v),
+            };
+            attributes
+                .entry(domain)
+                .or_default()
+                .insert(id.to_owned(), value);
+        }
+        for (name, cap) in &device.capacity {
+            let (domain, id) = split(name);
+            let value = self.convert(&self.to_quantity, &cap.text);
+            capacity
+                .entry(domain)
+                .or_default()
+                .insert(id.to_owned(), value);
+        }
+        let nest = |m: BTreeMap<&str, HashMap<String, Value>>| -> Value {
+            m.into_iter()
+                .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                .collect::<HashMap<String, Value>>()
+                .into()
+        };
+        let mut map: HashMap<String, Value> = HashMap::new();
+        map.insert("driver".into(), Value::from(device.driver.clone()));
+        map.insert("attributes".into(), nest(attributes));
+        map.insert("capacity".into(), nest(capacity));
+        map.insert(
+            "allowMultipleAllocations".into(),
+            Value::Bool(device.allow_multiple),
+        );
+        map.into()
+    }
+
+    /// Runs `program` with `device` bound.
+    pub fn eval(&self, program: &Program, device: &Value) -> Verdict {
+        let mut scope = self.root.new_inner_scope();
+        scope.add_variable_from_value("device", device.clone());
+        match program.execute(&scope) {
+            Ok(Value::Bool(true)) => Verdict::Selected,
+            Ok(Value::Bool(false)) => Verdict::NotSelected,
+            Ok(other) => Verdict::Error(format!("the expression returned {other:?}, not a bool")),
+            Err(ExecutionError::NoSuchKey(key)) => Verdict::Missing(key.to_string()),
+            Err(e) => Verdict::Error(e.to_string()),
+        }
+    }
+}
+
+/// `domain/id` into its parts (a bare name has no domain here; the model qualifies names first).
+fn split(name: &str) -> (&str, &str) {
+    name.rsplit_once('/').unwrap_or(("", name))
+}
+
+/// The quoted string literals of an expression that look like attribute domains (contain a dot), so
+/// that `device.attributes["other.vendor.com"]` yields an empty map rather than an error.
+pub fn domain_literals(expression: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut chars = expression.char_indices();
+    while let Some((start, c)) = chars.next() {
+        if c != '"' && c != '\'' {
+            continue;
+        }
+        let quote = c;
+        let mut end = None;
+        for (i, d) in chars.by_ref() {
+            if d == quote {
+                end = Some(i);
+                break;
+            }
+        }
+        let Some(end) = end else { break };
+        if let Some(literal) = expression.get(start + 1..end)
+            && literal.contains('.')
+            && !literal.contains(['/', ' ', ':'])
+            && literal.len() <= 63
+        {
+            found.insert(literal.to_owned());
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::Capacity;
+    use crate::quantity::Quantity;
+
+    fn gpu() -> Candidate {
+        let mut device = Candidate::bare("gpu.example.com", "node", "gpu-0");
+        device
+            .attributes
+            .insert("gpu.example.com/numaNode".into(), AttrValue::Int(1));
+        device.attributes.insert(
+            "gpu.example.com/driverVersion".into(),
+            AttrValue::Version("580.105.8".into()),
+        );
+        device.capacity.insert(
+            "gpu.example.com/memory".into(),
+            Capacity::plain(Quantity::parse("80Gi").unwrap(), "80Gi"),
+        );
+        device
+    }
+
+    fn verdict(expression: &str) -> Verdict {
+        let mut cel = Cel::new().unwrap();
+        let program = cel.compile(expression).unwrap();
+        let domains = domain_literals(expression);
+        let value = cel.device_value(&gpu(), &domains);
+        cel.eval(&program, &value)
+    }
+
+    #[test]
+    fn attributes_capacity_quantity_and_semver() {
+        use Verdict::*;
+        assert_eq!(verdict(r#"device.driver == "gpu.example.com""#), Selected);
+        assert_eq!(
+            verdict(r#"device.attributes["gpu.example.com"].numaNode == 1"#),
+            Selected
+        );
+        assert_eq!(
+            verdict(
+                r#"device.capacity["gpu.example.com"].memory.compareTo(quantity("40Gi")) >= 0"#
+            ),
+            Selected
+        );
+        assert_eq!(
+            verdict(
+                r#"device.attributes["gpu.example.com"].driverVersion.isLessThan(semver("570.0.0"))"#
+            ),
+            NotSelected
+        );
+        assert_eq!(verdict("device.allowMultipleAllocations"), NotSelected);
+    }
+
+    #[test]
+    fn missing_attributes_and_unknown_domains_are_not_selected() {
+        assert_eq!(
+            verdict(r#"device.attributes["gpu.example.com"].rdma"#),
+            Verdict::Missing("rdma".into())
+        );
+        assert_eq!(
+            verdict(r#"device.attributes["other.vendor.com"].x == 1"#),
+            Verdict::Missing("x".into())
+        );
+        assert_eq!(
+            verdict(r#""x" in device.attributes["other.vendor.com"]"#),
+            Verdict::NotSelected
+        );
+    }
+
+    #[test]
+    fn runtime_errors_and_non_bools_are_errors() {
+        assert!(matches!(verdict("1 / 0 == 1"), Verdict::Error(_)));
+        assert!(matches!(verdict("42"), Verdict::Error(_)));
+    }
+
+    #[test]
+    fn syntax_errors_fail_to_compile() {
+        let mut cel = Cel::new().unwrap();
+        assert!(cel.compile("device.attributes[").is_err());
+    }
+
+    #[test]
+    fn domain_literals_finds_quoted_domains_only() {
+        let found = domain_literals(
+            r#"device.attributes["dra.net"].ifName == 'eth0' && device.attributes['resource.kubernetes.io'].pciBusID == "0008:06:00.0""#,
+        );
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            vec!["dra.net".to_owned(), "resource.kubernetes.io".to_owned()]
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! A claim's requests in one shape: each request a list of alternatives (one for `exactly`, the
+//! sub-requests in order for `firstAvailable`), each with its class's and its own selectors, and the
+//! constraints with the requests they cover.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::{
+    CapacityRequirements, DeviceClass, DeviceSelector, DeviceToleration, ResourceClaimSpec,
+};
+
+use crate::quantity::Quantity;
+
+/// How many devices an alternative wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `allocationMode: ExactCount` with `count`.
+    Exact(usize),
+    /// `allocationMode: All`: every matching device (at least one).
+    All,
+}
+
+/// One CEL selector and where it comes from.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// `class gpu.example.com #1` or `request #2`.
+    pub origin: String,
+    /// The expression.
+    pub expression: String,
+}
+
+/// One way to satisfy a request.
+#[derive(Debug, Clone)]
+pub struct Alternative {
+    /// `req` for `exactly`, `req/sub` for a `firstAvailable` entry.
+    pub name: String,
+    /// The DeviceClass.
+    pub class: String,
+    /// The class's selectors, then the request's.
+    pub selectors: Vec<Selector>,
+    /// How many.
+    pub mode: Mode,
+    /// `adminAccess`.
+    pub admin_access: bool,
+    /// `capacity.requests`, by name as written.
+    pub capacity: BTreeMap<String, Quantity>,
+    /// `tolerations`.
+    pub tolerations: Vec<DeviceToleration>,
+}
+
+/// A request of the claim.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Its name.
+    pub name: String,
+    /// Tried in order; `exactly` has one.
+    pub alternatives: Vec<Alternative>,
+}
+
+/// What a constraint demands of the devices of its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConstraintKind {
+    /// `matchAttribute`: all carry the attribute, with one value.
+    Match(String),
+    /// `distinctAttribute`: all carry the attribute, with different values.
+    Distinct(String),
+}
+
+/// A constraint of the claim.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    /// 1-based position in `spec.devices.constraints`.
+    pub number: usize,
+    /// Request names it covers (empty: every request).
+    pub requests: Vec<String>,
+    /// What it demands.
+    pub kind: ConstraintKind,
+}
+
+impl Constraint {
+    /// Whether it covers the alternative `name` (`req` or `req/sub`).
+    pub fn covers(&self, name: &str) -> bool {
+        self.requests.is_empty()
+            || self
+                .requests
+                .iter()
+                .any(|r| r == name || name.split_once('/').is_some_and(|(parent, _)| parent == r))
+    }
+
+    /// `matchAttribute hal.dra.dev/numaNode over [gpu, nic]`.
+    pub fn describe(&self) -> String {
+        let (what, attribute) = match &self.kind {
+            ConstraintKind::Match(a) => ("matchAttribute", a),
+            ConstraintKind::Distinct(a) => ("distinctAttribute", a),
+        };
+        let over = match self.requests.is_empty() {
+            true => "every request".to_owned(),
+            false => self.requests.join(", "),
+        };
+        format!(
+            "constraint #{} ({what} {attribute} over {over})",
+            self.number
+        )
+    }
+}
+
+/// The normalized claim.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Requests in order.
+    pub requests: Vec<Request>,
+    /// Constraints in order.
+    pub constraints: Vec<Constraint>,
+}
+
+impl Claim {
+    /// Normalizes `spec`, with `classes` by name. Errors are what the API server or scheduler would
+    /// refuse: a request without `exactly` or `firstAvailable`, an unknown class, a bad count.
+    pub fn new(
+        spec: &ResourceClaimSpec,
+        classes: &BTreeMap<String, DeviceClass>,
+    ) -> Result<Claim, String> {
+        let devices = spec.devices.as_ref();
+        let mut requests = Vec::new();
+        for request in devices
+            .and_then(|d| d.requests.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let name = &request.name;
+            let alternatives = match (&request.exactly, &request.first_available) {
+                (Some(exact), None) => vec![alternative(
+                    name.clone(),
+                    &exact.device_class_name,
+                    exact.selectors.as_deref(),
+                    exact.allocation_mode.as_deref(),
+                    exact.count,
+                    exact.admin_access.unwrap_or(false),
+                    exact.capacity.as_ref(),
+                    exact.tolerations.as_deref(),
+                    classes,
+                )?],
+                (None, Some(subs)) if !subs.is_empty() => subs
+                    .iter()
+                    .map(|sub| {
+                        alternative(
+                            format!("{name}/{}", sub.name),
+                            &sub.device_class_name,
+                            sub.selectors.as_deref(),
+                            sub.allocation_mode.as_deref(),
+                            sub.count,
+                            false,
+                            sub.capacity.as_ref(),
+                            sub.tolerations.as_deref(),
+                            classes,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => {
+                    return Err(format!(
+                        "request {name}: exactly one of `exactly` and `firstAvailable` (non-empty) must be set"
+                    ));
+                }
+            };
+            requests.push(Request {
+                name: name.clone(),
+                alternatives,
+            });
+        }
+        if requests.is_empty() {
+            return Err("the claim has no requests".into());
+        }
+        let mut constraints = Vec::new();
+        for (i, c) in devices
+            .and_then(|d| d.constraints.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let number = i + 1;
+            let kind = match (&c.match_attribute, &c.distinct_attribute) {
+                (Some(a), None) => ConstraintKind::Match(a.clone()),
+                (None, Some(a)) => ConstraintKind::Distinct(a.clone()),
+                _ => {
+                    return Err(format!(
+                        "constraint #{number}: exactly one of matchAttribute and distinctAttribute must be set"
+                    ));
+                }
+            };
+            let (ConstraintKind::Match(attribute) | ConstraintKind::Distinct(attribute)) = &kind;
+            if !attribute.contains('/') {
+                return Err(format!(
+                    "constraint #{number}: {attribute:?} must be fully qualified (domain/name), e.g. resource.kubernetes.io/pcieRoot"
+                ));
+            }
+            let names: Vec<String> = c.requests.clone().unwrap_or_default();
+            for name in &names {
+                let known = requests
+                    .iter()
+                    .any(|r| &r.name == name || r.alternatives.iter().any(|a| &a.name == name));
+                if !known {
+                    return Err(format!("constraint #{number}: no request named {name:?}"));
+                }
+            }
+            constraints.push(Constraint {
+                number,
+                requests: names,
+                kind,
+            });
+        }
+        Ok(Claim {
+            requests,
+            constraints,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn alternative(
+    name: String,
+    class_name: &str,
+    selectors: Option<&[DeviceSelector]>,
+    mode: Option<&str>,
+    count: Option<i64>,
+    admin_access: bool,
+    capacity: Option<&CapacityRequirements>,
+    tolerations: Option<&[DeviceToleration]>,
+    classes: &BTreeMap<String, DeviceClass>,
+) -> Result<Alternative, String> {
+    if class_name.is_empty() {
+        return Err(format!("request {name}: deviceClassName is required"));
+    }
+    let class = classes.get(class_name).ok_or_else(|| {
+        format!("request {name}: DeviceClass {class_name:?} not found (give it with --class FILE)")
+    })?;
+    let mut all = Vec::new();
+    for (i, s) in class.spec.selectors.iter().flatten().enumerate() {
+        if let Some(cel) = &s.cel {
+            all.push(Selector {
+                origin: format!("class {class_name} selector #{}", i + 1),
+                expression: cel.expression.clone(),
+            });
+        }
+    }
+    for (i, s) in selectors.into_iter().flatten().enumerate() {
+        if let Some(cel) = &s.cel {
+            all.push(Selector {
+                origin: format!("request {name} selector #{}", i + 1),
+                expression: cel.expression.clone(),
+            });
+        }
+    }
+    let mode = match (mode.unwrap_or("ExactCount"), count) {
+        ("ExactCount", None) => Mode::Exact(1),
+        ("ExactCount", Some(n)) if (1..=128).contains(&n) => Mode::Exact(n as usize),
+        ("ExactCount", Some(n)) => {
+            return Err(format!("request {name}: count {n} is not within 1..=128"));
+        }
+        ("All", None) => Mode::All,
+        ("All", Some(_)) => {
+            return Err(format!(
+                "request {name}: count must not be set with allocationMode All"
+            ));
+        }
+        (other, _) => {
+            return Err(format!(
+                "request {name}: unknown allocationMode {other:?} (ExactCount or All)"
+            ));
+        }
+    };
+    let mut wanted = BTreeMap::new();
+    for (cap, q) in capacity
+        .and_then(|c| c.requests.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let amount =
+            Quantity::parse(&q.0).map_err(|e| format!("request {name}: capacity {cap}: {e}"))?;
+        wanted.insert(cap.clone(), amount);
+    }
+    Ok(Alternative {
+        name,
+        class: class_name.to_owned(),
+        selectors: all,
+        mode,
+        admin_access,
+        capacity: wanted,
+        tolerations: tolerations
+            .map(<[DeviceToleration]>::to_vec)
+            .unwrap_or_default(),
+    })
+}

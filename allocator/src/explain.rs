@@ -1,0 +1,448 @@
+//! [`Allocator::explain`]: the allocation a claim would get, or the smallest reason it gets none.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use k8s_openapi::api::resource::v1::{DeviceClass, DeviceTaint, DeviceToleration, ResourceSlice};
+use kube_cel::cel::{Program, Value};
+
+use crate::cel::{Cel, Verdict, domain_literals};
+use crate::claim::{Alternative, Claim, Mode};
+use crate::input::ClaimInput;
+use crate::model::{Pools, qualify};
+use crate::search::{Fit, Search};
+use crate::why::{NUMA, PCIE, alignment};
+
+/// Device tries before a search gives up (the scheduler has a time limit instead).
+pub const DEFAULT_STEP_LIMIT: u64 = 2_000_000;
+
+/// How a claim fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Every request got its devices.
+    Allocated,
+    /// No allocation exists (or none was found within the step limit).
+    Unsatisfiable,
+    /// The claim is invalid or names what does not exist.
+    Error,
+}
+
+/// One device of an allocation, as `status.allocation.devices.results` would list it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocated {
+    /// `req` or `req/sub`.
+    pub request: String,
+    /// The driver.
+    pub driver: String,
+    /// The pool.
+    pub pool: String,
+    /// The device.
+    pub device: String,
+    /// Allocated with admin access.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub admin_access: bool,
+    /// Capacity consumed on a shared device.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumed_capacity: BTreeMap<String, String>,
+    /// Its NUMA node (any `numaNode` attribute).
+    pub numa_node: Option<i64>,
+    /// Its PCIe root (`resource.kubernetes.io/pcieRoot`).
+    pub pcie_root: Option<String>,
+}
+
+/// What became of one claim.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// `ResourceClaimTemplate name` or `ResourceClaim ns/name`.
+    pub claim: String,
+    /// The verdict.
+    pub status: Status,
+    /// The allocation (empty unless allocated).
+    pub devices: Vec<Allocated>,
+    /// With two or more devices: `aligned on NUMA node 0`, or `cross-NUMA: ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numa: Option<String>,
+    /// With two or more devices: `aligned on PCIe root pci0000:b0`, or `cross-PCIe-root: ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcie_root: Option<String>,
+    /// Why not (unsatisfiable or error), most important first.
+    pub explanation: Vec<String>,
+    /// Things that differ from, or would trip, the real scheduler.
+    pub warnings: Vec<String>,
+    /// Devices tried by the search.
+    pub search_steps: u64,
+}
+
+/// Why a device is not a candidate for an alternative.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rejection {
+    Selector { origin: String, verdict: String },
+    Taint(String),
+    Capacity(String),
+    InUse(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::Selector { origin, verdict } => write!(f, "{origin} {verdict}"),
+            Rejection::Taint(t) => write!(f, "tainted {t} (not tolerated)"),
+            Rejection::Capacity(c) => write!(f, "{c}"),
+            Rejection::InUse(by) => write!(f, "in use by {by}"),
+        }
+    }
+}
+
+/// The devices of an alternative: candidates, and the rest with their reason.
+pub(crate) struct Matching {
+    pub(crate) fits: Vec<Fit>,
+    pub(crate) rejected: Vec<(usize, Rejection)>,
+}
+
+/// Explains claims against one set of slices, classes and existing allocations.
+pub struct Allocator {
+    pub(crate) pools: Pools,
+    classes: BTreeMap<String, DeviceClass>,
+    cel: Cel,
+    domains: BTreeSet<String>,
+    values: Vec<Value>,
+    /// Device tries before a search gives up.
+    pub step_limit: u64,
+}
+
+impl Allocator {
+    /// Devices of `slices` (only those of `node`, when given), with `allocated` claims' devices in use.
+    pub fn new(
+        slices: &[ResourceSlice],
+        classes: Vec<DeviceClass>,
+        allocated: &[ClaimInput],
+        node: Option<&str>,
+    ) -> Result<Allocator, String> {
+        let pools = Pools::new(slices, node, allocated);
+        let classes = classes
+            .into_iter()
+            .filter_map(|c| c.metadata.name.clone().map(|n| (n, c)))
+            .collect();
+        let mut allocator = Allocator {
+            domains: pools.domains(),
+            pools,
+            classes,
+            cel: Cel::new()?,
+            values: Vec::new(),
+            step_limit: DEFAULT_STEP_LIMIT,
+        };
+        allocator.refresh_values();
+        Ok(allocator)
+    }
+
+    /// The devices and what is in use.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    fn refresh_values(&mut self) {
+        self.values = self
+            .pools
+            .devices
+            .iter()
+            .map(|d| self.cel.device_value(d, &self.domains))
+            .collect();
+    }
+
+    /// The allocation the structured allocator would make for `input`, or why there is none.
+    pub fn explain(&mut self, input: &ClaimInput) -> Outcome {
+        let mut outcome = Outcome {
+            claim: input.label.clone(),
+            status: Status::Error,
+            devices: Vec::new(),
+            numa: None,
+            pcie_root: None,
+            explanation: Vec::new(),
+            warnings: Vec::new(),
+            search_steps: 0,
+        };
+        let claim = match Claim::new(&input.spec, &self.classes) {
+            Ok(claim) => claim,
+            Err(e) => {
+                outcome.explanation.push(e);
+                return outcome;
+            }
+        };
+        let mut fresh = false;
+        for alternative in claim.requests.iter().flat_map(|r| &r.alternatives) {
+            for selector in &alternative.selectors {
+                for domain in domain_literals(&selector.expression) {
+                    fresh |= self.domains.insert(domain);
+                }
+            }
+        }
+        if fresh {
+            self.refresh_values();
+        }
+        let mut verdicts = VerdictCache::new(self.pools.devices.len());
+        let mut fits = Vec::new();
+        let mut matchings = Vec::new();
+        for request in &claim.requests {
+            let mut per_request = Vec::new();
+            for alternative in &request.alternatives {
+                let mut programs = Vec::new();
+                for selector in &alternative.selectors {
+                    match self.cel.compile(&selector.expression) {
+                        Ok(program) => programs.push(program),
+                        Err(e) => {
+                            outcome.explanation.push(format!(
+                                "{}: CEL syntax error in {:?}: {e}",
+                                selector.origin, selector.expression
+                            ));
+                            return outcome;
+                        }
+                    }
+                }
+                per_request.push(self.matching(
+                    alternative,
+                    &programs,
+                    &mut verdicts,
+                    &mut outcome.warnings,
+                ));
+            }
+            fits.push(
+                per_request
+                    .iter()
+                    .map(|m| m.fits.clone())
+                    .collect::<Vec<_>>(),
+            );
+            matchings.push(per_request);
+        }
+        let mut search = Search::new(&claim, &self.pools, &fits, self.step_limit);
+        let found = search.run();
+        outcome.search_steps = search.steps;
+        if !found {
+            outcome.status = Status::Unsatisfiable;
+            outcome.explanation = match search.gave_up {
+                true => vec![format!(
+                    "the search gave up after {} device tries without an allocation (the scheduler may still find one)",
+                    self.step_limit
+                )],
+                false => self.why_not(&claim, &matchings, &fits),
+            };
+            return outcome;
+        }
+        outcome.status = Status::Allocated;
+        for pick in &search.picks {
+            let (Some(device), Some(alternative)) = (
+                self.pools.devices.get(pick.device),
+                claim
+                    .requests
+                    .get(pick.request)
+                    .and_then(|r| r.alternatives.get(pick.alternative)),
+            ) else {
+                continue;
+            };
+            outcome.devices.push(Allocated {
+                request: alternative.name.clone(),
+                driver: device.driver.clone(),
+                pool: device.pool.clone(),
+                device: device.name.clone(),
+                admin_access: alternative.admin_access,
+                consumed_capacity: pick
+                    .consumes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect(),
+                numa_node: device.numa_node(),
+                pcie_root: device.pcie_root().map(str::to_owned),
+            });
+        }
+        outcome.numa = alignment(&outcome.devices, NUMA, |d| {
+            d.numa_node.map(|n| n.to_string())
+        });
+        outcome.pcie_root = alignment(&outcome.devices, PCIE, |d| d.pcie_root.clone());
+        outcome
+    }
+
+    /// Selectors, taints, capacity and use of every device, for one alternative.
+    fn matching(
+        &self,
+        alternative: &Alternative,
+        programs: &[Rc<Program>],
+        verdicts: &mut VerdictCache,
+        warnings: &mut Vec<String>,
+    ) -> Matching {
+        let mut matching = Matching {
+            fits: Vec::new(),
+            rejected: Vec::new(),
+        };
+        let mut warned = BTreeSet::new();
+        'devices: for (d, device) in self.pools.devices.iter().enumerate() {
+            let Some(value) = self.values.get(d) else {
+                continue;
+            };
+            for (selector, program) in alternative.selectors.iter().zip(programs) {
+                let verdict =
+                    verdicts.get(&selector.expression, d, || self.cel.eval(program, value));
+                let verdict = match verdict {
+                    Verdict::Selected => continue,
+                    Verdict::NotSelected => "is false".to_owned(),
+                    Verdict::Missing(key) => {
+                        if warned.insert(selector.origin.clone()) {
+                            warnings.push(format!(
+                                "{} looks up {key:?}, which device {} lacks: here such devices are not selected, but the Kubernetes scheduler stops with a CEL runtime error if it evaluates one (guard with has() or a class selector)",
+                                selector.origin, device.name
+                            ));
+                        }
+                        format!("cannot be evaluated: no {key:?}")
+                    }
+                    Verdict::Error(e) => {
+                        if warned.insert(selector.origin.clone()) {
+                            warnings.push(format!(
+                                "{}: CEL runtime error on device {}: {e} (the scheduler fails the claim)",
+                                selector.origin, device.name
+                            ));
+                        }
+                        format!("failed: {e}")
+                    }
+                };
+                let origin = selector.origin.clone();
+                matching
+                    .rejected
+                    .push((d, Rejection::Selector { origin, verdict }));
+                continue 'devices;
+            }
+            if let Some(taint) = device
+                .taints
+                .iter()
+                .find(|t| !tolerated(t, &alternative.tolerations))
+            {
+                let value = taint.value.as_deref().unwrap_or("");
+                let text = format!("{}={value}:{}", taint.key, taint.effect);
+                matching.rejected.push((d, Rejection::Taint(text)));
+                continue;
+            }
+            for (name, wanted) in &alternative.capacity {
+                let name = qualify(&device.driver, name);
+                let Some(capacity) = device.capacity.get(&name) else {
+                    let why = format!("has no capacity {name}");
+                    matching.rejected.push((d, Rejection::Capacity(why)));
+                    continue 'devices;
+                };
+                if !device.allow_multiple && *wanted > capacity.value {
+                    let why = format!("capacity {name} is {}, {wanted} requested", capacity.text);
+                    matching.rejected.push((d, Rejection::Capacity(why)));
+                    continue 'devices;
+                }
+            }
+            let mut consumes = BTreeMap::new();
+            if device.allow_multiple && !alternative.admin_access {
+                for (name, capacity) in &device.capacity {
+                    let requested = alternative
+                        .capacity
+                        .iter()
+                        .find(|(n, _)| qualify(&device.driver, n) == *name)
+                        .map(|(_, q)| *q);
+                    let Some(amount) = capacity.consumption(requested) else {
+                        let why = format!(
+                            "no valid amount of capacity {name} (of {}) fits the request",
+                            capacity.text
+                        );
+                        matching.rejected.push((d, Rejection::Capacity(why)));
+                        continue 'devices;
+                    };
+                    let used = self
+                        .pools
+                        .usage
+                        .get(d)
+                        .and_then(|u| u.consumed.get(name))
+                        .copied()
+                        .unwrap_or_default();
+                    if used.plus(amount) > capacity.value {
+                        let why = format!(
+                            "capacity {name}: {} of {} left, {amount} needed",
+                            capacity.value.minus(used),
+                            capacity.text
+                        );
+                        matching.rejected.push((d, Rejection::Capacity(why)));
+                        continue 'devices;
+                    }
+                    consumes.insert(name.clone(), amount);
+                }
+            }
+            let held = self.pools.usage.get(d).and_then(|u| u.held_by.clone());
+            if let Some(by) = held
+                && !alternative.admin_access
+            {
+                // `All` needs every matching device, so an in-use one makes it fail in the search.
+                if alternative.mode == Mode::All {
+                    matching.fits.push(Fit {
+                        device: d,
+                        consumes,
+                    });
+                }
+                matching.rejected.push((d, Rejection::InUse(by)));
+                continue;
+            }
+            matching.fits.push(Fit {
+                device: d,
+                consumes,
+            });
+        }
+        matching
+    }
+}
+
+/// Verdicts by expression and device, so a class's selectors (and repeated request selectors) are
+/// evaluated once per device, however many requests name them. Filled lazily: a device is only
+/// evaluated by a selector when the selectors before it passed, as in the scheduler.
+struct VerdictCache {
+    devices: usize,
+    by_expression: BTreeMap<String, Vec<Option<Verdict>>>,
+}
+
+impl VerdictCache {
+    fn new(devices: usize) -> Self {
+        VerdictCache {
+            devices,
+            by_expression: BTreeMap::new(),
+        }
+    }
+
+    fn get(&mut self, expression: &str, device: usize, eval: impl FnOnce() -> Verdict) -> Verdict {
+        if !self.by_expression.contains_key(expression) {
+            self.by_expression
+                .insert(expression.to_owned(), vec![None; self.devices]);
+        }
+        let slot = self
+            .by_expression
+            .get_mut(expression)
+            .and_then(|v| v.get_mut(device));
+        match slot {
+            Some(Some(verdict)) => verdict.clone(),
+            Some(empty) => empty.insert(eval()).clone(),
+            None => eval(),
+        }
+    }
+}
+
+/// Whether `tolerations` tolerate `taint` (only NoSchedule and NoExecute keep devices away).
+fn tolerated(taint: &DeviceTaint, tolerations: &[DeviceToleration]) -> bool {
+    if !matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute") {
+        return true;
+    }
+    tolerations.iter().any(|t| {
+        let key = t
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == taint.key);
+        let effect = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let value = match t.operator.as_deref().unwrap_or("Equal") {
+            "Exists" => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        key && effect && value
+    })
+}

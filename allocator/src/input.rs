@@ -1,0 +1,225 @@
+//! Reading manifests: YAML or JSON files of one or more documents (`---`), each a resource.k8s.io/v1
+//! object or a `List` of them. Errors name the file, the document and the field.
+
+use std::io::Read;
+use std::path::Path;
+
+use k8s_openapi::api::resource::v1::{
+    DeviceClass, ResourceClaim, ResourceClaimSpec, ResourceClaimTemplate, ResourceSlice,
+};
+use serde::de::DeserializeOwned;
+
+/// Files larger than this are refused (manifests are kilobytes; this bounds a mistaken read).
+pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A claim to explain: a ResourceClaim, or the claim a ResourceClaimTemplate would stamp out.
+#[derive(Debug, Clone)]
+pub struct ClaimInput {
+    /// `ResourceClaim ns/name` or `ResourceClaimTemplate name`, for the report.
+    pub label: String,
+    /// What it asks for.
+    pub spec: ResourceClaimSpec,
+    /// Its allocation, for claims read as already allocated.
+    pub status: Option<k8s_openapi::api::resource::v1::ResourceClaimStatus>,
+}
+
+/// Everything read from a set of files.
+#[derive(Debug, Default)]
+pub struct Objects {
+    /// ResourceClaims and ResourceClaimTemplates, in file order.
+    pub claims: Vec<ClaimInput>,
+    /// DeviceClasses.
+    pub classes: Vec<DeviceClass>,
+    /// ResourceSlices.
+    pub slices: Vec<ResourceSlice>,
+    /// Kinds that were skipped (Pods, Namespaces, ...), for the report.
+    pub skipped: Vec<String>,
+}
+
+/// A file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Unreadable or too large.
+    #[error("{file}: {why}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        why: String,
+    },
+    /// A document that is not what its kind says.
+    #[error("{file}: document {index}{kind}: {why}")]
+    Document {
+        /// The file.
+        file: String,
+        /// 1-based document number (items of a List count as documents).
+        index: usize,
+        /// `" (Kind name)"` when known.
+        kind: String,
+        /// What is wrong, with the field path.
+        why: String,
+    },
+}
+
+impl Objects {
+    /// Reads one file and adds what it holds.
+    pub fn read_file(&mut self, path: &Path) -> Result<(), InputError> {
+        let file = path.display().to_string();
+        let read_error = |why: String| InputError::Read {
+            file: file.clone(),
+            why,
+        };
+        let handle = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+        let mut text = String::new();
+        handle
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| read_error(e.to_string()))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(read_error(format!("larger than {MAX_FILE_BYTES} bytes")));
+        }
+        self.add_text(&file, &text)
+    }
+
+    /// Adds the documents of `text` (YAML or JSON), reported as coming from `file`.
+    pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), InputError> {
+        let mut index = 0;
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let value: serde_json::Value =
+                serde::Deserialize::deserialize(document).map_err(|e| InputError::Document {
+                    file: file.to_owned(),
+                    index: index + 1,
+                    kind: String::new(),
+                    why: e.to_string(),
+                })?;
+            let items = match value.get("kind").and_then(|k| k.as_str()) {
+                Some(kind) if kind.ends_with("List") && value.get("items").is_some() => value
+                    .get("items")
+                    .and_then(|i| i.as_array())
+                    .cloned()
+                    .unwrap_or_default(),
+                _ if value.is_null() => Vec::new(),
+                _ => vec![value],
+            };
+            for item in items {
+                index += 1;
+                self.add_value(item)
+                    .map_err(|(kind, why)| InputError::Document {
+                        file: file.to_owned(),
+                        index,
+                        kind,
+                        why,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_value(&mut self, value: serde_json::Value) -> Result<(), (String, String)> {
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("<no name>");
+        let namespace = value
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str());
+        let label = match namespace {
+            Some(ns) => format!("{kind} {ns}/{name}"),
+            None => format!("{kind} {name}"),
+        };
+        let context = format!(" ({label})");
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let resource_kind = matches!(
+            kind,
+            "ResourceClaim" | "ResourceClaimTemplate" | "DeviceClass" | "ResourceSlice"
+        );
+        if !resource_kind {
+            self.skipped.push(label);
+            return Ok(());
+        }
+        if api_version != "resource.k8s.io/v1" {
+            return Err((
+                context,
+                format!(
+                    "apiVersion {api_version:?}: only resource.k8s.io/v1 is understood (convert with kubectl convert or rewrite the requests as `exactly`)"
+                ),
+            ));
+        }
+        let fail = |why: String| (context.clone(), why);
+        match kind {
+            "ResourceClaim" => {
+                let claim: ResourceClaim = decode(value).map_err(fail)?;
+                self.claims.push(ClaimInput {
+                    label,
+                    spec: claim.spec,
+                    status: claim.status,
+                });
+            }
+            "ResourceClaimTemplate" => {
+                let template: ResourceClaimTemplate = decode(value).map_err(fail)?;
+                self.claims.push(ClaimInput {
+                    label,
+                    spec: template.spec.spec,
+                    status: None,
+                });
+            }
+            "DeviceClass" => self.classes.push(decode(value).map_err(fail)?),
+            _ => self.slices.push(decode(value).map_err(fail)?),
+        }
+        Ok(())
+    }
+}
+
+/// Decodes with the path of the offending field in the error.
+fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
+        "." => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_documents_are_flattened_and_other_kinds_skipped() {
+        let mut objects = Objects::default();
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: resource.k8s.io/v1\n  kind: DeviceClass\n  metadata: {name: a}\n  spec: {}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaimTemplate\nmetadata: {name: t}\nspec:\n  spec:\n    devices:\n      requests:\n      - name: gpu\n        exactly: {deviceClassName: a}\n";
+        objects.add_text("f.yaml", text).unwrap();
+        assert_eq!(objects.classes.len(), 1);
+        assert_eq!(objects.claims.len(), 1);
+        assert_eq!(objects.claims[0].label, "ResourceClaimTemplate t");
+        assert_eq!(objects.skipped, vec!["Pod p".to_owned()]);
+    }
+
+    #[test]
+    fn errors_name_file_document_and_field() {
+        let mut objects = Objects::default();
+        let text = "apiVersion: resource.k8s.io/v1\nkind: DeviceClass\nmetadata: {name: a}\nspec: {}\n---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c, namespace: n}\nspec:\n  devices:\n    requests:\n    - name: gpu\n      exactly: {deviceClassName: a, count: many}\n";
+        let error = objects
+            .add_text("claims.yaml", text)
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("claims.yaml: document 2 (ResourceClaim n/c): spec.devices.requests[0].exactly.count"), "{error}");
+    }
+
+    #[test]
+    fn old_api_versions_are_refused_with_a_hint() {
+        let mut objects = Objects::default();
+        let text = "apiVersion: resource.k8s.io/v1beta1\nkind: ResourceClaim\nmetadata: {name: c}\nspec: {}\n";
+        let error = objects.add_text("x", text).unwrap_err().to_string();
+        assert!(error.contains("only resource.k8s.io/v1"), "{error}");
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_reported() {
+        let mut objects = Objects::default();
+        assert!(objects.add_text("x", "kind: [unclosed").is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! Kubernetes structured allocation (resource.k8s.io/v1, as the 1.34 scheduler does it) on one node's
+//! ResourceSlices: which devices a ResourceClaim would get, and for a claim that fits nowhere, the
+//! smallest reason (the request without candidates and what eliminated each device, or the constraint
+//! that cannot be met).
+//!
+//! ```
+//! use allocator::{Allocator, Objects, Status};
+//!
+//! let mut objects = Objects::default();
+//! objects.add_text("example.yaml", r#"
+//! apiVersion: resource.k8s.io/v1
+//! kind: ResourceSlice
+//! metadata: {name: node-a-gpus}
+//! spec:
+//!   driver: gpu.example.com
+//!   nodeName: node-a
+//!   pool: {name: node-a, generation: 1, resourceSliceCount: 1}
+//!   devices:
+//!   - name: gpu-0
+//!     attributes: {numaNode: {int: 0}}
+//!   - name: gpu-1
+//!     attributes: {numaNode: {int: 1}}
+//! ---
+//! apiVersion: resource.k8s.io/v1
+//! kind: DeviceClass
+//! metadata: {name: gpu}
+//! spec:
+//!   selectors:
+//!   - cel: {expression: 'device.driver == "gpu.example.com"'}
+//! ---
+//! apiVersion: resource.k8s.io/v1
+//! kind: ResourceClaim
+//! metadata: {name: one-gpu-on-numa-1, namespace: default}
+//! spec:
+//!   devices:
+//!     requests:
+//!     - name: gpu
+//!       exactly:
+//!         deviceClassName: gpu
+//!         selectors:
+//!         - cel: {expression: 'device.attributes["gpu.example.com"].numaNode == 1'}
+//! "#).unwrap();
+//! let mut allocator = Allocator::new(&objects.slices, objects.classes.clone(), &[], None).unwrap();
+//! let outcome = allocator.explain(&objects.claims[0]);
+//! assert_eq!(outcome.status, Status::Allocated);
+//! assert_eq!(outcome.devices[0].device, "gpu-1");
+//! ```
+
+mod cel;
+mod claim;
+mod explain;
+mod input;
+mod model;
+mod quantity;
+mod render;
+mod search;
+pub mod synthetic;
+mod why;
+
+pub use explain::{Allocated, Allocator, DEFAULT_STEP_LIMIT, Outcome, Status};
+pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
+pub use model::{AttrValue, Pools};
+pub use quantity::{Quantity, QuantityError};
+pub use render::render_table;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;

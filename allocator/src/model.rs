@@ -1,0 +1,445 @@
+//! The devices a claim can get, read from ResourceSlices: pools at their newest generation, attribute
+//! and capacity names fully qualified, shared counter sets, and what existing claims already hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::resource::v1::{DeviceAttribute, DeviceTaint, ResourceSlice};
+
+use crate::input::ClaimInput;
+use crate::quantity::Quantity;
+
+/// An attribute value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    /// `int`.
+    Int(i64),
+    /// `bool`.
+    Bool(bool),
+    /// `string`.
+    String(String),
+    /// `version` (semver).
+    Version(String),
+}
+
+impl std::fmt::Display for AttrValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttrValue::Int(i) => write!(f, "{i}"),
+            AttrValue::Bool(b) => write!(f, "{b}"),
+            AttrValue::String(s) => write!(f, "{s:?}"),
+            AttrValue::Version(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// One capacity of a device, with its request policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// The total.
+    pub value: Quantity,
+    /// The total as published (for CEL and the report).
+    pub text: String,
+    /// `requestPolicy.default`.
+    pub default: Option<Quantity>,
+    /// `requestPolicy.validValues`, ascending.
+    pub valid_values: Vec<Quantity>,
+    /// `requestPolicy.validRange`: min, max, step.
+    pub valid_range: Option<(Quantity, Option<Quantity>, Option<Quantity>)>,
+}
+
+impl Capacity {
+    /// A capacity without a request policy.
+    pub fn plain(value: Quantity, text: &str) -> Capacity {
+        Capacity {
+            value,
+            text: text.to_owned(),
+            default: None,
+            valid_values: Vec::new(),
+            valid_range: None,
+        }
+    }
+
+    /// How much one allocation consumes when it asks for `requested` (None: did not ask), per the
+    /// request policy: rounded up to the next valid value or range step; None when no valid amount fits.
+    pub fn consumption(&self, requested: Option<Quantity>) -> Option<Quantity> {
+        let has_policy =
+            self.default.is_some() || !self.valid_values.is_empty() || self.valid_range.is_some();
+        let wanted = match (requested, self.default) {
+            (Some(q), _) => q,
+            (None, Some(default)) => default,
+            (None, None) if !has_policy => return Some(self.value),
+            (None, None) => self.value,
+        };
+        let amount = if !self.valid_values.is_empty() {
+            *self.valid_values.iter().find(|v| **v >= wanted)?
+        } else if let Some((min, max, step)) = self.valid_range {
+            let rounded = wanted.round_up_to_step(min, step.unwrap_or(Quantity::ZERO));
+            if max.is_some_and(|max| rounded > max) {
+                return None;
+            }
+            rounded
+        } else {
+            wanted
+        };
+        (amount <= self.value).then_some(amount)
+    }
+}
+
+/// A device of some pool.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The driver of its slice.
+    pub driver: String,
+    /// Its pool.
+    pub pool: String,
+    /// Its name.
+    pub name: String,
+    /// Attributes by fully qualified name (`domain/id`).
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Capacities by fully qualified name.
+    pub capacity: BTreeMap<String, Capacity>,
+    /// `allowMultipleAllocations`.
+    pub allow_multiple: bool,
+    /// Counters consumed per counter set (index into [`Pools::counter_sets`]).
+    pub consumes: Vec<(usize, BTreeMap<String, Quantity>)>,
+    /// Taints.
+    pub taints: Vec<DeviceTaint>,
+    /// Set when the pool is being updated (not all slices of its newest generation are here).
+    pub incomplete_pool: bool,
+}
+
+impl Candidate {
+    /// A device with nothing but its names.
+    pub fn bare(driver: &str, pool: &str, name: &str) -> Candidate {
+        Candidate {
+            driver: driver.to_owned(),
+            pool: pool.to_owned(),
+            name: name.to_owned(),
+            attributes: BTreeMap::new(),
+            capacity: BTreeMap::new(),
+            allow_multiple: false,
+            consumes: Vec::new(),
+            taints: Vec::new(),
+            incomplete_pool: false,
+        }
+    }
+
+    /// `driver/pool/name`, unique across pools.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.driver, self.pool, self.name)
+    }
+
+    /// The device's NUMA node: any attribute named `numaNode` of type int.
+    pub fn numa_node(&self) -> Option<i64> {
+        self.attributes
+            .iter()
+            .find_map(|(name, value)| match value {
+                AttrValue::Int(n) if name.ends_with("/numaNode") => Some(*n),
+                _ => None,
+            })
+    }
+
+    /// The device's PCIe root (`resource.kubernetes.io/pcieRoot`).
+    pub fn pcie_root(&self) -> Option<&str> {
+        match self.attributes.get("resource.kubernetes.io/pcieRoot") {
+            Some(AttrValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A shared counter set of a pool.
+#[derive(Debug, Clone)]
+pub struct CounterSet {
+    /// `driver/pool/name`.
+    pub id: String,
+    /// Its counters.
+    pub counters: BTreeMap<String, Quantity>,
+}
+
+/// What existing claims hold of a device.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// The claim holding it exclusively.
+    pub held_by: Option<String>,
+    /// Capacity consumed by shares of a multi-allocatable device.
+    pub consumed: BTreeMap<String, Quantity>,
+}
+
+/// Every device of the slices, and what is in use.
+#[derive(Debug, Clone, Default)]
+pub struct Pools {
+    /// The devices, pools sorted by driver then name, devices in slice order.
+    pub devices: Vec<Candidate>,
+    /// Counter sets.
+    pub counter_sets: Vec<CounterSet>,
+    /// Per device, what existing claims hold.
+    pub usage: Vec<Usage>,
+    /// Per counter set, what existing claims consume.
+    pub counters_used: Vec<BTreeMap<String, Quantity>>,
+    /// Things a user should know (older generations dropped, incomplete pools, unknown devices).
+    pub warnings: Vec<String>,
+}
+
+/// Fully qualifies an attribute or capacity name with the driver's domain.
+pub fn qualify(driver: &str, name: &str) -> String {
+    if name.contains('/') {
+        name.to_owned()
+    } else {
+        format!("{driver}/{name}")
+    }
+}
+
+/// Counter values, by name; an unparsable one counts as zero, with a warning.
+fn counters(
+    counters: &BTreeMap<String, k8s_openapi::api::resource::v1::Counter>,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, Quantity> {
+    counters
+        .iter()
+        .map(|(name, c)| {
+            let value = Quantity::parse(&c.value.0).unwrap_or_else(|e| {
+                warnings.push(format!("counter {name}: {e}: counted as 0"));
+                Quantity::ZERO
+            });
+            (name.clone(), value)
+        })
+        .collect()
+}
+
+fn attribute(value: &DeviceAttribute) -> Option<AttrValue> {
+    if let Some(i) = value.int {
+        Some(AttrValue::Int(i))
+    } else if let Some(b) = value.bool {
+        Some(AttrValue::Bool(b))
+    } else if let Some(s) = &value.string {
+        Some(AttrValue::String(s.clone()))
+    } else {
+        value
+            .version
+            .as_ref()
+            .map(|v| AttrValue::Version(v.clone()))
+    }
+}
+
+impl Pools {
+    /// The pools of `slices` on `node` (None: every slice), with the allocations of `allocated`.
+    pub fn new(slices: &[ResourceSlice], node: Option<&str>, allocated: &[ClaimInput]) -> Pools {
+        let mut pools = Pools::default();
+        // (driver, pool) -> slices of the newest generation
+        let mut grouped: BTreeMap<(String, String), Vec<&ResourceSlice>> = BTreeMap::new();
+        for slice in slices {
+            let spec = &slice.spec;
+            if let (Some(node), Some(slice_node)) = (node, spec.node_name.as_deref())
+                && node != slice_node
+            {
+                continue;
+            }
+            let key = (spec.driver.clone(), spec.pool.name.clone());
+            let entry = grouped.entry(key).or_default();
+            match entry.first().map(|s| s.spec.pool.generation) {
+                Some(g) if g > spec.pool.generation => continue,
+                Some(g) if g < spec.pool.generation => entry.clear(),
+                _ => {}
+            }
+            entry.push(slice);
+        }
+        for ((driver, pool), slices) in grouped {
+            let expected = slices
+                .first()
+                .map_or(0, |s| s.spec.pool.resource_slice_count);
+            let incomplete = (slices.len() as i64) < expected;
+            if incomplete {
+                pools.warnings.push(format!(
+                    "pool {driver}/{pool}: {} of {expected} slices present (being updated?): its devices are shown but the scheduler waits for the pool",
+                    slices.len()
+                ));
+            }
+            let mut sets: BTreeMap<String, usize> = BTreeMap::new();
+            for slice in &slices {
+                for set in slice.spec.shared_counters.iter().flatten() {
+                    let counters = counters(&set.counters, &mut pools.warnings);
+                    sets.insert(set.name.clone(), pools.counter_sets.len());
+                    pools.counter_sets.push(CounterSet {
+                        id: format!("{driver}/{pool}/{}", set.name),
+                        counters,
+                    });
+                }
+            }
+            for slice in &slices {
+                for device in slice.spec.devices.iter().flatten() {
+                    let mut candidate = Candidate::bare(&driver, &pool, &device.name);
+                    candidate.incomplete_pool = incomplete;
+                    candidate.allow_multiple = device.allow_multiple_allocations.unwrap_or(false);
+                    candidate.taints = device.taints.clone().unwrap_or_default();
+                    for (name, value) in device.attributes.iter().flatten() {
+                        if let Some(value) = attribute(value) {
+                            candidate.attributes.insert(qualify(&driver, name), value);
+                        }
+                    }
+                    for (name, cap) in device.capacity.iter().flatten() {
+                        let Ok(value) = Quantity::parse(&cap.value.0) else {
+                            pools.warnings.push(format!(
+                                "device {}: capacity {name}: unparsable quantity {:?}, ignored",
+                                candidate.id(),
+                                cap.value.0
+                            ));
+                            continue;
+                        };
+                        let mut capacity = Capacity::plain(value, &cap.value.0);
+                        if let Some(policy) = &cap.request_policy {
+                            let parse =
+                                |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+                                    Quantity::parse(&q.0).ok()
+                                };
+                            capacity.default = policy.default.as_ref().and_then(parse);
+                            capacity.valid_values = policy
+                                .valid_values
+                                .iter()
+                                .flatten()
+                                .filter_map(parse)
+                                .collect();
+                            capacity.valid_values.sort();
+                            capacity.valid_range = policy.valid_range.as_ref().map(|r| {
+                                (
+                                    parse(&r.min).unwrap_or_default(),
+                                    r.max.as_ref().and_then(parse),
+                                    r.step.as_ref().and_then(parse),
+                                )
+                            });
+                        }
+                        candidate.capacity.insert(qualify(&driver, name), capacity);
+                    }
+                    for consumption in device.consumes_counters.iter().flatten() {
+                        let Some(set) = sets.get(&consumption.counter_set) else {
+                            pools.warnings.push(format!(
+                                "device {}: consumes counters of unknown set {:?}: it cannot be allocated",
+                                candidate.id(),
+                                consumption.counter_set
+                            ));
+                            candidate.consumes.push((usize::MAX, BTreeMap::new()));
+                            continue;
+                        };
+                        let counters = counters(&consumption.counters, &mut pools.warnings);
+                        candidate.consumes.push((*set, counters));
+                    }
+                    pools.devices.push(candidate);
+                }
+            }
+        }
+        pools.usage = vec![Usage::default(); pools.devices.len()];
+        pools.counters_used = vec![BTreeMap::new(); pools.counter_sets.len()];
+        pools.add_allocations(allocated);
+        pools
+    }
+
+    fn add_allocations(&mut self, allocated: &[ClaimInput]) {
+        let index: BTreeMap<String, usize> = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id(), i))
+            .collect();
+        for claim in allocated {
+            let results = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.allocation.as_ref())
+                .and_then(|a| a.devices.as_ref())
+                .and_then(|d| d.results.as_ref());
+            let Some(results) = results else {
+                self.warnings
+                    .push(format!("{}: not allocated, ignored", claim.label));
+                continue;
+            };
+            for result in results {
+                let id = format!("{}/{}/{}", result.driver, result.pool, result.device);
+                let Some(&i) = index.get(&id) else {
+                    self.warnings.push(format!(
+                        "{}: holds {id}, which no slice publishes: ignored",
+                        claim.label
+                    ));
+                    continue;
+                };
+                if result.admin_access == Some(true) {
+                    continue;
+                }
+                let (Some(device), Some(usage)) = (self.devices.get(i), self.usage.get_mut(i))
+                else {
+                    continue;
+                };
+                if device.allow_multiple {
+                    for (name, q) in result.consumed_capacity.iter().flatten() {
+                        let amount = Quantity::parse(&q.0).unwrap_or_default();
+                        let entry = usage
+                            .consumed
+                            .entry(qualify(&device.driver, name))
+                            .or_default();
+                        *entry = entry.plus(amount);
+                    }
+                } else {
+                    usage.held_by = Some(claim.label.clone());
+                }
+                for (set, counters) in &device.consumes {
+                    if let Some(used) = self.counters_used.get_mut(*set) {
+                        for (name, q) in counters {
+                            let entry = used.entry(name.clone()).or_default();
+                            *entry = entry.plus(*q);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every attribute domain any device has.
+    pub fn domains(&self) -> BTreeSet<String> {
+        self.devices
+            .iter()
+            .flat_map(|d| d.attributes.keys().chain(d.capacity.keys()))
+            .filter_map(|name| name.rsplit_once('/').map(|(domain, _)| domain.to_owned()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Quantity {
+        Quantity::parse(s).unwrap()
+    }
+
+    #[test]
+    fn consumption_follows_the_request_policy() {
+        let mut cap = Capacity::plain(q("100Gi"), "100Gi");
+        assert_eq!(
+            cap.consumption(None),
+            Some(q("100Gi")),
+            "no policy, no request: all of it"
+        );
+        assert_eq!(cap.consumption(Some(q("10Gi"))), Some(q("10Gi")));
+        assert_eq!(cap.consumption(Some(q("200Gi"))), None);
+
+        cap.default = Some(q("1Gi"));
+        cap.valid_values = vec![q("1Gi"), q("10Gi"), q("50Gi")];
+        assert_eq!(cap.consumption(None), Some(q("1Gi")));
+        assert_eq!(
+            cap.consumption(Some(q("2Gi"))),
+            Some(q("10Gi")),
+            "rounded up"
+        );
+        assert_eq!(
+            cap.consumption(Some(q("60Gi"))),
+            None,
+            "above every valid value"
+        );
+
+        cap.valid_values.clear();
+        cap.valid_range = Some((q("1Gi"), Some(q("8Gi")), Some(q("1Gi"))));
+        assert_eq!(cap.consumption(Some(q("2.5Gi"))), Some(q("3Gi")));
+        assert_eq!(cap.consumption(Some(q("9Gi"))), None, "above max");
+    }
+}

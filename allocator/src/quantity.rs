@@ -1,0 +1,215 @@
+//! Kubernetes resource quantities (`284208Mi`, `1.5`, `100m`, `1e3`) as exact integers of nano-units, for
+//! capacity and counter arithmetic. CEL sees quantities through kube-cel; this is the allocator's own view.
+
+use std::fmt;
+
+/// A quantity in units of 10⁻⁹ (the finest precision Kubernetes keeps), rounded up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Quantity(i128);
+
+const NANO: i128 = 1_000_000_000;
+
+/// Why a quantity did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("quantity {text:?}: {why}")]
+pub struct QuantityError {
+    text: String,
+    why: &'static str,
+}
+
+impl Quantity {
+    /// Zero.
+    pub const ZERO: Quantity = Quantity(0);
+
+    /// Parses the Kubernetes quantity syntax: a signed decimal number, then a binary suffix
+    /// (`Ki`..`Ei`), a decimal suffix (`n`, `u`, `m`, `k`, `M`..`E`) or an exponent (`e3`, `E-2`).
+    pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
+        let fail = |why| QuantityError {
+            text: text.chars().take(64).collect(),
+            why,
+        };
+        let s = text.trim();
+        if s.is_empty() || s.len() > 64 {
+            return Err(fail("empty or longer than 64 characters"));
+        }
+        let (negative, s) = match s.as_bytes().first() {
+            Some(b'-') => (true, s.get(1..).unwrap_or_default()),
+            Some(b'+') => (false, s.get(1..).unwrap_or_default()),
+            _ => (false, s),
+        };
+        let number_end = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (number, suffix) = s.split_at(number_end);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return Err(fail("no number"));
+        }
+        // mantissa × 10^exp10 × 2^exp2
+        let (exp10, exp2): (i32, u32) = match suffix {
+            "" => (0, 0),
+            "Ki" => (0, 10),
+            "Mi" => (0, 20),
+            "Gi" => (0, 30),
+            "Ti" => (0, 40),
+            "Pi" => (0, 50),
+            "Ei" => (0, 60),
+            "n" => (-9, 0),
+            "u" => (-6, 0),
+            "m" => (-3, 0),
+            "k" => (3, 0),
+            "M" => (6, 0),
+            "G" => (9, 0),
+            "T" => (12, 0),
+            "P" => (15, 0),
+            "E" => (18, 0),
+            other => {
+                let exponent = other
+                    .strip_prefix(['e', 'E'])
+                    .ok_or_else(|| fail("unknown suffix"))?;
+                let exp = exponent.parse::<i32>().map_err(|_| fail("bad exponent"))?;
+                if !(-40..=40).contains(&exp) {
+                    return Err(fail("exponent out of range"));
+                }
+                (exp, 0)
+            }
+        };
+        let digits = format!("{whole}{fraction}");
+        let digits = digits.trim_start_matches('0');
+        let digits = if digits.is_empty() { "0" } else { digits };
+        if digits.len() > 30 {
+            return Err(fail("too many digits"));
+        }
+        let mantissa: i128 = digits.parse().map_err(|_| fail("bad digits"))?;
+        let scale = exp10 + 9 - fraction.len() as i32;
+        let scaled = if scale >= 0 {
+            10i128
+                .checked_pow(scale as u32)
+                .and_then(|p| mantissa.checked_mul(p))
+        } else {
+            // Rounded up, as Kubernetes rounds sub-nano precision.
+            10i128
+                .checked_pow(scale.unsigned_abs())
+                .map(|p| (mantissa + p - 1) / p)
+        };
+        let value = scaled
+            .and_then(|v| v.checked_mul(1i128 << exp2))
+            .ok_or_else(|| fail("too large"))?;
+        Ok(Quantity(if negative { -value } else { value }))
+    }
+
+    /// `self + other`, saturating.
+    pub fn plus(self, other: Quantity) -> Quantity {
+        Quantity(self.0.saturating_add(other.0))
+    }
+
+    /// `self - other`, saturating.
+    pub fn minus(self, other: Quantity) -> Quantity {
+        Quantity(self.0.saturating_sub(other.0))
+    }
+
+    /// The smallest `min + k·step` that is at least `self` (k ≥ 0); `self` when `step` is zero.
+    pub fn round_up_to_step(self, min: Quantity, step: Quantity) -> Quantity {
+        if self <= min {
+            return min;
+        }
+        if step.0 <= 0 {
+            return self;
+        }
+        let steps = (self.0 - min.0 + step.0 - 1) / step.0;
+        Quantity(min.0.saturating_add(steps.saturating_mul(step.0)))
+    }
+}
+
+impl fmt::Display for Quantity {
+    /// Whole binary multiples as `Ki`..`Ei`, other whole numbers plainly, fractions as decimals.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        if v % NANO == 0 {
+            let whole = v / NANO;
+            for (suffix, shift) in [
+                ("Ei", 60),
+                ("Pi", 50),
+                ("Ti", 40),
+                ("Gi", 30),
+                ("Mi", 20),
+                ("Ki", 10),
+            ] {
+                let unit = 1i128 << shift;
+                if whole != 0 && whole % unit == 0 {
+                    return write!(f, "{}{suffix}", whole / unit);
+                }
+            }
+            return write!(f, "{whole}");
+        }
+        let sign = if v < 0 { "-" } else { "" };
+        let abs = v.unsigned_abs();
+        let fraction = format!("{:09}", abs % NANO.unsigned_abs());
+        write!(
+            f,
+            "{sign}{}.{}",
+            abs / NANO.unsigned_abs(),
+            fraction.trim_end_matches('0')
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Quantity {
+        Quantity::parse(s).unwrap()
+    }
+
+    #[test]
+    fn suffixes_and_exponents_agree() {
+        assert_eq!(q("1Ki"), q("1024"));
+        assert_eq!(q("1k"), q("1e3"));
+        assert_eq!(q("1.5"), q("1500m"));
+        assert_eq!(q("284208Mi"), q("298013687808"));
+        assert_eq!(q("0.5Gi"), q("512Mi"));
+        assert_eq!(q("-2"), Quantity::ZERO.minus(q("2")));
+        assert_eq!(q("1n"), Quantity(1));
+        assert!(q("40Gi") < q("41Gi"));
+    }
+
+    #[test]
+    fn sub_nano_precision_rounds_up() {
+        assert_eq!(q("1e-10"), Quantity(1));
+    }
+
+    #[test]
+    fn bad_text_is_an_error_not_a_panic() {
+        for bad in [
+            "",
+            "Gi",
+            "1.2.3",
+            "1Xi",
+            "1e",
+            "1e999",
+            "9999999999999999999999999999999Ei",
+            "--1",
+            ".",
+        ] {
+            assert!(Quantity::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn display_is_compact_and_round_trips() {
+        for text in ["80Gi", "3", "1.5", "512Mi", "0"] {
+            assert_eq!(q(text).to_string(), text);
+            assert_eq!(q(&q(text).to_string()), q(text));
+        }
+    }
+
+    #[test]
+    fn step_rounding() {
+        let (min, step) = (q("1Gi"), q("1Gi"));
+        assert_eq!(q("100Mi").round_up_to_step(min, step), q("1Gi"));
+        assert_eq!(q("1.5Gi").round_up_to_step(min, step), q("2Gi"));
+        assert_eq!(q("2Gi").round_up_to_step(min, step), q("2Gi"));
+    }
+}

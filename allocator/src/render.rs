@@ -1,0 +1,90 @@
+//! The report for people: per claim, the verdict, the devices in columns, the alignment, and why not.
+
+use std::fmt::Write;
+
+use crate::explain::{Outcome, Status};
+
+/// Renders outcomes as text.
+pub fn render_table(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let verdict = match outcome.status {
+            Status::Allocated => "fits",
+            Status::Unsatisfiable => "does NOT fit",
+            Status::Error => "invalid",
+        };
+        let _ = writeln!(out, "{}: {verdict}", outcome.claim);
+        if !outcome.devices.is_empty() {
+            let header = [
+                "REQUEST",
+                "DRIVER",
+                "POOL",
+                "DEVICE",
+                "NUMA",
+                "PCIE ROOT",
+                "CONSUMES",
+            ];
+            let rows: Vec<[String; 7]> = outcome
+                .devices
+                .iter()
+                .map(|d| {
+                    let mut consumes: Vec<String> = d
+                        .consumed_capacity
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    if d.admin_access {
+                        consumes.insert(0, "admin access".into());
+                    }
+                    [
+                        d.request.clone(),
+                        d.driver.clone(),
+                        d.pool.clone(),
+                        d.device.clone(),
+                        d.numa_node.map_or("-".into(), |n| n.to_string()),
+                        d.pcie_root.clone().unwrap_or_else(|| "-".into()),
+                        if consumes.is_empty() {
+                            "-".into()
+                        } else {
+                            consumes.join(",")
+                        },
+                    ]
+                })
+                .collect();
+            let mut widths = header.map(str::len);
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.len());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                let padded: Vec<String> = cells
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                format!("  {}\n", padded.join("  ").trim_end())
+            };
+            out.push_str(&line(header.to_vec()));
+            for row in &rows {
+                out.push_str(&line(row.iter().map(String::as_str).collect()));
+            }
+        }
+        if let Some(numa) = &outcome.numa {
+            let _ = writeln!(out, "  NUMA: {numa}");
+        }
+        if let Some(root) = &outcome.pcie_root {
+            let _ = writeln!(out, "  PCIe: {root}");
+        }
+        for line in &outcome.explanation {
+            let _ = writeln!(out, "  why: {}", line.replace('\n', "\n       "));
+        }
+        for warning in &outcome.warnings {
+            let _ = writeln!(out, "  warning: {warning}");
+        }
+    }
+    out
+}

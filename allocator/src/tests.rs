@@ -1,0 +1,445 @@
+//! The allocation semantics, each on a small hand-written node.
+
+use crate::{Allocator, Objects, Outcome, Status};
+
+/// Two NUMA nodes; gpu-0/1 on node 0/1; nic-0, nic-1 on node 0, nic-2 on node 1 (nic-1 is busy in
+/// `ALLOCATED`); a shared accelerator with consumable memory; two partitions sharing one counter set.
+const NODE: &str = r#"
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: node-a-example}
+spec:
+  driver: example.com
+  nodeName: node-a
+  pool: {name: node-a, generation: 2, resourceSliceCount: 1}
+  sharedCounters:
+  - name: gpu-2-counters
+    counters: {memory: {value: 40Gi}}
+  devices:
+  - name: gpu-0
+    attributes: {type: {string: gpu}, numaNode: {int: 0}, resource.kubernetes.io/pcieRoot: {string: pci0000:00}}
+  - name: gpu-1
+    attributes: {type: {string: gpu}, numaNode: {int: 1}, resource.kubernetes.io/pcieRoot: {string: pci0000:80}}
+  - name: nic-0
+    attributes: {type: {string: nic}, numaNode: {int: 0}, resource.kubernetes.io/pcieRoot: {string: pci0000:00}}
+  - name: nic-1
+    attributes: {type: {string: nic}, numaNode: {int: 0}}
+  - name: nic-2
+    attributes: {type: {string: nic}, numaNode: {int: 1}}
+  - name: shared
+    attributes: {type: {string: accel}}
+    allowMultipleAllocations: true
+    capacity:
+      memory:
+        value: 10Gi
+        requestPolicy: {default: 1Gi, validRange: {min: 1Gi, step: 1Gi}}
+  - name: gpu-2-part-a
+    attributes: {type: {string: part}}
+    consumesCounters: [{counterSet: gpu-2-counters, counters: {memory: {value: 30Gi}}}]
+  - name: gpu-2-part-b
+    attributes: {type: {string: part}}
+    consumesCounters: [{counterSet: gpu-2-counters, counters: {memory: {value: 20Gi}}}]
+  - name: tainted
+    attributes: {type: {string: accel}}
+    taints: [{key: example.com/unhealthy, value: xid-79, effect: NoSchedule}]
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: node-a-example-old}
+spec:
+  driver: example.com
+  nodeName: node-a
+  pool: {name: node-a, generation: 1, resourceSliceCount: 1}
+  devices:
+  - name: stale
+    attributes: {type: {string: gpu}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: node-b-example}
+spec:
+  driver: example.com
+  nodeName: node-b
+  pool: {name: node-b, generation: 1, resourceSliceCount: 1}
+  devices:
+  - name: elsewhere
+    attributes: {type: {string: gpu}}
+---
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: example}
+spec:
+  selectors:
+  - cel: {expression: 'device.driver == "example.com"'}
+"#;
+
+const ALLOCATED: &str = r#"
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: busy, namespace: team}
+spec: {}
+status:
+  allocation:
+    devices:
+      results:
+      - {request: nic, driver: example.com, pool: node-a, device: nic-1}
+      - {request: acc, driver: example.com, pool: node-a, device: shared, consumedCapacity: {memory: 8Gi}}
+"#;
+
+fn allocator() -> Allocator {
+    let mut objects = Objects::default();
+    objects.add_text("node", NODE).unwrap();
+    objects.add_text("allocated", ALLOCATED).unwrap();
+    let allocated = std::mem::take(&mut objects.claims);
+    Allocator::new(&objects.slices, objects.classes, &allocated, Some("node-a")).unwrap()
+}
+
+/// A claim from its `spec.devices` YAML, indented by 4 under `devices:`.
+fn explain(devices: &str) -> Outcome {
+    let text = format!(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: n}}\nspec:\n  devices:\n{devices}"
+    );
+    let mut objects = Objects::default();
+    objects.add_text("claim", &text).unwrap();
+    allocator().explain(&objects.claims[0])
+}
+
+fn picked(outcome: &Outcome) -> Vec<String> {
+    assert_eq!(outcome.status, Status::Allocated, "{outcome:#?}");
+    outcome
+        .devices
+        .iter()
+        .map(|d| format!("{}={}", d.request, d.device))
+        .collect()
+}
+
+fn why(outcome: &Outcome) -> String {
+    assert_eq!(outcome.status, Status::Unsatisfiable, "{outcome:#?}");
+    outcome.explanation.join("\n")
+}
+
+const TYPE: &str = r#"device.attributes["example.com"].type"#;
+
+fn request(name: &str, ty: &str, extra: &str) -> String {
+    format!(
+        "    - name: {name}\n      exactly:\n        deviceClassName: example\n        selectors: [{{cel: {{expression: '{TYPE} == \"{ty}\"'}}}}]\n{extra}"
+    )
+}
+
+#[test]
+fn only_this_nodes_newest_generation_is_seen() {
+    let allocator = allocator();
+    let names: Vec<&str> = allocator
+        .pools()
+        .devices
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert!(names.contains(&"gpu-0"));
+    assert!(!names.contains(&"stale"), "an older generation is ignored");
+    assert!(
+        !names.contains(&"elsewhere"),
+        "another node's slice is ignored"
+    );
+}
+
+#[test]
+fn match_attribute_backtracks_to_an_aligned_pair() {
+    // The first GPU and the first free NIC share node 0.
+    let one = explain(&format!(
+        "    requests:\n{}{}    constraints:\n    - matchAttribute: example.com/numaNode\n",
+        request("gpu", "gpu", ""),
+        request("nic", "nic", "")
+    ));
+    assert_eq!(picked(&one), ["gpu=gpu-0", "nic=nic-0"]);
+    assert_eq!(one.numa.as_deref(), Some("aligned on NUMA node 0"));
+    assert_eq!(
+        one.pcie_root.as_deref(),
+        Some("aligned on PCIe root pci0000:00")
+    );
+
+    // The NIC must be nic-2 (a selector), so the search must go back and change the GPU to gpu-1.
+    let nic2 = explain(&format!(
+        "    requests:\n{}{}    constraints:\n    - matchAttribute: example.com/numaNode\n",
+        request("gpu", "gpu", ""),
+        "    - name: nic\n      exactly:\n        deviceClassName: example\n        selectors: [{cel: {expression: 'device.attributes[\"example.com\"].numaNode == 1 && device.attributes[\"example.com\"].type == \"nic\"'}}]\n"
+    ));
+    assert_eq!(picked(&nic2), ["gpu=gpu-1", "nic=nic-2"]);
+}
+
+#[test]
+fn unaligned_picks_are_reported_as_cross_numa() {
+    let outcome = explain(&format!(
+        "    requests:\n{}{}",
+        request("gpu", "gpu", ""),
+        "    - name: nic\n      exactly:\n        deviceClassName: example\n        selectors: [{cel: {expression: 'device.attributes[\"example.com\"].numaNode == 1 && device.attributes[\"example.com\"].type == \"nic\"'}}]\n"
+    ));
+    assert_eq!(picked(&outcome), ["gpu=gpu-0", "nic=nic-2"]);
+    assert_eq!(
+        outcome.numa.as_deref(),
+        Some("cross-NUMA: gpu-0 on node 0, nic-2 on node 1")
+    );
+}
+
+#[test]
+fn too_few_candidates_names_the_request_and_what_eliminated_each_device() {
+    let outcome = explain(&format!(
+        "    requests:\n{}",
+        request("nic", "nic", "        count: 3\n")
+    ));
+    let text = why(&outcome);
+    assert!(
+        text.starts_with(
+            "request nic: needs 3 devices of class example, 2 candidates (nic-0, nic-2)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 device: in use by ResourceClaim team/busy: nic-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("request nic selector #1 is false: gpu-0, gpu-1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_impossible_constraint_is_named_with_the_values_it_saw() {
+    let outcome = explain(&format!(
+        "    requests:\n{}{}    constraints:\n    - requests: [gpu, nic]\n      matchAttribute: example.com/numaNode\n",
+        request("gpu", "gpu", "        count: 2\n"),
+        request("nic", "nic", "")
+    ));
+    let text = why(&outcome);
+    assert!(
+        text.starts_with(
+            "constraint #1 (matchAttribute example.com/numaNode over gpu, nic) cannot be met"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("gpu (needs 2) by example.com/numaNode: 0: gpu-0; 1: gpu-1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn distinct_attribute_spreads_devices() {
+    let outcome = explain(&format!(
+        "    requests:\n{}    constraints:\n    - distinctAttribute: example.com/numaNode\n",
+        request("nic", "nic", "        count: 2\n")
+    ));
+    assert_eq!(picked(&outcome), ["nic=nic-0", "nic=nic-2"]);
+}
+
+#[test]
+fn missing_constraint_attribute_excludes_the_device() {
+    // nic-1 and nic-2 have no pcieRoot; gpu-1 + a NIC on pci0000:80 does not exist.
+    let outcome = explain(&format!(
+        "    requests:\n{}{}    constraints:\n    - matchAttribute: resource.kubernetes.io/pcieRoot\n",
+        request("gpu", "gpu", "        count: 2\n"),
+        request("nic", "nic", "")
+    ));
+    assert!(
+        why(&outcome).contains("(no such attribute)"),
+        "{outcome:#?}"
+    );
+}
+
+#[test]
+fn first_available_takes_the_first_alternative_that_fits() {
+    let outcome = explain(
+        "    requests:\n    - name: acc\n      firstAvailable:\n      - name: three-gpus\n        deviceClassName: example\n        count: 3\n        selectors: [{cel: {expression: 'device.attributes[\"example.com\"].type == \"gpu\"'}}]\n      - name: two-gpus\n        deviceClassName: example\n        count: 2\n        selectors: [{cel: {expression: 'device.attributes[\"example.com\"].type == \"gpu\"'}}]\n",
+    );
+    assert_eq!(
+        picked(&outcome),
+        ["acc/two-gpus=gpu-0", "acc/two-gpus=gpu-1"]
+    );
+}
+
+#[test]
+fn allocation_mode_all_takes_every_match_and_fails_on_a_busy_one() {
+    let gpus = explain(&format!(
+        "    requests:\n{}",
+        request("gpu", "gpu", "        allocationMode: All\n")
+    ));
+    assert_eq!(picked(&gpus), ["gpu=gpu-0", "gpu=gpu-1"]);
+    let nics = explain(&format!(
+        "    requests:\n{}",
+        request("nic", "nic", "        allocationMode: All\n")
+    ));
+    assert!(why(&nics).contains("in use by ResourceClaim team/busy: nic-1"));
+}
+
+#[test]
+fn admin_access_sees_busy_devices() {
+    let outcome = explain(&format!(
+        "    requests:\n{}",
+        request(
+            "nic",
+            "nic",
+            "        count: 3\n        adminAccess: true\n"
+        )
+    ));
+    assert_eq!(picked(&outcome), ["nic=nic-0", "nic=nic-1", "nic=nic-2"]);
+}
+
+#[test]
+fn consumable_capacity_is_rounded_by_policy_and_limited_by_what_is_left() {
+    // 8Gi of 10Gi are held by team/busy; 1.5Gi rounds up to 2Gi, which still fits.
+    let fits = explain(&format!(
+        "    requests:\n{}",
+        request(
+            "acc",
+            "accel",
+            "        capacity: {requests: {memory: 1.5Gi}}\n"
+        )
+    ));
+    assert_eq!(picked(&fits), ["acc=shared"]);
+    assert_eq!(
+        fits.devices[0]
+            .consumed_capacity
+            .get("example.com/memory")
+            .map(String::as_str),
+        Some("2Gi")
+    );
+    // Two shares of 1Gi each (the default) from two requests of one claim also fit...
+    let two = explain(&format!(
+        "    requests:\n{}{}",
+        request("a", "accel", ""),
+        request("b", "accel", "")
+    ));
+    assert_eq!(picked(&two), ["a=shared", "b=shared"]);
+    // ...but 3Gi does not.
+    let text = why(&explain(&format!(
+        "    requests:\n{}",
+        request(
+            "acc",
+            "accel",
+            "        capacity: {requests: {memory: 3Gi}}\n"
+        )
+    )));
+    assert!(
+        text.contains("capacity example.com/memory: 2Gi of 10Gi left, 3Gi needed: shared"),
+        "{text}"
+    );
+}
+
+#[test]
+fn shared_counters_keep_partitions_of_one_gpu_apart() {
+    let one = explain(&format!("    requests:\n{}", request("p", "part", "")));
+    assert_eq!(picked(&one), ["p=gpu-2-part-a"]);
+    let text = why(&explain(&format!(
+        "    requests:\n{}",
+        request("p", "part", "        count: 2\n")
+    )));
+    assert!(
+        text.contains("compete for the same devices, capacity or counters"),
+        "{text}"
+    );
+}
+
+#[test]
+fn taints_keep_devices_away_unless_tolerated() {
+    let text = why(&explain(&format!(
+        "    requests:\n{}",
+        request("t", "accel", "        count: 2\n")
+    )));
+    assert!(
+        text.contains("tainted example.com/unhealthy=xid-79:NoSchedule (not tolerated): tainted"),
+        "{text}"
+    );
+    let tolerated = explain(&format!(
+        "    requests:\n{}",
+        request(
+            "t",
+            "accel",
+            "        count: 2\n        tolerations: [{key: example.com/unhealthy, operator: Exists}]\n"
+        )
+    ));
+    assert_eq!(picked(&tolerated), ["t=shared", "t=tainted"]);
+}
+
+#[test]
+fn missing_attributes_are_not_selected_with_a_warning_and_errors_are_reported() {
+    let outcome = explain(
+        "    requests:\n    - name: x\n      exactly:\n        deviceClassName: example\n        selectors: [{cel: {expression: 'device.attributes[\"resource.kubernetes.io\"].pcieRoot == \"pci0000:80\"'}}]\n",
+    );
+    assert_eq!(picked(&outcome), ["x=gpu-1"]);
+    assert!(
+        outcome
+            .warnings
+            .iter()
+            .any(|w| w.contains("CEL runtime error")),
+        "{outcome:#?}"
+    );
+    let broken = explain(
+        "    requests:\n    - name: x\n      exactly:\n        deviceClassName: example\n        selectors: [{cel: {expression: 'device.attributes['}}]\n",
+    );
+    assert_eq!(broken.status, Status::Error);
+    assert!(
+        broken.explanation[0].contains("CEL syntax error"),
+        "{broken:#?}"
+    );
+}
+
+#[test]
+fn invalid_claims_are_errors_that_say_what_is_wrong() {
+    let unknown_class =
+        explain("    requests:\n    - name: x\n      exactly: {deviceClassName: nope}\n");
+    assert_eq!(unknown_class.status, Status::Error);
+    assert!(unknown_class.explanation[0].contains("DeviceClass \"nope\" not found"));
+    let bad_constraint = explain(&format!(
+        "    requests:\n{}    constraints:\n    - matchAttribute: numaNode\n",
+        request("gpu", "gpu", "")
+    ));
+    assert!(
+        bad_constraint.explanation[0].contains("fully qualified"),
+        "{bad_constraint:#?}"
+    );
+    let unknown_request = explain(&format!(
+        "    requests:\n{}    constraints:\n    - requests: [nope]\n      matchAttribute: example.com/numaNode\n",
+        request("gpu", "gpu", "")
+    ));
+    assert!(unknown_request.explanation[0].contains("no request named \"nope\""));
+}
+
+#[test]
+fn a_search_that_cannot_finish_says_so() {
+    let mut objects = Objects::default();
+    objects
+        .add_text("claim", &format!(
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c}}\nspec:\n  devices:\n    requests:\n{}{}    constraints:\n    - matchAttribute: example.com/numaNode\n",
+            request("gpu", "gpu", "        count: 2\n"),
+            request("nic", "nic", "")
+        ))
+        .unwrap();
+    let mut allocator = allocator();
+    allocator.step_limit = 1;
+    let outcome = allocator.explain(&objects.claims[0]);
+    assert_eq!(outcome.status, Status::Unsatisfiable);
+    assert!(outcome.explanation[0].contains("gave up after 1 device tries"));
+}
+
+#[test]
+fn a_late_request_only_one_numa_node_satisfies_is_found_without_trying_every_combination() {
+    let mut objects = Objects::default();
+    objects
+        .add_text("node", &crate::synthetic::node(1024, 4))
+        .unwrap();
+    objects
+        .add_text("claim", &crate::synthetic::claim(8, Some(3)))
+        .unwrap();
+    let mut allocator = Allocator::new(&objects.slices, objects.classes, &[], None).unwrap();
+    assert_eq!(allocator.pools().devices.len(), 1024);
+    allocator.step_limit = 10_000;
+    let outcome = allocator.explain(&objects.claims[0]);
+    assert_eq!(outcome.status, Status::Allocated, "{outcome:#?}");
+    assert_eq!(outcome.numa.as_deref(), Some("aligned on NUMA node 3"));
+    assert!(
+        outcome.search_steps < 1_000,
+        "{} steps",
+        outcome.search_steps
+    );
+}

@@ -1,0 +1,268 @@
+//! Why a claim does not fit, in the fewest words that are true: first a request without enough
+//! candidates (and what eliminated each device), else a constraint that alone blocks (and the values its
+//! attribute takes among the candidates), else the constraints together, else requests competing for the
+//! same devices. Also the alignment wording of an allocation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::claim::{Alternative, Claim, ConstraintKind, Mode};
+use crate::explain::{Allocated, Allocator, Matching, Rejection};
+use crate::search::{Fit, Search};
+
+impl Allocator {
+    /// The smallest reason the claim has no allocation.
+    pub(crate) fn why_not(
+        &self,
+        claim: &Claim,
+        matchings: &[Vec<Matching>],
+        fits: &[Vec<Vec<Fit>>],
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (request, per_request) in claim.requests.iter().zip(matchings) {
+            let short: Vec<String> = request
+                .alternatives
+                .iter()
+                .zip(per_request)
+                .filter_map(|(alt, m)| self.shortfall(alt, m))
+                .collect();
+            if short.len() == request.alternatives.len() {
+                lines.extend(short);
+                return lines;
+            }
+        }
+        for (c, constraint) in claim.constraints.iter().enumerate() {
+            let mut relaxed = Search::new(claim, &self.pools, fits, self.step_limit);
+            relaxed.skip_constraint = Some(c);
+            if relaxed.run() {
+                lines.push(format!(
+                    "{} cannot be met; without it the claim fits",
+                    constraint.describe()
+                ));
+                lines.extend(self.constraint_values(claim, c, fits));
+                return lines;
+            }
+        }
+        if !claim.constraints.is_empty() {
+            let mut relaxed = Search::new(claim, &self.pools, fits, self.step_limit);
+            relaxed.skip_all_constraints = true;
+            if relaxed.run() {
+                lines.push("the constraints together cannot be met (each alone can)".into());
+                for c in 0..claim.constraints.len() {
+                    lines.extend(self.constraint_values(claim, c, fits));
+                }
+                return lines;
+            }
+        }
+        lines.push(
+            "every request has enough candidates alone, but not together: they compete for the same devices, capacity or counters"
+                .into(),
+        );
+        for (request, per_request) in claim.requests.iter().zip(fits) {
+            for (alt, f) in request.alternatives.iter().zip(per_request) {
+                let names: Vec<&str> = f.iter().filter_map(|fit| self.name(fit.device)).collect();
+                lines.push(format!(
+                    "  {} ({}): {}",
+                    alt.name,
+                    wanted(alt.mode),
+                    list(&names)
+                ));
+            }
+        }
+        lines
+    }
+
+    /// `request nic: needs 3 devices of class c, 2 candidates (a, b)` and the rejected devices by
+    /// reason, when the alternative cannot be satisfied on its own.
+    fn shortfall(&self, alternative: &Alternative, matching: &Matching) -> Option<String> {
+        let free = |f: &&Fit| {
+            alternative.admin_access
+                || self
+                    .pools
+                    .usage
+                    .get(f.device)
+                    .is_none_or(|u| u.held_by.is_none())
+        };
+        let usable: Vec<&str> = matching
+            .fits
+            .iter()
+            .filter(free)
+            .filter_map(|f| self.name(f.device))
+            .collect();
+        let (short, need) = match alternative.mode {
+            Mode::Exact(n) => (usable.len() < n, format!("needs {n} device{}", plural(n))),
+            Mode::All => (
+                usable.is_empty() || usable.len() < matching.fits.len(),
+                "needs every matching device (allocationMode All), at least one".to_owned(),
+            ),
+        };
+        if !short {
+            return None;
+        }
+        let mut by_reason: BTreeMap<&Rejection, Vec<&str>> = BTreeMap::new();
+        for (d, reason) in &matching.rejected {
+            if let Some(name) = self.name(*d) {
+                by_reason.entry(reason).or_default().push(name);
+            }
+        }
+        let mut text = format!(
+            "request {}: {need} of class {}, {} candidate{}",
+            alternative.name,
+            alternative.class,
+            usable.len(),
+            plural(usable.len()),
+        );
+        if !usable.is_empty() {
+            text.push_str(&format!(" ({})", list(&usable)));
+        }
+        for (reason, names) in by_reason {
+            text.push_str(&format!(
+                "\n  {} device{}: {reason}: {}",
+                names.len(),
+                plural(names.len()),
+                list(&names)
+            ));
+        }
+        Some(text)
+    }
+
+    /// The values of a constraint's attribute among each covered alternative's candidates.
+    fn constraint_values(&self, claim: &Claim, c: usize, fits: &[Vec<Vec<Fit>>]) -> Vec<String> {
+        let Some(constraint) = claim.constraints.get(c) else {
+            return Vec::new();
+        };
+        let (ConstraintKind::Match(attribute) | ConstraintKind::Distinct(attribute)) =
+            &constraint.kind;
+        let mut lines = Vec::new();
+        for (request, per_request) in claim.requests.iter().zip(fits) {
+            for (alt, f) in request.alternatives.iter().zip(per_request) {
+                if !constraint.covers(&alt.name) {
+                    continue;
+                }
+                let mut by_value: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+                for fit in f {
+                    let Some(device) = self.pools.devices.get(fit.device) else {
+                        continue;
+                    };
+                    let value = device
+                        .attributes
+                        .get(attribute)
+                        .map_or_else(|| "(no such attribute)".to_owned(), ToString::to_string);
+                    by_value.entry(value).or_default().push(&device.name);
+                }
+                let parts: Vec<String> = by_value
+                    .iter()
+                    .map(|(v, names)| format!("{v}: {}", list(names)))
+                    .collect();
+                let shown = match parts.is_empty() {
+                    true => "no candidates".to_owned(),
+                    false => parts.join("; "),
+                };
+                lines.push(format!(
+                    "  {} ({}) by {attribute}: {shown}",
+                    alt.name,
+                    wanted(alt.mode)
+                ));
+            }
+        }
+        lines
+    }
+
+    fn name(&self, d: usize) -> Option<&str> {
+        self.pools.devices.get(d).map(|x| x.name.as_str())
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn wanted(mode: Mode) -> String {
+    match mode {
+        Mode::Exact(n) => format!("needs {n}"),
+        Mode::All => "needs all".to_owned(),
+    }
+}
+
+/// Up to six names, then how many more.
+fn list(names: &[&str]) -> String {
+    match names.len() {
+        0..=6 => names.join(", "),
+        n => {
+            let shown: Vec<&str> = names.iter().take(5).copied().collect();
+            format!("{}, and {} more", shown.join(", "), n - 5)
+        }
+    }
+}
+
+/// How an alignment is worded: `aligned on NUMA node 0`, `cross-NUMA: gpu-0 on node 0, ...`.
+pub(crate) struct Wording {
+    long: &'static str,
+    short: &'static str,
+    unit: &'static str,
+    /// Say so when no device has it (NUMA nodes: yes; PCIe roots: CPUs have none, so no).
+    say_unknown: bool,
+}
+
+/// NUMA nodes.
+pub(crate) const NUMA: Wording = Wording {
+    long: "NUMA node",
+    short: "NUMA",
+    unit: "node ",
+    say_unknown: true,
+};
+
+/// PCIe roots.
+pub(crate) const PCIE: Wording = Wording {
+    long: "PCIe root",
+    short: "PCIe-root",
+    unit: "",
+    say_unknown: false,
+};
+
+/// Whether two or more devices share a NUMA node (or PCIe root), and for which it is unknown.
+pub(crate) fn alignment(
+    devices: &[Allocated],
+    w: Wording,
+    of: impl Fn(&Allocated) -> Option<String>,
+) -> Option<String> {
+    if devices.len() < 2 {
+        return None;
+    }
+    let known: Vec<(&str, String)> = devices
+        .iter()
+        .filter_map(|d| of(d).map(|v| (d.device.as_str(), v)))
+        .collect();
+    let unknown: Vec<&str> = devices
+        .iter()
+        .filter(|d| of(d).is_none())
+        .map(|d| d.device.as_str())
+        .collect();
+    let values: BTreeSet<&String> = known.iter().map(|(_, v)| v).collect();
+    let first = values.iter().next().map_or("", |v| v.as_str());
+    let mut text = match (values.len(), unknown.is_empty()) {
+        (0, _) => {
+            return w
+                .say_unknown
+                .then(|| format!("{} unknown for every device", w.long));
+        }
+        (1, true) => format!("aligned on {} {first}", w.long),
+        (1, false) => {
+            let names: Vec<&str> = known.iter().map(|k| k.0).collect();
+            format!("{} {first} for {}", w.long, names.join(", "))
+        }
+        _ => {
+            let parts: Vec<String> = known
+                .iter()
+                .map(|(d, v)| format!("{d} on {}{v}", w.unit))
+                .collect();
+            format!("cross-{}: {}", w.short, parts.join(", "))
+        }
+    };
+    if !unknown.is_empty() {
+        text.push_str(&format!(
+            "; unknown for {} (alignment not provable)",
+            unknown.join(", ")
+        ));
+    }
+    Some(text)
+}

@@ -1,0 +1,151 @@
+//! `hal-probe explain`: the claims of some files, run through Kubernetes' structured allocation
+//! ([`allocator`]) against the slices this node would publish, other drivers' slices from files, this
+//! driver's DeviceClasses (built in) and the user's.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use allocator::{Allocator, Objects, Outcome};
+use anyhow::{Context, bail};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
+
+use crate::slices::DEFAULT_DRIVER_NAME;
+
+/// This driver's DeviceClasses, as `deployments/deviceclasses/deviceclasses.yaml` ships them.
+const DEVICE_CLASSES: &str = include_str!("../../deployments/deviceclasses/deviceclasses.yaml");
+
+/// The driver's own DeviceClasses, for `driver_name` (the shipped ones name `hal.dra.dev`).
+pub fn builtin_classes(driver_name: &str) -> anyhow::Result<Vec<DeviceClass>> {
+    let text = DEVICE_CLASSES.replace(
+        &format!("\"{DEFAULT_DRIVER_NAME}\""),
+        &format!("\"{driver_name}\""),
+    );
+    let mut objects = Objects::default();
+    objects
+        .add_text("deviceclasses.yaml (built in)", &text)
+        .context("the built-in DeviceClasses")?;
+    Ok(objects.classes)
+}
+
+/// What to explain, and against what.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Files of ResourceClaims and ResourceClaimTemplates (DeviceClasses and ResourceSlices in them are
+    /// used too).
+    pub claims: Vec<PathBuf>,
+    /// Files of DeviceClasses (they override built-in ones of the same name).
+    pub classes: Vec<PathBuf>,
+    /// Files of extra ResourceSlices (other drivers').
+    pub slices: Vec<PathBuf>,
+    /// Files of allocated ResourceClaims whose devices are in use.
+    pub allocated: Vec<PathBuf>,
+    /// Only slices of this node (others are dropped).
+    pub node: Option<String>,
+    /// Leave out the built-in DeviceClasses.
+    pub no_builtin_classes: bool,
+    /// The driver name of the built-in classes.
+    pub driver_name: String,
+    /// Device tries before the search gives up.
+    pub step_limit: Option<u64>,
+}
+
+/// The outcome of each claim, and notes on the input (skipped documents, pool warnings).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// One per claim or template, in file order.
+    pub claims: Vec<Outcome>,
+    /// Things about the input that the user should know.
+    pub notes: Vec<String>,
+}
+
+/// Explains every claim of `request` against `node_slices` and the slices of the files.
+pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Result<Report> {
+    let mut claims = Objects::default();
+    for file in &request.claims {
+        claims.read_file(file)?;
+    }
+    if claims.claims.is_empty() {
+        bail!("no ResourceClaim or ResourceClaimTemplate in the claim files");
+    }
+    let mut extra = Objects::default();
+    for file in request.classes.iter().chain(&request.slices) {
+        extra.read_file(file)?;
+    }
+    let mut allocated = Objects::default();
+    for file in &request.allocated {
+        allocated.read_file(file)?;
+    }
+
+    let mut slices = node_slices;
+    slices.append(&mut extra.slices);
+    slices.append(&mut claims.slices);
+    if request.node.is_none() {
+        let nodes: BTreeSet<&str> = slices
+            .iter()
+            .filter_map(|s| s.spec.node_name.as_deref())
+            .collect();
+        if nodes.len() > 1 {
+            bail!(
+                "the slices are of several nodes ({}): pick one with --node-name",
+                nodes.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut classes = match request.no_builtin_classes {
+        true => Vec::new(),
+        false => builtin_classes(&request.driver_name)?,
+    };
+    classes.append(&mut extra.classes);
+    classes.append(&mut claims.classes);
+
+    let mut allocator =
+        Allocator::new(&slices, classes, &allocated.claims, request.node.as_deref())
+            .map_err(anyhow::Error::msg)?;
+    if let Some(limit) = request.step_limit {
+        allocator.step_limit = limit;
+    }
+    let mut notes = allocator.pools().warnings.clone();
+    let skipped = claims.skipped.len() + extra.skipped.len();
+    if skipped > 0 {
+        notes.push(format!(
+            "{skipped} document{} of other kinds skipped ({})",
+            if skipped == 1 { "" } else { "s" },
+            claims
+                .skipped
+                .iter()
+                .chain(&extra.skipped)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if allocator.pools().devices.is_empty() {
+        notes.push("no devices at all: no slices were given or built".into());
+    }
+    let outcomes = claims.claims.iter().map(|c| allocator.explain(c)).collect();
+    Ok(Report {
+        claims: outcomes,
+        notes,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_classes_follow_the_driver_name() {
+        let classes = builtin_classes("other.example.com").unwrap();
+        let names: Vec<&str> = classes
+            .iter()
+            .filter_map(|c| c.metadata.name.as_deref())
+            .collect();
+        assert!(names.contains(&"gpu.hal.dra.dev") && names.contains(&"vf.hal.dra.dev"));
+        let gpu = serde_json::to_string(&classes[0]).unwrap();
+        assert!(
+            gpu.contains("other.example.com") && !gpu.contains("\\\"hal.dra.dev\\\""),
+            "{gpu}"
+        );
+    }
+}

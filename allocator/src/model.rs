@@ -348,9 +348,8 @@ impl Pools {
                 .and_then(|s| s.allocation.as_ref())
                 .and_then(|a| a.devices.as_ref())
                 .and_then(|d| d.results.as_ref());
+            // Claims not allocated yet hold nothing (`kubectl get resourceclaims -A` lists them too).
             let Some(results) = results else {
-                self.warnings
-                    .push(format!("{}: not allocated, ignored", claim.label));
                 continue;
             };
             for result in results {

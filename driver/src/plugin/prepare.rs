@@ -737,7 +737,9 @@ fn rebinds(
             continue;
         };
         let (address, current) = match source {
-            DeviceSource::Nic { function, .. } => (function.address, function.driver.clone()),
+            DeviceSource::Nic { function, .. } if a.vf.is_some() => {
+                (function.address, function.driver.clone())
+            }
             DeviceSource::Gpu(gpu) if a.gpu.is_some() => (gpu.pci_address, gpu.driver.clone()),
             _ => {
                 return Err(format!(

@@ -826,6 +826,22 @@ async fn a_gpu_for_a_vm_is_bound_to_vfio_and_given_back_and_refused_while_it_has
 }
 
 #[tokio::test]
+async fn a_gpu_config_on_a_network_function_is_refused_and_rebinds_nothing() {
+    let s = Setup::on("xeon");
+    s.claims
+        .add("u1", &[("vf", "nic-0000-3b-01-1")], gpu_vfio());
+    let preparer = s.preparer("boot-1");
+    let error = preparer.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap_err();
+    assert!(
+        error.contains("a VfConfig applies to network functions, a GpuConfig to GPUs"),
+        "{error}"
+    );
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("iavf"));
+}
+
+#[tokio::test]
 async fn an_intel_gpu_gets_its_drm_nodes_and_by_path_links_only() {
     let s = Setup::on("i915");
     s.claims

@@ -353,3 +353,85 @@ fn live_gb300_slices_resolve_the_upstream_demo_as_it_says_needs_shared_corpora()
     let numa = claim(&outcomes, "1nic-aligned")["numa"].as_str().unwrap();
     assert!(numa.contains("unknown for gpu-0"), "{numa}");
 }
+
+#[test]
+fn i915_partitions_and_their_whole_gpu_are_never_given_together() {
+    let claims = temp_yaml(
+        r#"
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: four-partitions-of-one-gpu}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: parts
+        exactly: {deviceClassName: gpu-partition.hal.dra.dev, count: 4}
+      constraints:
+      - matchAttribute: hal.dra.dev/parentPciAddress
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: gpu-0-whole-and-a-partition-of-it}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: whole
+        exactly:
+          deviceClassName: gpu.hal.dra.dev
+          selectors:
+          - cel: {expression: 'device.attributes["resource.kubernetes.io"].pciBusID == "0000:4d:00.0"'}
+      - name: part
+        exactly:
+          deviceClassName: gpu-partition.hal.dra.dev
+          selectors:
+          - cel: {expression: 'device.attributes["hal.dra.dev"].parentPciAddress == "0000:4d:00.0"'}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: gpu-0-whole-and-any-partition}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: whole
+        exactly:
+          deviceClassName: gpu.hal.dra.dev
+          selectors:
+          - cel: {expression: 'device.attributes["resource.kubernetes.io"].pciBusID == "0000:4d:00.0"'}
+      - name: part
+        exactly: {deviceClassName: gpu-partition.hal.dra.dev}
+"#,
+    );
+    let path = claims.path().to_str().unwrap();
+    let (outcomes, code) = explain(&["--fixture", "i915", "--gpu-partitions", "4", path]);
+    assert_eq!(code, Some(3));
+    let none = BTreeMap::new();
+    assert_eq!(
+        picks(claim(&outcomes, "four-partitions-of-one-gpu"), &none),
+        (0..4)
+            .map(|i| format!("parts=gpu-0000-4d-00-0-vf{i}"))
+            .collect::<Vec<_>>()
+    );
+    let both = claim(&outcomes, "gpu-0-whole-and-a-partition-of-it");
+    assert_eq!(both["status"], "unsatisfiable");
+    assert!(
+        both["explanation"][0]
+            .as_str()
+            .unwrap()
+            .contains("compete for the same devices, capacity or counters"),
+        "{both:#}"
+    );
+    assert_eq!(
+        picks(claim(&outcomes, "gpu-0-whole-and-any-partition"), &none),
+        ["whole=gpu-0000-4d-00-0", "part=gpu-0000-ca-00-0-vf0"]
+    );
+    for outcome in &outcomes {
+        assert_eq!(
+            outcome["warnings"],
+            serde_json::json!([]),
+            "the classes keep selectors off partitions"
+        );
+    }
+}

@@ -116,6 +116,7 @@ impl EmulatedKernel {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
+                    self.remove_drm_links(&vf_dir)?;
                     fs::remove_dir_all(self.root.join(&vf_dir))?;
                     fs::remove_file(self.root.join(format!("sys/bus/pci/devices/{name}")))?;
                     fs::remove_file(self.root.join(&virtfn))?;
@@ -197,6 +198,76 @@ impl EmulatedKernel {
             if autoprobe && let Some(driver) = self.default_drivers.get(&(vendor_id, vf_device_id))
             {
                 bind(&self.root, &vf_dir, driver)?;
+                let display = self
+                    .read(&vf_dir.join("class"))
+                    .is_some_and(|c| c.starts_with("0x03"));
+                if display && matches!(driver.as_str(), "i915" | "xe") {
+                    self.add_drm_nodes(pf_dir, &vf_dir, count)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What i915 and xe do for a GPU VF: a `cardN` and a `renderDN` (the next free numbers), the card
+    /// with its share of the PF's local memory (auto-provisioning splits it evenly between the VFs).
+    fn add_drm_nodes(&self, pf_dir: &Path, vf_dir: &Path, count: u32) -> io::Result<()> {
+        let taken: Vec<String> = fs::read_dir(self.root.join("sys/class/drm"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let next = |prefix: &str, first: u32| {
+            taken
+                .iter()
+                .filter_map(|n| n.strip_prefix(prefix)?.parse::<u32>().ok())
+                .max()
+                .map_or(first, |m| (m + 1).max(first))
+        };
+        let lmem = fs::read_dir(self.root.join(pf_dir).join("drm"))
+            .ok()
+            .and_then(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .find_map(|e| fs::read_to_string(e.path().join("lmem_total_bytes")).ok())
+            })
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        for (name, minor) in [
+            (format!("card{}", next("card", 0)), next("card", 0)),
+            (
+                format!("renderD{}", next("renderD", 128)),
+                next("renderD", 128),
+            ),
+        ] {
+            let node = vf_dir.join("drm").join(&name);
+            write(&self.root.join(&node).join("dev"), &format!("226:{minor}"))?;
+            if let (Some(bytes), true) = (lmem, name.starts_with("card")) {
+                let share = bytes / u64::from(count.max(1));
+                write(
+                    &self.root.join(&node).join("lmem_total_bytes"),
+                    &share.to_string(),
+                )?;
+            }
+            link(
+                &self.root,
+                &PathBuf::from(format!("sys/class/drm/{name}")),
+                &node,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes the `sys/class/drm` links into a VF that goes away.
+    fn remove_drm_links(&self, vf_dir: &Path) -> io::Result<()> {
+        let Ok(nodes) = fs::read_dir(self.root.join(vf_dir).join("drm")) else {
+            return Ok(());
+        };
+        for node in nodes.filter_map(Result::ok) {
+            let class_link = self.root.join("sys/class/drm").join(node.file_name());
+            if class_link.is_symlink() {
+                fs::remove_file(class_link)?;
             }
         }
         Ok(())

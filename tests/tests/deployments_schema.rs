@@ -31,12 +31,13 @@ fn documents(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Attribute names (`domain/name`) published on a fixture in a CPU mode.
+/// Attribute names (`domain/name`) published on a fixture in a CPU mode (Intel GPUs with partitions).
 fn published(fixture: &str, mode: CpuMode) -> BTreeSet<String> {
     let machine = hal_mock::by_name(fixture).unwrap().materialize().unwrap();
     let inventory = Inventory::from_sysfs(&backends::SysfsRoot::new(machine.root()), None);
     let mut config = SliceConfig::new("n");
     config.cpu_mode = mode;
+    config.gpu_partitions = 2;
     build_slices(&inventory, &config, 0)
         .iter()
         .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
@@ -89,6 +90,7 @@ fn deployment_manifests_validate_and_name_published_attributes_needs_shared_corp
             vec![
                 ("gb300", CpuMode::GroupedByNuma),
                 ("xeon", CpuMode::Individual),
+                ("i915", CpuMode::GroupedByNuma),
             ],
         ),
         (
@@ -138,5 +140,5 @@ fn deployment_manifests_validate_and_name_published_attributes_needs_shared_corp
             checked += 1;
         }
     }
-    assert_eq!(checked, 6 + 3 + 1 + 3);
+    assert_eq!(checked, 7 + 3 + 1 + 3);
 }

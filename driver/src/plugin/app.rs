@@ -168,6 +168,7 @@ pub async fn run(
             checkpoint: CheckpointFile::new(sockets.plugin_dir().join("checkpoint.json")),
             boot_id,
             binder,
+            gpus: Arc::new(backends::SysfsGpu::new(root.clone())),
         },
         claims,
         inventory.clone(),

@@ -9,5 +9,6 @@ pub mod claims;
 pub mod cpus;
 pub mod grpc;
 pub mod metrics;
+pub mod partitions;
 pub mod prepare;
 pub mod provision;

@@ -116,9 +116,11 @@ pub struct PreparerConfig {
     pub checkpoint: CheckpointFile,
     /// This boot's id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
-    /// Driver binding of network functions (`SysfsSriov` with a writer on a node, the emulated kernel
-    /// of a fixture).
+    /// Driver binding of network functions and VF creation (`SysfsSriov` with a writer on a node, the
+    /// emulated kernel of a fixture).
     pub binder: Arc<dyn hal::SriovPf>,
+    /// GPUs as they are now (the VFs of a GPU partition appear after its first prepare).
+    pub gpus: Arc<dyn hal::GpuDevice>,
 }
 
 /// The driver to bind a device to, and the one to give it back on unprepare.
@@ -304,6 +306,7 @@ impl Preparer {
                         .map_err(|e| format!("rolling back: {e}"))?;
                     state.remove(&claim.uid);
                     self.store(&state)?;
+                    self.release_partitions(&state, &record);
                 }
             }
         }
@@ -319,8 +322,15 @@ impl Preparer {
             &self.config.slices.node_name,
         )
         .map_err(|e| e.to_string())?;
-        let sources = self.sources(&allocated)?;
+        let mut sources = self.sources(&allocated)?;
         self.check_exclusive(&state, &claim.uid, &allocated, &sources)?;
+        let partition_undo = super::partitions::prepare(
+            self.config.binder.as_ref(),
+            self.config.gpus.as_ref(),
+            &state,
+            &claim.uid,
+            &mut sources,
+        )?;
         let rebinds = {
             let inventory = self
                 .inventory
@@ -339,6 +349,7 @@ impl Preparer {
             undo: rebinds
                 .iter()
                 .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
+                .chain(partition_undo)
                 .collect(),
             cpus,
         };
@@ -356,6 +367,7 @@ impl Preparer {
                 let _ = self.undo(&record);
                 state.remove(&claim.uid);
                 self.store(&state)?;
+                self.release_partitions(&state, &record);
                 return Err(error);
             }
         }
@@ -366,6 +378,7 @@ impl Preparer {
             let _ = self.undo(&record);
             state.remove(&claim.uid);
             self.store(&state)?;
+            self.release_partitions(&state, &record);
             return Err(error);
         }
         self.fault(Step::CdiWritten)?;
@@ -646,6 +659,13 @@ impl Preparer {
         Ok((Spec::new(&self.kind, cdi_devices), prepared))
     }
 
+    /// Removes the VFs of GPUs whose partitions no claim holds any more (after `record` left `state`).
+    fn release_partitions(&self, state: &BTreeMap<String, ClaimRecord>, record: &ClaimRecord) {
+        for error in super::partitions::release(self.config.binder.as_ref(), state, record) {
+            tracing::warn!(claim = %record.claim.uid, %error, "GPU partitions not released");
+        }
+    }
+
     fn undo(&self, record: &ClaimRecord) -> Result<(), String> {
         undo_record(&self.config, &self.kind, record)
     }
@@ -675,6 +695,7 @@ impl Preparer {
                     Ok(()) => {
                         state.remove(&claim.uid);
                         let stored = self.store(&state);
+                        self.release_partitions(&state, &record);
                         let driver = &self.config.slices.driver_name;
                         let cleared = self
                             .claims
@@ -882,8 +903,11 @@ fn container_edits(source: &DeviceSource, vfio_group: Option<Option<u32>>) -> Co
             }
             edits.env.push(format!("DRA_HAL_RDMA_DEVICE={}", rdma.name));
         }
-        DeviceSource::Nic { rdma: None, .. } | DeviceSource::Cpu(_) | DeviceSource::CpuGroup(_) => {
-        }
+        // Partitions are prepared as the GPUs (VFs) they are, never as partitions.
+        DeviceSource::Nic { rdma: None, .. }
+        | DeviceSource::GpuPartition { .. }
+        | DeviceSource::Cpu(_)
+        | DeviceSource::CpuGroup(_) => {}
     }
     edits
 }

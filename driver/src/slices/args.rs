@@ -51,6 +51,11 @@ pub struct SliceArgs {
     #[arg(long, value_name = "CPULIST", value_parser = parse_cpulist)]
     pub reserved_cpus: Option<CpuSet>,
 
+    /// Publish each Intel GPU that can make N SR-IOV VFs as the whole GPU plus N partitions sharing its
+    /// counters (the first prepared partition creates the VFs); 0 for whole GPUs only.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub gpu_partitions: u32,
+
     /// Other drivers' attribute domains that also get `<domain>/numaNode` (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "dra.net")]
     pub compat_domains: Vec<String>,
@@ -83,6 +88,7 @@ impl SliceArgs {
                 .filter(|d| !d.is_empty())
                 .cloned()
                 .collect(),
+            gpu_partitions: self.gpu_partitions,
         };
         config.validate()?;
         Ok(config)

@@ -61,6 +61,9 @@ pub struct SliceConfig {
     /// Other drivers' domains that also get `<domain>/numaNode` (e.g. `dra.net`), so claims can
     /// `matchAttribute` across drivers.
     pub compat_domains: Vec<String>,
+    /// SR-IOV partitions published per Intel GPU that can make that many VFs (0: none); see
+    /// [`super::partitions`].
+    pub gpu_partitions: u32,
 }
 
 impl SliceConfig {
@@ -74,6 +77,7 @@ impl SliceConfig {
             cpu_mode: CpuMode::default(),
             reserved_cpus: CpuSet::new(),
             compat_domains: vec!["dra.net".to_owned()],
+            gpu_partitions: 0,
         }
     }
 
@@ -95,6 +99,13 @@ impl SliceConfig {
             return Err(format!(
                 "{} compatibility domains: at most {MAX_COMPAT_DOMAINS}",
                 self.compat_domains.len()
+            ));
+        }
+        if self.gpu_partitions > super::partitions::MAX_GPU_PARTITIONS {
+            return Err(format!(
+                "{} GPU partitions: at most {}",
+                self.gpu_partitions,
+                super::partitions::MAX_GPU_PARTITIONS
             ));
         }
         for domain in &self.compat_domains {

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::config::{CpuMode, SliceConfig};
 use super::names::{address_label, attribute_string, semver_from_dotted};
+use super::partitions;
 use crate::inventory::Inventory;
 
 /// The standard attribute domain (k8s.io/dynamic-resource-allocation/deviceattribute).
@@ -140,6 +141,16 @@ impl DeviceBuilder {
 pub enum DeviceSource {
     /// A GPU.
     Gpu(GpuInfo),
+    /// One of the SR-IOV partitions (VFs) an Intel GPU is published with (`--gpu-partitions`): VF
+    /// `index` of `count`, created on demand by the first prepare.
+    GpuPartition {
+        /// The whole GPU (the PF).
+        pf: Box<GpuInfo>,
+        /// Which VF (`virtfn<index>`).
+        index: u32,
+        /// How many VFs the PF is split into.
+        count: u32,
+    },
     /// A network function (or IB-only RDMA function), with its RDMA device if it has one.
     Nic {
         /// The PCI function.
@@ -168,12 +179,18 @@ pub fn devices_with_sources(
 ) -> Vec<(Device, DeviceSource)> {
     let mut out = Vec::new();
     if config.families.gpus {
-        out.extend(
-            inventory
-                .gpus
-                .iter()
-                .filter_map(|g| gpu(g, inventory, config)),
-        );
+        for g in &inventory.gpus {
+            // VFs of a partitioned GPU are its partition devices, not GPUs of their own.
+            if partitions::is_partition_vf(g, inventory, config) {
+                continue;
+            }
+            let Some((mut device, source)) = gpu(g, inventory, config) else {
+                continue;
+            };
+            let parts = partitions::partitions(g, &mut device, inventory, config);
+            out.push((device, source));
+            out.extend(parts);
+        }
     }
     if config.families.nics {
         out.extend(network_functions(inventory, config));

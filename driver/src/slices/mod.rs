@@ -7,9 +7,12 @@ pub mod args;
 pub mod config;
 pub mod devices;
 pub mod names;
+pub mod partitions;
 pub mod validate;
 
-use k8s_openapi::api::resource::v1::{Device, ResourcePool, ResourceSlice, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1::{
+    CounterSet, Device, ResourcePool, ResourceSlice, ResourceSliceSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use config::{CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
@@ -20,6 +23,8 @@ use crate::inventory::Inventory;
 pub const MAX_DEVICES_PER_SLICE: usize = 128;
 /// Devices per slice when any device uses taints, counters or list attributes.
 pub const MAX_DEVICES_PER_SLICE_ADVANCED: usize = 64;
+/// Counters across all counter sets of a slice (Kubernetes 1.34).
+pub const MAX_COUNTERS_PER_SLICE: usize = 32;
 
 /// The node's pool: every device of the inventory, split into slices of at most 128 devices, all
 /// with the same generation and `resourceSliceCount`. Slice names are stable (`<node>-<driver>-<i>`,
@@ -30,37 +35,107 @@ pub fn build_slices(
     generation: i64,
 ) -> Vec<ResourceSlice> {
     let devices = devices::devices(inventory, config);
+    let counter_sets: Vec<CounterSet> = inventory
+        .gpus
+        .iter()
+        .filter_map(|g| partitions::counter_set(g, inventory, config))
+        .collect();
     let per_slice = match devices.iter().any(uses_advanced_features) {
         true => MAX_DEVICES_PER_SLICE_ADVANCED,
         false => MAX_DEVICES_PER_SLICE,
     };
-    let chunks: Vec<Vec<Device>> = match devices.is_empty() {
-        // An empty pool is still published, so consumers see the node has nothing.
-        true => vec![Vec::new()],
-        false => devices.chunks(per_slice).map(<[Device]>::to_vec).collect(),
-    };
+    let chunks = chunk(devices, per_slice, &counter_sets);
     let count = chunks.len() as i64;
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, devices)| ResourceSlice {
-            metadata: ObjectMeta {
-                name: Some(slice_name(&config.node_name, &config.driver_name, i)),
-                ..Default::default()
-            },
-            spec: ResourceSliceSpec {
-                driver: config.driver_name.clone(),
-                node_name: Some(config.node_name.clone()),
-                pool: ResourcePool {
-                    name: config.node_name.clone(),
-                    generation,
-                    resource_slice_count: count,
+        .map(|(i, devices)| {
+            // Kubernetes 1.34: a counter set lives in the slice of the devices that consume it.
+            let used: Vec<CounterSet> = counter_sets
+                .iter()
+                .filter(|set| devices.iter().any(|d| consumes(d, &set.name)))
+                .cloned()
+                .collect();
+            ResourceSlice {
+                metadata: ObjectMeta {
+                    name: Some(slice_name(&config.node_name, &config.driver_name, i)),
+                    ..Default::default()
                 },
-                devices: Some(devices),
-                ..Default::default()
-            },
+                spec: ResourceSliceSpec {
+                    driver: config.driver_name.clone(),
+                    node_name: Some(config.node_name.clone()),
+                    pool: ResourcePool {
+                        name: config.node_name.clone(),
+                        generation,
+                        resource_slice_count: count,
+                    },
+                    devices: Some(devices),
+                    shared_counters: (!used.is_empty()).then_some(used),
+                    ..Default::default()
+                },
+            }
         })
         .collect()
+}
+
+/// The devices in slices of at most `per_slice`, never splitting the devices of one counter set, and
+/// with at most 32 counters of counter sets in a slice (Kubernetes 1.34). An empty pool is still one
+/// (empty) slice, so consumers see the node has nothing.
+fn chunk(devices: Vec<Device>, per_slice: usize, sets: &[CounterSet]) -> Vec<Vec<Device>> {
+    // Consecutive devices of one counter set form a group (a GPU and its partitions are adjacent).
+    let mut groups: Vec<(Option<String>, Vec<Device>)> = Vec::new();
+    for device in devices {
+        let set = device
+            .consumes_counters
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|c| c.counter_set.clone());
+        match groups.last_mut() {
+            Some((last, group)) if set.is_some() && *last == set => group.push(device),
+            _ => groups.push((set, vec![device])),
+        }
+    }
+    let counters_of = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| sets.iter().find(|s| &s.name == n))
+            .map_or(0, |s| s.counters.len())
+    };
+    let mut chunks: Vec<Vec<Device>> = vec![Vec::new()];
+    let mut counters = 0;
+    for (set, group) in groups {
+        let more = counters_of(&set);
+        let full = chunks.last().map_or(0, Vec::len);
+        let fits = full + group.len() <= per_slice && counters + more <= MAX_COUNTERS_PER_SLICE;
+        if !fits && full > 0 {
+            chunks.push(Vec::new());
+            counters = 0;
+        }
+        counters += more;
+        if set.is_some() {
+            if let Some(last) = chunks.last_mut() {
+                last.extend(group);
+            }
+        } else {
+            for device in group {
+                if chunks.last().is_some_and(|c| c.len() >= per_slice) {
+                    chunks.push(Vec::new());
+                    counters = 0;
+                }
+                if let Some(last) = chunks.last_mut() {
+                    last.push(device);
+                }
+            }
+        }
+    }
+    chunks
+}
+
+fn consumes(device: &Device, set: &str) -> bool {
+    device
+        .consumes_counters
+        .iter()
+        .flatten()
+        .any(|c| c.counter_set == set)
 }
 
 /// Taints, counters or list-typed attributes lower the per-slice limit to 64.

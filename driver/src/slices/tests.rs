@@ -404,3 +404,110 @@ fn gpu_vendor_facts_become_version_attributes() {
         "not semver: left out"
     );
 }
+
+#[test]
+fn intel_gpus_are_published_whole_and_as_partitions_sharing_counters() {
+    let mut config = SliceConfig::new("i915-node");
+    config.gpu_partitions = 4;
+    let slices = build_slices(&inventory("i915"), &config, 1);
+    assert_eq!(validate_pool(&slices), []);
+    let devices = by_name(&slices);
+    let whole = &devices["gpu-0000-4d-00-0"];
+    assert_eq!(int(whole, "partitions"), Some(4));
+    let consumes = whole.consumes_counters.as_ref().unwrap();
+    assert_eq!(consumes[0].counter_set, "gpu-0000-4d-00-0");
+    assert_eq!(consumes[0].counters["vfs"].value.0, "4");
+    assert_eq!(consumes[0].counters["memory"].value.0, "14248Mi");
+    for index in 0..4 {
+        let part = &devices[&format!("gpu-0000-4d-00-0-vf{index}")];
+        assert_eq!(int(part, "partitionIndex"), Some(index));
+        assert_eq!(string(part, "parentPciAddress"), Some("0000:4d:00.0"));
+        assert_eq!(string(part, "type"), Some("gpu"));
+        assert_eq!(int(part, "numaNode"), int(whole, "numaNode"));
+        assert_eq!(
+            string(part, "resource.kubernetes.io/pcieRoot"),
+            string(whole, "resource.kubernetes.io/pcieRoot")
+        );
+        assert_eq!(
+            string(part, "resource.kubernetes.io/pciBusID"),
+            None,
+            "a VF has its own address"
+        );
+        let c = &part.consumes_counters.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                c.counters["vfs"].value.0.as_str(),
+                c.counters["memory"].value.0.as_str()
+            ),
+            ("1", "3562Mi")
+        );
+        assert_eq!(part.capacity.as_ref().unwrap()["memory"].value.0, "3562Mi");
+    }
+    // Each GPU's counter set is in the slice of its devices (Kubernetes 1.34).
+    for slice in &slices {
+        let sets: Vec<&str> = slice
+            .spec
+            .shared_counters
+            .iter()
+            .flatten()
+            .map(|s| s.name.as_str())
+            .collect();
+        for device in slice.spec.devices.iter().flatten() {
+            for c in device.consumes_counters.iter().flatten() {
+                assert!(
+                    sets.contains(&c.counter_set.as_str()),
+                    "{} without its set",
+                    device.name
+                );
+            }
+        }
+    }
+    // Off by default; the BMC's VGA never; nothing but Intel GPUs.
+    let plain = by_name(&build_slices(&inventory("i915"), &SliceConfig::new("n"), 1));
+    assert!(plain.values().all(|d| d.consumes_counters.is_none()));
+    assert!(!plain.contains_key("gpu-0000-4d-00-0-vf0"));
+    let mut gb300 = SliceConfig::new("n");
+    gb300.gpu_partitions = 4;
+    assert!(
+        by_name(&build_slices(&inventory("gb300"), &gb300, 1))
+            .values()
+            .all(|d| d.consumes_counters.is_none())
+    );
+}
+
+#[test]
+fn counter_groups_are_never_split_across_slices() {
+    let mut config = SliceConfig::new("i915-node");
+    config.gpu_partitions = 31;
+    config.cpu_mode = CpuMode::Individual;
+    let slices = build_slices(&inventory("i915"), &config, 1);
+    assert_eq!(validate_pool(&slices), []);
+    for slice in &slices {
+        assert!(slice.spec.devices.as_ref().unwrap().len() <= MAX_DEVICES_PER_SLICE_ADVANCED);
+    }
+    let holding = |name: &str| {
+        slices
+            .iter()
+            .position(|s| s.spec.devices.iter().flatten().any(|d| d.name == name))
+            .unwrap()
+    };
+    assert_eq!(
+        holding("gpu-0000-4d-00-0"),
+        holding("gpu-0000-4d-00-0-vf30")
+    );
+}
+
+#[test]
+fn the_validator_catches_counter_mistakes() {
+    let mut config = SliceConfig::new("i915-node");
+    config.gpu_partitions = 2;
+    let mut slices = build_slices(&inventory("i915"), &config, 1);
+    slices[0].spec.shared_counters = None;
+    let problems = validate_pool(&slices);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.to_string().contains("is not a counter set of this slice")),
+        "{problems:?}"
+    );
+}

@@ -151,6 +151,73 @@ fn validate_slice(slice: &ResourceSlice, fail: &mut impl FnMut(String, String)) 
     for (i, device) in devices.iter().enumerate() {
         validate_device(device, &format!("spec.devices[{i}]"), fail);
     }
+    validate_counters(slice, fail);
+}
+
+/// Shared counters as Kubernetes 1.34 validates them: counter set names unique DNS labels, at most 32
+/// counters across the sets of a slice, each `consumesCounters` naming a set of the same slice and
+/// counters it has, at most 32 counters per device and 1024 in the slice.
+fn validate_counters(slice: &ResourceSlice, fail: &mut impl FnMut(String, String)) {
+    let sets = slice.spec.shared_counters.as_deref().unwrap_or_default();
+    let mut names = BTreeSet::new();
+    for (i, set) in sets.iter().enumerate() {
+        if !is_dns_label(&set.name) || !names.insert(set.name.as_str()) {
+            fail(
+                format!("spec.sharedCounters[{i}].name"),
+                format!("{:?}: not a DNS label, or not unique", set.name),
+            );
+        }
+    }
+    let total: usize = sets.iter().map(|s| s.counters.len()).sum();
+    if total > super::MAX_COUNTERS_PER_SLICE {
+        fail(
+            "spec.sharedCounters".into(),
+            format!(
+                "{total} counters; at most {}",
+                super::MAX_COUNTERS_PER_SLICE
+            ),
+        );
+    }
+    let mut references = 0;
+    for (i, device) in slice.spec.devices.iter().flatten().enumerate() {
+        let mut counters = 0;
+        for (j, consumption) in device.consumes_counters.iter().flatten().enumerate() {
+            let at = format!("spec.devices[{i}].consumesCounters[{j}]");
+            counters += consumption.counters.len();
+            match sets.iter().find(|s| s.name == consumption.counter_set) {
+                None => fail(
+                    format!("{at}.counterSet"),
+                    format!(
+                        "{:?} is not a counter set of this slice",
+                        consumption.counter_set
+                    ),
+                ),
+                Some(set) => {
+                    for name in consumption.counters.keys() {
+                        if !set.counters.contains_key(name) {
+                            fail(
+                                format!("{at}.counters"),
+                                format!("{name:?} is not a counter of set {:?}", set.name),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if counters > 32 {
+            fail(
+                format!("spec.devices[{i}].consumesCounters"),
+                format!("{counters} counters; at most 32"),
+            );
+        }
+        references += counters;
+    }
+    if references > 1024 {
+        fail(
+            "spec.devices".into(),
+            format!("{references} counter references; at most 1024"),
+        );
+    }
 }
 
 fn validate_device(device: &Device, at: &str, fail: &mut impl FnMut(String, String)) {

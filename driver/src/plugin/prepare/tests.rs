@@ -137,12 +137,19 @@ impl Setup {
     }
 
     fn preparer(&self, boot_id: &str) -> Preparer {
+        self.preparer_with(boot_id, SliceConfig::new(NODE))
+    }
+
+    fn preparer_with(&self, boot_id: &str, slices: SliceConfig) -> Preparer {
         let config = PreparerConfig {
-            slices: SliceConfig::new(NODE),
+            slices,
             cdi: CdiDir::new(self.cdi_dir()),
             checkpoint: CheckpointFile::new(self.dir.path().join("plugin/checkpoint.json")),
             boot_id: boot_id.into(),
             binder: self.binder.clone(),
+            gpus: Arc::new(backends::SysfsGpu::new(backends::SysfsRoot::new(
+                self.machine.root(),
+            ))),
         };
         Preparer::new(config, self.claims.clone(), self.inventory.clone()).unwrap()
     }
@@ -891,4 +898,69 @@ async fn network_functions_are_described_in_the_claims_device_status() {
         Vec::<serde_json::Value>::new(),
         "cleared"
     );
+}
+
+#[tokio::test]
+async fn intel_gpu_partitions_create_vfs_on_first_prepare_and_remove_them_after_the_last() {
+    let s = Setup::on("i915");
+    let mut slices = SliceConfig::new(NODE);
+    slices.gpu_partitions = 2;
+    let pf = hal::PciAddress::parse("0000:4d:00.0").unwrap();
+    let num_vfs = || {
+        std::fs::read_to_string(
+            s.machine
+                .root()
+                .join("sys/bus/pci/devices/0000:4d:00.0/sriov_numvfs"),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    };
+    s.claims
+        .add("p0", &[("gpu", "gpu-0000-4d-00-0-vf0")], json!([]));
+    s.claims
+        .add("p1", &[("gpu", "gpu-0000-4d-00-0-vf1")], json!([]));
+    s.claims
+        .add("whole", &[("gpu", "gpu-0000-4d-00-0")], json!([]));
+    let preparer = s.preparer_with("boot-1", slices);
+
+    assert!(preparer.prepare(vec![reference("p0")]).await["p0"].is_ok());
+    assert_eq!(num_vfs(), "2", "the first partition created the VFs");
+    let vfs = hal::SriovPf::sriov_state(s.binder.as_ref(), pf)
+        .unwrap()
+        .unwrap()
+        .vfs;
+    let p0 = node_paths(&s.spec("p0"), 0);
+    assert!(
+        p0.contains(&format!("/dev/dri/by-path/pci-{}-render", vfs[0].address)),
+        "{p0:?}"
+    );
+    assert!(
+        !p0.iter().any(|p| p.contains("0000:4d:00.0")),
+        "not the PF's nodes: {p0:?}"
+    );
+
+    let error = preparer.prepare(vec![reference("whole")]).await["whole"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("claim p0 holds partitions"), "{error}");
+
+    assert!(preparer.prepare(vec![reference("p1")]).await["p1"].is_ok());
+    let p1 = node_paths(&s.spec("p1"), 0);
+    assert!(
+        p1.contains(&format!("/dev/dri/by-path/pci-{}-render", vfs[1].address)),
+        "{p1:?}"
+    );
+    assert_ne!(p0, p1, "each partition its own VF");
+
+    preparer.unprepare(vec![reference("p0")]).await;
+    assert_eq!(num_vfs(), "2", "p1 still holds a partition");
+    preparer.unprepare(vec![reference("p1")]).await;
+    assert_eq!(num_vfs(), "0", "the last partition gave the GPU back");
+    assert!(preparer.prepare(vec![reference("whole")]).await["whole"].is_ok());
+    let error = preparer.prepare(vec![reference("p0")]).await["p0"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("claim whole holds the whole GPU"), "{error}");
+    assert_eq!(num_vfs(), "0");
 }

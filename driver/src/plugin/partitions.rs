@@ -1,0 +1,149 @@
+//! Preparing SR-IOV partitions of Intel GPUs (see [`crate::slices::partitions`]): the first prepared
+//! partition of a GPU creates its VFs (`sriov_numvfs`), each partition is then the VF of its index
+//! (its DRM nodes go to the container), and the last one unprepared removes them, giving the GPU back
+//! to whole-GPU use. The whole GPU and its partitions never go to two claims at once: the scheduler
+//! keeps them apart through the shared counters, and this is checked again here.
+//!
+//! The VFs are created before the claim is recorded (the CDI spec needs the VF's DRM nodes); a crash
+//! in between leaves VFs that no claim holds, which the next partition prepare uses as they are.
+
+use std::collections::BTreeMap;
+
+use hal::{GpuDevice, PciAddress, SriovPf};
+
+use super::checkpoint::ClaimRecord;
+use crate::slices::devices::DeviceSource;
+use crate::slices::partitions::counter_set_name;
+
+/// The undo entry of a claim holding partitions of `pf`.
+fn undo_key(pf: PciAddress) -> String {
+    format!("partitions:{pf}")
+}
+
+/// Another claim (not `uid`) that holds partitions of `pf`.
+fn partition_holder<'a>(
+    state: &'a BTreeMap<String, ClaimRecord>,
+    uid: &str,
+    pf: PciAddress,
+) -> Option<&'a str> {
+    let key = undo_key(pf);
+    state
+        .iter()
+        .find(|(other, record)| other.as_str() != uid && record.undo.contains_key(&key))
+        .map(|(other, _)| other.as_str())
+}
+
+/// Turns the claim's partition sources into the GPUs (VFs) they are, creating the VFs when the GPU has
+/// none; returns the undo entries that mark the claim as holding partitions. A whole GPU is refused
+/// while another claim holds its partitions, and a partition while another claim holds the whole GPU.
+pub fn prepare(
+    binder: &dyn SriovPf,
+    gpus: &dyn GpuDevice,
+    state: &BTreeMap<String, ClaimRecord>,
+    uid: &str,
+    sources: &mut [DeviceSource],
+) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    let mut undo = BTreeMap::new();
+    for source in sources.iter_mut() {
+        match source {
+            DeviceSource::Gpu(gpu) => {
+                if let Some(other) = partition_holder(state, uid, gpu.pci_address) {
+                    return Err(format!(
+                        "{}: claim {other} holds partitions (VFs) of this GPU",
+                        gpu.pci_address
+                    ));
+                }
+            }
+            DeviceSource::GpuPartition { pf, index, count } => {
+                let whole = counter_set_name(pf);
+                let held = state.iter().find(|(other, record)| {
+                    other.as_str() != uid && record.devices.iter().any(|d| d.device_name == whole)
+                });
+                if let Some((other, _)) = held {
+                    return Err(format!("{whole}: claim {other} holds the whole GPU"));
+                }
+                let vf = ensure_vf(binder, gpus, pf.pci_address, *index, *count)?;
+                undo.insert(
+                    undo_key(pf.pci_address),
+                    serde_json::json!({"pf": pf.pci_address.to_string(), "vfs": count}),
+                );
+                *source = DeviceSource::Gpu(vf);
+            }
+            _ => {}
+        }
+    }
+    Ok(undo)
+}
+
+/// VF `index` of `pf` as a GPU, after creating `count` VFs if the GPU has none.
+fn ensure_vf(
+    binder: &dyn SriovPf,
+    gpus: &dyn GpuDevice,
+    pf: PciAddress,
+    index: u32,
+    count: u32,
+) -> Result<hal::GpuInfo, String> {
+    let state = |what: &str| {
+        binder
+            .sriov_state(pf)
+            .map_err(|e| format!("{pf}: reading SR-IOV state {what}: {e}"))?
+            .ok_or_else(|| format!("{pf}: not SR-IOV capable"))
+    };
+    let before = state("before creating VFs")?;
+    match before.num_vfs {
+        0 => binder
+            .set_num_vfs(pf, count)
+            .map_err(|e| format!("{pf}: creating {count} VFs: {e}"))?,
+        n if n == count => {}
+        n => {
+            return Err(format!(
+                "{pf}: has {n} VFs made outside this driver; its partitions need {count}"
+            ));
+        }
+    }
+    let after = state("after creating VFs")?;
+    let address = after
+        .vfs
+        .iter()
+        .find(|v| v.index == index)
+        .map(|v| v.address)
+        .ok_or_else(|| format!("{pf}: no VF {index} after creating {count}"))?;
+    let vf = gpus
+        .gpus()
+        .map_err(|e| format!("reading GPUs: {e}"))?
+        .items
+        .into_iter()
+        .find(|g| g.pci_address == address)
+        .ok_or_else(|| format!("{pf}: VF {address} is not a GPU (no driver bound?)"))?;
+    if vf.drm_card.is_none() && vf.drm_render.is_none() {
+        return Err(format!(
+            "{pf}: VF {address} has no DRM node (is i915 or xe bound to it?)"
+        ));
+    }
+    Ok(vf)
+}
+
+/// After `record` is gone from `state`: removes the VFs of every GPU whose partitions no remaining
+/// claim holds. Errors are returned per GPU, for the log; the VFs are then left in place.
+pub fn release(
+    binder: &dyn SriovPf,
+    state: &BTreeMap<String, ClaimRecord>,
+    record: &ClaimRecord,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for key in record.undo.keys() {
+        let Some(pf) = key
+            .strip_prefix("partitions:")
+            .and_then(|a| PciAddress::parse(a).ok())
+        else {
+            continue;
+        };
+        if partition_holder(state, &record.claim.uid, pf).is_some() {
+            continue;
+        }
+        if let Err(e) = binder.set_num_vfs(pf, 0) {
+            errors.push(format!("{pf}: removing its VFs: {e}"));
+        }
+    }
+    errors
+}

@@ -54,6 +54,11 @@ pub struct PluginArgs {
     #[arg(long, env = "CDI_ROOT", default_value = "/var/run/cdi")]
     pub cdi_root: PathBuf,
 
+    /// Where the device nodes the CDI specs name are on the host, when not at their own paths (`/dev/...`):
+    /// specs then carry `hostPath` DIR/dev/... (with `--fixture`, a directory of stand-in nodes).
+    #[arg(long, value_name = "DIR")]
+    pub dev_root: Option<PathBuf>,
+
     /// A kubeconfig file (any server URL, http:// included); in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -169,6 +174,7 @@ pub async fn run(
             boot_id,
             binder,
             gpus: Arc::new(backends::SysfsGpu::new(root.clone())),
+            dev_root: args.dev_root.clone(),
         },
         claims,
         inventory.clone(),

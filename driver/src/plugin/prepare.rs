@@ -121,6 +121,9 @@ pub struct PreparerConfig {
     pub binder: Arc<dyn hal::SriovPf>,
     /// GPUs as they are now (the VFs of a GPU partition appear after its first prepare).
     pub gpus: Arc<dyn hal::GpuDevice>,
+    /// Where device nodes are on the host when not at their container paths (stand-in nodes for a
+    /// fixture): CDI device nodes get `hostPath` under it.
+    pub dev_root: Option<std::path::PathBuf>,
 }
 
 /// The driver to bind a device to, and the one to give it back on unprepare.
@@ -639,6 +642,12 @@ impl Preparer {
                 _ => None,
             };
             let mut edits = container_edits(source, vfio_group);
+            if let Some(root) = &self.config.dev_root {
+                for node in &mut edits.device_nodes {
+                    let host = root.join(node.path.trim_start_matches('/'));
+                    node.host_path = Some(host.to_string_lossy().into_owned());
+                }
+            }
             edits.env.extend(claim_env.iter().cloned());
             edits
                 .env

@@ -150,6 +150,7 @@ impl Setup {
             gpus: Arc::new(backends::SysfsGpu::new(backends::SysfsRoot::new(
                 self.machine.root(),
             ))),
+            dev_root: None,
         };
         Preparer::new(config, self.claims.clone(), self.inventory.clone()).unwrap()
     }
@@ -963,4 +964,142 @@ async fn intel_gpu_partitions_create_vfs_on_first_prepare_and_remove_them_after_
         .unwrap_err();
     assert!(error.contains("claim whole holds the whole GPU"), "{error}");
     assert_eq!(num_vfs(), "0");
+}
+
+/// A real CDI consumer: podman (with runc) starts a busybox container with the CDI ids Prepare
+/// returned, and the container sees exactly the prepared device nodes and environment. The specs go to
+/// `/var/run/cdi` (where podman 4.3 looks); the nodes they name are stand-ins made with mknod under
+/// `--dev-root` (same type and numbers as the fixture's; `1:3` where the fixture gives none). Needs
+/// root, podman, runc and busybox-static (`.ci/run` installs them).
+#[tokio::test]
+#[ignore = "needs root, podman, runc and busybox-static (run by .ci/run)"]
+async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
+    use std::process::Command;
+    assert!(rustix::process::geteuid().is_root(), "run as root");
+    let run = |program: &str, args: &[&str]| {
+        let output = Command::new(program).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    // A busybox image of our own, from Debian's busybox-static.
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    for dir in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ls", "env", "find", "sort"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let tar = work.path().join("rootfs.tar");
+    run(
+        "tar",
+        &[
+            "-C",
+            rootfs.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let image = "localhost/hal-dra-busybox:test";
+    run("podman", &["import", "-q", tar.to_str().unwrap(), image]);
+
+    let s = Setup::on("gb300");
+    let uid = format!("podman-{}", std::process::id());
+    s.claims.add(
+        &uid,
+        &[("gpu", "gpu-0008-06-00-0"), ("nic", "rdma-0101-00-00-0")],
+        json!([]),
+    );
+    let dev_root = work.path().join("host");
+    let config = PreparerConfig {
+        slices: SliceConfig::new(NODE),
+        cdi: CdiDir::new("/var/run/cdi"),
+        checkpoint: CheckpointFile::new(s.dir.path().join("plugin/checkpoint.json")),
+        boot_id: "boot-1".into(),
+        binder: s.binder.clone(),
+        gpus: Arc::new(backends::SysfsGpu::new(backends::SysfsRoot::new(
+            s.machine.root(),
+        ))),
+        dev_root: Some(dev_root.clone()),
+    };
+    let preparer = Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap();
+    let devices = preparer.prepare(vec![reference(&uid)]).await[&uid]
+        .clone()
+        .unwrap();
+    let spec_path = format!("/var/run/cdi/hal.dra.dev-device_{uid}.json");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    for device in spec["devices"].as_array().unwrap() {
+        for node in device["containerEdits"]["deviceNodes"].as_array().unwrap() {
+            let host = std::path::Path::new(node["hostPath"].as_str().unwrap());
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            if !host.exists() {
+                let major = node["major"].as_i64().unwrap_or(1).to_string();
+                let minor = node["minor"].as_i64().unwrap_or(3).to_string();
+                run("mknod", &[host.to_str().unwrap(), "c", &major, &minor]);
+            }
+        }
+    }
+
+    let mut args = vec![
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--cgroup-manager=cgroupfs",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--network",
+        "none",
+    ];
+    let ids: Vec<String> = devices
+        .iter()
+        .flat_map(|d| d.cdi_device_ids.clone())
+        .collect();
+    for id in &ids {
+        args.extend(["--device", id.as_str()]);
+    }
+    args.extend([image, "sh", "-c", "find /dev/infiniband /dev -maxdepth 1 -name 'nvidia*' -o -path '/dev/infiniband/*' | sort; env"]);
+    let output = run("podman", &args);
+    preparer.unprepare(vec![reference(&uid)]).await;
+    assert!(
+        !std::path::Path::new(&spec_path).exists(),
+        "unprepare removed the spec"
+    );
+
+    let nodes: Vec<&str> = output.lines().filter(|l| l.starts_with("/dev/")).collect();
+    assert_eq!(
+        nodes,
+        [
+            "/dev/infiniband/issm0",
+            "/dev/infiniband/rdma_cm",
+            "/dev/infiniband/umad0",
+            "/dev/infiniband/uverbs0",
+            "/dev/nvidia-uvm",
+            "/dev/nvidia-uvm-tools",
+            "/dev/nvidia0",
+            "/dev/nvidiactl",
+        ],
+        "{output}"
+    );
+    for variable in [
+        "DRA_HAL_RDMA_DEVICE=mlx5_0",
+        "NCCL_IB_HCA==mlx5_0",
+        "GPU_DEVICE_0=gpu-0008-06-00-0",
+        "NVIDIA_VISIBLE_DEVICES=GPU-",
+    ] {
+        assert!(
+            output.lines().any(|l| l.starts_with(variable)),
+            "{variable} in {output}"
+        );
+    }
 }

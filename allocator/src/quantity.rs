@@ -98,6 +98,11 @@ impl Quantity {
         Ok(Quantity(if negative { -value } else { value }))
     }
 
+    /// The value in units of 10⁻⁹ (`1` is 1000000000, `300m` is 300000000).
+    pub fn nano_units(self) -> i128 {
+        self.0
+    }
+
     /// `self + other`, saturating.
     pub fn plus(self, other: Quantity) -> Quantity {
         Quantity(self.0.saturating_add(other.0))

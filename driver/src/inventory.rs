@@ -35,6 +35,8 @@ pub struct Inventory {
     pub gpus: Vec<GpuInfo>,
     /// What could not be read, each problem once.
     pub errors: Vec<InventoryError>,
+    /// The kernel's real-time bandwidth limit (`proc/sys/kernel/sched_rt_*`), when readable.
+    pub rt_limit: Option<crate::plugin::rt::RtLimit>,
 }
 
 impl Inventory {
@@ -58,6 +60,7 @@ impl Inventory {
             rdma: take(backends.rdma.rdma_devices(), &mut errors),
             gpus: take(backends.gpus.gpus(), &mut errors),
             errors: Vec::new(),
+            rt_limit: None,
         };
         inventory.pci.sort_by_key(|f| f.address);
         let mut seen = std::collections::BTreeSet::new();
@@ -113,13 +116,15 @@ impl Inventory {
             Some(api) => Box::new(backends::nvml::NvmlGpus::new(sysfs_gpus, api)),
             None => Box::new(sysfs_gpus),
         };
-        Inventory::read(&Backends {
+        let mut inventory = Inventory::read(&Backends {
             cpu: &cpu,
             pci: &pci,
             sriov: &sriov,
             rdma: &rdma,
             gpus: gpus.as_ref(),
-        })
+        });
+        inventory.rt_limit = crate::plugin::rt::RtLimit::read(root.root());
+        inventory
     }
 }
 

@@ -277,6 +277,18 @@ fn cpu_claims_fit_in_the_mode_they_are_written_for() {
         claim(&numa, "four-cpus-one-node")["status"],
         "unsatisfiable"
     );
+    assert_eq!(
+        claim(&numa, "rt-two-tasks")["status"],
+        "unsatisfiable",
+        "no RT devices by default"
+    );
+    let (rt, _) = explain(&["--fixture", "xeon", "--rt-bandwidth", &path]);
+    let two = claim(&rt, "rt-two-tasks");
+    assert_eq!(two["devices"][0]["device"], "rt-numa-0");
+    assert_eq!(
+        two["devices"][0]["consumedCapacity"]["hal.dra.dev/rtBandwidth"],
+        "0.6"
+    );
     let (individual, _) = explain(&["--fixture", "xeon", "--cpu-mode", "individual", &path]);
     let four = claim(&individual, "four-cpus-one-node");
     assert_eq!(four["devices"].as_array().unwrap().len(), 4);

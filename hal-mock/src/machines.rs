@@ -85,10 +85,14 @@ impl FixtureMachine {
             })
     }
 
-    /// Writes the machine's sysfs (and `proc/driver/nvidia`) tree under `root` (which must exist):
+    /// Writes the machine's sysfs (and `proc/driver/nvidia`, `proc/sys/kernel/sched_rt_*`) tree under
+    /// `root` (which must exist):
     /// CPUs and nodes, PCI functions, VFs enabled through the emulated kernel, then RDMA and GPUs.
     pub fn render(&self, root: &Path) -> io::Result<()> {
         self.cpu.render(root)?;
+        // The kernel's default real-time bandwidth limit (95% of each period).
+        write(&root.join("proc/sys/kernel/sched_rt_runtime_us"), "950000")?;
+        write(&root.join("proc/sys/kernel/sched_rt_period_us"), "1000000")?;
         write(&root.join("sys/bus/pci/drivers_probe"), "")?;
         for function in &self.pci {
             function.render(root)?;

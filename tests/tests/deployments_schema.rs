@@ -38,6 +38,7 @@ fn published(fixture: &str, mode: CpuMode) -> BTreeSet<String> {
     let mut config = SliceConfig::new("n");
     config.cpu_mode = mode;
     config.gpu_partitions = 2;
+    config.rt_bandwidth = mode != CpuMode::Individual;
     build_slices(&inventory, &config, 0)
         .iter()
         .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
@@ -140,5 +141,5 @@ fn deployment_manifests_validate_and_name_published_attributes_needs_shared_corp
             checked += 1;
         }
     }
-    assert_eq!(checked, 7 + 3 + 1 + 3);
+    assert_eq!(checked, 8 + 3 + 1 + 4);
 }

@@ -41,7 +41,7 @@ const VARIANTS: [(&str, &[(&str, usize)]); 3] = [
             ("ClusterRole", 1),
             ("ClusterRoleBinding", 1),
             ("DaemonSet", 1),
-            ("DeviceClass", 7),
+            ("DeviceClass", 8),
             ("Service", 1),
             ("ServiceAccount", 1),
         ],
@@ -63,7 +63,7 @@ const VARIANTS: [(&str, &[(&str, usize)]); 3] = [
             ("ClusterRoleBinding", 1),
             ("ConfigMap", 1),
             ("DaemonSet", 1),
-            ("DeviceClass", 7),
+            ("DeviceClass", 8),
             ("ServiceAccount", 1),
         ],
     ),
@@ -255,7 +255,7 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
             assert!(args.contains(&"--vf-policy=/etc/dra-hal/vf-policy.json"));
         }
     }
-    assert_eq!(validated, (12 + 5 + 12) * VERSIONS.len());
+    assert_eq!(validated, (13 + 5 + 13) * VERSIONS.len());
 
     // With the default values, the DeviceClasses are those of deployments/deviceclasses.
     let classes = |text: &str| -> BTreeMap<String, Value> {
@@ -278,7 +278,7 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
         rendered.keys().collect::<Vec<_>>(),
         deployed.keys().collect::<Vec<_>>()
     );
-    assert_eq!(deployed.len(), 7);
+    assert_eq!(deployed.len(), 8);
     for (name, class) in &deployed {
         assert_eq!(&rendered[name], class, "DeviceClass {name}");
     }

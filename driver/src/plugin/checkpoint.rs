@@ -51,6 +51,10 @@ pub struct ClaimRecord {
     /// or a reboot.
     #[serde(default)]
     pub cpus: BTreeMap<String, hal::CpuSet>,
+    /// The real-time tasks placed for the claim, by device. Left out when empty, so records written
+    /// before it existed serialize (and checksum) as they did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rt: BTreeMap<String, Vec<super::rt::RtTask>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -191,6 +195,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn records_without_rt_tasks_serialize_as_before_so_old_checkpoints_keep_their_checksum() {
+        let json = serde_json::to_value(record("u1", Phase::Completed)).unwrap();
+        assert!(json.get("rt").is_none(), "{json}");
+        let old: ClaimRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(old).unwrap(), json);
+    }
+
     fn record(uid: &str, phase: Phase) -> ClaimRecord {
         ClaimRecord {
             claim: ClaimRef {
@@ -209,6 +221,7 @@ mod tests {
             }],
             cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}),
             undo: BTreeMap::new(),
+            rt: BTreeMap::new(),
             cpus: BTreeMap::new(),
         }
     }

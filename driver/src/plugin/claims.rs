@@ -33,6 +33,11 @@ pub struct Allocated {
     pub gpu: Option<GpuConfig>,
     /// CPUs consumed from a shared CPU group (`consumedCapacity` `cpu`), when the scheduler says.
     pub consumed_cpus: Option<usize>,
+    /// The RT configuration that applies to it, the last one given.
+    pub rt: Option<super::rt::RtConfig>,
+    /// RT bandwidth consumed from an `rt-<group>` device (`consumedCapacity` `rtBandwidth`), in
+    /// millionths of a CPU, when the scheduler says.
+    pub consumed_rt: Option<u64>,
 }
 
 /// How a GPU is given (`kind: GpuConfig`).
@@ -129,6 +134,8 @@ pub enum OpaqueConfig {
     Cpu(CpuConfig),
     /// `kind: GpuConfig`.
     Gpu(GpuConfig),
+    /// `kind: RtConfig`.
+    Rt(super::rt::RtConfig),
 }
 
 /// Generic device configuration (`kind: DeviceConfig`).
@@ -245,6 +252,7 @@ pub fn allocated_devices(
             let mut vf = None;
             let mut cpu = None;
             let mut gpu = None;
+            let mut rt = None;
             for (requests, c) in &configs {
                 if requests.is_empty() || requests.iter().any(|q| request_matches(q, &r.request)) {
                     match c {
@@ -252,6 +260,7 @@ pub fn allocated_devices(
                         OpaqueConfig::Vf(c) => vf = Some(c.clone()),
                         OpaqueConfig::Cpu(c) => cpu = Some(c.clone()),
                         OpaqueConfig::Gpu(c) => gpu = Some(c.clone()),
+                        OpaqueConfig::Rt(c) => rt = Some(c.clone()),
                     }
                 }
             }
@@ -265,6 +274,8 @@ pub fn allocated_devices(
                 cpu,
                 gpu,
                 consumed_cpus: consumed_cpus(r.consumed_capacity.as_ref(), driver),
+                rt,
+                consumed_rt: consumed_rt(r.consumed_capacity.as_ref(), driver),
             }
         })
         .collect();
@@ -288,6 +299,19 @@ fn consumed_cpus(
         .get("cpu")
         .or_else(|| consumed.get(&format!("{driver}/cpu")))?;
     quantity.0.parse().ok()
+}
+
+/// The `rtBandwidth` capacity consumed, in millionths of a CPU (`300m` is 300000).
+fn consumed_rt(
+    consumed: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    driver: &str,
+) -> Option<u64> {
+    let consumed = consumed?;
+    let quantity = consumed
+        .get("rtBandwidth")
+        .or_else(|| consumed.get(&format!("{driver}/rtBandwidth")))?;
+    let nanos = allocator::Quantity::parse(&quantity.0).ok()?.nano_units();
+    u64::try_from(nanos / 1000).ok()
 }
 
 /// A config's request `gpu` also applies to the sub-requests `gpu/<name>` of `firstAvailable`.
@@ -389,6 +413,12 @@ pub fn decode_opaque(
                 ));
             }
             Ok(OpaqueConfig::Gpu(config))
+        }
+        Some("RtConfig") => {
+            let config: super::rt::RtConfig =
+                serde_path_to_error::deserialize(rest).map_err(located)?;
+            checked(config.check())?;
+            Ok(OpaqueConfig::Rt(config))
         }
         Some("VfConfig") => {
             let config: VfConfig = serde_path_to_error::deserialize(rest).map_err(located)?;

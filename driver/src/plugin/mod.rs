@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod partitions;
 pub mod prepare;
 pub mod provision;
+pub mod rt;

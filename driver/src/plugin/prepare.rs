@@ -342,7 +342,8 @@ impl Preparer {
             rebinds(&allocated, &sources, &inventory)?
         };
         let cpus = self.place_cpus(&state, &claim.uid, &allocated, &sources)?;
-        let (spec, devices) = self.plan(&claim, &allocated, &sources, &cpus)?;
+        let rt = self.place_rt(&state, &claim.uid, &allocated, &sources, &cpus)?;
+        let (spec, devices) = self.plan(&claim, &allocated, &sources, &cpus, &rt)?;
         let mut record = ClaimRecord {
             claim: claim.clone(),
             phase: Phase::Started,
@@ -355,6 +356,7 @@ impl Preparer {
                 .chain(partition_undo)
                 .collect(),
             cpus,
+            rt,
         };
         // Recorded before the first write, with what undoes it: a crash at any point can be rolled back.
         state.insert(claim.uid.clone(), record.clone());
@@ -511,6 +513,7 @@ impl Preparer {
         allocated: &[Allocated],
         sources: &[DeviceSource],
     ) -> Result<BTreeMap<String, hal::CpuSet>, String> {
+        // Other claims' exclusive CPUs, and the CPUs their real-time tasks run on.
         let mut taken: hal::CpuSet = state
             .iter()
             .filter(|(other, _)| other.as_str() != uid)
@@ -518,6 +521,7 @@ impl Preparer {
                 r.cpus
                     .values()
                     .flat_map(hal::CpuSet::iter)
+                    .chain(r.rt.values().flatten().map(|t| t.cpu))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -574,6 +578,56 @@ impl Preparer {
         Ok(placed)
     }
 
+    /// The real-time tasks of each `rt-<group>` device of the claim: placed worst-fit on the group's
+    /// CPUs that no claim holds exclusively (this one included), with the other claims' tasks counted.
+    fn place_rt(
+        &self,
+        state: &BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+        own: &BTreeMap<String, hal::CpuSet>,
+    ) -> Result<BTreeMap<String, Vec<super::rt::RtTask>>, String> {
+        let others = state.iter().filter(|(other, _)| other.as_str() != uid);
+        let exclusive: hal::CpuSet = others
+            .clone()
+            .flat_map(|(_, r)| {
+                r.cpus
+                    .values()
+                    .flat_map(hal::CpuSet::iter)
+                    .collect::<Vec<_>>()
+            })
+            .chain(own.values().flat_map(hal::CpuSet::iter))
+            .collect();
+        let mut placed_tasks: Vec<super::rt::RtTask> = others
+            .flat_map(|(_, r)| r.rt.values().flatten().copied())
+            .collect();
+        let mut placed = BTreeMap::new();
+        for (a, source) in allocated.iter().zip(sources) {
+            let DeviceSource::RtGroup { cpus, per_cpu } = source else {
+                continue;
+            };
+            let config = a.rt.as_ref().ok_or_else(|| {
+                format!(
+                    "{}: an RT bandwidth device needs an RtConfig (runtimeUs, periodUs, tasks)",
+                    a.device
+                )
+            })?;
+            let free: hal::CpuSet = cpus.iter().filter(|c| !exclusive.contains(*c)).collect();
+            let tasks = super::rt::place(
+                config,
+                &free,
+                &placed_tasks,
+                *per_cpu,
+                a.consumed_rt,
+                &a.device,
+            )?;
+            placed_tasks.extend(tasks.iter().copied());
+            placed.insert(a.device.clone(), tasks);
+        }
+        Ok(placed)
+    }
+
     /// A device given exclusively must not be in another claim (the scheduler ensures it; a stale
     /// checkpoint or a race with a re-created claim must not break it).
     fn check_exclusive(
@@ -583,11 +637,11 @@ impl Preparer {
         allocated: &[Allocated],
         sources: &[DeviceSource],
     ) -> Result<(), String> {
-        // CPU groups are shared by design; their CPUs are checked one by one.
+        // CPU groups and RT bandwidth are shared by design; CPUs and tasks are checked one by one.
         let exclusive = allocated
             .iter()
             .zip(sources)
-            .filter(|(_, s)| !matches!(s, DeviceSource::CpuGroup(_)))
+            .filter(|(_, s)| !matches!(s, DeviceSource::CpuGroup(_) | DeviceSource::RtGroup { .. }))
             .map(|(a, _)| a);
         for a in exclusive.filter(|a| !a.admin_access && a.share_id.is_none()) {
             for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
@@ -613,10 +667,13 @@ impl Preparer {
         allocated: &[Allocated],
         sources: &[DeviceSource],
         cpus: &BTreeMap<String, hal::CpuSet>,
+        rt: &BTreeMap<String, Vec<super::rt::RtTask>>,
     ) -> Result<(Spec, Vec<PreparedDevice>), String> {
         let mut cdi_devices = Vec::new();
         let mut prepared = Vec::new();
         let mut claim_env = claim_env(allocated, sources);
+        let tasks: Vec<super::rt::RtTask> = rt.values().flatten().copied().collect();
+        claim_env.extend(super::rt::env(&tasks));
         let all_cpus: hal::CpuSet = cpus.values().flat_map(hal::CpuSet::iter).collect();
         if !all_cpus.is_empty() {
             claim_env.push(format!(
@@ -916,7 +973,8 @@ fn container_edits(source: &DeviceSource, vfio_group: Option<Option<u32>>) -> Co
         DeviceSource::Nic { rdma: None, .. }
         | DeviceSource::GpuPartition { .. }
         | DeviceSource::Cpu(_)
-        | DeviceSource::CpuGroup(_) => {}
+        | DeviceSource::CpuGroup(_)
+        | DeviceSource::RtGroup { .. } => {}
     }
     edits
 }

@@ -56,6 +56,11 @@ pub struct SliceArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub gpu_partitions: u32,
 
+    /// Publish each CPU group's real-time (SCHED_DEADLINE) bandwidth as an `rt-<group>` device with
+    /// capacity `rtBandwidth` (the group's CPUs times sched_rt_runtime_us / sched_rt_period_us).
+    #[arg(long)]
+    pub rt_bandwidth: bool,
+
     /// Other drivers' attribute domains that also get `<domain>/numaNode` (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "dra.net")]
     pub compat_domains: Vec<String>,
@@ -89,6 +94,7 @@ impl SliceArgs {
                 .cloned()
                 .collect(),
             gpu_partitions: self.gpu_partitions,
+            rt_bandwidth: self.rt_bandwidth,
         };
         config.validate()?;
         Ok(config)

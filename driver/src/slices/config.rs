@@ -64,6 +64,8 @@ pub struct SliceConfig {
     /// SR-IOV partitions published per Intel GPU that can make that many VFs (0: none); see
     /// [`super::partitions`].
     pub gpu_partitions: u32,
+    /// Publish each CPU group's real-time bandwidth as an `rt-<group>` device (grouped CPU modes only).
+    pub rt_bandwidth: bool,
 }
 
 impl SliceConfig {
@@ -78,6 +80,7 @@ impl SliceConfig {
             reserved_cpus: CpuSet::new(),
             compat_domains: vec!["dra.net".to_owned()],
             gpu_partitions: 0,
+            rt_bandwidth: false,
         }
     }
 
@@ -107,6 +110,12 @@ impl SliceConfig {
                 self.gpu_partitions,
                 super::partitions::MAX_GPU_PARTITIONS
             ));
+        }
+        if self.rt_bandwidth && self.cpu_mode == CpuMode::Individual {
+            return Err(
+                "RT bandwidth is published per CPU group: use it with --cpu-mode numa or socket"
+                    .into(),
+            );
         }
         for domain in &self.compat_domains {
             if !is_driver_name(domain) || domain == &self.driver_name {

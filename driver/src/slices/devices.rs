@@ -162,6 +162,13 @@ pub enum DeviceSource {
     Cpu(u32),
     /// A group of CPUs (grouped mode): the allocatable CPUs of the group.
     CpuGroup(CpuSet),
+    /// The real-time bandwidth of a CPU group (`--rt-bandwidth`): its CPUs and the limit per CPU.
+    RtGroup {
+        /// The allocatable CPUs of the group.
+        cpus: CpuSet,
+        /// What each CPU may give to real-time tasks, in millionths of a CPU.
+        per_cpu: u64,
+    },
 }
 
 /// Every device to publish, in a stable order: GPUs and network functions by PCI address, then CPUs.
@@ -198,7 +205,16 @@ pub fn devices_with_sources(
     if config.families.cpus
         && let Some(cpu) = &inventory.cpu
     {
-        out.extend(cpus(cpu, config));
+        let groups = cpus(cpu, config);
+        let rt: Vec<(Device, DeviceSource)> = match (config.rt_bandwidth, inventory.rt_limit) {
+            (true, Some(limit)) => groups
+                .iter()
+                .filter_map(|(d, s)| rt_group(d, s, limit.per_cpu()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.extend(groups);
+        out.extend(rt);
     }
     out
 }
@@ -331,6 +347,50 @@ fn network_functions(inventory: &Inventory, config: &SliceConfig) -> Vec<(Device
             (d.build(), source)
         })
         .collect()
+}
+
+/// The RT bandwidth device of a CPU group: `rt-numa-0` beside `cpus-numa-0`, with the group's placement
+/// attributes, `perCpuRtBandwidth` and capacity `rtBandwidth` (CPUs' worth, in milli-CPUs), shareable.
+fn rt_group(group: &Device, source: &DeviceSource, per_cpu: u64) -> Option<(Device, DeviceSource)> {
+    let DeviceSource::CpuGroup(cpus) = source else {
+        return None;
+    };
+    let name = group.name.strip_prefix("cpus-")?;
+    let mut attributes = group.attributes.clone().unwrap_or_default();
+    attributes.insert(
+        "type".into(),
+        DeviceAttribute {
+            string: Some("rt".into()),
+            ..Default::default()
+        },
+    );
+    attributes.insert(
+        "perCpuRtBandwidth".into(),
+        DeviceAttribute {
+            string: Some(format!("{}m", per_cpu / 1000)),
+            ..Default::default()
+        },
+    );
+    let total_milli = per_cpu * cpus.len() as u64 / 1000;
+    let capacity = BTreeMap::from([(
+        "rtBandwidth".to_owned(),
+        DeviceCapacity {
+            value: Quantity(format!("{total_milli}m")),
+            ..Default::default()
+        },
+    )]);
+    let device = Device {
+        name: format!("rt-{name}"),
+        attributes: Some(attributes),
+        capacity: Some(capacity),
+        allow_multiple_allocations: Some(true),
+        ..Default::default()
+    };
+    let source = DeviceSource::RtGroup {
+        cpus: cpus.clone(),
+        per_cpu,
+    };
+    Some((device, source))
 }
 
 /// Allocatable CPUs: online and not reserved.

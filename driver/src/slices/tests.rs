@@ -511,3 +511,35 @@ fn the_validator_catches_counter_mistakes() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn rt_bandwidth_is_a_shareable_device_per_cpu_group() {
+    let mut config = SliceConfig::new("xeon-node");
+    config.rt_bandwidth = true;
+    let slices = build_slices(&inventory("xeon"), &config, 1);
+    assert_eq!(validate_pool(&slices), []);
+    let devices = by_name(&slices);
+    let rt = &devices["rt-numa-0"];
+    assert_eq!(string(rt, "type"), Some("rt"));
+    assert_eq!(int(rt, "numaNode"), Some(0));
+    assert_eq!(string(rt, "perCpuRtBandwidth"), Some("950m"));
+    assert_eq!(rt.allow_multiple_allocations, Some(true));
+    // 112 CPUs at 95% each.
+    assert_eq!(
+        rt.capacity.as_ref().unwrap()["rtBandwidth"].value.0,
+        "106400m"
+    );
+    assert!(devices.contains_key("rt-numa-1"));
+    // Off by default; refused with individual CPUs.
+    assert!(
+        !by_name(&build_slices(&inventory("xeon"), &SliceConfig::new("n"), 1))
+            .contains_key("rt-numa-0")
+    );
+    config.cpu_mode = CpuMode::Individual;
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .contains("--cpu-mode numa or socket")
+    );
+}

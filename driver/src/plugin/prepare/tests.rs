@@ -1103,3 +1103,94 @@ async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
         );
     }
 }
+
+fn rt_config(runtime_us: u64, period_us: u64, tasks: u32) -> serde_json::Value {
+    json!([{"source": "FromClaim", "opaque": {"driver": DRIVER, "parameters":
+        {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "RtConfig",
+         "runtimeUs": runtime_us, "periodUs": period_us, "tasks": tasks}}}])
+}
+
+fn add_rt(s: &Setup, uid: &str, bandwidth: &str, config: serde_json::Value) {
+    let results = vec![
+        json!({"request": "rt", "driver": DRIVER, "pool": NODE, "device": "rt-numa-0",
+        "shareID": format!("share-{uid}"), "consumedCapacity": {"rtBandwidth": bandwidth}}),
+    ];
+    s.claims.add_results(uid, results, config);
+}
+
+#[tokio::test]
+async fn rt_bandwidth_is_placed_worst_fit_admitted_per_cpu_and_kept_apart_from_exclusive_cpus() {
+    let s = Setup::on("xeon");
+    let mut slices = SliceConfig::new(NODE);
+    slices.rt_bandwidth = true;
+    let preparer = s.preparer_with("boot-1", slices);
+    let task_cpus = |uid: &str| -> String {
+        env_of(&s.spec(uid))
+            .into_iter()
+            .find_map(|e| e.strip_prefix("DRA_RT_TASK_CPUS=").map(str::to_owned))
+            .unwrap()
+    };
+
+    add_rt(&s, "rt1", "600m", rt_config(300, 1000, 2));
+    assert!(preparer.prepare(vec![reference("rt1")]).await["rt1"].is_ok());
+    assert_eq!(task_cpus("rt1"), "0,1", "idle CPUs, lowest first");
+    let env = env_of(&s.spec("rt1"));
+    for wanted in [
+        "DRA_RT_RUNTIME_US=300",
+        "DRA_RT_PERIOD_US=1000",
+        "DRA_RT_CPUS=0-1",
+    ] {
+        assert!(env.contains(&wanted.to_owned()), "{wanted} in {env:?}");
+    }
+
+    // Exclusive CPUs never land where RT tasks run.
+    s.claims.add_cpus("excl", "cpus-numa-0", 2, json!([]));
+    assert!(preparer.prepare(vec![reference("excl")]).await["excl"].is_ok());
+    let exclusive = cpuset_of(&s, "excl");
+    assert!(
+        !exclusive.split([',', '-']).any(|c| c == "0" || c == "1"),
+        "{exclusive}"
+    );
+
+    // ...and RT tasks never where exclusive CPUs are: 700k does not fit next to 300k (950k per CPU).
+    add_rt(&s, "rt2", "700m", rt_config(700, 1000, 1));
+    assert!(preparer.prepare(vec![reference("rt2")]).await["rt2"].is_ok());
+    let cpu: u32 = task_cpus("rt2").parse().unwrap();
+    let excl = hal::CpuSet::from_cpulist(&exclusive).unwrap();
+    assert!(
+        cpu > 1 && !excl.contains(cpu),
+        "{cpu} (exclusive {exclusive})"
+    );
+
+    // More than the claim consumed, and more than the kernel admits on one CPU, are refused.
+    add_rt(&s, "greedy", "100m", rt_config(300, 1000, 1));
+    let error = preparer.prepare(vec![reference("greedy")]).await["greedy"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("the claim consumes 100000 ppm"), "{error}");
+    add_rt(&s, "huge", "960m", rt_config(960, 1000, 1));
+    let error = preparer.prepare(vec![reference("huge")]).await["huge"]
+        .clone()
+        .unwrap_err();
+    assert!(
+        error.contains("has 960000 ppm of RT bandwidth left"),
+        "{error}"
+    );
+    add_rt(&s, "bare", "100m", json!([]));
+    let error = preparer.prepare(vec![reference("bare")]).await["bare"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("needs an RtConfig"), "{error}");
+
+    // The placement survives a restart; unprepared bandwidth is free again.
+    drop(preparer);
+    let mut slices = SliceConfig::new(NODE);
+    slices.rt_bandwidth = true;
+    let restarted = s.preparer_with("boot-2", slices);
+    assert!(restarted.prepare(vec![reference("rt1")]).await["rt1"].is_ok());
+    assert_eq!(task_cpus("rt1"), "0,1");
+    restarted.unprepare(vec![reference("rt1")]).await;
+    add_rt(&s, "rt3", "900m", rt_config(900, 1000, 1));
+    assert!(restarted.prepare(vec![reference("rt3")]).await["rt3"].is_ok());
+    assert_eq!(task_cpus("rt3"), "0");
+}

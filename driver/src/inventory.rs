@@ -37,6 +37,8 @@ pub struct Inventory {
     pub errors: Vec<InventoryError>,
     /// The kernel's real-time bandwidth limit (`proc/sys/kernel/sched_rt_*`), when readable.
     pub rt_limit: Option<crate::plugin::rt::RtLimit>,
+    /// GPUs known to be unhealthy (see [`crate::health`]), published with a taint.
+    pub gpu_health: std::collections::BTreeMap<hal::PciAddress, crate::health::Unhealthy>,
 }
 
 impl Inventory {
@@ -61,6 +63,7 @@ impl Inventory {
             gpus: take(backends.gpus.gpus(), &mut errors),
             errors: Vec::new(),
             rt_limit: None,
+            gpu_health: std::collections::BTreeMap::new(),
         };
         inventory.pci.sort_by_key(|f| f.address);
         let mut seen = std::collections::BTreeSet::new();

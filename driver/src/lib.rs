@@ -7,6 +7,7 @@
 pub mod explain;
 #[cfg(any(test, feature = "fake-api"))]
 pub mod fake_api;
+pub mod health;
 pub mod inventory;
 pub mod plugin;
 pub mod probe;

@@ -225,6 +225,8 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
     }
 }
 
+pub mod xid;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;

@@ -140,12 +140,19 @@ pub async fn run(
         .pci_ids
         .clone()
         .or_else(backends::sysfs::pciids::default_pci_ids);
+    // GPU health across rescans (critical XIDs, GPUs gone), published as taints.
+    let health = Arc::new(std::sync::Mutex::new(crate::health::Health::default()));
     let read_inventory = {
         let root = root.clone();
         let fixture = args.fixture.clone();
+        let health = health.clone();
         move || {
             let nvml = crate::inventory::nvml_for(fixture.as_deref());
-            Inventory::from_machine(&root, pci_ids.as_deref(), Some(nvml))
+            let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), Some(nvml));
+            if let Ok(mut health) = health.lock() {
+                health.apply(&mut inventory);
+            }
+            inventory
         }
     };
     let inventory = Arc::new(RwLock::new(read_inventory()));
@@ -225,6 +232,9 @@ pub async fn run(
     }
     #[cfg(feature = "udev")]
     spawn_hotplug_watch(changed.clone());
+    if args.fixture.is_none() {
+        spawn_xid_watch(health, changed.clone(), stopped.clone());
+    }
     if let Some(path) = &args.vf_policy {
         let handler = handler.clone();
         let changed = changed.clone();
@@ -364,4 +374,40 @@ fn spawn_hotplug_watch(changed: Arc<tokio::sync::Notify>) {
             tracing::warn!(%error, "cannot open the uevent socket; only the periodic rescan")
         }
     }
+}
+
+/// Waits for NVML's critical XID events on a thread of its own (NVML blocks) and republishes when a GPU
+/// turns unhealthy. Without NVML (no NVIDIA GPU, no library) it logs why once and stops.
+fn spawn_xid_watch(
+    health: Arc<std::sync::Mutex<crate::health::Health>>,
+    changed: Arc<tokio::sync::Notify>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    use backends::nvml::xid::{RealXid, XidSource};
+    std::thread::spawn(move || {
+        let mut source = match RealXid::open() {
+            Ok(source) => source,
+            Err(error) => {
+                tracing::info!(%error, "no XID events; GPU health comes from rescans only");
+                return;
+            }
+        };
+        while !*stopped.borrow() {
+            match source.wait(Duration::from_secs(5)) {
+                Ok(events) => {
+                    let turned = events
+                        .iter()
+                        .filter(|e| health.lock().is_ok_and(|mut h| h.record_xid(e)))
+                        .count();
+                    if turned > 0 {
+                        changed.notify_one();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "waiting for XID events failed; stopping the XID watch");
+                    return;
+                }
+            }
+        }
+    });
 }

@@ -444,12 +444,22 @@ impl Preparer {
         allocated
             .iter()
             .map(|a| {
-                published.get(&a.device).cloned().ok_or_else(|| {
+                let source = published.get(&a.device).cloned().ok_or_else(|| {
                     format!(
                         "device {} is not published on this node (any more)",
                         a.device
                     )
-                })
+                })?;
+                if let DeviceSource::Gpu(gpu) = &source
+                    && let Some(unhealthy) = inventory.gpu_health.get(&gpu.pci_address)
+                    && unhealthy.reason == "missing"
+                {
+                    return Err(format!(
+                        "device {}: the GPU is gone from the machine (tainted unhealthy=missing)",
+                        a.device
+                    ));
+                }
+                Ok(source)
             })
             .collect()
     }

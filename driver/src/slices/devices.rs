@@ -270,7 +270,11 @@ fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<(Devi
     if let Some(bytes) = g.memory_bytes {
         d.capacity("memory", format!("{}Mi", bytes / (1024 * 1024)));
     }
-    Some((d.build(), DeviceSource::Gpu(g.clone())))
+    let mut device = d.build();
+    if let Some(unhealthy) = inventory.gpu_health.get(&g.pci_address) {
+        device.taints = Some(vec![unhealthy.taint(&config.driver_name)]);
+    }
+    Some((device, DeviceSource::Gpu(g.clone())))
 }
 
 /// Network-class functions (PFs and VFs) and functions with an RDMA device (IB-only ones included,

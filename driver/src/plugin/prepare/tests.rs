@@ -1194,3 +1194,31 @@ async fn rt_bandwidth_is_placed_worst_fit_admitted_per_cpu_and_kept_apart_from_e
     assert!(restarted.prepare(vec![reference("rt3")]).await["rt3"].is_ok());
     assert_eq!(task_cpus("rt3"), "0");
 }
+
+#[tokio::test]
+async fn a_gpu_gone_from_the_machine_is_refused_while_published_as_missing() {
+    let s = Setup::new();
+    let mut health = crate::health::Health::default();
+    let mut seen = s.inventory.read().unwrap().clone();
+    health.apply(&mut seen);
+    let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+    let mut now = seen.clone();
+    now.gpus.retain(|g| g.pci_address != gone);
+    now.pci.retain(|f| f.address != gone);
+    health.apply(&mut now);
+    *s.inventory.write().unwrap() = now;
+    s.claims
+        .add("u1", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("u2", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let preparer = s.preparer("boot-1");
+    let results = preparer
+        .prepare(vec![reference("u1"), reference("u2")])
+        .await;
+    let error = results["u1"].clone().unwrap_err();
+    assert!(
+        error.contains("the GPU is gone from the machine"),
+        "{error}"
+    );
+    assert!(results["u2"].is_ok(), "the other GPUs are fine");
+}

@@ -1,0 +1,106 @@
+//! GPU health from NVML: critical XID events (the driver's error reports: 79 "fallen off the bus",
+//! 48 double-bit ECC, 94/95 contained/uncontained ECC, ...). [`XidSource`] is the seam: [`RealXid`]
+//! waits on an NVML event set registered for `CRITICAL_XID_ERROR` on every GPU; [`FakeXid`] plays
+//! events given in advance.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// One XID reported for one GPU.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct XidEvent {
+    /// The GPU's UUID (`GPU-...`).
+    pub uuid: String,
+    /// The XID (0 when NVML says "unknown").
+    pub xid: u64,
+}
+
+/// XIDs that report an application's error, not the GPU's (the list NVIDIA's device plugin skips):
+/// 13 graphics engine exception, 31 memory page fault, 43 GPU stopped processing, 45 preemptive
+/// cleanup, 68 video processor exception, 109 context switch timeout.
+pub const APPLICATION_XIDS: [u64; 6] = [13, 31, 43, 45, 68, 109];
+
+/// Whether an XID means the GPU itself is unhealthy.
+pub fn is_critical(xid: u64) -> bool {
+    !APPLICATION_XIDS.contains(&xid)
+}
+
+/// Where XID events come from.
+pub trait XidSource: Send {
+    /// The events of the next `timeout` (none when it passes quietly), or why there will be none.
+    fn wait(&mut self, timeout: Duration) -> Result<Vec<XidEvent>, String>;
+}
+
+/// Events given in advance, delivered by the first wait; then quiet.
+#[derive(Debug, Clone, Default)]
+pub struct FakeXid(pub VecDeque<XidEvent>);
+
+impl XidSource for FakeXid {
+    fn wait(&mut self, _timeout: Duration) -> Result<Vec<XidEvent>, String> {
+        Ok(self.0.drain(..).collect())
+    }
+}
+
+/// NVML's event set, registered for critical XIDs on every GPU.
+pub struct RealXid {
+    set: nvml_wrapper::event::EventSet<'static>,
+}
+
+impl RealXid {
+    /// Initializes NVML (kept for the life of the process) and registers every GPU.
+    pub fn open() -> Result<RealXid, String> {
+        use nvml_wrapper::bitmasks::event::EventTypes;
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
+        let nvml: &'static nvml_wrapper::Nvml = Box::leak(Box::new(nvml));
+        let mut set = nvml.create_event_set().map_err(|e| e.to_string())?;
+        let count = nvml.device_count().map_err(|e| e.to_string())?;
+        for index in 0..count {
+            let device = nvml.device_by_index(index).map_err(|e| e.to_string())?;
+            set = device
+                .register_events(EventTypes::CRITICAL_XID_ERROR, set)
+                .map_err(|e| format!("GPU {index}: registering for XID events: {}", e.error))?;
+        }
+        Ok(RealXid { set })
+    }
+}
+
+impl XidSource for RealXid {
+    fn wait(&mut self, timeout: Duration) -> Result<Vec<XidEvent>, String> {
+        use nvml_wrapper::enums::event::XidError;
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        match self.set.wait(ms) {
+            Ok(data) => {
+                let uuid = data.device.uuid().map_err(|e| e.to_string())?;
+                let xid = match data.event_data {
+                    Some(XidError::Value(v)) => v,
+                    Some(XidError::Unknown) | None => 0,
+                };
+                Ok(vec![XidEvent { uuid, xid }])
+            }
+            Err(nvml_wrapper::error::NvmlError::Timeout) => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_xids_are_not_the_gpus_fault() {
+        assert!(is_critical(79) && is_critical(48) && is_critical(94));
+        assert!(!is_critical(13) && !is_critical(31) && !is_critical(43));
+    }
+
+    #[test]
+    fn the_fake_delivers_once() {
+        let mut fake = FakeXid(VecDeque::from([XidEvent {
+            uuid: "GPU-1".into(),
+            xid: 79,
+        }]));
+        assert_eq!(fake.wait(Duration::ZERO).unwrap().len(), 1);
+        assert!(fake.wait(Duration::ZERO).unwrap().is_empty());
+    }
+}

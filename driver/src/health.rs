@@ -1,0 +1,212 @@
+//! GPU health: a GPU that reported a critical XID through NVML, or that was seen and is gone (fallen
+//! off the bus, removed), is published with the taint `<driver>/unhealthy=<reason>:NoSchedule`
+//! (`xid-79`, `missing`), so the scheduler gives it to no new claim that does not tolerate it, and it is
+//! reported in the log. A missing GPU keeps its name and attributes (its last-known view), so claims
+//! that hold it still find it, and Prepare refuses it. Health is sticky until the plugin restarts, as in
+//! NVIDIA's device plugin: an XID often means the GPU needs a reset. Device taints are alpha in
+//! Kubernetes 1.34 (`DRADeviceTaints`): without the gate the API server drops them.
+
+use std::collections::BTreeMap;
+
+use backends::nvml::xid::{XidEvent, is_critical};
+use hal::{GpuInfo, PciAddress, PciFunction};
+use k8s_openapi::api::resource::v1::DeviceTaint;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::inventory::Inventory;
+
+/// Why a GPU is unhealthy, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy {
+    /// `xid-79`, `missing`.
+    pub reason: String,
+    /// When it was first seen (whole seconds, as the API server keeps it).
+    pub since: Time,
+}
+
+impl Unhealthy {
+    fn now(reason: String) -> Unhealthy {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let since = k8s_openapi::jiff::Timestamp::from_second(now)
+            .map(Time)
+            .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        Unhealthy { reason, since }
+    }
+
+    /// The device taint that says so.
+    pub fn taint(&self, driver: &str) -> DeviceTaint {
+        DeviceTaint {
+            key: format!("{driver}/unhealthy"),
+            value: Some(self.reason.clone()),
+            effect: "NoSchedule".into(),
+            time_added: Some(self.since.clone()),
+        }
+    }
+}
+
+/// What the plugin knows of its GPUs' health across rescans.
+#[derive(Debug, Default)]
+pub struct Health {
+    seen: BTreeMap<PciAddress, (GpuInfo, Option<PciFunction>)>,
+    unhealthy: BTreeMap<PciAddress, Unhealthy>,
+}
+
+impl Health {
+    /// Records an XID event; true when it makes a GPU unhealthy that was not. Application XIDs (13,
+    /// 31, 43, ...) and GPUs never seen are ignored.
+    pub fn record_xid(&mut self, event: &XidEvent) -> bool {
+        if !is_critical(event.xid) {
+            return false;
+        }
+        let found = self
+            .seen
+            .iter()
+            .find(|(_, (gpu, _))| gpu.uuid.as_deref() == Some(event.uuid.as_str()))
+            .map(|(address, _)| *address);
+        let Some(address) = found else {
+            return false;
+        };
+        if self.unhealthy.contains_key(&address) {
+            return false;
+        }
+        let reason = format!("xid-{}", event.xid);
+        tracing::warn!(gpu = %address, uuid = %event.uuid, %reason, "GPU unhealthy: critical XID");
+        self.unhealthy.insert(address, Unhealthy::now(reason));
+        true
+    }
+
+    /// Brings back GPUs seen before and gone now (as they were last seen), and marks every unhealthy
+    /// GPU in `inventory.gpu_health`.
+    pub fn apply(&mut self, inventory: &mut Inventory) {
+        for gpu in &inventory.gpus {
+            let function = inventory.function(gpu.pci_address).cloned();
+            self.seen.insert(gpu.pci_address, (gpu.clone(), function));
+        }
+        let present: Vec<PciAddress> = inventory.gpus.iter().map(|g| g.pci_address).collect();
+        for (address, (gpu, function)) in &self.seen {
+            if present.contains(address) {
+                continue;
+            }
+            if !self.unhealthy.contains_key(address) {
+                tracing::warn!(gpu = %address, "GPU unhealthy: it is gone from the machine");
+                self.unhealthy
+                    .insert(*address, Unhealthy::now("missing".into()));
+            }
+            inventory.gpus.push(gpu.clone());
+            if let Some(function) = function
+                && inventory.function(*address).is_none()
+            {
+                inventory.pci.push(function.clone());
+            }
+        }
+        inventory.gpus.sort_by_key(|g| g.pci_address);
+        inventory.pci.sort_by_key(|f| f.address);
+        inventory.gpu_health = self.unhealthy.clone();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::slices::{SliceConfig, build_slices};
+
+    fn gb300() -> Inventory {
+        let machine = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
+        let root = backends::SysfsRoot::new(machine.root());
+        Inventory::from_machine(&root, None, Some(crate::inventory::nvml_for(Some("gb300"))))
+    }
+
+    fn taints(inventory: &Inventory, device: &str) -> Vec<(String, String)> {
+        build_slices(inventory, &SliceConfig::new("n"), 1)
+            .iter()
+            .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+            .find(|d| d.name == device)
+            .unwrap()
+            .taints
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.key,
+                    format!("{}:{}", t.value.unwrap_or_default(), t.effect),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_critical_xid_taints_its_gpu_and_an_application_xid_does_not() {
+        let mut health = Health::default();
+        let mut inventory = gb300();
+        health.apply(&mut inventory);
+        let uuid = inventory.gpus[1].uuid.clone().unwrap();
+        assert!(!health.record_xid(&XidEvent {
+            uuid: uuid.clone(),
+            xid: 13
+        }));
+        assert!(health.record_xid(&XidEvent {
+            uuid: uuid.clone(),
+            xid: 79
+        }));
+        assert!(
+            !health.record_xid(&XidEvent { uuid, xid: 48 }),
+            "already unhealthy"
+        );
+        assert!(!health.record_xid(&XidEvent {
+            uuid: "GPU-unknown".into(),
+            xid: 79
+        }));
+        let mut inventory = gb300();
+        health.apply(&mut inventory);
+        let name = format!(
+            "gpu-{}",
+            crate::slices::names::address_label(inventory.gpus[1].pci_address)
+        );
+        assert_eq!(
+            taints(&inventory, &name),
+            [(
+                "hal.dra.dev/unhealthy".to_owned(),
+                "xid-79:NoSchedule".to_owned()
+            )]
+        );
+        assert_eq!(taints(&inventory, "gpu-0008-06-00-0"), []);
+        // The slices with a taint stay valid (64 devices per slice at most).
+        let slices = build_slices(&inventory, &SliceConfig::new("n"), 1);
+        assert_eq!(crate::slices::validate::validate_pool(&slices), []);
+    }
+
+    #[test]
+    fn a_gpu_that_goes_away_stays_published_as_missing() {
+        let mut health = Health::default();
+        let mut before = gb300();
+        health.apply(&mut before);
+        let attributes = |inventory: &Inventory| {
+            build_slices(inventory, &SliceConfig::new("n"), 1)
+                .iter()
+                .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+                .find(|d| d.name == "gpu-0008-06-00-0")
+                .unwrap()
+                .attributes
+        };
+        let was = attributes(&before);
+        let mut after = gb300();
+        let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+        after.gpus.retain(|g| g.pci_address != gone);
+        after.pci.retain(|f| f.address != gone);
+        health.apply(&mut after);
+        assert_eq!(
+            taints(&after, "gpu-0008-06-00-0"),
+            [(
+                "hal.dra.dev/unhealthy".to_owned(),
+                "missing:NoSchedule".to_owned()
+            )]
+        );
+        assert_eq!(
+            attributes(&after),
+            was,
+            "the last-known view, same name and attributes"
+        );
+        assert_eq!(after.gpu_health[&gone].reason, "missing");
+    }
+}

@@ -319,6 +319,14 @@ impl Allocator {
                 let value = taint.value.as_deref().unwrap_or("");
                 let text = format!("{}={value}:{}", taint.key, taint.effect);
                 matching.rejected.push((d, Rejection::Taint(text)));
+                // `All` needs every matching device: a tainted one makes it fail, as in the scheduler.
+                if alternative.mode == Mode::All {
+                    matching.fits.push(Fit {
+                        device: d,
+                        consumes: BTreeMap::new(),
+                        blocked: true,
+                    });
+                }
                 continue;
             }
             for (name, wanted) in &alternative.capacity {
@@ -378,6 +386,7 @@ impl Allocator {
                     matching.fits.push(Fit {
                         device: d,
                         consumes,
+                        blocked: true,
                     });
                 }
                 matching.rejected.push((d, Rejection::InUse(by)));
@@ -386,6 +395,7 @@ impl Allocator {
             matching.fits.push(Fit {
                 device: d,
                 consumes,
+                blocked: false,
             });
         }
         matching

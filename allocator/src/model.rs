@@ -74,7 +74,7 @@ impl Capacity {
         let amount = if !self.valid_values.is_empty() {
             *self.valid_values.iter().find(|v| **v >= wanted)?
         } else if let Some((min, max, step)) = self.valid_range {
-            let rounded = wanted.round_up_to_step(min, step.unwrap_or(Quantity::ZERO));
+            let rounded = wanted.round_up_to_step(min, step.unwrap_or(Quantity::ZERO))?;
             if max.is_some_and(|max| rounded > max) {
                 return None;
             }
@@ -165,6 +165,8 @@ pub struct Usage {
     pub held_by: Option<String>,
     /// Capacity consumed by shares of a multi-allocatable device.
     pub consumed: BTreeMap<String, Quantity>,
+    /// Non-admin allocations (shares) of the device by existing claims.
+    pub shares: u32,
 }
 
 /// Every device of the slices, and what is in use.
@@ -379,6 +381,11 @@ impl Pools {
                     }
                 } else {
                     usage.held_by = Some(claim.label.clone());
+                }
+                usage.shares += 1;
+                // Counters are charged once per device, by its first allocation.
+                if usage.shares > 1 {
+                    continue;
                 }
                 for (set, counters) in &device.consumes {
                     if let Some(used) = self.counters_used.get_mut(*set) {

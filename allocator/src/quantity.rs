@@ -113,16 +113,21 @@ impl Quantity {
         Quantity(self.0.saturating_sub(other.0))
     }
 
-    /// The smallest `min + k·step` that is at least `self` (k ≥ 0); `self` when `step` is zero.
-    pub fn round_up_to_step(self, min: Quantity, step: Quantity) -> Quantity {
+    /// The smallest `min + k·step` that is at least `self` (k ≥ 0); `self` when `step` is zero; None
+    /// when it does not fit in the representation.
+    pub fn round_up_to_step(self, min: Quantity, step: Quantity) -> Option<Quantity> {
         if self <= min {
-            return min;
+            return Some(min);
         }
         if step.0 <= 0 {
-            return self;
+            return Some(self);
         }
-        let steps = (self.0 - min.0 + step.0 - 1) / step.0;
-        Quantity(min.0.saturating_add(steps.saturating_mul(step.0)))
+        let above = self.0.checked_sub(min.0)?;
+        let steps = above.checked_add(step.0 - 1)? / step.0;
+        steps
+            .checked_mul(step.0)
+            .and_then(|v| v.checked_add(min.0))
+            .map(Quantity)
     }
 }
 
@@ -213,8 +218,14 @@ mod tests {
     #[test]
     fn step_rounding() {
         let (min, step) = (q("1Gi"), q("1Gi"));
-        assert_eq!(q("100Mi").round_up_to_step(min, step), q("1Gi"));
-        assert_eq!(q("1.5Gi").round_up_to_step(min, step), q("2Gi"));
-        assert_eq!(q("2Gi").round_up_to_step(min, step), q("2Gi"));
+        assert_eq!(q("100Mi").round_up_to_step(min, step), Some(q("1Gi")));
+        assert_eq!(q("1.5Gi").round_up_to_step(min, step), Some(q("2Gi")));
+        assert_eq!(q("2Gi").round_up_to_step(min, step), Some(q("2Gi")));
+        // Hostile but parsable numbers do not overflow.
+        let huge = q("170141183460469231731687303715");
+        assert_eq!(
+            huge.round_up_to_step(Quantity::ZERO.minus(huge), q("1e21")),
+            None
+        );
     }
 }

@@ -17,6 +17,9 @@ pub struct Fit {
     pub device: usize,
     /// Capacity consumed, by fully qualified name.
     pub consumes: BTreeMap<String, Quantity>,
+    /// Matches the selectors but cannot be given (in use, or an untolerated taint): listed only for
+    /// `allocationMode: All`, which then fails, as in the scheduler.
+    pub blocked: bool,
 }
 
 /// One device chosen for one alternative.
@@ -31,6 +34,7 @@ pub struct Pick {
     /// Capacity consumed.
     pub consumes: BTreeMap<String, Quantity>,
     counted: bool,
+    admin: bool,
 }
 
 /// Per request and alternative, how many fits carry each value of one constraint's attribute.
@@ -47,6 +51,8 @@ pub struct Search<'a> {
     /// Leave out every constraint.
     pub skip_all_constraints: bool,
     times_picked: Vec<u32>,
+    /// Non-admin picks per device (counters are charged by the first).
+    charged: Vec<u32>,
     consumed: Vec<BTreeMap<String, Quantity>>,
     counters: Vec<BTreeMap<String, Quantity>>,
     matched: Vec<(Option<AttrValue>, usize)>,
@@ -73,6 +79,7 @@ impl<'a> Search<'a> {
             skip_constraint: None,
             skip_all_constraints: false,
             times_picked: vec![0; pools.devices.len()],
+            charged: vec![0; pools.devices.len()],
             consumed: vec![BTreeMap::new(); pools.devices.len()],
             counters: vec![BTreeMap::new(); pools.counter_sets.len()],
             matched: vec![(None, 0); claim.constraints.len()],
@@ -202,6 +209,9 @@ impl<'a> Search<'a> {
         else {
             return false;
         };
+        if fit.blocked {
+            return false;
+        }
         let admin = self.admin(r, a);
         let picked = self.times_picked.get(d).copied().unwrap_or(0);
         if picked > 0 && !device.allow_multiple {
@@ -224,8 +234,8 @@ impl<'a> Search<'a> {
                 }
             }
         }
-        // Counters are consumed once per device, by its first allocation.
-        let counts = !admin && picked == 0 && usage.consumed.is_empty();
+        // Counters are consumed once per device, by its first (non-admin) allocation.
+        let counts = !admin && self.charged.get(d).copied().unwrap_or(0) == 0 && usage.shares == 0;
         if counts {
             for (set, wanted) in &device.consumes {
                 let (Some(total), Some(base), Some(ours)) = (
@@ -301,6 +311,9 @@ impl<'a> Search<'a> {
         if let Some(t) = self.times_picked.get_mut(d) {
             *t += 1;
         }
+        if !admin && let Some(c) = self.charged.get_mut(d) {
+            *c += 1;
+        }
         if !admin && let Some(now) = self.consumed.get_mut(d) {
             for (name, amount) in &fit.consumes {
                 let e = now.entry(name.clone()).or_default();
@@ -327,6 +340,7 @@ impl<'a> Search<'a> {
                 fit.consumes.clone()
             },
             counted: counts,
+            admin,
         });
         true
     }
@@ -336,6 +350,11 @@ impl<'a> Search<'a> {
         let d = pick.device;
         if let Some(t) = self.times_picked.get_mut(d) {
             *t = t.saturating_sub(1);
+        }
+        if !pick.admin
+            && let Some(c) = self.charged.get_mut(d)
+        {
+            *c = c.saturating_sub(1);
         }
         if let Some(now) = self.consumed.get_mut(d) {
             for (name, amount) in &pick.consumes {

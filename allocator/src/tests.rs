@@ -443,3 +443,67 @@ fn a_late_request_only_one_numa_node_satisfies_is_found_without_trying_every_com
         outcome.search_steps
     );
 }
+
+#[test]
+fn allocation_mode_all_fails_on_an_untolerated_taint_as_the_scheduler_does() {
+    let outcome = explain(&format!(
+        "    requests:\n{}",
+        request("acc", "accel", "        allocationMode: All\n")
+    ));
+    let text = why(&outcome);
+    assert!(
+        text.contains("tainted example.com/unhealthy=xid-79:NoSchedule (not tolerated): tainted"),
+        "{text}"
+    );
+}
+
+#[test]
+fn counters_of_a_shared_device_are_charged_once_however_many_shares_it_has() {
+    // A multi-allocatable device consuming a counter set, already shared by two claims.
+    let node = r#"
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: s}
+spec:
+  driver: example.com
+  nodeName: n
+  pool: {name: n, generation: 1, resourceSliceCount: 1}
+  sharedCounters:
+  - name: set
+    counters: {slots: {value: "2"}}
+  devices:
+  - name: shared
+    allowMultipleAllocations: true
+    consumesCounters: [{counterSet: set, counters: {slots: {value: "1"}}}]
+  - name: other
+    consumesCounters: [{counterSet: set, counters: {slots: {value: "1"}}}]
+---
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: example}
+spec: {}
+"#;
+    let held = |name: &str| {
+        format!(
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}}}\nspec: {{}}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {{request: r, driver: example.com, pool: n, device: shared}}\n---\n"
+        )
+    };
+    let mut objects = Objects::default();
+    objects.add_text("node", node).unwrap();
+    objects
+        .add_text("held", &format!("{}{}", held("a"), held("b")))
+        .unwrap();
+    let allocated = std::mem::take(&mut objects.claims);
+    objects
+        .add_text(
+            "claim",
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n    - name: r\n      exactly: {deviceClassName: example, count: 2}\n",
+        )
+        .unwrap();
+    let mut allocator = Allocator::new(&objects.slices, objects.classes, &allocated, None).unwrap();
+    // 1 slot charged by `shared` (once), 1 left for `other`; `shared` may be shared again.
+    assert_eq!(
+        picked(&allocator.explain(&objects.claims[0])),
+        ["r=shared", "r=other"]
+    );
+}

@@ -33,7 +33,12 @@ impl Allocator {
         for (c, constraint) in claim.constraints.iter().enumerate() {
             let mut relaxed = Search::new(claim, &self.pools, fits, self.step_limit);
             relaxed.skip_constraint = Some(c);
-            if relaxed.run() {
+            let fits_without = relaxed.run();
+            if relaxed.gave_up {
+                lines.push(gave_up(self.step_limit));
+                return lines;
+            }
+            if fits_without {
                 lines.push(format!(
                     "{} cannot be met; without it the claim fits",
                     constraint.describe()
@@ -45,7 +50,12 @@ impl Allocator {
         if !claim.constraints.is_empty() {
             let mut relaxed = Search::new(claim, &self.pools, fits, self.step_limit);
             relaxed.skip_all_constraints = true;
-            if relaxed.run() {
+            let fits_without = relaxed.run();
+            if relaxed.gave_up {
+                lines.push(gave_up(self.step_limit));
+                return lines;
+            }
+            if fits_without {
                 lines.push("the constraints together cannot be met (each alone can)".into());
                 for c in 0..claim.constraints.len() {
                     lines.extend(self.constraint_values(claim, c, fits));
@@ -75,12 +85,13 @@ impl Allocator {
     /// reason, when the alternative cannot be satisfied on its own.
     fn shortfall(&self, alternative: &Alternative, matching: &Matching) -> Option<String> {
         let free = |f: &&Fit| {
-            alternative.admin_access
-                || self
-                    .pools
-                    .usage
-                    .get(f.device)
-                    .is_none_or(|u| u.held_by.is_none())
+            !f.blocked
+                && (alternative.admin_access
+                    || self
+                        .pools
+                        .usage
+                        .get(f.device)
+                        .is_none_or(|u| u.held_by.is_none()))
         };
         let usable: Vec<&str> = matching
             .fits
@@ -170,6 +181,12 @@ impl Allocator {
     fn name(&self, d: usize) -> Option<&str> {
         self.pools.devices.get(d).map(|x| x.name.as_str())
     }
+}
+
+fn gave_up(limit: u64) -> String {
+    format!(
+        "every request has enough candidates alone; the search for the reason gave up after {limit} device tries (raise --max-steps)"
+    )
 }
 
 fn plural(n: usize) -> &'static str {

@@ -4,8 +4,10 @@
 //! to whole-GPU use. The whole GPU and its partitions never go to two claims at once: the scheduler
 //! keeps them apart through the shared counters, and this is checked again here.
 //!
-//! The VFs are created before the claim is recorded (the CDI spec needs the VF's DRM nodes); a crash
-//! in between leaves VFs that no claim holds, which the next partition prepare uses as they are.
+//! The VFs are created before the claim is recorded (the CDI spec needs the VF's DRM nodes): a prepare
+//! that fails after that removes them again when no claim holds them; a crash in between leaves VFs
+//! that no claim holds, which the next partition prepare uses as they are and a whole-GPU prepare
+//! removes first. Rolling back an interrupted claim at start releases its partitions too.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +44,7 @@ pub fn prepare(
     state: &BTreeMap<String, ClaimRecord>,
     uid: &str,
     sources: &mut [DeviceSource],
+    partitioned: &std::collections::BTreeSet<PciAddress>,
 ) -> Result<BTreeMap<String, serde_json::Value>, String> {
     let mut undo = BTreeMap::new();
     for source in sources.iter_mut() {
@@ -52,6 +55,23 @@ pub fn prepare(
                         "{}: claim {other} holds partitions (VFs) of this GPU",
                         gpu.pci_address
                     ));
+                }
+                // VFs that this driver made and no claim holds (a crash, a failed prepare) go before
+                // the whole GPU is given.
+                if partitioned.contains(&gpu.pci_address) {
+                    let vfs = binder
+                        .sriov_state(gpu.pci_address)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |s| s.num_vfs);
+                    if vfs > 0 {
+                        binder.set_num_vfs(gpu.pci_address, 0).map_err(|e| {
+                            format!(
+                                "{}: removing {vfs} VFs no claim holds: {e}",
+                                gpu.pci_address
+                            )
+                        })?;
+                    }
                 }
             }
             DeviceSource::GpuPartition { pf, index, count } => {
@@ -130,15 +150,26 @@ pub fn release(
     state: &BTreeMap<String, ClaimRecord>,
     record: &ClaimRecord,
 ) -> Vec<String> {
+    let keys: Vec<String> = record.undo.keys().cloned().collect();
+    release_keys(binder, state, &record.claim.uid, &keys)
+}
+
+/// [`release`] for the undo `keys` of claim `uid` (a claim that failed before it was recorded).
+pub fn release_keys(
+    binder: &dyn SriovPf,
+    state: &BTreeMap<String, ClaimRecord>,
+    uid: &str,
+    keys: &[String],
+) -> Vec<String> {
     let mut errors = Vec::new();
-    for key in record.undo.keys() {
+    for key in keys {
         let Some(pf) = key
             .strip_prefix("partitions:")
             .and_then(|a| PciAddress::parse(a).ok())
         else {
             continue;
         };
-        if partition_holder(state, &record.claim.uid, pf).is_some() {
+        if partition_holder(state, uid, pf).is_some() {
             continue;
         }
         if let Err(e) = binder.set_num_vfs(pf, 0) {

@@ -172,6 +172,9 @@ impl Preparer {
             tracing::info!(claim = %uid, "rolling back a claim whose prepare was interrupted");
             if let Some(record) = claims.remove(uid) {
                 undo_record(&config, &kind, &record).map_err(std::io::Error::other)?;
+                for error in super::partitions::release(config.binder.as_ref(), &claims, &record) {
+                    tracing::warn!(claim = %uid, %error, "GPU partitions not released");
+                }
             }
         }
         if loaded.discarded.is_some() || !started.is_empty() {
@@ -327,23 +330,58 @@ impl Preparer {
         .map_err(|e| e.to_string())?;
         let mut sources = self.sources(&allocated)?;
         self.check_exclusive(&state, &claim.uid, &allocated, &sources)?;
+        let partitioned = {
+            let inventory = self
+                .inventory
+                .read()
+                .map_err(|_| "inventory lock poisoned".to_owned())?;
+            inventory
+                .gpus
+                .iter()
+                .filter(|g| {
+                    crate::slices::partitions::partition_count(g, &inventory, &self.config.slices)
+                        .is_some()
+                })
+                .map(|g| g.pci_address)
+                .collect()
+        };
         let partition_undo = super::partitions::prepare(
             self.config.binder.as_ref(),
             self.config.gpus.as_ref(),
             &state,
             &claim.uid,
             &mut sources,
+            &partitioned,
         )?;
-        let rebinds = {
-            let inventory = self
-                .inventory
-                .read()
-                .map_err(|_| "inventory lock poisoned".to_owned())?;
-            rebinds(&allocated, &sources, &inventory)?
+        let planned = (|| {
+            let rebinds = {
+                let inventory = self
+                    .inventory
+                    .read()
+                    .map_err(|_| "inventory lock poisoned".to_owned())?;
+                rebinds(&allocated, &sources, &inventory)?
+            };
+            let cpus = self.place_cpus(&state, &claim.uid, &allocated, &sources)?;
+            let rt = self.place_rt(&state, &claim.uid, &allocated, &sources, &cpus)?;
+            let (spec, devices) = self.plan(&claim, &allocated, &sources, &cpus, &rt)?;
+            Ok::<_, String>((rebinds, cpus, rt, spec, devices))
+        })();
+        let (rebinds, cpus, rt, spec, devices) = match planned {
+            Ok(planned) => planned,
+            Err(error) => {
+                // VFs made for partitions above go again when no claim holds them.
+                let keys = partition_undo.keys().cloned().collect::<Vec<_>>();
+                for e in super::partitions::release_keys(
+                    self.config.binder.as_ref(),
+                    &state,
+                    &claim.uid,
+                    &keys,
+                ) {
+                    tracing::warn!(claim = %claim.uid, error = %e, "GPU partitions not released");
+                }
+                return Err(error);
+            }
         };
-        let cpus = self.place_cpus(&state, &claim.uid, &allocated, &sources)?;
-        let rt = self.place_rt(&state, &claim.uid, &allocated, &sources, &cpus)?;
-        let (spec, devices) = self.plan(&claim, &allocated, &sources, &cpus, &rt)?;
         let mut record = ClaimRecord {
             claim: claim.clone(),
             phase: Phase::Started,

@@ -69,10 +69,14 @@ fn one() -> u32 {
 
 impl RtConfig {
     /// The limits the kernel puts on SCHED_DEADLINE parameters (runtime ≥ 1024 ns, runtime ≤ period,
-    /// period ≤ 4 s here), and a sane task count. Errors are `field: problem`.
+    /// period ≥ 100 µs and ≤ 4 s, the defaults of `sched_deadline_period_{min,max}_us`), and a sane task
+    /// count. Errors are `field: problem`.
     pub fn check(&self) -> Result<(), String> {
-        if self.runtime_us == 0 {
+        if self.runtime_us < 2 {
             return Err("runtimeUs: must be at least 2 (the kernel wants 1024 ns)".into());
+        }
+        if self.period_us < 100 {
+            return Err(format!("periodUs: {}; at least 100", self.period_us));
         }
         if self.runtime_us > self.period_us {
             return Err(format!(
@@ -128,7 +132,10 @@ pub fn place(
     device: &str,
 ) -> Result<Vec<RtTask>, String> {
     let each = config.task_bandwidth();
-    let total = each.saturating_mul(u64::from(config.tasks));
+    // The claim's total, rounded once (each task's share rounded up would add a ppm per task).
+    let total = (u128::from(config.runtime_us) * 1_000_000 * u128::from(config.tasks))
+        .div_ceil(u128::from(config.period_us.max(1)));
+    let total = u64::try_from(total).unwrap_or(u64::MAX);
     if let Some(consumed) = consumed
         && total > consumed
     {
@@ -262,26 +269,35 @@ mod tests {
 
     #[test]
     fn configs_are_checked() {
+        let field = |c: RtConfig| c.check().unwrap_err().split(':').next().unwrap().to_owned();
         assert!(config(100, 1000, 1).check().is_ok());
-        assert!(
-            config(0, 1000, 1)
-                .check()
-                .unwrap_err()
-                .starts_with("runtimeUs")
+        assert_eq!(field(config(0, 1000, 1)), "runtimeUs");
+        assert_eq!(
+            field(config(1, 1000, 1)),
+            "runtimeUs",
+            "1 µs is under the kernel's 1024 ns"
         );
+        assert_eq!(field(config(2000, 1000, 1)), "runtimeUs");
+        assert_eq!(field(config(2, 50, 1)), "periodUs");
+        assert_eq!(field(config(2, 5_000_000, 1)), "periodUs");
+        assert_eq!(field(config(2, 1000, 0)), "tasks");
+    }
+
+    #[test]
+    fn a_claims_total_is_rounded_once() {
+        // Three tasks of a third of a CPU are one CPU, not a ppm more per task.
+        let cpus = hal::CpuSet::from_cpulist("0-3").unwrap();
         assert!(
-            config(2000, 1000, 1)
-                .check()
-                .unwrap_err()
-                .starts_with("runtimeUs")
+            place(
+                &config(1000, 3000, 3),
+                &cpus,
+                &[],
+                950_000,
+                Some(1_000_000),
+                "rt"
+            )
+            .is_ok()
         );
-        assert!(
-            config(1, 5_000_000, 1)
-                .check()
-                .unwrap_err()
-                .starts_with("periodUs")
-        );
-        assert!(config(1, 1000, 0).check().unwrap_err().starts_with("tasks"));
     }
 
     #[test]

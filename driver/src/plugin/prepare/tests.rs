@@ -1222,3 +1222,37 @@ async fn a_gpu_gone_from_the_machine_is_refused_while_published_as_missing() {
     );
     assert!(results["u2"].is_ok(), "the other GPUs are fine");
 }
+
+#[tokio::test]
+async fn vfs_made_for_a_prepare_that_then_fails_are_removed_and_orphans_go_before_a_whole_gpu() {
+    let s = Setup::on("i915");
+    let mut slices = SliceConfig::new(NODE);
+    slices.gpu_partitions = 2;
+    slices.rt_bandwidth = true;
+    let pf = hal::PciAddress::parse("0000:4d:00.0").unwrap();
+    let num_vfs = || {
+        hal::SriovPf::sriov_state(s.binder.as_ref(), pf)
+            .unwrap()
+            .unwrap()
+            .num_vfs
+    };
+    // The partition's VFs are made, then the RT device without an RtConfig fails the claim.
+    s.claims.add(
+        "fails",
+        &[("gpu", "gpu-0000-4d-00-0-vf0"), ("rt", "rt-numa-0")],
+        json!([]),
+    );
+    let preparer = s.preparer_with("boot-1", slices);
+    let error = preparer.prepare(vec![reference("fails")]).await["fails"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("needs an RtConfig"), "{error}");
+    assert_eq!(num_vfs(), 0, "the VFs made for it are gone");
+
+    // VFs no claim holds (as after a crash) are removed before the whole GPU is given.
+    hal::SriovPf::set_num_vfs(s.binder.as_ref(), pf, 2).unwrap();
+    s.claims
+        .add("whole", &[("gpu", "gpu-0000-4d-00-0")], json!([]));
+    assert!(preparer.prepare(vec![reference("whole")]).await["whole"].is_ok());
+    assert_eq!(num_vfs(), 0);
+}

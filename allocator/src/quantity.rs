@@ -132,7 +132,8 @@ impl Quantity {
 }
 
 impl fmt::Display for Quantity {
-    /// Whole binary multiples as `Ki`..`Ei`, other whole numbers plainly, fractions as decimals.
+    /// Whole binary multiples as `Ki`..`Ei`, other whole numbers plainly, whole thousandths as `600m`,
+    /// other fractions as decimals.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0;
         if v % NANO == 0 {
@@ -151,6 +152,9 @@ impl fmt::Display for Quantity {
                 }
             }
             return write!(f, "{whole}");
+        }
+        if v % 1_000_000 == 0 {
+            return write!(f, "{}m", v / 1_000_000);
         }
         let sign = if v < 0 { "-" } else { "" };
         let abs = v.unsigned_abs();
@@ -209,7 +213,10 @@ mod tests {
 
     #[test]
     fn display_is_compact_and_round_trips() {
-        for text in ["80Gi", "3", "1.5", "512Mi", "0"] {
+        assert_eq!(q("0.6").to_string(), "600m");
+        assert_eq!(q("1.5").to_string(), "1500m");
+        assert_eq!(q("1.0005").to_string(), "1.0005");
+        for text in ["80Gi", "3", "600m", "1.0005", "512Mi", "0"] {
             assert_eq!(q(text).to_string(), text);
             assert_eq!(q(&q(text).to_string()), q(text));
         }

@@ -507,3 +507,85 @@ spec: {}
         ["r=shared", "r=other"]
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::{Allocator, Objects, Status};
+
+    const TYPES: [&str; 4] = ["gpu", "nic", "nvme", "fpga"];
+
+    /// (type index, count) per request, and the constraint: 0 none, 1 matchAttribute, 2 distinct.
+    fn claim(requests: &[(usize, usize)], constraint: u8) -> String {
+        let mut text = String::from(
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n",
+        );
+        for (i, (ty, count)) in requests.iter().enumerate() {
+            text.push_str(&format!(
+                "    - name: r{i}\n      exactly:\n        deviceClassName: example\n        count: {count}\n        selectors: [{{cel: {{expression: 'device.attributes[\"example.com\"].type == \"{}\"'}}}}]\n",
+                TYPES[*ty]
+            ));
+        }
+        match constraint {
+            1 => text.push_str("    constraints:\n    - matchAttribute: example.com/numaNode\n"),
+            2 => text.push_str("    constraints:\n    - distinctAttribute: example.com/numaNode\n"),
+            _ => {}
+        }
+        text
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever is asked, an allocation gives each request its count of devices of its type, never
+        /// a device twice, within the constraint; and a claim that plainly fits is never refused.
+        #[test]
+        fn allocations_satisfy_the_claim(
+            requests in proptest::collection::vec((0usize..4, 1usize..5), 1..5),
+            constraint in 0u8..3,
+        ) {
+            let mut objects = Objects::default();
+            // 64 devices: 16 of each type, 4 of each type per NUMA node.
+            objects.add_text("node", &crate::synthetic::node(64, 4)).unwrap();
+            objects.add_text("claim", &claim(&requests, constraint)).unwrap();
+            let mut allocator = Allocator::new(&objects.slices, objects.classes, &[], None).unwrap();
+            let outcome = allocator.explain(&objects.claims[0]);
+            let mut per_type = [0usize; 4];
+            for (ty, count) in &requests {
+                per_type[*ty] += count;
+            }
+            if constraint == 0 && per_type.iter().all(|n| *n <= 16) {
+                prop_assert_eq!(outcome.status, Status::Allocated, "{:#?}", outcome);
+            }
+            if constraint == 1 && per_type.iter().all(|n| *n <= 4) {
+                prop_assert_eq!(outcome.status, Status::Allocated, "{:#?}", outcome);
+            }
+            if outcome.status != Status::Allocated {
+                prop_assert!(!outcome.explanation.is_empty());
+                return Ok(());
+            }
+            let pools = allocator.pools();
+            let mut seen = std::collections::BTreeSet::new();
+            let mut numa = Vec::new();
+            for (i, (ty, count)) in requests.iter().enumerate() {
+                let got: Vec<_> = outcome.devices.iter().filter(|d| d.request == format!("r{i}")).collect();
+                prop_assert_eq!(got.len(), *count);
+                for d in got {
+                    prop_assert!(seen.insert(d.device.clone()), "{} twice", d.device);
+                    let device = pools.devices.iter().find(|x| x.name == d.device).unwrap();
+                    prop_assert_eq!(
+                        device.attributes.get("example.com/type"),
+                        Some(&crate::AttrValue::String(TYPES[*ty].to_owned()))
+                    );
+                    numa.push(d.numa_node);
+                }
+            }
+            let distinct: std::collections::BTreeSet<_> = numa.iter().collect();
+            match constraint {
+                1 => prop_assert_eq!(distinct.len(), 1),
+                2 => prop_assert_eq!(distinct.len(), numa.len()),
+                _ => {}
+            }
+        }
+    }
+}

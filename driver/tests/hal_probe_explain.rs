@@ -287,7 +287,7 @@ fn cpu_claims_fit_in_the_mode_they_are_written_for() {
     assert_eq!(two["devices"][0]["device"], "rt-numa-0");
     assert_eq!(
         two["devices"][0]["consumedCapacity"]["hal.dra.dev/rtBandwidth"],
-        "0.6"
+        "600m"
     );
     let (individual, _) = explain(&["--fixture", "xeon", "--cpu-mode", "individual", &path]);
     let four = claim(&individual, "four-cpus-one-node");

@@ -73,6 +73,14 @@ impl FakeApi {
         }
         let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        if path == "/version" && method == "GET" {
+            return (
+                200,
+                json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0", "gitCommit": "",
+                       "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
+                       "platform": "linux/amd64"}),
+            );
+        }
         if let Some(name) = path.strip_prefix(NODES) {
             return match (method, self.nodes.get(name)) {
                 ("GET", Some(uid)) => (

@@ -135,7 +135,10 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (config, root, _fixture) = machine(&args)?;
+    let (mut config, root, _fixture) = machine(&args)?;
+    if args.slices.counter_layout.is_none() {
+        config.counter_layout = counter_layout_of(&client).await;
+    }
     let pci_ids = args
         .pci_ids
         .clone()
@@ -410,4 +413,25 @@ fn spawn_xid_watch(
             }
         }
     });
+}
+
+/// The counter layout the API server wants: its own slices from Kubernetes 1.35 on, else the 1.34 one
+/// (also when the version cannot be read).
+async fn counter_layout_of(client: &kube::Client) -> crate::slices::CounterLayout {
+    use crate::slices::CounterLayout;
+    let layout = match client.apiserver_version().await {
+        Ok(info) => {
+            let minor: u32 = info.minor.trim_end_matches('+').parse().unwrap_or(0);
+            match (info.major.as_str(), minor) {
+                ("1", m) if m >= 35 => CounterLayout::OwnSlice,
+                _ => CounterLayout::SameSlice,
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the API server's version; counter sets as in 1.34");
+            CounterLayout::SameSlice
+        }
+    };
+    tracing::debug!(?layout, "shared counter layout");
+    layout
 }

@@ -3,7 +3,7 @@
 
 use hal::CpuSet;
 
-use super::config::{CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
+use super::config::{CounterLayout, CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
 
 /// How CPUs are published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,6 +14,15 @@ pub enum CpuModeArg {
     Numa,
     /// One shareable device per socket, capacity `cpu`.
     Socket,
+}
+
+/// Where shared counter sets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CounterLayoutArg {
+    /// In the slice of the devices that consume them (Kubernetes 1.34).
+    SameSlice,
+    /// In slices of their own (Kubernetes 1.35 and later).
+    OwnSlice,
 }
 
 /// A device family that can be published.
@@ -61,6 +70,11 @@ pub struct SliceArgs {
     #[arg(long)]
     pub rt_bandwidth: bool,
 
+    /// Where GPU partitions' shared counter sets go: `same-slice` (Kubernetes 1.34) or `own-slice`
+    /// (1.35 and later). Default: the plugin asks the API server's version; hal-probe uses same-slice.
+    #[arg(long, value_enum, value_name = "LAYOUT")]
+    pub counter_layout: Option<CounterLayoutArg>,
+
     /// Other drivers' attribute domains that also get `<domain>/numaNode` (comma-separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "dra.net")]
     pub compat_domains: Vec<String>,
@@ -95,6 +109,10 @@ impl SliceArgs {
                 .collect(),
             gpu_partitions: self.gpu_partitions,
             rt_bandwidth: self.rt_bandwidth,
+            counter_layout: match self.counter_layout {
+                Some(CounterLayoutArg::OwnSlice) => CounterLayout::OwnSlice,
+                _ => CounterLayout::SameSlice,
+            },
         };
         config.validate()?;
         Ok(config)

@@ -23,6 +23,17 @@ pub enum CpuMode {
     GroupedBySocket,
 }
 
+/// Where shared counter sets go: Kubernetes 1.34 wants them in the slice of the devices that consume
+/// them; 1.35 and later want them in slices of their own (no devices there), referenced pool-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CounterLayout {
+    /// Kubernetes 1.34: sets in the slice of their devices.
+    #[default]
+    SameSlice,
+    /// Kubernetes 1.35 and later: sets in slices of their own, at most 8 per slice.
+    OwnSlice,
+}
+
 /// Which device families are published. A family off is never published, so the driver can run
 /// beside a vendor's driver for that family without publishing a device twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +77,8 @@ pub struct SliceConfig {
     pub gpu_partitions: u32,
     /// Publish each CPU group's real-time bandwidth as an `rt-<group>` device (grouped CPU modes only).
     pub rt_bandwidth: bool,
+    /// Where shared counter sets (GPU partitions) are published.
+    pub counter_layout: CounterLayout,
 }
 
 impl SliceConfig {
@@ -81,6 +94,7 @@ impl SliceConfig {
             compat_domains: vec!["dra.net".to_owned()],
             gpu_partitions: 0,
             rt_bandwidth: false,
+            counter_layout: CounterLayout::SameSlice,
         }
     }
 

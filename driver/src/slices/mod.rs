@@ -15,7 +15,7 @@ use k8s_openapi::api::resource::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-pub use config::{CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
+pub use config::{CounterLayout, CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
 
 use crate::inventory::Inventory;
 
@@ -25,6 +25,8 @@ pub const MAX_DEVICES_PER_SLICE: usize = 128;
 pub const MAX_DEVICES_PER_SLICE_ADVANCED: usize = 64;
 /// Counters across all counter sets of a slice (Kubernetes 1.34).
 pub const MAX_COUNTERS_PER_SLICE: usize = 32;
+/// Counter sets in a slice of their own (Kubernetes 1.35 and later).
+pub const MAX_COUNTER_SETS_PER_SLICE: usize = 8;
 
 /// The node's pool: every device of the inventory, split into slices of at most 128 devices, all
 /// with the same generation and `resourceSliceCount`. Slice names are stable (`<node>-<driver>-<i>`,
@@ -44,18 +46,40 @@ pub fn build_slices(
         true => MAX_DEVICES_PER_SLICE_ADVANCED,
         false => MAX_DEVICES_PER_SLICE,
     };
-    let chunks = chunk(devices, per_slice, &counter_sets);
+    let own_slice = config.counter_layout == CounterLayout::OwnSlice;
+    let mut chunks: Vec<(Vec<Device>, Vec<CounterSet>)> = match own_slice {
+        // Kubernetes 1.34: a counter set lives in the slice of the devices that consume it.
+        false => chunk(devices, per_slice, &counter_sets)
+            .into_iter()
+            .map(|devices| {
+                let used = counter_sets
+                    .iter()
+                    .filter(|set| devices.iter().any(|d| consumes(d, &set.name)))
+                    .cloned()
+                    .collect();
+                (devices, used)
+            })
+            .collect(),
+        // 1.35 and later: counter sets in slices of their own, devices in the others.
+        true => chunk(devices, per_slice, &[])
+            .into_iter()
+            .map(|devices| (devices, Vec::new()))
+            .collect(),
+    };
+    if own_slice {
+        if chunks.first().is_some_and(|(d, _)| d.is_empty()) && !counter_sets.is_empty() {
+            chunks.clear();
+        }
+        for sets in counter_sets.chunks(MAX_COUNTER_SETS_PER_SLICE) {
+            chunks.push((Vec::new(), sets.to_vec()));
+        }
+    }
     let count = chunks.len() as i64;
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, devices)| {
-            // Kubernetes 1.34: a counter set lives in the slice of the devices that consume it.
-            let used: Vec<CounterSet> = counter_sets
-                .iter()
-                .filter(|set| devices.iter().any(|d| consumes(d, &set.name)))
-                .cloned()
-                .collect();
+        .map(|(i, (devices, used))| {
+            let only_counters = devices.is_empty() && !used.is_empty();
             ResourceSlice {
                 metadata: ObjectMeta {
                     name: Some(slice_name(&config.node_name, &config.driver_name, i)),
@@ -69,7 +93,7 @@ pub fn build_slices(
                         generation,
                         resource_slice_count: count,
                     },
-                    devices: Some(devices),
+                    devices: (!only_counters).then_some(devices),
                     shared_counters: (!used.is_empty()).then_some(used),
                     ..Default::default()
                 },

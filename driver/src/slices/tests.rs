@@ -543,3 +543,43 @@ fn rt_bandwidth_is_a_shareable_device_per_cpu_group() {
             .contains("--cpu-mode numa or socket")
     );
 }
+
+#[test]
+fn kubernetes_1_35_layout_puts_counter_sets_in_slices_of_their_own() {
+    let mut config = SliceConfig::new("i915-node");
+    config.gpu_partitions = 4;
+    config.counter_layout = CounterLayout::OwnSlice;
+    let slices = build_slices(&inventory("i915"), &config, 1);
+    assert_eq!(validate_pool(&slices), []);
+    let counters: Vec<&ResourceSlice> = slices
+        .iter()
+        .filter(|s| s.spec.shared_counters.is_some())
+        .collect();
+    assert_eq!(counters.len(), 1);
+    assert!(
+        counters[0].spec.devices.is_none(),
+        "no devices beside the sets"
+    );
+    assert_eq!(
+        counters[0].spec.shared_counters.as_ref().unwrap().len(),
+        2,
+        "one set per GPU"
+    );
+    assert!(
+        slices
+            .iter()
+            .all(|s| s.spec.pool.resource_slice_count == slices.len() as i64)
+    );
+    let devices = by_name(&slices);
+    assert!(devices["gpu-0000-4d-00-0-vf3"].consumes_counters.is_some());
+    // The same slices in the 1.34 layout would be refused if mixed: sets and devices together.
+    let mut mixed = slices.clone();
+    mixed[0].spec.shared_counters = counters[0].spec.shared_counters.clone();
+    let problems = validate_pool(&mixed);
+    assert!(
+        problems.iter().any(|p| p
+            .to_string()
+            .contains("sharedCounters and devices in one slice")),
+        "{problems:?}"
+    );
+}

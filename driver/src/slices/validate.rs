@@ -38,6 +38,21 @@ impl fmt::Display for SliceError {
 pub fn validate_pool(slices: &[ResourceSlice]) -> Vec<SliceError> {
     let mut errors = Vec::new();
     let mut names = BTreeSet::new();
+    // Kubernetes 1.35 layout: counter sets in slices without devices, referenced across the pool.
+    let own_slice = slices.iter().any(|s| {
+        s.spec
+            .shared_counters
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+            && s.spec.devices.as_ref().is_none_or(Vec::is_empty)
+    });
+    let pool_sets: Vec<k8s_openapi::api::resource::v1::CounterSet> = match own_slice {
+        true => slices
+            .iter()
+            .flat_map(|s| s.spec.shared_counters.clone().unwrap_or_default())
+            .collect(),
+        false => Vec::new(),
+    };
     for (i, slice) in slices.iter().enumerate() {
         let id = slice
             .metadata
@@ -52,6 +67,7 @@ pub fn validate_pool(slices: &[ResourceSlice]) -> Vec<SliceError> {
             });
         };
         validate_slice(slice, &mut fail);
+        validate_counters(slice, own_slice.then_some(pool_sets.as_slice()), &mut fail);
         for (j, device) in slice.spec.devices.iter().flatten().enumerate() {
             if !names.insert(device.name.clone()) {
                 fail(
@@ -151,16 +167,48 @@ fn validate_slice(slice: &ResourceSlice, fail: &mut impl FnMut(String, String)) 
     for (i, device) in devices.iter().enumerate() {
         validate_device(device, &format!("spec.devices[{i}]"), fail);
     }
-    validate_counters(slice, fail);
 }
 
-/// Shared counters as Kubernetes 1.34 validates them: counter set names unique DNS labels, at most 32
-/// counters across the sets of a slice, each `consumesCounters` naming a set of the same slice and
-/// counters it has, at most 32 counters per device and 1024 in the slice.
-fn validate_counters(slice: &ResourceSlice, fail: &mut impl FnMut(String, String)) {
-    let sets = slice.spec.shared_counters.as_deref().unwrap_or_default();
+/// Shared counters as Kubernetes validates them: counter set names unique DNS labels; in the 1.34
+/// layout at most 32 counters across the sets of a slice and each `consumesCounters` naming a set of
+/// the same slice; in the 1.35 layout (`pool_sets`: every set of the pool) at most 8 sets of 32
+/// counters in a slice without devices, at most 2 `consumesCounters` per device, each naming a set of
+/// the pool; the counters named must be the set's; at most 32 counters per device and 1024 per slice.
+fn validate_counters(
+    slice: &ResourceSlice,
+    pool_sets: Option<&[k8s_openapi::api::resource::v1::CounterSet]>,
+    fail: &mut impl FnMut(String, String),
+) {
+    let own = slice.spec.shared_counters.as_deref().unwrap_or_default();
+    if pool_sets.is_some() && !own.is_empty() {
+        if slice.spec.devices.as_ref().is_some_and(|d| !d.is_empty()) {
+            fail(
+                "spec".into(),
+                "sharedCounters and devices in one slice (Kubernetes 1.35 layout)".into(),
+            );
+        }
+        if own.len() > super::MAX_COUNTER_SETS_PER_SLICE {
+            fail(
+                "spec.sharedCounters".into(),
+                format!(
+                    "{} sets; at most {}",
+                    own.len(),
+                    super::MAX_COUNTER_SETS_PER_SLICE
+                ),
+            );
+        }
+        for (i, set) in own.iter().enumerate() {
+            if set.counters.len() > 32 {
+                fail(
+                    format!("spec.sharedCounters[{i}].counters"),
+                    format!("{} counters; at most 32", set.counters.len()),
+                );
+            }
+        }
+    }
+    let sets = pool_sets.unwrap_or(own);
     let mut names = BTreeSet::new();
-    for (i, set) in sets.iter().enumerate() {
+    for (i, set) in own.iter().enumerate() {
         if !is_dns_label(&set.name) || !names.insert(set.name.as_str()) {
             fail(
                 format!("spec.sharedCounters[{i}].name"),
@@ -168,8 +216,8 @@ fn validate_counters(slice: &ResourceSlice, fail: &mut impl FnMut(String, String
             );
         }
     }
-    let total: usize = sets.iter().map(|s| s.counters.len()).sum();
-    if total > super::MAX_COUNTERS_PER_SLICE {
+    let total: usize = own.iter().map(|s| s.counters.len()).sum();
+    if pool_sets.is_none() && total > super::MAX_COUNTERS_PER_SLICE {
         fail(
             "spec.sharedCounters".into(),
             format!(
@@ -180,6 +228,13 @@ fn validate_counters(slice: &ResourceSlice, fail: &mut impl FnMut(String, String
     }
     let mut references = 0;
     for (i, device) in slice.spec.devices.iter().flatten().enumerate() {
+        let entries = device.consumes_counters.as_ref().map_or(0, Vec::len);
+        if pool_sets.is_some() && entries > 2 {
+            fail(
+                format!("spec.devices[{i}].consumesCounters"),
+                format!("{entries} entries; at most 2 (Kubernetes 1.35)"),
+            );
+        }
         let mut counters = 0;
         for (j, consumption) in device.consumes_counters.iter().flatten().enumerate() {
             let at = format!("spec.devices[{i}].consumesCounters[{j}]");
@@ -188,8 +243,9 @@ fn validate_counters(slice: &ResourceSlice, fail: &mut impl FnMut(String, String
                 None => fail(
                     format!("{at}.counterSet"),
                     format!(
-                        "{:?} is not a counter set of this slice",
-                        consumption.counter_set
+                        "{:?} is not a counter set of this {}",
+                        consumption.counter_set,
+                        if pool_sets.is_some() { "pool" } else { "slice" }
                     ),
                 ),
                 Some(set) => {

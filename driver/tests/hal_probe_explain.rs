@@ -446,4 +446,22 @@ spec:
             "the classes keep selectors off partitions"
         );
     }
+    // The same with the counter sets in slices of their own (Kubernetes 1.35).
+    let (own, _) = explain(&[
+        "--fixture",
+        "i915",
+        "--gpu-partitions",
+        "4",
+        "--counter-layout",
+        "own-slice",
+        path,
+    ]);
+    assert_eq!(
+        claim(&own, "gpu-0-whole-and-a-partition-of-it")["status"],
+        "unsatisfiable"
+    );
+    assert_eq!(
+        picks(claim(&own, "gpu-0-whole-and-any-partition"), &none),
+        ["whole=gpu-0000-4d-00-0", "part=gpu-0000-ca-00-0-vf0"]
+    );
 }

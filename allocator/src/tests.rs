@@ -589,3 +589,36 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn an_explanation_that_runs_out_of_steps_says_so() {
+    // Five GPUs on one NUMA node and on five different ones: impossible (4 nodes). The search for the
+    // allocation ends quickly; leaving out matchAttribute, the search for the reason does not.
+    let mut text = String::from(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n",
+    );
+    for r in 0..5 {
+        text.push_str(&format!(
+            "    - name: r{r}\n      exactly:\n        deviceClassName: example\n        selectors: [{{cel: {{expression: 'device.attributes[\"example.com\"].type == \"gpu\"'}}}}]\n"
+        ));
+    }
+    text.push_str("    constraints:\n    - matchAttribute: example.com/numaNode\n    - distinctAttribute: example.com/numaNode\n");
+    let mut objects = Objects::default();
+    objects
+        .add_text("node", &crate::synthetic::node(64, 4))
+        .unwrap();
+    objects.add_text("claim", &text).unwrap();
+    let mut allocator = Allocator::new(&objects.slices, objects.classes, &[], None).unwrap();
+    allocator.step_limit = 1000;
+    let outcome = allocator.explain(&objects.claims[0]);
+    assert_eq!(outcome.status, Status::Unsatisfiable);
+    assert!(
+        outcome.search_steps < 1000,
+        "the allocation search itself finished"
+    );
+    assert!(
+        outcome.explanation[0]
+            .contains("the search for the reason gave up after 1000 device tries"),
+        "{outcome:#?}"
+    );
+}

@@ -1256,3 +1256,37 @@ async fn vfs_made_for_a_prepare_that_then_fails_are_removed_and_orphans_go_befor
     assert!(preparer.prepare(vec![reference("whole")]).await["whole"].is_ok());
     assert_eq!(num_vfs(), 0);
 }
+
+#[tokio::test]
+async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart() {
+    let s = Setup::on("i915");
+    let slices = || {
+        let mut slices = SliceConfig::new(NODE);
+        slices.gpu_partitions = 2;
+        slices
+    };
+    let pf = hal::PciAddress::parse("0000:4d:00.0").unwrap();
+    let num_vfs = || {
+        hal::SriovPf::sriov_state(s.binder.as_ref(), pf)
+            .unwrap()
+            .unwrap()
+            .num_vfs
+    };
+    s.claims
+        .add("p0", &[("gpu", "gpu-0000-4d-00-0-vf0")], json!([]));
+    let crashing = s
+        .preparer_with("boot-1", slices())
+        .with_faults(Arc::new(|at| {
+            if at == Step::Started {
+                Err("crash".into())
+            } else {
+                Ok(())
+            }
+        }));
+    assert!(crashing.prepare(vec![reference("p0")]).await["p0"].is_err());
+    assert_eq!(num_vfs(), 2, "the crash left the VFs");
+    drop(crashing);
+    // The restart rolls the started claim back, VFs included.
+    let _restarted = s.preparer_with("boot-1", slices());
+    assert_eq!(num_vfs(), 0);
+}

@@ -63,14 +63,8 @@ impl Capacity {
     /// How much one allocation consumes when it asks for `requested` (None: did not ask), per the
     /// request policy: rounded up to the next valid value or range step; None when no valid amount fits.
     pub fn consumption(&self, requested: Option<Quantity>) -> Option<Quantity> {
-        let has_policy =
-            self.default.is_some() || !self.valid_values.is_empty() || self.valid_range.is_some();
-        let wanted = match (requested, self.default) {
-            (Some(q), _) => q,
-            (None, Some(default)) => default,
-            (None, None) if !has_policy => return Some(self.value),
-            (None, None) => self.value,
-        };
+        // Not asked for: the policy's default, else all of it.
+        let wanted = requested.or(self.default).unwrap_or(self.value);
         let amount = if !self.valid_values.is_empty() {
             *self.valid_values.iter().find(|v| **v >= wanted)?
         } else if let Some((min, max, step)) = self.valid_range {

@@ -65,7 +65,15 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
         claims.read_file(file)?;
     }
     if claims.claims.is_empty() {
-        bail!("no ResourceClaim or ResourceClaimTemplate in the claim files");
+        let files: Vec<String> = request
+            .claims
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        bail!(
+            "no resource.k8s.io/v1 ResourceClaim or ResourceClaimTemplate in {}",
+            files.join(", ")
+        );
     }
     let mut extra = Objects::default();
     for file in request.classes.iter().chain(&request.slices) {

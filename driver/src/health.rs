@@ -15,6 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::inventory::Inventory;
 
+/// The reason of a GPU seen before and gone from the machine now.
+pub const MISSING: &str = "missing";
+
 /// Why a GPU is unhealthy, and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unhealthy {
@@ -90,7 +93,7 @@ impl Health {
             if !self.unhealthy.contains_key(address) {
                 tracing::warn!(gpu = %address, "GPU unhealthy: it is gone from the machine");
                 self.unhealthy
-                    .insert(*address, Unhealthy::now("missing".into()));
+                    .insert(*address, Unhealthy::now(MISSING.into()));
             }
             inventory.gpus.push(gpu.clone());
             if let Some(function) = function
@@ -207,6 +210,6 @@ mod tests {
             was,
             "the last-known view, same name and attributes"
         );
-        assert_eq!(after.gpu_health[&gone].reason, "missing");
+        assert_eq!(after.gpu_health[&gone].reason, MISSING);
     }
 }

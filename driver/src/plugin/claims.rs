@@ -290,28 +290,30 @@ pub fn allocated_devices(
 }
 
 /// The `cpu` capacity consumed (a whole number of CPUs), under its plain or driver-qualified name.
-fn consumed_cpus(
-    consumed: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-    driver: &str,
-) -> Option<usize> {
-    let consumed = consumed?;
-    let quantity = consumed
-        .get("cpu")
-        .or_else(|| consumed.get(&format!("{driver}/cpu")))?;
-    quantity.0.parse().ok()
+fn consumed_cpus(consumed: Option<&ConsumedCapacity>, driver: &str) -> Option<usize> {
+    consumed_capacity(consumed, driver, "cpu")?.0.parse().ok()
 }
 
 /// The `rtBandwidth` capacity consumed, in millionths of a CPU (`300m` is 300000).
-fn consumed_rt(
-    consumed: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-    driver: &str,
-) -> Option<u64> {
-    let consumed = consumed?;
-    let quantity = consumed
-        .get("rtBandwidth")
-        .or_else(|| consumed.get(&format!("{driver}/rtBandwidth")))?;
+fn consumed_rt(consumed: Option<&ConsumedCapacity>, driver: &str) -> Option<u64> {
+    let quantity = consumed_capacity(consumed, driver, "rtBandwidth")?;
     let nanos = allocator::Quantity::parse(&quantity.0).ok()?.nano_units();
     u64::try_from(nanos / 1000).ok()
+}
+
+/// `consumedCapacity` of an allocation result, by capacity name.
+type ConsumedCapacity = BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
+
+/// One consumed capacity, under its plain or driver-qualified name.
+fn consumed_capacity<'a>(
+    consumed: Option<&'a ConsumedCapacity>,
+    driver: &str,
+    name: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::api::resource::Quantity> {
+    let consumed = consumed?;
+    consumed
+        .get(name)
+        .or_else(|| consumed.get(&format!("{driver}/{name}")))
 }
 
 /// A config's request `gpu` also applies to the sub-requests `gpu/<name>` of `firstAvailable`.

@@ -490,7 +490,7 @@ impl Preparer {
                 })?;
                 if let DeviceSource::Gpu(gpu) = &source
                     && let Some(unhealthy) = inventory.gpu_health.get(&gpu.pci_address)
-                    && unhealthy.reason == "missing"
+                    && unhealthy.reason == crate::health::MISSING
                 {
                     return Err(format!(
                         "device {}: the GPU is gone from the machine (tainted unhealthy=missing)",

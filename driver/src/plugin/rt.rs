@@ -23,15 +23,8 @@ pub struct RtLimit {
 impl RtLimit {
     /// Reads the limit under `root` (`proc/sys/kernel/`); None when the files are missing or odd.
     pub fn read(root: &std::path::Path) -> Option<RtLimit> {
-        let read = |name: &str| -> Option<String> {
-            use std::io::Read;
-            let mut text = String::new();
-            std::fs::File::open(root.join("proc/sys/kernel").join(name))
-                .ok()?
-                .take(64)
-                .read_to_string(&mut text)
-                .ok()?;
-            Some(text.trim().to_owned())
+        let read = |name: &str| {
+            backends::sysfs::attr::read_trimmed(&root.join("proc/sys/kernel").join(name)).ok()
         };
         let runtime_us = read("sched_rt_runtime_us")?.parse().ok()?;
         let period_us: u64 = read("sched_rt_period_us")?.parse().ok()?;

@@ -9,6 +9,7 @@ pub mod explain;
 pub mod fake_api;
 pub mod health;
 pub mod inventory;
+pub mod nri;
 pub mod plugin;
 pub mod probe;
 pub mod publish;

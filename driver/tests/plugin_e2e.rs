@@ -322,11 +322,149 @@ fn bad_flags_fail_with_clear_messages() {
         "--reserved-cpus",
         "--compat-domains",
         "--publish",
+        "--nri",
+        "--nri-socket",
+        "--nri-index",
     ] {
         assert!(text.contains(flag), "{flag}");
     }
     let bad = run(&["--cpu-mode", "sideways"]);
     assert_eq!(bad.status.code(), Some(2));
+    let bad = run(&["--nri-index", "7"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        text.contains("NRI plugin index \"7\": two digits (00-99) expected"),
+        "{text}"
+    );
+}
+
+/// The binary with `--nri` on the 2-socket Xeon fixture: it registers with an NRI runtime (the
+/// protocol-level fake), and a CPU claim prepared through the kubelet socket moves the running
+/// containers off its CPUs at once and pins the claim's container to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_binary_pins_containers_through_nri() {
+    use driver::nri::fake_runtime::{FakeRuntime, container, pod};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = FakeApi::with_node(NODE);
+    api.claims.insert(
+        "default/claim-cpus".into(),
+        json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"namespace": "default", "name": "claim-cpus", "uid": "cpus"},
+            "spec": {"devices": {"requests": []}},
+            "status": {
+                "allocation": {"devices": {"results": [{
+                    "request": "cpus", "driver": "hal.dra.dev", "pool": NODE,
+                    "device": "cpus-numa-1", "shareID": "share-1",
+                    "consumedCapacity": {"cpu": "2"}}]}},
+                "reservedFor": [{"resource": "pods", "name": "worker", "uid": "uid-worker"}]
+            }
+        }),
+    );
+    let state = Arc::new(Mutex::new(api));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    tokio::spawn(FakeApi::serve_http(state.clone(), listener));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(api_port)).unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+
+    let kubelet = dir.path().join("kubelet");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
+        .args([
+            "--fixture",
+            "xeon",
+            "--node-name",
+            NODE,
+            "--metrics-address",
+            "",
+        ])
+        .args(["--reserved-cpus", "0,112", "--nri", "--nri-index", "05"])
+        .arg("--nri-socket")
+        .arg(&socket)
+        .arg("--kubelet-root-dir")
+        .arg(&kubelet)
+        .arg("--cdi-root")
+        .arg(dir.path().join("cdi"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let (mut conn, _) = runtime.accept().await.unwrap();
+    assert_eq!(conn.registered, ("dra-hal".to_owned(), "05".to_owned()));
+    let other = pod("sandbox-web", "uid-web");
+    conn.synchronize(
+        vec![other.clone()],
+        vec![container("web", &other, &[], "")],
+        10,
+    )
+    .await
+    .unwrap();
+    // Every online CPU but the reserved ones.
+    assert_eq!(conn.cpus("web").unwrap(), "1-111,113-223");
+
+    let dra = kubelet.join("plugins/hal.dra.dev/dra.sock");
+    wait_for("the DRA socket", || dra.exists(), &mut child).await;
+    let mut dra_client = DraPluginClient::new(channel(&dra).await);
+    let response = dra_client
+        .node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![claim_ref("cpus")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.claims["cpus"].error.is_empty(), "{response:?}");
+    let spec = dir.path().join("cdi/hal.dra.dev-device_cpus.json");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spec).unwrap()).unwrap();
+    let env: Vec<String> = spec["devices"][0]["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    let cpuset = env
+        .iter()
+        .find_map(|e| e.strip_prefix("DRA_CPUSET_cpus="))
+        .unwrap()
+        .to_owned();
+    assert!(
+        conn.next_unsolicited(Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    let pool = conn.cpus("web").unwrap();
+    let pool = hal::CpuSet::from_cpulist(&pool).unwrap();
+    let claimed = hal::CpuSet::from_cpulist(&cpuset).unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(
+        pool.intersection(&claimed).is_empty(),
+        "{pool} and {claimed}"
+    );
+    assert_eq!(pool.len(), 222 - 2);
+
+    let worker = pod("sandbox-worker", "uid-worker");
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    conn.create(&worker, container("worker", &worker, &env, ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("worker").unwrap(), cpuset);
+
+    terminate(&child);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("registered with the NRI runtime"),
+        "{stderr}"
+    );
 }
 
 /// SIGTERM, as the kubelet stops a pod.

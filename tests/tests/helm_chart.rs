@@ -254,6 +254,21 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
             assert_eq!(decoded.pfs.len(), 1);
             assert!(args.contains(&"--vf-policy=/etc/dra-hal/vf-policy.json"));
         }
+        // NRI on: the flags, and the socket's directory mounted where the flag points.
+        let nri = args.contains(&"--nri");
+        assert_eq!(nri, variant == "privileged", "{variant}: {args:?}");
+        if nri {
+            assert!(
+                args.contains(&"--nri-socket=/var/run/nri/nri.sock"),
+                "{args:?}"
+            );
+            assert!(args.contains(&"--nri-index=10"), "{args:?}");
+            let mounts = container["volumeMounts"].as_array().unwrap();
+            assert!(
+                mounts.iter().any(|m| m["mountPath"] == "/var/run/nri"),
+                "{mounts:?}"
+            );
+        }
     }
     assert_eq!(validated, (13 + 5 + 13) * VERSIONS.len());
 

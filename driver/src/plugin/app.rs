@@ -95,6 +95,26 @@ pub struct PluginArgs {
     /// whenever the file changes, to PFs none of whose VFs is prepared.
     #[arg(long, env = "VF_POLICY", value_name = "FILE")]
     pub vf_policy: Option<PathBuf>,
+
+    /// Run the NRI plugin: pin each container carrying a claim's cpuset to it and confine every other
+    /// container to the shared CPU pool, through the runtime's NRI socket (containerd 1.7+ or CRI-O
+    /// 1.26+, with NRI enabled; see docs/nri.md). The kubelet's cpuManagerPolicy must be `none`.
+    #[arg(long)]
+    pub nri: bool,
+
+    /// The runtime's NRI socket.
+    #[arg(
+        long,
+        env = "NRI_SOCKET",
+        value_name = "PATH",
+        default_value = "/var/run/nri/nri.sock"
+    )]
+    pub nri_socket: PathBuf,
+
+    /// The NRI plugin index: two digits; the runtime calls plugins in ascending order.
+    #[arg(long, env = "NRI_INDEX", value_name = "NN", default_value = "10",
+          value_parser = crate::nri::plugin::parse_index)]
+    pub nri_index: String,
 }
 
 /// Starts logging (`RUST_LOG` filters, default `info`).
@@ -195,6 +215,7 @@ pub async fn run(
             sockets.plugin_dir().display()
         )
     })?;
+    let cpu_claims = preparer.cpu_claims();
     let metrics = Arc::new(Metrics::default());
     let handler = Arc::new(Metered::new(preparer, metrics.clone()));
 
@@ -232,6 +253,33 @@ pub async fn run(
             changed.clone(),
             stopped.clone(),
         ));
+    }
+    if args.nri {
+        if inventory.read().map(|i| i.cpu.is_none()).unwrap_or(true) {
+            bail!(
+                "--nri: the CPU topology could not be read, so there is no shared pool to confine containers to"
+            );
+        }
+        let mut nri = crate::nri::plugin::NriConfig::new(&args.nri_socket);
+        nri.index = args.nri_index.clone();
+        let inventory = inventory.clone();
+        let reserved = config.reserved_cpus.clone();
+        // Online CPUs minus reserved ones, as the inventory has them now.
+        let allocatable = move || {
+            inventory
+                .read()
+                .ok()
+                .and_then(|i| {
+                    let cpu = i.cpu.as_ref()?;
+                    Some(crate::slices::devices::allocatable_cpus(cpu, &reserved))
+                })
+                .unwrap_or_default()
+        };
+        let source = crate::nri::plugin::CpuSource {
+            claims: cpu_claims,
+            allocatable: Arc::new(allocatable),
+        };
+        tasks.spawn(crate::nri::plugin::run(nri, source, stopped.clone()));
     }
     #[cfg(feature = "udev")]
     spawn_hotplug_watch(changed.clone());

@@ -55,6 +55,10 @@ pub struct ClaimRecord {
     /// before it existed serialize (and checksum) as they did.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rt: BTreeMap<String, Vec<super::rt::RtTask>>,
+    /// UIDs of the pods the claim was reserved for when prepared (`status.reservedFor`): the NRI plugin
+    /// pins only their containers to the claim's CPUs. Left out when empty, as `rt`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -222,6 +226,7 @@ mod tests {
             cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}),
             undo: BTreeMap::new(),
             rt: BTreeMap::new(),
+            pods: Vec::new(),
             cpus: BTreeMap::new(),
         }
     }

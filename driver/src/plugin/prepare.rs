@@ -20,6 +20,7 @@ use super::checkpoint::{CheckpointFile, ClaimRecord, Phase};
 use super::claims::{Allocated, allocated_devices};
 use super::cpus::{Placement, allocate};
 use crate::inventory::Inventory;
+use crate::nri::policy::ClaimCpus;
 use crate::slices::SliceConfig;
 use crate::slices::devices::{DeviceSource, devices_with_sources};
 
@@ -146,6 +147,7 @@ pub struct Preparer {
     inventory: Arc<RwLock<Inventory>>,
     state: tokio::sync::Mutex<BTreeMap<String, ClaimRecord>>,
     faults: Option<FaultHook>,
+    cpu_claims: tokio::sync::watch::Sender<BTreeMap<String, ClaimCpus>>,
 }
 
 impl Preparer {
@@ -180,6 +182,7 @@ impl Preparer {
         if loaded.discarded.is_some() || !started.is_empty() {
             config.checkpoint.store(&claims)?;
         }
+        let (cpu_claims, _) = tokio::sync::watch::channel(cpu_claims_of(&claims));
         Ok(Preparer {
             config,
             kind,
@@ -187,6 +190,7 @@ impl Preparer {
             inventory,
             state: tokio::sync::Mutex::new(claims),
             faults: None,
+            cpu_claims,
         })
     }
 
@@ -199,6 +203,11 @@ impl Preparer {
     /// The CDI kind of this driver's specs (`<driver>/device`).
     pub fn cdi_kind(&self) -> &str {
         &self.kind
+    }
+
+    /// The CPUs each claim holds, updated whenever the checkpoint is written (for the NRI plugin).
+    pub fn cpu_claims(&self) -> tokio::sync::watch::Receiver<BTreeMap<String, ClaimCpus>> {
+        self.cpu_claims.subscribe()
     }
 
     /// UIDs of the claims in the checkpoint, with their phase.
@@ -395,6 +404,7 @@ impl Preparer {
                 .collect(),
             cpus,
             rt,
+            pods: reserved_pods(&resource_claim),
         };
         // Recorded before the first write, with what undoes it: a crash at any point can be rolled back.
         state.insert(claim.uid.clone(), record.clone());
@@ -784,11 +794,21 @@ impl Preparer {
         undo_record(&self.config, &self.kind, record)
     }
 
+    /// Writes the checkpoint, then tells the NRI plugin when the claims' CPUs changed. CPUs count from
+    /// the moment a claim is recorded as started: they are reserved before any I/O.
     fn store(&self, state: &BTreeMap<String, ClaimRecord>) -> Result<(), String> {
-        self.config
+        let stored = self
+            .config
             .checkpoint
             .store(state)
-            .map_err(|e| format!("writing {}: {e}", self.config.checkpoint.path().display()))
+            .map_err(|e| format!("writing {}: {e}", self.config.checkpoint.path().display()));
+        let now = cpu_claims_of(state);
+        self.cpu_claims.send_if_modified(|old| {
+            let changed = *old != now;
+            *old = now;
+            changed
+        });
+        stored
     }
 
     fn fault(&self, step: Step) -> Result<(), String> {
@@ -830,6 +850,33 @@ impl Preparer {
         }
         results
     }
+}
+
+/// The CPUs of each claim that holds some, with the pods it is reserved for.
+fn cpu_claims_of(state: &BTreeMap<String, ClaimRecord>) -> BTreeMap<String, ClaimCpus> {
+    state
+        .iter()
+        .map(|(uid, r)| {
+            let cpus: hal::CpuSet = r.cpus.values().flat_map(hal::CpuSet::iter).collect();
+            (uid, cpus, &r.pods)
+        })
+        .filter(|(_, cpus, _)| !cpus.is_empty())
+        .map(|(uid, cpus, pods)| {
+            let pods = pods.clone();
+            (uid.clone(), ClaimCpus { cpus, pods })
+        })
+        .collect()
+}
+
+/// UIDs of the pods in the claim's `status.reservedFor`.
+fn reserved_pods(claim: &ResourceClaim) -> Vec<String> {
+    claim
+        .status
+        .iter()
+        .flat_map(|s| s.reserved_for.iter().flatten())
+        .filter(|r| r.resource == "pods" && r.api_group.as_deref().unwrap_or_default().is_empty())
+        .map(|r| r.uid.clone())
+        .collect()
 }
 
 /// Gives back what a claim changed: the original driver of every rebound function, then the CDI spec.

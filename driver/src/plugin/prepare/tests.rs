@@ -38,7 +38,8 @@ impl Claims {
         let claim: ResourceClaim = serde_json::from_value(json!({
             "metadata": {"namespace": "ns", "name": format!("claim-{uid}"), "uid": uid},
             "spec": {"devices": {"requests": []}},
-            "status": {"allocation": {"devices": {"results": results, "config": config}}}
+            "status": {"allocation": {"devices": {"results": results, "config": config}},
+                       "reservedFor": [{"resource": "pods", "name": format!("pod-{uid}"), "uid": format!("pod-{uid}")}]}
         }))
         .unwrap();
         self.0
@@ -1290,3 +1291,6 @@ async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart(
     let _restarted = s.preparer_with("boot-1", slices());
     assert_eq!(num_vfs(), 0);
 }
+
+/// The NRI plugin against the preparer: claims as they are prepared and unprepared.
+mod nri;

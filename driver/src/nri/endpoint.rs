@@ -1,0 +1,261 @@
+//! One side of an NRI socket: it serves the calls arriving on one mux connection and makes calls on the
+//! other. The plugin serves [`PLUGIN_CONN`](super::wire::PLUGIN_CONN) and calls on
+//! [`RUNTIME_CONN`](super::wire::RUNTIME_CONN); the test runtime does the opposite.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::ttrpc::{Request, Response, Status};
+use super::wire::{Demux, Kind, Message, encode, read_frame};
+
+/// gRPC status codes used in answers.
+pub mod code {
+    /// The call failed; the message says why.
+    pub const UNKNOWN: i32 = 2;
+    /// The request could not be decoded.
+    pub const INVALID_ARGUMENT: i32 = 3;
+    /// Refused: the state does not allow it (an empty shared pool, a claim of another pod).
+    pub const FAILED_PRECONDITION: i32 = 9;
+    /// No such service or method.
+    pub const UNIMPLEMENTED: i32 = 12;
+}
+
+/// A call that arrived.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The ttrpc stream to answer on.
+    pub stream: u32,
+    /// Service, method and payload.
+    pub request: Request,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The socket is gone.
+    #[error("the NRI connection is closed")]
+    Closed,
+    /// No answer in time.
+    #[error("no answer to {0} within {1:?}")]
+    Timeout(String, Duration),
+    /// The other side answered with an error status.
+    #[error("{method} failed (code {code}): {message}")]
+    Status {
+        /// The method called.
+        method: String,
+        /// gRPC code.
+        code: i32,
+        /// The other side's message.
+        message: String,
+    },
+    /// Bytes that are not the expected message.
+    #[error("{0}")]
+    Decode(String),
+    /// Writing failed.
+    #[error("writing to the NRI socket: {0}")]
+    Io(String),
+}
+
+type Pending = Arc<Mutex<BTreeMap<u32, oneshot::Sender<Response>>>>;
+
+/// The writing half and the calls waiting for answers; the reading half runs in a task of its own.
+#[derive(Clone)]
+pub struct Endpoint {
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    pending: Pending,
+    next_stream: Arc<AtomicU32>,
+    serve_conn: u32,
+    call_conn: u32,
+}
+
+impl Endpoint {
+    /// Starts reading `socket`. Calls arriving on `serve_conn` come out of the receiver, which ends when
+    /// the socket closes or breaks (calls still waiting then fail with [`CallError::Closed`]). Calls
+    /// made with [`Endpoint::call`] go out on `call_conn`.
+    pub fn start(
+        socket: UnixStream,
+        serve_conn: u32,
+        call_conn: u32,
+    ) -> (Endpoint, mpsc::Receiver<Incoming>) {
+        let (mut reader, writer) = socket.into_split();
+        let pending: Pending = Arc::default();
+        let (tx, rx) = mpsc::channel(64);
+        let endpoint = Endpoint {
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            pending: pending.clone(),
+            next_stream: Arc::new(AtomicU32::new(1)),
+            serve_conn,
+            call_conn,
+        };
+        tokio::spawn(async move {
+            let mut demux = Demux::default();
+            let reason = loop {
+                let (conn, payload) = match read_frame(&mut reader).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break "closed by the other side".to_owned(),
+                    Err(e) => break e.to_string(),
+                };
+                let messages = match demux.push(conn, &payload) {
+                    Ok(messages) => messages,
+                    Err(e) => break e.to_string(),
+                };
+                for message in messages {
+                    dispatch(message, serve_conn, call_conn, &pending, &tx).await;
+                }
+            };
+            tracing::debug!(%reason, "NRI connection ended");
+            // Dropping the senders fails every waiting call.
+            if let Ok(mut pending) = pending.lock() {
+                pending.clear();
+            }
+        });
+        (endpoint, rx)
+    }
+
+    /// Calls `service`/`method` with `request` and decodes the answer as `R`.
+    pub async fn call<R: prost::Message + Default>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &impl prost::Message,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let stream = self.next_stream.fetch_add(2, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| CallError::Closed)?
+            .insert(stream, tx);
+        let envelope = Request {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            payload: request.encode_to_vec(),
+            timeout_nano: i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX),
+            metadata: Vec::new(),
+        };
+        let sent = self
+            .send(Message {
+                conn: self.call_conn,
+                stream,
+                kind: Kind::Request,
+                flags: 0,
+                data: envelope.encode_to_vec(),
+            })
+            .await;
+        let forget = |pending: &Pending| {
+            if let Ok(mut p) = pending.lock() {
+                p.remove(&stream);
+            }
+        };
+        if let Err(e) = sent {
+            forget(&self.pending);
+            return Err(e);
+        }
+        let response = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => return Err(CallError::Closed),
+            Err(_) => {
+                forget(&self.pending);
+                return Err(CallError::Timeout(method.to_owned(), timeout));
+            }
+        };
+        if let Some(status) = response.status.filter(|s| s.code != 0) {
+            return Err(CallError::Status {
+                method: method.to_owned(),
+                code: status.code,
+                message: status.message,
+            });
+        }
+        R::decode(response.payload.as_slice())
+            .map_err(|e| CallError::Decode(format!("the answer to {method}: {e}")))
+    }
+
+    /// Answers the call on `stream` with a message, or with an error status.
+    pub async fn answer(
+        &self,
+        stream: u32,
+        result: Result<Vec<u8>, Status>,
+    ) -> Result<(), CallError> {
+        let response = match result {
+            Ok(payload) => Response {
+                status: None,
+                payload,
+            },
+            Err(status) => Response {
+                status: Some(status),
+                payload: Vec::new(),
+            },
+        };
+        self.send(Message {
+            conn: self.serve_conn,
+            stream,
+            kind: Kind::Response,
+            flags: 0,
+            data: response.encode_to_vec(),
+        })
+        .await
+    }
+
+    async fn send(&self, message: Message) -> Result<(), CallError> {
+        let bytes = encode(&message).map_err(|e| CallError::Io(e.to_string()))?;
+        let mut writer = self.writer.lock().await;
+        writer
+            .write_all(&bytes)
+            .await
+            .map_err(|e| CallError::Io(e.to_string()))
+    }
+
+    /// Closes the writing half: the other side sees the socket end.
+    pub async fn close(&self) {
+        let _ = self.writer.lock().await.shutdown().await;
+    }
+}
+
+/// Routes a message: answers to our calls to their waiter, calls to the receiver, the rest is dropped.
+async fn dispatch(
+    message: Message,
+    serve_conn: u32,
+    call_conn: u32,
+    pending: &Pending,
+    incoming: &mpsc::Sender<Incoming>,
+) {
+    match message.kind {
+        Kind::Response if message.conn == call_conn => {
+            let waiter = pending
+                .lock()
+                .ok()
+                .and_then(|mut p| p.remove(&message.stream));
+            match (waiter, Response::decode(message.data.as_slice())) {
+                (Some(waiter), Ok(response)) => {
+                    let _ = waiter.send(response);
+                }
+                (Some(_), Err(error)) => {
+                    tracing::warn!(%error, "an undecodable answer from the NRI runtime");
+                }
+                (None, _) => tracing::debug!(stream = message.stream, "an answer nobody waits for"),
+            }
+        }
+        Kind::Request if message.conn == serve_conn => {
+            match Request::decode(message.data.as_slice()) {
+                Ok(request) => {
+                    let _ = incoming
+                        .send(Incoming {
+                            stream: message.stream,
+                            request,
+                        })
+                        .await;
+                }
+                Err(error) => tracing::warn!(%error, "an undecodable NRI request"),
+            }
+        }
+        kind => tracing::debug!(?kind, conn = message.conn, "ignored ttrpc message"),
+    }
+}

@@ -1,0 +1,267 @@
+//! Which CPUs each container may run on, apart from the protocol.
+//!
+//! A container carrying `DRA_CPUSET_<claimUID>=<cpuset>` (the env the claim's CDI spec gives it) runs
+//! on its claims' CPUs; every other container runs on the shared pool: the allocatable CPUs (online,
+//! not reserved) minus every CPU a prepared claim holds. The claim is trusted only as the checkpoint
+//! records it: its UID must be prepared here, its CPUs must be the recorded ones, and the pod must be
+//! one the claim is reserved for. Anything else, or an empty shared pool, refuses the container
+//! (fails closed) rather than letting it run unconfined or on another claim's CPUs.
+
+use std::collections::BTreeMap;
+
+use hal::CpuSet;
+
+/// The prefix of the env variable that names a claim's CPUs.
+pub const ENV_PREFIX: &str = "DRA_CPUSET_";
+
+/// The CPUs of one prepared claim.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClaimCpus {
+    /// The claim's exclusive CPUs.
+    pub cpus: CpuSet,
+    /// UIDs of the pods the claim is reserved for (`status.reservedFor`); empty: not recorded (a
+    /// checkpoint written before this field), any pod.
+    pub pods: Vec<String>,
+}
+
+/// The node's CPUs and the prepared claims, by claim UID.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Online CPUs that are not reserved.
+    pub allocatable: CpuSet,
+    /// Claims with CPUs.
+    pub claims: BTreeMap<String, ClaimCpus>,
+}
+
+impl Snapshot {
+    /// Every CPU a claim holds.
+    pub fn exclusive(&self) -> CpuSet {
+        self.claims.values().flat_map(|c| c.cpus.iter()).collect()
+    }
+
+    /// What containers without a claim run on.
+    pub fn shared_pool(&self) -> CpuSet {
+        self.allocatable.difference(&self.exclusive())
+    }
+}
+
+/// Where a container belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On its claims' CPUs.
+    Exclusive(Vec<String>),
+    /// On the shared pool.
+    Shared,
+}
+
+/// The claims a container's env names, checked against the snapshot.
+pub fn classify(snapshot: &Snapshot, pod_uid: &str, env: &[String]) -> Result<Placement, String> {
+    let mut claims = Vec::new();
+    for entry in env {
+        let Some(rest) = entry.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let (uid, value) = rest
+            .split_once('=')
+            .ok_or_else(|| format!("{ENV_PREFIX}{rest}: no value"))?;
+        let asked = CpuSet::from_cpulist(value)
+            .map_err(|e| format!("{ENV_PREFIX}{uid}={value}: not a cpulist: {e}"))?;
+        let claim = snapshot.claims.get(uid).ok_or_else(|| {
+            format!("{ENV_PREFIX}{uid}: no claim with this UID is prepared on this node")
+        })?;
+        if asked != claim.cpus {
+            return Err(format!(
+                "{ENV_PREFIX}{uid}={value}: the claim holds CPUs {}",
+                claim.cpus
+            ));
+        }
+        if !claim.pods.is_empty() && !claim.pods.iter().any(|p| p == pod_uid) {
+            return Err(format!(
+                "claim {uid} is reserved for pod(s) {}, not for pod {pod_uid}",
+                claim.pods.join(", ")
+            ));
+        }
+        if !claims.contains(&uid.to_owned()) {
+            claims.push(uid.to_owned());
+        }
+    }
+    Ok(match claims.is_empty() {
+        true => Placement::Shared,
+        false => Placement::Exclusive(claims),
+    })
+}
+
+/// A container the policy manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    /// Its pod's UID.
+    pub pod_uid: String,
+    /// Exclusive or shared.
+    pub placement: Placement,
+    /// The CPUs it runs on now, as far as this plugin knows (`None`: unknown or unconfined).
+    pub cpus: Option<CpuSet>,
+}
+
+/// An update to send: the container and its new CPUs.
+pub type Update = (String, CpuSet);
+
+/// The containers and the CPUs they should run on.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    snapshot: Snapshot,
+    containers: BTreeMap<String, Tracked>,
+}
+
+impl Policy {
+    /// A policy over `snapshot`, with no containers yet.
+    pub fn new(snapshot: Snapshot) -> Policy {
+        Policy {
+            snapshot,
+            containers: BTreeMap::new(),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The containers tracked, by id.
+    pub fn containers(&self) -> &BTreeMap<String, Tracked> {
+        &self.containers
+    }
+
+    /// The CPUs a placement stands for now; empty when it cannot be honoured (an empty pool).
+    fn cpus_for(&self, placement: &Placement) -> CpuSet {
+        match placement {
+            Placement::Exclusive(claims) => {
+                let held: CpuSet = claims
+                    .iter()
+                    .filter_map(|uid| self.snapshot.claims.get(uid))
+                    .flat_map(|c| c.cpus.iter())
+                    .collect();
+                // Claims unprepared under a running container: it joins the shared pool.
+                match held.is_empty() {
+                    true => self.snapshot.shared_pool(),
+                    false => held,
+                }
+            }
+            Placement::Shared => self.snapshot.shared_pool(),
+        }
+    }
+
+    /// A container being created: the CPUs to give it, and the updates other containers need.
+    pub fn create(
+        &mut self,
+        id: &str,
+        name: &str,
+        pod_uid: &str,
+        env: &[String],
+    ) -> Result<(CpuSet, Vec<Update>), String> {
+        let placement =
+            classify(&self.snapshot, pod_uid, env).map_err(|e| format!("container {name}: {e}"))?;
+        let cpus = self.cpus_for(&placement);
+        if cpus.is_empty() {
+            return Err(format!(
+                "container {name}: the shared CPU pool is empty (allocatable {}, held by claims {}); \
+                 refusing to run it unconfined",
+                self.snapshot.allocatable,
+                self.snapshot.exclusive()
+            ));
+        }
+        let updates = self.rebalance();
+        self.containers.insert(
+            id.to_owned(),
+            Tracked {
+                pod_uid: pod_uid.to_owned(),
+                placement,
+                cpus: Some(cpus.clone()),
+            },
+        );
+        Ok((cpus, updates))
+    }
+
+    /// A container's resources being updated by the runtime (the kubelet): its CPUs stay ours.
+    pub fn update(&self, id: &str) -> Option<Update> {
+        let tracked = self.containers.get(id)?;
+        let cpus = self.cpus_for(&tracked.placement);
+        (!cpus.is_empty()).then(|| (id.to_owned(), cpus))
+    }
+
+    /// A container stopped or removed.
+    pub fn forget(&mut self, id: &str) {
+        self.containers.remove(id);
+    }
+
+    /// The runtime's containers, all of them (at `Synchronize`): the table is rebuilt from them, and
+    /// each one whose CPUs differ from its placement is updated. A container whose claim no longer
+    /// checks out (unprepared while it ran) joins the shared pool, with a warning.
+    pub fn synchronize(&mut self, containers: Vec<SyncedContainer>) -> Vec<Update> {
+        self.containers.clear();
+        for c in containers {
+            let placement = classify(&self.snapshot, &c.pod_uid, &c.env).unwrap_or_else(|error| {
+                tracing::warn!(container = %c.name, %error, "running on the shared pool instead");
+                Placement::Shared
+            });
+            self.containers.insert(
+                c.id,
+                Tracked {
+                    pod_uid: c.pod_uid,
+                    placement,
+                    cpus: c.cpus,
+                },
+            );
+        }
+        self.rebalance()
+    }
+
+    /// New claims: the updates that move containers to the new pool (never to an empty one).
+    pub fn set_snapshot(&mut self, snapshot: Snapshot) -> Vec<Update> {
+        self.snapshot = snapshot;
+        self.rebalance()
+    }
+
+    /// Updates for every container not on the CPUs of its placement. An empty target is skipped with
+    /// a warning: an empty cpuset means "no change" to a runtime, never "no CPU".
+    fn rebalance(&mut self) -> Vec<Update> {
+        let mut updates = Vec::new();
+        let targets: Vec<(String, CpuSet)> = self
+            .containers
+            .iter()
+            .map(|(id, t)| (id.clone(), self.cpus_for(&t.placement)))
+            .collect();
+        for (id, target) in targets {
+            let Some(tracked) = self.containers.get_mut(&id) else {
+                continue;
+            };
+            if target.is_empty() {
+                tracing::warn!(container = %id, "the shared CPU pool is empty; container left as it is");
+                continue;
+            }
+            if tracked.cpus.as_ref() != Some(&target) {
+                tracked.cpus = Some(target.clone());
+                updates.push((id, target));
+            }
+        }
+        updates
+    }
+}
+
+/// A container as the runtime reports it at `Synchronize`.
+#[derive(Debug, Clone)]
+pub struct SyncedContainer {
+    /// Container id.
+    pub id: String,
+    /// Container name (for messages).
+    pub name: String,
+    /// Its pod's UID.
+    pub pod_uid: String,
+    /// Its env.
+    pub env: Vec<String>,
+    /// The CPUs it runs on (`None`: not set, or not a cpulist).
+    pub cpus: Option<CpuSet>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;

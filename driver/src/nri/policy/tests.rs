@@ -1,0 +1,235 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn set(list: &str) -> CpuSet {
+    CpuSet::from_cpulist(list).unwrap()
+}
+
+fn snapshot(allocatable: &str, claims: &[(&str, &str, &[&str])]) -> Snapshot {
+    Snapshot {
+        allocatable: set(allocatable),
+        claims: claims
+            .iter()
+            .map(|(uid, cpus, pods)| {
+                (
+                    (*uid).to_owned(),
+                    ClaimCpus {
+                        cpus: set(cpus),
+                        pods: pods.iter().map(|p| (*p).to_owned()).collect(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn env(entries: &[&str]) -> Vec<String> {
+    entries.iter().map(|e| (*e).to_owned()).collect()
+}
+
+#[test]
+fn the_shared_pool_is_allocatable_minus_every_claimed_cpu() {
+    let s = snapshot("2-15", &[("a", "4-5", &[]), ("b", "8,9", &[])]);
+    assert_eq!(s.exclusive(), set("4-5,8-9"));
+    assert_eq!(s.shared_pool(), set("2-3,6-7,10-15"));
+}
+
+#[test]
+fn a_container_with_its_claims_env_is_exclusive_and_the_others_shared() {
+    let s = snapshot("0-7", &[("a", "2-3", &["pod-1"]), ("b", "6", &[])]);
+    assert_eq!(
+        classify(&s, "pod-1", &env(&["PATH=/bin"])),
+        Ok(Placement::Shared)
+    );
+    assert_eq!(
+        classify(&s, "pod-1", &env(&["DRA_CPUSET_a=2-3", "DRA_CPUSET_b=6"])),
+        Ok(Placement::Exclusive(vec!["a".into(), "b".into()]))
+    );
+}
+
+#[test]
+fn forged_stale_or_malformed_claim_envs_are_refused_with_the_reason() {
+    let s = snapshot("0-7", &[("a", "2-3", &["pod-1"])]);
+    let refused = |pod: &str, e: &str| classify(&s, pod, &env(&[e])).unwrap_err();
+    assert!(
+        refused("pod-2", "DRA_CPUSET_a=2-3")
+            .contains("reserved for pod(s) pod-1, not for pod pod-2")
+    );
+    assert!(refused("pod-1", "DRA_CPUSET_zz=2-3").contains("no claim with this UID is prepared"));
+    assert!(refused("pod-1", "DRA_CPUSET_a=0-7").contains("the claim holds CPUs 2-3"));
+    assert!(refused("pod-1", "DRA_CPUSET_a=two").contains("not a cpulist"));
+    assert!(refused("pod-1", "DRA_CPUSET_a").contains("no value"));
+}
+
+#[test]
+fn creating_an_exclusive_container_moves_shared_ones_off_its_cpus() {
+    let mut policy = Policy::new(snapshot("0-7", &[]));
+    let (cpus, updates) = policy.create("shared", "s", "pod-0", &[]).unwrap();
+    assert_eq!((cpus, updates), (set("0-7"), vec![]));
+    // A claim is prepared: the pool shrinks for the containers already there.
+    let updates = policy.set_snapshot(snapshot("0-7", &[("a", "0-1", &["pod-1"])]));
+    assert_eq!(updates, vec![("shared".to_owned(), set("2-7"))]);
+    let (cpus, updates) = policy
+        .create("pinned", "p", "pod-1", &env(&["DRA_CPUSET_a=0-1"]))
+        .unwrap();
+    assert_eq!(cpus, set("0-1"));
+    assert!(updates.is_empty(), "the shared container was already moved");
+    // The claim goes: the pool grows, and its container (still running) joins the pool.
+    let updates = policy.set_snapshot(snapshot("0-7", &[]));
+    assert_eq!(
+        updates,
+        vec![
+            ("pinned".to_owned(), set("0-7")),
+            ("shared".to_owned(), set("0-7"))
+        ]
+    );
+}
+
+#[test]
+fn an_empty_shared_pool_fails_closed_and_is_never_sent_as_an_update() {
+    let mut policy = Policy::new(snapshot("0-3", &[("a", "0-1", &[])]));
+    policy.create("shared", "s", "pod-0", &[]).unwrap();
+    let updates = policy.set_snapshot(snapshot("0-3", &[("a", "0-1", &[]), ("b", "2-3", &[])]));
+    assert!(updates.is_empty(), "{updates:?}");
+    let error = policy.create("late", "late", "pod-9", &[]).unwrap_err();
+    assert!(error.contains("the shared CPU pool is empty"), "{error}");
+    assert!(!policy.containers().contains_key("late"));
+    // An exclusive container still starts.
+    let (cpus, _) = policy
+        .create("b1", "b", "pod-2", &env(&["DRA_CPUSET_b=2-3"]))
+        .unwrap();
+    assert_eq!(cpus, set("2-3"));
+}
+
+#[test]
+fn synchronize_rebuilds_the_table_and_updates_only_what_differs() {
+    let mut policy = Policy::new(snapshot("0-7", &[("a", "6-7", &["pod-1"])]));
+    policy.create("gone", "g", "pod-0", &[]).unwrap();
+    let updates = policy.synchronize(vec![
+        SyncedContainer {
+            id: "ok".into(),
+            name: "ok".into(),
+            pod_uid: "pod-0".into(),
+            env: vec![],
+            cpus: Some(set("0-5")),
+        },
+        SyncedContainer {
+            id: "wide".into(),
+            name: "wide".into(),
+            pod_uid: "pod-0".into(),
+            env: vec![],
+            cpus: None,
+        },
+        SyncedContainer {
+            id: "mine".into(),
+            name: "mine".into(),
+            pod_uid: "pod-1".into(),
+            env: env(&["DRA_CPUSET_a=6-7"]),
+            cpus: Some(set("0-7")),
+        },
+        SyncedContainer {
+            id: "forged".into(),
+            name: "forged".into(),
+            pod_uid: "pod-2".into(),
+            env: env(&["DRA_CPUSET_a=6-7"]),
+            cpus: Some(set("6-7")),
+        },
+    ]);
+    assert_eq!(
+        updates,
+        vec![
+            ("forged".to_owned(), set("0-5")),
+            ("mine".to_owned(), set("6-7")),
+            ("wide".to_owned(), set("0-5")),
+        ]
+    );
+    assert!(!policy.containers().contains_key("gone"));
+    assert_eq!(policy.update("mine"), Some(("mine".to_owned(), set("6-7"))));
+    policy.forget("mine");
+    assert_eq!(policy.update("mine"), None);
+}
+
+proptest! {
+    /// Whatever the claims and containers, every container runs on a non-empty set of allocatable
+    /// CPUs; shared containers never touch a claimed CPU, and an exclusive container only its own.
+    #[test]
+    fn no_container_ever_runs_on_a_cpu_it_may_not_use(
+        reserved in proptest::collection::btree_set(0u32..16, 0..4),
+        steps in proptest::collection::vec((0u8..4, 0u32..16, 1u32..4, 0usize..6), 1..40),
+    ) {
+        let allocatable: CpuSet = (0..16).filter(|c| !reserved.contains(c)).collect();
+        let mut claims: BTreeMap<String, ClaimCpus> = BTreeMap::new();
+        let mut policy = Policy::new(Snapshot { allocatable: allocatable.clone(), claims: claims.clone() });
+        let mut runtime: BTreeMap<String, CpuSet> = BTreeMap::new();
+        let mut next = 0;
+        for (op, first, len, pick) in steps {
+            match op {
+                // Prepare a claim on free allocatable CPUs.
+                0 => {
+                    let taken: CpuSet = claims.values().flat_map(|c| c.cpus.iter()).collect();
+                    let cpus: CpuSet = (first..first + len)
+                        .filter(|c| allocatable.contains(*c) && !taken.contains(*c))
+                        .collect();
+                    if !cpus.is_empty() {
+                        claims.insert(format!("c{next}"), ClaimCpus { cpus, pods: vec![format!("p{next}")] });
+                        next += 1;
+                    }
+                    for (id, cpus) in policy.set_snapshot(Snapshot { allocatable: allocatable.clone(), claims: claims.clone() }) {
+                        runtime.insert(id, cpus);
+                    }
+                }
+                // Unprepare one.
+                1 => {
+                    if let Some(uid) = claims.keys().nth(pick).cloned() {
+                        claims.remove(&uid);
+                    }
+                    for (id, cpus) in policy.set_snapshot(Snapshot { allocatable: allocatable.clone(), claims: claims.clone() }) {
+                        runtime.insert(id, cpus);
+                    }
+                }
+                // Start a container, with a claim or not.
+                2 => {
+                    let id = format!("k{next}");
+                    next += 1;
+                    let claim = claims.iter().nth(pick).map(|(uid, c)| (uid.clone(), c.clone()));
+                    let (pod, env) = match &claim {
+                        Some((uid, c)) if pick % 2 == 0 => (c.pods[0].clone(), vec![format!("DRA_CPUSET_{uid}={}", c.cpus)]),
+                        _ => ("shared-pod".to_owned(), vec![]),
+                    };
+                    if let Ok((cpus, updates)) = policy.create(&id, &id, &pod, &env) {
+                        runtime.insert(id, cpus);
+                        for (id, cpus) in updates {
+                            runtime.insert(id, cpus);
+                        }
+                    }
+                }
+                // Stop one.
+                _ => {
+                    if let Some(id) = runtime.keys().nth(pick).cloned() {
+                        runtime.remove(&id);
+                        policy.forget(&id);
+                    }
+                }
+            }
+            let exclusive: CpuSet = claims.values().flat_map(|c| c.cpus.iter()).collect();
+            let pool = allocatable.difference(&exclusive);
+            for (id, cpus) in &runtime {
+                prop_assert!(!cpus.is_empty());
+                prop_assert!(cpus.is_subset(&allocatable), "{id} on {cpus}, reserved {reserved:?}");
+                match &policy.containers()[id].placement {
+                    Placement::Shared if !pool.is_empty() => prop_assert_eq!(cpus, &pool),
+                    Placement::Exclusive(uids) => {
+                        let own: CpuSet = uids.iter().filter_map(|u| claims.get(u)).flat_map(|c| c.cpus.iter()).collect();
+                        if !own.is_empty() {
+                            prop_assert_eq!(cpus, &own);
+                        } else if !pool.is_empty() {
+                            prop_assert_eq!(cpus, &pool);
+                        }
+                    }
+                    Placement::Shared => {}
+                }
+            }
+        }
+    }
+}

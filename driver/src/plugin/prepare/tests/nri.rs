@@ -1,0 +1,92 @@
+use std::time::Duration;
+
+use crate::nri::fake_runtime::{FakeRuntime, container, pod};
+use crate::nri::plugin::{CpuSource, NriConfig, run};
+
+use super::*;
+
+fn cpus(list: &str) -> hal::CpuSet {
+    hal::CpuSet::from_cpulist(list).unwrap()
+}
+
+#[tokio::test]
+async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_containers() {
+    let s = Setup::on("xeon");
+    let preparer = s.preparer("boot-1");
+    let online = s.inventory.read().unwrap().cpu.as_ref().unwrap().online();
+    let socket = s.dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let source = CpuSource {
+        claims: preparer.cpu_claims(),
+        allocatable: Arc::new(move || online.clone()),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let plugin = tokio::spawn(run(NriConfig::new(&socket), source, stopped));
+    let (mut conn, _) = runtime.accept().await.unwrap();
+
+    // A container that was running before: confined to the whole pool, every online CPU of the node.
+    let other = pod("sandbox-0", "pod-other");
+    let shared = container("shared", &other, &[], "");
+    conn.synchronize(vec![other.clone()], vec![shared], 10)
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("shared").unwrap(), "0-223");
+
+    // A claim is prepared: the checkpoint's CPUs leave the pool at once, before its container starts.
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    preparer.prepare(vec![reference("a")]).await["a"]
+        .clone()
+        .unwrap();
+    let update = conn.next_unsolicited(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(update.update.len(), 1);
+    assert_eq!(conn.cpus("shared").unwrap(), "2-111,114-223");
+
+    // Its container, with the env of the claim's CDI spec, runs on exactly the claim's CPUs.
+    let owner = pod("sandbox-a", "pod-a");
+    let env = env_of(&s.spec("a"));
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    conn.create(&owner, container("pinned", &owner, &env, ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("pinned").unwrap(), "0-1,112-113");
+
+    // Another pod naming the same claim is refused, with the reason.
+    let thief = pod("sandbox-t", "pod-thief");
+    let error = conn
+        .create(&thief, container("stolen", &thief, &env, ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("reserved for pod(s) pod-a, not for pod pod-thief"),
+        "{error}"
+    );
+    assert_eq!(conn.cpus("stolen"), None);
+
+    // Unprepared: the CPUs go back to the pool, for every container.
+    preparer.unprepare(vec![reference("a")]).await;
+    conn.next_unsolicited(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(conn.cpus("shared").unwrap(), "0-223");
+    assert_eq!(conn.cpus("pinned").unwrap(), "0-223");
+    let _ = stop.send(true);
+    plugin.await.unwrap();
+}
+
+#[tokio::test]
+async fn claim_cpus_are_published_from_the_moment_they_are_reserved_until_unprepare() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 2, json!([]));
+    let preparer = s.preparer("boot-1");
+    let claims = preparer.cpu_claims();
+    assert!(claims.borrow().is_empty());
+    preparer.prepare(vec![reference("a")]).await;
+    let published = claims.borrow().get("a").cloned().unwrap();
+    assert_eq!(published.cpus, cpus("0,112"));
+    assert_eq!(published.pods, vec!["pod-a".to_owned()]);
+    // A restart publishes what the checkpoint holds.
+    drop(preparer);
+    let restarted = s.preparer("boot-1");
+    assert_eq!(restarted.cpu_claims().borrow().get("a"), Some(&published));
+    restarted.unprepare(vec![reference("a")]).await;
+    assert!(restarted.cpu_claims().borrow().is_empty());
+}

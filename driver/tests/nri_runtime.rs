@@ -1,0 +1,280 @@
+//! The NRI plugin against a runtime that speaks NRI's mux and ttrpc over a Unix socket
+//! (`driver::nri::fake_runtime`): registration, configuration, synchronization in chunks, pinning,
+//! fail-closed refusals, resource updates, and reconnection after a runtime restart.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use driver::nri::endpoint::{CallError, code};
+use driver::nri::fake_runtime::{FakeRuntime, container, pod};
+use driver::nri::plugin::{CpuSource, NriConfig, event, run};
+use driver::nri::policy::ClaimCpus;
+use driver::nri::proto::api;
+use hal::CpuSet;
+use tokio::sync::watch;
+
+fn set(list: &str) -> CpuSet {
+    CpuSet::from_cpulist(list).unwrap()
+}
+
+struct Node {
+    claims: watch::Sender<BTreeMap<String, ClaimCpus>>,
+    stop: watch::Sender<bool>,
+    plugin: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the plugin on `socket` with 8 allocatable CPUs (0-7) and the given claims.
+fn start(socket: &Path, claims: &[(&str, &str, &str)]) -> Node {
+    let claims: BTreeMap<String, ClaimCpus> = claims
+        .iter()
+        .map(|(uid, cpus, pod)| {
+            let claim = ClaimCpus {
+                cpus: set(cpus),
+                pods: vec![(*pod).to_owned()],
+            };
+            ((*uid).to_owned(), claim)
+        })
+        .collect();
+    let (claims, rx) = watch::channel(claims);
+    let source = CpuSource {
+        claims: rx,
+        allocatable: Arc::new(|| set("0-7")),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let mut config = NriConfig::new(socket);
+    config.index = "07".into();
+    let plugin = tokio::spawn(run(config, source, stopped));
+    Node {
+        claims,
+        stop,
+        plugin,
+    }
+}
+
+#[tokio::test]
+async fn the_plugin_registers_and_subscribes_to_the_container_events_it_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[]);
+    let (conn, configured) = runtime.accept().await.unwrap();
+    assert_eq!(conn.registered, ("dra-hal".to_owned(), "07".to_owned()));
+    // Bits event-1 of CreateContainer (4), UpdateContainer (8), StopContainer (10), RemoveContainer (11).
+    assert_eq!(
+        configured.events,
+        (1 << 3) | (1 << 7) | (1 << 9) | (1 << 10)
+    );
+    assert_eq!(
+        configured.events,
+        event::mask(&[
+            event::CREATE_CONTAINER,
+            event::UPDATE_CONTAINER,
+            event::STOP_CONTAINER,
+            event::REMOVE_CONTAINER
+        ])
+    );
+    let _ = node.stop.send(true);
+    node.plugin.await.unwrap();
+}
+
+#[tokio::test]
+async fn synchronize_in_chunks_pins_claim_containers_and_confines_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[("claim-a", "2-3", "uid-a")]);
+    let (conn, _) = runtime.accept().await.unwrap();
+    let (pa, pb) = (pod("sa", "uid-a"), pod("sb", "uid-b"));
+    let containers = vec![
+        container("a1", &pa, &["DRA_CPUSET_claim-a=2-3"], "0-7"),
+        container("a2", &pa, &["HOME=/"], ""),
+        container("b1", &pb, &[], "0-1,4-7"),
+        container("b2", &pb, &[], "0-7"),
+    ];
+    // One container per Synchronize call: the plugin answers "more" until the last.
+    let answer = conn.synchronize(vec![pa, pb], containers, 1).await.unwrap();
+    assert!(!answer.more);
+    let ids: Vec<&str> = answer
+        .update
+        .iter()
+        .map(|u| u.container_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a1", "a2", "b2"], "b1 already runs on the pool");
+    for (id, cpus) in [
+        ("a1", "2-3"),
+        ("a2", "0-1,4-7"),
+        ("b1", "0-1,4-7"),
+        ("b2", "0-1,4-7"),
+    ] {
+        assert_eq!(conn.cpus(id).unwrap(), cpus, "{id}");
+    }
+    let _ = node.stop.send(true);
+    node.plugin.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_shared_pool_or_a_bad_claim_env_fails_the_container_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[("big", "0-5", "uid-big")]);
+    let (mut conn, _) = runtime.accept().await.unwrap();
+    let p = pod("s1", "uid-1");
+    conn.synchronize(vec![p.clone()], vec![], 10).await.unwrap();
+    conn.create(&p, container("early", &p, &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("early").unwrap(), "6-7");
+
+    let refused = |e: CallError| match e {
+        CallError::Status { code, message, .. } => (code, message),
+        other => panic!("{other}"),
+    };
+    let (status, message) = refused(
+        conn.create(&p, container("bad", &p, &["DRA_CPUSET_big=0-1"], ""))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, code::FAILED_PRECONDITION);
+    assert!(
+        message.contains("container bad-name: DRA_CPUSET_big=0-1: the claim holds CPUs 0-5"),
+        "{message}"
+    );
+
+    // The last two CPUs are claimed: the pool is empty. Running containers are left where they are
+    // (an empty cpuset would mean "no change" to the runtime), new ones are refused.
+    node.claims.send_modify(|c| {
+        c.insert(
+            "last".into(),
+            ClaimCpus {
+                cpus: set("6-7"),
+                pods: vec![],
+            },
+        );
+    });
+    assert!(
+        conn.next_unsolicited(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    assert_eq!(conn.cpus("early").unwrap(), "6-7");
+    let (status, message) = refused(
+        conn.create(&p, container("late", &p, &[], ""))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, code::FAILED_PRECONDITION);
+    assert!(
+        message.contains("the shared CPU pool is empty"),
+        "{message}"
+    );
+    assert_eq!(conn.cpus("late"), None);
+
+    // A claim container still starts; once the CPUs are free again, so do shared ones.
+    let owner = pod("s2", "uid-big");
+    conn.create(&owner, container("ok", &owner, &["DRA_CPUSET_big=0-5"], ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("ok").unwrap(), "0-5");
+    node.claims.send_modify(|c| {
+        c.remove("last");
+    });
+    // `early` never left 6-7, so there is nothing to update.
+    assert!(
+        conn.next_unsolicited(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    conn.create(&p, container("later", &p, &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("later").unwrap(), "6-7");
+    let _ = node.stop.send(true);
+    node.plugin.await.unwrap();
+}
+
+#[tokio::test]
+async fn resource_updates_keep_the_cpus_and_stopped_containers_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[("a", "4-7", "uid-a")]);
+    let (conn, _) = runtime.accept().await.unwrap();
+    let p = pod("s", "uid-a");
+    let c = container("c", &p, &["DRA_CPUSET_a=4-7"], "");
+    conn.synchronize(vec![p.clone()], vec![], 10).await.unwrap();
+    conn.create(&p, c.clone()).await.unwrap();
+    let update = api::UpdateContainerRequest {
+        pod: Some(p.clone()),
+        container: Some(c.clone()),
+        linux_resources: None,
+    };
+    let answer: api::UpdateContainerResponse = conn.call("UpdateContainer", &update).await.unwrap();
+    assert_eq!(answer.update.len(), 1);
+    let cpus = answer.update[0]
+        .linux
+        .as_ref()
+        .unwrap()
+        .resources
+        .as_ref()
+        .unwrap();
+    assert_eq!(cpus.cpu.as_ref().unwrap().cpus, "4-7");
+    conn.remove(&p, &c).await.unwrap();
+    let answer: api::UpdateContainerResponse = conn.call("UpdateContainer", &update).await.unwrap();
+    assert!(
+        answer.update.is_empty(),
+        "a removed container is not managed"
+    );
+    // A method the plugin did not subscribe to is refused, not silently accepted.
+    let error = conn
+        .call::<api::Empty>("RunPodSandbox", &api::Empty {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CallError::Status {
+                code: code::UNIMPLEMENTED,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let _ = node.stop.send(true);
+    node.plugin.await.unwrap();
+}
+
+#[tokio::test]
+async fn after_a_runtime_restart_the_plugin_reconnects_and_synchronizes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[("a", "0-1", "uid-a")]);
+    let (conn, _) = runtime.accept().await.unwrap();
+    conn.hang_up().await;
+    drop(conn);
+    drop(runtime);
+    std::fs::remove_file(&socket).unwrap();
+    let restarted = FakeRuntime::listen(&socket).unwrap();
+    let (conn, _) = restarted.accept().await.unwrap();
+    let p = pod("s", "uid-a");
+    conn.synchronize(
+        vec![p.clone()],
+        vec![container("c", &p, &["DRA_CPUSET_a=0-1"], "0-7")],
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.cpus("c").unwrap(), "0-1");
+    let _ = node.stop.send(true);
+    node.plugin.await.unwrap();
+}

@@ -57,6 +57,26 @@ fn bench(c: &mut Criterion) {
             b.iter(|| inventory(&root))
         });
     }
+    // Where the time of the largest fixture goes, backend by backend.
+    let xeon = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let root = SysfsRoot::new(xeon.root());
+    let mut parts = c.benchmark_group("part/fixture-xeon");
+    parts.bench_function("cpu", |b| {
+        b.iter(|| SysfsCpuTopology::new(root.clone()).cpu_inventory().unwrap())
+    });
+    parts.bench_function("pci", |b| {
+        b.iter(|| SysfsPci::new(root.clone()).pci_functions().unwrap())
+    });
+    parts.bench_function("sriov", |b| {
+        b.iter(|| SysfsSriov::new(root.clone()).sriov_pfs().unwrap())
+    });
+    parts.bench_function("rdma", |b| {
+        b.iter(|| SysfsRdma::new(root.clone()).rdma_devices().unwrap())
+    });
+    parts.bench_function("gpu", |b| {
+        b.iter(|| SysfsGpu::new(root.clone()).gpus().unwrap())
+    });
+    parts.finish();
     let scratch = hal_mock::scratch_dir("bench-io-").unwrap();
     for name in IO_DUMPS {
         if let Some(top) = extract(name, scratch.path()) {

@@ -278,3 +278,64 @@ async fn after_a_runtime_restart_the_plugin_reconnects_and_synchronizes_again() 
     let _ = node.stop.send(true);
     node.plugin.await.unwrap();
 }
+
+#[tokio::test]
+async fn answers_longer_than_a_go_read_buffer_reach_a_strict_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[("a", "0-1", "uid-a")]);
+    let (conn, _) = runtime.accept().await.unwrap();
+    let p = pod("s", "uid-p");
+    let ids: Vec<String> = (0..300)
+        .map(|i| format!("container-with-a-long-id-{i:04}"))
+        .collect();
+    let containers = ids.iter().map(|id| container(id, &p, &[], "")).collect();
+    // One Synchronize answer with 300 updates: far over 4096 bytes, sent in two frames.
+    let answer = conn
+        .synchronize(vec![p.clone()], containers, 300)
+        .await
+        .unwrap();
+    assert_eq!(answer.update.len(), 300);
+    assert!(ids.iter().all(|id| conn.cpus(id).unwrap() == "2-7"));
+    let _ = node.stop.send(true);
+    node.plugin.await.unwrap();
+}
+
+#[tokio::test]
+async fn updates_the_runtime_refused_are_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[]);
+    let (mut conn, _) = runtime.accept().await.unwrap();
+    let p = pod("s", "uid-p");
+    conn.synchronize(vec![p.clone()], vec![container("web", &p, &[], "0-7")], 10)
+        .await
+        .unwrap();
+    conn.failing.lock().unwrap().insert("web".into());
+    node.claims.send_modify(|c| {
+        c.insert(
+            "a".into(),
+            ClaimCpus {
+                cpus: set("0-3"),
+                pods: vec![],
+            },
+        );
+    });
+    // containerd answers an error when an update fails: the plugin keeps the container as unknown.
+    let refused = conn.next_unsolicited(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused.update[0].container_id, "web");
+    assert!(refused.update[0].ignore_failure);
+    assert_eq!(conn.cpus("web").unwrap(), "0-7");
+    conn.failing.lock().unwrap().clear();
+    // The retry (every 5 s) applies it.
+    let retried = conn
+        .next_unsolicited(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(retried.update[0].container_id, "web");
+    assert_eq!(conn.cpus("web").unwrap(), "4-7");
+    let _ = node.stop.send(true);
+    node.plugin.await.unwrap();
+}

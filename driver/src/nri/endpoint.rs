@@ -3,7 +3,6 @@
 //! [`RUNTIME_CONN`](super::wire::RUNTIME_CONN); the test runtime does the opposite.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,9 +68,10 @@ type Pending = Arc<Mutex<BTreeMap<u32, oneshot::Sender<Response>>>>;
 /// The writing half and the calls waiting for answers; the reading half runs in a task of its own.
 #[derive(Clone)]
 pub struct Endpoint {
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// The socket's writing half and the next stream id, under one lock: a ttrpc server refuses a
+    /// stream id that is not above the last one it saw, so ids go out in the order they are taken.
+    writer: Arc<tokio::sync::Mutex<(OwnedWriteHalf, u32)>>,
     pending: Pending,
-    next_stream: Arc<AtomicU32>,
     serve_conn: u32,
     call_conn: u32,
 }
@@ -85,18 +85,40 @@ impl Endpoint {
         serve_conn: u32,
         call_conn: u32,
     ) -> (Endpoint, mpsc::Receiver<Incoming>) {
+        Endpoint::start_with(socket, serve_conn, call_conn, false)
+    }
+
+    /// As [`Endpoint::start`], reading as strictly as a Go peer does: frames its 4 KiB read buffer
+    /// cannot take, and calls whose stream id is not above the previous one, end the connection.
+    pub fn start_strict(
+        socket: UnixStream,
+        serve_conn: u32,
+        call_conn: u32,
+    ) -> (Endpoint, mpsc::Receiver<Incoming>) {
+        Endpoint::start_with(socket, serve_conn, call_conn, true)
+    }
+
+    fn start_with(
+        socket: UnixStream,
+        serve_conn: u32,
+        call_conn: u32,
+        strict: bool,
+    ) -> (Endpoint, mpsc::Receiver<Incoming>) {
         let (mut reader, writer) = socket.into_split();
         let pending: Pending = Arc::default();
         let (tx, rx) = mpsc::channel(64);
         let endpoint = Endpoint {
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            writer: Arc::new(tokio::sync::Mutex::new((writer, 1))),
             pending: pending.clone(),
-            next_stream: Arc::new(AtomicU32::new(1)),
             serve_conn,
             call_conn,
         };
         tokio::spawn(async move {
-            let mut demux = Demux::default();
+            let mut demux = match strict {
+                true => Demux::strict(),
+                false => Demux::default(),
+            };
+            let mut last_stream = 0;
             let reason = loop {
                 let (conn, payload) = match read_frame(&mut reader).await {
                     Ok(Some(frame)) => frame,
@@ -107,8 +129,22 @@ impl Endpoint {
                     Ok(messages) => messages,
                     Err(e) => break e.to_string(),
                 };
+                let mut refused = None;
                 for message in messages {
+                    if strict && message.kind == Kind::Request && message.conn == serve_conn {
+                        if message.stream <= last_stream {
+                            refused = Some(format!(
+                                "stream id {} after {last_stream}: ttrpc stream ids must increase",
+                                message.stream
+                            ));
+                            break;
+                        }
+                        last_stream = message.stream;
+                    }
                     dispatch(message, serve_conn, call_conn, &pending, &tx).await;
+                }
+                if let Some(reason) = refused {
+                    break reason;
                 }
             };
             tracing::debug!(%reason, "NRI connection ended");
@@ -128,12 +164,6 @@ impl Endpoint {
         request: &impl prost::Message,
         timeout: Duration,
     ) -> Result<R, CallError> {
-        let stream = self.next_stream.fetch_add(2, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .map_err(|_| CallError::Closed)?
-            .insert(stream, tx);
         let envelope = Request {
             service: service.to_owned(),
             method: method.to_owned(),
@@ -141,24 +171,44 @@ impl Endpoint {
             timeout_nano: i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX),
             metadata: Vec::new(),
         };
-        let sent = self
-            .send(Message {
+        let (tx, rx) = oneshot::channel();
+        let stream = {
+            let mut writer = self.writer.lock().await;
+            let stream = writer.1;
+            writer.1 = stream.wrapping_add(2);
+            self.pending
+                .lock()
+                .map_err(|_| CallError::Closed)?
+                .insert(stream, tx);
+            let bytes = encode(&Message {
                 conn: self.call_conn,
                 stream,
                 kind: Kind::Request,
                 flags: 0,
                 data: envelope.encode_to_vec(),
             })
-            .await;
+            .map_err(|e| CallError::Io(e.to_string()));
+            let sent = match bytes {
+                Ok(bytes) => writer
+                    .0
+                    .write_all(&bytes)
+                    .await
+                    .map_err(|e| CallError::Io(e.to_string())),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&stream);
+                }
+                return Err(e);
+            }
+            stream
+        };
         let forget = |pending: &Pending| {
             if let Ok(mut p) = pending.lock() {
                 p.remove(&stream);
             }
         };
-        if let Err(e) = sent {
-            forget(&self.pending);
-            return Err(e);
-        }
         let response = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(response)) => response,
             Ok(Err(_)) => return Err(CallError::Closed),
@@ -185,8 +235,12 @@ impl Endpoint {
         result: Result<Vec<u8>, Status>,
     ) -> Result<(), CallError> {
         let response = match result {
+            // An explicit OK status: older ttrpc clients refuse an answer without one.
             Ok(payload) => Response {
-                status: None,
+                status: Some(Status {
+                    code: 0,
+                    message: String::new(),
+                }),
                 payload,
             },
             Err(status) => Response {
@@ -208,6 +262,7 @@ impl Endpoint {
         let bytes = encode(&message).map_err(|e| CallError::Io(e.to_string()))?;
         let mut writer = self.writer.lock().await;
         writer
+            .0
             .write_all(&bytes)
             .await
             .map_err(|e| CallError::Io(e.to_string()))
@@ -215,7 +270,7 @@ impl Endpoint {
 
     /// Closes the writing half: the other side sees the socket end.
     pub async fn close(&self) {
-        let _ = self.writer.lock().await.shutdown().await;
+        let _ = self.writer.lock().await.0.shutdown().await;
     }
 }
 

@@ -2,6 +2,12 @@
 //! socket, speaks the mux and ttrpc framing, answers `RegisterPlugin` and `UpdateContainers`, calls
 //! the plugin's `Configure`, `Synchronize`, `CreateContainer`, ... and keeps its own table of containers
 //! with the CPUs the plugin gave them (adjustments and updates applied as a runtime applies them).
+//!
+//! It holds the plugin to containerd's behaviour: it reads as a Go peer does (frames over its 4 KiB read
+//! buffer and stream ids that do not increase end the connection), it serves `UpdateContainers` only
+//! between its own calls (containerd takes one lock for both, so a plugin that waits for that answer
+//! inside an event handler deadlocks here too), and it answers an error when any update fails, while an
+//! update of an unknown container is a success.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,6 +29,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// The runtime's view of its containers: id → CPUs (a cpulist; empty: unconfined).
 pub type Table = Arc<Mutex<BTreeMap<String, String>>>;
 
+/// Containers whose updates fail (as a cgroup write can), for retry tests.
+pub type Failing = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
 /// The listening runtime.
 pub struct FakeRuntime {
     listener: UnixListener,
@@ -35,6 +44,10 @@ pub struct PluginConn {
     pub registered: (String, String),
     /// The containers and their CPUs, as the runtime applied them.
     pub table: Table,
+    /// Containers whose updates fail until removed from here.
+    pub failing: Failing,
+    /// Held during each call to the plugin and while an `UpdateContainers` is applied.
+    busy: Arc<tokio::sync::Mutex<()>>,
     unsolicited: mpsc::UnboundedReceiver<api::UpdateContainersRequest>,
 }
 
@@ -53,7 +66,7 @@ impl FakeRuntime {
             .await
             .map_err(|_| "no plugin connected".to_owned())?
             .map_err(|e| e.to_string())?;
-        let (endpoint, mut incoming) = Endpoint::start(socket, RUNTIME_CONN, PLUGIN_CONN);
+        let (endpoint, mut incoming) = Endpoint::start_strict(socket, RUNTIME_CONN, PLUGIN_CONN);
         let first = tokio::time::timeout(TIMEOUT, incoming.recv())
             .await
             .map_err(|_| "the plugin did not register".to_owned())?
@@ -71,12 +84,21 @@ impl FakeRuntime {
             .await
             .map_err(|e| e.to_string())?;
         let table: Table = Arc::default();
+        let failing: Failing = Arc::default();
+        let busy = Arc::new(tokio::sync::Mutex::new(()));
         let (tx, unsolicited) = mpsc::unbounded_channel();
-        tokio::spawn(serve_runtime(endpoint.clone(), incoming, table.clone(), tx));
+        let runtime = Runtime {
+            table: table.clone(),
+            failing: failing.clone(),
+            busy: busy.clone(),
+        };
+        tokio::spawn(serve_runtime(endpoint.clone(), incoming, runtime, tx));
         let conn = PluginConn {
             endpoint,
             registered: (register.plugin_name, register.plugin_idx),
             table,
+            failing,
+            busy,
             unsolicited,
         };
         let configured = conn
@@ -96,12 +118,20 @@ impl FakeRuntime {
     }
 }
 
-/// Answers the plugin's calls after registration: `UpdateContainers` is applied to the table and
-/// reported; a second `RegisterPlugin` or anything else is refused.
+/// The runtime's state that its answers touch.
+struct Runtime {
+    table: Table,
+    failing: Failing,
+    busy: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Answers the plugin's calls after registration: `UpdateContainers` is applied to the table (while
+/// no call to the plugin is in flight) and reported; a second `RegisterPlugin` or anything else is
+/// refused.
 async fn serve_runtime(
     endpoint: Endpoint,
     mut incoming: mpsc::Receiver<Incoming>,
-    table: Table,
+    runtime: Runtime,
     unsolicited: mpsc::UnboundedSender<api::UpdateContainersRequest>,
 ) {
     while let Some(Incoming { stream, request }) = incoming.recv().await {
@@ -109,9 +139,30 @@ async fn serve_runtime(
             (RUNTIME_SERVICE, "UpdateContainers") => {
                 match api::UpdateContainersRequest::decode(request.payload.as_slice()) {
                     Ok(update) => {
-                        let failed = apply(&table, &update.update);
+                        let _busy = runtime.busy.lock().await;
+                        let failing = runtime
+                            .failing
+                            .lock()
+                            .map(|f| f.clone())
+                            .unwrap_or_default();
+                        let (ok, bad): (Vec<_>, Vec<_>) = update
+                            .update
+                            .iter()
+                            .cloned()
+                            .partition(|u| !failing.contains(&u.container_id));
+                        apply(&runtime.table, &ok);
                         let _ = unsolicited.send(update);
-                        Ok(api::UpdateContainersResponse { failed }.encode_to_vec())
+                        match bad.first() {
+                            None => Ok(api::UpdateContainersResponse { failed: Vec::new() }
+                                .encode_to_vec()),
+                            Some(first) => Err(super::proto::ttrpc::Status {
+                                code: 2,
+                                message: format!(
+                                    "failed to update container {}: cgroup write refused",
+                                    first.container_id
+                                ),
+                            }),
+                        }
                     }
                     Err(e) => Err(super::proto::ttrpc::Status {
                         code: 3,
@@ -128,12 +179,12 @@ async fn serve_runtime(
     }
 }
 
-/// Applies updates as a runtime does: an unknown container fails, an empty cpuset changes nothing.
-fn apply(table: &Table, updates: &[api::ContainerUpdate]) -> Vec<api::ContainerUpdate> {
+/// Applies updates as containerd does: an unknown container is skipped, an empty cpuset changes
+/// nothing.
+fn apply(table: &Table, updates: &[api::ContainerUpdate]) {
     let Ok(mut table) = table.lock() else {
-        return updates.to_vec();
+        return;
     };
-    let mut failed = Vec::new();
     for update in updates {
         let cpus = update
             .linux
@@ -142,13 +193,12 @@ fn apply(table: &Table, updates: &[api::ContainerUpdate]) -> Vec<api::ContainerU
             .and_then(|r| r.cpu.as_ref())
             .map(|c| c.cpus.clone())
             .unwrap_or_default();
-        match table.get_mut(&update.container_id) {
-            Some(current) if !cpus.is_empty() => *current = cpus,
-            Some(_) => {}
-            None => failed.push(update.clone()),
+        if let Some(current) = table.get_mut(&update.container_id)
+            && !cpus.is_empty()
+        {
+            *current = cpus;
         }
     }
-    failed
 }
 
 /// A container to create or report.
@@ -187,6 +237,7 @@ impl PluginConn {
         method: &str,
         request: &impl prost::Message,
     ) -> Result<R, CallError> {
+        let _busy = self.busy.lock().await;
         self.endpoint
             .call(PLUGIN_SERVICE, method, request, TIMEOUT)
             .await

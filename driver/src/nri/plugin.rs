@@ -10,7 +10,7 @@ use std::time::Duration;
 use hal::CpuSet;
 use prost::Message as _;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::endpoint::{CallError, Endpoint, Incoming, code};
 use super::policy::{ClaimCpus, Policy, Snapshot, SyncedContainer, Update};
@@ -54,13 +54,14 @@ pub struct NriConfig {
 }
 
 impl NriConfig {
-    /// The defaults: `/var/run/nri/nri.sock`, `dra-hal`, index `10`, 2 s.
+    /// The defaults: `/var/run/nri/nri.sock`, `dra-hal`, index `10`, 5 s (the runtime's default
+    /// registration timeout; it serves connecting plugins one at a time).
     pub fn new(socket: impl Into<PathBuf>) -> NriConfig {
         NriConfig {
             socket: socket.into(),
             name: "dra-hal".into(),
             index: "10".into(),
-            timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -150,6 +151,25 @@ pub async fn serve(
     };
     let mut registration = Some(registration);
     let mut sync = Vec::new();
+    // One pusher, so unsolicited updates reach the runtime in order; what it could not apply comes
+    // back, and is sent again at the next retry tick.
+    let (push_tx, mut push_rx) = mpsc::unbounded_channel::<Vec<Update>>();
+    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let pusher = {
+        let endpoint = endpoint.clone();
+        let timeout = config.timeout;
+        tokio::spawn(async move {
+            while let Some(updates) = push_rx.recv().await {
+                let failed = push(&endpoint, updates, timeout).await;
+                if !failed.is_empty() && failed_tx.send(failed).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let _stop_pusher = AbortOnDrop(pusher);
+    let mut retry = tokio::time::interval(RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             call = incoming.recv() => {
@@ -174,10 +194,19 @@ pub async fn serve(
                 let snapshot = source.snapshot();
                 let updates = policy.lock().map(|mut p| p.set_snapshot(snapshot)).unwrap_or_default();
                 if !updates.is_empty() {
-                    // In a task of its own: the runtime may call us before it answers.
-                    let endpoint = endpoint.clone();
-                    let timeout = config.timeout;
-                    tokio::spawn(async move { push(&endpoint, updates, timeout).await });
+                    // Sent by the pusher task: the runtime may call us before it answers.
+                    let _ = push_tx.send(updates);
+                }
+            }
+            Some(failed) = failed_rx.recv() => {
+                if let Ok(mut policy) = policy.lock() {
+                    policy.invalidate(&failed);
+                }
+            }
+            _ = retry.tick() => {
+                let updates = policy.lock().map(|mut p| p.retry()).unwrap_or_default();
+                if !updates.is_empty() {
+                    let _ = push_tx.send(updates);
                 }
             }
             _ = stopped.changed() => {
@@ -188,9 +217,22 @@ pub async fn serve(
     }
 }
 
-/// Sends unsolicited updates and logs the ones the runtime could not apply.
-async fn push(endpoint: &Endpoint, updates: Vec<Update>, timeout: Duration) {
-    let count = updates.len();
+/// How often updates the runtime did not apply are sent again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Aborts a task when dropped (the pusher ends with its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends unsolicited updates; returns the containers whose update did not apply (all of them when
+/// the call failed: containerd answers an error when any update fails, and a timeout says nothing).
+async fn push(endpoint: &Endpoint, updates: Vec<Update>, timeout: Duration) -> Vec<String> {
+    let ids: Vec<String> = updates.iter().map(|(id, _)| id.clone()).collect();
     let request = api::UpdateContainersRequest {
         update: updates.into_iter().map(container_update).collect(),
         evict: Vec::new(),
@@ -201,19 +243,27 @@ async fn push(endpoint: &Endpoint, updates: Vec<Update>, timeout: Duration) {
     match result {
         Ok(response) if response.failed.is_empty() => {
             tracing::info!(
-                containers = count,
+                containers = ids.len(),
                 "moved containers to the new shared CPU pool"
-            )
+            );
+            Vec::new()
         }
         Ok(response) => {
-            let failed: Vec<&str> = response
+            let failed: Vec<String> = response
                 .failed
-                .iter()
-                .map(|u| u.container_id.as_str())
+                .into_iter()
+                .map(|u| u.container_id)
                 .collect();
-            tracing::warn!(?failed, "the runtime did not update these containers' CPUs")
+            tracing::warn!(
+                ?failed,
+                "the runtime did not update these containers' CPUs; retrying"
+            );
+            failed
         }
-        Err(error) => tracing::warn!(%error, "updating containers' CPUs failed"),
+        Err(error) => {
+            tracing::warn!(%error, containers = ?ids, "updating containers' CPUs failed; retrying");
+            ids
+        }
     }
 }
 
@@ -226,13 +276,16 @@ fn resources(cpus: &CpuSet) -> api::LinuxResources {
     }
 }
 
+/// An update of another container's CPUs. `ignore_failure`: a container that exits at that moment must
+/// not fail the event (some containerd releases fail the container being created, or drop the plugin
+/// after a failed Synchronize); an update that did not apply is corrected by the next change or retry.
 fn container_update((id, cpus): Update) -> api::ContainerUpdate {
     api::ContainerUpdate {
         container_id: id,
         linux: Some(api::LinuxContainerUpdate {
             resources: Some(resources(&cpus)),
         }),
-        ignore_failure: false,
+        ignore_failure: true,
     }
 }
 

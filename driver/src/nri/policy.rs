@@ -221,9 +221,29 @@ impl Policy {
         self.rebalance()
     }
 
+    /// Updates the runtime did not apply: those containers' CPUs are unknown again, so the next
+    /// [`Policy::retry`] sends them again.
+    pub fn invalidate(&mut self, ids: &[String]) {
+        for id in ids {
+            if let Some(tracked) = self.containers.get_mut(id) {
+                tracked.cpus = None;
+            }
+        }
+    }
+
+    /// The updates still owed: containers whose last update failed (quietly skipping an empty pool,
+    /// which was reported when it emptied).
+    pub fn retry(&mut self) -> Vec<Update> {
+        self.rebalance_with(false)
+    }
+
     /// Updates for every container not on the CPUs of its placement. An empty target is skipped with
     /// a warning: an empty cpuset means "no change" to a runtime, never "no CPU".
     fn rebalance(&mut self) -> Vec<Update> {
+        self.rebalance_with(true)
+    }
+
+    fn rebalance_with(&mut self, warn: bool) -> Vec<Update> {
         let mut updates = Vec::new();
         let targets: Vec<(String, CpuSet)> = self
             .containers
@@ -235,7 +255,9 @@ impl Policy {
                 continue;
             };
             if target.is_empty() {
-                tracing::warn!(container = %id, "the shared CPU pool is empty; container left as it is");
+                if warn {
+                    tracing::warn!(container = %id, "the shared CPU pool is empty; container left as it is");
+                }
                 continue;
             }
             if tracked.cpus.as_ref() != Some(&target) {

@@ -25,6 +25,11 @@ const MUX_HEADER: usize = 8;
 const TTRPC_HEADER: usize = 10;
 /// The largest mux payload: one whole ttrpc message.
 const MAX_FRAME: usize = TTRPC_HEADER + MAX_DATA;
+/// The most a Go ttrpc peer reads from a mux connection at the start of a message: its 4 KiB
+/// `bufio.Reader`. The mux hands over whole frames and fails a read whose buffer is smaller (ENOMEM),
+/// so a longer message is sent as Go's 4 KiB `bufio.Writer` sends it: its first 4096 bytes, then the
+/// rest in one frame.
+pub const GO_READ_BUFFER: usize = 4096;
 
 /// ttrpc message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,26 +85,36 @@ pub enum WireError {
     /// A ttrpc message larger than ttrpc allows.
     #[error("ttrpc message of {0} bytes on connection {1} (at most {MAX_DATA})")]
     MessageTooLarge(usize, u32),
+    /// A frame a Go peer's read buffer cannot take (strict mode).
+    #[error(
+        "mux frame of {0} bytes on connection {1}: a Go ttrpc reader takes at most {2} here (ENOMEM)"
+    )]
+    UnreadableFrame(usize, u32, usize),
     /// An unknown ttrpc message type.
     #[error("ttrpc message type {0} on connection {1}")]
     UnknownKind(u8, u32),
 }
 
-/// Encodes a message as one mux frame holding one whole ttrpc message.
+/// Encodes a message as mux frames: one when it fits in [`GO_READ_BUFFER`] bytes, else the first 4096
+/// bytes and then the rest, as a Go peer writes it (and can read it).
 pub fn encode(message: &Message) -> Result<Vec<u8>, WireError> {
     let len = message.data.len();
     if len > MAX_DATA {
         return Err(WireError::MessageTooLarge(len, message.conn));
     }
-    let payload = TTRPC_HEADER + len;
-    let mut out = Vec::with_capacity(MUX_HEADER + payload);
-    out.extend_from_slice(&message.conn.to_be_bytes());
-    out.extend_from_slice(&(payload as u32).to_be_bytes());
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    out.extend_from_slice(&message.stream.to_be_bytes());
-    out.push(message.kind.byte());
-    out.push(message.flags);
-    out.extend_from_slice(&message.data);
+    let mut ttrpc = Vec::with_capacity(TTRPC_HEADER + len);
+    ttrpc.extend_from_slice(&(len as u32).to_be_bytes());
+    ttrpc.extend_from_slice(&message.stream.to_be_bytes());
+    ttrpc.push(message.kind.byte());
+    ttrpc.push(message.flags);
+    ttrpc.extend_from_slice(&message.data);
+    let (first, rest) = ttrpc.split_at(ttrpc.len().min(GO_READ_BUFFER));
+    let mut out = Vec::with_capacity(2 * MUX_HEADER + ttrpc.len());
+    for part in [first, rest].into_iter().filter(|p| !p.is_empty()) {
+        out.extend_from_slice(&message.conn.to_be_bytes());
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
     Ok(out)
 }
 
@@ -131,12 +146,35 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 #[derive(Debug, Default)]
 pub struct Demux {
     pending: BTreeMap<u32, Vec<u8>>,
+    strict: bool,
 }
 
 impl Demux {
+    /// A demultiplexer that also refuses what a Go peer cannot read: a frame starting a message that
+    /// is larger than [`GO_READ_BUFFER`], or a later frame larger than both that and the rest of its
+    /// message (the test runtime reads this way, so the plugin is held to the real limits).
+    pub fn strict() -> Demux {
+        Demux {
+            strict: true,
+            ..Demux::default()
+        }
+    }
+
     /// Adds a frame's payload and returns the messages it completes.
     pub fn push(&mut self, conn: u32, payload: &[u8]) -> Result<Vec<Message>, WireError> {
         let buffer = self.pending.entry(conn).or_default();
+        if self.strict {
+            let room = match buffer.get(..4) {
+                Some(&[l0, l1, l2, l3]) => {
+                    let total = TTRPC_HEADER + u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+                    total.saturating_sub(buffer.len()).max(GO_READ_BUFFER)
+                }
+                _ => GO_READ_BUFFER,
+            };
+            if payload.len() > room {
+                return Err(WireError::UnreadableFrame(payload.len(), conn, room));
+            }
+        }
         buffer.extend_from_slice(payload);
         let mut out = Vec::new();
         while let Some(header) = buffer.get(..TTRPC_HEADER) {
@@ -232,6 +270,28 @@ mod tests {
         let error = Demux::default().push(2, &header).unwrap_err();
         assert_eq!(error, WireError::MessageTooLarge(MAX_DATA + 1, 2));
         assert!(encode(&message(1, 1, &vec![0; MAX_DATA + 1])).is_err());
+    }
+
+    #[test]
+    fn a_message_longer_than_a_go_read_buffer_is_sent_in_two_frames_a_go_peer_can_read() {
+        let long = message(2, 5, &vec![7; 10_000]);
+        let bytes = encode(&long).unwrap();
+        assert_eq!(bytes.len(), 8 + 4096 + 8 + (10_010 - 4096));
+        assert_eq!(&bytes[..8], &[0, 0, 0, 2, 0, 0, 16, 0]);
+        let second = 8 + 4096;
+        let rest = u32::from_be_bytes(bytes[second + 4..second + 8].try_into().unwrap());
+        assert_eq!(rest as usize, 10_010 - 4096);
+        let mut strict = Demux::strict();
+        assert!(strict.push(2, &bytes[8..second]).unwrap().is_empty());
+        assert_eq!(
+            strict.push(2, &bytes[second + 8..]).unwrap(),
+            vec![long.clone()]
+        );
+        // The same message in one frame is what a Go reader fails on.
+        let whole: Vec<u8> = [&bytes[8..second], &bytes[second + 8..]].concat();
+        let error = Demux::strict().push(2, &whole).unwrap_err();
+        assert_eq!(error, WireError::UnreadableFrame(10_010, 2, 4096));
+        assert_eq!(Demux::default().push(2, &whole).unwrap(), vec![long]);
     }
 
     #[test]

@@ -19,13 +19,29 @@ const IO_DUMPS: [&str; 3] = [
     "2pa-pcidomain32bits",
 ];
 
+/// Every backend, as the driver's `Inventory::read` runs them: the CPU topology (with one core fewer
+/// for itself) and the devices on two threads.
 fn inventory(root: &SysfsRoot) -> usize {
-    let cpu = SysfsCpuTopology::new(root.clone()).cpu_inventory().unwrap();
-    let pci = SysfsPci::new(root.clone()).pci_functions().unwrap();
-    let sriov = SysfsSriov::new(root.clone()).sriov_pfs().unwrap();
-    let rdma = SysfsRdma::new(root.clone()).rdma_devices().unwrap();
-    let gpus = SysfsGpu::new(root.clone()).gpus().unwrap();
-    cpu.cpus.len() + pci.items.len() + sriov.items.len() + rdma.items.len() + gpus.items.len()
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .clamp(1, 4);
+    std::thread::scope(|scope| {
+        let cpu = scope.spawn(|| {
+            SysfsCpuTopology::new(root.clone())
+                .with_threads(threads)
+                .cpu_inventory()
+                .unwrap()
+        });
+        let devices = scope.spawn(|| {
+            let pci = SysfsPci::new(root.clone()).pci_functions().unwrap();
+            let sriov = SysfsSriov::new(root.clone()).sriov_pfs().unwrap();
+            let rdma = SysfsRdma::new(root.clone()).rdma_devices().unwrap();
+            let gpus = SysfsGpu::new(root.clone()).gpus().unwrap();
+            pci.items.len() + sriov.items.len() + rdma.items.len() + gpus.items.len()
+        });
+        devices.join().unwrap() + cpu.join().unwrap().cpus.len()
+    })
 }
 
 /// Extracts a dump with tar (benchmark setup only; the code under test never shells out).

@@ -42,10 +42,30 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Reads every family.
+    /// Reads every family. The CPU topology (the most files: several per CPU) is read on a thread of
+    /// its own while the devices are read on this one.
     pub fn read(backends: &Backends<'_>) -> Inventory {
         let mut errors = Vec::new();
-        let cpu = match backends.cpu.cpu_inventory() {
+        // Both on threads of their own: a thread that works while it waits for another tends to share
+        // a core with it (the scheduler places a new thread beside its parent).
+        let (cpu, devices) = std::thread::scope(|scope| {
+            let cpu = scope.spawn(|| backends.cpu.cpu_inventory());
+            let read_devices = || {
+                (
+                    backends.pci.pci_functions(),
+                    backends.sriov.sriov_pfs(),
+                    backends.rdma.rdma_devices(),
+                    backends.gpus.gpus(),
+                )
+            };
+            let devices = scope.spawn(read_devices);
+            // A panicking backend is a bug; it is read again on this thread to report it as it is.
+            let devices = devices.join().unwrap_or_else(|_| read_devices());
+            let cpu = cpu.join().unwrap_or_else(|_| backends.cpu.cpu_inventory());
+            (cpu, devices)
+        });
+        let (pci, sriov, rdma, gpus) = devices;
+        let cpu = match cpu {
             Ok(mut cpu) => {
                 errors.append(&mut cpu.errors);
                 Some(cpu)
@@ -57,10 +77,10 @@ impl Inventory {
         };
         let mut inventory = Inventory {
             cpu,
-            pci: take(backends.pci.pci_functions(), &mut errors),
-            sriov: take(backends.sriov.sriov_pfs(), &mut errors),
-            rdma: take(backends.rdma.rdma_devices(), &mut errors),
-            gpus: take(backends.gpus.gpus(), &mut errors),
+            pci: take(pci, &mut errors),
+            sriov: take(sriov, &mut errors),
+            rdma: take(rdma, &mut errors),
+            gpus: take(gpus, &mut errors),
             errors: Vec::new(),
             rt_limit: None,
             gpu_health: std::collections::BTreeMap::new(),
@@ -107,7 +127,8 @@ impl Inventory {
         pci_ids: Option<&std::path::Path>,
         nvml: Option<Box<dyn backends::nvml::NvmlApi>>,
     ) -> Inventory {
-        let cpu = backends::SysfsCpuTopology::new(root.clone());
+        // The devices are read on another core meanwhile (`Inventory::read`).
+        let cpu = backends::SysfsCpuTopology::new(root.clone()).with_threads(cpu_threads());
         let mut pci = backends::SysfsPci::new(root.clone());
         if let Some(path) = pci_ids {
             pci = pci.with_pci_ids(path);
@@ -129,6 +150,14 @@ impl Inventory {
         inventory.rt_limit = crate::plugin::rt::RtLimit::read(root.root());
         inventory
     }
+}
+
+/// Threads for the CPU topology: the available parallelism less the one reading devices, at most 4.
+pub fn cpu_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .clamp(1, 4)
 }
 
 /// The NVML seam for a machine: the fixture's recorded answers, or the real library on a node.

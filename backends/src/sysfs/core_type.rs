@@ -13,6 +13,7 @@ pub(crate) fn assign_core_types(
     cpu_dir: &Path,
     cpus: &mut [LogicalCpu],
     errors: &mut ErrorLog,
+    threads: usize,
 ) {
     let p_cores = errors.keep(parse_optional(
         &root.join("sys/devices/cpu_core/cpus"),
@@ -45,12 +46,42 @@ pub(crate) fn assign_core_types(
         if !first.is_some_and(|p| p.exists()) {
             return vec![None; cpus.len()];
         }
-        cpus.iter()
-            .map(|cpu| {
-                let path: PathBuf = cpu_dir.join(format!("cpu{}", cpu.id)).join(relative);
-                errors.keep(parse_scalar(&path, parse))
+        let ids: Vec<u32> = cpus.iter().map(|c| c.id).collect();
+        let read = |ids: &[u32]| -> (Vec<Option<u64>>, ErrorLog) {
+            let mut errors = ErrorLog::default();
+            let values = ids
+                .iter()
+                .map(|id| {
+                    let path: PathBuf = cpu_dir.join(format!("cpu{id}")).join(relative);
+                    errors.keep(parse_scalar(&path, parse))
+                })
+                .collect();
+            (values, errors)
+        };
+        // One file per CPU: big machines are read by several threads, in contiguous chunks merged
+        // in order.
+        let parts: Vec<(Vec<Option<u64>>, ErrorLog)> = if ids.len() < 128 || threads < 2 {
+            vec![read(&ids)]
+        } else {
+            let size = ids.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = ids
+                    .chunks(size)
+                    .map(|chunk| scope.spawn(move || read(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .zip(ids.chunks(size))
+                    .map(|(handle, chunk)| handle.join().unwrap_or_else(|_| read(chunk)))
+                    .collect()
             })
-            .collect()
+        };
+        let mut values = Vec::with_capacity(ids.len());
+        for (part, log) in parts {
+            values.extend(part);
+            errors.0.extend(log.0);
+        }
+        values
     };
     let capacities = per_cpu(errors, "cpu_capacity", parse_capacity);
     if let Some(kinds) = classify_by_capacity(&capacities) {

@@ -29,22 +29,38 @@ const X86_BAD_APICID: u32 = 0xffff;
 #[derive(Debug, Clone, Default)]
 pub struct SysfsCpuTopology {
     root: SysfsRoot,
+    threads: Option<usize>,
 }
 
 impl SysfsCpuTopology {
     /// Reads the machine under `root` (the directory holding `sys/`).
     pub fn new(root: SysfsRoot) -> Self {
-        SysfsCpuTopology { root }
+        SysfsCpuTopology {
+            root,
+            threads: None,
+        }
+    }
+
+    /// Reads machines of 128 CPUs or more with at most `threads` threads (at least 1). The default
+    /// is the available parallelism, at most 4; a caller reading other things meanwhile leaves room.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads.max(1));
+        self
     }
 }
 
 impl CpuTopology for SysfsCpuTopology {
     fn cpu_inventory(&self) -> Result<CpuInventory> {
-        discover(&self.root)
+        let threads = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4)
+        });
+        discover(&self.root, threads)
     }
 }
 
-fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
+fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
     let cpu_dir = root.join("sys/devices/system/cpu");
     let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS)?;
     let mut errors = ErrorLog::default();
@@ -53,7 +69,7 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
         CpuSet::from_cpulist,
     ));
 
-    let raw = read_cpus(&cpu_dir, &ids, global_online.as_ref(), &mut errors);
+    let raw = read_cpus(&cpu_dir, &ids, global_online.as_ref(), &mut errors, threads);
 
     let packages = label_groups(
         &mut errors,
@@ -93,7 +109,7 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
             siblings: c.siblings,
         })
         .collect();
-    assign_core_types(root, &cpu_dir, &mut cpus, &mut errors);
+    assign_core_types(root, &cpu_dir, &mut cpus, &mut errors, threads);
 
     let node_dir = root.join("sys/devices/system/node");
     let numa_nodes = read_numa_nodes(&node_dir, &mut errors);
@@ -135,25 +151,27 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
     })
 }
 
-/// Reads one `cpuN` directory.
 /// Machines with at least this many CPUs are read by several threads.
 const PARALLEL_FROM_CPUS: usize = 128;
 
-/// Reads every `cpuN` directory, in order. Big machines are split into contiguous chunks read by
-/// scoped threads (each with its own error log and known sets, merged in CPU order, so the result is
-/// the same as one thread's): per-file cost dominates, and a 224-CPU machine has thousands of files.
+/// Reads every `cpuN` directory; the result is in CPU order. Big machines are split among scoped
+/// threads (per-file cost dominates: a 224-CPU machine has about a thousand files to read). The split
+/// keeps SMT siblings on one thread, guessed from CPU 0's siblings (`0,112`: siblings are 112 apart;
+/// `0-1`: adjacent), because a thread reads each core's files once for all its threads. A wrong guess
+/// only costs reads: every thread checks what it knows against the kernel's masks. Each CPU's errors
+/// are kept with it and merged in CPU order.
 fn read_cpus(
     cpu_dir: &Path,
     ids: &[u32],
     global_online: Option<&CpuSet>,
     errors: &mut ErrorLog,
+    threads: usize,
 ) -> Vec<RawCpu> {
-    let read_chunk = |chunk: &[u32]| -> (Vec<RawCpu>, ErrorLog) {
-        let mut errors = ErrorLog::default();
+    let read_part = |part: &[u32]| -> Vec<(RawCpu, ErrorLog)> {
         let mut known = KnownSets::default();
-        let cpus = chunk
-            .iter()
+        part.iter()
             .map(|&id| {
+                let mut errors = ErrorLog::default();
                 let online = match global_online {
                     Some(set) => set.contains(id),
                     None => errors
@@ -163,43 +181,76 @@ fn read_cpus(
                         ))
                         .is_none_or(|v| v != 0),
                 };
-                read_cpu(
-                    &mut errors,
-                    &mut known,
-                    &cpu_dir.join(format!("cpu{id}")),
-                    id,
-                    online,
-                )
+                let dir = cpu_dir.join(format!("cpu{id}"));
+                let cpu = read_cpu(&mut errors, &mut known, &dir, id, online);
+                (cpu, errors)
             })
-            .collect();
-        (cpus, errors)
+            .collect()
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
-    let parts: Vec<(Vec<RawCpu>, ErrorLog)> = if ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
-        vec![read_chunk(ids)]
+    let mut read: Vec<(RawCpu, ErrorLog)> = if ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
+        read_part(ids)
     } else {
-        let size = ids.len().div_ceil(threads);
+        let parts = split_by_core(cpu_dir, ids, threads);
         std::thread::scope(|scope| {
-            let handles: Vec<_> = ids
-                .chunks(size)
-                .map(|chunk| scope.spawn(move || read_chunk(chunk)))
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|part| scope.spawn(move || read_part(part)))
                 .collect();
-            // A panicking reader would be a bug; its chunk is then read again on this thread.
+            // A panicking reader would be a bug; its part is then read again on this thread.
             handles
                 .into_iter()
-                .zip(ids.chunks(size))
-                .map(|(handle, chunk)| handle.join().unwrap_or_else(|_| read_chunk(chunk)))
+                .zip(&parts)
+                .flat_map(|(handle, part)| handle.join().unwrap_or_else(|_| read_part(part)))
                 .collect()
         })
     };
-    let mut cpus = Vec::with_capacity(ids.len());
-    for (part, log) in parts {
-        cpus.extend(part);
+    read.sort_by_key(|(cpu, _)| cpu.id);
+    let mut cpus = Vec::with_capacity(read.len());
+    for (cpu, log) in read {
+        cpus.push(cpu);
         errors.0.extend(log.0);
     }
     cpus
+}
+
+/// Splits `ids` into `parts` lists of about the same size that keep SMT siblings together, as far as
+/// CPU 0's siblings tell the numbering.
+fn split_by_core(cpu_dir: &Path, ids: &[u32], parts: usize) -> Vec<Vec<u32>> {
+    let topology = cpu_dir.join("cpu0/topology");
+    let siblings = ["core_cpus_list", "thread_siblings_list"]
+        .iter()
+        .find_map(|name| parse_optional(&topology.join(name), CpuSet::from_cpulist).ok()?)
+        .unwrap_or_default();
+    let mut members = siblings.iter();
+    let stride = match (members.next(), members.next()) {
+        (Some(0), Some(second)) if second > 1 => Some(second),
+        _ => None,
+    };
+    let width = u32::try_from(siblings.len()).unwrap_or(1).max(1);
+    // The core a CPU is guessed to belong to; contiguous runs of cores go to one part.
+    let core_of = |id: u32| match stride {
+        Some(stride) => id % stride,
+        None => id / width,
+    };
+    let mut ordered: Vec<u32> = ids.to_vec();
+    ordered.sort_by_key(|&id| (core_of(id), id));
+    let size = ordered.len().div_ceil(parts.max(1)).max(1);
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for id in ordered {
+        match out.last_mut() {
+            // A part ends at a core boundary once full.
+            Some(last)
+                if last.len() < size
+                    || last
+                        .last()
+                        .is_some_and(|&prev| core_of(prev) == core_of(id)) =>
+            {
+                last.push(id)
+            }
+            _ => out.push(vec![id]),
+        }
+    }
+    out
 }
 
 /// A group's CPU set names every CPU in it: once read, it is not read again for those CPUs (as hwloc
@@ -234,9 +285,20 @@ struct KnownSets {
     /// every CPU of an architecture, so one listing serves all (a file missing after all reads as
     /// "not said", as on a CPU without it).
     topology_files: Option<BTreeSet<String>>,
-    siblings: Known<CpuSet>,
-    packages: Known<CpuSet>,
+    /// Each core's CPUs with the labels its threads share (read once, for its first CPU).
+    cores: Known<(CpuSet, CoreLabels)>,
+    /// Each package's CPUs with its label.
+    packages: Known<(CpuSet, Option<u32>)>,
     l3: Known<(Option<u32>, Option<CpuSet>)>,
+}
+
+/// What SMT siblings have in common: the kernel derives the core's CPUs from them.
+#[derive(Debug, Clone, Copy, Default)]
+struct CoreLabels {
+    package: Option<u32>,
+    die: Option<u32>,
+    cluster: Option<u32>,
+    core: Option<u32>,
 }
 
 /// Returns the known set holding `cpu`, or reads one and remembers it. Offline CPUs only get what
@@ -273,7 +335,7 @@ fn read_cpu(
         known.topology_files = entry_names(&topology);
     }
     let present = known.topology_files.clone().unwrap_or_default();
-    let mut label = |name: &str| {
+    let label = |errors: &mut ErrorLog, name: &str| {
         if !present.contains(name) {
             return None;
         }
@@ -281,43 +343,54 @@ fn read_cpu(
             .keep(parse_scalar(&topology.join(name), parse_topology_id))
             .flatten()
     };
-    let package = label("physical_package_id");
-    let die = label("die_id");
-    // x86 reports an unknown cluster as BAD_APICID (65535); arm64 as -1.
-    let cluster = label("cluster_id").filter(|&c| c != X86_BAD_APICID);
-    let core = label("core_id");
-    let siblings = known_or_read(
-        &mut known.siblings,
-        id,
-        online,
-        || {
-            read_own_cpuset(
+    // A sibling of a core already read: its labels and set are this CPU's too.
+    let known_core = online.then(|| known.cores.get(id)).flatten();
+    let (siblings, labels) = match known_core {
+        Some((set, labels)) => (Some(set), labels),
+        None => {
+            let package = match online.then(|| known.packages.get(id)).flatten() {
+                Some((_, package)) => package,
+                None => label(errors, "physical_package_id"),
+            };
+            let labels = CoreLabels {
+                package,
+                die: label(errors, "die_id"),
+                // x86 reports an unknown cluster as BAD_APICID (65535); arm64 as -1.
+                cluster: label(errors, "cluster_id").filter(|&c| c != X86_BAD_APICID),
+                core: label(errors, "core_id"),
+            };
+            let siblings = read_own_cpuset(
                 errors,
                 &topology,
                 Some(&present),
                 id,
                 &["core_cpus_list", "thread_siblings_list"],
                 &["core_cpus", "thread_siblings"],
-            )
-        },
-        |set: &CpuSet| Some(set),
-    );
+            );
+            if let (true, Some(set)) = (online, &siblings) {
+                known.cores.remember(set, (set.clone(), labels));
+            }
+            (siblings, labels)
+        }
+    };
     let package_cpus = known_or_read(
         &mut known.packages,
         id,
         online,
         || {
-            read_own_cpuset(
+            let set = read_own_cpuset(
                 errors,
                 &topology,
                 Some(&present),
                 id,
                 &["package_cpus_list", "core_siblings_list"],
                 &["package_cpus", "core_siblings"],
-            )
+            )?;
+            Some((set, labels.package))
         },
-        |set: &CpuSet| Some(set),
-    );
+        |(set, _)| Some(set),
+    )
+    .map(|(set, _)| set);
     let l3 = known_or_read(
         &mut known.l3,
         id,
@@ -328,10 +401,10 @@ fn read_cpu(
     RawCpu {
         id,
         online,
-        package,
-        die,
-        cluster,
-        core,
+        package: labels.package,
+        die: labels.die,
+        cluster: labels.cluster,
+        core: labels.core,
         siblings,
         package_cpus,
         l3,
@@ -413,6 +486,40 @@ mod tests {
         let path = root.join(relative);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, contents).unwrap();
+    }
+
+    #[test]
+    fn threads_split_by_core_and_read_the_same_as_one_thread() {
+        for name in ["xeon", "gb300", "epyc", "hybrid"] {
+            let fixture = hal_mock::by_name(name).unwrap().materialize().unwrap();
+            let cpu_dir = fixture.root().join("sys/devices/system/cpu");
+            let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS).unwrap();
+            let online = parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist).unwrap();
+            let mut one_errors = ErrorLog::default();
+            let one = read_cpus(&cpu_dir, &ids, online.as_ref(), &mut one_errors, 1);
+            for threads in [2, 3, 4] {
+                let parts = split_by_core(&cpu_dir, &ids, threads);
+                let mut all: Vec<u32> = parts.iter().flatten().copied().collect();
+                all.sort_unstable();
+                assert_eq!(all, ids, "{name}: every CPU in exactly one part");
+                // SMT siblings share a part.
+                for cpu in &one {
+                    let part = parts.iter().position(|p| p.contains(&cpu.id));
+                    for sibling in cpu.siblings.iter().flat_map(CpuSet::iter) {
+                        let other = parts.iter().position(|p| p.contains(&sibling));
+                        assert_eq!(part, other, "{name}: {} and {sibling}", cpu.id);
+                    }
+                }
+                let mut errors = ErrorLog::default();
+                let many = read_cpus(&cpu_dir, &ids, online.as_ref(), &mut errors, threads);
+                assert_eq!(
+                    format!("{many:?}"),
+                    format!("{one:?}"),
+                    "{name}, {threads} threads"
+                );
+                assert_eq!(errors.0.len(), one_errors.0.len());
+            }
+        }
     }
 
     #[test]

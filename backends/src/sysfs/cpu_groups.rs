@@ -16,6 +16,7 @@ use hal::CpuSet;
 use super::attr::ErrorLog;
 
 /// What was read for one CPU before groups are settled.
+#[derive(Debug)]
 pub(crate) struct RawCpu {
     pub(crate) id: u32,
     pub(crate) online: bool,

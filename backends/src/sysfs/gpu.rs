@@ -21,17 +21,18 @@
 //! Partial captures: a function the PCI backend could not identify (an error entry) is still a GPU
 //! when the NVIDIA driver lists it, with vendor NVIDIA and driver `nvidia` (hwloc's
 //! `nvidiagpunumanodes` holds such hand-trimmed entries), or when a DRM node belongs to it and its
-//! `uevent` gives `PCI_ID`. The PCI errors stay in the result's errors.
+//! `uevent` gives `PCI_ID`. The errors of the functions read stay in the result's errors. Only
+//! the functions that can be GPUs are read in full; the others cost one read of `class`.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use hal::{Discovered, GpuDevice, GpuInfo, GpuVendor, ParseError, PciAddress, PciDevice, Result};
+use hal::{Discovered, GpuDevice, GpuInfo, GpuVendor, ParseError, PciAddress, Result};
 
 use super::SysfsRoot;
 use super::attr::{ErrorLog, entry_names, parse_scalar, read_optional};
 use super::link::{link_name, resolve_link};
-use super::pci::SysfsPci;
+use super::pci::{class_of, read_functions};
 
 const DRM_CLASS: &str = "sys/class/drm";
 const NVIDIA_GPUS: &str = "proc/driver/nvidia/gpus";
@@ -79,10 +80,17 @@ struct Candidate {
 
 impl GpuDevice for SysfsGpu {
     fn gpus(&self) -> Result<Discovered<GpuInfo>> {
-        let pci = SysfsPci::new(self.root.clone()).pci_functions()?;
-        let mut errors = ErrorLog(pci.errors);
+        let mut errors = ErrorLog::default();
         let drm = drm_nodes(&self.root, &mut errors);
         let nvidia = nvidia_entries(&self.root);
+        // Only the functions that can be GPUs are read in full: display class (or a class that cannot
+        // be read, so its error is reported), or named by a DRM node or the NVIDIA driver.
+        let pci = read_functions(&self.root, |address, dir| {
+            drm.contains_key(&address)
+                || nvidia.contains_key(&address)
+                || class_of(dir).is_none_or(|class| class >> 16 == 0x03)
+        });
+        errors.0.extend(pci.errors);
         let mut candidates: BTreeMap<PciAddress, Candidate> = pci
             .items
             .into_iter()

@@ -39,27 +39,11 @@ impl SysfsPci {
 
 impl PciDevice for SysfsPci {
     fn pci_functions(&self) -> Result<Discovered<PciFunction>> {
-        let devices = self.root.join("sys/bus/pci/devices");
-        let Some(names) = entry_names(&devices) else {
-            // No PCI bus (s390, some containers): nothing to report.
-            return Ok(Discovered::default());
-        };
-        let mut errors = ErrorLog::default();
-        let slots = read_slots(&self.root, &mut errors);
-        let mut functions: Vec<PciFunction> = names
-            .iter()
-            .filter_map(|name| PciAddress::parse(name).ok())
-            .filter_map(
-                |address| match read_function(&self.root, address, &slots, &mut errors) {
-                    Ok(function) => Some(function),
-                    Err(e) => {
-                        errors.0.push((&e).into());
-                        None
-                    }
-                },
-            )
-            .collect();
-        functions.sort_by_key(|f| f.address);
+        let Discovered {
+            items: mut functions,
+            errors,
+        } = read_functions(&self.root, |_, _| true);
+        let mut errors = ErrorLog(errors);
         if let Some(path) = &self.pci_ids {
             let wanted: BTreeSet<(u16, u16)> = functions
                 .iter()
@@ -78,6 +62,50 @@ impl PciDevice for SysfsPci {
         })
     }
 }
+
+/// The functions under `sys/bus/pci/devices` that `wanted` keeps (given the address and the entry's
+/// path), read in full and sorted by address; the others cost only what `wanted` reads. No PCI bus
+/// (s390, some containers) is an empty result.
+pub(crate) fn read_functions(
+    root: &SysfsRoot,
+    wanted: impl Fn(PciAddress, &Path) -> bool,
+) -> Discovered<PciFunction> {
+    let devices = root.join("sys/bus/pci/devices");
+    let Some(names) = entry_names(&devices) else {
+        return Discovered::default();
+    };
+    let mut errors = ErrorLog::default();
+    let slots = read_slots(root, &mut errors);
+    let mut functions: Vec<PciFunction> = names
+        .iter()
+        .filter_map(|name| Some((PciAddress::parse(name).ok()?, name)))
+        .filter(|(address, name)| wanted(*address, &devices.join(name)))
+        .filter_map(
+            |(address, _)| match read_function(root, address, &slots, &mut errors) {
+                Ok(function) => Some(function),
+                Err(e) => {
+                    errors.0.push((&e).into());
+                    None
+                }
+            },
+        )
+        .collect();
+    functions.sort_by_key(|f| f.address);
+    Discovered {
+        items: functions,
+        errors: errors.0,
+    }
+}
+
+/// The `class` of the function at `dir`, when readable.
+pub(crate) fn class_of(dir: &Path) -> Option<u32> {
+    parse_scalar(&dir.join("class"), |t| parse_hex(t, 6))
+        .ok()
+        .flatten()
+}
+
+/// Red Hat's PCI vendor id, which virtio devices carry.
+const VIRTIO_VENDOR: u16 = 0x1af4;
 
 /// `sys/bus/pci/slots/<name>/address` (`0000:3b:00`, no function) → slot name.
 fn read_slots(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<String, String> {
@@ -101,9 +129,10 @@ fn read_function(
 ) -> Result<PciFunction> {
     let entry = PathBuf::from(format!("sys/bus/pci/devices/{address}"));
     // Old captures hold real directories here instead of links: no path, so no root.
-    let sysfs_path = match root.join(&entry.to_string_lossy()).is_symlink() {
-        true => resolve_link(root.root(), &entry)?,
-        false => entry.clone(),
+    let sysfs_path = match resolve_link(root.root(), &entry) {
+        Ok(path) => path,
+        Err(_) if !root.join(&entry.to_string_lossy()).is_symlink() => entry.clone(),
+        Err(e) => return Err(e),
     };
     let dir = root.root().join(&sysfs_path);
     let required = |name: &str, digits: usize| -> Result<u32> {
@@ -145,11 +174,14 @@ fn read_function(
         .checked_sub(2)
         .and_then(|i| functions.get(i))
         .copied();
-    let physfn = match dir.join("physfn").is_symlink() {
-        true => errors
-            .keep(resolve_link(root.root(), &sysfs_path.join("physfn")).map(Some))
-            .and_then(|p| pci_functions_in_path(&p).last().copied()),
-        false => None,
+    // Only VFs have `physfn`: a missing link is the common case, not an error.
+    let physfn = match resolve_link(root.root(), &sysfs_path.join("physfn")) {
+        Ok(p) => pci_functions_in_path(&p).last().copied(),
+        Err(_) if !dir.join("physfn").is_symlink() => None,
+        Err(e) => {
+            errors.0.push((&e).into());
+            None
+        }
     };
     let slot_key = format!(
         "{:04x}:{:02x}:{:02x}",
@@ -174,15 +206,18 @@ fn read_function(
         pcie_root: pcie_root_of_path(&sysfs_path),
         parent,
         physfn,
-        netdevs: netdevs_of(&dir),
+        netdevs: netdevs_of(&dir, vendor_id),
         sysfs_path: sysfs_path.to_string_lossy().into_owned(),
     })
 }
 
-/// Interface names of a function: `net/<name>`, and `virtioN/net/<name>` for virtio-net, whose
-/// interface hangs under the virtio device the PCI function carries.
-fn netdevs_of(dir: &Path) -> Vec<String> {
+/// Interface names of a function: `net/<name>`, and for virtio (vendor 0x1af4) `virtioN/net/<name>`,
+/// as virtio-net's interface hangs under the virtio device the PCI function carries.
+fn netdevs_of(dir: &Path, vendor_id: u16) -> Vec<String> {
     let mut names: BTreeSet<String> = entry_names(&dir.join("net")).unwrap_or_default();
+    if vendor_id != VIRTIO_VENDOR {
+        return names.into_iter().collect();
+    }
     for child in entry_names(dir)
         .unwrap_or_default()
         .iter()

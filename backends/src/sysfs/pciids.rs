@@ -41,7 +41,12 @@ impl PciNames {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut bytes = Vec::new();
+        // Sized up front: one read(2) for the whole file instead of a doubling buffer's dozen.
+        let size = file
+            .metadata()
+            .map_or(0, |m| m.len())
+            .min(MAX_PCI_IDS_BYTES) as usize;
+        let mut bytes = Vec::with_capacity(size + 1);
         file.take(MAX_PCI_IDS_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|source| Error::Io {
@@ -56,8 +61,12 @@ impl PciNames {
                 source,
             });
         }
-        // pci.ids is ASCII with some UTF-8 names; a stray invalid byte only spoils its own name.
-        Ok(Self::parse(&String::from_utf8_lossy(&bytes), wanted))
+        // pci.ids is ASCII with some UTF-8 names; a stray invalid byte only spoils its own name (the
+        // lossy conversion, slower, is only for such a file).
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => Ok(Self::parse(text, wanted)),
+            Err(_) => Ok(Self::parse(&String::from_utf8_lossy(&bytes), wanted)),
+        }
     }
 
     /// Parses the database text, keeping the names of `wanted` pairs (and their vendors).
@@ -66,6 +75,22 @@ impl PciNames {
         let mut names = PciNames::default();
         let mut vendor: Option<u16> = None;
         for line in text.lines() {
+            if let Some(rest) = line.strip_prefix('\t') {
+                // Most lines are devices of vendors nobody asked for: skipped before any parsing.
+                let Some(v) = vendor else {
+                    continue;
+                };
+                if rest.starts_with('\t') {
+                    continue; // subsystem line
+                }
+                let Some((id, name)) = split_id(rest) else {
+                    continue;
+                };
+                if wanted.contains(&(v, id)) {
+                    names.devices.insert((v, id), name.to_owned());
+                }
+                continue;
+            }
             if line.starts_with('#') || line.trim().is_empty() {
                 continue;
             }
@@ -73,17 +98,7 @@ impl PciNames {
                 // The class section ends the vendor list.
                 break;
             }
-            if let Some(rest) = line.strip_prefix('\t') {
-                if rest.starts_with('\t') {
-                    continue; // subsystem line
-                }
-                let (Some(v), Some((id, name))) = (vendor, split_id(rest)) else {
-                    continue;
-                };
-                if wanted.contains(&(v, id)) {
-                    names.devices.insert((v, id), name.to_owned());
-                }
-            } else {
+            {
                 vendor = None;
                 if let Some((id, name)) = split_id(line)
                     && wanted_vendors.contains(&id)

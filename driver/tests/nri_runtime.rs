@@ -30,6 +30,7 @@ struct Node {
     claims: watch::Sender<BTreeMap<String, ClaimCpus>>,
     stop: watch::Sender<bool>,
     plugin: tokio::task::JoinHandle<()>,
+    stats: Arc<driver::nri::stats::NriStats>,
 }
 
 /// Starts the plugin on `socket` with 8 allocatable CPUs (0-7) and the given claims.
@@ -52,11 +53,13 @@ fn start(socket: &Path, claims: &[(&str, &str, &str)]) -> Node {
     let (stop, stopped) = watch::channel(false);
     let mut config = NriConfig::new(socket);
     config.index = "07".into();
+    let stats = config.stats.clone();
     let plugin = tokio::spawn(run(config, source, stopped));
     Node {
         claims,
         stop,
         plugin,
+        stats,
     }
 }
 
@@ -275,8 +278,11 @@ async fn after_a_runtime_restart_the_plugin_reconnects_and_synchronizes_again() 
     .await
     .unwrap();
     assert_eq!(conn.cpus("c").unwrap(), "0-1");
+    assert!(node.stats.connected());
+    assert_eq!(node.stats.containers(), (1, 0));
     let _ = node.stop.send(true);
     node.plugin.await.unwrap();
+    assert!(!node.stats.connected());
 }
 
 #[tokio::test]

@@ -373,15 +373,10 @@ async fn the_plugin_binary_pins_containers_through_nri() {
     let runtime = FakeRuntime::listen(&socket).unwrap();
 
     let kubelet = dir.path().join("kubelet");
+    let metrics_port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
-        .args([
-            "--fixture",
-            "xeon",
-            "--node-name",
-            NODE,
-            "--metrics-address",
-            "",
-        ])
+        .args(["--fixture", "xeon", "--node-name", NODE])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
         .args(["--reserved-cpus", "0,112", "--nri", "--nri-index", "05"])
         .arg("--nri-socket")
         .arg(&socket)
@@ -455,6 +450,15 @@ async fn the_plugin_binary_pins_containers_through_nri() {
         .await
         .unwrap();
     assert_eq!(conn.cpus("worker").unwrap(), cpuset);
+    let metrics = http_get(metrics_port, "/metrics").await;
+    for line in [
+        "dra_hal_nri_connected 1",
+        "dra_hal_nri_containers{placement=\"exclusive\"} 1",
+        "dra_hal_nri_containers{placement=\"shared\"} 1",
+        "dra_hal_nri_refused_containers_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     terminate(&child);
     let status = child.wait().unwrap();

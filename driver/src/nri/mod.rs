@@ -5,6 +5,7 @@
 //! - [`endpoint`]: calls and answers over it, for either side;
 //! - [`policy`]: which CPUs each container gets, apart from the protocol;
 //! - [`plugin`]: registration, the event handlers, unsolicited updates, reconnection;
+//! - [`stats`]: what it reports on `/metrics`;
 //! - `fake_runtime` (feature `fake-nri`): the runtime side, for tests.
 //!
 //! How to turn NRI on in the runtime, and what a workload sees: `docs/nri.md`.
@@ -14,6 +15,7 @@ pub mod endpoint;
 pub mod fake_runtime;
 pub mod plugin;
 pub mod policy;
+pub mod stats;
 pub mod wire;
 
 /// Generated message types.

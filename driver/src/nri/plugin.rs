@@ -16,6 +16,7 @@ use super::endpoint::{CallError, Endpoint, Incoming, code};
 use super::policy::{ClaimCpus, Policy, Snapshot, SyncedContainer, Update};
 use super::proto::api;
 use super::proto::ttrpc::Status;
+use super::stats::NriStats;
 use super::wire::{PLUGIN_CONN, RUNTIME_CONN};
 
 /// The service the runtime exposes to plugins.
@@ -51,6 +52,8 @@ pub struct NriConfig {
     pub index: String,
     /// How long to wait for the runtime's answers.
     pub timeout: Duration,
+    /// Where the plugin reports what it does (`/metrics`).
+    pub stats: Arc<NriStats>,
 }
 
 impl NriConfig {
@@ -62,6 +65,7 @@ impl NriConfig {
             name: "dra-hal".into(),
             index: "10".into(),
             timeout: Duration::from_secs(5),
+            stats: Arc::default(),
         }
     }
 }
@@ -106,7 +110,9 @@ pub async fn run(config: NriConfig, source: CpuSource, mut stopped: watch::Recei
                 delay = Duration::from_secs(1);
                 reported = false;
                 tracing::info!(socket = %config.socket.display(), "connected to the NRI runtime");
-                match serve(socket, &config, source.clone(), stopped.clone()).await {
+                let served = serve(socket, &config, source.clone(), stopped.clone()).await;
+                config.stats.set_connected(false);
+                match served {
                     Ok(()) => tracing::info!("the NRI connection ended"),
                     Err(error) => tracing::warn!(%error, "the NRI connection failed"),
                 }
@@ -177,12 +183,16 @@ pub async fn serve(
                     return Ok(());
                 };
                 let answer = handle(&policy, &mut sync, &request.service, &request.method, &request.payload);
+                count(&policy, &config.stats, request.method == "CreateContainer" && answer.is_err());
                 endpoint.answer(stream, answer).await.map_err(|e| e.to_string())?;
             }
             Some(registered) = async { match registration.as_mut() { Some(r) => Some(r.await), None => None } } => {
                 registration = None;
                 match registered {
-                    Ok(Ok(_)) => tracing::info!(name = %config.name, index = %config.index, "registered with the NRI runtime"),
+                    Ok(Ok(_)) => {
+                        config.stats.set_connected(true);
+                        tracing::info!(name = %config.name, index = %config.index, "registered with the NRI runtime")
+                    }
                     Ok(Err(error)) => return Err(format!("registering: {error}")),
                     Err(error) => return Err(format!("registering: {error}")),
                 }
@@ -199,6 +209,7 @@ pub async fn serve(
                 }
             }
             Some(failed) = failed_rx.recv() => {
+                config.stats.add_update_failures(failed.len());
                 if let Ok(mut policy) = policy.lock() {
                     policy.invalidate(&failed);
                 }
@@ -214,6 +225,21 @@ pub async fn serve(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Reports the containers managed, and a refused creation.
+fn count(policy: &Mutex<Policy>, stats: &NriStats, refused: bool) {
+    if refused {
+        stats.add_refused();
+    }
+    if let Ok(policy) = policy.lock() {
+        let exclusive = policy
+            .containers()
+            .values()
+            .filter(|t| matches!(t.placement, super::policy::Placement::Exclusive(_)))
+            .count();
+        stats.set_containers(exclusive, policy.containers().len() - exclusive);
     }
 }
 

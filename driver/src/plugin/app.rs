@@ -262,6 +262,7 @@ pub async fn run(
         }
         let mut nri = crate::nri::plugin::NriConfig::new(&args.nri_socket);
         nri.index = args.nri_index.clone();
+        metrics.set_nri(nri.stats.clone());
         let inventory = inventory.clone();
         let reserved = config.reserved_cpus.clone();
         // Online CPUs minus reserved ones, as the inventory has them now.

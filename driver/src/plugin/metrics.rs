@@ -67,6 +67,7 @@ pub struct Metrics {
     unprepare_seconds: Histogram,
     devices_published: AtomicU64,
     healthy: AtomicBool,
+    nri: std::sync::OnceLock<Arc<crate::nri::stats::NriStats>>,
 }
 
 impl Metrics {
@@ -79,6 +80,11 @@ impl Metrics {
     /// Marks the plugin healthy (serving and registered) or not.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Renders the NRI plugin's metrics too (with `--nri`).
+    pub fn set_nri(&self, stats: Arc<crate::nri::stats::NriStats>) {
+        let _ = self.nri.set(stats);
     }
 
     /// Whether `/healthz` answers ok.
@@ -134,6 +140,9 @@ impl Metrics {
              # TYPE dra_hal_devices_published gauge\ndra_hal_devices_published {}",
             self.devices_published.load(Ordering::Relaxed)
         );
+        if let Some(nri) = self.nri.get() {
+            nri.render(&mut out);
+        }
         out
     }
 }

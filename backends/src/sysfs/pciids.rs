@@ -34,81 +34,67 @@ pub struct PciNames {
 }
 
 impl PciNames {
-    /// Reads `path` once and keeps the names of `wanted` (vendor, device) pairs only.
+    /// Reads `path` once, in 64 KiB chunks, and keeps the names of `wanted` (vendor, device) pairs
+    /// only. Reading stops at the class section, which ends the vendor list.
     pub fn load(path: &Path, wanted: &BTreeSet<(u16, u16)>) -> Result<PciNames> {
-        let file = fs::File::open(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             op: "read",
             path: path.to_path_buf(),
             source,
-        })?;
-        // Sized up front: one read(2) for the whole file instead of a doubling buffer's dozen.
-        let size = file
-            .metadata()
-            .map_or(0, |m| m.len())
-            .min(MAX_PCI_IDS_BYTES) as usize;
-        let mut bytes = Vec::with_capacity(size + 1);
-        file.take(MAX_PCI_IDS_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|source| Error::Io {
-                op: "read",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        if bytes.len() as u64 > MAX_PCI_IDS_BYTES {
-            let source = ParseError::new("pci.ids", "", "larger than 32 MiB");
-            return Err(Error::Parse {
-                path: path.to_path_buf(),
-                source,
-            });
+        };
+        let mut file = fs::File::open(path).map_err(io)?;
+        let mut parser = Parser::new(wanted);
+        let mut chunk = vec![0u8; 64 * 1024];
+        // The start of a line the previous chunk cut.
+        let mut partial: Vec<u8> = Vec::new();
+        let mut total = 0u64;
+        while !parser.done {
+            let n = match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            total += n as u64;
+            if total > MAX_PCI_IDS_BYTES {
+                let source = ParseError::new("pci.ids", "", "larger than 32 MiB");
+                return Err(Error::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+            let mut bytes = chunk.get(..n).unwrap_or_default();
+            if !partial.is_empty() {
+                match memchr::memchr(b'\n', bytes) {
+                    Some(end) => {
+                        partial.extend_from_slice(bytes.get(..=end).unwrap_or_default());
+                        parser.feed(&partial);
+                        partial.clear();
+                        bytes = bytes.get(end + 1..).unwrap_or_default();
+                    }
+                    None => {
+                        partial.extend_from_slice(bytes);
+                        continue;
+                    }
+                }
+            }
+            match memchr::memrchr(b'\n', bytes) {
+                Some(last) => {
+                    parser.feed(bytes.get(..=last).unwrap_or_default());
+                    partial.extend_from_slice(bytes.get(last + 1..).unwrap_or_default());
+                }
+                None => partial.extend_from_slice(bytes),
+            }
         }
-        // pci.ids is ASCII with some UTF-8 names; a stray invalid byte only spoils its own name (the
-        // lossy conversion, slower, is only for such a file).
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => Ok(Self::parse(text, wanted)),
-            Err(_) => Ok(Self::parse(&String::from_utf8_lossy(&bytes), wanted)),
-        }
+        parser.feed(&partial);
+        Ok(parser.names)
     }
 
     /// Parses the database text, keeping the names of `wanted` pairs (and their vendors).
     pub fn parse(text: &str, wanted: &BTreeSet<(u16, u16)>) -> PciNames {
-        let wanted_vendors: BTreeSet<u16> = wanted.iter().map(|(v, _)| *v).collect();
-        let mut names = PciNames::default();
-        let mut vendor: Option<u16> = None;
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix('\t') {
-                // Most lines are devices of vendors nobody asked for: skipped before any parsing.
-                let Some(v) = vendor else {
-                    continue;
-                };
-                if rest.starts_with('\t') {
-                    continue; // subsystem line
-                }
-                let Some((id, name)) = split_id(rest) else {
-                    continue;
-                };
-                if wanted.contains(&(v, id)) {
-                    names.devices.insert((v, id), name.to_owned());
-                }
-                continue;
-            }
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            if line.starts_with("C ") {
-                // The class section ends the vendor list.
-                break;
-            }
-            {
-                vendor = None;
-                if let Some((id, name)) = split_id(line)
-                    && wanted_vendors.contains(&id)
-                {
-                    vendor = Some(id);
-                    names.vendors.insert(id, name.to_owned());
-                }
-            }
-        }
-        names
+        let mut parser = Parser::new(wanted);
+        parser.feed(text.as_bytes());
+        parser.names
     }
 
     /// The vendor's name.
@@ -122,13 +108,83 @@ impl PciNames {
     }
 }
 
-/// `8086  Intel Corporation` → (0x8086, "Intel Corporation").
-fn split_id(line: &str) -> Option<(u16, &str)> {
-    let (id, name) = line.split_once(char::is_whitespace)?;
-    if id.len() != 4 {
+/// The line-by-line reading of the vendor list. Lines are bytes: pci.ids is ASCII with some UTF-8
+/// names, and a stray invalid byte only spoils its own name.
+struct Parser<'a> {
+    wanted: &'a BTreeSet<(u16, u16)>,
+    wanted_vendors: BTreeSet<u16>,
+    /// The wanted vendor whose devices follow, if any.
+    vendor: Option<u16>,
+    names: PciNames,
+    /// The class section was reached.
+    done: bool,
+}
+
+impl<'a> Parser<'a> {
+    fn new(wanted: &'a BTreeSet<(u16, u16)>) -> Parser<'a> {
+        Parser {
+            wanted,
+            wanted_vendors: wanted.iter().map(|(v, _)| *v).collect(),
+            vendor: None,
+            names: PciNames::default(),
+            done: false,
+        }
+    }
+
+    /// Reads whole lines (the last one may lack its newline).
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut start = 0;
+        while !self.done && start < bytes.len() {
+            let end = memchr::memchr(b'\n', bytes.get(start..).unwrap_or_default())
+                .map_or(bytes.len(), |i| start + i);
+            let line = bytes.get(start..end).unwrap_or_default();
+            self.line(line.strip_suffix(b"\r").unwrap_or(line));
+            start = end + 1;
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        match line {
+            // Most lines are devices of vendors nobody asked for: skipped before any parsing.
+            [b'\t', ..] if self.vendor.is_none() => {}
+            [b'\t', b'\t', ..] => {} // subsystem line
+            [b'\t', rest @ ..] => {
+                if let (Some(vendor), Some((id, name))) = (self.vendor, split_id(rest))
+                    && self.wanted.contains(&(vendor, id))
+                {
+                    self.names.devices.insert((vendor, id), text(name));
+                }
+            }
+            [b'#', ..] => {}
+            _ if line.iter().all(u8::is_ascii_whitespace) => {}
+            // The class section ends the vendor list.
+            [b'C', b' ', ..] => self.done = true,
+            _ => {
+                self.vendor = None;
+                if let Some((id, name)) = split_id(line)
+                    && self.wanted_vendors.contains(&id)
+                {
+                    self.vendor = Some(id);
+                    self.names.vendors.insert(id, text(name));
+                }
+            }
+        }
+    }
+}
+
+/// `8086  Intel Corporation` → (0x8086, b"Intel Corporation").
+fn split_id(line: &[u8]) -> Option<(u16, &[u8])> {
+    let id = line.get(..4)?;
+    if !line.get(4).is_some_and(u8::is_ascii_whitespace) || !id.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    Some((u16::from_str_radix(id, 16).ok()?, name.trim()))
+    let id = u16::from_str_radix(std::str::from_utf8(id).ok()?, 16).ok()?;
+    Some((id, line.get(5..).unwrap_or_default()))
+}
+
+/// A name as text, trimmed; an invalid UTF-8 byte becomes U+FFFD.
+fn text(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).trim().to_owned()
 }
 
 #[cfg(test)]
@@ -159,6 +215,56 @@ mod tests {
         assert_eq!(names.vendor(0x8086), Some("Intel Corporation"));
         assert_eq!(names.device(0x8086, 0x9999), None);
         assert_eq!(names.vendor(0x10de), None, "not asked for");
+    }
+
+    #[test]
+    fn a_file_read_in_chunks_gives_the_same_names_as_the_text_and_stops_at_the_classes() {
+        // Lines cut across 64 KiB chunks, CRLF endings, an invalid UTF-8 byte, a vendor in the class
+        // section that must not count.
+        let mut text = String::from("# header\r\n\n");
+        for vendor in 0x1000u16..0x1400 {
+            text.push_str(&format!(
+                "{vendor:04x}  Vendor {vendor} with a long enough name\n"
+            ));
+            for device in 0..20u16 {
+                text.push_str(&format!("\t{device:04x}  Device {device} of {vendor}\r\n"));
+                text.push_str("\t\t1234 5678  a subsystem\n");
+            }
+        }
+        text.push_str("C 02  Network controller\n1415  After the classes\n\t0001  No\n");
+        let mut bytes = text.clone().into_bytes();
+        let at = text.find("C 02").unwrap();
+        bytes.splice(at..at, *b"\nabcd  Bad \xff byte\n\t0007  Seven\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pci.ids");
+        fs::write(&path, &bytes).unwrap();
+        assert!(bytes.len() > 3 * 64 * 1024);
+        let wanted = BTreeSet::from([
+            (0x1000, 0x0000),
+            (0x13ff, 0x0013),
+            (0xabcd, 0x0007),
+            (0x1415, 0x0001),
+        ]);
+        let names = PciNames::load(&path, &wanted).unwrap();
+        assert_eq!(names.device(0x1000, 0x0000), Some("Device 0 of 4096"));
+        assert_eq!(names.device(0x13ff, 0x0013), Some("Device 19 of 5119"));
+        assert_eq!(names.vendor(0xabcd), Some("Bad \u{fffd} byte"));
+        assert_eq!(names.device(0xabcd, 0x0007), Some("Seven"));
+        assert_eq!(names.vendor(0x1415), None, "after the class section");
+        assert_eq!(
+            names,
+            PciNames::parse(&String::from_utf8_lossy(&bytes), &wanted)
+        );
+        // Every name, so a line cut at any chunk boundary would show.
+        let every: BTreeSet<(u16, u16)> = (0x1000u16..0x1400)
+            .flat_map(|v| (0..20u16).map(move |d| (v, d)))
+            .collect();
+        let all = PciNames::load(&path, &every).unwrap();
+        assert_eq!(all.devices.len(), every.len());
+        assert_eq!(
+            all,
+            PciNames::parse(&String::from_utf8_lossy(&bytes), &every)
+        );
     }
 
     #[test]

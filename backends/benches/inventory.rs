@@ -22,10 +22,7 @@ const IO_DUMPS: [&str; 3] = [
 /// Every backend, as the driver's `Inventory::read` runs them: the CPU topology (with one core fewer
 /// for itself) and the devices on two threads.
 fn inventory(root: &SysfsRoot) -> usize {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .clamp(1, 4);
+    let threads = backends::sysfs::cpu::threads_beside_devices();
     std::thread::scope(|scope| {
         let cpu = scope.spawn(|| {
             SysfsCpuTopology::new(root.clone())

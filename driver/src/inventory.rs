@@ -128,7 +128,8 @@ impl Inventory {
         nvml: Option<Box<dyn backends::nvml::NvmlApi>>,
     ) -> Inventory {
         // The devices are read on another core meanwhile (`Inventory::read`).
-        let cpu = backends::SysfsCpuTopology::new(root.clone()).with_threads(cpu_threads());
+        let cpu = backends::SysfsCpuTopology::new(root.clone())
+            .with_threads(backends::sysfs::cpu::threads_beside_devices());
         let mut pci = backends::SysfsPci::new(root.clone());
         if let Some(path) = pci_ids {
             pci = pci.with_pci_ids(path);
@@ -150,14 +151,6 @@ impl Inventory {
         inventory.rt_limit = crate::plugin::rt::RtLimit::read(root.root());
         inventory
     }
-}
-
-/// Threads for the CPU topology: the available parallelism less the one reading devices, at most 4.
-pub fn cpu_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .clamp(1, 4)
 }
 
 /// The NVML seam for a machine: the fixture's recorded answers, or the real library on a node.

@@ -6,6 +6,7 @@ use hal::{CoreType, CpuSet, LogicalCpu, ParseError};
 
 use super::SysfsRoot;
 use super::attr::{ErrorLog, parse_optional, parse_scalar};
+use super::cpu::{PARALLEL_FROM_CPUS, in_threads};
 
 /// Intel hybrid PMU lists first, then arm `cpu_capacity`, then arm MIDR part numbers.
 pub(crate) fn assign_core_types(
@@ -60,22 +61,14 @@ pub(crate) fn assign_core_types(
         };
         // One file per CPU: big machines are read by several threads, in contiguous chunks merged
         // in order.
-        let parts: Vec<(Vec<Option<u64>>, ErrorLog)> = if ids.len() < 128 || threads < 2 {
-            vec![read(&ids)]
-        } else {
-            let size = ids.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = ids
-                    .chunks(size)
-                    .map(|chunk| scope.spawn(move || read(chunk)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .zip(ids.chunks(size))
-                    .map(|(handle, chunk)| handle.join().unwrap_or_else(|_| read(chunk)))
-                    .collect()
-            })
+        let parts: Vec<Vec<u32>> = match ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
+            true => vec![ids.clone()],
+            false => ids
+                .chunks(ids.len().div_ceil(threads))
+                .map(<[u32]>::to_vec)
+                .collect(),
         };
+        let parts = in_threads(&parts, read);
         let mut values = Vec::with_capacity(ids.len());
         for (part, log) in parts {
             values.extend(part);

@@ -152,7 +152,7 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
 }
 
 /// Machines with at least this many CPUs are read by several threads.
-const PARALLEL_FROM_CPUS: usize = 128;
+pub(crate) const PARALLEL_FROM_CPUS: usize = 128;
 
 /// Reads every `cpuN` directory; the result is in CPU order. Big machines are split among scoped
 /// threads (per-file cost dominates: a 224-CPU machine has about a thousand files to read). The split
@@ -187,23 +187,14 @@ fn read_cpus(
             })
             .collect()
     };
-    let mut read: Vec<(RawCpu, ErrorLog)> = if ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
-        read_part(ids)
-    } else {
-        let parts = split_by_core(cpu_dir, ids, threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = parts
-                .iter()
-                .map(|part| scope.spawn(move || read_part(part)))
-                .collect();
-            // A panicking reader would be a bug; its part is then read again on this thread.
-            handles
-                .into_iter()
-                .zip(&parts)
-                .flat_map(|(handle, part)| handle.join().unwrap_or_else(|_| read_part(part)))
-                .collect()
-        })
+    let parts = match ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
+        true => vec![ids.to_vec()],
+        false => split_by_core(cpu_dir, ids, threads),
     };
+    let mut read: Vec<(RawCpu, ErrorLog)> = in_threads(&parts, read_part)
+        .into_iter()
+        .flatten()
+        .collect();
     read.sort_by_key(|(cpu, _)| cpu.id);
     let mut cpus = Vec::with_capacity(read.len());
     for (cpu, log) in read {
@@ -211,6 +202,35 @@ fn read_cpus(
         errors.0.extend(log.0);
     }
     cpus
+}
+
+/// `read` of each part, in order: one part on this thread, several on scoped threads of their own. A
+/// panicking reader would be a bug; its part is then read again on this thread.
+pub(crate) fn in_threads<T: Send>(parts: &[Vec<u32>], read: impl Fn(&[u32]) -> T + Sync) -> Vec<T> {
+    if let [one] = parts {
+        return vec![read(one)];
+    }
+    let read = &read;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|part| scope.spawn(move || read(part)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(parts)
+            .map(|(handle, part)| handle.join().unwrap_or_else(|_| read(part)))
+            .collect()
+    })
+}
+
+/// Threads for the CPU topology while one more thread reads the devices: the available parallelism
+/// less one, at least 1, at most 4 (as `Inventory::read` in the driver runs them).
+pub fn threads_beside_devices() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .clamp(1, 4)
 }
 
 /// Splits `ids` into `parts` lists of about the same size that keep SMT siblings together, as far as

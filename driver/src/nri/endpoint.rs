@@ -180,40 +180,24 @@ impl Endpoint {
                 .lock()
                 .map_err(|_| CallError::Closed)?
                 .insert(stream, tx);
-            let bytes = encode(&Message {
+            let message = Message {
                 conn: self.call_conn,
                 stream,
                 kind: Kind::Request,
                 flags: 0,
                 data: envelope.encode_to_vec(),
-            })
-            .map_err(|e| CallError::Io(e.to_string()));
-            let sent = match bytes {
-                Ok(bytes) => writer
-                    .0
-                    .write_all(&bytes)
-                    .await
-                    .map_err(|e| CallError::Io(e.to_string())),
-                Err(e) => Err(e),
             };
-            if let Err(e) = sent {
-                if let Ok(mut p) = self.pending.lock() {
-                    p.remove(&stream);
-                }
+            if let Err(e) = write(&mut writer.0, &message).await {
+                self.forget(stream);
                 return Err(e);
             }
             stream
-        };
-        let forget = |pending: &Pending| {
-            if let Ok(mut p) = pending.lock() {
-                p.remove(&stream);
-            }
         };
         let response = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(response)) => response,
             Ok(Err(_)) => return Err(CallError::Closed),
             Err(_) => {
-                forget(&self.pending);
+                self.forget(stream);
                 return Err(CallError::Timeout(method.to_owned(), timeout));
             }
         };
@@ -259,19 +243,29 @@ impl Endpoint {
     }
 
     async fn send(&self, message: Message) -> Result<(), CallError> {
-        let bytes = encode(&message).map_err(|e| CallError::Io(e.to_string()))?;
-        let mut writer = self.writer.lock().await;
-        writer
-            .0
-            .write_all(&bytes)
-            .await
-            .map_err(|e| CallError::Io(e.to_string()))
+        write(&mut self.writer.lock().await.0, &message).await
+    }
+
+    /// Stops waiting for the answer on `stream`.
+    fn forget(&self, stream: u32) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&stream);
+        }
     }
 
     /// Closes the writing half: the other side sees the socket end.
     pub async fn close(&self) {
         let _ = self.writer.lock().await.0.shutdown().await;
     }
+}
+
+/// Encodes and writes one message.
+async fn write(writer: &mut OwnedWriteHalf, message: &Message) -> Result<(), CallError> {
+    let bytes = encode(message).map_err(|e| CallError::Io(e.to_string()))?;
+    writer
+        .write_all(&bytes)
+        .await
+        .map_err(|e| CallError::Io(e.to_string()))
 }
 
 /// Routes a message: answers to our calls to their waiter, calls to the receiver, the rest is dropped.

@@ -186,13 +186,7 @@ fn apply(table: &Table, updates: &[api::ContainerUpdate]) {
         return;
     };
     for update in updates {
-        let cpus = update
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.as_ref())
-            .and_then(|r| r.cpu.as_ref())
-            .map(|c| c.cpus.clone())
-            .unwrap_or_default();
+        let cpus = update.cpus().to_owned();
         if let Some(current) = table.get_mut(&update.container_id)
             && !cpus.is_empty()
         {
@@ -253,7 +247,7 @@ impl PluginConn {
     ) -> Result<api::SynchronizeResponse, CallError> {
         if let Ok(mut table) = self.table.lock() {
             for c in &containers {
-                table.insert(c.id.clone(), cpus_of(c));
+                table.insert(c.id.clone(), c.cpus().to_owned());
             }
         }
         let chunks: Vec<Vec<api::Container>> = containers
@@ -291,10 +285,10 @@ impl PluginConn {
             .as_ref()
             .and_then(|a| a.linux.as_ref())
             .and_then(|l| l.resources.as_ref())
-            .and_then(|r| r.cpu.as_ref())
-            .map(|c| c.cpus.clone())
+            .map(api::LinuxResources::cpus)
             .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| cpus_of(&container));
+            .unwrap_or(container.cpus())
+            .to_owned();
         if let Ok(mut table) = self.table.lock() {
             table.insert(container.id.clone(), adjusted);
         }
@@ -346,14 +340,4 @@ impl PluginConn {
     pub async fn hang_up(&self) {
         self.endpoint.close().await;
     }
-}
-
-fn cpus_of(container: &api::Container) -> String {
-    container
-        .linux
-        .as_ref()
-        .and_then(|l| l.resources.as_ref())
-        .and_then(|r| r.cpu.as_ref())
-        .map(|c| c.cpus.clone())
-        .unwrap_or_default()
 }

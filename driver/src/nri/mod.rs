@@ -56,3 +56,30 @@ pub mod proto {
         tonic::include_proto!("ttrpc");
     }
 }
+
+impl proto::api::LinuxResources {
+    /// The cpuset (`cpu.cpus`, a cpulist); empty when not set.
+    pub fn cpus(&self) -> &str {
+        self.cpu.as_ref().map_or("", |c| c.cpus.as_str())
+    }
+}
+
+impl proto::api::Container {
+    /// The container's cpuset; empty when not set.
+    pub fn cpus(&self) -> &str {
+        self.linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .map_or("", proto::api::LinuxResources::cpus)
+    }
+}
+
+impl proto::api::ContainerUpdate {
+    /// The cpuset the update sets; empty when it sets none.
+    pub fn cpus(&self) -> &str {
+        self.linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .map_or("", proto::api::LinuxResources::cpus)
+    }
+}

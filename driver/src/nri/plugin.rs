@@ -328,8 +328,7 @@ fn decode<M: prost::Message + Default>(method: &str, payload: &[u8]) -> Result<M
 
 /// The CPUs a container runs on, from its Linux resources.
 fn current_cpus(container: &api::Container) -> Option<CpuSet> {
-    let cpus = container.linux.as_ref()?.resources.as_ref()?.cpu.as_ref()?;
-    CpuSet::from_cpulist(&cpus.cpus)
+    CpuSet::from_cpulist(container.cpus())
         .ok()
         .filter(|c| !c.is_empty())
 }

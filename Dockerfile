@@ -26,10 +26,12 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends pci.ids && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The udev feature: rescans on hotplug (kernel uevents over netlink; no libudev needed).
+# udev: rescans on hotplug (kernel uevents over netlink; no libudev needed). level-zero: Intel GPU facts
+# when the node's Level Zero loader is mounted (opened at run time). Not verbs: it links libibverbs,
+# which this distroless image does not have.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p driver --features udev --bin dra-hal-plugin --bin hal-probe \
+    cargo build --release --locked -p driver --features udev,level-zero --bin dra-hal-plugin --bin hal-probe \
  && install -D -m 0755 -t /out target/release/dra-hal-plugin target/release/hal-probe
 
 FROM gcr.io/distroless/cc-debian12:nonroot

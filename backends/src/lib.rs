@@ -2,12 +2,18 @@
 //!
 //! * [`sysfs`]: always on. Every backend takes a root directory (`/` on a node, a fixture or a captured
 //!   dump anywhere else), so the same code runs on machines and in tests.
+//! * [`nvml`] (feature, default), [`level_zero`] and [`verbs`]: vendor libraries that enrich the sysfs
+//!   GPUs and RDMA devices; their seams and merges are always built, the real libraries behind features.
+//! * `udev` (feature): hotplug uevents.
 
+pub(crate) mod enrich;
+pub mod level_zero;
 #[cfg(feature = "nvml")]
 pub mod nvml;
 pub mod sysfs;
 #[cfg(feature = "udev")]
 pub mod udev;
+pub mod verbs;
 
 pub use sysfs::SysfsRoot;
 pub use sysfs::cpu::SysfsCpuTopology;

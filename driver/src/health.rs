@@ -117,7 +117,11 @@ mod tests {
     fn gb300() -> Inventory {
         let machine = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
         let root = backends::SysfsRoot::new(machine.root());
-        Inventory::from_machine(&root, None, Some(crate::inventory::nvml_for(Some("gb300"))))
+        Inventory::from_machine(
+            &root,
+            None,
+            crate::inventory::Vendors::for_machine(Some("gb300")),
+        )
     }
 
     fn taints(inventory: &Inventory, device: &str) -> Vec<(String, String)> {

@@ -118,14 +118,14 @@ impl Inventory {
     /// Reads a machine through the sysfs backends under `root`, with names from the pci.ids file at
     /// `pci_ids` when given.
     pub fn from_sysfs(root: &backends::SysfsRoot, pci_ids: Option<&std::path::Path>) -> Inventory {
-        Inventory::from_machine(root, pci_ids, None)
+        Inventory::from_machine(root, pci_ids, Vendors::default())
     }
 
-    /// Like [`Inventory::from_sysfs`], with NVIDIA GPUs enriched by `nvml` when given.
+    /// Like [`Inventory::from_sysfs`], with GPUs and RDMA devices enriched by the `vendors` libraries.
     pub fn from_machine(
         root: &backends::SysfsRoot,
         pci_ids: Option<&std::path::Path>,
-        nvml: Option<Box<dyn backends::nvml::NvmlApi>>,
+        vendors: Vendors,
     ) -> Inventory {
         // The devices are read on another core meanwhile (`Inventory::read`).
         let cpu = backends::SysfsCpuTopology::new(root.clone())
@@ -135,17 +135,12 @@ impl Inventory {
             pci = pci.with_pci_ids(path);
         }
         let sriov = backends::SysfsSriov::new(root.clone());
-        let rdma = backends::SysfsRdma::new(root.clone());
-        let sysfs_gpus = backends::SysfsGpu::new(root.clone());
-        let gpus: Box<dyn hal::GpuDevice> = match nvml {
-            Some(api) => Box::new(backends::nvml::NvmlGpus::new(sysfs_gpus, api)),
-            None => Box::new(sysfs_gpus),
-        };
+        let (gpus, rdma) = vendors.enrich(root);
         let mut inventory = Inventory::read(&Backends {
             cpu: &cpu,
             pci: &pci,
             sriov: &sriov,
-            rdma: &rdma,
+            rdma: rdma.as_ref(),
             gpus: gpus.as_ref(),
         });
         inventory.rt_limit = crate::plugin::rt::RtLimit::read(root.root());
@@ -153,8 +148,51 @@ impl Inventory {
     }
 }
 
+/// The vendor libraries that enrich the sysfs view of GPUs and RDMA devices: their recorded answers on a
+/// fixture, the libraries themselves on a node. sysfs stays the source of truth for what exists.
+#[derive(Default)]
+pub struct Vendors {
+    /// NVML, for NVIDIA GPUs.
+    pub nvml: Option<Box<dyn backends::nvml::NvmlApi>>,
+    /// Level Zero, for Intel GPUs.
+    pub level_zero: Option<Box<dyn backends::level_zero::LevelZeroApi>>,
+    /// verbs, for RDMA ports.
+    pub verbs: Option<Box<dyn backends::verbs::VerbsApi>>,
+}
+
+impl Vendors {
+    /// The libraries this binary is built with (NVML always; Level Zero and verbs with the
+    /// `level-zero` and `verbs` features): the fixture's recorded answers, or the real libraries.
+    pub fn for_machine(fixture: Option<&str>) -> Vendors {
+        Vendors {
+            nvml: Some(nvml_for(fixture)),
+            level_zero: level_zero_for(fixture),
+            verbs: verbs_for(fixture),
+        }
+    }
+
+    /// The sysfs GPU and RDMA backends under `root`, each wrapped by the libraries given.
+    pub fn enrich(
+        self,
+        root: &backends::SysfsRoot,
+    ) -> (Box<dyn hal::GpuDevice>, Box<dyn hal::RdmaDevice>) {
+        let mut gpus: Box<dyn hal::GpuDevice> = Box::new(backends::SysfsGpu::new(root.clone()));
+        if let Some(api) = self.level_zero {
+            gpus = Box::new(backends::level_zero::LevelZeroGpus::new(gpus, api));
+        }
+        if let Some(api) = self.nvml {
+            gpus = Box::new(backends::nvml::NvmlGpus::new(gpus, api));
+        }
+        let mut rdma: Box<dyn hal::RdmaDevice> = Box::new(backends::SysfsRdma::new(root.clone()));
+        if let Some(api) = self.verbs {
+            rdma = Box::new(backends::verbs::VerbsRdma::new(rdma, api));
+        }
+        (gpus, rdma)
+    }
+}
+
 /// The NVML seam for a machine: the fixture's recorded answers, or the real library on a node.
-pub fn nvml_for(fixture: Option<&str>) -> Box<dyn backends::nvml::NvmlApi> {
+fn nvml_for(fixture: Option<&str>) -> Box<dyn backends::nvml::NvmlApi> {
     use backends::nvml::{FakeNvml, NvmlSystem, RealNvml};
     match fixture {
         None => Box::new(RealNvml),
@@ -166,6 +204,100 @@ pub fn nvml_for(fixture: Option<&str>) -> Box<dyn backends::nvml::NvmlApi> {
                         .map_err(|e| format!("{name} NVML answers: {e}"))
                 });
             Box::new(FakeNvml(answers))
+        }
+    }
+}
+
+/// The Level Zero seam for a machine, with the `level-zero` feature.
+fn level_zero_for(fixture: Option<&str>) -> Option<Box<dyn backends::level_zero::LevelZeroApi>> {
+    #[cfg(feature = "level-zero")]
+    {
+        use backends::level_zero::{FakeLevelZero, RealLevelZero};
+        Some(match fixture {
+            None => Box::new(RealLevelZero),
+            Some(name) => Box::new(FakeLevelZero(recorded(
+                name,
+                "Level Zero",
+                hal_mock::level_zero_answers(name),
+            ))),
+        })
+    }
+    #[cfg(not(feature = "level-zero"))]
+    {
+        let _ = fixture;
+        None
+    }
+}
+
+/// The verbs seam for a machine, with the `verbs` feature.
+fn verbs_for(fixture: Option<&str>) -> Option<Box<dyn backends::verbs::VerbsApi>> {
+    #[cfg(feature = "verbs")]
+    {
+        use backends::verbs::{FakeVerbs, RealVerbs};
+        Some(match fixture {
+            None => Box::new(RealVerbs),
+            Some(name) => Box::new(FakeVerbs(recorded(
+                name,
+                "verbs",
+                hal_mock::verbs_answers(name),
+            ))),
+        })
+    }
+    #[cfg(not(feature = "verbs"))]
+    {
+        let _ = fixture;
+        None
+    }
+}
+
+/// A fixture's recorded answers of `library`, parsed; a fixture without any plays a library that
+/// finds no device.
+#[cfg(any(feature = "level-zero", feature = "verbs"))]
+fn recorded<T: serde::de::DeserializeOwned + Default>(
+    name: &str,
+    library: &str,
+    json: Option<&str>,
+) -> Result<T, String> {
+    match json {
+        None => Ok(T::default()),
+        Some(json) => {
+            serde_json::from_str(json).map_err(|e| format!("{name} {library} answers: {e}"))
+        }
+    }
+}
+
+#[cfg(all(test, feature = "level-zero", feature = "verbs"))]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod vendor_tests {
+    use super::*;
+
+    fn read(name: &str) -> Inventory {
+        let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();
+        let root = backends::SysfsRoot::new(machine.root());
+        Inventory::from_machine(&root, None, Vendors::for_machine(Some(name)))
+    }
+
+    #[test]
+    fn fixtures_are_enriched_by_their_recorded_level_zero_answers() {
+        let inventory = read("i915");
+        assert!(inventory.errors.is_empty(), "{:?}", inventory.errors);
+        let flex: Vec<_> = inventory
+            .gpus
+            .iter()
+            .filter(|g| g.tiles.is_some())
+            .collect();
+        assert_eq!(flex.len(), 2);
+        assert!(flex.iter().all(|g| g.execution_units == Some(512)));
+    }
+
+    #[test]
+    fn fixtures_are_enriched_by_their_recorded_verbs_answers() {
+        let inventory = read("gb300");
+        assert!(inventory.errors.is_empty(), "{:?}", inventory.errors);
+        assert_eq!(inventory.rdma.len(), 4);
+        for device in &inventory.rdma {
+            assert_eq!(device.max_qp, Some(131_072));
+            assert_eq!(device.ports[0].active_mtu, Some(4096));
         }
     }
 }

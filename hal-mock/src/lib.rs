@@ -20,7 +20,10 @@ mod tree;
 pub use cpu::{Arch, CpuLayout, ExpectedCpu};
 pub use devices::{GpuSpec, NvidiaSpec, RdmaPortSpec, RdmaSpec};
 pub use kernel::EmulatedKernel;
-pub use machines::{DefaultDriver, FIXTURES, FixtureMachine, by_name, nvml_answers};
+pub use machines::{
+    DefaultDriver, FIXTURES, FixtureMachine, by_name, level_zero_answers, nvml_answers,
+    verbs_answers,
+};
 pub use pci::{PciFunctionSpec, SriovSpec};
 
 use std::io;

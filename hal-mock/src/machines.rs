@@ -177,6 +177,25 @@ pub fn nvml_answers(name: &str) -> Option<&'static str> {
     }
 }
 
+/// What Level Zero answers on a fixture machine with Intel GPUs (`testdata/level-zero/<name>.json`, the
+/// JSON of a list of `backends::level_zero::ZeGpu`), or `None` for machines without them.
+pub fn level_zero_answers(name: &str) -> Option<&'static str> {
+    match name {
+        "i915" => Some(include_str!("../../testdata/level-zero/i915.json")),
+        _ => None,
+    }
+}
+
+/// What verbs answers on a fixture machine with RDMA devices (`testdata/verbs/<name>.json`, the JSON of
+/// a list of `backends::verbs::VerbsDevice`), or `None` for machines without them.
+pub fn verbs_answers(name: &str) -> Option<&'static str> {
+    match name {
+        "gb300" => Some(include_str!("../../testdata/verbs/gb300.json")),
+        "xeon" => Some(include_str!("../../testdata/verbs/xeon.json")),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

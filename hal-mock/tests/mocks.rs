@@ -109,7 +109,6 @@ fn rdma(name: &str, pci: Option<&str>, netdevs: &[&str]) -> RdmaInfo {
         node_guid: None,
         node_type: Some("CA".to_owned()),
         ports: vec![RdmaPort {
-            number: 1,
             state: Some("ACTIVE".to_owned()),
             phys_state: Some("LinkUp".to_owned()),
             link_layer: Some(if netdevs.is_empty() {
@@ -119,9 +118,11 @@ fn rdma(name: &str, pci: Option<&str>, netdevs: &[&str]) -> RdmaInfo {
             }),
             rate: Some("400 Gb/sec (4X NDR)".to_owned()),
             rate_mbps: Some(400_000),
+            ..RdmaPort::new(1)
         }],
         netdevs: netdevs.iter().map(|n| (*n).to_owned()).collect(),
         char_devices: vec![],
+        max_qp: None,
     }
 }
 
@@ -151,21 +152,7 @@ fn function(address: &str, node: Option<u32>, local_cpus: Option<&str>) -> PciFu
 }
 
 fn gpu(address: &str, vendor: GpuVendor) -> GpuInfo {
-    GpuInfo {
-        pci_address: addr(address),
-        vendor,
-        driver: None,
-        drm_card: None,
-        drm_render: None,
-        nvidia_minor: None,
-        uuid: None,
-        product: None,
-        memory_bytes: None,
-        architecture: None,
-        compute_capability: None,
-        driver_version: None,
-        cuda_driver_version: None,
-    }
+    GpuInfo::new(addr(address), vendor)
 }
 
 fn discovered<T>(items: Vec<T>) -> Discovered<T> {

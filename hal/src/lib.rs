@@ -17,7 +17,9 @@ pub use cpu::{CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNodeInfo};
 pub use cpuset::CpuSet;
 pub use device::gpu::{GpuDevice, GpuInfo, GpuVendor};
 pub use device::pci::{PciDevice, PciFunction};
-pub use device::rdma::{LinkLayer, RdmaCharDevice, RdmaCharKind, RdmaDevice, RdmaInfo, RdmaPort};
+pub use device::rdma::{
+    LinkLayer, RdmaCharDevice, RdmaCharKind, RdmaDevice, RdmaGid, RdmaInfo, RdmaPort,
+};
 pub use device::sriov::{SriovPf, SriovState, VirtualFunction};
 pub use error::{Error, ErrorKind, ParseError, Result};
 pub use inventory::{Discovered, InventoryError};

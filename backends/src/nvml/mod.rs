@@ -7,10 +7,10 @@
 //! nothing) on nodes, [`FakeNvml`] (answers given by a fixture) in tests. When the library or the
 //! driver is missing, the backend says "unavailable" once in the errors and goes on from sysfs alone.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
 use hal::{CpuSet, Discovered, ErrorKind, GpuDevice, GpuInfo, InventoryError, PciAddress, Result};
+use std::collections::BTreeMap;
+
+use crate::enrich::{Unavailable, disagreement, not_in_sysfs};
 
 /// What NVML says about one GPU.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -43,6 +43,9 @@ pub struct NvmlGpu {
     /// MIG mode enabled.
     #[serde(default)]
     pub mig_enabled: Option<bool>,
+    /// NVLink fabric clique, `<cluster UUID>.<clique id>` (see [`fabric::clique`]).
+    #[serde(default)]
+    pub nvlink_clique: Option<String>,
 }
 
 /// What NVML says about the system.
@@ -104,8 +107,9 @@ impl NvmlApi for RealNvml {
                 memory_mib: device.memory_info().ok().map(|m| m.total / (1024 * 1024)),
                 minor: device.minor_number().ok(),
                 numa_node: device.numa_node_id().ok(),
-                cpu_affinity: None,
+                cpu_affinity: cpu_affinity(&device),
                 mig_enabled: device.mig_mode().ok().map(|m| m.current == 1),
+                nvlink_clique: fabric::clique(&nvml, &device),
             });
         }
         Ok(NvmlSystem {
@@ -116,12 +120,40 @@ impl NvmlApi for RealNvml {
     }
 }
 
+/// The CPUs NVML considers local to `device` (`nvmlDeviceGetCpuAffinity`: C `unsigned long` words, CPU 0
+/// in the lowest bit of the first).
+fn cpu_affinity(device: &nvml_wrapper::Device<'_>) -> Option<CpuSet> {
+    // 1024 words: 65536 CPUs on 64-bit machines.
+    let words = device.cpu_affinity(1024).ok()?;
+    // `c_ulong` is u64 here but u32 on 32-bit machines.
+    #[allow(clippy::useless_conversion)]
+    let set = cpus_of_mask(
+        words.iter().map(|w| u64::from(*w)),
+        std::os::raw::c_ulong::BITS,
+    );
+    (!set.is_empty()).then_some(set)
+}
+
+/// The CPUs whose bits are set in `words` of `bits` bits each.
+pub fn cpus_of_mask(words: impl Iterator<Item = u64>, bits: u32) -> CpuSet {
+    let mut cpus = Vec::new();
+    for (index, word) in (0u32..).zip(words) {
+        for bit in 0..bits.min(64) {
+            if word & (1 << bit) != 0
+                && let Some(cpu) = index.checked_mul(bits).and_then(|c| c.checked_add(bit))
+            {
+                cpus.push(cpu);
+            }
+        }
+    }
+    cpus.into_iter().collect()
+}
+
 /// GPUs from another backend (sysfs), enriched by NVML.
 pub struct NvmlGpus<G> {
     base: G,
     api: Box<dyn NvmlApi>,
-    /// Set once "unavailable" has been reported.
-    reported: Mutex<bool>,
+    unavailable: Unavailable,
 }
 
 impl<G: GpuDevice> NvmlGpus<G> {
@@ -130,7 +162,7 @@ impl<G: GpuDevice> NvmlGpus<G> {
         NvmlGpus {
             base,
             api,
-            reported: Mutex::new(false),
+            unavailable: Unavailable::default(),
         }
     }
 }
@@ -149,16 +181,10 @@ impl<G: GpuDevice> GpuDevice for NvmlGpus<G> {
         let system = match self.api.query() {
             Ok(system) => system,
             Err(why) => {
-                if let Ok(mut reported) = self.reported.lock()
-                    && !*reported
-                {
-                    *reported = true;
-                    found.errors.push(InventoryError {
-                        path: "libnvidia-ml.so.1".into(),
-                        error: format!("{why}; GPUs are described from sysfs alone"),
-                        kind: Some(ErrorKind::Unsupported),
-                    });
-                }
+                let fallback = "GPUs are described from sysfs alone";
+                found
+                    .errors
+                    .extend(self.unavailable.report("libnvidia-ml.so.1", &why, fallback));
                 return Ok(found);
             }
         };
@@ -187,11 +213,10 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
             continue;
         };
         let mut disagree = |what: &str, ours: String, theirs: String| {
-            found.errors.push(InventoryError {
-                path: format!("nvml/{}", gpu.pci_address),
-                error: format!("{what}: sysfs says {ours}, NVML says {theirs}; NVML's is used"),
-                kind: Some(ErrorKind::Malformed),
-            });
+            let path = format!("nvml/{}", gpu.pci_address);
+            found
+                .errors
+                .push(disagreement(path, what, &ours, &theirs, "NVML"));
         };
         if let Some(uuid) = gpu.uuid.as_ref().filter(|u| **u != nvml.uuid) {
             disagree("UUID", uuid.clone(), nvml.uuid.clone());
@@ -209,6 +234,7 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
         }
         gpu.nvidia_minor = nvml.minor.or(gpu.nvidia_minor);
         gpu.architecture = nvml.architecture.clone();
+        gpu.nvlink_clique = nvml.nvlink_clique.clone();
         gpu.compute_capability = nvml.compute_capability.clone();
         gpu.driver_version = Some(system.driver_version.clone());
         gpu.cuda_driver_version = Some(system.cuda_driver_version.clone());
@@ -217,14 +243,14 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
         }
     }
     for address in by_address.keys() {
-        found.errors.push(InventoryError {
-            path: format!("nvml/{address}"),
-            error: format!("NVML reports a GPU at {address} that sysfs does not show; left out"),
-            kind: Some(ErrorKind::NotFound),
-        });
+        let what = format!("a GPU at {address}");
+        found
+            .errors
+            .push(not_in_sysfs(format!("nvml/{address}"), "NVML", &what));
     }
 }
 
+pub mod fabric;
 pub mod xid;
 
 #[cfg(test)]

@@ -104,3 +104,29 @@ fn the_real_library_is_absent_here_and_says_so() {
     let error = RealNvml.query().unwrap_err();
     assert!(error.starts_with("NVML unavailable"), "{error}");
 }
+
+#[test]
+fn the_nvlink_clique_is_merged_where_nvml_gives_one() {
+    let mut system = answers("gb300");
+    let clique = "3b1f0a52-7c44-4e1d-9a2b-6f0e8d7c0001.32766";
+    system.gpus[1].nvlink_clique = Some(clique.into());
+    let found = gpus("gb300", FakeNvml(Ok(system)));
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    let cliques: Vec<_> = found
+        .items
+        .iter()
+        .map(|g| g.nvlink_clique.as_deref())
+        .collect();
+    assert_eq!(cliques, [None, Some(clique), None, None]);
+}
+
+#[test]
+fn nvml_affinity_masks_are_read_as_cpu_sets() {
+    // Two 64-bit words: CPUs 0-1 and 64; two 32-bit words: CPUs 0 and 33.
+    let set = cpus_of_mask([0b11, 1].into_iter(), 64);
+    assert_eq!(set.to_string(), "0-1,64");
+    assert_eq!(cpus_of_mask([1, 2].into_iter(), 32).to_string(), "0,33");
+    assert!(cpus_of_mask([0, 0].into_iter(), 64).is_empty());
+    // Bits past a word's width are not CPUs.
+    assert_eq!(cpus_of_mask([1 << 40].into_iter(), 32).to_string(), "");
+}

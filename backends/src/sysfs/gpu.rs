@@ -73,6 +73,7 @@ struct DrmNodes {
 /// What identifies a GPU before its details are read.
 struct Candidate {
     vendor: GpuVendor,
+    device_id: Option<u16>,
     driver: Option<String>,
     /// The PCI device directory, relative to the root, where there is one.
     device_dir: Option<PathBuf>,
@@ -100,6 +101,7 @@ impl GpuDevice for SysfsGpu {
             .map(|f| {
                 let candidate = Candidate {
                     vendor: GpuVendor::from_pci_vendor(f.vendor_id),
+                    device_id: Some(f.device_id),
                     driver: f.driver,
                     device_dir: Some(PathBuf::from(f.sysfs_path)),
                 };
@@ -116,6 +118,7 @@ impl GpuDevice for SysfsGpu {
         for address in nvidia.keys() {
             candidates.entry(*address).or_insert(Candidate {
                 vendor: GpuVendor::Nvidia,
+                device_id: None,
                 driver: None,
                 device_dir: None,
             });
@@ -156,19 +159,11 @@ fn read_gpu(
         .driver
         .or_else(|| nvidia_dir.map(|_| "nvidia".to_owned()));
     let mut gpu = GpuInfo {
-        pci_address,
-        vendor: candidate.vendor,
+        device_id: candidate.device_id,
         driver,
         drm_card: card.map(|n| n.name.clone()),
         drm_render: render.map(|n| n.name.clone()),
-        nvidia_minor: None,
-        uuid: None,
-        product: None,
-        memory_bytes: None,
-        architecture: None,
-        compute_capability: None,
-        driver_version: None,
-        cuda_driver_version: None,
+        ..GpuInfo::new(pci_address, candidate.vendor)
     };
     if let Some(dir) = &candidate.device_dir {
         let dir = root.root().join(dir);
@@ -340,9 +335,9 @@ fn candidate_from_uevent(
             return None;
         }
     };
-    let vendor = uevent_value(&text, "PCI_ID")
-        .and_then(|id| id.split_once(':'))
-        .and_then(|(vendor, _)| u16::from_str_radix(vendor, 16).ok());
+    let ids = uevent_value(&text, "PCI_ID").and_then(|id| id.split_once(':'));
+    let vendor = ids.and_then(|(vendor, _)| u16::from_str_radix(vendor, 16).ok());
+    let device_id = ids.and_then(|(_, device)| u16::from_str_radix(device, 16).ok());
     let Some(vendor) = vendor else {
         errors.note(&path, "no PCI_ID=vvvv:dddd line".to_owned());
         return None;
@@ -352,6 +347,7 @@ fn candidate_from_uevent(
         .or_else(|| link_name(&dir.join("driver")));
     Some(Candidate {
         vendor: GpuVendor::from_pci_vendor(vendor),
+        device_id,
         driver,
         device_dir: Some(nodes.device_dir.clone()),
     })

@@ -116,6 +116,7 @@ fn read_device(
         ports,
         netdevs: netdevs.into_iter().collect(),
         char_devices,
+        max_qp: None,
     }
 }
 
@@ -199,12 +200,12 @@ fn read_ports(dir: &Path, netdevs: &mut BTreeSet<String>, errors: &mut ErrorLog)
                 netdevs.insert(netdev);
             }
             RdmaPort {
-                number,
                 state: text("state", errors).and_then(|s| numbered_name(&s)),
                 phys_state: text("phys_state", errors).and_then(|s| numbered_name(&s)),
                 link_layer: text("link_layer", errors).map(|l| parse_link_layer(&l)),
                 rate,
                 rate_mbps,
+                ..RdmaPort::new(number)
             }
         })
         .collect()
@@ -297,7 +298,7 @@ fn numbered_name(text: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-fn parse_link_layer(text: &str) -> LinkLayer {
+pub(crate) fn parse_link_layer(text: &str) -> LinkLayer {
     match text {
         "InfiniBand" => LinkLayer::Infiniband,
         "Ethernet" => LinkLayer::Ethernet,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use backends::sysfs::pciids::default_pci_ids;
-use backends::{SysfsCpuTopology, SysfsGpu, SysfsPci, SysfsRdma, SysfsRoot, SysfsSriov};
+use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
 use clap::{Parser, ValueEnum};
 use driver::inventory::Inventory;
 use driver::probe::{Family, Report, Sources, render_table};
@@ -223,17 +223,14 @@ fn run() -> anyhow::Result<ExitCode> {
         pci = pci.with_pci_ids(ids);
     }
     let sriov = SysfsSriov::new(root.clone());
-    let rdma = SysfsRdma::new(root.clone());
-    let gpus = backends::nvml::NvmlGpus::new(
-        SysfsGpu::new(root),
-        driver::inventory::nvml_for(args.machine.fixture.as_deref()),
-    );
+    let vendors = driver::inventory::Vendors::for_machine(args.machine.fixture.as_deref());
+    let (gpus, rdma) = vendors.enrich(&root);
     let sources = Sources {
         cpu: &topology,
         pci: &pci,
         sriov: &sriov,
-        rdma: &rdma,
-        gpus: &gpus,
+        rdma: rdma.as_ref(),
+        gpus: gpus.as_ref(),
     };
     let report = Report::collect(&sources, &families);
     if report.is_empty() {
@@ -336,8 +333,8 @@ impl Machine {
     /// The ResourceSlices the driver would publish here, checked as the API server would.
     fn slices(&self, args: &MachineArgs, flags: &SliceArgs) -> anyhow::Result<Vec<ResourceSlice>> {
         let config = flags.config(&node_name(args)).map_err(anyhow::Error::msg)?;
-        let nvml = driver::inventory::nvml_for(args.fixture.as_deref());
-        let inventory = Inventory::from_machine(&self.root, self.pci_ids.as_deref(), Some(nvml));
+        let vendors = driver::inventory::Vendors::for_machine(args.fixture.as_deref());
+        let inventory = Inventory::from_machine(&self.root, self.pci_ids.as_deref(), vendors);
         for e in &inventory.errors {
             eprintln!("hal-probe: {}", e.error);
         }

@@ -170,8 +170,8 @@ pub async fn run(
         let fixture = args.fixture.clone();
         let health = health.clone();
         move || {
-            let nvml = crate::inventory::nvml_for(fixture.as_deref());
-            let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), Some(nvml));
+            let vendors = crate::inventory::Vendors::for_machine(fixture.as_deref());
+            let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), vendors);
             if let Ok(mut health) = health.lock() {
                 health.apply(&mut inventory);
             }

@@ -256,6 +256,14 @@ fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<(Devi
     if let Some(architecture) = &g.architecture {
         d.string("architecture", architecture);
     }
+    if let Some(clique) = &g.nvlink_clique {
+        d.string("nvlinkClique", clique);
+    }
+    for (key, count) in [("tiles", g.tiles), ("executionUnits", g.execution_units)] {
+        if let Some(count) = count {
+            d.int(key, i64::from(count));
+        }
+    }
     // Vendor versions as `version` values (semver), as NVIDIA's driver publishes them:
     // 580.105.08 becomes 580.105.8; a text that is not 1 to 3 numbers is left out.
     for (key, text) in [

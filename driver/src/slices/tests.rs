@@ -406,6 +406,30 @@ fn gpu_vendor_facts_become_version_attributes() {
 }
 
 #[test]
+fn nvlink_cliques_tiles_and_execution_units_are_attributes_where_known() {
+    let mut gb300 = inventory("gb300");
+    let clique = "3b1f0a52-7c44-4e1d-9a2b-6f0e8d7c0001.32766";
+    gb300.gpus[0].nvlink_clique = Some(clique.into());
+    let mut i915 = inventory("i915");
+    for gpu in &mut i915.gpus {
+        gpu.tiles = Some(1);
+        gpu.execution_units = Some(512);
+    }
+    let gb300 = by_name(&build_slices(&gb300, &SliceConfig::new("n"), 0));
+    assert_eq!(
+        string(&gb300["gpu-0008-06-00-0"], "nvlinkClique"),
+        Some(clique)
+    );
+    assert_eq!(string(&gb300["gpu-0009-06-00-0"], "nvlinkClique"), None);
+    assert_eq!(int(&gb300["gpu-0008-06-00-0"], "tiles"), None);
+    let slices = build_slices(&i915, &SliceConfig::new("n"), 0);
+    assert_eq!(validate_pool(&slices), []);
+    let i915 = by_name(&slices);
+    assert_eq!(int(&i915["gpu-0000-4d-00-0"], "tiles"), Some(1));
+    assert_eq!(int(&i915["gpu-0000-4d-00-0"], "executionUnits"), Some(512));
+}
+
+#[test]
 fn intel_gpus_are_published_whole_and_as_partitions_sharing_counters() {
     let mut config = SliceConfig::new("i915-node");
     config.gpu_partitions = 4;

@@ -37,6 +37,9 @@ pub struct GpuInfo {
     pub pci_address: PciAddress,
     /// Vendor.
     pub vendor: GpuVendor,
+    /// PCI device id (`0x56c0`), where sysfs shows it.
+    #[serde(default)]
+    pub device_id: Option<u16>,
     /// Bound kernel driver (`i915`, `xe`, `nvidia`, `amdgpu`).
     pub driver: Option<String>,
     /// DRM card node name (`card0`).
@@ -63,10 +66,51 @@ pub struct GpuInfo {
     /// CUDA driver API version (`13.0`), from NVML.
     #[serde(default)]
     pub cuda_driver_version: Option<String>,
+    /// NVLink fabric clique, `<cluster UUID>.<clique id>` as NVIDIA's DRA driver spells it, from NVML on
+    /// systems with an NVLink fabric (GB200/GB300 NVL); GPUs in one clique share a multi-node NVLink domain.
+    #[serde(default)]
+    pub nvlink_clique: Option<String>,
+    /// Tiles (Level Zero sub-devices); 1 for a GPU without sub-devices.
+    #[serde(default)]
+    pub tiles: Option<u32>,
+    /// Execution units (slices × sub-slices per slice × EUs per sub-slice), from Level Zero.
+    #[serde(default)]
+    pub execution_units: Option<u32>,
+}
+
+impl GpuInfo {
+    /// A GPU at `pci_address` of which nothing else is known yet.
+    pub fn new(pci_address: PciAddress, vendor: GpuVendor) -> Self {
+        GpuInfo {
+            pci_address,
+            vendor,
+            device_id: None,
+            driver: None,
+            drm_card: None,
+            drm_render: None,
+            nvidia_minor: None,
+            uuid: None,
+            product: None,
+            memory_bytes: None,
+            architecture: None,
+            compute_capability: None,
+            driver_version: None,
+            cuda_driver_version: None,
+            nvlink_clique: None,
+            tiles: None,
+            execution_units: None,
+        }
+    }
 }
 
 /// Enumerates GPUs.
 pub trait GpuDevice: Send + Sync {
     /// Every GPU, sorted by PCI address.
     fn gpus(&self) -> Result<Discovered<GpuInfo>>;
+}
+
+impl<T: GpuDevice + ?Sized> GpuDevice for Box<T> {
+    fn gpus(&self) -> Result<Discovered<GpuInfo>> {
+        (**self).gpus()
+    }
 }

@@ -31,6 +31,41 @@ pub struct RdmaPort {
     pub rate: Option<String>,
     /// The rate in Mbit/s (`2.5 Gb/sec` is 2500), for capacities.
     pub rate_mbps: Option<u64>,
+    /// Active MTU in bytes (256 … 4096), from verbs (`ibv_query_port`).
+    #[serde(default)]
+    pub active_mtu: Option<u32>,
+    /// The port's LID (InfiniBand; 0 on RoCE), from verbs.
+    #[serde(default)]
+    pub lid: Option<u16>,
+    /// The GID table's non-zero entries, by index (`fe80:0000:0000:0000:0215:5dff:fe34:0100`), from verbs.
+    #[serde(default)]
+    pub gids: Vec<RdmaGid>,
+}
+
+/// One GID table entry of a port.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RdmaGid {
+    /// Index in the port's GID table.
+    pub index: u32,
+    /// The GID in sysfs's form: eight groups of four hex digits.
+    pub gid: String,
+}
+
+impl RdmaPort {
+    /// Port `number` of which nothing else is known yet.
+    pub fn new(number: u32) -> Self {
+        RdmaPort {
+            number,
+            state: None,
+            phys_state: None,
+            link_layer: None,
+            rate: None,
+            rate_mbps: None,
+            active_mtu: None,
+            lid: None,
+            gids: Vec::new(),
+        }
+    }
 }
 
 /// What kind of RDMA character device a node is.
@@ -77,6 +112,9 @@ pub struct RdmaInfo {
     pub netdevs: Vec<String>,
     /// Its character devices (exactly this device's, plus `rdma_cm`), sorted.
     pub char_devices: Vec<RdmaCharDevice>,
+    /// Most queue pairs the device supports, from verbs (`ibv_query_device`).
+    #[serde(default)]
+    pub max_qp: Option<u32>,
 }
 
 impl RdmaInfo {
@@ -90,4 +128,10 @@ impl RdmaInfo {
 pub trait RdmaDevice: Send + Sync {
     /// Every RDMA device, sorted by name.
     fn rdma_devices(&self) -> Result<Discovered<RdmaInfo>>;
+}
+
+impl<T: RdmaDevice + ?Sized> RdmaDevice for Box<T> {
+    fn rdma_devices(&self) -> Result<Discovered<RdmaInfo>> {
+        (**self).rdma_devices()
+    }
 }

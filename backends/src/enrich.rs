@@ -1,0 +1,50 @@
+//! What the vendor-library backends (NVML, Level Zero, verbs) share: a library that cannot be used is
+//! said once, as an error entry naming it, and discovery goes on from sysfs alone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hal::{ErrorKind, InventoryError};
+
+/// Remembers whether a library's absence has been reported.
+#[derive(Debug, Default)]
+pub(crate) struct Unavailable(AtomicBool);
+
+impl Unavailable {
+    /// The first time: an error naming `library` and why it cannot be used; then nothing.
+    pub(crate) fn report(
+        &self,
+        library: &str,
+        why: &str,
+        fallback: &str,
+    ) -> Option<InventoryError> {
+        (!self.0.swap(true, Ordering::Relaxed)).then(|| InventoryError {
+            path: library.into(),
+            error: format!("{why}; {fallback}"),
+            kind: Some(ErrorKind::Unsupported),
+        })
+    }
+}
+
+/// An error entry for a disagreement between sysfs and a library, whose value is used.
+pub(crate) fn disagreement(
+    path: String,
+    what: &str,
+    ours: &str,
+    theirs: &str,
+    library: &str,
+) -> InventoryError {
+    InventoryError {
+        path,
+        error: format!("{what}: sysfs says {ours}, {library} says {theirs}; {library}'s is used"),
+        kind: Some(ErrorKind::Malformed),
+    }
+}
+
+/// An error entry for a device a library reports that sysfs does not show: sysfs decides what exists.
+pub(crate) fn not_in_sysfs(path: String, library: &str, what: &str) -> InventoryError {
+    InventoryError {
+        path,
+        error: format!("{library} reports {what} that sysfs does not show; left out"),
+        kind: Some(ErrorKind::NotFound),
+    }
+}

@@ -1,0 +1,166 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::{SysfsGpu, SysfsRoot};
+
+fn answers() -> Vec<ZeGpu> {
+    serde_json::from_str(hal_mock::level_zero_answers("i915").unwrap()).unwrap()
+}
+
+fn gpus(name: &str, api: impl LevelZeroApi + 'static) -> Discovered<GpuInfo> {
+    let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();
+    let backend = LevelZeroGpus::new(SysfsGpu::new(SysfsRoot::new(machine.root())), Box::new(api));
+    backend.gpus().unwrap()
+}
+
+#[test]
+fn i915_flex_gpus_get_level_zero_facts_merged_by_pci_address() {
+    let found = gpus("i915", FakeLevelZero(Ok(answers())));
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    let flex: Vec<_> = found
+        .items
+        .iter()
+        .filter(|g| g.vendor == GpuVendor::Intel)
+        .collect();
+    assert_eq!(flex.len(), 2);
+    for gpu in flex {
+        assert_eq!(gpu.device_id, Some(0x56c0));
+        assert_eq!(
+            gpu.product.as_deref(),
+            Some("Intel(R) Data Center GPU Flex 170")
+        );
+        assert_eq!(gpu.memory_bytes, Some(14_248 * 1024 * 1024));
+        assert_eq!(gpu.tiles, Some(1));
+        assert_eq!(gpu.execution_units, Some(512));
+    }
+    // The BMC's VGA is no Level Zero device: left as sysfs describes it.
+    let bmc = found
+        .items
+        .iter()
+        .find(|g| g.vendor != GpuVendor::Intel)
+        .unwrap();
+    assert_eq!((bmc.tiles, bmc.execution_units), (None, None));
+}
+
+#[test]
+fn a_missing_loader_is_reported_once_and_sysfs_goes_on() {
+    let machine = hal_mock::by_name("i915").unwrap().materialize().unwrap();
+    let api = FakeLevelZero(Err(
+        "Level Zero unavailable: libze_loader.so.1: not found".into()
+    ));
+    let backend = LevelZeroGpus::new(SysfsGpu::new(SysfsRoot::new(machine.root())), Box::new(api));
+    let first = backend.gpus().unwrap();
+    assert_eq!(first.items.len(), 3);
+    assert!(first.items.iter().all(|g| g.tiles.is_none()));
+    assert_eq!(first.errors.len(), 1, "{:?}", first.errors);
+    assert_eq!(first.errors[0].path, LOADER);
+    assert!(
+        first.errors[0]
+            .error
+            .contains("Intel GPUs are described from sysfs alone")
+    );
+    assert!(backend.gpus().unwrap().errors.is_empty(), "said once");
+}
+
+/// Counts the queries.
+struct Counting(Arc<AtomicUsize>);
+
+impl LevelZeroApi for Counting {
+    fn query(&self) -> std::result::Result<Vec<ZeGpu>, String> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Err("asked".into())
+    }
+}
+
+#[test]
+fn machines_without_intel_gpus_never_ask_level_zero() {
+    let queries = Arc::new(AtomicUsize::new(0));
+    let found = gpus("gb300", Counting(queries.clone()));
+    assert_eq!(found.items.len(), 4);
+    assert!(found.errors.is_empty());
+    assert_eq!(queries.load(Ordering::Relaxed), 0);
+    // The i915 host has Intel GPUs: asked.
+    gpus("i915", Counting(queries.clone()));
+    assert_eq!(queries.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn disagreements_and_devices_sysfs_does_not_show_are_errors() {
+    let mut answers = answers();
+    answers[0].device_id = 0x56c1;
+    answers[1].memory_bytes = Some(16 << 30);
+    answers.push(ZeGpu {
+        pci_address: "0000:99:00.0".into(),
+        name: "ghost".into(),
+        ..Default::default()
+    });
+    answers.push(ZeGpu {
+        pci_address: "garbage".into(),
+        ..Default::default()
+    });
+    let found = gpus("i915", FakeLevelZero(Ok(answers)));
+    let errors: Vec<_> = found
+        .errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.error.as_str()))
+        .collect();
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors[0].1.contains("\"garbage\""), "{errors:?}");
+    assert_eq!(errors[1].0, "level-zero/0000:4d:00.0");
+    assert!(
+        errors[1]
+            .1
+            .contains("sysfs says 0x56c0, Level Zero says 0x56c1"),
+        "{errors:?}"
+    );
+    assert_eq!(errors[2].0, "level-zero/0000:ca:00.0");
+    assert!(
+        errors[2]
+            .1
+            .contains("sysfs says 14940110848, Level Zero says 17179869184")
+    );
+    assert_eq!(errors[3].0, "level-zero/0000:99:00.0");
+    assert!(errors[3].1.contains("sysfs does not show; left out"));
+    // A mismatched device keeps its sysfs view; a memory disagreement takes Level Zero's figure.
+    let by = |a: &str| {
+        found
+            .items
+            .iter()
+            .find(|g| g.pci_address.to_string() == a)
+            .unwrap()
+    };
+    assert_eq!(by("0000:4d:00.0").product, None);
+    assert_eq!(by("0000:4d:00.0").tiles, None);
+    assert_eq!(by("0000:ca:00.0").memory_bytes, Some(16 << 30));
+    assert_eq!(
+        found.items.len(),
+        3,
+        "a device sysfs does not show is not added"
+    );
+}
+
+#[test]
+fn execution_units_are_none_when_unknown_or_overflowing() {
+    let mut gpu = answers().remove(0);
+    assert_eq!(gpu.execution_units(), Some(512));
+    gpu.eus_per_subslice = 0;
+    assert_eq!(gpu.execution_units(), None);
+    gpu.eus_per_subslice = u32::MAX;
+    assert_eq!(gpu.execution_units(), None);
+}
+
+/// The real loader, where the machine has one (CI installs libze1): with no Intel GPU driver it must
+/// say why, never panic; on a machine with Intel GPUs every answer has a PCI address sysfs can parse.
+#[cfg(feature = "level-zero")]
+#[test]
+fn the_real_loader_answers_or_says_why() {
+    match RealLevelZero.query() {
+        Ok(gpus) => {
+            for gpu in gpus {
+                PciAddress::parse(&gpu.pci_address).unwrap();
+            }
+        }
+        Err(why) => assert!(why.starts_with("Level Zero unavailable: "), "{why}"),
+    }
+}

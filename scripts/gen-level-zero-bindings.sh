@@ -24,7 +24,7 @@ package=$(dpkg-query -W -f '${Package} ${Version}' libze-dev 2>/dev/null || echo
     --with-derive-default \
     --allowlist-function 'zeInit|zeDriverGet|zeDeviceGet|zeDeviceGetProperties|zeDeviceGetSubDevices|zeDeviceGetMemoryProperties|zeDevicePciGetPropertiesExt' \
     --allowlist-var 'ZE_MAX_DEVICE_NAME' \
-    --allowlist-type '_ze_init_flag_t|_ze_device_property_flag_t' \
+    --allowlist-type '_ze_init_flag_t|_ze_device_property_flag_t|_ze_eu_count_ext_t' \
     --default-enum-style consts \
     --no-prepend-enum-name \
     --no-doc-comments \

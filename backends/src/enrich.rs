@@ -1,5 +1,5 @@
 //! What the vendor-library backends (NVML, Level Zero, verbs) share: a library that cannot be used is
-//! said once, as an error entry naming it, and discovery goes on from sysfs alone.
+//! said once per backend value, as an error entry naming it, and discovery goes on from sysfs alone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -174,7 +174,9 @@ impl CpuLayout {
             write(&topo.join("core_siblings_list"), &package_cpus.to_cpulist())?;
             match self.arch {
                 Arch::X86 => {
+                    // One die per package.
                     write(&topo.join("die_id"), "0")?;
+                    write(&topo.join("die_cpus_list"), &package_cpus.to_cpulist())?;
                     write(&topo.join("cluster_id"), &cpu.core.to_string())?;
                 }
                 Arch::Arm64 => {

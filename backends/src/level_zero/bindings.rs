@@ -290,6 +290,33 @@ impl Default for _ze_device_memory_properties_t {
     }
 }
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _ze_eu_count_ext_t {
+    pub stype: ze_structure_type_t,
+    pub pNext: *const ::std::os::raw::c_void,
+    pub numTotalEUs: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of _ze_eu_count_ext_t"][::std::mem::size_of::<_ze_eu_count_ext_t>() - 24usize];
+    ["Alignment of _ze_eu_count_ext_t"][::std::mem::align_of::<_ze_eu_count_ext_t>() - 8usize];
+    ["Offset of field: _ze_eu_count_ext_t::stype"]
+        [::std::mem::offset_of!(_ze_eu_count_ext_t, stype) - 0usize];
+    ["Offset of field: _ze_eu_count_ext_t::pNext"]
+        [::std::mem::offset_of!(_ze_eu_count_ext_t, pNext) - 8usize];
+    ["Offset of field: _ze_eu_count_ext_t::numTotalEUs"]
+        [::std::mem::offset_of!(_ze_eu_count_ext_t, numTotalEUs) - 16usize];
+};
+impl Default for _ze_eu_count_ext_t {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct _ze_pci_address_ext_t {
     pub domain: u32,

@@ -15,7 +15,7 @@ use hal::{
     Discovered, ErrorKind, GpuDevice, GpuInfo, GpuVendor, InventoryError, PciAddress, Result,
 };
 
-use crate::enrich::{Unavailable, disagreement, not_in_sysfs};
+use crate::enrich::{Unavailable, not_in_sysfs};
 
 #[cfg(feature = "level-zero")]
 mod real;
@@ -26,40 +26,39 @@ pub use real::RealLevelZero;
 /// The loader a node needs for the real backend.
 pub const LOADER: &str = "libze_loader.so.1";
 
-/// What Level Zero says about one GPU (a root device).
+/// What Level Zero says about one root device: a whole GPU, or one tile of it when the runtime exposes
+/// tiles as devices (`ZE_FLAT_DEVICE_HIERARCHY=FLAT`, the default of recent runtimes; the tiles of one
+/// GPU share its PCI address and are added up by [`merge`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZeGpu {
-    /// PCI address from `zeDevicePciGetPropertiesExt` (`0000:4d:00.0`).
+    /// PCI address from `zeDevicePciGetPropertiesExt` (`0000:4d:00.0`); empty when it could not be read.
     pub pci_address: String,
     /// Device name (`Intel(R) Data Center GPU Flex 170`).
+    #[serde(default)]
     pub name: String,
     /// PCI vendor id from the device's properties.
+    #[serde(default)]
     pub vendor_id: u32,
     /// PCI device id from the device's properties.
+    #[serde(default)]
     pub device_id: u32,
+    /// Integrated with the host (`ZE_DEVICE_PROPERTY_FLAG_INTEGRATED`): its memory is the host's.
+    #[serde(default)]
+    pub integrated: bool,
     /// Sum of `zeDeviceGetMemoryProperties` sizes, in bytes.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
-    /// Sub-devices (tiles); 0 for a GPU without any.
+    /// Sub-devices (tiles); 0 for a device without any.
     #[serde(default)]
     pub sub_devices: u32,
-    /// `numSlices`.
-    pub slices: u32,
-    /// `numSubslicesPerSlice`.
-    pub subslices_per_slice: u32,
-    /// `numEUsPerSubslice`.
-    pub eus_per_subslice: u32,
-}
-
-impl ZeGpu {
-    /// Execution units: slices × sub-slices per slice × EUs per sub-slice, `None` on overflow or zero.
-    pub fn execution_units(&self) -> Option<u32> {
-        self.slices
-            .checked_mul(self.subslices_per_slice)?
-            .checked_mul(self.eus_per_subslice)
-            .filter(|n| *n > 0)
-    }
+    /// Execution units: `ze_eu_count_ext_t`'s total where the driver gives it, else slices × sub-slices
+    /// per slice × EUs per sub-slice (maxima, so an upper bound on cut-down parts).
+    #[serde(default)]
+    pub execution_units: Option<u32>,
+    /// Why this device could not be read, when it could not.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// The seam: the Level Zero calls the backend makes, all at once.
@@ -116,15 +115,22 @@ impl<G: GpuDevice> GpuDevice for LevelZeroGpus<G> {
     }
 }
 
-/// Fills in what Level Zero knows, by PCI address. Disagreements and devices sysfs does not show become
-/// errors.
+/// Fills in what Level Zero knows, by PCI address: the tiles of one GPU (devices at one address) are
+/// added up. Devices that could not be read, device id disagreements and devices sysfs does not show
+/// become errors.
 pub fn merge(found: &mut Discovered<GpuInfo>, gpus: &[ZeGpu]) {
-    let mut by_address: BTreeMap<PciAddress, &ZeGpu> = BTreeMap::new();
+    let mut by_address: BTreeMap<PciAddress, Vec<&ZeGpu>> = BTreeMap::new();
     for gpu in gpus {
+        if let Some(why) = &gpu.error {
+            found.errors.push(InventoryError {
+                path: format!("level-zero/{}", gpu.pci_address),
+                error: format!("Level Zero could not read a device: {why}"),
+                kind: Some(ErrorKind::Io),
+            });
+            continue;
+        }
         match PciAddress::parse(&gpu.pci_address) {
-            Ok(address) => {
-                by_address.insert(address, gpu);
-            }
+            Ok(address) => by_address.entry(address).or_default().push(gpu),
             Err(e) => found.errors.push(InventoryError {
                 path: "level-zero".into(),
                 error: format!("Level Zero PCI address {:?}: {e}", gpu.pci_address),
@@ -133,44 +139,49 @@ pub fn merge(found: &mut Discovered<GpuInfo>, gpus: &[ZeGpu]) {
         }
     }
     for gpu in &mut found.items {
-        let Some(ze) = by_address.remove(&gpu.pci_address) else {
+        let Some(devices) = by_address.remove(&gpu.pci_address) else {
             continue;
         };
-        let path = || format!("level-zero/{}", gpu.pci_address);
+        let Some(first) = devices.first() else {
+            continue;
+        };
         if let Some(ours) = gpu.device_id
-            && u32::from(ours) != ze.device_id
+            && let Some(theirs) = devices
+                .iter()
+                .map(|d| d.device_id)
+                .find(|d| *d != u32::from(ours))
         {
             // The function's own config space wins: a device id that differs means the loader's
             // address is wrong, so nothing else of it is used.
             found.errors.push(InventoryError {
-                path: path(),
+                path: format!("level-zero/{}", gpu.pci_address),
                 error: format!(
-                    "device id: sysfs says {ours:#06x}, Level Zero says {:#06x} at the same address; \
-                     Level Zero's answers for it are not used",
-                    ze.device_id
+                    "device id: sysfs says {ours:#06x}, Level Zero says {theirs:#06x} at the same \
+                     address; Level Zero's answers for it are not used"
                 ),
                 kind: Some(ErrorKind::Malformed),
             });
             continue;
         }
-        if let (Some(ours), Some(theirs)) = (gpu.memory_bytes, ze.memory_bytes)
-            && ours != theirs
-        {
-            let (ours, theirs) = (ours.to_string(), theirs.to_string());
-            found.errors.push(disagreement(
-                path(),
-                "local memory bytes",
-                &ours,
-                &theirs,
-                "Level Zero",
-            ));
+        if !first.name.is_empty() {
+            gpu.product = Some(first.name.clone());
         }
-        if !ze.name.is_empty() {
-            gpu.product = Some(ze.name.clone());
+        // Tiles: one device with sub-devices (composite hierarchy), or several devices (flat).
+        gpu.tiles = Some(match devices.len() {
+            1 => first.sub_devices.max(1),
+            n => u32::try_from(n).unwrap_or(u32::MAX),
+        });
+        gpu.execution_units = devices
+            .iter()
+            .try_fold(0u32, |sum, d| sum.checked_add(d.execution_units?))
+            .filter(|n| *n > 0);
+        // sysfs's local memory (what the kernel manages) wins over Level Zero's (what the runtime
+        // offers); an integrated GPU's memory is the host's, not its own.
+        if gpu.memory_bytes.is_none() && !first.integrated {
+            gpu.memory_bytes = devices
+                .iter()
+                .try_fold(0u64, |sum, d| sum.checked_add(d.memory_bytes?));
         }
-        gpu.memory_bytes = ze.memory_bytes.or(gpu.memory_bytes);
-        gpu.tiles = Some(ze.sub_devices.max(1));
-        gpu.execution_units = ze.execution_units();
     }
     for address in by_address.keys() {
         let what = format!("a GPU at {address}");

@@ -3,12 +3,14 @@
 #![allow(unsafe_code)]
 
 use std::ptr;
+use std::sync::OnceLock;
 
 use super::bindings::{
-    ZE_INIT_FLAG_GPU_ONLY, ZE_RESULT_SUCCESS, ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES,
-    ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES, ZE_STRUCTURE_TYPE_PCI_EXT_PROPERTIES, ZeLoader,
-    ze_device_handle_t, ze_device_memory_properties_t, ze_device_properties_t,
-    ze_pci_ext_properties_t, ze_result_t,
+    _ze_eu_count_ext_t, ZE_DEVICE_PROPERTY_FLAG_INTEGRATED, ZE_INIT_FLAG_GPU_ONLY,
+    ZE_RESULT_SUCCESS, ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES,
+    ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES, ZE_STRUCTURE_TYPE_EU_COUNT_EXT,
+    ZE_STRUCTURE_TYPE_PCI_EXT_PROPERTIES, ZeLoader, ze_device_handle_t,
+    ze_device_memory_properties_t, ze_device_properties_t, ze_pci_ext_properties_t, ze_result_t,
 };
 use super::{LOADER, LevelZeroApi, ZeGpu};
 
@@ -19,14 +21,27 @@ const MAX_HANDLES: u32 = 1024;
 #[derive(Debug, Default)]
 pub struct RealLevelZero;
 
+/// The loader, opened and initialised once for the process: the runtime is not made to be unloaded
+/// and initialised again on every rescan.
+fn loader() -> Result<&'static ZeLoader, String> {
+    static LOADER_ONCE: OnceLock<Result<ZeLoader, String>> = OnceLock::new();
+    LOADER_ONCE
+        .get_or_init(|| {
+            // SAFETY: loading the loader runs its initialisers, as in any Level Zero program; every
+            // symbol the bindings name is resolved now (`--dynamic-link-require-all`).
+            let ze = unsafe { ZeLoader::new(LOADER) }
+                .map_err(|e| format!("Level Zero unavailable: {e}"))?;
+            // SAFETY: a plain call with flags.
+            check(unsafe { ze.zeInit(ZE_INIT_FLAG_GPU_ONLY) }, "zeInit")?;
+            Ok(ze)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 impl LevelZeroApi for RealLevelZero {
     fn query(&self) -> Result<Vec<ZeGpu>, String> {
-        // SAFETY: loading the loader runs its initialisers, as in any Level Zero program; every symbol
-        // the bindings name is resolved now (`--dynamic-link-require-all`), so a call never misses.
-        let ze =
-            unsafe { ZeLoader::new(LOADER) }.map_err(|e| format!("Level Zero unavailable: {e}"))?;
-        // SAFETY: a plain call with flags.
-        check(unsafe { ze.zeInit(ZE_INIT_FLAG_GPU_ONLY) }, "zeInit")?;
+        let ze = loader()?;
         let drivers = handles("zeDriverGet", |count, out| {
             // SAFETY: `count` points to a live u32 and `out` is null or holds `*count` handles.
             unsafe { ze.zeDriverGet(count, out) }
@@ -38,7 +53,11 @@ impl LevelZeroApi for RealLevelZero {
                 unsafe { ze.zeDeviceGet(driver, count, out) }
             })?;
             for device in devices {
-                gpus.push(read_device(&ze, device)?);
+                // One device that cannot be read is that device's error, not the others'.
+                gpus.push(read_device(ze, device).unwrap_or_else(|why| ZeGpu {
+                    error: Some(why),
+                    ..ZeGpu::default()
+                }));
             }
         }
         Ok(gpus)
@@ -46,11 +65,18 @@ impl LevelZeroApi for RealLevelZero {
 }
 
 fn read_device(ze: &ZeLoader, device: ze_device_handle_t) -> Result<ZeGpu, String> {
+    let mut eus = _ze_eu_count_ext_t {
+        stype: ZE_STRUCTURE_TYPE_EU_COUNT_EXT,
+        pNext: ptr::null(),
+        numTotalEUs: 0,
+    };
     let mut props = ze_device_properties_t {
         stype: ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES,
+        pNext: (&raw mut eus).cast(),
         ..Default::default()
     };
-    // SAFETY: `props` is a live, typed output structure with its `stype` set and no `pNext` chain.
+    // SAFETY: `props` and the EU count it chains are live, typed output structures with their `stype`
+    // set; a driver that does not know the extension leaves it untouched.
     check(
         unsafe { ze.zeDeviceGetProperties(device, &raw mut props) },
         "zeDeviceGetProperties",
@@ -67,6 +93,13 @@ fn read_device(ze: &ZeLoader, device: ze_device_handle_t) -> Result<ZeGpu, Strin
         // SAFETY: as for zeDriverGet.
         unsafe { ze.zeDeviceGetSubDevices(device, count, out) }
     })?;
+    let execution_units = match eus.numTotalEUs {
+        0 => props
+            .numSlices
+            .checked_mul(props.numSubslicesPerSlice)
+            .and_then(|n| n.checked_mul(props.numEUsPerSubslice)),
+        total => Some(total),
+    };
     Ok(ZeGpu {
         pci_address: format!(
             "{:04x}:{:02x}:{:02x}.{:x}",
@@ -75,11 +108,11 @@ fn read_device(ze: &ZeLoader, device: ze_device_handle_t) -> Result<ZeGpu, Strin
         name: c_text(&props.name),
         vendor_id: props.vendorId,
         device_id: props.deviceId,
+        integrated: props.flags & ZE_DEVICE_PROPERTY_FLAG_INTEGRATED != 0,
         memory_bytes: memory_bytes(ze, device)?,
         sub_devices: u32::try_from(sub_devices.len()).unwrap_or(u32::MAX),
-        slices: props.numSlices,
-        subslices_per_slice: props.numSubslicesPerSlice,
-        eus_per_subslice: props.numEUsPerSubslice,
+        execution_units: execution_units.filter(|n| *n > 0),
+        error: None,
     })
 }
 

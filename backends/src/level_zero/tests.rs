@@ -86,7 +86,7 @@ fn machines_without_intel_gpus_never_ask_level_zero() {
 }
 
 #[test]
-fn disagreements_and_devices_sysfs_does_not_show_are_errors() {
+fn disagreements_unreadable_devices_and_devices_sysfs_does_not_show_are_errors() {
     let mut answers = answers();
     answers[0].device_id = 0x56c1;
     answers[1].memory_bytes = Some(16 << 30);
@@ -99,6 +99,10 @@ fn disagreements_and_devices_sysfs_does_not_show_are_errors() {
         pci_address: "garbage".into(),
         ..Default::default()
     });
+    answers.push(ZeGpu {
+        error: Some("zeDevicePciGetPropertiesExt returned 0x78000003".into()),
+        ..Default::default()
+    });
     let found = gpus("i915", FakeLevelZero(Ok(answers)));
     let errors: Vec<_> = found
         .errors
@@ -107,22 +111,20 @@ fn disagreements_and_devices_sysfs_does_not_show_are_errors() {
         .collect();
     assert_eq!(errors.len(), 4, "{errors:#?}");
     assert!(errors[0].1.contains("\"garbage\""), "{errors:?}");
-    assert_eq!(errors[1].0, "level-zero/0000:4d:00.0");
     assert!(
-        errors[1]
+        errors[1].1.contains("could not read a device: zeDevicePci"),
+        "{errors:?}"
+    );
+    assert_eq!(errors[2].0, "level-zero/0000:4d:00.0");
+    assert!(
+        errors[2]
             .1
             .contains("sysfs says 0x56c0, Level Zero says 0x56c1"),
         "{errors:?}"
     );
-    assert_eq!(errors[2].0, "level-zero/0000:ca:00.0");
-    assert!(
-        errors[2]
-            .1
-            .contains("sysfs says 14940110848, Level Zero says 17179869184")
-    );
     assert_eq!(errors[3].0, "level-zero/0000:99:00.0");
     assert!(errors[3].1.contains("sysfs does not show; left out"));
-    // A mismatched device keeps its sysfs view; a memory disagreement takes Level Zero's figure.
+    // A mismatched device keeps its sysfs view; sysfs's local memory wins over the runtime's.
     let by = |a: &str| {
         found
             .items
@@ -132,7 +134,8 @@ fn disagreements_and_devices_sysfs_does_not_show_are_errors() {
     };
     assert_eq!(by("0000:4d:00.0").product, None);
     assert_eq!(by("0000:4d:00.0").tiles, None);
-    assert_eq!(by("0000:ca:00.0").memory_bytes, Some(16 << 30));
+    assert_eq!(by("0000:ca:00.0").memory_bytes, Some(14_940_110_848));
+    assert_eq!(by("0000:ca:00.0").tiles, Some(1));
     assert_eq!(
         found.items.len(),
         3,
@@ -141,13 +144,47 @@ fn disagreements_and_devices_sysfs_does_not_show_are_errors() {
 }
 
 #[test]
-fn execution_units_are_none_when_unknown_or_overflowing() {
-    let mut gpu = answers().remove(0);
-    assert_eq!(gpu.execution_units(), Some(512));
-    gpu.eus_per_subslice = 0;
-    assert_eq!(gpu.execution_units(), None);
-    gpu.eus_per_subslice = u32::MAX;
-    assert_eq!(gpu.execution_units(), None);
+fn tiles_listed_as_devices_of_one_address_are_added_up() {
+    // A flat hierarchy lists each tile of a two-tile GPU as a device at the GPU's address; a
+    // composite one lists the GPU with two sub-devices. Both are one GPU of two tiles.
+    let tile = |eus, memory| ZeGpu {
+        pci_address: "0000:4d:00.0".into(),
+        name: "Intel(R) Data Center GPU Flex 170".into(),
+        vendor_id: 0x8086,
+        device_id: 0x56c0,
+        memory_bytes: Some(memory),
+        execution_units: Some(eus),
+        ..Default::default()
+    };
+    let mut machine = hal_mock::by_name("i915").unwrap();
+    machine
+        .gpus
+        .iter_mut()
+        .for_each(|g| g.lmem_total_bytes = None);
+    let rendered = machine.materialize().unwrap();
+    let read = |answers: Vec<ZeGpu>| {
+        let sysfs = SysfsGpu::new(SysfsRoot::new(rendered.root()));
+        let found = LevelZeroGpus::new(sysfs, Box::new(FakeLevelZero(Ok(answers))));
+        found.gpus().unwrap().items.remove(1)
+    };
+    let flat = read(vec![tile(256, 1 << 30), tile(256, 1 << 30)]);
+    assert_eq!((flat.tiles, flat.execution_units), (Some(2), Some(512)));
+    assert_eq!(
+        flat.memory_bytes,
+        Some(2 << 30),
+        "sysfs has none: Level Zero's sum"
+    );
+    let mut whole = tile(512, 2 << 30);
+    whole.sub_devices = 2;
+    let composite = read(vec![whole]);
+    assert_eq!(
+        (composite.tiles, composite.execution_units),
+        (Some(2), Some(512))
+    );
+    // An integrated GPU's memory is the host's.
+    let mut integrated = tile(512, 2 << 30);
+    integrated.integrated = true;
+    assert_eq!(read(vec![integrated]).memory_bytes, None);
 }
 
 /// The real loader, where the machine has one (CI installs libze1): with no Intel GPU driver it must

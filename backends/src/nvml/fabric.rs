@@ -3,14 +3,21 @@
 #![allow(unsafe_code)]
 
 use nvml_wrapper_sys::bindings::{
-    NVML_GPU_FABRIC_STATE_COMPLETED, nvmlGpuFabricInfo_t, nvmlReturn_enum_NVML_SUCCESS,
+    NVML_GPU_FABRIC_STATE_COMPLETED, NVML_GPU_FABRIC_STATE_NOT_SUPPORTED, nvmlGpuFabricInfo_t,
+    nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED as NVML_ERROR_NOT_SUPPORTED,
+    nvmlReturn_enum_NVML_SUCCESS as NVML_SUCCESS,
 };
 
 /// `<cluster UUID>.<clique id>`, as NVIDIA's DRA driver names a clique, when NVML says the GPU's fabric
-/// registration is complete and its cluster UUID is not all zeros; `None` on GPUs without a fabric,
-/// drivers without the call, and any error.
-pub fn clique(nvml: &nvml_wrapper::Nvml, device: &nvml_wrapper::Device<'_>) -> Option<String> {
-    let call = nvml.lib().nvmlDeviceGetGpuFabricInfo.as_ref().ok()?;
+/// registration is complete and its cluster UUID is not all zeros; `None` on GPUs without a fabric and
+/// drivers without the call; an error while the registration is not complete or has failed.
+pub fn clique(
+    nvml: &nvml_wrapper::Nvml,
+    device: &nvml_wrapper::Device<'_>,
+) -> Result<Option<String>, String> {
+    let Ok(call) = nvml.lib().nvmlDeviceGetGpuFabricInfo.as_ref() else {
+        return Ok(None);
+    };
     let mut info = nvmlGpuFabricInfo_t {
         clusterUuid: [0; 16],
         status: 0,
@@ -20,10 +27,24 @@ pub fn clique(nvml: &nvml_wrapper::Nvml, device: &nvml_wrapper::Device<'_>) -> O
     // SAFETY: the handle belongs to `nvml`, which is alive, and `info` is a live structure of the
     // version-1 layout this symbol takes.
     let rc = unsafe { call(device.handle(), &raw mut info) };
-    if rc != nvmlReturn_enum_NVML_SUCCESS || info.status != nvmlReturn_enum_NVML_SUCCESS {
-        return None;
+    match rc {
+        NVML_SUCCESS => {}
+        NVML_ERROR_NOT_SUPPORTED => return Ok(None),
+        rc => return Err(format!("nvmlDeviceGetGpuFabricInfo returned {rc}")),
     }
-    clique_name(u32::from(info.state), &info.clusterUuid, info.cliqueId)
+    match u32::from(info.state) {
+        NVML_GPU_FABRIC_STATE_NOT_SUPPORTED => return Ok(None),
+        NVML_GPU_FABRIC_STATE_COMPLETED => {}
+        state => return Err(format!("registration not complete (state {state})")),
+    }
+    if info.status != NVML_SUCCESS {
+        return Err(format!("registration failed (NVML status {})", info.status));
+    }
+    Ok(clique_name(
+        u32::from(info.state),
+        &info.clusterUuid,
+        info.cliqueId,
+    ))
 }
 
 /// The clique's name from the fields of `nvmlGpuFabricInfo_t`.

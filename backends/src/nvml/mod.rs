@@ -46,6 +46,9 @@ pub struct NvmlGpu {
     /// NVLink fabric clique, `<cluster UUID>.<clique id>` (see [`fabric::clique`]).
     #[serde(default)]
     pub nvlink_clique: Option<String>,
+    /// Why the GPU has no clique although it has a fabric (registration not complete, an error).
+    #[serde(default)]
+    pub fabric_error: Option<String>,
 }
 
 /// What NVML says about the system.
@@ -109,7 +112,7 @@ impl NvmlApi for RealNvml {
                 numa_node: device.numa_node_id().ok(),
                 cpu_affinity: cpu_affinity(&device),
                 mig_enabled: device.mig_mode().ok().map(|m| m.current == 1),
-                nvlink_clique: fabric::clique(&nvml, &device),
+                ..fabric_of(&nvml, &device)
             });
         }
         Ok(NvmlSystem {
@@ -117,6 +120,19 @@ impl NvmlApi for RealNvml {
             cuda_driver_version,
             gpus,
         })
+    }
+}
+
+/// The clique or the fabric's error, as the two fields of [`NvmlGpu`] (the rest default).
+fn fabric_of(nvml: &nvml_wrapper::Nvml, device: &nvml_wrapper::Device<'_>) -> NvmlGpu {
+    let (nvlink_clique, fabric_error) = match fabric::clique(nvml, device) {
+        Ok(clique) => (clique, None),
+        Err(why) => (None, Some(why)),
+    };
+    NvmlGpu {
+        nvlink_clique,
+        fabric_error,
+        ..NvmlGpu::default()
     }
 }
 
@@ -233,8 +249,30 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
             gpu.product = Some(nvml.name.clone());
         }
         gpu.nvidia_minor = nvml.minor.or(gpu.nvidia_minor);
+        if let (Some(ours), Some(theirs)) = (&gpu.local_cpus, &nvml.cpu_affinity)
+            && ours != theirs
+        {
+            // sysfs's is kept: it is what the kernel schedules by.
+            found.errors.push(InventoryError {
+                path: format!("nvml/{}", gpu.pci_address),
+                error: format!(
+                    "local CPUs: sysfs says {ours}, NVML says {theirs}; sysfs's is used"
+                ),
+                kind: Some(ErrorKind::Malformed),
+            });
+        }
+        gpu.local_cpus = gpu.local_cpus.take().or_else(|| nvml.cpu_affinity.clone());
+        // Not compared: on Grace, NVML may name the GPU memory's own node.
+        gpu.numa_node = gpu.numa_node.or(nvml.numa_node.map(hal::NumaNode));
         gpu.architecture = nvml.architecture.clone();
         gpu.nvlink_clique = nvml.nvlink_clique.clone();
+        if let Some(why) = &nvml.fabric_error {
+            found.errors.push(InventoryError {
+                path: format!("nvml/{}", gpu.pci_address),
+                error: format!("NVLink fabric: {why}; published without a clique"),
+                kind: Some(ErrorKind::Unsupported),
+            });
+        }
         gpu.compute_capability = nvml.compute_capability.clone();
         gpu.driver_version = Some(system.driver_version.clone());
         gpu.cuda_driver_version = Some(system.cuda_driver_version.clone());

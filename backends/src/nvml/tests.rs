@@ -130,3 +130,39 @@ fn nvml_affinity_masks_are_read_as_cpu_sets() {
     // Bits past a word's width are not CPUs.
     assert_eq!(cpus_of_mask([1 << 40].into_iter(), 32).to_string(), "");
 }
+
+#[test]
+fn numa_and_local_cpus_come_from_sysfs_and_nvml_fills_what_it_lacks() {
+    let mut system = answers("gb300");
+    system.gpus[0].cpu_affinity = Some("0-63".parse().unwrap());
+    system.gpus[1].cpu_affinity = Some("0-7".parse().unwrap());
+    system.gpus[2].fabric_error = Some("registration not complete (state 2)".into());
+    let found = gpus("gb300", FakeNvml(Ok(system)));
+    let errors: Vec<_> = found
+        .errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.error.as_str()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors[0].0, "nvml/0009:06:00.0");
+    assert!(
+        errors[0]
+            .1
+            .contains("sysfs says 0-63, NVML says 0-7; sysfs's is used")
+    );
+    assert_eq!(errors[1].0, "nvml/0018:06:00.0");
+    assert!(errors[1].1.contains("state 2"), "{errors:?}");
+    let cpus: Vec<_> = found
+        .items
+        .iter()
+        .map(|g| g.local_cpus.as_ref().map(|c| c.to_string()))
+        .collect();
+    assert_eq!(cpus[0].as_deref(), Some("0-63"));
+    assert_eq!(cpus[1].as_deref(), Some("0-63"), "sysfs's kept");
+    let nodes: Vec<_> = found
+        .items
+        .iter()
+        .map(|g| g.numa_node.map(|n| n.0))
+        .collect();
+    assert_eq!(nodes, [Some(0), Some(0), Some(1), Some(1)]);
+}

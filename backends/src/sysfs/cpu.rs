@@ -309,6 +309,8 @@ struct KnownSets {
     cores: Known<(CpuSet, CoreLabels)>,
     /// Each package's CPUs with its label.
     packages: Known<(CpuSet, Option<u32>)>,
+    /// Each die's label, by `die_cpus_list` (read once, for the first core of the die).
+    dies: Known<Option<u32>>,
     l3: Known<(Option<u32>, Option<CpuSet>)>,
 }
 
@@ -372,9 +374,27 @@ fn read_cpu(
                 Some((_, package)) => package,
                 None => label(errors, "physical_package_id"),
             };
+            let die = match online.then(|| known.dies.get(id)).flatten() {
+                Some(die) => die,
+                None => {
+                    let die = label(errors, "die_id");
+                    // The kernel's die set is the CPUs of this package with this die id.
+                    if online
+                        && present.contains("die_cpus_list")
+                        && let Some(set) = errors.keep(parse_optional(
+                            &topology.join("die_cpus_list"),
+                            CpuSet::from_cpulist,
+                        ))
+                        && set.contains(id)
+                    {
+                        known.dies.remember(&set, die);
+                    }
+                    die
+                }
+            };
             let labels = CoreLabels {
                 package,
-                die: label(errors, "die_id"),
+                die,
                 // x86 reports an unknown cluster as BAD_APICID (65535); arm64 as -1.
                 cluster: label(errors, "cluster_id").filter(|&c| c != X86_BAD_APICID),
                 core: label(errors, "core_id"),

@@ -74,6 +74,8 @@ struct DrmNodes {
 struct Candidate {
     vendor: GpuVendor,
     device_id: Option<u16>,
+    numa_node: Option<hal::NumaNode>,
+    local_cpus: Option<hal::CpuSet>,
     driver: Option<String>,
     /// The PCI device directory, relative to the root, where there is one.
     device_dir: Option<PathBuf>,
@@ -102,6 +104,8 @@ impl GpuDevice for SysfsGpu {
                 let candidate = Candidate {
                     vendor: GpuVendor::from_pci_vendor(f.vendor_id),
                     device_id: Some(f.device_id),
+                    numa_node: f.numa_node,
+                    local_cpus: f.local_cpus,
                     driver: f.driver,
                     device_dir: Some(PathBuf::from(f.sysfs_path)),
                 };
@@ -119,6 +123,8 @@ impl GpuDevice for SysfsGpu {
             candidates.entry(*address).or_insert(Candidate {
                 vendor: GpuVendor::Nvidia,
                 device_id: None,
+                numa_node: None,
+                local_cpus: None,
                 driver: None,
                 device_dir: None,
             });
@@ -160,6 +166,8 @@ fn read_gpu(
         .or_else(|| nvidia_dir.map(|_| "nvidia".to_owned()));
     let mut gpu = GpuInfo {
         device_id: candidate.device_id,
+        numa_node: candidate.numa_node,
+        local_cpus: candidate.local_cpus,
         driver,
         drm_card: card.map(|n| n.name.clone()),
         drm_render: render.map(|n| n.name.clone()),
@@ -348,6 +356,8 @@ fn candidate_from_uevent(
     Some(Candidate {
         vendor: GpuVendor::from_pci_vendor(vendor),
         device_id,
+        numa_node: None,
+        local_cpus: None,
         driver,
         device_dir: Some(nodes.device_dir.clone()),
     })

@@ -99,26 +99,41 @@ impl<R: RdmaDevice> RdmaDevice for VerbsRdma<R> {
         if found.items.is_empty() {
             return Ok(found);
         }
+        let fallback = "RDMA devices are described from sysfs alone";
         match self.api.query() {
-            Ok(devices) => merge(&mut found, &devices),
-            Err(why) => {
-                let fallback = "RDMA devices are described from sysfs alone";
+            // libibverbs leaves out the devices whose `/dev/infiniband/uverbsN` it cannot open.
+            Ok(devices) if devices.is_empty() => {
+                let why =
+                    "verbs unavailable: libibverbs lists no device (no /dev/infiniband here?)";
                 found
                     .errors
-                    .extend(self.unavailable.report(LIBRARY, &why, fallback));
+                    .extend(self.unavailable.report(LIBRARY, why, fallback));
             }
+            Ok(devices) => merge(&mut found, &devices),
+            Err(why) => found
+                .errors
+                .extend(self.unavailable.report(LIBRARY, &why, fallback)),
         }
         Ok(found)
     }
 }
 
 /// Fills in what verbs knows, by exact device name and port number. Disagreements, devices and ports
-/// sysfs does not show, and devices verbs could not query become errors.
+/// sysfs does not show, devices verbs does not list and devices it could not query become errors.
 pub fn merge(found: &mut Discovered<RdmaInfo>, devices: &[VerbsDevice]) {
     let mut by_name: BTreeMap<&str, &VerbsDevice> =
         devices.iter().map(|d| (d.name.as_str(), d)).collect();
     for device in &mut found.items {
         let Some(verbs) = by_name.remove(device.name.as_str()) else {
+            found.errors.push(InventoryError {
+                path: format!("verbs/{}", device.name),
+                error: format!(
+                    "libibverbs does not list {} (its /dev/infiniband/uverbs node cannot be \
+                     opened here?); described from sysfs alone",
+                    device.name
+                ),
+                kind: Some(ErrorKind::NotFound),
+            });
             continue;
         };
         if let Some(why) = &verbs.error {

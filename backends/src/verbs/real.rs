@@ -83,7 +83,8 @@ fn query_context(context: *mut ibv_context) -> Result<(Option<u32>, Vec<VerbsPor
     // SAFETY: `context` is open and `attr` is live.
     let rc = unsafe { ibv_query_device(context, &raw mut attr) };
     if rc != 0 {
-        return Err(format!("ibv_query_device: error {rc}"));
+        let why = std::io::Error::from_raw_os_error(rc);
+        return Err(format!("ibv_query_device: {why}"));
     }
     let mut ports = Vec::new();
     for number in 1..=attr.phys_port_cnt {
@@ -92,7 +93,8 @@ fn query_context(context: *mut ibv_context) -> Result<(Option<u32>, Vec<VerbsPor
         // SAFETY: `context` is open and `port` is live and as large as the library expects.
         let rc = unsafe { ___ibv_query_port(context, number, &raw mut port) };
         if rc != 0 {
-            return Err(format!("ibv_query_port {number}: error {rc}"));
+            let why = std::io::Error::from_raw_os_error(rc);
+            return Err(format!("ibv_query_port {number}: {why}"));
         }
         let mut gids = Vec::new();
         for index in 0..port.gid_tbl_len.clamp(0, MAX_GIDS) {

@@ -60,8 +60,30 @@ fn names_match_exactly_never_by_prefix() {
     answers[0].name = "mlx5_10".into();
     let found = devices("gb300", FakeVerbs(Ok(answers)));
     assert!(found.items.iter().all(|d| d.max_qp.is_none()));
-    assert_eq!(found.errors.len(), 1);
-    assert_eq!(found.errors[0].path, "verbs/mlx5_10");
+    let paths: Vec<_> = found.errors.iter().map(|e| e.path.as_str()).collect();
+    // The four sysfs devices verbs does not list, then the one sysfs does not show.
+    let expected = [
+        "verbs/mlx5_0",
+        "verbs/mlx5_1",
+        "verbs/mlx5_2",
+        "verbs/mlx5_3",
+        "verbs/mlx5_10",
+    ];
+    assert_eq!(paths, expected);
+    assert!(
+        found.errors[1]
+            .error
+            .contains("libibverbs does not list mlx5_1")
+    );
+}
+
+#[test]
+fn an_empty_device_list_is_unavailable_verbs() {
+    // In a container without /dev/infiniband, libibverbs lists nothing rather than failing.
+    let found = devices("gb300", FakeVerbs(Ok(vec![])));
+    assert_eq!(found.errors.len(), 1, "{:?}", found.errors);
+    assert_eq!(found.errors[0].path, LIBRARY);
+    assert!(found.errors[0].error.contains("lists no device"));
 }
 
 #[test]

@@ -40,6 +40,12 @@ pub struct GpuInfo {
     /// PCI device id (`0x56c0`), where sysfs shows it.
     #[serde(default)]
     pub device_id: Option<u16>,
+    /// NUMA node of the function (sysfs; NVML's where sysfs says none).
+    #[serde(default)]
+    pub numa_node: Option<crate::NumaNode>,
+    /// CPUs local to the function (sysfs `local_cpulist`; NVML's affinity where sysfs says none).
+    #[serde(default)]
+    pub local_cpus: Option<crate::CpuSet>,
     /// Bound kernel driver (`i915`, `xe`, `nvidia`, `amdgpu`).
     pub driver: Option<String>,
     /// DRM card node name (`card0`).
@@ -85,6 +91,8 @@ impl GpuInfo {
             pci_address,
             vendor,
             device_id: None,
+            numa_node: None,
+            local_cpus: None,
             driver: None,
             drm_card: None,
             drm_render: None,

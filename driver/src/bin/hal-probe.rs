@@ -217,7 +217,9 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let root = machine.root.clone();
-    let topology = SysfsCpuTopology::new(root.clone());
+    // Read beside the devices (`Report::collect`), with as many threads as that leaves it.
+    let topology = SysfsCpuTopology::new(root.clone())
+        .with_threads(backends::sysfs::cpu::threads_beside_devices());
     let mut pci = SysfsPci::new(root.clone());
     if let Some(ids) = machine.pci_ids.clone() {
         pci = pci.with_pci_ids(ids);

@@ -128,31 +128,45 @@ impl Report {
                 || (families.contains(&Family::Topology)
                     && matches!(family, Family::Pci | Family::Gpus | Family::Rdma))
         };
-        for family in Family::ALL.into_iter().filter(|f| needs(*f)) {
-            match family {
-                Family::Cpu => match sources.cpu.cpu_inventory() {
-                    Ok(CpuInventory {
-                        cpus,
-                        numa_nodes,
-                        errors,
-                    }) => {
-                        report.cpu = Some(CpuReport { cpus, numa_nodes });
-                        report.errors.extend(errors);
-                    }
-                    Err(e) => report.errors.push((&e).into()),
-                },
-                Family::Pci => report.pci = report.take(sources.pci.pci_functions()),
-                Family::Sriov => report.sriov = report.take(sources.sriov.sriov_pfs()),
-                Family::Rdma => report.rdma = report.take(sources.rdma.rdma_devices()),
-                Family::Gpus => report.gpus = report.take(sources.gpus.gpus()),
-                Family::Topology => {
-                    report.topology = Some(Topology::build(
-                        report.pci.as_deref().unwrap_or_default(),
-                        report.gpus.as_deref().unwrap_or_default(),
-                        report.rdma.as_deref().unwrap_or_default(),
-                    ));
-                }
+        // The CPU topology and the devices are read on threads of their own, as `Inventory::read` does.
+        let read_cpu = || needs(Family::Cpu).then(|| sources.cpu.cpu_inventory());
+        let read_devices = || {
+            (
+                needs(Family::Pci).then(|| sources.pci.pci_functions()),
+                needs(Family::Sriov).then(|| sources.sriov.sriov_pfs()),
+                needs(Family::Rdma).then(|| sources.rdma.rdma_devices()),
+                needs(Family::Gpus).then(|| sources.gpus.gpus()),
+            )
+        };
+        let (cpu, (pci, sriov, rdma, gpus)) = std::thread::scope(|scope| {
+            let cpu = scope.spawn(read_cpu);
+            let devices = scope.spawn(read_devices);
+            // A panicking backend is a bug; it is read again on this thread to report it as it is.
+            let devices = devices.join().unwrap_or_else(|_| read_devices());
+            (cpu.join().unwrap_or_else(|_| read_cpu()), devices)
+        });
+        match cpu {
+            Some(Ok(CpuInventory {
+                cpus,
+                numa_nodes,
+                errors,
+            })) => {
+                report.cpu = Some(CpuReport { cpus, numa_nodes });
+                report.errors.extend(errors);
             }
+            Some(Err(e)) => report.errors.push((&e).into()),
+            None => {}
+        }
+        report.pci = pci.and_then(|found| report.take(found));
+        report.sriov = sriov.and_then(|found| report.take(found));
+        report.rdma = rdma.and_then(|found| report.take(found));
+        report.gpus = gpus.and_then(|found| report.take(found));
+        if needs(Family::Topology) {
+            report.topology = Some(Topology::build(
+                report.pci.as_deref().unwrap_or_default(),
+                report.gpus.as_deref().unwrap_or_default(),
+                report.rdma.as_deref().unwrap_or_default(),
+            ));
         }
         // Families read only for the topology are not shown.
         if !families.contains(&Family::Pci) {

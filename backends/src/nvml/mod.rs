@@ -266,6 +266,7 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
         gpu.numa_node = gpu.numa_node.or(nvml.numa_node.map(hal::NumaNode));
         gpu.architecture = nvml.architecture.clone();
         gpu.nvlink_clique = nvml.nvlink_clique.clone();
+        gpu.mig_enabled = nvml.mig_enabled;
         if let Some(why) = &nvml.fabric_error {
             found.errors.push(InventoryError {
                 path: format!("nvml/{}", gpu.pci_address),

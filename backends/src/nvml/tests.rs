@@ -24,6 +24,7 @@ fn gb300_gets_nvml_facts_merged_by_pci_address() {
         assert_eq!(gpu.cuda_driver_version.as_deref(), Some("13.0"));
         assert_eq!(gpu.memory_bytes, Some(284_208 * 1024 * 1024));
         assert_eq!(gpu.nvidia_minor, Some(i as u32));
+        assert_eq!(gpu.mig_enabled, Some(false));
     }
     assert_eq!(found.items[2].pci_address.to_string(), "0018:06:00.0");
 }

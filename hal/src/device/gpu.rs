@@ -72,6 +72,9 @@ pub struct GpuInfo {
     /// CUDA driver API version (`13.0`), from NVML.
     #[serde(default)]
     pub cuda_driver_version: Option<String>,
+    /// MIG mode enabled (NVIDIA), from NVML.
+    #[serde(default)]
+    pub mig_enabled: Option<bool>,
     /// NVLink fabric clique, `<cluster UUID>.<clique id>` as NVIDIA's DRA driver spells it, from NVML on
     /// systems with an NVLink fabric (GB200/GB300 NVL); GPUs in one clique share a multi-node NVLink domain.
     #[serde(default)]
@@ -104,6 +107,7 @@ impl GpuInfo {
             compute_capability: None,
             driver_version: None,
             cuda_driver_version: None,
+            mig_enabled: None,
             nvlink_clique: None,
             tiles: None,
             execution_units: None,

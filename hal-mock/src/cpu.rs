@@ -180,7 +180,9 @@ impl CpuLayout {
                     write(&topo.join("cluster_id"), &cpu.core.to_string())?;
                 }
                 Arch::Arm64 => {
+                    // No dies on arm64: -1, and a die of the CPU alone (as a Graviton2 shows).
                     write(&topo.join("die_id"), "-1")?;
+                    write(&topo.join("die_cpus_list"), &cpu.id.to_string())?;
                     write(&dir.join("cpu_capacity"), "1024")?;
                     write(
                         &dir.join("regs/identification/midr_el1"),

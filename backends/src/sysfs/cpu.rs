@@ -311,6 +311,9 @@ struct KnownSets {
     packages: Known<(CpuSet, Option<u32>)>,
     /// Each die's label, by `die_cpus_list` (read once, for the first core of the die).
     dies: Known<Option<u32>>,
+    /// A `die_id` said -1: the architecture has no dies (arm64 prints -1 for every CPU, with a
+    /// `die_cpus_list` of the CPU alone), so no other CPU's is read.
+    no_dies: bool,
     l3: Known<(Option<u32>, Option<CpuSet>)>,
 }
 
@@ -376,10 +379,16 @@ fn read_cpu(
             };
             let die = match online.then(|| known.dies.get(id)).flatten() {
                 Some(die) => die,
+                None if known.no_dies => None,
                 None => {
+                    let logged = errors.0.len();
                     let die = label(errors, "die_id");
+                    // -1 itself, not a file that could not be read or parsed.
+                    known.no_dies =
+                        die.is_none() && present.contains("die_id") && errors.0.len() == logged;
                     // The kernel's die set is the CPUs of this package with this die id.
                     if online
+                        && die.is_some()
                         && present.contains("die_cpus_list")
                         && let Some(set) = errors.keep(parse_optional(
                             &topology.join("die_cpus_list"),
@@ -560,6 +569,69 @@ mod tests {
                 assert_eq!(errors.0.len(), one_errors.0.len());
             }
         }
+    }
+
+    /// Four single-thread cores in one package, with the given `die_id` and `die_cpus_list` per CPU.
+    fn dies_tree(dies: [(&str, Option<&str>); 4]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (cpu, (die, die_cpus)) in dies.into_iter().enumerate() {
+            let base = format!("sys/devices/system/cpu/cpu{cpu}/topology");
+            write(dir.path(), &format!("{base}/physical_package_id"), "0\n");
+            write(dir.path(), &format!("{base}/core_id"), &format!("{cpu}\n"));
+            write(
+                dir.path(),
+                &format!("{base}/core_cpus_list"),
+                &format!("{cpu}\n"),
+            );
+            write(dir.path(), &format!("{base}/die_id"), &format!("{die}\n"));
+            if let Some(set) = die_cpus {
+                write(
+                    dir.path(),
+                    &format!("{base}/die_cpus_list"),
+                    &format!("{set}\n"),
+                );
+            }
+        }
+        dir
+    }
+
+    fn dies(dir: &tempfile::TempDir) -> Vec<Option<u32>> {
+        let inv = SysfsCpuTopology::new(SysfsRoot::new(dir.path()))
+            .cpu_inventory()
+            .unwrap();
+        inv.cpus.iter().map(|c| c.die).collect()
+    }
+
+    #[test]
+    fn a_die_is_read_once_for_its_die_cpus_list_and_never_where_there_are_no_dies() {
+        // x86: CPUs 0-1 on die 0, 2-3 on die 1. CPU 1's own file is never read: the die of CPU 0
+        // covers it (a stale "9" there proves it).
+        let x86 = dies_tree([
+            ("0", Some("0-1")),
+            ("9", Some("0-1")),
+            ("1", Some("2-3")),
+            ("1", Some("2-3")),
+        ]);
+        assert_eq!(dies(&x86), [Some(0), Some(0), Some(1), Some(1)]);
+        // Without die_cpus_list (kernels before 5.3), every core's die_id is read.
+        let old = dies_tree([("0", None), ("9", None), ("1", None), ("1", None)]);
+        assert_eq!(dies(&old), [Some(0), Some(9), Some(1), Some(1)]);
+        // arm64: -1 means the architecture has no dies; no other CPU's die_id is read.
+        let arm = dies_tree([
+            ("-1", Some("0")),
+            ("5", Some("1")),
+            ("-1", Some("2")),
+            ("-1", Some("3")),
+        ]);
+        assert_eq!(dies(&arm), [None, None, None, None]);
+        // A die_id that cannot be parsed is not -1: the next CPUs' are still read.
+        let bad = dies_tree([
+            ("x", Some("0")),
+            ("1", Some("1")),
+            ("1", Some("2")),
+            ("1", Some("3")),
+        ]);
+        assert_eq!(dies(&bad), [None, Some(1), Some(1), Some(1)]);
     }
 
     #[test]

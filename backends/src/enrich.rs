@@ -25,17 +25,31 @@ impl Unavailable {
     }
 }
 
-/// An error entry for a disagreement between sysfs and a library, whose value is used.
+/// Whose value a disagreement keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// sysfs's (what the kernel works by).
+    Sysfs,
+    /// The library's.
+    Library,
+}
+
+/// An error entry for a disagreement between sysfs and `library`, saying whose value is used.
 pub(crate) fn disagreement(
     path: String,
     what: &str,
-    ours: &str,
-    theirs: &str,
+    ours: impl std::fmt::Display,
+    theirs: impl std::fmt::Display,
     library: &str,
+    kept: Kept,
 ) -> InventoryError {
+    let used = match kept {
+        Kept::Sysfs => "sysfs",
+        Kept::Library => library,
+    };
     InventoryError {
         path,
-        error: format!("{what}: sysfs says {ours}, {library} says {theirs}; {library}'s is used"),
+        error: format!("{what}: sysfs says {ours}, {library} says {theirs}; {used}'s is used"),
         kind: Some(ErrorKind::Malformed),
     }
 }

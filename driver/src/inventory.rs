@@ -42,29 +42,21 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Reads every family. The CPU topology (the most files: several per CPU) is read on a thread of
-    /// its own while the devices are read on this one.
+    /// Reads every family. The CPU topology (the most files: several per CPU) and the devices are
+    /// read on two threads ([`on_two_threads`]).
     pub fn read(backends: &Backends<'_>) -> Inventory {
         let mut errors = Vec::new();
-        // Both on threads of their own: a thread that works while it waits for another tends to share
-        // a core with it (the scheduler places a new thread beside its parent).
-        let (cpu, devices) = std::thread::scope(|scope| {
-            let cpu = scope.spawn(|| backends.cpu.cpu_inventory());
-            let read_devices = || {
+        let (cpu, (pci, sriov, rdma, gpus)) = on_two_threads(
+            || backends.cpu.cpu_inventory(),
+            || {
                 (
                     backends.pci.pci_functions(),
                     backends.sriov.sriov_pfs(),
                     backends.rdma.rdma_devices(),
                     backends.gpus.gpus(),
                 )
-            };
-            let devices = scope.spawn(read_devices);
-            // A panicking backend is a bug; it is read again on this thread to report it as it is.
-            let devices = devices.join().unwrap_or_else(|_| read_devices());
-            let cpu = cpu.join().unwrap_or_else(|_| backends.cpu.cpu_inventory());
-            (cpu, devices)
-        });
-        let (pci, sriov, rdma, gpus) = devices;
+            },
+        );
         let cpu = match cpu {
             Ok(mut cpu) => {
                 errors.append(&mut cpu.errors);
@@ -99,6 +91,20 @@ impl Inventory {
             .ok()
             .and_then(|i| self.pci.get(i))
     }
+}
+
+/// Runs `a` and `b` on two threads of their own: a thread that works while it waits for another tends
+/// to share a core with it (the scheduler places a new thread beside its parent). A side that panics
+/// is a bug; it is run again on this thread, so that it panics as it is.
+pub fn on_two_threads<A: Send, B: Send>(
+    a: impl Fn() -> A + Sync,
+    b: impl Fn() -> B + Sync,
+) -> (A, B) {
+    std::thread::scope(|scope| {
+        let (first, second) = (scope.spawn(&a), scope.spawn(&b));
+        let second = second.join().unwrap_or_else(|_| b());
+        (first.join().unwrap_or_else(|_| a()), second)
+    })
 }
 
 fn take<T>(found: hal::Result<Discovered<T>>, errors: &mut Vec<InventoryError>) -> Vec<T> {
@@ -193,18 +199,14 @@ impl Vendors {
 
 /// The NVML seam for a machine: the fixture's recorded answers, or the real library on a node.
 fn nvml_for(fixture: Option<&str>) -> Box<dyn backends::nvml::NvmlApi> {
-    use backends::nvml::{FakeNvml, NvmlSystem, RealNvml};
+    use backends::nvml::{FakeNvml, RealNvml};
     match fixture {
         None => Box::new(RealNvml),
-        Some(name) => {
-            let answers = hal_mock::nvml_answers(name)
-                .ok_or_else(|| format!("fixture {name} has no NVIDIA GPU"))
-                .and_then(|json| {
-                    serde_json::from_str::<NvmlSystem>(json)
-                        .map_err(|e| format!("{name} NVML answers: {e}"))
-                });
-            Box::new(FakeNvml(answers))
-        }
+        Some(name) => Box::new(FakeNvml(recorded(
+            name,
+            "NVML",
+            hal_mock::nvml_answers(name),
+        ))),
     }
 }
 
@@ -250,20 +252,15 @@ fn verbs_for(fixture: Option<&str>) -> Option<Box<dyn backends::verbs::VerbsApi>
     }
 }
 
-/// A fixture's recorded answers of `library`, parsed; a fixture without any plays a library that
-/// finds no device.
-#[cfg(any(feature = "level-zero", feature = "verbs"))]
-fn recorded<T: serde::de::DeserializeOwned + Default>(
+/// A fixture's recorded answers of `library`, parsed. A fixture without any plays a library that cannot
+/// be used (its wrapper asks only on machines with devices for it, and then says so once).
+fn recorded<T: serde::de::DeserializeOwned>(
     name: &str,
     library: &str,
     json: Option<&str>,
 ) -> Result<T, String> {
-    match json {
-        None => Ok(T::default()),
-        Some(json) => {
-            serde_json::from_str(json).map_err(|e| format!("{name} {library} answers: {e}"))
-        }
-    }
+    let json = json.ok_or_else(|| format!("fixture {name} has no recorded {library} answers"))?;
+    serde_json::from_str(json).map_err(|e| format!("{name} {library} answers: {e}"))
 }
 
 #[cfg(all(test, feature = "level-zero", feature = "verbs"))]

@@ -10,7 +10,7 @@
 use hal::{CpuSet, Discovered, ErrorKind, GpuDevice, GpuInfo, InventoryError, PciAddress, Result};
 use std::collections::BTreeMap;
 
-use crate::enrich::{Unavailable, disagreement, not_in_sysfs};
+use crate::enrich::{Kept, Unavailable, disagreement, not_in_sysfs};
 
 /// What NVML says about one GPU.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -98,6 +98,10 @@ impl NvmlApi for RealNvml {
         for index in 0..count {
             let device = nvml.device_by_index(index).map_err(|e| e.to_string())?;
             let Ok(pci) = device.pci_info() else { continue };
+            let (nvlink_clique, fabric_error) = match fabric::clique(&nvml, &device) {
+                Ok(clique) => (clique, None),
+                Err(why) => (None, Some(why)),
+            };
             gpus.push(NvmlGpu {
                 pci_bus_id: pci.bus_id,
                 uuid: device.uuid().unwrap_or_default(),
@@ -112,7 +116,8 @@ impl NvmlApi for RealNvml {
                 numa_node: device.numa_node_id().ok(),
                 cpu_affinity: cpu_affinity(&device),
                 mig_enabled: device.mig_mode().ok().map(|m| m.current == 1),
-                ..fabric_of(&nvml, &device)
+                nvlink_clique,
+                fabric_error,
             });
         }
         Ok(NvmlSystem {
@@ -120,19 +125,6 @@ impl NvmlApi for RealNvml {
             cuda_driver_version,
             gpus,
         })
-    }
-}
-
-/// The clique or the fabric's error, as the two fields of [`NvmlGpu`] (the rest default).
-fn fabric_of(nvml: &nvml_wrapper::Nvml, device: &nvml_wrapper::Device<'_>) -> NvmlGpu {
-    let (nvlink_clique, fabric_error) = match fabric::clique(nvml, device) {
-        Ok(clique) => (clique, None),
-        Err(why) => (None, Some(why)),
-    };
-    NvmlGpu {
-        nvlink_clique,
-        fabric_error,
-        ..NvmlGpu::default()
     }
 }
 
@@ -230,9 +222,14 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
         };
         let mut disagree = |what: &str, ours: String, theirs: String| {
             let path = format!("nvml/{}", gpu.pci_address);
-            found
-                .errors
-                .push(disagreement(path, what, &ours, &theirs, "NVML"));
+            found.errors.push(disagreement(
+                path,
+                what,
+                ours,
+                theirs,
+                "NVML",
+                Kept::Library,
+            ));
         };
         if let Some(uuid) = gpu.uuid.as_ref().filter(|u| **u != nvml.uuid) {
             disagree("UUID", uuid.clone(), nvml.uuid.clone());
@@ -253,13 +250,15 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
             && ours != theirs
         {
             // sysfs's is kept: it is what the kernel schedules by.
-            found.errors.push(InventoryError {
-                path: format!("nvml/{}", gpu.pci_address),
-                error: format!(
-                    "local CPUs: sysfs says {ours}, NVML says {theirs}; sysfs's is used"
-                ),
-                kind: Some(ErrorKind::Malformed),
-            });
+            let path = format!("nvml/{}", gpu.pci_address);
+            found.errors.push(disagreement(
+                path,
+                "local CPUs",
+                ours,
+                theirs,
+                "NVML",
+                Kept::Sysfs,
+            ));
         }
         gpu.local_cpus = gpu.local_cpus.take().or_else(|| nvml.cpu_affinity.clone());
         // Not compared: on Grace, NVML may name the GPU memory's own node.

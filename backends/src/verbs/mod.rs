@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use hal::{Discovered, ErrorKind, InventoryError, RdmaDevice, RdmaGid, RdmaInfo, Result};
 
-use crate::enrich::{Unavailable, disagreement, not_in_sysfs};
+use crate::enrich::{Kept, Unavailable, disagreement, not_in_sysfs};
 use crate::sysfs::rdma::parse_link_layer;
 
 #[cfg(feature = "verbs")]
@@ -157,9 +157,15 @@ pub fn merge(found: &mut Discovered<RdmaInfo>, devices: &[VerbsDevice]) {
                 && ours != theirs
             {
                 let (ours, theirs) = (format!("{ours:?}"), format!("{theirs:?}"));
-                found
-                    .errors
-                    .push(disagreement(path, "link layer", &ours, &theirs, "verbs"));
+                let kept = Kept::Library;
+                found.errors.push(disagreement(
+                    path,
+                    "link layer",
+                    ours,
+                    theirs,
+                    "verbs",
+                    kept,
+                ));
             }
             port.link_layer = theirs.or(port.link_layer.take());
             port.active_mtu = vport.active_mtu;

@@ -29,6 +29,9 @@ use k8s_openapi::api::resource::v1::ResourceSlice;
                   hal-probe --sysfs-root DUMP --format json cpu\n  \
                   hal-probe explain --fixture gb300 CLAIMS.yaml  would these claims fit here? (explain --help)\n\n\
                   Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
+                  Vendor libraries enrich GPUs and RDMA devices: NVML (libnvidia-ml.so.1) always; Level Zero\n\
+                  (libze_loader.so.1) and verbs (libibverbs) in builds with --features level-zero / verbs.\n\
+                  A missing one is listed under \"errors\"; on fixtures their recorded answers are used.\n\
                   Unreadable files do not stop the probe: they are listed under \"errors\" and only what\n\
                   depends on them is missing. Exit status: 0 on success (even with errors listed), 1 when\n\
                   nothing could be read, 2 on bad usage."

@@ -128,23 +128,18 @@ impl Report {
                 || (families.contains(&Family::Topology)
                     && matches!(family, Family::Pci | Family::Gpus | Family::Rdma))
         };
-        // The CPU topology and the devices are read on threads of their own, as `Inventory::read` does.
-        let read_cpu = || needs(Family::Cpu).then(|| sources.cpu.cpu_inventory());
-        let read_devices = || {
-            (
-                needs(Family::Pci).then(|| sources.pci.pci_functions()),
-                needs(Family::Sriov).then(|| sources.sriov.sriov_pfs()),
-                needs(Family::Rdma).then(|| sources.rdma.rdma_devices()),
-                needs(Family::Gpus).then(|| sources.gpus.gpus()),
-            )
-        };
-        let (cpu, (pci, sriov, rdma, gpus)) = std::thread::scope(|scope| {
-            let cpu = scope.spawn(read_cpu);
-            let devices = scope.spawn(read_devices);
-            // A panicking backend is a bug; it is read again on this thread to report it as it is.
-            let devices = devices.join().unwrap_or_else(|_| read_devices());
-            (cpu.join().unwrap_or_else(|_| read_cpu()), devices)
-        });
+        // The CPU topology and the devices are read on two threads, as `Inventory::read` does.
+        let (cpu, (pci, sriov, rdma, gpus)) = crate::inventory::on_two_threads(
+            || needs(Family::Cpu).then(|| sources.cpu.cpu_inventory()),
+            || {
+                (
+                    needs(Family::Pci).then(|| sources.pci.pci_functions()),
+                    needs(Family::Sriov).then(|| sources.sriov.sriov_pfs()),
+                    needs(Family::Rdma).then(|| sources.rdma.rdma_devices()),
+                    needs(Family::Gpus).then(|| sources.gpus.gpus()),
+                )
+            },
+        );
         match cpu {
             Some(Ok(CpuInventory {
                 cpus,

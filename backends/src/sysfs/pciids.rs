@@ -110,9 +110,20 @@ impl PciNames {
 
 /// The line-by-line reading of the vendor list. Lines are bytes: pci.ids is ASCII with some UTF-8
 /// names, and a stray invalid byte only spoils its own name.
-struct Parser<'a> {
-    wanted: &'a BTreeSet<(u16, u16)>,
-    wanted_vendors: BTreeSet<u16>,
+///
+/// Most of the file is device and subsystem lines of vendors nobody asked for. Outside a wanted
+/// vendor's block the parser does not look at lines one by one: it jumps to the next line that starts
+/// a wanted vendor (`8086 `: ids in lowercase hex and a space, as the format writes them) or the class
+/// section (`C `), found by a vectorised substring search, so a whole database costs a few fast scans
+/// instead of a step per line.
+struct Parser {
+    /// The wanted pairs, sorted (binary search).
+    wanted: Vec<(u16, u16)>,
+    /// Their vendors, sorted and deduplicated.
+    wanted_vendors: Vec<u16>,
+    /// The line starts worth stopping at outside a wanted block: `\n8086 ` for each wanted vendor and
+    /// `\nC `. Empty when so many vendors are wanted that reading every line is cheaper.
+    jumps: Vec<memchr::memmem::Finder<'static>>,
     /// The wanted vendor whose devices follow, if any.
     vendor: Option<u16>,
     names: PciNames,
@@ -120,37 +131,80 @@ struct Parser<'a> {
     done: bool,
 }
 
-impl<'a> Parser<'a> {
-    fn new(wanted: &'a BTreeSet<(u16, u16)>) -> Parser<'a> {
+/// Above this many wanted vendors, lines are read one by one (each jump costs a search per vendor).
+const MAX_JUMP_VENDORS: usize = 16;
+
+impl Parser {
+    fn new(wanted: &BTreeSet<(u16, u16)>) -> Parser {
+        let wanted: Vec<(u16, u16)> = wanted.iter().copied().collect();
+        let mut wanted_vendors: Vec<u16> = wanted.iter().map(|(v, _)| *v).collect();
+        wanted_vendors.dedup();
+        let jumps = match wanted_vendors.len() <= MAX_JUMP_VENDORS {
+            true => wanted_vendors
+                .iter()
+                .map(|v| format!("\n{v:04x} "))
+                .chain([String::from("\nC ")])
+                .map(|needle| memchr::memmem::Finder::new(needle.as_bytes()).into_owned())
+                .collect(),
+            false => Vec::new(),
+        };
         Parser {
             wanted,
-            wanted_vendors: wanted.iter().map(|(v, _)| *v).collect(),
+            wanted_vendors,
+            jumps,
             vendor: None,
             names: PciNames::default(),
             done: false,
         }
     }
 
-    /// Reads whole lines (the last one may lack its newline).
+    /// Reads whole lines (the last one may lack its newline): `bytes` starts at a line start.
     fn feed(&mut self, bytes: &[u8]) {
         let mut start = 0;
         while !self.done && start < bytes.len() {
-            let end = memchr::memchr(b'\n', bytes.get(start..).unwrap_or_default())
-                .map_or(bytes.len(), |i| start + i);
+            if self.vendor.is_none() && !self.jumps.is_empty() {
+                match self.next_stop(bytes, start) {
+                    Some(at) => start = at,
+                    None => return,
+                }
+            }
+            let rest = bytes.get(start..).unwrap_or_default();
+            let end = memchr::memchr(b'\n', rest).map_or(bytes.len(), |i| start + i);
             let line = bytes.get(start..end).unwrap_or_default();
-            self.line(line.strip_suffix(b"\r").unwrap_or(line));
             start = end + 1;
+            // Outside a wanted block, device lines are skipped before any parsing.
+            if self.vendor.is_none() && line.first() == Some(&b'\t') {
+                continue;
+            }
+            self.line(line.strip_suffix(b"\r").unwrap_or(line));
         }
+    }
+
+    /// The first line start at or after `start` (itself a line start) that may begin a wanted vendor
+    /// or the class section.
+    fn next_stop(&self, bytes: &[u8], start: usize) -> Option<usize> {
+        let rest = bytes.get(start..)?;
+        // The line at `start` has no newline before it in `rest`.
+        let here = self
+            .jumps
+            .iter()
+            .any(|jump| rest.starts_with(jump.needle().get(1..).unwrap_or_default()));
+        if here {
+            return Some(start);
+        }
+        self.jumps
+            .iter()
+            .filter_map(|jump| jump.find(rest))
+            .min()
+            .map(|at| start + at + 1)
     }
 
     fn line(&mut self, line: &[u8]) {
         match line {
-            // Most lines are devices of vendors nobody asked for: skipped before any parsing.
-            [b'\t', ..] if self.vendor.is_none() => {}
             [b'\t', b'\t', ..] => {} // subsystem line
             [b'\t', rest @ ..] => {
                 if let (Some(vendor), Some((id, name))) = (self.vendor, split_id(rest))
-                    && self.wanted.contains(&(vendor, id))
+                    && self.wanted.binary_search(&(vendor, id)).is_ok()
                 {
                     self.names.devices.insert((vendor, id), text(name));
                 }
@@ -162,7 +216,7 @@ impl<'a> Parser<'a> {
             _ => {
                 self.vendor = None;
                 if let Some((id, name)) = split_id(line)
-                    && self.wanted_vendors.contains(&id)
+                    && self.wanted_vendors.binary_search(&id).is_ok()
                 {
                     self.vendor = Some(id);
                     self.names.vendors.insert(id, text(name));
@@ -174,11 +228,22 @@ impl<'a> Parser<'a> {
 
 /// `8086  Intel Corporation` → (0x8086, b"Intel Corporation").
 fn split_id(line: &[u8]) -> Option<(u16, &[u8])> {
-    let id = line.get(..4)?;
-    if !line.get(4).is_some_and(u8::is_ascii_whitespace) || !id.iter().all(u8::is_ascii_hexdigit) {
+    let [a, b, c, d, space, ..] = line else {
+        return None;
+    };
+    if !space.is_ascii_whitespace() {
         return None;
     }
-    let id = u16::from_str_radix(std::str::from_utf8(id).ok()?, 16).ok()?;
+    let mut id = 0u16;
+    for digit in [a, b, c, d] {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
+        id = id << 4 | u16::from(value);
+    }
     Some((id, line.get(5..).unwrap_or_default()))
 }
 
@@ -251,6 +316,11 @@ mod tests {
         assert_eq!(names.vendor(0xabcd), Some("Bad \u{fffd} byte"));
         assert_eq!(names.device(0xabcd, 0x0007), Some("Seven"));
         assert_eq!(names.vendor(0x1415), None, "after the class section");
+        // Jumping between wanted vendors finds what reading every line finds.
+        let mut every_line = Parser::new(&wanted);
+        every_line.jumps.clear();
+        every_line.feed(&bytes);
+        assert_eq!(every_line.names, names);
         assert_eq!(
             names,
             PciNames::parse(&String::from_utf8_lossy(&bytes), &wanted)

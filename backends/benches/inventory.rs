@@ -20,25 +20,42 @@ const IO_DUMPS: [&str; 3] = [
 ];
 
 /// Every backend, as the driver's `Inventory::read` runs them: the CPU topology (with one core fewer
-/// for itself) and the devices on two threads.
+/// for itself) and the device families shared by two threads.
 fn inventory(root: &SysfsRoot) -> usize {
     let threads = backends::sysfs::cpu::threads_beside_devices();
-    std::thread::scope(|scope| {
-        let cpu = scope.spawn(|| {
+    let (cpu, pci, sriov, rdma, gpus) = backends::parallel::read_on_two_threads(
+        || {
             SysfsCpuTopology::new(root.clone())
                 .with_threads(threads)
                 .cpu_inventory()
                 .unwrap()
-        });
-        let devices = scope.spawn(|| {
-            let pci = SysfsPci::new(root.clone()).pci_functions().unwrap();
-            let sriov = SysfsSriov::new(root.clone()).sriov_pfs().unwrap();
-            let rdma = SysfsRdma::new(root.clone()).rdma_devices().unwrap();
-            let gpus = SysfsGpu::new(root.clone()).gpus().unwrap();
-            pci.items.len() + sriov.items.len() + rdma.items.len() + gpus.items.len()
-        });
-        devices.join().unwrap() + cpu.join().unwrap().cpus.len()
-    })
+                .cpus
+                .len()
+        },
+        || {
+            SysfsPci::new(root.clone())
+                .pci_functions()
+                .unwrap()
+                .items
+                .len()
+        },
+        || {
+            SysfsSriov::new(root.clone())
+                .sriov_pfs()
+                .unwrap()
+                .items
+                .len()
+        },
+        || {
+            SysfsRdma::new(root.clone())
+                .rdma_devices()
+                .unwrap()
+                .items
+                .len()
+        },
+        || SysfsGpu::new(root.clone()).gpus().unwrap().items.len(),
+    );
+    cpu + pci + sriov + rdma + gpus
 }
 
 /// Extracts a dump with tar (benchmark setup only; the code under test never shells out).

@@ -42,20 +42,15 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Reads every family. The CPU topology (the most files: several per CPU) and the devices are
-    /// read on two threads ([`on_two_threads`]).
+    /// Reads every family, on two threads ([`backends::parallel::read_on_two_threads`]).
     pub fn read(backends: &Backends<'_>) -> Inventory {
         let mut errors = Vec::new();
-        let (cpu, (pci, sriov, rdma, gpus)) = on_two_threads(
+        let (cpu, pci, sriov, rdma, gpus) = backends::parallel::read_on_two_threads(
             || backends.cpu.cpu_inventory(),
-            || {
-                (
-                    backends.pci.pci_functions(),
-                    backends.sriov.sriov_pfs(),
-                    backends.rdma.rdma_devices(),
-                    backends.gpus.gpus(),
-                )
-            },
+            || backends.pci.pci_functions(),
+            || backends.sriov.sriov_pfs(),
+            || backends.rdma.rdma_devices(),
+            || backends.gpus.gpus(),
         );
         let cpu = match cpu {
             Ok(mut cpu) => {
@@ -91,20 +86,6 @@ impl Inventory {
             .ok()
             .and_then(|i| self.pci.get(i))
     }
-}
-
-/// Runs `a` and `b` on two threads of their own: a thread that works while it waits for another tends
-/// to share a core with it (the scheduler places a new thread beside its parent). A side that panics
-/// is a bug; it is run again on this thread, so that it panics as it is.
-pub fn on_two_threads<A: Send, B: Send>(
-    a: impl Fn() -> A + Sync,
-    b: impl Fn() -> B + Sync,
-) -> (A, B) {
-    std::thread::scope(|scope| {
-        let (first, second) = (scope.spawn(&a), scope.spawn(&b));
-        let second = second.join().unwrap_or_else(|_| b());
-        (first.join().unwrap_or_else(|_| a()), second)
-    })
 }
 
 fn take<T>(found: hal::Result<Discovered<T>>, errors: &mut Vec<InventoryError>) -> Vec<T> {

@@ -5,15 +5,23 @@
 # (CPU + PCI + SR-IOV + RDMA + GPU): `hal-probe` beside `lstopo --whole-io` and `lspci -vmm` on the
 # fixture trees and on the hwloc dumps with I/O.
 #
-# Prints, to stdout, hyperfine's results per input and then a table: mean wall times, the ratio
-# lstopo / hal-probe, and the peak RSS of one hal-probe run per input; "target missed" marks a ratio
-# below 10x or an RSS of 8 MiB or more. The cargo build log goes to stderr.
+# In process: the driver's read of each full-inventory tree (driver/examples/inventory-timing.rs)
+# beside hwloc's own hwloc_topology_load of it with all I/O (scripts/hwloc-load.c, built here when
+# hwloc's headers are installed: Debian libhwloc-dev), each timed RUNS times within one process: the
+# two libraries alone, without either tool's start, output or exit.
+#
+# Prints, to stdout, hyperfine's results per input and then two tables. Processes: mean wall times,
+# the ratio lstopo / hal-probe, and the peak RSS of one hal-probe run per input; "target missed" marks
+# a ratio below 10x or an RSS of 8 MiB or more. In process: mean load times and their ratio, with what
+# each found. The cargo build log goes to stderr.
 # It is a report: missed targets do not fail it. It exits non-zero only when a tool is missing or a
 # command fails.
 #
 # Needs: cargo, Debian `hyperfine`, `hwloc` (lstopo-no-graphics), `bzip2` (with tar), python3, and the
 # hwloc corpus at ../shared/corpora/hwloc-linux (override with HWLOC_CORPUS=DIR).
-# Optional: FIXTURE=NAME (default xeon) picks the embedded fixture machine.
+# Optional: FIXTURE=NAME (default xeon) picks the embedded fixture machine; `cc` and `libhwloc-dev`
+# for the in-process table (skipped, with a message, without them); RUNS=N (default 50) loads per
+# library and input in that table.
 #
 # Usage: scripts/bench-discovery.sh
 set -euo pipefail
@@ -49,6 +57,15 @@ trap 'rm -rf "$tmp"' EXIT
 echo "== building hal-probe and hal-fixture (release)"
 cargo build --release -p driver --bin hal-probe
 cargo build --release -p hal-mock --bin hal-fixture
+cargo build --release -p driver --example inventory-timing
+runs=${RUNS:-50}
+hwloc_load=
+if command -v cc >/dev/null 2>&1 \
+    && cc -O2 -o "$tmp/hwloc-load" scripts/hwloc-load.c -lhwloc 2>"$tmp/hwloc-load.log"; then
+    hwloc_load=$tmp/hwloc-load
+else
+    echo "(no cc or no hwloc headers (Debian libhwloc-dev): the in-process table is skipped)" >&2
+fi
 
 # Peak RSS in KiB of one run of the given command (stdout discarded; a failure is fatal).
 #
@@ -172,6 +189,12 @@ for entry in "${inventory_roots[@]}"; do
         --command-name "hal-probe (all)" "$probe --sysfs-root $root --format json" \
         --command-name "lstopo --whole-io" "lstopo-no-graphics --whole-io --of xml -" \
         "${lspci_cmd[@]}"
+    if [[ -n $hwloc_load ]]; then
+        echo "== in process on $dump ($runs loads each)"
+        ours=$("$target_dir/release/examples/inventory-timing" "$root" "$runs")
+        theirs=$("$hwloc_load" "$root" "$runs")
+        printf '%s\t%s\t%s\n' "$dump" "$ours" "$theirs" >>"$tmp/in-process.tsv"
+    fi
 done
 
 python3 - "$results" "$ratio_target" "$rss_target_mib" <<'EOF'
@@ -216,4 +239,34 @@ print(f"targets: lstopo/hal-probe >= {ratio_target:g}x, hal-probe peak RSS < {rs
 print("the fixture row reads the fixture's tree written once by hal-fixture, as lstopo does.")
 print("RSS is the exec'd hal-probe's own VmHWM at exit ('>' marks a fallback upper bound, see the script).")
 print(f"{missed} of {len(rows)} inputs missed a target." if missed else "all targets met.")
+EOF
+
+[[ -f $tmp/in-process.tsv ]] || exit 0
+echo
+python3 - "$tmp/in-process.tsv" "$ratio_target" <<'EOF'
+import sys
+
+path, ratio_target = sys.argv[1], float(sys.argv[2])
+header = ("input", "driver read ms", "hwloc load ms", "hwloc/driver", "CPUs (driver/hwloc)",
+          "PCI (driver/hwloc)")
+rows = []
+for line in open(path):
+    name, ours, theirs = line.rstrip("\n").split("\t")
+    o_mean, o_best, o_cpus, o_pci = ours.split()
+    t_mean, t_best, t_pus, t_pci = theirs.split()
+    ratio = float(t_mean) / float(o_mean)
+    rows.append((name, f"{float(o_mean):.2f} (best {float(o_best):.2f})",
+                 f"{float(t_mean):.2f} (best {float(t_best):.2f})",
+                 f"{ratio:.1f}x" + ("" if ratio >= ratio_target else " (< target)"),
+                 f"{o_cpus}/{t_pus}", f"{o_pci}/{t_pci}"))
+widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+print("in process (mean of each library's loads, one process each, warm page cache):")
+print(fmt.format(*header))
+print(fmt.format(*("-" * w for w in widths)))
+for r in rows:
+    print(fmt.format(*r))
+print()
+print("driver read: Inventory::from_sysfs (two threads, no pci.ids names); hwloc load:")
+print("hwloc_topology_load keeping every I/O object (as lstopo --whole-io), one thread.")
 EOF

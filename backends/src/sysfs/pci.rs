@@ -174,9 +174,11 @@ fn read_function(
         .checked_sub(2)
         .and_then(|i| functions.get(i))
         .copied();
-    // Only VFs have `physfn`: a missing link is the common case, not an error.
+    // Only VFs have `physfn`: a missing link is the common case, not an error (and costs one
+    // readlink, not a second look).
     let physfn = match resolve_link(root.root(), &sysfs_path.join("physfn")) {
         Ok(p) => pci_functions_in_path(&p).last().copied(),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
         Err(_) if !dir.join("physfn").is_symlink() => None,
         Err(e) => {
             errors.0.push((&e).into());

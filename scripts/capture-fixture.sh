@@ -10,10 +10,11 @@
 # What is copied: CPU topology, caches and NUMA nodes; every PCI function's identity, placement, driver
 # and SR-IOV attributes with its links (driver, iommu_group, physfn, virtfnN) and children (net,
 # infiniband, infiniband_verbs, infiniband_mad, drm); the sys/class entries of those children; NVIDIA's
-# /proc/driver/nvidia/gpus/*/information. Links are copied as links (relative, as the kernel makes them).
+# /proc/driver/nvidia/gpus/*/information; on arm64, /proc/cpuinfo. Links are copied as links (relative,
+# as the kernel makes them).
 # What is masked: InfiniBand node/system-image GUIDs and NVIDIA GPU UUIDs (replaced by counters); MAC
-# addresses and serial numbers are never read. Needs: bash, coreutils. Reads only; run it as root to
-# include root-only attributes.
+# addresses are never read, serial numbers never copied. Needs: bash, coreutils, grep. Reads only; run
+# it as root to include root-only attributes.
 set -euo pipefail
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -89,6 +90,12 @@ for d in "$root/$cpu"/cpu[0-9]*; do
         copy_glob "${idx#"$root"/}" level type id size shared_cpu_list shared_cpu_map
     done
 done
+# arm64: /proc/cpuinfo holds every online CPU's MIDR fields (read once instead of a midr_el1 per CPU).
+# Board serial numbers, which some arm kernels print there, are left out.
+if [[ -f $root/$cpu/cpu0/regs/identification/midr_el1 && -r $root/proc/cpuinfo ]]; then
+    mkdir -p "$out/proc"
+    grep -v '^Serial' "$root/proc/cpuinfo" >"$out/proc/cpuinfo" || true
+fi
 copy_glob sys/devices/cpu_core cpus
 copy_glob sys/devices/cpu_atom cpus
 node=sys/devices/system/node

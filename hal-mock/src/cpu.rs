@@ -214,6 +214,9 @@ impl CpuLayout {
                 &of_type(CoreType::Efficiency).to_cpulist(),
             )?;
         }
+        if self.arch == Arch::Arm64 {
+            write(&root.join("proc/cpuinfo"), &arm64_cpuinfo(&online))?;
+        }
         self.render_nodes(root, &cpus, nr)
     }
 
@@ -297,4 +300,24 @@ fn write(path: &Path, contents: &str) -> io::Result<()> {
         fs::create_dir_all(parent)?;
     }
     fs::write(path, format!("{contents}\n"))
+}
+
+/// arm64's /proc/cpuinfo for the online CPUs, Neoverse V2 cores (Grace: MIDR 0x410fd4f0, as each
+/// CPU's `midr_el1` says) as the kernel prints them: one block per CPU, a blank line after each. The
+/// `Features` line is the V2's set as a recent kernel names it, for realism; nothing reads it.
+fn arm64_cpuinfo(online: &CpuSet) -> String {
+    online
+        .iter()
+        .map(|id| {
+            format!(
+                "processor\t: {id}\nBogoMIPS\t: 2000.00\n\
+                 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid \
+                 asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat \
+                 ilrcpc flagm ssbs sb paca pacg dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 \
+                 flagm2 frint svei8mm svebf16 i8mm bf16 dgh bti\n\
+                 CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n\
+                 CPU part\t: 0xd4f\nCPU revision\t: 0\n\n"
+            )
+        })
+        .collect()
 }

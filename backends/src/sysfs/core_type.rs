@@ -1,5 +1,6 @@
 //! Core types: Intel hybrid PMU lists, arm `cpu_capacity`, arm MIDR part numbers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use hal::{CoreType, CpuSet, LogicalCpu, ParseError};
@@ -83,12 +84,83 @@ pub(crate) fn assign_core_types(
             .for_each(|(cpu, kind)| cpu.core_type = kind);
         return;
     }
-    let midrs = per_cpu(errors, "regs/identification/midr_el1", parse_hex_u64);
+    // arm64 prints every online CPU's MIDR fields in /proc/cpuinfo: one read instead of a
+    // `midr_el1` per CPU, when it names them all (only where the per-CPU files exist: x86 builds its
+    // /proc/cpuinfo slowly and has no MIDR).
+    let midr_file = "regs/identification/midr_el1";
+    let has_midr = cpus.first().is_some_and(|c| {
+        cpu_dir
+            .join(format!("cpu{}", c.id))
+            .join(midr_file)
+            .exists()
+    });
+    let from_cpuinfo = match has_midr {
+        true => read_cpuinfo(&root.join("proc/cpuinfo")).map(|text| midrs_of_cpuinfo(&text)),
+        false => None,
+    };
+    let midrs = match from_cpuinfo {
+        Some(known) if cpus.iter().all(|c| known.contains_key(&c.id)) => {
+            cpus.iter().map(|c| known.get(&c.id).copied()).collect()
+        }
+        _ => per_cpu(errors, midr_file, parse_hex_u64),
+    };
     if let Some(kinds) = classify_by_midr(&midrs) {
         cpus.iter_mut()
             .zip(kinds)
             .for_each(|(cpu, kind)| cpu.core_type = kind);
     }
+}
+
+/// The largest /proc/cpuinfo read (about 250 bytes per arm64 CPU).
+const MAX_CPUINFO_BYTES: u64 = 4 * 1024 * 1024;
+
+/// /proc/cpuinfo's text, when it can be read (a capture may not have it: the per-CPU files are then
+/// read, and their errors reported).
+fn read_cpuinfo(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_CPUINFO_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// Each CPU's MIDR as arm64's /proc/cpuinfo prints its fields (`processor`, `CPU implementer`,
+/// `CPU variant`, `CPU part`, `CPU revision`), put back together with the architecture field the
+/// register holds on ARMv8 (0xf). A CPU missing a field, or with a field out of range, is left out.
+pub fn midrs_of_cpuinfo(text: &str) -> HashMap<u32, u64> {
+    let number = |value: &str| match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => value.parse().ok(),
+    };
+    let mut midrs = HashMap::new();
+    for block in text.split("\n\n") {
+        let (mut cpu, mut implementer, mut variant, mut part, mut revision) =
+            (None, None, None, None, None);
+        for line in block.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match key.trim() {
+                "processor" => cpu = value.parse::<u32>().ok(),
+                "CPU implementer" => implementer = number(value).filter(|&v| v <= 0xff),
+                "CPU variant" => variant = number(value).filter(|&v| v <= 0xf),
+                "CPU part" => part = number(value).filter(|&v| v <= 0xfff),
+                "CPU revision" => revision = number(value).filter(|&v| v <= 0xf),
+                _ => {}
+            }
+        }
+        if let (Some(cpu), Some(implementer), Some(variant), Some(part), Some(revision)) =
+            (cpu, implementer, variant, part, revision)
+        {
+            let midr = implementer << 24 | variant << 20 | 0xf << 16 | part << 4 | revision;
+            midrs.insert(cpu, midr);
+        }
+    }
+    midrs
 }
 
 /// An arm `cpu_capacity` (decimal, 1024 for the biggest core).
@@ -177,5 +249,96 @@ mod tests {
             None,
             "same part, other revision"
         );
+    }
+
+    /// A Snapdragon-like /proc/cpuinfo: A55 (0xd05) and A78 (0xd41) CPUs.
+    const CPUINFO: &str = "processor\t: 0\nBogoMIPS\t: 38.40\nFeatures\t: fp asimd\n\
+        CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x2\nCPU part\t: 0xd05\n\
+        CPU revision\t: 0\n\n\
+        processor\t: 4\nBogoMIPS\t: 38.40\nFeatures\t: fp asimd\n\
+        CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd41\n\
+        CPU revision\t: 1\n\n\
+        processor\t: 5\nCPU implementer\t: 0x41\nCPU part\t: 0xd41\n\n\
+        processor\t: 6\nCPU implementer\t: 0x41\nCPU variant\t: 0x4\nCPU part\t: 0x1d41\n\
+        CPU revision\t: 1\n\n\
+        Hardware\t: Qualcomm\n";
+
+    #[test]
+    fn cpuinfo_gives_the_midr_register_of_each_cpu_it_describes_in_full() {
+        let midrs = midrs_of_cpuinfo(CPUINFO);
+        // As the per-CPU midr_el1 files print them.
+        assert_eq!(midrs.get(&0), Some(&0x412f_d050));
+        assert_eq!(midrs.get(&4), Some(&0x414f_d411));
+        assert_eq!(midrs.get(&5), None, "no variant or revision");
+        assert_eq!(midrs.get(&6), None, "part out of range");
+        assert_eq!(midrs.len(), 2);
+        assert!(midrs_of_cpuinfo("processor : 0\nvendor_id : GenuineIntel\n").is_empty());
+    }
+
+    #[test]
+    fn midr_comes_from_cpuinfo_when_it_names_every_cpu_and_from_the_files_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysfsRoot::new(dir.path());
+        let cpu_dir = dir.path().join("sys/devices/system/cpu");
+        // The per-CPU files say A78 for all four CPUs; /proc/cpuinfo says CPUs 0-1 are A55s. The two
+        // never disagree on a machine: here they do, to show which one was read.
+        for id in 0..4 {
+            let regs = cpu_dir.join(format!("cpu{id}/regs/identification"));
+            std::fs::create_dir_all(&regs).unwrap();
+            std::fs::write(regs.join("midr_el1"), "0x00000000414fd411\n").unwrap();
+        }
+        let block = |id: u32, variant: u32, part: u32| {
+            format!(
+                "processor\t: {id}\nCPU implementer\t: 0x41\nCPU architecture: 8\n\
+                 CPU variant\t: {variant:#x}\nCPU part\t: {part:#x}\nCPU revision\t: 1\n\n"
+            )
+        };
+        let cpuinfo = dir.path().join("proc/cpuinfo");
+        std::fs::create_dir_all(cpuinfo.parent().unwrap()).unwrap();
+        let types = |cpuinfo_text: &str| {
+            std::fs::write(&cpuinfo, cpuinfo_text).unwrap();
+            let mut cpus: Vec<LogicalCpu> = (0..4)
+                .map(|id| LogicalCpu {
+                    id,
+                    online: true,
+                    package: Some(0),
+                    die: None,
+                    cluster: None,
+                    core: Some(id),
+                    numa_node: None,
+                    l3: None,
+                    core_type: CoreType::Standard,
+                    siblings: None,
+                })
+                .collect();
+            let mut errors = ErrorLog::default();
+            assign_core_types(&root, &cpu_dir, &mut cpus, &mut errors, 1);
+            assert!(errors.0.is_empty(), "{:?}", errors.0);
+            cpus.iter().map(|c| c.core_type).collect::<Vec<_>>()
+        };
+        let every_cpu: String = [(0, 2, 0xd05), (1, 2, 0xd05), (2, 4, 0xd41), (3, 4, 0xd41)]
+            .iter()
+            .map(|&(id, variant, part)| block(id, variant, part))
+            .collect();
+        use CoreType::{Efficiency, Performance, Standard};
+        assert_eq!(
+            types(&every_cpu),
+            [Efficiency, Efficiency, Performance, Performance]
+        );
+        // CPU 3 missing from /proc/cpuinfo (offline): every CPU's file is read instead.
+        let without_cpu3: String = every_cpu.split_inclusive("\n\n").take(3).collect();
+        assert_eq!(types(&without_cpu3), [Standard; 4]);
+        assert_eq!(
+            types(""),
+            [Standard; 4],
+            "an empty /proc/cpuinfo names no CPU"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cpuinfo_never_panics(text in "[a-zA-Z :\\t\\n0-9x]{0,300}") {
+            let _ = midrs_of_cpuinfo(&text);
+        }
     }
 }

@@ -51,7 +51,12 @@ fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
 /// Reads an attribute as text, trimmed of surrounding whitespace. At most [`MAX_ATTRIBUTE_BYTES`] are
 /// read; anything longer is an error rather than a silent truncation.
 pub fn read_trimmed(path: &Path) -> Result<String> {
-    let mut file = fs::File::open(path).map_err(|e| io_error("read", path, e))?;
+    read_opened(fs::File::open(path), path)
+}
+
+/// [`read_trimmed`] of a file already opened (or not) as `path`.
+fn read_opened(file: io::Result<fs::File>, path: &Path) -> Result<String> {
+    let mut file = file.map_err(|e| io_error("read", path, e))?;
     // A sysfs attribute is at most a page and comes in one read; a short read of a regular file is
     // its end. So the common case costs one read(2), not the two or more of `read_to_end`.
     let mut page = [0u8; 4096];
@@ -86,7 +91,11 @@ pub fn read_trimmed(path: &Path) -> Result<String> {
 
 /// Like [`read_trimmed`], but a missing file is `Ok(None)`.
 pub fn read_optional(path: &Path) -> Result<Option<String>> {
-    match read_trimmed(path) {
+    missing_is_none(read_trimmed(path))
+}
+
+fn missing_is_none(read: Result<String>) -> Result<Option<String>> {
+    match read {
         Ok(text) => Ok(Some(text)),
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -98,13 +107,7 @@ pub fn parse_optional<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<Option<T>> {
-    match read_optional(path)? {
-        None => Ok(None),
-        Some(text) => parse(&text).map(Some).map_err(|source| Error::Parse {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+    parsed(read_optional(path)?, path, parse)
 }
 
 /// Like [`parse_optional`], for single values (ids, levels, sizes): an empty file says nothing, as a
@@ -114,13 +117,116 @@ pub fn parse_scalar<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<Option<T>> {
-    match read_optional(path)? {
+    parsed(
+        read_optional(path)?.filter(|text| !text.is_empty()),
+        path,
+        parse,
+    )
+}
+
+fn parsed<T>(
+    text: Option<String>,
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>> {
+    match text {
         None => Ok(None),
-        Some(text) if text.is_empty() => Ok(None),
         Some(text) => parse(&text).map(Some).map_err(|source| Error::Parse {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// A directory whose attributes are read by name. It is opened once (`O_PATH`) and each attribute is
+/// opened relative to it, so the kernel walks one path component per read instead of the whole path: a
+/// PCI function's directory sits a dozen components deep under its bridges, and that walk was about a
+/// third of each read. Where the directory cannot be opened, names are read through their full paths,
+/// which then report the error as the free functions do.
+#[derive(Debug)]
+pub struct AttrDir {
+    path: PathBuf,
+    fd: Option<rustix::fd::OwnedFd>,
+}
+
+impl AttrDir {
+    /// Opens `path` for reading attributes.
+    pub fn open(path: PathBuf) -> AttrDir {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(&path, flags, Mode::empty()).ok();
+        AttrDir { path, fd }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of `name` in the directory (what errors name).
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    fn open_file(&self, name: &str) -> io::Result<fs::File> {
+        use rustix::fs::{Mode, OFlags};
+        match &self.fd {
+            Some(fd) => {
+                rustix::fs::openat(fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                    .map(fs::File::from)
+                    .map_err(io::Error::from)
+            }
+            None => fs::File::open(self.join(name)),
+        }
+    }
+
+    /// [`read_trimmed`] of `name`.
+    pub fn read_trimmed(&self, name: &str) -> Result<String> {
+        read_opened(self.open_file(name), &self.join(name))
+    }
+
+    /// [`read_optional`] of `name`.
+    pub fn read_optional(&self, name: &str) -> Result<Option<String>> {
+        missing_is_none(self.read_trimmed(name))
+    }
+
+    /// [`parse_optional`] of `name`.
+    pub fn parse_optional<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<Option<T>> {
+        parsed(self.read_optional(name)?, &self.join(name), parse)
+    }
+
+    /// [`parse_scalar`] of `name`.
+    pub fn parse_scalar<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<Option<T>> {
+        let text = self.read_optional(name)?.filter(|text| !text.is_empty());
+        parsed(text, &self.join(name), parse)
+    }
+
+    /// The text of the link `name` (`readlinkat`).
+    pub fn read_link(&self, name: &str) -> io::Result<PathBuf> {
+        match &self.fd {
+            Some(fd) => {
+                let text = rustix::fs::readlinkat(fd, name, Vec::new())?;
+                let text: std::ffi::OsString =
+                    std::os::unix::ffi::OsStringExt::from_vec(text.into_bytes());
+                Ok(PathBuf::from(text))
+            }
+            None => fs::read_link(self.join(name)),
+        }
+    }
+
+    /// The last component of the link `name`'s text (`driver` → `ice`), or `None` when there is no
+    /// link.
+    pub fn link_name(&self, name: &str) -> Option<String> {
+        let target = self.read_link(name).ok()?;
+        target.file_name()?.to_str().map(str::to_owned)
     }
 }
 
@@ -210,6 +316,56 @@ impl ErrorLog {
 mod tests {
     use super::*;
     use hal::ErrorKind;
+
+    #[test]
+    fn a_directory_reads_its_attributes_as_the_paths_would() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("0000:3b:00.0");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("vendor"), "0x8086\n").unwrap();
+        fs::write(dir.join("revision"), "").unwrap();
+        fs::write(dir.join("big"), vec![b'1'; 70_000]).unwrap();
+        std::os::unix::fs::symlink("../../../bus/pci/drivers/ice", dir.join("driver")).unwrap();
+        let hex = |t: &str| {
+            u32::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| ParseError::new("hex", t, "bad"))
+        };
+        let missing = tmp.path().join("gone");
+        for attrs in [AttrDir::open(dir.clone()), AttrDir::open(missing.clone())] {
+            let opened = attrs.path() == dir;
+            if opened {
+                assert!(attrs.fd.is_some(), "the directory is opened once");
+                assert_eq!(attrs.parse_scalar("vendor", hex).unwrap(), Some(0x8086));
+                assert_eq!(attrs.parse_scalar("revision", hex).unwrap(), None, "empty");
+                assert_eq!(attrs.read_optional("absent").unwrap(), None);
+                assert_eq!(attrs.link_name("driver").as_deref(), Some("ice"));
+                assert_eq!(attrs.link_name("vendor"), None, "not a link");
+                let err = attrs.read_trimmed("big").unwrap_err();
+                assert!(
+                    err.to_string()
+                        .contains(&dir.join("big").display().to_string())
+                );
+            } else {
+                // Not opened: names are read through their paths, which say what is wrong.
+                assert!(attrs.fd.is_none());
+                assert_eq!(attrs.read_optional("vendor").unwrap(), None);
+                let err = attrs.read_trimmed("vendor").unwrap_err();
+                assert!(
+                    err.to_string()
+                        .contains(&missing.join("vendor").display().to_string())
+                );
+                assert_eq!(attrs.link_name("driver"), None);
+            }
+            let err = attrs.parse_optional("absent", hex);
+            assert_eq!(err.unwrap(), None);
+        }
+        // Same answers as the path-based functions.
+        let attrs = AttrDir::open(dir.clone());
+        assert_eq!(
+            attrs.parse_scalar("vendor", hex).unwrap(),
+            parse_scalar(&dir.join("vendor"), hex).unwrap()
+        );
+    }
 
     #[test]
     fn reads_are_trimmed_bounded_and_name_the_path() {

@@ -359,7 +359,10 @@ fn read_cpu(
     if known.topology_files.is_none() {
         known.topology_files = entry_names(&topology);
     }
-    let present = known.topology_files.clone().unwrap_or_default();
+    // Borrowed out of `known` for this CPU (and put back at the end), not cloned for each.
+    let listing = known.topology_files.take();
+    let empty = BTreeSet::new();
+    let present = listing.as_ref().unwrap_or(&empty);
     let label = |errors: &mut ErrorLog, name: &str| {
         if !present.contains(name) {
             return None;
@@ -411,7 +414,7 @@ fn read_cpu(
             let siblings = read_own_cpuset(
                 errors,
                 &topology,
-                Some(&present),
+                Some(present),
                 id,
                 &["core_cpus_list", "thread_siblings_list"],
                 &["core_cpus", "thread_siblings"],
@@ -430,7 +433,7 @@ fn read_cpu(
             let set = read_own_cpuset(
                 errors,
                 &topology,
-                Some(&present),
+                Some(present),
                 id,
                 &["package_cpus_list", "core_siblings_list"],
                 &["package_cpus", "core_siblings"],
@@ -447,6 +450,7 @@ fn read_cpu(
         || read_l3(errors, &dir.join("cache"), id),
         |(_, set)| set.as_ref(),
     );
+    known.topology_files = listing;
     RawCpu {
         id,
         online,

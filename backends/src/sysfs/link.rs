@@ -20,6 +20,12 @@ pub fn resolve_link(root: &Path, relative: &Path) -> Result<PathBuf> {
         path: link.clone(),
         source,
     })?;
+    resolve_link_text(&link, relative, &text)
+}
+
+/// [`resolve_link`] of a link whose `text` was already read: `relative` is the link's own path under
+/// the root, `link` its full path (what an error names).
+pub fn resolve_link_text(link: &Path, relative: &Path, text: &Path) -> Result<PathBuf> {
     let mut parts: Vec<OsString> = relative
         .parent()
         .into_iter()
@@ -42,7 +48,10 @@ pub fn resolve_link(root: &Path, relative: &Path) -> Result<PathBuf> {
                         &text.to_string_lossy(),
                         "points outside the sysfs root",
                     );
-                    return Err(Error::Parse { path: link, source });
+                    return Err(Error::Parse {
+                        path: link.to_path_buf(),
+                        source,
+                    });
                 }
             }
             Component::CurDir | Component::RootDir | Component::Prefix(_) => {}

@@ -8,8 +8,8 @@ use hal::{
 };
 
 use super::SysfsRoot;
-use super::attr::{ErrorLog, entry_names, parse_optional, parse_scalar, read_optional};
-use super::link::{link_name, pci_functions_in_path, pcie_root_of_path, resolve_link};
+use super::attr::{AttrDir, ErrorLog, entry_names, parse_scalar, read_optional};
+use super::link::{pci_functions_in_path, pcie_root_of_path, resolve_link, resolve_link_text};
 use super::pciids::PciNames;
 
 /// PCI functions read from sysfs under a root directory, named from a pci.ids database when given one.
@@ -134,40 +134,34 @@ fn read_function(
         Err(_) if !root.join(&entry.to_string_lossy()).is_symlink() => entry.clone(),
         Err(e) => return Err(e),
     };
-    let dir = root.root().join(&sysfs_path);
+    let dir = AttrDir::open(root.root().join(&sysfs_path));
     let required = |name: &str, digits: usize| -> Result<u32> {
-        let path = dir.join(name);
-        parse_scalar(&path, |t| parse_hex(t, digits))?.ok_or_else(|| Error::Parse {
-            source: ParseError::new("PCI attribute", name, "missing or empty"),
-            path,
-        })
+        dir.parse_scalar(name, |t| parse_hex(t, digits))?
+            .ok_or_else(|| Error::Parse {
+                source: ParseError::new("PCI attribute", name, "missing or empty"),
+                path: dir.join(name),
+            })
     };
     let vendor_id = required("vendor", 4)? as u16;
     let device_id = required("device", 4)? as u16;
     let class = required("class", 6)?;
     let optional = |errors: &mut ErrorLog, name: &str, digits: usize| {
-        errors.keep(parse_scalar(&dir.join(name), |t| parse_hex(t, digits)))
+        errors.keep(dir.parse_scalar(name, |t| parse_hex(t, digits)))
     };
     let subsystem_vendor_id = optional(errors, "subsystem_vendor", 4).map(|v| v as u16);
     let subsystem_device_id = optional(errors, "subsystem_device", 4).map(|v| v as u16);
     let revision = optional(errors, "revision", 2).map(|v| v as u8);
     let numa_node = errors
-        .keep(parse_scalar(
-            &dir.join("numa_node"),
-            NumaNode::from_kernel_text,
-        ))
+        .keep(dir.parse_scalar("numa_node", NumaNode::from_kernel_text))
         .flatten();
-    let local_cpus = match errors.keep(parse_optional(
-        &dir.join("local_cpulist"),
-        CpuSet::from_cpulist,
-    )) {
+    let local_cpus = match errors.keep(dir.parse_optional("local_cpulist", CpuSet::from_cpulist)) {
         Some(set) => Some(set),
-        None => errors.keep(parse_scalar(&dir.join("local_cpus"), CpuSet::from_hex_mask)),
+        None => errors.keep(dir.parse_scalar("local_cpus", CpuSet::from_hex_mask)),
     };
     let driver_override = errors
-        .keep(read_optional(&dir.join("driver_override")))
+        .keep(dir.read_optional("driver_override"))
         .filter(|text| !text.is_empty() && text != "(null)");
-    let iommu_group = link_name(&dir.join("iommu_group")).and_then(|g| g.parse().ok());
+    let iommu_group = dir.link_name("iommu_group").and_then(|g| g.parse().ok());
     let functions = pci_functions_in_path(&sysfs_path);
     let parent = functions
         .len()
@@ -176,11 +170,25 @@ fn read_function(
         .copied();
     // Only VFs have `physfn`: a missing link is the common case, not an error (and costs one
     // readlink, not a second look).
-    let physfn = match resolve_link(root.root(), &sysfs_path.join("physfn")) {
-        Ok(p) => pci_functions_in_path(&p).last().copied(),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+    let physfn = match dir.read_link("physfn") {
+        Ok(text) => {
+            match resolve_link_text(&dir.join("physfn"), &sysfs_path.join("physfn"), &text) {
+                Ok(p) => pci_functions_in_path(&p).last().copied(),
+                Err(e) => {
+                    errors.0.push((&e).into());
+                    None
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // Not a link (EINVAL): no physfn.
         Err(_) if !dir.join("physfn").is_symlink() => None,
-        Err(e) => {
+        Err(source) => {
+            let e = Error::Io {
+                op: "resolve",
+                path: dir.join("physfn"),
+                source,
+            };
             errors.0.push((&e).into());
             None
         }
@@ -199,7 +207,7 @@ fn read_function(
         revision,
         vendor_name: None,
         device_name: None,
-        driver: link_name(&dir.join("driver")),
+        driver: dir.link_name("driver"),
         driver_override,
         numa_node,
         local_cpus,
@@ -208,7 +216,7 @@ fn read_function(
         pcie_root: pcie_root_of_path(&sysfs_path),
         parent,
         physfn,
-        netdevs: netdevs_of(&dir, vendor_id),
+        netdevs: netdevs_of(dir.path(), vendor_id),
         sysfs_path: sysfs_path.to_string_lossy().into_owned(),
     })
 }

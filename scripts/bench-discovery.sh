@@ -269,4 +269,5 @@ for r in rows:
 print()
 print("driver read: Inventory::from_sysfs (two threads, no pci.ids names); hwloc load:")
 print("hwloc_topology_load keeping every I/O object (as lstopo --whole-io), one thread.")
+print("PCI: the driver counts every function; hwloc's count leaves out bridges (its bridge objects).")
 EOF

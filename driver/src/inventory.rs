@@ -158,6 +158,17 @@ impl Vendors {
         }
     }
 
+    /// [`Vendors::for_machine`] for the tree under `root`. The real libraries describe this machine's
+    /// devices, so a tree that is not this machine's ([`is_this_machine`]: a capture from another
+    /// node, or taken here) is read without them; on a GPU node their answers would otherwise be
+    /// merged into another machine's devices. A fixture gets its recorded answers.
+    pub fn for_root(root: &backends::SysfsRoot, fixture: Option<&str>) -> Vendors {
+        match fixture.is_some() || is_this_machine(root.root()) {
+            true => Vendors::for_machine(fixture),
+            false => Vendors::default(),
+        }
+    }
+
     /// The sysfs GPU and RDMA backends under `root`, each wrapped by the libraries given.
     pub fn enrich(
         self,
@@ -176,6 +187,25 @@ impl Vendors {
         }
         (gpus, rdma)
     }
+}
+
+/// Whether the tree under `root` is this machine's: `/` itself, or a root whose
+/// `proc/sys/kernel/random/boot_id` is this running kernel's (the host's /proc and /sys mounted in a
+/// pod). A capture holds no boot id, so it counts as another machine's even when taken here.
+pub fn is_this_machine(root: &std::path::Path) -> bool {
+    if std::fs::canonicalize(root).is_ok_and(|path| path == std::path::Path::new("/")) {
+        return true;
+    }
+    let boot_id = |root: &std::path::Path| {
+        backends::sysfs::attr::read_optional(&root.join("proc/sys/kernel/random/boot_id"))
+            .ok()
+            .flatten()
+            .filter(|id| !id.is_empty())
+    };
+    matches!(
+        (boot_id(root), boot_id(std::path::Path::new("/"))),
+        (Some(theirs), Some(ours)) if theirs == ours
+    )
 }
 
 /// The NVML seam for a machine: the fixture's recorded answers, or the real library on a node.
@@ -248,6 +278,33 @@ fn recorded<T: serde::de::DeserializeOwned>(
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod vendor_tests {
     use super::*;
+
+    #[test]
+    fn only_this_machines_tree_gets_the_vendor_libraries() {
+        assert!(is_this_machine(std::path::Path::new("/")));
+        let tree = tempfile::tempdir().unwrap();
+        assert!(!is_this_machine(tree.path()), "a capture has no boot id");
+        let id_file = tree.path().join("proc/sys/kernel/random/boot_id");
+        std::fs::create_dir_all(id_file.parent().unwrap()).unwrap();
+        std::fs::write(&id_file, "00000000-0000-0000-0000-000000000000\n").unwrap();
+        assert!(!is_this_machine(tree.path()), "another kernel's boot id");
+        if let Ok(ours) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+            std::fs::write(&id_file, ours).unwrap();
+            assert!(
+                is_this_machine(tree.path()),
+                "this host's /proc, mounted elsewhere"
+            );
+        }
+        let capture = tempfile::tempdir().unwrap();
+        let root = backends::SysfsRoot::new(capture.path());
+        let vendors = Vendors::for_root(&root, None);
+        assert!(vendors.nvml.is_none() && vendors.level_zero.is_none() && vendors.verbs.is_none());
+        let fixture = Vendors::for_root(&root, Some("gb300"));
+        assert!(
+            fixture.nvml.is_some(),
+            "a fixture plays its recorded answers"
+        );
+    }
 
     fn read(name: &str) -> Inventory {
         let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();

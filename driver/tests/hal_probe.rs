@@ -141,6 +141,23 @@ fn a_broken_file_is_listed_and_the_rest_is_reported() {
 }
 
 #[test]
+fn a_tree_from_another_machine_is_read_without_this_machines_vendor_libraries() {
+    // A fixture written to disk is a capture: no boot id of this kernel, so NVML (whose answers
+    // describe this host's GPUs) is not asked, and nothing says it is missing.
+    let fixture = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let root = fixture.root().to_str().unwrap().to_owned();
+    let output = hal_probe(&["--sysfs-root", &root, "--format", "json", "gpus"]);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["gpus"].as_array().unwrap().len(), 2);
+    assert_eq!(json["errors"], serde_json::json!([]), "no NVML entry");
+    // The same machine as the embedded fixture, where recorded NVML answers fill in the architecture.
+    let embedded = hal_probe(&["--fixture", "xeon", "--format", "json", "gpus"]);
+    let embedded: Value = serde_json::from_str(&stdout(&embedded)).unwrap();
+    assert_eq!(embedded["gpus"][0]["architecture"], "Hopper", "{embedded}");
+    assert!(json["gpus"][0]["architecture"].is_null(), "{json}");
+}
+
+#[test]
 fn bad_usage_and_bad_roots_fail_clearly() {
     let unknown = hal_probe(&["--fixture", "nope"]);
     assert_eq!(unknown.status.code(), Some(1));

@@ -31,7 +31,9 @@ use k8s_openapi::api::resource::v1::ResourceSlice;
                   Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
                   Vendor libraries enrich GPUs and RDMA devices: NVML (libnvidia-ml.so.1) always; Level Zero\n\
                   (libze_loader.so.1) and verbs (libibverbs) in builds with --features level-zero / verbs.\n\
-                  A missing one is listed under \"errors\"; on fixtures their recorded answers are used.\n\
+                  A missing one is listed under \"errors\"; on fixtures their recorded answers are used; a\n\
+                  --sysfs-root tree gets them only when it is this machine's (the same\n\
+                  proc/sys/kernel/random/boot_id: the host's /proc and /sys mounted elsewhere).\n\
                   Unreadable files do not stop the probe: they are listed under \"errors\" and only what\n\
                   depends on them is missing. Exit status: 0 on success (even with errors listed), 1 when\n\
                   nothing could be read, 2 on bad usage."
@@ -230,7 +232,7 @@ fn run() -> anyhow::Result<ExitCode> {
         pci = pci.with_pci_ids(ids);
     }
     let sriov = SysfsSriov::new(root.clone());
-    let vendors = driver::inventory::Vendors::for_machine(args.machine.fixture.as_deref());
+    let vendors = driver::inventory::Vendors::for_root(&root, args.machine.fixture.as_deref());
     let (gpus, rdma) = vendors.enrich(&root);
     let sources = Sources {
         cpu: &topology,
@@ -340,7 +342,7 @@ impl Machine {
     /// The ResourceSlices the driver would publish here, checked as the API server would.
     fn slices(&self, args: &MachineArgs, flags: &SliceArgs) -> anyhow::Result<Vec<ResourceSlice>> {
         let config = flags.config(&node_name(args)).map_err(anyhow::Error::msg)?;
-        let vendors = driver::inventory::Vendors::for_machine(args.fixture.as_deref());
+        let vendors = driver::inventory::Vendors::for_root(&self.root, args.fixture.as_deref());
         let inventory = Inventory::from_machine(&self.root, self.pci_ids.as_deref(), vendors);
         for e in &inventory.errors {
             eprintln!("hal-probe: {}", e.error);

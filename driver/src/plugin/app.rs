@@ -63,7 +63,8 @@ pub struct PluginArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Read sysfs under DIR instead of / (a captured tree).
+    /// Read sysfs under DIR instead of / (a captured tree). NVML, Level Zero and verbs are not used
+    /// on it unless DIR is this machine's (the same proc/sys/kernel/random/boot_id).
     #[arg(long, value_name = "DIR", conflicts_with = "fixture")]
     pub sysfs_root: Option<PathBuf>,
 
@@ -170,7 +171,7 @@ pub async fn run(
         let fixture = args.fixture.clone();
         let health = health.clone();
         move || {
-            let vendors = crate::inventory::Vendors::for_machine(fixture.as_deref());
+            let vendors = crate::inventory::Vendors::for_root(&root, fixture.as_deref());
             let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), vendors);
             if let Ok(mut health) = health.lock() {
                 health.apply(&mut inventory);
@@ -284,7 +285,8 @@ pub async fn run(
     }
     #[cfg(feature = "udev")]
     spawn_hotplug_watch(changed.clone());
-    if args.fixture.is_none() {
+    // NVML's XID events are this node's GPUs': not those of a fixture or another machine's tree.
+    if args.fixture.is_none() && crate::inventory::is_this_machine(root.root()) {
         spawn_xid_watch(health, changed.clone(), stopped.clone());
     }
     if let Some(path) = &args.vf_policy {

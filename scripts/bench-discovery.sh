@@ -143,7 +143,8 @@ for dump in "${dumps[@]}"; do
 
     echo "== timing $dump"
     # The hwloc variables are exported to both commands (hal-probe ignores them) so that neither pays for
-    # an extra `env` exec. HWLOC_DUMPED_HWDATA_DIR keeps lstopo from reading this host's DMI dump.
+    # an extra `env` exec. HWLOC_DUMPED_HWDATA_DIR (hwloc-dump-hwdata's output, looked up under
+    # HWLOC_FSROOT) is set to its default, as the hwloc test runner sets it.
     HWLOC_FSROOT=$root HWLOC_COMPONENTS=linux,stop HWLOC_DUMPED_HWDATA_DIR=/var/run/hwloc \
         hyperfine -N --warmup 3 --style basic --export-json "$tmp/$dump.json" \
         --command-name hal-probe "$probe --sysfs-root $root --format json cpu" \
@@ -267,7 +268,8 @@ print(fmt.format(*("-" * w for w in widths)))
 for r in rows:
     print(fmt.format(*r))
 print()
-print("driver read: Inventory::from_sysfs (two threads, no pci.ids names); hwloc load:")
+print("driver read: Inventory::from_sysfs (two threads share the families; on 128 CPUs or more the")
+print("CPU topology's own reading uses up to 4; no pci.ids names); hwloc load:")
 print("hwloc_topology_load keeping every I/O object (as lstopo --whole-io), one thread.")
 print("PCI: the driver counts every function; hwloc's count leaves out bridges (its bridge objects).")
 EOF

@@ -31,7 +31,8 @@ int main(int argc, char **argv)
     /* As lstopo -i DIR does: read the tree under FSROOT with the Linux backend alone. */
     setenv("HWLOC_FSROOT", argv[1], 1);
     setenv("HWLOC_COMPONENTS", "linux,stop", 1);
-    /* Keep hwloc from reading this host's DMI dump. */
+    /* hwloc-dump-hwdata's output directory (looked up under FSROOT), at its default, as the bench
+     * script sets it for lstopo. */
     setenv("HWLOC_DUMPED_HWDATA_DIR", "/var/run/hwloc", 1);
     int runs = atoi(argv[2]);
     double total = 0, best = 1e300;

@@ -123,6 +123,9 @@ mod tests {
 
     #[test]
     fn while_one_thread_reads_a_slow_family_the_other_reads_the_rest() {
+        // PCI waits until SR-IOV (taken last) has run: only the other thread can run it.
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let (done, wait) = (Mutex::new(done), Mutex::new(wait));
         let pci_thread = Mutex::new(None);
         let others = Mutex::new(Vec::new());
         let note = |name: &'static str| {
@@ -135,9 +138,12 @@ mod tests {
             || note("cpu"),
             || {
                 *pci_thread.lock().unwrap() = Some(std::thread::current().id());
-                std::thread::sleep(std::time::Duration::from_millis(300));
+                wait.lock().unwrap().recv().unwrap();
             },
-            || note("sriov"),
+            || {
+                note("sriov");
+                done.lock().unwrap().send(()).unwrap();
+            },
             || note("rdma"),
             || note("gpus"),
         );

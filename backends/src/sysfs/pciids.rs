@@ -226,20 +226,18 @@ impl Parser {
     }
 }
 
-/// `8086  Intel Corporation` → (0x8086, b"Intel Corporation").
+/// `8086  Intel Corporation` → (0x8086, b"Intel Corporation"). Ids are four lowercase hex digits and
+/// a space, as the format writes them and as the parser's jumps look for them: a line in another
+/// form counts as no line, whichever way the file is read.
 fn split_id(line: &[u8]) -> Option<(u16, &[u8])> {
-    let [a, b, c, d, space, ..] = line else {
+    let [a, b, c, d, b' ', ..] = line else {
         return None;
     };
-    if !space.is_ascii_whitespace() {
-        return None;
-    }
     let mut id = 0u16;
     for digit in [a, b, c, d] {
         let value = match digit {
             b'0'..=b'9' => digit - b'0',
             b'a'..=b'f' => digit - b'a' + 10,
-            b'A'..=b'F' => digit - b'A' + 10,
             _ => return None,
         };
         id = id << 4 | u16::from(value);
@@ -343,7 +341,53 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/pci.ids"));
     }
 
+    /// A database of `vendors` (each with devices 0..`devices`), as pci.ids lays it out.
+    fn database(vendors: &[u16], devices: u16) -> String {
+        let mut text = String::from("# header\n\n");
+        for v in vendors {
+            text.push_str(&format!("{v:04x}  Vendor {v}\n"));
+            for d in 0..devices {
+                text.push_str(&format!(
+                    "\t{d:04x}  Device {d} of {v}\n\t\t{v:04x} 0001  sub\n"
+                ));
+            }
+        }
+        text.push_str("C 02  Network controller\n\t00  Ethernet controller\n");
+        text
+    }
+
     proptest! {
+        #[test]
+        fn jumping_finds_what_reading_every_line_finds_wherever_the_chunks_are_cut(
+            vendors in proptest::collection::btree_set(0u16..0x40, 1..20),
+            wanted in proptest::collection::btree_set((0u16..0x40, 0u16..4), 0..10),
+            cuts in proptest::collection::vec(0usize..10_000, 0..6),
+        ) {
+            let vendors: Vec<u16> = vendors.into_iter().collect();
+            let text = database(&vendors, 3);
+            let mut every_line = Parser::new(&wanted);
+            every_line.jumps.clear();
+            every_line.feed(text.as_bytes());
+            // Fed as `load` feeds it: whole lines, cut at line starts chosen by `cuts`.
+            let starts: Vec<usize> = std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect();
+            let mut at: Vec<usize> = cuts.iter().map(|c| starts[c % starts.len()]).collect();
+            at.push(0);
+            at.push(text.len());
+            at.sort_unstable();
+            at.dedup();
+            let mut jumping = Parser::new(&wanted);
+            for pair in at.windows(2) {
+                jumping.feed(&text.as_bytes()[pair[0]..pair[1]]);
+            }
+            prop_assert_eq!(&jumping.names, &every_line.names);
+            for (v, d) in &wanted {
+                let listed = vendors.contains(v) && *d < 3;
+                prop_assert_eq!(jumping.names.device(*v, *d).is_some(), listed);
+            }
+        }
+
         #[test]
         fn never_panics(text in "[\\t 0-9a-fA-FC#\\n\\PC]{0,200}") {
             let _ = PciNames::parse(&text, &BTreeSet::from([(0x8086, 0x1592)]));

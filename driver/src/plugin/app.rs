@@ -286,8 +286,15 @@ pub async fn run(
     #[cfg(feature = "udev")]
     spawn_hotplug_watch(changed.clone());
     // NVML's XID events are this node's GPUs': not those of a fixture or another machine's tree.
-    if args.fixture.is_none() && crate::inventory::is_this_machine(root.root()) {
-        spawn_xid_watch(health, changed.clone(), stopped.clone());
+    if args.fixture.is_none() {
+        if crate::inventory::is_this_machine(root.root()) {
+            spawn_xid_watch(health, changed.clone(), stopped.clone());
+        } else {
+            tracing::info!(
+                root = %root.root().display(),
+                "not this machine's tree (another boot id): NVML, Level Zero, verbs and XID events unused"
+            );
+        }
     }
     if let Some(path) = &args.vf_policy {
         let handler = handler.clone();

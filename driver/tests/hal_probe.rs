@@ -205,6 +205,23 @@ fn bad_usage_and_bad_roots_fail_clearly() {
 }
 
 #[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    // `hal-probe | head`: the xeon JSON (about 77 KB) is more than a pipe holds, so the write meets
+    // a closed pipe whether or not it started before the reader went away.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hal-probe"))
+        .args(["--fixture", "xeon", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
 fn probes_this_machines_real_sysfs() {
     let json: Value = serde_json::from_str(&stdout(&hal_probe(&["--format", "json"]))).unwrap();
     let cpus = json["cpu"]["cpus"].as_array().unwrap();

@@ -212,11 +212,14 @@ fn run() -> anyhow::Result<ExitCode> {
     if want_slices {
         let slices = machine.slices(&args.machine, &args.slices)?;
         match args.format.unwrap_or(Format::Yaml) {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&slices)?),
+            Format::Json => emit(&(serde_json::to_string_pretty(&slices)? + "\n"))?,
             Format::Yaml | Format::Table => {
+                let mut text = String::new();
                 for slice in &slices {
-                    print!("---\n{}", to_yaml(&serde_json::to_value(slice)?));
+                    text.push_str("---\n");
+                    text.push_str(&to_yaml(&serde_json::to_value(slice)?));
                 }
+                emit(&text)?;
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -249,11 +252,24 @@ fn run() -> anyhow::Result<ExitCode> {
         bail!("nothing could be read");
     }
     match args.format.unwrap_or(Format::Table) {
-        Format::Json => println!("{}", report.to_json()),
-        Format::Yaml => print!("{}", to_yaml(&serde_json::to_value(&report)?)),
-        Format::Table => print!("{}", render_table(&report)),
+        Format::Json => emit(&(report.to_json() + "\n"))?,
+        Format::Yaml => emit(&to_yaml(&serde_json::to_value(&report)?))?,
+        Format::Table => emit(&render_table(&report))?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the output to stdout in one go. A reader that has gone (`hal-probe | head`) ends the output
+/// quietly, as it does for other Unix tools, instead of a panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `hal-probe explain`.
@@ -283,9 +299,9 @@ fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         eprintln!("hal-probe: {note}");
     }
     match args.format.unwrap_or(Format::Table) {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report.claims)?),
-        Format::Yaml => print!("{}", to_yaml(&serde_json::to_value(&report.claims)?)),
-        Format::Table => print!("{}", allocator::render_table(&report.claims)),
+        Format::Json => emit(&(serde_json::to_string_pretty(&report.claims)? + "\n"))?,
+        Format::Yaml => emit(&to_yaml(&serde_json::to_value(&report.claims)?))?,
+        Format::Table => emit(&allocator::render_table(&report.claims))?,
     }
     let all_fit = report
         .claims

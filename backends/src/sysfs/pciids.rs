@@ -35,7 +35,8 @@ pub struct PciNames {
 
 impl PciNames {
     /// Reads `path` once, in 64 KiB chunks, and keeps the names of `wanted` (vendor, device) pairs
-    /// only. Reading stops at the class section, which ends the vendor list.
+    /// only. Reading stops at the class section, which ends the vendor list, or earlier, once the
+    /// block of every wanted vendor has been read (each vendor is listed once).
     pub fn load(path: &Path, wanted: &BTreeSet<(u16, u16)>) -> Result<PciNames> {
         let io = |source| Error::Io {
             op: "read",
@@ -114,24 +115,28 @@ impl PciNames {
 /// Most of the file is device and subsystem lines of vendors nobody asked for. Outside a wanted
 /// vendor's block the parser does not look at lines one by one: it jumps to the next line that starts
 /// a wanted vendor (`8086 `: ids in lowercase hex and a space, as the format writes them) or the class
-/// section (`C `), found by a vectorised substring search, so a whole database costs a few fast scans
-/// instead of a step per line.
+/// section (`C `), all found in one pass of a vectorised multi-pattern search (aho-corasick's Teddy),
+/// so a whole database costs about one fast scan instead of a step per line.
+///
+/// Reading stops at the class section, or as soon as the block of the last wanted vendor not yet seen
+/// has ended (a vendor is listed once), whichever way the file is read.
 struct Parser {
     /// The wanted pairs, sorted (binary search).
     wanted: Vec<(u16, u16)>,
     /// Their vendors, sorted and deduplicated.
     wanted_vendors: Vec<u16>,
-    /// The line starts worth stopping at outside a wanted block: `\n8086 ` for each wanted vendor and
-    /// `\nC `. Empty when so many vendors are wanted that reading every line is cheaper.
-    jumps: Vec<memchr::memmem::Finder<'static>>,
+    /// Finds the line starts worth stopping at outside a wanted block: `\n8086 ` for each wanted
+    /// vendor and `\nC `. `None` when so many vendors are wanted that reading every line is as cheap.
+    jump: Option<aho_corasick::packed::Searcher>,
     /// The wanted vendor whose devices follow, if any.
     vendor: Option<u16>,
     names: PciNames,
-    /// The class section was reached.
+    /// The class section was reached, or every wanted vendor's block was read.
     done: bool,
 }
 
-/// Above this many wanted vendors, lines are read one by one (each jump costs a search per vendor).
+/// Above this many wanted vendors, lines are read one by one (the multi-pattern search is fastest
+/// with few patterns, and a line-by-line read is then about as fast).
 const MAX_JUMP_VENDORS: usize = 16;
 
 impl Parser {
@@ -139,19 +144,23 @@ impl Parser {
         let wanted: Vec<(u16, u16)> = wanted.iter().copied().collect();
         let mut wanted_vendors: Vec<u16> = wanted.iter().map(|(v, _)| *v).collect();
         wanted_vendors.dedup();
-        let jumps = match wanted_vendors.len() <= MAX_JUMP_VENDORS {
-            true => wanted_vendors
-                .iter()
-                .map(|v| format!("\n{v:04x} "))
-                .chain([String::from("\nC ")])
-                .map(|needle| memchr::memmem::Finder::new(needle.as_bytes()).into_owned())
-                .collect(),
-            false => Vec::new(),
+        let jump = match wanted_vendors.len() <= MAX_JUMP_VENDORS {
+            true => aho_corasick::packed::Config::new()
+                .match_kind(aho_corasick::packed::MatchKind::LeftmostFirst)
+                .builder()
+                .extend(
+                    wanted_vendors
+                        .iter()
+                        .map(|v| format!("\n{v:04x} "))
+                        .chain([String::from("\nC ")]),
+                )
+                .build(),
+            false => None,
         };
         Parser {
             wanted,
             wanted_vendors,
-            jumps,
+            jump,
             vendor: None,
             names: PciNames::default(),
             done: false,
@@ -162,7 +171,7 @@ impl Parser {
     fn feed(&mut self, bytes: &[u8]) {
         let mut start = 0;
         while !self.done && start < bytes.len() {
-            if self.vendor.is_none() && !self.jumps.is_empty() {
+            if self.vendor.is_none() && self.jump.is_some() {
                 match self.next_stop(bytes, start) {
                     Some(at) => start = at,
                     None => return,
@@ -185,18 +194,13 @@ impl Parser {
     fn next_stop(&self, bytes: &[u8], start: usize) -> Option<usize> {
         let rest = bytes.get(start..)?;
         // The line at `start` has no newline before it in `rest`.
-        let here = self
-            .jumps
-            .iter()
-            .any(|jump| rest.starts_with(jump.needle().get(1..).unwrap_or_default()));
+        let here = rest.starts_with(b"C ")
+            || split_id(rest).is_some_and(|(id, _)| self.wanted_vendors.binary_search(&id).is_ok());
         if here {
             return Some(start);
         }
-        self.jumps
-            .iter()
-            .filter_map(|jump| jump.find(rest))
-            .min()
-            .map(|at| start + at + 1)
+        let found = self.jump.as_ref()?.find(rest)?;
+        Some(start + found.start() + 1)
     }
 
     fn line(&mut self, line: &[u8]) {
@@ -220,6 +224,9 @@ impl Parser {
                 {
                     self.vendor = Some(id);
                     self.names.vendors.insert(id, text(name));
+                } else if self.names.vendors.len() == self.wanted_vendors.len() {
+                    // Every wanted vendor's block has been read.
+                    self.done = true;
                 }
             }
         }
@@ -316,7 +323,7 @@ mod tests {
         assert_eq!(names.vendor(0x1415), None, "after the class section");
         // Jumping between wanted vendors finds what reading every line finds.
         let mut every_line = Parser::new(&wanted);
-        every_line.jumps.clear();
+        every_line.jump = None;
         every_line.feed(&bytes);
         assert_eq!(every_line.names, names);
         assert_eq!(
@@ -333,6 +340,24 @@ mod tests {
             all,
             PciNames::parse(&String::from_utf8_lossy(&bytes), &every)
         );
+    }
+
+    #[test]
+    fn reading_stops_once_every_wanted_vendors_block_is_read() {
+        let wanted = BTreeSet::from([(0x10de, 0x2335)]);
+        for jumping in [true, false] {
+            let mut parser = Parser::new(&wanted);
+            if !jumping {
+                parser.jump = None;
+            }
+            parser.feed(b"10de  NVIDIA Corporation\n\t2335  GB300 test name\n");
+            assert!(!parser.done, "the block may go on");
+            // The next vendor ends NVIDIA's block: nothing after it is read.
+            parser.feed(b"15b3  Mellanox Technologies\n10de  Listed again\n\t2335  Not read\n");
+            assert!(parser.done, "jumping: {jumping}");
+            assert_eq!(parser.names.vendor(0x10de), Some("NVIDIA Corporation"));
+            assert_eq!(parser.names.device(0x10de, 0x2335), Some("GB300 test name"));
+        }
     }
 
     #[test]
@@ -366,7 +391,7 @@ mod tests {
             let vendors: Vec<u16> = vendors.into_iter().collect();
             let text = database(&vendors, 3);
             let mut every_line = Parser::new(&wanted);
-            every_line.jumps.clear();
+            every_line.jump = None;
             every_line.feed(text.as_bytes());
             // Fed as `load` feeds it: whole lines, cut at line starts chosen by `cuts`.
             let starts: Vec<usize> = std::iter::once(0)

@@ -81,7 +81,7 @@ mask_guid() { mask_counter=$((mask_counter + 1)); printf '0000:0000:0000:%04x\n'
 
 # CPUs and NUMA nodes.
 cpu=sys/devices/system/cpu
-copy_glob "$cpu" online possible present offline kernel_max
+copy_glob "$cpu" online possible present offline kernel_max smt/active smt/control
 for d in "$root/$cpu"/cpu[0-9]*; do
     c=${d#"$root"/}
     copy_glob "$c" online cpu_capacity regs/identification/midr_el1 'topology/*'

@@ -142,6 +142,19 @@ impl CpuLayout {
         write(&cpu_dir.join("present"), &all.to_cpulist())?;
         write(&cpu_dir.join("offline"), &offline.to_cpulist())?;
         write(&cpu_dir.join("kernel_max"), &(nr - 1).to_string())?;
+        // As x86 kernels (and arm64 since 6.12) show SMT: `active` when a core has two threads online.
+        let smt = cpus.iter().any(|c| c.siblings.len() > 1);
+        let smt_active = cpus
+            .iter()
+            .any(|c| c.siblings.intersection(&online).len() > 1);
+        write(
+            &cpu_dir.join("smt/control"),
+            if smt { "on" } else { "notsupported" },
+        )?;
+        write(
+            &cpu_dir.join("smt/active"),
+            if smt_active { "1" } else { "0" },
+        )?;
 
         for cpu in &cpus {
             let dir = cpu_dir.join(format!("cpu{}", cpu.id));

@@ -69,7 +69,18 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
         CpuSet::from_cpulist,
     ));
 
-    let raw = read_cpus(&cpu_dir, &ids, global_online.as_ref(), &mut errors, threads);
+    // `smt/active` 0: no core has two threads online (x86 since 4.19, arm64 since 6.12), so each
+    // online CPU is a core of its own and its `core_cpus_list` is not read: on a 128-CPU arm64 node
+    // that is a third of the files of the CPU topology.
+    let smt_inactive = errors.keep(parse_scalar(&cpu_dir.join("smt/active"), parse_u32)) == Some(0);
+    let raw = read_cpus(
+        &cpu_dir,
+        &ids,
+        global_online.as_ref(),
+        smt_inactive,
+        &mut errors,
+        threads,
+    );
 
     let packages = label_groups(
         &mut errors,
@@ -164,11 +175,15 @@ fn read_cpus(
     cpu_dir: &Path,
     ids: &[u32],
     global_online: Option<&CpuSet>,
+    smt_inactive: bool,
     errors: &mut ErrorLog,
     threads: usize,
 ) -> Vec<RawCpu> {
     let read_part = |part: &[u32]| -> Vec<(RawCpu, ErrorLog)> {
-        let mut known = KnownSets::default();
+        let mut known = KnownSets {
+            smt_inactive,
+            ..KnownSets::default()
+        };
         part.iter()
             .map(|&id| {
                 let mut errors = ErrorLog::default();
@@ -314,6 +329,8 @@ struct KnownSets {
     /// A `die_id` said -1: the architecture has no dies (arm64 prints -1 for every CPU, with a
     /// `die_cpus_list` of the CPU alone), so no other CPU's is read.
     no_dies: bool,
+    /// `smt/active` said 0: an online CPU's core is the CPU alone.
+    smt_inactive: bool,
     l3: Known<(Option<u32>, Option<CpuSet>)>,
 }
 
@@ -411,14 +428,21 @@ fn read_cpu(
                 cluster: label(errors, "cluster_id").filter(|&c| c != X86_BAD_APICID),
                 core: label(errors, "core_id"),
             };
-            let siblings = read_own_cpuset(
-                errors,
-                &topology,
-                Some(present),
-                id,
-                &["core_cpus_list", "thread_siblings_list"],
-                &["core_cpus", "thread_siblings"],
-            );
+            let siblings = match online && known.smt_inactive {
+                true => {
+                    let mut alone = CpuSet::new();
+                    alone.insert(id);
+                    Some(alone)
+                }
+                false => read_own_cpuset(
+                    errors,
+                    &topology,
+                    Some(present),
+                    id,
+                    &["core_cpus_list", "thread_siblings_list"],
+                    &["core_cpus", "thread_siblings"],
+                ),
+            };
             if let (true, Some(set)) = (online, &siblings) {
                 known.cores.remember(set, (set.clone(), labels));
             }
@@ -549,7 +573,7 @@ mod tests {
             let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS).unwrap();
             let online = parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist).unwrap();
             let mut one_errors = ErrorLog::default();
-            let one = read_cpus(&cpu_dir, &ids, online.as_ref(), &mut one_errors, 1);
+            let one = read_cpus(&cpu_dir, &ids, online.as_ref(), false, &mut one_errors, 1);
             for threads in [2, 3, 4] {
                 let parts = split_by_core(&cpu_dir, &ids, threads);
                 let mut all: Vec<u32> = parts.iter().flatten().copied().collect();
@@ -564,7 +588,7 @@ mod tests {
                     }
                 }
                 let mut errors = ErrorLog::default();
-                let many = read_cpus(&cpu_dir, &ids, online.as_ref(), &mut errors, threads);
+                let many = read_cpus(&cpu_dir, &ids, online.as_ref(), false, &mut errors, threads);
                 assert_eq!(
                     format!("{many:?}"),
                     format!("{one:?}"),
@@ -576,6 +600,44 @@ mod tests {
     }
 
     /// Four single-thread cores in one package, with the given `die_id` and `die_cpus_list` per CPU.
+    #[test]
+    fn without_smt_a_cpus_core_is_itself_and_its_core_list_is_not_read() {
+        let fixture = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
+        let root = SysfsRoot::new(fixture.root());
+        let cpu_dir = fixture.root().join("sys/devices/system/cpu");
+        let read = || SysfsCpuTopology::new(root.clone()).cpu_inventory().unwrap();
+        let told = read();
+        assert!(told.errors.is_empty(), "{:?}", told.errors);
+        assert!(
+            told.cpus
+                .iter()
+                .all(|c| c.siblings.as_ref().unwrap().len() == 1)
+        );
+        // Without the kernel's word the lists are read, and say the same.
+        fs::remove_dir_all(cpu_dir.join("smt")).unwrap();
+        assert_eq!(format!("{:?}", read().cpus), format!("{:?}", told.cpus));
+        // With it, they are not: unreadable lists change nothing.
+        write(&cpu_dir, "smt/active", "0\n");
+        for id in 0..128 {
+            let topology = format!("cpu{id}/topology");
+            for name in ["core_cpus_list", "thread_siblings_list"] {
+                write(&cpu_dir, &format!("{topology}/{name}"), "not a list\n");
+            }
+        }
+        let skipped = read();
+        assert!(skipped.errors.is_empty(), "{:?}", skipped.errors);
+        assert_eq!(format!("{:?}", skipped.cpus), format!("{:?}", told.cpus));
+        // With SMT active they are read (here: found bad).
+        write(&cpu_dir, "smt/active", "1\n");
+        let errors = read().errors;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path.ends_with("cpu5/topology/core_cpus_list")),
+            "{errors:?}"
+        );
+    }
+
     fn dies_tree(dies: [(&str, Option<&str>); 4]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (cpu, (die, die_cpus)) in dies.into_iter().enumerate() {

@@ -10,9 +10,10 @@
 # hwloc's headers are installed: Debian libhwloc-dev), each timed RUNS times within one process: the
 # two libraries alone, without either tool's start, output or exit.
 #
-# Prints, to stdout, hyperfine's results per input and then two tables. Processes: mean wall times,
-# the ratio lstopo / hal-probe, and the peak RSS of one hal-probe run per input; "target missed" marks
-# a ratio below 10x or an RSS of 8 MiB or more. In process: mean load times and their ratio, with what
+# Prints, to stdout, hyperfine's results per input and then two tables. Processes (a `cpu:` row per
+# CPU-only input, an `all:` row per full-inventory input): mean wall times, the ratio lstopo /
+# hal-probe, lspci's time where it ran, and the peak RSS of one hal-probe run per input; "target
+# missed" marks a ratio below 10x or an RSS of 8 MiB or more. In process: mean load times and their ratio, with what
 # each found. The cargo build log goes to stderr.
 # It is a report: missed targets do not fail it. It exits non-zero only when a tool is missing or a
 # command fails.
@@ -150,7 +151,7 @@ for dump in "${dumps[@]}"; do
         --command-name hal-probe "$probe --sysfs-root $root --format json cpu" \
         --command-name lstopo "lstopo-no-graphics --of xml -"
     rss=$(peak_rss_kib "$probe" --sysfs-root "$root" --format json cpu)
-    printf '%s\t%s\t%s\n' "$dump" "$tmp/$dump.json" "$rss" >>"$results"
+    printf '%s\t%s\t%s\n' "cpu:$dump" "$tmp/$dump.json" "$rss" >>"$results"
 done
 
 echo "== timing fixture $fixture"
@@ -161,7 +162,7 @@ HWLOC_FSROOT=$fixture_root HWLOC_COMPONENTS=linux,stop HWLOC_DUMPED_HWDATA_DIR=/
     --command-name hal-probe "$probe --sysfs-root $fixture_root --format json cpu" \
     --command-name lstopo "lstopo-no-graphics --of xml -"
 rss=$(peak_rss_kib "$probe" --sysfs-root "$fixture_root" --format json cpu)
-printf '%s\t%s\t%s\n' "fixture:$fixture" "$tmp/fixture.json" "$rss" >>"$results"
+printf '%s\t%s\t%s\n' "cpu:fixture:$fixture" "$tmp/fixture.json" "$rss" >>"$results"
 
 # Full inventory (every family, topology included) on every fixture tree and the hwloc dumps with I/O,
 # beside lstopo --whole-io and lspci -vmm (pciutils, if installed; pointed at the tree with
@@ -185,11 +186,14 @@ for entry in "${inventory_roots[@]}"; do
     else
         echo "(lspci not installed: Debian pciutils; skipped)"
     fi
+    json=$tmp/full-${dump//:/-}.json
     HWLOC_FSROOT=$root HWLOC_COMPONENTS=linux,stop HWLOC_DUMPED_HWDATA_DIR=/var/run/hwloc \
-        hyperfine -N --warmup 3 --style basic \
-        --command-name "hal-probe (all)" "$probe --sysfs-root $root --format json" \
-        --command-name "lstopo --whole-io" "lstopo-no-graphics --whole-io --of xml -" \
+        hyperfine -N --warmup 3 --style basic --export-json "$json" \
+        --command-name hal-probe "$probe --sysfs-root $root --format json" \
+        --command-name lstopo "lstopo-no-graphics --whole-io --of xml -" \
         "${lspci_cmd[@]}"
+    rss=$(peak_rss_kib "$probe" --sysfs-root "$root" --format json)
+    printf '%s\t%s\t%s\n' "all:$dump" "$json" "$rss" >>"$results"
     if [[ -n $hwloc_load ]]; then
         echo "== in process on $dump ($runs loads each)"
         ours=$("$target_dir/release/examples/inventory-timing" "$root" "$runs")
@@ -202,7 +206,8 @@ python3 - "$results" "$ratio_target" "$rss_target_mib" <<'EOF'
 import json, sys
 
 results, ratio_target, rss_target = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-header = ("input", "hal-probe ms", "lstopo ms", "lstopo/hal-probe", "hal-probe RSS MiB", "verdict")
+header = ("input", "hal-probe ms", "lstopo ms", "lstopo/hal-probe", "lspci -vmm ms",
+          "hal-probe RSS MiB", "verdict")
 rows = []
 missed = 0
 with open(results) as f:
@@ -212,6 +217,7 @@ with open(results) as f:
             means = {r["command"]: r["mean"] * 1000 for r in json.load(j)["results"]}
         probe = means["hal-probe"]
         lstopo = means.get("lstopo")
+        lspci = means.get("lspci -vmm")
         bound = rss_kib.startswith(">")
         rss = int(rss_kib.lstrip(">")) / 1024
         problems = []
@@ -226,6 +232,7 @@ with open(results) as f:
             f"{probe:.2f}",
             f"{lstopo:.2f}" if lstopo is not None else "n/a (not timed)",
             f"{lstopo / probe:.1f}x" if lstopo is not None else "n/a",
+            f"{lspci:.2f}" if lspci is not None else "n/a",
             (">" if bound else "") + f"{rss:.1f}",
             verdict,
         ))
@@ -237,7 +244,9 @@ for r in rows:
     print(fmt.format(*r))
 print()
 print(f"targets: lstopo/hal-probe >= {ratio_target:g}x, hal-probe peak RSS < {rss_target:g} MiB.")
-print("the fixture row reads the fixture's tree written once by hal-fixture, as lstopo does.")
+print("cpu: rows time `hal-probe cpu` against `lstopo`; all: rows the full inventory (every family,")
+print("topology included) against `lstopo --whole-io` (and `lspci -vmm` where installed).")
+print("fixture rows read the fixture's tree written once by hal-fixture, as lstopo does.")
 print("RSS is the exec'd hal-probe's own VmHWM at exit ('>' marks a fallback upper bound, see the script).")
 print(f"{missed} of {len(rows)} inputs missed a target." if missed else "all targets met.")
 EOF

@@ -69,15 +69,18 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
         CpuSet::from_cpulist,
     ));
 
-    // `smt/active` 0: no core has two threads online (x86 since 4.19, arm64 since 6.12), so each
-    // online CPU is a core of its own and its `core_cpus_list` is not read: on a 128-CPU arm64 node
-    // that is a third of the files of the CPU topology.
-    let smt_inactive = errors.keep(parse_scalar(&cpu_dir.join("smt/active"), parse_u32)) == Some(0);
+    // `smt/control` "notsupported": the hardware has one thread per core (x86 since 4.19, arm64 since
+    // 6.12, powerpc), so each CPU is a core of its own and its `core_cpus_list` is not read: on a
+    // 128-CPU arm64 node that is a third of the files of the CPU topology. Not `smt/active` 0, which
+    // a kernel built without CONFIG_SCHED_SMT also says on SMT hardware.
+    let no_smt = errors
+        .keep(read_optional(&cpu_dir.join("smt/control")))
+        .is_some_and(|control| control == "notsupported");
     let raw = read_cpus(
         &cpu_dir,
         &ids,
         global_online.as_ref(),
-        smt_inactive,
+        no_smt,
         &mut errors,
         threads,
     );
@@ -175,13 +178,13 @@ fn read_cpus(
     cpu_dir: &Path,
     ids: &[u32],
     global_online: Option<&CpuSet>,
-    smt_inactive: bool,
+    no_smt: bool,
     errors: &mut ErrorLog,
     threads: usize,
 ) -> Vec<RawCpu> {
     let read_part = |part: &[u32]| -> Vec<(RawCpu, ErrorLog)> {
         let mut known = KnownSets {
-            smt_inactive,
+            no_smt,
             ..KnownSets::default()
         };
         part.iter()
@@ -329,8 +332,8 @@ struct KnownSets {
     /// A `die_id` said -1: the architecture has no dies (arm64 prints -1 for every CPU, with a
     /// `die_cpus_list` of the CPU alone), so no other CPU's is read.
     no_dies: bool,
-    /// `smt/active` said 0: an online CPU's core is the CPU alone.
-    smt_inactive: bool,
+    /// `smt/control` said "notsupported": an online CPU's core is the CPU alone.
+    no_smt: bool,
     l3: Known<(Option<u32>, Option<CpuSet>)>,
 }
 
@@ -428,7 +431,7 @@ fn read_cpu(
                 cluster: label(errors, "cluster_id").filter(|&c| c != X86_BAD_APICID),
                 core: label(errors, "core_id"),
             };
-            let siblings = match online && known.smt_inactive {
+            let siblings = match online && known.no_smt {
                 true => {
                     let mut alone = CpuSet::new();
                     alone.insert(id);
@@ -601,7 +604,7 @@ mod tests {
 
     /// Four single-thread cores in one package, with the given `die_id` and `die_cpus_list` per CPU.
     #[test]
-    fn without_smt_a_cpus_core_is_itself_and_its_core_list_is_not_read() {
+    fn without_smt_hardware_a_cpus_core_is_itself_and_its_core_list_is_not_read() {
         let fixture = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
         let root = SysfsRoot::new(fixture.root());
         let cpu_dir = fixture.root().join("sys/devices/system/cpu");
@@ -617,7 +620,7 @@ mod tests {
         fs::remove_dir_all(cpu_dir.join("smt")).unwrap();
         assert_eq!(format!("{:?}", read().cpus), format!("{:?}", told.cpus));
         // With it, they are not: unreadable lists change nothing.
-        write(&cpu_dir, "smt/active", "0\n");
+        write(&cpu_dir, "smt/control", "notsupported\n");
         for id in 0..128 {
             let topology = format!("cpu{id}/topology");
             for name in ["core_cpus_list", "thread_siblings_list"] {
@@ -627,8 +630,10 @@ mod tests {
         let skipped = read();
         assert!(skipped.errors.is_empty(), "{:?}", skipped.errors);
         assert_eq!(format!("{:?}", skipped.cpus), format!("{:?}", told.cpus));
-        // With SMT active they are read (here: found bad).
-        write(&cpu_dir, "smt/active", "1\n");
+        // Where the hardware has SMT they are read (here: found bad), even with no two threads of a
+        // core online (`active` 0: SMT switched off, or a kernel without CONFIG_SCHED_SMT).
+        write(&cpu_dir, "smt/control", "on\n");
+        write(&cpu_dir, "smt/active", "0\n");
         let errors = read().errors;
         assert!(
             errors

@@ -69,10 +69,10 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
         CpuSet::from_cpulist,
     ));
 
-    // `smt/control` "notsupported": the hardware has one thread per core (x86 since 4.19, arm64 since
-    // 6.12, powerpc), so each CPU is a core of its own and its `core_cpus_list` is not read: on a
-    // 128-CPU arm64 node that is a third of the files of the CPU topology. Not `smt/active` 0, which
-    // a kernel built without CONFIG_SCHED_SMT also says on SMT hardware.
+    // `smt/control` "notsupported": the hardware has one thread per core (x86 since 4.19, and arm64 and
+    // powerpc kernels with HOTPLUG_SMT), so each CPU is a core of its own and its `core_cpus_list` is
+    // not read: on a 128-CPU arm64 node that is a third of the files of the CPU topology. Not
+    // `smt/active` 0, which a kernel built without CONFIG_SCHED_SMT also says on SMT hardware.
     let no_smt = errors
         .keep(read_optional(&cpu_dir.join("smt/control")))
         .is_some_and(|control| control == "notsupported");

@@ -142,8 +142,8 @@ impl CpuLayout {
         write(&cpu_dir.join("present"), &all.to_cpulist())?;
         write(&cpu_dir.join("offline"), &offline.to_cpulist())?;
         write(&cpu_dir.join("kernel_max"), &(nr - 1).to_string())?;
-        // As x86 kernels (and arm64 ones with HOTPLUG_SMT) show SMT: `control` says whether the hardware has it,
-        // `active` whether a core has two threads online.
+        // SMT as x86 kernels (and arm64 ones with HOTPLUG_SMT) show it: `control` says whether the
+        // hardware has it, `active` whether a core has two threads online.
         let smt = cpus.iter().any(|c| c.siblings.len() > 1);
         let smt_active = cpus
             .iter()

@@ -13,8 +13,9 @@
 # Prints, to stdout, hyperfine's results per input and then two tables. Processes (a `cpu:` row per
 # CPU-only input, an `all:` row per full-inventory input): mean wall times, the ratio lstopo /
 # hal-probe, lspci's time where it ran, and the peak RSS of one hal-probe run per input; "target
-# missed" marks a ratio below 10x or an RSS of 8 MiB or more. In process: mean load times and their ratio, with what
-# each found. The cargo build log goes to stderr.
+# missed" marks a ratio below 10x or an RSS of 8 MiB or more. Then how late a fresh process's two
+# threads start on this machine. In process: mean load times and their ratio, with what each found.
+# The cargo build log goes to stderr.
 # It is a report: missed targets do not fail it. It exits non-zero only when a tool is missing or a
 # command fails.
 #
@@ -22,7 +23,8 @@
 # hwloc corpus at ../shared/corpora/hwloc-linux (override with HWLOC_CORPUS=DIR).
 # Optional: FIXTURE=NAME (default xeon) picks the embedded fixture machine; `cc` and `libhwloc-dev`
 # for the in-process table (skipped, with a message, without them); RUNS=N (default 50) loads per
-# library and input in that table.
+# library and input in that table, and fresh processes of scripts/thread-start.c (built with `cc`),
+# whose thread start delays are printed between the two tables.
 #
 # Usage: scripts/bench-discovery.sh
 set -euo pipefail
@@ -66,6 +68,13 @@ if command -v cc >/dev/null 2>&1 \
     hwloc_load=$tmp/hwloc-load
 else
     echo "(no cc or no hwloc headers (Debian libhwloc-dev): the in-process table is skipped)" >&2
+fi
+thread_start=
+if command -v cc >/dev/null 2>&1 \
+    && cc -O2 -pthread -o "$tmp/thread-start" scripts/thread-start.c 2>"$tmp/thread-start.log"; then
+    thread_start=$tmp/thread-start
+else
+    echo "(no cc: the thread start delays are not measured)" >&2
 fi
 
 # Peak RSS in KiB of one run of the given command (stdout discarded; a failure is fatal).
@@ -250,6 +259,25 @@ print("fixture rows read the fixture's tree written once by hal-fixture, as lsto
 print("RSS is the exec'd hal-probe's own VmHWM at exit ('>' marks a fallback upper bound, see the script).")
 print(f"{missed} of {len(rows)} inputs missed a target." if missed else "all targets met.")
 EOF
+
+if [[ -n $thread_start ]]; then
+    echo
+    for _ in $(seq "$runs"); do "$thread_start"; done >"$tmp/thread-start.txt"
+    python3 - "$tmp/thread-start.txt" <<'EOF'
+import statistics, sys
+
+rows = [line.split() for line in open(sys.argv[1])]
+first = sorted(float(r[0]) for r in rows)
+second = sorted(float(r[2]) for r in rows)
+shared = sum(r[1] == r[3] for r in rows)
+p90 = lambda xs: xs[min(len(xs) - 1, int(len(xs) * 0.9))]
+print(f"thread start in a fresh process ({len(rows)} processes, scripts/thread-start.c): first thread "
+      f"median {statistics.median(first):.0f} us (p90 {p90(first):.0f}), second median "
+      f"{statistics.median(second):.0f} us (p90 {p90(second):.0f}); both on one CPU in {shared}.")
+print("hal-probe reads its families on two threads: where the second starts milliseconds late, a process")
+print("reads about as fast as one thread, and the process rows fall behind the in-process table.")
+EOF
+fi
 
 [[ -f $tmp/in-process.tsv ]] || exit 0
 echo

@@ -615,5 +615,35 @@ mod tests {
         fn never_panics(text in "[\\t 0-9a-fA-FC#\\n\\PC]{0,200}") {
             let _ = PciNames::parse(&text, &BTreeSet::from([(0x8086, 0x1592)]));
         }
+
+        /// Text made of the lines that matter and the ones that must not: both ways of reading find
+        /// the same names in any order of them.
+        #[test]
+        fn any_mix_of_lines_reads_the_same_both_ways(
+            pieces in proptest::collection::vec(
+                prop_oneof![
+                    Just("8086  Intel\n"), Just("10de  NVIDIA\n"), Just("15b3  Mellanox\r\n"),
+                    Just("\t1592  E810\n"), Just("\t0001  One\r\n"), Just("\t1592 \n"),
+                    Just("\t\t8086 1592  sub\n"), Just("# c\n"), Just("\n"), Just("C 02  Net\n"),
+                    Just("ABCD  upper\n"), Just("Cx\n"), Just("8zz\n"), Just(" \t1592  x\n"),
+                ],
+                0..40,
+            ),
+            wanted in proptest::collection::btree_set(
+                (prop_oneof![Just(0x8086u16), Just(0x10de), Just(0x15b3)],
+                 prop_oneof![Just(0x1592u16), Just(0x0001)]),
+                0..6,
+            ),
+        ) {
+            let text = pieces.concat();
+            let mut jumping = Parser::new(&wanted);
+            // Built wherever Teddy runs (x86_64 with SSSE3, aarch64): the jumps are what is tested.
+            prop_assert!(jumping.jumps.is_some() || !cfg!(target_arch = "x86_64"));
+            jumping.feed(text.as_bytes());
+            let mut every_line = Parser::new(&wanted);
+            every_line.jumps = None;
+            every_line.feed(text.as_bytes());
+            prop_assert_eq!(jumping.lines.names, every_line.lines.names);
+        }
     }
 }

@@ -116,7 +116,7 @@ impl PciNames {
 /// What counts in the list is the vendor lines (four lowercase hex digits and a space: `8086  Intel
 /// Corporation`), the device lines of a vendor's block under it (a tab, then the same: `\t1592  ...`)
 /// and the class section (`C `), which ends the list. A vendor's block runs to the next line that
-/// starts with a hex digit or `C `; every other line (subsystems, comments, blank or malformed lines)
+/// starts with a lowercase hex digit or `C `; every other line (subsystems, comments, blank or malformed lines)
 /// is passed over.
 ///
 /// Most of the file is lines nobody asked for, so the parser does not look at lines one by one where
@@ -556,6 +556,15 @@ mod tests {
     }
 
     #[test]
+    fn a_database_without_a_last_newline_keeps_its_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pci.ids");
+        fs::write(&path, "10de  NVIDIA Corporation\n\t2335  GB300 test name").unwrap();
+        let names = PciNames::load(&path, &BTreeSet::from([(0x10de, 0x2335)])).unwrap();
+        assert_eq!(names.device(0x10de, 0x2335), Some("GB300 test name"));
+    }
+
+    #[test]
     fn a_missing_database_names_its_path() {
         let err = PciNames::load(Path::new("/nonexistent/pci.ids"), &BTreeSet::new()).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pci.ids"));
@@ -617,32 +626,49 @@ mod tests {
         }
 
         /// Text made of the lines that matter and the ones that must not: both ways of reading find
-        /// the same names in any order of them.
+        /// the same names in any order of them, fed whole or cut at any line starts (as `load`
+        /// feeds its chunks).
         #[test]
         fn any_mix_of_lines_reads_the_same_both_ways(
             pieces in proptest::collection::vec(
                 prop_oneof![
                     Just("8086  Intel\n"), Just("10de  NVIDIA\n"), Just("15b3  Mellanox\r\n"),
+                    Just("abcd  A vendor\n"), Just("f00d  F vendor\n"),
                     Just("\t1592  E810\n"), Just("\t0001  One\r\n"), Just("\t1592 \n"),
                     Just("\t\t8086 1592  sub\n"), Just("# c\n"), Just("\n"), Just("C 02  Net\n"),
                     Just("ABCD  upper\n"), Just("Cx\n"), Just("8zz\n"), Just(" \t1592  x\n"),
+                    Just("\t0001  No newline at the end"),
                 ],
                 0..40,
             ),
             wanted in proptest::collection::btree_set(
-                (prop_oneof![Just(0x8086u16), Just(0x10de), Just(0x15b3)],
+                (prop_oneof![Just(0x8086u16), Just(0x10de), Just(0x15b3), Just(0xabcd)],
                  prop_oneof![Just(0x1592u16), Just(0x0001)]),
                 0..6,
             ),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
         ) {
             let text = pieces.concat();
-            let mut jumping = Parser::new(&wanted);
-            // Built wherever Teddy runs (x86_64 with SSSE3, aarch64): the jumps are what is tested.
-            prop_assert!(jumping.jumps.is_some() || !cfg!(target_arch = "x86_64"));
-            jumping.feed(text.as_bytes());
             let mut every_line = Parser::new(&wanted);
             every_line.jumps = None;
             every_line.feed(text.as_bytes());
+            let mut whole = Parser::new(&wanted);
+            // Built wherever Teddy runs (x86_64 with SSSE3, aarch64): the jumps are what is tested.
+            #[cfg(target_arch = "x86_64")]
+            prop_assert!(whole.jumps.is_some() || !std::is_x86_feature_detected!("ssse3"));
+            whole.feed(text.as_bytes());
+            prop_assert_eq!(&whole.lines.names, &every_line.lines.names);
+            let starts: Vec<usize> = std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect();
+            let mut at: Vec<usize> = cuts.iter().map(|c| starts[c.index(starts.len())]).collect();
+            at.extend([0, text.len()]);
+            at.sort_unstable();
+            at.dedup();
+            let mut jumping = Parser::new(&wanted);
+            for pair in at.windows(2) {
+                jumping.feed(&text.as_bytes()[pair[0]..pair[1]]);
+            }
             prop_assert_eq!(jumping.lines.names, every_line.lines.names);
         }
     }

@@ -183,6 +183,8 @@ impl Parser {
             true => Jumps::new(&wanted_vendors, &devices),
             false => None,
         };
+        // Nothing wanted, nothing to read (`load` still opens the file, so a bad path is reported).
+        let nothing_wanted = wanted.is_empty();
         Parser {
             jumps,
             lines: Lines {
@@ -190,7 +192,7 @@ impl Parser {
                 wanted_vendors,
                 vendor: None,
                 names: PciNames::default(),
-                done: false,
+                done: nothing_wanted,
             },
         }
     }
@@ -553,6 +555,15 @@ mod tests {
             sets += 1;
         }
         assert!(sets >= 50);
+    }
+
+    #[test]
+    fn nothing_wanted_reads_nothing() {
+        // A machine without PCI functions (a container's view, an empty tree) pays no reading.
+        let mut parser = Parser::new(&BTreeSet::new());
+        assert!(parser.lines.done);
+        parser.feed(b"10de  NVIDIA Corporation\n\t2335  GB300 test name\n");
+        assert_eq!(parser.lines.names, PciNames::default());
     }
 
     #[test]

@@ -74,7 +74,7 @@ if command -v cc >/dev/null 2>&1 \
     && cc -O2 -pthread -o "$tmp/thread-start" scripts/thread-start.c 2>"$tmp/thread-start.log"; then
     thread_start=$tmp/thread-start
 else
-    echo "(no cc: the thread start delays are not measured)" >&2
+    echo "(no cc, or scripts/thread-start.c did not build: the thread start delays are not measured)" >&2
 fi
 
 # Peak RSS in KiB of one run of the given command (stdout discarded; a failure is fatal).

@@ -602,7 +602,6 @@ mod tests {
         }
     }
 
-    /// Four single-thread cores in one package, with the given `die_id` and `die_cpus_list` per CPU.
     #[test]
     fn without_smt_hardware_a_cpus_core_is_itself_and_its_core_list_is_not_read() {
         let fixture = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
@@ -643,6 +642,7 @@ mod tests {
         );
     }
 
+    /// Four single-thread cores in one package, with the given `die_id` and `die_cpus_list` per CPU.
     fn dies_tree(dies: [(&str, Option<&str>); 4]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (cpu, (die, die_cpus)) in dies.into_iter().enumerate() {

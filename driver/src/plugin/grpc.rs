@@ -31,11 +31,13 @@
 //! # }
 //! ```
 
+mod authority;
 mod dra;
 mod registration;
 mod server;
 mod sockets;
 
+pub use authority::{AuthorityFix, MAX_HEADER_BLOCK, MAX_HEADER_LIST};
 pub use dra::DraService;
 pub use registration::{PLUGIN_TYPE, RegistrationService, RegistrationState, SUPPORTED_VERSIONS};
 pub use server::serve;

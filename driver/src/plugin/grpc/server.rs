@@ -6,12 +6,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use super::sockets::bind_socket;
-use super::{DraService, PluginSockets, RegistrationService, SocketError};
+use super::{AuthorityFix, DraService, PluginSockets, RegistrationService, SocketError};
 use crate::plugin::api::DraHandler;
 
 /// Serves the DRA services (`v1.DRAPlugin`, `v1beta1.DRAPlugin`) over `handler` on
@@ -51,10 +53,7 @@ pub async fn serve(
         let result = Server::builder()
             .add_service(dra.v1_server())
             .add_service(dra.v1beta1_server())
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(dra_listener),
-                stopped(stop.subscribe()),
-            )
+            .serve_with_incoming_shutdown(connections(dra_listener), stopped(stop.subscribe()))
             .await;
         stop.send_replace(true);
         result.map_err(|source| SocketError::Serve {
@@ -66,7 +65,7 @@ pub async fn serve(
         let result = Server::builder()
             .add_service(registration.server())
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(registration_listener),
+                connections(registration_listener),
                 stopped(stop.subscribe()),
             )
             .await;
@@ -89,6 +88,14 @@ pub async fn serve(
     drop(registration_socket);
     drop(dra_socket);
     dra_result.and(registration_result)
+}
+
+/// The connections a listener accepts, each behind [`AuthorityFix`]: the kubelet's plugin watcher
+/// (grpc-go) and Python grpcio send an `:authority` that h2 refuses (see its module).
+fn connections(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = io::Result<AuthorityFix<tokio::net::UnixStream>>> {
+    UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFix::new))
 }
 
 /// Removes a socket file when dropped: on shutdown, on error and on cancellation alike.

@@ -9,9 +9,11 @@
 
 use std::error::Error;
 
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 7] = [
     "proto/dra/v1/api.proto",
     "proto/dra/v1beta1/api.proto",
+    "proto/dra-health/v1alpha1/api.proto",
+    "proto/dra-health/v1/api.proto",
     "proto/pluginregistration/api.proto",
     "proto/nri/api.proto",
     "proto/ttrpc/request.proto",

@@ -108,6 +108,60 @@ impl Health {
     }
 }
 
+/// What the kubelet is told of every published device (`DRAResourceHealth`): a device carrying this
+/// driver's `unhealthy` taint (a critical XID, a GPU gone) is UNHEALTHY with the reason, every other
+/// published device HEALTHY, all checked at `now` (Unix seconds). The kubelet takes a device as
+/// unknown when no report came within `timeout_seconds`.
+pub fn report(
+    devices: &[k8s_openapi::api::resource::v1::Device],
+    config: &crate::slices::SliceConfig,
+    now: i64,
+    timeout_seconds: i64,
+) -> crate::plugin::api::HealthReport {
+    use crate::plugin::api::{DeviceHealth, HealthReport, HealthStatus};
+    let key = format!("{}/unhealthy", config.driver_name);
+    let devices = devices
+        .iter()
+        .map(|device| {
+            let taint = device
+                .taints
+                .iter()
+                .flatten()
+                .find(|taint| taint.key == key);
+            let (status, message) = match taint {
+                Some(taint) => (
+                    HealthStatus::Unhealthy,
+                    describe(taint.value.as_deref().unwrap_or_default()),
+                ),
+                None => (HealthStatus::Healthy, String::new()),
+            };
+            DeviceHealth {
+                pool_name: config.node_name.clone(),
+                device_name: device.name.clone(),
+                status,
+                last_updated: now,
+                message,
+            }
+        })
+        .collect();
+    HealthReport {
+        devices,
+        timeout_seconds,
+    }
+}
+
+/// A person's words for an unhealthy reason (`xid-79`, `missing`).
+fn describe(reason: &str) -> String {
+    if reason == MISSING {
+        return "the GPU was seen and is gone from the machine (fallen off the bus or removed)"
+            .into();
+    }
+    match reason.strip_prefix("xid-") {
+        Some(xid) => format!("NVML reported critical XID {xid}; the GPU likely needs a reset"),
+        None => reason.to_owned(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -215,5 +269,52 @@ mod tests {
             "the last-known view, same name and attributes"
         );
         assert_eq!(after.gpu_health[&gone].reason, MISSING);
+    }
+
+    #[test]
+    fn the_kubelet_hears_every_published_device_and_why_an_unhealthy_one_is() {
+        let mut health = Health::default();
+        let mut inventory = gb300();
+        health.apply(&mut inventory);
+        let uuid = inventory.gpus[1].uuid.clone().unwrap();
+        assert!(health.record_xid(&XidEvent { uuid, xid: 79 }));
+        let mut inventory = gb300();
+        health.apply(&mut inventory);
+        let config = SliceConfig::new("n");
+        let devices = crate::slices::devices::devices(&inventory, &config);
+        let report = report(&devices, &config, 1_700_000_000, 180);
+        assert_eq!(report.timeout_seconds, 180);
+        assert_eq!(
+            report.devices.len(),
+            devices.len(),
+            "every published device"
+        );
+        let name = format!(
+            "gpu-{}",
+            crate::slices::names::address_label(inventory.gpus[1].pci_address)
+        );
+        for device in &report.devices {
+            assert_eq!(device.pool_name, "n");
+            assert_eq!(device.last_updated, 1_700_000_000);
+            if device.device_name == name {
+                assert_eq!(device.status, crate::plugin::api::HealthStatus::Unhealthy);
+                assert!(
+                    device.message.contains("critical XID 79"),
+                    "{}",
+                    device.message
+                );
+            } else {
+                assert_eq!(
+                    device.status,
+                    crate::plugin::api::HealthStatus::Healthy,
+                    "{device:?}"
+                );
+                assert_eq!(device.message, "");
+            }
+        }
+        assert_eq!(
+            describe(MISSING),
+            "the GPU was seen and is gone from the machine (fallen off the bus or removed)"
+        );
     }
 }

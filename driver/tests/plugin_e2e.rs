@@ -163,7 +163,12 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     assert_eq!(Path::new(&info.endpoint), dra);
     assert_eq!(
         info.supported_versions,
-        ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+        [
+            "v1.DRAPlugin",
+            "v1beta1.DRAPlugin",
+            "v1alpha1.DRAResourceHealth",
+            "v1.DRAResourceHealth"
+        ]
     );
     reg.notify_registration_status(RegistrationStatus {
         plugin_registered: true,
@@ -191,6 +196,28 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
         assert_eq!(slice["spec"]["devices"].as_array().unwrap().len(), 10);
         assert_eq!(slice["metadata"]["ownerReferences"][0]["uid"], "uid-node-1");
     }
+
+    // The kubelet's health stream: every published device, healthy, in the node's pool.
+    let mut health =
+        driver::plugin::grpc::health_v1::dra_resource_health_client::DraResourceHealthClient::new(
+            channel(&dra).await,
+        )
+        .node_watch_resources(driver::plugin::grpc::health_v1::NodeWatchResourcesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), health.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.devices.len(), 10);
+    for device in &first.devices {
+        assert_eq!(device.device.as_ref().unwrap().pool_name, "node-1");
+        assert_eq!(device.health, 1, "{device:?}");
+        assert!(device.health_check_timeout_seconds > 0);
+    }
+    drop(health);
 
     // Prepare: one good claim, one with a device this node does not have, one unknown.
     let mut dra_client = DraPluginClient::new(channel(&dra).await);

@@ -48,3 +48,39 @@ pub trait DraHandler: Send + Sync + 'static {
     /// NodeUnprepareResources.
     fn unprepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, UnprepareResults>;
 }
+
+/// A device's health as the kubelet is told it (`DRAResourceHealth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// Cannot be told.
+    Unknown,
+    /// Works.
+    Healthy,
+    /// Does not work, or should not be used.
+    Unhealthy,
+}
+
+/// One published device's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceHealth {
+    /// Pool of the device (the node name).
+    pub pool_name: String,
+    /// Device name in the pool, as published.
+    pub device_name: String,
+    /// Its health.
+    pub status: HealthStatus,
+    /// When it was last checked, in Unix seconds.
+    pub last_updated: i64,
+    /// Why (empty when healthy); the kubelet keeps at most 1024 characters.
+    pub message: String,
+}
+
+/// The health of every published device at one check, and how long the kubelet should trust it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthReport {
+    /// Every published device, healthy ones included.
+    pub devices: Vec<DeviceHealth>,
+    /// Seconds after which the kubelet takes a device's health as unknown without a newer report; 0:
+    /// the kubelet's default.
+    pub timeout_seconds: i64,
+}

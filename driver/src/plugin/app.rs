@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use super::cdi::CdiDir;
 use super::checkpoint::CheckpointFile;
 use super::grpc::{
-    PluginSockets, RegistrationService, RegistrationState, acquire_instance_lock, serve,
+    HealthService, PluginSockets, RegistrationService, RegistrationState, acquire_instance_lock,
+    serve,
 };
 use super::metrics::{Metered, Metrics};
 use super::prepare::{ClaimSource, KubeClaims, Preparer, PreparerConfig};
@@ -223,6 +224,12 @@ pub async fn run(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let changed = Arc::new(tokio::sync::Notify::new());
     let interval = Duration::from_secs(args.rescan_interval.max(1));
+    // Every rescan sends every published device's health to the kubelet's streams; a device not
+    // reported for three rescans is unknown to the kubelet.
+    let (health_reports, health_stream) =
+        tokio::sync::watch::channel(crate::plugin::api::HealthReport::default());
+    let health_reports = Arc::new(health_reports);
+    let health_timeout = i64::try_from(interval.as_secs().saturating_mul(3)).unwrap_or(i64::MAX);
     let mut tasks = tokio::task::JoinSet::new();
     {
         let handler = handler.clone();
@@ -237,10 +244,18 @@ pub async fn run(
         let inventory = inventory.clone();
         let metrics = metrics.clone();
         let slice_config = config.clone();
+        let health_reports = health_reports.clone();
         let read = move || {
             let fresh = read_inventory();
-            let published = crate::slices::devices::devices(&fresh, &slice_config).len();
-            metrics.set_devices_published(published);
+            let devices = crate::slices::devices::devices(&fresh, &slice_config);
+            metrics.set_devices_published(devices.len());
+            let now = k8s_openapi::jiff::Timestamp::now().as_second();
+            health_reports.send_replace(crate::health::report(
+                &devices,
+                &slice_config,
+                now,
+                health_timeout,
+            ));
             if let Ok(mut shared) = inventory.write() {
                 *shared = fresh.clone();
             }
@@ -338,7 +353,7 @@ pub async fn run(
             },
         ));
     }
-    let registration = RegistrationService::new(&sockets);
+    let registration = RegistrationService::new(&sockets).with_health();
     let mut status = registration.status();
     {
         let metrics = metrics.clone();
@@ -364,7 +379,8 @@ pub async fn run(
         dra = %sockets.dra().display(),
         "serving the kubelet"
     );
-    let served = serve(&sockets, handler, registration, shutdown).await;
+    let health = HealthService::new(health_stream);
+    let served = serve(&sockets, handler, Some(health), registration, shutdown).await;
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");

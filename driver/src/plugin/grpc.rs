@@ -23,7 +23,7 @@
 //!         tracing::info!("{}", *status.borrow_and_update());
 //!     }
 //! });
-//! serve(&sockets, handler, registration, async {
+//! serve(&sockets, handler, None, registration, async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await?;
@@ -33,12 +33,14 @@
 
 mod authority;
 mod dra;
+mod health;
 mod registration;
 mod server;
 mod sockets;
 
 pub use authority::{AuthorityFix, MAX_HEADER_BLOCK, MAX_HEADER_LIST};
 pub use dra::DraService;
+pub use health::{HEALTH_VERSIONS, HealthService};
 pub use registration::{PLUGIN_TYPE, RegistrationService, RegistrationState, SUPPORTED_VERSIONS};
 pub use server::serve;
 pub use sockets::{
@@ -100,4 +102,41 @@ pub mod v1beta1 {
 )]
 pub mod pluginregistration {
     tonic::include_proto!("pluginregistration");
+}
+
+/// Generated: the kubelet's DRA resource-health API, proto package `v1alpha1` (Kubernetes 1.34+).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    rust_2018_idioms
+)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod health_v1alpha1 {
+    tonic::include_proto!("v1alpha1");
+}
+
+/// Generated: the kubelet's DRA resource-health API, proto package `v1` (newer kubelets); the same
+/// messages as `v1alpha1`.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    rust_2018_idioms
+)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub mod health_v1 {
+    tonic::include_proto!("v1");
 }

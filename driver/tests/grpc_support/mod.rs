@@ -12,7 +12,7 @@ use driver::plugin::api::{
     BoxFuture, ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults,
 };
 use driver::plugin::grpc::{
-    PluginSockets, RegistrationService, RegistrationState, SocketError, serve,
+    HealthService, PluginSockets, RegistrationService, RegistrationState, SocketError, serve,
 };
 use hyper_util::rt::TokioIo;
 use tempfile::TempDir;
@@ -102,10 +102,15 @@ impl Plugin {
     /// Starts serving in `root` and waits until both sockets accept connections (a stale socket
     /// left in `root` refuses them).
     pub async fn start_in(root: TempDir) -> Plugin {
+        Plugin::start_with(root, None).await
+    }
+
+    /// Starts serving, with `health` when given (and advertised in the registration).
+    pub async fn start_with(root: TempDir, health: Option<HealthService>) -> Plugin {
         let sockets = PluginSockets::new(root.path(), DRIVER).unwrap();
         let handler = Arc::new(FakeHandler::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let (task, status) = spawn_serve(&sockets, handler.clone(), stopped);
+        let (task, status) = spawn_serve_with(&sockets, handler.clone(), health, stopped);
         wait_for(|| accepts(sockets.registration()) && accepts(sockets.dra())).await;
         Plugin {
             root,
@@ -136,11 +141,26 @@ pub fn spawn_serve(
     JoinHandle<Result<(), SocketError>>,
     watch::Receiver<RegistrationState>,
 ) {
-    let registration = RegistrationService::new(sockets);
+    spawn_serve_with(sockets, handler, None, stopped)
+}
+
+pub fn spawn_serve_with(
+    sockets: &PluginSockets,
+    handler: Arc<FakeHandler>,
+    health: Option<HealthService>,
+    stopped: oneshot::Receiver<()>,
+) -> (
+    JoinHandle<Result<(), SocketError>>,
+    watch::Receiver<RegistrationState>,
+) {
+    let mut registration = RegistrationService::new(sockets);
+    if health.is_some() {
+        registration = registration.with_health();
+    }
     let status = registration.status();
     let sockets = sockets.clone();
     let task = tokio::spawn(async move {
-        serve(&sockets, handler, registration, async {
+        serve(&sockets, handler, health, registration, async {
             let _ = stopped.await;
         })
         .await

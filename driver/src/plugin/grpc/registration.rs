@@ -66,6 +66,16 @@ impl RegistrationService {
         }
     }
 
+    /// Also advertises the health services ([`HEALTH_VERSIONS`](super::HEALTH_VERSIONS)), after the DRA
+    /// versions: the kubelet picks its DRA version from the first entries and opens a health stream
+    /// when it finds a health service it knows.
+    pub fn with_health(mut self) -> Self {
+        self.info
+            .supported_versions
+            .extend(super::HEALTH_VERSIONS.iter().map(|v| (*v).to_owned()));
+        self
+    }
+
     /// The last registration status the kubelet sent; `changed()` wakes on every notification.
     pub fn status(&self) -> watch::Receiver<RegistrationState> {
         self.state.subscribe()

@@ -13,12 +13,16 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use super::sockets::bind_socket;
-use super::{AuthorityFix, DraService, PluginSockets, RegistrationService, SocketError};
+use super::{
+    AuthorityFix, DraService, HealthService, PluginSockets, RegistrationService, SocketError,
+};
 use crate::plugin::api::DraHandler;
 
-/// Serves the DRA services (`v1.DRAPlugin`, `v1beta1.DRAPlugin`) over `handler` on
-/// [`PluginSockets::dra`] and `registration` on [`PluginSockets::registration`] until `shutdown`
-/// completes or a server fails, then removes both socket files (which deregisters the plugin).
+/// Serves the DRA services (`v1.DRAPlugin`, `v1beta1.DRAPlugin`) over `handler`, and `health` (both
+/// `DRAResourceHealth` versions) when given, on [`PluginSockets::dra`], and `registration` on
+/// [`PluginSockets::registration`], until `shutdown` completes or a server fails, then removes both
+/// socket files (which deregisters the plugin). Give `registration` [`RegistrationService::with_health`]
+/// when serving health, so the kubelet knows to open the stream.
 ///
 /// The DRA socket listens before the registration socket appears, since the kubelet connects to the
 /// DRA endpoint right after registering. Stale sockets are replaced, anything else at a socket path
@@ -27,6 +31,7 @@ use crate::plugin::api::DraHandler;
 pub async fn serve(
     sockets: &PluginSockets,
     handler: Arc<dyn DraHandler>,
+    health: Option<HealthService>,
     registration: RegistrationService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SocketError> {
@@ -49,10 +54,13 @@ pub async fn serve(
     };
 
     let dra = DraService::new(handler);
+    let health = health.map(|health| health.until(stop.subscribe()));
     let dra_server = async {
         let result = Server::builder()
             .add_service(dra.v1_server())
             .add_service(dra.v1beta1_server())
+            .add_optional_service(health.as_ref().map(HealthService::v1alpha1_server))
+            .add_optional_service(health.as_ref().map(HealthService::v1_server))
             .serve_with_incoming_shutdown(connections(dra_listener), stopped(stop.subscribe()))
             .await;
         stop.send_replace(true);

@@ -142,7 +142,7 @@ async fn churn_of_containers_and_claims_never_deadlocks_and_keeps_claimed_cpus_f
             Ok::<(), String>(())
         });
     }
-    let finished = timeout(Duration::from_secs(60), async {
+    let finished = timeout(Duration::from_secs(30), async {
         while let Some(done) = tasks.join_next().await {
             done.unwrap().unwrap();
         }

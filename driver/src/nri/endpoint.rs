@@ -445,3 +445,43 @@ async fn dispatch(
         kind => tracing::debug!(?kind, conn = message.conn, "ignored ttrpc message"),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::super::wire::{PLUGIN_CONN, RUNTIME_CONN};
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_not_sent_and_the_caller_gets_an_error_status() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (endpoint, _incoming) = Endpoint::start(ours, PLUGIN_CONN, RUNTIME_CONN);
+        let error = endpoint
+            .answer(7, Ok(vec![0; MAX_DATA + 1]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, CallError::TooLarge { size, limit: MAX_DATA } if size > MAX_DATA),
+            "{error}"
+        );
+        // The caller reads one answer on its stream: RESOURCE_EXHAUSTED, naming the limit.
+        let (conn, payload) = read_frame(&mut theirs).await.unwrap().unwrap();
+        let messages = Demux::default().push(conn, &payload).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(
+            (messages[0].conn, messages[0].stream, messages[0].kind),
+            (PLUGIN_CONN, 7, Kind::Response)
+        );
+        let status = Response::decode(messages[0].data.as_slice())
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(status.code, code::RESOURCE_EXHAUSTED);
+        assert!(status.message.contains("4194304"), "{}", status.message);
+        // The connection goes on: a small answer still gets through.
+        endpoint.answer(9, Ok(b"ok".to_vec())).await.unwrap();
+        let (conn, payload) = read_frame(&mut theirs).await.unwrap().unwrap();
+        let messages = Demux::default().push(conn, &payload).unwrap();
+        assert_eq!(messages[0].stream, 9);
+    }
+}

@@ -15,8 +15,8 @@ pub mod endpoint;
 #[cfg(any(test, feature = "fake-nri"))]
 pub mod fake_runtime;
 pub mod plugin;
-pub mod reconnect;
 pub mod policy;
+pub mod reconnect;
 pub mod stats;
 pub mod wire;
 

@@ -24,7 +24,7 @@ use prost::Message as _;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
-use super::endpoint::{CallError, Endpoint, Ended, Incoming, code};
+use super::endpoint::{CallError, Ended, Endpoint, Incoming, code};
 use super::policy::{ClaimCpus, Policy, Snapshot, SyncedContainer, Update};
 use super::proto::api;
 use super::proto::ttrpc::Status;
@@ -511,11 +511,7 @@ fn handle(
             let request: api::StopContainerRequest = decode(method, payload)?;
             let id = request.container.map(|c| c.id).unwrap_or_default();
             api::StopContainerResponse {
-                update: policy
-                    .stop(&id)
-                    .into_iter()
-                    .map(container_update)
-                    .collect(),
+                update: policy.stop(&id).into_iter().map(container_update).collect(),
             }
             .encode_to_vec()
         }

@@ -271,6 +271,8 @@ impl Policy {
 
     fn rebalance_with(&mut self, warn: bool) -> Vec<Update> {
         let mut updates = Vec::new();
+        let mut spent = 0;
+        let mut deferred = 0;
         let targets: Vec<(String, CpuSet)> = self
             .containers
             .iter()
@@ -287,12 +289,35 @@ impl Policy {
                 continue;
             }
             if tracked.cpus.as_ref() != Some(&target) {
+                let size = update_size(&id, &target);
+                if spent + size > ANSWER_BUDGET {
+                    deferred += 1;
+                    continue;
+                }
+                spent += size;
                 tracked.cpus = Some(target.clone());
                 updates.push((id, target));
             }
         }
+        if deferred > 0 {
+            tracing::warn!(
+                sent = updates.len(),
+                deferred,
+                budget = ANSWER_BUDGET,
+                "too many CPU updates for one NRI message; the rest go with the next ones"
+            );
+        }
         updates
     }
+}
+
+/// The most bytes of updates one message carries: half of ttrpc's 4 MiB limit, which a runtime
+/// refuses to read past. Updates over it stay owed and go with the next answer (or retry).
+pub const ANSWER_BUDGET: usize = 2 << 20;
+
+/// About what an update of `id` to `cpus` takes in a message (the id, the cpulist, the framing).
+fn update_size(id: &str, cpus: &CpuSet) -> usize {
+    id.len() + cpus.to_cpulist().len() + 32
 }
 
 /// A container as the runtime reports it at `Synchronize`.

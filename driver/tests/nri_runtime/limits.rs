@@ -86,9 +86,11 @@ async fn a_message_over_the_limit_is_logged_at_warn_with_its_size_and_the_limit(
     node.stop().await;
     let warnings = logs.warnings();
     assert!(
-        warnings.iter().any(|l| l.contains("over ttrpc's size limit")
-            && l.contains("size=5242880")
-            && l.contains(&format!("limit={MAX_DATA}"))),
+        warnings
+            .iter()
+            .any(|l| l.contains("over ttrpc's size limit")
+                && l.contains("size=5242880")
+                && l.contains(&format!("limit={MAX_DATA}"))),
         "{warnings:#?}"
     );
 }

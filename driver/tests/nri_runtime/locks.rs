@@ -116,7 +116,9 @@ async fn churn_of_containers_and_claims_never_deadlocks_and_keeps_claimed_cpus_f
         tasks.spawn(async move {
             for round in 0..10 {
                 let c = container(&format!("shared-{t}-{round}"), &p, &[], "");
-                conn.create(&p, c.clone()).await.map_err(|e| e.to_string())?;
+                conn.create(&p, c.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if round % 3 != 2 {
                     conn.remove(&p, &c).await.map_err(|e| e.to_string())?;
                 }
@@ -134,7 +136,9 @@ async fn churn_of_containers_and_claims_never_deadlocks_and_keeps_claimed_cpus_f
                 node.prepare(&uid, cpus, &p.uid);
                 let env = format!("DRA_CPUSET_{uid}={cpus}");
                 let c = container(&format!("pinned-{uid}"), &p, &[env.as_str()], "");
-                conn.create(&p, c.clone()).await.map_err(|e| e.to_string())?;
+                conn.create(&p, c.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 check_claim(&conn, &c.id, cpus).await?;
                 conn.remove(&p, &c).await.map_err(|e| e.to_string())?;
                 node.unprepare(&uid);

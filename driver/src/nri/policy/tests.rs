@@ -181,9 +181,44 @@ fn a_new_snapshot_is_owed_to_the_next_event_and_sent_once() {
         ]
     );
     // Sent once: a second event owes nothing but the container's own CPUs.
-    assert_eq!(policy.update("shared"), vec![("shared".to_owned(), set("0-7"))]);
+    assert_eq!(
+        policy.update("shared"),
+        vec![("shared".to_owned(), set("0-7"))]
+    );
     policy.replace_snapshot(snapshot("0-7", &[("b", "6-7", &[])]));
-    assert_eq!(policy.stop("other"), vec![("shared".to_owned(), set("0-5"))]);
+    assert_eq!(
+        policy.stop("other"),
+        vec![("shared".to_owned(), set("0-5"))]
+    );
+}
+
+#[test]
+fn updates_over_one_messages_budget_are_owed_to_the_next_event() {
+    let mut policy = Policy::new(snapshot("0-7", &[]));
+    // 6 000 containers with 400-byte ids: about 2.6 MB of updates, over the budget of one message.
+    let running = (0..6000)
+        .map(|i| SyncedContainer {
+            id: format!("{i:0>400}"),
+            name: format!("c{i}"),
+            pod_uid: "pod-0".into(),
+            env: Vec::new(),
+            cpus: Some(set("0-7")),
+        })
+        .collect();
+    assert!(policy.synchronize(running).is_empty());
+    policy.replace_snapshot(snapshot("0-7", &[("a", "0-1", &[])]));
+    let first = policy.owed();
+    let size: usize = first
+        .iter()
+        .map(|(id, c)| id.len() + c.to_cpulist().len() + 32)
+        .sum();
+    assert!(size <= ANSWER_BUDGET, "{size}");
+    assert!(first.len() > 4000 && first.len() < 6000, "{}", first.len());
+    // The rest go with the next event, and then nothing is owed.
+    let second = policy.owed();
+    assert_eq!(first.len() + second.len(), 6000);
+    assert!(second.iter().all(|(_, cpus)| *cpus == set("2-7")));
+    assert!(policy.owed().is_empty());
 }
 
 proptest! {

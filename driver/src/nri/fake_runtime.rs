@@ -405,7 +405,8 @@ impl ContainerEvent<'_> {
     }
 
     /// Creates a container: on success it is in the table with the CPUs the adjustment gave it, and the
-    /// other containers' updates are applied.
+    /// other containers' updates are applied (under the CRI lock this event holds, as containerd's
+    /// `applyUpdates`).
     pub async fn create(
         &self,
         pod: &api::PodSandbox,

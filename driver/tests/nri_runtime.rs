@@ -1,6 +1,8 @@
 //! The NRI plugin against a runtime that speaks NRI's mux and ttrpc over a Unix socket
 //! (`driver::nri::fake_runtime`): registration, configuration, synchronization in chunks, pinning,
-//! fail-closed refusals, resource updates, and reconnection after a runtime restart.
+//! fail-closed refusals, resource updates, and reconnection after a runtime restart. `locks.rs`:
+//! containerd's two locks (no deadlock, churn); `limits.rs`: messages over ttrpc's limit and the
+//! reconnection backoff.
 
 #![allow(
     clippy::unwrap_used,
@@ -26,6 +28,11 @@ fn set(list: &str) -> CpuSet {
     CpuSet::from_cpulist(list).unwrap()
 }
 
+#[path = "nri_runtime/limits.rs"]
+mod limits;
+#[path = "nri_runtime/locks.rs"]
+mod locks;
+
 struct Node {
     claims: watch::Sender<BTreeMap<String, ClaimCpus>>,
     stop: watch::Sender<bool>,
@@ -33,8 +40,39 @@ struct Node {
     stats: Arc<driver::nri::stats::NriStats>,
 }
 
+impl Node {
+    /// Prepares a claim: `uid` holds `cpus` for `pod`.
+    fn prepare(&self, uid: &str, cpus: &str, pod: &str) {
+        let claim = ClaimCpus {
+            cpus: set(cpus),
+            pods: vec![pod.to_owned()],
+        };
+        self.claims.send_modify(|c| {
+            c.insert(uid.to_owned(), claim);
+        });
+    }
+
+    /// Unprepares a claim.
+    fn unprepare(&self, uid: &str) {
+        self.claims.send_modify(|c| {
+            c.remove(uid);
+        });
+    }
+
+    /// Stops the plugin and waits for it.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.plugin.await.unwrap();
+    }
+}
+
 /// Starts the plugin on `socket` with 8 allocatable CPUs (0-7) and the given claims.
 fn start(socket: &Path, claims: &[(&str, &str, &str)]) -> Node {
+    start_with(socket, claims, false)
+}
+
+/// As [`start`], with unsolicited updates on or off.
+fn start_with(socket: &Path, claims: &[(&str, &str, &str)], unsolicited: bool) -> Node {
     let claims: BTreeMap<String, ClaimCpus> = claims
         .iter()
         .map(|(uid, cpus, pod)| {
@@ -53,6 +91,7 @@ fn start(socket: &Path, claims: &[(&str, &str, &str)]) -> Node {
     let (stop, stopped) = watch::channel(false);
     let mut config = NriConfig::new(socket);
     config.index = "07".into();
+    config.unsolicited_updates = unsolicited;
     let stats = config.stats.clone();
     let plugin = tokio::spawn(run(config, source, stopped));
     Node {
@@ -155,21 +194,7 @@ async fn an_empty_shared_pool_or_a_bad_claim_env_fails_the_container_and_nothing
 
     // The last two CPUs are claimed: the pool is empty. Running containers are left where they are
     // (an empty cpuset would mean "no change" to the runtime), new ones are refused.
-    node.claims.send_modify(|c| {
-        c.insert(
-            "last".into(),
-            ClaimCpus {
-                cpus: set("6-7"),
-                pods: vec![],
-            },
-        );
-    });
-    assert!(
-        conn.next_unsolicited(Duration::from_millis(500))
-            .await
-            .is_none()
-    );
-    assert_eq!(conn.cpus("early").unwrap(), "6-7");
+    node.prepare("last", "6-7", "uid-last");
     let (status, message) = refused(
         conn.create(&p, container("late", &p, &[], ""))
             .await
@@ -182,27 +207,28 @@ async fn an_empty_shared_pool_or_a_bad_claim_env_fails_the_container_and_nothing
     );
     assert_eq!(conn.cpus("late"), None);
 
-    // A claim container still starts; once the CPUs are free again, so do shared ones.
+    // A claim container still starts, and moves nobody to an empty pool.
     let owner = pod("s2", "uid-big");
-    conn.create(&owner, container("ok", &owner, &["DRA_CPUSET_big=0-5"], ""))
+    let answer = conn
+        .create(&owner, container("ok", &owner, &["DRA_CPUSET_big=0-5"], ""))
         .await
         .unwrap();
+    assert!(answer.update.is_empty(), "{:?}", answer.update);
     assert_eq!(conn.cpus("ok").unwrap(), "0-5");
-    node.claims.send_modify(|c| {
-        c.remove("last");
-    });
-    // `early` never left 6-7, so there is nothing to update.
-    assert!(
-        conn.next_unsolicited(Duration::from_millis(500))
-            .await
-            .is_none()
-    );
-    conn.create(&p, container("later", &p, &[], ""))
+    assert_eq!(conn.cpus("early").unwrap(), "6-7");
+    // Once the CPUs are free again, so do shared ones; `early` never left 6-7, so nothing moves.
+    node.unprepare("last");
+    let answer = conn
+        .create(&p, container("later", &p, &[], ""))
         .await
         .unwrap();
+    assert!(answer.update.is_empty(), "{:?}", answer.update);
     assert_eq!(conn.cpus("later").unwrap(), "6-7");
-    let _ = node.stop.send(true);
-    node.plugin.await.unwrap();
+    assert!(
+        conn.next_unsolicited(Duration::ZERO).await.is_none(),
+        "no unsolicited update"
+    );
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -308,12 +334,13 @@ async fn answers_longer_than_a_go_read_buffer_reach_a_strict_runtime() {
     node.plugin.await.unwrap();
 }
 
+/// With `unsolicited_updates` (off by default: it deadlocks containerd 1.7 and 2.1, see `locks.rs`).
 #[tokio::test]
-async fn updates_the_runtime_refused_are_sent_again() {
+async fn unsolicited_updates_the_runtime_refused_are_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nri.sock");
     let runtime = FakeRuntime::listen(&socket).unwrap();
-    let node = start(&socket, &[]);
+    let node = start_with(&socket, &[], true);
     let (mut conn, _) = runtime.accept().await.unwrap();
     let p = pod("s", "uid-p");
     conn.synchronize(vec![p.clone()], vec![container("web", &p, &[], "0-7")], 10)
@@ -344,4 +371,54 @@ async fn updates_the_runtime_refused_are_sent_again() {
     assert_eq!(conn.cpus("web").unwrap(), "4-7");
     let _ = node.stop.send(true);
     node.plugin.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_prepared_claim_moves_shared_containers_in_the_answer_to_its_containers_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let node = start(&socket, &[]);
+    let (conn, _) = runtime.accept().await.unwrap();
+    let (web, worker) = (pod("s-web", "uid-web"), pod("s-worker", "uid-worker"));
+    let shared = container("web", &web, &[], "");
+    conn.synchronize(vec![web.clone()], vec![shared.clone()], 10)
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("web").unwrap(), "0-7");
+
+    // The kubelet prepares the claim, then creates its container: that creation's answer moves
+    // `web` off the claim's CPUs, before the claim's container starts.
+    node.prepare("a", "0-1", "uid-worker");
+    let pinned = container("pinned", &worker, &["DRA_CPUSET_a=0-1"], "");
+    let answer = conn.create(&worker, pinned.clone()).await.unwrap();
+    let moved: Vec<(&str, &str)> = answer
+        .update
+        .iter()
+        .map(|u| (u.container_id.as_str(), u.cpus()))
+        .collect();
+    assert_eq!(moved, [("web", "2-7")]);
+    assert!(answer.update.iter().all(|u| u.ignore_failure));
+    assert_eq!(conn.cpus("pinned").unwrap(), "0-1");
+    assert_eq!(conn.cpus("web").unwrap(), "2-7");
+
+    // The kubelet stops the claim's container, then unprepares the claim: the grown pool reaches
+    // `web` with the next container event on the node (here the kubelet updating its resources).
+    conn.remove(&worker, &pinned).await.unwrap();
+    node.unprepare("a");
+    let update = api::UpdateContainerRequest {
+        pod: Some(web.clone()),
+        container: Some(shared),
+        linux_resources: None,
+    };
+    let answer: api::UpdateContainerResponse = conn.call("UpdateContainer", &update).await.unwrap();
+    let moved: Vec<(&str, &str)> = answer
+        .update
+        .iter()
+        .map(|u| (u.container_id.as_str(), u.cpus()))
+        .collect();
+    assert_eq!(moved, [("web", "0-7")]);
+    // The runtime was never called by the plugin.
+    assert_eq!(conn.unsolicited_received(), 0);
+    node.stop().await;
 }

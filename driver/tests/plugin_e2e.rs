@@ -352,6 +352,7 @@ fn bad_flags_fail_with_clear_messages() {
         "--nri",
         "--nri-socket",
         "--nri-index",
+        "--nri-unsolicited-updates",
     ] {
         assert!(text.contains(flag), "{flag}");
     }
@@ -367,8 +368,9 @@ fn bad_flags_fail_with_clear_messages() {
 }
 
 /// The binary with `--nri` on the 2-socket Xeon fixture: it registers with an NRI runtime (the
-/// protocol-level fake), and a CPU claim prepared through the kubelet socket moves the running
-/// containers off its CPUs at once and pins the claim's container to them.
+/// protocol-level fake), and a CPU claim prepared through the kubelet socket pins the claim's
+/// container to its CPUs and, in the answer to that container's creation, moves the running
+/// containers off them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plugin_binary_pins_containers_through_nri() {
     use driver::nri::fake_runtime::{FakeRuntime, container, pod};
@@ -418,7 +420,7 @@ async fn the_plugin_binary_pins_containers_through_nri() {
         .spawn()
         .unwrap();
 
-    let (mut conn, _) = runtime.accept().await.unwrap();
+    let (conn, _) = runtime.accept().await.unwrap();
     assert_eq!(conn.registered, ("dra-hal".to_owned(), "05".to_owned()));
     let other = pod("sandbox-web", "uid-web");
     conn.synchronize(
@@ -456,11 +458,15 @@ async fn the_plugin_binary_pins_containers_through_nri() {
         .find_map(|e| e.strip_prefix("DRA_CPUSET_cpus="))
         .unwrap()
         .to_owned();
-    assert!(
-        conn.next_unsolicited(Duration::from_secs(10))
-            .await
-            .is_some()
-    );
+    // The claim's container is created: the answer pins it and moves `web` off the claim's CPUs.
+    let worker = pod("sandbox-worker", "uid-worker");
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let answer = conn
+        .create(&worker, container("worker", &worker, &env, ""))
+        .await
+        .unwrap();
+    assert_eq!(answer.update.len(), 1);
+    assert_eq!(conn.cpus("worker").unwrap(), cpuset);
     let pool = conn.cpus("web").unwrap();
     let pool = hal::CpuSet::from_cpulist(&pool).unwrap();
     let claimed = hal::CpuSet::from_cpulist(&cpuset).unwrap();
@@ -470,13 +476,7 @@ async fn the_plugin_binary_pins_containers_through_nri() {
         "{pool} and {claimed}"
     );
     assert_eq!(pool.len(), 222 - 2);
-
-    let worker = pod("sandbox-worker", "uid-worker");
-    let env: Vec<&str> = env.iter().map(String::as_str).collect();
-    conn.create(&worker, container("worker", &worker, &env, ""))
-        .await
-        .unwrap();
-    assert_eq!(conn.cpus("worker").unwrap(), cpuset);
+    assert_eq!(conn.unsolicited_received(), 0);
     let metrics = http_get(metrics_port, "/metrics").await;
     for line in [
         "dra_hal_nri_connected 1",

@@ -13,7 +13,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::ttrpc::{Request, Response, Status};
-use super::wire::{Demux, Kind, Message, encode, read_frame};
+use super::wire::{Demux, Kind, MAX_DATA, Message, WireError, encode, read_frame};
 
 /// gRPC status codes used in answers.
 pub mod code {
@@ -21,6 +21,8 @@ pub mod code {
     pub const UNKNOWN: i32 = 2;
     /// The request could not be decoded.
     pub const INVALID_ARGUMENT: i32 = 3;
+    /// An answer too large to send (as a Go ttrpc server answers one over its limit).
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
     /// Refused: the state does not allow it (an empty shared pool, a claim of another pod).
     pub const FAILED_PRECONDITION: i32 = 9;
     /// No such service or method.
@@ -61,6 +63,86 @@ pub enum CallError {
     /// Writing failed.
     #[error("writing to the NRI socket: {0}")]
     Io(String),
+    /// The message is over ttrpc's limit: a Go peer would refuse it, so it is not sent.
+    #[error("a message of {size} bytes is over ttrpc's limit of {limit} bytes")]
+    TooLarge {
+        /// The message's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl CallError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> hal::ErrorKind {
+        match self {
+            CallError::Closed | CallError::Timeout(..) | CallError::Io(_) => hal::ErrorKind::Io,
+            CallError::Status { code, .. } => match *code {
+                code::UNIMPLEMENTED => hal::ErrorKind::Unsupported,
+                code::INVALID_ARGUMENT => hal::ErrorKind::InvalidInput,
+                code::FAILED_PRECONDITION => hal::ErrorKind::Busy,
+                _ => hal::ErrorKind::Io,
+            },
+            CallError::Decode(_) => hal::ErrorKind::Malformed,
+            CallError::TooLarge { .. } => hal::ErrorKind::InvalidInput,
+        }
+    }
+}
+
+/// Why a connection ended, as its reader saw it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ended {
+    /// The other side closed the socket.
+    #[error("closed by the other side")]
+    Closed,
+    /// The other side sent a message over ttrpc's limit (a mux frame or a ttrpc message).
+    #[error("a message of {size} bytes on mux connection {conn}, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The size announced by its header.
+        size: usize,
+        /// The limit.
+        limit: usize,
+        /// The mux connection.
+        conn: u32,
+    },
+    /// Bytes that break the framing.
+    #[error("{0}")]
+    Protocol(String),
+    /// Reading the socket failed.
+    #[error("reading the NRI socket: {0}")]
+    Io(String),
+}
+
+impl Ended {
+    /// The coarse kind of this reason.
+    pub fn kind(&self) -> hal::ErrorKind {
+        match self {
+            Ended::Closed | Ended::Io(_) => hal::ErrorKind::Io,
+            Ended::TooLarge { .. } => hal::ErrorKind::InvalidInput,
+            Ended::Protocol(_) => hal::ErrorKind::Malformed,
+        }
+    }
+
+    fn from_wire(error: &WireError) -> Ended {
+        match *error {
+            WireError::FrameTooLarge(size, conn) | WireError::MessageTooLarge(size, conn) => {
+                Ended::TooLarge {
+                    size,
+                    limit: MAX_DATA,
+                    conn,
+                }
+            }
+            _ => Ended::Protocol(error.to_string()),
+        }
+    }
+
+    fn from_io(error: &std::io::Error) -> Ended {
+        match error.get_ref().and_then(|e| e.downcast_ref::<WireError>()) {
+            Some(wire) => Ended::from_wire(wire),
+            None => Ended::Io(error.to_string()),
+        }
+    }
 }
 
 type Pending = Arc<Mutex<BTreeMap<u32, oneshot::Sender<Response>>>>;
@@ -74,6 +156,8 @@ pub struct Endpoint {
     pending: Pending,
     serve_conn: u32,
     call_conn: u32,
+    /// Why the reader stopped, once it has.
+    ended: Arc<Mutex<Option<Ended>>>,
 }
 
 impl Endpoint {
@@ -107,11 +191,13 @@ impl Endpoint {
         let (mut reader, writer) = socket.into_split();
         let pending: Pending = Arc::default();
         let (tx, rx) = mpsc::channel(64);
+        let ended: Arc<Mutex<Option<Ended>>> = Arc::default();
         let endpoint = Endpoint {
             writer: Arc::new(tokio::sync::Mutex::new((writer, 1))),
             pending: pending.clone(),
             serve_conn,
             call_conn,
+            ended: ended.clone(),
         };
         tokio::spawn(async move {
             let mut demux = match strict {
@@ -122,12 +208,12 @@ impl Endpoint {
             let reason = loop {
                 let (conn, payload) = match read_frame(&mut reader).await {
                     Ok(Some(frame)) => frame,
-                    Ok(None) => break "closed by the other side".to_owned(),
-                    Err(e) => break e.to_string(),
+                    Ok(None) => break Ended::Closed,
+                    Err(e) => break Ended::from_io(&e),
                 };
                 let messages = match demux.push(conn, &payload) {
                     Ok(messages) => messages,
-                    Err(e) => break e.to_string(),
+                    Err(e) => break Ended::from_wire(&e),
                 };
                 let mut refused = None;
                 for message in messages {
@@ -144,10 +230,21 @@ impl Endpoint {
                     dispatch(message, serve_conn, call_conn, &pending, &tx).await;
                 }
                 if let Some(reason) = refused {
-                    break reason;
+                    break Ended::Protocol(reason);
                 }
             };
-            tracing::debug!(%reason, "NRI connection ended");
+            match reason {
+                Ended::TooLarge { size, limit, conn } => tracing::warn!(
+                    size,
+                    limit,
+                    conn,
+                    "the NRI peer sent a message over ttrpc's size limit; the connection ends"
+                ),
+                ref other => tracing::debug!(reason = %other, "NRI connection ended"),
+            }
+            if let Ok(mut ended) = ended.lock() {
+                *ended = Some(reason);
+            }
             // Dropping the senders fails every waiting call.
             if let Ok(mut pending) = pending.lock() {
                 pending.clear();
@@ -212,8 +309,34 @@ impl Endpoint {
             .map_err(|e| CallError::Decode(format!("the answer to {method}: {e}")))
     }
 
-    /// Answers the call on `stream` with a message, or with an error status.
+    /// Why the connection ended; `None` while it is open (the receiver of calls ends after this is
+    /// set).
+    pub fn ended(&self) -> Option<Ended> {
+        self.ended.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Answers the call on `stream` with a message, or with an error status. An answer over ttrpc's
+    /// limit is logged and replaced by a `RESOURCE_EXHAUSTED` status, as a Go ttrpc server does, so
+    /// the caller is not left waiting; the error says so.
     pub async fn answer(
+        &self,
+        stream: u32,
+        result: Result<Vec<u8>, Status>,
+    ) -> Result<(), CallError> {
+        match self.answer_once(stream, result).await {
+            Err(CallError::TooLarge { size, limit }) => {
+                let refused = Status {
+                    code: code::RESOURCE_EXHAUSTED,
+                    message: format!("the answer of {size} bytes is over ttrpc's limit of {limit}"),
+                };
+                self.answer_once(stream, Err(refused)).await?;
+                Err(CallError::TooLarge { size, limit })
+            }
+            other => other,
+        }
+    }
+
+    async fn answer_once(
         &self,
         stream: u32,
         result: Result<Vec<u8>, Status>,
@@ -259,9 +382,23 @@ impl Endpoint {
     }
 }
 
-/// Encodes and writes one message.
+/// Encodes and writes one message; one over ttrpc's limit is logged at WARN and not sent.
 async fn write(writer: &mut OwnedWriteHalf, message: &Message) -> Result<(), CallError> {
-    let bytes = encode(message).map_err(|e| CallError::Io(e.to_string()))?;
+    let bytes = encode(message).map_err(|e| match e {
+        WireError::MessageTooLarge(size, conn) => {
+            tracing::warn!(
+                size,
+                limit = MAX_DATA,
+                conn,
+                "an NRI message over ttrpc's size limit is not sent (a Go peer would refuse it)"
+            );
+            CallError::TooLarge {
+                size,
+                limit: MAX_DATA,
+            }
+        }
+        other => CallError::Io(other.to_string()),
+    })?;
     writer
         .write_all(&bytes)
         .await
@@ -306,5 +443,45 @@ async fn dispatch(
             }
         }
         kind => tracing::debug!(?kind, conn = message.conn, "ignored ttrpc message"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::super::wire::{PLUGIN_CONN, RUNTIME_CONN};
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_not_sent_and_the_caller_gets_an_error_status() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (endpoint, _incoming) = Endpoint::start(ours, PLUGIN_CONN, RUNTIME_CONN);
+        let error = endpoint
+            .answer(7, Ok(vec![0; MAX_DATA + 1]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, CallError::TooLarge { size, limit: MAX_DATA } if size > MAX_DATA),
+            "{error}"
+        );
+        // The caller reads one answer on its stream: RESOURCE_EXHAUSTED, naming the limit.
+        let (conn, payload) = read_frame(&mut theirs).await.unwrap().unwrap();
+        let messages = Demux::default().push(conn, &payload).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(
+            (messages[0].conn, messages[0].stream, messages[0].kind),
+            (PLUGIN_CONN, 7, Kind::Response)
+        );
+        let status = Response::decode(messages[0].data.as_slice())
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(status.code, code::RESOURCE_EXHAUSTED);
+        assert!(status.message.contains("4194304"), "{}", status.message);
+        // The connection goes on: a small answer still gets through.
+        endpoint.answer(9, Ok(b"ok".to_vec())).await.unwrap();
+        let (conn, payload) = read_frame(&mut theirs).await.unwrap().unwrap();
+        let messages = Demux::default().push(conn, &payload).unwrap();
+        assert_eq!(messages[0].stream, 9);
     }
 }

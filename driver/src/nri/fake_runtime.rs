@@ -3,25 +3,31 @@
 //! the plugin's `Configure`, `Synchronize`, `CreateContainer`, ... and keeps its own table of containers
 //! with the CPUs the plugin gave them (adjustments and updates applied as a runtime applies them).
 //!
-//! It holds the plugin to containerd's behaviour: it reads as a Go peer does (frames over its 4 KiB read
-//! buffer and stream ids that do not increase end the connection), it serves `UpdateContainers` only
-//! between its own calls (containerd takes one lock for both, so a plugin that waits for that answer
-//! inside an event handler deadlocks here too), and it answers an error when any update fails, while an
-//! update of an unknown container is a success.
+//! It holds the plugin to containerd's behaviour:
+//!
+//! - it reads as a Go peer does (frames over its 4 KiB read buffer and stream ids that do not
+//!   increase end the connection);
+//! - it takes containerd's two locks ([`Locks`]) in containerd's orders, so a plugin that sends an
+//!   unsolicited `UpdateContainers` while a container event is on its way deadlocks it, as it
+//!   deadlocks containerd 1.7 and 2.1 (containerd issue #13733);
+//! - it answers an error when any update fails, while an update of an unknown container is a success;
+//! - like containerd 1.7 (NRI 0.6.1), it drops the plugin when a `Synchronize` is over ttrpc's limit
+//!   (its ttrpc client refuses to send it, and the failed synchronization closes the plugin).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message as _;
 use tokio::net::UnixListener;
-use tokio::sync::mpsc;
+use tokio::sync::{MutexGuard, mpsc, watch};
 
 use super::endpoint::{CallError, Endpoint, Incoming};
 use super::plugin::{PLUGIN_SERVICE, RUNTIME_SERVICE, event};
 use super::proto::api;
-use super::wire::{PLUGIN_CONN, RUNTIME_CONN};
+use super::wire::{MAX_DATA, PLUGIN_CONN, RUNTIME_CONN};
 
 /// How long the fake runtime waits for the plugin.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +43,23 @@ pub struct FakeRuntime {
     listener: UnixListener,
 }
 
+/// containerd's two locks around NRI (containerd 1.7 `pkg/nri/nri.go` and `pkg/cri/nri`, 2.x
+/// `internal/nri`; NRI `pkg/adaptation/adaptation.go` before containerd/nri#301):
+///
+/// - a container event (`CreateContainer`, `StopContainer`, `UpdateContainer`, `PostCreateContainer`
+///   → `StateChange`, ...) takes the CRI plugin's NRI lock, then, to call the plugins, the
+///   adaptation's lock; the updates in the plugins' answers are applied under the CRI lock;
+/// - a plugin's unsolicited `UpdateContainers` takes the adaptation's lock, then the CRI lock to
+///   apply them (`updateContainers` → `updateFn` → `updateFromPlugin`).
+///
+/// The orders are opposite: an `UpdateContainers` that gets the adaptation lock while an event holds
+/// the CRI lock deadlocks both, and every later container event on the node (issue #13733).
+#[derive(Clone, Default)]
+struct Locks {
+    cri: Arc<tokio::sync::Mutex<()>>,
+    adaptation: Arc<tokio::sync::Mutex<()>>,
+}
+
 /// A plugin that connected and registered.
 pub struct PluginConn {
     endpoint: Endpoint,
@@ -46,9 +69,19 @@ pub struct PluginConn {
     pub table: Table,
     /// Containers whose updates fail until removed from here.
     pub failing: Failing,
-    /// Held during each call to the plugin and while an `UpdateContainers` is applied.
-    busy: Arc<tokio::sync::Mutex<()>>,
+    locks: Locks,
     unsolicited: mpsc::UnboundedReceiver<api::UpdateContainersRequest>,
+    /// `UpdateContainers` calls received, applied or not.
+    received: Arc<AtomicUsize>,
+    /// `UpdateContainers` calls holding the adaptation lock and waiting for the CRI lock.
+    stuck: watch::Receiver<usize>,
+}
+
+/// A container event inside containerd's CRI plugin: it holds the CRI plugin's NRI lock until
+/// dropped, and calls the plugin under the adaptation lock.
+pub struct ContainerEvent<'a> {
+    conn: &'a PluginConn,
+    _cri: MutexGuard<'a, ()>,
 }
 
 impl FakeRuntime {
@@ -62,7 +95,15 @@ impl FakeRuntime {
     /// Waits for a plugin to connect and register, then configures it. Fails when the plugin does not
     /// register first, or registers twice.
     pub async fn accept(&self) -> Result<(PluginConn, api::ConfigureResponse), String> {
-        let (socket, _) = tokio::time::timeout(TIMEOUT, self.listener.accept())
+        self.accept_within(TIMEOUT).await
+    }
+
+    /// As [`FakeRuntime::accept`], waiting up to `wait` for the plugin to connect.
+    pub async fn accept_within(
+        &self,
+        wait: Duration,
+    ) -> Result<(PluginConn, api::ConfigureResponse), String> {
+        let (socket, _) = tokio::time::timeout(wait, self.listener.accept())
             .await
             .map_err(|_| "no plugin connected".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -85,12 +126,16 @@ impl FakeRuntime {
             .map_err(|e| e.to_string())?;
         let table: Table = Arc::default();
         let failing: Failing = Arc::default();
-        let busy = Arc::new(tokio::sync::Mutex::new(()));
+        let locks = Locks::default();
+        let received = Arc::new(AtomicUsize::new(0));
+        let (stuck_tx, stuck) = watch::channel(0);
         let (tx, unsolicited) = mpsc::unbounded_channel();
         let runtime = Runtime {
             table: table.clone(),
             failing: failing.clone(),
-            busy: busy.clone(),
+            locks: locks.clone(),
+            received: received.clone(),
+            stuck: stuck_tx,
         };
         tokio::spawn(serve_runtime(endpoint.clone(), incoming, runtime, tx));
         let conn = PluginConn {
@@ -98,8 +143,10 @@ impl FakeRuntime {
             registered: (register.plugin_name, register.plugin_idx),
             table,
             failing,
-            busy,
+            locks,
             unsolicited,
+            received,
+            stuck,
         };
         let configured = conn
             .call(
@@ -122,12 +169,14 @@ impl FakeRuntime {
 struct Runtime {
     table: Table,
     failing: Failing,
-    busy: Arc<tokio::sync::Mutex<()>>,
+    locks: Locks,
+    received: Arc<AtomicUsize>,
+    stuck: watch::Sender<usize>,
 }
 
-/// Answers the plugin's calls after registration: `UpdateContainers` is applied to the table (while
-/// no call to the plugin is in flight) and reported; a second `RegisterPlugin` or anything else is
-/// refused.
+/// Answers the plugin's calls after registration: `UpdateContainers` is applied to the table under
+/// the adaptation lock and then the CRI lock (see [`Locks`]) and reported; a second `RegisterPlugin`
+/// or anything else is refused.
 async fn serve_runtime(
     endpoint: Endpoint,
     mut incoming: mpsc::Receiver<Incoming>,
@@ -139,7 +188,11 @@ async fn serve_runtime(
             (RUNTIME_SERVICE, "UpdateContainers") => {
                 match api::UpdateContainersRequest::decode(request.payload.as_slice()) {
                     Ok(update) => {
-                        let _busy = runtime.busy.lock().await;
+                        runtime.received.fetch_add(1, Ordering::SeqCst);
+                        let _adaptation = runtime.locks.adaptation.lock().await;
+                        runtime.stuck.send_modify(|n| *n += 1);
+                        let _cri = runtime.locks.cri.lock().await;
+                        runtime.stuck.send_modify(|n| *n -= 1);
                         let failing = runtime
                             .failing
                             .lock()
@@ -225,20 +278,59 @@ pub fn pod(id: &str, uid: &str) -> api::PodSandbox {
 }
 
 impl PluginConn {
-    /// Calls a method of the plugin service.
+    /// Starts a container event: waits for the CRI plugin's NRI lock, and holds it until the event
+    /// is dropped.
+    pub async fn event(&self) -> ContainerEvent<'_> {
+        ContainerEvent {
+            conn: self,
+            _cri: self.locks.cri.lock().await,
+        }
+    }
+
+    /// Calls a method of the plugin service, as an event of its own.
     pub async fn call<R: prost::Message + Default>(
         &self,
         method: &str,
         request: &impl prost::Message,
     ) -> Result<R, CallError> {
-        let _busy = self.busy.lock().await;
-        self.endpoint
-            .call(PLUGIN_SERVICE, method, request, TIMEOUT)
+        self.event().await.call(method, request).await
+    }
+
+    /// Creates a container (see [`ContainerEvent::create`]), as an event of its own.
+    pub async fn create(
+        &self,
+        pod: &api::PodSandbox,
+        container: api::Container,
+    ) -> Result<api::CreateContainerResponse, CallError> {
+        self.event().await.create(pod, container).await
+    }
+
+    /// Stops and removes a container (see [`ContainerEvent::remove`]), as an event of its own.
+    pub async fn remove(
+        &self,
+        pod: &api::PodSandbox,
+        container: &api::Container,
+    ) -> Result<(), CallError> {
+        self.event().await.remove(pod, container).await
+    }
+
+    /// How many `UpdateContainers` the plugin sent, applied or not.
+    pub fn unsolicited_received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to `wait`) until an `UpdateContainers` holds the adaptation lock and waits for
+    /// the CRI lock: with a container event holding the CRI lock, containerd is deadlocked.
+    pub async fn update_waits_for_the_cri_lock(&self, wait: Duration) -> bool {
+        let mut stuck = self.stuck.clone();
+        tokio::time::timeout(wait, stuck.wait_for(|n| *n > 0))
             .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Reports the runtime's pods and containers (in chunks of `chunk` containers, with `more` set on
-    /// all but the last), applies the answer and records the containers.
+    /// all but the last), applies the answer and records the containers. A chunk over ttrpc's limit
+    /// is not sent: the runtime hangs up, as containerd 1.7 (NRI 0.6.1, which sends one chunk) does.
     pub async fn synchronize(
         &self,
         pods: Vec<api::PodSandbox>,
@@ -262,62 +354,18 @@ impl PluginConn {
                 containers: part,
                 more: i < last,
             };
+            let size = envelope_len("Synchronize", &request);
+            if size > MAX_DATA {
+                self.hang_up().await;
+                return Err(CallError::TooLarge {
+                    size,
+                    limit: MAX_DATA,
+                });
+            }
             answer = self.call("Synchronize", &request).await?;
         }
         apply(&self.table, &answer.update);
         Ok(answer)
-    }
-
-    /// Creates a container: on success it is in the table with the CPUs the adjustment gave it, and the
-    /// other containers' updates are applied.
-    pub async fn create(
-        &self,
-        pod: &api::PodSandbox,
-        container: api::Container,
-    ) -> Result<api::CreateContainerResponse, CallError> {
-        let request = api::CreateContainerRequest {
-            pod: Some(pod.clone()),
-            container: Some(container.clone()),
-        };
-        let answer: api::CreateContainerResponse = self.call("CreateContainer", &request).await?;
-        let adjusted = answer
-            .adjust
-            .as_ref()
-            .and_then(|a| a.linux.as_ref())
-            .and_then(|l| l.resources.as_ref())
-            .map(api::LinuxResources::cpus)
-            .filter(|c| !c.is_empty())
-            .unwrap_or(container.cpus())
-            .to_owned();
-        if let Ok(mut table) = self.table.lock() {
-            table.insert(container.id.clone(), adjusted);
-        }
-        apply(&self.table, &answer.update);
-        Ok(answer)
-    }
-
-    /// Stops and removes a container (StopContainer, then RemoveContainer as a StateChange).
-    pub async fn remove(
-        &self,
-        pod: &api::PodSandbox,
-        container: &api::Container,
-    ) -> Result<(), CallError> {
-        let stop = api::StopContainerRequest {
-            pod: Some(pod.clone()),
-            container: Some(container.clone()),
-        };
-        let answer: api::StopContainerResponse = self.call("StopContainer", &stop).await?;
-        if let Ok(mut table) = self.table.lock() {
-            table.remove(&container.id);
-        }
-        apply(&self.table, &answer.update);
-        let removed = api::StateChangeEvent {
-            event: event::REMOVE_CONTAINER,
-            pod: Some(pod.clone()),
-            container: Some(container.clone()),
-        };
-        self.call::<api::Empty>("StateChange", &removed).await?;
-        Ok(())
     }
 
     /// The next unsolicited `UpdateContainers` the plugin sent, if one comes within `wait`.
@@ -340,4 +388,84 @@ impl PluginConn {
     pub async fn hang_up(&self) {
         self.endpoint.close().await;
     }
+}
+
+impl ContainerEvent<'_> {
+    /// Calls a method of the plugin service under the adaptation lock.
+    pub async fn call<R: prost::Message + Default>(
+        &self,
+        method: &str,
+        request: &impl prost::Message,
+    ) -> Result<R, CallError> {
+        let _adaptation = self.conn.locks.adaptation.lock().await;
+        self.conn
+            .endpoint
+            .call(PLUGIN_SERVICE, method, request, TIMEOUT)
+            .await
+    }
+
+    /// Creates a container: on success it is in the table with the CPUs the adjustment gave it, and the
+    /// other containers' updates are applied (under the CRI lock this event holds, as containerd's
+    /// `applyUpdates`).
+    pub async fn create(
+        &self,
+        pod: &api::PodSandbox,
+        container: api::Container,
+    ) -> Result<api::CreateContainerResponse, CallError> {
+        let request = api::CreateContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        let answer: api::CreateContainerResponse = self.call("CreateContainer", &request).await?;
+        let adjusted = answer
+            .adjust
+            .as_ref()
+            .and_then(|a| a.linux.as_ref())
+            .and_then(|l| l.resources.as_ref())
+            .map(api::LinuxResources::cpus)
+            .filter(|c| !c.is_empty())
+            .unwrap_or(container.cpus())
+            .to_owned();
+        if let Ok(mut table) = self.conn.table.lock() {
+            table.insert(container.id.clone(), adjusted);
+        }
+        apply(&self.conn.table, &answer.update);
+        Ok(answer)
+    }
+
+    /// Stops and removes a container (StopContainer, then RemoveContainer as a StateChange).
+    pub async fn remove(
+        &self,
+        pod: &api::PodSandbox,
+        container: &api::Container,
+    ) -> Result<(), CallError> {
+        let stop = api::StopContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        let answer: api::StopContainerResponse = self.call("StopContainer", &stop).await?;
+        if let Ok(mut table) = self.conn.table.lock() {
+            table.remove(&container.id);
+        }
+        apply(&self.conn.table, &answer.update);
+        let removed = api::StateChangeEvent {
+            event: event::REMOVE_CONTAINER,
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        self.call::<api::Empty>("StateChange", &removed).await?;
+        Ok(())
+    }
+}
+
+/// The size of a call's ttrpc envelope, as the runtime's ttrpc client measures it.
+fn envelope_len(method: &str, request: &impl prost::Message) -> usize {
+    super::proto::ttrpc::Request {
+        service: PLUGIN_SERVICE.to_owned(),
+        method: method.to_owned(),
+        payload: request.encode_to_vec(),
+        timeout_nano: i64::try_from(TIMEOUT.as_nanos()).unwrap_or(i64::MAX),
+        metadata: Vec::new(),
+    }
+    .encoded_len()
 }

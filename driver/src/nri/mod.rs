@@ -4,7 +4,8 @@
 //! - [`wire`]: the mux and ttrpc framing on the runtime's socket;
 //! - [`endpoint`]: calls and answers over it, for either side;
 //! - [`policy`]: which CPUs each container gets, apart from the protocol;
-//! - [`plugin`]: registration, the event handlers, unsolicited updates, reconnection;
+//! - [`plugin`]: registration and the event handlers (whose answers carry the shared pool's moves);
+//! - [`reconnect`]: reconnection, with backoff;
 //! - [`stats`]: what it reports on `/metrics`;
 //! - `fake_runtime` (feature `fake-nri`): the runtime side, for tests.
 //!
@@ -15,6 +16,7 @@ pub mod endpoint;
 pub mod fake_runtime;
 pub mod plugin;
 pub mod policy;
+pub mod reconnect;
 pub mod stats;
 pub mod wire;
 

@@ -1,7 +1,19 @@
-//! The NRI plugin: connects to the runtime's socket, registers, and keeps every container on the CPUs
-//! [`Policy`] gives it. It reconnects when the runtime restarts (a fresh `Synchronize` rebuilds the
-//! state) and pushes unsolicited updates when claims are prepared or unprepared, so shared containers
-//! leave CPUs as soon as a claim takes them, not when the claim's container starts.
+//! The NRI plugin: registers on the runtime's socket and keeps every container on the CPUs [`Policy`]
+//! gives it. It reconnects when the runtime restarts ([`super::reconnect`]; a fresh `Synchronize`
+//! rebuilds the state).
+//!
+//! It never calls into the runtime while the runtime may be calling it: containerd 1.7 and 2.1 take
+//! two locks in opposite orders for a plugin's unsolicited `UpdateContainers` (the adaptation lock,
+//! then the CRI plugin's NRI lock) and for container events (the CRI plugin's lock, then the
+//! adaptation lock), and deadlock when both meet (containerd issue #13733, fixed by containerd/nri#301,
+//! which those releases do not have). So when claims are prepared or unprepared, the moves of other
+//! containers ride on the answers to the runtime's own events: NRI lets the answers to
+//! `CreateContainer`, `UpdateContainer` and `StopContainer` carry updates of any container. The
+//! kubelet creates a claim's container right after preparing the claim, so shared containers leave
+//! the claim's CPUs in the answer to that creation, before the container starts. A pool that grows
+//! (a claim unprepared, after its containers stopped) reaches the shared containers with the next
+//! container event on the node. Unsolicited updates remain, off by default
+//! ([`NriConfig::unsolicited_updates`]), for runtimes that have the fix.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,7 +24,7 @@ use prost::Message as _;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
-use super::endpoint::{CallError, Endpoint, Incoming, code};
+use super::endpoint::{CallError, Ended, Endpoint, Incoming, code};
 use super::policy::{ClaimCpus, Policy, Snapshot, SyncedContainer, Update};
 use super::proto::api;
 use super::proto::ttrpc::Status;
@@ -54,6 +66,10 @@ pub struct NriConfig {
     pub timeout: Duration,
     /// Where the plugin reports what it does (`/metrics`).
     pub stats: Arc<NriStats>,
+    /// Also push shared-pool changes at once with unsolicited `UpdateContainers` (and retry the
+    /// ones that fail). Off by default: it deadlocks containerd 1.7.x and 2.1.x (measured on 1.7.24
+    /// and 2.1.9; containerd issue #13733), safe only on a runtime whose NRI has containerd/nri#301.
+    pub unsolicited_updates: bool,
 }
 
 impl NriConfig {
@@ -66,6 +82,7 @@ impl NriConfig {
             index: "10".into(),
             timeout: Duration::from_secs(5),
             stats: Arc::default(),
+            unsolicited_updates: false,
         }
     }
 }
@@ -99,46 +116,67 @@ impl CpuSource {
     }
 }
 
-/// Runs the plugin until `stopped` turns true: connects, serves, and reconnects (every second, then
-/// backing off to 30 s) while the runtime is away.
-pub async fn run(config: NriConfig, source: CpuSource, mut stopped: watch::Receiver<bool>) {
-    let mut delay = Duration::from_secs(1);
-    let mut reported = false;
-    while !*stopped.borrow() {
-        match UnixStream::connect(&config.socket).await {
-            Ok(socket) => {
-                delay = Duration::from_secs(1);
-                reported = false;
-                tracing::info!(socket = %config.socket.display(), "connected to the NRI runtime");
-                let served = serve(socket, &config, source.clone(), stopped.clone()).await;
-                config.stats.set_connected(false);
-                match served {
-                    Ok(()) => tracing::info!("the NRI connection ended"),
-                    Err(error) => tracing::warn!(%error, "the NRI connection failed"),
-                }
-            }
-            Err(error) if !reported => {
-                tracing::warn!(socket = %config.socket.display(), %error,
-                    "cannot reach the NRI runtime (is NRI enabled?); retrying");
-                reported = true;
-            }
-            Err(_) => {}
+pub use super::reconnect::run;
+
+/// Why a connection to the runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NriError {
+    /// `RegisterPlugin` failed.
+    #[error("registering: {0}")]
+    Register(CallError),
+    /// The registration task failed.
+    #[error("registering: {0}")]
+    Task(String),
+    /// The connection broke (a message over the limit, bytes that are not NRI, a read error).
+    #[error("the NRI connection broke: {0}")]
+    Connection(Ended),
+    /// An answer could not be written.
+    #[error("answering the NRI runtime: {0}")]
+    Answer(CallError),
+}
+
+impl NriError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> hal::ErrorKind {
+        match self {
+            NriError::Register(e) | NriError::Answer(e) => e.kind(),
+            NriError::Task(_) => hal::ErrorKind::Io,
+            NriError::Connection(e) => e.kind(),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped.changed() => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// It got as far as a complete `Synchronize` (the runtime accepted the plugin).
+    pub synchronized: bool,
+    /// `Ok`: closed (by the runtime, or at `stopped`).
+    pub result: Result<(), NriError>,
 }
 
 /// Serves one connection until it ends or `stopped` turns true.
 pub async fn serve(
     socket: UnixStream,
     config: &NriConfig,
+    source: CpuSource,
+    stopped: watch::Receiver<bool>,
+) -> Outcome {
+    let mut synchronized = false;
+    let result = serve_inner(socket, config, source, stopped, &mut synchronized).await;
+    Outcome {
+        synchronized,
+        result,
+    }
+}
+
+async fn serve_inner(
+    socket: UnixStream,
+    config: &NriConfig,
     mut source: CpuSource,
     mut stopped: watch::Receiver<bool>,
-) -> Result<(), String> {
+    synchronized: &mut bool,
+) -> Result<(), NriError> {
     let (endpoint, mut incoming) = Endpoint::start(socket, PLUGIN_CONN, RUNTIME_CONN);
     let policy = Arc::new(Mutex::new(Policy::new(source.snapshot())));
     let register = api::RegisterPluginRequest {
@@ -157,34 +195,46 @@ pub async fn serve(
     };
     let mut registration = Some(registration);
     let mut sync = Vec::new();
-    // One pusher, so unsolicited updates reach the runtime in order; what it could not apply comes
-    // back, and is sent again at the next retry tick.
-    let (push_tx, mut push_rx) = mpsc::unbounded_channel::<Vec<Update>>();
+    // Only with `unsolicited_updates`: one pusher, so unsolicited updates reach the runtime in
+    // order; what it could not apply comes back, and is sent again at the next retry tick.
+    let (push_tx, push_rx) = mpsc::unbounded_channel::<Vec<Update>>();
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<Vec<String>>();
-    let pusher = {
-        let endpoint = endpoint.clone();
-        let timeout = config.timeout;
-        tokio::spawn(async move {
-            while let Some(updates) = push_rx.recv().await {
-                let failed = push(&endpoint, updates, timeout).await;
-                if !failed.is_empty() && failed_tx.send(failed).is_err() {
-                    return;
-                }
-            }
-        })
-    };
-    let _stop_pusher = AbortOnDrop(pusher);
+    let _stop_pusher = config.unsolicited_updates.then(|| {
+        AbortOnDrop(tokio::spawn(pusher(
+            endpoint.clone(),
+            config.timeout,
+            push_rx,
+            failed_tx,
+        )))
+    });
     let mut retry = tokio::time::interval(RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             call = incoming.recv() => {
                 let Some(Incoming { stream, request }) = call else {
-                    return Ok(());
+                    return match endpoint.ended() {
+                        None | Some(Ended::Closed) => Ok(()),
+                        Some(ended) => Err(NriError::Connection(ended)),
+                    };
                 };
+                // Claims prepared since the last event: this event's answer carries the moves.
+                if source.claims.has_changed().unwrap_or(false) {
+                    let snapshot = source.snapshot();
+                    if let Ok(mut policy) = policy.lock() {
+                        policy.replace_snapshot(snapshot);
+                    }
+                }
                 let answer = handle(&policy, &mut sync, &request.service, &request.method, &request.payload);
                 count(&policy, &config.stats, request.method == "CreateContainer" && answer.is_err());
-                endpoint.answer(stream, answer).await.map_err(|e| e.to_string())?;
+                if request.method == "Synchronize" && sync.is_empty() && answer.is_ok() {
+                    *synchronized = true;
+                }
+                match endpoint.answer(stream, answer).await {
+                    // Logged, and refused to the runtime with a status: the connection goes on.
+                    Ok(()) | Err(CallError::TooLarge { .. }) => {}
+                    Err(error) => return Err(NriError::Answer(error)),
+                }
             }
             Some(registered) = async { match registration.as_mut() { Some(r) => Some(r.await), None => None } } => {
                 registration = None;
@@ -193,8 +243,8 @@ pub async fn serve(
                         config.stats.set_connected(true);
                         tracing::info!(name = %config.name, index = %config.index, "registered with the NRI runtime")
                     }
-                    Ok(Err(error)) => return Err(format!("registering: {error}")),
-                    Err(error) => return Err(format!("registering: {error}")),
+                    Ok(Err(error)) => return Err(NriError::Register(error)),
+                    Err(error) => return Err(NriError::Task(error.to_string())),
                 }
             }
             changed = source.claims.changed() => {
@@ -202,10 +252,16 @@ pub async fn serve(
                     return Ok(());
                 }
                 let snapshot = source.snapshot();
-                let updates = policy.lock().map(|mut p| p.set_snapshot(snapshot)).unwrap_or_default();
-                if !updates.is_empty() {
-                    // Sent by the pusher task: the runtime may call us before it answers.
-                    let _ = push_tx.send(updates);
+                let Ok(mut policy) = policy.lock() else { continue };
+                if config.unsolicited_updates {
+                    let updates = policy.set_snapshot(snapshot);
+                    if !updates.is_empty() {
+                        // Sent by the pusher task: the runtime may call us before it answers.
+                        let _ = push_tx.send(updates);
+                    }
+                } else {
+                    // Owed until the runtime's next event (see the module's doc).
+                    policy.replace_snapshot(snapshot);
                 }
             }
             Some(failed) = failed_rx.recv() => {
@@ -214,7 +270,7 @@ pub async fn serve(
                     policy.invalidate(&failed);
                 }
             }
-            _ = retry.tick() => {
+            _ = retry.tick(), if config.unsolicited_updates => {
                 let updates = policy.lock().map(|mut p| p.retry()).unwrap_or_default();
                 if !updates.is_empty() {
                     let _ = push_tx.send(updates);
@@ -224,6 +280,21 @@ pub async fn serve(
                 endpoint.close().await;
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Sends the unsolicited updates it receives, one call at a time, and reports the ones that failed.
+async fn pusher(
+    endpoint: Endpoint,
+    timeout: Duration,
+    mut updates: mpsc::UnboundedReceiver<Vec<Update>>,
+    failed: mpsc::UnboundedSender<Vec<String>>,
+) {
+    while let Some(batch) = updates.recv().await {
+        let refused = push(&endpoint, batch, timeout).await;
+        if !refused.is_empty() && failed.send(refused).is_err() {
+            return;
         }
     }
 }
@@ -243,7 +314,7 @@ fn count(policy: &Mutex<Policy>, stats: &NriStats, refused: bool) {
     }
 }
 
-/// How often updates the runtime did not apply are sent again.
+/// How often unsolicited updates the runtime did not apply are sent again.
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Aborts a task when dropped (the pusher ends with its connection).
@@ -304,7 +375,8 @@ fn resources(cpus: &CpuSet) -> api::LinuxResources {
 
 /// An update of another container's CPUs. `ignore_failure`: a container that exits at that moment must
 /// not fail the event (some containerd releases fail the container being created, or drop the plugin
-/// after a failed Synchronize); an update that did not apply is corrected by the next change or retry.
+/// after a failed Synchronize); an update that did not apply is corrected at the next `Synchronize`
+/// (or, with unsolicited updates, by the next retry).
 fn container_update((id, cpus): Update) -> api::ContainerUpdate {
     api::ContainerUpdate {
         container_id: id,
@@ -437,8 +509,11 @@ fn handle(
         }
         "StopContainer" => {
             let request: api::StopContainerRequest = decode(method, payload)?;
-            policy.forget(&request.container.map(|c| c.id).unwrap_or_default());
-            api::StopContainerResponse { update: Vec::new() }.encode_to_vec()
+            let id = request.container.map(|c| c.id).unwrap_or_default();
+            api::StopContainerResponse {
+                update: policy.stop(&id).into_iter().map(container_update).collect(),
+            }
+            .encode_to_vec()
         }
         "RemoveContainer" => {
             let request: api::RemoveContainerRequest = decode(method, payload)?;

@@ -181,11 +181,24 @@ impl Policy {
         Ok((cpus, updates))
     }
 
-    /// A container's resources being updated by the runtime (the kubelet): its CPUs stay ours.
-    pub fn update(&self, id: &str) -> Option<Update> {
-        let tracked = self.containers.get(id)?;
-        let cpus = self.cpus_for(&tracked.placement);
-        (!cpus.is_empty()).then(|| (id.to_owned(), cpus))
+    /// A container's resources being updated by the runtime (the kubelet): its CPUs stay ours, and
+    /// the answer also carries what other containers are owed ([`Policy::owed`]).
+    pub fn update(&mut self, id: &str) -> Vec<Update> {
+        let mut updates = self.owed();
+        if let Some(tracked) = self.containers.get(id) {
+            let cpus = self.cpus_for(&tracked.placement);
+            if !cpus.is_empty() && !updates.iter().any(|(u, _)| u == id) {
+                updates.push((id.to_owned(), cpus));
+            }
+        }
+        updates
+    }
+
+    /// A container stopping: it is forgotten, and the answer carries what the remaining containers
+    /// are owed.
+    pub fn stop(&mut self, id: &str) -> Vec<Update> {
+        self.containers.remove(id);
+        self.owed()
     }
 
     /// A container stopped or removed.
@@ -215,9 +228,22 @@ impl Policy {
         self.rebalance()
     }
 
-    /// New claims: the updates that move containers to the new pool (never to an empty one).
+    /// New claims: the updates that move containers to the new pool (never to an empty one), for a
+    /// caller that sends them at once (unsolicited).
     pub fn set_snapshot(&mut self, snapshot: Snapshot) -> Vec<Update> {
         self.snapshot = snapshot;
+        self.rebalance()
+    }
+
+    /// New claims, with nothing sent: the moves they cause are owed until the next event whose
+    /// answer may carry them ([`Policy::owed`]).
+    pub fn replace_snapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot = snapshot;
+    }
+
+    /// The updates owed to containers not on the CPUs of their placement (to send now; each is
+    /// then counted as applied). An empty target is skipped with a warning.
+    pub fn owed(&mut self) -> Vec<Update> {
         self.rebalance()
     }
 
@@ -245,6 +271,8 @@ impl Policy {
 
     fn rebalance_with(&mut self, warn: bool) -> Vec<Update> {
         let mut updates = Vec::new();
+        let mut spent = 0;
+        let mut deferred = 0;
         let targets: Vec<(String, CpuSet)> = self
             .containers
             .iter()
@@ -261,12 +289,35 @@ impl Policy {
                 continue;
             }
             if tracked.cpus.as_ref() != Some(&target) {
+                let size = update_size(&id, &target);
+                if spent + size > ANSWER_BUDGET {
+                    deferred += 1;
+                    continue;
+                }
+                spent += size;
                 tracked.cpus = Some(target.clone());
                 updates.push((id, target));
             }
         }
+        if deferred > 0 {
+            tracing::warn!(
+                sent = updates.len(),
+                deferred,
+                budget = ANSWER_BUDGET,
+                "too many CPU updates for one NRI message; the rest go with the next ones"
+            );
+        }
         updates
     }
+}
+
+/// The most bytes of updates one message carries: half of ttrpc's 4 MiB limit, which a runtime
+/// refuses to read past. Updates over it stay owed and go with the next answer (or retry).
+pub const ANSWER_BUDGET: usize = 2 << 20;
+
+/// About what an update of `id` to `cpus` takes in a message (the id, the cpulist, the framing).
+fn update_size(id: &str, cpus: &CpuSet) -> usize {
+    id.len() + cpus.to_cpulist().len() + 32
 }
 
 /// A container as the runtime reports it at `Synchronize`.

@@ -117,6 +117,13 @@ pub struct PluginArgs {
     #[arg(long, env = "NRI_INDEX", value_name = "NN", default_value = "10",
           value_parser = crate::nri::plugin::parse_index)]
     pub nri_index: String,
+
+    /// Also move running containers at once when a claim is prepared or unprepared, with unsolicited
+    /// NRI UpdateContainers calls. UNSAFE on containerd 1.7.x and 2.1.x (measured on 1.7.24 and
+    /// 2.1.9): it deadlocks the runtime's NRI (containerd issue #13733) unless its NRI has
+    /// containerd/nri#301. Off: the moves ride on the answers to the runtime's container events.
+    #[arg(long, env = "NRI_UNSOLICITED_UPDATES")]
+    pub nri_unsolicited_updates: bool,
 }
 
 /// Starts logging (`RUST_LOG` filters, default `info`).
@@ -278,6 +285,7 @@ pub async fn run(
         }
         let mut nri = crate::nri::plugin::NriConfig::new(&args.nri_socket);
         nri.index = args.nri_index.clone();
+        nri.unsolicited_updates = args.nri_unsolicited_updates;
         metrics.set_nri(nri.stats.clone());
         let inventory = inventory.clone();
         let reserved = config.reserved_cpus.clone();

@@ -145,9 +145,80 @@ fn synchronize_rebuilds_the_table_and_updates_only_what_differs() {
         ]
     );
     assert!(!policy.containers().contains_key("gone"));
-    assert_eq!(policy.update("mine"), Some(("mine".to_owned(), set("6-7"))));
+    assert_eq!(policy.update("mine"), vec![("mine".to_owned(), set("6-7"))]);
     policy.forget("mine");
-    assert_eq!(policy.update("mine"), None);
+    assert_eq!(policy.update("mine"), vec![]);
+}
+
+#[test]
+fn a_new_snapshot_is_owed_to_the_next_event_and_sent_once() {
+    let mut policy = Policy::new(snapshot("0-7", &[]));
+    policy.create("shared", "s", "pod-0", &[]).unwrap();
+    policy.create("other", "o", "pod-0", &[]).unwrap();
+    // A claim is prepared: nothing is sent until the runtime calls.
+    policy.replace_snapshot(snapshot("0-7", &[("a", "0-1", &["pod-1"])]));
+    // Its container's creation carries the moves of the others.
+    let (cpus, updates) = policy
+        .create("pinned", "p", "pod-1", &env(&["DRA_CPUSET_a=0-1"]))
+        .unwrap();
+    assert_eq!(cpus, set("0-1"));
+    assert_eq!(
+        updates,
+        vec![
+            ("other".to_owned(), set("2-7")),
+            ("shared".to_owned(), set("2-7"))
+        ]
+    );
+    // Its stop (before the claim is unprepared) owes nothing: the claim still holds its CPUs.
+    assert_eq!(policy.stop("pinned"), vec![]);
+    policy.replace_snapshot(snapshot("0-7", &[]));
+    // The next event of any container carries the grown pool, for every other container too.
+    assert_eq!(
+        policy.update("shared"),
+        vec![
+            ("other".to_owned(), set("0-7")),
+            ("shared".to_owned(), set("0-7"))
+        ]
+    );
+    // Sent once: a second event owes nothing but the container's own CPUs.
+    assert_eq!(
+        policy.update("shared"),
+        vec![("shared".to_owned(), set("0-7"))]
+    );
+    policy.replace_snapshot(snapshot("0-7", &[("b", "6-7", &[])]));
+    assert_eq!(
+        policy.stop("other"),
+        vec![("shared".to_owned(), set("0-5"))]
+    );
+}
+
+#[test]
+fn updates_over_one_messages_budget_are_owed_to_the_next_event() {
+    let mut policy = Policy::new(snapshot("0-7", &[]));
+    // 6 000 containers with 400-byte ids: about 2.6 MB of updates, over the budget of one message.
+    let running = (0..6000)
+        .map(|i| SyncedContainer {
+            id: format!("{i:0>400}"),
+            name: format!("c{i}"),
+            pod_uid: "pod-0".into(),
+            env: Vec::new(),
+            cpus: Some(set("0-7")),
+        })
+        .collect();
+    assert!(policy.synchronize(running).is_empty());
+    policy.replace_snapshot(snapshot("0-7", &[("a", "0-1", &[])]));
+    let first = policy.owed();
+    let size: usize = first
+        .iter()
+        .map(|(id, c)| id.len() + c.to_cpulist().len() + 32)
+        .sum();
+    assert!(size <= ANSWER_BUDGET, "{size}");
+    assert!(first.len() > 4000 && first.len() < 6000, "{}", first.len());
+    // The rest go with the next event, and then nothing is owed.
+    let second = policy.owed();
+    assert_eq!(first.len() + second.len(), 6000);
+    assert!(second.iter().all(|(_, cpus)| *cpus == set("2-7")));
+    assert!(policy.owed().is_empty());
 }
 
 proptest! {
@@ -228,6 +299,93 @@ proptest! {
                         }
                     }
                     Placement::Shared => {}
+                }
+            }
+        }
+    }
+
+    /// As the kubelet drives it, with updates only in the answers to events: a claim's container is
+    /// created right after the claim is prepared, and stopped before it is unprepared. Every container
+    /// runs on a non-empty set of allocatable CPUs, a claim container on exactly its claim's, and a
+    /// shared one on a part of the pool (all of it once an event has passed), never on a claimed CPU.
+    /// (The pool never empties here; that case is tested above.)
+    #[test]
+    fn answers_to_events_keep_claimed_cpus_free_of_other_containers(
+        steps in proptest::collection::vec((0u8..5, 0u32..16, 1u32..5, 0usize..8), 1..60),
+    ) {
+        let allocatable: CpuSet = (0..16).collect();
+        let mut claims: BTreeMap<String, ClaimCpus> = BTreeMap::new();
+        let mut policy = Policy::new(Snapshot { allocatable: allocatable.clone(), claims: claims.clone() });
+        let mut runtime: BTreeMap<String, CpuSet> = BTreeMap::new();
+        let mut next = 0;
+        let apply = |runtime: &mut BTreeMap<String, CpuSet>, updates: Vec<Update>| {
+            for (id, cpus) in updates {
+                if let Some(current) = runtime.get_mut(&id) {
+                    *current = cpus;
+                }
+            }
+        };
+        for (op, first, len, pick) in steps {
+            match op {
+                // Prepare a claim on free CPUs and create its container.
+                0 => {
+                    let taken: CpuSet = claims.values().flat_map(|c| c.cpus.iter()).collect();
+                    let cpus: CpuSet = (first..first + len).filter(|c| allocatable.contains(*c) && !taken.contains(*c)).collect();
+                    if cpus.is_empty() || allocatable.difference(&taken).difference(&cpus).is_empty() {
+                        continue;
+                    }
+                    let uid = format!("c{next}");
+                    let pod = format!("p{next}");
+                    next += 1;
+                    claims.insert(uid.clone(), ClaimCpus { cpus: cpus.clone(), pods: vec![pod.clone()] });
+                    policy.replace_snapshot(Snapshot { allocatable: allocatable.clone(), claims: claims.clone() });
+                    let id = format!("k-{uid}");
+                    let (got, updates) = policy.create(&id, &id, &pod, &[format!("DRA_CPUSET_{uid}={cpus}")]).unwrap();
+                    prop_assert_eq!(&got, &cpus);
+                    apply(&mut runtime, updates);
+                    runtime.insert(id, got);
+                }
+                // Stop a claim's container, then unprepare the claim.
+                1 => {
+                    let Some(uid) = claims.keys().nth(pick).cloned() else { continue };
+                    let id = format!("k-{uid}");
+                    if runtime.remove(&id).is_some() {
+                        let updates = policy.stop(&id);
+                        apply(&mut runtime, updates);
+                    }
+                    claims.remove(&uid);
+                    policy.replace_snapshot(Snapshot { allocatable: allocatable.clone(), claims: claims.clone() });
+                }
+                // Start a shared container.
+                2 => {
+                    let id = format!("s{next}");
+                    next += 1;
+                    if let Ok((cpus, updates)) = policy.create(&id, &id, "shared-pod", &[]) {
+                        apply(&mut runtime, updates);
+                        runtime.insert(id, cpus);
+                    }
+                }
+                // Stop a shared container.
+                3 => {
+                    let Some(id) = runtime.keys().filter(|k| k.starts_with('s')).nth(pick).cloned() else { continue };
+                    runtime.remove(&id);
+                    let updates = policy.stop(&id);
+                    apply(&mut runtime, updates);
+                }
+                // The kubelet updates a container's resources.
+                _ => {
+                    let Some(id) = runtime.keys().nth(pick).cloned() else { continue };
+                    let updates = policy.update(&id);
+                    apply(&mut runtime, updates);
+                }
+            }
+            let exclusive: CpuSet = claims.values().flat_map(|c| c.cpus.iter()).collect();
+            let pool = allocatable.difference(&exclusive);
+            for (id, cpus) in &runtime {
+                prop_assert!(!cpus.is_empty(), "{id}");
+                match id.strip_prefix("k-") {
+                    Some(uid) => prop_assert_eq!(cpus, &claims[uid].cpus),
+                    None => prop_assert!(cpus.is_subset(&pool), "{id} on {cpus}, pool {pool}"),
                 }
             }
         }

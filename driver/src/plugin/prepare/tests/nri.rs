@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use crate::nri::fake_runtime::{FakeRuntime, container, pod};
 use crate::nri::plugin::{CpuSource, NriConfig, run};
 
@@ -22,7 +20,7 @@ async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_con
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let plugin = tokio::spawn(run(NriConfig::new(&socket), source, stopped));
-    let (mut conn, _) = runtime.accept().await.unwrap();
+    let (conn, _) = runtime.accept().await.unwrap();
 
     // A container that was running before: confined to the whole pool, every online CPU of the node.
     let other = pod("sandbox-0", "pod-other");
@@ -32,23 +30,23 @@ async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_con
         .unwrap();
     assert_eq!(conn.cpus("shared").unwrap(), "0-223");
 
-    // A claim is prepared: the checkpoint's CPUs leave the pool at once, before its container starts.
+    // A claim is prepared, then its container, with the env of the claim's CDI spec, is created: it
+    // runs on exactly the claim's CPUs, and the answer to its creation moves the shared container
+    // off them, before it starts.
     s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
     preparer.prepare(vec![reference("a")]).await["a"]
         .clone()
         .unwrap();
-    let update = conn.next_unsolicited(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(update.update.len(), 1);
-    assert_eq!(conn.cpus("shared").unwrap(), "2-111,114-223");
-
-    // Its container, with the env of the claim's CDI spec, runs on exactly the claim's CPUs.
     let owner = pod("sandbox-a", "pod-a");
     let env = env_of(&s.spec("a"));
     let env: Vec<&str> = env.iter().map(String::as_str).collect();
-    conn.create(&owner, container("pinned", &owner, &env, ""))
+    let answer = conn
+        .create(&owner, container("pinned", &owner, &env, ""))
         .await
         .unwrap();
+    assert_eq!(answer.update.len(), 1);
     assert_eq!(conn.cpus("pinned").unwrap(), "0-1,112-113");
+    assert_eq!(conn.cpus("shared").unwrap(), "2-111,114-223");
 
     // Another pod naming the same claim is refused, with the reason.
     let thief = pod("sandbox-t", "pod-thief");
@@ -63,11 +61,16 @@ async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_con
     );
     assert_eq!(conn.cpus("stolen"), None);
 
-    // Unprepared: the CPUs go back to the pool, for every container.
+    // Unprepared: the CPUs go back to the pool, for every container (even one of the claim's, had
+    // it not been stopped first), with the next container event on the node.
     preparer.unprepare(vec![reference("a")]).await;
-    conn.next_unsolicited(Duration::from_secs(5)).await.unwrap();
+    conn.create(&other, container("next", &other, &[], ""))
+        .await
+        .unwrap();
     assert_eq!(conn.cpus("shared").unwrap(), "0-223");
     assert_eq!(conn.cpus("pinned").unwrap(), "0-223");
+    assert_eq!(conn.cpus("next").unwrap(), "0-223");
+    assert_eq!(conn.unsolicited_received(), 0);
     let _ = stop.send(true);
     plugin.await.unwrap();
 }

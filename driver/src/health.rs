@@ -1,10 +1,12 @@
 //! GPU health: a GPU that reported a critical XID through NVML, or that was seen and is gone (fallen
 //! off the bus, removed), is published with the taint `<driver>/unhealthy=<reason>:NoSchedule`
 //! (`xid-79`, `missing`), so the scheduler gives it to no new claim that does not tolerate it, and it is
-//! reported in the log. A missing GPU keeps its name and attributes (its last-known view), so claims
-//! that hold it still find it, and Prepare refuses it. Health is sticky until the plugin restarts, as in
-//! NVIDIA's device plugin: an XID often means the GPU needs a reset. Device taints are alpha in
-//! Kubernetes 1.34 (`DRADeviceTaints`): without the gate the API server drops them.
+//! reported in the log and to the kubelet ([`report`]). A missing GPU keeps its name and attributes
+//! (its last-known view), so claims that hold it still find it, and Prepare refuses it. A GPU is gone
+//! after [`MISSES_FOR_GONE`] rescans in a row without it (one missed read is not a lost GPU) and healthy
+//! again when it is back. An XID is sticky while its GPU (its UUID) is at that address, as in NVIDIA's
+//! device plugin: an XID often means the GPU needs a reset. Device taints are alpha in Kubernetes 1.34
+//! and 1.35 (`DRADeviceTaints`; without the gate the API server drops them) and beta from 1.36.
 
 use std::collections::BTreeMap;
 
@@ -52,7 +54,16 @@ impl Unhealthy {
 pub struct Health {
     seen: BTreeMap<PciAddress, (GpuInfo, Option<PciFunction>)>,
     unhealthy: BTreeMap<PciAddress, Unhealthy>,
+    /// The UUID of the GPU an XID was recorded for, by address: the taint stays while that GPU is
+    /// there and goes with it.
+    xid_uuid: BTreeMap<PciAddress, Option<String>>,
+    /// Consecutive rescans that did not find a GPU seen before.
+    misses: BTreeMap<PciAddress, u32>,
 }
+
+/// Rescans in a row that must miss a GPU before it is "gone": one missed read (a rescan racing a
+/// driver reload, a slow sysfs under load) is not a lost GPU.
+pub const MISSES_FOR_GONE: u32 = 2;
 
 impl Health {
     /// Records an XID event; true when it makes a GPU unhealthy that was not. Application XIDs (13,
@@ -69,28 +80,52 @@ impl Health {
         let Some(address) = found else {
             return false;
         };
-        if self.unhealthy.contains_key(&address) {
+        if self
+            .unhealthy
+            .get(&address)
+            .is_some_and(|u| u.reason != MISSING)
+        {
             return false;
         }
         let reason = format!("xid-{}", event.xid);
         tracing::warn!(gpu = %address, uuid = %event.uuid, %reason, "GPU unhealthy: critical XID");
         self.unhealthy.insert(address, Unhealthy::now(reason));
+        self.xid_uuid.insert(address, Some(event.uuid.clone()));
         true
     }
 
-    /// Brings back GPUs seen before and gone now (as they were last seen), and marks every unhealthy
-    /// GPU in `inventory.gpu_health`.
+    /// Brings back GPUs seen before and missing now (as they were last seen), marks a GPU gone after
+    /// [`MISSES_FOR_GONE`] rescans in a row without it, clears "gone" when it is back, clears an XID
+    /// when another GPU (another UUID) sits at its address, and marks every unhealthy GPU in
+    /// `inventory.gpu_health`. An XID stays while its GPU is there: it usually needs a reset.
     pub fn apply(&mut self, inventory: &mut Inventory) {
         for gpu in &inventory.gpus {
-            let function = inventory.function(gpu.pci_address).cloned();
-            self.seen.insert(gpu.pci_address, (gpu.clone(), function));
+            let address = gpu.pci_address;
+            self.misses.remove(&address);
+            let back = self
+                .unhealthy
+                .get(&address)
+                .is_some_and(|u| u.reason == MISSING);
+            let replaced = self
+                .xid_uuid
+                .get(&address)
+                .is_some_and(|uuid| uuid.is_some() && gpu.uuid.is_some() && *uuid != gpu.uuid);
+            if back || replaced {
+                tracing::info!(gpu = %address, uuid = ?gpu.uuid, "GPU healthy again: it is back");
+                self.unhealthy.remove(&address);
+                self.xid_uuid.remove(&address);
+            }
+            let function = inventory.function(address).cloned();
+            self.seen.insert(address, (gpu.clone(), function));
         }
         let present: Vec<PciAddress> = inventory.gpus.iter().map(|g| g.pci_address).collect();
         for (address, (gpu, function)) in &self.seen {
             if present.contains(address) {
                 continue;
             }
-            if !self.unhealthy.contains_key(address) {
+            let misses = self.misses.entry(*address).or_default();
+            *misses = misses.saturating_add(1);
+            if *misses >= MISSES_FOR_GONE && !self.unhealthy.contains_key(address) {
                 tracing::warn!(gpu = %address, "GPU unhealthy: it is gone from the machine");
                 self.unhealthy
                     .insert(*address, Unhealthy::now(MISSING.into()));
@@ -255,6 +290,14 @@ mod tests {
         let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
         after.gpus.retain(|g| g.pci_address != gone);
         after.pci.retain(|f| f.address != gone);
+        let without = after.clone();
+        health.apply(&mut after);
+        assert_eq!(
+            taints(&after, "gpu-0008-06-00-0"),
+            [],
+            "one missed rescan keeps it published, untainted"
+        );
+        let mut after = without;
         health.apply(&mut after);
         assert_eq!(
             taints(&after, "gpu-0008-06-00-0"),
@@ -316,5 +359,66 @@ mod tests {
             describe(MISSING),
             "the GPU was seen and is gone from the machine (fallen off the bus or removed)"
         );
+    }
+
+    #[test]
+    fn a_gone_gpu_that_comes_back_is_healthy_and_an_xid_goes_only_with_its_gpu() {
+        let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+        let without = || {
+            let mut inventory = gb300();
+            inventory.gpus.retain(|g| g.pci_address != gone);
+            inventory.pci.retain(|f| f.address != gone);
+            inventory
+        };
+        let mut health = Health::default();
+        health.apply(&mut gb300());
+        health.apply(&mut without());
+        health.apply(&mut without());
+        let mut back = gb300();
+        assert_eq!(
+            taints(&back, "gpu-0008-06-00-0"),
+            [],
+            "a fresh inventory has no taint"
+        );
+        let mut missing = without();
+        health.apply(&mut missing);
+        assert_eq!(missing.gpu_health[&gone].reason, MISSING);
+        health.apply(&mut back);
+        assert!(back.gpu_health.is_empty(), "{:?}", back.gpu_health);
+        assert_eq!(taints(&back, "gpu-0008-06-00-0"), []);
+
+        // An XID is sticky while its GPU is there, gone or not, ...
+        let uuid = back
+            .gpus
+            .iter()
+            .find(|g| g.pci_address == gone)
+            .unwrap()
+            .uuid
+            .clone()
+            .unwrap();
+        assert!(health.record_xid(&XidEvent {
+            uuid: uuid.clone(),
+            xid: 79
+        }));
+        let mut inventory = gb300();
+        health.apply(&mut inventory);
+        assert_eq!(inventory.gpu_health[&gone].reason, "xid-79");
+        health.apply(&mut without());
+        health.apply(&mut without());
+        let mut inventory = gb300();
+        health.apply(&mut inventory);
+        assert_eq!(
+            inventory.gpu_health[&gone].reason, "xid-79",
+            "the same GPU came back"
+        );
+        // ... and goes when another GPU (a replacement) sits at its address.
+        let mut replaced = gb300();
+        for gpu in &mut replaced.gpus {
+            if gpu.pci_address == gone {
+                gpu.uuid = Some("GPU-replacement".into());
+            }
+        }
+        health.apply(&mut replaced);
+        assert!(replaced.gpu_health.is_empty(), "{:?}", replaced.gpu_health);
     }
 }

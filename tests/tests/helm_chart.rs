@@ -269,6 +269,33 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
                 "{mounts:?}"
             );
         }
+
+        // Status writes: resourceclaims/status, and on 1.36+ the associated-node verbs on the
+        // synthetic resourceclaims/driver subresource for exactly this driver's name.
+        if let Some(role) = docs.iter().find(|d| d["kind"] == "ClusterRole") {
+            let driver = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--driver-name="))
+                .unwrap_or("hal.dra.dev");
+            let rules = role["rules"].as_array().unwrap();
+            let rule = |resource: &str| {
+                rules
+                    .iter()
+                    .find(|r| r["resources"] == json!([resource]))
+                    .unwrap_or_else(|| panic!("{variant}: no rule for {resource}"))
+            };
+            assert_eq!(
+                rule("resourceclaims/status")["verbs"],
+                json!(["get", "patch"])
+            );
+            let granular = rule("resourceclaims/driver");
+            assert_eq!(granular["apiGroups"], json!(["resource.k8s.io"]));
+            assert_eq!(granular["resourceNames"], json!([driver]), "{variant}");
+            assert_eq!(
+                granular["verbs"],
+                json!(["associated-node:patch", "associated-node:update"])
+            );
+        }
     }
     assert_eq!(validated, (13 + 5 + 13) * VERSIONS.len());
 

@@ -48,15 +48,54 @@ fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
     }
 }
 
+/// How every file the backends read is opened: without blocking. A FIFO put in place of an attribute
+/// would block `open(2)` (and then `read(2)`) until a writer came; with `O_NONBLOCK` the open returns
+/// at once and [`regular_file`] refuses it. On regular files `O_NONBLOCK` changes nothing.
+fn read_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC
+}
+
+/// Opens `path` for reading without blocking and refuses anything that is not a regular file (a FIFO,
+/// a socket, a device, a directory), naming the path. Every file the sysfs backend reads is opened
+/// this way (attributes, `/proc` files, the pci.ids database).
+pub fn open_regular(path: &Path) -> Result<fs::File> {
+    regular_file(
+        rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty()),
+        path,
+    )
+}
+
+/// Checks what an open returned: an open file must be a regular file (`fstat`).
+fn regular_file(opened: rustix::io::Result<rustix::fd::OwnedFd>, path: &Path) -> Result<fs::File> {
+    use rustix::fs::FileType;
+    let fd = opened.map_err(|e| io_error("read", path, e.into()))?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io_error("read", path, e.into()))?;
+    let reason = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => return Ok(fs::File::from(fd)),
+        FileType::Fifo => "a FIFO, not a regular file",
+        FileType::Socket => "a socket, not a regular file",
+        FileType::CharacterDevice => "a character device, not a regular file",
+        FileType::BlockDevice => "a block device, not a regular file",
+        FileType::Directory => "a directory, not a regular file",
+        _ => "not a regular file",
+    };
+    Err(Error::Parse {
+        path: path.to_path_buf(),
+        source: ParseError::new("file", "", reason),
+    })
+}
+
 /// Reads an attribute as text, trimmed of surrounding whitespace. At most [`MAX_ATTRIBUTE_BYTES`] are
-/// read; anything longer is an error rather than a silent truncation.
+/// read; anything longer is an error rather than a silent truncation. Only regular files are read
+/// ([`open_regular`]).
 pub fn read_trimmed(path: &Path) -> Result<String> {
-    read_opened(fs::File::open(path), path)
+    read_opened(open_regular(path), path)
 }
 
 /// [`read_trimmed`] of a file already opened (or not) as `path`.
-fn read_opened(file: io::Result<fs::File>, path: &Path) -> Result<String> {
-    let mut file = file.map_err(|e| io_error("read", path, e))?;
+fn read_opened(file: Result<fs::File>, path: &Path) -> Result<String> {
+    let mut file = file?;
     // A sysfs attribute is at most a page and comes in one read; a short read of a regular file is
     // its end. So the common case costs one read(2), not the two or more of `read_to_end`.
     let mut page = [0u8; 4096];
@@ -168,15 +207,13 @@ impl AttrDir {
         self.path.join(name)
     }
 
-    fn open_file(&self, name: &str) -> io::Result<fs::File> {
-        use rustix::fs::{Mode, OFlags};
+    fn open_file(&self, name: &str) -> Result<fs::File> {
         match &self.fd {
-            Some(fd) => {
-                rustix::fs::openat(fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                    .map(fs::File::from)
-                    .map_err(io::Error::from)
-            }
-            None => fs::File::open(self.join(name)),
+            Some(fd) => regular_file(
+                rustix::fs::openat(fd, name, read_flags(), rustix::fs::Mode::empty()),
+                &self.join(name),
+            ),
+            None => open_regular(&self.join(name)),
         }
     }
 

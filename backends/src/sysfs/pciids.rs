@@ -44,7 +44,7 @@ impl PciNames {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = fs::File::open(path).map_err(io)?;
+        let mut file = super::attr::open_regular(path)?;
         let mut parser = Parser::new(wanted);
         let mut chunk = vec![0u8; 64 * 1024];
         // The start of a line the previous chunk cut.

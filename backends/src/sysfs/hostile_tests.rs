@@ -1,0 +1,95 @@
+//! Hostile trees: what an attacker or an unlucky node puts where the kernel's files should be. Each
+//! read runs on a thread and must answer within a bounded wait, so a hang fails the test instead of
+//! stalling it.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hal::{CpuTopology, InventoryError, PciDevice};
+
+use super::pciids::PciNames;
+use super::{SysfsRoot, cpu::SysfsCpuTopology, pci::SysfsPci};
+
+/// Runs `read` on a thread; fails the test when it has not answered in 10 s (a hang).
+fn within_10s<T: Send + 'static>(what: &str, read: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(read());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(value) => value,
+        Err(e) => panic!("{what} did not answer in 10 s ({e}): it hangs"),
+    }
+}
+
+/// Replaces the file at `path` with a FIFO that nothing ever writes to.
+fn make_fifo(path: &Path) {
+    use rustix::fs::{CWD, FileType, Mode};
+    let _ = fs::remove_file(path);
+    rustix::fs::mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+}
+
+/// The xeon fixture's tree.
+fn xeon() -> hal_mock::MaterializedFixture {
+    hal_mock::by_name("xeon").unwrap().materialize().unwrap()
+}
+
+/// The directory of the first PCI function of a tree, resolved.
+fn first_function(root: &Path) -> PathBuf {
+    let devices = root.join("sys/bus/pci/devices");
+    let mut names: Vec<_> = fs::read_dir(&devices)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    fs::canonicalize(devices.join(&names[0])).unwrap()
+}
+
+fn error_for<'a>(errors: &'a [InventoryError], path: &Path) -> &'a InventoryError {
+    let path = path.display().to_string();
+    errors
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("no error entry for {path}: {errors:#?}"))
+}
+
+#[test]
+fn fifos_in_place_of_attributes_are_error_entries_not_hangs() {
+    let fixture = xeon();
+    let root = fixture.root().to_path_buf();
+    let online = root.join("sys/devices/system/cpu/online");
+    let meminfo = root.join("sys/devices/system/node/node0/meminfo");
+    let function = first_function(&root);
+    let vendor = function.join("vendor");
+    let pci_ids = root.join("pci.ids");
+    for fifo in [&online, &meminfo, &vendor, &pci_ids] {
+        make_fifo(fifo);
+    }
+
+    let sysfs = SysfsRoot::new(&root);
+    let cpus = SysfsCpuTopology::new(sysfs.clone());
+    let cpus = within_10s("the CPU topology", move || cpus.cpu_inventory()).unwrap();
+    for path in [&online, &meminfo] {
+        let entry = error_for(&cpus.errors, path);
+        assert!(entry.error.contains("a FIFO, not a regular file"), "{entry:?}");
+        assert_eq!(entry.kind, Some(hal::ErrorKind::Malformed));
+    }
+    // The rest is still read: every CPU (cpuN/online says which are online) and every node.
+    assert!(!cpus.cpus.is_empty() && cpus.numa_nodes.len() >= 2, "{cpus:?}");
+
+    let pci = SysfsPci::new(sysfs).with_pci_ids(&pci_ids);
+    let pci = within_10s("the PCI functions", move || pci.pci_functions()).unwrap();
+    let entry = error_for(&pci.errors, &vendor);
+    assert!(entry.error.contains("a FIFO"), "{entry:?}");
+    let entry = error_for(&pci.errors, &pci_ids);
+    assert!(entry.error.contains("a FIFO"), "{entry:?}");
+    assert!(!pci.items.is_empty(), "the other functions are read");
+
+    let path = pci_ids.clone();
+    let loaded = within_10s("pci.ids", move || PciNames::load(&path, &BTreeSet::new()));
+    let err = loaded.unwrap_err();
+    assert!(err.to_string().contains(&pci_ids.display().to_string()), "{err}");
+}

@@ -74,11 +74,17 @@ fn fifos_in_place_of_attributes_are_error_entries_not_hangs() {
     let cpus = within_10s("the CPU topology", move || cpus.cpu_inventory()).unwrap();
     for path in [&online, &meminfo] {
         let entry = error_for(&cpus.errors, path);
-        assert!(entry.error.contains("a FIFO, not a regular file"), "{entry:?}");
+        assert!(
+            entry.error.contains("a FIFO, not a regular file"),
+            "{entry:?}"
+        );
         assert_eq!(entry.kind, Some(hal::ErrorKind::Malformed));
     }
     // The rest is still read: every CPU (cpuN/online says which are online) and every node.
-    assert!(!cpus.cpus.is_empty() && cpus.numa_nodes.len() >= 2, "{cpus:?}");
+    assert!(
+        !cpus.cpus.is_empty() && cpus.numa_nodes.len() >= 2,
+        "{cpus:?}"
+    );
 
     let pci = SysfsPci::new(sysfs).with_pci_ids(&pci_ids);
     let pci = within_10s("the PCI functions", move || pci.pci_functions()).unwrap();
@@ -91,5 +97,8 @@ fn fifos_in_place_of_attributes_are_error_entries_not_hangs() {
     let path = pci_ids.clone();
     let loaded = within_10s("pci.ids", move || PciNames::load(&path, &BTreeSet::new()));
     let err = loaded.unwrap_err();
-    assert!(err.to_string().contains(&pci_ids.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&pci_ids.display().to_string()),
+        "{err}"
+    );
 }

@@ -102,3 +102,53 @@ fn fifos_in_place_of_attributes_are_error_entries_not_hangs() {
         "{err}"
     );
 }
+
+#[test]
+fn cpus_beyond_the_possible_ones_are_error_entries() {
+    let fixture = xeon();
+    let root = fixture.root().to_path_buf();
+    // 64 KiB of whole-range items (a file of 8191 `0-65535`) where the machine has 224 CPUs.
+    let huge = vec!["0-65535"; 8191].join(",");
+    assert!(huge.len() < 64 * 1024);
+    let function = first_function(&root);
+    let node0 = root.join("sys/devices/system/node/node0/cpulist");
+    let node0_cpus =
+        hal::cpuset::CpuSet::from_cpulist(&fs::read_to_string(&node0).unwrap()).unwrap();
+    for path in [&function.join("local_cpulist"), &node0] {
+        fs::write(path, &huge).unwrap();
+    }
+    // The mask fallback says too much as well: CPU 224.
+    fs::write(
+        function.join("local_cpus"),
+        "1,00000000,00000000,00000000,00000000,00000000,00000000,00000000",
+    )
+    .unwrap();
+
+    let sysfs = SysfsRoot::new(&root);
+    let cpus = SysfsCpuTopology::new(sysfs.clone())
+        .cpu_inventory()
+        .unwrap();
+    let entry = error_for(&cpus.errors, &node0);
+    assert!(
+        entry.error.contains("above the machine's possible CPUs"),
+        "{entry:?}"
+    );
+    let node = cpus.numa_nodes.iter().find(|n| n.id.0 == 0).unwrap();
+    assert_eq!(node.cpus, node0_cpus, "node0's CPUs come from its cpumap");
+
+    let pci = SysfsPci::new(sysfs).pci_functions().unwrap();
+    for name in ["local_cpulist", "local_cpus"] {
+        let entry = error_for(&pci.errors, &function.join(name));
+        assert!(
+            entry.error.contains("above the machine's possible CPUs"),
+            "{entry:?}"
+        );
+    }
+    let address = function.file_name().unwrap().to_str().unwrap();
+    let read = pci
+        .items
+        .iter()
+        .find(|f| f.address.to_string() == address)
+        .unwrap();
+    assert_eq!(read.local_cpus, None);
+}

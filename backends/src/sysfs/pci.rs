@@ -76,19 +76,20 @@ pub(crate) fn read_functions(
     };
     let mut errors = ErrorLog::default();
     let slots = read_slots(root, &mut errors);
+    let cpu_limit = super::numa::possible_cpu_limit(root);
     let mut functions: Vec<PciFunction> = names
         .iter()
         .filter_map(|name| Some((PciAddress::parse(name).ok()?, name)))
         .filter(|(address, name)| wanted(*address, &devices.join(name)))
-        .filter_map(
-            |(address, _)| match read_function(root, address, &slots, &mut errors) {
+        .filter_map(|(address, _)| {
+            match read_function(root, address, &slots, cpu_limit, &mut errors) {
                 Ok(function) => Some(function),
                 Err(e) => {
                     errors.0.push((&e).into());
                     None
                 }
-            },
-        )
+            }
+        })
         .collect();
     functions.sort_by_key(|f| f.address);
     Discovered {
@@ -125,6 +126,7 @@ fn read_function(
     root: &SysfsRoot,
     address: PciAddress,
     slots: &BTreeMap<String, String>,
+    cpu_limit: u32,
     errors: &mut ErrorLog,
 ) -> Result<PciFunction> {
     let entry = PathBuf::from(format!("sys/bus/pci/devices/{address}"));
@@ -154,9 +156,11 @@ fn read_function(
     let numa_node = errors
         .keep(dir.parse_scalar("numa_node", NumaNode::from_kernel_text))
         .flatten();
-    let local_cpus = match errors.keep(dir.parse_optional("local_cpulist", CpuSet::from_cpulist)) {
+    let list = |t: &str| CpuSet::from_cpulist_below(t, cpu_limit);
+    let mask = |t: &str| CpuSet::from_hex_mask_below(t, cpu_limit);
+    let local_cpus = match errors.keep(dir.parse_optional("local_cpulist", list)) {
         Some(set) => Some(set),
-        None => errors.keep(dir.parse_scalar("local_cpus", CpuSet::from_hex_mask)),
+        None => errors.keep(dir.parse_scalar("local_cpus", mask)),
     };
     let driver_override = errors
         .keep(dir.read_optional("driver_override"))

@@ -27,7 +27,8 @@ impl CpuSet {
         Self::default()
     }
 
-    /// Parses a kernel cpulist such as `0-3,8-11` (whitespace around it is ignored; empty means empty).
+    /// Parses a kernel cpulist such as `0-3,8-11` (whitespace and NULs around it are ignored; empty means
+    /// empty).
     /// Ids must be below [`MAX_CPUS`]; a range costs one step per 64 CPUs, so a 64 KiB list of
     /// `0-65535,` items is read in milliseconds.
     pub fn from_cpulist(text: &str) -> Result<Self, ParseError> {
@@ -38,7 +39,7 @@ impl CpuSet {
     /// a larger id is an error.
     /// Reading stops at the first such id.
     pub fn from_cpulist_below(text: &str, limit: u32) -> Result<Self, ParseError> {
-        let text = text.trim();
+        let text = crate::text::trim_kernel_text(text);
         let mut set = CpuSet::new();
         if text.is_empty() {
             return Ok(set);
@@ -66,7 +67,8 @@ impl CpuSet {
         Ok(set)
     }
 
-    /// Parses a kernel hex cpumask such as `00000000,0000ffff` (most significant 32-bit word first).
+    /// Parses a kernel hex cpumask such as `00000000,0000ffff` (most significant 32-bit word first;
+    /// whitespace and NULs around it are ignored).
     pub fn from_hex_mask(text: &str) -> Result<Self, ParseError> {
         Self::parse_hex_mask(text)
     }
@@ -79,7 +81,7 @@ impl CpuSet {
     }
 
     fn parse_hex_mask(text: &str) -> Result<Self, ParseError> {
-        let text = text.trim();
+        let text = crate::text::trim_kernel_text(text);
         if text.is_empty() {
             return Err(ParseError::new("cpumask", text, "empty mask"));
         }

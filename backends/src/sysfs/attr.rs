@@ -86,7 +86,8 @@ fn regular_file(opened: rustix::io::Result<rustix::fd::OwnedFd>, path: &Path) ->
     })
 }
 
-/// Reads an attribute as text, trimmed of surrounding whitespace. At most [`MAX_ATTRIBUTE_BYTES`] are
+/// Reads an attribute as text, trimmed of surrounding whitespace and NULs (`\n\0` ends CPU lists on
+/// some arm64 kernels). At most [`MAX_ATTRIBUTE_BYTES`] are
 /// read; anything longer is an error rather than a silent truncation. Only regular files are read
 /// ([`open_regular`]).
 pub fn read_trimmed(path: &Path) -> Result<String> {
@@ -120,7 +121,7 @@ fn read_opened(file: Result<fs::File>, path: &Path) -> Result<String> {
         });
     }
     match String::from_utf8(bytes) {
-        Ok(text) => Ok(text.trim().to_owned()),
+        Ok(text) => Ok(hal::text::trim_kernel_text(&text).to_owned()),
         Err(_) => Err(Error::Parse {
             path: path.to_path_buf(),
             source: ParseError::new("attribute", "", "not UTF-8 text"),
@@ -410,6 +411,10 @@ mod tests {
         let ok = dir.path().join("ok");
         fs::write(&ok, "  0-3\n").unwrap();
         assert_eq!(read_trimmed(&ok).unwrap(), "0-3");
+        let nul = dir.path().join("nul");
+        fs::write(&nul, "0-127\n\0").unwrap();
+        assert_eq!(read_trimmed(&nul).unwrap(), "0-127");
+        assert_eq!(parse_scalar(&nul, |t| Ok(t.len())).unwrap(), Some(5));
 
         let big = dir.path().join("big");
         fs::write(&big, vec![b'1'; 70_000]).unwrap();

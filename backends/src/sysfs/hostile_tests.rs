@@ -152,3 +152,46 @@ fn cpus_beyond_the_possible_ones_are_error_entries() {
         .unwrap();
     assert_eq!(read.local_cpus, None);
 }
+
+/// A 128-CPU arm64 machine of 4 NUMA nodes with SMT, like hwloc's arm dump, whose CPU lists and masks
+/// end with `\n\0` or not.
+fn arm_128(nul_terminated_sets: bool) -> hal_mock::MaterializedFixture {
+    let mut machine = hal_mock::by_name("gb300").unwrap();
+    machine.cpu.cores_per_package = 32;
+    machine.cpu.threads_per_core = 2;
+    machine.cpu.nodes_per_package = 2;
+    machine.cpu.nul_terminated_sets = nul_terminated_sets;
+    machine.materialize().unwrap()
+}
+
+#[test]
+fn cpu_lists_ending_in_nul_read_as_the_plain_ones() {
+    let with_nuls = arm_128(true);
+    let online = with_nuls.root().join("sys/devices/system/cpu/online");
+    assert_eq!(
+        fs::read(&online).unwrap(),
+        b"0-127\n\0",
+        "the fixture has them"
+    );
+    let read = |root: &Path| {
+        SysfsCpuTopology::new(SysfsRoot::new(root))
+            .cpu_inventory()
+            .unwrap()
+    };
+    let nuls = read(with_nuls.root());
+    assert_eq!(nuls.errors, [], "no file is rejected");
+    assert_eq!(nuls.numa_nodes.len(), 4);
+    assert!(
+        nuls.numa_nodes.iter().all(|n| n.cpus.len() == 32),
+        "{:?}",
+        nuls.numa_nodes
+    );
+    assert_eq!(nuls.cpus.len(), 128);
+    let pairs = nuls
+        .cpus
+        .iter()
+        .filter(|c| c.siblings.as_ref().is_some_and(|s| s.len() == 2));
+    assert_eq!(pairs.count(), 128, "SMT siblings");
+    let plain = arm_128(false);
+    assert_eq!(nuls, read(plain.root()));
+}

@@ -2,7 +2,6 @@
 //! format). Host data, not part of a sysfs tree: the caller says which file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -363,6 +362,7 @@ fn text(name: &[u8]) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::fs;
 
     const SAMPLE: &str = "# a comment\n\
         10de  NVIDIA Corporation\n\

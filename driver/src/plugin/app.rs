@@ -191,7 +191,7 @@ pub async fn run(
                 .map_err(anyhow::Error::msg)?
                 .kernel(root.root()),
         ),
-        None => Arc::new(backends::FileWriter),
+        None => Arc::new(backends::FileWriter::new(root.root())),
     };
     let binder: Arc<dyn hal::SriovPf> =
         Arc::new(backends::SysfsSriov::with_writer(root.clone(), writer));

@@ -58,7 +58,8 @@ fn read_flags() -> rustix::fs::OFlags {
 
 /// Opens `path` for reading without blocking and refuses anything that is not a regular file (a FIFO,
 /// a socket, a device, a directory), naming the path. Every file the sysfs backend reads is opened
-/// this way (attributes, `/proc` files, the pci.ids database).
+/// this way; this one follows a link as the last component (the pci.ids database is one on Debian:
+/// `/usr/share/misc/pci.ids`), attributes do not ([`read_trimmed`]).
 pub fn open_regular(path: &Path) -> Result<fs::File> {
     regular_file(
         rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty()),
@@ -66,10 +67,30 @@ pub fn open_regular(path: &Path) -> Result<fs::File> {
     )
 }
 
+/// [`open_regular`] of an attribute: a link as the last component is refused (`O_NOFOLLOW`). No
+/// kernel attribute is a link; one in a tree points wherever its maker wanted (a secret outside the
+/// root), and is never read.
+fn open_attribute(path: &Path) -> Result<fs::File> {
+    let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
+    regular_file(
+        rustix::fs::open(path, flags, rustix::fs::Mode::empty()),
+        path,
+    )
+}
+
 /// Checks what an open returned: an open file must be a regular file (`fstat`).
 fn regular_file(opened: rustix::io::Result<rustix::fd::OwnedFd>, path: &Path) -> Result<fs::File> {
     use rustix::fs::FileType;
-    let fd = opened.map_err(|e| io_error("read", path, e.into()))?;
+    let fd = match opened {
+        Ok(fd) => fd,
+        // `O_NOFOLLOW` on a link.
+        Err(rustix::io::Errno::LOOP) => {
+            let source = ParseError::new("file", "", "a symbolic link, not followed");
+            let path = path.to_path_buf();
+            return Err(Error::Parse { path, source });
+        }
+        Err(e) => return Err(io_error("read", path, e.into())),
+    };
     let stat = rustix::fs::fstat(&fd).map_err(|e| io_error("read", path, e.into()))?;
     let reason = match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile => return Ok(fs::File::from(fd)),
@@ -89,9 +110,9 @@ fn regular_file(opened: rustix::io::Result<rustix::fd::OwnedFd>, path: &Path) ->
 /// Reads an attribute as text, trimmed of surrounding whitespace and NULs (`\n\0` ends CPU lists on
 /// some arm64 kernels). At most [`MAX_ATTRIBUTE_BYTES`] are
 /// read; anything longer is an error rather than a silent truncation. Only regular files are read
-/// ([`open_regular`]).
+/// ([`open_regular`]), and never through a link as the last component.
 pub fn read_trimmed(path: &Path) -> Result<String> {
-    read_opened(open_regular(path), path)
+    read_opened(open_attribute(path), path)
 }
 
 /// [`read_trimmed`] of a file already opened (or not) as `path`.
@@ -182,11 +203,14 @@ fn parsed<T>(
 /// opened relative to it, so the kernel walks one path component per read instead of the whole path: a
 /// PCI function's directory sits a dozen components deep under its bridges, and that walk was about a
 /// third of each read. Where the directory cannot be opened, names are read through their full paths,
-/// which then report the error as the free functions do.
+/// which then report the error as the free functions do; a directory opened inside a root
+/// ([`AttrDir::open_in`]) that cannot be opened reports its own error for every name instead.
 #[derive(Debug)]
 pub struct AttrDir {
     path: PathBuf,
     fd: Option<rustix::fd::OwnedFd>,
+    /// Why the directory could not be opened inside its root (an errno).
+    failed: Option<i32>,
 }
 
 impl AttrDir {
@@ -195,7 +219,32 @@ impl AttrDir {
         use rustix::fs::{Mode, OFlags};
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::open(&path, flags, Mode::empty()).ok();
-        AttrDir { path, fd }
+        AttrDir {
+            path,
+            fd,
+            failed: None,
+        }
+    }
+
+    /// Opens `path` (under `root`'s path) for reading attributes, resolving it inside `root` as if it
+    /// were `/` ([`super::in_root`]): a link along the way cannot lead out of the root.
+    pub fn open_in(root: &super::in_root::RootDir, path: PathBuf) -> AttrDir {
+        use rustix::fs::OFlags;
+        match root.open_file(&path, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => AttrDir {
+                path,
+                fd: Some(fd),
+                failed: None,
+            },
+            Err(e) => AttrDir {
+                path,
+                fd: None,
+                failed: Some(
+                    e.raw_os_error()
+                        .unwrap_or(rustix::io::Errno::INVAL.raw_os_error()),
+                ),
+            },
+        }
     }
 
     /// The directory's path.
@@ -209,12 +258,17 @@ impl AttrDir {
     }
 
     fn open_file(&self, name: &str) -> Result<fs::File> {
-        match &self.fd {
-            Some(fd) => regular_file(
-                rustix::fs::openat(fd, name, read_flags(), rustix::fs::Mode::empty()),
+        let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
+        match (&self.fd, self.failed) {
+            (Some(fd), _) => regular_file(
+                rustix::fs::openat(fd, name, flags, rustix::fs::Mode::empty()),
                 &self.join(name),
             ),
-            None => open_regular(&self.join(name)),
+            (None, Some(errno)) => {
+                let source = io::Error::from_raw_os_error(errno);
+                Err(io_error("read", &self.join(name), source))
+            }
+            (None, None) => open_attribute(&self.join(name)),
         }
     }
 
@@ -256,6 +310,7 @@ impl AttrDir {
                     std::os::unix::ffi::OsStringExt::from_vec(text.into_bytes());
                 Ok(PathBuf::from(text))
             }
+            None if self.failed.is_some() => Err(io::Error::from(io::ErrorKind::NotFound)),
             None => fs::read_link(self.join(name)),
         }
     }

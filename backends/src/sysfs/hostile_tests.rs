@@ -195,3 +195,78 @@ fn cpu_lists_ending_in_nul_read_as_the_plain_ones() {
     let plain = arm_128(false);
     assert_eq!(nuls, read(plain.root()));
 }
+
+/// A file outside every root, holding what must never show up in an inventory or its errors.
+fn secret_outside() -> (tempfile::TempDir, PathBuf) {
+    let dir = hal_mock::scratch_dir("secret-").unwrap();
+    let secret = dir.path().join("secret");
+    fs::write(&secret, "SECRET-5a5a5a\n").unwrap();
+    (dir, secret)
+}
+
+fn assert_not_leaked(errors: &[InventoryError]) {
+    for e in errors {
+        assert!(!e.error.contains("SECRET"), "leaked: {e:?}");
+    }
+}
+
+#[test]
+fn attributes_linked_outside_the_root_are_refused_and_never_echoed() {
+    let (_outside, secret) = secret_outside();
+    let fixture = xeon();
+    let root = fixture.root().to_path_buf();
+    let function = first_function(&root);
+    let numa_node = function.join("numa_node");
+    let core_id = root.join("sys/devices/system/cpu/cpu0/topology/core_id");
+    for attribute in [&numa_node, &core_id] {
+        fs::remove_file(attribute).unwrap();
+        std::os::unix::fs::symlink(&secret, attribute).unwrap();
+    }
+    let sysfs = SysfsRoot::new(&root);
+    let pci = SysfsPci::new(sysfs.clone()).pci_functions().unwrap();
+    assert_not_leaked(&pci.errors);
+    let entry = error_for(&pci.errors, &numa_node);
+    assert!(
+        entry.error.contains("a symbolic link, not followed"),
+        "{entry:?}"
+    );
+    let cpus = SysfsCpuTopology::new(sysfs).cpu_inventory().unwrap();
+    assert_not_leaked(&cpus.errors);
+    let entry = error_for(&cpus.errors, &core_id);
+    assert!(
+        entry.error.contains("a symbolic link, not followed"),
+        "{entry:?}"
+    );
+}
+
+#[test]
+fn directory_links_down_a_device_path_stay_in_the_root() {
+    let (outside, _secret) = secret_outside();
+    let fixture = xeon();
+    let root = fixture.root().to_path_buf();
+    let function = first_function(&root);
+    let address = function.file_name().unwrap().to_str().unwrap().to_owned();
+    // The function's parent (a bridge or the root complex) moved outside the root, a link left in its
+    // place, and the function's numa_node out there made to hold the secret.
+    let parent = function.parent().unwrap().to_path_buf();
+    let moved = outside.path().join("moved");
+    fs::rename(&parent, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &parent).unwrap();
+    fs::write(moved.join(&address).join("numa_node"), "SECRET-5a5a5a\n").unwrap();
+    assert!(
+        fs::metadata(function.join("vendor")).is_ok(),
+        "the kernel would follow the link"
+    );
+
+    let pci = SysfsPci::new(SysfsRoot::new(&root))
+        .pci_functions()
+        .unwrap();
+    assert_not_leaked(&pci.errors);
+    assert!(
+        pci.items.iter().all(|f| f.address.to_string() != address),
+        "{address} was read from outside the root"
+    );
+    // Looked up inside the root, where the link's target does not exist.
+    let entry = error_for(&pci.errors, &function.join("vendor"));
+    assert!(entry.error.contains("missing or empty"), "{entry:?}");
+}

@@ -196,16 +196,20 @@ pub fn is_this_machine(root: &std::path::Path) -> bool {
     if std::fs::canonicalize(root).is_ok_and(|path| path == std::path::Path::new("/")) {
         return true;
     }
-    let boot_id = |root: &std::path::Path| {
-        backends::sysfs::attr::read_optional(&root.join("proc/sys/kernel/random/boot_id"))
-            .ok()
-            .flatten()
-            .filter(|id| !id.is_empty())
-    };
     matches!(
         (boot_id(root), boot_id(std::path::Path::new("/"))),
         (Some(theirs), Some(ours)) if theirs == ours
     )
+}
+
+/// The boot id of the kernel whose `/proc` is under `root` (`proc/sys/kernel/random/boot_id`), or `None`
+/// when it cannot be read or is empty. Read as every attribute is: bounded (64 KiB), without blocking,
+/// and only from a regular file, so a FIFO or `/dev/zero` there is `None`, not a hang or a 1 GiB read.
+pub fn boot_id(root: &std::path::Path) -> Option<String> {
+    backends::sysfs::attr::read_optional(&root.join("proc/sys/kernel/random/boot_id"))
+        .ok()
+        .flatten()
+        .filter(|id| !id.is_empty())
 }
 
 /// The NVML seam for a machine: the fixture's recorded answers, or the real library on a node.
@@ -334,5 +338,56 @@ mod vendor_tests {
             assert_eq!(device.max_qp, Some(131_072));
             assert_eq!(device.ports[0].active_mtu, Some(4096));
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod boot_id_tests {
+    use super::boot_id;
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// `boot_id` of `root` on a thread, failing the test when it has not answered in 10 s.
+    fn boot_id_within_10s(root: &Path) -> Option<String> {
+        let (tx, rx) = mpsc::channel();
+        let root = root.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(boot_id(&root));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the boot id read hangs ({e})"))
+    }
+
+    #[test]
+    fn the_boot_id_is_read_bounded_and_without_blocking() {
+        let tree = tempfile::tempdir().unwrap();
+        let dir = tree.path().join("proc/sys/kernel/random");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("boot_id");
+        assert_eq!(boot_id_within_10s(tree.path()), None, "missing");
+
+        std::fs::write(&file, "6f1a2b3c-0000-4000-8000-000000000001\n").unwrap();
+        assert_eq!(
+            boot_id_within_10s(tree.path()).as_deref(),
+            Some("6f1a2b3c-0000-4000-8000-000000000001")
+        );
+
+        // An endless file: refused (a character device), not read to the end.
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &file).unwrap();
+        assert_eq!(boot_id_within_10s(tree.path()), None, "/dev/zero");
+
+        // A FIFO nothing writes to: refused at once, not waited on.
+        std::fs::remove_file(&file).unwrap();
+        use rustix::fs::{CWD, FileType, Mode};
+        rustix::fs::mknodat(CWD, &file, FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+        assert_eq!(boot_id_within_10s(tree.path()), None, "a FIFO");
+
+        // Longer than any attribute may be: refused, not kept.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, vec![b'a'; 70_000]).unwrap();
+        assert_eq!(boot_id_within_10s(tree.path()), None, "70 KB");
     }
 }

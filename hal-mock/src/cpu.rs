@@ -41,6 +41,10 @@ pub struct CpuLayout {
     /// CPUs that are offline (their `topology/` and `cache/` directories vanish, as on real kernels).
     #[serde(default)]
     pub offline: Vec<u32>,
+    /// CPU lists and masks end with `\n\0` instead of `\n`, as some arm64 kernels of the 5.14/5.15 era
+    /// print them (hwloc's 128-CPU arm dump has them).
+    #[serde(default)]
+    pub nul_terminated_sets: bool,
 }
 
 /// What discovery must report for one CPU of a fixture.
@@ -125,6 +129,19 @@ impl CpuLayout {
         cpus
     }
 
+    /// Writes a CPU list or mask file, ended as [`CpuLayout::nul_terminated_sets`] says.
+    fn write_set(&self, path: &Path, text: &str) -> io::Result<()> {
+        match self.nul_terminated_sets {
+            true => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fs::write(path, format!("{text}\n\0"))
+            }
+            false => write(path, text),
+        }
+    }
+
     fn cpu_node_count(&self) -> u32 {
         self.packages * self.nodes_per_package
     }
@@ -137,10 +154,10 @@ impl CpuLayout {
         let online = all.difference(&offline);
         let nr = all.last().map_or(1, |l| l + 1);
         let cpu_dir = root.join("sys/devices/system/cpu");
-        write(&cpu_dir.join("online"), &online.to_cpulist())?;
-        write(&cpu_dir.join("possible"), &all.to_cpulist())?;
-        write(&cpu_dir.join("present"), &all.to_cpulist())?;
-        write(&cpu_dir.join("offline"), &offline.to_cpulist())?;
+        self.write_set(&cpu_dir.join("online"), &online.to_cpulist())?;
+        self.write_set(&cpu_dir.join("possible"), &all.to_cpulist())?;
+        self.write_set(&cpu_dir.join("present"), &all.to_cpulist())?;
+        self.write_set(&cpu_dir.join("offline"), &offline.to_cpulist())?;
         write(&cpu_dir.join("kernel_max"), &(nr - 1).to_string())?;
         // SMT as x86 kernels (and arm64 ones with HOTPLUG_SMT) show it: `control` says whether the
         // hardware has it, `active` whether a core has two threads online.
@@ -177,26 +194,26 @@ impl CpuLayout {
             let topo = dir.join("topology");
             write(&topo.join("physical_package_id"), &cpu.package.to_string())?;
             write(&topo.join("core_id"), &cpu.core.to_string())?;
-            write(&topo.join("core_cpus_list"), &cpu.siblings.to_cpulist())?;
-            write(&topo.join("core_cpus"), &cpu.siblings.to_hex_mask(nr))?;
-            write(
+            self.write_set(&topo.join("core_cpus_list"), &cpu.siblings.to_cpulist())?;
+            self.write_set(&topo.join("core_cpus"), &cpu.siblings.to_hex_mask(nr))?;
+            self.write_set(
                 &topo.join("thread_siblings_list"),
                 &cpu.siblings.to_cpulist(),
             )?;
-            write(&topo.join("thread_siblings"), &cpu.siblings.to_hex_mask(nr))?;
-            write(&topo.join("package_cpus_list"), &package_cpus.to_cpulist())?;
-            write(&topo.join("core_siblings_list"), &package_cpus.to_cpulist())?;
+            self.write_set(&topo.join("thread_siblings"), &cpu.siblings.to_hex_mask(nr))?;
+            self.write_set(&topo.join("package_cpus_list"), &package_cpus.to_cpulist())?;
+            self.write_set(&topo.join("core_siblings_list"), &package_cpus.to_cpulist())?;
             match self.arch {
                 Arch::X86 => {
                     // One die per package.
                     write(&topo.join("die_id"), "0")?;
-                    write(&topo.join("die_cpus_list"), &package_cpus.to_cpulist())?;
+                    self.write_set(&topo.join("die_cpus_list"), &package_cpus.to_cpulist())?;
                     write(&topo.join("cluster_id"), &cpu.core.to_string())?;
                 }
                 Arch::Arm64 => {
                     // No dies on arm64: -1, and a die of the CPU alone (as a Graviton2 shows).
                     write(&topo.join("die_id"), "-1")?;
-                    write(&topo.join("die_cpus_list"), &cpu.id.to_string())?;
+                    self.write_set(&topo.join("die_cpus_list"), &cpu.id.to_string())?;
                     write(&dir.join("cpu_capacity"), "1024")?;
                     write(
                         &dir.join("regs/identification/midr_el1"),
@@ -219,11 +236,11 @@ impl CpuLayout {
                     .map(|c| c.id)
                     .collect()
             };
-            write(
+            self.write_set(
                 &root.join("sys/devices/cpu_core/cpus"),
                 &of_type(CoreType::Performance).to_cpulist(),
             )?;
-            write(
+            self.write_set(
                 &root.join("sys/devices/cpu_atom/cpus"),
                 &of_type(CoreType::Efficiency).to_cpulist(),
             )?;
@@ -252,8 +269,8 @@ impl CpuLayout {
             write(&index_dir.join("level"), &level.to_string())?;
             write(&index_dir.join("type"), kind)?;
             write(&index_dir.join("size"), size)?;
-            write(&index_dir.join("shared_cpu_list"), &shared.to_cpulist())?;
-            write(&index_dir.join("shared_cpu_map"), &shared.to_hex_mask(nr))?;
+            self.write_set(&index_dir.join("shared_cpu_list"), &shared.to_cpulist())?;
+            self.write_set(&index_dir.join("shared_cpu_map"), &shared.to_hex_mask(nr))?;
             let id = if level == 3 {
                 cpu.l3
             } else {
@@ -272,7 +289,7 @@ impl CpuLayout {
         let node_dir = root.join("sys/devices/system/node");
         let all_nodes: CpuSet = (0..nodes).collect();
         for file in ["online", "possible", "has_cpu", "has_memory"] {
-            write(&node_dir.join(file), &all_nodes.to_cpulist())?;
+            self.write_set(&node_dir.join(file), &all_nodes.to_cpulist())?;
         }
         let package_of_node = |node: u32| node / self.nodes_per_package.max(1);
         for node in 0..nodes {
@@ -282,8 +299,8 @@ impl CpuLayout {
                 .filter(|c| c.numa_node == Some(node))
                 .map(|c| c.id)
                 .collect();
-            write(&dir.join("cpulist"), &node_cpus.to_cpulist())?;
-            write(&dir.join("cpumap"), &node_cpus.to_hex_mask(nr))?;
+            self.write_set(&dir.join("cpulist"), &node_cpus.to_cpulist())?;
+            self.write_set(&dir.join("cpumap"), &node_cpus.to_hex_mask(nr))?;
             let kib = self.memory_per_node_gib << 20;
             let meminfo = format!(
                 "Node {node} MemTotal:       {kib} kB\nNode {node} MemFree:        {} kB\n",

@@ -27,9 +27,19 @@ impl CpuSet {
         Self::default()
     }
 
-    /// Parses a kernel cpulist such as `0-3,8-11` (whitespace around it is ignored; empty means empty).
+    /// Parses a kernel cpulist such as `0-3,8-11` (whitespace and NULs around it are ignored; empty means
+    /// empty).
+    /// Ids must be below [`MAX_CPUS`]; a range costs one step per 64 CPUs, so a 64 KiB list of
+    /// `0-65535,` items is read in milliseconds.
     pub fn from_cpulist(text: &str) -> Result<Self, ParseError> {
-        let text = text.trim();
+        Self::from_cpulist_below(text, MAX_CPUS)
+    }
+
+    /// [`CpuSet::from_cpulist`] for a machine whose CPU ids are below `limit` (its `cpu/possible`):
+    /// a larger id is an error.
+    /// Reading stops at the first such id.
+    pub fn from_cpulist_below(text: &str, limit: u32) -> Result<Self, ParseError> {
+        let text = crate::text::trim_kernel_text(text);
         let mut set = CpuSet::new();
         if text.is_empty() {
             return Ok(set);
@@ -49,14 +59,29 @@ impl CpuSet {
                     "range start is above its end",
                 ));
             }
+            if last >= limit {
+                return Err(ParseError::new("cpulist", text, ABOVE_POSSIBLE));
+            }
             set.insert_range(first, last);
         }
         Ok(set)
     }
 
-    /// Parses a kernel hex cpumask such as `00000000,0000ffff` (most significant 32-bit word first).
+    /// Parses a kernel hex cpumask such as `00000000,0000ffff` (most significant 32-bit word first;
+    /// whitespace and NULs around it are ignored).
     pub fn from_hex_mask(text: &str) -> Result<Self, ParseError> {
-        let text = text.trim();
+        Self::parse_hex_mask(text)
+    }
+
+    /// [`CpuSet::from_hex_mask`] for a machine whose CPU ids are below `limit`: a set bit at or above
+    /// it is an error (a mask may be wider than `limit`, as the kernel rounds it up to 32 bits).
+    pub fn from_hex_mask_below(text: &str, limit: u32) -> Result<Self, ParseError> {
+        let set = Self::parse_hex_mask(text)?;
+        within(set, limit, "cpumask", text)
+    }
+
+    fn parse_hex_mask(text: &str) -> Result<Self, ParseError> {
+        let text = crate::text::trim_kernel_text(text);
         if text.is_empty() {
             return Err(ParseError::new("cpumask", text, "empty mask"));
         }
@@ -120,9 +145,21 @@ impl CpuSet {
         }
     }
 
+    /// Adds `first..=last` a 64-bit word at a time (ids at or above [`MAX_CPUS`] are ignored).
     fn insert_range(&mut self, first: u32, last: u32) {
-        for cpu in first..=last {
-            self.insert(cpu);
+        let last = last.min(MAX_CPUS - 1);
+        if first > last {
+            return;
+        }
+        let (first_word, last_word) = ((first / 64) as usize, (last / 64) as usize);
+        if self.words.len() <= last_word {
+            self.words.resize(last_word + 1, 0);
+        }
+        let words = self.words.iter_mut().enumerate();
+        for (index, word) in words.take(last_word + 1).skip(first_word) {
+            let low = if index == first_word { first % 64 } else { 0 };
+            let high = if index == last_word { last % 64 } else { 63 };
+            *word |= (u64::MAX >> (63 - high)) & (u64::MAX << low);
         }
     }
 
@@ -259,6 +296,16 @@ impl CpuSet {
         while self.words.last() == Some(&0) {
             self.words.pop();
         }
+    }
+}
+
+const ABOVE_POSSIBLE: &str = "CPU id above the machine's possible CPUs";
+
+/// `set`, unless it holds a CPU at or above `limit`.
+fn within(set: CpuSet, limit: u32, what: &'static str, text: &str) -> Result<CpuSet, ParseError> {
+    match set.last() {
+        Some(last) if last >= limit => Err(ParseError::new(what, text, ABOVE_POSSIBLE)),
+        _ => Ok(set),
     }
 }
 
@@ -440,6 +487,40 @@ mod tests {
         assert_eq!(c, CpuSet::new());
     }
 
+    #[test]
+    fn ids_above_the_machines_possible_cpus_are_errors() {
+        // 64 KiB of whole-range items: read a word at a time, not CPU by CPU.
+        let huge = vec!["0-65535"; 8 * 1024].join(",");
+        assert_eq!(CpuSet::from_cpulist(&huge).unwrap().len(), 65536);
+        let err = CpuSet::from_cpulist_below(&huge, 224).unwrap_err();
+        assert_eq!(err.reason, "CPU id above the machine's possible CPUs");
+        assert!(
+            CpuSet::from_cpulist_below("0-65536", 224).is_err(),
+            "above MAX_CPUS"
+        );
+        assert_eq!(CpuSet::from_cpulist_below("0-223", 224).unwrap().len(), 224);
+        assert_eq!(CpuSet::from_cpulist_below("", 224).unwrap(), CpuSet::new());
+        // Masks are as wide as the kernel rounds them: only set bits count.
+        let mask = "00000000,00000000,00000000,00000000,00000000,00000000,ffffffff";
+        assert_eq!(CpuSet::from_hex_mask_below(mask, 32).unwrap().len(), 32);
+        let err = CpuSet::from_hex_mask_below("1,00000000", 32).unwrap_err();
+        assert_eq!(err.reason, "CPU id above the machine's possible CPUs");
+        // Word edges.
+        for (text, ids) in [
+            ("63-64", vec![63, 64]),
+            ("0-0", vec![0]),
+            ("127-128", vec![127, 128]),
+        ] {
+            let set = CpuSet::from_cpulist(text).unwrap();
+            assert_eq!(set.iter().collect::<Vec<_>>(), ids, "{text}");
+        }
+        let top = CpuSet::from_cpulist("65472-65535").unwrap();
+        assert_eq!(
+            (top.len(), top.first(), top.last()),
+            (64, Some(65472), Some(65535))
+        );
+    }
+
     fn any_set() -> impl Strategy<Value = CpuSet> {
         proptest::collection::btree_set(0u32..600, 0..80).prop_map(|ids| ids.into_iter().collect())
     }
@@ -461,6 +542,22 @@ mod tests {
             // Ascending, merged ranges: re-formatting the parse of the output is the identity.
             let text = set.to_cpulist();
             prop_assert_eq!(CpuSet::from_cpulist(&text).unwrap().to_cpulist(), text);
+        }
+
+        #[test]
+        fn ranges_hold_exactly_their_cpus(
+            ranges in proptest::collection::vec((0u32..300, 0u32..200), 1..6),
+        ) {
+            let text = ranges
+                .iter()
+                .map(|(first, len)| format!("{first}-{}", first + len))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut one_by_one = CpuSet::new();
+            for (first, len) in &ranges {
+                (*first..=first + len).for_each(|cpu| one_by_one.insert(cpu));
+            }
+            prop_assert_eq!(CpuSet::from_cpulist(&text).unwrap(), one_by_one);
         }
 
         #[test]

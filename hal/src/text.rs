@@ -15,9 +15,23 @@ pub fn truncate_utf8(text: &str, max_bytes: usize) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
+/// `text` without the whitespace and NUL bytes around it. The kernel ends its text with `\n`, and some
+/// arm64 kernels (5.14/5.15 era) end CPU lists and masks with `\n\0`: both are read as the value alone.
+pub fn trim_kernel_text(text: &str) -> &str {
+    text.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_text_loses_trailing_nuls_and_whitespace() {
+        assert_eq!(trim_kernel_text("0-127\n\0"), "0-127");
+        assert_eq!(trim_kernel_text(" ffff,ffffffff\n\0\0"), "ffff,ffffffff");
+        assert_eq!(trim_kernel_text("\0\n"), "");
+        assert_eq!(trim_kernel_text("a\0b"), "a\0b", "only around the value");
+    }
     use proptest::prelude::*;
 
     #[test]

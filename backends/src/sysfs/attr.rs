@@ -48,15 +48,76 @@ fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
     }
 }
 
-/// Reads an attribute as text, trimmed of surrounding whitespace. At most [`MAX_ATTRIBUTE_BYTES`] are
-/// read; anything longer is an error rather than a silent truncation.
+/// How every file the backends read is opened: without blocking. A FIFO put in place of an attribute
+/// would block `open(2)` (and then `read(2)`) until a writer came; with `O_NONBLOCK` the open returns
+/// at once and [`regular_file`] refuses it. On regular files `O_NONBLOCK` changes nothing.
+fn read_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC
+}
+
+/// Opens `path` for reading without blocking and refuses anything that is not a regular file (a FIFO,
+/// a socket, a device, a directory), naming the path. Every file the sysfs backend reads is opened
+/// this way; this one follows a link as the last component (the pci.ids database is one on Debian:
+/// `/usr/share/misc/pci.ids`), attributes do not ([`read_trimmed`]).
+pub fn open_regular(path: &Path) -> Result<fs::File> {
+    regular_file(
+        rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty()),
+        path,
+    )
+}
+
+/// [`open_regular`] of an attribute: a link as the last component is refused (`O_NOFOLLOW`). No
+/// kernel attribute is a link; one in a tree points wherever its maker wanted (a secret outside the
+/// root), and is never read.
+fn open_attribute(path: &Path) -> Result<fs::File> {
+    let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
+    regular_file(
+        rustix::fs::open(path, flags, rustix::fs::Mode::empty()),
+        path,
+    )
+}
+
+/// Checks what an open returned: an open file must be a regular file (`fstat`).
+fn regular_file(opened: rustix::io::Result<rustix::fd::OwnedFd>, path: &Path) -> Result<fs::File> {
+    use rustix::fs::FileType;
+    let fd = match opened {
+        Ok(fd) => fd,
+        // `O_NOFOLLOW` on a link.
+        Err(rustix::io::Errno::LOOP) => {
+            let source = ParseError::new("file", "", "a symbolic link, not followed");
+            let path = path.to_path_buf();
+            return Err(Error::Parse { path, source });
+        }
+        Err(e) => return Err(io_error("read", path, e.into())),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io_error("read", path, e.into()))?;
+    let reason = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => return Ok(fs::File::from(fd)),
+        FileType::Fifo => "a FIFO, not a regular file",
+        FileType::Socket => "a socket, not a regular file",
+        FileType::CharacterDevice => "a character device, not a regular file",
+        FileType::BlockDevice => "a block device, not a regular file",
+        FileType::Directory => "a directory, not a regular file",
+        _ => "not a regular file",
+    };
+    Err(Error::Parse {
+        path: path.to_path_buf(),
+        source: ParseError::new("file", "", reason),
+    })
+}
+
+/// Reads an attribute as text, trimmed of surrounding whitespace and NULs (`\n\0` ends CPU lists on
+/// some arm64 kernels). At most [`MAX_ATTRIBUTE_BYTES`] are
+/// read; anything longer is an error rather than a silent truncation. Only regular files are read
+/// ([`open_regular`]), and never through a link as the last component.
 pub fn read_trimmed(path: &Path) -> Result<String> {
-    read_opened(fs::File::open(path), path)
+    read_opened(open_attribute(path), path)
 }
 
 /// [`read_trimmed`] of a file already opened (or not) as `path`.
-fn read_opened(file: io::Result<fs::File>, path: &Path) -> Result<String> {
-    let mut file = file.map_err(|e| io_error("read", path, e))?;
+fn read_opened(file: Result<fs::File>, path: &Path) -> Result<String> {
+    let mut file = file?;
     // A sysfs attribute is at most a page and comes in one read; a short read of a regular file is
     // its end. So the common case costs one read(2), not the two or more of `read_to_end`.
     let mut page = [0u8; 4096];
@@ -81,7 +142,7 @@ fn read_opened(file: io::Result<fs::File>, path: &Path) -> Result<String> {
         });
     }
     match String::from_utf8(bytes) {
-        Ok(text) => Ok(text.trim().to_owned()),
+        Ok(text) => Ok(hal::text::trim_kernel_text(&text).to_owned()),
         Err(_) => Err(Error::Parse {
             path: path.to_path_buf(),
             source: ParseError::new("attribute", "", "not UTF-8 text"),
@@ -142,11 +203,14 @@ fn parsed<T>(
 /// opened relative to it, so the kernel walks one path component per read instead of the whole path: a
 /// PCI function's directory sits a dozen components deep under its bridges, and that walk was about a
 /// third of each read. Where the directory cannot be opened, names are read through their full paths,
-/// which then report the error as the free functions do.
+/// which then report the error as the free functions do; a directory opened inside a root
+/// ([`AttrDir::open_in`]) that cannot be opened reports its own error for every name instead.
 #[derive(Debug)]
 pub struct AttrDir {
     path: PathBuf,
     fd: Option<rustix::fd::OwnedFd>,
+    /// Why the directory could not be opened inside its root (an errno).
+    failed: Option<i32>,
 }
 
 impl AttrDir {
@@ -155,7 +219,32 @@ impl AttrDir {
         use rustix::fs::{Mode, OFlags};
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::open(&path, flags, Mode::empty()).ok();
-        AttrDir { path, fd }
+        AttrDir {
+            path,
+            fd,
+            failed: None,
+        }
+    }
+
+    /// Opens `path` (under `root`'s path) for reading attributes, resolving it inside `root` as if it
+    /// were `/` ([`super::in_root`]): a link along the way cannot lead out of the root.
+    pub fn open_in(root: &super::in_root::RootDir, path: PathBuf) -> AttrDir {
+        use rustix::fs::OFlags;
+        match root.open_file(&path, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => AttrDir {
+                path,
+                fd: Some(fd),
+                failed: None,
+            },
+            Err(e) => AttrDir {
+                path,
+                fd: None,
+                failed: Some(
+                    e.raw_os_error()
+                        .unwrap_or(rustix::io::Errno::INVAL.raw_os_error()),
+                ),
+            },
+        }
     }
 
     /// The directory's path.
@@ -168,15 +257,18 @@ impl AttrDir {
         self.path.join(name)
     }
 
-    fn open_file(&self, name: &str) -> io::Result<fs::File> {
-        use rustix::fs::{Mode, OFlags};
-        match &self.fd {
-            Some(fd) => {
-                rustix::fs::openat(fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                    .map(fs::File::from)
-                    .map_err(io::Error::from)
+    fn open_file(&self, name: &str) -> Result<fs::File> {
+        let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
+        match (&self.fd, self.failed) {
+            (Some(fd), _) => regular_file(
+                rustix::fs::openat(fd, name, flags, rustix::fs::Mode::empty()),
+                &self.join(name),
+            ),
+            (None, Some(errno)) => {
+                let source = io::Error::from_raw_os_error(errno);
+                Err(io_error("read", &self.join(name), source))
             }
-            None => fs::File::open(self.join(name)),
+            (None, None) => open_attribute(&self.join(name)),
         }
     }
 
@@ -218,6 +310,7 @@ impl AttrDir {
                     std::os::unix::ffi::OsStringExt::from_vec(text.into_bytes());
                 Ok(PathBuf::from(text))
             }
+            None if self.failed.is_some() => Err(io::Error::from(io::ErrorKind::NotFound)),
             None => fs::read_link(self.join(name)),
         }
     }
@@ -373,6 +466,10 @@ mod tests {
         let ok = dir.path().join("ok");
         fs::write(&ok, "  0-3\n").unwrap();
         assert_eq!(read_trimmed(&ok).unwrap(), "0-3");
+        let nul = dir.path().join("nul");
+        fs::write(&nul, "0-127\n\0").unwrap();
+        assert_eq!(read_trimmed(&nul).unwrap(), "0-127");
+        assert_eq!(parse_scalar(&nul, |t| Ok(t.len())).unwrap(), Some(5));
 
         let big = dir.path().join("big");
         fs::write(&big, vec![b'1'; 70_000]).unwrap();

@@ -119,7 +119,7 @@ const MAX_CPUINFO_BYTES: u64 = 4 * 1024 * 1024;
 fn read_cpuinfo(path: &Path) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
-    std::fs::File::open(path)
+    super::attr::open_regular(path)
         .ok()?
         .take(MAX_CPUINFO_BYTES)
         .read_to_string(&mut text)

@@ -20,7 +20,7 @@ use super::attr::{
 };
 use super::core_type::assign_core_types;
 use super::cpu_groups::{RawCpu, assign_l3, label_groups};
-use super::numa::read_numa_nodes;
+use super::numa::{possible_cpu_limit, read_numa_nodes};
 
 /// x86's `BAD_APICID`: the `cluster_id` of a CPU whose L2 cluster the kernel does not know (VMs).
 const X86_BAD_APICID: u32 = 0xffff;
@@ -126,7 +126,7 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
     assign_core_types(root, &cpu_dir, &mut cpus, &mut errors, threads);
 
     let node_dir = root.join("sys/devices/system/node");
-    let numa_nodes = read_numa_nodes(&node_dir, &mut errors);
+    let numa_nodes = read_numa_nodes(&node_dir, possible_cpu_limit(root), &mut errors);
     let mut assigned = CpuSet::new();
     for node in &numa_nodes {
         let overlap = node.cpus.intersection(&assigned);

@@ -5,6 +5,10 @@ pub mod core_type;
 pub mod cpu;
 mod cpu_groups;
 pub mod gpu;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod hostile_tests;
+pub mod in_root;
 pub mod link;
 pub mod numa;
 pub mod pci;

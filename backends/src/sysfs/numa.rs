@@ -2,15 +2,33 @@
 
 use std::path::Path;
 
-use hal::cpuset::CpuSet;
+use hal::cpuset::{CpuSet, MAX_CPUS};
 use hal::numa::MAX_NUMA_NODES;
 use hal::{NumaNode, NumaNodeInfo, ParseError};
 
-use super::attr::{ErrorLog, numbered_entries, parse_optional, parse_scalar};
+use super::attr::{ErrorLog, SysfsRoot, numbered_entries, parse_optional, parse_scalar};
+
+/// The bound on the machine's CPU ids: one above the highest of `sys/devices/system/cpu/possible`, or
+/// [`MAX_CPUS`] when that cannot be read. CPU sets in device and node files (`local_cpulist`,
+/// `nodeN/cpulist`) holding a CPU at or above it are error entries: no such CPU can exist.
+pub(crate) fn possible_cpu_limit(root: &SysfsRoot) -> u32 {
+    parse_optional(
+        &root.join("sys/devices/system/cpu/possible"),
+        CpuSet::from_cpulist,
+    )
+    .ok()
+    .flatten()
+    .and_then(|possible| possible.last())
+    .map_or(MAX_CPUS, |last| last + 1)
+}
 
 /// Reads every `nodeN` directory. A kernel without NUMA support has no `node/` directory: that is an
-/// empty list, not an error.
-pub(crate) fn read_numa_nodes(node_dir: &Path, errors: &mut ErrorLog) -> Vec<NumaNodeInfo> {
+/// empty list, not an error. CPUs at or above `cpu_limit` ([`possible_cpu_limit`]) are errors.
+pub(crate) fn read_numa_nodes(
+    node_dir: &Path,
+    cpu_limit: u32,
+    errors: &mut ErrorLog,
+) -> Vec<NumaNodeInfo> {
     let ids = match numbered_entries(node_dir, "node", MAX_NUMA_NODES) {
         Ok(ids) => ids,
         Err(e) if e.kind() == hal::ErrorKind::NotFound => return Vec::new(),
@@ -22,10 +40,11 @@ pub(crate) fn read_numa_nodes(node_dir: &Path, errors: &mut ErrorLog) -> Vec<Num
     ids.into_iter()
         .map(|id| {
             let dir = node_dir.join(format!("node{id}"));
-            let cpus = match errors.keep(parse_optional(&dir.join("cpulist"), CpuSet::from_cpulist))
-            {
+            let list = |t: &str| CpuSet::from_cpulist_below(t, cpu_limit);
+            let mask = |t: &str| CpuSet::from_hex_mask_below(t, cpu_limit);
+            let cpus = match errors.keep(parse_optional(&dir.join("cpulist"), list)) {
                 Some(cpus) => Some(cpus),
-                None => errors.keep(parse_optional(&dir.join("cpumap"), CpuSet::from_hex_mask)),
+                None => errors.keep(parse_optional(&dir.join("cpumap"), mask)),
             };
             let memory_bytes = errors.keep(parse_scalar(&dir.join("meminfo"), parse_mem_total));
             let distances = errors

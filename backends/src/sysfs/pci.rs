@@ -9,6 +9,7 @@ use hal::{
 
 use super::SysfsRoot;
 use super::attr::{AttrDir, ErrorLog, entry_names, parse_scalar, read_optional};
+use super::in_root::RootDir;
 use super::link::{pci_functions_in_path, pcie_root_of_path, resolve_link, resolve_link_text};
 use super::pciids::PciNames;
 
@@ -76,19 +77,29 @@ pub(crate) fn read_functions(
     };
     let mut errors = ErrorLog::default();
     let slots = read_slots(root, &mut errors);
+    let cpu_limit = super::numa::possible_cpu_limit(root);
+    // Each function's directory is opened inside the root: a link on its path cannot lead out.
+    let root_dir = RootDir::open(root.root()).ok();
     let mut functions: Vec<PciFunction> = names
         .iter()
         .filter_map(|name| Some((PciAddress::parse(name).ok()?, name)))
         .filter(|(address, name)| wanted(*address, &devices.join(name)))
-        .filter_map(
-            |(address, _)| match read_function(root, address, &slots, &mut errors) {
+        .filter_map(|(address, _)| {
+            match read_function(
+                root,
+                root_dir.as_ref(),
+                address,
+                &slots,
+                cpu_limit,
+                &mut errors,
+            ) {
                 Ok(function) => Some(function),
                 Err(e) => {
                     errors.0.push((&e).into());
                     None
                 }
-            },
-        )
+            }
+        })
         .collect();
     functions.sort_by_key(|f| f.address);
     Discovered {
@@ -123,8 +134,10 @@ fn read_slots(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<String, Strin
 /// `None` with an error entry when unreadable.
 fn read_function(
     root: &SysfsRoot,
+    root_dir: Option<&RootDir>,
     address: PciAddress,
     slots: &BTreeMap<String, String>,
+    cpu_limit: u32,
     errors: &mut ErrorLog,
 ) -> Result<PciFunction> {
     let entry = PathBuf::from(format!("sys/bus/pci/devices/{address}"));
@@ -134,7 +147,10 @@ fn read_function(
         Err(_) if !root.join(&entry.to_string_lossy()).is_symlink() => entry.clone(),
         Err(e) => return Err(e),
     };
-    let dir = AttrDir::open(root.root().join(&sysfs_path));
+    let dir = match root_dir {
+        Some(root_dir) => AttrDir::open_in(root_dir, root.root().join(&sysfs_path)),
+        None => AttrDir::open(root.root().join(&sysfs_path)),
+    };
     let required = |name: &str, digits: usize| -> Result<u32> {
         dir.parse_scalar(name, |t| parse_hex(t, digits))?
             .ok_or_else(|| Error::Parse {
@@ -154,9 +170,11 @@ fn read_function(
     let numa_node = errors
         .keep(dir.parse_scalar("numa_node", NumaNode::from_kernel_text))
         .flatten();
-    let local_cpus = match errors.keep(dir.parse_optional("local_cpulist", CpuSet::from_cpulist)) {
+    let list = |t: &str| CpuSet::from_cpulist_below(t, cpu_limit);
+    let mask = |t: &str| CpuSet::from_hex_mask_below(t, cpu_limit);
+    let local_cpus = match errors.keep(dir.parse_optional("local_cpulist", list)) {
         Some(set) => Some(set),
-        None => errors.keep(dir.parse_scalar("local_cpus", CpuSet::from_hex_mask)),
+        None => errors.keep(dir.parse_scalar("local_cpus", mask)),
     };
     let driver_override = errors
         .keep(dir.read_optional("driver_override"))

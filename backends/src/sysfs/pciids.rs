@@ -2,7 +2,6 @@
 //! format). Host data, not part of a sysfs tree: the caller says which file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +43,7 @@ impl PciNames {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = fs::File::open(path).map_err(io)?;
+        let mut file = super::attr::open_regular(path)?;
         let mut parser = Parser::new(wanted);
         let mut chunk = vec![0u8; 64 * 1024];
         // The start of a line the previous chunk cut.
@@ -363,6 +362,7 @@ fn text(name: &[u8]) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::fs;
 
     const SAMPLE: &str = "# a comment\n\
         10de  NVIDIA Corporation\n\

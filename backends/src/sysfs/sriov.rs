@@ -34,7 +34,8 @@ impl std::fmt::Debug for SysfsSriov {
 impl SysfsSriov {
     /// Reads and writes the files under `root` directly (what a node needs).
     pub fn new(root: SysfsRoot) -> Self {
-        Self::with_writer(root, Arc::new(FileWriter))
+        let writer = FileWriter::new(root.root());
+        Self::with_writer(root, Arc::new(writer))
     }
 
     /// Writes through `writer` (tests pass `hal-mock`'s emulated kernel).

@@ -1,38 +1,137 @@
-//! [`FileWriter`]: the real [`AttributeWriter`], a plain write to the attribute file.
+//! [`FileWriter`]: the real [`AttributeWriter`], a plain write to the attribute file, inside the root.
 
-use std::fs::OpenOptions;
+use std::fs;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hal::AttributeWriter;
+use rustix::fs::OFlags;
+
+use super::in_root::RootDir;
 
 /// Writes attributes to the files under a sysfs root. The file must exist: sysfs attributes are never
-/// created by writing, and a typo must not leave a stray file in a captured tree.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileWriter;
+/// created by writing, and a typo must not leave a stray file in a captured tree. Paths are resolved
+/// inside the root (links along the way, `driver/unbind` for one, cannot lead out of it), a link as
+/// the attribute itself is refused (`O_NOFOLLOW`), and so is anything that is not a regular file (a
+/// FIFO is opened without blocking and refused).
+#[derive(Debug, Clone)]
+pub struct FileWriter {
+    root: PathBuf,
+}
+
+impl FileWriter {
+    /// A writer for the files under `root` (the directory that holds `sys/`; `/` on a node).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FileWriter { root: root.into() }
+    }
+}
+
+impl Default for FileWriter {
+    /// The writer of a node: root `/`.
+    fn default() -> Self {
+        FileWriter::new("/")
+    }
+}
 
 impl AttributeWriter for FileWriter {
     fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
-        let mut file = OpenOptions::new().write(true).truncate(true).open(path)?;
+        let root = RootDir::open(&self.root)?;
+        let flags = OFlags::WRONLY | OFlags::TRUNC | OFlags::NONBLOCK;
+        let fd = root
+            .open_file(path, flags)
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "a symbolic link: attributes are written without following links",
+                ),
+                _ => e,
+            })?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file, not written",
+            ));
+        }
         // One write(2): the kernel acts on each write call.
-        file.write_all(value.as_bytes())
+        fs::File::from(fd).write_all(value.as_bytes())
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
     #[test]
     fn writes_existing_files_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sriov_numvfs");
         std::fs::write(&path, "0\n").unwrap();
-        FileWriter.write_attribute(&path, "4").unwrap();
+        let writer = FileWriter::new(dir.path());
+        writer.write_attribute(&path, "4").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "4");
-        let missing = FileWriter
+        let missing = writer
             .write_attribute(&dir.path().join("nope"), "1")
             .unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert!(!dir.path().join("nope").exists());
+    }
+
+    #[test]
+    fn links_at_the_attribute_are_refused_and_paths_stay_in_the_root() {
+        use hal::{PciAddress, SriovPf};
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "keep\n").unwrap();
+        let root = tmp.path().join("root");
+        let vf = root.join("sys/devices/pci0000:3a/0000:3a:00.0/0000:3b:01.0");
+        std::fs::create_dir_all(&vf).unwrap();
+        let bus = root.join("sys/bus/pci/devices");
+        std::fs::create_dir_all(&bus).unwrap();
+        symlink(
+            "../../../devices/pci0000:3a/0000:3a:00.0/0000:3b:01.0",
+            bus.join("0000:3b:01.0"),
+        )
+        .unwrap();
+        symlink(&outside, vf.join("driver_override")).unwrap();
+
+        // Through the SR-IOV backend: refused, the error names the attribute, the target is untouched.
+        let sriov = crate::SysfsSriov::new(crate::SysfsRoot::new(&root));
+        let address = PciAddress::parse("0000:3b:01.0").unwrap();
+        let err = sriov.bind_driver(address, "vfio-pci").unwrap_err();
+        let attribute = bus.join("0000:3b:01.0/driver_override");
+        assert!(
+            err.to_string().contains(&attribute.display().to_string()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(err.kind(), hal::ErrorKind::PermissionDenied);
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
+
+        // A directory link to outside on the way: resolved inside the root, where nothing is.
+        let writer = FileWriter::new(&root);
+        std::fs::remove_file(vf.join("driver_override")).unwrap();
+        symlink(tmp.path(), vf.join("up")).unwrap();
+        let through = vf.join("up/outside");
+        let err = writer.write_attribute(&through, "vfio-pci").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
+
+        // A FIFO: refused at once (no reader would make the open wait forever).
+        let fifo = vf.join("sriov_numvfs");
+        use rustix::fs::{CWD, FileType, Mode};
+        rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+        let err = writer.write_attribute(&fifo, "4").unwrap_err();
+        assert!(
+            err.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()),
+            "{err}"
+        );
+
+        // Paths outside the root are refused.
+        let err = writer.write_attribute(&outside, "x").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
     }
 }

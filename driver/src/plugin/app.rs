@@ -190,9 +190,7 @@ pub async fn run(
     let inventory = Arc::new(RwLock::new(read_inventory()));
     let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;
     let _lock = acquire_instance_lock(sockets.plugin_dir()).await?;
-    let boot_id = std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
-        .map(|id| id.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
+    let boot_id = crate::inventory::boot_id(root.root()).unwrap_or_else(|| "unknown".to_owned());
     let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims(client.clone()));
     // Writes go to the kernel on a node, and to the fixture's emulated kernel on a fixture.
     let writer: Arc<dyn hal::AttributeWriter> = match &args.fixture {
@@ -201,7 +199,7 @@ pub async fn run(
                 .map_err(anyhow::Error::msg)?
                 .kernel(root.root()),
         ),
-        None => Arc::new(backends::FileWriter),
+        None => Arc::new(backends::FileWriter::new(root.root())),
     };
     let binder: Arc<dyn hal::SriovPf> =
         Arc::new(backends::SysfsSriov::with_writer(root.clone(), writer));

@@ -1,0 +1,231 @@
+//! Opening files under a root as if the root were `/`: a symlink anywhere on the path (absolute, or
+//! climbing with `..`) is resolved inside the root and can never lead out of it, and the last
+//! component is never followed when it is a link.
+//!
+//! The kernel does this itself with `openat2(2)` and `RESOLVE_IN_ROOT` (Linux 5.6). Where that call is
+//! missing (`ENOSYS`) or refused by a seccomp profile (`EPERM`, older container runtimes), the path is
+//! walked here a component at a time with the same rules, each directory opened `O_PATH | O_NOFOLLOW`
+//! relative to the one before, so nothing is resolved by path twice.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// The most links one open resolves (the kernel's own limit is 40).
+const MAX_LINKS: usize = 40;
+
+/// A root directory, opened once (`O_PATH`), under which files are opened.
+#[derive(Debug)]
+pub struct RootDir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl RootDir {
+    /// Opens the directory `path` as a root.
+    pub fn open(path: &Path) -> io::Result<RootDir> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty())?;
+        Ok(RootDir {
+            path: path.to_path_buf(),
+            fd,
+        })
+    }
+
+    /// Opens `path` (the root's path joined with a relative one) with `flags`, inside the root
+    /// ([`open_in_root`]). A path not under the root's path is refused.
+    pub fn open_file(&self, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        let relative = path.strip_prefix(&self.path).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not under the root {}", self.path.display()),
+            )
+        })?;
+        open_in_root(self.fd.as_fd(), relative, flags)
+    }
+}
+
+/// Opens `relative` under the directory `root` as if `root` were `/`, with `flags` and `O_NOFOLLOW`
+/// (a link as the last component is `ELOOP`) and `O_CLOEXEC`.
+pub fn open_in_root(root: BorrowedFd<'_>, relative: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let path: &Path = match relative.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => relative,
+    };
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(root, path, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS) | Err(Errno::PERM) => walk_in_root(root, path, flags),
+        opened => Ok(opened?),
+    }
+}
+
+/// [`open_in_root`] without `openat2`: the path walked a component at a time.
+pub(crate) fn walk_in_root(
+    root: BorrowedFd<'_>,
+    relative: &Path,
+    flags: OFlags,
+) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // The directories opened so far below the root; the last is the current one.
+    let mut dirs: Vec<OwnedFd> = Vec::new();
+    let mut pending: Vec<OsString> = Vec::new();
+    push_components(&mut pending, relative);
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        let current = dirs.last().map_or(root, |fd| fd.as_fd());
+        match name.as_bytes() {
+            b"/" => dirs.clear(),
+            b"." => {}
+            b".." => {
+                dirs.pop();
+            }
+            _ if pending.is_empty() => {
+                return Ok(rustix::fs::openat(current, &name, flags, Mode::empty())?);
+            }
+            _ => match rustix::fs::openat(current, &name, dir_flags, Mode::empty()) {
+                Ok(fd) => dirs.push(fd),
+                // A link (or not a directory): follow the link inside the root.
+                Err(Errno::NOTDIR) => {
+                    let target = match rustix::fs::readlinkat(current, &name, Vec::new()) {
+                        Ok(target) => target,
+                        Err(Errno::INVAL) => return Err(Errno::NOTDIR.into()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(Errno::LOOP.into());
+                    }
+                    let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
+                    push_components(&mut pending, &target);
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    // The path named a directory (or the root itself).
+    let current = dirs.last().map_or(root, |fd| fd.as_fd());
+    Ok(rustix::fs::openat(current, ".", flags, Mode::empty())?)
+}
+
+/// Puts `path`'s components on the stack `pending` so that its first component is popped first.
+fn push_components(pending: &mut Vec<OsString>, path: &Path) {
+    let names: Vec<OsString> = path
+        .components()
+        .map(|c| match c {
+            Component::RootDir | Component::Prefix(_) => OsString::from("/"),
+            Component::CurDir => OsString::from("."),
+            Component::ParentDir => OsString::from(".."),
+            Component::Normal(name) => name.to_os_string(),
+        })
+        .collect();
+    pending.extend(names.into_iter().rev());
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    /// What opening `relative` for reading gives: the text, or the errno.
+    fn read(
+        open: fn(BorrowedFd<'_>, &Path, OFlags) -> io::Result<OwnedFd>,
+        root: &RootDir,
+        relative: &str,
+    ) -> Result<String, Errno> {
+        let fd = open(root.fd.as_fd(), Path::new(relative), OFlags::RDONLY)
+            .map_err(|e| Errno::from_io_error(&e).unwrap())?;
+        let mut text = String::new();
+        fs::File::from(fd).read_to_string(&mut text).unwrap();
+        Ok(text)
+    }
+
+    #[test]
+    fn links_resolve_inside_the_root_with_and_without_openat2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "SECRET").unwrap();
+        let root = tmp.path().join("root");
+        let pf = root.join("sys/devices/pci0000:00/0000:3b:00.0");
+        fs::create_dir_all(&pf).unwrap();
+        fs::write(pf.join("vendor"), "0x8086\n").unwrap();
+        fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
+        let bus = root.join("sys/bus/pci/devices");
+        symlink(
+            "../../../devices/pci0000:00/0000:3b:00.0",
+            bus.join("0000:3b:00.0"),
+        )
+        .unwrap();
+        // An absolute link is taken from the root, as on the machine it was captured on.
+        symlink("/sys/devices/pci0000:00", bus.join("absolute")).unwrap();
+        // Hostile: links to the secret, a directory outside, and a climb far above the root.
+        symlink(outside.join("secret"), pf.join("numa_node")).unwrap();
+        symlink(&outside, pf.join("subsystem")).unwrap();
+        symlink("../../../../../../../..", pf.join("up")).unwrap();
+        symlink("loop", pf.join("loop")).unwrap();
+        let secret_from_root = format!("{}/secret", outside.display());
+        let up_to_secret = format!("sys/devices/pci0000:00/0000:3b:00.0/up{}", secret_from_root);
+
+        let root = RootDir::open(&root).unwrap();
+        let cases: [(&str, Result<String, Errno>); 8] = [
+            (
+                "sys/bus/pci/devices/0000:3b:00.0/vendor",
+                Ok("0x8086\n".into()),
+            ),
+            (
+                "sys/bus/pci/devices/absolute/0000:3b:00.0/vendor",
+                Ok("0x8086\n".into()),
+            ),
+            (
+                "sys/../../../sys/devices/pci0000:00/0000:3b:00.0/vendor",
+                Ok("0x8086\n".into()),
+            ),
+            // The attribute itself a link: refused (ELOOP), whatever it points to.
+            (
+                "sys/bus/pci/devices/0000:3b:00.0/numa_node",
+                Err(Errno::LOOP),
+            ),
+            // A directory link to outside: looked up inside the root, where there is nothing.
+            (
+                "sys/bus/pci/devices/0000:3b:00.0/subsystem/secret",
+                Err(Errno::NOENT),
+            ),
+            (&up_to_secret, Err(Errno::NOENT)),
+            (
+                "sys/devices/pci0000:00/0000:3b:00.0/loop/x",
+                Err(Errno::LOOP),
+            ),
+            (
+                "sys/devices/pci0000:00/0000:3b:00.0/vendor/x",
+                Err(Errno::NOTDIR),
+            ),
+        ];
+        for (relative, expected) in &cases {
+            assert_eq!(
+                &read(open_in_root, &root, relative),
+                expected,
+                "openat2: {relative}"
+            );
+            assert_eq!(
+                &read(walk_in_root, &root, relative),
+                expected,
+                "walked: {relative}"
+            );
+        }
+        // Paths outside the root's path are refused.
+        let err = root
+            .open_file(&outside.join("secret"), OFlags::RDONLY)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}

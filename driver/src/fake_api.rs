@@ -17,6 +17,9 @@
 //! * `DELETE` of the collection with a field selector deletes every match: what the kubelet does at its
 //!   start (`wipeResourceSlices` in `pkg/kubelet/cm/dra/plugin/dra_plugin_manager.go`:
 //!   `ResourceSlices().DeleteCollection(ctx, {}, {FieldSelector: "spec.nodeName=<node>"})`);
+//! * fields of a disabled feature gate are dropped from a slice on create and update
+//!   (`dropDisabledFields` in `pkg/registry/resource/resourceslice/strategy.go`):
+//!   [`FakeApi::disabled_device_fields`];
 //! * `?watch=true`: one JSON event a line (`{"type": "ADDED"|"MODIFIED"|"DELETED"|"ERROR", "object":
 //!   ...}`). From `resourceVersion=N`, every change after N that matches the selector, then changes as
 //!   they happen; without one (or `0`), a synthetic `ADDED` for each matching object first. A deleted
@@ -115,6 +118,9 @@ pub struct FakeApi {
     /// Requests (by [`Logged::short`]) to answer with this status once, e.g. a 409 conflict; an entry
     /// per failure.
     pub fail_once: Vec<(String, u16)>,
+    /// Device fields the server drops from slices it stores, as it does for a feature gate that is off
+    /// (`allowMultipleAllocations` without `DRAConsumableCapacity`, `taints` without `DRADeviceTaints`).
+    pub disabled_device_fields: Vec<String>,
     version: u64,
     /// Changes to slices: (resource version, event), oldest first.
     history: VecDeque<(u64, Value)>,
@@ -315,12 +321,23 @@ impl FakeApi {
         if self.slices.contains_key(&name) {
             return status(409, &format!("resourceslices \"{name}\" already exists"));
         }
+        self.drop_disabled(&mut body);
         let version = self.next_version();
         body["metadata"]["resourceVersion"] = json!(version.to_string());
         body["metadata"]["uid"] = json!(format!("uid-{name}-{version}"));
         self.slices.insert(name, body.clone());
         self.emit("ADDED", &body);
         Reply::Json(201, body)
+    }
+
+    fn drop_disabled(&self, slice: &mut Value) {
+        if let Some(devices) = slice["spec"]["devices"].as_array_mut() {
+            for device in devices.iter_mut().filter_map(Value::as_object_mut) {
+                for field in &self.disabled_device_fields {
+                    device.remove(field);
+                }
+            }
+        }
     }
 
     fn remove_slice(&mut self, name: &str) -> Option<Value> {
@@ -368,6 +385,7 @@ impl FakeApi {
                         ),
                     );
                 }
+                self.drop_disabled(&mut body);
                 body["metadata"]["resourceVersion"] = json!(self.next_version().to_string());
                 body["metadata"]["uid"] = stored["metadata"]["uid"].clone();
                 self.slices.insert(name.to_owned(), body.clone());

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 
@@ -124,6 +124,10 @@ pub struct Publisher {
     owner: Option<OwnerReference>,
     /// `None`: list before the next comparison.
     observed: Option<Observed>,
+    /// Slices the API server stored otherwise than sent (it drops fields whose feature gate is off):
+    /// name → (sent spec, stored spec). The stored form then counts as the sent one, so that a watch
+    /// event does not start a rewrite that the server undoes again.
+    dropped: BTreeMap<String, (ResourceSliceSpec, ResourceSliceSpec)>,
 }
 
 /// Runs one API call under [`CALL_TIMEOUT`], keeping what failed and how.
@@ -157,6 +161,7 @@ impl Publisher {
             config,
             owner: None,
             observed: None,
+            dropped: BTreeMap::new(),
         }
     }
 
@@ -215,7 +220,9 @@ impl Publisher {
                 Some(o) => {
                     let mut want = d.spec.clone();
                     want.pool.generation = current;
-                    if o.spec != want || o.metadata.owner_references != owners {
+                    if !self.same(&name_of(d), &want, &o.spec)
+                        || o.metadata.owner_references != owners
+                    {
                         changed += 1;
                     }
                 }
@@ -260,9 +267,18 @@ impl Publisher {
         Ok(report)
     }
 
+    /// Whether the API server's `stored` spec is what writing `want` gives.
+    fn same(&self, name: &str, want: &ResourceSliceSpec, stored: &ResourceSliceSpec) -> bool {
+        want == stored
+            || self
+                .dropped
+                .get(name)
+                .is_some_and(|(sent, kept)| sent == want && kept == stored)
+    }
+
     /// Writes the desired slices that differ (all of them when `bump`), recording each answer.
     async fn write(
-        &self,
+        &mut self,
         desired: Vec<ResourceSlice>,
         generation: i64,
         bump: bool,
@@ -273,10 +289,11 @@ impl Publisher {
             slice.spec.pool.generation = generation;
             slice.metadata.owner_references = self.owner_list();
             let name = slice.metadata.name.clone().unwrap_or_default();
+            let sent = slice.spec.clone();
             let stored = match observed.slices.get(&name) {
                 Some(old)
                     if !bump
-                        && old.spec == slice.spec
+                        && self.same(&name, &slice.spec, &old.spec)
                         && old.metadata.owner_references == slice.metadata.owner_references =>
                 {
                     continue;
@@ -291,6 +308,21 @@ impl Publisher {
                     self.create(&name, slice).await?
                 }
             };
+            if stored.spec == sent {
+                self.dropped.remove(&name);
+            } else if self
+                .dropped
+                .get(&name)
+                .is_none_or(|(before, _)| *before != sent)
+            {
+                tracing::warn!(
+                    slice = %name,
+                    "the API server stored the ResourceSlice without some of its fields (a feature \
+                     gate off?); the stored form is kept as published"
+                );
+                self.dropped
+                    .insert(name.clone(), (sent, stored.spec.clone()));
+            }
             observed.slices.insert(name, stored);
         }
         Ok(())

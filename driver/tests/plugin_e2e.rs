@@ -1,7 +1,7 @@
 //! The real `dra-hal-plugin` binary on the GB300 fixture, with a fake API server over plain HTTP (a
 //! kubeconfig with an `http://` server), and this test acting as the kubelet over the real Unix
 //! sockets: registration, prepare and unprepare of good and bad claims, CDI files, the checkpoint,
-//! published slices, metrics and health, SIGTERM.
+//! published slices (and published again after the kubelet deletes them), metrics and health, SIGTERM.
 
 #![allow(
     clippy::unwrap_used,
@@ -191,6 +191,38 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
         assert_eq!(slice["spec"]["devices"].as_array().unwrap().len(), 10);
         assert_eq!(slice["metadata"]["ownerReferences"][0]["uid"], "uid-node-1");
     }
+
+    // The kubelet deletes all of the node's slices at its start: the plugin's watch sees it and
+    // publishes them again, the same, within 5 s.
+    let published = state.lock().unwrap().slices["node-1-hal-dra-dev-0"]["spec"].clone();
+    let wipe = "/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3Dnode-1";
+    let wiped = {
+        let mut api = state.lock().unwrap();
+        assert_eq!(api.handle("DELETE", wipe, b"").status(), Some(200));
+        assert!(api.slices.is_empty());
+        Instant::now()
+    };
+    wait_for(
+        "the ResourceSlice to come back",
+        || {
+            state
+                .lock()
+                .unwrap()
+                .slices
+                .contains_key("node-1-hal-dra-dev-0")
+        },
+        &mut child,
+    )
+    .await;
+    assert!(
+        wiped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        wiped.elapsed()
+    );
+    assert_eq!(
+        state.lock().unwrap().slices["node-1-hal-dra-dev-0"]["spec"],
+        published
+    );
 
     // Prepare: one good claim, one with a device this node does not have, one unknown.
     let mut dra_client = DraPluginClient::new(channel(&dra).await);

@@ -235,6 +235,54 @@ async fn an_unchanged_node_costs_no_write_across_rescans_and_watch_events() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn fields_the_api_server_drops_cost_one_write_not_a_write_per_event() {
+    // Kubernetes 1.34 without DRAConsumableCapacity: the shared CPU groups lose
+    // `allowMultipleAllocations` on every write.
+    let mut api = FakeApi::with_node("n");
+    api.disabled_device_fields = vec!["allowMultipleAllocations".into()];
+    let running = start(api, SliceConfig::new("n"), "xeon");
+    sleep(Duration::from_secs(1)).await;
+    let first = running.drain();
+    assert_eq!(
+        first.iter().filter(|r| r.method == "POST").count(),
+        1,
+        "{first:?}"
+    );
+    let stored = running.slices();
+    assert!(
+        !serde_json::to_string(&stored)
+            .unwrap()
+            .contains("allowMultipleAllocations"),
+        "the fake dropped the field"
+    );
+
+    // Rescans, a watch event, and still no write.
+    let name = "n-hal-dra-dev-0";
+    assert_eq!(
+        running.act("PUT", &format!("{SLICES}/{name}"), &stored[name]),
+        200
+    );
+    sleep(INTERVAL * 3).await;
+    let log = running.drain();
+    assert!(log.iter().all(|r| r.method == "GET"), "{log:?}");
+
+    // A real change by another actor is still repaired, to the form the server keeps.
+    let mut edited = running.slices()[name].clone();
+    edited["spec"]["devices"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    assert_eq!(
+        running.act("PUT", &format!("{SLICES}/{name}"), &edited),
+        200
+    );
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(short(&running.drain()), [format!("PUT {SLICES}/{name}")]);
+    assert_eq!(running.slices()[name]["spec"], stored[name]["spec"]);
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn failed_calls_are_retried_with_backoff_not_after_the_rescan_interval() {
     let mut api = FakeApi::with_node("n");
     let post = format!("POST {SLICES}");

@@ -32,6 +32,8 @@
 #![allow(clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -83,6 +85,8 @@ pub enum Reply {
         events: UnboundedReceiver<Value>,
         /// The request's `timeoutSeconds`.
         timeout: Option<Duration>,
+        /// Set when the server hangs: the stream then never ends, not even at `timeout`.
+        frozen: Arc<AtomicBool>,
     },
     /// No answer, ever (a hung API server).
     Hang,
@@ -102,6 +106,7 @@ impl Reply {
 struct Watcher {
     selector: Vec<(String, String)>,
     events: UnboundedSender<Value>,
+    frozen: Arc<AtomicBool>,
 }
 
 /// The server's state: objects by kind and name, a resource-version counter, the request log.
@@ -145,6 +150,9 @@ impl FakeApi {
     pub fn set_hung(&mut self, hung: bool) {
         self.hung = hung;
         if hung {
+            for watcher in &self.watchers {
+                watcher.frozen.store(true, Ordering::SeqCst);
+            }
             self.frozen.append(&mut self.watchers);
         }
     }
@@ -280,6 +288,7 @@ impl FakeApi {
             .and_then(|s| s.parse().ok())
             .map(Duration::from_secs);
         let (sender, events) = unbounded_channel();
+        let frozen = Arc::new(AtomicBool::new(false));
         let from = param(params, "resourceVersion").filter(|v| !v.is_empty() && *v != "0");
         match from.map(str::parse::<u64>) {
             None => {
@@ -294,7 +303,11 @@ impl FakeApi {
                     &format!("too old resource version: {from} ({})", self.compacted + 1),
                 );
                 let _ = sender.send(json!({"type": "ERROR", "object": gone}));
-                return Reply::Watch { events, timeout };
+                return Reply::Watch {
+                    events,
+                    timeout,
+                    frozen,
+                };
             }
             Some(Ok(from)) => {
                 for (_, event) in self.history.iter().filter(|(v, _)| *v > from) {
@@ -307,8 +320,13 @@ impl FakeApi {
         self.watchers.push(Watcher {
             selector,
             events: sender,
+            frozen: frozen.clone(),
         });
-        Reply::Watch { events, timeout }
+        Reply::Watch {
+            events,
+            timeout,
+            frozen,
+        }
     }
 
     fn create_slice(&mut self, mut body: Value) -> Reply {

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub struct MockBody {
     whole: Option<Bytes>,
     events: Option<UnboundedReceiver<Value>>,
     end: Option<Pin<Box<tokio::time::Sleep>>>,
+    frozen: Option<Arc<AtomicBool>>,
 }
 
 impl http_body::Body for MockBody {
@@ -36,7 +38,15 @@ impl http_body::Body for MockBody {
         if let Some(end) = self.end.as_mut()
             && end.as_mut().poll(cx).is_ready()
         {
-            self.events = None;
+            self.end = None;
+            // A hung server does not end its watches either.
+            if !self
+                .frozen
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst))
+            {
+                self.events = None;
+            }
         }
         let Some(events) = self.events.as_mut() else {
             return Poll::Ready(None);
@@ -111,14 +121,20 @@ impl FakeApi {
                         whole: Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())),
                         events: None,
                         end: None,
+                        frozen: None,
                     },
                 ),
-                Reply::Watch { events, timeout } => (
+                Reply::Watch {
+                    events,
+                    timeout,
+                    frozen,
+                } => (
                     200,
                     MockBody {
                         whole: None,
                         events: Some(events),
                         end: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                        frozen: Some(frozen),
                     },
                 ),
                 Reply::Hang => {
@@ -225,6 +241,7 @@ async fn connection(
             Reply::Watch {
                 mut events,
                 timeout,
+                frozen,
             } => {
                 stream
                     .write_all(
@@ -244,7 +261,13 @@ async fn connection(
                             chunk.extend_from_slice(b"\r\n");
                             stream.write_all(&chunk).await?;
                         }
-                        () = &mut end => break,
+                        () = &mut end => {
+                            if frozen.load(Ordering::SeqCst) {
+                                // A hung server does not end its watches either.
+                                std::future::pending::<()>().await;
+                            }
+                            break;
+                        }
                     }
                 }
                 stream.write_all(b"0\r\n\r\n").await?;

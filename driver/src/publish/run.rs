@@ -13,8 +13,8 @@ use super::{PublishError, Publisher, SliceEvents, WATCH_SECONDS};
 use crate::api::{Backoff, CALL_TIMEOUT};
 use crate::inventory::Inventory;
 
-/// A watch that stays silent this long was not ended by the server as asked: the connection is dead
-/// (or the server hung), so it is dropped and the state listed again.
+/// A watch still open this long after it started was not ended by the server as asked: the connection
+/// is dead (or the server hung), so it is dropped and the state listed again.
 const WATCH_IDLE: Duration = Duration::from_secs(WATCH_SECONDS as u64 + CALL_TIMEOUT.as_secs());
 
 /// Watch events are compared after this much quiet (and at most [`SETTLE_MAX`] after the first), so
@@ -28,21 +28,23 @@ const SETTLE_MAX: Duration = Duration::from_secs(1);
 const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 
 enum Next {
-    Event(kube::api::WatchEvent<k8s_openapi::api::resource::v1::ResourceSlice>),
+    Event(Box<kube::api::WatchEvent<k8s_openapi::api::resource::v1::ResourceSlice>>),
     Failed(kube::Error),
     Ended,
-    Silent,
+    Overdue,
 }
 
-async fn next_event(watch: &mut Option<SliceEvents>) -> Next {
+/// The watch's next item, or `Overdue` when the watch has not ended by `deadline` (its start plus
+/// [`WATCH_IDLE`]; kept outside, as this future is made anew at each turn of the loop).
+async fn next_event(watch: &mut Option<SliceEvents>, deadline: Instant) -> Next {
     let Some(events) = watch.as_mut() else {
         return std::future::pending().await;
     };
-    match tokio::time::timeout(WATCH_IDLE, events.next()).await {
-        Ok(Some(Ok(event))) => Next::Event(event),
+    match tokio::time::timeout_at(deadline, events.next()).await {
+        Ok(Some(Ok(event))) => Next::Event(Box::new(event)),
         Ok(Some(Err(error))) => Next::Failed(error),
         Ok(None) => Next::Ended,
-        Err(_) => Next::Silent,
+        Err(_) => Next::Overdue,
     }
 }
 
@@ -75,6 +77,7 @@ pub async fn publish_loop(
     let mut watch_backoff = Backoff::default();
     let mut watch: Option<SliceEvents> = None;
     let mut watch_started = Instant::now();
+    let mut watch_deadline = Instant::now();
     let mut settle: Option<Instant> = None;
     let mut first_event = Instant::now();
     let mut rescan = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -113,6 +116,7 @@ pub async fn publish_loop(
                 Ok(events) => {
                     watch = Some(events);
                     watch_started = Instant::now();
+                    watch_deadline = watch_started + WATCH_IDLE;
                 }
                 Err(error) => {
                     publisher.forget();
@@ -139,8 +143,8 @@ pub async fn publish_loop(
                 inventory = read();
                 due = true;
             }
-            next = next_event(&mut watch) => match next {
-                Next::Event(event) => match publisher.apply(event) {
+            next = next_event(&mut watch, watch_deadline) => match next {
+                Next::Event(event) => match publisher.apply(*event) {
                     Ok(changed) => {
                         watch_backoff.reset();
                         if changed {
@@ -178,7 +182,7 @@ pub async fn publish_loop(
                     retry_at = Some(Instant::now() + watch_backoff.next_delay());
                     tracing::warn!("the ResourceSlice watch ended at once; will retry");
                 }
-                Next::Silent => {
+                Next::Overdue => {
                     watch = None;
                     publisher.forget();
                     due = true;

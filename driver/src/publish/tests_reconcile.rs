@@ -415,3 +415,39 @@ async fn a_watch_resumed_from_a_compacted_version_lists_again() {
     assert_eq!(running.slices().len(), 1);
     running.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_that_goes_silent_is_replaced_after_the_server_side_timeout() {
+    let running = start(FakeApi::with_node("n"), SliceConfig::new("n"), "gb300");
+    sleep(Duration::from_secs(1)).await;
+    running.drain();
+    let silent = Instant::now();
+    {
+        // The watch's connection dies without a word (the server hung for a moment); the kubelet then
+        // wipes the slices, and the dead watch does not say so.
+        let mut api = running.state.lock().unwrap();
+        api.set_hung(true);
+        api.set_hung(false);
+    }
+    let wipe = format!("{SLICES}?fieldSelector=spec.nodeName%3Dn");
+    assert_eq!(running.act("DELETE", &wipe, &Value::Null), 200);
+
+    // Past 290 s (the watch's timeoutSeconds) + 10 s without even its end: listed again, repaired.
+    sleep(Duration::from_secs(299)).await;
+    assert!(running.slices().is_empty(), "not before the limit");
+    sleep(Duration::from_secs(1) + Backoff::START.mul_f64(1.2)).await;
+    let log = running.drain();
+    assert_eq!(
+        short(&log),
+        [
+            format!("GET {SLICES}"),
+            format!("POST {SLICES}"),
+            format!("GET {SLICES}"),
+        ],
+        "{log:?}"
+    );
+    assert!(!log[0].is_watch() && log[2].is_watch());
+    assert!(log[0].at - silent >= Duration::from_secs(300));
+    assert_eq!(running.slices().len(), 1);
+    running.stop().await;
+}

@@ -317,8 +317,9 @@ impl Publisher {
             {
                 tracing::warn!(
                     slice = %name,
-                    "the API server stored the ResourceSlice without some of its fields (a feature \
-                     gate off?); the stored form is kept as published"
+                    "the API server stored the ResourceSlice otherwise than sent (a field of a \
+                     feature gate that is off dropped, or a value normalized); that form counts as \
+                     published"
                 );
                 self.dropped
                     .insert(name.clone(), (sent, stored.spec.clone()));

@@ -201,6 +201,9 @@ pub async fn publish_loop(
 /// Logs a failure and says when to try again.
 fn fail(error: &PublishError, backoff: &mut Backoff) -> Instant {
     let delay = backoff.next_delay();
-    tracing::warn!(%error, kind = ?error.kind(), retry_in = ?delay, "publishing ResourceSlices failed; will retry");
+    let kind = error
+        .kind()
+        .map_or_else(|| "invalid".to_owned(), |k| k.to_string());
+    tracing::warn!(%error, %kind, retry_in = ?delay, "publishing ResourceSlices failed; will retry");
     Instant::now() + delay
 }

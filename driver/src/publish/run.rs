@@ -101,8 +101,10 @@ pub async fn publish_loop(
                     }
                 }
                 Err(error) if error.kind().is_none() => {
-                    // Slices the API server would refuse: a bug; retrying cannot help.
+                    // Slices the API server would refuse: a bug; retrying cannot help. The next
+                    // rescan or hotplug event tries again, from a fresh list.
                     due = false;
+                    watch = None;
                     tracing::error!(%error, "not publishing ResourceSlices");
                 }
                 Err(error) => {
@@ -176,7 +178,10 @@ pub async fn publish_loop(
                     retry_at = Some(fail(&error, &mut watch_backoff));
                 }
                 // The server's timeout: resume from the last version seen, without listing.
-                Next::Ended if watch_started.elapsed() >= WATCH_SHORTEST => watch = None,
+                Next::Ended if watch_started.elapsed() >= WATCH_SHORTEST => {
+                    watch = None;
+                    watch_backoff.reset();
+                }
                 Next::Ended => {
                     watch = None;
                     retry_at = Some(Instant::now() + watch_backoff.next_delay());

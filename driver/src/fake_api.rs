@@ -109,6 +109,17 @@ struct Watcher {
     frozen: Arc<AtomicBool>,
 }
 
+/// etcd's revision, the source of resource versions: it starts at 1, so a list of an empty server has
+/// `resourceVersion: "1"`, never `"0"` (which a watch reads as "from any version", without the history).
+#[derive(Debug)]
+struct Revision(u64);
+
+impl Default for Revision {
+    fn default() -> Self {
+        Revision(1)
+    }
+}
+
 /// The server's state: objects by kind and name, a resource-version counter, the request log.
 #[derive(Debug, Default)]
 pub struct FakeApi {
@@ -126,7 +137,7 @@ pub struct FakeApi {
     /// Device fields the server drops from slices it stores, as it does for a feature gate that is off
     /// (`allowMultipleAllocations` without `DRAConsumableCapacity`, `taints` without `DRADeviceTaints`).
     pub disabled_device_fields: Vec<String>,
-    version: u64,
+    version: Revision,
     /// Changes to slices: (resource version, event), oldest first.
     history: VecDeque<(u64, Value)>,
     /// Versions up to this one are no longer in `history`.
@@ -166,7 +177,7 @@ impl FakeApi {
     /// `410 Expired`.
     pub fn compact(&mut self) {
         self.history.clear();
-        self.compacted = self.version;
+        self.compacted = self.version.0;
     }
 
     /// Answers one request.
@@ -247,14 +258,14 @@ impl FakeApi {
     }
 
     fn next_version(&mut self) -> u64 {
-        self.version += 1;
-        self.version
+        self.version.0 += 1;
+        self.version.0
     }
 
     /// Records a change to a slice and sends it to the watches it matches.
     fn emit(&mut self, kind: &str, object: &Value) {
         let event = json!({"type": kind, "object": object});
-        self.history.push_back((self.version, event.clone()));
+        self.history.push_back((self.version.0, event.clone()));
         while self.history.len() > HISTORY {
             if let Some((version, _)) = self.history.pop_front() {
                 self.compacted = version;
@@ -274,7 +285,7 @@ impl FakeApi {
 
     fn list_slices(&mut self, params: &[(String, String)]) -> Reply {
         let items = self.matching(&selector(params));
-        let version = self.version.to_string();
+        let version = self.version.0.to_string();
         Reply::Json(
             200,
             json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
@@ -373,7 +384,7 @@ impl FakeApi {
             .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_owned))
             .collect();
         let items: Vec<Value> = names.iter().filter_map(|n| self.remove_slice(n)).collect();
-        let version = self.version.to_string();
+        let version = self.version.0.to_string();
         Reply::Json(
             200,
             json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",

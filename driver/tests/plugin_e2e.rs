@@ -1,7 +1,8 @@
 //! The real `dra-hal-plugin` binary on the GB300 fixture, with a fake API server over plain HTTP (a
 //! kubeconfig with an `http://` server), and this test acting as the kubelet over the real Unix
 //! sockets: registration, prepare and unprepare of good and bad claims, CDI files, the checkpoint,
-//! published slices (and published again after the kubelet deletes them), metrics and health, SIGTERM.
+//! published slices (and published again after the kubelet deletes them), a hung API server (Prepare
+//! fails after the call deadline), metrics and health, SIGTERM.
 
 #![allow(
     clippy::unwrap_used,
@@ -303,6 +304,31 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
         "{response:?}"
     );
     assert!(!spec.exists());
+
+    // A hung API server (it accepts the connection and never answers): a Prepare that reads its claim
+    // fails with the plugin's call deadline (10 s), well before the kubelet's (45 s), instead of
+    // holding the kubelet; the plugin keeps serving.
+    state.lock().unwrap().set_hung(true);
+    let asked = Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        dra_client.node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![claim_ref("good")],
+        }),
+    )
+    .await
+    .expect("Prepare answered")
+    .unwrap()
+    .into_inner();
+    let waited = asked.elapsed();
+    let error = &response.claims["good"].error;
+    assert!(error.contains("timed out"), "{error}");
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    state.lock().unwrap().set_hung(false);
+    assert!(http_get(metrics_port, "/healthz").await.ends_with("ok\n"));
 
     // SIGTERM: a clean exit that removes both sockets.
     terminate(&child);

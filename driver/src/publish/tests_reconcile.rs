@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::{Instant, sleep};
+use tokio_stream::StreamExt;
 
 use super::*;
 use crate::api::{Backoff, call_timeout_layer};
@@ -450,4 +451,40 @@ async fn a_watch_that_goes_silent_is_replaced_after_the_server_side_timeout() {
     assert!(log[0].at - silent >= Duration::from_secs(300));
     assert_eq!(running.slices().len(), 1);
     running.stop().await;
+}
+
+#[tokio::test]
+async fn a_wipe_between_the_first_publish_and_the_watch_is_not_lost() {
+    // The watch starts from the first list's version, even on an empty server, so the changes made
+    // after that list (the publisher's own create, then the kubelet's wipe) come as events.
+    let state = Arc::new(Mutex::new(FakeApi::with_node("n")));
+    let client = FakeApi::mock_client(state.clone(), &call_timeout_layer());
+    let mut publisher = Publisher::new(client, SliceConfig::new("n"));
+    let gb300 = inventory("gb300");
+    assert_eq!(publisher.publish(&gb300).await.unwrap().created, 1);
+    let wipe = format!("{SLICES}?fieldSelector=spec.nodeName%3Dn");
+    let reply = state.lock().unwrap().handle("DELETE", &wipe, b"");
+    assert_eq!(reply.status(), Some(200));
+
+    let mut events = publisher.watch().await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("the wipe comes as an event")
+            .unwrap()
+            .unwrap();
+        seen.push(match &event {
+            WatchEvent::Added(_) => "ADDED",
+            WatchEvent::Modified(_) => "MODIFIED",
+            WatchEvent::Deleted(_) => "DELETED",
+            WatchEvent::Bookmark(_) => "BOOKMARK",
+            WatchEvent::Error(_) => "ERROR",
+        });
+        if publisher.apply(event).unwrap() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["ADDED", "DELETED"], "the own create, then the wipe");
+    assert_eq!(publisher.publish(&gb300).await.unwrap().created, 1);
 }

@@ -19,7 +19,8 @@
 //!   `ResourceSlices().DeleteCollection(ctx, {}, {FieldSelector: "spec.nodeName=<node>"})`);
 //! * fields of a disabled feature gate are dropped from a slice on create and update
 //!   (`dropDisabledFields` in `pkg/registry/resource/resourceslice/strategy.go`):
-//!   [`FakeApi::disabled_device_fields`];
+//!   [`FakeApi::disabled_device_fields`] (upstream keeps them on an update of a slice that already
+//!   has them; not modelled);
 //! * `?watch=true`: one JSON event a line (`{"type": "ADDED"|"MODIFIED"|"DELETED"|"ERROR", "object":
 //!   ...}`). From `resourceVersion=N`, every change after N that matches the selector, then changes as
 //!   they happen; without one (or `0`), a synthetic `ADDED` for each matching object first. A deleted

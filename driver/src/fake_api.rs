@@ -1,18 +1,47 @@
 //! An in-memory Kubernetes API server for tests, at the HTTP level: it answers the requests the driver
 //! makes (Nodes, ResourceSlices, ResourceClaims) the way the real one does, keeps every request in a
-//! log that tests compare exactly, and can be told to fail a request.
+//! log that tests compare exactly, and can be told to fail a request or to hang.
 //!
-//! It is the request → response logic, with two front ends: [`FakeApi::serve_mock`] behind a
-//! `tower_test` mock service (for `kube::Client::new`), and [`FakeApi::serve_http`] on a TCP port for
-//! another process. Built for the driver's tests and with the `fake-api` feature.
+//! It is the request → [`Reply`] logic, with two front ends (module `serve`): [`FakeApi::serve_mock`]
+//! behind a `tower_test` mock service (for `kube::Client::new`), and [`FakeApi::serve_http`] on a TCP
+//! port for another process. Built for the driver's tests and with the `fake-api` feature.
+//!
+//! What it does as the real API server does (`k8s.io/apiserver`, `k8s.io/apimachinery`):
+//! * every write bumps one resource-version counter; an object carries the version of its last write,
+//!   a list carries the current one (`metadata.resourceVersion`);
+//! * `PUT` with another `resourceVersion` than the stored one is `409 Conflict`, `POST` of an existing
+//!   name is `409 AlreadyExists`, a missing object is `404`;
+//! * ResourceSlices take the field selectors `spec.nodeName` and `spec.driver` (and any other field
+//!   path here; the real server knows `spec.nodeName`, `spec.driver`, `spec.pool.name`) on list, watch
+//!   and delete-collection;
+//! * `DELETE` of the collection with a field selector deletes every match: what the kubelet does at its
+//!   start (`wipeResourceSlices` in `pkg/kubelet/cm/dra/plugin/dra_plugin_manager.go`:
+//!   `ResourceSlices().DeleteCollection(ctx, {}, {FieldSelector: "spec.nodeName=<node>"})`);
+//! * fields of a disabled feature gate are dropped from a slice on create and update
+//!   (`dropDisabledFields` in `pkg/registry/resource/resourceslice/strategy.go`):
+//!   [`FakeApi::disabled_device_fields`] (upstream keeps them on an update of a slice that already
+//!   has them; not modelled);
+//! * `?watch=true`: one JSON event a line (`{"type": "ADDED"|"MODIFIED"|"DELETED"|"ERROR", "object":
+//!   ...}`). From `resourceVersion=N`, every change after N that matches the selector, then changes as
+//!   they happen; without one (or `0`), a synthetic `ADDED` for each matching object first. A deleted
+//!   object comes with the version of its deletion. A version older than the kept history is answered
+//!   with an `ERROR` event carrying `410 Expired` ("too old resource version"), and the stream ends, as
+//!   the watch cache does. `timeoutSeconds` ends the stream after that long.
 //!
 //! JSON is read and written with `Value` indexing: a missing field reads as `null`, and bodies are
 //! checked to be objects before fields are set.
 #![allow(clippy::indexing_slicing)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+mod serve;
+pub use serve::{MockBody, kubeconfig};
 
 /// One request as the server saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +50,8 @@ pub struct Logged {
     pub method: String,
     /// Path and query, as sent.
     pub uri: String,
+    /// When it arrived (tokio's clock, so paused-time tests can check retry delays).
+    pub at: tokio::time::Instant,
 }
 
 impl Logged {
@@ -29,26 +60,93 @@ impl Logged {
         let path = self.uri.split('?').next().unwrap_or_default();
         format!("{} {path}", self.method)
     }
+
+    /// Whether this is a watch (`?watch=true`).
+    pub fn is_watch(&self) -> bool {
+        query(&self.uri)
+            .iter()
+            .any(|(k, v)| k == "watch" && v == "true")
+    }
 }
 
 const SLICES: &str = "/apis/resource.k8s.io/v1/resourceslices";
 const CLAIMS: &str = "/apis/resource.k8s.io/v1/namespaces/";
 const NODES: &str = "/api/v1/nodes/";
+/// How many changes are kept for watches that resume from a resource version.
+const HISTORY: usize = 1000;
+
+/// How the server answers a request.
+#[derive(Debug)]
+pub enum Reply {
+    /// A status and a JSON body.
+    Json(u16, Value),
+    /// A watch stream: `200`, then each event as a line, until `timeout` or the server drops it.
+    Watch {
+        /// Events (`{"type", "object"}`), in order.
+        events: UnboundedReceiver<Value>,
+        /// The request's `timeoutSeconds`.
+        timeout: Option<Duration>,
+        /// Set when the server hangs: the stream then never ends, not even at `timeout`.
+        frozen: Arc<AtomicBool>,
+    },
+    /// No answer, ever (a hung API server).
+    Hang,
+}
+
+impl Reply {
+    /// The status, for a JSON reply.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Reply::Json(code, _) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Watcher {
+    selector: Vec<(String, String)>,
+    events: UnboundedSender<Value>,
+    frozen: Arc<AtomicBool>,
+}
+
+/// etcd's revision, the source of resource versions: it starts at 1, so a list of an empty server has
+/// `resourceVersion: "1"`, never `"0"` (which a watch reads as "from any version", without the history).
+#[derive(Debug)]
+struct Revision(u64);
+
+impl Default for Revision {
+    fn default() -> Self {
+        Revision(1)
+    }
+}
 
 /// The server's state: objects by kind and name, a resource-version counter, the request log.
 #[derive(Debug, Default)]
 pub struct FakeApi {
     /// Node name → uid.
     pub nodes: BTreeMap<String, String>,
-    /// ResourceSlices by name.
+    /// ResourceSlices by name. Changed through requests, so that watches see the changes.
     pub slices: BTreeMap<String, Value>,
     /// ResourceClaims by `namespace/name`.
     pub claims: BTreeMap<String, Value>,
     /// Every request, in order.
     pub log: Vec<Logged>,
-    /// Requests (by [`Logged::short`]) to answer with this status once, e.g. a 409 conflict.
+    /// Requests (by [`Logged::short`]) to answer with this status once, e.g. a 409 conflict; an entry
+    /// per failure.
     pub fail_once: Vec<(String, u16)>,
-    version: u64,
+    /// Device fields the server drops from slices it stores, as it does for a feature gate that is off
+    /// (`allowMultipleAllocations` without `DRAConsumableCapacity`, `taints` without `DRADeviceTaints`).
+    pub disabled_device_fields: Vec<String>,
+    version: Revision,
+    /// Changes to slices: (resource version, event), oldest first.
+    history: VecDeque<(u64, Value)>,
+    /// Versions up to this one are no longer in `history`.
+    compacted: u64,
+    watchers: Vec<Watcher>,
+    /// Watches open when the server hung: never written to again.
+    frozen: Vec<Watcher>,
+    hung: bool,
 }
 
 impl FakeApi {
@@ -59,22 +157,51 @@ impl FakeApi {
         api
     }
 
-    /// Answers one request: status and JSON body.
-    pub fn handle(&mut self, method: &str, uri: &str, body: &[u8]) -> (u16, Value) {
+    /// Makes the server hang (`true`): it accepts requests and never answers, and open watches go
+    /// silent for good; or answer again (`false`) new requests.
+    pub fn set_hung(&mut self, hung: bool) {
+        self.hung = hung;
+        if hung {
+            for watcher in &self.watchers {
+                watcher.frozen.store(true, Ordering::SeqCst);
+            }
+            self.frozen.append(&mut self.watchers);
+        }
+    }
+
+    /// Ends every open watch, as a restarting API server does.
+    pub fn end_watches(&mut self) {
+        self.watchers.clear();
+    }
+
+    /// Forgets the history of changes, as etcd's compaction does: a watch from an older version gets
+    /// `410 Expired`.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.version.0;
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, method: &str, uri: &str, body: &[u8]) -> Reply {
         let logged = Logged {
             method: method.to_owned(),
             uri: uri.to_owned(),
+            at: tokio::time::Instant::now(),
         };
         let short = logged.short();
         self.log.push(logged);
+        if self.hung {
+            return Reply::Hang;
+        }
         if let Some(i) = self.fail_once.iter().position(|(r, _)| *r == short) {
             let (_, code) = self.fail_once.remove(i);
             return status(code, "injected failure");
         }
-        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let (path, _) = uri.split_once('?').unwrap_or((uri, ""));
+        let params = query(uri);
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         if path == "/version" && method == "GET" {
-            return (
+            return Reply::Json(
                 200,
                 json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0", "gitCommit": "",
                        "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
@@ -83,7 +210,7 @@ impl FakeApi {
         }
         if let Some(name) = path.strip_prefix(NODES) {
             return match (method, self.nodes.get(name)) {
-                ("GET", Some(uid)) => (
+                ("GET", Some(uid)) => Reply::Json(
                     200,
                     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": uid}}),
                 ),
@@ -92,9 +219,12 @@ impl FakeApi {
         }
         if let Some(rest) = path.strip_prefix(SLICES) {
             let name = rest.strip_prefix('/');
+            let watch = params.iter().any(|(k, v)| k == "watch" && v == "true");
             return match (method, name) {
-                ("GET", None) => self.list_slices(query),
+                ("GET", None) if watch => self.watch_slices(&params),
+                ("GET", None) => self.list_slices(&params),
                 ("POST", None) => self.create_slice(body),
+                ("DELETE", None) => self.delete_slices(&params),
                 (_, Some(name)) => {
                     let name = name.to_owned();
                     self.slice_by_name(method, &name, body)
@@ -115,12 +245,12 @@ impl FakeApi {
                 }
                 // Server-side apply by one field manager: its list replaces what it owned.
                 claim["status"]["devices"] = body["status"]["devices"].clone();
-                return (200, claim.clone());
+                return Reply::Json(200, claim.clone());
             }
             if let [namespace, "resourceclaims", name] = parts.as_slice() {
                 let key = format!("{namespace}/{name}");
                 return match (method, self.claims.get(&key)) {
-                    ("GET", Some(claim)) => (200, claim.clone()),
+                    ("GET", Some(claim)) => Reply::Json(200, claim.clone()),
                     _ => status(404, &format!("resourceclaims \"{name}\" not found")),
                 };
             }
@@ -128,49 +258,90 @@ impl FakeApi {
         status(404, "the server could not find the requested resource")
     }
 
-    fn next_version(&mut self) -> String {
-        self.version += 1;
-        self.version.to_string()
+    fn next_version(&mut self) -> u64 {
+        self.version.0 += 1;
+        self.version.0
     }
 
-    fn list_slices(&mut self, query: &str) -> (u16, Value) {
-        let selector = query
-            .split('&')
-            .find_map(|p| p.strip_prefix("fieldSelector="))
-            .map(|s| {
-                s.replace("%3D", "=")
-                    .replace("%2C", ",")
-                    .replace("%2F", "/")
-            })
-            .unwrap_or_default();
-        let wanted: Vec<(&str, &str)> = selector
-            .split(',')
-            .filter_map(|term| term.split_once('='))
-            .collect();
-        let items: Vec<Value> = self
-            .slices
+    /// Records a change to a slice and sends it to the watches it matches.
+    fn emit(&mut self, kind: &str, object: &Value) {
+        let event = json!({"type": kind, "object": object});
+        self.history.push_back((self.version.0, event.clone()));
+        while self.history.len() > HISTORY {
+            if let Some((version, _)) = self.history.pop_front() {
+                self.compacted = version;
+            }
+        }
+        self.watchers
+            .retain(|w| !matches(&w.selector, object) || w.events.send(event.clone()).is_ok());
+    }
+
+    fn matching(&self, selector: &[(String, String)]) -> Vec<Value> {
+        self.slices
             .values()
-            .filter(|s| {
-                wanted.iter().all(|(field, value)| {
-                    let path: Vec<&str> = field.split('.').collect();
-                    let mut v = *s;
-                    for p in &path {
-                        v = &v[*p];
-                    }
-                    v.as_str() == Some(*value)
-                })
-            })
+            .filter(|s| matches(selector, s))
             .cloned()
-            .collect();
-        let version = self.version.to_string();
-        (
+            .collect()
+    }
+
+    fn list_slices(&mut self, params: &[(String, String)]) -> Reply {
+        let items = self.matching(&selector(params));
+        let version = self.version.0.to_string();
+        Reply::Json(
             200,
             json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
                    "metadata": {"resourceVersion": version}, "items": items}),
         )
     }
 
-    fn create_slice(&mut self, mut body: Value) -> (u16, Value) {
+    fn watch_slices(&mut self, params: &[(String, String)]) -> Reply {
+        let selector = selector(params);
+        let timeout = param(params, "timeoutSeconds")
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs);
+        let (sender, events) = unbounded_channel();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let from = param(params, "resourceVersion").filter(|v| !v.is_empty() && *v != "0");
+        match from.map(str::parse::<u64>) {
+            None => {
+                for object in self.matching(&selector) {
+                    let _ = sender.send(json!({"type": "ADDED", "object": object}));
+                }
+            }
+            Some(Err(_)) => return status(400, "invalid resourceVersion"),
+            Some(Ok(from)) if from < self.compacted => {
+                let gone = status_body(
+                    410,
+                    &format!("too old resource version: {from} ({})", self.compacted + 1),
+                );
+                let _ = sender.send(json!({"type": "ERROR", "object": gone}));
+                return Reply::Watch {
+                    events,
+                    timeout,
+                    frozen,
+                };
+            }
+            Some(Ok(from)) => {
+                for (_, event) in self.history.iter().filter(|(v, _)| *v > from) {
+                    if matches(&selector, &event["object"]) {
+                        let _ = sender.send(event.clone());
+                    }
+                }
+            }
+        }
+        self.watchers.push(Watcher {
+            selector,
+            events: sender,
+            frozen: frozen.clone(),
+        });
+        Reply::Watch {
+            events,
+            timeout,
+            frozen,
+        }
+    }
+
+    fn create_slice(&mut self, mut body: Value) -> Reply {
         if !body["metadata"].is_object() {
             return status(400, "a ResourceSlice object is required");
         }
@@ -180,22 +351,58 @@ impl FakeApi {
         if self.slices.contains_key(&name) {
             return status(409, &format!("resourceslices \"{name}\" already exists"));
         }
-        body["metadata"]["resourceVersion"] = json!(self.next_version());
-        body["metadata"]["uid"] = json!(format!("uid-{name}"));
+        self.drop_disabled(&mut body);
+        let version = self.next_version();
+        body["metadata"]["resourceVersion"] = json!(version.to_string());
+        body["metadata"]["uid"] = json!(format!("uid-{name}-{version}"));
         self.slices.insert(name, body.clone());
-        (201, body)
+        self.emit("ADDED", &body);
+        Reply::Json(201, body)
     }
 
-    fn slice_by_name(&mut self, method: &str, name: &str, mut body: Value) -> (u16, Value) {
+    fn drop_disabled(&self, slice: &mut Value) {
+        if let Some(devices) = slice["spec"]["devices"].as_array_mut() {
+            for device in devices.iter_mut().filter_map(Value::as_object_mut) {
+                for field in &self.disabled_device_fields {
+                    device.remove(field);
+                }
+            }
+        }
+    }
+
+    fn remove_slice(&mut self, name: &str) -> Option<Value> {
+        let mut removed = self.slices.remove(name)?;
+        let version = self.next_version();
+        removed["metadata"]["resourceVersion"] = json!(version.to_string());
+        self.emit("DELETED", &removed);
+        Some(removed)
+    }
+
+    fn delete_slices(&mut self, params: &[(String, String)]) -> Reply {
+        let names: Vec<String> = self
+            .matching(&selector(params))
+            .iter()
+            .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        let items: Vec<Value> = names.iter().filter_map(|n| self.remove_slice(n)).collect();
+        let version = self.version.0.to_string();
+        Reply::Json(
+            200,
+            json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
+                   "metadata": {"resourceVersion": version}, "items": items}),
+        )
+    }
+
+    fn slice_by_name(&mut self, method: &str, name: &str, mut body: Value) -> Reply {
         let Some(stored) = self.slices.get(name).cloned() else {
             return status(404, &format!("resourceslices \"{name}\" not found"));
         };
         match method {
-            "GET" => (200, stored),
-            "DELETE" => {
-                self.slices.remove(name);
-                (200, stored)
-            }
+            "GET" => Reply::Json(200, stored),
+            "DELETE" => match self.remove_slice(name) {
+                Some(removed) => Reply::Json(200, removed),
+                None => status(404, &format!("resourceslices \"{name}\" not found")),
+            },
             "PUT" => {
                 if !body["metadata"].is_object() {
                     return status(400, "a ResourceSlice object is required");
@@ -208,155 +415,95 @@ impl FakeApi {
                         ),
                     );
                 }
-                body["metadata"]["resourceVersion"] = json!(self.next_version());
+                self.drop_disabled(&mut body);
+                body["metadata"]["resourceVersion"] = json!(self.next_version().to_string());
                 body["metadata"]["uid"] = stored["metadata"]["uid"].clone();
                 self.slices.insert(name.to_owned(), body.clone());
-                (200, body)
+                self.emit("MODIFIED", &body);
+                Reply::Json(200, body)
             }
             _ => status(405, "method not allowed"),
         }
     }
+}
 
-    /// Serves a `tower_test` mock handle until the client side is dropped; the state is shared so a test
-    /// can inspect it (and change it) between calls.
-    pub async fn serve_mock(
-        state: std::sync::Arc<std::sync::Mutex<FakeApi>>,
-        handle: tower_test::mock::Handle<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >,
-    ) {
-        let mut handle = Box::pin(handle);
-        while let Some((request, send)) = handle.as_mut().next_request().await {
-            let method = request.method().to_string();
-            let uri = request.uri().to_string();
-            let body = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .unwrap_or_default();
-            let (code, value) = match state.lock() {
-                Ok(mut api) => api.handle(&method, &uri, &body),
-                Err(_) => status(500, "fake API server state poisoned"),
-            };
-            let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            let response = http::Response::builder()
-                .status(code)
-                .header("content-type", "application/json")
-                .body(kube::client::Body::from(bytes));
-            if let Ok(response) = response {
-                send.send_response(response);
+/// The query's parameters, percent-decoded.
+fn query(uri: &str) -> Vec<(String, String)> {
+    let query = uri.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
             }
         }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-fn status(code: u16, message: &str) -> (u16, Value) {
+fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `fieldSelector=a.b=x,c=y` as (`a.b`, `x`), (`c`, `y`).
+fn selector(params: &[(String, String)]) -> Vec<(String, String)> {
+    param(params, "fieldSelector")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|term| term.split_once('='))
+        .map(|(f, v)| (f.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn matches(selector: &[(String, String)], object: &Value) -> bool {
+    selector.iter().all(|(field, value)| {
+        let mut v = object;
+        for p in field.split('.') {
+            v = &v[p];
+        }
+        v.as_str() == Some(value.as_str())
+    })
+}
+
+fn status_body(code: u16, message: &str) -> Value {
     let reason = match code {
         400 => "BadRequest",
         404 => "NotFound",
         409 => "Conflict",
+        410 => "Expired",
         422 => "Invalid",
         _ => "InternalError",
     };
-    (
-        code,
-        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-               "message": message, "reason": reason, "code": code}),
-    )
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+           "message": message, "reason": reason, "code": code})
 }
 
-impl FakeApi {
-    /// Serves plain HTTP/1.1 on `listener` (keep-alive, `content-length` or chunked request bodies), so
-    /// a separate process, such as the plugin binary with a kubeconfig whose server is
-    /// `http://127.0.0.1:<port>`, can use it.
-    pub async fn serve_http(
-        state: std::sync::Arc<std::sync::Mutex<FakeApi>>,
-        listener: tokio::net::TcpListener,
-    ) {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let state = state.clone();
-            tokio::spawn(async move {
-                let _ = connection(state, stream).await;
-            });
-        }
-    }
-}
-
-async fn connection(
-    state: std::sync::Arc<std::sync::Mutex<FakeApi>>,
-    stream: tokio::net::TcpStream,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(method), Some(uri)) = (parts.next(), parts.next()) else {
-            return Ok(());
-        };
-        let (method, uri) = (method.to_owned(), uri.to_owned());
-        let mut length = 0usize;
-        let mut chunked = false;
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).await?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse().unwrap_or(0),
-                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let mut size = String::new();
-                reader.read_line(&mut size).await?;
-                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                let mut chunk = vec![0u8; size + 2];
-                reader.read_exact(&mut chunk).await?;
-                chunk.truncate(size);
-                if size == 0 {
-                    break;
-                }
-                body.extend(chunk);
-            }
-        } else {
-            body.resize(length.min(16 << 20), 0);
-            reader.read_exact(&mut body).await?;
-        }
-        let (code, value) = match state.lock() {
-            Ok(mut api) => api.handle(&method, &uri, &body),
-            Err(_) => status(500, "fake API server state poisoned"),
-        };
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
-        let head = format!(
-            "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            bytes.len()
-        );
-        // One write: a head and a body in two segments meet Nagle and delayed ACKs (40 ms a request).
-        let mut response = head.into_bytes();
-        response.extend_from_slice(&bytes);
-        reader.get_mut().write_all(&response).await?;
-    }
-}
-
-/// A kubeconfig whose only cluster is this server at `http://127.0.0.1:<port>`, without credentials.
-pub fn kubeconfig(port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-         users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
-         current-context: c\n"
-    )
+fn status(code: u16, message: &str) -> Reply {
+    Reply::Json(code, status_body(code, message))
 }

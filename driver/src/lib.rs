@@ -4,6 +4,7 @@
 //! publishes; [`probe`] is the report `hal-probe` prints. The kubelet plugin (gRPC, CDI) is built on the
 //! same inventory.
 
+pub mod api;
 pub mod explain;
 #[cfg(any(test, feature = "fake-api"))]
 pub mod fake_api;

@@ -1,27 +1,45 @@
-//! [`Publisher`]: keeps the node's pool of ResourceSlices in the API server equal to the inventory.
+//! [`Publisher`]: keeps the node's pool of ResourceSlices in the API server equal to the inventory,
+//! compared with what the API server holds, not with what this process believes it wrote.
 //!
-//! * A rescan that finds the same devices makes no API call at all.
-//! * When anything changes, the pool generation is bumped and every slice is written with it (the
+//! * What the API server holds for this node and driver (field selectors `spec.nodeName` and
+//!   `spec.driver`) is listed once, then kept current by a watch ([`publish_loop`]) and by the answers
+//!   to this process's own writes. Another actor's change (the kubelet deletes all of the node's slices
+//!   at its start; an admin edits or adds one) arrives as a watch event and is repaired at once.
+//! * A node whose slices are as they should be costs no API call: the comparison is with the watched
+//!   state, in memory.
+//! * Generations follow the resourceslice controller of `k8s.io/dynamic-resource-allocation`
+//!   (`syncPool`): the pool keeps its highest generation when one write repairs it (one slice changed,
+//!   or one extra slice deleted), and otherwise every slice is written with the generation bumped (the
 //!   scheduler only trusts a pool whose slices all carry the highest generation); slices no longer
 //!   needed are deleted afterwards, so the pool is never incomplete at its newest generation.
-//! * On start, the slices already in the API server for this node and driver are adopted: if they hold
-//!   exactly what would be published, nothing is written.
-//! * Updates carry the `resourceVersion` read last; a conflict (someone else wrote the slice) re-reads
-//!   it and retries. Every slice has the Node as its owner, so deleting the node deletes them.
+//! * Updates carry the `resourceVersion` observed; a conflict (someone else wrote the slice) re-reads it
+//!   and retries. Every slice has the Node as its owner, so deleting the node deletes them.
+//! * Every call has a deadline ([`CALL_TIMEOUT`]); any failure drops the watched state, so the next
+//!   attempt (after a backoff, see [`publish_loop`]) starts from a fresh list.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 
+use crate::api::{CALL_TIMEOUT, ErrorKind, kind_of};
 use crate::inventory::Inventory;
 use crate::slices::validate::{SliceError, validate_pool};
 use crate::slices::{SliceConfig, build_slices};
 
+mod run;
+pub use run::publish_loop;
+
 /// How often a write that conflicts is retried after re-reading the slice.
 const CONFLICT_RETRIES: usize = 5;
+
+/// How long the API server is asked to keep a watch open (kube's runtime watcher asks 290 s too).
+pub const WATCH_SECONDS: u32 = 290;
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +48,39 @@ pub enum PublishError {
     #[error("the slices break API rules: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<SliceError>),
     /// An API call failed.
-    #[error("{op} {name}: {source}")]
+    #[error("{op} {name}: {kind}: {source}")]
     Api {
-        /// What was being done (`create`, `update`, `delete`, `list`, `get`).
+        /// What was being done (`create`, `update`, `delete`, `list`, `get`, `watch`).
         op: &'static str,
         /// The slice (or node, or list selector) concerned.
         name: String,
+        /// What kind of failure, for the retry decision.
+        kind: ErrorKind,
         /// The client's error.
         #[source]
         source: kube::Error,
     },
+    /// An API call got no (complete) answer in time.
+    #[error("{op} {name}: no answer within {after:?}")]
+    Timeout {
+        /// What was being done.
+        op: &'static str,
+        /// The object or selector concerned.
+        name: String,
+        /// The deadline.
+        after: Duration,
+    },
+}
+
+impl PublishError {
+    /// The kind of API failure; `None` for slices that break API rules (retrying cannot help).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            PublishError::Invalid(_) => None,
+            PublishError::Api { kind, .. } => Some(*kind),
+            PublishError::Timeout { .. } => Some(ErrorKind::Timeout),
+        }
+    }
 }
 
 /// What one [`Publisher::publish`] call did.
@@ -62,12 +103,18 @@ impl PublishReport {
     }
 }
 
-/// The pool as this process last wrote (or adopted) it.
-struct Published {
-    generation: i64,
-    /// By name, with the `resourceVersion` the API server returned.
+/// What the API server holds for this node and driver.
+struct Observed {
+    /// By name, as listed, watched, or returned by this process's writes.
     slices: BTreeMap<String, ResourceSlice>,
+    /// Where a watch resumes: the list's version, then each watch event's.
+    resource_version: String,
 }
+
+/// A watch's events.
+pub type SliceEvents = Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<WatchEvent<ResourceSlice>, kube::Error>> + Send>,
+>;
 
 /// Publishes one node's pool.
 pub struct Publisher {
@@ -75,7 +122,34 @@ pub struct Publisher {
     nodes: Api<Node>,
     config: SliceConfig,
     owner: Option<OwnerReference>,
-    published: Option<Published>,
+    /// `None`: list before the next comparison.
+    observed: Option<Observed>,
+    /// Slices the API server stored otherwise than sent (it drops fields whose feature gate is off):
+    /// name → (sent spec, stored spec). The stored form then counts as the sent one, so that a watch
+    /// event does not start a rewrite that the server undoes again.
+    dropped: BTreeMap<String, (ResourceSliceSpec, ResourceSliceSpec)>,
+}
+
+/// Runs one API call under [`CALL_TIMEOUT`], keeping what failed and how.
+async fn call<T>(
+    op: &'static str,
+    name: &str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, PublishError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(PublishError::Api {
+            op,
+            name: name.to_owned(),
+            kind: kind_of(&source),
+            source,
+        }),
+        Err(_) => Err(PublishError::Timeout {
+            op,
+            name: name.to_owned(),
+            after: CALL_TIMEOUT,
+        }),
+    }
 }
 
 impl Publisher {
@@ -86,12 +160,39 @@ impl Publisher {
             nodes: Api::all(client),
             config,
             owner: None,
-            published: None,
+            observed: None,
+            dropped: BTreeMap::new(),
         }
     }
 
-    /// Makes the API server hold exactly the slices of `inventory`.
+    /// `spec.nodeName=<node>,spec.driver=<driver>`.
+    pub(crate) fn selector(&self) -> String {
+        format!(
+            "spec.nodeName={},spec.driver={}",
+            self.config.node_name, self.config.driver_name
+        )
+    }
+
+    /// Whether the API server's state is known (listed, and not dropped after a failure).
+    pub fn synced(&self) -> bool {
+        self.observed.is_some()
+    }
+
+    /// Drops the watched state: the next [`Publisher::publish`] lists again.
+    pub fn forget(&mut self) {
+        self.observed = None;
+    }
+
+    /// Makes the API server hold exactly the slices of `inventory`. Any failure drops the watched state.
     pub async fn publish(&mut self, inventory: &Inventory) -> Result<PublishReport, PublishError> {
+        let result = self.reconcile(inventory).await;
+        if result.is_err() {
+            self.forget();
+        }
+        result
+    }
+
+    async fn reconcile(&mut self, inventory: &Inventory) -> Result<PublishReport, PublishError> {
         if self.owner.is_none() {
             self.owner = Some(self.node_owner().await?);
         }
@@ -100,40 +201,103 @@ impl Publisher {
         if !errors.is_empty() {
             return Err(PublishError::Invalid(errors));
         }
-        let published = match self.published.take() {
-            Some(published) => published,
-            None => self.adopt().await?,
+        let mut observed = match self.observed.take() {
+            Some(observed) => observed,
+            None => self.list().await?,
         };
-        let unchanged = |generation: i64| {
-            desired.len() == published.slices.len()
-                && desired.iter().all(|d| {
-                    let name = d.metadata.name.as_deref().unwrap_or_default();
-                    published.slices.get(name).is_some_and(|p| {
-                        let mut want = d.spec.clone();
-                        want.pool.generation = generation;
-                        p.spec == want && p.metadata.owner_references == self.owner_list()
-                    })
-                })
-        };
-        if unchanged(published.generation) {
-            let generation = published.generation;
-            self.published = Some(published);
-            return Ok(PublishReport {
-                generation,
-                ..Default::default()
-            });
+        let current = observed
+            .slices
+            .values()
+            .map(|s| s.spec.pool.generation)
+            .max()
+            .unwrap_or(0);
+        let owners = self.owner_list();
+        let name_of = |s: &ResourceSlice| s.metadata.name.clone().unwrap_or_default();
+        let (mut missing, mut changed) = (0, 0);
+        for d in &desired {
+            match observed.slices.get(&name_of(d)) {
+                None => missing += 1,
+                Some(o) => {
+                    let mut want = d.spec.clone();
+                    want.pool.generation = current;
+                    if !self.same(&name_of(d), &want, &o.spec)
+                        || o.metadata.owner_references != owners
+                    {
+                        changed += 1;
+                    }
+                }
+            }
         }
-        let generation = published.generation + 1;
+        let wanted: Vec<String> = desired.iter().map(name_of).collect();
+        let extra: Vec<String> = observed
+            .slices
+            .keys()
+            .filter(|n| !wanted.contains(n))
+            .cloned()
+            .collect();
+        // As upstream's syncPool: a single write is atomic for consumers; anything more, or a slice
+        // to add, gets a new generation on every slice.
+        let bump = missing > 0 || changed + extra.len() > 1;
+        let generation = if bump { current + 1 } else { current };
         let mut report = PublishReport {
             generation,
             ..Default::default()
         };
-        let mut written = BTreeMap::new();
+        let result = self
+            .write(desired, generation, bump, &mut observed, &mut report)
+            .await;
+        self.observed = Some(observed);
+        result?;
+        for name in extra {
+            match call(
+                "delete",
+                &name,
+                self.slices.delete(&name, &DeleteParams::default()),
+            )
+            .await
+            {
+                Ok(_) => report.deleted += 1,
+                Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(observed) = self.observed.as_mut() {
+                observed.slices.remove(&name);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether the API server's `stored` spec is what writing `want` gives.
+    fn same(&self, name: &str, want: &ResourceSliceSpec, stored: &ResourceSliceSpec) -> bool {
+        want == stored
+            || self
+                .dropped
+                .get(name)
+                .is_some_and(|(sent, kept)| sent == want && kept == stored)
+    }
+
+    /// Writes the desired slices that differ (all of them when `bump`), recording each answer.
+    async fn write(
+        &mut self,
+        desired: Vec<ResourceSlice>,
+        generation: i64,
+        bump: bool,
+        observed: &mut Observed,
+        report: &mut PublishReport,
+    ) -> Result<(), PublishError> {
         for mut slice in desired {
             slice.spec.pool.generation = generation;
             slice.metadata.owner_references = self.owner_list();
             let name = slice.metadata.name.clone().unwrap_or_default();
-            let stored = match published.slices.get(&name) {
+            let sent = slice.spec.clone();
+            let stored = match observed.slices.get(&name) {
+                Some(old)
+                    if !bump
+                        && self.same(&name, &slice.spec, &old.spec)
+                        && old.metadata.owner_references == slice.metadata.owner_references =>
+                {
+                    continue;
+                }
                 Some(old) => {
                     slice.metadata.resource_version = old.metadata.resource_version.clone();
                     report.updated += 1;
@@ -144,76 +308,123 @@ impl Publisher {
                     self.create(&name, slice).await?
                 }
             };
-            written.insert(name, stored);
-        }
-        for name in published
-            .slices
-            .keys()
-            .filter(|n| !written.contains_key(*n))
-        {
-            match self.slices.delete(name, &DeleteParams::default()).await {
-                Ok(_) => report.deleted += 1,
-                Err(e) if is_status(&e, 404) => {}
-                Err(source) => {
-                    return Err(PublishError::Api {
-                        op: "delete",
-                        name: name.clone(),
-                        source,
-                    });
-                }
+            if stored.spec == sent {
+                self.dropped.remove(&name);
+            } else if self
+                .dropped
+                .get(&name)
+                .is_none_or(|(before, _)| *before != sent)
+            {
+                tracing::warn!(
+                    slice = %name,
+                    "the API server stored the ResourceSlice otherwise than sent (a field of a \
+                     feature gate that is off dropped, or a value normalized); that form counts as \
+                     published"
+                );
+                self.dropped
+                    .insert(name.clone(), (sent, stored.spec.clone()));
             }
+            observed.slices.insert(name, stored);
         }
-        self.published = Some(Published {
-            generation,
-            slices: written,
-        });
-        Ok(report)
+        Ok(())
     }
 
-    /// The slices of this node and driver already in the API server, at their highest generation.
-    async fn adopt(&self) -> Result<Published, PublishError> {
-        let selector = format!(
-            "spec.nodeName={},spec.driver={}",
-            self.config.node_name, self.config.driver_name
-        );
-        let list = self
-            .slices
-            .list(&ListParams::default().fields(&selector))
-            .await
-            .map_err(|source| PublishError::Api {
-                op: "list",
-                name: selector.clone(),
-                source,
-            })?;
-        let generation = list
-            .items
-            .iter()
-            .map(|s| s.spec.pool.generation)
-            .max()
-            .unwrap_or(0);
+    /// The slices of this node and driver in the API server, and the version to watch from.
+    async fn list(&self) -> Result<Observed, PublishError> {
+        let selector = self.selector();
+        let list = call(
+            "list",
+            &selector,
+            self.slices.list(&ListParams::default().fields(&selector)),
+        )
+        .await?;
         let slices = list
             .items
             .into_iter()
             .filter_map(|s| Some((s.metadata.name.clone()?, s)))
             .collect();
-        Ok(Published { generation, slices })
+        Ok(Observed {
+            slices,
+            resource_version: list.metadata.resource_version.unwrap_or_default(),
+        })
+    }
+
+    /// Watches this node's slices of this driver from the version last seen. Needs [`Self::synced`].
+    pub async fn watch(&self) -> Result<SliceEvents, PublishError> {
+        let selector = self.selector();
+        let version = self
+            .observed
+            .as_ref()
+            .map(|o| o.resource_version.clone())
+            .unwrap_or_default();
+        let params = WatchParams::default()
+            .fields(&selector)
+            .timeout(WATCH_SECONDS);
+        let events = call("watch", &selector, self.slices.watch(&params, &version)).await?;
+        Ok(Box::pin(events))
+    }
+
+    /// Takes a watch event into the watched state; `Ok(true)` when the state changed (compare again).
+    /// An `ERROR` event (`410 Gone` when the version is too old) is returned as the error.
+    pub fn apply(&mut self, event: WatchEvent<ResourceSlice>) -> Result<bool, PublishError> {
+        let Some(observed) = self.observed.as_mut() else {
+            return Ok(false);
+        };
+        let (slice, deleted) = match event {
+            WatchEvent::Added(slice) | WatchEvent::Modified(slice) => (slice, false),
+            WatchEvent::Deleted(slice) => (slice, true),
+            WatchEvent::Bookmark(bookmark) => {
+                observed.resource_version = bookmark.metadata.resource_version;
+                return Ok(false);
+            }
+            WatchEvent::Error(status) => {
+                let source = kube::Error::Api(status);
+                return Err(PublishError::Api {
+                    op: "watch",
+                    name: self.selector(),
+                    kind: kind_of(&source),
+                    source,
+                });
+            }
+        };
+        if let Some(version) = &slice.metadata.resource_version {
+            observed.resource_version.clone_from(version);
+        }
+        let Some(name) = slice.metadata.name.clone() else {
+            return Ok(false);
+        };
+        // An event older than what this process wrote since (the answer to its write came first) says
+        // nothing new. Versions are compared as integers, as upstream's controller does
+        // (`cache.NewIntegerResourceVersionMutationCache` in `resourceslicecontroller.go`).
+        let version = |s: &ResourceSlice| {
+            s.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(known), Some(event)) = (
+            observed.slices.get(&name).and_then(version),
+            version(&slice),
+        ) && event < known
+        {
+            return Ok(false);
+        }
+        if deleted {
+            return Ok(observed.slices.remove(&name).is_some());
+        }
+        let changed = observed.slices.get(&name) != Some(&slice);
+        observed.slices.insert(name, slice);
+        Ok(changed)
     }
 
     /// The Node as controlling owner, so the slices go with it.
     async fn node_owner(&self) -> Result<OwnerReference, PublishError> {
-        let node = self
-            .nodes
-            .get(&self.config.node_name)
-            .await
-            .map_err(|source| PublishError::Api {
-                op: "get node",
-                name: self.config.node_name.clone(),
-                source,
-            })?;
+        let name = &self.config.node_name;
+        let node = call("get node", name, self.nodes.get(name)).await?;
         Ok(OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
-            name: self.config.node_name.clone(),
+            name: name.clone(),
             uid: node.metadata.uid.unwrap_or_default(),
             controller: Some(true),
             ..Default::default()
@@ -229,15 +440,16 @@ impl Publisher {
         name: &str,
         slice: ResourceSlice,
     ) -> Result<ResourceSlice, PublishError> {
-        match self.slices.create(&PostParams::default(), &slice).await {
-            Ok(stored) => Ok(stored),
-            // Written by an earlier run of this driver that this one did not see: take it over.
-            Err(e) if is_status(&e, 409) => self.replace(name, slice).await,
-            Err(source) => Err(PublishError::Api {
-                op: "create",
-                name: name.to_owned(),
-                source,
-            }),
+        match call(
+            "create",
+            name,
+            self.slices.create(&PostParams::default(), &slice),
+        )
+        .await
+        {
+            // Written by someone this process has not seen yet: take it over.
+            Err(e) if e.kind() == Some(ErrorKind::Conflict) => self.replace(name, slice).await,
+            other => other,
         }
     }
 
@@ -246,79 +458,33 @@ impl Publisher {
         name: &str,
         mut slice: ResourceSlice,
     ) -> Result<ResourceSlice, PublishError> {
-        let api_error = |op, source| PublishError::Api {
-            op,
-            name: name.to_owned(),
-            source,
-        };
         for _ in 0..CONFLICT_RETRIES {
             if slice.metadata.resource_version.is_none() {
-                let current = self
-                    .slices
-                    .get(name)
-                    .await
-                    .map_err(|e| api_error("get", e))?;
+                let current = call("get", name, self.slices.get(name)).await?;
                 slice.metadata.resource_version = current.metadata.resource_version;
             }
-            match self
-                .slices
-                .replace(name, &PostParams::default(), &slice)
-                .await
-            {
+            let params = PostParams::default();
+            match call("update", name, self.slices.replace(name, &params, &slice)).await {
                 Ok(stored) => return Ok(stored),
-                Err(e) if is_status(&e, 409) => slice.metadata.resource_version = None,
-                Err(e) if is_status(&e, 404) => {
-                    // Deleted meanwhile (by the garbage collector or an admin): create it again.
+                Err(e) if e.kind() == Some(ErrorKind::Conflict) => {
                     slice.metadata.resource_version = None;
-                    return self
-                        .slices
-                        .create(&PostParams::default(), &slice)
-                        .await
-                        .map_err(|e| api_error("create", e));
                 }
-                Err(e) => return Err(api_error("update", e)),
+                Err(e) if e.kind() == Some(ErrorKind::NotFound) => {
+                    // Deleted meanwhile (by the kubelet, the garbage collector or an admin): create it.
+                    slice.metadata.resource_version = None;
+                    return call("create", name, self.slices.create(&params, &slice)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
-        let message = format!("still conflicting after {CONFLICT_RETRIES} retries");
-        Err(api_error("update", kube::Error::Service(message.into())))
-    }
-}
-
-fn is_status(error: &kube::Error, code: u16) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == code)
-}
-
-/// Keeps publishing until `shutdown` turns true: reads the inventory with `read` and publishes it at
-/// start, every `interval`, and whenever `changed` is notified (the hotplug watcher's signal). A
-/// failed publish is logged and retried at the next wake-up; an unchanged inventory costs no API call.
-pub async fn publish_loop(
-    mut publisher: Publisher,
-    mut read: impl FnMut() -> Inventory,
-    interval: std::time::Duration,
-    changed: std::sync::Arc<tokio::sync::Notify>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let inventory = read();
-        match publisher.publish(&inventory).await {
-            Ok(report) if report.wrote() => tracing::info!(
-                created = report.created,
-                updated = report.updated,
-                deleted = report.deleted,
-                generation = report.generation,
-                "published ResourceSlices"
+        Err(PublishError::Api {
+            op: "update",
+            name: name.to_owned(),
+            kind: ErrorKind::Conflict,
+            source: kube::Error::Service(
+                format!("still conflicting after {CONFLICT_RETRIES} retries").into(),
             ),
-            Ok(_) => tracing::debug!("inventory unchanged; nothing to publish"),
-            Err(error) => tracing::warn!(%error, "publishing ResourceSlices failed; will retry"),
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = changed.notified() => {}
-            _ = shutdown.changed() => return,
-        }
+        })
     }
 }
 
@@ -330,3 +496,12 @@ pub async fn publish_loop(
     clippy::panic
 )]
 mod tests;
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests_reconcile;

@@ -1,7 +1,8 @@
 //! The real `dra-hal-plugin` binary on the GB300 fixture, with a fake API server over plain HTTP (a
 //! kubeconfig with an `http://` server), and this test acting as the kubelet over the real Unix
 //! sockets: registration, prepare and unprepare of good and bad claims, CDI files, the checkpoint,
-//! published slices, metrics and health, SIGTERM.
+//! published slices (and published again after the kubelet deletes them), a hung API server (Prepare
+//! fails after the call deadline), metrics and health, SIGTERM.
 
 #![allow(
     clippy::unwrap_used,
@@ -219,6 +220,38 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     }
     drop(health);
 
+    // The kubelet deletes all of the node's slices at its start: the plugin's watch sees it and
+    // publishes them again, the same, within 5 s.
+    let published = state.lock().unwrap().slices["node-1-hal-dra-dev-0"]["spec"].clone();
+    let wipe = "/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3Dnode-1";
+    let wiped = {
+        let mut api = state.lock().unwrap();
+        assert_eq!(api.handle("DELETE", wipe, b"").status(), Some(200));
+        assert!(api.slices.is_empty());
+        Instant::now()
+    };
+    wait_for(
+        "the ResourceSlice to come back",
+        || {
+            state
+                .lock()
+                .unwrap()
+                .slices
+                .contains_key("node-1-hal-dra-dev-0")
+        },
+        &mut child,
+    )
+    .await;
+    assert!(
+        wiped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        wiped.elapsed()
+    );
+    assert_eq!(
+        state.lock().unwrap().slices["node-1-hal-dra-dev-0"]["spec"],
+        published
+    );
+
     // Prepare: one good claim, one with a device this node does not have, one unknown.
     let mut dra_client = DraPluginClient::new(channel(&dra).await);
     let response = dra_client
@@ -298,6 +331,31 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
         "{response:?}"
     );
     assert!(!spec.exists());
+
+    // A hung API server (it accepts the connection and never answers): a Prepare that reads its claim
+    // fails with the plugin's call deadline (10 s), well before the kubelet's (45 s), instead of
+    // holding the kubelet; the plugin keeps serving.
+    state.lock().unwrap().set_hung(true);
+    let asked = Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        dra_client.node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![claim_ref("good")],
+        }),
+    )
+    .await
+    .expect("Prepare answered")
+    .unwrap()
+    .into_inner();
+    let waited = asked.elapsed();
+    let error = &response.claims["good"].error;
+    assert!(error.contains("timed out"), "{error}");
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    state.lock().unwrap().set_hung(false);
+    assert!(http_get(metrics_port, "/healthz").await.ends_with("ok\n"));
 
     // SIGTERM: a clean exit that removes both sockets.
     terminate(&child);

@@ -153,7 +153,12 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
             .await
             .context("no --kubeconfig and no in-cluster configuration")?,
     };
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    // Every response must start within a deadline (`crate::api`): a hung API server fails the call
+    // instead of holding it, and with it a claim's Prepare.
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&crate::api::call_timeout_layer())
+        .build())
 }
 
 /// Runs the plugin until `shutdown` resolves: the claim handler serves the kubelet, the publisher keeps

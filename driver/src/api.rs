@@ -1,0 +1,200 @@
+//! What every call to the API server shares: a deadline, an error kind that survives up to where a retry
+//! is decided, and the backoff between retries.
+//!
+//! One `kube::Client` serves the publisher and the kubelet's calls (the claim reads and status writes of
+//! Prepare). Requests on it do not queue behind each other (hyper opens another connection, or another
+//! HTTP/2 stream, for each request in flight), so a hung request only costs its own caller; but without a
+//! deadline that caller waits for ever: kube's defaults have no read timeout, and an API server that
+//! accepts the connection and never answers holds a claim's Prepare until the kubelet gives up. So the
+//! client gets [`call_timeout_layer`]: every response (its headers; for a watch, the start of the stream)
+//! must come within [`CALL_TIMEOUT`]. The publisher also bounds each whole call, body included, with
+//! [`CALL_TIMEOUT`], and a watch that goes silent for longer than it asked the server to keep it open
+//! is dropped.
+
+use std::time::Duration;
+
+/// The most any single request/response call may take.
+///
+/// Well under the kubelet's deadline for a Prepare (`defaultClientCallTimeout`, 45 s, in
+/// `pkg/kubelet/cm/dra/plugin`), so a claim whose read timed out fails with its own error, and long
+/// enough for a loaded API server.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A layer for `kube::client::ClientBuilder::with_layer`: each response must start within
+/// [`CALL_TIMEOUT`]; past it the call fails with a [`ErrorKind::Timeout`] error.
+pub fn call_timeout_layer() -> tower::timeout::TimeoutLayer {
+    tower::timeout::TimeoutLayer::new(CALL_TIMEOUT)
+}
+
+/// What kind of failure an API call had, for deciding what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 404: the object is not there.
+    NotFound,
+    /// 409: written meanwhile (stale `resourceVersion`) or already exists.
+    Conflict,
+    /// 410: the `resourceVersion` a watch asked for is gone from the server's history; list again.
+    Gone,
+    /// Another 4xx: refused (RBAC, validation).
+    Rejected(u16),
+    /// 5xx or 429: the server failed or is overloaded.
+    Server(u16),
+    /// No answer in time.
+    Timeout,
+    /// Connecting, TLS, or the connection broke.
+    Transport,
+    /// Anything else (a body that does not decode, ...).
+    Other,
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorKind::NotFound => f.write_str("not found"),
+            ErrorKind::Conflict => f.write_str("conflict"),
+            ErrorKind::Gone => f.write_str("gone"),
+            ErrorKind::Rejected(code) => write!(f, "rejected ({code})"),
+            ErrorKind::Server(code) => write!(f, "server error ({code})"),
+            ErrorKind::Timeout => f.write_str("timed out"),
+            ErrorKind::Transport => f.write_str("transport error"),
+            ErrorKind::Other => f.write_str("error"),
+        }
+    }
+}
+
+/// The kind of a kube client error.
+pub fn kind_of(error: &kube::Error) -> ErrorKind {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            404 => ErrorKind::NotFound,
+            409 => ErrorKind::Conflict,
+            410 => ErrorKind::Gone,
+            429 => ErrorKind::Server(429),
+            code if code >= 500 => ErrorKind::Server(code),
+            code => ErrorKind::Rejected(code),
+        },
+        kube::Error::Service(source) if source.is::<tower::timeout::error::Elapsed>() => {
+            ErrorKind::Timeout
+        }
+        kube::Error::Service(_) | kube::Error::HyperError(_) => ErrorKind::Transport,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// Exponential backoff with jitter, like the kubelet's own retries of slice deletion
+/// (`wait.Backoff{Duration: 1s, Factor: 2, Jitter: 0.2}` in `dra_plugin_manager.go`), capped at
+/// [`Backoff::CAP`].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    failures: u32,
+    seed: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // A random seed from std's per-process random hash keys: enough to spread nodes' retries.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0);
+        Backoff {
+            failures: 0,
+            seed: hasher.finish(),
+        }
+    }
+}
+
+impl Backoff {
+    /// The first delay.
+    pub const START: Duration = Duration::from_secs(1);
+    /// The longest delay (before jitter).
+    pub const CAP: Duration = Duration::from_secs(30);
+    /// Up to this fraction of the delay is added at random.
+    pub const JITTER: f64 = 0.2;
+
+    /// The delay before the next attempt: 1 s, 2 s, 4 s, ... up to [`Backoff::CAP`], each plus up to 20%.
+    pub fn next_delay(&mut self) -> Duration {
+        let exponent = self.failures.min(16);
+        self.failures = self.failures.saturating_add(1);
+        let base = Self::START.saturating_mul(1u32 << exponent).min(Self::CAP);
+        base.mul_f64(1.0 + Self::JITTER * self.random_unit())
+    }
+
+    /// After a success: the next failure waits [`Backoff::START`] again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// A number in [0, 1) (splitmix64 of the seed and the failure count).
+    fn random_unit(&mut self) -> f64 {
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits as a fraction.
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_with_at_most_20_percent_jitter_up_to_the_cap() {
+        let mut backoff = Backoff::default();
+        let bases = [1, 2, 4, 8, 16, 30, 30, 30];
+        for base in bases {
+            let delay = backoff.next_delay();
+            let base = Duration::from_secs(base);
+            assert!(
+                delay >= base && delay <= base.mul_f64(1.2),
+                "{delay:?} for {base:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() < Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn jitter_differs_between_attempts_and_processes() {
+        let delays: Vec<Duration> = {
+            let mut backoff = Backoff::default();
+            (0..8)
+                .map(|_| {
+                    backoff.reset();
+                    backoff.next_delay()
+                })
+                .collect()
+        };
+        assert!(
+            delays.windows(2).any(|w| w[0] != w[1]),
+            "no jitter: {delays:?}"
+        );
+        let first = |b: &mut Backoff| b.next_delay();
+        let (mut a, mut b) = (Backoff::default(), Backoff::default());
+        assert_ne!(first(&mut a), first(&mut b), "two nodes retry apart");
+    }
+
+    #[test]
+    fn error_kinds_keep_the_status_code_and_recognise_timeouts() {
+        let api = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert_eq!(kind_of(&api(404)), ErrorKind::NotFound);
+        assert_eq!(kind_of(&api(409)), ErrorKind::Conflict);
+        assert_eq!(kind_of(&api(410)), ErrorKind::Gone);
+        assert_eq!(kind_of(&api(403)), ErrorKind::Rejected(403));
+        assert_eq!(kind_of(&api(503)), ErrorKind::Server(503));
+        assert_eq!(kind_of(&api(429)), ErrorKind::Server(429));
+        let elapsed = kube::Error::Service(Box::new(tower::timeout::error::Elapsed::new()));
+        assert_eq!(kind_of(&elapsed), ErrorKind::Timeout);
+        let other = kube::Error::Service("connection refused".into());
+        assert_eq!(kind_of(&other), ErrorKind::Transport);
+    }
+}

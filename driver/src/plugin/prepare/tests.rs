@@ -1206,6 +1206,9 @@ async fn a_gpu_gone_from_the_machine_is_refused_while_published_as_missing() {
     let mut now = seen.clone();
     now.gpus.retain(|g| g.pci_address != gone);
     now.pci.retain(|f| f.address != gone);
+    // Gone after two rescans in a row without it.
+    let mut first = now.clone();
+    health.apply(&mut first);
     health.apply(&mut now);
     *s.inventory.write().unwrap() = now;
     s.claims

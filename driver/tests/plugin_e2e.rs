@@ -151,7 +151,8 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     let dra = kubelet.join("plugins/hal.dra.dev/dra.sock");
     wait_for(
         "the registration socket",
-        || registration.exists(),
+        // The socket file appears at bind(), a moment before listen(): wait until it accepts.
+        || std::os::unix::net::UnixStream::connect(&registration).is_ok(),
         &mut child,
     )
     .await;
@@ -492,7 +493,13 @@ async fn the_plugin_binary_pins_containers_through_nri() {
     assert_eq!(conn.cpus("web").unwrap(), "1-111,113-223");
 
     let dra = kubelet.join("plugins/hal.dra.dev/dra.sock");
-    wait_for("the DRA socket", || dra.exists(), &mut child).await;
+    // The socket file appears at bind(), a moment before listen(): wait until it accepts.
+    wait_for(
+        "the DRA socket",
+        || std::os::unix::net::UnixStream::connect(&dra).is_ok(),
+        &mut child,
+    )
+    .await;
     let mut dra_client = DraPluginClient::new(channel(&dra).await);
     let response = dra_client
         .node_prepare_resources(v1::NodePrepareResourcesRequest {

@@ -3,7 +3,7 @@
 #   DIR/default.yaml        default values
 #   DIR/fixture-gb300.yaml  fixture=gb300 (devices without hardware), stand-in device nodes, JSON logs, no DeviceClasses
 #   DIR/privileged.yaml     privileged, a VF policy, NRI, individual CPUs, GPU partitions, host /dev, metrics off,
-#                           another driver name
+#                           another driver name, an extended resource name for the gpu class
 #   DIR/schemas             -> strict JSON schemas of every Kubernetes kind, 1.34 to 1.37
 # tests/tests/helm_chart.rs validates every rendered document against those schemas.
 #
@@ -94,7 +94,8 @@ variants=(
   "fixture-gb300 --set fixture=gb300 --set rtBandwidth=true --set devRoot=/var/lib/dra-hal/dev --set logFormat=json --set deviceClasses.enabled=false"
   "privileged --set driverName=dra.example.com --set privileged=true --set cpuMode=individual --set reservedCpus=0-1 --set gpuPartitions=4 --set counterLayout=own-slice --set metrics.enabled=false
    --set hostDev=true --set nri.enabled=true --set-json compatDomains=[] --set publish={nics,cpus}
-   --set vfPolicy.pfs[0].selector.vendorId=0x15b3 --set vfPolicy.pfs[0].numVfs=4"
+   --set vfPolicy.pfs[0].selector.vendorId=0x15b3 --set vfPolicy.pfs[0].numVfs=4
+   --set deviceClasses.extendedResourceNames.gpu=gpu.intel.com/i915"
 )
 mkdir -p "$out"
 for variant in "${variants[@]}"; do
@@ -105,4 +106,13 @@ for variant in "${variants[@]}"; do
   "$helm" template dra-hal "$chart" --namespace dra-hal --kube-version 1.34.0 "${args[@]}" >"$out/$name.yaml"
   echo "helm-check: $out/$name.yaml ($(grep -c '^kind:' "$out/$name.yaml") objects)"
 done
+# A value that is not an extended resource name fails the rendering, naming the value.
+if bad=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 \
+  --set deviceClasses.extendedResourceNames.gpu=not-a-resource 2>&1); then
+  echo "helm-check: an invalid extendedResourceNames value was accepted" >&2
+  exit 1
+elif ! grep -q 'deviceClasses.extendedResourceNames.gpu: "not-a-resource" is not an extended resource name' <<<"$bad"; then
+  echo "helm-check: unexpected error for an invalid extendedResourceNames value: $bad" >&2
+  exit 1
+fi
 ln -sfn "$schema_dir" "$out/schemas"

@@ -270,6 +270,26 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
             );
         }
 
+        // Extended resource names: only where the values give one (the privileged variant's gpu class).
+        let extended: BTreeMap<String, Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "DeviceClass")
+            .filter(|d| !d["spec"]["extendedResourceName"].is_null())
+            .map(|d| {
+                let name = d["metadata"]["name"].as_str().unwrap().to_owned();
+                (name, d["spec"]["extendedResourceName"].clone())
+            })
+            .collect();
+        let wanted: BTreeMap<String, Value> = match variant {
+            "privileged" => [(
+                "gpu.dra.example.com".to_owned(),
+                json!("gpu.intel.com/i915"),
+            )]
+            .into(),
+            _ => BTreeMap::new(),
+        };
+        assert_eq!(extended, wanted, "{variant}");
+
         // Status writes: resourceclaims/status, and on 1.36+ the associated-node verbs on the
         // synthetic resourceclaims/driver subresource for exactly this driver's name.
         if let Some(role) = docs.iter().find(|d| d["kind"] == "ClusterRole") {

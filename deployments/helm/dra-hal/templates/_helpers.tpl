@@ -31,3 +31,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+A DeviceClass's spec.extendedResourceName (Kubernetes 1.36 beta, DRAExtendedResource; alpha in 1.34
+and 1.35), from deviceClasses.extendedResourceNames[<class>], when set: a pod asking that resource
+(`nvidia.com/gpu: 1`) is served by this class's devices without a ResourceClaim. Takes (list names class).
+*/}}
+{{- define "dra-hal.extendedResourceName" -}}
+{{- $name := index (index . 0) (index . 1) -}}
+{{- if $name }}
+{{- if not (regexMatch "^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\.)+[a-z]{2,}/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$" $name) }}
+{{- fail (printf "deviceClasses.extendedResourceNames.%s: %q is not an extended resource name (domain/name, e.g. nvidia.com/gpu)" (index . 1) $name) }}
+{{- end }}
+  extendedResourceName: {{ $name | quote }}
+{{- end }}
+{{- end }}

@@ -164,6 +164,11 @@ impl DeviceConfig {
             if !valid {
                 return Err(format!("env.{name}: not an environment variable name"));
             }
+            if let Some(reserved) = reserved_env(name) {
+                return Err(format!(
+                    "env.{name}: {reserved} is set by the driver itself and cannot be overridden"
+                ));
+            }
             if value.contains('\0') {
                 return Err(format!("env.{name}: contains a NUL byte"));
             }
@@ -175,6 +180,22 @@ impl DeviceConfig {
         self.env
             .extend(other.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+}
+
+/// Environment variables the driver sets in a claim's CDI spec, by exact name.
+pub const RESERVED_ENV: &[&str] = &["NVIDIA_VISIBLE_DEVICES", "NCCL_IB_HCA"];
+/// Prefixes of environment variables the driver sets (`DRA_HAL_*`, `DRA_CPUSET_<uid>`, `DRA_RT_*`,
+/// `GPU_DEVICE_<i>`).
+pub const RESERVED_ENV_PREFIXES: &[&str] = &["DRA_", "GPU_DEVICE_"];
+
+/// The reserved name or prefix `name` falls under, if any: a config may not set what the driver
+/// sets, since the later value would win in the container and could expose other devices.
+fn reserved_env(name: &str) -> Option<&'static str> {
+    RESERVED_ENV
+        .iter()
+        .find(|r| **r == name)
+        .or_else(|| RESERVED_ENV_PREFIXES.iter().find(|p| name.starts_with(**p)))
+        .copied()
 }
 
 /// Why a claim cannot be prepared by this driver here.
@@ -567,6 +588,26 @@ mod tests {
                 json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"1A": "x"}}),
                 ".env.1A",
                 "not an environment variable name",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"NVIDIA_VISIBLE_DEVICES": "all"}}),
+                ".env.NVIDIA_VISIBLE_DEVICES",
+                "NVIDIA_VISIBLE_DEVICES is set by the driver itself",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"NCCL_IB_HCA": "mlx5"}}),
+                ".env.NCCL_IB_HCA",
+                "set by the driver itself",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"DRA_HAL_CPUSET": "0-63"}}),
+                ".env.DRA_HAL_CPUSET",
+                "DRA_ is set by the driver itself",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"GPU_DEVICE_0": "gpu-x"}}),
+                ".env.GPU_DEVICE_0",
+                "GPU_DEVICE_ is set by the driver itself",
             ),
             (
                 json!({"apiVersion": "v1", "kind": "DeviceConfig"}),

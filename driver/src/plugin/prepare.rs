@@ -148,6 +148,9 @@ pub struct Preparer {
     state: tokio::sync::Mutex<BTreeMap<String, ClaimRecord>>,
     faults: Option<FaultHook>,
     cpu_claims: tokio::sync::watch::Sender<BTreeMap<String, ClaimCpus>>,
+    /// The checkpoint was rebuilt at start: CDI specs no record owns may belong to live claims and
+    /// are kept.
+    rebuilt: bool,
 }
 
 impl Preparer {
@@ -159,12 +162,16 @@ impl Preparer {
         claim_source: Arc<dyn ClaimSource>,
         inventory: Arc<RwLock<Inventory>>,
     ) -> std::io::Result<Preparer> {
-        let loaded = config.checkpoint.load()?;
-        if let Some(why) = &loaded.discarded {
-            tracing::warn!(reason = %why, "checkpoint discarded; starting with no prepared claims");
+        let loaded = config.checkpoint.load().map_err(std::io::Error::other)?;
+        for temp in &loaded.removed_temps {
+            tracing::info!(file = %temp.display(), "removed a temp file of an interrupted write");
         }
         let kind = format!("{}/device", config.slices.driver_name);
         let mut claims = loaded.claims;
+        if let Some(why) = &loaded.discarded {
+            tracing::warn!(reason = %why, "checkpoint discarded; rebuilding it from the CDI specs");
+            claims = recover::from_cdi_specs(&config, &kind);
+        }
         let started: Vec<String> = claims
             .iter()
             .filter(|(_, r)| r.phase == Phase::Started)
@@ -180,7 +187,10 @@ impl Preparer {
             }
         }
         if loaded.discarded.is_some() || !started.is_empty() {
-            config.checkpoint.store(&claims)?;
+            config
+                .checkpoint
+                .store(&claims)
+                .map_err(std::io::Error::other)?;
         }
         let (cpu_claims, _) = tokio::sync::watch::channel(cpu_claims_of(&claims));
         Ok(Preparer {
@@ -191,6 +201,7 @@ impl Preparer {
             state: tokio::sync::Mutex::new(claims),
             faults: None,
             cpu_claims,
+            rebuilt: loaded.discarded.is_some(),
         })
     }
 
@@ -269,6 +280,9 @@ impl Preparer {
             .await
             .values()
             .map(|r| r.claim.clone())
+            // A claim rebuilt from a spec that does not name it is kept until the kubelet
+            // unprepares it.
+            .filter(|c| !c.namespace.is_empty() && !c.name.is_empty())
             .collect();
         let mut stale = Vec::new();
         for claim in recorded {
@@ -285,7 +299,11 @@ impl Preparer {
             }
         }
         let owned: Vec<String> = self.state.lock().await.keys().cloned().collect();
-        for uid in self.config.cdi.list_claim_specs(&self.kind) {
+        let orphans = match self.rebuilt {
+            true => Vec::new(),
+            false => self.config.cdi.list_claim_specs(&self.kind),
+        };
+        for uid in orphans {
             if !owned.contains(&uid)
                 && let Err(error) = self.config.cdi.remove_claim_spec(&self.kind, &uid)
             {
@@ -315,12 +333,14 @@ impl Preparer {
         let mut state = self.state.lock().await;
         if let Some(record) = state.get(&claim.uid).cloned() {
             match record.phase {
-                Phase::Completed => return self.redo_completed(&mut state, record),
-                Phase::Started => {
+                Phase::Completed if !record.recovered => {
+                    return self.redo_completed(&mut state, record);
+                }
+                // Started, or rebuilt from its CDI spec without what the kubelet was told: redone.
+                _ => {
                     self.undo(&record)
                         .map_err(|e| format!("rolling back: {e}"))?;
-                    state.remove(&claim.uid);
-                    self.store(&state)?;
+                    self.commit(&mut state, &claim.uid, None)?;
                     self.release_partitions(&state, &record);
                 }
             }
@@ -375,7 +395,33 @@ impl Preparer {
             let (spec, devices) = self.plan(&claim, &allocated, &sources, &cpus, &rt)?;
             Ok::<_, String>((rebinds, cpus, rt, spec, devices))
         })();
-        let (rebinds, cpus, rt, spec, devices) = match planned {
+        let planned = planned.and_then(|(rebinds, cpus, rt, spec, devices)| {
+            let record = ClaimRecord {
+                claim: claim.clone(),
+                phase: Phase::Started,
+                boot_id: self.config.boot_id.clone(),
+                devices: devices.clone(),
+                cdi_spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
+                undo: rebinds
+                    .iter()
+                    .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
+                    .chain(partition_undo.clone())
+                    .collect(),
+                cpus,
+                rt,
+                pods: reserved_pods(&resource_claim),
+                recovered: false,
+            };
+            self.config
+                .checkpoint
+                .check_claim(&record)
+                .map_err(|e| e.to_string())?;
+            // Recorded before the first write, with what undoes it: a crash at any point can be
+            // rolled back. A failed write leaves memory as the file is.
+            self.commit(&mut state, &claim.uid, Some(record.clone()))?;
+            Ok((rebinds, spec, devices, record))
+        });
+        let (rebinds, spec, devices, mut record) = match planned {
             Ok(planned) => planned,
             Err(error) => {
                 // VFs made for partitions above go again when no claim holds them.
@@ -391,24 +437,6 @@ impl Preparer {
                 return Err(error);
             }
         };
-        let mut record = ClaimRecord {
-            claim: claim.clone(),
-            phase: Phase::Started,
-            boot_id: self.config.boot_id.clone(),
-            devices: devices.clone(),
-            cdi_spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
-            undo: rebinds
-                .iter()
-                .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
-                .chain(partition_undo)
-                .collect(),
-            cpus,
-            rt,
-            pods: reserved_pods(&resource_claim),
-        };
-        // Recorded before the first write, with what undoes it: a crash at any point can be rolled back.
-        state.insert(claim.uid.clone(), record.clone());
-        self.store(&state)?;
         self.fault(Step::Started)?;
         for rebind in &rebinds {
             if let Err(e) = self
@@ -417,27 +445,22 @@ impl Preparer {
                 .bind_driver(rebind.function, &rebind.driver)
             {
                 let error = format!("binding {} to {}: {e}", rebind.function, rebind.driver);
-                let _ = self.undo(&record);
-                state.remove(&claim.uid);
-                self.store(&state)?;
-                self.release_partitions(&state, &record);
-                return Err(error);
+                return Err(self.abandon(&mut state, &record, error));
             }
         }
         self.fault(Step::DevicesPrepared)?;
         if let Err(e) = self.config.cdi.write_claim_spec(&claim.uid, &spec) {
             // A real failure (a full disk), not a crash: undo now so nothing is left half done.
             let error = format!("writing the CDI spec: {e}");
-            let _ = self.undo(&record);
-            state.remove(&claim.uid);
-            self.store(&state)?;
-            self.release_partitions(&state, &record);
-            return Err(error);
+            return Err(self.abandon(&mut state, &record, error));
         }
         self.fault(Step::CdiWritten)?;
+        let started = record.clone();
         record.phase = Phase::Completed;
-        state.insert(claim.uid.clone(), record);
-        self.store(&state)?;
+        if let Err(error) = self.commit(&mut state, &claim.uid, Some(record)) {
+            // The file still says started: undo now rather than answer from memory.
+            return Err(self.abandon(&mut state, &started, error));
+        }
         self.fault(Step::Completed)?;
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
         // the API server may not allow it (an older release, RBAC); the CDI env says the same.
@@ -471,8 +494,8 @@ impl Preparer {
         if record.boot_id != self.config.boot_id {
             record.boot_id = self.config.boot_id.clone();
             let devices = record.devices.clone();
-            state.insert(record.claim.uid.clone(), record);
-            self.store(state)?;
+            let uid = record.claim.uid.clone();
+            self.commit(state, &uid, Some(record))?;
             return Ok(devices);
         }
         Ok(record.devices)
@@ -732,6 +755,13 @@ impl Preparer {
         let mut claim_env = claim_env(allocated, sources);
         let tasks: Vec<super::rt::RtTask> = rt.values().flatten().copied().collect();
         claim_env.extend(super::rt::env(&tasks));
+        // Names the claim in its spec, so a lost checkpoint can be rebuilt from the specs.
+        claim_env.push(format!(
+            "{}={}/{}",
+            recover::CLAIM_ENV,
+            claim.namespace,
+            claim.name
+        ));
         let all_cpus: hal::CpuSet = cpus.values().flat_map(hal::CpuSet::iter).collect();
         if !all_cpus.is_empty() {
             claim_env.push(format!(
@@ -797,18 +827,60 @@ impl Preparer {
     /// Writes the checkpoint, then tells the NRI plugin when the claims' CPUs changed. CPUs count from
     /// the moment a claim is recorded as started: they are reserved before any I/O.
     fn store(&self, state: &BTreeMap<String, ClaimRecord>) -> Result<(), String> {
-        let stored = self
-            .config
+        self.config
             .checkpoint
             .store(state)
-            .map_err(|e| format!("writing {}: {e}", self.config.checkpoint.path().display()));
+            .map_err(|e| e.to_string())?;
         let now = cpu_claims_of(state);
         self.cpu_claims.send_if_modified(|old| {
             let changed = *old != now;
             *old = now;
             changed
         });
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) the record of `uid` and writes the checkpoint. When the write
+    /// fails the record is put back as it was, so memory always says what the file says.
+    fn commit(
+        &self,
+        state: &mut BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        record: Option<ClaimRecord>,
+    ) -> Result<(), String> {
+        let before = match record {
+            Some(record) => state.insert(uid.to_owned(), record),
+            None => state.remove(uid),
+        };
+        let stored = self.store(state);
+        if stored.is_err() {
+            match before {
+                Some(before) => state.insert(uid.to_owned(), before),
+                None => state.remove(uid),
+            };
+        }
         stored
+    }
+
+    /// Gives up a claim whose prepare failed after it was recorded as started: undoes what was done
+    /// and forgets it. When the checkpoint cannot be written, the started record stays (memory and
+    /// file agree) and is rolled back by the next prepare or restart. Returns `error`, with what
+    /// else failed.
+    fn abandon(
+        &self,
+        state: &mut BTreeMap<String, ClaimRecord>,
+        record: &ClaimRecord,
+        error: String,
+    ) -> String {
+        let mut error = error;
+        if let Err(e) = self.undo(record) {
+            error = format!("{error}; rolling back: {e}");
+        }
+        match self.commit(state, &record.claim.uid, None) {
+            Ok(()) => self.release_partitions(state, record),
+            Err(e) => error = format!("{error}; {e}"),
+        }
+        error
     }
 
     fn fault(&self, step: Step) -> Result<(), String> {
@@ -827,9 +899,10 @@ impl Preparer {
                 None => Ok(()),
                 Some(record) => match self.undo(&record) {
                     Ok(()) => {
-                        state.remove(&claim.uid);
-                        let stored = self.store(&state);
-                        self.release_partitions(&state, &record);
+                        let stored = self.commit(&mut state, &claim.uid, None);
+                        if stored.is_ok() {
+                            self.release_partitions(&state, &record);
+                        }
                         let driver = &self.config.slices.driver_name;
                         let cleared = self
                             .claims
@@ -1083,6 +1156,8 @@ impl DraHandler for Preparer {
         Box::pin(self.unprepare_claims(claims))
     }
 }
+
+mod recover;
 
 #[cfg(test)]
 #[allow(

@@ -327,9 +327,7 @@ impl Preparer {
     }
 
     async fn prepare_one(&self, claim: ClaimRef) -> Result<Vec<PreparedDevice>, String> {
-        if claim.uid.is_empty() || claim.namespace.is_empty() || claim.name.is_empty() {
-            return Err("a claim needs a namespace, a name and a uid".into());
-        }
+        super::claims::check_claim_ref(&claim).map_err(|e| e.to_string())?;
         let mut state = self.state.lock().await;
         if let Some(record) = state.get(&claim.uid).cloned() {
             match record.phase {
@@ -357,8 +355,8 @@ impl Preparer {
             &self.config.slices.node_name,
         )
         .map_err(|e| e.to_string())?;
-        let mut sources = self.sources(&allocated)?;
-        self.check_exclusive(&state, &claim.uid, &allocated, &sources)?;
+        let (mut sources, shareable) = self.sources(&allocated)?;
+        self.check_exclusive(&state, &claim.uid, &allocated, &shareable)?;
         let partitioned = {
             let inventory = self
                 .inventory
@@ -501,21 +499,22 @@ impl Preparer {
         Ok(record.devices)
     }
 
-    /// The machine side of each allocated device; a device this node does not publish is an error.
-    fn sources(&self, allocated: &[Allocated]) -> Result<Vec<DeviceSource>, String> {
+    /// The machine side of each allocated device, and whether each is published with
+    /// `allowMultipleAllocations`; a device this node does not publish is an error.
+    fn sources(&self, allocated: &[Allocated]) -> Result<(Vec<DeviceSource>, Vec<bool>), String> {
         let inventory = self
             .inventory
             .read()
             .map_err(|_| "inventory lock poisoned".to_owned())?;
-        let published: BTreeMap<String, DeviceSource> =
+        let published: BTreeMap<String, (DeviceSource, bool)> =
             devices_with_sources(&inventory, &self.config.slices)
                 .into_iter()
-                .map(|(d, s)| (d.name, s))
+                .map(|(d, s)| (d.name, (s, d.allow_multiple_allocations == Some(true))))
                 .collect();
         allocated
             .iter()
             .map(|a| {
-                let source = published.get(&a.device).cloned().ok_or_else(|| {
+                let (source, shareable) = published.get(&a.device).cloned().ok_or_else(|| {
                     format!(
                         "device {} is not published on this node (any more)",
                         a.device
@@ -530,9 +529,10 @@ impl Preparer {
                         a.device
                     ));
                 }
-                Ok(source)
+                Ok((source, shareable))
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()
+            .map(|pairs| pairs.into_iter().unzip())
     }
 
     /// `status.devices` entries for the claim's network functions: `networkData.interfaceName` (the
@@ -716,21 +716,19 @@ impl Preparer {
         state: &BTreeMap<String, ClaimRecord>,
         uid: &str,
         allocated: &[Allocated],
-        sources: &[DeviceSource],
+        shareable: &[bool],
     ) -> Result<(), String> {
-        // CPU groups and RT bandwidth are shared by design; CPUs and tasks are checked one by one.
+        // Devices published with `allowMultipleAllocations` (CPU groups, RT bandwidth) are shared by
+        // design; CPUs and tasks are checked one by one. A `shareID` on any other device (a GPU, a
+        // VF) gives it no second owner.
         let exclusive = allocated
             .iter()
-            .zip(sources)
-            .filter(|(_, s)| !matches!(s, DeviceSource::CpuGroup(_) | DeviceSource::RtGroup { .. }))
+            .zip(shareable)
+            .filter(|(a, shareable)| !**shareable && !a.admin_access)
             .map(|(a, _)| a);
-        for a in exclusive.filter(|a| !a.admin_access && a.share_id.is_none()) {
+        for a in exclusive {
             for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
-                let taken = record
-                    .devices
-                    .iter()
-                    .any(|d| d.device_name == a.device && d.share_id.is_none());
-                if taken {
+                if record.devices.iter().any(|d| d.device_name == a.device) {
                     return Err(format!(
                         "device {} is already prepared for claim {other}",
                         a.device
@@ -893,6 +891,10 @@ impl Preparer {
     async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
         let mut results = BTreeMap::new();
         for claim in claims {
+            if let Err(error) = super::claims::check_claim_ref(&claim) {
+                results.insert(claim.uid, Err(error.to_string()));
+                continue;
+            }
             let mut state = self.state.lock().await;
             let result = match state.get(&claim.uid).cloned() {
                 // Unknown claims (never prepared here, or already unprepared) are done.

@@ -54,8 +54,16 @@ pub(super) fn record_from_spec(
         env.iter()
             .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
     };
-    let (namespace, name) = match var(CLAIM_ENV).and_then(|v| v.split_once('/')) {
-        Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
+    let named = var(CLAIM_ENV)
+        .and_then(|v| v.split_once('/'))
+        .map(|(namespace, name)| ClaimRef {
+            namespace: namespace.to_owned(),
+            uid: uid.to_owned(),
+            name: name.to_owned(),
+        })
+        .filter(|c| crate::plugin::claims::check_claim_ref(c).is_ok());
+    let (namespace, name) = match named {
+        Some(c) => (c.namespace, c.name),
         None => {
             lost.push(format!(
                 "the claim's name ({CLAIM_ENV} missing): kept until the kubelet unprepares it"

@@ -342,7 +342,11 @@ async fn one_bad_claim_gets_its_own_error_and_the_others_succeed() {
     );
     assert!(error("elsewhere").contains("no device of driver hal.dra.dev in pool node-1"));
     assert!(error("missing").contains("ResourceClaim ns/claim-missing not found"));
-    assert!(error("").contains("needs a namespace, a name and a uid"));
+    assert!(
+        error("").starts_with("claim reference uid \"\""),
+        "{}",
+        error("")
+    );
     assert_eq!(s.spec_files(), ["hal.dra.dev-device_good.json"]);
     assert_eq!(
         preparer.recorded().await.len(),
@@ -1301,5 +1305,6 @@ async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart(
 }
 
 /// The NRI plugin against the preparer: claims as they are prepared and unprepared.
+mod claim_input;
 mod durability;
 mod nri;

@@ -476,3 +476,94 @@ fn terminate(child: &std::process::Child) {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
 }
+
+/// The `hal-fixture-*` trees in `dir`.
+fn fixture_trees(dir: &Path) -> Vec<PathBuf> {
+    let mut trees: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("hal-fixture-"))
+        })
+        .collect();
+    trees.sort();
+    trees
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_plugins_fixture_tree_is_removed_by_the_next_one_and_a_clean_exit_removes_its_own()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(Mutex::new(FakeApi::with_node(NODE)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    tokio::spawn(FakeApi::serve_http(state, listener));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(api_port)).unwrap();
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let start = |run: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
+            .args([
+                "--fixture",
+                "gb300",
+                "--node-name",
+                NODE,
+                "--metrics-address",
+                "",
+            ])
+            .arg("--kubelet-root-dir")
+            .arg(dir.path().join(run))
+            .arg("--cdi-root")
+            .arg(dir.path().join("cdi"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env("TMPDIR", &scratch)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let registration = |run: &str| {
+        dir.path()
+            .join(run)
+            .join("plugins_registry/hal.dra.dev-reg.sock")
+    };
+
+    let mut first = start("one");
+    wait_for(
+        "the first plugin",
+        || registration("one").exists(),
+        &mut first,
+    )
+    .await;
+    let killed = fixture_trees(&scratch);
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(killed[0].is_dir(), "a kill leaves the tree");
+
+    let mut second = start("two");
+    wait_for(
+        "the second plugin",
+        || registration("two").exists(),
+        &mut second,
+    )
+    .await;
+    let trees = fixture_trees(&scratch);
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert_ne!(
+        trees, killed,
+        "the dead plugin's tree is gone, the new one is its own"
+    );
+
+    terminate(&second);
+    let status = second.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        fixture_trees(&scratch).is_empty(),
+        "a clean exit removes its tree"
+    );
+}

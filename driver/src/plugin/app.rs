@@ -395,7 +395,7 @@ fn machine(
 ) -> anyhow::Result<(
     SliceConfig,
     backends::SysfsRoot,
-    Option<hal_mock::MaterializedFixture>,
+    Option<super::fixture_tree::FixtureTree>,
 )> {
     let node = match (&args.node_name, &args.fixture) {
         (Some(node), _) => node.clone(),
@@ -406,9 +406,9 @@ fn machine(
     let (root, fixture) = match (&args.fixture, &args.sysfs_root) {
         (Some(name), _) => {
             let machine = hal_mock::by_name(name).map_err(anyhow::Error::msg)?;
-            let materialized = machine
-                .materialize()
-                .with_context(|| format!("writing fixture {name}"))?;
+            let parent = super::fixture_tree::scratch_parent();
+            let materialized = super::fixture_tree::FixtureTree::create(&machine, &parent)
+                .with_context(|| format!("writing fixture {name} in {}", parent.display()))?;
             (
                 backends::SysfsRoot::new(materialized.root()),
                 Some(materialized),

@@ -330,11 +330,22 @@ impl Preparer {
         super::claims::check_claim_ref(&claim).map_err(|e| e.to_string())?;
         let mut state = self.state.lock().await;
         if let Some(record) = state.get(&claim.uid).cloned() {
+            if record.phase == Phase::Completed && record.recovered {
+                // Rebuilt from its CDI spec: completed with what the claim says, keeping its CPUs
+                // and spec, when the devices match; redone otherwise.
+                let resource_claim = self.claims.get(&claim.namespace, &claim.name).await?;
+                let completed =
+                    recover::complete(record.clone(), &claim, resource_claim, &self.config);
+                if let Some(record) = completed {
+                    self.commit(&mut state, &claim.uid, Some(record.clone()))?;
+                    return self.redo_completed(&mut state, record);
+                }
+            }
             match record.phase {
                 Phase::Completed if !record.recovered => {
                     return self.redo_completed(&mut state, record);
                 }
-                // Started, or rebuilt from its CDI spec without what the kubelet was told: redone.
+                // Started, or rebuilt from a spec that does not match the claim: redone.
                 _ => {
                     self.undo(&record)
                         .map_err(|e| format!("rolling back: {e}"))?;

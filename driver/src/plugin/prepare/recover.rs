@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use super::PreparerConfig;
+use k8s_openapi::api::resource::v1::ResourceClaim;
+
+use super::{PreparerConfig, reserved_pods};
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{Spec, qualified_device};
 use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::claims::allocated_devices;
 
 /// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
 pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
@@ -123,4 +126,43 @@ pub(super) fn record_from_spec(
         recovered: true,
     };
     (record, lost)
+}
+
+/// A rebuilt record completed with what the ResourceClaim says (each device's request and share id,
+/// the pods it is reserved for), when the claim allocates exactly the devices of the spec; `None`
+/// otherwise (the claim is then redone).
+pub(super) fn complete(
+    mut record: ClaimRecord,
+    reference: &ClaimRef,
+    claim: Option<ResourceClaim>,
+    config: &PreparerConfig,
+) -> Option<ClaimRecord> {
+    let claim = claim?;
+    record.claim = reference.clone();
+    let allocated = allocated_devices(
+        &record.claim,
+        &claim,
+        &config.slices.driver_name,
+        &config.slices.node_name,
+    )
+    .ok()?;
+    let mut names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
+    let mut ours: Vec<&str> = record
+        .devices
+        .iter()
+        .map(|d| d.device_name.as_str())
+        .collect();
+    names.sort_unstable();
+    ours.sort_unstable();
+    if names != ours {
+        return None;
+    }
+    for device in &mut record.devices {
+        let a = allocated.iter().find(|a| a.device == device.device_name)?;
+        device.request_names = vec![a.request.clone()];
+        device.share_id = a.share_id.clone();
+    }
+    record.pods = reserved_pods(&claim);
+    record.recovered = false;
+    Some(record)
 }

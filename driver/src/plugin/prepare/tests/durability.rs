@@ -192,3 +192,38 @@ async fn an_oversized_claim_is_refused_at_prepare_and_other_claims_are_untouched
         ["small"]
     );
 }
+
+#[tokio::test]
+async fn claims_rebuilt_from_their_specs_keep_their_cpus_and_new_claims_get_other_ones() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    s.claims.add_cpus("b", "cpus-numa-0", 3, json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before.prepare(vec![reference("a"), reference("b")]).await;
+    assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    let (a, b) = (cpuset_of(&s, "a"), cpuset_of(&s, "b"));
+    drop(before);
+    std::fs::write(s.checkpoint_path(), "").unwrap();
+
+    let after = s.preparer("boot-1");
+    // The kubelet restarts and asks again: the same answer, the same CPUs.
+    let again = after.prepare(vec![reference("a"), reference("b")]).await;
+    assert_eq!(again, answers);
+    assert_eq!(
+        (cpuset_of(&s, "a"), cpuset_of(&s, "b")),
+        (a.clone(), b.clone())
+    );
+    s.claims.add_cpus("c", "cpus-numa-0", 4, json!([]));
+    assert!(after.prepare(vec![reference("c")]).await["c"].is_ok());
+    let c = hal::CpuSet::from_cpulist(&cpuset_of(&s, "c")).unwrap();
+    for held in [a, b] {
+        let held = hal::CpuSet::from_cpulist(&held).unwrap();
+        assert!(c.intersection(&held).is_empty(), "{c} overlaps {held}");
+    }
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert!(
+        file.claims
+            .values()
+            .all(|r| !r.recovered && !r.pods.is_empty())
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,7 +45,8 @@ pub(super) enum FailAt {
 }
 
 impl CdiDir {
-    /// The spec directory `dir` (the plugin uses `/var/run/cdi`); it is created on the first write.
+    /// The spec directory `dir` (the plugin uses `/var/run/cdi`); it is created (0700) on the first
+    /// write. Specs are written 0600: only the runtime (root) reads them, and config env may be secret.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CdiDir { dir: dir.into() }
     }
@@ -82,7 +83,11 @@ impl CdiDir {
         let mut bytes = serde_json::to_vec_pretty(&spec).map_err(CdiError::Serialize)?;
         bytes.push(b'\n');
 
-        fs::create_dir_all(&self.dir).map_err(io_error("create directory", &self.dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io_error("create directory", &self.dir))?;
         let final_path = self.dir.join(&file_name);
         let (temp_path, file) = self.create_temp(&file_name)?;
         if let Err(e) = fill_and_rename(file, &temp_path, &final_path, &bytes, fail) {
@@ -213,7 +218,7 @@ impl CdiDir {
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o644)
+                .mode(0o600)
                 .open(&path)
             {
                 Ok(file) => return Ok((path, file)),

@@ -162,6 +162,7 @@ impl Preparer {
         claim_source: Arc<dyn ClaimSource>,
         inventory: Arc<RwLock<Inventory>>,
     ) -> std::io::Result<Preparer> {
+        let missing = !config.checkpoint.path().exists();
         let loaded = config.checkpoint.load().map_err(std::io::Error::other)?;
         for temp in &loaded.removed_temps {
             tracing::info!(file = %temp.display(), "removed a temp file of an interrupted write");
@@ -171,7 +172,12 @@ impl Preparer {
         if let Some(why) = &loaded.discarded {
             tracing::warn!(reason = %why, "checkpoint discarded; rebuilding it from the CDI specs");
             claims = recover::from_cdi_specs(&config, &kind);
+        } else if missing {
+            // No checkpoint (removed by hand, or a new plugin directory) while specs are there: they
+            // are claims this driver prepared, not orphans.
+            claims = recover::from_cdi_specs(&config, &kind);
         }
+        let rebuilt = loaded.discarded.is_some() || !claims.is_empty() && missing;
         let started: Vec<String> = claims
             .iter()
             .filter(|(_, r)| r.phase == Phase::Started)
@@ -186,7 +192,7 @@ impl Preparer {
                 }
             }
         }
-        if loaded.discarded.is_some() || !started.is_empty() {
+        if rebuilt || !started.is_empty() {
             config
                 .checkpoint
                 .store(&claims)
@@ -201,7 +207,7 @@ impl Preparer {
             state: tokio::sync::Mutex::new(claims),
             faults: None,
             cpu_claims,
-            rebuilt: loaded.discarded.is_some(),
+            rebuilt,
         })
     }
 

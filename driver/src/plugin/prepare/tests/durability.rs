@@ -227,3 +227,30 @@ async fn claims_rebuilt_from_their_specs_keep_their_cpus_and_new_claims_get_othe
             .all(|r| !r.recovered && !r.pods.is_empty())
     );
 }
+
+#[tokio::test]
+async fn a_missing_checkpoint_is_rebuilt_from_the_specs_and_only_deleted_claims_are_cleaned() {
+    let s = Setup::new();
+    s.claims
+        .add("kept", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("gone", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before
+        .prepare(vec![reference("kept"), reference("gone")])
+        .await;
+    assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    drop(before);
+    std::fs::remove_file(s.checkpoint_path()).unwrap();
+    s.claims.remove("gone");
+
+    let after = s.preparer("boot-1");
+    assert_eq!(
+        after.recorded().await.keys().collect::<Vec<_>>(),
+        ["gone", "kept"]
+    );
+    assert_eq!(after.clean_stale().await, ["gone"]);
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_kept.json"]);
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert_eq!(file.claims.keys().collect::<Vec<_>>(), ["kept"]);
+}

@@ -790,6 +790,18 @@ impl Preparer {
             ));
             claim_env.push(format!("DRA_HAL_CPUSET={}", all_cpus.to_cpulist()));
         }
+        // A config env that applies to every device of the claim is written once, in the spec's own
+        // edits (applied whenever any of its devices is), not once per device.
+        let shared_config = match allocated {
+            [first, rest @ ..]
+                if !rest.is_empty()
+                    && !first.config.env.is_empty()
+                    && rest.iter().all(|a| a.config.env == first.config.env) =>
+            {
+                Some(&first.config.env)
+            }
+            _ => None,
+        };
         for (a, source) in allocated.iter().zip(sources) {
             let name = format!("{}-{}", claim.uid, a.device);
             let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci")
@@ -813,9 +825,11 @@ impl Preparer {
                 }
             }
             edits.env.extend(claim_env.iter().cloned());
-            edits
-                .env
-                .extend(a.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+            if shared_config.is_none() {
+                edits
+                    .env
+                    .extend(a.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+            }
             cdi_devices.push(CdiDevice {
                 name: name.clone(),
                 annotations: None,
@@ -829,7 +843,14 @@ impl Preparer {
                 share_id: a.share_id.clone(),
             });
         }
-        Ok((Spec::new(&self.kind, cdi_devices), prepared))
+        let mut spec = Spec::new(&self.kind, cdi_devices);
+        if let Some(env) = shared_config {
+            spec.container_edits = Some(super::cdi::ContainerEdits {
+                env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                ..Default::default()
+            });
+        }
+        Ok((spec, prepared))
     }
 
     /// Removes the VFs of GPUs whose partitions no claim holds any more (after `record` left `state`).

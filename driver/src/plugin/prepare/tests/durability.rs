@@ -254,3 +254,41 @@ async fn a_missing_checkpoint_is_rebuilt_from_the_specs_and_only_deleted_claims_
     let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
     assert_eq!(file.claims.keys().collect::<Vec<_>>(), ["kept"]);
 }
+
+#[tokio::test]
+async fn a_config_env_shared_by_every_device_is_stored_once() {
+    let s = Setup::new();
+    let config = json!([{"source": "FromClaim", "opaque": {"driver": DRIVER,
+        "parameters": {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig",
+                       "env": {"BIG": "x".repeat(100_000)}}}}]);
+    let gpus = [
+        ("gpu", "gpu-0008-06-00-0"),
+        ("gpu", "gpu-0009-06-00-0"),
+        ("gpu", "gpu-0018-06-00-0"),
+    ];
+    s.claims.add("a", &gpus, config);
+    let preparer = s.preparer("boot-1");
+    // Three copies would be over the 256 KiB a claim may store; one is not.
+    let prepared = preparer.prepare(vec![reference("a")]).await;
+    assert!(prepared["a"].is_ok(), "{prepared:?}");
+    let spec = s.spec("a");
+    let shared: Vec<&str> = spec["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(shared.len(), 1);
+    assert!(shared[0].starts_with("BIG=xxx"));
+    for device in spec["devices"].as_array().unwrap() {
+        let env = device["containerEdits"]["env"].as_array().unwrap();
+        assert!(
+            env.iter().all(|e| !e.as_str().unwrap().starts_with("BIG=")),
+            "{env:?}"
+        );
+        assert!(
+            env.iter()
+                .any(|e| e.as_str().unwrap().starts_with("DRA_HAL_DEVICES="))
+        );
+    }
+}

@@ -156,6 +156,14 @@ pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
     let aside = dir.join(format!("{name}.bad-{nanos:039}-{:016x}", unpredictable()));
     fs::rename(path, &aside)?;
     File::open(dir)?.sync_all()?;
+    if let Err(error) = prune_aside(dir, &name) {
+        tracing::warn!(dir = %dir.display(), %error, "removing old bad checkpoints failed");
+    }
+    Ok(aside)
+}
+
+/// Keeps the [`KEEP_ASIDE`] newest `<name>.bad-*` entries of `dir` and removes the others.
+fn prune_aside(dir: &Path, name: &str) -> io::Result<()> {
     let prefix = format!("{name}.bad-");
     let mut kept: Vec<(String, PathBuf)> = fs::read_dir(dir)?
         .filter_map(Result::ok)
@@ -175,5 +183,5 @@ pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
             tracing::warn!(file = %old.display(), %error, "removing an old bad checkpoint failed");
         }
     }
-    Ok(aside)
+    Ok(())
 }

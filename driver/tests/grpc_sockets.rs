@@ -271,7 +271,7 @@ async fn sockets_are_private_and_removed_on_shutdown() {
         let dir = std::fs::metadata(socket.parent().unwrap()).unwrap();
         assert_eq!(
             dir.permissions().mode() & 0o777,
-            0o750,
+            0o700,
             "{}",
             socket.display()
         );

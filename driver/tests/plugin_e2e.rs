@@ -568,3 +568,152 @@ fn terminate(child: &std::process::Child) {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
 }
+
+/// The `hal-fixture-*` trees in `dir`.
+fn fixture_trees(dir: &Path) -> Vec<PathBuf> {
+    let mut trees: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("hal-fixture-"))
+        })
+        .collect();
+    trees.sort();
+    trees
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_plugins_fixture_tree_is_removed_by_the_next_one_and_a_clean_exit_removes_its_own()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(Mutex::new(FakeApi::with_node(NODE)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    tokio::spawn(FakeApi::serve_http(state, listener));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(api_port)).unwrap();
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let start = |run: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
+            .args([
+                "--fixture",
+                "gb300",
+                "--node-name",
+                NODE,
+                "--metrics-address",
+                "",
+            ])
+            .arg("--kubelet-root-dir")
+            .arg(dir.path().join(run))
+            .arg("--cdi-root")
+            .arg(dir.path().join("cdi"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env("TMPDIR", &scratch)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let registration = |run: &str| {
+        dir.path()
+            .join(run)
+            .join("plugins_registry/hal.dra.dev-reg.sock")
+    };
+
+    let mut first = start("one");
+    wait_for(
+        "the first plugin",
+        || registration("one").exists(),
+        &mut first,
+    )
+    .await;
+    let killed = fixture_trees(&scratch);
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(killed[0].is_dir(), "a kill leaves the tree");
+
+    let mut second = start("two");
+    wait_for(
+        "the second plugin",
+        || registration("two").exists(),
+        &mut second,
+    )
+    .await;
+    let trees = fixture_trees(&scratch);
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert_ne!(
+        trees, killed,
+        "the dead plugin's tree is gone, the new one is its own"
+    );
+
+    terminate(&second);
+    let status = second.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        fixture_trees(&scratch).is_empty(),
+        "a clean exit removes its tree"
+    );
+}
+
+/// 1100 idle connections to the metrics port of a plugin limited to 256 descriptors (as a pod's
+/// limit would be) do not stop it from serving the kubelet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_metrics_connections_does_not_starve_the_kubelet_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = FakeApi::with_node(NODE);
+    let good = claim("good", &[("gpu", "gpu-0008-06-00-0")]);
+    api.claims.insert("default/claim-good".into(), good);
+    let state = Arc::new(Mutex::new(api));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    tokio::spawn(FakeApi::serve_http(state, listener));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(api_port)).unwrap();
+    let metrics_port = free_port();
+    let kubelet = dir.path().join("kubelet");
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_dra-hal-plugin"))
+        .args(["--fixture", "gb300", "--node-name", NODE])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--kubelet-root-dir")
+        .arg(&kubelet)
+        .arg("--cdi-root")
+        .arg(dir.path().join("cdi"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("TMPDIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dra = kubelet.join("plugins/hal.dra.dev/dra.sock");
+    wait_for("the DRA socket", || dra.exists(), &mut child).await;
+
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..1100 {
+        flood.spawn(async move {
+            // Held open, silent, until the test ends.
+            let _idle = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await;
+            std::future::pending::<()>().await;
+        });
+    }
+    let mut client = DraPluginClient::new(channel(&dra).await);
+    let response = client
+        .node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![claim_ref("good")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.claims["good"].error, "", "{response:?}");
+    assert!(child.try_wait().unwrap().is_none(), "the plugin still runs");
+    flood.abort_all();
+    terminate(&child);
+    assert!(child.wait().unwrap().success());
+}

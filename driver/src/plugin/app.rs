@@ -208,11 +208,12 @@ pub async fn run(
     };
     let binder: Arc<dyn hal::SriovPf> =
         Arc::new(backends::SysfsSriov::with_writer(root.clone(), writer));
+    let checkpoint = sockets.plugin_dir().join("checkpoint.json");
     let preparer = Preparer::new(
         PreparerConfig {
             slices: config.clone(),
             cdi: CdiDir::new(&args.cdi_root),
-            checkpoint: CheckpointFile::new(sockets.plugin_dir().join("checkpoint.json")),
+            checkpoint: CheckpointFile::new(&checkpoint),
             boot_id,
             binder,
             gpus: Arc::new(backends::SysfsGpu::new(root.clone())),
@@ -221,12 +222,7 @@ pub async fn run(
         claims,
         inventory.clone(),
     )
-    .with_context(|| {
-        format!(
-            "loading the checkpoint in {}",
-            sockets.plugin_dir().display()
-        )
-    })?;
+    .with_context(|| format!("loading the checkpoint {}", checkpoint.display()))?;
     let cpu_claims = preparer.cpu_claims();
     let metrics = Arc::new(Metrics::default());
     let handler = Arc::new(Metered::new(preparer, metrics.clone()));
@@ -351,18 +347,12 @@ pub async fn run(
             .metrics_address
             .parse()
             .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
+        let listener = std::net::TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .with_context(|| format!("listening on {address} for metrics"))?;
         tracing::info!(%address, "serving /metrics and /healthz");
-        let mut stopped = stopped.clone();
-        tasks.spawn(super::metrics::serve(
-            listener,
-            metrics.clone(),
-            async move {
-                let _ = stopped.changed().await;
-            },
-        ));
+        spawn_metrics_thread(listener, metrics.clone(), stopped.clone())
+            .context("starting the metrics thread")?;
     }
     let registration = RegistrationService::new(&sockets).with_health();
     let mut status = registration.status();
@@ -398,13 +388,41 @@ pub async fn run(
     served.map_err(anyhow::Error::from)
 }
 
+/// Serves metrics on a thread and runtime of their own, so that no load on the metrics port (a
+/// flood of connections, slow clients) takes CPU time or tasks from the kubelet's sockets.
+fn spawn_metrics_thread(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let stop = async move {
+                            let _ = stopped.changed().await;
+                        };
+                        super::metrics::serve(listener, metrics, stop).await;
+                    }
+                    Err(error) => tracing::error!(%error, "metrics listener unusable"),
+                }
+            });
+        })
+        .map(|_| ())
+}
+
 /// The slice configuration, the sysfs root, and the fixture directory to keep alive.
 fn machine(
     args: &PluginArgs,
 ) -> anyhow::Result<(
     SliceConfig,
     backends::SysfsRoot,
-    Option<hal_mock::MaterializedFixture>,
+    Option<super::fixture_tree::FixtureTree>,
 )> {
     let node = match (&args.node_name, &args.fixture) {
         (Some(node), _) => node.clone(),
@@ -415,9 +433,9 @@ fn machine(
     let (root, fixture) = match (&args.fixture, &args.sysfs_root) {
         (Some(name), _) => {
             let machine = hal_mock::by_name(name).map_err(anyhow::Error::msg)?;
-            let materialized = machine
-                .materialize()
-                .with_context(|| format!("writing fixture {name}"))?;
+            let parent = super::fixture_tree::scratch_parent();
+            let materialized = super::fixture_tree::FixtureTree::create(&machine, &parent)
+                .with_context(|| format!("writing fixture {name} in {}", parent.display()))?;
             (
                 backends::SysfsRoot::new(materialized.root()),
                 Some(materialized),

@@ -1,24 +1,36 @@
 //! The checkpoint of prepared claims: one JSON file in the plugin's data directory, written atomically
-//! (temp file, fsync, rename, fsync of the directory), with a checksum of its content and the boot id
-//! of the node when each claim was prepared.
+//! (an exclusively created temp file with an unpredictable name, fsync, rename, fsync of the
+//! directory; mode 0600 in a 0700 directory), with a checksum of its content and the boot id of the
+//! node when each claim was prepared.
 //!
 //! A claim is recorded in two phases: `Started` before any device or CDI change is made, `Completed`
 //! once everything is in place. After a crash a `Started` claim is rolled back and redone; a
 //! `Completed` one is answered again with the same devices (its CDI spec is rewritten: after a reboot
-//! `/var/run/cdi` is empty). A file that does not parse or whose checksum does not match is reported
-//! and replaced by an empty checkpoint, never a crash loop.
+//! `/var/run/cdi` is empty). A file that is not a checkpoint (corrupt, truncated, oversized, a
+//! directory) is moved aside (`checkpoint.json.bad-*`, the newest [`files::KEEP_ASIDE`] kept) and
+//! reported, never a crash loop. What one claim may store is bounded ([`MAX_CLAIM_BYTES`]) and a
+//! store that would exceed [`MAX_BYTES`] is refused, so a written checkpoint always loads again.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hal::ErrorKind;
 
 use super::api::{ClaimRef, PreparedDevice};
 
+pub mod files;
+
 /// The format version written.
 const VERSION: u32 = 1;
-/// Checkpoints are small (a record per prepared claim); anything bigger is not ours.
-const MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest checkpoint written or read: anything bigger is not ours.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The most one claim's record may take in the checkpoint (its CDI spec included): 256 claims of
+/// this size fit in [`MAX_BYTES`]. A claim that needs more is refused at prepare.
+pub const MAX_CLAIM_BYTES: usize = 256 * 1024;
 
 /// How far the preparation of a claim got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -59,6 +71,11 @@ pub struct ClaimRecord {
     /// pins only their containers to the claim's CPUs. Left out when empty, as `rt`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
+    /// Rebuilt from the claim's CDI spec after the checkpoint was lost: `devices` lack their
+    /// requests and `undo` the original drivers, so a prepare asked again redoes the claim. Left out
+    /// when false, as `rt`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -75,20 +92,112 @@ struct OnDisk {
 pub struct Loaded {
     /// Records by claim UID.
     pub claims: BTreeMap<String, ClaimRecord>,
-    /// Why the file on disk was not used (corrupt, wrong version); it is replaced on the next store.
+    /// Why the file on disk was not used (corrupt, wrong version, not a file), naming it and where it
+    /// was moved; it is replaced on the next store.
     pub discarded: Option<String>,
+    /// Where the unusable file was moved (kept for inspection).
+    pub moved_to: Option<PathBuf>,
+    /// Temp files of interrupted writes that were removed.
+    pub removed_temps: Vec<PathBuf>,
 }
 
+/// Why the checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A file system operation failed.
+    #[error("failed to {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`read`, `write`, `move aside`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error (`StorageFull` for ENOSPC).
+        #[source]
+        source: io::Error,
+    },
+    /// One claim's record is larger than [`MAX_CLAIM_BYTES`].
+    #[error(
+        "{}: claim {claim} would store {bytes} bytes (its devices, CDI spec and config), more than \
+         the {max} one claim may; use fewer or smaller config env variables or fewer devices",
+        path.display()
+    )]
+    ClaimTooLarge {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// `namespace/name` (uid) of the claim.
+        claim: String,
+        /// Its size.
+        bytes: usize,
+        /// [`MAX_CLAIM_BYTES`].
+        max: usize,
+    },
+    /// The whole checkpoint would be larger than [`MAX_BYTES`].
+    #[error("{}: {bytes} bytes would be written, more than the {max} a checkpoint may hold", path.display())]
+    TooLarge {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The size it would have.
+        bytes: usize,
+        /// [`MAX_BYTES`].
+        max: usize,
+    },
+    /// The records could not be serialized.
+    #[error("serializing {}: {source}", path.display())]
+    Serialize {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl CheckpointError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CheckpointError::Io { source, .. } => ErrorKind::from_io(source),
+            CheckpointError::ClaimTooLarge { .. } | CheckpointError::TooLarge { .. } => {
+                ErrorKind::InvalidInput
+            }
+            CheckpointError::Serialize { .. } => ErrorKind::Malformed,
+        }
+    }
+}
+
+/// A test hook run before each write of the checkpoint; an error fails the write as the disk would.
+pub type WriteFault = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
 /// The checkpoint file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CheckpointFile {
     path: PathBuf,
+    fault: Option<WriteFault>,
+}
+
+impl fmt::Debug for CheckpointFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointFile")
+            .field("path", &self.path)
+            .field("fault", &self.fault.is_some())
+            .finish()
+    }
 }
 
 impl CheckpointFile {
     /// The checkpoint at `path` (usually `<kubelet-root>/plugins/<driver>/checkpoint.json`).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        CheckpointFile { path: path.into() }
+        CheckpointFile {
+            path: path.into(),
+            fault: None,
+        }
+    }
+
+    /// Runs `fault` before every write (tests: a full disk).
+    pub fn with_write_fault(mut self, fault: WriteFault) -> Self {
+        self.fault = Some(fault);
+        self
     }
 
     /// Its path.
@@ -96,62 +205,137 @@ impl CheckpointFile {
         &self.path
     }
 
-    /// Reads the checkpoint. A missing file is an empty checkpoint; a corrupt one is empty with the
-    /// reason in `discarded`. Only an unreadable file (permissions, I/O) is an error.
-    pub fn load(&self) -> io::Result<Loaded> {
-        let bytes = match fs::File::open(&self.path) {
-            Ok(file) => {
-                let mut bytes = Vec::new();
-                io::Read::read_to_end(&mut io::Read::take(file, MAX_BYTES + 1), &mut bytes)?;
-                bytes
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
-            Err(e) => return Err(e),
+    fn io(&self, op: &'static str) -> impl FnOnce(io::Error) -> CheckpointError {
+        let path = self.path.clone();
+        move |source| CheckpointError::Io { op, path, source }
+    }
+
+    /// Reads the checkpoint, after removing the temp files of interrupted writes. A missing file is
+    /// an empty checkpoint; anything that is not a valid checkpoint (corrupt, another version,
+    /// larger than [`MAX_BYTES`], a directory, a link) is moved aside and reported in `discarded`.
+    /// Only I/O failures (permissions, a failed rename) are errors.
+    pub fn load(&self) -> Result<Loaded, CheckpointError> {
+        let removed_temps =
+            files::remove_stale_temps(&self.path).map_err(self.io("remove stale temp files of"))?;
+        let empty = Loaded {
+            removed_temps,
+            ..Loaded::default()
         };
-        let discard = |why: String| Loaded {
-            claims: BTreeMap::new(),
-            discarded: Some(format!("{}: {why}", self.path.display())),
+        let meta = match fs::symlink_metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(empty),
+            Err(e) => return Err(self.io("inspect")(e)),
         };
-        if bytes.len() as u64 > MAX_BYTES {
-            return Ok(discard("larger than 64 MiB".into()));
+        if !meta.file_type().is_file() {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else if meta.is_symlink() {
+                "a symbolic link"
+            } else {
+                "a special file"
+            };
+            return self.discard(empty, format!("is {what}, not a file"));
+        }
+        let mut bytes = Vec::new();
+        let file = files::open_no_follow(&self.path).map_err(self.io("open"))?;
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_BYTES as u64 + 1), &mut bytes)
+            .map_err(self.io("read"))?;
+        if bytes.len() > MAX_BYTES {
+            return self.discard(empty, "larger than 64 MiB".into());
         }
         let on_disk: OnDisk = match serde_json::from_slice(&bytes) {
             Ok(on_disk) => on_disk,
-            Err(e) => return Ok(discard(format!("not a checkpoint: {e}"))),
+            Err(e) => return self.discard(empty, format!("not a checkpoint: {e}")),
         };
         if on_disk.version != VERSION {
-            return Ok(discard(format!(
-                "version {} (expected {VERSION})",
-                on_disk.version
-            )));
+            let why = format!("version {} (expected {VERSION})", on_disk.version);
+            return self.discard(empty, why);
         }
-        let checksum = checksum_of(&on_disk.claims)?;
+        let checksum =
+            checksum_of(&on_disk.claims).map_err(|source| CheckpointError::Serialize {
+                path: self.path.clone(),
+                source,
+            })?;
         if checksum != on_disk.checksum {
-            return Ok(discard(format!(
+            let why = format!(
                 "checksum {} does not match the content ({checksum})",
                 on_disk.checksum
-            )));
+            );
+            return self.discard(empty, why);
         }
         Ok(Loaded {
             claims: on_disk.claims,
-            discarded: None,
+            ..empty
         })
     }
 
-    /// Replaces the checkpoint with `claims`, atomically: a crash leaves either the old or the new file.
-    pub fn store(&self, claims: &BTreeMap<String, ClaimRecord>) -> io::Result<()> {
+    fn discard(&self, mut loaded: Loaded, why: String) -> Result<Loaded, CheckpointError> {
+        let aside = files::move_aside(&self.path).map_err(self.io("move aside"))?;
+        loaded.discarded = Some(format!(
+            "{}: {why}; moved to {}",
+            self.path.display(),
+            aside.display()
+        ));
+        loaded.moved_to = Some(aside);
+        Ok(loaded)
+    }
+
+    /// Checks that `record` fits in [`MAX_CLAIM_BYTES`].
+    pub fn check_claim(&self, record: &ClaimRecord) -> Result<(), CheckpointError> {
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|source| CheckpointError::Serialize {
+                path: self.path.clone(),
+                source,
+            })?
+            .len();
+        if bytes > MAX_CLAIM_BYTES {
+            let c = &record.claim;
+            return Err(CheckpointError::ClaimTooLarge {
+                path: self.path.clone(),
+                claim: format!("{}/{} ({})", c.namespace, c.name, c.uid),
+                bytes,
+                max: MAX_CLAIM_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces the checkpoint with `claims`, atomically: a crash or a failed write leaves the old
+    /// file. A checkpoint larger than [`MAX_BYTES`] is refused (nothing written).
+    pub fn store(&self, claims: &BTreeMap<String, ClaimRecord>) -> Result<(), CheckpointError> {
+        let serialize = |source| CheckpointError::Serialize {
+            path: self.path.clone(),
+            source,
+        };
+        let too_large = |bytes| CheckpointError::TooLarge {
+            path: self.path.clone(),
+            bytes,
+            max: MAX_BYTES,
+        };
+        let compact = serde_json::to_vec(claims).map_err(serialize)?;
+        if compact.len() > MAX_BYTES {
+            return Err(too_large(compact.len()));
+        }
         let on_disk = OnDisk {
             version: VERSION,
-            checksum: checksum_of(claims)?,
+            checksum: format!("{:08x}", crc32(&compact)),
             claims: claims.clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&on_disk).map_err(io::Error::other)?;
-        write_atomically(&self.path, &bytes)
+        let bytes = serde_json::to_vec_pretty(&on_disk).map_err(serialize)?;
+        if bytes.len() > MAX_BYTES {
+            return Err(too_large(bytes.len()));
+        }
+        let no_fault = || Ok(());
+        let fault: &dyn Fn() -> io::Result<()> = match &self.fault {
+            Some(fault) => fault.as_ref(),
+            None => &no_fault,
+        };
+        files::write_atomically(&self.path, &bytes, fault).map_err(self.io("write"))
     }
 }
 
-fn checksum_of(claims: &BTreeMap<String, ClaimRecord>) -> io::Result<String> {
-    let bytes = serde_json::to_vec(claims).map_err(io::Error::other)?;
+fn checksum_of(claims: &BTreeMap<String, ClaimRecord>) -> Result<String, serde_json::Error> {
+    let bytes = serde_json::to_vec(claims)?;
     Ok(format!("{:08x}", crc32(&bytes)))
 }
 
@@ -168,127 +352,6 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory, fsyncs it, renames it over
-/// `path` and fsyncs the directory. The temp file is removed on failure.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_without_rt_tasks_serialize_as_before_so_old_checkpoints_keep_their_checksum() {
-        let json = serde_json::to_value(record("u1", Phase::Completed)).unwrap();
-        assert!(json.get("rt").is_none(), "{json}");
-        let old: ClaimRecord = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(serde_json::to_value(old).unwrap(), json);
-    }
-
-    fn record(uid: &str, phase: Phase) -> ClaimRecord {
-        ClaimRecord {
-            claim: ClaimRef {
-                namespace: "ns".into(),
-                uid: uid.into(),
-                name: format!("claim-{uid}"),
-            },
-            phase,
-            boot_id: "boot-1".into(),
-            devices: vec![PreparedDevice {
-                request_names: vec!["gpu".into()],
-                pool_name: "node-1".into(),
-                device_name: "gpu-0008-06-00-0".into(),
-                cdi_device_ids: vec![format!("hal.dra.dev/device={uid}-gpu-0008-06-00-0")],
-                share_id: None,
-            }],
-            cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}),
-            undo: BTreeMap::new(),
-            rt: BTreeMap::new(),
-            pods: Vec::new(),
-            cpus: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn round_trip_and_missing_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = CheckpointFile::new(dir.path().join("sub/checkpoint.json"));
-        let loaded = file.load().unwrap();
-        assert!(loaded.claims.is_empty() && loaded.discarded.is_none());
-        let mut claims = BTreeMap::new();
-        claims.insert("a".to_owned(), record("a", Phase::Started));
-        claims.insert("b".to_owned(), record("b", Phase::Completed));
-        file.store(&claims).unwrap();
-        assert_eq!(file.load().unwrap().claims, claims);
-        let leftovers: Vec<_> = fs::read_dir(dir.path().join("sub"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers, ["checkpoint.json"]);
-    }
-
-    #[test]
-    fn corruption_is_reported_and_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("checkpoint.json");
-        let file = CheckpointFile::new(&path);
-        let mut claims = BTreeMap::new();
-        claims.insert("a".to_owned(), record("a", Phase::Completed));
-        file.store(&claims).unwrap();
-
-        // A flipped byte inside the content: valid JSON, wrong checksum.
-        let text = fs::read_to_string(&path)
-            .unwrap()
-            .replace("claim-a", "claim-x");
-        fs::write(&path, text).unwrap();
-        let loaded = file.load().unwrap();
-        assert!(loaded.claims.is_empty());
-        assert!(loaded.discarded.unwrap().contains("checksum"));
-
-        for garbage in [
-            "",
-            "{",
-            "null",
-            "{\"version\": 9, \"checksum\": \"\", \"claims\": {}}",
-        ] {
-            fs::write(&path, garbage).unwrap();
-            let loaded = file.load().unwrap();
-            assert!(loaded.claims.is_empty(), "{garbage}");
-            assert!(loaded.discarded.is_some(), "{garbage}");
-        }
-        file.store(&claims).unwrap();
-        assert_eq!(
-            file.load().unwrap().claims,
-            claims,
-            "replaced by the next store"
-        );
-    }
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-        assert_eq!(crc32(b""), 0);
-    }
-}
+mod tests;

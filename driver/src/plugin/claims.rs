@@ -7,6 +7,10 @@ use k8s_openapi::api::resource::v1::{DeviceAllocationConfiguration, ResourceClai
 
 use super::api::ClaimRef;
 
+mod reference;
+
+pub use reference::check_claim_ref;
+
 /// The kinds of opaque configuration this driver understands, in API version `<driver>/v1alpha1`.
 pub const CONFIG_VERSION: &str = "v1alpha1";
 /// Environment variables one config may set.
@@ -164,6 +168,11 @@ impl DeviceConfig {
             if !valid {
                 return Err(format!("env.{name}: not an environment variable name"));
             }
+            if let Some(reserved) = reserved_env(name) {
+                return Err(format!(
+                    "env.{name}: {reserved} is set by the driver itself and cannot be overridden"
+                ));
+            }
             if value.contains('\0') {
                 return Err(format!("env.{name}: contains a NUL byte"));
             }
@@ -175,6 +184,22 @@ impl DeviceConfig {
         self.env
             .extend(other.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+}
+
+/// Environment variables the driver sets in a claim's CDI spec, by exact name.
+pub const RESERVED_ENV: &[&str] = &["NVIDIA_VISIBLE_DEVICES", "NCCL_IB_HCA"];
+/// Prefixes of environment variables the driver sets (`DRA_HAL_*`, `DRA_CPUSET_<uid>`, `DRA_RT_*`,
+/// `GPU_DEVICE_<i>`).
+pub const RESERVED_ENV_PREFIXES: &[&str] = &["DRA_", "GPU_DEVICE_"];
+
+/// The reserved name or prefix `name` falls under, if any: a config may not set what the driver
+/// sets, since the later value would win in the container and could expose other devices.
+fn reserved_env(name: &str) -> Option<&'static str> {
+    RESERVED_ENV
+        .iter()
+        .find(|r| **r == name)
+        .or_else(|| RESERVED_ENV_PREFIXES.iter().find(|p| name.starts_with(**p)))
+        .copied()
 }
 
 /// Why a claim cannot be prepared by this driver here.
@@ -204,6 +229,17 @@ pub enum ClaimError {
         driver: String,
         /// This node's pool.
         pool: String,
+    },
+    /// The kubelet named a claim that cannot exist: a namespace, name or UID Kubernetes would not
+    /// accept (a `/` would reach into another API path).
+    #[error("claim reference {field} {value:?}: {problem}")]
+    InvalidRef {
+        /// `namespace`, `name` or `uid`.
+        field: &'static str,
+        /// The value given (cut to 300 bytes).
+        value: String,
+        /// What Kubernetes requires.
+        problem: &'static str,
     },
     /// Opaque configuration that does not decode or validate.
     #[error("claim {claim}: {field}: {problem}")]
@@ -567,6 +603,26 @@ mod tests {
                 json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"1A": "x"}}),
                 ".env.1A",
                 "not an environment variable name",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"NVIDIA_VISIBLE_DEVICES": "all"}}),
+                ".env.NVIDIA_VISIBLE_DEVICES",
+                "NVIDIA_VISIBLE_DEVICES is set by the driver itself",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"NCCL_IB_HCA": "mlx5"}}),
+                ".env.NCCL_IB_HCA",
+                "set by the driver itself",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"DRA_HAL_CPUSET": "0-63"}}),
+                ".env.DRA_HAL_CPUSET",
+                "DRA_ is set by the driver itself",
+            ),
+            (
+                json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {"GPU_DEVICE_0": "gpu-x"}}),
+                ".env.GPU_DEVICE_0",
+                "GPU_DEVICE_ is set by the driver itself",
             ),
             (
                 json!({"apiVersion": "v1", "kind": "DeviceConfig"}),

@@ -8,10 +8,11 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use super::api::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
 
@@ -203,49 +204,112 @@ impl<H: DraHandler> DraHandler for Metered<H> {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves. Requests are read up to
-/// 8 KiB; anything else is a 404.
+/// Connections served at once; more wait in the kernel's accept queue, holding no descriptor of
+/// the plugin.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long one connection may take to send its request and take the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request read.
+const MAX_REQUEST: usize = 8192;
+/// The pause after a failed accept (out of descriptors), instead of spinning on it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How much the metrics endpoint serves at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Deadline of one connection, request and answer ([`IO_TIMEOUT`]).
+    pub io_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            io_timeout: IO_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves, with the default
+/// [`Limits`]. Requests are read up to 8 KiB; anything else is a 404.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_with(listener, metrics, shutdown, Limits::default()).await;
+}
+
+/// [`serve`] with explicit limits: at most `max_connections` connections at once, each closed after
+/// `io_timeout`, so idle or slow clients cannot hold descriptors or memory.
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+    limits: Limits,
+) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => return,
+        };
+        let Ok(slot) = slot else {
+            return;
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => return,
         };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a metrics connection failed");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    () = &mut shutdown => return,
+                }
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buffer = vec![0u8; 8192];
-            let n = match stream.read(&mut buffer).await {
-                Ok(n) => n,
-                Err(_) => return,
-            };
-            let request = String::from_utf8_lossy(buffer.get(..n).unwrap_or_default());
-            let path = request.split_whitespace().nth(1).unwrap_or_default();
-            let (status, body, content_type) = match path {
-                "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
-                "/healthz" if metrics.is_healthy() => ("200 OK", "ok\n".to_owned(), "text/plain"),
-                "/healthz" => (
-                    "503 Service Unavailable",
-                    "not ready\n".to_owned(),
-                    "text/plain",
-                ),
-                _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let _slot = slot;
+            let _ = tokio::time::timeout(limits.io_timeout, answer(stream, &metrics)).await;
         });
     }
+}
+
+/// Reads one request (up to the end of its headers or [`MAX_REQUEST`] bytes) and answers it.
+async fn answer(mut stream: TcpStream, metrics: &Metrics) {
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while buffer.len() < MAX_REQUEST && !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buffer.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+    let request = String::from_utf8_lossy(&buffer);
+    let path = request.split_whitespace().nth(1).unwrap_or_default();
+    let (status, body, content_type) = match path {
+        "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
+        "/healthz" if metrics.is_healthy() => ("200 OK", "ok\n".to_owned(), "text/plain"),
+        "/healthz" => (
+            "503 Service Unavailable",
+            "not ready\n".to_owned(),
+            "text/plain",
+        ),
+        _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]
@@ -339,5 +403,54 @@ mod tests {
         assert!(get(address, "/nope").await.starts_with("HTTP/1.1 404"));
         stop.send(()).unwrap();
         server.await.unwrap();
+    }
+
+    /// A server with 4 slots and the default timeout, on virtual time.
+    async fn small_server(metrics: Arc<Metrics>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 4,
+            io_timeout: IO_TIMEOUT,
+        };
+        tokio::spawn(serve_with(
+            listener,
+            metrics,
+            std::future::pending(),
+            limits,
+        ));
+        address
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_after_the_timeout() {
+        let address = small_server(Arc::new(Metrics::default())).await;
+        let mut idle = tokio::net::TcpStream::connect(address).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        // Virtual time: the server's deadline passes without waiting for it.
+        let closed = tokio::time::timeout(IO_TIMEOUT * 10, idle.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "an idle connection is never closed");
+        assert!(rest.is_empty());
+        assert!(start.elapsed() >= IO_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_beyond_the_cap_wait_for_a_slot_and_are_then_answered() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_healthy(true);
+        let address = small_server(metrics).await;
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        let start = tokio::time::Instant::now();
+        let answer = get(address, "/healthz").await;
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+        assert!(
+            start.elapsed() >= IO_TIMEOUT,
+            "served only once the idle connections' slots were freed: {:?}",
+            start.elapsed()
+        );
     }
 }

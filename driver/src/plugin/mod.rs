@@ -7,6 +7,7 @@ pub mod cdi;
 pub mod checkpoint;
 pub mod claims;
 pub mod cpus;
+pub mod fixture_tree;
 pub mod grpc;
 pub mod metrics;
 pub mod partitions;

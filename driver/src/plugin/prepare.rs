@@ -15,7 +15,7 @@ use kube::Api;
 use super::api::{
     BoxFuture, ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults,
 };
-use super::cdi::{CdiDir, ContainerEdits, Device as CdiDevice, DeviceNode, Spec, qualified_device};
+use super::cdi::{CdiDir, Device as CdiDevice, Spec, qualified_device};
 use super::checkpoint::{CheckpointFile, ClaimRecord, Phase};
 use super::claims::{Allocated, allocated_devices};
 use super::cpus::{Placement, allocate};
@@ -23,6 +23,10 @@ use crate::inventory::Inventory;
 use crate::nri::policy::ClaimCpus;
 use crate::slices::SliceConfig;
 use crate::slices::devices::{DeviceSource, devices_with_sources};
+use edits::{claim_env, container_edits};
+
+mod edits;
+mod recover;
 
 /// The points between the writes of a prepare, where tests inject a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +152,9 @@ pub struct Preparer {
     state: tokio::sync::Mutex<BTreeMap<String, ClaimRecord>>,
     faults: Option<FaultHook>,
     cpu_claims: tokio::sync::watch::Sender<BTreeMap<String, ClaimCpus>>,
+    /// The checkpoint was rebuilt at start: CDI specs no record owns may belong to live claims and
+    /// are kept.
+    rebuilt: bool,
 }
 
 impl Preparer {
@@ -159,12 +166,22 @@ impl Preparer {
         claim_source: Arc<dyn ClaimSource>,
         inventory: Arc<RwLock<Inventory>>,
     ) -> std::io::Result<Preparer> {
-        let loaded = config.checkpoint.load()?;
-        if let Some(why) = &loaded.discarded {
-            tracing::warn!(reason = %why, "checkpoint discarded; starting with no prepared claims");
+        let missing = !config.checkpoint.path().exists();
+        let loaded = config.checkpoint.load().map_err(std::io::Error::other)?;
+        for temp in &loaded.removed_temps {
+            tracing::info!(file = %temp.display(), "removed a temp file of an interrupted write");
         }
         let kind = format!("{}/device", config.slices.driver_name);
         let mut claims = loaded.claims;
+        if let Some(why) = &loaded.discarded {
+            tracing::warn!(reason = %why, "checkpoint discarded; rebuilding it from the CDI specs");
+            claims = recover::from_cdi_specs(&config, &kind);
+        } else if missing {
+            // No checkpoint (removed by hand, or a new plugin directory) while specs are there: they
+            // are claims this driver prepared, not orphans.
+            claims = recover::from_cdi_specs(&config, &kind);
+        }
+        let rebuilt = loaded.discarded.is_some() || !claims.is_empty() && missing;
         let started: Vec<String> = claims
             .iter()
             .filter(|(_, r)| r.phase == Phase::Started)
@@ -179,8 +196,11 @@ impl Preparer {
                 }
             }
         }
-        if loaded.discarded.is_some() || !started.is_empty() {
-            config.checkpoint.store(&claims)?;
+        if rebuilt || !started.is_empty() {
+            config
+                .checkpoint
+                .store(&claims)
+                .map_err(std::io::Error::other)?;
         }
         let (cpu_claims, _) = tokio::sync::watch::channel(cpu_claims_of(&claims));
         Ok(Preparer {
@@ -191,6 +211,7 @@ impl Preparer {
             state: tokio::sync::Mutex::new(claims),
             faults: None,
             cpu_claims,
+            rebuilt,
         })
     }
 
@@ -269,6 +290,9 @@ impl Preparer {
             .await
             .values()
             .map(|r| r.claim.clone())
+            // A claim rebuilt from a spec that does not name it is kept until the kubelet
+            // unprepares it.
+            .filter(|c| !c.namespace.is_empty() && !c.name.is_empty())
             .collect();
         let mut stale = Vec::new();
         for claim in recorded {
@@ -285,7 +309,11 @@ impl Preparer {
             }
         }
         let owned: Vec<String> = self.state.lock().await.keys().cloned().collect();
-        for uid in self.config.cdi.list_claim_specs(&self.kind) {
+        let orphans = match self.rebuilt {
+            true => Vec::new(),
+            false => self.config.cdi.list_claim_specs(&self.kind),
+        };
+        for uid in orphans {
             if !owned.contains(&uid)
                 && let Err(error) = self.config.cdi.remove_claim_spec(&self.kind, &uid)
             {
@@ -309,18 +337,29 @@ impl Preparer {
     }
 
     async fn prepare_one(&self, claim: ClaimRef) -> Result<Vec<PreparedDevice>, String> {
-        if claim.uid.is_empty() || claim.namespace.is_empty() || claim.name.is_empty() {
-            return Err("a claim needs a namespace, a name and a uid".into());
-        }
+        super::claims::check_claim_ref(&claim).map_err(|e| e.to_string())?;
         let mut state = self.state.lock().await;
         if let Some(record) = state.get(&claim.uid).cloned() {
+            if record.phase == Phase::Completed && record.recovered {
+                // Rebuilt from its CDI spec: completed with what the claim says, keeping its CPUs
+                // and spec, when the devices match; redone otherwise.
+                let resource_claim = self.claims.get(&claim.namespace, &claim.name).await?;
+                let completed =
+                    recover::complete(record.clone(), &claim, resource_claim, &self.config);
+                if let Some(record) = completed {
+                    self.commit(&mut state, &claim.uid, Some(record.clone()))?;
+                    return self.redo_completed(&mut state, record);
+                }
+            }
             match record.phase {
-                Phase::Completed => return self.redo_completed(&mut state, record),
-                Phase::Started => {
+                Phase::Completed if !record.recovered => {
+                    return self.redo_completed(&mut state, record);
+                }
+                // Started, or rebuilt from a spec that does not match the claim: redone.
+                _ => {
                     self.undo(&record)
                         .map_err(|e| format!("rolling back: {e}"))?;
-                    state.remove(&claim.uid);
-                    self.store(&state)?;
+                    self.commit(&mut state, &claim.uid, None)?;
                     self.release_partitions(&state, &record);
                 }
             }
@@ -337,8 +376,8 @@ impl Preparer {
             &self.config.slices.node_name,
         )
         .map_err(|e| e.to_string())?;
-        let mut sources = self.sources(&allocated)?;
-        self.check_exclusive(&state, &claim.uid, &allocated, &sources)?;
+        let (mut sources, shareable) = self.sources(&allocated)?;
+        self.check_exclusive(&state, &claim.uid, &allocated, &shareable)?;
         let partitioned = {
             let inventory = self
                 .inventory
@@ -375,7 +414,33 @@ impl Preparer {
             let (spec, devices) = self.plan(&claim, &allocated, &sources, &cpus, &rt)?;
             Ok::<_, String>((rebinds, cpus, rt, spec, devices))
         })();
-        let (rebinds, cpus, rt, spec, devices) = match planned {
+        let planned = planned.and_then(|(rebinds, cpus, rt, spec, devices)| {
+            let record = ClaimRecord {
+                claim: claim.clone(),
+                phase: Phase::Started,
+                boot_id: self.config.boot_id.clone(),
+                devices: devices.clone(),
+                cdi_spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
+                undo: rebinds
+                    .iter()
+                    .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
+                    .chain(partition_undo.clone())
+                    .collect(),
+                cpus,
+                rt,
+                pods: reserved_pods(&resource_claim),
+                recovered: false,
+            };
+            self.config
+                .checkpoint
+                .check_claim(&record)
+                .map_err(|e| e.to_string())?;
+            // Recorded before the first write, with what undoes it: a crash at any point can be
+            // rolled back. A failed write leaves memory as the file is.
+            self.commit(&mut state, &claim.uid, Some(record.clone()))?;
+            Ok((rebinds, spec, devices, record))
+        });
+        let (rebinds, spec, devices, mut record) = match planned {
             Ok(planned) => planned,
             Err(error) => {
                 // VFs made for partitions above go again when no claim holds them.
@@ -391,24 +456,6 @@ impl Preparer {
                 return Err(error);
             }
         };
-        let mut record = ClaimRecord {
-            claim: claim.clone(),
-            phase: Phase::Started,
-            boot_id: self.config.boot_id.clone(),
-            devices: devices.clone(),
-            cdi_spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
-            undo: rebinds
-                .iter()
-                .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
-                .chain(partition_undo)
-                .collect(),
-            cpus,
-            rt,
-            pods: reserved_pods(&resource_claim),
-        };
-        // Recorded before the first write, with what undoes it: a crash at any point can be rolled back.
-        state.insert(claim.uid.clone(), record.clone());
-        self.store(&state)?;
         self.fault(Step::Started)?;
         for rebind in &rebinds {
             if let Err(e) = self
@@ -417,27 +464,22 @@ impl Preparer {
                 .bind_driver(rebind.function, &rebind.driver)
             {
                 let error = format!("binding {} to {}: {e}", rebind.function, rebind.driver);
-                let _ = self.undo(&record);
-                state.remove(&claim.uid);
-                self.store(&state)?;
-                self.release_partitions(&state, &record);
-                return Err(error);
+                return Err(self.abandon(&mut state, &record, error));
             }
         }
         self.fault(Step::DevicesPrepared)?;
         if let Err(e) = self.config.cdi.write_claim_spec(&claim.uid, &spec) {
             // A real failure (a full disk), not a crash: undo now so nothing is left half done.
             let error = format!("writing the CDI spec: {e}");
-            let _ = self.undo(&record);
-            state.remove(&claim.uid);
-            self.store(&state)?;
-            self.release_partitions(&state, &record);
-            return Err(error);
+            return Err(self.abandon(&mut state, &record, error));
         }
         self.fault(Step::CdiWritten)?;
+        let started = record.clone();
         record.phase = Phase::Completed;
-        state.insert(claim.uid.clone(), record);
-        self.store(&state)?;
+        if let Err(error) = self.commit(&mut state, &claim.uid, Some(record)) {
+            // The file still says started: undo now rather than answer from memory.
+            return Err(self.abandon(&mut state, &started, error));
+        }
         self.fault(Step::Completed)?;
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
         // the API server may not allow it (an older release, RBAC); the CDI env says the same.
@@ -471,28 +513,29 @@ impl Preparer {
         if record.boot_id != self.config.boot_id {
             record.boot_id = self.config.boot_id.clone();
             let devices = record.devices.clone();
-            state.insert(record.claim.uid.clone(), record);
-            self.store(state)?;
+            let uid = record.claim.uid.clone();
+            self.commit(state, &uid, Some(record))?;
             return Ok(devices);
         }
         Ok(record.devices)
     }
 
-    /// The machine side of each allocated device; a device this node does not publish is an error.
-    fn sources(&self, allocated: &[Allocated]) -> Result<Vec<DeviceSource>, String> {
+    /// The machine side of each allocated device, and whether each is published with
+    /// `allowMultipleAllocations`; a device this node does not publish is an error.
+    fn sources(&self, allocated: &[Allocated]) -> Result<(Vec<DeviceSource>, Vec<bool>), String> {
         let inventory = self
             .inventory
             .read()
             .map_err(|_| "inventory lock poisoned".to_owned())?;
-        let published: BTreeMap<String, DeviceSource> =
+        let published: BTreeMap<String, (DeviceSource, bool)> =
             devices_with_sources(&inventory, &self.config.slices)
                 .into_iter()
-                .map(|(d, s)| (d.name, s))
+                .map(|(d, s)| (d.name, (s, d.allow_multiple_allocations == Some(true))))
                 .collect();
         allocated
             .iter()
             .map(|a| {
-                let source = published.get(&a.device).cloned().ok_or_else(|| {
+                let (source, shareable) = published.get(&a.device).cloned().ok_or_else(|| {
                     format!(
                         "device {} is not published on this node (any more)",
                         a.device
@@ -507,9 +550,10 @@ impl Preparer {
                         a.device
                     ));
                 }
-                Ok(source)
+                Ok((source, shareable))
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()
+            .map(|pairs| pairs.into_iter().unzip())
     }
 
     /// `status.devices` entries for the claim's network functions: `networkData.interfaceName` (the
@@ -693,21 +737,19 @@ impl Preparer {
         state: &BTreeMap<String, ClaimRecord>,
         uid: &str,
         allocated: &[Allocated],
-        sources: &[DeviceSource],
+        shareable: &[bool],
     ) -> Result<(), String> {
-        // CPU groups and RT bandwidth are shared by design; CPUs and tasks are checked one by one.
+        // Devices published with `allowMultipleAllocations` (CPU groups, RT bandwidth) are shared by
+        // design; CPUs and tasks are checked one by one. A `shareID` on any other device (a GPU, a
+        // VF) gives it no second owner.
         let exclusive = allocated
             .iter()
-            .zip(sources)
-            .filter(|(_, s)| !matches!(s, DeviceSource::CpuGroup(_) | DeviceSource::RtGroup { .. }))
+            .zip(shareable)
+            .filter(|(a, shareable)| !**shareable && !a.admin_access)
             .map(|(a, _)| a);
-        for a in exclusive.filter(|a| !a.admin_access && a.share_id.is_none()) {
+        for a in exclusive {
             for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
-                let taken = record
-                    .devices
-                    .iter()
-                    .any(|d| d.device_name == a.device && d.share_id.is_none());
-                if taken {
+                if record.devices.iter().any(|d| d.device_name == a.device) {
                     return Err(format!(
                         "device {} is already prepared for claim {other}",
                         a.device
@@ -732,6 +774,13 @@ impl Preparer {
         let mut claim_env = claim_env(allocated, sources);
         let tasks: Vec<super::rt::RtTask> = rt.values().flatten().copied().collect();
         claim_env.extend(super::rt::env(&tasks));
+        // Names the claim in its spec, so a lost checkpoint can be rebuilt from the specs.
+        claim_env.push(format!(
+            "{}={}/{}",
+            recover::CLAIM_ENV,
+            claim.namespace,
+            claim.name
+        ));
         let all_cpus: hal::CpuSet = cpus.values().flat_map(hal::CpuSet::iter).collect();
         if !all_cpus.is_empty() {
             claim_env.push(format!(
@@ -741,6 +790,18 @@ impl Preparer {
             ));
             claim_env.push(format!("DRA_HAL_CPUSET={}", all_cpus.to_cpulist()));
         }
+        // A config env that applies to every device of the claim is written once, in the spec's own
+        // edits (applied whenever any of its devices is), not once per device.
+        let shared_config = match allocated {
+            [first, rest @ ..]
+                if !rest.is_empty()
+                    && !first.config.env.is_empty()
+                    && rest.iter().all(|a| a.config.env == first.config.env) =>
+            {
+                Some(&first.config.env)
+            }
+            _ => None,
+        };
         for (a, source) in allocated.iter().zip(sources) {
             let name = format!("{}-{}", claim.uid, a.device);
             let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci")
@@ -764,9 +825,11 @@ impl Preparer {
                 }
             }
             edits.env.extend(claim_env.iter().cloned());
-            edits
-                .env
-                .extend(a.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+            if shared_config.is_none() {
+                edits
+                    .env
+                    .extend(a.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+            }
             cdi_devices.push(CdiDevice {
                 name: name.clone(),
                 annotations: None,
@@ -780,7 +843,14 @@ impl Preparer {
                 share_id: a.share_id.clone(),
             });
         }
-        Ok((Spec::new(&self.kind, cdi_devices), prepared))
+        let mut spec = Spec::new(&self.kind, cdi_devices);
+        if let Some(env) = shared_config {
+            spec.container_edits = Some(super::cdi::ContainerEdits {
+                env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                ..Default::default()
+            });
+        }
+        Ok((spec, prepared))
     }
 
     /// Removes the VFs of GPUs whose partitions no claim holds any more (after `record` left `state`).
@@ -797,18 +867,60 @@ impl Preparer {
     /// Writes the checkpoint, then tells the NRI plugin when the claims' CPUs changed. CPUs count from
     /// the moment a claim is recorded as started: they are reserved before any I/O.
     fn store(&self, state: &BTreeMap<String, ClaimRecord>) -> Result<(), String> {
-        let stored = self
-            .config
+        self.config
             .checkpoint
             .store(state)
-            .map_err(|e| format!("writing {}: {e}", self.config.checkpoint.path().display()));
+            .map_err(|e| e.to_string())?;
         let now = cpu_claims_of(state);
         self.cpu_claims.send_if_modified(|old| {
             let changed = *old != now;
             *old = now;
             changed
         });
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) the record of `uid` and writes the checkpoint. When the write
+    /// fails the record is put back as it was, so memory always says what the file says.
+    fn commit(
+        &self,
+        state: &mut BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        record: Option<ClaimRecord>,
+    ) -> Result<(), String> {
+        let before = match record {
+            Some(record) => state.insert(uid.to_owned(), record),
+            None => state.remove(uid),
+        };
+        let stored = self.store(state);
+        if stored.is_err() {
+            match before {
+                Some(before) => state.insert(uid.to_owned(), before),
+                None => state.remove(uid),
+            };
+        }
         stored
+    }
+
+    /// Gives up a claim whose prepare failed after it was recorded as started: undoes what was done
+    /// and forgets it. When the checkpoint cannot be written, the started record stays (memory and
+    /// file agree) and is rolled back by the next prepare or restart. Returns `error`, with what
+    /// else failed.
+    fn abandon(
+        &self,
+        state: &mut BTreeMap<String, ClaimRecord>,
+        record: &ClaimRecord,
+        error: String,
+    ) -> String {
+        let mut error = error;
+        if let Err(e) = self.undo(record) {
+            error = format!("{error}; rolling back: {e}");
+        }
+        match self.commit(state, &record.claim.uid, None) {
+            Ok(()) => self.release_partitions(state, record),
+            Err(e) => error = format!("{error}; {e}"),
+        }
+        error
     }
 
     fn fault(&self, step: Step) -> Result<(), String> {
@@ -821,15 +933,20 @@ impl Preparer {
     async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
         let mut results = BTreeMap::new();
         for claim in claims {
+            if let Err(error) = super::claims::check_claim_ref(&claim) {
+                results.insert(claim.uid, Err(error.to_string()));
+                continue;
+            }
             let mut state = self.state.lock().await;
             let result = match state.get(&claim.uid).cloned() {
                 // Unknown claims (never prepared here, or already unprepared) are done.
                 None => Ok(()),
                 Some(record) => match self.undo(&record) {
                     Ok(()) => {
-                        state.remove(&claim.uid);
-                        let stored = self.store(&state);
-                        self.release_partitions(&state, &record);
+                        let stored = self.commit(&mut state, &claim.uid, None);
+                        if stored.is_ok() {
+                            self.release_partitions(&state, &record);
+                        }
                         let driver = &self.config.slices.driver_name;
                         let cleared = self
                             .claims
@@ -951,127 +1068,6 @@ fn rebinds(
         });
     }
     Ok(out)
-}
-
-/// The environment every container of the claim gets, whichever of its devices it uses:
-/// `DRA_HAL_DEVICES` (all device names), `GPU_DEVICE_<i>` per GPU, `NVIDIA_VISIBLE_DEVICES` (UUIDs, for
-/// the NVIDIA container toolkit), and for RDMA devices `DRA_HAL_RDMA_DEVICES` and `NCCL_IB_HCA` (with
-/// NCCL's `=` prefix for exact names, so `mlx5_1` never selects `mlx5_10`), and per network function
-/// `DRA_HAL_NIC_<i>_PCI_ADDRESS`, `_NETDEV`, and from its VfConfig `_IFNAME` and `_NETWORK`
-/// (`namespace/name` of the NetworkAttachmentDefinition), for a CNI to attach it.
-fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
-    let names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
-    let mut env = vec![format!("DRA_HAL_DEVICES={}", names.join(","))];
-    let mut uuids = Vec::new();
-    let mut rdma = Vec::new();
-    let mut gpu_index = 0;
-    let mut nic_index = 0;
-    for (a, source) in allocated.iter().zip(sources) {
-        match source {
-            DeviceSource::Gpu(gpu) => {
-                env.push(format!("GPU_DEVICE_{gpu_index}={}", a.device));
-                gpu_index += 1;
-                if let Some(uuid) = gpu.uuid.as_ref().filter(|_| gpu.nvidia_minor.is_some()) {
-                    uuids.push(uuid.clone());
-                }
-            }
-            DeviceSource::Nic { function, rdma: r } => {
-                let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci");
-                if let (Some(r), false) = (r, vfio) {
-                    rdma.push(r.name.clone());
-                }
-                let i = nic_index;
-                nic_index += 1;
-                env.push(format!("DRA_HAL_NIC_{i}_PCI_ADDRESS={}", function.address));
-                if let (Some(netdev), false) = (function.netdevs.first(), vfio) {
-                    env.push(format!("DRA_HAL_NIC_{i}_NETDEV={netdev}"));
-                }
-                if let Some(vf) = &a.vf {
-                    if let Some(name) = &vf.if_name {
-                        env.push(format!("DRA_HAL_NIC_{i}_IFNAME={name}"));
-                    }
-                    if let Some(network) = &vf.net_attach_def_name {
-                        let namespace = vf.net_attach_def_namespace.as_deref().unwrap_or_default();
-                        let full = match namespace {
-                            "" => network.clone(),
-                            ns => format!("{ns}/{network}"),
-                        };
-                        env.push(format!("DRA_HAL_NIC_{i}_NETWORK={full}"));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if !uuids.is_empty() {
-        env.push(format!("NVIDIA_VISIBLE_DEVICES={}", uuids.join(",")));
-    }
-    if !rdma.is_empty() {
-        env.push(format!("DRA_HAL_RDMA_DEVICES={}", rdma.join(",")));
-        env.push(format!("NCCL_IB_HCA=={}", rdma.join(",")));
-    }
-    env
-}
-
-/// The device nodes a container needs for a device: the NVIDIA nodes of an NVIDIA GPU, the DRM nodes
-/// and their `/dev/dri/by-path` links of a DRM GPU, the verbs/MAD nodes and `rdma_cm` of an RDMA
-/// function; for a function bound to vfio-pci, its VFIO group instead.
-fn container_edits(source: &DeviceSource, vfio_group: Option<Option<u32>>) -> ContainerEdits {
-    let mut edits = ContainerEdits::default();
-    let node = |path: String| DeviceNode {
-        path,
-        ..Default::default()
-    };
-    if let Some(group) = vfio_group {
-        // Passthrough (a VM, KubeVirt): the function's VFIO group and the VFIO container node; no
-        // driver node, netdev or RDMA device remains once vfio-pci holds it.
-        if let Some(group) = group {
-            edits.device_nodes.push(node(format!("/dev/vfio/{group}")));
-        }
-        edits.device_nodes.push(node("/dev/vfio/vfio".to_owned()));
-        return edits;
-    }
-    match source {
-        DeviceSource::Gpu(gpu) => {
-            if let Some(minor) = gpu.nvidia_minor {
-                edits.device_nodes.push(node(format!("/dev/nvidia{minor}")));
-                for shared in ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
-                    edits.device_nodes.push(node(shared.to_owned()));
-                }
-            }
-            for drm in [&gpu.drm_card, &gpu.drm_render].into_iter().flatten() {
-                edits.device_nodes.push(node(format!("/dev/dri/{drm}")));
-            }
-            // The udev links Intel's tools and oneAPI look up by PCI address.
-            for (node_name, suffix) in [(&gpu.drm_card, "card"), (&gpu.drm_render, "render")] {
-                if node_name.is_some() {
-                    let link = format!("/dev/dri/by-path/pci-{}-{suffix}", gpu.pci_address);
-                    edits.device_nodes.push(node(link));
-                }
-            }
-        }
-        DeviceSource::Nic {
-            rdma: Some(rdma), ..
-        } => {
-            for c in &rdma.char_devices {
-                let mut n = node(c.path.clone());
-                if let Some((major, minor)) = c.dev {
-                    n.r#type = Some("c".into());
-                    n.major = Some(i64::from(major));
-                    n.minor = Some(i64::from(minor));
-                }
-                edits.device_nodes.push(n);
-            }
-            edits.env.push(format!("DRA_HAL_RDMA_DEVICE={}", rdma.name));
-        }
-        // Partitions are prepared as the GPUs (VFs) they are, never as partitions.
-        DeviceSource::Nic { rdma: None, .. }
-        | DeviceSource::GpuPartition { .. }
-        | DeviceSource::Cpu(_)
-        | DeviceSource::CpuGroup(_)
-        | DeviceSource::RtGroup { .. } => {}
-    }
-    edits
 }
 
 impl DraHandler for Preparer {

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +12,8 @@ use super::{CdiError, Spec};
 
 /// The longest claim UID accepted in a file name (Kubernetes UIDs are 36-byte UUIDs).
 const MAX_CLAIM_UID_BYTES: usize = 128;
+/// The largest spec [`CdiDir::read_claim_spec`] reads.
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 /// How many unique temp-file names a write tries before giving up.
 const TEMP_ATTEMPTS: u32 = 16;
 /// Distinguishes the temp files of concurrent writes in one process.
@@ -43,7 +45,8 @@ pub(super) enum FailAt {
 }
 
 impl CdiDir {
-    /// The spec directory `dir` (the plugin uses `/var/run/cdi`); it is created on the first write.
+    /// The spec directory `dir` (the plugin uses `/var/run/cdi`); it is created (0700) on the first
+    /// write. Specs are written 0600: only the runtime (root) reads them, and config env may be secret.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CdiDir { dir: dir.into() }
     }
@@ -80,7 +83,11 @@ impl CdiDir {
         let mut bytes = serde_json::to_vec_pretty(&spec).map_err(CdiError::Serialize)?;
         bytes.push(b'\n');
 
-        fs::create_dir_all(&self.dir).map_err(io_error("create directory", &self.dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io_error("create directory", &self.dir))?;
         let final_path = self.dir.join(&file_name);
         let (temp_path, file) = self.create_temp(&file_name)?;
         if let Err(e) = fill_and_rename(file, &temp_path, &final_path, &bytes, fail) {
@@ -116,6 +123,37 @@ impl CdiDir {
             }
         }
         sync_dir(&self.dir)
+    }
+
+    /// Reads back the spec of `claim_uid` (to rebuild a lost checkpoint). Only a regular file of at
+    /// most [`MAX_SPEC_BYTES`] is read, never through a link.
+    pub fn read_claim_spec(&self, kind: &str, claim_uid: &str) -> Result<Spec, CdiError> {
+        let path = self.claim_spec_path(kind, claim_uid)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        if !file.metadata().map_err(io_error("stat", &path))?.is_file() {
+            return Err(CdiError::invalid(
+                path.display().to_string(),
+                "not a regular file",
+            ));
+        }
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(
+            &mut io::Read::take(file, MAX_SPEC_BYTES as u64 + 1),
+            &mut bytes,
+        )
+        .map_err(io_error("read", &path))?;
+        if bytes.len() > MAX_SPEC_BYTES {
+            return Err(CdiError::invalid(
+                path.display().to_string(),
+                format!("larger than {MAX_SPEC_BYTES} bytes"),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CdiError::invalid(path.display().to_string(), e.to_string()))
     }
 
     /// The claim UIDs that have a spec of `kind` in the directory, sorted (to find stale ones after a
@@ -180,7 +218,7 @@ impl CdiDir {
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o644)
+                .mode(0o600)
                 .open(&path)
             {
                 Ok(file) => return Ok((path, file)),

@@ -753,7 +753,9 @@ fn writes_are_atomic_and_replace_the_previous_spec() {
     assert_eq!(written, spec);
     assert_eq!(names(&dir), [format!("hal.dra.dev-rdma_{CLAIM}.json")]);
     let mode = fs::metadata(&path).unwrap().permissions().mode();
-    assert_eq!(mode & 0o600, 0o600, "{mode:o}");
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let mode = fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "created private: {mode:o}");
 
     // A rewrite replaces the content; the cdiVersion is recomputed (annotations need 0.6.0).
     let mut second = rdma_spec();

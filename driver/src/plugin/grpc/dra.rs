@@ -9,6 +9,11 @@ use tonic::{Request, Response, Status};
 use super::{v1, v1beta1};
 use crate::plugin::api::{ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults};
 
+/// The most claims one call may name. The kubelet sends the claims of one pod per call, and a pod
+/// references a handful; a call naming thousands would hold every other call for as long as its
+/// claims take, so it is refused as a whole.
+pub const MAX_CLAIMS_PER_CALL: usize = 128;
+
 /// The answer for a claim the handler left out of its results: the kubelet retries such claims.
 const NO_RESULT: &str = "the driver returned no result for this claim";
 
@@ -140,6 +145,17 @@ fn split_claims(claims: Vec<ClaimRef>) -> (Vec<ClaimRef>, PrepareResults) {
     (valid, answers)
 }
 
+/// `claims`, or `InvalidArgument` when they are more than [`MAX_CLAIMS_PER_CALL`].
+fn bounded<T>(claims: Vec<T>) -> Result<Vec<T>, Status> {
+    if claims.len() > MAX_CLAIMS_PER_CALL {
+        return Err(Status::invalid_argument(format!(
+            "{} claims in one call; at most {MAX_CLAIMS_PER_CALL} are accepted (one pod's claims)",
+            claims.len()
+        )));
+    }
+    Ok(claims)
+}
+
 fn v1_claim(claim: v1::Claim) -> ClaimRef {
     ClaimRef {
         namespace: claim.namespace,
@@ -181,9 +197,7 @@ impl v1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
+        let claims = bounded(request.into_inner().claims)?
             .into_iter()
             .map(v1_claim)
             .collect();
@@ -212,9 +226,7 @@ impl v1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
+        let claims = bounded(request.into_inner().claims)?
             .into_iter()
             .map(v1_claim)
             .collect();
@@ -237,9 +249,7 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1beta1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
+        let claims = bounded(request.into_inner().claims)?
             .into_iter()
             .map(v1beta1_claim)
             .collect();
@@ -270,9 +280,7 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1beta1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
+        let claims = bounded(request.into_inner().claims)?
             .into_iter()
             .map(v1beta1_claim)
             .collect();
@@ -292,6 +300,7 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -319,5 +328,100 @@ mod tests {
             answers.get(""),
             Some(&Err("claim without a UID: ns/two, ns/three".to_owned()))
         );
+    }
+
+    /// Counts the claims it is given.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl DraHandler for Counting {
+        fn prepare(
+            &self,
+            claims: Vec<ClaimRef>,
+        ) -> crate::plugin::api::BoxFuture<'_, PrepareResults> {
+            self.0
+                .fetch_add(claims.len(), std::sync::atomic::Ordering::SeqCst);
+            let answers = claims
+                .into_iter()
+                .map(|c| (c.uid, Ok(Vec::new())))
+                .collect();
+            Box::pin(async move { answers })
+        }
+
+        fn unprepare(
+            &self,
+            claims: Vec<ClaimRef>,
+        ) -> crate::plugin::api::BoxFuture<'_, UnprepareResults> {
+            self.0
+                .fetch_add(claims.len(), std::sync::atomic::Ordering::SeqCst);
+            let answers = claims.into_iter().map(|c| (c.uid, Ok(()))).collect();
+            Box::pin(async move { answers })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_naming_more_claims_than_the_bound_is_refused_before_any_work() {
+        use v1::dra_plugin_server::DraPlugin as V1;
+        use v1beta1::dra_plugin_server::DraPlugin as V1beta1;
+        let handler = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
+        let service = DraService::new(handler.clone());
+        let v1_claims = |n: usize| -> Vec<v1::Claim> {
+            (0..n)
+                .map(|i| v1::Claim {
+                    namespace: "ns".into(),
+                    uid: format!("u{i}"),
+                    name: format!("c{i}"),
+                })
+                .collect()
+        };
+        let too_many = MAX_CLAIMS_PER_CALL + 1;
+        let refused = V1::node_prepare_resources(
+            &service,
+            Request::new(v1::NodePrepareResourcesRequest {
+                claims: v1_claims(too_many),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused
+                .message()
+                .starts_with("129 claims in one call; at most 128")
+        );
+        let refused = V1::node_unprepare_resources(
+            &service,
+            Request::new(v1::NodeUnprepareResourcesRequest {
+                claims: v1_claims(20_000),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let beta: Vec<v1beta1::Claim> = (0..too_many)
+            .map(|i| v1beta1::Claim {
+                namespace: "ns".into(),
+                uid: format!("u{i}"),
+                name: format!("c{i}"),
+            })
+            .collect();
+        let refused = V1beta1::node_prepare_resources(
+            &service,
+            Request::new(v1beta1::NodePrepareResourcesRequest { claims: beta }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(handler.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        let answered = V1::node_prepare_resources(
+            &service,
+            Request::new(v1::NodePrepareResourcesRequest {
+                claims: v1_claims(MAX_CLAIMS_PER_CALL),
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(answered.claims.len(), MAX_CLAIMS_PER_CALL);
     }
 }

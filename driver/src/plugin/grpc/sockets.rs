@@ -22,7 +22,7 @@ pub const INSTANCE_LOCK_FILE: &str = "serialize.lock";
 const LOCK_POLL: Duration = Duration::from_millis(200);
 
 /// Mode of the directories created for the sockets.
-const DIR_MODE: u32 = 0o750;
+const DIR_MODE: u32 = 0o700;
 /// Mode of the sockets and the lock file: only the kubelet (root) and the driver connect.
 const SOCKET_MODE: u32 = 0o600;
 
@@ -238,7 +238,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), SocketError> {
     }
 }
 
-/// Binds a listening socket at `path`: creates its directory (0750), replaces a stale socket, and
+/// Binds a listening socket at `path`: creates its directory (0700), replaces a stale socket, and
 /// makes the socket 0600. Must run inside a tokio runtime.
 pub(super) fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
     check_socket_path(path)?;
@@ -275,8 +275,8 @@ impl InstanceLock {
     }
 }
 
-/// Takes the exclusive instance lock `<dir>/serialize.lock` (creating `dir`, 0750, and the file,
-/// 0600), waiting for as long as another instance holds it.
+/// Takes the exclusive instance lock `<dir>/serialize.lock` (creating `dir`, 0700, and the file,
+/// 0600, never through a symbolic link), waiting for as long as another instance holds it.
 ///
 /// Take it before creating any socket and hold it for the server's lifetime: then two instances
 /// of the driver on one node (a DaemonSet rolling update starts the new pod while the old one
@@ -300,6 +300,7 @@ pub async fn acquire_instance_lock(dir: &Path) -> Result<InstanceLock, SocketErr
         .create(true)
         .truncate(false)
         .mode(SOCKET_MODE)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
         .open(&path)
         .map_err(SocketError::io("open lock file", &path))?;
     let mut waited = false;
@@ -380,5 +381,17 @@ mod tests {
             matches!(result, Err(SocketError::PathTooLong { len: 108, .. })),
             "{result:?}"
         );
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn a_link_at_the_lock_file_is_refused_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("created-outside");
+        std::os::unix::fs::symlink(&target, root.path().join(INSTANCE_LOCK_FILE)).unwrap();
+        let error = acquire_instance_lock(root.path()).await.unwrap_err();
+        assert!(error.to_string().contains("serialize.lock"), "{error}");
+        assert!(!target.exists(), "nothing created through the link");
     }
 }

@@ -142,18 +142,26 @@ impl Setup {
     }
 
     fn preparer_with(&self, boot_id: &str, slices: SliceConfig) -> Preparer {
-        let config = PreparerConfig {
+        let config = self.config(boot_id, slices);
+        Preparer::new(config, self.claims.clone(), self.inventory.clone()).unwrap()
+    }
+
+    fn config(&self, boot_id: &str, slices: SliceConfig) -> PreparerConfig {
+        PreparerConfig {
             slices,
             cdi: CdiDir::new(self.cdi_dir()),
-            checkpoint: CheckpointFile::new(self.dir.path().join("plugin/checkpoint.json")),
+            checkpoint: CheckpointFile::new(self.checkpoint_path()),
             boot_id: boot_id.into(),
             binder: self.binder.clone(),
             gpus: Arc::new(backends::SysfsGpu::new(backends::SysfsRoot::new(
                 self.machine.root(),
             ))),
             dev_root: None,
-        };
-        Preparer::new(config, self.claims.clone(), self.inventory.clone()).unwrap()
+        }
+    }
+
+    fn checkpoint_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("plugin/checkpoint.json")
     }
 
     fn spec_files(&self) -> Vec<String> {
@@ -334,7 +342,11 @@ async fn one_bad_claim_gets_its_own_error_and_the_others_succeed() {
     );
     assert!(error("elsewhere").contains("no device of driver hal.dra.dev in pool node-1"));
     assert!(error("missing").contains("ResourceClaim ns/claim-missing not found"));
-    assert!(error("").contains("needs a namespace, a name and a uid"));
+    assert!(
+        error("").starts_with("claim reference uid \"\""),
+        "{}",
+        error("")
+    );
     assert_eq!(s.spec_files(), ["hal.dra.dev-device_good.json"]);
     assert_eq!(
         preparer.recorded().await.len(),
@@ -1296,4 +1308,6 @@ async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart(
 }
 
 /// The NRI plugin against the preparer: claims as they are prepared and unprepared.
+mod claim_input;
+mod durability;
 mod nri;

@@ -1,0 +1,187 @@
+//! The file operations of the checkpoint: atomic replacement through an unpredictable, exclusively
+//! created temp file, private modes, moving a bad file aside, and removing what a crash left.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Mode of the directories created for the checkpoint.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of the checkpoint and its temp files.
+pub const FILE_MODE: u32 = 0o600;
+/// How many bad files moved aside are kept (the newest); older ones are removed, so a checkpoint
+/// that keeps going bad cannot fill the disk.
+pub const KEEP_ASIDE: usize = 3;
+/// How many temp names a write tries before giving up.
+const TEMP_ATTEMPTS: u32 = 16;
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `O_NOFOLLOW`: a symlink at the path is an error (`ELOOP`), never followed.
+fn no_follow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits().cast_signed()
+}
+
+/// A name no other process can guess: SipHash with the process's random keys (seeded from the OS)
+/// over the pid, the time and a counter.
+fn unpredictable() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u64(TEMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
+/// The directory of `path` (`.` for a bare file name).
+pub fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (existing ones keep theirs).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Opens `path` for reading without following a symlink there.
+pub fn open_no_follow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(path)
+}
+
+/// Writes `bytes` to `path` through a new temp file in the same directory
+/// (`.<name>.<random>.tmp`, created exclusively, never through a link, mode 0600), fsyncs it,
+/// renames it over `path` and fsyncs the directory. `fault` runs before the write (tests inject
+/// `ENOSPC` there). The temp file is removed on failure.
+pub fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    fault: &dyn Fn() -> io::Result<()>,
+) -> io::Result<()> {
+    let dir = parent_of(path);
+    create_private_dir(dir)?;
+    let name = file_name_of(path);
+    let (temp, mut file) = create_temp(dir, &name)?;
+    let result = (|| {
+        fault()?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..TEMP_ATTEMPTS {
+        let temp = dir.join(format!(".{name}.{:016x}.tmp", unpredictable()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(no_follow())
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Removes the temp files of `path` that crashed writes left (`.<name>.*.tmp`); returns their paths.
+/// Links and directories of that name are removed as entries, never followed.
+pub fn remove_stale_temps(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let dir = parent_of(path);
+    let prefix = format!(".{}.", file_name_of(path));
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let matches = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"));
+        if !matches {
+            continue;
+        }
+        let temp = entry.path();
+        let result = if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&temp)
+        } else {
+            fs::remove_file(&temp)
+        };
+        match result {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => removed.push(temp),
+        }
+    }
+    Ok(removed)
+}
+
+/// Renames `path` (whatever it is: a file, a directory, a link) to
+/// `<name>.bad-<nanoseconds>-<random>` beside it, keeps the [`KEEP_ASIDE`] newest such files and removes older ones; returns the new
+/// name.
+pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
+    let dir = parent_of(path);
+    let name = file_name_of(path);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let aside = dir.join(format!("{name}.bad-{nanos:039}-{:016x}", unpredictable()));
+    fs::rename(path, &aside)?;
+    File::open(dir)?.sync_all()?;
+    if let Err(error) = prune_aside(dir, &name) {
+        tracing::warn!(dir = %dir.display(), %error, "removing old bad checkpoints failed");
+    }
+    Ok(aside)
+}
+
+/// Keeps the [`KEEP_ASIDE`] newest `<name>.bad-*` entries of `dir` and removes the others.
+fn prune_aside(dir: &Path, name: &str) -> io::Result<()> {
+    let prefix = format!("{name}.bad-");
+    let mut kept: Vec<(String, PathBuf)> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.to_owned();
+            n.starts_with(&prefix).then(|| (n, e.path()))
+        })
+        .collect();
+    kept.sort();
+    let excess = kept.len().saturating_sub(KEEP_ASIDE);
+    for (_, old) in kept.into_iter().take(excess) {
+        let removed = match fs::symlink_metadata(&old) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&old),
+            _ => fs::remove_file(&old),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(file = %old.display(), %error, "removing an old bad checkpoint failed");
+        }
+    }
+    Ok(())
+}

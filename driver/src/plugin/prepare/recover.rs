@@ -1,0 +1,168 @@
+//! Rebuilding the records of prepared claims from their CDI specs when the checkpoint file was
+//! unusable (corrupt, oversized, a directory): the specs are the claims' own, never deleted as
+//! orphans then, and what they cannot tell is reported.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::ResourceClaim;
+
+use super::{PreparerConfig, reserved_pods};
+use crate::plugin::api::{ClaimRef, PreparedDevice};
+use crate::plugin::cdi::{Spec, qualified_device};
+use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::claims::allocated_devices;
+
+/// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
+pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
+
+/// A record for each readable spec of `kind`, marked `recovered`; specs that cannot be read are left
+/// on disk and reported.
+pub(super) fn from_cdi_specs(config: &PreparerConfig, kind: &str) -> BTreeMap<String, ClaimRecord> {
+    let mut claims = BTreeMap::new();
+    for uid in config.cdi.list_claim_specs(kind) {
+        let spec = match config.cdi.read_claim_spec(kind, &uid) {
+            Ok(spec) => spec,
+            Err(error) => {
+                tracing::warn!(claim = %uid, %error, "a CDI spec could not be read; it is kept, its claim is not rebuilt");
+                continue;
+            }
+        };
+        let (record, lost) = record_from_spec(config, kind, &uid, &spec);
+        tracing::warn!(
+            claim = %uid,
+            devices = record.devices.len(),
+            not_recovered = %lost.join("; "),
+            "claim rebuilt from its CDI spec"
+        );
+        claims.insert(uid, record);
+    }
+    claims
+}
+
+/// The record a spec tells, and what it cannot tell.
+pub(super) fn record_from_spec(
+    config: &PreparerConfig,
+    kind: &str,
+    uid: &str,
+    spec: &Spec,
+) -> (ClaimRecord, Vec<String>) {
+    let mut lost = Vec::new();
+    let env: Vec<&str> = spec
+        .container_edits
+        .iter()
+        .chain(spec.devices.iter().map(|d| &d.container_edits))
+        .flat_map(|e| e.env.iter().map(String::as_str))
+        .collect();
+    let var = |name: &str| {
+        env.iter()
+            .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
+    };
+    let named = var(CLAIM_ENV)
+        .and_then(|v| v.split_once('/'))
+        .map(|(namespace, name)| ClaimRef {
+            namespace: namespace.to_owned(),
+            uid: uid.to_owned(),
+            name: name.to_owned(),
+        })
+        .filter(|c| crate::plugin::claims::check_claim_ref(c).is_ok());
+    let (namespace, name) = match named {
+        Some(c) => (c.namespace, c.name),
+        None => {
+            lost.push(format!(
+                "the claim's name ({CLAIM_ENV} missing): kept until the kubelet unprepares it"
+            ));
+            (String::new(), String::new())
+        }
+    };
+    let prefix = format!("{uid}-");
+    let devices: Vec<PreparedDevice> = spec
+        .devices
+        .iter()
+        .filter_map(|d| {
+            Some(PreparedDevice {
+                request_names: Vec::new(),
+                pool_name: config.slices.node_name.clone(),
+                device_name: d.name.strip_prefix(&prefix)?.to_owned(),
+                cdi_device_ids: vec![qualified_device(kind, &d.name)],
+                share_id: None,
+            })
+        })
+        .collect();
+    for d in &spec.devices {
+        let vfio = d
+            .container_edits
+            .device_nodes
+            .iter()
+            .any(|n| n.path.starts_with("/dev/vfio/"));
+        if vfio {
+            lost.push(format!(
+                "the driver {} was bound to before vfio-pci (it stays on vfio-pci)",
+                d.name.strip_prefix(&prefix).unwrap_or(&d.name)
+            ));
+        }
+    }
+    let mut cpus = BTreeMap::new();
+    if let Some(set) = var("DRA_HAL_CPUSET").and_then(|v| hal::CpuSet::from_cpulist(v).ok()) {
+        cpus.insert("recovered".to_owned(), set);
+        lost.push("the pods its CPUs are pinned for (NRI)".to_owned());
+    }
+    if var("DRA_RT_TASK_CPUS").is_some() {
+        lost.push("its real-time task placement".to_owned());
+    }
+    let record = ClaimRecord {
+        claim: ClaimRef {
+            namespace,
+            uid: uid.to_owned(),
+            name,
+        },
+        phase: Phase::Completed,
+        boot_id: config.boot_id.clone(),
+        devices,
+        cdi_spec: serde_json::to_value(spec).unwrap_or_default(),
+        undo: BTreeMap::new(),
+        cpus,
+        rt: BTreeMap::new(),
+        pods: Vec::new(),
+        recovered: true,
+    };
+    (record, lost)
+}
+
+/// A rebuilt record completed with what the ResourceClaim says (each device's request and share id,
+/// the pods it is reserved for), when the claim allocates exactly the devices of the spec; `None`
+/// otherwise (the claim is then redone).
+pub(super) fn complete(
+    mut record: ClaimRecord,
+    reference: &ClaimRef,
+    claim: Option<ResourceClaim>,
+    config: &PreparerConfig,
+) -> Option<ClaimRecord> {
+    let claim = claim?;
+    record.claim = reference.clone();
+    let allocated = allocated_devices(
+        &record.claim,
+        &claim,
+        &config.slices.driver_name,
+        &config.slices.node_name,
+    )
+    .ok()?;
+    let mut names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
+    let mut ours: Vec<&str> = record
+        .devices
+        .iter()
+        .map(|d| d.device_name.as_str())
+        .collect();
+    names.sort_unstable();
+    ours.sort_unstable();
+    if names != ours {
+        return None;
+    }
+    for device in &mut record.devices {
+        let a = allocated.iter().find(|a| a.device == device.device_name)?;
+        device.request_names = vec![a.request.clone()];
+        device.share_id = a.share_id.clone();
+    }
+    record.pods = reserved_pods(&claim);
+    record.recovered = false;
+    Some(record)
+}

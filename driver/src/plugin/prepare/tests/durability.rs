@@ -1,0 +1,294 @@
+//! The checkpoint and the CDI specs under failing writes, corruption and oversized claims.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+/// A preparer whose checkpoint writes fail with ENOSPC from write number `from` on (1-based), until
+/// `until` (exclusive; `usize::MAX`: forever).
+fn failing(s: &Setup, from: usize, until: usize) -> Preparer {
+    let writes = Arc::new(AtomicUsize::new(0));
+    let mut config = s.config("boot-1", SliceConfig::new(NODE));
+    config.checkpoint = config.checkpoint.with_write_fault(Arc::new(move || {
+        let n = writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= from && n < until {
+            Err(std::io::Error::from_raw_os_error(28))
+        } else {
+            Ok(())
+        }
+    }));
+    Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap()
+}
+
+/// The phases recorded in memory and in the file.
+async fn memory_and_file(
+    s: &Setup,
+    preparer: &Preparer,
+) -> (BTreeMap<String, Phase>, BTreeMap<String, Phase>) {
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert!(file.discarded.is_none());
+    let file = file
+        .claims
+        .into_iter()
+        .map(|(uid, r)| (uid, r.phase))
+        .collect();
+    (preparer.recorded().await, file)
+}
+
+#[tokio::test]
+async fn a_full_disk_at_the_first_write_leaves_no_record_and_the_device_goes_to_the_next_claim() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims.add("b", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let preparer = failing(&s, 1, 2);
+    let error = preparer.prepare(vec![reference("a")]).await["a"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("checkpoint.json"), "{error}");
+    assert!(preparer.recorded().await.is_empty());
+    assert!(s.spec_files().is_empty());
+    // The scheduler gave the GPU to b after a was deleted: not "already prepared for claim a".
+    let b = preparer.prepare(vec![reference("b")]).await;
+    assert!(b["b"].is_ok(), "{b:?}");
+}
+
+#[tokio::test]
+async fn a_full_disk_at_the_completed_write_fails_the_claim_and_memory_says_what_the_file_says() {
+    // Write 2 (completed) fails; write 3 (forgetting the claim) succeeds.
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let preparer = failing(&s, 2, 3);
+    let first = preparer.prepare(vec![reference("a")]).await;
+    assert!(
+        first["a"].clone().unwrap_err().contains("checkpoint.json"),
+        "{first:?}"
+    );
+    let (memory, file) = memory_and_file(&s, &preparer).await;
+    assert_eq!(memory, file);
+    assert!(memory.is_empty(), "undone and forgotten: {memory:?}");
+    assert!(s.spec_files().is_empty(), "{:?}", s.spec_files());
+    // The kubelet's retry prepares it for real.
+    let retry = preparer.prepare(vec![reference("a")]).await;
+    assert!(retry["a"].is_ok(), "{retry:?}");
+    let (memory, file) = memory_and_file(&s, &preparer).await;
+    assert_eq!(memory, file);
+    assert_eq!(memory["a"], Phase::Completed);
+
+    // Every write from the second on fails: the file says started, and so does memory.
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let preparer = failing(&s, 2, usize::MAX);
+    let first = preparer.prepare(vec![reference("a")]).await;
+    assert!(first["a"].is_err(), "{first:?}");
+    let again = preparer.prepare(vec![reference("a")]).await;
+    assert!(again["a"].is_err(), "no success from memory: {again:?}");
+    let (memory, file) = memory_and_file(&s, &preparer).await;
+    assert_eq!(memory, file);
+    assert_eq!(memory["a"], Phase::Started);
+}
+
+#[tokio::test]
+async fn a_full_disk_at_unprepare_keeps_the_record_until_a_retry_succeeds() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    // Writes 1 and 2 prepare; 3 (the unprepare) fails.
+    let preparer = failing(&s, 3, 4);
+    assert!(preparer.prepare(vec![reference("a")]).await["a"].is_ok());
+    let failed = preparer.unprepare(vec![reference("a")]).await;
+    assert!(failed["a"].is_err(), "{failed:?}");
+    let (memory, file) = memory_and_file(&s, &preparer).await;
+    assert_eq!(memory, file);
+    assert_eq!(memory["a"], Phase::Completed);
+    assert!(preparer.unprepare(vec![reference("a")]).await["a"].is_ok());
+    let (memory, file) = memory_and_file(&s, &preparer).await;
+    assert!(memory.is_empty() && file.is_empty());
+}
+
+#[tokio::test]
+async fn a_corrupt_checkpoint_keeps_every_cdi_spec_and_rebuilds_the_claims_from_them() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("b", &[("nic", "rdma-0101-00-00-0")], json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before.prepare(vec![reference("a"), reference("b")]).await;
+    drop(before);
+    let path = s.checkpoint_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("gpu-0008", "gpu-0009", 1)).unwrap();
+
+    let after = s.preparer("boot-1");
+    let recorded = after.recorded().await;
+    assert_eq!(recorded.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert!(after.clean_stale().await.is_empty());
+    assert_eq!(
+        s.spec_files(),
+        ["hal.dra.dev-device_a.json", "hal.dra.dev-device_b.json"],
+        "no spec deleted as an orphan"
+    );
+    let aside: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint.json.bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the bad file is kept aside");
+    // Another claim for a's GPU is refused, as before the corruption.
+    s.claims.add("c", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let c = after.prepare(vec![reference("c")]).await;
+    assert!(
+        c["c"]
+            .clone()
+            .unwrap_err()
+            .contains("already prepared for claim a"),
+        "{c:?}"
+    );
+    // The kubelet asking again gets the same answer; unprepare removes the spec.
+    assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
+    assert!(after.unprepare(vec![reference("b")]).await["b"].is_ok());
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_a.json"]);
+}
+
+#[tokio::test]
+async fn a_directory_at_the_checkpoint_path_is_moved_aside_and_the_plugin_starts() {
+    let s = Setup::new();
+    std::fs::create_dir_all(s.checkpoint_path()).unwrap();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("a")]).await["a"].is_ok());
+    assert!(s.checkpoint_path().is_file());
+}
+
+#[tokio::test]
+async fn an_oversized_claim_is_refused_at_prepare_and_other_claims_are_untouched() {
+    let s = Setup::new();
+    s.claims
+        .add("small", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let env: serde_json::Map<String, serde_json::Value> = (0..64)
+        .map(|i| (format!("VAR_{i}"), json!("x".repeat(10_000))))
+        .collect();
+    let config = json!([{"source": "FromClaim", "opaque": {"driver": DRIVER,
+        "parameters": {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": env}}}]);
+    s.claims.add("big", &[("gpu", "gpu-0008-06-00-0")], config);
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("small")]).await["small"].is_ok());
+    let error = preparer.prepare(vec![reference("big")]).await["big"]
+        .clone()
+        .unwrap_err();
+    assert!(
+        error.contains("claim ns/claim-big (big) would store"),
+        "{error}"
+    );
+    assert!(error.contains("more than the 262144"), "{error}");
+    assert_eq!(
+        preparer.recorded().await.keys().collect::<Vec<_>>(),
+        ["small"]
+    );
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_small.json"]);
+    // Nothing was lost on a restart either.
+    drop(preparer);
+    let restarted = s.preparer("boot-1");
+    assert_eq!(
+        restarted.recorded().await.keys().collect::<Vec<_>>(),
+        ["small"]
+    );
+}
+
+#[tokio::test]
+async fn claims_rebuilt_from_their_specs_keep_their_cpus_and_new_claims_get_other_ones() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    s.claims.add_cpus("b", "cpus-numa-0", 3, json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before.prepare(vec![reference("a"), reference("b")]).await;
+    assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    let (a, b) = (cpuset_of(&s, "a"), cpuset_of(&s, "b"));
+    drop(before);
+    std::fs::write(s.checkpoint_path(), "").unwrap();
+
+    let after = s.preparer("boot-1");
+    // The kubelet restarts and asks again: the same answer, the same CPUs.
+    let again = after.prepare(vec![reference("a"), reference("b")]).await;
+    assert_eq!(again, answers);
+    assert_eq!(
+        (cpuset_of(&s, "a"), cpuset_of(&s, "b")),
+        (a.clone(), b.clone())
+    );
+    s.claims.add_cpus("c", "cpus-numa-0", 4, json!([]));
+    assert!(after.prepare(vec![reference("c")]).await["c"].is_ok());
+    let c = hal::CpuSet::from_cpulist(&cpuset_of(&s, "c")).unwrap();
+    for held in [a, b] {
+        let held = hal::CpuSet::from_cpulist(&held).unwrap();
+        assert!(c.intersection(&held).is_empty(), "{c} overlaps {held}");
+    }
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert!(
+        file.claims
+            .values()
+            .all(|r| !r.recovered && !r.pods.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn a_missing_checkpoint_is_rebuilt_from_the_specs_and_only_deleted_claims_are_cleaned() {
+    let s = Setup::new();
+    s.claims
+        .add("kept", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("gone", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before
+        .prepare(vec![reference("kept"), reference("gone")])
+        .await;
+    assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    drop(before);
+    std::fs::remove_file(s.checkpoint_path()).unwrap();
+    s.claims.remove("gone");
+
+    let after = s.preparer("boot-1");
+    assert_eq!(
+        after.recorded().await.keys().collect::<Vec<_>>(),
+        ["gone", "kept"]
+    );
+    assert_eq!(after.clean_stale().await, ["gone"]);
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_kept.json"]);
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert_eq!(file.claims.keys().collect::<Vec<_>>(), ["kept"]);
+}
+
+#[tokio::test]
+async fn a_config_env_shared_by_every_device_is_stored_once() {
+    let s = Setup::new();
+    let config = json!([{"source": "FromClaim", "opaque": {"driver": DRIVER,
+        "parameters": {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig",
+                       "env": {"BIG": "x".repeat(100_000)}}}}]);
+    let gpus = [
+        ("gpu", "gpu-0008-06-00-0"),
+        ("gpu", "gpu-0009-06-00-0"),
+        ("gpu", "gpu-0018-06-00-0"),
+    ];
+    s.claims.add("a", &gpus, config);
+    let preparer = s.preparer("boot-1");
+    // Three copies would be over the 256 KiB a claim may store; one is not.
+    let prepared = preparer.prepare(vec![reference("a")]).await;
+    assert!(prepared["a"].is_ok(), "{prepared:?}");
+    let spec = s.spec("a");
+    let shared: Vec<&str> = spec["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(shared.len(), 1);
+    assert!(shared[0].starts_with("BIG=xxx"));
+    for device in spec["devices"].as_array().unwrap() {
+        let env = device["containerEdits"]["env"].as_array().unwrap();
+        assert!(
+            env.iter().all(|e| !e.as_str().unwrap().starts_with("BIG=")),
+            "{env:?}"
+        );
+        assert!(
+            env.iter()
+                .any(|e| e.as_str().unwrap().starts_with("DRA_HAL_DEVICES="))
+        );
+    }
+}

@@ -3,12 +3,13 @@
 //! (`xid-79`, `missing`), so the scheduler gives it to no new claim that does not tolerate it, and it is
 //! reported in the log and to the kubelet ([`report`]). A missing GPU keeps its name and attributes
 //! (its last-known view), so claims that hold it still find it, and Prepare refuses it. A GPU is gone
-//! after [`MISSES_FOR_GONE`] rescans in a row without it (one missed read is not a lost GPU) and healthy
-//! again when it is back. An XID is sticky while its GPU (its UUID) is at that address, as in NVIDIA's
+//! after [`MISSES_FOR_GONE`] reads in a row without it, a rescan interval apart (one missed read is
+//! not a lost GPU), and healthy again when it is back. An XID is sticky while its GPU (its UUID) is at that address, as in NVIDIA's
 //! device plugin: an XID often means the GPU needs a reset. Device taints are alpha in Kubernetes 1.34
 //! and 1.35 (`DRADeviceTaints`; without the gate the API server drops them) and beta from 1.36.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use backends::nvml::xid::{XidEvent, is_critical};
 use hal::{GpuInfo, PciAddress, PciFunction};
@@ -57,15 +58,27 @@ pub struct Health {
     /// The UUID of the GPU an XID was recorded for, by address: the taint stays while that GPU is
     /// there and goes with it.
     xid_uuid: BTreeMap<PciAddress, Option<String>>,
-    /// Consecutive rescans that did not find a GPU seen before.
-    misses: BTreeMap<PciAddress, u32>,
+    /// Consecutive reads that did not find a GPU seen before, and when the first of them was.
+    misses: BTreeMap<PciAddress, (u32, Instant)>,
+    /// How long a GPU must be missing, besides [`MISSES_FOR_GONE`] reads, before it is gone.
+    grace: Duration,
 }
 
-/// Rescans in a row that must miss a GPU before it is "gone": one missed read (a rescan racing a
+/// Reads in a row that must miss a GPU before it is "gone": one missed read (a rescan racing a
 /// driver reload, a slow sysfs under load) is not a lost GPU.
 pub const MISSES_FOR_GONE: u32 = 2;
 
 impl Health {
+    /// Health whose GPUs are gone only after [`MISSES_FOR_GONE`] reads without them that span at least
+    /// `grace` (the plugin gives its rescan interval): reads come close together after a hotplug event
+    /// or an XID, and two of them must not make a GPU gone.
+    pub fn with_grace(grace: Duration) -> Health {
+        Health {
+            grace,
+            ..Health::default()
+        }
+    }
+
     /// Records an XID event; true when it makes a GPU unhealthy that was not. Application XIDs (13,
     /// 31, 43, ...) and GPUs never seen are ignored.
     pub fn record_xid(&mut self, event: &XidEvent) -> bool {
@@ -95,10 +108,15 @@ impl Health {
     }
 
     /// Brings back GPUs seen before and missing now (as they were last seen), marks a GPU gone after
-    /// [`MISSES_FOR_GONE`] rescans in a row without it, clears "gone" when it is back, clears an XID
+    /// [`MISSES_FOR_GONE`] reads in a row without it (spanning the grace, see [`Health::with_grace`]), clears "gone" when it is back, clears an XID
     /// when another GPU (another UUID) sits at its address, and marks every unhealthy GPU in
     /// `inventory.gpu_health`. An XID stays while its GPU is there: it usually needs a reset.
     pub fn apply(&mut self, inventory: &mut Inventory) {
+        self.apply_at(inventory, Instant::now());
+    }
+
+    /// [`apply`](Self::apply) as of `now`.
+    pub fn apply_at(&mut self, inventory: &mut Inventory, now: Instant) {
         for gpu in &inventory.gpus {
             let address = gpu.pci_address;
             self.misses.remove(&address);
@@ -123,9 +141,10 @@ impl Health {
             if present.contains(address) {
                 continue;
             }
-            let misses = self.misses.entry(*address).or_default();
+            let (misses, first) = self.misses.entry(*address).or_insert((0, now));
             *misses = misses.saturating_add(1);
-            if *misses >= MISSES_FOR_GONE && !self.unhealthy.contains_key(address) {
+            let gone = *misses >= MISSES_FOR_GONE && now.duration_since(*first) >= self.grace;
+            if gone && !self.unhealthy.contains_key(address) {
                 tracing::warn!(gpu = %address, "GPU unhealthy: it is gone from the machine");
                 self.unhealthy
                     .insert(*address, Unhealthy::now(MISSING.into()));
@@ -420,5 +439,29 @@ mod tests {
         }
         health.apply(&mut replaced);
         assert!(replaced.gpu_health.is_empty(), "{:?}", replaced.gpu_health);
+    }
+
+    #[test]
+    fn reads_close_together_do_not_make_a_gpu_gone_within_the_grace() {
+        let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+        let without = || {
+            let mut inventory = gb300();
+            inventory.gpus.retain(|g| g.pci_address != gone);
+            inventory.pci.retain(|f| f.address != gone);
+            inventory
+        };
+        let grace = Duration::from_secs(60);
+        let mut health = Health::with_grace(grace);
+        let start = Instant::now();
+        health.apply_at(&mut gb300(), start);
+        // A hotplug event and an XID: three reads within a second.
+        for ms in [10, 500, 900] {
+            let mut inventory = without();
+            health.apply_at(&mut inventory, start + Duration::from_millis(ms));
+            assert!(inventory.gpu_health.is_empty(), "{ms} ms");
+        }
+        let mut inventory = without();
+        health.apply_at(&mut inventory, start + Duration::from_millis(10) + grace);
+        assert_eq!(inventory.gpu_health[&gone].reason, MISSING);
     }
 }

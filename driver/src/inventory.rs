@@ -374,7 +374,7 @@ mod boot_id_tests {
             Some("6f1a2b3c-0000-4000-8000-000000000001")
         );
 
-        // An endless file: refused (a character device), not read to the end.
+        // An endless file behind a link: refused (links are not followed), not read to the end.
         std::fs::remove_file(&file).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &file).unwrap();
         assert_eq!(boot_id_within_10s(tree.path()), None, "/dev/zero");

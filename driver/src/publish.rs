@@ -193,7 +193,8 @@ impl Publisher {
     }
 
     async fn reconcile(&mut self, inventory: &Inventory) -> Result<PublishReport, PublishError> {
-        if self.owner.is_none() {
+        let fetched_owner = self.owner.is_none();
+        if fetched_owner {
             self.owner = Some(self.node_owner().await?);
         }
         let desired = build_slices(inventory, &self.config, 0);
@@ -205,6 +206,17 @@ impl Publisher {
             Some(observed) => observed,
             None => self.list().await?,
         };
+        // The Node is read again before any slice is created: a Node deleted and re-created under the
+        // same name has another UID, and slices owned by the old one are deleted by the garbage
+        // collector as soon as they are written.
+        let must_create = desired.iter().any(|d| {
+            !observed
+                .slices
+                .contains_key(d.metadata.name.as_deref().unwrap_or_default())
+        });
+        if must_create && !fetched_owner {
+            self.owner = Some(self.node_owner().await?);
+        }
         let current = observed
             .slices
             .values()

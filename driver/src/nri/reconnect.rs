@@ -116,7 +116,12 @@ pub async fn run(config: NriConfig, source: CpuSource, mut stopped: watch::Recei
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stopped.changed() => {}
+            changed = stopped.changed() => {
+                // A sender gone without saying stop also means stop: else this loop would spin.
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -178,7 +178,9 @@ pub async fn run(
         .clone()
         .or_else(backends::sysfs::pciids::default_pci_ids);
     // GPU health across rescans (critical XIDs, GPUs gone), published as taints.
-    let health = Arc::new(std::sync::Mutex::new(crate::health::Health::default()));
+    let health = Arc::new(std::sync::Mutex::new(crate::health::Health::with_grace(
+        Duration::from_secs(args.rescan_interval.max(1)),
+    )));
     let read_inventory = {
         let root = root.clone();
         let fixture = args.fixture.clone();
@@ -232,10 +234,16 @@ pub async fn run(
     let interval = Duration::from_secs(args.rescan_interval.max(1));
     // Every rescan sends every published device's health to the kubelet's streams; a device not
     // reported for three rescans is unknown to the kubelet.
-    let (health_reports, health_stream) =
-        tokio::sync::watch::channel(crate::plugin::api::HealthReport::default());
-    let health_reports = Arc::new(health_reports);
     let health_timeout = i64::try_from(interval.as_secs().saturating_mul(3)).unwrap_or(i64::MAX);
+    // A stream opened before the first rescan gets the devices read at start.
+    let first_report = inventory.read().ok().map(|inventory| {
+        let devices = crate::slices::devices::devices(&inventory, &config);
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        crate::health::report(&devices, &config, now, health_timeout)
+    });
+    let (health_reports, health_stream) =
+        tokio::sync::watch::channel(first_report.unwrap_or_default());
+    let health_reports = Arc::new(health_reports);
     let mut tasks = tokio::task::JoinSet::new();
     {
         let handler = handler.clone();

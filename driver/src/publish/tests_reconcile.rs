@@ -114,8 +114,12 @@ async fn slices_the_kubelet_deletes_come_back_within_5_s() {
     let log = running.drain();
     assert_eq!(
         short(&log),
-        [format!("POST {SLICES}"), format!("POST {SLICES}")],
-        "recreated from the watch events, without listing"
+        [
+            "GET /api/v1/nodes/n".to_owned(),
+            format!("POST {SLICES}"),
+            format!("POST {SLICES}")
+        ],
+        "recreated from the watch events, without listing, after checking the Node"
     );
     assert!(log.iter().all(|r| r.at - wiped < Duration::from_secs(5)));
     let after = running.slices();
@@ -378,7 +382,10 @@ async fn a_hung_api_server_times_calls_out_and_the_publisher_recovers_when_it_an
     let wipe = format!("{SLICES}?fieldSelector=spec.nodeName%3Dn");
     assert_eq!(running.act("DELETE", &wipe, &Value::Null), 200);
     sleep(Duration::from_secs(5)).await;
-    assert_eq!(short(&running.drain()), [format!("POST {SLICES}")]);
+    assert_eq!(
+        short(&running.drain()),
+        ["GET /api/v1/nodes/n".to_owned(), format!("POST {SLICES}")]
+    );
     running.stop().await;
 }
 
@@ -406,13 +413,14 @@ async fn a_watch_resumed_from_a_compacted_version_lists_again() {
         [
             format!("GET {SLICES}"),
             format!("GET {SLICES}"),
+            "GET /api/v1/nodes/n".to_owned(),
             format!("POST {SLICES}"),
             format!("GET {SLICES}"),
         ],
         "{log:?}"
     );
-    assert!(log[0].is_watch() && !log[1].is_watch() && log[3].is_watch());
-    assert!(log[2].at - resumed <= Backoff::START.mul_f64(1.2));
+    assert!(log[0].is_watch() && !log[1].is_watch() && log[4].is_watch());
+    assert!(log[3].at - resumed <= Backoff::START.mul_f64(1.2));
     assert_eq!(running.slices().len(), 1);
     running.stop().await;
 }
@@ -442,12 +450,13 @@ async fn a_watch_that_goes_silent_is_replaced_after_the_server_side_timeout() {
         short(&log),
         [
             format!("GET {SLICES}"),
+            "GET /api/v1/nodes/n".to_owned(),
             format!("POST {SLICES}"),
             format!("GET {SLICES}"),
         ],
         "{log:?}"
     );
-    assert!(!log[0].is_watch() && log[2].is_watch());
+    assert!(!log[0].is_watch() && log[3].is_watch());
     assert!(log[0].at - silent >= Duration::from_secs(300));
     assert_eq!(running.slices().len(), 1);
     running.stop().await;
@@ -487,4 +496,32 @@ async fn a_wipe_between_the_first_publish_and_the_watch_is_not_lost() {
     }
     assert_eq!(seen, ["ADDED", "DELETED"], "the own create, then the wipe");
     assert_eq!(publisher.publish(&gb300).await.unwrap().created, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slices_of_a_node_recreated_under_its_name_get_the_new_node_as_owner() {
+    let running = start(FakeApi::with_node("n"), two_slices(), "xeon");
+    sleep(Duration::from_secs(1)).await;
+    let owner = |slices: &std::collections::BTreeMap<String, Value>| -> Vec<Value> {
+        slices
+            .values()
+            .map(|s| s["metadata"]["ownerReferences"][0]["uid"].clone())
+            .collect()
+    };
+    assert_eq!(owner(&running.slices()), ["uid-n", "uid-n"]);
+
+    // The Node is deleted and re-created (another UID); the garbage collector deletes the slices
+    // the old Node owned.
+    running
+        .state
+        .lock()
+        .unwrap()
+        .nodes
+        .insert("n".into(), "uid-n-2".into());
+    let wipe = format!("{SLICES}?fieldSelector=spec.nodeName%3Dn");
+    assert_eq!(running.act("DELETE", &wipe, &Value::Null), 200);
+
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(owner(&running.slices()), ["uid-n-2", "uid-n-2"]);
+    running.stop().await;
 }

@@ -15,8 +15,11 @@
 //! where it is parsed: at the transport. Each accepted connection is wrapped in [`AuthorityFix`],
 //! whose read side passes the client's bytes to h2 frame by frame and re-encodes every header block
 //! (HPACK) with each `:authority` that [`http::uri::Authority`] cannot parse replaced by `localhost`,
-//! the value grpc-go sends for `unix:` targets. Valid authorities, a missing authority, every other
-//! header and every other frame reach h2 unchanged; the server's writes are not touched.
+//! the value grpc-go sends for `unix:` targets. Valid authorities, a missing authority and every other
+//! header reach h2 with the same names and values, in the same order (the header blocks themselves are
+//! re-encoded: padding is dropped, blocks are re-split into frames, never-indexed literals become
+//! indexed ones, which only matters to intermediaries); every other frame reaches h2 byte for byte,
+//! and the server's writes are not touched.
 //!
 //! Header blocks are decoded against the client's HPACK context and re-encoded against a second
 //! context shared with h2's decoder, so both dynamic tables stay consistent. Both use 4096 bytes, the

@@ -231,8 +231,14 @@ async fn serve_inner(
                     *synchronized = true;
                 }
                 match endpoint.answer(stream, answer).await {
-                    // Logged, and refused to the runtime with a status: the connection goes on.
-                    Ok(()) | Err(CallError::TooLarge { .. }) => {}
+                    Ok(()) => {}
+                    // Logged, and refused to the runtime with a status: the connection goes on, and
+                    // the moves that answer carried are owed again.
+                    Err(CallError::TooLarge { .. }) => {
+                        if let Ok(mut policy) = policy.lock() {
+                            policy.invalidate_all();
+                        }
+                    }
                     Err(error) => return Err(NriError::Answer(error)),
                 }
             }

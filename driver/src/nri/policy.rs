@@ -257,6 +257,14 @@ impl Policy {
         }
     }
 
+    /// An answer that never reached the runtime (refused as too large): no container's CPUs are
+    /// known any more, so the next answers carry every container's placement again.
+    pub fn invalidate_all(&mut self) {
+        for tracked in self.containers.values_mut() {
+            tracked.cpus = None;
+        }
+    }
+
     /// The updates still owed: containers whose last update failed (quietly skipping an empty pool,
     /// which was reported when it emptied).
     pub fn retry(&mut self) -> Vec<Update> {

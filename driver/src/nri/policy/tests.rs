@@ -391,3 +391,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn moves_of_an_answer_that_never_reached_the_runtime_are_owed_again() {
+    let mut policy = Policy::new(snapshot("0-7", &[]));
+    policy.create("shared", "s", "pod-0", &[]).unwrap();
+    policy.create("other", "o", "pod-0", &[]).unwrap();
+    policy.replace_snapshot(snapshot("0-7", &[("a", "0-1", &["pod-1"])]));
+    let (_, updates) = policy
+        .create("pinned", "p", "pod-1", &env(&["DRA_CPUSET_a=0-1"]))
+        .unwrap();
+    assert_eq!(updates.len(), 2);
+    // That answer was refused as too large: the next event carries the moves again.
+    policy.invalidate_all();
+    let mut owed = policy.update("pinned");
+    owed.sort();
+    assert_eq!(
+        owed,
+        vec![
+            ("other".to_owned(), set("2-7")),
+            ("pinned".to_owned(), set("0-1")),
+            ("shared".to_owned(), set("2-7"))
+        ]
+    );
+}

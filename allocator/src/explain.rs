@@ -10,7 +10,7 @@ use crate::cel::{Cel, Verdict, domain_literals};
 use crate::claim::{Alternative, Claim, Mode};
 use crate::input::ClaimInput;
 use crate::model::{Pools, qualify};
-use crate::search::{Fit, Search};
+use crate::search::{Fit, MAX_DEVICES_PER_CLAIM, Search};
 use crate::why::{NUMA, PCIE, alignment};
 
 /// Device tries before a search gives up (the scheduler has a time limit instead).
@@ -43,9 +43,13 @@ pub struct Allocated {
     /// Allocated with admin access.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub admin_access: bool,
-    /// Capacity consumed on a shared device.
+    /// Capacity consumed on a shared device, by capacity name as the slice spells it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub consumed_capacity: BTreeMap<String, String>,
+    /// On a device published with `allowMultipleAllocations`: the share's ID. The scheduler makes a
+    /// random UID; explain gives a stable stand-in, so equal inputs give equal answers.
+    #[serde(rename = "shareID", skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
     /// Its NUMA node (any `numaNode` attribute).
     pub numa_node: Option<i64>,
     /// Its PCIe root (`resource.kubernetes.io/pcieRoot`).
@@ -182,6 +186,12 @@ impl Allocator {
         if fresh {
             self.refresh_values();
         }
+        // `namespace/name`, as the scheduler names the claim (`klog.KObj`).
+        let claim_name = input
+            .label
+            .split_once(' ')
+            .map_or(input.label.as_str(), |(_, name)| name)
+            .to_owned();
         let mut verdicts = VerdictCache::new(self.pools.devices.len());
         let mut fits = Vec::new();
         let mut matchings = Vec::new();
@@ -201,12 +211,22 @@ impl Allocator {
                         }
                     }
                 }
-                per_request.push(self.matching(
+                let matching = self.matching(
                     alternative,
                     &programs,
                     &mut verdicts,
+                    &claim_name,
                     &mut outcome.warnings,
-                ));
+                );
+                // `allocationMode: All` evaluates every device before the search
+                // (`validateDeviceRequest`), so a CEL runtime error on any of them fails the claim.
+                if alternative.mode == Mode::All
+                    && let Some(error) = matching.fits.iter().find_map(|f| f.error.clone())
+                {
+                    outcome.explanation.push(error);
+                    return outcome;
+                }
+                per_request.push(matching);
             }
             fits.push(
                 per_request
@@ -216,9 +236,39 @@ impl Allocator {
             );
             matchings.push(per_request);
         }
+        // The fewest devices the claim can get (`Allocate`: minDevicesPerClaim): the scheduler refuses
+        // a claim whose requests add up to more than a claim may hold.
+        let least: usize = claim
+            .requests
+            .iter()
+            .zip(&fits)
+            .map(|(request, per_request)| {
+                request
+                    .alternatives
+                    .iter()
+                    .zip(per_request)
+                    .map(|(alternative, fits)| match alternative.mode {
+                        Mode::Exact(n) => n,
+                        Mode::All => fits.len(),
+                    })
+                    .min()
+                    .unwrap_or(0)
+            })
+            .fold(0, usize::saturating_add);
+        if least > MAX_DEVICES_PER_CLAIM {
+            outcome.explanation.push(format!(
+                "claim {claim_name}: number of requested devices {least} exceeds the claim limit of {MAX_DEVICES_PER_CLAIM}"
+            ));
+            return outcome;
+        }
         let mut search = Search::new(&claim, &self.pools, &fits, self.step_limit);
+        search.claim_name.clone_from(&claim_name);
         let found = search.run();
         outcome.search_steps = search.steps;
+        if let Some(error) = search.error {
+            outcome.explanation.push(error);
+            return outcome;
+        }
         if !found {
             outcome.status = Status::Unsatisfiable;
             outcome.explanation = match search.gave_up {
@@ -247,11 +297,22 @@ impl Allocator {
                 pool: device.pool.clone(),
                 device: device.name.clone(),
                 admin_access: alternative.admin_access,
+                // Under the name the slice gives the capacity (`memory`, not `driver/memory`),
+                // as the allocation result spells it.
                 consumed_capacity: pick
                     .consumes
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .map(|(k, v)| {
+                        let name = device
+                            .capacity
+                            .get(k)
+                            .map_or(k.as_str(), |c| c.published_name.as_str());
+                        (name.to_owned(), v.to_string())
+                    })
                     .collect(),
+                share_id: device
+                    .allow_multiple
+                    .then(|| share_id(&claim_name, outcome.devices.len())),
                 numa_node: device.numa_node(),
                 pcie_root: device.pcie_root().map(str::to_owned),
             });
@@ -263,12 +324,14 @@ impl Allocator {
         outcome
     }
 
-    /// Selectors, taints, capacity and use of every device, for one alternative.
+    /// Selectors, capacity, taints and use of every device, for one alternative. `claim_name` is the
+    /// claim's `namespace/name`, for the scheduler's wording of CEL runtime errors.
     fn matching(
         &self,
         alternative: &Alternative,
         programs: &[Rc<Program>],
         verdicts: &mut VerdictCache,
+        claim_name: &str,
         warnings: &mut Vec<String>,
     ) -> Matching {
         let mut matching = Matching {
@@ -276,6 +339,7 @@ impl Allocator {
             rejected: Vec::new(),
         };
         let mut warned = BTreeSet::new();
+        let all = alternative.mode == Mode::All;
         'devices: for (d, device) in self.pools.devices.iter().enumerate() {
             let Some(value) = self.values.get(d) else {
                 continue;
@@ -283,33 +347,100 @@ impl Allocator {
             for (selector, program) in alternative.selectors.iter().zip(programs) {
                 let verdict =
                     verdicts.get(&selector.expression, d, || self.cel.eval(program, value));
-                let verdict = match verdict {
+                let (error, verdict) = match verdict {
                     Verdict::Selected => continue,
-                    Verdict::NotSelected => "is false".to_owned(),
+                    Verdict::NotSelected => (None, "is false".to_owned()),
                     Verdict::Missing(key) => {
                         if warned.insert(selector.origin.clone()) {
                             warnings.push(format!(
-                                "{} looks up {key:?}, which device {} lacks: here such devices are not selected, but the Kubernetes scheduler stops with a CEL runtime error if it evaluates one (guard with has() or a class selector)",
+                                "{} looks up {key:?}, which device {} lacks: the scheduler fails the claim with a CEL runtime error when its search reaches such a device (guard with has() or a class selector)",
                                 selector.origin, device.name
                             ));
                         }
-                        format!("cannot be evaluated: no {key:?}")
+                        // The scheduler's text (`EnhanceRuntimeError`).
+                        let error = format!(
+                            "no such key: {key}. consider using CEL optional chaining (.? followed by orValue()) or guarding the check with has() for optional fields"
+                        );
+                        (Some(error), format!("cannot be evaluated: no {key:?}"))
                     }
-                    Verdict::Error(e) => {
-                        if warned.insert(selector.origin.clone()) {
-                            warnings.push(format!(
-                                "{}: CEL runtime error on device {}: {e} (the scheduler fails the claim)",
-                                selector.origin, device.name
-                            ));
-                        }
-                        format!("failed: {e}")
-                    }
+                    Verdict::Error(e) => (Some(e.clone()), format!("failed: {e}")),
                 };
+                // As `selectorsMatch` words it, with the expression added.
+                let error = error.map(|e| {
+                    let of = match &selector.class {
+                        Some(class) => format!("class {class}"),
+                        None => format!("claim {claim_name}"),
+                    };
+                    format!(
+                        "{of}: selector #{} on device {}: CEL runtime error: {e} (expression: {:?})",
+                        selector.index,
+                        device.id(),
+                        selector.expression
+                    )
+                });
+                if error.is_some() {
+                    matching.fits.push(Fit {
+                        device: d,
+                        consumes: BTreeMap::new(),
+                        blocked: true,
+                        error,
+                    });
+                }
                 let origin = selector.origin.clone();
                 matching
                     .rejected
                     .push((d, Rejection::Selector { origin, verdict }));
                 continue 'devices;
+            }
+            // Capacity, for every device and admin access too (`CmpRequestOverCapacity`): a request
+            // without an amount asks for the policy's default, else all of it.
+            for name in alternative.capacity.keys() {
+                if !device.capacity.contains_key(&qualify(&device.driver, name)) {
+                    let why = format!("has no capacity {}", qualify(&device.driver, name));
+                    matching.rejected.push((d, Rejection::Capacity(why)));
+                    continue 'devices;
+                }
+            }
+            let mut consumes = BTreeMap::new();
+            for (name, capacity) in &device.capacity {
+                let requested = alternative
+                    .capacity
+                    .iter()
+                    .find(|(n, _)| qualify(&device.driver, n) == *name)
+                    .map(|(_, q)| *q);
+                let Some(amount) = capacity.consumption(requested) else {
+                    let why = match requested {
+                        Some(wanted) if !device.allow_multiple => {
+                            format!("capacity {name} is {}, {wanted} requested", capacity.text)
+                        }
+                        _ => format!(
+                            "no valid amount of capacity {name} (of {}) fits the request",
+                            capacity.text
+                        ),
+                    };
+                    matching.rejected.push((d, Rejection::Capacity(why)));
+                    continue 'devices;
+                };
+                let used = self
+                    .pools
+                    .usage
+                    .get(d)
+                    .and_then(|u| u.consumed.get(name))
+                    .copied()
+                    .unwrap_or_default();
+                if used.plus(amount) > capacity.value {
+                    let why = format!(
+                        "capacity {name}: {} of {} left, {amount} needed",
+                        capacity.value.minus(used),
+                        capacity.text
+                    );
+                    matching.rejected.push((d, Rejection::Capacity(why)));
+                    continue 'devices;
+                }
+                // Only shares of a multi-allocatable device consume capacity.
+                if device.allow_multiple {
+                    consumes.insert(name.clone(), amount);
+                }
             }
             if let Some(taint) = device
                 .taints
@@ -320,73 +451,27 @@ impl Allocator {
                 let text = format!("{}={value}:{}", taint.key, taint.effect);
                 matching.rejected.push((d, Rejection::Taint(text)));
                 // `All` needs every matching device: a tainted one makes it fail, as in the scheduler.
-                if alternative.mode == Mode::All {
+                if all {
                     matching.fits.push(Fit {
                         device: d,
-                        consumes: BTreeMap::new(),
+                        consumes,
                         blocked: true,
+                        error: None,
                     });
                 }
                 continue;
-            }
-            for (name, wanted) in &alternative.capacity {
-                let name = qualify(&device.driver, name);
-                let Some(capacity) = device.capacity.get(&name) else {
-                    let why = format!("has no capacity {name}");
-                    matching.rejected.push((d, Rejection::Capacity(why)));
-                    continue 'devices;
-                };
-                if !device.allow_multiple && *wanted > capacity.value {
-                    let why = format!("capacity {name} is {}, {wanted} requested", capacity.text);
-                    matching.rejected.push((d, Rejection::Capacity(why)));
-                    continue 'devices;
-                }
-            }
-            let mut consumes = BTreeMap::new();
-            if device.allow_multiple && !alternative.admin_access {
-                for (name, capacity) in &device.capacity {
-                    let requested = alternative
-                        .capacity
-                        .iter()
-                        .find(|(n, _)| qualify(&device.driver, n) == *name)
-                        .map(|(_, q)| *q);
-                    let Some(amount) = capacity.consumption(requested) else {
-                        let why = format!(
-                            "no valid amount of capacity {name} (of {}) fits the request",
-                            capacity.text
-                        );
-                        matching.rejected.push((d, Rejection::Capacity(why)));
-                        continue 'devices;
-                    };
-                    let used = self
-                        .pools
-                        .usage
-                        .get(d)
-                        .and_then(|u| u.consumed.get(name))
-                        .copied()
-                        .unwrap_or_default();
-                    if used.plus(amount) > capacity.value {
-                        let why = format!(
-                            "capacity {name}: {} of {} left, {amount} needed",
-                            capacity.value.minus(used),
-                            capacity.text
-                        );
-                        matching.rejected.push((d, Rejection::Capacity(why)));
-                        continue 'devices;
-                    }
-                    consumes.insert(name.clone(), amount);
-                }
             }
             let held = self.pools.usage.get(d).and_then(|u| u.held_by.clone());
             if let Some(by) = held
                 && !alternative.admin_access
             {
                 // `All` needs every matching device, so an in-use one makes it fail in the search.
-                if alternative.mode == Mode::All {
+                if all {
                     matching.fits.push(Fit {
                         device: d,
                         consumes,
                         blocked: true,
+                        error: None,
                     });
                 }
                 matching.rejected.push((d, Rejection::InUse(by)));
@@ -396,6 +481,7 @@ impl Allocator {
                 device: d,
                 consumes,
                 blocked: false,
+                error: None,
             });
         }
         matching
@@ -455,4 +541,16 @@ fn tolerated(taint: &DeviceTaint, tolerations: &[DeviceToleration]) -> bool {
         };
         key && effect && value
     })
+}
+
+/// A stand-in share ID for the `n`th device of a claim's allocation, in the form of a UID: derived
+/// from the claim's name and the position, so that the same input gives the same answer.
+fn share_id(claim: &str, n: usize) -> String {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (salt, claim, n).hash(&mut hasher);
+        hasher.finish()
+    };
+    uuid::Uuid::from_u64_pair(half(0), half(1)).to_string()
 }

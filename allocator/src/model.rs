@@ -40,6 +40,9 @@ pub struct Capacity {
     pub value: Quantity,
     /// The total as published (for CEL and the report).
     pub text: String,
+    /// The name as the slice spells it (`memory` or `example.com/memory`): allocation results
+    /// report consumed capacity under it.
+    pub published_name: String,
     /// `requestPolicy.default`.
     pub default: Option<Quantity>,
     /// `requestPolicy.validValues`, ascending.
@@ -54,6 +57,7 @@ impl Capacity {
         Capacity {
             value,
             text: text.to_owned(),
+            published_name: String::new(),
             default: None,
             valid_values: Vec::new(),
             valid_range: None,
@@ -148,6 +152,8 @@ impl Candidate {
 pub struct CounterSet {
     /// `driver/pool/name`.
     pub id: String,
+    /// `driver/pool`.
+    pub pool: String,
     /// Its counters.
     pub counters: BTreeMap<String, Quantity>,
 }
@@ -166,7 +172,8 @@ pub struct Usage {
 /// Every device of the slices, and what is in use.
 #[derive(Debug, Clone, Default)]
 pub struct Pools {
-    /// The devices, pools sorted by driver then name, devices in slice order.
+    /// The devices: pools sorted by driver then name, slices of a pool by name, devices in slice
+    /// order.
     pub devices: Vec<Candidate>,
     /// Counter sets.
     pub counter_sets: Vec<CounterSet>,
@@ -174,6 +181,9 @@ pub struct Pools {
     pub usage: Vec<Usage>,
     /// Per counter set, what existing claims consume.
     pub counters_used: Vec<BTreeMap<String, Quantity>>,
+    /// Per device: it consumes counters of a pool where what existing claims hold already
+    /// exceeds some counter set, so the scheduler gives it to nobody.
+    pub starved: Vec<bool>,
     /// Things a user should know (older generations dropped, incomplete pools, unknown devices).
     pub warnings: Vec<String>,
 }
@@ -241,7 +251,10 @@ impl Pools {
             }
             entry.push(slice);
         }
-        for ((driver, pool), slices) in grouped {
+        for ((driver, pool), mut slices) in grouped {
+            // The scheduler takes a pool's slices in name order (`buildPool`: sortSlicesByName),
+            // whatever order they were listed in.
+            slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             let expected = slices
                 .first()
                 .map_or(0, |s| s.spec.pool.resource_slice_count);
@@ -259,6 +272,7 @@ impl Pools {
                     sets.insert(set.name.clone(), pools.counter_sets.len());
                     pools.counter_sets.push(CounterSet {
                         id: format!("{driver}/{pool}/{}", set.name),
+                        pool: format!("{driver}/{pool}"),
                         counters,
                     });
                 }
@@ -284,6 +298,7 @@ impl Pools {
                             continue;
                         };
                         let mut capacity = Capacity::plain(value, &cap.value.0);
+                        capacity.published_name.clone_from(name);
                         if let Some(policy) = &cap.request_policy {
                             let parse =
                                 |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
@@ -327,7 +342,40 @@ impl Pools {
         pools.usage = vec![Usage::default(); pools.devices.len()];
         pools.counters_used = vec![BTreeMap::new(); pools.counter_sets.len()];
         pools.add_allocations(allocated);
+        pools.find_overcommitted();
         pools
+    }
+
+    /// Counter sets whose held consumption exceeds them (an inconsistent state: a pool republished
+    /// with smaller counters, or claims allocated by something else). The scheduler's
+    /// `checkAvailableCounters` compares every set of the device's pool, so such a set blocks
+    /// every counter-consuming device of its pool, not only its own.
+    fn find_overcommitted(&mut self) {
+        let mut pools = BTreeSet::new();
+        for (set, used) in self.counter_sets.iter().zip(&self.counters_used) {
+            let over: Vec<String> = used
+                .iter()
+                .filter(|(name, q)| set.counters.get(*name).is_some_and(|have| *q > have))
+                .map(|(name, q)| {
+                    let have = set.counters.get(name).copied().unwrap_or_default();
+                    format!("{name} {q} of {have}")
+                })
+                .collect();
+            if !over.is_empty() {
+                self.warnings.push(format!(
+                    "counter set {} is over-committed by existing allocations ({}): as in the scheduler, no device of pool {} that consumes counters can be allocated",
+                    set.id,
+                    over.join(", "),
+                    set.pool
+                ));
+                pools.insert(set.pool.clone());
+            }
+        }
+        self.starved = self
+            .devices
+            .iter()
+            .map(|d| !d.consumes.is_empty() && pools.contains(&format!("{}/{}", d.driver, d.pool)))
+            .collect();
     }
 
     fn add_allocations(&mut self, allocated: &[ClaimInput]) {

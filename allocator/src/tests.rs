@@ -300,7 +300,7 @@ fn consumable_capacity_is_rounded_by_policy_and_limited_by_what_is_left() {
     assert_eq!(
         fits.devices[0]
             .consumed_capacity
-            .get("example.com/memory")
+            .get("memory")
             .map(String::as_str),
         Some("2Gi")
     );

@@ -24,7 +24,9 @@ pub enum Status {
     Allocated,
     /// No allocation exists (or none was found within the step limit).
     Unsatisfiable,
-    /// The claim is invalid or names what does not exist.
+    /// The scheduler fails the claim with an error: it is invalid or names what does not exist,
+    /// asks for more than 32 devices, a selector has a CEL runtime error on a device the search
+    /// reaches, or `allocationMode: All` cannot meet a constraint.
     Error,
 }
 

@@ -14,7 +14,7 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
         let verdict = match outcome.status {
             Status::Allocated => "fits",
             Status::Unsatisfiable => "does NOT fit",
-            Status::Error => "invalid",
+            Status::Error => "error (the scheduler fails it)",
         };
         let _ = writeln!(out, "{}: {verdict}", outcome.claim);
         if !outcome.devices.is_empty() {

@@ -269,10 +269,10 @@ fn cpu_claims_fit_in_the_mode_they_are_written_for() {
         claim(&numa, "four-cpus-from-a-numa-group")["status"],
         "allocated"
     );
-    assert_eq!(
-        claim(&numa, "four-cpus-from-a-numa-group")["devices"][0]["consumedCapacity"]["hal.dra.dev/cpu"],
-        "4"
-    );
+    // Consumed capacity under the name the slice gives it, as the allocation result spells it.
+    let consumed = &claim(&numa, "four-cpus-from-a-numa-group")["devices"][0]["consumedCapacity"];
+    assert_eq!(consumed["cpu"], "4", "{consumed}");
+    assert!(consumed.get("hal.dra.dev/cpu").is_none(), "{consumed}");
     assert_eq!(
         claim(&numa, "four-cpus-one-node")["status"],
         "unsatisfiable"
@@ -285,14 +285,57 @@ fn cpu_claims_fit_in_the_mode_they_are_written_for() {
     let (rt, _) = explain(&["--fixture", "xeon", "--rt-bandwidth", &path]);
     let two = claim(&rt, "rt-two-tasks");
     assert_eq!(two["devices"][0]["device"], "rt-numa-0");
-    assert_eq!(
-        two["devices"][0]["consumedCapacity"]["hal.dra.dev/rtBandwidth"],
-        "600m"
-    );
+    assert_eq!(two["devices"][0]["consumedCapacity"]["rtBandwidth"], "600m");
     let (individual, _) = explain(&["--fixture", "xeon", "--cpu-mode", "individual", &path]);
     let four = claim(&individual, "four-cpus-one-node");
     assert_eq!(four["devices"].as_array().unwrap().len(), 4);
     assert_eq!(four["numa"], "aligned on NUMA node 0");
+}
+
+#[test]
+fn more_than_32_individual_cpus_is_the_schedulers_error() {
+    // The scheduler fails such a claim ("number of requested devices 40 exceeds the claim limit of
+    // 32"); explain used to say it fits.
+    let forty = temp_yaml(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: forty, namespace: n}\nspec: {devices: {requests: [{name: cpus, exactly: {deviceClassName: cpu.hal.dra.dev, count: 40}}]}}\n",
+    );
+    let path = forty.path().to_str().unwrap();
+    let (outcomes, code) = explain(&["--fixture", "xeon", "--cpu-mode", "individual", path]);
+    assert_eq!(code, Some(3));
+    assert_eq!(outcomes[0]["status"], "error", "{:#}", outcomes[0]);
+    assert_eq!(
+        outcomes[0]["explanation"][0],
+        "claim n/forty: number of requested devices 40 exceeds the claim limit of 32"
+    );
+    let table = hal_probe(&[
+        "explain",
+        "--fixture",
+        "xeon",
+        "--cpu-mode",
+        "individual",
+        path,
+    ]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("ResourceClaim n/forty: error (the scheduler fails it)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_reads_the_slices_that_hal_probe_slices_prints() {
+    let output = hal_probe(&["--fixture", "gb300", "--format", "json", "slices"]);
+    assert!(output.status.success());
+    let mut slices = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+    slices.write_all(&output.stdout).unwrap();
+    let from_file = explain(&["--slices", slices.path().to_str().unwrap(), GB300_TEMPLATES]);
+    let from_fixture = explain(&["--fixture", "gb300", GB300_TEMPLATES]);
+    assert!(
+        from_file.0.iter().any(|o| o["status"] == "allocated"),
+        "{:#?}",
+        from_file.0
+    );
+    assert_eq!(from_file, from_fixture);
 }
 
 #[test]

@@ -89,6 +89,7 @@ pub(crate) enum Rejection {
     Taint(String),
     Capacity(String),
     InUse(String),
+    IncompletePool,
 }
 
 impl std::fmt::Display for Rejection {
@@ -98,6 +99,7 @@ impl std::fmt::Display for Rejection {
             Rejection::Taint(t) => write!(f, "tainted {t} (not tolerated)"),
             Rejection::Capacity(c) => write!(f, "{c}"),
             Rejection::InUse(by) => write!(f, "in use by {by}"),
+            Rejection::IncompletePool => write!(f, "its pool is being updated (slices missing)"),
         }
     }
 }
@@ -220,10 +222,11 @@ impl Allocator {
                     &claim_name,
                     &mut outcome.warnings,
                 );
-                // `allocationMode: All` evaluates every device before the search
-                // (`validateDeviceRequest`), so a CEL runtime error on any of them fails the claim.
+                // `allocationMode: All` evaluates every device before the search, pool by pool
+                // (`validateDeviceRequest`): a pool being updated, or a CEL runtime error on any
+                // device, fails the claim.
                 if alternative.mode == Mode::All
-                    && let Some(error) = matching.fits.iter().find_map(|f| f.error.clone())
+                    && let Some(error) = self.all_devices_error(alternative, &matching, &claim_name)
                 {
                     outcome.explanation.push(error);
                     return outcome;
@@ -326,6 +329,30 @@ impl Allocator {
         outcome
     }
 
+    /// For `allocationMode: All`, the scheduler's error before the search, if any: the first pool
+    /// being updated, or the first device (in pool order) whose selectors fail with an error.
+    fn all_devices_error(
+        &self,
+        alternative: &Alternative,
+        matching: &Matching,
+        claim_name: &str,
+    ) -> Option<String> {
+        let errors: BTreeMap<usize, &String> = matching
+            .fits
+            .iter()
+            .filter_map(|f| f.error.as_ref().map(|e| (f.device, e)))
+            .collect();
+        self.pools.devices.iter().enumerate().find_map(|(d, device)| {
+            if device.incomplete_pool {
+                return Some(format!(
+                    "claim {claim_name}, request {}: asks for all devices, but resource pool {}/{} is currently being updated",
+                    alternative.name, device.driver, device.pool
+                ));
+            }
+            errors.get(&d).map(|e| (*e).clone())
+        })
+    }
+
     /// Selectors, capacity, taints and use of every device, for one alternative. `claim_name` is the
     /// claim's `namespace/name`, for the scheduler's wording of CEL runtime errors.
     fn matching(
@@ -346,6 +373,11 @@ impl Allocator {
             let Some(value) = self.values.get(d) else {
                 continue;
             };
+            // `allocateOne` skips incomplete pools before looking at their devices.
+            if device.incomplete_pool {
+                matching.rejected.push((d, Rejection::IncompletePool));
+                continue;
+            }
             for (selector, program) in alternative.selectors.iter().zip(programs) {
                 let verdict =
                     verdicts.get(&selector.expression, d, || self.cel.eval(program, value));

@@ -261,7 +261,7 @@ impl Pools {
             let incomplete = (slices.len() as i64) < expected;
             if incomplete {
                 pools.warnings.push(format!(
-                    "pool {driver}/{pool}: {} of {expected} slices present (being updated?): its devices are shown but the scheduler waits for the pool",
+                    "pool {driver}/{pool}: {} of {expected} slices present (being updated?): as in the scheduler, none of its devices is allocated until the pool is complete",
                     slices.len()
                 ));
             }

@@ -395,3 +395,33 @@ fn an_over_committed_counter_set_blocks_every_counter_device_of_its_pool() {
     );
     assert_eq!(devices(&one), ["r=plain"]);
 }
+
+// `GatherPools` marks a pool with fewer slices than `resourceSliceCount` incomplete: `allocateOne`
+// skips it, and `validateDeviceRequest` fails an allocationMode All request ("asks for all
+// devices, but resource pool %s is currently being updated").
+#[test]
+fn devices_of_a_pool_being_updated_are_not_allocated() {
+    let partial = NICS.replace("resourceSliceCount: 1", "resourceSliceCount: 2");
+    let one = run(
+        &partial,
+        "",
+        &format!("    requests:\n{}", exactly("nic", "")),
+    );
+    assert_eq!(one.status, Status::Unsatisfiable, "{one:#?}");
+    assert!(
+        one.explanation[0].contains("3 devices: its pool is being updated"),
+        "{one:#?}"
+    );
+    let all = run(
+        &partial,
+        "",
+        &format!(
+            "    requests:\n{}",
+            exactly("nic", "        allocationMode: All\n")
+        ),
+    );
+    assert_eq!(
+        error(&all),
+        "claim n/c, request nic: asks for all devices, but resource pool example.com/node-a is currently being updated"
+    );
+}

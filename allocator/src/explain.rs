@@ -11,6 +11,7 @@ use crate::claim::{Alternative, Claim, Mode};
 use crate::input::ClaimInput;
 use crate::model::{Pools, qualify};
 use crate::search::{Fit, MAX_DEVICES_PER_CLAIM, Search};
+use crate::version::KubernetesVersion;
 use crate::why::{NUMA, PCIE, alignment};
 
 /// Device tries before a search gives up (the scheduler has a time limit instead).
@@ -64,6 +65,8 @@ pub struct Allocated {
 pub struct Outcome {
     /// `ResourceClaimTemplate name` or `ResourceClaim ns/name`.
     pub claim: String,
+    /// The Kubernetes version whose scheduler's rules were applied (`1.36`).
+    pub kubernetes_version: String,
     /// The verdict.
     pub status: Status,
     /// The allocation (empty unless allocated).
@@ -119,17 +122,30 @@ pub struct Allocator {
     values: Vec<Value>,
     /// Device tries before a search gives up.
     pub step_limit: u64,
+    version: KubernetesVersion,
 }
 
 impl Allocator {
-    /// Devices of `slices` (only those of `node`, when given), with `allocated` claims' devices in use.
+    /// Devices of `slices` (only those of `node`, when given), with `allocated` claims' devices in
+    /// use, allocated as the newest Kubernetes version's scheduler does.
     pub fn new(
         slices: &[ResourceSlice],
         classes: Vec<DeviceClass>,
         allocated: &[ClaimInput],
         node: Option<&str>,
     ) -> Result<Allocator, String> {
-        let pools = Pools::new(slices, node, allocated);
+        Self::for_version(KubernetesVersion::NEWEST, slices, classes, allocated, node)
+    }
+
+    /// As [`Allocator::new`], with the rules of the scheduler of `version`.
+    pub fn for_version(
+        version: KubernetesVersion,
+        slices: &[ResourceSlice],
+        classes: Vec<DeviceClass>,
+        allocated: &[ClaimInput],
+        node: Option<&str>,
+    ) -> Result<Allocator, String> {
+        let pools = Pools::new(slices, node, allocated, version);
         let classes = classes
             .into_iter()
             .filter_map(|c| c.metadata.name.clone().map(|n| (n, c)))
@@ -141,9 +157,15 @@ impl Allocator {
             cel: Cel::new()?,
             values: Vec::new(),
             step_limit: DEFAULT_STEP_LIMIT,
+            version,
         };
         allocator.refresh_values();
         Ok(allocator)
+    }
+
+    /// Whose rules apply.
+    pub fn version(&self) -> KubernetesVersion {
+        self.version
     }
 
     /// The devices and what is in use.
@@ -164,6 +186,7 @@ impl Allocator {
     pub fn explain(&mut self, input: &ClaimInput) -> Outcome {
         let mut outcome = Outcome {
             claim: input.label.clone(),
+            kubernetes_version: self.version.to_string(),
             status: Status::Error,
             devices: Vec::new(),
             numa: None,

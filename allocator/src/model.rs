@@ -7,6 +7,7 @@ use k8s_openapi::api::resource::v1::{DeviceAttribute, DeviceTaint, ResourceSlice
 
 use crate::input::ClaimInput;
 use crate::quantity::Quantity;
+use crate::version::KubernetesVersion;
 
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -231,7 +232,13 @@ fn attribute(value: &DeviceAttribute) -> Option<AttrValue> {
 
 impl Pools {
     /// The pools of `slices` on `node` (None: every slice), with the allocations of `allocated`.
-    pub fn new(slices: &[ResourceSlice], node: Option<&str>, allocated: &[ClaimInput]) -> Pools {
+    /// The slices are read as the scheduler of `version` reads them (where counter sets live).
+    pub fn new(
+        slices: &[ResourceSlice],
+        node: Option<&str>,
+        allocated: &[ClaimInput],
+        version: KubernetesVersion,
+    ) -> Pools {
         let mut pools = Pools::default();
         // (driver, pool) -> slices of the newest generation
         let mut grouped: BTreeMap<(String, String), Vec<&ResourceSlice>> = BTreeMap::new();
@@ -265,11 +272,15 @@ impl Pools {
                     slices.len()
                 ));
             }
-            let mut sets: BTreeMap<String, usize> = BTreeMap::new();
-            for slice in &slices {
+            // Counter sets by (slice, name): in 1.34 a device sees its own slice's sets only; from
+            // 1.35 on, every set of the pool (the slice is None).
+            let beside = version.counters_beside_devices();
+            let scope = |i: usize| beside.then_some(i);
+            let mut sets: BTreeMap<(Option<usize>, String), usize> = BTreeMap::new();
+            for (i, slice) in slices.iter().enumerate() {
                 for set in slice.spec.shared_counters.iter().flatten() {
                     let counters = counters(&set.counters, &mut pools.warnings);
-                    sets.insert(set.name.clone(), pools.counter_sets.len());
+                    sets.insert((scope(i), set.name.clone()), pools.counter_sets.len());
                     pools.counter_sets.push(CounterSet {
                         id: format!("{driver}/{pool}/{}", set.name),
                         pool: format!("{driver}/{pool}"),
@@ -277,8 +288,23 @@ impl Pools {
                     });
                 }
             }
-            for slice in &slices {
-                for device in slice.spec.devices.iter().flatten() {
+            for (i, slice) in slices.iter().enumerate() {
+                let devices = slice.spec.devices.as_deref().unwrap_or_default();
+                let has_counters = slice
+                    .spec
+                    .shared_counters
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty());
+                if !beside && has_counters && !devices.is_empty() {
+                    // `buildPool` (1.36): a slice with shared counters is a counter slice.
+                    pools.warnings.push(format!(
+                        "slice {}: carries shared counters and {} devices, the Kubernetes 1.34 layout: the Kubernetes {version} scheduler reads it for its counters only and ignores its devices (publish counters in a slice of their own, --counter-layout own-slice, or explain with --kubernetes-version 1.34)",
+                        slice.metadata.name.as_deref().unwrap_or("<no name>"),
+                        devices.len()
+                    ));
+                    continue;
+                }
+                for device in devices {
                     let mut candidate = Candidate::bare(&driver, &pool, &device.name);
                     candidate.incomplete_pool = incomplete;
                     candidate.allow_multiple = device.allow_multiple_allocations.unwrap_or(false);
@@ -323,9 +349,16 @@ impl Pools {
                         candidate.capacity.insert(qualify(&driver, name), capacity);
                     }
                     for consumption in device.consumes_counters.iter().flatten() {
-                        let Some(set) = sets.get(&consumption.counter_set) else {
+                        let key = (scope(i), consumption.counter_set.clone());
+                        let Some(set) = sets.get(&key) else {
+                            let hint = match beside {
+                                true => {
+                                    " in its slice (Kubernetes 1.34 looks nowhere else; explain with --kubernetes-version 1.35 or later for counters in slices of their own)"
+                                }
+                                false => " in its pool",
+                            };
                             pools.warnings.push(format!(
-                                "device {}: consumes counters of unknown set {:?}: it cannot be allocated",
+                                "device {}: consumes counters of set {:?}, which is not{hint}: it cannot be allocated",
                                 candidate.id(),
                                 consumption.counter_set
                             ));

@@ -16,7 +16,11 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
             Status::Unsatisfiable => "does NOT fit",
             Status::Error => "error (the scheduler fails it)",
         };
-        let _ = writeln!(out, "{}: {verdict}", outcome.claim);
+        let _ = writeln!(
+            out,
+            "{}: {verdict} (Kubernetes {} rules)",
+            outcome.claim, outcome.kubernetes_version
+        );
         if !outcome.devices.is_empty() {
             let header = [
                 "REQUEST",

@@ -7,14 +7,22 @@ use crate::{Allocator, Objects, Outcome, Status};
 const NODE: &str = r#"
 apiVersion: resource.k8s.io/v1
 kind: ResourceSlice
+metadata: {name: node-a-counters}
+spec:
+  driver: example.com
+  nodeName: node-a
+  pool: {name: node-a, generation: 2, resourceSliceCount: 2}
+  sharedCounters:
+  - name: gpu-2-counters
+    counters: {memory: {value: 40Gi}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
 metadata: {name: node-a-example}
 spec:
   driver: example.com
   nodeName: node-a
-  pool: {name: node-a, generation: 2, resourceSliceCount: 1}
-  sharedCounters:
-  - name: gpu-2-counters
-    counters: {memory: {value: 40Gi}}
+  pool: {name: node-a, generation: 2, resourceSliceCount: 2}
   devices:
   - name: gpu-0
     attributes: {type: {string: gpu}, numaNode: {int: 0}, resource.kubernetes.io/pcieRoot: {string: pci0000:00}}
@@ -500,7 +508,15 @@ spec: {}
             "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n    - name: r\n      exactly: {deviceClassName: example, count: 2}\n",
         )
         .unwrap();
-    let mut allocator = Allocator::new(&objects.slices, objects.classes, &allocated, None).unwrap();
+    // Counters beside their devices: the 1.34 layout.
+    let mut allocator = Allocator::for_version(
+        crate::KubernetesVersion::V1_34,
+        &objects.slices,
+        objects.classes,
+        &allocated,
+        None,
+    )
+    .unwrap();
     // 1 slot charged by `shared` (once), 1 left for `other`; `shared` may be shared again.
     assert_eq!(
         picked(&allocator.explain(&objects.claims[0])),

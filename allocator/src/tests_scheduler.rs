@@ -425,3 +425,68 @@ fn devices_of_a_pool_being_updated_are_not_allocated() {
         "claim n/c, request nic: asks for all devices, but resource pool example.com/node-a is currently being updated"
     );
 }
+
+/// A partitioned GPU: its counter set and partitions in one slice (`beside`, the 1.34 layout) or
+/// in two (the 1.35 layout).
+fn partitions(beside: bool) -> String {
+    let counters = "  sharedCounters:\n  - name: gpu-0\n    counters: {memory: {value: 10Gi}}\n";
+    let devices = "  devices:\n  - name: part-a\n    consumesCounters: [{counterSet: gpu-0, counters: {memory: {value: 6Gi}}}]\n  - name: part-b\n    consumesCounters: [{counterSet: gpu-0, counters: {memory: {value: 6Gi}}}]\n";
+    let slice = |name: &str, count: u32, body: &str| {
+        format!(
+            "---\napiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {{name: {name}}}\nspec:\n  driver: example.com\n  nodeName: node-a\n  pool: {{name: node-a, generation: 1, resourceSliceCount: {count}}}\n{body}"
+        )
+    };
+    match beside {
+        true => slice("gpu", 1, &format!("{counters}{devices}")),
+        false => slice("gpu-counters", 2, counters) + &slice("gpu-parts", 2, devices),
+    }
+}
+
+fn versioned(version: crate::KubernetesVersion, slices: &str) -> (Outcome, Vec<String>) {
+    let mut objects = Objects::default();
+    objects.add_text("slices", slices).unwrap();
+    objects.add_text("class", CLASS).unwrap();
+    let claim = format!(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: n}}\nspec:\n  devices:\n    requests:\n{}",
+        exactly("r", "")
+    );
+    objects.add_text("claim", &claim).unwrap();
+    let mut allocator =
+        Allocator::for_version(version, &objects.slices, objects.classes, &[], None).unwrap();
+    let outcome = allocator.explain(&objects.claims[0]);
+    (outcome, allocator.pools().warnings.clone())
+}
+
+// Rule 8. `buildPool` of 1.36 (with DRAPartitionableDevices, on by default) files a slice with
+// shared counters under counter slices and never looks at its devices; 1.34 required the counter
+// set in the consuming device's own slice.
+#[test]
+fn counter_layouts_are_read_as_the_version_asked_for_reads_them() {
+    use crate::KubernetesVersion::{V1_34, V1_35, V1_36};
+    let (old_on_old, _) = versioned(V1_34, &partitions(true));
+    assert_eq!(devices(&old_on_old), ["r=part-a"]);
+    assert_eq!(old_on_old.kubernetes_version, "1.34");
+    for version in [V1_35, V1_36] {
+        let (outcome, warnings) = versioned(version, &partitions(true));
+        assert_eq!(outcome.status, Status::Unsatisfiable, "{outcome:#?}");
+        assert_eq!(outcome.kubernetes_version, version.to_string());
+        assert!(
+            warnings.iter().any(
+                |w| w.contains("slice gpu: carries shared counters and 2 devices")
+                    && w.contains(&format!("Kubernetes {version} scheduler"))
+            ),
+            "{warnings:?}"
+        );
+        let (new_on_new, _) = versioned(version, &partitions(false));
+        assert_eq!(devices(&new_on_new), ["r=part-a"]);
+    }
+    let (new_on_old, warnings) = versioned(V1_34, &partitions(false));
+    assert_eq!(new_on_old.status, Status::Unsatisfiable, "{new_on_old:#?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w
+                .contains("part-a: consumes counters of set \"gpu-0\", which is not in its slice")),
+        "{warnings:?}"
+    );
+}

@@ -508,3 +508,53 @@ spec:
         ["whole=gpu-0000-4d-00-0", "part=gpu-0000-ca-00-0-vf0"]
     );
 }
+
+#[test]
+fn the_kubernetes_version_decides_the_counter_layout_and_is_stated() {
+    let claims = temp_yaml(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaimTemplate\nmetadata: {name: one-partition}\nspec:\n  spec:\n    devices:\n      requests:\n      - name: part\n        exactly: {deviceClassName: gpu-partition.hal.dra.dev}\n",
+    );
+    let path = claims.path().to_str().unwrap();
+    let base = ["--fixture", "i915", "--gpu-partitions", "4"];
+    // Each version's own layout (the default for the node's slices) fits.
+    for version in ["1.34", "v1.35.1", "1.36"] {
+        let mut args = base.to_vec();
+        args.extend(["--kubernetes-version", version, path]);
+        let (outcomes, code) = explain(&args);
+        assert_eq!(code, Some(0), "{version}: {outcomes:#?}");
+        assert_eq!(
+            outcomes[0]["kubernetesVersion"],
+            version.trim_start_matches('v').get(..4).unwrap()
+        );
+    }
+    let (newest, _) = explain(&[base.as_slice(), &[path]].concat());
+    assert_eq!(newest[0]["kubernetesVersion"], "1.36");
+    // The 1.34 layout under the 1.36 scheduler: the partitions are invisible, and it says why.
+    let mut args = base.to_vec();
+    args.extend(["--counter-layout", "same-slice", path]);
+    let mut all = vec!["explain", "--format", "json"];
+    all.extend_from_slice(&args);
+    let output = hal_probe(&all);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "the Kubernetes 1.36 scheduler reads it for its counters only and ignores its devices"
+        ),
+        "{stderr}"
+    );
+    let unknown = hal_probe(&[
+        "explain",
+        "--kubernetes-version",
+        "1.30",
+        "--fixture",
+        "i915",
+        path,
+    ]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8(unknown.stderr)
+            .unwrap()
+            .contains("explain knows 1.34, 1.35, 1.36")
+    );
+}

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use k8s_openapi::api::resource::v1::{DeviceClass, DeviceTaint, DeviceToleration, ResourceSlice};
 use kube_cel::cel::{Program, Value};
 
-use crate::cel::{Cel, Verdict, domain_literals};
+use crate::cel::{Cel, CompileError, Verdict, domain_literals};
 use crate::claim::{Alternative, Claim, Mode};
 use crate::input::ClaimInput;
 use crate::model::{Pools, qualify};
@@ -230,10 +230,13 @@ impl Allocator {
                     match self.cel.compile(&selector.expression) {
                         Ok(program) => programs.push(program),
                         Err(e) => {
-                            outcome.explanation.push(format!(
-                                "{}: CEL syntax error in {:?}: {e}",
-                                selector.origin, selector.expression
-                            ));
+                            outcome.explanation.push(match e {
+                                CompileError::Syntax(e) => format!(
+                                    "{}: CEL syntax error in {:?}: {e}",
+                                    selector.origin, selector.expression
+                                ),
+                                e => format!("{} {:?}: {e}", selector.origin, selector.expression),
+                            });
                             return outcome;
                         }
                     }

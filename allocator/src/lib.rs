@@ -49,6 +49,7 @@
 
 mod cel;
 mod claim;
+mod cost;
 mod explain;
 mod input;
 mod model;

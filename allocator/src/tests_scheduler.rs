@@ -490,3 +490,27 @@ fn counter_layouts_are_read_as_the_version_asked_for_reads_them() {
         "{warnings:?}"
     );
 }
+
+// Issue 25 item 19. The API server refuses a selector whose estimated cost exceeds
+// CELSelectorExpressionMaxCost ("too complex, exceeds cost limit", pkg/apis/resource/validation),
+// so no scheduler ever runs it; explain answers at once instead of evaluating 10^8 steps per device.
+#[test]
+fn a_selector_over_the_cost_limit_is_refused_as_the_api_server_does() {
+    let ten = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]";
+    let mut expression = "true".to_owned();
+    for v in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        expression = format!("{ten}.all({v}, {expression})");
+    }
+    let selector = format!("        selectors: [{{cel: {{expression: '{expression}'}}}}]\n");
+    let outcome = run(
+        NICS,
+        "",
+        &format!("    requests:\n{}", exactly("nic", &selector)),
+    );
+    let text = error(&outcome);
+    assert!(
+        text.starts_with("request nic selector #1 \"[1, 2,")
+            && text.contains("Forbidden: too complex, exceeds cost limit"),
+        "{text}"
+    );
+}

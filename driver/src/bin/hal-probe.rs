@@ -97,7 +97,7 @@ enum Command {
         Without --fixture, --sysfs-root or --slices: this machine's slices. With only --slices: just those.\n\
         This driver's DeviceClasses (deployments/deviceclasses) are built in. Each claim is explained\n\
         on its own, against the devices that --allocated claims hold.\n\
-        Exit status: 0 when every claim fits, 3 when one does not or is invalid, 1 on bad input, 2 on bad usage.")]
+        Exit status: 0 when every claim fits, 3 when one does not or the scheduler would fail it with an error, 1 on bad input, 2 on bad usage.")]
     Explain(ExplainArgs),
 }
 

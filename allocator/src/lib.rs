@@ -52,6 +52,7 @@ mod claim;
 mod cost;
 mod explain;
 mod input;
+mod matching;
 mod model;
 mod quantity;
 mod render;
@@ -60,6 +61,7 @@ pub mod synthetic;
 mod version;
 mod why;
 
+pub use cel::{CompileError, CompileErrorKind};
 pub use explain::{Allocated, Allocator, DEFAULT_STEP_LIMIT, Outcome, Status};
 pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
 pub use model::{AttrValue, Pools};

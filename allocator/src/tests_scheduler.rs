@@ -388,6 +388,12 @@ fn an_over_committed_counter_set_blocks_every_counter_device_of_its_pool() {
     // gpu-0 over-committed: gpu-1-small is refused too, only `plain` is left.
     let blocked = run(COUNTERS, held, &two);
     assert_eq!(blocked.status, Status::Unsatisfiable, "{blocked:#?}");
+    // And it says why.
+    let why = blocked.explanation.join("\n");
+    assert!(
+        why.contains("1 device: consumes counters of a pool whose counter set existing allocations over-commit"),
+        "{why}"
+    );
     let one = run(
         COUNTERS,
         held,

@@ -213,9 +213,8 @@ fn too_deep(text: &str) -> Option<usize> {
             _ if comment => {}
             (Some(b'"'), b'\\') => {
                 // An escape in a double-quoted scalar: skip the escaped byte (a newline counts).
-                if bytes.next() == Some(b'\n') {
-                    line += 1;
-                }
+                let escaped = bytes.next();
+                line += usize::from(escaped == Some(b'\n'));
             }
             (Some(q), b) if b == q => quote = None,
             (Some(_), _) => {}

@@ -270,7 +270,9 @@ impl<'a> Search<'a> {
                 // there (`allocateDevice` with must: "cannot add device ...").
                 if self.constraint_failed && !self.stopped() {
                     let device = self.pools.devices.get(fit.device).map(|d| d.id());
-                    let request = self.alternative_name(r, a);
+                    // The scheduler names a sub-request by its own name only.
+                    let name = self.alternative_name(r, a);
+                    let request = name.rsplit('/').next().unwrap_or_default().to_owned();
                     self.error = Some(format!(
                         "claim {}, request {request}: cannot add device {} because a claim constraint would not be satisfied",
                         self.claim_name,

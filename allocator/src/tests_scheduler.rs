@@ -260,6 +260,16 @@ fn allocation_mode_all_under_a_constraint_it_cannot_meet_is_an_error() {
         error(&all),
         "claim n/c, request nic: cannot add device example.com/node-a/ib-1 because a claim constraint would not be satisfied"
     );
+    // A sub-request is named by its own name, as `deviceSubRequestAccessor.name` does.
+    let sub = run(
+        NICS,
+        "",
+        "    requests:\n    - name: nic\n      firstAvailable:\n      - {name: every, deviceClassName: example, allocationMode: All}\n    constraints:\n    - matchAttribute: example.com/numaNode\n",
+    );
+    assert!(
+        error(&sub).starts_with("claim n/c, request every: cannot add device"),
+        "{sub:#?}"
+    );
     let exact = run(
         NICS,
         "",

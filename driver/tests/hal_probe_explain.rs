@@ -558,3 +558,21 @@ fn the_kubernetes_version_decides_the_counter_layout_and_is_stated() {
             .contains("explain knows 1.34, 1.35, 1.36")
     );
 }
+
+#[test]
+fn a_selector_on_an_attribute_ethernet_nics_lack_fails_the_claim_on_xeon() {
+    // xeon's Ethernet NICs come first and have no `rdmaDevice`: the scheduler's search reaches
+    // nic-0000-3b-00-0 and fails the claim with a CEL runtime error ("no such key").
+    let claims = temp_yaml(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: rdma-nic, namespace: default}\nspec:\n  devices:\n    requests:\n    - name: nic\n      exactly:\n        deviceClassName: nic.hal.dra.dev\n        selectors:\n        - cel: {expression: 'device.attributes[\"hal.dra.dev\"].rdmaDevice.startsWith(\"mlx5\")'}\n    - name: guarded\n      exactly:\n        deviceClassName: nic.hal.dra.dev\n        selectors:\n        - cel: {expression: 'has(device.attributes[\"hal.dra.dev\"].rdmaDevice)'}\n",
+    );
+    let (outcomes, code) = explain(&["--fixture", "xeon", claims.path().to_str().unwrap()]);
+    assert_eq!(code, Some(3));
+    assert_eq!(outcomes[0]["status"], "error");
+    let why = outcomes[0]["explanation"][0].as_str().unwrap();
+    assert!(
+        why.starts_with("claim default/rdma-nic: selector #0 on device hal.dra.dev/xeon/nic-0000-3b-00-0: CEL runtime error: no such key: rdmaDevice"),
+        "{why}"
+    );
+    assert!(why.contains("has()"), "{why}");
+}

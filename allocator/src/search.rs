@@ -272,7 +272,7 @@ impl<'a> Search<'a> {
                     let device = self.pools.devices.get(fit.device).map(|d| d.id());
                     // The scheduler names a sub-request by its own name only.
                     let name = self.alternative_name(r, a);
-                    let request = name.rsplit('/').next().unwrap_or_default().to_owned();
+                    let request = name.rsplit('/').next().unwrap_or_default();
                     self.error = Some(format!(
                         "claim {}, request {request}: cannot add device {} because a claim constraint would not be satisfied",
                         self.claim_name,
@@ -291,13 +291,13 @@ impl<'a> Search<'a> {
         false
     }
 
-    fn alternative_name(&self, r: usize, a: usize) -> String {
-        self.claim
+    fn alternative_name(&self, r: usize, a: usize) -> &'a str {
+        let claim: &'a Claim = self.claim;
+        claim
             .requests
             .get(r)
             .and_then(|q| q.alternatives.get(a))
-            .map(|alt| alt.name.clone())
-            .unwrap_or_default()
+            .map_or("", |alt| alt.name.as_str())
     }
 
     fn admin(&self, r: usize, a: usize) -> bool {
@@ -378,7 +378,7 @@ impl<'a> Search<'a> {
         for (c, constraint) in self.claim.constraints.iter().enumerate() {
             if self.skip_all_constraints
                 || self.skip_constraint == Some(c)
-                || !constraint.covers(&name)
+                || !constraint.covers(name)
             {
                 continue;
             }

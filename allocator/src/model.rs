@@ -404,10 +404,17 @@ impl Pools {
                 pools.insert(set.pool.clone());
             }
         }
+        // A shared device already in use is not counted again (`skipCounterCheck`), so it is not
+        // blocked.
         self.starved = self
             .devices
             .iter()
-            .map(|d| !d.consumes.is_empty() && pools.contains(&format!("{}/{}", d.driver, d.pool)))
+            .zip(&self.usage)
+            .map(|(d, usage)| {
+                !d.consumes.is_empty()
+                    && !(d.allow_multiple && usage.shares > 0)
+                    && pools.contains(&format!("{}/{}", d.driver, d.pool))
+            })
             .collect();
     }
 

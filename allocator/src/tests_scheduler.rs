@@ -381,6 +381,9 @@ spec:
   - name: gpu-1-small
     consumesCounters: [{counterSet: gpu-1, counters: {memory: {value: 4Gi}}}]
   - name: plain
+  - name: gpu-1-shared
+    allowMultipleAllocations: true
+    consumesCounters: [{counterSet: gpu-1, counters: {memory: {value: 1Gi}}}]
 "#;
 
 // Rule 6. `checkAvailableCounters` compares every counter set of the device's pool: held
@@ -401,7 +404,7 @@ fn an_over_committed_counter_set_blocks_every_counter_device_of_its_pool() {
     // And it says why.
     let why = blocked.explanation.join("\n");
     assert!(
-        why.contains("1 device: consumes counters of a pool whose counter set existing allocations over-commit"),
+        why.contains("2 devices: consumes counters of a pool whose counter set existing allocations over-commit (the scheduler then gives no counter-consuming device of the pool): gpu-1-small, gpu-1-shared"),
         "{why}"
     );
     let one = run(
@@ -410,6 +413,17 @@ fn an_over_committed_counter_set_blocks_every_counter_device_of_its_pool() {
         &format!("    requests:\n{}", exactly("r", "")),
     );
     assert_eq!(devices(&one), ["r=plain"]);
+    // A shared device already shared is not counted again (`skipCounterCheck`): still allocatable.
+    let shared = format!(
+        "{held}      - {{request: y, driver: example.com, pool: node-a, device: gpu-1-shared, shareID: 6a1f0b5e-0000-4000-8000-000000000002}}\n"
+    );
+    let two_free = format!("    requests:\n{}", exactly("r", "        count: 2\n"));
+    assert_eq!(
+        devices(&run(COUNTERS, &shared, &two_free)),
+        ["r=plain", "r=gpu-1-shared"]
+    );
+    let fresh = run(COUNTERS, held, &two_free);
+    assert_eq!(fresh.status, Status::Unsatisfiable, "{fresh:#?}");
 }
 
 // `GatherPools` marks a pool with fewer slices than `resourceSliceCount` incomplete: `allocateOne`

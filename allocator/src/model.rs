@@ -411,9 +411,8 @@ impl Pools {
             .iter()
             .zip(&self.usage)
             .map(|(d, usage)| {
-                !d.consumes.is_empty()
-                    && !(d.allow_multiple && usage.shares > 0)
-                    && pools.contains(&format!("{}/{}", d.driver, d.pool))
+                let counted = !d.consumes.is_empty() && (!d.allow_multiple || usage.shares == 0);
+                counted && pools.contains(&format!("{}/{}", d.driver, d.pool))
             })
             .collect();
     }

@@ -93,6 +93,7 @@ pub(crate) enum Rejection {
     Capacity(String),
     InUse(String),
     IncompletePool,
+    InvalidPool,
     OverCommitted,
 }
 
@@ -104,6 +105,7 @@ impl std::fmt::Display for Rejection {
             Rejection::Capacity(c) => write!(f, "{c}"),
             Rejection::InUse(by) => write!(f, "in use by {by}"),
             Rejection::IncompletePool => write!(f, "its pool is being updated (slices missing)"),
+            Rejection::InvalidPool => write!(f, "its pool is invalid (see the notes)"),
             Rejection::OverCommitted => write!(
                 f,
                 "consumes counters of a pool whose counter set existing allocations over-commit (the scheduler then gives no counter-consuming device of the pool)"
@@ -305,6 +307,18 @@ impl Allocator {
             outcome.explanation.push(error);
             return outcome;
         }
+        // No allocation and an invalid pool: the scheduler fails with an error rather than
+        // "unsatisfiable" (`Allocate`: "invalid resource pools were encountered").
+        let invalid = self.pools.devices.iter().any(|d| d.invalid_pool);
+        if !found && invalid && !search.gave_up {
+            outcome
+                .explanation
+                .push("invalid resource pools were encountered".into());
+            outcome
+                .explanation
+                .extend(self.why_not(&claim, &matchings, &fits));
+            return outcome;
+        }
         if !found {
             outcome.status = Status::Unsatisfiable;
             outcome.explanation = match search.gave_up {
@@ -374,13 +388,15 @@ impl Allocator {
             .filter_map(|f| f.error.as_ref().map(|e| (f.device, e)))
             .collect();
         self.pools.devices.iter().enumerate().find_map(|(d, device)| {
-            if device.incomplete_pool {
-                return Some(format!(
-                    "claim {claim_name}, request {}: asks for all devices, but resource pool {}/{} is currently being updated",
-                    alternative.name, device.driver, device.pool
-                ));
-            }
-            errors.get(&d).map(|e| (*e).clone())
+            let state = match (device.incomplete_pool, device.invalid_pool) {
+                (true, _) => "being updated",
+                (_, true) => "invalid",
+                _ => return errors.get(&d).map(|e| (*e).clone()),
+            };
+            Some(format!(
+                "claim {claim_name}, request {}: asks for all devices, but resource pool {}/{} is currently {state}",
+                alternative.name, device.driver, device.pool
+            ))
         })
     }
 }

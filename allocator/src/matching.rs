@@ -41,6 +41,10 @@ impl Allocator {
                 matching.rejected.push((d, Rejection::IncompletePool));
                 continue;
             }
+            if device.invalid_pool {
+                matching.rejected.push((d, Rejection::InvalidPool));
+                continue;
+            }
             for (selector, program) in alternative.selectors.iter().zip(programs) {
                 let verdict =
                     verdicts.get(&selector.expression, d, || self.cel.eval(program, value));

@@ -106,6 +106,9 @@ pub struct Candidate {
     pub taints: Vec<DeviceTaint>,
     /// Set when the pool is being updated (not all slices of its newest generation are here).
     pub incomplete_pool: bool,
+    /// Set when the pool is invalid (duplicate device names, counters it does not have): the
+    /// scheduler allocates nothing from it.
+    pub invalid_pool: bool,
 }
 
 impl Candidate {
@@ -121,6 +124,7 @@ impl Candidate {
             consumes: Vec::new(),
             taints: Vec::new(),
             incomplete_pool: false,
+            invalid_pool: false,
         }
     }
 
@@ -277,10 +281,17 @@ impl Pools {
             let beside = version.counters_beside_devices();
             let scope = |i: usize| beside.then_some(i);
             let mut sets: BTreeMap<(Option<usize>, String), usize> = BTreeMap::new();
+            // Why the scheduler sets the pool aside (`buildPool`: the first problem found).
+            let mut invalid: Option<String> = None;
+            let first = pools.devices.len();
             for (i, slice) in slices.iter().enumerate() {
                 for set in slice.spec.shared_counters.iter().flatten() {
                     let counters = counters(&set.counters, &mut pools.warnings);
-                    sets.insert((scope(i), set.name.clone()), pools.counter_sets.len());
+                    let key = (scope(i), set.name.clone());
+                    if sets.contains_key(&key) {
+                        invalid.get_or_insert(format!("duplicate counter set name {}", set.name));
+                    }
+                    sets.insert(key, pools.counter_sets.len());
                     pools.counter_sets.push(CounterSet {
                         id: format!("{driver}/{pool}/{}", set.name),
                         pool: format!("{driver}/{pool}"),
@@ -358,17 +369,47 @@ impl Pools {
                                 false => " in its pool",
                             };
                             pools.warnings.push(format!(
-                                "device {}: consumes counters of set {:?}, which is not{hint}: it cannot be allocated",
+                                "device {}: consumes counters of set {:?}, which is not{hint}",
                                 candidate.id(),
+                                consumption.counter_set
+                            ));
+                            invalid.get_or_insert(format!(
+                                "counter set {} not found",
                                 consumption.counter_set
                             ));
                             candidate.consumes.push((usize::MAX, BTreeMap::new()));
                             continue;
                         };
                         let counters = counters(&consumption.counters, &mut pools.warnings);
+                        if let Some(missing) = pools.counter_sets.get(*set).and_then(|s| {
+                            counters.keys().find(|name| !s.counters.contains_key(*name))
+                        }) {
+                            invalid.get_or_insert(format!(
+                                "counter {missing} not found in counter set {}",
+                                consumption.counter_set
+                            ));
+                        }
                         candidate.consumes.push((*set, counters));
                     }
                     pools.devices.push(candidate);
+                }
+            }
+            let mut names = BTreeSet::new();
+            if let Some(duplicate) = pools
+                .devices
+                .get(first..)
+                .unwrap_or_default()
+                .iter()
+                .find(|d| !names.insert(d.name.as_str()))
+            {
+                invalid = Some(format!("duplicate device name {}", duplicate.name));
+            }
+            if let Some(reason) = invalid {
+                pools.warnings.push(format!(
+                    "pool {driver}/{pool} is invalid ({reason}): as in the scheduler, none of its devices is allocated"
+                ));
+                for device in pools.devices.get_mut(first..).unwrap_or_default() {
+                    device.invalid_pool = true;
                 }
             }
         }

@@ -511,7 +511,12 @@ fn counter_layouts_are_read_as_the_version_asked_for_reads_them() {
         assert_eq!(devices(&new_on_new), ["r=part-a"]);
     }
     let (new_on_old, warnings) = versioned(V1_34, &partitions(false));
-    assert_eq!(new_on_old.status, Status::Unsatisfiable, "{new_on_old:#?}");
+    // The partitions' set is not in their slice: 1.34 finds no such set, so the pool is invalid.
+    assert_eq!(new_on_old.status, Status::Error, "{new_on_old:#?}");
+    assert_eq!(
+        new_on_old.explanation[0],
+        "invalid resource pools were encountered"
+    );
     assert!(
         warnings
             .iter()
@@ -542,5 +547,55 @@ fn a_selector_over_the_cost_limit_is_refused_as_the_api_server_does() {
         text.starts_with("request nic selector #1 \"[1, 2,")
             && text.contains("Forbidden: too complex, exceeds cost limit"),
         "{text}"
+    );
+}
+
+// `buildPool` sets a pool aside as invalid (duplicate device names, a consumed counter set or
+// counter the pool does not have): `allocateOne` skips it, allocationMode All fails on it ("is
+// currently invalid"), and `Allocate` turns "no allocation" into the error "invalid resource pools
+// were encountered".
+#[test]
+fn an_invalid_pool_gives_nothing_and_turns_no_allocation_into_an_error() {
+    let duplicate = NICS.replace("- name: ib-1", "- name: ib-0");
+    let other = "---\napiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {name: other}\nspec:\n  driver: example.com\n  nodeName: node-a\n  pool: {name: other, generation: 1, resourceSliceCount: 1}\n  devices:\n  - name: spare\n";
+    let text = format!("{duplicate}{other}");
+    // The valid pool still serves.
+    let one = run(&text, "", &format!("    requests:\n{}", exactly("r", "")));
+    assert_eq!(devices(&one), ["r=spare"]);
+    let two = run(
+        &text,
+        "",
+        &format!("    requests:\n{}", exactly("r", "        count: 2\n")),
+    );
+    let why = error(&two);
+    assert!(
+        why.starts_with("invalid resource pools were encountered\n"),
+        "{why}"
+    );
+    assert!(why.contains("3 devices: its pool is invalid"), "{why}");
+    let all = run(
+        &text,
+        "",
+        &format!(
+            "    requests:\n{}",
+            exactly("r", "        allocationMode: All\n")
+        ),
+    );
+    assert_eq!(
+        error(&all),
+        "claim n/c, request r: asks for all devices, but resource pool example.com/node-a is currently invalid"
+    );
+    // A counter the set does not have.
+    let counters = COUNTERS.replace(
+        "counters: {memory: {value: 4Gi}}}]\n  - name: plain",
+        "counters: {cores: {value: 4}}}]\n  - name: plain",
+    );
+    let (outcome, warnings) = versioned(crate::KubernetesVersion::V1_36, &counters);
+    assert_eq!(outcome.status, Status::Error, "{outcome:#?}");
+    assert!(
+        warnings.iter().any(|w| w.contains(
+            "pool example.com/node-a is invalid (counter cores not found in counter set gpu-1)"
+        )),
+        "{warnings:?}"
     );
 }

@@ -492,7 +492,9 @@ impl Pools {
                 else {
                     continue;
                 };
-                if device.allow_multiple {
+                // A result with a share ID is one share of the device; one without holds the whole
+                // device, as the scheduler's allocated state counts them (admin access: nothing).
+                if result.share_id.is_some() {
                     for (name, q) in result.consumed_capacity.iter().flatten() {
                         let amount = Quantity::parse(&q.0).unwrap_or_default();
                         let entry = usage

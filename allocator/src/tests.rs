@@ -91,7 +91,7 @@ status:
     devices:
       results:
       - {request: nic, driver: example.com, pool: node-a, device: nic-1}
-      - {request: acc, driver: example.com, pool: node-a, device: shared, consumedCapacity: {memory: 8Gi}}
+      - {request: acc, driver: example.com, pool: node-a, device: shared, shareID: 0b6f4c2e-8a51-4d3c-9f0e-1c2d3e4f5a6b, consumedCapacity: {memory: 8Gi}}
 "#;
 
 fn allocator() -> Allocator {
@@ -493,7 +493,7 @@ spec: {}
 "#;
     let held = |name: &str| {
         format!(
-            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}}}\nspec: {{}}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {{request: r, driver: example.com, pool: n, device: shared}}\n---\n"
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}}}\nspec: {{}}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {{request: r, driver: example.com, pool: n, device: shared, shareID: 0b6f4c2e-8a51-4d3c-9f0e-00000000000{name}}}\n---\n"
         )
     };
     let mut objects = Objects::default();

@@ -340,6 +340,18 @@ fn admin_access_on_consumable_capacity_still_needs_the_capacity() {
         &format!("    requests:\n{}", exactly("r", admin)),
     );
     assert_eq!(partly.status, Status::Unsatisfiable, "{partly:#?}");
+    // A result without a share ID holds the whole device, even a shareable one (the scheduler's
+    // allocated state puts it among the allocated devices, not the shares).
+    let whole = held.replace("shareID: 6a1f0b5e-0000-4000-8000-000000000001, ", "");
+    let taken = run(
+        SHARED,
+        &whole,
+        &format!(
+            "    requests:\n{}",
+            exactly("r", "        capacity: {requests: {memory: 1Gi}}\n")
+        ),
+    );
+    assert_eq!(taken.status, Status::Unsatisfiable, "{taken:#?}");
     // An amount that is left fits.
     let some = format!("{admin}        capacity: {{requests: {{memory: 9Gi}}}}\n");
     assert_eq!(

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use kube_cel::KubeCelExt;
 use kube_cel::cel::{Context, ExecutionError, Program, Value};
 
+use crate::cost::{self, MAX_COST};
 use crate::model::{AttrValue, Candidate};
 
 /// What one selector said of one device.
@@ -24,12 +25,44 @@ pub enum Verdict {
     Error(String),
 }
 
+/// A selector the API server would not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// Not CEL.
+    #[error("CEL syntax error: {0}")]
+    Syntax(String),
+    /// Its worst-case cost is over the API server's limit.
+    #[error(
+        "Forbidden: too complex, exceeds cost limit (estimated worst case {0} units, limit {MAX_COST}; the API server refuses it)"
+    )]
+    TooComplex(u64),
+}
+
+/// What kind of [`CompileError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileErrorKind {
+    /// [`CompileError::Syntax`].
+    Syntax,
+    /// [`CompileError::TooComplex`].
+    TooComplex,
+}
+
+impl CompileError {
+    /// Its kind.
+    pub fn kind(&self) -> CompileErrorKind {
+        match self {
+            CompileError::Syntax(_) => CompileErrorKind::Syntax,
+            CompileError::TooComplex(_) => CompileErrorKind::TooComplex,
+        }
+    }
+}
+
 /// Compiled selectors and the values devices are seen as.
 pub struct Cel {
     root: Context<'static>,
     to_quantity: Program,
     to_semver: Program,
-    programs: HashMap<String, Result<Rc<Program>, String>>,
+    programs: HashMap<String, Result<Rc<Program>, CompileError>>,
 }
 
 impl Cel {
@@ -44,14 +77,18 @@ impl Cel {
         })
     }
 
-    /// Compiles `expression` once; later calls return the same program (or the same error).
-    pub fn compile(&mut self, expression: &str) -> Result<Rc<Program>, String> {
+    /// Compiles `expression` once; later calls return the same program (or the same error). An
+    /// expression over the API server's cost limit is refused, as the API server refuses it.
+    pub fn compile(&mut self, expression: &str) -> Result<Rc<Program>, CompileError> {
         self.programs
             .entry(expression.to_owned())
             .or_insert_with(|| {
-                Program::compile(expression)
-                    .map(Rc::new)
-                    .map_err(|e| e.to_string())
+                let program = Program::compile(expression)
+                    .map_err(|e| CompileError::Syntax(e.to_string()))?;
+                match cost::estimate(program.expression()) {
+                    cost if cost > MAX_COST => Err(CompileError::TooComplex(cost)),
+                    _ => Ok(Rc::new(program)),
+                }
             })
             .clone()
     }
@@ -238,7 +275,32 @@ mod tests {
     #[test]
     fn syntax_errors_fail_to_compile() {
         let mut cel = Cel::new().unwrap();
-        assert!(cel.compile("device.attributes[").is_err());
+        let error = cel.compile("device.attributes[").unwrap_err();
+        assert_eq!(error.kind(), CompileErrorKind::Syntax);
+    }
+
+    #[test]
+    fn expressions_over_the_cost_limit_are_refused_before_running() {
+        // Issue 25 item 19: 8 nested `.all()` over 10-element lists ran for over 120 s.
+        let ten = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]";
+        let mut expression = "true".to_owned();
+        for v in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            expression = format!("{ten}.all({v}, {expression})");
+        }
+        let mut cel = Cel::new().unwrap();
+        let error = cel.compile(&expression).unwrap_err();
+        assert_eq!(error.kind(), CompileErrorKind::TooComplex);
+        assert!(
+            error
+                .to_string()
+                .starts_with("Forbidden: too complex, exceeds cost limit"),
+            "{error}"
+        );
+        // Two levels are fine.
+        assert!(
+            cel.compile(&format!("{ten}.all(a, {ten}.all(b, a + b > 0))"))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -22,10 +22,14 @@ pub enum Mode {
 /// One CEL selector and where it comes from.
 #[derive(Debug, Clone)]
 pub struct Selector {
-    /// `class gpu.example.com #1` or `request #2`.
+    /// `class gpu.example.com selector #1` or `request gpu selector #2` (1-based, for people).
     pub origin: String,
     /// The expression.
     pub expression: String,
+    /// The DeviceClass it comes from (None: the request's own).
+    pub class: Option<String>,
+    /// 0-based position among the class's or the request's selectors, as the scheduler counts.
+    pub index: usize,
 }
 
 /// One way to satisfy a request.
@@ -54,6 +58,8 @@ pub struct Request {
     pub name: String,
     /// Tried in order; `exactly` has one.
     pub alternatives: Vec<Alternative>,
+    /// Written as `firstAvailable` (even with a single entry).
+    pub first_available: bool,
 }
 
 /// What a constraint demands of the devices of its requests.
@@ -164,6 +170,7 @@ impl Claim {
             requests.push(Request {
                 name: name.clone(),
                 alternatives,
+                first_available: request.first_available.is_some(),
             });
         }
         if requests.is_empty() {
@@ -238,6 +245,8 @@ fn alternative(
             all.push(Selector {
                 origin: format!("class {class_name} selector #{}", i + 1),
                 expression: cel.expression.clone(),
+                class: Some(class_name.to_owned()),
+                index: i,
             });
         }
     }
@@ -246,14 +255,20 @@ fn alternative(
             all.push(Selector {
                 origin: format!("request {name} selector #{}", i + 1),
                 expression: cel.expression.clone(),
+                class: None,
+                index: i,
             });
         }
     }
     let mode = match (mode.unwrap_or("ExactCount"), count) {
         ("ExactCount", None) => Mode::Exact(1),
-        ("ExactCount", Some(n)) if (1..=128).contains(&n) => Mode::Exact(n as usize),
+        // The API only asks for more than zero; a claim's limit of 32 devices is the scheduler's,
+        // checked against the whole claim (`Allocator::explain`).
+        ("ExactCount", Some(n)) if n >= 1 => Mode::Exact(usize::try_from(n).unwrap_or(usize::MAX)),
         ("ExactCount", Some(n)) => {
-            return Err(format!("request {name}: count {n} is not within 1..=128"));
+            return Err(format!(
+                "request {name}: count {n} must be greater than zero"
+            ));
         }
         ("All", None) => Mode::All,
         ("All", Some(_)) => {

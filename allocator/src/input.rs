@@ -12,6 +12,11 @@ use serde::de::DeserializeOwned;
 /// Files larger than this are refused (manifests are kilobytes; this bounds a mistaken read).
 pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing. The YAML
+/// parser's scanner takes time quadratic in the nesting before its own recursion limit (128)
+/// stops it: 100,000 brackets took over a minute.
+pub const MAX_NESTING: usize = 128;
+
 /// A claim to explain: a ResourceClaim, or the claim a ResourceClaimTemplate would stamp out.
 #[derive(Debug, Clone)]
 pub struct ClaimInput {
@@ -83,6 +88,14 @@ impl Objects {
 
     /// Adds the documents of `text` (YAML or JSON), reported as coming from `file`.
     pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), InputError> {
+        if let Some(line) = too_deep(text) {
+            return Err(InputError::Read {
+                file: file.to_owned(),
+                why: format!(
+                    "line {line}: brackets nested deeper than {MAX_NESTING} levels (refused before parsing)"
+                ),
+            });
+        }
         let mut index = 0;
         for document in serde_yaml::Deserializer::from_str(text) {
             let value: serde_json::Value =
@@ -99,7 +112,11 @@ impl Objects {
                     .cloned()
                     .unwrap_or_default(),
                 _ if value.is_null() => Vec::new(),
-                _ => vec![value],
+                // A bare array of objects: what `hal-probe slices --format json` prints.
+                _ => match value {
+                    serde_json::Value::Array(items) => items,
+                    value => vec![value],
+                },
             };
             for item in items {
                 index += 1;
@@ -174,6 +191,58 @@ impl Objects {
     }
 }
 
+/// The line where flow collections (`[`, `{`) first nest deeper than [`MAX_NESTING`], in one pass:
+/// quoted scalars and comments are skipped. Brackets inside plain scalars (`a[0]`) count too, so an
+/// unbalanced one can only make the count higher, never hide real nesting.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut previous = b'\n';
+    // The last byte other than a blank on this line: a quote opens a scalar only at a scalar's
+    // start (a quote inside a plain scalar, `it's`, is text).
+    let mut last = b'\n';
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        if byte == b'\n' {
+            line += 1;
+            comment = false;
+        }
+        match (quote, byte) {
+            _ if comment => {}
+            (Some(b'"'), b'\\') => {
+                // An escape in a double-quoted scalar: skip the escaped byte (a newline counts).
+                let escaped = bytes.next();
+                line += usize::from(escaped == Some(b'\n'));
+            }
+            (Some(q), b) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'')
+                if matches!(last, b'\n' | b':' | b'-' | b'?' | b'[' | b'{' | b',') =>
+            {
+                quote = Some(byte);
+            }
+            (None, b'#') if previous.is_ascii_whitespace() => comment = true,
+            (None, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(line);
+                }
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = byte;
+        if byte == b'\n' {
+            last = b'\n';
+        } else if byte != b' ' && byte != b'\t' {
+            last = byte;
+        }
+    }
+    None
+}
+
 /// Decodes with the path of the offending field in the error.
 fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
     serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
@@ -207,6 +276,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("claims.yaml: document 2 (ResourceClaim n/c): spec.devices.requests[0].exactly.count"), "{error}");
+    }
+
+    #[test]
+    fn a_json_array_of_objects_is_read_as_its_items() {
+        // `hal-probe slices --format json` prints the slices as one array.
+        let mut objects = Objects::default();
+        let text = r#"[
+          {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": "a"},
+           "spec": {"driver": "x.example.com", "nodeName": "n", "pool": {"name": "n", "generation": 1, "resourceSliceCount": 2},
+                    "devices": [{"name": "d0"}]}},
+          {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": "b"},
+           "spec": {"driver": "x.example.com", "nodeName": "n", "pool": {"name": "n", "generation": 1, "resourceSliceCount": 2},
+                    "devices": [{"name": "d1"}]}}
+        ]"#;
+        objects.add_text("slices.json", text).unwrap();
+        assert_eq!(objects.slices.len(), 2);
+        assert!(objects.skipped.is_empty(), "{:?}", objects.skipped);
+        let error = Objects::default()
+            .add_text(
+                "x.json",
+                r#"[{"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "spec": 1}]"#,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("x.json: document 1 (ResourceSlice <no name>): "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        // Issue 25 item 20: 100,000 nested flow sequences took the parser over a minute.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let error = Objects::default()
+            .add_text("deep.yaml", &deep)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "deep.yaml: line 1: brackets nested deeper than 128 levels (refused before parsing)"
+        );
+        let mapping = format!("a:\n  b: {}{}\n", "{x: ".repeat(200), "}".repeat(200));
+        assert!(
+            Objects::default()
+                .add_text("m.yaml", &mapping)
+                .unwrap_err()
+                .to_string()
+                .contains("line 2")
+        );
+        // Up to the limit is parsed as usual; brackets in quotes and comments do not count.
+        let fine = format!(
+            "# {}\nkind: \"{}\"\nx: '{}'\ny: {}{}\n",
+            "[".repeat(300),
+            "[".repeat(300),
+            "{".repeat(300),
+            "[".repeat(MAX_NESTING),
+            "]".repeat(MAX_NESTING)
+        );
+        assert_eq!(too_deep(&fine), None);
+        // A quote inside a plain scalar opens nothing, so it cannot hide what follows.
+        let hidden = format!("a: it's\nb: {}", "[".repeat(200));
+        assert_eq!(too_deep(&hidden), Some(2));
     }
 
     #[test]

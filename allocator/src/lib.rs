@@ -1,4 +1,5 @@
-//! Kubernetes structured allocation (resource.k8s.io/v1, as the 1.34 scheduler does it) on one node's
+//! Kubernetes structured allocation (resource.k8s.io/v1, as the scheduler of Kubernetes 1.34, 1.35
+//! or 1.36 does it, by default the newest) on one node's
 //! ResourceSlices: which devices a ResourceClaim would get, and for a claim that fits nowhere, the
 //! smallest reason (the request without candidates and what eliminated each device, or the constraint
 //! that cannot be met).
@@ -48,21 +49,29 @@
 
 mod cel;
 mod claim;
+mod cost;
 mod explain;
 mod input;
+mod matching;
 mod model;
 mod quantity;
 mod render;
 mod search;
 pub mod synthetic;
+mod version;
 mod why;
 
+pub use cel::{CompileError, CompileErrorKind};
 pub use explain::{Allocated, Allocator, DEFAULT_STEP_LIMIT, Outcome, Status};
 pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
 pub use model::{AttrValue, Pools};
 pub use quantity::{Quantity, QuantityError};
 pub use render::render_table;
+pub use version::KubernetesVersion;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_scheduler;

@@ -7,6 +7,7 @@ use k8s_openapi::api::resource::v1::{DeviceAttribute, DeviceTaint, ResourceSlice
 
 use crate::input::ClaimInput;
 use crate::quantity::Quantity;
+use crate::version::KubernetesVersion;
 
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -40,6 +41,9 @@ pub struct Capacity {
     pub value: Quantity,
     /// The total as published (for CEL and the report).
     pub text: String,
+    /// The name as the slice spells it (`memory` or `example.com/memory`): allocation results
+    /// report consumed capacity under it.
+    pub published_name: String,
     /// `requestPolicy.default`.
     pub default: Option<Quantity>,
     /// `requestPolicy.validValues`, ascending.
@@ -54,6 +58,7 @@ impl Capacity {
         Capacity {
             value,
             text: text.to_owned(),
+            published_name: String::new(),
             default: None,
             valid_values: Vec::new(),
             valid_range: None,
@@ -101,6 +106,9 @@ pub struct Candidate {
     pub taints: Vec<DeviceTaint>,
     /// Set when the pool is being updated (not all slices of its newest generation are here).
     pub incomplete_pool: bool,
+    /// Set when the pool is invalid (duplicate device names, counters it does not have): the
+    /// scheduler allocates nothing from it.
+    pub invalid_pool: bool,
 }
 
 impl Candidate {
@@ -116,6 +124,7 @@ impl Candidate {
             consumes: Vec::new(),
             taints: Vec::new(),
             incomplete_pool: false,
+            invalid_pool: false,
         }
     }
 
@@ -148,6 +157,8 @@ impl Candidate {
 pub struct CounterSet {
     /// `driver/pool/name`.
     pub id: String,
+    /// `driver/pool`.
+    pub pool: String,
     /// Its counters.
     pub counters: BTreeMap<String, Quantity>,
 }
@@ -166,7 +177,8 @@ pub struct Usage {
 /// Every device of the slices, and what is in use.
 #[derive(Debug, Clone, Default)]
 pub struct Pools {
-    /// The devices, pools sorted by driver then name, devices in slice order.
+    /// The devices: pools sorted by driver then name, slices of a pool by name, devices in slice
+    /// order.
     pub devices: Vec<Candidate>,
     /// Counter sets.
     pub counter_sets: Vec<CounterSet>,
@@ -174,6 +186,9 @@ pub struct Pools {
     pub usage: Vec<Usage>,
     /// Per counter set, what existing claims consume.
     pub counters_used: Vec<BTreeMap<String, Quantity>>,
+    /// Per device: it consumes counters of a pool where what existing claims hold already
+    /// exceeds some counter set, so the scheduler gives it to nobody.
+    pub starved: Vec<bool>,
     /// Things a user should know (older generations dropped, incomplete pools, unknown devices).
     pub warnings: Vec<String>,
 }
@@ -221,7 +236,13 @@ fn attribute(value: &DeviceAttribute) -> Option<AttrValue> {
 
 impl Pools {
     /// The pools of `slices` on `node` (None: every slice), with the allocations of `allocated`.
-    pub fn new(slices: &[ResourceSlice], node: Option<&str>, allocated: &[ClaimInput]) -> Pools {
+    /// The slices are read as the scheduler of `version` reads them (where counter sets live).
+    pub fn new(
+        slices: &[ResourceSlice],
+        node: Option<&str>,
+        allocated: &[ClaimInput],
+        version: KubernetesVersion,
+    ) -> Pools {
         let mut pools = Pools::default();
         // (driver, pool) -> slices of the newest generation
         let mut grouped: BTreeMap<(String, String), Vec<&ResourceSlice>> = BTreeMap::new();
@@ -241,30 +262,60 @@ impl Pools {
             }
             entry.push(slice);
         }
-        for ((driver, pool), slices) in grouped {
+        for ((driver, pool), mut slices) in grouped {
+            // The scheduler takes a pool's slices in name order (`buildPool`: sortSlicesByName),
+            // whatever order they were listed in.
+            slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             let expected = slices
                 .first()
                 .map_or(0, |s| s.spec.pool.resource_slice_count);
             let incomplete = (slices.len() as i64) < expected;
             if incomplete {
                 pools.warnings.push(format!(
-                    "pool {driver}/{pool}: {} of {expected} slices present (being updated?): its devices are shown but the scheduler waits for the pool",
+                    "pool {driver}/{pool}: {} of {expected} slices present (being updated?): as in the scheduler, none of its devices is allocated until the pool is complete",
                     slices.len()
                 ));
             }
-            let mut sets: BTreeMap<String, usize> = BTreeMap::new();
-            for slice in &slices {
+            // Counter sets by (slice, name): in 1.34 a device sees its own slice's sets only; from
+            // 1.35 on, every set of the pool (the slice is None).
+            let beside = version.counters_beside_devices();
+            let scope = |i: usize| beside.then_some(i);
+            let mut sets: BTreeMap<(Option<usize>, String), usize> = BTreeMap::new();
+            // Why the scheduler sets the pool aside (`buildPool`: the first problem found).
+            let mut invalid: Option<String> = None;
+            let first = pools.devices.len();
+            for (i, slice) in slices.iter().enumerate() {
                 for set in slice.spec.shared_counters.iter().flatten() {
                     let counters = counters(&set.counters, &mut pools.warnings);
-                    sets.insert(set.name.clone(), pools.counter_sets.len());
+                    let key = (scope(i), set.name.clone());
+                    if sets.contains_key(&key) {
+                        invalid.get_or_insert(format!("duplicate counter set name {}", set.name));
+                    }
+                    sets.insert(key, pools.counter_sets.len());
                     pools.counter_sets.push(CounterSet {
                         id: format!("{driver}/{pool}/{}", set.name),
+                        pool: format!("{driver}/{pool}"),
                         counters,
                     });
                 }
             }
-            for slice in &slices {
-                for device in slice.spec.devices.iter().flatten() {
+            for (i, slice) in slices.iter().enumerate() {
+                let devices = slice.spec.devices.as_deref().unwrap_or_default();
+                let has_counters = slice
+                    .spec
+                    .shared_counters
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty());
+                if !beside && has_counters && !devices.is_empty() {
+                    // `buildPool` (1.36): a slice with shared counters is a counter slice.
+                    pools.warnings.push(format!(
+                        "slice {}: carries shared counters and {} devices, the Kubernetes 1.34 layout: the Kubernetes {version} scheduler reads it for its counters only and ignores its devices (publish counters in a slice of their own, --counter-layout own-slice, or explain with --kubernetes-version 1.34)",
+                        slice.metadata.name.as_deref().unwrap_or("<no name>"),
+                        devices.len()
+                    ));
+                    continue;
+                }
+                for device in devices {
                     let mut candidate = Candidate::bare(&driver, &pool, &device.name);
                     candidate.incomplete_pool = incomplete;
                     candidate.allow_multiple = device.allow_multiple_allocations.unwrap_or(false);
@@ -284,6 +335,7 @@ impl Pools {
                             continue;
                         };
                         let mut capacity = Capacity::plain(value, &cap.value.0);
+                        capacity.published_name.clone_from(name);
                         if let Some(policy) = &cap.request_policy {
                             let parse =
                                 |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
@@ -308,26 +360,102 @@ impl Pools {
                         candidate.capacity.insert(qualify(&driver, name), capacity);
                     }
                     for consumption in device.consumes_counters.iter().flatten() {
-                        let Some(set) = sets.get(&consumption.counter_set) else {
+                        let key = (scope(i), consumption.counter_set.clone());
+                        let Some(set) = sets.get(&key) else {
+                            let hint = match beside {
+                                true => {
+                                    " in its slice (Kubernetes 1.34 looks nowhere else; explain with --kubernetes-version 1.35 or later for counters in slices of their own)"
+                                }
+                                false => " in its pool",
+                            };
                             pools.warnings.push(format!(
-                                "device {}: consumes counters of unknown set {:?}: it cannot be allocated",
+                                "device {}: consumes counters of set {:?}, which is not{hint}",
                                 candidate.id(),
+                                consumption.counter_set
+                            ));
+                            invalid.get_or_insert(format!(
+                                "counter set {} not found",
                                 consumption.counter_set
                             ));
                             candidate.consumes.push((usize::MAX, BTreeMap::new()));
                             continue;
                         };
                         let counters = counters(&consumption.counters, &mut pools.warnings);
+                        if let Some(missing) = pools.counter_sets.get(*set).and_then(|s| {
+                            counters.keys().find(|name| !s.counters.contains_key(*name))
+                        }) {
+                            invalid.get_or_insert(format!(
+                                "counter {missing} not found in counter set {}",
+                                consumption.counter_set
+                            ));
+                        }
                         candidate.consumes.push((*set, counters));
                     }
                     pools.devices.push(candidate);
+                }
+            }
+            let mut names = BTreeSet::new();
+            if let Some(duplicate) = pools
+                .devices
+                .get(first..)
+                .unwrap_or_default()
+                .iter()
+                .find(|d| !names.insert(d.name.as_str()))
+            {
+                invalid = Some(format!("duplicate device name {}", duplicate.name));
+            }
+            if let Some(reason) = invalid {
+                pools.warnings.push(format!(
+                    "pool {driver}/{pool} is invalid ({reason}): as in the scheduler, none of its devices is allocated"
+                ));
+                for device in pools.devices.get_mut(first..).unwrap_or_default() {
+                    device.invalid_pool = true;
                 }
             }
         }
         pools.usage = vec![Usage::default(); pools.devices.len()];
         pools.counters_used = vec![BTreeMap::new(); pools.counter_sets.len()];
         pools.add_allocations(allocated);
+        pools.find_overcommitted();
         pools
+    }
+
+    /// Counter sets whose held consumption exceeds them (an inconsistent state: a pool republished
+    /// with smaller counters, or claims allocated by something else). The scheduler's
+    /// `checkAvailableCounters` compares every set of the device's pool, so such a set blocks
+    /// every counter-consuming device of its pool, not only its own.
+    fn find_overcommitted(&mut self) {
+        let mut pools = BTreeSet::new();
+        for (set, used) in self.counter_sets.iter().zip(&self.counters_used) {
+            let over: Vec<String> = used
+                .iter()
+                .filter(|(name, q)| set.counters.get(*name).is_some_and(|have| *q > have))
+                .map(|(name, q)| {
+                    let have = set.counters.get(name).copied().unwrap_or_default();
+                    format!("{name} {q} of {have}")
+                })
+                .collect();
+            if !over.is_empty() {
+                self.warnings.push(format!(
+                    "counter set {} is over-committed by existing allocations ({}): as in the scheduler, no device of pool {} that consumes counters can be allocated",
+                    set.id,
+                    over.join(", "),
+                    set.pool
+                ));
+                pools.insert(set.pool.clone());
+            }
+        }
+        // A shared device already in use is not counted again (`skipCounterCheck`), so it is not
+        // blocked.
+        self.starved = self
+            .devices
+            .iter()
+            .zip(&self.usage)
+            .map(|(d, usage)| {
+                let counted = !d.consumes.is_empty() && (!d.allow_multiple || usage.shares == 0);
+                counted && pools.contains(&format!("{}/{}", d.driver, d.pool))
+            })
+            .collect();
     }
 
     fn add_allocations(&mut self, allocated: &[ClaimInput]) {
@@ -364,7 +492,9 @@ impl Pools {
                 else {
                     continue;
                 };
-                if device.allow_multiple {
+                // A result with a share ID is one share of the device; one without holds the whole
+                // device, as the scheduler's allocated state counts them (admin access: nothing).
+                if result.share_id.is_some() {
                     for (name, q) in result.consumed_capacity.iter().flatten() {
                         let amount = Quantity::parse(&q.0).unwrap_or_default();
                         let entry = usage

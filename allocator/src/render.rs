@@ -14,9 +14,13 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
         let verdict = match outcome.status {
             Status::Allocated => "fits",
             Status::Unsatisfiable => "does NOT fit",
-            Status::Error => "invalid",
+            Status::Error => "error (the scheduler fails it)",
         };
-        let _ = writeln!(out, "{}: {verdict}", outcome.claim);
+        let _ = writeln!(
+            out,
+            "{}: {verdict} (Kubernetes {} rules)",
+            outcome.claim, outcome.kubernetes_version
+        );
         if !outcome.devices.is_empty() {
             let header = [
                 "REQUEST",

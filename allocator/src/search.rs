@@ -20,7 +20,13 @@ pub struct Fit {
     /// Matches the selectors but cannot be given (in use, or an untolerated taint): listed only for
     /// `allocationMode: All`, which then fails, as in the scheduler.
     pub blocked: bool,
+    /// A selector failed on this device with a CEL runtime error (the scheduler's message): the
+    /// scheduler fails the whole claim when its search reaches the device while it is free.
+    pub error: Option<String>,
 }
+
+/// The most devices one claim may get (`AllocationResultsMaxSize` of resource.k8s.io/v1).
+pub const MAX_DEVICES_PER_CLAIM: usize = 32;
 
 /// One device chosen for one alternative.
 #[derive(Debug, Clone)]
@@ -34,7 +40,6 @@ pub struct Pick {
     /// Capacity consumed.
     pub consumes: BTreeMap<String, Quantity>,
     counted: bool,
-    admin: bool,
 }
 
 /// Per request and alternative, how many fits carry each value of one constraint's attribute.
@@ -51,8 +56,6 @@ pub struct Search<'a> {
     /// Leave out every constraint.
     pub skip_all_constraints: bool,
     times_picked: Vec<u32>,
-    /// Non-admin picks per device (counters are charged by the first).
-    charged: Vec<u32>,
     consumed: Vec<BTreeMap<String, Quantity>>,
     counters: Vec<BTreeMap<String, Quantity>>,
     matched: Vec<(Option<AttrValue>, usize)>,
@@ -64,6 +67,20 @@ pub struct Search<'a> {
     limit: u64,
     /// Set when the search stopped at the step limit.
     pub gave_up: bool,
+    /// Set when the search stopped as the scheduler does with an error (a CEL runtime error on a
+    /// device it reached, a device of `allocationMode: All` that breaks a constraint).
+    pub error: Option<String>,
+    /// `namespace/name` of the claim, for error messages as the scheduler words them.
+    pub claim_name: String,
+    /// No pruning that could skip a device the scheduler would reach: set when reaching a device
+    /// can end in an error (CEL runtime errors, `allocationMode: All` under a constraint).
+    strict: bool,
+    /// Set by [`Search::add`] when it refused a device only because of a constraint.
+    constraint_failed: bool,
+    /// Set while unwinding from a choice that would take the claim past 32 devices.
+    exceeded: bool,
+    /// `[request][alternative]`: some candidate fails with a CEL runtime error.
+    errors_in: Vec<Vec<bool>>,
     /// `[constraint][request][alternative]`: how many fits carry each value of a matchAttribute
     /// constraint's attribute (None where the constraint does not cover the alternative).
     match_counts: Vec<MatchCounts>,
@@ -79,7 +96,6 @@ impl<'a> Search<'a> {
             skip_constraint: None,
             skip_all_constraints: false,
             times_picked: vec![0; pools.devices.len()],
-            charged: vec![0; pools.devices.len()],
             consumed: vec![BTreeMap::new(); pools.devices.len()],
             counters: vec![BTreeMap::new(); pools.counter_sets.len()],
             matched: vec![(None, 0); claim.constraints.len()],
@@ -88,6 +104,29 @@ impl<'a> Search<'a> {
             steps: 0,
             limit,
             gave_up: false,
+            error: None,
+            claim_name: String::new(),
+            strict: fits
+                .iter()
+                .flatten()
+                .flatten()
+                .any(|fit| fit.error.is_some())
+                || claim
+                    .requests
+                    .iter()
+                    .flat_map(|r| &r.alternatives)
+                    .any(|a| a.mode == Mode::All),
+            constraint_failed: false,
+            exceeded: false,
+            errors_in: fits
+                .iter()
+                .map(|per_request| {
+                    per_request
+                        .iter()
+                        .map(|f| f.iter().any(|fit| fit.error.is_some()))
+                        .collect()
+                })
+                .collect(),
             match_counts: match_counts(claim, pools, fits),
         }
     }
@@ -96,6 +135,10 @@ impl<'a> Search<'a> {
     /// constraint must still have enough fits with that value. Without it a value no later request
     /// can match is only found out after trying every combination of the requests before.
     fn later_requests_can_match(&self, c: usize, r: usize, value: &AttrValue) -> bool {
+        // The scheduler has no such check: where it would go on to an error, so must we.
+        if self.strict {
+            return true;
+        }
         let Some(per_request) = self.match_counts.get(c) else {
             return true;
         };
@@ -127,32 +170,63 @@ impl<'a> Search<'a> {
             })
     }
 
-    /// Whether every request can be satisfied; the allocation is in [`Search::picks`].
+    /// Whether every request can be satisfied; the allocation is in [`Search::picks`]. False with
+    /// [`Search::error`] set when the scheduler would fail the claim with an error.
     pub fn run(&mut self) -> bool {
         self.request(0)
+    }
+
+    fn stopped(&self) -> bool {
+        self.gave_up || self.error.is_some() || self.exceeded
     }
 
     fn request(&mut self, r: usize) -> bool {
         let Some(request) = self.claim.requests.get(r) else {
             return true;
         };
+        let mut exceeded_every = true;
         for (a, alternative) in request.alternatives.iter().enumerate() {
             let fits = self
                 .fits
                 .get(r)
                 .and_then(|f| f.get(a))
                 .map_or(&[][..], Vec::as_slice);
-            let found = match alternative.mode {
-                Mode::Exact(n) => self.choose(r, a, fits, 0, n),
-                Mode::All => self.take_all(r, a, fits),
+            // The scheduler never goes past 32 devices: an alternative that would is not tried
+            // (`allocateOne`: errAllocationResultMaxSizeExceeded, then the next sub-request).
+            let wanted = match alternative.mode {
+                Mode::Exact(n) => n,
+                Mode::All => fits.len(),
+            };
+            // The count is known before any device is chosen, so the scheduler unwinds to the
+            // nearest firstAvailable request without trying other devices on the way.
+            let found = if self.picks.len().saturating_add(wanted) > MAX_DEVICES_PER_CLAIM {
+                self.exceeded = true;
+                false
+            } else {
+                match alternative.mode {
+                    Mode::Exact(n) => self.choose(r, a, fits, 0, n),
+                    Mode::All => self.take_all(r, a, fits),
+                }
             };
             if found {
                 return true;
             }
-            if self.gave_up {
+            if self.gave_up || self.error.is_some() {
                 return false;
             }
+            if self.exceeded {
+                if !request.first_available {
+                    return false;
+                }
+                // The next sub-request may need fewer devices.
+                self.exceeded = false;
+            } else {
+                exceeded_every = false;
+            }
         }
+        // Every sub-request went past the limit: so will any other choice of the requests before,
+        // up to the next firstAvailable request.
+        self.exceeded = exceeded_every;
         false
     }
 
@@ -160,8 +234,16 @@ impl<'a> Search<'a> {
         if left == 0 {
             return self.request(r + 1);
         }
+        // Too few devices left can only end in failure; but where a device ahead fails with a CEL
+        // error, the scheduler goes on to it, so this search does too.
+        let prune = !self
+            .errors_in
+            .get(r)
+            .and_then(|e| e.get(a))
+            .copied()
+            .unwrap_or(false);
         for i in from..fits.len() {
-            if fits.len() - i < left || self.gave_up {
+            if (prune && fits.len() - i < left) || self.stopped() {
                 break;
             }
             let Some(fit) = fits.get(i) else { break };
@@ -180,13 +262,42 @@ impl<'a> Search<'a> {
             return false;
         }
         let before = self.picks.len();
-        if fits.iter().all(|fit| self.add(r, a, fit)) && self.request(r + 1) {
+        let mut all = true;
+        for fit in fits {
+            if !self.add(r, a, fit) {
+                all = false;
+                // The scheduler must have every device; one that breaks a constraint is an error
+                // there (`allocateDevice` with must: "cannot add device ...").
+                if self.constraint_failed && !self.stopped() {
+                    let device = self.pools.devices.get(fit.device).map(|d| d.id());
+                    // The scheduler names a sub-request by its own name only.
+                    let name = self.alternative_name(r, a);
+                    let request = name.rsplit('/').next().unwrap_or_default();
+                    self.error = Some(format!(
+                        "claim {}, request {request}: cannot add device {} because a claim constraint would not be satisfied",
+                        self.claim_name,
+                        device.unwrap_or_default()
+                    ));
+                }
+                break;
+            }
+        }
+        if all && self.request(r + 1) {
             return true;
         }
         while self.picks.len() > before {
             self.undo();
         }
         false
+    }
+
+    fn alternative_name(&self, r: usize, a: usize) -> &'a str {
+        let claim: &'a Claim = self.claim;
+        claim
+            .requests
+            .get(r)
+            .and_then(|q| q.alternatives.get(a))
+            .map_or("", |alt| alt.name.as_str())
     }
 
     fn admin(&self, r: usize, a: usize) -> bool {
@@ -197,8 +308,22 @@ impl<'a> Search<'a> {
             .is_some_and(|alt| alt.admin_access)
     }
 
-    /// Tries `fit` for alternative `a` of request `r`; on success the state holds it.
+    /// Whether the scheduler sees device `d` as in use for alternative `a` of request `r` (checked
+    /// before anything else, selectors included: `allocateOne`).
+    fn in_use(&self, r: usize, a: usize, d: usize) -> bool {
+        let Some(device) = self.pools.devices.get(d) else {
+            return true;
+        };
+        let ours = !device.allow_multiple && self.times_picked.get(d).copied().unwrap_or(0) > 0;
+        let held = self.pools.usage.get(d).is_some_and(|u| u.held_by.is_some());
+        ours || (held && !self.admin(r, a))
+    }
+
+    /// Tries `fit` for alternative `a` of request `r`; on success the state holds it. The checks
+    /// come in the scheduler's order (`allocateDevice`): in use, counters, taints, constraints,
+    /// capacity.
     fn add(&mut self, r: usize, a: usize, fit: &Fit) -> bool {
+        self.constraint_failed = false;
         self.steps += 1;
         if self.steps > self.limit {
             self.gave_up = true;
@@ -209,34 +334,27 @@ impl<'a> Search<'a> {
         else {
             return false;
         };
+        if self.in_use(r, a, d) {
+            return false;
+        }
+        if let Some(error) = &fit.error {
+            self.error = Some(error.clone());
+            return false;
+        }
         if fit.blocked {
             return false;
         }
-        let admin = self.admin(r, a);
-        let picked = self.times_picked.get(d).copied().unwrap_or(0);
-        if picked > 0 && !device.allow_multiple {
-            return false;
-        }
-        if !admin {
-            if usage.held_by.is_some() {
+        // Counters are charged by every allocation of a device, admin access included, except
+        // that a shared device is charged by its first share only (`skipCounterCheck`).
+        let counts = !device.allow_multiple
+            || (usage.shares == 0 && self.times_picked.get(d).copied().unwrap_or(0) == 0);
+        if counts && !device.consumes.is_empty() {
+            // A counter set of the pool already over-committed by what is held (an inconsistent
+            // state) leaves no counters for any device of the pool (`checkAvailableCounters`
+            // compares every set of the pool).
+            if self.pools.starved.get(d).copied().unwrap_or(false) {
                 return false;
             }
-            let now = self.consumed.get(d);
-            for (name, amount) in &fit.consumes {
-                let total = device
-                    .capacity
-                    .get(name)
-                    .map_or(Quantity::ZERO, |c| c.value);
-                let used = usage.consumed.get(name).copied().unwrap_or_default();
-                let ours = now.and_then(|m| m.get(name)).copied().unwrap_or_default();
-                if used.plus(ours).plus(*amount) > total {
-                    return false;
-                }
-            }
-        }
-        // Counters are consumed once per device, by its first (non-admin) allocation.
-        let counts = !admin && self.charged.get(d).copied().unwrap_or(0) == 0 && usage.shares == 0;
-        if counts {
             for (set, wanted) in &device.consumes {
                 let (Some(total), Some(base), Some(ours)) = (
                     self.pools.counter_sets.get(*set),
@@ -255,15 +373,7 @@ impl<'a> Search<'a> {
                 }
             }
         }
-        let Some(name) = self
-            .claim
-            .requests
-            .get(r)
-            .and_then(|q| q.alternatives.get(a))
-            .map(|alt| alt.name.as_str())
-        else {
-            return false;
-        };
+        let name = self.alternative_name(r, a);
         let mut values = Vec::new();
         for (c, constraint) in self.claim.constraints.iter().enumerate() {
             if self.skip_all_constraints
@@ -275,6 +385,7 @@ impl<'a> Search<'a> {
             let (ConstraintKind::Match(attribute) | ConstraintKind::Distinct(attribute)) =
                 &constraint.kind;
             let Some(value) = device.attributes.get(attribute) else {
+                self.constraint_failed = true;
                 return false;
             };
             let ok = match &constraint.kind {
@@ -288,9 +399,23 @@ impl<'a> Search<'a> {
                 }
             };
             if !ok {
+                self.constraint_failed = true;
                 return false;
             }
             values.push((c, value.clone()));
+        }
+        // Capacity: what other claims' shares and this claim's earlier picks consumed.
+        let now = self.consumed.get(d);
+        for (name, amount) in &fit.consumes {
+            let total = device
+                .capacity
+                .get(name)
+                .map_or(Quantity::ZERO, |c| c.value);
+            let used = usage.consumed.get(name).copied().unwrap_or_default();
+            let ours = now.and_then(|m| m.get(name)).copied().unwrap_or_default();
+            if used.plus(ours).plus(*amount) > total {
+                return false;
+            }
         }
         // Commit.
         for (c, value) in values {
@@ -311,10 +436,7 @@ impl<'a> Search<'a> {
         if let Some(t) = self.times_picked.get_mut(d) {
             *t += 1;
         }
-        if !admin && let Some(c) = self.charged.get_mut(d) {
-            *c += 1;
-        }
-        if !admin && let Some(now) = self.consumed.get_mut(d) {
+        if let Some(now) = self.consumed.get_mut(d) {
             for (name, amount) in &fit.consumes {
                 let e = now.entry(name.clone()).or_default();
                 *e = e.plus(*amount);
@@ -334,13 +456,8 @@ impl<'a> Search<'a> {
             request: r,
             alternative: a,
             device: d,
-            consumes: if admin {
-                BTreeMap::new()
-            } else {
-                fit.consumes.clone()
-            },
+            consumes: fit.consumes.clone(),
             counted: counts,
-            admin,
         });
         true
     }
@@ -350,11 +467,6 @@ impl<'a> Search<'a> {
         let d = pick.device;
         if let Some(t) = self.times_picked.get_mut(d) {
             *t = t.saturating_sub(1);
-        }
-        if !pick.admin
-            && let Some(c) = self.charged.get_mut(d)
-        {
-            *c = c.saturating_sub(1);
         }
         if let Some(now) = self.consumed.get_mut(d) {
             for (name, amount) in &pick.consumes {

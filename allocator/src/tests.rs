@@ -7,14 +7,22 @@ use crate::{Allocator, Objects, Outcome, Status};
 const NODE: &str = r#"
 apiVersion: resource.k8s.io/v1
 kind: ResourceSlice
+metadata: {name: node-a-counters}
+spec:
+  driver: example.com
+  nodeName: node-a
+  pool: {name: node-a, generation: 2, resourceSliceCount: 2}
+  sharedCounters:
+  - name: gpu-2-counters
+    counters: {memory: {value: 40Gi}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
 metadata: {name: node-a-example}
 spec:
   driver: example.com
   nodeName: node-a
-  pool: {name: node-a, generation: 2, resourceSliceCount: 1}
-  sharedCounters:
-  - name: gpu-2-counters
-    counters: {memory: {value: 40Gi}}
+  pool: {name: node-a, generation: 2, resourceSliceCount: 2}
   devices:
   - name: gpu-0
     attributes: {type: {string: gpu}, numaNode: {int: 0}, resource.kubernetes.io/pcieRoot: {string: pci0000:00}}
@@ -83,7 +91,7 @@ status:
     devices:
       results:
       - {request: nic, driver: example.com, pool: node-a, device: nic-1}
-      - {request: acc, driver: example.com, pool: node-a, device: shared, consumedCapacity: {memory: 8Gi}}
+      - {request: acc, driver: example.com, pool: node-a, device: shared, shareID: 0b6f4c2e-8a51-4d3c-9f0e-1c2d3e4f5a6b, consumedCapacity: {memory: 8Gi}}
 "#;
 
 fn allocator() -> Allocator {
@@ -300,7 +308,7 @@ fn consumable_capacity_is_rounded_by_policy_and_limited_by_what_is_left() {
     assert_eq!(
         fits.devices[0]
             .consumed_capacity
-            .get("example.com/memory")
+            .get("memory")
             .map(String::as_str),
         Some("2Gi")
     );
@@ -485,7 +493,7 @@ spec: {}
 "#;
     let held = |name: &str| {
         format!(
-            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}}}\nspec: {{}}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {{request: r, driver: example.com, pool: n, device: shared}}\n---\n"
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}}}\nspec: {{}}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {{request: r, driver: example.com, pool: n, device: shared, shareID: 0b6f4c2e-8a51-4d3c-9f0e-00000000000{name}}}\n---\n"
         )
     };
     let mut objects = Objects::default();
@@ -500,7 +508,15 @@ spec: {}
             "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n    - name: r\n      exactly: {deviceClassName: example, count: 2}\n",
         )
         .unwrap();
-    let mut allocator = Allocator::new(&objects.slices, objects.classes, &allocated, None).unwrap();
+    // Counters beside their devices: the 1.34 layout.
+    let mut allocator = Allocator::for_version(
+        crate::KubernetesVersion::V1_34,
+        &objects.slices,
+        objects.classes,
+        &allocated,
+        None,
+    )
+    .unwrap();
     // 1 slot charged by `shared` (once), 1 left for `other`; `shared` may be shared again.
     assert_eq!(
         picked(&allocator.explain(&objects.claims[0])),

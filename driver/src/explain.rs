@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use allocator::{Allocator, Objects, Outcome};
+use allocator::{Allocator, KubernetesVersion, Objects, Outcome};
 use anyhow::{Context, bail};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 
@@ -28,7 +28,7 @@ pub fn builtin_classes(driver_name: &str) -> anyhow::Result<Vec<DeviceClass>> {
 }
 
 /// What to explain, and against what.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Request {
     /// Files of ResourceClaims and ResourceClaimTemplates (DeviceClasses and ResourceSlices in them are
     /// used too).
@@ -47,6 +47,8 @@ pub struct Request {
     pub driver_name: String,
     /// Device tries before the search gives up.
     pub step_limit: Option<u64>,
+    /// Whose scheduler's rules apply.
+    pub version: KubernetesVersion,
 }
 
 /// The outcome of each claim, and notes on the input (skipped documents, pool warnings).
@@ -106,9 +108,14 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     classes.append(&mut extra.classes);
     classes.append(&mut claims.classes);
 
-    let mut allocator =
-        Allocator::new(&slices, classes, &allocated.claims, request.node.as_deref())
-            .map_err(anyhow::Error::msg)?;
+    let mut allocator = Allocator::for_version(
+        request.version,
+        &slices,
+        classes,
+        &allocated.claims,
+        request.node.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     if let Some(limit) = request.step_limit {
         allocator.step_limit = limit;
     }

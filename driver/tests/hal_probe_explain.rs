@@ -269,10 +269,10 @@ fn cpu_claims_fit_in_the_mode_they_are_written_for() {
         claim(&numa, "four-cpus-from-a-numa-group")["status"],
         "allocated"
     );
-    assert_eq!(
-        claim(&numa, "four-cpus-from-a-numa-group")["devices"][0]["consumedCapacity"]["hal.dra.dev/cpu"],
-        "4"
-    );
+    // Consumed capacity under the name the slice gives it, as the allocation result spells it.
+    let consumed = &claim(&numa, "four-cpus-from-a-numa-group")["devices"][0]["consumedCapacity"];
+    assert_eq!(consumed["cpu"], "4", "{consumed}");
+    assert!(consumed.get("hal.dra.dev/cpu").is_none(), "{consumed}");
     assert_eq!(
         claim(&numa, "four-cpus-one-node")["status"],
         "unsatisfiable"
@@ -285,14 +285,57 @@ fn cpu_claims_fit_in_the_mode_they_are_written_for() {
     let (rt, _) = explain(&["--fixture", "xeon", "--rt-bandwidth", &path]);
     let two = claim(&rt, "rt-two-tasks");
     assert_eq!(two["devices"][0]["device"], "rt-numa-0");
-    assert_eq!(
-        two["devices"][0]["consumedCapacity"]["hal.dra.dev/rtBandwidth"],
-        "600m"
-    );
+    assert_eq!(two["devices"][0]["consumedCapacity"]["rtBandwidth"], "600m");
     let (individual, _) = explain(&["--fixture", "xeon", "--cpu-mode", "individual", &path]);
     let four = claim(&individual, "four-cpus-one-node");
     assert_eq!(four["devices"].as_array().unwrap().len(), 4);
     assert_eq!(four["numa"], "aligned on NUMA node 0");
+}
+
+#[test]
+fn more_than_32_individual_cpus_is_the_schedulers_error() {
+    // The scheduler fails such a claim ("number of requested devices 40 exceeds the claim limit of
+    // 32"); explain used to say it fits.
+    let forty = temp_yaml(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: forty, namespace: n}\nspec: {devices: {requests: [{name: cpus, exactly: {deviceClassName: cpu.hal.dra.dev, count: 40}}]}}\n",
+    );
+    let path = forty.path().to_str().unwrap();
+    let (outcomes, code) = explain(&["--fixture", "xeon", "--cpu-mode", "individual", path]);
+    assert_eq!(code, Some(3));
+    assert_eq!(outcomes[0]["status"], "error", "{:#}", outcomes[0]);
+    assert_eq!(
+        outcomes[0]["explanation"][0],
+        "claim n/forty: number of requested devices 40 exceeds the claim limit of 32"
+    );
+    let table = hal_probe(&[
+        "explain",
+        "--fixture",
+        "xeon",
+        "--cpu-mode",
+        "individual",
+        path,
+    ]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("ResourceClaim n/forty: error (the scheduler fails it)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_reads_the_slices_that_hal_probe_slices_prints() {
+    let output = hal_probe(&["--fixture", "gb300", "--format", "json", "slices"]);
+    assert!(output.status.success());
+    let mut slices = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+    slices.write_all(&output.stdout).unwrap();
+    let from_file = explain(&["--slices", slices.path().to_str().unwrap(), GB300_TEMPLATES]);
+    let from_fixture = explain(&["--fixture", "gb300", GB300_TEMPLATES]);
+    assert!(
+        from_file.0.iter().any(|o| o["status"] == "allocated"),
+        "{:#?}",
+        from_file.0
+    );
+    assert_eq!(from_file, from_fixture);
 }
 
 #[test]
@@ -464,4 +507,72 @@ spec:
         picks(claim(&own, "gpu-0-whole-and-any-partition"), &none),
         ["whole=gpu-0000-4d-00-0", "part=gpu-0000-ca-00-0-vf0"]
     );
+}
+
+#[test]
+fn the_kubernetes_version_decides_the_counter_layout_and_is_stated() {
+    let claims = temp_yaml(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaimTemplate\nmetadata: {name: one-partition}\nspec:\n  spec:\n    devices:\n      requests:\n      - name: part\n        exactly: {deviceClassName: gpu-partition.hal.dra.dev}\n",
+    );
+    let path = claims.path().to_str().unwrap();
+    let base = ["--fixture", "i915", "--gpu-partitions", "4"];
+    // Each version's own layout (the default for the node's slices) fits.
+    for version in ["1.34", "v1.35.1", "1.36"] {
+        let mut args = base.to_vec();
+        args.extend(["--kubernetes-version", version, path]);
+        let (outcomes, code) = explain(&args);
+        assert_eq!(code, Some(0), "{version}: {outcomes:#?}");
+        assert_eq!(
+            outcomes[0]["kubernetesVersion"],
+            version.trim_start_matches('v').get(..4).unwrap()
+        );
+    }
+    let (newest, _) = explain(&[base.as_slice(), &[path]].concat());
+    assert_eq!(newest[0]["kubernetesVersion"], "1.36");
+    // The 1.34 layout under the 1.36 scheduler: the partitions are invisible, and it says why.
+    let mut args = base.to_vec();
+    args.extend(["--counter-layout", "same-slice", path]);
+    let mut all = vec!["explain", "--format", "json"];
+    all.extend_from_slice(&args);
+    let output = hal_probe(&all);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "the Kubernetes 1.36 scheduler reads it for its counters only and ignores its devices"
+        ),
+        "{stderr}"
+    );
+    let unknown = hal_probe(&[
+        "explain",
+        "--kubernetes-version",
+        "1.30",
+        "--fixture",
+        "i915",
+        path,
+    ]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8(unknown.stderr)
+            .unwrap()
+            .contains("explain knows 1.34, 1.35, 1.36")
+    );
+}
+
+#[test]
+fn a_selector_on_an_attribute_ethernet_nics_lack_fails_the_claim_on_xeon() {
+    // xeon's Ethernet NICs come first and have no `rdmaDevice`: the scheduler's search reaches
+    // nic-0000-3b-00-0 and fails the claim with a CEL runtime error ("no such key").
+    let claims = temp_yaml(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: rdma-nic, namespace: default}\nspec:\n  devices:\n    requests:\n    - name: nic\n      exactly:\n        deviceClassName: nic.hal.dra.dev\n        selectors:\n        - cel: {expression: 'device.attributes[\"hal.dra.dev\"].rdmaDevice.startsWith(\"mlx5\")'}\n    - name: guarded\n      exactly:\n        deviceClassName: nic.hal.dra.dev\n        selectors:\n        - cel: {expression: 'has(device.attributes[\"hal.dra.dev\"].rdmaDevice)'}\n",
+    );
+    let (outcomes, code) = explain(&["--fixture", "xeon", claims.path().to_str().unwrap()]);
+    assert_eq!(code, Some(3));
+    assert_eq!(outcomes[0]["status"], "error");
+    let why = outcomes[0]["explanation"][0].as_str().unwrap();
+    assert!(
+        why.starts_with("claim default/rdma-nic: selector #0 on device hal.dra.dev/xeon/nic-0000-3b-00-0: CEL runtime error: no such key: rdmaDevice"),
+        "{why}"
+    );
+    assert!(why.contains("has()"), "{why}");
 }

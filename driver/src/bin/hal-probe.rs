@@ -85,7 +85,8 @@ enum Command {
     /// Would these claims fit on this node? Which devices would they get, and if not, why?
     ///
     /// Runs each ResourceClaim and ResourceClaimTemplate of the files through Kubernetes' structured
-    /// allocation (resource.k8s.io/v1, as the 1.34 scheduler does it: class and request CEL selectors,
+    /// allocation (resource.k8s.io/v1, as the scheduler of --kubernetes-version does it, 1.36 by
+    /// default: class and request CEL selectors,
     /// count and allocationMode All, firstAvailable, matchAttribute and distinctAttribute, adminAccess,
     /// consumable capacity, shared counters, taints) against the slices this node would publish, and
     /// prints the allocation, or the smallest reason there is none.
@@ -96,7 +97,7 @@ enum Command {
         Without --fixture, --sysfs-root or --slices: this machine's slices. With only --slices: just those.\n\
         This driver's DeviceClasses (deployments/deviceclasses) are built in. Each claim is explained\n\
         on its own, against the devices that --allocated claims hold.\n\
-        Exit status: 0 when every claim fits, 3 when one does not or is invalid, 1 on bad input, 2 on bad usage.")]
+        Exit status: 0 when every claim fits, 3 when one does not or the scheduler would fail it with an error, 1 on bad input, 2 on bad usage.")]
     Explain(ExplainArgs),
 }
 
@@ -128,6 +129,12 @@ struct ExplainArgs {
     /// Device tries before the search gives up on a claim.
     #[arg(long, value_name = "N")]
     max_steps: Option<u64>,
+
+    /// Allocate as the scheduler of this Kubernetes version does (1.34, 1.35 or 1.36; `v1.35.2`
+    /// works too). It also decides where this node's slices put shared counters unless
+    /// --counter-layout says.
+    #[arg(long, value_name = "VERSION", default_value_t = allocator::KubernetesVersion::NEWEST.to_string())]
+    kubernetes_version: String,
 
     #[command(flatten)]
     slice_flags: SliceArgs,
@@ -273,7 +280,16 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 /// `hal-probe explain`.
-fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let version = allocator::KubernetesVersion::parse(&args.kubernetes_version)
+        .map_err(anyhow::Error::msg)?;
+    // This node's slices in the layout the version's API server accepts.
+    if args.slice_flags.counter_layout.is_none() {
+        args.slice_flags.counter_layout = Some(match version.counters_beside_devices() {
+            true => driver::slices::args::CounterLayoutArg::SameSlice,
+            false => driver::slices::args::CounterLayoutArg::OwnSlice,
+        });
+    }
     let m = &args.machine;
     // With only --slices, just those; otherwise this node's slices too.
     let node_slices = match (&m.fixture, &m.sysfs_root, args.slices.is_empty()) {
@@ -293,6 +309,7 @@ fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         no_builtin_classes: args.no_builtin_classes,
         driver_name: args.slice_flags.driver_name.clone(),
         step_limit: args.max_steps,
+        version,
     };
     let report = driver::explain::explain(&request, node_slices)?;
     for note in &report.notes {

@@ -240,7 +240,8 @@ fn alternative(
         format!("request {name}: DeviceClass {class_name:?} not found (give it with --class FILE)")
     })?;
     let mut all = Vec::new();
-    for (i, s) in class.spec.selectors.iter().flatten().enumerate() {
+    let class_selectors = class.spec.iter().flat_map(|spec| spec.selectors.iter().flatten());
+    for (i, s) in class_selectors.enumerate() {
         if let Some(cel) = &s.cel {
             all.push(Selector {
                 origin: format!("class {class_name} selector #{}", i + 1),

@@ -170,17 +170,22 @@ impl Objects {
         match kind {
             "ResourceClaim" => {
                 let claim: ResourceClaim = decode(value).map_err(fail)?;
+                let spec = claim.spec.ok_or_else(|| fail("a ResourceClaim needs a spec".into()))?;
                 self.claims.push(ClaimInput {
                     label,
-                    spec: claim.spec,
+                    spec,
                     status: claim.status,
                 });
             }
             "ResourceClaimTemplate" => {
                 let template: ResourceClaimTemplate = decode(value).map_err(fail)?;
+                let spec = template
+                    .spec
+                    .and_then(|template| template.spec)
+                    .ok_or_else(|| fail("a ResourceClaimTemplate needs spec.spec".into()))?;
                 self.claims.push(ClaimInput {
                     label,
-                    spec: template.spec.spec,
+                    spec,
                     status: None,
                 });
             }

@@ -89,6 +89,7 @@ fn consumption(set: &str, vfs: u32, memory_mi: Option<u64>) -> DeviceCounterCons
     DeviceCounterConsumption {
         counter_set: set.to_owned(),
         counters,
+        ..Default::default()
     }
 }
 

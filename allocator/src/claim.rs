@@ -240,7 +240,10 @@ fn alternative(
         format!("request {name}: DeviceClass {class_name:?} not found (give it with --class FILE)")
     })?;
     let mut all = Vec::new();
-    let class_selectors = class.spec.iter().flat_map(|spec| spec.selectors.iter().flatten());
+    let class_selectors = class
+        .spec
+        .iter()
+        .flat_map(|spec| spec.selectors.iter().flatten());
     for (i, s) in class_selectors.enumerate() {
         if let Some(cel) = &s.cel {
             all.push(Selector {

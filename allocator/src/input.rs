@@ -170,7 +170,9 @@ impl Objects {
         match kind {
             "ResourceClaim" => {
                 let claim: ResourceClaim = decode(value).map_err(fail)?;
-                let spec = claim.spec.ok_or_else(|| fail("a ResourceClaim needs a spec".into()))?;
+                let spec = claim
+                    .spec
+                    .ok_or_else(|| fail("a ResourceClaim needs a spec".into()))?;
                 self.claims.push(ClaimInput {
                     label,
                     spec,

@@ -529,20 +529,76 @@ fn spawn_xid_watch(
 /// The counter layout the API server wants: its own slices from Kubernetes 1.35 on, else the 1.34 one
 /// (also when the version cannot be read).
 async fn counter_layout_of(client: &kube::Client) -> crate::slices::CounterLayout {
-    use crate::slices::CounterLayout;
-    let layout = match client.apiserver_version().await {
-        Ok(info) => {
-            let minor: u32 = info.minor.trim_end_matches('+').parse().unwrap_or(0);
-            match (info.major.as_str(), minor) {
-                ("1", m) if m >= 35 => CounterLayout::OwnSlice,
-                _ => CounterLayout::SameSlice,
+    let mut backoff = crate::api::Backoff::default();
+    loop {
+        match client.apiserver_version().await {
+            Ok(info) => {
+                let layout = counter_layout_for(&info.major, &info.minor);
+                tracing::debug!(?layout, "shared counter layout");
+                return layout;
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                // Guessing the 1.34 layout would make every partitioned GPU invisible to a 1.35+
+                // scheduler, which reads a slice with counters as counters only.
+                tracing::warn!(%error, retry_in_ms = delay.as_millis(),
+                    "cannot read the API server's version, which decides the counter layout; retrying");
+                tokio::time::sleep(delay).await;
             }
         }
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the API server's version; counter sets as in 1.34");
-            CounterLayout::SameSlice
-        }
-    };
-    tracing::debug!(?layout, "shared counter layout");
-    layout
+    }
+}
+
+/// The counter layout the scheduler of API server version `major.minor` reads: counter sets in
+/// their own slice from 1.35 on.
+fn counter_layout_for(major: &str, minor: &str) -> crate::slices::CounterLayout {
+    use crate::slices::CounterLayout;
+    let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
+    match (major, minor) {
+        ("1", m) if m >= 35 => CounterLayout::OwnSlice,
+        _ => CounterLayout::SameSlice,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::{counter_layout_for, counter_layout_of};
+    use crate::fake_api::FakeApi;
+    use crate::slices::CounterLayout;
+
+    #[test]
+    fn counter_sets_get_slices_of_their_own_from_1_35() {
+        assert_eq!(counter_layout_for("1", "34"), CounterLayout::SameSlice);
+        assert_eq!(counter_layout_for("1", "35"), CounterLayout::OwnSlice);
+        assert_eq!(counter_layout_for("1", "37+"), CounterLayout::OwnSlice);
+    }
+
+    /// The layout is never guessed: an API server that fails the version read is asked again, after
+    /// a backoff, until it answers (the fake answers 1.34).
+    #[tokio::test(start_paused = true)]
+    async fn the_counter_layout_waits_for_the_api_servers_version() {
+        let mut api = FakeApi::with_node("n");
+        api.fail_once.push(("GET /version".into(), 503));
+        api.fail_once.push(("GET /version".into(), 503));
+        let state = Arc::new(Mutex::new(api));
+        let client = FakeApi::mock_client(state.clone(), &crate::api::call_timeout_layer());
+        let started = tokio::time::Instant::now();
+        assert_eq!(counter_layout_of(&client).await, CounterLayout::SameSlice);
+        let asked = state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.short() == "GET /version")
+            .count();
+        assert_eq!(asked, 3);
+        assert!(
+            started.elapsed() >= crate::api::Backoff::START * 3,
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -126,7 +126,7 @@ impl CdiDir {
     }
 
     /// Reads back the spec of `claim_uid` (to rebuild a lost checkpoint). Only a regular file of at
-    /// most [`MAX_SPEC_BYTES`] is read, never through a link.
+    /// most `MAX_SPEC_BYTES` (1 MiB) is read, never through a link.
     pub fn read_claim_spec(&self, kind: &str, claim_uid: &str) -> Result<Spec, CdiError> {
         let path = self.claim_spec_path(kind, claim_uid)?;
         let file = OpenOptions::new()

@@ -227,6 +227,7 @@ pub async fn run(
     .with_context(|| format!("loading the checkpoint {}", checkpoint.display()))?;
     let cpu_claims = preparer.cpu_claims();
     let metrics = Arc::new(Metrics::default());
+    metrics.set_status_forbidden(preparer.status_forbidden());
     let handler = Arc::new(Metered::new(preparer, metrics.clone()));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

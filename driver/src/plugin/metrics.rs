@@ -69,6 +69,7 @@ pub struct Metrics {
     devices_published: AtomicU64,
     healthy: AtomicBool,
     nri: std::sync::OnceLock<Arc<crate::nri::stats::NriStats>>,
+    status_forbidden: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 impl Metrics {
@@ -91,6 +92,11 @@ impl Metrics {
     /// Whether `/healthz` answers ok.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Counts the device status writes the API server forbade (the preparer's counter).
+    pub fn set_status_forbidden(&self, counter: Arc<AtomicU64>) {
+        let _ = self.status_forbidden.set(counter);
     }
 
     /// The Prometheus text exposition.
@@ -123,6 +129,16 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 value.load(Ordering::Relaxed)
+            );
+        }
+        if let Some(forbidden) = self.status_forbidden.get() {
+            let _ = writeln!(
+                out,
+                "# HELP dra_hal_status_write_forbidden_total Device status writes the API server \
+                 forbade (missing RBAC: a configuration error).\n\
+                 # TYPE dra_hal_status_write_forbidden_total counter\n\
+                 dra_hal_status_write_forbidden_total {}",
+                forbidden.load(Ordering::Relaxed)
             );
         }
         self.prepare_seconds.render(

@@ -61,9 +61,22 @@ pub trait ClaimSource: Send + Sync {
         _name: &str,
         _driver: &str,
         _devices: Vec<serde_json::Value>,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), StatusWriteError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Why a claim's device status was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusWriteError {
+    /// The API server refused the plugin the write (403): a configuration error of the cluster, not of
+    /// the claim. Kubernetes 1.36+ checks, besides `patch` on `resourceclaims/status`,
+    /// `associated-node:patch` on `resourceclaims/driver` for the driver's name.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Any other failure (unreachable, timed out, a conflict).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Claims from the API server.
@@ -91,10 +104,11 @@ impl ClaimSource for KubeClaims {
         name: &str,
         driver: &str,
         devices: Vec<serde_json::Value>,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), StatusWriteError>> {
         let api: Api<ResourceClaim> = Api::namespaced(self.0.clone(), namespace);
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         let params = kube::api::PatchParams::apply(driver).force();
+        let driver = driver.to_owned();
         Box::pin(async move {
             let body = serde_json::json!({
                 "apiVersion": "resource.k8s.io/v1",
@@ -104,8 +118,18 @@ impl ClaimSource for KubeClaims {
             api.patch_status(&name, &params, &kube::api::Patch::Apply(body))
                 .await
                 .map(|_| ())
-                .map_err(|e| {
-                    format!("writing the device status of ResourceClaim {namespace}/{name}: {e}")
+                .map_err(|e| match &e {
+                    kube::Error::Api(status) if status.code == 403 => {
+                        StatusWriteError::Forbidden(format!(
+                            "the API server forbids writing the device status of ResourceClaim \
+                             {namespace}/{name} ({e}): grant patch on resourceclaims/status and, on \
+                             Kubernetes 1.36+, associated-node:patch on resourceclaims/driver for \
+                             resourceNames [{driver}] (the chart's ClusterRole does)"
+                        ))
+                    }
+                    _ => StatusWriteError::Failed(format!(
+                        "writing the device status of ResourceClaim {namespace}/{name}: {e}"
+                    )),
                 })
         })
     }
@@ -155,6 +179,8 @@ pub struct Preparer {
     /// The checkpoint was rebuilt at start: CDI specs no record owns may belong to live claims and
     /// are kept.
     rebuilt: bool,
+    /// Device status writes the API server forbade (a configuration error).
+    status_forbidden: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Preparer {
@@ -212,7 +238,13 @@ impl Preparer {
             faults: None,
             cpu_claims,
             rebuilt,
+            status_forbidden: Arc::default(),
         })
+    }
+
+    /// How many device status writes the API server forbade, for `/metrics`.
+    pub fn status_forbidden(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.status_forbidden.clone()
     }
 
     /// Injects a crash after a step (tests).
@@ -491,7 +523,17 @@ impl Preparer {
                 .set_device_status(&claim.namespace, &claim.name, driver, statuses)
                 .await
             {
-                tracing::warn!(claim = %claim.uid, %error, "device status not written");
+                match error {
+                    StatusWriteError::Forbidden(error) => {
+                        self.status_forbidden
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(claim = %claim.uid, %error,
+                            "configuration error: device status not written");
+                    }
+                    StatusWriteError::Failed(error) => {
+                        tracing::warn!(claim = %claim.uid, %error, "device status not written");
+                    }
+                }
             }
         }
         Ok(devices)

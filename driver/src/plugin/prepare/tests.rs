@@ -74,8 +74,13 @@ impl ClaimSource for Claims {
         name: &str,
         driver: &str,
         devices: Vec<serde_json::Value>,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), super::StatusWriteError>> {
         assert_eq!(driver, DRIVER);
+        // A claim named for it stands for a cluster whose RBAC lacks the status permissions.
+        if name.ends_with("-forbidden") {
+            let error = super::StatusWriteError::Forbidden(format!("{namespace}/{name}: 403"));
+            return Box::pin(async move { Err(error) });
+        }
         self.1
             .lock()
             .unwrap()
@@ -883,6 +888,29 @@ async fn an_intel_gpu_gets_its_drm_nodes_and_by_path_links_only() {
         !env_of(&s.spec("u1"))
             .iter()
             .any(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES"))
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_status_write_is_counted_as_a_configuration_error_and_the_claim_is_prepared() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "forbidden",
+        &[("vf", "nic-0000-b1-00-2")],
+        vf_config(None, "net1"),
+    );
+    let preparer = s.preparer("boot-1");
+    let forbidden = preparer.status_forbidden();
+    assert!(preparer.prepare(vec![reference("forbidden")]).await["forbidden"].is_ok());
+    assert_eq!(forbidden.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let metrics = crate::plugin::metrics::Metrics::default();
+    metrics.set_status_forbidden(forbidden);
+    assert!(
+        metrics
+            .render()
+            .contains("\ndra_hal_status_write_forbidden_total 1\n"),
+        "{}",
+        metrics.render()
     );
 }
 

@@ -16,8 +16,9 @@ mod grpc_support;
 
 use std::path::Path;
 
+use driver::plugin::api::{DeviceHealth, HealthReport, HealthStatus};
 use driver::plugin::grpc::pluginregistration::{InfoRequest, PluginInfo};
-use driver::plugin::grpc::v1;
+use driver::plugin::grpc::{HealthService, v1};
 use grpc_support::{DRIVER, Plugin, WAIT};
 use loona_hpack::{Decoder, Encoder};
 use prost::Message;
@@ -242,13 +243,26 @@ async fn node_prepare_answers_every_authority_a_client_sends() {
     plugin.stop().await;
 }
 
-/// Python grpcio, a real gRPC client, registers and prepares as the kubelet does: its default
-/// `:authority` for `unix:` targets is the percent-encoded socket path, like the kubelet's plugin
-/// watcher's (grpc-go). Needs `python3 -m pip install grpcio grpcio-tools` (CI installs them).
+/// Python grpcio, a real gRPC client, registers, prepares and opens the health stream as the kubelet
+/// does: its default `:authority` for `unix:` targets is the percent-encoded socket path, like the
+/// kubelet's plugin watcher's (grpc-go). Needs `python3 -m pip install grpcio grpcio-tools` (CI
+/// installs them).
 #[tokio::test]
 #[ignore = "needs Python grpcio and grpcio-tools"]
 async fn python_grpcio_registers_and_prepares_needs_grpcio() {
-    let plugin = Plugin::start().await;
+    let report = HealthReport {
+        devices: vec![DeviceHealth {
+            pool_name: "node-1".into(),
+            device_name: "gpu-0".into(),
+            status: HealthStatus::Unhealthy,
+            last_updated: 100,
+            message: "xid 79".into(),
+        }],
+        timeout_seconds: 180,
+    };
+    let (_reports, stream) = tokio::sync::watch::channel(report);
+    let root = tempfile::tempdir().unwrap();
+    let plugin = Plugin::start_with(root, Some(HealthService::new(stream))).await;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut client = std::process::Command::new("python3");
     client
@@ -282,5 +296,9 @@ async fn python_grpcio_registers_and_prepares_needs_grpcio() {
         "example.com/gpu=uid-grpcio-gpu-0"
     );
     assert_eq!(result["unprepared_error"], "");
+    assert_eq!(
+        result["health"],
+        serde_json::json!([["node-1", "gpu-0", 2, "xid 79"]])
+    );
     plugin.stop().await;
 }

@@ -48,95 +48,52 @@ pub use sockets::{
     acquire_instance_lock,
 };
 
-/// Generated: the kubelet's DRA API `k8s.io.kubelet.pkg.apis.dra.v1` (messages, `DRAPlugin` server
-/// and client).
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    rust_2018_idioms
-)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-pub mod v1 {
-    tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1");
+/// A module of code generated from `proto/` (by `build.rs`), exempt from the workspace's lints.
+macro_rules! generated {
+    ($(#[doc = $doc:literal])* $name:ident, $package:literal) => {
+        $(#[doc = $doc])*
+        #[allow(
+            missing_docs,
+            clippy::all,
+            clippy::pedantic,
+            clippy::nursery,
+            rust_2018_idioms,
+            clippy::unwrap_used,
+            clippy::expect_used,
+            clippy::indexing_slicing,
+            clippy::panic
+        )]
+        pub mod $name {
+            tonic::include_proto!($package);
+        }
+    };
 }
 
-/// Generated: the kubelet's DRA API `k8s.io.kubelet.pkg.apis.dra.v1beta1` (as v1 without
-/// `Device.share_id`).
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    rust_2018_idioms
-)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-pub mod v1beta1 {
-    tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1beta1");
-}
-
-/// Generated: the kubelet's plugin-registration API (proto package `pluginregistration`).
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    rust_2018_idioms
-)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-pub mod pluginregistration {
-    tonic::include_proto!("pluginregistration");
-}
-
-/// Generated: the kubelet's DRA resource-health API, proto package `v1alpha1` (Kubernetes 1.34+).
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    rust_2018_idioms
-)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-pub mod health_v1alpha1 {
-    tonic::include_proto!("v1alpha1");
-}
-
-/// Generated: the kubelet's DRA resource-health API, proto package `v1` (newer kubelets); the same
-/// messages as `v1alpha1`.
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    rust_2018_idioms
-)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-pub mod health_v1 {
-    tonic::include_proto!("v1");
-}
+generated!(
+    /// Generated: the kubelet's DRA API `k8s.io.kubelet.pkg.apis.dra.v1` (messages, `DRAPlugin` server
+    /// and client).
+    v1,
+    "k8s.io.kubelet.pkg.apis.dra.v1"
+);
+generated!(
+    /// Generated: the kubelet's DRA API `k8s.io.kubelet.pkg.apis.dra.v1beta1` (as v1 without
+    /// `Device.share_id`).
+    v1beta1,
+    "k8s.io.kubelet.pkg.apis.dra.v1beta1"
+);
+generated!(
+    /// Generated: the kubelet's plugin-registration API (proto package `pluginregistration`).
+    pluginregistration,
+    "pluginregistration"
+);
+generated!(
+    /// Generated: the kubelet's DRA resource-health API, proto package `v1alpha1` (Kubernetes 1.34+).
+    health_v1alpha1,
+    "v1alpha1"
+);
+generated!(
+    /// Generated: the kubelet's DRA resource-health API, proto package `v1` (newer kubelets); the same
+    /// messages as `v1alpha1`.
+    health_v1,
+    "v1"
+);

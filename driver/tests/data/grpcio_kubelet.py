@@ -21,7 +21,8 @@ from grpc_tools import protoc
 
 def generate(proto_dir, out_dir, proto):
     code = protoc.main(
-        ["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", proto]
+        ["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
+         f"{proto_dir}/{proto}"]
     )
     if code != 0:
         sys.exit(f"protoc failed on {proto}")
@@ -32,11 +33,15 @@ def main():
     out = tempfile.mkdtemp()
     generate(proto_dir, out, "pluginregistration/api.proto")
     generate(proto_dir, out, "dra/v1/api.proto")
+    # Under its own root: `dra-health` is no Python package name.
+    generate(f"{proto_dir}/dra-health", out, "v1alpha1/api.proto")
     sys.path.insert(0, out)
     reg_pb2 = importlib.import_module("pluginregistration.api_pb2")
     reg_grpc = importlib.import_module("pluginregistration.api_pb2_grpc")
     dra_pb2 = importlib.import_module("dra.v1.api_pb2")
     dra_grpc = importlib.import_module("dra.v1.api_pb2_grpc")
+    health_pb2 = importlib.import_module("v1alpha1.api_pb2")
+    health_grpc = importlib.import_module("v1alpha1.api_pb2_grpc")
 
     result = {"grpcio": grpc.__version__}
     # The default authority: the percent-encoded socket path.
@@ -69,6 +74,15 @@ def main():
             dra_pb2.NodeUnprepareResourcesRequest(claims=[claim]), timeout=10
         )
         result["unprepared_error"] = unprepared.claims["uid-grpcio"].error
+        # The kubelet's health stream: the first message, the whole state.
+        stream = health_grpc.DRAResourceHealthStub(channel).NodeWatchResources(
+            health_pb2.NodeWatchResourcesRequest(), timeout=10
+        )
+        first = next(stream)
+        result["health"] = [
+            [d.device.pool_name, d.device.device_name, d.health, d.message] for d in first.devices
+        ]
+        stream.cancel()
     print(json.dumps(result))
 
 

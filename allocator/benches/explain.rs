@@ -31,5 +31,38 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// 32 CPUs of one NUMA node where each of the two nodes offers 28 (`hal-probe explain --cpu-mode
+/// individual` with a selector): a "no" that counting proves, where trying combinations never ends.
+fn cannot_fit(c: &mut Criterion) {
+    let mut text = String::from(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {name: s}\nspec:\n  driver: example.com\n  nodeName: node-n\n  pool: {name: pool-n, generation: 1, resourceSliceCount: 1}\n  devices:\n",
+    );
+    for i in 0..224 {
+        text.push_str(&format!(
+            "  - {{name: cpu-{i}, attributes: {{numaNode: {{int: {}}}, cpuId: {{int: {i}}}}}}}\n",
+            i / 112
+        ));
+    }
+    text.push_str("---\napiVersion: resource.k8s.io/v1\nkind: DeviceClass\nmetadata: {name: example}\nspec:\n  selectors:\n  - cel: {expression: 'device.driver == \"example.com\"'}\n");
+    let mut node = Objects::default();
+    node.add_text("node", &text).unwrap();
+    let mut claim = Objects::default();
+    claim
+        .add_text(
+            "claim",
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n    - name: cpus\n      exactly:\n        deviceClassName: example\n        count: 32\n        selectors: [{cel: {expression: 'device.attributes[\"example.com\"].cpuId % 4 == 0'}}]\n    constraints:\n    - matchAttribute: example.com/numaNode\n",
+        )
+        .unwrap();
+    c.bench_function("explain/224-cpus-32-of-one-numa-node/cannot-fit", |b| {
+        b.iter(|| {
+            let mut allocator =
+                Allocator::new(&node.slices, node.classes.clone(), &[], None).unwrap();
+            let outcome = allocator.explain(&claim.claims[0]);
+            assert!(outcome.explanation[0].contains("largest group has 28"));
+            outcome
+        });
+    });
+}
+
+criterion_group!(benches, bench, cannot_fit);
 criterion_main!(benches);

@@ -7,6 +7,7 @@ use kube_cel::cel::Value;
 
 use crate::cel::{Cel, CompileError, domain_literals};
 use crate::claim::{Alternative, Claim, Mode};
+use crate::gates::FeatureGates;
 use crate::input::ClaimInput;
 use crate::matching::VerdictCache;
 use crate::model::Pools;
@@ -67,6 +68,9 @@ pub struct Outcome {
     pub claim: String,
     /// The Kubernetes version whose scheduler's rules were applied (`1.36`).
     pub kubernetes_version: String,
+    /// The DRA feature gates those rules ran with (`every modeled DRA feature gate on`, or the ones
+    /// off).
+    pub feature_gates: String,
     /// The verdict.
     pub status: Status,
     /// The allocation (empty unless allocated).
@@ -130,6 +134,10 @@ pub struct Allocator {
     /// Device tries before a search gives up.
     pub step_limit: u64,
     version: KubernetesVersion,
+    /// Answer "cannot fit" from counting bounds and prune with them (off only in tests that check
+    /// that they never change an answer).
+    pub(crate) counting_bounds: bool,
+    gates: FeatureGates,
 }
 
 impl Allocator {
@@ -144,7 +152,8 @@ impl Allocator {
         Self::for_version(KubernetesVersion::NEWEST, slices, classes, allocated, node)
     }
 
-    /// As [`Allocator::new`], with the rules of the scheduler of `version`.
+    /// As [`Allocator::new`], with the rules of the scheduler of `version` and its default feature
+    /// gates.
     pub fn for_version(
         version: KubernetesVersion,
         slices: &[ResourceSlice],
@@ -152,7 +161,31 @@ impl Allocator {
         allocated: &[ClaimInput],
         node: Option<&str>,
     ) -> Result<Allocator, String> {
-        let pools = Pools::new(slices, node, allocated, version);
+        let gates = FeatureGates::defaults(version);
+        Self::with_gates(version, gates, slices, classes, allocated, node)
+    }
+
+    /// As [`Allocator::for_version`], with these feature gates: the slices lose what the API server
+    /// drops with them (noted in [`Pools::warnings`]).
+    pub fn with_gates(
+        version: KubernetesVersion,
+        gates: FeatureGates,
+        slices: &[ResourceSlice],
+        classes: Vec<DeviceClass>,
+        allocated: &[ClaimInput],
+        node: Option<&str>,
+    ) -> Result<Allocator, String> {
+        let mut notes = Vec::new();
+        let stripped: Vec<ResourceSlice> = slices
+            .iter()
+            .map(|slice| {
+                let mut slice = slice.clone();
+                gates.strip_slice(&mut slice, &mut notes);
+                slice
+            })
+            .collect();
+        let mut pools = Pools::new(&stripped, node, allocated, version);
+        pools.warnings.append(&mut notes);
         let classes = classes
             .into_iter()
             .filter_map(|c| c.metadata.name.clone().map(|n| (n, c)))
@@ -164,7 +197,9 @@ impl Allocator {
             cel: Cel::new()?,
             values: Vec::new(),
             step_limit: DEFAULT_STEP_LIMIT,
+            counting_bounds: true,
             version,
+            gates,
         };
         allocator.refresh_values();
         Ok(allocator)
@@ -194,6 +229,7 @@ impl Allocator {
         let mut outcome = Outcome {
             claim: input.label.clone(),
             kubernetes_version: self.version.to_string(),
+            feature_gates: self.gates.to_string(),
             status: Status::Error,
             devices: Vec::new(),
             numa: None,
@@ -202,7 +238,12 @@ impl Allocator {
             warnings: Vec::new(),
             search_steps: 0,
         };
-        let claim = match Claim::new(&input.spec, &self.classes) {
+        let mut spec = input.spec.clone();
+        if let Err(e) = self.gates.strip_claim(&mut spec, &mut outcome.warnings) {
+            outcome.explanation.push(e);
+            return outcome;
+        }
+        let claim = match Claim::new(&spec, &self.classes) {
             Ok(claim) => claim,
             Err(e) => {
                 outcome.explanation.push(e);
@@ -301,6 +342,17 @@ impl Allocator {
         }
         let mut search = Search::new(&claim, &self.pools, &fits, self.step_limit);
         search.claim_name.clone_from(&claim_name);
+        search.counting_bounds = self.counting_bounds;
+        // A counting bound answers "no" at once where the search would try every combination;
+        // not where the scheduler's search could end in an error instead (strict).
+        if self.counting_bounds
+            && !search.strict()
+            && let Some(proof) = crate::bounds::cannot_fit(&claim, &self.pools, &fits)
+        {
+            outcome.status = Status::Unsatisfiable;
+            outcome.explanation = self.why_bound(&claim, &matchings, &fits, &proof);
+            return outcome;
+        }
         let found = search.run();
         outcome.search_steps = search.steps;
         if let Some(error) = search.error {

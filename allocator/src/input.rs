@@ -96,15 +96,12 @@ impl Objects {
                 ),
             });
         }
+        let documents = read_yaml(text).map_err(|why| InputError::Read {
+            file: file.to_owned(),
+            why,
+        })?;
         let mut index = 0;
-        for document in serde_yaml::Deserializer::from_str(text) {
-            let value: serde_json::Value =
-                serde::Deserialize::deserialize(document).map_err(|e| InputError::Document {
-                    file: file.to_owned(),
-                    index: index + 1,
-                    kind: String::new(),
-                    why: e.to_string(),
-                })?;
+        for value in documents {
             let items = match value.get("kind").and_then(|k| k.as_str()) {
                 Some(kind) if kind.ends_with("List") && value.get("items").is_some() => value
                     .get("items")
@@ -250,11 +247,33 @@ fn too_deep(text: &str) -> Option<usize> {
     None
 }
 
+/// The documents of a YAML (or JSON) stream, with plain scalars typed as Kubernetes types them.
+///
+/// kubectl and the API server read YAML with `sigs.k8s.io/yaml`, which parses with go-yaml v2, a
+/// YAML 1.1 parser: unquoted `y`, `n`, `yes`, `no`, `on`, `off` (any case) are booleans, and
+/// integers with a leading `0` are octal. `name: n` is therefore the boolean `false`, which the API
+/// server refuses for a string field; so does this reader, with a hint to quote it. Empty
+/// documents are skipped.
+fn read_yaml(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    let mut options = serde_saphyr::Options::default();
+    options.legacy_octal_numbers = true;
+    options.strict_booleans = false;
+    serde_saphyr::from_multiple_with_options(text, options).map_err(|e| e.to_string())
+}
+
 /// Decodes with the path of the offending field in the error.
 fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
-        "." => e.inner().to_string(),
-        path => format!("{path}: {}", e.inner()),
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut why = match e.path().to_string().as_str() {
+            "." => e.inner().to_string(),
+            path => format!("{path}: {}", e.inner()),
+        };
+        if why.contains("invalid type: boolean") {
+            why.push_str(
+                " (Kubernetes reads YAML 1.1: unquoted y, n, yes, no, on and off are booleans; quote the value to make it a string)",
+            );
+        }
+        why
     })
 }
 
@@ -277,12 +296,89 @@ mod tests {
     #[test]
     fn errors_name_file_document_and_field() {
         let mut objects = Objects::default();
-        let text = "apiVersion: resource.k8s.io/v1\nkind: DeviceClass\nmetadata: {name: a}\nspec: {}\n---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c, namespace: n}\nspec:\n  devices:\n    requests:\n    - name: gpu\n      exactly: {deviceClassName: a, count: many}\n";
+        let text = "apiVersion: resource.k8s.io/v1\nkind: DeviceClass\nmetadata: {name: a}\nspec: {}\n---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c, namespace: ns}\nspec:\n  devices:\n    requests:\n    - name: gpu\n      exactly: {deviceClassName: a, count: many}\n";
         let error = objects
             .add_text("claims.yaml", text)
             .unwrap_err()
             .to_string();
-        assert!(error.starts_with("claims.yaml: document 2 (ResourceClaim n/c): spec.devices.requests[0].exactly.count"), "{error}");
+        assert!(error.starts_with("claims.yaml: document 2 (ResourceClaim ns/c): spec.devices.requests[0].exactly.count"), "{error}");
+    }
+
+    /// One claim whose request `r` reads `request` (indented YAML under `- name: r`).
+    fn claim_with(request: &str) -> Result<Objects, InputError> {
+        let mut objects = Objects::default();
+        let text = format!(
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: ns}}\nspec:\n  devices:\n    requests:\n    - name: r\n{request}"
+        );
+        objects.add_text("claim.yaml", &text).map(|()| objects)
+    }
+
+    #[test]
+    fn yaml_is_read_as_kubernetes_reads_it_yaml_1_1_booleans_and_octal() {
+        // `name: n` is the boolean false for kubectl (go-yaml v2): the API server refuses it for a
+        // string field, and so does explain, saying why and how to fix it.
+        let mut objects = Objects::default();
+        let error = objects
+            .add_text(
+                "claim.yaml",
+                "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: n, namespace: ns}\nspec: {devices: {}}\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("metadata.name: invalid type: boolean `false`, expected a string")
+                && error.contains("quote the value"),
+            "{error}"
+        );
+        // Quoted, it is the string.
+        objects
+            .add_text(
+                "claim.yaml",
+                "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: \"n\", namespace: ns}\nspec: {devices: {}}\n",
+            )
+            .unwrap();
+        assert_eq!(objects.claims[0].label, "ResourceClaim ns/n");
+        // `yes`, `on`, `Off` are booleans where a boolean is wanted.
+        for (text, want) in [("yes", true), ("on", true), ("Off", false), ("N", false)] {
+            let objects = claim_with(&format!(
+                "      exactly: {{deviceClassName: a, adminAccess: {text}}}\n"
+            ))
+            .unwrap();
+            let exactly = objects.claims[0]
+                .spec
+                .devices
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()[0]
+                .exactly
+                .clone()
+                .unwrap();
+            assert_eq!(exactly.admin_access, Some(want), "adminAccess: {text}");
+        }
+        // A leading 0 is octal in YAML 1.1: `count: 010` asks for 8 devices.
+        let objects = claim_with("      exactly: {deviceClassName: a, count: 010}\n").unwrap();
+        let exactly = objects.claims[0]
+            .spec
+            .devices
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()[0]
+            .exactly
+            .clone()
+            .unwrap();
+        assert_eq!(exactly.count, Some(8));
+        // A request named `off` is the boolean false: refused as a name, with the hint.
+        let error = claim_with("      exactly: {deviceClassName: a}\n    - name: off\n      exactly: {deviceClassName: a}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("spec.devices.requests[1].name: invalid type: boolean `false`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -47,10 +47,12 @@
 //! assert_eq!(outcome.devices[0].device, "gpu-1");
 //! ```
 
+mod bounds;
 mod cel;
 mod claim;
 mod cost;
 mod explain;
+mod gates;
 mod input;
 mod matching;
 mod model;
@@ -63,6 +65,7 @@ mod why;
 
 pub use cel::{CompileError, CompileErrorKind};
 pub use explain::{Allocated, Allocator, DEFAULT_STEP_LIMIT, Outcome, Status};
+pub use gates::FeatureGates;
 pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
 pub use model::{AttrValue, Pools};
 pub use quantity::{Quantity, QuantityError};
@@ -72,6 +75,9 @@ pub use version::KubernetesVersion;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_bounds;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_scheduler;

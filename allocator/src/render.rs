@@ -16,9 +16,14 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
             Status::Unsatisfiable => "does NOT fit",
             Status::Error => "error (the scheduler fails it)",
         };
+        // Gates are named only where some are off (older versions' defaults, or --feature-gates).
+        let gates = match outcome.feature_gates.starts_with("every") {
+            true => String::new(),
+            false => format!("; {}", outcome.feature_gates),
+        };
         let _ = writeln!(
             out,
-            "{}: {verdict} (Kubernetes {} rules)",
+            "{}: {verdict} (Kubernetes {} rules{gates})",
             outcome.claim, outcome.kubernetes_version
         );
         if !outcome.devices.is_empty() {

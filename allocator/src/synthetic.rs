@@ -12,7 +12,7 @@ pub fn node(devices: usize, numa: usize) -> String {
     for s in 0..slices {
         let _ = write!(
             text,
-            "---\napiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {{name: n-{s}}}\nspec:\n  driver: example.com\n  nodeName: n\n  pool: {{name: n, generation: 1, resourceSliceCount: {slices}}}\n  devices:\n"
+            "---\napiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {{name: n-{s}}}\nspec:\n  driver: example.com\n  nodeName: node-n\n  pool: {{name: pool-n, generation: 1, resourceSliceCount: {slices}}}\n  devices:\n"
         );
         for i in (s * 128)..((s + 1) * 128).min(devices) {
             let ty = TYPES.get(i % 4).copied().unwrap_or_default();

@@ -105,7 +105,7 @@ fn allocator() -> Allocator {
 /// A claim from its `spec.devices` YAML, indented by 4 under `devices:`.
 fn explain(devices: &str) -> Outcome {
     let text = format!(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: n}}\nspec:\n  devices:\n{devices}"
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: ns}}\nspec:\n  devices:\n{devices}"
     );
     let mut objects = Objects::default();
     objects.add_text("claim", &text).unwrap();
@@ -419,7 +419,7 @@ fn a_search_that_cannot_finish_says_so() {
     objects
         .add_text("claim", &format!(
             "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c}}\nspec:\n  devices:\n    requests:\n{}{}    constraints:\n    - matchAttribute: example.com/numaNode\n",
-            request("gpu", "gpu", "        count: 2\n"),
+            request("gpu", "gpu", ""),
             request("nic", "nic", "")
         ))
         .unwrap();
@@ -474,8 +474,8 @@ kind: ResourceSlice
 metadata: {name: s}
 spec:
   driver: example.com
-  nodeName: n
-  pool: {name: n, generation: 1, resourceSliceCount: 1}
+  nodeName: node-n
+  pool: {name: pool-n, generation: 1, resourceSliceCount: 1}
   sharedCounters:
   - name: set
     counters: {slots: {value: "2"}}
@@ -493,7 +493,7 @@ spec: {}
 "#;
     let held = |name: &str| {
         format!(
-            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}}}\nspec: {{}}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {{request: r, driver: example.com, pool: n, device: shared, shareID: 0b6f4c2e-8a51-4d3c-9f0e-00000000000{name}}}\n---\n"
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}}}\nspec: {{}}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {{request: r, driver: example.com, pool: pool-n, device: shared, shareID: 0b6f4c2e-8a51-4d3c-9f0e-00000000000{name}}}\n---\n"
         )
     };
     let mut objects = Objects::default();
@@ -608,8 +608,9 @@ mod properties {
 
 #[test]
 fn an_explanation_that_runs_out_of_steps_says_so() {
-    // Five GPUs on one NUMA node and on five different ones: impossible (4 nodes). The search for the
-    // allocation ends quickly; leaving out matchAttribute, the search for the reason does not.
+    // Five GPUs on one NUMA node and on five different ones: impossible (4 nodes). Each NUMA node has
+    // eight GPUs, so no counting bound proves it. The search for the allocation ends quickly;
+    // leaving out matchAttribute, the search for the reason does not.
     let mut text = String::from(
         "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n",
     );
@@ -621,20 +622,20 @@ fn an_explanation_that_runs_out_of_steps_says_so() {
     text.push_str("    constraints:\n    - matchAttribute: example.com/numaNode\n    - distinctAttribute: example.com/numaNode\n");
     let mut objects = Objects::default();
     objects
-        .add_text("node", &crate::synthetic::node(64, 4))
+        .add_text("node", &crate::synthetic::node(128, 4))
         .unwrap();
     objects.add_text("claim", &text).unwrap();
     let mut allocator = Allocator::new(&objects.slices, objects.classes, &[], None).unwrap();
-    allocator.step_limit = 1000;
+    allocator.step_limit = 2000;
     let outcome = allocator.explain(&objects.claims[0]);
     assert_eq!(outcome.status, Status::Unsatisfiable);
     assert!(
-        outcome.search_steps < 1000,
+        outcome.search_steps < 2000,
         "the allocation search itself finished"
     );
     assert!(
         outcome.explanation[0]
-            .contains("the search for the reason gave up after 1000 device tries"),
+            .contains("the search for the reason gave up after 2000 device tries"),
         "{outcome:#?}"
     );
 }

@@ -36,7 +36,7 @@ fn run(slices: &str, allocated: &str, devices: &str) -> Outcome {
     objects.add_text("allocated", allocated).unwrap();
     let held = std::mem::take(&mut objects.claims);
     let claim = format!(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: n}}\nspec:\n  devices:\n{devices}"
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: ns}}\nspec:\n  devices:\n{devices}"
     );
     objects.add_text("claim", &claim).unwrap();
     let mut allocator =
@@ -75,7 +75,7 @@ fn more_than_32_devices_is_the_schedulers_error_and_count_has_no_other_limit() {
     );
     assert_eq!(
         error(&thirty_three),
-        "claim n/c: number of requested devices 33 exceeds the claim limit of 32"
+        "claim ns/c: number of requested devices 33 exceeds the claim limit of 32"
     );
     let huge = run(
         &nodes,
@@ -178,7 +178,7 @@ fn a_selector_reading_a_missing_attribute_fails_the_claim_when_the_search_reache
     );
     let text = error(&outcome);
     assert!(
-        text.starts_with("claim n/c: selector #0 on device example.com/node-a/eth-0: CEL runtime error: no such key: rdma"),
+        text.starts_with("claim ns/c: selector #0 on device example.com/node-a/eth-0: CEL runtime error: no such key: rdma"),
         "{text}"
     );
     assert!(text.contains("has()"), "{text}");
@@ -188,7 +188,7 @@ fn a_selector_reading_a_missing_attribute_fails_the_claim_when_the_search_reache
     );
     // The scheduler stops at the first allocation: with eth-0 in use by another claim it is never
     // evaluated (in use is checked first), and the claim gets ib-0.
-    let held = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: busy, namespace: n}\nspec: {}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {request: x, driver: example.com, pool: node-a, device: eth-0}\n";
+    let held = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: busy, namespace: ns}\nspec: {}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {request: x, driver: example.com, pool: node-a, device: eth-0}\n";
     let outcome = run(
         NICS,
         held,
@@ -258,7 +258,7 @@ fn allocation_mode_all_under_a_constraint_it_cannot_meet_is_an_error() {
     );
     assert_eq!(
         error(&all),
-        "claim n/c, request nic: cannot add device example.com/node-a/ib-1 because a claim constraint would not be satisfied"
+        "claim ns/c, request nic: cannot add device example.com/node-a/ib-1 because a claim constraint would not be satisfied"
     );
     // A sub-request is named by its own name, as `deviceSubRequestAccessor.name` does.
     let sub = run(
@@ -267,7 +267,7 @@ fn allocation_mode_all_under_a_constraint_it_cannot_meet_is_an_error() {
         "    requests:\n    - name: nic\n      firstAvailable:\n      - {name: every, deviceClassName: example, allocationMode: All}\n    constraints:\n    - matchAttribute: example.com/numaNode\n",
     );
     assert!(
-        error(&sub).starts_with("claim n/c, request every: cannot add device"),
+        error(&sub).starts_with("claim ns/c, request every: cannot add device"),
         "{sub:#?}"
     );
     let exact = run(
@@ -333,7 +333,7 @@ fn admin_access_on_consumable_capacity_still_needs_the_capacity() {
     );
     assert!(device.admin_access);
     // One share of 1Gi held by another claim: the whole 10Gi is no longer there.
-    let held = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: busy, namespace: n}\nspec: {}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {request: x, driver: example.com, pool: node-a, device: whole, shareID: 6a1f0b5e-0000-4000-8000-000000000001, consumedCapacity: {memory: 1Gi}}\n";
+    let held = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: busy, namespace: ns}\nspec: {}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {request: x, driver: example.com, pool: node-a, device: whole, shareID: 6a1f0b5e-0000-4000-8000-000000000001, consumedCapacity: {memory: 1Gi}}\n";
     let partly = run(
         SHARED,
         held,
@@ -403,7 +403,7 @@ spec:
 // that consumes counters allocatable, gpu-1's included; devices without counters are unaffected.
 #[test]
 fn an_over_committed_counter_set_blocks_every_counter_device_of_its_pool() {
-    let held = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: busy, namespace: n}\nspec: {}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {request: x, driver: example.com, pool: node-a, device: gpu-0-big}\n      - {request: x, driver: example.com, pool: node-a, device: gpu-0-small}\n";
+    let held = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: busy, namespace: ns}\nspec: {}\nstatus:\n  allocation:\n    devices:\n      results:\n      - {request: x, driver: example.com, pool: node-a, device: gpu-0-big}\n      - {request: x, driver: example.com, pool: node-a, device: gpu-0-small}\n";
     let two = format!("    requests:\n{}", exactly("r", "        count: 2\n"));
     // Nothing held: gpu-0-big, then gpu-0-small would exceed gpu-0, so gpu-1-small.
     assert_eq!(
@@ -427,7 +427,7 @@ fn an_over_committed_counter_set_blocks_every_counter_device_of_its_pool() {
     assert_eq!(devices(&one), ["r=plain"]);
     // A shared device already shared is not counted again (`skipCounterCheck`): still allocatable.
     let shared = format!(
-        "{held}      - {{request: y, driver: example.com, pool: node-a, device: gpu-1-shared, shareID: 6a1f0b5e-0000-4000-8000-000000000002}}\n"
+        "{held}      - {{request: r2, driver: example.com, pool: node-a, device: gpu-1-shared, shareID: 6a1f0b5e-0000-4000-8000-000000000002}}\n"
     );
     let two_free = format!("    requests:\n{}", exactly("r", "        count: 2\n"));
     assert_eq!(
@@ -464,7 +464,7 @@ fn devices_of_a_pool_being_updated_are_not_allocated() {
     );
     assert_eq!(
         error(&all),
-        "claim n/c, request nic: asks for all devices, but resource pool example.com/node-a is currently being updated"
+        "claim ns/c, request nic: asks for all devices, but resource pool example.com/node-a is currently being updated"
     );
 }
 
@@ -484,19 +484,87 @@ fn partitions(beside: bool) -> String {
     }
 }
 
-fn versioned(version: crate::KubernetesVersion, slices: &str) -> (Outcome, Vec<String>) {
+/// Explains one device of class `example` under `version`, with DRAPartitionableDevices on (1.34
+/// and 1.35 clusters that enable it) unless `default_gates`.
+fn versioned_with(
+    version: crate::KubernetesVersion,
+    slices: &str,
+    count: usize,
+    default_gates: bool,
+) -> (Outcome, Vec<String>) {
     let mut objects = Objects::default();
     objects.add_text("slices", slices).unwrap();
     objects.add_text("class", CLASS).unwrap();
     let claim = format!(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: n}}\nspec:\n  devices:\n    requests:\n{}",
-        exactly("r", "")
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: ns}}\nspec:\n  devices:\n    requests:\n{}",
+        exactly("r", &format!("        count: {count}\n"))
     );
     objects.add_text("claim", &claim).unwrap();
+    let mut gates = crate::FeatureGates::defaults(version);
+    if !default_gates {
+        gates.set("DRAPartitionableDevices=true").unwrap();
+    }
     let mut allocator =
-        Allocator::for_version(version, &objects.slices, objects.classes, &[], None).unwrap();
+        Allocator::with_gates(version, gates, &objects.slices, objects.classes, &[], None).unwrap();
     let outcome = allocator.explain(&objects.claims[0]);
     (outcome, allocator.pools().warnings.clone())
+}
+
+fn versioned(version: crate::KubernetesVersion, slices: &str) -> (Outcome, Vec<String>) {
+    versioned_with(version, slices, 1, false)
+}
+
+// DRAPartitionableDevices is alpha (off by default) in 1.34 and 1.35: the API server drops
+// `sharedCounters` and `consumesCounters` when the driver writes the slice
+// (`dropDisabledFields` in pkg/registry/resource/resourceslice/strategy.go), so the scheduler sees
+// two plain devices and gives both, over-committing the GPU's memory.
+#[test]
+fn default_feature_gates_of_older_versions_drop_what_the_api_server_drops() {
+    use crate::KubernetesVersion::{V1_35, V1_36};
+    let (outcome, warnings) = versioned_with(V1_35, &partitions(false), 2, true);
+    assert_eq!(devices(&outcome), ["r=part-a", "r=part-b"]);
+    assert_eq!(
+        outcome.feature_gates,
+        "DRAPartitionableDevices, DRADeviceTaints, DRAConsumableCapacity off"
+    );
+    assert!(
+        warnings.iter().any(
+            |w| w.starts_with("slice gpu-counters: sharedCounters dropped")
+                && w.contains("--feature-gates DRAPartitionableDevices=true")
+        ),
+        "{warnings:?}"
+    );
+    // On 1.36 the counters hold: 6Gi + 6Gi of a 10Gi set do not fit.
+    let (outcome, _) = versioned_with(V1_36, &partitions(false), 2, true);
+    assert_eq!(outcome.status, Status::Unsatisfiable, "{outcome:#?}");
+    assert_eq!(outcome.feature_gates, "every modeled DRA feature gate on");
+    // A claim's capacity request and tolerations go too (DRAConsumableCapacity, DRADeviceTaints).
+    let mut objects = Objects::default();
+    objects.add_text("class", CLASS).unwrap();
+    objects
+        .add_text(
+            "claim",
+            &format!(
+                "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: ns}}\nspec:\n  devices:\n    requests:\n{}",
+                exactly(
+                    "r",
+                    "        capacity: {requests: {memory: 1Gi}}\n        tolerations: [{operator: Exists}]\n"
+                )
+            ),
+        )
+        .unwrap();
+    let mut allocator = Allocator::for_version(V1_35, &[], objects.classes, &[], None).unwrap();
+    let outcome = allocator.explain(&objects.claims[0]);
+    let dropped: Vec<&String> = outcome
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("request r: "))
+        .collect();
+    assert_eq!(dropped.len(), 2, "{:#?}", outcome.warnings);
+    assert!(
+        dropped[0].contains("capacity dropped") && dropped[0].contains("DRAConsumableCapacity")
+    );
+    assert!(dropped[1].contains("tolerations dropped") && dropped[1].contains("DRADeviceTaints"));
 }
 
 // Rule 8. `buildPool` of 1.36 (with DRAPartitionableDevices, on by default) files a slice with
@@ -595,7 +663,7 @@ fn an_invalid_pool_gives_nothing_and_turns_no_allocation_into_an_error() {
     );
     assert_eq!(
         error(&all),
-        "claim n/c, request r: asks for all devices, but resource pool example.com/node-a is currently invalid"
+        "claim ns/c, request r: asks for all devices, but resource pool example.com/node-a is currently invalid"
     );
     // A counter the set does not have.
     let counters = COUNTERS.replace(

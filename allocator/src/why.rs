@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::bounds::Proof;
 use crate::claim::{Alternative, Claim, ConstraintKind, Mode};
 use crate::explain::{Allocated, Allocator, Matching, Rejection};
 use crate::search::{Fit, Search};
@@ -18,17 +19,8 @@ impl Allocator {
         fits: &[Vec<Vec<Fit>>],
     ) -> Vec<String> {
         let mut lines = Vec::new();
-        for (request, per_request) in claim.requests.iter().zip(matchings) {
-            let short: Vec<String> = request
-                .alternatives
-                .iter()
-                .zip(per_request)
-                .filter_map(|(alt, m)| self.shortfall(alt, m))
-                .collect();
-            if short.len() == request.alternatives.len() {
-                lines.extend(short);
-                return lines;
-            }
+        if let Some(short) = self.request_short(claim, matchings) {
+            return short;
         }
         for (c, constraint) in claim.constraints.iter().enumerate() {
             let mut relaxed = Search::new(claim, &self.pools, fits, self.step_limit);
@@ -79,6 +71,48 @@ impl Allocator {
             }
         }
         lines
+    }
+
+    /// Why not, when a counting bound proved a constraint impossible: a request short of candidates
+    /// on its own comes first, as in [`Allocator::why_not`]; then the constraint, without searching.
+    pub(crate) fn why_bound(
+        &self,
+        claim: &Claim,
+        matchings: &[Vec<Matching>],
+        fits: &[Vec<Vec<Fit>>],
+        proof: &Proof,
+    ) -> Vec<String> {
+        if let Some(short) = self.request_short(claim, matchings) {
+            return short;
+        }
+        let Some(constraint) = claim.constraints.get(proof.constraint) else {
+            return vec![proof.detail.clone()];
+        };
+        let mut lines = vec![format!(
+            "{} cannot be met: {}",
+            constraint.describe(),
+            proof.detail
+        )];
+        lines.extend(self.constraint_values(claim, proof.constraint, fits));
+        lines
+    }
+
+    /// The first request none of whose alternatives has enough candidates on its own, as
+    /// [`Allocator::shortfall`] lines.
+    fn request_short(&self, claim: &Claim, matchings: &[Vec<Matching>]) -> Option<Vec<String>> {
+        claim
+            .requests
+            .iter()
+            .zip(matchings)
+            .find_map(|(request, per_request)| {
+                let short: Vec<String> = request
+                    .alternatives
+                    .iter()
+                    .zip(per_request)
+                    .filter_map(|(alt, m)| self.shortfall(alt, m))
+                    .collect();
+                (short.len() == request.alternatives.len()).then_some(short)
+            })
     }
 
     /// `request nic: needs 3 devices of class c, 2 candidates (a, b)` and the rejected devices by

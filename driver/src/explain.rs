@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use allocator::{Allocator, KubernetesVersion, Objects, Outcome};
+use allocator::{Allocator, FeatureGates, KubernetesVersion, Objects, Outcome};
 use anyhow::{Context, bail};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 
@@ -49,6 +49,8 @@ pub struct Request {
     pub step_limit: Option<u64>,
     /// Whose scheduler's rules apply.
     pub version: KubernetesVersion,
+    /// With which DRA feature gates (the version's defaults unless the user says otherwise).
+    pub gates: FeatureGates,
 }
 
 /// The outcome of each claim, and notes on the input (skipped documents, pool warnings).
@@ -108,8 +110,9 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     classes.append(&mut extra.classes);
     classes.append(&mut claims.classes);
 
-    let mut allocator = Allocator::for_version(
+    let mut allocator = Allocator::with_gates(
         request.version,
+        request.gates,
         &slices,
         classes,
         &allocated.claims,

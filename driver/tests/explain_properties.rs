@@ -91,7 +91,7 @@ struct Req {
 
 fn claim_yaml(requests: &[Req], constraint: u8) -> String {
     let mut text = String::from(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c, namespace: n}\nspec:\n  devices:\n    requests:\n",
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c, namespace: ns}\nspec:\n  devices:\n    requests:\n",
     );
     for (i, r) in requests.iter().enumerate() {
         text.push_str(&format!(

@@ -297,7 +297,7 @@ fn more_than_32_individual_cpus_is_the_schedulers_error() {
     // The scheduler fails such a claim ("number of requested devices 40 exceeds the claim limit of
     // 32"); explain used to say it fits.
     let forty = temp_yaml(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: forty, namespace: n}\nspec: {devices: {requests: [{name: cpus, exactly: {deviceClassName: cpu.hal.dra.dev, count: 40}}]}}\n",
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: forty, namespace: ns}\nspec: {devices: {requests: [{name: cpus, exactly: {deviceClassName: cpu.hal.dra.dev, count: 40}}]}}\n",
     );
     let path = forty.path().to_str().unwrap();
     let (outcomes, code) = explain(&["--fixture", "xeon", "--cpu-mode", "individual", path]);
@@ -305,7 +305,7 @@ fn more_than_32_individual_cpus_is_the_schedulers_error() {
     assert_eq!(outcomes[0]["status"], "error", "{:#}", outcomes[0]);
     assert_eq!(
         outcomes[0]["explanation"][0],
-        "claim n/forty: number of requested devices 40 exceeds the claim limit of 32"
+        "claim ns/forty: number of requested devices 40 exceeds the claim limit of 32"
     );
     let table = hal_probe(&[
         "explain",
@@ -317,7 +317,7 @@ fn more_than_32_individual_cpus_is_the_schedulers_error() {
     ]);
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(
-        text.contains("ResourceClaim n/forty: error (the scheduler fails it)"),
+        text.contains("ResourceClaim ns/forty: error (the scheduler fails it)"),
         "{text}"
     );
 }
@@ -529,6 +529,36 @@ fn the_kubernetes_version_decides_the_counter_layout_and_is_stated() {
     }
     let (newest, _) = explain(&[base.as_slice(), &[path]].concat());
     assert_eq!(newest[0]["kubernetesVersion"], "1.36");
+    assert_eq!(
+        newest[0]["featureGates"],
+        "every modeled DRA feature gate on"
+    );
+    // 1.35's default gates leave DRAPartitionableDevices off: the API server would drop the
+    // counters, and explain says so; enabling the gate keeps them.
+    let mut args = vec!["explain", "--format", "json"];
+    args.extend_from_slice(&base);
+    args.extend(["--kubernetes-version", "1.35", path]);
+    let output = hal_probe(&args);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("sharedCounters dropped, as the API server drops it with the feature gate DRAPartitionableDevices off"),
+        "{stderr}"
+    );
+    args.insert(args.len() - 1, "--feature-gates");
+    args.insert(args.len() - 1, "DRAPartitionableDevices=true");
+    let output = hal_probe(&args);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.contains("sharedCounters dropped"), "{stderr}");
+    // DRAConsumableCapacity is still off: the shareable CPU groups lose allowMultipleAllocations.
+    assert!(
+        stderr.contains("allowMultipleAllocations dropped"),
+        "{stderr}"
+    );
+    let outcomes: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        outcomes[0]["featureGates"],
+        "DRADeviceTaints, DRAConsumableCapacity off"
+    );
     // The 1.34 layout under the 1.36 scheduler: the partitions are invisible, and it says why.
     let mut args = base.to_vec();
     args.extend(["--counter-layout", "same-slice", path]);

@@ -136,6 +136,14 @@ struct ExplainArgs {
     #[arg(long, value_name = "VERSION", default_value_t = allocator::KubernetesVersion::NEWEST.to_string())]
     kubernetes_version: String,
 
+    /// DRA feature gates that differ from the version's defaults, as the kube-scheduler and API
+    /// server take them (`DRAPartitionableDevices=true,DRAConsumableCapacity=true`). With a gate
+    /// off, the fields behind it are dropped from slices and claims as the API server drops them.
+    /// Modeled: DRAPartitionableDevices, DRADeviceTaints, DRAConsumableCapacity (alpha, off, in 1.34
+    /// and 1.35), DRAAdminAccess, DRAPrioritizedList
+    #[arg(long, value_name = "GATES")]
+    feature_gates: Option<String>,
+
     #[command(flatten)]
     slice_flags: SliceArgs,
 
@@ -283,6 +291,12 @@ fn emit(text: &str) -> anyhow::Result<()> {
 fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let version = allocator::KubernetesVersion::parse(&args.kubernetes_version)
         .map_err(anyhow::Error::msg)?;
+    let mut gates = allocator::FeatureGates::defaults(version);
+    if let Some(list) = &args.feature_gates {
+        gates
+            .set(list)
+            .map_err(|e| anyhow::anyhow!("--feature-gates: {e}"))?;
+    }
     // This node's slices in the layout the version's API server accepts.
     if args.slice_flags.counter_layout.is_none() {
         args.slice_flags.counter_layout = Some(match version.counters_beside_devices() {
@@ -310,6 +324,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         driver_name: args.slice_flags.driver_name.clone(),
         step_limit: args.max_steps,
         version,
+        gates,
     };
     let report = driver::explain::explain(&request, node_slices)?;
     for note in &report.notes {

@@ -167,7 +167,11 @@ async fn containerd_churn_while_claims_change_needs_root() {
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
         }
     }
-    eprintln!("20 rounds of churn in {:?}", started.elapsed());
+    eprintln!(
+        "20 rounds of churn in {:?}; stops or removals tried again: {}",
+        started.elapsed(),
+        cri::RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+    );
     let probe = cri
         .start_container(&web, "probe", &["sleep", "100000"], &[])
         .await

@@ -208,6 +208,9 @@ pub struct ExecSyncResponse {
 /// The deadline of every CRI call (the kubelet's `--runtime-request-timeout` is 2 minutes).
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// How many times a stop or removal was tried again (see [`Cri::remove_container`]).
+pub static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A CRI client over containerd's socket.
 #[derive(Clone)]
 pub struct Cri {
@@ -272,9 +275,9 @@ impl Cri {
     }
 
     /// Runs a pod on the host network (no CNI), as the kubelet does for `hostNetwork: true`.
-    pub async fn run_pod(&self, name: &str, uid: &str, logs: &str) -> Result<String, CallError> {
+    pub async fn run_pod(&self, pod: &Pod) -> Result<String, CallError> {
         let request = RunPodSandboxRequest {
-            config: Some(sandbox_config(name, uid, logs)),
+            config: Some(sandbox_config(pod)),
             runtime_handler: String::new(),
         };
         let answer: RunPodSandboxResponse = self.call("RunPodSandbox", request).await?;
@@ -313,7 +316,7 @@ impl Cri {
         let request = CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
             config: Some(config),
-            sandbox_config: Some(sandbox_config(&pod.name, &pod.uid, &pod.logs)),
+            sandbox_config: Some(sandbox_config(pod)),
         };
         let created: ContainerId = self.call("CreateContainer", request).await?;
         let _: Empty = self.call("StartContainer", created.clone()).await?;
@@ -326,29 +329,38 @@ impl Cri {
             container_id: id.into(),
             timeout: 0,
         };
-        let _: Empty = self.call("StopContainer", stop).await?;
-        // containerd records a container's exit from the task's exit event, a moment after
-        // StopContainer returns for a container that was exiting on its own; until then it refuses
-        // the removal ("still running"). The kubelet removes containers later (its garbage
-        // collector); here the removal is tried again for up to 10 s.
+        // containerd records a container's exit from the task's exit event, a moment after the
+        // task is gone: a container exiting on its own meanwhile may refuse the kill (2.1: "ttrpc:
+        // closed", its task's connection is closing) or the removal (1.7: "still running"). The
+        // kubelet tries again at its next sync; here both are tried again for up to 10 s, and the
+        // retries are counted.
         for _ in 0..100 {
-            let removed: Result<Empty, CallError> = self
-                .call(
-                    "RemoveContainer",
-                    ContainerId {
-                        container_id: id.into(),
-                    },
-                )
-                .await;
-            match removed {
-                Err(CallError::Status(status)) if status.message().contains("still running") => {
+            let stopped: Result<Empty, CallError> = self.call("StopContainer", stop.clone()).await;
+            let result = match stopped {
+                Ok(_) => self
+                    .call::<_, Empty>(
+                        "RemoveContainer",
+                        ContainerId {
+                            container_id: id.into(),
+                        },
+                    )
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(CallError::Status(status))
+                    if status.message().contains("still running")
+                        || status.message().contains("ttrpc: closed") =>
+                {
+                    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                other => return other.map(|_| ()),
+                other => return other,
             }
         }
         Err(CallError::Status(tonic::Status::deadline_exceeded(
-            format!("container {id} still running 10 s after StopContainer"),
+            format!("container {id} not removed 10 s after StopContainer"),
         )))
     }
 
@@ -391,6 +403,8 @@ pub struct Pod {
     pub name: String,
     pub uid: String,
     pub logs: String,
+    /// The pod's cgroup (cgroupfs), as the kubelet's `kubepods/.../pod<uid>`.
+    pub cgroup: String,
 }
 
 /// Host network; the container's own PID namespace (its `/proc/1` is its own process).
@@ -402,19 +416,20 @@ fn host_namespaces() -> NamespaceOption {
     }
 }
 
-fn sandbox_config(name: &str, uid: &str, logs: &str) -> PodSandboxConfig {
+fn sandbox_config(pod: &Pod) -> PodSandboxConfig {
+    let (name, uid, logs) = (&pod.name, &pod.uid, &pod.logs);
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: uid.into(),
+            name: name.clone(),
+            uid: uid.clone(),
             namespace: "default".into(),
             attempt: 0,
         }),
         // Host network: no UTS namespace of its own, so no hostname (runc refuses one).
         hostname: String::new(),
-        log_directory: logs.into(),
+        log_directory: logs.clone(),
         linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/dra-hal-test/pod{uid}"),
+            cgroup_parent: pod.cgroup.clone(),
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(host_namespaces()),
             }),

@@ -24,14 +24,16 @@ use crate::runtime::{self, Containerd};
 pub const NODE: &str = "node-1";
 const DRIVER: &str = "hal.dra.dev";
 
+/// Fields drop in this order: the plugin (killed by `Drop`), containerd (its containers killed, its
+/// mounts unmounted), then the directory.
 pub struct Node {
-    pub dir: TempDir,
     pub api: Arc<Mutex<FakeApi>>,
     pub containerd: Containerd,
     pub cri: Cri,
     pub plugin: Option<Child>,
     plugin_args: Vec<String>,
     kubeconfig: PathBuf,
+    pub dir: TempDir,
 }
 
 /// A gRPC channel over the Unix socket at `path`, sending `authority` as `:authority`.
@@ -47,6 +49,13 @@ pub async fn channel(path: &Path, authority: &str) -> Channel {
         }))
         .await
         .unwrap()
+}
+
+impl Drop for Node {
+    /// A failed test's plugin is killed (a passing test stopped it with SIGTERM).
+    fn drop(&mut self) {
+        self.kill_plugin();
+    }
 }
 
 impl Node {
@@ -311,22 +320,30 @@ impl Node {
     pub async fn pod(&self, name: &str, uid: &str) -> Pod {
         let logs = self.dir.path().join("pods").join(uid);
         std::fs::create_dir_all(&logs).unwrap();
-        let logs = logs.to_str().unwrap().to_owned();
-        let id = self
-            .cri
-            .run_pod(name, uid, &logs)
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e:?}\n{}", self.containerd.log()));
-        Pod {
-            id,
+        let mut pod = Pod {
+            id: String::new(),
             name: name.into(),
             uid: uid.into(),
-            logs,
-        }
+            logs: logs.to_str().unwrap().to_owned(),
+            cgroup: format!("/{}/pod{uid}", self.containerd.cgroup_root()),
+        };
+        pod.id = self
+            .cri
+            .run_pod(&pod)
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", self.containerd.log()));
+        pod
     }
 
     /// Stops the plugin with SIGTERM, as the kubelet stops its pod; it exits cleanly.
     pub async fn finish(mut self) {
+        // DRA_HAL_TEST_LOGS=DIR keeps both logs of the last test (for CI's artifacts).
+        if let Some(keep) = std::env::var_os("DRA_HAL_TEST_LOGS") {
+            let keep = PathBuf::from(keep);
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::write(keep.join("plugin.log"), self.plugin_log()).unwrap();
+            std::fs::write(keep.join("containerd.log"), self.containerd.log()).unwrap();
+        }
         if let Some(mut child) = self.plugin.take() {
             let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
             rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();

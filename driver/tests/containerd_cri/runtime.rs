@@ -44,6 +44,13 @@ impl Containerd {
         self.dir.join("containerd.sock")
     }
 
+    /// The cgroup every pod of this containerd goes under: `dra-hal-test-<directory name>`.
+    pub fn cgroup_root(&self) -> String {
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        let name = parent.file_name().map(|n| n.to_string_lossy().into_owned());
+        format!("dra-hal-test-{}", name.unwrap_or_default())
+    }
+
     pub fn nri_socket(&self) -> PathBuf {
         self.dir.join("nri.sock")
     }
@@ -122,24 +129,39 @@ impl Containerd {
 }
 
 impl Drop for Containerd {
+    /// Kills every process in this containerd's pods' cgroups, then its shims, then containerd;
+    /// removes the cgroups once empty and unmounts what containerd left mounted under its directory.
     fn drop(&mut self) {
-        // Kill every shim (and so every container) this containerd started, then containerd.
-        let shims = Command::new("sh")
+        let root = self.cgroup_root();
+        let script = format!(
+            "for i in 1 2 3; do \
+               for f in $(find /sys/fs/cgroup -path '*/{root}/*' -name cgroup.procs); do \
+                 for p in $(cat $f); do kill -9 $p; done; done; sleep 0.1; done; \
+             for p in /proc/[0-9]*; do grep -qs -- '{socket}' $p/cmdline && \
+               grep -qs containerd-shim $p/cmdline && kill -9 ${{p#/proc/}}; done; true",
+            socket = self.cri_socket().display()
+        );
+        let _ = Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "for p in /proc/[0-9]*; do grep -qs -- '{}' $p/cmdline && \
-                 grep -qs containerd-shim $p/cmdline && kill -9 ${{p#/proc/}}; done; true",
-                self.cri_socket().display()
-            ))
-            .status();
-        let _ = shims;
-        self.kill();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("state"))
+            .arg(script)
             .stderr(Stdio::null())
             .status();
+        self.kill();
+        let rmdir = format!(
+            "for i in $(seq 50); do find /sys/fs/cgroup -depth -type d -path '*/{root}*' \
+               -exec rmdir {{}} + 2>/dev/null && break; sleep 0.1; done; true"
+        );
+        let _ = Command::new("sh").arg("-c").arg(rmdir).status();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(1))
+            .filter(|target| Path::new(target).starts_with(&self.dir))
+            .collect();
+        under.sort_unstable_by(|a, b| b.cmp(a));
+        for target in under {
+            let _ = Command::new("umount").args(["-l", target]).status();
+        }
     }
 }
 

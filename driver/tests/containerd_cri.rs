@@ -19,6 +19,8 @@ mod cri;
 mod kubelet;
 #[path = "containerd_cri/runtime.rs"]
 mod runtime;
+#[path = "containerd_cri/watcher.rs"]
+mod watcher;
 
 use cri::Cri;
 use kubelet::Node;

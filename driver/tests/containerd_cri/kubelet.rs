@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use driver::fake_api::FakeApi;
-use driver::plugin::grpc::pluginregistration::registration_client::RegistrationClient;
-use driver::plugin::grpc::pluginregistration::{InfoRequest, RegistrationStatus};
+use driver::plugin::grpc::pluginregistration::{
+    InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
+};
 use driver::plugin::grpc::v1;
 use driver::plugin::grpc::v1::dra_plugin_client::DraPluginClient;
 use hyper_util::rt::TokioIo;
@@ -20,6 +21,7 @@ use tower::service_fn;
 
 use crate::cri::{Cri, Pod};
 use crate::runtime::{self, Containerd};
+use crate::watcher;
 
 pub const NODE: &str = "node-1";
 const DRIVER: &str = "hal.dra.dev";
@@ -143,18 +145,36 @@ impl Node {
                     .contains("registered with the NRI runtime")
         })
         .await;
-        // grpc-go's plugin watcher sends the percent-encoded socket path as `:authority`, which no
-        // `http::Uri` holds: grpc_authority.rs sends it in raw frames; here `localhost`.
-        let mut client = RegistrationClient::new(channel(&registration, "localhost").await);
-        let info = client.get_info(InfoRequest {}).await.unwrap().into_inner();
+        let registered = self
+            .plugin_log()
+            .matches("registered with the kubelet")
+            .count();
+        // As the kubelet's plugin watcher dials: grpc-go's percent-encoded socket path.
+        let info: PluginInfo = watcher::call(
+            &registration,
+            "/pluginregistration.Registration/GetInfo",
+            &InfoRequest {},
+        )
+        .await
+        .unwrap();
         assert_eq!(info.name, DRIVER);
-        client
-            .notify_registration_status(RegistrationStatus {
+        let _: RegistrationStatusResponse = watcher::call(
+            &registration,
+            "/pluginregistration.Registration/NotifyRegistrationStatus",
+            &RegistrationStatus {
                 plugin_registered: true,
                 error: String::new(),
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await
+        .unwrap();
+        self.wait("the plugin to take the registration", |node| {
+            node.plugin_log()
+                .matches("registered with the kubelet")
+                .count()
+                > registered
+        })
+        .await;
     }
 
     /// SIGKILL to the plugin.

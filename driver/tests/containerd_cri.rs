@@ -170,8 +170,11 @@ async fn containerd_churn_while_claims_change_needs_root() {
         }
     }
     eprintln!(
-        "20 rounds of churn in {:?}; stops or removals tried again: {}",
+        "20 rounds of churn in {:?}; slowest CRI call {} ms (deadline {:?}); stops or removals \
+         tried again: {}",
         started.elapsed(),
+        cri::SLOWEST_MS.load(std::sync::atomic::Ordering::Relaxed),
+        cri::DEADLINE,
         cri::RETRIES.load(std::sync::atomic::Ordering::Relaxed)
     );
     let probe = cri

@@ -211,6 +211,9 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// How many times a stop or removal was tried again (see [`Cri::remove_container`]).
 pub static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The longest any CRI call took so far, in milliseconds.
+pub static SLOWEST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A CRI client over containerd's socket.
 #[derive(Clone)]
 pub struct Cri {
@@ -256,7 +259,11 @@ impl Cri {
             let codec = tonic_prost::ProstCodec::<Q, A>::default();
             grpc.unary(tonic::Request::new(request), path, codec).await
         };
-        match tokio::time::timeout(DEADLINE, call).await {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(DEADLINE, call).await;
+        let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        SLOWEST_MS.fetch_max(took, std::sync::atomic::Ordering::Relaxed);
+        match answer {
             Ok(Ok(answer)) => Ok(answer.into_inner()),
             Ok(Err(status)) => Err(CallError::Status(status)),
             Err(_) => Err(CallError::Deadline(method)),

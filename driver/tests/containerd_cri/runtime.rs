@@ -133,20 +133,26 @@ impl Drop for Containerd {
     /// removes the cgroups once empty and unmounts what containerd left mounted under its directory.
     fn drop(&mut self) {
         let root = self.cgroup_root();
+        // Three passes: a shim or container may be starting while the first one runs.
         let script = format!(
             "for i in 1 2 3; do \
                for f in $(find /sys/fs/cgroup -path '*/{root}/*' -name cgroup.procs); do \
-                 for p in $(cat $f); do kill -9 $p; done; done; sleep 0.1; done; \
-             for p in /proc/[0-9]*; do grep -qs -- '{socket}' $p/cmdline && \
-               grep -qs containerd-shim $p/cmdline && kill -9 ${{p#/proc/}}; done; true",
+                 for p in $(cat $f); do kill -9 $p; done; done; \
+               for p in /proc/[0-9]*; do grep -qs -- '{socket}' $p/cmdline && \
+                 grep -qs containerd-shim $p/cmdline && kill -9 ${{p#/proc/}}; done; \
+               sleep 0.1; done; true",
             socket = self.cri_socket().display()
         );
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stderr(Stdio::null())
-            .status();
+        let kill_all = || {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .stderr(Stdio::null())
+                .status();
+        };
+        kill_all();
         self.kill();
+        kill_all();
         let rmdir = format!(
             "for i in $(seq 50); do find /sys/fs/cgroup -depth -type d -path '*/{root}*' \
                -exec rmdir {{}} + 2>/dev/null && break; sleep 0.1; done; true"

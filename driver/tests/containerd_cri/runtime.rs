@@ -1,0 +1,309 @@
+//! A real containerd (Debian's 1.7.x or 2.1.x, unpacked by `scripts/containerd-fetch.sh`) with its own
+//! root, state and sockets under a temporary directory: CRI, CDI from the plugin's `--cdi-root`, NRI
+//! on its own socket, cgroupfs, and a busybox image built here and imported (no registry is
+//! reachable), used both as the sandbox image and the workload image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// The image the pods and containers run: busybox-static, built here.
+pub const IMAGE: &str = "docker.io/library/dra-hal-busybox:1";
+
+/// The directory with `containerd`, `ctr` and `containerd-shim-runc-v2`, from
+/// `DRA_HAL_CONTAINERD_BIN`; `None` (the test is skipped) when it is not set. Set but unusable is a
+/// failure, not a skip.
+pub fn bin_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("DRA_HAL_CONTAINERD_BIN")?);
+    for tool in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+        assert!(
+            dir.join(tool).is_file(),
+            "DRA_HAL_CONTAINERD_BIN={} has no {tool}: run scripts/containerd-fetch.sh",
+            dir.display()
+        );
+    }
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "DRA_HAL_CONTAINERD_BIN is set but this test is not root: containerd needs root"
+    );
+    Some(dir)
+}
+
+/// A containerd serving under `dir`.
+pub struct Containerd {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub major: u32,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    pub fn cri_socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// The cgroup every pod of this containerd goes under: `dra-hal-test-<directory name>`.
+    pub fn cgroup_root(&self) -> String {
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        let name = parent.file_name().map(|n| n.to_string_lossy().into_owned());
+        format!("dra-hal-test-{}", name.unwrap_or_default())
+    }
+
+    pub fn nri_socket(&self) -> PathBuf {
+        self.dir.join("nri.sock")
+    }
+
+    /// Writes the configuration, starts containerd and imports the image.
+    pub async fn start(bin: &Path, dir: &Path, cdi: &Path) -> Containerd {
+        let version = output(Command::new(bin.join("containerd")).arg("--version"));
+        let major = if version.contains(" 1.") { 1 } else { 2 };
+        // runc from the system (bookworm's), or DRA_HAL_RUNC.
+        let runc = std::env::var_os("DRA_HAL_RUNC").map_or_else(|| which("runc"), PathBuf::from);
+        let config = config(major, dir, cdi, &runc);
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let mut containerd = Containerd {
+            bin: bin.to_owned(),
+            dir: dir.to_owned(),
+            major,
+            child: None,
+        };
+        containerd.spawn().await;
+        let image = build_image(dir);
+        let ctr = output(
+            Command::new(bin.join("ctr"))
+                .arg("--address")
+                .arg(containerd.cri_socket())
+                .args(["-n", "k8s.io", "images", "import"])
+                .arg(&image),
+        );
+        assert!(ctr.contains("busybox:1"), "ctr import: {ctr}");
+        containerd
+    }
+
+    /// Starts the containerd process and waits for its socket.
+    pub async fn spawn(&mut self) {
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let child = Command::new(self.bin.join("containerd"))
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(self.cri_socket()).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "containerd did not serve: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills containerd (SIGKILL; its shims and containers go on running) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    /// Kills every process in this containerd's pods' cgroups, then its shims, then containerd;
+    /// removes the cgroups once empty and unmounts what containerd left mounted under its directory.
+    fn drop(&mut self) {
+        let root = self.cgroup_root();
+        // Three passes: a shim or container may be starting while the first one runs.
+        let script = format!(
+            "for i in 1 2 3; do \
+               for f in $(find /sys/fs/cgroup -path '*/{root}/*' -name cgroup.procs); do \
+                 for p in $(cat $f); do kill -9 $p; done; done; \
+               for p in /proc/[0-9]*; do grep -qs -- '{socket}' $p/cmdline && \
+                 grep -qs containerd-shim $p/cmdline && kill -9 ${{p#/proc/}}; done; \
+               sleep 0.1; done; true",
+            socket = self.cri_socket().display()
+        );
+        let kill_all = || {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .stderr(Stdio::null())
+                .status();
+        };
+        kill_all();
+        self.kill();
+        kill_all();
+        let rmdir = format!(
+            "for i in $(seq 50); do find /sys/fs/cgroup -depth -type d -path '*/{root}*' \
+               -exec rmdir {{}} + 2>/dev/null && break; sleep 0.1; done; true"
+        );
+        let _ = Command::new("sh").arg("-c").arg(rmdir).status();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(1))
+            .filter(|target| Path::new(target).starts_with(&self.dir))
+            .collect();
+        under.sort_unstable_by(|a, b| b.cmp(a));
+        for target in under {
+            let _ = Command::new("umount").args(["-l", target]).status();
+        }
+    }
+}
+
+fn which(tool: &str) -> PathBuf {
+    let found = output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}")),
+    );
+    PathBuf::from(found.trim())
+}
+
+fn output(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{command:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// containerd's configuration: version 2 for 1.x, version 3 for 2.x.
+fn config(major: u32, dir: &Path, cdi: &Path, runc: &Path) -> String {
+    let (dir, cdi, runc) = (dir.display(), cdi.display(), runc.display());
+    // restrict_oom_score_adj: this machine refuses a sandbox's -998 without CAP_SYS_RESOURCE.
+    let common = format!(
+        "root = \"{dir}/root\"\nstate = \"{dir}/state\"\n\
+         [grpc]\n  address = \"{dir}/containerd.sock\"\n\
+         [ttrpc]\n  address = \"{dir}/containerd.sock.ttrpc\"\n\
+         [plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false\n  \
+         socket_path = \"{dir}/nri.sock\"\n  plugin_path = \"{dir}/nri-plugins\"\n  \
+         plugin_config_path = \"{dir}/nri-conf\"\n"
+    );
+    let runtimes = |section: &str| {
+        format!(
+            "[{section}.containerd]\n  default_runtime_name = \"runc\"\n\
+             [{section}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+             [{section}.containerd.runtimes.runc.options]\n  SystemdCgroup = false\n  \
+             BinaryName = \"{runc}\"\n  Root = \"{dir}/runc\"\n"
+        )
+    };
+    if major == 1 {
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+        format!(
+            "version = 2\n{common}[{cri}]\n  sandbox_image = \"{IMAGE}\"\n  restrict_oom_score_adj = true\n  enable_cdi = true\n  \
+             cdi_spec_dirs = [\"{cdi}\"]\n  stream_server_port = \"0\"\n{}",
+            runtimes(cri)
+        )
+    } else {
+        let runtime = "plugins.\"io.containerd.cri.v1.runtime\"";
+        format!(
+            "version = 3\n{common}[plugins.\"io.containerd.grpc.v1.cri\"]\n  \
+             stream_server_port = \"0\"\n\
+             [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{IMAGE}\"\n\
+             [{runtime}]\n  restrict_oom_score_adj = true\n  enable_cdi = true\n  cdi_spec_dirs = [\"{cdi}\"]\n{}",
+            runtimes(runtime)
+        )
+    }
+}
+
+/// An OCI image layout tarball: one layer with /bin/busybox and its applets as symlinks; the
+/// default command sleeps (it is also the sandbox's "pause").
+fn build_image(dir: &Path) -> PathBuf {
+    let work = dir.join("image");
+    let rootfs = work.join("rootfs");
+    let blobs = work.join("layout/blobs/sha256");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(&blobs).unwrap();
+    for empty in ["dev", "proc", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(empty)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "sleep", "cat", "ls", "grep", "true", "env", "stat", "sort",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let layer = work.join("layer.tar");
+    output(
+        Command::new("tar")
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&layer)
+            .arg("."),
+    );
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let (layer_digest, layer_size) = blob(&blobs, &std::fs::read(&layer).unwrap());
+    let config = json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/bin/sleep", "2147483647"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
+    });
+    let (config_digest, config_size) = blob(&blobs, config.to_string().as_bytes());
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer_size}]
+    });
+    let (manifest_digest, manifest_size) = blob(&blobs, manifest.to_string().as_bytes());
+    let index = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": manifest_digest, "size": manifest_size,
+                       "platform": {"architecture": arch, "os": "linux"},
+                       "annotations": {"io.containerd.image.name": IMAGE,
+                                       "org.opencontainers.image.ref.name": "1"}}]
+    });
+    let layout = work.join("layout");
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tarball = work.join("image.tar");
+    output(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&tarball)
+            .args(["oci-layout", "index.json", "blobs"]),
+    );
+    tarball
+}
+
+/// Writes `data` as a blob; its digest and size.
+fn blob(blobs: &Path, data: &[u8]) -> (String, usize) {
+    let tmp = blobs.join("tmp");
+    std::fs::write(&tmp, data).unwrap();
+    let sum = output(Command::new("sha256sum").arg(&tmp));
+    let hex = sum.split_whitespace().next().unwrap().to_owned();
+    std::fs::rename(&tmp, blobs.join(&hex)).unwrap();
+    (format!("sha256:{hex}"), data.len())
+}

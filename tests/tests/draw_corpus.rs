@@ -99,7 +99,7 @@ fn every_hwloc_dump_draws_needs_shared_corpora() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The three largest also become PNGs of their own size.
-    sizes.sort_by(|a, b| b.0.cmp(&a.0));
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (cpus, name, svg) in sizes.iter().take(3) {
         let start = Instant::now();
         let png = driver::probe::draw::svg_to_png(svg).unwrap();

@@ -51,8 +51,11 @@ fn enclosing(node: roxmltree::Node<'_, '_>, class: &str, key: &str) -> Option<St
         .and_then(|a| a.attribute(key).map(str::to_owned))
 }
 
-/// Every published device of a picture: name -> (NUMA node, PCIe root) of the groups around it.
-fn drawn_devices(svg: &str) -> BTreeMap<String, Vec<(Option<String>, Option<String>)>> {
+/// The `data-numa` and `data-root` of the groups around a device (`None` outside any).
+type DrawnPlace = (Option<String>, Option<String>);
+
+/// Every published device of a picture: name -> where each of its boxes is.
+fn drawn_devices(svg: &str) -> BTreeMap<String, Vec<DrawnPlace>> {
     let doc = roxmltree::Document::parse(svg).unwrap();
     let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for node in doc.descendants().filter(|n| has_class(n, "device")) {

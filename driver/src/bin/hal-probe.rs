@@ -27,7 +27,8 @@ use k8s_openapi::api::resource::v1::ResourceSlice;
                   hal-probe --fixture gb300 topology  GPU/NIC matrix like nvidia-smi topo -m\n  \
                   hal-probe --fixture gb300 slices    the ResourceSlices the driver would publish\n  \
                   hal-probe --sysfs-root DUMP --format json cpu\n  \
-                  hal-probe explain --fixture gb300 CLAIMS.yaml  would these claims fit here? (explain --help)\n\n\
+                  hal-probe explain --fixture gb300 CLAIMS.yaml  would these claims fit here? (explain --help)\n  \
+                  hal-probe draw --fixture gb300 -o gb300.svg  the node as a picture (draw --help)\n\n\
                   Fixtures: xeon, gb300, i915, hybrid, epyc.\n\
                   Vendor libraries enrich GPUs and RDMA devices: NVML (libnvidia-ml.so.1) always; Level Zero\n\
                   (libze_loader.so.1) and verbs (libibverbs) in builds with --features level-zero / verbs.\n\
@@ -99,6 +100,41 @@ enum Command {
         on its own, against the devices that --allocated claims hold.\n\
         Exit status: 0 when every claim fits, 3 when one does not or the scheduler would fail it with an error, 1 on bad input, 2 on bad usage.")]
     Explain(ExplainArgs),
+    /// The node as a picture: CPUs, NUMA nodes, PCIe roots and the devices the driver publishes.
+    ///
+    /// Packages, dies, NUMA nodes (with memory), L3 groups and runs of alike cores; under each NUMA
+    /// node its PCIe roots with the bridges, GPUs, NICs (VFs under their PF, folded when more than
+    /// four), RDMA devices and their char devices, each labelled with its published device name.
+    #[command(after_help = "Examples:\n  \
+        hal-probe draw --fixture gb300 -o gb300.svg\n  \
+        hal-probe draw --format png -o node.png          this machine\n  \
+        hal-probe draw --sysfs-root DUMP > dump.svg\n\n\
+        SVG goes to stdout without -o; PNG needs -o or a stdout that is not a terminal.\n\
+        `hal-probe explain --draw FILE ...` highlights the devices the claims would get.")]
+    Draw(DrawArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DrawArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+
+    /// Picture format.
+    #[arg(long, value_enum, default_value = "svg")]
+    format: DrawFormat,
+
+    /// Write the picture to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    #[command(flatten)]
+    slice_flags: SliceArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DrawFormat {
+    Svg,
+    Png,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +183,11 @@ struct ExplainArgs {
     #[command(flatten)]
     slice_flags: SliceArgs,
 
+    /// Also draw the node with the devices each claim would get highlighted (PNG when FILE ends in
+    /// `.png`, SVG otherwise; see `hal-probe draw`).
+    #[arg(long, value_name = "FILE")]
+    draw: Option<PathBuf>,
+
     /// ResourceClaim and ResourceClaimTemplate files (YAML or JSON, several documents each).
     #[arg(required = true, value_name = "CLAIMS.yaml")]
     claims: Vec<PathBuf>,
@@ -191,16 +232,13 @@ fn run() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     if let Some(Command::Explain(mut explain)) = args.command {
         // `hal-probe --fixture gb300 explain ...` means the same as `hal-probe explain --fixture gb300 ...`.
-        let (outer, inner) = (args.machine, &mut explain.machine);
-        inner.fixture = inner.fixture.take().or(outer.fixture);
-        inner.sysfs_root = inner.sysfs_root.take().or(outer.sysfs_root);
-        inner.pci_ids = inner.pci_ids.take().or(outer.pci_ids);
-        inner.node_name = inner.node_name.take().or(outer.node_name);
-        if inner.fixture.is_some() && inner.sysfs_root.is_some() {
-            bail!("--fixture and --sysfs-root cannot be used together");
-        }
+        merge_machine(args.machine, &mut explain.machine)?;
         explain.format = explain.format.or(args.format);
         return run_explain(explain);
+    }
+    if let Some(Command::Draw(mut draw)) = args.command {
+        merge_machine(args.machine, &mut draw.machine)?;
+        return run_draw(draw);
     }
     let want_slices = args.families.contains(&FamilyArg::Slices);
     if want_slices && args.families.len() > 1 {
@@ -274,6 +312,52 @@ fn run() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Fills what `inner` (a subcommand's flags) leaves unset from `outer` (the flags before it).
+fn merge_machine(outer: MachineArgs, inner: &mut MachineArgs) -> anyhow::Result<()> {
+    inner.fixture = inner.fixture.take().or(outer.fixture);
+    inner.sysfs_root = inner.sysfs_root.take().or(outer.sysfs_root);
+    inner.pci_ids = inner.pci_ids.take().or(outer.pci_ids);
+    inner.node_name = inner.node_name.take().or(outer.node_name);
+    if inner.fixture.is_some() && inner.sysfs_root.is_some() {
+        bail!("--fixture and --sysfs-root cannot be used together");
+    }
+    Ok(())
+}
+
+/// `hal-probe draw`.
+fn run_draw(args: DrawArgs) -> anyhow::Result<ExitCode> {
+    let machine = Machine::open(&args.machine)?;
+    let svg = machine.draw(&args.machine, &args.slice_flags, Vec::new())?;
+    write_picture(&svg, args.format == DrawFormat::Png, args.output.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a picture to `path`, or to stdout (PNG only when stdout is not a terminal).
+fn write_picture(svg: &str, png: bool, path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let bytes = match png {
+        true => driver::probe::draw::svg_to_png(svg)?,
+        false => svg.as_bytes().to_vec(),
+    };
+    match path {
+        Some(path) => std::fs::write(path, &bytes)
+            .with_context(|| format!("writing the picture to {}", path.display())),
+        None if png && std::io::stdout().is_terminal() => {
+            bail!("a PNG is not written to a terminal: give -o FILE or redirect stdout")
+        }
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("writing to stdout"))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
 /// Writes the output to stdout in one go. A reader that has gone (`hal-probe | head`) ends the output
 /// quietly, as it does for other Unix tools, instead of a panic.
 fn emit(text: &str) -> anyhow::Result<()> {
@@ -306,16 +390,25 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     let m = &args.machine;
     // With only --slices, just those; otherwise this node's slices too.
-    let node_slices = match (&m.fixture, &m.sysfs_root, args.slices.is_empty()) {
-        (None, None, false) => Vec::new(),
-        _ => Machine::open(m)?.slices(m, &args.slice_flags)?,
+    let machine = match (&m.fixture, &m.sysfs_root, args.slices.is_empty()) {
+        (None, None, false) => None,
+        _ => Some(Machine::open(m)?),
+    };
+    if args.draw.is_some() && machine.is_none() {
+        bail!(
+            "--draw needs a machine: --fixture, --sysfs-root, or this one (without only --slices)"
+        );
+    }
+    let node_slices = match &machine {
+        None => Vec::new(),
+        Some(machine) => machine.slices(m, &args.slice_flags)?,
     };
     let node = match node_slices.is_empty() {
         true => m.node_name.clone(),
         false => Some(node_name(m)),
     };
     let request = driver::explain::Request {
-        claims: args.claims,
+        claims: args.claims.clone(),
         classes: args.classes,
         slices: args.slices,
         allocated: args.allocated,
@@ -334,6 +427,21 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         Format::Json => emit(&(serde_json::to_string_pretty(&report.claims)? + "\n"))?,
         Format::Yaml => emit(&to_yaml(&serde_json::to_value(&report.claims)?))?,
         Format::Table => emit(&allocator::render_table(&report.claims))?,
+    }
+    if let (Some(path), Some(machine)) = (&args.draw, &machine) {
+        let pool = node_name(m);
+        let claims = report
+            .claims
+            .iter()
+            .map(|o| {
+                driver::probe::draw::Claim::from_outcome(o, &args.slice_flags.driver_name, &pool)
+            })
+            .collect();
+        let svg = machine.draw(m, &args.slice_flags, claims)?;
+        let png = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        write_picture(&svg, png, Some(path))?;
     }
     let all_fit = report
         .claims
@@ -387,14 +495,40 @@ impl Machine {
         })
     }
 
-    /// The ResourceSlices the driver would publish here, checked as the API server would.
-    fn slices(&self, args: &MachineArgs, flags: &SliceArgs) -> anyhow::Result<Vec<ResourceSlice>> {
-        let config = flags.config(&node_name(args)).map_err(anyhow::Error::msg)?;
+    /// The inventory the driver would publish from, its errors printed.
+    fn inventory(&self, args: &MachineArgs) -> Inventory {
         let vendors = driver::inventory::Vendors::for_root(&self.root, args.fixture.as_deref());
         let inventory = Inventory::from_machine(&self.root, self.pci_ids.as_deref(), vendors);
         for e in &inventory.errors {
             eprintln!("hal-probe: {}", e.error);
         }
+        inventory
+    }
+
+    /// The picture of this machine (SVG), with the devices of `claims` highlighted.
+    fn draw(
+        &self,
+        args: &MachineArgs,
+        flags: &SliceArgs,
+        claims: Vec<driver::probe::draw::Claim>,
+    ) -> anyhow::Result<String> {
+        let node = node_name(args);
+        let config = flags.config(&node).map_err(anyhow::Error::msg)?;
+        let options = driver::probe::draw::Options {
+            title: node,
+            claims,
+        };
+        Ok(driver::probe::draw::draw_svg(
+            &self.inventory(args),
+            &config,
+            &options,
+        ))
+    }
+
+    /// The ResourceSlices the driver would publish here, checked as the API server would.
+    fn slices(&self, args: &MachineArgs, flags: &SliceArgs) -> anyhow::Result<Vec<ResourceSlice>> {
+        let config = flags.config(&node_name(args)).map_err(anyhow::Error::msg)?;
+        let inventory = self.inventory(args);
         let slices = build_slices(&inventory, &config, 0);
         let problems = validate_pool(&slices);
         if !problems.is_empty() {

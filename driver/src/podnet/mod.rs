@@ -4,9 +4,16 @@
 //! functions of the node's own network ([`hostnet`]: default routes, InternalIP, their bridge/bond
 //! members), those `--exclude-interfaces` names, and those `--device-filter` ([`filter`]) does not
 //! select. A function not in the inventory is neither published nor rebound nor moved.
+//!
+//! Direct mode ([`direct`], dranet's way): a claim's `NetworkConfig` ([`config`]) moves the function's
+//! netdev into the pod's network namespace through rtnetlink ([`netlink`]) and back on sandbox stop.
 
+pub mod config;
+pub mod direct;
+pub mod error;
 pub mod filter;
 pub mod hostnet;
+pub mod netlink;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -173,3 +180,6 @@ pub fn withhold(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+pub(crate) mod tests_root;

@@ -254,3 +254,81 @@ fn device_filter_errors_have_a_kind_and_a_failing_device_is_withheld() {
         FilterErrorKind::Evaluation
     );
 }
+
+#[test]
+fn network_config_is_validated_strictly_and_errors_name_the_field() {
+    use super::config::NetworkConfig;
+    let ok = NetworkConfig::decode(serde_json::json!({
+        "interface": {"name": "net1", "addresses": ["10.0.0.2/24", "fd00::2/64"], "mtu": 9000},
+        "routes": [{"destination": "0.0.0.0/0", "gateway": "10.0.0.1"}, {"destination": "10.9.0.0/16"}]
+    }))
+    .unwrap();
+    assert_eq!(ok.name.as_deref(), Some("net1"));
+    assert_eq!(ok.addresses[1].to_string(), "fd00::2/64");
+    assert_eq!(ok.routes[1].1, None);
+    for (config, field) in [
+        (
+            serde_json::json!({"interface": {"nmae": "x"}}),
+            "interface.nmae: unknown field `nmae`",
+        ),
+        (
+            serde_json::json!({"extra": 1}),
+            "extra: unknown field `extra`",
+        ),
+        (
+            serde_json::json!({"interface": {"name": "a-very-long-name0"}}),
+            "interface.name:",
+        ),
+        (
+            serde_json::json!({"interface": {"name": "a/b"}}),
+            "interface.name:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["10.0.0.2"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["ok", "10.0.0.2/24"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["10.0.0.2/24", "10.0.0.2/33"]}}),
+            "interface.addresses[1]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["fd00::1/129"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["0.0.0.0/8"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"mtu": 20}}),
+            "interface.mtu:",
+        ),
+        (
+            serde_json::json!({"interface": {"mtu": -1}}),
+            "interface.mtu:",
+        ),
+        (
+            serde_json::json!({"routes": [{"destination": "10.0.0.0/8", "gateway": "fd00::1"}]}),
+            "routes[0].gateway:",
+        ),
+        (
+            serde_json::json!({"routes": [{"destination": "0.0.0.0/0"}]}),
+            "routes[0].gateway:",
+        ),
+        (
+            serde_json::json!({"routes": [{"destination": "x"}]}),
+            "routes[0].destination:",
+        ),
+        (
+            serde_json::json!({"routes": [{"gateway": "10.0.0.1"}]}),
+            "routes[0]:",
+        ),
+    ] {
+        let error = NetworkConfig::decode(config.clone()).unwrap_err();
+        assert!(error.starts_with(field), "{config}: {error}");
+    }
+}

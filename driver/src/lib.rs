@@ -12,6 +12,7 @@ pub mod health;
 pub mod inventory;
 pub mod nri;
 pub mod plugin;
+pub mod podnet;
 pub mod probe;
 pub mod publish;
 pub mod slices;

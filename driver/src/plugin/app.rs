@@ -81,6 +81,10 @@ pub struct PluginArgs {
     #[allow(missing_docs)]
     pub slices: SliceArgs,
 
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node_net: crate::podnet::NodeNetArgs,
+
     /// Seconds between rescans of the hardware (changes are published; an unchanged rescan costs no API call).
     #[arg(long, env = "RESCAN_INTERVAL", default_value_t = 60)]
     pub rescan_interval: u64,
@@ -181,13 +185,21 @@ pub async fn run(
     let health = Arc::new(std::sync::Mutex::new(crate::health::Health::with_grace(
         Duration::from_secs(args.rescan_interval.max(1)),
     )));
+    // The node's own network (default routes, InternalIP) and --exclude-interfaces/--device-filter.
+    let node_guard = crate::podnet::NodeGuard::new(
+        root.root(),
+        crate::podnet::internal_ips(&client, &config.node_name).await,
+        args.node_net.clone(),
+    )?;
     let read_inventory = {
         let root = root.clone();
         let fixture = args.fixture.clone();
         let health = health.clone();
+        let config = config.clone();
         move || {
             let vendors = crate::inventory::Vendors::for_root(&root, fixture.as_deref());
             let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), vendors);
+            node_guard.apply(&mut inventory, &config);
             if let Ok(mut health) = health.lock() {
                 health.apply(&mut inventory);
             }

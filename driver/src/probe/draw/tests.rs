@@ -263,6 +263,7 @@ fn explain_highlights_the_devices_of_each_claim_with_the_numa_verdict_in_the_leg
         driver_name: config.driver_name.clone(),
         step_limit: None,
         version: allocator::KubernetesVersion::NEWEST,
+        gates: allocator::FeatureGates::defaults(allocator::KubernetesVersion::NEWEST),
     };
     let report = crate::explain::explain(&request, slices).unwrap();
     let claims: Vec<Claim> = report

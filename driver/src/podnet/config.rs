@@ -1,0 +1,207 @@
+//! `kind: NetworkConfig` (direct mode, dranet's way): how a network function is configured inside the
+//! pod's network namespace. Field names follow dranet's `NetworkConfig`
+//! (`interface{name, addresses, mtu}`, `routes[]{destination, gateway}`); unknown fields are rejected,
+//! and every problem names its field.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An address with its prefix length (`10.0.0.2/24`, `fd00::2/64`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    /// The address.
+    pub addr: IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a CIDR (address/prefix)"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?}: {addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max && !prefix.starts_with('+'))
+            .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?;
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Cidr, String> {
+        text.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(cidr: Cidr) -> String {
+        cidr.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// `kind: NetworkConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The interface inside the pod.
+    #[serde(default)]
+    pub interface: InterfaceConfig,
+    /// Routes through it.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `interface` of a [`NetworkConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Its name in the pod (default: its name on the host).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Addresses as CIDRs.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Its MTU (default: unchanged).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// One entry of `routes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A CIDR (`0.0.0.0/0` for a default route).
+    pub destination: String,
+    /// The next hop; absent for an on-link route.
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+/// A [`NetworkConfig`] with everything parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checked {
+    /// The name in the pod, when given.
+    pub name: Option<String>,
+    /// Addresses.
+    pub addresses: Vec<Cidr>,
+    /// MTU, when given.
+    pub mtu: Option<u32>,
+    /// Routes: destination, gateway.
+    pub routes: Vec<(Cidr, Option<IpAddr>)>,
+}
+
+/// The smallest MTU accepted (IPv4's minimum).
+pub const MIN_MTU: u32 = 68;
+/// The largest MTU accepted.
+pub const MAX_MTU: u32 = 65535;
+
+/// Why `name` is not an interface name (the rules of `VfConfig.ifName`), or `None` when it is one.
+pub fn if_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > 15 {
+        Some("is longer than 15 bytes (IFNAMSIZ)")
+    } else if name == "." || name == ".." {
+        Some("is . or ..")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name
+        .chars()
+        .any(|c| c.is_whitespace() || c == ':' || c.is_control())
+    {
+        Some("contains whitespace, ':' or a control character")
+    } else {
+        None
+    }
+}
+
+impl NetworkConfig {
+    /// Parses and checks every field; an error is `field: problem`.
+    pub fn check(&self) -> Result<Checked, String> {
+        let mut checked = Checked::default();
+        if let Some(name) = &self.interface.name {
+            if let Some(problem) = if_name_problem(name) {
+                return Err(format!("interface.name: {name:?} {problem}"));
+            }
+            checked.name = Some(name.clone());
+        }
+        for (i, text) in self.interface.addresses.iter().enumerate() {
+            let cidr: Cidr = text
+                .parse()
+                .map_err(|e| format!("interface.addresses[{i}]: {e}"))?;
+            if cidr.addr.is_unspecified() || cidr.addr.is_multicast() {
+                return Err(format!(
+                    "interface.addresses[{i}]: {text:?} is not a unicast address"
+                ));
+            }
+            if checked.addresses.contains(&cidr) {
+                return Err(format!("interface.addresses[{i}]: {text:?} is given twice"));
+            }
+            checked.addresses.push(cidr);
+        }
+        if let Some(mtu) = self.interface.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(format!(
+                    "interface.mtu: {mtu} is outside {MIN_MTU}..={MAX_MTU}"
+                ));
+            }
+            checked.mtu = Some(mtu);
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let destination: Cidr = route
+                .destination
+                .parse()
+                .map_err(|e| format!("routes[{i}].destination: {e}"))?;
+            let gateway = match &route.gateway {
+                None => None,
+                Some(text) => {
+                    let gateway: IpAddr = text.parse().map_err(|_| {
+                        format!("routes[{i}].gateway: {text:?} is not an IP address")
+                    })?;
+                    if gateway.is_ipv4() != destination.addr.is_ipv4() {
+                        return Err(format!(
+                            "routes[{i}].gateway: {text:?} is not of the destination's IP family"
+                        ));
+                    }
+                    Some(gateway)
+                }
+            };
+            if gateway.is_none() && destination.prefix == 0 {
+                return Err(format!(
+                    "routes[{i}].gateway: a default route needs a gateway"
+                ));
+            }
+            checked.routes.push((destination, gateway));
+        }
+        Ok(checked)
+    }
+
+    /// Decodes `value` strictly (unknown fields rejected) and checks it; an error is `field: problem`.
+    pub fn decode(value: serde_json::Value) -> Result<Checked, String> {
+        let config: NetworkConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner())
+        })?;
+        config.check()
+    }
+}

@@ -1,0 +1,197 @@
+//! Direct mode (dranet's way): the network function's netdev is moved into the pod's network
+//! namespace, renamed, given its MTU, addresses and routes, and brought up; on sandbox stop it is moved
+//! back under its original name with its original MTU and state. What is needed to move it back is
+//! returned as [`Saved`], to be kept across plugin restarts.
+
+use std::path::{Path, PathBuf};
+
+use super::config::{Checked, Cidr};
+use super::error::{NetError, NetErrorKind};
+use super::netlink::{LinkChange, Rtnl, open_netns};
+
+/// The host side of a moved netdev: enough to move it back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Saved {
+    /// Its name on the host.
+    pub host_name: String,
+    /// Its MTU on the host.
+    pub mtu: u32,
+    /// Whether it was up on the host.
+    pub up: bool,
+    /// Its hardware address (to recognise it on the host if it comes back under another name).
+    pub mac: String,
+    /// Its name in the pod.
+    pub pod_name: String,
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+}
+
+/// A netdev now in a pod.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attached {
+    /// How to move it back.
+    pub saved: Saved,
+    /// Its addresses in the pod.
+    pub ips: Vec<Cidr>,
+    /// Its hardware address.
+    pub mac: String,
+}
+
+/// How a detach ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// Back on the host under its name, MTU and state.
+    Home,
+    /// Neither in the pod nor on the host: destroyed with the namespace (a veth, a VF whose driver was
+    /// unbound).
+    Gone,
+}
+
+/// Moves `host_name` from the namespace `home` into `netns` and configures it with `config`. On any
+/// failure after the move, it is moved back before the error is returned.
+pub fn attach(
+    home: &Path,
+    host_name: &str,
+    netns: &Path,
+    config: &Checked,
+) -> Result<Attached, NetError> {
+    let mut host = Rtnl::open_in(home)?;
+    let link = host.link(host_name)?.ok_or_else(|| {
+        NetError::new(
+            NetErrorKind::NotFound,
+            &format!("no interface {host_name} on the host"),
+        )
+    })?;
+    let pod_name = config.name.clone().unwrap_or_else(|| host_name.to_owned());
+    let saved = Saved {
+        host_name: host_name.to_owned(),
+        mtu: link.mtu,
+        up: link.up,
+        mac: link.mac.clone(),
+        pod_name: pod_name.clone(),
+        netns: netns.to_owned(),
+    };
+    let target = open_netns(netns)?;
+    host.set_link(
+        link.index,
+        &LinkChange {
+            name: Some(&pod_name),
+            netns: Some(&target),
+            ..Default::default()
+        },
+    )?;
+    match configure(netns, &pod_name, config) {
+        Ok((ips, mac)) => Ok(Attached { saved, ips, mac }),
+        Err(e) => {
+            if let Err(back) = detach(home, &saved) {
+                tracing::error!(error = %back, interface = host_name, "moving back after a failed attach");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, String), NetError> {
+    let mut pod = Rtnl::open_in(netns)?;
+    let link = pod.link(name)?.ok_or_else(|| {
+        NetError::new(
+            NetErrorKind::NotFound,
+            &format!("{name} did not arrive in {}", netns.display()),
+        )
+    })?;
+    if let Some(mtu) = config.mtu {
+        pod.set_link(
+            link.index,
+            &LinkChange {
+                mtu: Some(mtu),
+                ..Default::default()
+            },
+        )?;
+    }
+    for cidr in &config.addresses {
+        pod.add_address(link.index, cidr)?;
+    }
+    pod.set_link(
+        link.index,
+        &LinkChange {
+            up: Some(true),
+            ..Default::default()
+        },
+    )?;
+    for (destination, gateway) in &config.routes {
+        pod.add_route(link.index, destination, *gateway)?;
+    }
+    let ips = pod.addresses(link.index)?;
+    let ips = ips
+        .into_iter()
+        .filter(|c| config.addresses.contains(c))
+        .collect();
+    Ok((ips, link.mac))
+}
+
+/// Moves the netdev of `saved` back from its pod into `home`, under its host name, with its MTU and
+/// state. A namespace already gone, or a netdev no longer in it, is looked for on the host (a physical
+/// function returns there when its namespace is destroyed).
+pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
+    let in_pod = match Rtnl::open_in(&saved.netns) {
+        Ok(mut pod) => pod.link(&saved.pod_name)?.map(|link| (pod, link)),
+        Err(e) if e.kind() == NetErrorKind::Namespace => None,
+        Err(e) => return Err(e),
+    };
+    if let Some((mut pod, link)) = in_pod {
+        let home_fd = open_netns(home)?;
+        pod.set_link(
+            link.index,
+            &LinkChange {
+                up: Some(false),
+                ..Default::default()
+            },
+        )?;
+        pod.set_link(
+            link.index,
+            &LinkChange {
+                name: Some(&saved.host_name),
+                netns: Some(&home_fd),
+                ..Default::default()
+            },
+        )?;
+    }
+    let mut host = Rtnl::open_in(home)?;
+    // Back under its name, or returned by the kernel under its pod name when the namespace died.
+    let link = match host.link(&saved.host_name)? {
+        Some(link) => link,
+        None => match host.link(&saved.pod_name)? {
+            Some(link) if link.mac == saved.mac => link,
+            _ => return Ok(Detached::Gone),
+        },
+    };
+    if link.up {
+        host.set_link(
+            link.index,
+            &LinkChange {
+                up: Some(false),
+                ..Default::default()
+            },
+        )?;
+    }
+    host.set_link(
+        link.index,
+        &LinkChange {
+            name: (link.name != saved.host_name).then_some(saved.host_name.as_str()),
+            mtu: Some(saved.mtu),
+            ..Default::default()
+        },
+    )?;
+    if saved.up {
+        host.set_link(
+            link.index,
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(Detached::Home)
+}

@@ -1,0 +1,257 @@
+//! The node's own network: the interfaces that carry the default route (IPv4 or IPv6) or the node's
+//! InternalIP, and the bridge/bond/VLAN lower devices below them. Their PCI functions are never
+//! published, so no claim can rebind them to another driver or move them into a pod.
+//!
+//! Everything is read under a root (`/` on a node, a captured tree in tests): `proc/net/route`,
+//! `proc/net/ipv6_route`, `proc/net/if_inet6` and `sys/class/net/<name>/{lower_*,brif,bonding/slaves}`.
+//! Unreadable or malformed lines are skipped: the files are the kernel's, but a captured tree is not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+/// Why an interface is part of the node's own network.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// It carries the IPv4 default route.
+    DefaultRouteV4,
+    /// It carries the IPv6 default route.
+    DefaultRouteV6,
+    /// It holds (or its connected route holds) the node's InternalIP.
+    InternalIp(IpAddr),
+    /// It is a lower device (bridge port, bond slave, VLAN parent) of a protected interface.
+    Below(String),
+    /// `--exclude-interfaces` names it.
+    Excluded(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::DefaultRouteV4 => write!(f, "carries the IPv4 default route"),
+            Reason::DefaultRouteV6 => write!(f, "carries the IPv6 default route"),
+            Reason::InternalIp(ip) => write!(f, "carries the node's InternalIP {ip}"),
+            Reason::Below(upper) => write!(f, "is a member or lower device of {upper}"),
+            Reason::Excluded(glob) => write!(f, "matches --exclude-interfaces {glob}"),
+        }
+    }
+}
+
+/// The interfaces of the node's own network, each with the first reason found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeNetwork {
+    /// Interface name → why it is protected.
+    pub interfaces: BTreeMap<String, Reason>,
+}
+
+impl NodeNetwork {
+    /// Reads the node's network under `root`: default-route interfaces, the interfaces of
+    /// `internal_ips`, and everything below them.
+    pub fn read(root: &Path, internal_ips: &[IpAddr]) -> NodeNetwork {
+        let net = root.join("proc/net");
+        let v4 = read_text(&net.join("route"));
+        let v6 = read_text(&net.join("ipv6_route"));
+        let inet6 = read_text(&net.join("if_inet6"));
+        let mut found = BTreeMap::new();
+        for name in default_v4(&v4) {
+            found.entry(name).or_insert(Reason::DefaultRouteV4);
+        }
+        for name in default_v6(&v6) {
+            found.entry(name).or_insert(Reason::DefaultRouteV6);
+        }
+        for ip in internal_ips {
+            let owner = match ip {
+                IpAddr::V4(ip) => connected_v4(&v4, *ip),
+                IpAddr::V6(ip) => holder_v6(&inet6, *ip),
+            };
+            if let Some(name) = owner {
+                found.entry(name).or_insert(Reason::InternalIp(*ip));
+            }
+        }
+        let mut network = NodeNetwork { interfaces: found };
+        network.add_lower_devices(root);
+        network
+    }
+
+    /// Whether `name` is protected, by the node's network or by one of `globs`; the reason if so.
+    pub fn protects(&self, name: &str, globs: &[String]) -> Option<Reason> {
+        if let Some(reason) = self.interfaces.get(name) {
+            return Some(reason.clone());
+        }
+        globs
+            .iter()
+            .find(|g| glob_match(g, name))
+            .map(|g| Reason::Excluded(g.clone()))
+    }
+
+    /// Adds every bridge port, bond slave and lower device (`lower_*` links) below the protected
+    /// interfaces, transitively.
+    fn add_lower_devices(&mut self, root: &Path) {
+        let class = root.join("sys/class/net");
+        let mut todo: Vec<String> = self.interfaces.keys().cloned().collect();
+        let mut seen: BTreeSet<String> = todo.iter().cloned().collect();
+        while let Some(upper) = todo.pop() {
+            for lower in lower_devices(&class, &upper) {
+                if seen.insert(lower.clone()) {
+                    self.interfaces
+                        .entry(lower.clone())
+                        .or_insert_with(|| Reason::Below(upper.clone()));
+                    todo.push(lower);
+                }
+            }
+        }
+    }
+}
+
+fn read_text(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// A kernel interface name: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
+pub fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace)
+}
+
+const RTF_UP: u32 = 0x1;
+const RTF_GATEWAY: u32 = 0x2;
+
+/// One line of `/proc/net/route`: name, destination, flags, mask (addresses in the kernel's byte
+/// order, printed as a native integer: little-endian on every architecture this runs on).
+fn route_v4(line: &str) -> Option<(&str, Ipv4Addr, u32, Ipv4Addr)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let name = *fields.first()?;
+    let hex = |i: usize| u32::from_str_radix(fields.get(i)?, 16).ok();
+    let addr = |v: u32| Ipv4Addr::from(v.to_le_bytes());
+    Some((name, addr(hex(1)?), hex(3)?, addr(hex(7)?)))
+}
+
+/// Interfaces with an IPv4 default route that is up.
+pub fn default_v4(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(1)
+        .filter_map(route_v4)
+        .filter(|(name, dest, flags, mask)| {
+            dest.is_unspecified() && mask.is_unspecified() && flags & RTF_UP != 0 && *name != "lo"
+        })
+        .filter(|(name, ..)| is_interface_name(name))
+        .map(|(name, ..)| name.to_owned())
+        .collect()
+}
+
+/// The interface whose connected (gatewayless) IPv4 route holds `ip`, the longest prefix winning.
+pub fn connected_v4(text: &str, ip: Ipv4Addr) -> Option<String> {
+    text.lines()
+        .skip(1)
+        .filter_map(route_v4)
+        .filter(|(name, dest, flags, mask)| {
+            flags & RTF_UP != 0
+                && flags & RTF_GATEWAY == 0
+                && !mask.is_unspecified()
+                && is_interface_name(name)
+                && u32::from(ip) & u32::from(*mask) == u32::from(*dest)
+        })
+        .max_by_key(|(_, _, _, mask)| u32::from(*mask).count_ones())
+        .map(|(name, ..)| name.to_owned())
+}
+
+fn ipv6_hex(text: &str) -> Option<Ipv6Addr> {
+    if text.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(text, 16).ok().map(Ipv6Addr::from)
+}
+
+/// Interfaces with an IPv6 default route (`::/0`, up, not the `lo` reject route).
+pub fn default_v6(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let dest = ipv6_hex(fields.first()?)?;
+            let len = u8::from_str_radix(fields.get(1)?, 16).ok()?;
+            let flags = u32::from_str_radix(fields.get(8)?, 16).ok()?;
+            let name = *fields.get(9)?;
+            let default = dest.is_unspecified() && len == 0 && flags & RTF_UP != 0;
+            (default && name != "lo" && is_interface_name(name)).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// The interface holding the IPv6 address `ip` (`/proc/net/if_inet6`).
+pub fn holder_v6(text: &str, ip: Ipv6Addr) -> Option<String> {
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let addr = ipv6_hex(fields.first()?)?;
+        let name = *fields.get(5)?;
+        (addr == ip && is_interface_name(name)).then(|| name.to_owned())
+    })
+}
+
+/// The lower devices of `upper`: `lower_<name>` links, bridge ports (`brif/`), bond slaves
+/// (`bonding/slaves`).
+fn lower_devices(class: &Path, upper: &str) -> Vec<String> {
+    if !is_interface_name(upper) {
+        return Vec::new();
+    }
+    let dir = class.join(upper);
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(lower) = name.strip_prefix("lower_") {
+                found.push(lower.to_owned());
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("brif")) {
+        found.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    found.extend(
+        read_text(&dir.join("bonding/slaves"))
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+    found.retain(|n| is_interface_name(n));
+    found
+}
+
+/// A shell-style glob: `*` any run of characters, `?` one character, everything else literal.
+pub fn glob_match(glob: &str, name: &str) -> bool {
+    let glob: Vec<char> = glob.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    // Iterative matching with one backtrack point (the last `*`).
+    let (mut g, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match glob.get(g) {
+            Some('*') => {
+                star = Some((g, n));
+                g += 1;
+            }
+            Some(c) if *c == '?' || Some(c) == name.get(n) => {
+                g += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sg, sn)) => {
+                    g = sg + 1;
+                    n = sn + 1;
+                    star = Some((sg, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    glob.get(g..)
+        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+}

@@ -1,0 +1,185 @@
+//! Pod networking and the node's own network.
+//!
+//! [`NodeGuard`] withholds from the inventory, before anything is published or prepared, the PCI
+//! functions of the node's own network ([`hostnet`]: default routes, InternalIP, their bridge/bond
+//! members), those `--exclude-interfaces` names, and those `--device-filter` ([`filter`]) does not
+//! select. A function not in the inventory is neither published nor rebound nor moved.
+//!
+//! Direct mode ([`direct`], dranet's way): a claim's `NetworkConfig` ([`config`]) moves the function's
+//! netdev into the pod's network namespace through rtnetlink ([`netlink`]) and back on sandbox stop.
+
+pub mod config;
+pub mod direct;
+pub mod error;
+pub mod filter;
+pub mod hostnet;
+pub mod netlink;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use filter::{DeviceFilter, FilterError};
+use hostnet::{NodeNetwork, Reason};
+
+use crate::inventory::Inventory;
+use crate::slices::SliceConfig;
+use crate::slices::devices::{DeviceSource, devices_with_sources};
+
+/// Flags of the node-network guard.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeNetArgs {
+    /// Interface names or globs (`eth*`, `ens1f?`) never published, rebound or moved (comma-separated),
+    /// besides the node's own network (default-route and InternalIP interfaces and their members),
+    /// which is always withheld.
+    #[arg(
+        long,
+        env = "EXCLUDE_INTERFACES",
+        value_delimiter = ',',
+        value_name = "GLOBS"
+    )]
+    pub exclude_interfaces: Vec<String>,
+
+    /// A CEL expression over a network device's published attributes, as in a DRA selector
+    /// (`device.attributes["<driver>"].ifName.startsWith("ens")`); network devices it does not
+    /// select, or on which it fails, are not published (as dranet's --filter).
+    #[arg(long, env = "DEVICE_FILTER", value_name = "CEL")]
+    pub device_filter: Option<String>,
+}
+
+/// Withholds the node's own network and filtered devices from each inventory read.
+pub struct NodeGuard {
+    root: PathBuf,
+    internal_ips: Vec<IpAddr>,
+    args: NodeNetArgs,
+    last: Mutex<BTreeMap<String, String>>,
+}
+
+impl NodeGuard {
+    /// A guard reading the node's network under `root`; fails when `--device-filter` is not CEL.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        internal_ips: Vec<IpAddr>,
+        args: NodeNetArgs,
+    ) -> Result<NodeGuard, FilterError> {
+        if let Some(expression) = &args.device_filter {
+            DeviceFilter::new(expression)?;
+        }
+        Ok(NodeGuard {
+            root: root.into(),
+            internal_ips,
+            args,
+            last: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Removes from `inventory` the functions to withhold; returns them (PCI address → why), and logs
+    /// the list whenever it changes.
+    pub fn apply(
+        &self,
+        inventory: &mut Inventory,
+        config: &SliceConfig,
+    ) -> BTreeMap<String, String> {
+        let node = NodeNetwork::read(&self.root, &self.internal_ips);
+        // The filter holds non-Send CEL state: compiled for each read (it is small).
+        let filter = self
+            .args
+            .device_filter
+            .as_deref()
+            .and_then(|e| DeviceFilter::new(e).ok());
+        let withheld = withhold(
+            inventory,
+            config,
+            &node,
+            &self.args.exclude_interfaces,
+            filter.as_ref(),
+        );
+        if let Ok(mut last) = self.last.lock()
+            && *last != withheld
+        {
+            for (address, why) in &withheld {
+                tracing::info!(%address, why = %why, "network function withheld: not published, rebound or moved");
+            }
+            *last = withheld.clone();
+        }
+        withheld
+    }
+}
+
+/// The node's InternalIP addresses from its Node object (none when it cannot be read in 10 s).
+pub async fn internal_ips(client: &kube::Client, node: &str) -> Vec<IpAddr> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    match tokio::time::timeout(std::time::Duration::from_secs(10), api.get(node)).await {
+        Ok(Ok(node)) => node
+            .status
+            .and_then(|s| s.addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, node, "the Node's InternalIP could not be read; only default-route interfaces are withheld");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(
+                node,
+                "the Node's InternalIP could not be read in 10 s; only default-route interfaces are withheld"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Removes from `inventory` the functions with a netdev of the node's network or matching `globs`, and
+/// the network functions `filter` does not select. Returns PCI address → why.
+pub fn withhold(
+    inventory: &mut Inventory,
+    config: &SliceConfig,
+    node: &NodeNetwork,
+    globs: &[String],
+    filter: Option<&DeviceFilter>,
+) -> BTreeMap<String, String> {
+    let mut withheld: BTreeMap<String, String> = BTreeMap::new();
+    for function in &inventory.pci {
+        for netdev in &function.netdevs {
+            if let Some(reason) = node.protects(netdev, globs) {
+                let why = match reason {
+                    Reason::Excluded(_) => format!("{netdev} {reason}"),
+                    _ => format!("{netdev} {reason} (the node's own network)"),
+                };
+                withheld.entry(function.address.to_string()).or_insert(why);
+            }
+        }
+    }
+    if let Some(filter) = filter {
+        let mut nics_only = config.clone();
+        nics_only.families.gpus = false;
+        nics_only.families.cpus = false;
+        nics_only.families.nics = true;
+        for (device, source) in devices_with_sources(inventory, &nics_only) {
+            let DeviceSource::Nic { function, .. } = source else {
+                continue;
+            };
+            let why = match filter.selects(&device, &config.driver_name) {
+                Ok(true) => continue,
+                Ok(false) => format!("{} not selected by --device-filter", device.name),
+                Err(e) => e.to_string(),
+            };
+            withheld.entry(function.address.to_string()).or_insert(why);
+        }
+    }
+    inventory
+        .pci
+        .retain(|f| !withheld.contains_key(&f.address.to_string()));
+    withheld
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+pub(crate) mod tests_root;

@@ -1,0 +1,399 @@
+//! A small rtnetlink client (links, addresses, routes) on a `NETLINK_ROUTE` socket, with the messages
+//! encoded here: no `ip` shell-outs and no netlink crate. A socket opened in a network namespace
+//! ([`Rtnl::open_in`]) keeps working in it from any thread.
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use rustix::net::netlink::SocketAddrNetlink;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
+
+use super::config::Cidr;
+use super::error::{NetError, NetErrorKind};
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_F_NODAD: u8 = 0x02;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const IFF_UP: u32 = 0x1;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: i32,
+    /// Name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Hardware address, `aa:bb:...` (empty when it has none).
+    pub mac: String,
+}
+
+/// What to change on a link; `None` leaves it.
+#[derive(Debug, Default)]
+pub struct LinkChange<'a> {
+    /// New name (in the target namespace when `netns` is given).
+    pub name: Option<&'a str>,
+    /// New MTU.
+    pub mtu: Option<u32>,
+    /// Up or down.
+    pub up: Option<bool>,
+    /// Move into the network namespace of this file (`/proc/<pid>/ns/net`, `/var/run/netns/<name>`).
+    pub netns: Option<&'a OwnedFd>,
+}
+
+/// An rtnetlink socket.
+pub struct Rtnl {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+/// A route attribute.
+fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+fn family(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    }
+}
+
+/// The attributes of one message body after a fixed header of `skip` bytes: (type, payload).
+fn attributes(body: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
+    let mut found = Vec::new();
+    let mut rest = body.get(skip..).unwrap_or_default();
+    while rest.len() >= 4 {
+        let len = usize::from(u16_at(rest, 0).unwrap_or(0));
+        let kind = u16_at(rest, 2).unwrap_or(0) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            break;
+        }
+        found.push((kind, rest.get(4..len).unwrap_or_default()));
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    found
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl Rtnl {
+    /// A socket in this thread's network namespace.
+    pub fn open() -> Result<Rtnl, NetError> {
+        let fd = rustix::net::socket(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            None, // NETLINK_ROUTE
+        )
+        .map_err(|e| NetError::io(NetErrorKind::Netlink, "opening a netlink socket", e))?;
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))
+            .map_err(|e| NetError::io(NetErrorKind::Netlink, "binding a netlink socket", e))?;
+        Ok(Rtnl { fd, seq: 1 })
+    }
+
+    /// A socket in the network namespace of `netns` (a namespace file), opened from a short-lived
+    /// thread that joins it, so no thread of the process stays in it.
+    pub fn open_in(netns: &Path) -> Result<Rtnl, NetError> {
+        let ns = open_netns(netns)?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    rustix::thread::move_into_link_name_space(
+                        ns.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| {
+                        NetError::io(
+                            NetErrorKind::Namespace,
+                            &format!("joining {}", netns.display()),
+                            e,
+                        )
+                    })?;
+                    Rtnl::open()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(NetError::new(NetErrorKind::Namespace, "thread panicked")))
+        })
+    }
+
+    /// Sends one request with `NLM_F_ACK` and reads the answer; `what` names it in errors.
+    fn request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        body: &[u8],
+        what: &str,
+    ) -> Result<Vec<Vec<u8>>, NetError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut msg = Vec::with_capacity(16 + body.len());
+        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(body);
+        rustix::net::sendto(
+            &self.fd,
+            &msg,
+            SendFlags::empty(),
+            &SocketAddrNetlink::new(0, 0),
+        )
+        .map_err(|e| NetError::io(NetErrorKind::Netlink, what, e))?;
+        let mut replies = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let (n, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())
+                .map_err(|e| NetError::io(NetErrorKind::Netlink, what, e))?;
+            let mut rest = buf.get(..n).unwrap_or_default();
+            while rest.len() >= 16 {
+                let len = u32_at(rest, 0).unwrap_or(0) as usize;
+                if len < 16 || len > rest.len() {
+                    return Err(NetError::new(
+                        NetErrorKind::Netlink,
+                        &format!("{what}: truncated reply"),
+                    ));
+                }
+                let kind = u16_at(rest, 4).unwrap_or(0);
+                let reply_seq = u32_at(rest, 8).unwrap_or(0);
+                let payload = rest.get(16..len).unwrap_or_default();
+                rest = rest
+                    .get(len.next_multiple_of(4).min(rest.len())..)
+                    .unwrap_or_default();
+                if reply_seq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_ERROR => {
+                        let errno = u32_at(payload, 0).map_or(0, |e| (e as i32).unsigned_abs());
+                        if errno == 0 {
+                            return Ok(replies);
+                        }
+                        return Err(NetError::errno(what, errno as i32));
+                    }
+                    NLMSG_DONE => return Ok(replies),
+                    _ => replies.push(payload.to_vec()),
+                }
+            }
+        }
+    }
+
+    fn parse_link(body: &[u8]) -> Option<Link> {
+        let index = u32_at(body, 4)? as i32;
+        let flags = u32_at(body, 8)?;
+        let mut link = Link {
+            index,
+            name: String::new(),
+            mtu: 0,
+            up: flags & IFF_UP != 0,
+            mac: String::new(),
+        };
+        for (kind, payload) in attributes(body, 16) {
+            match kind {
+                IFLA_IFNAME => {
+                    link.name = String::from_utf8_lossy(payload)
+                        .trim_end_matches('\0')
+                        .to_owned();
+                }
+                IFLA_MTU => link.mtu = u32_at(payload, 0).unwrap_or(0),
+                IFLA_ADDRESS => {
+                    link.mac = payload
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":");
+                }
+                _ => {}
+            }
+        }
+        Some(link)
+    }
+
+    /// Every link of the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>, NetError> {
+        let body = [0u8; 16];
+        let replies = self.request(RTM_GETLINK, NLM_F_DUMP, &body, "listing links")?;
+        Ok(replies.iter().filter_map(|r| Rtnl::parse_link(r)).collect())
+    }
+
+    /// The link called `name`, if any.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetError> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Applies `change` to link `index`.
+    pub fn set_link(&mut self, index: i32, change: &LinkChange<'_>) -> Result<(), NetError> {
+        // ifinfomsg: family, pad, type, index, flags, change mask.
+        let (flags, mask) = match change.up {
+            Some(true) => (IFF_UP, IFF_UP),
+            Some(false) => (0, IFF_UP),
+            None => (0, 0),
+        };
+        let mut body = vec![0u8; 4];
+        body.extend_from_slice(&index.to_ne_bytes());
+        body.extend_from_slice(&flags.to_ne_bytes());
+        body.extend_from_slice(&mask.to_ne_bytes());
+        if let Some(name) = change.name {
+            let mut bytes = name.as_bytes().to_vec();
+            bytes.push(0);
+            attr(&mut body, IFLA_IFNAME, &bytes);
+        }
+        if let Some(mtu) = change.mtu {
+            attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
+        }
+        if let Some(ns) = change.netns {
+            attr(
+                &mut body,
+                IFLA_NET_NS_FD,
+                &(ns.as_raw_fd() as u32).to_ne_bytes(),
+            );
+        }
+        self.request(RTM_NEWLINK, 0, &body, &format!("changing link {index}"))
+            .map(drop)
+    }
+
+    /// Adds `cidr` to link `index` (IPv6 without duplicate address detection).
+    pub fn add_address(&mut self, index: i32, cidr: &Cidr) -> Result<(), NetError> {
+        let flags = match cidr.addr {
+            IpAddr::V6(_) => IFA_F_NODAD,
+            IpAddr::V4(_) => 0,
+        };
+        let mut body = vec![family(cidr.addr), cidr.prefix, flags, 0];
+        body.extend_from_slice(&(index as u32).to_ne_bytes());
+        attr(&mut body, IFA_LOCAL, &ip_bytes(cidr.addr));
+        attr(&mut body, IFA_ADDRESS, &ip_bytes(cidr.addr));
+        self.request(
+            RTM_NEWADDR,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            &format!("adding address {cidr}"),
+        )
+        .map(drop)
+    }
+
+    /// The addresses of link `index`.
+    pub fn addresses(&mut self, index: i32) -> Result<Vec<Cidr>, NetError> {
+        let replies = self.request(RTM_GETADDR, NLM_F_DUMP, &[0u8; 8], "listing addresses")?;
+        let mut found = Vec::new();
+        for reply in replies {
+            let (Some(&fam), Some(&prefix)) = (reply.first(), reply.get(1)) else {
+                continue;
+            };
+            if u32_at(&reply, 4) != Some(index as u32) {
+                continue;
+            }
+            let want = if fam == AF_INET {
+                IFA_LOCAL
+            } else {
+                IFA_ADDRESS
+            };
+            for (kind, payload) in attributes(&reply, 8) {
+                let addr = match (kind == want, payload.len()) {
+                    (true, 4) => <[u8; 4]>::try_from(payload).ok().map(IpAddr::from),
+                    (true, 16) => <[u8; 16]>::try_from(payload).ok().map(IpAddr::from),
+                    _ => None,
+                };
+                if let Some(addr) = addr {
+                    found.push(Cidr { addr, prefix });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds a route to `destination` through link `index`, via `gateway` when given (else on-link).
+    pub fn add_route(
+        &mut self,
+        index: i32,
+        destination: &Cidr,
+        gateway: Option<IpAddr>,
+    ) -> Result<(), NetError> {
+        const RT_TABLE_MAIN: u8 = 254;
+        const RTPROT_STATIC: u8 = 4;
+        const RT_SCOPE_UNIVERSE: u8 = 0;
+        const RT_SCOPE_LINK: u8 = 253;
+        const RTN_UNICAST: u8 = 1;
+        let scope = if gateway.is_some() {
+            RT_SCOPE_UNIVERSE
+        } else {
+            RT_SCOPE_LINK
+        };
+        let mut body = vec![
+            family(destination.addr),
+            destination.prefix,
+            0,
+            0,
+            RT_TABLE_MAIN,
+            RTPROT_STATIC,
+            scope,
+            RTN_UNICAST,
+        ];
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        if destination.prefix > 0 {
+            attr(&mut body, RTA_DST, &ip_bytes(destination.addr));
+        }
+        if let Some(gateway) = gateway {
+            attr(&mut body, RTA_GATEWAY, &ip_bytes(gateway));
+        }
+        attr(&mut body, RTA_OIF, &(index as u32).to_ne_bytes());
+        self.request(
+            RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            &format!("adding route {destination}"),
+        )
+        .map(drop)
+    }
+}
+
+/// Opens a network namespace file.
+pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
+    std::fs::File::open(path).map(OwnedFd::from).map_err(|e| {
+        NetError::new(
+            NetErrorKind::Namespace,
+            &format!("opening {}: {e}", path.display()),
+        )
+    })
+}

@@ -1,0 +1,334 @@
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use super::filter::{DeviceFilter, FilterErrorKind};
+use super::hostnet::*;
+use super::*;
+use crate::slices::build_slices;
+
+const DEV_VM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/captured/dev-vm");
+
+fn if_names(inventory: &Inventory, config: &SliceConfig) -> Vec<String> {
+    build_slices(inventory, config, 1)
+        .iter()
+        .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+        .filter_map(|d| d.attributes?.get("ifName")?.string.clone())
+        .collect()
+}
+
+fn device_names(inventory: &Inventory, config: &SliceConfig) -> Vec<String> {
+    build_slices(inventory, config, 1)
+        .iter()
+        .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+        .map(|d| d.name)
+        .filter(|n| n.starts_with("nic-"))
+        .collect()
+}
+
+fn xeon() -> (hal_mock::MaterializedFixture, Inventory) {
+    let machine = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let root = backends::SysfsRoot::new(machine.root());
+    let inventory = Inventory::from_sysfs(&root, None);
+    (machine, inventory)
+}
+
+#[test]
+fn dev_vm_management_interface_carrying_the_default_route_is_never_published() {
+    let root = backends::SysfsRoot::new(DEV_VM);
+    let config = SliceConfig::new("dev-vm");
+    let mut inventory = Inventory::from_sysfs(&root, None);
+    // Without the guard, eth0 (0000:00:03.0, the VM's only management interface) is a NIC device.
+    assert_eq!(if_names(&inventory, &config), ["eth0"]);
+    let node = NodeNetwork::read(Path::new(DEV_VM), &[]);
+    assert_eq!(
+        node.interfaces.get("eth0"),
+        Some(&Reason::DefaultRouteV4),
+        "{node:?}"
+    );
+    let withheld = withhold(&mut inventory, &config, &node, &[], None);
+    assert_eq!(withheld.keys().collect::<Vec<_>>(), ["0000:00:03.0"]);
+    assert!(withheld["0000:00:03.0"].contains("IPv4 default route"));
+    assert!(if_names(&inventory, &config).is_empty());
+    assert!(
+        inventory
+            .function("0000:00:03.0".parse().unwrap())
+            .is_none()
+    );
+    // The guard the plugin uses reads the same.
+    let guard = NodeGuard::new(DEV_VM, Vec::new(), NodeNetArgs::default()).unwrap();
+    let mut fresh = Inventory::from_sysfs(&root, None);
+    assert_eq!(guard.apply(&mut fresh, &config).len(), 1);
+    assert!(if_names(&fresh, &config).is_empty());
+}
+
+#[test]
+fn dev_vm_ipv6_default_route_and_addresses_are_read() {
+    let text = std::fs::read_to_string(Path::new(DEV_VM).join("proc/net/ipv6_route")).unwrap();
+    // The fixture has a `::/0 via fd00::1` route on eth0 and the reject route `::/0` on lo.
+    assert_eq!(default_v6(&text), ["eth0"]);
+    let inet6 = std::fs::read_to_string(Path::new(DEV_VM).join("proc/net/if_inet6")).unwrap();
+    assert_eq!(
+        holder_v6(&inet6, "fd00::2".parse().unwrap()).as_deref(),
+        Some("eth0")
+    );
+    assert_eq!(holder_v6(&inet6, "fd00::3".parse().unwrap()), None);
+}
+
+/// A tree with `proc/net/*` and `sys/class/net/*` as given.
+fn tree(route: &str, ipv6_route: &str, if_inet6: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("proc/net");
+    std::fs::create_dir_all(&net).unwrap();
+    std::fs::write(net.join("route"), route).unwrap();
+    std::fs::write(net.join("ipv6_route"), ipv6_route).unwrap();
+    std::fs::write(net.join("if_inet6"), if_inet6).unwrap();
+    let root = dir.path().to_owned();
+    (dir, root)
+}
+
+const HEADER: &str =
+    "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n";
+
+#[test]
+fn the_interface_of_the_internal_ip_is_protected_without_a_default_route() {
+    // Only connected routes: 192.0.2.0/24 on ens5, 10.0.0.0/8 and 10.1.0.0/16 on two others.
+    let route = format!(
+        "{HEADER}ens5\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+         wide\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n\
+         narrow\t0000010A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n"
+    );
+    let inet6 = "fd000000000000000000000000000007 04 40 00 80     ens6\n";
+    let (_dir, root) = tree(&route, "", inet6);
+    let ips: Vec<IpAddr> = ["192.0.2.9", "10.1.2.3", "fd00::7", "203.0.113.1"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let node = NodeNetwork::read(&root, &ips);
+    let names: Vec<&String> = node.interfaces.keys().collect();
+    assert_eq!(names, ["ens5", "ens6", "narrow"], "longest prefix wins");
+    assert_eq!(
+        node.interfaces["ens5"],
+        Reason::InternalIp("192.0.2.9".parse().unwrap())
+    );
+    // No InternalIP: nothing (no default route either).
+    assert!(NodeNetwork::read(&root, &[]).interfaces.is_empty());
+}
+
+#[test]
+fn bridge_ports_bond_slaves_and_vlan_parents_of_the_default_route_are_protected() {
+    let route = format!("{HEADER}br0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
+    let ipv6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+                fd000000000000000000000000000001 00000400 00000003 00000000 00000003 bond0.7\n";
+    let (_dir, root) = tree(&route, ipv6, "");
+    let class = root.join("sys/class/net");
+    for dir in ["br0/brif/ens1", "bond0.7", "bond0/bonding", "ens9"] {
+        std::fs::create_dir_all(class.join(dir)).unwrap();
+    }
+    std::fs::write(class.join("bond0/bonding/slaves"), "ens2 ens3\n").unwrap();
+    std::os::unix::fs::symlink("../bond0", class.join("bond0.7/lower_bond0")).unwrap();
+    // A name that is no interface name is ignored.
+    std::fs::create_dir_all(class.join("br0/brif/a b")).unwrap();
+    let node = NodeNetwork::read(&root, &[]);
+    let names: Vec<&String> = node.interfaces.keys().collect();
+    assert_eq!(names, ["bond0", "bond0.7", "br0", "ens1", "ens2", "ens3"]);
+    assert_eq!(node.interfaces["ens1"], Reason::Below("br0".into()));
+    assert_eq!(node.interfaces["ens3"], Reason::Below("bond0".into()));
+    assert_eq!(node.interfaces["bond0.7"], Reason::DefaultRouteV6);
+    assert_eq!(node.protects("ens9", &[]), None);
+}
+
+#[test]
+fn malformed_route_files_do_not_panic_and_yield_nothing() {
+    let junk = "x\n\u{0}\u{1}\teth0\tZZ\n../../etc 00000000 0 0003 0 0 0 00000000\n\
+                lo\t00000000\t0\t0003\t0\t0\t0\t00000000\n \n";
+    assert!(default_v4(junk).is_empty());
+    assert!(default_v6("00 00 00\n::: 0 0 0 0 0 0 0 1 eth0\n").is_empty());
+    assert_eq!(connected_v4(junk, "10.0.0.1".parse().unwrap()), None);
+    let (_dir, root) = tree(junk, junk, junk);
+    assert!(
+        NodeNetwork::read(&root, &["::1".parse().unwrap()])
+            .interfaces
+            .is_empty()
+    );
+}
+
+#[test]
+fn globs_match_like_a_shell() {
+    assert!(glob_match("eth*", "eth0"));
+    assert!(glob_match("ens1f?v*", "ens1f0v3"));
+    assert!(glob_match("*", ""));
+    assert!(glob_match("a*b*c", "axxbyyc"));
+    assert!(!glob_match("a*b*c", "axxbyy"));
+    assert!(!glob_match("eth?", "eth10"));
+    assert!(!glob_match("ens1f0", "ens1f0v0"));
+}
+
+#[test]
+fn exclude_interfaces_removes_devices_from_the_slices() {
+    let (_machine, mut inventory) = xeon();
+    let config = SliceConfig::new("xeon");
+    let before = if_names(&inventory, &config);
+    assert!(before.contains(&"ens1f0v3".to_owned()), "{before:?}");
+    let globs = vec!["ens1f0v*".to_owned(), "ens2f0np0".to_owned()];
+    let withheld = withhold(
+        &mut inventory,
+        &config,
+        &NodeNetwork::default(),
+        &globs,
+        None,
+    );
+    assert_eq!(withheld.len(), 9, "{withheld:?}");
+    let after = if_names(&inventory, &config);
+    assert!(after.iter().all(|n| !n.starts_with("ens1f0v")), "{after:?}");
+    assert!(!after.contains(&"ens2f0np0".to_owned()));
+    assert!(after.contains(&"ens1f0".to_owned()));
+    assert!(after.contains(&"ens2f0v0".to_owned()));
+}
+
+#[test]
+fn device_filter_in_cel_removes_unselected_devices_from_the_slices() {
+    let (_machine, mut inventory) = xeon();
+    let config = SliceConfig::new("xeon");
+    let nics = device_names(&inventory, &config);
+    let filter = DeviceFilter::new(
+        r#"device.attributes["hal.dra.dev"].isSriovVf && device.attributes["hal.dra.dev"].ifName.startsWith("ens2")"#,
+    )
+    .unwrap();
+    let withheld = withhold(
+        &mut inventory,
+        &config,
+        &NodeNetwork::default(),
+        &[],
+        Some(&filter),
+    );
+    let after = if_names(&inventory, &config);
+    assert_eq!(after, ["ens2f0v0", "ens2f0v1", "ens2f0v2", "ens2f0v3"]);
+    assert_eq!(withheld.len() + 4, nics.len());
+    // CPUs and GPUs are not filtered.
+    assert!(
+        build_slices(&inventory, &config, 1)
+            .iter()
+            .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+            .any(|d| d.name.starts_with("cpus-"))
+    );
+}
+
+#[test]
+fn device_filter_errors_have_a_kind_and_a_failing_device_is_withheld() {
+    let error = DeviceFilter::new("device.attributes[").err().unwrap();
+    assert_eq!(error.kind(), FilterErrorKind::Syntax);
+    assert!(
+        NodeGuard::new(
+            "/nonexistent",
+            Vec::new(),
+            NodeNetArgs {
+                device_filter: Some("(".into()),
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+    let (_machine, mut inventory) = xeon();
+    let config = SliceConfig::new("xeon");
+    // `nope` is on no device: an evaluation error, so nothing is published.
+    let filter = DeviceFilter::new(r#"device.attributes["hal.dra.dev"].nope == 1"#).unwrap();
+    let withheld = withhold(
+        &mut inventory,
+        &config,
+        &NodeNetwork::default(),
+        &[],
+        Some(&filter),
+    );
+    assert!(if_names(&inventory, &config).is_empty());
+    assert!(
+        withheld.values().all(|w| w.contains("nope")),
+        "{withheld:?}"
+    );
+    let not_bool = DeviceFilter::new("1").unwrap();
+    let device = k8s_openapi::api::resource::v1::Device {
+        name: "d".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        not_bool.selects(&device, "x").unwrap_err().kind(),
+        FilterErrorKind::Evaluation
+    );
+}
+
+#[test]
+fn network_config_is_validated_strictly_and_errors_name_the_field() {
+    use super::config::NetworkConfig;
+    let ok = NetworkConfig::decode(serde_json::json!({
+        "interface": {"name": "net1", "addresses": ["10.0.0.2/24", "fd00::2/64"], "mtu": 9000},
+        "routes": [{"destination": "0.0.0.0/0", "gateway": "10.0.0.1"}, {"destination": "10.9.0.0/16"}]
+    }))
+    .unwrap();
+    assert_eq!(ok.name.as_deref(), Some("net1"));
+    assert_eq!(ok.addresses[1].to_string(), "fd00::2/64");
+    assert_eq!(ok.routes[1].1, None);
+    for (config, field) in [
+        (
+            serde_json::json!({"interface": {"nmae": "x"}}),
+            "interface.nmae: unknown field `nmae`",
+        ),
+        (
+            serde_json::json!({"extra": 1}),
+            "extra: unknown field `extra`",
+        ),
+        (
+            serde_json::json!({"interface": {"name": "a-very-long-name0"}}),
+            "interface.name:",
+        ),
+        (
+            serde_json::json!({"interface": {"name": "a/b"}}),
+            "interface.name:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["10.0.0.2"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["ok", "10.0.0.2/24"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["10.0.0.2/24", "10.0.0.2/33"]}}),
+            "interface.addresses[1]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["fd00::1/129"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"addresses": ["0.0.0.0/8"]}}),
+            "interface.addresses[0]:",
+        ),
+        (
+            serde_json::json!({"interface": {"mtu": 20}}),
+            "interface.mtu:",
+        ),
+        (
+            serde_json::json!({"interface": {"mtu": -1}}),
+            "interface.mtu:",
+        ),
+        (
+            serde_json::json!({"routes": [{"destination": "10.0.0.0/8", "gateway": "fd00::1"}]}),
+            "routes[0].gateway:",
+        ),
+        (
+            serde_json::json!({"routes": [{"destination": "0.0.0.0/0"}]}),
+            "routes[0].gateway:",
+        ),
+        (
+            serde_json::json!({"routes": [{"destination": "x"}]}),
+            "routes[0].destination:",
+        ),
+        (
+            serde_json::json!({"routes": [{"gateway": "10.0.0.1"}]}),
+            "routes[0]:",
+        ),
+    ] {
+        let error = NetworkConfig::decode(config.clone()).unwrap_err();
+        assert!(error.starts_with(field), "{config}: {error}");
+    }
+}

@@ -1,0 +1,210 @@
+//! Direct mode against the real kernel: network namespaces made with `ip netns`, veth pairs standing in
+//! for VF netdevs. Root only (`cargo test -- --ignored` as root in CI).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::config::NetworkConfig;
+use super::direct::{Detached, attach, detach};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A named network namespace, deleted on drop.
+pub(crate) struct Netns(pub String);
+
+impl Netns {
+    pub(crate) fn new(role: &str) -> Netns {
+        let name = format!(
+            "hal-{role}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["netns", "add", &name]);
+        sh(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+
+    pub(crate) fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+
+    /// `ip -n <ns> -j <args>` as JSON.
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-n", &self.0, "-j"];
+        all.extend_from_slice(args);
+        let out = Command::new("ip").args(&all).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The link `name` in this namespace, as `ip -j link show` has it.
+    pub(crate) fn link(&self, name: &str) -> Option<serde_json::Value> {
+        self.json(&["link", "show"])
+            .as_array()?
+            .iter()
+            .find(|l| l["ifname"] == name)
+            .cloned()
+    }
+
+    pub(crate) fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+pub(crate) fn sh(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+/// A veth pair `a`/`b` in `ns`, `a` with MTU 1500, up.
+pub(crate) fn veth(ns: &Netns, a: &str, b: &str) {
+    sh(&[
+        "-n", &ns.0, "link", "add", a, "type", "veth", "peer", "name", b,
+    ]);
+    sh(&["-n", &ns.0, "link", "set", a, "up"]);
+    sh(&["-n", &ns.0, "link", "set", b, "up"]);
+}
+
+fn demo_config() -> super::config::Checked {
+    NetworkConfig::decode(serde_json::json!({
+        "interface": {"name": "net1", "addresses": ["192.0.2.10/24", "fd00:9::10/64"], "mtu": 1400},
+        "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"},
+                   {"destination": "2001:db8::/32", "gateway": "fd00:9::1"}]
+    }))
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn direct_mode_moves_configures_and_returns_a_veth_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf0", "vf0peer");
+    let attached = attach(&home.path(), "vf0", &pod.path(), &demo_config()).unwrap();
+    assert_eq!(attached.saved.mtu, 1500);
+    assert!(attached.saved.up);
+    let ips: Vec<String> = attached.ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["192.0.2.10/24", "fd00:9::10/64"]);
+    // What the pod's namespace sees.
+    assert!(home.link("vf0").is_none());
+    let link = pod.link("net1").expect("net1 in the pod");
+    assert_eq!(link["mtu"], 1400);
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(link["address"], attached.mac.as_str());
+    let addrs = pod.json(&["addr", "show", "dev", "net1"]);
+    let local: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert_eq!(local, ["192.0.2.10/24", "fd00:9::10/64"]);
+    let routes = pod.json(&["route", "show", "198.51.100.0/24"]);
+    assert_eq!(routes[0]["gateway"], "192.0.2.1");
+    assert_eq!(routes[0]["dev"], "net1");
+    let routes6 = pod.json(&["-6", "route", "show", "2001:db8::/32"]);
+    assert_eq!(routes6[0]["gateway"], "fd00:9::1");
+
+    // Sandbox stop: back home under its name, MTU and state; the pod has no net1.
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Home
+    );
+    assert!(pod.link("net1").is_none());
+    let back = home.link("vf0").expect("vf0 home");
+    assert_eq!(back["mtu"], 1500);
+    assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    // Addresses do not follow it home.
+    let addrs = home.json(&["addr", "show", "dev", "vf0"]);
+    assert!(
+        addrs[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["scope"] != "global")
+    );
+    // A second detach finds it home and changes nothing.
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Home
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn direct_mode_restores_a_down_interface_and_its_mtu_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf1", "vf1peer");
+    sh(&["-n", &home.0, "link", "set", "vf1", "down", "mtu", "9000"]);
+    let config = NetworkConfig::decode(serde_json::json!({"interface": {"mtu": 1280}})).unwrap();
+    let attached = attach(&home.path(), "vf1", &pod.path(), &config).unwrap();
+    // No name given: it keeps its host name in the pod.
+    assert_eq!(pod.link("vf1").unwrap()["mtu"], 1280);
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Home
+    );
+    let back = home.link("vf1").unwrap();
+    assert_eq!(back["mtu"], 9000);
+    assert!(!back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn a_veth_destroyed_with_its_namespace_detaches_as_gone_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf2", "vf2peer");
+    let attached = attach(&home.path(), "vf2", &pod.path(), &demo_config()).unwrap();
+    // The sandbox's namespace is destroyed before the stop event: a veth dies with it (a physical VF
+    // would come back to the host).
+    pod.delete();
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Gone
+    );
+    assert!(home.link("vf2").is_none());
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn a_failed_attach_moves_the_interface_back_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf3", "vf3peer");
+    // The same address twice cannot be added: the kernel answers EEXIST on the route.
+    let config = NetworkConfig::decode(serde_json::json!({
+        "interface": {"name": "net1", "addresses": ["192.0.2.10/24"]},
+        "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"},
+                   {"destination": "198.51.100.0/24", "gateway": "192.0.2.1"}]
+    }))
+    .unwrap();
+    let error = attach(&home.path(), "vf3", &pod.path(), &config).unwrap_err();
+    assert_eq!(error.errno, Some(17), "{error}");
+    assert!(error.to_string().contains("198.51.100.0/24"), "{error}");
+    assert!(pod.link("net1").is_none());
+    assert_eq!(home.link("vf3").unwrap()["mtu"], 1500);
+    // A missing interface is NotFound, and a missing namespace is a Namespace error.
+    let missing = attach(&home.path(), "nope0", &pod.path(), &config).unwrap_err();
+    assert_eq!(missing.kind(), super::error::NetErrorKind::NotFound);
+    let no_ns = attach(
+        &home.path(),
+        "vf3",
+        std::path::Path::new("/run/netns/nonexistent-x"),
+        &config,
+    )
+    .unwrap_err();
+    assert_eq!(no_ns.kind(), super::error::NetErrorKind::Namespace);
+    assert!(home.link("vf3").is_some());
+}

@@ -180,8 +180,8 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         use_all(&*recorder);
         assert_eq!(recorder.take(), EXPECTED, "&T");
-        use_all(&&*recorder);
-        assert_eq!(recorder.take(), EXPECTED, "&&T");
+        use_all(Box::new(&*recorder));
+        assert_eq!(recorder.take(), EXPECTED, "Box<&T>");
         use_all(Arc::clone(&recorder));
         assert_eq!(recorder.take(), EXPECTED, "Arc<T>");
         use_all(Box::new(Arc::clone(&recorder)));

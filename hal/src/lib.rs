@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cpuset;
 pub mod device;
 pub mod error;
+pub mod forward;
 pub mod inventory;
 pub mod numa;
 pub mod pci;

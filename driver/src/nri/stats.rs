@@ -1,8 +1,12 @@
 //! What the NRI plugin reports on `/metrics`: whether it is registered with the runtime, the containers
 //! it manages, and what it refused or could not apply.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 
 /// Counters and gauges, updated by the plugin and rendered with the plugin's metrics.
 #[derive(Debug, Default)]
@@ -58,27 +62,34 @@ impl NriStats {
             .fetch_add(count as u64, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of these.
-    pub fn render(&self, out: &mut String) {
+    /// Adds these to `registry` (with their values now), for the plugin's `/metrics`.
+    pub fn register(&self, registry: &mut Registry) {
         let (exclusive, shared) = self.containers();
-        let _ = writeln!(
-            out,
-            "# HELP dra_hal_nri_connected 1 while registered with the runtime's NRI socket.\n\
-             # TYPE dra_hal_nri_connected gauge\n\
-             dra_hal_nri_connected {}\n\
-             # HELP dra_hal_nri_containers Containers the NRI plugin places, by placement.\n\
-             # TYPE dra_hal_nri_containers gauge\n\
-             dra_hal_nri_containers{{placement=\"exclusive\"}} {exclusive}\n\
-             dra_hal_nri_containers{{placement=\"shared\"}} {shared}\n\
-             # HELP dra_hal_nri_refused_containers_total Containers whose creation was refused (empty shared pool, bad claim env).\n\
-             # TYPE dra_hal_nri_refused_containers_total counter\n\
-             dra_hal_nri_refused_containers_total {}\n\
-             # HELP dra_hal_nri_update_failures_total Container CPU updates the runtime did not apply (each is retried).\n\
-             # TYPE dra_hal_nri_update_failures_total counter\n\
-             dra_hal_nri_update_failures_total {}",
-            u8::from(self.connected()),
-            self.refused(),
-            self.update_failures.load(Ordering::Relaxed)
+        registry.register(
+            "dra_hal_nri_connected",
+            "1 while registered with the runtime's NRI socket.",
+            ConstGauge::new(i64::from(self.connected())),
+        );
+        let containers = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        for (placement, count) in [("exclusive", exclusive), ("shared", shared)] {
+            containers
+                .get_or_create(&[("placement", placement)])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "dra_hal_nri_containers",
+            "Containers the NRI plugin places, by placement.",
+            containers,
+        );
+        registry.register(
+            "dra_hal_nri_refused_containers",
+            "Containers whose creation was refused (empty shared pool, bad claim env).",
+            ConstCounter::new(self.refused()),
+        );
+        registry.register(
+            "dra_hal_nri_update_failures",
+            "Container CPU updates the runtime did not apply (each is retried).",
+            ConstCounter::new(self.update_failures.load(Ordering::Relaxed)),
         );
     }
 }

@@ -1,82 +1,66 @@
 //! Prometheus metrics and a health endpoint, served over plain HTTP on a configurable address.
 //!
 //! `GET /metrics`: counters of prepared and unprepared claims and their errors, a latency histogram
-//! per call, the number of devices published. `GET /healthz`: `ok` while the plugin serves and the
-//! kubelet has not refused its registration. Written by hand (a few atomics and a text format): no
-//! metrics framework is needed for this handful of series.
+//! per call, the number of devices published, in the OpenMetrics text format written by
+//! `prometheus-client`. `GET /healthz`: `ok` while the plugin serves and the kubelet has not
+//! refused its registration. The HTTP server ([`serve`]) is hyper's, with a header read timeout, a
+//! deadline per connection and a connection cap.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use super::api::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
+
+mod http;
+pub use http::{CONTENT_TYPE, IO_TIMEOUT, Limits, MAX_CONNECTIONS, serve, serve_with};
 
 /// Latency buckets in seconds (the upper bounds of a Prometheus histogram).
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    /// Sum in microseconds.
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, seconds: f64) {
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
-
 /// The plugin's metrics.
-#[derive(Default)]
 pub struct Metrics {
-    prepared: AtomicU64,
-    prepare_errors: AtomicU64,
-    unprepared: AtomicU64,
-    unprepare_errors: AtomicU64,
+    prepared: Counter,
+    prepare_errors: Counter,
+    unprepared: Counter,
+    unprepare_errors: Counter,
     prepare_seconds: Histogram,
     unprepare_seconds: Histogram,
-    devices_published: AtomicU64,
+    devices_published: Gauge,
     healthy: AtomicBool,
     nri: std::sync::OnceLock<Arc<crate::nri::stats::NriStats>>,
     status_forbidden: std::sync::OnceLock<Arc<AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            prepared: Counter::default(),
+            prepare_errors: Counter::default(),
+            unprepared: Counter::default(),
+            unprepare_errors: Counter::default(),
+            prepare_seconds: Histogram::new(BUCKETS),
+            unprepare_seconds: Histogram::new(BUCKETS),
+            devices_published: Gauge::default(),
+            healthy: AtomicBool::default(),
+            nri: std::sync::OnceLock::new(),
+            status_forbidden: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl Metrics {
     /// Sets the number of devices in the published slices.
     pub fn set_devices_published(&self, count: usize) {
         self.devices_published
-            .store(count as u64, Ordering::Relaxed);
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Marks the plugin healthy (serving and registered) or not.
@@ -99,67 +83,64 @@ impl Metrics {
         let _ = self.status_forbidden.set(counter);
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition (OpenMetrics text, [`CONTENT_TYPE`]). Counters are registered without their
+    /// `_total` suffix, which the format adds to the sample: the series keep their names
+    /// (`dra_hal_prepared_claims_total`, ...).
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut registry = Registry::default();
         let counters = [
             (
-                "dra_hal_prepared_claims_total",
+                "dra_hal_prepared_claims",
                 "Claims prepared successfully.",
                 &self.prepared,
             ),
             (
-                "dra_hal_prepare_errors_total",
+                "dra_hal_prepare_errors",
                 "Claims whose prepare failed.",
                 &self.prepare_errors,
             ),
             (
-                "dra_hal_unprepared_claims_total",
+                "dra_hal_unprepared_claims",
                 "Claims unprepared successfully.",
                 &self.unprepared,
             ),
             (
-                "dra_hal_unprepare_errors_total",
+                "dra_hal_unprepare_errors",
                 "Claims whose unprepare failed.",
                 &self.unprepare_errors,
             ),
         ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
         }
         if let Some(forbidden) = self.status_forbidden.get() {
-            let _ = writeln!(
-                out,
-                "# HELP dra_hal_status_write_forbidden_total Device status writes the API server \
-                 forbade (missing RBAC: a configuration error).\n\
-                 # TYPE dra_hal_status_write_forbidden_total counter\n\
-                 dra_hal_status_write_forbidden_total {}",
-                forbidden.load(Ordering::Relaxed)
+            registry.register(
+                "dra_hal_status_write_forbidden",
+                "Device status writes the API server forbade (missing RBAC: a configuration error).",
+                ConstCounter::new(forbidden.load(Ordering::Relaxed)),
             );
         }
-        self.prepare_seconds.render(
-            &mut out,
+        registry.register(
             "dra_hal_prepare_duration_seconds",
             "NodePrepareResources call latency.",
+            self.prepare_seconds.clone(),
         );
-        self.unprepare_seconds.render(
-            &mut out,
+        registry.register(
             "dra_hal_unprepare_duration_seconds",
             "NodeUnprepareResources call latency.",
+            self.unprepare_seconds.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP dra_hal_devices_published Devices in this node's ResourceSlices.\n\
-             # TYPE dra_hal_devices_published gauge\ndra_hal_devices_published {}",
-            self.devices_published.load(Ordering::Relaxed)
+        registry.register(
+            "dra_hal_devices_published",
+            "Devices in this node's ResourceSlices.",
+            self.devices_published.clone(),
         );
         if let Some(nri) = self.nri.get() {
-            nri.render(&mut out);
+            nri.register(&mut registry);
         }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
@@ -191,12 +172,8 @@ impl<H: DraHandler> DraHandler for Metered<H> {
                 .prepare_seconds
                 .observe(start.elapsed().as_secs_f64());
             let failed = results.values().filter(|r| r.is_err()).count() as u64;
-            self.metrics
-                .prepare_errors
-                .fetch_add(failed, Ordering::Relaxed);
-            self.metrics
-                .prepared
-                .fetch_add(results.len() as u64 - failed, Ordering::Relaxed);
+            self.metrics.prepare_errors.inc_by(failed);
+            self.metrics.prepared.inc_by(results.len() as u64 - failed);
             results
         })
     }
@@ -209,123 +186,13 @@ impl<H: DraHandler> DraHandler for Metered<H> {
                 .unprepare_seconds
                 .observe(start.elapsed().as_secs_f64());
             let failed = results.values().filter(|r| r.is_err()).count() as u64;
-            self.metrics
-                .unprepare_errors
-                .fetch_add(failed, Ordering::Relaxed);
+            self.metrics.unprepare_errors.inc_by(failed);
             self.metrics
                 .unprepared
-                .fetch_add(results.len() as u64 - failed, Ordering::Relaxed);
+                .inc_by(results.len() as u64 - failed);
             results
         })
     }
-}
-
-/// Connections served at once; more wait in the kernel's accept queue, holding no descriptor of
-/// the plugin.
-pub const MAX_CONNECTIONS: usize = 32;
-/// How long one connection may take to send its request and take the answer.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest request read.
-const MAX_REQUEST: usize = 8192;
-/// The pause after a failed accept (out of descriptors), instead of spinning on it.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How much the metrics endpoint serves at once.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Connections served at once ([`MAX_CONNECTIONS`]).
-    pub max_connections: usize,
-    /// Deadline of one connection, request and answer ([`IO_TIMEOUT`]).
-    pub io_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: MAX_CONNECTIONS,
-            io_timeout: IO_TIMEOUT,
-        }
-    }
-}
-
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves, with the default
-/// [`Limits`]. Requests are read up to 8 KiB; anything else is a 404.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    serve_with(listener, metrics, shutdown, Limits::default()).await;
-}
-
-/// [`serve`] with explicit limits: at most `max_connections` connections at once, each closed after
-/// `io_timeout`, so idle or slow clients cannot hold descriptors or memory.
-pub async fn serve_with(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-    limits: Limits,
-) {
-    tokio::pin!(shutdown);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = &mut shutdown => return,
-        };
-        let Ok(slot) = slot else {
-            return;
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "accepting a metrics connection failed");
-                tokio::select! {
-                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                    () = &mut shutdown => return,
-                }
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _ = tokio::time::timeout(limits.io_timeout, answer(stream, &metrics)).await;
-        });
-    }
-}
-
-/// Reads one request (up to the end of its headers or [`MAX_REQUEST`] bytes) and answers it.
-async fn answer(mut stream: TcpStream, metrics: &Metrics) {
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while buffer.len() < MAX_REQUEST && !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buffer.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
-    }
-    let request = String::from_utf8_lossy(&buffer);
-    let path = request.split_whitespace().nth(1).unwrap_or_default();
-    let (status, body, content_type) = match path {
-        "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
-        "/healthz" if metrics.is_healthy() => ("200 OK", "ok\n".to_owned(), "text/plain"),
-        "/healthz" => (
-            "503 Service Unavailable",
-            "not ready\n".to_owned(),
-            "text/plain",
-        ),
-        _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]
@@ -333,6 +200,8 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     struct Fixed;
 

@@ -120,9 +120,3 @@ pub trait GpuDevice: Send + Sync {
     /// Every GPU, sorted by PCI address.
     fn gpus(&self) -> Result<Discovered<GpuInfo>>;
 }
-
-impl<T: GpuDevice + ?Sized> GpuDevice for Box<T> {
-    fn gpus(&self) -> Result<Discovered<GpuInfo>> {
-        (**self).gpus()
-    }
-}

@@ -129,9 +129,3 @@ pub trait RdmaDevice: Send + Sync {
     /// Every RDMA device, sorted by name.
     fn rdma_devices(&self) -> Result<Discovered<RdmaInfo>>;
 }
-
-impl<T: RdmaDevice + ?Sized> RdmaDevice for Box<T> {
-    fn rdma_devices(&self) -> Result<Discovered<RdmaInfo>> {
-        (**self).rdma_devices()
-    }
-}

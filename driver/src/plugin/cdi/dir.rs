@@ -1,30 +1,25 @@
 //! Transient (per-claim) spec files in a CDI spec directory, written atomically.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::validate::{kind_parts, validate};
 use super::{CdiError, Spec};
+use crate::plugin::checkpoint::files::{Step, write_atomically};
 
 /// The longest claim UID accepted in a file name (Kubernetes UIDs are 36-byte UUIDs).
 const MAX_CLAIM_UID_BYTES: usize = 128;
 /// The largest spec [`CdiDir::read_claim_spec`] reads.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
-/// How many unique temp-file names a write tries before giving up.
-const TEMP_ATTEMPTS: u32 = 16;
-/// Distinguishes the temp files of concurrent writes in one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A CDI spec directory holding one transient spec per prepared claim,
 /// `<dir>/<vendor>-<class>_<claimUID>.json` (the upstream transient-spec naming).
 ///
-/// Writes go to a hidden temp file in the same directory (`.<name>.json.<unique>.tmp`, which CDI
-/// runtimes ignore: they load only `*.json` and `*.yaml`), are fsynced, renamed over the final name
-/// and the directory is fsynced: a reader sees the old spec or the new one, never a partial one, and
+/// Writes go through [`write_atomically`] (the helper the checkpoint also uses) to a hidden temp file
+/// in the same directory (`.<name>.json.<random>.tmp`, which CDI runtimes ignore: they load only
+/// `*.json` and `*.yaml`), are fsynced, renamed over the final name and the directory is fsynced: a reader sees the old spec or the new one, never a partial one, and
 /// a crash leaves at most a stray temp file, removed by [`CdiDir::remove_claim_spec`].
 ///
 /// Claim UIDs must be plain file-name parts: 1 to 128 bytes of ASCII letters, digits, `_ . -`, not
@@ -36,7 +31,9 @@ pub struct CdiDir {
     dir: PathBuf,
 }
 
-/// Where an injected failure happens (tests of the crash-safety guarantees).
+/// Where an injected failure happens (tests of the crash-safety guarantees; only tests construct
+/// the failing variants).
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FailAt {
     Never,
@@ -83,19 +80,18 @@ impl CdiDir {
         let mut bytes = serde_json::to_vec_pretty(&spec).map_err(CdiError::Serialize)?;
         bytes.push(b'\n');
 
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io_error("create directory", &self.dir))?;
         let final_path = self.dir.join(&file_name);
-        let (temp_path, file) = self.create_temp(&file_name)?;
-        if let Err(e) = fill_and_rename(file, &temp_path, &final_path, &bytes, fail) {
-            // Best effort: the error that matters is `e`; a leftover temp file is harmless.
-            let _ = fs::remove_file(&temp_path);
-            return Err(e);
-        }
-        sync_dir(&self.dir)?;
+        let fault = |step| match (step, fail) {
+            (Step::Write, FailAt::Write) | (Step::Rename, FailAt::Rename) => {
+                Err(io::Error::from_raw_os_error(28)) // ENOSPC, as a full disk would report
+            }
+            _ => Ok(()),
+        };
+        write_atomically(&final_path, &bytes, &fault).map_err(|e| CdiError::Io {
+            action: e.step.action(),
+            path: e.path,
+            source: e.source,
+        })?;
         Ok(final_path)
     }
 
@@ -202,62 +198,6 @@ impl CdiDir {
         uids.sort();
         Ok(uids)
     }
-
-    /// Creates a new, uniquely named temp file for `file_name` in the directory.
-    fn create_temp(&self, file_name: &str) -> Result<(PathBuf, File), CdiError> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let mut last = None;
-        for _ in 0..TEMP_ATTEMPTS {
-            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = self.dir.join(format!(
-                ".{file_name}.{}-{nanos}-{n}.tmp",
-                std::process::id()
-            ));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(file) => return Ok((path, file)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((path, e)),
-                Err(e) => return Err(io_error("create", &path)(e)),
-            }
-        }
-        let (path, e) = last.unwrap_or_else(|| {
-            (
-                self.dir.clone(),
-                io::Error::from(io::ErrorKind::AlreadyExists),
-            )
-        });
-        Err(io_error("create", &path)(e))
-    }
-}
-
-fn fill_and_rename(
-    mut file: File,
-    temp_path: &Path,
-    final_path: &Path,
-    bytes: &[u8],
-    fail: FailAt,
-) -> Result<(), CdiError> {
-    let injected = |at: FailAt| {
-        if fail == at {
-            Err(io::Error::from_raw_os_error(28)) // ENOSPC, as a full disk would report
-        } else {
-            Ok(())
-        }
-    };
-    injected(FailAt::Write)
-        .and_then(|()| file.write_all(bytes))
-        .map_err(io_error("write", temp_path))?;
-    file.sync_all().map_err(io_error("sync", temp_path))?;
-    drop(file);
-    injected(FailAt::Rename)
-        .and_then(|()| fs::rename(temp_path, final_path))
-        .map_err(io_error("rename", final_path))
 }
 
 fn remove_if_present(path: &Path) -> Result<(), CdiError> {

@@ -65,30 +65,90 @@ pub fn open_no_follow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// A step of [`write_atomically`], named in its errors and the point where tests inject faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Creating the directory (and missing parents, mode 0700).
+    CreateDir,
+    /// Creating the temp file.
+    Create,
+    /// Writing the bytes into the temp file.
+    Write,
+    /// fsync of the temp file.
+    Sync,
+    /// Renaming the temp file over the final name.
+    Rename,
+    /// fsync of the directory.
+    SyncDir,
+}
+
+impl Step {
+    /// The action as a word for messages (`write`, `rename`, ...).
+    pub fn action(self) -> &'static str {
+        match self {
+            Step::CreateDir => "create directory",
+            Step::Create => "create",
+            Step::Write => "write",
+            Step::Sync => "sync",
+            Step::Rename => "rename",
+            Step::SyncDir => "sync directory",
+        }
+    }
+}
+
+/// A failed [`write_atomically`]: the step, the file or directory it concerned and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("{} {}: {source}", step.action(), path.display())]
+pub struct AtomicWriteError {
+    /// Where it failed.
+    pub step: Step,
+    /// The temp file (create, write, sync), the final path (rename) or the directory.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
 /// Writes `bytes` to `path` through a new temp file in the same directory
 /// (`.<name>.<random>.tmp`, created exclusively, never through a link, mode 0600), fsyncs it,
-/// renames it over `path` and fsyncs the directory. `fault` runs before the write (tests inject
-/// `ENOSPC` there). The temp file is removed on failure.
+/// renames it over `path` and fsyncs the directory: a reader sees the old content or the new one,
+/// never a partial one. `fault` runs before each [`Step`] (tests inject `ENOSPC` there). The temp
+/// file is removed on failure. The one atomic-write helper of the plugin (checkpoint and CDI specs).
 pub fn write_atomically(
     path: &Path,
     bytes: &[u8],
-    fault: &dyn Fn() -> io::Result<()>,
-) -> io::Result<()> {
+    fault: &dyn Fn(Step) -> io::Result<()>,
+) -> Result<(), AtomicWriteError> {
     let dir = parent_of(path);
-    create_private_dir(dir)?;
+    let failed = |step: Step, at: &Path| {
+        let path = at.to_path_buf();
+        move |source| AtomicWriteError { step, path, source }
+    };
+    fault(Step::CreateDir)
+        .and_then(|()| create_private_dir(dir))
+        .map_err(failed(Step::CreateDir, dir))?;
     let name = file_name_of(path);
-    let (temp, mut file) = create_temp(dir, &name)?;
+    let (temp, mut file) = fault(Step::Create)
+        .and_then(|()| create_temp(dir, &name))
+        .map_err(failed(Step::Create, dir))?;
     let result = (|| {
-        fault()?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        File::open(dir)?.sync_all()
+        fault(Step::Write)
+            .and_then(|()| file.write_all(bytes))
+            .map_err(failed(Step::Write, &temp))?;
+        fault(Step::Sync)
+            .and_then(|()| file.sync_all())
+            .map_err(failed(Step::Sync, &temp))?;
+        fault(Step::Rename)
+            .and_then(|()| fs::rename(&temp, path))
+            .map_err(failed(Step::Rename, path))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
-    result
+    result?;
+    fault(Step::SyncDir)
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(failed(Step::SyncDir, dir))
 }
 
 fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {

@@ -1,0 +1,277 @@
+//! The HTTP server of `/metrics` and `/healthz`: hyper's HTTP/1 server, one request per connection,
+//! with a header read timeout (a client that connects and sends nothing, or trickles its headers,
+//! is closed), a deadline per connection (a client that does not take the answer) and a cap on the
+//! connections served at once (a semaphore; more wait in the kernel's accept queue, holding no
+//! descriptor of the plugin).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::Metrics;
+
+/// Connections served at once; more wait in the kernel's accept queue, holding no descriptor of
+/// the plugin.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long one connection may take to send its request headers, and to send its request and take
+/// the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The content type of `/metrics` (what `prometheus-client` writes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The pause after a failed accept (out of descriptors), instead of spinning on it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How much the metrics endpoint serves at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Header read timeout and deadline of one connection, request and answer ([`IO_TIMEOUT`]).
+    pub io_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            io_timeout: IO_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves, with the default
+/// [`Limits`]. Any other path is a 404.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    serve_with(listener, metrics, shutdown, Limits::default()).await;
+}
+
+/// [`serve`] with explicit limits: at most `max_connections` connections at once, each closed when
+/// its headers have not arrived within `io_timeout` and in any case after `io_timeout`, so idle or
+/// slow clients cannot hold descriptors or memory.
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+    limits: Limits,
+) {
+    tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => return,
+        };
+        let Ok(slot) = slot else {
+            return;
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a metrics connection failed");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    () = &mut shutdown => return,
+                }
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = respond(request.uri().path(), &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.io_timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            // Dropping the connection at the deadline closes it.
+            let _ = tokio::time::timeout(limits.io_timeout, connection).await;
+        });
+    }
+}
+
+fn respond(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = match path {
+        "/metrics" => (StatusCode::OK, metrics.render(), CONTENT_TYPE),
+        "/healthz" if metrics.is_healthy() => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".to_owned(),
+            "text/plain",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    async fn server(max_connections: usize) -> (std::net::SocketAddr, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_healthy(true);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections,
+            io_timeout: IO_TIMEOUT,
+        };
+        tokio::spawn(serve_with(
+            listener,
+            metrics.clone(),
+            std::future::pending(),
+            limits,
+        ));
+        (address, metrics)
+    }
+
+    async fn get(address: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// Reads until the server closes; `None` when it has not after `limit` (virtual time).
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(limit, stream.read_to_end(&mut rest))
+            .await
+            .ok()
+            .map(|read| {
+                // A reset is a close too.
+                let _ = read;
+                rest
+            })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_does_not_block_others_and_is_closed_after_the_timeout() {
+        let (address, _) = server(4).await;
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        let start = Instant::now();
+        let answer = get(address, "/healthz").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+        assert!(
+            start.elapsed() < IO_TIMEOUT,
+            "served while the silent client is connected: {:?}",
+            start.elapsed()
+        );
+        let rest = closed_within(&mut silent, IO_TIMEOUT * 10).await;
+        let rest = rest.expect("a silent connection is never closed");
+        // hyper may answer 408 on a header timeout; it never answers the request it did not get.
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+        assert!(start.elapsed() >= IO_TIMEOUT, "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_trickling_its_headers_is_closed_after_the_timeout() {
+        let (address, _) = server(4).await;
+        let mut slow = TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        let start = Instant::now();
+        let trickle = async {
+            // One header byte a second, forever: each read succeeds, the headers never end.
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if slow.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        };
+        let closed = tokio::time::timeout(IO_TIMEOUT * 10, trickle).await;
+        assert!(closed.is_ok(), "a trickling client is never closed");
+        assert!(start.elapsed() >= IO_TIMEOUT, "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() <= IO_TIMEOUT + Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_beyond_the_cap_are_served_only_when_a_slot_frees() {
+        let (address, _) = server(2).await;
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(address).await.unwrap());
+        }
+        let start = Instant::now();
+        let answer = get(address, "/healthz").await;
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+        assert!(
+            start.elapsed() >= IO_TIMEOUT,
+            "the third connection waited for a slot: {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text_and_unknown_paths_are_404() {
+        let (address, metrics) = server(4).await;
+        metrics.set_devices_published(3);
+        let answer = get(address, "/metrics").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("content-type: {CONTENT_TYPE}")),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("\ndra_hal_devices_published 3\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("# EOF\n"), "{answer}");
+        assert!(get(address, "/nope").await.starts_with("HTTP/1.1 404"));
+        // Not HTTP at all: an error answer or a close, and the server goes on.
+        let mut garbage = TcpStream::connect(address).await.unwrap();
+        garbage.write_all(b"\x00\xff\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = garbage.read_to_end(&mut rest).await;
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 200"));
+    }
+}

@@ -1,4 +1,4 @@
-//! Compiles the kubelet's gRPC APIs and the NRI messages (`proto/`) into Rust with protox (a pure-Rust protobuf compiler,
+//! Compiles the kubelet's gRPC APIs (`proto/`) into Rust with protox (a pure-Rust protobuf compiler,
 //! so no `protoc` is needed) and tonic-prost-build (servers for the plugin, clients for the tests,
 //! which act as the kubelet).
 //!
@@ -9,14 +9,12 @@
 
 use std::error::Error;
 
-const PROTOS: [&str; 7] = [
+const PROTOS: [&str; 5] = [
     "proto/dra/v1/api.proto",
     "proto/dra/v1beta1/api.proto",
     "proto/dra-health/v1alpha1/api.proto",
     "proto/dra-health/v1/api.proto",
     "proto/pluginregistration/api.proto",
-    "proto/nri/api.proto",
-    "proto/ttrpc/request.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -4,10 +4,10 @@
 //! publishes; [`probe`] is the report `hal-probe` prints. The kubelet plugin (gRPC, CDI) is built on the
 //! same inventory.
 
-pub mod api;
+pub use dra_kubelet_plugin::client as api;
 pub mod explain;
 #[cfg(any(test, feature = "fake-api"))]
-pub mod fake_api;
+pub use dra_kubelet_plugin::fake_api;
 pub mod health;
 pub mod inventory;
 pub mod nri;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::api::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
+use super::handler::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
 
 /// Latency buckets in seconds (the upper bounds of a Prometheus histogram).
 const BUCKETS: [f64; 10] = [
@@ -68,7 +68,7 @@ pub struct Metrics {
     unprepare_seconds: Histogram,
     devices_published: AtomicU64,
     healthy: AtomicBool,
-    nri: std::sync::OnceLock<Arc<crate::nri::stats::NriStats>>,
+    nri: std::sync::OnceLock<Arc<dra_nri::stats::NriStats>>,
     status_forbidden: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
@@ -85,7 +85,7 @@ impl Metrics {
     }
 
     /// Renders the NRI plugin's metrics too (with `--nri`).
-    pub fn set_nri(&self, stats: Arc<crate::nri::stats::NriStats>) {
+    pub fn set_nri(&self, stats: Arc<dra_nri::stats::NriStats>) {
         let _ = self.nri.set(stats);
     }
 

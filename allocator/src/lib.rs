@@ -54,7 +54,6 @@ mod explain;
 mod input;
 mod matching;
 mod model;
-mod quantity;
 mod render;
 mod search;
 pub mod synthetic;
@@ -66,6 +65,8 @@ pub use explain::{Allocated, Allocator, DEFAULT_STEP_LIMIT, Outcome, Status};
 pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
 pub use model::{AttrValue, Pools};
 pub use quantity::{Quantity, QuantityError};
+// The quantity parser lives in `hal`, so the plugin parses quantities without the allocator.
+use hal::quantity;
 pub use render::render_table;
 pub use version::KubernetesVersion;
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod inventory;
 pub mod numa;
 pub mod pci;
+pub mod quantity;
 pub mod text;
 pub mod write;
 

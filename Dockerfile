@@ -28,10 +28,12 @@ WORKDIR /src
 COPY . .
 # udev: rescans on hotplug (kernel uevents over netlink; no libudev needed). level-zero: Intel GPU facts
 # when the node's Level Zero loader is mounted (opened at run time). Not verbs: it links libibverbs,
-# which this distroless image does not have.
+# which this distroless image does not have. Two builds, not one: built together, hal-probe's fixtures
+# (hal-mock) would be unified into the plugin; built alone, the plugin has no fixtures, mocks or allocator.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p driver --features udev,level-zero --bin dra-hal-plugin --bin hal-probe \
+    cargo build --release --locked -p dra-hal-plugin --features udev,level-zero \
+ && cargo build --release --locked -p hal-probe --features udev,level-zero \
  && install -D -m 0755 -t /out target/release/dra-hal-plugin target/release/hal-probe
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -58,7 +58,7 @@ tmp=$(mktemp -d -t bench-discovery.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "== building hal-probe and hal-fixture (release)"
-cargo build --release -p driver --bin hal-probe
+cargo build --release -p hal-probe
 cargo build --release -p hal-mock --bin hal-fixture
 cargo build --release -p driver --example inventory-timing
 runs=${RUNS:-50}

@@ -56,7 +56,6 @@ mod gates;
 mod input;
 mod matching;
 mod model;
-mod quantity;
 mod render;
 mod search;
 pub mod synthetic;
@@ -69,6 +68,8 @@ pub use gates::FeatureGates;
 pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
 pub use model::{AttrValue, Pools};
 pub use quantity::{Quantity, QuantityError};
+// The quantity parser lives in `hal`, so the plugin parses quantities without the allocator.
+use hal::quantity;
 pub use render::render_table;
 pub use version::KubernetesVersion;
 

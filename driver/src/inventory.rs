@@ -220,7 +220,7 @@ fn nvml_for(fixture: Option<&str>) -> Box<dyn backends::nvml::NvmlApi> {
         Some(name) => Box::new(FakeNvml(recorded(
             name,
             "NVML",
-            hal_mock::nvml_answers(name),
+            crate::fixtures::nvml_answers(name),
         ))),
     }
 }
@@ -235,7 +235,7 @@ fn level_zero_for(fixture: Option<&str>) -> Option<Box<dyn backends::level_zero:
             Some(name) => Box::new(FakeLevelZero(recorded(
                 name,
                 "Level Zero",
-                hal_mock::level_zero_answers(name),
+                crate::fixtures::level_zero_answers(name),
             ))),
         })
     }
@@ -256,7 +256,7 @@ fn verbs_for(fixture: Option<&str>) -> Option<Box<dyn backends::verbs::VerbsApi>
             Some(name) => Box::new(FakeVerbs(recorded(
                 name,
                 "verbs",
-                hal_mock::verbs_answers(name),
+                crate::fixtures::verbs_answers(name),
             ))),
         })
     }

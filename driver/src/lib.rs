@@ -4,10 +4,16 @@
 //! publishes; [`probe`] is the report `hal-probe` prints. The kubelet plugin (gRPC, CDI) is built on the
 //! same inventory.
 
-pub mod api;
+pub use dra_kubelet_plugin::client as api;
+#[cfg(feature = "explain")]
 pub mod explain;
 #[cfg(any(test, feature = "fake-api"))]
-pub mod fake_api;
+pub use dra_kubelet_plugin::fake_api;
+/// The embedded fixture machines (`hal-mock`) behind `--fixture`, with the `fixture` feature.
+#[cfg(feature = "fixture")]
+pub use hal_mock as fixtures;
+#[cfg(not(feature = "fixture"))]
+pub mod fixtures;
 pub mod health;
 pub mod inventory;
 pub mod nri;

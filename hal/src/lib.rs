@@ -11,6 +11,7 @@ pub mod forward;
 pub mod inventory;
 pub mod numa;
 pub mod pci;
+pub mod quantity;
 pub mod text;
 pub mod write;
 

@@ -11,77 +11,10 @@
 //!
 //! How to turn NRI on in the runtime, and what a workload sees: `docs/nri.md`.
 
-pub mod endpoint;
-#[cfg(any(test, feature = "fake-nri"))]
-pub mod fake_runtime;
 pub mod plugin;
 pub mod policy;
 pub mod reconnect;
-pub mod stats;
-pub mod wire;
 
-/// Generated message types.
-pub mod proto {
-    /// NRI's messages (`nri.pkg.api.v1alpha1`, the subset this plugin uses).
-    #[allow(
-        missing_docs,
-        clippy::all,
-        clippy::pedantic,
-        clippy::nursery,
-        rust_2018_idioms
-    )]
-    #[allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-    pub mod api {
-        tonic::include_proto!("nri.pkg.api.v1alpha1");
-    }
-
-    /// ttrpc's request and response envelopes.
-    #[allow(
-        missing_docs,
-        clippy::all,
-        clippy::pedantic,
-        clippy::nursery,
-        rust_2018_idioms
-    )]
-    #[allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-    pub mod ttrpc {
-        tonic::include_proto!("ttrpc");
-    }
-}
-
-impl proto::api::LinuxResources {
-    /// The cpuset (`cpu.cpus`, a cpulist); empty when not set.
-    pub fn cpus(&self) -> &str {
-        self.cpu.as_ref().map_or("", |c| c.cpus.as_str())
-    }
-}
-
-impl proto::api::Container {
-    /// The container's cpuset; empty when not set.
-    pub fn cpus(&self) -> &str {
-        self.linux
-            .as_ref()
-            .and_then(|l| l.resources.as_ref())
-            .map_or("", proto::api::LinuxResources::cpus)
-    }
-}
-
-impl proto::api::ContainerUpdate {
-    /// The cpuset the update sets; empty when it sets none.
-    pub fn cpus(&self) -> &str {
-        self.linux
-            .as_ref()
-            .and_then(|l| l.resources.as_ref())
-            .map_or("", proto::api::LinuxResources::cpus)
-    }
-}
+#[cfg(feature = "fake-nri")]
+pub use dra_nri::fake_runtime;
+pub use dra_nri::{endpoint, proto, stats, wire};

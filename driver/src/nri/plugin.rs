@@ -31,27 +31,7 @@ use super::proto::ttrpc::Status;
 use super::stats::NriStats;
 use super::wire::{PLUGIN_CONN, RUNTIME_CONN};
 
-/// The service the runtime exposes to plugins.
-pub const RUNTIME_SERVICE: &str = "nri.pkg.api.v1alpha1.Runtime";
-/// The service a plugin exposes to the runtime.
-pub const PLUGIN_SERVICE: &str = "nri.pkg.api.v1alpha1.Plugin";
-
-/// NRI event numbers (the `Event` enum); a plugin subscribes with bit `event - 1`.
-pub mod event {
-    /// CreateContainer.
-    pub const CREATE_CONTAINER: i32 = 4;
-    /// UpdateContainer.
-    pub const UPDATE_CONTAINER: i32 = 8;
-    /// StopContainer.
-    pub const STOP_CONTAINER: i32 = 10;
-    /// RemoveContainer (delivered as a StateChange).
-    pub const REMOVE_CONTAINER: i32 = 11;
-
-    /// The subscription mask of `events`.
-    pub fn mask(events: &[i32]) -> i32 {
-        events.iter().fold(0, |m, e| m | (1 << (e - 1)))
-    }
-}
+pub use dra_nri::service::{PLUGIN_SERVICE, RUNTIME_SERVICE, event};
 
 /// How the plugin reaches the runtime.
 #[derive(Debug, Clone)]

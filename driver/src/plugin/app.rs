@@ -214,7 +214,7 @@ pub async fn run(
     // Writes go to the kernel on a node, and to the fixture's emulated kernel on a fixture.
     let writer: Arc<dyn hal::AttributeWriter> = match &args.fixture {
         Some(name) => Arc::new(
-            hal_mock::by_name(name)
+            crate::fixtures::by_name(name)
                 .map_err(anyhow::Error::msg)?
                 .kernel(root.root()),
         ),
@@ -453,7 +453,7 @@ fn machine(
     let config = args.slices.config(&node).map_err(anyhow::Error::msg)?;
     let (root, fixture) = match (&args.fixture, &args.sysfs_root) {
         (Some(name), _) => {
-            let machine = hal_mock::by_name(name).map_err(anyhow::Error::msg)?;
+            let machine = crate::fixtures::by_name(name).map_err(anyhow::Error::msg)?;
             let parent = super::fixture_tree::scratch_parent();
             let materialized = super::fixture_tree::FixtureTree::create(&machine, &parent)
                 .with_context(|| format!("writing fixture {name} in {}", parent.display()))?;

@@ -333,7 +333,9 @@ fn consumed_cpus(consumed: Option<&ConsumedCapacity>, driver: &str) -> Option<us
 /// The `rtBandwidth` capacity consumed, in millionths of a CPU (`300m` is 300000).
 fn consumed_rt(consumed: Option<&ConsumedCapacity>, driver: &str) -> Option<u64> {
     let quantity = consumed_capacity(consumed, driver, "rtBandwidth")?;
-    let nanos = allocator::Quantity::parse(&quantity.0).ok()?.nano_units();
+    let nanos = hal::quantity::Quantity::parse(&quantity.0)
+        .ok()?
+        .nano_units();
     u64::try_from(nanos / 1000).ok()
 }
 

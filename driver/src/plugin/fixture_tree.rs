@@ -27,9 +27,12 @@ pub struct FixtureTree {
 
 impl FixtureTree {
     /// Removes dead plugins' trees from `parent` (the scratch directory, see
-    /// [`hal_mock::scratch_dir`]), then writes `machine`'s tree into a new directory there, locked
+    /// `hal_mock::scratch_dir`), then writes `machine`'s tree into a new directory there, locked
     /// before anything is written into it.
-    pub fn create(machine: &hal_mock::FixtureMachine, parent: &Path) -> io::Result<FixtureTree> {
+    pub fn create(
+        machine: &crate::fixtures::FixtureMachine,
+        parent: &Path,
+    ) -> io::Result<FixtureTree> {
         for removed in remove_dead_trees(parent)? {
             tracing::info!(tree = %removed.display(), "removed the fixture tree of a plugin that died");
         }
@@ -56,7 +59,7 @@ impl FixtureTree {
 }
 
 /// The scratch directory fixture trees go to: `$TMPDIR` when set, else `/dev/shm` where there is
-/// one, else the system temporary directory (as [`hal_mock::scratch_dir`]).
+/// one, else the system temporary directory (as `hal_mock::scratch_dir`).
 pub fn scratch_parent() -> PathBuf {
     let shm = Path::new("/dev/shm");
     match std::env::var_os("TMPDIR") {

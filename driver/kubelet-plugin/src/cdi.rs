@@ -5,7 +5,7 @@
 //! (the plugin passes `/var/run/cdi`; this module never assumes it).
 //!
 //! ```
-//! use driver::plugin::cdi::{ContainerEdits, Device, DeviceNode, Spec, qualified_device, validate};
+//! use dra_kubelet_plugin::cdi::{ContainerEdits, Device, DeviceNode, Spec, qualified_device, validate};
 //!
 //! let mut node = DeviceNode::new("/dev/infiniband/uverbs0");
 //! node.r#type = Some("c".into());

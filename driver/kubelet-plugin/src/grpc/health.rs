@@ -10,7 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{health_v1, health_v1alpha1};
-use crate::plugin::api::{HealthReport, HealthStatus};
+use crate::handler::{HealthReport, HealthStatus};
 
 /// The service names added to the registration's supported versions when health is served.
 pub const HEALTH_VERSIONS: [&str; 2] = ["v1alpha1.DRAResourceHealth", "v1.DRAResourceHealth"];

@@ -7,7 +7,7 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::{v1, v1beta1};
-use crate::plugin::api::{ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults};
+use crate::handler::{ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults};
 
 /// The most claims one call may name. The kubelet sends the claims of one pod per call, and a pod
 /// references a handful; a call naming thousands would hold every other call for as long as its
@@ -334,10 +334,7 @@ mod tests {
     struct Counting(std::sync::atomic::AtomicUsize);
 
     impl DraHandler for Counting {
-        fn prepare(
-            &self,
-            claims: Vec<ClaimRef>,
-        ) -> crate::plugin::api::BoxFuture<'_, PrepareResults> {
+        fn prepare(&self, claims: Vec<ClaimRef>) -> crate::handler::BoxFuture<'_, PrepareResults> {
             self.0
                 .fetch_add(claims.len(), std::sync::atomic::Ordering::SeqCst);
             let answers = claims
@@ -350,7 +347,7 @@ mod tests {
         fn unprepare(
             &self,
             claims: Vec<ClaimRef>,
-        ) -> crate::plugin::api::BoxFuture<'_, UnprepareResults> {
+        ) -> crate::handler::BoxFuture<'_, UnprepareResults> {
             self.0
                 .fetch_add(claims.len(), std::sync::atomic::Ordering::SeqCst);
             let answers = claims.into_iter().map(|c| (c.uid, Ok(()))).collect();

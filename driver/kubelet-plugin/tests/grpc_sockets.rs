@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use driver::plugin::api::ClaimRef;
+use dra_kubelet_plugin::handler::ClaimRef;
 
-use driver::plugin::grpc::pluginregistration::registration_client::RegistrationClient;
-use driver::plugin::grpc::pluginregistration::{InfoRequest, RegistrationStatus};
-use driver::plugin::grpc::{
+use dra_kubelet_plugin::grpc::pluginregistration::registration_client::RegistrationClient;
+use dra_kubelet_plugin::grpc::pluginregistration::{InfoRequest, RegistrationStatus};
+use dra_kubelet_plugin::grpc::{
     MAX_SOCKET_PATH_BYTES, PluginSockets, RegistrationState, SocketError, acquire_instance_lock,
     v1, v1beta1,
 };

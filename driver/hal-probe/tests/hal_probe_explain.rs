@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn hal_probe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hal-probe"))
@@ -82,7 +82,7 @@ fn temp_yaml(text: &str) -> tempfile::NamedTempFile {
 
 const GB300_TEMPLATES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../deployments/examples/gb300-templates.yaml"
+    "/../../deployments/examples/gb300-templates.yaml"
 );
 
 #[test]
@@ -379,7 +379,7 @@ fn bad_input_names_the_file_and_field_and_exits_1() {
 #[ignore = "needs ../shared/corpora (run by .ci/run with --ignored)"]
 fn live_gb300_slices_resolve_the_upstream_demo_as_it_says_needs_shared_corpora() {
     let live = format!("{ROOT}/../shared/corpora/live-slices");
-    let classes = format!("{ROOT}/driver/tests/data/upstream-deviceclasses.yaml");
+    let classes = format!("{ROOT}/driver/hal-probe/tests/data/upstream-deviceclasses.yaml");
     let (outcomes, code) = explain(&[
         "--slices",
         &format!("{live}/resourceslice-gpu.yaml"),

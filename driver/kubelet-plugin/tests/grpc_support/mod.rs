@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use driver::plugin::api::{
-    BoxFuture, ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults,
-};
-use driver::plugin::grpc::{
+use dra_kubelet_plugin::grpc::{
     HealthService, PluginSockets, RegistrationService, RegistrationState, SocketError, serve,
+};
+use dra_kubelet_plugin::handler::{
+    BoxFuture, ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults,
 };
 use hyper_util::rt::TokioIo;
 use tempfile::TempDir;

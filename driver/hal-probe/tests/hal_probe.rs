@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// The test pci.ids, so names do not depend on the host's database.
-const PCI_IDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/pci.ids");
+const PCI_IDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/pci.ids");
 
 fn hal_probe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hal-probe"))

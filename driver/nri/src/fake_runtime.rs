@@ -25,8 +25,8 @@ use tokio::net::UnixListener;
 use tokio::sync::{MutexGuard, mpsc, watch};
 
 use super::endpoint::{CallError, Endpoint, Incoming};
-use super::plugin::{PLUGIN_SERVICE, RUNTIME_SERVICE, event};
 use super::proto::api;
+use super::service::{PLUGIN_SERVICE, RUNTIME_SERVICE, event};
 use super::wire::{MAX_DATA, PLUGIN_CONN, RUNTIME_CONN};
 
 /// How long the fake runtime waits for the plugin.

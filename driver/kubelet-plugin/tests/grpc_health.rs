@@ -12,10 +12,10 @@
 
 mod grpc_support;
 
-use driver::plugin::api::{DeviceHealth, HealthReport, HealthStatus};
-use driver::plugin::grpc::pluginregistration::InfoRequest;
-use driver::plugin::grpc::pluginregistration::registration_client::RegistrationClient;
-use driver::plugin::grpc::{HealthService, health_v1, health_v1alpha1};
+use dra_kubelet_plugin::grpc::pluginregistration::InfoRequest;
+use dra_kubelet_plugin::grpc::pluginregistration::registration_client::RegistrationClient;
+use dra_kubelet_plugin::grpc::{HealthService, health_v1, health_v1alpha1};
+use dra_kubelet_plugin::handler::{DeviceHealth, HealthReport, HealthStatus};
 use grpc_support::{Plugin, WAIT, channel};
 use tokio::sync::watch;
 

@@ -1,16 +1,16 @@
 //! The kubelet-facing gRPC side of the plugin: the DRA service (`v1.DRAPlugin` and `v1beta1.DRAPlugin`)
 //! and the plugin-registration service, each on its Unix socket.
 //!
-//! The message and service types are generated at build time from `driver/proto/` (protox + tonic),
+//! The message and service types are generated at build time from `driver/kubelet-plugin/proto/` (protox + tonic),
 //! servers for the plugin and clients for tests that play the kubelet. Everything kubelet-facing is
-//! here; the claim logic only implements [`DraHandler`](super::api::DraHandler).
+//! here; the claim logic only implements [`DraHandler`](crate::handler::DraHandler).
 //!
 //! A binary puts the pieces together like this:
 //!
 //! ```no_run
 //! # use std::{path::Path, sync::Arc};
-//! # use driver::plugin::api::DraHandler;
-//! use driver::plugin::grpc::{PluginSockets, RegistrationService, acquire_instance_lock, serve};
+//! # use dra_kubelet_plugin::handler::DraHandler;
+//! use dra_kubelet_plugin::grpc::{PluginSockets, RegistrationService, acquire_instance_lock, serve};
 //!
 //! # async fn run(handler: Arc<dyn DraHandler>) -> Result<(), Box<dyn std::error::Error>> {
 //! let sockets = PluginSockets::new(Path::new("/var/lib/kubelet"), "gpu.example.com")?;

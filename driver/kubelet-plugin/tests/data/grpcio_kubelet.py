@@ -3,7 +3,7 @@
 
 grpcio (gRPC C-core) sends the socket path, percent-encoded, as the HTTP/2 :authority for a
 `unix:` target, as the kubelet's plugin watcher (grpc-go with a bare path) does. The stubs are
-generated at run time with grpc_tools.protoc from driver/proto, whose packages, services and field
+generated at run time with grpc_tools.protoc from driver/kubelet-plugin/proto, whose packages, services and field
 numbers are the kubelet's.
 
 usage: grpcio_kubelet.py PROTO_DIR REGISTRATION_SOCKET DRA_SOCKET

@@ -16,9 +16,9 @@ mod grpc_support;
 
 use std::path::Path;
 
-use driver::plugin::api::{DeviceHealth, HealthReport, HealthStatus};
-use driver::plugin::grpc::pluginregistration::{InfoRequest, PluginInfo};
-use driver::plugin::grpc::{HealthService, v1};
+use dra_kubelet_plugin::grpc::pluginregistration::{InfoRequest, PluginInfo};
+use dra_kubelet_plugin::grpc::{HealthService, v1};
+use dra_kubelet_plugin::handler::{DeviceHealth, HealthReport, HealthStatus};
 use grpc_support::{DRIVER, Plugin, WAIT};
 use loona_hpack::{Decoder, Encoder};
 use prost::Message;

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::api::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
+use super::handler::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
 
 mod http;
 pub use http::{CONTENT_TYPE, IO_TIMEOUT, Limits, MAX_CONNECTIONS, serve, serve_with};
@@ -35,7 +35,7 @@ pub struct Metrics {
     unprepare_seconds: Histogram,
     devices_published: Gauge,
     healthy: AtomicBool,
-    nri: std::sync::OnceLock<Arc<crate::nri::stats::NriStats>>,
+    nri: std::sync::OnceLock<Arc<dra_nri::stats::NriStats>>,
     status_forbidden: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
@@ -69,7 +69,7 @@ impl Metrics {
     }
 
     /// Renders the NRI plugin's metrics too (with `--nri`).
-    pub fn set_nri(&self, stats: Arc<crate::nri::stats::NriStats>) {
+    pub fn set_nri(&self, stats: Arc<dra_nri::stats::NriStats>) {
         let _ = self.nri.set(stats);
     }
 

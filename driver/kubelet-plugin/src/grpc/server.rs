@@ -16,7 +16,7 @@ use super::sockets::bind_socket;
 use super::{
     AuthorityFix, DraService, HealthService, PluginSockets, RegistrationService, SocketError,
 };
-use crate::plugin::api::DraHandler;
+use crate::handler::DraHandler;
 
 /// Serves the DRA services (`v1.DRAPlugin`, `v1beta1.DRAPlugin`) over `handler`, and `health` (both
 /// `DRAResourceHealth` versions) when given, on [`PluginSockets::dra`], and `registration` on

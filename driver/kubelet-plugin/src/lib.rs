@@ -1,0 +1,19 @@
+//! A kubelet-plugin kit for Dynamic Resource Allocation: what every DRA driver's node plugin needs
+//! apart from its own devices.
+//!
+//! - [`grpc`]: plugin registration and the DRA `v1`/`v1beta1` services on their Unix sockets, the
+//!   instance lock, and the device health (`DRAResourceHealth`) service;
+//! - [`handler`]: the seam a driver implements ([`DraHandler`](handler::DraHandler): prepare,
+//!   unprepare, health);
+//! - [`cdi`]: the CDI spec writer and validator;
+//! - [`client`]: the API client wrapper (timeouts, error kinds);
+//! - [`metrics`]: `/metrics` and `/healthz`;
+//! - `fake_api` (feature `testing`): an in-memory API server behind `kube::Client`, for tests.
+
+pub mod cdi;
+pub mod client;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake_api;
+pub mod grpc;
+pub mod handler;
+pub mod metrics;

@@ -14,6 +14,7 @@ pub mod cdi;
 pub mod client;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_api;
+pub mod files;
 pub mod grpc;
 pub mod handler;
 pub mod metrics;

@@ -22,7 +22,7 @@ use hal::ErrorKind;
 
 use super::api::{ClaimRef, PreparedDevice};
 
-pub mod files;
+pub use dra_kubelet_plugin::files;
 
 /// The format version written.
 const VERSION: u32 = 1;

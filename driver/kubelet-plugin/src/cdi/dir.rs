@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::validate::{kind_parts, validate};
 use super::{CdiError, Spec};
-use crate::plugin::checkpoint::files::{Step, write_atomically};
+use crate::files::{Step, write_atomically};
 
 /// The longest claim UID accepted in a file name (Kubernetes UIDs are 36-byte UUIDs).
 const MAX_CLAIM_UID_BYTES: usize = 128;

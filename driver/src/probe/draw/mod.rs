@@ -56,6 +56,7 @@ pub struct Claim {
 
 impl Claim {
     /// The devices of `outcome` that are `driver`'s in `pool`, and its verdicts.
+    #[cfg(feature = "explain")]
     pub fn from_outcome(outcome: &allocator::Outcome, driver: &str, pool: &str) -> Claim {
         let status = match outcome.status {
             allocator::Status::Allocated => "allocated",

@@ -1,4 +1,4 @@
-//! The file operations of the checkpoint: atomic replacement through an unpredictable, exclusively
+//! Crash-safe file operations of the checkpoint and the CDI specs: atomic replacement through an unpredictable, exclusively
 //! created temp file, private modes, moving a bad file aside, and removing what a crash left.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};

@@ -93,22 +93,7 @@ impl VfConfig {
             }
         }
         if let Some(name) = &self.if_name {
-            let problem = if name.is_empty() {
-                Some("is empty")
-            } else if name.len() > 15 {
-                Some("is longer than 15 bytes (IFNAMSIZ)")
-            } else if name == "." || name == ".." {
-                Some("is . or ..")
-            } else if name.contains('/') {
-                Some("contains '/'")
-            } else if name
-                .chars()
-                .any(|c| c.is_whitespace() || c == ':' || c.is_control())
-            {
-                Some("contains whitespace, ':' or a control character")
-            } else {
-                None
-            };
+            let problem = crate::podnet::config::if_name_problem(name);
             if let Some(problem) = problem {
                 return Err(format!("ifName: {name:?} {problem}"));
             }

@@ -679,3 +679,18 @@ fn an_invalid_pool_gives_nothing_and_turns_no_allocation_into_an_error() {
         "{warnings:?}"
     );
 }
+
+// Taint effect `None` (1.35+, DRADeviceTaintRules) is informational: `allocateDevice` only skips a
+// device for an untolerated NoSchedule or NoExecute taint, so a `None` taint needs no toleration.
+#[test]
+fn a_none_effect_taint_is_informational_and_needs_no_toleration() {
+    let slices = "apiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {name: s}\nspec:\n  driver: example.com\n  nodeName: node-a\n  pool: {name: node-a, generation: 1, resourceSliceCount: 1}\n  devices:\n  - name: noted\n    taints: [{key: example.com/maintenance, value: soon, effect: None}]\n  - name: kept-away\n    taints: [{key: example.com/maintenance, value: now, effect: NoSchedule}]\n";
+    let outcome = run(slices, "", &format!("    requests:\n{}", exactly("r", "")));
+    assert_eq!(devices(&outcome), ["r=noted"]);
+    let both = run(
+        slices,
+        "",
+        &format!("    requests:\n{}", exactly("r", "        count: 2\n")),
+    );
+    assert_eq!(both.status, Status::Unsatisfiable, "{both:#?}");
+}

@@ -528,7 +528,13 @@ impl Machine {
     /// The ResourceSlices the driver would publish here, checked as the API server would.
     fn slices(&self, args: &MachineArgs, flags: &SliceArgs) -> anyhow::Result<Vec<ResourceSlice>> {
         let config = flags.config(&node_name(args)).map_err(anyhow::Error::msg)?;
-        let inventory = self.inventory(args);
+        let mut inventory = self.inventory(args);
+        // As the plugin does: the node's own network (default-route interfaces and their members)
+        // is never published. The InternalIP needs the API server, which hal-probe does not ask.
+        let node = driver::podnet::hostnet::NodeNetwork::read(self.root.root(), &[]);
+        for (address, why) in driver::podnet::withhold(&mut inventory, &config, &node, &[], None) {
+            eprintln!("hal-probe: {address} not published: {why}");
+        }
         let slices = build_slices(&inventory, &config, 0);
         let problems = validate_pool(&slices);
         if !problems.is_empty() {

@@ -356,3 +356,26 @@ fn slices_snapshots_of_every_fixture() {
     let mixed = hal_probe(&["--fixture", "gb300", "slices", "cpu"]);
     assert_eq!(mixed.status.code(), Some(1));
 }
+
+#[test]
+fn slices_leave_out_the_management_interface_as_the_plugin_does() {
+    // The captured VM's eth0 (0000:00:03.0) carries its default route (proc/net/route): the plugin
+    // never publishes it, and `hal-probe slices` shows what the plugin would publish.
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/captured/dev-vm"
+    );
+    let output = hal_probe(&["--sysfs-root", root, "--format", "json", "slices"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "0000:00:03.0 not published: eth0 carries the IPv4 default route (the node's own network)"
+        ),
+        "{stderr}"
+    );
+    let text = stdout(&output);
+    assert!(!text.contains("0000:00:03.0"), "{text}");
+    // The PCI report still lists it: only publication is withheld.
+    let pci = hal_probe(&["--sysfs-root", root, "--format", "json", "pci"]);
+    assert!(stdout(&pci).contains("0000:00:03.0"));
+}

@@ -7,6 +7,7 @@
 //!   unprepare, health);
 //! - [`cdi`]: the CDI spec writer and validator;
 //! - [`client`]: the API client wrapper (timeouts, error kinds);
+//! - [`metadata`]: device metadata files (KEP-5304) and their CDI mounts;
 //! - [`metrics`]: `/metrics` and `/healthz`;
 //! - `fake_api` (feature `testing`): an in-memory API server behind `kube::Client`, for tests.
 
@@ -17,4 +18,5 @@ pub mod fake_api;
 pub mod files;
 pub mod grpc;
 pub mod handler;
+pub mod metadata;
 pub mod metrics;

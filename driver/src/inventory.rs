@@ -17,7 +17,7 @@ pub struct Inventory {
     pub machine: backends::inventory::Inventory,
     /// The kernel's real-time bandwidth limit (`proc/sys/kernel/sched_rt_*`), when readable.
     pub rt_limit: Option<crate::plugin::rt::RtLimit>,
-    /// GPUs known to be unhealthy (see [`crate::health`]), published with a taint.
+    /// GPUs known to be unhealthy (kept by the `health` module), published with a taint.
     pub gpu_health: BTreeMap<hal::PciAddress, Unhealthy>,
 }
 
@@ -71,7 +71,7 @@ impl Inventory {
     }
 }
 
-/// Why a GPU is unhealthy, and since when (kept by [`crate::health::Health`]).
+/// Why a GPU is unhealthy, and since when (kept by `health::Health`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unhealthy {
     /// `xid-79`, `missing`.

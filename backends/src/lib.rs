@@ -6,8 +6,10 @@
 //!   GPUs and RDMA devices; their seams and merges are always built, the real libraries behind features.
 //! * `udev` (feature): hotplug uevents.
 //! * [`parallel`]: reading the families on two threads, as the driver does.
+//! * [`inventory`]: the whole machine in one call, `Inventory::from_sysfs(&SysfsRoot::new("/"), None)`.
 
 pub(crate) mod enrich;
+pub mod inventory;
 pub mod level_zero;
 #[cfg(feature = "nvml")]
 pub mod nvml;

@@ -38,14 +38,14 @@ fn synthetic_1024() -> Inventory {
             distances: (0..4).map(|m| if m == n { 10 } else { 21 }).collect(),
         })
         .collect();
-    Inventory {
+    Inventory::from(backends::inventory::Inventory {
         cpu: Some(CpuInventory {
             cpus,
             numa_nodes,
             errors: Vec::new(),
         }),
         ..Default::default()
-    }
+    })
 }
 
 fn bench(c: &mut Criterion) {

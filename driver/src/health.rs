@@ -11,44 +11,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::inventory::Inventory;
+pub use crate::inventory::Unhealthy;
 use backends::nvml::xid::{XidEvent, is_critical};
 use hal::{GpuInfo, PciAddress, PciFunction};
-use k8s_openapi::api::resource::v1::DeviceTaint;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-use crate::inventory::Inventory;
 
 /// The reason of a GPU seen before and gone from the machine now.
 pub const MISSING: &str = "missing";
-
-/// Why a GPU is unhealthy, and since when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unhealthy {
-    /// `xid-79`, `missing`.
-    pub reason: String,
-    /// When it was first seen (whole seconds, as the API server keeps it).
-    pub since: Time,
-}
-
-impl Unhealthy {
-    fn now(reason: String) -> Unhealthy {
-        let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        let since = k8s_openapi::jiff::Timestamp::from_second(now)
-            .map(Time)
-            .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        Unhealthy { reason, since }
-    }
-
-    /// The device taint that says so.
-    pub fn taint(&self, driver: &str) -> DeviceTaint {
-        DeviceTaint {
-            key: format!("{driver}/unhealthy"),
-            value: Some(self.reason.clone()),
-            effect: "NoSchedule".into(),
-            time_added: Some(self.since.clone()),
-        }
-    }
-}
 
 /// What the plugin knows of its GPUs' health across rescans.
 #[derive(Debug, Default)]
@@ -220,6 +189,7 @@ fn describe(reason: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use crate::inventory::FixtureVendors as _;
     use crate::slices::{SliceConfig, build_slices};
 
     fn gb300() -> Inventory {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use backends::sysfs::pciids::default_pci_ids;
 use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
 use clap::{Parser, ValueEnum};
-use driver::inventory::Inventory;
+use driver::inventory::{FixtureVendors as _, Inventory};
 use driver::probe::{Family, Report, Sources, render_table};
 use driver::slices::args::SliceArgs;
 use driver::slices::build_slices;

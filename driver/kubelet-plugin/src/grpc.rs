@@ -34,6 +34,7 @@
 mod authority;
 mod dra;
 mod health;
+mod limits;
 mod registration;
 mod server;
 mod sockets;
@@ -41,8 +42,9 @@ mod sockets;
 pub use authority::{AuthorityFix, MAX_HEADER_BLOCK, MAX_HEADER_LIST};
 pub use dra::DraService;
 pub use health::{HEALTH_VERSIONS, HealthService};
+pub use limits::{ConnectionLimits, Limited};
 pub use registration::{PLUGIN_TYPE, RegistrationService, RegistrationState, SUPPORTED_VERSIONS};
-pub use server::serve;
+pub use server::{serve, serve_with_limits};
 pub use sockets::{
     INSTANCE_LOCK_FILE, InstanceLock, MAX_SOCKET_PATH_BYTES, PluginSockets, SocketError,
     acquire_instance_lock,

@@ -84,6 +84,49 @@ pub struct ContainerEvent<'a> {
     _cri: MutexGuard<'a, ()>,
 }
 
+/// Why [`FakeRuntime::accept`] got no configured plugin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// Nothing happened in time: what was awaited, and how long.
+    #[error("{0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    /// Accepting the connection failed.
+    #[error("accepting a plugin connection: {0}")]
+    Accept(#[source] std::io::Error),
+    /// The plugin closed the connection before registering.
+    #[error("the plugin hung up before registering")]
+    HungUp,
+    /// The plugin's first call was not `RegisterPlugin`.
+    #[error("the first call was {service}/{method}, not RegisterPlugin")]
+    NotRegistration {
+        /// The service called.
+        service: String,
+        /// The method called.
+        method: String,
+    },
+    /// The registration does not decode.
+    #[error("RegisterPlugin request: {0}")]
+    Decode(#[source] prost::DecodeError),
+    /// Answering or configuring the plugin failed.
+    #[error("{0}")]
+    Call(#[source] CallError),
+}
+
+impl AcceptError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> hal::ErrorKind {
+        match self {
+            AcceptError::Timeout(..) | AcceptError::HungUp => hal::ErrorKind::Io,
+            AcceptError::Accept(error) => hal::ErrorKind::from_io(error),
+            AcceptError::NotRegistration { .. } | AcceptError::Decode(_) => {
+                hal::ErrorKind::Malformed
+            }
+            AcceptError::Call(error) => error.kind(),
+        }
+    }
+}
+
 impl FakeRuntime {
     /// Listens on `path`.
     pub fn listen(path: &Path) -> std::io::Result<FakeRuntime> {
@@ -94,7 +137,7 @@ impl FakeRuntime {
 
     /// Waits for a plugin to connect and register, then configures it. Fails when the plugin does not
     /// register first, or registers twice.
-    pub async fn accept(&self) -> Result<(PluginConn, api::ConfigureResponse), String> {
+    pub async fn accept(&self) -> Result<(PluginConn, api::ConfigureResponse), AcceptError> {
         self.accept_within(TIMEOUT).await
     }
 
@@ -102,28 +145,28 @@ impl FakeRuntime {
     pub async fn accept_within(
         &self,
         wait: Duration,
-    ) -> Result<(PluginConn, api::ConfigureResponse), String> {
+    ) -> Result<(PluginConn, api::ConfigureResponse), AcceptError> {
         let (socket, _) = tokio::time::timeout(wait, self.listener.accept())
             .await
-            .map_err(|_| "no plugin connected".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| AcceptError::Timeout("no plugin connected", wait))?
+            .map_err(AcceptError::Accept)?;
         let (endpoint, mut incoming) = Endpoint::start_strict(socket, RUNTIME_CONN, PLUGIN_CONN);
         let first = tokio::time::timeout(TIMEOUT, incoming.recv())
             .await
-            .map_err(|_| "the plugin did not register".to_owned())?
-            .ok_or("the plugin hung up before registering")?;
+            .map_err(|_| AcceptError::Timeout("the plugin did not register", TIMEOUT))?
+            .ok_or(AcceptError::HungUp)?;
         if first.request.service != RUNTIME_SERVICE || first.request.method != "RegisterPlugin" {
-            return Err(format!(
-                "the first call was {}/{}, not RegisterPlugin",
-                first.request.service, first.request.method
-            ));
+            return Err(AcceptError::NotRegistration {
+                service: first.request.service.clone(),
+                method: first.request.method.clone(),
+            });
         }
         let register = api::RegisterPluginRequest::decode(first.request.payload.as_slice())
-            .map_err(|e| e.to_string())?;
+            .map_err(AcceptError::Decode)?;
         endpoint
             .answer(first.stream, Ok(api::Empty {}.encode_to_vec()))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(AcceptError::Call)?;
         let table: Table = Arc::default();
         let failing: Failing = Arc::default();
         let locks = Locks::default();
@@ -160,7 +203,7 @@ impl FakeRuntime {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(AcceptError::Call)?;
         Ok((conn, configured))
     }
 }

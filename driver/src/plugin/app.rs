@@ -16,7 +16,7 @@ use super::grpc::{
 };
 use super::metrics::{Metered, Metrics};
 use super::prepare::{ClaimSource, KubeClaims, Preparer, PreparerConfig};
-use crate::inventory::Inventory;
+use crate::inventory::{FixtureVendors as _, Inventory};
 use crate::publish::{Publisher, publish_loop};
 use crate::slices::SliceConfig;
 use crate::slices::args::SliceArgs;

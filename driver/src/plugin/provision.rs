@@ -89,20 +89,27 @@ impl PfSelector {
 
 impl VfPolicy {
     /// Reads and checks a policy file; errors name the file and the field.
-    pub fn load(path: &Path) -> Result<VfPolicy, String> {
-        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<VfPolicy, PolicyError> {
+        let file = std::fs::File::open(path).map_err(PolicyError::io(path))?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_POLICY_BYTES), &mut text)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(PolicyError::io(path))?;
         let mut deserializer = serde_json::Deserializer::from_str(&text);
-        let policy: VfPolicy = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))?;
+        let policy: VfPolicy =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+                PolicyError::Invalid {
+                    path: path.to_owned(),
+                    field: e.path().to_string(),
+                    problem: e.inner().to_string(),
+                }
+            })?;
         for (i, entry) in policy.pfs.iter().enumerate() {
             if entry.selector.is_empty() {
-                return Err(format!(
-                    "{}: pfs[{i}].selector: selects every PF; give at least one field",
-                    path.display()
-                ));
+                return Err(PolicyError::Invalid {
+                    path: path.to_owned(),
+                    field: format!("pfs[{i}].selector"),
+                    problem: "selects every PF; give at least one field".into(),
+                });
             }
             for (field, id) in [
                 ("vendorId", &entry.selector.vendor_id),
@@ -111,14 +118,59 @@ impl VfPolicy {
                 if let Some(id) = id
                     && parse_id(id).is_none()
                 {
-                    return Err(format!(
-                        "{}: pfs[{i}].selector.{field}: {id:?} is not a hex id",
-                        path.display()
-                    ));
+                    return Err(PolicyError::Invalid {
+                        path: path.to_owned(),
+                        field: format!("pfs[{i}].selector.{field}"),
+                        problem: format!("{id:?} is not a hex id"),
+                    });
                 }
             }
         }
         Ok(policy)
+    }
+}
+
+/// Why a VF policy file was not applied; the message starts with the file and names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("{}: {message}", path.display())]
+    Io {
+        /// The policy file.
+        path: PathBuf,
+        /// What kind of failure (`NotFound`, `PermissionDenied`, ...).
+        kind: hal::ErrorKind,
+        /// The OS error.
+        message: String,
+    },
+    /// The file is not a valid policy.
+    #[error("{}: {field}: {problem}", path.display())]
+    Invalid {
+        /// The policy file.
+        path: PathBuf,
+        /// Where in the policy (`pfs[0].numVfs`).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl PolicyError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> hal::ErrorKind {
+        match self {
+            PolicyError::Io { kind, .. } => *kind,
+            PolicyError::Invalid { .. } => hal::ErrorKind::Malformed,
+        }
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError {
+        let path = path.to_owned();
+        move |error| PolicyError::Io {
+            path,
+            kind: hal::ErrorKind::from_io(&error),
+            message: error.to_string(),
+        }
     }
 }
 
@@ -222,11 +274,11 @@ impl PolicyWatch {
     }
 
     /// The policy when the file is new or changed since the last call, else `None`.
-    pub fn changed(&mut self) -> Option<Result<VfPolicy, String>> {
+    pub fn changed(&mut self) -> Option<Result<VfPolicy, PolicyError>> {
         let modified = std::fs::metadata(&self.path).and_then(|m| m.modified());
         let modified = match modified {
             Ok(m) => m,
-            Err(e) => return Some(Err(format!("{}: {e}", self.path.display()))),
+            Err(e) => return Some(Err(PolicyError::io(&self.path)(e))),
         };
         if self.applied == Some(modified) {
             return None;

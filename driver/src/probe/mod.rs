@@ -8,8 +8,8 @@ mod table;
 mod topology;
 
 use hal::{
-    CpuInventory, CpuTopology, Discovered, GpuDevice, GpuInfo, InventoryError, LogicalCpu,
-    NumaNodeInfo, PciDevice, PciFunction, RdmaDevice, RdmaInfo, SriovPf, SriovState,
+    CpuInventory, Discovered, GpuInfo, InventoryError, LogicalCpu, NumaNodeInfo, PciFunction,
+    RdmaInfo, SriovState,
 };
 
 pub use table::render_table;
@@ -44,19 +44,8 @@ impl Family {
     ];
 }
 
-/// Where each family is read from.
-pub struct Sources<'a> {
-    /// CPU topology.
-    pub cpu: &'a dyn CpuTopology,
-    /// PCI functions.
-    pub pci: &'a dyn PciDevice,
-    /// SR-IOV.
-    pub sriov: &'a dyn SriovPf,
-    /// RDMA devices.
-    pub rdma: &'a dyn RdmaDevice,
-    /// GPUs.
-    pub gpus: &'a dyn GpuDevice,
-}
+/// Where each family is read from: the inventory's [`Backends`](backends::inventory::Backends).
+pub use backends::inventory::Backends as Sources;
 
 /// The CPU part of a report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -3,7 +3,9 @@
 
 use hal::CpuSet;
 
-use super::config::{CounterLayout, CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
+use super::config::{
+    ConfigError, CounterLayout, CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig,
+};
 
 /// How CPUs are published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,13 +82,16 @@ pub struct SliceArgs {
     pub compat_domains: Vec<String>,
 }
 
-fn parse_cpulist(text: &str) -> Result<CpuSet, String> {
-    CpuSet::from_cpulist(text).map_err(|e| e.to_string())
+fn parse_cpulist(text: &str) -> Result<CpuSet, ConfigError> {
+    CpuSet::from_cpulist(text).map_err(|source| ConfigError::Parse {
+        flag: "--reserved-cpus",
+        source,
+    })
 }
 
 impl SliceArgs {
     /// The configuration for `node_name`, checked.
-    pub fn config(&self, node_name: &str) -> Result<SliceConfig, String> {
+    pub fn config(&self, node_name: &str) -> Result<SliceConfig, ConfigError> {
         let config = SliceConfig {
             driver_name: self.driver_name.clone(),
             node_name: node_name.to_owned(),

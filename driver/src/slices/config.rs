@@ -4,6 +4,10 @@ use hal::CpuSet;
 
 use super::names::{is_dns_subdomain, is_driver_name};
 
+/// Most partitions per GPU: one GPU's group (whole + partitions) must fit a 64-device slice, and
+/// Intel's Flex and Max GPUs make at most 63 VFs.
+pub const MAX_GPU_PARTITIONS: u32 = 31;
+
 /// The driver name used everywhere by default: ResourceSlices, the attribute domain, the kubelet
 /// plugin sockets, CDI kinds.
 pub const DEFAULT_DRIVER_NAME: &str = "hal.dra.dev";
@@ -73,7 +77,7 @@ pub struct SliceConfig {
     /// `matchAttribute` across drivers.
     pub compat_domains: Vec<String>,
     /// SR-IOV partitions published per Intel GPU that can make that many VFs (0: none); see
-    /// [`super::partitions`].
+    /// the `partitions` module.
     pub gpu_partitions: u32,
     /// Publish each CPU group's real-time bandwidth as an `rt-<group>` device (grouped CPU modes only).
     pub rt_bandwidth: bool,
@@ -98,46 +102,82 @@ impl SliceConfig {
         }
     }
 
-    /// Checks the names: a bad driver name, node name or domain is an error naming it.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the names and limits: a bad driver name, node name or domain is an error naming it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !is_driver_name(&self.driver_name) {
-            return Err(format!(
-                "driver name {:?}: must be a DNS subdomain of at most 63 characters (e.g. {DEFAULT_DRIVER_NAME})",
-                self.driver_name
-            ));
+            return Err(ConfigError::DriverName(self.driver_name.clone()));
         }
         if !is_dns_subdomain(&self.node_name, 253) {
-            return Err(format!(
-                "node name {:?}: must be a DNS subdomain (lower case, at most 253 characters)",
-                self.node_name
-            ));
+            return Err(ConfigError::NodeName(self.node_name.clone()));
         }
         if self.compat_domains.len() > MAX_COMPAT_DOMAINS {
-            return Err(format!(
-                "{} compatibility domains: at most {MAX_COMPAT_DOMAINS}",
-                self.compat_domains.len()
-            ));
+            return Err(ConfigError::TooMany {
+                field: "compatibility domains",
+                count: self.compat_domains.len(),
+                max: MAX_COMPAT_DOMAINS,
+            });
         }
-        if self.gpu_partitions > super::partitions::MAX_GPU_PARTITIONS {
-            return Err(format!(
-                "{} GPU partitions: at most {}",
-                self.gpu_partitions,
-                super::partitions::MAX_GPU_PARTITIONS
-            ));
+        if self.gpu_partitions > MAX_GPU_PARTITIONS {
+            return Err(ConfigError::TooMany {
+                field: "GPU partitions",
+                count: usize::try_from(self.gpu_partitions).unwrap_or(usize::MAX),
+                max: MAX_GPU_PARTITIONS as usize,
+            });
         }
         if self.rt_bandwidth && self.cpu_mode == CpuMode::Individual {
-            return Err(
-                "RT bandwidth is published per CPU group: use it with --cpu-mode numa or socket"
-                    .into(),
-            );
+            return Err(ConfigError::RtBandwidthPerCpu);
         }
         for domain in &self.compat_domains {
             if !is_driver_name(domain) || domain == &self.driver_name {
-                return Err(format!(
-                    "compatibility domain {domain:?}: must be a DNS subdomain other than the driver name"
-                ));
+                return Err(ConfigError::CompatDomain(domain.clone()));
             }
         }
         Ok(())
+    }
+}
+
+/// Why a [`SliceConfig`] (or the flags it comes from) is refused; the message names the flag's field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The driver name is not a DNS subdomain of at most 63 characters.
+    #[error(
+        "driver name {0:?}: must be a DNS subdomain of at most 63 characters (e.g. {DEFAULT_DRIVER_NAME})"
+    )]
+    DriverName(String),
+    /// The node name is not a DNS subdomain.
+    #[error("node name {0:?}: must be a DNS subdomain (lower case, at most 253 characters)")]
+    NodeName(String),
+    /// A compatibility domain is not a DNS subdomain, or is the driver name.
+    #[error("compatibility domain {0:?}: must be a DNS subdomain other than the driver name")]
+    CompatDomain(String),
+    /// More of something than a slice can carry.
+    #[error("{count} {field}: at most {max}")]
+    TooMany {
+        /// What (`compatibility domains`, `GPU partitions`).
+        field: &'static str,
+        /// How many were asked for.
+        count: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// `--rt-bandwidth` with individual CPUs.
+    #[error("RT bandwidth is published per CPU group: use it with --cpu-mode numa or socket")]
+    RtBandwidthPerCpu,
+    /// A flag's value does not parse (`--reserved-cpus`).
+    #[error("{flag}: {source}")]
+    Parse {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        #[source]
+        source: hal::ParseError,
+    },
+}
+
+impl ConfigError {
+    /// Always [`hal::ErrorKind::InvalidInput`]: the operator's flags, not the machine, are wrong.
+    pub fn kind(&self) -> hal::ErrorKind {
+        hal::ErrorKind::InvalidInput
     }
 }

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use super::config::{CpuMode, SliceConfig};
 use super::names::{address_label, attribute_string, semver_from_dotted};
 use super::partitions;
+pub use super::source::DeviceSource;
 use crate::inventory::Inventory;
 
 /// The standard attribute domain (k8s.io/dynamic-resource-allocation/deviceattribute).
@@ -134,41 +135,6 @@ impl DeviceBuilder {
             ..Default::default()
         }
     }
-}
-
-/// What a published device is on the machine: what preparing it needs to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceSource {
-    /// A GPU.
-    Gpu(GpuInfo),
-    /// One of the SR-IOV partitions (VFs) an Intel GPU is published with (`--gpu-partitions`): VF
-    /// `index` of `count`, created on demand by the first prepare.
-    GpuPartition {
-        /// The whole GPU (the PF).
-        pf: Box<GpuInfo>,
-        /// Which VF (`virtfn<index>`).
-        index: u32,
-        /// How many VFs the PF is split into.
-        count: u32,
-    },
-    /// A network function (or IB-only RDMA function), with its RDMA device if it has one.
-    Nic {
-        /// The PCI function.
-        function: Box<PciFunction>,
-        /// Its RDMA device.
-        rdma: Option<RdmaInfo>,
-    },
-    /// One CPU (individual mode).
-    Cpu(u32),
-    /// A group of CPUs (grouped mode): the allocatable CPUs of the group.
-    CpuGroup(CpuSet),
-    /// The real-time bandwidth of a CPU group (`--rt-bandwidth`): its CPUs and the limit per CPU.
-    RtGroup {
-        /// The allocatable CPUs of the group.
-        cpus: CpuSet,
-        /// What each CPU may give to real-time tasks, in millionths of a CPU.
-        per_cpu: u64,
-    },
 }
 
 /// Every device to publish, in a stable order: GPUs and network functions by PCI address, then CPUs.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod names;
 pub mod partitions;
+pub mod source;
 pub mod validate;
 
 use k8s_openapi::api::resource::v1::{
@@ -15,7 +16,7 @@ use k8s_openapi::api::resource::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-pub use config::{CounterLayout, CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
+pub use config::{ConfigError, CounterLayout, CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
 
 use crate::inventory::Inventory;
 

@@ -21,13 +21,11 @@ use k8s_openapi::api::resource::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::config::SliceConfig;
-use super::devices::DeviceSource;
 use super::names::address_label;
+use super::source::DeviceSource;
 use crate::inventory::Inventory;
 
-/// Most partitions per GPU: one GPU's group (whole + partitions) must fit a 64-device slice, and
-/// Intel's Flex and Max GPUs make at most 63 VFs.
-pub const MAX_GPU_PARTITIONS: u32 = 31;
+pub use super::config::MAX_GPU_PARTITIONS;
 
 /// Counters a counter set of a partitioned GPU holds.
 pub const COUNTERS_PER_SET: usize = 2;

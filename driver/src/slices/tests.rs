@@ -355,9 +355,21 @@ fn config_errors_name_the_field() {
     let mut config = SliceConfig::new("node-1");
     assert_eq!(config.validate(), Ok(()));
     config.driver_name = "Not A Domain".into();
-    assert!(config.validate().unwrap_err().contains("driver name"));
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("driver name")
+    );
     let mut config = SliceConfig::new("Node_1");
-    assert!(config.validate().unwrap_err().contains("node name"));
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("node name")
+    );
     config.node_name = "n".into();
     config.compat_domains = vec![
         "dra.net".into(),
@@ -366,7 +378,13 @@ fn config_errors_name_the_field() {
         "z".into(),
         "w".into(),
     ];
-    assert!(config.validate().unwrap_err().contains("at most 4"));
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at most 4")
+    );
 }
 
 #[test]
@@ -564,6 +582,7 @@ fn rt_bandwidth_is_a_shareable_device_per_cpu_group() {
         config
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("--cpu-mode numa or socket")
     );
 }

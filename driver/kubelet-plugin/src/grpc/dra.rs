@@ -156,38 +156,131 @@ fn bounded<T>(claims: Vec<T>) -> Result<Vec<T>, Status> {
     Ok(claims)
 }
 
-fn v1_claim(claim: v1::Claim) -> ClaimRef {
-    ClaimRef {
-        namespace: claim.namespace,
-        uid: claim.uid,
-        name: claim.name,
+/// What differs between the two versions of the DRA service: only the message types. The service
+/// itself is one generic implementation ([`DraService::prepare_call`], [`DraService::unprepare_call`]);
+/// each version's tonic trait impl only unwraps the request and wraps the answer.
+trait Version {
+    /// `v1`, `v1beta1`: for the logs.
+    const NAME: &'static str;
+    /// The version's `Claim`.
+    type Claim;
+    /// The version's `NodePrepareResourceResponse` (one claim's answer).
+    type Prepared;
+    /// The version's `NodeUnprepareResourceResponse` (one claim's answer).
+    type Unprepared;
+    /// The claim as the handler sees it.
+    fn claim(claim: Self::Claim) -> ClaimRef;
+    /// One claim's prepare answer: its devices, or the error text.
+    fn prepared(result: Result<Vec<PreparedDevice>, String>) -> Self::Prepared;
+    /// One claim's unprepare answer: the error text, empty when done.
+    fn unprepared(error: String) -> Self::Unprepared;
+}
+
+/// `v1.DRAPlugin`.
+struct V1;
+
+impl Version for V1 {
+    const NAME: &'static str = "v1";
+    type Claim = v1::Claim;
+    type Prepared = v1::NodePrepareResourceResponse;
+    type Unprepared = v1::NodeUnprepareResourceResponse;
+
+    fn claim(claim: v1::Claim) -> ClaimRef {
+        ClaimRef {
+            namespace: claim.namespace,
+            uid: claim.uid,
+            name: claim.name,
+        }
+    }
+
+    fn prepared(result: Result<Vec<PreparedDevice>, String>) -> Self::Prepared {
+        let (devices, error) = split_result(result);
+        let devices = devices
+            .into_iter()
+            .map(|device| v1::Device {
+                request_names: device.request_names,
+                pool_name: device.pool_name,
+                device_name: device.device_name,
+                cdi_device_ids: device.cdi_device_ids,
+                share_id: device.share_id,
+            })
+            .collect();
+        v1::NodePrepareResourceResponse { devices, error }
+    }
+
+    fn unprepared(error: String) -> Self::Unprepared {
+        v1::NodeUnprepareResourceResponse { error }
     }
 }
 
-fn v1beta1_claim(claim: v1beta1::Claim) -> ClaimRef {
-    ClaimRef {
-        namespace: claim.namespace,
-        uid: claim.uid,
-        name: claim.name,
+/// `v1beta1.DRAPlugin`: no share ids.
+struct V1beta1;
+
+impl Version for V1beta1 {
+    const NAME: &'static str = "v1beta1";
+    type Claim = v1beta1::Claim;
+    type Prepared = v1beta1::NodePrepareResourceResponse;
+    type Unprepared = v1beta1::NodeUnprepareResourceResponse;
+
+    fn claim(claim: v1beta1::Claim) -> ClaimRef {
+        ClaimRef {
+            namespace: claim.namespace,
+            uid: claim.uid,
+            name: claim.name,
+        }
+    }
+
+    fn prepared(result: Result<Vec<PreparedDevice>, String>) -> Self::Prepared {
+        let (devices, error) = split_result(result);
+        let devices = devices
+            .into_iter()
+            .map(|device| v1beta1::Device {
+                request_names: device.request_names,
+                pool_name: device.pool_name,
+                device_name: device.device_name,
+                cdi_device_ids: device.cdi_device_ids,
+            })
+            .collect();
+        v1beta1::NodePrepareResourceResponse { devices, error }
+    }
+
+    fn unprepared(error: String) -> Self::Unprepared {
+        v1beta1::NodeUnprepareResourceResponse { error }
     }
 }
 
-fn v1_device(device: PreparedDevice) -> v1::Device {
-    v1::Device {
-        request_names: device.request_names,
-        pool_name: device.pool_name,
-        device_name: device.device_name,
-        cdi_device_ids: device.cdi_device_ids,
-        share_id: device.share_id,
+fn split_result(result: Result<Vec<PreparedDevice>, String>) -> (Vec<PreparedDevice>, String) {
+    match result {
+        Ok(devices) => (devices, String::new()),
+        Err(error) => (Vec::new(), error),
     }
 }
 
-fn v1beta1_device(device: PreparedDevice) -> v1beta1::Device {
-    v1beta1::Device {
-        request_names: device.request_names,
-        pool_name: device.pool_name,
-        device_name: device.device_name,
-        cdi_device_ids: device.cdi_device_ids,
+impl DraService {
+    /// NodePrepareResources of version `V`: at most [`MAX_CLAIMS_PER_CALL`] claims, one answer each.
+    async fn prepare_call<V: Version, C: FromIterator<(String, V::Prepared)>>(
+        &self,
+        claims: Vec<V::Claim>,
+    ) -> Result<C, Status> {
+        let claims = bounded(claims)?.into_iter().map(V::claim).collect();
+        let answers = self.prepare(V::NAME, claims).await;
+        Ok(answers
+            .into_iter()
+            .map(|(uid, result)| (uid, V::prepared(result)))
+            .collect())
+    }
+
+    /// NodeUnprepareResources of version `V`: at most [`MAX_CLAIMS_PER_CALL`] claims, one answer each.
+    async fn unprepare_call<V: Version, C: FromIterator<(String, V::Unprepared)>>(
+        &self,
+        claims: Vec<V::Claim>,
+    ) -> Result<C, Status> {
+        let claims = bounded(claims)?.into_iter().map(V::claim).collect();
+        let answers = self.unprepare(V::NAME, claims).await;
+        Ok(answers
+            .into_iter()
+            .map(|(uid, result)| (uid, V::unprepared(result.err().unwrap_or_default())))
+            .collect())
     }
 }
 
@@ -197,28 +290,9 @@ impl v1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
-        let claims = bounded(request.into_inner().claims)?
-            .into_iter()
-            .map(v1_claim)
-            .collect();
         let claims = self
-            .prepare("v1", claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let answer = match result {
-                    Ok(devices) => v1::NodePrepareResourceResponse {
-                        devices: devices.into_iter().map(v1_device).collect(),
-                        error: String::new(),
-                    },
-                    Err(error) => v1::NodePrepareResourceResponse {
-                        devices: Vec::new(),
-                        error,
-                    },
-                };
-                (uid, answer)
-            })
-            .collect();
+            .prepare_call::<V1, _>(request.into_inner().claims)
+            .await?;
         Ok(Response::new(v1::NodePrepareResourcesResponse { claims }))
     }
 
@@ -226,19 +300,9 @@ impl v1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = bounded(request.into_inner().claims)?
-            .into_iter()
-            .map(v1_claim)
-            .collect();
         let claims = self
-            .unprepare("v1", claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let error = result.err().unwrap_or_default();
-                (uid, v1::NodeUnprepareResourceResponse { error })
-            })
-            .collect();
+            .unprepare_call::<V1, _>(request.into_inner().claims)
+            .await?;
         Ok(Response::new(v1::NodeUnprepareResourcesResponse { claims }))
     }
 }
@@ -249,28 +313,9 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1beta1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
-        let claims = bounded(request.into_inner().claims)?
-            .into_iter()
-            .map(v1beta1_claim)
-            .collect();
         let claims = self
-            .prepare("v1beta1", claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let answer = match result {
-                    Ok(devices) => v1beta1::NodePrepareResourceResponse {
-                        devices: devices.into_iter().map(v1beta1_device).collect(),
-                        error: String::new(),
-                    },
-                    Err(error) => v1beta1::NodePrepareResourceResponse {
-                        devices: Vec::new(),
-                        error,
-                    },
-                };
-                (uid, answer)
-            })
-            .collect();
+            .prepare_call::<V1beta1, _>(request.into_inner().claims)
+            .await?;
         Ok(Response::new(v1beta1::NodePrepareResourcesResponse {
             claims,
         }))
@@ -280,19 +325,9 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1beta1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = bounded(request.into_inner().claims)?
-            .into_iter()
-            .map(v1beta1_claim)
-            .collect();
         let claims = self
-            .unprepare("v1beta1", claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let error = result.err().unwrap_or_default();
-                (uid, v1beta1::NodeUnprepareResourceResponse { error })
-            })
-            .collect();
+            .unprepare_call::<V1beta1, _>(request.into_inner().claims)
+            .await?;
         Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse {
             claims,
         }))

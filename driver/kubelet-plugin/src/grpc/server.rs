@@ -6,11 +6,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
+
+use super::limits::{ConnectionLimits, Limited, limited};
 
 use super::sockets::bind_socket;
 use super::{
@@ -27,12 +28,27 @@ use crate::handler::DraHandler;
 /// The DRA socket listens before the registration socket appears, since the kubelet connects to the
 /// DRA endpoint right after registering. Stale sockets are replaced, anything else at a socket path
 /// is an error, and both sockets are made 0600. Hold the [`InstanceLock`](super::InstanceLock)
-/// while calling this. The sockets are also removed if this future is dropped.
+/// while calling this. The sockets are also removed if this future is dropped. Connections are
+/// bounded by the default [`ConnectionLimits`]; see [`serve_with_limits`].
 pub async fn serve(
     sockets: &PluginSockets,
     handler: Arc<dyn DraHandler>,
     health: Option<HealthService>,
     registration: RegistrationService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SocketError> {
+    let limits = ConnectionLimits::default();
+    serve_with_limits(sockets, handler, health, registration, limits, shutdown).await
+}
+
+/// [`serve`], with the connections to each socket bounded by `limits` (a cap on open connections, an
+/// idle timeout and HTTP/2 keepalive pings; see [`ConnectionLimits`]).
+pub async fn serve_with_limits(
+    sockets: &PluginSockets,
+    handler: Arc<dyn DraHandler>,
+    health: Option<HealthService>,
+    registration: RegistrationService,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SocketError> {
     let dra_listener = bind_socket(sockets.dra())?;
@@ -56,12 +72,15 @@ pub async fn serve(
     let dra = DraService::new(handler);
     let health = health.map(|health| health.until(stop.subscribe()));
     let dra_server = async {
-        let result = Server::builder()
+        let result = server(limits)
             .add_service(dra.v1_server())
             .add_service(dra.v1beta1_server())
             .add_optional_service(health.as_ref().map(HealthService::v1alpha1_server))
             .add_optional_service(health.as_ref().map(HealthService::v1_server))
-            .serve_with_incoming_shutdown(connections(dra_listener), stopped(stop.subscribe()))
+            .serve_with_incoming_shutdown(
+                connections(dra_listener, limits),
+                stopped(stop.subscribe()),
+            )
             .await;
         stop.send_replace(true);
         result.map_err(|source| SocketError::Serve {
@@ -70,10 +89,10 @@ pub async fn serve(
         })
     };
     let registration_server = async {
-        let result = Server::builder()
+        let result = server(limits)
             .add_service(registration.server())
             .serve_with_incoming_shutdown(
-                connections(registration_listener),
+                connections(registration_listener, limits),
                 stopped(stop.subscribe()),
             )
             .await;
@@ -98,12 +117,20 @@ pub async fn serve(
     dra_result.and(registration_result)
 }
 
-/// The connections a listener accepts, each behind [`AuthorityFix`]: the kubelet's plugin watcher
-/// (grpc-go) and Python grpcio send an `:authority` that h2 refuses (see its module).
+/// A server builder with `limits`' HTTP/2 keepalive pings.
+fn server(limits: ConnectionLimits) -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+}
+
+/// The connections a listener accepts within `limits`, each behind [`AuthorityFix`]: the kubelet's
+/// plugin watcher (grpc-go) and Python grpcio send an `:authority` that h2 refuses (see its module).
 fn connections(
     listener: UnixListener,
-) -> impl tokio_stream::Stream<Item = io::Result<AuthorityFix<tokio::net::UnixStream>>> {
-    UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFix::new))
+    limits: ConnectionLimits,
+) -> impl tokio_stream::Stream<Item = io::Result<AuthorityFix<Limited<UnixStream>>>> {
+    limited(listener, limits).map(|accepted| accepted.map(AuthorityFix::new))
 }
 
 /// Removes a socket file when dropped: on shutdown, on error and on cancellation alike.

@@ -133,14 +133,14 @@ fn bad_policies_are_errors_that_name_the_file_and_field() {
     ] {
         std::fs::write(&path, text).unwrap();
         let error = VfPolicy::load(&path).unwrap_err();
+        assert_eq!(error.kind(), hal::ErrorKind::Malformed);
+        let error = error.to_string();
         assert!(error.starts_with(&path.display().to_string()), "{error}");
         assert!(error.contains(expected), "{expected}: {error}");
     }
-    assert!(
-        VfPolicy::load(&dir.path().join("missing.json"))
-            .unwrap_err()
-            .contains("missing.json")
-    );
+    let missing = VfPolicy::load(&dir.path().join("missing.json")).unwrap_err();
+    assert_eq!(missing.kind(), hal::ErrorKind::NotFound);
+    assert!(missing.to_string().contains("missing.json"));
 }
 
 #[test]

@@ -5,7 +5,7 @@ use backends::SysfsRoot;
 use hal::PciAddress;
 
 use super::*;
-use crate::inventory::Vendors;
+use crate::inventory::{FixtureVendors as _, Vendors};
 
 /// The test pci.ids, so names do not depend on the host's database.
 fn pci_ids() -> PathBuf {

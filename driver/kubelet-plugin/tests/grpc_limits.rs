@@ -1,0 +1,169 @@
+//! The connection limits of the plugin's sockets, as a flood and the kubelet see them: idle
+//! connections beyond the cap wait, the cap holds the kubelet back only until the idle ones time out,
+//! and then its call gets through.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod grpc_support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dra_kubelet_plugin::grpc::pluginregistration::InfoRequest;
+use dra_kubelet_plugin::grpc::pluginregistration::registration_client::RegistrationClient;
+use dra_kubelet_plugin::grpc::v1;
+use dra_kubelet_plugin::grpc::{
+    ConnectionLimits, PluginSockets, RegistrationService, serve_with_limits,
+};
+use grpc_support::{DRIVER, FakeHandler, WAIT, channel, is_socket, wait_for};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tower::service_fn;
+
+const IDLE: Duration = Duration::from_millis(800);
+
+fn limits() -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: 2,
+        idle_timeout: IDLE,
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Reads until the server closes `stream` (EOF or an error), or fails after `within`.
+async fn closed_within(stream: &mut UnixStream, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the server closes an idle connection");
+    start.elapsed()
+}
+
+/// A channel like the kubelet's that counts the connections it opens.
+async fn counting_channel(path: &Path, connects: Arc<AtomicUsize>) -> Channel {
+    let path: PathBuf = path.to_owned();
+    Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(service_fn(move |_: Uri| {
+            let path = path.clone();
+            connects.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap()
+}
+
+async fn prepare(channel: Channel) -> Result<usize, tonic::Status> {
+    let mut client = v1::dra_plugin_client::DraPluginClient::new(channel);
+    let answer = client
+        .node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![v1::Claim {
+                namespace: "default".into(),
+                uid: "uid-1".into(),
+                name: "claim-1".into(),
+            }],
+        })
+        .await?;
+    Ok(answer.into_inner().claims.len())
+}
+
+#[tokio::test]
+async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_they_time_out() {
+    let root = tempfile::tempdir().unwrap();
+    let sockets = PluginSockets::new(root.path(), DRIVER).unwrap();
+    let handler = Arc::new(FakeHandler::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = {
+        let sockets = sockets.clone();
+        let registration = RegistrationService::new(&sockets);
+        tokio::spawn(async move {
+            serve_with_limits(&sockets, handler, None, registration, limits(), async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    wait_for(|| is_socket(sockets.registration()) && is_socket(sockets.dra())).await;
+
+    // A flood: five connections to the DRA socket that never send a byte. Two take the slots; the
+    // other three wait in the listen backlog.
+    let mut flood = Vec::new();
+    for _ in 0..5 {
+        flood.push(UnixStream::connect(sockets.dra()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // While both slots are held, a kubelet call cannot be served: the cap is real.
+    let held = tokio::time::timeout(Duration::from_millis(300), async {
+        prepare(channel(sockets.dra()).await).await
+    })
+    .await;
+    assert!(held.is_err(), "served past the cap: {held:?}");
+
+    // The registration socket has slots of its own: the flood on the DRA socket does not hold it.
+    let mut registration = RegistrationClient::new(channel(sockets.registration()).await);
+    let info = tokio::time::timeout(WAIT, registration.get_info(InfoRequest {}))
+        .await
+        .expect("registration answers during a flood of the DRA socket")
+        .unwrap();
+    assert_eq!(info.into_inner().name, DRIVER);
+
+    // Once the idle connections time out (two at a time), the kubelet's call gets through.
+    let start = Instant::now();
+    let claims = tokio::time::timeout(WAIT, async { prepare(channel(sockets.dra()).await).await })
+        .await
+        .expect("the kubelet is served once the idle connections timed out")
+        .unwrap();
+    assert_eq!(claims, 1);
+    assert!(
+        start.elapsed() >= IDLE / 2,
+        "served after {:?}, before any idle connection could time out",
+        start.elapsed()
+    );
+
+    // Every flood connection is closed by the server, none is kept open.
+    for stream in &mut flood {
+        let after = closed_within(stream, WAIT).await;
+        assert!(after < WAIT);
+    }
+
+    // A live HTTP/2 client answers the keepalive pings, so its connection, left without calls for
+    // several idle timeouts, is not closed: the next call goes over the same connection.
+    let connects = Arc::new(AtomicUsize::new(0));
+    let live = counting_channel(sockets.dra(), connects.clone()).await;
+    assert_eq!(prepare(live.clone()).await.unwrap(), 1);
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(prepare(live).await.unwrap(), 1);
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        1,
+        "the connection was closed while idle"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("serve ends after shutdown")
+        .unwrap()
+        .unwrap();
+}

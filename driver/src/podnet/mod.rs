@@ -7,7 +7,12 @@
 //!
 //! Direct mode ([`direct`], dranet's way): a claim's `NetworkConfig` ([`config`]) moves the function's
 //! netdev into the pod's network namespace through rtnetlink ([`netlink`]) and back on sandbox stop.
+//!
+//! CNI mode ([`cni`], the SR-IOV DRA driver's way): a claim's `VfConfig.netAttachDefName` names a
+//! NetworkAttachmentDefinition whose CNI plugins attach the function (exec of the plugins from
+//! `--cni-bin-dir`, results cached for DEL).
 
+pub mod cni;
 pub mod config;
 pub mod direct;
 pub mod error;

@@ -10,7 +10,9 @@
 //!
 //! CNI mode ([`cni`], the SR-IOV DRA driver's way): a claim's `VfConfig.netAttachDefName` names a
 //! NetworkAttachmentDefinition whose CNI plugins attach the function (exec of the plugins from
-//! `--cni-bin-dir`, results cached for DEL).
+//! `--cni-bin-dir`, results cached for DEL). The functions of a pod come from the prepared claims
+//! ([`pods`]); what the pod's interface got goes into the claim's `networkData` ([`status`]). The NRI
+//! plugin drives both at pod sandbox events (`crate::nri::sandbox`).
 
 pub mod cni;
 pub mod config;
@@ -19,6 +21,8 @@ pub mod error;
 pub mod filter;
 pub mod hostnet;
 pub mod netlink;
+pub mod pods;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

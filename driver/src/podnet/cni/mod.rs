@@ -23,6 +23,29 @@ pub use conf::ConfList;
 pub use error::{CniError, CniErrorKind};
 pub use result::{CniResult, NetworkData};
 
+/// Flags of CNI mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CniArgs {
+    /// Where the CNI plugin binaries are, for the NetworkAttachmentDefinitions that claims' VfConfig
+    /// netAttachDefName names (attached at pod sandbox start, through NRI: needs --nri).
+    #[arg(
+        long,
+        env = "CNI_BIN_DIR",
+        value_name = "DIR",
+        default_value = "/opt/cni/bin"
+    )]
+    pub cni_bin_dir: PathBuf,
+
+    /// Seconds one CNI plugin call may take before it is killed.
+    #[arg(
+        long,
+        env = "CNI_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60
+    )]
+    pub cni_timeout: u64,
+}
+
 /// Where the CNI plugins are, where the cache is, and how long a plugin may run.
 #[derive(Debug, Clone)]
 pub struct Cni {
@@ -73,7 +96,8 @@ impl Cni {
         }
     }
 
-    /// Runs ADD of `list` for `at`. On failure, DEL runs for what was added and the cache entry goes.
+    /// Runs ADD of `list` for `at`. On failure, DEL runs once for what was added, and the cache entry
+    /// goes even when that DEL fails (the sandbox fails; its namespace goes with it).
     pub fn add(&self, list: &ConfList, at: &Attachment) -> Result<Added, CniError> {
         let args = cni_args(&at.args)?;
         check_attachment(at)?;
@@ -98,8 +122,13 @@ impl Cni {
                 Ok(out) => previous = Some(out),
                 Err(e) => {
                     entry.result = previous;
+                    // As libcni, a failed ADD leaves no cache entry: DEL runs once, best effort
+                    // (a plugin's DEL may fail on what its ADD never made).
                     if let Err(undo) = self.del(&entry) {
                         tracing::warn!(error = %undo, "DEL after a failed CNI ADD");
+                        if let Err(gone) = cache::remove(&self.cache_dir, &entry.file_name()) {
+                            tracing::warn!(error = %gone, "forgetting a failed CNI ADD");
+                        }
                     }
                     return Err(e);
                 }

@@ -2,7 +2,7 @@
 # Lints the Helm chart deployments/helm/dra-hal with a real helm and renders it into DIR:
 #   DIR/default.yaml        default values
 #   DIR/fixture-gb300.yaml  fixture=gb300 (devices without hardware), stand-in device nodes, JSON logs, no DeviceClasses
-#   DIR/privileged.yaml     privileged, a VF policy, NRI, individual CPUs, GPU partitions, host /dev, metrics off,
+#   DIR/privileged.yaml     privileged, a VF policy, NRI with CNI mode, individual CPUs, GPU partitions, host /dev, metrics off,
 #                           another driver name, an extended resource name for the gpu class
 #   DIR/schemas             -> strict JSON schemas of every Kubernetes kind, 1.34 to 1.37
 # tests/tests/helm_chart.rs validates every rendered document against those schemas.
@@ -93,7 +93,7 @@ variants=(
   "default"
   "fixture-gb300 --set fixture=gb300 --set rtBandwidth=true --set devRoot=/var/lib/dra-hal/dev --set logFormat=json --set deviceClasses.enabled=false"
   "privileged --set driverName=dra.example.com --set privileged=true --set cpuMode=individual --set reservedCpus=0-1 --set gpuPartitions=4 --set counterLayout=own-slice --set metrics.enabled=false
-   --set hostDev=true --set nri.enabled=true --set-json compatDomains=[] --set publish={nics,cpus}
+   --set hostDev=true --set nri.enabled=true --set cni.enabled=true --set-json compatDomains=[] --set publish={nics,cpus}
    --set vfPolicy.pfs[0].selector.vendorId=0x15b3 --set vfPolicy.pfs[0].numVfs=4
    --set deviceClasses.extendedResourceNames.gpu=gpu.intel.com/i915"
 )

@@ -268,6 +268,21 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
                 mounts.iter().any(|m| m["mountPath"] == "/var/run/nri"),
                 "{mounts:?}"
             );
+            // CNI mode (on in this variant): the bin dir flag and mount, the sandboxes' namespaces
+            // with host-to-container propagation, the host's network namespace.
+            assert!(args.contains(&"--cni-bin-dir=/opt/cni/bin"), "{args:?}");
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m["mountPath"] == "/opt/cni/bin" && m["readOnly"] == true),
+                "{mounts:?}"
+            );
+            assert!(
+                mounts.iter().any(|m| m["mountPath"] == "/var/run/netns"
+                    && m["mountPropagation"] == "HostToContainer"),
+                "{mounts:?}"
+            );
+            assert_eq!(daemonset["spec"]["template"]["spec"]["hostNetwork"], true);
         }
 
         // Extended resource names: only where the values give one (the privileged variant's gpu class).
@@ -308,6 +323,10 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
                 rule("resourceclaims/status")["verbs"],
                 json!(["get", "patch"])
             );
+            // CNI mode's NetworkAttachmentDefinition read.
+            let nads = rule("network-attachment-definitions");
+            assert_eq!(nads["apiGroups"], json!(["k8s.cni.cncf.io"]));
+            assert_eq!(nads["verbs"], json!(["get"]));
             let granular = rule("resourceclaims/driver");
             assert_eq!(granular["apiGroups"], json!(["resource.k8s.io"]));
             assert_eq!(granular["resourceNames"], json!([driver]), "{variant}");

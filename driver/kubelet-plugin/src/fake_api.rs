@@ -1,6 +1,7 @@
 //! An in-memory Kubernetes API server for tests, at the HTTP level: it answers the requests the driver
-//! makes (Nodes, ResourceSlices, ResourceClaims) the way the real one does, keeps every request in a
-//! log that tests compare exactly, and can be told to fail a request or to hang.
+//! makes (Nodes, ResourceSlices, ResourceClaims, NetworkAttachmentDefinitions) the way the real one
+//! does, keeps every request in a log that tests compare exactly, and can be told to fail a request or
+//! to hang.
 //!
 //! It is the request → [`Reply`] logic, with two front ends (module `serve`): [`FakeApi::serve_mock`]
 //! behind a `tower_test` mock service (for `kube::Client::new`), and [`FakeApi::serve_http`] on a TCP
@@ -72,6 +73,7 @@ impl Logged {
 const SLICES: &str = "/apis/resource.k8s.io/v1/resourceslices";
 const CLAIMS: &str = "/apis/resource.k8s.io/v1/namespaces/";
 const NODES: &str = "/api/v1/nodes/";
+const NADS: &str = "/apis/k8s.cni.cncf.io/v1/namespaces/";
 /// How many changes are kept for watches that resume from a resource version.
 const HISTORY: usize = 1000;
 
@@ -130,6 +132,8 @@ pub struct FakeApi {
     pub slices: BTreeMap<String, Value>,
     /// ResourceClaims by `namespace/name`.
     pub claims: BTreeMap<String, Value>,
+    /// NetworkAttachmentDefinitions (`k8s.cni.cncf.io/v1`) by `namespace/name`: read only.
+    pub nads: BTreeMap<String, Value>,
     /// Every request, in order.
     pub log: Vec<Logged>,
     /// Requests (by [`Logged::short`]) to answer with this status once, e.g. a 409 conflict; an entry
@@ -255,7 +259,32 @@ impl FakeApi {
                 };
             }
         }
+        if let Some(rest) = path.strip_prefix(NADS)
+            && let [namespace, "network-attachment-definitions", name] =
+                rest.split('/').collect::<Vec<_>>().as_slice()
+        {
+            return match (method, self.nads.get(&format!("{namespace}/{name}"))) {
+                ("GET", Some(nad)) => Reply::Json(200, nad.clone()),
+                ("GET", None) => status(
+                    404,
+                    &format!("network-attachment-definitions.k8s.cni.cncf.io \"{name}\" not found"),
+                ),
+                _ => status(405, "method not allowed"),
+            };
+        }
         status(404, "the server could not find the requested resource")
+    }
+
+    /// Stores a NetworkAttachmentDefinition `namespace/name` whose `spec.config` is `config`.
+    pub fn add_nad(&mut self, namespace: &str, name: &str, config: &str) {
+        let version = self.next_version();
+        self.nads.insert(
+            format!("{namespace}/{name}"),
+            json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                   "metadata": {"name": name, "namespace": namespace,
+                                "resourceVersion": version.to_string(), "uid": format!("uid-nad-{name}")},
+                   "spec": {"config": config}}),
+        );
     }
 
     fn next_version(&mut self) -> u64 {

@@ -317,6 +317,20 @@ pub fn pod(id: &str, uid: &str) -> api::PodSandbox {
         name: format!("{id}-name"),
         uid: uid.into(),
         namespace: "default".into(),
+        linux: None,
+    }
+}
+
+/// A pod whose sandbox's network namespace is `netns`.
+pub fn pod_in_netns(id: &str, uid: &str, netns: &Path) -> api::PodSandbox {
+    api::PodSandbox {
+        linux: Some(api::LinuxPodSandbox {
+            namespaces: vec![api::LinuxNamespace {
+                r#type: "network".into(),
+                path: netns.to_string_lossy().into_owned(),
+            }],
+        }),
+        ..pod(id, uid)
     }
 }
 
@@ -355,6 +369,19 @@ impl PluginConn {
         container: &api::Container,
     ) -> Result<(), CallError> {
         self.event().await.remove(pod, container).await
+    }
+
+    /// A pod sandbox event (`RUN_POD_SANDBOX`, `STOP_POD_SANDBOX`, `REMOVE_POD_SANDBOX`), as the
+    /// runtime delivers it: a `StateChange`; an error fails the sandbox's creation.
+    pub async fn sandbox_event(&self, event: i32, pod: &api::PodSandbox) -> Result<(), CallError> {
+        let request = api::StateChangeEvent {
+            event,
+            pod: Some(pod.clone()),
+            container: None,
+        };
+        self.call::<api::Empty>("StateChange", &request)
+            .await
+            .map(|_| ())
     }
 
     /// How many `UpdateContainers` the plugin sent, applied or not.

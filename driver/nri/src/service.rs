@@ -7,6 +7,12 @@ pub const PLUGIN_SERVICE: &str = "nri.pkg.api.v1alpha1.Plugin";
 
 /// NRI event numbers (the `Event` enum); a plugin subscribes with bit `event - 1`.
 pub mod event {
+    /// RunPodSandbox (delivered as a StateChange).
+    pub const RUN_POD_SANDBOX: i32 = 1;
+    /// StopPodSandbox (delivered as a StateChange).
+    pub const STOP_POD_SANDBOX: i32 = 2;
+    /// RemovePodSandbox (delivered as a StateChange).
+    pub const REMOVE_POD_SANDBOX: i32 = 3;
     /// CreateContainer.
     pub const CREATE_CONTAINER: i32 = 4;
     /// UpdateContainer.

@@ -6,6 +6,7 @@
 //! - [`policy`]: which CPUs each container gets, apart from the protocol;
 //! - [`plugin`]: registration and the event handlers (whose answers carry the shared pool's moves);
 //! - [`reconnect`]: reconnection, with backoff;
+//! - [`sandbox`]: pod networking on pod sandbox events (CNI mode);
 //! - [`stats`]: what it reports on `/metrics`;
 //! - `fake_runtime` (feature `fake-nri`): the runtime side, for tests.
 //!
@@ -14,6 +15,7 @@
 pub mod plugin;
 pub mod policy;
 pub mod reconnect;
+pub mod sandbox;
 
 #[cfg(feature = "fake-nri")]
 pub use dra_nri::fake_runtime;

@@ -50,6 +50,9 @@ pub struct NriConfig {
     /// ones that fail). Off by default: it deadlocks containerd 1.7.x and 2.1.x (measured on 1.7.24
     /// and 2.1.9; containerd issue #13733), safe only on a runtime whose NRI has containerd/nri#301.
     pub unsolicited_updates: bool,
+    /// Pod networking on pod sandbox events (`--nri` with CNI mode); none: the events are not
+    /// subscribed.
+    pub pod_network: Option<Arc<super::sandbox::PodNetwork>>,
 }
 
 impl NriConfig {
@@ -63,6 +66,7 @@ impl NriConfig {
             timeout: Duration::from_secs(5),
             stats: Arc::default(),
             unsolicited_updates: false,
+            pod_network: None,
         }
     }
 }
@@ -175,6 +179,8 @@ async fn serve_inner(
     };
     let mut registration = Some(registration);
     let mut sync = Vec::new();
+    // Pod sandboxes named by the Synchronize calls so far.
+    let mut alive = std::collections::BTreeSet::new();
     // Only with `unsolicited_updates`: one pusher, so unsolicited updates reach the runtime in
     // order; what it could not apply comes back, and is sent again at the next retry tick.
     let (push_tx, push_rx) = mpsc::unbounded_channel::<Vec<Update>>();
@@ -205,7 +211,28 @@ async fn serve_inner(
                         policy.replace_snapshot(snapshot);
                     }
                 }
-                let answer = handle(&policy, &mut sync, &request.service, &request.method, &request.payload);
+                let net = config.pod_network.as_deref().filter(|_| request.service == PLUGIN_SERVICE);
+                if let (Some(net), "Synchronize") = (net, request.method.as_str())
+                    && let Ok(part) = api::SynchronizeRequest::decode(request.payload.as_slice())
+                {
+                    alive.extend(part.pods.iter().map(|p| p.id.clone()));
+                    if !part.more {
+                        let vanished = net.vanished(&std::mem::take(&mut alive));
+                        if !vanished.is_empty() {
+                            let net = net.clone();
+                            tokio::spawn(async move { net.del_vanished(vanished).await });
+                        }
+                    }
+                }
+                let sandbox = match (net, request.method.as_str()) {
+                    (Some(net), "StateChange") => net.on_state_change(&request.payload).await,
+                    _ => None,
+                };
+                let extra: &[i32] = if net.is_some() { super::sandbox::EVENTS } else { &[] };
+                let answer = match sandbox {
+                    Some(answer) => answer,
+                    None => handle(&policy, &mut sync, extra, &request.service, &request.method, &request.payload),
+                };
                 count(&policy, &config.stats, request.method == "CreateContainer" && answer.is_err());
                 if request.method == "Synchronize" && sync.is_empty() && answer.is_ok() {
                     *synchronized = true;
@@ -395,6 +422,7 @@ fn current_cpus(container: &api::Container) -> Option<CpuSet> {
 fn handle(
     policy: &Mutex<Policy>,
     sync: &mut Vec<api::SynchronizeRequest>,
+    extra_events: &[i32],
     service: &str,
     method: &str,
     payload: &[u8],
@@ -416,7 +444,7 @@ fn handle(
                     event::UPDATE_CONTAINER,
                     event::STOP_CONTAINER,
                     event::REMOVE_CONTAINER,
-                ]),
+                ]) | event::mask(extra_events),
             }
             .encode_to_vec()
         }

@@ -85,6 +85,10 @@ pub struct PluginArgs {
     #[allow(missing_docs)]
     pub node_net: crate::podnet::NodeNetArgs,
 
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cni: crate::podnet::cni::CniArgs,
+
     /// Seconds between rescans of the hardware (changes are published; an unchanged rescan costs no API call).
     #[arg(long, env = "RESCAN_INTERVAL", default_value_t = 60)]
     pub rescan_interval: u64,
@@ -238,6 +242,15 @@ pub async fn run(
     )
     .with_context(|| format!("loading the checkpoint {}", checkpoint.display()))?;
     let cpu_claims = preparer.cpu_claims();
+    // CNI mode at pod sandbox start (through NRI): the claims from the checkpoint, read only.
+    let pod_network = crate::nri::sandbox::PodNetwork::for_plugin(
+        &args.cni,
+        sockets.plugin_dir(),
+        checkpoint.clone(),
+        client.clone(),
+        &config.driver_name,
+        &config.node_name,
+    );
     let metrics = Arc::new(Metrics::default());
     metrics.set_status_forbidden(preparer.status_forbidden());
     let handler = Arc::new(Metered::new(preparer, metrics.clone()));
@@ -306,6 +319,7 @@ pub async fn run(
         let mut nri = crate::nri::plugin::NriConfig::new(&args.nri_socket);
         nri.index = args.nri_index.clone();
         nri.unsolicited_updates = args.nri_unsolicited_updates;
+        nri.pod_network = Some(Arc::new(pod_network));
         metrics.set_nri(nri.stats.clone());
         let inventory = inventory.clone();
         let reserved = config.reserved_cpus.clone();

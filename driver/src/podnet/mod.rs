@@ -7,13 +7,22 @@
 //!
 //! Direct mode ([`direct`], dranet's way): a claim's `NetworkConfig` ([`config`]) moves the function's
 //! netdev into the pod's network namespace through rtnetlink ([`netlink`]) and back on sandbox stop.
+//!
+//! CNI mode ([`cni`], the SR-IOV DRA driver's way): a claim's `VfConfig.netAttachDefName` names a
+//! NetworkAttachmentDefinition whose CNI plugins attach the function (exec of the plugins from
+//! `--cni-bin-dir`, results cached for DEL). The functions of a pod come from the prepared claims
+//! ([`pods`]); what the pod's interface got goes into the claim's `networkData` ([`status`]). The NRI
+//! plugin drives both at pod sandbox events (`crate::nri::sandbox`).
 
+pub mod cni;
 pub mod config;
 pub mod direct;
 pub mod error;
 pub mod filter;
 pub mod hostnet;
 pub mod netlink;
+pub mod pods;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

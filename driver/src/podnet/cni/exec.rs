@@ -1,0 +1,179 @@
+//! Running one CNI plugin binary: the CNI protocol is an exec of the plugin with `CNI_*` variables,
+//! the config on stdin and the result (or a CNI error) on stdout. Stdout is read up to
+//! [`MAX_OUTPUT`] (the rest is drained and the answer refused), and the child is killed at the
+//! deadline.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::error::{CniError, CniErrorKind};
+
+/// The most bytes of a plugin's stdout read.
+pub const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// One call of a plugin.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// `ADD`, `DEL`.
+    pub command: &'a str,
+    /// The plugin's type (its binary's name).
+    pub plugin: &'a str,
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_NETNS`.
+    pub netns: &'a Path,
+    /// `CNI_IFNAME`.
+    pub if_name: &'a str,
+    /// `CNI_ARGS`, `K=V;K=V`.
+    pub args: &'a str,
+    /// The config on stdin.
+    pub stdin: &'a [u8],
+}
+
+/// Finds `plugin` in `dirs` (the first directory that has it as a file).
+pub fn find(dirs: &[PathBuf], plugin: &str) -> Result<PathBuf, CniError> {
+    dirs.iter()
+        .map(|d| d.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            CniError::new(
+                CniErrorKind::NotFound,
+                format!("CNI plugin {plugin:?} is not in {}", dirs.join(":")),
+            )
+        })
+}
+
+/// Runs `call` with the binaries of `dirs` (also its `CNI_PATH`), at most `timeout`; returns its stdout
+/// as JSON (`Null` when it wrote nothing, as DEL may).
+pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value, CniError> {
+    let binary = find(dirs, call.plugin)?;
+    let what = format!("CNI plugin {} ({})", call.plugin, call.command);
+    let cni_path = std::env::join_paths(dirs)
+        .map_err(|e| CniError::new(CniErrorKind::Exec, format!("{what}: CNI_PATH: {e}")))?;
+    let mut command = Command::new(&binary);
+    command
+        .env_clear()
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_NETNS", call.netns)
+        .env("CNI_IFNAME", call.if_name)
+        .env("CNI_ARGS", call.args)
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    // ETXTBSY: the binary is being replaced, or another thread forked while it was written.
+    let mut attempt = 0;
+    let mut child = loop {
+        match command.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(26) && attempt < 5 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(CniError::new(
+                    CniErrorKind::Exec,
+                    format!("{what}: {}: {e}", binary.display()),
+                ));
+            }
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    if let Some(mut stdin) = child.stdin.take() {
+        let bytes = call.stdin.to_vec();
+        // A plugin that does not read its stdin must not block us: written beside.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+    }
+    let (sender, received) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let mut limited = stdout.take(MAX_OUTPUT as u64 + 1);
+            let read = limited.read_to_end(&mut bytes);
+            // Drained, so the plugin never blocks on a full pipe.
+            let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
+            let _ = sender.send(read.map(|_| bytes));
+        });
+    }
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CniError::new(
+                    CniErrorKind::Timeout,
+                    format!("{what} did not finish in {} s; killed", timeout.as_secs()),
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(CniError::new(CniErrorKind::Exec, format!("{what}: {e}"))),
+        }
+    };
+    // A child of the plugin may hold stdout open: wait no longer than the deadline.
+    let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100);
+    let stdout = match received.recv_timeout(left) {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            return Err(CniError::new(
+                CniErrorKind::Exec,
+                format!("{what}: reading stdout: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(CniError::new(
+                CniErrorKind::Timeout,
+                format!("{what}: its stdout stayed open past the deadline"),
+            ));
+        }
+    };
+    if stdout.len() > MAX_OUTPUT {
+        return Err(CniError::new(
+            CniErrorKind::Exec,
+            format!("{what}: its output is over {MAX_OUTPUT} bytes"),
+        ));
+    }
+    let json: Option<Value> = if stdout.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(serde_json::from_slice(&stdout).map_err(|e| {
+            CniError::new(
+                CniErrorKind::Exec,
+                format!("{what}: its output is not JSON: {e}"),
+            )
+        })?)
+    };
+    if !status.success() {
+        let json = json.unwrap_or(Value::Null);
+        let code = json.get("code").and_then(Value::as_u64);
+        let msg = json.get("msg").and_then(Value::as_str).unwrap_or_default();
+        let details = json
+            .get("details")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut message = format!("{what} failed ({status})");
+        if let Some(code) = code {
+            message.push_str(&format!(", CNI error {code}"));
+        }
+        if !msg.is_empty() {
+            message.push_str(&format!(": {msg}"));
+        }
+        if !details.is_empty() {
+            message.push_str(&format!(" ({details})"));
+        }
+        return Err(CniError::new(CniErrorKind::Plugin, message));
+    }
+    Ok(json.unwrap_or(Value::Null))
+}

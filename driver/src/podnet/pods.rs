@@ -1,0 +1,115 @@
+//! The network functions of the prepared claims reserved for a pod, read from the preparer's records
+//! (the checkpoint): each function's PCI address, host netdev, and the `VfConfig`'s `ifName` and
+//! NetworkAttachmentDefinition, as the claim's CDI environment carries them
+//! (`DRA_HAL_NIC_<i>_PCI_ADDRESS`, `_NETDEV`, `_IFNAME`, `_NETWORK`). The checkpoint is read here
+//! without side effects ([`read_prepared`]): the preparer alone repairs or rewrites it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use crate::plugin::api::ClaimRef;
+use crate::plugin::checkpoint::{ClaimRecord, Phase};
+
+/// One network function to attach to a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFunction {
+    /// The claim it is allocated in.
+    pub claim: ClaimRef,
+    /// Its device name in the pool (`nic-0000-3b-02-0`), for the claim's status; empty when the
+    /// record does not name it.
+    pub device: String,
+    /// Its PCI address.
+    pub pci: String,
+    /// Its netdev on the host (none when bound to vfio-pci).
+    pub netdev: Option<String>,
+    /// The `VfConfig`'s `ifName`.
+    pub if_name: Option<String>,
+    /// The `VfConfig`'s NetworkAttachmentDefinition: namespace (the claim's when not given), name.
+    pub network: Option<(String, String)>,
+}
+
+/// The network functions of the completed claims `claims` holds for the pod `pod_uid`, in claim then
+/// function order. Unlike the CPU policy, a record that names no pods (written before pods were
+/// recorded) counts for none: a function is attached only to a pod its claim is reserved for.
+pub fn of_pod(claims: &BTreeMap<String, ClaimRecord>, pod_uid: &str) -> Vec<PodFunction> {
+    let mut out = Vec::new();
+    for record in claims.values() {
+        if record.phase != Phase::Completed || !record.pods.iter().any(|p| p == pod_uid) {
+            continue;
+        }
+        let env = claim_env(&record.cdi_spec);
+        let mut i = 0;
+        while let Some(pci) = env.get(&format!("DRA_HAL_NIC_{i}_PCI_ADDRESS")) {
+            let get = |what: &str| env.get(&format!("DRA_HAL_NIC_{i}_{what}")).cloned();
+            let network = get("NETWORK").map(|full| match full.split_once('/') {
+                Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+                None => (record.claim.namespace.clone(), full),
+            });
+            let label = pci.replace([':', '.'], "-");
+            let device = record
+                .devices
+                .iter()
+                .map(|d| d.device_name.clone())
+                .find(|d| *d == format!("nic-{label}") || *d == format!("rdma-{label}"))
+                .unwrap_or_default();
+            out.push(PodFunction {
+                claim: record.claim.clone(),
+                device,
+                pci: pci.clone(),
+                netdev: get("NETDEV"),
+                if_name: get("IFNAME"),
+                network,
+            });
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The `KEY=VALUE` environment of a claim's CDI spec (every device carries the claim's).
+fn claim_env(spec: &serde_json::Value) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let devices = spec.get("devices").and_then(|d| d.as_array());
+    for device in devices.into_iter().flatten() {
+        let list = device
+            .get("containerEdits")
+            .and_then(|e| e.get("env"))
+            .and_then(|e| e.as_array());
+        for entry in list.into_iter().flatten().filter_map(|e| e.as_str()) {
+            if let Some((k, v)) = entry.split_once('=')
+                && k.starts_with("DRA_HAL_NIC_")
+            {
+                env.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+    env
+}
+
+/// The largest checkpoint read.
+const MAX_CHECKPOINT: u64 = 64 * 1024 * 1024;
+
+/// The prepared claims in the checkpoint at `path`, read only (no temp files removed, nothing moved
+/// aside: that is the preparer's). A missing file has none.
+pub fn read_prepared(path: &Path) -> Result<BTreeMap<String, ClaimRecord>, String> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        claims: BTreeMap<String, ClaimRecord>,
+    }
+    let file = match dra_kubelet_plugin::files::open_no_follow(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_CHECKPOINT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_CHECKPOINT {
+        return Err(format!("{}: over {MAX_CHECKPOINT} bytes", path.display()));
+    }
+    serde_json::from_slice::<Claims>(&bytes)
+        .map(|c| c.claims)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

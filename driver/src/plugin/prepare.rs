@@ -16,6 +16,7 @@ use super::api::{
     BoxFuture, ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults,
 };
 use super::cdi::{CdiDir, Device as CdiDevice, Spec, qualified_device};
+use super::checkpoint::files::Durability;
 use super::checkpoint::{CheckpointFile, ClaimRecord, Phase};
 use super::claims::{Allocated, allocated_devices};
 use super::cpus::{Placement, allocate};
@@ -192,22 +193,42 @@ impl Preparer {
         claim_source: Arc<dyn ClaimSource>,
         inventory: Arc<RwLock<Inventory>>,
     ) -> std::io::Result<Preparer> {
-        let missing = !config.checkpoint.path().exists();
         let loaded = config.checkpoint.load().map_err(std::io::Error::other)?;
         for temp in &loaded.removed_temps {
             tracing::info!(file = %temp.display(), "removed a temp file of an interrupted write");
         }
+        if loaded.migrated > 0 {
+            tracing::info!(claims = loaded.migrated, dir = %config.checkpoint.path().display(),
+                "moved the claims of checkpoint.json into one file per claim");
+        }
         let kind = format!("{}/device", config.slices.driver_name);
         let mut claims = loaded.claims;
-        if let Some(why) = &loaded.discarded {
-            tracing::warn!(reason = %why, "checkpoint discarded; rebuilding it from the CDI specs");
-            claims = recover::from_cdi_specs(&config, &kind);
-        } else if missing {
-            // No checkpoint (removed by hand, or a new plugin directory) while specs are there: they
-            // are claims this driver prepared, not orphans.
-            claims = recover::from_cdi_specs(&config, &kind);
+        for bad in &loaded.discarded {
+            tracing::warn!(reason = %bad.why, "checkpoint discarded; rebuilding from the CDI specs");
         }
-        let rebuilt = loaded.discarded.is_some() || !claims.is_empty() && missing;
+        // A lost or unusable checkpoint: the specs on disk are claims this driver prepared, not
+        // orphans. The whole of it: every spec without a record; one claim's file: that claim.
+        let whole = loaded.missing || loaded.discarded.iter().any(|d| d.uid.is_none());
+        let lost: Vec<&str> = loaded
+            .discarded
+            .iter()
+            .filter_map(|d| d.uid.as_deref())
+            .collect();
+        let mut rebuilt_any = false;
+        let wanted = |uid: &str| !claims.contains_key(uid) && (whole || lost.contains(&uid));
+        let recovered = match whole || !lost.is_empty() {
+            true => recover::from_cdi_specs(&config, &kind, &wanted),
+            false => BTreeMap::new(),
+        };
+        for (uid, record) in recovered {
+            config
+                .checkpoint
+                .put(&record, Durability::Synced)
+                .map_err(std::io::Error::other)?;
+            claims.insert(uid, record);
+            rebuilt_any = true;
+        }
+        let rebuilt = !loaded.discarded.is_empty() || loaded.missing && rebuilt_any;
         let started: Vec<String> = claims
             .iter()
             .filter(|(_, r)| r.phase == Phase::Started)
@@ -217,16 +238,14 @@ impl Preparer {
             tracing::info!(claim = %uid, "rolling back a claim whose prepare was interrupted");
             if let Some(record) = claims.remove(uid) {
                 undo_record(&config, &kind, &record).map_err(std::io::Error::other)?;
+                config
+                    .checkpoint
+                    .remove(uid)
+                    .map_err(std::io::Error::other)?;
                 for error in super::partitions::release(config.binder.as_ref(), &claims, &record) {
                     tracing::warn!(claim = %uid, %error, "GPU partitions not released");
                 }
             }
-        }
-        if rebuilt || !started.is_empty() {
-            config
-                .checkpoint
-                .store(&claims)
-                .map_err(std::io::Error::other)?;
         }
         let (cpu_claims, _) = tokio::sync::watch::channel(cpu_claims_of(&claims));
         Ok(Preparer {
@@ -906,23 +925,19 @@ impl Preparer {
         undo_record(&self.config, &self.kind, record)
     }
 
-    /// Writes the checkpoint, then tells the NRI plugin when the claims' CPUs changed. CPUs count from
-    /// the moment a claim is recorded as started: they are reserved before any I/O.
-    fn store(&self, state: &BTreeMap<String, ClaimRecord>) -> Result<(), String> {
-        self.config
-            .checkpoint
-            .store(state)
-            .map_err(|e| e.to_string())?;
+    /// Tells the NRI plugin when the claims' CPUs changed. CPUs count from the moment a claim is
+    /// recorded as started: they are reserved before any I/O.
+    fn publish_cpus(&self, state: &BTreeMap<String, ClaimRecord>) {
         let now = cpu_claims_of(state);
         self.cpu_claims.send_if_modified(|old| {
             let changed = *old != now;
             *old = now;
             changed
         });
-        Ok(())
     }
 
-    /// Sets (or with `None` removes) the record of `uid` and writes the checkpoint. When the write
+    /// Sets (or with `None` removes) the record of `uid` and writes (or removes) its file: a
+    /// completed record is fsynced, a started one is not (see [`super::checkpoint`]). When the write
     /// fails the record is put back as it was, so memory always says what the file says.
     fn commit(
         &self,
@@ -930,18 +945,23 @@ impl Preparer {
         uid: &str,
         record: Option<ClaimRecord>,
     ) -> Result<(), String> {
-        let before = match record {
+        let stored = match &record {
+            Some(record) => {
+                let durability = match record.phase {
+                    Phase::Completed => Durability::Synced,
+                    Phase::Started => Durability::Unsynced,
+                };
+                self.config.checkpoint.put(record, durability)
+            }
+            None => self.config.checkpoint.remove(uid),
+        };
+        stored.map_err(|e| e.to_string())?;
+        match record {
             Some(record) => state.insert(uid.to_owned(), record),
             None => state.remove(uid),
         };
-        let stored = self.store(state);
-        if stored.is_err() {
-            match before {
-                Some(before) => state.insert(uid.to_owned(), before),
-                None => state.remove(uid),
-            };
-        }
-        stored
+        self.publish_cpus(state);
+        Ok(())
     }
 
     /// Gives up a claim whose prepare failed after it was recorded as started: undoes what was done

@@ -15,11 +15,18 @@ use crate::plugin::claims::allocated_devices;
 /// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
 pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 
-/// A record for each readable spec of `kind`, marked `recovered`; specs that cannot be read are left
+/// A record for each readable spec of `kind` whose claim is `wanted`, marked `recovered`; specs that cannot be read are left
 /// on disk and reported.
-pub(super) fn from_cdi_specs(config: &PreparerConfig, kind: &str) -> BTreeMap<String, ClaimRecord> {
+pub(super) fn from_cdi_specs(
+    config: &PreparerConfig,
+    kind: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> BTreeMap<String, ClaimRecord> {
     let mut claims = BTreeMap::new();
     for uid in config.cdi.list_claim_specs(kind) {
+        if !wanted(&uid) {
+            continue;
+        }
         let spec = match config.cdi.read_claim_spec(kind, &uid) {
             Ok(spec) => spec,
             Err(error) => {

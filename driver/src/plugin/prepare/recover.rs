@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
-use super::{PreparerConfig, reserved_pods};
+use super::PreparerConfig;
+use super::plan::reserved_pods;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{Spec, qualified_device};
 use crate::plugin::checkpoint::{ClaimRecord, Phase};

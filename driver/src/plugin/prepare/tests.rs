@@ -2,7 +2,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use serde_json::json;
+
+use crate::plugin::api::BoxFuture;
 
 use super::*;
 
@@ -1335,5 +1338,6 @@ async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart(
 
 /// The NRI plugin against the preparer: claims as they are prepared and unprepared.
 mod claim_input;
+mod concurrency;
 mod durability;
 mod nri;

@@ -312,6 +312,7 @@ async fn main() {
 
     // LIVE claims prepared and kept.
     bench.set_latency(Duration::ZERO);
+    let rss_before = proc_field(child.id(), "VmRSS:");
     let live_uids: Vec<String> = (0..live).map(|i| format!("live-{i}")).collect();
     bench.add_claims(&live_uids);
     for chunk in live_uids.chunks(32) {
@@ -330,10 +331,12 @@ async fn main() {
     let rss = proc_field(child.id(), "VmRSS:");
     let hwm = proc_field(child.id(), "VmHWM:");
     println!(
-        "{live} live claims: CPU per prepare {cpu_ms:.2} ms (wall {:.2} ms each), VmRSS {:.1} MiB (peak {:.1} MiB)",
+        "{live} live claims: CPU per prepare {cpu_ms:.2} ms (wall {:.2} ms each), VmRSS {:.1} MiB (peak {:.1} MiB; {:.1} MiB before them: {:.1} KiB per claim)",
         ms(took) / extra.len() as f64,
         rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
+        hwm as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+        rss.saturating_sub(rss_before) as f64 / live.max(1) as f64
     );
 
     terminate(&child);

@@ -240,9 +240,11 @@ impl CheckpointFile {
     /// that is not a valid record, or a directory path that is not a directory, is moved aside and
     /// reported in `discarded`. Only I/O failures (permissions, a failed rename) are errors.
     pub fn load(&self) -> Result<Loaded, CheckpointError> {
-        let mut loaded = Loaded::default();
-        loaded.removed_temps = files::remove_stale_temps(&self.legacy)
-            .map_err(io_at("remove stale temp files of", &self.legacy))?;
+        let mut loaded = Loaded {
+            removed_temps: files::remove_stale_temps(&self.legacy)
+                .map_err(io_at("remove stale temp files of", &self.legacy))?,
+            ..Loaded::default()
+        };
         let legacy = legacy::read(&self.legacy).map_err(io_at("read", &self.legacy))?;
         let dir_exists = match fs::symlink_metadata(&self.dir) {
             Ok(meta) if meta.is_dir() => true,

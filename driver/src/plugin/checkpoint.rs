@@ -67,7 +67,7 @@ pub struct ClaimRecord {
     /// What the kubelet was (or will be) told.
     pub devices: Vec<PreparedDevice>,
     /// The CDI spec of the claim, so it can be written again without recomputing it.
-    pub cdi_spec: serde_json::Value,
+    pub cdi_spec: SpecJson,
     /// Per-device state needed to undo the preparation (original drivers, ...), by device name.
     #[serde(default)]
     pub undo: BTreeMap<String, serde_json::Value>,
@@ -88,6 +88,43 @@ pub struct ClaimRecord {
     /// when false, as `rt`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovered: bool,
+}
+
+/// A CDI spec kept as its compact JSON text: in memory a record holds the few KB the spec is, not a
+/// tree of maps and strings many times that size. In the file it is the spec's JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecJson(Box<str>);
+
+impl SpecJson {
+    /// The JSON of `spec`.
+    pub fn of<T: serde::Serialize>(spec: &T) -> Result<Self, serde_json::Error> {
+        Ok(SpecJson(serde_json::to_string(spec)?.into()))
+    }
+
+    /// The spec, decoded.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl From<serde_json::Value> for SpecJson {
+    fn from(value: serde_json::Value) -> Self {
+        SpecJson(value.to_string().into())
+    }
+}
+
+impl serde::Serialize for SpecJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let value: serde_json::Value =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        value.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SpecJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(SpecJson::from)
+    }
 }
 
 /// The header line of a record file.

@@ -26,7 +26,7 @@ fn record(uid: &str, phase: Phase) -> ClaimRecord {
             cdi_device_ids: vec![format!("hal.dra.dev/device={uid}-gpu-0008-06-00-0")],
             share_id: None,
         }],
-        cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}),
+        cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}).into(),
         undo: BTreeMap::new(),
         rt: BTreeMap::new(),
         pods: Vec::new(),
@@ -66,6 +66,12 @@ fn one_file_per_claim_round_trips_and_a_missing_directory_is_empty() {
     assert_eq!(loaded.claims, claims(&[&a, &b]));
     assert!(!loaded.missing);
     assert_eq!(names_in(checkpoint.path()), ["a.json", "b.json"]);
+    // The spec is kept as text in memory and stored as the object it is.
+    let text = fs::read_to_string(checkpoint.record_path("a")).unwrap();
+    assert!(
+        text.contains(r#""cdiSpec":{"cdiVersion":"0.5.0"}"#),
+        "{text}"
+    );
     checkpoint.remove("a").unwrap();
     checkpoint.remove("a").unwrap();
     assert_eq!(checkpoint.load().unwrap().claims, claims(&[&b]));
@@ -246,7 +252,7 @@ fn an_oversized_claim_is_refused_and_never_written() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
     let mut big = record("big", Phase::Started);
-    big.cdi_spec = serde_json::json!({"env": "x".repeat(MAX_CLAIM_BYTES)});
+    big.cdi_spec = serde_json::json!({"env": "x".repeat(MAX_CLAIM_BYTES)}).into();
     let error = checkpoint.check_claim(&big).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidInput);
     assert!(error.to_string().contains("ns/claim-big (big)"), "{error}");

@@ -140,7 +140,9 @@ impl Preparer {
     /// A completed claim asked again (kubelet restart, node reboot): the same devices, and its CDI spec
     /// written again (after a reboot `/var/run/cdi` is empty).
     fn redo_completed(&self, mut record: ClaimRecord) -> Result<Vec<PreparedDevice>, String> {
-        let spec: Spec = serde_json::from_value(record.cdi_spec.clone())
+        let spec: Spec = record
+            .cdi_spec
+            .parse()
             .map_err(|e| format!("checkpointed CDI spec: {e}"))?;
         self.config
             .cdi

@@ -12,7 +12,7 @@ use super::{Preparer, Rebind, recover};
 use crate::inventory::Inventory;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{Device as CdiDevice, Spec, qualified_device};
-use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::checkpoint::{ClaimRecord, Phase, SpecJson};
 use crate::plugin::claims::Allocated;
 use crate::plugin::cpus::{Placement, allocate};
 use crate::slices::devices::{DeviceSource, devices_with_sources};
@@ -84,7 +84,7 @@ impl Preparer {
                 phase: Phase::Started,
                 boot_id: self.config.boot_id.clone(),
                 devices: devices.clone(),
-                cdi_spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
+                cdi_spec: SpecJson::of(&spec).map_err(|e| e.to_string())?,
                 undo: rebinds
                     .iter()
                     .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))

@@ -10,7 +10,7 @@ use super::PreparerConfig;
 use super::plan::reserved_pods;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{Spec, qualified_device};
-use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::checkpoint::{ClaimRecord, Phase, SpecJson};
 use crate::plugin::claims::allocated_devices;
 
 /// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
@@ -126,7 +126,7 @@ pub(super) fn record_from_spec(
         phase: Phase::Completed,
         boot_id: config.boot_id.clone(),
         devices,
-        cdi_spec: serde_json::to_value(spec).unwrap_or_default(),
+        cdi_spec: SpecJson::of(spec).unwrap_or_else(|_| serde_json::Value::Null.into()),
         undo: BTreeMap::new(),
         cpus,
         rt: BTreeMap::new(),

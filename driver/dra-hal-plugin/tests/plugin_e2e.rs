@@ -287,7 +287,7 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     let spec = cdi.join("hal.dra.dev-device_good.json");
     assert!(spec.exists());
     let checkpoint =
-        std::fs::read_to_string(kubelet.join("plugins/hal.dra.dev/checkpoint.json")).unwrap();
+        std::fs::read_to_string(kubelet.join("plugins/hal.dra.dev/checkpoint/good.json")).unwrap();
     assert!(checkpoint.contains("\"completed\""), "{checkpoint}");
 
     // The IB-only NIC is described in the claim's device status (server-side apply on /status).

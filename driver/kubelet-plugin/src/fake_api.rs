@@ -142,6 +142,10 @@ pub struct FakeApi {
     /// Device fields the server drops from slices it stores, as it does for a feature gate that is off
     /// (`allowMultipleAllocations` without `DRAConsumableCapacity`, `taints` without `DRADeviceTaints`).
     pub disabled_device_fields: Vec<String>,
+    /// How long the HTTP front end waits before answering each GET that is not a watch, as a
+    /// loaded or distant API server would (benchmarks). The state is not locked meanwhile, so
+    /// concurrent GETs wait side by side.
+    pub get_latency: Option<std::time::Duration>,
     version: Revision,
     /// Changes to slices: (resource version, event), oldest first.
     history: VecDeque<(u64, Value)>,

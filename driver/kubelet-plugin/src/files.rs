@@ -119,6 +119,30 @@ pub fn write_atomically(
     bytes: &[u8],
     fault: &dyn Fn(Step) -> io::Result<()>,
 ) -> Result<(), AtomicWriteError> {
+    replace(path, bytes, fault, Durability::Synced)
+}
+
+/// Whether [`replace`] waits until the new content is on the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync of the temp file before the rename and of the directory after it: the new content
+    /// survives a power loss once the call returns.
+    Synced,
+    /// No fsync: readers (and a restarted process) see the old content or the new one, never a
+    /// partial one, but a power loss may bring the old one back. For what a reboot makes moot
+    /// (CDI specs in `/var/run/cdi`, records of device changes a reboot undoes).
+    Unsynced,
+}
+
+/// [`write_atomically`], with the fsyncs only when `durability` is [`Durability::Synced`] (the
+/// [`Step::Sync`] and [`Step::SyncDir`] faults run only then).
+pub fn replace(
+    path: &Path,
+    bytes: &[u8],
+    fault: &dyn Fn(Step) -> io::Result<()>,
+    durability: Durability,
+) -> Result<(), AtomicWriteError> {
+    let synced = durability == Durability::Synced;
     let dir = parent_of(path);
     let failed = |step: Step, at: &Path| {
         let path = at.to_path_buf();
@@ -135,9 +159,11 @@ pub fn write_atomically(
         fault(Step::Write)
             .and_then(|()| file.write_all(bytes))
             .map_err(failed(Step::Write, &temp))?;
-        fault(Step::Sync)
-            .and_then(|()| file.sync_all())
-            .map_err(failed(Step::Sync, &temp))?;
+        if synced {
+            fault(Step::Sync)
+                .and_then(|()| file.sync_data())
+                .map_err(failed(Step::Sync, &temp))?;
+        }
         fault(Step::Rename)
             .and_then(|()| fs::rename(&temp, path))
             .map_err(failed(Step::Rename, path))
@@ -146,6 +172,9 @@ pub fn write_atomically(
         let _ = fs::remove_file(&temp);
     }
     result?;
+    if !synced {
+        return Ok(());
+    }
     fault(Step::SyncDir)
         .and_then(|()| File::open(dir)?.sync_all())
         .map_err(failed(Step::SyncDir, dir))

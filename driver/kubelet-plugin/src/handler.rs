@@ -47,6 +47,12 @@ pub trait DraHandler: Send + Sync + 'static {
     fn prepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, PrepareResults>;
     /// NodeUnprepareResources.
     fn unprepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, UnprepareResults>;
+    /// Whether calls may reach the handler side by side. `false` (the default): one call at a time,
+    /// as the Go kubelet-plugin helper serializes by default. A handler that orders its own claims
+    /// (a lock per claim, no lock across I/O) says `true`.
+    fn concurrent(&self) -> bool {
+        false
+    }
 }
 
 /// A device's health as the kubelet is told it (`DRAResourceHealth`).

@@ -193,6 +193,10 @@ impl<H: DraHandler> DraHandler for Metered<H> {
             results
         })
     }
+
+    fn concurrent(&self) -> bool {
+        self.inner.concurrent()
+    }
 }
 
 #[cfg(test)]

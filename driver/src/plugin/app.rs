@@ -226,11 +226,13 @@ pub async fn run(
     };
     let binder: Arc<dyn hal::SriovPf> =
         Arc::new(backends::SysfsSriov::with_writer(root.clone(), writer));
-    let checkpoint = sockets.plugin_dir().join("checkpoint.json");
+    // One file per claim; a `checkpoint.json` of earlier versions is moved into it at start.
+    let checkpoint = sockets.plugin_dir().join("checkpoint");
     let preparer = Preparer::new(
         PreparerConfig {
             slices: config.clone(),
-            cdi: CdiDir::new(&args.cdi_root),
+            // The checkpoint holds each spec and writes it again after a reboot: no fsync needed.
+            cdi: CdiDir::new(&args.cdi_root).unsynced(),
             checkpoint: CheckpointFile::new(&checkpoint),
             boot_id,
             binder,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::validate::{kind_parts, validate};
 use super::{CdiError, Spec};
-use crate::files::{Step, write_atomically};
+use crate::files::{Durability, Step, replace};
 
 /// The longest claim UID accepted in a file name (Kubernetes UIDs are 36-byte UUIDs).
 const MAX_CLAIM_UID_BYTES: usize = 128;
@@ -17,7 +17,7 @@ pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 /// A CDI spec directory holding one transient spec per prepared claim,
 /// `<dir>/<vendor>-<class>_<claimUID>.json` (the upstream transient-spec naming).
 ///
-/// Writes go through [`write_atomically`] (the helper the checkpoint also uses) to a hidden temp file
+/// Writes go through [`crate::files::write_atomically`] (the helper the checkpoint also uses) to a hidden temp file
 /// in the same directory (`.<name>.json.<random>.tmp`, which CDI runtimes ignore: they load only
 /// `*.json` and `*.yaml`), are fsynced, renamed over the final name and the directory is fsynced: a reader sees the old spec or the new one, never a partial one, and
 /// a crash leaves at most a stray temp file, removed by [`CdiDir::remove_claim_spec`].
@@ -29,6 +29,7 @@ pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CdiDir {
     dir: PathBuf,
+    durability: Durability,
 }
 
 /// Where an injected failure happens (tests of the crash-safety guarantees; only tests construct
@@ -45,7 +46,18 @@ impl CdiDir {
     /// The spec directory `dir` (the plugin uses `/var/run/cdi`); it is created (0700) on the first
     /// write. Specs are written 0600: only the runtime (root) reads them, and config env may be secret.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CdiDir { dir: dir.into() }
+        CdiDir {
+            dir: dir.into(),
+            durability: Durability::Synced,
+        }
+    }
+
+    /// Writes specs without fsync (still atomically: the old spec or the new one, never a partial
+    /// one). For a plugin whose own checkpoint holds each spec and writes it again when a claim is
+    /// asked for after a reboot, so a spec lost to a power loss costs nothing.
+    pub fn unsynced(mut self) -> Self {
+        self.durability = Durability::Unsynced;
+        self
     }
 
     /// The directory.
@@ -87,7 +99,7 @@ impl CdiDir {
             }
             _ => Ok(()),
         };
-        write_atomically(&final_path, &bytes, &fault).map_err(|e| CdiError::Io {
+        replace(&final_path, &bytes, &fault, self.durability).map_err(|e| CdiError::Io {
             action: e.step.action(),
             path: e.path,
             source: e.source,

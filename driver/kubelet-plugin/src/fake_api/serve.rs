@@ -220,10 +220,13 @@ async fn connection(
             body.resize(length.min(16 << 20), 0);
             reader.read_exact(&mut body).await?;
         }
-        let reply = match state.lock() {
-            Ok(mut api) => api.handle(&method, &uri, &body),
-            Err(_) => status(500, "fake API server state poisoned"),
+        let (reply, latency) = match state.lock() {
+            Ok(mut api) => (api.handle(&method, &uri, &body), api.get_latency),
+            Err(_) => (status(500, "fake API server state poisoned"), None),
         };
+        if let (Some(latency), "GET", Reply::Json(..)) = (latency, method.as_str(), &reply) {
+            tokio::time::sleep(latency).await;
+        }
         let stream = reader.get_mut();
         match reply {
             Reply::Json(code, value) => {

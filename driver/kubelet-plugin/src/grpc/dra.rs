@@ -28,7 +28,8 @@ const NO_RESULT: &str = "the driver returned no result for this claim";
 ///   the empty string whose error names the claim(s), since the kubelet keys answers by UID and
 ///   there is no better key (the kubelet always sends UIDs, so this only guards against bad callers);
 /// * calls reach the handler one at a time, across both versions (like the Go kubelet-plugin
-///   helper's default serialization), so the claim logic needs no locking of its own.
+///   helper's default serialization), so the claim logic needs no locking of its own; unless the
+///   handler says it is [`DraHandler::concurrent`].
 ///
 /// `Device.share_id` is passed on by v1 and dropped by v1beta1, which has no such field.
 #[derive(Clone)]
@@ -74,7 +75,9 @@ impl DraService {
         tracing::debug!(version, claims = valid.len(), "NodePrepareResources");
         if !valid.is_empty() {
             let uids: Vec<String> = valid.iter().map(|claim| claim.uid.clone()).collect();
-            let mut results = {
+            let mut results = if self.inner.handler.concurrent() {
+                self.inner.handler.prepare(valid).await
+            } else {
                 let _serial = self.inner.serialize.lock().await;
                 self.inner.handler.prepare(valid).await
             };
@@ -103,7 +106,9 @@ impl DraService {
         tracing::debug!(version, claims = valid.len(), "NodeUnprepareResources");
         if !valid.is_empty() {
             let uids: Vec<String> = valid.iter().map(|claim| claim.uid.clone()).collect();
-            let mut results = {
+            let mut results = if self.inner.handler.concurrent() {
+                self.inner.handler.unprepare(valid).await
+            } else {
                 let _serial = self.inner.serialize.lock().await;
                 self.inner.handler.unprepare(valid).await
             };

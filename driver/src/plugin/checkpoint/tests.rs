@@ -26,7 +26,7 @@ fn record(uid: &str, phase: Phase) -> ClaimRecord {
             cdi_device_ids: vec![format!("hal.dra.dev/device={uid}-gpu-0008-06-00-0")],
             share_id: None,
         }],
-        cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}),
+        cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}).into(),
         undo: BTreeMap::new(),
         rt: BTreeMap::new(),
         pods: Vec::new(),
@@ -35,69 +35,11 @@ fn record(uid: &str, phase: Phase) -> ClaimRecord {
     }
 }
 
-#[test]
-fn round_trip_and_missing_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = CheckpointFile::new(dir.path().join("sub/checkpoint.json"));
-    let loaded = file.load().unwrap();
-    assert!(loaded.claims.is_empty() && loaded.discarded.is_none());
-    let mut claims = BTreeMap::new();
-    claims.insert("a".to_owned(), record("a", Phase::Started));
-    claims.insert("b".to_owned(), record("b", Phase::Completed));
-    file.store(&claims).unwrap();
-    assert_eq!(file.load().unwrap().claims, claims);
-    let leftovers: Vec<_> = fs::read_dir(dir.path().join("sub"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(leftovers, ["checkpoint.json"]);
-}
-
-#[test]
-fn corruption_is_reported_and_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("checkpoint.json");
-    let file = CheckpointFile::new(&path);
-    let mut claims = BTreeMap::new();
-    claims.insert("a".to_owned(), record("a", Phase::Completed));
-    file.store(&claims).unwrap();
-
-    // A flipped byte inside the content: valid JSON, wrong checksum.
-    let text = fs::read_to_string(&path)
-        .unwrap()
-        .replace("claim-a", "claim-x");
-    fs::write(&path, text).unwrap();
-    let loaded = file.load().unwrap();
-    assert!(loaded.claims.is_empty());
-    assert!(loaded.discarded.unwrap().contains("checksum"));
-
-    for garbage in [
-        "",
-        "{",
-        "null",
-        "{\"version\": 9, \"checksum\": \"\", \"claims\": {}}",
-    ] {
-        fs::write(&path, garbage).unwrap();
-        let loaded = file.load().unwrap();
-        assert!(loaded.claims.is_empty(), "{garbage}");
-        assert!(loaded.discarded.is_some(), "{garbage}");
-    }
-    file.store(&claims).unwrap();
-    assert_eq!(
-        file.load().unwrap().claims,
-        claims,
-        "replaced by the next store"
-    );
-}
-
-#[test]
-fn crc32_matches_the_standard_check_value() {
-    assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-    assert_eq!(crc32(b""), 0);
-}
-
-fn one_claim() -> BTreeMap<String, ClaimRecord> {
-    BTreeMap::from([("a".to_owned(), record("a", Phase::Completed))])
+fn claims(records: &[&ClaimRecord]) -> BTreeMap<String, ClaimRecord> {
+    records
+        .iter()
+        .map(|r| (r.claim.uid.clone(), (*r).clone()))
+        .collect()
 }
 
 fn names_in(dir: &Path) -> Vec<String> {
@@ -109,57 +51,120 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
+use files::Durability::{Synced, Unsynced};
+
 #[test]
-fn a_directory_at_the_checkpoint_path_is_moved_aside_named_and_replaced() {
+fn one_file_per_claim_round_trips_and_a_missing_directory_is_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("checkpoint.json");
-    fs::create_dir(&path).unwrap();
-    fs::write(path.join("inside"), "kept").unwrap();
-    let file = CheckpointFile::new(&path);
-    let loaded = file.load().unwrap();
-    let why = loaded.discarded.unwrap();
-    assert!(why.contains(&path.display().to_string()), "{why}");
-    assert!(why.contains("is a directory"), "{why}");
-    let aside = loaded.moved_to.unwrap();
-    assert_eq!(fs::read_to_string(aside.join("inside")).unwrap(), "kept");
-    file.store(&one_claim()).unwrap();
-    assert_eq!(file.load().unwrap().claims, one_claim());
+    let checkpoint = CheckpointFile::new(dir.path().join("sub/checkpoint"));
+    let loaded = checkpoint.load().unwrap();
+    assert!(loaded.claims.is_empty() && loaded.discarded.is_empty() && loaded.missing);
+    let (a, b) = (record("a", Phase::Started), record("b", Phase::Completed));
+    checkpoint.put(&a, Unsynced).unwrap();
+    checkpoint.put(&b, Synced).unwrap();
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&a, &b]));
+    assert!(!loaded.missing);
+    assert_eq!(names_in(checkpoint.path()), ["a.json", "b.json"]);
+    // The spec is kept as text in memory and stored as the object it is.
+    let text = fs::read_to_string(checkpoint.record_path("a")).unwrap();
+    assert!(
+        text.contains(r#""cdiSpec":{"cdiVersion":"0.5.0"}"#),
+        "{text}"
+    );
+    checkpoint.remove("a").unwrap();
+    checkpoint.remove("a").unwrap();
+    assert_eq!(checkpoint.load().unwrap().claims, claims(&[&b]));
+    assert_eq!(names_in(&dir.path().join("sub")), ["checkpoint"]);
 }
 
 #[test]
-fn a_corrupt_checkpoint_is_kept_aside_and_only_the_newest_three_are_kept() {
+fn a_corrupt_record_is_moved_aside_alone_and_named_with_its_claim() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("checkpoint.json");
-    let file = CheckpointFile::new(&path);
-    let mut asides = Vec::new();
-    for i in 0..5 {
-        let garbage = format!("{{ truncated {i}");
-        fs::write(&path, &garbage).unwrap();
-        let loaded = file.load().unwrap();
-        assert!(loaded.claims.is_empty());
-        let aside = loaded.moved_to.unwrap();
-        assert_eq!(
-            fs::read_to_string(&aside).unwrap(),
-            garbage,
-            "kept as it was"
-        );
-        assert!(!path.exists(), "moved, not copied");
-        asides.push(aside);
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
+    let (a, b) = (record("a", Phase::Completed), record("b", Phase::Completed));
+    let good_a = checkpoint.encode(&a).unwrap();
+    let good_b = checkpoint.encode(&b).unwrap();
+    let text = String::from_utf8(good_a.clone()).unwrap();
+    let cut = good_a.len() - 10;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        // A changed byte inside the record: valid JSON, wrong checksum.
+        (text.replace("claim-a", "claim-x").into_bytes(), "checksum"),
+        (Vec::new(), "no header line"),
+        (b"{\n".to_vec(), "not a record header"),
+        (b"null\n{}".to_vec(), "not a record header"),
+        (
+            text.replacen("\"version\":2", "\"version\":9", 1)
+                .into_bytes(),
+            "version 9",
+        ),
+        (good_a[..cut].to_vec(), "truncated"),
+        (good_b.clone(), "holds the record of claim b"),
+        (vec![b'x'; MAX_FILE_BYTES + 1], "larger than"),
+    ];
+    for (bytes, why) in cases {
+        checkpoint.put(&b, Synced).unwrap();
+        fs::write(checkpoint.record_path("a"), &bytes).unwrap();
+        let loaded = checkpoint.load().unwrap();
+        assert_eq!(loaded.claims, claims(&[&b]), "{why}");
+        assert_eq!(loaded.discarded.len(), 1, "{why}");
+        let bad = &loaded.discarded[0];
+        assert_eq!(bad.uid.as_deref(), Some("a"), "{why}");
+        assert!(bad.why.contains(why), "{why}: {}", bad.why);
+        assert!(bad.why.contains("a.json"), "{}", bad.why);
+        assert_eq!(fs::read(&bad.moved_to).unwrap(), bytes, "kept as it was");
+        assert!(!checkpoint.record_path("a").exists(), "moved, not copied");
     }
-    let left: Vec<_> = asides.iter().filter(|a| a.exists()).collect();
-    assert_eq!(left.len(), files::KEEP_ASIDE, "{left:?}");
-    assert!(asides[4].exists(), "the newest is kept");
+    let kept = names_in(checkpoint.path())
+        .into_iter()
+        .filter(|n| n.starts_with("a.json.bad-"))
+        .count();
+    assert_eq!(kept, files::KEEP_ASIDE, "only the newest are kept");
+    checkpoint.put(&a, Synced).unwrap();
+    assert_eq!(checkpoint.load().unwrap().claims, claims(&[&a, &b]));
 }
 
 #[test]
-fn the_checkpoint_is_0600_in_a_0700_directory() {
+fn crc32_matches_the_standard_check_value() {
+    assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    assert_eq!(crc32(b""), 0);
+}
+
+#[test]
+fn a_file_at_the_directory_path_or_a_directory_at_a_record_path_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint");
+    fs::write(&path, "not a directory").unwrap();
+    let checkpoint = CheckpointFile::new(&path);
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.discarded.len(), 1);
+    let bad = &loaded.discarded[0];
+    assert!(bad.uid.is_none());
+    assert!(bad.why.contains(&path.display().to_string()), "{}", bad.why);
+    assert_eq!(
+        fs::read_to_string(&bad.moved_to).unwrap(),
+        "not a directory"
+    );
+    let a = record("a", Phase::Completed);
+    checkpoint.put(&a, Synced).unwrap();
+    fs::create_dir(checkpoint.record_path("b")).unwrap();
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&a]));
+    assert_eq!(loaded.discarded[0].uid.as_deref(), Some("b"));
+    assert!(loaded.discarded[0].why.contains("is a directory"));
+}
+
+#[test]
+fn records_are_0600_in_a_0700_directory() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("plugin/sub/checkpoint.json");
-    CheckpointFile::new(&path).store(&one_claim()).unwrap();
+    let checkpoint = CheckpointFile::new(dir.path().join("plugin/checkpoint"));
+    checkpoint
+        .put(&record("a", Phase::Started), Unsynced)
+        .unwrap();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&path), 0o600);
-    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&checkpoint.record_path("a")), 0o600);
+    assert_eq!(mode(checkpoint.path()), 0o700);
     assert_eq!(mode(&dir.path().join("plugin")), 0o700);
 }
 
@@ -169,16 +174,15 @@ fn temp_files_are_unpredictable_and_never_written_through_a_link() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("target");
     fs::write(&target, "untouched").unwrap();
-    let path = dir.path().join("checkpoint.json");
-    // The name the plugin used to write (pid-based): a link there must not be followed.
-    let old_name = dir
-        .path()
-        .join(format!(".checkpoint.json.{}.tmp", std::process::id()));
+    let path = dir.path().join("checkpoint");
+    fs::create_dir(&path).unwrap();
+    // A pid-based name: a link there must not be followed.
+    let old_name = path.join(format!(".a.json.{}.tmp", std::process::id()));
     std::os::unix::fs::symlink(&target, &old_name).unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let spy = seen.clone();
-    let spy_dir = dir.path().to_owned();
-    let file = CheckpointFile::new(&path).with_write_fault(Arc::new(move || {
+    let spy_dir = path.clone();
+    let checkpoint = CheckpointFile::new(&path).with_write_fault(Arc::new(move || {
         let temps: Vec<String> = names_in(&spy_dir)
             .into_iter()
             .filter(|n| n.ends_with(".tmp") && !n.contains(&std::process::id().to_string()))
@@ -186,13 +190,17 @@ fn temp_files_are_unpredictable_and_never_written_through_a_link() {
         spy.lock().unwrap().extend(temps);
         Ok(())
     }));
-    file.store(&one_claim()).unwrap();
-    file.store(&one_claim()).unwrap();
+    checkpoint
+        .put(&record("a", Phase::Started), Synced)
+        .unwrap();
+    checkpoint
+        .put(&record("a", Phase::Completed), Synced)
+        .unwrap();
     assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_ne!(seen[0], seen[1], "a new name each write");
-    assert!(seen.iter().all(|n| n.starts_with(".checkpoint.json.")));
+    assert!(seen.iter().all(|n| n.starts_with(".a.json.")));
 }
 
 #[test]
@@ -201,68 +209,136 @@ fn stale_temp_files_are_removed_at_load_without_following_links() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("target");
     fs::write(&target, "untouched").unwrap();
-    let path = dir.path().join("checkpoint.json");
-    let file = CheckpointFile::new(&path);
-    file.store(&one_claim()).unwrap();
-    fs::write(dir.path().join(".checkpoint.json.1.tmp"), "half written").unwrap();
-    std::os::unix::fs::symlink(&target, dir.path().join(".checkpoint.json.2.tmp")).unwrap();
+    let path = dir.path().join("checkpoint");
+    let checkpoint = CheckpointFile::new(&path);
+    let a = record("a", Phase::Completed);
+    checkpoint.put(&a, Synced).unwrap();
+    fs::write(path.join(".a.json.1.tmp"), "half written").unwrap();
+    std::os::unix::fs::symlink(&target, path.join(".b.json.2.tmp")).unwrap();
+    // The single file of earlier versions had its temp files beside it.
+    fs::write(dir.path().join(".checkpoint.json.3.tmp"), "half written").unwrap();
     fs::write(dir.path().join(".other.json.1.tmp"), "not ours").unwrap();
-    let loaded = file.load().unwrap();
-    assert_eq!(loaded.claims, one_claim());
-    assert_eq!(loaded.removed_temps.len(), 2);
-    assert_eq!(
-        names_in(dir.path()),
-        [".other.json.1.tmp", "checkpoint.json"]
-    );
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&a]));
+    assert_eq!(loaded.removed_temps.len(), 3, "{:?}", loaded.removed_temps);
+    assert_eq!(names_in(&path), ["a.json"]);
+    assert_eq!(names_in(dir.path()), [".other.json.1.tmp", "checkpoint"]);
     assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
 }
 
 #[test]
-fn a_full_disk_keeps_the_old_file_and_leaves_no_temp_file() {
+fn a_full_disk_keeps_the_old_record_and_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("checkpoint.json");
-    CheckpointFile::new(&path).store(&one_claim()).unwrap();
+    let path = dir.path().join("checkpoint");
+    let a = record("a", Phase::Started);
+    CheckpointFile::new(&path).put(&a, Synced).unwrap();
     let full = CheckpointFile::new(&path)
         .with_write_fault(Arc::new(|| Err(io::Error::from_raw_os_error(28))));
-    let mut more = one_claim();
-    more.insert("b".into(), record("b", Phase::Started));
-    let error = full.store(&more).unwrap_err();
+    let error = full
+        .put(&record("a", Phase::Completed), Synced)
+        .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Io);
     assert!(
         matches!(&error, CheckpointError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
     );
-    assert!(
-        error.to_string().contains(&path.display().to_string()),
-        "{error}"
-    );
-    assert_eq!(full.load().unwrap().claims, one_claim());
-    assert_eq!(names_in(dir.path()), ["checkpoint.json"]);
+    assert!(error.to_string().contains("a.json"), "{error}");
+    assert!(full.remove("a").is_err());
+    assert_eq!(full.load().unwrap().claims, claims(&[&a]));
+    assert_eq!(names_in(&path), ["a.json"]);
 }
 
 #[test]
-fn an_oversized_claim_is_refused_and_a_checkpoint_over_the_limit_is_never_written() {
+fn an_oversized_claim_is_refused_and_never_written() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("checkpoint.json");
-    let file = CheckpointFile::new(&path);
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
     let mut big = record("big", Phase::Started);
-    big.cdi_spec = serde_json::json!({"env": "x".repeat(MAX_CLAIM_BYTES)});
-    let error = file.check_claim(&big).unwrap_err();
+    big.cdi_spec = serde_json::json!({"env": "x".repeat(MAX_CLAIM_BYTES)}).into();
+    let error = checkpoint.check_claim(&big).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidInput);
     assert!(error.to_string().contains("ns/claim-big (big)"), "{error}");
-    assert!(file.check_claim(&record("small", Phase::Started)).is_ok());
+    assert!(
+        checkpoint
+            .check_claim(&record("small", Phase::Started))
+            .is_ok()
+    );
+    let error = checkpoint.put(&big, Synced).unwrap_err();
+    assert!(
+        matches!(error, CheckpointError::ClaimTooLarge { .. }),
+        "{error}"
+    );
+    assert!(!checkpoint.record_path("big").exists());
+}
 
-    file.store(&one_claim()).unwrap();
-    let mut huge = one_claim();
-    huge.insert("huge".into(), {
-        let mut r = record("huge", Phase::Started);
-        r.cdi_spec = serde_json::json!({"env": "x".repeat(MAX_BYTES)});
-        r
-    });
-    let error = file.store(&huge).unwrap_err();
-    assert!(matches!(error, CheckpointError::TooLarge { .. }), "{error}");
-    assert_eq!(
-        file.load().unwrap().claims,
-        one_claim(),
-        "the old file stays"
+#[test]
+fn a_uid_that_is_not_a_file_name_never_names_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
+    for uid in ["../escape", ".hidden", ""] {
+        assert!(
+            checkpoint
+                .put(&record(uid, Phase::Started), Synced)
+                .is_err(),
+            "{uid}"
+        );
+        assert!(checkpoint.remove(uid).is_err(), "{uid}");
+    }
+    assert!(
+        names_in(dir.path()).iter().all(|n| n == "checkpoint"),
+        "{:?}",
+        names_in(dir.path())
+    );
+}
+
+#[test]
+fn the_single_file_of_earlier_versions_is_moved_into_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
+    let legacy = dir.path().join("checkpoint.json");
+    let (a, b) = (record("a", Phase::Completed), record("b", Phase::Started));
+    // A crash during an earlier migration left a stale record: the legacy file wins.
+    checkpoint
+        .put(&record("a", Phase::Started), Synced)
+        .unwrap();
+    fs::write(&legacy, legacy::encode(&claims(&[&a, &b]))).unwrap();
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&a, &b]));
+    assert_eq!(loaded.migrated, 2);
+    assert!(loaded.discarded.is_empty() && !loaded.missing);
+    assert!(!legacy.exists(), "removed once moved");
+    let again = checkpoint.load().unwrap();
+    assert_eq!(again.claims, claims(&[&a, &b]));
+    assert_eq!(again.migrated, 0);
+}
+
+#[test]
+fn a_corrupt_file_of_earlier_versions_is_moved_aside_and_reported_as_the_whole_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
+    let legacy = dir.path().join("checkpoint.json");
+    let a = record("a", Phase::Completed);
+    let text = String::from_utf8(legacy::encode(&claims(&[&a]))).unwrap();
+    for garbage in [
+        String::new(),
+        "{".to_owned(),
+        text.replace("claim-a", "claim-x"),
+        "{\"version\": 9, \"checksum\": \"\", \"claims\": {}}".to_owned(),
+    ] {
+        fs::write(&legacy, &garbage).unwrap();
+        let loaded = checkpoint.load().unwrap();
+        assert!(loaded.claims.is_empty(), "{garbage}");
+        assert_eq!(loaded.discarded.len(), 1, "{garbage}");
+        assert!(loaded.discarded[0].uid.is_none());
+        assert!(!loaded.missing);
+        assert_eq!(
+            fs::read_to_string(&loaded.discarded[0].moved_to).unwrap(),
+            garbage
+        );
+    }
+    fs::create_dir(&legacy).unwrap();
+    let loaded = checkpoint.load().unwrap();
+    assert!(
+        loaded.discarded[0].why.contains("is a directory"),
+        "{:?}",
+        loaded.discarded
     );
 }

@@ -6,20 +6,28 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
-use super::{PreparerConfig, reserved_pods};
+use super::PreparerConfig;
+use super::plan::reserved_pods;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{Spec, qualified_device};
-use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::checkpoint::{ClaimRecord, Phase, SpecJson};
 use crate::plugin::claims::allocated_devices;
 
 /// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
 pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 
-/// A record for each readable spec of `kind`, marked `recovered`; specs that cannot be read are left
+/// A record for each readable spec of `kind` whose claim is `wanted`, marked `recovered`; specs that cannot be read are left
 /// on disk and reported.
-pub(super) fn from_cdi_specs(config: &PreparerConfig, kind: &str) -> BTreeMap<String, ClaimRecord> {
+pub(super) fn from_cdi_specs(
+    config: &PreparerConfig,
+    kind: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> BTreeMap<String, ClaimRecord> {
     let mut claims = BTreeMap::new();
     for uid in config.cdi.list_claim_specs(kind) {
+        if !wanted(&uid) {
+            continue;
+        }
         let spec = match config.cdi.read_claim_spec(kind, &uid) {
             Ok(spec) => spec,
             Err(error) => {
@@ -118,7 +126,7 @@ pub(super) fn record_from_spec(
         phase: Phase::Completed,
         boot_id: config.boot_id.clone(),
         devices,
-        cdi_spec: serde_json::to_value(spec).unwrap_or_default(),
+        cdi_spec: SpecJson::of(spec).unwrap_or_else(|_| serde_json::Value::Null.into()),
         undo: BTreeMap::new(),
         cpus,
         rt: BTreeMap::new(),

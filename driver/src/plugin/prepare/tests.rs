@@ -2,7 +2,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use serde_json::json;
+
+use crate::plugin::api::BoxFuture;
 
 use super::*;
 
@@ -166,7 +169,7 @@ impl Setup {
     }
 
     fn checkpoint_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("plugin/checkpoint.json")
+        self.dir.path().join("plugin/checkpoint")
     }
 
     fn spec_files(&self) -> Vec<String> {
@@ -405,11 +408,9 @@ async fn concurrent_prepares_never_tear_the_checkpoint() {
         let results = task.await.unwrap();
         assert!(results.values().all(Result::is_ok), "{results:?}");
     }
-    let reloaded = CheckpointFile::new(s.dir.path().join("plugin/checkpoint.json"))
-        .load()
-        .unwrap();
+    let reloaded = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
     assert_eq!(reloaded.claims.len(), devices.len());
-    assert!(reloaded.discarded.is_none());
+    assert!(reloaded.discarded.is_empty());
     assert_eq!(s.spec_files().len(), devices.len());
 }
 
@@ -470,14 +471,14 @@ async fn a_crash_after_any_step_leaves_a_consistent_state_and_prepare_succeeds_a
 #[tokio::test]
 async fn a_corrupt_checkpoint_is_replaced_not_a_crash_loop() {
     let s = Setup::new();
-    let path = s.dir.path().join("plugin/checkpoint.json");
+    let path = s.checkpoint_path();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, "{ this is not json").unwrap();
+    std::fs::write(path.with_extension("json"), "{ this is not json").unwrap();
     let preparer = s.preparer("boot-1");
     assert!(preparer.recorded().await.is_empty());
     let loaded = CheckpointFile::new(&path).load().unwrap();
     assert!(
-        loaded.discarded.is_none(),
+        loaded.discarded.is_empty(),
         "replaced by a valid empty checkpoint"
     );
 }
@@ -519,7 +520,7 @@ async fn a_cdi_write_failure_is_a_clear_per_claim_error_and_nothing_is_left_half
         "names the path: {error}"
     );
     assert!(preparer.recorded().await.is_empty());
-    assert!(Path::new(&s.dir.path().join("plugin/checkpoint.json")).exists());
+    assert!(Path::new(&s.checkpoint_path()).exists());
 }
 
 fn vf_config(driver: Option<&str>, if_name: &str) -> serde_json::Value {
@@ -1062,7 +1063,7 @@ async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
     let config = PreparerConfig {
         slices: SliceConfig::new(NODE),
         cdi: CdiDir::new("/var/run/cdi"),
-        checkpoint: CheckpointFile::new(s.dir.path().join("plugin/checkpoint.json")),
+        checkpoint: CheckpointFile::new(s.checkpoint_path()),
         boot_id: "boot-1".into(),
         binder: s.binder.clone(),
         gpus: Arc::new(backends::SysfsGpu::new(backends::SysfsRoot::new(
@@ -1337,5 +1338,6 @@ async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart(
 
 /// The NRI plugin against the preparer: claims as they are prepared and unprepared.
 mod claim_input;
+mod concurrency;
 mod durability;
 mod nri;

@@ -26,7 +26,7 @@ async fn memory_and_file(
     preparer: &Preparer,
 ) -> (BTreeMap<String, Phase>, BTreeMap<String, Phase>) {
     let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
-    assert!(file.discarded.is_none());
+    assert!(file.discarded.is_empty());
     let file = file
         .claims
         .into_iter()
@@ -44,7 +44,7 @@ async fn a_full_disk_at_the_first_write_leaves_no_record_and_the_device_goes_to_
     let error = preparer.prepare(vec![reference("a")]).await["a"]
         .clone()
         .unwrap_err();
-    assert!(error.contains("checkpoint.json"), "{error}");
+    assert!(error.contains("checkpoint/a.json"), "{error}");
     assert!(preparer.recorded().await.is_empty());
     assert!(s.spec_files().is_empty());
     // The scheduler gave the GPU to b after a was deleted: not "already prepared for claim a".
@@ -60,7 +60,10 @@ async fn a_full_disk_at_the_completed_write_fails_the_claim_and_memory_says_what
     let preparer = failing(&s, 2, 3);
     let first = preparer.prepare(vec![reference("a")]).await;
     assert!(
-        first["a"].clone().unwrap_err().contains("checkpoint.json"),
+        first["a"]
+            .clone()
+            .unwrap_err()
+            .contains("checkpoint/a.json"),
         "{first:?}"
     );
     let (memory, file) = memory_and_file(&s, &preparer).await;
@@ -105,7 +108,7 @@ async fn a_full_disk_at_unprepare_keeps_the_record_until_a_retry_succeeds() {
 }
 
 #[tokio::test]
-async fn a_corrupt_checkpoint_keeps_every_cdi_spec_and_rebuilds_the_claims_from_them() {
+async fn a_corrupt_record_keeps_every_cdi_spec_and_rebuilds_its_claim_from_its_spec() {
     let s = Setup::new();
     s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
     s.claims
@@ -113,7 +116,7 @@ async fn a_corrupt_checkpoint_keeps_every_cdi_spec_and_rebuilds_the_claims_from_
     let before = s.preparer("boot-1");
     let answers = before.prepare(vec![reference("a"), reference("b")]).await;
     drop(before);
-    let path = s.checkpoint_path();
+    let path = s.checkpoint_path().join("a.json");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("gpu-0008", "gpu-0009", 1)).unwrap();
 
@@ -129,7 +132,7 @@ async fn a_corrupt_checkpoint_keeps_every_cdi_spec_and_rebuilds_the_claims_from_
     let aside: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("checkpoint.json.bad-"))
+        .filter(|n| n.starts_with("a.json.bad-"))
         .collect();
     assert_eq!(aside.len(), 1, "the bad file is kept aside");
     // Another claim for a's GPU is refused, as before the corruption.
@@ -149,13 +152,15 @@ async fn a_corrupt_checkpoint_keeps_every_cdi_spec_and_rebuilds_the_claims_from_
 }
 
 #[tokio::test]
-async fn a_directory_at_the_checkpoint_path_is_moved_aside_and_the_plugin_starts() {
+async fn a_directory_at_the_legacy_checkpoint_path_is_moved_aside_and_the_plugin_starts() {
     let s = Setup::new();
-    std::fs::create_dir_all(s.checkpoint_path()).unwrap();
+    let legacy = s.checkpoint_path().with_extension("json");
+    std::fs::create_dir_all(&legacy).unwrap();
     s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
     let preparer = s.preparer("boot-1");
     assert!(preparer.prepare(vec![reference("a")]).await["a"].is_ok());
-    assert!(s.checkpoint_path().is_file());
+    assert!(!legacy.exists());
+    assert!(s.checkpoint_path().join("a.json").is_file());
 }
 
 #[tokio::test]
@@ -203,7 +208,9 @@ async fn claims_rebuilt_from_their_specs_keep_their_cpus_and_new_claims_get_othe
     assert!(answers.values().all(Result::is_ok), "{answers:?}");
     let (a, b) = (cpuset_of(&s, "a"), cpuset_of(&s, "b"));
     drop(before);
-    std::fs::write(s.checkpoint_path(), "").unwrap();
+    // The whole checkpoint lost: an empty single file of an earlier version in its place.
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+    std::fs::write(s.checkpoint_path().with_extension("json"), "").unwrap();
 
     let after = s.preparer("boot-1");
     // The kubelet restarts and asks again: the same answer, the same CPUs.
@@ -241,7 +248,7 @@ async fn a_missing_checkpoint_is_rebuilt_from_the_specs_and_only_deleted_claims_
         .await;
     assert!(answers.values().all(Result::is_ok), "{answers:?}");
     drop(before);
-    std::fs::remove_file(s.checkpoint_path()).unwrap();
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
     s.claims.remove("gone");
 
     let after = s.preparer("boot-1");

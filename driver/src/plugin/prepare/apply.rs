@@ -1,0 +1,298 @@
+//! Carrying out a planned prepare, and unprepare: the I/O (checkpoint records, driver rebinds, the
+//! CDI spec, the API server) runs with no lock held but the claim's own, so claims are prepared side
+//! by side; the claim-state lock is taken only to commit or give back a record. A failure after the
+//! `Started` record is written goes through one rollback path ([`Preparer::abandon`]).
+
+use std::collections::BTreeMap;
+
+use super::plan::Planned;
+use super::{Preparer, PreparerConfig, Rebind, StatusWriteError, Step, recover};
+use crate::nri::policy::ClaimCpus;
+use crate::plugin::api::{ClaimRef, PreparedDevice};
+use crate::plugin::cdi::Spec;
+use crate::plugin::checkpoint::files::Durability;
+use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::claims::allocated_devices;
+
+/// Runs blocking file and sysfs I/O off the async workers where the runtime allows it (a
+/// multi-threaded one), inline otherwise.
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl Preparer {
+    /// Prepares one claim while holding its claim lock.
+    pub(super) async fn prepare_locked(
+        &self,
+        claim: ClaimRef,
+    ) -> Result<Vec<PreparedDevice>, String> {
+        let existing = self.state().get(&claim.uid).cloned();
+        if let Some(record) = existing {
+            if record.phase == Phase::Completed && record.recovered {
+                // Rebuilt from its CDI spec: completed with what the claim says, keeping its CPUs
+                // and spec, when the devices match; redone otherwise.
+                let resource_claim = self.claims.get(&claim.namespace, &claim.name).await?;
+                let completed =
+                    recover::complete(record.clone(), &claim, resource_claim, &self.config);
+                if let Some(record) = completed {
+                    return blocking(|| {
+                        self.commit(Some(record.clone()))?;
+                        self.redo_completed(record)
+                    });
+                }
+            }
+            match record.phase {
+                Phase::Completed if !record.recovered => {
+                    return blocking(|| self.redo_completed(record));
+                }
+                // Started, or rebuilt from a spec that does not match the claim: redone.
+                _ => blocking(|| {
+                    undo_record(&self.config, &self.kind, &record)
+                        .map_err(|e| format!("rolling back: {e}"))?;
+                    self.drop_record(&record)
+                })?,
+            }
+        }
+        let resource_claim = self
+            .claims
+            .get(&claim.namespace, &claim.name)
+            .await?
+            .ok_or_else(|| format!("ResourceClaim {}/{} not found", claim.namespace, claim.name))?;
+        let allocated = allocated_devices(
+            &claim,
+            &resource_claim,
+            &self.config.slices.driver_name,
+            &self.config.slices.node_name,
+        )
+        .map_err(|e| e.to_string())?;
+        let planned = self.reserve(&claim, &allocated, &resource_claim)?;
+        let devices = blocking(|| self.apply(&planned))?;
+        // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
+        // the API server may not allow it (an older release, RBAC); the CDI env says the same.
+        if !planned.statuses.is_empty() {
+            let driver = &self.config.slices.driver_name;
+            let written = self
+                .claims
+                .set_device_status(&claim.namespace, &claim.name, driver, planned.statuses)
+                .await;
+            match written {
+                Ok(()) => {}
+                Err(StatusWriteError::Forbidden(error)) => {
+                    self.status_forbidden
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(claim = %claim.uid, %error,
+                        "configuration error: device status not written");
+                }
+                Err(StatusWriteError::Failed(error)) => {
+                    tracing::warn!(claim = %claim.uid, %error, "device status not written");
+                }
+            }
+        }
+        Ok(devices)
+    }
+
+    /// The writes of a reserved prepare: the `Started` record (no fsync), the driver rebinds, the CDI
+    /// spec (no fsync), the `Completed` record (fsynced: the one durable point), then the record in
+    /// memory. Any failure after the first write is rolled back by [`Preparer::abandon`]; a crash
+    /// (a fault hook) stops right there, as a killed process would.
+    fn apply(&self, planned: &Planned) -> Result<Vec<PreparedDevice>, String> {
+        let started = &planned.record;
+        if let Err(error) = self.config.checkpoint.put(started, Durability::Unsynced) {
+            // Nothing was changed: give the reservation back.
+            self.forget(started);
+            return Err(error.to_string());
+        }
+        self.fault(Step::Started)?;
+        for rebind in &planned.rebinds {
+            if let Err(e) = self
+                .config
+                .binder
+                .bind_driver(rebind.function, &rebind.driver)
+            {
+                let error = format!("binding {} to {}: {e}", rebind.function, rebind.driver);
+                return Err(self.abandon(started, error));
+            }
+        }
+        self.fault(Step::DevicesPrepared)?;
+        let uid = &started.claim.uid;
+        if let Err(e) = self.config.cdi.write_claim_spec(uid, &planned.spec) {
+            // A real failure (a full disk), not a crash: undo now so nothing is left half done.
+            let error = format!("writing the CDI spec: {e}");
+            return Err(self.abandon(started, error));
+        }
+        self.fault(Step::CdiWritten)?;
+        let mut completed = started.clone();
+        completed.phase = Phase::Completed;
+        if let Err(error) = self.commit(Some(completed)) {
+            // The file still says started: undo now rather than answer from memory.
+            return Err(self.abandon(started, error));
+        }
+        self.fault(Step::Completed)?;
+        Ok(planned.devices.clone())
+    }
+
+    /// A completed claim asked again (kubelet restart, node reboot): the same devices, and its CDI spec
+    /// written again (after a reboot `/var/run/cdi` is empty).
+    fn redo_completed(&self, mut record: ClaimRecord) -> Result<Vec<PreparedDevice>, String> {
+        let spec: Spec = record
+            .cdi_spec
+            .parse()
+            .map_err(|e| format!("checkpointed CDI spec: {e}"))?;
+        self.config
+            .cdi
+            .write_claim_spec(&record.claim.uid, &spec)
+            .map_err(|e| e.to_string())?;
+        if record.boot_id != self.config.boot_id {
+            record.boot_id = self.config.boot_id.clone();
+            let devices = record.devices.clone();
+            self.commit(Some(record))?;
+            return Ok(devices);
+        }
+        Ok(record.devices)
+    }
+
+    /// Writes `record`'s file (a completed record is fsynced, a started one is not: see
+    /// [`crate::plugin::checkpoint`]), then sets it in memory. When the write fails memory keeps what
+    /// it had, which is what the file still says.
+    fn commit(&self, record: Option<ClaimRecord>) -> Result<(), String> {
+        let Some(record) = record else {
+            return Ok(());
+        };
+        let durability = match record.phase {
+            Phase::Completed => Durability::Synced,
+            Phase::Started => Durability::Unsynced,
+        };
+        self.config
+            .checkpoint
+            .put(&record, durability)
+            .map_err(|e| e.to_string())?;
+        let mut state = self.state();
+        state.insert(record.claim.uid.clone(), record);
+        self.publish_cpus(&state);
+        Ok(())
+    }
+
+    /// Removes the record's file, then the record from memory (giving back GPU partitions no claim
+    /// holds). When the removal fails the record stays in both.
+    fn drop_record(&self, record: &ClaimRecord) -> Result<(), String> {
+        self.config
+            .checkpoint
+            .remove(&record.claim.uid)
+            .map_err(|e| e.to_string())?;
+        self.forget(record);
+        Ok(())
+    }
+
+    /// Removes the record from memory only (a reservation whose file was never written).
+    fn forget(&self, record: &ClaimRecord) {
+        let mut state = self.state();
+        state.remove(&record.claim.uid);
+        for error in crate::plugin::partitions::release(self.config.binder.as_ref(), &state, record)
+        {
+            tracing::warn!(claim = %record.claim.uid, %error, "GPU partitions not released");
+        }
+        self.publish_cpus(&state);
+    }
+
+    /// Gives up a claim whose prepare failed after it was recorded as started: undoes what was done
+    /// and forgets it. When the checkpoint cannot be written, the started record stays (memory and
+    /// file agree) and is rolled back by the next prepare or restart. Returns `error`, with what
+    /// else failed.
+    fn abandon(&self, record: &ClaimRecord, error: String) -> String {
+        let mut error = error;
+        if let Err(e) = undo_record(&self.config, &self.kind, record) {
+            error = format!("{error}; rolling back: {e}");
+        }
+        if let Err(e) = self.drop_record(record) {
+            error = format!("{error}; {e}");
+        }
+        error
+    }
+
+    fn fault(&self, step: Step) -> Result<(), String> {
+        match &self.faults {
+            Some(hook) => hook(step),
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the NRI plugin when the claims' CPUs changed. CPUs count from the moment a claim is
+    /// reserved: before any I/O.
+    pub(super) fn publish_cpus(&self, state: &BTreeMap<String, ClaimRecord>) {
+        let now = cpu_claims_of(state);
+        self.cpu_claims.send_if_modified(|old| {
+            let changed = *old != now;
+            *old = now;
+            changed
+        });
+    }
+
+    /// Unprepares one claim while holding its claim lock: undo, remove the record, clear the
+    /// device status this driver wrote.
+    pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), String> {
+        // Unknown claims (never prepared here, or already unprepared) are done.
+        let Some(record) = self.state().get(&claim.uid).cloned() else {
+            return Ok(());
+        };
+        blocking(|| undo_record(&self.config, &self.kind, &record))?;
+        let stored = blocking(|| self.drop_record(&record));
+        let driver = &self.config.slices.driver_name;
+        let cleared = self
+            .claims
+            .set_device_status(&claim.namespace, &claim.name, driver, Vec::new())
+            .await;
+        if let Err(error) = cleared {
+            tracing::debug!(claim = %claim.uid, %error, "device status not cleared");
+        }
+        stored
+    }
+}
+
+/// The CPUs of each claim that holds some, with the pods it is reserved for.
+pub(super) fn cpu_claims_of(state: &BTreeMap<String, ClaimRecord>) -> BTreeMap<String, ClaimCpus> {
+    state
+        .iter()
+        .map(|(uid, r)| {
+            let cpus: hal::CpuSet = r.cpus.values().flat_map(hal::CpuSet::iter).collect();
+            (uid, cpus, &r.pods)
+        })
+        .filter(|(_, cpus, _)| !cpus.is_empty())
+        .map(|(uid, cpus, pods)| {
+            let pods = pods.clone();
+            (uid.clone(), ClaimCpus { cpus, pods })
+        })
+        .collect()
+}
+
+/// Gives back what a claim changed: the original driver of every rebound function, then the CDI spec.
+pub(super) fn undo_record(
+    config: &PreparerConfig,
+    kind: &str,
+    record: &ClaimRecord,
+) -> Result<(), String> {
+    for value in record.undo.values() {
+        let Ok(rebind) = serde_json::from_value::<Rebind>(value.clone()) else {
+            continue;
+        };
+        let result = match &rebind.original {
+            Some(original) => config.binder.bind_driver(rebind.function, original),
+            None => Ok(()),
+        };
+        result.map_err(|e| {
+            format!(
+                "restoring {} to its driver {:?}: {e}",
+                rebind.function, rebind.original
+            )
+        })?;
+    }
+    config
+        .cdi
+        .remove_claim_spec(kind, &record.claim.uid)
+        .map_err(|e| format!("removing the CDI spec: {e}"))
+}

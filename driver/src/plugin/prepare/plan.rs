@@ -1,0 +1,530 @@
+//! The plan of a prepare, decided under the claim-state lock without I/O: the devices' machine side,
+//! exclusivity, CPUs and real-time tasks, driver rebinds, the CDI spec and the `Started` record. The
+//! record goes into memory at once, as the reservation of its devices and CPUs, before the lock is
+//! released; [`super::apply`] then writes it and makes the changes, and commits or gives it back.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::ResourceClaim;
+
+use super::edits::{claim_env, container_edits};
+use super::{Preparer, Rebind, recover};
+use crate::inventory::Inventory;
+use crate::plugin::api::{ClaimRef, PreparedDevice};
+use crate::plugin::cdi::{Device as CdiDevice, Spec, qualified_device};
+use crate::plugin::checkpoint::{ClaimRecord, Phase, SpecJson};
+use crate::plugin::claims::Allocated;
+use crate::plugin::cpus::{Placement, allocate};
+use crate::slices::devices::{DeviceSource, devices_with_sources};
+
+/// What a prepare will do, reserved in memory.
+pub(super) struct Planned {
+    /// The `Started` record (in memory already).
+    pub record: ClaimRecord,
+    /// Driver changes, in order.
+    pub rebinds: Vec<Rebind>,
+    /// The claim's CDI spec.
+    pub spec: Spec,
+    /// The answer to the kubelet.
+    pub devices: Vec<PreparedDevice>,
+    /// `status.devices` entries for the claim's network functions.
+    pub statuses: Vec<serde_json::Value>,
+}
+
+impl Preparer {
+    /// Plans the prepare of `claim` and reserves it: under the state lock, exclusivity is checked
+    /// against every record (completed, or reserved by a prepare in flight) and the `Started` record
+    /// is inserted. GPU partitions a claim needs are created here (sysfs writes of a rare claim kind);
+    /// nothing else is written.
+    pub(super) fn reserve(
+        &self,
+        claim: &ClaimRef,
+        allocated: &[Allocated],
+        resource_claim: &ResourceClaim,
+    ) -> Result<Planned, String> {
+        let mut state = self.state();
+        let (mut sources, shareable) = self.sources(allocated)?;
+        self.check_exclusive(&state, &claim.uid, allocated, &shareable)?;
+        let partitioned = {
+            let inventory = self
+                .inventory
+                .read()
+                .map_err(|_| "inventory lock poisoned".to_owned())?;
+            inventory
+                .gpus
+                .iter()
+                .filter(|g| {
+                    crate::slices::partitions::partition_count(g, &inventory, &self.config.slices)
+                        .is_some()
+                })
+                .map(|g| g.pci_address)
+                .collect()
+        };
+        let partition_undo = crate::plugin::partitions::prepare(
+            self.config.binder.as_ref(),
+            self.config.gpus.as_ref(),
+            &state,
+            &claim.uid,
+            &mut sources,
+            &partitioned,
+        )?;
+        let planned = (|| {
+            let rebinds = {
+                let inventory = self
+                    .inventory
+                    .read()
+                    .map_err(|_| "inventory lock poisoned".to_owned())?;
+                rebinds(allocated, &sources, &inventory)?
+            };
+            let cpus = self.place_cpus(&state, &claim.uid, allocated, &sources)?;
+            let rt = self.place_rt(&state, &claim.uid, allocated, &sources, &cpus)?;
+            let (spec, devices) = self.plan(claim, allocated, &sources, &cpus, &rt)?;
+            let record = ClaimRecord {
+                claim: claim.clone(),
+                phase: Phase::Started,
+                boot_id: self.config.boot_id.clone(),
+                devices: devices.clone(),
+                cdi_spec: SpecJson::of(&spec).map_err(|e| e.to_string())?,
+                undo: rebinds
+                    .iter()
+                    .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
+                    .chain(partition_undo.clone())
+                    .collect(),
+                cpus,
+                rt,
+                pods: reserved_pods(resource_claim),
+                recovered: false,
+            };
+            self.config
+                .checkpoint
+                .check_claim(&record)
+                .map_err(|e| e.to_string())?;
+            let statuses = self.network_status(allocated, &sources);
+            Ok::<_, String>(Planned {
+                record,
+                rebinds,
+                spec,
+                devices,
+                statuses,
+            })
+        })();
+        match planned {
+            Ok(planned) => {
+                state.insert(claim.uid.clone(), planned.record.clone());
+                self.publish_cpus(&state);
+                Ok(planned)
+            }
+            Err(error) => {
+                // VFs made for partitions above go again when no claim holds them.
+                let keys = partition_undo.keys().cloned().collect::<Vec<_>>();
+                for e in crate::plugin::partitions::release_keys(
+                    self.config.binder.as_ref(),
+                    &state,
+                    &claim.uid,
+                    &keys,
+                ) {
+                    tracing::warn!(claim = %claim.uid, error = %e, "GPU partitions not released");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The machine side of each allocated device, and whether each is published with
+    /// `allowMultipleAllocations`; a device this node does not publish is an error.
+    pub(super) fn sources(
+        &self,
+        allocated: &[Allocated],
+    ) -> Result<(Vec<DeviceSource>, Vec<bool>), String> {
+        let inventory = self
+            .inventory
+            .read()
+            .map_err(|_| "inventory lock poisoned".to_owned())?;
+        let published: BTreeMap<String, (DeviceSource, bool)> =
+            devices_with_sources(&inventory, &self.config.slices)
+                .into_iter()
+                .map(|(d, s)| (d.name, (s, d.allow_multiple_allocations == Some(true))))
+                .collect();
+        allocated
+            .iter()
+            .map(|a| {
+                let (source, shareable) = published.get(&a.device).cloned().ok_or_else(|| {
+                    format!(
+                        "device {} is not published on this node (any more)",
+                        a.device
+                    )
+                })?;
+                if let DeviceSource::Gpu(gpu) = &source
+                    && let Some(unhealthy) = inventory.gpu_health.get(&gpu.pci_address)
+                    && unhealthy.reason == crate::health::MISSING
+                {
+                    return Err(format!(
+                        "device {}: the GPU is gone from the machine (tainted unhealthy=missing)",
+                        a.device
+                    ));
+                }
+                Ok((source, shareable))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(|pairs| pairs.into_iter().unzip())
+    }
+
+    /// `status.devices` entries for the claim's network functions: `networkData.interfaceName` (the
+    /// requested name in the pod, else the host netdev) and `data` with the PCI address, netdev, RDMA
+    /// device and network attachment.
+    fn network_status(
+        &self,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+    ) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (a, source) in allocated.iter().zip(sources) {
+            let DeviceSource::Nic { function, rdma } = source else {
+                continue;
+            };
+            let vf = a.vf.as_ref();
+            let netdev = function.netdevs.first();
+            let mut data = serde_json::Map::new();
+            data.insert("pciAddress".into(), function.address.to_string().into());
+            if let Some(netdev) = netdev {
+                data.insert("netdev".into(), netdev.clone().into());
+            }
+            if let Some(rdma) = rdma {
+                data.insert("rdmaDevice".into(), rdma.name.clone().into());
+            }
+            if let Some(network) = vf.and_then(|v| v.net_attach_def_name.clone()) {
+                let namespace = vf.and_then(|v| v.net_attach_def_namespace.clone());
+                let full = namespace.map_or(network.clone(), |ns| format!("{ns}/{network}"));
+                data.insert("network".into(), full.into());
+            }
+            let mut entry = serde_json::json!({
+                "driver": self.config.slices.driver_name,
+                "pool": self.config.slices.node_name,
+                "device": a.device,
+                "data": data,
+            });
+            if let Some(name) = vf
+                .and_then(|v| v.if_name.clone())
+                .or_else(|| netdev.cloned())
+                && let Some(map) = entry.as_object_mut()
+            {
+                map.insert(
+                    "networkData".into(),
+                    serde_json::json!({"interfaceName": name}),
+                );
+            }
+            out.push(entry);
+        }
+        out
+    }
+
+    /// The CPUs of each CPU device of the claim: an individual CPU is itself; a group gives the CPUs the
+    /// claim's `CpuConfig` names (checked: in the group, free, as many as consumed) or those the
+    /// topology-aware policy picks, never one another claim holds.
+    fn place_cpus(
+        &self,
+        state: &BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+    ) -> Result<BTreeMap<String, hal::CpuSet>, String> {
+        // Other claims' exclusive CPUs, and the CPUs their real-time tasks run on.
+        let mut taken: hal::CpuSet = state
+            .iter()
+            .filter(|(other, _)| other.as_str() != uid)
+            .flat_map(|(_, r)| {
+                r.cpus
+                    .values()
+                    .flat_map(hal::CpuSet::iter)
+                    .chain(r.rt.values().flatten().map(|t| t.cpu))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let inventory = self
+            .inventory
+            .read()
+            .map_err(|_| "inventory lock poisoned".to_owned())?;
+        let mut placed = BTreeMap::new();
+        for (a, source) in allocated.iter().zip(sources) {
+            let cpus = match source {
+                DeviceSource::Cpu(id) => hal::CpuSet::from_iter([*id]),
+                DeviceSource::CpuGroup(group) => {
+                    let want = a.consumed_cpus.unwrap_or(group.len());
+                    match &a.cpu {
+                        Some(config) => {
+                            let asked = &config.cpuset;
+                            if !asked.is_subset(group) {
+                                return Err(format!(
+                                    "{}: CpuConfig cpuset {asked} is not within the group's allocatable CPUs {group} (offline or reserved CPUs are not)",
+                                    a.device
+                                ));
+                            }
+                            let busy = asked.intersection(&taken);
+                            if !busy.is_empty() {
+                                return Err(format!(
+                                    "{}: CPUs {busy} are held by another claim",
+                                    a.device
+                                ));
+                            }
+                            if asked.len() != want {
+                                return Err(format!(
+                                    "{}: CpuConfig cpuset {asked} has {} CPUs, the claim consumes {want}",
+                                    a.device,
+                                    asked.len()
+                                ));
+                            }
+                            asked.clone()
+                        }
+                        None => {
+                            let topology = inventory
+                                .cpu
+                                .as_ref()
+                                .ok_or("the CPU topology could not be read")?;
+                            allocate(topology, group, &taken, want, Placement::Packed)
+                                .map_err(|e| format!("{}: {e}", a.device))?
+                        }
+                    }
+                }
+                _ => continue,
+            };
+            taken = taken.union(&cpus);
+            placed.insert(a.device.clone(), cpus);
+        }
+        Ok(placed)
+    }
+
+    /// The real-time tasks of each `rt-<group>` device of the claim: placed worst-fit on the group's
+    /// CPUs that no claim holds exclusively (this one included), with the other claims' tasks counted.
+    fn place_rt(
+        &self,
+        state: &BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+        own: &BTreeMap<String, hal::CpuSet>,
+    ) -> Result<BTreeMap<String, Vec<crate::plugin::rt::RtTask>>, String> {
+        let others = state.iter().filter(|(other, _)| other.as_str() != uid);
+        let exclusive: hal::CpuSet = others
+            .clone()
+            .flat_map(|(_, r)| {
+                r.cpus
+                    .values()
+                    .flat_map(hal::CpuSet::iter)
+                    .collect::<Vec<_>>()
+            })
+            .chain(own.values().flat_map(hal::CpuSet::iter))
+            .collect();
+        let mut placed_tasks: Vec<crate::plugin::rt::RtTask> = others
+            .flat_map(|(_, r)| r.rt.values().flatten().copied())
+            .collect();
+        let mut placed = BTreeMap::new();
+        for (a, source) in allocated.iter().zip(sources) {
+            let DeviceSource::RtGroup { cpus, per_cpu } = source else {
+                continue;
+            };
+            let config = a.rt.as_ref().ok_or_else(|| {
+                format!(
+                    "{}: an RT bandwidth device needs an RtConfig (runtimeUs, periodUs, tasks)",
+                    a.device
+                )
+            })?;
+            let free: hal::CpuSet = cpus.iter().filter(|c| !exclusive.contains(*c)).collect();
+            let tasks = crate::plugin::rt::place(
+                config,
+                &free,
+                &placed_tasks,
+                *per_cpu,
+                a.consumed_rt,
+                &a.device,
+            )?;
+            placed_tasks.extend(tasks.iter().copied());
+            placed.insert(a.device.clone(), tasks);
+        }
+        Ok(placed)
+    }
+
+    /// A device given exclusively must not be in another claim (the scheduler ensures it; a stale
+    /// checkpoint or a race with a re-created claim must not break it).
+    fn check_exclusive(
+        &self,
+        state: &BTreeMap<String, ClaimRecord>,
+        uid: &str,
+        allocated: &[Allocated],
+        shareable: &[bool],
+    ) -> Result<(), String> {
+        // Devices published with `allowMultipleAllocations` (CPU groups, RT bandwidth) are shared by
+        // design; CPUs and tasks are checked one by one. A `shareID` on any other device (a GPU, a
+        // VF) gives it no second owner.
+        let exclusive = allocated
+            .iter()
+            .zip(shareable)
+            .filter(|(a, shareable)| !**shareable && !a.admin_access)
+            .map(|(a, _)| a);
+        for a in exclusive {
+            for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
+                if record.devices.iter().any(|d| d.device_name == a.device) {
+                    return Err(format!(
+                        "device {} is already prepared for claim {other}",
+                        a.device
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The claim's CDI spec and the answer to the kubelet.
+    fn plan(
+        &self,
+        claim: &ClaimRef,
+        allocated: &[Allocated],
+        sources: &[DeviceSource],
+        cpus: &BTreeMap<String, hal::CpuSet>,
+        rt: &BTreeMap<String, Vec<crate::plugin::rt::RtTask>>,
+    ) -> Result<(Spec, Vec<PreparedDevice>), String> {
+        let mut cdi_devices = Vec::new();
+        let mut prepared = Vec::new();
+        let mut claim_env = claim_env(allocated, sources);
+        let tasks: Vec<crate::plugin::rt::RtTask> = rt.values().flatten().copied().collect();
+        claim_env.extend(crate::plugin::rt::env(&tasks));
+        // Names the claim in its spec, so a lost checkpoint can be rebuilt from the specs.
+        claim_env.push(format!(
+            "{}={}/{}",
+            recover::CLAIM_ENV,
+            claim.namespace,
+            claim.name
+        ));
+        let all_cpus: hal::CpuSet = cpus.values().flat_map(hal::CpuSet::iter).collect();
+        if !all_cpus.is_empty() {
+            claim_env.push(format!(
+                "DRA_CPUSET_{}={}",
+                claim.uid,
+                all_cpus.to_cpulist()
+            ));
+            claim_env.push(format!("DRA_HAL_CPUSET={}", all_cpus.to_cpulist()));
+        }
+        // A config env that applies to every device of the claim is written once, in the spec's own
+        // edits (applied whenever any of its devices is), not once per device.
+        let shared_config = match allocated {
+            [first, rest @ ..]
+                if !rest.is_empty()
+                    && !first.config.env.is_empty()
+                    && rest.iter().all(|a| a.config.env == first.config.env) =>
+            {
+                Some(&first.config.env)
+            }
+            _ => None,
+        };
+        for (a, source) in allocated.iter().zip(sources) {
+            let name = format!("{}-{}", claim.uid, a.device);
+            let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci")
+                || a.gpu.as_ref().and_then(|g| g.driver.as_deref()) == Some("vfio-pci");
+            let vfio_group = match source {
+                _ if !vfio => None,
+                DeviceSource::Nic { function, .. } => Some(function.iommu_group),
+                DeviceSource::Gpu(gpu) => Some(
+                    self.inventory
+                        .read()
+                        .ok()
+                        .and_then(|i| i.function(gpu.pci_address).and_then(|f| f.iommu_group)),
+                ),
+                _ => None,
+            };
+            let mut edits = container_edits(source, vfio_group);
+            if let Some(root) = &self.config.dev_root {
+                for node in &mut edits.device_nodes {
+                    let host = root.join(node.path.trim_start_matches('/'));
+                    node.host_path = Some(host.to_string_lossy().into_owned());
+                }
+            }
+            edits.env.extend(claim_env.iter().cloned());
+            if shared_config.is_none() {
+                edits
+                    .env
+                    .extend(a.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+            }
+            cdi_devices.push(CdiDevice {
+                name: name.clone(),
+                annotations: None,
+                container_edits: edits,
+            });
+            prepared.push(PreparedDevice {
+                request_names: vec![a.request.clone()],
+                pool_name: self.config.slices.node_name.clone(),
+                device_name: a.device.clone(),
+                cdi_device_ids: vec![qualified_device(&self.kind, &name)],
+                share_id: a.share_id.clone(),
+            });
+        }
+        let mut spec = Spec::new(&self.kind, cdi_devices);
+        if let Some(env) = shared_config {
+            spec.container_edits = Some(crate::plugin::cdi::ContainerEdits {
+                env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                ..Default::default()
+            });
+        }
+        Ok((spec, prepared))
+    }
+}
+
+/// UIDs of the pods in the claim's `status.reservedFor`.
+pub(super) fn reserved_pods(claim: &ResourceClaim) -> Vec<String> {
+    claim
+        .status
+        .iter()
+        .flat_map(|s| s.reserved_for.iter().flatten())
+        .filter(|r| r.resource == "pods" && r.api_group.as_deref().unwrap_or_default().is_empty())
+        .map(|r| r.uid.clone())
+        .collect()
+}
+
+/// The driver changes the claim's VfConfigs ask for. `vfio-pci` is refused for a PF with VFs enabled
+/// (unbinding it would destroy them).
+fn rebinds(
+    allocated: &[Allocated],
+    sources: &[DeviceSource],
+    inventory: &Inventory,
+) -> Result<Vec<Rebind>, String> {
+    let mut out = Vec::new();
+    for (a, source) in allocated.iter().zip(sources) {
+        let wanted =
+            a.vf.as_ref()
+                .and_then(|vf| vf.driver.clone())
+                .or_else(|| a.gpu.as_ref().and_then(|g| g.driver.clone()));
+        let Some(driver) = wanted else {
+            continue;
+        };
+        let (address, current) = match source {
+            DeviceSource::Nic { function, .. } if a.vf.is_some() => {
+                (function.address, function.driver.clone())
+            }
+            DeviceSource::Gpu(gpu) if a.gpu.is_some() => (gpu.pci_address, gpu.driver.clone()),
+            _ => {
+                return Err(format!(
+                    "{}: a VfConfig applies to network functions, a GpuConfig to GPUs",
+                    a.device
+                ));
+            }
+        };
+        if current.as_deref() == Some(driver.as_str()) {
+            continue;
+        }
+        let vfs = inventory
+            .sriov
+            .iter()
+            .find(|s| s.pf == address)
+            .map_or(0, |s| s.num_vfs);
+        if vfs > 0 {
+            return Err(format!(
+                "{}: {address} has {vfs} VFs enabled; binding it to {driver} would remove them",
+                a.device
+            ));
+        }
+        out.push(Rebind {
+            function: address,
+            driver,
+            original: current,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,404 @@
+//! Claims prepared side by side: one claim asked twice, a hung API server, two claims for one device,
+//! and random concurrent prepare/unprepare sequences with failing writes and crashes.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use proptest::prelude::*;
+use tokio::sync::Semaphore;
+
+use super::*;
+
+/// Claims from [`Claims`], with a gate per claim name that a GET waits at until opened, and a count
+/// of the GETs that got through.
+#[derive(Default)]
+struct Gated {
+    inner: Arc<Claims>,
+    gates: Mutex<BTreeMap<String, Arc<Semaphore>>>,
+    waiting: AtomicUsize,
+    passed: AtomicUsize,
+    /// Random yields before each answer (0: none), so concurrent prepares interleave.
+    jitter: AtomicUsize,
+}
+
+impl Gated {
+    fn over(inner: Arc<Claims>) -> Arc<Gated> {
+        Arc::new(Gated {
+            inner,
+            ..Gated::default()
+        })
+    }
+
+    fn close(&self, uid: &str) {
+        let gate = Arc::new(Semaphore::new(0));
+        self.gates
+            .lock()
+            .unwrap()
+            .insert(format!("claim-{uid}"), gate);
+    }
+
+    fn open(&self, uid: &str) {
+        if let Some(gate) = self.gates.lock().unwrap().remove(&format!("claim-{uid}")) {
+            gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        }
+    }
+}
+
+impl ClaimSource for Gated {
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>> {
+        let gate = self.gates.lock().unwrap().get(name).cloned();
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.acquire().await;
+            }
+            for _ in 0..(rand_below(self.jitter.load(Ordering::Relaxed))) {
+                tokio::task::yield_now().await;
+            }
+            self.passed.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(&namespace, &name).await
+        })
+    }
+}
+
+/// A cheap pseudo-random number below `n` (0 when `n` is 0).
+fn rand_below(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize);
+    now % n
+}
+
+fn gated_preparer(s: &Setup, source: Arc<Gated>) -> Arc<Preparer> {
+    let config = s.config("boot-1", SliceConfig::new(NODE));
+    Arc::new(Preparer::new(config, source, s.inventory.clone()).unwrap())
+}
+
+/// Waits (yielding, at most ~10 s: a hang guard, not a speed check) until `done` holds.
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("the condition never held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_asked_again_while_its_prepare_runs_waits_for_it_and_gets_the_same_answer() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let source = Gated::over(s.claims.clone());
+    source.close("a");
+    let preparer = gated_preparer(&s, source.clone());
+    let first = tokio::spawn({
+        let p = preparer.clone();
+        async move { p.prepare(vec![reference("a")]).await }
+    });
+    until(|| source.waiting.load(Ordering::SeqCst) == 1).await;
+    let second = tokio::spawn({
+        let p = preparer.clone();
+        async move { p.prepare(vec![reference("a")]).await }
+    });
+    tokio::task::yield_now().await;
+    source.open("a");
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert!(first["a"].is_ok(), "{first:?}");
+    assert_eq!(first, second);
+    assert_eq!(
+        source.passed.load(Ordering::SeqCst),
+        1,
+        "one GET, one prepare"
+    );
+    assert_eq!(preparer.locks.len(), 0, "no claim lock left behind");
+    assert!(preparer.inflight().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_api_server_delays_only_the_claims_that_need_it() {
+    let s = Setup::new();
+    s.claims
+        .add("done", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    s.claims
+        .add("slow", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("fast", &[("nic", "rdma-0101-00-00-0")], json!([]));
+    let source = Gated::over(s.claims.clone());
+    let preparer = gated_preparer(&s, source.clone());
+    let done = preparer.prepare(vec![reference("done")]).await;
+    // The server stops answering for the slow claim (and for a completed one, which needs no GET).
+    source.close("slow");
+    source.close("done");
+    let slow = tokio::spawn({
+        let p = preparer.clone();
+        async move { p.prepare(vec![reference("slow")]).await }
+    });
+    until(|| source.waiting.load(Ordering::SeqCst) == 1).await;
+    // Neither a claim with its own GET nor a completed claim waits behind it.
+    let fast = preparer.prepare(vec![reference("fast")]).await;
+    assert!(fast["fast"].is_ok(), "{fast:?}");
+    assert_eq!(preparer.prepare(vec![reference("done")]).await, done);
+    assert!(preparer.unprepare(vec![reference("fast")]).await["fast"].is_ok());
+    assert!(!slow.is_finished());
+    source.open("slow");
+    assert!(slow.await.unwrap()["slow"].is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_claims_for_one_device_asked_at_once_never_both_succeed() {
+    for _ in 0..8 {
+        let s = Setup::new();
+        s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+        s.claims.add("b", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+        let source = Gated::over(s.claims.clone());
+        source.close("a");
+        source.close("b");
+        let preparer = gated_preparer(&s, source.clone());
+        let tasks: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|uid| {
+                let p = preparer.clone();
+                tokio::spawn(async move { p.prepare(vec![reference(uid)]).await })
+            })
+            .collect();
+        until(|| source.waiting.load(Ordering::SeqCst) == 2).await;
+        source.open("a");
+        source.open("b");
+        let mut ok = 0;
+        for task in tasks {
+            let results = task.await.unwrap();
+            for result in results.values() {
+                match result {
+                    Ok(_) => ok += 1,
+                    Err(e) => assert!(e.contains("already prepared for claim"), "{e}"),
+                }
+            }
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(s.spec_files().len(), 1);
+    }
+}
+
+/// One step of a random sequence.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Prepare these claims, each in its own call, all at once.
+    Prepare(Vec<usize>),
+    /// Unprepare these claims, each in its own call, all at once.
+    Unprepare(Vec<usize>),
+    /// The next `n` checkpoint writes fail (a full disk).
+    FailWrites(usize),
+    /// The process dies after step `step` of the prepare of a claim, and starts again.
+    Crash(usize, usize),
+    /// The process restarts.
+    Restart,
+}
+
+const CLAIMS: usize = 6;
+const GPUS: [&str; 3] = ["gpu-0008-06-00-0", "gpu-0009-06-00-0", "gpu-0018-06-00-0"];
+const STEPS: [Step; 4] = [
+    Step::Started,
+    Step::DevicesPrepared,
+    Step::CdiWritten,
+    Step::Completed,
+];
+
+fn op() -> impl Strategy<Value = Op> {
+    let claims = proptest::collection::vec(0..CLAIMS, 1..5);
+    prop_oneof![
+        4 => claims.clone().prop_map(Op::Prepare),
+        2 => claims.prop_map(Op::Unprepare),
+        1 => (1usize..4).prop_map(Op::FailWrites),
+        1 => (0..CLAIMS, 0..STEPS.len()).prop_map(|(c, s)| Op::Crash(c, s)),
+        1 => Just(Op::Restart),
+    ]
+}
+
+struct World {
+    s: Setup,
+    source: Arc<Gated>,
+    failing: Arc<AtomicUsize>,
+    preparer: Arc<Preparer>,
+    /// Claims the kubelet was told are prepared (or that a crash left completed), not unprepared
+    /// since: what must never be lost.
+    held: BTreeSet<String>,
+}
+
+impl World {
+    fn new() -> World {
+        let s = Setup::new();
+        for c in 0..CLAIMS {
+            s.claims.add(
+                &format!("c{c}"),
+                &[("gpu", GPUS[c % GPUS.len()])],
+                json!([]),
+            );
+        }
+        let source = Gated::over(s.claims.clone());
+        source.jitter.store(8, Ordering::Relaxed);
+        let failing = Arc::new(AtomicUsize::new(0));
+        let preparer = Self::start(&s, &source, &failing, None);
+        World {
+            s,
+            source,
+            failing,
+            preparer,
+            held: BTreeSet::new(),
+        }
+    }
+
+    fn start(
+        s: &Setup,
+        source: &Arc<Gated>,
+        failing: &Arc<AtomicUsize>,
+        faults: Option<FaultHook>,
+    ) -> Arc<Preparer> {
+        let mut config = s.config("boot-1", SliceConfig::new(NODE));
+        let failing = failing.clone();
+        config.checkpoint = config.checkpoint.with_write_fault(Arc::new(move || {
+            match failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+                Ok(_) => Err(std::io::Error::from_raw_os_error(28)),
+                Err(_) => Ok(()),
+            }
+        }));
+        let preparer = Preparer::new(config, source.clone(), s.inventory.clone()).unwrap();
+        Arc::new(match faults {
+            Some(hook) => preparer.with_faults(hook),
+            None => preparer,
+        })
+    }
+
+    fn restart(&mut self) {
+        // A disk that is full at start is another test's matter.
+        self.failing.store(0, Ordering::SeqCst);
+        self.preparer = Self::start(&self.s, &self.source, &self.failing, None);
+    }
+
+    async fn run(&mut self, op: &Op) {
+        match op {
+            Op::Prepare(claims) => {
+                let tasks: Vec<_> = claims
+                    .iter()
+                    .map(|c| {
+                        let p = self.preparer.clone();
+                        let uid = format!("c{c}");
+                        tokio::spawn(async move { p.prepare(vec![reference(&uid)]).await })
+                    })
+                    .collect();
+                for task in tasks {
+                    for (uid, result) in task.await.unwrap() {
+                        if result.is_ok() {
+                            self.held.insert(uid);
+                        }
+                    }
+                }
+            }
+            Op::Unprepare(claims) => {
+                let tasks: Vec<_> = claims
+                    .iter()
+                    .map(|c| {
+                        let p = self.preparer.clone();
+                        let uid = format!("c{c}");
+                        tokio::spawn(async move { p.unprepare(vec![reference(&uid)]).await })
+                    })
+                    .collect();
+                for task in tasks {
+                    for (uid, result) in task.await.unwrap() {
+                        if result.is_ok() {
+                            self.held.remove(&uid);
+                        }
+                    }
+                }
+            }
+            Op::FailWrites(n) => self.failing.store(*n, Ordering::SeqCst),
+            Op::Crash(c, step) => {
+                let at = STEPS[*step];
+                let hook: FaultHook = Arc::new(move |s| match s == at {
+                    true => Err(format!("crash after {s:?}")),
+                    false => Ok(()),
+                });
+                self.failing.store(0, Ordering::SeqCst);
+                let crashing = Self::start(&self.s, &self.source, &self.failing, Some(hook));
+                let uid = format!("c{c}");
+                let result = crashing.prepare(vec![reference(&uid)]).await;
+                drop(crashing);
+                self.restart();
+                // A crash after the completed record leaves the claim prepared, as a kubelet retry
+                // would then be told.
+                let completed = self.preparer.recorded().await.get(&uid) == Some(&Phase::Completed);
+                if result[&uid].is_ok() || completed {
+                    self.held.insert(uid);
+                }
+            }
+            Op::Restart => self.restart(),
+        }
+    }
+
+    /// No device in two records, nothing held lost, memory as the files say.
+    async fn check(&self, after: &Op) {
+        let state = self.preparer.state().clone();
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for (uid, record) in &state {
+            for device in &record.devices {
+                if let Some(other) = owners.insert(&device.device_name, uid) {
+                    panic!(
+                        "after {after:?}: {} in {other} and {uid}",
+                        device.device_name
+                    );
+                }
+            }
+        }
+        for uid in &self.held {
+            let record = state.get(uid);
+            assert_eq!(
+                record.map(|r| r.phase),
+                Some(Phase::Completed),
+                "after {after:?}: {uid} lost"
+            );
+        }
+        let file = CheckpointFile::new(self.s.checkpoint_path())
+            .load()
+            .unwrap();
+        assert!(file.discarded.is_empty(), "{:?}", file.discarded);
+        let phases = |m: &BTreeMap<String, ClaimRecord>| -> BTreeMap<String, Phase> {
+            m.iter().map(|(u, r)| (u.clone(), r.phase)).collect()
+        };
+        assert_eq!(phases(&state), phases(&file.claims), "after {after:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_concurrent_prepares_and_unprepares_with_failures_and_crashes_never_share_a_device_or_lose_a_claim(
+        ops in proptest::collection::vec(op(), 1..12)
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut world = World::new();
+            for op in &ops {
+                world.run(op).await;
+                if !matches!(op, Op::FailWrites(_)) {
+                    world.failing.store(0, Ordering::SeqCst);
+                }
+                world.check(op).await;
+            }
+            world.restart();
+            world.check(&Op::Restart).await;
+        });
+    }
+}

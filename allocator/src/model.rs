@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::resource::v1::{DeviceAttribute, DeviceTaint, ResourceSlice};
 
 use crate::input::ClaimInput;
+use crate::nodes::Node;
 use crate::quantity::Quantity;
 use crate::version::KubernetesVersion;
 
@@ -109,6 +110,24 @@ pub struct Candidate {
     /// Set when the pool is invalid (duplicate device names, counters it does not have): the
     /// scheduler allocates nothing from it.
     pub invalid_pool: bool,
+    /// For a device of a `perDeviceNodeSelection` slice: whether it is for the node.
+    pub node_fit: NodeFit,
+    /// `bindingConditions`: the scheduler binds the pod only once the claim's device status has
+    /// them all true.
+    pub binding_conditions: Vec<String>,
+    /// `bindingFailureConditions`.
+    pub binding_failure_conditions: Vec<String>,
+}
+
+/// Whether a device is for the node explain answers for (per-device node selection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeFit {
+    /// Its slice's node selection decided, or its own selects the node.
+    Yes,
+    /// Its own node selection names another node (what it says).
+    Other(String),
+    /// Its node selector does not parse: a scheduler error when the search reaches it.
+    Error(String),
 }
 
 impl Candidate {
@@ -125,6 +144,9 @@ impl Candidate {
             taints: Vec::new(),
             incomplete_pool: false,
             invalid_pool: false,
+            node_fit: NodeFit::Yes,
+            binding_conditions: Vec::new(),
+            binding_failure_conditions: Vec::new(),
         }
     }
 
@@ -191,6 +213,18 @@ pub struct Pools {
     pub starved: Vec<bool>,
     /// Things a user should know (older generations dropped, incomplete pools, unknown devices).
     pub warnings: Vec<String>,
+    /// A node selector of a slice that does not parse: the scheduler fails every claim on the
+    /// node with it (`GatherPools`).
+    pub node_error: Option<String>,
+}
+
+/// What a device's own node selection says, for the report.
+fn device_node(device: &k8s_openapi::api::resource::v1::Device) -> String {
+    match (&device.node_name, &device.node_selector) {
+        (Some(name), _) => format!("is for node {name}"),
+        (None, Some(_)) => "has a node selector that does not select this node".into(),
+        (None, None) => "is for no node".into(),
+    }
 }
 
 /// Fully qualifies an attribute or capacity name with the driver's domain.
@@ -243,15 +277,34 @@ impl Pools {
         allocated: &[ClaimInput],
         version: KubernetesVersion,
     ) -> Pools {
+        Self::for_node(
+            slices,
+            &Node::named(node, BTreeMap::new()),
+            allocated,
+            version,
+        )
+    }
+
+    /// As [`Pools::new`], for a node with labels: slices and devices with a node selector are
+    /// matched against them.
+    pub fn for_node(
+        slices: &[ResourceSlice],
+        node: &Node,
+        allocated: &[ClaimInput],
+        version: KubernetesVersion,
+    ) -> Pools {
         let mut pools = Pools::default();
         // (driver, pool) -> slices of the newest generation
         let mut grouped: BTreeMap<(String, String), Vec<&ResourceSlice>> = BTreeMap::new();
         for slice in slices {
             let spec = &slice.spec;
-            if let (Some(node), Some(slice_node)) = (node, spec.node_name.as_deref())
-                && node != slice_node
-            {
-                continue;
+            match node.wants_slice(slice) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    pools.node_error.get_or_insert(e);
+                    continue;
+                }
             }
             let key = (spec.driver.clone(), spec.pool.name.clone());
             let entry = grouped.entry(key).or_default();
@@ -262,6 +315,17 @@ impl Pools {
             }
             entry.push(slice);
         }
+        // Pools with binding conditions come after all others, each part by ID (`GatherPools`).
+        let mut grouped: Vec<_> = grouped.into_iter().collect();
+        grouped.sort_by_key(|(_, slices)| {
+            slices.iter().any(|s| {
+                s.spec
+                    .devices
+                    .iter()
+                    .flatten()
+                    .any(|d| d.binding_conditions.as_ref().is_some_and(|c| !c.is_empty()))
+            })
+        });
         for ((driver, pool), mut slices) in grouped {
             // The scheduler takes a pool's slices in name order (`buildPool`: sortSlicesByName),
             // whatever order they were listed in.
@@ -320,6 +384,19 @@ impl Pools {
                     candidate.incomplete_pool = incomplete;
                     candidate.allow_multiple = device.allow_multiple_allocations.unwrap_or(false);
                     candidate.taints = device.taints.clone().unwrap_or_default();
+                    candidate.binding_conditions =
+                        device.binding_conditions.clone().unwrap_or_default();
+                    candidate.binding_failure_conditions = device
+                        .binding_failure_conditions
+                        .clone()
+                        .unwrap_or_default();
+                    if slice.spec.per_device_node_selection == Some(true) {
+                        candidate.node_fit = match node.device(device) {
+                            Ok(true) => NodeFit::Yes,
+                            Ok(false) => NodeFit::Other(device_node(device)),
+                            Err(e) => NodeFit::Error(e),
+                        };
+                    }
                     for (name, value) in device.attributes.iter().flatten() {
                         if let Some(value) = attribute(value) {
                             candidate.attributes.insert(qualify(&driver, name), value);

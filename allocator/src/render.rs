@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::explain::{Outcome, Status};
+use crate::outcome::{Outcome, Status};
 
 /// Renders outcomes as text.
 pub fn render_table(outcomes: &[Outcome]) -> String {

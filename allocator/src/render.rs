@@ -82,6 +82,13 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
                 out.push_str(&line(row.iter().map(String::as_str).collect()));
             }
         }
+        for m in &outcome.request_mappings {
+            let _ = writeln!(
+                out,
+                "  container {} {}: {}",
+                m.container_name, m.resource_name, m.request_name
+            );
+        }
         if let Some(numa) = &outcome.numa {
             let _ = writeln!(out, "  NUMA: {numa}");
         }

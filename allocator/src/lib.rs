@@ -48,6 +48,7 @@
 //! ```
 
 mod bounds;
+mod capacity;
 mod cel;
 mod claim;
 mod cost;

@@ -9,40 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::resource::v1::{
     DeviceClaim, DeviceClass, DeviceRequest, ExactDeviceRequest, ResourceClaimSpec,
 };
 
-use crate::input::ClaimInput;
+use crate::input::{ClaimInput, PodInput, RequestMapping};
 use crate::quantity::Quantity;
 
 /// The implicit extended-resource name of every DeviceClass (`resourceapi.ResourceDeviceClassPrefix`).
 pub const CLASS_PREFIX: &str = "deviceclass.resource.kubernetes.io/";
-
-/// A pod, or the pod template of a workload (Deployment, Job, ...).
-#[derive(Debug, Clone)]
-pub struct PodInput {
-    /// `Pod ns/name` or `Deployment ns/name`, for the report.
-    pub label: String,
-    /// `metadata.namespace`.
-    pub namespace: Option<String>,
-    /// Its spec (for a workload, the template's).
-    pub spec: PodSpec,
-}
-
-/// Which request of the implicit claim serves a container's resource
-/// (`v1.ContainerExtendedResourceRequest`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestMapping {
-    /// The container.
-    pub container_name: String,
-    /// The extended resource.
-    pub resource_name: String,
-    /// The request of the implicit claim.
-    pub request_name: String,
-}
 
 /// The claim a pod's extended resources turn into, and what explain should say about the rest.
 #[derive(Debug, Clone, Default)]

@@ -30,7 +30,31 @@ pub struct ClaimInput {
     /// `metadata.namespace`.
     pub namespace: Option<String>,
     /// For a pod's implicit claim: which container's resource each request serves.
-    pub request_mappings: Vec<crate::extended::RequestMapping>,
+    pub request_mappings: Vec<RequestMapping>,
+}
+
+/// A pod, or the pod template of a workload (Deployment, Job, ...).
+#[derive(Debug, Clone)]
+pub struct PodInput {
+    /// `Pod ns/name` or `Deployment ns/name`, for the report.
+    pub label: String,
+    /// `metadata.namespace`.
+    pub namespace: Option<String>,
+    /// Its spec (for a workload, the template's).
+    pub spec: k8s_openapi::api::core::v1::PodSpec,
+}
+
+/// Which request of the implicit claim serves a container's resource
+/// (`v1.ContainerExtendedResourceRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMapping {
+    /// The container.
+    pub container_name: String,
+    /// The extended resource.
+    pub resource_name: String,
+    /// The request of the implicit claim.
+    pub request_name: String,
 }
 
 /// Everything read from a set of files.
@@ -43,7 +67,7 @@ pub struct Objects {
     /// ResourceSlices.
     pub slices: Vec<ResourceSlice>,
     /// Pods and the pod templates of workloads, for their extended resources.
-    pub pods: Vec<crate::extended::PodInput>,
+    pub pods: Vec<PodInput>,
     /// Namespaces' labels, by name (the API server checks adminAccess against them).
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Kinds that were skipped (Services, ConfigMaps, ...), for the report.
@@ -196,7 +220,7 @@ impl Objects {
                 let field = pointer.trim_start_matches('/').replace('/', ".");
                 (context.clone(), format!("{field}: {why}"))
             })?;
-            self.pods.push(crate::extended::PodInput {
+            self.pods.push(PodInput {
                 label,
                 namespace: namespace.clone(),
                 spec,

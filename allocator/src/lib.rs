@@ -68,9 +68,9 @@ mod why;
 
 pub use cel::{CompileError, CompileErrorKind};
 pub use explain::{ADMIN_ACCESS_LABEL, Allocator, DEFAULT_STEP_LIMIT};
-pub use extended::{CLASS_PREFIX, Implicit, PodInput, RequestMapping, implicit_claim};
+pub use extended::{CLASS_PREFIX, Implicit, implicit_claim};
 pub use gates::FeatureGates;
-pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
+pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects, PodInput, RequestMapping};
 pub use model::{AttrValue, Pools};
 pub use nodes::Node;
 pub use outcome::{Allocated, Outcome, Status};

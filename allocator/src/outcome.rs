@@ -85,7 +85,7 @@ pub struct Outcome {
     /// For a pod's extended resources: which container's resource each request of the implicit
     /// claim serves (`pod.status.extendedResourceClaimStatus.requestMappings`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub request_mappings: Vec<crate::extended::RequestMapping>,
+    pub request_mappings: Vec<crate::input::RequestMapping>,
 }
 
 /// Why a device is not a candidate for an alternative.

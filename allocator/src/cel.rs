@@ -196,6 +196,44 @@ pub fn domain_literals(expression: &str) -> BTreeSet<String> {
     found
 }
 
+/// Verdicts by expression and device, so a class's selectors (and repeated request selectors) are
+/// evaluated once per device, however many requests name them. Filled lazily: a device is only
+/// evaluated by a selector when the selectors before it passed, as in the scheduler.
+pub(crate) struct VerdictCache {
+    devices: usize,
+    by_expression: BTreeMap<String, Vec<Option<Verdict>>>,
+}
+
+impl VerdictCache {
+    pub(crate) fn new(devices: usize) -> Self {
+        VerdictCache {
+            devices,
+            by_expression: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn get(
+        &mut self,
+        expression: &str,
+        device: usize,
+        eval: impl FnOnce() -> Verdict,
+    ) -> Verdict {
+        if !self.by_expression.contains_key(expression) {
+            self.by_expression
+                .insert(expression.to_owned(), vec![None; self.devices]);
+        }
+        let slot = self
+            .by_expression
+            .get_mut(expression)
+            .and_then(|v| v.get_mut(device));
+        match slot {
+            Some(Some(verdict)) => verdict.clone(),
+            Some(empty) => empty.insert(eval()).clone(),
+            None => eval(),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -5,124 +5,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 use kube_cel::cel::Value;
 
+use crate::cel::VerdictCache;
 use crate::cel::{Cel, CompileError, domain_literals};
 use crate::claim::{Alternative, Claim, Mode};
 use crate::gates::FeatureGates;
 use crate::input::ClaimInput;
-use crate::matching::VerdictCache;
 use crate::model::Pools;
-use crate::search::{Fit, MAX_DEVICES_PER_CLAIM, Search};
+use crate::nodes::Node;
+use crate::outcome::{Allocated, Matching, NUMA, Outcome, PCIE, Status, alignment};
+use crate::search::{MAX_DEVICES_PER_CLAIM, Search};
 use crate::version::KubernetesVersion;
-use crate::why::{NUMA, PCIE, alignment};
 
 /// Device tries before a search gives up (the scheduler has a time limit instead).
 pub const DEFAULT_STEP_LIMIT: u64 = 2_000_000;
-
-/// How a claim fared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Every request got its devices.
-    Allocated,
-    /// No allocation exists (or none was found within the step limit).
-    Unsatisfiable,
-    /// The scheduler fails the claim with an error: it is invalid or names what does not exist,
-    /// asks for more than 32 devices, a selector has a CEL runtime error on a device the search
-    /// reaches, or `allocationMode: All` cannot meet a constraint.
-    Error,
-}
-
-/// One device of an allocation, as `status.allocation.devices.results` would list it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Allocated {
-    /// `req` or `req/sub`.
-    pub request: String,
-    /// The driver.
-    pub driver: String,
-    /// The pool.
-    pub pool: String,
-    /// The device.
-    pub device: String,
-    /// Allocated with admin access.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub admin_access: bool,
-    /// Capacity consumed on a shared device, by capacity name as the slice spells it.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub consumed_capacity: BTreeMap<String, String>,
-    /// On a device published with `allowMultipleAllocations`: the share's ID. The scheduler makes a
-    /// random UID; explain gives a stable stand-in, so equal inputs give equal answers.
-    #[serde(rename = "shareID", skip_serializing_if = "Option::is_none")]
-    pub share_id: Option<String>,
-    /// Its NUMA node (any `numaNode` attribute).
-    pub numa_node: Option<i64>,
-    /// Its PCIe root (`resource.kubernetes.io/pcieRoot`).
-    pub pcie_root: Option<String>,
-}
-
-/// What became of one claim.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Outcome {
-    /// `ResourceClaimTemplate name` or `ResourceClaim ns/name`.
-    pub claim: String,
-    /// The Kubernetes version whose scheduler's rules were applied (`1.36`).
-    pub kubernetes_version: String,
-    /// The DRA feature gates those rules ran with (`every modeled DRA feature gate on`, or the ones
-    /// off).
-    pub feature_gates: String,
-    /// The verdict.
-    pub status: Status,
-    /// The allocation (empty unless allocated).
-    pub devices: Vec<Allocated>,
-    /// With two or more devices: `aligned on NUMA node 0`, or `cross-NUMA: ...`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub numa: Option<String>,
-    /// With two or more devices: `aligned on PCIe root pci0000:b0`, or `cross-PCIe-root: ...`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pcie_root: Option<String>,
-    /// Why not (unsatisfiable or error), most important first.
-    pub explanation: Vec<String>,
-    /// Things that differ from, or would trip, the real scheduler.
-    pub warnings: Vec<String>,
-    /// Devices tried by the search.
-    pub search_steps: u64,
-}
-
-/// Why a device is not a candidate for an alternative.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Rejection {
-    Selector { origin: String, verdict: String },
-    Taint(String),
-    Capacity(String),
-    InUse(String),
-    IncompletePool,
-    InvalidPool,
-    OverCommitted,
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rejection::Selector { origin, verdict } => write!(f, "{origin} {verdict}"),
-            Rejection::Taint(t) => write!(f, "tainted {t} (not tolerated)"),
-            Rejection::Capacity(c) => write!(f, "{c}"),
-            Rejection::InUse(by) => write!(f, "in use by {by}"),
-            Rejection::IncompletePool => write!(f, "its pool is being updated (slices missing)"),
-            Rejection::InvalidPool => write!(f, "its pool is invalid (see the notes)"),
-            Rejection::OverCommitted => write!(
-                f,
-                "consumes counters of a pool whose counter set existing allocations over-commit (the scheduler then gives no counter-consuming device of the pool)"
-            ),
-        }
-    }
-}
-
-/// The devices of an alternative: candidates, and the rest with their reason.
-pub(crate) struct Matching {
-    pub(crate) fits: Vec<Fit>,
-    pub(crate) rejected: Vec<(usize, Rejection)>,
-}
 
 /// Explains claims against one set of slices, classes and existing allocations.
 pub struct Allocator {
@@ -138,7 +33,15 @@ pub struct Allocator {
     /// that they never change an answer).
     pub(crate) counting_bounds: bool,
     gates: FeatureGates,
+    /// Namespaces' labels by name: the API server refuses a claim with `adminAccess` in a
+    /// namespace without `resource.kubernetes.io/admin-access: "true"`. A namespace not here is
+    /// not known: explain warns instead.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
+
+/// The namespace label the API server wants before it accepts `adminAccess` (1.34 and later;
+/// `pkg/registry/resource/utils.go`, `AuthorizedForAdmin`).
+pub const ADMIN_ACCESS_LABEL: &str = "resource.kubernetes.io/admin-access";
 
 impl Allocator {
     /// Devices of `slices` (only those of `node`, when given), with `allocated` claims' devices in
@@ -175,6 +78,20 @@ impl Allocator {
         allocated: &[ClaimInput],
         node: Option<&str>,
     ) -> Result<Allocator, String> {
+        let node = Node::named(node, BTreeMap::new());
+        Self::for_node(version, gates, slices, classes, allocated, &node)
+    }
+
+    /// As [`Allocator::with_gates`], for a node with labels: slices and devices that select
+    /// nodes (`nodeSelector`, per-device node selection) are matched against them.
+    pub fn for_node(
+        version: KubernetesVersion,
+        gates: FeatureGates,
+        slices: &[ResourceSlice],
+        classes: Vec<DeviceClass>,
+        allocated: &[ClaimInput],
+        node: &Node,
+    ) -> Result<Allocator, String> {
         let mut notes = Vec::new();
         let stripped: Vec<ResourceSlice> = slices
             .iter()
@@ -184,7 +101,7 @@ impl Allocator {
                 slice
             })
             .collect();
-        let mut pools = Pools::new(&stripped, node, allocated, version);
+        let mut pools = Pools::for_node(&stripped, node, allocated, version);
         pools.warnings.append(&mut notes);
         let classes = classes
             .into_iter()
@@ -200,6 +117,7 @@ impl Allocator {
             counting_bounds: true,
             version,
             gates,
+            namespaces: BTreeMap::new(),
         };
         allocator.refresh_values();
         Ok(allocator)
@@ -237,9 +155,18 @@ impl Allocator {
             explanation: Vec::new(),
             warnings: Vec::new(),
             search_steps: 0,
+            request_mappings: input.request_mappings.clone(),
         };
+        if let Some(error) = &self.pools.node_error {
+            outcome.explanation.push(error.clone());
+            return outcome;
+        }
         let mut spec = input.spec.clone();
         if let Err(e) = self.gates.strip_claim(&mut spec, &mut outcome.warnings) {
+            outcome.explanation.push(e);
+            return outcome;
+        }
+        if let Err(e) = self.admin_access_allowed(input, &spec, &mut outcome.warnings) {
             outcome.explanation.push(e);
             return outcome;
         }
@@ -417,7 +344,22 @@ impl Allocator {
                     .then(|| share_id(&claim_name, outcome.devices.len())),
                 numa_node: device.numa_node(),
                 pcie_root: device.pcie_root().map(str::to_owned),
+                binding_conditions: device.binding_conditions.clone(),
+                binding_failure_conditions: device.binding_failure_conditions.clone(),
             });
+        }
+        let waits: Vec<&str> = outcome
+            .devices
+            .iter()
+            .filter(|d| !d.binding_conditions.is_empty())
+            .map(|d| d.device.as_str())
+            .collect();
+        if !waits.is_empty() {
+            outcome.warnings.push(format!(
+                "{} {} binding conditions: the scheduler binds the pod only once the claim's device status has them all true (it waits in PreBind, by default up to 10 minutes), and tries again elsewhere when a failure condition turns true",
+                waits.join(", "),
+                if waits.len() == 1 { "has" } else { "have" }
+            ));
         }
         outcome.numa = alignment(&outcome.devices, NUMA, |d| {
             d.numa_node.map(|n| n.to_string())
@@ -450,6 +392,42 @@ impl Allocator {
                 alternative.name, device.driver, device.pool
             ))
         })
+    }
+}
+
+impl Allocator {
+    /// The API server's check of `adminAccess` (after the gate dropped it, if off): the claim's
+    /// namespace must carry [`ADMIN_ACCESS_LABEL`] `"true"`. An unknown namespace gets a warning.
+    fn admin_access_allowed(
+        &self,
+        input: &ClaimInput,
+        spec: &k8s_openapi::api::resource::v1::ResourceClaimSpec,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let admin = spec
+            .devices
+            .iter()
+            .flat_map(|d| d.requests.iter().flatten())
+            .any(|r| r.exactly.as_ref().and_then(|e| e.admin_access) == Some(true));
+        if !admin {
+            return Ok(());
+        }
+        let namespace = input.namespace.as_deref().unwrap_or("default");
+        match self.namespaces.get(namespace) {
+            Some(labels) if labels.get(ADMIN_ACCESS_LABEL).map(String::as_str) == Some("true") => {
+                Ok(())
+            }
+            Some(_) => Err(format!(
+                "{}: admin access to devices requires the `{ADMIN_ACCESS_LABEL}: true` label on the containing namespace (namespace {namespace}; the API server refuses the claim)",
+                input.label
+            )),
+            None => {
+                warnings.push(format!(
+                    "adminAccess: the API server accepts it only in a namespace labelled {ADMIN_ACCESS_LABEL}: \"true\"; namespace {namespace} was not given (add `kubectl get namespace {namespace} -o yaml` to the files to check)"
+                ));
+                Ok(())
+            }
+        }
     }
 }
 

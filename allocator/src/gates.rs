@@ -23,15 +23,23 @@ pub struct FeatureGates {
     pub admin_access: bool,
     /// `DRAPrioritizedList`: `firstAvailable`.
     pub prioritized_list: bool,
+    /// `DRADeviceBindingConditions`: devices with `bindingConditions` (the scheduler waits for
+    /// them before binding), `bindsToNode`.
+    pub binding_conditions: bool,
+    /// `DRAExtendedResource`: extended resources of pods served by DeviceClasses
+    /// (`extendedResourceName`) through an implicit claim.
+    pub extended_resource: bool,
 }
 
 /// Gate names as `--feature-gates` takes them, with when each became beta (on by default).
-const GATES: [(&str, KubernetesVersion); 5] = [
+const GATES: [(&str, KubernetesVersion); 7] = [
     ("DRAPartitionableDevices", KubernetesVersion::V1_36),
     ("DRADeviceTaints", KubernetesVersion::V1_36),
     ("DRAConsumableCapacity", KubernetesVersion::V1_36),
     ("DRAAdminAccess", KubernetesVersion::V1_34),
     ("DRAPrioritizedList", KubernetesVersion::V1_34),
+    ("DRADeviceBindingConditions", KubernetesVersion::V1_36),
+    ("DRAExtendedResource", KubernetesVersion::V1_36),
 ];
 
 impl FeatureGates {
@@ -48,6 +56,8 @@ impl FeatureGates {
             consumable_capacity: on("DRAConsumableCapacity"),
             admin_access: on("DRAAdminAccess"),
             prioritized_list: on("DRAPrioritizedList"),
+            binding_conditions: on("DRADeviceBindingConditions"),
+            extended_resource: on("DRAExtendedResource"),
         }
     }
 
@@ -73,6 +83,8 @@ impl FeatureGates {
                 "DRAConsumableCapacity" => &mut self.consumable_capacity,
                 "DRAAdminAccess" => &mut self.admin_access,
                 "DRAPrioritizedList" => &mut self.prioritized_list,
+                "DRADeviceBindingConditions" => &mut self.binding_conditions,
+                "DRAExtendedResource" => &mut self.extended_resource,
                 other => {
                     let known: Vec<&str> = GATES.iter().map(|(g, _)| *g).collect();
                     return Err(format!(
@@ -106,6 +118,26 @@ impl FeatureGates {
             }
             if !self.device_taints && device.taints.take().is_some() {
                 dropped.push(("DRADeviceTaints", "taints"));
+            }
+            if !self.partitionable_devices {
+                let node = [
+                    device.node_name.take().is_some(),
+                    device.node_selector.take().is_some(),
+                    device.all_nodes.take().is_some(),
+                ];
+                if node.contains(&true) {
+                    dropped.push(("DRAPartitionableDevices", "device node selection"));
+                }
+            }
+            if !self.binding_conditions {
+                let binding = [
+                    device.binding_conditions.take().is_some(),
+                    device.binding_failure_conditions.take().is_some(),
+                    device.binds_to_node.take().is_some(),
+                ];
+                if binding.contains(&true) {
+                    dropped.push(("DRADeviceBindingConditions", "bindingConditions"));
+                }
             }
             if !self.consumable_capacity {
                 if device.allow_multiple_allocations.take().is_some() {
@@ -187,6 +219,8 @@ impl std::fmt::Display for FeatureGates {
             (self.consumable_capacity, "DRAConsumableCapacity"),
             (self.admin_access, "DRAAdminAccess"),
             (self.prioritized_list, "DRAPrioritizedList"),
+            (self.binding_conditions, "DRADeviceBindingConditions"),
+            (self.extended_resource, "DRAExtendedResource"),
         ]
         .into_iter()
         .filter(|(on, _)| !on)
@@ -209,6 +243,7 @@ mod tests {
         let v134 = FeatureGates::defaults(KubernetesVersion::V1_34);
         assert!(v134.admin_access && v134.prioritized_list);
         assert!(!v134.partitionable_devices && !v134.device_taints && !v134.consumable_capacity);
+        assert!(!v134.binding_conditions && !v134.extended_resource);
         assert_eq!(
             FeatureGates::defaults(KubernetesVersion::V1_35),
             v134,
@@ -216,6 +251,7 @@ mod tests {
         );
         let v136 = FeatureGates::defaults(KubernetesVersion::V1_36);
         assert!(v136.partitionable_devices && v136.device_taints && v136.consumable_capacity);
+        assert!(v136.binding_conditions && v136.extended_resource);
         assert_eq!(v136.to_string(), "every modeled DRA feature gate on");
     }
 
@@ -228,7 +264,7 @@ mod tests {
         assert!(gates.consumable_capacity && !gates.admin_access);
         assert_eq!(
             gates.to_string(),
-            "DRAPartitionableDevices, DRADeviceTaints, DRAAdminAccess off"
+            "DRAPartitionableDevices, DRADeviceTaints, DRAAdminAccess, DRADeviceBindingConditions, DRAExtendedResource off"
         );
         let error = gates.set("DynamicResourceAllocation=true").unwrap_err();
         assert!(

@@ -1,6 +1,7 @@
 //! Reading manifests: YAML or JSON files of one or more documents (`---`), each a resource.k8s.io/v1
 //! object or a `List` of them. Errors name the file, the document and the field.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -26,6 +27,34 @@ pub struct ClaimInput {
     pub spec: ResourceClaimSpec,
     /// Its allocation, for claims read as already allocated.
     pub status: Option<k8s_openapi::api::resource::v1::ResourceClaimStatus>,
+    /// `metadata.namespace`.
+    pub namespace: Option<String>,
+    /// For a pod's implicit claim: which container's resource each request serves.
+    pub request_mappings: Vec<RequestMapping>,
+}
+
+/// A pod, or the pod template of a workload (Deployment, Job, ...).
+#[derive(Debug, Clone)]
+pub struct PodInput {
+    /// `Pod ns/name` or `Deployment ns/name`, for the report.
+    pub label: String,
+    /// `metadata.namespace`.
+    pub namespace: Option<String>,
+    /// Its spec (for a workload, the template's).
+    pub spec: k8s_openapi::api::core::v1::PodSpec,
+}
+
+/// Which request of the implicit claim serves a container's resource
+/// (`v1.ContainerExtendedResourceRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMapping {
+    /// The container.
+    pub container_name: String,
+    /// The extended resource.
+    pub resource_name: String,
+    /// The request of the implicit claim.
+    pub request_name: String,
 }
 
 /// Everything read from a set of files.
@@ -37,8 +66,28 @@ pub struct Objects {
     pub classes: Vec<DeviceClass>,
     /// ResourceSlices.
     pub slices: Vec<ResourceSlice>,
-    /// Kinds that were skipped (Pods, Namespaces, ...), for the report.
+    /// Pods and the pod templates of workloads, for their extended resources.
+    pub pods: Vec<PodInput>,
+    /// Namespaces' labels, by name (the API server checks adminAccess against them).
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Kinds that were skipped (Services, ConfigMaps, ...), for the report.
     pub skipped: Vec<String>,
+}
+
+/// Where a workload kind keeps its pod spec.
+fn pod_spec_pointer(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Pod" => "/spec",
+        "PodTemplate" => "/template/spec",
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => "/spec/template/spec",
+        "CronJob" => "/spec/jobTemplate/spec/template/spec",
+        _ => return None,
+    })
 }
 
 /// A file that could not be used.
@@ -137,8 +186,9 @@ impl Objects {
             .unwrap_or("<no name>");
         let namespace = value
             .pointer("/metadata/namespace")
-            .and_then(|n| n.as_str());
-        let label = match namespace {
+            .and_then(|n| n.as_str())
+            .map(str::to_owned);
+        let label = match &namespace {
             Some(ns) => format!("{kind} {ns}/{name}"),
             None => format!("{kind} {name}"),
         };
@@ -151,6 +201,32 @@ impl Objects {
             kind,
             "ResourceClaim" | "ResourceClaimTemplate" | "DeviceClass" | "ResourceSlice"
         );
+        if kind == "Namespace" && api_version == "v1" {
+            let labels = value
+                .pointer("/metadata/labels")
+                .cloned()
+                .map(decode::<BTreeMap<String, String>>)
+                .transpose()
+                .map_err(|why| (context.clone(), format!("metadata.labels: {why}")))?;
+            self.namespaces
+                .insert(name.to_owned(), labels.unwrap_or_default());
+            return Ok(());
+        }
+        if let Some(pointer) = pod_spec_pointer(kind) {
+            let Some(spec) = value.pointer(pointer).cloned() else {
+                return Err((context, format!("no pod spec at {pointer}")));
+            };
+            let spec = decode(spec).map_err(|why| {
+                let field = pointer.trim_start_matches('/').replace('/', ".");
+                (context.clone(), format!("{field}: {why}"))
+            })?;
+            self.pods.push(PodInput {
+                label,
+                namespace: namespace.clone(),
+                spec,
+            });
+            return Ok(());
+        }
         if !resource_kind {
             self.skipped.push(label);
             return Ok(());
@@ -174,6 +250,8 @@ impl Objects {
                     label,
                     spec,
                     status: claim.status,
+                    namespace: namespace.clone(),
+                    request_mappings: Vec::new(),
                 });
             }
             "ResourceClaimTemplate" => {
@@ -186,6 +264,8 @@ impl Objects {
                     label,
                     spec,
                     status: None,
+                    namespace: namespace.clone(),
+                    request_mappings: Vec::new(),
                 });
             }
             "DeviceClass" => self.classes.push(decode(value).map_err(fail)?),
@@ -285,12 +365,12 @@ mod tests {
     #[test]
     fn lists_and_documents_are_flattened_and_other_kinds_skipped() {
         let mut objects = Objects::default();
-        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: resource.k8s.io/v1\n  kind: DeviceClass\n  metadata: {name: a}\n  spec: {}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaimTemplate\nmetadata: {name: t}\nspec:\n  spec:\n    devices:\n      requests:\n      - name: gpu\n        exactly: {deviceClassName: a}\n";
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: resource.k8s.io/v1\n  kind: DeviceClass\n  metadata: {name: a}\n  spec: {}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: p}\n---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaimTemplate\nmetadata: {name: t}\nspec:\n  spec:\n    devices:\n      requests:\n      - name: gpu\n        exactly: {deviceClassName: a}\n";
         objects.add_text("f.yaml", text).unwrap();
         assert_eq!(objects.classes.len(), 1);
         assert_eq!(objects.claims.len(), 1);
         assert_eq!(objects.claims[0].label, "ResourceClaimTemplate t");
-        assert_eq!(objects.skipped, vec!["Pod p".to_owned()]);
+        assert_eq!(objects.skipped, vec!["Service p".to_owned()]);
     }
 
     #[test]

@@ -48,14 +48,18 @@
 //! ```
 
 mod bounds;
+mod capacity;
 mod cel;
 mod claim;
 mod cost;
 mod explain;
+mod extended;
 mod gates;
 mod input;
 mod matching;
 mod model;
+mod nodes;
+mod outcome;
 mod render;
 mod search;
 pub mod synthetic;
@@ -63,10 +67,13 @@ mod version;
 mod why;
 
 pub use cel::{CompileError, CompileErrorKind};
-pub use explain::{Allocated, Allocator, DEFAULT_STEP_LIMIT, Outcome, Status};
+pub use explain::{ADMIN_ACCESS_LABEL, Allocator, DEFAULT_STEP_LIMIT};
+pub use extended::{CLASS_PREFIX, Implicit, implicit_claim};
 pub use gates::FeatureGates;
-pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects};
+pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects, PodInput, RequestMapping};
 pub use model::{AttrValue, Pools};
+pub use nodes::Node;
+pub use outcome::{Allocated, Outcome, Status};
 pub use quantity::{Quantity, QuantityError};
 // The quantity parser lives in `hal`, so the plugin parses quantities without the allocator.
 use hal::quantity;
@@ -79,6 +86,12 @@ mod tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_bounds;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_extended;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_gated;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_scheduler;

@@ -9,10 +9,11 @@ use std::rc::Rc;
 use k8s_openapi::api::resource::v1::{DeviceTaint, DeviceToleration};
 use kube_cel::cel::Program;
 
-use crate::cel::Verdict;
+use crate::cel::{Verdict, VerdictCache};
 use crate::claim::{Alternative, Mode};
-use crate::explain::{Allocator, Matching, Rejection};
-use crate::model::qualify;
+use crate::explain::Allocator;
+use crate::model::{NodeFit, qualify};
+use crate::outcome::{Matching, Rejection};
 use crate::search::Fit;
 
 impl Allocator {
@@ -92,6 +93,27 @@ impl Allocator {
                     .rejected
                     .push((d, Rejection::Selector { origin, verdict }));
                 continue 'devices;
+            }
+            // Per-device node selection, after the selectors (`isSelectable`).
+            match &device.node_fit {
+                NodeFit::Yes => {}
+                NodeFit::Other(why) => {
+                    matching
+                        .rejected
+                        .push((d, Rejection::OtherNode(why.clone())));
+                    continue;
+                }
+                NodeFit::Error(e) => {
+                    matching.fits.push(Fit {
+                        device: d,
+                        consumes: BTreeMap::new(),
+                        blocked: true,
+                        error: Some(format!("device {}: {e}", device.id())),
+                    });
+                    let why = format!("has a node selector the scheduler cannot parse: {e}");
+                    matching.rejected.push((d, Rejection::OtherNode(why)));
+                    continue;
+                }
             }
             // Capacity, for every device and admin access too (`CmpRequestOverCapacity`): a request
             // without an amount asks for the policy's default, else all of it.
@@ -199,44 +221,6 @@ impl Allocator {
             });
         }
         matching
-    }
-}
-
-/// Verdicts by expression and device, so a class's selectors (and repeated request selectors) are
-/// evaluated once per device, however many requests name them. Filled lazily: a device is only
-/// evaluated by a selector when the selectors before it passed, as in the scheduler.
-pub(crate) struct VerdictCache {
-    devices: usize,
-    by_expression: BTreeMap<String, Vec<Option<Verdict>>>,
-}
-
-impl VerdictCache {
-    pub(crate) fn new(devices: usize) -> Self {
-        VerdictCache {
-            devices,
-            by_expression: BTreeMap::new(),
-        }
-    }
-
-    pub(crate) fn get(
-        &mut self,
-        expression: &str,
-        device: usize,
-        eval: impl FnOnce() -> Verdict,
-    ) -> Verdict {
-        if !self.by_expression.contains_key(expression) {
-            self.by_expression
-                .insert(expression.to_owned(), vec![None; self.devices]);
-        }
-        let slot = self
-            .by_expression
-            .get_mut(expression)
-            .and_then(|v| v.get_mut(device));
-        match slot {
-            Some(Some(verdict)) => verdict.clone(),
-            Some(empty) => empty.insert(eval()).clone(),
-            None => eval(),
-        }
     }
 }
 

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::resource::v1::{DeviceAttribute, DeviceTaint, ResourceSlice};
 
+pub use crate::capacity::Capacity;
 use crate::input::ClaimInput;
+use crate::nodes::Node;
 use crate::quantity::Quantity;
 use crate::version::KubernetesVersion;
 
@@ -34,57 +36,6 @@ impl std::fmt::Display for AttrValue {
     }
 }
 
-/// One capacity of a device, with its request policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capacity {
-    /// The total.
-    pub value: Quantity,
-    /// The total as published (for CEL and the report).
-    pub text: String,
-    /// The name as the slice spells it (`memory` or `example.com/memory`): allocation results
-    /// report consumed capacity under it.
-    pub published_name: String,
-    /// `requestPolicy.default`.
-    pub default: Option<Quantity>,
-    /// `requestPolicy.validValues`, ascending.
-    pub valid_values: Vec<Quantity>,
-    /// `requestPolicy.validRange`: min, max, step.
-    pub valid_range: Option<(Quantity, Option<Quantity>, Option<Quantity>)>,
-}
-
-impl Capacity {
-    /// A capacity without a request policy.
-    pub fn plain(value: Quantity, text: &str) -> Capacity {
-        Capacity {
-            value,
-            text: text.to_owned(),
-            published_name: String::new(),
-            default: None,
-            valid_values: Vec::new(),
-            valid_range: None,
-        }
-    }
-
-    /// How much one allocation consumes when it asks for `requested` (None: did not ask), per the
-    /// request policy: rounded up to the next valid value or range step; None when no valid amount fits.
-    pub fn consumption(&self, requested: Option<Quantity>) -> Option<Quantity> {
-        // Not asked for: the policy's default, else all of it.
-        let wanted = requested.or(self.default).unwrap_or(self.value);
-        let amount = if !self.valid_values.is_empty() {
-            *self.valid_values.iter().find(|v| **v >= wanted)?
-        } else if let Some((min, max, step)) = self.valid_range {
-            let rounded = wanted.round_up_to_step(min, step.unwrap_or(Quantity::ZERO))?;
-            if max.is_some_and(|max| rounded > max) {
-                return None;
-            }
-            rounded
-        } else {
-            wanted
-        };
-        (amount <= self.value).then_some(amount)
-    }
-}
-
 /// A device of some pool.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -109,6 +60,24 @@ pub struct Candidate {
     /// Set when the pool is invalid (duplicate device names, counters it does not have): the
     /// scheduler allocates nothing from it.
     pub invalid_pool: bool,
+    /// For a device of a `perDeviceNodeSelection` slice: whether it is for the node.
+    pub node_fit: NodeFit,
+    /// `bindingConditions`: the scheduler binds the pod only once the claim's device status has
+    /// them all true.
+    pub binding_conditions: Vec<String>,
+    /// `bindingFailureConditions`.
+    pub binding_failure_conditions: Vec<String>,
+}
+
+/// Whether a device is for the node explain answers for (per-device node selection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeFit {
+    /// Its slice's node selection decided, or its own selects the node.
+    Yes,
+    /// Its own node selection names another node (what it says).
+    Other(String),
+    /// Its node selector does not parse: a scheduler error when the search reaches it.
+    Error(String),
 }
 
 impl Candidate {
@@ -125,6 +94,9 @@ impl Candidate {
             taints: Vec::new(),
             incomplete_pool: false,
             invalid_pool: false,
+            node_fit: NodeFit::Yes,
+            binding_conditions: Vec::new(),
+            binding_failure_conditions: Vec::new(),
         }
     }
 
@@ -191,6 +163,18 @@ pub struct Pools {
     pub starved: Vec<bool>,
     /// Things a user should know (older generations dropped, incomplete pools, unknown devices).
     pub warnings: Vec<String>,
+    /// A node selector of a slice that does not parse: the scheduler fails every claim on the
+    /// node with it (`GatherPools`).
+    pub node_error: Option<String>,
+}
+
+/// What a device's own node selection says, for the report.
+fn device_node(device: &k8s_openapi::api::resource::v1::Device) -> String {
+    match (&device.node_name, &device.node_selector) {
+        (Some(name), _) => format!("is for node {name}"),
+        (None, Some(_)) => "has a node selector that does not select this node".into(),
+        (None, None) => "is for no node".into(),
+    }
 }
 
 /// Fully qualifies an attribute or capacity name with the driver's domain.
@@ -243,15 +227,34 @@ impl Pools {
         allocated: &[ClaimInput],
         version: KubernetesVersion,
     ) -> Pools {
+        Self::for_node(
+            slices,
+            &Node::named(node, BTreeMap::new()),
+            allocated,
+            version,
+        )
+    }
+
+    /// As [`Pools::new`], for a node with labels: slices and devices with a node selector are
+    /// matched against them.
+    pub fn for_node(
+        slices: &[ResourceSlice],
+        node: &Node,
+        allocated: &[ClaimInput],
+        version: KubernetesVersion,
+    ) -> Pools {
         let mut pools = Pools::default();
         // (driver, pool) -> slices of the newest generation
         let mut grouped: BTreeMap<(String, String), Vec<&ResourceSlice>> = BTreeMap::new();
         for slice in slices {
             let spec = &slice.spec;
-            if let (Some(node), Some(slice_node)) = (node, spec.node_name.as_deref())
-                && node != slice_node
-            {
-                continue;
+            match node.wants_slice(slice) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    pools.node_error.get_or_insert(e);
+                    continue;
+                }
             }
             let key = (spec.driver.clone(), spec.pool.name.clone());
             let entry = grouped.entry(key).or_default();
@@ -262,6 +265,17 @@ impl Pools {
             }
             entry.push(slice);
         }
+        // Pools with binding conditions come after all others, each part by ID (`GatherPools`).
+        let mut grouped: Vec<_> = grouped.into_iter().collect();
+        grouped.sort_by_key(|(_, slices)| {
+            slices.iter().any(|s| {
+                s.spec
+                    .devices
+                    .iter()
+                    .flatten()
+                    .any(|d| d.binding_conditions.as_ref().is_some_and(|c| !c.is_empty()))
+            })
+        });
         for ((driver, pool), mut slices) in grouped {
             // The scheduler takes a pool's slices in name order (`buildPool`: sortSlicesByName),
             // whatever order they were listed in.
@@ -315,14 +329,31 @@ impl Pools {
                     ));
                     continue;
                 }
+                let mut lists = Vec::new();
                 for device in devices {
                     let mut candidate = Candidate::bare(&driver, &pool, &device.name);
                     candidate.incomplete_pool = incomplete;
                     candidate.allow_multiple = device.allow_multiple_allocations.unwrap_or(false);
                     candidate.taints = device.taints.clone().unwrap_or_default();
+                    candidate.binding_conditions =
+                        device.binding_conditions.clone().unwrap_or_default();
+                    candidate.binding_failure_conditions = device
+                        .binding_failure_conditions
+                        .clone()
+                        .unwrap_or_default();
+                    if slice.spec.per_device_node_selection == Some(true) {
+                        candidate.node_fit = match node.device(device) {
+                            Ok(true) => NodeFit::Yes,
+                            Ok(false) => NodeFit::Other(device_node(device)),
+                            Err(e) => NodeFit::Error(e),
+                        };
+                    }
                     for (name, value) in device.attributes.iter().flatten() {
-                        if let Some(value) = attribute(value) {
-                            candidate.attributes.insert(qualify(&driver, name), value);
+                        match attribute(value) {
+                            Some(value) => {
+                                candidate.attributes.insert(qualify(&driver, name), value);
+                            }
+                            None => lists.push(format!("{}/{name}", device.name)),
                         }
                     }
                     for (name, cap) in device.capacity.iter().flatten() {
@@ -392,6 +423,13 @@ impl Pools {
                         candidate.consumes.push((*set, counters));
                     }
                     pools.devices.push(candidate);
+                }
+                if !lists.is_empty() {
+                    pools.warnings.push(format!(
+                        "slice {}: list-typed attributes ({}) need the alpha feature gate DRAListTypeAttributes, which explain does not model: left out (the scheduler with the gate off never sees them)",
+                        slice.metadata.name.as_deref().unwrap_or("<no name>"),
+                        lists.join(", ")
+                    ));
                 }
             }
             let mut names = BTreeSet::new();
@@ -530,46 +568,5 @@ impl Pools {
             .flat_map(|d| d.attributes.keys().chain(d.capacity.keys()))
             .filter_map(|name| name.rsplit_once('/').map(|(domain, _)| domain.to_owned()))
             .collect()
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn q(s: &str) -> Quantity {
-        Quantity::parse(s).unwrap()
-    }
-
-    #[test]
-    fn consumption_follows_the_request_policy() {
-        let mut cap = Capacity::plain(q("100Gi"), "100Gi");
-        assert_eq!(
-            cap.consumption(None),
-            Some(q("100Gi")),
-            "no policy, no request: all of it"
-        );
-        assert_eq!(cap.consumption(Some(q("10Gi"))), Some(q("10Gi")));
-        assert_eq!(cap.consumption(Some(q("200Gi"))), None);
-
-        cap.default = Some(q("1Gi"));
-        cap.valid_values = vec![q("1Gi"), q("10Gi"), q("50Gi")];
-        assert_eq!(cap.consumption(None), Some(q("1Gi")));
-        assert_eq!(
-            cap.consumption(Some(q("2Gi"))),
-            Some(q("10Gi")),
-            "rounded up"
-        );
-        assert_eq!(
-            cap.consumption(Some(q("60Gi"))),
-            None,
-            "above every valid value"
-        );
-
-        cap.valid_values.clear();
-        cap.valid_range = Some((q("1Gi"), Some(q("8Gi")), Some(q("1Gi"))));
-        assert_eq!(cap.consumption(Some(q("2.5Gi"))), Some(q("3Gi")));
-        assert_eq!(cap.consumption(Some(q("9Gi"))), None, "above max");
     }
 }

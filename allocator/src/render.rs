@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::explain::{Outcome, Status};
+use crate::outcome::{Outcome, Status};
 
 /// Renders outcomes as text.
 pub fn render_table(outcomes: &[Outcome]) -> String {
@@ -81,6 +81,13 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
             for row in &rows {
                 out.push_str(&line(row.iter().map(String::as_str).collect()));
             }
+        }
+        for m in &outcome.request_mappings {
+            let _ = writeln!(
+                out,
+                "  container {} {}: {}",
+                m.container_name, m.resource_name, m.request_name
+            );
         }
         if let Some(numa) = &outcome.numa {
             let _ = writeln!(out, "  NUMA: {numa}");

@@ -525,7 +525,7 @@ fn default_feature_gates_of_older_versions_drop_what_the_api_server_drops() {
     assert_eq!(devices(&outcome), ["r=part-a", "r=part-b"]);
     assert_eq!(
         outcome.feature_gates,
-        "DRAPartitionableDevices, DRADeviceTaints, DRAConsumableCapacity off"
+        "DRAPartitionableDevices, DRADeviceTaints, DRAConsumableCapacity, DRADeviceBindingConditions, DRAExtendedResource off"
     );
     assert!(
         warnings.iter().any(

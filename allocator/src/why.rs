@@ -3,11 +3,12 @@
 //! attribute takes among the candidates), else the constraints together, else requests competing for the
 //! same devices. Also the alignment wording of an allocation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::bounds::Proof;
 use crate::claim::{Alternative, Claim, ConstraintKind, Mode};
-use crate::explain::{Allocated, Allocator, Matching, Rejection};
+use crate::explain::Allocator;
+use crate::outcome::{Matching, Rejection};
 use crate::search::{Fit, Search};
 
 impl Allocator {
@@ -243,77 +244,4 @@ fn list(names: &[&str]) -> String {
             format!("{}, and {} more", shown.join(", "), n - 5)
         }
     }
-}
-
-/// How an alignment is worded: `aligned on NUMA node 0`, `cross-NUMA: gpu-0 on node 0, ...`.
-pub(crate) struct Wording {
-    long: &'static str,
-    short: &'static str,
-    unit: &'static str,
-    /// Say so when no device has it (NUMA nodes: yes; PCIe roots: CPUs have none, so no).
-    say_unknown: bool,
-}
-
-/// NUMA nodes.
-pub(crate) const NUMA: Wording = Wording {
-    long: "NUMA node",
-    short: "NUMA",
-    unit: "node ",
-    say_unknown: true,
-};
-
-/// PCIe roots.
-pub(crate) const PCIE: Wording = Wording {
-    long: "PCIe root",
-    short: "PCIe-root",
-    unit: "",
-    say_unknown: false,
-};
-
-/// Whether two or more devices share a NUMA node (or PCIe root), and for which it is unknown.
-pub(crate) fn alignment(
-    devices: &[Allocated],
-    w: Wording,
-    of: impl Fn(&Allocated) -> Option<String>,
-) -> Option<String> {
-    if devices.len() < 2 {
-        return None;
-    }
-    let known: Vec<(&str, String)> = devices
-        .iter()
-        .filter_map(|d| of(d).map(|v| (d.device.as_str(), v)))
-        .collect();
-    let unknown: Vec<&str> = devices
-        .iter()
-        .filter(|d| of(d).is_none())
-        .map(|d| d.device.as_str())
-        .collect();
-    let values: BTreeSet<&String> = known.iter().map(|(_, v)| v).collect();
-    let first = values.iter().next().map_or("", |v| v.as_str());
-    let mut text = match (values.len(), unknown.is_empty()) {
-        (0, _) => {
-            return w
-                .say_unknown
-                .then(|| format!("{} unknown for every device", w.long));
-        }
-        (1, true) => format!("aligned on {} {first}", w.long),
-        (1, false) => {
-            let names: Vec<&str> = known.iter().map(|k| k.0).collect();
-            format!("{} {first} for {}", w.long, names.join(", "))
-        }
-        _ => {
-            let parts: Vec<String> = known
-                .iter()
-                .map(|(d, v)| format!("{d} on {}{v}", w.unit))
-                .collect();
-            format!("cross-{}: {}", w.short, parts.join(", "))
-        }
-    };
-    if !unknown.is_empty() {
-        text.push_str(&format!(
-            "; unknown for {} (alignment not provable)",
-            unknown.join(", ")
-        ));
-    }
-    Some(text)
 }

@@ -2,10 +2,10 @@
 //! ([`allocator`]) against the slices this node would publish, other drivers' slices from files, this
 //! driver's DeviceClasses (built in) and the user's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use allocator::{Allocator, FeatureGates, KubernetesVersion, Objects, Outcome};
+use allocator::{Allocator, FeatureGates, KubernetesVersion, Node, Objects, Outcome};
 use anyhow::{Context, bail};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 
@@ -41,6 +41,9 @@ pub struct Request {
     pub allocated: Vec<PathBuf>,
     /// Only slices of this node (others are dropped).
     pub node: Option<String>,
+    /// The node's labels, for slices and devices with a node selector (`kubernetes.io/hostname`
+    /// defaults to the node name).
+    pub node_labels: BTreeMap<String, String>,
     /// Leave out the built-in DeviceClasses.
     pub no_builtin_classes: bool,
     /// The driver name of the built-in classes.
@@ -68,14 +71,14 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     for file in &request.claims {
         claims.read_file(file)?;
     }
-    if claims.claims.is_empty() {
+    if claims.claims.is_empty() && claims.pods.is_empty() {
         let files: Vec<String> = request
             .claims
             .iter()
             .map(|f| f.display().to_string())
             .collect();
         bail!(
-            "no resource.k8s.io/v1 ResourceClaim or ResourceClaimTemplate in {}",
+            "no resource.k8s.io/v1 ResourceClaim or ResourceClaimTemplate, and no Pod or workload, in {}",
             files.join(", ")
         );
     }
@@ -110,19 +113,24 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     classes.append(&mut extra.classes);
     classes.append(&mut claims.classes);
 
-    let mut allocator = Allocator::with_gates(
+    let mut notes = Vec::new();
+    let implicit = implicit_claims(&claims.pods, &classes, request.gates, &mut notes);
+    let node = Node::named(request.node.as_deref(), request.node_labels.clone());
+    let mut allocator = Allocator::for_node(
         request.version,
         request.gates,
         &slices,
         classes,
         &allocated.claims,
-        request.node.as_deref(),
+        &node,
     )
     .map_err(anyhow::Error::msg)?;
     if let Some(limit) = request.step_limit {
         allocator.step_limit = limit;
     }
-    let mut notes = allocator.pools().warnings.clone();
+    allocator.namespaces = claims.namespaces.clone();
+    allocator.namespaces.append(&mut extra.namespaces);
+    notes.splice(0..0, allocator.pools().warnings.iter().cloned());
     let skipped = claims.skipped.len() + extra.skipped.len();
     if skipped > 0 {
         notes.push(format!(
@@ -140,11 +148,51 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     if allocator.pools().devices.is_empty() {
         notes.push("no devices at all: no slices were given or built".into());
     }
-    let outcomes = claims.claims.iter().map(|c| allocator.explain(c)).collect();
+    let outcomes = claims
+        .claims
+        .iter()
+        .chain(&implicit)
+        .map(|c| allocator.explain(c))
+        .collect();
     Ok(Report {
         claims: outcomes,
         notes,
     })
+}
+
+/// The implicit claims of pods' extended resources, as the scheduler builds them (none with the
+/// feature gate DRAExtendedResource off: the resources are left to device plugins).
+fn implicit_claims(
+    pods: &[allocator::PodInput],
+    classes: &[DeviceClass],
+    gates: FeatureGates,
+    notes: &mut Vec<String>,
+) -> Vec<allocator::ClaimInput> {
+    if !pods.is_empty() && !gates.extended_resource {
+        notes.push(format!(
+            "{} pod{}: DRAExtendedResource is off, so the scheduler leaves extended resources to device plugins and builds no claim for them (pass --feature-gates DRAExtendedResource=true if the cluster enables it)",
+            pods.len(),
+            if pods.len() == 1 { "" } else { "s" }
+        ));
+        return Vec::new();
+    }
+    let mut claims = Vec::new();
+    for pod in pods {
+        let implicit = allocator::implicit_claim(pod, classes);
+        for note in implicit.notes {
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+        match implicit.claim {
+            Some(claim) => claims.push(claim),
+            None => notes.push(format!(
+                "{}: no extended resource that a DeviceClass serves: nothing to explain",
+                pod.label
+            )),
+        }
+    }
+    claims
 }
 
 #[cfg(test)]

@@ -180,6 +180,11 @@ struct ExplainArgs {
     #[arg(long, value_name = "GATES")]
     feature_gates: Option<String>,
 
+    /// The node's labels (`rack=r1,zone=a`), for slices and devices that select nodes by label
+    /// (`kubernetes.io/hostname` is the node name unless given).
+    #[arg(long, value_name = "LABELS", value_parser = parse_labels)]
+    node_labels: Option<std::collections::BTreeMap<String, String>>,
+
     #[command(flatten)]
     slice_flags: SliceArgs,
 
@@ -188,7 +193,9 @@ struct ExplainArgs {
     #[arg(long, value_name = "FILE")]
     draw: Option<PathBuf>,
 
-    /// ResourceClaim and ResourceClaimTemplate files (YAML or JSON, several documents each).
+    /// ResourceClaim and ResourceClaimTemplate files (YAML or JSON, several documents each); Pods
+    /// and workloads (Deployment, Job, ...) are explained for their extended resources, Namespaces
+    /// for adminAccess.
     #[arg(required = true, value_name = "CLAIMS.yaml")]
     claims: Vec<PathBuf>,
 }
@@ -371,6 +378,20 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `key=value,key=value`, as `kubectl label` takes them.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("{item:?}: expected key=value"))
+        })
+        .collect()
+}
+
 /// `hal-probe explain`.
 fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let version = allocator::KubernetesVersion::parse(&args.kubernetes_version)
@@ -413,6 +434,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         slices: args.slices,
         allocated: args.allocated,
         node,
+        node_labels: args.node_labels.unwrap_or_default(),
         no_builtin_classes: args.no_builtin_classes,
         driver_name: args.slice_flags.driver_name.clone(),
         step_limit: args.max_steps,

@@ -557,7 +557,7 @@ fn the_kubernetes_version_decides_the_counter_layout_and_is_stated() {
     let outcomes: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         outcomes[0]["featureGates"],
-        "DRADeviceTaints, DRAConsumableCapacity off"
+        "DRADeviceTaints, DRAConsumableCapacity, DRADeviceBindingConditions, DRAExtendedResource off"
     );
     // The 1.34 layout under the 1.36 scheduler: the partitions are invisible, and it says why.
     let mut args = base.to_vec();

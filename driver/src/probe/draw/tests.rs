@@ -259,6 +259,7 @@ fn explain_highlights_the_devices_of_each_claim_with_the_numa_verdict_in_the_leg
         slices: Vec::new(),
         allocated: Vec::new(),
         node: Some("gb300".into()),
+        node_labels: Default::default(),
         no_builtin_classes: false,
         driver_name: config.driver_name.clone(),
         step_limit: None,

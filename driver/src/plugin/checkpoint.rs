@@ -443,6 +443,41 @@ impl CheckpointFile {
             .map_err(|e| io_at(e.step.action(), &path)(e.source))
     }
 
+    /// Every valid record, read without side effects (no temp file removed, nothing moved aside, no
+    /// legacy file migrated: that is [`load`](Self::load)'s, at the preparer's start). For readers
+    /// beside the preparer, such as the pod-network handler. A record being replaced at this moment
+    /// is read whole (old or new: writes are renames); a bad one is left out.
+    pub fn read_valid(&self) -> Result<BTreeMap<String, ClaimRecord>, CheckpointError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(io_at("list", &self.dir)(e)),
+        };
+        let mut claims = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(io_at("list", &self.dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some(uid) = name.strip_suffix(RECORD_EXT) else {
+                continue;
+            };
+            if uid.is_empty() || name.starts_with('.') {
+                continue;
+            }
+            match read_record(&self.record_path(uid), uid) {
+                Ok(record) => {
+                    claims.insert(uid.to_owned(), record);
+                }
+                // Gone since the listing (unprepared meanwhile), or bad: not a prepared claim.
+                Err(Unusable::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(Unusable::Io(e)) => return Err(io_at("read", &entry.path())(e)),
+                Err(Unusable::Bad(_)) => {}
+            }
+        }
+        Ok(claims)
+    }
+
     /// Removes the record of `uid` (none is success) and fsyncs the directory.
     pub fn remove(&self, uid: &str) -> Result<(), CheckpointError> {
         let path = self.record_path(uid);

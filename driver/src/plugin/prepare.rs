@@ -27,6 +27,7 @@ pub use source::{CALL_LIMIT, ClaimSource, KubeClaims, StatusWriteError};
 mod apply;
 mod edits;
 mod locks;
+mod metadata;
 mod plan;
 mod recover;
 mod source;
@@ -99,6 +100,8 @@ pub struct Preparer {
     rebuilt: bool,
     /// Device status writes the API server forbade (a configuration error).
     status_forbidden: Arc<std::sync::atomic::AtomicU64>,
+    /// The plugin's data directory when device metadata is on (`--device-metadata`).
+    metadata_dir: Option<std::path::PathBuf>,
 }
 
 impl Preparer {
@@ -177,12 +180,19 @@ impl Preparer {
             cpu_claims,
             rebuilt,
             status_forbidden: Arc::default(),
+            metadata_dir: None,
         })
     }
 
     /// How many device status writes the API server forbade, for `/metrics`.
     pub fn status_forbidden(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.status_forbidden.clone()
+    }
+
+    /// Writes device metadata (KEP-5304) under `data_dir` for every claim prepared from now on.
+    pub fn with_device_metadata(mut self, data_dir: impl Into<std::path::PathBuf>) -> Self {
+        self.metadata_dir = Some(data_dir.into());
+        self
     }
 
     /// Injects a crash after a step (tests).

@@ -5,7 +5,6 @@
 //! without side effects ([`read_prepared`]): the preparer alone repairs or rewrites it.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use crate::plugin::api::ClaimRef;
@@ -38,7 +37,10 @@ pub fn of_pod(claims: &BTreeMap<String, ClaimRecord>, pod_uid: &str) -> Vec<PodF
         if record.phase != Phase::Completed || !record.pods.iter().any(|p| p == pod_uid) {
             continue;
         }
-        let env = claim_env(&record.cdi_spec);
+        let Ok(spec) = record.cdi_spec.parse::<serde_json::Value>() else {
+            continue;
+        };
+        let env = claim_env(&spec);
         let mut i = 0;
         while let Some(pci) = env.get(&format!("DRA_HAL_NIC_{i}_PCI_ADDRESS")) {
             let get = |what: &str| env.get(&format!("DRA_HAL_NIC_{i}_{what}")).cloned();
@@ -87,29 +89,10 @@ fn claim_env(spec: &serde_json::Value) -> BTreeMap<String, String> {
     env
 }
 
-/// The largest checkpoint read.
-const MAX_CHECKPOINT: u64 = 64 * 1024 * 1024;
-
-/// The prepared claims in the checkpoint at `path`, read only (no temp files removed, nothing moved
-/// aside: that is the preparer's). A missing file has none.
-pub fn read_prepared(path: &Path) -> Result<BTreeMap<String, ClaimRecord>, String> {
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        claims: BTreeMap<String, ClaimRecord>,
-    }
-    let file = match dra_kubelet_plugin::files::open_no_follow(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_CHECKPOINT + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_CHECKPOINT {
-        return Err(format!("{}: over {MAX_CHECKPOINT} bytes", path.display()));
-    }
-    serde_json::from_slice::<Claims>(&bytes)
-        .map(|c| c.claims)
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// The prepared claims in the checkpoint directory `dir` (one record file per claim), read only:
+/// no temp files removed, nothing moved aside (that is the preparer's). A missing directory has none.
+pub fn read_prepared(dir: &Path) -> Result<BTreeMap<String, ClaimRecord>, String> {
+    crate::plugin::checkpoint::CheckpointFile::new(dir)
+        .read_valid()
+        .map_err(|e| e.to_string())
 }

@@ -47,7 +47,7 @@ fn record(pod_uid: &str, netdev: &str) -> ClaimRecord {
             cdi_device_ids: vec![],
             share_id: None,
         }],
-        cdi_spec: json!({"devices": [{"name": format!("uid-1-{DEVICE}"), "containerEdits": {"env": env}}]}),
+        cdi_spec: json!({"devices": [{"name": format!("uid-1-{DEVICE}"), "containerEdits": {"env": env}}]}).into(),
         undo: BTreeMap::new(),
         cpus: BTreeMap::new(),
         rt: BTreeMap::new(),

@@ -121,6 +121,11 @@ impl Preparer {
         }
         self.fault(Step::DevicesPrepared)?;
         let uid = &started.claim.uid;
+        if let Some(metadata) = &planned.metadata
+            && let Err(error) = self.write_metadata(metadata)
+        {
+            return Err(self.abandon(started, error));
+        }
         if let Err(e) = self.config.cdi.write_claim_spec(uid, &planned.spec) {
             // A real failure (a full disk), not a crash: undo now so nothing is left half done.
             let error = format!("writing the CDI spec: {e}");
@@ -206,6 +211,7 @@ impl Preparer {
     /// else failed.
     fn abandon(&self, record: &ClaimRecord, error: String) -> String {
         let mut error = error;
+        self.remove_metadata(&record.claim.uid);
         if let Err(e) = undo_record(&self.config, &self.kind, record) {
             error = format!("{error}; rolling back: {e}");
         }
@@ -241,6 +247,7 @@ impl Preparer {
             return Ok(());
         };
         blocking(|| undo_record(&self.config, &self.kind, &record))?;
+        self.remove_metadata(&claim.uid);
         let stored = blocking(|| self.drop_record(&record));
         let driver = &self.config.slices.driver_name;
         let cleared = self

@@ -29,6 +29,8 @@ pub(super) struct Planned {
     pub devices: Vec<PreparedDevice>,
     /// `status.devices` entries for the claim's network functions.
     pub statuses: Vec<serde_json::Value>,
+    /// The device metadata files (`--device-metadata`).
+    pub metadata: Option<super::metadata::MetadataPlan>,
 }
 
 impl Preparer {
@@ -78,7 +80,9 @@ impl Preparer {
             };
             let cpus = self.place_cpus(&state, &claim.uid, allocated, &sources)?;
             let rt = self.place_rt(&state, &claim.uid, allocated, &sources, &cpus)?;
-            let (spec, devices) = self.plan(claim, allocated, &sources, &cpus, &rt)?;
+            let (mut spec, mut devices) = self.plan(claim, allocated, &sources, &cpus, &rt)?;
+            let metadata =
+                self.plan_metadata(claim, resource_claim, allocated, &mut spec, &mut devices)?;
             let record = ClaimRecord {
                 claim: claim.clone(),
                 phase: Phase::Started,
@@ -106,6 +110,7 @@ impl Preparer {
                 spec,
                 devices,
                 statuses,
+                metadata,
             })
         })();
         match planned {

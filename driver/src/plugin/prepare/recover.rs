@@ -90,7 +90,12 @@ pub(super) fn record_from_spec(
             Some(PreparedDevice {
                 request_names: Vec::new(),
                 pool_name: config.slices.node_name.clone(),
-                device_name: d.name.strip_prefix(&prefix)?.to_owned(),
+                // The mount-only device of a request's metadata file is not an allocated device.
+                device_name: d
+                    .name
+                    .strip_prefix(&prefix)
+                    .filter(|n| !n.starts_with(super::metadata::CDI_PREFIX))?
+                    .to_owned(),
                 cdi_device_ids: vec![qualified_device(kind, &d.name)],
                 share_id: None,
             })
@@ -165,10 +170,23 @@ pub(super) fn complete(
     if names != ours {
         return None;
     }
+    // The metadata mount devices of the spec (`--device-metadata`), by request.
+    let spec: Option<crate::plugin::cdi::Spec> = record.cdi_spec.parse().ok();
+    let mount_device = |request: &str| {
+        let base = dra_kubelet_plugin::metadata::base_request(request);
+        let name = format!("{}-{}{base}", reference.uid, super::metadata::CDI_PREFIX);
+        let kind = format!("{}/device", config.slices.driver_name);
+        spec.as_ref()?
+            .devices
+            .iter()
+            .any(|d| d.name == name)
+            .then(|| qualified_device(&kind, &name))
+    };
     for device in &mut record.devices {
         let a = allocated.iter().find(|a| a.device == device.device_name)?;
         device.request_names = vec![a.request.clone()];
         device.share_id = a.share_id.clone();
+        device.cdi_device_ids.extend(mount_device(&a.request));
     }
     record.pods = reserved_pods(&claim);
     record.recovered = false;

@@ -1008,37 +1008,32 @@ async fn intel_gpu_partitions_create_vfs_on_first_prepare_and_remove_them_after_
     assert_eq!(num_vfs(), "0");
 }
 
-/// A real CDI consumer: podman (with runc) starts a busybox container with the CDI ids Prepare
-/// returned, and the container sees exactly the prepared device nodes and environment. The specs go to
-/// `/var/run/cdi` (where podman 4.3 looks); the nodes they name are stand-ins made with mknod under
-/// `--dev-root` (same type and numbers as the fixture's; `1:3` where the fixture gives none). Needs
-/// root, podman, runc and busybox-static (`.ci/run` installs them).
-#[tokio::test]
-#[ignore = "needs root, podman, runc and busybox-static (run by .ci/run)"]
-async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
-    use std::process::Command;
-    assert!(rustix::process::geteuid().is_root(), "run as root");
-    let run = |program: &str, args: &[&str]| {
-        let output = Command::new(program).args(args).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+/// Runs `program` and returns its stdout; a failure fails the test with its stderr.
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
 
-    // A busybox image of our own, from Debian's busybox-static.
-    let work = tempfile::tempdir().unwrap();
-    let rootfs = work.path().join("rootfs");
+/// A busybox image of our own, from Debian's busybox-static, imported into podman (root tests).
+fn busybox_image(work: &Path) -> &'static str {
+    let run = run_ok;
+    let rootfs = work.join("rootfs");
     for dir in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "ls", "env", "find", "sort"] {
+    for applet in ["sh", "ls", "env", "find", "sort", "cat"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
-    let tar = work.path().join("rootfs.tar");
+    let tar = work.join("rootfs.tar");
     run(
         "tar",
         &[
@@ -1051,6 +1046,23 @@ async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
     );
     let image = "localhost/hal-dra-busybox:test";
     run("podman", &["import", "-q", tar.to_str().unwrap(), image]);
+    image
+}
+
+
+/// A real CDI consumer: podman (with runc) starts a busybox container with the CDI ids Prepare
+/// returned, and the container sees exactly the prepared device nodes and environment. The specs go to
+/// `/var/run/cdi` (where podman 4.3 looks); the nodes they name are stand-ins made with mknod under
+/// `--dev-root` (same type and numbers as the fixture's; `1:3` where the fixture gives none). Needs
+/// root, podman, runc and busybox-static (`.ci/run` installs them).
+#[tokio::test]
+#[ignore = "needs root, podman, runc and busybox-static (run by .ci/run)"]
+async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
+    assert!(rustix::process::geteuid().is_root(), "run as root");
+    let run = run_ok;
+
+    let work = tempfile::tempdir().unwrap();
+    let image = busybox_image(work.path());
 
     let s = Setup::on("gb300");
     let uid = format!("podman-{}", std::process::id());
@@ -1340,4 +1352,5 @@ async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart(
 mod claim_input;
 mod concurrency;
 mod durability;
+mod metadata;
 mod nri;

@@ -1,0 +1,135 @@
+//! Device metadata (KEP-5304, `--device-metadata`): for each request of a prepared claim, a file
+//! with its devices' published attributes, bind-mounted read-only into the containers that use the
+//! request, at the path the Kubernetes protocol names (see [`dra_kubelet_plugin::metadata`]).
+//!
+//! As the Go helper does, each request gets a CDI device of its own in the claim's spec
+//! (`<claim uid>-metadata-<request>`), holding only the mount, and its ID is added to the request's
+//! devices in the answer to the kubelet: a container that asks for one request of the claim sees that
+//! request's file only. The file is written with the CDI spec and removed with the claim.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use dra_kubelet_plugin::metadata::{self, ClaimIdentity, MetadataDevice};
+use k8s_openapi::api::resource::v1::ResourceClaim;
+
+use super::Preparer;
+use crate::plugin::api::{ClaimRef, PreparedDevice};
+use crate::plugin::cdi::{ContainerEdits, Device as CdiDevice, Spec, qualified_device};
+use crate::plugin::claims::Allocated;
+use crate::slices::devices::devices_with_sources;
+
+/// How the CDI device of a request's metadata file is named after the claim UID: no device this driver
+/// publishes has a name starting so.
+pub(super) const CDI_PREFIX: &str = "metadata-";
+
+/// The metadata files of one prepare.
+pub(super) struct MetadataPlan {
+    /// The plugin's data directory.
+    dir: PathBuf,
+    claim: ClaimIdentity,
+    /// Each request (as allocated, subrequest included) with its devices.
+    requests: BTreeMap<String, Vec<MetadataDevice>>,
+}
+
+impl Preparer {
+    /// With metadata on, adds each request's mount device to `spec` and its ID to the request's
+    /// `devices`, and returns the files to write.
+    pub(super) fn plan_metadata(
+        &self,
+        claim: &ClaimRef,
+        resource_claim: &ResourceClaim,
+        allocated: &[Allocated],
+        spec: &mut Spec,
+        devices: &mut [PreparedDevice],
+    ) -> Result<Option<MetadataPlan>, String> {
+        let Some(dir) = &self.metadata_dir else {
+            return Ok(None);
+        };
+        let driver = &self.config.slices.driver_name;
+        let pool = &self.config.slices.node_name;
+        let attributes: BTreeMap<String, _> = {
+            let inventory = self
+                .inventory
+                .read()
+                .map_err(|_| "inventory lock poisoned".to_owned())?;
+            devices_with_sources(&inventory, &self.config.slices)
+                .into_iter()
+                .map(|(device, _)| (device.name, device.attributes.unwrap_or_default()))
+                .collect()
+        };
+        let identity = ClaimIdentity {
+            namespace: claim.namespace.clone(),
+            name: claim.name.clone(),
+            uid: claim.uid.clone(),
+            pod_claim_name: resource_claim
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(metadata::POD_CLAIM_NAME_ANNOTATION))
+                .cloned(),
+        };
+        let mut requests: BTreeMap<String, Vec<MetadataDevice>> = BTreeMap::new();
+        for a in allocated {
+            requests
+                .entry(a.request.clone())
+                .or_default()
+                .push(MetadataDevice {
+                    driver: driver.clone(),
+                    pool: pool.clone(),
+                    name: a.device.clone(),
+                    attributes: attributes.get(&a.device).cloned().unwrap_or_default(),
+                    network_data: None,
+                });
+        }
+        for request in requests.keys() {
+            let base = metadata::base_request(request);
+            let host = metadata::host_path(dir, &claim.uid, request).map_err(|e| e.to_string())?;
+            let name = format!("{}-{CDI_PREFIX}{base}", claim.uid);
+            spec.devices.push(CdiDevice {
+                name: name.clone(),
+                annotations: None,
+                container_edits: ContainerEdits {
+                    mounts: vec![crate::plugin::cdi::Mount {
+                        host_path: host.to_string_lossy().into_owned(),
+                        container_path: metadata::container_path(driver, &identity, request),
+                        r#type: None,
+                        options: vec!["ro".into(), "bind".into()],
+                    }],
+                    ..Default::default()
+                },
+            });
+            let id = qualified_device(&self.kind, &name);
+            for device in devices.iter_mut() {
+                if device.request_names.iter().any(|r| r == request) {
+                    device.cdi_device_ids.push(id.clone());
+                }
+            }
+        }
+        Ok(Some(MetadataPlan {
+            dir: dir.clone(),
+            claim: identity,
+            requests,
+        }))
+    }
+
+    /// Writes the files of `plan`.
+    pub(super) fn write_metadata(&self, plan: &MetadataPlan) -> Result<(), String> {
+        let driver = &self.config.slices.driver_name;
+        for (request, devices) in &plan.requests {
+            metadata::write_request(&plan.dir, driver, &plan.claim, request, devices)
+                .map_err(|e| format!("writing the device metadata of request {request}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the claim's metadata files (logged, not fatal: they are a few KiB under the data
+    /// directory and the next prepare of the claim replaces them).
+    pub(super) fn remove_metadata(&self, uid: &str) {
+        if let Some(dir) = &self.metadata_dir
+            && let Err(error) = metadata::remove_claim(dir, uid)
+        {
+            tracing::warn!(claim = %uid, %error, "device metadata not removed");
+        }
+    }
+}

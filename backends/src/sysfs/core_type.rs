@@ -5,24 +5,24 @@ use std::path::{Path, PathBuf};
 
 use hal::{CoreType, CpuSet, LogicalCpu, ParseError};
 
-use super::SysfsRoot;
-use super::attr::{ErrorLog, parse_optional, parse_scalar};
+use super::attr::ErrorLog;
 use super::cpu::{PARALLEL_FROM_CPUS, in_threads};
+use super::tree::Tree;
 
 /// Intel hybrid PMU lists first, then arm `cpu_capacity`, then arm MIDR part numbers.
 pub(crate) fn assign_core_types(
-    root: &SysfsRoot,
+    tree: &Tree,
     cpu_dir: &Path,
     cpus: &mut [LogicalCpu],
     errors: &mut ErrorLog,
     threads: usize,
 ) {
-    let p_cores = errors.keep(parse_optional(
-        &root.join("sys/devices/cpu_core/cpus"),
+    let p_cores = errors.keep(tree.parse_optional(
+        &tree.join("sys/devices/cpu_core/cpus"),
         CpuSet::from_cpulist,
     ));
-    let e_cores = errors.keep(parse_optional(
-        &root.join("sys/devices/cpu_atom/cpus"),
+    let e_cores = errors.keep(tree.parse_optional(
+        &tree.join("sys/devices/cpu_atom/cpus"),
         CpuSet::from_cpulist,
     ));
     if p_cores.is_some() || e_cores.is_some() {
@@ -45,7 +45,7 @@ pub(crate) fn assign_core_types(
         let first = cpus
             .first()
             .map(|c| cpu_dir.join(format!("cpu{}", c.id)).join(relative));
-        if !first.is_some_and(|p| p.exists()) {
+        if !first.is_some_and(|p| tree.exists(&p)) {
             return vec![None; cpus.len()];
         }
         let ids: Vec<u32> = cpus.iter().map(|c| c.id).collect();
@@ -55,7 +55,7 @@ pub(crate) fn assign_core_types(
                 .iter()
                 .map(|id| {
                     let path: PathBuf = cpu_dir.join(format!("cpu{id}")).join(relative);
-                    errors.keep(parse_scalar(&path, parse))
+                    errors.keep(tree.parse_scalar(&path, parse))
                 })
                 .collect();
             (values, errors)
@@ -88,14 +88,11 @@ pub(crate) fn assign_core_types(
     // `midr_el1` per CPU, when it names them all (only where the per-CPU files exist: x86 builds its
     // /proc/cpuinfo slowly and has no MIDR).
     let midr_file = "regs/identification/midr_el1";
-    let has_midr = cpus.first().is_some_and(|c| {
-        cpu_dir
-            .join(format!("cpu{}", c.id))
-            .join(midr_file)
-            .exists()
-    });
+    let has_midr = cpus
+        .first()
+        .is_some_and(|c| tree.exists(&cpu_dir.join(format!("cpu{}", c.id)).join(midr_file)));
     let from_cpuinfo = match has_midr {
-        true => read_cpuinfo(&root.join("proc/cpuinfo")).map(|text| midrs_of_cpuinfo(&text)),
+        true => read_cpuinfo(tree, &tree.join("proc/cpuinfo")).map(|text| midrs_of_cpuinfo(&text)),
         false => None,
     };
     let midrs = match from_cpuinfo {
@@ -116,10 +113,10 @@ const MAX_CPUINFO_BYTES: u64 = 4 * 1024 * 1024;
 
 /// /proc/cpuinfo's text, when it can be read (a capture may not have it: the per-CPU files are then
 /// read, and their errors reported).
-fn read_cpuinfo(path: &Path) -> Option<String> {
+fn read_cpuinfo(tree: &Tree, path: &Path) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
-    super::attr::open_regular(path)
+    tree.open_regular(path)
         .ok()?
         .take(MAX_CPUINFO_BYTES)
         .read_to_string(&mut text)
@@ -278,7 +275,7 @@ mod tests {
     #[test]
     fn midr_comes_from_cpuinfo_when_it_names_every_cpu_and_from_the_files_otherwise() {
         let dir = tempfile::tempdir().unwrap();
-        let root = SysfsRoot::new(dir.path());
+        let root = Tree::open(&crate::sysfs::SysfsRoot::new(dir.path()));
         let cpu_dir = dir.path().join("sys/devices/system/cpu");
         // The per-CPU files say A78 for all four CPUs; /proc/cpuinfo says CPUs 0-1 are A55s. The two
         // never disagree on a machine: here they do, to show which one was read.

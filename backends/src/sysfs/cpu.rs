@@ -14,13 +14,11 @@ use hal::cpuset::{CpuSet, MAX_CPUS};
 use hal::{CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNode, Result};
 
 use super::SysfsRoot;
-use super::attr::{
-    ErrorLog, entry_names, numbered_entries, parse_optional, parse_scalar, parse_topology_id,
-    parse_u32, read_optional,
-};
+use super::attr::{ErrorLog, parse_topology_id, parse_u32};
 use super::core_type::assign_core_types;
 use super::cpu_groups::{RawCpu, assign_l3, label_groups};
 use super::numa::{possible_cpu_limit, read_numa_nodes};
+use super::tree::Tree;
 
 /// x86's `BAD_APICID`: the `cluster_id` of a CPU whose L2 cluster the kernel does not know (VMs).
 const X86_BAD_APICID: u32 = 0xffff;
@@ -61,22 +59,23 @@ impl CpuTopology for SysfsCpuTopology {
 }
 
 fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
-    let cpu_dir = root.join("sys/devices/system/cpu");
-    let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS)?;
+    // Every file below is opened inside the root: a link to a directory outside it is not followed out.
+    let tree = &Tree::open(root);
+    let cpu_dir = tree.join("sys/devices/system/cpu");
+    let ids = tree.numbered_entries(&cpu_dir, "cpu", MAX_CPUS)?;
     let mut errors = ErrorLog::default();
-    let global_online = errors.keep(parse_optional(
-        &cpu_dir.join("online"),
-        CpuSet::from_cpulist,
-    ));
+    let global_online =
+        errors.keep(tree.parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist));
 
     // `smt/control` "notsupported": the hardware has one thread per core (x86 since 4.19, and arm64 and
     // powerpc kernels with HOTPLUG_SMT), so each CPU is a core of its own and its `core_cpus_list` is
     // not read: on a 128-CPU arm64 node that is a third of the files of the CPU topology. Not
     // `smt/active` 0, which a kernel built without CONFIG_SCHED_SMT also says on SMT hardware.
     let no_smt = errors
-        .keep(read_optional(&cpu_dir.join("smt/control")))
+        .keep(tree.read_optional(&cpu_dir.join("smt/control")))
         .is_some_and(|control| control == "notsupported");
     let raw = read_cpus(
+        tree,
         &cpu_dir,
         &ids,
         global_online.as_ref(),
@@ -123,10 +122,10 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
             siblings: c.siblings,
         })
         .collect();
-    assign_core_types(root, &cpu_dir, &mut cpus, &mut errors, threads);
+    assign_core_types(tree, &cpu_dir, &mut cpus, &mut errors, threads);
 
-    let node_dir = root.join("sys/devices/system/node");
-    let numa_nodes = read_numa_nodes(&node_dir, possible_cpu_limit(root), &mut errors);
+    let node_dir = tree.join("sys/devices/system/node");
+    let numa_nodes = read_numa_nodes(tree, &node_dir, possible_cpu_limit(tree), &mut errors);
     let mut assigned = CpuSet::new();
     for node in &numa_nodes {
         let overlap = node.cpus.intersection(&assigned);
@@ -175,6 +174,7 @@ pub(crate) const PARALLEL_FROM_CPUS: usize = 128;
 /// only costs reads: every thread checks what it knows against the kernel's masks. Each CPU's errors
 /// are kept with it and merged in CPU order.
 fn read_cpus(
+    tree: &Tree,
     cpu_dir: &Path,
     ids: &[u32],
     global_online: Option<&CpuSet>,
@@ -193,21 +193,20 @@ fn read_cpus(
                 let online = match global_online {
                     Some(set) => set.contains(id),
                     None => errors
-                        .keep(parse_scalar(
-                            &cpu_dir.join(format!("cpu{id}/online")),
-                            parse_u32,
-                        ))
+                        .keep(
+                            tree.parse_scalar(&cpu_dir.join(format!("cpu{id}/online")), parse_u32),
+                        )
                         .is_none_or(|v| v != 0),
                 };
                 let dir = cpu_dir.join(format!("cpu{id}"));
-                let cpu = read_cpu(&mut errors, &mut known, &dir, id, online);
+                let cpu = read_cpu(tree, &mut errors, &mut known, &dir, id, online);
                 (cpu, errors)
             })
             .collect()
     };
     let parts = match ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
         true => vec![ids.to_vec()],
-        false => split_by_core(cpu_dir, ids, threads),
+        false => split_by_core(tree, cpu_dir, ids, threads),
     };
     let mut read: Vec<(RawCpu, ErrorLog)> = in_threads(&parts, read_part)
         .into_iter()
@@ -253,11 +252,14 @@ pub fn threads_beside_devices() -> usize {
 
 /// Splits `ids` into `parts` lists of about the same size that keep SMT siblings together, as far as
 /// CPU 0's siblings tell the numbering.
-fn split_by_core(cpu_dir: &Path, ids: &[u32], parts: usize) -> Vec<Vec<u32>> {
+fn split_by_core(tree: &Tree, cpu_dir: &Path, ids: &[u32], parts: usize) -> Vec<Vec<u32>> {
     let topology = cpu_dir.join("cpu0/topology");
     let siblings = ["core_cpus_list", "thread_siblings_list"]
         .iter()
-        .find_map(|name| parse_optional(&topology.join(name), CpuSet::from_cpulist).ok()?)
+        .find_map(|name| {
+            tree.parse_optional(&topology.join(name), CpuSet::from_cpulist)
+                .ok()?
+        })
         .unwrap_or_default();
     let mut members = siblings.iter();
     let stride = match (members.next(), members.next()) {
@@ -369,6 +371,7 @@ fn known_or_read<T: Clone>(
 }
 
 fn read_cpu(
+    tree: &Tree,
     errors: &mut ErrorLog,
     known: &mut KnownSets,
     dir: &Path,
@@ -377,7 +380,7 @@ fn read_cpu(
 ) -> RawCpu {
     let topology = dir.join("topology");
     if known.topology_files.is_none() {
-        known.topology_files = entry_names(&topology);
+        known.topology_files = tree.entry_names(&topology);
     }
     // Borrowed out of `known` for this CPU (and put back at the end), not cloned for each.
     let listing = known.topology_files.take();
@@ -388,7 +391,7 @@ fn read_cpu(
             return None;
         }
         errors
-            .keep(parse_scalar(&topology.join(name), parse_topology_id))
+            .keep(tree.parse_scalar(&topology.join(name), parse_topology_id))
             .flatten()
     };
     // A sibling of a core already read: its labels and set are this CPU's too.
@@ -413,10 +416,11 @@ fn read_cpu(
                     if online
                         && die.is_some()
                         && present.contains("die_cpus_list")
-                        && let Some(set) = errors.keep(parse_optional(
-                            &topology.join("die_cpus_list"),
-                            CpuSet::from_cpulist,
-                        ))
+                        && let Some(set) =
+                            errors.keep(tree.parse_optional(
+                                &topology.join("die_cpus_list"),
+                                CpuSet::from_cpulist,
+                            ))
                         && set.contains(id)
                     {
                         known.dies.remember(&set, die);
@@ -438,6 +442,7 @@ fn read_cpu(
                     Some(alone)
                 }
                 false => read_own_cpuset(
+                    tree,
                     errors,
                     &topology,
                     Some(present),
@@ -458,6 +463,7 @@ fn read_cpu(
         online,
         || {
             let set = read_own_cpuset(
+                tree,
                 errors,
                 &topology,
                 Some(present),
@@ -474,7 +480,7 @@ fn read_cpu(
         &mut known.l3,
         id,
         online,
-        || read_l3(errors, &dir.join("cache"), id),
+        || read_l3(tree, errors, &dir.join("cache"), id),
         |(_, set)| set.as_ref(),
     );
     known.topology_files = listing;
@@ -498,6 +504,7 @@ type CpuSetParser = fn(&str) -> Result<CpuSet, hal::ParseError>;
 /// that exists (in `present`, the directory's listing, when given) and contains `cpu` itself. A set without its own CPU is wrong (ia64 prints empty cache
 /// maps; a dump may hold stale lists) and the next form is tried.
 fn read_own_cpuset(
+    tree: &Tree,
     errors: &mut ErrorLog,
     dir: &Path,
     present: Option<&BTreeSet<String>>,
@@ -514,7 +521,7 @@ fn read_own_cpuset(
             .iter()
             .filter(|n| present.is_none_or(|p| p.contains(**n)))
         {
-            if let Some(set) = errors.keep(parse_optional(&dir.join(name), parse))
+            if let Some(set) = errors.keep(tree.parse_optional(&dir.join(name), parse))
                 && set.contains(cpu)
             {
                 return Some(set);
@@ -526,24 +533,26 @@ fn read_own_cpuset(
 
 /// The CPUs sharing `cpu`'s level-3 data or unified cache, and the cache's `id`, from `cache/index*`.
 fn read_l3(
+    tree: &Tree,
     errors: &mut ErrorLog,
     cache_dir: &Path,
     cpu: u32,
 ) -> Option<(Option<u32>, Option<CpuSet>)> {
-    let indices = numbered_entries(cache_dir, "index", 64).ok()?;
+    let indices = tree.numbered_entries(cache_dir, "index", 64).ok()?;
     for index in indices {
         let dir = cache_dir.join(format!("index{index}"));
-        if errors.keep(parse_scalar(&dir.join("level"), parse_u32)) != Some(3) {
+        if errors.keep(tree.parse_scalar(&dir.join("level"), parse_u32)) != Some(3) {
             continue;
         }
         if errors
-            .keep(read_optional(&dir.join("type")))
+            .keep(tree.read_optional(&dir.join("type")))
             .is_some_and(|t| t == "Instruction")
         {
             continue;
         }
-        let id = errors.keep(parse_scalar(&dir.join("id"), parse_u32));
+        let id = errors.keep(tree.parse_scalar(&dir.join("id"), parse_u32));
         let shared = read_own_cpuset(
+            tree,
             errors,
             &dir,
             None,
@@ -572,13 +581,24 @@ mod tests {
     fn threads_split_by_core_and_read_the_same_as_one_thread() {
         for name in ["xeon", "gb300", "epyc", "hybrid"] {
             let fixture = hal_mock::by_name(name).unwrap().materialize().unwrap();
+            let tree = &Tree::open(&SysfsRoot::new(fixture.root()));
             let cpu_dir = fixture.root().join("sys/devices/system/cpu");
-            let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS).unwrap();
-            let online = parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist).unwrap();
+            let ids = tree.numbered_entries(&cpu_dir, "cpu", MAX_CPUS).unwrap();
+            let online = tree
+                .parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist)
+                .unwrap();
             let mut one_errors = ErrorLog::default();
-            let one = read_cpus(&cpu_dir, &ids, online.as_ref(), false, &mut one_errors, 1);
+            let one = read_cpus(
+                tree,
+                &cpu_dir,
+                &ids,
+                online.as_ref(),
+                false,
+                &mut one_errors,
+                1,
+            );
             for threads in [2, 3, 4] {
-                let parts = split_by_core(&cpu_dir, &ids, threads);
+                let parts = split_by_core(tree, &cpu_dir, &ids, threads);
                 let mut all: Vec<u32> = parts.iter().flatten().copied().collect();
                 all.sort_unstable();
                 assert_eq!(all, ids, "{name}: every CPU in exactly one part");
@@ -591,7 +611,15 @@ mod tests {
                     }
                 }
                 let mut errors = ErrorLog::default();
-                let many = read_cpus(&cpu_dir, &ids, online.as_ref(), false, &mut errors, threads);
+                let many = read_cpus(
+                    tree,
+                    &cpu_dir,
+                    &ids,
+                    online.as_ref(),
+                    false,
+                    &mut errors,
+                    threads,
+                );
                 assert_eq!(
                     format!("{many:?}"),
                     format!("{one:?}"),

@@ -5,13 +5,11 @@
 //! * [`nvml`] (feature, default), [`level_zero`] and [`verbs`]: vendor libraries that enrich the sysfs
 //!   GPUs and RDMA devices; their seams and merges are always built, the real libraries behind features.
 //! * `udev` (feature): hotplug uevents.
-//! * [`parallel`]: reading the families on two threads, as the driver does.
 
 pub(crate) mod enrich;
 pub mod level_zero;
 #[cfg(feature = "nvml")]
 pub mod nvml;
-pub mod parallel;
 pub mod sysfs;
 #[cfg(feature = "udev")]
 pub mod udev;

@@ -42,15 +42,15 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Reads every family, on two threads ([`backends::parallel::read_on_two_threads`]).
+    /// Reads every family, one after the other (two threads did not pay: docs/perf.md).
     pub fn read(backends: &Backends<'_>) -> Inventory {
         let mut errors = Vec::new();
-        let (cpu, pci, sriov, rdma, gpus) = backends::parallel::read_on_two_threads(
-            || backends.cpu.cpu_inventory(),
-            || backends.pci.pci_functions(),
-            || backends.sriov.sriov_pfs(),
-            || backends.rdma.rdma_devices(),
-            || backends.gpus.gpus(),
+        let (cpu, pci, sriov, rdma, gpus) = (
+            backends.cpu.cpu_inventory(),
+            backends.pci.pci_functions(),
+            backends.sriov.sriov_pfs(),
+            backends.rdma.rdma_devices(),
+            backends.gpus.gpus(),
         );
         let cpu = match cpu {
             Ok(mut cpu) => {
@@ -114,9 +114,7 @@ impl Inventory {
         pci_ids: Option<&std::path::Path>,
         vendors: Vendors,
     ) -> Inventory {
-        // The devices are read on another core meanwhile (`Inventory::read`).
-        let cpu = backends::SysfsCpuTopology::new(root.clone())
-            .with_threads(backends::sysfs::cpu::threads_beside_devices());
+        let cpu = backends::SysfsCpuTopology::new(root.clone());
         let mut pci = backends::SysfsPci::new(root.clone());
         if let Some(path) = pci_ids {
             pci = pci.with_pci_ids(path);

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use hal::{CoreType, CpuSet, LogicalCpu, ParseError};
 
 use super::attr::ErrorLog;
-use super::cpu::{PARALLEL_FROM_CPUS, in_threads};
 use super::tree::Tree;
 
 /// Intel hybrid PMU lists first, then arm `cpu_capacity`, then arm MIDR part numbers.
@@ -15,7 +14,6 @@ pub(crate) fn assign_core_types(
     cpu_dir: &Path,
     cpus: &mut [LogicalCpu],
     errors: &mut ErrorLog,
-    threads: usize,
 ) {
     let p_cores = errors.keep(tree.parse_optional(
         &tree.join("sys/devices/cpu_core/cpus"),
@@ -48,34 +46,12 @@ pub(crate) fn assign_core_types(
         if !first.is_some_and(|p| tree.exists(&p)) {
             return vec![None; cpus.len()];
         }
-        let ids: Vec<u32> = cpus.iter().map(|c| c.id).collect();
-        let read = |ids: &[u32]| -> (Vec<Option<u64>>, ErrorLog) {
-            let mut errors = ErrorLog::default();
-            let values = ids
-                .iter()
-                .map(|id| {
-                    let path: PathBuf = cpu_dir.join(format!("cpu{id}")).join(relative);
-                    errors.keep(tree.parse_scalar(&path, parse))
-                })
-                .collect();
-            (values, errors)
-        };
-        // One file per CPU: big machines are read by several threads, in contiguous chunks merged
-        // in order.
-        let parts: Vec<Vec<u32>> = match ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
-            true => vec![ids.clone()],
-            false => ids
-                .chunks(ids.len().div_ceil(threads))
-                .map(<[u32]>::to_vec)
-                .collect(),
-        };
-        let parts = in_threads(&parts, read);
-        let mut values = Vec::with_capacity(ids.len());
-        for (part, log) in parts {
-            values.extend(part);
-            errors.0.extend(log.0);
-        }
-        values
+        cpus.iter()
+            .map(|c| {
+                let path: PathBuf = cpu_dir.join(format!("cpu{}", c.id)).join(relative);
+                errors.keep(tree.parse_scalar(&path, parse))
+            })
+            .collect()
     };
     let capacities = per_cpu(errors, "cpu_capacity", parse_capacity);
     if let Some(kinds) = classify_by_capacity(&capacities) {
@@ -309,7 +285,7 @@ mod tests {
                 })
                 .collect();
             let mut errors = ErrorLog::default();
-            assign_core_types(&root, &cpu_dir, &mut cpus, &mut errors, 1);
+            assign_core_types(&root, &cpu_dir, &mut cpus, &mut errors);
             assert!(errors.0.is_empty(), "{:?}", errors.0);
             cpus.iter().map(|c| c.core_type).collect::<Vec<_>>()
         };

@@ -27,38 +27,22 @@ const X86_BAD_APICID: u32 = 0xffff;
 #[derive(Debug, Clone, Default)]
 pub struct SysfsCpuTopology {
     root: SysfsRoot,
-    threads: Option<usize>,
 }
 
 impl SysfsCpuTopology {
     /// Reads the machine under `root` (the directory holding `sys/`).
     pub fn new(root: SysfsRoot) -> Self {
-        SysfsCpuTopology {
-            root,
-            threads: None,
-        }
-    }
-
-    /// Reads machines of 128 CPUs or more with at most `threads` threads (at least 1). The default
-    /// is the available parallelism, at most 4; a caller reading other things meanwhile leaves room.
-    pub fn with_threads(mut self, threads: usize) -> Self {
-        self.threads = Some(threads.max(1));
-        self
+        SysfsCpuTopology { root }
     }
 }
 
 impl CpuTopology for SysfsCpuTopology {
     fn cpu_inventory(&self) -> Result<CpuInventory> {
-        let threads = self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(4)
-        });
-        discover(&self.root, threads)
+        discover(&self.root)
     }
 }
 
-fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
+fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
     // Every file below is opened inside the root: a link to a directory outside it is not followed out.
     let tree = &Tree::open(root);
     let cpu_dir = tree.join("sys/devices/system/cpu");
@@ -81,7 +65,6 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
         global_online.as_ref(),
         no_smt,
         &mut errors,
-        threads,
     );
 
     let packages = label_groups(
@@ -122,7 +105,7 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
             siblings: c.siblings,
         })
         .collect();
-    assign_core_types(tree, &cpu_dir, &mut cpus, &mut errors, threads);
+    assign_core_types(tree, &cpu_dir, &mut cpus, &mut errors);
 
     let node_dir = tree.join("sys/devices/system/node");
     let numa_nodes = read_numa_nodes(tree, &node_dir, possible_cpu_limit(tree), &mut errors);
@@ -164,15 +147,8 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
     })
 }
 
-/// Machines with at least this many CPUs are read by several threads.
-pub(crate) const PARALLEL_FROM_CPUS: usize = 128;
-
-/// Reads every `cpuN` directory; the result is in CPU order. Big machines are split among scoped
-/// threads (per-file cost dominates: a 224-CPU machine has about a thousand files to read). The split
-/// keeps SMT siblings on one thread, guessed from CPU 0's siblings (`0,112`: siblings are 112 apart;
-/// `0-1`: adjacent), because a thread reads each core's files once for all its threads. A wrong guess
-/// only costs reads: every thread checks what it knows against the kernel's masks. Each CPU's errors
-/// are kept with it and merged in CPU order.
+/// Reads every `cpuN` directory, in CPU order. Each core's, package's and L3's files are read once
+/// for all its CPUs ([`KnownSets`]).
 fn read_cpus(
     tree: &Tree,
     cpu_dir: &Path,
@@ -180,117 +156,23 @@ fn read_cpus(
     global_online: Option<&CpuSet>,
     no_smt: bool,
     errors: &mut ErrorLog,
-    threads: usize,
 ) -> Vec<RawCpu> {
-    let read_part = |part: &[u32]| -> Vec<(RawCpu, ErrorLog)> {
-        let mut known = KnownSets {
-            no_smt,
-            ..KnownSets::default()
-        };
-        part.iter()
-            .map(|&id| {
-                let mut errors = ErrorLog::default();
-                let online = match global_online {
-                    Some(set) => set.contains(id),
-                    None => errors
-                        .keep(
-                            tree.parse_scalar(&cpu_dir.join(format!("cpu{id}/online")), parse_u32),
-                        )
-                        .is_none_or(|v| v != 0),
-                };
-                let dir = cpu_dir.join(format!("cpu{id}"));
-                let cpu = read_cpu(tree, &mut errors, &mut known, &dir, id, online);
-                (cpu, errors)
-            })
-            .collect()
+    let mut known = KnownSets {
+        no_smt,
+        ..KnownSets::default()
     };
-    let parts = match ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
-        true => vec![ids.to_vec()],
-        false => split_by_core(tree, cpu_dir, ids, threads),
-    };
-    let mut read: Vec<(RawCpu, ErrorLog)> = in_threads(&parts, read_part)
-        .into_iter()
-        .flatten()
-        .collect();
-    read.sort_by_key(|(cpu, _)| cpu.id);
-    let mut cpus = Vec::with_capacity(read.len());
-    for (cpu, log) in read {
-        cpus.push(cpu);
-        errors.0.extend(log.0);
-    }
-    cpus
-}
-
-/// `read` of each part, in order: one part on this thread, several on scoped threads of their own. A
-/// panicking reader would be a bug; its part is then read again on this thread.
-pub(crate) fn in_threads<T: Send>(parts: &[Vec<u32>], read: impl Fn(&[u32]) -> T + Sync) -> Vec<T> {
-    if let [one] = parts {
-        return vec![read(one)];
-    }
-    let read = &read;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .iter()
-            .map(|part| scope.spawn(move || read(part)))
-            .collect();
-        handles
-            .into_iter()
-            .zip(parts)
-            .map(|(handle, part)| handle.join().unwrap_or_else(|_| read(part)))
-            .collect()
-    })
-}
-
-/// Threads for the CPU topology while one more thread reads the devices: the available parallelism
-/// less one, at least 1, at most 4 (as `Inventory::read` in the driver runs them).
-pub fn threads_beside_devices() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .clamp(1, 4)
-}
-
-/// Splits `ids` into `parts` lists of about the same size that keep SMT siblings together, as far as
-/// CPU 0's siblings tell the numbering.
-fn split_by_core(tree: &Tree, cpu_dir: &Path, ids: &[u32], parts: usize) -> Vec<Vec<u32>> {
-    let topology = cpu_dir.join("cpu0/topology");
-    let siblings = ["core_cpus_list", "thread_siblings_list"]
-        .iter()
-        .find_map(|name| {
-            tree.parse_optional(&topology.join(name), CpuSet::from_cpulist)
-                .ok()?
+    ids.iter()
+        .map(|&id| {
+            let online = match global_online {
+                Some(set) => set.contains(id),
+                None => errors
+                    .keep(tree.parse_scalar(&cpu_dir.join(format!("cpu{id}/online")), parse_u32))
+                    .is_none_or(|v| v != 0),
+            };
+            let dir = cpu_dir.join(format!("cpu{id}"));
+            read_cpu(tree, errors, &mut known, &dir, id, online)
         })
-        .unwrap_or_default();
-    let mut members = siblings.iter();
-    let stride = match (members.next(), members.next()) {
-        (Some(0), Some(second)) if second > 1 => Some(second),
-        _ => None,
-    };
-    let width = u32::try_from(siblings.len()).unwrap_or(1).max(1);
-    // The core a CPU is guessed to belong to; contiguous runs of cores go to one part.
-    let core_of = |id: u32| match stride {
-        Some(stride) => id % stride,
-        None => id / width,
-    };
-    let mut ordered: Vec<u32> = ids.to_vec();
-    ordered.sort_by_key(|&id| (core_of(id), id));
-    let size = ordered.len().div_ceil(parts.max(1)).max(1);
-    let mut out: Vec<Vec<u32>> = Vec::new();
-    for id in ordered {
-        match out.last_mut() {
-            // A part ends at a core boundary once full.
-            Some(last)
-                if last.len() < size
-                    || last
-                        .last()
-                        .is_some_and(|&prev| core_of(prev) == core_of(id)) =>
-            {
-                last.push(id)
-            }
-            _ => out.push(vec![id]),
-        }
-    }
-    out
+        .collect()
 }
 
 /// A group's CPU set names every CPU in it: once read, it is not read again for those CPUs (as hwloc
@@ -575,59 +457,6 @@ mod tests {
         let path = root.join(relative);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, contents).unwrap();
-    }
-
-    #[test]
-    fn threads_split_by_core_and_read_the_same_as_one_thread() {
-        for name in ["xeon", "gb300", "epyc", "hybrid"] {
-            let fixture = hal_mock::by_name(name).unwrap().materialize().unwrap();
-            let tree = &Tree::open(&SysfsRoot::new(fixture.root()));
-            let cpu_dir = fixture.root().join("sys/devices/system/cpu");
-            let ids = tree.numbered_entries(&cpu_dir, "cpu", MAX_CPUS).unwrap();
-            let online = tree
-                .parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist)
-                .unwrap();
-            let mut one_errors = ErrorLog::default();
-            let one = read_cpus(
-                tree,
-                &cpu_dir,
-                &ids,
-                online.as_ref(),
-                false,
-                &mut one_errors,
-                1,
-            );
-            for threads in [2, 3, 4] {
-                let parts = split_by_core(tree, &cpu_dir, &ids, threads);
-                let mut all: Vec<u32> = parts.iter().flatten().copied().collect();
-                all.sort_unstable();
-                assert_eq!(all, ids, "{name}: every CPU in exactly one part");
-                // SMT siblings share a part.
-                for cpu in &one {
-                    let part = parts.iter().position(|p| p.contains(&cpu.id));
-                    for sibling in cpu.siblings.iter().flat_map(CpuSet::iter) {
-                        let other = parts.iter().position(|p| p.contains(&sibling));
-                        assert_eq!(part, other, "{name}: {} and {sibling}", cpu.id);
-                    }
-                }
-                let mut errors = ErrorLog::default();
-                let many = read_cpus(
-                    tree,
-                    &cpu_dir,
-                    &ids,
-                    online.as_ref(),
-                    false,
-                    &mut errors,
-                    threads,
-                );
-                assert_eq!(
-                    format!("{many:?}"),
-                    format!("{one:?}"),
-                    "{name}, {threads} threads"
-                );
-                assert_eq!(errors.0.len(), one_errors.0.len());
-            }
-        }
     }
 
     #[test]

@@ -19,42 +19,29 @@ const IO_DUMPS: [&str; 3] = [
     "2pa-pcidomain32bits",
 ];
 
-/// Every backend, as the driver's `Inventory::read` runs them: the CPU topology (with one core fewer
-/// for itself) and the device families shared by two threads.
+/// Every backend, one after the other, as the driver's `Inventory::read` runs them.
 fn inventory(root: &SysfsRoot) -> usize {
-    let threads = backends::sysfs::cpu::threads_beside_devices();
-    let (cpu, pci, sriov, rdma, gpus) = backends::parallel::read_on_two_threads(
-        || {
-            SysfsCpuTopology::new(root.clone())
-                .with_threads(threads)
-                .cpu_inventory()
-                .unwrap()
-                .cpus
-                .len()
-        },
-        || {
-            SysfsPci::new(root.clone())
-                .pci_functions()
-                .unwrap()
-                .items
-                .len()
-        },
-        || {
-            SysfsSriov::new(root.clone())
-                .sriov_pfs()
-                .unwrap()
-                .items
-                .len()
-        },
-        || {
-            SysfsRdma::new(root.clone())
-                .rdma_devices()
-                .unwrap()
-                .items
-                .len()
-        },
-        || SysfsGpu::new(root.clone()).gpus().unwrap().items.len(),
-    );
+    let cpu = SysfsCpuTopology::new(root.clone())
+        .cpu_inventory()
+        .unwrap()
+        .cpus
+        .len();
+    let pci = SysfsPci::new(root.clone())
+        .pci_functions()
+        .unwrap()
+        .items
+        .len();
+    let sriov = SysfsSriov::new(root.clone())
+        .sriov_pfs()
+        .unwrap()
+        .items
+        .len();
+    let rdma = SysfsRdma::new(root.clone())
+        .rdma_devices()
+        .unwrap()
+        .items
+        .len();
+    let gpus = SysfsGpu::new(root.clone()).gpus().unwrap().items.len();
     cpu + pci + sriov + rdma + gpus
 }
 

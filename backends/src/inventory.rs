@@ -63,15 +63,15 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Reads every family, on two threads ([`crate::parallel::read_on_two_threads`]).
+    /// Reads every family, one after the other (two threads did not pay: docs/perf.md).
     pub fn read(backends: &Backends<'_>) -> Inventory {
         let mut errors = Vec::new();
-        let (cpu, pci, sriov, rdma, gpus) = crate::parallel::read_on_two_threads(
-            || backends.cpu.cpu_inventory(),
-            || backends.pci.pci_functions(),
-            || backends.sriov.sriov_pfs(),
-            || backends.rdma.rdma_devices(),
-            || backends.gpus.gpus(),
+        let (cpu, pci, sriov, rdma, gpus) = (
+            backends.cpu.cpu_inventory(),
+            backends.pci.pci_functions(),
+            backends.sriov.sriov_pfs(),
+            backends.rdma.rdma_devices(),
+            backends.gpus.gpus(),
         );
         let cpu = match cpu {
             Ok(mut cpu) => {
@@ -106,9 +106,7 @@ impl Inventory {
 
     /// Like [`Inventory::from_sysfs`], with GPUs and RDMA devices enriched by the `vendors` libraries.
     pub fn from_machine(root: &SysfsRoot, pci_ids: Option<&Path>, vendors: Vendors) -> Inventory {
-        // The devices are read on another core meanwhile (`Inventory::read`).
-        let cpu = crate::SysfsCpuTopology::new(root.clone())
-            .with_threads(crate::sysfs::cpu::threads_beside_devices());
+        let cpu = crate::SysfsCpuTopology::new(root.clone());
         let mut pci = crate::SysfsPci::new(root.clone());
         if let Some(path) = pci_ids {
             pci = pci.with_pci_ids(path);

@@ -5,7 +5,6 @@
 //! * [`nvml`] (feature, default), [`level_zero`] and [`verbs`]: vendor libraries that enrich the sysfs
 //!   GPUs and RDMA devices; their seams and merges are always built, the real libraries behind features.
 //! * `udev` (feature): hotplug uevents.
-//! * [`parallel`]: reading the families on two threads, as the driver does.
 //! * [`inventory`]: the whole machine in one call, `Inventory::from_sysfs(&SysfsRoot::new("/"), None)`.
 
 pub(crate) mod enrich;
@@ -13,7 +12,6 @@ pub mod inventory;
 pub mod level_zero;
 #[cfg(feature = "nvml")]
 pub mod nvml;
-pub mod parallel;
 pub mod sysfs;
 #[cfg(feature = "udev")]
 pub mod udev;

@@ -51,7 +51,7 @@ fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
 /// How every file the backends read is opened: without blocking. A FIFO put in place of an attribute
 /// would block `open(2)` (and then `read(2)`) until a writer came; with `O_NONBLOCK` the open returns
 /// at once and [`regular_file`] refuses it. On regular files `O_NONBLOCK` changes nothing.
-fn read_flags() -> rustix::fs::OFlags {
+pub(crate) fn read_flags() -> rustix::fs::OFlags {
     use rustix::fs::OFlags;
     OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC
 }
@@ -61,10 +61,8 @@ fn read_flags() -> rustix::fs::OFlags {
 /// this way; this one follows a link as the last component (the pci.ids database is one on Debian:
 /// `/usr/share/misc/pci.ids`), attributes do not ([`read_trimmed`]).
 pub fn open_regular(path: &Path) -> Result<fs::File> {
-    regular_file(
-        rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty()),
-        path,
-    )
+    let opened = rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty());
+    regular_file(opened.map_err(Into::into), path)
 }
 
 /// [`open_regular`] of an attribute: a link as the last component is refused (`O_NOFOLLOW`). No
@@ -72,24 +70,25 @@ pub fn open_regular(path: &Path) -> Result<fs::File> {
 /// root), and is never read.
 fn open_attribute(path: &Path) -> Result<fs::File> {
     let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
-    regular_file(
-        rustix::fs::open(path, flags, rustix::fs::Mode::empty()),
-        path,
-    )
+    let opened = rustix::fs::open(path, flags, rustix::fs::Mode::empty());
+    regular_file(opened.map_err(Into::into), path)
 }
 
 /// Checks what an open returned: an open file must be a regular file (`fstat`).
-fn regular_file(opened: rustix::io::Result<rustix::fd::OwnedFd>, path: &Path) -> Result<fs::File> {
+pub(crate) fn regular_file(
+    opened: io::Result<rustix::fd::OwnedFd>,
+    path: &Path,
+) -> Result<fs::File> {
     use rustix::fs::FileType;
     let fd = match opened {
         Ok(fd) => fd,
         // `O_NOFOLLOW` on a link.
-        Err(rustix::io::Errno::LOOP) => {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
             let source = ParseError::new("file", "", "a symbolic link, not followed");
             let path = path.to_path_buf();
             return Err(Error::Parse { path, source });
         }
-        Err(e) => return Err(io_error("read", path, e.into())),
+        Err(e) => return Err(io_error("read", path, e)),
     };
     let stat = rustix::fs::fstat(&fd).map_err(|e| io_error("read", path, e.into()))?;
     let reason = match FileType::from_raw_mode(stat.st_mode) {
@@ -116,7 +115,7 @@ pub fn read_trimmed(path: &Path) -> Result<String> {
 }
 
 /// [`read_trimmed`] of a file already opened (or not) as `path`.
-fn read_opened(file: Result<fs::File>, path: &Path) -> Result<String> {
+pub(crate) fn read_opened(file: Result<fs::File>, path: &Path) -> Result<String> {
     let mut file = file?;
     // A sysfs attribute is at most a page and comes in one read; a short read of a regular file is
     // its end. So the common case costs one read(2), not the two or more of `read_to_end`.
@@ -155,7 +154,7 @@ pub fn read_optional(path: &Path) -> Result<Option<String>> {
     missing_is_none(read_trimmed(path))
 }
 
-fn missing_is_none(read: Result<String>) -> Result<Option<String>> {
+pub(crate) fn missing_is_none(read: Result<String>) -> Result<Option<String>> {
     match read {
         Ok(text) => Ok(Some(text)),
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -185,7 +184,7 @@ pub fn parse_scalar<T>(
     )
 }
 
-fn parsed<T>(
+pub(crate) fn parsed<T>(
     text: Option<String>,
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
@@ -226,24 +225,24 @@ impl AttrDir {
         }
     }
 
-    /// Opens `path` (under `root`'s path) for reading attributes, resolving it inside `root` as if it
-    /// were `/` ([`super::in_root`]): a link along the way cannot lead out of the root.
-    pub fn open_in(root: &super::in_root::RootDir, path: PathBuf) -> AttrDir {
-        use rustix::fs::OFlags;
-        match root.open_file(&path, OFlags::PATH | OFlags::DIRECTORY) {
-            Ok(fd) => AttrDir {
-                path,
-                fd: Some(fd),
-                failed: None,
-            },
-            Err(e) => AttrDir {
-                path,
-                fd: None,
-                failed: Some(
-                    e.raw_os_error()
-                        .unwrap_or(rustix::io::Errno::INVAL.raw_os_error()),
-                ),
-            },
+    /// A directory already opened (`O_PATH`) as `path`.
+    pub(crate) fn from_fd(path: PathBuf, fd: rustix::fd::OwnedFd) -> AttrDir {
+        AttrDir {
+            path,
+            fd: Some(fd),
+            failed: None,
+        }
+    }
+
+    /// A directory that could not be opened inside its root (`error`): every name read reports it.
+    pub(crate) fn unopened(path: PathBuf, error: io::Error) -> AttrDir {
+        let errno = error
+            .raw_os_error()
+            .unwrap_or(rustix::io::Errno::INVAL.raw_os_error());
+        AttrDir {
+            path,
+            fd: None,
+            failed: Some(errno),
         }
     }
 
@@ -261,7 +260,7 @@ impl AttrDir {
         let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
         match (&self.fd, self.failed) {
             (Some(fd), _) => regular_file(
-                rustix::fs::openat(fd, name, flags, rustix::fs::Mode::empty()),
+                rustix::fs::openat(fd, name, flags, rustix::fs::Mode::empty()).map_err(Into::into),
                 &self.join(name),
             ),
             (None, Some(errno)) => {
@@ -360,11 +359,27 @@ pub fn entry_names(dir: &Path) -> Option<BTreeSet<String>> {
 /// Numbers of `max` or more are skipped.
 pub fn numbered_entries(dir: &Path, prefix: &str, max: u32) -> Result<Vec<u32>> {
     let entries = fs::read_dir(dir).map_err(|e| io_error("list", dir, e))?;
-    let mut ids = Vec::new();
+    let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| io_error("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(number) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+        names.push(entry.file_name());
+    }
+    Ok(numbered_names(
+        names.iter().filter_map(|n| n.to_str()),
+        prefix,
+        max,
+    ))
+}
+
+/// The numbers of the names `<prefix><decimal>` below `max`, sorted.
+pub(crate) fn numbered_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    prefix: &str,
+    max: u32,
+) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for name in names {
+        let Some(number) = name.strip_prefix(prefix) else {
             continue;
         };
         if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
@@ -377,7 +392,7 @@ pub fn numbered_entries(dir: &Path, prefix: &str, max: u32) -> Result<Vec<u32>> 
         }
     }
     ids.sort_unstable();
-    Ok(ids)
+    ids
 }
 
 /// Collects per-file problems while discovery goes on.

@@ -5,24 +5,22 @@ use std::path::{Path, PathBuf};
 
 use hal::{CoreType, CpuSet, LogicalCpu, ParseError};
 
-use super::SysfsRoot;
-use super::attr::{ErrorLog, parse_optional, parse_scalar};
-use super::cpu::{PARALLEL_FROM_CPUS, in_threads};
+use super::attr::ErrorLog;
+use super::tree::Tree;
 
 /// Intel hybrid PMU lists first, then arm `cpu_capacity`, then arm MIDR part numbers.
 pub(crate) fn assign_core_types(
-    root: &SysfsRoot,
+    tree: &Tree,
     cpu_dir: &Path,
     cpus: &mut [LogicalCpu],
     errors: &mut ErrorLog,
-    threads: usize,
 ) {
-    let p_cores = errors.keep(parse_optional(
-        &root.join("sys/devices/cpu_core/cpus"),
+    let p_cores = errors.keep(tree.parse_optional(
+        &tree.join("sys/devices/cpu_core/cpus"),
         CpuSet::from_cpulist,
     ));
-    let e_cores = errors.keep(parse_optional(
-        &root.join("sys/devices/cpu_atom/cpus"),
+    let e_cores = errors.keep(tree.parse_optional(
+        &tree.join("sys/devices/cpu_atom/cpus"),
         CpuSet::from_cpulist,
     ));
     if p_cores.is_some() || e_cores.is_some() {
@@ -45,37 +43,15 @@ pub(crate) fn assign_core_types(
         let first = cpus
             .first()
             .map(|c| cpu_dir.join(format!("cpu{}", c.id)).join(relative));
-        if !first.is_some_and(|p| p.exists()) {
+        if !first.is_some_and(|p| tree.exists(&p)) {
             return vec![None; cpus.len()];
         }
-        let ids: Vec<u32> = cpus.iter().map(|c| c.id).collect();
-        let read = |ids: &[u32]| -> (Vec<Option<u64>>, ErrorLog) {
-            let mut errors = ErrorLog::default();
-            let values = ids
-                .iter()
-                .map(|id| {
-                    let path: PathBuf = cpu_dir.join(format!("cpu{id}")).join(relative);
-                    errors.keep(parse_scalar(&path, parse))
-                })
-                .collect();
-            (values, errors)
-        };
-        // One file per CPU: big machines are read by several threads, in contiguous chunks merged
-        // in order.
-        let parts: Vec<Vec<u32>> = match ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
-            true => vec![ids.clone()],
-            false => ids
-                .chunks(ids.len().div_ceil(threads))
-                .map(<[u32]>::to_vec)
-                .collect(),
-        };
-        let parts = in_threads(&parts, read);
-        let mut values = Vec::with_capacity(ids.len());
-        for (part, log) in parts {
-            values.extend(part);
-            errors.0.extend(log.0);
-        }
-        values
+        cpus.iter()
+            .map(|c| {
+                let path: PathBuf = cpu_dir.join(format!("cpu{}", c.id)).join(relative);
+                errors.keep(tree.parse_scalar(&path, parse))
+            })
+            .collect()
     };
     let capacities = per_cpu(errors, "cpu_capacity", parse_capacity);
     if let Some(kinds) = classify_by_capacity(&capacities) {
@@ -88,14 +64,11 @@ pub(crate) fn assign_core_types(
     // `midr_el1` per CPU, when it names them all (only where the per-CPU files exist: x86 builds its
     // /proc/cpuinfo slowly and has no MIDR).
     let midr_file = "regs/identification/midr_el1";
-    let has_midr = cpus.first().is_some_and(|c| {
-        cpu_dir
-            .join(format!("cpu{}", c.id))
-            .join(midr_file)
-            .exists()
-    });
+    let has_midr = cpus
+        .first()
+        .is_some_and(|c| tree.exists(&cpu_dir.join(format!("cpu{}", c.id)).join(midr_file)));
     let from_cpuinfo = match has_midr {
-        true => read_cpuinfo(&root.join("proc/cpuinfo")).map(|text| midrs_of_cpuinfo(&text)),
+        true => read_cpuinfo(tree, &tree.join("proc/cpuinfo")).map(|text| midrs_of_cpuinfo(&text)),
         false => None,
     };
     let midrs = match from_cpuinfo {
@@ -116,10 +89,10 @@ const MAX_CPUINFO_BYTES: u64 = 4 * 1024 * 1024;
 
 /// /proc/cpuinfo's text, when it can be read (a capture may not have it: the per-CPU files are then
 /// read, and their errors reported).
-fn read_cpuinfo(path: &Path) -> Option<String> {
+fn read_cpuinfo(tree: &Tree, path: &Path) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
-    super::attr::open_regular(path)
+    tree.open_regular(path)
         .ok()?
         .take(MAX_CPUINFO_BYTES)
         .read_to_string(&mut text)
@@ -278,7 +251,7 @@ mod tests {
     #[test]
     fn midr_comes_from_cpuinfo_when_it_names_every_cpu_and_from_the_files_otherwise() {
         let dir = tempfile::tempdir().unwrap();
-        let root = SysfsRoot::new(dir.path());
+        let root = Tree::open(&crate::sysfs::SysfsRoot::new(dir.path()));
         let cpu_dir = dir.path().join("sys/devices/system/cpu");
         // The per-CPU files say A78 for all four CPUs; /proc/cpuinfo says CPUs 0-1 are A55s. The two
         // never disagree on a machine: here they do, to show which one was read.
@@ -312,7 +285,7 @@ mod tests {
                 })
                 .collect();
             let mut errors = ErrorLog::default();
-            assign_core_types(&root, &cpu_dir, &mut cpus, &mut errors, 1);
+            assign_core_types(&root, &cpu_dir, &mut cpus, &mut errors);
             assert!(errors.0.is_empty(), "{:?}", errors.0);
             cpus.iter().map(|c| c.core_type).collect::<Vec<_>>()
         };

@@ -14,13 +14,11 @@ use hal::cpuset::{CpuSet, MAX_CPUS};
 use hal::{CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNode, Result};
 
 use super::SysfsRoot;
-use super::attr::{
-    ErrorLog, entry_names, numbered_entries, parse_optional, parse_scalar, parse_topology_id,
-    parse_u32, read_optional,
-};
+use super::attr::{ErrorLog, parse_topology_id, parse_u32};
 use super::core_type::assign_core_types;
 use super::cpu_groups::{RawCpu, assign_l3, label_groups};
 use super::numa::{possible_cpu_limit, read_numa_nodes};
+use super::tree::Tree;
 
 /// x86's `BAD_APICID`: the `cluster_id` of a CPU whose L2 cluster the kernel does not know (VMs).
 const X86_BAD_APICID: u32 = 0xffff;
@@ -29,60 +27,44 @@ const X86_BAD_APICID: u32 = 0xffff;
 #[derive(Debug, Clone, Default)]
 pub struct SysfsCpuTopology {
     root: SysfsRoot,
-    threads: Option<usize>,
 }
 
 impl SysfsCpuTopology {
     /// Reads the machine under `root` (the directory holding `sys/`).
     pub fn new(root: SysfsRoot) -> Self {
-        SysfsCpuTopology {
-            root,
-            threads: None,
-        }
-    }
-
-    /// Reads machines of 128 CPUs or more with at most `threads` threads (at least 1). The default
-    /// is the available parallelism, at most 4; a caller reading other things meanwhile leaves room.
-    pub fn with_threads(mut self, threads: usize) -> Self {
-        self.threads = Some(threads.max(1));
-        self
+        SysfsCpuTopology { root }
     }
 }
 
 impl CpuTopology for SysfsCpuTopology {
     fn cpu_inventory(&self) -> Result<CpuInventory> {
-        let threads = self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(4)
-        });
-        discover(&self.root, threads)
+        discover(&self.root)
     }
 }
 
-fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
-    let cpu_dir = root.join("sys/devices/system/cpu");
-    let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS)?;
+fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
+    // Every file below is opened inside the root: a link to a directory outside it is not followed out.
+    let tree = &Tree::open(root);
+    let cpu_dir = tree.join("sys/devices/system/cpu");
+    let ids = tree.numbered_entries(&cpu_dir, "cpu", MAX_CPUS)?;
     let mut errors = ErrorLog::default();
-    let global_online = errors.keep(parse_optional(
-        &cpu_dir.join("online"),
-        CpuSet::from_cpulist,
-    ));
+    let global_online =
+        errors.keep(tree.parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist));
 
     // `smt/control` "notsupported": the hardware has one thread per core (x86 since 4.19, and arm64 and
     // powerpc kernels with HOTPLUG_SMT), so each CPU is a core of its own and its `core_cpus_list` is
     // not read: on a 128-CPU arm64 node that is a third of the files of the CPU topology. Not
     // `smt/active` 0, which a kernel built without CONFIG_SCHED_SMT also says on SMT hardware.
     let no_smt = errors
-        .keep(read_optional(&cpu_dir.join("smt/control")))
+        .keep(tree.read_optional(&cpu_dir.join("smt/control")))
         .is_some_and(|control| control == "notsupported");
     let raw = read_cpus(
+        tree,
         &cpu_dir,
         &ids,
         global_online.as_ref(),
         no_smt,
         &mut errors,
-        threads,
     );
 
     let packages = label_groups(
@@ -123,10 +105,10 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
             siblings: c.siblings,
         })
         .collect();
-    assign_core_types(root, &cpu_dir, &mut cpus, &mut errors, threads);
+    assign_core_types(tree, &cpu_dir, &mut cpus, &mut errors);
 
-    let node_dir = root.join("sys/devices/system/node");
-    let numa_nodes = read_numa_nodes(&node_dir, possible_cpu_limit(root), &mut errors);
+    let node_dir = tree.join("sys/devices/system/node");
+    let numa_nodes = read_numa_nodes(tree, &node_dir, possible_cpu_limit(tree), &mut errors);
     let mut assigned = CpuSet::new();
     for node in &numa_nodes {
         let overlap = node.cpus.intersection(&assigned);
@@ -165,130 +147,32 @@ fn discover(root: &SysfsRoot, threads: usize) -> Result<CpuInventory> {
     })
 }
 
-/// Machines with at least this many CPUs are read by several threads.
-pub(crate) const PARALLEL_FROM_CPUS: usize = 128;
-
-/// Reads every `cpuN` directory; the result is in CPU order. Big machines are split among scoped
-/// threads (per-file cost dominates: a 224-CPU machine has about a thousand files to read). The split
-/// keeps SMT siblings on one thread, guessed from CPU 0's siblings (`0,112`: siblings are 112 apart;
-/// `0-1`: adjacent), because a thread reads each core's files once for all its threads. A wrong guess
-/// only costs reads: every thread checks what it knows against the kernel's masks. Each CPU's errors
-/// are kept with it and merged in CPU order.
+/// Reads every `cpuN` directory, in CPU order. Each core's, package's and L3's files are read once
+/// for all its CPUs ([`KnownSets`]).
 fn read_cpus(
+    tree: &Tree,
     cpu_dir: &Path,
     ids: &[u32],
     global_online: Option<&CpuSet>,
     no_smt: bool,
     errors: &mut ErrorLog,
-    threads: usize,
 ) -> Vec<RawCpu> {
-    let read_part = |part: &[u32]| -> Vec<(RawCpu, ErrorLog)> {
-        let mut known = KnownSets {
-            no_smt,
-            ..KnownSets::default()
-        };
-        part.iter()
-            .map(|&id| {
-                let mut errors = ErrorLog::default();
-                let online = match global_online {
-                    Some(set) => set.contains(id),
-                    None => errors
-                        .keep(parse_scalar(
-                            &cpu_dir.join(format!("cpu{id}/online")),
-                            parse_u32,
-                        ))
-                        .is_none_or(|v| v != 0),
-                };
-                let dir = cpu_dir.join(format!("cpu{id}"));
-                let cpu = read_cpu(&mut errors, &mut known, &dir, id, online);
-                (cpu, errors)
-            })
-            .collect()
+    let mut known = KnownSets {
+        no_smt,
+        ..KnownSets::default()
     };
-    let parts = match ids.len() < PARALLEL_FROM_CPUS || threads < 2 {
-        true => vec![ids.to_vec()],
-        false => split_by_core(cpu_dir, ids, threads),
-    };
-    let mut read: Vec<(RawCpu, ErrorLog)> = in_threads(&parts, read_part)
-        .into_iter()
-        .flatten()
-        .collect();
-    read.sort_by_key(|(cpu, _)| cpu.id);
-    let mut cpus = Vec::with_capacity(read.len());
-    for (cpu, log) in read {
-        cpus.push(cpu);
-        errors.0.extend(log.0);
-    }
-    cpus
-}
-
-/// `read` of each part, in order: one part on this thread, several on scoped threads of their own. A
-/// panicking reader would be a bug; its part is then read again on this thread.
-pub(crate) fn in_threads<T: Send>(parts: &[Vec<u32>], read: impl Fn(&[u32]) -> T + Sync) -> Vec<T> {
-    if let [one] = parts {
-        return vec![read(one)];
-    }
-    let read = &read;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .iter()
-            .map(|part| scope.spawn(move || read(part)))
-            .collect();
-        handles
-            .into_iter()
-            .zip(parts)
-            .map(|(handle, part)| handle.join().unwrap_or_else(|_| read(part)))
-            .collect()
-    })
-}
-
-/// Threads for the CPU topology while one more thread reads the devices: the available parallelism
-/// less one, at least 1, at most 4 (as `Inventory::read` in the driver runs them).
-pub fn threads_beside_devices() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .clamp(1, 4)
-}
-
-/// Splits `ids` into `parts` lists of about the same size that keep SMT siblings together, as far as
-/// CPU 0's siblings tell the numbering.
-fn split_by_core(cpu_dir: &Path, ids: &[u32], parts: usize) -> Vec<Vec<u32>> {
-    let topology = cpu_dir.join("cpu0/topology");
-    let siblings = ["core_cpus_list", "thread_siblings_list"]
-        .iter()
-        .find_map(|name| parse_optional(&topology.join(name), CpuSet::from_cpulist).ok()?)
-        .unwrap_or_default();
-    let mut members = siblings.iter();
-    let stride = match (members.next(), members.next()) {
-        (Some(0), Some(second)) if second > 1 => Some(second),
-        _ => None,
-    };
-    let width = u32::try_from(siblings.len()).unwrap_or(1).max(1);
-    // The core a CPU is guessed to belong to; contiguous runs of cores go to one part.
-    let core_of = |id: u32| match stride {
-        Some(stride) => id % stride,
-        None => id / width,
-    };
-    let mut ordered: Vec<u32> = ids.to_vec();
-    ordered.sort_by_key(|&id| (core_of(id), id));
-    let size = ordered.len().div_ceil(parts.max(1)).max(1);
-    let mut out: Vec<Vec<u32>> = Vec::new();
-    for id in ordered {
-        match out.last_mut() {
-            // A part ends at a core boundary once full.
-            Some(last)
-                if last.len() < size
-                    || last
-                        .last()
-                        .is_some_and(|&prev| core_of(prev) == core_of(id)) =>
-            {
-                last.push(id)
-            }
-            _ => out.push(vec![id]),
-        }
-    }
-    out
+    ids.iter()
+        .map(|&id| {
+            let online = match global_online {
+                Some(set) => set.contains(id),
+                None => errors
+                    .keep(tree.parse_scalar(&cpu_dir.join(format!("cpu{id}/online")), parse_u32))
+                    .is_none_or(|v| v != 0),
+            };
+            let dir = cpu_dir.join(format!("cpu{id}"));
+            read_cpu(tree, errors, &mut known, &dir, id, online)
+        })
+        .collect()
 }
 
 /// A group's CPU set names every CPU in it: once read, it is not read again for those CPUs (as hwloc
@@ -369,6 +253,7 @@ fn known_or_read<T: Clone>(
 }
 
 fn read_cpu(
+    tree: &Tree,
     errors: &mut ErrorLog,
     known: &mut KnownSets,
     dir: &Path,
@@ -377,7 +262,7 @@ fn read_cpu(
 ) -> RawCpu {
     let topology = dir.join("topology");
     if known.topology_files.is_none() {
-        known.topology_files = entry_names(&topology);
+        known.topology_files = tree.entry_names(&topology);
     }
     // Borrowed out of `known` for this CPU (and put back at the end), not cloned for each.
     let listing = known.topology_files.take();
@@ -388,7 +273,7 @@ fn read_cpu(
             return None;
         }
         errors
-            .keep(parse_scalar(&topology.join(name), parse_topology_id))
+            .keep(tree.parse_scalar(&topology.join(name), parse_topology_id))
             .flatten()
     };
     // A sibling of a core already read: its labels and set are this CPU's too.
@@ -413,10 +298,11 @@ fn read_cpu(
                     if online
                         && die.is_some()
                         && present.contains("die_cpus_list")
-                        && let Some(set) = errors.keep(parse_optional(
-                            &topology.join("die_cpus_list"),
-                            CpuSet::from_cpulist,
-                        ))
+                        && let Some(set) =
+                            errors.keep(tree.parse_optional(
+                                &topology.join("die_cpus_list"),
+                                CpuSet::from_cpulist,
+                            ))
                         && set.contains(id)
                     {
                         known.dies.remember(&set, die);
@@ -438,6 +324,7 @@ fn read_cpu(
                     Some(alone)
                 }
                 false => read_own_cpuset(
+                    tree,
                     errors,
                     &topology,
                     Some(present),
@@ -458,6 +345,7 @@ fn read_cpu(
         online,
         || {
             let set = read_own_cpuset(
+                tree,
                 errors,
                 &topology,
                 Some(present),
@@ -474,7 +362,7 @@ fn read_cpu(
         &mut known.l3,
         id,
         online,
-        || read_l3(errors, &dir.join("cache"), id),
+        || read_l3(tree, errors, &dir.join("cache"), id),
         |(_, set)| set.as_ref(),
     );
     known.topology_files = listing;
@@ -498,6 +386,7 @@ type CpuSetParser = fn(&str) -> Result<CpuSet, hal::ParseError>;
 /// that exists (in `present`, the directory's listing, when given) and contains `cpu` itself. A set without its own CPU is wrong (ia64 prints empty cache
 /// maps; a dump may hold stale lists) and the next form is tried.
 fn read_own_cpuset(
+    tree: &Tree,
     errors: &mut ErrorLog,
     dir: &Path,
     present: Option<&BTreeSet<String>>,
@@ -514,7 +403,7 @@ fn read_own_cpuset(
             .iter()
             .filter(|n| present.is_none_or(|p| p.contains(**n)))
         {
-            if let Some(set) = errors.keep(parse_optional(&dir.join(name), parse))
+            if let Some(set) = errors.keep(tree.parse_optional(&dir.join(name), parse))
                 && set.contains(cpu)
             {
                 return Some(set);
@@ -526,24 +415,26 @@ fn read_own_cpuset(
 
 /// The CPUs sharing `cpu`'s level-3 data or unified cache, and the cache's `id`, from `cache/index*`.
 fn read_l3(
+    tree: &Tree,
     errors: &mut ErrorLog,
     cache_dir: &Path,
     cpu: u32,
 ) -> Option<(Option<u32>, Option<CpuSet>)> {
-    let indices = numbered_entries(cache_dir, "index", 64).ok()?;
+    let indices = tree.numbered_entries(cache_dir, "index", 64).ok()?;
     for index in indices {
         let dir = cache_dir.join(format!("index{index}"));
-        if errors.keep(parse_scalar(&dir.join("level"), parse_u32)) != Some(3) {
+        if errors.keep(tree.parse_scalar(&dir.join("level"), parse_u32)) != Some(3) {
             continue;
         }
         if errors
-            .keep(read_optional(&dir.join("type")))
+            .keep(tree.read_optional(&dir.join("type")))
             .is_some_and(|t| t == "Instruction")
         {
             continue;
         }
-        let id = errors.keep(parse_scalar(&dir.join("id"), parse_u32));
+        let id = errors.keep(tree.parse_scalar(&dir.join("id"), parse_u32));
         let shared = read_own_cpuset(
+            tree,
             errors,
             &dir,
             None,
@@ -566,40 +457,6 @@ mod tests {
         let path = root.join(relative);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, contents).unwrap();
-    }
-
-    #[test]
-    fn threads_split_by_core_and_read_the_same_as_one_thread() {
-        for name in ["xeon", "gb300", "epyc", "hybrid"] {
-            let fixture = hal_mock::by_name(name).unwrap().materialize().unwrap();
-            let cpu_dir = fixture.root().join("sys/devices/system/cpu");
-            let ids = numbered_entries(&cpu_dir, "cpu", MAX_CPUS).unwrap();
-            let online = parse_optional(&cpu_dir.join("online"), CpuSet::from_cpulist).unwrap();
-            let mut one_errors = ErrorLog::default();
-            let one = read_cpus(&cpu_dir, &ids, online.as_ref(), false, &mut one_errors, 1);
-            for threads in [2, 3, 4] {
-                let parts = split_by_core(&cpu_dir, &ids, threads);
-                let mut all: Vec<u32> = parts.iter().flatten().copied().collect();
-                all.sort_unstable();
-                assert_eq!(all, ids, "{name}: every CPU in exactly one part");
-                // SMT siblings share a part.
-                for cpu in &one {
-                    let part = parts.iter().position(|p| p.contains(&cpu.id));
-                    for sibling in cpu.siblings.iter().flat_map(CpuSet::iter) {
-                        let other = parts.iter().position(|p| p.contains(&sibling));
-                        assert_eq!(part, other, "{name}: {} and {sibling}", cpu.id);
-                    }
-                }
-                let mut errors = ErrorLog::default();
-                let many = read_cpus(&cpu_dir, &ids, online.as_ref(), false, &mut errors, threads);
-                assert_eq!(
-                    format!("{many:?}"),
-                    format!("{one:?}"),
-                    "{name}, {threads} threads"
-                );
-                assert_eq!(errors.0.len(), one_errors.0.len());
-            }
-        }
     }
 
     #[test]

@@ -30,9 +30,9 @@ use std::path::{Component, Path, PathBuf};
 use hal::{Discovered, GpuDevice, GpuInfo, GpuVendor, ParseError, PciAddress, Result};
 
 use super::SysfsRoot;
-use super::attr::{ErrorLog, entry_names, parse_scalar, read_optional};
-use super::link::{link_name, resolve_link};
+use super::attr::ErrorLog;
 use super::pci::{class_of, read_functions};
+use super::tree::Tree;
 
 const DRM_CLASS: &str = "sys/class/drm";
 const NVIDIA_GPUS: &str = "proc/driver/nvidia/gpus";
@@ -84,14 +84,16 @@ struct Candidate {
 impl GpuDevice for SysfsGpu {
     fn gpus(&self) -> Result<Discovered<GpuInfo>> {
         let mut errors = ErrorLog::default();
-        let drm = drm_nodes(&self.root, &mut errors);
-        let nvidia = nvidia_entries(&self.root);
+        // Every file below is opened inside the root: a link out of it is not followed.
+        let tree = &Tree::open(&self.root);
+        let drm = drm_nodes(tree, &mut errors);
+        let nvidia = nvidia_entries(tree);
         // Only the functions that can be GPUs are read in full: display class (or a class that cannot
         // be read, so its error is reported), or named by a DRM node or the NVIDIA driver.
-        let pci = read_functions(&self.root, |address, dir| {
+        let pci = read_functions(tree, |address, dir| {
             drm.contains_key(&address)
                 || nvidia.contains_key(&address)
-                || class_of(dir).is_none_or(|class| class >> 16 == 0x03)
+                || class_of(tree, dir).is_none_or(|class| class >> 16 == 0x03)
         });
         errors.0.extend(pci.errors);
         let mut candidates: BTreeMap<PciAddress, Candidate> = pci
@@ -114,7 +116,7 @@ impl GpuDevice for SysfsGpu {
             .collect();
         for (address, nodes) in &drm {
             if !candidates.contains_key(address)
-                && let Some(candidate) = candidate_from_uevent(&self.root, nodes, &mut errors)
+                && let Some(candidate) = candidate_from_uevent(tree, nodes, &mut errors)
             {
                 candidates.insert(*address, candidate);
             }
@@ -134,14 +136,7 @@ impl GpuDevice for SysfsGpu {
             .map(|(address, candidate)| {
                 let nodes = drm.get(&address);
                 let nvidia_dir = nvidia.get(&address);
-                read_gpu(
-                    &self.root,
-                    address,
-                    candidate,
-                    nodes,
-                    nvidia_dir,
-                    &mut errors,
-                )
+                read_gpu(tree, address, candidate, nodes, nvidia_dir, &mut errors)
             })
             .collect();
         Ok(Discovered {
@@ -152,7 +147,7 @@ impl GpuDevice for SysfsGpu {
 }
 
 fn read_gpu(
-    root: &SysfsRoot,
+    tree: &Tree,
     pci_address: PciAddress,
     candidate: Candidate,
     nodes: Option<&DrmNodes>,
@@ -174,13 +169,13 @@ fn read_gpu(
         ..GpuInfo::new(pci_address, candidate.vendor)
     };
     if let Some(dir) = &candidate.device_dir {
-        let dir = root.root().join(dir);
-        let card_dir = card.map(|n| root.root().join(&n.path));
-        read_memory_and_product(&dir, card_dir.as_deref(), &mut gpu, errors);
+        let dir = tree.join(dir);
+        let card_dir = card.map(|n| tree.join(&n.path));
+        read_memory_and_product(tree, &dir, card_dir.as_deref(), &mut gpu, errors);
     }
     if let Some(dir) = nvidia_dir {
-        let path = root.join(NVIDIA_GPUS).join(dir).join("information");
-        let parsed = parse_scalar(&path, parse_nvidia_information);
+        let path = tree.join(NVIDIA_GPUS).join(dir).join("information");
+        let parsed = tree.parse_scalar(&path, parse_nvidia_information);
         if let Some(info) = errors.keep(parsed) {
             gpu.nvidia_minor = info.minor;
             gpu.uuid = info.uuid;
@@ -192,36 +187,38 @@ fn read_gpu(
 
 /// amdgpu VRAM and product name, Intel local memory (out-of-tree i915, xe tiles).
 fn read_memory_and_product(
+    tree: &Tree,
     device_dir: &Path,
     card_dir: Option<&Path>,
     gpu: &mut GpuInfo,
     errors: &mut ErrorLog,
 ) {
-    let names = entry_names(device_dir).unwrap_or_default();
+    let names = tree.entry_names(device_dir).unwrap_or_default();
     if names.contains("product_name") {
         gpu.product = errors
-            .keep(read_optional(&device_dir.join("product_name")))
+            .keep(tree.read_optional(&device_dir.join("product_name")))
             .filter(|name| !name.is_empty());
     }
     if names.contains("mem_info_vram_total") {
         let path = device_dir.join("mem_info_vram_total");
-        gpu.memory_bytes = errors.keep(parse_scalar(&path, parse_decimal_bytes));
+        gpu.memory_bytes = errors.keep(tree.parse_scalar(&path, parse_decimal_bytes));
         return;
     }
     if let Some(card_dir) = card_dir {
-        let card_names = entry_names(card_dir).unwrap_or_default();
+        let card_names = tree.entry_names(card_dir).unwrap_or_default();
         if let Some(name) = ["lmem_total_bytes", "prelim_lmem_total_bytes"]
             .into_iter()
             .find(|name| card_names.contains(*name))
         {
-            gpu.memory_bytes = errors.keep(parse_scalar(&card_dir.join(name), parse_decimal_bytes));
+            let path = card_dir.join(name);
+            gpu.memory_bytes = errors.keep(tree.parse_scalar(&path, parse_decimal_bytes));
             return;
         }
     }
     let mut total: Option<u64> = None;
     for tile in names.iter().filter(|name| numbered(name, "tile").is_some()) {
         let path = device_dir.join(tile).join("physical_vram_size_bytes");
-        if let Some(bytes) = errors.keep(parse_scalar(&path, parse_vram_bytes)) {
+        if let Some(bytes) = errors.keep(tree.parse_scalar(&path, parse_vram_bytes)) {
             match total.unwrap_or(0).checked_add(bytes) {
                 Some(sum) => total = Some(sum),
                 None => {
@@ -246,15 +243,15 @@ fn numbered(name: &str, prefix: &str) -> Option<u32> {
 }
 
 /// Lists `sys/class/drm` once and maps every card and render node to its PCI function.
-fn drm_nodes(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<PciAddress, DrmNodes> {
+fn drm_nodes(tree: &Tree, errors: &mut ErrorLog) -> BTreeMap<PciAddress, DrmNodes> {
     let mut by_function: BTreeMap<PciAddress, DrmNodes> = BTreeMap::new();
-    for name in entry_names(&root.join(DRM_CLASS)).unwrap_or_default() {
+    for name in tree.entry_names(&tree.join(DRM_CLASS)).unwrap_or_default() {
         let (number, is_card) = match (numbered(&name, "card"), numbered(&name, "renderD")) {
             (Some(n), _) => (n, true),
             (None, Some(n)) => (n, false),
             (None, None) => continue,
         };
-        let Some((address, path, device_dir)) = locate_node(root, &name, errors) else {
+        let Some((address, path, device_dir)) = locate_node(tree, &name, errors) else {
             continue;
         };
         let nodes = by_function.entry(address).or_insert_with(|| DrmNodes {
@@ -277,24 +274,24 @@ fn drm_nodes(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<PciAddress, Dr
 /// The PCI function of `sys/class/drm/<name>`, the node's resolved path and the function's device
 /// directory, all relative to the root. `None` for nodes of non-PCI devices.
 fn locate_node(
-    root: &SysfsRoot,
+    tree: &Tree,
     name: &str,
     errors: &mut ErrorLog,
 ) -> Option<(PciAddress, PathBuf, PathBuf)> {
     let entry = Path::new(DRM_CLASS).join(name);
-    if root.root().join(&entry).is_symlink() {
-        let resolved = errors.keep(resolve_link(root.root(), &entry).map(Some))?;
+    if tree.is_symlink(&tree.join(&entry)) {
+        let resolved = errors.keep(tree.resolve_link(&entry).map(Some))?;
         let (address, device_dir) = last_pci_function(&resolved)?;
         return Some((address, resolved, device_dir));
     }
     // A plain directory: its `device` is the PCI device (a link on a machine).
     let device = entry.join("device");
-    let device_dir = match root.root().join(&device).is_symlink() {
-        true => errors.keep(resolve_link(root.root(), &device).map(Some))?,
+    let device_dir = match tree.is_symlink(&tree.join(&device)) {
+        true => errors.keep(tree.resolve_link(&device).map(Some))?,
         false => device,
     };
-    let uevent_path = root.root().join(&device_dir).join("uevent");
-    let uevent = errors.keep(read_optional(&uevent_path))?;
+    let uevent_path = tree.join(&device_dir).join("uevent");
+    let uevent = errors.keep(tree.read_optional(&uevent_path))?;
     let slot = uevent_value(&uevent, "PCI_SLOT_NAME")?;
     match PciAddress::parse(slot) {
         Ok(address) => Some((address, entry, device_dir)),
@@ -325,13 +322,13 @@ fn last_pci_function(path: &Path) -> Option<(PciAddress, PathBuf)> {
 /// Identity of a function known only through its DRM nodes (trimmed or hand-assembled trees): the
 /// PCI `uevent` (`PCI_ID=1002:687F`, `DRIVER=amdgpu`).
 fn candidate_from_uevent(
-    root: &SysfsRoot,
+    tree: &Tree,
     nodes: &DrmNodes,
     errors: &mut ErrorLog,
 ) -> Option<Candidate> {
-    let dir = root.root().join(&nodes.device_dir);
+    let dir = tree.join(&nodes.device_dir);
     let path = dir.join("uevent");
-    let text = match read_optional(&path) {
+    let text = match tree.read_optional(&path) {
         Ok(Some(text)) => text,
         Ok(None) => {
             let why = "a DRM node's PCI device with no uevent to identify it";
@@ -352,7 +349,7 @@ fn candidate_from_uevent(
     };
     let driver = uevent_value(&text, "DRIVER")
         .map(str::to_owned)
-        .or_else(|| link_name(&dir.join("driver")));
+        .or_else(|| tree.link_name(&dir.join("driver")));
     Some(Candidate {
         vendor: GpuVendor::from_pci_vendor(vendor),
         device_id,
@@ -374,8 +371,8 @@ fn uevent_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// `proc/driver/nvidia/gpus/<dddd:bb:dd.f>` directory names by address.
-fn nvidia_entries(root: &SysfsRoot) -> BTreeMap<PciAddress, String> {
-    entry_names(&root.join(NVIDIA_GPUS))
+fn nvidia_entries(tree: &Tree) -> BTreeMap<PciAddress, String> {
+    tree.entry_names(&tree.join(NVIDIA_GPUS))
         .unwrap_or_default()
         .into_iter()
         .filter_map(|name| Some((PciAddress::parse(&name).ok()?, name)))

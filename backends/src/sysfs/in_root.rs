@@ -48,30 +48,73 @@ impl RootDir {
         })?;
         open_in_root(self.fd.as_fd(), relative, flags)
     }
+
+    /// [`Self::open_file`] of a directory: a link as the last component is followed too, inside the
+    /// root ([`open_dir_in_root`]).
+    pub fn open_dir(&self, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        let relative = path.strip_prefix(&self.path).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not under the root {}", self.path.display()),
+            )
+        })?;
+        open_dir_in_root(self.fd.as_fd(), relative, flags)
+    }
 }
 
 /// Opens `relative` under the directory `root` as if `root` were `/`, with `flags` and `O_NOFOLLOW`
 /// (a link as the last component is `ELOOP`) and `O_CLOEXEC`.
 pub fn open_in_root(root: BorrowedFd<'_>, relative: &Path, flags: OFlags) -> io::Result<OwnedFd> {
-    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    open_inside(root, relative, flags | OFlags::NOFOLLOW, false)
+}
+
+/// [`open_in_root`] where the last component may be a link too (a directory such as
+/// `sys/bus/pci/devices/0000:3b:00.0`): it is followed, inside the root, as every other one is.
+pub fn open_dir_in_root(
+    root: BorrowedFd<'_>,
+    relative: &Path,
+    flags: OFlags,
+) -> io::Result<OwnedFd> {
+    open_inside(root, relative, flags, true)
+}
+
+fn open_inside(
+    root: BorrowedFd<'_>,
+    relative: &Path,
+    flags: OFlags,
+    follow_last: bool,
+) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::CLOEXEC;
     let path: &Path = match relative.as_os_str().is_empty() {
         true => Path::new("."),
         false => relative,
     };
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(root, path, flags, Mode::empty(), resolve) {
-        Err(Errno::NOSYS) | Err(Errno::PERM) => walk_in_root(root, path, flags),
+        Err(Errno::NOSYS) | Err(Errno::PERM) => walk(root, path, flags, follow_last),
         opened => Ok(opened?),
     }
 }
 
 /// [`open_in_root`] without `openat2`: the path walked a component at a time.
+#[cfg(test)]
 pub(crate) fn walk_in_root(
     root: BorrowedFd<'_>,
     relative: &Path,
     flags: OFlags,
 ) -> io::Result<OwnedFd> {
-    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    walk(root, relative, flags | OFlags::NOFOLLOW, false)
+}
+
+/// The walk of [`open_inside`]; with `follow_last`, a link as the last component is followed as
+/// every other one is (and `flags` carries no `O_NOFOLLOW`).
+fn walk(
+    root: BorrowedFd<'_>,
+    relative: &Path,
+    flags: OFlags,
+    follow_last: bool,
+) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::CLOEXEC;
     let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     // The directories opened so far below the root; the last is the current one.
     let mut dirs: Vec<OwnedFd> = Vec::new();
@@ -86,7 +129,7 @@ pub(crate) fn walk_in_root(
             b".." => {
                 dirs.pop();
             }
-            _ if pending.is_empty() => {
+            _ if pending.is_empty() && !follow_last => {
                 return Ok(rustix::fs::openat(current, &name, flags, Mode::empty())?);
             }
             _ => match rustix::fs::openat(current, &name, dir_flags, Mode::empty()) {
@@ -111,7 +154,12 @@ pub(crate) fn walk_in_root(
     }
     // The path named a directory (or the root itself).
     let current = dirs.last().map_or(root, |fd| fd.as_fd());
-    Ok(rustix::fs::openat(current, ".", flags, Mode::empty())?)
+    Ok(rustix::fs::openat(
+        current,
+        ".",
+        flags | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
 }
 
 /// Puts `path`'s components on the stack `pending` so that its first component is popped first.
@@ -227,5 +275,54 @@ mod tests {
             .open_file(&outside.join("secret"), OFlags::RDONLY)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_directory_link_as_the_last_component_is_followed_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "SECRET").unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("sys/devices/pci0000:00/0000:3b:00.0/net/eth0")).unwrap();
+        fs::create_dir_all(root.join("sys/class/net")).unwrap();
+        let class = root.join("sys/class/net");
+        symlink(
+            "../../devices/pci0000:00/0000:3b:00.0/net/eth0",
+            class.join("eth0"),
+        )
+        .unwrap();
+        symlink(&outside, class.join("out")).unwrap();
+        let root = RootDir::open(&root).unwrap();
+        let list = |fd: OwnedFd| -> Vec<String> {
+            rustix::fs::Dir::new(fd)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_str().unwrap().to_owned())
+                .filter(|n| n != "." && n != "..")
+                .collect()
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+        type Open = fn(BorrowedFd<'_>, &Path, OFlags) -> io::Result<OwnedFd>;
+        let walked: Open = |root, path, flags| walk(root, path, flags, true);
+        for (how, open) in [("openat2", open_dir_in_root as Open), ("walked", walked)] {
+            let eth0 = open(root.fd.as_fd(), Path::new("sys/class/net/eth0"), flags).unwrap();
+            assert_eq!(
+                list(eth0),
+                Vec::<String>::new(),
+                "{how}: the interface's directory"
+            );
+            let net = open(root.fd.as_fd(), Path::new("sys/class/net/eth0/.."), flags).unwrap();
+            assert_eq!(
+                list(net),
+                ["eth0"],
+                "{how}: .. after a link is the target's parent"
+            );
+            let out = open(root.fd.as_fd(), Path::new("sys/class/net/out"), flags);
+            assert_eq!(
+                out.map(drop).map_err(|e| e.kind()),
+                Err(io::ErrorKind::NotFound),
+                "{how}: the link's target is looked up inside the root"
+            );
+        }
     }
 }

@@ -16,8 +16,12 @@ pub mod pciids;
 pub mod rdma;
 pub mod sriov;
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod symlink_tests;
+#[cfg(test)]
 #[allow(clippy::expect_used)]
 mod test_tree;
+pub mod tree;
 pub mod write;
 
 pub use attr::SysfsRoot;

@@ -6,14 +6,15 @@ use hal::cpuset::{CpuSet, MAX_CPUS};
 use hal::numa::MAX_NUMA_NODES;
 use hal::{NumaNode, NumaNodeInfo, ParseError};
 
-use super::attr::{ErrorLog, SysfsRoot, numbered_entries, parse_optional, parse_scalar};
+use super::attr::ErrorLog;
+use super::tree::Tree;
 
 /// The bound on the machine's CPU ids: one above the highest of `sys/devices/system/cpu/possible`, or
 /// [`MAX_CPUS`] when that cannot be read. CPU sets in device and node files (`local_cpulist`,
 /// `nodeN/cpulist`) holding a CPU at or above it are error entries: no such CPU can exist.
-pub(crate) fn possible_cpu_limit(root: &SysfsRoot) -> u32 {
-    parse_optional(
-        &root.join("sys/devices/system/cpu/possible"),
+pub(crate) fn possible_cpu_limit(tree: &Tree) -> u32 {
+    tree.parse_optional(
+        &tree.join("sys/devices/system/cpu/possible"),
         CpuSet::from_cpulist,
     )
     .ok()
@@ -25,11 +26,12 @@ pub(crate) fn possible_cpu_limit(root: &SysfsRoot) -> u32 {
 /// Reads every `nodeN` directory. A kernel without NUMA support has no `node/` directory: that is an
 /// empty list, not an error. CPUs at or above `cpu_limit` ([`possible_cpu_limit`]) are errors.
 pub(crate) fn read_numa_nodes(
+    tree: &Tree,
     node_dir: &Path,
     cpu_limit: u32,
     errors: &mut ErrorLog,
 ) -> Vec<NumaNodeInfo> {
-    let ids = match numbered_entries(node_dir, "node", MAX_NUMA_NODES) {
+    let ids = match tree.numbered_entries(node_dir, "node", MAX_NUMA_NODES) {
         Ok(ids) => ids,
         Err(e) if e.kind() == hal::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
@@ -42,13 +44,14 @@ pub(crate) fn read_numa_nodes(
             let dir = node_dir.join(format!("node{id}"));
             let list = |t: &str| CpuSet::from_cpulist_below(t, cpu_limit);
             let mask = |t: &str| CpuSet::from_hex_mask_below(t, cpu_limit);
-            let cpus = match errors.keep(parse_optional(&dir.join("cpulist"), list)) {
+            let cpus = match errors.keep(tree.parse_optional(&dir.join("cpulist"), list)) {
                 Some(cpus) => Some(cpus),
-                None => errors.keep(parse_optional(&dir.join("cpumap"), mask)),
+                None => errors.keep(tree.parse_optional(&dir.join("cpumap"), mask)),
             };
-            let memory_bytes = errors.keep(parse_scalar(&dir.join("meminfo"), parse_mem_total));
+            let memory_bytes =
+                errors.keep(tree.parse_scalar(&dir.join("meminfo"), parse_mem_total));
             let distances = errors
-                .keep(parse_optional(&dir.join("distance"), parse_distances))
+                .keep(tree.parse_optional(&dir.join("distance"), parse_distances))
                 .unwrap_or_default();
             NumaNodeInfo {
                 id: NumaNode(id),

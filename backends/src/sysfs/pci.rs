@@ -8,10 +8,10 @@ use hal::{
 };
 
 use super::SysfsRoot;
-use super::attr::{AttrDir, ErrorLog, entry_names, parse_scalar, read_optional};
-use super::in_root::RootDir;
-use super::link::{pci_functions_in_path, pcie_root_of_path, resolve_link, resolve_link_text};
+use super::attr::{AttrDir, ErrorLog};
+use super::link::{pci_functions_in_path, pcie_root_of_path, resolve_link_text};
 use super::pciids::PciNames;
+use super::tree::Tree;
 
 /// PCI functions read from sysfs under a root directory, named from a pci.ids database when given one.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +43,7 @@ impl PciDevice for SysfsPci {
         let Discovered {
             items: mut functions,
             errors,
-        } = read_functions(&self.root, |_, _| true);
+        } = read_functions(&Tree::open(&self.root), |_, _| true);
         let mut errors = ErrorLog(errors);
         if let Some(path) = &self.pci_ids {
             let wanted: BTreeSet<(u16, u16)> = functions
@@ -68,31 +68,23 @@ impl PciDevice for SysfsPci {
 /// path), read in full and sorted by address; the others cost only what `wanted` reads. No PCI bus
 /// (s390, some containers) is an empty result.
 pub(crate) fn read_functions(
-    root: &SysfsRoot,
+    tree: &Tree,
     wanted: impl Fn(PciAddress, &Path) -> bool,
 ) -> Discovered<PciFunction> {
-    let devices = root.join("sys/bus/pci/devices");
-    let Some(names) = entry_names(&devices) else {
+    let devices = tree.join("sys/bus/pci/devices");
+    let Some(names) = tree.entry_names(&devices) else {
         return Discovered::default();
     };
     let mut errors = ErrorLog::default();
-    let slots = read_slots(root, &mut errors);
-    let cpu_limit = super::numa::possible_cpu_limit(root);
+    let slots = read_slots(tree, &mut errors);
+    let cpu_limit = super::numa::possible_cpu_limit(tree);
     // Each function's directory is opened inside the root: a link on its path cannot lead out.
-    let root_dir = RootDir::open(root.root()).ok();
     let mut functions: Vec<PciFunction> = names
         .iter()
         .filter_map(|name| Some((PciAddress::parse(name).ok()?, name)))
         .filter(|(address, name)| wanted(*address, &devices.join(name)))
         .filter_map(|(address, _)| {
-            match read_function(
-                root,
-                root_dir.as_ref(),
-                address,
-                &slots,
-                cpu_limit,
-                &mut errors,
-            ) {
+            match read_function(tree, address, &slots, cpu_limit, &mut errors) {
                 Ok(function) => Some(function),
                 Err(e) => {
                     errors.0.push((&e).into());
@@ -109,8 +101,8 @@ pub(crate) fn read_functions(
 }
 
 /// The `class` of the function at `dir`, when readable.
-pub(crate) fn class_of(dir: &Path) -> Option<u32> {
-    parse_scalar(&dir.join("class"), |t| parse_hex(t, 6))
+pub(crate) fn class_of(tree: &Tree, dir: &Path) -> Option<u32> {
+    tree.parse_scalar(&dir.join("class"), |t| parse_hex(t, 6))
         .ok()
         .flatten()
 }
@@ -119,11 +111,11 @@ pub(crate) fn class_of(dir: &Path) -> Option<u32> {
 const VIRTIO_VENDOR: u16 = 0x1af4;
 
 /// `sys/bus/pci/slots/<name>/address` (`0000:3b:00`, no function) → slot name.
-fn read_slots(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<String, String> {
-    let dir = root.join("sys/bus/pci/slots");
+fn read_slots(tree: &Tree, errors: &mut ErrorLog) -> BTreeMap<String, String> {
+    let dir = tree.join("sys/bus/pci/slots");
     let mut slots = BTreeMap::new();
-    for name in entry_names(&dir).unwrap_or_default() {
-        if let Some(address) = errors.keep(read_optional(&dir.join(&name).join("address"))) {
+    for name in tree.entry_names(&dir).unwrap_or_default() {
+        if let Some(address) = errors.keep(tree.read_optional(&dir.join(&name).join("address"))) {
             slots.insert(address, name);
         }
     }
@@ -133,8 +125,7 @@ fn read_slots(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<String, Strin
 /// Reads one function. Its identity (vendor, device, class) is required; everything else degrades to
 /// `None` with an error entry when unreadable.
 fn read_function(
-    root: &SysfsRoot,
-    root_dir: Option<&RootDir>,
+    tree: &Tree,
     address: PciAddress,
     slots: &BTreeMap<String, String>,
     cpu_limit: u32,
@@ -142,15 +133,12 @@ fn read_function(
 ) -> Result<PciFunction> {
     let entry = PathBuf::from(format!("sys/bus/pci/devices/{address}"));
     // Old captures hold real directories here instead of links: no path, so no root.
-    let sysfs_path = match resolve_link(root.root(), &entry) {
+    let sysfs_path = match tree.resolve_link(&entry) {
         Ok(path) => path,
-        Err(_) if !root.join(&entry.to_string_lossy()).is_symlink() => entry.clone(),
+        Err(_) if !tree.is_symlink(&tree.join(&entry)) => entry.clone(),
         Err(e) => return Err(e),
     };
-    let dir = match root_dir {
-        Some(root_dir) => AttrDir::open_in(root_dir, root.root().join(&sysfs_path)),
-        None => AttrDir::open(root.root().join(&sysfs_path)),
-    };
+    let dir = tree.attr_dir(tree.join(&sysfs_path));
     let required = |name: &str, digits: usize| -> Result<u32> {
         dir.parse_scalar(name, |t| parse_hex(t, digits))?
             .ok_or_else(|| Error::Parse {
@@ -200,7 +188,7 @@ fn read_function(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         // Not a link (EINVAL): no physfn.
-        Err(_) if !dir.join("physfn").is_symlink() => None,
+        Err(_) if !tree.is_symlink(&dir.join("physfn")) => None,
         Err(source) => {
             let e = Error::Io {
                 op: "resolve",
@@ -234,24 +222,28 @@ fn read_function(
         pcie_root: pcie_root_of_path(&sysfs_path),
         parent,
         physfn,
-        netdevs: netdevs_of(dir.path(), vendor_id),
+        netdevs: netdevs_of(tree, &dir, vendor_id),
         sysfs_path: sysfs_path.to_string_lossy().into_owned(),
     })
 }
 
 /// Interface names of a function: `net/<name>`, and for virtio (vendor 0x1af4) `virtioN/net/<name>`,
 /// as virtio-net's interface hangs under the virtio device the PCI function carries.
-fn netdevs_of(dir: &Path, vendor_id: u16) -> Vec<String> {
-    let mut names: BTreeSet<String> = entry_names(&dir.join("net")).unwrap_or_default();
+fn netdevs_of(tree: &Tree, dir: &AttrDir, vendor_id: u16) -> Vec<String> {
+    let mut names: BTreeSet<String> = tree.entry_names(&dir.join("net")).unwrap_or_default();
     if vendor_id != VIRTIO_VENDOR {
         return names.into_iter().collect();
     }
-    for child in entry_names(dir)
+    for child in tree
+        .entry_names(dir.path())
         .unwrap_or_default()
         .iter()
         .filter(|n| n.starts_with("virtio"))
     {
-        names.extend(entry_names(&dir.join(child).join("net")).unwrap_or_default());
+        names.extend(
+            tree.entry_names(&dir.join(child).join("net"))
+                .unwrap_or_default(),
+        );
     }
     names.into_iter().collect()
 }

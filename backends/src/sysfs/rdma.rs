@@ -26,8 +26,9 @@ use hal::{
 };
 
 use super::SysfsRoot;
-use super::attr::{ErrorLog, entry_names, parse_scalar, read_optional};
-use super::link::{pci_functions_in_path, resolve_link};
+use super::attr::ErrorLog;
+use super::link::pci_functions_in_path;
+use super::tree::Tree;
 
 const CLASS: &str = "sys/class/infiniband";
 const RDMA_CM_DEV: &str = "sys/class/misc/rdma_cm/dev";
@@ -51,12 +52,14 @@ impl SysfsRdma {
 
 impl RdmaDevice for SysfsRdma {
     fn rdma_devices(&self) -> Result<Discovered<RdmaInfo>> {
-        let Some(names) = entry_names(&self.root.join(CLASS)) else {
+        // Every file below is opened inside the root: a link out of it is not followed.
+        let tree = &Tree::open(&self.root);
+        let Some(names) = tree.entry_names(&tree.join(CLASS)) else {
             // No RDMA stack loaded: nothing to report.
             return Ok(Discovered::default());
         };
         let mut errors = ErrorLog::default();
-        let mut chars = char_devices(&self.root, &mut errors);
+        let mut chars = char_devices(tree, &mut errors);
         let listed: BTreeSet<String> = chars
             .values()
             .flatten()
@@ -65,14 +68,14 @@ impl RdmaDevice for SysfsRdma {
         let rdma_cm = RdmaCharDevice {
             kind: RdmaCharKind::RdmaCm,
             path: format!("{DEV_DIR}/rdma_cm"),
-            dev: errors.keep(parse_scalar(&self.root.join(RDMA_CM_DEV), parse_dev)),
+            dev: errors.keep(tree.parse_scalar(&tree.join(RDMA_CM_DEV), parse_dev)),
         };
         let items = names
             .into_iter()
             .map(|name| {
                 let own = chars.remove(&name).unwrap_or_default();
                 let chars = (own, &listed, &rdma_cm);
-                read_device(&self.root, name, chars, &mut errors)
+                read_device(tree, name, chars, &mut errors)
             })
             .collect();
         Ok(Discovered {
@@ -84,34 +87,37 @@ impl RdmaDevice for SysfsRdma {
 
 /// One device: where it sits, its identity, ports and interfaces.
 fn read_device(
-    root: &SysfsRoot,
+    tree: &Tree,
     name: String,
     (mut char_devices, listed, rdma_cm): (Vec<RdmaCharDevice>, &BTreeSet<String>, &RdmaCharDevice),
     errors: &mut ErrorLog,
 ) -> RdmaInfo {
     let entry = Path::new(CLASS).join(&name);
-    let dir = device_dir(root, &entry, errors);
-    let abs = root.root().join(&dir);
-    let pci = pci_function(root, &entry, &dir, errors);
+    let dir = device_dir(tree, &entry, errors);
+    let abs = tree.join(&dir);
+    let pci = pci_function(tree, &entry, &dir, errors);
     let mut netdevs = BTreeSet::new();
     if let Some((_, pci_dir)) = &pci {
-        netdevs.extend(entry_names(&root.root().join(pci_dir).join("net")).unwrap_or_default());
+        netdevs.extend(
+            tree.entry_names(&tree.join(pci_dir).join("net"))
+                .unwrap_or_default(),
+        );
     }
     if let Some(parent) = dir.parent().and_then(Path::parent).filter(|_| dir != entry) {
         // `<parent>/infiniband/<name>`: the char devices sit beside it under `<parent>`.
-        add_parent_char_devices(root, parent, &name, listed, &mut char_devices, errors);
+        add_parent_char_devices(tree, parent, &name, listed, &mut char_devices, errors);
     }
     char_devices.push(rdma_cm.clone());
     char_devices.sort();
-    let ports = read_ports(&abs, &mut netdevs, errors);
+    let ports = read_ports(tree, &abs, &mut netdevs, errors);
     RdmaInfo {
         name,
         pci_address: pci.map(|(address, _)| address),
         node_guid: errors
-            .keep(read_optional(&abs.join("node_guid")))
+            .keep(tree.read_optional(&abs.join("node_guid")))
             .filter(|g| !g.is_empty()),
         node_type: errors
-            .keep(read_optional(&abs.join("node_type")))
+            .keep(tree.read_optional(&abs.join("node_type")))
             .and_then(|t| numbered_name(&t)),
         ports,
         netdevs: netdevs.into_iter().collect(),
@@ -121,9 +127,9 @@ fn read_device(
 }
 
 /// The device's directory relative to the root: the resolved class link, or the entry itself.
-fn device_dir(root: &SysfsRoot, entry: &Path, errors: &mut ErrorLog) -> PathBuf {
-    if root.root().join(entry).is_symlink()
-        && let Some(resolved) = errors.keep(resolve_link(root.root(), entry).map(Some))
+fn device_dir(tree: &Tree, entry: &Path, errors: &mut ErrorLog) -> PathBuf {
+    if tree.is_symlink(&tree.join(entry))
+        && let Some(resolved) = errors.keep(tree.resolve_link(entry).map(Some))
     {
         return resolved;
     }
@@ -133,7 +139,7 @@ fn device_dir(root: &SysfsRoot, entry: &Path, errors: &mut ErrorLog) -> PathBuf 
 /// The PCI function the device belongs to and its directory (relative to the root): the last PCI
 /// function on the device's resolved path, else on its resolved `device` link.
 fn pci_function(
-    root: &SysfsRoot,
+    tree: &Tree,
     entry: &Path,
     dir: &Path,
     errors: &mut ErrorLog,
@@ -142,10 +148,10 @@ fn pci_function(
         return Some(found);
     }
     let device = entry.join("device");
-    if !root.root().join(&device).is_symlink() {
+    if !tree.is_symlink(&tree.join(&device)) {
         return None;
     }
-    let resolved = errors.keep(resolve_link(root.root(), &device).map(Some))?;
+    let resolved = errors.keep(tree.resolve_link(&device).map(Some))?;
     last_pci_function(&resolved)
 }
 
@@ -164,9 +170,14 @@ fn last_pci_function(path: &Path) -> Option<(PciAddress, PathBuf)> {
     found.map(|dir| (address, dir))
 }
 
-fn read_ports(dir: &Path, netdevs: &mut BTreeSet<String>, errors: &mut ErrorLog) -> Vec<RdmaPort> {
+fn read_ports(
+    tree: &Tree,
+    dir: &Path,
+    netdevs: &mut BTreeSet<String>,
+    errors: &mut ErrorLog,
+) -> Vec<RdmaPort> {
     let ports_dir = dir.join("ports");
-    let Some(names) = entry_names(&ports_dir) else {
+    let Some(names) = tree.entry_names(&ports_dir) else {
         return Vec::new();
     };
     let mut numbers: Vec<u32> = names
@@ -182,7 +193,7 @@ fn read_ports(dir: &Path, netdevs: &mut BTreeSet<String>, errors: &mut ErrorLog)
             let port = ports_dir.join(number.to_string());
             let text = |name: &str, errors: &mut ErrorLog| {
                 errors
-                    .keep(read_optional(&port.join(name)))
+                    .keep(tree.read_optional(&port.join(name)))
                     .filter(|t| !t.is_empty())
             };
             let rate = text("rate", errors);
@@ -222,11 +233,18 @@ const CHAR_CLASSES: [(&str, &[(&str, RdmaCharKind)]); 2] = [
 
 /// Every `uverbsN`, `umadN` and `issmN` entry of the `sys/class` directories, by the RDMA device it
 /// belongs to.
-fn char_devices(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<String, Vec<RdmaCharDevice>> {
+fn char_devices(tree: &Tree, errors: &mut ErrorLog) -> BTreeMap<String, Vec<RdmaCharDevice>> {
     let mut by_device = BTreeMap::new();
     for (class, prefixes) in CHAR_CLASSES {
-        let dir = root.join("sys/class").join(class);
-        scan_char_devices(&dir, prefixes, &BTreeSet::new(), errors, &mut by_device);
+        let dir = tree.join("sys/class").join(class);
+        scan_char_devices(
+            tree,
+            &dir,
+            prefixes,
+            &BTreeSet::new(),
+            errors,
+            &mut by_device,
+        );
     }
     by_device
 }
@@ -235,7 +253,7 @@ fn char_devices(root: &SysfsRoot, errors: &mut ErrorLog) -> BTreeMap<String, Vec
 /// the kernel puts them) that the class directories did not list (`known`): captures such as hwloc's hold the
 /// device tree but not `sys/class/infiniband_verbs`.
 fn add_parent_char_devices(
-    root: &SysfsRoot,
+    tree: &Tree,
     parent: &Path,
     name: &str,
     known: &BTreeSet<String>,
@@ -244,20 +262,21 @@ fn add_parent_char_devices(
 ) {
     let mut found = BTreeMap::new();
     for (class, prefixes) in CHAR_CLASSES {
-        let dir = root.root().join(parent).join(class);
-        scan_char_devices(&dir, prefixes, known, errors, &mut found);
+        let dir = tree.join(parent).join(class);
+        scan_char_devices(tree, &dir, prefixes, known, errors, &mut found);
     }
     own.extend(found.remove(name).unwrap_or_default());
 }
 
 fn scan_char_devices(
+    tree: &Tree,
     class_dir: &Path,
     prefixes: &[(&str, RdmaCharKind)],
     known: &BTreeSet<String>,
     errors: &mut ErrorLog,
     by_device: &mut BTreeMap<String, Vec<RdmaCharDevice>>,
 ) {
-    for name in entry_names(class_dir).unwrap_or_default() {
+    for name in tree.entry_names(class_dir).unwrap_or_default() {
         if known.contains(&name) {
             continue;
         }
@@ -270,7 +289,7 @@ fn scan_char_devices(
         };
         let dir = class_dir.join(&name);
         let Some(ibdev) = errors
-            .keep(read_optional(&dir.join("ibdev")))
+            .keep(tree.read_optional(&dir.join("ibdev")))
             .filter(|d| !d.is_empty())
         else {
             continue;
@@ -278,7 +297,7 @@ fn scan_char_devices(
         by_device.entry(ibdev).or_default().push(RdmaCharDevice {
             kind,
             path: format!("{DEV_DIR}/{name}"),
-            dev: errors.keep(parse_scalar(&dir.join("dev"), parse_dev)),
+            dev: errors.keep(tree.parse_scalar(&dir.join("dev"), parse_dev)),
         });
     }
 }

@@ -9,8 +9,9 @@ use hal::{
 };
 
 use super::SysfsRoot;
-use super::attr::{ErrorLog, entry_names, numbered_entries, parse_scalar, parse_u32};
-use super::link::{link_name, pci_functions_in_path, resolve_link};
+use super::attr::{ErrorLog, parse_u32};
+use super::link::pci_functions_in_path;
+use super::tree::Tree;
 use super::write::FileWriter;
 
 /// The most VFs a PF can have: the PCIe SR-IOV capability's `TotalVFs` is 16 bits.
@@ -61,26 +62,33 @@ impl SysfsSriov {
             })
     }
 
-    fn read_state(&self, pf: PciAddress, errors: &mut ErrorLog) -> Result<Option<SriovState>> {
+    fn read_state(
+        &self,
+        tree: &Tree,
+        pf: PciAddress,
+        errors: &mut ErrorLog,
+    ) -> Result<Option<SriovState>> {
         let dir = self.dir(pf);
-        let Some(total_vfs) = parse_scalar(&dir.join("sriov_totalvfs"), parse_u32)? else {
+        let Some(total_vfs) = tree.parse_scalar(&dir.join("sriov_totalvfs"), parse_u32)? else {
             return Ok(None);
         };
-        let num_vfs = parse_scalar(&dir.join("sriov_numvfs"), parse_u32)?.unwrap_or(0);
+        let num_vfs = tree
+            .parse_scalar(&dir.join("sriov_numvfs"), parse_u32)?
+            .unwrap_or(0);
         let drivers_autoprobe = errors
-            .keep(parse_scalar(
-                &dir.join("sriov_drivers_autoprobe"),
-                parse_u32,
-            ))
+            .keep(tree.parse_scalar(&dir.join("sriov_drivers_autoprobe"), parse_u32))
             .map(|v| v != 0);
-        let vf_device_id = errors.keep(parse_scalar(&dir.join("sriov_vf_device"), |t| {
+        let vf_device_id = errors.keep(tree.parse_scalar(&dir.join("sriov_vf_device"), |t| {
             u16::from_str_radix(t.trim_start_matches("0x"), 16)
                 .map_err(|_| hal::ParseError::new("sriov_vf_device", t, "expected a hex device id"))
         }));
         let mut vfs = Vec::new();
-        for index in numbered_entries(&dir, "virtfn", MAX_VFS).unwrap_or_default() {
+        for index in tree
+            .numbered_entries(&dir, "virtfn", MAX_VFS)
+            .unwrap_or_default()
+        {
             let link = self.relative_dir(pf).join(format!("virtfn{index}"));
-            let resolved = errors.keep(resolve_link(self.root.root(), &link).map(Some));
+            let resolved = errors.keep(tree.resolve_link(&link).map(Some));
             if let Some(address) = resolved.and_then(|p| pci_functions_in_path(&p).last().copied())
             {
                 vfs.push(VirtualFunction { index, address });
@@ -105,17 +113,19 @@ impl SysfsSriov {
 
 impl SriovPf for SysfsSriov {
     fn sriov_pfs(&self) -> Result<Discovered<SriovState>> {
-        let devices = self.root.join("sys/bus/pci/devices");
+        let tree = &Tree::open(&self.root);
+        let devices = tree.join("sys/bus/pci/devices");
         let mut errors = ErrorLog::default();
         let mut pfs = Vec::new();
-        let mut addresses: Vec<PciAddress> = entry_names(&devices)
+        let mut addresses: Vec<PciAddress> = tree
+            .entry_names(&devices)
             .unwrap_or_default()
             .iter()
             .filter_map(|n| PciAddress::parse(n).ok())
             .collect();
         addresses.sort();
         for pf in addresses {
-            match self.read_state(pf, &mut errors) {
+            match self.read_state(tree, pf, &mut errors) {
                 Ok(Some(state)) => pfs.push(state),
                 Ok(None) => {}
                 Err(e) => errors.0.push((&e).into()),
@@ -129,7 +139,7 @@ impl SriovPf for SysfsSriov {
 
     fn set_num_vfs(&self, pf: PciAddress, count: u32) -> Result<()> {
         let mut errors = ErrorLog::default();
-        let Some(state) = self.read_state(pf, &mut errors)? else {
+        let Some(state) = self.read_state(&Tree::open(&self.root), pf, &mut errors)? else {
             return Err(Error::Unsupported(format!(
                 "{pf} is not an SR-IOV physical function (no sriov_totalvfs)"
             )));
@@ -161,26 +171,27 @@ impl SriovPf for SysfsSriov {
                 "{driver:?} is not a kernel driver name"
             )));
         }
+        let tree = Tree::open(&self.root);
         let dir = self.dir(function);
-        if !dir.exists() {
+        if !tree.exists(&dir) {
             return Err(Error::Io {
                 op: "find",
                 path: dir,
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
         }
-        if link_name(&dir.join("driver")).as_deref() == Some(driver) {
+        if tree.link_name(&dir.join("driver")).as_deref() == Some(driver) {
             return Ok(());
         }
         self.write(&dir.join("driver_override"), driver)?;
-        if dir.join("driver").exists() {
+        if tree.exists(&dir.join("driver")) {
             self.write(&dir.join("driver/unbind"), &function.to_string())?;
         }
         self.write(
             &self.root.join("sys/bus/pci/drivers_probe"),
             &function.to_string(),
         )?;
-        match link_name(&dir.join("driver")) {
+        match tree.link_name(&dir.join("driver")) {
             Some(bound) if bound == driver => Ok(()),
             bound => Err(Error::Unsupported(format!(
                 "{function}: {driver} did not bind (bound now: {}); is the module loaded?",

@@ -285,11 +285,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let root = machine.root.clone();
-    let mut topology = SysfsCpuTopology::new(root.clone());
-    if families.iter().any(|f| *f != Family::Cpu) {
-        // Read beside the devices (`Report::collect`), with as many threads as that leaves it.
-        topology = topology.with_threads(backends::sysfs::cpu::threads_beside_devices());
-    }
+    let topology = SysfsCpuTopology::new(root.clone());
     let mut pci = SysfsPci::new(root.clone());
     if let Some(ids) = machine.pci_ids.clone() {
         pci = pci.with_pci_ids(ids);

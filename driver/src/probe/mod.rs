@@ -118,13 +118,13 @@ impl Report {
                 || (families.contains(&Family::Topology)
                     && matches!(family, Family::Pci | Family::Gpus | Family::Rdma))
         };
-        // The families are read on two threads, as `Inventory::read` does.
-        let (cpu, pci, sriov, rdma, gpus) = backends::parallel::read_on_two_threads(
-            || needs(Family::Cpu).then(|| sources.cpu.cpu_inventory()),
-            || needs(Family::Pci).then(|| sources.pci.pci_functions()),
-            || needs(Family::Sriov).then(|| sources.sriov.sriov_pfs()),
-            || needs(Family::Rdma).then(|| sources.rdma.rdma_devices()),
-            || needs(Family::Gpus).then(|| sources.gpus.gpus()),
+        // One after the other, as `Inventory::read` reads them.
+        let (cpu, pci, sriov, rdma, gpus) = (
+            needs(Family::Cpu).then(|| sources.cpu.cpu_inventory()),
+            needs(Family::Pci).then(|| sources.pci.pci_functions()),
+            needs(Family::Sriov).then(|| sources.sriov.sriov_pfs()),
+            needs(Family::Rdma).then(|| sources.rdma.rdma_devices()),
+            needs(Family::Gpus).then(|| sources.gpus.gpus()),
         );
         match cpu {
             Some(Ok(CpuInventory {

@@ -1,0 +1,193 @@
+//! [`Tree`]: how the sysfs readers reach every file and directory under their root. Each path is
+//! opened inside the root ([`super::in_root`]): a link anywhere on it (a CPU, NUMA node, DRM or
+//! InfiniBand directory, a class entry, a PCI function's parent) is resolved as if the root were `/`,
+//! so it can never lead out of the root, and nothing read outside the root reaches an inventory or an
+//! error message. Links that stay inside the root (`sys/class/net/eth0` → `../../devices/...`, on a
+//! node or in a captured tree) work as they do on the machine.
+//!
+//! Attributes are read as [`super::attr`] reads them (bounded, never through a link as the last
+//! component, only regular files); directories may be links themselves (`sys/bus/pci/devices/<f>`),
+//! resolved inside the root as well.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hal::{Error, ParseError, Result};
+use rustix::fd::OwnedFd;
+use rustix::fs::OFlags;
+
+use super::SysfsRoot;
+use super::attr::{self, AttrDir};
+use super::in_root::RootDir;
+
+/// A sysfs root opened for reading inside it. Opened once per reading of a family (one `open(2)`).
+#[derive(Debug)]
+pub struct Tree {
+    root: SysfsRoot,
+    /// The root directory, or the errno of opening it (then every read fails with it).
+    dir: std::result::Result<RootDir, i32>,
+}
+
+impl Tree {
+    /// Opens `root`. A root that cannot be opened is not an error here: every read reports it,
+    /// naming the path it wanted.
+    pub fn open(root: &SysfsRoot) -> Tree {
+        let dir = RootDir::open(root.root()).map_err(|e| e.raw_os_error().unwrap_or(libc_einval()));
+        Tree {
+            root: root.clone(),
+            dir,
+        }
+    }
+
+    /// The root directory's path.
+    pub fn root(&self) -> &Path {
+        self.root.root()
+    }
+
+    /// The sysfs root.
+    pub fn sysfs_root(&self) -> &SysfsRoot {
+        &self.root
+    }
+
+    /// `root/relative`.
+    pub fn join(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.root.root().join(relative)
+    }
+
+    fn open_with(&self, path: &Path, flags: OFlags, follow_last: bool) -> io::Result<OwnedFd> {
+        match &self.dir {
+            Ok(dir) if follow_last => dir.open_dir(path, flags),
+            Ok(dir) => dir.open_file(path, flags),
+            Err(errno) => Err(io::Error::from_raw_os_error(*errno)),
+        }
+    }
+
+    /// The directory `path` (under the root), opened `O_PATH` to read attributes by name
+    /// ([`AttrDir`]); a link as its last component is resolved inside the root too.
+    pub fn attr_dir(&self, path: PathBuf) -> AttrDir {
+        let flags = OFlags::PATH | OFlags::DIRECTORY;
+        match self.open_with(&path, flags, true) {
+            Ok(fd) => AttrDir::from_fd(path, fd),
+            Err(e) => AttrDir::unopened(path, e),
+        }
+    }
+
+    /// [`attr::open_regular`] of `path`, opened inside the root (and not through a link as its last
+    /// component).
+    pub fn open_regular(&self, path: &Path) -> Result<std::fs::File> {
+        attr::regular_file(self.open_with(path, attr::read_flags(), false), path)
+    }
+
+    /// [`attr::read_trimmed`] of `path`, opened inside the root.
+    pub fn read_trimmed(&self, path: &Path) -> Result<String> {
+        let opened = self.open_with(path, attr::read_flags(), false);
+        attr::read_opened(attr::regular_file(opened, path), path)
+    }
+
+    /// [`attr::read_optional`] of `path`, opened inside the root.
+    pub fn read_optional(&self, path: &Path) -> Result<Option<String>> {
+        attr::missing_is_none(self.read_trimmed(path))
+    }
+
+    /// [`attr::parse_optional`] of `path`, opened inside the root.
+    pub fn parse_optional<T>(
+        &self,
+        path: &Path,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<Option<T>> {
+        attr::parsed(self.read_optional(path)?, path, parse)
+    }
+
+    /// [`attr::parse_scalar`] of `path`, opened inside the root.
+    pub fn parse_scalar<T>(
+        &self,
+        path: &Path,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<Option<T>> {
+        let text = self.read_optional(path)?.filter(|text| !text.is_empty());
+        attr::parsed(text, path, parse)
+    }
+
+    /// The names in the directory `dir` (not `.` and `..`), listed inside the root.
+    pub fn list(&self, dir: &Path) -> io::Result<BTreeSet<String>> {
+        let fd = self.open_with(dir, OFlags::RDONLY | OFlags::DIRECTORY, true)?;
+        let mut names = BTreeSet::new();
+        for entry in rustix::fs::Dir::new(fd)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name != "." && name != ".." {
+                names.insert(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// [`attr::entry_names`] of `dir`, listed inside the root.
+    pub fn entry_names(&self, dir: &Path) -> Option<BTreeSet<String>> {
+        self.list(dir).ok()
+    }
+
+    /// [`attr::numbered_entries`] of `dir`, listed inside the root.
+    pub fn numbered_entries(&self, dir: &Path, prefix: &str, max: u32) -> Result<Vec<u32>> {
+        let names = self.list(dir).map_err(|source| Error::Io {
+            op: "list",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(attr::numbered_names(
+            names.iter().map(String::as_str),
+            prefix,
+            max,
+        ))
+    }
+
+    /// Whether `path` exists inside the root (a link as its last component counts, as itself).
+    pub fn exists(&self, path: &Path) -> bool {
+        self.open_with(path, OFlags::PATH, false).is_ok()
+    }
+
+    /// Whether `path` is a symbolic link (looked up inside the root; the link is not followed).
+    pub fn is_symlink(&self, path: &Path) -> bool {
+        self.open_with(path, OFlags::PATH, false)
+            .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
+            .is_ok_and(|stat| {
+                rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
+            })
+    }
+
+    /// The text of the link `path` (looked up inside the root: the link's own directory cannot be
+    /// outside it).
+    pub fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
+        let fd = self.open_with(path, OFlags::PATH, false)?;
+        // An empty path: the link `fd` itself (it was opened `O_PATH | O_NOFOLLOW`).
+        let text = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+        let text: std::ffi::OsString = std::os::unix::ffi::OsStringExt::from_vec(text.into_bytes());
+        Ok(PathBuf::from(text))
+    }
+
+    /// [`super::link::resolve_link`]: the target of the link at `relative` (under the root), relative
+    /// to the root, read inside the root.
+    pub fn resolve_link(&self, relative: &Path) -> Result<PathBuf> {
+        let link = self.join(relative);
+        let text = self.read_link(&link).map_err(|source| Error::Io {
+            op: "resolve",
+            path: link.clone(),
+            source,
+        })?;
+        super::link::resolve_link_text(&link, relative, &text)
+    }
+
+    /// [`super::link::link_name`] of `path`, read inside the root.
+    pub fn link_name(&self, path: &Path) -> Option<String> {
+        let target = self.read_link(path).ok()?;
+        target.file_name()?.to_str().map(str::to_owned)
+    }
+}
+
+/// `EINVAL`: why a root whose error carries no errno could not be opened.
+fn libc_einval() -> i32 {
+    rustix::io::Errno::INVAL.raw_os_error()
+}

@@ -254,6 +254,12 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
             assert_eq!(decoded.pfs.len(), 1);
             assert!(args.contains(&"--vf-policy=/etc/dra-hal/vf-policy.json"));
         }
+        // Device metadata only where asked (its files are under the plugin's data directory).
+        assert_eq!(
+            args.contains(&"--device-metadata"),
+            variant == "fixture-gb300",
+            "{variant}: {args:?}"
+        );
         // NRI on: the flags, and the socket's directory mounted where the flag points.
         let nri = args.contains(&"--nri");
         assert_eq!(nri, variant == "privileged", "{variant}: {args:?}");

@@ -158,8 +158,8 @@ pub fn document(
         },
         "requests": [{ "name": request, "devices": devices }],
     });
-    if let Some(pod_claim) = &claim.pod_claim_name {
-        object["podClaimName"] = pod_claim.clone().into();
+    if let (Some(pod_claim), Some(map)) = (&claim.pod_claim_name, object.as_object_mut()) {
+        map.insert("podClaimName".into(), pod_claim.clone().into());
     }
     object
 }
@@ -176,7 +176,7 @@ fn generation_at(path: &Path) -> i64 {
     }
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|v| v["metadata"]["generation"].as_i64())
+        .and_then(|v| v.get("metadata")?.get("generation")?.as_i64())
         .unwrap_or(0)
 }
 

@@ -60,6 +60,12 @@ pub struct PluginArgs {
     #[arg(long, value_name = "DIR")]
     pub dev_root: Option<PathBuf>,
 
+    /// Device metadata (Kubernetes 1.36+, KEP-5304): each prepared request's devices and their attributes
+    /// in `/var/run/kubernetes.io/dra-device-attributes/.../<driver>-metadata.json` inside the containers
+    /// that use it (a read-only CDI bind mount of a file under the plugin's data directory).
+    #[arg(long, env = "DEVICE_METADATA")]
+    pub device_metadata: bool,
+
     /// A kubeconfig file (any server URL, http:// included); in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -243,6 +249,10 @@ pub async fn run(
         inventory.clone(),
     )
     .with_context(|| format!("loading the checkpoint {}", checkpoint.display()))?;
+    let preparer = match args.device_metadata {
+        true => preparer.with_device_metadata(sockets.plugin_dir()),
+        false => preparer,
+    };
     let cpu_claims = preparer.cpu_claims();
     // CNI mode at pod sandbox start (through NRI): the claims from the checkpoint, read only.
     let pod_network = crate::nri::sandbox::PodNetwork::for_plugin(

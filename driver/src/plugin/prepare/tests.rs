@@ -1049,7 +1049,6 @@ fn busybox_image(work: &Path) -> &'static str {
     image
 }
 
-
 /// A real CDI consumer: podman (with runc) starts a busybox container with the CDI ids Prepare
 /// returned, and the container sees exactly the prepared device nodes and environment. The specs go to
 /// `/var/run/cdi` (where podman 4.3 looks); the nodes they name are stand-ins made with mknod under

@@ -50,8 +50,7 @@ async fn each_request_gets_its_metadata_file_and_mount_and_unprepare_removes_the
     assert_eq!(mount["options"], json!(["ro", "bind"]));
     let host = data.join("dra-device-metadata/u1/gpu/metadata.json");
     assert_eq!(mount["hostPath"], host.to_string_lossy().as_ref());
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&host).unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&host).unwrap()).unwrap();
     assert_eq!(file["apiVersion"], "metadata.resource.k8s.io/v1alpha1");
     assert_eq!(file["metadata"]["name"], "claim-u1");
     assert_eq!(file["metadata"]["namespace"], "ns");
@@ -59,20 +58,27 @@ async fn each_request_gets_its_metadata_file_and_mount_and_unprepare_removes_the
     assert_eq!(device["name"], "gpu-0008-06-00-0");
     assert_eq!(device["pool"], NODE);
     // The attributes the slice publishes for that GPU.
-    let published = crate::slices::devices::devices(&s.inventory.read().unwrap(), &SliceConfig::new(NODE))
-        .into_iter()
-        .find(|d| d.name == "gpu-0008-06-00-0")
-        .unwrap();
+    let published =
+        crate::slices::devices::devices(&s.inventory.read().unwrap(), &SliceConfig::new(NODE))
+            .into_iter()
+            .find(|d| d.name == "gpu-0008-06-00-0")
+            .unwrap();
     assert_eq!(
         device["attributes"],
         serde_json::to_value(published.attributes.unwrap()).unwrap()
     );
-    assert!(device["attributes"]["uuid"]["string"].is_string(), "{device}");
+    assert!(
+        device["attributes"]["uuid"]["string"].is_string(),
+        "{device}"
+    );
     let nic: serde_json::Value = serde_json::from_slice(
         &std::fs::read(data.join("dra-device-metadata/u1/nic/metadata.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(nic["requests"][0]["devices"][0]["name"], "rdma-0101-00-00-0");
+    assert_eq!(
+        nic["requests"][0]["devices"][0]["name"],
+        "rdma-0101-00-00-0"
+    );
 
     preparer.unprepare(vec![reference("u1")]).await["u1"]
         .clone()
@@ -186,7 +192,10 @@ async fn podman_reads_the_device_metadata_of_its_request_needs_root() {
     assert_eq!(metadata["metadata"]["uid"], uid.as_str());
     let device = &metadata["requests"][0]["devices"][0];
     assert_eq!(device["name"], "gpu-0008-06-00-0");
-    assert!(device["attributes"]["uuid"]["string"].is_string(), "{device}");
+    assert!(
+        device["attributes"]["uuid"]["string"].is_string(),
+        "{device}"
+    );
     // Only the gpu request's directory is there (the container did not ask for the nic), and the
     // file is read-only.
     let rest = &stdout[json_end..];

@@ -1022,6 +1022,11 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// The podman tests write their specs to the one `/var/run/cdi` podman reads, and a preparer started
+/// without a checkpoint takes every spec there for one of its own (rebuilding a lost checkpoint): they
+/// run one at a time.
+static PODMAN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A busybox image of our own, from Debian's busybox-static, imported into podman (root tests).
 fn busybox_image(work: &Path) -> &'static str {
     let run = run_ok;
@@ -1058,6 +1063,7 @@ fn busybox_image(work: &Path) -> &'static str {
 #[ignore = "needs root, podman, runc and busybox-static (run by .ci/run)"]
 async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
     assert!(rustix::process::geteuid().is_root(), "run as root");
+    let _one_at_a_time = PODMAN.lock().await;
     let run = run_ok;
 
     let work = tempfile::tempdir().unwrap();

@@ -121,6 +121,7 @@ async fn without_the_flag_no_metadata_is_written_and_a_lost_checkpoint_keeps_the
 #[ignore = "needs root, podman, runc and busybox-static (run by .ci/run)"]
 async fn podman_reads_the_device_metadata_of_its_request_needs_root() {
     assert!(rustix::process::geteuid().is_root(), "run as root");
+    let _one_at_a_time = PODMAN.lock().await;
     let work = tempfile::tempdir().unwrap();
     let image = busybox_image(work.path());
     let s = Setup::on("gb300");

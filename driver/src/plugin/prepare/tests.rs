@@ -1027,6 +1027,42 @@ fn run_ok(program: &str, args: &[&str]) -> String {
 /// run one at a time.
 static PODMAN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// `podman run` as the root tests start their containers.
+const PODMAN_RUN: [&str; 11] = [
+    "--runtime",
+    "runc",
+    "run",
+    "--rm",
+    "--cgroup-manager=cgroupfs",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+    "--network",
+    "none",
+];
+
+/// Makes the stand-in device nodes the spec of claim `uid` in `/var/run/cdi` names (at their
+/// `hostPath`, same type and numbers; `1:3` where the fixture gives none) and returns the spec's path.
+fn make_stand_in_nodes(uid: &str) -> String {
+    let spec_path = format!("/var/run/cdi/hal.dra.dev-device_{uid}.json");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    for device in spec["devices"].as_array().unwrap() {
+        let nodes = device["containerEdits"]["deviceNodes"].as_array();
+        for node in nodes.into_iter().flatten() {
+            let host = Path::new(node["hostPath"].as_str().unwrap());
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            if !host.exists() {
+                let major = node["major"].as_i64().unwrap_or(1).to_string();
+                let minor = node["minor"].as_i64().unwrap_or(3).to_string();
+                run_ok("mknod", &[host.to_str().unwrap(), "c", &major, &minor]);
+            }
+        }
+    }
+    spec_path
+}
+
 /// A busybox image of our own, from Debian's busybox-static, imported into podman (root tests).
 fn busybox_image(work: &Path) -> &'static str {
     let run = run_ok;
@@ -1064,7 +1100,6 @@ fn busybox_image(work: &Path) -> &'static str {
 async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
     assert!(rustix::process::geteuid().is_root(), "run as root");
     let _one_at_a_time = PODMAN.lock().await;
-    let run = run_ok;
 
     let work = tempfile::tempdir().unwrap();
     let image = busybox_image(work.path());
@@ -1092,34 +1127,8 @@ async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
     let devices = preparer.prepare(vec![reference(&uid)]).await[&uid]
         .clone()
         .unwrap();
-    let spec_path = format!("/var/run/cdi/hal.dra.dev-device_{uid}.json");
-    let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
-    for device in spec["devices"].as_array().unwrap() {
-        for node in device["containerEdits"]["deviceNodes"].as_array().unwrap() {
-            let host = std::path::Path::new(node["hostPath"].as_str().unwrap());
-            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-            if !host.exists() {
-                let major = node["major"].as_i64().unwrap_or(1).to_string();
-                let minor = node["minor"].as_i64().unwrap_or(3).to_string();
-                run("mknod", &[host.to_str().unwrap(), "c", &major, &minor]);
-            }
-        }
-    }
-
-    let mut args = vec![
-        "--runtime",
-        "runc",
-        "run",
-        "--rm",
-        "--cgroup-manager=cgroupfs",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "--network",
-        "none",
-    ];
+    let spec_path = make_stand_in_nodes(&uid);
+    let mut args = PODMAN_RUN.to_vec();
     let ids: Vec<String> = devices
         .iter()
         .flat_map(|d| d.cdi_device_ids.clone())
@@ -1128,7 +1137,7 @@ async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
         args.extend(["--device", id.as_str()]);
     }
     args.extend([image, "sh", "-c", "find /dev/infiniband /dev -maxdepth 1 -name 'nvidia*' -o -path '/dev/infiniband/*' | sort; env"]);
-    let output = run("podman", &args);
+    let output = run_ok("podman", &args);
     preparer.unprepare(vec![reference(&uid)]).await;
     assert!(
         !std::path::Path::new(&spec_path).exists(),

@@ -142,36 +142,9 @@ async fn podman_reads_the_device_metadata_of_its_request_needs_root() {
     let devices = preparer.prepare(vec![reference(&uid)]).await[&uid]
         .clone()
         .unwrap();
-    let spec_path = format!("/var/run/cdi/hal.dra.dev-device_{uid}.json");
-    let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
-    for device in spec["devices"].as_array().unwrap() {
-        let nodes = device["containerEdits"]["deviceNodes"].as_array();
-        for node in nodes.into_iter().flatten() {
-            let host = Path::new(node["hostPath"].as_str().unwrap());
-            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-            if !host.exists() {
-                let major = node["major"].as_i64().unwrap_or(1).to_string();
-                let minor = node["minor"].as_i64().unwrap_or(3).to_string();
-                run_ok("mknod", &[host.to_str().unwrap(), "c", &major, &minor]);
-            }
-        }
-    }
-    let mut args = vec![
-        "--runtime",
-        "runc",
-        "run",
-        "--rm",
-        "--cgroup-manager=cgroupfs",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "--network",
-        "none",
-        "--user",
-        "1000:1000",
-    ];
+    make_stand_in_nodes(&uid);
+    let mut args = PODMAN_RUN.to_vec();
+    args.extend(["--user", "1000:1000"]);
     for id in &devices[0].cdi_device_ids {
         args.extend(["--device", id.as_str()]);
     }

@@ -202,8 +202,7 @@ pub(crate) fn parsed<T>(
 /// opened relative to it, so the kernel walks one path component per read instead of the whole path: a
 /// PCI function's directory sits a dozen components deep under its bridges, and that walk was about a
 /// third of each read. Where the directory cannot be opened, names are read through their full paths,
-/// which then report the error as the free functions do; a directory opened inside a root
-/// ([`AttrDir::open_in`]) that cannot be opened reports its own error for every name instead.
+/// which then report the error as the free functions do.
 #[derive(Debug)]
 pub struct AttrDir {
     path: PathBuf,

@@ -1,10 +1,12 @@
 //! Pod networking on the runtime's pod sandbox events: at `RunPodSandbox`, every network function of
-//! a prepared claim reserved for the pod whose `VfConfig` names a NetworkAttachmentDefinition is
-//! attached in CNI mode ([`crate::podnet::cni`]) into the sandbox's network namespace, and its
+//! a prepared claim reserved for the pod is attached into the sandbox's network namespace, in CNI
+//! mode ([`crate::podnet::cni`]) when its `VfConfig` names a NetworkAttachmentDefinition, in direct
+//! mode ([`crate::podnet::direct`], [`direct`]) when the claim gives it a `NetworkConfig`, and its
 //! `networkData` written to the claim's status; an error fails the sandbox with a message naming the
-//! claim, the device and the field. At `StopPodSandbox` and `RemovePodSandbox` the cached attachments
-//! of the sandbox get their `DEL`; after each `Synchronize`, those of sandboxes the runtime no longer
-//! has (gone while the plugin was down).
+//! claim, the device and the field, and undoes what the sandbox got so far. At `StopPodSandbox` and
+//! `RemovePodSandbox` the cached CNI attachments of the sandbox get their `DEL` and its direct-mode
+//! netdevs go home; after each `Synchronize`, those of sandboxes the runtime no longer has (gone while
+//! the plugin was down). The events of one sandbox never run at once (one lock per sandbox id).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -18,8 +20,14 @@ use super::proto::api;
 use super::proto::ttrpc::Status;
 use crate::plugin::checkpoint::ClaimRecord;
 use crate::plugin::prepare::ClaimSource;
+use crate::plugin::prepare::locks::KeyedLocks;
 use crate::podnet::cni::{self, Attachment, Cni, ConfList};
+use crate::podnet::direct::Detached;
+use crate::podnet::error::NetError;
+use crate::podnet::moved::Moved;
 use crate::podnet::pods::{PodFunction, of_pod};
+
+pub mod direct;
 
 /// The prepared claims now (the checkpoint, read only).
 pub type Prepared = Arc<dyn Fn() -> Result<BTreeMap<String, ClaimRecord>, String> + Send + Sync>;
@@ -49,6 +57,40 @@ pub struct PodNetwork {
     pub driver: String,
     /// The pool (the node's name).
     pub pool: String,
+    /// Direct mode: the host's network namespace and the state of the netdevs moved.
+    pub direct: direct::DirectMode,
+    /// One lock per pod sandbox id, shared by the clones.
+    pub(crate) sandboxes: Arc<KeyedLocks>,
+}
+
+/// What a sandbox's teardown did, per CNI attachment and per direct-mode netdev (file names).
+#[derive(Debug, Default)]
+pub struct Teardown {
+    /// CNI `DEL`s.
+    pub cni: Vec<(String, Result<(), cni::CniError>)>,
+    /// Direct-mode netdevs moved back (or found gone with their namespace).
+    pub direct: Vec<(String, Result<Detached, NetError>)>,
+}
+
+impl Teardown {
+    /// The failures, one message each.
+    pub fn failures(&self) -> Vec<String> {
+        let cni = self
+            .cni
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")));
+        let direct = self
+            .direct
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")));
+        cni.chain(direct).collect()
+    }
+}
+
+/// One attachment made for a sandbox, to undo when a later one fails.
+enum Made {
+    Cni(cni::Entry),
+    Direct(Moved),
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -106,6 +148,8 @@ impl PodNetwork {
             claims: Some(Arc::new(crate::plugin::prepare::KubeClaims(client))),
             driver: driver.to_owned(),
             pool: pool.to_owned(),
+            direct: direct::DirectMode::new(state_dir),
+            sandboxes: Arc::default(),
         }
     }
 
@@ -130,19 +174,22 @@ impl PodNetwork {
         )
     }
 
-    /// Attaches the pod's CNI-mode functions; returns the interfaces made (claim device, ifName).
+    /// Attaches the pod's network functions (CNI or direct mode); returns the interfaces made (claim
+    /// device, name in the pod).
     pub async fn run_pod_sandbox(
         &self,
         pod: &api::PodSandbox,
     ) -> Result<Vec<(String, String)>, String> {
+        let _sandbox = self.sandboxes.lock(&pod.id).await;
         let prepared = (self.prepared)()?;
         let functions: Vec<PodFunction> = of_pod(&prepared, &pod.uid)
             .into_iter()
             .filter(|f| {
-                if f.network.is_none() {
-                    tracing::debug!(pod = %pod.name, pci = %f.pci, "no netAttachDefName: the netdev stays on the host");
+                let attached = f.network.is_some() || f.direct.is_some();
+                if !attached {
+                    tracing::debug!(pod = %pod.name, pci = %f.pci, "neither netAttachDefName nor a NetworkConfig: the netdev stays on the host");
                 }
-                f.network.is_some()
+                attached
             })
             .collect();
         if functions.is_empty() {
@@ -151,35 +198,63 @@ impl PodNetwork {
         let netns = netns_of(pod).ok_or_else(|| {
             format!(
                 "pod {}/{}: the sandbox has no network namespace (hostNetwork?), so its claims' \
-                 VfConfig.netAttachDefName cannot be attached",
+                 network functions (VfConfig.netAttachDefName, NetworkConfig) cannot be attached",
                 pod.namespace, pod.name
             )
         })?;
-        let mut done: Vec<cni::Entry> = Vec::new();
+        let mut done: Vec<Made> = Vec::new();
         let mut made = Vec::new();
         let mut used: BTreeSet<String> = BTreeSet::new();
         for (k, function) in functions.iter().enumerate() {
-            match self.attach(pod, &netns, function, k, &mut used).await {
-                Ok((entry, data)) => {
-                    made.push((function.device.clone(), entry.if_name.clone()));
+            let attached = match &function.direct {
+                Some(config) => self
+                    .attach_direct(pod, &netns, function, config, &mut used)
+                    .await
+                    .map(|(moved, data)| (Made::Direct(moved), data)),
+                None => self
+                    .attach(pod, &netns, function, k, &mut used)
+                    .await
+                    .map(|(entry, data)| (Made::Cni(entry), data)),
+            };
+            match attached {
+                Ok((attachment, data)) => {
+                    let name = match &attachment {
+                        Made::Cni(entry) => entry.if_name.clone(),
+                        Made::Direct(moved) => moved.saved.pod_name.clone(),
+                    };
+                    made.push((function.device.clone(), name));
                     self.write_status(function, &data).await;
-                    done.push(entry);
+                    done.push(attachment);
                 }
                 Err(message) => {
                     // All or nothing: what this sandbox got so far goes back.
-                    for entry in done.into_iter().rev() {
-                        let cni = self.cni.clone();
-                        let undo = tokio::task::spawn_blocking(move || cni.del(&entry)).await;
-                        if let Ok(Err(e)) = undo {
-                            tracing::warn!(error = %e, "undoing an attachment of a failed sandbox");
-                        }
-                    }
+                    self.undo(done).await;
                     return Err(message);
                 }
             }
         }
-        tracing::info!(pod = %pod.name, interfaces = ?made, "pod network functions attached (CNI)");
+        tracing::info!(pod = %pod.name, interfaces = ?made, "pod network functions attached");
         Ok(made)
+    }
+
+    /// Undoes the attachments of a sandbox that failed, last first.
+    async fn undo(&self, done: Vec<Made>) {
+        for attachment in done.into_iter().rev() {
+            let error = match attachment {
+                Made::Cni(entry) => {
+                    let cni = self.cni.clone();
+                    match tokio::task::spawn_blocking(move || cni.del(&entry)).await {
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Ok(Ok(())) => None,
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                Made::Direct(moved) => self.direct.move_back(moved).await.err(),
+            };
+            if let Some(error) = error {
+                tracing::warn!(%error, "undoing an attachment of a failed sandbox");
+            }
+        }
     }
 
     async fn attach(
@@ -269,58 +344,82 @@ impl PodNetwork {
         }
     }
 
-    /// DEL for every cached attachment of the sandbox.
+    /// `DEL` for every cached attachment of the sandbox, and its direct-mode netdevs home.
     pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), String> {
-        let id = pod.id.clone();
-        let cni = self.cni.clone();
-        let failures = tokio::task::spawn_blocking(move || {
-            cni.del_sandbox(&id)
-                .into_iter()
-                .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e}")))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let failures = self.teardown(&pod.id).await.failures();
         match failures.is_empty() {
             true => Ok(()),
             false => Err(failures.join("; ")),
         }
     }
 
-    /// At a `Synchronize`: the cached attachments of sandboxes not in `alive`, listed before the answer
-    /// (so a sandbox the runtime starts afterwards is never among them); unreadable entries are logged.
-    pub fn vanished(&self, alive: &BTreeSet<String>) -> Vec<cni::Entry> {
-        let mut out = Vec::new();
+    /// Tears down what the sandbox `id` got, under its lock: `DEL` for every cached CNI attachment,
+    /// every direct-mode netdev moved back (a netdev gone with its namespace is reported and
+    /// forgotten).
+    pub async fn teardown(&self, id: &str) -> Teardown {
+        let _sandbox = self.sandboxes.lock(id).await;
+        let cni = self.cni.clone();
+        let sandbox = id.to_owned();
+        let cni = tokio::task::spawn_blocking(move || cni.del_sandbox(&sandbox))
+            .await
+            .unwrap_or_else(|e| {
+                vec![(
+                    id.to_owned(),
+                    Err(cni::CniError::new(cni::CniErrorKind::Exec, e.to_string())),
+                )]
+            });
+        let direct = self.direct.move_back_sandbox(id).await;
+        Teardown { cni, direct }
+    }
+
+    /// At a `Synchronize`: the sandboxes with CNI attachments or direct-mode netdevs that are not in
+    /// `alive`, listed before the answer (so a sandbox the runtime starts afterwards is never among
+    /// them); unreadable entries are logged and kept.
+    pub fn vanished(&self, alive: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
         for (name, entry) in self.cni.cached() {
             match entry {
-                Ok(entry) if !alive.contains(&entry.container_id) => out.push(entry),
+                Ok(entry) if !alive.contains(&entry.container_id) => {
+                    out.insert(entry.container_id);
+                }
                 Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(attachment = %name, %error, "unreadable CNI cache entry kept")
                 }
             }
         }
+        for (name, entry) in self.direct.moved() {
+            match entry {
+                Ok(moved) if !alive.contains(&moved.sandbox) => {
+                    out.insert(moved.sandbox);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(netdev = %name, %error, "unreadable direct-mode state kept")
+                }
+            }
+        }
         out
     }
 
-    /// DEL for attachments of vanished sandboxes ([`PodNetwork::vanished`]).
-    pub async fn del_vanished(&self, entries: Vec<cni::Entry>) {
-        let cni = self.cni.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            entries
-                .into_iter()
-                .map(|e| (e.file_name(), cni.del(&e)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (name, result) in done {
-            match result {
-                Ok(()) => {
-                    tracing::info!(attachment = %name, "CNI DEL for a sandbox gone while the plugin was down")
+    /// Tears down the sandboxes [`PodNetwork::vanished`] found, each under its lock (a stop event of
+    /// the same sandbox meanwhile finds nothing left, or leaves nothing).
+    pub async fn del_vanished(&self, sandboxes: BTreeSet<String>) {
+        for id in sandboxes {
+            let done = self.teardown(&id).await;
+            for (name, result) in done.cni {
+                match result {
+                    Ok(()) => {
+                        tracing::info!(attachment = %name, "CNI DEL for a sandbox gone while the plugin was down")
+                    }
+                    Err(error) => {
+                        tracing::warn!(attachment = %name, %error, "CNI DEL of a vanished sandbox failed")
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(attachment = %name, %error, "CNI DEL of a vanished sandbox failed")
+            }
+            for (name, result) in done.direct {
+                if let Err(error) = result {
+                    tracing::warn!(netdev = %name, %error, "a vanished sandbox's netdev could not be moved back");
                 }
             }
         }
@@ -330,3 +429,6 @@ impl PodNetwork {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_direct;

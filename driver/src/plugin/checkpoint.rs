@@ -83,6 +83,11 @@ pub struct ClaimRecord {
     /// pins only their containers to the claim's CPUs. Left out when empty, as `rt`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
+    /// The direct-mode network configuration (`kind: NetworkConfig`) of each network function, by
+    /// device name, with the name the netdev gets in the pod: what the NRI plugin applies at pod
+    /// sandbox start. Left out when empty, as `rt`, so records without it read and checksum as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network: BTreeMap<String, crate::podnet::config::Checked>,
     /// Rebuilt from the claim's CDI spec after the checkpoint was lost: `devices` lack their
     /// requests and `undo` the original drivers, so a prepare asked again redoes the claim. Left out
     /// when false, as `rt`.

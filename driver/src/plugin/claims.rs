@@ -31,6 +31,9 @@ pub struct Allocated {
     pub config: DeviceConfig,
     /// The VF configuration that applies to it, the last one given.
     pub vf: Option<VfConfig>,
+    /// The direct-mode network configuration (`kind: NetworkConfig`) that applies to it, the last one
+    /// given, parsed.
+    pub network: Option<crate::podnet::config::Checked>,
     /// The CPU configuration that applies to it, the last one given.
     pub cpu: Option<CpuConfig>,
     /// The GPU configuration that applies to it, the last one given.
@@ -125,6 +128,8 @@ pub enum OpaqueConfig {
     Gpu(GpuConfig),
     /// `kind: RtConfig`.
     Rt(super::rt::RtConfig),
+    /// `kind: NetworkConfig` (direct mode), parsed.
+    Network(crate::podnet::config::Checked),
 }
 
 /// Generic device configuration (`kind: DeviceConfig`).
@@ -271,6 +276,7 @@ pub fn allocated_devices(
         .map(|r| {
             let mut config = DeviceConfig::default();
             let mut vf = None;
+            let mut network = None;
             let mut cpu = None;
             let mut gpu = None;
             let mut rt = None;
@@ -279,6 +285,7 @@ pub fn allocated_devices(
                     match c {
                         OpaqueConfig::Device(c) => config.merge(c),
                         OpaqueConfig::Vf(c) => vf = Some(c.clone()),
+                        OpaqueConfig::Network(c) => network = Some(c.clone()),
                         OpaqueConfig::Cpu(c) => cpu = Some(c.clone()),
                         OpaqueConfig::Gpu(c) => gpu = Some(c.clone()),
                         OpaqueConfig::Rt(c) => rt = Some(c.clone()),
@@ -292,6 +299,7 @@ pub fn allocated_devices(
                 share_id: r.share_id.clone(),
                 config,
                 vf,
+                network,
                 cpu,
                 gpu,
                 consumed_cpus: consumed_cpus(r.consumed_capacity.as_ref(), driver),
@@ -377,8 +385,15 @@ fn decode_configs(
     Ok(decoded)
 }
 
-/// Decodes one opaque parameters object: `apiVersion: <driver>/v1alpha1`, `kind: DeviceConfig` or
-/// `VfConfig`, and no field the kind does not have. Errors are (field suffix, problem).
+/// A check's `field: problem` as (`.field`, problem).
+fn at_field(problem: String) -> (String, String) {
+    let (field, problem) = problem.split_once(": ").unwrap_or(("", &problem));
+    (format!(".{field}"), problem.to_owned())
+}
+
+/// Decodes one opaque parameters object: `apiVersion: <driver>/v1alpha1`, `kind: DeviceConfig`,
+/// `VfConfig`, `NetworkConfig`, `CpuConfig`, `GpuConfig` or `RtConfig`, and no field the kind does not
+/// have. Errors are (field suffix, problem).
 pub fn decode_opaque(
     parameters: &serde_json::Value,
     driver: &str,
@@ -410,12 +425,7 @@ pub fn decode_opaque(
         };
         (at, e.into_inner().to_string())
     };
-    let checked = |result: Result<(), String>| {
-        result.map_err(|problem| {
-            let (field, problem) = problem.split_once(": ").unwrap_or(("", &problem));
-            (format!(".{field}"), problem.to_owned())
-        })
-    };
+    let checked = |result: Result<(), String>| result.map_err(at_field);
     match kind.as_ref().and_then(|k| k.as_str()) {
         Some("DeviceConfig") => {
             let config: DeviceConfig = serde_path_to_error::deserialize(rest).map_err(located)?;
@@ -450,11 +460,18 @@ pub fn decode_opaque(
             checked(config.check())?;
             Ok(OpaqueConfig::Vf(config))
         }
+        Some("NetworkConfig") => {
+            let config: crate::podnet::config::NetworkConfig =
+                serde_path_to_error::deserialize(rest).map_err(located)?;
+            config.check().map(OpaqueConfig::Network).map_err(at_field)
+        }
         other => {
             let found = other.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
             Err((
                 ".kind".into(),
-                format!("{found}; expected DeviceConfig, VfConfig, CpuConfig or GpuConfig"),
+                format!(
+                    "{found}; expected DeviceConfig, VfConfig, NetworkConfig, CpuConfig, GpuConfig or RtConfig"
+                ),
             ))
         }
     }
@@ -700,3 +717,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod network_tests;

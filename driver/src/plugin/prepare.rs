@@ -26,8 +26,9 @@ pub use source::{CALL_LIMIT, ClaimSource, KubeClaims, StatusWriteError};
 
 mod apply;
 mod edits;
-mod locks;
+pub(crate) mod locks;
 mod metadata;
+mod network;
 mod plan;
 mod recover;
 mod source;
@@ -90,7 +91,7 @@ pub struct Preparer {
     /// short, I/O-free sections.
     state: Mutex<BTreeMap<String, ClaimRecord>>,
     /// One lock per claim being prepared or unprepared.
-    locks: locks::ClaimLocks,
+    locks: locks::KeyedLocks,
     /// The prepares in flight, whose answer a second ask of the same claim waits for.
     inflight: Mutex<HashMap<String, Arc<PrepareOnce>>>,
     faults: Option<FaultHook>,
@@ -174,7 +175,7 @@ impl Preparer {
             claims: claim_source,
             inventory,
             state: Mutex::new(claims),
-            locks: locks::ClaimLocks::default(),
+            locks: locks::KeyedLocks::default(),
             inflight: Mutex::default(),
             faults: None,
             cpu_claims,

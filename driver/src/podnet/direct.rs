@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::config::{Checked, Cidr};
 use super::error::{NetError, NetErrorKind};
 use super::netlink::{LinkChange, Rtnl, open_netns};
+use super::rdma::{RdmaMove, move_rdma};
 
 /// The host side of a moved netdev: enough to move it back.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +26,9 @@ pub struct Saved {
     pub pod_name: String,
     /// The pod's network namespace.
     pub netns: PathBuf,
+    /// The function's RDMA device, moved with it when the kernel's RDMA netns mode is exclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<String>,
 }
 
 /// A netdev now in a pod.
@@ -57,6 +61,18 @@ pub fn attach(
     netns: &Path,
     config: &Checked,
 ) -> Result<Attached, NetError> {
+    let saved = survey(home, host_name, netns, config)?;
+    attach_surveyed(home, &saved, config)
+}
+
+/// What moving `host_name` from `home` into `netns` under `config` will have to undo: its name, MTU,
+/// state and hardware address now (to be kept before it moves).
+pub fn survey(
+    home: &Path,
+    host_name: &str,
+    netns: &Path,
+    config: &Checked,
+) -> Result<Saved, NetError> {
     let mut host = Rtnl::open_in(home)?;
     let link = host.link(host_name)?.ok_or_else(|| {
         NetError::new(
@@ -64,29 +80,63 @@ pub fn attach(
             &format!("no interface {host_name} on the host"),
         )
     })?;
-    let pod_name = config.name.clone().unwrap_or_else(|| host_name.to_owned());
-    let saved = Saved {
+    Ok(Saved {
         host_name: host_name.to_owned(),
         mtu: link.mtu,
         up: link.up,
-        mac: link.mac.clone(),
-        pod_name: pod_name.clone(),
+        mac: link.mac,
+        pod_name: config.name.clone().unwrap_or_else(|| host_name.to_owned()),
         netns: netns.to_owned(),
-    };
-    let target = open_netns(netns)?;
+        rdma: None,
+    })
+}
+
+/// [`attach`] of a netdev [`survey`]ed before: moved from `home` into `saved.netns` as
+/// `saved.pod_name`, and configured; its RDMA device `saved.rdma` follows it when the kernel's RDMA
+/// netns mode is exclusive ([`move_rdma`]).
+pub fn attach_surveyed(home: &Path, saved: &Saved, config: &Checked) -> Result<Attached, NetError> {
+    let mut host = Rtnl::open_in(home)?;
+    let link = host
+        .link(&saved.host_name)?
+        .filter(|link| link.mac == saved.mac)
+        .ok_or_else(|| {
+            NetError::new(
+                NetErrorKind::NotFound,
+                &format!(
+                    "no interface {} ({}) on the host",
+                    saved.host_name, saved.mac
+                ),
+            )
+        })?;
+    let target = open_netns(&saved.netns)?;
     host.set_link(
         link.index,
         &LinkChange {
-            name: Some(&pod_name),
+            name: Some(&saved.pod_name),
             netns: Some(&target),
             ..Default::default()
         },
     )?;
-    match configure(netns, &pod_name, config) {
-        Ok((ips, mac)) => Ok(Attached { saved, ips, mac }),
+    let configured = configure(&saved.netns, &saved.pod_name, config).and_then(|done| {
+        if let Some(rdma) = &saved.rdma {
+            match move_rdma(home, &saved.netns, rdma)? {
+                RdmaMove::NotFound => {
+                    tracing::warn!(%rdma, "the function's RDMA device is not on the host: not moved")
+                }
+                RdmaMove::Moved | RdmaMove::LeftShared => {}
+            }
+        }
+        Ok(done)
+    });
+    match configured {
+        Ok((ips, mac)) => Ok(Attached {
+            saved: saved.clone(),
+            ips,
+            mac,
+        }),
         Err(e) => {
-            if let Err(back) = detach(home, &saved) {
-                tracing::error!(error = %back, interface = host_name, "moving back after a failed attach");
+            if let Err(back) = detach(home, saved) {
+                tracing::error!(error = %back, interface = %saved.host_name, "moving back after a failed attach");
             }
             Err(e)
         }
@@ -132,9 +182,17 @@ fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, S
 }
 
 /// Moves the netdev of `saved` back from its pod into `home`, under its host name, with its MTU and
-/// state. A namespace already gone, or a netdev no longer in it, is looked for on the host (a physical
+/// state (and its RDMA device, when it was moved). A namespace already gone, or a netdev no longer in it, is looked for on the host (a physical
 /// function returns there when its namespace is destroyed).
 pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
+    // Its RDMA device first (exclusive mode); a namespace gone has given it back to the host.
+    if let Some(rdma) = &saved.rdma {
+        match move_rdma(&saved.netns, home, rdma) {
+            Ok(_) => {}
+            Err(e) if e.kind() == NetErrorKind::Namespace => {}
+            Err(e) => return Err(e),
+        }
+    }
     let in_pod = match Rtnl::open_in(&saved.netns) {
         Ok(mut pod) => pod.link(&saved.pod_name)?.map(|link| (pod, link)),
         Err(e) if e.kind() == NetErrorKind::Namespace => None,

@@ -20,8 +20,10 @@ pub mod direct;
 pub mod error;
 pub mod filter;
 pub mod hostnet;
+pub mod moved;
 pub mod netlink;
 pub mod pods;
+pub mod rdma;
 pub mod status;
 
 use std::collections::BTreeMap;

@@ -21,7 +21,7 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const IFLA_ADDRESS: u16 = 1;
@@ -66,14 +66,14 @@ pub struct LinkChange<'a> {
     pub netns: Option<&'a OwnedFd>,
 }
 
-/// An rtnetlink socket.
+/// A netlink socket: rtnetlink, or another protocol opened with `open_protocol` (RDMA).
 pub struct Rtnl {
     fd: OwnedFd,
     seq: u32,
 }
 
 /// A route attribute.
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(crate) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -96,7 +96,7 @@ fn family(ip: IpAddr) -> u8 {
 }
 
 /// The attributes of one message body after a fixed header of `skip` bytes: (type, payload).
-fn attributes(body: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
+pub(crate) fn attributes(body: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
     let mut found = Vec::new();
     let mut rest = body.get(skip..).unwrap_or_default();
     while rest.len() >= 4 {
@@ -115,19 +115,20 @@ fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
 impl Rtnl {
     /// A socket in this thread's network namespace.
     pub fn open() -> Result<Rtnl, NetError> {
-        let fd = rustix::net::socket(
-            AddressFamily::NETLINK,
-            SocketType::RAW,
-            None, // NETLINK_ROUTE
-        )
-        .map_err(|e| NetError::io(NetErrorKind::Netlink, "opening a netlink socket", e))?;
+        Rtnl::open_protocol(None)
+    }
+
+    /// A netlink socket of `protocol` (none: `NETLINK_ROUTE`) in this thread's network namespace.
+    pub(crate) fn open_protocol(protocol: Option<rustix::net::Protocol>) -> Result<Rtnl, NetError> {
+        let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, protocol)
+            .map_err(|e| NetError::io(NetErrorKind::Netlink, "opening a netlink socket", e))?;
         rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))
             .map_err(|e| NetError::io(NetErrorKind::Netlink, "binding a netlink socket", e))?;
         Ok(Rtnl { fd, seq: 1 })
@@ -136,6 +137,14 @@ impl Rtnl {
     /// A socket in the network namespace of `netns` (a namespace file), opened from a short-lived
     /// thread that joins it, so no thread of the process stays in it.
     pub fn open_in(netns: &Path) -> Result<Rtnl, NetError> {
+        Rtnl::open_protocol_in(netns, None)
+    }
+
+    /// [`Rtnl::open_in`] for a netlink socket of `protocol`.
+    pub(crate) fn open_protocol_in(
+        netns: &Path,
+        protocol: Option<rustix::net::Protocol>,
+    ) -> Result<Rtnl, NetError> {
         let ns = open_netns(netns)?;
         std::thread::scope(|scope| {
             scope
@@ -151,7 +160,7 @@ impl Rtnl {
                             e,
                         )
                     })?;
-                    Rtnl::open()
+                    Rtnl::open_protocol(protocol)
                 })
                 .join()
                 .unwrap_or_else(|_| Err(NetError::new(NetErrorKind::Namespace, "thread panicked")))
@@ -159,7 +168,7 @@ impl Rtnl {
     }
 
     /// Sends one request with `NLM_F_ACK` and reads the answer; `what` names it in errors.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         kind: u16,
         flags: u16,

@@ -1,12 +1,14 @@
 //! The network functions of the prepared claims reserved for a pod, read from the preparer's records
 //! (the checkpoint): each function's PCI address, host netdev, and the `VfConfig`'s `ifName` and
 //! NetworkAttachmentDefinition, as the claim's CDI environment carries them
-//! (`DRA_HAL_NIC_<i>_PCI_ADDRESS`, `_NETDEV`, `_IFNAME`, `_NETWORK`). The checkpoint is read here
+//! (`DRA_HAL_NIC_<i>_PCI_ADDRESS`, `_NETDEV`, `_IFNAME`, `_NETWORK`), and the direct-mode
+//! `NetworkConfig` the record keeps for the function's device. The checkpoint is read here
 //! without side effects ([`read_prepared`]): the preparer alone repairs or rewrites it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::config::Checked;
 use crate::plugin::api::ClaimRef;
 use crate::plugin::checkpoint::{ClaimRecord, Phase};
 
@@ -26,6 +28,10 @@ pub struct PodFunction {
     pub if_name: Option<String>,
     /// The `VfConfig`'s NetworkAttachmentDefinition: namespace (the claim's when not given), name.
     pub network: Option<(String, String)>,
+    /// The claim's `NetworkConfig` for it (direct mode), as the preparer checked and recorded it.
+    pub direct: Option<Checked>,
+    /// Its RDMA device (`DRA_HAL_RDMA_DEVICE` of its CDI device), if it has one.
+    pub rdma: Option<String>,
 }
 
 /// The network functions of the completed claims `claims` holds for the pod `pod_uid`, in claim then
@@ -57,11 +63,17 @@ pub fn of_pod(claims: &BTreeMap<String, ClaimRecord>, pod_uid: &str) -> Vec<PodF
                 .unwrap_or_default();
             out.push(PodFunction {
                 claim: record.claim.clone(),
-                device,
                 pci: pci.clone(),
                 netdev: get("NETDEV"),
                 if_name: get("IFNAME"),
                 network,
+                direct: record.network.get(&device).cloned(),
+                rdma: device_env(
+                    &spec,
+                    &format!("{}-{device}", record.claim.uid),
+                    "DRA_HAL_RDMA_DEVICE",
+                ),
+                device,
             });
             i += 1;
         }
@@ -87,6 +99,19 @@ fn claim_env(spec: &serde_json::Value) -> BTreeMap<String, String> {
         }
     }
     env
+}
+
+/// The value of `key` in the environment of the CDI device `name` of `spec`.
+fn device_env(spec: &serde_json::Value, name: &str, key: &str) -> Option<String> {
+    let devices = spec.get("devices")?.as_array()?;
+    let device = devices
+        .iter()
+        .find(|d| d.get("name").and_then(|n| n.as_str()) == Some(name))?;
+    let env = device.get("containerEdits")?.get("env")?.as_array()?;
+    env.iter()
+        .filter_map(|e| e.as_str()?.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// The prepared claims in the checkpoint directory `dir` (one record file per claim), read only:

@@ -19,12 +19,12 @@ use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::checkpoint::Phase;
 use crate::plugin::prepare::KubeClaims;
 
-const DRIVER: &str = "hal.dra.dev";
-const DEVICE: &str = "nic-0000-3b-02-0";
+pub(super) const DRIVER: &str = "hal.dra.dev";
+pub(super) const DEVICE: &str = "nic-0000-3b-02-0";
 
 /// A completed claim record for pod `pod_uid` holding the function 0000:3b:02.0 (netdev `netdev`)
 /// with `VfConfig` `ifName: net1` and `netAttachDefName: vf-test1`.
-fn record(pod_uid: &str, netdev: &str) -> ClaimRecord {
+pub(super) fn record(pod_uid: &str, netdev: &str) -> ClaimRecord {
     let env = [
         format!("DRA_HAL_DEVICES={DEVICE}"),
         "DRA_HAL_NIC_0_PCI_ADDRESS=0000:3b:02.0".to_owned(),
@@ -51,6 +51,7 @@ fn record(pod_uid: &str, netdev: &str) -> ClaimRecord {
         undo: BTreeMap::new(),
         cpus: BTreeMap::new(),
         rt: BTreeMap::new(),
+        network: BTreeMap::new(),
         pods: vec![pod_uid.to_owned()],
         recovered: false,
     }
@@ -58,7 +59,7 @@ fn record(pod_uid: &str, netdev: &str) -> ClaimRecord {
 
 /// A fake CNI plugin `rec` in `dir`: appends `COMMAND NETNS IFNAME` to `dir/log`, keeps its stdin in
 /// `dir/stdin-COMMAND`, and answers ADD with 192.0.2.44/24 on `$CNI_IFNAME`.
-fn recorder(dir: &Path) {
+pub(super) fn recorder(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let d = dir.display();
     let script = format!(
@@ -70,21 +71,21 @@ fn recorder(dir: &Path) {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-struct Node {
+pub(super) struct Node {
     stop: watch::Sender<bool>,
     plugin: tokio::task::JoinHandle<()>,
     _claims: watch::Sender<BTreeMap<String, crate::nri::policy::ClaimCpus>>,
 }
 
 impl Node {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         let _ = self.stop.send(true);
         self.plugin.await.unwrap();
     }
 }
 
 /// The API server with the claim (its status as the preparer wrote it) and the NADs `nads`.
-fn api(nads: &[(&str, &str)]) -> Arc<Mutex<FakeApi>> {
+pub(super) fn api(nads: &[(&str, &str)]) -> Arc<Mutex<FakeApi>> {
     let mut api = FakeApi::with_node("node-1");
     api.claims.insert(
         "demo/claim1".into(),
@@ -101,15 +102,16 @@ fn api(nads: &[(&str, &str)]) -> Arc<Mutex<FakeApi>> {
     Arc::new(Mutex::new(api))
 }
 
-fn start(
-    socket: &Path,
+/// Pod networking over the plugin directory `state`: CNI plugins from `bin`, the claims `records`,
+/// NADs and status through `api`; direct mode moves netdevs from the plugin's own namespace.
+pub(super) fn network(
     bin: &Path,
     state: &Path,
     records: BTreeMap<String, ClaimRecord>,
     api: &Arc<Mutex<FakeApi>>,
-) -> Node {
+) -> PodNetwork {
     let client = FakeApi::mock_client(api.clone(), &crate::api::call_timeout_layer());
-    let network = PodNetwork {
+    PodNetwork {
         cni: Cni {
             bin_dirs: vec![bin.to_owned()],
             cache_dir: state.join("cni/results"),
@@ -120,7 +122,23 @@ fn start(
         claims: Some(Arc::new(KubeClaims(client))),
         driver: DRIVER.into(),
         pool: "node-1".into(),
-    };
+        direct: direct::DirectMode::new(state),
+        sandboxes: Arc::default(),
+    }
+}
+
+fn start(
+    socket: &Path,
+    bin: &Path,
+    state: &Path,
+    records: BTreeMap<String, ClaimRecord>,
+    api: &Arc<Mutex<FakeApi>>,
+) -> Node {
+    start_network(socket, network(bin, state, records, api))
+}
+
+/// The plugin loop with `network`, on the fake runtime's `socket`.
+pub(super) fn start_network(socket: &Path, network: PodNetwork) -> Node {
     let (claims, rx) = watch::channel(BTreeMap::new());
     let source = CpuSource {
         claims: rx,
@@ -137,7 +155,7 @@ fn start(
     }
 }
 
-fn lines(path: &Path) -> Vec<String> {
+pub(super) fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -145,11 +163,11 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn status_devices(api: &Arc<Mutex<FakeApi>>) -> Value {
+pub(super) fn status_devices(api: &Arc<Mutex<FakeApi>>) -> Value {
     api.lock().unwrap().claims["demo/claim1"]["status"]["devices"].clone()
 }
 
-async fn connect(runtime: &FakeRuntime) -> PluginConn {
+pub(super) async fn connect(runtime: &FakeRuntime) -> PluginConn {
     let (conn, configured) = runtime.accept().await.unwrap();
     // The pod sandbox events are subscribed besides the container events.
     for e in EVENTS {

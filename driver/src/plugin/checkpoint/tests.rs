@@ -10,6 +10,33 @@ fn records_without_rt_tasks_serialize_as_before_so_old_checkpoints_keep_their_ch
     assert_eq!(serde_json::to_value(old).unwrap(), json);
 }
 
+#[test]
+fn a_record_written_before_network_configs_existed_still_reads_and_one_with_them_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
+    // A record file as the previous version wrote it: header and JSON with no `network` key.
+    let old = record("old", Phase::Completed);
+    let bytes = checkpoint.encode(&old).unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains("network"));
+    fs::create_dir_all(checkpoint.path()).unwrap();
+    fs::write(checkpoint.record_path("old"), &bytes).unwrap();
+    // One with a direct-mode config.
+    let mut new = record("new", Phase::Completed);
+    let config = crate::podnet::config::NetworkConfig::decode(serde_json::json!({
+        "interface": {"name": "net1", "addresses": ["192.0.2.10/24"], "mtu": 1400},
+        "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"}]
+    }))
+    .unwrap();
+    new.network.insert("nic-0000-3b-02-0".into(), config);
+    checkpoint.put(&new, Synced).unwrap();
+    let loaded = checkpoint.load().unwrap();
+    assert!(loaded.discarded.is_empty(), "{:?}", loaded.discarded);
+    assert_eq!(loaded.claims, claims(&[&old, &new]));
+    assert!(loaded.claims["old"].network.is_empty());
+    let text = fs::read_to_string(checkpoint.record_path("new")).unwrap();
+    assert!(text.contains(r#""network":{"nic-0000-3b-02-0":"#), "{text}");
+}
+
 fn record(uid: &str, phase: Phase) -> ClaimRecord {
     ClaimRecord {
         claim: ClaimRef {
@@ -29,6 +56,7 @@ fn record(uid: &str, phase: Phase) -> ClaimRecord {
         cdi_spec: serde_json::json!({"cdiVersion": "0.5.0"}).into(),
         undo: BTreeMap::new(),
         rt: BTreeMap::new(),
+        network: BTreeMap::new(),
         pods: Vec::new(),
         cpus: BTreeMap::new(),
         recovered: false,

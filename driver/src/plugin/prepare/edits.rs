@@ -9,8 +9,9 @@ use crate::slices::devices::DeviceSource;
 /// `DRA_HAL_DEVICES` (all device names), `GPU_DEVICE_<i>` per GPU, `NVIDIA_VISIBLE_DEVICES` (UUIDs, for
 /// the NVIDIA container toolkit), and for RDMA devices `DRA_HAL_RDMA_DEVICES` and `NCCL_IB_HCA` (with
 /// NCCL's `=` prefix for exact names, so `mlx5_1` never selects `mlx5_10`), and per network function
-/// `DRA_HAL_NIC_<i>_PCI_ADDRESS`, `_NETDEV`, and from its VfConfig `_IFNAME` and `_NETWORK`
-/// (`namespace/name` of the NetworkAttachmentDefinition), for a CNI to attach it.
+/// `DRA_HAL_NIC_<i>_PCI_ADDRESS`, `_NETDEV`, `_IFNAME` (the name in the pod: the NetworkConfig's
+/// `interface.name`, else the VfConfig's `ifName`) and from its VfConfig `_NETWORK` (`namespace/name`
+/// of the NetworkAttachmentDefinition), for a CNI to attach it.
 pub(super) fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
     let names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
     let mut env = vec![format!("DRA_HAL_DEVICES={}", names.join(","))];
@@ -38,10 +39,10 @@ pub(super) fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Ve
                 if let (Some(netdev), false) = (function.netdevs.first(), vfio) {
                     env.push(format!("DRA_HAL_NIC_{i}_NETDEV={netdev}"));
                 }
+                if let Some(name) = super::network::pod_if_name(a) {
+                    env.push(format!("DRA_HAL_NIC_{i}_IFNAME={name}"));
+                }
                 if let Some(vf) = &a.vf {
-                    if let Some(name) = &vf.if_name {
-                        env.push(format!("DRA_HAL_NIC_{i}_IFNAME={name}"));
-                    }
                     if let Some(network) = &vf.net_attach_def_name {
                         let namespace = vf.net_attach_def_namespace.as_deref().unwrap_or_default();
                         let full = match namespace {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
 use super::edits::{claim_env, container_edits};
+use super::network::{direct_configs, network_status};
 use super::{Preparer, Rebind, recover};
 use crate::inventory::Inventory;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
@@ -97,13 +98,14 @@ impl Preparer {
                 cpus,
                 rt,
                 pods: reserved_pods(resource_claim),
+                network: direct_configs(allocated, &sources)?,
                 recovered: false,
             };
             self.config
                 .checkpoint
                 .check_claim(&record)
                 .map_err(|e| e.to_string())?;
-            let statuses = self.network_status(allocated, &sources);
+            let statuses = network_status(&self.config.slices, allocated, &sources);
             Ok::<_, String>(Planned {
                 record,
                 rebinds,
@@ -172,55 +174,6 @@ impl Preparer {
             })
             .collect::<Result<Vec<_>, String>>()
             .map(|pairs| pairs.into_iter().unzip())
-    }
-
-    /// `status.devices` entries for the claim's network functions: `networkData.interfaceName` (the
-    /// requested name in the pod, else the host netdev) and `data` with the PCI address, netdev, RDMA
-    /// device and network attachment.
-    fn network_status(
-        &self,
-        allocated: &[Allocated],
-        sources: &[DeviceSource],
-    ) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        for (a, source) in allocated.iter().zip(sources) {
-            let DeviceSource::Nic { function, rdma } = source else {
-                continue;
-            };
-            let vf = a.vf.as_ref();
-            let netdev = function.netdevs.first();
-            let mut data = serde_json::Map::new();
-            data.insert("pciAddress".into(), function.address.to_string().into());
-            if let Some(netdev) = netdev {
-                data.insert("netdev".into(), netdev.clone().into());
-            }
-            if let Some(rdma) = rdma {
-                data.insert("rdmaDevice".into(), rdma.name.clone().into());
-            }
-            if let Some(network) = vf.and_then(|v| v.net_attach_def_name.clone()) {
-                let namespace = vf.and_then(|v| v.net_attach_def_namespace.clone());
-                let full = namespace.map_or(network.clone(), |ns| format!("{ns}/{network}"));
-                data.insert("network".into(), full.into());
-            }
-            let mut entry = serde_json::json!({
-                "driver": self.config.slices.driver_name,
-                "pool": self.config.slices.node_name,
-                "device": a.device,
-                "data": data,
-            });
-            if let Some(name) = vf
-                .and_then(|v| v.if_name.clone())
-                .or_else(|| netdev.cloned())
-                && let Some(map) = entry.as_object_mut()
-            {
-                map.insert(
-                    "networkData".into(),
-                    serde_json::json!({"interfaceName": name}),
-                );
-            }
-            out.push(entry);
-        }
-        out
     }
 
     /// The CPUs of each CPU device of the claim: an individual CPU is itself; a group gives the CPUs the

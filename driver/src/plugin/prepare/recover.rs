@@ -135,6 +135,7 @@ pub(super) fn record_from_spec(
         undo: BTreeMap::new(),
         cpus,
         rt: BTreeMap::new(),
+        network: BTreeMap::new(),
         pods: Vec::new(),
         recovered: true,
     };
@@ -189,6 +190,13 @@ pub(super) fn complete(
         device.cdi_device_ids.extend(mount_device(&a.request));
     }
     record.pods = reserved_pods(&claim);
+    // The direct-mode configs of its network functions (`nic-*`, `rdma-*` devices), as the first
+    // prepare checked them.
+    record.network = super::network::named_configs(
+        allocated
+            .iter()
+            .filter(|a| a.device.starts_with("nic-") || a.device.starts_with("rdma-")),
+    );
     record.recovered = false;
     Some(record)
 }

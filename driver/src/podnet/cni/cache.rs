@@ -4,7 +4,6 @@
 //! while the plugin was down.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -16,8 +15,6 @@ use super::error::{CniError, CniErrorKind};
 pub const CACHE_KIND: &str = "cniCacheV1";
 /// The largest cache file read.
 const MAX_ENTRY: u64 = 2 * 1024 * 1024;
-/// The most entries read from the directory.
-const MAX_ENTRIES: usize = 4096;
 
 /// One attachment, as cached.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -87,14 +84,7 @@ pub fn load(path: &Path) -> Result<Entry, CniError> {
     let fail = |e: &dyn std::fmt::Display| {
         CniError::new(CniErrorKind::Cache, format!("{}: {e}", path.display()))
     };
-    let file = dra_kubelet_plugin::files::open_no_follow(path).map_err(|e| fail(&e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_ENTRY + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(&e))?;
-    if bytes.len() as u64 > MAX_ENTRY {
-        return Err(fail(&format!("over {MAX_ENTRY} bytes")));
-    }
+    let bytes = crate::podnet::moved::read_limited(path, MAX_ENTRY).map_err(|e| fail(&e))?;
     let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| fail(&e))?;
     if entry.kind != CACHE_KIND {
         return Err(fail(&format!("kind {:?} is not {CACHE_KIND}", entry.kind)));
@@ -110,19 +100,5 @@ pub fn load(path: &Path) -> Result<Entry, CniError> {
 /// Every entry under `dir` (temp files of interrupted writes skipped), by file name; a missing
 /// directory has none.
 pub fn list(dir: &Path) -> Vec<(String, Result<Entry, CniError>)> {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, Result<Entry, CniError>)> = read
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| !n.starts_with('.'))
-        .take(MAX_ENTRIES)
-        .map(|name| {
-            let entry = load(&dir.join(&name));
-            (name, entry)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    crate::podnet::moved::list_with(dir, load)
 }

@@ -147,13 +147,18 @@ mod root {
     use super::*;
     use crate::podnet::tests_root::{Netns, veth};
 
-    /// `ip -n <ns> addr show dev <name>` as text, for the log of what the pod saw.
-    fn ip_addr(ns: &Netns, name: &str) -> String {
+    /// `ip -n <ns> <args>` as text, for the log of what the pod saw.
+    fn ip_text(ns: &Netns, args: &[&str]) -> String {
         let out = std::process::Command::new("ip")
-            .args(["-n", &ns.0, "addr", "show", "dev", name])
+            .args(["-n", &ns.0])
+            .args(args)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ip_addr(ns: &Netns, name: &str) -> String {
+        ip_text(ns, &["addr", "show", "dev", name])
     }
 
     fn global_addresses(ns: &Netns, name: &str) -> Vec<String> {
@@ -211,9 +216,11 @@ mod root {
             .unwrap();
         // What the pod's namespace sees.
         println!(
-            "ip -n {} addr show dev net1:\n{}",
+            "ip -n {0} addr show dev net1:\n{1}ip -n {0} route; ip -n {0} -6 route:\n{2}{3}",
             pod_ns.0,
-            ip_addr(&pod_ns, "net1")
+            ip_addr(&pod_ns, "net1"),
+            ip_text(&pod_ns, &["route"]),
+            ip_text(&pod_ns, &["-6", "route"])
         );
         assert!(home.link("vf0").is_none());
         let link = pod_ns.link("net1").expect("net1 in the pod");

@@ -430,5 +430,5 @@ impl PodNetwork {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests_direct;

@@ -181,6 +181,26 @@ fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, S
     Ok((ips, link.mac))
 }
 
+/// The netdev of `saved` among the host's `links`: under its host name; else, returned by the kernel
+/// when its namespace died, under its pod name with its MAC, or under a name the kernel chose
+/// (`dev<N>`, when its pod name was taken) as the one link with its MAC.
+fn find_home(links: Vec<super::netlink::Link>, saved: &Saved) -> Option<super::netlink::Link> {
+    if let Some(link) = links.iter().find(|l| l.name == saved.host_name) {
+        return Some(link.clone());
+    }
+    let same_mac: Vec<&super::netlink::Link> = links
+        .iter()
+        .filter(|l| !saved.mac.is_empty() && l.mac == saved.mac)
+        .collect();
+    match same_mac.iter().find(|l| l.name == saved.pod_name) {
+        Some(link) => Some((*link).clone()),
+        None => match same_mac.as_slice() {
+            [only] => Some((*only).clone()),
+            _ => None,
+        },
+    }
+}
+
 /// Moves the netdev of `saved` back from its pod into `home`, under its host name, with its MTU and
 /// state (and its RDMA device, when it was moved). A namespace already gone, or a netdev no longer in it, is looked for on the host (a physical
 /// function returns there when its namespace is destroyed).
@@ -217,13 +237,8 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
         )?;
     }
     let mut host = Rtnl::open_in(home)?;
-    // Back under its name, or returned by the kernel under its pod name when the namespace died.
-    let link = match host.link(&saved.host_name)? {
-        Some(link) => link,
-        None => match host.link(&saved.pod_name)? {
-            Some(link) if link.mac == saved.mac => link,
-            _ => return Ok(Detached::Gone),
-        },
+    let Some(link) = find_home(host.links()?, saved) else {
+        return Ok(Detached::Gone);
     };
     if link.up {
         host.set_link(
@@ -252,4 +267,67 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
         )?;
     }
     Ok(Detached::Home)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::podnet::netlink::Link;
+
+    fn link(index: i32, name: &str, mac: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mtu: 1500,
+            up: true,
+            mac: mac.into(),
+        }
+    }
+
+    fn saved() -> Saved {
+        Saved {
+            host_name: "ens1f0v3".into(),
+            mtu: 9000,
+            up: true,
+            mac: "02:00:00:00:00:03".into(),
+            pod_name: "net1".into(),
+            netns: PathBuf::from("/run/netns/gone"),
+            rdma: None,
+        }
+    }
+
+    #[test]
+    fn a_netdev_back_from_a_dead_namespace_is_found_by_name_then_by_mac() {
+        let found = |links: Vec<Link>| find_home(links, &saved()).map(|l| l.index);
+        // Home under its name.
+        assert_eq!(
+            found(vec![
+                link(1, "eth0", "02:00:00:00:00:01"),
+                link(7, "ens1f0v3", "02:00:00:00:00:03")
+            ]),
+            Some(7)
+        );
+        // Returned under its pod name, with its MAC; another net1 of another MAC is not it.
+        assert_eq!(found(vec![link(8, "net1", "02:00:00:00:00:03")]), Some(8));
+        assert_eq!(found(vec![link(8, "net1", "02:00:00:00:00:09")]), None);
+        // Returned as dev<N> (its pod name was taken on the host): the one link with its MAC.
+        assert_eq!(
+            found(vec![
+                link(2, "net1", "02:00:00:00:00:09"),
+                link(9, "dev9", "02:00:00:00:00:03")
+            ]),
+            Some(9)
+        );
+        // Two links with its MAC and neither under its names: not guessed.
+        assert_eq!(
+            found(vec![
+                link(9, "dev9", "02:00:00:00:00:03"),
+                link(10, "vlan5", "02:00:00:00:00:03")
+            ]),
+            None
+        );
+        // Nowhere: gone.
+        assert_eq!(found(vec![link(1, "eth0", "02:00:00:00:00:01")]), None);
+    }
 }

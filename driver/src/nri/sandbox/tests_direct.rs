@@ -310,6 +310,55 @@ mod root {
 
     #[tokio::test]
     #[ignore = "needs root: network namespaces and veth"]
+    async fn a_plugin_killed_after_writing_the_state_leaves_no_netdev_behind_needs_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&[]);
+        let (home, pod_ns, net) = setup(dir.path(), &api);
+        veth(&home, "vf1", "vf1peer");
+        let config = NetworkConfig::decode(demo_config()).unwrap();
+        let state = |host_name: &str, pod_name: &str| {
+            let mut config = config.clone();
+            config.name = Some(pod_name.to_owned());
+            let saved =
+                crate::podnet::direct::survey(&home.path(), host_name, &pod_ns.path(), &config)
+                    .unwrap();
+            let entry = Moved {
+                kind: crate::podnet::moved::MOVED_KIND.into(),
+                sandbox: "sandboxd5".into(),
+                claim: "demo/claim1".into(),
+                device: DEVICE.into(),
+                saved,
+            };
+            crate::podnet::moved::store(&net.direct.state_dir, &entry).unwrap();
+        };
+        // Killed after the state of vf0 was written, before it moved; and after vf1 moved (as
+        // net2, down, MTU 1280), before it was configured.
+        state("vf0", "net1");
+        state("vf1", "net2");
+        crate::podnet::tests_root::sh(&[
+            "-n", &home.0, "link", "set", "vf1", "netns", &pod_ns.0, "name", "net2",
+        ]);
+        crate::podnet::tests_root::sh(&[
+            "-n", &pod_ns.0, "link", "set", "net2", "down", "mtu", "1280",
+        ]);
+        assert_eq!(net.direct.moved().len(), 2);
+        // The next plugin's Synchronize does not list the sandbox.
+        let vanished = net.vanished(&["sandbox0".to_owned()].into());
+        assert_eq!(vanished, ["sandboxd5".to_owned()].into());
+        net.del_vanished(vanished).await;
+        assert!(net.direct.moved().is_empty());
+        assert!(pod_ns.link("net2").is_none());
+        for name in ["vf0", "vf1"] {
+            let back = home
+                .link(name)
+                .unwrap_or_else(|| panic!("{name} on the host"));
+            assert_eq!(back["mtu"], 1500, "{name}");
+            assert!(is_up(&back), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root: network namespaces and veth"]
     async fn a_namespace_deleted_before_stop_is_reported_gone_and_forgotten_needs_root() {
         let dir = tempfile::tempdir().unwrap();
         let api = api(&[]);

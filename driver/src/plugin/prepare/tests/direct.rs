@@ -129,3 +129,29 @@ async fn a_network_config_that_cannot_apply_fails_the_prepare_naming_the_fields(
     // Nothing was bound: the vfio claim's VF keeps its driver.
     assert_eq!(s.driver_of("0000:3b:01.2").as_deref(), Some("iavf"));
 }
+
+#[tokio::test]
+async fn a_claim_rebuilt_after_its_record_was_lost_gets_its_network_config_back() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "d",
+        &[("vf", "nic-0000-b1-00-2")],
+        json!([network_config(Some("net1"))]),
+    );
+    let before = s.preparer("boot-1");
+    assert!(before.prepare(vec![reference("d")]).await["d"].is_ok());
+    drop(before);
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+
+    // Rebuilt from the CDI spec (which does not hold the config), then completed from the claim when
+    // the kubelet asks again.
+    let after = s.preparer("boot-1");
+    let rebuilt = crate::podnet::pods::read_prepared(&s.checkpoint_path()).unwrap();
+    assert!(rebuilt["d"].recovered && rebuilt["d"].network.is_empty());
+    assert!(after.prepare(vec![reference("d")]).await["d"].is_ok());
+    let completed = crate::podnet::pods::read_prepared(&s.checkpoint_path()).unwrap();
+    assert!(!completed["d"].recovered);
+    let config = &completed["d"].network["nic-0000-b1-00-2"];
+    assert_eq!(config.name.as_deref(), Some("net1"));
+    assert_eq!(config.mtu, Some(1400));
+}

@@ -17,7 +17,8 @@ use crate::nri::fake_runtime::{FakeRuntime, pod_in_netns};
 use crate::podnet::config::NetworkConfig;
 
 /// The claim record of [`record`] in direct mode: no NetworkAttachmentDefinition, the
-/// `NetworkConfig` `config` (with `interface.name` as the preparer fills it in) for its device.
+/// `NetworkConfig` `config` (with `interface.name` as the preparer fills it in) for its device, and
+/// the RDMA device `mlx5_9`.
 fn direct_record(pod_uid: &str, netdev: &str, config: serde_json::Value) -> ClaimRecord {
     let mut record = record(pod_uid, netdev);
     let spec = json!({"devices": [{"name": format!("uid-1-{DEVICE}"), "containerEdits": {"env": [
@@ -25,6 +26,8 @@ fn direct_record(pod_uid: &str, netdev: &str, config: serde_json::Value) -> Clai
         "DRA_HAL_NIC_0_PCI_ADDRESS=0000:3b:02.0".to_owned(),
         format!("DRA_HAL_NIC_0_NETDEV={netdev}"),
         "DRA_HAL_NIC_0_IFNAME=net1".to_owned(),
+        // An RDMA device this machine does not have: looked for, not found, the netdev moved anyway.
+        "DRA_HAL_RDMA_DEVICE=mlx5_9".to_owned(),
     ]}}]});
     record.cdi_spec = spec.into();
     record
@@ -141,6 +144,7 @@ fn the_recorded_network_config_of_a_device_reaches_its_pod_function() {
     assert_eq!(config.name.as_deref(), Some("net1"));
     assert_eq!(config.mtu, Some(1400));
     assert_eq!(functions[0].network, None);
+    assert_eq!(functions[0].rdma.as_deref(), Some("mlx5_9"));
 }
 
 mod root {
@@ -248,6 +252,16 @@ mod root {
         let moved = net.direct.moved();
         assert_eq!(moved.len(), 1);
         assert_eq!(moved[0].0, "sandboxd1-net1");
+        let saved = &moved[0].1.as_ref().unwrap().saved;
+        assert_eq!(
+            (
+                saved.host_name.as_str(),
+                saved.mtu,
+                saved.up,
+                saved.rdma.as_deref()
+            ),
+            ("vf0", 1500, true, Some("mlx5_9"))
+        );
 
         conn.sandbox_event(event::STOP_POD_SANDBOX, &pod)
             .await

@@ -13,7 +13,7 @@ use super::tests::{
     DEVICE, api, connect, lines, network, record, recorder, start_network, status_devices,
 };
 use super::*;
-use crate::nri::fake_runtime::{FakeRuntime, pod_in_netns};
+use crate::nri::fake_runtime::{FakeRuntime, PluginConn, pod_in_netns};
 use crate::podnet::config::NetworkConfig;
 
 /// The claim record of [`record`] in direct mode: no NetworkAttachmentDefinition, the
@@ -200,6 +200,18 @@ mod root {
 
     use std::sync::{Arc, Mutex};
 
+    /// The plugin loop with `net`, on a fake runtime listening in `dir`, connected and synchronized.
+    async fn plugin_with(
+        dir: &Path,
+        net: PodNetwork,
+    ) -> (FakeRuntime, super::super::tests::Node, PluginConn) {
+        let socket = dir.join("nri.sock");
+        let runtime = FakeRuntime::listen(&socket).unwrap();
+        let node = start_network(&socket, net);
+        let conn = connect(&runtime).await;
+        (runtime, node, conn)
+    }
+
     #[tokio::test]
     #[ignore = "needs root: network namespaces and veth"]
     async fn direct_mode_through_nri_gives_the_pod_net1_and_stop_brings_it_home_needs_root() {
@@ -210,10 +222,7 @@ mod root {
             .as_str()
             .unwrap()
             .to_owned();
-        let socket = dir.path().join("nri.sock");
-        let runtime = FakeRuntime::listen(&socket).unwrap();
-        let node = start_network(&socket, net.clone());
-        let conn = connect(&runtime).await;
+        let (_runtime, node, conn) = plugin_with(dir.path(), net.clone()).await;
         let pod = pod_in_netns("sandboxd1", "pod-uid-1", &pod_ns.path());
         conn.sandbox_event(event::RUN_POD_SANDBOX, &pod)
             .await
@@ -290,10 +299,7 @@ mod root {
         let dir = tempfile::tempdir().unwrap();
         let api = api(&[]);
         let (home, pod_ns, net) = setup(dir.path(), &api);
-        let socket = dir.path().join("nri.sock");
-        let runtime = FakeRuntime::listen(&socket).unwrap();
-        let node = start_network(&socket, net.clone());
-        let conn = connect(&runtime).await;
+        let (runtime, node, conn) = plugin_with(dir.path(), net.clone()).await;
         let pod = pod_in_netns("sandboxd2", "pod-uid-1", &pod_ns.path());
         conn.sandbox_event(event::RUN_POD_SANDBOX, &pod)
             .await
@@ -305,7 +311,7 @@ mod root {
         drop(conn);
         let mut fresh = network(dir.path(), dir.path(), BTreeMap::new(), &api);
         fresh.direct.home = home.path();
-        let node = start_network(&socket, fresh.clone());
+        let node = start_network(&dir.path().join("nri.sock"), fresh.clone());
         let conn = connect(&runtime).await;
         for _ in 0..200 {
             if fresh.direct.moved().is_empty() {

@@ -224,9 +224,12 @@ mod root {
             .to_owned();
         let (_runtime, node, conn) = plugin_with(dir.path(), net.clone()).await;
         let pod = pod_in_netns("sandboxd1", "pod-uid-1", &pod_ns.path());
+        let started = std::time::Instant::now();
         conn.sandbox_event(event::RUN_POD_SANDBOX, &pod)
             .await
             .unwrap();
+        // Well inside containerd's NRI request timeout (2 s by default).
+        println!("RunPodSandbox answered in {:?}", started.elapsed());
         // What the pod's namespace sees.
         println!(
             "ip -n {0} addr show dev net1:\n{1}ip -n {0} route; ip -n {0} -6 route:\n{2}{3}",
@@ -272,9 +275,11 @@ mod root {
             ("vf0", 1500, true, Some("mlx5_9"))
         );
 
+        let stopping = std::time::Instant::now();
         conn.sandbox_event(event::STOP_POD_SANDBOX, &pod)
             .await
             .unwrap();
+        println!("StopPodSandbox answered in {:?}", stopping.elapsed());
         assert!(pod_ns.link("net1").is_none());
         let back = home.link("vf0").expect("vf0 back on the host");
         println!(

@@ -330,10 +330,16 @@ async fn main() {
     unprepare(&mut client, &extra).await;
     let rss = proc_field(child.id(), "VmRSS:");
     let hwm = proc_field(child.id(), "VmHWM:");
+    let (anon, file) = (
+        proc_field(child.id(), "RssAnon:"),
+        proc_field(child.id(), "RssFile:"),
+    );
     println!(
-        "{live} live claims: CPU per prepare {cpu_ms:.2} ms (wall {:.2} ms each), VmRSS {:.1} MiB (peak {:.1} MiB; {:.1} MiB before them: {:.1} KiB per claim)",
+        "{live} live claims: CPU per prepare {cpu_ms:.2} ms (wall {:.2} ms each), VmRSS {:.1} MiB (anonymous {:.1}, file-backed {:.1}; peak {:.1} MiB; {:.1} MiB before them: {:.1} KiB per claim)",
         ms(took) / extra.len() as f64,
         rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
         hwm as f64 / 1024.0,
         rss_before as f64 / 1024.0,
         rss.saturating_sub(rss_before) as f64 / live.max(1) as f64

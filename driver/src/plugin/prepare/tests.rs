@@ -1288,7 +1288,8 @@ async fn a_gpu_gone_from_the_machine_is_refused_while_published_as_missing() {
         .await;
     let error = results["u1"].clone().unwrap_err();
     assert!(
-        error.contains("the GPU is gone from the machine"),
+        error.contains("the GPU was seen and is gone from the machine")
+            && error.contains("(tainted unhealthy=missing)"),
         "{error}"
     );
     assert!(results["u2"].is_ok(), "the other GPUs are fine");

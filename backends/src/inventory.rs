@@ -133,9 +133,10 @@ impl Inventory {
     /// each); an unreadable one is left out and its error kept.
     pub fn read_net_links(&mut self, root: &SysfsRoot) {
         let names: BTreeSet<&String> = self.pci.iter().flat_map(|f| &f.netdevs).collect();
+        let tree = crate::sysfs::tree::Tree::open(root);
         let mut links = Vec::new();
         for name in names {
-            match crate::sysfs::net::read_link_state(root, name) {
+            match crate::sysfs::net::read_link_state_in(&tree, name) {
                 Ok(link) => links.push(link),
                 Err(e) => self.errors.push((&e).into()),
             }

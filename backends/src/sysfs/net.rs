@@ -2,15 +2,12 @@
 //! each rescan for the health of the network functions the driver publishes.
 //!
 //! Three small attributes per interface, each through the bounded readers of [`attr`](super::attr).
-//! The `sys/class/net/<name>` link is resolved lexically inside the root ([`resolve_link`]), so a tree
-//! can never make the reader leave it.
-
-use std::path::Path;
+//! The `sys/class/net/<name>` directory is opened inside the root ([`Tree::attr_dir`]): a link on
+//! the way resolves as if the root were `/`, so a tree can never make the reader leave it.
 
 use hal::{Error, ParseError, Result};
 
-use super::attr::AttrDir;
-use super::link::resolve_link;
+use super::tree::Tree;
 use crate::SysfsRoot;
 
 /// `IFF_UP` in `flags`: the interface was brought up (administratively).
@@ -61,18 +58,18 @@ impl NetLink {
 /// these attributes (a capture that left them out) reads as unknown values, not as an error; an
 /// unparsable value is an error naming its file.
 pub fn read_link_state(root: &SysfsRoot, name: &str) -> Result<NetLink> {
+    read_link_state_in(&Tree::open(root), name)
+}
+
+/// [`read_link_state`] in a tree already opened (one open of the root for many interfaces).
+pub fn read_link_state_in(tree: &Tree, name: &str) -> Result<NetLink> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(Error::Parse {
-            path: root.join("sys/class/net"),
+            path: tree.join("sys/class/net"),
             source: ParseError::new("interface name", name, "not a file name"),
         });
     }
-    let class = format!("sys/class/net/{name}");
-    let dir = match resolve_link(root.root(), Path::new(&class)) {
-        Ok(resolved) => AttrDir::open(root.root().join(resolved)),
-        // Not a link (a flat capture): the directory itself.
-        Err(_) => AttrDir::open(root.join(&class)),
-    };
+    let dir = tree.attr_dir(tree.join(format!("sys/class/net/{name}")));
     let admin_up = dir
         .parse_scalar("flags", parse_flags)?
         .map(|flags| flags & IFF_UP != 0);
@@ -116,6 +113,7 @@ fn parse_carrier(text: &str) -> std::result::Result<bool, ParseError> {
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::Path;
 
     fn interface(root: &Path, files: &[(&str, &str)]) {
         let dir = root.join("sys/devices/pci0000:00/0000:00:03.0/net/eth0");
@@ -181,5 +179,20 @@ mod tests {
         assert!(error.to_string().contains("flags"), "{error}");
         assert!(read_link_state(&root, "../eth0").is_err());
         assert!(read_link_state(&root, "..").is_err());
+    }
+
+    #[test]
+    fn an_interface_linked_out_of_the_root_is_read_inside_it() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("eth0");
+        fs::create_dir_all(&secret).unwrap();
+        fs::write(secret.join("operstate"), "down\n").unwrap();
+        fs::write(secret.join("carrier"), "0\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("sys/class/net")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("sys/class/net/eth0")).unwrap();
+        let link = read_link_state(&SysfsRoot::new(dir.path()), "eth0").unwrap();
+        assert_eq!((&link.operstate, link.carrier), (&None, None), "{link:?}");
+        assert!(!link.is_down());
     }
 }

@@ -29,6 +29,7 @@ use hal::{
 };
 
 use crate::SysfsRoot;
+use crate::sysfs::net::NetLink;
 
 /// Where each family is read from (the sysfs backends on a node, fixtures or mocks in tests).
 pub struct Backends<'a> {
@@ -58,6 +59,9 @@ pub struct Inventory {
     pub rdma: Vec<RdmaInfo>,
     /// GPUs, by address.
     pub gpus: Vec<GpuInfo>,
+    /// The link state of the PCI functions' network interfaces, by name (read by
+    /// [`Inventory::from_machine`]; empty from [`Inventory::read`], which has no sysfs root).
+    pub net_links: Vec<NetLink>,
     /// What could not be read, each problem once.
     pub errors: Vec<InventoryError>,
 }
@@ -89,6 +93,7 @@ impl Inventory {
             sriov: take(sriov, &mut errors),
             rdma: take(rdma, &mut errors),
             gpus: take(gpus, &mut errors),
+            net_links: Vec::new(),
             errors: Vec::new(),
         };
         inventory.pci.sort_by_key(|f| f.address);
@@ -113,13 +118,38 @@ impl Inventory {
         }
         let sriov = crate::SysfsSriov::new(root.clone());
         let (gpus, rdma) = vendors.enrich(root);
-        Inventory::read(&Backends {
+        let mut inventory = Inventory::read(&Backends {
             cpu: &cpu,
             pci: &pci,
             sriov: &sriov,
             rdma: rdma.as_ref(),
             gpus: gpus.as_ref(),
-        })
+        });
+        inventory.read_net_links(root);
+        inventory
+    }
+
+    /// Reads the link state of every network interface of the PCI functions (three attributes
+    /// each); an unreadable one is left out and its error kept.
+    pub fn read_net_links(&mut self, root: &SysfsRoot) {
+        let names: BTreeSet<&String> = self.pci.iter().flat_map(|f| &f.netdevs).collect();
+        let tree = crate::sysfs::tree::Tree::open(root);
+        let mut links = Vec::new();
+        for name in names {
+            match crate::sysfs::net::read_link_state_in(&tree, name) {
+                Ok(link) => links.push(link),
+                Err(e) => self.errors.push((&e).into()),
+            }
+        }
+        self.net_links = links;
+    }
+
+    /// The link state of interface `name`, when read.
+    pub fn net_link(&self, name: &str) -> Option<&NetLink> {
+        self.net_links
+            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.net_links.get(i))
     }
 
     /// The PCI function at `address`.

@@ -1,12 +1,11 @@
 //! [`Inventory`]: the machine as [`backends::inventory`] reads it, plus what this driver knows beside
-//! the hardware (the kernel's real-time limit, the GPUs' health), and the fixture answers that stand for
+//! the hardware (the kernel's real-time limit, the devices' health), and the fixture answers that stand for
 //! the vendor libraries behind `--fixture` ([`FixtureVendors`]).
 
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
+pub use crate::unhealthy::{DeviceKey, Unhealthy};
 pub use backends::inventory::{Backends, Vendors, boot_id, is_this_machine};
 
 /// The hardware ([`backends::inventory::Inventory`], reached through `Deref`) and the driver's own facts
@@ -17,8 +16,9 @@ pub struct Inventory {
     pub machine: backends::inventory::Inventory,
     /// The kernel's real-time bandwidth limit (`proc/sys/kernel/sched_rt_*`), when readable.
     pub rt_limit: Option<crate::plugin::rt::RtLimit>,
-    /// GPUs known to be unhealthy (kept by the `health` module), published with a taint.
-    pub gpu_health: BTreeMap<hal::PciAddress, Unhealthy>,
+    /// Devices known to be unhealthy (kept by [`crate::health::Health`]), published with a taint
+    /// and reported to the kubelet.
+    pub health: BTreeMap<DeviceKey, Unhealthy>,
 }
 
 impl Deref for Inventory {
@@ -36,7 +36,7 @@ impl DerefMut for Inventory {
 }
 
 impl From<backends::inventory::Inventory> for Inventory {
-    /// The hardware alone: no real-time limit, every GPU healthy.
+    /// The hardware alone: no real-time limit, every device healthy.
     fn from(machine: backends::inventory::Inventory) -> Self {
         Inventory {
             machine,
@@ -66,37 +66,7 @@ impl Inventory {
         Inventory {
             machine: backends::inventory::Inventory::from_machine(root, pci_ids, vendors),
             rt_limit: crate::plugin::rt::RtLimit::read(root.root()),
-            gpu_health: BTreeMap::new(),
-        }
-    }
-}
-
-/// Why a GPU is unhealthy, and since when (kept by `health::Health`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unhealthy {
-    /// `xid-79`, `missing`.
-    pub reason: String,
-    /// When it was first seen (whole seconds, as the API server keeps it).
-    pub since: Time,
-}
-
-impl Unhealthy {
-    /// Unhealthy for `reason` from now on.
-    pub(crate) fn now(reason: String) -> Unhealthy {
-        let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        let since = k8s_openapi::jiff::Timestamp::from_second(now)
-            .map(Time)
-            .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        Unhealthy { reason, since }
-    }
-
-    /// The device taint that says so.
-    pub fn taint(&self, driver: &str) -> k8s_openapi::api::resource::v1::DeviceTaint {
-        k8s_openapi::api::resource::v1::DeviceTaint {
-            key: format!("{driver}/unhealthy"),
-            value: Some(self.reason.clone()),
-            effect: "NoSchedule".into(),
-            time_added: Some(self.since.clone()),
+            health: BTreeMap::new(),
         }
     }
 }

@@ -22,4 +22,5 @@ pub mod podnet;
 pub mod probe;
 pub mod publish;
 pub mod slices;
+pub mod unhealthy;
 pub mod yaml;

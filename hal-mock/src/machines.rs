@@ -118,6 +118,7 @@ impl FixtureMachine {
                     &root.join(&vf_dir).join("net").join(netdev).join("ifindex"),
                     &(10 + index).to_string(),
                 )?;
+                crate::pci::write_link_up(&root.join(&vf_dir).join("net").join(netdev))?;
                 crate::tree::link(
                     root,
                     &Path::new("sys/class/net").join(netdev),

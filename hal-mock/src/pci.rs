@@ -107,6 +107,7 @@ impl PciFunctionSpec {
         )?;
         for netdev in &self.netdevs {
             write(&full.join("net").join(netdev).join("ifindex"), "2")?;
+            write_link_up(&full.join("net").join(netdev))?;
             link(
                 root,
                 &Path::new("sys/class/net").join(netdev),
@@ -140,6 +141,14 @@ impl PciFunctionSpec {
         }
         Ok(())
     }
+}
+
+/// The link state of an interface that is up with its cable in (`flags` with IFF_UP, `operstate up`,
+/// `carrier 1`): tests make a link go down by writing these files.
+pub(crate) fn write_link_up(netdev_dir: &Path) -> io::Result<()> {
+    write(&netdev_dir.join("flags"), "0x1003")?;
+    write(&netdev_dir.join("operstate"), "up")?;
+    write(&netdev_dir.join("carrier"), "1")
 }
 
 /// Binds the function at `dir` (relative to `root`) to `driver`: the driver's directory with its

@@ -10,6 +10,7 @@ pub mod gpu;
 mod hostile_tests;
 pub mod in_root;
 pub mod link;
+pub mod net;
 pub mod numa;
 pub mod pci;
 pub mod pciids;

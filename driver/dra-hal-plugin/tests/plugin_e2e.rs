@@ -2,7 +2,8 @@
 //! kubeconfig with an `http://` server), and this test acting as the kubelet over the real Unix
 //! sockets: registration, prepare and unprepare of good and bad claims, CDI files, the checkpoint,
 //! published slices (and published again after the kubelet deletes them), a hung API server (Prepare
-//! fails after the call deadline), metrics and health, SIGTERM.
+//! fails after the call deadline), metrics and health, SIGTERM; and ([`health`]) a link that goes down
+//! and up on a fixture tree the test changes.
 
 #![allow(
     clippy::unwrap_used,
@@ -28,6 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
+
+#[path = "plugin_e2e/health.rs"]
+mod health;
 
 const NODE: &str = "node-1";
 

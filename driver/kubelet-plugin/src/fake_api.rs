@@ -146,6 +146,8 @@ pub struct FakeApi {
     /// loaded or distant API server would (benchmarks). The state is not locked meanwhile, so
     /// concurrent GETs wait side by side.
     pub get_latency: Option<std::time::Duration>,
+    /// The minor version `/version` answers (1.`minor`); `None` is 34.
+    pub server_minor: Option<u32>,
     version: Revision,
     /// Changes to slices: (resource version, event), oldest first.
     history: VecDeque<(u64, Value)>,
@@ -209,9 +211,10 @@ impl FakeApi {
         let params = query(uri);
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         if path == "/version" && method == "GET" {
+            let minor = self.server_minor.unwrap_or(34);
             return Reply::Json(
                 200,
-                json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0", "gitCommit": "",
+                json!({"major": "1", "minor": minor.to_string(), "gitVersion": format!("v1.{minor}.0"), "gitCommit": "",
                        "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
                        "platform": "linux/amd64"}),
             );

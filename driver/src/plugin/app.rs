@@ -184,14 +184,19 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (mut config, root, _fixture) = machine(&args)?;
+    let (major, minor) = server_version_of(&client).await;
     if args.slices.counter_layout.is_none() {
-        config.counter_layout = counter_layout_of(&client).await;
+        config.counter_layout = counter_layout_for(&major, &minor);
     }
+    config.informational_taints = informational_taints_for(&major, &minor);
+    tracing::debug!(layout = ?config.counter_layout, informational_taints = config.informational_taints,
+        "API server {major}.{minor}");
     let pci_ids = args
         .pci_ids
         .clone()
         .or_else(backends::sysfs::pciids::default_pci_ids);
-    // GPU health across rescans (critical XIDs, GPUs gone), published as taints.
+    // Device health across rescans (critical XIDs, devices gone, links down, CPUs offline),
+    // published as taints and to the kubelet's health streams.
     let health = Arc::new(std::sync::Mutex::new(crate::health::Health::with_grace(
         Duration::from_secs(args.rescan_interval.max(1)),
     )));
@@ -209,8 +214,14 @@ pub async fn run(
         move || {
             let vendors = crate::inventory::Vendors::for_root(&root, fixture.as_deref());
             let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), vendors);
-            node_guard.apply(&mut inventory, &config);
+            let withheld = node_guard.apply(&mut inventory, &config);
             if let Ok(mut health) = health.lock() {
+                // A function withheld from publishing (the node's own NIC) is not missing.
+                health.forget_functions(
+                    withheld
+                        .keys()
+                        .filter_map(|address| hal::PciAddress::parse(address).ok()),
+                );
                 health.apply(&mut inventory);
             }
             inventory
@@ -275,9 +286,8 @@ pub async fn run(
     let health_timeout = i64::try_from(interval.as_secs().saturating_mul(3)).unwrap_or(i64::MAX);
     // A stream opened before the first rescan gets the devices read at start.
     let first_report = inventory.read().ok().map(|inventory| {
-        let devices = crate::slices::devices::devices(&inventory, &config);
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        crate::health::report(&devices, &config, now, health_timeout)
+        crate::health::report(&inventory, &config, now, health_timeout)
     });
     let (health_reports, health_stream) =
         tokio::sync::watch::channel(first_report.unwrap_or_default());
@@ -299,15 +309,11 @@ pub async fn run(
         let health_reports = health_reports.clone();
         let read = move || {
             let fresh = read_inventory();
-            let devices = crate::slices::devices::devices(&fresh, &slice_config);
-            metrics.set_devices_published(devices.len());
             let now = k8s_openapi::jiff::Timestamp::now().as_second();
-            health_reports.send_replace(crate::health::report(
-                &devices,
-                &slice_config,
-                now,
-                health_timeout,
-            ));
+            // One report per published device: its count is the number published.
+            let report = crate::health::report(&fresh, &slice_config, now, health_timeout);
+            metrics.set_devices_published(report.devices.len());
+            health_reports.send_replace(report);
             if let Ok(mut shared) = inventory.write() {
                 *shared = fresh.clone();
             }
@@ -565,38 +571,47 @@ fn spawn_xid_watch(
     });
 }
 
-/// The counter layout the API server wants: its own slices from Kubernetes 1.35 on, else the 1.34 one
-/// (also when the version cannot be read).
-async fn counter_layout_of(client: &kube::Client) -> crate::slices::CounterLayout {
+/// The API server's version (`major`, `minor`), which decides the counter layout and the taint
+/// effects: asked until it answers, never guessed.
+async fn server_version_of(client: &kube::Client) -> (String, String) {
     let mut backoff = crate::api::Backoff::default();
     loop {
         match client.apiserver_version().await {
-            Ok(info) => {
-                let layout = counter_layout_for(&info.major, &info.minor);
-                tracing::debug!(?layout, "shared counter layout");
-                return layout;
-            }
+            Ok(info) => return (info.major, info.minor),
             Err(error) => {
                 let delay = backoff.next_delay();
                 // Guessing the 1.34 layout would make every partitioned GPU invisible to a 1.35+
                 // scheduler, which reads a slice with counters as counters only.
                 tracing::warn!(%error, retry_in_ms = delay.as_millis(),
-                    "cannot read the API server's version, which decides the counter layout; retrying");
+                    "cannot read the API server's version, which decides the counter layout and taint effects; retrying");
                 tokio::time::sleep(delay).await;
             }
         }
     }
 }
 
+/// Whether API server version `major.minor` is 1.35 or later: where counter sets get slices of their
+/// own and the taint effect `None` is accepted.
+fn at_least_1_35(major: &str, minor: &str) -> bool {
+    let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
+    matches!((major, minor), ("1", m) if m >= 35)
+}
+
 /// The counter layout the scheduler of API server version `major.minor` reads: counter sets in
 /// their own slice from 1.35 on.
 fn counter_layout_for(major: &str, minor: &str) -> crate::slices::CounterLayout {
     use crate::slices::CounterLayout;
-    let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
-    match (major, minor) {
-        ("1", m) if m >= 35 => CounterLayout::OwnSlice,
-        _ => CounterLayout::SameSlice,
+    match at_least_1_35(major, minor) {
+        true => CounterLayout::OwnSlice,
+        false => CounterLayout::SameSlice,
     }
+}
+
+/// Whether API server version `major.minor` accepts the informational taint effect `None` (1.35
+/// and later): degraded devices are tainted with it there, and not at all on 1.34, whose API
+/// server refuses the effect.
+fn informational_taints_for(major: &str, minor: &str) -> bool {
+    at_least_1_35(major, minor)
 }
 
 #[cfg(test)]
@@ -604,7 +619,7 @@ fn counter_layout_for(major: &str, minor: &str) -> crate::slices::CounterLayout 
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use super::{counter_layout_for, counter_layout_of};
+    use super::{counter_layout_for, informational_taints_for, server_version_of};
     use crate::fake_api::FakeApi;
     use crate::slices::CounterLayout;
 
@@ -613,6 +628,14 @@ mod tests {
         assert_eq!(counter_layout_for("1", "34"), CounterLayout::SameSlice);
         assert_eq!(counter_layout_for("1", "35"), CounterLayout::OwnSlice);
         assert_eq!(counter_layout_for("1", "37+"), CounterLayout::OwnSlice);
+    }
+
+    #[test]
+    fn the_informational_taint_effect_is_used_from_1_35() {
+        assert!(!informational_taints_for("1", "34"));
+        assert!(informational_taints_for("1", "35"));
+        assert!(informational_taints_for("1", "36+"));
+        assert!(!informational_taints_for("2", "x"));
     }
 
     /// The layout is never guessed: an API server that fails the version read is asked again, after
@@ -625,7 +648,8 @@ mod tests {
         let state = Arc::new(Mutex::new(api));
         let client = FakeApi::mock_client(state.clone(), &crate::api::call_timeout_layer());
         let started = tokio::time::Instant::now();
-        assert_eq!(counter_layout_of(&client).await, CounterLayout::SameSlice);
+        let (major, minor) = server_version_of(&client).await;
+        assert_eq!(counter_layout_for(&major, &minor), CounterLayout::SameSlice);
         let asked = state
             .lock()
             .unwrap()

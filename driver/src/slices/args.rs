@@ -118,6 +118,8 @@ impl SliceArgs {
                 Some(CounterLayoutArg::OwnSlice) => CounterLayout::OwnSlice,
                 _ => CounterLayout::SameSlice,
             },
+            // The plugin sets it from the API server's version.
+            informational_taints: false,
         };
         config.validate()?;
         Ok(config)

@@ -83,6 +83,10 @@ pub struct SliceConfig {
     pub rt_bandwidth: bool,
     /// Where shared counter sets (GPU partitions) are published.
     pub counter_layout: CounterLayout,
+    /// Whether the API server accepts the informational taint effect `None` (Kubernetes 1.35 and
+    /// later): degraded devices (a link down) are tainted with it; without it they get no taint and
+    /// are reported through the kubelet's health stream only (`health`).
+    pub informational_taints: bool,
 }
 
 impl SliceConfig {
@@ -99,6 +103,7 @@ impl SliceConfig {
             gpu_partitions: 0,
             rt_bandwidth: false,
             counter_layout: CounterLayout::SameSlice,
+            informational_taints: false,
         }
     }
 

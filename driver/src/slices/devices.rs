@@ -171,7 +171,7 @@ pub fn devices_with_sources(
     if config.families.cpus
         && let Some(cpu) = &inventory.cpu
     {
-        let groups = cpus(cpu, config);
+        let groups = cpus(cpu, inventory, config);
         let rt: Vec<(Device, DeviceSource)> = match (config.rt_bandwidth, inventory.rt_limit) {
             (true, Some(limit)) => groups
                 .iter()
@@ -181,6 +181,14 @@ pub fn devices_with_sources(
         };
         out.extend(groups);
         out.extend(rt);
+    }
+    // Unhealthy devices carry the taint that says why (`health`).
+    for (device, source) in &mut out {
+        if let Some(taint) =
+            super::health::of_source(inventory, source, config).and_then(|u| u.taint(config))
+        {
+            device.taints = Some(vec![taint]);
+        }
     }
     out
 }
@@ -244,11 +252,7 @@ fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<(Devi
     if let Some(bytes) = g.memory_bytes {
         d.capacity("memory", format!("{}Mi", bytes / (1024 * 1024)));
     }
-    let mut device = d.build();
-    if let Some(unhealthy) = inventory.gpu_health.get(&g.pci_address) {
-        device.taints = Some(vec![unhealthy.taint(&config.driver_name)]);
-    }
-    Some((device, DeviceSource::Gpu(g.clone())))
+    Some((d.build(), DeviceSource::Gpu(g.clone())))
 }
 
 /// Network-class functions (PFs and VFs) and functions with an RDMA device (IB-only ones included,
@@ -376,11 +380,25 @@ pub fn allocatable_cpus(cpu: &CpuInventory, reserved: &CpuSet) -> CpuSet {
     cpu.online().difference(reserved)
 }
 
-fn cpus(cpu: &CpuInventory, config: &SliceConfig) -> Vec<(Device, DeviceSource)> {
+fn cpus(
+    cpu: &CpuInventory,
+    inventory: &Inventory,
+    config: &SliceConfig,
+) -> Vec<(Device, DeviceSource)> {
     let allocatable = allocatable_cpus(cpu, &config.reserved_cpus);
     let usable = cpu.cpus.iter().filter(|c| allocatable.contains(c.id));
     match config.cpu_mode {
-        CpuMode::Individual => usable
+        // A CPU seen online and offline now stays published, tainted (its last-known view).
+        CpuMode::Individual => cpu
+            .cpus
+            .iter()
+            .filter(|c| {
+                allocatable.contains(c.id)
+                    || (!config.reserved_cpus.contains(c.id)
+                        && inventory
+                            .health
+                            .contains_key(&crate::unhealthy::DeviceKey::Cpu(c.id)))
+            })
             .map(|c| {
                 let mut d = DeviceBuilder::new(format!("cpu-{}", c.id), "cpu");
                 d.int("cpuId", i64::from(c.id));

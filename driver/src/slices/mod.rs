@@ -6,6 +6,7 @@
 pub mod args;
 pub mod config;
 pub mod devices;
+pub mod health;
 pub mod names;
 pub mod partitions;
 pub mod source;

@@ -165,8 +165,6 @@ pub fn partitions(
                 attributes: Some(attributes),
                 capacity,
                 consumes_counters: Some(vec![consumption(&set, 1, share)]),
-                // An unhealthy GPU's partitions are unhealthy too.
-                taints: whole.taints.clone(),
                 ..Default::default()
             };
             let source = DeviceSource::GpuPartition {

@@ -161,13 +161,13 @@ impl Preparer {
                         a.device
                     )
                 })?;
-                if let DeviceSource::Gpu(gpu) = &source
-                    && let Some(unhealthy) = inventory.gpu_health.get(&gpu.pci_address)
-                    && unhealthy.reason == crate::health::MISSING
+                if let Some(unhealthy) =
+                    crate::health::of_source(&inventory, &source, &self.config.slices)
+                    && unhealthy.refuses_prepare()
                 {
                     return Err(format!(
-                        "device {}: the GPU is gone from the machine (tainted unhealthy=missing)",
-                        a.device
+                        "device {}: {} (tainted unhealthy={})",
+                        a.device, unhealthy.message, unhealthy.reason
                     ));
                 }
                 Ok((source, shareable))

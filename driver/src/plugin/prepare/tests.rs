@@ -1288,10 +1288,42 @@ async fn a_gpu_gone_from_the_machine_is_refused_while_published_as_missing() {
         .await;
     let error = results["u1"].clone().unwrap_err();
     assert!(
-        error.contains("the GPU is gone from the machine"),
+        error.contains("the GPU was seen and is gone from the machine")
+            && error.contains("(tainted unhealthy=missing)"),
         "{error}"
     );
     assert!(results["u2"].is_ok(), "the other GPUs are fine");
+}
+
+#[tokio::test]
+async fn a_cpu_taken_offline_is_refused_while_published_as_offline() {
+    let s = Setup::new();
+    let mut health = crate::health::Health::default();
+    let mut seen = s.inventory.read().unwrap().clone();
+    health.apply(&mut seen);
+    let mut now = seen.clone();
+    for cpu in &mut now.cpu.as_mut().unwrap().cpus {
+        if cpu.id == 3 {
+            cpu.online = false;
+        }
+    }
+    health.apply(&mut now);
+    *s.inventory.write().unwrap() = now;
+    s.claims.add("u1", &[("cpu", "cpu-3")], json!([]));
+    s.claims.add("u2", &[("cpu", "cpu-4")], json!([]));
+    let mut slices = SliceConfig::new(NODE);
+    slices.cpu_mode = crate::slices::CpuMode::Individual;
+    let preparer = s.preparer_with("boot-1", slices);
+    let results = preparer
+        .prepare(vec![reference("u1"), reference("u2")])
+        .await;
+    let error = results["u1"].clone().unwrap_err();
+    assert!(
+        error.contains("CPU 3 was online and is offline now")
+            && error.contains("(tainted unhealthy=offline)"),
+        "{error}"
+    );
+    assert!(results["u2"].is_ok(), "{:?}", results["u2"]);
 }
 
 #[tokio::test]

@@ -1,0 +1,250 @@
+//! GPU health: critical XIDs (sticky while the same GPU is there), GPUs gone and back.
+
+use super::*;
+use crate::inventory::FixtureVendors as _;
+use crate::slices::{SliceConfig, build_slices};
+use backends::nvml::xid::XidEvent;
+
+fn gb300() -> Inventory {
+    let machine = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
+    let root = backends::SysfsRoot::new(machine.root());
+    Inventory::from_machine(
+        &root,
+        None,
+        crate::inventory::Vendors::for_machine(Some("gb300")),
+    )
+}
+
+fn taints(inventory: &Inventory, device: &str) -> Vec<(String, String)> {
+    build_slices(inventory, &SliceConfig::new("n"), 1)
+        .iter()
+        .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+        .find(|d| d.name == device)
+        .unwrap()
+        .taints
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            (
+                t.key,
+                format!("{}:{}", t.value.unwrap_or_default(), t.effect),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_critical_xid_taints_its_gpu_and_an_application_xid_does_not() {
+    let mut health = Health::default();
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let uuid = inventory.gpus[1].uuid.clone().unwrap();
+    assert!(!health.record_xid(&XidEvent {
+        uuid: uuid.clone(),
+        xid: 13
+    }));
+    assert!(health.record_xid(&XidEvent {
+        uuid: uuid.clone(),
+        xid: 79
+    }));
+    assert!(
+        !health.record_xid(&XidEvent { uuid, xid: 48 }),
+        "already unhealthy"
+    );
+    assert!(!health.record_xid(&XidEvent {
+        uuid: "GPU-unknown".into(),
+        xid: 79
+    }));
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let name = format!(
+        "gpu-{}",
+        crate::slices::names::address_label(inventory.gpus[1].pci_address)
+    );
+    assert_eq!(
+        taints(&inventory, &name),
+        [(
+            "hal.dra.dev/unhealthy".to_owned(),
+            "xid-79:NoSchedule".to_owned()
+        )]
+    );
+    assert_eq!(taints(&inventory, "gpu-0008-06-00-0"), []);
+    // The slices with a taint stay valid (64 devices per slice at most).
+    let slices = build_slices(&inventory, &SliceConfig::new("n"), 1);
+    assert_eq!(crate::slices::validate::validate_pool(&slices), []);
+}
+
+#[test]
+fn a_gpu_that_goes_away_stays_published_as_missing() {
+    let mut health = Health::default();
+    let mut before = gb300();
+    health.apply(&mut before);
+    let attributes = |inventory: &Inventory| {
+        build_slices(inventory, &SliceConfig::new("n"), 1)
+            .iter()
+            .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+            .find(|d| d.name == "gpu-0008-06-00-0")
+            .unwrap()
+            .attributes
+    };
+    let was = attributes(&before);
+    let mut after = gb300();
+    let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+    after.gpus.retain(|g| g.pci_address != gone);
+    after.pci.retain(|f| f.address != gone);
+    let without = after.clone();
+    health.apply(&mut after);
+    assert_eq!(
+        taints(&after, "gpu-0008-06-00-0"),
+        [],
+        "one missed rescan keeps it published, untainted"
+    );
+    let mut after = without;
+    health.apply(&mut after);
+    assert_eq!(
+        taints(&after, "gpu-0008-06-00-0"),
+        [(
+            "hal.dra.dev/unhealthy".to_owned(),
+            "missing:NoSchedule".to_owned()
+        )]
+    );
+    assert_eq!(
+        attributes(&after),
+        was,
+        "the last-known view, same name and attributes"
+    );
+    assert_eq!(after.health[&DeviceKey::Gpu(gone)].reason, MISSING);
+}
+
+#[test]
+fn the_kubelet_hears_every_published_device_and_why_an_unhealthy_one_is() {
+    let mut health = Health::default();
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let uuid = inventory.gpus[1].uuid.clone().unwrap();
+    assert!(health.record_xid(&XidEvent { uuid, xid: 79 }));
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let config = SliceConfig::new("n");
+    let devices = crate::slices::devices::devices(&inventory, &config);
+    let report = report(&inventory, &config, 1_700_000_000, 180);
+    assert_eq!(report.timeout_seconds, 180);
+    assert_eq!(
+        report.devices.len(),
+        devices.len(),
+        "every published device"
+    );
+    let name = format!(
+        "gpu-{}",
+        crate::slices::names::address_label(inventory.gpus[1].pci_address)
+    );
+    for device in &report.devices {
+        assert_eq!(device.pool_name, "n");
+        assert_eq!(device.last_updated, 1_700_000_000);
+        if device.device_name == name {
+            assert_eq!(device.status, crate::plugin::api::HealthStatus::Unhealthy);
+            assert!(
+                device.message.contains("critical XID 79"),
+                "{}",
+                device.message
+            );
+        } else {
+            assert_eq!(
+                device.status,
+                crate::plugin::api::HealthStatus::Healthy,
+                "{device:?}"
+            );
+            assert_eq!(device.message, "");
+        }
+    }
+    assert_eq!(
+        missing_message(&DeviceKey::Gpu(inventory.gpus[1].pci_address)),
+        "the GPU was seen and is gone from the machine (fallen off the bus or removed)"
+    );
+}
+
+#[test]
+fn a_gone_gpu_that_comes_back_is_healthy_and_an_xid_goes_only_with_its_gpu() {
+    let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+    let without = || {
+        let mut inventory = gb300();
+        inventory.gpus.retain(|g| g.pci_address != gone);
+        inventory.pci.retain(|f| f.address != gone);
+        inventory
+    };
+    let mut health = Health::default();
+    health.apply(&mut gb300());
+    health.apply(&mut without());
+    health.apply(&mut without());
+    let mut back = gb300();
+    assert_eq!(
+        taints(&back, "gpu-0008-06-00-0"),
+        [],
+        "a fresh inventory has no taint"
+    );
+    let mut missing = without();
+    health.apply(&mut missing);
+    assert_eq!(missing.health[&DeviceKey::Gpu(gone)].reason, MISSING);
+    health.apply(&mut back);
+    assert!(back.health.is_empty(), "{:?}", back.health);
+    assert_eq!(taints(&back, "gpu-0008-06-00-0"), []);
+
+    // An XID is sticky while its GPU is there, gone or not, ...
+    let uuid = back
+        .gpus
+        .iter()
+        .find(|g| g.pci_address == gone)
+        .unwrap()
+        .uuid
+        .clone()
+        .unwrap();
+    assert!(health.record_xid(&XidEvent {
+        uuid: uuid.clone(),
+        xid: 79
+    }));
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    assert_eq!(inventory.health[&DeviceKey::Gpu(gone)].reason, "xid-79");
+    health.apply(&mut without());
+    health.apply(&mut without());
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    assert_eq!(
+        inventory.health[&DeviceKey::Gpu(gone)].reason,
+        "xid-79",
+        "the same GPU came back"
+    );
+    // ... and goes when another GPU (a replacement) sits at its address.
+    let mut replaced = gb300();
+    for gpu in &mut replaced.gpus {
+        if gpu.pci_address == gone {
+            gpu.uuid = Some("GPU-replacement".into());
+        }
+    }
+    health.apply(&mut replaced);
+    assert!(replaced.health.is_empty(), "{:?}", replaced.health);
+}
+
+#[test]
+fn reads_close_together_do_not_make_a_gpu_gone_within_the_grace() {
+    let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+    let without = || {
+        let mut inventory = gb300();
+        inventory.gpus.retain(|g| g.pci_address != gone);
+        inventory.pci.retain(|f| f.address != gone);
+        inventory
+    };
+    let grace = Duration::from_secs(60);
+    let mut health = Health::with_grace(grace);
+    let start = Instant::now();
+    health.apply_at(&mut gb300(), start);
+    // A hotplug event and an XID: three reads within a second.
+    for ms in [10, 500, 900] {
+        let mut inventory = without();
+        health.apply_at(&mut inventory, start + Duration::from_millis(ms));
+        assert!(inventory.health.is_empty(), "{ms} ms");
+    }
+    let mut inventory = without();
+    health.apply_at(&mut inventory, start + Duration::from_millis(10) + grace);
+    assert_eq!(inventory.health[&DeviceKey::Gpu(gone)].reason, MISSING);
+}

@@ -1,0 +1,240 @@
+//! Device health, one mechanism for every published family: at each rescan every device is observed
+//! (GPUs, network functions with their links and RDMA ports, CPUs), known by a
+//! [`DeviceKey`], and what is wrong with it becomes an [`Unhealthy`] with a reason (the taint's value),
+//! a message for the kubelet, and a [`Severity`]:
+//!
+//! | source (read at each rescan) | reason | severity |
+//! |---|---|---|
+//! | NVML critical XID (GPUs; sticky while the same UUID is at that address) | `xid-79` | unusable |
+//! | a device seen and gone for [`MISSES_FOR_GONE`] reads spanning the grace (GPUs, NICs, VFs gone with their PF or `sriov_numvfs`, CPUs) | `missing` | unusable |
+//! | a CPU seen online and offline now (`cpuN/online` = 0) | `offline` | unusable |
+//! | CPUs of a group (grouped CPU modes) offline | `cpus-offline` | degraded |
+//! | a network interface up with its link down (`operstate`, `carrier`) | `link-down` | degraded |
+//! | an RDMA port not ACTIVE (`ports/N/state`, `phys_state`) | `port-down`, `port-init`, `port-armed` | degraded |
+//!
+//! An unusable device is published with the taint `<driver>/unhealthy=<reason>:NoSchedule`, so the
+//! scheduler gives it to no new claim that does not tolerate it, and Prepare refuses a missing or
+//! offline one. A degraded device still works once the outside comes back (the cable, the switch, the
+//! subnet manager): it gets the informational effect `None`, which keeps nothing away, on API servers
+//! that accept it (Kubernetes 1.35 and later, [`SliceConfig::informational_taints`](crate::slices::SliceConfig::informational_taints)); older ones get
+//! no taint for it. Every unhealthy device, degraded or not, is UNHEALTHY in the kubelet's health
+//! stream with its message ([`report`]), and HEALTHY again when it recovers.
+//!
+//! A device that goes away keeps its name and its last-known view (so claims that hold it still find
+//! it) and is `missing` after [`MISSES_FOR_GONE`] reads in a row without it, a rescan interval apart
+//! (one missed read is not a lost device); it is healthy again when the same device (the same PCI
+//! address or CPU id) is back. An XID is sticky while its GPU (its UUID) is at that address, as in
+//! NVIDIA's device plugin: an XID often means the GPU needs a reset. Device taints are alpha in
+//! Kubernetes 1.34 and 1.35 (`DRADeviceTaints`; without the gate the API server drops them) and beta
+//! from 1.36.
+
+mod observe;
+mod report;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::inventory::Inventory;
+use backends::nvml::xid::{XidEvent, is_critical};
+use hal::PciAddress;
+
+pub use crate::slices::health::of_source;
+pub use crate::unhealthy::{DeviceKey, MISSING, OFFLINE, Severity, Unhealthy};
+use observe::Snapshot;
+pub use report::report;
+
+/// Reads in a row that must miss a device before it is "gone": one missed read (a rescan racing a
+/// driver reload, a slow sysfs under load) is not a lost device.
+pub const MISSES_FOR_GONE: u32 = 2;
+
+/// One device the plugin has seen.
+#[derive(Debug)]
+struct Tracked {
+    /// Its last-known view, put back into the inventory while it is gone or offline.
+    snapshot: Snapshot,
+    /// Its UUID (GPUs), when known.
+    identity: Option<String>,
+    /// Consecutive reads without it, and when the first of them was.
+    misses: Option<(u32, Instant)>,
+    /// Gone: [`MISSING`].
+    missing: Option<Unhealthy>,
+    /// A critical XID, with the UUID of the GPU it was recorded for.
+    xid: Option<Unhealthy>,
+    /// What the last read found wrong (a link down, a port not active, offline).
+    current: Option<Unhealthy>,
+}
+
+impl Tracked {
+    /// The one reason published: an XID, else gone, else what the last read found.
+    fn worst(&self) -> Option<&Unhealthy> {
+        self.xid
+            .as_ref()
+            .or(self.missing.as_ref())
+            .or(self.current.as_ref())
+    }
+}
+
+/// What the plugin knows of its devices' health across rescans.
+#[derive(Debug, Default)]
+pub struct Health {
+    devices: BTreeMap<DeviceKey, Tracked>,
+    /// How long a device must be missing, besides [`MISSES_FOR_GONE`] reads, before it is gone.
+    grace: Duration,
+}
+
+impl Health {
+    /// Health whose devices are gone only after [`MISSES_FOR_GONE`] reads without them that span at
+    /// least `grace` (the plugin gives its rescan interval): reads come close together after a hotplug
+    /// event or an XID, and two of them must not make a device gone.
+    pub fn with_grace(grace: Duration) -> Health {
+        Health {
+            grace,
+            ..Health::default()
+        }
+    }
+
+    /// Records an XID event; true when it makes a GPU unhealthy that was not. Application XIDs (13,
+    /// 31, 43, ...) and GPUs never seen are ignored.
+    pub fn record_xid(&mut self, event: &XidEvent) -> bool {
+        if !is_critical(event.xid) {
+            return false;
+        }
+        let found = self.devices.iter_mut().find(|(key, tracked)| {
+            matches!(key, DeviceKey::Gpu(_))
+                && tracked.identity.as_deref() == Some(event.uuid.as_str())
+        });
+        let Some((key, tracked)) = found else {
+            return false;
+        };
+        if tracked.xid.is_some() {
+            return false;
+        }
+        let reason = format!("xid-{}", event.xid);
+        tracing::warn!(device = %key, uuid = %event.uuid, %reason, "GPU unhealthy: critical XID");
+        let message = format!(
+            "NVML reported critical XID {}; the GPU likely needs a reset",
+            event.xid
+        );
+        tracked.xid = Some(Unhealthy::now(&reason, message, Severity::Unusable));
+        true
+    }
+
+    /// Forgets the network functions at `addresses` (withheld from publishing, such as the node's
+    /// own NIC): a function not published is not missing.
+    pub fn forget_functions(&mut self, addresses: impl IntoIterator<Item = PciAddress>) {
+        for address in addresses {
+            self.devices.remove(&DeviceKey::Function(address));
+        }
+    }
+
+    /// Observes every device of `inventory`, brings back devices seen before and missing now (as
+    /// they were last seen), marks a device gone after [`MISSES_FOR_GONE`] reads in a row without it
+    /// (spanning the grace, see [`Health::with_grace`]), clears "gone" when it is back, clears an XID
+    /// when another GPU (another UUID) sits at its address, and records every unhealthy device in
+    /// `inventory.health`.
+    pub fn apply(&mut self, inventory: &mut Inventory) {
+        self.apply_at(inventory, Instant::now());
+    }
+
+    /// [`apply`](Self::apply) as of `now`.
+    pub fn apply_at(&mut self, inventory: &mut Inventory, now: Instant) {
+        let observed = observe::observe(inventory);
+        let mut present = std::collections::BTreeSet::new();
+        for seen in observed {
+            present.insert(seen.key);
+            let tracked = match self.devices.get_mut(&seen.key) {
+                Some(tracked) => tracked,
+                // A device never seen usable (a CPU offline since boot) is not one of ours.
+                None if !seen.usable => continue,
+                None => self.devices.entry(seen.key).or_insert(Tracked {
+                    snapshot: seen.snapshot.clone(),
+                    identity: seen.identity.clone(),
+                    misses: None,
+                    missing: None,
+                    xid: None,
+                    current: None,
+                }),
+            };
+            tracked.misses = None;
+            if tracked.missing.take().is_some() {
+                tracing::info!(device = %seen.key, "healthy again: it is back");
+            }
+            let replaced = tracked.identity.is_some()
+                && seen.identity.is_some()
+                && tracked.identity != seen.identity;
+            if replaced && tracked.xid.take().is_some() {
+                tracing::info!(device = %seen.key, uuid = ?seen.identity, "XID cleared: another GPU at its address");
+            }
+            match seen.usable {
+                true => {
+                    tracked.snapshot = seen.snapshot;
+                    tracked.identity = seen.identity;
+                }
+                // Offline: the last view it was usable in (an offline CPU has no topology).
+                false => tracked.snapshot.restore(inventory),
+            }
+            tracked.current = match (seen.problem, tracked.current.take()) {
+                // The same problem keeps its time, so the published taint does not change.
+                (Some(problem), Some(was)) if problem.reason == was.reason => Some(Unhealthy {
+                    message: problem.message,
+                    ..was
+                }),
+                (Some(problem), _) => {
+                    tracing::warn!(device = %seen.key, reason = %problem.reason, message = %problem.message, "unhealthy");
+                    Some(problem)
+                }
+                (None, Some(was)) => {
+                    tracing::info!(device = %seen.key, was = %was.reason, "healthy again");
+                    None
+                }
+                (None, None) => None,
+            };
+        }
+        for (key, tracked) in &mut self.devices {
+            if present.contains(key) {
+                continue;
+            }
+            let (misses, first) = tracked.misses.get_or_insert((0, now));
+            *misses = misses.saturating_add(1);
+            let gone = *misses >= MISSES_FOR_GONE && now.duration_since(*first) >= self.grace;
+            if gone && tracked.missing.is_none() {
+                tracing::warn!(device = %key, "unhealthy: it is gone from the machine");
+                tracked.missing = Some(Unhealthy::now(
+                    MISSING,
+                    missing_message(key),
+                    Severity::Unusable,
+                ));
+            }
+            tracked.snapshot.restore(inventory);
+        }
+        observe::sort(inventory);
+        inventory.health = self
+            .devices
+            .iter()
+            .filter_map(|(key, tracked)| Some((*key, tracked.worst()?.clone())))
+            .collect();
+    }
+}
+
+/// What the kubelet is told of a device gone.
+fn missing_message(key: &DeviceKey) -> String {
+    let how = match key {
+        DeviceKey::Gpu(_) => "fallen off the bus or removed",
+        DeviceKey::Function(_) => {
+            "removed, or a VF gone with its PF or with a lower sriov_numvfs; healthy again when it is back"
+        }
+        DeviceKey::Cpu(_) => "hot-removed",
+    };
+    format!(
+        "the {} was seen and is gone from the machine ({how})",
+        key.noun()
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod gpu_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod family_tests;

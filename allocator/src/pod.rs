@@ -238,6 +238,11 @@ impl Allocator {
                 Err(outcome) => return self.pod_fails_with(pending, i, *outcome),
             }
         }
+        // A claim that counting proves cannot fit alone cannot fit with the others: answered
+        // without a search, as for a claim alone, where no search could end in an error instead.
+        if let Some((k, lines)) = self.provably_unfit(&prepared) {
+            return not_allocated(prepared, Status::Unsatisfiable, 0, &[], Some((k, lines)));
+        }
         let claims: Vec<&Claim> = prepared.iter().map(|p| &p.claim).collect();
         let joint = Claim::joint(&claims);
         let fits: Vec<Vec<Vec<Fit>>> = prepared.iter().flat_map(|p| p.fits.clone()).collect();
@@ -302,27 +307,30 @@ impl Allocator {
             true => self.culprit(&prepared),
             false => None,
         };
-        let labels: Vec<String> = prepared.iter().map(|p| p.outcome.claim.clone()).collect();
-        let mut outcomes = Vec::new();
-        for (k, p) in prepared.into_iter().enumerate() {
-            let mut outcome = p.outcome;
-            outcome.status = status;
-            outcome.search_steps = steps;
-            outcome.explanation.clone_from(&shared);
-            match &culprit {
-                Some((c, lines)) if *c == k => outcome.explanation.extend(lines.iter().cloned()),
-                Some((c, _)) => outcome.explanation.push(format!(
-                    "not allocated: the scheduler allocates all of the pod's pending claims together or none; {} cannot be placed given the claims before it",
-                    labels.get(*c).map_or("", String::as_str)
-                )),
-                None if shared.is_empty() => outcome
-                    .explanation
-                    .push("the pod's claims do not fit together".into()),
-                None => {}
-            }
-            outcomes.push(outcome);
+        not_allocated(prepared, status, steps, &shared, culprit)
+    }
+
+    /// The first claim that a counting bound proves cannot fit even alone (see `bounds.rs`), with
+    /// why; none where some claim's search could end in an error (strict), or without bounds.
+    fn provably_unfit(&self, prepared: &[Prepared]) -> Option<(usize, Vec<String>)> {
+        if !self.counting_bounds {
+            return None;
         }
-        outcomes
+        let strict = prepared
+            .iter()
+            .any(|p| Search::new(&p.claim, &self.pools, &p.fits, self.step_limit).strict());
+        if strict {
+            return None;
+        }
+        prepared.iter().enumerate().find_map(|(k, p)| {
+            let proof = crate::bounds::cannot_fit(&p.claim, &self.pools, &p.fits)?;
+            let mut lines = vec![format!(
+                "{} does not fit even alone, so neither does the pod",
+                p.outcome.claim
+            )];
+            lines.extend(self.why_bound(&p.claim, &p.matchings, &p.fits, &proof));
+            Some((k, lines))
+        })
     }
 
     /// Every pending claim of the pod fails with the error of claim `failed`.
@@ -434,4 +442,36 @@ impl Allocator {
         }
         Some((culprit, lines))
     }
+}
+
+/// The outcomes of a pod none of whose pending claims is allocated: `shared` lines for all (the
+/// step limit, invalid pools), and the claim that cannot be placed with why, when known.
+fn not_allocated(
+    prepared: Vec<Prepared>,
+    status: Status,
+    steps: u64,
+    shared: &[String],
+    culprit: Option<(usize, Vec<String>)>,
+) -> Vec<Outcome> {
+    let labels: Vec<String> = prepared.iter().map(|p| p.outcome.claim.clone()).collect();
+    let mut outcomes = Vec::new();
+    for (k, p) in prepared.into_iter().enumerate() {
+        let mut outcome = p.outcome;
+        outcome.status = status;
+        outcome.search_steps = steps;
+        outcome.explanation = shared.to_vec();
+        match &culprit {
+            Some((c, lines)) if *c == k => outcome.explanation.extend(lines.iter().cloned()),
+            Some((c, _)) => outcome.explanation.push(format!(
+                "not allocated: the scheduler allocates all of the pod's pending claims together or none; {} cannot be placed given the claims before it",
+                labels.get(*c).map_or("", String::as_str)
+            )),
+            None if shared.is_empty() => outcome
+                .explanation
+                .push("the pod's claims do not fit together".into()),
+            None => {}
+        }
+        outcomes.push(outcome);
+    }
+    outcomes
 }

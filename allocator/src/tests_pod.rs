@@ -374,3 +374,36 @@ fn a_missing_claim_or_an_invalid_one_fails_the_pod() {
         "{outcomes:#?}"
     );
 }
+
+// A claim that counting proves cannot fit alone (32 GPUs of one NUMA node where each node has
+// 28) is answered without trying every combination, as for the claim alone: the pod is
+// unsatisfiable and that claim is named, whatever comes before it.
+#[test]
+fn a_claim_that_cannot_fit_alone_is_named_without_a_search() {
+    let numa: Vec<u8> = (0..56).map(|i| u8::from(i >= 28)).collect();
+    let one_numa = "    requests:\n    - name: many\n      exactly: {deviceClassName: gpu, count: 32}\n    constraints:\n    - matchAttribute: example.com/numaNode\n";
+    let text = [
+        claim("small", &one_gpu("gpu", None)),
+        claim("big", one_numa),
+        pod(
+            &[
+                "{name: a, resourceClaimName: small}",
+                "{name: b, resourceClaimName: big}",
+            ],
+            0,
+        ),
+    ]
+    .concat();
+    let outcomes = explain_pod(&gpus(&numa), &text);
+    assert!(
+        outcomes.iter().all(|o| o.status == Status::Unsatisfiable),
+        "{outcomes:#?}"
+    );
+    let why = outcomes[1].explanation.join("\n");
+    assert!(
+        why.contains("ResourceClaim ml/big does not fit even alone")
+            && why.contains("largest group has 28"),
+        "{why}"
+    );
+    assert_eq!(outcomes[1].search_steps, 0);
+}

@@ -145,7 +145,9 @@ impl Allocator {
         let starved = self.pools.starved.clone();
         let before = self.pools.warnings.len();
         self.pools.hold(&pod.allocated);
-        let held_warnings = self.pools.warnings.split_off(before);
+        let mut held_warnings = self.pools.warnings.split_off(before);
+        // Over-committed counter sets are found again: only what the pod's claims add is news.
+        held_warnings.retain(|w| !self.pools.warnings.contains(w));
         let mut outcomes: Vec<Outcome> = pod
             .allocated
             .iter()

@@ -5,7 +5,7 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::indexing_slicing)]
 
-use allocator::{Allocator, Objects, synthetic};
+use allocator::{Allocator, Objects, Status, link_pod, synthetic};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
@@ -64,5 +64,40 @@ fn cannot_fit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, cannot_fit);
+/// A pod of three claims like the ones above (the second needs its last request on NUMA node 3),
+/// searched together as the scheduler does, against the same three claims explained one by one.
+fn pod(c: &mut Criterion) {
+    let mut objects = Objects::default();
+    objects.add_text("node", &synthetic::node(1024, 4)).unwrap();
+    let mut text = String::new();
+    for (i, last_on) in [None, Some(3), None].into_iter().enumerate() {
+        text.push_str("---\n");
+        text.push_str(&synthetic::claim(8, last_on).replace("name: c,", &format!("name: c{i},")));
+    }
+    text.push_str("---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: bench}\nspec:\n  resourceClaims:\n  - {name: a, resourceClaimName: c0}\n  - {name: b, resourceClaimName: c1}\n  - {name: c, resourceClaimName: c2}\n  containers: [{name: main, image: x}]\n");
+    objects.add_text("pod", &text).unwrap();
+    let linked = link_pod(&objects.pods[0], &objects.claims, None);
+    c.bench_function("explain/1024-devices-pod-of-3-claims/together", |b| {
+        b.iter(|| {
+            let mut allocator =
+                Allocator::new(&objects.slices, objects.classes.clone(), &[], None).unwrap();
+            let outcomes = allocator.explain_pod(&linked);
+            assert!(outcomes.iter().all(|o| o.status == Status::Allocated));
+            outcomes
+        });
+    });
+    c.bench_function("explain/1024-devices-pod-of-3-claims/one-by-one", |b| {
+        b.iter(|| {
+            let mut allocator =
+                Allocator::new(&objects.slices, objects.classes.clone(), &[], None).unwrap();
+            objects
+                .claims
+                .iter()
+                .map(|claim| allocator.explain(claim))
+                .collect::<Vec<_>>()
+        });
+    });
+}
+
+criterion_group!(benches, bench, cannot_fit, pod);
 criterion_main!(benches);

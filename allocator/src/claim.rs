@@ -60,6 +60,8 @@ pub struct Request {
     pub alternatives: Vec<Alternative>,
     /// Written as `firstAvailable` (even with a single entry).
     pub first_available: bool,
+    /// Which claim of a pod's joint search it belongs to (0 for a claim searched alone).
+    pub claim: usize,
 }
 
 /// What a constraint demands of the devices of its requests.
@@ -80,6 +82,9 @@ pub struct Constraint {
     pub requests: Vec<String>,
     /// What it demands.
     pub kind: ConstraintKind,
+    /// Which claim of a pod's joint search it belongs to (0 for a claim searched alone): it
+    /// covers only requests of that claim.
+    pub claim: usize,
 }
 
 impl Constraint {
@@ -119,6 +124,30 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// The claims of one pod as one claim for a joint search, in the scheduler's order: requests
+    /// and constraints keep which claim they belong to, so constraints stay within their claim.
+    pub fn joint(claims: &[&Claim]) -> Claim {
+        let mut joint = Claim {
+            requests: Vec::new(),
+            constraints: Vec::new(),
+        };
+        for (index, claim) in claims.iter().enumerate() {
+            joint
+                .requests
+                .extend(claim.requests.iter().cloned().map(|mut r| {
+                    r.claim = index;
+                    r
+                }));
+            joint
+                .constraints
+                .extend(claim.constraints.iter().cloned().map(|mut c| {
+                    c.claim = index;
+                    c
+                }));
+        }
+        joint
+    }
+
     /// Normalizes `spec`, with `classes` by name. Errors are what the API server or scheduler would
     /// refuse: a request without `exactly` or `firstAvailable`, an unknown class, a bad count.
     pub fn new(
@@ -171,6 +200,7 @@ impl Claim {
                 name: name.clone(),
                 alternatives,
                 first_available: request.first_available.is_some(),
+                claim: 0,
             });
         }
         if requests.is_empty() {
@@ -212,6 +242,7 @@ impl Claim {
                 number,
                 requests: names,
                 kind,
+                claim: 0,
             });
         }
         Ok(Claim {

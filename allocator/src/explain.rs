@@ -13,11 +13,25 @@ use crate::input::ClaimInput;
 use crate::model::Pools;
 use crate::nodes::Node;
 use crate::outcome::{Allocated, Matching, NUMA, Outcome, PCIE, Status, alignment};
-use crate::search::{MAX_DEVICES_PER_CLAIM, Search};
+use crate::search::{Fit, MAX_DEVICES_PER_CLAIM, Search};
 use crate::version::KubernetesVersion;
 
 /// Device tries before a search gives up (the scheduler has a time limit instead).
 pub const DEFAULT_STEP_LIMIT: u64 = 2_000_000;
+
+/// A claim ready for the search: normalized, its candidates found.
+pub(crate) struct Prepared {
+    /// The outcome so far (warnings).
+    pub(crate) outcome: Outcome,
+    /// The normalized claim.
+    pub(crate) claim: Claim,
+    /// `namespace/name`, as the scheduler names it.
+    pub(crate) claim_name: String,
+    /// Per request and alternative, the candidates and the rejected devices.
+    pub(crate) matchings: Vec<Vec<Matching>>,
+    /// Per request and alternative, the candidates.
+    pub(crate) fits: Vec<Vec<Vec<Fit>>>,
+}
 
 /// Explains claims against one set of slices, classes and existing allocations.
 pub struct Allocator {
@@ -144,8 +158,82 @@ impl Allocator {
 
     /// The allocation the structured allocator would make for `input`, or why there is none.
     pub fn explain(&mut self, input: &ClaimInput) -> Outcome {
-        let mut outcome = Outcome {
-            claim: input.label.clone(),
+        let Prepared {
+            mut outcome,
+            claim,
+            claim_name,
+            matchings,
+            fits,
+        } = match self.prepare(input) {
+            Ok(prepared) => prepared,
+            Err(outcome) => return *outcome,
+        };
+        let mut search = Search::new(&claim, &self.pools, &fits, self.step_limit);
+        search.claim_name.clone_from(&claim_name);
+        search.counting_bounds = self.counting_bounds;
+        // A counting bound answers "no" at once where the search would try every combination;
+        // not where the scheduler's search could end in an error instead (strict).
+        if self.counting_bounds
+            && !search.strict()
+            && let Some(proof) = crate::bounds::cannot_fit(&claim, &self.pools, &fits)
+        {
+            outcome.status = Status::Unsatisfiable;
+            outcome.explanation = self.why_bound(&claim, &matchings, &fits, &proof);
+            return outcome;
+        }
+        let found = search.run();
+        outcome.search_steps = search.steps;
+        if let Some(error) = search.error {
+            outcome.explanation.push(error);
+            return outcome;
+        }
+        // No allocation and an invalid pool: the scheduler fails with an error rather than
+        // "unsatisfiable" (`Allocate`: "invalid resource pools were encountered").
+        if !found && self.any_invalid_pool() && !search.gave_up {
+            outcome
+                .explanation
+                .push("invalid resource pools were encountered".into());
+            outcome
+                .explanation
+                .extend(self.why_not(&claim, &matchings, &fits));
+            return outcome;
+        }
+        if !found {
+            outcome.status = Status::Unsatisfiable;
+            outcome.explanation = match search.gave_up {
+                true => vec![self.gave_up_line()],
+                false => self.why_not(&claim, &matchings, &fits),
+            };
+            return outcome;
+        }
+        self.fill(&mut outcome, &claim, &claim_name, &search.picks);
+        outcome
+    }
+
+    /// Whether some pool is invalid (duplicate names, unknown counter sets).
+    pub(crate) fn any_invalid_pool(&self) -> bool {
+        self.pools.devices.iter().any(|d| d.invalid_pool)
+    }
+
+    /// What an outcome says when the search reached its step limit.
+    pub(crate) fn gave_up_line(&self) -> String {
+        format!(
+            "the search gave up after {} device tries without an allocation (the scheduler may still find one)",
+            self.step_limit
+        )
+    }
+
+    /// An outcome for `input` with nothing decided yet (status `error`, no devices).
+    pub(crate) fn blank_outcome(&self, input: &ClaimInput) -> Outcome {
+        let mut outcome = self.bare_outcome(input.label.clone());
+        outcome.request_mappings.clone_from(&input.request_mappings);
+        outcome
+    }
+
+    /// An outcome for the claim `label` with nothing decided yet (status `error`, no devices).
+    pub(crate) fn bare_outcome(&self, label: String) -> Outcome {
+        Outcome {
+            claim: label,
             kubernetes_version: self.version.to_string(),
             feature_gates: self.gates.to_string(),
             status: Status::Error,
@@ -155,26 +243,34 @@ impl Allocator {
             explanation: Vec::new(),
             warnings: Vec::new(),
             search_steps: 0,
-            request_mappings: input.request_mappings.clone(),
-        };
+            request_mappings: Vec::new(),
+            pod: None,
+        }
+    }
+
+    /// Everything before the search, as the scheduler checks it before its search (`Allocate`):
+    /// the claim normalized, its selectors compiled and run on every device, `allocationMode: All`
+    /// and the 32-device limit checked. An error ends the claim: the outcome to report.
+    pub(crate) fn prepare(&mut self, input: &ClaimInput) -> Result<Prepared, Box<Outcome>> {
+        let mut outcome = self.blank_outcome(input);
         if let Some(error) = &self.pools.node_error {
             outcome.explanation.push(error.clone());
-            return outcome;
+            return Err(Box::new(outcome));
         }
         let mut spec = input.spec.clone();
         if let Err(e) = self.gates.strip_claim(&mut spec, &mut outcome.warnings) {
             outcome.explanation.push(e);
-            return outcome;
+            return Err(Box::new(outcome));
         }
         if let Err(e) = self.admin_access_allowed(input, &spec, &mut outcome.warnings) {
             outcome.explanation.push(e);
-            return outcome;
+            return Err(Box::new(outcome));
         }
         let claim = match Claim::new(&spec, &self.classes) {
             Ok(claim) => claim,
             Err(e) => {
                 outcome.explanation.push(e);
-                return outcome;
+                return Err(Box::new(outcome));
             }
         };
         let mut fresh = false;
@@ -189,11 +285,13 @@ impl Allocator {
             self.refresh_values();
         }
         // `namespace/name`, as the scheduler names the claim (`klog.KObj`).
-        let claim_name = input
-            .label
-            .split_once(' ')
-            .map_or(input.label.as_str(), |(_, name)| name)
-            .to_owned();
+        let claim_name = input.scheduler_name.clone().unwrap_or_else(|| {
+            input
+                .label
+                .split_once(' ')
+                .map_or(input.label.as_str(), |(_, name)| name)
+                .to_owned()
+        });
         let mut verdicts = VerdictCache::new(self.pools.devices.len());
         let mut fits = Vec::new();
         let mut matchings = Vec::new();
@@ -212,7 +310,7 @@ impl Allocator {
                                 ),
                                 e => format!("{} {:?}: {e}", selector.origin, selector.expression),
                             });
-                            return outcome;
+                            return Err(Box::new(outcome));
                         }
                     }
                 }
@@ -230,7 +328,7 @@ impl Allocator {
                     && let Some(error) = self.all_devices_error(alternative, &matching, &claim_name)
                 {
                     outcome.explanation.push(error);
-                    return outcome;
+                    return Err(Box::new(outcome));
                 }
                 per_request.push(matching);
             }
@@ -265,52 +363,28 @@ impl Allocator {
             outcome.explanation.push(format!(
                 "claim {claim_name}: number of requested devices {least} exceeds the claim limit of {MAX_DEVICES_PER_CLAIM}"
             ));
-            return outcome;
+            return Err(Box::new(outcome));
         }
-        let mut search = Search::new(&claim, &self.pools, &fits, self.step_limit);
-        search.claim_name.clone_from(&claim_name);
-        search.counting_bounds = self.counting_bounds;
-        // A counting bound answers "no" at once where the search would try every combination;
-        // not where the scheduler's search could end in an error instead (strict).
-        if self.counting_bounds
-            && !search.strict()
-            && let Some(proof) = crate::bounds::cannot_fit(&claim, &self.pools, &fits)
-        {
-            outcome.status = Status::Unsatisfiable;
-            outcome.explanation = self.why_bound(&claim, &matchings, &fits, &proof);
-            return outcome;
-        }
-        let found = search.run();
-        outcome.search_steps = search.steps;
-        if let Some(error) = search.error {
-            outcome.explanation.push(error);
-            return outcome;
-        }
-        // No allocation and an invalid pool: the scheduler fails with an error rather than
-        // "unsatisfiable" (`Allocate`: "invalid resource pools were encountered").
-        let invalid = self.pools.devices.iter().any(|d| d.invalid_pool);
-        if !found && invalid && !search.gave_up {
-            outcome
-                .explanation
-                .push("invalid resource pools were encountered".into());
-            outcome
-                .explanation
-                .extend(self.why_not(&claim, &matchings, &fits));
-            return outcome;
-        }
-        if !found {
-            outcome.status = Status::Unsatisfiable;
-            outcome.explanation = match search.gave_up {
-                true => vec![format!(
-                    "the search gave up after {} device tries without an allocation (the scheduler may still find one)",
-                    self.step_limit
-                )],
-                false => self.why_not(&claim, &matchings, &fits),
-            };
-            return outcome;
-        }
+        Ok(Prepared {
+            outcome,
+            claim,
+            claim_name,
+            matchings,
+            fits,
+        })
+    }
+
+    /// The outcome of an allocation: the devices of `picks` (those of requests of `claim`), as
+    /// `status.allocation.devices.results` would list them, and their alignment.
+    pub(crate) fn fill(
+        &self,
+        outcome: &mut Outcome,
+        claim: &Claim,
+        claim_name: &str,
+        picks: &[crate::search::Pick],
+    ) {
         outcome.status = Status::Allocated;
-        for pick in &search.picks {
+        for pick in picks {
             let (Some(device), Some(alternative)) = (
                 self.pools.devices.get(pick.device),
                 claim
@@ -341,7 +415,7 @@ impl Allocator {
                     .collect(),
                 share_id: device
                     .allow_multiple
-                    .then(|| share_id(&claim_name, outcome.devices.len())),
+                    .then(|| share_id(claim_name, outcome.devices.len())),
                 numa_node: device.numa_node(),
                 pcie_root: device.pcie_root().map(str::to_owned),
                 binding_conditions: device.binding_conditions.clone(),
@@ -365,7 +439,6 @@ impl Allocator {
             d.numa_node.map(|n| n.to_string())
         });
         outcome.pcie_root = alignment(&outcome.devices, PCIE, |d| d.pcie_root.clone());
-        outcome
     }
 
     /// For `allocationMode: All`, the scheduler's error before the search, if any: the first pool

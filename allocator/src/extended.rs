@@ -25,7 +25,7 @@ pub const CLASS_PREFIX: &str = "deviceclass.resource.kubernetes.io/";
 pub struct Implicit {
     /// The implicit claim (None: no extended resource of the pod is served by a DeviceClass).
     pub claim: Option<ClaimInput>,
-    /// Resources no class serves, classes that compete for a name, the pod's own claims.
+    /// Resources no class serves, classes that compete for a name.
     pub notes: Vec<String>,
 }
 
@@ -228,20 +228,6 @@ pub fn implicit_claim(pod: &PodInput, classes: &[DeviceClass]) -> Implicit {
         mappings.extend(short_mappings);
     }
     device_requests.sort_by(|a, b| a.name.cmp(&b.name));
-    for claim in pod.spec.resource_claims.iter().flatten() {
-        let source = match (
-            &claim.resource_claim_name,
-            &claim.resource_claim_template_name,
-        ) {
-            (Some(name), _) => format!("ResourceClaim {name}"),
-            (_, Some(template)) => format!("ResourceClaimTemplate {template}"),
-            _ => "no claim".into(),
-        };
-        implicit.notes.push(format!(
-            "{}: also uses {source} (pod claim {}): the scheduler allocates it together with the extended resources; explain answers for it when its file is given, on its own",
-            pod.label, claim.name
-        ));
-    }
     if device_requests.is_empty() {
         return implicit;
     }
@@ -256,6 +242,12 @@ pub fn implicit_claim(pod: &PodInput, classes: &[DeviceClass]) -> Implicit {
         status: None,
         namespace: pod.namespace.clone(),
         request_mappings: mappings,
+        // The scheduler's in-memory name of the claim until PreBind creates it
+        // (`specialClaimInMemName`).
+        scheduler_name: Some(match &pod.namespace {
+            Some(namespace) => format!("{namespace}/<extended-resources>"),
+            None => "<extended-resources>".to_owned(),
+        }),
     });
     implicit
 }

@@ -31,6 +31,9 @@ pub struct ClaimInput {
     pub namespace: Option<String>,
     /// For a pod's implicit claim: which container's resource each request serves.
     pub request_mappings: Vec<RequestMapping>,
+    /// `namespace/name` as the scheduler's messages name the claim, where the label does not
+    /// give it (a claim a pod's template would stamp out, a pod's implicit claim).
+    pub scheduler_name: Option<String>,
 }
 
 /// A pod, or the pod template of a workload (Deployment, Job, ...).
@@ -252,6 +255,7 @@ impl Objects {
                     status: claim.status,
                     namespace: namespace.clone(),
                     request_mappings: Vec::new(),
+                    scheduler_name: None,
                 });
             }
             "ResourceClaimTemplate" => {
@@ -266,6 +270,7 @@ impl Objects {
                     status: None,
                     namespace: namespace.clone(),
                     request_mappings: Vec::new(),
+                    scheduler_name: None,
                 });
             }
             "DeviceClass" => self.classes.push(decode(value).map_err(fail)?),

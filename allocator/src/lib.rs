@@ -60,6 +60,7 @@ mod matching;
 mod model;
 mod nodes;
 mod outcome;
+mod pod;
 mod render;
 mod search;
 pub mod synthetic;
@@ -74,6 +75,7 @@ pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects, PodInput, Reque
 pub use model::{AttrValue, Pools};
 pub use nodes::Node;
 pub use outcome::{Allocated, Outcome, Status};
+pub use pod::{PodClaims, link_pod};
 pub use quantity::{Quantity, QuantityError};
 // The quantity parser lives in `hal`, so the plugin parses quantities without the allocator.
 use hal::quantity;
@@ -92,6 +94,9 @@ mod tests_extended;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_gated;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_pod;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_scheduler;

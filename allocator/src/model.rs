@@ -496,6 +496,13 @@ impl Pools {
             .collect();
     }
 
+    /// Adds what `claims` hold to what is in use (a pod's own allocated claims, for that pod's
+    /// search).
+    pub(crate) fn hold(&mut self, claims: &[ClaimInput]) {
+        self.add_allocations(claims);
+        self.find_overcommitted();
+    }
+
     fn add_allocations(&mut self, allocated: &[ClaimInput]) {
         let index: BTreeMap<String, usize> = self
             .devices

@@ -86,6 +86,10 @@ pub struct Outcome {
     /// claim serves (`pod.status.extendedResourceClaimStatus.requestMappings`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub request_mappings: Vec<crate::input::RequestMapping>,
+    /// For a claim of a pod (or pod template): the pod, whose pending claims the scheduler
+    /// allocates together in one search (`Pod ns/name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 /// Why a device is not a candidate for an alternative.

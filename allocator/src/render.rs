@@ -26,6 +26,12 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
             "{}: {verdict} (Kubernetes {} rules{gates})",
             outcome.claim, outcome.kubernetes_version
         );
+        if let Some(pod) = &outcome.pod {
+            let _ = writeln!(
+                out,
+                "  of {pod} (the scheduler allocates the pod's pending claims together, in one search)"
+            );
+        }
         if !outcome.devices.is_empty() {
             let header = [
                 "REQUEST",

@@ -2,6 +2,11 @@
 //! allocator uses: requests in order, `firstAvailable` alternatives in order, devices in pool order,
 //! combinations of a request's devices in increasing device order. A claim with a solution is never
 //! reported unsolvable, short of the step limit.
+//!
+//! The claims of one pod are searched together, as the scheduler's `Allocate` does with all of a
+//! pod's pending claims: one claim after the other (requests of [`Claim::joint`]), backtracking
+//! across them, with devices taken by an earlier claim in use for the later ones (unless shared),
+//! constraints and the 32-device limit per claim.
 
 use std::collections::BTreeMap;
 
@@ -75,6 +80,11 @@ pub struct Search<'a> {
     pub error: Option<String>,
     /// `namespace/name` of the claim, for error messages as the scheduler words them.
     pub claim_name: String,
+    /// For a joint search, `namespace/name` of each claim by index (empty: [`Search::claim_name`]
+    /// for all).
+    pub claim_names: Vec<String>,
+    /// The claim whose request the search was on when it stopped with [`Search::error`].
+    pub error_claim: usize,
     /// No pruning that could skip a device the scheduler would reach: set when reaching a device
     /// can end in an error (CEL runtime errors, `allocationMode: All` under a constraint).
     strict: bool,
@@ -110,6 +120,8 @@ impl<'a> Search<'a> {
             gave_up: false,
             error: None,
             claim_name: String::new(),
+            claim_names: Vec::new(),
+            error_claim: 0,
             strict: fits
                 .iter()
                 .flatten()
@@ -186,10 +198,7 @@ impl<'a> Search<'a> {
         let name = self.alternative_name(r, a);
         let mut tightest: Option<usize> = None;
         for (c, constraint) in self.claim.constraints.iter().enumerate() {
-            if self.skip_all_constraints
-                || self.skip_constraint == Some(c)
-                || !constraint.covers(name)
-            {
+            if !self.applies(c, r, name) {
                 continue;
             }
             let (ConstraintKind::Match(attribute), Some((Some(fixed), _))) =
@@ -218,14 +227,67 @@ impl<'a> Search<'a> {
         self.request(0)
     }
 
+    /// Whether constraint `c` applies to alternative `name` of request `r`: not left out, of the
+    /// same claim, and covering it.
+    fn applies(&self, c: usize, r: usize, name: &str) -> bool {
+        if self.skip_all_constraints || self.skip_constraint == Some(c) {
+            return false;
+        }
+        let (Some(constraint), Some(request)) =
+            (self.claim.constraints.get(c), self.claim.requests.get(r))
+        else {
+            return false;
+        };
+        constraint.claim == request.claim && constraint.covers(name)
+    }
+
+    /// The claim request `r` belongs to.
+    fn claim_of(&self, r: usize) -> usize {
+        self.claim.requests.get(r).map_or(0, |q| q.claim)
+    }
+
+    /// How many of the picks (a suffix: claims are searched one after the other) belong to
+    /// claim `claim`.
+    fn picks_of_claim(&self, claim: usize) -> usize {
+        self.picks
+            .iter()
+            .rev()
+            .take_while(|p| self.claim_of(p.request) == claim)
+            .count()
+    }
+
+    /// `namespace/name` of claim `claim`, for the scheduler's messages.
+    fn name_of_claim(&self, claim: usize) -> &str {
+        self.claim_names
+            .get(claim)
+            .map_or(self.claim_name.as_str(), String::as_str)
+    }
+
+    fn set_error(&mut self, r: usize, error: String) {
+        self.error_claim = self.claim_of(r);
+        self.error = Some(error);
+    }
+
     fn stopped(&self) -> bool {
         self.gave_up || self.error.is_some() || self.exceeded
     }
 
     fn request(&mut self, r: usize) -> bool {
+        let found = self.request_in_claim(r);
+        // The first request of a later claim: the scheduler does not pass "over the limit" back
+        // into the claim before (`allocateOne`, done with the claim: a different choice there may
+        // let a sub-request with fewer devices fit here).
+        if r > 0 && self.claim_of(r) != self.claim_of(r - 1) {
+            self.exceeded = false;
+        }
+        found
+    }
+
+    fn request_in_claim(&mut self, r: usize) -> bool {
         let Some(request) = self.claim.requests.get(r) else {
             return true;
         };
+        let claim = request.claim;
         let mut exceeded_every = true;
         for (a, alternative) in request.alternatives.iter().enumerate() {
             let fits = self
@@ -241,7 +303,8 @@ impl<'a> Search<'a> {
             };
             // The count is known before any device is chosen, so the scheduler unwinds to the
             // nearest firstAvailable request without trying other devices on the way.
-            let found = if self.picks.len().saturating_add(wanted) > MAX_DEVICES_PER_CLAIM {
+            let found = if self.picks_of_claim(claim).saturating_add(wanted) > MAX_DEVICES_PER_CLAIM
+            {
                 self.exceeded = true;
                 false
             } else {
@@ -326,11 +389,12 @@ impl<'a> Search<'a> {
                     // The scheduler names a sub-request by its own name only.
                     let name = self.alternative_name(r, a);
                     let request = name.rsplit('/').next().unwrap_or_default();
-                    self.error = Some(format!(
+                    let error = format!(
                         "claim {}, request {request}: cannot add device {} because a claim constraint would not be satisfied",
-                        self.claim_name,
+                        self.name_of_claim(self.claim_of(r)),
                         device.unwrap_or_default()
-                    ));
+                    );
+                    self.set_error(r, error);
                 }
                 break;
             }
@@ -367,9 +431,24 @@ impl<'a> Search<'a> {
         let Some(device) = self.pools.devices.get(d) else {
             return true;
         };
-        let ours = !device.allow_multiple && self.times_picked.get(d).copied().unwrap_or(0) > 0;
+        if device.allow_multiple {
+            let held = self.pools.usage.get(d).is_some_and(|u| u.held_by.is_some());
+            return held && !self.admin(r, a);
+        }
+        // Admin access does not see devices of other claims as in use, only its own claim's
+        // (`allocatingDeviceForClaim`); any other request sees every device being allocated
+        // (`deviceInUse`).
+        if self.admin(r, a) {
+            let claim = self.claim_of(r);
+            let mine = self.picks_of_claim(claim);
+            let start = self.picks.len().saturating_sub(mine);
+            return self
+                .picks
+                .get(start..)
+                .is_some_and(|picks| picks.iter().any(|p| p.device == d));
+        }
         let held = self.pools.usage.get(d).is_some_and(|u| u.held_by.is_some());
-        ours || (held && !self.admin(r, a))
+        held || self.times_picked.get(d).copied().unwrap_or(0) > 0
     }
 
     /// Tries `fit` for alternative `a` of request `r`; on success the state holds it. The checks
@@ -391,7 +470,7 @@ impl<'a> Search<'a> {
             return false;
         }
         if let Some(error) = &fit.error {
-            self.error = Some(error.clone());
+            self.set_error(r, error.clone());
             return false;
         }
         if fit.blocked {
@@ -429,10 +508,7 @@ impl<'a> Search<'a> {
         let name = self.alternative_name(r, a);
         let mut values = Vec::new();
         for (c, constraint) in self.claim.constraints.iter().enumerate() {
-            if self.skip_all_constraints
-                || self.skip_constraint == Some(c)
-                || !constraint.covers(name)
-            {
+            if !self.applies(c, r, name) {
                 continue;
             }
             let (ConstraintKind::Match(attribute) | ConstraintKind::Distinct(attribute)) =
@@ -549,10 +625,7 @@ impl<'a> Search<'a> {
             .map(|alt| alt.name.clone())
             .unwrap_or_default();
         for (c, constraint) in self.claim.constraints.iter().enumerate() {
-            if self.skip_all_constraints
-                || self.skip_constraint == Some(c)
-                || !constraint.covers(&name)
-            {
+            if !self.applies(c, pick.request, &name) {
                 continue;
             }
             match constraint.kind {
@@ -592,7 +665,9 @@ fn match_counts(claim: &Claim, pools: &Pools, fits: &[Vec<Vec<Fit>>]) -> Vec<Mat
                         .iter()
                         .zip(per_request)
                         .map(|(alternative, fits)| {
-                            if !constraint.covers(&alternative.name) {
+                            if request.claim != constraint.claim
+                                || !constraint.covers(&alternative.name)
+                            {
                                 return None;
                             }
                             let mut counts = BTreeMap::new();

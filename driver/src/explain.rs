@@ -114,7 +114,7 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     classes.append(&mut claims.classes);
 
     let mut notes = Vec::new();
-    let implicit = implicit_claims(&claims.pods, &classes, request.gates, &mut notes);
+    let pods = link_pods(&claims, &classes, request.gates, &mut notes);
     let node = Node::named(request.node.as_deref(), request.node_labels.clone());
     let mut allocator = Allocator::for_node(
         request.version,
@@ -148,51 +148,68 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     if allocator.pools().devices.is_empty() {
         notes.push("no devices at all: no slices were given or built".into());
     }
-    let outcomes = claims
+    // A claim or template a pod uses is explained with the pod, in the pod's one search.
+    let used: BTreeSet<usize> = pods.iter().flat_map(|p| p.used.iter().copied()).collect();
+    let mut outcomes: Vec<Outcome> = claims
         .claims
         .iter()
-        .chain(&implicit)
-        .map(|c| allocator.explain(c))
+        .enumerate()
+        .filter(|(i, _)| !used.contains(i))
+        .map(|(_, c)| allocator.explain(c))
         .collect();
+    for pod in &pods {
+        outcomes.extend(allocator.explain_pod(pod));
+    }
     Ok(Report {
         claims: outcomes,
         notes,
     })
 }
 
-/// The implicit claims of pods' extended resources, as the scheduler builds them (none with the
-/// feature gate DRAExtendedResource off: the resources are left to device plugins).
-fn implicit_claims(
-    pods: &[allocator::PodInput],
+/// Each pod with its claims (`spec.resourceClaims`, linked to the ResourceClaims and templates of
+/// the files) and the implicit claim of its extended resources, as the scheduler builds it (none
+/// with the feature gate DRAExtendedResource off: the resources are left to device plugins).
+fn link_pods(
+    objects: &Objects,
     classes: &[DeviceClass],
     gates: FeatureGates,
     notes: &mut Vec<String>,
-) -> Vec<allocator::ClaimInput> {
-    if !pods.is_empty() && !gates.extended_resource {
-        notes.push(format!(
-            "{} pod{}: DRAExtendedResource is off, so the scheduler leaves extended resources to device plugins and builds no claim for them (pass --feature-gates DRAExtendedResource=true if the cluster enables it)",
-            pods.len(),
-            if pods.len() == 1 { "" } else { "s" }
-        ));
-        return Vec::new();
+) -> Vec<allocator::PodClaims> {
+    let pods = &objects.pods;
+    if !gates.extended_resource {
+        let asking = pods
+            .iter()
+            .filter(|pod| allocator::implicit_claim(pod, classes).claim.is_some())
+            .count();
+        if asking > 0 {
+            notes.push(format!(
+                "{asking} pod{}: DRAExtendedResource is off, so the scheduler leaves extended resources to device plugins and builds no claim for them (pass --feature-gates DRAExtendedResource=true if the cluster enables it)",
+                if asking == 1 { "" } else { "s" }
+            ));
+        }
     }
-    let mut claims = Vec::new();
+    let mut linked = Vec::new();
     for pod in pods {
-        let implicit = allocator::implicit_claim(pod, classes);
+        let implicit = match gates.extended_resource {
+            true => allocator::implicit_claim(pod, classes),
+            false => allocator::Implicit::default(),
+        };
         for note in implicit.notes {
             if !notes.contains(&note) {
                 notes.push(note);
             }
         }
-        match implicit.claim {
-            Some(claim) => claims.push(claim),
-            None => notes.push(format!(
-                "{}: no extended resource that a DeviceClass serves: nothing to explain",
+        let claims = allocator::link_pod(pod, &objects.claims, implicit.claim);
+        if claims.pending.is_empty() && claims.allocated.is_empty() && claims.missing.is_empty() {
+            notes.push(format!(
+                "{}: no claim and no extended resource that a DeviceClass serves: nothing to explain",
                 pod.label
-            )),
+            ));
+            continue;
         }
+        linked.push(claims);
     }
-    claims
+    linked
 }
 
 #[cfg(test)]

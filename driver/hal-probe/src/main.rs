@@ -97,7 +97,9 @@ enum Command {
         hal-probe explain --slices gpus.yaml --slices nics.yaml --class classes.yaml templates.yaml\n\n\
         Without --fixture, --sysfs-root or --slices: this machine's slices. With only --slices: just those.\n\
         This driver's DeviceClasses (deployments/deviceclasses) are built in. Each claim is explained\n\
-        on its own, against the devices that --allocated claims hold.\n\
+        on its own, against the devices that --allocated claims hold; a Pod's (or workload's) claims,\n\
+        those its resourceClaims name and the implicit one of its extended resources, are searched\n\
+        together, as the scheduler allocates them.\n\
         Exit status: 0 when every claim fits, 3 when one does not or the scheduler would fail it with an error, 1 on bad input, 2 on bad usage.")]
     Explain(ExplainArgs),
     /// The node as a picture: CPUs, NUMA nodes, PCIe roots and the devices the driver publishes.
@@ -194,8 +196,8 @@ struct ExplainArgs {
     draw: Option<PathBuf>,
 
     /// ResourceClaim and ResourceClaimTemplate files (YAML or JSON, several documents each); Pods
-    /// and workloads (Deployment, Job, ...) are explained for their extended resources, Namespaces
-    /// for adminAccess.
+    /// and workloads (Deployment, Job, ...) are explained with their claims (`resourceClaims`) and
+    /// extended resources in one search, Namespaces for adminAccess.
     #[arg(required = true, value_name = "CLAIMS.yaml")]
     claims: Vec<PathBuf>,
 }

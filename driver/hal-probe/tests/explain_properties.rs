@@ -2,7 +2,10 @@
 //! Kubernetes scheduler guarantees. An allocation has at most 32 devices and every request its
 //! count, gives a device twice only where the slice allows several allocations, never consumes
 //! more capacity or shared counters than published, meets every constraint; and the same input
-//! gives the same answer.
+//! gives the same answer. Pods of one to three such claims, searched together as the scheduler
+//! does: all of the pod's claims get their devices or none, and no device goes to two claims of the
+//! pod unless its slice allows several allocations, nor capacity or counters past what is
+//! published, across the pod.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,7 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use allocator::{Allocator, KubernetesVersion, Objects, Outcome, Quantity, Status};
+use allocator::{
+    Allocated, Allocator, KubernetesVersion, Objects, Outcome, Quantity, Status, link_pod,
+};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 use proptest::prelude::*;
 
@@ -90,8 +95,12 @@ struct Req {
 }
 
 fn claim_yaml(requests: &[Req], constraint: u8) -> String {
-    let mut text = String::from(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c, namespace: ns}\nspec:\n  devices:\n    requests:\n",
+    named_claim_yaml("c", requests, constraint)
+}
+
+fn named_claim_yaml(name: &str, requests: &[Req], constraint: u8) -> String {
+    let mut text = format!(
+        "---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  devices:\n    requests:\n",
     );
     for (i, r) in requests.iter().enumerate() {
         text.push_str(&format!(
@@ -149,6 +158,28 @@ fn check(machine: &Machine, requests: &[Req], constraint: u8, outcome: &Outcome)
         return;
     }
     assert!(outcome.devices.len() <= 32, "{outcome:#?}");
+    check_counts(requests, outcome);
+    check_use(machine, outcome, &outcome.devices);
+    if constraint > 0 {
+        let devices = published(machine).0;
+        let values: Vec<i64> = outcome
+            .devices
+            .iter()
+            .map(|d| {
+                let attributes = devices[&d.device].attributes.as_ref().unwrap();
+                attributes["numaNode"].int.unwrap()
+            })
+            .collect();
+        let distinct: BTreeSet<i64> = values.iter().copied().collect();
+        match constraint {
+            1 => assert_eq!(distinct.len(), 1, "{outcome:#?}"),
+            _ => assert_eq!(distinct.len(), values.len(), "{outcome:#?}"),
+        }
+    }
+}
+
+/// Every request got its count (at least one for `All`).
+fn check_counts(requests: &[Req], outcome: &Outcome) {
     for (i, r) in requests.iter().enumerate() {
         let got = outcome
             .devices
@@ -160,7 +191,15 @@ fn check(machine: &Machine, requests: &[Req], constraint: u8, outcome: &Outcome)
             None => assert!(got >= 1, "request r{i}: {outcome:#?}"),
         }
     }
-    // The published devices and counter sets.
+}
+
+type Published<'a> = (
+    BTreeMap<String, &'a k8s_openapi::api::resource::v1::Device>,
+    BTreeMap<String, BTreeMap<String, Quantity>>,
+);
+
+/// The published devices and counter sets.
+fn published(machine: &Machine) -> Published<'_> {
     let mut devices = BTreeMap::new();
     let mut sets: BTreeMap<String, BTreeMap<String, Quantity>> = BTreeMap::new();
     for slice in &machine.slices {
@@ -176,10 +215,17 @@ fn check(machine: &Machine, requests: &[Req], constraint: u8, outcome: &Outcome)
             devices.insert(device.name.clone(), device);
         }
     }
+    (devices, sets)
+}
+
+/// `allocated` (one claim's devices, or a whole pod's) takes no device twice unless it is
+/// shared, and consumes no more capacity or counters than published.
+fn check_use(machine: &Machine, outcome: &impl std::fmt::Debug, allocated: &[Allocated]) {
+    let (devices, sets) = published(machine);
     let mut seen = BTreeSet::new();
     let mut consumed: BTreeMap<(String, String), Quantity> = BTreeMap::new();
     let mut counters: BTreeMap<(String, String), Quantity> = BTreeMap::new();
-    for d in &outcome.devices {
+    for d in allocated {
         let device = devices[&d.device];
         let shared = device.allow_multiple_allocations == Some(true);
         let first = seen.insert(d.device.clone());
@@ -215,21 +261,6 @@ fn check(machine: &Machine, requests: &[Req], constraint: u8, outcome: &Outcome)
             "counter set {set} {name}: {outcome:#?}"
         );
     }
-    if constraint > 0 {
-        let values: Vec<i64> = outcome
-            .devices
-            .iter()
-            .map(|d| {
-                let attributes = devices[&d.device].attributes.as_ref().unwrap();
-                attributes["numaNode"].int.unwrap()
-            })
-            .collect();
-        let distinct: BTreeSet<i64> = values.iter().copied().collect();
-        match constraint {
-            1 => assert_eq!(distinct.len(), 1, "{outcome:#?}"),
-            _ => assert_eq!(distinct.len(), values.len(), "{outcome:#?}"),
-        }
-    }
 }
 
 fn request() -> impl Strategy<Value = Req> {
@@ -260,5 +291,73 @@ proptest! {
         check(machine, &requests, constraint, &outcome);
         // Same input, same answer (share IDs included).
         prop_assert_eq!(&explain(machine, &claim), &outcome);
+    }
+}
+
+/// Explains the pod of `claims` (named c0, c1, ...), and each claim alone.
+fn explain_pod(machine: &Machine, claims: &[(Vec<Req>, u8)]) -> (Vec<Outcome>, Vec<Outcome>) {
+    let mut text = String::new();
+    for (i, (requests, constraint)) in claims.iter().enumerate() {
+        text.push_str(&named_claim_yaml(&format!("c{i}"), requests, *constraint));
+    }
+    text.push_str("---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns}\nspec:\n  resourceClaims:\n");
+    for i in 0..claims.len() {
+        text.push_str(&format!(
+            "  - {{name: claim{i}, resourceClaimName: c{i}}}\n"
+        ));
+    }
+    text.push_str("  containers: [{name: main, image: x}]\n");
+    let mut objects = Objects::default();
+    objects.add_text("pod", &text).unwrap();
+    let mut allocator = Allocator::for_version(
+        KubernetesVersion::NEWEST,
+        &machine.slices,
+        classes(),
+        &[],
+        None,
+    )
+    .unwrap();
+    let linked = link_pod(&objects.pods[0], &objects.claims, None);
+    let together = allocator.explain_pod(&linked);
+    let alone = objects
+        .claims
+        .iter()
+        .map(|c| allocator.explain(c))
+        .collect();
+    (together, alone)
+}
+
+fn pod_claim() -> impl Strategy<Value = (Vec<Req>, u8)> {
+    (prop::collection::vec(request(), 1..3), 0u8..3)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn random_pods_of_several_claims_keep_the_schedulers_invariants(
+        machine in 0..MACHINES.len(),
+        claims in prop::collection::vec(pod_claim(), 1..4),
+    ) {
+        let machine = &machines()[machine];
+        let (together, alone) = explain_pod(machine, &claims);
+        prop_assert_eq!(together.len(), claims.len());
+        // All of the pod's claims get their devices, or none does.
+        let status = together[0].status;
+        prop_assert!(together.iter().all(|o| o.status == status), "{:#?}", together);
+        let mut all = Vec::new();
+        for ((outcome, (requests, constraint)), alone) in together.iter().zip(&claims).zip(&alone) {
+            check(machine, requests, *constraint, outcome);
+            prop_assert_eq!(outcome.pod.as_deref(), Some("Pod ns/p"));
+            // What fits with the others fits alone.
+            if status == Status::Allocated {
+                prop_assert_ne!(alone.status, Status::Unsatisfiable, "{:#?} {:#?}", outcome, alone);
+            }
+            all.extend(outcome.devices.iter().cloned());
+        }
+        // Across the pod: no device twice unless shared, capacity and counters within bounds.
+        check_use(machine, &together, &all);
+        // Same input, same answer.
+        prop_assert_eq!(&explain_pod(machine, &claims).0, &together);
     }
 }

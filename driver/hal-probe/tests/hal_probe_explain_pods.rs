@@ -120,3 +120,68 @@ fn a_deployment_template_and_a_resource_no_class_serves() {
         "{stderr}"
     );
 }
+
+/// A pod with a template's claim (one whole GPU of this driver's class) and `gpu.intel.com/i915:
+/// gpus`, for the i915 fixture's two GPUs.
+fn pod_with_template(gpus: u32) -> String {
+    format!(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaimTemplate\nmetadata: {{name: one-gpu, namespace: media}}\nspec:\n  spec:\n    devices:\n      requests:\n      - name: gpu\n        exactly: {{deviceClassName: gpu.hal.dra.dev}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: transcode, namespace: media}}\nspec:\n  resourceClaims:\n  - {{name: g, resourceClaimTemplateName: one-gpu}}\n  containers:\n  - name: ffmpeg\n    image: intel/ffmpeg\n    resources:\n      limits: {{gpu.intel.com/i915: {gpus}}}\n      claims: [{{name: g}}]\n"
+    )
+}
+
+// The scheduler allocates a pod's claims together: the template's claim first, the implicit
+// claim of the extended resources last, in one search (issue 26). One GPU each fits the two GPUs;
+// one plus two does not, though each fits alone, and the answer names the claim that cannot be
+// placed.
+#[test]
+fn a_pods_template_claim_and_extended_resources_are_searched_together() {
+    let classes = temp_yaml(I915_CLASS);
+    let class = classes.path().to_str().unwrap();
+    let fits = temp_yaml(&pod_with_template(1));
+    let (json, code, stderr) = explain(&["--class", class, fits.path().to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{json:#} {stderr}");
+    let outcomes = json.as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{json:#}");
+    assert_eq!(
+        outcomes[0]["claim"],
+        "ResourceClaim media/transcode-g (from ResourceClaimTemplate one-gpu)"
+    );
+    assert_eq!(
+        outcomes[1]["claim"],
+        "Pod media/transcode (extended resources)"
+    );
+    for outcome in outcomes {
+        assert_eq!(outcome["pod"], "Pod media/transcode", "{outcome:#}");
+        assert_eq!(outcome["status"], "allocated", "{outcome:#}");
+        assert_eq!(outcome["kubernetesVersion"], "1.36");
+    }
+    let first = &outcomes[0]["devices"][0]["device"];
+    let second = &outcomes[1]["devices"][0]["device"];
+    assert_ne!(first, second, "{json:#}");
+    let too_many = temp_yaml(&pod_with_template(2));
+    let (json, code, _) = explain(&["--class", class, too_many.path().to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{json:#}");
+    for outcome in json.as_array().unwrap() {
+        assert_eq!(outcome["status"], "unsatisfiable", "{outcome:#}");
+    }
+    let why = json[1]["explanation"].to_string();
+    assert!(
+        why.contains("Pod media/transcode (extended resources) fits alone, but not after the pod's claims before it"),
+        "{why}"
+    );
+    // The table says whose claims they are.
+    let output = hal_probe(&[
+        "explain",
+        "--fixture",
+        "i915",
+        "--class",
+        class,
+        too_many.path().to_str().unwrap(),
+    ]);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("does NOT fit (Kubernetes 1.36 rules)")
+            && table.contains("of Pod media/transcode"),
+        "{table}"
+    );
+}

@@ -1,0 +1,479 @@
+//! A pod's claims searched together, as the scheduler's DRA plugin does: `PreFilter` gathers the
+//! pod's ResourceClaims in `spec.resourceClaims` order (a template's claim as the claim the
+//! resourceclaim controller stamps out), the implicit claim of its extended resources last
+//! (`claimStore`), and `Filter` hands every claim without an allocation to one `Allocate` call,
+//! which checks them all first, then searches them one after the other with backtracking across
+//! them: a device one claim takes is in use for the next (unless it allows multiple allocations,
+//! or the next asks for admin access), and either every claim gets its devices or none does.
+//!
+//! Upstream: `pkg/scheduler/framework/plugins/dynamicresources/` (`dynamicresources.go`:
+//! `foreachPodResourceClaim`, `PreFilter`, `Filter`; `claims.go`: `claimStore.toAllocate`) and
+//! `staging/src/k8s.io/dynamic-resource-allocation/structured/internal/incubating/
+//! allocator_incubating.go` (`Allocate`, `allocateOne`, `allocateDevice`).
+
+use crate::claim::Claim;
+use crate::explain::{Allocator, Prepared};
+use crate::input::{ClaimInput, PodInput};
+use crate::outcome::{Allocated, Outcome, Status};
+use crate::search::{Fit, Pick, Search};
+
+/// A pod linked to its claims, in the order the scheduler allocates them.
+#[derive(Debug, Clone, Default)]
+pub struct PodClaims {
+    /// `Pod ns/name` or `Deployment ns/name`.
+    pub pod: String,
+    /// Claims without an allocation, in `spec.resourceClaims` order, then the implicit claim of
+    /// the pod's extended resources.
+    pub pending: Vec<ClaimInput>,
+    /// The pod's claims that are allocated already: their devices are held.
+    pub allocated: Vec<ClaimInput>,
+    /// Claims the pod names that are not in the files: `(label, why)`. The scheduler does not try
+    /// the pod until they exist.
+    pub missing: Vec<(String, String)>,
+    /// Indices of the given claims (ResourceClaims and templates) that the pod uses, so they are
+    /// not explained again on their own.
+    pub used: Vec<usize>,
+}
+
+/// `(kind, name)` of a claim's label (`ResourceClaim ns/name`, `ResourceClaimTemplate name`).
+fn kind_and_name(label: &str) -> Option<(&str, &str)> {
+    let (kind, rest) = label.split_once(' ')?;
+    Some((kind, rest.rsplit('/').next().unwrap_or(rest)))
+}
+
+/// Whether an object of namespace `object` can be the one a pod of namespace `pod` names: equal,
+/// or either not written in the files (then taken as the same).
+fn same_namespace(pod: Option<&str>, object: Option<&str>) -> bool {
+    match (pod, object) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// Links `pod` to its claims among `claims` (ResourceClaims and ResourceClaimTemplates read from
+/// the files) as the scheduler sees them, with `implicit` (the claim of its extended resources,
+/// see [`crate::implicit_claim`]) last.
+pub fn link_pod(pod: &PodInput, claims: &[ClaimInput], implicit: Option<ClaimInput>) -> PodClaims {
+    let mut linked = PodClaims {
+        pod: pod.label.clone(),
+        ..PodClaims::default()
+    };
+    let namespace = pod.namespace.as_deref();
+    let pod_name = kind_and_name(&pod.label).map_or("pod", |(_, name)| name);
+    let find = |kind: &str, name: &str| {
+        claims.iter().position(|c| {
+            kind_and_name(&c.label) == Some((kind, name))
+                && same_namespace(namespace, c.namespace.as_deref())
+        })
+    };
+    let qualified = |name: &str| match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    };
+    for pod_claim in pod.spec.resource_claims.iter().flatten() {
+        match (
+            &pod_claim.resource_claim_name,
+            &pod_claim.resource_claim_template_name,
+        ) {
+            (Some(name), _) => match find("ResourceClaim", name) {
+                Some(i) => {
+                    linked.used.push(i);
+                    let Some(claim) = claims.get(i) else { continue };
+                    let allocated = claim
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.allocation.is_some());
+                    match allocated {
+                        true => linked.allocated.push(claim.clone()),
+                        false => linked.pending.push(claim.clone()),
+                    }
+                }
+                None => linked.missing.push((
+                    format!("ResourceClaim {}", qualified(name)),
+                    format!(
+                        "{}: pod claim {} names ResourceClaim {}, which is not in the files given: the scheduler does not try the pod until it exists (\"resourceclaim not found\")",
+                        pod.label,
+                        pod_claim.name,
+                        qualified(name)
+                    ),
+                )),
+            },
+            (None, Some(template)) => match find("ResourceClaimTemplate", template) {
+                Some(i) => {
+                    linked.used.push(i);
+                    let Some(source) = claims.get(i) else { continue };
+                    // The resourceclaim controller names it `<pod>-<claim>-<random suffix>`.
+                    let generated = format!("{pod_name}-{}", pod_claim.name);
+                    linked.pending.push(ClaimInput {
+                        label: format!(
+                            "ResourceClaim {} (from ResourceClaimTemplate {template})",
+                            qualified(&generated)
+                        ),
+                        spec: source.spec.clone(),
+                        status: None,
+                        namespace: pod.namespace.clone().or_else(|| source.namespace.clone()),
+                        request_mappings: Vec::new(),
+                        scheduler_name: Some(qualified(&generated)),
+                    });
+                }
+                None => linked.missing.push((
+                    format!("ResourceClaimTemplate {}", qualified(template)),
+                    format!(
+                        "{}: pod claim {} names ResourceClaimTemplate {}, which is not in the files given: no claim is created for the pod, and the scheduler does not try it until one exists",
+                        pod.label,
+                        pod_claim.name,
+                        qualified(template)
+                    ),
+                )),
+            },
+            // Neither: the API server refuses such a pod; the scheduler skips a claim without a
+            // name (`foreachPodResourceClaim`).
+            (None, None) => {}
+        }
+    }
+    linked.pending.extend(implicit);
+    linked
+}
+
+impl Allocator {
+    /// The outcome of each of the pod's claims when the scheduler allocates them together: the
+    /// pod's allocated claims hold their devices, the pending ones are searched in one search
+    /// (see the module documentation). Every outcome names the pod.
+    pub fn explain_pod(&mut self, pod: &PodClaims) -> Vec<Outcome> {
+        let usage = self.pools.usage.clone();
+        let counters_used = self.pools.counters_used.clone();
+        let starved = self.pools.starved.clone();
+        let before = self.pools.warnings.len();
+        self.pools.hold(&pod.allocated);
+        let mut held_warnings = self.pools.warnings.split_off(before);
+        // Over-committed counter sets are found again: only what the pod's claims add is news.
+        held_warnings.retain(|w| !self.pools.warnings.contains(w));
+        let mut outcomes: Vec<Outcome> = pod
+            .allocated
+            .iter()
+            .map(|claim| self.allocated_outcome(claim))
+            .collect();
+        for (label, why) in &pod.missing {
+            let mut outcome = self.bare_outcome(label.clone());
+            outcome.explanation.push(why.clone());
+            outcomes.push(outcome);
+        }
+        let mut pending = match pod.missing.is_empty() {
+            true => self.explain_together(&pod.pending),
+            false => pod
+                .pending
+                .iter()
+                .map(|claim| {
+                    let mut outcome = self.blank_outcome(claim);
+                    outcome.explanation.push(format!(
+                        "not searched: the scheduler does not try {} while a claim it names is missing",
+                        pod.pod
+                    ));
+                    outcome
+                })
+                .collect(),
+        };
+        outcomes.append(&mut pending);
+        self.pools.usage = usage;
+        self.pools.counters_used = counters_used;
+        self.pools.starved = starved;
+        for outcome in &mut outcomes {
+            outcome.pod = Some(pod.pod.clone());
+            outcome.warnings.extend(held_warnings.iter().cloned());
+        }
+        outcomes
+    }
+
+    /// An allocated claim of the pod: its devices as its status lists them.
+    fn allocated_outcome(&self, claim: &ClaimInput) -> Outcome {
+        let mut outcome = self.blank_outcome(claim);
+        outcome.status = Status::Allocated;
+        let results = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.devices.as_ref())
+            .and_then(|d| d.results.as_ref());
+        for result in results.into_iter().flatten() {
+            let device = self.pools.devices.iter().find(|d| {
+                d.driver == result.driver && d.pool == result.pool && d.name == result.device
+            });
+            outcome.devices.push(Allocated {
+                request: result.request.clone(),
+                driver: result.driver.clone(),
+                pool: result.pool.clone(),
+                device: result.device.clone(),
+                admin_access: result.admin_access == Some(true),
+                consumed_capacity: result
+                    .consumed_capacity
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect(),
+                share_id: result.share_id.clone(),
+                numa_node: device.and_then(|d| d.numa_node()),
+                pcie_root: device.and_then(|d| d.pcie_root().map(str::to_owned)),
+                binding_conditions: result.binding_conditions.clone().unwrap_or_default(),
+                binding_failure_conditions: result
+                    .binding_failure_conditions
+                    .clone()
+                    .unwrap_or_default(),
+            });
+        }
+        outcome.explanation.push(
+            "allocated already (status.allocation): not searched again; its devices are in use for the pod's other claims"
+                .into(),
+        );
+        outcome
+    }
+
+    /// The pending claims of one pod, searched together.
+    fn explain_together(&mut self, pending: &[ClaimInput]) -> Vec<Outcome> {
+        if let [only] = pending {
+            return vec![self.explain(only)];
+        }
+        let mut prepared = Vec::new();
+        for (i, input) in pending.iter().enumerate() {
+            match self.prepare(input) {
+                Ok(p) => prepared.push(p),
+                // `Allocate` checks every claim before its search and stops at the first error.
+                Err(outcome) => return self.pod_fails_with(pending, i, *outcome),
+            }
+        }
+        // A claim that counting proves cannot fit alone cannot fit with the others: answered
+        // without a search, as for a claim alone, where no search could end in an error instead.
+        if let Some((k, lines)) = self.provably_unfit(&prepared) {
+            return not_allocated(prepared, Status::Unsatisfiable, 0, &[], Some((k, lines)));
+        }
+        let claims: Vec<&Claim> = prepared.iter().map(|p| &p.claim).collect();
+        let joint = Claim::joint(&claims);
+        let fits: Vec<Vec<Vec<Fit>>> = prepared.iter().flat_map(|p| p.fits.clone()).collect();
+        let mut search = Search::new(&joint, &self.pools, &fits, self.step_limit);
+        search.claim_names = prepared.iter().map(|p| p.claim_name.clone()).collect();
+        search.counting_bounds = self.counting_bounds;
+        let found = search.run();
+        let steps = search.steps;
+        if let Some(error) = search.error.clone() {
+            let failed = search.error_claim;
+            drop(search);
+            let mut outcomes: Vec<Outcome> = prepared.into_iter().map(|p| p.outcome).collect();
+            let label = outcomes
+                .get(failed)
+                .map(|o| o.claim.clone())
+                .unwrap_or_default();
+            for (k, outcome) in outcomes.iter_mut().enumerate() {
+                outcome.search_steps = steps;
+                match k == failed {
+                    true => outcome.explanation.push(error.clone()),
+                    false => outcome.explanation.push(format!(
+                        "not allocated: the scheduler fails the whole pod with the error of {label}: {error}"
+                    )),
+                }
+            }
+            return outcomes;
+        }
+        if found {
+            let picks = search.picks.clone();
+            drop(search);
+            return prepared
+                .into_iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    let mut outcome = p.outcome;
+                    let mine: Vec<Pick> = picks
+                        .iter()
+                        .filter(|pick| joint.requests.get(pick.request).map(|r| r.claim) == Some(k))
+                        .cloned()
+                        .collect();
+                    self.fill(&mut outcome, &joint, &p.claim_name, &mine);
+                    outcome.search_steps = steps;
+                    outcome
+                })
+                .collect();
+        }
+        let gave_up = search.gave_up;
+        drop(search);
+        let shared: Vec<String> = if gave_up {
+            vec![self.gave_up_line()]
+        } else if self.any_invalid_pool() {
+            // An error rather than "unsatisfiable" (`Allocate`).
+            vec!["invalid resource pools were encountered".into()]
+        } else {
+            Vec::new()
+        };
+        let status = match !gave_up && !shared.is_empty() {
+            true => Status::Error,
+            false => Status::Unsatisfiable,
+        };
+        let culprit = match shared.is_empty() {
+            true => self.culprit(&prepared),
+            false => None,
+        };
+        not_allocated(prepared, status, steps, &shared, culprit)
+    }
+
+    /// The first claim that a counting bound proves cannot fit even alone (see `bounds.rs`), with
+    /// why; none where some claim's search could end in an error (strict), or without bounds.
+    fn provably_unfit(&self, prepared: &[Prepared]) -> Option<(usize, Vec<String>)> {
+        if !self.counting_bounds {
+            return None;
+        }
+        let strict = prepared
+            .iter()
+            .any(|p| Search::new(&p.claim, &self.pools, &p.fits, self.step_limit).strict());
+        if strict {
+            return None;
+        }
+        prepared.iter().enumerate().find_map(|(k, p)| {
+            let proof = crate::bounds::cannot_fit(&p.claim, &self.pools, &p.fits)?;
+            let mut lines = vec![format!(
+                "{} does not fit even alone, so neither does the pod",
+                p.outcome.claim
+            )];
+            lines.extend(self.why_bound(&p.claim, &p.matchings, &p.fits, &proof));
+            Some((k, lines))
+        })
+    }
+
+    /// Every pending claim of the pod fails with the error of claim `failed`.
+    fn pod_fails_with(
+        &self,
+        pending: &[ClaimInput],
+        failed: usize,
+        error: Outcome,
+    ) -> Vec<Outcome> {
+        let reason = error.explanation.first().cloned().unwrap_or_default();
+        let mut outcomes = Vec::new();
+        let mut error = Some(error);
+        for (k, input) in pending.iter().enumerate() {
+            if k == failed
+                && let Some(outcome) = error.take()
+            {
+                outcomes.push(outcome);
+                continue;
+            }
+            let mut outcome = self.blank_outcome(input);
+            outcome.explanation.push(format!(
+                "not allocated: the scheduler fails the whole pod with the error of {}: {reason}",
+                pending.get(failed).map_or("", |c| c.label.as_str())
+            ));
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// The first claim, in the scheduler's order, that cannot be placed given the claims before
+    /// it (found by searching ever longer prefixes), and why: what it lacks alone, or which of
+    /// its candidates the claims before it would take. None when a search gave up.
+    fn culprit(&self, prepared: &[Prepared]) -> Option<(usize, Vec<String>)> {
+        let mut before: Vec<Pick> = Vec::new();
+        let mut before_joint = Claim::joint(&[]);
+        let mut culprit = prepared.len().checked_sub(1)?;
+        for m in 1..prepared.len() {
+            let claims: Vec<&Claim> = prepared.iter().take(m).map(|p| &p.claim).collect();
+            let joint = Claim::joint(&claims);
+            let fits: Vec<Vec<Vec<Fit>>> = prepared
+                .iter()
+                .take(m)
+                .flat_map(|p| p.fits.clone())
+                .collect();
+            let mut search = Search::new(&joint, &self.pools, &fits, self.step_limit);
+            search.counting_bounds = self.counting_bounds;
+            let found = search.run();
+            if search.gave_up || search.error.is_some() {
+                return None;
+            }
+            if !found {
+                culprit = m - 1;
+                break;
+            }
+            before = search.picks.clone();
+            drop(search);
+            before_joint = joint;
+        }
+        let p = prepared.get(culprit)?;
+        let mut alone = Search::new(&p.claim, &self.pools, &p.fits, self.step_limit);
+        alone.counting_bounds = self.counting_bounds;
+        let fits_alone = alone.run();
+        if alone.gave_up {
+            return None;
+        }
+        drop(alone);
+        if !fits_alone {
+            let mut lines = vec![format!(
+                "{} does not fit even alone, so neither does the pod",
+                p.outcome.claim
+            )];
+            lines.extend(self.why_not(&p.claim, &p.matchings, &p.fits));
+            return Some((culprit, lines));
+        }
+        let name = |d: usize| self.pools.devices.get(d).map_or("?", |d| d.name.as_str());
+        let taken: Vec<String> = before
+            .iter()
+            .map(|pick| {
+                let owner = before_joint
+                    .requests
+                    .get(pick.request)
+                    .and_then(|r| prepared.get(r.claim))
+                    .map_or("", |o| o.outcome.claim.as_str());
+                format!("{} ({owner})", name(pick.device))
+            })
+            .collect();
+        let mut lines = vec![format!(
+            "{} fits alone, but not after the pod's claims before it, which the scheduler allocates first; they would get {}",
+            p.outcome.claim,
+            taken.join(", ")
+        )];
+        for (request, per_request) in p.claim.requests.iter().zip(&p.fits) {
+            for (alternative, fits) in request.alternatives.iter().zip(per_request) {
+                let lost: Vec<&str> = fits
+                    .iter()
+                    .filter(|fit| before.iter().any(|pick| pick.device == fit.device))
+                    .map(|fit| name(fit.device))
+                    .collect();
+                if !lost.is_empty() {
+                    lines.push(format!(
+                        "  {}: of its {} candidates, {} taken by them: {}",
+                        alternative.name,
+                        fits.len(),
+                        lost.len(),
+                        lost.join(", ")
+                    ));
+                }
+            }
+        }
+        Some((culprit, lines))
+    }
+}
+
+/// The outcomes of a pod none of whose pending claims is allocated: `shared` lines for all (the
+/// step limit, invalid pools), and the claim that cannot be placed with why, when known.
+fn not_allocated(
+    prepared: Vec<Prepared>,
+    status: Status,
+    steps: u64,
+    shared: &[String],
+    culprit: Option<(usize, Vec<String>)>,
+) -> Vec<Outcome> {
+    let labels: Vec<String> = prepared.iter().map(|p| p.outcome.claim.clone()).collect();
+    let mut outcomes = Vec::new();
+    for (k, p) in prepared.into_iter().enumerate() {
+        let mut outcome = p.outcome;
+        outcome.status = status;
+        outcome.search_steps = steps;
+        outcome.explanation = shared.to_vec();
+        match &culprit {
+            Some((c, lines)) if *c == k => outcome.explanation.extend(lines.iter().cloned()),
+            Some((c, _)) => outcome.explanation.push(format!(
+                "not allocated: the scheduler allocates all of the pod's pending claims together or none; {} cannot be placed given the claims before it",
+                labels.get(*c).map_or("", String::as_str)
+            )),
+            None if shared.is_empty() => outcome
+                .explanation
+                .push("the pod's claims do not fit together".into()),
+            None => {}
+        }
+        outcomes.push(outcome);
+    }
+    outcomes
+}

@@ -378,15 +378,83 @@ async fn containerd_plugin_killed_between_add_and_removal_still_runs_del_needs_r
             .count()
     };
     assert_eq!(dels(&node), 0);
+    let cache = state(&node, "cni/results");
+    assert_eq!(files_in(&cache).len(), 1, "the attachment is cached");
     node.start_plugin().await;
     node.wait("the DEL of the vanished sandbox", |node| dels(node) == 1)
         .await;
-    let cache = node.kubelet_root().join("plugins/hal.dra.dev/cni/results");
-    let left: Vec<_> = std::fs::read_dir(&cache)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "CNI cache after the DEL: {left:?}");
+    assert_eq!(
+        files_in(&cache),
+        Vec::<String>::new(),
+        "CNI cache after the DEL"
+    );
     node.unprepare("vfgone").await;
+    drop(vf);
+    node.finish().await;
+}
+
+/// A directory of the plugin's pod networking state (`cni/results`, `direct`).
+fn state(node: &Node, under: &str) -> std::path::PathBuf {
+    node.kubelet_root().join("plugins/hal.dra.dev").join(under)
+}
+
+/// The names of the files in `dir` (which must exist).
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Direct mode with the plugin killed (SIGKILL) after the move, while the pod runs with `net1`, and
+/// started again: the pod's removal moves the netdev home (from the state file), MTU restored. Then a
+/// pod removed while the plugin is down: the veth goes with the namespace; the restarted plugin's
+/// Synchronize finds the sandbox gone, reports the netdev gone and forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd (DRA_HAL_CONTAINERD_BIN) and the CNI reference plugins"]
+async fn containerd_plugin_killed_after_a_direct_move_still_brings_the_netdev_home_needs_root() {
+    let dev_root = tempfile::tempdir().unwrap();
+    let Some(mut node) = start(&dev_root).await else {
+        return;
+    };
+    let vf = StandIn::new();
+    let mac = vf.mac();
+    let (pod, container, seen) =
+        run_attached(&node, dev_root.path(), "vfdkill", "vfdkill", direct_mode()).await;
+    assert_net1(&seen, "192.0.2.30/24", 1400);
+
+    node.kill_plugin();
+    node.start_plugin().await;
+    remove(&node, &pod, &container).await;
+    let back = back_home(&node, &mac).await;
+    assert_eq!(back["mtu"], 1500, "the MTU restored: {back}");
+    node.unprepare("vfdkill").await;
+
+    // Removed while the plugin is down.
+    let (pod, container, seen) =
+        run_attached(&node, dev_root.path(), "vfdgone", "vfdgone", direct_mode()).await;
+    assert_net1(&seen, "192.0.2.30/24", 1400);
+    node.kill_plugin();
+    remove(&node, &pod, &container).await;
+    assert!(
+        link(NETDEV).is_none(),
+        "the veth went with the pod's namespace"
+    );
+    let moved = state(&node, "direct");
+    assert_eq!(files_in(&moved).len(), 1, "the move is recorded");
+    let gone = |node: &Node| {
+        node.plugin_log()
+            .matches("direct-mode netdev gone with the namespace")
+            .count()
+    };
+    assert_eq!(gone(&node), 0);
+    node.start_plugin().await;
+    node.wait("the vanished sandbox's netdev reported gone", |node| {
+        gone(node) == 1
+    })
+    .await;
+    assert_eq!(files_in(&moved), Vec::<String>::new(), "direct-mode state");
+    node.unprepare("vfdgone").await;
     drop(vf);
     node.finish().await;
 }

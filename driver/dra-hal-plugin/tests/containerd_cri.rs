@@ -17,6 +17,8 @@
 mod cri;
 #[path = "containerd_cri/kubelet.rs"]
 mod kubelet;
+#[path = "containerd_cri/podnet.rs"]
+mod podnet;
 #[path = "containerd_cri/runtime.rs"]
 mod runtime;
 #[path = "containerd_cri/watcher.rs"]
@@ -283,24 +285,7 @@ async fn containerd_gives_a_gpu_and_rdma_claim_exactly_its_nodes_needs_root() {
             "hal.dra.dev/device=accel-rdma-0101-00-00-0"
         ]
     );
-    let spec = node.dir.path().join("cdi/hal.dra.dev-device_accel.json");
-    let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(spec).unwrap()).unwrap();
-    for device in spec["devices"].as_array().unwrap() {
-        for dev in device["containerEdits"]["deviceNodes"].as_array().unwrap() {
-            let host = std::path::Path::new(dev["hostPath"].as_str().unwrap());
-            assert!(host.starts_with(dev_root.path()), "{host:?}");
-            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-            let major = dev["major"].as_i64().unwrap_or(1).to_string();
-            let minor = dev["minor"].as_i64().unwrap_or(3).to_string();
-            let made = std::process::Command::new("mknod")
-                .arg(host)
-                .args(["c", &major, &minor])
-                .status()
-                .unwrap();
-            assert!(made.success(), "mknod {host:?}");
-        }
-    }
+    node.make_device_nodes("accel", dev_root.path());
     let trainer = node.pod("trainer", "uid-trainer").await;
     let id = cri
         .start_container(&trainer, "main", &["sleep", "100000"], &cdi)

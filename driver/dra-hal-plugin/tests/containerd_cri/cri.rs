@@ -7,6 +7,8 @@ use std::time::Duration;
 use http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
+/// `NamespaceMode.POD`: the pod's own namespace (network: set up by containerd's CNI).
+pub const POD_NAMESPACE: i32 = 0;
 /// `NamespaceMode.NODE`: the pod uses the host's namespace (host network: no CNI needed).
 pub const NODE_NAMESPACE: i32 = 2;
 /// `NamespaceMode.CONTAINER`.
@@ -281,7 +283,8 @@ impl Cri {
         .expect("Version")
     }
 
-    /// Runs a pod on the host network (no CNI), as the kubelet does for `hostNetwork: true`.
+    /// Runs a pod: on the host network (no CNI), as the kubelet does for `hostNetwork: true`, or in
+    /// its own network namespace (`Pod::own_network`, containerd's CNI).
     pub async fn run_pod(&self, pod: &Pod) -> Result<String, CallError> {
         let request = RunPodSandboxRequest {
             config: Some(sandbox_config(pod)),
@@ -312,7 +315,7 @@ impl Cri {
             log_path: format!("{name}.log"),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(host_namespaces()),
+                    namespace_options: Some(namespaces(pod)),
                 }),
             }),
             cdi_devices: cdi
@@ -373,11 +376,20 @@ impl Cri {
 
     /// Stops and removes a pod.
     pub async fn remove_pod(&self, pod: &Pod) -> Result<(), CallError> {
+        self.stop_pod(pod).await?;
         let request = PodSandboxIdRequest {
             pod_sandbox_id: pod.id.clone(),
         };
-        let _: Empty = self.call("StopPodSandbox", request.clone()).await?;
         let _: Empty = self.call("RemovePodSandbox", request).await?;
+        Ok(())
+    }
+
+    /// Stops a pod (its containers and its sandbox; containerd tears its network down).
+    pub async fn stop_pod(&self, pod: &Pod) -> Result<(), CallError> {
+        let request = PodSandboxIdRequest {
+            pod_sandbox_id: pod.id.clone(),
+        };
+        let _: Empty = self.call("StopPodSandbox", request).await?;
         Ok(())
     }
 
@@ -412,12 +424,19 @@ pub struct Pod {
     pub logs: String,
     /// The pod's cgroup (cgroupfs), as the kubelet's `kubepods/.../pod<uid>`.
     pub cgroup: String,
+    /// Its own network namespace (containerd's CNI), else the host's network.
+    pub own_network: bool,
 }
 
-/// Host network; the container's own PID namespace (its `/proc/1` is its own process).
-fn host_namespaces() -> NamespaceOption {
+/// The pod's network (the host's, or its own); the container's own PID namespace (its `/proc/1` is
+/// its own process).
+fn namespaces(pod: &Pod) -> NamespaceOption {
     NamespaceOption {
-        network: NODE_NAMESPACE,
+        network: if pod.own_network {
+            POD_NAMESPACE
+        } else {
+            NODE_NAMESPACE
+        },
         pid: CONTAINER_NAMESPACE,
         ipc: 0,
     }
@@ -433,12 +452,16 @@ fn sandbox_config(pod: &Pod) -> PodSandboxConfig {
             attempt: 0,
         }),
         // Host network: no UTS namespace of its own, so no hostname (runc refuses one).
-        hostname: String::new(),
+        hostname: if pod.own_network {
+            name.clone()
+        } else {
+            String::new()
+        },
         log_directory: logs.clone(),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: pod.cgroup.clone(),
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(host_namespaces()),
+                namespace_options: Some(namespaces(pod)),
             }),
         }),
     }

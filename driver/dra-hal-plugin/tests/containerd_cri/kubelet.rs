@@ -19,7 +19,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use crate::cri::{Cri, Pod};
+use crate::cri::{CallError, Cri, Pod};
 use crate::runtime::{self, Containerd};
 use crate::watcher;
 
@@ -111,6 +111,8 @@ impl Node {
     /// Starts the plugin, waits until it is registered with containerd's NRI and serves, and
     /// registers it as the kubelet's plugin watcher does.
     pub async fn start_plugin(&mut self) {
+        // The log is appended to across restarts: this start's registration is one more.
+        let nri_before = self.nri_registrations();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -127,6 +129,8 @@ impl Node {
             .arg(self.dir.path().join("cdi"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .arg("--cni-bin-dir")
+            .arg(&self.containerd.cni.bin_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -140,9 +144,7 @@ impl Node {
         self.wait("the plugin's sockets and NRI registration", |node| {
             std::os::unix::net::UnixStream::connect(&registration).is_ok()
                 && std::os::unix::net::UnixStream::connect(&dra).is_ok()
-                && node
-                    .plugin_log()
-                    .contains("registered with the NRI runtime")
+                && node.nri_registrations() > nri_before
         })
         .await;
         let registered = self
@@ -260,6 +262,17 @@ impl Node {
 
     /// An allocated claim `uid` of one device per request, reserved for the pod `pod_uid`.
     pub fn add_claim(&self, uid: &str, devices: &[(&str, &str)], pod_uid: &str) {
+        self.add_claim_with_config(uid, devices, json!([]), pod_uid);
+    }
+
+    /// [`Node::add_claim`] with the allocation's `config` (opaque parameters of this driver).
+    pub fn add_claim_with_config(
+        &self,
+        uid: &str,
+        devices: &[(&str, &str)],
+        config: serde_json::Value,
+        pod_uid: &str,
+    ) {
         let results: Vec<serde_json::Value> = devices
             .iter()
             .map(|(request, device)| {
@@ -271,7 +284,7 @@ impl Node {
             "metadata": {"namespace": "default", "name": format!("claim-{uid}"), "uid": uid},
             "spec": {"devices": {"requests": []}},
             "status": {
-                "allocation": {"devices": {"results": results}},
+                "allocation": {"devices": {"results": results, "config": config}},
                 "reservedFor": [{"resource": "pods", "name": pod_uid, "uid": pod_uid}]
             }
         });
@@ -336,8 +349,20 @@ impl Node {
         );
     }
 
-    /// Runs a pod sandbox.
+    /// Runs a pod sandbox on the host network.
     pub async fn pod(&self, name: &str, uid: &str) -> Pod {
+        self.run_pod(name, uid, false)
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", self.containerd.log()))
+    }
+
+    /// Runs a pod sandbox in its own network namespace (containerd's CNI gives it `eth0`); the
+    /// plugin's NRI handler attaches the network functions of the pod's claims.
+    pub async fn pod_on_network(&self, name: &str, uid: &str) -> Result<Pod, CallError> {
+        self.run_pod(name, uid, true).await
+    }
+
+    async fn run_pod(&self, name: &str, uid: &str, own_network: bool) -> Result<Pod, CallError> {
         let logs = self.dir.path().join("pods").join(uid);
         std::fs::create_dir_all(&logs).unwrap();
         let mut pod = Pod {
@@ -346,13 +371,49 @@ impl Node {
             uid: uid.into(),
             logs: logs.to_str().unwrap().to_owned(),
             cgroup: format!("/{}/pod{uid}", self.containerd.cgroup_root()),
+            own_network,
         };
-        pod.id = self
-            .cri
-            .run_pod(&pod)
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", self.containerd.log()));
-        pod
+        pod.id = self.cri.run_pod(&pod).await?;
+        Ok(pod)
+    }
+
+    /// Makes the device nodes the CDI spec of the claim `uid` names (all under `dev_root`: the
+    /// plugin's `--dev-root`), as character devices with their numbers (else 1:3, `/dev/null`'s);
+    /// nodes already there are kept.
+    pub fn make_device_nodes(&self, uid: &str, dev_root: &Path) {
+        let spec = self
+            .dir
+            .path()
+            .join(format!("cdi/{DRIVER}-device_{uid}.json"));
+        let spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(spec).unwrap()).unwrap();
+        for device in spec["devices"].as_array().unwrap() {
+            let nodes = device["containerEdits"]["deviceNodes"].as_array();
+            for dev in nodes.into_iter().flatten() {
+                let host = Path::new(dev["hostPath"].as_str().unwrap());
+                assert!(host.starts_with(dev_root), "{host:?}");
+                if host.exists() {
+                    continue;
+                }
+                std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+                let major = dev["major"].as_i64().unwrap_or(1).to_string();
+                let minor = dev["minor"].as_i64().unwrap_or(3).to_string();
+                let made = Command::new("mknod")
+                    .arg(host)
+                    .args(["c", &major, &minor])
+                    .status()
+                    .unwrap();
+                assert!(made.success(), "mknod {host:?}");
+            }
+        }
+    }
+
+    /// A NetworkAttachmentDefinition `default/<name>` holding the CNI `config`.
+    pub fn add_nad(&self, name: &str, config: &serde_json::Value) {
+        self.api
+            .lock()
+            .unwrap()
+            .add_nad("default", name, &config.to_string());
     }
 
     /// Stops the plugin with SIGTERM, as the kubelet stops its pod; it exits cleanly.

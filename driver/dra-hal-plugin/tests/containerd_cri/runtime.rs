@@ -36,7 +36,68 @@ pub struct Containerd {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub major: u32,
+    /// The pods' own network (the CRI's CNI configuration).
+    pub cni: PodCni,
     child: Option<Child>,
+}
+
+/// What pods that are not on the host network get from containerd's CNI: `eth0` on a bridge of
+/// this containerd (no address on the host side, no gateway, no masquerading: the host's routes are
+/// untouched), an address from `host-local` with its store under this containerd's directory, and
+/// `lo` (containerd adds the reference `loopback` plugin itself). containerd needs `eth0` with an
+/// address: a sandbox whose CNI result has none fails ("failed to find network info").
+pub struct PodCni {
+    /// The reference plugins (Debian's `/usr/lib/cni`, else `/opt/cni/bin`).
+    pub bin_dir: PathBuf,
+    /// The configuration directory (one conflist), under this containerd's directory.
+    pub conf_dir: PathBuf,
+    /// The bridge the pods' `eth0` ends are on: deleted with this containerd.
+    pub bridge: String,
+}
+
+/// The reference CNI plugins' directory: `$CNI_BIN_DIR`, Debian's `/usr/lib/cni`, or `/opt/cni/bin`.
+pub fn cni_bin_dir() -> PathBuf {
+    let candidates: Vec<PathBuf> = std::env::var_os("CNI_BIN_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")])
+        .collect();
+    candidates
+        .iter()
+        .find(|dir| {
+            ["bridge", "host-local", "loopback", "host-device", "static"]
+                .iter()
+                .all(|p| dir.join(p).is_file())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the CNI reference plugins are not in {candidates:?}: install Debian's \
+                 containernetworking-plugins or set CNI_BIN_DIR"
+            )
+        })
+}
+
+/// Writes the pods' CNI configuration under `dir` (see [`PodCni`]).
+fn pod_network(dir: &Path) -> PodCni {
+    let conf_dir = dir.join("cni-conf");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    // Bridge names have at most 15 bytes; one per test process is enough (tests run one at a time).
+    let bridge = format!("dhbr{}", std::process::id() % 10_000_000);
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "dra-hal-test-pods",
+        "plugins": [{
+            "type": "bridge", "bridge": bridge, "isGateway": false, "ipMasq": false,
+            "ipam": {"type": "host-local", "dataDir": dir.join("cni-ipam"),
+                     "ranges": [[{"subnet": "10.251.0.0/24"}]]}
+        }]
+    });
+    std::fs::write(conf_dir.join("10-pods.conflist"), conf.to_string()).unwrap();
+    PodCni {
+        bin_dir: cni_bin_dir(),
+        conf_dir,
+        bridge,
+    }
 }
 
 impl Containerd {
@@ -61,12 +122,14 @@ impl Containerd {
         let major = if version.contains(" 1.") { 1 } else { 2 };
         // runc from the system (bookworm's), or DRA_HAL_RUNC.
         let runc = std::env::var_os("DRA_HAL_RUNC").map_or_else(|| which("runc"), PathBuf::from);
-        let config = config(major, dir, cdi, &runc);
+        let cni = pod_network(dir);
+        let config = config(major, dir, cdi, &runc, &cni);
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let mut containerd = Containerd {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             major,
+            cni,
             child: None,
         };
         containerd.spawn().await;
@@ -130,7 +193,8 @@ impl Containerd {
 
 impl Drop for Containerd {
     /// Kills every process in this containerd's pods' cgroups, then its shims, then containerd;
-    /// removes the cgroups once empty and unmounts what containerd left mounted under its directory.
+    /// removes the cgroups once empty and unmounts what containerd left mounted under its directory;
+    /// the pods' network namespaces and libcni results, and the pods' bridge, go too.
     fn drop(&mut self) {
         let root = self.cgroup_root();
         // Three passes: a shim or container may be starting while the first one runs.
@@ -150,6 +214,23 @@ impl Drop for Containerd {
                 .stderr(Stdio::null())
                 .status();
         };
+        // A test that failed leaves its pods running: their network namespaces (containerd's
+        // `cni-*` mounts under /run/netns, the same inode as a pod process's ns/net) and libcni's
+        // results of their sandboxes (named by the sandbox id, a cgroup of the pod) go first, so
+        // that the namespaces die with the pods' processes.
+        let networks = format!(
+            "for f in $(find /sys/fs/cgroup -path '*/{root}/*' -name cgroup.procs); do \
+               id=$(basename $(dirname $f)); rm -f /var/lib/cni/results/*-$id-*; \
+               for p in $(cat $f); do ino=$(stat -L -c %i /proc/$p/ns/net); \
+                 for n in /run/netns/cni-*; do \
+                   [ \"$(stat -L -c %i $n)\" = \"$ino\" ] && umount $n && rm -f $n; \
+                 done; done; done; true"
+        );
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(networks)
+            .stderr(Stdio::null())
+            .status();
         kill_all();
         self.kill();
         kill_all();
@@ -168,6 +249,10 @@ impl Drop for Containerd {
         for target in under {
             let _ = Command::new("umount").args(["-l", target]).status();
         }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.cni.bridge])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -187,8 +272,15 @@ fn output(command: &mut Command) -> String {
 }
 
 /// containerd's configuration: version 2 for 1.x, version 3 for 2.x.
-fn config(major: u32, dir: &Path, cdi: &Path, runc: &Path) -> String {
+fn config(major: u32, dir: &Path, cdi: &Path, runc: &Path, pod_cni: &PodCni) -> String {
     let (dir, cdi, runc) = (dir.display(), cdi.display(), runc.display());
+    let cni = |section: &str| {
+        format!(
+            "[{section}.cni]\n  bin_dir = \"{}\"\n  conf_dir = \"{}\"\n",
+            pod_cni.bin_dir.display(),
+            pod_cni.conf_dir.display()
+        )
+    };
     // restrict_oom_score_adj: this machine refuses a sandbox's -998 without CAP_SYS_RESOURCE.
     let common = format!(
         "root = \"{dir}/root\"\nstate = \"{dir}/state\"\n\
@@ -210,7 +302,8 @@ fn config(major: u32, dir: &Path, cdi: &Path, runc: &Path) -> String {
         let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
         format!(
             "version = 2\n{common}[{cri}]\n  sandbox_image = \"{IMAGE}\"\n  restrict_oom_score_adj = true\n  enable_cdi = true\n  \
-             cdi_spec_dirs = [\"{cdi}\"]\n  stream_server_port = \"0\"\n{}",
+             cdi_spec_dirs = [\"{cdi}\"]\n  stream_server_port = \"0\"\n{}{}",
+            cni(cri),
             runtimes(cri)
         )
     } else {
@@ -219,7 +312,8 @@ fn config(major: u32, dir: &Path, cdi: &Path, runc: &Path) -> String {
             "version = 3\n{common}[plugins.\"io.containerd.grpc.v1.cri\"]\n  \
              stream_server_port = \"0\"\n\
              [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{IMAGE}\"\n\
-             [{runtime}]\n  restrict_oom_score_adj = true\n  enable_cdi = true\n  cdi_spec_dirs = [\"{cdi}\"]\n{}",
+             [{runtime}]\n  restrict_oom_score_adj = true\n  enable_cdi = true\n  cdi_spec_dirs = [\"{cdi}\"]\n{}{}",
+            cni(runtime),
             runtimes(runtime)
         )
     }
@@ -238,7 +332,7 @@ fn build_image(dir: &Path) -> PathBuf {
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "sleep", "cat", "ls", "grep", "true", "env", "stat", "sort",
+        "sh", "sleep", "cat", "ls", "grep", "true", "env", "stat", "sort", "ip",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }

@@ -495,7 +495,7 @@ fn handle(
             let container = request.container.unwrap_or_default();
             let (cpus, updates) = policy
                 .create(&container.id, &container.name, &pod.uid, &container.env)
-                .map_err(|e| status(code::FAILED_PRECONDITION, e))?;
+                .map_err(|e| status(code::FAILED_PRECONDITION, e.to_string()))?;
             tracing::debug!(container = %container.name, pod = %pod.name, cpus = %cpus, "pinned");
             api::CreateContainerResponse {
                 adjust: Some(api::ContainerAdjustment {

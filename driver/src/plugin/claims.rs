@@ -411,12 +411,6 @@ fn at_field(error: FieldError) -> (String, String) {
     (format!(".{}", error.field), error.problem)
 }
 
-/// A check's `field: problem` text as (`.field`, problem).
-fn at_field_text(problem: String) -> (String, String) {
-    let (field, problem) = problem.split_once(": ").unwrap_or(("", &problem));
-    (format!(".{field}"), problem.to_owned())
-}
-
 /// Decodes one opaque parameters object: `apiVersion: <driver>/v1alpha1`, `kind: DeviceConfig`,
 /// `VfConfig`, `NetworkConfig`, `CpuConfig`, `GpuConfig` or `RtConfig`, and no field the kind does not
 /// have. Errors are (field suffix, problem).
@@ -489,10 +483,7 @@ pub fn decode_opaque(
         Some("NetworkConfig") => {
             let config: crate::podnet::config::NetworkConfig =
                 serde_path_to_error::deserialize(rest).map_err(located)?;
-            config
-                .check()
-                .map(OpaqueConfig::Network)
-                .map_err(at_field_text)
+            config.check().map(OpaqueConfig::Network).map_err(at_field)
         }
         other => {
             let found = other.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));

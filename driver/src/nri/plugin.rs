@@ -71,13 +71,16 @@ impl NriConfig {
     }
 }
 
+/// An NRI plugin index that is not two digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("NRI plugin index {0:?}: two digits (00-99) expected")]
+pub struct BadIndex(pub String);
+
 /// Checks an NRI plugin index: two digits.
-pub fn parse_index(text: &str) -> Result<String, String> {
+pub fn parse_index(text: &str) -> Result<String, BadIndex> {
     match text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit()) {
         true => Ok(text.to_owned()),
-        false => Err(format!(
-            "NRI plugin index {text:?}: two digits (00-99) expected"
-        )),
+        false => Err(BadIndex(text.to_owned())),
     }
 }
 

@@ -71,13 +71,16 @@ impl NriConfig {
     }
 }
 
+/// An NRI plugin index that is not two digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("NRI plugin index {0:?}: two digits (00-99) expected")]
+pub struct BadIndex(pub String);
+
 /// Checks an NRI plugin index: two digits.
-pub fn parse_index(text: &str) -> Result<String, String> {
+pub fn parse_index(text: &str) -> Result<String, BadIndex> {
     match text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit()) {
         true => Ok(text.to_owned()),
-        false => Err(format!(
-            "NRI plugin index {text:?}: two digits (00-99) expected"
-        )),
+        false => Err(BadIndex(text.to_owned())),
     }
 }
 
@@ -495,7 +498,7 @@ fn handle(
             let container = request.container.unwrap_or_default();
             let (cpus, updates) = policy
                 .create(&container.id, &container.name, &pod.uid, &container.env)
-                .map_err(|e| status(code::FAILED_PRECONDITION, e))?;
+                .map_err(|e| status(code::FAILED_PRECONDITION, e.to_string()))?;
             tracing::debug!(container = %container.name, pod = %pod.name, cpus = %cpus, "pinned");
             api::CreateContainerResponse {
                 adjust: Some(api::ContainerAdjustment {

@@ -54,32 +54,124 @@ pub enum Placement {
     Shared,
 }
 
+/// Why a container is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A `DRA_CPUSET_<uid>` entry without `=`.
+    #[error("{ENV_PREFIX}{entry}: no value")]
+    NoValue {
+        /// The entry after the prefix.
+        entry: String,
+    },
+    /// The value is not a cpulist.
+    #[error("{ENV_PREFIX}{uid}={value}: not a cpulist: {problem}")]
+    NotCpulist {
+        /// The claim UID the entry names.
+        uid: String,
+        /// The value.
+        value: String,
+        /// Why it does not parse.
+        problem: String,
+    },
+    /// No claim with this UID is prepared here (forged, or unprepared meanwhile).
+    #[error("{ENV_PREFIX}{uid}: no claim with this UID is prepared on this node")]
+    UnknownClaim {
+        /// The claim UID the entry names.
+        uid: String,
+    },
+    /// The entry names other CPUs than the claim holds.
+    #[error("{ENV_PREFIX}{uid}={value}: the claim holds CPUs {held}")]
+    WrongCpus {
+        /// The claim UID.
+        uid: String,
+        /// The value.
+        value: String,
+        /// What the claim holds.
+        held: CpuSet,
+    },
+    /// The claim is reserved for other pods.
+    #[error("claim {uid} is reserved for pod(s) {}, not for pod {pod}", reserved.join(", "))]
+    OtherPod {
+        /// The claim UID.
+        uid: String,
+        /// The pods it is reserved for.
+        reserved: Vec<String>,
+        /// The container's pod.
+        pod: String,
+    },
+    /// A container's env is refused.
+    #[error("container {name}: {source}")]
+    Container {
+        /// The container's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<PolicyError>,
+    },
+    /// No claim for the container, and no CPU left for the shared pool.
+    #[error(
+        "container {name}: the shared CPU pool is empty (allocatable {allocatable}, held by claims {held}); refusing to run it unconfined"
+    )]
+    EmptyPool {
+        /// The container's name.
+        name: String,
+        /// The allocatable CPUs.
+        allocatable: CpuSet,
+        /// The CPUs claims hold.
+        held: CpuSet,
+    },
+}
+
+impl PolicyError {
+    /// Whether the container's env is at fault (forged, stale or malformed), rather than the node
+    /// having no CPU left for it.
+    pub fn is_bad_env(&self) -> bool {
+        match self {
+            PolicyError::EmptyPool { .. } => false,
+            PolicyError::Container { source, .. } => source.is_bad_env(),
+            _ => true,
+        }
+    }
+}
+
 /// The claims a container's env names, checked against the snapshot.
-pub fn classify(snapshot: &Snapshot, pod_uid: &str, env: &[String]) -> Result<Placement, String> {
+pub fn classify(
+    snapshot: &Snapshot,
+    pod_uid: &str,
+    env: &[String],
+) -> Result<Placement, PolicyError> {
     let mut claims = Vec::new();
     for entry in env {
         let Some(rest) = entry.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let (uid, value) = rest
-            .split_once('=')
-            .ok_or_else(|| format!("{ENV_PREFIX}{rest}: no value"))?;
-        let asked = CpuSet::from_cpulist(value)
-            .map_err(|e| format!("{ENV_PREFIX}{uid}={value}: not a cpulist: {e}"))?;
-        let claim = snapshot.claims.get(uid).ok_or_else(|| {
-            format!("{ENV_PREFIX}{uid}: no claim with this UID is prepared on this node")
+        let (uid, value) = rest.split_once('=').ok_or_else(|| PolicyError::NoValue {
+            entry: rest.to_owned(),
         })?;
+        let asked = CpuSet::from_cpulist(value).map_err(|e| PolicyError::NotCpulist {
+            uid: uid.to_owned(),
+            value: value.to_owned(),
+            problem: e.to_string(),
+        })?;
+        let claim = snapshot
+            .claims
+            .get(uid)
+            .ok_or_else(|| PolicyError::UnknownClaim {
+                uid: uid.to_owned(),
+            })?;
         if asked != claim.cpus {
-            return Err(format!(
-                "{ENV_PREFIX}{uid}={value}: the claim holds CPUs {}",
-                claim.cpus
-            ));
+            return Err(PolicyError::WrongCpus {
+                uid: uid.to_owned(),
+                value: value.to_owned(),
+                held: claim.cpus.clone(),
+            });
         }
         if !claim.pods.is_empty() && !claim.pods.iter().any(|p| p == pod_uid) {
-            return Err(format!(
-                "claim {uid} is reserved for pod(s) {}, not for pod {pod_uid}",
-                claim.pods.join(", ")
-            ));
+            return Err(PolicyError::OtherPod {
+                uid: uid.to_owned(),
+                reserved: claim.pods.clone(),
+                pod: pod_uid.to_owned(),
+            });
         }
         if !claims.contains(&uid.to_owned()) {
             claims.push(uid.to_owned());
@@ -157,17 +249,19 @@ impl Policy {
         name: &str,
         pod_uid: &str,
         env: &[String],
-    ) -> Result<(CpuSet, Vec<Update>), String> {
+    ) -> Result<(CpuSet, Vec<Update>), PolicyError> {
         let placement =
-            classify(&self.snapshot, pod_uid, env).map_err(|e| format!("container {name}: {e}"))?;
+            classify(&self.snapshot, pod_uid, env).map_err(|e| PolicyError::Container {
+                name: name.to_owned(),
+                source: Box::new(e),
+            })?;
         let cpus = self.cpus_for(&placement);
         if cpus.is_empty() {
-            return Err(format!(
-                "container {name}: the shared CPU pool is empty (allocatable {}, held by claims {}); \
-                 refusing to run it unconfined",
-                self.snapshot.allocatable,
-                self.snapshot.exclusive()
-            ));
+            return Err(PolicyError::EmptyPool {
+                name: name.to_owned(),
+                allocatable: self.snapshot.allocatable.clone(),
+                held: self.snapshot.exclusive(),
+            });
         }
         let updates = self.rebalance();
         self.containers.insert(

@@ -18,7 +18,7 @@ use super::endpoint::code;
 use super::plugin::event;
 use super::proto::api;
 use super::proto::ttrpc::Status;
-use crate::plugin::checkpoint::ClaimRecord;
+use crate::plugin::checkpoint::{CheckpointError, ClaimRecord};
 use crate::plugin::prepare::ClaimSource;
 use crate::plugin::prepare::locks::KeyedLocks;
 use crate::podnet::cni::{self, Attachment, Cni, ConfList};
@@ -30,7 +30,8 @@ use crate::podnet::pods::{PodFunction, of_pod};
 pub mod direct;
 
 /// The prepared claims now (the checkpoint, read only).
-pub type Prepared = Arc<dyn Fn() -> Result<BTreeMap<String, ClaimRecord>, String> + Send + Sync>;
+pub type Prepared =
+    Arc<dyn Fn() -> Result<BTreeMap<String, ClaimRecord>, CheckpointError> + Send + Sync>;
 
 /// Reads a NetworkAttachmentDefinition (namespace, name).
 pub type NadReader = Arc<
@@ -181,7 +182,7 @@ impl PodNetwork {
         pod: &api::PodSandbox,
     ) -> Result<Vec<(String, String)>, String> {
         let _sandbox = self.sandboxes.lock(&pod.id).await;
-        let prepared = (self.prepared)()?;
+        let prepared = (self.prepared)().map_err(|e| e.to_string())?;
         let functions: Vec<PodFunction> = of_pod(&prepared, &pod.uid)
             .into_iter()
             .filter(|f| {

@@ -18,6 +18,39 @@ pub enum Placement {
     Spread,
 }
 
+/// Why the CPUs of a claim could not be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// The claim asks for no CPU.
+    #[error("a claim for 0 CPUs")]
+    Zero,
+    /// Fewer CPUs are free in the group than asked.
+    #[error("{asked} CPUs asked, {free} free in the group ({held} held by other claims)")]
+    TooFew {
+        /// CPUs asked.
+        asked: usize,
+        /// CPUs free in the group.
+        free: usize,
+        /// CPUs of the group other claims hold.
+        held: usize,
+    },
+    /// Some CPUs could not be placed (not expected once enough are free).
+    #[error("{left} of {asked} CPUs could not be placed")]
+    Unplaced {
+        /// CPUs left unplaced.
+        left: usize,
+        /// CPUs asked.
+        asked: usize,
+    },
+}
+
+impl AllocError {
+    /// Whether the claim itself is wrong (retrying cannot help), rather than the group too full.
+    pub fn is_invalid_claim(&self) -> bool {
+        matches!(self, AllocError::Zero)
+    }
+}
+
 /// `count` CPUs of `candidates` (the group's allocatable CPUs) that are not in `taken`.
 pub fn allocate(
     topology: &CpuInventory,
@@ -25,17 +58,17 @@ pub fn allocate(
     taken: &CpuSet,
     count: usize,
     placement: Placement,
-) -> Result<CpuSet, String> {
+) -> Result<CpuSet, AllocError> {
     let free = candidates.difference(taken);
     if count == 0 {
-        return Err("a claim for 0 CPUs".into());
+        return Err(AllocError::Zero);
     }
     if count > free.len() {
-        return Err(format!(
-            "{count} CPUs asked, {} free in the group ({} held by other claims)",
-            free.len(),
-            candidates.intersection(taken).len()
-        ));
+        return Err(AllocError::TooFew {
+            asked: count,
+            free: free.len(),
+            held: candidates.intersection(taken).len(),
+        });
     }
     // The L3 groups and cores of the candidates, each with its free CPUs.
     let mut l3: BTreeMap<u32, Vec<CpuSet>> = BTreeMap::new();
@@ -129,7 +162,10 @@ pub fn allocate(
         }
     }
     if need > 0 {
-        return Err(format!("{need} of {count} CPUs could not be placed"));
+        return Err(AllocError::Unplaced {
+            left: need,
+            asked: count,
+        });
     }
     Ok(chosen)
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use hal::{GpuDevice, PciAddress, SriovPf};
 
 use super::checkpoint::ClaimRecord;
+use super::prepare::PrepareError;
 use crate::slices::devices::DeviceSource;
 use crate::slices::partitions::counter_set_name;
 
@@ -45,16 +46,16 @@ pub fn prepare(
     uid: &str,
     sources: &mut [DeviceSource],
     partitioned: &std::collections::BTreeSet<PciAddress>,
-) -> Result<BTreeMap<String, serde_json::Value>, String> {
+) -> Result<BTreeMap<String, serde_json::Value>, PrepareError> {
     let mut undo = BTreeMap::new();
     for source in sources.iter_mut() {
         match source {
             DeviceSource::Gpu(gpu) => {
                 if let Some(other) = partition_holder(state, uid, gpu.pci_address) {
-                    return Err(format!(
+                    return Err(PrepareError::Held(format!(
                         "{}: claim {other} holds partitions (VFs) of this GPU",
                         gpu.pci_address
-                    ));
+                    )));
                 }
                 // VFs that this driver made and no claim holds (a crash, a failed prepare) go before
                 // the whole GPU is given.
@@ -65,11 +66,14 @@ pub fn prepare(
                         .flatten()
                         .map_or(0, |s| s.num_vfs);
                     if vfs > 0 {
-                        binder.set_num_vfs(gpu.pci_address, 0).map_err(|e| {
-                            format!(
-                                "{}: removing {vfs} VFs no claim holds: {e}",
-                                gpu.pci_address
-                            )
+                        binder.set_num_vfs(gpu.pci_address, 0).map_err(|source| {
+                            PrepareError::Device {
+                                context: format!(
+                                    "{}: removing {vfs} VFs no claim holds",
+                                    gpu.pci_address
+                                ),
+                                source,
+                            }
                         })?;
                     }
                 }
@@ -80,7 +84,8 @@ pub fn prepare(
                     other.as_str() != uid && record.devices.iter().any(|d| d.device_name == whole)
                 });
                 if let Some((other, _)) = held {
-                    return Err(format!("{whole}: claim {other} holds the whole GPU"));
+                    let held = format!("{whole}: claim {other} holds the whole GPU");
+                    return Err(PrepareError::Held(held));
                 }
                 let vf = ensure_vf(binder, gpus, pf.pci_address, *index, *count)?;
                 undo.insert(
@@ -102,23 +107,29 @@ fn ensure_vf(
     pf: PciAddress,
     index: u32,
     count: u32,
-) -> Result<hal::GpuInfo, String> {
+) -> Result<hal::GpuInfo, PrepareError> {
     let state = |what: &str| {
         binder
             .sriov_state(pf)
-            .map_err(|e| format!("{pf}: reading SR-IOV state {what}: {e}"))?
-            .ok_or_else(|| format!("{pf}: not SR-IOV capable"))
+            .map_err(|source| PrepareError::Device {
+                context: format!("{pf}: reading SR-IOV state {what}"),
+                source,
+            })?
+            .ok_or_else(|| PrepareError::Machine(format!("{pf}: not SR-IOV capable")))
     };
     let before = state("before creating VFs")?;
     match before.num_vfs {
         0 => binder
             .set_num_vfs(pf, count)
-            .map_err(|e| format!("{pf}: creating {count} VFs: {e}"))?,
+            .map_err(|source| PrepareError::Device {
+                context: format!("{pf}: creating {count} VFs"),
+                source,
+            })?,
         n if n == count => {}
         n => {
-            return Err(format!(
+            return Err(PrepareError::Machine(format!(
                 "{pf}: has {n} VFs made outside this driver; its partitions need {count}"
-            ));
+            )));
         }
     }
     let after = state("after creating VFs")?;
@@ -127,18 +138,27 @@ fn ensure_vf(
         .iter()
         .find(|v| v.index == index)
         .map(|v| v.address)
-        .ok_or_else(|| format!("{pf}: no VF {index} after creating {count}"))?;
+        .ok_or_else(|| {
+            PrepareError::Machine(format!("{pf}: no VF {index} after creating {count}"))
+        })?;
     let vf = gpus
         .gpus()
-        .map_err(|e| format!("reading GPUs: {e}"))?
+        .map_err(|source| PrepareError::Device {
+            context: "reading GPUs".into(),
+            source,
+        })?
         .items
         .into_iter()
         .find(|g| g.pci_address == address)
-        .ok_or_else(|| format!("{pf}: VF {address} is not a GPU (no driver bound?)"))?;
+        .ok_or_else(|| {
+            PrepareError::Machine(format!(
+                "{pf}: VF {address} is not a GPU (no driver bound?)"
+            ))
+        })?;
     if vf.drm_card.is_none() && vf.drm_render.is_none() {
-        return Err(format!(
+        return Err(PrepareError::Machine(format!(
             "{pf}: VF {address} has no DRM node (is i915 or xe bound to it?)"
-        ));
+        )));
     }
     Ok(vf)
 }

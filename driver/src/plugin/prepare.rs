@@ -22,10 +22,12 @@ use crate::nri::policy::ClaimCpus;
 use crate::slices::SliceConfig;
 use crate::slices::devices::{DeviceSource, devices_with_sources};
 use apply::{cpu_claims_of, undo_record};
-pub use source::{CALL_LIMIT, ClaimSource, KubeClaims, StatusWriteError};
+pub use error::{ErrorKind, InjectedFault, PrepareError};
+pub use source::{CALL_LIMIT, ClaimReadError, ClaimSource, KubeClaims, StatusWriteError};
 
 mod apply;
 mod edits;
+mod error;
 pub(crate) mod locks;
 mod metadata;
 mod network;
@@ -47,7 +49,7 @@ pub enum Step {
 }
 
 /// A test hook called after each step; an error stops the prepare right there, as a crash would.
-pub type FaultHook = Arc<dyn Fn(Step) -> Result<(), String> + Send + Sync>;
+pub type FaultHook = Arc<dyn Fn(Step) -> Result<(), InjectedFault> + Send + Sync>;
 
 /// Everything the preparer needs besides the claims.
 pub struct PreparerConfig {
@@ -276,7 +278,10 @@ impl Preparer {
             match self.claims.get(&claim.namespace, &claim.name).await {
                 Ok(Some(found)) if found.metadata.uid.as_deref() == Some(claim.uid.as_str()) => {}
                 Ok(_) => stale.push(claim),
-                Err(error) => tracing::warn!(%error, "cannot check whether a claim still exists"),
+                Err(error) => {
+                    let kind = error.kind();
+                    tracing::warn!(%error, %kind, "cannot check whether a claim still exists");
+                }
             }
         }
         let uids: Vec<String> = stale.iter().map(|c| c.uid.clone()).collect();
@@ -314,9 +319,11 @@ impl Preparer {
             let uid = claim.uid.clone();
             let result = self.prepare_one(claim).await;
             if let Err(error) = &result {
-                tracing::warn!(claim = %uid, %error, "prepare failed");
+                let kind = error.kind();
+                tracing::warn!(claim = %uid, %error, ?kind, "prepare failed");
             }
-            (uid, result)
+            // The kubelet gets the message.
+            (uid, result.map_err(|e| e.to_string()))
         }))
         .await
         .into_iter()
@@ -325,14 +332,14 @@ impl Preparer {
 
     /// Prepares a claim once for everyone asking meanwhile: a second ask while the first runs waits
     /// for it and gets its answer.
-    async fn prepare_one(&self, claim: ClaimRef) -> Result<Vec<PreparedDevice>, String> {
-        super::claims::check_claim_ref(&claim).map_err(|e| e.to_string())?;
+    async fn prepare_one(&self, claim: ClaimRef) -> Result<Vec<PreparedDevice>, Arc<PrepareError>> {
+        super::claims::check_claim_ref(&claim).map_err(|e| Arc::new(e.into()))?;
         let uid = claim.uid.clone();
         let once = self.inflight().entry(uid.clone()).or_default().clone();
         let result = once
             .get_or_init(|| async {
                 let _claim = self.locks.lock(&uid).await;
-                self.prepare_locked(claim).await
+                self.prepare_locked(claim).await.map_err(Arc::new)
             })
             .await
             .clone();
@@ -346,16 +353,18 @@ impl Preparer {
     async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
         join_all(claims.into_iter().map(|claim| async move {
             let result = match super::claims::check_claim_ref(&claim) {
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(PrepareError::from(error)),
                 Ok(()) => {
                     let _claim = self.locks.lock(&claim.uid).await;
                     self.unprepare_locked(&claim).await
                 }
             };
             if let Err(error) = &result {
-                tracing::warn!(claim = %claim.uid, %error, "unprepare failed");
+                let kind = error.kind();
+                tracing::warn!(claim = %claim.uid, %error, ?kind, "unprepare failed");
             }
-            (claim.uid, result)
+            // The kubelet gets the message.
+            (claim.uid, result.map_err(|e| e.to_string()))
         }))
         .await
         .into_iter()
@@ -364,7 +373,7 @@ impl Preparer {
 }
 
 /// The answer of a prepare in flight, shared with whoever asks for the claim meanwhile.
-type PrepareOnce = tokio::sync::OnceCell<Result<Vec<PreparedDevice>, String>>;
+type PrepareOnce = tokio::sync::OnceCell<Result<Vec<PreparedDevice>, Arc<PrepareError>>>;
 
 impl DraHandler for Preparer {
     fn prepare(&self, claims: Vec<ClaimRef>) -> super::api::BoxFuture<'_, PrepareResults> {

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use super::claims::FieldError;
+
 /// Bandwidth in millionths of a CPU.
 pub type Ppm = u64;
 
@@ -64,27 +66,33 @@ impl RtConfig {
     /// The limits the kernel puts on SCHED_DEADLINE parameters (runtime ≥ 1024 ns, runtime ≤ period,
     /// period ≥ 100 µs and ≤ 4 s, the defaults of `sched_deadline_period_{min,max}_us`), and a sane task
     /// count. Errors are `field: problem`.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), FieldError> {
         if self.runtime_us < 2 {
-            return Err("runtimeUs: must be at least 2 (the kernel wants 1024 ns)".into());
+            return Err(FieldError::new(
+                "runtimeUs",
+                "must be at least 2 (the kernel wants 1024 ns)",
+            ));
         }
         if self.period_us < 100 {
-            return Err(format!("periodUs: {}; at least 100", self.period_us));
+            let problem = format!("{}; at least 100", self.period_us);
+            return Err(FieldError::new("periodUs", problem));
         }
         if self.runtime_us > self.period_us {
-            return Err(format!(
-                "runtimeUs: {} is longer than periodUs {}",
+            let problem = format!(
+                "{} is longer than periodUs {}",
                 self.runtime_us, self.period_us
-            ));
+            );
+            return Err(FieldError::new("runtimeUs", problem));
         }
         if self.period_us > 4_000_000 {
-            return Err(format!(
-                "periodUs: {}; at most 4000000 (4 s)",
-                self.period_us
-            ));
+            let problem = format!("{}; at most 4000000 (4 s)", self.period_us);
+            return Err(FieldError::new("periodUs", problem));
         }
         if !(1..=256).contains(&self.tasks) {
-            return Err(format!("tasks: {}; 1 to 256", self.tasks));
+            return Err(FieldError::new(
+                "tasks",
+                format!("{}; 1 to 256", self.tasks),
+            ));
         }
         Ok(())
     }
@@ -113,6 +121,45 @@ impl RtTask {
     }
 }
 
+/// Why a claim's RT tasks could not be placed; the message names the device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// The tasks need more bandwidth than the scheduler gave the claim: the claim is wrong.
+    #[error(
+        "{device}: RtConfig asks for {tasks} tasks of {runtime_us}/{period_us} µs ({total} ppm of a CPU), the claim consumes {consumed} ppm of rtBandwidth"
+    )]
+    OverConsumed {
+        /// The `rt-<group>` device.
+        device: String,
+        /// Tasks asked.
+        tasks: u32,
+        /// Runtime of each, µs.
+        runtime_us: u64,
+        /// Period, µs.
+        period_us: u64,
+        /// Their bandwidth, ppm.
+        total: Ppm,
+        /// What the claim consumes, ppm.
+        consumed: Ppm,
+    },
+    /// No CPU of the group has the bandwidth left for a task (other claims hold it).
+    #[error(
+        "{device}: no CPU of {cpus} has {each} ppm of RT bandwidth left for task {task} (at most {limit} ppm per CPU; the kernel would refuse SCHED_DEADLINE admission)"
+    )]
+    NoRoom {
+        /// The `rt-<group>` device.
+        device: String,
+        /// The CPUs tried.
+        cpus: hal::CpuSet,
+        /// One task's bandwidth, ppm.
+        each: Ppm,
+        /// The index of the task that found no CPU.
+        task: usize,
+        /// The limit per CPU, ppm.
+        limit: Ppm,
+    },
+}
+
 /// Places `config`'s tasks on `cpus` (the group's CPUs no other claim holds exclusively), given the
 /// tasks other claims already placed: worst-fit, each CPU within `limit` per CPU. `consumed` is the
 /// `rtBandwidth` the scheduler gave the claim (ppm); the tasks must fit in it.
@@ -123,7 +170,7 @@ pub fn place(
     limit: Ppm,
     consumed: Option<Ppm>,
     device: &str,
-) -> Result<Vec<RtTask>, String> {
+) -> Result<Vec<RtTask>, PlaceError> {
     let each = config.task_bandwidth();
     // The claim's total, rounded once (each task's share rounded up would add a ppm per task).
     let total = (u128::from(config.runtime_us) * 1_000_000 * u128::from(config.tasks))
@@ -132,10 +179,14 @@ pub fn place(
     if let Some(consumed) = consumed
         && total > consumed
     {
-        return Err(format!(
-            "{device}: RtConfig asks for {} tasks of {}/{} µs ({} ppm of a CPU), the claim consumes {consumed} ppm of rtBandwidth",
-            config.tasks, config.runtime_us, config.period_us, total
-        ));
+        return Err(PlaceError::OverConsumed {
+            device: device.to_owned(),
+            tasks: config.tasks,
+            runtime_us: config.runtime_us,
+            period_us: config.period_us,
+            total,
+            consumed,
+        });
     }
     let mut used: BTreeMap<u32, Ppm> = cpus.iter().map(|c| (c, 0)).collect();
     for task in others {
@@ -152,10 +203,13 @@ pub fn place(
             .min_by_key(|(cpu, u)| (**u, **cpu))
             .map(|(cpu, _)| *cpu);
         let Some(cpu) = best else {
-            return Err(format!(
-                "{device}: no CPU of {cpus} has {each} ppm of RT bandwidth left for task {} (at most {limit} ppm per CPU; the kernel would refuse SCHED_DEADLINE admission)",
-                placed.len()
-            ));
+            return Err(PlaceError::NoRoom {
+                device: device.to_owned(),
+                cpus: cpus.clone(),
+                each,
+                task: placed.len(),
+                limit,
+            });
         };
         if let Some(u) = used.get_mut(&cpu) {
             *u += each;
@@ -243,7 +297,8 @@ mod tests {
             None,
             "rt-numa-0",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             error.contains("no CPU of 0-1 has 600000 ppm of RT bandwidth left for task 2"),
             "{error}"
@@ -257,12 +312,14 @@ mod tests {
             "rt-numa-0",
         )
         .unwrap_err();
+        assert!(matches!(error, PlaceError::OverConsumed { .. }), "{error}");
+        let error = error.to_string();
         assert!(error.contains("the claim consumes 1000000 ppm"), "{error}");
     }
 
     #[test]
     fn configs_are_checked() {
-        let field = |c: RtConfig| c.check().unwrap_err().split(':').next().unwrap().to_owned();
+        let field = |c: RtConfig| c.check().unwrap_err().field;
         assert!(config(100, 1000, 1).check().is_ok());
         assert_eq!(field(config(0, 1000, 1)), "runtimeUs");
         assert_eq!(

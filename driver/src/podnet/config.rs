@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use crate::plugin::claims::FieldError;
+
 /// An address with its prefix length (`10.0.0.2/24`, `fd00::2/64`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -19,29 +21,34 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
-impl FromStr for Cidr {
-    type Err = String;
+/// Why a text is not a [`Cidr`]; the message quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CidrError(String);
 
-    fn from_str(text: &str) -> Result<Cidr, String> {
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = text
             .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a CIDR (address/prefix)"))?;
+            .ok_or_else(|| CidrError(format!("{text:?} is not a CIDR (address/prefix)")))?;
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{text:?}: {addr:?} is not an IP address"))?;
+            .map_err(|_| CidrError(format!("{text:?}: {addr:?} is not an IP address")))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix
             .parse::<u8>()
             .ok()
             .filter(|p| *p <= max && !prefix.starts_with('+'))
-            .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?;
+            .ok_or_else(|| CidrError(format!("{text:?}: the prefix length must be 0 to {max}")))?;
         Ok(Cidr { addr, prefix })
     }
 }
 
 impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(text: String) -> Result<Cidr, String> {
+    type Error = CidrError;
+    fn try_from(text: String) -> Result<Cidr, CidrError> {
         text.parse()
     }
 }
@@ -137,58 +144,70 @@ pub fn if_name_problem(name: &str) -> Option<&'static str> {
 
 impl NetworkConfig {
     /// Parses and checks every field; an error is `field: problem`.
-    pub fn check(&self) -> Result<Checked, String> {
+    pub fn check(&self) -> Result<Checked, FieldError> {
         let mut checked = Checked::default();
         if let Some(name) = &self.interface.name {
             if let Some(problem) = if_name_problem(name) {
-                return Err(format!("interface.name: {name:?} {problem}"));
+                return Err(FieldError::new(
+                    "interface.name",
+                    format!("{name:?} {problem}"),
+                ));
             }
             checked.name = Some(name.clone());
         }
         for (i, text) in self.interface.addresses.iter().enumerate() {
-            let cidr: Cidr = text
-                .parse()
-                .map_err(|e| format!("interface.addresses[{i}]: {e}"))?;
+            let cidr: Cidr = text.parse().map_err(|e: CidrError| {
+                FieldError::new(format!("interface.addresses[{i}]"), e.to_string())
+            })?;
             if cidr.addr.is_unspecified() || cidr.addr.is_multicast() {
-                return Err(format!(
-                    "interface.addresses[{i}]: {text:?} is not a unicast address"
+                return Err(FieldError::new(
+                    format!("interface.addresses[{i}]"),
+                    format!("{text:?} is not a unicast address"),
                 ));
             }
             if checked.addresses.contains(&cidr) {
-                return Err(format!("interface.addresses[{i}]: {text:?} is given twice"));
+                return Err(FieldError::new(
+                    format!("interface.addresses[{i}]"),
+                    format!("{text:?} is given twice"),
+                ));
             }
             checked.addresses.push(cidr);
         }
         if let Some(mtu) = self.interface.mtu {
             if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-                return Err(format!(
-                    "interface.mtu: {mtu} is outside {MIN_MTU}..={MAX_MTU}"
+                return Err(FieldError::new(
+                    "interface.mtu",
+                    format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}"),
                 ));
             }
             checked.mtu = Some(mtu);
         }
         for (i, route) in self.routes.iter().enumerate() {
-            let destination: Cidr = route
-                .destination
-                .parse()
-                .map_err(|e| format!("routes[{i}].destination: {e}"))?;
+            let destination: Cidr = route.destination.parse().map_err(|e: CidrError| {
+                FieldError::new(format!("routes[{i}].destination"), e.to_string())
+            })?;
             let gateway = match &route.gateway {
                 None => None,
                 Some(text) => {
                     let gateway: IpAddr = text.parse().map_err(|_| {
-                        format!("routes[{i}].gateway: {text:?} is not an IP address")
+                        FieldError::new(
+                            format!("routes[{i}].gateway"),
+                            format!("{text:?} is not an IP address"),
+                        )
                     })?;
                     if gateway.is_ipv4() != destination.addr.is_ipv4() {
-                        return Err(format!(
-                            "routes[{i}].gateway: {text:?} is not of the destination's IP family"
+                        return Err(FieldError::new(
+                            format!("routes[{i}].gateway"),
+                            format!("{text:?} is not of the destination's IP family"),
                         ));
                     }
                     Some(gateway)
                 }
             };
             if gateway.is_none() && destination.prefix == 0 {
-                return Err(format!(
-                    "routes[{i}].gateway: a default route needs a gateway"
+                return Err(FieldError::new(
+                    format!("routes[{i}].gateway"),
+                    "a default route needs a gateway",
                 ));
             }
             checked.routes.push((destination, gateway));
@@ -197,10 +216,10 @@ impl NetworkConfig {
     }
 
     /// Decodes `value` strictly (unknown fields rejected) and checks it; an error is `field: problem`.
-    pub fn decode(value: serde_json::Value) -> Result<Checked, String> {
+    pub fn decode(value: serde_json::Value) -> Result<Checked, FieldError> {
         let config: NetworkConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            format!("{path}: {}", e.into_inner())
+            FieldError::new(path, e.into_inner().to_string())
         })?;
         config.check()
     }

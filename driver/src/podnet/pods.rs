@@ -116,8 +116,8 @@ fn device_env(spec: &serde_json::Value, name: &str, key: &str) -> Option<String>
 
 /// The prepared claims in the checkpoint directory `dir` (one record file per claim), read only:
 /// no temp files removed, nothing moved aside (that is the preparer's). A missing directory has none.
-pub fn read_prepared(dir: &Path) -> Result<BTreeMap<String, ClaimRecord>, String> {
-    crate::plugin::checkpoint::CheckpointFile::new(dir)
-        .read_valid()
-        .map_err(|e| e.to_string())
+pub fn read_prepared(
+    dir: &Path,
+) -> Result<BTreeMap<String, ClaimRecord>, crate::plugin::checkpoint::CheckpointError> {
+    crate::plugin::checkpoint::CheckpointFile::new(dir).read_valid()
 }

@@ -49,7 +49,7 @@ pub async fn write_network_data(
     let current = claims
         .get(&claim.namespace, &claim.name)
         .await
-        .map_err(StatusWriteError::Failed)?
+        .map_err(|e| StatusWriteError::Failed(e.to_string()))?
         .ok_or_else(|| {
             StatusWriteError::Failed(format!(
                 "ResourceClaim {}/{} is gone",

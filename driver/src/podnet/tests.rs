@@ -329,6 +329,6 @@ fn network_config_is_validated_strictly_and_errors_name_the_field() {
         ),
     ] {
         let error = NetworkConfig::decode(config.clone()).unwrap_err();
-        assert!(error.starts_with(field), "{config}: {error}");
+        assert!(error.to_string().starts_with(field), "{config}: {error}");
     }
 }

@@ -343,7 +343,8 @@ async fn a_hung_api_server_times_calls_out_and_the_publisher_recovers_when_it_an
         .await
         .expect("the claim read ended");
     let error = read.unwrap_err();
-    assert!(error.contains("timed out"), "{error}");
+    assert_eq!(error.kind(), crate::api::ErrorKind::Timeout, "{error}");
+    assert!(error.to_string().contains("timed out"), "{error}");
     assert_eq!(asked.elapsed(), CALL_TIMEOUT);
 
     sleep(Duration::from_secs(60)).await;

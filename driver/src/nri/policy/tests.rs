@@ -51,7 +51,11 @@ fn a_container_with_its_claims_env_is_exclusive_and_the_others_shared() {
 #[test]
 fn forged_stale_or_malformed_claim_envs_are_refused_with_the_reason() {
     let s = snapshot("0-7", &[("a", "2-3", &["pod-1"])]);
-    let refused = |pod: &str, e: &str| classify(&s, pod, &env(&[e])).unwrap_err();
+    let refused = |pod: &str, e: &str| {
+        let error = classify(&s, pod, &env(&[e])).unwrap_err();
+        assert!(error.is_bad_env(), "{error}");
+        error.to_string()
+    };
     assert!(
         refused("pod-2", "DRA_CPUSET_a=2-3")
             .contains("reserved for pod(s) pod-1, not for pod pod-2")
@@ -93,7 +97,11 @@ fn an_empty_shared_pool_fails_closed_and_is_never_sent_as_an_update() {
     let updates = policy.set_snapshot(snapshot("0-3", &[("a", "0-1", &[]), ("b", "2-3", &[])]));
     assert!(updates.is_empty(), "{updates:?}");
     let error = policy.create("late", "late", "pod-9", &[]).unwrap_err();
-    assert!(error.contains("the shared CPU pool is empty"), "{error}");
+    assert!(!error.is_bad_env(), "{error}");
+    assert!(
+        error.to_string().contains("the shared CPU pool is empty"),
+        "{error}"
+    );
     assert!(!policy.containers().contains_key("late"));
     // An exclusive container still starts.
     let (cpus, _) = policy

@@ -40,6 +40,14 @@ fn whole_cores_first_and_never_a_reserved_or_taken_cpu() {
     let error = allocate(&xeon, &group, &taken, 200, Placement::Packed).unwrap_err();
     assert_eq!(
         error,
+        AllocError::TooFew {
+            asked: 200,
+            free: 105,
+            held: 5
+        }
+    );
+    assert_eq!(
+        error.to_string(),
         "200 CPUs asked, 105 free in the group (5 held by other claims)"
     );
 }

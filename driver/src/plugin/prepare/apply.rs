@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::plan::Planned;
-use super::{Preparer, PreparerConfig, Rebind, StatusWriteError, Step, recover};
+use super::{PrepareError, Preparer, PreparerConfig, Rebind, StatusWriteError, Step, recover};
 use crate::nri::policy::ClaimCpus;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::Spec;
@@ -31,7 +31,7 @@ impl Preparer {
     pub(super) async fn prepare_locked(
         &self,
         claim: ClaimRef,
-    ) -> Result<Vec<PreparedDevice>, String> {
+    ) -> Result<Vec<PreparedDevice>, PrepareError> {
         let existing = self.state().get(&claim.uid).cloned();
         if let Some(record) = existing {
             if record.phase == Phase::Completed && record.recovered {
@@ -54,7 +54,7 @@ impl Preparer {
                 // Started, or rebuilt from a spec that does not match the claim: redone.
                 _ => blocking(|| {
                     undo_record(&self.config, &self.kind, &record)
-                        .map_err(|e| format!("rolling back: {e}"))?;
+                        .map_err(|e| PrepareError::RollingBack(Box::new(e)))?;
                     self.drop_record(&record)
                 })?,
             }
@@ -63,14 +63,16 @@ impl Preparer {
             .claims
             .get(&claim.namespace, &claim.name)
             .await?
-            .ok_or_else(|| format!("ResourceClaim {}/{} not found", claim.namespace, claim.name))?;
+            .ok_or_else(|| PrepareError::ClaimNotFound {
+                namespace: claim.namespace.clone(),
+                name: claim.name.clone(),
+            })?;
         let allocated = allocated_devices(
             &claim,
             &resource_claim,
             &self.config.slices.driver_name,
             &self.config.slices.node_name,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let planned = self.reserve(&claim, &allocated, &resource_claim)?;
         let devices = blocking(|| self.apply(&planned))?;
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
@@ -101,21 +103,22 @@ impl Preparer {
     /// spec (no fsync), the `Completed` record (fsynced: the one durable point), then the record in
     /// memory. Any failure after the first write is rolled back by [`Preparer::abandon`]; a crash
     /// (a fault hook) stops right there, as a killed process would.
-    fn apply(&self, planned: &Planned) -> Result<Vec<PreparedDevice>, String> {
+    fn apply(&self, planned: &Planned) -> Result<Vec<PreparedDevice>, PrepareError> {
         let started = &planned.record;
         if let Err(error) = self.config.checkpoint.put(started, Durability::Unsynced) {
             // Nothing was changed: give the reservation back.
             self.forget(started);
-            return Err(error.to_string());
+            return Err(error.into());
         }
         self.fault(Step::Started)?;
         for rebind in &planned.rebinds {
-            if let Err(e) = self
+            if let Err(source) = self
                 .config
                 .binder
                 .bind_driver(rebind.function, &rebind.driver)
             {
-                let error = format!("binding {} to {}: {e}", rebind.function, rebind.driver);
+                let context = format!("binding {} to {}", rebind.function, rebind.driver);
+                let error = PrepareError::Device { context, source };
                 return Err(self.abandon(started, error));
             }
         }
@@ -126,10 +129,10 @@ impl Preparer {
         {
             return Err(self.abandon(started, error));
         }
-        if let Err(e) = self.config.cdi.write_claim_spec(uid, &planned.spec) {
+        if let Err(source) = self.config.cdi.write_claim_spec(uid, &planned.spec) {
             // A real failure (a full disk), not a crash: undo now so nothing is left half done.
-            let error = format!("writing the CDI spec: {e}");
-            return Err(self.abandon(started, error));
+            let context = "writing the CDI spec";
+            return Err(self.abandon(started, PrepareError::Cdi { context, source }));
         }
         self.fault(Step::CdiWritten)?;
         let mut completed = started.clone();
@@ -144,15 +147,18 @@ impl Preparer {
 
     /// A completed claim asked again (kubelet restart, node reboot): the same devices, and its CDI spec
     /// written again (after a reboot `/var/run/cdi` is empty).
-    fn redo_completed(&self, mut record: ClaimRecord) -> Result<Vec<PreparedDevice>, String> {
+    fn redo_completed(&self, mut record: ClaimRecord) -> Result<Vec<PreparedDevice>, PrepareError> {
         let spec: Spec = record
             .cdi_spec
             .parse()
-            .map_err(|e| format!("checkpointed CDI spec: {e}"))?;
+            .map_err(PrepareError::CheckpointedSpec)?;
         self.config
             .cdi
             .write_claim_spec(&record.claim.uid, &spec)
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| PrepareError::Cdi {
+                context: "writing the CDI spec",
+                source,
+            })?;
         if record.boot_id != self.config.boot_id {
             record.boot_id = self.config.boot_id.clone();
             let devices = record.devices.clone();
@@ -165,7 +171,7 @@ impl Preparer {
     /// Writes `record`'s file (a completed record is fsynced, a started one is not: see
     /// [`crate::plugin::checkpoint`]), then sets it in memory. When the write fails memory keeps what
     /// it had, which is what the file still says.
-    fn commit(&self, record: Option<ClaimRecord>) -> Result<(), String> {
+    fn commit(&self, record: Option<ClaimRecord>) -> Result<(), PrepareError> {
         let Some(record) = record else {
             return Ok(());
         };
@@ -173,10 +179,7 @@ impl Preparer {
             Phase::Completed => Durability::Synced,
             Phase::Started => Durability::Unsynced,
         };
-        self.config
-            .checkpoint
-            .put(&record, durability)
-            .map_err(|e| e.to_string())?;
+        self.config.checkpoint.put(&record, durability)?;
         let mut state = self.state();
         state.insert(record.claim.uid.clone(), record);
         self.publish_cpus(&state);
@@ -185,11 +188,8 @@ impl Preparer {
 
     /// Removes the record's file, then the record from memory (giving back GPU partitions no claim
     /// holds). When the removal fails the record stays in both.
-    fn drop_record(&self, record: &ClaimRecord) -> Result<(), String> {
-        self.config
-            .checkpoint
-            .remove(&record.claim.uid)
-            .map_err(|e| e.to_string())?;
+    fn drop_record(&self, record: &ClaimRecord) -> Result<(), PrepareError> {
+        self.config.checkpoint.remove(&record.claim.uid)?;
         self.forget(record);
         Ok(())
     }
@@ -209,21 +209,27 @@ impl Preparer {
     /// and forgets it. When the checkpoint cannot be written, the started record stays (memory and
     /// file agree) and is rolled back by the next prepare or restart. Returns `error`, with what
     /// else failed.
-    fn abandon(&self, record: &ClaimRecord, error: String) -> String {
-        let mut error = error;
+    fn abandon(&self, record: &ClaimRecord, error: PrepareError) -> PrepareError {
+        let mut also = Vec::new();
         self.remove_metadata(&record.claim.uid);
         if let Err(e) = undo_record(&self.config, &self.kind, record) {
-            error = format!("{error}; rolling back: {e}");
+            also.push(PrepareError::RollingBack(Box::new(e)));
         }
         if let Err(e) = self.drop_record(record) {
-            error = format!("{error}; {e}");
+            also.push(e);
         }
-        error
+        match also.is_empty() {
+            true => error,
+            false => PrepareError::Abandoned {
+                cause: Box::new(error),
+                also,
+            },
+        }
     }
 
-    fn fault(&self, step: Step) -> Result<(), String> {
+    fn fault(&self, step: Step) -> Result<(), PrepareError> {
         match &self.faults {
-            Some(hook) => hook(step),
+            Some(hook) => hook(step).map_err(PrepareError::from),
             None => Ok(()),
         }
     }
@@ -241,7 +247,7 @@ impl Preparer {
 
     /// Unprepares one claim while holding its claim lock: undo, remove the record, clear the
     /// device status this driver wrote.
-    pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), String> {
+    pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
         // Unknown claims (never prepared here, or already unprepared) are done.
         let Some(record) = self.state().get(&claim.uid).cloned() else {
             return Ok(());
@@ -282,7 +288,7 @@ pub(super) fn undo_record(
     config: &PreparerConfig,
     kind: &str,
     record: &ClaimRecord,
-) -> Result<(), String> {
+) -> Result<(), PrepareError> {
     for value in record.undo.values() {
         let Ok(rebind) = serde_json::from_value::<Rebind>(value.clone()) else {
             continue;
@@ -291,15 +297,19 @@ pub(super) fn undo_record(
             Some(original) => config.binder.bind_driver(rebind.function, original),
             None => Ok(()),
         };
-        result.map_err(|e| {
-            format!(
-                "restoring {} to its driver {:?}: {e}",
+        result.map_err(|source| PrepareError::Device {
+            context: format!(
+                "restoring {} to its driver {:?}",
                 rebind.function, rebind.original
-            )
+            ),
+            source,
         })?;
     }
     config
         .cdi
         .remove_claim_spec(kind, &record.claim.uid)
-        .map_err(|e| format!("removing the CDI spec: {e}"))
+        .map_err(|source| PrepareError::Cdi {
+            context: "removing the CDI spec",
+            source,
+        })
 }

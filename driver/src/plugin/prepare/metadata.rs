@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use dra_kubelet_plugin::metadata::{self, ClaimIdentity, MetadataDevice};
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
-use super::Preparer;
+use super::{PrepareError, Preparer};
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{ContainerEdits, Device as CdiDevice, Spec, qualified_device};
 use crate::plugin::claims::Allocated;
@@ -42,7 +42,7 @@ impl Preparer {
         allocated: &[Allocated],
         spec: &mut Spec,
         devices: &mut [PreparedDevice],
-    ) -> Result<Option<MetadataPlan>, String> {
+    ) -> Result<Option<MetadataPlan>, PrepareError> {
         let Some(dir) = &self.metadata_dir else {
             return Ok(None);
         };
@@ -52,7 +52,7 @@ impl Preparer {
             let inventory = self
                 .inventory
                 .read()
-                .map_err(|_| "inventory lock poisoned".to_owned())?;
+                .map_err(|_| PrepareError::poisoned("inventory"))?;
             devices_with_sources(&inventory, &self.config.slices)
                 .into_iter()
                 .map(|(device, _)| (device.name, device.attributes.unwrap_or_default()))
@@ -84,7 +84,12 @@ impl Preparer {
         }
         for request in requests.keys() {
             let base = metadata::base_request(request);
-            let host = metadata::host_path(dir, &claim.uid, request).map_err(|e| e.to_string())?;
+            let host = metadata::host_path(dir, &claim.uid, request).map_err(|source| {
+                PrepareError::Metadata {
+                    context: format!("the device metadata of request {request}"),
+                    source,
+                }
+            })?;
             let name = format!("{}-{CDI_PREFIX}{base}", claim.uid);
             spec.devices.push(CdiDevice {
                 name: name.clone(),
@@ -114,11 +119,15 @@ impl Preparer {
     }
 
     /// Writes the files of `plan`.
-    pub(super) fn write_metadata(&self, plan: &MetadataPlan) -> Result<(), String> {
+    pub(super) fn write_metadata(&self, plan: &MetadataPlan) -> Result<(), PrepareError> {
         let driver = &self.config.slices.driver_name;
         for (request, devices) in &plan.requests {
-            metadata::write_request(&plan.dir, driver, &plan.claim, request, devices)
-                .map_err(|e| format!("writing the device metadata of request {request}: {e}"))?;
+            metadata::write_request(&plan.dir, driver, &plan.claim, request, devices).map_err(
+                |source| PrepareError::Metadata {
+                    context: format!("writing the device metadata of request {request}"),
+                    source,
+                },
+            )?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::PrepareError;
 use crate::plugin::claims::Allocated;
 use crate::podnet::config::Checked;
 use crate::slices::SliceConfig;
@@ -74,7 +75,7 @@ pub(super) fn pod_if_name(a: &Allocated) -> Option<String> {
 pub(super) fn direct_configs(
     allocated: &[Allocated],
     sources: &[DeviceSource],
-) -> Result<BTreeMap<String, Checked>, String> {
+) -> Result<BTreeMap<String, Checked>, PrepareError> {
     for (a, source) in allocated.iter().zip(sources) {
         let (Some(network), DeviceSource::Nic { function, .. }) = (&a.network, source) else {
             continue;
@@ -82,31 +83,31 @@ pub(super) fn direct_configs(
         let device = &a.device;
         let vf = a.vf.as_ref();
         if vf.and_then(|v| v.driver.as_deref()) == Some("vfio-pci") {
-            return Err(format!(
+            return Err(PrepareError::InvalidConfig(format!(
                 "device {device}: a NetworkConfig (direct mode) applies, but its VfConfig.driver \
                  is vfio-pci: the function has no netdev to move into the pod"
-            ));
+            )));
         }
         if let Some(nad) = vf.and_then(|v| v.net_attach_def_name.as_deref()) {
-            return Err(format!(
+            return Err(PrepareError::InvalidConfig(format!(
                 "device {device}: both VfConfig.netAttachDefName {nad:?} (CNI mode) and a \
                  NetworkConfig (direct mode) apply; give one"
-            ));
+            )));
         }
         if let (Some(name), Some(if_name)) = (&network.name, vf.and_then(|v| v.if_name.as_ref()))
             && name != if_name
         {
-            return Err(format!(
+            return Err(PrepareError::InvalidConfig(format!(
                 "device {device}: NetworkConfig interface.name {name:?} differs from \
                  VfConfig.ifName {if_name:?}"
-            ));
+            )));
         }
         if function.netdevs.is_empty() {
-            return Err(format!(
+            return Err(PrepareError::InvalidConfig(format!(
                 "device {device}: a NetworkConfig (direct mode) applies, but {} has no netdev to \
                  move into the pod",
                 function.address
-            ));
+            )));
         }
     }
     let functions = allocated

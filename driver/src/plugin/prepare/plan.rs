@@ -9,7 +9,7 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 
 use super::edits::{claim_env, container_edits};
 use super::network::{direct_configs, network_status};
-use super::{Preparer, Rebind, recover};
+use super::{PrepareError, Preparer, Rebind, recover};
 use crate::inventory::Inventory;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{Device as CdiDevice, Spec, qualified_device};
@@ -44,7 +44,7 @@ impl Preparer {
         claim: &ClaimRef,
         allocated: &[Allocated],
         resource_claim: &ResourceClaim,
-    ) -> Result<Planned, String> {
+    ) -> Result<Planned, PrepareError> {
         let mut state = self.state();
         let (mut sources, shareable) = self.sources(allocated)?;
         self.check_exclusive(&state, &claim.uid, allocated, &shareable)?;
@@ -52,7 +52,7 @@ impl Preparer {
             let inventory = self
                 .inventory
                 .read()
-                .map_err(|_| "inventory lock poisoned".to_owned())?;
+                .map_err(|_| PrepareError::poisoned("inventory"))?;
             inventory
                 .gpus
                 .iter()
@@ -76,7 +76,7 @@ impl Preparer {
                 let inventory = self
                     .inventory
                     .read()
-                    .map_err(|_| "inventory lock poisoned".to_owned())?;
+                    .map_err(|_| PrepareError::poisoned("inventory"))?;
                 rebinds(allocated, &sources, &inventory)?
             };
             let cpus = self.place_cpus(&state, &claim.uid, allocated, &sources)?;
@@ -89,7 +89,7 @@ impl Preparer {
                 phase: Phase::Started,
                 boot_id: self.config.boot_id.clone(),
                 devices: devices.clone(),
-                cdi_spec: SpecJson::of(&spec).map_err(|e| e.to_string())?,
+                cdi_spec: SpecJson::of(&spec).map_err(PrepareError::SpecJson)?,
                 undo: rebinds
                     .iter()
                     .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
@@ -101,12 +101,9 @@ impl Preparer {
                 network: direct_configs(allocated, &sources)?,
                 recovered: false,
             };
-            self.config
-                .checkpoint
-                .check_claim(&record)
-                .map_err(|e| e.to_string())?;
+            self.config.checkpoint.check_claim(&record)?;
             let statuses = network_status(&self.config.slices, allocated, &sources);
-            Ok::<_, String>(Planned {
+            Ok::<_, PrepareError>(Planned {
                 record,
                 rebinds,
                 spec,
@@ -142,11 +139,11 @@ impl Preparer {
     pub(super) fn sources(
         &self,
         allocated: &[Allocated],
-    ) -> Result<(Vec<DeviceSource>, Vec<bool>), String> {
+    ) -> Result<(Vec<DeviceSource>, Vec<bool>), PrepareError> {
         let inventory = self
             .inventory
             .read()
-            .map_err(|_| "inventory lock poisoned".to_owned())?;
+            .map_err(|_| PrepareError::poisoned("inventory"))?;
         let published: BTreeMap<String, (DeviceSource, bool)> =
             devices_with_sources(&inventory, &self.config.slices)
                 .into_iter()
@@ -156,23 +153,23 @@ impl Preparer {
             .iter()
             .map(|a| {
                 let (source, shareable) = published.get(&a.device).cloned().ok_or_else(|| {
-                    format!(
-                        "device {} is not published on this node (any more)",
-                        a.device
-                    )
+                    PrepareError::NotPublished {
+                        device: a.device.clone(),
+                    }
                 })?;
                 if let Some(unhealthy) =
                     crate::health::of_source(&inventory, &source, &self.config.slices)
                     && unhealthy.refuses_prepare()
                 {
-                    return Err(format!(
-                        "device {}: {} (tainted unhealthy={})",
-                        a.device, unhealthy.message, unhealthy.reason
-                    ));
+                    return Err(PrepareError::Unhealthy {
+                        device: a.device.clone(),
+                        message: unhealthy.message.to_string(),
+                        reason: unhealthy.reason.to_string(),
+                    });
                 }
                 Ok((source, shareable))
             })
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Vec<_>, PrepareError>>()
             .map(|pairs| pairs.into_iter().unzip())
     }
 
@@ -185,7 +182,7 @@ impl Preparer {
         uid: &str,
         allocated: &[Allocated],
         sources: &[DeviceSource],
-    ) -> Result<BTreeMap<String, hal::CpuSet>, String> {
+    ) -> Result<BTreeMap<String, hal::CpuSet>, PrepareError> {
         // Other claims' exclusive CPUs, and the CPUs their real-time tasks run on.
         let mut taken: hal::CpuSet = state
             .iter()
@@ -201,7 +198,7 @@ impl Preparer {
         let inventory = self
             .inventory
             .read()
-            .map_err(|_| "inventory lock poisoned".to_owned())?;
+            .map_err(|_| PrepareError::poisoned("inventory"))?;
         let mut placed = BTreeMap::new();
         for (a, source) in allocated.iter().zip(sources) {
             let cpus = match source {
@@ -212,34 +209,37 @@ impl Preparer {
                         Some(config) => {
                             let asked = &config.cpuset;
                             if !asked.is_subset(group) {
-                                return Err(format!(
+                                return Err(PrepareError::InvalidConfig(format!(
                                     "{}: CpuConfig cpuset {asked} is not within the group's allocatable CPUs {group} (offline or reserved CPUs are not)",
                                     a.device
-                                ));
+                                )));
                             }
                             let busy = asked.intersection(&taken);
                             if !busy.is_empty() {
-                                return Err(format!(
+                                return Err(PrepareError::Held(format!(
                                     "{}: CPUs {busy} are held by another claim",
                                     a.device
-                                ));
+                                )));
                             }
                             if asked.len() != want {
-                                return Err(format!(
+                                return Err(PrepareError::InvalidConfig(format!(
                                     "{}: CpuConfig cpuset {asked} has {} CPUs, the claim consumes {want}",
                                     a.device,
                                     asked.len()
-                                ));
+                                )));
                             }
                             asked.clone()
                         }
                         None => {
-                            let topology = inventory
-                                .cpu
-                                .as_ref()
-                                .ok_or("the CPU topology could not be read")?;
-                            allocate(topology, group, &taken, want, Placement::Packed)
-                                .map_err(|e| format!("{}: {e}", a.device))?
+                            let topology = inventory.cpu.as_ref().ok_or_else(|| {
+                                PrepareError::Machine("the CPU topology could not be read".into())
+                            })?;
+                            allocate(topology, group, &taken, want, Placement::Packed).map_err(
+                                |source| PrepareError::Cpus {
+                                    device: a.device.clone(),
+                                    source,
+                                },
+                            )?
                         }
                     }
                 }
@@ -260,7 +260,7 @@ impl Preparer {
         allocated: &[Allocated],
         sources: &[DeviceSource],
         own: &BTreeMap<String, hal::CpuSet>,
-    ) -> Result<BTreeMap<String, Vec<crate::plugin::rt::RtTask>>, String> {
+    ) -> Result<BTreeMap<String, Vec<crate::plugin::rt::RtTask>>, PrepareError> {
         let others = state.iter().filter(|(other, _)| other.as_str() != uid);
         let exclusive: hal::CpuSet = others
             .clone()
@@ -281,10 +281,10 @@ impl Preparer {
                 continue;
             };
             let config = a.rt.as_ref().ok_or_else(|| {
-                format!(
+                PrepareError::InvalidConfig(format!(
                     "{}: an RT bandwidth device needs an RtConfig (runtimeUs, periodUs, tasks)",
                     a.device
-                )
+                ))
             })?;
             let free: hal::CpuSet = cpus.iter().filter(|c| !exclusive.contains(*c)).collect();
             let tasks = crate::plugin::rt::place(
@@ -309,7 +309,7 @@ impl Preparer {
         uid: &str,
         allocated: &[Allocated],
         shareable: &[bool],
-    ) -> Result<(), String> {
+    ) -> Result<(), PrepareError> {
         // Devices published with `allowMultipleAllocations` (CPU groups, RT bandwidth) are shared by
         // design; CPUs and tasks are checked one by one. A `shareID` on any other device (a GPU, a
         // VF) gives it no second owner.
@@ -321,10 +321,10 @@ impl Preparer {
         for a in exclusive {
             for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
                 if record.devices.iter().any(|d| d.device_name == a.device) {
-                    return Err(format!(
+                    return Err(PrepareError::Held(format!(
                         "device {} is already prepared for claim {other}",
                         a.device
-                    ));
+                    )));
                 }
             }
         }
@@ -339,7 +339,7 @@ impl Preparer {
         sources: &[DeviceSource],
         cpus: &BTreeMap<String, hal::CpuSet>,
         rt: &BTreeMap<String, Vec<crate::plugin::rt::RtTask>>,
-    ) -> Result<(Spec, Vec<PreparedDevice>), String> {
+    ) -> Result<(Spec, Vec<PreparedDevice>), PrepareError> {
         let mut cdi_devices = Vec::new();
         let mut prepared = Vec::new();
         let mut claim_env = claim_env(allocated, sources);
@@ -442,7 +442,7 @@ fn rebinds(
     allocated: &[Allocated],
     sources: &[DeviceSource],
     inventory: &Inventory,
-) -> Result<Vec<Rebind>, String> {
+) -> Result<Vec<Rebind>, PrepareError> {
     let mut out = Vec::new();
     for (a, source) in allocated.iter().zip(sources) {
         let wanted =
@@ -458,10 +458,10 @@ fn rebinds(
             }
             DeviceSource::Gpu(gpu) if a.gpu.is_some() => (gpu.pci_address, gpu.driver.clone()),
             _ => {
-                return Err(format!(
+                return Err(PrepareError::InvalidConfig(format!(
                     "{}: a VfConfig applies to network functions, a GpuConfig to GPUs",
                     a.device
-                ));
+                )));
             }
         };
         if current.as_deref() == Some(driver.as_str()) {
@@ -473,10 +473,10 @@ fn rebinds(
             .find(|s| s.pf == address)
             .map_or(0, |s| s.num_vfs);
         if vfs > 0 {
-            return Err(format!(
+            return Err(PrepareError::InvalidConfig(format!(
                 "{}: {address} has {vfs} VFs enabled; binding it to {driver} would remove them",
                 a.device
-            ));
+            )));
         }
         out.push(Rebind {
             function: address,

@@ -4,6 +4,7 @@
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::Api;
 
+use crate::api::{ErrorKind as ApiErrorKind, kind_of};
 use crate::plugin::api::BoxFuture;
 
 /// The most one API call of a prepare may take, end to end: twice the client's limit for the
@@ -17,7 +18,7 @@ pub trait ClaimSource: Send + Sync {
         &self,
         namespace: &str,
         name: &str,
-    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>>;
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, ClaimReadError>>;
 
     /// Replaces this driver's entries in the claim's `status.devices` (server-side apply with the driver
     /// as field manager; an empty list removes them). Sources that cannot write do nothing.
@@ -29,6 +30,41 @@ pub trait ClaimSource: Send + Sync {
         _devices: Vec<serde_json::Value>,
     ) -> BoxFuture<'_, Result<(), StatusWriteError>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+/// Why a ResourceClaim could not be read: the API server's answer, classified (404, 409, 5xx, ... as
+/// [`ApiErrorKind`]), or none in time. The message names the claim.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimReadError {
+    /// The API server or the connection to it failed.
+    #[error("reading ResourceClaim {claim}: {source}")]
+    Api {
+        /// `namespace/name`.
+        claim: String,
+        /// The class of the failure.
+        kind: ApiErrorKind,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// No complete answer within [`CALL_LIMIT`].
+    #[error("reading ResourceClaim {claim}: no answer from the API server in {} s", after.as_secs())]
+    Timeout {
+        /// `namespace/name`.
+        claim: String,
+        /// The deadline.
+        after: std::time::Duration,
+    },
+}
+
+impl ClaimReadError {
+    /// The class of the failure, for deciding whether to retry.
+    pub fn kind(&self) -> ApiErrorKind {
+        match self {
+            ClaimReadError::Api { kind, .. } => *kind,
+            ClaimReadError::Timeout { .. } => ApiErrorKind::Timeout,
+        }
     }
 }
 
@@ -53,21 +89,23 @@ impl ClaimSource for KubeClaims {
         &self,
         namespace: &str,
         name: &str,
-    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>> {
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, ClaimReadError>> {
         let api: Api<ResourceClaim> = Api::namespaced(self.0.clone(), namespace);
         let name = name.to_owned();
-        let namespace = namespace.to_owned();
+        let claim = format!("{namespace}/{name}");
         Box::pin(async move {
             // The client's layer bounds the wait for the response to start; this bounds the whole
             // call (a body that never ends too).
             match tokio::time::timeout(CALL_LIMIT, api.get_opt(&name)).await {
-                Ok(got) => {
-                    got.map_err(|e| format!("reading ResourceClaim {namespace}/{name}: {e}"))
-                }
-                Err(_) => Err(format!(
-                    "reading ResourceClaim {namespace}/{name}: no answer from the API server in {} s",
-                    CALL_LIMIT.as_secs()
-                )),
+                Ok(got) => got.map_err(|source| ClaimReadError::Api {
+                    claim,
+                    kind: kind_of(&source),
+                    source,
+                }),
+                Err(_) => Err(ClaimReadError::Timeout {
+                    claim,
+                    after: CALL_LIMIT,
+                }),
             }
         })
     }

@@ -61,7 +61,7 @@ impl ClaimSource for Claims {
         &self,
         namespace: &str,
         name: &str,
-    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>> {
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, super::ClaimReadError>> {
         let found = self
             .0
             .lock()
@@ -437,7 +437,7 @@ async fn a_crash_after_any_step_leaves_a_consistent_state_and_prepare_succeeds_a
         };
         let crashing = s.preparer("boot-1").with_faults(Arc::new(move |at| {
             if at == step {
-                Err(format!("crash after {at:?}"))
+                Err(format!("crash after {at:?}").into())
             } else {
                 Ok(())
             }
@@ -1399,5 +1399,6 @@ mod claim_input;
 mod concurrency;
 mod direct;
 mod durability;
+mod error_kinds;
 mod metadata;
 mod nri;

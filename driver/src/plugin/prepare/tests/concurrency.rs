@@ -49,7 +49,7 @@ impl ClaimSource for Gated {
         &self,
         namespace: &str,
         name: &str,
-    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, String>> {
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, ClaimReadError>> {
         let gate = self.gates.lock().unwrap().get(name).cloned();
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         Box::pin(async move {
@@ -323,7 +323,7 @@ impl World {
             Op::Crash(c, step) => {
                 let at = STEPS[*step];
                 let hook: FaultHook = Arc::new(move |s| match s == at {
-                    true => Err(format!("crash after {s:?}")),
+                    true => Err(format!("crash after {s:?}").into()),
                     false => Ok(()),
                 });
                 self.failing.store(0, Ordering::SeqCst);

@@ -1,0 +1,124 @@
+//! The plugin's flags.
+
+use std::path::PathBuf;
+
+use crate::slices::args::SliceArgs;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The plugin's flags. Each has an environment variable fallback, for DaemonSet manifests.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "dra-hal-plugin",
+    version,
+    about = "DRA kubelet plugin: publishes this node's GPUs, NICs, RDMA devices and CPUs as ResourceSlices \
+             and prepares claims through CDI",
+    after_help = "Try it on a laptop against any API server:\n  \
+                  dra-hal-plugin --fixture gb300 --node-name my-node --kubeconfig ~/.kube/config \\\n    \
+                  --kubelet-root-dir /tmp/kubelet --cdi-root /tmp/cdi\n\n\
+                  Exit status: 0 after a clean shutdown (SIGTERM, SIGINT), 1 on a startup or serving error, 2 on bad usage."
+)]
+pub struct PluginArgs {
+    /// This node's name: the pool name and the slices' nodeName.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// The kubelet's root directory (sockets go to `plugins_registry/` and `plugins/<driver>/` below it).
+    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_root_dir: PathBuf,
+
+    /// Where CDI specs are written (the runtime's dynamic CDI directory).
+    #[arg(long, env = "CDI_ROOT", default_value = "/var/run/cdi")]
+    pub cdi_root: PathBuf,
+
+    /// Where the device nodes the CDI specs name are on the host, when not at their own paths (`/dev/...`):
+    /// specs then carry `hostPath` DIR/dev/... (with `--fixture`, a directory of stand-in nodes).
+    #[arg(long, value_name = "DIR")]
+    pub dev_root: Option<PathBuf>,
+
+    /// Device metadata (Kubernetes 1.36+, KEP-5304): each prepared request's devices and their attributes
+    /// in `/var/run/kubernetes.io/dra-device-attributes/.../<driver>-metadata.json` inside the containers
+    /// that use it (a read-only CDI bind mount of a file under the plugin's data directory).
+    #[arg(long, env = "DEVICE_METADATA")]
+    pub device_metadata: bool,
+
+    /// A kubeconfig file (any server URL, http:// included); in-cluster configuration when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Read sysfs under DIR instead of / (a captured tree). NVML, Level Zero and verbs are not used
+    /// on it unless DIR is this machine's (the same proc/sys/kernel/random/boot_id).
+    #[arg(long, value_name = "DIR", conflicts_with = "fixture")]
+    pub sysfs_root: Option<PathBuf>,
+
+    /// Serve an embedded fixture machine (xeon, gb300, i915, hybrid, epyc) instead of this one.
+    #[arg(long, value_name = "NAME")]
+    pub fixture: Option<String>,
+
+    /// Vendor and device names from this pci.ids file (default: the system's, if any).
+    #[arg(long, value_name = "FILE")]
+    pub pci_ids: Option<PathBuf>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub slices: SliceArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node_net: crate::podnet::NodeNetArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cni: crate::podnet::cni::CniArgs,
+
+    /// Seconds between rescans of the hardware (changes are published; an unchanged rescan costs no API call).
+    #[arg(long, env = "RESCAN_INTERVAL", default_value_t = 60)]
+    pub rescan_interval: u64,
+
+    /// Address of the HTTP endpoint with /metrics (Prometheus) and /healthz; empty to turn it off.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9464")]
+    pub metrics_address: String,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// A VF provisioning policy (JSON: PF selector → number of VFs, VF driver), applied at start and
+    /// whenever the file changes, to PFs none of whose VFs is prepared.
+    #[arg(long, env = "VF_POLICY", value_name = "FILE")]
+    pub vf_policy: Option<PathBuf>,
+
+    /// Run the NRI plugin: pin each container carrying a claim's cpuset to it and confine every other
+    /// container to the shared CPU pool, through the runtime's NRI socket (containerd 1.7+ or CRI-O
+    /// 1.26+, with NRI enabled; see docs/nri.md). The kubelet's cpuManagerPolicy must be `none`.
+    #[arg(long)]
+    pub nri: bool,
+
+    /// The runtime's NRI socket.
+    #[arg(
+        long,
+        env = "NRI_SOCKET",
+        value_name = "PATH",
+        default_value = "/var/run/nri/nri.sock"
+    )]
+    pub nri_socket: PathBuf,
+
+    /// The NRI plugin index: two digits; the runtime calls plugins in ascending order.
+    #[arg(long, env = "NRI_INDEX", value_name = "NN", default_value = "10",
+          value_parser = crate::nri::plugin::parse_index)]
+    pub nri_index: String,
+
+    /// Also move running containers at once when a claim is prepared or unprepared, with unsolicited
+    /// NRI UpdateContainers calls. UNSAFE on containerd 1.7.x and 2.1.x (measured on 1.7.24 and
+    /// 2.1.9): it deadlocks the runtime's NRI (containerd issue #13733) unless its NRI has
+    /// containerd/nri#301. Off: the moves ride on the answers to the runtime's container events.
+    #[arg(long, env = "NRI_UNSOLICITED_UPDATES")]
+    pub nri_unsolicited_updates: bool,
+}

@@ -1,0 +1,70 @@
+//! Threads that wake the publisher between rescans: kernel hotplug events and NVIDIA XID events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rescans on hotplug: a thread reads kernel uevents and wakes the publisher once per burst.
+#[cfg(feature = "udev")]
+pub(super) fn spawn_hotplug_watch(changed: Arc<tokio::sync::Notify>) {
+    use backends::udev::{UeventSocket, watch};
+    match UeventSocket::open() {
+        Ok(socket) => {
+            let spawned = std::thread::Builder::new()
+                .name("uevents".into())
+                .spawn(move || {
+                    let error = watch(
+                        socket,
+                        Duration::from_millis(500),
+                        Duration::from_secs(5),
+                        || {
+                            changed.notify_one();
+                            true
+                        },
+                    );
+                    tracing::warn!(%error, "hotplug watch stopped; the periodic rescan goes on");
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "no hotplug watch");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot open the uevent socket; only the periodic rescan")
+        }
+    }
+}
+
+/// Waits for NVML's critical XID events on a thread of its own (NVML blocks) and republishes when a GPU
+/// turns unhealthy. Without NVML (no NVIDIA GPU, no library) it logs why once and stops.
+pub(super) fn spawn_xid_watch(
+    health: Arc<std::sync::Mutex<crate::health::Health>>,
+    changed: Arc<tokio::sync::Notify>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    use backends::nvml::xid::{RealXid, XidSource};
+    std::thread::spawn(move || {
+        let mut source = match RealXid::open() {
+            Ok(source) => source,
+            Err(error) => {
+                tracing::info!(%error, "no XID events; GPU health comes from rescans only");
+                return;
+            }
+        };
+        while !*stopped.borrow() {
+            match source.wait(Duration::from_secs(5)) {
+                Ok(events) => {
+                    let turned = events
+                        .iter()
+                        .filter(|e| health.lock().is_ok_and(|mut h| h.record_xid(e)))
+                        .count();
+                    if turned > 0 {
+                        changed.notify_one();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "waiting for XID events failed; stopping the XID watch");
+                    return;
+                }
+            }
+        }
+    });
+}

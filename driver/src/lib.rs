@@ -1,12 +1,10 @@
-//! The DRA driver built on the HAL and the `hal-probe` diagnostics it shares its view with.
+//! The DRA driver built on the HAL.
 //!
 //! [`inventory`] reads every device family once; [`slices`] turns it into the ResourceSlices the driver
-//! publishes; [`probe`] is the report `hal-probe` prints. The kubelet plugin (gRPC, CDI) is built on the
-//! same inventory.
+//! publishes. The kubelet plugin (gRPC, CDI) is built on the same inventory, and so is `hal-probe` (a
+//! crate of its own, `driver/hal-probe`: its report, picture and explain are not in this library).
 
 pub use dra_kubelet_plugin::client as api;
-#[cfg(feature = "explain")]
-pub mod explain;
 #[cfg(any(test, feature = "fake-api"))]
 pub use dra_kubelet_plugin::fake_api;
 /// The embedded fixture machines (`hal-mock`) behind `--fixture`, with the `fixture` feature.
@@ -19,8 +17,6 @@ pub mod inventory;
 pub mod nri;
 pub mod plugin;
 pub mod podnet;
-pub mod probe;
 pub mod publish;
 pub mod slices;
 pub mod unhealthy;
-pub mod yaml;

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use backends::SysfsRoot;
 use driver::inventory::Inventory;
-use driver::probe::draw::{Options, draw_svg};
 use driver::slices::SliceConfig;
 use driver::slices::devices::devices_with_sources;
 use hal::CpuSet;
+use hal_probe::draw::{Options, draw_svg};
 use stack_tests::hwloc;
 
 fn has_class(node: &roxmltree::Node<'_, '_>, class: &str) -> bool {
@@ -102,7 +102,7 @@ fn every_hwloc_dump_draws_needs_shared_corpora() {
     sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (cpus, name, svg) in sizes.iter().take(3) {
         let start = Instant::now();
-        let png = driver::probe::draw::svg_to_png(svg).unwrap();
+        let png = hal_probe::draw::svg_to_png(svg).unwrap();
         eprintln!(
             "{name}: {cpus} CPUs, PNG of {} bytes in {:.0} ms",
             png.len(),

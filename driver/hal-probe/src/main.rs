@@ -9,11 +9,11 @@ use backends::sysfs::pciids::default_pci_ids;
 use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
 use clap::{Parser, ValueEnum};
 use driver::inventory::{FixtureVendors as _, Inventory};
-use driver::probe::{Family, Report, Sources, render_table};
 use driver::slices::args::SliceArgs;
 use driver::slices::build_slices;
 use driver::slices::validate::validate_pool;
-use driver::yaml::to_yaml;
+use hal_probe::report::{Family, Report, Sources, render_table};
+use hal_probe::yaml::to_yaml;
 use k8s_openapi::api::resource::v1::ResourceSlice;
 
 #[derive(Debug, Parser)]
@@ -341,7 +341,7 @@ fn run_draw(args: DrawArgs) -> anyhow::Result<ExitCode> {
 fn write_picture(svg: &str, png: bool, path: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let bytes = match png {
-        true => driver::probe::draw::svg_to_png(svg)?,
+        true => hal_probe::draw::svg_to_png(svg)?,
         false => svg.as_bytes().to_vec(),
     };
     match path {
@@ -426,7 +426,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         true => m.node_name.clone(),
         false => Some(node_name(m)),
     };
-    let request = driver::explain::Request {
+    let request = hal_probe::explain::Request {
         claims: args.claims.clone(),
         classes: args.classes,
         slices: args.slices,
@@ -439,7 +439,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         version,
         gates,
     };
-    let report = driver::explain::explain(&request, node_slices)?;
+    let report = hal_probe::explain::explain(&request, node_slices)?;
     for note in &report.notes {
         eprintln!("hal-probe: {note}");
     }
@@ -453,9 +453,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         let claims = report
             .claims
             .iter()
-            .map(|o| {
-                driver::probe::draw::Claim::from_outcome(o, &args.slice_flags.driver_name, &pool)
-            })
+            .map(|o| hal_probe::draw::Claim::from_outcome(o, &args.slice_flags.driver_name, &pool))
             .collect();
         let svg = machine.draw(m, &args.slice_flags, claims)?;
         let png = path
@@ -530,15 +528,15 @@ impl Machine {
         &self,
         args: &MachineArgs,
         flags: &SliceArgs,
-        claims: Vec<driver::probe::draw::Claim>,
+        claims: Vec<hal_probe::draw::Claim>,
     ) -> anyhow::Result<String> {
         let node = node_name(args);
         let config = flags.config(&node).map_err(anyhow::Error::msg)?;
-        let options = driver::probe::draw::Options {
+        let options = hal_probe::draw::Options {
             title: node,
             claims,
         };
-        Ok(driver::probe::draw::draw_svg(
+        Ok(hal_probe::draw::draw_svg(
             &self.inventory(args),
             &config,
             &options,

@@ -83,7 +83,7 @@ fn machines() -> &'static Vec<Machine> {
 }
 
 fn classes() -> Vec<DeviceClass> {
-    driver::explain::builtin_classes("hal.dra.dev").unwrap()
+    hal_probe::explain::builtin_classes("hal.dra.dev").unwrap()
 }
 
 #[derive(Debug, Clone)]

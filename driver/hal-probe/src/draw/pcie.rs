@@ -9,7 +9,7 @@ use hal::{GpuInfo, PciAddress, PciFunction, PcieRoot, RdmaCharKind, RdmaInfo};
 use super::Highlights;
 use super::cpus::gib;
 use super::layout::{Flow, Node};
-use crate::inventory::Inventory;
+use driver::inventory::Inventory;
 
 /// VFs beyond this many under a PF are folded into small boxes.
 const LISTED_VFS: usize = 4;

@@ -5,11 +5,11 @@ use backends::SysfsRoot;
 use hal::PciAddress;
 
 use super::*;
-use crate::inventory::{FixtureVendors as _, Vendors};
+use driver::inventory::{FixtureVendors as _, Vendors};
 
 /// The test pci.ids, so names do not depend on the host's database.
 fn pci_ids() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/pci.ids")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/pci.ids")
 }
 
 /// A fixture's inventory, read as `hal-probe --pci-ids testdata/pci.ids --fixture NAME` reads it.
@@ -249,11 +249,11 @@ fn an_empty_inventory_still_draws() {
 fn explain_highlights_the_devices_of_each_claim_with_the_numa_verdict_in_the_legend() {
     let inventory = fixture("gb300");
     let config = config("gb300");
-    let slices = crate::slices::build_slices(&inventory, &config, 0);
+    let slices = driver::slices::build_slices(&inventory, &config, 0);
     let request = crate::explain::Request {
         claims: vec![
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../deployments/examples/gb300-templates.yaml"),
+                .join("../../deployments/examples/gb300-templates.yaml"),
         ],
         classes: Vec::new(),
         slices: Vec::new(),
@@ -322,7 +322,7 @@ fn explain_highlights_the_devices_of_each_claim_with_the_numa_verdict_in_the_leg
 /// testdata/pci.ids` writes today. `DRA_HAL_REGENERATE=1` rewrites it.
 #[test]
 fn the_readme_picture_is_up_to_date() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/gb300.svg");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/gb300.svg");
     let svg = draw(&fixture("gb300"), "gb300", Vec::new());
     if std::env::var_os("DRA_HAL_REGENERATE").is_some_and(|v| v == "1") {
         std::fs::write(&path, &svg).unwrap();
@@ -330,7 +330,7 @@ fn the_readme_picture_is_up_to_date() {
     let committed = std::fs::read_to_string(&path).unwrap();
     assert!(
         committed == svg,
-        "{} is stale: regenerate it with DRA_HAL_REGENERATE=1 cargo test -p driver --lib the_readme_picture",
+        "{} is stale: regenerate it with DRA_HAL_REGENERATE=1 cargo test -p hal-probe --lib the_readme_picture",
         path.display()
     );
 }
@@ -381,7 +381,7 @@ fn png_is_not_written_for_svg_that_is_not_one() {
 #[test]
 #[ignore = "needs Debian's chromium"]
 fn chromium_renders_the_gb300_svg_needs_packages() {
-    let svg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/gb300.svg");
+    let svg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/gb300.svg");
     let svg = svg.canonicalize().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let shot = dir.path().join("gb300.png");

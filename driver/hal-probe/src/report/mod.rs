@@ -3,7 +3,6 @@
 //! The JSON form is a stable contract, documented in the crate README.
 
 mod devices_table;
-pub mod draw;
 mod table;
 mod topology;
 

@@ -9,10 +9,10 @@ use allocator::{Allocator, FeatureGates, KubernetesVersion, Node, Objects, Outco
 use anyhow::{Context, bail};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 
-use crate::slices::DEFAULT_DRIVER_NAME;
+use driver::slices::DEFAULT_DRIVER_NAME;
 
 /// This driver's DeviceClasses, as `deployments/deviceclasses/deviceclasses.yaml` ships them.
-const DEVICE_CLASSES: &str = include_str!("../../deployments/deviceclasses/deviceclasses.yaml");
+const DEVICE_CLASSES: &str = include_str!("../../../deployments/deviceclasses/deviceclasses.yaml");
 
 /// The driver's own DeviceClasses, for `driver_name` (the shipped ones name `hal.dra.dev`).
 pub fn builtin_classes(driver_name: &str) -> anyhow::Result<Vec<DeviceClass>> {

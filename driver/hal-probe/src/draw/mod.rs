@@ -1,7 +1,7 @@
 //! `hal-probe draw`: the node as a picture (SVG, or PNG through resvg). Packages, dies, NUMA nodes with
 //! their memory, L3 groups and runs of alike cores; under each NUMA node its PCIe roots with the bridges,
 //! GPUs, NICs (VFs under their PF), RDMA devices and their char devices, each labelled with the name the
-//! driver publishes ([`crate::slices::devices::devices_with_sources`] gives the names: nothing here
+//! driver publishes ([`driver::slices::devices::devices_with_sources`] gives the names: nothing here
 //! derives one). `hal-probe explain --draw` highlights the devices each claim would get.
 //!
 //! The SVG's groups nest as the boxes do and carry classes and `data-*` attributes
@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hal::{LogicalCpu, PciAddress, PcieRoot};
 
-use crate::inventory::Inventory;
-use crate::slices::SliceConfig;
-use crate::slices::devices::{DeviceSource, devices_with_sources};
+use driver::inventory::Inventory;
+use driver::slices::SliceConfig;
+use driver::slices::devices::{DeviceSource, devices_with_sources};
 use layout::{Flow, Node};
 use pcie::{Devices, Shown};
 
@@ -56,7 +56,6 @@ pub struct Claim {
 
 impl Claim {
     /// The devices of `outcome` that are `driver`'s in `pool`, and its verdicts.
-    #[cfg(feature = "explain")]
     pub fn from_outcome(outcome: &allocator::Outcome, driver: &str, pool: &str) -> Claim {
         let status = match outcome.status {
             allocator::Status::Allocated => "allocated",
@@ -360,7 +359,7 @@ fn place_cpu_device(
     name: String,
     config: &SliceConfig,
 ) {
-    let by_socket = config.cpu_mode == crate::slices::CpuMode::GroupedBySocket;
+    let by_socket = config.cpu_mode == driver::slices::CpuMode::GroupedBySocket;
     match cpu {
         Some(c) if by_socket && c.package.is_some() => {
             out.by_package

@@ -14,7 +14,9 @@
 #
 # Needs: cargo, cc, strace, Debian `hyperfine`, `hwloc` (lstopo-no-graphics), `pci.ids`, tar with
 # bzip2, python3, and the hwloc corpus at ../shared/corpora/hwloc-linux (HWLOC_CORPUS=DIR overrides).
-# Optional: RUNS=N (hyperfine's runs per command; default: hyperfine's choice, at least 10).
+# Optional: RUNS=N (hyperfine's runs per command; default: hyperfine's choice, at least 10);
+# PROBE=BIN times that hal-probe binary instead of building one (to compare two builds, e.g. a copy
+# of main's beside a branch's, run after run).
 #
 # Usage: scripts/bench-discovery.sh
 set -euo pipefail
@@ -23,7 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
 corpus=${HWLOC_CORPUS:-$repo/../shared/corpora/hwloc-linux}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
-probe=$target_dir/release/hal-probe
+probe=${PROBE:-$target_dir/release/hal-probe}
 fixtures=(xeon gb300)
 dumps=(256ia64-64n2s2c 96em64t-4no4pa3ca2co)
 goal=1.5
@@ -45,7 +47,7 @@ tmp=$(mktemp -d -t bench-discovery.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "== building hal-probe and hal-fixture (release), and the floor" >&2
-cargo build --release -q -p hal-probe >&2
+[[ -n ${PROBE:-} ]] || cargo build --release -q -p hal-probe >&2
 cargo build --release -q -p hal-mock --bin hal-fixture >&2
 cc -O2 -o "$tmp/floor" scripts/floor.c
 

@@ -2,8 +2,8 @@
 //! each rescan for the health of the network functions the driver publishes.
 //!
 //! Three small attributes per interface, each through the bounded readers of [`attr`](super::attr).
-//! The `sys/class/net/<name>` directory is opened inside the root ([`Tree::attr_dir`]): a link on
-//! the way resolves as if the root were `/`, so a tree can never make the reader leave it.
+//! Each is read through [`Tree`], inside the root: the link `sys/class/net/<name>` and any other on
+//! the way resolve as if the root were `/`, so a tree can never make the reader leave it.
 
 use hal::{Error, ParseError, Result};
 
@@ -69,17 +69,17 @@ pub fn read_link_state_in(tree: &Tree, name: &str) -> Result<NetLink> {
             source: ParseError::new("interface name", name, "not a file name"),
         });
     }
-    let dir = tree.attr_dir(tree.join(format!("sys/class/net/{name}")));
-    let admin_up = dir
-        .parse_scalar("flags", parse_flags)?
+    let dir = tree.join(format!("sys/class/net/{name}"));
+    let admin_up = tree
+        .parse_scalar(&dir.join("flags"), parse_flags)?
         .map(|flags| flags & IFF_UP != 0);
-    let operstate = dir
-        .read_optional("operstate")?
+    let operstate = tree
+        .read_optional(&dir.join("operstate"))?
         .filter(|s| !s.is_empty())
         .map(|s| s.to_ascii_lowercase());
     // EINVAL on an interface that is down administratively: unknown, not an error.
-    let carrier = dir
-        .parse_scalar("carrier", parse_carrier)
+    let carrier = tree
+        .parse_scalar(&dir.join("carrier"), parse_carrier)
         .or_else(|e| match e {
             Error::Io { .. } => Ok(None),
             other => Err(other),

@@ -8,7 +8,7 @@ use hal::{
 };
 
 use super::SysfsRoot;
-use super::attr::{AttrDir, ErrorLog};
+use super::attr::ErrorLog;
 use super::link::{pci_functions_in_path, pcie_root_of_path, resolve_link_text};
 use super::pciids::PciNames;
 use super::tree::Tree;
@@ -138,36 +138,39 @@ fn read_function(
         Err(_) if !tree.is_symlink(&tree.join(&entry)) => entry.clone(),
         Err(e) => return Err(e),
     };
-    let dir = tree.attr_dir(tree.join(&sysfs_path));
+    let dir = tree.join(&sysfs_path);
+    let attr = |name: &str| dir.join(name);
     let required = |name: &str, digits: usize| -> Result<u32> {
-        dir.parse_scalar(name, |t| parse_hex(t, digits))?
+        tree.parse_scalar(&attr(name), |t| parse_hex(t, digits))?
             .ok_or_else(|| Error::Parse {
                 source: ParseError::new("PCI attribute", name, "missing or empty"),
-                path: dir.join(name),
+                path: attr(name),
             })
     };
     let vendor_id = required("vendor", 4)? as u16;
     let device_id = required("device", 4)? as u16;
     let class = required("class", 6)?;
     let optional = |errors: &mut ErrorLog, name: &str, digits: usize| {
-        errors.keep(dir.parse_scalar(name, |t| parse_hex(t, digits)))
+        errors.keep(tree.parse_scalar(&attr(name), |t| parse_hex(t, digits)))
     };
     let subsystem_vendor_id = optional(errors, "subsystem_vendor", 4).map(|v| v as u16);
     let subsystem_device_id = optional(errors, "subsystem_device", 4).map(|v| v as u16);
     let revision = optional(errors, "revision", 2).map(|v| v as u8);
     let numa_node = errors
-        .keep(dir.parse_scalar("numa_node", NumaNode::from_kernel_text))
+        .keep(tree.parse_scalar(&attr("numa_node"), NumaNode::from_kernel_text))
         .flatten();
     let list = |t: &str| CpuSet::from_cpulist_below(t, cpu_limit);
     let mask = |t: &str| CpuSet::from_hex_mask_below(t, cpu_limit);
-    let local_cpus = match errors.keep(dir.parse_optional("local_cpulist", list)) {
+    let local_cpus = match errors.keep(tree.parse_optional(&attr("local_cpulist"), list)) {
         Some(set) => Some(set),
-        None => errors.keep(dir.parse_scalar("local_cpus", mask)),
+        None => errors.keep(tree.parse_scalar(&attr("local_cpus"), mask)),
     };
     let driver_override = errors
-        .keep(dir.read_optional("driver_override"))
+        .keep(tree.read_optional(&attr("driver_override")))
         .filter(|text| !text.is_empty() && text != "(null)");
-    let iommu_group = dir.link_name("iommu_group").and_then(|g| g.parse().ok());
+    let iommu_group = tree
+        .link_name(&attr("iommu_group"))
+        .and_then(|g| g.parse().ok());
     let functions = pci_functions_in_path(&sysfs_path);
     let parent = functions
         .len()
@@ -176,23 +179,21 @@ fn read_function(
         .copied();
     // Only VFs have `physfn`: a missing link is the common case, not an error (and costs one
     // readlink, not a second look).
-    let physfn = match dir.read_link("physfn") {
-        Ok(text) => {
-            match resolve_link_text(&dir.join("physfn"), &sysfs_path.join("physfn"), &text) {
-                Ok(p) => pci_functions_in_path(&p).last().copied(),
-                Err(e) => {
-                    errors.0.push((&e).into());
-                    None
-                }
+    let physfn = match tree.read_link(&attr("physfn")) {
+        Ok(text) => match resolve_link_text(&attr("physfn"), &sysfs_path.join("physfn"), &text) {
+            Ok(p) => pci_functions_in_path(&p).last().copied(),
+            Err(e) => {
+                errors.0.push((&e).into());
+                None
             }
-        }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         // Not a link (EINVAL): no physfn.
-        Err(_) if !tree.is_symlink(&dir.join("physfn")) => None,
+        Err(_) if !tree.is_symlink(&attr("physfn")) => None,
         Err(source) => {
             let e = Error::Io {
                 op: "resolve",
-                path: dir.join("physfn"),
+                path: attr("physfn"),
                 source,
             };
             errors.0.push((&e).into());
@@ -213,7 +214,7 @@ fn read_function(
         revision,
         vendor_name: None,
         device_name: None,
-        driver: dir.link_name("driver"),
+        driver: tree.link_name(&attr("driver")),
         driver_override,
         numa_node,
         local_cpus,
@@ -229,13 +230,13 @@ fn read_function(
 
 /// Interface names of a function: `net/<name>`, and for virtio (vendor 0x1af4) `virtioN/net/<name>`,
 /// as virtio-net's interface hangs under the virtio device the PCI function carries.
-fn netdevs_of(tree: &Tree, dir: &AttrDir, vendor_id: u16) -> Vec<String> {
+fn netdevs_of(tree: &Tree, dir: &Path, vendor_id: u16) -> Vec<String> {
     let mut names: BTreeSet<String> = tree.entry_names(&dir.join("net")).unwrap_or_default();
     if vendor_id != VIRTIO_VENDOR {
         return names.into_iter().collect();
     }
     for child in tree
-        .entry_names(dir.path())
+        .entry_names(dir)
         .unwrap_or_default()
         .iter()
         .filter(|n| n.starts_with("virtio"))

@@ -18,7 +18,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::OFlags;
 
 use super::SysfsRoot;
-use super::attr::{self, AttrDir};
+use super::attr;
 use super::in_root::RootDir;
 
 /// A sysfs root opened for reading inside it. Opened once per reading of a family (one `open(2)`).
@@ -60,16 +60,6 @@ impl Tree {
             Ok(dir) if follow_last => dir.open_dir(path, flags),
             Ok(dir) => dir.open_file(path, flags),
             Err(errno) => Err(io::Error::from_raw_os_error(*errno)),
-        }
-    }
-
-    /// The directory `path` (under the root), opened `O_PATH` to read attributes by name
-    /// ([`AttrDir`]); a link as its last component is resolved inside the root too.
-    pub fn attr_dir(&self, path: PathBuf) -> AttrDir {
-        let flags = OFlags::PATH | OFlags::DIRECTORY;
-        match self.open_with(&path, flags, true) {
-            Ok(fd) => AttrDir::from_fd(path, fd),
-            Err(e) => AttrDir::unopened(path, e),
         }
     }
 
@@ -190,4 +180,68 @@ impl Tree {
 /// `EINVAL`: why a root whose error carries no errno could not be opened.
 fn libc_einval() -> i32 {
     rustix::io::Errno::INVAL.raw_os_error()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hal::ErrorKind;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// A PCI function's attributes as `read_function` reads them: by path, inside the root, through
+    /// the `sys/bus/pci/devices/<f>` link.
+    #[test]
+    fn attributes_are_read_by_path_bounded_and_name_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let dir = root.join("sys/devices/pci0000:00/0000:3b:00.0");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vendor"), "0x8086\n").unwrap();
+        fs::write(dir.join("revision"), "").unwrap();
+        fs::write(dir.join("big"), vec![b'1'; 70_000]).unwrap();
+        symlink("../../../bus/pci/drivers/ice", dir.join("driver")).unwrap();
+        fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
+        symlink(
+            "../../../devices/pci0000:00/0000:3b:00.0",
+            root.join("sys/bus/pci/devices/0000:3b:00.0"),
+        )
+        .unwrap();
+        let tree = Tree::open(&SysfsRoot::new(root));
+        let hex = |t: &str| {
+            u32::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| ParseError::new("hex", t, "bad"))
+        };
+        for dir in [dir.clone(), tree.join("sys/bus/pci/devices/0000:3b:00.0")] {
+            let attr = |name: &str| dir.join(name);
+            assert_eq!(
+                tree.parse_scalar(&attr("vendor"), hex).unwrap(),
+                Some(0x8086)
+            );
+            assert_eq!(
+                tree.parse_scalar(&attr("revision"), hex).unwrap(),
+                None,
+                "empty"
+            );
+            assert_eq!(tree.read_optional(&attr("absent")).unwrap(), None);
+            assert_eq!(tree.link_name(&attr("driver")).as_deref(), Some("ice"));
+            assert_eq!(tree.link_name(&attr("vendor")), None, "not a link");
+            let err = tree.read_trimmed(&attr("big")).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Malformed);
+            assert!(err.to_string().contains(&attr("big").display().to_string()));
+            // A link as the last component is not read through.
+            let err = tree.read_trimmed(&attr("driver")).unwrap_err();
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+        }
+        // A missing directory: optional reads are `None`, required ones name the path.
+        let gone = tree.join("sys/devices/gone");
+        assert_eq!(tree.read_optional(&gone.join("vendor")).unwrap(), None);
+        let err = tree.read_trimmed(&gone.join("vendor")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&gone.join("vendor").display().to_string())
+        );
+        assert_eq!(tree.link_name(&gone.join("driver")), None);
+    }
 }

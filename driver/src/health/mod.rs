@@ -6,7 +6,7 @@
 //! | source (read at each rescan) | reason | severity |
 //! |---|---|---|
 //! | NVML critical XID (GPUs; sticky while the same UUID is at that address) | `xid-79` | unusable |
-//! | a device seen and gone for [`MISSES_FOR_GONE`] reads spanning the grace (GPUs, NICs, VFs gone with their PF or `sriov_numvfs`, CPUs) | `missing` | unusable |
+//! | a device seen and gone for [`MISSES_FOR_GONE`] reads spanning the grace (GPUs, NICs, VFs gone with their PF, CPUs) | `missing` | unusable |
 //! | a CPU seen online and offline now (`cpuN/online` = 0) | `offline` | unusable |
 //! | CPUs of a group (grouped CPU modes) offline | `cpus-offline` | degraded |
 //! | a network interface up with its link down (`operstate`, `carrier`) | `link-down` | degraded |
@@ -23,7 +23,8 @@
 //! A device that goes away keeps its name and its last-known view (so claims that hold it still find
 //! it) and is `missing` after [`MISSES_FOR_GONE`] reads in a row without it, a rescan interval apart
 //! (one missed read is not a lost device); it is healthy again when the same device (the same PCI
-//! address or CPU id) is back. An XID is sticky while its GPU (its UUID) is at that address, as in
+//! address or CPU id) is back. A VF gone while its PF stays was removed on purpose (a lower
+//! `sriov_numvfs`) and is forgotten, not missing. An XID is sticky while its GPU (its UUID) is at that address, as in
 //! NVIDIA's device plugin: an XID often means the GPU needs a reset. Device taints are alpha in
 //! Kubernetes 1.34 and 1.35 (`DRADeviceTaints`; without the gate the API server drops them) and beta
 //! from 1.36.
@@ -190,6 +191,13 @@ impl Health {
                 (None, None) => None,
             };
         }
+        // A VF whose PF is still here was removed by lowering the PF's `sriov_numvfs` (a VF cannot
+        // leave alone): on purpose (an operator, the VF policy), so it is forgotten, not missing.
+        let pfs: std::collections::BTreeSet<PciAddress> =
+            inventory.pci.iter().map(|f| f.address).collect();
+        self.devices.retain(|key, tracked| {
+            present.contains(key) || !tracked.snapshot.pf().is_some_and(|pf| pfs.contains(&pf))
+        });
         for (key, tracked) in &mut self.devices {
             if present.contains(key) {
                 continue;
@@ -221,7 +229,7 @@ fn missing_message(key: &DeviceKey) -> String {
     let how = match key {
         DeviceKey::Gpu(_) => "fallen off the bus or removed",
         DeviceKey::Function(_) => {
-            "removed, or a VF gone with its PF or with a lower sriov_numvfs; healthy again when it is back"
+            "removed, or a VF gone with its PF; healthy again when it is back"
         }
         DeviceKey::Cpu(_) => "hot-removed",
     };

@@ -42,6 +42,14 @@ pub(super) enum Snapshot {
 }
 
 impl Snapshot {
+    /// The PF of a VF's view.
+    pub(super) fn pf(&self) -> Option<hal::PciAddress> {
+        match self {
+            Snapshot::Function { function, .. } => function.physfn,
+            _ => None,
+        }
+    }
+
     /// Puts the view back into `inventory` where the device is not (a CPU: in place of its entry,
     /// offline). The caller sorts afterwards ([`sort`]).
     pub(super) fn restore(&self, inventory: &mut Inventory) {

@@ -28,9 +28,10 @@ pub struct NetLink {
 }
 
 impl NetLink {
-    /// Whether the link is down while the interface is up administratively: no carrier, or an
-    /// operational state of `down`, `lowerlayerdown` or `notpresent`. An interface nobody brought up
-    /// (an unused VF) says nothing about its cable and is not down in this sense.
+    /// Whether the link is down while the interface is up administratively (or its `flags` could
+    /// not be read): no carrier, or an operational state of `down`, `lowerlayerdown` or `notpresent`.
+    /// An interface nobody brought up (an unused VF) says nothing about its cable and is not down in
+    /// this sense.
     pub fn is_down(&self) -> bool {
         if self.admin_up == Some(false) {
             return false;

@@ -10,7 +10,7 @@
 //! | a CPU seen online and offline now (`cpuN/online` = 0) | `offline` | unusable |
 //! | CPUs of a group (grouped CPU modes) offline | `cpus-offline` | degraded |
 //! | a network interface up with its link down (`operstate`, `carrier`) | `link-down` | degraded |
-//! | an RDMA port not ACTIVE (`ports/N/state`, `phys_state`) | `port-down`, `port-init`, `port-armed` | degraded |
+//! | an RDMA port not ACTIVE (`ports/N/state`, `phys_state`) | `port-down`, `port-init`, `port-armed`, `port-not-active` | degraded |
 //!
 //! An unusable device is published with the taint `<driver>/unhealthy=<reason>:NoSchedule`, so the
 //! scheduler gives it to no new claim that does not tolerate it, and Prepare refuses a missing or
@@ -24,7 +24,7 @@
 //! it) and is `missing` after [`MISSES_FOR_GONE`] reads in a row without it, a rescan interval apart
 //! (one missed read is not a lost device); it is healthy again when the same device (the same PCI
 //! address or CPU id) is back. A VF gone while its PF stays was removed on purpose (a lower
-//! `sriov_numvfs`) and is forgotten, not missing. An XID is sticky while its GPU (its UUID) is at that address, as in
+//! `sriov_numvfs`) and is forgotten after the same reads, not missing. An XID is sticky while its GPU (its UUID) is at that address, as in
 //! NVIDIA's device plugin: an XID often means the GPU needs a reset. Device taints are alpha in
 //! Kubernetes 1.34 and 1.35 (`DRADeviceTaints`; without the gate the API server drops them) and beta
 //! from 1.36.
@@ -191,13 +191,7 @@ impl Health {
                 (None, None) => None,
             };
         }
-        // A VF whose PF is still here was removed by lowering the PF's `sriov_numvfs` (a VF cannot
-        // leave alone): on purpose (an operator, the VF policy), so it is forgotten, not missing.
-        let pfs: std::collections::BTreeSet<PciAddress> =
-            inventory.pci.iter().map(|f| f.address).collect();
-        self.devices.retain(|key, tracked| {
-            present.contains(key) || !tracked.snapshot.pf().is_some_and(|pf| pfs.contains(&pf))
-        });
+        let mut forgotten = Vec::new();
         for (key, tracked) in &mut self.devices {
             if present.contains(key) {
                 continue;
@@ -205,6 +199,18 @@ impl Health {
             let (misses, first) = tracked.misses.get_or_insert((0, now));
             *misses = misses.saturating_add(1);
             let gone = *misses >= MISSES_FOR_GONE && now.duration_since(*first) >= self.grace;
+            // A VF gone while its PF is here was removed by lowering the PF's `sriov_numvfs` (a VF
+            // cannot leave alone): on purpose (an operator, the VF policy), so it is forgotten, not
+            // missing; until then it is kept as any device a read missed.
+            let pf_here = tracked
+                .snapshot
+                .pf()
+                .is_some_and(|pf| present.contains(&DeviceKey::Function(pf)));
+            if gone && pf_here {
+                tracing::info!(device = %key, "forgotten: a VF removed with a lower sriov_numvfs");
+                forgotten.push(*key);
+                continue;
+            }
             if gone && tracked.missing.is_none() {
                 tracing::warn!(device = %key, "unhealthy: it is gone from the machine");
                 tracked.missing = Some(Unhealthy::now(
@@ -214,6 +220,9 @@ impl Health {
                 ));
             }
             tracked.snapshot.restore(inventory);
+        }
+        for key in forgotten {
+            self.devices.remove(&key);
         }
         observe::sort(inventory);
         inventory.health = self

@@ -181,11 +181,17 @@ fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, S
     Ok((ips, link.mac))
 }
 
-/// The netdev of `saved` among the host's `links`: under its host name; else, returned by the kernel
+/// The netdev of `saved` among the host's `links`: under its host name with its MAC (another netdev
+/// may have taken the name meanwhile: it is not ours to reconfigure); else, returned by the kernel
 /// when its namespace died, under its pod name with its MAC, or under a name the kernel chose
 /// (`dev<N>`, when its pod name was taken) as the one link with its MAC.
 fn find_home(links: Vec<super::netlink::Link>, saved: &Saved) -> Option<super::netlink::Link> {
-    if let Some(link) = links.iter().find(|l| l.name == saved.host_name) {
+    let ours = |l: &&super::netlink::Link| saved.mac.is_empty() || l.mac == saved.mac;
+    if let Some(link) = links
+        .iter()
+        .filter(ours)
+        .find(|l| l.name == saved.host_name)
+    {
         return Some(link.clone());
     }
     let same_mac: Vec<&super::netlink::Link> = links

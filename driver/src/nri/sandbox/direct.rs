@@ -70,14 +70,18 @@ impl DirectMode {
     /// Moves back every netdev of the sandbox `id`, by state file name.
     pub async fn move_back_sandbox(&self, id: &str) -> Vec<(String, Result<Detached, NetError>)> {
         let mode = self.clone();
-        let id = id.to_owned();
+        let sandbox = id.to_owned();
         let done = tokio::task::spawn_blocking(move || {
+            let id = sandbox;
             mode.moved()
                 .into_iter()
                 .filter_map(|(name, entry)| match entry {
                     Ok(moved) if moved.sandbox == id => {
                         Some((name, mode.move_back_blocking(&moved)))
                     }
+                    // A state file of this sandbox that cannot be read: its netdev may still be in
+                    // the pod, which the stop must not hide.
+                    Err(error) if name.starts_with(&format!("{id}-")) => Some((name, Err(error))),
                     _ => None,
                 })
                 .collect::<Vec<_>>()
@@ -85,7 +89,7 @@ impl DirectMode {
         .await;
         done.unwrap_or_else(|e| {
             let error = NetError::new(NetErrorKind::State, &e.to_string());
-            vec![(String::new(), Err(error))]
+            vec![(format!("the state files of sandbox {id}"), Err(error))]
         })
     }
 

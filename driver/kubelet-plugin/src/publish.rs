@@ -1,5 +1,11 @@
-//! [`Publisher`]: keeps the node's pool of ResourceSlices in the API server equal to the inventory,
-//! compared with what the API server holds, not with what this process believes it wrote.
+//! [`Publisher`]: keeps a node's pool of ResourceSlices in the API server equal to the slices a driver
+//! wants published, compared with what the API server holds, not with what this process believes it
+//! wrote.
+//!
+//! The driver builds its slices (`metadata.name`, `spec.driver`, `spec.nodeName`, `spec.pool.name` and
+//! `resourceSliceCount` set; the generation is the publisher's) and hands them to
+//! [`Publisher::publish`], or gives [`publish_loop`] a function that reads them. It may add its own
+//! check of the API server's rules ([`Publisher::with_check`]): slices that fail it are never sent.
 //!
 //! * What the API server holds for this node and driver (field selectors `spec.nodeName` and
 //!   `spec.driver`) is listed once, then kept current by a watch ([`publish_loop`]) and by the answers
@@ -27,10 +33,7 @@ use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 
-use crate::api::{CALL_TIMEOUT, ErrorKind, kind_of};
-use crate::inventory::Inventory;
-use crate::slices::validate::{SliceError, validate_pool};
-use crate::slices::{SliceConfig, build_slices};
+use crate::client::{CALL_TIMEOUT, ErrorKind, kind_of};
 
 mod run;
 pub use run::publish_loop;
@@ -44,9 +47,10 @@ pub const WATCH_SECONDS: u32 = 290;
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The slices would be rejected by the API server: a bug in the model, never sent.
-    #[error("the slices break API rules: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<SliceError>),
+    /// The slices would be rejected by the API server, or are not this publisher's node and driver: a
+    /// bug in the driver's model, never sent. One message per broken rule, naming the slice and field.
+    #[error("the slices break API rules: {}", .0.join("; "))]
+    Invalid(Vec<String>),
     /// An API call failed.
     #[error("{op} {name}: {kind}: {source}")]
     Api {
@@ -116,11 +120,19 @@ pub type SliceEvents = Pin<
     Box<dyn tokio_stream::Stream<Item = Result<WatchEvent<ResourceSlice>, kube::Error>> + Send>,
 >;
 
-/// Publishes one node's pool.
+/// A driver's check of its slices against the API server's rules: one message per broken rule.
+pub type SliceCheck = Box<dyn Fn(&[ResourceSlice]) -> Vec<String> + Send + Sync>;
+
+/// Publishes one node's pool of one driver.
 pub struct Publisher {
     slices: Api<ResourceSlice>,
     nodes: Api<Node>,
-    config: SliceConfig,
+    /// `spec.nodeName` of the slices, and the Node that owns them.
+    node_name: String,
+    /// `spec.driver` of the slices.
+    driver_name: String,
+    /// The driver's own check, run before anything is sent.
+    check: Option<SliceCheck>,
     owner: Option<OwnerReference>,
     /// `None`: list before the next comparison.
     observed: Option<Observed>,
@@ -153,24 +165,61 @@ async fn call<T>(
 }
 
 impl Publisher {
-    /// A publisher for `config`'s node and driver.
-    pub fn new(client: kube::Client, config: SliceConfig) -> Self {
+    /// A publisher of `driver_name`'s slices on node `node_name`.
+    pub fn new(client: kube::Client, node_name: &str, driver_name: &str) -> Self {
         Publisher {
             slices: Api::all(client.clone()),
             nodes: Api::all(client),
-            config,
+            node_name: node_name.to_owned(),
+            driver_name: driver_name.to_owned(),
+            check: None,
             owner: None,
             observed: None,
             dropped: BTreeMap::new(),
         }
     }
 
+    /// Adds the driver's check of its slices (the API server's rules); slices that fail it are never
+    /// sent ([`PublishError::Invalid`]).
+    pub fn with_check(
+        mut self,
+        check: impl Fn(&[ResourceSlice]) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.check = Some(Box::new(check));
+        self
+    }
+
     /// `spec.nodeName=<node>,spec.driver=<driver>`.
     pub(crate) fn selector(&self) -> String {
         format!(
             "spec.nodeName={},spec.driver={}",
-            self.config.node_name, self.config.driver_name
+            self.node_name, self.driver_name
         )
+    }
+
+    /// What makes `desired` unfit to send: the driver's check, then slices without a name or of
+    /// another node or driver (the list would never see them, so they would be created again and again).
+    fn invalid(&self, desired: &[ResourceSlice]) -> Vec<String> {
+        let mut errors = self.check.as_ref().map(|c| c(desired)).unwrap_or_default();
+        for (i, slice) in desired.iter().enumerate() {
+            let Some(name) = slice.metadata.name.as_deref() else {
+                errors.push(format!("slice #{i}: metadata.name: missing"));
+                continue;
+            };
+            if slice.spec.node_name.as_deref() != Some(self.node_name.as_str()) {
+                errors.push(format!(
+                    "slice {name}: spec.nodeName: {:?}, not this publisher's node {:?}",
+                    slice.spec.node_name, self.node_name
+                ));
+            }
+            if slice.spec.driver != self.driver_name {
+                errors.push(format!(
+                    "slice {name}: spec.driver: {:?}, not this publisher's driver {:?}",
+                    slice.spec.driver, self.driver_name
+                ));
+            }
+        }
+        errors
     }
 
     /// Whether the API server's state is known (listed, and not dropped after a failure).
@@ -183,22 +232,29 @@ impl Publisher {
         self.observed = None;
     }
 
-    /// Makes the API server hold exactly the slices of `inventory`. Any failure drops the watched state.
-    pub async fn publish(&mut self, inventory: &Inventory) -> Result<PublishReport, PublishError> {
-        let result = self.reconcile(inventory).await;
+    /// Makes the API server hold exactly the slices `desired` (of this node and driver; their pool
+    /// generation is ignored, the publisher sets it). Any failure drops the watched state.
+    pub async fn publish(
+        &mut self,
+        desired: &[ResourceSlice],
+    ) -> Result<PublishReport, PublishError> {
+        let result = self.reconcile(desired).await;
         if result.is_err() {
             self.forget();
         }
         result
     }
 
-    async fn reconcile(&mut self, inventory: &Inventory) -> Result<PublishReport, PublishError> {
+    async fn reconcile(
+        &mut self,
+        desired: &[ResourceSlice],
+    ) -> Result<PublishReport, PublishError> {
         let fetched_owner = self.owner.is_none();
         if fetched_owner {
             self.owner = Some(self.node_owner().await?);
         }
-        let desired = build_slices(inventory, &self.config, 0);
-        let errors = validate_pool(&desired);
+        let desired = desired.to_vec();
+        let errors = self.invalid(&desired);
         if !errors.is_empty() {
             return Err(PublishError::Invalid(errors));
         }
@@ -431,7 +487,7 @@ impl Publisher {
 
     /// The Node as controlling owner, so the slices go with it.
     async fn node_owner(&self) -> Result<OwnerReference, PublishError> {
-        let name = &self.config.node_name;
+        let name = &self.node_name;
         let node = call("get node", name, self.nodes.get(name)).await?;
         Ok(OwnerReference {
             api_version: "v1".into(),

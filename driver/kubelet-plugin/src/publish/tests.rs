@@ -1,19 +1,74 @@
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::api::resource::v1::{Device, DeviceAttribute, ResourcePool};
+
 use super::*;
 use crate::fake_api::FakeApi;
 
-fn inventory(name: &str) -> Inventory {
-    let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();
-    Inventory::from_sysfs(&backends::SysfsRoot::new(machine.root()), None)
+/// The driver of the tests' slices.
+pub(super) const DRIVER: &str = "gpu.example.com";
+
+/// A pool of node `node` for [`DRIVER`], as a driver builds it: one slice per entry of `slices`, named
+/// `<node>-gpu-example-com-<i>`, holding that many devices named `<prefix>-<j>`.
+pub(super) fn pool(node: &str, slices: &[(&str, usize)]) -> Vec<ResourceSlice> {
+    slices
+        .iter()
+        .enumerate()
+        .map(|(i, (prefix, count))| ResourceSlice {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{node}-gpu-example-com-{i}")),
+                ..Default::default()
+            },
+            spec: ResourceSliceSpec {
+                driver: DRIVER.to_owned(),
+                node_name: Some(node.to_owned()),
+                pool: ResourcePool {
+                    name: node.to_owned(),
+                    generation: 0,
+                    resource_slice_count: slices.len() as i64,
+                },
+                devices: Some(
+                    (0..*count)
+                        .map(|j| Device {
+                            name: format!("{prefix}-{j}"),
+                            attributes: Some(BTreeMap::from([(
+                                "index".to_owned(),
+                                DeviceAttribute {
+                                    int: Some(j as i64),
+                                    ..Default::default()
+                                },
+                            )])),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
+/// One slice of ten GPUs.
+pub(super) fn gpus(node: &str) -> Vec<ResourceSlice> {
+    pool(node, &[("gpu", 10)])
+}
+
+/// One slice of three VFs: another machine than [`gpus`], in a slice of the same name.
+pub(super) fn vfs(node: &str) -> Vec<ResourceSlice> {
+    pool(node, &[("vf", 3)])
+}
+
+/// Two slices: CPUs, and the other devices.
+pub(super) fn two_slices(node: &str) -> Vec<ResourceSlice> {
+    pool(node, &[("cpu", 8), ("nic", 4)])
 }
 
 /// A publisher talking to a fake API server over a `tower_test` mock service, with the plugin's call
 /// timeouts.
-fn publisher(api: FakeApi, config: SliceConfig) -> (Publisher, Arc<Mutex<FakeApi>>) {
+fn publisher(api: FakeApi, node: &str) -> (Publisher, Arc<Mutex<FakeApi>>) {
     let state = Arc::new(Mutex::new(api));
-    let client = FakeApi::mock_client(state.clone(), &crate::api::call_timeout_layer());
-    (Publisher::new(client, config), state)
+    let client = FakeApi::mock_client(state.clone(), &crate::client::call_timeout_layer());
+    (Publisher::new(client, node, DRIVER), state)
 }
 
 fn requests(state: &Arc<Mutex<FakeApi>>) -> Vec<String> {
@@ -25,10 +80,9 @@ const SLICES: &str = "/apis/resource.k8s.io/v1/resourceslices";
 
 #[tokio::test]
 async fn publishes_once_then_an_unchanged_rescan_makes_no_call() {
-    let (mut publisher, state) =
-        publisher(FakeApi::with_node("node-1"), SliceConfig::new("node-1"));
-    let gb300 = inventory("gb300");
-    let report = publisher.publish(&gb300).await.unwrap();
+    let (mut publisher, state) = publisher(FakeApi::with_node("node-1"), "node-1");
+    let desired = gpus("node-1");
+    let report = publisher.publish(&desired).await.unwrap();
     assert_eq!(
         (
             report.created,
@@ -48,7 +102,7 @@ async fn publishes_once_then_an_unchanged_rescan_makes_no_call() {
     );
     {
         let api = state.lock().unwrap();
-        let stored = &api.slices["node-1-hal-dra-dev-0"];
+        let stored = &api.slices["node-1-gpu-example-com-0"];
         assert_eq!(stored["spec"]["pool"]["generation"], 1);
         assert_eq!(stored["spec"]["pool"]["name"], "node-1");
         assert_eq!(stored["spec"]["nodeName"], "node-1");
@@ -60,7 +114,7 @@ async fn publishes_once_then_an_unchanged_rescan_makes_no_call() {
         assert_eq!(stored["spec"]["devices"].as_array().unwrap().len(), 10);
     }
     for _ in 0..3 {
-        let again = publisher.publish(&gb300).await.unwrap();
+        let again = publisher.publish(&desired).await.unwrap();
         assert!(!again.wrote());
         assert_eq!(again.generation, 1);
     }
@@ -73,35 +127,23 @@ async fn publishes_once_then_an_unchanged_rescan_makes_no_call() {
 
 #[tokio::test]
 async fn the_list_request_selects_this_node_and_driver() {
-    let (mut publisher, state) = publisher(FakeApi::with_node("n"), SliceConfig::new("n"));
-    publisher.publish(&Inventory::default()).await.unwrap();
+    let (mut publisher, state) = publisher(FakeApi::with_node("n"), "n");
+    publisher.publish(&[]).await.unwrap();
     let api = state.lock().unwrap();
     assert_eq!(
         api.log[1].uri,
-        format!("{SLICES}?&fieldSelector=spec.nodeName%3Dn%2Cspec.driver%3Dhal.dra.dev")
+        format!("{SLICES}?&fieldSelector=spec.nodeName%3Dn%2Cspec.driver%3Dgpu.example.com")
     );
 }
 
 #[tokio::test]
-async fn an_added_vf_writes_the_changed_slice_once() {
-    let (mut publisher, state) = publisher(FakeApi::with_node("x"), SliceConfig::new("x"));
-    let xeon = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
-    let root = backends::SysfsRoot::new(xeon.root());
-    publisher
-        .publish(&Inventory::from_sysfs(&root, None))
-        .await
-        .unwrap();
+async fn an_added_device_writes_the_changed_slice_once() {
+    let (mut publisher, state) = publisher(FakeApi::with_node("x"), "x");
+    publisher.publish(&gpus("x")).await.unwrap();
     requests(&state);
 
-    // The kernel gets one more VF on the ConnectX (4 -> 5), as a real sriov_numvfs write would do.
-    let kernel = Arc::new(hal_mock::EmulatedKernel::new(xeon.root()));
-    let sriov = backends::SysfsSriov::with_writer(root.clone(), kernel);
-    let pf = hal::PciAddress::parse("0000:b1:00.0").unwrap();
-    hal::SriovPf::set_num_vfs(&sriov, pf, 5).unwrap();
-    let report = publisher
-        .publish(&Inventory::from_sysfs(&root, None))
-        .await
-        .unwrap();
+    // One more device in the one slice (a VF made on the node).
+    let report = publisher.publish(&pool("x", &[("gpu", 11)])).await.unwrap();
     assert_eq!(
         (
             report.created,
@@ -112,36 +154,30 @@ async fn an_added_vf_writes_the_changed_slice_once() {
         (0, 1, 0, 1),
         "one slice to write: the generation stays (upstream's syncPool)"
     );
-    assert_eq!(requests(&state), [format!("PUT {SLICES}/x-hal-dra-dev-0")]);
+    assert_eq!(
+        requests(&state),
+        [format!("PUT {SLICES}/x-gpu-example-com-0")]
+    );
     let api = state.lock().unwrap();
-    let devices = api.slices["x-hal-dra-dev-0"]["spec"]["devices"]
+    let devices = api.slices["x-gpu-example-com-0"]["spec"]["devices"]
         .as_array()
         .unwrap()
         .clone();
-    assert!(
-        devices.iter().any(|d| d["name"] == "nic-0000-b1-00-6"),
-        "the fifth VF"
-    );
+    assert!(devices.iter().any(|d| d["name"] == "gpu-10"), "the new one");
 }
 
 #[tokio::test]
 async fn restarts_adopt_what_is_there_and_shrinking_deletes_slices() {
-    let mut config = SliceConfig::new("x");
-    config.cpu_mode = crate::slices::CpuMode::Individual;
-    let xeon = inventory("xeon");
-    let (mut first, state) = publisher(FakeApi::with_node("x"), config.clone());
-    assert_eq!(
-        first.publish(&xeon).await.unwrap().created,
-        2,
-        "224 CPUs and 18 devices: 2 slices"
-    );
+    let two = two_slices("x");
+    let (mut first, state) = publisher(FakeApi::with_node("x"), "x");
+    assert_eq!(first.publish(&two).await.unwrap().created, 2);
     let stored = std::mem::take(&mut *state.lock().unwrap());
 
     // A new process (a restart) finds the same slices: nothing to write.
     let mut api = FakeApi::with_node("x");
     api.slices = stored.slices;
-    let (mut second, state) = publisher(api, config.clone());
-    let report = second.publish(&xeon).await.unwrap();
+    let (mut second, state) = publisher(api, "x");
+    let report = second.publish(&two).await.unwrap();
     assert!(!report.wrote());
     assert_eq!(report.generation, 1);
     assert_eq!(
@@ -150,10 +186,9 @@ async fn restarts_adopt_what_is_there_and_shrinking_deletes_slices() {
     );
 
     // Fewer devices: one slice is enough; the new generation is written first, then the extra deleted.
-    config.families.cpus = false;
     let api = std::mem::take(&mut *state.lock().unwrap());
-    let (mut third, state) = publisher(api, config);
-    let report = third.publish(&xeon).await.unwrap();
+    let (mut third, state) = publisher(api, "x");
+    let report = third.publish(&pool("x", &[("nic", 4)])).await.unwrap();
     assert_eq!(
         (report.updated, report.deleted, report.generation),
         (1, 1, 2)
@@ -161,61 +196,65 @@ async fn restarts_adopt_what_is_there_and_shrinking_deletes_slices() {
     assert_eq!(
         requests(&state)[2..],
         [
-            format!("PUT {SLICES}/x-hal-dra-dev-0"),
-            format!("DELETE {SLICES}/x-hal-dra-dev-1")
+            format!("PUT {SLICES}/x-gpu-example-com-0"),
+            format!("DELETE {SLICES}/x-gpu-example-com-1")
         ]
     );
     let api = state.lock().unwrap();
     assert_eq!(api.slices.len(), 1);
     assert_eq!(
-        api.slices["x-hal-dra-dev-0"]["spec"]["pool"]["resourceSliceCount"],
+        api.slices["x-gpu-example-com-0"]["spec"]["pool"]["resourceSliceCount"],
         1
     );
 }
 
 #[tokio::test]
 async fn conflicts_are_retried_after_a_fresh_read() {
-    let (mut publisher, state) = publisher(FakeApi::with_node("n"), SliceConfig::new("n"));
-    publisher.publish(&inventory("gb300")).await.unwrap();
+    let (mut publisher, state) = publisher(FakeApi::with_node("n"), "n");
+    publisher.publish(&gpus("n")).await.unwrap();
     requests(&state);
-    let path = format!("PUT {SLICES}/n-hal-dra-dev-0");
+    let path = format!("PUT {SLICES}/n-gpu-example-com-0");
     state.lock().unwrap().fail_once.push((path.clone(), 409));
-    let report = publisher.publish(&inventory("i915")).await.unwrap();
+    let report = publisher.publish(&vfs("n")).await.unwrap();
     assert_eq!(report.updated, 1);
     assert_eq!(
         requests(&state),
-        [path.clone(), format!("GET {SLICES}/n-hal-dra-dev-0"), path]
+        [
+            path.clone(),
+            format!("GET {SLICES}/n-gpu-example-com-0"),
+            path
+        ]
     );
 }
 
 #[tokio::test]
 async fn api_errors_name_the_operation_and_a_missing_node_fails_clearly() {
-    let (mut ghost, _state) = publisher(FakeApi::default(), SliceConfig::new("ghost"));
-    let error = ghost.publish(&Inventory::default()).await.unwrap_err();
+    let (mut ghost, _state) = publisher(FakeApi::default(), "ghost");
+    let error = ghost.publish(&[]).await.unwrap_err();
     let text = error.to_string();
     assert!(text.starts_with("get node ghost: "), "{text}");
     assert!(matches!(error, PublishError::Api { op: "get node", .. }));
 
-    let (mut failing, state) = publisher(FakeApi::with_node("n"), SliceConfig::new("n"));
+    let (mut failing, state) = publisher(FakeApi::with_node("n"), "n");
     state
         .lock()
         .unwrap()
         .fail_once
         .push((format!("POST {SLICES}"), 500));
-    let error = failing.publish(&inventory("gb300")).await.unwrap_err();
+    let error = failing.publish(&gpus("n")).await.unwrap_err();
     assert!(
         matches!(error, PublishError::Api { op: "create", .. }),
         "{error}"
     );
     // The next attempt starts over from what the server holds and succeeds.
-    let report = failing.publish(&inventory("gb300")).await.unwrap();
+    let report = failing.publish(&gpus("n")).await.unwrap();
     assert_eq!(report.created, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_loop_publishes_changes_on_notification_and_rescans_for_free() {
-    let (publisher, state) = publisher(FakeApi::with_node("n"), SliceConfig::new("n"));
-    let current = Arc::new(Mutex::new(inventory("gb300")));
+    let (publisher, state) = publisher(FakeApi::with_node("n"), "n");
+    let current = Arc::new(Mutex::new(gpus("n")));
     let read = {
         let current = current.clone();
         move || current.lock().unwrap().clone()
@@ -237,11 +276,60 @@ async fn the_loop_publishes_changes_on_notification_and_rescans_for_free() {
     assert_eq!(writes(&requests(&state)), 1);
 
     // The machine changes and the watcher says so: published without waiting for the interval.
-    *current.lock().unwrap() = inventory("i915");
+    *current.lock().unwrap() = vfs("n");
     changed.notify_one();
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    assert_eq!(requests(&state), [format!("PUT {SLICES}/n-hal-dra-dev-0")]);
+    assert_eq!(
+        requests(&state),
+        [format!("PUT {SLICES}/n-gpu-example-com-0")]
+    );
 
     stop.send(true).unwrap();
     task.await.unwrap();
+}
+
+#[tokio::test]
+async fn slices_the_check_refuses_or_of_another_node_or_driver_are_never_sent() {
+    let (publisher, state) = publisher(FakeApi::with_node("n"), "n");
+    let mut publisher = publisher.with_check(|slices| {
+        slices
+            .iter()
+            .filter(|s| s.spec.devices.as_ref().is_some_and(|d| d.len() > 10))
+            .map(|s| format!("slice {:?}: spec.devices: more than 10", s.metadata.name))
+            .collect()
+    });
+    let error = publisher
+        .publish(&pool("n", &[("gpu", 11)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, PublishError::Invalid(e) if e.len() == 1),
+        "{error}"
+    );
+    assert_eq!(error.kind(), None, "retrying cannot help");
+    assert!(
+        error.to_string().contains("spec.devices: more than 10"),
+        "{error}"
+    );
+
+    let mut foreign = gpus("m");
+    foreign[0].spec.driver = "other.example.com".into();
+    foreign[0].metadata.name = None;
+    foreign.extend(gpus("m"));
+    let PublishError::Invalid(errors) = publisher.publish(&foreign).await.unwrap_err() else {
+        panic!("not Invalid");
+    };
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("slice #0: metadata.name"),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("spec.nodeName"), "{errors:?}");
+
+    let log = requests(&state);
+    assert!(
+        log.iter().all(|r| r.starts_with("GET")),
+        "nothing written: {log:?}"
+    );
+    assert_eq!(publisher.publish(&gpus("n")).await.unwrap().created, 1);
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
-use super::{PublishError, Publisher, SliceEvents, WATCH_SECONDS};
 use k8s_openapi::api::resource::v1::ResourceSlice;
 
+use super::{PublishError, Publisher, SliceEvents, WATCH_SECONDS};
 use crate::client::{Backoff, CALL_TIMEOUT};
 
 /// A watch still open this long after it started was not ended by the server as asked: the connection
@@ -59,7 +59,7 @@ async fn until(at: Option<Instant>) {
 /// Keeps the API server's slices equal to the driver's until `shutdown` turns true.
 ///
 /// The slices to publish are read with `read` at start, every `interval`, and whenever `changed` is
-/// notified (say, a hotplug watcher's signal). The slices are compared with the API server's (a list, then a
+/// notified (say, a hotplug watcher's signal). They are compared with the API server's (a list, then a
 /// watch of this node's slices of this driver) at each of those and at each watch event, so another
 /// actor's deletion or change is repaired as soon as the event arrives. An unchanged node costs no
 /// API call. A failed call (an error status, a timeout, a broken watch) is retried after an

@@ -94,6 +94,7 @@ async fn individual_cpus_take_two_slices_and_leaving_cpus_out_deletes_one() {
     assert_eq!(report.created, 2, "224 CPUs and 18 devices: 2 slices");
 
     config.families.cpus = false;
+    requests(&state);
     let api = std::mem::take(&mut *state.lock().unwrap());
     let (mut second, state) = start(api, &config);
     let report = second.publish(&desired(&xeon, &config)).await.unwrap();

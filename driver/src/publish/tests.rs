@@ -154,9 +154,7 @@ async fn the_loop_publishes_a_changed_inventory_on_notification() {
     changed.notify_one();
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     assert_eq!(requests(&state), [format!("PUT {SLICES}/n-hal-dra-dev-0")]);
-    let api = state.lock().unwrap();
-    let devices = api.slices["n-hal-dra-dev-0"]["spec"]["devices"].clone();
-    drop(api);
+    let devices = state.lock().unwrap().slices["n-hal-dra-dev-0"]["spec"]["devices"].clone();
     let i915 = desired(&inventory("i915"), &SliceConfig::new("n"));
     assert_eq!(
         devices.as_array().unwrap().len(),

@@ -9,6 +9,7 @@
 //! - [`client`]: the API client wrapper (timeouts, error kinds);
 //! - [`metadata`]: device metadata files (KEP-5304) and their CDI mounts;
 //! - [`metrics`]: `/metrics` and `/healthz`;
+//! - [`publish`]: the ResourceSlice publisher (list + watch, repair of other actors' changes);
 //! - `fake_api` (feature `testing`): an in-memory API server behind `kube::Client`, for tests.
 
 pub mod cdi;
@@ -20,3 +21,4 @@ pub mod grpc;
 pub mod handler;
 pub mod metadata;
 pub mod metrics;
+pub mod publish;

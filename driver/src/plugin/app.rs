@@ -16,7 +16,7 @@ use super::grpc::{
 use super::metrics::{Metered, Metrics};
 use super::prepare::{ClaimSource, KubeClaims, Preparer, PreparerConfig};
 use crate::inventory::{FixtureVendors as _, Inventory};
-use crate::publish::{Publisher, publish_loop};
+use crate::publish::{desired, publish_loop, publisher};
 use crate::slices::SliceConfig;
 
 mod args;
@@ -205,14 +205,14 @@ pub async fn run(
             let report = crate::health::report(&fresh, &slice_config, now, health_timeout);
             metrics.set_devices_published(report.devices.len());
             health_reports.send_replace(report);
+            let slices = desired(&fresh, &slice_config);
             if let Ok(mut shared) = inventory.write() {
-                *shared = fresh.clone();
+                *shared = fresh;
             }
-            fresh
+            slices
         };
-        let publisher = Publisher::new(client, config.clone());
         tasks.spawn(publish_loop(
-            publisher,
+            publisher(client, &config),
             read,
             interval,
             changed.clone(),

@@ -9,41 +9,36 @@ use serde_json::Value;
 use tokio::time::{Instant, sleep};
 use tokio_stream::StreamExt;
 
+use super::tests::{DRIVER, gpus, two_slices, vfs};
 use super::*;
-use crate::api::{Backoff, call_timeout_layer};
+use crate::client::{Backoff, call_timeout_layer};
 use crate::fake_api::{FakeApi, Logged};
-use crate::plugin::prepare::{ClaimSource, KubeClaims};
 
 const SLICES: &str = "/apis/resource.k8s.io/v1/resourceslices";
 const INTERVAL: Duration = Duration::from_secs(60);
-
-fn inventory(name: &str) -> Inventory {
-    let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();
-    Inventory::from_sysfs(&backends::SysfsRoot::new(machine.root()), None)
-}
 
 /// The publisher's loop on node `n`, with the fake server, the plugin's call timeouts, and the handles
 /// a test needs.
 struct Running {
     state: Arc<Mutex<FakeApi>>,
     client: kube::Client,
-    current: Arc<Mutex<Inventory>>,
+    current: Arc<Mutex<Vec<ResourceSlice>>>,
     changed: Arc<tokio::sync::Notify>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(api: FakeApi, config: SliceConfig, machine: &str) -> Running {
+fn start(api: FakeApi, desired: Vec<ResourceSlice>) -> Running {
     let state = Arc::new(Mutex::new(api));
     let client = FakeApi::mock_client(state.clone(), &call_timeout_layer());
-    let current = Arc::new(Mutex::new(inventory(machine)));
+    let current = Arc::new(Mutex::new(desired));
     let read = {
         let current = current.clone();
         move || current.lock().unwrap().clone()
     };
     let changed = Arc::new(tokio::sync::Notify::new());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let publisher = Publisher::new(client.clone(), config);
+    let publisher = Publisher::new(client.clone(), "n", DRIVER);
     let task = tokio::spawn(publish_loop(
         publisher,
         read,
@@ -89,16 +84,9 @@ fn short(log: &[Logged]) -> Vec<String> {
     log.iter().map(Logged::short).collect()
 }
 
-/// Two slices: the xeon fixture's 224 CPUs, one device each, and its other devices.
-fn two_slices() -> SliceConfig {
-    let mut config = SliceConfig::new("n");
-    config.cpu_mode = crate::slices::CpuMode::Individual;
-    config
-}
-
 #[tokio::test(start_paused = true)]
 async fn slices_the_kubelet_deletes_come_back_within_5_s() {
-    let running = start(FakeApi::with_node("n"), two_slices(), "xeon");
+    let running = start(FakeApi::with_node("n"), two_slices("n"));
     sleep(Duration::from_secs(1)).await;
     let before = running.slices();
     assert_eq!(before.len(), 2);
@@ -135,9 +123,9 @@ async fn slices_the_kubelet_deletes_come_back_within_5_s() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slice_another_actor_changes_is_restored_in_one_write() {
-    let running = start(FakeApi::with_node("n"), SliceConfig::new("n"), "gb300");
+    let running = start(FakeApi::with_node("n"), gpus("n"));
     sleep(Duration::from_secs(1)).await;
-    let name = "n-hal-dra-dev-0";
+    let name = "n-gpu-example-com-0";
     let original = running.slices()[name].clone();
     running.drain();
 
@@ -165,9 +153,9 @@ async fn a_slice_another_actor_changes_is_restored_in_one_write() {
 
 #[tokio::test(start_paused = true)]
 async fn a_foreign_slice_of_this_driver_and_node_is_removed_and_nothing_else() {
-    let running = start(FakeApi::with_node("n"), SliceConfig::new("n"), "gb300");
+    let running = start(FakeApi::with_node("n"), gpus("n"));
     sleep(Duration::from_secs(1)).await;
-    let ours = running.slices()["n-hal-dra-dev-0"].clone();
+    let ours = running.slices()["n-gpu-example-com-0"].clone();
     running.drain();
 
     let mut foreign = ours.clone();
@@ -192,22 +180,22 @@ async fn a_foreign_slice_of_this_driver_and_node_is_removed_and_nothing_else() {
     let slices = running.slices();
     assert_eq!(
         slices.keys().collect::<Vec<_>>(),
-        ["m-slice", "n-gpu-nvidia", "n-hal-dra-dev-0"]
+        ["m-slice", "n-gpu-example-com-0", "n-gpu-nvidia"]
     );
-    assert_eq!(slices["n-hal-dra-dev-0"], ours, "untouched");
+    assert_eq!(slices["n-gpu-example-com-0"], ours, "untouched");
     running.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unchanged_node_costs_no_write_across_rescans_and_watch_events() {
-    let running = start(FakeApi::with_node("n"), two_slices(), "xeon");
+    let running = start(FakeApi::with_node("n"), two_slices("n"));
     sleep(Duration::from_secs(1)).await;
     let before = running.slices();
     running.drain();
 
     // A write that changes nothing (a MODIFIED event with the same content), and another node's
     // slice coming and going (not even sent: the watch selects this node).
-    let name = "n-hal-dra-dev-0";
+    let name = "n-gpu-example-com-0";
     assert_eq!(
         running.act("PUT", &format!("{SLICES}/{name}"), &before[name]),
         200
@@ -241,11 +229,15 @@ async fn an_unchanged_node_costs_no_write_across_rescans_and_watch_events() {
 
 #[tokio::test(start_paused = true)]
 async fn fields_the_api_server_drops_cost_one_write_not_a_write_per_event() {
-    // Kubernetes 1.34 without DRAConsumableCapacity: the shared CPU groups lose
+    // Kubernetes 1.34 without DRAConsumableCapacity: shared devices (say, CPU groups) lose
     // `allowMultipleAllocations` on every write.
     let mut api = FakeApi::with_node("n");
     api.disabled_device_fields = vec!["allowMultipleAllocations".into()];
-    let running = start(api, SliceConfig::new("n"), "xeon");
+    let mut desired = gpus("n");
+    for device in desired[0].spec.devices.iter_mut().flatten().take(2) {
+        device.allow_multiple_allocations = Some(true);
+    }
+    let running = start(api, desired);
     sleep(Duration::from_secs(1)).await;
     let first = running.drain();
     assert_eq!(
@@ -262,7 +254,7 @@ async fn fields_the_api_server_drops_cost_one_write_not_a_write_per_event() {
     );
 
     // Rescans, a watch event, and still no write.
-    let name = "n-hal-dra-dev-0";
+    let name = "n-gpu-example-com-0";
     assert_eq!(
         running.act("PUT", &format!("{SLICES}/{name}"), &stored[name]),
         200
@@ -295,7 +287,7 @@ async fn failed_calls_are_retried_with_backoff_not_after_the_rescan_interval() {
         api.fail_once.push((post.clone(), 500));
     }
     let started = Instant::now();
-    let running = start(api, SliceConfig::new("n"), "gb300");
+    let running = start(api, gpus("n"));
     sleep(Duration::from_secs(20)).await;
 
     let log = running.drain();
@@ -326,25 +318,25 @@ async fn failed_calls_are_retried_with_backoff_not_after_the_rescan_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_api_server_times_calls_out_and_the_publisher_recovers_when_it_answers() {
-    let running = start(FakeApi::with_node("n"), SliceConfig::new("n"), "gb300");
+    let running = start(FakeApi::with_node("n"), gpus("n"));
     sleep(Duration::from_secs(1)).await;
-    let gb300 = running.slices()["n-hal-dra-dev-0"]["spec"]["devices"].clone();
+    let gpus = running.slices()["n-gpu-example-com-0"]["spec"]["devices"].clone();
     running.drain();
 
     // The server accepts requests and never answers; the machine changes meanwhile.
     running.state.lock().unwrap().set_hung(true);
-    *running.current.lock().unwrap() = inventory("i915");
+    *running.current.lock().unwrap() = vfs("n");
     running.changed.notify_one();
 
     // The kubelet's calls share the client: a claim read fails after the deadline, it is not held.
     let asked = Instant::now();
-    let claims = KubeClaims(running.client.clone());
-    let read = tokio::time::timeout(CALL_TIMEOUT * 3, claims.get("ns", "claim"))
+    let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> =
+        Api::namespaced(running.client.clone(), "ns");
+    let read = tokio::time::timeout(CALL_TIMEOUT * 3, claims.get("claim"))
         .await
         .expect("the claim read ended");
     let error = read.unwrap_err();
-    assert_eq!(error.kind(), crate::api::ErrorKind::Timeout, "{error}");
-    assert!(error.to_string().contains("timed out"), "{error}");
+    assert_eq!(kind_of(&error), ErrorKind::Timeout, "{error}");
     assert_eq!(asked.elapsed(), CALL_TIMEOUT);
 
     sleep(Duration::from_secs(60)).await;
@@ -361,24 +353,17 @@ async fn a_hung_api_server_times_calls_out_and_the_publisher_recovers_when_it_an
         );
     }
     assert_eq!(
-        running.slices()["n-hal-dra-dev-0"]["spec"]["devices"],
-        gb300
+        running.slices()["n-gpu-example-com-0"]["spec"]["devices"],
+        gpus
     );
 
     // It answers again: within one deadline and the longest backoff, the new machine is published
     // and the watch is back (a wipe is repaired at once).
     running.state.lock().unwrap().set_hung(false);
     sleep(CALL_TIMEOUT + Backoff::CAP.mul_f64(1.2)).await;
-    let i915 = running.slices()["n-hal-dra-dev-0"]["spec"]["devices"].clone();
-    assert_ne!(i915, gb300);
-    assert_eq!(
-        i915.as_array().unwrap().len(),
-        build_slices(&inventory("i915"), &SliceConfig::new("n"), 0)[0]
-            .spec
-            .devices
-            .as_ref()
-            .map_or(0, Vec::len)
-    );
+    let vfs = running.slices()["n-gpu-example-com-0"]["spec"]["devices"].clone();
+    assert_ne!(vfs, gpus);
+    assert_eq!(vfs.as_array().unwrap().len(), 3);
     running.drain();
     let wipe = format!("{SLICES}?fieldSelector=spec.nodeName%3Dn");
     assert_eq!(running.act("DELETE", &wipe, &Value::Null), 200);
@@ -392,7 +377,7 @@ async fn a_hung_api_server_times_calls_out_and_the_publisher_recovers_when_it_an
 
 #[tokio::test(start_paused = true)]
 async fn a_watch_resumed_from_a_compacted_version_lists_again() {
-    let running = start(FakeApi::with_node("n"), SliceConfig::new("n"), "gb300");
+    let running = start(FakeApi::with_node("n"), gpus("n"));
     sleep(Duration::from_secs(1)).await;
     running.drain();
     {
@@ -400,7 +385,7 @@ async fn a_watch_resumed_from_a_compacted_version_lists_again() {
         // slice is deleted and the history compacted.
         let mut api = running.state.lock().unwrap();
         api.end_watches();
-        let uri = format!("{SLICES}/n-hal-dra-dev-0");
+        let uri = format!("{SLICES}/n-gpu-example-com-0");
         assert_eq!(api.handle("DELETE", &uri, b"").status(), Some(200));
         api.compact();
         api.log.clear();
@@ -428,7 +413,7 @@ async fn a_watch_resumed_from_a_compacted_version_lists_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_watch_that_goes_silent_is_replaced_after_the_server_side_timeout() {
-    let running = start(FakeApi::with_node("n"), SliceConfig::new("n"), "gb300");
+    let running = start(FakeApi::with_node("n"), gpus("n"));
     sleep(Duration::from_secs(1)).await;
     running.drain();
     let silent = Instant::now();
@@ -469,9 +454,9 @@ async fn a_wipe_between_the_first_publish_and_the_watch_is_not_lost() {
     // after that list (the publisher's own create, then the kubelet's wipe) come as events.
     let state = Arc::new(Mutex::new(FakeApi::with_node("n")));
     let client = FakeApi::mock_client(state.clone(), &call_timeout_layer());
-    let mut publisher = Publisher::new(client, SliceConfig::new("n"));
-    let gb300 = inventory("gb300");
-    assert_eq!(publisher.publish(&gb300).await.unwrap().created, 1);
+    let mut publisher = Publisher::new(client, "n", DRIVER);
+    let desired = gpus("n");
+    assert_eq!(publisher.publish(&desired).await.unwrap().created, 1);
     let wipe = format!("{SLICES}?fieldSelector=spec.nodeName%3Dn");
     let reply = state.lock().unwrap().handle("DELETE", &wipe, b"");
     assert_eq!(reply.status(), Some(200));
@@ -496,12 +481,12 @@ async fn a_wipe_between_the_first_publish_and_the_watch_is_not_lost() {
         }
     }
     assert_eq!(seen, ["ADDED", "DELETED"], "the own create, then the wipe");
-    assert_eq!(publisher.publish(&gb300).await.unwrap().created, 1);
+    assert_eq!(publisher.publish(&desired).await.unwrap().created, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn slices_of_a_node_recreated_under_its_name_get_the_new_node_as_owner() {
-    let running = start(FakeApi::with_node("n"), two_slices(), "xeon");
+    let running = start(FakeApi::with_node("n"), two_slices("n"));
     sleep(Duration::from_secs(1)).await;
     let owner = |slices: &std::collections::BTreeMap<String, Value>| -> Vec<Value> {
         slices

@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
+use k8s_openapi::api::resource::v1::ResourceSlice;
+
 use super::{PublishError, Publisher, SliceEvents, WATCH_SECONDS};
-use crate::api::{Backoff, CALL_TIMEOUT};
-use crate::inventory::Inventory;
+use crate::client::{Backoff, CALL_TIMEOUT};
 
 /// A watch still open this long after it started was not ended by the server as asked: the connection
 /// is dead (or the server hung), so it is dropped and the state listed again.
@@ -28,7 +29,7 @@ const SETTLE_MAX: Duration = Duration::from_secs(1);
 const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 
 enum Next {
-    Event(Box<kube::api::WatchEvent<k8s_openapi::api::resource::v1::ResourceSlice>>),
+    Event(Box<kube::api::WatchEvent<ResourceSlice>>),
     Failed(kube::Error),
     Ended,
     Overdue,
@@ -55,22 +56,22 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Keeps the API server's slices equal to the inventory until `shutdown` turns true.
+/// Keeps the API server's slices equal to the driver's until `shutdown` turns true.
 ///
-/// The inventory is read with `read` at start, every `interval`, and whenever `changed` is notified
-/// (the hotplug watcher's signal). The slices are compared with the API server's (a list, then a
+/// The slices to publish are read with `read` at start, every `interval`, and whenever `changed` is
+/// notified (say, a hotplug watcher's signal). They are compared with the API server's (a list, then a
 /// watch of this node's slices of this driver) at each of those and at each watch event, so another
 /// actor's deletion or change is repaired as soon as the event arrives. An unchanged node costs no
 /// API call. A failed call (an error status, a timeout, a broken watch) is retried after an
 /// exponential backoff with jitter ([`Backoff`]: 1 s, 2 s, 4 s, ... 30 s), starting from a fresh list.
 pub async fn publish_loop(
     mut publisher: Publisher,
-    mut read: impl FnMut() -> Inventory,
+    mut read: impl FnMut() -> Vec<ResourceSlice>,
     interval: Duration,
     changed: Arc<tokio::sync::Notify>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut inventory = read();
+    let mut desired = read();
     let mut due = true;
     let mut retry_at: Option<Instant> = None;
     let mut backoff = Backoff::default();
@@ -84,7 +85,7 @@ pub async fn publish_loop(
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if retry_at.is_none() && due {
-            match publisher.publish(&inventory).await {
+            match publisher.publish(&desired).await {
                 Ok(report) => {
                     due = false;
                     backoff.reset();
@@ -138,11 +139,11 @@ pub async fn publish_loop(
                 due = true;
             }
             _ = rescan.tick() => {
-                inventory = read();
+                desired = read();
                 due = true;
             }
             () = changed.notified() => {
-                inventory = read();
+                desired = read();
                 due = true;
             }
             next = next_event(&mut watch, watch_deadline) => match next {
@@ -172,7 +173,7 @@ pub async fn publish_loop(
                     let error = PublishError::Api {
                         op: "watch",
                         name: publisher.selector(),
-                        kind: crate::api::kind_of(&source),
+                        kind: crate::client::kind_of(&source),
                         source,
                     };
                     retry_at = Some(fail(&error, &mut watch_backoff));

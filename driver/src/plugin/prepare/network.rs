@@ -33,10 +33,8 @@ pub(super) fn network_status(
         if let Some(rdma) = rdma {
             data.insert("rdmaDevice".into(), rdma.name.clone().into());
         }
-        if let Some(network) = vf.and_then(|v| v.net_attach_def_name.clone()) {
-            let namespace = vf.and_then(|v| v.net_attach_def_namespace.clone());
-            let full = namespace.map_or(network.clone(), |ns| format!("{ns}/{network}"));
-            data.insert("network".into(), full.into());
+        if let Some(network) = vf.and_then(|v| v.network_attachment()) {
+            data.insert("network".into(), network.to_string().into());
         }
         let mut entry = serde_json::json!({
             "driver": slices.driver_name,
@@ -124,10 +122,11 @@ pub(super) fn direct_configs(
                  is vfio-pci: the function has no netdev to move into the pod"
             )));
         }
-        if let Some(nad) = vf.and_then(|v| v.net_attach_def_name.as_deref()) {
+        if let Some(nad) = vf.and_then(|v| v.network_attachment()) {
             return Err(PrepareError::InvalidConfig(format!(
-                "device {device}: both VfConfig.netAttachDefName {nad:?} (CNI mode) and a \
-                 NetworkConfig (direct mode) apply; give one"
+                "device {device}: both VfConfig.netAttachDefName {:?} (CNI mode) and a \
+                 NetworkConfig (direct mode) apply; give one",
+                nad.name
             )));
         }
         if let (Some(name), Some(if_name)) = (&network.name, vf.and_then(|v| v.if_name.as_ref()))

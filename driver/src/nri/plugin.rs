@@ -220,11 +220,11 @@ async fn serve_inner(
                 {
                     alive.extend(part.pods.iter().map(|p| p.id.clone()));
                     if !part.more {
-                        let vanished = net.vanished(&std::mem::take(&mut alive));
-                        if !vanished.is_empty() {
-                            let net = net.clone();
-                            tokio::spawn(async move { net.del_vanished(vanished).await });
-                        }
+                        // Off the loop: the state directory's listing may block, the teardowns take
+                        // long; the events meanwhile are answered (see `PodNetwork::del_vanished`).
+                        let alive = std::mem::take(&mut alive);
+                        let net = net.clone();
+                        tokio::spawn(async move { net.clean_up_vanished(alive).await });
                     }
                 }
                 let sandbox = match (net, request.method.as_str()) {

@@ -6,7 +6,8 @@
 //! claim, the device and the field, and undoes what the sandbox got so far. At `StopPodSandbox` and
 //! `RemovePodSandbox` the cached CNI attachments of the sandbox get their `DEL` and its direct-mode
 //! netdevs go home; after each `Synchronize`, those of sandboxes the runtime no longer has (gone while
-//! the plugin was down). The events of one sandbox never run at once (one lock per sandbox id).
+//! the plugin was down), listed and torn down off the event loop, so the runtime's other events are
+//! answered meanwhile. The events of one sandbox never run at once (one lock per sandbox id).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use super::proto::api;
 use super::proto::ttrpc::Status;
 use crate::plugin::checkpoint::{CheckpointError, ClaimRecord};
 use crate::plugin::prepare::ClaimSource;
-use crate::plugin::prepare::locks::KeyedLocks;
+use crate::plugin::prepare::locks::{KeyedGuard, KeyedLocks};
 use crate::podnet::cni::{self, Attachment, Cni, ConfList};
 use crate::podnet::direct::Detached;
 use crate::podnet::error::NetError;
@@ -60,8 +61,42 @@ pub struct PodNetwork {
     pub pool: String,
     /// Direct mode: the host's network namespace and the state of the netdevs moved.
     pub direct: direct::DirectMode,
-    /// One lock per pod sandbox id, shared by the clones.
-    pub(crate) sandboxes: Arc<KeyedLocks>,
+    /// One lock per pod sandbox id, and the sandboxes started since, shared by the clones.
+    pub(crate) sandboxes: Arc<Sandboxes>,
+}
+
+/// Per pod sandbox id: one lock, so its events never run at once, and whether it got its network
+/// functions from this plugin (a `RunPodSandbox` with functions to attach, until its stop or removal),
+/// so the cleanup after a `Synchronize`, which runs beside the events, never tears down a sandbox
+/// the runtime started after the `Synchronize` named the sandboxes alive.
+#[derive(Default)]
+pub(crate) struct Sandboxes {
+    locks: KeyedLocks,
+    started: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl Sandboxes {
+    /// Waits for the lock of the sandbox `id`.
+    pub(crate) async fn lock(&self, id: &str) -> KeyedGuard<'_> {
+        self.locks.lock(id).await
+    }
+
+    /// How many sandboxes have a lock entry (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    fn started(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the sandbox `id` got network functions since this plugin started.
+    pub(crate) fn is_started(&self, id: &str) -> bool {
+        self.started().contains(id)
+    }
 }
 
 /// What a sandbox's teardown did, per CNI attachment and per direct-mode netdev (file names).
@@ -196,7 +231,10 @@ impl PodNetwork {
         if functions.is_empty() {
             return Ok(Vec::new());
         }
+        // Under the sandbox's lock, before anything is attached (see [`Sandboxes`]).
+        self.sandboxes.started().insert(pod.id.clone());
         let netns = netns_of(pod).ok_or_else(|| {
+            self.sandboxes.started().remove(&pod.id);
             format!(
                 "pod {}/{}: the sandbox has no network namespace (hostNetwork?), so its claims' \
                  network functions (VfConfig.netAttachDefName, NetworkConfig) cannot be attached",
@@ -230,6 +268,7 @@ impl PodNetwork {
                 Err(message) => {
                     // All or nothing: what this sandbox got so far goes back.
                     self.undo(done).await;
+                    self.sandboxes.started().remove(&pod.id);
                     return Err(message);
                 }
             }
@@ -308,17 +347,10 @@ impl PodNetwork {
         let cni = self.cni.clone();
         let added = tokio::task::spawn_blocking(move || {
             let added = cni.add(&list, &at)?;
-            let entry = cni
-                .cached()
-                .into_iter()
-                .filter_map(|(_, e)| e.ok())
-                .find(|e| e.container_id == at.container_id && e.if_name == at.if_name)
-                .ok_or_else(|| {
-                    cni::CniError::new(
-                        cni::CniErrorKind::Cache,
-                        "the attachment is not in the cache",
-                    )
-                })?;
+            // Its own cache entry, by name (not a listing of the cache, which the cleanup after a
+            // Synchronize may be reading).
+            let name = cni::cache::file_name(&list.name, &at.container_id, &at.if_name);
+            let entry = cni::cache::load(&cni.cache_dir.join(name))?;
             Ok::<_, cni::CniError>((entry, added.network))
         })
         .await
@@ -348,6 +380,7 @@ impl PodNetwork {
     /// `DEL` for every cached attachment of the sandbox, and its direct-mode netdevs home.
     pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), String> {
         let failures = self.teardown(&pod.id).await.failures();
+        self.sandboxes.started().remove(&pod.id);
         match failures.is_empty() {
             true => Ok(()),
             false => Err(failures.join("; ")),
@@ -359,6 +392,21 @@ impl PodNetwork {
     /// forgotten).
     pub async fn teardown(&self, id: &str) -> Teardown {
         let _sandbox = self.sandboxes.lock(id).await;
+        self.teardown_locked(id).await
+    }
+
+    /// [`PodNetwork::teardown`] of a sandbox found vanished, unless it got network functions since
+    /// (then `None`): a sandbox the runtime started after its `Synchronize`.
+    async fn teardown_vanished(&self, id: &str) -> Option<Teardown> {
+        let _sandbox = self.sandboxes.lock(id).await;
+        if self.sandboxes.is_started(id) {
+            return None;
+        }
+        Some(self.teardown_locked(id).await)
+    }
+
+    /// The teardown of the sandbox `id`, its lock held.
+    async fn teardown_locked(&self, id: &str) -> Teardown {
         let cni = self.cni.clone();
         let sandbox = id.to_owned();
         let cni = tokio::task::spawn_blocking(move || cni.del_sandbox(&sandbox))
@@ -373,9 +421,22 @@ impl PodNetwork {
         Teardown { cni, direct }
     }
 
-    /// At a `Synchronize`: the sandboxes with CNI attachments or direct-mode netdevs that are not in
-    /// `alive`, listed before the answer (so a sandbox the runtime starts afterwards is never among
-    /// them); unreadable entries are logged and kept.
+    /// After a `Synchronize` that named the sandboxes `alive`, beside the event loop: lists the
+    /// sandboxes that vanished ([`PodNetwork::vanished`], a blocking read of the state directory, on
+    /// a blocking thread) and tears them down ([`PodNetwork::del_vanished`]).
+    pub async fn clean_up_vanished(&self, alive: BTreeSet<String>) {
+        let net = self.clone();
+        match tokio::task::spawn_blocking(move || net.vanished(&alive)).await {
+            Ok(vanished) => self.del_vanished(vanished).await,
+            Err(error) => {
+                tracing::warn!(%error, "listing the sandboxes gone while the plugin was down")
+            }
+        }
+    }
+
+    /// The sandboxes with CNI attachments or direct-mode netdevs that are not in `alive` (blocking:
+    /// reads the state directory); unreadable entries are logged and kept. A sandbox started after
+    /// the `Synchronize` may be among them: [`PodNetwork::del_vanished`] skips it.
     pub fn vanished(&self, alive: &BTreeSet<String>) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (name, entry) in self.cni.cached() {
@@ -404,10 +465,14 @@ impl PodNetwork {
     }
 
     /// Tears down the sandboxes [`PodNetwork::vanished`] found, each under its lock (a stop event of
-    /// the same sandbox meanwhile finds nothing left, or leaves nothing).
+    /// the same sandbox meanwhile finds nothing left, or leaves nothing), except those that got
+    /// network functions since the listing began (started after the `Synchronize`).
     pub async fn del_vanished(&self, sandboxes: BTreeSet<String>) {
         for id in sandboxes {
-            let done = self.teardown(&id).await;
+            let Some(done) = self.teardown_vanished(&id).await else {
+                tracing::debug!(sandbox = %id, "started after the Synchronize: not torn down");
+                continue;
+            };
             for (name, result) in done.cni {
                 match result {
                     Ok(()) => {
@@ -433,3 +498,6 @@ mod tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests_direct;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_sync;

@@ -2,6 +2,7 @@
 //! configuration, decoded strictly (an unknown field is an error that names it).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use k8s_openapi::api::resource::v1::{DeviceAllocationConfiguration, ResourceClaim};
 
@@ -103,7 +104,61 @@ pub struct VfConfig {
     pub net_attach_def_namespace: Option<String>,
 }
 
+/// The NetworkAttachmentDefinition a `VfConfig` names: `netAttachDefNamespace` (none: the claim's)
+/// and `netAttachDefName`. Written as `namespace/name`, or `name` alone, in the claim's CDI
+/// environment (`DRA_HAL_NIC_<i>_NETWORK`) and its status (`data.network`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkAttachment {
+    /// Its namespace when the config gives one.
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+}
+
+impl NetworkAttachment {
+    /// Parses `namespace/name` or `name` (the form of [`fmt::Display`]); `None` for an empty part.
+    pub fn parse(text: &str) -> Option<NetworkAttachment> {
+        let (namespace, name) = match text.split_once('/') {
+            Some((namespace, name)) => (Some(namespace.to_owned()), name),
+            None => (None, text),
+        };
+        if name.is_empty() || namespace.as_deref() == Some("") {
+            return None;
+        }
+        Some(NetworkAttachment {
+            namespace,
+            name: name.to_owned(),
+        })
+    }
+
+    /// (namespace, name), the namespace defaulting to `claim_namespace`.
+    pub fn in_namespace(&self, claim_namespace: &str) -> (String, String) {
+        let namespace = self.namespace.as_deref().unwrap_or(claim_namespace);
+        (namespace.to_owned(), self.name.clone())
+    }
+}
+
+impl fmt::Display for NetworkAttachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{namespace}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
 impl VfConfig {
+    /// The NetworkAttachmentDefinition it names (`netAttachDefName`, `netAttachDefNamespace`), if
+    /// any: the function is attached in CNI mode. An empty namespace counts as none given.
+    pub fn network_attachment(&self) -> Option<NetworkAttachment> {
+        let name = self.net_attach_def_name.clone()?;
+        let namespace = self
+            .net_attach_def_namespace
+            .clone()
+            .filter(|ns| !ns.is_empty());
+        Some(NetworkAttachment { namespace, name })
+    }
+
     fn check(&self) -> Result<(), FieldError> {
         if let Some(driver) = &self.driver {
             let ok = !driver.is_empty()

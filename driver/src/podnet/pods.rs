@@ -11,6 +11,7 @@ use std::path::Path;
 use super::config::Checked;
 use crate::plugin::api::ClaimRef;
 use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::claims::NetworkAttachment;
 
 /// One network function to attach to a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +51,9 @@ pub fn of_pod(claims: &BTreeMap<String, ClaimRecord>, pod_uid: &str) -> Vec<PodF
         let mut i = 0;
         while let Some(pci) = env.get(&format!("DRA_HAL_NIC_{i}_PCI_ADDRESS")) {
             let get = |what: &str| env.get(&format!("DRA_HAL_NIC_{i}_{what}")).cloned();
-            let network = get("NETWORK").map(|full| match full.split_once('/') {
-                Some((ns, name)) => (ns.to_owned(), name.to_owned()),
-                None => (record.claim.namespace.clone(), full),
-            });
+            let network = get("NETWORK")
+                .and_then(|text| NetworkAttachment::parse(&text))
+                .map(|nad| nad.in_namespace(&record.claim.namespace));
             let label = pci.replace([':', '.'], "-");
             let device = record
                 .devices

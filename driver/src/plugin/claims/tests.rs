@@ -234,3 +234,39 @@ fn opaque_config_is_strict_and_errors_name_the_field() {
         (Some("vfio-pci"), Some("net1"))
     );
 }
+
+#[test]
+fn a_vf_config_names_its_network_attachment_as_the_cdi_env_and_the_nri_plugin_read_it() {
+    let named = |name: Option<&str>, namespace: Option<&str>| VfConfig {
+        net_attach_def_name: name.map(str::to_owned),
+        net_attach_def_namespace: namespace.map(str::to_owned),
+        ..VfConfig::default()
+    };
+    assert_eq!(named(None, Some("other")).network_attachment(), None);
+    let own = named(Some("vf-test1"), None).network_attachment().unwrap();
+    assert_eq!(own.to_string(), "vf-test1");
+    assert_eq!(
+        own.in_namespace("vf-test5"),
+        ("vf-test5".into(), "vf-test1".into())
+    );
+    // An empty namespace counts as none given.
+    assert_eq!(
+        named(Some("vf-test1"), Some("")).network_attachment(),
+        Some(own)
+    );
+    let other = named(Some("vf-test1"), Some("nets"))
+        .network_attachment()
+        .unwrap();
+    assert_eq!(other.to_string(), "nets/vf-test1");
+    assert_eq!(
+        NetworkAttachment::parse("nets/vf-test1"),
+        Some(other.clone())
+    );
+    assert_eq!(
+        other.in_namespace("vf-test5"),
+        ("nets".into(), "vf-test1".into())
+    );
+    for bad in ["", "/vf-test1", "nets/"] {
+        assert_eq!(NetworkAttachment::parse(bad), None, "{bad:?}");
+    }
+}

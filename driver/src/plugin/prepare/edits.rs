@@ -42,15 +42,8 @@ pub(super) fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Ve
                 if let Some(name) = super::network::pod_if_name(a) {
                     env.push(format!("DRA_HAL_NIC_{i}_IFNAME={name}"));
                 }
-                if let Some(vf) = &a.vf
-                    && let Some(network) = &vf.net_attach_def_name
-                {
-                    let namespace = vf.net_attach_def_namespace.as_deref().unwrap_or_default();
-                    let full = match namespace {
-                        "" => network.clone(),
-                        ns => format!("{ns}/{network}"),
-                    };
-                    env.push(format!("DRA_HAL_NIC_{i}_NETWORK={full}"));
+                if let Some(network) = a.vf.as_ref().and_then(|v| v.network_attachment()) {
+                    env.push(format!("DRA_HAL_NIC_{i}_NETWORK={network}"));
                 }
             }
             _ => {}

@@ -33,10 +33,8 @@ pub(super) fn network_status(
         if let Some(rdma) = rdma {
             data.insert("rdmaDevice".into(), rdma.name.clone().into());
         }
-        if let Some(network) = vf.and_then(|v| v.net_attach_def_name.clone()) {
-            let namespace = vf.and_then(|v| v.net_attach_def_namespace.clone());
-            let full = namespace.map_or(network.clone(), |ns| format!("{ns}/{network}"));
-            data.insert("network".into(), full.into());
+        if let Some(network) = vf.and_then(|v| v.network_attachment()) {
+            data.insert("network".into(), network.to_string().into());
         }
         let mut entry = serde_json::json!({
             "driver": slices.driver_name,
@@ -66,8 +64,43 @@ pub(super) fn pod_if_name(a: &Allocated) -> Option<String> {
         .or_else(|| a.vf.as_ref().and_then(|v| v.if_name.clone()))
 }
 
+/// The name asked for in the pod with the field that gives it: the `NetworkConfig`'s
+/// `interface.name`, else the `VfConfig`'s `ifName`.
+fn pod_if_name_field(a: &Allocated) -> Option<(&'static str, String)> {
+    let network = a.network.as_ref().and_then(|n| n.name.clone());
+    let network = network.map(|name| ("NetworkConfig interface.name", name));
+    network.or_else(|| {
+        let vf = a.vf.as_ref().and_then(|v| v.if_name.clone());
+        vf.map(|name| ("VfConfig.ifName", name))
+    })
+}
+
+/// Two network functions of the claim asked for under one name in the pod (`VfConfig.ifName` or
+/// `NetworkConfig` `interface.name`) are refused: the pod cannot have both.
+fn check_pod_names(allocated: &[Allocated], sources: &[DeviceSource]) -> Result<(), PrepareError> {
+    let mut named: BTreeMap<String, (&'static str, &str)> = BTreeMap::new();
+    for (a, source) in allocated.iter().zip(sources) {
+        if !matches!(source, DeviceSource::Nic { .. }) {
+            continue;
+        }
+        let Some((field, name)) = pod_if_name_field(a) else {
+            continue;
+        };
+        if let Some((first_field, first)) = named.get(&name) {
+            return Err(PrepareError::InvalidConfig(format!(
+                "{field} {name:?} of device {} is also the {first_field} of device {first}: two \
+                 network functions of one claim cannot have one name in the pod",
+                a.device
+            )));
+        }
+        named.insert(name, (field, &a.device));
+    }
+    Ok(())
+}
+
 /// The direct-mode configurations of the claim by device name, each with the name its netdev gets
-/// in the pod (`interface.name`, else `VfConfig.ifName`; neither: it keeps its host name). A
+/// in the pod (`interface.name`, else `VfConfig.ifName`; neither: it keeps its host name). Two
+/// network functions given one name in the pod are refused (whichever mode attaches them). A
 /// `NetworkConfig` that applies to a network function must find a netdev to move: not one bound to
 /// `vfio-pci`, not one whose `VfConfig` names a NetworkAttachmentDefinition (that is CNI mode), and
 /// not a second name for it. One that applies to a device that is no network function (a class-wide
@@ -76,6 +109,7 @@ pub(super) fn direct_configs(
     allocated: &[Allocated],
     sources: &[DeviceSource],
 ) -> Result<BTreeMap<String, Checked>, PrepareError> {
+    check_pod_names(allocated, sources)?;
     for (a, source) in allocated.iter().zip(sources) {
         let (Some(network), DeviceSource::Nic { function, .. }) = (&a.network, source) else {
             continue;
@@ -88,10 +122,11 @@ pub(super) fn direct_configs(
                  is vfio-pci: the function has no netdev to move into the pod"
             )));
         }
-        if let Some(nad) = vf.and_then(|v| v.net_attach_def_name.as_deref()) {
+        if let Some(nad) = vf.and_then(|v| v.network_attachment()) {
             return Err(PrepareError::InvalidConfig(format!(
-                "device {device}: both VfConfig.netAttachDefName {nad:?} (CNI mode) and a \
-                 NetworkConfig (direct mode) apply; give one"
+                "device {device}: both VfConfig.netAttachDefName {:?} (CNI mode) and a \
+                 NetworkConfig (direct mode) apply; give one",
+                nad.name
             )));
         }
         if let (Some(name), Some(if_name)) = (&network.name, vf.and_then(|v| v.if_name.as_ref()))

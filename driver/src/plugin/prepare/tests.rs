@@ -1397,6 +1397,7 @@ async fn a_partition_claim_interrupted_by_a_crash_gives_its_vfs_back_at_restart(
 /// The NRI plugin against the preparer: claims as they are prepared and unprepared.
 mod claim_input;
 mod concurrency;
+mod demo;
 mod direct;
 mod durability;
 mod error_kinds;

@@ -155,3 +155,74 @@ async fn a_claim_rebuilt_after_its_record_was_lost_gets_its_network_config_back(
     assert_eq!(config.name.as_deref(), Some("net1"));
     assert_eq!(config.mtu, Some(1400));
 }
+
+#[tokio::test]
+async fn two_functions_of_a_claim_given_one_name_in_the_pod_are_refused_at_prepare() {
+    let s = Setup::on("xeon");
+    let for_request = |request: &str, mut config: serde_json::Value| {
+        config["requests"] = json!([request]);
+        config
+    };
+    // One VfConfig for a request of two VFs: both would be net1.
+    s.claims.add(
+        "same",
+        &[("vf", "nic-0000-3b-01-1"), ("vf", "nic-0000-3b-01-2")],
+        json!([vf(
+            json!({"ifName": "net1", "netAttachDefName": "vf-test1"})
+        )]),
+    );
+    // A NetworkConfig's interface.name on one request, a VfConfig.ifName on the other.
+    s.claims.add(
+        "mixed",
+        &[("vf", "nic-0000-3b-01-3"), ("vf2", "nic-0000-b1-00-2")],
+        json!([
+            network_config(Some("net2")),
+            for_request("vf2", vf(json!({"ifName": "net2"})))
+        ]),
+    );
+    // Distinct names: prepared.
+    s.claims.add(
+        "distinct",
+        &[("vf", "nic-0000-3b-01-1"), ("vf2", "nic-0000-3b-01-2")],
+        json!([
+            vf(json!({"ifName": "net1", "netAttachDefName": "vf-test1"})),
+            for_request(
+                "vf2",
+                vf(json!({"ifName": "net2", "netAttachDefName": "vf-test1"}))
+            )
+        ]),
+    );
+    let preparer = s.preparer("boot-1");
+    let results = preparer
+        .prepare(vec![reference("same"), reference("mixed")])
+        .await;
+    let error = |uid: &str| results[uid].clone().unwrap_err();
+    assert!(
+        error("same").contains(
+            "VfConfig.ifName \"net1\" of device nic-0000-3b-01-2 is also the VfConfig.ifName of \
+             device nic-0000-3b-01-1"
+        ),
+        "{}",
+        error("same")
+    );
+    assert!(
+        error("mixed").contains(
+            "VfConfig.ifName \"net2\" of device nic-0000-b1-00-2 is also the NetworkConfig \
+             interface.name of device nic-0000-3b-01-3"
+        ),
+        "{}",
+        error("mixed")
+    );
+    assert!(preparer.recorded().await.is_empty());
+    let results = preparer.prepare(vec![reference("distinct")]).await;
+    assert!(results["distinct"].is_ok(), "{results:?}");
+    let env = env_of(&s.spec("distinct"));
+    assert!(
+        env.contains(&"DRA_HAL_NIC_0_IFNAME=net1".to_owned()),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"DRA_HAL_NIC_1_IFNAME=net2".to_owned()),
+        "{env:?}"
+    );
+}

@@ -27,11 +27,39 @@ impl FixtureMachine {
     }
 }
 
+/// `--fixture NAME` in a build without fixtures: none is known here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--fixture {name}: this binary is built without fixtures (cargo feature `fixture`)")]
+pub struct NoFixture {
+    /// The fixture asked for.
+    pub name: String,
+}
+
+impl NoFixture {
+    /// The coarse kind of this error: this build does not offer fixtures.
+    pub fn kind(&self) -> hal::ErrorKind {
+        hal::ErrorKind::Unsupported
+    }
+}
+
 /// Always an error: this build has no fixtures.
-pub fn by_name(name: &str) -> Result<FixtureMachine, String> {
-    Err(format!(
-        "--fixture {name}: this binary is built without fixtures (cargo feature `fixture`)"
-    ))
+pub fn by_name(name: &str) -> Result<FixtureMachine, NoFixture> {
+    Err(NoFixture {
+        name: name.to_owned(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn a_fixture_asked_of_a_build_without_them_is_refused_naming_it_and_the_feature() {
+        let error = super::by_name("gb300").unwrap_err();
+        assert_eq!(error.kind(), hal::ErrorKind::Unsupported);
+        let text = error.to_string();
+        assert!(text.contains("--fixture gb300"), "{text}");
+        assert!(text.contains("cargo feature `fixture`"), "{text}");
+    }
 }
 
 /// No recorded NVML answers in this build.

@@ -49,19 +49,6 @@ pub fn by_name(name: &str) -> Result<FixtureMachine, NoFixture> {
     })
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    #[test]
-    fn a_fixture_asked_of_a_build_without_them_is_refused_naming_it_and_the_feature() {
-        let error = super::by_name("gb300").unwrap_err();
-        assert_eq!(error.kind(), hal::ErrorKind::Unsupported);
-        let text = error.to_string();
-        assert!(text.contains("--fixture gb300"), "{text}");
-        assert!(text.contains("cargo feature `fixture`"), "{text}");
-    }
-}
-
 /// No recorded NVML answers in this build.
 pub fn nvml_answers(_name: &str) -> Option<&'static str> {
     None

@@ -27,11 +27,26 @@ impl FixtureMachine {
     }
 }
 
+/// `--fixture NAME` in a build without fixtures: none is known here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--fixture {name}: this binary is built without fixtures (cargo feature `fixture`)")]
+pub struct NoFixture {
+    /// The fixture asked for.
+    pub name: String,
+}
+
+impl NoFixture {
+    /// The coarse kind of this error: this build does not offer fixtures.
+    pub fn kind(&self) -> hal::ErrorKind {
+        hal::ErrorKind::Unsupported
+    }
+}
+
 /// Always an error: this build has no fixtures.
-pub fn by_name(name: &str) -> Result<FixtureMachine, String> {
-    Err(format!(
-        "--fixture {name}: this binary is built without fixtures (cargo feature `fixture`)"
-    ))
+pub fn by_name(name: &str) -> Result<FixtureMachine, NoFixture> {
+    Err(NoFixture {
+        name: name.to_owned(),
+    })
 }
 
 /// No recorded NVML answers in this build.

@@ -106,11 +106,9 @@ fn nvml_for(fixture: Option<&str>) -> Box<dyn backends::nvml::NvmlApi> {
     use backends::nvml::{FakeNvml, RealNvml};
     match fixture {
         None => Box::new(RealNvml),
-        Some(name) => Box::new(FakeNvml(recorded(
-            name,
-            "NVML",
-            crate::fixtures::nvml_answers(name),
-        ))),
+        Some(name) => Box::new(FakeNvml(
+            recorded(name, "NVML", crate::fixtures::nvml_answers(name)).map_err(|e| e.to_string()),
+        )),
     }
 }
 
@@ -121,11 +119,14 @@ fn level_zero_for(fixture: Option<&str>) -> Option<Box<dyn backends::level_zero:
         use backends::level_zero::{FakeLevelZero, RealLevelZero};
         Some(match fixture {
             None => Box::new(RealLevelZero),
-            Some(name) => Box::new(FakeLevelZero(recorded(
-                name,
-                "Level Zero",
-                crate::fixtures::level_zero_answers(name),
-            ))),
+            Some(name) => Box::new(FakeLevelZero(
+                recorded(
+                    name,
+                    "Level Zero",
+                    crate::fixtures::level_zero_answers(name),
+                )
+                .map_err(|e| e.to_string()),
+            )),
         })
     }
     #[cfg(not(feature = "level-zero"))]
@@ -142,11 +143,10 @@ fn verbs_for(fixture: Option<&str>) -> Option<Box<dyn backends::verbs::VerbsApi>
         use backends::verbs::{FakeVerbs, RealVerbs};
         Some(match fixture {
             None => Box::new(RealVerbs),
-            Some(name) => Box::new(FakeVerbs(recorded(
-                name,
-                "verbs",
-                crate::fixtures::verbs_answers(name),
-            ))),
+            Some(name) => Box::new(FakeVerbs(
+                recorded(name, "verbs", crate::fixtures::verbs_answers(name))
+                    .map_err(|e| e.to_string()),
+            )),
         })
     }
     #[cfg(not(feature = "verbs"))]
@@ -156,15 +156,83 @@ fn verbs_for(fixture: Option<&str>) -> Option<Box<dyn backends::verbs::VerbsApi>
     }
 }
 
+/// Why a fixture's recorded answers of a vendor library cannot be played.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordedError {
+    /// The fixture has none.
+    #[error("fixture {fixture} has no recorded {library} answers")]
+    Missing {
+        /// The fixture.
+        fixture: String,
+        /// `NVML`, `Level Zero` or `verbs`.
+        library: &'static str,
+    },
+    /// They are not the library's answers.
+    #[error("{fixture} {library} answers: {source}")]
+    Malformed {
+        /// The fixture.
+        fixture: String,
+        /// `NVML`, `Level Zero` or `verbs`.
+        library: &'static str,
+        /// Why they do not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl RecordedError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> hal::ErrorKind {
+        match self {
+            RecordedError::Missing { .. } => hal::ErrorKind::NotFound,
+            RecordedError::Malformed { .. } => hal::ErrorKind::Malformed,
+        }
+    }
+}
+
 /// A fixture's recorded answers of `library`, parsed. A fixture without any plays a library that cannot
-/// be used (its wrapper asks only on machines with devices for it, and then says so once).
+/// be used (its wrapper asks only on machines with devices for it, and then says so once); the
+/// backends' fake libraries take that failure as the text the real ones give (their seam's error).
 fn recorded<T: serde::de::DeserializeOwned>(
     name: &str,
-    library: &str,
+    library: &'static str,
     json: Option<&str>,
-) -> Result<T, String> {
-    let json = json.ok_or_else(|| format!("fixture {name} has no recorded {library} answers"))?;
-    serde_json::from_str(json).map_err(|e| format!("{name} {library} answers: {e}"))
+) -> Result<T, RecordedError> {
+    let json = json.ok_or_else(|| RecordedError::Missing {
+        fixture: name.to_owned(),
+        library,
+    })?;
+    serde_json::from_str(json).map_err(|source| RecordedError::Malformed {
+        fixture: name.to_owned(),
+        library,
+        source,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod recorded_tests {
+    use super::*;
+
+    #[test]
+    fn recorded_answers_that_are_missing_or_malformed_name_the_fixture_and_the_library() {
+        let missing = recorded::<Vec<u32>>("xeon", "NVML", None).unwrap_err();
+        assert_eq!(missing.kind(), hal::ErrorKind::NotFound);
+        assert_eq!(
+            missing.to_string(),
+            "fixture xeon has no recorded NVML answers"
+        );
+        let malformed = recorded::<Vec<u32>>("gb300", "verbs", Some("{")).unwrap_err();
+        assert_eq!(malformed.kind(), hal::ErrorKind::Malformed);
+        assert!(
+            malformed.to_string().starts_with("gb300 verbs answers: "),
+            "{malformed}"
+        );
+        assert_eq!(
+            recorded::<Vec<u32>>("gb300", "verbs", Some("[1]")).unwrap(),
+            [1]
+        );
+    }
 }
 
 #[cfg(all(test, feature = "level-zero", feature = "verbs"))]

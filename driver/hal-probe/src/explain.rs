@@ -212,10 +212,56 @@ fn link_pods(
     linked
 }
 
+/// A `--node-labels` item that is not `key=value` (with a key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{item:?}: expected key=value")]
+pub struct BadLabel {
+    /// The item, as given.
+    pub item: String,
+}
+
+impl BadLabel {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> hal::ErrorKind {
+        hal::ErrorKind::InvalidInput
+    }
+}
+
+/// `key=value,key=value`, as `kubectl label` takes them (`--node-labels`).
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, BadLabel> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| BadLabel {
+                    item: item.to_owned(),
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_labels_are_key_value_pairs_and_an_item_without_a_key_is_named() {
+        let labels = parse_labels(" rack=r1, zone = a ,,").unwrap();
+        assert_eq!(
+            labels,
+            BTreeMap::from([("rack".into(), "r1".into()), ("zone".into(), "a".into())])
+        );
+        for bad in ["rack", "=r1"] {
+            let error = parse_labels(&format!("zone=a,{bad}")).unwrap_err();
+            assert_eq!(error.item, bad);
+            assert_eq!(error.kind(), hal::ErrorKind::InvalidInput);
+            assert_eq!(error.to_string(), format!("{bad:?}: expected key=value"));
+        }
+    }
 
     #[test]
     fn builtin_classes_follow_the_driver_name() {

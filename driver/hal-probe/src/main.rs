@@ -184,7 +184,7 @@ struct ExplainArgs {
 
     /// The node's labels (`rack=r1,zone=a`), for slices and devices that select nodes by label
     /// (`kubernetes.io/hostname` is the node name unless given).
-    #[arg(long, value_name = "LABELS", value_parser = parse_labels)]
+    #[arg(long, value_name = "LABELS", value_parser = hal_probe::explain::parse_labels)]
     node_labels: Option<std::collections::BTreeMap<String, String>>,
 
     #[command(flatten)]
@@ -374,20 +374,6 @@ fn emit(text: &str) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// `key=value,key=value`, as `kubectl label` takes them.
-fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(|item| {
-            item.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .filter(|(k, _)| !k.is_empty())
-                .ok_or_else(|| format!("{item:?}: expected key=value"))
-        })
-        .collect()
 }
 
 /// `hal-probe explain`.

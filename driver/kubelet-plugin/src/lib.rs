@@ -5,6 +5,8 @@
 //!   instance lock, and the device health (`DRAResourceHealth`) service;
 //! - [`handler`]: the seam a driver implements ([`DraHandler`](handler::DraHandler): prepare,
 //!   unprepare, health);
+//! - [`checkpoint`]: the checkpoint of prepared claims, one crash-safe file per claim, generic over
+//!   the driver's record;
 //! - [`cdi`]: the CDI spec writer and validator;
 //! - [`client`]: the API client wrapper (timeouts, error kinds);
 //! - [`metadata`]: device metadata files (KEP-5304) and their CDI mounts;
@@ -13,6 +15,7 @@
 //! - `fake_api` (feature `testing`): an in-memory API server behind `kube::Client`, for tests.
 
 pub mod cdi;
+pub mod checkpoint;
 pub mod client;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_api;

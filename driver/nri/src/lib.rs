@@ -3,6 +3,7 @@
 //!
 //! - [`wire`]: the mux and ttrpc framing on the runtime's socket;
 //! - [`endpoint`]: calls and answers over it, for either side;
+//! - [`reconnect`]: staying connected to the runtime, with backoff;
 //! - [`service`]: the service names and event numbers of NRI's API;
 //! - [`stats`]: what a plugin reports on `/metrics`;
 //! - `fake_runtime` (feature `testing`): the runtime side, for tests.
@@ -12,6 +13,7 @@
 pub mod endpoint;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_runtime;
+pub mod reconnect;
 pub mod service;
 pub mod stats;
 pub mod wire;

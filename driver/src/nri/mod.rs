@@ -5,7 +5,7 @@
 //! - [`endpoint`]: calls and answers over it, for either side;
 //! - [`policy`]: which CPUs each container gets, apart from the protocol;
 //! - [`plugin`]: registration and the event handlers (whose answers carry the shared pool's moves);
-//! - [`reconnect`]: reconnection, with backoff;
+//! - `reconnect` (the kit's [`dra_nri::reconnect`]): reconnection, with backoff;
 //! - [`sandbox`]: pod networking on pod sandbox events (CNI mode);
 //! - [`stats`]: what it reports on `/metrics`;
 //! - `fake_runtime` (feature `fake-nri`): the runtime side, for tests.
@@ -14,9 +14,8 @@
 
 pub mod plugin;
 pub mod policy;
-pub mod reconnect;
 pub mod sandbox;
 
 #[cfg(feature = "fake-nri")]
 pub use dra_nri::fake_runtime;
-pub use dra_nri::{endpoint, proto, stats, wire};
+pub use dra_nri::{endpoint, proto, reconnect, stats, wire};

@@ -1,5 +1,5 @@
 //! The NRI plugin: registers on the runtime's socket and keeps every container on the CPUs [`Policy`]
-//! gives it. It reconnects when the runtime restarts ([`super::reconnect`]; a fresh `Synchronize`
+//! gives it. It reconnects when the runtime restarts ([`dra_nri::reconnect`]; a fresh `Synchronize`
 //! rebuilds the state).
 //!
 //! It never calls into the runtime while the runtime may be calling it: containerd 1.7 and 2.1 take
@@ -103,7 +103,18 @@ impl CpuSource {
     }
 }
 
-pub use super::reconnect::run;
+/// Runs the plugin until `stopped` turns true: connects, serves, and reconnects with backoff
+/// ([`dra_nri::reconnect::run`]) while the runtime is away or keeps dropping the plugin.
+pub async fn run(config: NriConfig, source: CpuSource, stopped: watch::Receiver<bool>) {
+    if config.unsolicited_updates {
+        tracing::warn!(
+            "NRI unsolicited updates are on: they deadlock containerd 1.7.x and 2.1.x (containerd \
+             issue #13733) unless the runtime's NRI has containerd/nri#301"
+        );
+    }
+    let serve_one = |socket, stopped| serve(socket, &config, source.clone(), stopped);
+    dra_nri::reconnect::run(&config.socket, &config.stats, serve_one, stopped).await;
+}
 
 /// Why a connection to the runtime failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,14 +144,14 @@ impl NriError {
     }
 }
 
-/// How a connection ended.
-#[derive(Debug)]
-pub struct Outcome {
-    /// It got as far as a complete `Synchronize` (the runtime accepted the plugin).
-    pub synchronized: bool,
-    /// `Ok`: closed (by the runtime, or at `stopped`).
-    pub result: Result<(), NriError>,
+impl dra_nri::reconnect::Failure for NriError {
+    fn kind(&self) -> hal::ErrorKind {
+        NriError::kind(self)
+    }
 }
+
+/// How a connection ended.
+pub type Outcome = dra_nri::reconnect::Outcome<NriError>;
 
 /// Serves one connection until it ends or `stopped` turns true.
 pub async fn serve(

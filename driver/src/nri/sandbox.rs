@@ -29,6 +29,9 @@ use crate::podnet::moved::Moved;
 use crate::podnet::pods::{PodFunction, of_pod};
 
 pub mod direct;
+mod error;
+
+pub use error::SandboxError;
 
 /// The prepared claims now (the checkpoint, read only).
 pub type Prepared =
@@ -203,9 +206,9 @@ impl PodNetwork {
         Some(
             result
                 .map(|()| api::Empty {}.encode_to_vec())
-                .map_err(|message| Status {
+                .map_err(|error| Status {
                     code: code::FAILED_PRECONDITION,
-                    message,
+                    message: error.to_string(),
                 }),
         )
     }
@@ -215,9 +218,9 @@ impl PodNetwork {
     pub async fn run_pod_sandbox(
         &self,
         pod: &api::PodSandbox,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> Result<Vec<(String, String)>, SandboxError> {
         let _sandbox = self.sandboxes.lock(&pod.id).await;
-        let prepared = (self.prepared)().map_err(|e| e.to_string())?;
+        let prepared = (self.prepared)()?;
         let functions: Vec<PodFunction> = of_pod(&prepared, &pod.uid)
             .into_iter()
             .filter(|f| {
@@ -235,11 +238,10 @@ impl PodNetwork {
         self.sandboxes.started().insert(pod.id.clone());
         let netns = netns_of(pod).ok_or_else(|| {
             self.sandboxes.started().remove(&pod.id);
-            format!(
-                "pod {}/{}: the sandbox has no network namespace (hostNetwork?), so its claims' \
-                 network functions (VfConfig.netAttachDefName, NetworkConfig) cannot be attached",
-                pod.namespace, pod.name
-            )
+            SandboxError::NoNetns {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+            }
         })?;
         let mut done: Vec<Made> = Vec::new();
         let mut made = Vec::new();
@@ -265,11 +267,11 @@ impl PodNetwork {
                     self.write_status(function, &data).await;
                     done.push(attachment);
                 }
-                Err(message) => {
+                Err(error) => {
                     // All or nothing: what this sandbox got so far goes back.
                     self.undo(done).await;
                     self.sandboxes.started().remove(&pod.id);
-                    return Err(message);
+                    return Err(error);
                 }
             }
         }
@@ -289,7 +291,12 @@ impl PodNetwork {
                         Err(e) => Some(e.to_string()),
                     }
                 }
-                Made::Direct(moved) => self.direct.move_back(moved).await.err(),
+                Made::Direct(moved) => self
+                    .direct
+                    .move_back(moved)
+                    .await
+                    .err()
+                    .map(|e| e.to_string()),
             };
             if let Some(error) = error {
                 tracing::warn!(%error, "undoing an attachment of a failed sandbox");
@@ -304,25 +311,27 @@ impl PodNetwork {
         function: &PodFunction,
         k: usize,
         used: &mut BTreeSet<String>,
-    ) -> Result<(cni::Entry, cni::NetworkData), String> {
-        let claim = &function.claim;
-        let what = format!(
-            "claim {}/{} device {} ({})",
-            claim.namespace, claim.name, function.device, function.pci
-        );
+    ) -> Result<(cni::Entry, cni::NetworkData), SandboxError> {
+        let what = function.describe();
         let (namespace, name) = function.network.clone().unwrap_or_default();
         let if_name = function
             .if_name
             .clone()
             .unwrap_or_else(|| format!("net{}", k + 1));
         if !used.insert(if_name.clone()) {
-            return Err(format!(
-                "{what}: VfConfig.ifName {if_name:?} is used twice in the pod"
-            ));
+            return Err(SandboxError::NameUsedTwice {
+                claim: what,
+                field: "VfConfig.ifName",
+                if_name,
+            });
         }
         let list = (self.nads)(namespace.clone(), name.clone())
             .await
-            .map_err(|e| format!("{what}: VfConfig.netAttachDefName: {e}"))?;
+            .map_err(|source| SandboxError::Nad {
+                claim: what.clone(),
+                source,
+            })?;
+        let claim = &function.claim;
         let at = Attachment {
             container_id: pod.id.clone(),
             netns: netns.to_owned(),
@@ -354,8 +363,15 @@ impl PodNetwork {
             Ok::<_, cni::CniError>((entry, added.network))
         })
         .await
-        .map_err(|e| format!("{what}: {e}"))?;
-        added.map_err(|e| format!("{what}: network {namespace}/{name}: {e}"))
+        .map_err(|source| SandboxError::Task {
+            claim: what.clone(),
+            source,
+        })?;
+        added.map_err(|source| SandboxError::Cni {
+            claim: what,
+            network: format!("{namespace}/{name}"),
+            source,
+        })
     }
 
     async fn write_status(&self, function: &PodFunction, data: &cni::NetworkData) {
@@ -378,12 +394,12 @@ impl PodNetwork {
     }
 
     /// `DEL` for every cached attachment of the sandbox, and its direct-mode netdevs home.
-    pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), String> {
+    pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), SandboxError> {
         let failures = self.teardown(&pod.id).await.failures();
         self.sandboxes.started().remove(&pod.id);
         match failures.is_empty() {
             true => Ok(()),
-            false => Err(failures.join("; ")),
+            false => Err(SandboxError::Teardown { failures }),
         }
     }
 

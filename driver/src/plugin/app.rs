@@ -24,6 +24,7 @@ mod server_version;
 mod watch;
 
 pub use args::{LogFormat, PluginArgs};
+pub use server_version::VersionRefused;
 use server_version::{counter_layout_for, informational_taints_for, server_version_of};
 #[cfg(feature = "udev")]
 use watch::spawn_hotplug_watch;
@@ -73,7 +74,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (mut config, root, _fixture) = machine(&args)?;
-    let (major, minor) = server_version_of(&client).await;
+    let (major, minor) = server_version_of(&client).await?;
     if args.slices.counter_layout.is_none() {
         config.counter_layout = counter_layout_for(&major, &minor);
     }

@@ -35,6 +35,17 @@ pub struct PodFunction {
     pub rdma: Option<String>,
 }
 
+impl PodFunction {
+    /// How messages name it: `claim <namespace>/<name> device <device> (<pci>)`.
+    pub fn describe(&self) -> String {
+        let claim = &self.claim;
+        format!(
+            "claim {}/{} device {} ({})",
+            claim.namespace, claim.name, self.device, self.pci
+        )
+    }
+}
+
 /// The network functions of the completed claims `claims` holds for the pod `pod_uid`, in claim then
 /// function order. Unlike the CPU policy, a record that names no pods (written before pods were
 /// recorded) counts for none: a function is attached only to a pod its claim is reserved for.

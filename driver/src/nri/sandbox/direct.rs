@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{PodNetwork, api};
+use super::{PodNetwork, SandboxError, api};
 use crate::podnet::cni::NetworkData;
 use crate::podnet::config::{Checked, if_name_problem};
 use crate::podnet::direct::{self, Detached};
@@ -58,13 +58,17 @@ impl DirectMode {
         Ok(detached)
     }
 
-    /// [`DirectMode::move_back_blocking`] off the async threads; the error as text.
-    pub(super) async fn move_back(&self, moved: Moved) -> Result<Detached, String> {
+    /// [`DirectMode::move_back_blocking`] off the async threads (a failed task is a
+    /// [`NetErrorKind::State`] error naming the netdev).
+    pub(super) async fn move_back(&self, moved: Moved) -> Result<Detached, NetError> {
         let mode = self.clone();
+        let netdev = moved.saved.host_name.clone();
         tokio::task::spawn_blocking(move || mode.move_back_blocking(&moved))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| {
+                let message = format!("moving {netdev} back: {e}");
+                Err(NetError::new(NetErrorKind::State, &message))
+            })
     }
 
     /// Moves back every netdev of the sandbox `id`, by state file name.
@@ -136,31 +140,32 @@ impl PodNetwork {
         function: &PodFunction,
         config: &Checked,
         used: &mut BTreeSet<String>,
-    ) -> Result<(Moved, NetworkData), String> {
+    ) -> Result<(Moved, NetworkData), SandboxError> {
         let claim = &function.claim;
-        let what = format!(
-            "claim {}/{} device {} ({})",
-            claim.namespace, claim.name, function.device, function.pci
-        );
-        let host_name = function.netdev.clone().ok_or_else(|| {
-            format!("{what}: NetworkConfig: the function has no netdev on the host to move")
-        })?;
+        let what = function.describe();
+        let Some(host_name) = function.netdev.clone() else {
+            return Err(SandboxError::NoNetdev { claim: what });
+        };
         let pod_name = config.name.clone().unwrap_or_else(|| host_name.clone());
         if let Some(problem) = if_name_problem(&pod_name) {
-            return Err(format!(
-                "{what}: NetworkConfig interface.name: {pod_name:?} {problem}"
-            ));
+            return Err(SandboxError::BadName {
+                claim: what,
+                if_name: pod_name,
+                problem,
+            });
         }
         if !used.insert(pod_name.clone()) {
-            return Err(format!(
-                "{what}: NetworkConfig interface.name {pod_name:?} is used twice in the pod"
-            ));
+            return Err(SandboxError::NameUsedTwice {
+                claim: what,
+                field: "NetworkConfig interface.name",
+                if_name: pod_name,
+            });
         }
         if !crate::podnet::cni::conf::is_container_id(&pod.id) {
-            return Err(format!(
-                "{what}: the sandbox id {:?} is not a container id",
-                pod.id
-            ));
+            return Err(SandboxError::BadSandboxId {
+                claim: what,
+                id: pod.id.clone(),
+            });
         }
         let mut config = config.clone();
         config.name = Some(pod_name);
@@ -183,7 +188,13 @@ impl PodNetwork {
             mode.attach_blocking(&host_name, &netns, &config, rdma, entry_of)
         })
         .await
-        .map_err(|e| format!("{what}: {e}"))?
-        .map_err(|e| format!("{what}: NetworkConfig: {e}"))
+        .map_err(|source| SandboxError::Task {
+            claim: what.clone(),
+            source,
+        })?
+        .map_err(|source| SandboxError::Direct {
+            claim: what,
+            source,
+        })
     }
 }

@@ -53,7 +53,7 @@ async fn a_direct_mode_function_without_a_namespace_or_netdev_fails_the_sandbox_
     let records: BTreeMap<String, ClaimRecord> = [("uid-1".to_owned(), record.clone())].into();
     let net = network(dir.path(), dir.path(), records, &api);
     let host = crate::nri::fake_runtime::pod("sandbox1", "pod-uid-1");
-    let error = net.run_pod_sandbox(&host).await.unwrap_err();
+    let error = net.run_pod_sandbox(&host).await.unwrap_err().to_string();
     assert!(error.contains("has no network namespace"), "{error}");
     assert!(error.contains("NetworkConfig"), "{error}");
 
@@ -69,8 +69,10 @@ async fn a_direct_mode_function_without_a_namespace_or_netdev_fails_the_sandbox_
     );
     let pod = pod_in_netns("sandbox1", "pod-uid-1", Path::new("/run/netns/none"));
     let error = net.run_pod_sandbox(&pod).await.unwrap_err();
+    assert!(matches!(error, SandboxError::NoNetdev { .. }), "{error:?}");
+    assert_eq!(error.kind(), hal::ErrorKind::InvalidInput);
     assert_eq!(
-        error,
+        error.to_string(),
         "claim demo/claim1 device nic-0000-3b-02-0 (0000:3b:02.0): NetworkConfig: the function \
          has no netdev on the host to move"
     );
@@ -425,7 +427,7 @@ mod root {
         .into();
         net.prepared = Arc::new(move || Ok(records.clone()));
         let pod = pod_in_netns("sandboxd4", "pod-uid-1", &pod_ns.path());
-        let error = net.run_pod_sandbox(&pod).await.unwrap_err();
+        let error = net.run_pod_sandbox(&pod).await.unwrap_err().to_string();
         assert!(
             error.starts_with(
                 "claim demo/claim1 device nic-0000-3b-02-0 (0000:3b:02.0): NetworkConfig: adding route 198.51.100.0/24"

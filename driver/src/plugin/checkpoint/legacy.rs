@@ -37,14 +37,7 @@ pub fn read(path: &Path) -> io::Result<Found> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
         Err(e) => return Err(e),
     };
-    if !meta.file_type().is_file() {
-        let what = if meta.is_dir() {
-            "a directory"
-        } else if meta.is_symlink() {
-            "a symbolic link"
-        } else {
-            "a special file"
-        };
+    if let Some(what) = dra_kubelet_plugin::checkpoint::not_a_file(&meta) {
         return Ok(Found::Bad(format!("is {what}, not a file")));
     }
     let mut bytes = Vec::new();

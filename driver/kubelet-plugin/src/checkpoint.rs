@@ -1,0 +1,536 @@
+//! A checkpoint of prepared claims: one file per claim in a directory (`<dir>/<claim-uid>.json`), so
+//! a prepare or unprepare writes only the claim it changes. Generic over the driver's record
+//! ([`Record`]: its claim UID, how the claim is named in messages, and serde).
+//!
+//! Each file is a header line (format version, CRC-32 and length of the record) and the record's
+//! JSON; it is written atomically (an exclusively created temp file with an unpredictable name,
+//! renamed over the record; mode 0600 in a 0700 directory). [`files::Durability::Synced`] fsyncs the
+//! file and the directory; a driver that records a claim in two phases (before any change, and once
+//! everything is in place) fsyncs only the second.
+//!
+//! A record file that is not a record (corrupt, truncated, oversized, of another claim, a directory)
+//! is moved aside (`<uid>.json.bad-*`, the newest [`files::KEEP_ASIDE`] kept per claim) and reported
+//! with its claim, never a crash loop. What one claim may store is bounded ([`MAX_CLAIM_BYTES`]).
+//!
+//! ```
+//! use dra_kubelet_plugin::checkpoint::{Checkpoint, Record};
+//! use dra_kubelet_plugin::files::Durability;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Prepared { uid: String, devices: Vec<String> }
+//!
+//! impl Record for Prepared {
+//!     fn uid(&self) -> &str { &self.uid }
+//!     fn describe(&self) -> String { self.uid.clone() }
+//! }
+//!
+//! let dir = tempfile::tempdir()?;
+//! let checkpoint = Checkpoint::<Prepared>::new(dir.path().join("checkpoint"));
+//! let record = Prepared { uid: "u1".into(), devices: vec!["gpu-0".into()] };
+//! checkpoint.put(&record, Durability::Synced)?;
+//! assert_eq!(checkpoint.load()?.claims["u1"].devices, ["gpu-0"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hal::ErrorKind;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::files;
+
+/// The format version of a record file.
+const VERSION: u32 = 2;
+/// The most one claim's record may take. A claim that needs more is refused at prepare.
+pub const MAX_CLAIM_BYTES: usize = 256 * 1024;
+/// The most a record file may take: the record and its header line. Anything bigger is not ours.
+pub const MAX_FILE_BYTES: usize = MAX_CLAIM_BYTES + 256;
+/// The extension of record files.
+const RECORD_EXT: &str = ".json";
+
+/// What the checkpoint needs from a driver's record of one claim.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The claim's UID: the name of its record file.
+    fn uid(&self) -> &str;
+    /// The claim as messages name it (for example `namespace/name (uid)`).
+    fn describe(&self) -> String;
+}
+
+/// The header line of a record file.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Header {
+    version: u32,
+    /// CRC-32 (IEEE) of the record's JSON (the rest of the file), as 8 hex digits.
+    checksum: String,
+    /// Length of the record's JSON.
+    bytes: usize,
+}
+
+/// A file that was not a valid checkpoint, moved aside.
+#[derive(Debug, Clone)]
+pub struct Discarded {
+    /// The claim whose record it was; `None` for the whole checkpoint (the directory, or a file a
+    /// driver's earlier versions kept).
+    pub uid: Option<String>,
+    /// What was wrong, naming the file and where it was moved.
+    pub why: String,
+    /// Where it was moved (kept for inspection).
+    pub moved_to: PathBuf,
+}
+
+/// What [`Checkpoint::load`] found.
+#[derive(Debug)]
+pub struct Loaded<R> {
+    /// Records by claim UID.
+    pub claims: BTreeMap<String, R>,
+    /// Files that were not valid records, moved aside.
+    pub discarded: Vec<Discarded>,
+    /// Temp files of interrupted writes that were removed.
+    pub removed_temps: Vec<PathBuf>,
+    /// There was no checkpoint at all: a new plugin directory, or one removed by hand.
+    pub missing: bool,
+    /// How many claims were moved from a checkpoint of a driver's earlier versions (set by the
+    /// driver that migrates one).
+    pub migrated: usize,
+}
+
+impl<R> Default for Loaded<R> {
+    fn default() -> Self {
+        Loaded {
+            claims: BTreeMap::new(),
+            discarded: Vec::new(),
+            removed_temps: Vec::new(),
+            missing: false,
+            migrated: 0,
+        }
+    }
+}
+
+impl<R> Loaded<R> {
+    /// Moves `path` aside as not a valid checkpoint (of the claim `uid`, or of the whole checkpoint)
+    /// and reports it in [`Loaded::discarded`] with `why`.
+    pub fn discard(
+        &mut self,
+        uid: Option<String>,
+        path: &Path,
+        why: &str,
+    ) -> Result<(), CheckpointError> {
+        let aside = files::move_aside(path).map_err(io_at("move aside", path))?;
+        self.discarded.push(Discarded {
+            uid,
+            why: format!("{}: {why}; moved to {}", path.display(), aside.display()),
+            moved_to: aside,
+        });
+        Ok(())
+    }
+}
+
+/// Why the checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A file system operation failed.
+    #[error("failed to {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`read`, `write`, `move aside`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error (`StorageFull` for ENOSPC).
+        #[source]
+        source: io::Error,
+    },
+    /// One claim's record is larger than [`MAX_CLAIM_BYTES`].
+    #[error(
+        "{}: claim {claim} would store {bytes} bytes (its devices, CDI spec and config), more than \
+         the {max} one claim may; use fewer or smaller config env variables or fewer devices",
+        path.display()
+    )]
+    ClaimTooLarge {
+        /// The claim's record file.
+        path: PathBuf,
+        /// The claim, as [`Record::describe`] names it.
+        claim: String,
+        /// Its size.
+        bytes: usize,
+        /// [`MAX_CLAIM_BYTES`].
+        max: usize,
+    },
+    /// The record could not be serialized.
+    #[error("serializing {}: {source}", path.display())]
+    Serialize {
+        /// The claim's record file.
+        path: PathBuf,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl CheckpointError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CheckpointError::Io { source, .. } => ErrorKind::from_io(source),
+            CheckpointError::ClaimTooLarge { .. } => ErrorKind::InvalidInput,
+            CheckpointError::Serialize { .. } => ErrorKind::Malformed,
+        }
+    }
+}
+
+/// A test hook run before each write or removal of a record; an error fails it as the disk would.
+pub type WriteFault = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+/// The checkpoint directory of records `R`.
+pub struct Checkpoint<R> {
+    dir: PathBuf,
+    fault: Option<WriteFault>,
+    record: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for Checkpoint<R> {
+    fn clone(&self) -> Self {
+        Checkpoint {
+            dir: self.dir.clone(),
+            fault: self.fault.clone(),
+            record: PhantomData,
+        }
+    }
+}
+
+impl<R> fmt::Debug for Checkpoint<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("fault", &self.fault.is_some())
+            .finish()
+    }
+}
+
+/// An [`CheckpointError::Io`] of `op` on `path`.
+pub fn io_at(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CheckpointError {
+    let path = path.to_path_buf();
+    move |source| CheckpointError::Io { op, path, source }
+}
+
+impl<R: Record> Checkpoint<R> {
+    /// The checkpoint directory `dir` (a plugin uses `<kubelet-root>/plugins/<driver>/checkpoint`).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Checkpoint {
+            dir: dir.into(),
+            fault: None,
+            record: PhantomData,
+        }
+    }
+
+    /// Runs `fault` before every write and removal of a record (tests: a full disk).
+    pub fn with_write_fault(mut self, fault: WriteFault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of the claim `uid`.
+    pub fn record_path(&self, uid: &str) -> PathBuf {
+        self.dir.join(format!("{uid}{RECORD_EXT}"))
+    }
+
+    /// Reads every record, after removing the temp files of interrupted writes. A missing directory
+    /// is an empty checkpoint (`missing`); a record file that is not a valid record, or a directory
+    /// path that is not a directory, is moved aside and reported in `discarded`. Only I/O failures
+    /// (permissions, a failed rename) are errors.
+    pub fn load(&self) -> Result<Loaded<R>, CheckpointError> {
+        let mut loaded = Loaded::default();
+        let dir_exists = match fs::symlink_metadata(&self.dir) {
+            Ok(meta) if meta.is_dir() => true,
+            Ok(meta) => {
+                let what = if meta.is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "not a directory"
+                };
+                loaded.discard(None, &self.dir, what)?;
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_at("inspect", &self.dir)(e)),
+        };
+        loaded.missing = !dir_exists && loaded.discarded.is_empty();
+        if dir_exists {
+            self.read_dir(&mut loaded)?;
+        }
+        Ok(loaded)
+    }
+
+    fn read_dir(&self, loaded: &mut Loaded<R>) -> Result<(), CheckpointError> {
+        let entries = fs::read_dir(&self.dir).map_err(io_at("list", &self.dir))?;
+        let mut records = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_at("list", &self.dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let temp = entry.path();
+                let removed = match entry.file_type() {
+                    Ok(t) if t.is_dir() => fs::remove_dir_all(&temp),
+                    _ => fs::remove_file(&temp),
+                };
+                match removed {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_at("remove", &temp)(e));
+                    }
+                    _ => loaded.removed_temps.push(temp),
+                }
+                continue;
+            }
+            if let Some(uid) = record_uid(&name) {
+                records.push(uid.to_owned());
+            }
+            // Files moved aside (`*.json.bad-*`) and anything else that is not a record are left.
+        }
+        for uid in records {
+            let path = self.record_path(&uid);
+            match read_record(&path, &uid) {
+                Ok(record) => {
+                    loaded.claims.insert(uid, record);
+                }
+                Err(Unusable::Io(e)) => return Err(io_at("read", &path)(e)),
+                Err(Unusable::Bad(why)) => loaded.discard(Some(uid), &path, &why)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The file content of `record`: its header line and its JSON; refused when the record is larger
+    /// than [`MAX_CLAIM_BYTES`].
+    pub fn encode(&self, record: &R) -> Result<Vec<u8>, CheckpointError> {
+        let path = self.record_path(record.uid());
+        let body = serde_json::to_vec(record).map_err(|source| CheckpointError::Serialize {
+            path: path.clone(),
+            source,
+        })?;
+        if body.len() > MAX_CLAIM_BYTES {
+            return Err(CheckpointError::ClaimTooLarge {
+                path,
+                claim: record.describe(),
+                bytes: body.len(),
+                max: MAX_CLAIM_BYTES,
+            });
+        }
+        let header = Header {
+            version: VERSION,
+            checksum: format!("{:08x}", crc32(&body)),
+            bytes: body.len(),
+        };
+        let mut bytes = serde_json::to_vec(&header)
+            .map_err(|source| CheckpointError::Serialize { path, source })?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&body);
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Checks that `record` fits in [`MAX_CLAIM_BYTES`].
+    pub fn check_claim(&self, record: &R) -> Result<(), CheckpointError> {
+        self.encode(record).map(drop)
+    }
+
+    /// Writes the record of its claim, atomically: a crash or a failed write leaves the old record
+    /// (or none). [`files::Durability::Synced`] fsyncs the file and the directory.
+    pub fn put(&self, record: &R, durability: files::Durability) -> Result<(), CheckpointError> {
+        let path = self.record_path(record.uid());
+        check_uid(record.uid(), &path)?;
+        let bytes = self.encode(record)?;
+        let fault = |step| match &self.fault {
+            Some(fault) if step == files::Step::Write => fault(),
+            _ => Ok(()),
+        };
+        files::replace(&path, &bytes, &fault, durability)
+            .map_err(|e| io_at(e.step.action(), &path)(e.source))
+    }
+
+    /// Writes `records` (unsynced, without the write fault), then fsyncs the directory once: how a
+    /// driver moves the claims of an earlier checkpoint format in.
+    pub fn import<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a R>,
+    ) -> Result<(), CheckpointError>
+    where
+        R: 'a,
+    {
+        for record in records {
+            let path = self.record_path(record.uid());
+            check_uid(record.uid(), &path)?;
+            let bytes = self.encode(record)?;
+            files::replace(&path, &bytes, &|_| Ok(()), files::Durability::Unsynced)
+                .map_err(|e| io_at(e.step.action(), &e.path)(e.source))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Every valid record, read without side effects (no temp file removed, nothing moved aside:
+    /// that is [`load`](Self::load)'s, at the preparer's start). For readers beside the preparer,
+    /// such as a pod-network handler. A record being replaced at this moment is read whole (old or
+    /// new: writes are renames); a bad one is left out.
+    pub fn read_valid(&self) -> Result<BTreeMap<String, R>, CheckpointError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(io_at("list", &self.dir)(e)),
+        };
+        let mut claims = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(io_at("list", &self.dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some(uid) = record_uid(&name) else {
+                continue;
+            };
+            match read_record(&self.record_path(uid), uid) {
+                Ok(record) => {
+                    claims.insert(uid.to_owned(), record);
+                }
+                // Gone since the listing (unprepared meanwhile), or bad: not a prepared claim.
+                Err(Unusable::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(Unusable::Io(e)) => return Err(io_at("read", &entry.path())(e)),
+                Err(Unusable::Bad(_)) => {}
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Removes the record of `uid` (none is success) and fsyncs the directory.
+    pub fn remove(&self, uid: &str) -> Result<(), CheckpointError> {
+        let path = self.record_path(uid);
+        check_uid(uid, &path)?;
+        if let Some(fault) = &self.fault {
+            fault().map_err(io_at("remove", &path))?;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_at("remove", &path)(e)),
+        }
+    }
+}
+
+/// The claim UID of the record file `name`: `<uid>.json`, not hidden.
+fn record_uid(name: &str) -> Option<&str> {
+    let uid = name.strip_suffix(RECORD_EXT)?;
+    (!uid.is_empty() && !name.starts_with('.')).then_some(uid)
+}
+
+/// A UID that is not a plain file name never names a file (claim references are checked before; this
+/// keeps a record of a rebuilt or hand-made claim inside the directory too).
+fn check_uid(uid: &str, path: &Path) -> Result<(), CheckpointError> {
+    if uid.is_empty() || uid.starts_with('.') || uid.contains(['/', '\0']) {
+        return Err(io_at("name a record", path)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the claim UID {uid:?} is not a plain file name"),
+        )));
+    }
+    Ok(())
+}
+
+/// Fsyncs the directory `dir` (after a rename or a removal in it).
+pub fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at("sync directory", dir))
+}
+
+enum Unusable {
+    Io(io::Error),
+    Bad(String),
+}
+
+/// What is at `path` when it is not a plain file: `a directory`, `a symbolic link`, `a special file`.
+pub fn not_a_file(meta: &fs::Metadata) -> Option<&'static str> {
+    match meta.file_type() {
+        t if t.is_file() => None,
+        t if t.is_dir() => Some("a directory"),
+        t if t.is_symlink() => Some("a symbolic link"),
+        _ => Some("a special file"),
+    }
+}
+
+/// Reads the record file of `uid`: its header, checksum and the claim it names are checked.
+fn read_record<R: Record>(path: &Path, uid: &str) -> Result<R, Unusable> {
+    let meta = fs::symlink_metadata(path).map_err(Unusable::Io)?;
+    if let Some(what) = not_a_file(&meta) {
+        return Err(Unusable::Bad(format!("is {what}, not a file")));
+    }
+    let file = files::open_no_follow(path).map_err(Unusable::Io)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(file, MAX_FILE_BYTES as u64 + 1),
+        &mut bytes,
+    )
+    .map_err(Unusable::Io)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(Unusable::Bad(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    let bad = |why: String| Unusable::Bad(why);
+    let newline = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| bad("no header line".into()))?;
+    let (head, rest) = bytes.split_at(newline);
+    let header: Header =
+        serde_json::from_slice(head).map_err(|e| bad(format!("not a record header: {e}")))?;
+    if header.version != VERSION {
+        return Err(bad(format!(
+            "version {} (expected {VERSION})",
+            header.version
+        )));
+    }
+    let body = rest.get(1..).unwrap_or_default();
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    if body.len() != header.bytes {
+        return Err(bad(format!(
+            "{} bytes of record, the header says {} (truncated?)",
+            body.len(),
+            header.bytes
+        )));
+    }
+    let checksum = format!("{:08x}", crc32(body));
+    if checksum != header.checksum {
+        return Err(bad(format!(
+            "checksum {} does not match the content ({checksum})",
+            header.checksum
+        )));
+    }
+    let record: R =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not a claim record: {e}")))?;
+    if record.uid() != uid {
+        return Err(bad(format!(
+            "holds the record of claim {}, not of {uid}",
+            record.uid()
+        )));
+    }
+    Ok(record)
+}
+
+/// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320, the one of zlib and `cksum -a crc32b`),
+/// computed by `crc32fast` (SIMD where the CPU has it).
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;

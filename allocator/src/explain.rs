@@ -51,6 +51,9 @@ pub struct Allocator {
     /// namespace without `resource.kubernetes.io/admin-access: "true"`. A namespace not here is
     /// not known: explain warns instead.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The node explain answers for: allocations' node selectors name it, and those of the pod's
+    /// allocated claims are matched against it.
+    pub(crate) node: Node,
 }
 
 /// The namespace label the API server wants before it accepts `adminAccess` (1.34 and later;
@@ -132,9 +135,15 @@ impl Allocator {
             version,
             gates,
             namespaces: BTreeMap::new(),
+            node: node.clone(),
         };
         allocator.refresh_values();
         Ok(allocator)
+    }
+
+    /// The feature gates the rules run with.
+    pub fn gates(&self) -> FeatureGates {
+        self.gates
     }
 
     /// Whose rules apply.
@@ -240,6 +249,7 @@ impl Allocator {
             devices: Vec::new(),
             numa: None,
             pcie_root: None,
+            node_selector: None,
             explanation: Vec::new(),
             warnings: Vec::new(),
             search_steps: 0,
@@ -439,6 +449,35 @@ impl Allocator {
             d.numa_node.map(|n| n.to_string())
         });
         outcome.pcie_root = alignment(&outcome.devices, PCIE, |d| d.pcie_root.clone());
+        // `Allocate` ends with the node selector of each claim's allocation.
+        let placements = picks
+            .iter()
+            .filter_map(|pick| self.pools.devices.get(pick.device))
+            .map(|d| &d.placement);
+        match crate::nodes::allocation_node_selector(placements, self.node.name.as_deref()) {
+            Ok(selector) => {
+                let unknown = selector.as_ref().is_some_and(|s| {
+                    crate::nodes::describe_node_selector(s).contains(crate::nodes::UNKNOWN_NODE)
+                });
+                if unknown {
+                    outcome.warnings.push(
+                        "a device binds to the node it is allocated on (bindsToNode): the allocation's node selector names the node the scheduler picks (give --node-name to see it)".into(),
+                    );
+                }
+                outcome.node_selector = selector;
+            }
+            Err(e) => {
+                // An error of `Allocate` for the whole call (`create NodeSelector for claim`).
+                let name = claim_name.rsplit('/').next().unwrap_or(claim_name);
+                outcome.status = Status::Error;
+                outcome.devices.clear();
+                outcome.numa = None;
+                outcome.pcie_root = None;
+                outcome
+                    .explanation
+                    .push(format!("create NodeSelector for claim {name}: {e}"));
+            }
+        }
     }
 
     /// For `allocationMode: All`, the scheduler's error before the search, if any: the first pool

@@ -248,6 +248,7 @@ pub fn implicit_claim(pod: &PodInput, classes: &[DeviceClass]) -> Implicit {
             Some(namespace) => format!("{namespace}/<extended-resources>"),
             None => "<extended-resources>".to_owned(),
         }),
+        metadata: Default::default(),
     });
     implicit
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use k8s_openapi::api::resource::v1::{
     DeviceClass, ResourceClaim, ResourceClaimSpec, ResourceClaimTemplate, ResourceSlice,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 
 /// Files larger than this are refused (manifests are kilobytes; this bounds a mistaken read).
@@ -34,6 +35,10 @@ pub struct ClaimInput {
     /// `namespace/name` as the scheduler's messages name the claim, where the label does not
     /// give it (a claim a pod's template would stamp out, a pod's implicit claim).
     pub scheduler_name: Option<String>,
+    /// A ResourceClaim's `metadata` (name, owner references, annotations, deletion timestamp):
+    /// the scheduler checks who owns a template's claim and finds the implicit claim of an earlier
+    /// scheduling cycle by them. Empty for templates and claims explain builds.
+    pub metadata: ObjectMeta,
 }
 
 /// A pod, or the pod template of a workload (Deployment, Job, ...).
@@ -45,6 +50,12 @@ pub struct PodInput {
     pub namespace: Option<String>,
     /// Its spec (for a workload, the template's).
     pub spec: k8s_openapi::api::core::v1::PodSpec,
+    /// `metadata.uid` (a Pod read from the API server has one): `reservedFor` and owner
+    /// references name the pod by it.
+    pub uid: Option<String>,
+    /// `status.resourceClaimStatuses`: the names the resourceclaim controller gave the claims it
+    /// stamped out of templates (None: the object has no status, as a manifest or a workload).
+    pub claim_statuses: Option<Vec<k8s_openapi::api::core::v1::PodResourceClaimStatus>>,
 }
 
 /// Which request of the implicit claim serves a container's resource
@@ -223,10 +234,34 @@ impl Objects {
                 let field = pointer.trim_start_matches('/').replace('/', ".");
                 (context.clone(), format!("{field}: {why}"))
             })?;
+            // Only a Pod has a status of its own; a workload's template has none.
+            let claim_statuses = match kind {
+                "Pod" => value
+                    .pointer("/status/resourceClaimStatuses")
+                    .cloned()
+                    .map(decode)
+                    .transpose()
+                    .map_err(|why| {
+                        (
+                            context.clone(),
+                            format!("status.resourceClaimStatuses: {why}"),
+                        )
+                    })?,
+                _ => None,
+            };
+            let uid = match kind {
+                "Pod" => value
+                    .pointer("/metadata/uid")
+                    .and_then(|u| u.as_str())
+                    .map(str::to_owned),
+                _ => None,
+            };
             self.pods.push(PodInput {
                 label,
                 namespace: namespace.clone(),
                 spec,
+                uid,
+                claim_statuses,
             });
             return Ok(());
         }
@@ -256,6 +291,7 @@ impl Objects {
                     namespace: namespace.clone(),
                     request_mappings: Vec::new(),
                     scheduler_name: None,
+                    metadata: claim.metadata,
                 });
             }
             "ResourceClaimTemplate" => {
@@ -271,6 +307,7 @@ impl Objects {
                     namespace: namespace.clone(),
                     request_mappings: Vec::new(),
                     scheduler_name: None,
+                    metadata: ObjectMeta::default(),
                 });
             }
             "DeviceClass" => self.classes.push(decode(value).map_err(fail)?),

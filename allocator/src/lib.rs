@@ -56,12 +56,14 @@ mod explain;
 mod extended;
 mod gates;
 mod input;
+mod link;
 mod matching;
 mod model;
 mod nodes;
 mod outcome;
 mod pod;
 mod render;
+mod reserved;
 mod search;
 pub mod synthetic;
 mod version;
@@ -72,11 +74,12 @@ pub use explain::{ADMIN_ACCESS_LABEL, Allocator, DEFAULT_STEP_LIMIT};
 pub use extended::{CLASS_PREFIX, Implicit, implicit_claim};
 pub use gates::FeatureGates;
 pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects, PodInput, RequestMapping};
+pub use link::{EXTENDED_RESOURCE_CLAIM_ANNOTATION, PodClaims, link_pod};
 pub use model::{AttrValue, Pools};
-pub use nodes::Node;
+pub use nodes::{Node, describe_node_selector};
 pub use outcome::{Allocated, Outcome, Status};
-pub use pod::{PodClaims, link_pod};
 pub use quantity::{Quantity, QuantityError};
+pub use reserved::{PodIdentity, RESERVED_FOR_MAX_SIZE};
 // The quantity parser lives in `hal`, so the plugin parses quantities without the allocator.
 use hal::quantity;
 pub use render::render_table;
@@ -85,6 +88,9 @@ pub use version::KubernetesVersion;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_allocation_selector;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_bounds;
@@ -97,6 +103,9 @@ mod tests_gated;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_pod;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_reserved;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_scheduler;

@@ -67,6 +67,21 @@ pub struct Candidate {
     pub binding_conditions: Vec<String>,
     /// `bindingFailureConditions`.
     pub binding_failure_conditions: Vec<String>,
+    /// Where an allocation of the device may be used: what the allocation's node selector is
+    /// built from.
+    pub placement: Placement,
+}
+
+/// A device's node selection as the allocator builds an allocation's node selector from it
+/// (`createNodeSelector`): its slice's, or its own in a `perDeviceNodeSelection` slice.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// `nodeName`: the allocation is for that one node.
+    pub node_name: Option<String>,
+    /// `nodeSelector`: its single term joins the allocation's.
+    pub node_selector: Option<std::sync::Arc<k8s_openapi::api::core::v1::NodeSelector>>,
+    /// `bindsToNode`: the allocation is for the node it was made on.
+    pub binds_to_node: bool,
 }
 
 /// Whether a device is for the node explain answers for (per-device node selection).
@@ -97,6 +112,7 @@ impl Candidate {
             node_fit: NodeFit::Yes,
             binding_conditions: Vec::new(),
             binding_failure_conditions: Vec::new(),
+            placement: Placement::default(),
         }
     }
 
@@ -330,6 +346,12 @@ impl Pools {
                     continue;
                 }
                 let mut lists = Vec::new();
+                let per_device = slice.spec.per_device_node_selection == Some(true);
+                let slice_placement = Placement {
+                    node_name: slice.spec.node_name.clone().filter(|n| !n.is_empty()),
+                    node_selector: slice.spec.node_selector.clone().map(std::sync::Arc::new),
+                    binds_to_node: false,
+                };
                 for device in devices {
                     let mut candidate = Candidate::bare(&driver, &pool, &device.name);
                     candidate.incomplete_pool = incomplete;
@@ -341,7 +363,16 @@ impl Pools {
                         .binding_failure_conditions
                         .clone()
                         .unwrap_or_default();
-                    if slice.spec.per_device_node_selection == Some(true) {
+                    candidate.placement = match per_device {
+                        true => Placement {
+                            node_name: device.node_name.clone().filter(|n| !n.is_empty()),
+                            node_selector: device.node_selector.clone().map(std::sync::Arc::new),
+                            binds_to_node: false,
+                        },
+                        false => slice_placement.clone(),
+                    };
+                    candidate.placement.binds_to_node = device.binds_to_node == Some(true);
+                    if per_device {
                         candidate.node_fit = match node.device(device) {
                             Ok(true) => NodeFit::Yes,
                             Ok(false) => NodeFit::Other(device_node(device)),

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement};
+use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
+
+use crate::model::Placement;
 use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
 
 /// The node explain answers for: its name and labels.
@@ -179,11 +181,120 @@ impl Node {
     }
 }
 
+/// The node selector of an allocation of devices with these placements, as the allocator sets
+/// `status.allocation.nodeSelector` (upstream `structured/internal/incubating/
+/// allocator_incubating.go`, `createNodeSelector`): a device local to one node (`nodeName`) or
+/// one that binds to the node it is allocated on (`bindsToNode`) makes it `metadata.name In
+/// [<the node>]`; otherwise the single terms of the devices' node selectors joined into one (a
+/// requirement once); None (usable on every node) when no device restricts it. `node` is the node
+/// being filtered; when explain was not told it, a node-local device's own `nodeName` stands in.
+pub(crate) fn allocation_node_selector<'a>(
+    placements: impl IntoIterator<Item = &'a Placement>,
+    node: Option<&str>,
+) -> Result<Option<NodeSelector>, String> {
+    let mut term = NodeSelectorTerm::default();
+    for placement in placements {
+        if placement.node_name.is_some() || placement.binds_to_node {
+            let name = node
+                .or(placement.node_name.as_deref())
+                .unwrap_or(UNKNOWN_NODE)
+                .to_owned();
+            return Ok(Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: None,
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![name]),
+                    }]),
+                }],
+            }));
+        }
+        let Some(selector) = &placement.node_selector else {
+            continue;
+        };
+        match selector.node_selector_terms.as_slice() {
+            [] => {}
+            [only] => {
+                add_new(&only.match_fields, &mut term.match_fields);
+                add_new(&only.match_expressions, &mut term.match_expressions);
+            }
+            more => {
+                return Err(format!(
+                    "unsupported ResourceSlice.NodeSelector with {} terms",
+                    more.len()
+                ));
+            }
+        }
+    }
+    let empty = |r: &Option<Vec<NodeSelectorRequirement>>| r.as_ref().is_none_or(Vec::is_empty);
+    if empty(&term.match_fields) && empty(&term.match_expressions) {
+        return Ok(None);
+    }
+    Ok(Some(NodeSelector {
+        node_selector_terms: vec![term],
+    }))
+}
+
+/// What stands for the node's name in an allocation's node selector when explain was not told it.
+pub(crate) const UNKNOWN_NODE: &str = "<the node the scheduler picks>";
+
+/// `addNewNodeSelectorRequirements`: each requirement not already there (same key, operator and
+/// set of values).
+fn add_new(
+    from: &Option<Vec<NodeSelectorRequirement>>,
+    to: &mut Option<Vec<NodeSelectorRequirement>>,
+) {
+    fn set(r: &NodeSelectorRequirement) -> std::collections::BTreeSet<&String> {
+        r.values.iter().flatten().collect()
+    }
+    for requirement in from.iter().flatten() {
+        let list = to.get_or_insert_with(Vec::new);
+        let present = list.iter().any(|r| {
+            r.key == requirement.key
+                && r.operator == requirement.operator
+                && set(r) == set(requirement)
+        });
+        if !present {
+            list.push(requirement.clone());
+        }
+    }
+}
+
+/// A node selector in one line: `metadata.name In [node-a]`, requirements of a term joined by
+/// `, `, terms by ` OR `.
+pub fn describe_node_selector(selector: &NodeSelector) -> String {
+    let requirement = |r: &NodeSelectorRequirement| {
+        let values = r.values.as_deref().unwrap_or_default();
+        match values.is_empty() {
+            true => format!("{} {}", r.key, r.operator),
+            false => format!("{} {} [{}]", r.key, r.operator, values.join(", ")),
+        }
+    };
+    let terms: Vec<String> = selector
+        .node_selector_terms
+        .iter()
+        .map(|t| {
+            let parts: Vec<String> = t
+                .match_fields
+                .iter()
+                .flatten()
+                .chain(t.match_expressions.iter().flatten())
+                .map(requirement)
+                .collect();
+            match parts.is_empty() {
+                true => "(empty term)".to_owned(),
+                false => parts.join(", "),
+            }
+        })
+        .collect();
+    terms.join(" OR ")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSelectorTerm;
 
     fn requirement(key: &str, operator: &str, values: &[&str]) -> NodeSelectorRequirement {
         NodeSelectorRequirement {

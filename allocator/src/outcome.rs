@@ -56,7 +56,7 @@ pub struct Allocated {
 }
 
 /// What became of one claim.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
     /// `ResourceClaimTemplate name` or `ResourceClaim ns/name`.
@@ -76,6 +76,12 @@ pub struct Outcome {
     /// With two or more devices: `aligned on PCIe root pci0000:b0`, or `cross-PCIe-root: ...`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pcie_root: Option<String>,
+    /// The allocation's node selector, as the scheduler writes it into
+    /// `status.allocation.nodeSelector` (allocated claims only; absent where the allocation is
+    /// usable on every node): `metadata.name In [<node>]` for node-local devices and devices that
+    /// bind to the node, else the devices' slice (or per-device) node selectors joined.
+    #[serde(rename = "nodeSelector", skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<k8s_openapi::api::core::v1::NodeSelector>,
     /// Why not (unsatisfiable or error), most important first.
     pub explanation: Vec<String>,
     /// Things that differ from, or would trip, the real scheduler.

@@ -13,132 +13,19 @@
 
 use crate::claim::Claim;
 use crate::explain::{Allocator, Prepared};
-use crate::input::{ClaimInput, PodInput};
+use crate::input::ClaimInput;
+use crate::link::{EXTENDED_RESOURCE_CLAIM_ANNOTATION, PodClaims};
 use crate::outcome::{Allocated, Outcome, Status};
+use crate::reserved::{
+    AllocatedCheck, RESERVED_FOR_MAX_SIZE, check_allocated, post_filter_deallocates,
+};
 use crate::search::{Fit, Pick, Search};
-
-/// A pod linked to its claims, in the order the scheduler allocates them.
-#[derive(Debug, Clone, Default)]
-pub struct PodClaims {
-    /// `Pod ns/name` or `Deployment ns/name`.
-    pub pod: String,
-    /// Claims without an allocation, in `spec.resourceClaims` order, then the implicit claim of
-    /// the pod's extended resources.
-    pub pending: Vec<ClaimInput>,
-    /// The pod's claims that are allocated already: their devices are held.
-    pub allocated: Vec<ClaimInput>,
-    /// Claims the pod names that are not in the files: `(label, why)`. The scheduler does not try
-    /// the pod until they exist.
-    pub missing: Vec<(String, String)>,
-    /// Indices of the given claims (ResourceClaims and templates) that the pod uses, so they are
-    /// not explained again on their own.
-    pub used: Vec<usize>,
-}
-
-/// `(kind, name)` of a claim's label (`ResourceClaim ns/name`, `ResourceClaimTemplate name`).
-fn kind_and_name(label: &str) -> Option<(&str, &str)> {
-    let (kind, rest) = label.split_once(' ')?;
-    Some((kind, rest.rsplit('/').next().unwrap_or(rest)))
-}
-
-/// Whether an object of namespace `object` can be the one a pod of namespace `pod` names: equal,
-/// or either not written in the files (then taken as the same).
-fn same_namespace(pod: Option<&str>, object: Option<&str>) -> bool {
-    match (pod, object) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    }
-}
-
-/// Links `pod` to its claims among `claims` (ResourceClaims and ResourceClaimTemplates read from
-/// the files) as the scheduler sees them, with `implicit` (the claim of its extended resources,
-/// see [`crate::implicit_claim`]) last.
-pub fn link_pod(pod: &PodInput, claims: &[ClaimInput], implicit: Option<ClaimInput>) -> PodClaims {
-    let mut linked = PodClaims {
-        pod: pod.label.clone(),
-        ..PodClaims::default()
-    };
-    let namespace = pod.namespace.as_deref();
-    let pod_name = kind_and_name(&pod.label).map_or("pod", |(_, name)| name);
-    let find = |kind: &str, name: &str| {
-        claims.iter().position(|c| {
-            kind_and_name(&c.label) == Some((kind, name))
-                && same_namespace(namespace, c.namespace.as_deref())
-        })
-    };
-    let qualified = |name: &str| match namespace {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_owned(),
-    };
-    for pod_claim in pod.spec.resource_claims.iter().flatten() {
-        match (
-            &pod_claim.resource_claim_name,
-            &pod_claim.resource_claim_template_name,
-        ) {
-            (Some(name), _) => match find("ResourceClaim", name) {
-                Some(i) => {
-                    linked.used.push(i);
-                    let Some(claim) = claims.get(i) else { continue };
-                    let allocated = claim
-                        .status
-                        .as_ref()
-                        .is_some_and(|s| s.allocation.is_some());
-                    match allocated {
-                        true => linked.allocated.push(claim.clone()),
-                        false => linked.pending.push(claim.clone()),
-                    }
-                }
-                None => linked.missing.push((
-                    format!("ResourceClaim {}", qualified(name)),
-                    format!(
-                        "{}: pod claim {} names ResourceClaim {}, which is not in the files given: the scheduler does not try the pod until it exists (\"resourceclaim not found\")",
-                        pod.label,
-                        pod_claim.name,
-                        qualified(name)
-                    ),
-                )),
-            },
-            (None, Some(template)) => match find("ResourceClaimTemplate", template) {
-                Some(i) => {
-                    linked.used.push(i);
-                    let Some(source) = claims.get(i) else { continue };
-                    // The resourceclaim controller names it `<pod>-<claim>-<random suffix>`.
-                    let generated = format!("{pod_name}-{}", pod_claim.name);
-                    linked.pending.push(ClaimInput {
-                        label: format!(
-                            "ResourceClaim {} (from ResourceClaimTemplate {template})",
-                            qualified(&generated)
-                        ),
-                        spec: source.spec.clone(),
-                        status: None,
-                        namespace: pod.namespace.clone().or_else(|| source.namespace.clone()),
-                        request_mappings: Vec::new(),
-                        scheduler_name: Some(qualified(&generated)),
-                    });
-                }
-                None => linked.missing.push((
-                    format!("ResourceClaimTemplate {}", qualified(template)),
-                    format!(
-                        "{}: pod claim {} names ResourceClaimTemplate {}, which is not in the files given: no claim is created for the pod, and the scheduler does not try it until one exists",
-                        pod.label,
-                        pod_claim.name,
-                        qualified(template)
-                    ),
-                )),
-            },
-            // Neither: the API server refuses such a pod; the scheduler skips a claim without a
-            // name (`foreachPodResourceClaim`).
-            (None, None) => {}
-        }
-    }
-    linked.pending.extend(implicit);
-    linked
-}
 
 impl Allocator {
     /// The outcome of each of the pod's claims when the scheduler allocates them together: the
     /// pod's allocated claims hold their devices, the pending ones are searched in one search
-    /// (see the module documentation). Every outcome names the pod.
+    /// (see the module documentation), and the allocated ones are checked as the plugin checks
+    /// them around the search (`reserved.rs`). Every outcome names the pod.
     pub fn explain_pod(&mut self, pod: &PodClaims) -> Vec<Outcome> {
         let usage = self.pools.usage.clone();
         let counters_used = self.pools.counters_used.clone();
@@ -148,40 +35,204 @@ impl Allocator {
         let mut held_warnings = self.pools.warnings.split_off(before);
         // Over-committed counter sets are found again: only what the pod's claims add is news.
         held_warnings.retain(|w| !self.pools.warnings.contains(w));
-        let mut outcomes: Vec<Outcome> = pod
+        let checks: Vec<AllocatedCheck> = pod
             .allocated
             .iter()
-            .map(|claim| self.allocated_outcome(claim))
+            .map(|claim| {
+                check_allocated(
+                    claim,
+                    &pod.identity,
+                    &self.node,
+                    self.gates().binding_conditions,
+                )
+            })
             .collect();
+        let mut allocated: Vec<Outcome> = pod
+            .allocated
+            .iter()
+            .zip(&checks)
+            .map(|(claim, check)| {
+                let mut outcome = self.allocated_outcome(claim);
+                outcome.node_selector.clone_from(&check.node_selector);
+                outcome.warnings.extend(check.warnings.iter().cloned());
+                outcome
+            })
+            .collect();
+        let mut outcomes: Vec<Outcome> = Vec::new();
         for (label, why) in &pod.missing {
             let mut outcome = self.bare_outcome(label.clone());
             outcome.explanation.push(why.clone());
             outcomes.push(outcome);
         }
-        let mut pending = match pod.missing.is_empty() {
-            true => self.explain_together(&pod.pending),
-            false => pod
-                .pending
-                .iter()
-                .map(|claim| {
-                    let mut outcome = self.blank_outcome(claim);
-                    outcome.explanation.push(format!(
-                        "not searched: the scheduler does not try {} while a claim it names is missing",
-                        pod.pod
-                    ));
-                    outcome
-                })
-                .collect(),
+        // PreFilter: an allocation's node selector that does not parse fails the pod.
+        let prefilter = pod
+            .allocated
+            .iter()
+            .zip(&checks)
+            .find_map(|(c, check)| check.prefilter_error.clone().map(|e| (c.label.clone(), e)));
+        let pending = if !pod.missing.is_empty() {
+            self.not_searched(
+                &pod.pending,
+                Status::Error,
+                &format!(
+                    "not searched: the scheduler does not try {} while a claim it names cannot be used",
+                    pod.pod
+                ),
+            )
+        } else if let Some((label, error)) = &prefilter {
+            for (outcome, check) in allocated.iter_mut().zip(&checks) {
+                if let Some(e) = &check.prefilter_error {
+                    outcome.status = Status::Error;
+                    outcome.explanation = vec![e.clone()];
+                }
+            }
+            self.not_searched(
+                &pod.pending,
+                Status::Error,
+                &format!(
+                    "not allocated: the scheduler fails the whole pod with the error of {label}: {error}"
+                ),
+            )
+        } else if let Some(stale) = &pod.stale_extended {
+            self.stale_extended(pod, stale)
+        } else {
+            let mut pending = match pod.pending.is_empty() {
+                true => Vec::new(),
+                false => self.explain_together(&pod.pending),
+            };
+            self.filter_allocated(pod, &checks, &mut allocated, &mut pending);
+            pending
         };
-        outcomes.append(&mut pending);
+        outcomes.splice(0..0, allocated);
+        outcomes.extend(pending);
         self.pools.usage = usage;
         self.pools.counters_used = counters_used;
         self.pools.starved = starved;
         for outcome in &mut outcomes {
             outcome.pod = Some(pod.pod.clone());
             outcome.warnings.extend(held_warnings.iter().cloned());
+            outcome.warnings.extend(pod.warnings.iter().cloned());
         }
         outcomes
+    }
+
+    /// Outcomes of claims the scheduler does not search, each with `why`.
+    fn not_searched(&self, claims: &[ClaimInput], status: Status, why: &str) -> Vec<Outcome> {
+        claims
+            .iter()
+            .map(|claim| {
+                let mut outcome = self.blank_outcome(claim);
+                outcome.status = status;
+                outcome.explanation.push(why.to_owned());
+                outcome
+            })
+            .collect()
+    }
+
+    /// The pod's implicit claim from an earlier scheduling cycle: `filterExtendedResources`
+    /// refuses every node with "cannot schedule extended resource claim"
+    /// (UnschedulableAndUnresolvable), and `PostFilter` deletes the claim so that the next attempt
+    /// builds it anew.
+    fn stale_extended(&self, pod: &PodClaims, stale: &ClaimInput) -> Vec<Outcome> {
+        let mut outcomes = self.not_searched(
+            &pod.pending,
+            Status::Unsatisfiable,
+            "not searched: the scheduler refuses every node for the pod while its extended-resource claim of an earlier scheduling cycle exists (cannot schedule extended resource claim)",
+        );
+        let mut outcome = self.blank_outcome(stale);
+        outcome.claim = format!(
+            "{} (the implicit claim of {}'s extended resources, from an earlier scheduling cycle)",
+            stale.label, pod.pod
+        );
+        outcome.status = Status::Unsatisfiable;
+        outcome.explanation = vec![
+            "cannot schedule extended resource claim".into(),
+            format!(
+                "it is annotated {EXTENDED_RESOURCE_CLAIM_ANNOTATION}: \"true\" and controlled by the pod: the claim the scheduler made for the pod's extended resources in an earlier cycle (whose binding failed); Filter refuses every node while it exists, PostFilter deletes it (\"deletion of ResourceClaim completed\"), and the next attempt builds the claim anew (explain answers for that attempt without this claim in the files)"
+            ),
+        ];
+        outcomes.push(outcome);
+        outcomes
+    }
+
+    /// `Filter` on the pod's allocated claims, after its search (`pending`): a claim not available
+    /// on the node refuses it (the search's failure is answered first), and, where the pod fits,
+    /// a claim that cannot take one more consumer fails its binding.
+    fn filter_allocated(
+        &self,
+        pod: &PodClaims,
+        checks: &[AllocatedCheck],
+        allocated: &mut [Outcome],
+        pending: &mut [Outcome],
+    ) {
+        let fits = pending.iter().all(|o| o.status == Status::Allocated);
+        let mut unavailable = Vec::new();
+        for ((outcome, check), claim) in allocated.iter_mut().zip(checks).zip(&pod.allocated) {
+            let Some(why) = &check.unavailable else {
+                continue;
+            };
+            unavailable.push(outcome.claim.clone());
+            outcome.status = Status::Unsatisfiable;
+            outcome.explanation = vec![
+                why.clone(),
+                match post_filter_deallocates(claim, &pod.identity) {
+                    true => "when no node fits the pod, the scheduler's PostFilter deallocates this claim (reserved for no other pod): \"deallocation of ResourceClaim completed\", and the pod is tried again".into(),
+                    false => "it is reserved for other pods, so the scheduler's PostFilter does not deallocate it: the pod stays unschedulable while they use it".into(),
+                },
+            ];
+        }
+        if !unavailable.is_empty() {
+            if fits {
+                for outcome in pending.iter_mut() {
+                    outcome.status = Status::Unsatisfiable;
+                    outcome.devices.clear();
+                    outcome.numa = None;
+                    outcome.pcie_root = None;
+                    outcome.node_selector = None;
+                    outcome.explanation = vec![format!(
+                        "not allocated: the pod's pending claims would fit, but the scheduler's Filter refuses the node: resourceclaim not available on the node ({})",
+                        unavailable.join(", ")
+                    )];
+                }
+            }
+            return;
+        }
+        if !fits {
+            return;
+        }
+        // PreBind: the pod is added to each claim's reservedFor; the API server refuses a
+        // claim's 257th consumer.
+        let Some((k, error)) = checks
+            .iter()
+            .enumerate()
+            .find_map(|(k, c)| c.binding_error.clone().map(|e| (k, e)))
+        else {
+            return;
+        };
+        let label = allocated
+            .get(k)
+            .map(|o| o.claim.clone())
+            .unwrap_or_default();
+        for (i, outcome) in allocated.iter_mut().enumerate() {
+            if i == k {
+                outcome.status = Status::Error;
+                outcome.explanation = vec![
+                    error.clone(),
+                    format!(
+                        "the scheduler's Filter accepts the node (resourceclaim.CanBeReserved: no limit on sharing), so the pod is assigned to it, and PreBind then fails adding it to status.reservedFor, which holds {RESERVED_FOR_MAX_SIZE} other consumers: the pod goes back to the queue and fails the same way until one leaves"
+                    ),
+                ];
+            } else {
+                outcome
+                    .warnings
+                    .push(format!("the pod's binding fails at {label}: {error}"));
+            }
+        }
+        for outcome in pending.iter_mut() {
+            outcome
+                .warnings
+                .push(format!("the pod's binding fails at {label}: {error}"));
+        }
     }
 
     /// An allocated claim of the pod: its devices as its status lists them.
@@ -275,7 +326,7 @@ impl Allocator {
         if found {
             let picks = search.picks.clone();
             drop(search);
-            return prepared
+            let mut outcomes: Vec<Outcome> = prepared
                 .into_iter()
                 .enumerate()
                 .map(|(k, p)| {
@@ -290,6 +341,24 @@ impl Allocator {
                     outcome
                 })
                 .collect();
+            // An error building one allocation's node selector is `Allocate`'s, for the pod.
+            if let Some(failed) = outcomes.iter().position(|o| o.status == Status::Error) {
+                let (label, error) = outcomes
+                    .get(failed)
+                    .map(|o| (o.claim.clone(), o.explanation.join("; ")))
+                    .unwrap_or_default();
+                for (k, outcome) in outcomes.iter_mut().enumerate() {
+                    if k != failed {
+                        outcome.status = Status::Error;
+                        outcome.devices.clear();
+                        outcome.node_selector = None;
+                        outcome.explanation = vec![format!(
+                            "not allocated: the scheduler fails the whole pod with the error of {label}: {error}"
+                        )];
+                    }
+                }
+            }
+            return outcomes;
         }
         let gave_up = search.gave_up;
         drop(search);

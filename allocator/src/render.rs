@@ -101,6 +101,19 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
         if let Some(root) = &outcome.pcie_root {
             let _ = writeln!(out, "  PCIe: {root}");
         }
+        match (&outcome.node_selector, outcome.status) {
+            (Some(selector), _) => {
+                let _ = writeln!(
+                    out,
+                    "  node selector: {}",
+                    crate::nodes::describe_node_selector(selector)
+                );
+            }
+            (None, Status::Allocated) => {
+                let _ = writeln!(out, "  node selector: none (usable on every node)");
+            }
+            (None, _) => {}
+        }
         for line in &outcome.explanation {
             let _ = writeln!(out, "  why: {}", line.replace('\n', "\n       "));
         }

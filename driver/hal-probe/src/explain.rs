@@ -200,7 +200,11 @@ fn link_pods(
             }
         }
         let claims = allocator::link_pod(pod, &objects.claims, implicit.claim);
-        if claims.pending.is_empty() && claims.allocated.is_empty() && claims.missing.is_empty() {
+        if claims.pending.is_empty()
+            && claims.allocated.is_empty()
+            && claims.missing.is_empty()
+            && claims.stale_extended.is_none()
+        {
             notes.push(format!(
                 "{}: no claim and no extended resource that a DeviceClass serves: nothing to explain",
                 pod.label

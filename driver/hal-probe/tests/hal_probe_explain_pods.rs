@@ -185,3 +185,46 @@ fn a_pods_template_claim_and_extended_resources_are_searched_together() {
         "{table}"
     );
 }
+
+// Issue 26: every allocation names its node selector as the scheduler writes it
+// (`createNodeSelector`: the fixture's devices are local to its node), in JSON and in the table;
+// and the pod's implicit claim left from an earlier scheduling cycle (annotated, owned by the pod)
+// makes the scheduler refuse the node ("cannot schedule extended resource claim").
+#[test]
+fn allocations_name_their_node_selector_and_a_stale_implicit_claim_blocks_the_pod() {
+    let classes = temp_yaml(I915_CLASS);
+    let class = classes.path().to_str().unwrap();
+    let one = temp_yaml(&pod(1));
+    let (json, code, _) = explain(&["--class", class, one.path().to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{json:#}");
+    let term = &json[0]["nodeSelector"]["nodeSelectorTerms"][0]["matchFields"][0];
+    assert_eq!(term["key"], "metadata.name", "{json:#}");
+    assert_eq!(term["operator"], "In", "{json:#}");
+    assert!(!term["values"][0].as_str().unwrap().is_empty(), "{json:#}");
+    let output = hal_probe(&[
+        "explain",
+        "--fixture",
+        "i915",
+        "--class",
+        class,
+        one.path().to_str().unwrap(),
+    ]);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("\n  node selector: metadata.name In ["),
+        "{table}"
+    );
+    let stale = temp_yaml(&format!(
+        "{}---\napiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata:\n  name: transcode-extended-resources-abcde\n  namespace: media\n  annotations: {{resource.kubernetes.io/extended-resource-claim: \"true\"}}\n  ownerReferences:\n  - {{apiVersion: v1, kind: Pod, name: transcode, uid: uid-t, controller: true}}\nspec:\n  devices:\n    requests:\n    - name: container-0-request-1\n      exactly: {{deviceClassName: i915.gpu.intel.com, count: 1}}\n",
+        pod(1).replace("namespace: media}", "namespace: media, uid: uid-t}")
+    ));
+    let (json, code, _) = explain(&["--class", class, stale.path().to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{json:#}");
+    let outcomes = json.as_array().unwrap();
+    assert_eq!(outcomes.len(), 1, "{json:#}");
+    assert_eq!(outcomes[0]["status"], "unsatisfiable", "{json:#}");
+    assert_eq!(
+        outcomes[0]["explanation"][0],
+        "cannot schedule extended resource claim"
+    );
+}

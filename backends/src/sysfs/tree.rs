@@ -69,7 +69,7 @@ impl Tree {
         attr::regular_file(self.open_with(path, attr::read_flags(), false), path)
     }
 
-    /// [`attr::read_trimmed`] of `path`, opened inside the root ([`attr::read_attribute`]).
+    /// [`attr::read_trimmed`] of `path`, opened inside the root (`attr::read_attribute`).
     pub fn read_trimmed(&self, path: &Path) -> Result<String> {
         attr::read_attribute(self.open_with(path, attr::read_flags(), false), path)
     }

@@ -1,11 +1,11 @@
 //! The one way attributes are read: bounded, trimmed, parsed, with the path attached to every error.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use hal::{Error, InventoryError, ParseError, Result};
+use rustix::fd::OwnedFd;
 
 /// The largest attribute read. sysfs attributes are at most a page (4 KiB) in practice; a dump or a
 /// hostile tree may hold anything, so reads stop here.
@@ -50,49 +50,50 @@ fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
 
 /// How every file the backends read is opened: without blocking. A FIFO put in place of an attribute
 /// would block `open(2)` (and then `read(2)`) until a writer came; with `O_NONBLOCK` the open returns
-/// at once and [`regular_file`] refuses it. On regular files `O_NONBLOCK` changes nothing.
+/// at once (and its read finds no data). On regular files `O_NONBLOCK` changes nothing.
 pub(crate) fn read_flags() -> rustix::fs::OFlags {
     use rustix::fs::OFlags;
     OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC
 }
 
 /// Opens `path` for reading without blocking and refuses anything that is not a regular file (a FIFO,
-/// a socket, a device, a directory), naming the path. Every file the sysfs backend reads is opened
-/// this way; this one follows a link as the last component (the pci.ids database is one on Debian:
-/// `/usr/share/misc/pci.ids`), attributes do not ([`read_trimmed`]).
+/// a socket, a device, a directory), naming the path. This one follows a link as the last component
+/// (the pci.ids database is one on Debian: `/usr/share/misc/pci.ids`); attributes are read with
+/// [`read_trimmed`], which does not.
 pub fn open_regular(path: &Path) -> Result<fs::File> {
     let opened = rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty());
     regular_file(opened.map_err(Into::into), path)
 }
 
-/// [`open_regular`] of an attribute: a link as the last component is refused (`O_NOFOLLOW`). No
-/// kernel attribute is a link; one in a tree points wherever its maker wanted (a secret outside the
-/// root), and is never read.
-fn open_attribute(path: &Path) -> Result<fs::File> {
-    let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
-    let opened = rustix::fs::open(path, flags, rustix::fs::Mode::empty());
-    regular_file(opened.map_err(Into::into), path)
+/// What an open returned, checked to be a regular file (`fstat`): for files read in full (pci.ids,
+/// `/proc/cpuinfo`), not attributes ([`read_attribute`]).
+pub(crate) fn regular_file(opened_fd: io::Result<OwnedFd>, path: &Path) -> Result<fs::File> {
+    let fd = opened(opened_fd, path)?;
+    match not_regular(&fd, path)? {
+        Some(error) => Err(error),
+        None => Ok(fs::File::from(fd)),
+    }
 }
 
-/// Checks what an open returned: an open file must be a regular file (`fstat`).
-pub(crate) fn regular_file(
-    opened: io::Result<rustix::fd::OwnedFd>,
-    path: &Path,
-) -> Result<fs::File> {
-    use rustix::fs::FileType;
-    let fd = match opened {
-        Ok(fd) => fd,
-        // `O_NOFOLLOW` on a link.
+/// What an open returned, as an error naming `path` (`O_NOFOLLOW` on a link: not followed).
+fn opened(opened: io::Result<OwnedFd>, path: &Path) -> Result<OwnedFd> {
+    match opened {
+        Ok(fd) => Ok(fd),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
             let source = ParseError::new("file", "", "a symbolic link, not followed");
             let path = path.to_path_buf();
-            return Err(Error::Parse { path, source });
+            Err(Error::Parse { path, source })
         }
-        Err(e) => return Err(io_error("read", path, e)),
-    };
-    let stat = rustix::fs::fstat(&fd).map_err(|e| io_error("read", path, e.into()))?;
+        Err(e) => Err(io_error("read", path, e)),
+    }
+}
+
+/// The error for an open file that is not a regular file (`fstat`), or `None` for a regular one.
+fn not_regular(fd: &OwnedFd, path: &Path) -> Result<Option<Error>> {
+    use rustix::fs::FileType;
+    let stat = rustix::fs::fstat(fd).map_err(|e| io_error("read", path, e.into()))?;
     let reason = match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile => return Ok(fs::File::from(fd)),
+        FileType::RegularFile => return Ok(None),
         FileType::Fifo => "a FIFO, not a regular file",
         FileType::Socket => "a socket, not a regular file",
         FileType::CharacterDevice => "a character device, not a regular file",
@@ -100,39 +101,65 @@ pub(crate) fn regular_file(
         FileType::Directory => "a directory, not a regular file",
         _ => "not a regular file",
     };
-    Err(Error::Parse {
+    Ok(Some(Error::Parse {
         path: path.to_path_buf(),
         source: ParseError::new("file", "", reason),
-    })
+    }))
 }
 
 /// Reads an attribute as text, trimmed of surrounding whitespace and NULs (`\n\0` ends CPU lists on
-/// some arm64 kernels). At most [`MAX_ATTRIBUTE_BYTES`] are
-/// read; anything longer is an error rather than a silent truncation. Only regular files are read
-/// ([`open_regular`]), and never through a link as the last component.
+/// some arm64 kernels). At most [`MAX_ATTRIBUTE_BYTES`] are read; anything longer is an error rather
+/// than a silent truncation. Never read through a link as the last component (`O_NOFOLLOW`: no kernel
+/// attribute is a link; one in a tree points wherever its maker wanted, a secret outside the root).
 pub fn read_trimmed(path: &Path) -> Result<String> {
-    read_opened(open_attribute(path), path)
+    let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
+    let opened = rustix::fs::open(path, flags, rustix::fs::Mode::empty());
+    read_attribute(opened.map_err(Into::into), path)
 }
 
-/// [`read_trimmed`] of a file already opened (or not) as `path`.
-pub(crate) fn read_opened(file: Result<fs::File>, path: &Path) -> Result<String> {
-    let mut file = file?;
-    // A sysfs attribute is at most a page and comes in one read; a short read of a regular file is
-    // its end. So the common case costs one read(2), not the two or more of `read_to_end`.
+/// The one way an attribute is read, once opened (by [`read_trimmed`] or inside a root by
+/// [`super::tree::Tree`]): `open`, one `read`, `close`.
+///
+/// A sysfs attribute is at most a page and comes in one read, and a short read of a regular file is
+/// its end; so the common case costs one `read(2)` and no `fstat(2)`. Only a read that is empty, fails
+/// or fills the page (the odd files) asks `fstat` what the file is: a FIFO (empty: `O_NONBLOCK`), a
+/// directory (`EISDIR`) or a device (a full page) is refused, naming the path, and a regular file that
+/// fills the page is read on to [`MAX_ATTRIBUTE_BYTES`]. A non-regular file that answers a short read
+/// (a FIFO with a writer) is taken as its text: bounded, and it cannot block.
+pub(crate) fn read_attribute(opened_fd: io::Result<OwnedFd>, path: &Path) -> Result<String> {
+    let fd = opened(opened_fd, path)?;
     let mut page = [0u8; 4096];
     let first = loop {
-        match file.read(&mut page) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_error("read", path, e)),
+        match rustix::io::read(&fd, &mut page) {
+            Ok(n) => break Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => break Err(e),
         }
     };
-    let mut bytes = page.get(..first).unwrap_or_default().to_vec();
-    if first == page.len() {
-        file.take(MAX_ATTRIBUTE_BYTES + 1 - first as u64)
+    let filled = match first {
+        Ok(n) if n > 0 && n < page.len() => {
+            return text_of(page.get(..n).unwrap_or_default(), path);
+        }
+        Ok(n) => n,
+        Err(e) => {
+            return Err(not_regular(&fd, path)?.unwrap_or_else(|| io_error("read", path, e.into())));
+        }
+    };
+    if let Some(error) = not_regular(&fd, path)? {
+        return Err(error);
+    }
+    let mut bytes = page.get(..filled).unwrap_or_default().to_vec();
+    if filled == page.len() {
+        fs::File::from(fd)
+            .take(MAX_ATTRIBUTE_BYTES + 1 - filled as u64)
             .read_to_end(&mut bytes)
             .map_err(|e| io_error("read", path, e))?;
     }
+    text_of(&bytes, path)
+}
+
+/// The trimmed text of an attribute's bytes.
+fn text_of(bytes: &[u8], path: &Path) -> Result<String> {
     if bytes.len() as u64 > MAX_ATTRIBUTE_BYTES {
         let source = ParseError::new("attribute", "", "longer than 64 KiB");
         return Err(Error::Parse {
@@ -140,8 +167,8 @@ pub(crate) fn read_opened(file: Result<fs::File>, path: &Path) -> Result<String>
             source,
         });
     }
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok(hal::text::trim_kernel_text(&text).to_owned()),
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(hal::text::trim_kernel_text(text).to_owned()),
         Err(_) => Err(Error::Parse {
             path: path.to_path_buf(),
             source: ParseError::new("attribute", "", "not UTF-8 text"),
@@ -160,28 +187,6 @@ pub(crate) fn missing_is_none(read: Result<String>) -> Result<Option<String>> {
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Reads and parses an attribute; a missing file is `Ok(None)`, bad contents an error naming the file.
-pub fn parse_optional<T>(
-    path: &Path,
-    parse: impl FnOnce(&str) -> Result<T, ParseError>,
-) -> Result<Option<T>> {
-    parsed(read_optional(path)?, path, parse)
-}
-
-/// Like [`parse_optional`], for single values (ids, levels, sizes): an empty file says nothing, as a
-/// missing one does. Write-only and root-only attributes read back empty, and captured trees hold them
-/// as empty files. (CPU sets are not read this way: an empty cpulist is a real answer.)
-pub fn parse_scalar<T>(
-    path: &Path,
-    parse: impl FnOnce(&str) -> Result<T, ParseError>,
-) -> Result<Option<T>> {
-    parsed(
-        read_optional(path)?.filter(|text| !text.is_empty()),
-        path,
-        parse,
-    )
 }
 
 pub(crate) fn parsed<T>(
@@ -217,34 +222,6 @@ pub fn parse_topology_id(text: &str) -> Result<Option<u32>, ParseError> {
 pub fn parse_u32(text: &str) -> Result<u32, ParseError> {
     text.parse()
         .map_err(|_| ParseError::new("unsigned integer", text, "not a decimal integer below 2^32"))
-}
-
-/// The names in a directory, or `None` when it cannot be listed (missing: an offline CPU's
-/// `topology/`). Listing once and opening only what exists is cheaper than probing for files that
-/// old kernels lack.
-pub fn entry_names(dir: &Path) -> Option<BTreeSet<String>> {
-    let entries = fs::read_dir(dir).ok()?;
-    Some(
-        entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect(),
-    )
-}
-
-/// Lists the entries of `dir` named `<prefix><decimal>` and returns their numbers, sorted.
-/// Numbers of `max` or more are skipped.
-pub fn numbered_entries(dir: &Path, prefix: &str, max: u32) -> Result<Vec<u32>> {
-    let entries = fs::read_dir(dir).map_err(|e| io_error("list", dir, e))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error("list", dir, e))?;
-        names.push(entry.file_name());
-    }
-    Ok(numbered_names(
-        names.iter().filter_map(|n| n.to_str()),
-        prefix,
-        max,
-    ))
 }
 
 /// The numbers of the names `<prefix><decimal>` below `max`, sorted.
@@ -310,7 +287,6 @@ mod tests {
         let nul = dir.path().join("nul");
         fs::write(&nul, "0-127\n\0").unwrap();
         assert_eq!(read_trimmed(&nul).unwrap(), "0-127");
-        assert_eq!(parse_scalar(&nul, |t| Ok(t.len())).unwrap(), Some(5));
 
         let big = dir.path().join("big");
         fs::write(&big, vec![b'1'; 70_000]).unwrap();
@@ -330,19 +306,55 @@ mod tests {
         assert_eq!(read_optional(&dir.path().join("missing")).unwrap(), None);
         let empty = dir.path().join("empty");
         fs::write(&empty, "\n").unwrap();
-        assert_eq!(parse_scalar(&empty, parse_u32).unwrap(), None);
-        assert_eq!(parse_optional(&empty, |t| Ok(t.len())).unwrap(), Some(0));
-        let err = parse_optional(&ok, parse_u32).unwrap_err();
+        assert_eq!(read_optional(&empty).unwrap().as_deref(), Some(""));
+        let err = parsed(Some(read_trimmed(&ok).unwrap()), &ok, parse_u32).unwrap_err();
         assert!(
             err.to_string().starts_with(&ok.display().to_string()),
             "{err}"
         );
     }
 
+    /// A page exactly (the odd case: `fstat`, then read on), a page and one byte, and the bound.
     #[test]
-    fn numbered_entries_filter_names() {
+    fn reads_of_a_page_and_more_are_whole() {
         let dir = tempfile::tempdir().unwrap();
-        for name in [
+        for len in [4095, 4096, 4097, 8192, 65536] {
+            let path = dir.path().join(format!("len{len}"));
+            fs::write(&path, vec![b'7'; len]).unwrap();
+            assert_eq!(read_trimmed(&path).unwrap().len(), len, "{len} bytes");
+        }
+        let path = dir.path().join("over");
+        fs::write(&path, vec![b'7'; 65537]).unwrap();
+        assert!(read_trimmed(&path).is_err());
+    }
+
+    /// The odd files are refused by what they are, whichever way their read went: a FIFO without a
+    /// writer (an empty read), a directory (`EISDIR`), a device filling the page (`/dev/zero`).
+    #[test]
+    fn odd_files_are_named_by_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let mode = rustix::fs::Mode::from_raw_mode(0o644);
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, mode, 0).unwrap();
+        let err = read_trimmed(&fifo).unwrap_err();
+        assert!(
+            err.to_string().contains("a FIFO, not a regular file"),
+            "{err}"
+        );
+        let err = read_trimmed(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("a directory, not a regular file"),
+            "{err}"
+        );
+        let err = read_trimmed(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("a character device"), "{err}");
+        let err = read_trimmed(Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("a character device"), "{err}");
+    }
+
+    #[test]
+    fn numbered_names_filter_names() {
+        let names = [
             "cpu0",
             "cpu10",
             "cpu2",
@@ -350,13 +362,9 @@ mod tests {
             "cpuidle",
             "cpu",
             "cpu99999999",
-        ] {
-            fs::create_dir(dir.path().join(name)).unwrap();
-        }
-        assert_eq!(
-            numbered_entries(dir.path(), "cpu", 65536).unwrap(),
-            [0, 2, 10]
-        );
+            "cpu+1",
+        ];
+        assert_eq!(numbered_names(names.into_iter(), "cpu", 65536), [0, 2, 10]);
     }
 
     #[test]

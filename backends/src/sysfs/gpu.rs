@@ -279,16 +279,15 @@ fn locate_node(
     errors: &mut ErrorLog,
 ) -> Option<(PciAddress, PathBuf, PathBuf)> {
     let entry = Path::new(DRM_CLASS).join(name);
-    if tree.is_symlink(&tree.join(&entry)) {
-        let resolved = errors.keep(tree.resolve_link(&entry).map(Some))?;
+    if let Some(resolved) = errors.keep(tree.resolve_link(&entry).map(Some))? {
         let (address, device_dir) = last_pci_function(&resolved)?;
         return Some((address, resolved, device_dir));
     }
     // A plain directory: its `device` is the PCI device (a link on a machine).
     let device = entry.join("device");
-    let device_dir = match tree.is_symlink(&tree.join(&device)) {
-        true => errors.keep(tree.resolve_link(&device).map(Some))?,
-        false => device,
+    let device_dir = match errors.keep(tree.resolve_link(&device).map(Some))? {
+        Some(resolved) => resolved,
+        None => device,
     };
     let uevent_path = tree.join(&device_dir).join("uevent");
     let uevent = errors.keep(tree.read_optional(&uevent_path))?;

@@ -10,21 +10,10 @@ use std::path::{Component, Path, PathBuf};
 
 use hal::{Error, ParseError, PciAddress, PcieRoot, Result};
 
-/// Resolves the symlink at `root/relative` and returns its target relative to `root`
-/// (`sys/devices/pci0000:00/...`). Absolute link text is taken relative to the root. A target that
-/// would climb above the root is an error.
-pub fn resolve_link(root: &Path, relative: &Path) -> Result<PathBuf> {
-    let link = root.join(relative);
-    let text = fs::read_link(&link).map_err(|source| Error::Io {
-        op: "resolve",
-        path: link.clone(),
-        source,
-    })?;
-    resolve_link_text(&link, relative, &text)
-}
-
-/// [`resolve_link`] of a link whose `text` was already read: `relative` is the link's own path under
-/// the root, `link` its full path (what an error names).
+/// The target of a symlink whose `text` was read, relative to the root (`sys/devices/pci0000:00/...`):
+/// `relative` is the link's own path under the root, `link` its full path (what an error names).
+/// Absolute link text is taken relative to the root. A target that would climb above the root is an
+/// error. ([`super::tree::Tree::resolve_link`] reads the link inside the root and resolves it.)
 pub fn resolve_link_text(link: &Path, relative: &Path, text: &Path) -> Result<PathBuf> {
     let mut parts: Vec<OsString> = relative
         .parent()
@@ -94,6 +83,8 @@ pub fn pcie_root_of_path(path: &Path) -> Option<PcieRoot> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::SysfsRoot;
+    use super::super::tree::Tree;
     use super::*;
     use std::os::unix::fs::symlink;
 
@@ -108,7 +99,11 @@ mod tests {
             root.join("sys/bus/pci/devices/0000:3b:00.0"),
         )
         .unwrap();
-        let resolved = resolve_link(root, Path::new("sys/bus/pci/devices/0000:3b:00.0")).unwrap();
+        let tree = Tree::open(&SysfsRoot::new(root));
+        let resolve = |relative: &str| tree.resolve_link(Path::new(relative));
+        let resolved = resolve("sys/bus/pci/devices/0000:3b:00.0")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             resolved,
             Path::new("sys/devices/pci0000:00/0000:00:01.0/0000:3b:00.0")
@@ -119,7 +114,7 @@ mod tests {
             root.join("sys/bus/pci/devices/evil"),
         )
         .unwrap();
-        let err = resolve_link(root, Path::new("sys/bus/pci/devices/evil")).unwrap_err();
+        let err = resolve("sys/bus/pci/devices/evil").unwrap_err();
         assert!(err.to_string().contains("outside the sysfs root"), "{err}");
 
         symlink(
@@ -128,12 +123,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            resolve_link(root, Path::new("sys/bus/pci/devices/absolute")).unwrap(),
+            resolve("sys/bus/pci/devices/absolute").unwrap().unwrap(),
             Path::new("sys/devices/pci0000:00")
         );
 
-        let missing = resolve_link(root, Path::new("sys/bus/pci/devices/none")).unwrap_err();
-        assert_eq!(missing.kind(), hal::ErrorKind::NotFound);
+        // No link there (nothing, or a plain directory): no target, and no error.
+        assert_eq!(resolve("sys/bus/pci/devices/none").unwrap(), None);
+        assert_eq!(resolve("sys/devices").unwrap(), None);
     }
 
     #[test]

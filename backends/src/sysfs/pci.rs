@@ -133,11 +133,7 @@ fn read_function(
 ) -> Result<PciFunction> {
     let entry = PathBuf::from(format!("sys/bus/pci/devices/{address}"));
     // Old captures hold real directories here instead of links: no path, so no root.
-    let sysfs_path = match tree.resolve_link(&entry) {
-        Ok(path) => path,
-        Err(_) if !tree.is_symlink(&tree.join(&entry)) => entry.clone(),
-        Err(e) => return Err(e),
-    };
+    let sysfs_path = tree.resolve_link(&entry)?.unwrap_or_else(|| entry.clone());
     let dir = tree.join(&sysfs_path);
     let attr = |name: &str| dir.join(name);
     let required = |name: &str, digits: usize| -> Result<u32> {
@@ -177,29 +173,12 @@ fn read_function(
         .checked_sub(2)
         .and_then(|i| functions.get(i))
         .copied();
-    // Only VFs have `physfn`: a missing link is the common case, not an error (and costs one
-    // readlink, not a second look).
-    let physfn = match tree.read_link(&attr("physfn")) {
-        Ok(text) => match resolve_link_text(&attr("physfn"), &sysfs_path.join("physfn"), &text) {
-            Ok(p) => pci_functions_in_path(&p).last().copied(),
-            Err(e) => {
-                errors.0.push((&e).into());
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        // Not a link (EINVAL): no physfn.
-        Err(_) if !tree.is_symlink(&attr("physfn")) => None,
-        Err(source) => {
-            let e = Error::Io {
-                op: "resolve",
-                path: attr("physfn"),
-                source,
-            };
-            errors.0.push((&e).into());
-            None
-        }
-    };
+    // Only VFs have `physfn`: a missing link is the common case, not an error.
+    let physfn = tree.read_link(&attr("physfn")).and_then(|text| {
+        let resolved = resolve_link_text(&attr("physfn"), &sysfs_path.join("physfn"), &text);
+        errors.keep(resolved.map(Some))
+    });
+    let physfn = physfn.and_then(|p| pci_functions_in_path(&p).last().copied());
     let slot_key = format!(
         "{:04x}:{:02x}:{:02x}",
         address.domain, address.bus, address.device

@@ -128,12 +128,10 @@ fn read_device(
 
 /// The device's directory relative to the root: the resolved class link, or the entry itself.
 fn device_dir(tree: &Tree, entry: &Path, errors: &mut ErrorLog) -> PathBuf {
-    if tree.is_symlink(&tree.join(entry))
-        && let Some(resolved) = errors.keep(tree.resolve_link(entry).map(Some))
-    {
-        return resolved;
-    }
-    entry.to_path_buf()
+    errors
+        .keep(tree.resolve_link(entry).map(Some))
+        .flatten()
+        .unwrap_or_else(|| entry.to_path_buf())
 }
 
 /// The PCI function the device belongs to and its directory (relative to the root): the last PCI
@@ -147,11 +145,7 @@ fn pci_function(
     if let Some(found) = last_pci_function(dir) {
         return Some(found);
     }
-    let device = entry.join("device");
-    if !tree.is_symlink(&tree.join(&device)) {
-        return None;
-    }
-    let resolved = errors.keep(tree.resolve_link(&device).map(Some))?;
+    let resolved = errors.keep(tree.resolve_link(&entry.join("device")))?;
     last_pci_function(&resolved)
 }
 

@@ -88,7 +88,13 @@ impl SysfsSriov {
             .unwrap_or_default()
         {
             let link = self.relative_dir(pf).join(format!("virtfn{index}"));
-            let resolved = errors.keep(tree.resolve_link(&link).map(Some));
+            let resolved = match errors.keep(tree.resolve_link(&link).map(Some)) {
+                Some(None) => {
+                    errors.note(&tree.join(&link), "not a symbolic link to a VF".to_owned());
+                    None
+                }
+                resolved => resolved.flatten(),
+            };
             if let Some(address) = resolved.and_then(|p| pci_functions_in_path(&p).last().copied())
             {
                 vfs.push(VirtualFunction { index, address });

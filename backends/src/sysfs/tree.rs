@@ -64,15 +64,14 @@ impl Tree {
     }
 
     /// [`attr::open_regular`] of `path`, opened inside the root (and not through a link as its last
-    /// component).
+    /// component). For a file read in full (`/proc/cpuinfo`), not an attribute.
     pub fn open_regular(&self, path: &Path) -> Result<std::fs::File> {
         attr::regular_file(self.open_with(path, attr::read_flags(), false), path)
     }
 
-    /// [`attr::read_trimmed`] of `path`, opened inside the root.
+    /// [`attr::read_trimmed`] of `path`, opened inside the root (`attr::read_attribute`).
     pub fn read_trimmed(&self, path: &Path) -> Result<String> {
-        let opened = self.open_with(path, attr::read_flags(), false);
-        attr::read_opened(attr::regular_file(opened, path), path)
+        attr::read_attribute(self.open_with(path, attr::read_flags(), false), path)
     }
 
     /// [`attr::read_optional`] of `path`, opened inside the root.
@@ -80,7 +79,8 @@ impl Tree {
         attr::missing_is_none(self.read_trimmed(path))
     }
 
-    /// [`attr::parse_optional`] of `path`, opened inside the root.
+    /// Reads and parses an attribute inside the root; a missing file is `Ok(None)`, bad contents an
+    /// error naming the file.
     pub fn parse_optional<T>(
         &self,
         path: &Path,
@@ -89,7 +89,10 @@ impl Tree {
         attr::parsed(self.read_optional(path)?, path, parse)
     }
 
-    /// [`attr::parse_scalar`] of `path`, opened inside the root.
+    /// Like [`Self::parse_optional`], for single values (ids, levels, sizes): an empty file says
+    /// nothing, as a missing one does. Write-only and root-only attributes read back empty, and
+    /// captured trees hold them as empty files. (CPU sets are not read this way: an empty cpulist is a
+    /// real answer.)
     pub fn parse_scalar<T>(
         &self,
         path: &Path,
@@ -115,12 +118,15 @@ impl Tree {
         Ok(names)
     }
 
-    /// [`attr::entry_names`] of `dir`, listed inside the root.
+    /// The names in a directory, or `None` when it cannot be listed (missing: an offline CPU's
+    /// `topology/`). Listing once and opening only what exists is cheaper than probing for files that
+    /// old kernels lack.
     pub fn entry_names(&self, dir: &Path) -> Option<BTreeSet<String>> {
         self.list(dir).ok()
     }
 
-    /// [`attr::numbered_entries`] of `dir`, listed inside the root.
+    /// Lists the entries of `dir` named `<prefix><decimal>` and returns their numbers, sorted.
+    /// Numbers of `max` or more are skipped.
     pub fn numbered_entries(&self, dir: &Path, prefix: &str, max: u32) -> Result<Vec<u32>> {
         let names = self.list(dir).map_err(|source| Error::Io {
             op: "list",
@@ -139,40 +145,31 @@ impl Tree {
         self.open_with(path, OFlags::PATH, false).is_ok()
     }
 
-    /// Whether `path` is a symbolic link (looked up inside the root; the link is not followed).
-    pub fn is_symlink(&self, path: &Path) -> bool {
-        self.open_with(path, OFlags::PATH, false)
-            .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
-            .is_ok_and(|stat| {
-                rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
-            })
-    }
-
-    /// The text of the link `path` (looked up inside the root: the link's own directory cannot be
-    /// outside it).
-    pub fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
-        let fd = self.open_with(path, OFlags::PATH, false)?;
+    /// The text of the link `path`, or `None` when it is not a link (or missing, or cannot be looked
+    /// up). One look: an `O_PATH | O_NOFOLLOW` open inside the root (the link's own directory cannot
+    /// be outside it) and `readlinkat` of that descriptor, which fails on anything but a link.
+    pub fn read_link(&self, path: &Path) -> Option<PathBuf> {
+        let fd = self.open_with(path, OFlags::PATH, false).ok()?;
         // An empty path: the link `fd` itself (it was opened `O_PATH | O_NOFOLLOW`).
-        let text = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+        let text = rustix::fs::readlinkat(&fd, "", Vec::new()).ok()?;
         let text: std::ffi::OsString = std::os::unix::ffi::OsStringExt::from_vec(text.into_bytes());
-        Ok(PathBuf::from(text))
+        Some(PathBuf::from(text))
     }
 
-    /// [`super::link::resolve_link`]: the target of the link at `relative` (under the root), relative
-    /// to the root, read inside the root.
-    pub fn resolve_link(&self, relative: &Path) -> Result<PathBuf> {
+    /// [`super::link::resolve_link_text`] of the link at `relative` (under the root): its target
+    /// relative to the root, `Ok(None)` when there is no link there (a plain directory of an old
+    /// capture, or nothing), and an error for a link that points above the root.
+    pub fn resolve_link(&self, relative: &Path) -> Result<Option<PathBuf>> {
         let link = self.join(relative);
-        let text = self.read_link(&link).map_err(|source| Error::Io {
-            op: "resolve",
-            path: link.clone(),
-            source,
-        })?;
-        super::link::resolve_link_text(&link, relative, &text)
+        match self.read_link(&link) {
+            Some(text) => super::link::resolve_link_text(&link, relative, &text).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// [`super::link::link_name`] of `path`, read inside the root.
     pub fn link_name(&self, path: &Path) -> Option<String> {
-        let target = self.read_link(path).ok()?;
+        let target = self.read_link(path)?;
         target.file_name()?.to_str().map(str::to_owned)
     }
 }

@@ -185,19 +185,31 @@ impl Publisher {
 
     /// Makes the API server hold exactly the slices of `inventory`. Any failure drops the watched state.
     pub async fn publish(&mut self, inventory: &Inventory) -> Result<PublishReport, PublishError> {
-        let result = self.reconcile(inventory).await;
+        let desired = build_slices(inventory, &self.config, 0);
+        self.publish_slices(desired).await
+    }
+
+    /// [`Publisher::publish`] of the slices already built from the inventory ([`build_slices`] with
+    /// this publisher's [`SliceConfig`]).
+    pub async fn publish_slices(
+        &mut self,
+        desired: Vec<ResourceSlice>,
+    ) -> Result<PublishReport, PublishError> {
+        let result = self.reconcile(desired).await;
         if result.is_err() {
             self.forget();
         }
         result
     }
 
-    async fn reconcile(&mut self, inventory: &Inventory) -> Result<PublishReport, PublishError> {
+    async fn reconcile(
+        &mut self,
+        desired: Vec<ResourceSlice>,
+    ) -> Result<PublishReport, PublishError> {
         let fetched_owner = self.owner.is_none();
         if fetched_owner {
             self.owner = Some(self.node_owner().await?);
         }
-        let desired = build_slices(inventory, &self.config, 0);
         let errors = validate_pool(&desired);
         if !errors.is_empty() {
             return Err(PublishError::Invalid(errors));

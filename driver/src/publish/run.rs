@@ -6,12 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
 use super::{PublishError, Publisher, SliceEvents, WATCH_SECONDS};
 use crate::api::{Backoff, CALL_TIMEOUT};
-use crate::inventory::Inventory;
+
+#[cfg(doc)]
+use crate::slices::build_slices;
 
 /// A watch still open this long after it started was not ended by the server as asked: the connection
 /// is dead (or the server hung), so it is dropped and the state listed again.
@@ -58,19 +61,20 @@ async fn until(at: Option<Instant>) {
 /// Keeps the API server's slices equal to the inventory until `shutdown` turns true.
 ///
 /// The inventory is read with `read` at start, every `interval`, and whenever `changed` is notified
-/// (the hotplug watcher's signal). The slices are compared with the API server's (a list, then a
+/// (the hotplug watcher's signal); `read` returns the node's pool built from it ([`build_slices`]
+/// with the publisher's configuration), built once per read however often it is published. The slices are compared with the API server's (a list, then a
 /// watch of this node's slices of this driver) at each of those and at each watch event, so another
 /// actor's deletion or change is repaired as soon as the event arrives. An unchanged node costs no
 /// API call. A failed call (an error status, a timeout, a broken watch) is retried after an
 /// exponential backoff with jitter ([`Backoff`]: 1 s, 2 s, 4 s, ... 30 s), starting from a fresh list.
 pub async fn publish_loop(
     mut publisher: Publisher,
-    mut read: impl FnMut() -> Inventory,
+    mut read: impl FnMut() -> Vec<ResourceSlice>,
     interval: Duration,
     changed: Arc<tokio::sync::Notify>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut inventory = read();
+    let mut desired = read();
     let mut due = true;
     let mut retry_at: Option<Instant> = None;
     let mut backoff = Backoff::default();
@@ -84,7 +88,7 @@ pub async fn publish_loop(
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if retry_at.is_none() && due {
-            match publisher.publish(&inventory).await {
+            match publisher.publish_slices(desired.clone()).await {
                 Ok(report) => {
                     due = false;
                     backoff.reset();
@@ -138,11 +142,11 @@ pub async fn publish_loop(
                 due = true;
             }
             _ = rescan.tick() => {
-                inventory = read();
+                desired = read();
                 due = true;
             }
             () = changed.notified() => {
-                inventory = read();
+                desired = read();
                 due = true;
             }
             next = next_event(&mut watch, watch_deadline) => match next {

@@ -218,7 +218,7 @@ async fn the_loop_publishes_changes_on_notification_and_rescans_for_free() {
     let current = Arc::new(Mutex::new(inventory("gb300")));
     let read = {
         let current = current.clone();
-        move || current.lock().unwrap().clone()
+        move || build_slices(&current.lock().unwrap(), &SliceConfig::new("n"), 0)
     };
     let changed = Arc::new(tokio::sync::Notify::new());
     let (stop, shutdown) = tokio::sync::watch::channel(false);

@@ -39,7 +39,8 @@ fn start(api: FakeApi, config: SliceConfig, machine: &str) -> Running {
     let current = Arc::new(Mutex::new(inventory(machine)));
     let read = {
         let current = current.clone();
-        move || current.lock().unwrap().clone()
+        let config = config.clone();
+        move || build_slices(&current.lock().unwrap(), &config, 0)
     };
     let changed = Arc::new(tokio::sync::Notify::new());
     let (stop, shutdown) = tokio::sync::watch::channel(false);

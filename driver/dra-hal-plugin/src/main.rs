@@ -21,10 +21,11 @@ const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(1);
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENAS: libc::c_int = 2;
 
-/// Caps glibc's malloc arenas ([`MALLOC_ARENAS`]). Why: with 1000 live claims prepared in bursts of
-/// 32, the plugin's RSS was about 40 MiB, most of it freed memory kept in the arenas of the
-/// threads the bursts ran on; see docs/perf.md ("dra-hal-plugin") for the numbers measured with
-/// this and the bounded blocking pool, before and after.
+/// Caps glibc's malloc arenas ([`MALLOC_ARENAS`]). Why: with 1000 live claims (the `prepare_socket`
+/// bench, release build) the plugin's VmRSS was 39-42 MiB, 25-27 MiB of it anonymous, much of that
+/// freed memory kept in the arenas of the blocking threads the prepares ran on; the environment's
+/// `MALLOC_ARENA_MAX=1` alone gave 34.9 MiB (docs/perf.md, "Prepare at scale"). The figures with
+/// this cap and the bounded blocking pool together are still to be measured (docs/perf.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn cap_malloc_arenas() {
     // SAFETY: mallopt only sets a parameter of glibc's allocator; it is called first thing in

@@ -14,7 +14,9 @@
 //! `cargo bench -p dra-hal-plugin --bench prepare_socket`; knobs: `BENCH_DIR` (where the plugin's
 //! kubelet root and CDI directory go: a directory on ext4, or under /dev/shm for tmpfs; default the
 //! system temp dir), `LATENCY_MS` (20), `LIVE` (1000), `LEVELS` (`1,8,32,128`), `SAMPLES` (256 per
-//! level).
+//! level), `PLUGIN_BIN` (the plugin binary to measure, built with `--features fixture`; default the
+//! one cargo builds for this bench), so that binaries of two commits can be measured in turns in one
+//! session.
 
 #![allow(
     missing_docs,
@@ -104,6 +106,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 struct Bench {
+    plugin: PathBuf,
     api: Arc<Mutex<FakeApi>>,
     kubeconfig: PathBuf,
     root: PathBuf,
@@ -132,7 +135,7 @@ impl Bench {
 
     fn spawn(&self) -> Child {
         let kubelet = self.root.join("kubelet");
-        Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
+        Command::new(&self.plugin)
             .args([
                 "--fixture",
                 "gb300",
@@ -254,7 +257,12 @@ async fn main() {
     tokio::spawn(FakeApi::serve_http(state.clone(), listener));
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(port)).unwrap();
+    let plugin = std::env::var_os("PLUGIN_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_dra-hal-plugin")),
+        PathBuf::from,
+    );
     let bench = Bench {
+        plugin,
         api: state,
         kubeconfig,
         root: dir.path().to_owned(),
@@ -266,7 +274,8 @@ async fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     println!(
-        "dra-hal-plugin (gb300 fixture), claims of 1 GPU + 2 RDMA NICs, in {} ({fs})",
+        "{} (gb300 fixture), claims of 1 GPU + 2 RDMA NICs, in {} ({fs})",
+        bench.plugin.display(),
         dir.path().display()
     );
 

@@ -16,7 +16,7 @@ use super::grpc::{
 use super::metrics::{Metered, Metrics};
 use super::prepare::{ClaimSource, KubeClaims, Preparer, PreparerConfig};
 use crate::inventory::{FixtureVendors as _, Inventory};
-use crate::publish::{desired, publish_loop, publisher};
+use crate::publish::{publish_loop, publisher};
 use crate::slices::SliceConfig;
 
 mod args;
@@ -202,11 +202,15 @@ pub async fn run(
         let read = move || {
             let fresh = read_inventory();
             let now = k8s_openapi::jiff::Timestamp::now().as_second();
+            // The published devices are built once per rescan, for the health report and the slices.
+            let devices = crate::slices::devices::devices_with_sources(&fresh, &slice_config);
             // One report per published device: its count is the number published.
-            let report = crate::health::report(&fresh, &slice_config, now, health_timeout);
+            let report =
+                crate::health::report_of(&devices, &fresh, &slice_config, now, health_timeout);
             metrics.set_devices_published(report.devices.len());
             health_reports.send_replace(report);
-            let slices = desired(&fresh, &slice_config);
+            let devices = devices.into_iter().map(|(device, _)| device).collect();
+            let slices = crate::slices::build_slices_of(devices, &fresh, &slice_config, 0);
             if let Ok(mut shared) = inventory.write() {
                 *shared = fresh;
             }

@@ -38,7 +38,22 @@ pub fn build_slices(
     config: &SliceConfig,
     generation: i64,
 ) -> Vec<ResourceSlice> {
-    let devices = devices::devices(inventory, config);
+    build_slices_of(
+        devices::devices(inventory, config),
+        inventory,
+        config,
+        generation,
+    )
+}
+
+/// [`build_slices`] of `devices`, the devices of `inventory` already built ([`devices::devices`]),
+/// for a caller that uses them for something else too.
+pub fn build_slices_of(
+    devices: Vec<Device>,
+    inventory: &Inventory,
+    config: &SliceConfig,
+    generation: i64,
+) -> Vec<ResourceSlice> {
     let counter_sets: Vec<CounterSet> = inventory
         .gpus
         .iter()

@@ -11,13 +11,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use dra_kubelet_plugin::metadata::{self, ClaimIdentity, MetadataDevice};
-use k8s_openapi::api::resource::v1::ResourceClaim;
+use k8s_openapi::api::resource::v1::{DeviceAttribute, ResourceClaim};
 
 use super::{PrepareError, Preparer};
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::{ContainerEdits, Device as CdiDevice, Spec, qualified_device};
 use crate::plugin::claims::Allocated;
-use crate::slices::devices::devices_with_sources;
 
 /// How the CDI device of a request's metadata file is named after the claim UID: no device this driver
 /// publishes has a name starting so.
@@ -34,12 +33,14 @@ pub(super) struct MetadataPlan {
 
 impl Preparer {
     /// With metadata on, adds each request's mount device to `spec` and its ID to the request's
-    /// `devices`, and returns the files to write.
+    /// `devices`, and returns the files to write; `attributes` are the allocated devices' published
+    /// ones, by device name.
     pub(super) fn plan_metadata(
         &self,
         claim: &ClaimRef,
         resource_claim: &ResourceClaim,
         allocated: &[Allocated],
+        attributes: &BTreeMap<String, BTreeMap<String, DeviceAttribute>>,
         spec: &mut Spec,
         devices: &mut [PreparedDevice],
     ) -> Result<Option<MetadataPlan>, PrepareError> {
@@ -48,16 +49,6 @@ impl Preparer {
         };
         let driver = &self.config.slices.driver_name;
         let pool = &self.config.slices.node_name;
-        let attributes: BTreeMap<String, _> = {
-            let inventory = self
-                .inventory
-                .read()
-                .map_err(|_| PrepareError::poisoned("inventory"))?;
-            devices_with_sources(&inventory, &self.config.slices)
-                .into_iter()
-                .map(|(device, _)| (device.name, device.attributes.unwrap_or_default()))
-                .collect()
-        };
         let identity = ClaimIdentity {
             namespace: claim.namespace.clone(),
             name: claim.name.clone(),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::resource::v1::ResourceClaim;
+use k8s_openapi::api::resource::v1::{Device, DeviceAttribute, ResourceClaim};
 
 use super::edits::{claim_env, container_edits};
 use super::network::{direct_configs, network_status};
@@ -17,6 +17,16 @@ use crate::plugin::checkpoint::{ClaimRecord, Phase, SpecJson};
 use crate::plugin::claims::Allocated;
 use crate::plugin::cpus::{Placement, allocate};
 use crate::slices::devices::{DeviceSource, devices_with_sources};
+
+/// The allocated devices as this node publishes them, in the order of the allocation.
+pub(super) struct Resolved {
+    /// The machine side of each.
+    pub sources: Vec<DeviceSource>,
+    /// Whether each is published with `allowMultipleAllocations`.
+    pub shareable: Vec<bool>,
+    /// The published attributes of each, by device name (for `--device-metadata`).
+    pub attributes: BTreeMap<String, BTreeMap<String, DeviceAttribute>>,
+}
 
 /// What a prepare will do, reserved in memory.
 pub(super) struct Planned {
@@ -45,8 +55,13 @@ impl Preparer {
         allocated: &[Allocated],
         resource_claim: &ResourceClaim,
     ) -> Result<Planned, PrepareError> {
+        // The devices this node publishes are built once, before the claim-state lock is taken.
+        let Resolved {
+            mut sources,
+            shareable,
+            attributes,
+        } = self.resolve(allocated)?;
         let mut state = self.state();
-        let (mut sources, shareable) = self.sources(allocated)?;
         self.check_exclusive(&state, &claim.uid, allocated, &shareable)?;
         let partitioned = {
             let inventory = self
@@ -82,8 +97,14 @@ impl Preparer {
             let cpus = self.place_cpus(&state, &claim.uid, allocated, &sources)?;
             let rt = self.place_rt(&state, &claim.uid, allocated, &sources, &cpus)?;
             let (mut spec, mut devices) = self.plan(claim, allocated, &sources, &cpus, &rt)?;
-            let metadata =
-                self.plan_metadata(claim, resource_claim, allocated, &mut spec, &mut devices)?;
+            let metadata = self.plan_metadata(
+                claim,
+                resource_claim,
+                allocated,
+                &attributes,
+                &mut spec,
+                &mut devices,
+            )?;
             let record = ClaimRecord {
                 claim: claim.clone(),
                 phase: Phase::Started,
@@ -134,43 +155,54 @@ impl Preparer {
         }
     }
 
-    /// The machine side of each allocated device, and whether each is published with
-    /// `allowMultipleAllocations`; a device this node does not publish is an error.
-    pub(super) fn sources(
-        &self,
-        allocated: &[Allocated],
-    ) -> Result<(Vec<DeviceSource>, Vec<bool>), PrepareError> {
+    /// The machine side of each allocated device, whether each is published with
+    /// `allowMultipleAllocations`, and its published attributes; a device this node does not publish
+    /// is an error. The published devices are built once here, for the whole prepare.
+    pub(super) fn resolve(&self, allocated: &[Allocated]) -> Result<Resolved, PrepareError> {
         let inventory = self
             .inventory
             .read()
             .map_err(|_| PrepareError::poisoned("inventory"))?;
-        let published: BTreeMap<String, (DeviceSource, bool)> =
+        let mut published: BTreeMap<String, (Device, DeviceSource)> =
             devices_with_sources(&inventory, &self.config.slices)
                 .into_iter()
-                .map(|(d, s)| (d.name, (s, d.allow_multiple_allocations == Some(true))))
+                .map(|(d, s)| (d.name.clone(), (d, s)))
                 .collect();
-        allocated
-            .iter()
-            .map(|a| {
-                let (source, shareable) = published.get(&a.device).cloned().ok_or_else(|| {
-                    PrepareError::NotPublished {
-                        device: a.device.clone(),
-                    }
-                })?;
-                if let Some(unhealthy) =
-                    crate::health::of_source(&inventory, &source, &self.config.slices)
-                    && unhealthy.refuses_prepare()
-                {
-                    return Err(PrepareError::Unhealthy {
-                        device: a.device.clone(),
-                        message: unhealthy.message.to_string(),
-                        reason: unhealthy.reason.to_string(),
-                    });
-                }
-                Ok((source, shareable))
-            })
-            .collect::<Result<Vec<_>, PrepareError>>()
-            .map(|pairs| pairs.into_iter().unzip())
+        let mut resolved = Resolved {
+            sources: Vec::with_capacity(allocated.len()),
+            shareable: Vec::with_capacity(allocated.len()),
+            attributes: BTreeMap::new(),
+        };
+        for a in allocated {
+            let Some((device, source)) = published.get(&a.device) else {
+                return Err(PrepareError::NotPublished {
+                    device: a.device.clone(),
+                });
+            };
+            if let Some(unhealthy) =
+                crate::health::of_source(&inventory, source, &self.config.slices)
+                && unhealthy.refuses_prepare()
+            {
+                return Err(PrepareError::Unhealthy {
+                    device: a.device.clone(),
+                    message: unhealthy.message.to_string(),
+                    reason: unhealthy.reason.to_string(),
+                });
+            }
+            resolved.sources.push(source.clone());
+            resolved
+                .shareable
+                .push(device.allow_multiple_allocations == Some(true));
+        }
+        // A device allocated twice (two requests) keeps its attributes for both.
+        for a in allocated {
+            if let Some((device, _)) = published.remove(&a.device) {
+                resolved
+                    .attributes
+                    .insert(a.device.clone(), device.attributes.unwrap_or_default());
+            }
+        }
+        Ok(resolved)
     }
 
     /// The CPUs of each CPU device of the claim: an individual CPU is itself; a group gives the CPUs the

@@ -374,13 +374,16 @@ fn too_deep(text: &str) -> Option<usize> {
 /// kubectl and the API server read YAML with `sigs.k8s.io/yaml`, which parses with go-yaml v2, a
 /// YAML 1.1 parser: unquoted `y`, `n`, `yes`, `no`, `on`, `off` (any case) are booleans, and
 /// integers with a leading `0` are octal. `name: n` is therefore the boolean `false`, which the API
-/// server refuses for a string field; so does this reader, with a hint to quote it. Empty
+/// server refuses for a string field; so does this reader, with a hint to quote it. A plain boolean
+/// or number map key becomes its JSON text (`on:` is the key `"true"`, see [`crate::yaml`]). Empty
 /// documents are skipped.
 fn read_yaml(text: &str) -> Result<Vec<serde_json::Value>, String> {
     let mut options = serde_saphyr::Options::default();
     options.legacy_octal_numbers = true;
     options.strict_booleans = false;
-    serde_saphyr::from_multiple_with_options(text, options).map_err(|e| e.to_string())
+    let documents: Vec<crate::yaml::Document> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| e.to_string())?;
+    Ok(documents.into_iter().map(|document| document.0).collect())
 }
 
 /// Decodes with the path of the offending field in the error.

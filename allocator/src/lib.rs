@@ -68,6 +68,7 @@ mod search;
 pub mod synthetic;
 mod version;
 mod why;
+mod yaml;
 
 pub use cel::{CompileError, CompileErrorKind};
 pub use explain::{ADMIN_ACCESS_LABEL, Allocator, DEFAULT_STEP_LIMIT};

@@ -234,8 +234,10 @@ async fn serve_inner(
                         // Off the loop: the state directory's listing may block, the teardowns take
                         // long; the events meanwhile are answered (see `PodNetwork::del_vanished`).
                         let alive = std::mem::take(&mut alive);
+                        // Before any later event: a sandbox started after this point is kept.
+                        let mark = net.sandboxes.mark();
                         let net = net.clone();
-                        tokio::spawn(async move { net.clean_up_vanished(alive).await });
+                        tokio::spawn(async move { net.clean_up_vanished(alive, mark).await });
                     }
                 }
                 let sandbox = match (net, request.method.as_str()) {

@@ -68,15 +68,22 @@ pub struct PodNetwork {
     pub(crate) sandboxes: Arc<Sandboxes>,
 }
 
-/// Per pod sandbox id: one lock, so its events never run at once, and whether it got its network
-/// functions from this plugin (a `RunPodSandbox` with functions to attach, until its stop or removal),
-/// so the cleanup after a `Synchronize`, which runs beside the events, never tears down a sandbox
-/// the runtime started after the `Synchronize` named the sandboxes alive.
+/// Per pod sandbox id: one lock, so its events never run at once, and when it got its network
+/// functions from this plugin (the sequence number of its `RunPodSandbox`, until its stop, removal
+/// or teardown), so the cleanup after a `Synchronize`, which runs beside the events, never tears down
+/// a sandbox the runtime started after the `Synchronize` named the sandboxes alive, and does tear
+/// down one started before it (by an earlier connection: its stop was missed while disconnected).
 #[derive(Default)]
 pub(crate) struct Sandboxes {
     locks: KeyedLocks,
-    started: std::sync::Mutex<BTreeSet<String>>,
+    started: std::sync::Mutex<BTreeMap<String, u64>>,
+    starts: std::sync::atomic::AtomicU64,
 }
+
+/// The point, in the sequence of sandbox starts, where a `Synchronize` named the sandboxes alive:
+/// those started later are not its business (`Sandboxes::mark`).
+#[derive(Clone, Copy, Debug)]
+pub struct SyncMark(u64);
 
 impl Sandboxes {
     /// Waits for the lock of the sandbox `id`.
@@ -90,15 +97,36 @@ impl Sandboxes {
         self.locks.len()
     }
 
-    fn started(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn started(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
         self.started
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether the sandbox `id` got network functions since this plugin started.
-    pub(crate) fn is_started(&self, id: &str) -> bool {
-        self.started().contains(id)
+    /// Notes that the sandbox `id` gets network functions now (its lock held).
+    fn start(&self, id: &str) {
+        let number = self
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .saturating_add(1);
+        self.started().insert(id.to_owned(), number);
+    }
+
+    /// Forgets the sandbox `id` (stopped, removed, torn down, or its start failed).
+    fn forget(&self, id: &str) {
+        self.started().remove(id);
+    }
+
+    /// Now, in the sequence of starts: taken on the event loop when a `Synchronize` ends, before
+    /// any later event is handled.
+    pub fn mark(&self) -> SyncMark {
+        SyncMark(self.starts.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Whether the sandbox `id` got network functions after `mark`.
+    fn started_after(&self, id: &str, mark: SyncMark) -> bool {
+        let started = self.started();
+        started.get(id).is_some_and(|&number| number > mark.0)
     }
 }
 
@@ -235,9 +263,9 @@ impl PodNetwork {
             return Ok(Vec::new());
         }
         // Under the sandbox's lock, before anything is attached (see [`Sandboxes`]).
-        self.sandboxes.started().insert(pod.id.clone());
+        self.sandboxes.start(&pod.id);
         let netns = netns_of(pod).ok_or_else(|| {
-            self.sandboxes.started().remove(&pod.id);
+            self.sandboxes.forget(&pod.id);
             SandboxError::NoNetns {
                 namespace: pod.namespace.clone(),
                 name: pod.name.clone(),
@@ -270,7 +298,7 @@ impl PodNetwork {
                 Err(error) => {
                     // All or nothing: what this sandbox got so far goes back.
                     self.undo(done).await;
-                    self.sandboxes.started().remove(&pod.id);
+                    self.sandboxes.forget(&pod.id);
                     return Err(error);
                 }
             }
@@ -396,7 +424,7 @@ impl PodNetwork {
     /// `DEL` for every cached attachment of the sandbox, and its direct-mode netdevs home.
     pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), SandboxError> {
         let failures = self.teardown(&pod.id).await.failures();
-        self.sandboxes.started().remove(&pod.id);
+        self.sandboxes.forget(&pod.id);
         match failures.is_empty() {
             true => Ok(()),
             false => Err(SandboxError::Teardown { failures }),
@@ -411,14 +439,16 @@ impl PodNetwork {
         self.teardown_locked(id).await
     }
 
-    /// [`PodNetwork::teardown`] of a sandbox found vanished, unless it got network functions since
-    /// (then `None`): a sandbox the runtime started after its `Synchronize`.
-    async fn teardown_vanished(&self, id: &str) -> Option<Teardown> {
+    /// [`PodNetwork::teardown`] of a sandbox found vanished, unless it got network functions after
+    /// `mark` (then `None`): a sandbox the runtime started after its `Synchronize`.
+    async fn teardown_vanished(&self, id: &str, mark: SyncMark) -> Option<Teardown> {
         let _sandbox = self.sandboxes.lock(id).await;
-        if self.sandboxes.is_started(id) {
+        if self.sandboxes.started_after(id, mark) {
             return None;
         }
-        Some(self.teardown_locked(id).await)
+        let done = self.teardown_locked(id).await;
+        self.sandboxes.forget(id);
+        Some(done)
     }
 
     /// The teardown of the sandbox `id`, its lock held.
@@ -437,13 +467,14 @@ impl PodNetwork {
         Teardown { cni, direct }
     }
 
-    /// After a `Synchronize` that named the sandboxes `alive`, beside the event loop: lists the
-    /// sandboxes that vanished ([`PodNetwork::vanished`], a blocking read of the state directory, on
-    /// a blocking thread) and tears them down ([`PodNetwork::del_vanished`]).
-    pub async fn clean_up_vanished(&self, alive: BTreeSet<String>) {
+    /// After a `Synchronize` that named the sandboxes `alive` at `mark` (`Sandboxes::mark`, taken
+    /// on the event loop), beside the event loop: lists the sandboxes that vanished
+    /// ([`PodNetwork::vanished`], a blocking read of the state directory, on a blocking thread) and
+    /// tears them down ([`PodNetwork::del_vanished`]).
+    pub async fn clean_up_vanished(&self, alive: BTreeSet<String>, mark: SyncMark) {
         let net = self.clone();
         match tokio::task::spawn_blocking(move || net.vanished(&alive)).await {
-            Ok(vanished) => self.del_vanished(vanished).await,
+            Ok(vanished) => self.del_vanished(vanished, mark).await,
             Err(error) => {
                 tracing::warn!(%error, "listing the sandboxes gone while the plugin was down")
             }
@@ -482,10 +513,11 @@ impl PodNetwork {
 
     /// Tears down the sandboxes [`PodNetwork::vanished`] found, each under its lock (a stop event of
     /// the same sandbox meanwhile finds nothing left, or leaves nothing), except those that got
-    /// network functions since the listing began (started after the `Synchronize`).
-    pub async fn del_vanished(&self, sandboxes: BTreeSet<String>) {
+    /// network functions after `mark` (started after the `Synchronize`). One started before it,
+    /// by this plugin over an earlier connection, is torn down: its stop was missed.
+    pub async fn del_vanished(&self, sandboxes: BTreeSet<String>, mark: SyncMark) {
         for id in sandboxes {
-            let Some(done) = self.teardown_vanished(&id).await else {
+            let Some(done) = self.teardown_vanished(&id, mark).await else {
                 tracing::debug!(sandbox = %id, "started after the Synchronize: not torn down");
                 continue;
             };

@@ -122,9 +122,10 @@ async fn racing_teardowns_of_one_sandbox_run_del_once() {
 
     // A Synchronize cleanup (the sandbox is not among the runtime's) and a stop at once.
     net.run_pod_sandbox(&pod).await.unwrap();
+    let mark = net.sandboxes.mark();
     let vanished = net.vanished(&["sandbox0".to_owned()].into());
     assert_eq!(vanished, ["sandbox1".to_owned()].into());
-    let ((), stop) = tokio::join!(net.del_vanished(vanished), net.stop_pod_sandbox(&pod));
+    let ((), stop) = tokio::join!(net.del_vanished(vanished, mark), net.stop_pod_sandbox(&pod));
     stop.unwrap();
     assert_eq!(
         dels(lines(&bin.join("log"))),
@@ -372,7 +373,7 @@ mod root {
         // The next plugin's Synchronize does not list the sandbox.
         let vanished = net.vanished(&["sandbox0".to_owned()].into());
         assert_eq!(vanished, ["sandboxd5".to_owned()].into());
-        net.del_vanished(vanished).await;
+        net.del_vanished(vanished, net.sandboxes.mark()).await;
         assert!(net.direct.moved().is_empty());
         assert!(pod_ns.link("net2").is_none());
         for name in ["vf0", "vf1"] {

@@ -111,6 +111,8 @@ async fn a_blocked_listing_after_synchronize_leaves_the_events_answered_and_find
     let node = start_network(&socket, net.clone());
     // The Synchronize is answered, and so is the next event, while the listing is blocked.
     let conn = connect(&runtime).await;
+    // No sandbox started between the Synchronize and here: the Synchronize's own mark.
+    let mark = net.sandboxes.mark();
     let pod2 = pod_in_netns("sandbox2", "pod-uid-2", Path::new("/run/netns/cni-2"));
     conn.sandbox_event(event::RUN_POD_SANDBOX, &pod2)
         .await
@@ -145,7 +147,7 @@ async fn a_blocked_listing_after_synchronize_leaves_the_events_answered_and_find
     );
     assert!(!watchdog.fired());
     // Found vanished again (not in a Synchronize's list), a sandbox started since is still kept.
-    net.del_vanished(["sandbox2".to_owned()].into()).await;
+    net.del_vanished(["sandbox2".to_owned()].into(), mark).await;
     assert_eq!(lines(&bin.join("log")).len(), 3);
     conn.sandbox_event(event::STOP_POD_SANDBOX, &pod2)
         .await
@@ -154,4 +156,31 @@ async fn a_blocked_listing_after_synchronize_leaves_the_events_answered_and_find
     drop(conn);
     node.stop().await;
     drop(watchdog);
+}
+
+/// The NRI connection drops while the plugin runs; the runtime removes a sandbox meanwhile (its
+/// stop never reaches the plugin). The next `Synchronize` does not name it: though this plugin
+/// started it, it started before that `Synchronize`, so it gets its DEL.
+#[tokio::test]
+async fn a_sandbox_started_before_a_reconnection_and_gone_meanwhile_gets_its_del() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    recorder(&bin);
+    let nad = r#"{"cniVersion": "1.0.0", "name": "vf-test1", "type": "rec"}"#;
+    let api = api(&[("vf-test1", nad)]);
+    let records: BTreeMap<String, ClaimRecord> =
+        [("uid-1".to_owned(), record("pod-uid-1", "ens1f0v0"))].into();
+    let net = network(&bin, dir.path(), records, &api);
+    let pod1 = pod_in_netns("sandbox1", "pod-uid-1", Path::new("/run/netns/cni-1"));
+    net.run_pod_sandbox(&pod1).await.unwrap();
+    // The Synchronize of the new connection names no sandbox.
+    let mark = net.sandboxes.mark();
+    net.clean_up_vanished(BTreeSet::new(), mark).await;
+    assert_eq!(
+        lines(&bin.join("log")),
+        ["ADD sandbox1 /run/netns/cni-1 net1", "DEL sandbox1  net1"]
+    );
+    assert!(net.cni.cached().is_empty());
+    assert!(!net.sandboxes.started_after("sandbox1", mark));
 }

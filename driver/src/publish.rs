@@ -1,14 +1,11 @@
 //! This driver's side of the kubelet-plugin kit's ResourceSlice publisher
-//! ([`dra_kubelet_plugin::publish`]): the pool is the inventory's slices ([`desired`]), checked with
+//! ([`dra_kubelet_plugin::publish`]): the pool is the inventory's slices ([`crate::slices::build_slices`]), checked with
 //! the driver's rules of the API server ([`validate_pool`]) before anything is sent ([`publisher`]).
-
-use k8s_openapi::api::resource::v1::ResourceSlice;
 
 pub use dra_kubelet_plugin::publish::{PublishError, PublishReport, Publisher, publish_loop};
 
-use crate::inventory::Inventory;
+use crate::slices::SliceConfig;
 use crate::slices::validate::validate_pool;
-use crate::slices::{SliceConfig, build_slices};
 
 /// A publisher of `config`'s node and driver whose slices must pass [`validate_pool`].
 pub fn publisher(client: kube::Client, config: &SliceConfig) -> Publisher {
@@ -18,11 +15,6 @@ pub fn publisher(client: kube::Client, config: &SliceConfig) -> Publisher {
             .map(ToString::to_string)
             .collect()
     })
-}
-
-/// The slices to publish for `inventory` (the publisher sets their generation).
-pub fn desired(inventory: &Inventory, config: &SliceConfig) -> Vec<ResourceSlice> {
-    build_slices(inventory, config, 0)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::fake_api::FakeApi;
+use crate::inventory::Inventory;
+use crate::slices::build_slices;
 
 fn inventory(name: &str) -> Inventory {
     let machine = hal_mock::by_name(name).unwrap().materialize().unwrap();
@@ -30,7 +32,7 @@ const SLICES: &str = "/apis/resource.k8s.io/v1/resourceslices";
 async fn the_inventory_is_published_under_this_drivers_names_then_a_rescan_is_free() {
     let config = SliceConfig::new("node-1");
     let (mut publisher, state) = start(FakeApi::with_node("node-1"), &config);
-    let gb300 = desired(&inventory("gb300"), &config);
+    let gb300 = build_slices(&inventory("gb300"), &config, 0);
     let report = publisher.publish(&gb300).await.unwrap();
     assert_eq!((report.created, report.generation), (1, 1));
     {
@@ -46,7 +48,7 @@ async fn the_inventory_is_published_under_this_drivers_names_then_a_rescan_is_fr
         assert_eq!(stored["spec"]["devices"].as_array().unwrap().len(), 10);
     }
     requests(&state);
-    let again = desired(&inventory("gb300"), &config);
+    let again = build_slices(&inventory("gb300"), &config, 0);
     assert!(!publisher.publish(&again).await.unwrap().wrote());
     assert_eq!(requests(&state), Vec::<String>::new());
 }
@@ -57,7 +59,7 @@ async fn an_added_vf_writes_the_changed_slice_once() {
     let (mut publisher, state) = start(FakeApi::with_node("x"), &config);
     let xeon = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
     let root = backends::SysfsRoot::new(xeon.root());
-    let before = desired(&Inventory::from_sysfs(&root, None), &config);
+    let before = build_slices(&Inventory::from_sysfs(&root, None), &config, 0);
     publisher.publish(&before).await.unwrap();
     requests(&state);
 
@@ -66,7 +68,7 @@ async fn an_added_vf_writes_the_changed_slice_once() {
     let sriov = backends::SysfsSriov::with_writer(root.clone(), kernel);
     let pf = hal::PciAddress::parse("0000:b1:00.0").unwrap();
     hal::SriovPf::set_num_vfs(&sriov, pf, 5).unwrap();
-    let after = desired(&Inventory::from_sysfs(&root, None), &config);
+    let after = build_slices(&Inventory::from_sysfs(&root, None), &config, 0);
     let report = publisher.publish(&after).await.unwrap();
     assert_eq!(
         (report.created, report.updated, report.generation),
@@ -90,14 +92,20 @@ async fn individual_cpus_take_two_slices_and_leaving_cpus_out_deletes_one() {
     config.cpu_mode = crate::slices::CpuMode::Individual;
     let xeon = inventory("xeon");
     let (mut first, state) = start(FakeApi::with_node("x"), &config);
-    let report = first.publish(&desired(&xeon, &config)).await.unwrap();
+    let report = first
+        .publish(&build_slices(&xeon, &config, 0))
+        .await
+        .unwrap();
     assert_eq!(report.created, 2, "224 CPUs and 18 devices: 2 slices");
 
     config.families.cpus = false;
     requests(&state);
     let api = std::mem::take(&mut *state.lock().unwrap());
     let (mut second, state) = start(api, &config);
-    let report = second.publish(&desired(&xeon, &config)).await.unwrap();
+    let report = second
+        .publish(&build_slices(&xeon, &config, 0))
+        .await
+        .unwrap();
     assert_eq!(
         (report.updated, report.deleted, report.generation),
         (1, 1, 2)
@@ -117,7 +125,7 @@ async fn slices_that_break_the_api_rules_are_never_sent() {
     config.driver_name = "Not_A_Driver".to_owned();
     let (mut publisher, state) = start(FakeApi::with_node("n"), &config);
     let error = publisher
-        .publish(&desired(&inventory("gb300"), &config))
+        .publish(&build_slices(&inventory("gb300"), &config, 0))
         .await
         .unwrap_err();
     assert!(matches!(error, PublishError::Invalid(_)), "{error}");
@@ -134,7 +142,7 @@ async fn the_loop_publishes_a_changed_inventory_on_notification() {
     let current = Arc::new(Mutex::new(inventory("gb300")));
     let read = {
         let current = current.clone();
-        move || desired(&current.lock().unwrap(), &config)
+        move || build_slices(&current.lock().unwrap(), &config, 0)
     };
     let changed = Arc::new(tokio::sync::Notify::new());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -155,7 +163,7 @@ async fn the_loop_publishes_a_changed_inventory_on_notification() {
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     assert_eq!(requests(&state), [format!("PUT {SLICES}/n-hal-dra-dev-0")]);
     let devices = state.lock().unwrap().slices["n-hal-dra-dev-0"]["spec"]["devices"].clone();
-    let i915 = desired(&inventory("i915"), &SliceConfig::new("n"));
+    let i915 = build_slices(&inventory("i915"), &SliceConfig::new("n"), 0);
     assert_eq!(
         devices.as_array().unwrap().len(),
         i915[0].spec.devices.as_ref().map_or(0, Vec::len)

@@ -238,6 +238,9 @@ async fn burst(client: &DraPluginClient<Channel>, uids: &[String]) -> (Vec<Durat
     (samples, start.elapsed())
 }
 
+/// How long the plugin is left idle before its settled RSS is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let latency = Duration::from_millis(env_or("LATENCY_MS", 20));
@@ -284,6 +287,7 @@ async fn main() {
     let mut child = bench.spawn();
     let mut client = bench.serving("probe").await;
     let first_start = t.elapsed();
+    let rss_start = proc_field(child.id(), "VmRSS:");
 
     // One at a time, no API latency: the plugin's own cost.
     let uids: Vec<String> = (0..64).map(|i| format!("one-{i}")).collect();
@@ -342,6 +346,22 @@ async fn main() {
     let (anon, file) = (
         proc_field(child.id(), "RssAnon:"),
         proc_field(child.id(), "RssFile:"),
+    );
+    // Settled: idle blocking threads end after their keep-alive (1 s), the allocator has had its chance
+    // to give memory back; what a node's monitoring sees between bursts.
+    tokio::time::sleep(SETTLE).await;
+    let settled = proc_field(child.id(), "VmRSS:");
+    let (settled_anon, settled_file) = (
+        proc_field(child.id(), "RssAnon:"),
+        proc_field(child.id(), "RssFile:"),
+    );
+    println!(
+        "VmRSS: {:.1} MiB serving, no claims; {:.1} MiB with {live} live claims {} s after the last call (anonymous {:.1}, file-backed {:.1})",
+        rss_start as f64 / 1024.0,
+        settled as f64 / 1024.0,
+        SETTLE.as_secs(),
+        settled_anon as f64 / 1024.0,
+        settled_file as f64 / 1024.0,
     );
     println!(
         "{live} live claims: CPU per prepare {cpu_ms:.2} ms (wall {:.2} ms each), VmRSS {:.1} MiB (anonymous {:.1}, file-backed {:.1}; peak {:.1} MiB; {:.1} MiB before them: {:.1} KiB per claim)",

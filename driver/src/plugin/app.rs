@@ -58,11 +58,8 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
             .context("no --kubeconfig and no in-cluster configuration")?,
     };
     // Every response must start within a deadline (`crate::api`): a hung API server fails the call
-    // instead of holding it, and with it a claim's Prepare.
-    Ok(kube::client::ClientBuilder::try_from(config)
-        .context("building the Kubernetes client")?
-        .with_layer(&crate::api::call_timeout_layer())
-        .build())
+    // instead of holding it, and with it a claim's Prepare; idle connections past a few are closed.
+    crate::api::client_from_config(config).context("building the Kubernetes client")
 }
 
 /// Runs the plugin until `shutdown` resolves: the claim handler serves the kubelet, the publisher keeps

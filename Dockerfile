@@ -30,11 +30,14 @@ COPY . .
 # when the node's Level Zero loader is mounted (opened at run time). Not verbs: it links libibverbs,
 # which this distroless image does not have. Two builds, not one: built together, hal-probe's fixtures
 # (hal-mock) would be unified into the plugin; built alone, the plugin has no fixtures, mocks or allocator.
+# CARGO_PROFILE=small: code optimised for size (about 5 MiB less resident memory, more CPU per prepare;
+# Cargo.toml's [profile.small]).
+ARG CARGO_PROFILE=release
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p dra-hal-plugin --features udev,level-zero \
- && cargo build --release --locked -p hal-probe --features udev,level-zero \
- && install -D -m 0755 -t /out target/release/dra-hal-plugin target/release/hal-probe
+    cargo build --profile "${CARGO_PROFILE}" --locked -p dra-hal-plugin --features udev,level-zero \
+ && cargo build --profile "${CARGO_PROFILE}" --locked -p hal-probe --features udev,level-zero \
+ && install -D -m 0755 -t /out "target/${CARGO_PROFILE}/dra-hal-plugin" "target/${CARGO_PROFILE}/hal-probe"
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /usr/share/misc/pci.ids /usr/share/misc/pci.ids

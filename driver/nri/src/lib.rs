@@ -6,9 +6,11 @@
 //! - [`reconnect`]: staying connected to the runtime, with backoff;
 //! - [`service`]: the service names and event numbers of NRI's API;
 //! - [`stats`]: what a plugin reports on `/metrics`;
+//! - [`stub`]: a plugin trait shaped like NRI's Go stub, and the registration and dispatch that serve
+//!   it over one connection;
 //! - `fake_runtime` (feature `testing`): the runtime side, for tests.
 //!
-//! The DRA driver's CPU-pinning plugin (`driver::nri`) is built on it.
+//! The DRA driver's CPU-pinning plugin (`driver::nri`) is a [`stub::Plugin`].
 
 pub mod endpoint;
 #[cfg(any(test, feature = "testing"))]
@@ -16,6 +18,7 @@ pub mod fake_runtime;
 pub mod reconnect;
 pub mod service;
 pub mod stats;
+pub mod stub;
 pub mod wire;
 
 /// Generated message types.

@@ -15,8 +15,16 @@ pub mod event {
     pub const REMOVE_POD_SANDBOX: i32 = 3;
     /// CreateContainer.
     pub const CREATE_CONTAINER: i32 = 4;
+    /// PostCreateContainer (delivered as a StateChange).
+    pub const POST_CREATE_CONTAINER: i32 = 5;
+    /// StartContainer (delivered as a StateChange).
+    pub const START_CONTAINER: i32 = 6;
+    /// PostStartContainer (delivered as a StateChange).
+    pub const POST_START_CONTAINER: i32 = 7;
     /// UpdateContainer.
     pub const UPDATE_CONTAINER: i32 = 8;
+    /// PostUpdateContainer (delivered as a StateChange).
+    pub const POST_UPDATE_CONTAINER: i32 = 9;
     /// StopContainer.
     pub const STOP_CONTAINER: i32 = 10;
     /// RemoveContainer (delivered as a StateChange).

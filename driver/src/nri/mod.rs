@@ -4,7 +4,8 @@
 //! - [`wire`]: the mux and ttrpc framing on the runtime's socket;
 //! - [`endpoint`]: calls and answers over it, for either side;
 //! - [`policy`]: which CPUs each container gets, apart from the protocol;
-//! - [`plugin`]: registration and the event handlers (whose answers carry the shared pool's moves);
+//! - [`plugin`]: the event handlers, a [`dra_nri::stub::Plugin`] (their answers carry the shared
+//!   pool's moves); the kit's stub registers it and dispatches the runtime's calls;
 //! - `reconnect` (the kit's [`dra_nri::reconnect`]): reconnection, with backoff;
 //! - [`sandbox`]: pod networking on pod sandbox events (CNI mode);
 //! - [`stats`]: what it reports on `/metrics`;

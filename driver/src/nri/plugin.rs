@@ -2,6 +2,14 @@
 //! gives it. It reconnects when the runtime restarts ([`dra_nri::reconnect`]; a fresh `Synchronize`
 //! rebuilds the state).
 //!
+//! [`CpuPlugin`] is a [`dra_nri::stub::Plugin`]: the kit's stub registers it, answers `Configure` with
+//! its events (the container events, and the pod sandbox events with pod networking), collects the
+//! parts of a `Synchronize`, decodes the runtime's calls and encodes the answers, one call at a time on
+//! the connection's loop. The plugin's own work beside the calls (claims prepared or unprepared,
+//! unsolicited updates that failed, their retry tick) is its `background`. After each `Synchronize`
+//! the sandboxes of pod networking the runtime no longer has are torn down off the loop, from the
+//! mark taken on the loop ([`super::sandbox::SyncMark`]).
+//!
 //! It never calls into the runtime while the runtime may be calling it: containerd 1.7 and 2.1 take
 //! two locks in opposite orders for a plugin's unsolicited `UpdateContainers` (the adaptation lock,
 //! then the CRI plugin's NRI lock) and for container events (the CRI plugin's lock, then the
@@ -15,21 +23,21 @@
 //! container event on the node. Unsolicited updates remain, off by default
 //! ([`NriConfig::unsolicited_updates`]), for runtimes that have the fix.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dra_nri::stub::{self, EventMask, Flow, Plugin};
 use hal::CpuSet;
-use prost::Message as _;
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
-use super::endpoint::{CallError, Ended, Endpoint, Incoming, code};
+use super::endpoint::code;
 use super::policy::{ClaimCpus, Policy, Snapshot, SyncedContainer, Update};
 use super::proto::api;
 use super::proto::ttrpc::Status;
+use super::sandbox::PodNetwork;
 use super::stats::NriStats;
-use super::wire::{PLUGIN_CONN, RUNTIME_CONN};
 
 pub use dra_nri::service::{PLUGIN_SERVICE, RUNTIME_SERVICE, event};
 
@@ -52,7 +60,7 @@ pub struct NriConfig {
     pub unsolicited_updates: bool,
     /// Pod networking on pod sandbox events (`--nri` with CNI mode); none: the events are not
     /// subscribed.
-    pub pod_network: Option<Arc<super::sandbox::PodNetwork>>,
+    pub pod_network: Option<Arc<PodNetwork>>,
 }
 
 impl NriConfig {
@@ -89,7 +97,7 @@ pub fn parse_index(text: &str) -> Result<String, BadIndex> {
 #[derive(Clone)]
 pub struct CpuSource {
     /// Claim UID → CPUs and pods.
-    pub claims: watch::Receiver<std::collections::BTreeMap<String, ClaimCpus>>,
+    pub claims: watch::Receiver<BTreeMap<String, ClaimCpus>>,
     /// The allocatable CPUs now.
     pub allocatable: Arc<dyn Fn() -> CpuSet + Send + Sync>,
 }
@@ -104,7 +112,9 @@ impl CpuSource {
 }
 
 /// Runs the plugin until `stopped` turns true: connects, serves, and reconnects with backoff
-/// ([`dra_nri::reconnect::run`]) while the runtime is away or keeps dropping the plugin.
+/// ([`dra_nri::stub::run`] over [`dra_nri::reconnect::run`]) while the runtime is away or keeps
+/// dropping the plugin. Each connection gets a fresh [`CpuPlugin`] (a fresh `Synchronize` rebuilds
+/// the state).
 pub async fn run(config: NriConfig, source: CpuSource, stopped: watch::Receiver<bool>) {
     if config.unsolicited_updates {
         tracing::warn!(
@@ -112,234 +122,256 @@ pub async fn run(config: NriConfig, source: CpuSource, stopped: watch::Receiver<
              issue #13733) unless the runtime's NRI has containerd/nri#301"
         );
     }
-    let serve_one = |socket, stopped| serve(socket, &config, source.clone(), stopped);
-    dra_nri::reconnect::run(&config.socket, &config.stats, serve_one, stopped).await;
+    let stub = stub::Config {
+        name: config.name.clone(),
+        index: config.index.clone(),
+        timeout: config.timeout,
+        stats: config.stats.clone(),
+    };
+    let make = |runtime| CpuPlugin::new(&config, source.clone(), runtime);
+    stub::run(&config.socket, stub, make, stopped).await;
 }
 
-/// Why a connection to the runtime failed.
-#[derive(Debug, thiserror::Error)]
-pub enum NriError {
-    /// `RegisterPlugin` failed.
-    #[error("registering: {0}")]
-    Register(CallError),
-    /// The registration task failed.
-    #[error("registering: {0}")]
-    Task(String),
-    /// The connection broke (a message over the limit, bytes that are not NRI, a read error).
-    #[error("the NRI connection broke: {0}")]
-    Connection(Ended),
-    /// An answer could not be written.
-    #[error("answering the NRI runtime: {0}")]
-    Answer(CallError),
+/// The plugin's state on one connection: the CPU policy, the claims it follows, pod networking, and
+/// (with unsolicited updates) the pusher that sends them.
+pub struct CpuPlugin {
+    policy: Policy,
+    source: CpuSource,
+    stats: Arc<NriStats>,
+    unsolicited: bool,
+    pod_network: Option<Arc<PodNetwork>>,
+    /// Only with `unsolicited_updates`: to one pusher, so unsolicited updates reach the runtime in
+    /// order; what it could not apply comes back, and is sent again at the next retry tick.
+    push: mpsc::UnboundedSender<Vec<Update>>,
+    failed: mpsc::UnboundedReceiver<Vec<String>>,
+    retry: tokio::time::Interval,
+    _pusher: Option<AbortOnDrop>,
 }
 
-impl NriError {
-    /// The coarse kind of this error.
-    pub fn kind(&self) -> hal::ErrorKind {
-        match self {
-            NriError::Register(e) | NriError::Answer(e) => e.kind(),
-            NriError::Task(_) => hal::ErrorKind::Io,
-            NriError::Connection(e) => e.kind(),
+impl CpuPlugin {
+    /// The plugin for one connection, whose runtime service is `runtime`.
+    pub fn new(config: &NriConfig, mut source: CpuSource, runtime: stub::Runtime) -> CpuPlugin {
+        let policy = Policy::new(source.snapshot());
+        let (push, push_rx) = mpsc::unbounded_channel::<Vec<Update>>();
+        let (failed_tx, failed) = mpsc::unbounded_channel::<Vec<String>>();
+        let pusher = config
+            .unsolicited_updates
+            .then(|| AbortOnDrop(tokio::spawn(pusher(runtime, push_rx, failed_tx))));
+        let mut retry = tokio::time::interval(RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        CpuPlugin {
+            policy,
+            source,
+            stats: config.stats.clone(),
+            unsolicited: config.unsolicited_updates,
+            pod_network: config.pod_network.clone(),
+            push,
+            failed,
+            retry,
+            _pusher: pusher,
+        }
+    }
+
+    /// Claims prepared since the last event: this event's answer carries the moves.
+    fn refresh(&mut self) {
+        if self.source.claims.has_changed().unwrap_or(false) {
+            let snapshot = self.source.snapshot();
+            self.policy.replace_snapshot(snapshot);
+        }
+    }
+
+    /// A pod sandbox event, to pod networking (`--nri` in CNI mode only subscribes them).
+    async fn sandbox(&mut self, event: i32, pod: api::PodSandbox) -> Result<(), Status> {
+        self.refresh();
+        match &self.pod_network {
+            Some(net) => net.on_event(event, &pod).await,
+            None => Ok(()),
         }
     }
 }
 
-impl dra_nri::reconnect::Failure for NriError {
-    fn kind(&self) -> hal::ErrorKind {
-        NriError::kind(self)
+impl Plugin for CpuPlugin {
+    fn events(&self) -> EventMask {
+        let cpus = EventMask::of(&[
+            event::CREATE_CONTAINER,
+            event::UPDATE_CONTAINER,
+            event::STOP_CONTAINER,
+            event::REMOVE_CONTAINER,
+        ]);
+        match self.pod_network {
+            Some(_) => cpus.union(EventMask::of(super::sandbox::EVENTS)),
+            None => cpus,
+        }
     }
-}
 
-/// How a connection ended.
-pub type Outcome = dra_nri::reconnect::Outcome<NriError>;
-
-/// Serves one connection until it ends or `stopped` turns true.
-pub async fn serve(
-    socket: UnixStream,
-    config: &NriConfig,
-    source: CpuSource,
-    stopped: watch::Receiver<bool>,
-) -> Outcome {
-    let mut synchronized = false;
-    let result = serve_inner(socket, config, source, stopped, &mut synchronized).await;
-    Outcome {
-        synchronized,
-        result,
+    async fn synchronize(
+        &mut self,
+        pods: Vec<api::PodSandbox>,
+        containers: Vec<api::Container>,
+    ) -> Result<Vec<api::ContainerUpdate>, Status> {
+        self.refresh();
+        if let Some(net) = &self.pod_network {
+            // Off the loop: the state directory's listing may block, the teardowns take long; the
+            // events meanwhile are answered (see `PodNetwork::del_vanished`).
+            let alive: BTreeSet<String> = pods.iter().map(|p| p.id.clone()).collect();
+            // Before any later event: a sandbox started after this point is kept.
+            let mark = net.sandboxes.mark();
+            let net = net.clone();
+            tokio::spawn(async move { net.clean_up_vanished(alive, mark).await });
+        }
+        let uids: BTreeMap<String, String> = pods.into_iter().map(|p| (p.id, p.uid)).collect();
+        let containers = containers
+            .into_iter()
+            .filter(|c| c.state != CONTAINER_STOPPED)
+            .map(|c| SyncedContainer {
+                cpus: current_cpus(&c),
+                pod_uid: uids.get(&c.pod_sandbox_id).cloned().unwrap_or_default(),
+                id: c.id,
+                name: c.name,
+                env: c.env,
+            })
+            .collect();
+        let updates = self.policy.synchronize(containers);
+        tracing::info!(
+            containers = self.policy.containers().len(),
+            updates = updates.len(),
+            "synchronized with the NRI runtime"
+        );
+        Ok(updates.into_iter().map(container_update).collect())
     }
-}
 
-async fn serve_inner(
-    socket: UnixStream,
-    config: &NriConfig,
-    mut source: CpuSource,
-    mut stopped: watch::Receiver<bool>,
-    synchronized: &mut bool,
-) -> Result<(), NriError> {
-    let (endpoint, mut incoming) = Endpoint::start(socket, PLUGIN_CONN, RUNTIME_CONN);
-    let policy = Arc::new(Mutex::new(Policy::new(source.snapshot())));
-    let register = api::RegisterPluginRequest {
-        plugin_name: config.name.clone(),
-        plugin_idx: config.index.clone(),
-    };
-    // Registration runs beside the loop: the runtime may call Configure before it answers.
-    let registration = {
-        let endpoint = endpoint.clone();
-        let timeout = config.timeout;
-        tokio::spawn(async move {
-            endpoint
-                .call::<api::Empty>(RUNTIME_SERVICE, "RegisterPlugin", &register, timeout)
-                .await
-        })
-    };
-    let mut registration = Some(registration);
-    let mut sync = Vec::new();
-    // Pod sandboxes named by the Synchronize calls so far.
-    let mut alive = std::collections::BTreeSet::new();
-    // Only with `unsolicited_updates`: one pusher, so unsolicited updates reach the runtime in
-    // order; what it could not apply comes back, and is sent again at the next retry tick.
-    let (push_tx, push_rx) = mpsc::unbounded_channel::<Vec<Update>>();
-    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<Vec<String>>();
-    let _stop_pusher = config.unsolicited_updates.then(|| {
-        AbortOnDrop(tokio::spawn(pusher(
-            endpoint.clone(),
-            config.timeout,
-            push_rx,
-            failed_tx,
-        )))
-    });
-    let mut retry = tokio::time::interval(RETRY);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    async fn run_pod_sandbox(&mut self, pod: api::PodSandbox) -> Result<(), Status> {
+        self.sandbox(event::RUN_POD_SANDBOX, pod).await
+    }
+
+    async fn stop_pod_sandbox(&mut self, pod: api::PodSandbox) -> Result<(), Status> {
+        self.sandbox(event::STOP_POD_SANDBOX, pod).await
+    }
+
+    async fn remove_pod_sandbox(&mut self, pod: api::PodSandbox) -> Result<(), Status> {
+        self.sandbox(event::REMOVE_POD_SANDBOX, pod).await
+    }
+
+    async fn create_container(
+        &mut self,
+        pod: api::PodSandbox,
+        container: api::Container,
+    ) -> Result<(Option<api::ContainerAdjustment>, Vec<api::ContainerUpdate>), Status> {
+        self.refresh();
+        let (cpus, updates) = self
+            .policy
+            .create(&container.id, &container.name, &pod.uid, &container.env)
+            .map_err(|e| stub::status(code::FAILED_PRECONDITION, e.to_string()))?;
+        tracing::debug!(container = %container.name, pod = %pod.name, cpus = %cpus, "pinned");
+        let adjust = api::ContainerAdjustment {
+            linux: Some(api::LinuxContainerAdjustment {
+                resources: Some(resources(&cpus)),
+            }),
+        };
+        Ok((
+            Some(adjust),
+            updates.into_iter().map(container_update).collect(),
+        ))
+    }
+
+    async fn update_container(
+        &mut self,
+        _pod: api::PodSandbox,
+        container: api::Container,
+        _resources: Option<api::LinuxResources>,
+    ) -> Result<Vec<api::ContainerUpdate>, Status> {
+        self.refresh();
+        let updates = self.policy.update(&container.id);
+        Ok(updates.into_iter().map(container_update).collect())
+    }
+
+    async fn stop_container(
+        &mut self,
+        _pod: api::PodSandbox,
+        container: api::Container,
+    ) -> Result<Vec<api::ContainerUpdate>, Status> {
+        self.refresh();
+        let updates = self.policy.stop(&container.id);
+        Ok(updates.into_iter().map(container_update).collect())
+    }
+
+    async fn remove_container(
+        &mut self,
+        _pod: api::PodSandbox,
+        container: api::Container,
+    ) -> Result<(), Status> {
+        self.refresh();
+        self.policy.forget(&container.id);
+        Ok(())
+    }
+
+    /// The claims changed (the moves are owed until the runtime's next event, or pushed at once
+    /// with unsolicited updates), unsolicited updates failed, or it is time to retry them. Each
+    /// branch acts after its only `.await`.
+    async fn background(&mut self) -> Flow {
         tokio::select! {
-            call = incoming.recv() => {
-                let Some(Incoming { stream, request }) = call else {
-                    return match endpoint.ended() {
-                        None | Some(Ended::Closed) => Ok(()),
-                        Some(ended) => Err(NriError::Connection(ended)),
-                    };
-                };
-                // Claims prepared since the last event: this event's answer carries the moves.
-                if source.claims.has_changed().unwrap_or(false) {
-                    let snapshot = source.snapshot();
-                    if let Ok(mut policy) = policy.lock() {
-                        policy.replace_snapshot(snapshot);
-                    }
-                }
-                let net = config.pod_network.as_deref().filter(|_| request.service == PLUGIN_SERVICE);
-                if let (Some(net), "Synchronize") = (net, request.method.as_str())
-                    && let Ok(part) = api::SynchronizeRequest::decode(request.payload.as_slice())
-                {
-                    alive.extend(part.pods.iter().map(|p| p.id.clone()));
-                    if !part.more {
-                        // Off the loop: the state directory's listing may block, the teardowns take
-                        // long; the events meanwhile are answered (see `PodNetwork::del_vanished`).
-                        let alive = std::mem::take(&mut alive);
-                        // Before any later event: a sandbox started after this point is kept.
-                        let mark = net.sandboxes.mark();
-                        let net = net.clone();
-                        tokio::spawn(async move { net.clean_up_vanished(alive, mark).await });
-                    }
-                }
-                let sandbox = match (net, request.method.as_str()) {
-                    (Some(net), "StateChange") => net.on_state_change(&request.payload).await,
-                    _ => None,
-                };
-                let extra: &[i32] = if net.is_some() { super::sandbox::EVENTS } else { &[] };
-                let answer = match sandbox {
-                    Some(answer) => answer,
-                    None => handle(&policy, &mut sync, extra, &request.service, &request.method, &request.payload),
-                };
-                count(&policy, &config.stats, request.method == "CreateContainer" && answer.is_err());
-                if request.method == "Synchronize" && sync.is_empty() && answer.is_ok() {
-                    *synchronized = true;
-                }
-                match endpoint.answer(stream, answer).await {
-                    Ok(()) => {}
-                    // Logged, and refused to the runtime with a status: the connection goes on, and
-                    // the moves that answer carried are owed again.
-                    Err(CallError::TooLarge { .. }) => {
-                        if let Ok(mut policy) = policy.lock() {
-                            policy.invalidate_all();
-                        }
-                    }
-                    Err(error) => return Err(NriError::Answer(error)),
-                }
-            }
-            Some(registered) = async { match registration.as_mut() { Some(r) => Some(r.await), None => None } } => {
-                registration = None;
-                match registered {
-                    Ok(Ok(_)) => {
-                        config.stats.set_connected(true);
-                        tracing::info!(name = %config.name, index = %config.index, "registered with the NRI runtime")
-                    }
-                    Ok(Err(error)) => return Err(NriError::Register(error)),
-                    Err(error) => return Err(NriError::Task(error.to_string())),
-                }
-            }
-            changed = source.claims.changed() => {
+            changed = self.source.claims.changed() => {
                 if changed.is_err() {
-                    return Ok(());
+                    return Flow::Stop;
                 }
-                let snapshot = source.snapshot();
-                let Ok(mut policy) = policy.lock() else { continue };
-                if config.unsolicited_updates {
-                    let updates = policy.set_snapshot(snapshot);
+                let snapshot = self.source.snapshot();
+                if self.unsolicited {
+                    let updates = self.policy.set_snapshot(snapshot);
                     if !updates.is_empty() {
                         // Sent by the pusher task: the runtime may call us before it answers.
-                        let _ = push_tx.send(updates);
+                        let _ = self.push.send(updates);
                     }
                 } else {
                     // Owed until the runtime's next event (see the module's doc).
-                    policy.replace_snapshot(snapshot);
+                    self.policy.replace_snapshot(snapshot);
                 }
             }
-            Some(failed) = failed_rx.recv() => {
-                config.stats.add_update_failures(failed.len());
-                if let Ok(mut policy) = policy.lock() {
-                    policy.invalidate(&failed);
-                }
+            Some(failed) = self.failed.recv() => {
+                self.stats.add_update_failures(failed.len());
+                self.policy.invalidate(&failed);
             }
-            _ = retry.tick(), if config.unsolicited_updates => {
-                let updates = policy.lock().map(|mut p| p.retry()).unwrap_or_default();
+            _ = self.retry.tick(), if self.unsolicited => {
+                let updates = self.policy.retry();
                 if !updates.is_empty() {
-                    let _ = push_tx.send(updates);
+                    let _ = self.push.send(updates);
                 }
-            }
-            _ = stopped.changed() => {
-                endpoint.close().await;
-                return Ok(());
             }
         }
+        Flow::Continue
+    }
+
+    /// Reports the containers managed, and a refused creation.
+    fn answering(&mut self, method: &str, ok: bool) {
+        if method == "CreateContainer" && !ok {
+            self.stats.add_refused();
+        }
+        let exclusive = self
+            .policy
+            .containers()
+            .values()
+            .filter(|t| matches!(t.placement, super::policy::Placement::Exclusive(_)))
+            .count();
+        self.stats
+            .set_containers(exclusive, self.policy.containers().len() - exclusive);
+    }
+
+    /// The moves that answer carried are owed again.
+    fn undelivered(&mut self, _method: &str) {
+        self.policy.invalidate_all();
     }
 }
 
 /// Sends the unsolicited updates it receives, one call at a time, and reports the ones that failed.
 async fn pusher(
-    endpoint: Endpoint,
-    timeout: Duration,
+    runtime: stub::Runtime,
     mut updates: mpsc::UnboundedReceiver<Vec<Update>>,
     failed: mpsc::UnboundedSender<Vec<String>>,
 ) {
     while let Some(batch) = updates.recv().await {
-        let refused = push(&endpoint, batch, timeout).await;
+        let refused = push(&runtime, batch).await;
         if !refused.is_empty() && failed.send(refused).is_err() {
             return;
         }
-    }
-}
-
-/// Reports the containers managed, and a refused creation.
-fn count(policy: &Mutex<Policy>, stats: &NriStats, refused: bool) {
-    if refused {
-        stats.add_refused();
-    }
-    if let Ok(policy) = policy.lock() {
-        let exclusive = policy
-            .containers()
-            .values()
-            .filter(|t| matches!(t.placement, super::policy::Placement::Exclusive(_)))
-            .count();
-        stats.set_containers(exclusive, policy.containers().len() - exclusive);
     }
 }
 
@@ -357,29 +389,19 @@ impl Drop for AbortOnDrop {
 
 /// Sends unsolicited updates; returns the containers whose update did not apply (all of them when
 /// the call failed: containerd answers an error when any update fails, and a timeout says nothing).
-async fn push(endpoint: &Endpoint, updates: Vec<Update>, timeout: Duration) -> Vec<String> {
+async fn push(runtime: &stub::Runtime, updates: Vec<Update>) -> Vec<String> {
     let ids: Vec<String> = updates.iter().map(|(id, _)| id.clone()).collect();
-    let request = api::UpdateContainersRequest {
-        update: updates.into_iter().map(container_update).collect(),
-        evict: Vec::new(),
-    };
-    let result: Result<api::UpdateContainersResponse, CallError> = endpoint
-        .call(RUNTIME_SERVICE, "UpdateContainers", &request, timeout)
-        .await;
-    match result {
-        Ok(response) if response.failed.is_empty() => {
+    let update = updates.into_iter().map(container_update).collect();
+    match runtime.update_containers(update).await {
+        Ok(failed) if failed.is_empty() => {
             tracing::info!(
                 containers = ids.len(),
                 "moved containers to the new shared CPU pool"
             );
             Vec::new()
         }
-        Ok(response) => {
-            let failed: Vec<String> = response
-                .failed
-                .into_iter()
-                .map(|u| u.container_id)
-                .collect();
+        Ok(failed) => {
+            let failed: Vec<String> = failed.into_iter().map(|u| u.container_id).collect();
             tracing::warn!(
                 ?failed,
                 "the runtime did not update these containers' CPUs; retrying"
@@ -416,159 +438,11 @@ fn container_update((id, cpus): Update) -> api::ContainerUpdate {
     }
 }
 
-fn status(code: i32, message: impl Into<String>) -> Status {
-    Status {
-        code,
-        message: message.into(),
-    }
-}
-
-fn decode<M: prost::Message + Default>(method: &str, payload: &[u8]) -> Result<M, Status> {
-    M::decode(payload).map_err(|e| status(code::INVALID_ARGUMENT, format!("{method}: {e}")))
-}
-
 /// The CPUs a container runs on, from its Linux resources.
 fn current_cpus(container: &api::Container) -> Option<CpuSet> {
     CpuSet::from_cpulist(container.cpus())
         .ok()
         .filter(|c| !c.is_empty())
-}
-
-/// Answers one call of the runtime.
-fn handle(
-    policy: &Mutex<Policy>,
-    sync: &mut Vec<api::SynchronizeRequest>,
-    extra_events: &[i32],
-    service: &str,
-    method: &str,
-    payload: &[u8],
-) -> Result<Vec<u8>, Status> {
-    if service != PLUGIN_SERVICE {
-        return Err(status(code::UNIMPLEMENTED, format!("no service {service}")));
-    }
-    let mut policy = policy
-        .lock()
-        .map_err(|_| status(code::UNKNOWN, "the plugin's state is poisoned"))?;
-    let answer = match method {
-        "Configure" => {
-            let request: api::ConfigureRequest = decode(method, payload)?;
-            tracing::info!(runtime = %request.runtime_name, version = %request.runtime_version,
-                "configured by the NRI runtime");
-            api::ConfigureResponse {
-                events: event::mask(&[
-                    event::CREATE_CONTAINER,
-                    event::UPDATE_CONTAINER,
-                    event::STOP_CONTAINER,
-                    event::REMOVE_CONTAINER,
-                ]) | event::mask(extra_events),
-            }
-            .encode_to_vec()
-        }
-        "Synchronize" => {
-            let request: api::SynchronizeRequest = decode(method, payload)?;
-            let more = request.more;
-            sync.push(request);
-            if more {
-                return Ok(api::SynchronizeResponse {
-                    update: Vec::new(),
-                    more: true,
-                }
-                .encode_to_vec());
-            }
-            let parts = std::mem::take(sync);
-            let pods: std::collections::BTreeMap<String, String> = parts
-                .iter()
-                .flat_map(|p| p.pods.iter())
-                .map(|p| (p.id.clone(), p.uid.clone()))
-                .collect();
-            let containers = parts
-                .into_iter()
-                .flat_map(|p| p.containers)
-                .filter(|c| c.state != CONTAINER_STOPPED)
-                .map(|c| SyncedContainer {
-                    cpus: current_cpus(&c),
-                    pod_uid: pods.get(&c.pod_sandbox_id).cloned().unwrap_or_default(),
-                    id: c.id,
-                    name: c.name,
-                    env: c.env,
-                })
-                .collect();
-            let updates = policy.synchronize(containers);
-            tracing::info!(
-                containers = policy.containers().len(),
-                updates = updates.len(),
-                "synchronized with the NRI runtime"
-            );
-            api::SynchronizeResponse {
-                update: updates.into_iter().map(container_update).collect(),
-                more: false,
-            }
-            .encode_to_vec()
-        }
-        "CreateContainer" => {
-            let request: api::CreateContainerRequest = decode(method, payload)?;
-            let pod = request.pod.unwrap_or_default();
-            let container = request.container.unwrap_or_default();
-            let (cpus, updates) = policy
-                .create(&container.id, &container.name, &pod.uid, &container.env)
-                .map_err(|e| status(code::FAILED_PRECONDITION, e.to_string()))?;
-            tracing::debug!(container = %container.name, pod = %pod.name, cpus = %cpus, "pinned");
-            api::CreateContainerResponse {
-                adjust: Some(api::ContainerAdjustment {
-                    linux: Some(api::LinuxContainerAdjustment {
-                        resources: Some(resources(&cpus)),
-                    }),
-                }),
-                update: updates.into_iter().map(container_update).collect(),
-                evict: Vec::new(),
-            }
-            .encode_to_vec()
-        }
-        "UpdateContainer" => {
-            let request: api::UpdateContainerRequest = decode(method, payload)?;
-            let id = request.container.map(|c| c.id).unwrap_or_default();
-            api::UpdateContainerResponse {
-                update: policy
-                    .update(&id)
-                    .into_iter()
-                    .map(container_update)
-                    .collect(),
-                evict: Vec::new(),
-            }
-            .encode_to_vec()
-        }
-        "StopContainer" => {
-            let request: api::StopContainerRequest = decode(method, payload)?;
-            let id = request.container.map(|c| c.id).unwrap_or_default();
-            api::StopContainerResponse {
-                update: policy.stop(&id).into_iter().map(container_update).collect(),
-            }
-            .encode_to_vec()
-        }
-        "RemoveContainer" => {
-            let request: api::RemoveContainerRequest = decode(method, payload)?;
-            policy.forget(&request.container.map(|c| c.id).unwrap_or_default());
-            Vec::new()
-        }
-        "StateChange" => {
-            let request: api::StateChangeEvent = decode(method, payload)?;
-            if request.event == event::REMOVE_CONTAINER {
-                policy.forget(&request.container.map(|c| c.id).unwrap_or_default());
-            }
-            Vec::new()
-        }
-        "Shutdown" => {
-            tracing::info!("the NRI runtime is shutting down");
-            Vec::new()
-        }
-        other => {
-            return Err(status(
-                code::UNIMPLEMENTED,
-                format!("{PLUGIN_SERVICE}/{other} is not handled by this plugin"),
-            ));
-        }
-    };
-    Ok(answer)
 }
 
 /// `ContainerState` CONTAINER_STOPPED.

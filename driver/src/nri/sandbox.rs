@@ -13,8 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use prost::Message as _;
-
 use super::endpoint::code;
 use super::plugin::event;
 use super::proto::api;
@@ -220,25 +218,18 @@ impl PodNetwork {
         }
     }
 
-    /// Answers a `StateChange` of a pod sandbox event; `None` for any other (the CPU policy's).
-    pub async fn on_state_change(&self, payload: &[u8]) -> Option<Result<Vec<u8>, Status>> {
-        let request = api::StateChangeEvent::decode(payload).ok()?;
-        let pod = request.pod.unwrap_or_default();
-        let result = match request.event {
-            event::RUN_POD_SANDBOX => self.run_pod_sandbox(&pod).await.map(|_| ()),
-            event::STOP_POD_SANDBOX | event::REMOVE_POD_SANDBOX => {
-                self.stop_pod_sandbox(&pod).await
-            }
-            _ => return None,
+    /// Answers a pod sandbox event (`RUN_POD_SANDBOX`, `STOP_POD_SANDBOX`, `REMOVE_POD_SANDBOX`);
+    /// an error fails the event with `FAILED_PRECONDITION` and its message; any other event: nothing.
+    pub async fn on_event(&self, event: i32, pod: &api::PodSandbox) -> Result<(), Status> {
+        let result = match event {
+            event::RUN_POD_SANDBOX => self.run_pod_sandbox(pod).await.map(|_| ()),
+            event::STOP_POD_SANDBOX | event::REMOVE_POD_SANDBOX => self.stop_pod_sandbox(pod).await,
+            _ => return Ok(()),
         };
-        Some(
-            result
-                .map(|()| api::Empty {}.encode_to_vec())
-                .map_err(|error| Status {
-                    code: code::FAILED_PRECONDITION,
-                    message: error.to_string(),
-                }),
-        )
+        result.map_err(|error| Status {
+            code: code::FAILED_PRECONDITION,
+            message: error.to_string(),
+        })
     }
 
     /// Attaches the pod's network functions (CNI or direct mode); returns the interfaces made (claim

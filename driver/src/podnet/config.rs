@@ -1,69 +1,14 @@
 //! `kind: NetworkConfig` (direct mode, dranet's way): how a network function is configured inside the
 //! pod's network namespace. Field names follow dranet's `NetworkConfig`
 //! (`interface{name, addresses, mtu}`, `routes[]{destination, gateway}`); unknown fields are rejected,
-//! and every problem names its field.
+//! and every problem names its field. What it checks into ([`Checked`], [`Cidr`]) is the kit's
+//! (`dra_podnet::config`).
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
+
+pub use dra_podnet::config::{Checked, Cidr, CidrError, if_name_problem};
 
 use crate::plugin::claims::FieldError;
-
-/// An address with its prefix length (`10.0.0.2/24`, `fd00::2/64`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(try_from = "String", into = "String")]
-pub struct Cidr {
-    /// The address.
-    pub addr: IpAddr,
-    /// The prefix length.
-    pub prefix: u8,
-}
-
-/// Why a text is not a [`Cidr`]; the message quotes the text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct CidrError(String);
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(text: &str) -> Result<Cidr, CidrError> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| CidrError(format!("{text:?} is not a CIDR (address/prefix)")))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| CidrError(format!("{text:?}: {addr:?} is not an IP address")))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max && !prefix.starts_with('+'))
-            .ok_or_else(|| CidrError(format!("{text:?}: the prefix length must be 0 to {max}")))?;
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = CidrError;
-    fn try_from(text: String) -> Result<Cidr, CidrError> {
-        text.parse()
-    }
-}
-
-impl From<Cidr> for String {
-    fn from(cidr: Cidr) -> String {
-        cidr.to_string()
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// `kind: NetworkConfig`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -103,44 +48,10 @@ pub struct RouteConfig {
     pub gateway: Option<String>,
 }
 
-/// A [`NetworkConfig`] with everything parsed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Checked {
-    /// The name in the pod, when given.
-    pub name: Option<String>,
-    /// Addresses.
-    pub addresses: Vec<Cidr>,
-    /// MTU, when given.
-    pub mtu: Option<u32>,
-    /// Routes: destination, gateway.
-    pub routes: Vec<(Cidr, Option<IpAddr>)>,
-}
-
 /// The smallest MTU accepted (IPv4's minimum).
 pub const MIN_MTU: u32 = 68;
 /// The largest MTU accepted.
 pub const MAX_MTU: u32 = 65535;
-
-/// Why `name` is not an interface name (the rules of `VfConfig.ifName`), or `None` when it is one.
-pub fn if_name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("is empty")
-    } else if name.len() > 15 {
-        Some("is longer than 15 bytes (IFNAMSIZ)")
-    } else if name == "." || name == ".." {
-        Some("is . or ..")
-    } else if name.contains('/') {
-        Some("contains '/'")
-    } else if name
-        .chars()
-        .any(|c| c.is_whitespace() || c == ':' || c.is_control())
-    {
-        Some("contains whitespace, ':' or a control character")
-    } else {
-        None
-    }
-}
 
 impl NetworkConfig {
     /// Parses and checks every field; an error is `field: problem`.

@@ -1,4 +1,8 @@
-//! Pod networking and the node's own network.
+//! Pod networking and the node's own network: the driver's policy over the `dra-podnet` kit.
+//!
+//! The kit (`dra_podnet`, re-exported here as [`direct`], [`netlink`], [`rdma`], [`moved`],
+//! [`hostnet`], [`error`] and, with the driver's flags, [`cni`]) moves netdevs into pod namespaces and
+//! back and reads the node's network; this module decides which functions and how:
 //!
 //! [`NodeGuard`] withholds from the inventory, before anything is published or prepared, the PCI
 //! functions of the node's own network ([`hostnet`]: default routes, InternalIP, their bridge/bond
@@ -16,15 +20,11 @@
 
 pub mod cni;
 pub mod config;
-pub mod direct;
-pub mod error;
 pub mod filter;
-pub mod hostnet;
-pub mod moved;
-pub mod netlink;
 pub mod pods;
-pub mod rdma;
 pub mod status;
+
+pub use dra_podnet::{direct, error, hostnet, moved, netlink, rdma};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -191,6 +191,3 @@ pub fn withhold(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-pub(crate) mod tests_root;

@@ -1,5 +1,4 @@
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::filter::{DeviceFilter, FilterErrorKind};
 use super::hostnet::*;
@@ -59,108 +58,6 @@ fn dev_vm_management_interface_carrying_the_default_route_is_never_published() {
     let mut fresh = Inventory::from_sysfs(&root, None);
     assert_eq!(guard.apply(&mut fresh, &config).len(), 1);
     assert!(if_names(&fresh, &config).is_empty());
-}
-
-#[test]
-fn dev_vm_ipv6_default_route_and_addresses_are_read() {
-    let text = std::fs::read_to_string(Path::new(DEV_VM).join("proc/net/ipv6_route")).unwrap();
-    // The fixture has a `::/0 via fd00::1` route on eth0 and the reject route `::/0` on lo.
-    assert_eq!(default_v6(&text), ["eth0"]);
-    let inet6 = std::fs::read_to_string(Path::new(DEV_VM).join("proc/net/if_inet6")).unwrap();
-    assert_eq!(
-        holder_v6(&inet6, "fd00::2".parse().unwrap()).as_deref(),
-        Some("eth0")
-    );
-    assert_eq!(holder_v6(&inet6, "fd00::3".parse().unwrap()), None);
-}
-
-/// A tree with `proc/net/*` and `sys/class/net/*` as given.
-fn tree(route: &str, ipv6_route: &str, if_inet6: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let net = dir.path().join("proc/net");
-    std::fs::create_dir_all(&net).unwrap();
-    std::fs::write(net.join("route"), route).unwrap();
-    std::fs::write(net.join("ipv6_route"), ipv6_route).unwrap();
-    std::fs::write(net.join("if_inet6"), if_inet6).unwrap();
-    let root = dir.path().to_owned();
-    (dir, root)
-}
-
-const HEADER: &str =
-    "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n";
-
-#[test]
-fn the_interface_of_the_internal_ip_is_protected_without_a_default_route() {
-    // Only connected routes: 192.0.2.0/24 on ens5, 10.0.0.0/8 and 10.1.0.0/16 on two others.
-    let route = format!(
-        "{HEADER}ens5\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-         wide\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n\
-         narrow\t0000010A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n"
-    );
-    let inet6 = "fd000000000000000000000000000007 04 40 00 80     ens6\n";
-    let (_dir, root) = tree(&route, "", inet6);
-    let ips: Vec<IpAddr> = ["192.0.2.9", "10.1.2.3", "fd00::7", "203.0.113.1"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let node = NodeNetwork::read(&root, &ips);
-    let names: Vec<&String> = node.interfaces.keys().collect();
-    assert_eq!(names, ["ens5", "ens6", "narrow"], "longest prefix wins");
-    assert_eq!(
-        node.interfaces["ens5"],
-        Reason::InternalIp("192.0.2.9".parse().unwrap())
-    );
-    // No InternalIP: nothing (no default route either).
-    assert!(NodeNetwork::read(&root, &[]).interfaces.is_empty());
-}
-
-#[test]
-fn bridge_ports_bond_slaves_and_vlan_parents_of_the_default_route_are_protected() {
-    let route = format!("{HEADER}br0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
-    let ipv6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
-                fd000000000000000000000000000001 00000400 00000003 00000000 00000003 bond0.7\n";
-    let (_dir, root) = tree(&route, ipv6, "");
-    let class = root.join("sys/class/net");
-    for dir in ["br0/brif/ens1", "bond0.7", "bond0/bonding", "ens9"] {
-        std::fs::create_dir_all(class.join(dir)).unwrap();
-    }
-    std::fs::write(class.join("bond0/bonding/slaves"), "ens2 ens3\n").unwrap();
-    std::os::unix::fs::symlink("../bond0", class.join("bond0.7/lower_bond0")).unwrap();
-    // A name that is no interface name is ignored.
-    std::fs::create_dir_all(class.join("br0/brif/a b")).unwrap();
-    let node = NodeNetwork::read(&root, &[]);
-    let names: Vec<&String> = node.interfaces.keys().collect();
-    assert_eq!(names, ["bond0", "bond0.7", "br0", "ens1", "ens2", "ens3"]);
-    assert_eq!(node.interfaces["ens1"], Reason::Below("br0".into()));
-    assert_eq!(node.interfaces["ens3"], Reason::Below("bond0".into()));
-    assert_eq!(node.interfaces["bond0.7"], Reason::DefaultRouteV6);
-    assert_eq!(node.protects("ens9", &[]), None);
-}
-
-#[test]
-fn malformed_route_files_do_not_panic_and_yield_nothing() {
-    let junk = "x\n\u{0}\u{1}\teth0\tZZ\n../../etc 00000000 0 0003 0 0 0 00000000\n\
-                lo\t00000000\t0\t0003\t0\t0\t0\t00000000\n \n";
-    assert!(default_v4(junk).is_empty());
-    assert!(default_v6("00 00 00\n::: 0 0 0 0 0 0 0 1 eth0\n").is_empty());
-    assert_eq!(connected_v4(junk, "10.0.0.1".parse().unwrap()), None);
-    let (_dir, root) = tree(junk, junk, junk);
-    assert!(
-        NodeNetwork::read(&root, &["::1".parse().unwrap()])
-            .interfaces
-            .is_empty()
-    );
-}
-
-#[test]
-fn globs_match_like_a_shell() {
-    assert!(glob_match("eth*", "eth0"));
-    assert!(glob_match("ens1f?v*", "ens1f0v3"));
-    assert!(glob_match("*", ""));
-    assert!(glob_match("a*b*c", "axxbyyc"));
-    assert!(!glob_match("a*b*c", "axxbyy"));
-    assert!(!glob_match("eth?", "eth10"));
-    assert!(!glob_match("ens1f0", "ens1f0v0"));
 }
 
 #[test]

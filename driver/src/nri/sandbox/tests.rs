@@ -328,8 +328,8 @@ async fn a_sandbox_gone_while_the_plugin_was_down_gets_its_del_at_the_next_synch
 #[tokio::test]
 #[ignore = "needs root and the CNI reference plugins (containernetworking-plugins)"]
 async fn through_nri_the_pod_gets_net1_from_host_device_and_stop_brings_it_home_needs_root() {
-    use crate::podnet::cni::tests_root::{HostVeth, bin_dir};
-    use crate::podnet::tests_root::Netns;
+    use dra_podnet::testing::Netns;
+    use dra_podnet::testing::{HostVeth, bin_dir};
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("nri");
     let vf = HostVeth::new(1450);

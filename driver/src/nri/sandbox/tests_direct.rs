@@ -152,7 +152,7 @@ fn the_recorded_network_config_of_a_device_reaches_its_pod_function() {
 
 mod root {
     use super::*;
-    use crate::podnet::tests_root::{Netns, veth};
+    use dra_podnet::testing::{Netns, veth};
 
     /// `ip -n <ns> <args>` as text, for the log of what the pod saw.
     fn ip_text(ns: &Netns, args: &[&str]) -> String {
@@ -363,10 +363,10 @@ mod root {
         // net2, down, MTU 1280), before it was configured.
         state("vf0", "net1");
         state("vf1", "net2");
-        crate::podnet::tests_root::sh(&[
+        dra_podnet::testing::sh(&[
             "-n", &home.0, "link", "set", "vf1", "netns", &pod_ns.0, "name", "net2",
         ]);
-        crate::podnet::tests_root::sh(&[
+        dra_podnet::testing::sh(&[
             "-n", &pod_ns.0, "link", "set", "net2", "down", "mtu", "1280",
         ]);
         assert_eq!(net.direct.moved().len(), 2);

@@ -1,9 +1,10 @@
-//! CNI mode (the SR-IOV DRA driver's way): a claim's `VfConfig` names a NetworkAttachmentDefinition
-//! ([`nad`]); its config ([`conf`]) is run by the runtime here as the CNI spec says ([`exec`]): each
-//! plugin of the list in turn for `ADD` with the previous one's result as `prevResult`, in reverse for
-//! `DEL` with the cached result, `deviceID` (the function's PCI address) added to each plugin's config
-//! (and to `runtimeConfig` for a plugin that declares the `deviceID` capability). Every attachment is
-//! kept in the [`cache`] so that `DEL` runs with ADD's inputs, after a restart too.
+//! CNI mode (the SR-IOV DRA driver's way): a NetworkAttachmentDefinition (read with [`nad`], named
+//! by the driver's claim configuration) has a config ([`conf`]) that the runtime here runs as the CNI
+//! spec says ([`exec`]): each plugin of the list in turn for `ADD` with the previous one's result as
+//! `prevResult`, in reverse for `DEL` with the cached result, `deviceID` (the function's PCI address)
+//! added to each plugin's config (and to `runtimeConfig` for a plugin that declares the `deviceID`
+//! capability). Every attachment is kept in the [`cache`] so that `DEL` runs with ADD's inputs, after
+//! a restart too.
 
 pub mod cache;
 pub mod conf;
@@ -22,29 +23,6 @@ pub use cache::Entry;
 pub use conf::ConfList;
 pub use error::{CniError, CniErrorKind};
 pub use result::{CniResult, NetworkData};
-
-/// Flags of CNI mode.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CniArgs {
-    /// Where the CNI plugin binaries are, for the NetworkAttachmentDefinitions that claims' VfConfig
-    /// netAttachDefName names (attached at pod sandbox start, through NRI: needs --nri).
-    #[arg(
-        long,
-        env = "CNI_BIN_DIR",
-        value_name = "DIR",
-        default_value = "/opt/cni/bin"
-    )]
-    pub cni_bin_dir: PathBuf,
-
-    /// Seconds one CNI plugin call may take before it is killed.
-    #[arg(
-        long,
-        env = "CNI_TIMEOUT",
-        value_name = "SECONDS",
-        default_value_t = 60
-    )]
-    pub cni_timeout: u64,
-}
 
 /// Where the CNI plugins are, where the cache is, and how long a plugin may run.
 #[derive(Debug, Clone)]
@@ -274,7 +252,7 @@ fn check_attachment(at: &Attachment) -> Result<(), CniError> {
             format!("{:?} is not a container id", at.container_id),
         ));
     }
-    if let Some(problem) = super::config::if_name_problem(&at.if_name) {
+    if let Some(problem) = crate::config::if_name_problem(&at.if_name) {
         return Err(CniError::config(
             "ifName",
             format!("{:?} {problem}", at.if_name),
@@ -294,4 +272,4 @@ fn check_attachment(at: &Attachment) -> Result<(), CniError> {
 mod tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-pub(crate) mod tests_root;
+mod tests_root;

@@ -83,7 +83,7 @@ impl CniResult {
             .iter()
             .filter(|ip| ip.interface.is_none() || ip.interface == index)
             .map(|ip| ip.address.clone())
-            .filter(|a| a.len() <= 64 && a.parse::<super::super::config::Cidr>().is_ok())
+            .filter(|a| a.len() <= 64 && a.parse::<crate::config::Cidr>().is_ok())
             .take(MAX_IPS)
             .collect();
         let mac = index

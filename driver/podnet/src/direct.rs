@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::config::{Checked, Cidr};
-use super::error::{NetError, NetErrorKind};
-use super::netlink::{LinkChange, Rtnl, open_netns};
-use super::rdma::{RdmaMove, move_rdma};
+use crate::config::{Checked, Cidr};
+use crate::error::{NetError, NetErrorKind};
+use crate::netlink::{LinkChange, Rtnl, open_netns};
+use crate::rdma::{RdmaMove, move_rdma};
 
 /// The host side of a moved netdev: enough to move it back.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -185,8 +185,8 @@ fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, S
 /// may have taken the name meanwhile: it is not ours to reconfigure); else, returned by the kernel
 /// when its namespace died, under its pod name with its MAC, or under a name the kernel chose
 /// (`dev<N>`, when its pod name was taken) as the one link with its MAC.
-fn find_home(links: Vec<super::netlink::Link>, saved: &Saved) -> Option<super::netlink::Link> {
-    let ours = |l: &&super::netlink::Link| saved.mac.is_empty() || l.mac == saved.mac;
+fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
+    let ours = |l: &&crate::netlink::Link| saved.mac.is_empty() || l.mac == saved.mac;
     if let Some(link) = links
         .iter()
         .filter(ours)
@@ -194,7 +194,7 @@ fn find_home(links: Vec<super::netlink::Link>, saved: &Saved) -> Option<super::n
     {
         return Some(link.clone());
     }
-    let same_mac: Vec<&super::netlink::Link> = links
+    let same_mac: Vec<&crate::netlink::Link> = links
         .iter()
         .filter(|l| !saved.mac.is_empty() && l.mac == saved.mac)
         .collect();
@@ -279,7 +279,7 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::podnet::netlink::Link;
+    use crate::netlink::Link;
 
     fn link(index: i32, name: &str, mac: &str) -> Link {
         Link {

@@ -2,87 +2,11 @@
 //! `containernetworking-plugins`: `host-device`, `static`, `tuning`): a veth end in the host namespace
 //! stands in for a VF netdev and is moved into an `ip netns` namespace as `net1`. Root only.
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::*;
-use crate::podnet::tests_root::Netns;
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// Where the reference plugins are: `$CNI_BIN_DIR`, else Debian's `/usr/lib/cni`, else `/opt/cni/bin`.
-pub(crate) fn bin_dir() -> PathBuf {
-    let candidates: Vec<PathBuf> = std::env::var_os("CNI_BIN_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")])
-        .collect();
-    for dir in &candidates {
-        if ["host-device", "static", "tuning"]
-            .iter()
-            .all(|p| dir.join(p).is_file())
-        {
-            return dir.clone();
-        }
-    }
-    panic!(
-        "the CNI reference plugins host-device, static and tuning are not in {candidates:?}: \
-         install Debian's containernetworking-plugins (apt-get install containernetworking-plugins) \
-         or set CNI_BIN_DIR"
-    );
-}
-
-/// A veth pair in the host namespace (`<a>` MTU `mtu`, up), deleted on drop if still there.
-pub(crate) struct HostVeth(pub(crate) String);
-
-impl HostVeth {
-    pub(crate) fn new(mtu: u32) -> HostVeth {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("hcv{}x{n}", std::process::id() % 100_000);
-        let peer = format!("{name}p");
-        ip(&[
-            "link",
-            "add",
-            &name,
-            "mtu",
-            &mtu.to_string(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ]);
-        ip(&["link", "set", &name, "up"]);
-        ip(&["link", "set", &peer, "up"]);
-        HostVeth(name)
-    }
-
-    /// The link as `ip -j link show` has it, if on the host.
-    pub(crate) fn on_host(&self) -> Option<serde_json::Value> {
-        let out = Command::new("ip")
-            .args(["-j", "link", "show", "dev", &self.0])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v.get(0).cloned()
-    }
-}
-
-impl Drop for HostVeth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.0])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?}");
-}
+use crate::testing::{HostVeth, Netns, bin_dir};
 
 fn runtime(state: &std::path::Path) -> Cni {
     Cni {

@@ -1,86 +1,24 @@
 //! Direct mode against the real kernel: network namespaces made with `ip netns`, veth pairs standing in
 //! for VF netdevs. Root only (`cargo test -- --ignored` as root in CI).
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::config::{Checked, Cidr};
+use crate::direct::{Detached, attach, detach};
+use crate::testing::{Netns, sh, veth};
 
-use super::config::NetworkConfig;
-use super::direct::{Detached, attach, detach};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A named network namespace, deleted on drop.
-pub(crate) struct Netns(pub String);
-
-impl Netns {
-    pub(crate) fn new(role: &str) -> Netns {
-        let name = format!(
-            "hal-{role}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["netns", "add", &name]);
-        sh(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    pub(crate) fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-
-    /// `ip -n <ns> -j <args>` as JSON.
-    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["-n", &self.0, "-j"];
-        all.extend_from_slice(args);
-        let out = Command::new("ip").args(&all).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// The link `name` in this namespace, as `ip -j link show` has it.
-    pub(crate) fn link(&self, name: &str) -> Option<serde_json::Value> {
-        self.json(&["link", "show"])
-            .as_array()?
-            .iter()
-            .find(|l| l["ifname"] == name)
-            .cloned()
-    }
-
-    pub(crate) fn delete(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
+fn cidr(text: &str) -> Cidr {
+    text.parse().unwrap()
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.delete();
+fn demo_config() -> Checked {
+    Checked {
+        name: Some("net1".into()),
+        addresses: vec![cidr("192.0.2.10/24"), cidr("fd00:9::10/64")],
+        mtu: Some(1400),
+        routes: vec![
+            (cidr("198.51.100.0/24"), Some("192.0.2.1".parse().unwrap())),
+            (cidr("2001:db8::/32"), Some("fd00:9::1".parse().unwrap())),
+        ],
     }
-}
-
-pub(crate) fn sh(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?}");
-}
-
-/// A veth pair `a`/`b` in `ns`, `a` with MTU 1500, up.
-pub(crate) fn veth(ns: &Netns, a: &str, b: &str) {
-    sh(&[
-        "-n", &ns.0, "link", "add", a, "type", "veth", "peer", "name", b,
-    ]);
-    sh(&["-n", &ns.0, "link", "set", a, "up"]);
-    sh(&["-n", &ns.0, "link", "set", b, "up"]);
-}
-
-fn demo_config() -> super::config::Checked {
-    NetworkConfig::decode(serde_json::json!({
-        "interface": {"name": "net1", "addresses": ["192.0.2.10/24", "fd00:9::10/64"], "mtu": 1400},
-        "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"},
-                   {"destination": "2001:db8::/32", "gateway": "fd00:9::1"}]
-    }))
-    .unwrap()
 }
 
 #[test]
@@ -147,7 +85,10 @@ fn direct_mode_restores_a_down_interface_and_its_mtu_needs_root() {
     let pod = Netns::new("pod");
     veth(&home, "vf1", "vf1peer");
     sh(&["-n", &home.0, "link", "set", "vf1", "down", "mtu", "9000"]);
-    let config = NetworkConfig::decode(serde_json::json!({"interface": {"mtu": 1280}})).unwrap();
+    let config = Checked {
+        mtu: Some(1280),
+        ..Checked::default()
+    };
     let attached = attach(&home.path(), "vf1", &pod.path(), &config).unwrap();
     // No name given: it keeps its host name in the pod.
     assert_eq!(pod.link("vf1").unwrap()["mtu"], 1280);
@@ -184,12 +125,16 @@ fn a_failed_attach_moves_the_interface_back_needs_root() {
     let pod = Netns::new("pod");
     veth(&home, "vf3", "vf3peer");
     // The same address twice cannot be added: the kernel answers EEXIST on the route.
-    let config = NetworkConfig::decode(serde_json::json!({
-        "interface": {"name": "net1", "addresses": ["192.0.2.10/24"]},
-        "routes": [{"destination": "198.51.100.0/24", "gateway": "192.0.2.1"},
-                   {"destination": "198.51.100.0/24", "gateway": "192.0.2.1"}]
-    }))
-    .unwrap();
+    let gateway = Some("192.0.2.1".parse().unwrap());
+    let config = Checked {
+        name: Some("net1".into()),
+        addresses: vec![cidr("192.0.2.10/24")],
+        mtu: None,
+        routes: vec![
+            (cidr("198.51.100.0/24"), gateway),
+            (cidr("198.51.100.0/24"), gateway),
+        ],
+    };
     let error = attach(&home.path(), "vf3", &pod.path(), &config).unwrap_err();
     assert_eq!(error.errno, Some(17), "{error}");
     assert!(error.to_string().contains("198.51.100.0/24"), "{error}");
@@ -197,7 +142,7 @@ fn a_failed_attach_moves_the_interface_back_needs_root() {
     assert_eq!(home.link("vf3").unwrap()["mtu"], 1500);
     // A missing interface is NotFound, and a missing namespace is a Namespace error.
     let missing = attach(&home.path(), "nope0", &pod.path(), &config).unwrap_err();
-    assert_eq!(missing.kind(), super::error::NetErrorKind::NotFound);
+    assert_eq!(missing.kind(), crate::error::NetErrorKind::NotFound);
     let no_ns = attach(
         &home.path(),
         "vf3",
@@ -205,6 +150,6 @@ fn a_failed_attach_moves_the_interface_back_needs_root() {
         &config,
     )
     .unwrap_err();
-    assert_eq!(no_ns.kind(), super::error::NetErrorKind::Namespace);
+    assert_eq!(no_ns.kind(), crate::error::NetErrorKind::Namespace);
     assert!(home.link("vf3").is_some());
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fake_api::FakeApi;
+use dra_kubelet_plugin::fake_api::FakeApi;
 
 /// A fake plugin `name` in `dir`: records `COMMAND CONTAINERID NETNS IFNAME ARGS` in `dir/log` and
 /// its stdin in `dir/<name>-<COMMAND>.json`; ADD prints a 1.0.0 result with address 192.0.2.`n`/24
@@ -386,7 +386,10 @@ async fn the_nad_is_read_from_the_claims_namespace_and_its_problems_name_it() {
         r#"{"cniVersion": "9.9.9", "name": "b", "type": "host-device"}"#,
     );
     let state = Arc::new(Mutex::new(api));
-    let client = FakeApi::mock_client(state.clone(), &crate::api::call_timeout_layer());
+    let client = FakeApi::mock_client(
+        state.clone(),
+        &dra_kubelet_plugin::client::call_timeout_layer(),
+    );
     let list = nad::read(&client, "demo", "vf-test1").await.unwrap();
     assert_eq!(list.plugin_type(0), "host-device");
     assert_eq!(

@@ -7,8 +7,8 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::error::{NetError, NetErrorKind};
-use super::netlink::{NLM_F_DUMP, Rtnl, attr, attributes, open_netns, u32_at};
+use crate::error::{NetError, NetErrorKind};
+use crate::netlink::{NLM_F_DUMP, Rtnl, attr, attributes, open_netns, u32_at};
 
 /// `RDMA_NL_NLDEV`: the nldev client of RDMA netlink.
 const RDMA_NL_NLDEV: u16 = 5;

@@ -84,7 +84,7 @@ pub fn load(path: &Path) -> Result<Entry, CniError> {
     let fail = |e: &dyn std::fmt::Display| {
         CniError::new(CniErrorKind::Cache, format!("{}: {e}", path.display()))
     };
-    let bytes = crate::podnet::moved::read_limited(path, MAX_ENTRY).map_err(|e| fail(&e))?;
+    let bytes = crate::moved::read_limited(path, MAX_ENTRY).map_err(|e| fail(&e))?;
     let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| fail(&e))?;
     if entry.kind != CACHE_KIND {
         return Err(fail(&format!("kind {:?} is not {CACHE_KIND}", entry.kind)));
@@ -100,5 +100,5 @@ pub fn load(path: &Path) -> Result<Entry, CniError> {
 /// Every entry under `dir` (temp files of interrupted writes skipped), by file name; a missing
 /// directory has none.
 pub fn list(dir: &Path) -> Vec<(String, Result<Entry, CniError>)> {
-    crate::podnet::moved::list_with(dir, load)
+    crate::moved::list_with(dir, load)
 }

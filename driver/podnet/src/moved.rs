@@ -7,8 +7,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::direct::Saved;
-use super::error::{NetError, NetErrorKind};
+use crate::direct::Saved;
+use crate::error::{NetError, NetErrorKind};
 
 /// `kind` of an entry.
 pub const MOVED_KIND: &str = "directV1";

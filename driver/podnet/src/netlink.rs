@@ -9,8 +9,8 @@ use std::path::Path;
 use rustix::net::netlink::SocketAddrNetlink;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
-use super::config::Cidr;
-use super::error::{NetError, NetErrorKind};
+use crate::config::Cidr;
+use crate::error::{NetError, NetErrorKind};
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;

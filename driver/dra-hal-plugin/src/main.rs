@@ -1,11 +1,14 @@
 //! `dra-hal-plugin`: the DRA kubelet plugin. Publishes this node's devices as ResourceSlices, serves the
-//! kubelet's registration and DRA gRPC services, prepares claims through CDI.
+//! kubelet's registration and DRA gRPC services, prepares claims through CDI. The wiring of the
+//! driver's parts and the kit's is [`app`]; the policy is the `driver` library's.
+
+mod app;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use app::{PluginArgs, init_logging, kube_client, run};
 use clap::Parser;
-use driver::plugin::app::{PluginArgs, init_logging, kube_client, run};
 
 /// An idle blocking thread ends after this long (tokio's default: 10 s), so the threads a burst of
 /// prepares started, and their stacks, are gone soon after it. The pool's size stays tokio's default

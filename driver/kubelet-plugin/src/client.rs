@@ -10,8 +10,18 @@
 //! must come within [`CALL_TIMEOUT`]. The publisher also bounds each whole call, body included, with
 //! [`CALL_TIMEOUT`], and a watch still open 300 s after it started (the server was asked to end it
 //! after 290 s) is dropped and started again, whatever its traffic.
+//!
+//! At a plugin's start: [`connect`] makes the client (a kubeconfig file, else in-cluster) with that
+//! layer, and [`server_version_of`] reads the API server's version, retried until it answers, failing
+//! at once on a refusal ([`VersionRefused`]).
 
 use std::time::Duration;
+
+mod connect;
+mod version;
+
+pub use connect::{ConnectError, connect};
+pub use version::{VersionRefused, server_version_of};
 
 /// The most any single request/response call may take.
 ///

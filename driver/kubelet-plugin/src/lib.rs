@@ -8,7 +8,8 @@
 //! - [`checkpoint`]: the checkpoint of prepared claims, one crash-safe file per claim, generic over
 //!   the driver's record;
 //! - [`cdi`]: the CDI spec writer and validator;
-//! - [`client`]: the API client wrapper (timeouts, error kinds);
+//! - [`client`]: the API client wrapper (timeouts, error kinds), the client from a kubeconfig or
+//!   in-cluster, and the API server's version read at start;
 //! - [`metadata`]: device metadata files (KEP-5304) and their CDI mounts;
 //! - [`metrics`]: `/metrics` and `/healthz`;
 //! - [`publish`]: the ResourceSlice publisher (list + watch, repair of other actors' changes);

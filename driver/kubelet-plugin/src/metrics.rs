@@ -18,7 +18,9 @@ use prometheus_client::registry::Registry;
 use super::handler::{BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults};
 
 mod http;
-pub use http::{CONTENT_TYPE, IO_TIMEOUT, Limits, MAX_CONNECTIONS, serve, serve_with};
+pub use http::{
+    CONTENT_TYPE, IO_TIMEOUT, Limits, MAX_CONNECTIONS, serve, serve_on_thread, serve_with,
+};
 
 /// Latency buckets in seconds (the upper bounds of a Prometheus histogram).
 const BUCKETS: [f64; 10] = [

@@ -1,11 +1,9 @@
 //! The kubelet plugin: registration and DRA gRPC services on Unix sockets, claim preparation with CDI,
 //! and a crash-safe checkpoint.
 
-pub mod app;
 pub mod checkpoint;
 pub mod claims;
 pub mod cpus;
-pub mod fixture_tree;
 pub mod partitions;
 pub mod prepare;
 pub mod provision;

@@ -3,6 +3,7 @@
 //! slices within the API server's limits, and [`validate::validate_pool`] checks every slice before it
 //! leaves the process.
 
+pub mod api_version;
 pub mod args;
 pub mod config;
 pub mod devices;

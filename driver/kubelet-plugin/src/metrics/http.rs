@@ -58,6 +58,29 @@ pub async fn serve(
     serve_with(listener, metrics, shutdown, Limits::default()).await;
 }
 
+/// [`serve`] on a thread and current-thread runtime of their own, so that no load on the metrics
+/// port (a flood of connections, slow clients) takes CPU time or tasks from the kubelet's sockets.
+/// `listener` must be non-blocking. The thread ends when `shutdown` resolves.
+pub fn serve_on_thread(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, metrics, shutdown).await,
+                    Err(error) => tracing::error!(%error, "metrics listener unusable"),
+                }
+            });
+        })
+}
+
 /// [`serve`] with explicit limits: at most `max_connections` connections at once, each closed when
 /// its headers have not arrived within `io_timeout` and in any case after `io_timeout`, so idle or
 /// slow clients cannot hold descriptors or memory.
@@ -140,6 +163,32 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::time::Instant;
+
+    /// The thread serves without any runtime of the caller's, and ends when told to.
+    #[test]
+    fn serve_on_thread_answers_and_ends_at_shutdown() {
+        use std::io::{Read, Write};
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_healthy(true);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = serve_on_thread(listener, metrics, async move {
+            let _ = stopped.await;
+        })
+        .unwrap();
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+    }
 
     async fn server(max_connections: usize) -> (std::net::SocketAddr, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());

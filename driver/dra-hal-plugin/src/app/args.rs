@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::slices::args::SliceArgs;
+use driver::slices::args::SliceArgs;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,11 +72,11 @@ pub struct PluginArgs {
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub node_net: crate::podnet::NodeNetArgs,
+    pub node_net: driver::podnet::NodeNetArgs,
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub cni: crate::podnet::cni::CniArgs,
+    pub cni: driver::podnet::cni::CniArgs,
 
     /// Seconds between rescans of the hardware (changes are published; an unchanged rescan costs no API call).
     #[arg(long, env = "RESCAN_INTERVAL", default_value_t = 60)]
@@ -112,7 +112,7 @@ pub struct PluginArgs {
 
     /// The NRI plugin index: two digits; the runtime calls plugins in ascending order.
     #[arg(long, env = "NRI_INDEX", value_name = "NN", default_value = "10",
-          value_parser = crate::nri::plugin::parse_index)]
+          value_parser = driver::nri::plugin::parse_index)]
     pub nri_index: String,
 
     /// Also move running containers at once when a claim is prepared or unprepared, with unsolicited

@@ -1,31 +1,33 @@
 //! The plugin process: flags, and [`run`], which wires the inventory, the ResourceSlice publisher, the
-//! claim preparer, the kubelet sockets, metrics and health together until shutdown.
+//! claim preparer, the kubelet sockets, metrics and health together until shutdown. The driver's
+//! policy is the `driver` library's; the generic plumbing (sockets, gRPC services, the API client,
+//! metrics) is the kit `dra-kubelet-plugin`'s, reached through `driver::plugin` and `driver::api`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-
-use super::cdi::CdiDir;
-use super::checkpoint::CheckpointFile;
-use super::grpc::{
+use driver::api::server_version_of;
+use driver::inventory::{FixtureVendors as _, Inventory};
+use driver::plugin::cdi::CdiDir;
+use driver::plugin::checkpoint::CheckpointFile;
+use driver::plugin::grpc::{
     HealthService, PluginSockets, RegistrationService, RegistrationState, acquire_instance_lock,
     serve,
 };
-use super::metrics::{Metered, Metrics};
-use super::prepare::{ClaimSource, KubeClaims, Preparer, PreparerConfig};
-use crate::inventory::{FixtureVendors as _, Inventory};
-use crate::publish::{publish_loop, publisher};
-use crate::slices::SliceConfig;
+use driver::plugin::metrics::{Metered, Metrics};
+use driver::plugin::prepare::{ClaimSource, KubeClaims, Preparer, PreparerConfig};
+use driver::publish::{publish_loop, publisher};
+use driver::slices::SliceConfig;
+use driver::slices::api_version::{counter_layout_for, informational_taints_for};
 
 mod args;
-mod server_version;
+mod fixture_tree;
 mod watch;
 
 pub use args::{LogFormat, PluginArgs};
-pub use server_version::VersionRefused;
-use server_version::{counter_layout_for, informational_taints_for, server_version_of};
+use fixture_tree::FixtureTree;
 #[cfg(feature = "udev")]
 use watch::spawn_hotplug_watch;
 use watch::spawn_xid_watch;
@@ -43,23 +45,10 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// A kube client from `--kubeconfig`, else in-cluster (or the default kubeconfig).
+/// A kube client from `--kubeconfig`, else in-cluster (or the default kubeconfig), with the kit's
+/// per-call deadline (`dra_kubelet_plugin::client::connect`).
 pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no --kubeconfig and no in-cluster configuration")?,
-    };
-    // Every response must start within a deadline (`crate::api`): a hung API server fails the call
-    // instead of holding it, and with it a claim's Prepare; idle connections past a few are closed.
-    crate::api::client_from_config(config).context("building the Kubernetes client")
+    Ok(driver::api::connect(kubeconfig).await?)
 }
 
 /// Runs the plugin until `shutdown` resolves: the claim handler serves the kubelet, the publisher keeps
@@ -86,13 +75,13 @@ pub async fn run(
     // published as taints and to the kubelet's health streams.
     // The grace is 9/10 of the interval: periodic reads start an interval apart but are timed when
     // they end, so a faster second read must not need a third one to make a device gone.
-    let health = Arc::new(std::sync::Mutex::new(crate::health::Health::with_grace(
+    let health = Arc::new(std::sync::Mutex::new(driver::health::Health::with_grace(
         Duration::from_secs(args.rescan_interval.max(1)).mul_f64(0.9),
     )));
     // The node's own network (default routes, InternalIP) and --exclude-interfaces/--device-filter.
-    let node_guard = crate::podnet::NodeGuard::new(
+    let node_guard = driver::podnet::NodeGuard::new(
         root.root(),
-        crate::podnet::internal_ips(&client, &config.node_name).await,
+        driver::podnet::internal_ips(&client, &config.node_name).await,
         args.node_net.clone(),
     )?;
     let read_inventory = {
@@ -101,7 +90,7 @@ pub async fn run(
         let health = health.clone();
         let config = config.clone();
         move || {
-            let vendors = crate::inventory::Vendors::for_root(&root, fixture.as_deref());
+            let vendors = driver::inventory::Vendors::for_root(&root, fixture.as_deref());
             let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), vendors);
             let withheld = node_guard.apply(&mut inventory, &config);
             if let Ok(mut health) = health.lock() {
@@ -119,12 +108,12 @@ pub async fn run(
     let inventory = Arc::new(RwLock::new(read_inventory()));
     let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;
     let _lock = acquire_instance_lock(sockets.plugin_dir()).await?;
-    let boot_id = crate::inventory::boot_id(root.root()).unwrap_or_else(|| "unknown".to_owned());
+    let boot_id = driver::inventory::boot_id(root.root()).unwrap_or_else(|| "unknown".to_owned());
     let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims(client.clone()));
     // Writes go to the kernel on a node, and to the fixture's emulated kernel on a fixture.
     let writer: Arc<dyn hal::AttributeWriter> = match &args.fixture {
         Some(name) => Arc::new(
-            crate::fixtures::by_name(name)
+            driver::fixtures::by_name(name)
                 .map_err(anyhow::Error::msg)?
                 .kernel(root.root()),
         ),
@@ -155,7 +144,7 @@ pub async fn run(
     };
     let cpu_claims = preparer.cpu_claims();
     // CNI mode at pod sandbox start (through NRI): the claims from the checkpoint, read only.
-    let pod_network = crate::nri::sandbox::PodNetwork::for_plugin(
+    let pod_network = driver::nri::sandbox::PodNetwork::for_plugin(
         &args.cni,
         sockets.plugin_dir(),
         checkpoint.clone(),
@@ -176,7 +165,7 @@ pub async fn run(
     // A stream opened before the first rescan gets the devices read at start.
     let first_report = inventory.read().ok().map(|inventory| {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        crate::health::report(&inventory, &config, now, health_timeout)
+        driver::health::report(&inventory, &config, now, health_timeout)
     });
     let (health_reports, health_stream) =
         tokio::sync::watch::channel(first_report.unwrap_or_default());
@@ -200,14 +189,14 @@ pub async fn run(
             let fresh = read_inventory();
             let now = k8s_openapi::jiff::Timestamp::now().as_second();
             // The published devices are built once per rescan, for the health report and the slices.
-            let devices = crate::slices::devices::devices_with_sources(&fresh, &slice_config);
+            let devices = driver::slices::devices::devices_with_sources(&fresh, &slice_config);
             // One report per published device: its count is the number published.
             let report =
-                crate::health::report_of(&devices, &fresh, &slice_config, now, health_timeout);
+                driver::health::report_of(&devices, &fresh, &slice_config, now, health_timeout);
             metrics.set_devices_published(report.devices.len());
             health_reports.send_replace(report);
             let devices = devices.into_iter().map(|(device, _)| device).collect();
-            let slices = crate::slices::build_slices_of(devices, &fresh, &slice_config, 0);
+            let slices = driver::slices::build_slices_of(devices, &fresh, &slice_config, 0);
             if let Ok(mut shared) = inventory.write() {
                 *shared = fresh;
             }
@@ -227,7 +216,7 @@ pub async fn run(
                 "--nri: the CPU topology could not be read, so there is no shared pool to confine containers to"
             );
         }
-        let mut nri = crate::nri::plugin::NriConfig::new(&args.nri_socket);
+        let mut nri = driver::nri::plugin::NriConfig::new(&args.nri_socket);
         nri.index = args.nri_index.clone();
         nri.unsolicited_updates = args.nri_unsolicited_updates;
         nri.pod_network = Some(Arc::new(pod_network));
@@ -241,21 +230,21 @@ pub async fn run(
                 .ok()
                 .and_then(|i| {
                     let cpu = i.cpu.as_ref()?;
-                    Some(crate::slices::devices::allocatable_cpus(cpu, &reserved))
+                    Some(driver::slices::devices::allocatable_cpus(cpu, &reserved))
                 })
                 .unwrap_or_default()
         };
-        let source = crate::nri::plugin::CpuSource {
+        let source = driver::nri::plugin::CpuSource {
             claims: cpu_claims,
             allocatable: Arc::new(allocatable),
         };
-        tasks.spawn(crate::nri::plugin::run(nri, source, stopped.clone()));
+        tasks.spawn(driver::nri::plugin::run(nri, source, stopped.clone()));
     }
     #[cfg(feature = "udev")]
     spawn_hotplug_watch(changed.clone());
     // NVML's XID events are this node's GPUs': not those of a fixture or another machine's tree.
     if args.fixture.is_none() {
-        if crate::inventory::is_this_machine(root.root()) {
+        if driver::inventory::is_this_machine(root.root()) {
             spawn_xid_watch(health, changed.clone(), stopped.clone());
         } else {
             tracing::info!(
@@ -267,7 +256,7 @@ pub async fn run(
     if let Some(path) = &args.vf_policy {
         let handler = handler.clone();
         let changed = changed.clone();
-        let mut watch = super::provision::PolicyWatch::new(path);
+        let mut watch = driver::plugin::provision::PolicyWatch::new(path);
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
             loop {
@@ -297,7 +286,13 @@ pub async fn run(
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .with_context(|| format!("listening on {address} for metrics"))?;
         tracing::info!(%address, "serving /metrics and /healthz");
-        spawn_metrics_thread(listener, metrics.clone(), stopped.clone())
+        // A thread and runtime of their own: no load on the metrics port takes CPU time or tasks
+        // from the kubelet's sockets.
+        let mut stopped = stopped.clone();
+        let stop = async move {
+            let _ = stopped.changed().await;
+        };
+        driver::plugin::metrics::serve_on_thread(listener, metrics.clone(), stop)
             .context("starting the metrics thread")?;
     }
     let registration = RegistrationService::new(&sockets).with_health();
@@ -334,42 +329,10 @@ pub async fn run(
     served.map_err(anyhow::Error::from)
 }
 
-/// Serves metrics on a thread and runtime of their own, so that no load on the metrics port (a
-/// flood of connections, slow clients) takes CPU time or tasks from the kubelet's sockets.
-fn spawn_metrics_thread(
-    listener: std::net::TcpListener,
-    metrics: Arc<Metrics>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        let stop = async move {
-                            let _ = stopped.changed().await;
-                        };
-                        super::metrics::serve(listener, metrics, stop).await;
-                    }
-                    Err(error) => tracing::error!(%error, "metrics listener unusable"),
-                }
-            });
-        })
-        .map(|_| ())
-}
-
 /// The slice configuration, the sysfs root, and the fixture directory to keep alive.
 fn machine(
     args: &PluginArgs,
-) -> anyhow::Result<(
-    SliceConfig,
-    backends::SysfsRoot,
-    Option<super::fixture_tree::FixtureTree>,
-)> {
+) -> anyhow::Result<(SliceConfig, backends::SysfsRoot, Option<FixtureTree>)> {
     let node = match (&args.node_name, &args.fixture) {
         (Some(node), _) => node.clone(),
         (None, Some(fixture)) => fixture.clone(),
@@ -378,9 +341,9 @@ fn machine(
     let config = args.slices.config(&node).map_err(anyhow::Error::msg)?;
     let (root, fixture) = match (&args.fixture, &args.sysfs_root) {
         (Some(name), _) => {
-            let machine = crate::fixtures::by_name(name).map_err(anyhow::Error::msg)?;
-            let parent = super::fixture_tree::scratch_parent();
-            let materialized = super::fixture_tree::FixtureTree::create(&machine, &parent)
+            let machine = driver::fixtures::by_name(name).map_err(anyhow::Error::msg)?;
+            let parent = fixture_tree::scratch_parent();
+            let materialized = FixtureTree::create(&machine, &parent)
                 .with_context(|| format!("writing fixture {name} in {}", parent.display()))?;
             (
                 backends::SysfsRoot::new(materialized.root()),

@@ -1,6 +1,7 @@
-//! What the API server's version decides: the counter layout of the slices and the taint effects.
+//! The API server's version, read at a plugin's start (a driver decides what it publishes by it:
+//! e.g. the counter layout of its ResourceSlices), retried until it answers; a refusal fails at once.
 
-use crate::api::{ErrorKind, kind_of};
+use super::{Backoff, ErrorKind, kind_of};
 
 /// The API server refused to tell its version (401 or 403): asking again cannot help, so the plugin
 /// stops at start and says what it needs.
@@ -31,13 +32,11 @@ impl VersionRefused {
     }
 }
 
-/// The API server's version (`major`, `minor`), which decides the counter layout and the taint
-/// effects: asked until it answers, never guessed. A refusal (401, 403) fails at once: retrying
-/// cannot change the plugin's credentials or RBAC.
-pub(super) async fn server_version_of(
-    client: &kube::Client,
-) -> Result<(String, String), VersionRefused> {
-    let mut backoff = crate::api::Backoff::default();
+/// The API server's version (`major`, `minor`): asked until it answers (with [`Backoff`] between
+/// tries), never guessed. A refusal (401, 403) fails at once: retrying cannot change the plugin's
+/// credentials or RBAC.
+pub async fn server_version_of(client: &kube::Client) -> Result<(String, String), VersionRefused> {
+    let mut backoff = Backoff::default();
     loop {
         match client.apiserver_version().await {
             Ok(info) => return Ok((info.major, info.minor)),
@@ -46,38 +45,15 @@ pub(super) async fn server_version_of(
                     return Err(VersionRefused { code, source });
                 }
                 let delay = backoff.next_delay();
-                // Guessing the 1.34 layout would make every partitioned GPU invisible to a 1.35+
-                // scheduler, which reads a slice with counters as counters only.
+                // A driver must not guess: e.g. guessing the 1.34 counter layout would make every
+                // partitioned GPU invisible to a 1.35+ scheduler, which reads a slice with counters as
+                // counters only.
                 tracing::warn!(error = %source, kind = %kind_of(&source), retry_in_ms = delay.as_millis(),
-                    "cannot read the API server's version, which decides the counter layout and taint effects; retrying");
+                    "cannot read the API server's version; retrying");
                 tokio::time::sleep(delay).await;
             }
         }
     }
-}
-
-/// Whether API server version `major.minor` is 1.35 or later: where counter sets get slices of their
-/// own and the taint effect `None` is accepted.
-fn at_least_1_35(major: &str, minor: &str) -> bool {
-    let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
-    matches!((major, minor), ("1", m) if m >= 35)
-}
-
-/// The counter layout the scheduler of API server version `major.minor` reads: counter sets in
-/// their own slice from 1.35 on.
-pub(super) fn counter_layout_for(major: &str, minor: &str) -> crate::slices::CounterLayout {
-    use crate::slices::CounterLayout;
-    match at_least_1_35(major, minor) {
-        true => CounterLayout::OwnSlice,
-        false => CounterLayout::SameSlice,
-    }
-}
-
-/// Whether API server version `major.minor` accepts the informational taint effect `None` (1.35
-/// and later): degraded devices are tainted with it there, and not at all on 1.34, whose API
-/// server refuses the effect.
-pub(super) fn informational_taints_for(major: &str, minor: &str) -> bool {
-    at_least_1_35(major, minor)
 }
 
 #[cfg(test)]
@@ -85,37 +61,22 @@ pub(super) fn informational_taints_for(major: &str, minor: &str) -> bool {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use super::{counter_layout_for, informational_taints_for, server_version_of};
+    use super::server_version_of;
+    use crate::client::{Backoff, ErrorKind, call_timeout_layer};
     use crate::fake_api::FakeApi;
-    use crate::slices::CounterLayout;
 
-    #[test]
-    fn counter_sets_get_slices_of_their_own_from_1_35() {
-        assert_eq!(counter_layout_for("1", "34"), CounterLayout::SameSlice);
-        assert_eq!(counter_layout_for("1", "35"), CounterLayout::OwnSlice);
-        assert_eq!(counter_layout_for("1", "37+"), CounterLayout::OwnSlice);
-    }
-
-    #[test]
-    fn the_informational_taint_effect_is_used_from_1_35() {
-        assert!(!informational_taints_for("1", "34"));
-        assert!(informational_taints_for("1", "35"));
-        assert!(informational_taints_for("1", "36+"));
-        assert!(!informational_taints_for("2", "x"));
-    }
-
-    /// The layout is never guessed: an API server that fails the version read is asked again, after
+    /// The version is never guessed: an API server that fails the version read is asked again, after
     /// a backoff, until it answers (the fake answers 1.34).
     #[tokio::test(start_paused = true)]
-    async fn the_counter_layout_waits_for_the_api_servers_version() {
+    async fn the_version_read_waits_for_the_api_servers_answer() {
         let mut api = FakeApi::with_node("n");
         api.fail_once.push(("GET /version".into(), 503));
         api.fail_once.push(("GET /version".into(), 503));
         let state = Arc::new(Mutex::new(api));
-        let client = FakeApi::mock_client(state.clone(), &crate::api::call_timeout_layer());
+        let client = FakeApi::mock_client(state.clone(), &call_timeout_layer());
         let started = tokio::time::Instant::now();
         let (major, minor) = server_version_of(&client).await.unwrap();
-        assert_eq!(counter_layout_for(&major, &minor), CounterLayout::SameSlice);
+        assert_eq!((major.as_str(), minor.as_str()), ("1", "34"));
         let asked = state
             .lock()
             .unwrap()
@@ -125,7 +86,7 @@ mod tests {
             .count();
         assert_eq!(asked, 3);
         assert!(
-            started.elapsed() >= crate::api::Backoff::START * 3,
+            started.elapsed() >= Backoff::START * 3,
             "{:?}",
             started.elapsed()
         );
@@ -142,7 +103,7 @@ mod tests {
             let mut api = FakeApi::with_node("n");
             api.fail_once.push(("GET /version".into(), code));
             let state = Arc::new(Mutex::new(api));
-            let client = FakeApi::mock_client(state.clone(), &crate::api::call_timeout_layer());
+            let client = FakeApi::mock_client(state.clone(), &call_timeout_layer());
             let started = tokio::time::Instant::now();
             let error = server_version_of(&client).await.unwrap_err();
             assert_eq!(
@@ -151,7 +112,7 @@ mod tests {
                 "{code}: no wait"
             );
             assert_eq!(error.code, code);
-            assert_eq!(error.kind(), crate::api::ErrorKind::Rejected(code));
+            assert_eq!(error.kind(), ErrorKind::Rejected(code));
             let text = error.to_string();
             assert!(
                 text.contains("GET /version") && text.contains(needs),
@@ -164,7 +125,7 @@ mod tests {
         let mut api = FakeApi::with_node("n");
         api.fail_once.push(("GET /version".into(), 500));
         let state = Arc::new(Mutex::new(api));
-        let client = FakeApi::mock_client(state.clone(), &crate::api::call_timeout_layer());
+        let client = FakeApi::mock_client(state.clone(), &call_timeout_layer());
         assert!(server_version_of(&client).await.is_ok());
     }
 }

@@ -30,7 +30,7 @@ impl FixtureTree {
     /// `hal_mock::scratch_dir`), then writes `machine`'s tree into a new directory there, locked
     /// before anything is written into it.
     pub fn create(
-        machine: &crate::fixtures::FixtureMachine,
+        machine: &driver::fixtures::FixtureMachine,
         parent: &Path,
     ) -> io::Result<FixtureTree> {
         for removed in remove_dead_trees(parent)? {

@@ -36,7 +36,7 @@ pub(super) fn spawn_hotplug_watch(changed: Arc<tokio::sync::Notify>) {
 /// Waits for NVML's critical XID events on a thread of its own (NVML blocks) and republishes when a GPU
 /// turns unhealthy. Without NVML (no NVIDIA GPU, no library) it logs why once and stops.
 pub(super) fn spawn_xid_watch(
-    health: Arc<std::sync::Mutex<crate::health::Health>>,
+    health: Arc<std::sync::Mutex<driver::health::Health>>,
     changed: Arc<tokio::sync::Notify>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {

@@ -4,6 +4,7 @@
 # deployments/helm/dra-hal runs it; scripts/kind-e2e.sh builds it and loads it into a kind cluster.
 #
 #   docker build -t dra-hal:0.1.0 .
+#   docker build --build-arg CARGO_PROFILE=small -t dra-hal:0.1.0-small .   (less memory, more CPU)
 #
 # Not built by this repository's CI: its machines have no container engine (no docker, podman or
 # buildah), so this file is checked by reading only.
@@ -31,7 +32,7 @@ COPY . .
 # which this distroless image does not have. Two builds, not one: built together, hal-probe's fixtures
 # (hal-mock) would be unified into the plugin; built alone, the plugin has no fixtures, mocks or allocator.
 # CARGO_PROFILE=small: code optimised for size (about 5 MiB less resident memory, more CPU per prepare;
-# Cargo.toml's [profile.small]).
+# Cargo.toml's [profile.small]). Only release-like profiles: `dev` builds into target/debug.
 ARG CARGO_PROFILE=release
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

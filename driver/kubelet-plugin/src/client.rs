@@ -50,9 +50,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// certificates, authentication, impersonation headers) over a connection pool that keeps at most
 /// [`MAX_IDLE_CONNECTIONS`] idle for [`IDLE_TIMEOUT`], with [`call_timeout_layer`] on every call.
 ///
-/// The stack is kube's default one (`ClientBuilder::try_from`) less its debug tracing spans and its
-/// connector's own timeouts (the call timeout bounds each call whole): the same retries of 429, 503 and
-/// 504 when the configuration asks for them (`default_retry`, on by default). With a proxy or an exec
+/// The stack is kube's default one (`ClientBuilder::try_from`) with the same retries of 429, 503 and
+/// 504 when the configuration asks for them (`default_retry`, on by default) and the same connect
+/// timeout (`connect_timeout`), less two things: kube's trace layer (debug spans, and an error event
+/// for each 5xx or transport failure; the callers log their own failures) and its connector's read and
+/// write timeouts (unset in kube's defaults; the call timeout bounds the connect and the response's
+/// start). With a proxy or an exec
 /// credential plugin in the configuration the client is kube's own, with the call timeouts, and the
 /// pool keeps hyper's defaults.
 pub fn client_from_config(config: kube::Config) -> Result<kube::Client, kube::Error> {
@@ -70,6 +73,7 @@ pub fn client_from_config(config: kube::Config) -> Result<kube::Client, kube::Er
     }
     let mut http = HttpConnector::new();
     http.enforce_http(false);
+    http.set_connect_timeout(config.connect_timeout);
     let connector = config.rustls_https_connector_with_connector(http)?;
     let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)

@@ -16,7 +16,8 @@
 //!   the pods and containers of all of them in one [`Plugin::synchronize`];
 //! - decoding requests (an undecodable one: `INVALID_ARGUMENT`), encoding answers, refusing an unknown
 //!   service or method (`UNIMPLEMENTED`);
-//! - `Shutdown`: answered, then the connection ends;
+//! - `Shutdown`: answered, then the connection ends (this stub's choice: Go's returns after the
+//!   handler and leaves closing to the runtime);
 //! - an answer over ttrpc's limit: the runtime gets `RESOURCE_EXHAUSTED`, and the plugin is told
 //!   ([`Plugin::undelivered`]): the updates of other containers that answer carried never arrived.
 //!

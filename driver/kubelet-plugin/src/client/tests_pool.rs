@@ -81,7 +81,7 @@ fn version() -> http::Request<Vec<u8>> {
 
 #[tokio::test]
 async fn after_a_burst_at_most_the_idle_cap_of_connections_stay_open_and_are_reused() {
-    let (config, seen) = serve(Duration::from_millis(150), 0).await;
+    let (config, seen) = serve(Duration::from_millis(300), 0).await;
     let client = client_from_config(config).unwrap();
     let calls: Vec<_> = (0..24)
         .map(|_| {
@@ -92,8 +92,10 @@ async fn after_a_burst_at_most_the_idle_cap_of_connections_stay_open_and_are_reu
     for call in calls {
         call.await.unwrap().unwrap();
     }
-    // HTTP/1.1: each call in flight had a connection of its own.
-    assert_eq!(seen.opened.load(Ordering::SeqCst), 24);
+    // HTTP/1.1: each call in flight had a connection of its own (a call started late on a loaded
+    // machine may have reused one).
+    let opened = seen.opened.load(Ordering::SeqCst);
+    assert!(opened > MAX_IDLE_CONNECTIONS, "{opened} connections opened");
     let start = Instant::now();
     while seen.open.load(Ordering::SeqCst) > MAX_IDLE_CONNECTIONS {
         assert!(
@@ -105,7 +107,7 @@ async fn after_a_burst_at_most_the_idle_cap_of_connections_stay_open_and_are_reu
     }
     // The ones kept serve the next calls.
     client.request_text(version()).await.unwrap();
-    assert_eq!(seen.opened.load(Ordering::SeqCst), 24);
+    assert_eq!(seen.opened.load(Ordering::SeqCst), opened);
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use dra_kubelet_plugin::slices::validate_pool;
 use driver::inventory::Inventory;
-use driver::slices::validate::validate_pool;
 use driver::slices::{CpuMode, SliceConfig, build_slices};
 use hal::{CoreType, CpuInventory, CpuSet, LogicalCpu, NumaNode, NumaNodeInfo};
 

@@ -13,6 +13,8 @@
 //! - [`metadata`]: device metadata files (KEP-5304) and their CDI mounts;
 //! - [`metrics`]: `/metrics` and `/healthz`;
 //! - [`publish`]: the ResourceSlice publisher (list + watch, repair of other actors' changes);
+//! - [`slices`]: the API server's rules for ResourceSlices (limits, names, a check of a whole pool),
+//!   which the publisher applies before anything is sent;
 //! - `fake_api` (feature `testing`): an in-memory API server behind `kube::Client`, for tests.
 
 pub mod cdi;
@@ -26,3 +28,4 @@ pub mod handler;
 pub mod metadata;
 pub mod metrics;
 pub mod publish;
+pub mod slices;

@@ -4,8 +4,9 @@
 //!
 //! The driver builds its slices (`metadata.name`, `spec.driver`, `spec.nodeName`, `spec.pool.name` and
 //! `resourceSliceCount` set; the generation is the publisher's) and hands them to
-//! [`Publisher::publish`], or gives [`publish_loop`] a function that reads them. It may add its own
-//! check of the API server's rules ([`Publisher::with_check`]): slices that fail it are never sent.
+//! [`Publisher::publish`], or gives [`publish_loop`] a function that reads them. Slices that break the
+//! API server's rules ([`crate::slices::validate_pool`]) or the driver's own check
+//! ([`Publisher::with_check`]) are never sent.
 //!
 //! * What the API server holds for this node and driver (field selectors `spec.nodeName` and
 //!   `spec.driver`) is listed once, then kept current by a watch ([`publish_loop`]) and by the answers
@@ -179,8 +180,9 @@ impl Publisher {
         }
     }
 
-    /// Adds the driver's check of its slices (the API server's rules); slices that fail it are never
-    /// sent ([`PublishError::Invalid`]).
+    /// Adds a check of the driver's own, run after the API server's rules
+    /// ([`validate_pool`](crate::slices::validate_pool)); slices that fail either are never sent
+    /// ([`PublishError::Invalid`]).
     pub fn with_check(
         mut self,
         check: impl Fn(&[ResourceSlice]) -> Vec<String> + Send + Sync + 'static,
@@ -197,10 +199,15 @@ impl Publisher {
         )
     }
 
-    /// What makes `desired` unfit to send: the driver's check, then slices without a name or of
-    /// another node or driver (the list would never see them, so they would be created again and again).
+    /// What makes `desired` unfit to send: the API server's rules, the driver's check, then slices
+    /// without a name or of another node or driver (the list would never see them, so they would be
+    /// created again and again).
     fn invalid(&self, desired: &[ResourceSlice]) -> Vec<String> {
-        let mut errors = self.check.as_ref().map(|c| c(desired)).unwrap_or_default();
+        let mut errors: Vec<String> = crate::slices::validate_pool(desired)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        errors.extend(self.check.as_ref().map(|c| c(desired)).unwrap_or_default());
         for (i, slice) in desired.iter().enumerate() {
             let Some(name) = slice.metadata.name.as_deref() else {
                 errors.push(format!("slice #{i}: metadata.name: missing"));

@@ -182,7 +182,7 @@ impl VfConfig {
             ("netAttachDefNamespace", &self.net_attach_def_namespace),
         ] {
             if let Some(value) = value
-                && !crate::slices::names::is_dns_subdomain(value, 253)
+                && !dra_kubelet_plugin::slices::names::is_dns_subdomain(value, 253)
             {
                 let problem = format!("{value:?} is not a DNS subdomain");
                 return Err(FieldError::new(field, problem));

@@ -2,7 +2,7 @@
 
 use hal::CpuSet;
 
-use super::names::{is_dns_subdomain, is_driver_name};
+use dra_kubelet_plugin::slices::names::{is_dns_subdomain, is_driver_name};
 
 /// Most partitions per GPU: one GPU's group (whole + partitions) must fit a 64-device slice, and
 /// Intel's Flex and Max GPUs make at most 63 VFs.

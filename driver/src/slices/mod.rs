@@ -1,7 +1,7 @@
 //! ResourceSlices from the HAL inventory, valid by construction: [`build_slices`] turns an
 //! [`Inventory`] and a [`SliceConfig`] into the node's pool, split into
-//! slices within the API server's limits, and [`validate::validate_pool`] checks every slice before it
-//! leaves the process.
+//! slices within the API server's limits (the kit's [`dra_kubelet_plugin::slices`], whose
+//! `validate_pool` the publisher runs on every slice before it leaves the process).
 
 pub mod api_version;
 pub mod args;
@@ -11,8 +11,10 @@ pub mod health;
 pub mod names;
 pub mod partitions;
 pub mod source;
-pub mod validate;
 
+use dra_kubelet_plugin::slices::{
+    MAX_COUNTER_SETS_PER_SLICE, MAX_COUNTERS_PER_SLICE, max_devices_per_slice, slice_name,
+};
 use k8s_openapi::api::resource::v1::{
     CounterSet, Device, ResourcePool, ResourceSlice, ResourceSliceSpec,
 };
@@ -21,15 +23,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use config::{ConfigError, CounterLayout, CpuMode, DEFAULT_DRIVER_NAME, Families, SliceConfig};
 
 use crate::inventory::Inventory;
-
-/// Devices per slice (`ResourceSliceMaxDevices`).
-pub const MAX_DEVICES_PER_SLICE: usize = 128;
-/// Devices per slice when any device uses taints, counters or list attributes.
-pub const MAX_DEVICES_PER_SLICE_ADVANCED: usize = 64;
-/// Counters across all counter sets of a slice (Kubernetes 1.34).
-pub const MAX_COUNTERS_PER_SLICE: usize = 32;
-/// Counter sets in a slice of their own (Kubernetes 1.35 and later).
-pub const MAX_COUNTER_SETS_PER_SLICE: usize = 8;
 
 /// The node's pool: every device of the inventory, split into slices of at most 128 devices, all
 /// with the same generation and `resourceSliceCount`. Slice names are stable (`<node>-<driver>-<i>`,
@@ -60,10 +53,7 @@ pub fn build_slices_of(
         .iter()
         .filter_map(|g| partitions::counter_set(g, inventory, config))
         .collect();
-    let per_slice = match devices.iter().any(uses_advanced_features) {
-        true => MAX_DEVICES_PER_SLICE_ADVANCED,
-        false => MAX_DEVICES_PER_SLICE,
-    };
+    let per_slice = max_devices_per_slice(&devices);
     let own_slice = config.counter_layout == CounterLayout::OwnSlice;
     let mut chunks: Vec<(Vec<Device>, Vec<CounterSet>)> = match own_slice {
         // Kubernetes 1.34: a counter set lives in the slice of the devices that consume it.
@@ -178,36 +168,6 @@ fn consumes(device: &Device, set: &str) -> bool {
         .iter()
         .flatten()
         .any(|c| c.counter_set == set)
-}
-
-/// Taints, counters or list-typed attributes lower the per-slice limit to 64.
-pub fn uses_advanced_features(device: &Device) -> bool {
-    device.taints.as_ref().is_some_and(|t| !t.is_empty())
-        || device
-            .consumes_counters
-            .as_ref()
-            .is_some_and(|c| !c.is_empty())
-}
-
-/// `<node>-<driver with dots as dashes>-<index>` when that is a DNS subdomain; for a node name too
-/// long for it, `<hash of the node name>-<index>.<driver>`, still unique per node and valid for any
-/// valid driver name.
-pub fn slice_name(node: &str, driver: &str, index: usize) -> String {
-    let full = format!("{node}-{}-{index}", driver.replace('.', "-"));
-    if names::is_dns_subdomain(&full, 253) {
-        return full;
-    }
-    format!(
-        "{:016x}-{index}.{}",
-        fnv1a(node.as_bytes()),
-        driver.to_ascii_lowercase()
-    )
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

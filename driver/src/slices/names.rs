@@ -1,85 +1,9 @@
-//! Names and values the API server accepts (interface-facts A.2/A.3): DNS labels and subdomains,
-//! C identifiers, 64-byte strings, strict semver.
+//! This driver's names and values: device names from PCI addresses, vendor versions as semver,
+//! attribute strings cut to the API server's limit (the rules themselves are the kit's
+//! [`dra_kubelet_plugin::slices::names`]).
 
+use dra_kubelet_plugin::slices::names::{MAX_VALUE_BYTES, is_semver};
 use hal::PciAddress;
-
-/// Longest string or version attribute value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 64;
-/// Longest DNS label (device names).
-pub const MAX_LABEL: usize = 63;
-/// Longest C-identifier part of an attribute or capacity name.
-pub const MAX_IDENTIFIER: usize = 32;
-/// Longest domain part of an attribute name, and of a driver name.
-pub const MAX_DOMAIN: usize = 63;
-
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub fn is_dns_label(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= MAX_LABEL
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
-}
-
-/// Dot-separated DNS labels, at most `max` characters.
-pub fn is_dns_subdomain(text: &str, max: usize) -> bool {
-    text.len() <= max && text.split('.').all(is_dns_label)
-}
-
-/// A driver name: at most 63 characters whose lower-cased form is a DNS subdomain.
-pub fn is_driver_name(text: &str) -> bool {
-    is_dns_subdomain(&text.to_ascii_lowercase(), MAX_DOMAIN)
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`, at most 32 characters.
-pub fn is_c_identifier(text: &str) -> bool {
-    let mut bytes = text.bytes();
-    text.len() <= MAX_IDENTIFIER
-        && bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// An attribute or capacity name: a C identifier (in the driver's domain) or `<domain>/<identifier>`.
-pub fn is_qualified_name(text: &str) -> bool {
-    match text.split_once('/') {
-        None => is_c_identifier(text),
-        Some((domain, identifier)) => is_driver_name(domain) && is_c_identifier(identifier),
-    }
-}
-
-/// Strict semver 2.0.0: `MAJOR.MINOR.PATCH[-pre][+build]`, no leading zeros in numeric identifiers,
-/// no leading `v`, at most 64 bytes.
-pub fn is_semver(text: &str) -> bool {
-    if text.is_empty() || text.len() > MAX_VALUE_BYTES {
-        return false;
-    }
-    let (rest, build) = match text.split_once('+') {
-        Some((rest, build)) => (rest, Some(build)),
-        None => (text, None),
-    };
-    let (core, pre) = match rest.split_once('-') {
-        Some((core, pre)) => (core, Some(pre)),
-        None => (rest, None),
-    };
-    let numeric = |p: &str| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
-    };
-    let ident =
-        |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3
-        && parts.iter().all(|p| numeric(p))
-        && pre.is_none_or(|pre| {
-            pre.split('.')
-                .all(|p| ident(p) && (!p.bytes().all(|b| b.is_ascii_digit()) || numeric(p)))
-        })
-        && build.is_none_or(|build| build.split('.').all(ident))
-}
 
 /// A vendor version (`580.105.08`, `13.0`, `10.3`) as strict semver (`580.105.8`, `13.0.0`, `10.3.0`):
 /// leading zeros dropped, missing parts 0. `None` when it is not 1 to 3 dot-separated numbers.
@@ -111,43 +35,4 @@ pub fn attribute_string(text: &str) -> String {
 /// The address in a device name: `0008:06:00.0` → `0008-06-00-0` (a 5-digit domain stays 5 digits).
 pub fn address_label(address: PciAddress) -> String {
     address.to_string().replace([':', '.'], "-")
-}
-
-/// A Kubernetes quantity: `<sign><number><suffix>`, where the number is decimal (`1`, `1.5`, `.5`)
-/// and the suffix a binary (`Ki`..`Ei`), decimal (`n`, `u`, `m`, `k`, `M`..`E`) or exponent (`e3`) one.
-pub fn is_quantity(text: &str) -> bool {
-    let body = text.strip_prefix(['+', '-']).unwrap_or(text);
-    let digits_end = body
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(body.len());
-    let (number, suffix) = body.split_at(digits_end);
-    let number_ok = match number.split_once('.') {
-        None => !number.is_empty(),
-        Some((whole, fraction)) => {
-            let has_digits = !whole.is_empty() || !fraction.is_empty();
-            has_digits && !fraction.contains('.')
-        }
-    };
-    let suffix_ok = matches!(
-        suffix,
-        "" | "Ki"
-            | "Mi"
-            | "Gi"
-            | "Ti"
-            | "Pi"
-            | "Ei"
-            | "n"
-            | "u"
-            | "m"
-            | "k"
-            | "M"
-            | "G"
-            | "T"
-            | "P"
-            | "E"
-    ) || suffix
-        .strip_prefix(['e', 'E'])
-        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
-        .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
-    number_ok && suffix_ok
 }

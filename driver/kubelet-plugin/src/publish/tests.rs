@@ -312,19 +312,34 @@ async fn slices_the_check_refuses_or_of_another_node_or_driver_are_never_sent() 
         "{error}"
     );
 
-    let mut foreign = gpus("m");
-    foreign[0].spec.driver = "other.example.com".into();
+    let mut foreign = pool("m", &[("gpu", 2), ("vf", 2)]);
     foreign[0].metadata.name = None;
-    foreign.extend(gpus("m"));
     let PublishError::Invalid(errors) = publisher.publish(&foreign).await.unwrap_err() else {
         panic!("not Invalid");
     };
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(
-        errors[0].starts_with("slice #0: metadata.name"),
-        "{errors:?}"
+    assert_eq!(
+        errors,
+        [
+            "slice #0: metadata.name: missing",
+            "slice m-gpu-example-com-1: spec.nodeName: Some(\"m\"), not this publisher's node \"n\""
+        ]
     );
-    assert!(errors[1].contains("spec.nodeName"), "{errors:?}");
+
+    // The API server's rules need no check of the driver's: a device name that is not a DNS label.
+    let (mut plain, plain_state) = self::publisher(FakeApi::with_node("n"), "n");
+    let mut bad = gpus("n");
+    bad[0].spec.devices.as_mut().unwrap()[3].name = "GPU_3".into();
+    let PublishError::Invalid(errors) = plain.publish(&bad).await.unwrap_err() else {
+        panic!("not Invalid");
+    };
+    assert_eq!(
+        errors,
+        ["slice n-gpu-example-com-0: spec.devices[3].name: \"GPU_3\" is not a DNS label"]
+    );
+    assert!(
+        requests(&plain_state).iter().all(|r| r.starts_with("GET")),
+        "nothing written"
+    );
 
     let log = requests(&state);
     assert!(

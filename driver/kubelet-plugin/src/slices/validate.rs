@@ -1,4 +1,4 @@
-//! The API server's rules for ResourceSlices (interface-facts A.2/A.3), checked before a slice leaves
+//! The API server's rules for ResourceSlices (`k8s.io/kubernetes/pkg/apis/resource/validation`), checked before a slice leaves
 //! the process: a slice the server would reject is a bug, caught here with the field that breaks it.
 
 use std::collections::BTreeSet;
@@ -10,10 +10,7 @@ use super::names::{
     MAX_VALUE_BYTES, is_dns_label, is_dns_subdomain, is_driver_name, is_qualified_name,
     is_quantity, is_semver,
 };
-use super::{MAX_DEVICES_PER_SLICE, MAX_DEVICES_PER_SLICE_ADVANCED, uses_advanced_features};
-
-/// Attributes plus capacities of one device.
-pub const MAX_ATTRIBUTES_AND_CAPACITIES: usize = 32;
+use super::{MAX_ATTRIBUTES_AND_CAPACITIES, max_devices_per_slice};
 
 /// One broken rule: the slice, the field path inside it, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,10 +151,7 @@ fn validate_slice(slice: &ResourceSlice, fail: &mut impl FnMut(String, String)) 
         );
     }
     let devices = spec.devices.as_deref().unwrap_or_default();
-    let limit = match devices.iter().any(uses_advanced_features) {
-        true => MAX_DEVICES_PER_SLICE_ADVANCED,
-        false => MAX_DEVICES_PER_SLICE,
-    };
+    let limit = max_devices_per_slice(devices);
     if devices.len() > limit {
         fail(
             "spec.devices".into(),

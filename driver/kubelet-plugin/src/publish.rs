@@ -121,7 +121,8 @@ pub type SliceEvents = Pin<
     Box<dyn tokio_stream::Stream<Item = Result<WatchEvent<ResourceSlice>, kube::Error>> + Send>,
 >;
 
-/// A driver's check of its slices against the API server's rules: one message per broken rule.
+/// A driver's own check of its slices, run after [`validate_pool`](crate::slices::validate_pool): one
+/// message per broken rule.
 pub type SliceCheck = Box<dyn Fn(&[ResourceSlice]) -> Vec<String> + Send + Sync>;
 
 /// Publishes one node's pool of one driver.
@@ -260,7 +261,12 @@ impl Publisher {
         if fetched_owner {
             self.owner = Some(self.node_owner().await?);
         }
-        let desired = desired.to_vec();
+        let mut desired = desired.to_vec();
+        // The generation is the publisher's (set by `write`): the check must not refuse a pool for
+        // generations that are replaced anyway.
+        for slice in &mut desired {
+            slice.spec.pool.generation = 0;
+        }
         let errors = self.invalid(&desired);
         if !errors.is_empty() {
             return Err(PublishError::Invalid(errors));

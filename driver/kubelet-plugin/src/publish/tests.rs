@@ -314,6 +314,9 @@ async fn slices_the_check_refuses_or_of_another_node_or_driver_are_never_sent() 
 
     let mut foreign = pool("m", &[("gpu", 2), ("vf", 2)]);
     foreign[0].metadata.name = None;
+    for slice in &mut foreign {
+        slice.spec.driver = "other.example.com".into();
+    }
     let PublishError::Invalid(errors) = publisher.publish(&foreign).await.unwrap_err() else {
         panic!("not Invalid");
     };
@@ -321,7 +324,8 @@ async fn slices_the_check_refuses_or_of_another_node_or_driver_are_never_sent() 
         errors,
         [
             "slice #0: metadata.name: missing",
-            "slice m-gpu-example-com-1: spec.nodeName: Some(\"m\"), not this publisher's node \"n\""
+            "slice m-gpu-example-com-1: spec.nodeName: Some(\"m\"), not this publisher's node \"n\"",
+            "slice m-gpu-example-com-1: spec.driver: \"other.example.com\", not this publisher's driver \"gpu.example.com\""
         ]
     );
 
@@ -340,6 +344,11 @@ async fn slices_the_check_refuses_or_of_another_node_or_driver_are_never_sent() 
         requests(&plain_state).iter().all(|r| r.starts_with("GET")),
         "nothing written"
     );
+    // The pool generation is the publisher's: slices that disagree on it are not refused for that.
+    let mut mixed = pool("n", &[("gpu", 2), ("vf", 2)]);
+    mixed[1].spec.pool.generation = 7;
+    let report = plain.publish(&mixed).await.unwrap();
+    assert_eq!((report.created, report.generation), (2, 1));
 
     let log = requests(&state);
     assert!(

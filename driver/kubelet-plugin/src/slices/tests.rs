@@ -213,6 +213,24 @@ fn slices_of_one_pool_must_agree_and_be_placed_once() {
 }
 
 #[test]
+fn one_differing_generation_or_slice_count_is_caught_alone() {
+    let mut slices = pool(&[1, 1]);
+    slices[1].spec.pool.generation = 4;
+    assert_eq!(
+        problems(&slices),
+        [
+            "slice n-gpu-example-com-1: spec.pool: every slice of a pool must have the same driver, pool name and generation"
+        ]
+    );
+    let mut slices = pool(&[1, 1]);
+    slices[0].spec.pool.resource_slice_count = 3;
+    assert_eq!(
+        problems(&slices),
+        ["slice n-gpu-example-com-0: spec.pool.resourceSliceCount: 3 but the pool has 2 slices"]
+    );
+}
+
+#[test]
 fn taints_or_counters_lower_the_device_limit_to_64() {
     let mut slices = pool(&[65]);
     assert_eq!(

@@ -1,5 +1,6 @@
-//! The API server's rules for ResourceSlices (`k8s.io/kubernetes/pkg/apis/resource/validation`), checked before a slice leaves
-//! the process: a slice the server would reject is a bug, caught here with the field that breaks it.
+//! The API server's rules for ResourceSlices (`k8s.io/kubernetes/pkg/apis/resource/validation`),
+//! checked before a slice leaves the process: a slice the server would reject is a bug, caught here
+//! with the field that breaks it.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -1,6 +1,7 @@
 //! Prepare at scale through the real `dra-hal-plugin` binary's DRA socket, as the kubelet calls it;
-//! the claims come from the project's fake API server over HTTP in this process, which waits
-//! `LATENCY_MS` before answering each GET. Claims are of the GB300 fixture's GPU and two RDMA NICs
+//! the claims come from the project's fake API server in this process (HTTPS, offering HTTP/2 as
+//! kube-apiserver does; `API=http` for HTTP/1.1 in the clear), which waits `LATENCY_MS` before
+//! answering each GET. Claims are of the GB300 fixture's GPU and two RDMA NICs
 //! with admin access (so any number of them can be live at once).
 //!
 //! Figures printed:
@@ -257,9 +258,17 @@ async fn main() {
     let state = Arc::new(Mutex::new(FakeApi::with_node(NODE)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(FakeApi::serve_http(state.clone(), listener));
+    let api = std::env::var("API").unwrap_or_else(|_| "https".into());
+    let config = if api == "http" {
+        tokio::spawn(FakeApi::serve_http(state.clone(), listener));
+        driver::fake_api::kubeconfig(port)
+    } else {
+        let tls = driver::fake_api::FakeTls::new().unwrap();
+        tokio::spawn(FakeApi::serve_https(state.clone(), listener, tls.clone()));
+        tls.kubeconfig(port)
+    };
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(port)).unwrap();
+    std::fs::write(&kubeconfig, config).unwrap();
     let plugin = std::env::var_os("PLUGIN_BIN").map_or_else(
         || PathBuf::from(env!("CARGO_BIN_EXE_dra-hal-plugin")),
         PathBuf::from,
@@ -277,7 +286,7 @@ async fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     println!(
-        "{} (gb300 fixture), claims of 1 GPU + 2 RDMA NICs, in {} ({fs})",
+        "{} (gb300 fixture), claims of 1 GPU + 2 RDMA NICs, API server over {api}, in {} ({fs})",
         bench.plugin.display(),
         dir.path().display()
     );

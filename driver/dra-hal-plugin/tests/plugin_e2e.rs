@@ -123,9 +123,11 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     let state = Arc::new(Mutex::new(api));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_port = listener.local_addr().unwrap().port();
-    tokio::spawn(FakeApi::serve_http(state.clone(), listener));
+    // Over TLS, as a real API server: the plugin speaks HTTP/2 to it.
+    let tls = driver::fake_api::FakeTls::new().unwrap();
+    tokio::spawn(FakeApi::serve_https(state.clone(), listener, tls.clone()));
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(api_port)).unwrap();
+    std::fs::write(&kubeconfig, tls.kubeconfig(api_port)).unwrap();
 
     let kubelet = dir.path().join("kubelet");
     let cdi = dir.path().join("cdi");
@@ -361,6 +363,9 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     );
     state.lock().unwrap().set_hung(false);
     assert!(http_get(metrics_port, "/healthz").await.ends_with("ok\n"));
+    // Every call of the run (version, slices and their watch, claims, the hung ones) went over one
+    // HTTP/2 connection.
+    assert_eq!(state.lock().unwrap().connections, 1);
 
     // SIGTERM: a clean exit that removes both sockets.
     terminate(&child);

@@ -4,8 +4,9 @@
 //! to hang.
 //!
 //! It is the request → [`Reply`] logic, with two front ends (module `serve`): [`FakeApi::serve_mock`]
-//! behind a `tower_test` mock service (for `kube::Client::new`), and [`FakeApi::serve_http`] on a TCP
-//! port for another process. Built for the driver's tests and with the `fake-api` feature.
+//! behind a `tower_test` mock service (for `kube::Client::new`), and [`FakeApi::serve_http`] (in the
+//! clear) or [`FakeApi::serve_https`] (TLS, HTTP/2 offered as kube-apiserver does) on a TCP port for
+//! another process. Built for the driver's tests and with the `fake-api` feature.
 //!
 //! What it does as the real API server does (`k8s.io/apiserver`, `k8s.io/apimachinery`):
 //! * every write bumps one resource-version counter; an object carries the version of its last write,
@@ -42,7 +43,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 mod serve;
-pub use serve::{MockBody, kubeconfig};
+pub use serve::{FakeTls, FakeTlsError, MockBody, kubeconfig};
 
 /// One request as the server saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +149,8 @@ pub struct FakeApi {
     pub get_latency: Option<std::time::Duration>,
     /// The minor version `/version` answers (1.`minor`); `None` is 34.
     pub server_minor: Option<u32>,
+    /// TCP connections the TCP front ends accepted.
+    pub connections: usize,
     version: Revision,
     /// Changes to slices: (resource version, event), oldest first.
     history: VecDeque<(u64, Value)>,

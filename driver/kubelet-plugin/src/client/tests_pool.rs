@@ -1,5 +1,6 @@
-//! `client_from_config` against a real HTTP/1.1 server on loopback: the pool's idle cap, and kube's
-//! stack kept (authentication, retries of 503).
+//! `client_from_config` against real servers on loopback (hyper's): over HTTP/1.1 the pool's idle
+//! cap; over TLS one HTTP/2 connection for the calls in flight; kube's stack kept (authentication,
+//! retries of 503).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -132,4 +133,47 @@ async fn without_default_retry_a_503_reaches_the_caller_with_its_kind() {
     let error = client.request_text(version()).await.unwrap_err();
     assert_eq!(kind_of(&error), ErrorKind::Server(503), "{error}");
     assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn over_tls_the_calls_in_flight_share_one_http2_connection() {
+    use crate::fake_api::{FakeApi, FakeTls};
+    let tls = FakeTls::new().unwrap();
+    let mut api = FakeApi::with_node("node-1");
+    api.get_latency = Some(Duration::from_millis(300));
+    let state = Arc::new(std::sync::Mutex::new(api));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(FakeApi::serve_https(state.clone(), listener, tls.clone()));
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&tls.kubeconfig(port)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = client_from_config(config).unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    // The first call connects (as the plugin's version read and slice watch do before any claim):
+    // calls started before any connection exists each open one, hyper not knowing yet that the
+    // server speaks HTTP/2.
+    nodes.get("node-1").await.unwrap();
+    let start = Instant::now();
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let nodes = nodes.clone();
+            tokio::spawn(async move { nodes.get("node-1").await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(
+            call.await.unwrap().unwrap().metadata.name.as_deref(),
+            Some("node-1")
+        );
+    }
+    // All 32 were in flight at once (each waited 300 ms at the server), on one connection.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(state.lock().unwrap().connections, 1);
+    assert_eq!(state.lock().unwrap().log.len(), 33);
 }

@@ -1,4 +1,5 @@
-//! The fake API server's front ends: a `tower_test` mock service and plain HTTP/1.1 on TCP.
+//! The fake API server's front ends: a `tower_test` mock service, and hyper's HTTP/1.1 and HTTP/2 on
+//! TCP, in the clear or over TLS.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -6,7 +7,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
@@ -70,13 +70,6 @@ impl http_body::Body for MockBody {
 pub type MockHandle =
     tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<MockBody>>;
 
-async fn deadline(timeout: Option<Duration>) {
-    match timeout {
-        Some(timeout) => tokio::time::sleep(timeout).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl FakeApi {
     /// A `kube::Client` (through `layer`, e.g. the driver's call timeouts) served by this state on a
     /// mock service, and the task serving it. Tests inspect and change the state between calls.
@@ -114,177 +107,210 @@ impl FakeApi {
                 Ok(mut api) => api.handle(&method, &uri, &body),
                 Err(_) => status(500, "fake API server state poisoned"),
             };
-            let (code, body) = match reply {
-                Reply::Json(code, value) => (
-                    code,
-                    MockBody {
-                        whole: Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())),
-                        events: None,
-                        end: None,
-                        frozen: None,
-                    },
-                ),
-                Reply::Watch {
-                    events,
-                    timeout,
-                    frozen,
-                } => (
-                    200,
-                    MockBody {
-                        whole: None,
-                        events: Some(events),
-                        end: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
-                        frozen: Some(frozen),
-                    },
-                ),
-                Reply::Hang => {
-                    hung.push(send);
-                    continue;
-                }
-            };
-            let response = http::Response::builder()
-                .status(code)
-                .header("content-type", "application/json")
-                .body(body);
-            if let Ok(response) = response {
-                send.send_response(response);
+            match response_of(reply) {
+                Some(response) => send.send_response(response),
+                None => hung.push(send),
             }
         }
     }
 }
 
 impl FakeApi {
-    /// Serves plain HTTP/1.1 on `listener` (keep-alive, `content-length` or chunked request bodies), so
-    /// a separate process, such as the plugin binary with a kubeconfig whose server is
-    /// `http://127.0.0.1:<port>`, can use it.
+    /// Serves HTTP/1.1 (and HTTP/2 with prior knowledge) in the clear on `listener`, so a separate
+    /// process, such as the plugin binary with a kubeconfig from [`kubeconfig`], can use it.
     pub async fn serve_http(state: Arc<Mutex<FakeApi>>, listener: tokio::net::TcpListener) {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
-            let state = state.clone();
+            count_connection(&state);
+            tokio::spawn(serve_connection(state.clone(), stream));
+        }
+    }
+
+    /// Serves HTTPS on `listener` with `tls`'s certificate, offering HTTP/2 and HTTP/1.1 (ALPN `h2`,
+    /// `http/1.1`) as kube-apiserver does; a kubeconfig for it is [`FakeTls::kubeconfig`].
+    pub async fn serve_https(
+        state: Arc<Mutex<FakeApi>>,
+        listener: tokio::net::TcpListener,
+        tls: FakeTls,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            count_connection(&state);
+            let (state, acceptor) = (state.clone(), acceptor.clone());
             tokio::spawn(async move {
-                let _ = connection(state, stream).await;
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    serve_connection(state, stream).await;
+                }
             });
         }
     }
 }
 
-async fn connection(
+fn count_connection(state: &Mutex<FakeApi>) {
+    if let Ok(mut api) = state.lock() {
+        api.connections += 1;
+    }
+}
+
+/// One connection, by hyper: HTTP/1.1 or HTTP/2, whichever the client speaks.
+async fn serve_connection<S>(state: Arc<Mutex<FakeApi>>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let service = hyper::service::service_fn(move |request| respond(state.clone(), request));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The largest request body read; a larger one (or one that breaks off) is answered with a 413.
+const MAX_BODY: usize = 16 << 20;
+
+/// Answers one request from the state: after [`FakeApi::get_latency`] for a GET that is not a watch,
+/// never for a [`Reply::Hang`].
+async fn respond(
     state: Arc<Mutex<FakeApi>>,
-    stream: tokio::net::TcpStream,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(method), Some(uri)) = (parts.next(), parts.next()) else {
-            return Ok(());
-        };
-        let (method, uri) = (method.to_owned(), uri.to_owned());
-        let mut length = 0usize;
-        let mut chunked = false;
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).await?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse().unwrap_or(0),
-                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let mut size = String::new();
-                reader.read_line(&mut size).await?;
-                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                let mut chunk = vec![0u8; size + 2];
-                reader.read_exact(&mut chunk).await?;
-                chunk.truncate(size);
-                if size == 0 {
-                    break;
-                }
-                body.extend(chunk);
-            }
-        } else {
-            body.resize(length.min(16 << 20), 0);
-            reader.read_exact(&mut body).await?;
-        }
-        let (reply, latency) = match state.lock() {
-            Ok(mut api) => (api.handle(&method, &uri, &body), api.get_latency),
-            Err(_) => (status(500, "fake API server state poisoned"), None),
-        };
-        if let (Some(latency), "GET", Reply::Json(..)) = (latency, method.as_str(), &reply) {
-            tokio::time::sleep(latency).await;
-        }
-        let stream = reader.get_mut();
-        match reply {
-            Reply::Json(code, value) => {
-                let bytes = serde_json::to_vec(&value).unwrap_or_default();
-                let head = format!(
-                    "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    bytes.len()
-                );
-                // One write: a head and a body in two segments meet Nagle and delayed ACKs (40 ms a
-                // request).
-                let mut response = head.into_bytes();
-                response.extend_from_slice(&bytes);
-                stream.write_all(&response).await?;
-            }
-            Reply::Watch {
-                mut events,
-                timeout,
-                frozen,
-            } => {
-                stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
-                    )
-                    .await?;
-                let end = deadline(timeout);
-                tokio::pin!(end);
-                loop {
-                    tokio::select! {
-                        event = events.recv() => {
-                            let Some(event) = event else { break };
-                            let mut line = serde_json::to_vec(&event).unwrap_or_default();
-                            line.push(b'\n');
-                            let mut chunk = format!("{:x}\r\n", line.len()).into_bytes();
-                            chunk.extend_from_slice(&line);
-                            chunk.extend_from_slice(b"\r\n");
-                            stream.write_all(&chunk).await?;
-                        }
-                        () = &mut end => {
-                            if frozen.load(Ordering::SeqCst) {
-                                // A hung server does not end its watches either.
-                                std::future::pending::<()>().await;
-                            }
-                            break;
-                        }
-                    }
-                }
-                stream.write_all(b"0\r\n\r\n").await?;
-            }
-            // Accepted, never answered: hold the connection.
-            Reply::Hang => std::future::pending::<()>().await,
-        }
+    request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<MockBody>, Infallible> {
+    use http_body_util::BodyExt as _;
+    let method = request.method().to_string();
+    // HTTP/2 requests carry the whole URI; the state knows paths.
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes());
+    let (reply, latency) = match (body, state.lock()) {
+        (Ok(body), Ok(mut api)) => (api.handle(&method, &uri, &body), api.get_latency),
+        (Err(_), _) => (status(413, "request body over 16 MiB or broken off"), None),
+        (_, Err(_)) => (status(500, "fake API server state poisoned"), None),
+    };
+    if let (Some(latency), "GET", Reply::Json(..)) = (latency, method.as_str(), &reply) {
+        tokio::time::sleep(latency).await;
+    }
+    match response_of(reply) {
+        Some(response) => Ok(response),
+        // Accepted, never answered: hold the stream (and, in HTTP/1.1, its connection).
+        None => std::future::pending().await,
+    }
+}
+
+/// The response to `reply`; `None` for [`Reply::Hang`].
+fn response_of(reply: Reply) -> Option<http::Response<MockBody>> {
+    let (code, body) = match reply {
+        Reply::Json(code, value) => (
+            code,
+            MockBody {
+                whole: Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())),
+                events: None,
+                end: None,
+                frozen: None,
+            },
+        ),
+        Reply::Watch {
+            events,
+            timeout,
+            frozen,
+        } => (
+            200,
+            MockBody {
+                whole: None,
+                events: Some(events),
+                end: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                frozen: Some(frozen),
+            },
+        ),
+        Reply::Hang => return None,
+    };
+    http::Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(body)
+        .ok()
+}
+
+/// TLS for [`FakeApi::serve_https`]: a CA, and a certificate for `127.0.0.1` and `localhost` signed
+/// by it, both made when this is (rcgen, ECDSA P-256); the server offers ALPN `h2` then `http/1.1`.
+#[derive(Clone)]
+pub struct FakeTls {
+    ca_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// Why [`FakeTls::new`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeTlsError {
+    /// Making a key or a certificate.
+    #[error("making the fake API server's certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// rustls refused them.
+    #[error("the fake API server's TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl FakeTls {
+    /// A new CA and server certificate.
+    pub fn new() -> Result<Self, FakeTlsError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "fake API server CA");
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "fake API server");
+        let certificate = server.signed_by(&key, &issuer)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certificate.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(FakeTls {
+            ca_pem,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A kubeconfig whose only cluster is the server at `https://127.0.0.1:<port>`, trusting this CA,
+    /// without credentials.
+    pub fn kubeconfig(&self, port: u16) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        config_with(
+            &format!("https://127.0.0.1:{port}"),
+            &format!("\n    certificate-authority-data: {ca}"),
+        )
     }
 }
 
 /// A kubeconfig whose only cluster is this server at `http://127.0.0.1:<port>`, without credentials.
 pub fn kubeconfig(port: u16) -> String {
+    config_with(&format!("http://127.0.0.1:{port}"), "")
+}
+
+fn config_with(server: &str, cluster_extra: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}{cluster_extra}\n\
          users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
          current-context: c\n"
     )

@@ -43,17 +43,21 @@ pub fn call_timeout_layer() -> tower::timeout::TimeoutLayer {
 /// default pool keeps every one of them for 90 s (about 75 KiB of buffers each in the plugin, measured
 /// with the `prepare_socket` bench: 135 idle connections held 10 MiB of its RSS). Past this many, a
 /// connection that becomes idle is closed.
+///
+/// The pool keeps its connections with no time limit, until the server closes them or (HTTP/2) a
+/// health check fails: hyper's pool counts a shared HTTP/2 connection as idle from the last call that
+/// took it, even while a watch streams on it, so with an idle timeout the plugin's one connection left
+/// the pool between bursts, and the next burst's calls, finding none, each opened a connection and
+/// did a TLS handshake (hyper knows that a server speaks HTTP/2 only after one handshake ends).
+/// client-go keeps an HTTP/2 connection for as long as a stream is open on it.
 pub const MAX_IDLE_CONNECTIONS: usize = 8;
 
-/// An idle connection is closed after this long.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// On an HTTP/2 connection, a PING is sent after this long without a frame from the server, and the
-/// connection is closed when its answer does not come within [`HTTP2_PING_TIMEOUT`], so a connection
-/// that died silently (a node's network reconfigured, an API server gone without a FIN) fails its
-/// calls and is replaced instead of holding every call on it until its own timeout. client-go's
-/// defaults (`ReadIdleTimeout` 30 s, `PingTimeout` 15 s in `k8s.io/client-go/transport`, from
-/// `golang.org/x/net/http2`'s health check).
+/// On an HTTP/2 connection, a PING is sent after this long without a frame from the server (also
+/// while no call is in flight), and the connection is closed when its answer does not come within
+/// [`HTTP2_PING_TIMEOUT`]: a connection that died silently (a node's network reconfigured, an API
+/// server gone without a FIN) is found within 45 s and the next calls open a new one. Calls sent on
+/// it before that fail at their own [`CALL_TIMEOUT`]. client-go's defaults (`ReadIdleTimeout` 30 s,
+/// `PingTimeout` 15 s in `k8s.io/client-go/transport`, from `golang.org/x/net/http2`'s health check).
 pub const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// See [`HTTP2_PING_INTERVAL`].
@@ -62,13 +66,13 @@ pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// The plugin's client of the API server: kube's stack (the cluster URL, TLS with the configuration's
 /// certificates, authentication, impersonation headers) over a connection pool that speaks HTTP/2
 /// over TLS where the server offers it (ALPN `h2`, else `http/1.1`), keeps at most
-/// [`MAX_IDLE_CONNECTIONS`] idle HTTP/1.1 connections for [`IDLE_TIMEOUT`], pings an HTTP/2
+/// [`MAX_IDLE_CONNECTIONS`] idle HTTP/1.1 connections, pings an HTTP/2
 /// connection as client-go does ([`HTTP2_PING_INTERVAL`]), with [`call_timeout_layer`] on every call.
 ///
 /// Why HTTP/2: with HTTP/1.1 a burst of 128 prepares opens up to 128 connections (and as many TLS
-/// handshakes, on the API server too), whose buffers were a third of the plugin's heap at its peak and
-/// left it fragmented: with one multiplexed connection its RSS with 1000 live claims settles 1.5-3 MiB
-/// lower (docs/perf.md, "Prepare at scale").
+/// handshakes, on the API server too), whose buffers were a third of the plugin's heap at its peak.
+/// With one multiplexed connection its RSS with 1000 live claims settled about 1.5 MiB lower on
+/// average, within the spread of single runs (docs/perf.md, "Prepare at scale").
 ///
 /// The stack is kube's default one (`ClientBuilder::try_from`) with the same retries of 429, 503 and
 /// 504 when the configuration asks for them (`default_retry`, on by default) and the same connect
@@ -110,8 +114,7 @@ pub fn client_from_config(config: kube::Config) -> Result<kube::Client, kube::Er
     let connector = https.enable_all_versions().wrap_connector(http);
     let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-        .pool_idle_timeout(IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(None)
         .timer(TokioTimer::new())
         .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
         .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)

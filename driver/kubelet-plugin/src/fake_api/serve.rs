@@ -28,6 +28,20 @@ impl http_body::Body for MockBody {
     type Data = Bytes;
     type Error = Infallible;
 
+    /// A JSON document's exact length, so HTTP/1.1 answers carry `content-length` as the real
+    /// server's do; a watch's is unknown (chunked).
+    fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.whole, &self.events) {
+            (Some(whole), None) => http_body::SizeHint::with_exact(whole.len() as u64),
+            (None, None) => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.whole.is_none() && self.events.is_none()
+    }
+
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,6 +1,6 @@
-//! The real `dra-hal-plugin` binary on the GB300 fixture, with a fake API server over plain HTTP (a
-//! kubeconfig with an `http://` server), and this test acting as the kubelet over the real Unix
-//! sockets: registration, prepare and unprepare of good and bad claims, CDI files, the checkpoint,
+//! The real `dra-hal-plugin` binary on the GB300 fixture, with the project's fake API server (over TLS,
+//! offering HTTP/2 as kube-apiserver does, in the main test; plain HTTP in the others), and this test
+//! acting as the kubelet over the real Unix sockets: registration, prepare and unprepare of good and bad claims, CDI files, the checkpoint,
 //! published slices (and published again after the kubelet deletes them), a hung API server (Prepare
 //! fails after the call deadline), metrics and health, SIGTERM; and ([`health`]) a link that goes down
 //! and up on a fixture tree the test changes.

@@ -10,6 +10,7 @@
 //! - [`cdi`]: the CDI spec writer and validator;
 //! - [`client`]: the API client wrapper (timeouts, error kinds), the client from a kubeconfig or
 //!   in-cluster, and the API server's version read at start;
+//! - [`locks`]: one async lock per key (claim UID, pod sandbox), entries gone once released;
 //! - [`metadata`]: device metadata files (KEP-5304) and their CDI mounts;
 //! - [`metrics`]: `/metrics` and `/healthz`;
 //! - [`publish`]: the ResourceSlice publisher (list + watch, repair of other actors' changes);
@@ -25,6 +26,7 @@ pub mod fake_api;
 pub mod files;
 pub mod grpc;
 pub mod handler;
+pub mod locks;
 pub mod metadata;
 pub mod metrics;
 pub mod publish;

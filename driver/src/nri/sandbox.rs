@@ -13,13 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use dra_kubelet_plugin::locks::{KeyedGuard, KeyedLocks};
+
 use super::endpoint::code;
 use super::plugin::event;
 use super::proto::api;
 use super::proto::ttrpc::Status;
 use crate::plugin::checkpoint::{CheckpointError, ClaimRecord};
 use crate::plugin::prepare::ClaimSource;
-use crate::plugin::prepare::locks::{KeyedGuard, KeyedLocks};
 use crate::podnet::cni::{self, Attachment, Cni, ConfList};
 use crate::podnet::direct::Detached;
 use crate::podnet::error::NetError;

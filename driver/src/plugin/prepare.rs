@@ -28,7 +28,6 @@ pub use source::{CALL_LIMIT, ClaimReadError, ClaimSource, KubeClaims, StatusWrit
 mod apply;
 mod edits;
 mod error;
-pub(crate) mod locks;
 mod metadata;
 mod network;
 mod plan;
@@ -93,7 +92,7 @@ pub struct Preparer {
     /// short, I/O-free sections.
     state: Mutex<BTreeMap<String, ClaimRecord>>,
     /// One lock per claim being prepared or unprepared.
-    locks: locks::KeyedLocks,
+    locks: dra_kubelet_plugin::locks::KeyedLocks,
     /// The prepares in flight, whose answer a second ask of the same claim waits for.
     inflight: Mutex<HashMap<String, Arc<PrepareOnce>>>,
     faults: Option<FaultHook>,
@@ -177,7 +176,7 @@ impl Preparer {
             claims: claim_source,
             inventory,
             state: Mutex::new(claims),
-            locks: locks::KeyedLocks::default(),
+            locks: dra_kubelet_plugin::locks::KeyedLocks::default(),
             inflight: Mutex::default(),
             faults: None,
             cpu_claims,

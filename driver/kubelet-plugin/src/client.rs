@@ -83,6 +83,16 @@ pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// credential plugin in the configuration the client is kube's own (HTTP/1.1), with the call
 /// timeouts, and the pool keeps hyper's defaults.
 pub fn client_from_config(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    client_with_health_check(config, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT)
+}
+
+/// [`client_from_config`] with the HTTP/2 health check's interval and timeout given (the tests'
+/// dead connections are found in seconds, not in 45 s).
+fn client_with_health_check(
+    config: kube::Config,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+) -> Result<kube::Client, kube::Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     use kube::client::ConfigExt as _;
@@ -116,8 +126,8 @@ pub fn client_from_config(config: kube::Config) -> Result<kube::Client, kube::Er
         .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
         .pool_idle_timeout(None)
         .timer(TokioTimer::new())
-        .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
-        .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        .http2_keep_alive_interval(ping_interval)
+        .http2_keep_alive_timeout(ping_timeout)
         .http2_keep_alive_while_idle(true)
         .build(connector);
     let retry = config

@@ -1,6 +1,7 @@
 //! `client_from_config` against real servers on loopback (hyper's): over HTTP/1.1 the pool's idle
-//! cap; over TLS one HTTP/2 connection for the calls in flight; kube's stack kept (authentication,
-//! retries of 503).
+//! cap; over TLS one HTTP/2 connection for the calls in flight, one kept after a first burst that
+//! opened many, and a connection that died silently (a TCP proxy that stops passing bytes) replaced
+//! once its health check fails; kube's stack kept (authentication, retries of 503).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -176,4 +177,166 @@ async fn over_tls_the_calls_in_flight_share_one_http2_connection() {
     );
     assert_eq!(state.lock().unwrap().connections, 1);
     assert_eq!(state.lock().unwrap().log.len(), 33);
+}
+
+/// A TCP proxy in front of a server: counts the connections it accepted and those still open, and
+/// can freeze the open ones (their bytes are swallowed from then on and the sockets stay open): a
+/// connection that died silently, as behind a NAT that forgot it or an API server host gone
+/// without a FIN.
+struct Proxy {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    /// Connections numbered below this one are frozen.
+    frozen_below: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let frozen_below = Arc::new(AtomicUsize::new(0));
+        let (counter, opened, frozen) = (accepted.clone(), open.clone(), frozen_below.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                opened.fetch_add(1, Ordering::SeqCst);
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", target))
+                    .await
+                    .unwrap();
+                let (open, frozen) = (opened.clone(), frozen.clone());
+                tokio::spawn(async move {
+                    let pump =
+                        |mut from: tokio::net::tcp::OwnedReadHalf,
+                         mut to: tokio::net::tcp::OwnedWriteHalf| {
+                            let frozen = frozen.clone();
+                            async move {
+                                let mut buf = vec![0; 16 * 1024];
+                                loop {
+                                    let n = match from.read(&mut buf).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => n,
+                                    };
+                                    if id < frozen.load(Ordering::SeqCst) {
+                                        std::future::pending::<()>().await;
+                                    }
+                                    if to.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                let _ = to.shutdown().await;
+                            }
+                        };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        () = pump(client_read, server_write) => {}
+                        () = pump(server_read, client_write) => {}
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Proxy {
+            port,
+            accepted,
+            open,
+            frozen_below,
+        }
+    }
+
+    /// From now on the connections open so far pass nothing.
+    fn freeze_open_connections(&self) {
+        let accepted = self.accepted.load(Ordering::SeqCst);
+        self.frozen_below.store(accepted, Ordering::SeqCst);
+    }
+}
+
+/// The fake API server over TLS behind a [`Proxy`], and a kubeconfig for the proxy.
+async fn fake_api_behind_proxy() -> (Proxy, kube::Config) {
+    use crate::fake_api::{FakeApi, FakeTls};
+    let tls = FakeTls::new().unwrap();
+    let state = Arc::new(std::sync::Mutex::new(FakeApi::with_node("node-1")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().port();
+    tokio::spawn(FakeApi::serve_https(state, listener, tls.clone()));
+    let proxy = Proxy::start(target).await;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&tls.kubeconfig(proxy.port)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    (proxy, config)
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_died_silently_is_replaced_after_its_health_check_fails() {
+    let (proxy, config) = fake_api_behind_proxy().await;
+    let interval = Duration::from_millis(500);
+    let client = super::client_with_health_check(config, interval, interval).unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    nodes.get("node-1").await.unwrap();
+    assert_eq!(proxy.accepted.load(Ordering::SeqCst), 1);
+
+    // The connection goes dead without a FIN. Its PING goes unanswered: within interval + timeout
+    // the client closes it, so the next call opens a new connection and is answered at once, where
+    // without the health check it would go out on the dead one and fail at the call timeout (10 s).
+    proxy.freeze_open_connections();
+    tokio::time::sleep(interval * 5).await;
+    let start = Instant::now();
+    let node = nodes.get("node-1").await.unwrap();
+    assert_eq!(node.metadata.name.as_deref(), Some("node-1"));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(proxy.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_first_burst_opens_a_connection_per_call_and_keeps_one() {
+    let (proxy, config) = fake_api_behind_proxy().await;
+    let client = client_from_config(config).unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let burst = || {
+        let calls: Vec<_> = (0..16)
+            .map(|_| {
+                let nodes = nodes.clone();
+                tokio::spawn(async move { nodes.get("node-1").await })
+            })
+            .collect();
+        async move {
+            for call in calls {
+                call.await.unwrap().unwrap();
+            }
+        }
+    };
+    // Before any connection exists hyper cannot know that the server speaks HTTP/2 (ALPN ends with
+    // the handshake), so each call of the first burst starts a connection (those still connecting
+    // when the first one is ready go on in the background); the ones that negotiated h2 after the
+    // first are dropped.
+    burst().await;
+    // Settled: one open, and no connection accepted for 200 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut first = proxy.accepted.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let accepted = proxy.accepted.load(Ordering::SeqCst);
+        let settled = accepted == first && proxy.open.load(Ordering::SeqCst) == 1;
+        if settled || Instant::now() > deadline {
+            break;
+        }
+        first = accepted;
+    }
+    assert_eq!(proxy.open.load(Ordering::SeqCst), 1);
+    assert!((1..=16).contains(&first), "{first}");
+    // Later bursts share the one left.
+    for _ in 0..3 {
+        burst().await;
+        assert_eq!(proxy.accepted.load(Ordering::SeqCst), first);
+        assert_eq!(proxy.open.load(Ordering::SeqCst), 1);
+    }
 }

@@ -288,8 +288,10 @@ async fn an_http2_connection_that_died_silently_is_replaced_after_its_health_che
     let start = Instant::now();
     let node = nodes.get("node-1").await.unwrap();
     assert_eq!(node.metadata.name.as_deref(), Some("node-1"));
+    // A new connection and handshake take milliseconds; the bound leaves room for a loaded machine
+    // and stays well under the call timeout that the dead connection would cost.
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(5),
         "{:?}",
         start.elapsed()
     );

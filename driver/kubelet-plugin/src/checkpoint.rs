@@ -362,23 +362,42 @@ impl<R: Record> Checkpoint<R> {
             .map_err(|e| io_at(e.step.action(), &path)(e.source))
     }
 
-    /// Writes `records` (unsynced, without the write fault), then fsyncs the directory once: how a
-    /// driver moves the claims of an earlier checkpoint format in.
+    /// Writes `records` (unsynced, without the write fault), then flushes the directory's file
+    /// system once (`syncfs(2)`): how a driver moves the claims of an earlier checkpoint format in.
+    /// When it returns, the records' contents and names are on the disk, so the earlier file may
+    /// be removed (one fsync per record would cost a thousand for a thousand claims).
+    ///
+    /// A record that cannot be stored (a UID that is not a plain file name, a claim larger than
+    /// [`MAX_CLAIM_BYTES`]) is not written: it comes back with why, for the driver to report,
+    /// and the others are written. Only failures of the file system are errors.
     pub fn import<'a>(
         &self,
         records: impl IntoIterator<Item = &'a R>,
-    ) -> Result<(), CheckpointError>
+    ) -> Result<Vec<(&'a R, CheckpointError)>, CheckpointError>
     where
         R: 'a,
     {
+        let mut refused = Vec::new();
+        let mut written = 0usize;
         for record in records {
             let path = self.record_path(record.uid());
-            check_uid(record.uid(), &path)?;
-            let bytes = self.encode(record)?;
+            let bytes = match check_uid(record.uid(), &path).and_then(|()| self.encode(record)) {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    refused.push((record, why));
+                    continue;
+                }
+            };
             files::replace(&path, &bytes, &|_| Ok(()), files::Durability::Unsynced)
                 .map_err(|e| io_at(e.step.action(), &e.path)(e.source))?;
+            written += 1;
         }
-        sync_dir(&self.dir)
+        if written > 0 {
+            fs::File::open(&self.dir)
+                .and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from))
+                .map_err(io_at("flush the file system of", &self.dir))?;
+        }
+        Ok(refused)
     }
 
     /// Every valid record, read without side effects (no temp file removed, nothing moved aside:

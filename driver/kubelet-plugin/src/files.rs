@@ -57,11 +57,13 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
-/// Opens `path` for reading without following a symlink there.
+/// Opens `path` for reading without following a symlink there, and without waiting: a FIFO put
+/// there (even after the caller checked that it was a file) opens at once and reads as empty.
 pub fn open_no_follow(path: &Path) -> io::Result<File> {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     OpenOptions::new()
         .read(true)
-        .custom_flags(no_follow())
+        .custom_flags(flags.bits().cast_signed())
         .open(path)
 }
 
@@ -111,7 +113,8 @@ pub struct AtomicWriteError {
 
 /// Writes `bytes` to `path` through a new temp file in the same directory
 /// (`.<name>.<random>.tmp`, created exclusively, never through a link, mode 0600), fsyncs it,
-/// renames it over `path` and fsyncs the directory: a reader sees the old content or the new one,
+/// renames it over `path` and fsyncs the directory (and the parent of each directory it had to
+/// create): a reader sees the old content or the new one,
 /// never a partial one. `fault` runs before each [`Step`] (tests inject `ENOSPC` there). The temp
 /// file is removed on failure. The one atomic-write helper of the plugin (checkpoint and CDI specs).
 pub fn write_atomically(
@@ -148,6 +151,15 @@ pub fn replace(
         let path = at.to_path_buf();
         move |source| AtomicWriteError { step, path, source }
     };
+    // The directories this write creates (the checkpoint directory on the first record): each
+    // is fsynced in its parent too, or a power loss could take the new file with its directory.
+    let created: Vec<&Path> = match synced {
+        true => dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && fs::symlink_metadata(d).is_err())
+            .collect(),
+        false => Vec::new(),
+    };
     fault(Step::CreateDir)
         .and_then(|()| create_private_dir(dir))
         .map_err(failed(Step::CreateDir, dir))?;
@@ -177,7 +189,14 @@ pub fn replace(
     }
     fault(Step::SyncDir)
         .and_then(|()| File::open(dir)?.sync_all())
-        .map_err(failed(Step::SyncDir, dir))
+        .map_err(failed(Step::SyncDir, dir))?;
+    for new in created {
+        let parent = parent_of(new);
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(failed(Step::SyncDir, parent))?;
+    }
+    Ok(())
 }
 
 fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {

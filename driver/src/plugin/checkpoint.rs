@@ -183,20 +183,63 @@ impl CheckpointFile {
             }
             legacy::Found::Claims(claims) => {
                 loaded.missing = false;
-                self.migrate(&claims)?;
-                loaded.migrated = claims.len();
-                loaded.claims.extend(claims);
+                self.migrate(claims, &mut loaded)?;
             }
         }
         Ok(loaded)
     }
 
-    /// Writes the legacy file's claims as records, then removes it: a crash meanwhile leaves the
-    /// legacy file, moved again at the next start.
-    fn migrate(&self, claims: &BTreeMap<String, ClaimRecord>) -> Result<(), CheckpointError> {
-        self.records.import(claims.values())?;
-        fs::remove_file(&self.legacy).map_err(io_at("remove", &self.legacy))?;
-        checkpoint::sync_dir(files::parent_of(&self.legacy))
+    /// Writes the legacy file's claims as records (flushed to the disk), then removes the file: a
+    /// crash meanwhile leaves it, moved again at the next start. A claim that cannot be a record
+    /// (listed under another UID than its own, a UID that is not a file name, larger than
+    /// [`MAX_CLAIM_BYTES`]) is reported in `loaded.discarded`, so the preparer rebuilds it from its
+    /// CDI spec as any claim whose record was bad, and the file is moved aside instead of removed.
+    fn migrate(
+        &self,
+        claims: BTreeMap<String, ClaimRecord>,
+        loaded: &mut Loaded,
+    ) -> Result<(), CheckpointError> {
+        let mut unfit: Vec<(String, String)> = Vec::new();
+        let mut fit = Vec::new();
+        for (key, record) in claims {
+            if key == record.claim.uid {
+                fit.push(record);
+            } else {
+                let why = format!("listed under {key:?}");
+                unfit.push((record.claim.uid, why));
+            }
+        }
+        let refused: Vec<String> = self
+            .records
+            .import(&fit)?
+            .into_iter()
+            .map(|(record, why)| {
+                unfit.push((record.claim.uid.clone(), why.to_string()));
+                record.claim.uid.clone()
+            })
+            .collect();
+        fit.retain(|record| !refused.contains(&record.claim.uid));
+        if unfit.is_empty() {
+            fs::remove_file(&self.legacy).map_err(io_at("remove", &self.legacy))?;
+            checkpoint::sync_dir(files::parent_of(&self.legacy))?;
+        } else {
+            let aside =
+                files::move_aside(&self.legacy).map_err(io_at("move aside", &self.legacy))?;
+            for (uid, why) in unfit {
+                let why = format!(
+                    "{}: claim {uid} not moved into the checkpoint directory: {why}; the file was \
+                     moved to {}",
+                    self.legacy.display(),
+                    aside.display()
+                );
+                let (uid, moved_to) = (Some(uid), aside.clone());
+                loaded.discarded.push(Discarded { uid, why, moved_to });
+            }
+        }
+        loaded.migrated = fit.len();
+        let fit = fit.into_iter().map(|r| (r.claim.uid.clone(), r));
+        loaded.claims.extend(fit);
+        Ok(())
     }
 }
 

@@ -286,10 +286,8 @@ fn a_uid_that_is_not_a_file_name_never_names_a_file() {
             checkpoint.put(&record(uid, "started"), Synced).is_err(),
             "{uid}"
         );
-        assert!(
-            checkpoint.import([&record(uid, "started")]).is_err(),
-            "{uid}"
-        );
+        let bad = record(uid, "started");
+        assert_eq!(checkpoint.import([&bad]).unwrap().len(), 1, "{uid}");
         assert!(checkpoint.remove(uid).is_err(), "{uid}");
     }
     assert!(
@@ -305,6 +303,40 @@ fn imported_records_are_written_without_the_write_fault_and_read_back() {
     let checkpoint = TestCheckpoint::new(dir.path().join("checkpoint"))
         .with_write_fault(Arc::new(|| Err(io::Error::from_raw_os_error(28))));
     let (a, b) = (record("a", "completed"), record("b", "started"));
-    checkpoint.import([&a, &b]).unwrap();
+    assert!(checkpoint.import([&a, &b]).unwrap().is_empty());
     assert_eq!(checkpoint.load().unwrap().claims, claims(&[&a, &b]));
+}
+
+#[test]
+fn an_import_writes_the_records_it_can_and_returns_the_others_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = TestCheckpoint::new(dir.path().join("checkpoint"));
+    let mut big = record("big", "completed");
+    big.spec = serde_json::json!({"env": "x".repeat(MAX_CLAIM_BYTES)});
+    let (good, escape) = (
+        record("good", "completed"),
+        record("../escape", "completed"),
+    );
+    let refused = checkpoint.import([&big, &good, &escape]).unwrap();
+    let refused: Vec<(&str, ErrorKind)> = refused
+        .iter()
+        .map(|(record, why)| (record.uid.as_str(), why.kind()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("big", ErrorKind::InvalidInput),
+            ("../escape", ErrorKind::Malformed)
+        ]
+    );
+    assert_eq!(checkpoint.load().unwrap().claims, claims(&[&good]));
+    assert_eq!(names_in(dir.path()), ["checkpoint"]);
+}
+
+#[test]
+fn an_import_of_nothing_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = TestCheckpoint::new(dir.path().join("absent"));
+    assert!(checkpoint.import([]).unwrap().is_empty());
+    assert!(names_in(dir.path()).is_empty());
 }

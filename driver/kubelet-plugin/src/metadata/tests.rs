@@ -149,3 +149,33 @@ fn a_full_disk_is_reported_with_its_kind_and_path() {
     assert!(error.io_kind().is_some(), "{error}");
     assert!(error.to_string().contains(HOST_SUBDIR), "{error}");
 }
+
+#[test]
+fn a_fifo_where_the_metadata_file_was_is_replaced_without_waiting_for_a_writer() {
+    // Reading the previous generation opened the path blocking: a FIFO there held the prepare.
+    let dir = tempfile::tempdir().unwrap();
+    let c = claim(None);
+    let path = host_path(dir.path(), &c.uid, "gpu").unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (done, wait) = std::sync::mpsc::channel();
+    let data_dir = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let _ = done.send(write_request(&data_dir, "hal.dra.dev", &c, "gpu", &[gpu()]));
+    });
+    let written = wait
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("write_request waited on the FIFO");
+    let mount = written.unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mount.host_path).unwrap()).unwrap();
+    assert_eq!(doc["metadata"]["generation"], 1);
+    assert!(std::fs::metadata(&path).unwrap().is_file());
+}

@@ -132,6 +132,49 @@ fn the_single_file_of_earlier_versions_is_moved_into_the_directory() {
 }
 
 #[test]
+fn claims_of_earlier_versions_that_cannot_be_records_are_reported_and_the_file_is_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
+    let legacy = dir.path().join("checkpoint.json");
+    let good = record("good", Phase::Completed);
+    let mut big = record("big", Phase::Completed);
+    big.cdi_spec = serde_json::json!({"env": "x".repeat(MAX_CLAIM_BYTES)}).into();
+    let mut listed = claims(&[&good, &big]);
+    // Listed under another key than its own UID (a hand edit, or a bug of an earlier version).
+    listed.insert("other-key".into(), record("elsewhere", Phase::Completed));
+    fs::write(&legacy, legacy::encode(&listed)).unwrap();
+
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&good]));
+    assert_eq!(loaded.migrated, 1);
+    let mut lost: Vec<&str> = loaded
+        .discarded
+        .iter()
+        .map(|d| d.uid.as_deref().unwrap())
+        .collect();
+    lost.sort_unstable();
+    assert_eq!(lost, ["big", "elsewhere"]);
+    for discarded in &loaded.discarded {
+        assert!(
+            discarded.why.contains("checkpoint.json"),
+            "{}",
+            discarded.why
+        );
+        assert!(discarded.moved_to.exists(), "kept for inspection");
+    }
+    assert!(
+        loaded.discarded[0].why.contains("other-key")
+            || loaded.discarded[1].why.contains("other-key")
+    );
+    assert!(!legacy.exists());
+    // The next start finds only the good claim's record, and nothing more to move.
+    let again = checkpoint.load().unwrap();
+    assert_eq!(again.claims, claims(&[&good]));
+    assert_eq!(again.migrated, 0);
+    assert!(again.discarded.is_empty());
+}
+
+#[test]
 fn a_corrupt_file_of_earlier_versions_is_moved_aside_and_reported_as_the_whole_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));

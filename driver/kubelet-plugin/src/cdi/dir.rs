@@ -1,8 +1,7 @@
 //! Transient (per-claim) spec files in a CDI spec directory, written atomically.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::validate::{kind_parts, validate};
@@ -137,11 +136,7 @@ impl CdiDir {
     /// most `MAX_SPEC_BYTES` (1 MiB) is read, never through a link.
     pub fn read_claim_spec(&self, kind: &str, claim_uid: &str) -> Result<Spec, CdiError> {
         let path = self.claim_spec_path(kind, claim_uid)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
-            .open(&path)
-            .map_err(io_error("open", &path))?;
+        let file = crate::files::open_no_follow(&path).map_err(io_error("open", &path))?;
         if !file.metadata().map_err(io_error("stat", &path))?.is_file() {
             return Err(CdiError::invalid(
                 path.display().to_string(),

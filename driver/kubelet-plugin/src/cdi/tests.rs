@@ -980,3 +980,41 @@ fn listing_finds_the_claims_of_one_kind_only() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_spec_is_read_back_only_from_a_regular_file_and_never_waits_on_a_fifo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cdi = CdiDir::new(tmp.path());
+    let kind = "hal.dra.dev/rdma";
+    let path = cdi.write_claim_spec(CLAIM, &rdma_spec()).unwrap();
+    assert_eq!(cdi.read_claim_spec(kind, CLAIM).unwrap(), rdma_spec());
+
+    // A FIFO there (a hostile or broken node): an error at once, not a start that waits for a writer.
+    fs::remove_file(&path).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (done, wait) = std::sync::mpsc::channel();
+    let reader = cdi.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(reader.read_claim_spec(kind, CLAIM).map(drop));
+    });
+    let read = wait
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("read_claim_spec waited on the FIFO");
+    let error = read.unwrap_err().to_string();
+    assert!(error.contains("not a regular file"), "{error}");
+    assert!(error.contains(&path.display().to_string()), "{error}");
+
+    // A link to a valid spec is not followed.
+    fs::remove_file(&path).unwrap();
+    let elsewhere = tmp.path().join("elsewhere.json");
+    fs::write(&elsewhere, serde_json::to_vec(&rdma_spec()).unwrap()).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    assert!(cdi.read_claim_spec(kind, CLAIM).is_err());
+}

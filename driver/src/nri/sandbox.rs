@@ -77,6 +77,9 @@ pub(crate) struct Sandboxes {
     locks: KeyedLocks,
     started: std::sync::Mutex<BTreeMap<String, u64>>,
     starts: std::sync::atomic::AtomicU64,
+    /// Tests: while true, the listing after a `Synchronize` waits, as on a slow or hung disk.
+    #[cfg(test)]
+    pub(crate) listing_held: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
 
 /// The point, in the sequence of sandbox starts, where a `Synchronize` named the sandboxes alive:
@@ -85,6 +88,27 @@ pub(crate) struct Sandboxes {
 pub struct SyncMark(u64);
 
 impl Sandboxes {
+    /// Tests: holds (or lets go of) the listing after a `Synchronize`.
+    #[cfg(test)]
+    pub(crate) fn hold_listing(&self, held: bool) {
+        let (lock, changed) = &self.listing_held;
+        *lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = held;
+        changed.notify_all();
+    }
+
+    #[cfg(test)]
+    fn wait_while_listing_held(&self) {
+        let (lock, changed) = &self.listing_held;
+        let held = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _released = changed
+            .wait_while(held, |held| *held)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
     /// Waits for the lock of the sandbox `id`.
     pub(crate) async fn lock(&self, id: &str) -> KeyedGuard<'_> {
         self.locks.lock(id).await
@@ -465,7 +489,12 @@ impl PodNetwork {
     /// tears them down ([`PodNetwork::del_vanished`]).
     pub async fn clean_up_vanished(&self, alive: BTreeSet<String>, mark: SyncMark) {
         let net = self.clone();
-        match tokio::task::spawn_blocking(move || net.vanished(&alive)).await {
+        let listing = move || {
+            #[cfg(test)]
+            net.sandboxes.wait_while_listing_held();
+            net.vanished(&alive)
+        };
+        match tokio::task::spawn_blocking(listing).await {
             Ok(vanished) => self.del_vanished(vanished, mark).await,
             Err(error) => {
                 tracing::warn!(%error, "listing the sandboxes gone while the plugin was down")

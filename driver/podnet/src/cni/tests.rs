@@ -411,3 +411,29 @@ async fn the_nad_is_read_from_the_claims_namespace_and_its_problems_name_it() {
         "{broken}"
     );
 }
+
+#[test]
+fn a_fifo_in_the_cache_is_an_unreadable_entry_at_once_not_a_listing_that_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cni = runtime(dir.path());
+    std::fs::create_dir_all(&cni.cache_dir).unwrap();
+    let fifo = cni.cache_dir.join("vf-test1-blocker-net9");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(cni.cached());
+    });
+    let cached = wait
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listing waited on the FIFO");
+    assert_eq!(cached.len(), 1);
+    assert_eq!(cached[0].0, "vf-test1-blocker-net9");
+    assert!(cached[0].1.is_err());
+}

@@ -1,9 +1,10 @@
 //! The cleanup after `Synchronize` runs beside the event loop: while the listing of the state
-//! directory blocks (a FIFO in the CNI cache blocks its open until a writer comes), the runtime's
-//! other requests are answered; once it goes on, the sandbox gone while the plugin was down gets its
-//! DEL, and a sandbox started after the `Synchronize` does not.
+//! directory is held (as a slow or hung disk would hold it), the runtime's other requests are
+//! answered; once it goes on, the sandbox gone while the plugin was down gets its DEL, and a sandbox
+//! started after the `Synchronize` does not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -11,43 +12,32 @@ use super::tests::{api, connect, lines, network, record, recorder, start_network
 use super::*;
 use crate::nri::fake_runtime::{FakeRuntime, pod_in_netns};
 
-/// Lets the reader of the FIFO at `path` go: a writer opens it (read-write: never blocks), the FIFO
-/// goes from the directory, the writer closes (the reader reads an empty file).
-fn release(path: &Path) {
-    let writer = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path);
-    let _ = std::fs::remove_file(path);
-    drop(writer);
-}
-
-/// Releases the FIFO after 60 s if the test has not (the old loop blocked in the listing: the test
-/// then fails on `fired` instead of hanging), and on drop.
+/// Lets the held listing go after 60 s if the test has not (were the events waiting for the
+/// listing, the test then fails on `fired` instead of hanging), and on drop.
 struct Watchdog {
-    fifo: PathBuf,
-    fired: std::sync::Arc<AtomicBool>,
+    sandboxes: Arc<Sandboxes>,
+    fired: Arc<AtomicBool>,
     done: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
-    fn new(fifo: &Path) -> Watchdog {
+    fn new(sandboxes: &Arc<Sandboxes>) -> Watchdog {
         let (done, wait) = std::sync::mpsc::channel::<()>();
-        let fired = std::sync::Arc::new(AtomicBool::new(false));
+        let fired = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (fifo, fired) = (fifo.to_owned(), fired.clone());
+            let (sandboxes, fired) = (sandboxes.clone(), fired.clone());
             std::thread::spawn(move || {
                 if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     wait.recv_timeout(Duration::from_secs(60))
                 {
                     fired.store(true, Ordering::SeqCst);
-                    release(&fifo);
+                    sandboxes.hold_listing(false);
                 }
             })
         };
         Watchdog {
-            fifo: fifo.to_owned(),
+            sandboxes: sandboxes.clone(),
             fired,
             done: Some(done),
             thread: Some(thread),
@@ -65,7 +55,7 @@ impl Drop for Watchdog {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        release(&self.fifo);
+        self.sandboxes.hold_listing(false);
     }
 }
 
@@ -98,16 +88,10 @@ async fn a_blocked_listing_after_synchronize_leaves_the_events_answered_and_find
     node.stop().await;
     drop(conn);
 
-    // A FIFO among the cache entries: the listing's open of it blocks until a writer comes.
-    let fifo = dir.path().join("cni/results/vf-test1-blocker-net9");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let watchdog = Watchdog::new(&fifo);
-
+    // The next listing is held until the test lets it go.
     let net = network(&bin, dir.path(), records, &api);
+    net.sandboxes.hold_listing(true);
+    let watchdog = Watchdog::new(&net.sandboxes);
     let node = start_network(&socket, net.clone());
     // The Synchronize is answered, and so is the next event, while the listing is blocked.
     let conn = connect(&runtime).await;
@@ -128,7 +112,7 @@ async fn a_blocked_listing_after_synchronize_leaves_the_events_answered_and_find
     );
 
     // The listing goes on: the vanished sandbox gets its DEL, the one started since does not.
-    release(&fifo);
+    net.sandboxes.hold_listing(false);
     let mut log = Vec::new();
     for _ in 0..400 {
         log = lines(&bin.join("log"));

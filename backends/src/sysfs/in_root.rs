@@ -5,7 +5,9 @@
 //! The kernel does this itself with `openat2(2)` and `RESOLVE_IN_ROOT` (Linux 5.6). Where that call is
 //! missing (`ENOSYS`) or refused by a seccomp profile (`EPERM`, older container runtimes), the path is
 //! walked here a component at a time with the same rules, each directory opened `O_PATH | O_NOFOLLOW`
-//! relative to the one before, so nothing is resolved by path twice.
+//! relative to the one before, so nothing is resolved by path twice (and at most [`MAX_DEPTH`]
+//! directories deep). The walk also takes over when `openat2` keeps failing with `EAGAIN` (a rename
+//! or mount racing it, see [`EAGAIN_RETRIES`]).
 
 use std::ffi::OsString;
 use std::io;
@@ -18,6 +20,15 @@ use rustix::io::Errno;
 
 /// The most links one open resolves (the kernel's own limit is 40).
 const MAX_LINKS: usize = 40;
+/// The deepest directory the walk descends to (each level holds a descriptor until a `..` leaves
+/// it). Sysfs paths are some 20 levels deep; a tree of links built to go deeper is `ENAMETOOLONG`
+/// rather than thousands of open descriptors.
+const MAX_DEPTH: usize = 256;
+/// How often an `openat2` that returned `EAGAIN` is tried again before the path is walked instead.
+/// With `RESOLVE_IN_ROOT` the kernel returns `EAGAIN` when a rename or a mount anywhere on the node
+/// raced the resolution of a `..`, which every sysfs class and bus link holds; its manual page says
+/// the caller may retry.
+const EAGAIN_RETRIES: usize = 16;
 
 /// A root directory, opened once (`O_PATH`), under which files are opened.
 #[derive(Debug)]
@@ -90,10 +101,25 @@ fn open_inside(
         false => relative,
     };
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-    match rustix::fs::openat2(root, path, flags, Mode::empty(), resolve) {
-        Err(Errno::NOSYS) | Err(Errno::PERM) => walk(root, path, flags, follow_last),
+    let openat2 = || rustix::fs::openat2(root, path, flags, Mode::empty(), resolve);
+    match retry_eagain(openat2) {
+        Err(Errno::NOSYS | Errno::PERM | Errno::AGAIN) => walk(root, path, flags, follow_last),
         opened => Ok(opened?),
     }
+}
+
+/// Calls `open` again while it fails with `EAGAIN`, at most [`EAGAIN_RETRIES`] times more.
+fn retry_eagain(
+    mut open: impl FnMut() -> rustix::io::Result<OwnedFd>,
+) -> rustix::io::Result<OwnedFd> {
+    let mut opened = open();
+    for _ in 0..EAGAIN_RETRIES {
+        match opened {
+            Err(Errno::AGAIN) => opened = open(),
+            _ => break,
+        }
+    }
+    opened
 }
 
 /// [`open_in_root`] without `openat2`: the path walked a component at a time.
@@ -132,6 +158,7 @@ fn walk(
             _ if pending.is_empty() && !follow_last => {
                 return Ok(rustix::fs::openat(current, &name, flags, Mode::empty())?);
             }
+            _ if dirs.len() >= MAX_DEPTH => return Err(Errno::NAMETOOLONG.into()),
             _ => match rustix::fs::openat(current, &name, dir_flags, Mode::empty()) {
                 Ok(fd) => dirs.push(fd),
                 // A link (or not a directory): follow the link inside the root.
@@ -324,5 +351,97 @@ mod tests {
                 "{how}: the link's target is looked up inside the root"
             );
         }
+    }
+
+    #[test]
+    fn an_openat2_raced_by_a_rename_is_tried_again_then_left_to_the_walk() {
+        let fd = || rustix::fs::open(".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty());
+        let mut calls = 0;
+        let opened = retry_eagain(|| {
+            calls += 1;
+            if calls <= 3 { Err(Errno::AGAIN) } else { fd() }
+        });
+        assert!(opened.is_ok());
+        assert_eq!(calls, 4);
+        let mut calls = 0;
+        let opened = retry_eagain(|| {
+            calls += 1;
+            Err(Errno::AGAIN)
+        });
+        assert_eq!(
+            opened.map(drop),
+            Err(Errno::AGAIN),
+            "then the walk opens it"
+        );
+        assert_eq!(calls, 1 + EAGAIN_RETRIES);
+        let mut calls = 0;
+        let opened = retry_eagain(|| {
+            calls += 1;
+            Err(Errno::NOENT)
+        });
+        assert_eq!(
+            (opened.map(drop), calls),
+            (Err(Errno::NOENT), 1),
+            "other errors are final"
+        );
+    }
+
+    #[test]
+    fn opens_through_parent_links_succeed_while_another_thread_renames() {
+        // Every rename on the node moves the kernel's rename sequence, which RESOLVE_IN_ROOT checks
+        // after each `..`: without the retry (or the walk after it) such opens failed with EAGAIN.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let function = root.join("sys/devices/pci0000:00/0000:3b:00.0");
+        fs::create_dir_all(&function).unwrap();
+        fs::write(function.join("vendor"), "0x8086\n").unwrap();
+        fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
+        symlink(
+            "../../../devices/pci0000:00/0000:3b:00.0",
+            root.join("sys/bus/pci/devices/0000:3b:00.0"),
+        )
+        .unwrap();
+        let root = RootDir::open(&root).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let (stop, dir) = (stop.clone(), tmp.path().to_path_buf());
+            std::thread::spawn(move || {
+                let (a, b) = (dir.join("a"), dir.join("b"));
+                fs::write(&a, "").unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fs::rename(&a, &b).unwrap();
+                    fs::rename(&b, &a).unwrap();
+                }
+            })
+        };
+        let path = "sys/bus/pci/devices/0000:3b:00.0/../0000:3b:00.0/vendor";
+        let failures = (0..20_000)
+            .filter(|_| read(open_in_root, &root, path).as_deref() != Ok("0x8086\n"))
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        renamer.join().unwrap();
+        assert_eq!(failures, 0);
+    }
+
+    #[test]
+    fn the_walk_stops_at_its_depth_limit_instead_of_holding_a_descriptor_per_level() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep: PathBuf = std::iter::repeat_n("d", MAX_DEPTH + 1).collect();
+        fs::create_dir_all(tmp.path().join(&deep)).unwrap();
+        fs::write(tmp.path().join(&deep).join("attr"), "1").unwrap();
+        let root = RootDir::open(tmp.path()).unwrap();
+        let relative = deep.join("attr");
+        assert_eq!(
+            read(walk_in_root, &root, relative.to_str().unwrap()),
+            Err(Errno::NAMETOOLONG)
+        );
+        // Within the limit the walk reads it.
+        let shallow: PathBuf = std::iter::repeat_n("d", MAX_DEPTH).collect();
+        fs::write(tmp.path().join(&shallow).join("attr"), "2").unwrap();
+        let relative = shallow.join("attr");
+        assert_eq!(
+            read(walk_in_root, &root, relative.to_str().unwrap()).as_deref(),
+            Ok("2")
+        );
     }
 }

@@ -13,7 +13,8 @@ use super::in_root::RootDir;
 /// created by writing, and a typo must not leave a stray file in a captured tree. Paths are resolved
 /// inside the root (links along the way, `driver/unbind` for one, cannot lead out of it), a link as
 /// the attribute itself is refused (`O_NOFOLLOW`), and so is anything that is not a regular file (a
-/// FIFO is opened without blocking and refused).
+/// FIFO is opened without blocking and refused) or has more than one name (a hard link, which the
+/// resolution inside the root cannot see): such a file is left as it was.
 #[derive(Debug, Clone)]
 pub struct FileWriter {
     root: PathBuf,
@@ -36,7 +37,8 @@ impl Default for FileWriter {
 impl AttributeWriter for FileWriter {
     fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
         let root = RootDir::open(&self.root)?;
-        let flags = OFlags::WRONLY | OFlags::TRUNC | OFlags::NONBLOCK;
+        // Truncated only once it is known to be an attribute (below), not by `O_TRUNC`.
+        let flags = OFlags::WRONLY | OFlags::NONBLOCK;
         let fd = root
             .open_file(path, flags)
             .map_err(|e| match e.raw_os_error() {
@@ -53,6 +55,20 @@ impl AttributeWriter for FileWriter {
                 "not a regular file, not written",
             ));
         }
+        // A hard link is invisible to the resolution inside the root: a file from anywhere on the
+        // same file system, linked into the tree, would be overwritten. Attributes have one name.
+        if stat.st_nlink != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "a file with {} names (a hard link), not written: attributes have one",
+                    stat.st_nlink
+                ),
+            ));
+        }
+        // What `O_TRUNC` did (sysfs ignores it; a captured tree's file must not keep a longer
+        // old value's tail).
+        rustix::fs::ftruncate(&fd, 0)?;
         // One write(2): the kernel acts on each write call.
         fs::File::from(fd).write_all(value.as_bytes())
     }
@@ -72,6 +88,10 @@ mod tests {
         let writer = FileWriter::new(dir.path());
         writer.write_attribute(&path, "4").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "4");
+        // A shorter value leaves no tail of the longer one before it.
+        writer.write_attribute(&path, "16").unwrap();
+        writer.write_attribute(&path, "8").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "8");
         let missing = writer
             .write_attribute(&dir.path().join("nope"), "1")
             .unwrap_err();
@@ -128,6 +148,14 @@ mod tests {
             err.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()),
             "{err}"
         );
+
+        // A hard link to a file outside: refused, and the file is not even truncated.
+        let linked = vf.join("sriov_numvfs_linked");
+        std::fs::hard_link(&outside, &linked).unwrap();
+        let err = writer.write_attribute(&linked, "4").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("hard link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
 
         // Paths outside the root are refused.
         let err = writer.write_attribute(&outside, "x").unwrap_err();

@@ -257,10 +257,12 @@ pub fn is_this_machine(root: &Path) -> bool {
 }
 
 /// The boot id of the kernel whose `/proc` is under `root` (`proc/sys/kernel/random/boot_id`), or `None`
-/// when it cannot be read or is empty. Read as every attribute is: bounded (64 KiB), without blocking,
-/// and only from a regular file, so a FIFO or `/dev/zero` there is `None`, not a hang or a 1 GiB read.
+/// when it cannot be read or is empty. Read as every attribute is: inside the root (a link on the way
+/// cannot lead to the host's own `/proc`), bounded (64 KiB), without blocking, and only from a regular
+/// file, so a FIFO or `/dev/zero` there is `None`, not a hang or a 1 GiB read.
 pub fn boot_id(root: &Path) -> Option<String> {
-    crate::sysfs::attr::read_optional(&root.join("proc/sys/kernel/random/boot_id"))
+    let tree = crate::sysfs::tree::Tree::open(&crate::SysfsRoot::new(root));
+    tree.read_optional(&tree.join("proc/sys/kernel/random/boot_id"))
         .ok()
         .flatten()
         .filter(|id| !id.is_empty())

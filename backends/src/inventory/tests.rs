@@ -122,4 +122,11 @@ fn the_boot_id_is_read_bounded_and_without_blocking() {
     std::fs::remove_file(&file).unwrap();
     std::fs::write(&file, vec![b'a'; 70_000]).unwrap();
     assert_eq!(boot_id_within_10s(tree.path()), None, "70 KB");
+
+    // A link on the way to the host's own /proc: resolved inside the tree, so the capture does not
+    // pass for this machine.
+    std::fs::remove_dir_all(tree.path().join("proc")).unwrap();
+    std::os::unix::fs::symlink("/proc", tree.path().join("proc")).unwrap();
+    assert_eq!(boot_id_within_10s(tree.path()), None, "proc -> /proc");
+    assert!(!is_this_machine(tree.path()));
 }

@@ -5,7 +5,6 @@
 //! resolves inside its root exactly as on the machine, and a link can never lead outside the root.
 
 use std::ffi::OsString;
-use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use hal::{Error, ParseError, PciAddress, PcieRoot, Result};
@@ -49,13 +48,6 @@ pub fn resolve_link_text(link: &Path, relative: &Path, text: &Path) -> Result<Pa
     Ok(parts.iter().collect())
 }
 
-/// The name a link points to (`driver` → `../../../bus/pci/drivers/ice` gives `ice`), or `None` when
-/// there is no link.
-pub fn link_name(path: &Path) -> Option<String> {
-    let target = fs::read_link(path).ok()?;
-    target.file_name()?.to_str().map(str::to_owned)
-}
-
 /// The PCI functions along a resolved device path, outermost first
 /// (`sys/devices/pci0000:00/0000:00:01.0/0000:3b:00.0/net/eth0` gives `0000:00:01.0`, `0000:3b:00.0`).
 pub fn pci_functions_in_path(path: &Path) -> Vec<PciAddress> {
@@ -86,6 +78,7 @@ mod tests {
     use super::super::SysfsRoot;
     use super::super::tree::Tree;
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
 
     #[test]

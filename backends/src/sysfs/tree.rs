@@ -167,7 +167,8 @@ impl Tree {
         }
     }
 
-    /// [`super::link::link_name`] of `path`, read inside the root.
+    /// The name the link `path` points to (`driver` → `../../../bus/pci/drivers/ice` gives `ice`),
+    /// read inside the root; `None` when there is no link.
     pub fn link_name(&self, path: &Path) -> Option<String> {
         let target = self.read_link(path)?;
         target.file_name()?.to_str().map(str::to_owned)

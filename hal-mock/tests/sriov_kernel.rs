@@ -156,7 +156,9 @@ fn binding_to_vfio_and_back() {
     sriov.set_num_vfs(addr("0000:3b:00.0"), 1).unwrap();
     let vf = addr("0000:3b:01.0");
     let driver = |root: &Path| {
-        backends::sysfs::link::link_name(&root.join("sys/bus/pci/devices/0000:3b:01.0/driver"))
+        let link = root.join("sys/bus/pci/devices/0000:3b:01.0/driver");
+        let tree = backends::sysfs::tree::Tree::open(&SysfsRoot::new(root));
+        tree.link_name(&link)
     };
 
     sriov.bind_driver(vf, "vfio-pci").unwrap();

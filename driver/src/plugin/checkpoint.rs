@@ -9,7 +9,8 @@
 //! process keeps the page cache (the record is there), and a power loss reboots the node, which
 //! undoes every device change a `Started` record could describe. After a crash a `Started` claim is
 //! rolled back and redone; a `Completed` one is answered again with the same devices (its CDI spec
-//! is rewritten: after a reboot `/var/run/cdi` is empty).
+//! is rewritten: after a reboot `/var/run/cdi` is empty), unless it changed a device in an earlier
+//! boot: such a record is forgotten at start and the claim prepared afresh.
 //!
 //! A record file that is not a record is moved aside by the kit and reported with its claim; the
 //! preparer rebuilds that claim from its CDI spec. What one claim may store is bounded

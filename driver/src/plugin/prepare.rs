@@ -151,6 +151,30 @@ impl Preparer {
             rebuilt_any = true;
         }
         let rebuilt = !loaded.discarded.is_empty() || loaded.missing && rebuilt_any;
+        // A reboot undid the device changes (driver bindings, the VFs of GPU partitions) of the
+        // claims prepared in an earlier boot: their records would answer with devices that are not
+        // there any more, and undoing them again could fail on VFs that are gone. They are forgotten,
+        // and the claims prepared afresh when the kubelet asks again, which it does after a reboot.
+        // A claim that changed no device keeps its record (its CPUs, its RT placement) and gets its
+        // CDI spec rewritten when asked.
+        let undone: Vec<String> = claims
+            .iter()
+            .filter(|(_, r)| undone_by_reboot(r, &config.boot_id))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in &undone {
+            tracing::info!(claim = %uid, "prepared in an earlier boot, which undid its device changes: \
+                forgotten, prepared afresh when the kubelet asks");
+            claims.remove(uid);
+            config
+                .checkpoint
+                .remove(uid)
+                .map_err(std::io::Error::other)?;
+            config
+                .cdi
+                .remove_claim_spec(&kind, uid)
+                .map_err(std::io::Error::other)?;
+        }
         let started: Vec<String> = claims
             .iter()
             .filter(|(_, r)| r.phase == Phase::Started)
@@ -386,6 +410,15 @@ impl DraHandler for Preparer {
     fn concurrent(&self) -> bool {
         true
     }
+}
+
+/// Whether `record` describes device changes that a reboot since (this boot is `boot_id`) has
+/// undone. An unknown boot id on either side counts as the same boot.
+fn undone_by_reboot(record: &ClaimRecord, boot_id: &str) -> bool {
+    !record.undo.is_empty()
+        && !boot_id.is_empty()
+        && !record.boot_id.is_empty()
+        && record.boot_id != boot_id
 }
 
 #[cfg(test)]

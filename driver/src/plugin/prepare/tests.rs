@@ -586,6 +586,50 @@ async fn a_vf_for_vfio_is_bound_exposed_through_its_group_and_given_back() {
 }
 
 #[tokio::test]
+async fn after_a_reboot_a_claim_that_changed_a_device_is_prepared_afresh_and_the_others_keep_their_record()
+ {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "vfio",
+        &[("vf", "nic-0000-3b-01-1")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    s.claims.add_cpus("cpus", "cpus-numa-0", 4, json!([]));
+    let both = || vec![reference("vfio"), reference("cpus")];
+    let first = s.preparer("boot-1").prepare(both()).await;
+    assert!(first.values().all(Result::is_ok), "{first:?}");
+    let cpus = cpuset_of(&s, "cpus");
+    let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
+
+    // The node reboots: the VF is back on its kernel driver and /var/run/cdi is empty.
+    s.binder.bind_driver(vf, "iavf").unwrap();
+    std::fs::remove_dir_all(s.cdi_dir()).unwrap();
+    let rebooted = s.preparer("boot-2");
+    let records = |uid: &str| s.checkpoint_path().join(format!("{uid}.json")).exists();
+    assert!(
+        !records("vfio"),
+        "its binding was undone by the reboot: forgotten"
+    );
+    assert!(records("cpus"), "changed no device: kept");
+
+    // The kubelet prepares both again: the VF is bound again, the CPUs are the same.
+    let again = rebooted.prepare(both()).await;
+    assert_eq!(first, again);
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("vfio-pci"));
+    assert_eq!(cpuset_of(&s, "cpus"), cpus);
+    rebooted.unprepare(vec![reference("vfio")]).await;
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("iavf"));
+
+    // A restart within the same boot answers from the record, as before.
+    let again = rebooted.prepare(vec![reference("vfio")]).await;
+    assert!(again["vfio"].is_ok(), "{again:?}");
+    drop(rebooted);
+    let restarted = s.preparer("boot-2");
+    assert!(records("vfio"));
+    assert_eq!(restarted.prepare(vec![reference("vfio")]).await, again);
+}
+
+#[tokio::test]
 async fn a_kernel_driver_vf_passes_its_netdev_and_network_and_a_pf_with_vfs_is_never_unbound() {
     let s = Setup::on("xeon");
     s.claims

@@ -270,3 +270,14 @@ fn directory_links_down_a_device_path_stay_in_the_root() {
     let entry = error_for(&pci.errors, &function.join("vendor"));
     assert!(entry.error.contains("missing or empty"), "{entry:?}");
 }
+
+/// The link tests above again, every open taking the component walk (kernels without `openat2`, or
+/// a seccomp profile that refuses it): the same answers. (The FIFO test reads on other threads,
+/// which the forced walk, set per thread, does not reach.)
+#[test]
+fn the_same_holds_through_the_component_walk() {
+    super::in_root::forced_walk::with(|| {
+        attributes_linked_outside_the_root_are_refused_and_never_echoed();
+        directory_links_down_a_device_path_stay_in_the_root();
+    });
+}

@@ -100,6 +100,10 @@ fn open_inside(
         true => Path::new("."),
         false => relative,
     };
+    #[cfg(test)]
+    if forced_walk::on() {
+        return walk(root, path, flags, follow_last);
+    }
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let openat2 = || rustix::fs::openat2(root, path, flags, Mode::empty(), resolve);
     match retry_eagain(openat2) {
@@ -120,6 +124,37 @@ fn retry_eagain(
         }
     }
     opened
+}
+
+/// Tests: every open of the calling thread takes the component walk, as on a kernel without
+/// `openat2`, so the suites of hostile trees run against both paths.
+#[cfg(test)]
+pub(crate) mod forced_walk {
+    use std::cell::Cell;
+
+    thread_local! {
+        static WALKS: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Whether the walk is forced on this thread (and counts it).
+    pub(super) fn on() -> bool {
+        WALKS.with(|walks| match walks.get() {
+            Some(n) => {
+                walks.set(Some(n + 1));
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Runs `f` with the walk forced; fails when `f` opened nothing.
+    pub(crate) fn with<T>(f: impl FnOnce() -> T) -> T {
+        WALKS.with(|walks| walks.set(Some(0)));
+        let out = f();
+        let walks = WALKS.with(|walks| walks.replace(None)).unwrap_or(0);
+        assert!(walks > 0, "nothing was opened through the walk");
+        out
+    }
 }
 
 /// [`open_in_root`] without `openat2`: the path walked a component at a time.

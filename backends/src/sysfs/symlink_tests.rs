@@ -265,3 +265,15 @@ fn infiniband_and_net_directory_links_out_of_the_root_are_not_followed() {
     assert_no_secret("the RDMA devices", &read);
     assert!(read.items.is_empty(), "{read:?}");
 }
+
+/// The tests above again, every open taking the component walk (kernels without `openat2`, or a
+/// seccomp profile that refuses it): the same answers.
+#[test]
+fn the_same_holds_through_the_component_walk() {
+    super::in_root::forced_walk::with(|| {
+        cpu_directory_links_out_of_the_root_are_not_followed();
+        numa_node_directory_links_out_of_the_root_are_not_followed();
+        drm_and_nvidia_directory_links_out_of_the_root_are_not_followed();
+        infiniband_and_net_directory_links_out_of_the_root_are_not_followed();
+    });
+}

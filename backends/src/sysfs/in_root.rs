@@ -5,9 +5,9 @@
 //! The kernel does this itself with `openat2(2)` and `RESOLVE_IN_ROOT` (Linux 5.6). Where that call is
 //! missing (`ENOSYS`) or refused by a seccomp profile (`EPERM`, older container runtimes), the path is
 //! walked here a component at a time with the same rules, each directory opened `O_PATH | O_NOFOLLOW`
-//! relative to the one before, so nothing is resolved by path twice (and at most [`MAX_DEPTH`]
-//! directories deep). The walk also takes over when `openat2` keeps failing with `EAGAIN` (a rename
-//! or mount racing it, see [`EAGAIN_RETRIES`]).
+//! relative to the one before, so nothing is resolved by path twice (and at most 256 directories
+//! deep). The walk also takes over when `openat2` keeps failing with `EAGAIN` (a rename or mount
+//! racing it) after 16 more tries.
 
 use std::ffi::OsString;
 use std::io;

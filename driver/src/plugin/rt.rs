@@ -23,10 +23,13 @@ pub struct RtLimit {
 }
 
 impl RtLimit {
-    /// Reads the limit under `root` (`proc/sys/kernel/`); None when the files are missing or odd.
+    /// Reads the limit under `root` (`proc/sys/kernel/`, inside the root as every attribute);
+    /// None when the files are missing or odd.
     pub fn read(root: &std::path::Path) -> Option<RtLimit> {
+        let tree = backends::sysfs::tree::Tree::open(&backends::SysfsRoot::new(root));
         let read = |name: &str| {
-            backends::sysfs::attr::read_trimmed(&root.join("proc/sys/kernel").join(name)).ok()
+            let path = tree.join("proc/sys/kernel").join(name);
+            tree.read_trimmed(&path).ok()
         };
         let runtime_us = read("sched_rt_runtime_us")?.parse().ok()?;
         let period_us: u64 = read("sched_rt_period_us")?.parse().ok()?;
@@ -266,6 +269,14 @@ mod tests {
         std::fs::write(kernel.join("sched_rt_period_us"), "0\n").unwrap();
         assert_eq!(RtLimit::read(dir.path()), None);
         assert_eq!(RtLimit::read(&dir.path().join("nothing")), None);
+
+        // A tree whose `proc` links to another directory (the host's /proc, a secret): looked up
+        // inside the tree, where there is nothing.
+        let tree = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path().join("proc"), tree.path().join("proc")).unwrap();
+        std::fs::write(kernel.join("sched_rt_period_us"), "1000000\n").unwrap();
+        assert!(RtLimit::read(dir.path()).is_some());
+        assert_eq!(RtLimit::read(tree.path()), None);
     }
 
     #[test]

@@ -181,20 +181,23 @@ fn generation_at(path: &Path) -> i64 {
 }
 
 /// Writes (or rewrites, with the next generation) the metadata file of one request, atomically, and
-/// returns the CDI mount that shows it read-only in the container.
+/// returns the CDI mount that shows it read-only in the container. With
+/// [`files::Durability::Unsynced`] a power loss may take the file (and its new directories) away: the
+/// driver must then write it again after the reboot, as it must the CDI spec.
 pub fn write_request(
     data_dir: &Path,
     driver: &str,
     claim: &ClaimIdentity,
     request: &str,
     devices: &[MetadataDevice],
+    durability: files::Durability,
 ) -> Result<Mount, MetadataError> {
     let path = host_path(data_dir, &claim.uid, request)?;
     let generation = generation_at(&path).saturating_add(1);
     let body = document(claim, generation, request, devices);
     let mut bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
     bytes.push(b'\n');
-    files::write_atomically(&path, &bytes, &|_| Ok(()))?;
+    files::replace(&path, &bytes, &|_| Ok(()), durability)?;
     std::fs::set_permissions(
         &path,
         std::os::unix::fs::PermissionsExt::from_mode(FILE_MODE),

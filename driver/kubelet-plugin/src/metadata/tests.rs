@@ -1,4 +1,5 @@
 use super::*;
+use crate::files::Durability::{Synced, Unsynced};
 use std::os::unix::fs::PermissionsExt;
 
 fn claim(pod_claim_name: Option<&str>) -> ClaimIdentity {
@@ -105,7 +106,7 @@ fn the_document_is_a_versioned_device_metadata_object() {
 fn a_rewrite_raises_the_generation_and_the_file_is_readable_by_any_user() {
     let dir = tempfile::tempdir().unwrap();
     let c = claim(None);
-    let mount = write_request(dir.path(), "hal.dra.dev", &c, "gpu", &[gpu()]).unwrap();
+    let mount = write_request(dir.path(), "hal.dra.dev", &c, "gpu", &[gpu()], Synced).unwrap();
     assert_eq!(mount.options, ["ro", "bind"]);
     assert_eq!(
         mount.container_path,
@@ -126,7 +127,7 @@ fn a_rewrite_raises_the_generation_and_the_file_is_readable_by_any_user() {
         ips: Some(vec!["192.0.2.10/24".into()]),
         hardware_address: None,
     });
-    write_request(dir.path(), "hal.dra.dev", &c, "gpu", &[second]).unwrap();
+    write_request(dir.path(), "hal.dra.dev", &c, "gpu", &[second], Unsynced).unwrap();
     let doc = read(&path);
     assert_eq!(doc["metadata"]["generation"], 2);
     assert_eq!(
@@ -144,8 +145,15 @@ fn a_full_disk_is_reported_with_its_kind_and_path() {
     // A file where the directory should be: the write fails, naming the path.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(HOST_SUBDIR), b"not a directory").unwrap();
-    let error =
-        write_request(dir.path(), "hal.dra.dev", &claim(None), "gpu", &[gpu()]).unwrap_err();
+    let error = write_request(
+        dir.path(),
+        "hal.dra.dev",
+        &claim(None),
+        "gpu",
+        &[gpu()],
+        Synced,
+    )
+    .unwrap_err();
     assert!(error.io_kind().is_some(), "{error}");
     assert!(error.to_string().contains(HOST_SUBDIR), "{error}");
 }
@@ -168,7 +176,14 @@ fn a_fifo_where_the_metadata_file_was_is_replaced_without_waiting_for_a_writer()
     let (done, wait) = std::sync::mpsc::channel();
     let data_dir = dir.path().to_path_buf();
     std::thread::spawn(move || {
-        let _ = done.send(write_request(&data_dir, "hal.dra.dev", &c, "gpu", &[gpu()]));
+        let _ = done.send(write_request(
+            &data_dir,
+            "hal.dra.dev",
+            &c,
+            "gpu",
+            &[gpu()],
+            Unsynced,
+        ));
     });
     let written = wait
         .recv_timeout(std::time::Duration::from_secs(10))

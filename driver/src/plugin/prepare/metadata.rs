@@ -22,6 +22,18 @@ use crate::plugin::claims::Allocated;
 /// publishes has a name starting so.
 pub(super) const CDI_PREFIX: &str = "metadata-";
 
+/// The undo entry of a claim with metadata files. They are written without fsync, so a power loss
+/// may lose them; an undo entry makes the claim one that a reboot has undone, forgotten at start and
+/// prepared afresh (see `Preparer::new`), which writes them again. Undoing it is their removal,
+/// which unprepare does for every claim.
+pub(super) const UNDO_KEY: &str = "metadata";
+
+/// The [`UNDO_KEY`] entry of a claim's record.
+pub(super) fn undo_entry() -> (String, serde_json::Value) {
+    let files = serde_json::json!("device metadata files, written without fsync");
+    (UNDO_KEY.to_owned(), files)
+}
+
 /// The metadata files of one prepare.
 pub(super) struct MetadataPlan {
     /// The plugin's data directory.
@@ -113,12 +125,21 @@ impl Preparer {
     pub(super) fn write_metadata(&self, plan: &MetadataPlan) -> Result<(), PrepareError> {
         let driver = &self.config.slices.driver_name;
         for (request, devices) in &plan.requests {
-            metadata::write_request(&plan.dir, driver, &plan.claim, request, devices).map_err(
-                |source| PrepareError::Metadata {
-                    context: format!("writing the device metadata of request {request}"),
-                    source,
-                },
-            )?;
+            // Without fsync: a claim with metadata files is prepared afresh after a reboot
+            // ([`UNDO_KEY`]), which writes them again.
+            let durability = dra_kubelet_plugin::files::Durability::Unsynced;
+            let written = metadata::write_request(
+                &plan.dir,
+                driver,
+                &plan.claim,
+                request,
+                devices,
+                durability,
+            );
+            written.map_err(|source| PrepareError::Metadata {
+                context: format!("writing the device metadata of request {request}"),
+                source,
+            })?;
         }
         Ok(())
     }

@@ -115,6 +115,7 @@ impl Preparer {
                     .iter()
                     .filter_map(|r| Some((r.function.to_string(), serde_json::to_value(r).ok()?)))
                     .chain(partition_undo.clone())
+                    .chain(metadata.as_ref().map(|_| super::metadata::undo_entry()))
                     .collect(),
                 cpus,
                 rt,

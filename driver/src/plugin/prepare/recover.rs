@@ -132,7 +132,7 @@ pub(super) fn record_from_spec(
         boot_id: config.boot_id.clone(),
         devices,
         cdi_spec: SpecJson::of(spec).unwrap_or_else(|_| serde_json::Value::Null.into()),
-        undo: BTreeMap::new(),
+        undo: metadata_undo(spec, &prefix),
         cpus,
         rt: BTreeMap::new(),
         network: BTreeMap::new(),
@@ -199,4 +199,18 @@ pub(super) fn complete(
     );
     record.recovered = false;
     Some(record)
+}
+
+/// The undo entry of device metadata files when the spec mounts some (see
+/// [`super::metadata::UNDO_KEY`]): a rebuilt claim is prepared afresh after a reboot too.
+fn metadata_undo(spec: &Spec, prefix: &str) -> BTreeMap<String, serde_json::Value> {
+    let has_metadata = spec.devices.iter().any(|d| {
+        d.name
+            .strip_prefix(prefix)
+            .is_some_and(|n| n.starts_with(super::metadata::CDI_PREFIX))
+    });
+    has_metadata
+        .then(super::metadata::undo_entry)
+        .into_iter()
+        .collect()
 }

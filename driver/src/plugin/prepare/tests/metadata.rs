@@ -115,6 +115,57 @@ async fn without_the_flag_no_metadata_is_written_and_a_lost_checkpoint_keeps_the
     assert_eq!(again, first);
 }
 
+#[tokio::test]
+async fn a_claim_with_metadata_files_is_prepared_afresh_after_a_reboot_which_rewrites_them() {
+    let s = Setup::new();
+    let data = s.dir.path().join("plugin");
+    s.claims
+        .add("u1", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let first = metadata_preparer(&s, &data)
+        .prepare(vec![reference("u1")])
+        .await["u1"]
+        .clone()
+        .unwrap();
+    let host = data.join("dra-device-metadata/u1/gpu/metadata.json");
+    let record = s.checkpoint_path().join("u1.json");
+    let undo_of = |path: &Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(path).unwrap();
+        let body: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        body["undo"].clone()
+    };
+    assert!(
+        undo_of(&record).get("metadata").is_some(),
+        "{}",
+        undo_of(&record)
+    );
+
+    // The files were written without fsync and a power loss took this one; the node reboots.
+    std::fs::remove_file(&host).unwrap();
+    std::fs::remove_dir_all(s.cdi_dir()).unwrap();
+    let rebooted = s.preparer("boot-2").with_device_metadata(&data);
+    assert!(
+        !record.exists(),
+        "forgotten at start: its files may be gone"
+    );
+    let again = rebooted.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap();
+    assert_eq!(again, first);
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&host).unwrap()).unwrap();
+    assert_eq!(file["metadata"]["name"], "claim-u1");
+
+    // A claim rebuilt from its spec (the checkpoint lost) is marked the same way.
+    drop(rebooted);
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+    let rebuilt = s.preparer("boot-2").with_device_metadata(&data);
+    assert!(
+        undo_of(&record).get("metadata").is_some(),
+        "{}",
+        undo_of(&record)
+    );
+    drop(rebuilt);
+}
+
 /// A real container reads its request's metadata through the CDI mount: podman with runc, the CDI
 /// ids Prepare returned for the `gpu` request only. Needs root, podman, runc and busybox-static.
 #[tokio::test]

@@ -108,7 +108,12 @@ pub async fn run(
     let inventory = Arc::new(RwLock::new(read_inventory()));
     let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;
     let _lock = acquire_instance_lock(sockets.plugin_dir()).await?;
-    let boot_id = driver::inventory::boot_id(root.root()).unwrap_or_else(|| "unknown".to_owned());
+    let boot_id = driver::inventory::boot_id(root.root()).unwrap_or_default();
+    if boot_id.is_empty() {
+        tracing::warn!(root = %root.root().display(), "no boot id under the root \
+            (proc/sys/kernel/random/boot_id): a reboot cannot be told from a restart, so claims \
+            are answered from their records after either");
+    }
     let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims(client.clone()));
     // Writes go to the kernel on a node, and to the fixture's emulated kernel on a fixture.
     let writer: Arc<dyn hal::AttributeWriter> = match &args.fixture {

@@ -58,7 +58,8 @@ pub struct PreparerConfig {
     pub cdi: CdiDir,
     /// The checkpoint file.
     pub checkpoint: CheckpointFile,
-    /// This boot's id (`/proc/sys/kernel/random/boot_id`).
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`); empty when it could not be read (then a
+    /// reboot cannot be told from a restart).
     pub boot_id: String,
     /// Driver binding of network functions and VF creation (`SysfsSriov` with a writer on a node, the
     /// emulated kernel of a fixture).
@@ -413,12 +414,11 @@ impl DraHandler for Preparer {
 }
 
 /// Whether `record` describes device changes that a reboot since (this boot is `boot_id`) has
-/// undone. An unknown boot id on either side counts as the same boot.
+/// undone. An unknown boot id on either side (empty, or `unknown` as earlier versions recorded it)
+/// counts as the same boot: forgetting the claim of a running pod would be worse.
 fn undone_by_reboot(record: &ClaimRecord, boot_id: &str) -> bool {
-    !record.undo.is_empty()
-        && !boot_id.is_empty()
-        && !record.boot_id.is_empty()
-        && record.boot_id != boot_id
+    let known = |id: &str| !id.is_empty() && id != "unknown";
+    !record.undo.is_empty() && known(boot_id) && known(&record.boot_id) && record.boot_id != boot_id
 }
 
 #[cfg(test)]

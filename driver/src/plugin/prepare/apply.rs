@@ -248,8 +248,10 @@ impl Preparer {
     /// Unprepares one claim while holding its claim lock: undo, remove the record, clear the
     /// device status this driver wrote.
     pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
-        // Unknown claims (never prepared here, or already unprepared) are done.
+        // Unknown claims (never prepared here, already unprepared, or forgotten after a reboot) are
+        // done, once metadata files a forgotten claim left are gone.
         let Some(record) = self.state().get(&claim.uid).cloned() else {
+            self.remove_metadata(&claim.uid);
             return Ok(());
         };
         blocking(|| undo_record(&self.config, &self.kind, &record))?;

@@ -126,8 +126,12 @@ impl Preparer {
         let driver = &self.config.slices.driver_name;
         for (request, devices) in &plan.requests {
             // Without fsync: a claim with metadata files is prepared afresh after a reboot
-            // ([`UNDO_KEY`]), which writes them again.
-            let durability = dra_kubelet_plugin::files::Durability::Unsynced;
+            // ([`UNDO_KEY`]), which writes them again; unless the boot id is unknown, and with it
+            // whether there was a reboot.
+            let durability = match self.config.boot_id.is_empty() {
+                true => dra_kubelet_plugin::files::Durability::Synced,
+                false => dra_kubelet_plugin::files::Durability::Unsynced,
+            };
             let written = metadata::write_request(
                 &plan.dir,
                 driver,

@@ -630,6 +630,29 @@ async fn after_a_reboot_a_claim_that_changed_a_device_is_prepared_afresh_and_the
 }
 
 #[tokio::test]
+async fn an_unknown_boot_id_never_counts_as_a_reboot() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "vfio",
+        &[("vf", "nic-0000-3b-01-1")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let record = s.checkpoint_path().join("vfio.json");
+    // Recorded with no boot id, then started with one, then without again: kept each time.
+    let first = s.preparer("").prepare(vec![reference("vfio")]).await;
+    assert!(first["vfio"].is_ok(), "{first:?}");
+    drop(s.preparer("boot-2"));
+    assert!(record.exists());
+    let unknown = s.preparer("");
+    assert!(record.exists());
+    unknown.unprepare(vec![reference("vfio")]).await;
+    // Earlier versions recorded an unreadable boot id as "unknown".
+    s.preparer("unknown").prepare(vec![reference("vfio")]).await;
+    drop(s.preparer("boot-3"));
+    assert!(record.exists());
+}
+
+#[tokio::test]
 async fn a_kernel_driver_vf_passes_its_netdev_and_network_and_a_pf_with_vfs_is_never_unbound() {
     let s = Setup::on("xeon");
     s.claims

@@ -164,6 +164,16 @@ async fn a_claim_with_metadata_files_is_prepared_afresh_after_a_reboot_which_rew
         undo_of(&record)
     );
     drop(rebuilt);
+
+    // Rebooted again, and the claim deleted meanwhile: the kubelet's unprepare of the forgotten
+    // claim removes the files it left.
+    let rebooted = s.preparer("boot-3").with_device_metadata(&data);
+    assert!(!record.exists());
+    assert!(data.join("dra-device-metadata/u1").exists());
+    rebooted.unprepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap();
+    assert!(!data.join("dra-device-metadata/u1").exists());
 }
 
 /// A real container reads its request's metadata through the CDI mount: podman with runc, the CDI

@@ -413,12 +413,18 @@ impl DraHandler for Preparer {
     }
 }
 
+/// Whether a boot id tells this boot from others: not empty (unreadable), nor `unknown` (as
+/// earlier versions recorded an unreadable one). The one place that decides it.
+fn boot_id_known(id: &str) -> bool {
+    !id.is_empty() && id != "unknown"
+}
+
 /// Whether `record` describes device changes that a reboot since (this boot is `boot_id`) has
-/// undone. An unknown boot id on either side (empty, or `unknown` as earlier versions recorded it)
-/// counts as the same boot: forgetting the claim of a running pod would be worse.
+/// undone. An unknown boot id on either side counts as the same boot: forgetting the claim of a
+/// running pod would be worse.
 fn undone_by_reboot(record: &ClaimRecord, boot_id: &str) -> bool {
-    let known = |id: &str| !id.is_empty() && id != "unknown";
-    !record.undo.is_empty() && known(boot_id) && known(&record.boot_id) && record.boot_id != boot_id
+    let known = boot_id_known(boot_id) && boot_id_known(&record.boot_id);
+    !record.undo.is_empty() && known && record.boot_id != boot_id
 }
 
 #[cfg(test)]

@@ -128,9 +128,9 @@ impl Preparer {
             // Without fsync: a claim with metadata files is prepared afresh after a reboot
             // ([`UNDO_KEY`]), which writes them again; unless the boot id is unknown, and with it
             // whether there was a reboot.
-            let durability = match self.config.boot_id.is_empty() {
-                true => dra_kubelet_plugin::files::Durability::Synced,
-                false => dra_kubelet_plugin::files::Durability::Unsynced,
+            let durability = match super::boot_id_known(&self.config.boot_id) {
+                true => dra_kubelet_plugin::files::Durability::Unsynced,
+                false => dra_kubelet_plugin::files::Durability::Synced,
             };
             let written = metadata::write_request(
                 &plan.dir,

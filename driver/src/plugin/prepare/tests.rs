@@ -629,6 +629,13 @@ async fn after_a_reboot_a_claim_that_changed_a_device_is_prepared_afresh_and_the
     assert_eq!(restarted.prepare(vec![reference("vfio")]).await, again);
 }
 
+#[test]
+fn a_boot_id_is_known_unless_empty_or_recorded_as_unknown() {
+    assert!(super::boot_id_known("5c1a6b7e-2f7d-4c0e-9a51-0d3f2f4a8e21"));
+    assert!(!super::boot_id_known(""));
+    assert!(!super::boot_id_known("unknown"));
+}
+
 #[tokio::test]
 async fn an_unknown_boot_id_never_counts_as_a_reboot() {
     let s = Setup::on("xeon");

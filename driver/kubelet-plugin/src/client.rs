@@ -192,6 +192,9 @@ pub fn kind_of(error: &kube::Error) -> ErrorKind {
             410 => ErrorKind::Gone,
             429 => ErrorKind::Server(429),
             code if code >= 500 => ErrorKind::Server(code),
+            // An error body that is JSON but not a Status (a proxy's `{"error": ...}`): kube reads
+            // it as a Status without a code, and the HTTP status is lost; not a refusal.
+            0 => ErrorKind::Other,
             code => ErrorKind::Rejected(code),
         },
         kube::Error::Service(source) if source.is::<tower::timeout::error::Elapsed>() => {
@@ -317,6 +320,8 @@ mod tests {
         assert_eq!(kind_of(&api(403)), ErrorKind::Rejected(403));
         assert_eq!(kind_of(&api(503)), ErrorKind::Server(503));
         assert_eq!(kind_of(&api(429)), ErrorKind::Server(429));
+        let proxy: kube::core::Status = serde_json::from_str(r#"{"error":"upstream"}"#).unwrap();
+        assert_eq!(kind_of(&kube::Error::Api(proxy.boxed())), ErrorKind::Other);
         let elapsed = kube::Error::Service(Box::new(tower::timeout::error::Elapsed::new()));
         assert_eq!(kind_of(&elapsed), ErrorKind::Timeout);
         let other = kube::Error::Service("connection refused".into());

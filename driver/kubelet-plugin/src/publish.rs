@@ -201,7 +201,7 @@ impl Publisher {
     }
 
     /// What makes `desired` unfit to send: the API server's rules, the driver's check, then slices
-    /// without a name or of another node or driver (the list would never see them, so they would be
+    /// without a name, with the name of another, or of another node or driver (the list would never see them, so they would be
     /// created again and again).
     fn invalid(&self, desired: &[ResourceSlice]) -> Vec<String> {
         let mut errors: Vec<String> = crate::slices::validate_pool(desired)
@@ -209,11 +209,19 @@ impl Publisher {
             .map(ToString::to_string)
             .collect();
         errors.extend(self.check.as_ref().map(|c| c(desired)).unwrap_or_default());
+        let mut names = std::collections::HashSet::new();
         for (i, slice) in desired.iter().enumerate() {
             let Some(name) = slice.metadata.name.as_deref() else {
                 errors.push(format!("slice #{i}: metadata.name: missing"));
                 continue;
             };
+            // Two slices of one name: the second would overwrite the first, leaving the pool short
+            // of a slice for good (its resourceSliceCount counts both).
+            if !names.insert(name) {
+                errors.push(format!(
+                    "slice #{i}: metadata.name: {name:?} is the name of an earlier slice"
+                ));
+            }
             if slice.spec.node_name.as_deref() != Some(self.node_name.as_str()) {
                 errors.push(format!(
                     "slice {name}: spec.nodeName: {:?}, not this publisher's node {:?}",

@@ -23,11 +23,14 @@ use dra_kubelet_plugin::grpc::v1;
 use dra_kubelet_plugin::grpc::{
     ConnectionLimits, PluginSockets, RegistrationService, serve_with_limits,
 };
+use dra_kubelet_plugin::handler::{
+    BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults,
+};
 use grpc_support::{DRIVER, FakeHandler, WAIT, channel, is_socket, wait_for};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
@@ -36,6 +39,7 @@ const IDLE: Duration = Duration::from_millis(800);
 fn limits() -> ConnectionLimits {
     ConnectionLimits {
         max_connections: 2,
+        max_streams: 200,
         idle_timeout: IDLE,
         keepalive_interval: Duration::from_millis(200),
         keepalive_timeout: Duration::from_secs(5),
@@ -158,6 +162,88 @@ async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_
         connects.load(Ordering::SeqCst),
         1,
         "the connection was closed while idle"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("serve ends after shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// Holds every prepare until released, counting how many are inside at once.
+struct Held {
+    inside: AtomicUsize,
+    release: watch::Receiver<bool>,
+}
+
+impl DraHandler for Held {
+    fn prepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, PrepareResults> {
+        self.inside.fetch_add(1, Ordering::SeqCst);
+        let mut release = self.release.clone();
+        Box::pin(async move {
+            let _ = release.wait_for(|released| *released).await;
+            self.inside.fetch_sub(1, Ordering::SeqCst);
+            claims.into_iter().map(|c| (c.uid, Ok(vec![]))).collect()
+        })
+    }
+
+    fn unprepare(&self, claims: Vec<ClaimRef>) -> BoxFuture<'_, UnprepareResults> {
+        Box::pin(async move { claims.into_iter().map(|c| (c.uid, Ok(()))).collect() })
+    }
+
+    fn concurrent(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn one_connection_opens_at_most_the_capped_calls_at_once_and_the_rest_wait_their_turn() {
+    let root = tempfile::tempdir().unwrap();
+    let sockets = PluginSockets::new(root.path(), DRIVER).unwrap();
+    let (released, release) = watch::channel(false);
+    let handler = Arc::new(Held {
+        inside: AtomicUsize::new(0),
+        release,
+    });
+    let capped = ConnectionLimits {
+        max_streams: 4,
+        ..limits()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = {
+        let (sockets, handler) = (sockets.clone(), handler.clone());
+        let registration = RegistrationService::new(&sockets);
+        tokio::spawn(async move {
+            serve_with_limits(&sockets, handler, None, registration, capped, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    wait_for(|| is_socket(sockets.dra())).await;
+
+    // 40 calls at once over one connection: the server lets 4 in, the client holds the rest back.
+    let connects = Arc::new(AtomicUsize::new(0));
+    let one = counting_channel(sockets.dra(), connects.clone()).await;
+    let calls: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(prepare(one.clone())))
+        .collect();
+    wait_for(|| handler.inside.load(Ordering::SeqCst) == 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handler.inside.load(Ordering::SeqCst), 4, "past the cap");
+
+    // Released, every call is answered: waiting for a stream is not a failure.
+    released.send(true).unwrap();
+    for call in calls {
+        let answered = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+        assert_eq!(answered.unwrap(), 1);
+    }
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        1,
+        "all over one connection"
     );
 
     stop.send(()).unwrap();

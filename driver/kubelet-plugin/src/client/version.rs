@@ -1,7 +1,7 @@
 //! The API server's version, read at a plugin's start (a driver decides what it publishes by it:
 //! e.g. the counter layout of its ResourceSlices), retried until it answers; a refusal fails at once.
 
-use super::{Backoff, ErrorKind, kind_of};
+use super::{Backoff, CALL_TIMEOUT, ErrorKind, kind_of};
 
 /// The API server refused to tell its version (401 or 403): asking again cannot help, so the plugin
 /// stops at start and says what it needs.
@@ -38,21 +38,25 @@ impl VersionRefused {
 pub async fn server_version_of(client: &kube::Client) -> Result<(String, String), VersionRefused> {
     let mut backoff = Backoff::default();
     loop {
-        match client.apiserver_version().await {
-            Ok(info) => return Ok((info.major, info.minor)),
-            Err(source) => {
+        // The whole call, body included, within CALL_TIMEOUT: the client's own timeout covers only
+        // the answer's headers, and a server that sends them and stalls would hold the start.
+        let error = match tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await {
+            Ok(Ok(info)) => return Ok((info.major, info.minor)),
+            Ok(Err(source)) => {
                 if let ErrorKind::Rejected(code @ (401 | 403)) = kind_of(&source) {
                     return Err(VersionRefused { code, source });
                 }
-                let delay = backoff.next_delay();
-                // A driver must not guess: e.g. guessing the 1.34 counter layout would make every
-                // partitioned GPU invisible to a 1.35+ scheduler, which reads a slice with counters as
-                // counters only.
-                tracing::warn!(error = %source, kind = %kind_of(&source), retry_in_ms = delay.as_millis(),
-                    "cannot read the API server's version; retrying");
-                tokio::time::sleep(delay).await;
+                (source.to_string(), kind_of(&source))
             }
-        }
+            Err(_) => ("no answer".to_owned(), ErrorKind::Timeout),
+        };
+        let delay = backoff.next_delay();
+        // A driver must not guess: e.g. guessing the 1.34 counter layout would make every
+        // partitioned GPU invisible to a 1.35+ scheduler, which reads a slice with counters as
+        // counters only.
+        tracing::warn!(error = %error.0, kind = %error.1, retry_in_ms = delay.as_millis(),
+            "cannot read the API server's version; retrying");
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -90,6 +94,28 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A server that never finishes its answer does not hold the start: each try ends after
+    /// `CALL_TIMEOUT` (here no client layer bounds the call) and the next gets the version.
+    #[tokio::test(start_paused = true)]
+    async fn a_version_read_that_is_never_answered_is_retried_after_the_call_timeout() {
+        let state = Arc::new(Mutex::new(FakeApi::with_node("n")));
+        state.lock().unwrap().set_hung(true);
+        let client = FakeApi::mock_client(state.clone(), &tower::layer::util::Identity::new());
+        let read = tokio::spawn(async move { server_version_of(&client).await });
+        let asked = || {
+            let api = state.lock().unwrap();
+            api.log
+                .iter()
+                .filter(|l| l.short() == "GET /version")
+                .count()
+        };
+        tokio::time::sleep(crate::client::CALL_TIMEOUT * 2 + Backoff::START * 4).await;
+        assert!(asked() >= 2, "asked {} times", asked());
+        state.lock().unwrap().set_hung(false);
+        let (major, minor) = read.await.unwrap().unwrap();
+        assert_eq!((major.as_str(), minor.as_str()), ("1", "34"));
     }
 
     /// 401 and 403 are not retried: the start fails at once, naming what the plugin needs. Other

@@ -19,7 +19,11 @@
 //!   kubelet, grpc-go) answers every PING, so its connection never goes idle, also while a health stream
 //!   has nothing to send; a dead or silent one is closed.
 //!
-//! A peer that speaks HTTP/2 and answers pings keeps its slot; with the cap, such peers can make the
+//! * **Calls per connection.** At most [`ConnectionLimits::max_streams`] calls are open at once on a
+//!   connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`); without it tonic lets one connection open
+//!   any number, each holding its decoded request (up to 4 MiB) while it waits.
+//!
+//! A peer that speaks HTTP/2 and answers pings keeps its slot; with the caps, such peers can make the
 //! kubelet wait but cannot exhaust the process. Each in-flight call is still bounded by the kubelet's
 //! own deadline.
 
@@ -41,6 +45,9 @@ use tonic::transport::server::Connected;
 pub struct ConnectionLimits {
     /// The most connections served at once per socket; more wait to be accepted.
     pub max_connections: usize,
+    /// The most calls (HTTP/2 streams) open at once on one connection; a client opens more only as
+    /// earlier ones end (grpc-go and tonic wait for a free stream, they do not fail the call).
+    pub max_streams: u32,
     /// A connection on which nothing was read or written for this long is closed.
     pub idle_timeout: Duration,
     /// How often the server pings each HTTP/2 connection; keep it below `idle_timeout`.
@@ -50,11 +57,13 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
-    /// 64 connections per socket (the kubelet holds one or two), pings every 30 s answered within
-    /// 20 s, and 90 s of silence closes a connection.
+    /// 64 connections per socket (the kubelet holds one or two), 200 calls at once on each (hyper's
+    /// own default, which tonic replaces by no limit), pings every 30 s answered within 20 s, and 90 s
+    /// of silence closes a connection.
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 64,
+            max_streams: 200,
             idle_timeout: Duration::from_secs(90),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
@@ -80,8 +89,24 @@ pub(super) fn limited(
             .accept()
             .await
             .map(|(stream, _)| Limited::new(stream, permit, limits.idle_timeout));
-        Some((accepted, (listener, slots)))
+        Some((paused_on_error(accepted).await, (listener, slots)))
     })
+}
+
+/// How long the listener rests after a failed `accept`.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// `accepted`, after [`ACCEPT_ERROR_PAUSE`] when it is an error. Why: tonic only logs a failed accept
+/// and asks again at once, and the listener stays ready while a connection waits (out of file
+/// descriptors, `EMFILE`), so without a pause the loop would spin a core until descriptors free up
+/// (hyper's and axum's servers pause for the same reason).
+async fn paused_on_error<T>(accepted: io::Result<T>) -> io::Result<T> {
+    if let Err(error) = &accepted {
+        tracing::warn!(%error, pause_ms = ACCEPT_ERROR_PAUSE.as_millis(),
+            "accepting a connection failed; pausing before the next");
+        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    }
+    accepted
 }
 
 /// An accepted connection that holds one of its socket's slots until dropped, and fails its reads with
@@ -185,5 +210,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_accept_pauses_the_listener_and_a_connection_does_not() {
+        let start = Instant::now();
+        let emfile = io::Error::from_raw_os_error(24);
+        assert!(paused_on_error::<()>(Err(emfile)).await.is_err());
+        assert_eq!(start.elapsed(), ACCEPT_ERROR_PAUSE);
+        let start = Instant::now();
+        assert_eq!(paused_on_error(Ok(7)).await.unwrap(), 7);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

@@ -117,9 +117,10 @@ pub async fn serve_with_limits(
     dra_result.and(registration_result)
 }
 
-/// A server builder with `limits`' HTTP/2 keepalive pings.
+/// A server builder with `limits`' HTTP/2 keepalive pings and calls per connection.
 fn server(limits: ConnectionLimits) -> Server {
     Server::builder()
+        .max_concurrent_streams(Some(limits.max_streams.max(1)))
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
 }

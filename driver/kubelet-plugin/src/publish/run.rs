@@ -28,6 +28,12 @@ const SETTLE_MAX: Duration = Duration::from_secs(1);
 /// A watch that ends sooner than this counts as a failure (backoff), not as the server's timeout.
 const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 
+/// A watch that has run this long resets the watch backoff (an event or its end then count as
+/// health): as client-go's reflector, which resets its backoff after 2 minutes without one
+/// (`NewExponentialBackoffManager(800ms, 30s, 2min, ...)`), so that a watch that breaks after each
+/// event backs off instead of starting again every second.
+const WATCH_HEALTHY: Duration = Duration::from_secs(120);
+
 enum Next {
     Event(Box<kube::api::WatchEvent<ResourceSlice>>),
     Failed(kube::Error),
@@ -149,7 +155,9 @@ pub async fn publish_loop(
             next = next_event(&mut watch, watch_deadline) => match next {
                 Next::Event(event) => match publisher.apply(*event) {
                     Ok(changed) => {
-                        watch_backoff.reset();
+                        if watch_started.elapsed() >= WATCH_HEALTHY {
+                            watch_backoff.reset();
+                        }
                         if changed {
                             let now = Instant::now();
                             if settle.is_none() {
@@ -181,7 +189,9 @@ pub async fn publish_loop(
                 // The server's timeout: resume from the last version seen, without listing.
                 Next::Ended if watch_started.elapsed() >= WATCH_SHORTEST => {
                     watch = None;
-                    watch_backoff.reset();
+                    if watch_started.elapsed() >= WATCH_HEALTHY {
+                        watch_backoff.reset();
+                    }
                 }
                 Next::Ended => {
                     watch = None;

@@ -344,6 +344,16 @@ async fn slices_the_check_refuses_or_of_another_node_or_driver_are_never_sent() 
         requests(&plain_state).iter().all(|r| r.starts_with("GET")),
         "nothing written"
     );
+    // Two slices of one name: the second would overwrite the first on the API server.
+    let mut twins = pool("n", &[("gpu", 2), ("vf", 2)]);
+    twins[1].metadata.name = twins[0].metadata.name.clone();
+    let PublishError::Invalid(errors) = plain.publish(&twins).await.unwrap_err() else {
+        panic!("not Invalid");
+    };
+    assert_eq!(
+        errors,
+        ["slice #1: metadata.name: \"n-gpu-example-com-0\" is the name of an earlier slice"]
+    );
     // The pool generation is the publisher's: slices that disagree on it are not refused for that.
     let mut mixed = pool("n", &[("gpu", 2), ("vf", 2)]);
     mixed[1].spec.pool.generation = 7;

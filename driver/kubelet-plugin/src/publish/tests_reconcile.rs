@@ -411,6 +411,36 @@ async fn a_watch_resumed_from_a_compacted_version_lists_again() {
     running.stop().await;
 }
 
+/// A watch that breaks after each event (an overloaded server, a proxy cutting streams) backs off
+/// as client-go's reflector does: the event does not reset the backoff, only 2 minutes of a healthy
+/// watch do. Before, every event reset it and the watch was opened again about once a second.
+#[tokio::test(start_paused = true)]
+async fn a_watch_that_breaks_after_each_event_backs_off() {
+    let running = start(FakeApi::with_node("n"), gpus("n"));
+    sleep(Duration::from_secs(1)).await;
+    let mut opened = running.drain().iter().filter(|l| l.is_watch()).count();
+    assert_eq!(opened, 1);
+    let uri = format!("{SLICES}/n-gpu-example-com-0");
+    let mut broken = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        sleep(Duration::from_millis(100)).await;
+        opened += running.drain().iter().filter(|l| l.is_watch()).count();
+        if opened > broken {
+            // An event on the open watch (a label another actor sets), then the watch breaks.
+            let mut slice = running.slices()[&"n-gpu-example-com-0".to_owned()].clone();
+            slice["metadata"]["labels"] = serde_json::json!({"round": broken.to_string()});
+            assert_eq!(running.act("PUT", &uri, &slice), 200);
+            sleep(Duration::from_millis(10)).await;
+            running.state.lock().unwrap().end_watches();
+            broken = opened;
+        }
+    }
+    // 1 + 2 + 4 + 8 + 16 + 30 s of backoff (with jitter): about 6 watches in 60 s, not 50.
+    assert!((4..=10).contains(&opened), "{opened} watches in 60 s");
+    running.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_watch_that_goes_silent_is_replaced_after_the_server_side_timeout() {
     let running = start(FakeApi::with_node("n"), gpus("n"));

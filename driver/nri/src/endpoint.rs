@@ -10,7 +10,7 @@ use prost::Message as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::proto::ttrpc::{Request, Response, Status};
 use super::wire::{Demux, Kind, MAX_DATA, Message, WireError, encode, read_frame};
@@ -158,7 +158,14 @@ pub struct Endpoint {
     call_conn: u32,
     /// Why the reader stopped, once it has.
     ended: Arc<Mutex<Option<Ended>>>,
+    /// Set when a write was cut short (it timed out, or its caller dropped it): the peer may hold
+    /// part of a frame, so nothing more is written and the reader stops.
+    broken: Arc<watch::Sender<Option<String>>>,
 }
+
+/// How long an answer may take to write (the lock on the socket's writing half included). The
+/// runtime waits for an answer only its own request timeout (containerd's default: 2 s).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Endpoint {
     /// Starts reading `socket`. Calls arriving on `serve_conn` come out of the receiver, which ends when
@@ -192,12 +199,14 @@ impl Endpoint {
         let pending: Pending = Arc::default();
         let (tx, rx) = mpsc::channel(64);
         let ended: Arc<Mutex<Option<Ended>>> = Arc::default();
+        let (broken, mut cut) = watch::channel(None);
         let endpoint = Endpoint {
             writer: Arc::new(tokio::sync::Mutex::new((writer, 1))),
             pending: pending.clone(),
             serve_conn,
             call_conn,
             ended: ended.clone(),
+            broken: Arc::new(broken),
         };
         tokio::spawn(async move {
             let mut demux = match strict {
@@ -206,7 +215,14 @@ impl Endpoint {
             };
             let mut last_stream = 0;
             let reason = loop {
-                let (conn, payload) = match read_frame(&mut reader).await {
+                let frame = tokio::select! {
+                    frame = read_frame(&mut reader) => frame,
+                    Ok(()) = cut.changed() => {
+                        let reason = cut.borrow().clone().unwrap_or_default();
+                        break Ended::Io(reason);
+                    }
+                };
+                let (conn, payload) = match frame {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break Ended::Closed,
                     Err(e) => break Ended::from_io(&e),
@@ -269,7 +285,9 @@ impl Endpoint {
             metadata: Vec::new(),
         };
         let (tx, rx) = oneshot::channel();
-        let stream = {
+        // `timeout` bounds the whole call: the wait for the writing half, the write, the answer.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = tokio::time::timeout_at(deadline, async {
             let mut writer = self.writer.lock().await;
             let stream = writer.1;
             writer.1 = stream.wrapping_add(2);
@@ -277,6 +295,12 @@ impl Endpoint {
                 .lock()
                 .map_err(|_| CallError::Closed)?
                 .insert(stream, tx);
+            // The reader may have ended before the insertion (and cleared the calls): fail now
+            // rather than wait for an answer that cannot come.
+            if self.ended().is_some() {
+                self.forget(stream);
+                return Err(CallError::Closed);
+            }
             let message = Message {
                 conn: self.call_conn,
                 stream,
@@ -284,13 +308,19 @@ impl Endpoint {
                 flags: 0,
                 data: envelope.encode_to_vec(),
             };
-            if let Err(e) = write(&mut writer.0, &message).await {
+            if let Err(e) = self.write(&mut writer.0, &message).await {
                 self.forget(stream);
                 return Err(e);
             }
-            stream
+            Ok(stream)
+        })
+        .await;
+        let stream = match sent {
+            Ok(sent) => sent?,
+            // Cut mid-write, the connection is broken (see `write`) and its reader clears the call.
+            Err(_) => return Err(CallError::Timeout(method.to_owned(), timeout)),
         };
-        let response = match tokio::time::timeout(timeout, rx).await {
+        let response = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(response)) => response,
             Ok(Err(_)) => return Err(CallError::Closed),
             Err(_) => {
@@ -365,8 +395,29 @@ impl Endpoint {
         .await
     }
 
+    /// Writes `message` within [`WRITE_TIMEOUT`].
     async fn send(&self, message: Message) -> Result<(), CallError> {
-        write(&mut self.writer.lock().await.0, &message).await
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
+            self.write(&mut self.writer.lock().await.0, &message).await
+        });
+        sent.await.unwrap_or_else(|_| {
+            Err(CallError::Io(format!(
+                "no progress writing to the NRI socket within {WRITE_TIMEOUT:?}"
+            )))
+        })
+    }
+
+    /// Encodes and writes one message, unless the connection is broken. A write that does not end
+    /// (timed out or dropped by its caller) breaks the connection: the peer may hold part of a
+    /// frame, after which no frame would read right.
+    async fn write(&self, writer: &mut OwnedWriteHalf, message: &Message) -> Result<(), CallError> {
+        if self.broken.borrow().is_some() {
+            return Err(CallError::Closed);
+        }
+        let mut cut = BreakOnDrop(Some(&self.broken));
+        let written = write(writer, message).await;
+        cut.0 = None;
+        written
     }
 
     /// Stops waiting for the answer on `stream`.
@@ -376,9 +427,31 @@ impl Endpoint {
         }
     }
 
-    /// Closes the writing half: the other side sees the socket end.
+    /// Closes the writing half: the other side sees the socket end. A write that holds the half
+    /// ends within [`WRITE_TIMEOUT`] (then breaking the connection), so this waits at most that long.
     pub async fn close(&self) {
-        let _ = self.writer.lock().await.0.shutdown().await;
+        let closed = tokio::time::timeout(WRITE_TIMEOUT, async {
+            let _ = self.writer.lock().await.0.shutdown().await;
+        });
+        if closed.await.is_err() {
+            self.broken
+                .send_replace(Some("closed while a write was stuck".to_owned()));
+        }
+    }
+}
+
+/// Breaks the connection when dropped during a write (see [`Endpoint::write`]); forgotten once the
+/// write has ended.
+struct BreakOnDrop<'a>(Option<&'a watch::Sender<Option<String>>>);
+
+impl Drop for BreakOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(broken) = self.0.take() {
+            tracing::warn!("a write to the NRI socket did not end in time; the connection ends");
+            broken.send_replace(Some(
+                "a write to the NRI socket did not end in time".to_owned(),
+            ));
+        }
     }
 }
 
@@ -451,6 +524,51 @@ async fn dispatch(
 mod tests {
     use super::super::wire::{PLUGIN_CONN, RUNTIME_CONN};
     use super::*;
+
+    /// A peer that stops reading (a stopped or wedged runtime) fills the socket's buffer: a call then
+    /// fails at its timeout, the connection ends (a frame may be cut), and later writes fail at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_reads_times_out_and_ends_the_connection() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let (endpoint, mut incoming) = Endpoint::start(ours, PLUGIN_CONN, RUNTIME_CONN);
+        let request = Status {
+            code: 0,
+            message: "x".repeat(3 << 20),
+        };
+        let started = tokio::time::Instant::now();
+        let timeout = Duration::from_secs(1);
+        let error = endpoint
+            .call::<Status>("svc", "Update", &request, timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CallError::Timeout(..)), "{error}");
+        assert_eq!(started.elapsed(), timeout);
+        assert!(incoming.recv().await.is_none(), "the connection ended");
+        assert!(
+            matches!(endpoint.ended(), Some(Ended::Io(ref why)) if why.contains("did not end")),
+            "{:?}",
+            endpoint.ended()
+        );
+        let again = endpoint.call::<Status>("svc", "Update", &request, timeout);
+        assert!(matches!(again.await, Err(CallError::Closed)));
+        assert!(endpoint.answer(3, Ok(vec![1])).await.is_err());
+    }
+
+    /// The same for an answer: it gives up after [`WRITE_TIMEOUT`], so the serve loop (and its stop)
+    /// is not held longer.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_peer_never_reads_ends_the_connection_after_the_write_timeout() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let (endpoint, mut incoming) = Endpoint::start(ours, PLUGIN_CONN, RUNTIME_CONN);
+        let started = tokio::time::Instant::now();
+        let error = endpoint.answer(7, Ok(vec![0; 3 << 20])).await.unwrap_err();
+        assert!(matches!(error, CallError::Io(_)), "{error}");
+        assert_eq!(started.elapsed(), WRITE_TIMEOUT);
+        assert!(incoming.recv().await.is_none(), "the connection ended");
+        let closing = tokio::time::Instant::now();
+        endpoint.close().await;
+        assert_eq!(closing.elapsed(), Duration::ZERO);
+    }
 
     #[tokio::test]
     async fn an_answer_over_the_limit_is_not_sent_and_the_caller_gets_an_error_status() {

@@ -160,8 +160,18 @@ impl Demux {
         }
     }
 
-    /// Adds a frame's payload and returns the messages it completes.
+    /// Adds a frame's payload and returns the messages it completes. A frame on a connection other
+    /// than [`PLUGIN_CONN`] and [`RUNTIME_CONN`] is dropped unread: NRI uses no other, and a peer
+    /// could otherwise leave a partial message of up to 4 MiB on each of 2^32 connections.
     pub fn push(&mut self, conn: u32, payload: &[u8]) -> Result<Vec<Message>, WireError> {
+        if conn != PLUGIN_CONN && conn != RUNTIME_CONN {
+            tracing::debug!(
+                conn,
+                bytes = payload.len(),
+                "a frame on an unknown mux connection; dropped"
+            );
+            return Ok(Vec::new());
+        }
         let buffer = self.pending.entry(conn).or_default();
         if self.strict {
             let room = match buffer.get(..4) {
@@ -177,7 +187,10 @@ impl Demux {
         }
         buffer.extend_from_slice(payload);
         let mut out = Vec::new();
-        while let Some(header) = buffer.get(..TTRPC_HEADER) {
+        // The messages are taken from `start` on and the buffer is shifted once at the end: a frame
+        // packed with small messages costs its length, not its length times their number.
+        let mut start = 0;
+        while let Some(header) = buffer.get(start..start + TTRPC_HEADER) {
             let &[l0, l1, l2, l3, s0, s1, s2, s3, kind, flags] = header else {
                 break;
             };
@@ -186,7 +199,8 @@ impl Demux {
                 return Err(WireError::MessageTooLarge(len, conn));
             }
             let kind = Kind::from_byte(kind).ok_or(WireError::UnknownKind(kind, conn))?;
-            let Some(data) = buffer.get(TTRPC_HEADER..TTRPC_HEADER + len) else {
+            let end = start + TTRPC_HEADER + len;
+            let Some(data) = buffer.get(start + TTRPC_HEADER..end) else {
                 break;
             };
             out.push(Message {
@@ -196,8 +210,9 @@ impl Demux {
                 flags,
                 data: data.to_vec(),
             });
-            buffer.drain(..TTRPC_HEADER + len);
+            start = end;
         }
+        buffer.drain(..start);
         Ok(out)
     }
 }
@@ -292,6 +307,43 @@ mod tests {
         let error = Demux::strict().push(2, &whole).unwrap_err();
         assert_eq!(error, WireError::UnreadableFrame(10_010, 2, 4096));
         assert_eq!(Demux::default().push(2, &whole).unwrap(), vec![long]);
+    }
+
+    #[test]
+    fn frames_on_unknown_connections_are_dropped_unbuffered() {
+        let mut demux = Demux::default();
+        let mut header = Vec::new();
+        // A message header announcing 4 MiB, never completed, on connections 3 to 1002.
+        header.extend_from_slice(&(MAX_DATA as u32).to_be_bytes());
+        header.extend_from_slice(&[0, 0, 0, 1, 1, 0, 7, 7]);
+        for conn in 3..1003 {
+            assert!(demux.push(conn, &header).unwrap().is_empty());
+        }
+        assert!(demux.pending.is_empty(), "{:?}", demux.pending.keys());
+        // The known connections still work.
+        let bytes = encode(&message(1, 1, b"x")).unwrap();
+        assert_eq!(
+            demux.push(1, &bytes[8..]).unwrap(),
+            vec![message(1, 1, b"x")]
+        );
+    }
+
+    #[test]
+    fn a_frame_packed_with_small_messages_yields_each_and_keeps_a_partial_rest() {
+        let mut payload = Vec::new();
+        for stream in 0..10_000u32 {
+            payload.extend_from_slice(&encode(&message(2, stream, b"")).unwrap()[8..]);
+        }
+        let next = encode(&message(2, 10_000, b"abc")).unwrap();
+        payload.extend_from_slice(&next[8..12]);
+        let mut demux = Demux::default();
+        let got = demux.push(2, &payload).unwrap();
+        assert_eq!(got.len(), 10_000);
+        assert!(got.iter().enumerate().all(|(i, m)| m.stream == i as u32));
+        assert_eq!(
+            demux.push(2, &next[12..]).unwrap(),
+            vec![message(2, 10_000, b"abc")]
+        );
     }
 
     #[test]

@@ -184,6 +184,13 @@ async fn dispatch<P: Plugin>(
     }
 }
 
+/// The most parts of one `Synchronize`, and pods and containers in all of them, kept before its last
+/// part. A node runs at most a few hundred pods (the kubelet's `--max-pods`, 110 by default) and
+/// containerd splits a node's state into parts of up to 4 MiB; past these, the runtime is refused
+/// rather than followed until memory runs out.
+const MAX_SYNC_PARTS: usize = 1024;
+const MAX_SYNC_OBJECTS: usize = 100_000;
+
 /// A `Synchronize` part; `true` with the answer to the last one.
 async fn synchronize<P: Plugin>(
     plugin: &mut P,
@@ -193,6 +200,21 @@ async fn synchronize<P: Plugin>(
     let request: api::SynchronizeRequest = decode("Synchronize", payload)?;
     let more = request.more;
     state.sync.push(request);
+    let objects: usize = state
+        .sync
+        .iter()
+        .map(|part| part.pods.len() + part.containers.len())
+        .sum();
+    if state.sync.len() > MAX_SYNC_PARTS || objects > MAX_SYNC_OBJECTS {
+        let parts = std::mem::take(&mut state.sync).len();
+        return Err(status(
+            code::RESOURCE_EXHAUSTED,
+            format!(
+                "Synchronize: {parts} parts with {objects} pods and containers, over this plugin's \
+                 limits ({MAX_SYNC_PARTS} parts, {MAX_SYNC_OBJECTS} pods and containers)"
+            ),
+        ));
+    }
     if more {
         let answer = api::SynchronizeResponse {
             update: Vec::new(),

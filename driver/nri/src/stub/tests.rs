@@ -292,6 +292,42 @@ impl Plugin for Syncing {
     }
 }
 
+/// A runtime that sends `Synchronize` parts without end, or one part of countless empty containers
+/// (2 bytes each on the wire, about 150 in memory), is refused before memory runs out; the parts so
+/// far are dropped, and a proper `Synchronize` then works.
+#[tokio::test]
+async fn a_synchronize_over_the_limits_is_refused_and_its_parts_dropped() {
+    let seen = Seen::default();
+    let (_dir, conn, _configured, _stop, _serving) = start(CreateOnly { seen }).await;
+    let part = |containers: usize| api::SynchronizeRequest {
+        pods: Vec::new(),
+        containers: vec![api::Container::default(); containers],
+        more: true,
+    };
+    let refused = |error: CallError| {
+        matches!(&error, CallError::Status { code: code::RESOURCE_EXHAUSTED, message, .. }
+            if message.contains("over this plugin's limits"))
+    };
+    for _ in 0..1024 {
+        let answer: api::SynchronizeResponse = conn.call("Synchronize", &part(0)).await.unwrap();
+        assert!(answer.more);
+    }
+    let error = conn
+        .call::<api::SynchronizeResponse>("Synchronize", &part(0))
+        .await
+        .unwrap_err();
+    assert!(refused(error));
+    let error = conn
+        .call::<api::SynchronizeResponse>("Synchronize", &part(100_001))
+        .await
+        .unwrap_err();
+    assert!(refused(error));
+    let p = pod("sandbox", "uid");
+    let containers = ["a", "b"].map(|id| container(id, &p, &[], "0-7"));
+    let answer = conn.synchronize(vec![p.clone()], containers.to_vec(), 1);
+    assert!(!answer.await.unwrap().more);
+}
+
 #[tokio::test]
 async fn synchronize_in_parts_reaches_the_plugin_once_and_background_work_runs_beside_the_calls() {
     let dir = tempfile::tempdir().unwrap();

@@ -204,6 +204,18 @@ impl Plugin for CpuPlugin {
         }
     }
 
+    async fn configure(
+        &mut self,
+        request: api::ConfigureRequest,
+    ) -> Result<Option<EventMask>, Status> {
+        if let Some(net) = &self.pod_network
+            && let Some(warning) = net.request_timeout_warning(request.request_timeout)
+        {
+            tracing::warn!("{warning}");
+        }
+        Ok(None)
+    }
+
     async fn synchronize(
         &mut self,
         pods: Vec<api::PodSandbox>,

@@ -192,6 +192,10 @@ pub struct Tracked {
     pub placement: Placement,
     /// The CPUs it runs on now, as far as this plugin knows (`None`: unknown or unconfined).
     pub cpus: Option<CpuSet>,
+    /// The containers whose moves the answer to this one's creation carried. containerd drops every
+    /// update of a `CreateContainer` that fails after the answer (another plugin failed, a conflict)
+    /// and then stops and removes the container; so when it stops, those moves are owed again.
+    pub moved: Vec<String>,
 }
 
 /// An update to send: the container and its new CPUs.
@@ -270,6 +274,7 @@ impl Policy {
                 pod_uid: pod_uid.to_owned(),
                 placement,
                 cpus: Some(cpus.clone()),
+                moved: updates.iter().map(|(moved, _)| moved.clone()).collect(),
             },
         );
         Ok((cpus, updates))
@@ -289,15 +294,22 @@ impl Policy {
     }
 
     /// A container stopping: it is forgotten, and the answer carries what the remaining containers
-    /// are owed.
+    /// are owed, the moves its creation's answer carried included (see [`Tracked::moved`]).
     pub fn stop(&mut self, id: &str) -> Vec<Update> {
-        self.containers.remove(id);
+        self.forget(id);
         self.owed()
     }
 
-    /// A container stopped or removed.
+    /// A container stopped or removed; the moves its creation's answer carried are owed again.
     pub fn forget(&mut self, id: &str) {
-        self.containers.remove(id);
+        let Some(gone) = self.containers.remove(id) else {
+            return;
+        };
+        for moved in gone.moved {
+            if let Some(tracked) = self.containers.get_mut(&moved) {
+                tracked.cpus = None;
+            }
+        }
     }
 
     /// The runtime's containers, all of them (at `Synchronize`): the table is rebuilt from them, and
@@ -316,6 +328,7 @@ impl Policy {
                     pod_uid: c.pod_uid,
                     placement,
                     cpus: c.cpus,
+                    moved: Vec::new(),
                 },
             );
         }

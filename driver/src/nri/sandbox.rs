@@ -67,6 +67,31 @@ pub struct PodNetwork {
     pub(crate) sandboxes: Arc<Sandboxes>,
 }
 
+impl PodNetwork {
+    /// What to tell the operator when the runtime's time for one call (`request_timeout_ms`, from
+    /// `Configure`; 0 when the runtime does not say) is shorter than a CNI plugin may take
+    /// ([`Cni::timeout`]): the attach runs inside `RunPodSandbox`, and containerd treats a call past
+    /// its timeout as fatal (containerd/nri `pkg/adaptation/plugin.go`, `isFatalError`:
+    /// `context.DeadlineExceeded`): it drops the plugin and starts the sandbox without its networks.
+    pub fn request_timeout_warning(&self, request_timeout_ms: i64) -> Option<String> {
+        let cni = self.cni.timeout;
+        let given = match u64::try_from(request_timeout_ms) {
+            Ok(0) | Err(_) => "does not say how long it waits for one call (containerd's \
+                               plugin_request_timeout, 2 s by default)"
+                .to_owned(),
+            Ok(ms) if u128::from(ms) >= cni.as_millis() => return None,
+            Ok(ms) => format!("waits {ms} ms for one call (containerd's plugin_request_timeout)"),
+        };
+        Some(format!(
+            "the NRI runtime {given}, and pod networking attaches a pod's network functions inside \
+             RunPodSandbox, with CNI plugins allowed {}s each (--cni-timeout): an attach that takes \
+             longer makes containerd drop this plugin and start the pod without its networks; set \
+             plugin_request_timeout above --cni-timeout (docs/nri.md)",
+            cni.as_secs()
+        ))
+    }
+}
+
 /// Per pod sandbox id: one lock, so its events never run at once, and when it got its network
 /// functions from this plugin (the sequence number of its `RunPodSandbox`, until its stop, removal
 /// or teardown), so the cleanup after a `Synchronize`, which runs beside the events, never tears down

@@ -177,8 +177,10 @@ fn a_new_snapshot_is_owed_to_the_next_event_and_sent_once() {
             ("shared".to_owned(), set("2-7"))
         ]
     );
-    // Its stop (before the claim is unprepared) owes nothing: the claim still holds its CPUs.
-    assert_eq!(policy.stop("pinned"), vec![]);
+    // Its stop (before the claim is unprepared) owes nothing new, the claim still holds its CPUs;
+    // the moves its creation carried go again (the same CPUs), in case containerd dropped them
+    // with a failed create (see `moves_of_a_create_the_runtime_undid_are_owed_again_at_its_stop`).
+    assert_eq!(policy.stop("pinned"), updates);
     policy.replace_snapshot(snapshot("0-7", &[]));
     // The next event of any container carries the grown pool, for every other container too.
     assert_eq!(
@@ -422,4 +424,27 @@ fn moves_of_an_answer_that_never_reached_the_runtime_are_owed_again() {
             ("shared".to_owned(), set("2-7"))
         ]
     );
+}
+
+/// containerd drops every update of a `CreateContainer` that fails after the plugins answered
+/// (another plugin failed, a conflict), then stops and removes the container: the moves that answer
+/// carried are owed again, or the shared container would stay on the claim's CPUs.
+#[test]
+fn moves_of_a_create_the_runtime_undid_are_owed_again_at_its_stop() {
+    let mut policy = Policy::new(snapshot("0-7", &[]));
+    policy.create("shared", "s", "pod-0", &[]).unwrap();
+    policy.replace_snapshot(snapshot("0-7", &[("a", "0-1", &["pod-1"])]));
+    let pinned = env(&["DRA_CPUSET_a=0-1"]);
+    let (_, updates) = policy.create("c1", "p", "pod-1", &pinned).unwrap();
+    assert_eq!(updates, vec![("shared".to_owned(), set("2-7"))]);
+    // The create failed in containerd: it stops and removes c1.
+    assert_eq!(
+        policy.stop("c1"),
+        vec![("shared".to_owned(), set("2-7"))],
+        "the move is sent again"
+    );
+    policy.forget("c1");
+    // The kubelet creates the container again: nothing more is owed.
+    let (_, updates) = policy.create("c2", "p", "pod-1", &pinned).unwrap();
+    assert!(updates.is_empty(), "{updates:?}");
 }

@@ -394,3 +394,21 @@ fn only_completed_claims_reserved_for_the_pod_give_it_functions() {
     started.phase = Phase::Started;
     assert!(of_pod(&[("uid-1".to_owned(), started)].into(), "pod-uid-1").is_empty());
 }
+
+/// containerd drops a plugin whose call runs past its `plugin_request_timeout` (2 s by default) and
+/// starts the sandbox without it: the plugin says so at `Configure` when a CNI call may take longer.
+#[tokio::test]
+async fn a_runtime_that_waits_less_than_a_cni_call_may_take_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(dir.path(), dir.path(), BTreeMap::new(), &api(&[]));
+    let short = net.request_timeout_warning(2_000).unwrap();
+    assert!(
+        short.contains("waits 2000 ms") && short.contains("30s each (--cni-timeout)"),
+        "{short}"
+    );
+    let unsaid = net.request_timeout_warning(0).unwrap();
+    assert!(unsaid.contains("2 s by default"), "{unsaid}");
+    assert!(net.request_timeout_warning(-5).is_some());
+    assert_eq!(net.request_timeout_warning(30_000), None);
+    assert_eq!(net.request_timeout_warning(90_000), None);
+}

@@ -57,11 +57,24 @@ pub fn file_name(network: &str, container_id: &str, if_name: &str) -> String {
     format!("{network}-{container_id}-{if_name}")
 }
 
-/// Writes `entry` under `dir` atomically.
+/// Writes `entry` under `dir` atomically, once it is known to read back ([`load`]): a config or a
+/// result nested too deep for the JSON reader (a user's NAD, a plugin's output) or over
+/// `MAX_ENTRY` is refused here, before ADD runs or while it can be undone, not found unreadable at
+/// DEL, when nothing could undo the attachment any more.
 pub fn store(dir: &Path, entry: &Entry) -> Result<(), CniError> {
     let path = dir.join(entry.file_name());
-    let bytes = serde_json::to_vec_pretty(entry)
-        .map_err(|e| CniError::new(CniErrorKind::Cache, format!("{}: {e}", path.display())))?;
+    let fail = |e: &dyn std::fmt::Display| {
+        CniError::new(CniErrorKind::Cache, format!("{}: {e}", path.display()))
+    };
+    let bytes = serde_json::to_vec(entry).map_err(|e| fail(&e))?;
+    if bytes.len() as u64 > MAX_ENTRY {
+        return Err(fail(&format!(
+            "{} bytes, over the cache's limit of {MAX_ENTRY}",
+            bytes.len()
+        )));
+    }
+    serde_json::from_slice::<Entry>(&bytes)
+        .map_err(|e| fail(&format!("would not read back: {e}")))?;
     dra_kubelet_plugin::files::write_atomically(&path, &bytes, &|_| Ok(()))
         .map_err(|e| CniError::new(CniErrorKind::Cache, format!("CNI cache: {e}")))
 }

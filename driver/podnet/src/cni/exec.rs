@@ -88,7 +88,8 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             }
         }
     };
-    let deadline = Instant::now() + timeout;
+    // Capped: `--cni-timeout` is the operator's, and `Instant + u64::MAX s` would panic.
+    let deadline = Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
     if let Some(mut stdin) = child.stdin.take() {
         let bytes = call.stdin.to_vec();
         // A plugin that does not read its stdin must not block us: written beside.
@@ -119,7 +120,12 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(CniError::new(CniErrorKind::Exec, format!("{what}: {e}"))),
+            Err(e) => {
+                // Not left running, nor unreaped.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CniError::new(CniErrorKind::Exec, format!("{what}: {e}")));
+            }
         }
     };
     // A child of the plugin may hold stdout open: wait no longer than the deadline.

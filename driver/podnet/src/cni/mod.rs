@@ -114,7 +114,15 @@ impl Cni {
         }
         let result = previous.unwrap_or(Value::Null);
         entry.result = Some(result.clone());
-        cache::store(&self.cache_dir, &entry)?;
+        if let Err(e) = cache::store(&self.cache_dir, &entry) {
+            // A result the cache cannot keep (too large, nested too deep): undone now, while DEL
+            // still has it, rather than left without what its DEL needs. The intent entry stays
+            // when this DEL fails, so the sandbox's stop tries again.
+            if let Err(undo) = self.del(&entry) {
+                tracing::warn!(error = %undo, "DEL of a CNI ADD whose result cannot be cached");
+            }
+            return Err(e);
+        }
         let network = CniResult::from_json(&result)
             .unwrap_or_default()
             .network_data(&at.if_name);
@@ -159,11 +167,15 @@ impl Cni {
     }
 
     /// Runs DEL for every cached attachment of the sandbox `container_id` (its stop or removal).
+    /// An unreadable entry whose name holds the sandbox's id is reported (and kept), not skipped:
+    /// its attachment may still be there.
     pub fn del_sandbox(&self, container_id: &str) -> Vec<(String, Result<(), CniError>)> {
+        let named = format!("-{container_id}-");
         self.cached()
             .into_iter()
             .filter_map(|(name, entry)| match entry {
                 Ok(entry) if entry.container_id == container_id => Some((name, self.del(&entry))),
+                Err(e) if name.contains(&named) => Some((name, Err(e))),
                 _ => None,
             })
             .collect()

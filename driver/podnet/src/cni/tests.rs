@@ -437,3 +437,83 @@ fn a_fifo_in_the_cache_is_an_unreadable_entry_at_once_not_a_listing_that_waits()
     assert_eq!(cached[0].0, "vf-test1-blocker-net9");
     assert!(cached[0].1.is_err());
 }
+
+/// `{"x": [[...]]}` with `depth` arrays, inside `prefix` and `suffix`.
+fn nested(prefix: &str, depth: usize, suffix: &str) -> String {
+    format!("{prefix}{}{}{suffix}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// The deepest `make(depth)` the JSON reader takes.
+fn deepest(make: impl Fn(usize) -> String) -> usize {
+    (1..200)
+        .take_while(|&d| serde_json::from_str::<Value>(&make(d)).is_ok())
+        .last()
+        .unwrap()
+}
+
+/// A user's NAD nested as deep as the JSON reader takes is one level too deep inside a cache entry:
+/// refused before any plugin runs (before: ADD ran and the entry could not be read back, so its
+/// DEL never ran).
+#[test]
+fn a_config_too_deep_for_the_cache_is_refused_before_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    plugin(&bin, "first", 1, false);
+    let make = |d| {
+        nested(
+            r#"{"cniVersion":"1.0.0","name":"deep","type":"first","x":"#,
+            d,
+            "}",
+        )
+    };
+    let list = ConfList::parse(&make(deepest(make))).unwrap();
+    let cni = runtime(dir.path());
+    let error = cni.add(&list, &attachment()).unwrap_err();
+    assert_eq!(error.kind(), CniErrorKind::Cache, "{error}");
+    assert!(error.to_string().contains("would not read back"), "{error}");
+    assert!(log(&bin).is_empty(), "no plugin ran: {:?}", log(&bin));
+    assert!(cni.cached().is_empty());
+}
+
+/// A plugin's result nested as deep as the JSON reader takes cannot be cached: its ADD is undone
+/// at once (DEL with that result), not left without what its DEL needs.
+#[test]
+fn a_result_too_deep_for_the_cache_is_undone_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let make = |d| nested(r#"{"cniVersion":"1.0.0","x":"#, d, "}");
+    let output = make(deepest(make));
+    let d = bin.display();
+    write_exec(
+        &bin.join("deep"),
+        &format!(
+            "#!/bin/sh\necho \"deep $CNI_COMMAND\" >> {d}/log\ncat > /dev/null\n\
+             if [ \"$CNI_COMMAND\" = ADD ]; then printf '%s' '{output}'; fi\n"
+        ),
+    );
+    let list = ConfList::parse(r#"{"cniVersion":"1.0.0","name":"deep","type":"deep"}"#).unwrap();
+    let cni = runtime(dir.path());
+    let error = cni.add(&list, &attachment()).unwrap_err();
+    assert_eq!(error.kind(), CniErrorKind::Cache, "{error}");
+    assert_eq!(log(&bin), ["deep ADD", "deep DEL"]);
+    assert!(cni.cached().is_empty());
+}
+
+/// An unreadable entry of the sandbox is reported at its stop (and kept), not skipped as if the
+/// sandbox had nothing; other sandboxes' stops do not see it.
+#[test]
+fn an_unreadable_entry_of_a_sandbox_is_reported_at_its_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cni = runtime(dir.path());
+    std::fs::create_dir_all(&cni.cache_dir).unwrap();
+    let name = "vf-test1-sandbox1-net1";
+    std::fs::write(cni.cache_dir.join(name), "{").unwrap();
+    let done = cni.del_sandbox("sandbox1");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, name);
+    assert_eq!(done[0].1.as_ref().unwrap_err().kind(), CniErrorKind::Cache);
+    assert!(cni.cache_dir.join(name).exists(), "kept");
+    assert!(cni.del_sandbox("sandbox2").is_empty());
+}

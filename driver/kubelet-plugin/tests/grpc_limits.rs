@@ -46,6 +46,40 @@ fn limits() -> ConnectionLimits {
     }
 }
 
+/// The plugin's servers on `sockets`, until stopped.
+struct Serving {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), dra_kubelet_plugin::grpc::SocketError>>,
+}
+
+impl Serving {
+    fn start(
+        sockets: &PluginSockets,
+        handler: Arc<dyn DraHandler>,
+        limits: ConnectionLimits,
+    ) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let sockets = sockets.clone();
+        let registration = RegistrationService::new(&sockets);
+        let task = tokio::spawn(async move {
+            serve_with_limits(&sockets, handler, None, registration, limits, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Serving { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("serve ends after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// Reads until the server closes `stream` (EOF or an error), or fails after `within`.
 async fn closed_within(stream: &mut UnixStream, within: Duration) -> Duration {
     let start = Instant::now();
@@ -96,17 +130,7 @@ async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_
     let root = tempfile::tempdir().unwrap();
     let sockets = PluginSockets::new(root.path(), DRIVER).unwrap();
     let handler = Arc::new(FakeHandler::default());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = {
-        let sockets = sockets.clone();
-        let registration = RegistrationService::new(&sockets);
-        tokio::spawn(async move {
-            serve_with_limits(&sockets, handler, None, registration, limits(), async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let serving = Serving::start(&sockets, handler, limits());
     wait_for(|| is_socket(sockets.registration()) && is_socket(sockets.dra())).await;
 
     // A flood: five connections to the DRA socket that never send a byte. Two take the slots; the
@@ -164,12 +188,7 @@ async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_
         "the connection was closed while idle"
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("serve ends after shutdown")
-        .unwrap()
-        .unwrap();
+    serving.stop().await;
 }
 
 /// Holds every prepare until released, counting how many are inside at once.
@@ -211,17 +230,7 @@ async fn one_connection_opens_at_most_the_capped_calls_at_once_and_the_rest_wait
         max_streams: 4,
         ..limits()
     };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = {
-        let (sockets, handler) = (sockets.clone(), handler.clone());
-        let registration = RegistrationService::new(&sockets);
-        tokio::spawn(async move {
-            serve_with_limits(&sockets, handler, None, registration, capped, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let serving = Serving::start(&sockets, handler.clone(), capped);
     wait_for(|| is_socket(sockets.dra())).await;
 
     // 40 calls at once over one connection: the server lets 4 in, the client holds the rest back.
@@ -246,10 +255,5 @@ async fn one_connection_opens_at_most_the_capped_calls_at_once_and_the_rest_wait
         "all over one connection"
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("serve ends after shutdown")
-        .unwrap()
-        .unwrap();
+    serving.stop().await;
 }

@@ -65,6 +65,20 @@ pub enum PublishError {
         #[source]
         source: kube::Error,
     },
+    /// A slice of the name exists and is another driver's or another node's (two driver names that
+    /// make the same slice names, as `gpu.example.com` and `gpu-example.com`): not taken over.
+    #[error(
+        "slice {name} exists with spec.driver {driver:?} and spec.nodeName {node:?}: not this \
+         publisher's, so not overwritten (the names collide)"
+    )]
+    Taken {
+        /// The slice.
+        name: String,
+        /// Its driver.
+        driver: String,
+        /// Its node.
+        node: Option<String>,
+    },
     /// An API call got no (complete) answer in time.
     #[error("{op} {name}: no answer within {after:?}")]
     Timeout {
@@ -84,6 +98,8 @@ impl PublishError {
             PublishError::Invalid(_) => None,
             PublishError::Api { kind, .. } => Some(*kind),
             PublishError::Timeout { .. } => Some(ErrorKind::Timeout),
+            // Retried with backoff: the other slice may go.
+            PublishError::Taken { .. } => Some(ErrorKind::Conflict),
         }
     }
 }
@@ -550,6 +566,15 @@ impl Publisher {
         for _ in 0..CONFLICT_RETRIES {
             if slice.metadata.resource_version.is_none() {
                 let current = call("get", name, self.slices.get(name)).await?;
+                if current.spec.driver != self.driver_name
+                    || current.spec.node_name.as_deref() != Some(self.node_name.as_str())
+                {
+                    return Err(PublishError::Taken {
+                        name: name.to_owned(),
+                        driver: current.spec.driver,
+                        node: current.spec.node_name,
+                    });
+                }
                 slice.metadata.resource_version = current.metadata.resource_version;
             }
             let params = PostParams::default();

@@ -496,8 +496,16 @@ async fn dispatch(
                 (Some(waiter), Ok(response)) => {
                     let _ = waiter.send(response);
                 }
-                (Some(_), Err(error)) => {
+                (Some(waiter), Err(error)) => {
                     tracing::warn!(%error, "an undecodable answer from the NRI runtime");
+                    // The caller learns why, rather than that the connection closed (it did not).
+                    let _ = waiter.send(Response {
+                        status: Some(Status {
+                            code: code::UNKNOWN,
+                            message: format!("an undecodable answer: {error}"),
+                        }),
+                        payload: Vec::new(),
+                    });
                 }
                 (None, _) => tracing::debug!(stream = message.stream, "an answer nobody waits for"),
             }
@@ -524,6 +532,34 @@ async fn dispatch(
 mod tests {
     use super::super::wire::{PLUGIN_CONN, RUNTIME_CONN};
     use super::*;
+
+    /// An answer that does not decode fails its call with that reason, not as a closed connection.
+    #[tokio::test]
+    async fn an_undecodable_answer_fails_its_call_naming_it() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (endpoint, _incoming) = Endpoint::start(ours, PLUGIN_CONN, RUNTIME_CONN);
+        let call = tokio::spawn(async move {
+            let request = Status::default();
+            let timeout = Duration::from_secs(5);
+            endpoint.call::<Status>("svc", "M", &request, timeout).await
+        });
+        let (conn, payload) = read_frame(&mut theirs).await.unwrap().unwrap();
+        let asked = Demux::default().push(conn, &payload).unwrap();
+        let answer = Message {
+            conn: RUNTIME_CONN,
+            stream: asked[0].stream,
+            kind: Kind::Response,
+            flags: 0,
+            data: vec![0xff, 0xff, 0xff],
+        };
+        theirs.write_all(&encode(&answer).unwrap()).await.unwrap();
+        let error = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&error, CallError::Status { code: code::UNKNOWN, message, .. }
+                if message.contains("undecodable")),
+            "{error}"
+        );
+    }
 
     /// A peer that stops reading (a stopped or wedged runtime) fills the socket's buffer: a call then
     /// fails at its timeout, the connection ends (a frame may be cut), and later writes fail at once.

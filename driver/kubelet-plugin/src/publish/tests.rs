@@ -367,3 +367,32 @@ async fn slices_the_check_refuses_or_of_another_node_or_driver_are_never_sent() 
     );
     assert_eq!(publisher.publish(&gpus("n")).await.unwrap().created, 1);
 }
+
+/// Two driver names that make the same slice names (`gpu.example.com` and `gpu-example.com`): the
+/// other driver's slice is not overwritten when creating ours meets it (409).
+#[tokio::test]
+async fn a_slice_of_the_same_name_of_another_driver_is_not_taken_over() {
+    let mut api = FakeApi::with_node("n");
+    let mut foreign = gpus("n").remove(0);
+    foreign.spec.driver = "gpu-example.com".into();
+    let reply = api.handle("POST", SLICES, &serde_json::to_vec(&foreign).unwrap());
+    assert_eq!(reply.status(), Some(201));
+    api.log.clear();
+    let (mut publisher, state) = publisher(api, "n");
+    let error = publisher.publish(&gpus("n")).await.unwrap_err();
+    assert!(
+        matches!(&error, PublishError::Taken { driver, .. } if driver == "gpu-example.com"),
+        "{error}"
+    );
+    assert_eq!(error.kind(), Some(ErrorKind::Conflict), "retried later");
+    let api = state.lock().unwrap();
+    assert_eq!(
+        api.slices["n-gpu-example-com-0"]["spec"]["driver"],
+        "gpu-example.com"
+    );
+    assert!(
+        !api.log.iter().any(|l| l.short().starts_with("PUT")),
+        "{:?}",
+        api.log
+    );
+}

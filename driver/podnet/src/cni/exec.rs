@@ -4,6 +4,7 @@
 //! deadline.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -67,7 +68,10 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        // A group of its own, so a timeout kills what it started too (a delegated IPAM plugin),
+        // not only the plugin: else that one goes on with its ADD while the rollback's DEL runs.
+        .process_group(0);
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
     }
@@ -112,6 +116,10 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
+                let _ = rustix::process::kill_process_group(
+                    rustix::process::Pid::from_child(&child),
+                    rustix::process::Signal::KILL,
+                );
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(CniError::new(

@@ -517,3 +517,55 @@ fn an_unreadable_entry_of_a_sandbox_is_reported_at_its_stop() {
     assert!(cni.cache_dir.join(name).exists(), "kept");
     assert!(cni.del_sandbox("sandbox2").is_empty());
 }
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet), within 5 s.
+fn ends(pid: &str) -> bool {
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_to_string(&stat) {
+            Err(_) => return true,
+            Ok(text)
+                if text
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return true;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+/// A plugin past its timeout is killed with what it started (a delegated IPAM plugin), not alone.
+#[test]
+fn a_plugin_past_its_timeout_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let d = bin.display();
+    write_exec(
+        &bin.join("spawner"),
+        &format!(
+            "#!/bin/sh\nsleep 30 > /dev/null 2>&1 &\necho $! > {d}/child-$CNI_COMMAND.pid\n\
+             exec sleep 30\n"
+        ),
+    );
+    let mut cni = runtime(dir.path());
+    cni.timeout = Duration::from_millis(300);
+    let list = ConfList::parse(r#"{"cniVersion":"1.0.0","name":"n","type":"spawner"}"#).unwrap();
+    let error = cni.add(&list, &attachment()).unwrap_err();
+    assert_eq!(error.kind(), CniErrorKind::Timeout, "{error}");
+    for command in ["ADD", "DEL"] {
+        let pid = std::fs::read_to_string(bin.join(format!("child-{command}.pid"))).unwrap();
+        assert!(
+            ends(&pid),
+            "the {command} plugin's child {} still runs",
+            pid.trim()
+        );
+    }
+}

@@ -428,7 +428,7 @@ impl Endpoint {
     }
 
     /// Closes the writing half: the other side sees the socket end. A write that holds the half
-    /// ends within [`WRITE_TIMEOUT`] (then breaking the connection), so this waits at most that long.
+    /// ends within 10 s (then breaking the connection), so this waits at most that long.
     pub async fn close(&self) {
         let closed = tokio::time::timeout(WRITE_TIMEOUT, async {
             let _ = self.writer.lock().await.0.shutdown().await;

@@ -236,6 +236,12 @@ async fn one_connection_opens_at_most_the_capped_calls_at_once_and_the_rest_wait
     // 40 calls at once over one connection: the server lets 4 in, the client holds the rest back.
     let connects = Arc::new(AtomicUsize::new(0));
     let one = counting_channel(sockets.dra(), connects.clone()).await;
+    // One call first, so the client has the server's SETTINGS (its stream limit): before them h2
+    // allows 100 streams, and the server refuses those over its cap (REFUSED_STREAM; grpc-go
+    // retries such a call, tonic fails it).
+    released.send(true).unwrap();
+    assert_eq!(prepare(one.clone()).await.unwrap(), 1);
+    released.send(false).unwrap();
     let calls: Vec<_> = (0..40)
         .map(|_| tokio::spawn(prepare(one.clone())))
         .collect();

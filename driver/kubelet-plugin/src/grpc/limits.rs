@@ -46,7 +46,9 @@ pub struct ConnectionLimits {
     /// The most connections served at once per socket; more wait to be accepted.
     pub max_connections: usize,
     /// The most calls (HTTP/2 streams) open at once on one connection; a client opens more only as
-    /// earlier ones end (grpc-go and tonic wait for a free stream, they do not fail the call).
+    /// earlier ones end (grpc-go and tonic wait for a free stream, they do not fail the call). Before
+    /// a client has read the server's SETTINGS it may open more, and the server refuses those
+    /// (`REFUSED_STREAM`), which grpc-go retries transparently.
     pub max_streams: u32,
     /// A connection on which nothing was read or written for this long is closed.
     pub idle_timeout: Duration,

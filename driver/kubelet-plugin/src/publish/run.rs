@@ -28,8 +28,8 @@ const SETTLE_MAX: Duration = Duration::from_secs(1);
 /// A watch that ends sooner than this counts as a failure (backoff), not as the server's timeout.
 const WATCH_SHORTEST: Duration = Duration::from_secs(1);
 
-/// A watch that has run this long resets the watch backoff (an event or its end then count as
-/// health): as client-go's reflector, which resets its backoff after 2 minutes without one
+/// A watch that has run this long resets the watch backoff (an event, its end or its failure
+/// then count as health, a failure still backing off from the start): as client-go's reflector, which resets its backoff after 2 minutes without one
 /// (`NewExponentialBackoffManager(800ms, 30s, 2min, ...)`), so that a watch that breaks after each
 /// event backs off instead of starting again every second.
 const WATCH_HEALTHY: Duration = Duration::from_secs(120);
@@ -178,6 +178,10 @@ pub async fn publish_loop(
                     watch = None;
                     publisher.forget();
                     due = true;
+                    if watch_started.elapsed() >= WATCH_HEALTHY {
+                        // A proxy that cuts long connections: healthy until then.
+                        watch_backoff.reset();
+                    }
                     let error = PublishError::Api {
                         op: "watch",
                         name: publisher.selector(),
@@ -202,6 +206,8 @@ pub async fn publish_loop(
                     watch = None;
                     publisher.forget();
                     due = true;
+                    // Overdue only after WATCH_IDLE, so it ran long enough to count as healthy.
+                    watch_backoff.reset();
                     let error = PublishError::Timeout {
                         op: "watch",
                         name: publisher.selector(),

@@ -112,14 +112,17 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             let _ = sender.send(read.map(|_| bytes));
         });
     }
+    let kill_group = |child: &std::process::Child| {
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(child),
+            rustix::process::Signal::KILL,
+        );
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
-                let _ = rustix::process::kill_process_group(
-                    rustix::process::Pid::from_child(&child),
-                    rustix::process::Signal::KILL,
-                );
+                kill_group(&child);
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(CniError::new(
@@ -147,6 +150,8 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             ));
         }
         Err(_) => {
+            // What it started holds its stdout: ended too (its group outlives it).
+            kill_group(&child);
             return Err(CniError::new(
                 CniErrorKind::Timeout,
                 format!("{what}: its stdout stayed open past the deadline"),

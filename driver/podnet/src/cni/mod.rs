@@ -167,15 +167,22 @@ impl Cni {
     }
 
     /// Runs DEL for every cached attachment of the sandbox `container_id` (its stop or removal).
-    /// An unreadable entry whose name holds the sandbox's id is reported (and kept), not skipped:
-    /// its attachment may still be there.
+    /// An unreadable entry whose name holds the sandbox's id is logged at WARN and kept, not
+    /// skipped without a word (its attachment may still be there), nor returned as a failure:
+    /// reading it again cannot succeed, and CRI-O fails the sandbox's stop on a plugin's error, so
+    /// the pod would never finish stopping.
     pub fn del_sandbox(&self, container_id: &str) -> Vec<(String, Result<(), CniError>)> {
         let named = format!("-{container_id}-");
         self.cached()
             .into_iter()
             .filter_map(|(name, entry)| match entry {
                 Ok(entry) if entry.container_id == container_id => Some((name, self.del(&entry))),
-                Err(e) if name.contains(&named) => Some((name, Err(e))),
+                Err(error) if name.contains(&named) => {
+                    tracing::warn!(attachment = %name, %error, sandbox = container_id,
+                        "an unreadable CNI cache entry of a stopping sandbox; kept, no DEL run: \
+                         its attachment may remain");
+                    None
+                }
                 _ => None,
             })
             .collect()

@@ -501,19 +501,16 @@ fn a_result_too_deep_for_the_cache_is_undone_at_once() {
     assert!(cni.cached().is_empty());
 }
 
-/// An unreadable entry of the sandbox is reported at its stop (and kept), not skipped as if the
-/// sandbox had nothing; other sandboxes' stops do not see it.
+/// An unreadable entry of the sandbox does not fail its stop (reading it again cannot succeed, and
+/// CRI-O would fail the pod's stop at every retry): logged, kept for an operator.
 #[test]
-fn an_unreadable_entry_of_a_sandbox_is_reported_at_its_stop() {
+fn an_unreadable_entry_of_a_sandbox_is_kept_without_failing_its_stop() {
     let dir = tempfile::tempdir().unwrap();
     let cni = runtime(dir.path());
     std::fs::create_dir_all(&cni.cache_dir).unwrap();
     let name = "vf-test1-sandbox1-net1";
     std::fs::write(cni.cache_dir.join(name), "{").unwrap();
-    let done = cni.del_sandbox("sandbox1");
-    assert_eq!(done.len(), 1);
-    assert_eq!(done[0].0, name);
-    assert_eq!(done[0].1.as_ref().unwrap_err().kind(), CniErrorKind::Cache);
+    assert!(cni.del_sandbox("sandbox1").is_empty());
     assert!(cni.cache_dir.join(name).exists(), "kept");
     assert!(cni.del_sandbox("sandbox2").is_empty());
 }

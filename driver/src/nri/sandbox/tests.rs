@@ -403,7 +403,7 @@ async fn a_runtime_that_waits_less_than_a_cni_call_may_take_is_warned_about() {
     let net = network(dir.path(), dir.path(), BTreeMap::new(), &api(&[]));
     let short = net.request_timeout_warning(2_000).unwrap();
     assert!(
-        short.contains("waits 2000 ms") && short.contains("30s each (--cni-timeout)"),
+        short.contains("waits 2000 ms") && short.contains("allowed 30s (--cni-timeout)"),
         "{short}"
     );
     let unsaid = net.request_timeout_warning(0).unwrap();

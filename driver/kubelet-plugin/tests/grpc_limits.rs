@@ -26,7 +26,7 @@ use dra_kubelet_plugin::grpc::{
 use dra_kubelet_plugin::handler::{
     BoxFuture, ClaimRef, DraHandler, PrepareResults, UnprepareResults,
 };
-use grpc_support::{DRIVER, FakeHandler, WAIT, channel, is_socket, wait_for};
+use grpc_support::{DRIVER, FakeHandler, WAIT, channel, is_socket, stop_serving, wait_for};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
@@ -71,12 +71,7 @@ impl Serving {
     }
 
     async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("serve ends after shutdown")
-            .unwrap()
-            .unwrap();
+        stop_serving(self.stop, self.task).await;
     }
 }
 

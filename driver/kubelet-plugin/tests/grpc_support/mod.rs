@@ -123,14 +123,19 @@ impl Plugin {
     }
 
     pub async fn stop(self) -> (TempDir, PluginSockets) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("serve ends after shutdown")
-            .unwrap()
-            .unwrap();
+        stop_serving(self.stop, self.task).await;
         (self.root, self.sockets)
     }
+}
+
+/// Tells a serving task to stop and waits (at most [`WAIT`]) for it to end without an error.
+pub async fn stop_serving(stop: oneshot::Sender<()>, task: JoinHandle<Result<(), SocketError>>) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("serve ends after shutdown")
+        .unwrap()
+        .unwrap();
 }
 
 pub fn spawn_serve(

@@ -11,6 +11,9 @@
 //! [`CALL_TIMEOUT`], and a watch still open 300 s after it started (the server was asked to end it
 //! after 290 s) is dropped and started again, whatever its traffic.
 //!
+//! Every response body is also bounded ([`LineLimited`]): at most [`MAX_LINE`] bytes without a line
+//! break, as kube's client reads a body whole and a watch's lines with no length limit.
+//!
 //! At a plugin's start: [`connect`] makes the client (a kubeconfig file, else in-cluster) with that
 //! layer, and [`server_version_of`] reads the API server's version, retried until it answers, failing
 //! at once on a refusal ([`VersionRefused`]).
@@ -18,9 +21,11 @@
 use std::time::Duration;
 
 mod connect;
+mod line_limit;
 mod version;
 
 pub use connect::{ConnectError, connect};
+pub use line_limit::{LineLimited, LineTooLong, MAX_LINE};
 pub use version::{VersionRefused, server_version_of};
 
 /// The most any single request/response call may take.
@@ -67,7 +72,8 @@ pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// certificates, authentication, impersonation headers) over a connection pool that speaks HTTP/2
 /// over TLS where the server offers it (ALPN `h2`, else `http/1.1`), keeps at most
 /// [`MAX_IDLE_CONNECTIONS`] idle HTTP/1.1 connections, pings an HTTP/2
-/// connection as client-go does ([`HTTP2_PING_INTERVAL`]), with [`call_timeout_layer`] on every call.
+/// connection as client-go does ([`HTTP2_PING_INTERVAL`]), with [`call_timeout_layer`] on every call
+/// and every response body limited to [`MAX_LINE`] bytes between line breaks ([`LineLimited`]).
 ///
 /// Why HTTP/2: with HTTP/1.1 a burst of 128 prepares opens up to 128 connections (and as many TLS
 /// handshakes, on the API server too), whose buffers were a third of the plugin's heap at its peak.
@@ -83,15 +89,17 @@ pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// credential plugin in the configuration the client is kube's own (HTTP/1.1), with the call
 /// timeouts, and the pool keeps hyper's defaults.
 pub fn client_from_config(config: kube::Config) -> Result<kube::Client, kube::Error> {
-    client_with_health_check(config, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT)
+    client_with(config, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT, MAX_LINE)
 }
 
-/// [`client_from_config`] with the HTTP/2 health check's interval and timeout given (the tests'
-/// dead connections are found in seconds, not in 45 s).
-fn client_with_health_check(
+/// [`client_from_config`] with the HTTP/2 health check's interval and timeout and the line limit
+/// given (the tests' dead connections are found in seconds, not in 45 s; their endless lines are cut
+/// after kilobytes).
+fn client_with(
     config: kube::Config,
     ping_interval: Duration,
     ping_timeout: Duration,
+    max_line: usize,
 ) -> Result<kube::Client, kube::Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -101,7 +109,13 @@ fn client_with_health_check(
     // kube's own stack for what it does and this one does not: proxies, and client certificates
     // from an exec credential plugin (kube rebuilds its connector when they expire).
     if config.proxy_url.is_some() || config.auth_info.exec.is_some() {
+        let limit_lines = tower::util::MapResponseLayer::new(
+            move |response: http::Response<Box<kube::client::DynBody>>| {
+                response.map(|body| LineLimited::new(body, max_line))
+            },
+        );
         return Ok(kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&limit_lines)
             .with_layer(&call_timeout_layer())
             .build());
     }
@@ -139,6 +153,9 @@ fn client_with_health_check(
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(tower::BoxError::from)
+        .map_response(move |response: http::Response<hyper::body::Incoming>| {
+            response.map(|body| LineLimited::new(body, max_line))
+        })
         .service(pool);
     Ok(
         kube::client::ClientBuilder::new(service, config.default_namespace)
@@ -164,7 +181,7 @@ pub enum ErrorKind {
     Timeout,
     /// Connecting, TLS, or the connection broke.
     Transport,
-    /// Anything else (a body that does not decode, ...).
+    /// Anything else (a body that does not decode or has a line over [`MAX_LINE`], ...).
     Other,
 }
 
@@ -185,6 +202,9 @@ impl std::fmt::Display for ErrorKind {
 
 /// The kind of a kube client error.
 pub fn kind_of(error: &kube::Error) -> ErrorKind {
+    if line_limit::is_line_too_long(error) {
+        return ErrorKind::Other;
+    }
     match error {
         kube::Error::Api(status) => match status.code {
             404 => ErrorKind::NotFound,
@@ -263,6 +283,10 @@ impl Backoff {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests_pool;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests_lines;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

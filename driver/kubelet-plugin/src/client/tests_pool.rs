@@ -275,7 +275,7 @@ async fn fake_api_behind_proxy() -> (Proxy, kube::Config) {
 async fn an_http2_connection_that_died_silently_is_replaced_after_its_health_check_fails() {
     let (proxy, config) = fake_api_behind_proxy().await;
     let interval = Duration::from_millis(500);
-    let client = super::client_with_health_check(config, interval, interval).unwrap();
+    let client = super::client_with(config, interval, interval, super::MAX_LINE).unwrap();
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
     nodes.get("node-1").await.unwrap();
     assert_eq!(proxy.accepted.load(Ordering::SeqCst), 1);

@@ -13,6 +13,10 @@
 //!   a list carries the current one (`metadata.resourceVersion`);
 //! * `PUT` with another `resourceVersion` than the stored one is `409 Conflict`, `POST` of an existing
 //!   name is `409 AlreadyExists`, a missing object is `404`;
+//! * `DELETE` of one object with `preconditions` (`uid`, `resourceVersion`) in its body is `409
+//!   Conflict` when the stored object differs ("Precondition failed: UID in precondition: ...";
+//!   `Preconditions.Check` in `k8s.io/apiserver/pkg/storage/interfaces.go`, made a conflict by
+//!   `InterpretDeleteError` in `k8s.io/apiserver/pkg/storage/errors`);
 //! * ResourceSlices take the field selectors `spec.nodeName` and `spec.driver` (and any other field
 //!   path here; the real server knows `spec.nodeName`, `spec.driver`, `spec.pool.name`) on list, watch
 //!   and delete-collection;
@@ -432,16 +436,30 @@ impl FakeApi {
         )
     }
 
+    fn delete_slice(&mut self, name: &str) -> Reply {
+        match self.remove_slice(name) {
+            Some(removed) => Reply::Json(200, removed),
+            None => status(404, &format!("resourceslices \"{name}\" not found")),
+        }
+    }
+
     fn slice_by_name(&mut self, method: &str, name: &str, mut body: Value) -> Reply {
         let Some(stored) = self.slices.get(name).cloned() else {
             return status(404, &format!("resourceslices \"{name}\" not found"));
         };
         match method {
             "GET" => Reply::Json(200, stored),
-            "DELETE" => match self.remove_slice(name) {
-                Some(removed) => Reply::Json(200, removed),
-                None => status(404, &format!("resourceslices \"{name}\" not found")),
-            },
+            "DELETE" => {
+                if let Some(failed) = precondition_failed(&body["preconditions"], &stored) {
+                    return status(
+                        409,
+                        &format!(
+                            "Operation cannot be fulfilled on resourceslices \"{name}\": {failed}"
+                        ),
+                    );
+                }
+                self.delete_slice(name)
+            }
             "PUT" => {
                 if !body["metadata"].is_object() {
                     return status(400, "a ResourceSlice object is required");
@@ -545,4 +563,30 @@ fn status_body(code: u16, message: &str) -> Value {
 
 fn status(code: u16, message: &str) -> Reply {
     Reply::Json(code, status_body(code, message))
+}
+
+/// Why `preconditions` (a `DeleteOptions.preconditions` object, or `null`) do not hold for `stored`,
+/// in upstream's words; `None` when they hold or there are none.
+fn precondition_failed(preconditions: &Value, stored: &Value) -> Option<String> {
+    let uid = &stored["metadata"]["uid"];
+    let version = &stored["metadata"]["resourceVersion"];
+    if let Some(want) = preconditions["uid"]
+        .as_str()
+        .filter(|w| Some(*w) != uid.as_str())
+    {
+        let have = uid.as_str().unwrap_or_default();
+        return Some(format!(
+            "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+        ));
+    }
+    if let Some(want) = preconditions["resourceVersion"]
+        .as_str()
+        .filter(|w| Some(*w) != version.as_str())
+    {
+        let have = version.as_str().unwrap_or_default();
+        return Some(format!(
+            "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {have}"
+        ));
+    }
+    None
 }

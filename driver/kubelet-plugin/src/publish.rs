@@ -32,15 +32,21 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams,
+};
 
 use crate::client::{CALL_TIMEOUT, ErrorKind, kind_of};
 
 mod run;
 pub use run::publish_loop;
 
-/// How often a write that conflicts is retried after re-reading the slice.
+/// How often a write that conflicts is tried in all, re-reading the slice before each retry, and
+/// the pause before each retry: client-go's `retry.DefaultRetry` for `RetryOnConflict` (5 steps of
+/// 10 ms; `k8s.io/client-go/util/retry/util.go`), so that a writer racing this one (an admin's edit,
+/// the kubelet's wipe) gets its write done instead of both spinning.
 const CONFLICT_RETRIES: usize = 5;
+const CONFLICT_PAUSE: Duration = Duration::from_millis(10);
 
 /// How long the API server is asked to keep a watch open (kube's runtime watcher asks 290 s too).
 pub const WATCH_SECONDS: u32 = 290;
@@ -354,13 +360,23 @@ impl Publisher {
         self.observed = Some(observed);
         result?;
         for name in extra {
-            match call(
-                "delete",
-                &name,
-                self.slices.delete(&name, &DeleteParams::default()),
-            )
-            .await
-            {
+            // As upstream's `removeSlices` (k8s.io/dynamic-resource-allocation/resourceslice): only
+            // the slice as observed, by UID and resourceVersion. One re-created or changed meanwhile
+            // (by the kubelet, an admin, a driver with a colliding name) fails with 409; the publish
+            // fails, and the next attempt lists afresh.
+            let preconditions = self
+                .observed
+                .as_ref()
+                .and_then(|o| o.slices.get(&name))
+                .map(|slice| Preconditions {
+                    uid: slice.metadata.uid.clone(),
+                    resource_version: slice.metadata.resource_version.clone(),
+                });
+            let params = DeleteParams {
+                preconditions,
+                ..DeleteParams::default()
+            };
+            match call("delete", &name, self.slices.delete(&name, &params)).await {
                 Ok(_) => report.deleted += 1,
                 Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
                 Err(e) => return Err(e),
@@ -563,7 +579,10 @@ impl Publisher {
         name: &str,
         mut slice: ResourceSlice,
     ) -> Result<ResourceSlice, PublishError> {
-        for _ in 0..CONFLICT_RETRIES {
+        for attempt in 0..CONFLICT_RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(CONFLICT_PAUSE).await;
+            }
             if slice.metadata.resource_version.is_none() {
                 let current = call("get", name, self.slices.get(name)).await?;
                 if current.spec.driver != self.driver_name

@@ -215,7 +215,12 @@ async fn conflicts_are_retried_after_a_fresh_read() {
     requests(&state);
     let path = format!("PUT {SLICES}/n-gpu-example-com-0");
     state.lock().unwrap().fail_once.push((path.clone(), 409));
+    let start = std::time::Instant::now();
     let report = publisher.publish(&vfs("n")).await.unwrap();
+    assert!(
+        start.elapsed() >= super::CONFLICT_PAUSE,
+        "paused before the retry"
+    );
     assert_eq!(report.updated, 1);
     assert_eq!(
         requests(&state),
@@ -225,6 +230,27 @@ async fn conflicts_are_retried_after_a_fresh_read() {
             path
         ]
     );
+}
+
+#[tokio::test]
+async fn a_write_that_keeps_conflicting_fails_with_its_kind_after_five_tries() {
+    let (mut publisher, state) = publisher(FakeApi::with_node("n"), "n");
+    publisher.publish(&gpus("n")).await.unwrap();
+    requests(&state);
+    let path = format!("PUT {SLICES}/n-gpu-example-com-0");
+    for _ in 0..super::CONFLICT_RETRIES {
+        state.lock().unwrap().fail_once.push((path.clone(), 409));
+    }
+    let error = publisher.publish(&vfs("n")).await.unwrap_err();
+    assert_eq!(error.kind(), Some(ErrorKind::Conflict), "{error}");
+    assert!(
+        error.to_string().starts_with("update n-gpu-example-com-0"),
+        "{error}"
+    );
+    let puts = requests(&state).iter().filter(|r| **r == path).count();
+    assert_eq!(puts, super::CONFLICT_RETRIES);
+    // The next round reads the slice afresh and writes it.
+    assert_eq!(publisher.publish(&vfs("n")).await.unwrap().updated, 1);
 }
 
 #[tokio::test]
@@ -394,5 +420,57 @@ async fn a_slice_of_the_same_name_of_another_driver_is_not_taken_over() {
         !api.log.iter().any(|l| l.short().starts_with("PUT")),
         "{:?}",
         api.log
+    );
+}
+
+/// As upstream's `removeSlices`: an extra slice is deleted only as observed (UID and
+/// resourceVersion); one changed meanwhile is not deleted blind, and the next attempt starts over
+/// from a fresh list.
+#[tokio::test]
+async fn an_extra_slice_changed_meanwhile_is_not_deleted_until_listed_again() {
+    let (mut publisher, state) = publisher(FakeApi::with_node("x"), "x");
+    assert_eq!(
+        publisher.publish(&two_slices("x")).await.unwrap().created,
+        2
+    );
+    let extra = format!("{SLICES}/x-gpu-example-com-1");
+    {
+        // An admin labels the second slice; the publisher has not seen it (no watch here).
+        let mut api = state.lock().unwrap();
+        let mut edited = api.slices["x-gpu-example-com-1"].clone();
+        edited["metadata"]["labels"] = serde_json::json!({"edited": "yes"});
+        let reply = api.handle("PUT", &extra, &serde_json::to_vec(&edited).unwrap());
+        assert_eq!(reply.status(), Some(200));
+        api.log.clear();
+    }
+    let error = publisher
+        .publish(&pool("x", &[("nic", 4)]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), Some(ErrorKind::Conflict), "{error}");
+    assert!(error.to_string().contains("Precondition failed"), "{error}");
+    assert!(
+        state
+            .lock()
+            .unwrap()
+            .slices
+            .contains_key("x-gpu-example-com-1")
+    );
+    let log = requests(&state);
+    assert_eq!(log.last(), Some(&format!("DELETE {extra}")), "{log:?}");
+
+    let report = publisher.publish(&pool("x", &[("nic", 4)])).await.unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(
+        requests(&state)[0],
+        format!("GET {SLICES}"),
+        "listed afresh"
+    );
+    assert!(
+        !state
+            .lock()
+            .unwrap()
+            .slices
+            .contains_key("x-gpu-example-com-1")
     );
 }

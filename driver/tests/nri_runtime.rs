@@ -73,6 +73,17 @@ fn start(socket: &Path, claims: &[(&str, &str, &str)]) -> Node {
 
 /// As [`start`], with unsolicited updates on or off.
 fn start_with(socket: &Path, claims: &[(&str, &str, &str)], unsolicited: bool) -> Node {
+    let allocatable = Arc::new(std::sync::Mutex::new(set("0-7")));
+    start_on(socket, claims, unsolicited, allocatable)
+}
+
+/// As [`start_with`], with the allocatable CPUs read from `allocatable` (a test changes them).
+fn start_on(
+    socket: &Path,
+    claims: &[(&str, &str, &str)],
+    unsolicited: bool,
+    allocatable: Arc<std::sync::Mutex<CpuSet>>,
+) -> Node {
     let claims: BTreeMap<String, ClaimCpus> = claims
         .iter()
         .map(|(uid, cpus, pod)| {
@@ -86,7 +97,7 @@ fn start_with(socket: &Path, claims: &[(&str, &str, &str)], unsolicited: bool) -
     let (claims, rx) = watch::channel(claims);
     let source = CpuSource {
         claims: rx,
-        allocatable: Arc::new(|| set("0-7")),
+        allocatable: Arc::new(move || allocatable.lock().unwrap().clone()),
     };
     let (stop, stopped) = watch::channel(false);
     let mut config = NriConfig::new(socket);
@@ -420,5 +431,59 @@ async fn a_prepared_claim_moves_shared_containers_in_the_answer_to_its_container
     assert_eq!(moved, [("web", "0-7")]);
     // The runtime was never called by the plugin.
     assert_eq!(conn.unsolicited_received(), 0);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn cpus_taken_offline_leave_the_shared_pool_at_the_next_container_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let allocatable = Arc::new(std::sync::Mutex::new(set("0-7")));
+    let node = start_on(
+        &socket,
+        &[("a", "0-1", "uid-worker")],
+        false,
+        allocatable.clone(),
+    );
+    let (conn, _) = runtime.accept().await.unwrap();
+    let (web, worker) = (pod("s-web", "uid-web"), pod("s-worker", "uid-worker"));
+    let shared = container("web", &web, &[], "");
+    let pinned = container("pinned", &worker, &["DRA_CPUSET_a=0-1"], "");
+    conn.synchronize(
+        vec![web.clone(), worker.clone()],
+        vec![shared.clone(), pinned],
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.cpus("web").unwrap(), "2-7");
+
+    // CPUs 6 and 7 go offline (the inventory's rescan saw it); no claim changed. The next container
+    // event's answer moves `web` off them; a CPU brought back online returns to the pool the same way.
+    *allocatable.lock().unwrap() = set("0-5");
+    let update = api::UpdateContainerRequest {
+        pod: Some(web.clone()),
+        container: Some(shared.clone()),
+        linux_resources: None,
+    };
+    let answer: api::UpdateContainerResponse = conn.call("UpdateContainer", &update).await.unwrap();
+    let moved: Vec<(&str, &str)> = answer
+        .update
+        .iter()
+        .map(|u| (u.container_id.as_str(), u.cpus()))
+        .collect();
+    assert_eq!(moved, [("web", "2-5")]);
+
+    *allocatable.lock().unwrap() = set("0-6");
+    let answer: api::UpdateContainerResponse = conn.call("UpdateContainer", &update).await.unwrap();
+    let moved: Vec<(&str, &str)> = answer
+        .update
+        .iter()
+        .map(|u| (u.container_id.as_str(), u.cpus()))
+        .collect();
+    assert_eq!(moved, [("web", "2-6")]);
+    // The claim's container keeps its CPUs throughout (the answers above moved only `web`).
+    assert_eq!(conn.cpus("pinned").unwrap(), "0-1");
     node.stop().await;
 }

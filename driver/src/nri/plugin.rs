@@ -93,7 +93,7 @@ pub fn parse_index(text: &str) -> Result<String, BadIndex> {
 }
 
 /// Where the snapshot comes from: the prepared claims (published by the preparer) and the allocatable
-/// CPUs (online minus reserved, read at each change).
+/// CPUs (online minus reserved, read at each event: the closure must be cheap).
 #[derive(Clone)]
 pub struct CpuSource {
     /// Claim UID → CPUs and pods.
@@ -172,11 +172,17 @@ impl CpuPlugin {
         }
     }
 
-    /// Claims prepared since the last event: this event's answer carries the moves.
+    /// Claims prepared since the last event, or allocatable CPUs changed since (a CPU taken offline
+    /// or brought online, seen by the inventory's rescan): this event's answer carries the moves.
     fn refresh(&mut self) {
-        if self.source.claims.has_changed().unwrap_or(false) {
-            let snapshot = self.source.snapshot();
-            self.policy.replace_snapshot(snapshot);
+        let claims_changed = self.source.claims.has_changed().unwrap_or(false);
+        let allocatable = (self.source.allocatable)();
+        if claims_changed || allocatable != self.policy.snapshot().allocatable {
+            let claims = self.source.claims.borrow_and_update().clone();
+            self.policy.replace_snapshot(Snapshot {
+                allocatable,
+                claims,
+            });
         }
     }
 

@@ -31,6 +31,10 @@ pub const ACTIONS: [&str; 6] = ["add", "remove", "bind", "unbind", "change", "mo
 const KERNEL_GROUP: u32 = 1;
 /// A uevent is at most a page plus headers; larger reads are cut.
 const MAX_MESSAGE: usize = 8192;
+/// The receive buffer asked for: room for a burst of about a thousand uevents (creating 256 VFs sends
+/// several per VF). The kernel's default (`net.core.rmem_default`, often 208 KiB) overflows on large
+/// bursts; udevd asks for 128 MiB. With `CAP_NET_ADMIN` it is forced past `net.core.rmem_max`.
+const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// One kernel uevent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,11 +148,16 @@ impl UeventSocket {
             Some(netlink::KOBJECT_UEVENT),
         )?;
         rustix::net::bind(&fd, &SocketAddrNetlink::new(0, KERNEL_GROUP))?;
+        // Best effort: a smaller buffer only means an overflow sooner, which `watch` survives.
+        if rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, RECEIVE_BUFFER).is_err() {
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, RECEIVE_BUFFER);
+        }
         Ok(UeventSocket { fd })
     }
 
     /// The next uevent, waiting at most `timeout` (`None`: forever). `Ok(None)` on a timeout or a
-    /// message that is not a kernel uevent.
+    /// message that is not a kernel uevent. When the receive buffer overflowed, the kernel dropped
+    /// uevents and this returns the error `ENOBUFS` once (see [`is_overflow`]); the socket goes on.
     pub fn next(&self, timeout: Option<Duration>) -> io::Result<Option<Uevent>> {
         rustix::net::sockopt::set_socket_timeout(
             &self.fd,
@@ -164,19 +173,38 @@ impl UeventSocket {
     }
 }
 
+/// Whether a read error says the receive buffer overflowed (`ENOBUFS`): uevents were lost, so
+/// anything may have changed, and the socket still works.
+pub fn is_overflow(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(rustix::io::Errno::NOBUFS.raw_os_error())
+}
+
 /// Watches uevents on a thread and calls `changed` once per debounced burst of relevant events, until
-/// `changed` returns false. Returns the error that stopped the watch (opening or reading the socket).
+/// `changed` returns false. An overflow of the socket's buffer (a burst larger than it, or a slow
+/// rescan) counts as a relevant event: the lost uevents may have been. Returns the error that stopped
+/// the watch (reading the socket).
 pub fn watch(
     socket: UeventSocket,
+    quiet: Duration,
+    max_wait: Duration,
+    changed: impl FnMut() -> bool,
+) -> io::Error {
+    watch_source(|timeout| socket.next(timeout), quiet, max_wait, changed)
+}
+
+/// [`watch`] over any source of uevents (the socket, or a script in tests).
+fn watch_source(
+    mut next: impl FnMut(Option<Duration>) -> io::Result<Option<Uevent>>,
     quiet: Duration,
     max_wait: Duration,
     mut changed: impl FnMut() -> bool,
 ) -> io::Error {
     let mut debounce = Debounce::new(quiet, max_wait);
     loop {
-        match socket.next(debounce.timeout()) {
+        match next(debounce.timeout()) {
             Ok(Some(event)) if event.is_relevant() => debounce.event(Instant::now()),
             Ok(_) => {}
+            Err(e) if is_overflow(&e) => debounce.event(Instant::now()),
             Err(e) => return e,
         }
         if debounce.due(Instant::now()) && !changed() {

@@ -93,3 +93,72 @@ fn the_socket_opens_or_says_why() {
         Err(e) => assert!(!e.to_string().is_empty()),
     }
 }
+
+#[test]
+fn an_overflowed_socket_means_a_rescan_and_the_watch_goes_on() {
+    // The kernel drops uevents when the socket's buffer is full and says so once with ENOBUFS; the
+    // socket keeps working. The lost events may have been relevant, so the watch rescans and goes on.
+    let enobufs = || io::Error::from_raw_os_error(rustix::io::Errno::NOBUFS.raw_os_error());
+    let mut script = vec![Err(enobufs()), Ok(None), Err(enobufs()), Ok(None)].into_iter();
+    let mut rescans = 0;
+    let error = watch_source(
+        |_| {
+            script
+                .next()
+                .unwrap_or_else(|| Err(io::Error::other("script ended")))
+        },
+        Duration::ZERO,
+        Duration::from_secs(5),
+        || {
+            rescans += 1;
+            true
+        },
+    );
+    assert_eq!(rescans, 2, "one rescan per overflow");
+    assert_eq!(error.to_string(), "script ended");
+    assert!(!is_overflow(&io::Error::other("x")));
+    assert!(!is_overflow(&io::Error::from_raw_os_error(
+        rustix::io::Errno::BADF.raw_os_error()
+    )));
+}
+
+/// Needs root: writes `change` to loopback's `uevent` to make the kernel send uevents.
+#[test]
+#[ignore = "needs root (writes /sys/class/net/lo/uevent)"]
+fn a_real_overflow_of_the_uevent_socket_is_survived_needs_root() {
+    let socket = UeventSocket::open().expect("the uevent socket");
+    let asked = rustix::net::sockopt::socket_recv_buffer_size(&socket.fd).unwrap();
+    assert!(asked >= 2 * 1024 * 1024, "the buffer was raised: {asked}");
+    // Shrink it to the kernel's minimum so that a few hundred uevents overflow it.
+    rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket.fd, 0).unwrap();
+    for _ in 0..200 {
+        std::fs::write("/sys/class/net/lo/uevent", "change").expect("loopback's uevent");
+    }
+    let overflowed = socket.next(Some(Duration::from_millis(100)));
+    assert!(
+        overflowed.as_ref().is_err_and(is_overflow),
+        "the kernel reports the overflow: {overflowed:?}"
+    );
+    // The kernel reports the next overflow only once the queue was read empty.
+    while socket
+        .next(Some(Duration::from_millis(50)))
+        .unwrap()
+        .is_some()
+    {}
+    // The watch on the same socket: the next overflow is a rescan, not the end of the watch.
+    for _ in 0..200 {
+        std::fs::write("/sys/class/net/lo/uevent", "change").expect("loopback's uevent");
+    }
+    let mut rescans = 0;
+    let error = watch(
+        socket,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+        || {
+            rescans += 1;
+            false
+        },
+    );
+    assert_eq!(rescans, 1);
+    assert_eq!(error.to_string(), "watch stopped");
+}

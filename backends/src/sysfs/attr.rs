@@ -189,6 +189,22 @@ pub(crate) fn missing_is_none(read: Result<String>) -> Result<Option<String>> {
     }
 }
 
+/// Like [`missing_is_none`], and also `None` for an attribute the kernel has but cannot show for
+/// this object: `EINVAL` or `ENODATA` on read (`gid_attrs/ndevs/<n>` of an InfiniBand port, which has
+/// no netdev; an empty GID entry).
+pub(crate) fn unshown_is_none(read: Result<String>) -> Result<Option<String>> {
+    match missing_is_none(read) {
+        Err(Error::Io { source, .. })
+            if [rustix::io::Errno::INVAL, rustix::io::Errno::NODATA]
+                .iter()
+                .any(|errno| source.raw_os_error() == Some(errno.raw_os_error())) =>
+        {
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn parsed<T>(
     text: Option<String>,
     path: &Path,

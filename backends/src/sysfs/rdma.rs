@@ -201,7 +201,10 @@ fn read_ports(
                 },
                 None => None,
             };
-            if let Some(netdev) = text("gid_attrs/ndevs/0", errors) {
+            // An InfiniBand port has no netdev: the kernel answers EINVAL (ENODATA for an empty
+            // GID entry), which says "none", not "malformed".
+            let ndev = errors.keep(tree.read_if_shown(&port.join("gid_attrs/ndevs/0")));
+            if let Some(netdev) = ndev.filter(|n| !n.is_empty()) {
                 netdevs.insert(netdev);
             }
             RdmaPort {

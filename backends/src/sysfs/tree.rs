@@ -79,6 +79,12 @@ impl Tree {
         attr::missing_is_none(self.read_trimmed(path))
     }
 
+    /// [`attr::unshown_is_none`] of `path`, opened inside the root: for attributes the kernel
+    /// refuses to show for some objects (`EINVAL`, `ENODATA`).
+    pub fn read_if_shown(&self, path: &Path) -> Result<Option<String>> {
+        attr::unshown_is_none(self.read_trimmed(path))
+    }
+
     /// Reads and parses an attribute inside the root; a missing file is `Ok(None)`, bad contents an
     /// error naming the file.
     pub fn parse_optional<T>(

@@ -292,3 +292,65 @@ fn captures_without_char_device_classes_use_the_parent_entries() {
         ]
     );
 }
+
+#[test]
+fn attributes_the_kernel_cannot_show_read_as_absent() {
+    let path = Path::new("sys/class/infiniband/mlx5_0/ports/1/gid_attrs/ndevs/0");
+    let failed = |errno: rustix::io::Errno| {
+        Err(hal::Error::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+        })
+    };
+    use crate::sysfs::attr::unshown_is_none;
+    assert_eq!(
+        unshown_is_none(failed(rustix::io::Errno::INVAL)).unwrap(),
+        None
+    );
+    assert_eq!(
+        unshown_is_none(failed(rustix::io::Errno::NODATA)).unwrap(),
+        None
+    );
+    assert_eq!(
+        unshown_is_none(failed(rustix::io::Errno::NOENT)).unwrap(),
+        None
+    );
+    assert!(unshown_is_none(failed(rustix::io::Errno::ACCESS)).is_err());
+    assert!(unshown_is_none(failed(rustix::io::Errno::IO)).is_err());
+    assert_eq!(
+        unshown_is_none(Ok("ib0".into())).unwrap().as_deref(),
+        Some("ib0")
+    );
+}
+
+/// Needs root: bind-mounts the loopback's `speed` (the kernel answers EINVAL, as it does for
+/// `gid_attrs/ndevs/0` of an InfiniBand port) over the port's netdev attribute of a built tree.
+#[test]
+#[ignore = "needs root (bind mount)"]
+fn an_infiniband_port_without_a_netdev_is_no_error_needs_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let parent = "pci0000:00/0000:00:01.0/0000:01:00.0";
+    device(root, parent, "mlx5_0", 0, "InfiniBand");
+    let ndev = format!("sys/devices/{parent}/infiniband/mlx5_0/ports/1/gid_attrs/ndevs/0");
+    write(root, &ndev, "");
+    let target = root.join(&ndev);
+    let kernel = Path::new("/sys/class/net/lo/speed");
+    assert!(
+        fs::read(kernel).is_err_and(|e| e.raw_os_error() == Some(22)),
+        "lo/speed answers EINVAL"
+    );
+    rustix::mount::mount_bind(kernel, &target).expect("bind mount");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    let _unmount = Unmount(&target);
+    let (by, errors) = devices(root);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(by["mlx5_0"].netdevs.is_empty(), "{:?}", by["mlx5_0"]);
+    assert_eq!(by["mlx5_0"].ports[0].state.as_deref(), Some("ACTIVE"));
+}

@@ -109,7 +109,8 @@ pub struct Preparer {
 
 impl Preparer {
     /// Loads the checkpoint (a corrupt one is reported through `tracing` and replaced), rolls back
-    /// claims a crash left `Started`, and serves the devices of `inventory` (shared with the publisher,
+    /// claims a crash left `Started` (one whose rollback fails keeps its record, and is rolled back
+    /// at its next prepare or unprepare), and serves the devices of `inventory` (shared with the publisher,
     /// which refreshes it).
     pub fn new(
         config: PreparerConfig,
@@ -183,12 +184,21 @@ impl Preparer {
             .collect();
         for uid in &started {
             tracing::info!(claim = %uid, "rolling back a claim whose prepare was interrupted");
+            let Some(record) = claims.get(uid) else {
+                continue;
+            };
+            // One claim that cannot be rolled back now (a driver that refuses its function back)
+            // must not keep the plugin from starting: it keeps its record, and with it its devices
+            // and what to undo, and the rollback runs again at its next prepare or unprepare, or
+            // at the next start.
+            let undone = undo_record(&config, &kind, record);
+            if let Err(error) = undone.and_then(|()| Ok(config.checkpoint.remove(uid)?)) {
+                let kind = error.kind();
+                tracing::error!(claim = %uid, %error, ?kind,
+                    "rolling back failed; kept, and tried again when the claim is next prepared or unprepared");
+                continue;
+            }
             if let Some(record) = claims.remove(uid) {
-                undo_record(&config, &kind, &record).map_err(std::io::Error::other)?;
-                config
-                    .checkpoint
-                    .remove(uid)
-                    .map_err(std::io::Error::other)?;
                 for error in super::partitions::release(config.binder.as_ref(), &claims, &record) {
                     tracing::warn!(claim = %uid, %error, "GPU partitions not released");
                 }

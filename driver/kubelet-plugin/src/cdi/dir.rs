@@ -116,7 +116,7 @@ impl CdiDir {
         let temp_prefix = format!(".{file_name}.");
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(io_error("read directory", &self.dir)(e)),
         };
         for entry in entries {
@@ -207,11 +207,21 @@ impl CdiDir {
     }
 }
 
+/// Removes `path`; a file that is not there (nor could be: a component is not a directory) is
+/// removed already.
 fn remove_if_present(path: &Path) -> Result<(), CdiError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", path)(e)),
+        Err(e) if !absent(&e) => Err(io_error("remove", path)(e)),
         _ => Ok(()),
     }
+}
+
+/// Whether an error says the path does not exist: `ENOENT`, or `ENOTDIR` (a component is a file).
+fn absent(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 /// Makes a rename or removal in `dir` durable.

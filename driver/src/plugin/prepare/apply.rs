@@ -206,16 +206,17 @@ impl Preparer {
     }
 
     /// Gives up a claim whose prepare failed after it was recorded as started: undoes what was done
-    /// and forgets it. When the checkpoint cannot be written, the started record stays (memory and
-    /// file agree) and is rolled back by the next prepare or restart. Returns `error`, with what
-    /// else failed.
+    /// and forgets it. When the undo fails (a driver refuses its function back) or the checkpoint
+    /// cannot be written, the started record stays (memory and file agree): it is what says what
+    /// to undo, and the next prepare, unprepare or restart rolls it back. Returns `error`, with
+    /// what else failed.
     fn abandon(&self, record: &ClaimRecord, error: PrepareError) -> PrepareError {
         let mut also = Vec::new();
         self.remove_metadata(&record.claim.uid);
-        if let Err(e) = undo_record(&self.config, &self.kind, record) {
+        let undone = undo_record(&self.config, &self.kind, record);
+        if let Err(e) = undone {
             also.push(PrepareError::RollingBack(Box::new(e)));
-        }
-        if let Err(e) = self.drop_record(record) {
+        } else if let Err(e) = self.drop_record(record) {
             also.push(e);
         }
         match also.is_empty() {

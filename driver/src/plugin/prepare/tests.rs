@@ -764,6 +764,117 @@ async fn a_refused_bind_is_the_claims_error_and_nothing_stays_changed() {
     assert!(s.spec_files().is_empty());
 }
 
+#[tokio::test]
+async fn a_rollback_that_fails_keeps_the_record_so_the_undo_is_tried_again() {
+    let mut s = Setup::on("xeon");
+    // The bind fails, and so does the first try to give the function back to its driver.
+    let mut refusing = hal_mock::mocks::MockSriovPf::new();
+    refusing
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "no-such-driver")
+        .times(1)
+        .returning(|function, driver| {
+            Err(hal::Error::Unsupported(format!(
+                "{function}: {driver} did not bind"
+            )))
+        });
+    let restores = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = restores.clone();
+    refusing
+        .expect_bind_driver()
+        .withf(|function, driver| function.to_string() == "0000:3b:01.3" && driver == "iavf")
+        .times(2)
+        .returning(move |function, driver| {
+            match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(hal::Error::Unsupported(format!(
+                    "{function}: {driver} is busy"
+                ))),
+                _ => Ok(()),
+            }
+        });
+    s.binder = Arc::new(refusing);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-3")],
+        vf_config(Some("no-such-driver"), "net1"),
+    );
+    let preparer = s.preparer("boot-1");
+    let error = preparer.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("iavf is busy"), "{error}");
+    // The record is what says the function must go back to iavf: kept, in memory and on disk.
+    assert_eq!(
+        preparer.recorded().await,
+        BTreeMap::from([("u1".to_owned(), Phase::Started)])
+    );
+    assert!(s.checkpoint_path().join("u1.json").exists());
+    // The kubelet unprepares (or a restart rolls back): the undo runs again and succeeds.
+    let results = preparer.unprepare(vec![reference("u1")]).await;
+    assert_eq!(results["u1"], Ok(()));
+    assert_eq!(restores.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(preparer.recorded().await.is_empty());
+    assert!(!s.checkpoint_path().join("u1.json").exists());
+}
+
+#[tokio::test]
+async fn a_start_whose_rollback_fails_still_serves_and_rolls_back_at_the_next_unprepare() {
+    let mut s = Setup::on("xeon");
+    // The claim is bound to vfio-pci, then the plugin crashes; at the next start the function
+    // cannot be given back to iavf (busy), later it can.
+    let mut binder = hal_mock::mocks::MockSriovPf::new();
+    binder
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "vfio-pci")
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let restores = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = restores.clone();
+    binder
+        .expect_bind_driver()
+        .withf(|function, driver| function.to_string() == "0000:3b:01.2" && driver == "iavf")
+        .times(2)
+        .returning(move |function, driver| {
+            match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(hal::Error::Unsupported(format!(
+                    "{function}: {driver} is busy"
+                ))),
+                _ => Ok(()),
+            }
+        });
+    s.binder = Arc::new(binder);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-2")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    s.claims.add("u2", &[("vf", "nic-0000-3b-01-2")], json!([]));
+    let crashing = s.preparer("boot-1").with_faults(Arc::new(|at| match at {
+        Step::DevicesPrepared => Err("crash".into()),
+        _ => Ok(()),
+    }));
+    assert!(crashing.prepare(vec![reference("u1")]).await["u1"].is_err());
+    drop(crashing);
+    // The start does not fail on it: it serves, and the claim keeps its record and its device.
+    let restarted = s.preparer("boot-1");
+    assert_eq!(restores.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        restarted.recorded().await,
+        BTreeMap::from([("u1".to_owned(), Phase::Started)])
+    );
+    let taken = restarted.prepare(vec![reference("u2")]).await["u2"].clone();
+    assert!(
+        taken.is_err_and(|e| e.contains("u1")),
+        "the VF is still u1's"
+    );
+    assert_eq!(
+        restarted.unprepare(vec![reference("u1")]).await["u1"],
+        Ok(())
+    );
+    assert_eq!(restores.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(restarted.recorded().await.is_empty());
+}
+
 fn env_of(spec: &serde_json::Value) -> Vec<String> {
     spec["devices"][0]["containerEdits"]["env"]
         .as_array()

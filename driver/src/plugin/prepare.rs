@@ -324,13 +324,16 @@ impl Preparer {
                 tracing::warn!(claim = %uid, %error, "cleaning a stale claim failed");
             }
         }
-        let owned: Vec<String> = self.state().keys().cloned().collect();
         let orphans = match self.rebuilt {
             true => Vec::new(),
             false => self.config.cdi.list_claim_specs(&self.kind),
         };
         for uid in orphans {
-            if !owned.contains(&uid)
+            // Under the claim's lock: a prepare of it that runs meanwhile holds the lock from before
+            // its record goes into memory until its spec is written, so a spec is removed only
+            // when no record owns it and no prepare is writing it.
+            let _claim = self.locks.lock(&uid).await;
+            if !self.state().contains_key(&uid)
                 && let Err(error) = self.config.cdi.remove_claim_spec(&self.kind, &uid)
             {
                 tracing::warn!(claim = %uid, %error, "removing a stale CDI spec failed");

@@ -504,6 +504,34 @@ async fn stale_claims_and_specs_are_cleaned() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_is_not_cleaned_while_its_claim_is_being_prepared() {
+    let s = Setup::new();
+    s.claims
+        .add("u9", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let preparer = s.preparer("boot-1");
+    // A spec no record owns (left by an earlier run), and a prepare of that claim in flight: it
+    // holds the claim's lock from before its record goes into memory until its spec is written.
+    std::fs::create_dir_all(s.cdi_dir()).unwrap();
+    std::fs::write(s.cdi_dir().join("hal.dra.dev-device_u9.json"), "{}").unwrap();
+    let in_flight = preparer.locks.lock("u9").await;
+    let (cleaned, prepared) = tokio::join!(preparer.clean_stale(), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            s.spec_files(),
+            ["hal.dra.dev-device_u9.json"],
+            "not removed while the claim's prepare holds its lock"
+        );
+        let prepared = preparer.prepare_locked(reference("u9")).await;
+        drop(in_flight);
+        prepared
+    });
+    assert!(cleaned.is_empty());
+    assert!(prepared.is_ok(), "{prepared:?}");
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_u9.json"]);
+    assert_eq!(s.spec("u9")["devices"].as_array().map(Vec::len), Some(1));
+}
+
 #[tokio::test]
 async fn a_cdi_write_failure_is_a_clear_per_claim_error_and_nothing_is_left_half_done() {
     let s = Setup::new();

@@ -11,6 +11,10 @@
 //! A record file that is not a record (corrupt, truncated, oversized, of another claim, a directory)
 //! is moved aside (`<uid>.json.bad-*`, the newest [`files::KEEP_ASIDE`] kept per claim) and reported
 //! with its claim, never a crash loop. What one claim may store is bounded ([`MAX_CLAIM_BYTES`]).
+//! Before anything is moved aside (or when the directory is missing) a rebuild is marked in the
+//! directory (`.rebuild-pending`, synced): the driver rebuilds what was lost from elsewhere (its CDI
+//! specs), writes it, and calls [`Checkpoint::rebuild_done`]; a start that finds the mark knows an
+//! earlier rebuild did not finish (`Loaded::rebuild_interrupted`), though the moved file is gone.
 //!
 //! ```
 //! use dra_kubelet_plugin::checkpoint::{Checkpoint, Record};
@@ -54,6 +58,9 @@ pub const MAX_CLAIM_BYTES: usize = 256 * 1024;
 pub const MAX_FILE_BYTES: usize = MAX_CLAIM_BYTES + 256;
 /// The extension of record files.
 const RECORD_EXT: &str = ".json";
+/// The file that says a rebuild of records from elsewhere began and has not finished (hidden: not
+/// a record).
+const REBUILD_PENDING: &str = ".rebuild-pending";
 
 /// What the checkpoint needs from a driver's record of one claim.
 pub trait Record: Serialize + DeserializeOwned {
@@ -97,6 +104,10 @@ pub struct Loaded<R> {
     pub removed_temps: Vec<PathBuf>,
     /// There was no checkpoint at all: a new plugin directory, or one removed by hand.
     pub missing: bool,
+    /// A rebuild of records ([`Checkpoint::mark_rebuild`]) began at an earlier start and did not
+    /// finish (a crash, a full disk): the records it was to write may be missing, so every claim
+    /// the driver finds elsewhere (its CDI specs) and has no record of is one to rebuild.
+    pub rebuild_interrupted: bool,
     /// How many claims were moved from a checkpoint of a driver's earlier versions (set by the
     /// driver that migrates one).
     pub migrated: usize,
@@ -109,6 +120,7 @@ impl<R> Default for Loaded<R> {
             discarded: Vec::new(),
             removed_temps: Vec::new(),
             missing: false,
+            rebuild_interrupted: false,
             migrated: 0,
         }
     }
@@ -117,7 +129,7 @@ impl<R> Default for Loaded<R> {
 impl<R> Loaded<R> {
     /// Moves `path` aside as not a valid checkpoint (of the claim `uid`, or of the whole checkpoint)
     /// and reports it in [`Loaded::discarded`] with `why`.
-    pub fn discard(
+    fn discard(
         &mut self,
         uid: Option<String>,
         path: &Path,
@@ -251,6 +263,12 @@ impl<R: Record> Checkpoint<R> {
     /// is an empty checkpoint (`missing`); a record file that is not a valid record, or a directory
     /// path that is not a directory, is moved aside and reported in `discarded`. Only I/O failures
     /// (permissions, a failed rename) are errors.
+    ///
+    /// Whenever something is to be rebuilt (`missing`, `discarded`), a rebuild is marked
+    /// ([`Self::mark_rebuild`]) before anything is moved aside; the driver writes the records it
+    /// rebuilds, then calls [`Self::rebuild_done`]. A start that finds the mark (a crash or a full
+    /// disk came between) says so in `rebuild_interrupted`: the evidence of what was lost (the
+    /// moved file, the missing directory) is gone by then, the mark is not.
     pub fn load(&self) -> Result<Loaded<R>, CheckpointError> {
         let mut loaded = Loaded::default();
         let dir_exists = match fs::symlink_metadata(&self.dir) {
@@ -261,6 +279,8 @@ impl<R: Record> Checkpoint<R> {
                 } else {
                     "not a directory"
                 };
+                // Moved before it is marked: the mark lives in the directory. A crash between the
+                // two leaves no directory, which is a whole rebuild as well.
                 loaded.discard(None, &self.dir, what)?;
                 false
             }
@@ -269,9 +289,53 @@ impl<R: Record> Checkpoint<R> {
         };
         loaded.missing = !dir_exists && loaded.discarded.is_empty();
         if dir_exists {
+            loaded.rebuild_interrupted = fs::symlink_metadata(self.rebuild_mark()).is_ok();
             self.read_dir(&mut loaded)?;
+        } else {
+            self.mark_rebuild()?;
         }
         Ok(loaded)
+    }
+
+    fn rebuild_mark(&self) -> PathBuf {
+        self.dir.join(REBUILD_PENDING)
+    }
+
+    /// Marks, durably, that records are about to be rebuilt from elsewhere (creating the directory
+    /// if need be). [`Self::load`] does it before moving a record aside; a driver does it before
+    /// discarding a checkpoint of its own (a file of its earlier versions).
+    pub fn mark_rebuild(&self) -> Result<(), CheckpointError> {
+        let mark = self.rebuild_mark();
+        if fs::symlink_metadata(&mark).is_ok() {
+            return Ok(());
+        }
+        files::replace(&mark, b"", &|_| Ok(()), files::Durability::Synced)
+            .map_err(|e| io_at(e.step.action(), &mark)(e.source))
+    }
+
+    /// Says the rebuild is over: every record it was to write is written. Removes the mark of
+    /// [`Self::mark_rebuild`], if any.
+    pub fn rebuild_done(&self) -> Result<(), CheckpointError> {
+        let mark = self.rebuild_mark();
+        match fs::remove_file(&mark) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_at("remove", &mark)(e)),
+        }
+    }
+
+    /// Moves `path` aside as not a valid checkpoint (of the claim `uid`, or of the whole
+    /// checkpoint: a file of the driver's earlier versions) and reports it in `loaded`, after
+    /// marking a rebuild ([`Self::mark_rebuild`]).
+    pub fn discard(
+        &self,
+        loaded: &mut Loaded<R>,
+        uid: Option<String>,
+        path: &Path,
+        why: &str,
+    ) -> Result<(), CheckpointError> {
+        self.mark_rebuild()?;
+        loaded.discard(uid, path, why)
     }
 
     fn read_dir(&self, loaded: &mut Loaded<R>) -> Result<(), CheckpointError> {
@@ -308,7 +372,7 @@ impl<R: Record> Checkpoint<R> {
                     loaded.claims.insert(uid, record);
                 }
                 Err(Unusable::Io(e)) => return Err(io_at("read", &path)(e)),
-                Err(Unusable::Bad(why)) => loaded.discard(Some(uid), &path, &why)?,
+                Err(Unusable::Bad(why)) => self.discard(loaded, Some(uid), &path, &why)?,
             }
         }
         Ok(())

@@ -180,7 +180,8 @@ impl CheckpointFile {
             legacy::Found::Missing => {}
             legacy::Found::Bad(why) => {
                 loaded.missing = false;
-                loaded.discard(None, &self.legacy, &why)?;
+                self.records
+                    .discard(&mut loaded, None, &self.legacy, &why)?;
             }
             legacy::Found::Claims(claims) => {
                 loaded.missing = false;
@@ -224,6 +225,7 @@ impl CheckpointFile {
             fs::remove_file(&self.legacy).map_err(io_at("remove", &self.legacy))?;
             checkpoint::sync_dir(files::parent_of(&self.legacy))?;
         } else {
+            self.records.mark_rebuild()?;
             let aside =
                 files::move_aside(&self.legacy).map_err(io_at("move aside", &self.legacy))?;
             for (uid, why) in unfit {

@@ -131,8 +131,17 @@ impl Preparer {
             tracing::warn!(reason = %bad.why, "checkpoint discarded; rebuilding from the CDI specs");
         }
         // A lost or unusable checkpoint: the specs on disk are claims this driver prepared, not
-        // orphans. The whole of it: every spec without a record; one claim's file: that claim.
-        let whole = loaded.missing || loaded.discarded.iter().any(|d| d.uid.is_none());
+        // orphans. The whole of it: every spec without a record; one claim's file: that claim. A
+        // rebuild that an earlier start began and did not finish: the files that said what was
+        // lost are gone, so every spec without a record.
+        if loaded.rebuild_interrupted {
+            tracing::warn!(dir = %config.checkpoint.path().display(),
+                "an earlier rebuild of the checkpoint did not finish; rebuilding every claim \
+                that has a CDI spec and no record");
+        }
+        let whole = loaded.missing
+            || loaded.rebuild_interrupted
+            || loaded.discarded.iter().any(|d| d.uid.is_none());
         let lost: Vec<&str> = loaded
             .discarded
             .iter()
@@ -152,7 +161,13 @@ impl Preparer {
             claims.insert(uid, record);
             rebuilt_any = true;
         }
-        let rebuilt = !loaded.discarded.is_empty() || loaded.missing && rebuilt_any;
+        config
+            .checkpoint
+            .rebuild_done()
+            .map_err(std::io::Error::other)?;
+        let rebuilt = !loaded.discarded.is_empty()
+            || loaded.rebuild_interrupted
+            || loaded.missing && rebuilt_any;
         // A reboot undid the device changes (driver bindings, the VFs of GPU partitions) of the
         // claims prepared in an earlier boot: their records would answer with devices that are not
         // there any more, and undoing them again could fail on VFs that are gone. They are forgotten,

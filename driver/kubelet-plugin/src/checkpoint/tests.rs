@@ -82,6 +82,8 @@ fn one_file_per_claim_round_trips_and_a_missing_directory_is_empty() {
     let checkpoint = TestCheckpoint::new(dir.path().join("sub/checkpoint"));
     let loaded = checkpoint.load().unwrap();
     assert!(loaded.claims.is_empty() && loaded.discarded.is_empty() && loaded.missing);
+    // Nothing to rebuild from: the rebuild is over at once.
+    checkpoint.rebuild_done().unwrap();
     let (a, b) = (record("a", "started"), record("b", "completed"));
     checkpoint.put(&a, Unsynced).unwrap();
     checkpoint.put(&b, Synced).unwrap();
@@ -94,6 +96,40 @@ fn one_file_per_claim_round_trips_and_a_missing_directory_is_empty() {
     checkpoint.remove("a").unwrap();
     assert_eq!(checkpoint.load().unwrap().claims, claims(&[&b]));
     assert_eq!(names_in(&dir.path().join("sub")), ["checkpoint"]);
+}
+
+/// The files that say what to rebuild (a record moved aside, a missing directory) are gone after the
+/// first load; the mark written before them says it until the driver's rebuild is done.
+#[test]
+fn a_rebuild_that_does_not_finish_is_reported_at_every_load_until_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = TestCheckpoint::new(dir.path().join("checkpoint"));
+    let first = checkpoint.load().unwrap();
+    assert!(first.missing && !first.rebuild_interrupted);
+    // The driver crashes (or its disk is full) before it wrote what it rebuilt.
+    let second = checkpoint.load().unwrap();
+    assert!(!second.missing && second.rebuild_interrupted);
+    checkpoint.rebuild_done().unwrap();
+    assert!(!checkpoint.load().unwrap().rebuild_interrupted);
+    assert!(names_in(checkpoint.path()).is_empty());
+
+    let (a, b) = (record("a", "completed"), record("b", "completed"));
+    checkpoint.put(&a, Synced).unwrap();
+    checkpoint.put(&b, Synced).unwrap();
+    fs::write(checkpoint.record_path("a"), "garbage").unwrap();
+    let first = checkpoint.load().unwrap();
+    assert_eq!(first.discarded.len(), 1);
+    assert!(!first.rebuild_interrupted);
+    let second = checkpoint.load().unwrap();
+    assert!(second.discarded.is_empty(), "the bad file is aside");
+    assert!(second.rebuild_interrupted, "but the rebuild is still owed");
+    assert_eq!(second.claims, claims(&[&b]));
+    checkpoint.put(&a, Synced).unwrap();
+    checkpoint.rebuild_done().unwrap();
+    checkpoint.rebuild_done().unwrap();
+    let done = checkpoint.load().unwrap();
+    assert!(!done.rebuild_interrupted && done.discarded.is_empty());
+    assert_eq!(done.claims, claims(&[&a, &b]));
 }
 
 #[test]

@@ -151,6 +151,52 @@ async fn a_corrupt_record_keeps_every_cdi_spec_and_rebuilds_its_claim_from_its_s
     assert_eq!(s.spec_files(), ["hal.dra.dev-device_a.json"]);
 }
 
+/// A start that rebuilds lost records from the CDI specs and stops before it wrote them (a full
+/// disk, a crash): the next start must still know those specs are claims, not orphans to delete.
+#[tokio::test]
+async fn a_rebuild_cut_short_is_finished_at_the_next_start_and_no_spec_is_lost() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("b", &[("nic", "rdma-0101-00-00-0")], json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before.prepare(vec![reference("a"), reference("b")]).await;
+    drop(before);
+    let both = ["hal.dra.dev-device_a.json", "hal.dra.dev-device_b.json"];
+    for lose in ["a corrupt record", "a removed directory"] {
+        match lose {
+            "a corrupt record" => {
+                std::fs::write(s.checkpoint_path().join("a.json"), "garbage").unwrap();
+            }
+            _ => std::fs::remove_dir_all(s.checkpoint_path()).unwrap(),
+        }
+        // The disk is full: the rebuilt records cannot be written, the start fails.
+        let mut config = s.config("boot-1", SliceConfig::new(NODE));
+        config.checkpoint = config
+            .checkpoint
+            .with_write_fault(Arc::new(|| Err(std::io::Error::from_raw_os_error(28))));
+        let failed = Preparer::new(config, s.claims.clone(), s.inventory.clone());
+        assert!(failed.is_err(), "{lose}");
+        // The next start rebuilds them, and cleaning deletes no spec.
+        let after = s.preparer("boot-1");
+        assert_eq!(
+            after.recorded().await.keys().collect::<Vec<_>>(),
+            ["a", "b"],
+            "{lose}"
+        );
+        assert!(after.clean_stale().await.is_empty(), "{lose}");
+        assert_eq!(s.spec_files(), both, "{lose}: no spec deleted as an orphan");
+        assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
+        drop(after);
+        // Finished: a start after that has nothing to rebuild.
+        let loaded = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+        assert!(
+            !loaded.rebuild_interrupted && loaded.discarded.is_empty(),
+            "{lose}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_directory_at_the_legacy_checkpoint_path_is_moved_aside_and_the_plugin_starts() {
     let s = Setup::new();

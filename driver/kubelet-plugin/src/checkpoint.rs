@@ -511,22 +511,22 @@ impl<R: Record> Checkpoint<R> {
     }
 }
 
-/// The claim UID of the record file `name`: `<uid>.json`, not hidden.
+/// The claim UID of the record file `name`: `<uid>.json`, a valid claim UID
+/// ([`crate::handler::check_claim_uid`]; hidden files and anything else are not records).
 fn record_uid(name: &str) -> Option<&str> {
     let uid = name.strip_suffix(RECORD_EXT)?;
-    (!uid.is_empty() && !name.starts_with('.')).then_some(uid)
+    crate::handler::check_claim_uid(uid).is_ok().then_some(uid)
 }
 
-/// A UID that is not a plain file name never names a file (claim references are checked before; this
-/// keeps a record of a rebuilt or hand-made claim inside the directory too).
+/// A UID that is not a valid claim UID never names a file (claim references are checked before;
+/// this keeps a record of a rebuilt or hand-made claim inside the directory too).
 fn check_uid(uid: &str, path: &Path) -> Result<(), CheckpointError> {
-    if uid.is_empty() || uid.starts_with('.') || uid.contains(['/', '\0']) {
-        return Err(io_at("name a record", path)(io::Error::new(
+    crate::handler::check_claim_uid(uid).map_err(|problem| {
+        io_at("name a record", path)(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("the claim UID {uid:?} is not a plain file name"),
-        )));
-    }
-    Ok(())
+            format!("the claim UID {uid:?} {problem}"),
+        ))
+    })
 }
 
 /// Fsyncs the directory `dir` (after a rename or a removal in it).

@@ -17,6 +17,28 @@ pub struct ClaimRef {
     pub name: String,
 }
 
+/// The most bytes a claim UID may have (the API server's UIDs are 36: a UUID).
+pub const MAX_CLAIM_UID_BYTES: usize = 128;
+
+/// Checks a claim UID before it names a file (a checkpoint record, a CDI spec) or a URL segment:
+/// 1 to [`MAX_CLAIM_UID_BYTES`] ASCII letters, digits, `-`, `_` or `.`, not starting with `.`
+/// and without `..`. The one check of the plugin; `Err` says what is wrong.
+pub fn check_claim_uid(uid: &str) -> Result<(), &'static str> {
+    if uid.is_empty() || uid.len() > MAX_CLAIM_UID_BYTES {
+        return Err("must have 1 to 128 bytes");
+    }
+    if !uid
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err("may only contain ASCII letters, digits, '_', '.' and '-'");
+    }
+    if uid.starts_with('.') || uid.contains("..") {
+        return Err("must not start with '.' or contain '..'");
+    }
+    Ok(())
+}
+
 /// One prepared device, as returned to the kubelet (`Device` of NodePrepareResourceResponse).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PreparedDevice {

@@ -9,7 +9,6 @@ use super::{CdiError, Spec};
 use crate::files::{Durability, Step, replace};
 
 /// The longest claim UID accepted in a file name (Kubernetes UIDs are 36-byte UUIDs).
-const MAX_CLAIM_UID_BYTES: usize = 128;
 /// The largest spec [`CdiDir::read_claim_spec`] reads.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
@@ -247,18 +246,6 @@ fn claim_file_name(kind: &str, claim_uid: &str) -> Result<String, CdiError> {
 }
 
 fn check_claim_uid(uid: &str) -> Result<(), CdiError> {
-    let bad = |problem: &str| Err(CdiError::invalid("claimUID", format!("{uid:?} {problem}")));
-    if uid.is_empty() || uid.len() > MAX_CLAIM_UID_BYTES {
-        return bad("must have 1 to 128 bytes");
-    }
-    if !uid
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        return bad("may only contain ASCII letters, digits, '_', '.' and '-'");
-    }
-    if uid.starts_with('.') || uid.contains("..") {
-        return bad("must not start with '.' or contain '..'");
-    }
-    Ok(())
+    crate::handler::check_claim_uid(uid)
+        .map_err(|problem| CdiError::invalid("claimUID", format!("{uid:?} {problem}")))
 }

@@ -376,3 +376,21 @@ fn an_import_of_nothing_touches_nothing() {
     assert!(checkpoint.import([]).unwrap().is_empty());
     assert!(names_in(dir.path()).is_empty());
 }
+
+proptest::proptest! {
+    /// One check of claim UIDs: a UID that names a record also names a CDI spec, and one refused
+    /// for either is refused for both, so a claim never gets a record but no spec (or the reverse).
+    #[test]
+    fn a_uid_names_a_record_exactly_when_it_names_a_cdi_spec(uid in "[a-z0-9._/-]{0,12}") {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = TestCheckpoint::new(dir.path().join("checkpoint"));
+        let cdi = crate::cdi::CdiDir::new(dir.path().join("cdi"));
+        let recorded = checkpoint.put(&record(&uid, "started"), Unsynced).is_ok();
+        let spec_named = cdi.claim_spec_path("example.com/device", &uid).is_ok();
+        proptest::prop_assert_eq!(recorded, spec_named, "{:?}", uid);
+        proptest::prop_assert_eq!(recorded, crate::handler::check_claim_uid(&uid).is_ok());
+        if recorded {
+            proptest::prop_assert!(checkpoint.load().unwrap().claims.contains_key(&uid));
+        }
+    }
+}

@@ -4,8 +4,9 @@ use super::ClaimError;
 use crate::plugin::api::ClaimRef;
 
 /// Checks a claim reference from the kubelet as the API server checks objects: the namespace a
-/// DNS-1123 label, the name a DNS-1123 subdomain, the UID 1 to 128 ASCII letters, digits, `-`, `_`
-/// or `.` (not starting with `.`). Names are then safe as URL path segments and file names.
+/// DNS-1123 label, the name a DNS-1123 subdomain, the UID as every file it names checks it
+/// ([`dra_kubelet_plugin::handler::check_claim_uid`]). Names are then safe as URL path segments
+/// and file names.
 pub fn check_claim_ref(claim: &ClaimRef) -> Result<(), ClaimError> {
     let invalid = |field, value: &str, problem| ClaimError::InvalidRef {
         field,
@@ -27,20 +28,8 @@ pub fn check_claim_ref(claim: &ClaimRef) -> Result<(), ClaimError> {
             "must be a DNS-1123 subdomain (at most 253 of a-z, 0-9, '-' and '.', each dot-separated part a DNS-1123 label)",
         ));
     }
-    let uid = &claim.uid;
-    let uid_ok = (1..=128).contains(&uid.len())
-        && !uid.starts_with('.')
-        && uid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !uid_ok {
-        return Err(invalid(
-            "uid",
-            uid,
-            "must be 1 to 128 ASCII letters, digits, '-', '_' or '.', not starting with '.'",
-        ));
-    }
-    Ok(())
+    dra_kubelet_plugin::handler::check_claim_uid(&claim.uid)
+        .map_err(|problem| invalid("uid", &claim.uid, problem))
 }
 
 /// A DNS-1123 label: 1 to 63 of `a-z`, `0-9`, `-`, starting and ending with a letter or digit.

@@ -38,6 +38,9 @@ async fn claim_references_that_are_not_kubernetes_names_are_refused_before_any_a
         ("", "claim-u1", "u1", "namespace"),
         ("ns", "claim-u1", "../u1", "uid"),
         ("ns", "claim-u1", "", "uid"),
+        // Refused by the CDI spec's file name check: refused here, before any record is written.
+        ("ns", "claim-u1", "u..1", "uid"),
+        ("ns", "claim-u1", ".u1", "uid"),
     ];
     for (namespace, name, uid, field) in cases {
         let claim = ClaimRef {

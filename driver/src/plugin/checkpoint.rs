@@ -76,6 +76,11 @@ pub struct ClaimRecord {
     /// sandbox start. Left out when empty, as `rt`, so records without it read and checksum as before.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub network: BTreeMap<String, crate::podnet::config::Checked>,
+    /// Devices the claim holds only with admin access (`adminAccess: true` on every result that
+    /// names them; KEP-5018): they are shared with the claim that uses the device. Left out when
+    /// empty, as `rt`. (A claim rebuilt from its spec holds every device as its own.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin: Vec<String>,
     /// Rebuilt from the claim's CDI spec after the checkpoint was lost: `devices` lack their
     /// requests and `undo` the original drivers, so a prepare asked again redoes the claim. Left out
     /// when false, as `rt`.

@@ -53,6 +53,7 @@ pub(super) fn record(pod_uid: &str, netdev: &str) -> ClaimRecord {
         rt: BTreeMap::new(),
         network: BTreeMap::new(),
         pods: vec![pod_uid.to_owned()],
+        admin: Vec::new(),
         recovered: false,
     }
 }

@@ -59,6 +59,7 @@ fn record(uid: &str, phase: Phase) -> ClaimRecord {
         network: BTreeMap::new(),
         pods: Vec::new(),
         cpus: BTreeMap::new(),
+        admin: Vec::new(),
         recovered: false,
     }
 }

@@ -121,6 +121,7 @@ impl Preparer {
                 rt,
                 pods: reserved_pods(resource_claim),
                 network: direct_configs(allocated, &sources)?,
+                admin: admin_only(allocated),
                 recovered: false,
             };
             self.config.checkpoint.check_claim(&record)?;
@@ -335,7 +336,8 @@ impl Preparer {
     }
 
     /// A device given exclusively must not be in another claim (the scheduler ensures it; a stale
-    /// checkpoint or a race with a re-created claim must not break it).
+    /// checkpoint or a race with a re-created claim must not break it), except where that claim
+    /// holds it with admin access only: admin access shares a device in use, in either order.
     fn check_exclusive(
         &self,
         state: &BTreeMap<String, ClaimRecord>,
@@ -353,7 +355,10 @@ impl Preparer {
             .map(|(a, _)| a);
         for a in exclusive {
             for (other, record) in state.iter().filter(|(other, _)| other.as_str() != uid) {
-                if record.devices.iter().any(|d| d.device_name == a.device) {
+                let held = |d: &PreparedDevice| {
+                    d.device_name == a.device && !record.admin.contains(&d.device_name)
+                };
+                if record.devices.iter().any(held) {
                     return Err(PrepareError::Held(format!(
                         "device {} is already prepared for claim {other}",
                         a.device
@@ -500,6 +505,14 @@ fn rebinds(
         if current.as_deref() == Some(driver.as_str()) {
             continue;
         }
+        if a.admin_access {
+            // Admin access shares a device another claim may be using: it must not change it.
+            return Err(PrepareError::InvalidConfig(format!(
+                "{}: a claim with admin access cannot bind {address} to {driver}; admin access \
+                 shares the device with the claim that uses it",
+                a.device
+            )));
+        }
         let vfs = inventory
             .sriov
             .iter()
@@ -518,4 +531,21 @@ fn rebinds(
         });
     }
     Ok(out)
+}
+
+/// The devices `allocated` gives with admin access only (every result naming them has it).
+fn admin_only(allocated: &[Allocated]) -> Vec<String> {
+    let mut admin: Vec<String> = allocated
+        .iter()
+        .filter(|a| a.admin_access)
+        .map(|a| a.device.clone())
+        .filter(|device| {
+            !allocated
+                .iter()
+                .any(|a| &a.device == device && !a.admin_access)
+        })
+        .collect();
+    admin.sort();
+    admin.dedup();
+    admin
 }

@@ -137,6 +137,7 @@ pub(super) fn record_from_spec(
         rt: BTreeMap::new(),
         network: BTreeMap::new(),
         pods: Vec::new(),
+        admin: Vec::new(),
         recovered: true,
     };
     (record, lost)

@@ -24,6 +24,59 @@ async fn a_share_id_on_a_device_not_published_as_shareable_gives_it_no_second_ow
     assert_eq!(s.spec_files(), ["hal.dra.dev-device_a.json"]);
 }
 
+fn gpu_with_admin_access(s: &Setup, uid: &str, admin: bool) {
+    let result = json!({"request": "gpu", "driver": DRIVER, "pool": NODE,
+                        "device": "gpu-0008-06-00-0", "adminAccess": admin});
+    s.claims.add_results(uid, vec![result], json!([]));
+}
+
+/// Admin access (KEP-5018: monitoring, diagnostics) shares a device in use: the scheduler allocates
+/// it beside the claim that uses it, in either order, and a restart keeps that.
+#[tokio::test]
+async fn admin_access_shares_a_device_in_either_order_and_gives_no_second_owner() {
+    let s = Setup::new();
+    gpu_with_admin_access(&s, "monitor", true);
+    gpu_with_admin_access(&s, "user", false);
+    gpu_with_admin_access(&s, "second-user", false);
+    gpu_with_admin_access(&s, "second-monitor", true);
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("monitor")]).await["monitor"].is_ok());
+    let user = preparer.prepare(vec![reference("user")]).await;
+    assert!(user["user"].is_ok(), "after an admin claim: {user:?}");
+    let second = preparer.prepare(vec![reference("second-monitor")]).await;
+    assert!(second["second-monitor"].is_ok(), "after a user: {second:?}");
+    drop(preparer);
+    let restarted = s.preparer("boot-1");
+    let refused = restarted.prepare(vec![reference("second-user")]).await;
+    assert_eq!(
+        refused["second-user"].clone().unwrap_err(),
+        "device gpu-0008-06-00-0 is already prepared for claim user"
+    );
+    // With the user gone, a second user may come even beside the admin claims.
+    assert!(restarted.unprepare(vec![reference("user")]).await["user"].is_ok());
+    let second_user = restarted.prepare(vec![reference("second-user")]).await;
+    assert!(second_user["second-user"].is_ok(), "{second_user:?}");
+}
+
+#[tokio::test]
+async fn a_claim_with_admin_access_cannot_rebind_the_device() {
+    let s = Setup::on("xeon");
+    let result = json!({"request": "vf", "driver": DRIVER, "pool": NODE,
+                        "device": "nic-0000-3b-01-2", "adminAccess": true});
+    s.claims
+        .add_results("admin", vec![result], vf_config(Some("vfio-pci"), "net1"));
+    let preparer = s.preparer("boot-1");
+    let error = preparer.prepare(vec![reference("admin")]).await["admin"]
+        .clone()
+        .unwrap_err();
+    assert!(
+        error.contains("admin access cannot bind 0000:3b:01.2 to vfio-pci"),
+        "{error}"
+    );
+    assert_eq!(s.driver_of("0000:3b:01.2").as_deref(), Some("iavf"));
+    assert!(preparer.recorded().await.is_empty());
+}
+
 #[tokio::test]
 async fn claim_references_that_are_not_kubernetes_names_are_refused_before_any_api_call() {
     let s = Setup::new();

@@ -83,9 +83,17 @@ pub(crate) fn read_functions(
         .iter()
         .filter_map(|name| Some((PciAddress::parse(name).ok()?, name)))
         .filter(|(address, name)| wanted(*address, &devices.join(name)))
-        .filter_map(|(address, _)| {
+        .filter_map(|(address, name)| {
             match read_function(tree, address, &slots, cpu_limit, &mut errors) {
                 Ok(function) => Some(function),
+                // Removed while this scan ran (hot unplug, VFs being destroyed): gone, not broken.
+                Err(_)
+                    if !tree
+                        .entry_names(&devices)
+                        .is_some_and(|now| now.contains(name)) =>
+                {
+                    None
+                }
                 Err(e) => {
                     errors.0.push((&e).into());
                     None
@@ -315,6 +323,28 @@ mod tests {
         )
         .unwrap();
         dir
+    }
+
+    /// A function removed between the listing and its reading (VFs destroyed by a
+    /// `sriov_numvfs` write during a scan) is left out without an error; one still listed whose
+    /// identity cannot be read stays an error.
+    #[test]
+    fn a_function_removed_during_the_scan_is_gone_not_an_error() {
+        let dir = tree();
+        let root = dir.path().to_path_buf();
+        let vf = "sys/devices/pci0000:3a/0000:3a:00.0/0000:3b:01.0";
+        let found = read_functions(&Tree::open(&SysfsRoot::new(&root)), |address, _| {
+            if address.to_string() == "0000:3b:01.0" {
+                fs::remove_dir_all(root.join(vf)).unwrap();
+                fs::remove_file(root.join("sys/bus/pci/devices/0000:3b:01.0")).unwrap();
+            }
+            true
+        });
+        let addresses: Vec<String> = found.items.iter().map(|f| f.address.to_string()).collect();
+        assert_eq!(addresses, ["0000:3b:00.0", "0101:00:00.0"]);
+        let paths: Vec<&str> = found.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths.len(), 1, "{:?}", found.errors);
+        assert!(paths[0].ends_with("0000:00:1f.0/vendor"), "{paths:?}");
     }
 
     #[test]

@@ -134,8 +134,11 @@ fn device_dir(tree: &Tree, entry: &Path, errors: &mut ErrorLog) -> PathBuf {
         .unwrap_or_else(|| entry.to_path_buf())
 }
 
-/// The PCI function the device belongs to and its directory (relative to the root): the last PCI
-/// function on the device's resolved path, else on its resolved `device` link.
+/// The PCI function the device belongs to and its directory (relative to the root): the PCI
+/// function the device's resolved path sits directly under (`<function>/infiniband/<name>`), else
+/// the one its resolved `device` link names. A device under an auxiliary device of a function
+/// (`<function>/mlx5_core.sf.2/infiniband/mlx5_2`: an mlx5 scalable function, with its own
+/// netdev and verbs nodes) is not that function's: it has none, as a software device.
 fn pci_function(
     tree: &Tree,
     entry: &Path,
@@ -143,10 +146,11 @@ fn pci_function(
     errors: &mut ErrorLog,
 ) -> Option<(PciAddress, PathBuf)> {
     if let Some(found) = last_pci_function(dir) {
-        return Some(found);
+        let depth = |p: &Path| p.components().count();
+        return (depth(dir) == depth(&found.1) + 2).then_some(found);
     }
     let resolved = errors.keep(tree.resolve_link(&entry.join("device")))?;
-    last_pci_function(&resolved)
+    last_pci_function(&resolved).filter(|(_, function)| *function == resolved)
 }
 
 /// The last PCI function on a path relative to the root, and the path up to and including it.

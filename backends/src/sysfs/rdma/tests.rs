@@ -180,6 +180,56 @@ fn matching_is_exact_and_soft_devices_have_no_pci_function() {
     assert_eq!(by["rxe0"].ports[0].link_layer, Some(LinkLayer::Ethernet));
 }
 
+/// An mlx5 scalable function (SF) is an auxiliary device on its PF with an RDMA device, netdev and
+/// verbs nodes of its own: they are not the PF's (the PF's NIC must not get the SF's uverbs).
+#[test]
+fn a_scalable_functions_rdma_device_is_not_its_pfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let pf = "pci0000:00/0000:00:01.0/0000:01:00.0";
+    device(root, pf, "mlx5_0", 0, "Ethernet");
+    device(
+        root,
+        &format!("{pf}/mlx5_core.sf.2"),
+        "mlx5_2",
+        2,
+        "Ethernet",
+    );
+    for netdev in ["net/ens1f0np0", "mlx5_core.sf.2/net/enp1s0f0s2"] {
+        fs::create_dir_all(root.join(format!("sys/devices/{pf}/{netdev}"))).unwrap();
+    }
+    let (by, errors) = devices(root);
+    assert!(errors.is_empty(), "{errors:?}");
+    let pf_address = Some(PciAddress::parse("0000:01:00.0").unwrap());
+    assert_eq!(by["mlx5_0"].pci_address, pf_address);
+    assert_eq!(by["mlx5_0"].netdevs, ["ens1f0np0"]);
+    assert_eq!(by["mlx5_2"].pci_address, None, "{:?}", by["mlx5_2"]);
+    assert!(
+        by["mlx5_2"].netdevs.is_empty(),
+        "{:?}",
+        by["mlx5_2"].netdevs
+    );
+    let sf_entry = root.join(CLASS).join("mlx5_2");
+    fs::remove_file(&sf_entry).unwrap();
+    fs::create_dir_all(&sf_entry).unwrap();
+    link(
+        root,
+        &format!("{CLASS}/mlx5_2/device"),
+        &format!("../../../devices/{pf}/mlx5_core.sf.2"),
+    );
+    let pf_entry = root.join(CLASS).join("mlx5_0");
+    fs::remove_file(&pf_entry).unwrap();
+    fs::create_dir_all(&pf_entry).unwrap();
+    link(
+        root,
+        &format!("{CLASS}/mlx5_0/device"),
+        &format!("../../../devices/{pf}"),
+    );
+    let (by, _) = devices(root);
+    assert_eq!(by["mlx5_0"].pci_address, pf_address);
+    assert_eq!(by["mlx5_2"].pci_address, None);
+}
+
 #[test]
 fn bad_values_are_errors_naming_the_file_and_the_rest_is_kept() {
     let dir = tempfile::tempdir().unwrap();

@@ -105,9 +105,10 @@ impl Preparer {
                 &mut spec,
                 &mut devices,
             )?;
-            let record = ClaimRecord {
+            let mut record = ClaimRecord {
                 claim: claim.clone(),
-                phase: Phase::Started,
+                // Checked for size as it is stored last (`completed` is longer than `started`).
+                phase: Phase::Completed,
                 boot_id: self.config.boot_id.clone(),
                 devices: devices.clone(),
                 cdi_spec: SpecJson::of(&spec).map_err(PrepareError::SpecJson)?,
@@ -125,6 +126,7 @@ impl Preparer {
                 recovered: false,
             };
             self.config.checkpoint.check_claim(&record)?;
+            record.phase = Phase::Started;
             let statuses = network_status(&self.config.slices, allocated, &sources);
             Ok::<_, PrepareError>(Planned {
                 record,

@@ -209,6 +209,55 @@ async fn a_directory_at_the_legacy_checkpoint_path_is_moved_aside_and_the_plugin
     assert!(s.checkpoint_path().join("a.json").is_file());
 }
 
+/// The size limit is checked once, before any write, on the record as it is stored last: a claim
+/// just over it never gets a `Started` record or a device change.
+#[tokio::test]
+async fn a_claim_at_the_size_limit_is_refused_before_anything_is_written() {
+    let s = Setup::new();
+    let steps = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    let preparer = s.preparer("boot-1").with_faults(Arc::new(move |step| {
+        seen.lock().unwrap().push(step);
+        Ok(())
+    }));
+    // One claim whose env variable is `len` bytes: prepared (then unprepared), or refused.
+    let attempt = |len: usize| {
+        let (s, preparer, steps) = (&s, &preparer, &steps);
+        async move {
+            let uid = format!("c{len}");
+            let env = json!({"BIG": "x".repeat(len)});
+            let config = json!([{"source": "FromClaim", "opaque": {"driver": DRIVER,
+                "parameters": {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": env}}}]);
+            s.claims.add(&uid, &[("gpu", "gpu-0008-06-00-0")], config);
+            steps.lock().unwrap().clear();
+            let result = preparer.prepare(vec![reference(&uid)]).await[&uid].clone();
+            let reached = steps.lock().unwrap().clone();
+            if result.is_ok() {
+                assert!(preparer.unprepare(vec![reference(&uid)]).await[&uid].is_ok());
+            }
+            (result, reached)
+        }
+    };
+    // The largest variable that fits, by bisection.
+    let max = crate::plugin::checkpoint::MAX_CLAIM_BYTES;
+    let (mut fits, mut too_big) = (0, max);
+    while too_big - fits > 1 {
+        let mid = (fits + too_big) / 2;
+        match attempt(mid).await.0 {
+            Ok(_) => fits = mid,
+            Err(_) => too_big = mid,
+        }
+    }
+    assert!(fits > max / 2, "{fits}");
+    for len in [fits + 1, fits + 2, fits + 3] {
+        let (result, reached) = attempt(len).await;
+        let error = result.unwrap_err();
+        assert!(error.contains("would store"), "{len}: {error}");
+        assert!(reached.is_empty(), "{len}: refused after {reached:?}");
+    }
+    assert!(s.spec_files().is_empty());
+}
+
 #[tokio::test]
 async fn an_oversized_claim_is_refused_at_prepare_and_other_claims_are_untouched() {
     let s = Setup::new();

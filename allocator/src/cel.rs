@@ -36,6 +36,62 @@ pub enum CompileError {
         "Forbidden: too complex, exceeds cost limit (estimated worst case {0} units, limit {MAX_COST}; the API server refuses it)"
     )]
     TooComplex(u64),
+    /// Longer than the API server allows (`CELSelectorExpressionMaxLength`).
+    #[error(
+        "Too long: may not be more than {MAX_LENGTH} bytes (it has {0}; the API server refuses it)"
+    )]
+    TooLong(usize),
+    /// More operators than [`MAX_OPERATORS`]: nested too deep to parse safely.
+    #[error(
+        "Too deep: more than {MAX_OPERATORS} operators, selections and brackets (it has {0}); \
+         CEL's parser refuses nesting past 250 levels"
+    )]
+    TooDeep(usize),
+}
+
+/// `resource.k8s.io/v1` `CELSelectorExpressionMaxLength`: 10 Ki.
+pub const MAX_LENGTH: usize = 10 * 1024;
+
+/// The most operator characters (`+ - * / % < > = ! & | ? : . [ ( {`) outside string literals an
+/// expression may have. kube-cel's parser, cost walk and evaluator recurse once per nesting level,
+/// and a chain of operators is nested as deep as it is long, so the length limit alone lets a
+/// 10 KiB chain (5,000 levels) overflow a thread's stack. cel-go's parser refuses more than 250
+/// levels; counting every operator is stricter than counting levels, and this bound leaves a
+/// selector far more than real ones use (tens).
+pub const MAX_OPERATORS: usize = 1000;
+
+/// The stack a thread needs to compile and evaluate any expression within [`MAX_LENGTH`] and
+/// [`MAX_OPERATORS`] (measured with a debug build, which needs the most; the default 2 MiB of a
+/// spawned thread holds about 200 levels there). Run [`crate::Allocator`] work on such a thread.
+pub const STACK_BYTES: usize = 64 << 20;
+
+/// The operator characters of `expression` outside its string and bytes literals (`"..."`,
+/// `'...'`, triple-quoted, raw or not).
+fn operator_count(expression: &str) -> usize {
+    let bytes = expression.as_bytes();
+    let (mut count, mut i) = (0, 0);
+    while let Some(&b) = bytes.get(i) {
+        if b == b'"' || b == b'\'' {
+            let raw = i > 0 && matches!(bytes.get(i - 1), Some(b'r' | b'R'));
+            let triple = bytes.get(i..i + 3) == Some(&[b, b, b][..]);
+            let quote_len = if triple { 3 } else { 1 };
+            i += quote_len;
+            while let Some(&c) = bytes.get(i) {
+                if c == b'\\' && !raw {
+                    i += 2;
+                } else if c == b && (!triple || bytes.get(i..i + 3) == Some(&[b, b, b][..])) {
+                    i += quote_len;
+                    break;
+                } else {
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        count += usize::from(b"+-*/%<>=!&|?:.[({".contains(&b));
+        i += 1;
+    }
+    count
 }
 
 /// What kind of [`CompileError`].
@@ -43,7 +99,8 @@ pub enum CompileError {
 pub enum CompileErrorKind {
     /// [`CompileError::Syntax`].
     Syntax,
-    /// [`CompileError::TooComplex`].
+    /// [`CompileError::TooComplex`], [`CompileError::TooLong`], [`CompileError::TooDeep`]: over
+    /// a limit.
     TooComplex,
 }
 
@@ -52,7 +109,9 @@ impl CompileError {
     pub fn kind(&self) -> CompileErrorKind {
         match self {
             CompileError::Syntax(_) => CompileErrorKind::Syntax,
-            CompileError::TooComplex(_) => CompileErrorKind::TooComplex,
+            CompileError::TooComplex(_) | CompileError::TooLong(_) | CompileError::TooDeep(_) => {
+                CompileErrorKind::TooComplex
+            }
         }
     }
 }
@@ -83,8 +142,21 @@ impl Cel {
         self.programs
             .entry(expression.to_owned())
             .or_insert_with(|| {
+                if expression.len() > MAX_LENGTH {
+                    return Err(CompileError::TooLong(expression.len()));
+                }
+                match operator_count(expression) {
+                    n if n > MAX_OPERATORS => return Err(CompileError::TooDeep(n)),
+                    _ => {}
+                }
                 let program = Program::compile(expression)
                     .map_err(|e| CompileError::Syntax(e.to_string()))?;
+                // Message construction (`Foo{}`) names a type the DRA environment does not
+                // declare (the API server refuses it); kube-cel cannot evaluate it.
+                if cost::constructs_message(program.expression()) {
+                    let why = "undeclared reference: DRA selectors have no message types";
+                    return Err(CompileError::Syntax(why.to_owned()));
+                }
                 match cost::estimate(program.expression()) {
                     cost if cost > MAX_COST => Err(CompileError::TooComplex(cost)),
                     _ => Ok(Rc::new(program)),
@@ -315,6 +387,65 @@ mod tests {
         let mut cel = Cel::new().unwrap();
         let error = cel.compile("device.attributes[").unwrap_err();
         assert_eq!(error.kind(), CompileErrorKind::Syntax);
+    }
+
+    #[test]
+    fn message_construction_is_refused_not_evaluated() {
+        // kube-cel's evaluator panics on it (`todo!`); the API server has no such type.
+        let mut cel = Cel::new().unwrap();
+        for expression in ["Foo{}", "device.driver == 'a' || [Foo{x: 1}].size() > 0"] {
+            let error = cel.compile(expression).unwrap_err();
+            assert_eq!(error.kind(), CompileErrorKind::Syntax, "{expression}");
+            assert!(error.to_string().contains("undeclared"), "{error}");
+        }
+    }
+
+    #[test]
+    fn expressions_over_the_length_limit_are_refused_before_parsing() {
+        let mut cel = Cel::new().unwrap();
+        let long = format!("device.driver == '{}'", "x".repeat(MAX_LENGTH));
+        let error = cel.compile(&long).unwrap_err();
+        assert_eq!(error, CompileError::TooLong(long.len()));
+        assert_eq!(error.kind(), CompileErrorKind::TooComplex);
+    }
+
+    /// The deepest expressions the limits let through compile and evaluate on a thread of
+    /// [`STACK_BYTES`]; one operator more is refused before parsing.
+    #[test]
+    fn the_deepest_expressions_within_the_limits_run_on_the_documented_stack() {
+        let terms = MAX_OPERATORS - 2;
+        let chain = format!("{}1 == 0", "1+".repeat(terms));
+        let dotted = format!("device{}.x == 1", ".a".repeat(terms - 2));
+        let nested = format!("{}true{}", "[".repeat(terms), "]".repeat(terms));
+        let calls = format!(
+            "{}'x'{}.size() > 0",
+            "string(".repeat(terms - 3),
+            ")".repeat(terms - 3)
+        );
+        for expression in [chain, dotted, nested, calls] {
+            let count = operator_count(&expression);
+            assert!(count <= MAX_OPERATORS, "{count}");
+            let deeper = format!("{expression} && 1 == 1 && 2 == 2");
+            std::thread::Builder::new()
+                .stack_size(STACK_BYTES)
+                .spawn(move || {
+                    let mut cel = Cel::new().unwrap();
+                    if let Ok(program) = cel.compile(&expression) {
+                        cel.eval(&program, &cel.device_value(&gpu(), &BTreeSet::new()));
+                    }
+                    let refused = cel.compile(&deeper).map(drop);
+                    assert!(
+                        matches!(refused, Err(CompileError::TooDeep(_))),
+                        "{refused:?}"
+                    );
+                })
+                .unwrap()
+                .join()
+                .expect("no stack overflow");
+        }
+        // String contents are not operators.
+        let quoted = r#"device.driver == "a.b+c" && 'x[y]' != r"\" && '''z.'''"#;
+        assert_eq!(operator_count(quoted), 9);
     }
 
     #[test]

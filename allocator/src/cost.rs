@@ -30,6 +30,31 @@ pub fn estimate(expression: &IdedExpr) -> u64 {
     cost(expression, &mut vec!["device".to_owned()])
 }
 
+/// Whether `expression` builds a message (`Foo{...}`) or holds an unspecified node anywhere.
+pub fn constructs_message(expression: &IdedExpr) -> bool {
+    fn any<'a>(exprs: impl IntoIterator<Item = &'a IdedExpr>) -> bool {
+        exprs.into_iter().any(constructs_message)
+    }
+    match &expression.expr {
+        Expr::Struct(_) | Expr::Unspecified => true,
+        Expr::Literal(_) | Expr::Ident(_) => false,
+        Expr::Select(select) => constructs_message(&select.operand),
+        Expr::Call(call) => any(call.target.as_deref().into_iter().chain(&call.args)),
+        Expr::List(list) => any(&list.elements),
+        Expr::Map(map) => map.entries.iter().any(|entry| match &entry.expr {
+            EntryExpr::MapEntry(m) => any([&m.key, &m.value]),
+            EntryExpr::StructField(f) => constructs_message(&f.value),
+        }),
+        Expr::Comprehension(c) => any([
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]),
+    }
+}
+
 /// Names bound to values read from the device: `device`, and the variables of comprehensions
 /// over such values.
 type Scope = Vec<String>;

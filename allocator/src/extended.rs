@@ -126,9 +126,11 @@ fn container_request(
         resource_name: resource.to_owned(),
         request_name: request.to_owned(),
     };
-    let mut sum = 0;
+    // Counts come from the pod (up to i64::MAX each): saturating, as no count is past 32 anyway.
+    let mut sum: i64 = 0;
     for request in reusable.iter().flatten() {
-        sum += request.exactly.as_ref().and_then(|e| e.count).unwrap_or(0);
+        let count = request.exactly.as_ref().and_then(|e| e.count).unwrap_or(0);
+        sum = sum.saturating_add(count.max(0));
         mappings.push(mapping(&request.name));
         if sum >= wanted {
             return (None, mappings);
@@ -143,7 +145,7 @@ fn container_request(
         exactly: Some(ExactDeviceRequest {
             device_class_name: class.to_owned(),
             allocation_mode: Some("ExactCount".into()),
-            count: Some(wanted - sum),
+            count: Some(wanted.saturating_sub(sum)),
             ..Default::default()
         }),
         first_available: None,

@@ -70,7 +70,7 @@ mod version;
 mod why;
 mod yaml;
 
-pub use cel::{CompileError, CompileErrorKind};
+pub use cel::{CompileError, CompileErrorKind, MAX_LENGTH, MAX_OPERATORS, STACK_BYTES};
 pub use explain::{ADMIN_ACCESS_LABEL, Allocator, DEFAULT_STEP_LIMIT};
 pub use extended::{CLASS_PREFIX, Implicit, implicit_claim};
 pub use gates::FeatureGates;

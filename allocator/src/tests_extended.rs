@@ -114,6 +114,24 @@ fn init_containers_share_the_largest_request() {
     );
 }
 
+// Counts as large as a quantity goes add up without overflowing (a debug build panicked).
+#[test]
+fn huge_counts_saturate_instead_of_overflowing() {
+    let max = i64::MAX;
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  initContainers:\n  - {{name: i, image: x, resources: {{limits: {{example.com/gpu: {max}}}}}}}\n  containers:\n  - {{name: a, image: x, resources: {{limits: {{example.com/gpu: 9000000000000000000}}}}}}\n  - {{name: b, image: x, resources: {{limits: {{example.com/gpu: 9000000000000000000}}}}}}\n"
+    );
+    let (requests, _, _) = implicit(&pod);
+    assert_eq!(
+        requests,
+        [
+            "container-1-request-0=gpu-classx9000000000000000000",
+            "container-2-request-0=gpu-classx9000000000000000000",
+        ],
+        "the init container's need is covered by the saturated sum"
+    );
+}
+
 // The implicit claim is explained like any other: three devices on a node of four, each request
 // named as the scheduler names it.
 #[test]

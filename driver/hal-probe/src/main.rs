@@ -243,7 +243,14 @@ fn run() -> anyhow::Result<ExitCode> {
         // `hal-probe --fixture gb300 explain ...` means the same as `hal-probe explain --fixture gb300 ...`.
         merge_machine(args.machine, &mut explain.machine)?;
         explain.format = explain.format.or(args.format);
-        return run_explain(explain);
+        // Selectors are parsed and evaluated recursively: on a thread with the stack the
+        // allocator needs for the deepest expression it accepts.
+        return std::thread::Builder::new()
+            .name("explain".into())
+            .stack_size(allocator::STACK_BYTES)
+            .spawn(move || run_explain(explain))?
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the explain thread panicked")));
     }
     if let Some(Command::Draw(mut draw)) = args.command {
         merge_machine(args.machine, &mut draw.machine)?;

@@ -606,3 +606,29 @@ fn a_selector_on_an_attribute_ethernet_nics_lack_fails_the_claim_on_xeon() {
     );
     assert!(why.contains("has()"), "{why}");
 }
+
+/// Selectors the API server refuses (message construction, which kube-cel cannot evaluate; a chain
+/// of operators nested too deep to parse on a thread's stack) fail their claim with why, never the
+/// process.
+#[test]
+fn hostile_selectors_fail_their_claim_not_the_process() {
+    let deep = format!("{}1 == 0", "1+".repeat(5000));
+    for (expression, why) in [
+        ("Foo{}", "undeclared reference"),
+        (deep.as_str(), "Too deep"),
+        ("1+1+1 == 3", ""),
+    ] {
+        let claims = temp_yaml(&format!(
+            "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: c, namespace: default}}\nspec:\n  devices:\n    requests:\n    - name: gpu\n      exactly:\n        deviceClassName: gpu.hal.dra.dev\n        selectors:\n        - cel: {{expression: '{expression}'}}\n"
+        ));
+        let (outcomes, code) = explain(&["--fixture", "gb300", claims.path().to_str().unwrap()]);
+        if why.is_empty() {
+            assert_eq!(code, Some(0), "{outcomes:#?}");
+            continue;
+        }
+        assert_eq!(outcomes[0]["status"], "error", "{outcomes:#?}");
+        let text = outcomes[0]["explanation"].to_string();
+        assert!(text.contains(why), "{why}: {text}");
+        assert_ne!(code, Some(101), "no panic");
+    }
+}

@@ -21,9 +21,49 @@ pub fn trim_kernel_text(text: &str) -> &str {
     text.trim_matches(|c: char| c.is_whitespace() || c == '\0')
 }
 
+/// The operator characters (`+ - * / % < > = ! & | ? : . [ ( {`) of the CEL expression `expression`
+/// outside its string and bytes literals (`"..."`, `'...'`, triple-quoted, raw or not): a bound on
+/// how deep its parse nests (a chain of operators nests as deep as it is long), checked before a
+/// recursive parser sees an expression from a claim or a flag.
+pub fn cel_operator_count(expression: &str) -> usize {
+    let bytes = expression.as_bytes();
+    let (mut count, mut i) = (0, 0);
+    while let Some(&b) = bytes.get(i) {
+        if b == b'"' || b == b'\'' {
+            let raw = i > 0 && matches!(bytes.get(i - 1), Some(b'r' | b'R'));
+            let triple = bytes.get(i..i + 3) == Some(&[b, b, b][..]);
+            let quote_len = if triple { 3 } else { 1 };
+            i += quote_len;
+            while let Some(&c) = bytes.get(i) {
+                if c == b'\\' && !raw {
+                    i += 2;
+                } else if c == b && (!triple || bytes.get(i..i + 3) == Some(&[b, b, b][..])) {
+                    i += quote_len;
+                    break;
+                } else {
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        count += usize::from(b"+-*/%<>=!&|?:.[({".contains(&b));
+        i += 1;
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cel_operators_are_counted_outside_string_literals() {
+        let quoted = r#"device.driver == "a.b+c" && 'x[y]' != r"\" && '''z.'''"#;
+        assert_eq!(cel_operator_count(quoted), 9);
+        assert_eq!(cel_operator_count(r#"a.b["c\"d"] == 'e\'f'"#), 4);
+        assert_eq!(cel_operator_count("1+2*3"), 2);
+        assert_eq!(cel_operator_count("'unterminated . + "), 0);
+    }
 
     #[test]
     fn kernel_text_loses_trailing_nuls_and_whitespace() {

@@ -45,6 +45,15 @@ impl FilterError {
     }
 }
 
+/// The longest filter: the API server's limit for a selector (10 KiB).
+pub const MAX_FILTER_LENGTH: usize = 10 * 1024;
+
+/// The most operators, selections and brackets a filter may have outside its strings
+/// ([`hal::text::cel_operator_count`]): kube-cel parses and evaluates recursively, a filter is
+/// evaluated on the runtime's threads (2 MiB of stack), and there a debug build overflows at about
+/// 60 levels (a release build holds far more). A filter of a few clauses uses 10 to 30.
+pub const MAX_FILTER_OPERATORS: usize = 40;
+
 /// A compiled `--device-filter`.
 pub struct DeviceFilter {
     root: Context<'static>,
@@ -54,8 +63,19 @@ pub struct DeviceFilter {
 }
 
 impl DeviceFilter {
-    /// Compiles `expression`.
+    /// Compiles `expression`; refused over [`MAX_FILTER_LENGTH`] or [`MAX_FILTER_OPERATORS`].
     pub fn new(expression: &str) -> Result<DeviceFilter, FilterError> {
+        if expression.len() > MAX_FILTER_LENGTH {
+            let why = format!("longer than {MAX_FILTER_LENGTH} bytes");
+            return Err(FilterError::Syntax(why));
+        }
+        let operators = hal::text::cel_operator_count(expression);
+        if operators > MAX_FILTER_OPERATORS {
+            let why = format!(
+                "{operators} operators, selections and brackets, more than {MAX_FILTER_OPERATORS}"
+            );
+            return Err(FilterError::Syntax(why));
+        }
         let compile = |s: &str| Program::compile(s).map_err(|e| FilterError::Syntax(e.to_string()));
         Ok(DeviceFilter {
             root: Context::default().with_all(),
@@ -121,7 +141,18 @@ impl DeviceFilter {
     pub fn selects(&self, device: &Device, driver: &str) -> Result<bool, FilterError> {
         let mut scope = self.root.new_inner_scope();
         scope.add_variable_from_value("device", self.value(device, driver));
-        match self.program.execute(&scope) {
+        // kube-cel panics on what it does not implement (message construction: `Foo{}`); that is
+        // this filter's error, not the plugin's end.
+        let executed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.program.execute(&scope)
+        }));
+        let Ok(executed) = executed else {
+            return Err(FilterError::Evaluation {
+                device: device.name.clone(),
+                message: "the CEL evaluator cannot run this expression".into(),
+            });
+        };
+        match executed {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(FilterError::Evaluation {
                 device: device.name.clone(),

@@ -152,6 +152,37 @@ fn device_filter_errors_have_a_kind_and_a_failing_device_is_withheld() {
     );
 }
 
+/// A filter kube-cel cannot run fails on each device instead of panicking; one nested deeper than
+/// a worker thread's stack holds is refused at start; the deepest accepted runs on 2 MiB.
+#[test]
+fn hostile_device_filters_are_errors_not_crashes() {
+    use super::filter::{MAX_FILTER_LENGTH, MAX_FILTER_OPERATORS};
+    let device = k8s_openapi::api::resource::v1::Device {
+        name: "d".into(),
+        ..Default::default()
+    };
+    let message = DeviceFilter::new("Foo{} == 1").unwrap();
+    let error = message.selects(&device, "x").unwrap_err();
+    assert_eq!(error.kind(), FilterErrorKind::Evaluation, "{error}");
+    for refused in [
+        format!("{}1 == 0", "1+".repeat(MAX_FILTER_OPERATORS)),
+        format!("device.driver == '{}'", "x".repeat(MAX_FILTER_LENGTH)),
+    ] {
+        let error = DeviceFilter::new(&refused).err().unwrap();
+        assert_eq!(error.kind(), FilterErrorKind::Syntax, "{error}");
+    }
+    let deepest = format!("{}1 == 0", "1+".repeat(MAX_FILTER_OPERATORS - 2));
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let filter = DeviceFilter::new(&deepest).unwrap();
+            assert_eq!(filter.selects(&device, "x"), Ok(false));
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+}
+
 #[test]
 fn network_config_is_validated_strictly_and_errors_name_the_field() {
     use super::config::NetworkConfig;

@@ -61,6 +61,7 @@ impl Preparer {
             shareable,
             attributes,
         } = self.resolve(allocated)?;
+        refuse_admin_takes(allocated)?;
         let mut state = self.state();
         self.check_exclusive(&state, &claim.uid, allocated, &shareable)?;
         let partitioned = {
@@ -536,7 +537,7 @@ fn rebinds(
 }
 
 /// The devices `allocated` gives with admin access only (every result naming them has it).
-fn admin_only(allocated: &[Allocated]) -> Vec<String> {
+pub(super) fn admin_only(allocated: &[Allocated]) -> Vec<String> {
     let mut admin: Vec<String> = allocated
         .iter()
         .filter(|a| a.admin_access)
@@ -550,4 +551,24 @@ fn admin_only(allocated: &[Allocated]) -> Vec<String> {
     admin.sort();
     admin.dedup();
     admin
+}
+
+/// Admin access shares a device with the claim that uses it: a claim with admin access may not take
+/// a network function's netdev into its pod (`netAttachDefName`, a `NetworkConfig`), which would take
+/// it from the other claim's pod. (Rebinding is refused in [`rebinds`].)
+fn refuse_admin_takes(allocated: &[Allocated]) -> Result<(), PrepareError> {
+    for a in allocated.iter().filter(|a| a.admin_access) {
+        let nad =
+            a.vf.as_ref()
+                .is_some_and(|v| v.net_attach_def_name.is_some());
+        if nad || a.network.is_some() {
+            return Err(PrepareError::InvalidConfig(format!(
+                "{}: a claim with admin access cannot attach the function's netdev to its pod \
+                 (netAttachDefName or NetworkConfig); admin access shares the device with the \
+                 claim that uses it",
+                a.device
+            )));
+        }
+    }
+    Ok(())
 }

@@ -191,6 +191,8 @@ pub(super) fn complete(
         device.cdi_device_ids.extend(mount_device(&a.request));
     }
     record.pods = reserved_pods(&claim);
+    // What the spec cannot tell: which devices it holds with admin access only.
+    record.admin = super::plan::admin_only(&allocated);
     // The direct-mode configs of its network functions (`nic-*`, `rdma-*` devices), as the first
     // prepare checked them.
     record.network = super::network::named_configs(

@@ -58,21 +58,54 @@ async fn admin_access_shares_a_device_in_either_order_and_gives_no_second_owner(
     assert!(second_user["second-user"].is_ok(), "{second_user:?}");
 }
 
+/// A claim with admin access whose record was lost is rebuilt from its spec, which cannot say
+/// admin access; asked again, it is completed from its ResourceClaim, admin access included.
 #[tokio::test]
-async fn a_claim_with_admin_access_cannot_rebind_the_device() {
+async fn a_rebuilt_admin_claim_gets_its_admin_access_back_when_asked_again() {
+    let s = Setup::new();
+    gpu_with_admin_access(&s, "monitor", true);
+    gpu_with_admin_access(&s, "user", false);
+    let before = s.preparer("boot-1");
+    assert!(before.prepare(vec![reference("monitor")]).await["monitor"].is_ok());
+    drop(before);
+    std::fs::write(s.checkpoint_path().join("monitor.json"), "garbage").unwrap();
+    let after = s.preparer("boot-1");
+    let refused = after.prepare(vec![reference("user")]).await;
+    assert!(
+        refused["user"].is_err(),
+        "rebuilt: the GPU is its own until asked again"
+    );
+    assert!(after.prepare(vec![reference("monitor")]).await["monitor"].is_ok());
+    let user = after.prepare(vec![reference("user")]).await;
+    assert!(user["user"].is_ok(), "{user:?}");
+}
+
+#[tokio::test]
+async fn a_claim_with_admin_access_cannot_rebind_the_device_or_take_its_netdev() {
     let s = Setup::on("xeon");
     let result = json!({"request": "vf", "driver": DRIVER, "pool": NODE,
                         "device": "nic-0000-3b-01-2", "adminAccess": true});
+    let rebind = json!([{"source": "FromClaim", "requests": ["vf"], "opaque": {"driver": DRIVER,
+        "parameters": {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", "driver": "vfio-pci"}}}]);
+    s.claims.add_results("rebind", vec![result.clone()], rebind);
     s.claims
-        .add_results("admin", vec![result], vf_config(Some("vfio-pci"), "net1"));
+        .add_results("attach", vec![result], vf_config(None, "net1"));
     let preparer = s.preparer("boot-1");
-    let error = preparer.prepare(vec![reference("admin")]).await["admin"]
-        .clone()
-        .unwrap_err();
-    assert!(
-        error.contains("admin access cannot bind 0000:3b:01.2 to vfio-pci"),
-        "{error}"
-    );
+    for (uid, why) in [
+        (
+            "rebind",
+            "admin access cannot bind 0000:3b:01.2 to vfio-pci",
+        ),
+        (
+            "attach",
+            "admin access cannot attach the function's netdev to its pod",
+        ),
+    ] {
+        let error = preparer.prepare(vec![reference(uid)]).await[uid]
+            .clone()
+            .unwrap_err();
+        assert!(error.contains(why), "{uid}: {error}");
+    }
     assert_eq!(s.driver_of("0000:3b:01.2").as_deref(), Some("iavf"));
     assert!(preparer.recorded().await.is_empty());
 }

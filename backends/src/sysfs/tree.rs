@@ -79,8 +79,8 @@ impl Tree {
         attr::missing_is_none(self.read_trimmed(path))
     }
 
-    /// [`attr::unshown_is_none`] of `path`, opened inside the root: for attributes the kernel
-    /// refuses to show for some objects (`EINVAL`, `ENODATA`).
+    /// Reads `path` inside the root; a missing file, or one the kernel refuses to show for this
+    /// object (`EINVAL`, `ENODATA`, as `gid_attrs/ndevs` does for unused GIDs), is `Ok(None)`.
     pub fn read_if_shown(&self, path: &Path) -> Result<Option<String>> {
         attr::unshown_is_none(self.read_trimmed(path))
     }

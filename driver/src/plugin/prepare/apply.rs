@@ -286,7 +286,8 @@ pub(super) fn cpu_claims_of(state: &BTreeMap<String, ClaimRecord>) -> BTreeMap<S
         .collect()
 }
 
-/// Gives back what a claim changed: the original driver of every rebound function, then the CDI spec.
+/// Gives back what a claim changed: the original driver of every rebound function that still
+/// exists, then the CDI spec.
 pub(super) fn undo_record(
     config: &PreparerConfig,
     kind: &str,
@@ -300,6 +301,12 @@ pub(super) fn undo_record(
             Some(original) => config.binder.bind_driver(rebind.function, original),
             None => Ok(()),
         };
+        // A function that is gone (its PF's VF count changed, the card was removed) has nothing
+        // to give back: a function that comes back is a new device, bound by the kernel's rules.
+        let result = result.or_else(|error| match error.kind() {
+            hal::ErrorKind::NotFound => Ok(()),
+            _ => Err(error),
+        });
         result.map_err(|source| PrepareError::Device {
             context: format!(
                 "restoring {} to its driver {:?}",

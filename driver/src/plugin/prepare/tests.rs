@@ -903,6 +903,45 @@ async fn a_start_whose_rollback_fails_still_serves_and_rolls_back_at_the_next_un
     assert!(restarted.recorded().await.is_empty());
 }
 
+#[tokio::test]
+async fn a_function_gone_from_the_machine_counts_as_given_back() {
+    let mut s = Setup::on("xeon");
+    // The claim rebinds the VF to vfio-pci; then the PF's VF count changes and the VF is gone,
+    // so giving it back to iavf finds no such function.
+    let mut binder = hal_mock::mocks::MockSriovPf::new();
+    binder
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "vfio-pci")
+        .times(1)
+        .returning(|_, _| Ok(()));
+    binder
+        .expect_bind_driver()
+        .withf(|function, driver| function.to_string() == "0000:3b:01.2" && driver == "iavf")
+        .times(1)
+        .returning(|function, _| {
+            Err(hal::Error::Io {
+                op: "find",
+                path: format!("sys/bus/pci/devices/{function}").into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        });
+    s.binder = Arc::new(binder);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-2")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(
+        preparer.unprepare(vec![reference("u1")]).await["u1"],
+        Ok(())
+    );
+    assert!(preparer.recorded().await.is_empty());
+    assert!(!s.checkpoint_path().join("u1.json").exists());
+    assert!(s.spec_files().is_empty());
+}
+
 fn env_of(spec: &serde_json::Value) -> Vec<String> {
     spec["devices"][0]["containerEdits"]["env"]
         .as_array()

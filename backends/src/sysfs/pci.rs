@@ -87,10 +87,9 @@ pub(crate) fn read_functions(
             match read_function(tree, address, &slots, cpu_limit, &mut errors) {
                 Ok(function) => Some(function),
                 // Removed while this scan ran (hot unplug, VFs being destroyed): gone, not broken.
+                // A directory that cannot be listed again proves nothing: the error stays.
                 Err(_)
-                    if !tree
-                        .entry_names(&devices)
-                        .is_some_and(|now| now.contains(name)) =>
+                    if matches!(tree.entry_names(&devices), Some(now) if !now.contains(name)) =>
                 {
                     None
                 }
@@ -345,6 +344,27 @@ mod tests {
         let paths: Vec<&str> = found.errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths.len(), 1, "{:?}", found.errors);
         assert!(paths[0].ends_with("0000:00:1f.0/vendor"), "{paths:?}");
+    }
+
+    /// When the device list itself cannot be read again, nothing proves a function was removed:
+    /// its read error stays.
+    #[test]
+    fn a_read_error_stays_when_the_device_list_cannot_be_read_again() {
+        let dir = tree();
+        let root = dir.path().to_path_buf();
+        let devices = root.join("sys/bus/pci/devices");
+        let found = read_functions(&Tree::open(&SysfsRoot::new(&root)), |_, _| {
+            if devices.exists() {
+                fs::rename(&devices, root.join("sys/bus/pci/moved")).unwrap();
+            }
+            true
+        });
+        assert!(found.items.is_empty(), "{:?}", found.items);
+        let failed: Vec<&str> = found.errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            failed.iter().any(|p| p.contains("0000:3b:01.0")),
+            "{failed:?}"
+        );
     }
 
     #[test]

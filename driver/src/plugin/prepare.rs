@@ -151,9 +151,12 @@ impl Preparer {
         let wanted = |uid: &str| !claims.contains_key(uid) && (whole || lost.contains(&uid));
         let recovered = match whole || !lost.is_empty() {
             true => recover::from_cdi_specs(&config, &kind, &wanted),
-            false => BTreeMap::new(),
+            false => recover::Rebuilt {
+                claims: BTreeMap::new(),
+                unreadable: 0,
+            },
         };
-        for (uid, record) in recovered {
+        for (uid, record) in recovered.claims {
             config
                 .checkpoint
                 .put(&record, Durability::Synced)
@@ -161,10 +164,20 @@ impl Preparer {
             claims.insert(uid, record);
             rebuilt_any = true;
         }
-        config
-            .checkpoint
-            .rebuild_done()
-            .map_err(std::io::Error::other)?;
+        // A spec that failed to read may be a claim's: the rebuild stays pending (its specs are
+        // not orphans) until a start reads every one.
+        match recovered.unreadable {
+            0 => config.checkpoint.rebuild_done(),
+            unreadable => {
+                tracing::warn!(
+                    specs = unreadable,
+                    "CDI specs could not be read; the rebuild \
+                    runs again at the next start, and no spec is removed as an orphan until then"
+                );
+                config.checkpoint.mark_rebuild()
+            }
+        }
+        .map_err(std::io::Error::other)?;
         let rebuilt = !loaded.discarded.is_empty()
             || loaded.rebuild_interrupted
             || loaded.missing && rebuilt_any;

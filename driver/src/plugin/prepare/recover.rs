@@ -9,21 +9,31 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 use super::PreparerConfig;
 use super::plan::reserved_pods;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
-use crate::plugin::cdi::{Spec, qualified_device};
+use crate::plugin::cdi::{CdiError, Spec, qualified_device};
 use crate::plugin::checkpoint::{ClaimRecord, Phase, SpecJson};
 use crate::plugin::claims::allocated_devices;
 
 /// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
 pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 
-/// A record for each readable spec of `kind` whose claim is `wanted`, marked `recovered`; specs that cannot be read are left
-/// on disk and reported.
+/// What [`from_cdi_specs`] rebuilt.
+pub(super) struct Rebuilt {
+    /// A record for each readable spec, by claim UID.
+    pub claims: BTreeMap<String, ClaimRecord>,
+    /// Wanted specs whose read failed on an I/O error (`EIO`, a full table of open files): they
+    /// may read at the next start, so the rebuild is not over.
+    pub unreadable: usize,
+}
+
+/// A record for each readable spec of `kind` whose claim is `wanted`, marked `recovered`; specs that
+/// cannot be read are left on disk and reported; those that failed on an I/O error are counted.
 pub(super) fn from_cdi_specs(
     config: &PreparerConfig,
     kind: &str,
     wanted: &dyn Fn(&str) -> bool,
-) -> BTreeMap<String, ClaimRecord> {
+) -> Rebuilt {
     let mut claims = BTreeMap::new();
+    let mut unreadable = 0;
     for uid in config.cdi.list_claim_specs(kind) {
         if !wanted(&uid) {
             continue;
@@ -31,6 +41,13 @@ pub(super) fn from_cdi_specs(
         let spec = match config.cdi.read_claim_spec(kind, &uid) {
             Ok(spec) => spec,
             Err(error) => {
+                // Removed since the listing: gone. Invalid JSON stays invalid: reading it again
+                // would not help.
+                if let CdiError::Io { source, .. } = &error
+                    && source.kind() != std::io::ErrorKind::NotFound
+                {
+                    unreadable += 1;
+                }
                 tracing::warn!(claim = %uid, %error, "a CDI spec could not be read; it is kept, its claim is not rebuilt");
                 continue;
             }
@@ -44,7 +61,7 @@ pub(super) fn from_cdi_specs(
         );
         claims.insert(uid, record);
     }
-    claims
+    Rebuilt { claims, unreadable }
 }
 
 /// The record a spec tells, and what it cannot tell.

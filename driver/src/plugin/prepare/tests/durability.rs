@@ -197,6 +197,49 @@ async fn a_rebuild_cut_short_is_finished_at_the_next_start_and_no_spec_is_lost()
     }
 }
 
+/// A spec that fails to read during a rebuild (EIO) may be a live claim's: the rebuild stays
+/// pending, so the next start, where it reads, rebuilds the claim instead of deleting its spec as
+/// an orphan. Needs root: `/proc/self/mem` bind-mounted over the spec answers EIO at offset 0.
+#[tokio::test]
+#[ignore = "needs root (bind mount)"]
+async fn an_unreadable_spec_keeps_the_rebuild_pending_until_it_reads_needs_root() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("b", &[("nic", "rdma-0101-00-00-0")], json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before.prepare(vec![reference("a"), reference("b")]).await;
+    drop(before);
+    let both = ["hal.dra.dev-device_a.json", "hal.dra.dev-device_b.json"];
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+    let spec = s.cdi_dir().join(both[0]);
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    rustix::mount::mount_bind("/proc/self/mem", &spec).expect("bind mount");
+    let unmount = Unmount(&spec);
+    let first = s.preparer("boot-1");
+    assert_eq!(first.recorded().await.keys().collect::<Vec<_>>(), ["b"]);
+    assert!(first.clean_stale().await.is_empty());
+    drop(first);
+    drop(unmount);
+    // The spec reads again: the next start rebuilds its claim and deletes no spec.
+    let after = s.preparer("boot-1");
+    assert_eq!(
+        after.recorded().await.keys().collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert!(after.clean_stale().await.is_empty());
+    assert_eq!(s.spec_files(), both, "no spec deleted as an orphan");
+    assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
+    drop(after);
+    let loaded = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert!(!loaded.rebuild_interrupted);
+}
+
 #[tokio::test]
 async fn a_directory_at_the_legacy_checkpoint_path_is_moved_aside_and_the_plugin_starts() {
     let s = Setup::new();

@@ -50,10 +50,12 @@ fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
 
 /// How every file the backends read is opened: without blocking. A FIFO put in place of an attribute
 /// would block `open(2)` (and then `read(2)`) until a writer came; with `O_NONBLOCK` the open returns
-/// at once (and its read finds no data). On regular files `O_NONBLOCK` changes nothing.
+/// at once (and its read finds no data). A terminal's node in its place (a tree unpacked as root can
+/// hold one) would become the controlling terminal of a reader that leads a session without one, and
+/// send it the terminal's hangups: `O_NOCTTY`. On regular files neither flag changes anything.
 pub(crate) fn read_flags() -> rustix::fs::OFlags {
     use rustix::fs::OFlags;
-    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC
+    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC
 }
 
 /// Opens `path` for reading without blocking and refuses anything that is not a regular file (a FIFO,

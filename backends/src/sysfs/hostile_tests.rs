@@ -103,6 +103,60 @@ fn fifos_in_place_of_attributes_are_error_entries_not_hangs() {
     );
 }
 
+/// A terminal's node in place of an attribute is refused without becoming the controlling
+/// terminal of a reader that leads a session without one (`O_NOCTTY`); otherwise the terminal's
+/// hangup would kill it (SIGHUP). The test runs itself again under `setsid(1)` as that reader.
+#[test]
+#[ignore = "needs root (bind mount) and setsid(1)"]
+fn a_terminal_in_place_of_an_attribute_does_not_become_the_controlling_terminal_needs_root() {
+    const CHILD: &str = "HAL_TEST_TERMINAL_ATTRIBUTE";
+    if let Some(vendor) = std::env::var_os(CHILD) {
+        // The child: a session leader without a controlling terminal.
+        let vendor = PathBuf::from(vendor);
+        let root = SysfsRoot::new("/");
+        let error = super::tree::Tree::open(&root)
+            .read_trimmed(&vendor)
+            .unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        let tty = fs::File::open("/dev/tty");
+        assert!(tty.is_err(), "the terminal became the reader's: {tty:?}");
+        return;
+    }
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let terminal = ptsname(&master, Vec::new()).unwrap();
+    let fixture = xeon();
+    let vendor = first_function(fixture.root()).join("vendor");
+    // Bound, not made with mknod: a pty's node opens only from its devpts.
+    rustix::mount::mount_bind(terminal.to_str().unwrap(), &vendor).expect("bind mount");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    let _unmount = Unmount(&vendor);
+    let name = "sysfs::hostile_tests::\
+        a_terminal_in_place_of_an_attribute_does_not_become_the_controlling_terminal_needs_root";
+    let child = std::process::Command::new("setsid")
+        .arg("--wait")
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--ignored", "--nocapture"])
+        .env(CHILD, &vendor)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert!(out.contains("1 passed"), "the child ran the test: {out}");
+    drop(master);
+}
+
 #[test]
 fn cpus_beyond_the_possible_ones_are_error_entries() {
     let fixture = xeon();

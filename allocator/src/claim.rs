@@ -10,6 +10,33 @@ use k8s_openapi::api::resource::v1::{
 
 use crate::quantity::Quantity;
 
+/// The API server's limits on a claim (`k8s.io/api/resource/v1/types.go`: `DeviceRequestsMaxSize`,
+/// `FirstAvailableDeviceRequestMaxSize`, `DeviceSelectorsMaxSize`, `DeviceConstraintsMaxSize`,
+/// `DeviceTolerationsMaxLength`); a constraint names at most `DeviceRequestsMaxSize` requests. A
+/// claim beyond them cannot exist, and bounding them bounds the search's work per step.
+pub mod limits {
+    /// Requests per claim, and requests named by one constraint.
+    pub const REQUESTS: usize = 32;
+    /// Sub-requests of one `firstAvailable`.
+    pub const FIRST_AVAILABLE: usize = 8;
+    /// Selectors of one request, sub-request or DeviceClass.
+    pub const SELECTORS: usize = 32;
+    /// Constraints per claim.
+    pub const CONSTRAINTS: usize = 32;
+    /// Tolerations of one request or sub-request.
+    pub const TOLERATIONS: usize = 16;
+}
+
+/// `field: Too many: n: must have at most max items`, the API server's words, when `n > max`.
+fn at_most(field: &str, n: usize, max: usize) -> Result<(), String> {
+    match n > max {
+        true => Err(format!(
+            "{field}: Too many: {n}: must have at most {max} items (the API server refuses it)"
+        )),
+        false => Ok(()),
+    }
+}
+
 /// How many devices an alternative wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -155,6 +182,17 @@ impl Claim {
         classes: &BTreeMap<String, DeviceClass>,
     ) -> Result<Claim, String> {
         let devices = spec.devices.as_ref();
+        let listed = |list: Option<usize>| list.unwrap_or(0);
+        at_most(
+            "spec.devices.requests",
+            listed(devices.and_then(|d| d.requests.as_ref()).map(Vec::len)),
+            limits::REQUESTS,
+        )?;
+        at_most(
+            "spec.devices.constraints",
+            listed(devices.and_then(|d| d.constraints.as_ref()).map(Vec::len)),
+            limits::CONSTRAINTS,
+        )?;
         let mut requests = Vec::new();
         for request in devices
             .and_then(|d| d.requests.as_ref())
@@ -162,6 +200,13 @@ impl Claim {
             .flatten()
         {
             let name = &request.name;
+            if let Some(subs) = &request.first_available {
+                at_most(
+                    &format!("request {name}: firstAvailable"),
+                    subs.len(),
+                    limits::FIRST_AVAILABLE,
+                )?;
+            }
             let alternatives = match (&request.exactly, &request.first_available) {
                 (Some(exact), None) => vec![alternative(
                     name.clone(),
@@ -230,6 +275,11 @@ impl Claim {
                 ));
             }
             let names: Vec<String> = c.requests.clone().unwrap_or_default();
+            at_most(
+                &format!("constraint #{number}: requests"),
+                names.len(),
+                limits::REQUESTS,
+            )?;
             for name in &names {
                 let known = requests
                     .iter()
@@ -270,6 +320,28 @@ fn alternative(
     let class = classes.get(class_name).ok_or_else(|| {
         format!("request {name}: DeviceClass {class_name:?} not found (give it with --class FILE)")
     })?;
+    let listed = |list: Option<usize>| list.unwrap_or(0);
+    at_most(
+        &format!("request {name}: selectors"),
+        listed(selectors.map(<[_]>::len)),
+        limits::SELECTORS,
+    )?;
+    at_most(
+        &format!("request {name}: tolerations"),
+        listed(tolerations.map(<[_]>::len)),
+        limits::TOLERATIONS,
+    )?;
+    at_most(
+        &format!("DeviceClass {class_name}: spec.selectors"),
+        listed(
+            class
+                .spec
+                .as_ref()
+                .and_then(|s| s.selectors.as_ref())
+                .map(Vec::len),
+        ),
+        limits::SELECTORS,
+    )?;
     let mut all = Vec::new();
     let class_selectors = class
         .spec

@@ -193,6 +193,44 @@ fn device_node(device: &k8s_openapi::api::resource::v1::Device) -> String {
     }
 }
 
+/// The API server's limits on a slice's devices (`k8s.io/api/resource/v1/types.go`:
+/// `ResourceSliceMaxDevices`, `ResourceSliceMaxDevicesWithTaintsOrConsumesCounters`, and 32
+/// attributes and capacities per device), broken by `devices`: what is wrong, or `None`.
+fn beyond_api_limits(devices: &[k8s_openapi::api::resource::v1::Device]) -> Option<String> {
+    const MAX_DEVICES: usize = 128;
+    const MAX_DEVICES_WITH_TAINTS_OR_COUNTERS: usize = 64;
+    const MAX_ATTRIBUTES_AND_CAPACITIES: usize = 32;
+    let taints_or_counters = devices.iter().any(|d| {
+        d.taints.as_ref().is_some_and(|t| !t.is_empty())
+            || d.consumes_counters.as_ref().is_some_and(|c| !c.is_empty())
+    });
+    let max = match taints_or_counters {
+        true => MAX_DEVICES_WITH_TAINTS_OR_COUNTERS,
+        false => MAX_DEVICES,
+    };
+    if devices.len() > max {
+        return Some(format!(
+            "{} devices, at most {max} allowed{}",
+            devices.len(),
+            if taints_or_counters {
+                " (some have taints or consume counters)"
+            } else {
+                ""
+            }
+        ));
+    }
+    devices.iter().find_map(|d| {
+        let n = d.attributes.as_ref().map_or(0, |a| a.len())
+            + d.capacity.as_ref().map_or(0, |c| c.len());
+        (n > MAX_ATTRIBUTES_AND_CAPACITIES).then(|| {
+            format!(
+                "device {}: {n} attributes and capacities, at most {MAX_ATTRIBUTES_AND_CAPACITIES} allowed",
+                d.name
+            )
+        })
+    })
+}
+
 /// Fully qualifies an attribute or capacity name with the driver's domain.
 pub fn qualify(driver: &str, name: &str) -> String {
     if name.contains('/') {
@@ -331,6 +369,13 @@ impl Pools {
             }
             for (i, slice) in slices.iter().enumerate() {
                 let devices = slice.spec.devices.as_deref().unwrap_or_default();
+                if let Some(refused) = beyond_api_limits(devices) {
+                    pools.warnings.push(format!(
+                        "slice {}: {refused}: the API server refuses such a slice, so it cannot exist: left out",
+                        slice.metadata.name.as_deref().unwrap_or("<no name>"),
+                    ));
+                    continue;
+                }
                 let has_counters = slice
                     .spec
                     .shared_counters

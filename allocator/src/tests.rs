@@ -413,6 +413,190 @@ fn invalid_claims_are_errors_that_say_what_is_wrong() {
     assert!(unknown_request.explanation[0].contains("no request named \"nope\""));
 }
 
+/// The API server's list limits: at the limit the claim is explained, one more is refused with
+/// the API server's words, before any search.
+#[test]
+fn claims_beyond_the_api_servers_list_limits_are_refused() {
+    use crate::claim::limits;
+    let requests = |n: usize| -> String {
+        (0..n)
+            .map(|i| request(&format!("r{i}"), "none", ""))
+            .collect()
+    };
+    let at = explain(&format!("    requests:\n{}", requests(limits::REQUESTS)));
+    assert_eq!(at.status, Status::Unsatisfiable, "{at:#?}");
+    let over = explain(&format!(
+        "    requests:\n{}",
+        requests(limits::REQUESTS + 1)
+    ));
+    assert_eq!(over.status, Status::Error, "{over:#?}");
+    assert!(
+        over.explanation[0].contains("spec.devices.requests: Too many: 33: must have at most 32"),
+        "{over:#?}"
+    );
+
+    let subs = |n: usize| -> String {
+        let subs: String = (0..n)
+            .map(|i| format!("      - {{name: s{i}, deviceClassName: example}}\n"))
+            .collect();
+        format!("    requests:\n    - name: x\n      firstAvailable:\n{subs}")
+    };
+    assert_eq!(
+        explain(&subs(limits::FIRST_AVAILABLE)).status,
+        Status::Allocated
+    );
+    let over = explain(&subs(limits::FIRST_AVAILABLE + 1));
+    assert!(
+        over.explanation[0].contains("request x: firstAvailable: Too many: 9"),
+        "{over:#?}"
+    );
+
+    let selectors = |n: usize| -> String {
+        let selectors = vec!["{cel: {expression: 'true'}}"; n].join(", ");
+        format!(
+            "    requests:\n    - name: x\n      exactly:\n        deviceClassName: example\n        selectors: [{selectors}]\n"
+        )
+    };
+    assert_eq!(
+        explain(&selectors(limits::SELECTORS)).status,
+        Status::Allocated
+    );
+    let over = explain(&selectors(limits::SELECTORS + 1));
+    assert!(
+        over.explanation[0].contains("request x: selectors: Too many: 33"),
+        "{over:#?}"
+    );
+
+    let constraints = |n: usize| -> String {
+        let constraint = "    - matchAttribute: example.com/numaNode\n";
+        format!(
+            "    requests:\n{}    constraints:\n{}",
+            request("gpu", "gpu", ""),
+            constraint.repeat(n)
+        )
+    };
+    assert_eq!(
+        explain(&constraints(limits::CONSTRAINTS)).status,
+        Status::Allocated
+    );
+    let over = explain(&constraints(limits::CONSTRAINTS + 1));
+    assert!(
+        over.explanation[0].contains("spec.devices.constraints: Too many: 33"),
+        "{over:#?}"
+    );
+
+    let named = |n: usize| -> String {
+        let names = vec!["gpu"; n].join(", ");
+        format!(
+            "    requests:\n{}    constraints:\n    - requests: [{names}]\n      matchAttribute: example.com/numaNode\n",
+            request("gpu", "gpu", "")
+        )
+    };
+    assert_eq!(explain(&named(limits::REQUESTS)).status, Status::Allocated);
+    let over = explain(&named(limits::REQUESTS + 1));
+    assert!(
+        over.explanation[0].contains("constraint #1: requests: Too many: 33"),
+        "{over:#?}"
+    );
+
+    let tolerations = |n: usize| -> String {
+        let toleration = "        - {key: example.com/unhealthy, operator: Exists}\n";
+        format!(
+            "    requests:\n    - name: x\n      exactly:\n        deviceClassName: example\n        tolerations:\n{}",
+            toleration.repeat(n)
+        )
+    };
+    assert_eq!(
+        explain(&tolerations(limits::TOLERATIONS)).status,
+        Status::Allocated
+    );
+    let over = explain(&tolerations(limits::TOLERATIONS + 1));
+    assert!(
+        over.explanation[0].contains("request x: tolerations: Too many: 17"),
+        "{over:#?}"
+    );
+}
+
+#[test]
+fn a_device_class_beyond_the_selector_limit_is_refused() {
+    let class = |n: usize| {
+        let selectors = vec!["{cel: {expression: 'true'}}"; n].join(", ");
+        format!(
+            "apiVersion: resource.k8s.io/v1\nkind: DeviceClass\nmetadata: {{name: wide}}\nspec:\n  selectors: [{selectors}]\n"
+        )
+    };
+    let claim = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c, namespace: ns}\nspec:\n  devices:\n    requests:\n    - name: x\n      exactly: {deviceClassName: wide}\n";
+    let outcome = |n: usize| {
+        let mut objects = Objects::default();
+        objects.add_text("node", NODE).unwrap();
+        objects.add_text("class", &class(n)).unwrap();
+        objects.add_text("claim", claim).unwrap();
+        let mut allocator =
+            Allocator::new(&objects.slices, objects.classes, &[], Some("node-a")).unwrap();
+        allocator.explain(&objects.claims[0])
+    };
+    assert_eq!(outcome(32).status, Status::Allocated);
+    let over = outcome(33);
+    assert!(
+        over.explanation[0].contains("DeviceClass wide: spec.selectors: Too many: 33"),
+        "{over:#?}"
+    );
+}
+
+/// Slices the API server would refuse (too many devices, too many attributes on one) cannot exist:
+/// their devices are left out with a warning; a slice at the limits is read.
+#[test]
+fn slices_beyond_the_api_servers_limits_are_left_out_with_a_warning() {
+    let slice = |name: &str, devices: usize, attributes: usize, tainted: bool| {
+        let attrs: Vec<String> = (0..attributes)
+            .map(|a| format!("a{a}: {{int: {a}}}"))
+            .collect();
+        let taints = match tainted {
+            true => "\n    taints: [{key: example.com/x, effect: NoSchedule}]",
+            false => "",
+        };
+        let devices: String = (0..devices)
+            .map(|d| {
+                format!(
+                    "  - name: {name}-{d}\n    attributes: {{{}}}{taints}\n",
+                    attrs.join(", ")
+                )
+            })
+            .collect();
+        format!(
+            "---\napiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {{name: {name}}}\nspec:\n  driver: big.example.com\n  nodeName: node-a\n  pool: {{name: {name}, generation: 1, resourceSliceCount: 1}}\n  devices:\n{devices}"
+        )
+    };
+    let text = [
+        slice("max", 128, 32, false),
+        slice("wide", 129, 1, false),
+        slice("tainted", 65, 1, true),
+        slice("rich", 1, 33, false),
+    ]
+    .concat();
+    let mut objects = Objects::default();
+    objects.add_text("slices", &text).unwrap();
+    let pools = crate::Pools::new(
+        &objects.slices,
+        Some("node-a"),
+        &[],
+        crate::KubernetesVersion::NEWEST,
+    );
+    assert_eq!(pools.devices.len(), 128, "only the slice at the limits");
+    assert!(pools.devices.iter().all(|d| d.name.starts_with("max-")));
+    for expected in [
+        "slice wide: 129 devices, at most 128 allowed",
+        "slice tainted: 65 devices, at most 64 allowed (some have taints or consume counters)",
+        "slice rich: device rich-0: 33 attributes and capacities, at most 32 allowed",
+    ] {
+        assert!(
+            pools.warnings.iter().any(|w| w.contains(expected)),
+            "{expected}: {:#?}",
+            pools.warnings
+        );
+    }
+}
+
 #[test]
 fn a_search_that_cannot_finish_says_so() {
     let mut objects = Objects::default();

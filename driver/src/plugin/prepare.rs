@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use futures_util::future::join_all;
 
+use k8s_openapi::api::resource::v1::ResourceClaim;
+
 use super::api::{ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults};
 use super::cdi::CdiDir;
 use super::checkpoint::files::Durability;
@@ -338,7 +340,9 @@ impl Preparer {
         let mut stale = Vec::new();
         for claim in recorded {
             match self.claims.get(&claim.namespace, &claim.name).await {
-                Ok(Some(found)) if found.metadata.uid.as_deref() == Some(claim.uid.as_str()) => {}
+                Ok(Some(found)) if found.metadata.uid.as_deref() == Some(claim.uid.as_str()) => {
+                    self.complete_rebuilt(&claim, found).await;
+                }
                 Ok(_) => stale.push(claim),
                 Err(error) => {
                     let kind = error.kind();
@@ -368,6 +372,27 @@ impl Preparer {
             }
         }
         uids
+    }
+
+    /// Completes a record rebuilt from its CDI spec with what its ResourceClaim says (the pods it
+    /// is reserved for: until then the NRI plugin lets any pod's containers use its CPUs), as its
+    /// next prepare would; the kubelet does not prepare a running pod's claims again after a
+    /// restart. A claim whose devices differ from the spec's is left for that prepare to redo.
+    async fn complete_rebuilt(&self, claim: &ClaimRef, found: ResourceClaim) {
+        let _claim = self.locks.lock(&claim.uid).await;
+        let record = self.state().get(&claim.uid).cloned();
+        let Some(record) = record.filter(|r| r.recovered && r.phase == Phase::Completed) else {
+            return;
+        };
+        let Some(completed) = recover::complete(record, claim, Some(found), &self.config) else {
+            return;
+        };
+        match apply::blocking(|| self.commit(Some(completed))) {
+            Ok(()) => tracing::info!(claim = %claim.uid, "claim rebuilt from its CDI spec \
+                completed from its ResourceClaim"),
+            Err(error) => tracing::warn!(claim = %claim.uid, %error,
+                "completing a claim rebuilt from its CDI spec failed; its next prepare does it"),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, BTreeMap<String, ClaimRecord>> {

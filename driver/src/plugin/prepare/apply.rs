@@ -171,7 +171,7 @@ impl Preparer {
     /// Writes `record`'s file (a completed record is fsynced, a started one is not: see
     /// [`crate::plugin::checkpoint`]), then sets it in memory. When the write fails memory keeps what
     /// it had, which is what the file still says.
-    fn commit(&self, record: Option<ClaimRecord>) -> Result<(), PrepareError> {
+    pub(super) fn commit(&self, record: Option<ClaimRecord>) -> Result<(), PrepareError> {
         let Some(record) = record else {
             return Ok(());
         };

@@ -373,6 +373,41 @@ async fn claims_rebuilt_from_their_specs_keep_their_cpus_and_new_claims_get_othe
     );
 }
 
+/// The kubelet does not prepare a running pod's claims again after a plugin restart: a claim
+/// rebuilt from its spec is completed from its ResourceClaim at the start's cleaning, so its CPUs
+/// are again its own pods' only.
+#[tokio::test]
+async fn a_rebuilt_claim_is_completed_from_its_resource_claim_without_a_prepare() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    let before = s.preparer("boot-1");
+    assert!(before.prepare(vec![reference("a")]).await["a"].is_ok());
+    let pods = CheckpointFile::new(s.checkpoint_path())
+        .load()
+        .unwrap()
+        .claims["a"]
+        .pods
+        .clone();
+    assert!(!pods.is_empty());
+    drop(before);
+    std::fs::write(s.checkpoint_path().join("a.json"), "garbage").unwrap();
+
+    let after = s.preparer("boot-1");
+    let rebuilt = &CheckpointFile::new(s.checkpoint_path())
+        .load()
+        .unwrap()
+        .claims["a"];
+    assert!(rebuilt.recovered && rebuilt.pods.is_empty(), "{rebuilt:?}");
+    assert!(after.clean_stale().await.is_empty());
+    let completed = &CheckpointFile::new(s.checkpoint_path())
+        .load()
+        .unwrap()
+        .claims["a"];
+    assert!(!completed.recovered, "{completed:?}");
+    assert_eq!(completed.pods, pods);
+    assert_eq!(after.cpu_claims().borrow()["a"].pods, pods);
+}
+
 #[tokio::test]
 async fn a_missing_checkpoint_is_rebuilt_from_the_specs_and_only_deleted_claims_are_cleaned() {
     let s = Setup::new();

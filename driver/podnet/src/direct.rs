@@ -207,6 +207,26 @@ fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::n
     }
 }
 
+/// The netdev of `saved` among its pod's `links`: the one with its MAC, preferring the one under
+/// its pod name. The pod may have renamed it, and made another netdev under its name: moving that one
+/// to the host would hand the pod's own netdev to the host, so a link under the pod name with another
+/// MAC is not it (logged). Without a recorded MAC (records of earlier versions), by name.
+fn find_in_pod(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
+    if saved.mac.is_empty() {
+        return links.into_iter().find(|l| l.name == saved.pod_name);
+    }
+    let (ours, others): (Vec<_>, Vec<_>) = links.into_iter().partition(|l| l.mac == saved.mac);
+    if let Some(named) = others.iter().find(|l| l.name == saved.pod_name) {
+        tracing::warn!(pod_name = %saved.pod_name, mac = %named.mac, expected = %saved.mac,
+            "the pod's interface of that name has another MAC: not moved to the host");
+    }
+    match ours.iter().position(|l| l.name == saved.pod_name) {
+        Some(i) => ours.into_iter().nth(i),
+        None if ours.len() == 1 => ours.into_iter().next(),
+        None => None,
+    }
+}
+
 /// Moves the netdev of `saved` back from its pod into `home`, under its host name, with its MTU and
 /// state (and its RDMA device, when it was moved). A namespace already gone, or a netdev no longer in it, is looked for on the host (a physical
 /// function returns there when its namespace is destroyed).
@@ -220,7 +240,7 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
         }
     }
     let in_pod = match Rtnl::open_in(&saved.netns) {
-        Ok(mut pod) => pod.link(&saved.pod_name)?.map(|link| (pod, link)),
+        Ok(mut pod) => find_in_pod(pod.links()?, saved).map(|link| (pod, link)),
         Err(e) if e.kind() == NetErrorKind::Namespace => None,
         Err(e) => return Err(e),
     };
@@ -301,6 +321,56 @@ mod tests {
             netns: PathBuf::from("/run/netns/gone"),
             rdma: None,
         }
+    }
+
+    #[test]
+    fn the_netdev_in_the_pod_is_found_by_its_mac_not_by_its_name_alone() {
+        let found = |links: Vec<Link>, saved: &Saved| find_in_pod(links, saved).map(|l| l.index);
+        let ours = saved();
+        // Under its pod name with its MAC.
+        assert_eq!(
+            found(
+                vec![link(1, "lo", ""), link(4, "net1", "02:00:00:00:00:03")],
+                &ours
+            ),
+            Some(4)
+        );
+        // The pod renamed it and made its own net1: the pod's net1 stays, ours is found.
+        assert_eq!(
+            found(
+                vec![
+                    link(5, "net1", "02:00:00:00:00:09"),
+                    link(4, "renamed", "02:00:00:00:00:03")
+                ],
+                &ours
+            ),
+            Some(4)
+        );
+        // Only another netdev under its name: not ours, never moved to the host.
+        assert_eq!(
+            found(vec![link(5, "net1", "02:00:00:00:00:09")], &ours),
+            None
+        );
+        // Two with its MAC, neither under its name: not guessed.
+        assert_eq!(
+            found(
+                vec![
+                    link(4, "a", "02:00:00:00:00:03"),
+                    link(6, "b", "02:00:00:00:00:03")
+                ],
+                &ours
+            ),
+            None
+        );
+        // A record without a MAC (earlier versions): by name.
+        let unknown = Saved {
+            mac: String::new(),
+            ..saved()
+        };
+        assert_eq!(
+            found(vec![link(5, "net1", "02:00:00:00:00:09")], &unknown),
+            Some(5)
+        );
     }
 
     #[test]

@@ -153,3 +153,28 @@ fn a_failed_attach_moves_the_interface_back_needs_root() {
     assert_eq!(no_ns.kind(), crate::error::NetErrorKind::Namespace);
     assert!(home.link("vf3").is_some());
 }
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn a_pod_that_renames_its_netdev_and_makes_another_net1_keeps_its_own_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf4", "vf4peer");
+    let attached = attach(&home.path(), "vf4", &pod.path(), &demo_config()).unwrap();
+    // The pod (NET_ADMIN) renames the function and makes a netdev of its own under its name.
+    sh(&["-n", &pod.0, "link", "set", "net1", "down"]);
+    sh(&["-n", &pod.0, "link", "set", "net1", "name", "moved"]);
+    sh(&[
+        "-n", &pod.0, "link", "add", "net1", "type", "veth", "peer", "name", "net1peer",
+    ]);
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Home
+    );
+    // The function is home under its name; the pod's own netdev stayed in the pod.
+    let back = home.link("vf4").expect("vf4 home");
+    assert_eq!(back["address"], attached.saved.mac.as_str());
+    assert!(pod.link("net1").is_some(), "the pod's own net1 stayed");
+    assert!(pod.link("moved").is_none());
+    assert!(home.link("net1").is_none());
+}

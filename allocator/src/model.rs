@@ -310,6 +310,15 @@ impl Pools {
                     continue;
                 }
             }
+            // A slice the API server refuses cannot exist: its pool lacks it (and is then
+            // incomplete, as it would be in the cluster).
+            if let Some(refused) = beyond_api_limits(spec.devices.as_deref().unwrap_or_default()) {
+                pools.warnings.push(format!(
+                    "slice {}: {refused}: the API server refuses such a slice, so it cannot exist: left out",
+                    slice.metadata.name.as_deref().unwrap_or("<no name>"),
+                ));
+                continue;
+            }
             let key = (spec.driver.clone(), spec.pool.name.clone());
             let entry = grouped.entry(key).or_default();
             match entry.first().map(|s| s.spec.pool.generation) {
@@ -369,13 +378,6 @@ impl Pools {
             }
             for (i, slice) in slices.iter().enumerate() {
                 let devices = slice.spec.devices.as_deref().unwrap_or_default();
-                if let Some(refused) = beyond_api_limits(devices) {
-                    pools.warnings.push(format!(
-                        "slice {}: {refused}: the API server refuses such a slice, so it cannot exist: left out",
-                        slice.metadata.name.as_deref().unwrap_or("<no name>"),
-                    ));
-                    continue;
-                }
                 let has_counters = slice
                     .spec
                     .shared_counters

@@ -569,6 +569,11 @@ fn slices_beyond_the_api_servers_limits_are_left_out_with_a_warning() {
     };
     let text = [
         slice("max", 128, 32, false),
+        // A pool of two slices, one refused: the pool is incomplete, its devices not allocatable.
+        slice("half-a", 1, 1, false).replace("resourceSliceCount: 1", "resourceSliceCount: 2"),
+        slice("half-b", 1, 33, false)
+            .replace("resourceSliceCount: 1", "resourceSliceCount: 2")
+            .replace("{name: half-b, generation", "{name: half-a, generation"),
         slice("wide", 129, 1, false),
         slice("tainted", 65, 1, true),
         slice("rich", 1, 33, false),
@@ -582,12 +587,27 @@ fn slices_beyond_the_api_servers_limits_are_left_out_with_a_warning() {
         &[],
         crate::KubernetesVersion::NEWEST,
     );
-    assert_eq!(pools.devices.len(), 128, "only the slice at the limits");
-    assert!(pools.devices.iter().all(|d| d.name.starts_with("max-")));
+    let complete: Vec<&str> = pools
+        .devices
+        .iter()
+        .filter(|d| !d.incomplete_pool)
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(complete.len(), 128, "only the slice at the limits");
+    assert!(complete.iter().all(|d| d.starts_with("max-")));
+    let halves: Vec<(&str, bool)> = pools
+        .devices
+        .iter()
+        .filter(|d| d.name.starts_with("half-"))
+        .map(|d| (d.name.as_str(), d.incomplete_pool))
+        .collect();
+    assert_eq!(halves, [("half-a-0", true)]);
     for expected in [
         "slice wide: 129 devices, at most 128 allowed",
         "slice tainted: 65 devices, at most 64 allowed (some have taints or consume counters)",
         "slice rich: device rich-0: 33 attributes and capacities, at most 32 allowed",
+        "slice half-b: device half-b-0: 33 attributes and capacities",
+        "pool big.example.com/half-a: 1 of 2 slices present",
     ] {
         assert!(
             pools.warnings.iter().any(|w| w.contains(expected)),

@@ -179,11 +179,17 @@ impl SriovPf for SysfsSriov {
         }
         let tree = Tree::open(&self.root);
         let dir = self.dir(function);
-        if !tree.exists(&dir) {
+        // NotFound naming the function's own directory: the function is gone (callers undoing a
+        // rebind rely on it). Any other failure to look is that failure.
+        let found = tree.try_exists(&dir).and_then(|found| match found {
+            true => Ok(()),
+            false => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        });
+        if let Err(source) = found {
             return Err(Error::Io {
                 op: "find",
                 path: dir,
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                source,
             });
         }
         if tree.link_name(&dir.join("driver")).as_deref() == Some(driver) {

@@ -151,6 +151,21 @@ impl Tree {
         self.open_with(path, OFlags::PATH, false).is_ok()
     }
 
+    /// [`Tree::exists`] that tells a missing `path` (`Ok(false)`) from a failed look-up (no file
+    /// descriptors left, a root that could not be opened): the error.
+    pub fn try_exists(&self, path: &Path) -> io::Result<bool> {
+        if let Err(errno) = &self.dir {
+            let root = self.root().display();
+            let error = io::Error::from_raw_os_error(*errno);
+            return Err(io::Error::other(format!("the root {root}: {error}")));
+        }
+        match self.open_with(path, OFlags::PATH, false) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The text of the link `path`, or `None` when it is not a link (or missing, or cannot be looked
     /// up). One look: an `O_PATH | O_NOFOLLOW` open inside the root (the link's own directory cannot
     /// be outside it) and `readlinkat` of that descriptor, which fails on anything but a link.

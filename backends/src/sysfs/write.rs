@@ -37,8 +37,9 @@ impl Default for FileWriter {
 impl AttributeWriter for FileWriter {
     fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
         let root = RootDir::open(&self.root)?;
-        // Truncated only once it is known to be an attribute (below), not by `O_TRUNC`.
-        let flags = OFlags::WRONLY | OFlags::NONBLOCK;
+        // Truncated only once it is known to be an attribute (below), not by `O_TRUNC`. A terminal
+        // in its place must not become the writer's controlling terminal: `O_NOCTTY`.
+        let flags = OFlags::WRONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
         let fd = root
             .open_file(path, flags)
             .map_err(|e| match e.raw_os_error() {
@@ -97,6 +98,28 @@ mod tests {
             .unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         assert!(!dir.path().join("nope").exists());
+    }
+
+    /// A function that is not there is NotFound naming its own directory (what undoing a rebind
+    /// takes as "gone"); a root that cannot be opened is not a function gone.
+    #[test]
+    fn binding_a_missing_function_names_its_directory_and_a_missing_root_is_another_error() {
+        use hal::{PciAddress, SriovPf};
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("sys/bus/pci/devices")).unwrap();
+        let address = PciAddress::parse("0000:3b:01.0").unwrap();
+        let sriov = crate::SysfsSriov::new(crate::SysfsRoot::new(tmp.path()));
+        let err = sriov.bind_driver(address, "iavf").unwrap_err();
+        assert_eq!(err.kind(), hal::ErrorKind::NotFound, "{err}");
+        let hal::Error::Io { path, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(path.file_name().unwrap(), "0000:3b:01.0");
+
+        let nowhere = crate::SysfsSriov::new(crate::SysfsRoot::new(tmp.path().join("nope")));
+        let err = nowhere.bind_driver(address, "iavf").unwrap_err();
+        assert_ne!(err.kind(), hal::ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]

@@ -180,9 +180,12 @@ impl Preparer {
             }
         }
         .map_err(std::io::Error::other)?;
+        // Specs no record owns are then kept, not cleaned as orphans, until a start without a
+        // rebuild: a spec that could not be read may be a claim's too.
         let rebuilt = !loaded.discarded.is_empty()
             || loaded.rebuild_interrupted
-            || loaded.missing && rebuilt_any;
+            || loaded.missing && rebuilt_any
+            || recovered.unreadable > 0;
         // A reboot undid the device changes (driver bindings, the VFs of GPU partitions) of the
         // claims prepared in an earlier boot: their records would answer with devices that are not
         // there any more, and undoing them again could fail on VFs that are gone. They are forgotten,
@@ -377,11 +380,16 @@ impl Preparer {
     /// Completes a record rebuilt from its CDI spec with what its ResourceClaim says (the pods it
     /// is reserved for: until then the NRI plugin lets any pod's containers use its CPUs), as its
     /// next prepare would; the kubelet does not prepare a running pod's claims again after a
-    /// restart. A claim whose devices differ from the spec's is left for that prepare to redo.
+    /// restart. A claim whose devices differ from the spec's is left for that prepare to redo, and so
+    /// is one whose ResourceClaim could not be read at start (logged by [`Preparer::clean_stale`]).
     async fn complete_rebuilt(&self, claim: &ClaimRef, found: ResourceClaim) {
+        let rebuilt = |r: &ClaimRecord| r.recovered && r.phase == Phase::Completed;
+        if !self.state().get(&claim.uid).is_some_and(rebuilt) {
+            return;
+        }
         let _claim = self.locks.lock(&claim.uid).await;
         let record = self.state().get(&claim.uid).cloned();
-        let Some(record) = record.filter(|r| r.recovered && r.phase == Phase::Completed) else {
+        let Some(record) = record.filter(rebuilt) else {
             return;
         };
         let Some(completed) = recover::complete(record, claim, Some(found), &self.config) else {

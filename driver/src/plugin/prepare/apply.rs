@@ -303,8 +303,16 @@ pub(super) fn undo_record(
         };
         // A function that is gone (its PF's VF count changed, the card was removed) has nothing
         // to give back: a function that comes back is a new device, bound by the kernel's rules.
-        let result = result.or_else(|error| match error.kind() {
-            hal::ErrorKind::NotFound => Ok(()),
+        // Gone is NotFound naming the function's own directory; a file of it missing (its driver
+        // unbound meanwhile) is a failure, tried again.
+        let function = rebind.function.to_string();
+        let result = result.or_else(|error| match &error {
+            hal::Error::Io { path, source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && path.file_name() == Some(std::ffi::OsStr::new(&function)) =>
+            {
+                Ok(())
+            }
             _ => Err(error),
         });
         result.map_err(|source| PrepareError::Device {

@@ -20,8 +20,8 @@ pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 pub(super) struct Rebuilt {
     /// A record for each readable spec, by claim UID.
     pub claims: BTreeMap<String, ClaimRecord>,
-    /// Wanted specs whose read failed on an I/O error (`EIO`, a full table of open files): they
-    /// may read at the next start, so the rebuild is not over.
+    /// Wanted specs whose read failed on an error a later start may not meet (`may_read_later`):
+    /// the rebuild is not over.
     pub unreadable: usize,
 }
 
@@ -41,10 +41,11 @@ pub(super) fn from_cdi_specs(
         let spec = match config.cdi.read_claim_spec(kind, &uid) {
             Ok(spec) => spec,
             Err(error) => {
-                // Removed since the listing: gone. Invalid JSON stays invalid: reading it again
-                // would not help.
+                // A read that may succeed later (a disk error, no memory or file descriptors
+                // left). Not a spec removed since the listing, nor invalid JSON, nor a link in its
+                // place: reading those again would not help.
                 if let CdiError::Io { source, .. } = &error
-                    && source.kind() != std::io::ErrorKind::NotFound
+                    && may_read_later(source)
                 {
                     unreadable += 1;
                 }
@@ -62,6 +63,24 @@ pub(super) fn from_cdi_specs(
         claims.insert(uid, record);
     }
     Rebuilt { claims, unreadable }
+}
+
+/// Whether a failed read of a spec is one a later start may not meet: `EIO`, `ENOMEM`, `EMFILE`,
+/// `ENFILE`, `EAGAIN`, `EINTR`, `ENOBUFS`.
+fn may_read_later(error: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let transient = [
+        Errno::IO,
+        Errno::NOMEM,
+        Errno::MFILE,
+        Errno::NFILE,
+        Errno::AGAIN,
+        Errno::INTR,
+        Errno::NOBUFS,
+    ];
+    error
+        .raw_os_error()
+        .is_some_and(|code| transient.iter().any(|e| e.raw_os_error() == code))
 }
 
 /// The record a spec tells, and what it cannot tell.

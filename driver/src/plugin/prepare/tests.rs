@@ -942,6 +942,41 @@ async fn a_function_gone_from_the_machine_counts_as_given_back() {
     assert!(s.spec_files().is_empty());
 }
 
+#[tokio::test]
+async fn a_file_of_the_function_missing_is_not_the_function_gone() {
+    let mut s = Setup::on("xeon");
+    // Giving the VF back finds its driver's `unbind` missing (the driver went away meanwhile): the
+    // function is still there, so the undo failed and its record is kept.
+    let mut binder = hal_mock::mocks::MockSriovPf::new();
+    binder
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "vfio-pci")
+        .times(1)
+        .returning(|_, _| Ok(()));
+    binder
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "iavf")
+        .times(1)
+        .returning(|function, _| {
+            Err(hal::Error::Io {
+                op: "write",
+                path: format!("sys/bus/pci/devices/{function}/driver/unbind").into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        });
+    s.binder = Arc::new(binder);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-2")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert!(preparer.unprepare(vec![reference("u1")]).await["u1"].is_err());
+    assert_eq!(preparer.recorded().await.keys().collect::<Vec<_>>(), ["u1"]);
+    assert!(s.checkpoint_path().join("u1.json").exists());
+}
+
 fn env_of(spec: &serde_json::Value) -> Vec<String> {
     spec["devices"][0]["containerEdits"]["env"]
         .as_array()

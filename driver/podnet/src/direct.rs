@@ -29,6 +29,11 @@ pub struct Saved {
     /// The function's RDMA device, moved with it when the kernel's RDMA netns mode is exclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma: Option<String>,
+    /// Its interface index on the host, which the kernel keeps when it moves a netdev to a namespace
+    /// where that index is free (a pod's new namespace): what tells it apart in the pod when the pod
+    /// renamed it or changed its MAC (a bond). `None` in the state of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<i32>,
 }
 
 /// A netdev now in a pod.
@@ -88,6 +93,7 @@ pub fn survey(
         pod_name: config.name.clone().unwrap_or_else(|| host_name.to_owned()),
         netns: netns.to_owned(),
         rdma: None,
+        index: Some(link.index),
     })
 }
 
@@ -186,7 +192,10 @@ fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, S
 /// when its namespace died, under its pod name with its MAC, or under a name the kernel chose
 /// (`dev<N>`, when its pod name was taken) as the one link with its MAC.
 fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
-    let ours = |l: &&crate::netlink::Link| saved.mac.is_empty() || l.mac == saved.mac;
+    // Its MAC, or its index (back under its host name, the MAC the pod gave it, a bond's).
+    let ours = |l: &&crate::netlink::Link| {
+        saved.mac.is_empty() || l.mac == saved.mac || Some(l.index) == saved.index
+    };
     if let Some(link) = links
         .iter()
         .filter(ours)
@@ -207,11 +216,21 @@ fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::n
     }
 }
 
-/// The netdev of `saved` among its pod's `links`: the one with its MAC, preferring the one under
-/// its pod name. The pod may have renamed it, and made another netdev under its name: moving that one
-/// to the host would hand the pod's own netdev to the host, so a link under the pod name with another
-/// MAC is not it (logged). Without a recorded MAC (records of earlier versions), by name.
+/// The netdev of `saved` among its pod's `links`. First the one at its index that still has its
+/// pod name or its MAC (the pod may have changed the other: a bond sets its MAC, a rename its name;
+/// two checks, as the kernel gives a moved netdev another index when its own is taken). Else the one
+/// with its MAC, preferring the one under its pod name: the pod may have renamed it and made another
+/// netdev under its name, and moving that one would hand the pod's own netdev to the host, so a
+/// link under the pod name with another MAC is not it (logged). Without a recorded MAC (the state of
+/// earlier versions), by name.
 fn find_in_pod(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
+    let same_mac = |l: &crate::netlink::Link| !saved.mac.is_empty() && l.mac == saved.mac;
+    if let Some(link) = links
+        .iter()
+        .find(|l| Some(l.index) == saved.index && (l.name == saved.pod_name || same_mac(l)))
+    {
+        return Some(link.clone());
+    }
     if saved.mac.is_empty() {
         return links.into_iter().find(|l| l.name == saved.pod_name);
     }
@@ -320,6 +339,7 @@ mod tests {
             pod_name: "net1".into(),
             netns: PathBuf::from("/run/netns/gone"),
             rdma: None,
+            index: Some(4),
         }
     }
 
@@ -355,16 +375,27 @@ mod tests {
         assert_eq!(
             found(
                 vec![
-                    link(4, "a", "02:00:00:00:00:03"),
+                    link(5, "a", "02:00:00:00:00:03"),
                     link(6, "b", "02:00:00:00:00:03")
                 ],
                 &ours
             ),
             None
         );
-        // A record without a MAC (earlier versions): by name.
+        // Its MAC changed in the pod (a bond's): its index and pod name tell it.
+        assert_eq!(
+            found(vec![link(4, "net1", "02:00:00:00:00:0b")], &ours),
+            Some(4)
+        );
+        // At its index, but neither its name nor its MAC (it got another index at the move): not it.
+        assert_eq!(
+            found(vec![link(4, "eth0", "02:00:00:00:00:0c")], &ours),
+            None
+        );
+        // A record without a MAC or index (earlier versions): by name.
         let unknown = Saved {
             mac: String::new(),
+            index: None,
             ..saved()
         };
         assert_eq!(

@@ -178,3 +178,30 @@ fn a_pod_that_renames_its_netdev_and_makes_another_net1_keeps_its_own_needs_root
     assert!(pod.link("moved").is_none());
     assert!(home.link("net1").is_none());
 }
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn a_netdev_whose_mac_the_pod_changed_is_still_moved_back_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf5", "vf5peer");
+    let attached = attach(&home.path(), "vf5", &pod.path(), &demo_config()).unwrap();
+    // A bond in the pod gives its slave the bond's MAC.
+    sh(&[
+        "-n",
+        &pod.0,
+        "link",
+        "set",
+        "net1",
+        "address",
+        "02:00:00:00:0b:0b",
+    ]);
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Home
+    );
+    assert!(pod.link("net1").is_none());
+    let back = home.link("vf5").expect("vf5 home");
+    assert_eq!(back["mtu"], 1500);
+    assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+}

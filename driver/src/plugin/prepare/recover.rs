@@ -34,7 +34,17 @@ pub(super) fn from_cdi_specs(
 ) -> Rebuilt {
     let mut claims = BTreeMap::new();
     let mut unreadable = 0;
-    for uid in config.cdi.list_claim_specs(kind) {
+    // A listing that failed on a transient error hides specs a later start finds: as unreadable.
+    let listed = config.cdi.try_list_claim_specs(kind).unwrap_or_else(|error| {
+        if let CdiError::Io { source, .. } = &error
+            && may_read_later(source)
+        {
+            unreadable += 1;
+        }
+        tracing::warn!(%error, "the CDI specs could not be listed; no claim is rebuilt from them");
+        Vec::new()
+    });
+    for uid in listed {
         if !wanted(&uid) {
             continue;
         }

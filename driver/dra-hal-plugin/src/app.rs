@@ -177,11 +177,20 @@ pub async fn run(
     let health_reports = Arc::new(health_reports);
     let mut tasks = tokio::task::JoinSet::new();
     {
+        // Until every recorded claim was checked: an API server that does not answer at start
+        // would otherwise leave deleted claims' devices held, and rebuilt claims' CPUs open to
+        // any pod, until the kubelet's next call for them.
         let handler = handler.clone();
+        let mut stopped = stopped.clone();
         tasks.spawn(async move {
-            let cleaned = handler.inner().clean_stale().await;
-            if !cleaned.is_empty() {
-                tracing::info!(claims = ?cleaned, "unprepared claims that no longer exist");
+            let (first, most) = (Duration::from_secs(1), Duration::from_secs(60));
+            tokio::select! {
+                cleaned = handler.inner().clean_stale_until_checked(first, most) => {
+                    if !cleaned.is_empty() {
+                        tracing::info!(claims = ?cleaned, "unprepared claims that no longer exist");
+                    }
+                }
+                _ = stopped.changed() => {}
             }
         });
     }

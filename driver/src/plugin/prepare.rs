@@ -85,6 +85,18 @@ pub struct Rebind {
     pub original: Option<String>,
 }
 
+/// What one [`Preparer::clean_stale`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// UIDs of the recorded claims unprepared because their ResourceClaim is gone (or re-created
+    /// with another UID).
+    pub unprepared: Vec<String>,
+    /// Recorded claims to check again: their ResourceClaim could not be read, their unprepare
+    /// failed (they are among `unprepared` too), or, for one rebuilt from its CDI spec, its
+    /// completed record could not be written.
+    pub unchecked: usize,
+}
+
 /// The DRA handler of the plugin.
 pub struct Preparer {
     config: PreparerConfig,
@@ -329,9 +341,34 @@ impl Preparer {
         )
     }
 
-    /// Unprepares the recorded claims that no longer exist (deleted, or re-created with another UID)
-    /// and removes CDI specs of this driver that no recorded claim owns. Returns the UIDs cleaned.
-    pub async fn clean_stale(&self) -> Vec<String> {
+    /// [`Preparer::clean_stale`] again, after `first`, then twice as long each time up to `most`,
+    /// until every recorded claim was checked against the API server (and each rebuilt one
+    /// completed). Returns the UIDs cleaned over all rounds. Never ends while the API server stays
+    /// unreachable: run it beside the plugin's other tasks.
+    pub async fn clean_stale_until_checked(
+        &self,
+        first: std::time::Duration,
+        most: std::time::Duration,
+    ) -> Vec<String> {
+        let mut cleaned = Vec::new();
+        let mut wait = first;
+        loop {
+            let round = self.clean_stale().await;
+            cleaned.extend(round.unprepared);
+            if round.unchecked == 0 {
+                return cleaned;
+            }
+            tracing::info!(claims = round.unchecked, retry_in = ?wait,
+                "some recorded claims could not be checked against the API server");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(most);
+        }
+    }
+
+    /// Unprepares the recorded claims that no longer exist (deleted, or re-created with another UID),
+    /// completes those rebuilt from their CDI specs, and removes CDI specs of this driver that no
+    /// recorded claim owns.
+    pub async fn clean_stale(&self) -> Cleaned {
         let recorded: Vec<ClaimRef> = self
             .state()
             .values()
@@ -341,21 +378,26 @@ impl Preparer {
             .filter(|c| !c.namespace.is_empty() && !c.name.is_empty())
             .collect();
         let mut stale = Vec::new();
+        let mut unchecked = 0;
         for claim in recorded {
             match self.claims.get(&claim.namespace, &claim.name).await {
                 Ok(Some(found)) if found.metadata.uid.as_deref() == Some(claim.uid.as_str()) => {
-                    self.complete_rebuilt(&claim, found).await;
+                    if !self.complete_rebuilt(&claim, found).await {
+                        unchecked += 1;
+                    }
                 }
                 Ok(_) => stale.push(claim),
                 Err(error) => {
+                    unchecked += 1;
                     let kind = error.kind();
                     tracing::warn!(%error, %kind, "cannot check whether a claim still exists");
                 }
             }
         }
-        let uids: Vec<String> = stale.iter().map(|c| c.uid.clone()).collect();
+        let unprepared: Vec<String> = stale.iter().map(|c| c.uid.clone()).collect();
         for (uid, result) in self.unprepare_claims(stale).await {
             if let Err(error) = result {
+                unchecked += 1;
                 tracing::warn!(claim = %uid, %error, "cleaning a stale claim failed");
             }
         }
@@ -374,32 +416,39 @@ impl Preparer {
                 tracing::warn!(claim = %uid, %error, "removing a stale CDI spec failed");
             }
         }
-        uids
+        Cleaned {
+            unprepared,
+            unchecked,
+        }
     }
 
     /// Completes a record rebuilt from its CDI spec with what its ResourceClaim says (the pods it
     /// is reserved for: until then the NRI plugin lets any pod's containers use its CPUs), as its
     /// next prepare would; the kubelet does not prepare a running pod's claims again after a
-    /// restart. A claim whose devices differ from the spec's is left for that prepare to redo, and so
-    /// is one whose ResourceClaim could not be read at start (logged by [`Preparer::clean_stale`]).
-    async fn complete_rebuilt(&self, claim: &ClaimRef, found: ResourceClaim) {
+    /// restart. A claim whose devices differ from the spec's is left for that prepare to redo.
+    /// False when the completed record could not be written.
+    async fn complete_rebuilt(&self, claim: &ClaimRef, found: ResourceClaim) -> bool {
         let rebuilt = |r: &ClaimRecord| r.recovered && r.phase == Phase::Completed;
         if !self.state().get(&claim.uid).is_some_and(rebuilt) {
-            return;
+            return true;
         }
         let _claim = self.locks.lock(&claim.uid).await;
         let record = self.state().get(&claim.uid).cloned();
         let Some(record) = record.filter(rebuilt) else {
-            return;
+            return true;
         };
         let Some(completed) = recover::complete(record, claim, Some(found), &self.config) else {
-            return;
+            return true;
         };
         match apply::blocking(|| self.commit(Some(completed))) {
-            Ok(()) => tracing::info!(claim = %claim.uid, "claim rebuilt from its CDI spec \
-                completed from its ResourceClaim"),
-            Err(error) => tracing::warn!(claim = %claim.uid, %error,
-                "completing a claim rebuilt from its CDI spec failed; its next prepare does it"),
+            Ok(()) => {
+                tracing::info!(claim = %claim.uid, "claim rebuilt from its CDI spec completed from its ResourceClaim");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(claim = %claim.uid, %error, "completing a claim rebuilt from its CDI spec failed");
+                false
+            }
         }
     }
 

@@ -12,11 +12,13 @@ use super::*;
 const DRIVER: &str = "hal.dra.dev";
 const NODE: &str = "node-1";
 
-/// Claims held in memory, as the API server would return them, and the device statuses written.
+/// Claims held in memory, as the API server would return them, the device statuses written, and
+/// how many of the next reads get no answer (a timeout).
 #[derive(Default)]
 struct Claims(
     Mutex<BTreeMap<String, ResourceClaim>>,
     Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
+    std::sync::atomic::AtomicUsize,
 );
 
 impl Claims {
@@ -62,6 +64,18 @@ impl ClaimSource for Claims {
         namespace: &str,
         name: &str,
     ) -> BoxFuture<'_, Result<Option<ResourceClaim>, super::ClaimReadError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .2
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let error = super::ClaimReadError::Timeout {
+                claim: format!("{namespace}/{name}"),
+                after: super::CALL_LIMIT,
+            };
+            return Box::pin(async move { Err(error) });
+        }
         let found = self
             .0
             .lock()
@@ -496,7 +510,7 @@ async fn stale_claims_and_specs_are_cleaned() {
         .await;
     s.claims.remove("gone");
     std::fs::write(s.cdi_dir().join("hal.dra.dev-device_orphan.json"), "{}").unwrap();
-    assert_eq!(preparer.clean_stale().await, ["gone"]);
+    assert_eq!(preparer.clean_stale().await.unprepared, ["gone"]);
     assert_eq!(s.spec_files(), ["hal.dra.dev-device_kept.json"]);
     assert_eq!(
         preparer.recorded().await.keys().collect::<Vec<_>>(),
@@ -526,7 +540,7 @@ async fn a_spec_is_not_cleaned_while_its_claim_is_being_prepared() {
         drop(in_flight);
         prepared
     });
-    assert!(cleaned.is_empty());
+    assert_eq!(cleaned, Cleaned::default());
     assert!(prepared.is_ok(), "{prepared:?}");
     assert_eq!(s.spec_files(), ["hal.dra.dev-device_u9.json"]);
     assert_eq!(s.spec("u9")["devices"].as_array().map(Vec::len), Some(1));

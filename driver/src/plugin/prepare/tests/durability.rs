@@ -1,6 +1,7 @@
 //! The checkpoint and the CDI specs under failing writes, corruption and oversized claims.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::*;
 
@@ -123,7 +124,7 @@ async fn a_corrupt_record_keeps_every_cdi_spec_and_rebuilds_its_claim_from_its_s
     let after = s.preparer("boot-1");
     let recorded = after.recorded().await;
     assert_eq!(recorded.keys().collect::<Vec<_>>(), ["a", "b"]);
-    assert!(after.clean_stale().await.is_empty());
+    assert!(after.clean_stale().await == Cleaned::default());
     assert_eq!(
         s.spec_files(),
         ["hal.dra.dev-device_a.json", "hal.dra.dev-device_b.json"],
@@ -184,7 +185,7 @@ async fn a_rebuild_cut_short_is_finished_at_the_next_start_and_no_spec_is_lost()
             ["a", "b"],
             "{lose}"
         );
-        assert!(after.clean_stale().await.is_empty(), "{lose}");
+        assert!(after.clean_stale().await == Cleaned::default(), "{lose}");
         assert_eq!(s.spec_files(), both, "{lose}: no spec deleted as an orphan");
         assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
         drop(after);
@@ -223,7 +224,7 @@ async fn an_unreadable_spec_keeps_the_rebuild_pending_until_it_reads_needs_root(
     let unmount = Unmount(&spec);
     let first = s.preparer("boot-1");
     assert_eq!(first.recorded().await.keys().collect::<Vec<_>>(), ["b"]);
-    assert!(first.clean_stale().await.is_empty());
+    assert!(first.clean_stale().await == Cleaned::default());
     drop(first);
     drop(unmount);
     // The spec reads again: the next start rebuilds its claim and deletes no spec.
@@ -232,7 +233,7 @@ async fn an_unreadable_spec_keeps_the_rebuild_pending_until_it_reads_needs_root(
         after.recorded().await.keys().collect::<Vec<_>>(),
         ["a", "b"]
     );
-    assert!(after.clean_stale().await.is_empty());
+    assert!(after.clean_stale().await == Cleaned::default());
     assert_eq!(s.spec_files(), both, "no spec deleted as an orphan");
     assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
     drop(after);
@@ -398,7 +399,7 @@ async fn a_rebuilt_claim_is_completed_from_its_resource_claim_without_a_prepare(
         .unwrap()
         .claims["a"];
     assert!(rebuilt.recovered && rebuilt.pods.is_empty(), "{rebuilt:?}");
-    assert!(after.clean_stale().await.is_empty());
+    assert!(after.clean_stale().await == Cleaned::default());
     let completed = &CheckpointFile::new(s.checkpoint_path())
         .load()
         .unwrap()
@@ -406,6 +407,38 @@ async fn a_rebuilt_claim_is_completed_from_its_resource_claim_without_a_prepare(
     assert!(!completed.recovered, "{completed:?}");
     assert_eq!(completed.pods, pods);
     assert_eq!(after.cpu_claims().borrow()["a"].pods, pods);
+}
+
+/// An API server that does not answer at start: the cleaning is tried again until every recorded
+/// claim was checked, so a deleted claim's devices are freed and a rebuilt claim is completed
+/// without a call from the kubelet.
+#[tokio::test(start_paused = true)]
+async fn the_cleaning_is_retried_until_the_api_server_answers_for_every_claim() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    s.claims.add_cpus("gone", "cpus-numa-0", 2, json!([]));
+    let before = s.preparer("boot-1");
+    let prepared = before
+        .prepare(vec![reference("a"), reference("gone")])
+        .await;
+    assert!(prepared.values().all(Result::is_ok), "{prepared:?}");
+    drop(before);
+    std::fs::write(s.checkpoint_path().join("a.json"), "garbage").unwrap();
+    s.claims.remove("gone");
+
+    let after = s.preparer("boot-1");
+    // Two rounds of two reads get no answer; the third round checks both claims.
+    s.claims.2.store(4, Ordering::SeqCst);
+    let one = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
+    let cleaned = after.clean_stale_until_checked(one, 60 * one).await;
+    assert_eq!(cleaned, ["gone"]);
+    assert_eq!(started.elapsed(), 3 * one, "waits 1 s, then 2 s");
+    assert_eq!(s.claims.2.load(Ordering::SeqCst), 0);
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert_eq!(file.claims.keys().collect::<Vec<_>>(), ["a"]);
+    assert!(!file.claims["a"].recovered, "{:?}", file.claims["a"]);
+    assert!(!after.cpu_claims().borrow()["a"].pods.is_empty());
 }
 
 #[tokio::test]
@@ -429,7 +462,7 @@ async fn a_missing_checkpoint_is_rebuilt_from_the_specs_and_only_deleted_claims_
         after.recorded().await.keys().collect::<Vec<_>>(),
         ["gone", "kept"]
     );
-    assert_eq!(after.clean_stale().await, ["gone"]);
+    assert_eq!(after.clean_stale().await.unprepared, ["gone"]);
     assert_eq!(s.spec_files(), ["hal.dra.dev-device_kept.json"]);
     let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
     assert_eq!(file.claims.keys().collect::<Vec<_>>(), ["kept"]);

@@ -29,9 +29,11 @@ pub struct Saved {
     /// The function's RDMA device, moved with it when the kernel's RDMA netns mode is exclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma: Option<String>,
-    /// Its interface index on the host, which the kernel keeps when it moves a netdev to a namespace
-    /// where that index is free (a pod's new namespace): what tells it apart in the pod when the pod
-    /// renamed it or changed its MAC (a bond). `None` in the state of earlier versions.
+    /// Its interface index: on the host when [`survey`]ed, in the pod once [`attach_surveyed`] moved
+    /// it (the kernel keeps it when it is free in the pod's namespace, and gives another when not).
+    /// What tells it apart in the pod when the pod renamed it or changed its MAC (a bond), and on the
+    /// host when its namespace died: the kernel brings it back with that index when it is free.
+    /// `None` in the state of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<i32>,
 }
@@ -135,8 +137,11 @@ pub fn attach_surveyed(home: &Path, saved: &Saved, config: &Checked) -> Result<A
         Ok(done)
     });
     match configured {
-        Ok((ips, mac)) => Ok(Attached {
-            saved: saved.clone(),
+        Ok((ips, mac, index)) => Ok(Attached {
+            saved: Saved {
+                index: Some(index),
+                ..saved.clone()
+            },
             ips,
             mac,
         }),
@@ -149,7 +154,12 @@ pub fn attach_surveyed(home: &Path, saved: &Saved, config: &Checked) -> Result<A
     }
 }
 
-fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, String), NetError> {
+/// Configures `name` in `netns`; returns its addresses from `config`, its MAC and its index there.
+fn configure(
+    netns: &Path,
+    name: &str,
+    config: &Checked,
+) -> Result<(Vec<Cidr>, String, i32), NetError> {
     let mut pod = Rtnl::open_in(netns)?;
     let link = pod.link(name)?.ok_or_else(|| {
         NetError::new(
@@ -184,13 +194,14 @@ fn configure(netns: &Path, name: &str, config: &Checked) -> Result<(Vec<Cidr>, S
         .into_iter()
         .filter(|c| config.addresses.contains(c))
         .collect();
-    Ok((ips, link.mac))
+    Ok((ips, link.mac, link.index))
 }
 
 /// The netdev of `saved` among the host's `links`: under its host name with its MAC (another netdev
 /// may have taken the name meanwhile: it is not ours to reconfigure); else, returned by the kernel
 /// when its namespace died, under its pod name with its MAC, or under a name the kernel chose
-/// (`dev<N>`, when its pod name was taken) as the one link with its MAC.
+/// (`dev<N>`, when its pod name was taken) as the one link with its MAC; else (the pod changed its
+/// MAC) at its index under one of those two names.
 fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
     // Its MAC, or its index (back under its host name, the MAC the pod gave it, a bond's).
     let ours = |l: &&crate::netlink::Link| {
@@ -211,9 +222,19 @@ fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::n
         Some(link) => Some((*link).clone()),
         None => match same_mac.as_slice() {
             [only] => Some((*only).clone()),
+            [] => links.into_iter().find(|l| {
+                Some(l.index) == saved.index && (l.name == saved.pod_name || kernel_named(&l.name))
+            }),
             _ => None,
         },
     }
+}
+
+/// Whether `name` is one the kernel gives a netdev it brings back from a dead namespace when the
+/// netdev's own name is taken: `dev` and a number (`default_device_exit_net` in net/core/dev.c).
+fn kernel_named(name: &str) -> bool {
+    name.strip_prefix("dev")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The netdev of `saved` among its pod's `links`. First the one at its index that still has its
@@ -436,5 +457,12 @@ mod tests {
         );
         // Nowhere: gone.
         assert_eq!(found(vec![link(1, "eth0", "02:00:00:00:00:01")]), None);
+        // Its MAC changed in the pod (a bond's): at its index, under its pod name or as dev<N>.
+        assert_eq!(found(vec![link(4, "net1", "02:00:00:00:0b:0b")]), Some(4));
+        assert_eq!(found(vec![link(4, "dev4", "02:00:00:00:0b:0b")]), Some(4));
+        // At its index under another name, or under its pod name at another index: not it.
+        assert_eq!(found(vec![link(4, "eth7", "02:00:00:00:0b:0b")]), None);
+        assert_eq!(found(vec![link(4, "devices", "02:00:00:00:0b:0b")]), None);
+        assert_eq!(found(vec![link(6, "net1", "02:00:00:00:0b:0b")]), None);
     }
 }

@@ -205,3 +205,46 @@ fn a_netdev_whose_mac_the_pod_changed_is_still_moved_back_needs_root() {
     assert_eq!(back["mtu"], 1500);
     assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
 }
+
+/// The kernel gives a netdev another index when its own is taken in the pod's namespace: the index
+/// recorded is the one in the pod, so a netdev of the pod's own at the host index, renamed to the
+/// pod name, is not taken for ours.
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn the_index_recorded_is_the_one_the_netdev_got_in_the_pod_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf6", "vf6peer");
+    let host_index = home.link("vf6").unwrap()["ifindex"].as_i64().unwrap();
+    let taken = host_index.to_string();
+    sh(&[
+        "-n",
+        &pod.0,
+        "link",
+        "add",
+        "taken",
+        "index",
+        &taken,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "takenpeer",
+    ]);
+    let attached = attach(&home.path(), "vf6", &pod.path(), &demo_config()).unwrap();
+    let pod_index = pod.link("net1").unwrap()["ifindex"].as_i64().unwrap();
+    assert_ne!(pod_index, host_index);
+    assert_eq!(attached.saved.index.map(i64::from), Some(pod_index));
+    // The pod renames the function and gives its own netdev, at the host index, the pod name.
+    sh(&["-n", &pod.0, "link", "set", "net1", "down"]);
+    sh(&["-n", &pod.0, "link", "set", "net1", "name", "moved"]);
+    sh(&["-n", &pod.0, "link", "set", "taken", "name", "net1"]);
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Home
+    );
+    let back = home.link("vf6").expect("vf6 home");
+    assert_eq!(back["address"], attached.saved.mac.as_str());
+    assert!(pod.link("net1").is_some(), "the pod's own net1 stayed");
+    assert!(pod.link("moved").is_none());
+}

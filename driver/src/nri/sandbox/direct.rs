@@ -109,10 +109,17 @@ impl DirectMode {
     ) -> Result<(Moved, NetworkData), NetError> {
         let mut saved = direct::survey(&self.home, host_name, netns, config)?;
         saved.rdma = rdma;
-        let entry = entry_of(saved);
+        let mut entry = entry_of(saved);
         moved::store(&self.state_dir, &entry)?;
         match direct::attach_surveyed(&self.home, &entry.saved, config) {
             Ok(attached) => {
+                // Its index in the pod, when the kernel had to give it another at the move.
+                if attached.saved.index != entry.saved.index {
+                    entry.saved.index = attached.saved.index;
+                    if let Err(error) = moved::store(&self.state_dir, &entry) {
+                        tracing::warn!(%error, netdev = host_name, "its index in the pod could not be recorded; its index on the host is kept");
+                    }
+                }
                 let data = NetworkData {
                     interface_name: attached.saved.pod_name.clone(),
                     ips: attached.ips.iter().map(ToString::to_string).collect(),

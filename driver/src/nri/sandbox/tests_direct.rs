@@ -152,7 +152,7 @@ fn the_recorded_network_config_of_a_device_reaches_its_pod_function() {
 
 mod root {
     use super::*;
-    use dra_podnet::testing::{Netns, veth};
+    use dra_podnet::testing::{Netns, sh, veth};
 
     /// `ip -n <ns> <args>` as text, for the log of what the pod saw.
     fn ip_text(ns: &Netns, args: &[&str]) -> String {
@@ -225,6 +225,23 @@ mod root {
             .as_str()
             .unwrap()
             .to_owned();
+        // vf0's index is taken in the pod's namespace: the kernel gives it another at the move.
+        let host_index = home.link("vf0").unwrap()["ifindex"].as_i64().unwrap();
+        let taken = host_index.to_string();
+        sh(&[
+            "-n",
+            &pod_ns.0,
+            "link",
+            "add",
+            "taken",
+            "index",
+            &taken,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "takenpeer",
+        ]);
         let (_runtime, node, conn) = plugin_with(dir.path(), net.clone()).await;
         let pod = pod_in_netns("sandboxd1", "pod-uid-1", &pod_ns.path());
         let started = std::time::Instant::now();
@@ -276,6 +293,13 @@ mod root {
                 saved.rdma.as_deref()
             ),
             ("vf0", 1500, true, Some("mlx5_9"))
+        );
+        let pod_index = link["ifindex"].as_i64().unwrap();
+        assert_ne!(pod_index, host_index);
+        assert_eq!(
+            saved.index.map(i64::from),
+            Some(pod_index),
+            "its index in the pod"
         );
 
         let stopping = std::time::Instant::now();

@@ -230,6 +230,19 @@ fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::n
     }
 }
 
+/// The bytes of a MAC as the kernel prints it (`02:00:5e:10:00:01`, 6 bytes, or 20 for InfiniBand);
+/// `None` when empty or malformed.
+fn mac_bytes(text: &str) -> Option<Vec<u8>> {
+    let bytes: Option<Vec<u8>> = text
+        .split(':')
+        .map(|b| match b.len() {
+            2 => u8::from_str_radix(b, 16).ok(),
+            _ => None,
+        })
+        .collect();
+    bytes.filter(|b| b.len() >= 6)
+}
+
 /// Whether `name` is one the kernel gives a netdev it brings back from a dead namespace when the
 /// netdev's own name is taken: `dev` and a number (`default_device_exit_net` in net/core/dev.c).
 fn kernel_named(name: &str) -> bool {
@@ -314,6 +327,22 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
                 ..Default::default()
             },
         )?;
+    }
+    // The MAC the pod gave it (a bond's), while it is down. Not fatal: a VF whose MAC its PF set
+    // refuses it, and the netdev is home either way.
+    if link.mac != saved.mac
+        && let Some(mac) = mac_bytes(&saved.mac)
+    {
+        let restored = host.set_link(
+            link.index,
+            &LinkChange {
+                mac: Some(&mac),
+                ..Default::default()
+            },
+        );
+        if let Err(error) = restored {
+            tracing::warn!(%error, interface = %saved.host_name, mac = %saved.mac, "its MAC could not be restored");
+        }
     }
     host.set_link(
         link.index,
@@ -423,6 +452,24 @@ mod tests {
             found(vec![link(5, "net1", "02:00:00:00:00:09")], &unknown),
             Some(5)
         );
+    }
+
+    #[test]
+    fn macs_are_read_as_the_kernel_prints_them() {
+        assert_eq!(
+            mac_bytes("02:00:5e:10:0a:FF"),
+            Some(vec![2, 0, 0x5e, 0x10, 0x0a, 0xff])
+        );
+        assert_eq!(mac_bytes(&["80"; 20].join(":")), Some(vec![0x80; 20]));
+        for bad in [
+            "",
+            "02:00:5e:10:0a",
+            "02:00:5e:10:0a:f",
+            "02:00:5e:10:0a:fg",
+            "2:00:5e:10:0a:ff:",
+        ] {
+            assert_eq!(mac_bytes(bad), None, "{bad}");
+        }
     }
 
     #[test]

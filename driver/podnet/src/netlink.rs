@@ -62,6 +62,8 @@ pub struct LinkChange<'a> {
     pub mtu: Option<u32>,
     /// Up or down.
     pub up: Option<bool>,
+    /// New hardware address.
+    pub mac: Option<&'a [u8]>,
     /// Move into the network namespace of this file (`/proc/<pid>/ns/net`, `/var/run/netns/<name>`).
     pub netns: Option<&'a OwnedFd>,
 }
@@ -291,6 +293,9 @@ impl Rtnl {
         }
         if let Some(mtu) = change.mtu {
             attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
+        }
+        if let Some(mac) = change.mac {
+            attr(&mut body, IFLA_ADDRESS, mac);
         }
         if let Some(ns) = change.netns {
             attr(

@@ -202,6 +202,11 @@ fn a_netdev_whose_mac_the_pod_changed_is_still_moved_back_needs_root() {
     );
     assert!(pod.link("net1").is_none());
     let back = home.link("vf5").expect("vf5 home");
+    assert_eq!(
+        back["address"],
+        attached.saved.mac.as_str(),
+        "its MAC restored"
+    );
     assert_eq!(back["mtu"], 1500);
     assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
 }

@@ -180,15 +180,27 @@ impl SriovPf for SysfsSriov {
         let tree = Tree::open(&self.root);
         let dir = self.dir(function);
         // NotFound naming the function's own directory: the function is gone (callers undoing a
-        // rebind rely on it). Any other failure to look is that failure.
+        // rebind rely on it). Not when the PCI devices' directory is missing too (a root that is not
+        // a sysfs tree, nothing mounted there yet): that is not a function gone. Any other failure
+        // to look is that failure.
+        let devices = dir.parent().unwrap_or(&dir).to_owned();
         let found = tree.try_exists(&dir).and_then(|found| match found {
-            true => Ok(()),
-            false => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+            true => Ok(None),
+            false => tree.try_exists(&devices).map(Some),
         });
-        if let Err(source) = found {
+        let missing = match found {
+            Ok(None) => None,
+            Ok(Some(true)) => Some((dir.clone(), std::io::ErrorKind::NotFound.into())),
+            Ok(Some(false)) => Some((
+                devices,
+                std::io::Error::other("missing: the root has no PCI devices' directory"),
+            )),
+            Err(source) => Some((dir.clone(), source)),
+        };
+        if let Some((path, source)) = missing {
             return Err(Error::Io {
                 op: "find",
-                path: dir,
+                path,
                 source,
             });
         }

@@ -120,6 +120,14 @@ mod tests {
         let err = nowhere.bind_driver(address, "iavf").unwrap_err();
         assert_ne!(err.kind(), hal::ErrorKind::NotFound, "{err}");
         assert!(err.to_string().contains("nope"), "{err}");
+
+        // A root without sys/bus/pci/devices (not a sysfs tree, or not mounted yet).
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(empty.join("sys")).unwrap();
+        let unmounted = crate::SysfsSriov::new(crate::SysfsRoot::new(&empty));
+        let err = unmounted.bind_driver(address, "iavf").unwrap_err();
+        assert_ne!(err.kind(), hal::ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains("sys/bus/pci/devices"), "{err}");
     }
 
     #[test]

@@ -182,15 +182,18 @@ impl Claim {
         classes: &BTreeMap<String, DeviceClass>,
     ) -> Result<Claim, String> {
         let devices = spec.devices.as_ref();
-        let listed = |list: Option<usize>| list.unwrap_or(0);
         at_most(
             "spec.devices.requests",
-            listed(devices.and_then(|d| d.requests.as_ref()).map(Vec::len)),
+            devices
+                .and_then(|d| d.requests.as_ref())
+                .map_or(0, Vec::len),
             limits::REQUESTS,
         )?;
         at_most(
             "spec.devices.constraints",
-            listed(devices.and_then(|d| d.constraints.as_ref()).map(Vec::len)),
+            devices
+                .and_then(|d| d.constraints.as_ref())
+                .map_or(0, Vec::len),
             limits::CONSTRAINTS,
         )?;
         let mut requests = Vec::new();
@@ -320,26 +323,23 @@ fn alternative(
     let class = classes.get(class_name).ok_or_else(|| {
         format!("request {name}: DeviceClass {class_name:?} not found (give it with --class FILE)")
     })?;
-    let listed = |list: Option<usize>| list.unwrap_or(0);
     at_most(
         &format!("request {name}: selectors"),
-        listed(selectors.map(<[_]>::len)),
+        selectors.map_or(0, <[_]>::len),
         limits::SELECTORS,
     )?;
     at_most(
         &format!("request {name}: tolerations"),
-        listed(tolerations.map(<[_]>::len)),
+        tolerations.map_or(0, <[_]>::len),
         limits::TOLERATIONS,
     )?;
     at_most(
         &format!("DeviceClass {class_name}: spec.selectors"),
-        listed(
-            class
-                .spec
-                .as_ref()
-                .and_then(|s| s.selectors.as_ref())
-                .map(Vec::len),
-        ),
+        class
+            .spec
+            .as_ref()
+            .and_then(|s| s.selectors.as_ref())
+            .map_or(0, Vec::len),
         limits::SELECTORS,
     )?;
     let mut all = Vec::new();

@@ -165,10 +165,7 @@ impl Preparer {
         let wanted = |uid: &str| !claims.contains_key(uid) && (whole || lost.contains(&uid));
         let recovered = match whole || !lost.is_empty() {
             true => recover::from_cdi_specs(&config, &kind, &wanted),
-            false => recover::Rebuilt {
-                claims: BTreeMap::new(),
-                unreadable: 0,
-            },
+            false => recover::Rebuilt::default(),
         };
         for (uid, record) in recovered.claims {
             config

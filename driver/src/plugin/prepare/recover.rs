@@ -17,6 +17,7 @@ use crate::plugin::claims::allocated_devices;
 pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 
 /// What [`from_cdi_specs`] rebuilt.
+#[derive(Default)]
 pub(super) struct Rebuilt {
     /// A record for each readable spec, by claim UID.
     pub claims: BTreeMap<String, ClaimRecord>,

@@ -157,6 +157,72 @@ fn a_terminal_in_place_of_an_attribute_does_not_become_the_controlling_terminal_
     drop(master);
 }
 
+/// Whether `path` is opened (`IN_OPEN`) while `read` runs, watched with inotify.
+fn opened_during(path: &Path, read: impl FnOnce()) -> bool {
+    use rustix::fs::inotify::{self, CreateFlags, Reader, WatchFlags};
+    let watch = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).unwrap();
+    inotify::add_watch(&watch, path, WatchFlags::OPEN).unwrap();
+    read();
+    let mut buffer = [std::mem::MaybeUninit::uninit(); 1024];
+    let mut events = Reader::new(&watch, &mut buffer);
+    match events.next() {
+        Ok(_) => true,
+        Err(rustix::io::Errno::AGAIN) => false,
+        Err(e) => panic!("reading inotify events: {e}"),
+    }
+}
+
+/// A special file in place of an attribute of a captured tree is never opened: opening is enough
+/// for a device to act (a watchdog's node arms it). Here a FIFO, which any user can make; the root
+/// test below does the same with a character device.
+#[test]
+fn a_fifo_in_place_of_an_attribute_of_a_tree_is_never_opened() {
+    let fixture = xeon();
+    let vendor = first_function(fixture.root()).join("vendor");
+    make_fifo(&vendor);
+    let tree = super::tree::Tree::open(&SysfsRoot::new(fixture.root()));
+    let opened = opened_during(&vendor, || {
+        let error = tree.read_trimmed(&vendor).unwrap_err();
+        assert!(
+            error.to_string().contains("a FIFO, not a regular file"),
+            "{error}"
+        );
+    });
+    assert!(!opened, "the FIFO was opened");
+    // A regular file is read, and the watch sees it opened (the check works).
+    let device = vendor.with_file_name("device");
+    assert!(opened_during(&device, || {
+        tree.read_trimmed(&device).unwrap();
+    }));
+}
+
+#[test]
+#[ignore = "needs root: mknod of a character device"]
+fn a_character_device_in_place_of_an_attribute_of_a_tree_is_never_opened_needs_root() {
+    use rustix::fs::{CWD, FileType, Mode};
+    let fixture = xeon();
+    let vendor = first_function(fixture.root()).join("vendor");
+    fs::remove_file(&vendor).unwrap();
+    // /dev/null's numbers (1, 3): harmless when opened, and the watch sees whether it was.
+    let null = rustix::fs::makedev(1, 3);
+    rustix::fs::mknodat(
+        CWD,
+        &vendor,
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o644),
+        null,
+    )
+    .unwrap();
+    let tree = super::tree::Tree::open(&SysfsRoot::new(fixture.root()));
+    let opened = opened_during(&vendor, || {
+        let error = tree.read_trimmed(&vendor).unwrap_err();
+        assert!(error.to_string().contains("a character device"), "{error}");
+        let error = tree.open_regular(&vendor).unwrap_err();
+        assert!(error.to_string().contains("a character device"), "{error}");
+    });
+    assert!(!opened, "the device was opened");
+}
+
 #[test]
 fn cpus_beyond_the_possible_ones_are_error_entries() {
     let fixture = xeon();

@@ -21,22 +21,48 @@ use super::SysfsRoot;
 use super::attr;
 use super::in_root::RootDir;
 
-/// A sysfs root opened for reading inside it. Opened once per reading of a family (one `open(2)`).
+/// A sysfs root opened for reading inside it. Opened once per reading of a family (one `open(2)`,
+/// and for a root whose `sys` is not the kernel's sysfs, two more: see [`Tree::open`]).
 #[derive(Debug)]
 pub struct Tree {
     root: SysfsRoot,
     /// The root directory, or the errno of opening it (then every read fails with it).
     dir: std::result::Result<RootDir, i32>,
+    /// `/proc/self/fd`, when files are looked at before they are opened: see [`Tree::open`].
+    reopen: Option<OwnedFd>,
 }
+
+/// `SYSFS_MAGIC` (`include/uapi/linux/magic.h`): the `f_type` of the kernel's sysfs.
+const SYSFS_MAGIC: i128 = 0x6265_6572;
 
 impl Tree {
     /// Opens `root`. A root that cannot be opened is not an error here: every read reports it,
     /// naming the path it wanted.
+    ///
+    /// When the root's `sys` (resolved inside the root) is not the kernel's sysfs (a captured or
+    /// unpacked tree), every file is first opened `O_PATH`, which has no side effects, and reopened
+    /// through `/proc/self/fd` only if it is a regular file. A tree unpacked as root can hold device
+    /// nodes, and opening one is enough to act: a watchdog's node arms the watchdog, and the machine
+    /// reboots when it is not fed. The kernel's sysfs holds no such nodes, so it is read with one
+    /// `open(2)` per attribute. Without `/proc`, files are opened directly.
     pub fn open(root: &SysfsRoot) -> Tree {
         let dir = RootDir::open(root.root()).map_err(|e| e.raw_os_error().unwrap_or(libc_einval()));
+        let kernel_sysfs = dir.as_ref().is_ok_and(|dir| {
+            let sys = dir.open_dir(&root.root().join("sys"), OFlags::PATH | OFlags::DIRECTORY);
+            sys.and_then(|fd| Ok(rustix::fs::fstatfs(fd)?))
+                .is_ok_and(|fs| i128::from(fs.f_type) == SYSFS_MAGIC)
+        });
+        let reopen = match kernel_sysfs {
+            true => None,
+            false => {
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                rustix::fs::open("/proc/self/fd", flags, rustix::fs::Mode::empty()).ok()
+            }
+        };
         Tree {
             root: root.clone(),
             dir,
+            reopen,
         }
     }
 
@@ -63,15 +89,41 @@ impl Tree {
         }
     }
 
+    /// A file to read: looked at first, in a tree that is not the kernel's sysfs ([`Tree::open`]).
+    /// Anything but a regular file comes back as its `O_PATH` descriptor, never opened: reading that
+    /// fails, and the reader's `fstat` then names what it is.
+    fn open_to_read(&self, path: &Path) -> io::Result<OwnedFd> {
+        let Some(reopen) = &self.reopen else {
+            return self.open_with(path, attr::read_flags(), false);
+        };
+        let looked = self.open_with(path, OFlags::PATH, false)?;
+        use rustix::fs::FileType;
+        match FileType::from_raw_mode(rustix::fs::fstat(&looked)?.st_mode) {
+            FileType::RegularFile => {}
+            // What `O_NOFOLLOW` answers a link with.
+            FileType::Symlink => return Err(rustix::io::Errno::LOOP.into()),
+            _ => return Ok(looked),
+        }
+        let name = rustix::fd::AsRawFd::as_raw_fd(&looked).to_string();
+        // The magic link of `looked`, followed: no O_NOFOLLOW here.
+        let flags = attr::read_flags();
+        Ok(rustix::fs::openat(
+            reopen,
+            name.as_str(),
+            flags,
+            rustix::fs::Mode::empty(),
+        )?)
+    }
+
     /// [`attr::open_regular`] of `path`, opened inside the root (and not through a link as its last
     /// component). For a file read in full (`/proc/cpuinfo`), not an attribute.
     pub fn open_regular(&self, path: &Path) -> Result<std::fs::File> {
-        attr::regular_file(self.open_with(path, attr::read_flags(), false), path)
+        attr::regular_file(self.open_to_read(path), path)
     }
 
     /// [`attr::read_trimmed`] of `path`, opened inside the root (`attr::read_attribute`).
     pub fn read_trimmed(&self, path: &Path) -> Result<String> {
-        attr::read_attribute(self.open_with(path, attr::read_flags(), false), path)
+        attr::read_attribute(self.open_to_read(path), path)
     }
 
     /// [`attr::read_optional`] of `path`, opened inside the root.

@@ -8,7 +8,7 @@
 //! side; one claim's prepare and unprepare are ordered by its claim lock, and a claim asked again
 //! while its prepare runs waits for it and gets the same answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use futures_util::future::join_all;
@@ -91,10 +91,10 @@ pub struct Cleaned {
     /// UIDs of the recorded claims unprepared because their ResourceClaim is gone (or re-created
     /// with another UID).
     pub unprepared: Vec<String>,
-    /// Recorded claims to check again: their ResourceClaim could not be read, their unprepare
-    /// failed (they are among `unprepared` too), or, for one rebuilt from its CDI spec, its
-    /// completed record could not be written.
-    pub unchecked: usize,
+    /// Recorded claims to clean again: their ResourceClaim could not be read, their unprepare
+    /// failed, or, for one rebuilt from its CDI spec, its completed record could not be written
+    /// (an I/O error; a record over the size limit waits for the claim's next prepare instead).
+    pub left: Vec<ClaimRef>,
 }
 
 /// The DRA handler of the plugin.
@@ -314,7 +314,7 @@ impl Preparer {
                 .into_iter()
                 .map(|(d, s)| (d.name, s))
                 .collect();
-        let in_use: std::collections::BTreeSet<hal::PciAddress> = state
+        let in_use: BTreeSet<hal::PciAddress> = state
             .values()
             .flat_map(|r| r.devices.iter())
             .filter_map(|d| match published.get(&d.device_name) {
@@ -338,64 +338,77 @@ impl Preparer {
         )
     }
 
-    /// [`Preparer::clean_stale`] again, after `first`, then twice as long each time up to `most`,
-    /// until every recorded claim was checked against the API server (and each rebuilt one
-    /// completed). Returns the UIDs cleaned over all rounds. Never ends while the API server stays
-    /// unreachable: run it beside the plugin's other tasks.
+    /// [`Preparer::clean_stale`], then the claims it left, again after `first`, then twice as long
+    /// each time up to `most`, until none is left. Only the claims left are read again. Returns the
+    /// UIDs unprepared over all rounds. Never ends while a claim stays left (the API server
+    /// unreachable or refusing the read, an unprepare failing): run it beside the plugin's other
+    /// tasks; each round logs what it left.
     pub async fn clean_stale_until_checked(
         &self,
         first: std::time::Duration,
         most: std::time::Duration,
     ) -> Vec<String> {
-        let mut cleaned = Vec::new();
-        let mut wait = first;
-        loop {
-            let round = self.clean_stale().await;
-            cleaned.extend(round.unprepared);
-            if round.unchecked == 0 {
-                return cleaned;
-            }
-            tracing::info!(claims = round.unchecked, retry_in = ?wait,
-                "some recorded claims could not be checked against the API server");
+        // A zero wait would spin.
+        let mut wait = first.max(std::time::Duration::from_millis(100));
+        let mut round = self.clean_stale().await;
+        let mut unprepared = std::mem::take(&mut round.unprepared);
+        while !round.left.is_empty() {
+            tracing::info!(claims = round.left.len(), retry_in = ?wait,
+                "some recorded claims are left to clean; trying them again");
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(most);
+            wait = wait.saturating_mul(2).min(most);
+            round = self.clean(Some(round.left)).await;
+            unprepared.append(&mut round.unprepared);
         }
+        unprepared
     }
 
     /// Unprepares the recorded claims that no longer exist (deleted, or re-created with another UID),
     /// completes those rebuilt from their CDI specs, and removes CDI specs of this driver that no
     /// recorded claim owns.
     pub async fn clean_stale(&self) -> Cleaned {
+        self.clean(None).await
+    }
+
+    /// [`Preparer::clean_stale`] for the recorded claims among `only` (all: `None`).
+    async fn clean(&self, only: Option<Vec<ClaimRef>>) -> Cleaned {
+        let only: Option<BTreeSet<String>> = only.map(|o| o.into_iter().map(|c| c.uid).collect());
         let recorded: Vec<ClaimRef> = self
             .state()
             .values()
             .map(|r| r.claim.clone())
+            .filter(|c| only.as_ref().is_none_or(|o| o.contains(&c.uid)))
             // A claim rebuilt from a spec that does not name it is kept until the kubelet
             // unprepares it.
             .filter(|c| !c.namespace.is_empty() && !c.name.is_empty())
             .collect();
         let mut stale = Vec::new();
-        let mut unchecked = 0;
+        let mut left = Vec::new();
         for claim in recorded {
             match self.claims.get(&claim.namespace, &claim.name).await {
                 Ok(Some(found)) if found.metadata.uid.as_deref() == Some(claim.uid.as_str()) => {
                     if !self.complete_rebuilt(&claim, found).await {
-                        unchecked += 1;
+                        left.push(claim);
                     }
                 }
                 Ok(_) => stale.push(claim),
                 Err(error) => {
-                    unchecked += 1;
                     let kind = error.kind();
                     tracing::warn!(%error, %kind, "cannot check whether a claim still exists");
+                    left.push(claim);
                 }
             }
         }
-        let unprepared: Vec<String> = stale.iter().map(|c| c.uid.clone()).collect();
-        for (uid, result) in self.unprepare_claims(stale).await {
-            if let Err(error) = result {
-                unchecked += 1;
-                tracing::warn!(claim = %uid, %error, "cleaning a stale claim failed");
+        let mut unprepared = Vec::new();
+        let results = self.unprepare_claims(stale.clone()).await;
+        for claim in stale {
+            match results.get(&claim.uid) {
+                Some(Ok(())) => unprepared.push(claim.uid),
+                Some(Err(error)) => {
+                    tracing::warn!(claim = %claim.uid, %error, "cleaning a stale claim failed");
+                    left.push(claim);
+                }
+                None => left.push(claim),
             }
         }
         let orphans = match self.rebuilt {
@@ -413,17 +426,14 @@ impl Preparer {
                 tracing::warn!(claim = %uid, %error, "removing a stale CDI spec failed");
             }
         }
-        Cleaned {
-            unprepared,
-            unchecked,
-        }
+        Cleaned { unprepared, left }
     }
 
     /// Completes a record rebuilt from its CDI spec with what its ResourceClaim says (the pods it
     /// is reserved for: until then the NRI plugin lets any pod's containers use its CPUs), as its
     /// next prepare would; the kubelet does not prepare a running pod's claims again after a
     /// restart. A claim whose devices differ from the spec's is left for that prepare to redo.
-    /// False when the completed record could not be written.
+    /// False when the completed record could not be written and trying again may help.
     async fn complete_rebuilt(&self, claim: &ClaimRef, found: ResourceClaim) -> bool {
         let rebuilt = |r: &ClaimRecord| r.recovered && r.phase == Phase::Completed;
         if !self.state().get(&claim.uid).is_some_and(rebuilt) {
@@ -440,6 +450,12 @@ impl Preparer {
         match apply::blocking(|| self.commit(Some(completed))) {
             Ok(()) => {
                 tracing::info!(claim = %claim.uid, "claim rebuilt from its CDI spec completed from its ResourceClaim");
+                true
+            }
+            // Too large for a record: trying again would not help.
+            Err(error) if error.kind() == ErrorKind::InvalidClaim => {
+                tracing::warn!(claim = %claim.uid, %error,
+                    "completing a claim rebuilt from its CDI spec refused; left for its next prepare");
                 true
             }
             Err(error) => {

@@ -12,13 +12,15 @@ use super::*;
 const DRIVER: &str = "hal.dra.dev";
 const NODE: &str = "node-1";
 
-/// Claims held in memory, as the API server would return them, the device statuses written, and
-/// how many of the next reads get no answer (a timeout).
+/// Claims held in memory, as the API server would return them, the device statuses written, how
+/// many of the next reads of a claim get no answer (a timeout; by `namespace/name`), and the names
+/// read (in order).
 #[derive(Default)]
 struct Claims(
     Mutex<BTreeMap<String, ResourceClaim>>,
     Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
-    std::sync::atomic::AtomicUsize,
+    Mutex<BTreeMap<String, usize>>,
+    Mutex<Vec<String>>,
 );
 
 impl Claims {
@@ -64,12 +66,14 @@ impl ClaimSource for Claims {
         namespace: &str,
         name: &str,
     ) -> BoxFuture<'_, Result<Option<ResourceClaim>, super::ClaimReadError>> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self
-            .2
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        let key = format!("{namespace}/{name}");
+        self.3.lock().unwrap().push(key.clone());
+        let times_out = self.2.lock().unwrap().get_mut(&key).is_some_and(|n| {
+            let left = n.checked_sub(1);
+            *n = left.unwrap_or(0);
+            left.is_some()
+        });
+        if times_out {
             let error = super::ClaimReadError::Timeout {
                 claim: format!("{namespace}/{name}"),
                 after: super::CALL_LIMIT,

@@ -409,36 +409,77 @@ async fn a_rebuilt_claim_is_completed_from_its_resource_claim_without_a_prepare(
     assert_eq!(after.cpu_claims().borrow()["a"].pods, pods);
 }
 
-/// An API server that does not answer at start: the cleaning is tried again until every recorded
-/// claim was checked, so a deleted claim's devices are freed and a rebuilt claim is completed
-/// without a call from the kubelet.
+/// An API server that does not answer at start: the claims it did not answer for are read again
+/// (and only those) until each was checked, so a deleted claim's devices are freed and a rebuilt
+/// claim is completed without a call from the kubelet.
 #[tokio::test(start_paused = true)]
 async fn the_cleaning_is_retried_until_the_api_server_answers_for_every_claim() {
     let s = Setup::on("xeon");
     s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
     s.claims.add_cpus("gone", "cpus-numa-0", 2, json!([]));
+    s.claims.add_cpus("kept", "cpus-numa-0", 2, json!([]));
     let before = s.preparer("boot-1");
-    let prepared = before
-        .prepare(vec![reference("a"), reference("gone")])
-        .await;
+    let all = vec![reference("a"), reference("gone"), reference("kept")];
+    let prepared = before.prepare(all).await;
     assert!(prepared.values().all(Result::is_ok), "{prepared:?}");
     drop(before);
     std::fs::write(s.checkpoint_path().join("a.json"), "garbage").unwrap();
     s.claims.remove("gone");
 
     let after = s.preparer("boot-1");
-    // Two rounds of two reads get no answer; the third round checks both claims.
-    s.claims.2.store(4, Ordering::SeqCst);
+    s.claims.3.lock().unwrap().clear();
+    // The first round's reads of a and gone get no answer, and so does the second round's of a;
+    // the third round checks a.
+    *s.claims.2.lock().unwrap() = [("ns/claim-a".into(), 2), ("ns/claim-gone".into(), 1)].into();
     let one = Duration::from_secs(1);
     let started = tokio::time::Instant::now();
     let cleaned = after.clean_stale_until_checked(one, 60 * one).await;
     assert_eq!(cleaned, ["gone"]);
     assert_eq!(started.elapsed(), 3 * one, "waits 1 s, then 2 s");
-    assert_eq!(s.claims.2.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        *s.claims.3.lock().unwrap(),
+        ["ns/claim-a", "ns/claim-gone", "ns/claim-kept"]
+            .into_iter()
+            .chain(["ns/claim-a", "ns/claim-gone", "ns/claim-a"])
+            .collect::<Vec<_>>()
+    );
     let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
-    assert_eq!(file.claims.keys().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(file.claims.keys().collect::<Vec<_>>(), ["a", "kept"]);
     assert!(!file.claims["a"].recovered, "{:?}", file.claims["a"]);
     assert!(!after.cpu_claims().borrow()["a"].pods.is_empty());
+}
+
+/// A rebuilt claim whose completed record would be over the size limit is not tried again (it
+/// never fits): the cleaning ends, and the record waits for the claim's next prepare.
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_claim_too_large_to_complete_does_not_keep_the_cleaning_going() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    let before = s.preparer("boot-1");
+    assert!(before.prepare(vec![reference("a")]).await["a"].is_ok());
+    drop(before);
+    std::fs::write(s.checkpoint_path().join("a.json"), "garbage").unwrap();
+    let huge = "p".repeat(crate::plugin::checkpoint::MAX_CLAIM_BYTES);
+    {
+        let mut claims = s.claims.0.lock().unwrap();
+        let claim = claims.get_mut("ns/claim-a").unwrap();
+        let reserved = claim.status.as_mut().unwrap().reserved_for.as_mut();
+        reserved.unwrap()[0].uid = huge;
+    }
+
+    let after = s.preparer("boot-1");
+    s.claims.3.lock().unwrap().clear();
+    let one = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
+    let cleaned = tokio::time::timeout(3600 * one, after.clean_stale_until_checked(one, 60 * one));
+    assert_eq!(
+        cleaned.await.expect("the cleaning ended"),
+        Vec::<String>::new()
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(*s.claims.3.lock().unwrap(), ["ns/claim-a"]);
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert!(file.claims["a"].recovered, "{:?}", file.claims["a"]);
 }
 
 #[tokio::test]

@@ -31,11 +31,17 @@ pub struct Saved {
     pub rdma: Option<String>,
     /// Its interface index: on the host when [`survey`]ed, in the pod once [`attach_surveyed`] moved
     /// it (the kernel keeps it when it is free in the pod's namespace, and gives another when not).
-    /// What tells it apart in the pod when the pod renamed it or changed its MAC (a bond), and on the
+    /// What tells it apart in the pod when the pod renamed it or set its MAC, and on the
     /// host when its namespace died: the kernel brings it back with that index when it is free.
     /// `None` in the state of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<i32>,
+    /// Its interface index on the host before the move. Where it equals `index` (the kernel kept
+    /// it at the move), `index` alone may identify it on the host when it comes back from a dead
+    /// namespace with the MAC the pod gave it; where not, `index` is a number of the pod's
+    /// namespace, which a netdev of the host may hold. `None` in the state of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_index: Option<i32>,
 }
 
 /// A netdev now in a pod.
@@ -96,6 +102,7 @@ pub fn survey(
         netns: netns.to_owned(),
         rdma: None,
         index: Some(link.index),
+        host_index: Some(link.index),
     })
 }
 
@@ -201,9 +208,10 @@ fn configure(
 /// may have taken the name meanwhile: it is not ours to reconfigure); else, returned by the kernel
 /// when its namespace died, under its pod name with its MAC, or under a name the kernel chose
 /// (`dev<N>`, when its pod name was taken) as the one link with its MAC; else (the pod changed its
-/// MAC) at its index under one of those two names.
+/// MAC) at its index under one of those two names, when the kernel kept its host index at the move
+/// (an index of the pod's namespace alone may be a host netdev's).
 fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
-    // Its MAC, or its index (back under its host name, the MAC the pod gave it, a bond's).
+    // Its MAC, or its index (back under its host name, with the MAC the pod set).
     let ours = |l: &&crate::netlink::Link| {
         saved.mac.is_empty() || l.mac == saved.mac || Some(l.index) == saved.index
     };
@@ -222,9 +230,12 @@ fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::n
         Some(link) => Some((*link).clone()),
         None => match same_mac.as_slice() {
             [only] => Some((*only).clone()),
-            [] => links.into_iter().find(|l| {
-                Some(l.index) == saved.index && (l.name == saved.pod_name || kernel_named(&l.name))
-            }),
+            [] if saved.index.is_some() && saved.index == saved.host_index => {
+                links.into_iter().find(|l| {
+                    Some(l.index) == saved.index
+                        && (l.name == saved.pod_name || kernel_named(&l.name))
+                })
+            }
             _ => None,
         },
     }
@@ -251,7 +262,7 @@ fn kernel_named(name: &str) -> bool {
 }
 
 /// The netdev of `saved` among its pod's `links`. First the one at its index that still has its
-/// pod name or its MAC (the pod may have changed the other: a bond sets its MAC, a rename its name;
+/// pod name or its MAC (the pod may have changed the other: its MAC with `ip link set address`, its name with a rename;
 /// two checks, as the kernel gives a moved netdev another index when its own is taken). Else the one
 /// with its MAC, preferring the one under its pod name: the pod may have renamed it and made another
 /// netdev under its name, and moving that one would hand the pod's own netdev to the host, so a
@@ -297,6 +308,7 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
         Err(e) if e.kind() == NetErrorKind::Namespace => None,
         Err(e) => return Err(e),
     };
+    let mut moved_home = false;
     if let Some((mut pod, link)) = in_pod {
         let home_fd = open_netns(home)?;
         pod.set_link(
@@ -314,9 +326,20 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
                 ..Default::default()
             },
         )?;
+        moved_home = true;
     }
     let mut host = Rtnl::open_in(home)?;
-    let Some(link) = find_home(host.links()?, saved) else {
+    // Just moved home under its host name (the move fails when a netdev holds the name): it is
+    // that one, whatever its MAC and the index the kernel gave it there.
+    let just_moved = match moved_home {
+        true => host.link(&saved.host_name)?,
+        false => None,
+    };
+    let found = match just_moved {
+        Some(link) => Some(link),
+        None => find_home(host.links()?, saved),
+    };
+    let Some(link) = found else {
         return Ok(Detached::Gone);
     };
     if link.up {
@@ -328,7 +351,7 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
             },
         )?;
     }
-    // The MAC the pod gave it (a bond's), while it is down. Not fatal: a VF whose MAC its PF set
+    // The MAC it had, when the pod set another, while it is down. Not fatal: a VF whose MAC its PF set
     // refuses it, and the netdev is home either way.
     if link.mac != saved.mac
         && let Some(mac) = mac_bytes(&saved.mac)
@@ -390,6 +413,7 @@ mod tests {
             netns: PathBuf::from("/run/netns/gone"),
             rdma: None,
             index: Some(4),
+            host_index: Some(4),
         }
     }
 
@@ -432,7 +456,7 @@ mod tests {
             ),
             None
         );
-        // Its MAC changed in the pod (a bond's): its index and pod name tell it.
+        // The pod set its MAC: its index and pod name tell it.
         assert_eq!(
             found(vec![link(4, "net1", "02:00:00:00:00:0b")], &ours),
             Some(4)
@@ -504,12 +528,31 @@ mod tests {
         );
         // Nowhere: gone.
         assert_eq!(found(vec![link(1, "eth0", "02:00:00:00:00:01")]), None);
-        // Its MAC changed in the pod (a bond's): at its index, under its pod name or as dev<N>.
+        // The pod set its MAC: at its index, under its pod name or as dev<N>.
         assert_eq!(found(vec![link(4, "net1", "02:00:00:00:0b:0b")]), Some(4));
         assert_eq!(found(vec![link(4, "dev4", "02:00:00:00:0b:0b")]), Some(4));
         // At its index under another name, or under its pod name at another index: not it.
         assert_eq!(found(vec![link(4, "eth7", "02:00:00:00:0b:0b")]), None);
         assert_eq!(found(vec![link(4, "devices", "02:00:00:00:0b:0b")]), None);
         assert_eq!(found(vec![link(6, "net1", "02:00:00:00:0b:0b")]), None);
+        // The kernel gave it another index in the pod (4, where it had 3): on the host, 4 may be
+        // a netdev of the host's, so the index alone does not tell it.
+        let renumbered = Saved {
+            host_index: Some(3),
+            ..saved()
+        };
+        let found = |links: Vec<Link>| find_home(links, &renumbered).map(|l| l.index);
+        assert_eq!(found(vec![link(4, "net1", "02:00:00:00:0b:0b")]), None);
+        assert_eq!(found(vec![link(4, "dev4", "02:00:00:00:0b:0b")]), None);
+        assert_eq!(found(vec![link(4, "net1", "02:00:00:00:00:03")]), Some(4));
+        // A record of an earlier version (no host index): not by the index alone either.
+        let earlier = Saved {
+            host_index: None,
+            ..saved()
+        };
+        assert_eq!(
+            find_home(vec![link(4, "net1", "02:00:00:00:0b:0b")], &earlier),
+            None
+        );
     }
 }

@@ -232,7 +232,7 @@ impl FakeApi {
                     200,
                     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": uid}}),
                 ),
-                _ => status(404, &format!("nodes \"{name}\" not found")),
+                _ => not_found("", "nodes", name),
             };
         }
         if let Some(rest) = path.strip_prefix(SLICES) {
@@ -256,7 +256,7 @@ impl FakeApi {
             if let [namespace, "resourceclaims", name, "status"] = parts.as_slice() {
                 let key = format!("{namespace}/{name}");
                 let Some(claim) = self.claims.get_mut(&key) else {
-                    return status(404, &format!("resourceclaims \"{name}\" not found"));
+                    return not_found("resource.k8s.io", "resourceclaims", name);
                 };
                 if method != "PATCH" || !body["status"].is_object() {
                     return status(400, "a PATCH with a status is expected");
@@ -269,7 +269,7 @@ impl FakeApi {
                 let key = format!("{namespace}/{name}");
                 return match (method, self.claims.get(&key)) {
                     ("GET", Some(claim)) => Reply::Json(200, claim.clone()),
-                    _ => status(404, &format!("resourceclaims \"{name}\" not found")),
+                    _ => not_found("resource.k8s.io", "resourceclaims", name),
                 };
             }
         }
@@ -439,13 +439,13 @@ impl FakeApi {
     fn delete_slice(&mut self, name: &str) -> Reply {
         match self.remove_slice(name) {
             Some(removed) => Reply::Json(200, removed),
-            None => status(404, &format!("resourceslices \"{name}\" not found")),
+            None => not_found("resource.k8s.io", "resourceslices", name),
         }
     }
 
     fn slice_by_name(&mut self, method: &str, name: &str, mut body: Value) -> Reply {
         let Some(stored) = self.slices.get(name).cloned() else {
-            return status(404, &format!("resourceslices \"{name}\" not found"));
+            return not_found("resource.k8s.io", "resourceslices", name);
         };
         match method {
             "GET" => Reply::Json(200, stored),
@@ -563,6 +563,19 @@ fn status_body(code: u16, message: &str) -> Value {
 
 fn status(code: u16, message: &str) -> Reply {
     Reply::Json(code, status_body(code, message))
+}
+
+/// The API server's 404 for a missing object (`NewNotFound` in apimachinery's
+/// `pkg/api/errors/errors.go`): its message, and details naming the object, which a 404 for a path
+/// the server does not serve lacks.
+fn not_found(group: &str, resource: &str, name: &str) -> Reply {
+    let qualified = match group {
+        "" => resource.to_owned(),
+        group => format!("{resource}.{group}"),
+    };
+    let mut body = status_body(404, &format!("{qualified} \"{name}\" not found"));
+    body["details"] = json!({"name": name, "group": group, "kind": resource});
+    Reply::Json(404, body)
 }
 
 /// Why `preconditions` (a `DeleteOptions.preconditions` object, or `null`) do not hold for `stored`,

@@ -81,6 +81,15 @@ pub enum StatusWriteError {
     Failed(String),
 }
 
+/// Whether `error` says that the object `name` does not exist: a 404 whose details name it, as the
+/// API server's does (`NewNotFound` in apimachinery's `pkg/api/errors/errors.go`). A 404 without
+/// them (a path the server does not serve: the resource type disabled, a proxy's page) says nothing
+/// about the claim, and taking it for "deleted" would unprepare every claim of the node.
+fn is_missing(error: &kube::Error, name: &str) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 404 && status.details.as_ref().is_some_and(|d| d.name == name))
+}
+
 /// Claims from the API server.
 pub struct KubeClaims(pub kube::Client);
 
@@ -96,8 +105,10 @@ impl ClaimSource for KubeClaims {
         Box::pin(async move {
             // The client's layer bounds the wait for the response to start; this bounds the whole
             // call (a body that never ends too).
-            match tokio::time::timeout(CALL_LIMIT, api.get_opt(&name)).await {
-                Ok(got) => got.map_err(|source| ClaimReadError::Api {
+            match tokio::time::timeout(CALL_LIMIT, api.get(&name)).await {
+                Ok(Ok(found)) => Ok(Some(found)),
+                Ok(Err(source)) if is_missing(&source, &name) => Ok(None),
+                Ok(Err(source)) => Err(ClaimReadError::Api {
                     claim,
                     kind: kind_of(&source),
                     source,
@@ -153,5 +164,52 @@ impl ClaimSource for KubeClaims {
                     )),
                 })
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::is_missing;
+
+    /// A 404 as the API server writes it, with `details` as given.
+    fn not_found(details: serde_json::Value) -> kube::Error {
+        let status = serde_json::json!({"kind": "Status", "status": "Failure", "code": 404,
+            "reason": "NotFound", "message": "not found", "details": details});
+        kube::Error::Api(Box::new(serde_json::from_value(status).unwrap()))
+    }
+
+    #[test]
+    fn only_a_404_naming_the_claim_says_it_is_gone() {
+        let named = |name: &str| serde_json::json!({"name": name, "group": "resource.k8s.io", "kind": "resourceclaims"});
+        assert!(is_missing(&not_found(named("claim-a")), "claim-a"));
+        // The resource type not served, or a proxy's 404: not the claim's answer.
+        assert!(!is_missing(&not_found(serde_json::Value::Null), "claim-a"));
+        assert!(!is_missing(&not_found(serde_json::json!({})), "claim-a"));
+        assert!(!is_missing(&not_found(named("claim-b")), "claim-a"));
+    }
+
+    /// Through the client, against the fake API server (whose 404s for objects carry details as
+    /// the real one's do): a missing claim is `None`; a 404 without details is an error.
+    #[tokio::test]
+    async fn a_404_that_does_not_name_the_claim_is_an_error() {
+        use super::{ClaimSource, KubeClaims};
+        use crate::fake_api::FakeApi;
+        use std::sync::{Arc, Mutex};
+        let api = Arc::new(Mutex::new(FakeApi::with_node("node-1")));
+        api.lock().unwrap().claims.insert(
+            "ns/claim-a".into(),
+            serde_json::json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                "metadata": {"name": "claim-a", "namespace": "ns", "uid": "a"},
+                "spec": {"devices": {"requests": []}}}),
+        );
+        let client = FakeApi::mock_client(api.clone(), &crate::api::call_timeout_layer());
+        let claims = KubeClaims(client);
+        assert!(claims.get("ns", "claim-b").await.unwrap().is_none());
+        let path = "GET /apis/resource.k8s.io/v1/namespaces/ns/resourceclaims/claim-a";
+        api.lock().unwrap().fail_once.push((path.into(), 404));
+        let error = claims.get("ns", "claim-a").await.unwrap_err();
+        assert_eq!(error.kind(), crate::api::ErrorKind::NotFound);
+        assert!(claims.get("ns", "claim-a").await.unwrap().is_some());
     }
 }

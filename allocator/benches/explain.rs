@@ -34,10 +34,15 @@ fn bench(c: &mut Criterion) {
 /// 32 CPUs of one NUMA node where each of the two nodes offers 28 (`hal-probe explain --cpu-mode
 /// individual` with a selector): a "no" that counting proves, where trying combinations never ends.
 fn cannot_fit(c: &mut Criterion) {
-    let mut text = String::from(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {name: s}\nspec:\n  driver: example.com\n  nodeName: node-n\n  pool: {name: pool-n, generation: 1, resourceSliceCount: 1}\n  devices:\n",
-    );
+    // One slice per NUMA node: a slice holds at most 128 devices.
+    let mut text = String::new();
     for i in 0..224 {
+        if i % 112 == 0 {
+            text.push_str(&format!(
+                "---\napiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata: {{name: s{}}}\nspec:\n  driver: example.com\n  nodeName: node-n\n  pool: {{name: pool-n, generation: 1, resourceSliceCount: 2}}\n  devices:\n",
+                i / 112
+            ));
+        }
         text.push_str(&format!(
             "  - {{name: cpu-{i}, attributes: {{numaNode: {{int: {}}}, cpuId: {{int: {i}}}}}}}\n",
             i / 112

@@ -241,20 +241,18 @@ pub fn domain_literals(expression: &str) -> BTreeSet<String> {
 
 /// Verdicts by expression and device, so a class's selectors (and repeated request selectors) are
 /// evaluated once per device, however many requests name them. Filled lazily: a device is only
-/// evaluated by a selector when the selectors before it passed, as in the scheduler.
+/// evaluated by a selector when the selectors before it passed, as in the scheduler. Sparse: it
+/// holds what was evaluated, so its size follows the work done, not selectors × devices (the API
+/// caps a claim's selectors, not the number of slices).
+#[derive(Default)]
 pub(crate) struct VerdictCache {
-    devices: usize,
-    by_expression: BTreeMap<String, Vec<Option<Verdict>>>,
+    by_expression: BTreeMap<String, Verdicts>,
 }
 
-impl VerdictCache {
-    pub(crate) fn new(devices: usize) -> Self {
-        VerdictCache {
-            devices,
-            by_expression: BTreeMap::new(),
-        }
-    }
+/// One expression's verdicts by device index.
+type Verdicts = HashMap<usize, Verdict, foldhash::fast::FixedState>;
 
+impl VerdictCache {
     pub(crate) fn get(
         &mut self,
         expression: &str,
@@ -263,17 +261,18 @@ impl VerdictCache {
     ) -> Verdict {
         if !self.by_expression.contains_key(expression) {
             self.by_expression
-                .insert(expression.to_owned(), vec![None; self.devices]);
+                .insert(expression.to_owned(), Verdicts::default());
         }
-        let slot = self
-            .by_expression
-            .get_mut(expression)
-            .and_then(|v| v.get_mut(device));
-        match slot {
-            Some(Some(verdict)) => verdict.clone(),
-            Some(empty) => empty.insert(eval()).clone(),
+        match self.by_expression.get_mut(expression) {
+            Some(verdicts) => verdicts.entry(device).or_insert_with(eval).clone(),
             None => eval(),
         }
+    }
+
+    /// How many verdicts it holds.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.by_expression.values().map(HashMap::len).sum()
     }
 }
 
@@ -283,6 +282,24 @@ mod tests {
     use super::*;
     use crate::model::Capacity;
     use crate::quantity::Quantity;
+
+    /// Each expression is evaluated once per device, and only what was evaluated is held: a
+    /// million devices cost nothing until they are looked at.
+    #[test]
+    fn the_verdict_cache_evaluates_once_and_holds_only_what_it_evaluated() {
+        let mut cache = VerdictCache::default();
+        let mut evaluated = 0;
+        for device in [7, 999_999, 7] {
+            let verdict = cache.get("device.driver == \"x\"", device, || {
+                evaluated += 1;
+                Verdict::Selected
+            });
+            assert_eq!(verdict, Verdict::Selected);
+        }
+        cache.get("true", 999_999, || Verdict::NotSelected);
+        assert_eq!(evaluated, 2);
+        assert_eq!(cache.held(), 3);
+    }
 
     fn gpu() -> Candidate {
         let mut device = Candidate::bare("gpu.example.com", "node", "gpu-0");

@@ -302,7 +302,7 @@ impl Allocator {
                 .map_or(input.label.as_str(), |(_, name)| name)
                 .to_owned()
         });
-        let mut verdicts = VerdictCache::new(self.pools.devices.len());
+        let mut verdicts = VerdictCache::default();
         let mut fits = Vec::new();
         let mut matchings = Vec::new();
         for request in &claim.requests {

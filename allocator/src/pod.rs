@@ -433,8 +433,10 @@ impl Allocator {
 
     /// The first claim, in the scheduler's order, that cannot be placed given the claims before
     /// it (found by searching ever longer prefixes), and why: what it lacks alone, or which of
-    /// its candidates the claims before it would take. None when a search gave up.
+    /// its candidates the claims before it would take. None when a search gave up. Its searches
+    /// share one step limit (and [`Allocator::why_not`] has its own).
     fn culprit(&self, prepared: &[Prepared]) -> Option<(usize, Vec<String>)> {
+        let mut left = self.step_limit;
         let mut before: Vec<Pick> = Vec::new();
         let mut before_joint = Claim::joint(&[]);
         let mut culprit = prepared.len().checked_sub(1)?;
@@ -446,9 +448,10 @@ impl Allocator {
                 .take(m)
                 .flat_map(|p| p.fits.clone())
                 .collect();
-            let mut search = Search::new(&joint, &self.pools, &fits, self.step_limit);
+            let mut search = Search::new(&joint, &self.pools, &fits, left);
             search.counting_bounds = self.counting_bounds;
             let found = search.run();
+            left = left.saturating_sub(search.steps);
             if search.gave_up || search.error.is_some() {
                 return None;
             }
@@ -461,7 +464,7 @@ impl Allocator {
             before_joint = joint;
         }
         let p = prepared.get(culprit)?;
-        let mut alone = Search::new(&p.claim, &self.pools, &p.fits, self.step_limit);
+        let mut alone = Search::new(&p.claim, &self.pools, &p.fits, left);
         alone.counting_bounds = self.counting_bounds;
         let fits_alone = alone.run();
         if alone.gave_up {

@@ -843,3 +843,44 @@ fn an_explanation_that_runs_out_of_steps_says_so() {
         "{outcome:#?}"
     );
 }
+
+/// The searches for the reason share one step limit: with every constraint twice, leaving out one
+/// copy leaves the claim as hard as it was, so each of those searches takes as long as the search
+/// for the allocation, and two of them need more than the limit.
+#[test]
+fn the_searches_for_the_reason_share_one_step_limit() {
+    let mut text = String::from(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n",
+    );
+    for r in 0..5 {
+        text.push_str(&format!(
+            "    - name: r{r}\n      exactly:\n        deviceClassName: example\n        selectors: [{{cel: {{expression: 'device.attributes[\"example.com\"].type == \"gpu\"'}}}}]\n"
+        ));
+    }
+    text.push_str("    constraints:\n");
+    for _ in 0..2 {
+        text.push_str("    - matchAttribute: example.com/numaNode\n    - distinctAttribute: example.com/numaNode\n");
+    }
+    let mut objects = Objects::default();
+    objects
+        .add_text("node", &crate::synthetic::node(128, 4))
+        .unwrap();
+    objects.add_text("claim", &text).unwrap();
+    let mut allocator = Allocator::new(&objects.slices, objects.classes, &[], None).unwrap();
+    let unlimited = allocator.explain(&objects.claims[0]);
+    assert_eq!(unlimited.status, Status::Unsatisfiable);
+    assert!(
+        unlimited.explanation[0].contains("the constraints together cannot be met"),
+        "{unlimited:#?}"
+    );
+    let steps = unlimited.search_steps;
+    assert!(steps > 10, "{steps}");
+    // One and a half times the allocation search: enough for one search for the reason, not four.
+    allocator.step_limit = steps + steps / 2;
+    let limited = allocator.explain(&objects.claims[0]);
+    assert_eq!(limited.search_steps, steps);
+    assert!(
+        limited.explanation[0].contains("the search for the reason gave up"),
+        "{limited:#?}"
+    );
+}

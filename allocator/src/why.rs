@@ -12,7 +12,8 @@ use crate::outcome::{Matching, Rejection};
 use crate::search::{Fit, Search};
 
 impl Allocator {
-    /// The smallest reason the claim has no allocation.
+    /// The smallest reason the claim has no allocation. Its searches (one per constraint, then one
+    /// without all) share one step limit, so the reason costs at most as much as the search.
     pub(crate) fn why_not(
         &self,
         claim: &Claim,
@@ -23,10 +24,12 @@ impl Allocator {
         if let Some(short) = self.request_short(claim, matchings) {
             return short;
         }
+        let mut left = self.step_limit;
         for (c, constraint) in claim.constraints.iter().enumerate() {
-            let mut relaxed = Search::new(claim, &self.pools, fits, self.step_limit);
+            let mut relaxed = Search::new(claim, &self.pools, fits, left);
             relaxed.skip_constraint = Some(c);
             let fits_without = relaxed.run();
+            left = left.saturating_sub(relaxed.steps);
             if relaxed.gave_up {
                 lines.push(gave_up(self.step_limit));
                 return lines;
@@ -41,7 +44,7 @@ impl Allocator {
             }
         }
         if !claim.constraints.is_empty() {
-            let mut relaxed = Search::new(claim, &self.pools, fits, self.step_limit);
+            let mut relaxed = Search::new(claim, &self.pools, fits, left);
             relaxed.skip_all_constraints = true;
             let fits_without = relaxed.run();
             if relaxed.gave_up {

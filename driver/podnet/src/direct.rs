@@ -42,6 +42,11 @@ pub struct Saved {
     /// namespace, which a netdev of the host may hold. `None` in the state of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_index: Option<i32>,
+    /// Its permanent hardware address, when it has one (a real NIC's function; a veth has none):
+    /// what identifies it wherever it is, since a pod can change its name, MAC and index but not
+    /// this. `None` in the state of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perm_mac: Option<String>,
 }
 
 /// A netdev now in a pod.
@@ -103,6 +108,7 @@ pub fn survey(
         rdma: None,
         index: Some(link.index),
         host_index: Some(link.index),
+        perm_mac: Some(link.perm_mac).filter(|p| !p.is_empty()),
     })
 }
 
@@ -204,13 +210,18 @@ fn configure(
     Ok((ips, link.mac, link.index))
 }
 
-/// The netdev of `saved` among the host's `links`: under its host name with its MAC (another netdev
+/// The netdev of `saved` among the host's `links`: by its permanent address when it has one
+/// ([`by_perm_mac`]); else under its host name with its MAC (another netdev
 /// may have taken the name meanwhile: it is not ours to reconfigure); else, returned by the kernel
 /// when its namespace died, under its pod name with its MAC, or under a name the kernel chose
 /// (`dev<N>`, when its pod name was taken) as the one link with its MAC; else (the pod changed its
 /// MAC) at its index under one of those two names, when the kernel kept its host index at the move
 /// (an index of the pod's namespace alone may be a host netdev's).
 fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
+    let links = match by_perm_mac(links, saved) {
+        Ok(found) => return found,
+        Err(links) => links,
+    };
     // Its MAC, or its index (back under its host name, with the MAC the pod set).
     let ours = |l: &&crate::netlink::Link| {
         saved.mac.is_empty() || l.mac == saved.mac || Some(l.index) == saved.index
@@ -241,6 +252,25 @@ fn find_home(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::n
     }
 }
 
+/// The netdev of `saved` among `links` by its permanent address, when it has one: `Ok` with the one
+/// link that has it, or `Ok(None)` when none has (it is not among them). `Err` gives the links back
+/// to be told apart otherwise: without a recorded permanent address, or when several links have it
+/// (upper devices that copy their lower's), only those.
+fn by_perm_mac(
+    links: Vec<crate::netlink::Link>,
+    saved: &Saved,
+) -> Result<Option<crate::netlink::Link>, Vec<crate::netlink::Link>> {
+    let Some(perm) = &saved.perm_mac else {
+        return Err(links);
+    };
+    let mut with_perm: Vec<_> = links.into_iter().filter(|l| l.perm_mac == *perm).collect();
+    match with_perm.len() {
+        0 => Ok(None),
+        1 => Ok(with_perm.pop()),
+        _ => Err(with_perm),
+    }
+}
+
 /// The bytes of a MAC as the kernel prints it (`02:00:5e:10:00:01`, 6 bytes, or 20 for InfiniBand);
 /// `None` when empty or malformed.
 fn mac_bytes(text: &str) -> Option<Vec<u8>> {
@@ -261,7 +291,8 @@ fn kernel_named(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The netdev of `saved` among its pod's `links`. First the one at its index that still has its
+/// The netdev of `saved` among its pod's `links`: by its permanent address when it has one
+/// ([`by_perm_mac`]). Else first the one at its index that still has its
 /// pod name or its MAC (the pod may have changed the other: its MAC with `ip link set address`, its name with a rename;
 /// two checks, as the kernel gives a moved netdev another index when its own is taken). Else the one
 /// with its MAC, preferring the one under its pod name: the pod may have renamed it and made another
@@ -269,6 +300,10 @@ fn kernel_named(name: &str) -> bool {
 /// link under the pod name with another MAC is not it (logged). Without a recorded MAC (the state of
 /// earlier versions), by name.
 fn find_in_pod(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate::netlink::Link> {
+    let links = match by_perm_mac(links, saved) {
+        Ok(found) => return found,
+        Err(links) => links,
+    };
     let same_mac = |l: &crate::netlink::Link| !saved.mac.is_empty() && l.mac == saved.mac;
     if let Some(link) = links
         .iter()
@@ -400,6 +435,7 @@ mod tests {
             mtu: 1500,
             up: true,
             mac: mac.into(),
+            perm_mac: String::new(),
         }
     }
 
@@ -414,6 +450,7 @@ mod tests {
             rdma: None,
             index: Some(4),
             host_index: Some(4),
+            perm_mac: None,
         }
     }
 
@@ -554,5 +591,31 @@ mod tests {
             find_home(vec![link(4, "net1", "02:00:00:00:0b:0b")], &earlier),
             None
         );
+    }
+
+    /// A function with a permanent address is found by it, in the pod and on the host, whatever
+    /// name, MAC and index the pod gave it; a pod's netdev with the function's name, MAC and index
+    /// but without its permanent address is not it.
+    #[test]
+    fn a_function_with_a_permanent_address_is_found_by_it() {
+        let hardware = Saved {
+            perm_mac: Some("0c:42:a1:00:00:03".into()),
+            ..saved()
+        };
+        let with_perm = |index: i32, name: &str, mac: &str| Link {
+            perm_mac: "0c:42:a1:00:00:03".into(),
+            ..link(index, name, mac)
+        };
+        let fake = link(4, "net1", "02:00:00:00:00:03");
+        let renamed = with_perm(9, "other", "02:00:00:00:0b:0b");
+        for find in [find_in_pod, find_home] {
+            let found = |links: Vec<Link>| find(links, &hardware).map(|l| l.index);
+            assert_eq!(found(vec![fake.clone(), renamed.clone()]), Some(9));
+            assert_eq!(found(vec![fake.clone()]), None);
+            // Several with it (an upper device that copies it): told apart among those only.
+            let upper = with_perm(12, "net1.7", "02:00:00:00:00:03");
+            let own = with_perm(4, "net1", "02:00:00:00:00:03");
+            assert_eq!(found(vec![fake.clone(), upper, own]), Some(4));
+        }
     }
 }

@@ -28,6 +28,7 @@ const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_PERM_ADDRESS: u16 = 54;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_F_NODAD: u8 = 0x02;
@@ -51,6 +52,9 @@ pub struct Link {
     pub up: bool,
     /// Hardware address, `aa:bb:...` (empty when it has none).
     pub mac: String,
+    /// Permanent hardware address (`IFLA_PERM_ADDRESS`, Linux 5.5+), which its driver sets and
+    /// nobody can change; empty when it has none (a veth, a dummy).
+    pub perm_mac: String,
 }
 
 /// What to change on a link; `None` leaves it.
@@ -240,6 +244,11 @@ impl Rtnl {
             mtu: 0,
             up: flags & IFF_UP != 0,
             mac: String::new(),
+            perm_mac: String::new(),
+        };
+        let text = |bytes: &[u8]| {
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            hex.join(":")
         };
         for (kind, payload) in attributes(body, 16) {
             match kind {
@@ -249,12 +258,10 @@ impl Rtnl {
                         .to_owned();
                 }
                 IFLA_MTU => link.mtu = u32_at(payload, 0).unwrap_or(0),
-                IFLA_ADDRESS => {
-                    link.mac = payload
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<Vec<_>>()
-                        .join(":");
+                IFLA_ADDRESS => link.mac = text(payload),
+                // The kernel sends it only when it is not all zeros.
+                IFLA_PERM_ADDRESS if payload.iter().any(|b| *b != 0) => {
+                    link.perm_mac = text(payload);
                 }
                 _ => {}
             }
@@ -410,4 +417,44 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
             &format!("opening {}: {e}", path.display()),
         )
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An `RTM_NEWLINK` body: `ifinfomsg` (index 7, up), then its attributes.
+    fn body(attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = vec![0u8; 16];
+        body[4..8].copy_from_slice(&7u32.to_ne_bytes());
+        body[8..12].copy_from_slice(&IFF_UP.to_ne_bytes());
+        for (kind, payload) in attrs {
+            attr(&mut body, *kind, payload);
+        }
+        body
+    }
+
+    #[test]
+    fn a_link_is_read_with_its_permanent_address_when_it_has_one() {
+        let mac = [2, 0, 0, 0, 0, 3];
+        let perm = [0x0c, 0x42, 0xa1, 0, 0, 3];
+        let link = Rtnl::parse_link(&body(&[
+            (IFLA_IFNAME, b"ens1f0v3\0"),
+            (IFLA_MTU, &9000u32.to_ne_bytes()),
+            (IFLA_ADDRESS, &mac),
+            (IFLA_PERM_ADDRESS, &perm),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (link.index, link.name.as_str(), link.mtu, link.up),
+            (7, "ens1f0v3", 9000, true)
+        );
+        assert_eq!(link.mac, "02:00:00:00:00:03");
+        assert_eq!(link.perm_mac, "0c:42:a1:00:00:03");
+        let zeros = Rtnl::parse_link(&body(&[(IFLA_PERM_ADDRESS, &[0; 6])])).unwrap();
+        assert_eq!(zeros.perm_mac, "");
+        // Cut short: no panic.
+        assert!(Rtnl::parse_link(&[0u8; 6]).is_none());
+    }
 }

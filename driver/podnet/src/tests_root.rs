@@ -29,6 +29,10 @@ fn direct_mode_moves_configures_and_returns_a_veth_needs_root() {
     veth(&home, "vf0", "vf0peer");
     let attached = attach(&home.path(), "vf0", &pod.path(), &demo_config()).unwrap();
     assert_eq!(attached.saved.mtu, 1500);
+    assert_eq!(
+        attached.saved.perm_mac, None,
+        "a veth has no permanent address"
+    );
     assert!(attached.saved.up);
     let ips: Vec<String> = attached.ips.iter().map(ToString::to_string).collect();
     assert_eq!(ips, ["192.0.2.10/24", "fd00:9::10/64"]);

@@ -158,7 +158,7 @@ fn a_terminal_in_place_of_an_attribute_does_not_become_the_controlling_terminal_
 }
 
 /// Whether `path` is opened (`IN_OPEN`) while `read` runs, watched with inotify.
-fn opened_during(path: &Path, read: impl FnOnce()) -> bool {
+pub(super) fn opened_during(path: &Path, read: impl FnOnce()) -> bool {
     use rustix::fs::inotify::{self, CreateFlags, Reader, WatchFlags};
     let watch = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).unwrap();
     inotify::add_watch(&watch, path, WatchFlags::OPEN).unwrap();
@@ -219,6 +219,11 @@ fn a_character_device_in_place_of_an_attribute_of_a_tree_is_never_opened_needs_r
         assert!(error.to_string().contains("a character device"), "{error}");
         let error = tree.open_regular(&vendor).unwrap_err();
         assert!(error.to_string().contains("a character device"), "{error}");
+        // Nor by the writer (bind, unbind, sriov_numvfs on a captured tree).
+        let writer = super::write::FileWriter::new(fixture.root());
+        use hal::AttributeWriter;
+        let error = writer.write_attribute(&vendor, "0x8086").unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
     });
     assert!(!opened, "the device was opened");
 }

@@ -73,6 +73,49 @@ impl RootDir {
     }
 }
 
+/// How a file looked at first (opened `O_PATH`, which has no side effects, and `fstat`ed) is then
+/// opened for real: through its magic link in `/proc/self/fd`, which opens the same inode whatever
+/// is at its path by now; or, without `/proc`, by its path again, which a rename racing it could
+/// swap for another file.
+#[derive(Debug)]
+pub enum Reopen {
+    /// `/proc/self/fd`, opened `O_PATH`.
+    Proc(OwnedFd),
+    /// No `/proc/self/fd`.
+    ByPath,
+}
+
+impl Reopen {
+    /// `/proc/self/fd` when it opens, else [`Reopen::ByPath`].
+    pub fn available() -> Reopen {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        rustix::fs::open("/proc/self/fd", flags, Mode::empty()).map_or(Reopen::ByPath, Reopen::Proc)
+    }
+
+    /// Opens `looked` (`root`'s `path`, opened `O_PATH`) with `flags`.
+    pub fn open(
+        &self,
+        root: &RootDir,
+        path: &Path,
+        looked: &OwnedFd,
+        flags: OFlags,
+    ) -> io::Result<OwnedFd> {
+        match self {
+            Reopen::Proc(dir) => {
+                let name = rustix::fd::AsRawFd::as_raw_fd(looked).to_string();
+                // The magic link, followed: no `O_NOFOLLOW` here.
+                Ok(rustix::fs::openat(
+                    dir,
+                    name.as_str(),
+                    flags | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?)
+            }
+            Reopen::ByPath => root.open_file(path, flags),
+        }
+    }
+}
+
 /// Opens `relative` under the directory `root` as if `root` were `/`, with `flags` and `O_NOFOLLOW`
 /// (a link as the last component is `ELOOP`) and `O_CLOEXEC`.
 pub fn open_in_root(root: BorrowedFd<'_>, relative: &Path, flags: OFlags) -> io::Result<OwnedFd> {

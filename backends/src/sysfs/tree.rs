@@ -19,7 +19,7 @@ use rustix::fs::OFlags;
 
 use super::SysfsRoot;
 use super::attr;
-use super::in_root::RootDir;
+use super::in_root::{Reopen, RootDir};
 
 /// A sysfs root opened for reading inside it. Opened once per reading of a family (one `open(2)`,
 /// and for a root whose `sys` is not the kernel's sysfs, two more: see [`Tree::open`]).
@@ -28,8 +28,8 @@ pub struct Tree {
     root: SysfsRoot,
     /// The root directory, or the errno of opening it (then every read fails with it).
     dir: std::result::Result<RootDir, i32>,
-    /// `/proc/self/fd`, when files are looked at before they are opened: see [`Tree::open`].
-    reopen: Option<OwnedFd>,
+    /// How files are opened after they are looked at, when they are: see [`Tree::open`].
+    look_first: Option<Reopen>,
 }
 
 /// `SYSFS_MAGIC` (`include/uapi/linux/magic.h`): the `f_type` of the kernel's sysfs.
@@ -44,7 +44,8 @@ impl Tree {
     /// through `/proc/self/fd` only if it is a regular file. A tree unpacked as root can hold device
     /// nodes, and opening one is enough to act: a watchdog's node arms the watchdog, and the machine
     /// reboots when it is not fed. The kernel's sysfs holds no such nodes, so it is read with one
-    /// `open(2)` per attribute. Without `/proc`, files are opened directly.
+    /// `open(2)` per attribute. Without `/proc`, a regular file is opened again by its path, which
+    /// a rename racing the look could swap for a device node.
     pub fn open(root: &SysfsRoot) -> Tree {
         let dir = RootDir::open(root.root()).map_err(|e| e.raw_os_error().unwrap_or(libc_einval()));
         let kernel_sysfs = dir.as_ref().is_ok_and(|dir| {
@@ -52,17 +53,10 @@ impl Tree {
             sys.and_then(|fd| Ok(rustix::fs::fstatfs(fd)?))
                 .is_ok_and(|fs| i128::from(fs.f_type) == SYSFS_MAGIC)
         });
-        let reopen = match kernel_sysfs {
-            true => None,
-            false => {
-                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-                rustix::fs::open("/proc/self/fd", flags, rustix::fs::Mode::empty()).ok()
-            }
-        };
         Tree {
             root: root.clone(),
             dir,
-            reopen,
+            look_first: (!kernel_sysfs).then(Reopen::available),
         }
     }
 
@@ -93,26 +87,17 @@ impl Tree {
     /// Anything but a regular file comes back as its `O_PATH` descriptor, never opened: reading that
     /// fails, and the reader's `fstat` then names what it is.
     fn open_to_read(&self, path: &Path) -> io::Result<OwnedFd> {
-        let Some(reopen) = &self.reopen else {
+        let (Some(reopen), Ok(dir)) = (&self.look_first, &self.dir) else {
             return self.open_with(path, attr::read_flags(), false);
         };
-        let looked = self.open_with(path, OFlags::PATH, false)?;
+        let looked = dir.open_file(path, OFlags::PATH)?;
         use rustix::fs::FileType;
         match FileType::from_raw_mode(rustix::fs::fstat(&looked)?.st_mode) {
-            FileType::RegularFile => {}
+            FileType::RegularFile => reopen.open(dir, path, &looked, attr::read_flags()),
             // What `O_NOFOLLOW` answers a link with.
-            FileType::Symlink => return Err(rustix::io::Errno::LOOP.into()),
-            _ => return Ok(looked),
+            FileType::Symlink => Err(rustix::io::Errno::LOOP.into()),
+            _ => Ok(looked),
         }
-        let name = rustix::fd::AsRawFd::as_raw_fd(&looked).to_string();
-        // The magic link of `looked`, followed: no O_NOFOLLOW here.
-        let flags = attr::read_flags();
-        Ok(rustix::fs::openat(
-            reopen,
-            name.as_str(),
-            flags,
-            rustix::fs::Mode::empty(),
-        )?)
     }
 
     /// [`attr::open_regular`] of `path`, opened inside the root (and not through a link as its last

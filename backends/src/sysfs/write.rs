@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use hal::AttributeWriter;
 use rustix::fs::OFlags;
 
-use super::in_root::RootDir;
+use super::in_root::{Reopen, RootDir};
 
 /// Writes attributes to the files under a sysfs root. The file must exist: sysfs attributes are never
 /// created by writing, and a typo must not leave a stray file in a captured tree. Paths are resolved
@@ -37,24 +37,24 @@ impl Default for FileWriter {
 impl AttributeWriter for FileWriter {
     fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
         let root = RootDir::open(&self.root)?;
-        // Truncated only once it is known to be an attribute (below), not by `O_TRUNC`. A terminal
-        // in its place must not become the writer's controlling terminal: `O_NOCTTY`.
-        let flags = OFlags::WRONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-        let fd = root
-            .open_file(path, flags)
-            .map_err(|e| match e.raw_os_error() {
-                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => io::Error::new(
+        // Looked at first (`O_PATH`: no side effects), and opened for writing only when it is an
+        // attribute: opening a device node is enough for it to act (a watchdog's arms it).
+        let looked = root.open_file(path, OFlags::PATH)?;
+        let stat = rustix::fs::fstat(&looked)?;
+        match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+            rustix::fs::FileType::RegularFile => {}
+            rustix::fs::FileType::Symlink => {
+                return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     "a symbolic link: attributes are written without following links",
-                ),
-                _ => e,
-            })?;
-        let stat = rustix::fs::fstat(&fd)?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file, not written",
-            ));
+                ));
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file, not written",
+                ));
+            }
         }
         // A hard link is invisible to the resolution inside the root: a file from anywhere on the
         // same file system, linked into the tree, would be overwritten. Attributes have one name.
@@ -65,6 +65,18 @@ impl AttributeWriter for FileWriter {
                     "a file with {} names (a hard link), not written: attributes have one",
                     stat.st_nlink
                 ),
+            ));
+        }
+        // Truncated only once it is known to be an attribute (below), not by `O_TRUNC`. A terminal
+        // in its place must not become the writer's controlling terminal: `O_NOCTTY`.
+        let flags = OFlags::WRONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let fd = Reopen::available().open(&root, path, &looked, flags)?;
+        // Opened by its path again (no `/proc`): it must still be the file looked at.
+        let opened = rustix::fs::fstat(&fd)?;
+        if (opened.st_dev, opened.st_ino) != (stat.st_dev, stat.st_ino) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "replaced while being opened, not written",
             ));
         }
         // What `O_TRUNC` did (sysfs ignores it; a captured tree's file must not keep a longer
@@ -170,15 +182,17 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
 
-        // A FIFO: refused at once (no reader would make the open wait forever).
+        // A FIFO (a device node alike): refused without being opened (opening a device node is
+        // enough for it to act).
         let fifo = vf.join("sriov_numvfs");
         use rustix::fs::{CWD, FileType, Mode};
         rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
-        let err = writer.write_attribute(&fifo, "4").unwrap_err();
-        assert!(
-            err.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()),
-            "{err}"
-        );
+        let opened = crate::sysfs::hostile_tests::opened_during(&fifo, || {
+            let err = writer.write_attribute(&fifo, "4").unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        });
+        assert!(!opened, "the FIFO was opened");
 
         // A hard link to a file outside: refused, and the file is not even truncated.
         let linked = vf.join("sriov_numvfs_linked");

@@ -364,8 +364,9 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
         moved_home = true;
     }
     let mut host = Rtnl::open_in(home)?;
-    // Just moved home under its host name (the move fails when a netdev holds the name): it is
-    // that one, whatever its MAC and the index the kernel gave it there.
+    // Just moved home and renamed to its host name (the call fails when a netdev holds that name,
+    // though the move may have happened: then it is found below): it is that one, whatever its MAC
+    // and the index the kernel gave it there.
     let just_moved = match moved_home {
         true => host.link(&saved.host_name)?,
         false => None,

@@ -349,14 +349,15 @@ impl Preparer {
         most: std::time::Duration,
     ) -> Vec<String> {
         // A zero wait would spin.
-        let mut wait = first.max(std::time::Duration::from_millis(100));
+        let least = std::time::Duration::from_millis(100);
+        let mut wait = first.max(least);
         let mut round = self.clean_stale().await;
         let mut unprepared = std::mem::take(&mut round.unprepared);
         while !round.left.is_empty() {
             tracing::info!(claims = round.left.len(), retry_in = ?wait,
                 "some recorded claims are left to clean; trying them again");
             tokio::time::sleep(wait).await;
-            wait = wait.saturating_mul(2).min(most);
+            wait = wait.saturating_mul(2).min(most).max(least);
             round = self.clean(Some(round.left)).await;
             unprepared.append(&mut round.unprepared);
         }

@@ -810,11 +810,9 @@ mod properties {
     }
 }
 
-#[test]
-fn an_explanation_that_runs_out_of_steps_says_so() {
-    // Five GPUs on one NUMA node and on five different ones: impossible (4 nodes). Each NUMA node has
-    // eight GPUs, so no counting bound proves it. The search for the allocation ends quickly;
-    // leaving out matchAttribute, the search for the reason does not.
+/// A node of 128 devices on 4 NUMA nodes (8 GPUs each), and a claim of five GPUs that must share
+/// a NUMA node and each be on another: impossible. Its two constraints are written `copies` times.
+fn five_gpus_on_a_128_device_node(copies: usize) -> Objects {
     let mut text = String::from(
         "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n",
     );
@@ -823,12 +821,24 @@ fn an_explanation_that_runs_out_of_steps_says_so() {
             "    - name: r{r}\n      exactly:\n        deviceClassName: example\n        selectors: [{{cel: {{expression: 'device.attributes[\"example.com\"].type == \"gpu\"'}}}}]\n"
         ));
     }
-    text.push_str("    constraints:\n    - matchAttribute: example.com/numaNode\n    - distinctAttribute: example.com/numaNode\n");
+    text.push_str("    constraints:\n");
+    for _ in 0..copies {
+        text.push_str("    - matchAttribute: example.com/numaNode\n    - distinctAttribute: example.com/numaNode\n");
+    }
     let mut objects = Objects::default();
     objects
         .add_text("node", &crate::synthetic::node(128, 4))
         .unwrap();
     objects.add_text("claim", &text).unwrap();
+    objects
+}
+
+#[test]
+fn an_explanation_that_runs_out_of_steps_says_so() {
+    // Five GPUs on one NUMA node and on five different ones: impossible (4 nodes). Each NUMA node has
+    // eight GPUs, so no counting bound proves it. The search for the allocation ends quickly;
+    // leaving out matchAttribute, the search for the reason does not.
+    let objects = five_gpus_on_a_128_device_node(1);
     let mut allocator = Allocator::new(&objects.slices, objects.classes, &[], None).unwrap();
     allocator.step_limit = 2000;
     let outcome = allocator.explain(&objects.claims[0]);
@@ -849,23 +859,7 @@ fn an_explanation_that_runs_out_of_steps_says_so() {
 /// for the allocation, and two of them need more than the limit.
 #[test]
 fn the_searches_for_the_reason_share_one_step_limit() {
-    let mut text = String::from(
-        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: c}\nspec:\n  devices:\n    requests:\n",
-    );
-    for r in 0..5 {
-        text.push_str(&format!(
-            "    - name: r{r}\n      exactly:\n        deviceClassName: example\n        selectors: [{{cel: {{expression: 'device.attributes[\"example.com\"].type == \"gpu\"'}}}}]\n"
-        ));
-    }
-    text.push_str("    constraints:\n");
-    for _ in 0..2 {
-        text.push_str("    - matchAttribute: example.com/numaNode\n    - distinctAttribute: example.com/numaNode\n");
-    }
-    let mut objects = Objects::default();
-    objects
-        .add_text("node", &crate::synthetic::node(128, 4))
-        .unwrap();
-    objects.add_text("claim", &text).unwrap();
+    let objects = five_gpus_on_a_128_device_node(2);
     let mut allocator = Allocator::new(&objects.slices, objects.classes, &[], None).unwrap();
     let unlimited = allocator.explain(&objects.claims[0]);
     assert_eq!(unlimited.status, Status::Unsatisfiable);

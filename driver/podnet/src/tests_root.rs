@@ -21,6 +21,11 @@ fn demo_config() -> Checked {
     }
 }
 
+/// `ip link set NAME address MAC` in `netns`, as a pod with NET_ADMIN may.
+fn set_mac(netns: &Netns, name: &str, mac: &str) {
+    sh(&["-n", &netns.0, "link", "set", name, "address", mac]);
+}
+
 #[test]
 #[ignore = "needs root: network namespaces and veth"]
 fn direct_mode_moves_configures_and_returns_a_veth_needs_root() {
@@ -191,15 +196,7 @@ fn a_netdev_whose_mac_the_pod_changed_is_still_moved_back_needs_root() {
     veth(&home, "vf5", "vf5peer");
     let attached = attach(&home.path(), "vf5", &pod.path(), &demo_config()).unwrap();
     // The pod sets the function's MAC.
-    sh(&[
-        "-n",
-        &pod.0,
-        "link",
-        "set",
-        "net1",
-        "address",
-        "02:00:00:00:0b:0b",
-    ]);
+    set_mac(&pod, "net1", "02:00:00:00:0b:0b");
     assert_eq!(
         detach(&home.path(), &attached.saved).unwrap(),
         Detached::Home
@@ -284,15 +281,7 @@ fn a_function_moved_home_is_ours_whatever_its_mac_and_index_needs_root() {
         "holderpeer",
     ]);
     sh(&["-n", &pod.0, "link", "set", "net1", "down"]);
-    sh(&[
-        "-n",
-        &pod.0,
-        "link",
-        "set",
-        "net1",
-        "address",
-        "02:00:00:00:0b:0b",
-    ]);
+    set_mac(&pod, "net1", "02:00:00:00:0b:0b");
     assert_eq!(
         detach(&home.path(), &attached.saved).unwrap(),
         Detached::Home

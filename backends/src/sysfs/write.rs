@@ -207,4 +207,24 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
     }
+
+    /// The kernel's own sysfs, written as the plugin writes it (looked at `O_PATH`, then opened
+    /// through `/proc/self/fd`): `lo`'s `tx_queue_len`, written with the value it has.
+    #[test]
+    #[ignore = "needs root: writes a sysfs attribute (with its own value)"]
+    fn a_kernel_attribute_is_written_through_its_looked_at_descriptor_needs_root() {
+        let path = Path::new("/sys/class/net/lo/tx_queue_len");
+        let before = std::fs::read_to_string(path).unwrap();
+        FileWriter::default()
+            .write_attribute(path, before.trim())
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(path).unwrap(), before);
+        // A value the kernel refuses is its error, not one of the writer's.
+        let refused = FileWriter::default()
+            .write_attribute(path, "not a number")
+            .unwrap_err();
+        let einval = rustix::io::Errno::INVAL.raw_os_error();
+        assert_eq!(refused.raw_os_error(), Some(einval), "{refused}");
+        assert_eq!(std::fs::read_to_string(path).unwrap(), before);
+    }
 }

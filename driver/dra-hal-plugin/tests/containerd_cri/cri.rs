@@ -328,7 +328,28 @@ impl Cri {
             config: Some(config),
             sandbox_config: Some(sandbox_config(pod)),
         };
-        let created: ContainerId = self.call("CreateContainer", request).await?;
+        // containerd's CDI cache refreshes itself from inotify events, on a goroutine of its own
+        // (container-device-interface `pkg/cdi/cache.go`: `InjectDevices` rescans only in manual
+        // mode), so a spec written just before may not be known yet. The kubelet retries a failed
+        // creation at the pod's next sync (`kuberuntime_manager.go` SyncPod, with back-off); so
+        // does this, for that error only, for up to 5 s.
+        let mut tries = 0;
+        let created: ContainerId = loop {
+            match self.call("CreateContainer", request.clone()).await {
+                Err(CallError::Status(status))
+                    if !cdi.is_empty()
+                        && status.message().contains("unresolvable CDI devices")
+                        && tries < 50 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                done => break done?,
+            }
+        };
+        if tries > 0 {
+            eprintln!("CreateContainer {name}: CDI devices resolved after {tries} retries");
+        }
         let _: Empty = self.call("StartContainer", created.clone()).await?;
         Ok(created.container_id)
     }

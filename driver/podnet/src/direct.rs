@@ -292,9 +292,9 @@ fn kernel_named(name: &str) -> bool {
 }
 
 /// The netdev of `saved` among its pod's `links`: by its permanent address when it has one
-/// ([`by_perm_mac`]). Else first the one at its index that still has its
-/// pod name or its MAC (the pod may have changed the other: its MAC with `ip link set address`, its name with a rename;
-/// two checks, as the kernel gives a moved netdev another index when its own is taken). Else the one
+/// ([`by_perm_mac`]). Else first the one at its index that still has its pod name or its MAC (the
+/// pod may have changed the other: its MAC with `ip link set address`, its name with a rename; two
+/// checks, as the kernel gives a moved netdev another index when its own is taken). Else the one
 /// with its MAC, preferring the one under its pod name: the pod may have renamed it and made another
 /// netdev under its name, and moving that one would hand the pod's own netdev to the host, so a
 /// link under the pod name with another MAC is not it (logged). Without a recorded MAC (the state of
@@ -367,13 +367,13 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
     // Just moved home and renamed to its host name (the call fails when a netdev holds that name,
     // though the move may have happened: then it is found below): it is that one, whatever its MAC
     // and the index the kernel gave it there.
-    let just_moved = match moved_home {
-        true => host.link(&saved.host_name)?,
-        false => None,
-    };
+    let links = host.links()?;
+    let just_moved = links
+        .iter()
+        .find(|l| moved_home && l.name == saved.host_name);
     let found = match just_moved {
-        Some(link) => Some(link),
-        None => find_home(host.links()?, saved),
+        Some(link) => Some(link.clone()),
+        None => find_home(links, saved),
     };
     let Some(link) = found else {
         return Ok(Detached::Gone);

@@ -21,6 +21,15 @@ fn demo_config() -> Checked {
     }
 }
 
+/// The netdev `name` on the host, with the MAC it had before the pod (restored), MTU 1500 and up.
+fn back_as_before(home: &Netns, name: &str, saved: &crate::direct::Saved) -> serde_json::Value {
+    let back = home.link(name).unwrap_or_else(|| panic!("{name} home"));
+    assert_eq!(back["address"], saved.mac.as_str(), "its MAC restored");
+    assert_eq!(back["mtu"], 1500);
+    assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    back
+}
+
 /// `ip link set NAME address MAC` in `netns`, as a pod with NET_ADMIN may.
 fn set_mac(netns: &Netns, name: &str, mac: &str) {
     sh(&["-n", &netns.0, "link", "set", name, "address", mac]);
@@ -202,14 +211,7 @@ fn a_netdev_whose_mac_the_pod_changed_is_still_moved_back_needs_root() {
         Detached::Home
     );
     assert!(pod.link("net1").is_none());
-    let back = home.link("vf5").expect("vf5 home");
-    assert_eq!(
-        back["address"],
-        attached.saved.mac.as_str(),
-        "its MAC restored"
-    );
-    assert_eq!(back["mtu"], 1500);
-    assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    back_as_before(&home, "vf5", &attached.saved);
 }
 
 /// The kernel gives a netdev another index when its own is taken in the pod's namespace: the index
@@ -286,14 +288,7 @@ fn a_function_moved_home_is_ours_whatever_its_mac_and_index_needs_root() {
         detach(&home.path(), &attached.saved).unwrap(),
         Detached::Home
     );
-    let back = home.link("vf8").expect("vf8 home");
+    let back = back_as_before(&home, "vf8", &attached.saved);
     assert_ne!(back["ifindex"].as_i64().map(|i| i.to_string()), Some(index));
-    assert_eq!(
-        back["address"],
-        attached.saved.mac.as_str(),
-        "its MAC restored"
-    );
-    assert_eq!(back["mtu"], 1500);
-    assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
     assert!(pod.link("net1").is_none());
 }

@@ -59,12 +59,48 @@ pub(crate) fn read_flags() -> rustix::fs::OFlags {
 }
 
 /// Opens `path` for reading without blocking and refuses anything that is not a regular file (a FIFO,
-/// a socket, a device, a directory), naming the path. This one follows a link as the last component
+/// a socket, a device, a directory), naming the path, without opening it for reading: it is looked
+/// at first (`O_PATH` and `fstat`), as a captured tree's files are. This one follows a link as the last component
 /// (the pci.ids database is one on Debian: `/usr/share/misc/pci.ids`); attributes are read with
 /// [`read_trimmed`], which does not.
 pub fn open_regular(path: &Path) -> Result<fs::File> {
-    let opened = rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty());
-    regular_file(opened.map_err(Into::into), path)
+    regular_file(open_looked_at(path, true), path)
+}
+
+/// Opens `path` for reading, looked at first, as [`super::tree::Tree`] opens the files of a captured
+/// tree: opened `O_PATH` (no side effects: opening is enough for a device to act, a watchdog's node
+/// arms it) and `fstat`ed; only a regular file is then opened for reading, through its magic link in
+/// `/proc/self/fd` (the same inode, whatever is at `path` by now), or by its path again where there is
+/// no `/proc`. Anything else comes back as looked at, so that its reader's `fstat` names what it is.
+/// `follow`: whether a link as the last component is followed (else `ELOOP`, as `O_NOFOLLOW` says).
+fn open_looked_at(path: &Path, follow: bool) -> io::Result<OwnedFd> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let nofollow = if follow {
+        OFlags::empty()
+    } else {
+        OFlags::NOFOLLOW
+    };
+    let looked = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::CLOEXEC | nofollow,
+        Mode::empty(),
+    )?;
+    match FileType::from_raw_mode(rustix::fs::fstat(&looked)?.st_mode) {
+        FileType::RegularFile => {
+            let fd = rustix::fd::AsRawFd::as_raw_fd(&looked);
+            let magic = format!("/proc/self/fd/{fd}");
+            match rustix::fs::open(magic.as_str(), read_flags(), Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) => Ok(rustix::fs::open(
+                    path,
+                    read_flags() | nofollow,
+                    Mode::empty(),
+                )?),
+                opened => Ok(opened?),
+            }
+        }
+        FileType::Symlink => Err(rustix::io::Errno::LOOP.into()),
+        _ => Ok(looked),
+    }
 }
 
 /// What an open returned, checked to be a regular file (`fstat`): for files read in full (pci.ids,
@@ -114,9 +150,7 @@ fn not_regular(fd: &OwnedFd, path: &Path) -> Result<Option<Error>> {
 /// than a silent truncation. Never read through a link as the last component (`O_NOFOLLOW`: no kernel
 /// attribute is a link; one in a tree points wherever its maker wanted, a secret outside the root).
 pub fn read_trimmed(path: &Path) -> Result<String> {
-    let flags = read_flags() | rustix::fs::OFlags::NOFOLLOW;
-    let opened = rustix::fs::open(path, flags, rustix::fs::Mode::empty());
-    read_attribute(opened.map_err(Into::into), path)
+    read_attribute(open_looked_at(path, false), path)
 }
 
 /// The one way an attribute is read, once opened (by [`read_trimmed`] or inside a root by
@@ -368,6 +402,39 @@ mod tests {
         assert!(err.to_string().contains("a character device"), "{err}");
         let err = read_trimmed(Path::new("/dev/null")).unwrap_err();
         assert!(err.to_string().contains("a character device"), "{err}");
+    }
+
+    /// Nothing but a regular file is opened for reading (opening is enough for a device to act): a
+    /// FIFO here, which any user can make; the tree's root test does the same with a device node.
+    #[test]
+    fn special_files_are_looked_at_not_opened() {
+        use crate::sysfs::hostile_tests::opened_during;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pci.ids");
+        let mode = rustix::fs::Mode::from_raw_mode(0o644);
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, mode, 0).unwrap();
+        let opened = opened_during(&fifo, || {
+            let err = open_regular(&fifo).unwrap_err();
+            assert!(err.to_string().contains("a FIFO"), "{err}");
+            let err = read_trimmed(&fifo).unwrap_err();
+            assert!(err.to_string().contains("a FIFO"), "{err}");
+        });
+        assert!(!opened, "the FIFO was opened");
+        // A regular file is opened, also through a link for `open_regular`, and the watch sees it.
+        let file = dir.path().join("names");
+        fs::write(&file, "8086  Intel Corporation\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(opened_during(&file, || {
+            let mut text = String::new();
+            open_regular(&link)
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            assert_eq!(text, "8086  Intel Corporation\n");
+        }));
+        let err = read_trimmed(&link).unwrap_err();
+        assert!(err.to_string().contains("a symbolic link"), "{err}");
     }
 
     #[test]

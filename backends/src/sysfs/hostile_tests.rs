@@ -219,6 +219,9 @@ fn a_character_device_in_place_of_an_attribute_of_a_tree_is_never_opened_needs_r
         assert!(error.to_string().contains("a character device"), "{error}");
         let error = tree.open_regular(&vendor).unwrap_err();
         assert!(error.to_string().contains("a character device"), "{error}");
+        // Nor by path (the pci.ids database).
+        let error = super::attr::open_regular(&vendor).unwrap_err();
+        assert!(error.to_string().contains("a character device"), "{error}");
         // Nor by the writer (bind, unbind, sriov_numvfs on a captured tree).
         let writer = super::write::FileWriter::new(fixture.root());
         use hal::AttributeWriter;

@@ -98,6 +98,7 @@ fn start_on(
     let source = CpuSource {
         claims: rx,
         allocatable: Arc::new(move || allocatable.lock().unwrap().clone()),
+        reserved_again: None,
     };
     let (stop, stopped) = watch::channel(false);
     let mut config = NriConfig::new(socket);

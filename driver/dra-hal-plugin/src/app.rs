@@ -251,6 +251,7 @@ pub async fn run(
         let source = driver::nri::plugin::CpuSource {
             claims: cpu_claims,
             allocatable: Arc::new(allocatable),
+            reserved_again: Some(Preparer::reserved_again(handler.clone(), Metered::inner)),
         };
         tasks.spawn(driver::nri::plugin::run(nri, source, stopped.clone()));
     }

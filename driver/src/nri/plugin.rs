@@ -100,7 +100,20 @@ pub struct CpuSource {
     pub claims: watch::Receiver<BTreeMap<String, ClaimCpus>>,
     /// The allocatable CPUs now.
     pub allocatable: Arc<dyn Fn() -> CpuSet + Send + Sync>,
+    /// Reads a claim's pods again, from its ResourceClaim, when a container's pod is not among them
+    /// (`Preparer::add_reserved_pods`): a pod that came to share a claim prepared for another pod gets
+    /// no prepare of its own. What it adds reaches `claims`. `None`: the pods are never read again.
+    pub reserved_again: Option<ReservedAgain>,
 }
+
+/// Reads the pods of the claim with this UID again ([`CpuSource::reserved_again`]).
+pub type ReservedAgain = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
+
+/// How long a container event waits for its claims' pods to be read again: well within the
+/// runtime's 2 s for a plugin's answer (containerd's default `plugin_request_timeout`).
+const RESERVED_AGAIN_WAIT: Duration = Duration::from_secs(1);
 
 impl CpuSource {
     fn snapshot(&mut self) -> Snapshot {
@@ -186,6 +199,36 @@ impl CpuPlugin {
         }
     }
 
+    /// Reads again the pods of the claims `env` names that are prepared for other pods than
+    /// `pod_uid`, all at once and for at most [`RESERVED_AGAIN_WAIT`], then takes what changed.
+    async fn read_reserved_pods<'a>(
+        &mut self,
+        wanted: impl Iterator<Item = (&'a str, &'a [String])>,
+    ) {
+        let Some(again) = self.source.reserved_again.clone() else {
+            return;
+        };
+        let mut uids: BTreeSet<String> = BTreeSet::new();
+        for (pod_uid, env) in wanted {
+            uids.extend(super::policy::reserved_for_others(
+                self.policy.snapshot(),
+                pod_uid,
+                env,
+            ));
+        }
+        if uids.is_empty() {
+            return;
+        }
+        let reads = futures_util::future::join_all(uids.into_iter().map(|uid| again(uid)));
+        if tokio::time::timeout(RESERVED_AGAIN_WAIT, reads)
+            .await
+            .is_err()
+        {
+            tracing::warn!("reading claims' pods again took over {RESERVED_AGAIN_WAIT:?}");
+        }
+        self.refresh();
+    }
+
     /// A pod sandbox event, to pod networking (`--nri` in CNI mode only subscribes them).
     async fn sandbox(&mut self, event: i32, pod: api::PodSandbox) -> Result<(), Status> {
         self.refresh();
@@ -238,7 +281,7 @@ impl Plugin for CpuPlugin {
             tokio::spawn(async move { net.clean_up_vanished(alive, mark).await });
         }
         let uids: BTreeMap<String, String> = pods.into_iter().map(|p| (p.id, p.uid)).collect();
-        let containers = containers
+        let containers: Vec<SyncedContainer> = containers
             .into_iter()
             .filter(|c| c.state != CONTAINER_STOPPED)
             .map(|c| SyncedContainer {
@@ -249,6 +292,12 @@ impl Plugin for CpuPlugin {
                 env: c.env,
             })
             .collect();
+        self.read_reserved_pods(
+            containers
+                .iter()
+                .map(|c| (c.pod_uid.as_str(), c.env.as_slice())),
+        )
+        .await;
         let updates = self.policy.synchronize(containers);
         tracing::info!(
             containers = self.policy.containers().len(),
@@ -276,6 +325,11 @@ impl Plugin for CpuPlugin {
         container: api::Container,
     ) -> Result<(Option<api::ContainerAdjustment>, Vec<api::ContainerUpdate>), Status> {
         self.refresh();
+        self.read_reserved_pods(std::iter::once((
+            pod.uid.as_str(),
+            container.env.as_slice(),
+        )))
+        .await;
         let (cpus, updates) = self
             .policy
             .create(&container.id, &container.name, &pod.uid, &container.env)

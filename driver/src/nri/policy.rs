@@ -134,6 +134,28 @@ impl PolicyError {
     }
 }
 
+/// The claims a container's env names that are prepared for other pods than `pod_uid`: those whose
+/// pods to read again (a pod that came to share the claim after it was prepared), before refusing it.
+pub fn reserved_for_others(snapshot: &Snapshot, pod_uid: &str, env: &[String]) -> Vec<String> {
+    let mut uids: Vec<String> = Vec::new();
+    for entry in env {
+        let Some((uid, _)) = entry
+            .strip_prefix(ENV_PREFIX)
+            .and_then(|rest| rest.split_once('='))
+        else {
+            continue;
+        };
+        let Some(claim) = snapshot.claims.get(uid) else {
+            continue;
+        };
+        let others = !claim.pods.is_empty() && !claim.pods.iter().any(|p| p == pod_uid);
+        if others && !uids.iter().any(|u| u == uid) {
+            uids.push(uid.to_owned());
+        }
+    }
+    uids
+}
+
 /// The claims a container's env names, checked against the snapshot.
 pub fn classify(
     snapshot: &Snapshot,

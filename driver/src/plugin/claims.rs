@@ -350,6 +350,16 @@ pub fn allocated_devices(
         .flatten()
         .filter(|r| r.driver == driver && r.pool == pool)
         .map(|r| {
+            let consumed = r.consumed_capacity.as_ref();
+            let consumed_cpus =
+                consumed_cpus(consumed, driver).map_err(|problem| ClaimError::BadConfig {
+                    claim: id.clone(),
+                    field: format!(
+                        "status.allocation.devices.results[{}].consumedCapacity.cpu",
+                        r.device
+                    ),
+                    problem,
+                })?;
             let mut config = DeviceConfig::default();
             let mut vf = None;
             let mut network = None;
@@ -368,7 +378,7 @@ pub fn allocated_devices(
                     }
                 }
             }
-            Allocated {
+            Ok(Allocated {
                 request: r.request.clone(),
                 device: r.device.clone(),
                 admin_access: r.admin_access == Some(true),
@@ -378,12 +388,12 @@ pub fn allocated_devices(
                 network,
                 cpu,
                 gpu,
-                consumed_cpus: consumed_cpus(r.consumed_capacity.as_ref(), driver),
+                consumed_cpus,
                 rt,
-                consumed_rt: consumed_rt(r.consumed_capacity.as_ref(), driver),
-            }
+                consumed_rt: consumed_rt(consumed, driver),
+            })
         })
-        .collect();
+        .collect::<Result<_, ClaimError>>()?;
     if ours.is_empty() {
         return Err(ClaimError::NotOurs {
             claim: id,
@@ -394,9 +404,27 @@ pub fn allocated_devices(
     Ok(ours)
 }
 
-/// The `cpu` capacity consumed (a whole number of CPUs), under its plain or driver-qualified name.
-fn consumed_cpus(consumed: Option<&ConsumedCapacity>, driver: &str) -> Option<usize> {
-    consumed_capacity(consumed, driver, "cpu")?.0.parse().ok()
+/// The `cpu` capacity consumed, under its plain or driver-qualified name, as a number of whole CPUs:
+/// a fraction (`1500m`, which a scheduler without the published request policy may record) is
+/// rounded up, as the policy's step of 1 would have. `Err` for a quantity that is not one, or is not
+/// above zero: never "the whole group", which is what a claim that does not say gets.
+fn consumed_cpus(
+    consumed: Option<&ConsumedCapacity>,
+    driver: &str,
+) -> Result<Option<usize>, String> {
+    let Some(quantity) = consumed_capacity(consumed, driver, "cpu") else {
+        return Ok(None);
+    };
+    let parsed = hal::quantity::Quantity::parse(&quantity.0).map_err(|e| e.to_string())?;
+    const ONE: i128 = 1_000_000_000;
+    let nanos = parsed.nano_units();
+    if nanos <= 0 {
+        return Err(format!("{:?}: not a number of CPUs above zero", quantity.0));
+    }
+    let whole = nanos / ONE + i128::from(nanos % ONE != 0);
+    usize::try_from(whole)
+        .map(Some)
+        .map_err(|_| format!("{:?}: more CPUs than a node has", quantity.0))
 }
 
 /// The `rtBandwidth` capacity consumed, in millionths of a CPU (`300m` is 300000).

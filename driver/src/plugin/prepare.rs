@@ -466,6 +466,63 @@ impl Preparer {
         }
     }
 
+    /// Adds to a prepared claim's pods those its ResourceClaim has been reserved for since: the
+    /// kubelet prepares a claim once on a node, and a pod that comes to share it later gets no
+    /// prepare of its own (`prepareResources` in the kubelet's `pkg/kubelet/cm/dra/manager.go` only
+    /// adds the pod to a claim it has prepared). The NRI plugin asks for this when a container's pod
+    /// is not among its claim's pods, before refusing it. True when pods were added.
+    pub async fn add_reserved_pods(&self, uid: &str) -> Result<bool, PrepareError> {
+        let claim = match self.state().get(uid) {
+            Some(record) if record.phase == Phase::Completed && !record.pods.is_empty() => {
+                record.claim.clone()
+            }
+            _ => return Ok(false),
+        };
+        let found = self.claims.get(&claim.namespace, &claim.name).await?;
+        let Some(found) = found.filter(|c| c.metadata.uid.as_deref() == Some(uid)) else {
+            return Ok(false);
+        };
+        let reserved = plan::reserved_pods(&found);
+        let _claim = self.locks.lock(uid).await;
+        let record = self.state().get(uid).cloned();
+        let Some(mut record) = record.filter(|r| r.phase == Phase::Completed) else {
+            return Ok(false);
+        };
+        let before = record.pods.len();
+        for pod in reserved {
+            if !record.pods.contains(&pod) {
+                record.pods.push(pod);
+            }
+        }
+        if record.pods.len() == before {
+            return Ok(false);
+        }
+        apply::blocking(|| self.commit(Some(record)))?;
+        Ok(true)
+    }
+
+    /// [`crate::nri::plugin::CpuSource::reserved_again`] for a preparer shared as `owner`; `inner`
+    /// reaches the preparer in it (`Metered::inner`, or `|p| p`). What it does is logged.
+    pub fn reserved_again<T: Send + Sync + 'static>(
+        owner: Arc<T>,
+        inner: fn(&T) -> &Preparer,
+    ) -> crate::nri::plugin::ReservedAgain {
+        Arc::new(move |uid: String| {
+            let owner = owner.clone();
+            Box::pin(async move {
+                match inner(&owner).add_reserved_pods(&uid).await {
+                    Ok(true) => {
+                        tracing::info!(claim = %uid, "pods that came to share the claim added to it")
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(claim = %uid, %error, "reading the claim's pods again failed")
+                    }
+                }
+            })
+        })
+    }
+
     fn state(&self) -> MutexGuard<'_, BTreeMap<String, ClaimRecord>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

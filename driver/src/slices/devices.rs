@@ -94,6 +94,23 @@ impl DeviceBuilder {
         );
     }
 
+    /// Capacity `key` is consumed in whole units (`requestPolicy.validRange`: min 1, step 1): the
+    /// scheduler rounds a request of `1500m` up to 2. Without a policy it would record `1500m`. A
+    /// request that does not name `key` still consumes all of it (no `default`).
+    fn in_whole_units(&mut self, key: &str) {
+        use k8s_openapi::api::resource::v1::{CapacityRequestPolicy, CapacityRequestPolicyRange};
+        if let Some(capacity) = self.capacity.get_mut(key) {
+            capacity.request_policy = Some(CapacityRequestPolicy {
+                valid_range: Some(CapacityRequestPolicyRange {
+                    min: Quantity("1".into()),
+                    step: Some(Quantity("1".into())),
+                    max: None,
+                }),
+                ..Default::default()
+            });
+        }
+    }
+
     /// `numaNode` in the driver's domain and in every compatibility domain; nothing when unknown
     /// (a device without a node must not match every other such device under `matchAttribute`).
     fn numa(&mut self, node: Option<NumaNode>, config: &SliceConfig) {
@@ -467,6 +484,7 @@ fn cpus(
                         .collect();
                     d.numa(single(nodes).map(NumaNode), config);
                     d.capacity("cpu", count.to_string());
+                    d.in_whole_units("cpu");
                     let set: CpuSet = members.iter().map(|c| c.id).collect();
                     (d.build(), DeviceSource::CpuGroup(set))
                 })

@@ -172,8 +172,20 @@ fn families_can_be_turned_off_and_grouping_by_socket() {
     let devices = by_name(&build_slices(&inventory("gb300"), &config, 0));
     assert!(devices.keys().all(|n| !n.starts_with("gpu-")));
     let socket0 = &devices["cpus-socket-0"];
-    assert_eq!(socket0.capacity.as_ref().unwrap()["cpu"].value.0, "60");
+    let cpu = &socket0.capacity.as_ref().unwrap()["cpu"];
+    assert_eq!(cpu.value.0, "60");
     assert_eq!(int(socket0, "numCpus"), Some(60));
+    // Whole CPUs: the scheduler rounds `1500m` up to 2; a claim that does not ask takes all.
+    let policy = cpu.request_policy.as_ref().unwrap();
+    let range = policy.valid_range.as_ref().unwrap();
+    assert_eq!(
+        (
+            range.min.0.as_str(),
+            range.step.as_ref().unwrap().0.as_str()
+        ),
+        ("1", "1")
+    );
+    assert_eq!((policy.default.as_ref(), range.max.as_ref()), (None, None));
 }
 
 #[test]

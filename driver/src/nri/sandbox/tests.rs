@@ -144,6 +144,7 @@ pub(super) fn start_network(socket: &Path, network: PodNetwork) -> Node {
     let source = CpuSource {
         claims: rx,
         allocatable: Arc::new(|| hal::CpuSet::from_cpulist("0-7").unwrap()),
+        reserved_again: None,
     };
     let (stop, stopped) = watch::channel(false);
     let mut config = NriConfig::new(socket);

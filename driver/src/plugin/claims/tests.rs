@@ -108,6 +108,43 @@ fn bad_claims_get_errors_that_say_why() {
     ));
 }
 
+/// The CPUs consumed from a CPU group are whole CPUs: a fraction is rounded up (it would have been
+/// by the published request policy), never taken for "not said" (the whole group); a quantity that
+/// does not parse, or zero, is an error naming the field.
+#[test]
+fn consumed_cpus_are_whole_cpus_rounded_up() {
+    let consumed = |cpu: &str| {
+        let mut r = result("cpus", DRIVER, "node-1", "cpus-numa-0");
+        r["consumedCapacity"] = json!({"cpu": cpu});
+        allocated_devices(
+            &reference("u1"),
+            &claim("u1", json!([r]), json!([])),
+            DRIVER,
+            "node-1",
+        )
+        .map(|devices| devices[0].consumed_cpus)
+    };
+    assert_eq!(consumed("2").unwrap(), Some(2));
+    assert_eq!(consumed("1500m").unwrap(), Some(2));
+    assert_eq!(consumed("500m").unwrap(), Some(1));
+    assert_eq!(consumed("1k").unwrap(), Some(1000));
+    for bad in ["0", "-1", "two", "1e40"] {
+        let error = consumed(bad).unwrap_err().to_string();
+        assert!(
+            error.contains("results[cpus-numa-0].consumedCapacity.cpu"),
+            "{bad}: {error}"
+        );
+    }
+    let unsaid = result("cpus", DRIVER, "node-1", "cpus-numa-0");
+    let devices = allocated_devices(
+        &reference("u1"),
+        &claim("u1", json!([unsaid]), json!([])),
+        DRIVER,
+        "node-1",
+    );
+    assert_eq!(devices.unwrap()[0].consumed_cpus, None);
+}
+
 #[test]
 fn opaque_config_is_strict_and_errors_name_the_field() {
     let cases = [

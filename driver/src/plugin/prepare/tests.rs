@@ -55,6 +55,21 @@ impl Claims {
             .insert(format!("ns/claim-{uid}"), claim);
     }
 
+    /// The claim `uid` is reserved for the pod `pod` too (a pod that came to share it).
+    fn reserve_for(&self, uid: &str, pod: &str) {
+        let mut claims = self.0.lock().unwrap();
+        let claim = claims.get_mut(&format!("ns/claim-{uid}")).unwrap();
+        let reserved = claim
+            .status
+            .as_mut()
+            .unwrap()
+            .reserved_for
+            .get_or_insert_default();
+        reserved.push(
+            serde_json::from_value(json!({"resource": "pods", "name": pod, "uid": pod})).unwrap(),
+        );
+    }
+
     fn remove(&self, uid: &str) {
         self.0.lock().unwrap().remove(&format!("ns/claim-{uid}"));
     }

@@ -267,6 +267,7 @@ async fn the_sriov_resource_alignment_demo_gets_net1_from_its_nad_through_nri_ne
     let source = CpuSource {
         claims: cpu_rx,
         allocatable: Arc::new(|| hal::CpuSet::from_cpulist("0-7").unwrap()),
+        reserved_again: None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut nri = NriConfig::new(&socket);

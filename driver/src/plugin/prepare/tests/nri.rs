@@ -17,6 +17,7 @@ async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_con
     let source = CpuSource {
         claims: preparer.cpu_claims(),
         allocatable: Arc::new(move || online.clone()),
+        reserved_again: None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let plugin = tokio::spawn(run(NriConfig::new(&socket), source, stopped));
@@ -73,6 +74,77 @@ async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_con
     assert_eq!(conn.unsolicited_received(), 0);
     let _ = stop.send(true);
     plugin.await.unwrap();
+}
+
+/// A pod that comes to share a claim already prepared for another pod gets no prepare call (the
+/// kubelet prepares a claim once on a node): its containers are pinned once the claim's
+/// `reservedFor` names it, read again when the first of them is created; the pods added are kept
+/// across a restart. A pod the claim is not reserved for is still refused.
+#[tokio::test]
+async fn a_pod_that_comes_to_share_a_prepared_claim_is_pinned_to_its_cpus() {
+    let s = Setup::on("xeon");
+    let preparer = Arc::new(s.preparer("boot-1"));
+    let online = s.inventory.read().unwrap().cpu.as_ref().unwrap().online();
+    let socket = s.dir.path().join("nri.sock");
+    let runtime = FakeRuntime::listen(&socket).unwrap();
+    let source = CpuSource {
+        claims: preparer.cpu_claims(),
+        allocatable: Arc::new(move || online.clone()),
+        reserved_again: Some(Preparer::reserved_again(preparer.clone(), |p| p)),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let plugin = tokio::spawn(run(NriConfig::new(&socket), source, stopped));
+    let (conn, _) = runtime.accept().await.unwrap();
+    conn.synchronize(vec![], vec![], 10).await.unwrap();
+
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    preparer.prepare(vec![reference("a")]).await["a"]
+        .clone()
+        .unwrap();
+    let env = env_of(&s.spec("a"));
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let first = pod("sandbox-a", "pod-a");
+    conn.create(&first, container("first", &first, &env, ""))
+        .await
+        .unwrap();
+    let reads = s.claims.3.lock().unwrap().len();
+
+    // The second pod, before the claim is reserved for it: refused, after one more read.
+    let second = pod("sandbox-b", "pod-b");
+    let error = conn
+        .create(&second, container("early", &second, &env, ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not for pod pod-b"), "{error}");
+    assert_eq!(s.claims.3.lock().unwrap().len(), reads + 1);
+
+    s.claims.reserve_for("a", "pod-b");
+    conn.create(&second, container("second", &second, &env, ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.cpus("second").unwrap(), "0-1,112-113");
+    assert_eq!(conn.cpus("first").unwrap(), "0-1,112-113");
+    let thief = pod("sandbox-t", "pod-thief");
+    let error = conn
+        .create(&thief, container("stolen", &thief, &env, ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not for pod pod-thief"), "{error}");
+    let _ = stop.send(true);
+    plugin.await.unwrap();
+
+    drop(preparer);
+    let restarted = s.preparer("boot-1");
+    let pods = restarted
+        .cpu_claims()
+        .borrow()
+        .get("a")
+        .unwrap()
+        .pods
+        .clone();
+    assert_eq!(pods, ["pod-a", "pod-b"]);
 }
 
 #[tokio::test]

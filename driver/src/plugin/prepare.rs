@@ -314,13 +314,31 @@ impl Preparer {
                 .into_iter()
                 .map(|(d, s)| (d.name, s))
                 .collect();
+        // A GPU partition's PF and every VF of it (read now: the partitions create them): its count
+        // changes through 0, which would destroy the VFs the claims hold.
+        let partitioned: BTreeSet<hal::PciAddress> = state
+            .values()
+            .flat_map(|r| r.devices.iter())
+            .filter_map(|d| match published.get(&d.device_name) {
+                Some(DeviceSource::GpuPartition { pf, .. }) => Some(pf.pci_address),
+                _ => None,
+            })
+            .collect();
+        let binder = self.config.binder.as_ref();
+        let partition_vfs = partitioned.iter().flat_map(|pf| {
+            let vfs = binder.sriov_state(*pf).ok().flatten().map(|s| s.vfs);
+            vfs.unwrap_or_default().into_iter().map(|vf| vf.address)
+        });
         let in_use: BTreeSet<hal::PciAddress> = state
             .values()
             .flat_map(|r| r.devices.iter())
             .filter_map(|d| match published.get(&d.device_name) {
                 Some(DeviceSource::Nic { function, .. }) => Some(function.address),
+                Some(DeviceSource::Gpu(gpu)) => Some(gpu.pci_address),
                 _ => None,
             })
+            .chain(partitioned.iter().copied())
+            .chain(partition_vfs)
             .chain(
                 state
                     .values()

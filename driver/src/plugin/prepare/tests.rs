@@ -1263,6 +1263,65 @@ async fn network_functions_are_described_in_the_claims_device_status() {
     );
 }
 
+/// A VF policy whose selector also matches a GPU (a vendor-only one, meant for the vendor's NICs)
+/// leaves a GPU whose partitions are prepared alone: its count and its VFs' driver.
+#[tokio::test]
+async fn the_vf_policy_leaves_a_gpu_with_prepared_partitions_alone() {
+    use super::super::provision::{Outcome, VfPolicy};
+    let s = Setup::on("i915");
+    let mut slices = SliceConfig::new(NODE);
+    slices.gpu_partitions = 2;
+    let pf = hal::PciAddress::parse("0000:4d:00.0").unwrap();
+    s.claims
+        .add("p0", &[("gpu", "gpu-0000-4d-00-0-vf0")], json!([]));
+    let preparer = s.preparer_with("boot-1", slices);
+    assert!(preparer.prepare(vec![reference("p0")]).await["p0"].is_ok());
+    let vfs = || {
+        hal::SriovPf::sriov_state(s.binder.as_ref(), pf)
+            .unwrap()
+            .unwrap()
+            .vfs
+    };
+    let before = vfs();
+    assert_eq!(before.len(), 2);
+    // The rescan after the prepare: the inventory has the VFs.
+    *s.inventory.write().unwrap() =
+        Inventory::from_sysfs(&backends::SysfsRoot::new(s.machine.root()), None);
+    for (num_vfs, with_driver) in [
+        (8, r#", "vfDriver": "vfio-pci""#),
+        (2, r#", "vfDriver": "vfio-pci""#),
+    ] {
+        let path = s.dir.path().join("policy.json");
+        let policy = format!(
+            r#"{{"pfs": [{{"selector": {{"vendorId": "0x8086"}}, "numVfs": {num_vfs}{with_driver}}}]}}"#
+        );
+        std::fs::write(&path, policy).unwrap();
+        let policy = VfPolicy::load(&path).unwrap();
+        // The other GPU, 0000:ca:00.0, holds no partition: it gets the policy.
+        let outcomes = preparer.provision(&policy, &path).await;
+        let ours = |o: &&Outcome| match o {
+            Outcome::Busy(a, _) | Outcome::Unchanged(a) => *a == pf,
+            _ => false,
+        };
+        // 8: a count change, refused; 2: the count it has, and its VFs are not rebound.
+        let want_busy = num_vfs == 8;
+        let found = outcomes.iter().find(ours);
+        assert!(
+            found.is_some_and(|o| matches!(o, Outcome::Busy(..)) == want_busy),
+            "{outcomes:?}"
+        );
+        assert_eq!(vfs(), before, "the partitions' VFs are as they were");
+        for vf in &before {
+            assert_ne!(
+                s.driver_of(&vf.address.to_string()).as_deref(),
+                Some("vfio-pci"),
+                "{}",
+                vf.address
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn intel_gpu_partitions_create_vfs_on_first_prepare_and_remove_them_after_the_last() {
     let s = Setup::on("i915");

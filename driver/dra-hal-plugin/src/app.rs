@@ -271,19 +271,23 @@ pub async fn run(
     if let Some(path) = &args.vf_policy {
         let handler = handler.clone();
         let changed = changed.clone();
-        let mut watch = driver::plugin::provision::PolicyWatch::new(path);
+        let mut kept = driver::plugin::provision::KeptPolicy::new(path);
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
             loop {
-                match watch.changed() {
-                    Some(Ok(policy)) => {
-                        for outcome in handler.inner().provision(&policy, watch.path()).await {
+                match kept.policy() {
+                    Ok(Some(policy)) => {
+                        let outcomes = handler.inner().provision(&policy, kept.path()).await;
+                        let (new, rescan) = kept.report(outcomes);
+                        for outcome in new {
                             tracing::info!(?outcome, "VF provisioning");
                         }
-                        changed.notify_one();
+                        if rescan {
+                            changed.notify_one();
+                        }
                     }
-                    Some(Err(error)) => tracing::warn!(%error, "VF policy not applied"),
-                    None => {}
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "VF policy not applied"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}

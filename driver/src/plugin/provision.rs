@@ -293,6 +293,61 @@ impl PolicyWatch {
     }
 }
 
+/// The VF policy kept applied: the file's policy, loaded again when the file changes, is applied at
+/// every tick, not only after a change, so that a PF left alone while claims held its VFs (`Busy`),
+/// refused by the kernel (`Failed`: a PF driver still starting) or found later (a module loaded, a
+/// hotplug) gets it too. Applying a PF already as the policy says writes nothing. A file that does not
+/// load is reported, and nothing is applied until it loads.
+#[derive(Debug)]
+pub struct KeptPolicy {
+    watch: PolicyWatch,
+    policy: Option<VfPolicy>,
+    last: Vec<Outcome>,
+}
+
+impl KeptPolicy {
+    /// The policy of `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        KeptPolicy {
+            watch: PolicyWatch::new(path),
+            policy: None,
+            last: Vec::new(),
+        }
+    }
+
+    /// The policy to apply now, loaded again when the file changed; the file's error when that load
+    /// failed (the first time it is seen).
+    pub fn policy(&mut self) -> Result<Option<VfPolicy>, PolicyError> {
+        match self.watch.changed() {
+            Some(Ok(policy)) => self.policy = Some(policy),
+            Some(Err(error)) => {
+                self.policy = None;
+                return Err(error);
+            }
+            None => {}
+        }
+        Ok(self.policy.clone())
+    }
+
+    /// The outcomes of this tick that differ from the last tick's (what to log), and whether a
+    /// count changed (the inventory to rescan).
+    pub fn report(&mut self, outcomes: Vec<Outcome>) -> (Vec<Outcome>, bool) {
+        let new: Vec<Outcome> = outcomes
+            .iter()
+            .filter(|o| !self.last.contains(o))
+            .cloned()
+            .collect();
+        let rescan = outcomes.iter().any(|o| matches!(o, Outcome::Changed(..)));
+        self.last = outcomes;
+        (new, rescan)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        self.watch.path()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;

@@ -91,7 +91,8 @@ pub struct PluginArgs {
     pub log_format: LogFormat,
 
     /// A VF provisioning policy (JSON: PF selector → number of VFs, VF driver), applied at start and
-    /// whenever the file changes, to PFs none of whose VFs is prepared.
+    /// again at every rescan interval (read again when the file changes), to PFs none of whose VFs
+    /// is prepared.
     #[arg(long, env = "VF_POLICY", value_name = "FILE")]
     pub vf_policy: Option<PathBuf>,
 

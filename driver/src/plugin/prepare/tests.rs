@@ -1130,6 +1130,41 @@ async fn provisioning_waits_until_no_vf_of_the_pf_is_prepared() {
     );
 }
 
+/// The kept policy is applied at every tick, not only when its file changes: a PF left alone while
+/// a claim held one of its VFs gets it once the claim is unprepared, with the file as it was.
+#[tokio::test]
+async fn a_busy_pf_gets_the_kept_policy_at_a_later_tick() {
+    use super::super::provision::{KeptPolicy, Outcome};
+    let s = Setup::on("xeon");
+    s.claims.add("u1", &[("vf", "nic-0000-3b-01-1")], json!([]));
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    let path = s.dir.path().join("policy.json");
+    std::fs::write(
+        &path,
+        r#"{"pfs": [{"selector": {"netdev": "ens1f0"}, "numVfs": 2}]}"#,
+    )
+    .unwrap();
+    let mut kept = KeptPolicy::new(&path);
+    let e810 = hal::PciAddress::parse("0000:3b:00.0").unwrap();
+    let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
+    let mut tick = async || {
+        let policy = kept.policy().unwrap().unwrap();
+        let outcomes = preparer.provision(&policy, &path).await;
+        kept.report(outcomes)
+    };
+    let busy = Outcome::Busy(e810, vec![vf]);
+    assert_eq!(tick().await, (vec![busy.clone()], false));
+    // Reported once while nothing changes.
+    assert_eq!(tick().await, (vec![], false));
+    preparer.unprepare(vec![reference("u1")]).await;
+    assert_eq!(tick().await, (vec![Outcome::Changed(e810, 8, 2)], true));
+    let sriov = hal::SriovPf::sriov_state(s.binder.as_ref(), e810)
+        .unwrap()
+        .unwrap();
+    assert_eq!(sriov.num_vfs, 2);
+}
+
 fn gpu_vfio() -> serde_json::Value {
     json!([{"source": "FromClaim", "opaque": {"driver": DRIVER, "parameters":
         {"apiVersion": "hal.dra.dev/v1alpha1", "kind": "GpuConfig", "driver": "vfio-pci"}}}])

@@ -1,11 +1,15 @@
 //! The HTTP server of `/metrics` and `/healthz`: hyper's HTTP/1 server, one request per connection,
 //! with a header read timeout (a client that connects and sends nothing, or trickles its headers,
 //! is closed), a deadline per connection (a client that does not take the answer) and a cap on the
-//! connections served at once (a semaphore; more wait in the kernel's accept queue, holding no
-//! descriptor of the plugin).
+//! connections served at once. When the cap is reached, a new connection closes the oldest one that
+//! has not sent its request yet: the kubelet's probes of `/healthz` (a 1 s timeout by default) send
+//! theirs at once, so a flood of silent connections cannot keep them out and have the plugin
+//! restarted. Only when every connection served has sent its request does a new one wait.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,12 +19,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::task::AbortHandle;
 
 use super::Metrics;
 
-/// Connections served at once; more wait in the kernel's accept queue, holding no descriptor of
-/// the plugin.
+/// Connections served at once; past it, a new connection closes the oldest one that has not sent its
+/// request yet.
 pub const MAX_CONNECTIONS: usize = 32;
 /// How long one connection may take to send its request headers, and to send its request and take
 /// the answer.
@@ -92,14 +97,8 @@ pub async fn serve_with(
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = &mut shutdown => return,
-        };
-        let Ok(slot) = slot else {
-            return;
-        };
+    let served = Arc::new(Served::default());
+    for id in 0u64.. {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => return,
@@ -114,10 +113,35 @@ pub async fn serve_with(
                 }
             }
         };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                served.close_oldest_silent();
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot,
+                    () = &mut shutdown => return,
+                };
+                let Ok(slot) = slot else {
+                    return;
+                };
+                slot
+            }
+        };
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let asked = Arc::new(AtomicBool::new(false));
+        let leave = Leave {
+            served: served.clone(),
+            id,
+        };
+        let flag = asked.clone();
+        // Listed before the task can end (and unlist itself): the list stays locked meanwhile.
+        let mut list = served.lock();
+        let task = tokio::spawn(async move {
             let _slot = slot;
+            let _leave = leave;
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                flag.store(true, Ordering::Relaxed);
                 let response = respond(request.uri().path(), &metrics);
                 async move { Ok::<_, Infallible>(response) }
             });
@@ -129,6 +153,41 @@ pub async fn serve_with(
             // Dropping the connection at the deadline closes it.
             let _ = tokio::time::timeout(limits.io_timeout, connection).await;
         });
+        list.push_back((id, asked, task.abort_handle()));
+    }
+}
+
+/// The connections being served, oldest first: whether each has sent its request, and how to close
+/// it (aborting its task drops the connection and its slot).
+#[derive(Default)]
+struct Served(Mutex<VecDeque<(u64, Arc<AtomicBool>, AbortHandle)>>);
+
+impl Served {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(u64, Arc<AtomicBool>, AbortHandle)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes the oldest connection that has not sent its request yet, if any.
+    fn close_oldest_silent(&self) {
+        let mut served = self.lock();
+        let silent = served
+            .iter()
+            .position(|(_, asked, _)| !asked.load(Ordering::Relaxed));
+        if let Some((_, _, task)) = silent.and_then(|i| served.remove(i)) {
+            task.abort();
+        }
+    }
+}
+
+/// Takes a connection off [`Served`] when its task ends, however it ends.
+struct Leave {
+    served: Arc<Served>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.served.lock().retain(|(id, _, _)| *id != self.id);
     }
 }
 
@@ -281,21 +340,44 @@ mod tests {
         );
     }
 
+    /// At the cap, a new connection closes the oldest silent one: a flood of silent connections,
+    /// renewed faster than the header timeout, cannot keep a health check out.
     #[tokio::test(start_paused = true)]
-    async fn connections_beyond_the_cap_are_served_only_when_a_slot_frees() {
+    async fn a_flood_of_silent_connections_cannot_keep_a_health_check_out() {
         let (address, _) = server(2).await;
         let mut silent = Vec::new();
         for _ in 0..2 {
             silent.push(TcpStream::connect(address).await.unwrap());
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let start = Instant::now();
         let answer = get(address, "/healthz").await;
         assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
         assert!(
-            start.elapsed() >= IO_TIMEOUT,
-            "the third connection waited for a slot: {:?}",
+            start.elapsed() < Duration::from_secs(1),
+            "answered within a probe's timeout: {:?}",
             start.elapsed()
         );
+        // The oldest silent connection made room; the other is still served.
+        let closed = closed_within(&mut silent[0], Duration::from_millis(100)).await;
+        assert!(closed.is_some(), "the oldest silent connection was closed");
+        let open = closed_within(&mut silent[1], Duration::from_millis(100)).await;
+        assert!(open.is_none(), "the newer silent connection is still open");
+        // Renewed without end: every check is still answered at once.
+        for _ in 0..20 {
+            for _ in 0..4 {
+                silent.push(TcpStream::connect(address).await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let start = Instant::now();
+            let answer = get(address, "/healthz").await;
+            assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                start.elapsed()
+            );
+        }
     }
 
     #[tokio::test]

@@ -721,6 +721,20 @@ async fn a_flood_of_idle_metrics_connections_does_not_starve_the_kubelet_sockets
         .unwrap()
         .into_inner();
     assert_eq!(response.claims["good"].error, "", "{response:?}");
+    // The health check is answered within the kubelet's probe timeout (1 s) during the flood.
+    let probe = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(1), probe).await;
+    let answer = answer.expect("/healthz answered within 1 s").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(child.try_wait().unwrap().is_none(), "the plugin still runs");
     flood.abort_all();
     terminate(&child);

@@ -95,9 +95,11 @@ impl Unhealthy {
     }
 
     /// The device taint that says so (`<driver>/unhealthy=<reason>:<effect>`), if one is published.
+    /// The key's domain is the driver name lower-cased: the API server accepts a driver name in any
+    /// case (it checks the lower-cased form), a taint key only in lower case.
     pub fn taint(&self, config: &SliceConfig) -> Option<DeviceTaint> {
         Some(DeviceTaint {
-            key: format!("{}/unhealthy", config.driver_name),
+            key: format!("{}/unhealthy", config.driver_name.to_ascii_lowercase()),
             value: Some(self.reason.clone()),
             effect: self.effect(config)?.to_owned(),
             time_added: Some(self.since.clone()),

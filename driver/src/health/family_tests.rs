@@ -169,6 +169,14 @@ fn a_link_going_down_taints_its_nic_with_effect_none_and_is_reported_until_it_is
         taints(&inventory, &config(true), nic),
         ["hal.dra.dev/unhealthy=link-down:None"]
     );
+    // A driver name in capitals (accepted: the API server checks it lower-cased) keys its taint in
+    // lower case, as a taint key must be.
+    let mut capitals = config(true);
+    capitals.driver_name = "HAL.dra.dev".into();
+    assert_eq!(
+        taints(&inventory, &capitals, nic),
+        ["hal.dra.dev/unhealthy=link-down:None"]
+    );
     // 1.34 refuses the effect: no taint, the health stream alone says it.
     assert_eq!(
         taints(&inventory, &config(false), nic),

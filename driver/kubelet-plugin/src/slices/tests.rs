@@ -327,6 +327,13 @@ fn names_and_values() {
     for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"x".repeat(64)] {
         assert!(!is_dns_label(bad), "{bad}");
     }
+    // apimachinery's IsDNS1123Subdomain has no limit per part, only on the whole.
+    for ok in [&"x".repeat(64), &format!("{}.example", "n".repeat(100))] {
+        assert!(is_dns_subdomain(ok, 253), "{ok}");
+    }
+    for bad in [&"x".repeat(254), "a..b", "a.-b", "A.b", ""] {
+        assert!(!is_dns_subdomain(bad, 253), "{bad}");
+    }
     for ok in [
         "gpu.example.com",
         "GPU.Example.com",

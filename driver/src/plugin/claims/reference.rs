@@ -1,5 +1,7 @@
 //! Claim references from the kubelet, checked as the API server checks object names.
 
+use dra_kubelet_plugin::slices::names::{is_dns_label, is_dns_subdomain};
+
 use super::ClaimError;
 use crate::plugin::api::ClaimRef;
 
@@ -20,24 +22,13 @@ pub fn check_claim_ref(claim: &ClaimRef) -> Result<(), ClaimError> {
             "must be a DNS-1123 label (at most 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
         ));
     }
-    let subdomain = claim.name.len() <= 253 && claim.name.split('.').all(is_dns_label);
-    if !subdomain {
+    if !is_dns_subdomain(&claim.name, 253) {
         return Err(invalid(
             "name",
             &claim.name,
-            "must be a DNS-1123 subdomain (at most 253 of a-z, 0-9, '-' and '.', each dot-separated part a DNS-1123 label)",
+            "must be a DNS-1123 subdomain (at most 253 of a-z, 0-9, '-' and '.', each dot-separated part starting and ending with a letter or digit)",
         ));
     }
     dra_kubelet_plugin::handler::check_claim_uid(&claim.uid)
         .map_err(|problem| invalid("uid", &claim.uid, problem))
-}
-
-/// A DNS-1123 label: 1 to 63 of `a-z`, `0-9`, `-`, starting and ending with a letter or digit.
-fn is_dns_label(s: &str) -> bool {
-    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    s.len() <= 63
-        && edge(s.bytes().next())
-        && edge(s.bytes().last())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }

@@ -42,7 +42,12 @@ impl RtLimit {
     /// The bandwidth one CPU may give to real-time tasks.
     pub fn per_cpu(&self) -> Ppm {
         match u64::try_from(self.runtime_us) {
-            Ok(runtime) => (runtime.min(self.period_us) * 1_000_000) / self.period_us,
+            // In u128: a captured tree's values may be anything (the kernel's are at most i32).
+            Ok(runtime) => {
+                let ppm = u128::from(runtime.min(self.period_us)) * 1_000_000
+                    / u128::from(self.period_us);
+                u64::try_from(ppm).unwrap_or(1_000_000)
+            }
             Err(_) => 1_000_000,
         }
     }
@@ -264,6 +269,12 @@ mod tests {
         std::fs::write(kernel.join("sched_rt_period_us"), "1000000\n").unwrap();
         let limit = RtLimit::read(dir.path()).unwrap();
         assert_eq!(limit.per_cpu(), 950_000);
+        // Values a kernel would not take (at most i32): no overflow.
+        let huge = "100000000000000\n";
+        std::fs::write(kernel.join("sched_rt_runtime_us"), huge).unwrap();
+        std::fs::write(kernel.join("sched_rt_period_us"), huge).unwrap();
+        assert_eq!(RtLimit::read(dir.path()).unwrap().per_cpu(), 1_000_000);
+        std::fs::write(kernel.join("sched_rt_period_us"), "1000000\n").unwrap();
         std::fs::write(kernel.join("sched_rt_runtime_us"), "-1\n").unwrap();
         assert_eq!(RtLimit::read(dir.path()).unwrap().per_cpu(), 1_000_000);
         std::fs::write(kernel.join("sched_rt_period_us"), "0\n").unwrap();

@@ -373,6 +373,31 @@ fn vfs_removed_by_a_lower_sriov_numvfs_are_forgotten_and_published_again_when_ba
     assert!(back.health.is_empty(), "{:?}", back.health);
 }
 
+/// The same for an SR-IOV GPU's VFs (published as GPUs): removed with a lower `sriov_numvfs` (the
+/// last partition released, an operator) while the GPU stays, they are forgotten, not missing.
+#[test]
+fn gpu_vfs_removed_by_a_lower_sriov_numvfs_are_forgotten() {
+    let tree = Tree::new("i915");
+    let machine = hal_mock::by_name(tree.name).unwrap();
+    let kernel = machine.kernel(tree.root());
+    let numvfs = fs::canonicalize(tree.root().join("sys/bus/pci/devices/0000:4d:00.0"))
+        .unwrap()
+        .join("sriov_numvfs");
+    let mut health = Health::default();
+    let before = published(&tree.read(&mut health), &config(false));
+    hal::AttributeWriter::write_attribute(&kernel, &numvfs, "2").unwrap();
+    let with_vfs = published(&tree.read(&mut health), &config(false));
+    let vfs: Vec<&String> = with_vfs.iter().filter(|n| !before.contains(n)).collect();
+    assert_eq!(vfs.len(), 2, "{with_vfs:?}");
+    hal::AttributeWriter::write_attribute(&kernel, &numvfs, "0").unwrap();
+    tree.read(&mut health);
+    for _ in 0..2 {
+        let gone = tree.read(&mut health);
+        assert_eq!(published(&gone, &config(false)), before);
+        assert!(gone.health.is_empty(), "{:?}", gone.health);
+    }
+}
+
 #[test]
 fn a_cpu_taken_offline_stays_published_tainted_and_is_healthy_online_again() {
     let tree = Tree::new("xeon");

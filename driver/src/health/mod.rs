@@ -202,10 +202,9 @@ impl Health {
             // A VF gone while its PF is here was removed by lowering the PF's `sriov_numvfs` (a VF
             // cannot leave alone): on purpose (an operator, the VF policy), so it is forgotten, not
             // missing; until then it is kept as any device a read missed.
-            let pf_here = tracked
-                .snapshot
-                .pf()
-                .is_some_and(|pf| present.contains(&DeviceKey::Function(pf)));
+            let pf_here = tracked.snapshot.pf().is_some_and(|pf| {
+                present.contains(&DeviceKey::Function(pf)) || present.contains(&DeviceKey::Gpu(pf))
+            });
             if gone && pf_here {
                 tracing::info!(device = %key, "forgotten: a VF removed with a lower sriov_numvfs");
                 forgotten.push(*key);

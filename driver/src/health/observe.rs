@@ -42,10 +42,14 @@ pub(super) enum Snapshot {
 }
 
 impl Snapshot {
-    /// The PF of a VF's view.
+    /// The PF of a VF's view: a network function's, or a GPU's (an SR-IOV GPU's VFs are GPUs too).
     pub(super) fn pf(&self) -> Option<hal::PciAddress> {
         match self {
             Snapshot::Function { function, .. } => function.physfn,
+            Snapshot::Gpu {
+                function: Some(function),
+                ..
+            } => function.physfn,
             _ => None,
         }
     }

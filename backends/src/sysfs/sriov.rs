@@ -204,23 +204,42 @@ impl SriovPf for SysfsSriov {
                 source,
             });
         }
-        if tree.link_name(&dir.join("driver")).as_deref() == Some(driver) {
+        let before = tree.link_name(&dir.join("driver"));
+        if before.as_deref() == Some(driver) {
             return Ok(());
         }
-        self.write(&dir.join("driver_override"), driver)?;
-        if tree.exists(&dir.join("driver")) {
+        let override_path = dir.join("driver_override");
+        let override_before = tree.read_trimmed(&override_path).ok();
+        self.write(&override_path, driver)?;
+        if before.is_some() {
             self.write(&dir.join("driver/unbind"), &function.to_string())?;
         }
-        self.write(
-            &self.root.join("sys/bus/pci/drivers_probe"),
-            &function.to_string(),
-        )?;
-        match tree.link_name(&dir.join("driver")) {
-            Some(bound) if bound == driver => Ok(()),
-            bound => Err(Error::Unsupported(format!(
-                "{function}: {driver} did not bind (bound now: {}); is the module loaded?",
-                bound.as_deref().unwrap_or("none")
-            ))),
+        let probe = self.root.join("sys/bus/pci/drivers_probe");
+        self.write(&probe, &function.to_string())?;
+        let bound = tree.link_name(&dir.join("driver"));
+        if bound.as_deref() == Some(driver) {
+            return Ok(());
         }
+        // Not bound (the module is not loaded, its probe failed): the function is put back as it
+        // was, its override and, probed again, its driver, rather than left without one.
+        let mut put_back = format!(" (bound now: {})", bound.as_deref().unwrap_or("none"));
+        if bound.is_none() {
+            let restore = match override_before.as_deref() {
+                Some("(null)") | None => "\n",
+                Some(earlier) => earlier,
+            };
+            let restored = self
+                .write(&override_path, restore)
+                .and_then(|()| self.write(&probe, &function.to_string()));
+            let now = tree.link_name(&dir.join("driver"));
+            put_back = match (restored, now) {
+                (Ok(()), Some(now)) => format!("; put back with {now}"),
+                (Ok(()), None) => "; no driver binds it now".to_owned(),
+                (Err(e), _) => format!("; putting it back failed: {e}"),
+            };
+        }
+        Err(Error::Unsupported(format!(
+            "{function}: {driver} did not bind{put_back}; is the module loaded?"
+        )))
     }
 }

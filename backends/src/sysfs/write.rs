@@ -92,6 +92,7 @@ impl AttributeWriter for FileWriter {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+    use std::sync::Arc;
 
     #[test]
     fn writes_existing_files_only() {
@@ -110,6 +111,73 @@ mod tests {
             .unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         assert!(!dir.path().join("nope").exists());
+    }
+
+    /// The kernel's part of a rebind, for one function, with only `iavf` loaded: `driver_override`
+    /// (empty clears it), the driver's `unbind`, and `drivers_probe` (binds to the override, else
+    /// to the default `iavf`, when that module is loaded).
+    struct OnlyIavfLoaded {
+        function: std::path::PathBuf,
+        iavf: std::path::PathBuf,
+    }
+
+    impl AttributeWriter for OnlyIavfLoaded {
+        fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
+            let link = self.function.join("driver");
+            match path.file_name().and_then(|n| n.to_str()) {
+                Some("driver_override") => {
+                    let shown = if value.trim().is_empty() {
+                        "(null)"
+                    } else {
+                        value.trim()
+                    };
+                    std::fs::write(path, format!("{shown}\n"))
+                }
+                Some("unbind") => std::fs::remove_file(&link),
+                Some("drivers_probe") if !link.is_symlink() => {
+                    let wanted = std::fs::read_to_string(self.function.join("driver_override"))?;
+                    match wanted.trim() {
+                        "(null)" | "iavf" => symlink(&self.iavf, &link),
+                        _ => Ok(()),
+                    }
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// A driver that does not bind (its module is not loaded) leaves the function as it was, with
+    /// its driver, not unbound; the error says so.
+    #[test]
+    fn a_driver_that_does_not_bind_leaves_the_function_with_its_driver() {
+        use hal::{PciAddress, SriovPf};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let function = root.join("sys/bus/pci/devices/0000:3b:01.0");
+        let iavf = root.join("sys/bus/pci/drivers/iavf");
+        std::fs::create_dir_all(&function).unwrap();
+        std::fs::create_dir_all(&iavf).unwrap();
+        std::fs::write(root.join("sys/bus/pci/drivers_probe"), "").unwrap();
+        std::fs::write(function.join("driver_override"), "(null)\n").unwrap();
+        symlink(&iavf, function.join("driver")).unwrap();
+        let kernel = OnlyIavfLoaded {
+            function: function.clone(),
+            iavf,
+        };
+        let sriov = crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), Arc::new(kernel));
+        let address = PciAddress::parse("0000:3b:01.0").unwrap();
+        let err = sriov.bind_driver(address, "vfio-pci").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("vfio-pci did not bind; put back with iavf"),
+            "{err}"
+        );
+        let driver = std::fs::read_link(function.join("driver")).unwrap();
+        assert!(driver.ends_with("iavf"), "{driver:?}");
+        let left = std::fs::read_to_string(function.join("driver_override")).unwrap();
+        assert_eq!(left, "(null)\n");
+        // The module it has: bound.
+        sriov.bind_driver(address, "iavf").unwrap();
     }
 
     /// A function that is not there is NotFound naming its own directory (what undoing a rebind

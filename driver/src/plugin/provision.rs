@@ -183,7 +183,9 @@ pub enum Outcome {
     Changed(PciAddress, u32, u32),
     /// Left alone: some of its VFs are prepared for claims.
     Busy(PciAddress, Vec<PciAddress>),
-    /// The kernel refused; the PF is as it was.
+    /// The kernel refused: a refused count is put back, and a VF whose new driver did not bind
+    /// gets its old one back (VFs bound before it keep the policy's driver). Tried again at the next
+    /// round.
     Failed(PciAddress, String),
 }
 

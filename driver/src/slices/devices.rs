@@ -11,7 +11,7 @@ use k8s_openapi::api::resource::v1::{Device, DeviceAttribute, DeviceCapacity};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::config::{CpuMode, SliceConfig};
-use super::names::{address_label, attribute_string, semver_from_dotted};
+use super::names::{self, address_label, attribute_string, semver_from_dotted};
 use super::partitions;
 pub use super::source::DeviceSource;
 use crate::inventory::Inventory;
@@ -267,7 +267,7 @@ fn gpu(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig) -> Option<(Devi
         }
     }
     if let Some(bytes) = g.memory_bytes {
-        d.capacity("memory", format!("{}Mi", bytes / (1024 * 1024)));
+        d.capacity("memory", names::mebibytes(bytes / (1024 * 1024)));
     }
     Some((d.build(), DeviceSource::Gpu(g.clone())))
 }
@@ -335,7 +335,7 @@ fn network_functions(inventory: &Inventory, config: &SliceConfig) -> Vec<(Device
                         d.string("portState", state);
                     }
                     if let Some(mbps) = port.rate_mbps {
-                        d.capacity("bandwidth", format!("{mbps}M"));
+                        d.capacity("bandwidth", names::megabits(mbps));
                     }
                 }
             }
@@ -374,7 +374,7 @@ fn rt_group(group: &Device, source: &DeviceSource, per_cpu: u64) -> Option<(Devi
     let capacity = BTreeMap::from([(
         "rtBandwidth".to_owned(),
         DeviceCapacity {
-            value: Quantity(format!("{total_milli}m")),
+            value: Quantity(names::millis(total_milli)),
             ..Default::default()
         },
     )]);

@@ -27,6 +27,36 @@ pub fn semver_from_dotted(text: &str) -> Option<String> {
     is_semver(&version).then_some(version)
 }
 
+/// `mi` MiB as the API server stores a quantity (`resource.Quantity`'s canonical form): the largest
+/// binary suffix that keeps the number whole (`16384Mi` is stored as `16Gi`). A slice written in
+/// the stored form reads back equal, so a restart does not rewrite it.
+pub fn mebibytes(mi: u64) -> String {
+    canonical(mi, 1024, &["Mi", "Gi", "Ti", "Pi", "Ei"])
+}
+
+/// `mbit` Mbit/s in the stored form: the largest decimal suffix that keeps the number whole
+/// (`25000M` is stored as `25G`).
+pub fn megabits(mbit: u64) -> String {
+    canonical(mbit, 1000, &["M", "G", "T", "P", "E"])
+}
+
+/// `milli` thousandths in the stored form (`7600m` stays, `8000m` is stored as `8`).
+pub fn millis(milli: u64) -> String {
+    canonical(milli, 1000, &["m", "", "k", "M", "G", "T", "P", "E"])
+}
+
+fn canonical(mut value: u64, base: u64, suffixes: &[&str]) -> String {
+    let mut at = 0;
+    while value != 0 && value.is_multiple_of(base) && at + 1 < suffixes.len() {
+        value /= base;
+        at += 1;
+    }
+    match value {
+        0 => "0".to_owned(),
+        _ => format!("{value}{}", suffixes.get(at).copied().unwrap_or_default()),
+    }
+}
+
 /// A string attribute value cut to 64 bytes on a character boundary.
 pub fn attribute_string(text: &str) -> String {
     hal::text::truncate_utf8(text, MAX_VALUE_BYTES).to_owned()

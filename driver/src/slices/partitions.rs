@@ -80,7 +80,7 @@ fn consumption(set: &str, vfs: u32, memory_mi: Option<u64>) -> DeviceCounterCons
         counters.insert(
             "memory".to_owned(),
             Counter {
-                value: Quantity(format!("{mi}Mi")),
+                value: Quantity(super::names::mebibytes(mi)),
             },
         );
     }
@@ -155,7 +155,7 @@ pub fn partitions(
                 BTreeMap::from([(
                     "memory".to_owned(),
                     DeviceCapacity {
-                        value: Quantity(format!("{mi}Mi")),
+                        value: Quantity(super::names::mebibytes(mi)),
                         ..Default::default()
                     },
                 )])

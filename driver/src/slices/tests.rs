@@ -92,7 +92,7 @@ fn gb300_publishes_gpus_ib_only_nics_and_numa_groups_aligned_by_numa() {
         );
         assert_eq!(string(nic, "linkLayer"), Some("InfiniBand"));
         let bandwidth = &nic.capacity.as_ref().unwrap()["bandwidth"].value.0;
-        assert_eq!(bandwidth, "800000M");
+        assert_eq!(bandwidth, "800G");
     }
     let aligned: Vec<&str> = devices
         .values()
@@ -201,6 +201,43 @@ fn every_fixture_gives_a_valid_pool() {
             let slices = build_slices(&inventory(name), &config, 0);
             assert_eq!(validate_pool(&slices), [], "{name} {mode:?}");
         }
+    }
+}
+
+/// Quantities are published in the form the API server stores them in (apimachinery's canonical
+/// form: the largest suffix that keeps the number whole, binary for binary input), so that a slice
+/// read back after a restart equals the one built and is not written again; the value is the same.
+#[test]
+fn quantities_are_published_in_their_stored_form() {
+    assert_eq!(megabits(25_000), "25G");
+    assert_eq!(megabits(100_000), "100G");
+    assert_eq!(megabits(2_500), "2500M");
+    assert_eq!(mebibytes(16_384), "16Gi");
+    assert_eq!(mebibytes(1_536), "1536Mi");
+    assert_eq!(mebibytes(1_048_576), "1Ti");
+    assert_eq!(millis(8_000), "8");
+    assert_eq!(millis(7_600), "7600m");
+    assert_eq!(millis(950), "950m");
+    assert_eq!(
+        (megabits(0), mebibytes(0), millis(0)),
+        ("0".into(), "0".into(), "0".into())
+    );
+    let q = |text: &str| hal::quantity::Quantity::parse(text).unwrap();
+    for n in [
+        1,
+        999,
+        1000,
+        1024,
+        3000,
+        25_000,
+        16_384,
+        400_000,
+        1 << 20,
+        10u64.pow(9),
+    ] {
+        assert_eq!(q(&megabits(n)), q(&format!("{n}M")), "{n}");
+        assert_eq!(q(&mebibytes(n)), q(&format!("{n}Mi")), "{n}");
+        assert_eq!(q(&millis(n)), q(&format!("{n}m")), "{n}");
     }
 }
 

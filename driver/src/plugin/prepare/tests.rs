@@ -1103,37 +1103,11 @@ async fn an_explicit_cpuset_is_checked_against_the_group_and_other_claims() {
     );
 }
 
+/// Provisioning leaves a PF alone while a claim holds one of its VFs; the kept policy is applied
+/// at every tick, not only when its file changes, so the PF gets it once the claim is unprepared,
+/// with the file as it was.
 #[tokio::test]
-async fn provisioning_waits_until_no_vf_of_the_pf_is_prepared() {
-    use super::super::provision::{Outcome, VfPolicy};
-    let s = Setup::on("xeon");
-    s.claims.add("u1", &[("vf", "nic-0000-3b-01-1")], json!([]));
-    let preparer = s.preparer("boot-1");
-    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
-    let path = s.dir.path().join("policy.json");
-    std::fs::write(
-        &path,
-        r#"{"pfs": [{"selector": {"netdev": "ens1f0"}, "numVfs": 2}]}"#,
-    )
-    .unwrap();
-    let policy = VfPolicy::load(&path).unwrap();
-    let e810 = hal::PciAddress::parse("0000:3b:00.0").unwrap();
-    let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
-    assert_eq!(
-        preparer.provision(&policy, &path).await,
-        [Outcome::Busy(e810, vec![vf])]
-    );
-    preparer.unprepare(vec![reference("u1")]).await;
-    assert_eq!(
-        preparer.provision(&policy, &path).await,
-        [Outcome::Changed(e810, 8, 2)]
-    );
-}
-
-/// The kept policy is applied at every tick, not only when its file changes: a PF left alone while
-/// a claim held one of its VFs gets it once the claim is unprepared, with the file as it was.
-#[tokio::test]
-async fn a_busy_pf_gets_the_kept_policy_at_a_later_tick() {
+async fn provisioning_waits_until_no_vf_of_the_pf_is_prepared_and_then_applies_the_kept_policy() {
     use super::super::provision::{KeptPolicy, Outcome};
     let s = Setup::on("xeon");
     s.claims.add("u1", &[("vf", "nic-0000-3b-01-1")], json!([]));

@@ -7,21 +7,36 @@ fn cpus(list: &str) -> hal::CpuSet {
     hal::CpuSet::from_cpulist(list).unwrap()
 }
 
-#[tokio::test]
-async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_containers() {
-    let s = Setup::on("xeon");
-    let preparer = s.preparer("boot-1");
+/// The NRI plugin serving the fake runtime with `preparer`'s claims and the node's online CPUs:
+/// the runtime's connection to it, and a sender that stops it, and its task.
+async fn nri_plugin(
+    s: &Setup,
+    preparer: &Preparer,
+    reserved_again: Option<crate::nri::plugin::ReservedAgain>,
+) -> (
+    crate::nri::fake_runtime::PluginConn,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let online = s.inventory.read().unwrap().cpu.as_ref().unwrap().online();
     let socket = s.dir.path().join("nri.sock");
     let runtime = FakeRuntime::listen(&socket).unwrap();
     let source = CpuSource {
         claims: preparer.cpu_claims(),
         allocatable: Arc::new(move || online.clone()),
-        reserved_again: None,
+        reserved_again,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let plugin = tokio::spawn(run(NriConfig::new(&socket), source, stopped));
     let (conn, _) = runtime.accept().await.unwrap();
+    (conn, stop, plugin)
+}
+
+#[tokio::test]
+async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_containers() {
+    let s = Setup::on("xeon");
+    let preparer = s.preparer("boot-1");
+    let (conn, stop, plugin) = nri_plugin(&s, &preparer, None).await;
 
     // A container that was running before: confined to the whole pool, every online CPU of the node.
     let other = pod("sandbox-0", "pod-other");
@@ -84,17 +99,8 @@ async fn prepared_claims_reach_the_nri_plugin_and_the_runtime_pins_and_moves_con
 async fn a_pod_that_comes_to_share_a_prepared_claim_is_pinned_to_its_cpus() {
     let s = Setup::on("xeon");
     let preparer = Arc::new(s.preparer("boot-1"));
-    let online = s.inventory.read().unwrap().cpu.as_ref().unwrap().online();
-    let socket = s.dir.path().join("nri.sock");
-    let runtime = FakeRuntime::listen(&socket).unwrap();
-    let source = CpuSource {
-        claims: preparer.cpu_claims(),
-        allocatable: Arc::new(move || online.clone()),
-        reserved_again: Some(Preparer::reserved_again(preparer.clone(), |p| p)),
-    };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let plugin = tokio::spawn(run(NriConfig::new(&socket), source, stopped));
-    let (conn, _) = runtime.accept().await.unwrap();
+    let again = Preparer::reserved_again(preparer.clone(), |p| p);
+    let (conn, stop, plugin) = nri_plugin(&s, &preparer, Some(again)).await;
     conn.synchronize(vec![], vec![], 10).await.unwrap();
 
     s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));

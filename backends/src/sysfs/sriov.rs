@@ -228,12 +228,18 @@ impl SriovPf for SysfsSriov {
                 Some("(null)") | None => "\n",
                 Some(earlier) => earlier,
             };
-            let restored = self
-                .write(&override_path, restore)
-                .and_then(|()| self.write(&probe, &function.to_string()));
+            let mut restored = self.write(&override_path, restore);
+            // Probed again only when it had a driver: one left unbound on purpose stays unbound.
+            if restored.is_ok() && before.is_some() {
+                restored = self.write(&probe, &function.to_string());
+            }
             let now = tree.link_name(&dir.join("driver"));
             put_back = match (restored, now) {
-                (Ok(()), Some(now)) => format!("; put back with {now}"),
+                (Ok(()), Some(now)) if Some(&now) == before.as_ref() => {
+                    format!("; put back with {now}")
+                }
+                (Ok(()), Some(now)) => format!("; bound to {now} now, not {before:?}"),
+                (Ok(()), None) if before.is_none() => "; left unbound, as it was".to_owned(),
                 (Ok(()), None) => "; no driver binds it now".to_owned(),
                 (Err(e), _) => format!("; putting it back failed: {e}"),
             };

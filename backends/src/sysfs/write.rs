@@ -178,6 +178,11 @@ mod tests {
         assert_eq!(left, "(null)\n");
         // The module it has: bound.
         sriov.bind_driver(address, "iavf").unwrap();
+        // A function left unbound on purpose stays unbound (not probed to its default driver).
+        std::fs::remove_file(function.join("driver")).unwrap();
+        let err = sriov.bind_driver(address, "vfio-pci").unwrap_err();
+        assert!(err.to_string().contains("left unbound, as it was"), "{err}");
+        assert!(!function.join("driver").exists());
     }
 
     /// A function that is not there is NotFound naming its own directory (what undoing a rebind

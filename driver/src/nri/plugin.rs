@@ -219,7 +219,10 @@ impl CpuPlugin {
         if uids.is_empty() {
             return;
         }
-        let reads = futures_util::future::join_all(uids.into_iter().map(|uid| again(uid)));
+        // Tasks of their own: a read still running at the deadline finishes and is recorded, so the
+        // kubelet's next try of the container finds it.
+        let reads =
+            futures_util::future::join_all(uids.into_iter().map(|uid| tokio::spawn(again(uid))));
         if tokio::time::timeout(RESERVED_AGAIN_WAIT, reads)
             .await
             .is_err()

@@ -62,6 +62,11 @@ pub struct PfPolicy {
 pub struct VfPolicy {
     /// Entries, applied in order; a PF takes the first entry that selects it.
     pub pfs: Vec<PfPolicy>,
+    /// PFs left alone (not in the file): those the kernel refused this policy
+    /// ([`KeptPolicy`] does not repeat a refused change, which goes through 0 VFs, or a bind that
+    /// unbinds the VF's driver, every round).
+    #[serde(skip)]
+    pub skip: std::collections::BTreeSet<PciAddress>,
 }
 
 fn parse_id(text: &str) -> Option<u16> {
@@ -203,6 +208,9 @@ pub fn apply(
         let Some(pf) = inventory.function(state.pf) else {
             continue;
         };
+        if policy.skip.contains(&state.pf) {
+            continue;
+        }
         let Some(entry) = policy.pfs.iter().find(|e| e.selector.matches(pf)) else {
             continue;
         };
@@ -296,9 +304,10 @@ impl PolicyWatch {
 }
 
 /// The VF policy kept applied: the file's policy, loaded again when the file changes, is applied at
-/// every tick, not only after a change, so that a PF left alone while claims held its VFs (`Busy`),
-/// refused by the kernel (`Failed`: a PF driver still starting) or found later (a module loaded, a
-/// hotplug) gets it too. Applying a PF already as the policy says writes nothing. A file that does not
+/// every tick, not only after a change, so that a PF left alone while claims held its VFs (`Busy`)
+/// or found later (a module loaded, a hotplug) gets it too. Applying a PF already as the policy says
+/// writes nothing. A PF the kernel refused (`Failed`) is not tried again until the file changes (or
+/// the plugin restarts): each try goes through 0 VFs or unbinds a VF's driver. A file that does not
 /// load is reported, and nothing is applied until it loads.
 #[derive(Debug)]
 pub struct KeptPolicy {
@@ -340,6 +349,13 @@ impl KeptPolicy {
             .cloned()
             .collect();
         let rescan = outcomes.iter().any(|o| matches!(o, Outcome::Changed(..)));
+        if let Some(policy) = &mut self.policy {
+            for outcome in &outcomes {
+                if let Outcome::Failed(pf, _) = outcome {
+                    policy.skip.insert(*pf);
+                }
+            }
+        }
         self.last = outcomes;
         (new, rescan)
     }

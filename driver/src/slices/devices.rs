@@ -94,21 +94,25 @@ impl DeviceBuilder {
         );
     }
 
-    /// Capacity `key` is consumed in whole units (`requestPolicy.validRange`: min 1, step 1): the
-    /// scheduler rounds a request of `1500m` up to 2. Without a policy it would record `1500m`. A
-    /// request that does not name `key` still consumes all of it (no `default`).
-    fn in_whole_units(&mut self, key: &str) {
+    /// Capacity `key` (`total` whole units) is consumed in whole units (`requestPolicy.validRange`:
+    /// min 1, step 1): the scheduler rounds a request of `1500m` up to 2. Without a policy it would
+    /// record `1500m`. A request that does not name `key` consumes all of it, as without a policy
+    /// (`default`: the total; the API server requires a default with a range). A total of 1 has no
+    /// step (the API server wants `min + step` within the capacity), and 0 no policy.
+    fn in_whole_units(&mut self, key: &str, total: i64) {
         use k8s_openapi::api::resource::v1::{CapacityRequestPolicy, CapacityRequestPolicyRange};
-        if let Some(capacity) = self.capacity.get_mut(key) {
-            capacity.request_policy = Some(CapacityRequestPolicy {
-                valid_range: Some(CapacityRequestPolicyRange {
-                    min: Quantity("1".into()),
-                    step: Some(Quantity("1".into())),
-                    max: None,
-                }),
-                ..Default::default()
-            });
-        }
+        let Some(capacity) = self.capacity.get_mut(key).filter(|_| total > 0) else {
+            return;
+        };
+        capacity.request_policy = Some(CapacityRequestPolicy {
+            default: Some(Quantity(total.to_string())),
+            valid_range: Some(CapacityRequestPolicyRange {
+                min: Quantity("1".into()),
+                step: (total > 1).then(|| Quantity("1".into())),
+                max: None,
+            }),
+            valid_values: None,
+        });
     }
 
     /// `numaNode` in the driver's domain and in every compatibility domain; nothing when unknown
@@ -484,7 +488,7 @@ fn cpus(
                         .collect();
                     d.numa(single(nodes).map(NumaNode), config);
                     d.capacity("cpu", count.to_string());
-                    d.in_whole_units("cpu");
+                    d.in_whole_units("cpu", count);
                     let set: CpuSet = members.iter().map(|c| c.id).collect();
                     (d.build(), DeviceSource::CpuGroup(set))
                 })

@@ -292,6 +292,60 @@ fn counters_in_the_devices_slice_kubernetes_1_34() {
     );
 }
 
+/// A capacity's request policy as the API server checks it: a default is required with a range or
+/// valid values, within the range and on a step, and `min + step` within the capacity.
+#[test]
+fn request_policies_are_checked_as_the_api_server_does() {
+    use k8s_openapi::api::resource::v1::{
+        CapacityRequestPolicy, CapacityRequestPolicyRange, DeviceCapacity,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let q = |text: &str| Quantity(text.into());
+    let check = |value: &str, default: Option<&str>, step: Option<&str>| {
+        let mut slices = pool(&[1]);
+        let device = &mut slices[0].spec.devices.as_mut().unwrap()[0];
+        device.allow_multiple_allocations = Some(true);
+        let policy = CapacityRequestPolicy {
+            default: default.map(q),
+            valid_range: Some(CapacityRequestPolicyRange {
+                min: q("1"),
+                step: step.map(q),
+                max: None,
+            }),
+            valid_values: None,
+        };
+        let capacity = DeviceCapacity {
+            value: q(value),
+            request_policy: Some(policy),
+        };
+        device.capacity = Some([("cpu".to_owned(), capacity)].into());
+        problems(&slices)
+    };
+    assert_eq!(check("60", Some("60"), Some("1")), Vec::<String>::new());
+    assert_eq!(check("1", Some("1"), None), Vec::<String>::new());
+    let errors = check("60", None, Some("1"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("default: required when validRange is defined")),
+        "{errors:#?}"
+    );
+    let errors = check("1", Some("1"), Some("1"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("min + step at most the capacity")),
+        "{errors:#?}"
+    );
+    let errors = check("60", Some("61"), Some("1"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("default must be within the range")),
+        "{errors:#?}"
+    );
+}
+
 #[test]
 fn counter_sets_in_slices_of_their_own_kubernetes_1_35() {
     let mut slices = pool(&[2, 0]);

@@ -336,7 +336,81 @@ fn validate_device(device: &Device, at: &str, fail: &mut impl FnMut(String, Stri
             );
         }
         if value.request_policy.is_some() && device.allow_multiple_allocations != Some(true) {
-            fail(field, "requestPolicy needs allowMultipleAllocations".into());
+            fail(
+                field.clone(),
+                "requestPolicy needs allowMultipleAllocations".into(),
+            );
+        }
+        if let Some(policy) = &value.request_policy
+            && let Err(problem) = request_policy_problem(&value.value.0, policy)
+        {
+            fail(format!("{field}.requestPolicy"), problem);
         }
     }
+}
+
+/// What the API server refuses in a capacity's request policy (`validateRequestPolicy` in
+/// `k8s.io/kubernetes/pkg/apis/resource/validation`): a `default` is required with `validValues` or
+/// `validRange`; valid values are at most 10, ascending, at most the capacity and include the
+/// default; a range has `min` ≤ `default` ≤ `max` ≤ the capacity, `min + step` ≤ the capacity, and
+/// `default` and `max` on a step from `min`.
+fn request_policy_problem(
+    capacity: &str,
+    policy: &k8s_openapi::api::resource::v1::CapacityRequestPolicy,
+) -> Result<(), String> {
+    use hal::quantity::Quantity;
+    let q = |text: &str| Quantity::parse(text).map_err(|e| e.to_string());
+    let value = q(capacity)?;
+    let values = policy.valid_values.as_deref().unwrap_or_default();
+    if values.is_empty() && policy.valid_range.is_none() {
+        return Ok(());
+    }
+    let what = if values.is_empty() {
+        "validRange"
+    } else {
+        "validValues"
+    };
+    let Some(default) = &policy.default else {
+        return Err(format!("default: required when {what} is defined"));
+    };
+    let default = q(&default.0)?;
+    if !values.is_empty() {
+        if policy.valid_range.is_some() {
+            return Err("only one of validValues and validRange".into());
+        }
+        let values = values
+            .iter()
+            .map(|v| q(&v.0))
+            .collect::<Result<Vec<_>, _>>()?;
+        if values.len() > 10 || !values.is_sorted() || values.iter().any(|v| *v > value) {
+            return Err("validValues: at most 10, ascending, none over the capacity".into());
+        }
+        if !values.contains(&default) {
+            return Err("validValues: must include the default".into());
+        }
+        return Ok(());
+    }
+    let Some(range) = &policy.valid_range else {
+        return Ok(());
+    };
+    let min = q(&range.min.0)?;
+    let max = range.max.as_ref().map(|m| q(&m.0)).transpose()?;
+    let step = range.step.as_ref().map(|s| q(&s.0)).transpose()?;
+    let on_step = |x: Quantity| match step {
+        Some(step) if step.nano_units() > 0 => {
+            (x.nano_units() - min.nano_units()) % step.nano_units() == 0
+        }
+        _ => true,
+    };
+    let top = max.unwrap_or(value);
+    if min < Quantity::ZERO || min > value || top > value || min > top {
+        return Err("validRange: 0 <= min <= max <= the capacity".into());
+    }
+    if default < min || default > top || !on_step(default) || !on_step(top) && max.is_some() {
+        return Err("validRange: the default must be within the range, on a step from min".into());
+    }
+    if step.is_some_and(|step| step <= Quantity::ZERO || min.plus(step) > value) {
+        return Err("validRange: step must be above 0 and min + step at most the capacity".into());
+    }
+    Ok(())
 }

@@ -165,3 +165,33 @@ fn the_watch_reports_a_policy_once_per_change() {
         .unwrap();
     assert_eq!(watch.changed().unwrap().unwrap().pfs.len(), 1);
 }
+
+/// A PF the kernel refused is not tried again every round (each try goes through 0 VFs or unbinds
+/// a VF's driver), until the policy file changes.
+#[test]
+fn a_refused_pf_is_left_alone_until_the_policy_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    let policy = r#"{"pfs": [{"selector": {"netdev": "x"}, "numVfs": 1}]}"#;
+    std::fs::write(&path, policy).unwrap();
+    let mut kept = KeptPolicy::new(&path);
+    let pf = PciAddress::parse("0000:3b:00.0").unwrap();
+    assert!(kept.policy().unwrap().unwrap().skip.is_empty());
+    let refused = Outcome::Failed(pf, "EBUSY".into());
+    assert_eq!(kept.report(vec![refused.clone()]), (vec![refused], false));
+    assert!(kept.policy().unwrap().unwrap().skip.contains(&pf));
+    // Busy is tried again (nothing is written while busy): not skipped.
+    let other = PciAddress::parse("0000:5e:00.0").unwrap();
+    kept.report(vec![Outcome::Busy(other, vec![])]);
+    assert!(!kept.policy().unwrap().unwrap().skip.contains(&other));
+    // The file changes: every PF is tried again.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::write(&path, policy.replace("\"numVfs\": 1", "\"numVfs\": 2")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert!(kept.policy().unwrap().unwrap().skip.is_empty());
+}

@@ -105,7 +105,7 @@ impl DeviceBuilder {
             return;
         };
         capacity.request_policy = Some(CapacityRequestPolicy {
-            default: Some(Quantity(total.to_string())),
+            default: Some(Quantity(names::whole(total.unsigned_abs()))),
             valid_range: Some(CapacityRequestPolicyRange {
                 min: Quantity("1".into()),
                 step: (total > 1).then(|| Quantity("1".into())),
@@ -487,7 +487,7 @@ fn cpus(
                         .map(|c| c.numa_node.map(NumaNode::id))
                         .collect();
                     d.numa(single(nodes).map(NumaNode), config);
-                    d.capacity("cpu", count.to_string());
+                    d.capacity("cpu", names::whole(count.unsigned_abs()));
                     d.in_whole_units("cpu", count);
                     let set: CpuSet = members.iter().map(|c| c.id).collect();
                     (d.build(), DeviceSource::CpuGroup(set))

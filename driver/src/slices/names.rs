@@ -45,6 +45,11 @@ pub fn millis(milli: u64) -> String {
     canonical(milli, 1000, &["m", "", "k", "M", "G", "T", "P", "E"])
 }
 
+/// A count in the stored form (`64` stays, `1000` is stored as `1k`).
+pub fn whole(count: u64) -> String {
+    canonical(count, 1000, &["", "k", "M", "G", "T", "P", "E"])
+}
+
 fn canonical(mut value: u64, base: u64, suffixes: &[&str]) -> String {
     let mut at = 0;
     while value != 0 && value.is_multiple_of(base) && at + 1 < suffixes.len() {

@@ -73,7 +73,7 @@ fn consumption(set: &str, vfs: u32, memory_mi: Option<u64>) -> DeviceCounterCons
     let mut counters = BTreeMap::from([(
         "vfs".to_owned(),
         Counter {
-            value: Quantity(vfs.to_string()),
+            value: Quantity(super::names::whole(u64::from(vfs))),
         },
     )]);
     if let Some(mi) = memory_mi {

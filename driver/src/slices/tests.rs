@@ -220,9 +220,13 @@ fn quantities_are_published_in_their_stored_form() {
     assert_eq!(millis(8_000), "8");
     assert_eq!(millis(7_600), "7600m");
     assert_eq!(millis(950), "950m");
+    assert_eq!(whole(112), "112");
+    assert_eq!(whole(1_000), "1k");
+    assert_eq!(whole(1_024), "1024");
+    assert_eq!(whole(2_000_000), "2M");
     assert_eq!(
-        (megabits(0), mebibytes(0), millis(0)),
-        ("0".into(), "0".into(), "0".into())
+        (megabits(0), mebibytes(0), millis(0), whole(0)),
+        ("0".into(), "0".into(), "0".into(), "0".into())
     );
     let q = |text: &str| hal::quantity::Quantity::parse(text).unwrap();
     for n in [
@@ -240,6 +244,7 @@ fn quantities_are_published_in_their_stored_form() {
         assert_eq!(q(&megabits(n)), q(&format!("{n}M")), "{n}");
         assert_eq!(q(&mebibytes(n)), q(&format!("{n}Mi")), "{n}");
         assert_eq!(q(&millis(n)), q(&format!("{n}m")), "{n}");
+        assert_eq!(q(&whole(n)), q(&n.to_string()), "{n}");
     }
 }
 

@@ -95,9 +95,11 @@ impl Preparer {
                     .map_err(|_| PrepareError::poisoned("inventory"))?;
                 rebinds(allocated, &sources, &inventory)?
             };
-            let cpus = self.place_cpus(&state, &claim.uid, allocated, &sources)?;
-            let rt = self.place_rt(&state, &claim.uid, allocated, &sources, &cpus)?;
-            let (mut spec, mut devices) = self.plan(claim, allocated, &sources, &cpus, &rt)?;
+            let keys = result_keys(allocated);
+            let cpus = self.place_cpus(&state, &claim.uid, allocated, &sources, &keys)?;
+            let rt = self.place_rt(&state, &claim.uid, allocated, &sources, &keys, &cpus)?;
+            let (mut spec, mut devices) =
+                self.plan(claim, allocated, &sources, &keys, &cpus, &rt)?;
             let metadata = self.plan_metadata(
                 claim,
                 resource_claim,
@@ -210,15 +212,17 @@ impl Preparer {
         Ok(resolved)
     }
 
-    /// The CPUs of each CPU device of the claim: an individual CPU is itself; a group gives the CPUs the
-    /// claim's `CpuConfig` names (checked: in the group, free, as many as consumed) or those the
-    /// topology-aware policy picks, never one another claim holds.
+    /// The CPUs of each CPU device of the claim, by result key: an individual CPU is itself; a group
+    /// gives the CPUs the claim's `CpuConfig` names (checked: in the group, free, as many as
+    /// consumed) or those the topology-aware policy picks, never one another claim or another
+    /// request of this one holds.
     fn place_cpus(
         &self,
         state: &BTreeMap<String, ClaimRecord>,
         uid: &str,
         allocated: &[Allocated],
         sources: &[DeviceSource],
+        keys: &[String],
     ) -> Result<BTreeMap<String, hal::CpuSet>, PrepareError> {
         // Other claims' exclusive CPUs, and the CPUs their real-time tasks run on.
         let mut taken: hal::CpuSet = state
@@ -237,7 +241,7 @@ impl Preparer {
             .read()
             .map_err(|_| PrepareError::poisoned("inventory"))?;
         let mut placed = BTreeMap::new();
-        for (a, source) in allocated.iter().zip(sources) {
+        for ((a, source), key) in allocated.iter().zip(sources).zip(keys) {
             let cpus = match source {
                 DeviceSource::Cpu(id) => hal::CpuSet::from_iter([*id]),
                 DeviceSource::CpuGroup(group) => {
@@ -283,7 +287,7 @@ impl Preparer {
                 _ => continue,
             };
             taken = taken.union(&cpus);
-            placed.insert(a.device.clone(), cpus);
+            placed.insert(key.clone(), cpus);
         }
         Ok(placed)
     }
@@ -296,6 +300,7 @@ impl Preparer {
         uid: &str,
         allocated: &[Allocated],
         sources: &[DeviceSource],
+        keys: &[String],
         own: &BTreeMap<String, hal::CpuSet>,
     ) -> Result<BTreeMap<String, Vec<crate::plugin::rt::RtTask>>, PrepareError> {
         let others = state.iter().filter(|(other, _)| other.as_str() != uid);
@@ -313,7 +318,7 @@ impl Preparer {
             .flat_map(|(_, r)| r.rt.values().flatten().copied())
             .collect();
         let mut placed = BTreeMap::new();
-        for (a, source) in allocated.iter().zip(sources) {
+        for ((a, source), key) in allocated.iter().zip(sources).zip(keys) {
             let DeviceSource::RtGroup { cpus, per_cpu } = source else {
                 continue;
             };
@@ -333,7 +338,7 @@ impl Preparer {
                 &a.device,
             )?;
             placed_tasks.extend(tasks.iter().copied());
-            placed.insert(a.device.clone(), tasks);
+            placed.insert(key.clone(), tasks);
         }
         Ok(placed)
     }
@@ -378,6 +383,7 @@ impl Preparer {
         claim: &ClaimRef,
         allocated: &[Allocated],
         sources: &[DeviceSource],
+        keys: &[String],
         cpus: &BTreeMap<String, hal::CpuSet>,
         rt: &BTreeMap<String, Vec<crate::plugin::rt::RtTask>>,
     ) -> Result<(Spec, Vec<PreparedDevice>), PrepareError> {
@@ -414,8 +420,8 @@ impl Preparer {
             }
             _ => None,
         };
-        for (a, source) in allocated.iter().zip(sources) {
-            let name = format!("{}-{}", claim.uid, a.device);
+        for ((a, source), key) in allocated.iter().zip(sources).zip(keys) {
+            let name = format!("{}-{key}", claim.uid);
             let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci")
                 || a.gpu.as_ref().and_then(|g| g.driver.as_deref()) == Some("vfio-pci");
             let vfio_group = match source {
@@ -464,6 +470,29 @@ impl Preparer {
         }
         Ok((spec, prepared))
     }
+}
+
+/// Each result's key in the claim's CDI device names and its record: the device's name, with `_<n>`
+/// for the n-th result (from 2) on the same device, as two requests may share a device published
+/// with `allowMultipleAllocations` (a CPU group). A device name, a DNS label, never has a `_`.
+fn result_keys(allocated: &[Allocated]) -> Vec<String> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    allocated
+        .iter()
+        .map(|a| {
+            let n = seen.entry(&a.device).or_default();
+            *n += 1;
+            match *n {
+                1 => a.device.clone(),
+                n => format!("{}_{n}", a.device),
+            }
+        })
+        .collect()
+}
+
+/// The device a result key names (see [`result_keys`]).
+pub(super) fn device_of_key(key: &str) -> &str {
+    key.split_once('_').map_or(key, |(device, _)| device)
 }
 
 /// UIDs of the pods in the claim's `status.reservedFor`.

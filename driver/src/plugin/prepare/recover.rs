@@ -141,7 +141,8 @@ pub(super) fn record_from_spec(
                 device_name: d
                     .name
                     .strip_prefix(&prefix)
-                    .filter(|n| !n.starts_with(super::metadata::CDI_PREFIX))?
+                    .filter(|n| !n.starts_with(super::metadata::CDI_PREFIX))
+                    .map(super::plan::device_of_key)?
                     .to_owned(),
                 cdi_device_ids: vec![qualified_device(kind, &d.name)],
                 share_id: None,
@@ -231,8 +232,13 @@ pub(super) fn complete(
             .any(|d| d.name == name)
             .then(|| qualified_device(&kind, &name))
     };
+    // The n-th device of a name is the n-th result on it (two requests may share a device).
+    let mut unpaired: Vec<Option<&_>> = allocated.iter().map(Some).collect();
     for device in &mut record.devices {
-        let a = allocated.iter().find(|a| a.device == device.device_name)?;
+        let a = unpaired
+            .iter_mut()
+            .find(|a| a.is_some_and(|a| a.device == device.device_name))?
+            .take()?;
         device.request_names = vec![a.request.clone()];
         device.share_id = a.share_id.clone();
         device.cdi_device_ids.extend(mount_device(&a.request));

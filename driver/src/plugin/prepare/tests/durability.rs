@@ -546,3 +546,62 @@ async fn a_config_env_shared_by_every_device_is_stored_once() {
         );
     }
 }
+
+/// Two requests of one claim on the same CPU group (a device published with
+/// `allowMultipleAllocations`; each result has its own share id): each result gets its own CDI
+/// device and its own CPUs, all of them are held against other claims, and a claim rebuilt from its
+/// spec pairs each result with its request again.
+#[tokio::test]
+async fn two_requests_on_one_cpu_group_get_a_cdi_device_and_cpus_each() {
+    let s = Setup::on("xeon");
+    let result = |request: &str, cpus: u32| {
+        json!({"request": request, "driver": DRIVER, "pool": NODE, "device": "cpus-numa-0",
+               "shareID": format!("share-{request}"), "consumedCapacity": {"cpu": cpus.to_string()}})
+    };
+    s.claims
+        .add_results("a", vec![result("big", 4), result("small", 2)], json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before.prepare(vec![reference("a")]).await;
+    let devices = answers["a"].as_ref().unwrap();
+    let requests: Vec<_> = devices.iter().map(|d| d.request_names.clone()).collect();
+    assert_eq!(requests, [vec!["big".to_owned()], vec!["small".to_owned()]]);
+    let ids: Vec<_> = devices.iter().map(|d| d.cdi_device_ids.clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            vec!["hal.dra.dev/device=a-cpus-numa-0".to_owned()],
+            vec!["hal.dra.dev/device=a-cpus-numa-0_2".to_owned()]
+        ]
+    );
+    let held = hal::CpuSet::from_cpulist(&cpuset_of(&s, "a")).unwrap();
+    assert_eq!(held.len(), 6, "{held}");
+    // Every one of the six is the claim's, in the checkpoint and for the NRI plugin.
+    let recorded: hal::CpuSet = CheckpointFile::new(s.checkpoint_path())
+        .load()
+        .unwrap()
+        .claims["a"]
+        .cpus
+        .values()
+        .flat_map(hal::CpuSet::iter)
+        .collect();
+    assert_eq!(recorded, held);
+    assert_eq!(before.cpu_claims().borrow()["a"].cpus, held);
+    s.claims.add_cpus("b", "cpus-numa-0", 4, json!([]));
+    assert!(before.prepare(vec![reference("b")]).await["b"].is_ok());
+    let b = hal::CpuSet::from_cpulist(&cpuset_of(&s, "b")).unwrap();
+    assert!(b.intersection(&held).is_empty(), "{b} overlaps {held}");
+    drop(before);
+
+    // The checkpoint lost: the record rebuilt from the spec is completed from the claim, each
+    // result with its own request and share id again.
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+    let after = s.preparer("boot-1");
+    assert!(after.clean_stale().await == Cleaned::default());
+    let rebuilt = &CheckpointFile::new(s.checkpoint_path())
+        .load()
+        .unwrap()
+        .claims["a"];
+    assert!(!rebuilt.recovered, "{rebuilt:?}");
+    assert_eq!(&rebuilt.devices, devices);
+    assert_eq!(after.prepare(vec![reference("a")]).await, answers);
+}

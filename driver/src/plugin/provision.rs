@@ -186,6 +186,9 @@ pub enum Outcome {
     Unchanged(PciAddress),
     /// VF count changed (from, to).
     Changed(PciAddress, u32, u32),
+    /// The count was right; these VFs were bound to the policy's `vfDriver` (the inventory to
+    /// rescan, so the published `driver` attribute follows).
+    Rebound(PciAddress, Vec<PciAddress>),
     /// Left alone: some of its VFs are prepared for claims.
     Busy(PciAddress, Vec<PciAddress>),
     /// The kernel refused: a refused count is put back, and a VF whose new driver did not bind
@@ -214,7 +217,7 @@ pub fn apply(
         let Some(entry) = policy.pfs.iter().find(|e| e.selector.matches(pf)) else {
             continue;
         };
-        outcomes.push(apply_one(entry, source, state, sriov, in_use));
+        outcomes.push(apply_one(entry, source, state, inventory, sriov, in_use));
     }
     outcomes
 }
@@ -223,6 +226,7 @@ fn apply_one(
     entry: &PfPolicy,
     source: &Path,
     state: &SriovState,
+    inventory: &Inventory,
     sriov: &dyn SriovPf,
     in_use: &BTreeSet<PciAddress>,
 ) -> Outcome {
@@ -249,6 +253,7 @@ fn apply_one(
         };
         return failed(format!("{pf}: setting {} VFs: {e}; {note}", entry.num_vfs));
     }
+    let mut rebound = Vec::new();
     if let Some(driver) = &entry.vf_driver {
         let vfs = match sriov.sriov_state(pf) {
             Ok(Some(now)) => now.vfs,
@@ -259,10 +264,17 @@ fn apply_one(
             if let Err(e) = sriov.bind_driver(vf.address, driver) {
                 return failed(format!("{pf}: binding VF {} to {driver}: {e}", vf.address));
             }
+            let had = inventory
+                .function(vf.address)
+                .and_then(|f| f.driver.as_deref());
+            if had != Some(driver.as_str()) {
+                rebound.push(vf.address);
+            }
         }
     }
     match count_changes {
         true => Outcome::Changed(pf, state.num_vfs, entry.num_vfs),
+        false if !rebound.is_empty() => Outcome::Rebound(pf, rebound),
         false => Outcome::Unchanged(pf),
     }
 }
@@ -341,14 +353,16 @@ impl KeptPolicy {
     }
 
     /// The outcomes of this tick that differ from the last tick's (what to log), and whether a
-    /// count changed (the inventory to rescan).
+    /// count or a VF's driver changed (the inventory to rescan).
     pub fn report(&mut self, outcomes: Vec<Outcome>) -> (Vec<Outcome>, bool) {
         let new: Vec<Outcome> = outcomes
             .iter()
             .filter(|o| !self.last.contains(o))
             .cloned()
             .collect();
-        let rescan = outcomes.iter().any(|o| matches!(o, Outcome::Changed(..)));
+        let rescan = outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Changed(..) | Outcome::Rebound(..)));
         if let Some(policy) = &mut self.policy {
             for outcome in &outcomes {
                 if let Outcome::Failed(pf, _) = outcome {

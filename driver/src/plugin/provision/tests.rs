@@ -76,6 +76,38 @@ fn policies_change_counts_and_bind_vf_drivers() {
     assert_eq!(again, [Outcome::Unchanged(e810), Outcome::Unchanged(cx6)]);
 }
 
+/// A policy that changes only the VFs' driver asks for a rescan (the published `driver` attribute
+/// follows at once, not at the next interval); once the inventory shows it, nothing more.
+#[test]
+fn a_driver_only_change_rebinds_the_vfs_and_asks_for_a_rescan() {
+    let m = Machine::xeon();
+    let (_dir, path, p) = policy(
+        r#"{"pfs": [{"selector": {"netdev": "ens2f0np0"}, "numVfs": 4, "vfDriver": "vfio-pci"}]}"#,
+    );
+    let cx6 = PciAddress::parse(CX6).unwrap();
+    let vfs: Vec<PciAddress> = m
+        .inventory()
+        .sriov
+        .iter()
+        .find(|s| s.pf == cx6)
+        .unwrap()
+        .vfs
+        .iter()
+        .map(|v| v.address)
+        .collect();
+    assert_eq!(vfs.len(), 4);
+    let outcomes = apply(&p, &path, &m.inventory(), &m.sriov, &BTreeSet::new());
+    assert_eq!(outcomes, [Outcome::Rebound(cx6, vfs.clone())]);
+    for vf in &vfs {
+        assert_eq!(m.driver_of(&vf.to_string()).as_deref(), Some("vfio-pci"));
+    }
+    let mut kept = KeptPolicy::new(&path);
+    assert_eq!(kept.report(outcomes.clone()), (outcomes, true));
+    let again = apply(&p, &path, &m.inventory(), &m.sriov, &BTreeSet::new());
+    assert_eq!(again, [Outcome::Unchanged(cx6)]);
+    assert_eq!(kept.report(again.clone()), (again, false));
+}
+
 #[test]
 fn a_pf_whose_vfs_are_prepared_is_left_alone() {
     let m = Machine::xeon();

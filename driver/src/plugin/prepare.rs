@@ -347,13 +347,16 @@ impl Preparer {
                     .map(|r| r.function),
             )
             .collect();
-        super::provision::apply(
-            policy,
-            source,
-            &inventory,
-            self.config.binder.as_ref(),
-            &in_use,
-        )
+        // The kernel may take seconds over a count: the worker goes to the other tasks meanwhile.
+        apply::blocking(|| {
+            super::provision::apply(
+                policy,
+                source,
+                &inventory,
+                self.config.binder.as_ref(),
+                &in_use,
+            )
+        })
     }
 
     /// [`Preparer::clean_stale`], then the claims it left, again after `first`, then twice as long
@@ -541,8 +544,16 @@ impl Preparer {
         })
     }
 
+    /// The claim state. A wait for it (a VF count or a GPU partition being written under it, which
+    /// the kernel may take seconds over) leaves the async worker to the other tasks.
     fn state(&self) -> MutexGuard<'_, BTreeMap<String, ClaimRecord>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                apply::blocking(|| self.state.lock().unwrap_or_else(PoisonError::into_inner))
+            }
+        }
     }
 
     fn inflight(&self) -> MutexGuard<'_, HashMap<String, Arc<PrepareOnce>>> {

@@ -73,7 +73,9 @@ impl Preparer {
             &self.config.slices.driver_name,
             &self.config.slices.node_name,
         )?;
-        let planned = self.reserve(&claim, &allocated, &resource_claim)?;
+        // Off the async worker: the reservation may wait for the claim state, or create a GPU
+        // partition's VFs.
+        let planned = blocking(|| self.reserve(&claim, &allocated, &resource_claim))?;
         let devices = blocking(|| self.apply(&planned))?;
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
         // the API server may not allow it (an older release, RBAC); the CDI env says the same.

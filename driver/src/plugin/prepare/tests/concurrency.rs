@@ -402,3 +402,97 @@ proptest! {
         });
     }
 }
+
+/// A binder whose `set_num_vfs` blocks until released (a kernel that takes seconds over a VF
+/// count), and says whether it was released or gave up waiting.
+struct SlowCount {
+    inner: Arc<dyn hal::SriovPf>,
+    entered: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+    gave_up: std::sync::atomic::AtomicBool,
+}
+
+impl hal::SriovPf for SlowCount {
+    fn sriov_pfs(&self) -> hal::Result<hal::Discovered<hal::SriovState>> {
+        self.inner.sriov_pfs()
+    }
+
+    fn set_num_vfs(&self, pf: hal::PciAddress, count: u32) -> hal::Result<()> {
+        if let Some(entered) = self.entered.lock().unwrap().take() {
+            let _ = entered.send(());
+            let waited = self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(10));
+            self.gave_up.store(waited.is_err(), Ordering::SeqCst);
+        }
+        self.inner.set_num_vfs(pf, count)
+    }
+
+    fn bind_driver(&self, function: hal::PciAddress, driver: &str) -> hal::Result<()> {
+        self.inner.bind_driver(function, driver)
+    }
+}
+
+/// A VF count the kernel takes long over is written under the claim-state lock (no prepare may
+/// start meanwhile), yet neither the write nor the prepares waiting for the lock hold the async
+/// workers: another task (the kubelet's other calls, registration) still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_vf_count_write_does_not_stall_the_other_tasks() {
+    let mut s = Setup::on("xeon");
+    let (entered, on_entry) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    let slow = Arc::new(SlowCount {
+        inner: s.binder.clone(),
+        entered: Mutex::new(Some(entered)),
+        release: Mutex::new(released),
+        gave_up: std::sync::atomic::AtomicBool::new(false),
+    });
+    s.binder = slow.clone();
+    for uid in ["a", "b"] {
+        s.claims.add_cpus(uid, "cpus-numa-0", 2, json!([]));
+    }
+    let preparer = Arc::new(s.preparer("boot-1"));
+    let path = s.dir.path().join("policy.json");
+    std::fs::write(
+        &path,
+        r#"{"pfs": [{"selector": {"netdev": "ens1f0"}, "numVfs": 2}]}"#,
+    )
+    .unwrap();
+    let policy = crate::plugin::provision::VfPolicy::load(&path).unwrap();
+    let provision = tokio::spawn({
+        let (p, path) = (preparer.clone(), path.clone());
+        async move { p.provision(&policy, &path).await }
+    });
+    tokio::task::spawn_blocking(move || on_entry.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let prepares: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|uid| {
+            let p = preparer.clone();
+            tokio::spawn(async move { p.prepare(vec![reference(uid)]).await })
+        })
+        .collect();
+    // The prepares reach the lock (a guess, not needed for the check below to mean something: a
+    // stalled runtime runs the probe only once the write gave up).
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let probe = tokio::spawn(async move { release.send(()).is_ok() });
+    assert!(probe.await.unwrap());
+    let outcomes = provision.await.unwrap();
+    assert!(
+        !slow.gave_up.load(Ordering::SeqCst),
+        "the probe task did not run while the write blocked"
+    );
+    let e810 = hal::PciAddress::parse("0000:3b:00.0").unwrap();
+    assert_eq!(
+        outcomes,
+        [crate::plugin::provision::Outcome::Changed(e810, 8, 2)]
+    );
+    for prepare in prepares {
+        let answers = prepare.await.unwrap();
+        assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    }
+}

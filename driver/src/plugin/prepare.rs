@@ -306,7 +306,9 @@ impl Preparer {
         source: &std::path::Path,
     ) -> Vec<super::provision::Outcome> {
         let state = self.state();
-        let Ok(inventory) = self.inventory.read() else {
+        // A copy: the inventory's lock is not held over the writes below, or a rescan waiting to
+        // write it (and every reader queued behind that) would wait for the kernel too.
+        let Ok(inventory) = self.inventory.read().map(|i| i.clone()) else {
             return Vec::new();
         };
         let published: BTreeMap<String, DeviceSource> =

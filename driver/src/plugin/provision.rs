@@ -264,10 +264,10 @@ fn apply_one(
             if let Err(e) = sriov.bind_driver(vf.address, driver) {
                 return failed(format!("{pf}: binding VF {} to {driver}: {e}", vf.address));
             }
-            let had = inventory
-                .function(vf.address)
-                .and_then(|f| f.driver.as_deref());
-            if had != Some(driver.as_str()) {
+            // A VF the inventory lacks (a read that failed) is not counted, or every round would
+            // ask for a rescan.
+            let had = inventory.function(vf.address).map(|f| f.driver.as_deref());
+            if had.is_some_and(|had| had != Some(driver.as_str())) {
                 rebound.push(vf.address);
             }
         }

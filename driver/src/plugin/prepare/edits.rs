@@ -13,7 +13,13 @@ use crate::slices::devices::DeviceSource;
 /// `interface.name`, else the VfConfig's `ifName`) and from its VfConfig `_NETWORK` (`namespace/name`
 /// of the NetworkAttachmentDefinition), for a CNI to attach it.
 pub(super) fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
-    let names: Vec<&str> = allocated.iter().map(|a| a.device.as_str()).collect();
+    // A device two requests share (a CPU group) is named once.
+    let mut names: Vec<&str> = Vec::with_capacity(allocated.len());
+    for a in allocated {
+        if !names.contains(&a.device.as_str()) {
+            names.push(&a.device);
+        }
+    }
     let mut env = vec![format!("DRA_HAL_DEVICES={}", names.join(","))];
     let mut uuids = Vec::new();
     let mut rdma = Vec::new();

@@ -62,6 +62,7 @@ impl Preparer {
             attributes,
         } = self.resolve(allocated)?;
         refuse_admin_takes(allocated)?;
+        refuse_repeats(allocated, &shareable)?;
         let mut state = self.state();
         self.check_exclusive(&state, &claim.uid, allocated, &shareable)?;
         let partitioned = {
@@ -258,7 +259,7 @@ impl Preparer {
                             let busy = asked.intersection(&taken);
                             if !busy.is_empty() {
                                 return Err(PrepareError::Held(format!(
-                                    "{}: CPUs {busy} are held by another claim",
+                                    "{}: CPUs {busy} are held by another claim or another request of this one",
                                     a.device
                                 )));
                             }
@@ -580,6 +581,27 @@ pub(super) fn admin_only(allocated: &[Allocated]) -> Vec<String> {
     admin.sort();
     admin.dedup();
     admin
+}
+
+/// Only a device published with `allowMultipleAllocations` serves two requests of one claim; the
+/// scheduler may still give an exclusive device to a request and to another with admin access, which
+/// would attach one function twice or name one GPU twice to the claim's containers.
+fn refuse_repeats(allocated: &[Allocated], shareable: &[bool]) -> Result<(), PrepareError> {
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    for (a, shareable) in allocated.iter().zip(shareable) {
+        match first.insert(&a.device, &a.request) {
+            Some(earlier) if !shareable => {
+                return Err(PrepareError::Held(format!(
+                    "device {} is allocated to requests {earlier} and {} of this claim; only a \
+                     device published with allowMultipleAllocations (a CPU group, RT bandwidth) \
+                     serves two requests",
+                    a.device, a.request
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Admin access shares a device with the claim that uses it: a claim with admin access may not take

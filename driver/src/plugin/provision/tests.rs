@@ -106,6 +106,22 @@ fn a_driver_only_change_rebinds_the_vfs_and_asks_for_a_rescan() {
     let again = apply(&p, &path, &m.inventory(), &m.sriov, &BTreeSet::new());
     assert_eq!(again, [Outcome::Unchanged(cx6)]);
     assert_eq!(kept.report(again.clone()), (again, false));
+    // A VF the inventory lacks (its read failed) does not ask for a rescan every round.
+    let (_dir2, path2, iavf) = policy(
+        r#"{"pfs": [{"selector": {"netdev": "ens2f0np0"}, "numVfs": 4, "vfDriver": "mlx5_core"}]}"#,
+    );
+    let mut lacking = m.inventory();
+    lacking.machine.pci.retain(|f| f.address != vfs[0]);
+    let outcomes = apply(&iavf, &path2, &lacking, &m.sriov, &BTreeSet::new());
+    assert_eq!(outcomes, [Outcome::Rebound(cx6, vfs[1..].to_vec())]);
+    let outcomes = apply(&iavf, &path2, &m.inventory(), &m.sriov, &BTreeSet::new());
+    assert_eq!(outcomes, [Outcome::Unchanged(cx6)]);
+    lacking = m.inventory();
+    lacking.machine.pci.retain(|f| f.address != vfs[0]);
+    assert_eq!(
+        apply(&iavf, &path2, &lacking, &m.sriov, &BTreeSet::new()),
+        [Outcome::Unchanged(cx6)]
+    );
 }
 
 #[test]

@@ -146,3 +146,32 @@ async fn claim_references_that_are_not_kubernetes_names_are_refused_before_any_a
     assert!(preparer.recorded().await.is_empty());
     assert!(s.claims.1.lock().unwrap().is_empty(), "no status written");
 }
+
+/// The scheduler may give one exclusive device to a request and to another with admin access of
+/// the same claim: refused, naming both requests (one GPU named twice to the containers, one
+/// function attached twice), with nothing left behind.
+#[tokio::test]
+async fn an_exclusive_device_given_to_two_requests_of_a_claim_is_refused_naming_both() {
+    let s = Setup::new();
+    let result = |request: &str, admin: bool| {
+        json!({"request": request, "driver": DRIVER, "pool": NODE,
+               "device": "gpu-0008-06-00-0", "adminAccess": admin})
+    };
+    s.claims.add_results(
+        "twice",
+        vec![result("train", false), result("watch", true)],
+        json!([]),
+    );
+    let preparer = s.preparer("boot-1");
+    let error = preparer.prepare(vec![reference("twice")]).await["twice"]
+        .clone()
+        .unwrap_err();
+    assert!(
+        error.starts_with(
+            "device gpu-0008-06-00-0 is allocated to requests train and watch of this claim"
+        ),
+        "{error}"
+    );
+    assert!(preparer.recorded().await.is_empty());
+    assert!(s.spec_files().is_empty());
+}

@@ -437,7 +437,8 @@ impl hal::SriovPf for SlowCount {
 
 /// A VF count the kernel takes long over is written under the claim-state lock (no prepare may
 /// start meanwhile), yet neither the write nor the prepares waiting for the lock hold the async
-/// workers: another task (the kubelet's other calls, registration) still runs.
+/// workers, nor does the write hold the inventory: another task (the kubelet's other calls, a
+/// rescan) still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_vf_count_write_does_not_stall_the_other_tasks() {
     let mut s = Setup::on("xeon");
@@ -479,7 +480,12 @@ async fn a_slow_vf_count_write_does_not_stall_the_other_tasks() {
     // The prepares reach the lock (a guess, not needed for the check below to mean something: a
     // stalled runtime runs the probe only once the write gave up).
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let probe = tokio::spawn(async move { release.send(()).is_ok() });
+    // The probe also rescans (takes the inventory to write it), as the slice publisher does.
+    let inventory = s.inventory.clone();
+    let probe = tokio::spawn(async move {
+        drop(inventory.write().unwrap());
+        release.send(()).is_ok()
+    });
     assert!(probe.await.unwrap());
     let outcomes = provision.await.unwrap();
     assert!(

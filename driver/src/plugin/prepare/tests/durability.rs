@@ -575,6 +575,7 @@ async fn two_requests_on_one_cpu_group_get_a_cdi_device_and_cpus_each() {
     );
     let held = hal::CpuSet::from_cpulist(&cpuset_of(&s, "a")).unwrap();
     assert_eq!(held.len(), 6, "{held}");
+    assert!(env_of(&s.spec("a")).contains(&"DRA_HAL_DEVICES=cpus-numa-0".to_owned()));
     // Every one of the six is the claim's, in the checkpoint and for the NRI plugin.
     let recorded: hal::CpuSet = CheckpointFile::new(s.checkpoint_path())
         .load()

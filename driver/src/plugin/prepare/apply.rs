@@ -74,9 +74,12 @@ impl Preparer {
             &self.config.slices.node_name,
         )?;
         // Off the async worker: the reservation may wait for the claim state, or create a GPU
-        // partition's VFs.
-        let planned = blocking(|| self.reserve(&claim, &allocated, &resource_claim))?;
-        let devices = blocking(|| self.apply(&planned))?;
+        // partition's VFs, and the writes follow.
+        let (planned, devices) = blocking(|| {
+            let planned = self.reserve(&claim, &allocated, &resource_claim)?;
+            let devices = self.apply(&planned)?;
+            Ok::<_, PrepareError>((planned, devices))
+        })?;
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
         // the API server may not allow it (an older release, RBAC); the CDI env says the same.
         if !planned.statuses.is_empty() {

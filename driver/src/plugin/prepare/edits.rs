@@ -25,7 +25,12 @@ pub(super) fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Ve
     let mut rdma = Vec::new();
     let mut gpu_index = 0;
     let mut nic_index = 0;
+    let mut seen = std::collections::BTreeSet::new();
     for (a, source) in allocated.iter().zip(sources) {
+        // A device that serves two requests (a CPU group; two with admin access) is named once.
+        if !seen.insert(a.device.as_str()) {
+            continue;
+        }
         match source {
             DeviceSource::Gpu(gpu) => {
                 env.push(format!("GPU_DEVICE_{gpu_index}={}", a.device));

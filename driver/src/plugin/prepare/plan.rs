@@ -583,19 +583,20 @@ pub(super) fn admin_only(allocated: &[Allocated]) -> Vec<String> {
     admin
 }
 
-/// Only a device published with `allowMultipleAllocations` serves two requests of one claim; the
-/// scheduler may still give an exclusive device to a request and to another with admin access, which
-/// would attach one function twice or name one GPU twice to the claim's containers.
+/// An exclusive device serves one request of a claim, or several that all have admin access (they
+/// take nothing from it): the scheduler may still give one to a request and to another with admin
+/// access, and the claim's containers would then use a device that a monitoring request only looks
+/// at. Only a device published with `allowMultipleAllocations` serves any two requests.
 fn refuse_repeats(allocated: &[Allocated], shareable: &[bool]) -> Result<(), PrepareError> {
-    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut first: BTreeMap<&str, &Allocated> = BTreeMap::new();
     for (a, shareable) in allocated.iter().zip(shareable) {
-        match first.insert(&a.device, &a.request) {
-            Some(earlier) if !shareable => {
-                return Err(PrepareError::Held(format!(
-                    "device {} is allocated to requests {earlier} and {} of this claim; only a \
+        match first.insert(&a.device, a) {
+            Some(earlier) if !(*shareable || earlier.admin_access && a.admin_access) => {
+                return Err(PrepareError::InvalidConfig(format!(
+                    "device {} is allocated to requests {} and {} of this claim; only a \
                      device published with allowMultipleAllocations (a CPU group, RT bandwidth) \
-                     serves two requests",
-                    a.device, a.request
+                     serves two requests, or requests that all have admin access",
+                    a.device, earlier.request, a.request
                 )));
             }
             _ => {}

@@ -148,8 +148,9 @@ async fn claim_references_that_are_not_kubernetes_names_are_refused_before_any_a
 }
 
 /// The scheduler may give one exclusive device to a request and to another with admin access of
-/// the same claim: refused, naming both requests (one GPU named twice to the containers, one
-/// function attached twice), with nothing left behind.
+/// the same claim: refused, naming both requests, with nothing left behind. Two requests that both
+/// have admin access (a monitoring claim: all GPUs, and this one) take nothing: prepared, the GPU
+/// named once to the containers.
 #[tokio::test]
 async fn an_exclusive_device_given_to_two_requests_of_a_claim_is_refused_naming_both() {
     let s = Setup::new();
@@ -174,4 +175,29 @@ async fn an_exclusive_device_given_to_two_requests_of_a_claim_is_refused_naming_
     );
     assert!(preparer.recorded().await.is_empty());
     assert!(s.spec_files().is_empty());
+    s.claims.add_results(
+        "watch",
+        vec![result("all", true), result("this", true)],
+        json!([]),
+    );
+    let devices = preparer.prepare(vec![reference("watch")]).await["watch"]
+        .clone()
+        .unwrap();
+    let ids: Vec<_> = devices.iter().map(|d| d.cdi_device_ids.clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            vec!["hal.dra.dev/device=watch-gpu-0008-06-00-0".to_owned()],
+            vec!["hal.dra.dev/device=watch-gpu-0008-06-00-0_2".to_owned()]
+        ]
+    );
+    let env = env_of(&s.spec("watch"));
+    assert!(
+        env.contains(&"GPU_DEVICE_0=gpu-0008-06-00-0".to_owned()),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("GPU_DEVICE_1=")),
+        "{env:?}"
+    );
 }

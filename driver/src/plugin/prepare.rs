@@ -167,22 +167,32 @@ impl Preparer {
             true => recover::from_cdi_specs(&config, &kind, &wanted),
             false => recover::Rebuilt::default(),
         };
+        let mut unstored = 0;
         for (uid, record) in recovered.claims {
-            config
-                .checkpoint
-                .put(&record, Durability::Synced)
-                .map_err(std::io::Error::other)?;
+            match config.checkpoint.put(&record, Durability::Synced) {
+                Ok(()) => {}
+                // A spec that makes a record over the size limit (written by hand, or by a build
+                // without the limit) would stop every start: the claim is held in memory only, and
+                // rebuilt from its spec again at the next start.
+                Err(error @ super::checkpoint::CheckpointError::ClaimTooLarge { .. }) => {
+                    tracing::warn!(claim = %uid, %error,
+                        "claim rebuilt from its CDI spec held in memory only");
+                    unstored += 1;
+                }
+                Err(error) => return Err(std::io::Error::other(error)),
+            }
             claims.insert(uid, record);
             rebuilt_any = true;
         }
         // A spec that failed to read may be a claim's: the rebuild stays pending (its specs are
-        // not orphans) until a start reads every one.
-        match recovered.unreadable {
-            0 => config.checkpoint.rebuild_done(),
-            unreadable => {
+        // not orphans) until a start reads every one, and stores every record.
+        match (recovered.unreadable, unstored) {
+            (0, 0) => config.checkpoint.rebuild_done(),
+            (unreadable, unstored) => {
                 tracing::warn!(
                     specs = unreadable,
-                    "CDI specs could not be read; the rebuild \
+                    records = unstored,
+                    "CDI specs could not be read, or records not stored; the rebuild \
                     runs again at the next start, and no spec is removed as an orphan until then"
                 );
                 config.checkpoint.mark_rebuild()

@@ -60,6 +60,14 @@ pub fn is_partition_vf(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig)
         .is_some_and(|p| partition_count(p, inventory, config).is_some())
 }
 
+/// Whether `device` names a GPU partition (`gpu-<address>-vf<index>`, as published here).
+pub fn is_partition_name(device: &str) -> bool {
+    device.starts_with("gpu-")
+        && device.rsplit_once("-vf").is_some_and(|(_, index)| {
+            !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
 /// The counter set name of a partitioned GPU: its device name.
 pub fn counter_set_name(g: &GpuInfo) -> String {
     format!("gpu-{}", address_label(g.pci_address))

@@ -16,6 +16,10 @@ use crate::plugin::claims::allocated_devices;
 /// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
 pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 
+/// The undo entry of a record rebuilt from a spec whose prepare changed a device: what that change
+/// was is lost, but a reboot undid it, so the record must not outlive one.
+const REBUILT_UNDO_KEY: &str = "rebuilt";
+
 /// What [`from_cdi_specs`] rebuilt.
 #[derive(Default)]
 pub(super) struct Rebuilt {
@@ -149,12 +153,20 @@ pub(super) fn record_from_spec(
             })
         })
         .collect();
+    // Whether the prepare changed a device (a driver bound, a GPU partition's VFs made), which a
+    // reboot undoes: the record then says so, and a reboot forgets it (see `undone_by_reboot`).
+    let mut changed = false;
     for d in &spec.devices {
         let vfio = d
             .container_edits
             .device_nodes
             .iter()
             .any(|n| n.path.starts_with("/dev/vfio/"));
+        let partition = d
+            .name
+            .strip_prefix(&prefix)
+            .is_some_and(crate::slices::partitions::is_partition_name);
+        changed |= vfio || partition;
         if vfio {
             lost.push(format!(
                 "the driver {} was bound to before vfio-pci (it stays on vfio-pci)",
@@ -180,7 +192,14 @@ pub(super) fn record_from_spec(
         boot_id: config.boot_id.clone(),
         devices,
         cdi_spec: SpecJson::of(spec).unwrap_or_else(|_| serde_json::Value::Null.into()),
-        undo: metadata_undo(spec, &prefix),
+        undo: metadata_undo(spec, &prefix)
+            .into_iter()
+            .chain(changed.then(|| {
+                let why =
+                    "rebuilt from its CDI spec: it changed a device (vfio-pci, a GPU partition)";
+                (REBUILT_UNDO_KEY.to_owned(), serde_json::json!(why))
+            }))
+            .collect(),
         cpus,
         rt: BTreeMap::new(),
         network: BTreeMap::new(),

@@ -606,3 +606,80 @@ async fn two_requests_on_one_cpu_group_get_a_cdi_device_and_cpus_each() {
     assert_eq!(&rebuilt.devices, devices);
     assert_eq!(after.prepare(vec![reference("a")]).await, answers);
 }
+
+/// A claim whose record was rebuilt from its spec, and whose prepare bound a function to
+/// vfio-pci, does not outlive a reboot (which gave the function its driver back): prepared afresh.
+#[tokio::test]
+async fn a_rebuilt_claim_that_changed_a_device_is_prepared_afresh_after_a_reboot() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "vfio",
+        &[("vf", "nic-0000-3b-01-1")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    assert!(s.preparer("boot-1").prepare(vec![reference("vfio")]).await["vfio"].is_ok());
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+    drop(s.preparer("boot-1"));
+    let rebuilt = &CheckpointFile::new(s.checkpoint_path())
+        .load()
+        .unwrap()
+        .claims["vfio"];
+    assert!(rebuilt.recovered, "{rebuilt:?}");
+
+    // The node reboots: the VF is back on its kernel driver and /var/run/cdi is empty.
+    let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
+    s.binder.bind_driver(vf, "iavf").unwrap();
+    std::fs::remove_dir_all(s.cdi_dir()).unwrap();
+    let rebooted = s.preparer("boot-2");
+    assert!(rebooted.recorded().await.is_empty());
+    assert!(rebooted.prepare(vec![reference("vfio")]).await["vfio"].is_ok());
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("vfio-pci"));
+}
+
+/// A CDI spec that would make a record over the size limit (written by hand, or by a build without
+/// the limit) does not stop the plugin from starting when the checkpoint is rebuilt: the claim is
+/// held in memory, its spec kept, and the rebuild runs again at the next start.
+#[tokio::test]
+async fn a_spec_too_large_for_a_record_does_not_stop_a_rebuild() {
+    let s = Setup::new();
+    s.claims
+        .add("big", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("small", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let answers = s
+        .preparer("boot-1")
+        .prepare(vec![reference("big"), reference("small")])
+        .await;
+    assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    let path = s.cdi_dir().join("hal.dra.dev-device_big.json");
+    let mut spec = s.spec("big");
+    spec["devices"][0]["containerEdits"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(format!("PADDING={}", "x".repeat(300_000))));
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+    for _start in 0..2 {
+        let preparer = s.preparer("boot-1");
+        assert_eq!(
+            preparer.recorded().await.keys().collect::<Vec<_>>(),
+            ["big", "small"]
+        );
+        assert!(path.exists());
+        let stored = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+        assert_eq!(stored.claims.keys().collect::<Vec<_>>(), ["small"]);
+    }
+    // Unprepared, it is gone (no record to remove), and the next start has nothing to rebuild.
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.unprepare(vec![reference("big")]).await["big"].is_ok());
+    assert!(!path.exists());
+    drop(preparer);
+    assert_eq!(
+        s.preparer("boot-1")
+            .recorded()
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
+        ["small"]
+    );
+}

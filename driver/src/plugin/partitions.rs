@@ -19,7 +19,7 @@ use crate::slices::devices::DeviceSource;
 use crate::slices::partitions::counter_set_name;
 
 /// The undo entry of a claim holding partitions of `pf`.
-fn undo_key(pf: PciAddress) -> String {
+pub(crate) fn undo_key(pf: PciAddress) -> String {
     format!("partitions:{pf}")
 }
 

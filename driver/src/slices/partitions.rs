@@ -60,12 +60,17 @@ pub fn is_partition_vf(g: &GpuInfo, inventory: &Inventory, config: &SliceConfig)
         .is_some_and(|p| partition_count(p, inventory, config).is_some())
 }
 
-/// Whether `device` names a GPU partition (`gpu-<address>-vf<index>`, as published here).
-pub fn is_partition_name(device: &str) -> bool {
-    device.starts_with("gpu-")
-        && device.rsplit_once("-vf").is_some_and(|(_, index)| {
-            !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())
-        })
+/// The GPU whose partition `device` names (`gpu-<address>-vf<index>`, as published here).
+pub fn partition_gpu(device: &str) -> Option<hal::PciAddress> {
+    let (set, index) = device.strip_prefix("gpu-")?.rsplit_once("-vf")?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // `address_label` in reverse: `0000-4d-00-0` is `0000:4d:00.0`.
+    let [domain, bus, slot, function] = set.split('-').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    hal::PciAddress::parse(&format!("{domain}:{bus}:{slot}.{function}")).ok()
 }
 
 /// The counter set name of a partitioned GPU: its device name.

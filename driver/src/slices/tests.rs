@@ -534,16 +534,18 @@ fn kubernetes_1_35_layout_puts_counter_sets_in_slices_of_their_own() {
 }
 
 #[test]
-fn partition_names_are_told_from_whole_gpus() {
-    use crate::slices::partitions::is_partition_name;
-    assert!(is_partition_name("gpu-0000-4d-00-0-vf3"));
-    assert!(is_partition_name("gpu-0000-4d-00-0-vf30"));
+fn a_partitions_name_gives_its_gpu() {
+    use crate::slices::partitions::partition_gpu;
+    let gpu = hal::PciAddress::parse("0000:4d:00.0").unwrap();
+    assert_eq!(partition_gpu("gpu-0000-4d-00-0-vf3"), Some(gpu));
+    assert_eq!(partition_gpu("gpu-0000-4d-00-0-vf30"), Some(gpu));
     for other in [
         "gpu-0000-4d-00-0",
         "gpu-0000-4d-00-0-vf",
         "nic-0000-3b-01-1-vf2",
         "gpu-0000-4d-00-0-vfx",
+        "gpu-4d-00-0-vf1",
     ] {
-        assert!(!is_partition_name(other), "{other}");
+        assert_eq!(partition_gpu(other), None, "{other}");
     }
 }

@@ -16,8 +16,8 @@ use crate::plugin::claims::allocated_devices;
 /// The env variable naming the claim (`namespace/name`) in every spec the plugin writes.
 pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 
-/// The undo entry of a record rebuilt from a spec whose prepare changed a device: what that change
-/// was is lost, but a reboot undid it, so the record must not outlive one.
+/// The undo entry of a record rebuilt from a spec whose prepare bound a function to vfio-pci: the
+/// driver before is lost, but a reboot undid the binding, so the record must not outlive one.
 const REBUILT_UNDO_KEY: &str = "rebuilt";
 
 /// What [`from_cdi_specs`] rebuilt.
@@ -153,9 +153,12 @@ pub(super) fn record_from_spec(
             })
         })
         .collect();
-    // Whether the prepare changed a device (a driver bound, a GPU partition's VFs made), which a
-    // reboot undoes: the record then says so, and a reboot forgets it (see `undone_by_reboot`).
-    let mut changed = false;
+    // What the prepare changed, which a reboot undoes: the record says so, and a reboot forgets it
+    // (see `undone_by_reboot`). A function bound to vfio-pci gets a mark; a GPU partition's VFs get
+    // the entry by which the claim holds them (a whole-GPU prepare of another claim must not remove
+    // them; the last claim unprepared removes them).
+    let mut vfio_bound = false;
+    let mut undo = metadata_undo(spec, &prefix);
     for d in &spec.devices {
         let vfio = d
             .container_edits
@@ -165,8 +168,12 @@ pub(super) fn record_from_spec(
         let partition = d
             .name
             .strip_prefix(&prefix)
-            .is_some_and(crate::slices::partitions::is_partition_name);
-        changed |= vfio || partition;
+            .and_then(crate::slices::partitions::partition_gpu);
+        if let Some(pf) = partition {
+            let held = serde_json::json!({"pf": pf.to_string(), "rebuilt": true});
+            undo.insert(crate::plugin::partitions::undo_key(pf), held);
+        }
+        vfio_bound |= vfio;
         if vfio {
             lost.push(format!(
                 "the driver {} was bound to before vfio-pci (it stays on vfio-pci)",
@@ -192,11 +199,10 @@ pub(super) fn record_from_spec(
         boot_id: config.boot_id.clone(),
         devices,
         cdi_spec: SpecJson::of(spec).unwrap_or_else(|_| serde_json::Value::Null.into()),
-        undo: metadata_undo(spec, &prefix)
+        undo: undo
             .into_iter()
-            .chain(changed.then(|| {
-                let why =
-                    "rebuilt from its CDI spec: it changed a device (vfio-pci, a GPU partition)";
+            .chain(vfio_bound.then(|| {
+                let why = "rebuilt from its CDI spec: it bound a function to vfio-pci";
                 (REBUILT_UNDO_KEY.to_owned(), serde_json::json!(why))
             }))
             .collect(),

@@ -683,3 +683,36 @@ async fn a_spec_too_large_for_a_record_does_not_stop_a_rebuild() {
         ["small"]
     );
 }
+
+/// A partition claim rebuilt from its spec still holds its GPU's VFs: a whole-GPU prepare of
+/// another claim is refused (it would remove them under the running pod), and its unprepare, the
+/// last, removes them.
+#[tokio::test]
+async fn a_rebuilt_partition_claim_still_holds_its_gpus_vfs() {
+    let s = Setup::on("i915");
+    let mut slices = SliceConfig::new(NODE);
+    slices.gpu_partitions = 2;
+    let num_vfs = || {
+        let path = "sys/bus/pci/devices/0000:4d:00.0/sriov_numvfs";
+        let text = std::fs::read_to_string(s.machine.root().join(path)).unwrap();
+        text.trim().to_owned()
+    };
+    s.claims
+        .add("p0", &[("gpu", "gpu-0000-4d-00-0-vf0")], json!([]));
+    s.claims
+        .add("whole", &[("gpu", "gpu-0000-4d-00-0")], json!([]));
+    let before = s.preparer_with("boot-1", slices.clone());
+    assert!(before.prepare(vec![reference("p0")]).await["p0"].is_ok());
+    assert_eq!(num_vfs(), "2");
+    drop(before);
+    std::fs::remove_dir_all(s.checkpoint_path()).unwrap();
+
+    let after = s.preparer_with("boot-1", slices);
+    let error = after.prepare(vec![reference("whole")]).await["whole"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("claim p0 holds partitions"), "{error}");
+    assert_eq!(num_vfs(), "2", "the running pod's VF is still there");
+    assert!(after.unprepare(vec![reference("p0")]).await["p0"].is_ok());
+    assert_eq!(num_vfs(), "0", "the last partition gave the GPU back");
+}

@@ -191,10 +191,41 @@ impl CheckpointFile {
             }
             legacy::Found::Claims(claims) => {
                 loaded.missing = false;
+                self.discard_stale(&claims, &mut loaded)?;
                 self.migrate(claims, &mut loaded)?;
             }
         }
         Ok(loaded)
+    }
+
+    /// A legacy file beside records: a build that knows only that file ran after the records were
+    /// written (a downgrade, then this upgrade again), so the file is the newer state. A record of a
+    /// claim it does not list is of a claim unprepared meanwhile, whose devices may be another
+    /// claim's now: undoing it would take them from that claim's pod. It is moved aside.
+    fn discard_stale(
+        &self,
+        claims: &BTreeMap<String, ClaimRecord>,
+        loaded: &mut Loaded,
+    ) -> Result<(), CheckpointError> {
+        let listed: Vec<&str> = claims.values().map(|r| r.claim.uid.as_str()).collect();
+        let stale: Vec<String> = loaded
+            .claims
+            .keys()
+            .filter(|uid| !listed.contains(&uid.as_str()))
+            .cloned()
+            .collect();
+        for uid in stale {
+            loaded.claims.remove(&uid);
+            let path = self.records.record_path(&uid);
+            let why = format!(
+                "{}: claim {uid} is not in {}, which a build that ran after this record wrote (a \
+                 downgrade): unprepared since",
+                path.display(),
+                self.legacy.display()
+            );
+            self.records.discard(loaded, Some(uid), &path, &why)?;
+        }
+        Ok(())
     }
 
     /// Writes the legacy file's claims as records (flushed to the disk), then removes the file: a

@@ -132,6 +132,39 @@ fn the_single_file_of_earlier_versions_is_moved_into_the_directory() {
     assert_eq!(again.migrated, 0);
 }
 
+/// Upgraded, downgraded (the earlier build writes only `checkpoint.json`; claim `gone` was
+/// unprepared meanwhile, its device perhaps given to `new`), then upgraded again: the file is the
+/// newer state, and the record of `gone` is moved aside, not undone over `new`'s device.
+#[test]
+fn records_older_than_the_single_file_of_a_downgrade_are_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = CheckpointFile::new(dir.path().join("checkpoint"));
+    let legacy = dir.path().join("checkpoint.json");
+    let (kept, gone, new) = (
+        record("kept", Phase::Completed),
+        record("gone", Phase::Completed),
+        record("new", Phase::Completed),
+    );
+    checkpoint.put(&kept, Synced).unwrap();
+    checkpoint.put(&gone, Synced).unwrap();
+    fs::write(&legacy, legacy::encode(&claims(&[&kept, &new]))).unwrap();
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&kept, &new]));
+    let [discarded] = loaded.discarded.as_slice() else {
+        panic!("{:?}", loaded.discarded)
+    };
+    assert_eq!(discarded.uid.as_deref(), Some("gone"));
+    assert!(
+        discarded.why.contains("unprepared since"),
+        "{}",
+        discarded.why
+    );
+    assert!(discarded.moved_to.exists());
+    assert!(!checkpoint.record_path("gone").exists());
+    assert!(!legacy.exists());
+    assert_eq!(checkpoint.load().unwrap().claims, claims(&[&kept, &new]));
+}
+
 #[test]
 fn claims_of_earlier_versions_that_cannot_be_records_are_reported_and_the_file_is_kept_aside() {
     let dir = tempfile::tempdir().unwrap();

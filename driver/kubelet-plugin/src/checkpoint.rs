@@ -317,7 +317,13 @@ impl<R: Record> Checkpoint<R> {
     /// [`Self::mark_rebuild`], if any.
     pub fn rebuild_done(&self) -> Result<(), CheckpointError> {
         let mark = self.rebuild_mark();
-        match fs::remove_file(&mark) {
+        // Whatever it is: a directory in its place (made by hand) counts as the mark, and one that
+        // could not be removed would stop every start.
+        let removed = match fs::symlink_metadata(&mark) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&mark),
+            _ => fs::remove_file(&mark),
+        };
+        match removed {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_at("remove", &mark)(e)),

@@ -130,6 +130,11 @@ fn a_rebuild_that_does_not_finish_is_reported_at_every_load_until_it_does() {
     let done = checkpoint.load().unwrap();
     assert!(!done.rebuild_interrupted && done.discarded.is_empty());
     assert_eq!(done.claims, claims(&[&a, &b]));
+    // A directory in the mark's place counts as the mark, and goes when the rebuild is done.
+    fs::create_dir_all(checkpoint.path().join(".rebuild-pending/inside")).unwrap();
+    assert!(checkpoint.load().unwrap().rebuild_interrupted);
+    checkpoint.rebuild_done().unwrap();
+    assert!(!checkpoint.load().unwrap().rebuild_interrupted);
 }
 
 #[test]

@@ -132,7 +132,7 @@ impl CdiDir {
     }
 
     /// Reads back the spec of `claim_uid` (to rebuild a lost checkpoint). Only a regular file of at
-    /// most `MAX_SPEC_BYTES` (1 MiB) is read, never through a link.
+    /// most `MAX_SPEC_BYTES` (1 MiB) is read, never through a link, and only a spec of `kind`.
     pub fn read_claim_spec(&self, kind: &str, claim_uid: &str) -> Result<Spec, CdiError> {
         let path = self.claim_spec_path(kind, claim_uid)?;
         let file = crate::files::open_no_follow(&path).map_err(io_error("open", &path))?;
@@ -154,8 +154,17 @@ impl CdiDir {
                 format!("larger than {MAX_SPEC_BYTES} bytes"),
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CdiError::invalid(path.display().to_string(), e.to_string()))
+        let spec: Spec = serde_json::from_slice(&bytes)
+            .map_err(|e| CdiError::invalid(path.display().to_string(), e.to_string()))?;
+        // A spec of another kind under this kind's name (edited by hand) is not this driver's: a
+        // claim rebuilt from it would write it back under the other kind's name.
+        if spec.kind != kind {
+            return Err(CdiError::invalid(
+                path.display().to_string(),
+                format!("its kind is {:?}, not {kind:?}", spec.kind),
+            ));
+        }
+        Ok(spec)
     }
 
     /// The claim UIDs that have a spec of `kind` in the directory, sorted (to find stale ones after a

@@ -989,6 +989,16 @@ fn a_spec_is_read_back_only_from_a_regular_file_and_never_waits_on_a_fifo() {
     let path = cdi.write_claim_spec(CLAIM, &rdma_spec()).unwrap();
     assert_eq!(cdi.read_claim_spec(kind, CLAIM).unwrap(), rdma_spec());
 
+    // A spec of another kind under this kind's name (edited by hand) is not ours.
+    let mut other = rdma_spec();
+    other.kind = "other.example.com/gpu".into();
+    fs::write(&path, serde_json::to_vec(&other).unwrap()).unwrap();
+    let error = cdi.read_claim_spec(kind, CLAIM).unwrap_err().to_string();
+    assert!(
+        error.contains("its kind is \"other.example.com/gpu\""),
+        "{error}"
+    );
+
     // A FIFO there (a hostile or broken node): an error at once, not a start that waits for a writer.
     fs::remove_file(&path).unwrap();
     rustix::fs::mknodat(

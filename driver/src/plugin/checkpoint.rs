@@ -59,13 +59,13 @@ pub struct ClaimRecord {
     /// Per-device state needed to undo the preparation (original drivers, ...), by device name.
     #[serde(default)]
     pub undo: BTreeMap<String, serde_json::Value>,
-    /// The CPUs given to the claim, by allocation result (the device's name; `<device>_2` for a second
-    /// request on the same device): reserved here before any I/O, the same after a restart
-    /// or a reboot.
+    /// The CPUs given to the claim, by allocation result (the device's name; `<device>_2` for a
+    /// second request on the same device): reserved here before any I/O, the same after a restart or
+    /// a reboot.
     #[serde(default)]
     pub cpus: BTreeMap<String, hal::CpuSet>,
-    /// The real-time tasks placed for the claim, by allocation result (as `cpus`). Left out when empty, so records written
-    /// before it existed serialize (and checksum) as they did.
+    /// The real-time tasks placed for the claim, by allocation result (as `cpus`). Left out when
+    /// empty, so records written before it existed serialize (and checksum) as they did.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rt: BTreeMap<String, Vec<super::rt::RtTask>>,
     /// UIDs of the pods the claim was reserved for when prepared (`status.reservedFor`): the NRI plugin

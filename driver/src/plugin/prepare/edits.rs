@@ -13,24 +13,20 @@ use crate::slices::devices::DeviceSource;
 /// `interface.name`, else the VfConfig's `ifName`) and from its VfConfig `_NETWORK` (`namespace/name`
 /// of the NetworkAttachmentDefinition), for a CNI to attach it.
 pub(super) fn claim_env(allocated: &[Allocated], sources: &[DeviceSource]) -> Vec<String> {
-    // A device two requests share (a CPU group) is named once.
-    let mut names: Vec<&str> = Vec::with_capacity(allocated.len());
-    for a in allocated {
-        if !names.contains(&a.device.as_str()) {
-            names.push(&a.device);
-        }
-    }
+    // A device that serves two requests (a CPU group; two with admin access) is named once.
+    let mut seen = std::collections::BTreeSet::new();
+    let devices: Vec<(&Allocated, &DeviceSource)> = allocated
+        .iter()
+        .zip(sources)
+        .filter(|(a, _)| seen.insert(a.device.as_str()))
+        .collect();
+    let names: Vec<&str> = devices.iter().map(|(a, _)| a.device.as_str()).collect();
     let mut env = vec![format!("DRA_HAL_DEVICES={}", names.join(","))];
     let mut uuids = Vec::new();
     let mut rdma = Vec::new();
     let mut gpu_index = 0;
     let mut nic_index = 0;
-    let mut seen = std::collections::BTreeSet::new();
-    for (a, source) in allocated.iter().zip(sources) {
-        // A device that serves two requests (a CPU group; two with admin access) is named once.
-        if !seen.insert(a.device.as_str()) {
-            continue;
-        }
+    for (a, source) in devices {
         match source {
             DeviceSource::Gpu(gpu) => {
                 env.push(format!("GPU_DEVICE_{gpu_index}={}", a.device));

@@ -157,7 +157,6 @@ pub(super) fn record_from_spec(
     // (see `undone_by_reboot`). A function bound to vfio-pci gets a mark; a GPU partition's VFs get
     // the entry by which the claim holds them (a whole-GPU prepare of another claim must not remove
     // them; the last claim unprepared removes them).
-    let mut vfio_bound = false;
     let mut undo = metadata_undo(spec, &prefix);
     for d in &spec.devices {
         let vfio = d
@@ -173,8 +172,9 @@ pub(super) fn record_from_spec(
             let held = serde_json::json!({"pf": pf.to_string(), "rebuilt": true});
             undo.insert(crate::plugin::partitions::undo_key(pf), held);
         }
-        vfio_bound |= vfio;
         if vfio {
+            let why = "rebuilt from its CDI spec: it bound a function to vfio-pci";
+            undo.insert(REBUILT_UNDO_KEY.to_owned(), serde_json::json!(why));
             lost.push(format!(
                 "the driver {} was bound to before vfio-pci (it stays on vfio-pci)",
                 d.name.strip_prefix(&prefix).unwrap_or(&d.name)
@@ -199,13 +199,7 @@ pub(super) fn record_from_spec(
         boot_id: config.boot_id.clone(),
         devices,
         cdi_spec: SpecJson::of(spec).unwrap_or_else(|_| serde_json::Value::Null.into()),
-        undo: undo
-            .into_iter()
-            .chain(vfio_bound.then(|| {
-                let why = "rebuilt from its CDI spec: it bound a function to vfio-pci";
-                (REBUILT_UNDO_KEY.to_owned(), serde_json::json!(why))
-            }))
-            .collect(),
+        undo,
         cpus,
         rt: BTreeMap::new(),
         network: BTreeMap::new(),

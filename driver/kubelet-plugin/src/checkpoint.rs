@@ -205,6 +205,7 @@ pub type WriteFault = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 pub struct Checkpoint<R> {
     dir: PathBuf,
     fault: Option<WriteFault>,
+    dir_sync_fault: Option<WriteFault>,
     record: PhantomData<fn() -> R>,
 }
 
@@ -213,6 +214,7 @@ impl<R> Clone for Checkpoint<R> {
         Checkpoint {
             dir: self.dir.clone(),
             fault: self.fault.clone(),
+            dir_sync_fault: self.dir_sync_fault.clone(),
             record: PhantomData,
         }
     }
@@ -223,6 +225,7 @@ impl<R> fmt::Debug for Checkpoint<R> {
         f.debug_struct("Checkpoint")
             .field("dir", &self.dir)
             .field("fault", &self.fault.is_some())
+            .field("dir_sync_fault", &self.dir_sync_fault.is_some())
             .finish()
     }
 }
@@ -239,6 +242,7 @@ impl<R: Record> Checkpoint<R> {
         Checkpoint {
             dir: dir.into(),
             fault: None,
+            dir_sync_fault: None,
             record: PhantomData,
         }
     }
@@ -246,6 +250,13 @@ impl<R: Record> Checkpoint<R> {
     /// Runs `fault` before every write and removal of a record (tests: a full disk).
     pub fn with_write_fault(mut self, fault: WriteFault) -> Self {
         self.fault = Some(fault);
+        self
+    }
+
+    /// Runs `fault` where a synced write fsyncs the directory, after the rename (tests: an EIO
+    /// that fails the write although the new record is in place).
+    pub fn with_dir_sync_fault(mut self, fault: WriteFault) -> Self {
+        self.dir_sync_fault = Some(fault);
         self
     }
 
@@ -424,8 +435,10 @@ impl<R: Record> Checkpoint<R> {
         let path = self.record_path(record.uid());
         check_uid(record.uid(), &path)?;
         let bytes = self.encode(record)?;
-        let fault = |step| match &self.fault {
-            Some(fault) if step == files::Step::Write => fault(),
+        let fault = |step| match (step, &self.fault, &self.dir_sync_fault) {
+            (files::Step::Write, Some(fault), _) | (files::Step::SyncDir, _, Some(fault)) => {
+                fault()
+            }
             _ => Ok(()),
         };
         files::replace(&path, &bytes, &fault, durability)

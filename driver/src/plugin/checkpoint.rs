@@ -173,6 +173,12 @@ impl CheckpointFile {
         self
     }
 
+    /// Runs `fault` where a synced write fsyncs the directory, after the rename (tests).
+    pub fn with_dir_sync_fault(mut self, fault: WriteFault) -> Self {
+        self.records = self.records.with_dir_sync_fault(fault);
+        self
+    }
+
     /// Reads every record ([`Checkpoint::load`]), after removing the temp files of interrupted
     /// writes of the legacy `checkpoint.json` and moving its claims into the directory (or it aside,
     /// when it is not a valid checkpoint). Only I/O failures are errors.

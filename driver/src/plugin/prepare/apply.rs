@@ -212,17 +212,21 @@ impl Preparer {
 
     /// Gives up a claim whose prepare failed after it was recorded as started: undoes what was done
     /// and forgets it. When the undo fails (a driver refuses its function back) or the checkpoint
-    /// cannot be written, the started record stays (memory and file agree): it is what says what
-    /// to undo, and the next prepare, unprepare or restart rolls it back. Returns `error`, with
-    /// what else failed.
+    /// cannot be written, the started record stays: it is what says what to undo, and the next
+    /// prepare, unprepare or restart rolls it back. Its file is written again, because a completed
+    /// write that failed after its rename (the directory's fsync) left "completed" there, which a
+    /// restart would answer as prepared. Returns `error`, with what else failed.
     fn abandon(&self, record: &ClaimRecord, error: PrepareError) -> PrepareError {
         let mut also = Vec::new();
         self.remove_metadata(&record.claim.uid);
-        let undone = undo_record(&self.config, &self.kind, record);
-        if let Err(e) = undone {
-            also.push(PrepareError::RollingBack(Box::new(e)));
-        } else if let Err(e) = self.drop_record(record) {
+        let dropped = undo_record(&self.config, &self.kind, record)
+            .map_err(|e| PrepareError::RollingBack(Box::new(e)))
+            .and_then(|()| self.drop_record(record));
+        if let Err(e) = dropped {
             also.push(e);
+            if let Err(e) = self.config.checkpoint.put(record, Durability::Synced) {
+                also.push(e.into());
+            }
         }
         match also.is_empty() {
             true => error,

@@ -716,3 +716,59 @@ async fn a_rebuilt_partition_claim_still_holds_its_gpus_vfs() {
     assert!(after.unprepare(vec![reference("p0")]).await["p0"].is_ok());
     assert_eq!(num_vfs(), "0", "the last partition gave the GPU back");
 }
+
+/// The completed record is renamed in place but the directory's fsync fails (EIO), so the prepare
+/// fails and is undone; the undo fails too (the function is busy). The record kept must say
+/// started in the file as in memory: a restart that read "completed" would answer the claim as
+/// prepared with its function half given back.
+#[tokio::test]
+async fn a_completed_write_that_fails_after_its_rename_leaves_a_started_file_when_the_undo_fails() {
+    let mut s = Setup::on("xeon");
+    let mut binder = hal_mock::mocks::MockSriovPf::new();
+    binder
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "vfio-pci")
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let restores = Arc::new(AtomicUsize::new(0));
+    let counted = restores.clone();
+    binder
+        .expect_bind_driver()
+        .withf(|function, driver| function.to_string() == "0000:3b:01.3" && driver == "iavf")
+        .returning(
+            move |function, driver| match counted.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(hal::Error::Unsupported(format!(
+                    "{function}: {driver} is busy"
+                ))),
+                _ => Ok(()),
+            },
+        );
+    s.binder = Arc::new(binder);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-3")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let mut config = s.config("boot-1", SliceConfig::new(NODE));
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let first = syncs.clone();
+    config.checkpoint = config.checkpoint.with_dir_sync_fault(Arc::new(move || {
+        match first.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(std::io::Error::from_raw_os_error(5)),
+            _ => Ok(()),
+        }
+    }));
+    let preparer = Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap();
+    let error = preparer.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("iavf is busy"), "{error}");
+    let (memory, file) = memory_and_file(&s, &preparer).await;
+    assert_eq!(memory, BTreeMap::from([("u1".to_owned(), Phase::Started)]));
+    assert_eq!(file, memory);
+    // A restart rolls it back rather than answering it as prepared.
+    drop(preparer);
+    let restarted = s.preparer("boot-1");
+    assert!(restarted.recorded().await.is_empty());
+    assert_eq!(restores.load(Ordering::SeqCst), 2);
+}

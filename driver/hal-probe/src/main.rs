@@ -542,7 +542,8 @@ impl Machine {
         let mut inventory = self.inventory(args);
         // As the plugin does: the node's own network (default-route interfaces and their members)
         // is never published. The InternalIP needs the API server, which hal-probe does not ask.
-        let node = driver::podnet::hostnet::NodeNetwork::read(self.root.root(), &[]);
+        let files = driver::podnet::TreeFiles(backends::sysfs::tree::Tree::open(&self.root));
+        let node = driver::podnet::hostnet::NodeNetwork::read(&files, &[]);
         for (address, why) in driver::podnet::withhold(&mut inventory, &config, &node, &[], None) {
             eprintln!("hal-probe: {address} not published: {why}");
         }

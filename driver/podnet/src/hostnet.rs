@@ -2,9 +2,10 @@
 //! InternalIP, and the bridge/bond/VLAN lower devices below them. Their PCI functions are never
 //! published, so no claim can rebind them to another driver or move them into a pod.
 //!
-//! Everything is read under a root (`/` on a node, a captured tree in tests): `proc/net/route`,
-//! `proc/net/ipv6_route`, `proc/net/if_inet6` and `sys/class/net/<name>/{lower_*,brif,bonding/slaves}`.
-//! Unreadable or malformed lines are skipped: the files are the kernel's, but a captured tree is not.
+//! Everything is read under a root (`/` on a node, a captured tree in `hal-probe --sysfs-root` and
+//! tests) through the caller's [`NetworkFiles`]: `proc/net/route`, `proc/net/ipv6_route`,
+//! `proc/net/if_inet6` and `sys/class/net/<name>/{lower_*,brif,bonding/slaves}`. Unreadable files
+//! and malformed lines are skipped: the files are the kernel's, but a captured tree is not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -37,6 +38,20 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// How the node's network is read under its root. A captured tree is untrusted, so a driver gives
+/// one that stays inside the root, never blocks on a FIFO nor opens a device node, and reads at
+/// most [`MAX_FILE_BYTES`] of a file (this project's driver reads through its sysfs backend).
+pub trait NetworkFiles {
+    /// The text of the file at `relative` (`proc/net/route`); `None` when it is missing, cannot
+    /// be read, or is longer than [`MAX_FILE_BYTES`].
+    fn read(&self, relative: &Path) -> Option<String>;
+    /// The names in the directory at `relative`; none when it cannot be listed.
+    fn list(&self, relative: &Path) -> Vec<String>;
+}
+
+/// The most read of one file: `proc/net/ipv6_route` lines are 150 bytes, so about 100,000 routes.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The interfaces of the node's own network, each with the first reason found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeNetwork {
@@ -45,13 +60,13 @@ pub struct NodeNetwork {
 }
 
 impl NodeNetwork {
-    /// Reads the node's network under `root`: default-route interfaces, the interfaces of
+    /// Reads the node's network through `files`: default-route interfaces, the interfaces of
     /// `internal_ips`, and everything below them.
-    pub fn read(root: &Path, internal_ips: &[IpAddr]) -> NodeNetwork {
-        let net = root.join("proc/net");
-        let v4 = read_text(&net.join("route"));
-        let v6 = read_text(&net.join("ipv6_route"));
-        let inet6 = read_text(&net.join("if_inet6"));
+    pub fn read(files: &dyn NetworkFiles, internal_ips: &[IpAddr]) -> NodeNetwork {
+        let read = |name: &str| files.read(&Path::new("proc/net").join(name));
+        let v4 = read("route").unwrap_or_default();
+        let v6 = read("ipv6_route").unwrap_or_default();
+        let inet6 = read("if_inet6").unwrap_or_default();
         let mut found = BTreeMap::new();
         for name in default_v4(&v4) {
             found.entry(name).or_insert(Reason::DefaultRouteV4);
@@ -69,7 +84,7 @@ impl NodeNetwork {
             }
         }
         let mut network = NodeNetwork { interfaces: found };
-        network.add_lower_devices(root);
+        network.add_lower_devices(files);
         network
     }
 
@@ -86,12 +101,11 @@ impl NodeNetwork {
 
     /// Adds every bridge port, bond slave and lower device (`lower_*` links) below the protected
     /// interfaces, transitively.
-    fn add_lower_devices(&mut self, root: &Path) {
-        let class = root.join("sys/class/net");
+    fn add_lower_devices(&mut self, files: &dyn NetworkFiles) {
         let mut todo: Vec<String> = self.interfaces.keys().cloned().collect();
         let mut seen: BTreeSet<String> = todo.iter().cloned().collect();
         while let Some(upper) = todo.pop() {
-            for lower in lower_devices(&class, &upper) {
+            for lower in lower_devices(files, &upper) {
                 if seen.insert(lower.clone()) {
                     self.interfaces
                         .entry(lower.clone())
@@ -101,12 +115,6 @@ impl NodeNetwork {
             }
         }
     }
-}
-
-fn read_text(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 /// A kernel interface name: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
@@ -195,32 +203,21 @@ pub fn holder_v6(text: &str, ip: Ipv6Addr) -> Option<String> {
 
 /// The lower devices of `upper`: `lower_<name>` links, bridge ports (`brif/`), bond slaves
 /// (`bonding/slaves`).
-fn lower_devices(class: &Path, upper: &str) -> Vec<String> {
+fn lower_devices(files: &dyn NetworkFiles, upper: &str) -> Vec<String> {
     if !is_interface_name(upper) {
         return Vec::new();
     }
-    let dir = class.join(upper);
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(lower) = name.strip_prefix("lower_") {
-                found.push(lower.to_owned());
-            }
-        }
+    let dir = Path::new("sys/class/net").join(upper);
+    let mut found: Vec<String> = files
+        .list(&dir)
+        .iter()
+        .filter_map(|name| name.strip_prefix("lower_"))
+        .map(str::to_owned)
+        .collect();
+    found.extend(files.list(&dir.join("brif")));
+    if let Some(slaves) = files.read(&dir.join("bonding/slaves")) {
+        found.extend(slaves.split_whitespace().map(str::to_owned));
     }
-    if let Ok(entries) = std::fs::read_dir(dir.join("brif")) {
-        found.extend(
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned()),
-        );
-    }
-    found.extend(
-        read_text(&dir.join("bonding/slaves"))
-            .split_whitespace()
-            .map(str::to_owned),
-    );
     found.retain(|n| is_interface_name(n));
     found
 }

@@ -27,12 +27,14 @@ pub mod status;
 pub use dra_podnet::{direct, error, hostnet, moved, netlink, rdma};
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use backends::sysfs::tree::Tree;
 use filter::{DeviceFilter, FilterError};
-use hostnet::{NodeNetwork, Reason};
+use hostnet::{MAX_FILE_BYTES, NetworkFiles, NodeNetwork, Reason};
 
 use crate::inventory::Inventory;
 use crate::slices::SliceConfig;
@@ -57,6 +59,45 @@ pub struct NodeNetArgs {
     /// select, or on which it fails, are not published (as dranet's --filter).
     #[arg(long, env = "DEVICE_FILTER", value_name = "CEL")]
     pub device_filter: Option<String>,
+}
+
+/// The node's network files read through the sysfs backend's [`Tree`]: inside the root, at most
+/// [`MAX_FILE_BYTES`] each, never blocking on a FIFO nor opening a device node of a captured tree.
+/// A file that is there but cannot be read is logged.
+pub struct TreeFiles(pub Tree);
+
+impl NetworkFiles for TreeFiles {
+    fn read(&self, relative: &Path) -> Option<String> {
+        let path = self.0.join(relative);
+        let mut bytes = Vec::new();
+        let read = self.0.open_regular(&path).and_then(|file| {
+            let mut limited = file.take(MAX_FILE_BYTES + 1);
+            limited
+                .read_to_end(&mut bytes)
+                .map_err(|source| hal::Error::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source,
+                })
+        });
+        match read {
+            Ok(_) if bytes.len() as u64 > MAX_FILE_BYTES => {
+                tracing::warn!(path = %path.display(), "longer than {MAX_FILE_BYTES} bytes: not read");
+                None
+            }
+            Ok(_) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(error) if error.kind() == hal::ErrorKind::NotFound => None,
+            Err(error) => {
+                tracing::warn!(%error, "the node's network: not read");
+                None
+            }
+        }
+    }
+
+    fn list(&self, relative: &Path) -> Vec<String> {
+        let names = self.0.entry_names(&self.0.join(relative));
+        names.into_iter().flatten().collect()
+    }
 }
 
 /// Withholds the node's own network and filtered devices from each inventory read.
@@ -92,7 +133,8 @@ impl NodeGuard {
         inventory: &mut Inventory,
         config: &SliceConfig,
     ) -> BTreeMap<String, String> {
-        let node = NodeNetwork::read(&self.root, &self.internal_ips);
+        let files = TreeFiles(Tree::open(&backends::SysfsRoot::new(&self.root)));
+        let node = NodeNetwork::read(&files, &self.internal_ips);
         // The filter holds non-Send CEL state: compiled for each read (it is small).
         let filter = self
             .args

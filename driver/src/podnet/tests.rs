@@ -38,7 +38,7 @@ fn dev_vm_management_interface_carrying_the_default_route_is_never_published() {
     let mut inventory = Inventory::from_sysfs(&root, None);
     // Without the guard, eth0 (0000:00:03.0, the VM's only management interface) is a NIC device.
     assert_eq!(if_names(&inventory, &config), ["eth0"]);
-    let node = NodeNetwork::read(Path::new(DEV_VM), &[]);
+    let node = NodeNetwork::read(&TreeFiles(Tree::open(&root)), &[]);
     assert_eq!(
         node.interfaces.get("eth0"),
         Some(&Reason::DefaultRouteV4),
@@ -259,4 +259,44 @@ fn network_config_is_validated_strictly_and_errors_name_the_field() {
         let error = NetworkConfig::decode(config.clone()).unwrap_err();
         assert!(error.to_string().starts_with(field), "{config}: {error}");
     }
+}
+
+/// A captured tree (`hal-probe --sysfs-root`) is untrusted: a FIFO, a link to `/dev/zero` and an
+/// over-long file in place of the network files are skipped, within seconds, and the rest is read.
+#[test]
+fn the_node_network_of_a_hostile_tree_is_read_without_blocking_or_leaving_the_root() {
+    use rustix::fs::{CWD, FileType, Mode};
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("proc/net");
+    std::fs::create_dir_all(&net).unwrap();
+    let route = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+                 eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+    std::fs::write(net.join("route"), route).unwrap();
+    let fifo = net.join("ipv6_route");
+    rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", net.join("if_inet6")).unwrap();
+    let bond = dir.path().join("sys/class/net/eth0/bonding");
+    std::fs::create_dir_all(&bond).unwrap();
+    let slaves = std::fs::File::create(bond.join("slaves")).unwrap();
+    slaves.set_len(MAX_FILE_BYTES + 1).unwrap();
+    let root = dir.path().to_owned();
+    let (sender, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let files = TreeFiles(Tree::open(&backends::SysfsRoot::new(&root)));
+        let skipped = ["proc/net/ipv6_route", "proc/net/if_inet6"]
+            .map(|p| files.read(Path::new(p)))
+            .into_iter()
+            .chain([files.read(Path::new("sys/class/net/eth0/bonding/slaves"))])
+            .collect::<Vec<_>>();
+        let node = NodeNetwork::read(&files, &["fd00::2".parse().unwrap()]);
+        let _ = sender.send((skipped, node));
+    });
+    let (skipped, node) = answer
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("read within 10 s");
+    assert_eq!(skipped, [None, None, None]);
+    assert_eq!(
+        node.interfaces,
+        BTreeMap::from([("eth0".to_owned(), Reason::DefaultRouteV4)])
+    );
 }

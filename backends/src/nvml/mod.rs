@@ -7,6 +7,8 @@
 //! nothing) on nodes, [`FakeNvml`] (answers given by a fixture) in tests. When the library or the
 //! driver is missing, the backend says "unavailable" once in the errors and goes on from sysfs alone.
 
+use nvml_wrapper::error::NvmlError;
+
 use hal::{CpuSet, Discovered, ErrorKind, GpuDevice, GpuInfo, InventoryError, PciAddress, Result};
 use std::collections::BTreeMap;
 
@@ -49,6 +51,10 @@ pub struct NvmlGpu {
     /// Why the GPU has no clique although it has a fabric (registration not complete, an error).
     #[serde(default)]
     pub fabric_error: Option<String>,
+    /// Queries that failed for another reason than "not supported" (`memory: GPU is lost`): the
+    /// field is left out, and the failure is an error entry naming the GPU.
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 /// What NVML says about the system.
@@ -59,8 +65,12 @@ pub struct NvmlSystem {
     pub driver_version: String,
     /// CUDA driver API version (`13.0`).
     pub cuda_driver_version: String,
-    /// Every GPU.
+    /// Every GPU NVML could read.
     pub gpus: Vec<NvmlGpu>,
+    /// The GPUs NVML could not open or place (`GPU 2: GPU is lost`): one error entry each; the
+    /// others are described.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
 }
 
 /// The seam: the NVML calls the backend makes, all at once.
@@ -95,36 +105,89 @@ impl NvmlApi for RealNvml {
         );
         let count = nvml.device_count().map_err(|e| e.to_string())?;
         let mut gpus = Vec::new();
+        let mut unreadable = Vec::new();
         for index in 0..count {
-            let device = nvml.device_by_index(index).map_err(|e| e.to_string())?;
-            let Ok(pci) = device.pci_info() else { continue };
+            // One GPU fallen off the bus (XID 79) must not hide the others.
+            let device = match nvml.device_by_index(index) {
+                Ok(device) => device,
+                Err(e) => {
+                    unreadable.push(format!("GPU {index}: {e}"));
+                    continue;
+                }
+            };
+            let pci = match device.pci_info() {
+                Ok(pci) => pci,
+                Err(e) => {
+                    unreadable.push(format!("GPU {index}: its PCI address: {e}"));
+                    continue;
+                }
+            };
             let (nvlink_clique, fabric_error) = match fabric::clique(&nvml, &device) {
                 Ok(clique) => (clique, None),
                 Err(why) => (None, Some(why)),
             };
+            let mut failed = Vec::new();
+            let uuid = supported("UUID", device.uuid(), &mut failed).unwrap_or_default();
+            let name = supported("name", device.name(), &mut failed).unwrap_or_default();
+            let architecture = supported("architecture", device.architecture(), &mut failed)
+                .map(|a| a.to_string());
+            let compute_capability = supported(
+                "compute capability",
+                device.cuda_compute_capability(),
+                &mut failed,
+            )
+            .map(|c| format!("{}.{}", c.major, c.minor));
+            let memory_mib = supported("memory", device.memory_info(), &mut failed)
+                .map(|m| m.total / (1024 * 1024));
+            let minor = supported("minor", device.minor_number(), &mut failed);
+            let numa_node = supported("NUMA node", device.numa_node_id(), &mut failed);
+            let mig_enabled =
+                supported("MIG mode", device.mig_mode(), &mut failed).map(|m| m.current == 1);
             gpus.push(NvmlGpu {
                 pci_bus_id: pci.bus_id,
-                uuid: device.uuid().unwrap_or_default(),
-                name: device.name().unwrap_or_default(),
-                architecture: device.architecture().ok().map(|a| a.to_string()),
-                compute_capability: device
-                    .cuda_compute_capability()
-                    .ok()
-                    .map(|c| format!("{}.{}", c.major, c.minor)),
-                memory_mib: device.memory_info().ok().map(|m| m.total / (1024 * 1024)),
-                minor: device.minor_number().ok(),
-                numa_node: device.numa_node_id().ok(),
+                uuid,
+                name,
+                architecture,
+                compute_capability,
+                memory_mib,
+                minor,
+                numa_node,
                 cpu_affinity: cpu_affinity(&device),
-                mig_enabled: device.mig_mode().ok().map(|m| m.current == 1),
+                mig_enabled,
                 nvlink_clique,
                 fabric_error,
+                failed,
             });
         }
         Ok(NvmlSystem {
             driver_version,
             cuda_driver_version,
             gpus,
+            unreadable,
         })
+    }
+}
+
+/// The value of an NVML query; `None` when the GPU does not support it, and also when it failed,
+/// which is added to `failed` (`memory: GPU is lost`).
+fn supported<T>(
+    what: &str,
+    result: std::result::Result<T, NvmlError>,
+    failed: &mut Vec<String>,
+) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        // Not on this GPU, or not in this driver's library (an older one lacks newer calls).
+        Err(
+            NvmlError::NotSupported
+            | NvmlError::FunctionNotFound
+            | NvmlError::FailedToLoadSymbol(_)
+            | NvmlError::NoData,
+        ) => None,
+        Err(e) => {
+            failed.push(format!("{what}: {e}"));
+            None
+        }
     }
 }
 
@@ -203,6 +266,13 @@ impl<G: GpuDevice> GpuDevice for NvmlGpus<G> {
 
 /// Fills in what NVML knows, by PCI address. Disagreements and NVML-only GPUs become errors.
 pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
+    for why in &system.unreadable {
+        found.errors.push(InventoryError {
+            path: "nvml".into(),
+            error: format!("{why}; its NVML facts are left out"),
+            kind: Some(ErrorKind::Io),
+        });
+    }
     let mut by_address: BTreeMap<PciAddress, &NvmlGpu> = BTreeMap::new();
     for gpu in &system.gpus {
         match PciAddress::parse(&gpu.pci_bus_id.to_ascii_lowercase()) {
@@ -231,7 +301,12 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
                 Kept::Library,
             ));
         };
-        if let Some(uuid) = gpu.uuid.as_ref().filter(|u| **u != nvml.uuid) {
+        // An empty UUID is one NVML could not read (in `failed`), not another GPU.
+        if let Some(uuid) = gpu
+            .uuid
+            .as_ref()
+            .filter(|u| !nvml.uuid.is_empty() && **u != nvml.uuid)
+        {
             disagree("UUID", uuid.clone(), nvml.uuid.clone());
         }
         if let (Some(ours), Some(theirs)) = (gpu.nvidia_minor, nvml.minor)
@@ -266,6 +341,13 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
         gpu.architecture = nvml.architecture.clone();
         gpu.nvlink_clique = nvml.nvlink_clique.clone();
         gpu.mig_enabled = nvml.mig_enabled;
+        for why in &nvml.failed {
+            found.errors.push(InventoryError {
+                path: format!("nvml/{}", gpu.pci_address),
+                error: format!("NVML query failed: {why}; left out"),
+                kind: Some(ErrorKind::Io),
+            });
+        }
         if let Some(why) = &nvml.fabric_error {
             found.errors.push(InventoryError {
                 path: format!("nvml/{}", gpu.pci_address),
@@ -276,8 +358,8 @@ pub fn merge(found: &mut Discovered<GpuInfo>, system: &NvmlSystem) {
         gpu.compute_capability = nvml.compute_capability.clone();
         gpu.driver_version = Some(system.driver_version.clone());
         gpu.cuda_driver_version = Some(system.cuda_driver_version.clone());
-        if let Some(mib) = nvml.memory_mib {
-            gpu.memory_bytes = Some(mib * 1024 * 1024);
+        if let Some(bytes) = nvml.memory_mib.and_then(|mib| mib.checked_mul(1024 * 1024)) {
+            gpu.memory_bytes = Some(bytes);
         }
     }
     for address in by_address.keys() {

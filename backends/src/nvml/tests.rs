@@ -167,3 +167,67 @@ fn numa_and_local_cpus_come_from_sysfs_and_nvml_fills_what_it_lacks() {
         .collect();
     assert_eq!(nodes, [Some(0), Some(0), Some(1), Some(1)]);
 }
+
+/// One GPU fallen off the bus (XID 79): NVML cannot open it, and another answers "GPU is lost" to
+/// some queries. The other GPUs keep their NVML facts; each failure is one error entry.
+#[test]
+fn a_lost_gpu_is_an_error_of_its_own_and_the_others_keep_their_nvml_facts() {
+    let mut system = answers("gb300");
+    let lost = system.gpus.remove(2);
+    system.unreadable = vec!["GPU 2: the GPU has fallen off the bus".into()];
+    system.gpus[0].uuid = String::new();
+    system.gpus[0].memory_mib = None;
+    system.gpus[0].failed = vec!["UUID: GPU is lost".into(), "memory: GPU is lost".into()];
+    let found = gpus("gb300", FakeNvml(Ok(system)));
+    assert_eq!(found.items.len(), 4);
+    for (i, gpu) in found.items.iter().enumerate() {
+        let described = gpu.architecture.as_deref() == Some("Blackwell");
+        assert_eq!(described, i != 2, "GPU {i}");
+    }
+    assert_eq!(found.items[2].pci_address.to_string(), "0018:06:00.0");
+    assert!(
+        lost.pci_bus_id
+            .to_ascii_lowercase()
+            .ends_with("0018:06:00.0")
+    );
+    // The UUID NVML could not read is not a disagreement: sysfs's stays.
+    assert!(
+        found.items[0]
+            .uuid
+            .as_deref()
+            .is_some_and(|u| u.starts_with("GPU-3b1f0a52"))
+    );
+    assert_eq!(found.items[0].memory_bytes, None);
+    let errors: Vec<(&str, &str)> = found
+        .errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.error.as_str()))
+        .collect();
+    let address = &found.items[0].pci_address;
+    assert_eq!(
+        errors,
+        [
+            (
+                "nvml",
+                "GPU 2: the GPU has fallen off the bus; its NVML facts are left out"
+            ),
+            (
+                format!("nvml/{address}").as_str(),
+                "NVML query failed: UUID: GPU is lost; left out"
+            ),
+            (
+                format!("nvml/{address}").as_str(),
+                "NVML query failed: memory: GPU is lost; left out"
+            ),
+        ]
+    );
+    assert!(found.errors.iter().all(|e| e.kind == Some(ErrorKind::Io)));
+}
+
+#[test]
+fn an_impossible_memory_size_is_left_out() {
+    let mut system = answers("gb300");
+    system.gpus[0].memory_mib = Some(u64::MAX);
+    let found = gpus("gb300", FakeNvml(Ok(system)));
+    assert_eq!(found.items[0].memory_bytes, None);
+}

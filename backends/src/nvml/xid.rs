@@ -9,8 +9,9 @@ use std::time::Duration;
 /// One XID reported for one GPU.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XidEvent {
-    /// The GPU's UUID (`GPU-...`).
-    pub uuid: String,
+    /// The GPU's UUID (`GPU-...`); `None` when NVML could not name it (a GPU fallen off the bus
+    /// answers "GPU is lost" to every query).
+    pub uuid: Option<String>,
     /// The XID (0 when NVML says "unknown").
     pub xid: u64,
 }
@@ -44,23 +45,57 @@ impl XidSource for FakeXid {
 /// NVML's event set, registered for critical XIDs on every GPU.
 pub struct RealXid {
     set: nvml_wrapper::event::EventSet<'static>,
+    /// The GPUs that could not be registered, and why.
+    pub unregistered: Vec<String>,
 }
 
 impl RealXid {
-    /// Initializes NVML (kept for the life of the process) and registers every GPU.
+    /// Initializes NVML (kept for the life of the process) and registers every GPU it can: one
+    /// that cannot be opened or registered (lost, too old for events) is listed in `unregistered`
+    /// and the others are watched. An error when none can be.
     pub fn open() -> Result<RealXid, String> {
         use nvml_wrapper::bitmasks::event::EventTypes;
         let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
         let nvml: &'static nvml_wrapper::Nvml = Box::leak(Box::new(nvml));
         let mut set = nvml.create_event_set().map_err(|e| e.to_string())?;
         let count = nvml.device_count().map_err(|e| e.to_string())?;
+        let mut unregistered = Vec::new();
+        let mut registered = Vec::new();
         for index in 0..count {
-            let device = nvml.device_by_index(index).map_err(|e| e.to_string())?;
-            set = device
-                .register_events(EventTypes::CRITICAL_XID_ERROR, set)
-                .map_err(|e| format!("GPU {index}: registering for XID events: {}", e.error))?;
+            let device = match nvml.device_by_index(index) {
+                Ok(device) => device,
+                Err(e) => {
+                    unregistered.push(format!("GPU {index}: {e}"));
+                    continue;
+                }
+            };
+            set = match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                Ok(set) => {
+                    registered.push(device);
+                    set
+                }
+                Err(e) => {
+                    unregistered.push(format!(
+                        "GPU {index}: registering for XID events: {}",
+                        e.error
+                    ));
+                    // NVML freed the set: a new one, with the GPUs registered so far.
+                    let mut fresh = nvml.create_event_set().map_err(|e| e.to_string())?;
+                    for done in &registered {
+                        fresh = done
+                            .register_events(EventTypes::CRITICAL_XID_ERROR, fresh)
+                            .map_err(|e| {
+                                format!("registering again for XID events: {}", e.error)
+                            })?;
+                    }
+                    fresh
+                }
+            };
         }
-        Ok(RealXid { set })
+        if count > 0 && unregistered.len() == count as usize {
+            return Err(unregistered.join("; "));
+        }
+        Ok(RealXid { set, unregistered })
     }
 }
 
@@ -70,7 +105,7 @@ impl XidSource for RealXid {
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         match self.set.wait(ms) {
             Ok(data) => {
-                let uuid = data.device.uuid().map_err(|e| e.to_string())?;
+                let uuid = data.device.uuid().ok();
                 let xid = match data.event_data {
                     Some(XidError::Value(v)) => v,
                     Some(XidError::Unknown) | None => 0,
@@ -97,7 +132,7 @@ mod tests {
     #[test]
     fn the_fake_delivers_once() {
         let mut fake = FakeXid(VecDeque::from([XidEvent {
-            uuid: "GPU-1".into(),
+            uuid: Some("GPU-1".into()),
             xid: 79,
         }]));
         assert_eq!(fake.wait(Duration::ZERO).unwrap().len(), 1);

@@ -4,6 +4,7 @@ use super::*;
 use crate::inventory::FixtureVendors as _;
 use crate::slices::{SliceConfig, build_slices};
 use backends::nvml::xid::XidEvent;
+use std::sync::Arc;
 
 fn gb300() -> Inventory {
     let machine = hal_mock::by_name("gb300").unwrap().materialize().unwrap();
@@ -40,19 +41,22 @@ fn a_critical_xid_taints_its_gpu_and_an_application_xid_does_not() {
     health.apply(&mut inventory);
     let uuid = inventory.gpus[1].uuid.clone().unwrap();
     assert!(!health.record_xid(&XidEvent {
-        uuid: uuid.clone(),
+        uuid: Some(uuid.clone()),
         xid: 13
     }));
     assert!(health.record_xid(&XidEvent {
-        uuid: uuid.clone(),
+        uuid: Some(uuid.clone()),
         xid: 79
     }));
     assert!(
-        !health.record_xid(&XidEvent { uuid, xid: 48 }),
+        !health.record_xid(&XidEvent {
+            uuid: Some(uuid),
+            xid: 48
+        }),
         "already unhealthy"
     );
     assert!(!health.record_xid(&XidEvent {
-        uuid: "GPU-unknown".into(),
+        uuid: Some("GPU-unknown".into()),
         xid: 79
     }));
     let mut inventory = gb300();
@@ -122,7 +126,10 @@ fn the_kubelet_hears_every_published_device_and_why_an_unhealthy_one_is() {
     let mut inventory = gb300();
     health.apply(&mut inventory);
     let uuid = inventory.gpus[1].uuid.clone().unwrap();
-    assert!(health.record_xid(&XidEvent { uuid, xid: 79 }));
+    assert!(health.record_xid(&XidEvent {
+        uuid: Some(uuid),
+        xid: 79
+    }));
     let mut inventory = gb300();
     health.apply(&mut inventory);
     let config = SliceConfig::new("n");
@@ -199,7 +206,7 @@ fn a_gone_gpu_that_comes_back_is_healthy_and_an_xid_goes_only_with_its_gpu() {
         .clone()
         .unwrap();
     assert!(health.record_xid(&XidEvent {
-        uuid: uuid.clone(),
+        uuid: Some(uuid.clone()),
         xid: 79
     }));
     let mut inventory = gb300();
@@ -247,4 +254,96 @@ fn reads_close_together_do_not_make_a_gpu_gone_within_the_grace() {
     let mut inventory = without();
     health.apply_at(&mut inventory, start + Duration::from_millis(10) + grace);
     assert_eq!(inventory.health[&DeviceKey::Gpu(gone)].reason, MISSING);
+}
+
+/// The unhealthy reason of each GPU of `inventory` (after `health.apply`), by index.
+fn reasons(health: &mut Health) -> Vec<Option<String>> {
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let gpus: Vec<_> = inventory.gpus.iter().map(|g| g.pci_address).collect();
+    gpus.iter()
+        .map(|a| {
+            let key = DeviceKey::Gpu(*a);
+            inventory.health.get(&key).map(|u| u.reason.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn a_critical_xid_on_a_gpu_nvml_cannot_name_marks_every_nvidia_gpu() {
+    let mut health = Health::default();
+    health.apply(&mut gb300());
+    let lost = XidEvent {
+        uuid: None,
+        xid: 79,
+    };
+    assert!(health.record_xid(&lost));
+    assert!(!health.record_xid(&lost), "already marked");
+    assert_eq!(reasons(&mut health), vec![Some("xid-79".to_owned()); 4]);
+}
+
+/// NVML's answers played in order; `done` once they are all delivered.
+struct Script {
+    answers: std::collections::VecDeque<Result<Vec<XidEvent>, String>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl backends::nvml::xid::XidSource for Script {
+    fn wait(&mut self, _timeout: Duration) -> Result<Vec<XidEvent>, String> {
+        let answer = self.answers.pop_front().unwrap_or(Ok(Vec::new()));
+        if self.answers.is_empty() {
+            self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        answer
+    }
+}
+
+#[test]
+fn the_xid_watch_goes_on_after_a_failed_wait_and_marks_the_gpus_whose_events_were_lost() {
+    let mut health = Health::default();
+    let inventory = {
+        let mut inventory = gb300();
+        health.apply(&mut inventory);
+        inventory
+    };
+    let uuid = inventory.gpus[1].uuid.clone().unwrap();
+    let lost_after = XidEvent {
+        uuid: Some(inventory.gpus[3].uuid.clone().unwrap()),
+        xid: 48,
+    };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut script = Script {
+        answers: [
+            Ok(vec![XidEvent {
+                uuid: Some(uuid),
+                xid: 79,
+            }]),
+            Err("GPU is lost".to_owned()),
+            Err("GPU is lost".to_owned()),
+            Ok(vec![lost_after]),
+        ]
+        .into(),
+        done: done.clone(),
+    };
+    let health = std::sync::Mutex::new(health);
+    let changed = std::sync::atomic::AtomicUsize::new(0);
+    follow_xids(
+        &mut script,
+        &health,
+        &|| {
+            changed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
+        &|| done.load(std::sync::atomic::Ordering::SeqCst),
+        Duration::ZERO,
+    );
+    assert!(script.answers.is_empty(), "the watch went on after the failures");
+    // The XID, then the first failed wait (the second changed nothing).
+    assert_eq!(changed.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let mut health = health.into_inner().unwrap();
+    let nvml = Some("nvml-events".to_owned());
+    let xid = Some("xid-79".to_owned());
+    assert_eq!(
+        reasons(&mut health),
+        [nvml.clone(), xid, nvml.clone(), nvml]
+    );
 }

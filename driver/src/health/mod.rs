@@ -5,7 +5,7 @@
 //!
 //! | source (read at each rescan) | reason | severity |
 //! |---|---|---|
-//! | NVML critical XID (GPUs; sticky while the same UUID is at that address) | `xid-79` | unusable |
+//! | NVML critical XID (GPUs; sticky while the same UUID is at that address; on a GPU NVML cannot name, or a failed event wait (`nvml-events`): every NVIDIA GPU) | `xid-79` | unusable |
 //! | a device seen and gone for [`MISSES_FOR_GONE`] reads spanning the grace (GPUs, NICs, VFs gone with their PF, CPUs) | `missing` | unusable |
 //! | a CPU seen online and offline now (`cpuN/online` = 0) | `offline` | unusable |
 //! | CPUs of a group (grouped CPU modes) offline | `cpus-offline` | degraded |
@@ -31,6 +31,7 @@
 
 mod observe;
 mod report;
+mod xid;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ pub use crate::slices::health::of_source;
 pub use crate::unhealthy::{DeviceKey, MISSING, OFFLINE, Severity, Unhealthy};
 use observe::Snapshot;
 pub use report::{report, report_of};
+pub use xid::{XID_WAIT, follow_xids};
 
 /// Reads in a row that must miss a device before it is "gone": one missed read (a rescan racing a
 /// driver reload, a slow sysfs under load) is not a lost device.
@@ -95,14 +97,23 @@ impl Health {
     }
 
     /// Records an XID event; true when it makes a GPU unhealthy that was not. Application XIDs (13,
-    /// 31, 43, ...) and GPUs never seen are ignored.
+    /// 31, 43, ...) and GPUs never seen are ignored. A critical XID on a GPU NVML could not name
+    /// (lost) marks every NVIDIA GPU, as NVIDIA's device plugin does (`internal/rm/health.go`).
     pub fn record_xid(&mut self, event: &XidEvent) -> bool {
         if !is_critical(event.xid) {
             return false;
         }
+        let reason = format!("xid-{}", event.xid);
+        let Some(uuid) = &event.uuid else {
+            let message = format!(
+                "NVML reported critical XID {} on a GPU it could not name; every NVIDIA GPU is \
+                 marked until the plugin restarts",
+                event.xid
+            );
+            return self.mark_nvidia_gpus(&reason, &message);
+        };
         let found = self.devices.iter_mut().find(|(key, tracked)| {
-            matches!(key, DeviceKey::Gpu(_))
-                && tracked.identity.as_deref() == Some(event.uuid.as_str())
+            matches!(key, DeviceKey::Gpu(_)) && tracked.identity.as_deref() == Some(uuid.as_str())
         });
         let Some((key, tracked)) = found else {
             return false;
@@ -110,14 +121,43 @@ impl Health {
         if tracked.xid.is_some() {
             return false;
         }
-        let reason = format!("xid-{}", event.xid);
-        tracing::warn!(device = %key, uuid = %event.uuid, %reason, "GPU unhealthy: critical XID");
+        tracing::warn!(device = %key, %uuid, %reason, "GPU unhealthy: critical XID");
         let message = format!(
             "NVML reported critical XID {}; the GPU likely needs a reset",
             event.xid
         );
         tracked.xid = Some(Unhealthy::now(&reason, message, Severity::Unusable));
         true
+    }
+
+    /// Records that NVML's event wait failed (`why`): the XIDs of that moment are lost, so every
+    /// NVIDIA GPU is marked (reason `nvml-events`), as NVIDIA's device plugin does; true when one
+    /// was not already.
+    pub fn record_lost_xids(&mut self, why: &str) -> bool {
+        let message = format!(
+            "waiting for NVML's XID events failed ({why}); every NVIDIA GPU is marked until the \
+             plugin restarts"
+        );
+        self.mark_nvidia_gpus("nvml-events", &message)
+    }
+
+    /// Marks every NVIDIA GPU not marked yet with a sticky `reason`; true when one was not.
+    fn mark_nvidia_gpus(&mut self, reason: &str, message: &str) -> bool {
+        let mut marked = false;
+        for (key, tracked) in &mut self.devices {
+            let nvidia = matches!(&tracked.snapshot, Snapshot::Gpu { gpu, .. }
+                if gpu.vendor == hal::GpuVendor::Nvidia);
+            if nvidia && tracked.xid.is_none() {
+                tracing::warn!(device = %key, %reason, "GPU unhealthy: {message}");
+                tracked.xid = Some(Unhealthy::now(
+                    reason,
+                    message.to_owned(),
+                    Severity::Unusable,
+                ));
+                marked = true;
+            }
+        }
+        marked
     }
 
     /// Forgets the network functions at `addresses` (withheld from publishing, such as the node's

@@ -34,13 +34,14 @@ pub(super) fn spawn_hotplug_watch(changed: Arc<tokio::sync::Notify>) {
 }
 
 /// Waits for NVML's critical XID events on a thread of its own (NVML blocks) and republishes when a GPU
-/// turns unhealthy. Without NVML (no NVIDIA GPU, no library) it logs why once and stops.
+/// turns unhealthy ([`driver::health::follow_xids`]). Without NVML (no NVIDIA GPU, no library) it
+/// logs why once and stops.
 pub(super) fn spawn_xid_watch(
     health: Arc<std::sync::Mutex<driver::health::Health>>,
     changed: Arc<tokio::sync::Notify>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    use backends::nvml::xid::{RealXid, XidSource};
+    use backends::nvml::xid::RealXid;
     std::thread::spawn(move || {
         let mut source = match RealXid::open() {
             Ok(source) => source,
@@ -49,22 +50,15 @@ pub(super) fn spawn_xid_watch(
                 return;
             }
         };
-        while !*stopped.borrow() {
-            match source.wait(Duration::from_secs(5)) {
-                Ok(events) => {
-                    let turned = events
-                        .iter()
-                        .filter(|e| health.lock().is_ok_and(|mut h| h.record_xid(e)))
-                        .count();
-                    if turned > 0 {
-                        changed.notify_one();
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "waiting for XID events failed; stopping the XID watch");
-                    return;
-                }
-            }
+        for error in &source.unregistered {
+            tracing::warn!(%error, "no XID events from this GPU");
         }
+        driver::health::follow_xids(
+            &mut source,
+            &health,
+            &|| changed.notify_one(),
+            &|| *stopped.borrow(),
+            Duration::from_secs(1),
+        );
     });
 }

@@ -281,7 +281,10 @@ fn locate_node(
     let entry = Path::new(DRM_CLASS).join(name);
     if let Some(resolved) = errors.keep(tree.resolve_link(&entry).map(Some))? {
         let (address, device_dir) = last_pci_function(&resolved)?;
-        return Some((address, resolved, device_dir));
+        // The node of the function itself, not of a device behind it: a USB display's node sits
+        // under its USB controller (`0000:00:14.0/usb3/3-1/3-1:1.0/drm/card1`).
+        let below = resolved.strip_prefix(&device_dir).ok()?;
+        return own_node(below).then_some((address, resolved, device_dir));
     }
     // A plain directory: its `device` is the PCI device (a link on a machine).
     let device = entry.join("device");
@@ -316,6 +319,19 @@ fn last_pci_function(path: &Path) -> Option<(PciAddress, PathBuf)> {
         }
     }
     found
+}
+
+/// Whether a DRM node's path below its PCI function is the function's own node: `drm/<node>`, or
+/// `virtio<N>/drm/<node>` (virtio-gpu's node is under its virtio device).
+fn own_node(below: &Path) -> bool {
+    let parts: Vec<&str> = below.iter().filter_map(|c| c.to_str()).collect();
+    match parts.as_slice() {
+        ["drm", _] => true,
+        [virtio, "drm", _] => virtio
+            .strip_prefix("virtio")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        _ => false,
+    }
 }
 
 /// Identity of a function known only through its DRM nodes (trimmed or hand-assembled trees): the
@@ -901,5 +917,35 @@ mod tests {
                 .collect();
             let _ = parse_nvidia_information(&text);
         }
+    }
+
+    /// A USB display (DisplayLink, `udl`, `gud`) has its DRM node under its USB controller: the
+    /// controller is not a GPU. virtio-gpu's node, under its virtio device, is its function's.
+    #[test]
+    fn a_drm_node_behind_a_usb_controller_is_not_the_controllers() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let xhci = "pci0000:00/0000:00:14.0";
+        function(
+            root,
+            "pci0000:00",
+            "0000:00:14.0",
+            ("0x8086", "0x7ae0", "0x0c0330"),
+            "xhci_hcd",
+        );
+        drm(root, &format!("{xhci}/usb3/3-1/3-1:1.0"), "card1");
+        let virtio = "pci0000:00/0000:00:02.0";
+        function(
+            root,
+            "pci0000:00",
+            "0000:00:02.0",
+            ("0x1af4", "0x1050", "0x030000"),
+            "virtio-pci",
+        );
+        drm(root, &format!("{virtio}/virtio0"), "card0");
+        let (by, errors) = gpus(root);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(by.keys().collect::<Vec<_>>(), ["0000:00:02.0"]);
+        assert_eq!(by["0000:00:02.0"].drm_card.as_deref(), Some("card0"));
     }
 }

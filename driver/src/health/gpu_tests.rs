@@ -336,7 +336,10 @@ fn the_xid_watch_goes_on_after_a_failed_wait_and_marks_the_gpus_whose_events_wer
         &|| done.load(std::sync::atomic::Ordering::SeqCst),
         Duration::ZERO,
     );
-    assert!(script.answers.is_empty(), "the watch went on after the failures");
+    assert!(
+        script.answers.is_empty(),
+        "the watch went on after the failures"
+    );
     // The XID, then the first failed wait (the second changed nothing).
     assert_eq!(changed.load(std::sync::atomic::Ordering::SeqCst), 2);
     let mut health = health.into_inner().unwrap();

@@ -12,7 +12,7 @@ use kube_cel::cel::Program;
 use crate::cel::{Verdict, VerdictCache};
 use crate::claim::{Alternative, Mode};
 use crate::explain::Allocator;
-use crate::model::{NodeFit, qualify};
+use crate::model::NodeFit;
 use crate::outcome::{Matching, Rejection};
 use crate::search::Fit;
 
@@ -117,9 +117,11 @@ impl Allocator {
             }
             // Capacity, for every device and admin access too (`CmpRequestOverCapacity`): a request
             // without an amount asks for the policy's default, else all of it.
+            // The scheduler looks a requested name up as written (`requestsContainNonExistCapacity`):
+            // `cpu` and `<driver>/cpu` are different names there, though CEL qualifies both.
             for name in alternative.capacity.keys() {
-                if !device.capacity.contains_key(&qualify(&device.driver, name)) {
-                    let why = format!("has no capacity {}", qualify(&device.driver, name));
+                if !device.capacity.values().any(|c| c.published_name == *name) {
+                    let why = format!("has no capacity {name}");
                     matching.rejected.push((d, Rejection::Capacity(why)));
                     continue 'devices;
                 }
@@ -129,7 +131,7 @@ impl Allocator {
                 let requested = alternative
                     .capacity
                     .iter()
-                    .find(|(n, _)| qualify(&device.driver, n) == *name)
+                    .find(|(n, _)| **n == capacity.published_name)
                     .map(|(_, q)| *q);
                 let Some(amount) = capacity.consumption(requested) else {
                     let why = match requested {

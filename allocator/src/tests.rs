@@ -334,6 +334,24 @@ fn consumable_capacity_is_rounded_by_policy_and_limited_by_what_is_left() {
     );
 }
 
+/// The scheduler looks a requested capacity up by the name as published (`memory`), not as CEL
+/// qualifies it (`requestsContainNonExistCapacity`): `example.com/memory` is another capacity.
+#[test]
+fn a_capacity_is_requested_by_its_published_name() {
+    let text = why(&explain(&format!(
+        "    requests:\n{}",
+        request(
+            "acc",
+            "accel",
+            "        capacity: {requests: {example.com/memory: 1Gi}}\n"
+        )
+    )));
+    assert!(
+        text.contains("has no capacity example.com/memory"),
+        "{text}"
+    );
+}
+
 #[test]
 fn shared_counters_keep_partitions_of_one_gpu_apart() {
     let one = explain(&format!("    requests:\n{}", request("p", "part", "")));

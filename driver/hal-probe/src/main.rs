@@ -12,7 +12,7 @@ use dra_kubelet_plugin::slices::validate_pool;
 use driver::inventory::{FixtureVendors as _, Inventory};
 use driver::slices::args::SliceArgs;
 use driver::slices::build_slices;
-use hal_probe::report::{Family, Report, Sources, render_table};
+use hal_probe::report::{Family, Report, Sources, render_table, terminal_safe};
 use hal_probe::yaml::to_yaml;
 use k8s_openapi::api::resource::v1::ResourceSlice;
 
@@ -319,7 +319,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match args.format.unwrap_or(Format::Table) {
         Format::Json => emit(&(report.to_json() + "\n"))?,
         Format::Yaml => emit(&to_yaml(&serde_json::to_value(&report)?))?,
-        Format::Table => emit(&render_table(&report))?,
+        Format::Table => emit(&terminal_safe(&render_table(&report)))?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -439,7 +439,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
     match args.format.unwrap_or(Format::Table) {
         Format::Json => emit(&(serde_json::to_string_pretty(&report.claims)? + "\n"))?,
         Format::Yaml => emit(&to_yaml(&serde_json::to_value(&report.claims)?))?,
-        Format::Table => emit(&allocator::render_table(&report.claims))?,
+        Format::Table => emit(&terminal_safe(&allocator::render_table(&report.claims)))?,
     }
     if let (Some(path), Some(machine)) = (&args.draw, &machine) {
         let pool = node_name(m);

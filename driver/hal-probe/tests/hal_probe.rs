@@ -140,6 +140,28 @@ fn a_broken_file_is_listed_and_the_rest_is_reported() {
     );
 }
 
+/// A hostile tree's names reach a terminal as text: an interface name with escape sequences (a
+/// colour, a window title) is printed with them escaped.
+#[test]
+fn the_table_escapes_control_characters_of_hostile_names() {
+    let fixture = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let root = fixture.root();
+    let net = fs::read_dir(root.join("sys/bus/pci/devices/0000:3b:00.0/net"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::rename(&net, net.with_file_name("eth\u{1b}]0;PWN\u{7}")).unwrap();
+    let output = hal_probe(&["--sysfs-root", root.to_str().unwrap(), "pci"]);
+    let text = stdout(&output);
+    assert!(text.contains("[eth\\u{1b}]0;PWN\\u{7}]"), "{text}");
+    assert!(
+        !text.bytes().any(|b| b < 0x20 && b != b'\n' && b != b'\t'),
+        "{text:?}"
+    );
+}
+
 #[test]
 fn a_tree_from_another_machine_is_read_without_this_machines_vendor_libraries() {
     // A fixture written to disk is a capture: no boot id of this kernel, so NVML (whose answers

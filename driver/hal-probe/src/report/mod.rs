@@ -197,3 +197,39 @@ impl Report {
             .unwrap_or_else(|e| format!("{{\"errors\":[{{\"path\":\"\",\"error\":\"{e}\"}}]}}"))
     }
 }
+
+/// `text` made safe for a terminal: control characters other than newline and tab (an escape
+/// sequence in a hostile tree's interface name, a claim's name) are written as `\u{1b}`, so they
+/// show instead of acting on the terminal.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let acts = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(acts) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut safe = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match acts(c) {
+            true => safe.push_str(&c.escape_unicode().to_string()),
+            false => safe.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(safe)
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn escape_sequences_are_shown_not_played() {
+        let hostile = "eth\u{1b}[31mRED\u{1b}]0;PWN\u{7}\tok\n";
+        assert_eq!(
+            terminal_safe(hostile),
+            "eth\\u{1b}[31mRED\\u{1b}]0;PWN\\u{7}\tok\n"
+        );
+        assert!(matches!(
+            terminal_safe("cpus: 0-3\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+}

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use backends::sysfs::pciids::default_pci_ids;
 use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
-use clap::{Parser, ValueEnum};
+use clap::{Args as _, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use dra_kubelet_plugin::slices::validate_pool;
 use driver::inventory::{FixtureVendors as _, Inventory};
 use driver::slices::args::SliceArgs;
@@ -230,6 +230,10 @@ enum FamilyArg {
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<Usage>().is_some() => {
+            eprintln!("hal-probe: {e:#} (see --help)");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("hal-probe: {e:#}");
             ExitCode::FAILURE
@@ -237,8 +241,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// Bad usage found after parsing: exit status 2, as for what clap finds.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(message.into()))
+}
+
+/// The slice flags given before a subcommand, which only the subcommand's own take
+/// (`hal-probe explain --cpu-mode individual ...`); and `--format` before `draw`, which has its own.
+fn misplaced_flags(matches: &clap::ArgMatches, args: &Args) -> Vec<String> {
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let slice_flags = SliceArgs::augment_args(clap::Command::new("slices"));
+    let mut misplaced: Vec<String> = slice_flags
+        .get_arguments()
+        .filter(|a| given(a.get_id().as_str()))
+        .filter_map(|a| a.get_long().map(|long| format!("--{long}")))
+        .collect();
+    if matches!(args.command, Some(Command::Draw(_))) && given("format") {
+        misplaced.push("--format".to_owned());
+    }
+    misplaced
+}
+
 fn run() -> anyhow::Result<ExitCode> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(command) = &args.command {
+        let misplaced = misplaced_flags(&matches, &args);
+        if !misplaced.is_empty() {
+            let name = match command {
+                Command::Explain(_) => "explain",
+                Command::Draw(_) => "draw",
+            };
+            return Err(usage(format!(
+                "{} must come after `{name}` (hal-probe {name} {} ...)",
+                misplaced.join(", "),
+                misplaced.join(" ")
+            )));
+        }
+    }
     if let Some(Command::Explain(mut explain)) = args.command {
         // `hal-probe --fixture gb300 explain ...` means the same as `hal-probe explain --fixture gb300 ...`.
         merge_machine(args.machine, &mut explain.machine)?;
@@ -258,7 +309,7 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     let want_slices = args.families.contains(&FamilyArg::Slices);
     if want_slices && args.families.len() > 1 {
-        bail!("`slices` cannot be combined with other families");
+        return Err(usage("`slices` cannot be combined with other families"));
     }
     let families: Vec<Family> = if args.families.is_empty() || want_slices {
         Family::ALL.to_vec()
@@ -331,7 +382,7 @@ fn merge_machine(outer: MachineArgs, inner: &mut MachineArgs) -> anyhow::Result<
     inner.pci_ids = inner.pci_ids.take().or(outer.pci_ids);
     inner.node_name = inner.node_name.take().or(outer.node_name);
     if inner.fixture.is_some() && inner.sysfs_root.is_some() {
-        bail!("--fixture and --sysfs-root cannot be used together");
+        return Err(usage("--fixture and --sysfs-root cannot be used together"));
     }
     Ok(())
 }
@@ -355,7 +406,9 @@ fn write_picture(svg: &str, png: bool, path: Option<&std::path::Path>) -> anyhow
         Some(path) => std::fs::write(path, &bytes)
             .with_context(|| format!("writing the picture to {}", path.display())),
         None if png && std::io::stdout().is_terminal() => {
-            bail!("a PNG is not written to a terminal: give -o FILE or redirect stdout")
+            return Err(usage(
+                "a PNG is not written to a terminal: give -o FILE or redirect stdout",
+            ));
         }
         None => {
             use std::io::Write;
@@ -386,12 +439,12 @@ fn emit(text: &str) -> anyhow::Result<()> {
 /// `hal-probe explain`.
 fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let version = allocator::KubernetesVersion::parse(&args.kubernetes_version)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|e| usage(format!("--kubernetes-version: {e}")))?;
     let mut gates = allocator::FeatureGates::defaults(version);
     if let Some(list) = &args.feature_gates {
         gates
             .set(list)
-            .map_err(|e| anyhow::anyhow!("--feature-gates: {e}"))?;
+            .map_err(|e| usage(format!("--feature-gates: {e}")))?;
     }
     // This node's slices in the layout the version's API server accepts.
     if args.slice_flags.counter_layout.is_none() {
@@ -407,9 +460,9 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         _ => Some(Machine::open(m)?),
     };
     if args.draw.is_some() && machine.is_none() {
-        bail!(
-            "--draw needs a machine: --fixture, --sysfs-root, or this one (without only --slices)"
-        );
+        return Err(usage(
+            "--draw needs a machine: --fixture, --sysfs-root, or this one (without only --slices)",
+        ));
     }
     let node_slices = match &machine {
         None => Vec::new(),

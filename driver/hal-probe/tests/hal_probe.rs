@@ -226,6 +226,57 @@ fn bad_usage_and_bad_roots_fail_clearly() {
     );
 }
 
+/// Flags the subcommand would not see are refused, not dropped; usage errors found after parsing
+/// exit 2, as clap's own.
+#[test]
+fn slice_flags_before_a_subcommand_and_late_usage_errors_exit_2() {
+    let claims = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deployments/examples/cpu-claims.yaml"
+    );
+    let early = hal_probe(&[
+        "--cpu-mode",
+        "individual",
+        "explain",
+        "--fixture",
+        "xeon",
+        claims,
+    ]);
+    assert_eq!(early.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        stderr.contains("--cpu-mode must come after `explain`"),
+        "{stderr}"
+    );
+    let draw = hal_probe(&["--format", "json", "draw", "--fixture", "xeon"]);
+    assert_eq!(draw.status.code(), Some(2));
+    // Machine flags and --format (for explain) may come before it.
+    let late = hal_probe(&["--fixture", "xeon", "--format", "json", "explain", claims]);
+    assert!(late.stdout.starts_with(b"["), "{late:?}");
+    for args in [
+        &["--fixture", "xeon", "explain", "--sysfs-root", "/", claims][..],
+        &["--fixture", "xeon", "cpu", "slices"],
+        &[
+            "explain",
+            "--fixture",
+            "xeon",
+            "--kubernetes-version",
+            "9.9",
+            claims,
+        ],
+        &[
+            "explain",
+            "--fixture",
+            "xeon",
+            "--feature-gates",
+            "Nope=true",
+            claims,
+        ],
+    ] {
+        assert_eq!(hal_probe(args).status.code(), Some(2), "{args:?}");
+    }
+}
+
 #[test]
 fn a_reader_that_stops_early_ends_the_output_quietly() {
     // `hal-probe | head`: the xeon JSON (about 77 KB) is more than a pipe holds, so the write meets
@@ -376,7 +427,7 @@ fn slices_snapshots_of_every_fixture() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("driver name \"Bad Name\""));
     let mixed = hal_probe(&["--fixture", "gb300", "slices", "cpu"]);
-    assert_eq!(mixed.status.code(), Some(1));
+    assert_eq!(mixed.status.code(), Some(2), "bad usage");
 }
 
 #[test]

@@ -405,11 +405,9 @@ fn write_picture(svg: &str, png: bool, path: Option<&std::path::Path>) -> anyhow
     match path {
         Some(path) => std::fs::write(path, &bytes)
             .with_context(|| format!("writing the picture to {}", path.display())),
-        None if png && std::io::stdout().is_terminal() => {
-            return Err(usage(
-                "a PNG is not written to a terminal: give -o FILE or redirect stdout",
-            ));
-        }
+        None if png && std::io::stdout().is_terminal() => Err(usage(
+            "a PNG is not written to a terminal: give -o FILE or redirect stdout",
+        )),
         None => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

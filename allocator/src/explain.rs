@@ -208,10 +208,12 @@ impl Allocator {
             return outcome;
         }
         if !found {
-            outcome.status = Status::Unsatisfiable;
-            outcome.explanation = match search.gave_up {
-                true => vec![self.gave_up_line()],
-                false => self.why_not(&claim, &matchings, &fits),
+            (outcome.status, outcome.explanation) = match search.gave_up {
+                true => (Status::Undecided, vec![self.gave_up_line()]),
+                false => (
+                    Status::Unsatisfiable,
+                    self.why_not(&claim, &matchings, &fits),
+                ),
             };
             return outcome;
         }

@@ -11,8 +11,11 @@ use crate::search::Fit;
 pub enum Status {
     /// Every request got its devices.
     Allocated,
-    /// No allocation exists (or none was found within the step limit).
+    /// No allocation exists.
     Unsatisfiable,
+    /// The search reached its step limit without an allocation: one may exist (the scheduler,
+    /// within its own time limit, may find it or time out).
+    Undecided,
     /// The scheduler fails the claim with an error: it is invalid or names what does not exist,
     /// asks for more than 32 devices, a selector has a CEL runtime error on a device the search
     /// reaches, or `allocationMode: All` cannot meet a constraint.

@@ -370,9 +370,10 @@ impl Allocator {
         } else {
             Vec::new()
         };
-        let status = match !gave_up && !shared.is_empty() {
-            true => Status::Error,
-            false => Status::Unsatisfiable,
+        let status = match (gave_up, shared.is_empty()) {
+            (true, _) => Status::Undecided,
+            (false, false) => Status::Error,
+            (false, true) => Status::Unsatisfiable,
         };
         let culprit = match shared.is_empty() {
             true => self.culprit(&prepared),

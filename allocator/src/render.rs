@@ -14,6 +14,7 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
         let verdict = match outcome.status {
             Status::Allocated => "fits",
             Status::Unsatisfiable => "does NOT fit",
+            Status::Undecided => "undecided (the search gave up)",
             Status::Error => "error (the scheduler fails it)",
         };
         // Gates are named only where some are off (older versions' defaults, or --feature-gates).

@@ -76,6 +76,7 @@ fn more_devices_of_one_value_than_any_group_has_is_a_no_without_a_search() {
         unbounded.explanation[0].contains("gave up"),
         "{unbounded:#?}"
     );
+    assert_eq!(unbounded.status, Status::Undecided);
 }
 
 #[test]

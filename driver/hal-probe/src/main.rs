@@ -100,7 +100,7 @@ enum Command {
         on its own, against the devices that --allocated claims hold; a Pod's (or workload's) claims,\n\
         those its resourceClaims name and the implicit one of its extended resources, are searched\n\
         together, as the scheduler allocates them.\n\
-        Exit status: 0 when every claim fits, 3 when one does not or the scheduler would fail it with an error, 1 on bad input, 2 on bad usage.")]
+        Exit status: 0 when every claim fits, 3 when one does not, the search gave up (--max-steps) or the scheduler would fail it with an error, 1 on bad input, 2 on bad usage.")]
     Explain(ExplainArgs),
     /// The node as a picture: CPUs, NUMA nodes, PCIe roots and the devices the driver publishes.
     ///

@@ -581,7 +581,7 @@ fn the_kubernetes_version_decides_the_counter_layout_and_is_stated() {
         "i915",
         path,
     ]);
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(unknown.status.code(), Some(2), "bad usage");
     assert!(
         String::from_utf8(unknown.stderr)
             .unwrap()

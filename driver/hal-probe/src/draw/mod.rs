@@ -60,6 +60,7 @@ impl Claim {
         let status = match outcome.status {
             allocator::Status::Allocated => "allocated",
             allocator::Status::Unsatisfiable => "unsatisfiable",
+            allocator::Status::Undecided => "undecided",
             allocator::Status::Error => "error",
         };
         let devices = outcome

@@ -120,11 +120,20 @@ impl<G: GpuDevice> GpuDevice for LevelZeroGpus<G> {
 /// become errors.
 pub fn merge(found: &mut Discovered<GpuInfo>, gpus: &[ZeGpu]) {
     let mut by_address: BTreeMap<PciAddress, Vec<&ZeGpu>> = BTreeMap::new();
+    // Addresses with a device (a tile) that could not be read: the GPU's sums would be short, so
+    // none of Level Zero's answers for it are used.
+    let mut incomplete = std::collections::BTreeSet::new();
     for gpu in gpus {
         if let Some(why) = &gpu.error {
+            let address = PciAddress::parse(&gpu.pci_address).ok();
+            incomplete.extend(address);
+            let left_out = match address {
+                Some(_) => "; Level Zero's answers for this GPU are not used",
+                None => "",
+            };
             found.errors.push(InventoryError {
                 path: format!("level-zero/{}", gpu.pci_address),
-                error: format!("Level Zero could not read a device: {why}"),
+                error: format!("Level Zero could not read a device: {why}{left_out}"),
                 kind: Some(ErrorKind::Io),
             });
             continue;
@@ -142,6 +151,9 @@ pub fn merge(found: &mut Discovered<GpuInfo>, gpus: &[ZeGpu]) {
         let Some(devices) = by_address.remove(&gpu.pci_address) else {
             continue;
         };
+        if incomplete.remove(&gpu.pci_address) {
+            continue;
+        }
         let Some(first) = devices.first() else {
             continue;
         };
@@ -183,7 +195,7 @@ pub fn merge(found: &mut Discovered<GpuInfo>, gpus: &[ZeGpu]) {
                 .try_fold(0u64, |sum, d| sum.checked_add(d.memory_bytes?));
         }
     }
-    for address in by_address.keys() {
+    for address in by_address.keys().filter(|a| !incomplete.contains(*a)) {
         let what = format!("a GPU at {address}");
         found.errors.push(not_in_sysfs(
             format!("level-zero/{address}"),

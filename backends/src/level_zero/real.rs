@@ -32,7 +32,8 @@ fn loader() -> Result<&'static ZeLoader, String> {
             let ze = unsafe { ZeLoader::new(LOADER) }
                 .map_err(|e| format!("Level Zero unavailable: {e}"))?;
             // SAFETY: a plain call with flags.
-            check(unsafe { ze.zeInit(ZE_INIT_FLAG_GPU_ONLY) }, "zeInit")?;
+            check(unsafe { ze.zeInit(ZE_INIT_FLAG_GPU_ONLY) }, "zeInit")
+                .map_err(|why| format!("Level Zero unavailable: {why}"))?;
             Ok(ze)
         })
         .as_ref()
@@ -45,26 +46,42 @@ impl LevelZeroApi for RealLevelZero {
         let drivers = handles("zeDriverGet", |count, out| {
             // SAFETY: `count` points to a live u32 and `out` is null or holds `*count` handles.
             unsafe { ze.zeDriverGet(count, out) }
-        })?;
+        })
+        .map_err(|why| format!("Level Zero unavailable: {why}"))?;
         let mut gpus = Vec::new();
         for driver in drivers {
             let devices = handles("zeDeviceGet", |count, out| {
                 // SAFETY: as above, for a driver handle the loader gave.
                 unsafe { ze.zeDeviceGet(driver, count, out) }
-            })?;
-            for device in devices {
-                // One device that cannot be read is that device's error, not the others'.
-                gpus.push(read_device(ze, device).unwrap_or_else(|why| ZeGpu {
-                    error: Some(why),
-                    ..ZeGpu::default()
-                }));
-            }
+            });
+            // One driver or device that cannot be read is its own error, not the others'.
+            let devices = match devices {
+                Ok(devices) => devices,
+                Err(why) => {
+                    gpus.push(ZeGpu {
+                        error: Some(format!("a driver's devices: {why}")),
+                        ..ZeGpu::default()
+                    });
+                    continue;
+                }
+            };
+            gpus.extend(devices.into_iter().map(|device| read_device(ze, device)));
         }
         Ok(gpus)
     }
 }
 
-fn read_device(ze: &ZeLoader, device: ze_device_handle_t) -> Result<ZeGpu, String> {
+/// What Level Zero says of `device`; a failed query is the device's `error`, with its PCI address
+/// when that was read (so the error names the GPU, and its other tiles are not used alone).
+fn read_device(ze: &ZeLoader, device: ze_device_handle_t) -> ZeGpu {
+    let mut gpu = ZeGpu::default();
+    if let Err(why) = fill_device(ze, device, &mut gpu) {
+        gpu.error = Some(why);
+    }
+    gpu
+}
+
+fn fill_device(ze: &ZeLoader, device: ze_device_handle_t, gpu: &mut ZeGpu) -> Result<(), String> {
     let mut eus = _ze_eu_count_ext_t {
         stype: ZE_STRUCTURE_TYPE_EU_COUNT_EXT,
         pNext: ptr::null(),
@@ -89,6 +106,10 @@ fn read_device(ze: &ZeLoader, device: ze_device_handle_t) -> Result<ZeGpu, Strin
     let pci_result = unsafe { ze.zeDevicePciGetPropertiesExt(device, &raw mut pci) };
     check(pci_result, "zeDevicePciGetPropertiesExt")?;
     let a = pci.address;
+    gpu.pci_address = format!(
+        "{:04x}:{:02x}:{:02x}.{:x}",
+        a.domain, a.bus, a.device, a.function
+    );
     let sub_devices = handles("zeDeviceGetSubDevices", |count, out| {
         // SAFETY: as for zeDriverGet.
         unsafe { ze.zeDeviceGetSubDevices(device, count, out) }
@@ -100,20 +121,14 @@ fn read_device(ze: &ZeLoader, device: ze_device_handle_t) -> Result<ZeGpu, Strin
             .and_then(|n| n.checked_mul(props.numEUsPerSubslice)),
         total => Some(total),
     };
-    Ok(ZeGpu {
-        pci_address: format!(
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            a.domain, a.bus, a.device, a.function
-        ),
-        name: c_text(&props.name),
-        vendor_id: props.vendorId,
-        device_id: props.deviceId,
-        integrated: props.flags & ZE_DEVICE_PROPERTY_FLAG_INTEGRATED != 0,
-        memory_bytes: memory_bytes(ze, device)?,
-        sub_devices: u32::try_from(sub_devices.len()).unwrap_or(u32::MAX),
-        execution_units: execution_units.filter(|n| *n > 0),
-        error: None,
-    })
+    gpu.memory_bytes = memory_bytes(ze, device)?;
+    gpu.name = c_text(&props.name);
+    gpu.vendor_id = props.vendorId;
+    gpu.device_id = props.deviceId;
+    gpu.integrated = props.flags & ZE_DEVICE_PROPERTY_FLAG_INTEGRATED != 0;
+    gpu.sub_devices = u32::try_from(sub_devices.len()).unwrap_or(u32::MAX);
+    gpu.execution_units = execution_units.filter(|n| *n > 0);
+    Ok(())
 }
 
 /// The sum of the device's memories (`None` when it reports none).
@@ -166,9 +181,7 @@ fn check(result: ze_result_t, what: &str) -> Result<(), String> {
     if result == ZE_RESULT_SUCCESS {
         Ok(())
     } else {
-        Err(format!(
-            "Level Zero unavailable: {what} returned {result:#x}"
-        ))
+        Err(format!("{what} returned {result:#x}"))
     }
 }
 

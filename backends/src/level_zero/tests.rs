@@ -187,6 +187,46 @@ fn tiles_listed_as_devices_of_one_address_are_added_up() {
     assert_eq!(read(vec![integrated]).memory_bytes, None);
 }
 
+/// One tile of a two-tile GPU could not be read: the GPU is not published as a smaller one (one
+/// tile, half the memory and EUs); the error names it.
+#[test]
+fn a_gpu_with_an_unreadable_tile_keeps_its_sysfs_view_and_its_error_names_it() {
+    let mut answers = answers();
+    let mut tile = answers[0].clone();
+    tile.error = Some("zeDeviceGetMemoryProperties returned 0x70000001".into());
+    answers.push(tile);
+    let found = gpus("i915", FakeLevelZero(Ok(answers)));
+    let errors: Vec<_> = found
+        .errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.error.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(
+            "level-zero/0000:4d:00.0",
+            "Level Zero could not read a device: zeDeviceGetMemoryProperties returned 0x70000001; \
+             Level Zero's answers for this GPU are not used"
+        )]
+    );
+    let by = |a: &str| {
+        found
+            .items
+            .iter()
+            .find(|g| g.pci_address.to_string() == a)
+            .unwrap()
+    };
+    assert_eq!(
+        (by("0000:4d:00.0").tiles, by("0000:4d:00.0").execution_units),
+        (None, None)
+    );
+    assert_eq!(
+        by("0000:ca:00.0").tiles,
+        Some(1),
+        "the other GPU is described"
+    );
+}
+
 /// The real loader, where the machine has one (CI installs libze1): with no Intel GPU driver it must
 /// say why, never panic; on a machine with Intel GPUs every answer has a PCI address sysfs can parse.
 #[cfg(feature = "level-zero")]

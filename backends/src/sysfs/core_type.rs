@@ -1,4 +1,5 @@
-//! Core types: Intel hybrid PMU lists, arm `cpu_capacity`, arm MIDR part numbers.
+//! Core types: Intel hybrid PMU lists (`cpu_core`, `cpu_atom`, `cpu_lowpower`), arm `cpu_capacity`, arm
+//! MIDR part numbers.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,26 +24,37 @@ pub(crate) fn assign_core_types(
         &tree.join("sys/devices/cpu_atom/cpus"),
         CpuSet::from_cpulist,
     ));
-    if p_cores.is_some() || e_cores.is_some() {
-        let (p_cores, e_cores) = (p_cores.unwrap_or_default(), e_cores.unwrap_or_default());
+    // Arrow Lake-H and Lunar Lake's low-power E-cores have a PMU of their own (`hybrid_tiny`).
+    let low_power = errors.keep(tree.parse_optional(
+        &tree.join("sys/devices/cpu_lowpower/cpus"),
+        CpuSet::from_cpulist,
+    ));
+    if p_cores.is_some() || e_cores.is_some() || low_power.is_some() {
+        let [p_cores, e_cores, low_power] =
+            [p_cores, e_cores, low_power].map(Option::unwrap_or_default);
         for cpu in cpus.iter_mut() {
             if p_cores.contains(cpu.id) {
                 cpu.core_type = CoreType::Performance;
-            } else if e_cores.contains(cpu.id) {
+            } else if e_cores.contains(cpu.id) || low_power.contains(cpu.id) {
                 cpu.core_type = CoreType::Efficiency;
             }
         }
         return;
     }
+    // The per-CPU files are only there for online CPUs (arm64's `regs/identification`): look at
+    // the first online one, as CPU 0 may be offline.
+    let probe = cpus
+        .iter()
+        .find(|c| c.online)
+        .or(cpus.first())
+        .map(|c| c.id);
     let per_cpu = |errors: &mut ErrorLog,
                    relative: &str,
                    parse: fn(&str) -> Result<u64, ParseError>|
      -> Vec<Option<u64>> {
-        // The attribute is arch-wide (every CPU device has it, or none does): look at the first CPU
+        // The attribute is arch-wide (every CPU device has it, or none does): look at one CPU
         // before opening one file per CPU.
-        let first = cpus
-            .first()
-            .map(|c| cpu_dir.join(format!("cpu{}", c.id)).join(relative));
+        let first = probe.map(|id| cpu_dir.join(format!("cpu{id}")).join(relative));
         if !first.is_some_and(|p| tree.exists(&p)) {
             return vec![None; cpus.len()];
         }
@@ -64,9 +76,8 @@ pub(crate) fn assign_core_types(
     // `midr_el1` per CPU, when it names them all (only where the per-CPU files exist: x86 builds its
     // /proc/cpuinfo slowly and has no MIDR).
     let midr_file = "regs/identification/midr_el1";
-    let has_midr = cpus
-        .first()
-        .is_some_and(|c| tree.exists(&cpu_dir.join(format!("cpu{}", c.id)).join(midr_file)));
+    let has_midr =
+        probe.is_some_and(|id| tree.exists(&cpu_dir.join(format!("cpu{id}")).join(midr_file)));
     let from_cpuinfo = match has_midr {
         true => read_cpuinfo(tree, &tree.join("proc/cpuinfo")).map(|text| midrs_of_cpuinfo(&text)),
         false => None,
@@ -306,6 +317,75 @@ mod tests {
             [Standard; 4],
             "an empty /proc/cpuinfo names no CPU"
         );
+    }
+
+    /// CPUs 0-9 of a built tree, with CPU 0 online or not.
+    fn ten_cpus(cpu0_online: bool) -> Vec<LogicalCpu> {
+        (0..10)
+            .map(|id| LogicalCpu {
+                id,
+                online: id != 0 || cpu0_online,
+                package: Some(0),
+                die: None,
+                cluster: None,
+                core: Some(id),
+                numa_node: None,
+                l3: None,
+                core_type: CoreType::Standard,
+                siblings: None,
+            })
+            .collect()
+    }
+
+    fn assigned(dir: &Path, cpus: &mut [LogicalCpu]) -> Vec<CoreType> {
+        let root = Tree::open(&crate::sysfs::SysfsRoot::new(dir));
+        let mut errors = ErrorLog::default();
+        let cpu_dir = dir.join("sys/devices/system/cpu");
+        assign_core_types(&root, &cpu_dir, cpus, &mut errors);
+        assert!(errors.0.is_empty(), "{:?}", errors.0);
+        cpus.iter().map(|c| c.core_type).collect()
+    }
+
+    #[test]
+    fn low_power_e_cores_of_their_own_pmu_are_efficiency_cores() {
+        let dir = tempfile::tempdir().unwrap();
+        for (pmu, list) in [
+            ("cpu_core", "0-3"),
+            ("cpu_atom", "4-7"),
+            ("cpu_lowpower", "8-9"),
+        ] {
+            let path = dir.path().join(format!("sys/devices/{pmu}"));
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("cpus"), format!("{list}\n")).unwrap();
+        }
+        let types = assigned(dir.path(), &mut ten_cpus(true));
+        use CoreType::{Efficiency, Performance};
+        assert_eq!(types[..4], [Performance; 4]);
+        assert_eq!(types[4..], [Efficiency; 6]);
+    }
+
+    #[test]
+    fn midr_files_are_found_when_cpu_0_is_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu_dir = dir.path().join("sys/devices/system/cpu");
+        // arm64 has `regs/identification` for online CPUs only.
+        for id in 1..10 {
+            let regs = cpu_dir.join(format!("cpu{id}/regs/identification"));
+            std::fs::create_dir_all(&regs).unwrap();
+            let midr = if id < 5 {
+                "0x00000000412fd050"
+            } else {
+                "0x00000000414fd411"
+            };
+            std::fs::write(regs.join("midr_el1"), format!("{midr}\n")).unwrap();
+        }
+        let types = assigned(dir.path(), &mut ten_cpus(false));
+        use CoreType::{Efficiency, Performance, Standard};
+        assert_eq!(
+            types[..5],
+            [Standard, Efficiency, Efficiency, Efficiency, Efficiency]
+        );
+        assert_eq!(types[5..], [Performance; 5]);
     }
 
     proptest::proptest! {

@@ -6,6 +6,9 @@
 //! the way resolve as if the root were `/`, so a tree can never make the reader leave it.
 
 use hal::{Error, ParseError, Result};
+use rustix::io::Errno;
+
+const EINVAL: Errno = Errno::INVAL;
 
 use super::tree::Tree;
 use crate::SysfsRoot;
@@ -78,11 +81,14 @@ pub fn read_link_state_in(tree: &Tree, name: &str) -> Result<NetLink> {
         .read_optional(&dir.join("operstate"))?
         .filter(|s| !s.is_empty())
         .map(|s| s.to_ascii_lowercase());
-    // EINVAL on an interface that is down administratively: unknown, not an error.
+    // EINVAL on an interface that is down administratively: unknown, not an error. Any other
+    // failure (EIO, EACCES) is one: "unknown" would read as a link that is not down.
     let carrier = tree
         .parse_scalar(&dir.join("carrier"), parse_carrier)
         .or_else(|e| match e {
-            Error::Io { .. } => Ok(None),
+            Error::Io { source, .. } if source.raw_os_error() == Some(EINVAL.raw_os_error()) => {
+                Ok(None)
+            }
             other => Err(other),
         })?;
     Ok(NetLink {
@@ -195,5 +201,38 @@ mod tests {
         let link = read_link_state(&SysfsRoot::new(dir.path()), "eth0").unwrap();
         assert_eq!((&link.operstate, link.carrier), (&None, None), "{link:?}");
         assert!(!link.is_down());
+    }
+
+    /// Needs root: the kernel's own answers bind-mounted over `carrier` of a built tree. EINVAL
+    /// (the loopback's `speed`, as `carrier` of an interface that is down) is "unknown"; EIO
+    /// (`/proc/self/mem` at offset 0) is an error naming the file, not "unknown", which would read
+    /// as a link that is not down.
+    #[test]
+    #[ignore = "needs root (bind mount)"]
+    fn only_einval_on_carrier_reads_as_unknown_needs_root() {
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        interface(
+            dir.path(),
+            &[("flags", "0x1003"), ("operstate", "down"), ("carrier", "0")],
+        );
+        let root = SysfsRoot::new(dir.path());
+        let carrier = dir.path().join("sys/class/net/eth0/carrier");
+        for (kernel, unknown) in [("/sys/class/net/lo/speed", true), ("/proc/self/mem", false)] {
+            rustix::mount::mount_bind(kernel, &carrier).expect("bind mount");
+            let _unmount = Unmount(&carrier);
+            match read_link_state(&root, "eth0") {
+                Ok(link) => assert!(unknown && link.carrier.is_none(), "{kernel}: {link:?}"),
+                Err(error) => {
+                    assert!(!unknown, "{kernel}: {error}");
+                    assert!(error.to_string().contains("carrier"), "{error}");
+                }
+            }
+        }
     }
 }

@@ -156,7 +156,7 @@ impl UeventSocket {
     }
 
     /// The next uevent, waiting at most `timeout` (`None`: forever). `Ok(None)` on a timeout or a
-    /// message that is not a kernel uevent. When the receive buffer overflowed, the kernel dropped
+    /// message that is not a kernel uevent (or not from the kernel). When the receive buffer overflowed, the kernel dropped
     /// uevents and this returns the error `ENOBUFS` once (see [`is_overflow`]); the socket goes on.
     pub fn next(&self, timeout: Option<Duration>) -> io::Result<Option<Uevent>> {
         rustix::net::sockopt::set_socket_timeout(
@@ -165,12 +165,23 @@ impl UeventSocket {
             timeout,
         )?;
         let mut buffer = vec![0u8; MAX_MESSAGE];
-        match rustix::net::recv(&self.fd, &mut buffer, RecvFlags::empty()) {
-            Ok((n, _)) => Ok(parse_uevent(buffer.get(..n).unwrap_or_default())),
+        match rustix::net::recvfrom(&self.fd, &mut buffer, RecvFlags::empty()) {
+            // Only the kernel's (port 0): a process with CAP_NET_ADMIN may send to the group too.
+            Ok((n, _, sender)) => match from_kernel(sender) {
+                true => Ok(parse_uevent(buffer.get(..n).unwrap_or_default())),
+                false => Ok(None),
+            },
             Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether a message came from the kernel: netlink port 0 (a process's messages carry its port).
+pub fn from_kernel(sender: Option<rustix::net::SocketAddrAny>) -> bool {
+    sender
+        .and_then(|address| SocketAddrNetlink::try_from(address).ok())
+        .is_some_and(|address| address.pid() == 0)
 }
 
 /// Whether a read error says the receive buffer overflowed (`ENOBUFS`): uevents were lost, so

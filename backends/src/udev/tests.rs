@@ -162,3 +162,30 @@ fn a_real_overflow_of_the_uevent_socket_is_survived_needs_root() {
     assert_eq!(rescans, 1);
     assert_eq!(error.to_string(), "watch stopped");
 }
+
+/// Needs root (CAP_NET_ADMIN): another process's message to the kernel's uevent group, in the
+/// kernel's format, is not taken for a uevent.
+#[test]
+#[ignore = "needs root (sends to the kernel uevent group)"]
+fn a_uevent_sent_by_a_process_is_not_the_kernels_needs_root() {
+    use rustix::net::netlink::SocketAddrNetlink;
+    use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, netlink};
+    let socket = UeventSocket::open().expect("the uevent socket");
+    let sender = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(netlink::KOBJECT_UEVENT),
+    )
+    .unwrap();
+    let forged = b"add@/devices/forged\0ACTION=add\0DEVPATH=/devices/forged\0SUBSYSTEM=pci\0";
+    let group = SocketAddrNetlink::new(0, 1);
+    rustix::net::sendto(&sender, forged, SendFlags::empty(), &group).expect("send to the group");
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        if let Some(event) = socket.next(Some(Duration::from_millis(100))).unwrap() {
+            assert_ne!(event.devpath, "/devices/forged", "{event:?}");
+        }
+    }
+    assert!(!from_kernel(None));
+}

@@ -114,6 +114,21 @@ pub fn explain(request: &Request, node_slices: Vec<ResourceSlice>) -> anyhow::Re
     classes.append(&mut claims.classes);
 
     let mut notes = Vec::new();
+    // Slices of the files bound to another node are not this node's: say so, or they vanish.
+    if let Some(node) = request.node.as_deref() {
+        let others: BTreeSet<&str> = slices
+            .iter()
+            .filter_map(|s| s.spec.node_name.as_deref())
+            .filter(|n| !n.is_empty() && *n != node)
+            .collect();
+        if !others.is_empty() {
+            let others: Vec<&str> = others.into_iter().collect();
+            notes.push(format!(
+                "slices of node {} left out: the claims are explained for node {node} (--node-name)",
+                others.join(", ")
+            ));
+        }
+    }
     let pods = link_pods(&claims, &classes, request.gates, &mut notes);
     let node = Node::named(request.node.as_deref(), request.node_labels.clone());
     let mut allocator = Allocator::for_node(

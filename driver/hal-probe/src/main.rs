@@ -177,8 +177,9 @@ struct ExplainArgs {
     /// DRA feature gates that differ from the version's defaults, as the kube-scheduler and API
     /// server take them (`DRAPartitionableDevices=true,DRAConsumableCapacity=true`). With a gate
     /// off, the fields behind it are dropped from slices and claims as the API server drops them.
-    /// Modeled: DRAPartitionableDevices, DRADeviceTaints, DRAConsumableCapacity (alpha, off, in 1.34
-    /// and 1.35), DRAAdminAccess, DRAPrioritizedList
+    /// Modeled: DRAPartitionableDevices, DRADeviceTaints, DRAConsumableCapacity,
+    /// DRADeviceBindingConditions, DRAExtendedResource (alpha, off, in 1.34 and 1.35),
+    /// DRAAdminAccess, DRAPrioritizedList
     #[arg(long, value_name = "GATES")]
     feature_gates: Option<String>,
 
@@ -467,7 +468,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         Some(machine) => machine.slices(m, &args.slice_flags)?,
     };
     let node = match node_slices.is_empty() {
-        true => m.node_name.clone(),
+        true => m.node_name.clone().filter(|name| !name.is_empty()),
         false => Some(node_name(m)),
     };
     let request = hal_probe::explain::Request {
@@ -612,8 +613,10 @@ impl Machine {
 
 /// The node name: --node-name or NODE_NAME, else the fixture's name, else this host's.
 fn node_name(args: &MachineArgs) -> String {
+    // An empty NODE_NAME (set but blank in a shell) is no name.
     args.node_name
         .clone()
+        .filter(|name| !name.is_empty())
         .or_else(|| args.fixture.clone())
         .or_else(hostname)
         .unwrap_or_else(|| "node".to_owned())

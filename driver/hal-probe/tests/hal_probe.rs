@@ -277,6 +277,18 @@ fn slice_flags_before_a_subcommand_and_late_usage_errors_exit_2() {
     }
 }
 
+/// `NODE_NAME=` (set, but empty) is no name: the fixture's name is the pool, as without it.
+#[test]
+fn an_empty_node_name_falls_back_to_the_fixtures() {
+    let output = Command::new(env!("CARGO_BIN_EXE_hal-probe"))
+        .args(["--fixture", "xeon", "--format", "json", "slices"])
+        .env("NODE_NAME", "")
+        .output()
+        .expect("run hal-probe");
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json[0]["spec"]["nodeName"], "xeon", "{json}");
+}
+
 #[test]
 fn a_reader_that_stops_early_ends_the_output_quietly() {
     // `hal-probe | head`: the xeon JSON (about 77 KB) is more than a pipe holds, so the write meets

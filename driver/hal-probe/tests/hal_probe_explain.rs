@@ -336,6 +336,23 @@ fn explain_reads_the_slices_that_hal_probe_slices_prints() {
         from_file.0
     );
     assert_eq!(from_file, from_fixture);
+    // The same slices explained for another node are left out, and a note says so.
+    let path = slices.path().to_str().unwrap();
+    let other = hal_probe(&[
+        "explain",
+        "--node-name",
+        "n1",
+        "--slices",
+        path,
+        "--format",
+        "json",
+        GB300_TEMPLATES,
+    ]);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("slices of node gb300 left out: the claims are explained for node n1"),
+        "{stderr}"
+    );
 }
 
 #[test]

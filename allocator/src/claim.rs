@@ -27,6 +27,28 @@ pub mod limits {
     pub const TOLERATIONS: usize = 16;
 }
 
+/// A request or sub-request name as the API server checks it: a DNS label, unique among `before`
+/// (its words: `Invalid value`, `Duplicate value`).
+fn check_name<'a>(
+    field: &str,
+    name: &String,
+    mut before: impl Iterator<Item = &'a String>,
+) -> Result<(), String> {
+    if !hal::text::is_dns_label(name) {
+        return Err(format!(
+            "{field}: Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case \
+             alphanumeric characters or '-', and must start and end with an alphanumeric character \
+             (the API server refuses it)"
+        ));
+    }
+    if before.any(|b| b == name) {
+        return Err(format!(
+            "{field}: Duplicate value: {name:?} (the API server refuses it)"
+        ));
+    }
+    Ok(())
+}
+
 /// `field: Too many: n: must have at most max items`, the API server's words, when `n > max`.
 fn at_most(field: &str, n: usize, max: usize) -> Result<(), String> {
     match n > max {
@@ -197,18 +219,25 @@ impl Claim {
             limits::CONSTRAINTS,
         )?;
         let mut requests = Vec::new();
-        for request in devices
+        for (i, request) in devices
             .and_then(|d| d.requests.as_ref())
             .into_iter()
             .flatten()
+            .enumerate()
         {
             let name = &request.name;
+            let field = format!("spec.devices.requests[{i}].name");
+            check_name(&field, name, requests.iter().map(|r: &Request| &r.name))?;
             if let Some(subs) = &request.first_available {
                 at_most(
                     &format!("request {name}: firstAvailable"),
                     subs.len(),
                     limits::FIRST_AVAILABLE,
                 )?;
+                for (j, sub) in subs.iter().enumerate() {
+                    let field = format!("spec.devices.requests[{i}].firstAvailable[{j}].name");
+                    check_name(&field, &sub.name, subs.iter().take(j).map(|s| &s.name))?;
+                }
             }
             let alternatives = match (&request.exactly, &request.first_available) {
                 (Some(exact), None) => vec![alternative(
@@ -333,6 +362,18 @@ fn alternative(
         tolerations.map_or(0, <[_]>::len),
         limits::TOLERATIONS,
     )?;
+    for toleration in tolerations.into_iter().flatten() {
+        if let Some(operator) = toleration
+            .operator
+            .as_deref()
+            .filter(|o| !matches!(*o, "" | "Equal" | "Exists"))
+        {
+            return Err(format!(
+                "request {name}: tolerations: Unsupported value: {operator:?}: supported values: \
+                 \"Equal\", \"Exists\" (the API server refuses it)"
+            ));
+        }
+    }
     at_most(
         &format!("DeviceClass {class_name}: spec.selectors"),
         class

@@ -240,9 +240,13 @@ fn tolerated(taint: &DeviceTaint, tolerations: &[DeviceToleration]) -> bool {
             .effect
             .as_deref()
             .is_none_or(|e| e.is_empty() || e == taint.effect);
-        let value = match t.operator.as_deref().unwrap_or("Equal") {
+        // As `DeviceToleration.ToleratesTaint`: an unknown operator tolerates nothing.
+        let value = match t.operator.as_deref().unwrap_or("") {
             "Exists" => true,
-            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+            "" | "Equal" => {
+                t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+            }
+            _ => false,
         };
         key && effect && value
     })

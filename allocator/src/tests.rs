@@ -352,6 +352,40 @@ fn a_capacity_is_requested_by_its_published_name() {
     );
 }
 
+/// What the API server refuses is an error, in its words: a request name that is not a DNS label,
+/// one used twice, a toleration operator other than Equal and Exists.
+#[test]
+fn claims_the_api_server_refuses_are_errors() {
+    let error = |devices: &str| {
+        let outcome = explain(devices);
+        assert_eq!(outcome.status, Status::Error, "{outcome:#?}");
+        outcome.explanation.join("\n")
+    };
+    let bad = error(&format!("    requests:\n{}", request("R_bad", "gpu", "")));
+    assert!(
+        bad.contains("spec.devices.requests[0].name: Invalid value: \"R_bad\""),
+        "{bad}"
+    );
+    let twice = error(&format!(
+        "    requests:\n{}{}",
+        request("r", "gpu", ""),
+        request("r", "nic", "")
+    ));
+    assert!(
+        twice.contains("spec.devices.requests[1].name: Duplicate value: \"r\""),
+        "{twice}"
+    );
+    let bogus = error(&format!(
+        "    requests:\n{}",
+        request(
+            "t",
+            "accel",
+            "        tolerations: [{key: example.com/unhealthy, operator: Bogus}]\n"
+        )
+    ));
+    assert!(bogus.contains("Unsupported value: \"Bogus\""), "{bogus}");
+}
+
 #[test]
 fn shared_counters_keep_partitions_of_one_gpu_apart() {
     let one = explain(&format!("    requests:\n{}", request("p", "part", "")));

@@ -1,4 +1,31 @@
-//! Text helpers for values that leave the HAL with a size limit.
+//! Text helpers for values that leave the HAL with a size limit, and the Kubernetes name shapes
+//! (DNS labels and subdomains) shared by the kubelet-plugin kit and the allocator.
+
+/// Longest DNS label (`IsDNS1123Label`): device, request and namespace names.
+pub const MAX_DNS_LABEL: usize = 63;
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (apimachinery's `IsDNS1123Label`).
+pub fn is_dns_label(text: &str) -> bool {
+    text.len() <= MAX_DNS_LABEL && is_label_shaped(text)
+}
+
+/// Dot-separated parts shaped as DNS labels, at most `max` characters in all. As apimachinery's
+/// `IsDNS1123Subdomain`, a part may be longer than a label's 63 characters (a node named after a
+/// 64-character host name is one).
+pub fn is_dns_subdomain(text: &str, max: usize) -> bool {
+    text.len() <= max && text.split('.').all(is_label_shaped)
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, of any length.
+fn is_label_shaped(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
 
 /// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character boundary.
 /// Kubernetes attribute strings are limited to 64 bytes; pci.ids names exceed that (67-byte product

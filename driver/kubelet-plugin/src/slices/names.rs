@@ -10,28 +10,7 @@ pub const MAX_IDENTIFIER: usize = 32;
 /// Longest domain part of an attribute name, and of a driver name.
 pub const MAX_DOMAIN: usize = 63;
 
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub fn is_dns_label(text: &str) -> bool {
-    text.len() <= MAX_LABEL && is_label_shaped(text)
-}
-
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, of any length.
-fn is_label_shaped(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
-}
-
-/// Dot-separated parts shaped as DNS labels, at most `max` characters in all. As apimachinery's
-/// `IsDNS1123Subdomain`, a part may be longer than a label's 63 characters (a node named after a
-/// 64-character host name is one).
-pub fn is_dns_subdomain(text: &str, max: usize) -> bool {
-    text.len() <= max && text.split('.').all(is_label_shaped)
-}
+pub use hal::text::{is_dns_label, is_dns_subdomain};
 
 /// A driver name: at most 63 characters whose lower-cased form is a DNS subdomain.
 pub fn is_driver_name(text: &str) -> bool {

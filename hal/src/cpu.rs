@@ -22,6 +22,9 @@ pub enum CoreType {
     Efficiency,
 }
 
+/// A physical core: (package, die, cluster, `core_id`).
+pub type CoreKey = (Option<u32>, Option<u32>, Option<u32>, u32);
+
 /// One logical CPU (a hardware thread) as the kernel describes it. `None` where the kernel does not say
 /// (offline CPUs usually have no `topology/`, many kernels have no `die_id`, old ones no `cache/`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,7 +39,8 @@ pub struct LogicalCpu {
     pub die: Option<u32>,
     /// `cluster_id`.
     pub cluster: Option<u32>,
-    /// `core_id`: unique only within a package (and die).
+    /// `core_id`: unique only within a package, die and cluster (device-tree arm64 machines number
+    /// the cores of each cluster from 0).
     pub core: Option<u32>,
     /// NUMA node whose `cpulist` holds this CPU.
     pub numa_node: Option<NumaNode>,
@@ -110,10 +114,10 @@ impl CpuInventory {
         self.group_online_by(|c| c.package)
     }
 
-    /// Online CPUs per physical core, keyed by (package, die, core id): `core_id` alone is only unique
-    /// within a package.
-    pub fn cores(&self) -> BTreeMap<(Option<u32>, Option<u32>, u32), CpuSet> {
-        self.group_online_by(|c| c.core.map(|core| (c.package, c.die, core)))
+    /// Online CPUs per physical core, keyed by (package, die, cluster, core id): `core_id` alone is
+    /// only unique within a package (within a cluster on device-tree arm64).
+    pub fn cores(&self) -> BTreeMap<CoreKey, CpuSet> {
+        self.group_online_by(|c| c.core.map(|core| (c.package, c.die, c.cluster, core)))
     }
 
     /// Online CPUs per L3 instance.

@@ -15,7 +15,7 @@ pub mod quantity;
 pub mod text;
 pub mod write;
 
-pub use cpu::{CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNodeInfo};
+pub use cpu::{CoreKey, CoreType, CpuInventory, CpuTopology, LogicalCpu, NumaNodeInfo};
 pub use cpuset::CpuSet;
 pub use device::gpu::{GpuDevice, GpuInfo, GpuVendor};
 pub use device::pci::{PciDevice, PciFunction};

@@ -83,9 +83,11 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
         &raw,
         |c| c.siblings.as_ref(),
         |c| c.core,
+        // Device-tree arm64 numbers cores per cluster (`parse_cluster` in
+        // drivers/base/arch_topology.c), so a core id is unique within package, die and cluster.
         |c| {
             let index = raw.iter().position(|r| r.id == c.id).unwrap_or(0);
-            (packages.get(index).copied().flatten(), c.die)
+            (packages.get(index).copied().flatten(), c.die, c.cluster)
         },
     );
     let l3 = assign_l3(&raw);
@@ -560,6 +562,43 @@ mod tests {
             ("1", Some("3")),
         ]);
         assert_eq!(dies(&bad), [None, Some(1), Some(1), Some(1)]);
+    }
+
+    /// An RK3588-like device-tree machine: one package, clusters 0-3, 4-5 and 6-7, core ids from 0
+    /// in each cluster (`parse_cluster`). The kernel's ids are kept, with no error, and the cores
+    /// are told apart by their cluster.
+    #[test]
+    fn core_ids_numbered_per_cluster_are_the_kernels_and_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let clusters = [0, 0, 0, 0, 1, 1, 2, 2];
+        let cores = [0, 1, 2, 3, 0, 1, 0, 1];
+        write(root, "sys/devices/system/cpu/online", "0-7\n");
+        write(root, "sys/devices/system/cpu/possible", "0-7\n");
+        for cpu in 0..8 {
+            let base = format!("sys/devices/system/cpu/cpu{cpu}/topology");
+            write(root, &format!("{base}/physical_package_id"), "0\n");
+            write(root, &format!("{base}/die_id"), "-1\n");
+            write(
+                root,
+                &format!("{base}/cluster_id"),
+                &format!("{}\n", clusters[cpu]),
+            );
+            write(
+                root,
+                &format!("{base}/core_id"),
+                &format!("{}\n", cores[cpu]),
+            );
+            write(root, &format!("{base}/core_cpus_list"), &format!("{cpu}\n"));
+            write(root, &format!("{base}/package_cpus_list"), "0-7\n");
+        }
+        let inv = SysfsCpuTopology::new(SysfsRoot::new(root))
+            .cpu_inventory()
+            .unwrap();
+        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+        let ids: Vec<_> = inv.cpus.iter().map(|c| c.core).collect();
+        assert_eq!(ids, cores.map(Some));
+        assert_eq!(inv.cores().len(), 8, "{:?}", inv.cores());
     }
 
     #[test]

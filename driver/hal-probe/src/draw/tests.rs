@@ -142,6 +142,22 @@ fn every_fixture_draws_each_published_device_once_under_its_numa_node_and_root()
     }
 }
 
+/// A VF whose NUMA node differs from its PF's (firmware said -1 for the PF, an administrator set
+/// it; the VFs came later) is drawn under its PF, and the PF once.
+#[test]
+fn a_vf_on_another_numa_node_than_its_pf_is_drawn_under_it_and_the_pf_once() {
+    let mut inventory = fixture("xeon");
+    let vf: hal::PciAddress = "0000:b1:00.2".parse().unwrap();
+    let function = inventory.pci.iter_mut().find(|f| f.address == vf).unwrap();
+    assert_eq!(function.numa_node, Some(hal::NumaNode(1)));
+    function.numa_node = Some(hal::NumaNode(0));
+    let drawn = drawn_devices(&draw(&inventory, "xeon", Vec::new()));
+    for name in ["nic-0000-b1-00-0", "nic-0000-b1-00-2"] {
+        assert_eq!(drawn[name].len(), 1, "{name}: {:?}", drawn[name]);
+        assert_eq!(drawn[name][0].0.as_deref(), Some("1"), "{name}");
+    }
+}
+
 #[test]
 fn every_fixture_matches_its_snapshot() {
     for name in hal_mock::FIXTURES {

@@ -212,6 +212,12 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
         }
 
         let daemonset = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+        // Every variant runs in the host's network namespace: the node's routes (/proc/net is the
+        // reader's namespace) say which functions are the node's own and are never published.
+        assert_eq!(
+            daemonset["spec"]["template"]["spec"]["hostNetwork"], true,
+            "{variant}"
+        );
         let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
         let mut misspelled = daemonset.clone();
         let fields = misspelled["spec"]["template"]["spec"]["containers"][0]

@@ -24,6 +24,10 @@ pub enum Reason {
     Below(String),
     /// `--exclude-interfaces` names it.
     Excluded(String),
+    /// The routes name interfaces (these) that `sys/class/net` does not show: they were read in
+    /// another network namespace than the host's (a pod without `hostNetwork`), so which
+    /// interfaces are the node's is not known, and none is taken to be free.
+    Unseen(Vec<String>),
 }
 
 impl std::fmt::Display for Reason {
@@ -34,6 +38,12 @@ impl std::fmt::Display for Reason {
             Reason::InternalIp(ip) => write!(f, "carries the node's InternalIP {ip}"),
             Reason::Below(upper) => write!(f, "is a member or lower device of {upper}"),
             Reason::Excluded(glob) => write!(f, "matches --exclude-interfaces {glob}"),
+            Reason::Unseen(names) => write!(
+                f,
+                "may be the node's: its routes name {}, which /sys does not show (the plugin is \
+                 not in the host's network namespace: run it with hostNetwork)",
+                names.join(", ")
+            ),
         }
     }
 }
@@ -57,6 +67,9 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 pub struct NodeNetwork {
     /// Interface name → why it is protected.
     pub interfaces: BTreeMap<String, Reason>,
+    /// The routes' interfaces, when none of them is in `sys/class/net`: the routes were read in
+    /// another network namespace, and every interface is protected ([`Reason::Unseen`]).
+    pub unseen: Option<Vec<String>>,
 }
 
 impl NodeNetwork {
@@ -83,7 +96,15 @@ impl NodeNetwork {
                 found.entry(name).or_insert(Reason::InternalIp(*ip));
             }
         }
-        let mut network = NodeNetwork { interfaces: found };
+        // In a pod without hostNetwork, `proc/net` is the pod's namespace while a host `/sys`
+        // shows the host's interfaces: the pod's routes name none of them.
+        let host = files.list(Path::new("sys/class/net"));
+        let unseen = (!found.is_empty() && !found.keys().any(|name| host.contains(name)))
+            .then(|| found.keys().cloned().collect());
+        let mut network = NodeNetwork {
+            interfaces: found,
+            unseen,
+        };
         network.add_lower_devices(files);
         network
     }
@@ -92,6 +113,9 @@ impl NodeNetwork {
     pub fn protects(&self, name: &str, globs: &[String]) -> Option<Reason> {
         if let Some(reason) = self.interfaces.get(name) {
             return Some(reason.clone());
+        }
+        if let Some(names) = &self.unseen {
+            return Some(Reason::Unseen(names.clone()));
         }
         globs
             .iter()

@@ -133,3 +133,26 @@ fn globs_match_like_a_shell() {
     assert!(!glob_match("eth?", "eth10"));
     assert!(!glob_match("ens1f0", "ens1f0v0"));
 }
+
+/// A pod without hostNetwork reads its own routes (`/proc/net` is the reader's namespace) while a
+/// host `/sys` shows the host's interfaces: the routes name none of them, so which are the node's
+/// is not known and every interface is protected, saying why.
+#[test]
+fn routes_of_another_network_namespace_protect_every_interface() {
+    let route = format!("{HEADER}eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
+    let (_dir, root) = tree(&route, "", "");
+    for host in ["ens1f0", "ens2f0np0"] {
+        std::fs::create_dir_all(root.join("sys/class/net").join(host)).unwrap();
+    }
+    let node = NodeNetwork::read(&Plain(root.clone()), &[]);
+    assert_eq!(node.unseen, Some(vec!["eth0".to_owned()]));
+    let why = node.protects("ens1f0", &[]).unwrap();
+    assert_eq!(why, Reason::Unseen(vec!["eth0".to_owned()]));
+    assert!(why.to_string().contains("run it with hostNetwork"), "{why}");
+    // In the host's namespace the routed interface is there: only it is protected.
+    std::fs::create_dir_all(root.join("sys/class/net/eth0")).unwrap();
+    let node = NodeNetwork::read(&Plain(root), &[]);
+    assert_eq!(node.unseen, None);
+    assert_eq!(node.protects("ens1f0", &[]), None);
+    assert_eq!(node.protects("eth0", &[]), Some(Reason::DefaultRouteV4));
+}

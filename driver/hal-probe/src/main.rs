@@ -232,14 +232,20 @@ fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<Usage>().is_some() => {
-            eprintln!("hal-probe: {e:#} (see --help)");
+            say(format!("{e:#} (see --help)"));
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("hal-probe: {e:#}");
+            say(format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `text` to stderr as `hal-probe: text`, with control characters written out: errors and
+/// notes quote names from the tree and the input files.
+fn say(text: impl AsRef<str>) {
+    eprintln!("hal-probe: {}", terminal_safe(text.as_ref()));
 }
 
 /// Bad usage found after parsing: exit status 2, as for what clap finds.
@@ -364,7 +370,7 @@ fn run() -> anyhow::Result<ExitCode> {
     let report = Report::collect(&sources, &families);
     if report.is_empty() {
         for e in &report.errors {
-            eprintln!("hal-probe: {}", e.error);
+            say(&e.error);
         }
         bail!("nothing could be read");
     }
@@ -486,7 +492,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
     };
     let report = hal_probe::explain::explain(&request, node_slices)?;
     for note in &report.notes {
-        eprintln!("hal-probe: {note}");
+        say(note);
     }
     match args.format.unwrap_or(Format::Table) {
         Format::Json => emit(&(serde_json::to_string_pretty(&report.claims)? + "\n"))?,
@@ -563,7 +569,7 @@ impl Machine {
         let vendors = driver::inventory::Vendors::for_root(&self.root, args.fixture.as_deref());
         let inventory = Inventory::from_machine(&self.root, self.pci_ids.as_deref(), vendors);
         for e in &inventory.errors {
-            eprintln!("hal-probe: {}", e.error);
+            say(&e.error);
         }
         inventory
     }
@@ -597,13 +603,13 @@ impl Machine {
         let files = driver::podnet::TreeFiles(backends::sysfs::tree::Tree::open(&self.root));
         let node = driver::podnet::hostnet::NodeNetwork::read(&files, &[]);
         for (address, why) in driver::podnet::withhold(&mut inventory, &config, &node, &[], None) {
-            eprintln!("hal-probe: {address} not published: {why}");
+            say(format!("{address} not published: {why}"));
         }
         let slices = build_slices(&inventory, &config, 0);
         let problems = validate_pool(&slices);
         if !problems.is_empty() {
             for p in &problems {
-                eprintln!("hal-probe: {p}");
+                say(p.to_string());
             }
             bail!("the slices would be rejected by the API server (a bug: please report it)");
         }

@@ -353,6 +353,30 @@ fn explain_reads_the_slices_that_hal_probe_slices_prints() {
         stderr.contains("slices of node gb300 left out: the claims are explained for node n1"),
         "{stderr}"
     );
+    // A node name with an escape sequence is written out, not played, on stderr too.
+    let hostile = String::from_utf8(output.stdout.clone()).unwrap().replace(
+        "\"nodeName\": \"gb300\"",
+        "\"nodeName\": \"gb\\u001b]0;PWN\\u0007\"",
+    );
+    let mut renamed = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+    renamed.write_all(hostile.as_bytes()).unwrap();
+    let path = renamed.path().to_str().unwrap();
+    let other = hal_probe(&[
+        "explain",
+        "--node-name",
+        "n1",
+        "--slices",
+        path,
+        "--format",
+        "json",
+        GB300_TEMPLATES,
+    ]);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("slices of node gb\\u{1b}]0;PWN\\u{7} left out"),
+        "{stderr}"
+    );
+    assert!(!other.stderr.contains(&0x1b), "{stderr:?}");
 }
 
 #[test]

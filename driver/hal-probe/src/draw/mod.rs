@@ -46,7 +46,7 @@ const CLAIM_COLOURS: [&str; 6] = [
 pub struct Claim {
     /// `ResourceClaimTemplate name` or `ResourceClaim ns/name`.
     pub name: String,
-    /// `allocated`, `unsatisfiable` or `error`.
+    /// `allocated`, `unsatisfiable`, `undecided` or `error`.
     pub status: String,
     /// The device names it would get on this node (this driver's pool).
     pub devices: Vec<String>,

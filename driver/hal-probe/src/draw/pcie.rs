@@ -56,15 +56,19 @@ impl Devices<'_> {
 
     /// The NUMA node and PCIe root of a shown function.
     pub(super) fn place(&self, address: PciAddress) -> Place {
-        let f = self.function(address);
         // A shown VF hangs under its PF, so it is drawn where the PF is, even when the kernel gives
-        // it another NUMA node (an administrator fixed the PF's `numa_node`, not its VFs').
-        if let Some(pf) = f.and_then(|f| f.physfn)
-            && pf != address
-            && self.shown.contains_key(&pf)
-        {
-            return self.place(pf);
-        }
+        // it another NUMA node (an administrator fixed the PF's `numa_node`, not its VFs'). One
+        // level only: a hostile tree's `physfn` links may loop.
+        let drawn_at = match self.function(address).and_then(|f| f.physfn) {
+            Some(pf) if pf != address && self.shown.contains_key(&pf) => pf,
+            _ => address,
+        };
+        self.own_place(drawn_at)
+    }
+
+    /// The NUMA node and PCIe root of `address` itself.
+    fn own_place(&self, address: PciAddress) -> Place {
+        let f = self.function(address);
         let numa = f
             .and_then(|f| f.numa_node)
             .or_else(|| self.gpu(address).and_then(|g| g.numa_node))

@@ -158,6 +158,25 @@ fn a_vf_on_another_numa_node_than_its_pf_is_drawn_under_it_and_the_pf_once() {
     }
 }
 
+/// A hostile tree whose two functions name each other as their PF draws, without looping.
+#[test]
+fn functions_that_name_each_other_as_their_pf_do_not_loop() {
+    let mut inventory = fixture("xeon");
+    let (a, b): (hal::PciAddress, hal::PciAddress) = (
+        "0000:3b:00.0".parse().unwrap(),
+        "0000:b1:00.0".parse().unwrap(),
+    );
+    for function in inventory.pci.iter_mut() {
+        if function.address == a {
+            function.physfn = Some(b);
+        } else if function.address == b {
+            function.physfn = Some(a);
+        }
+    }
+    let svg = draw(&inventory, "xeon", Vec::new());
+    assert!(svg.contains("nic-0000-3b-01-0"), "the rest is drawn");
+}
+
 #[test]
 fn every_fixture_matches_its_snapshot() {
     for name in hal_mock::FIXTURES {

@@ -39,8 +39,8 @@ pub struct LogicalCpu {
     pub die: Option<u32>,
     /// `cluster_id`.
     pub cluster: Option<u32>,
-    /// `core_id`: unique only within a package, die and cluster (device-tree arm64 machines number
-    /// the cores of each cluster from 0).
+    /// `core_id`: names one core of its package (and die). Ids the kernel numbers per cluster
+    /// (device-tree arm64) or that do not tell cores apart are renumbered by their lowest CPU.
     pub core: Option<u32>,
     /// NUMA node whose `cpulist` holds this CPU.
     pub numa_node: Option<NumaNode>,
@@ -115,7 +115,7 @@ impl CpuInventory {
     }
 
     /// Online CPUs per physical core, keyed by (package, die, cluster, core id): `core_id` alone is
-    /// only unique within a package (within a cluster on device-tree arm64).
+    /// only unique within a package.
     pub fn cores(&self) -> BTreeMap<CoreKey, CpuSet> {
         self.group_online_by(|c| c.core.map(|core| (c.package, c.die, c.cluster, core)))
     }

@@ -76,19 +76,32 @@ fn discover(root: &SysfsRoot) -> Result<CpuInventory> {
         |c| c.package,
         |_| (),
     );
-    let cores = label_groups(
+    let package_of = |c: &RawCpu| {
+        let index = raw.iter().position(|r| r.id == c.id).unwrap_or(0);
+        packages.get(index).copied().flatten()
+    };
+    // Device-tree arm64 numbers each cluster's cores from 0 (`parse_cluster` in
+    // drivers/base/arch_topology.c): ids unique within their cluster are the kernel's right, so
+    // only a conflict within package, die and cluster is an error...
+    label_groups(
         &mut errors,
         &cpu_dir,
         "core_id",
         &raw,
         |c| c.siblings.as_ref(),
         |c| c.core,
-        // Device-tree arm64 numbers cores per cluster (`parse_cluster` in
-        // drivers/base/arch_topology.c), so a core id is unique within package, die and cluster.
-        |c| {
-            let index = raw.iter().position(|r| r.id == c.id).unwrap_or(0);
-            (packages.get(index).copied().flatten(), c.die, c.cluster)
-        },
+        |c| (package_of(c), c.die, c.cluster),
+    );
+    // ...but a core id names one core of its package (and die), as it is published (`coreId`):
+    // ids that repeat there are renumbered by their lowest CPU, quietly.
+    let cores = label_groups(
+        &mut ErrorLog::default(),
+        &cpu_dir,
+        "core_id",
+        &raw,
+        |c| c.siblings.as_ref(),
+        |c| c.core,
+        |c| (package_of(c), c.die),
     );
     let l3 = assign_l3(&raw);
     let mut cpus: Vec<LogicalCpu> = raw
@@ -565,8 +578,8 @@ mod tests {
     }
 
     /// An RK3588-like device-tree machine: one package, clusters 0-3, 4-5 and 6-7, core ids from 0
-    /// in each cluster (`parse_cluster`). The kernel's ids are kept, with no error, and the cores
-    /// are told apart by their cluster.
+    /// in each cluster (`parse_cluster`). No error (the kernel's numbering is right for its scope),
+    /// and the ids are renumbered to name one core of the package each.
     #[test]
     fn core_ids_numbered_per_cluster_are_the_kernels_and_no_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -597,7 +610,7 @@ mod tests {
             .unwrap();
         assert!(inv.errors.is_empty(), "{:?}", inv.errors);
         let ids: Vec<_> = inv.cpus.iter().map(|c| c.core).collect();
-        assert_eq!(ids, cores.map(Some));
+        assert_eq!(ids, (0..8).map(Some).collect::<Vec<_>>());
         assert_eq!(inv.cores().len(), 8, "{:?}", inv.cores());
     }
 

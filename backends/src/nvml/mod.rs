@@ -177,12 +177,14 @@ fn supported<T>(
 ) -> Option<T> {
     match result {
         Ok(value) => Some(value),
-        // Not on this GPU, or not in this driver's library (an older one lacks newer calls).
+        // Not on this GPU, or not in this driver's library (an older one lacks newer calls), or a
+        // value newer than nvml-wrapper knows (an architecture after Blackwell).
         Err(
             NvmlError::NotSupported
             | NvmlError::FunctionNotFound
             | NvmlError::FailedToLoadSymbol(_)
-            | NvmlError::NoData,
+            | NvmlError::NoData
+            | NvmlError::UnexpectedVariant(_),
         ) => None,
         Err(e) => {
             failed.push(format!("{what}: {e}"));

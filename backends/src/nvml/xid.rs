@@ -45,8 +45,8 @@ impl XidSource for FakeXid {
 /// NVML's event set, registered for critical XIDs on every GPU.
 pub struct RealXid {
     set: nvml_wrapper::event::EventSet<'static>,
-    /// The GPUs that could not be registered, and why.
-    pub unregistered: Vec<String>,
+    /// The GPUs that could not be registered: the UUID where NVML could name it, and why.
+    pub unregistered: Vec<(Option<String>, String)>,
 }
 
 impl RealXid {
@@ -65,20 +65,19 @@ impl RealXid {
             let device = match nvml.device_by_index(index) {
                 Ok(device) => device,
                 Err(e) => {
-                    unregistered.push(format!("GPU {index}: {e}"));
+                    unregistered.push((None, format!("GPU {index}: {e}")));
                     continue;
                 }
             };
+            let uuid = device.uuid().ok();
             set = match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
                 Ok(set) => {
                     registered.push(device);
                     set
                 }
                 Err(e) => {
-                    unregistered.push(format!(
-                        "GPU {index}: registering for XID events: {}",
-                        e.error
-                    ));
+                    let why = format!("GPU {index}: registering for XID events: {}", e.error);
+                    unregistered.push((uuid, why));
                     // NVML freed the set: a new one, with the GPUs registered so far.
                     let mut fresh = nvml.create_event_set().map_err(|e| e.to_string())?;
                     for done in &registered {
@@ -93,7 +92,8 @@ impl RealXid {
             };
         }
         if count > 0 && unregistered.len() == count as usize {
-            return Err(unregistered.join("; "));
+            let whys: Vec<&str> = unregistered.iter().map(|(_, why)| why.as_str()).collect();
+            return Err(whys.join("; "));
         }
         Ok(RealXid { set, unregistered })
     }

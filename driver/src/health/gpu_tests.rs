@@ -350,3 +350,16 @@ fn the_xid_watch_goes_on_after_a_failed_wait_and_marks_the_gpus_whose_events_wer
         [nvml.clone(), xid, nvml.clone(), nvml]
     );
 }
+
+#[test]
+fn a_gpu_nvml_cannot_register_for_xid_events_is_marked_unwatched() {
+    let mut health = Health::default();
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let uuid = inventory.gpus[2].uuid.clone().unwrap();
+    assert!(health.record_unwatched(&uuid, "Not Supported"));
+    assert!(!health.record_unwatched(&uuid, "Not Supported"), "already");
+    assert!(!health.record_unwatched("GPU-unknown", "Not Supported"));
+    let unwatched = Some("nvml-unwatched".to_owned());
+    assert_eq!(reasons(&mut health), [None, None, unwatched, None]);
+}

@@ -5,7 +5,7 @@
 //!
 //! | source (read at each rescan) | reason | severity |
 //! |---|---|---|
-//! | NVML critical XID (GPUs; sticky while the same UUID is at that address; on a GPU NVML cannot name, or a failed event wait (`nvml-events`): every NVIDIA GPU) | `xid-79` | unusable |
+//! | NVML critical XID (GPUs; sticky while the same UUID is at that address; on a GPU NVML cannot name, or a failed event wait (`nvml-events`): every NVIDIA GPU; a GPU NVML cannot register for events: `nvml-unwatched`) | `xid-79` | unusable |
 //! | a device seen and gone for [`MISSES_FOR_GONE`] reads spanning the grace (GPUs, NICs, VFs gone with their PF, CPUs) | `missing` | unusable |
 //! | a CPU seen online and offline now (`cpuN/online` = 0) | `offline` | unusable |
 //! | CPUs of a group (grouped CPU modes) offline | `cpus-offline` | degraded |
@@ -139,6 +139,29 @@ impl Health {
              plugin restarts"
         );
         self.mark_nvidia_gpus("nvml-events", &message)
+    }
+
+    /// Records that NVML could not register the GPU `uuid` for XID events (`why`): its critical
+    /// errors would go unseen, so it is marked (`nvml-unwatched`), as NVIDIA's device plugin marks
+    /// a device it cannot register. True when it was not marked already; false for a GPU not seen.
+    pub fn record_unwatched(&mut self, uuid: &str, why: &str) -> bool {
+        let found = self.devices.iter_mut().find(|(key, tracked)| {
+            matches!(key, DeviceKey::Gpu(_)) && tracked.identity.as_deref() == Some(uuid)
+        });
+        let Some((key, tracked)) = found else {
+            return false;
+        };
+        if tracked.xid.is_some() {
+            return false;
+        }
+        let message = format!("NVML cannot watch it for XID events ({why})");
+        tracing::warn!(device = %key, %uuid, "GPU unhealthy: {message}");
+        tracked.xid = Some(Unhealthy::now(
+            "nvml-unwatched",
+            message,
+            Severity::Unusable,
+        ));
+        true
     }
 
     /// Marks every NVIDIA GPU not marked yet with a sticky `reason`; true when one was not.

@@ -7,7 +7,7 @@ use backends::nvml::xid::XidSource;
 
 use super::Health;
 
-/// How long the watch waits for events at a time, and after a failed wait before the next.
+/// How long the watch waits for events at a time.
 pub const XID_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits for XID events from `source` until `stopped` says so, recording them in `health` and

@@ -50,8 +50,21 @@ pub(super) fn spawn_xid_watch(
                 return;
             }
         };
-        for error in &source.unregistered {
-            tracing::warn!(%error, "no XID events from this GPU");
+        // A GPU whose XIDs would go unseen is marked; one NVML cannot even open is only logged
+        // (it cannot be told which it is; its NVML facts are an error entry of the rescans).
+        let mut marked = false;
+        for (uuid, error) in &source.unregistered {
+            match uuid {
+                Some(uuid) => {
+                    marked |= health
+                        .lock()
+                        .is_ok_and(|mut h| h.record_unwatched(uuid, error));
+                }
+                None => tracing::error!(%error, "no XID events from this GPU"),
+            }
+        }
+        if marked {
+            changed.notify_one();
         }
         driver::health::follow_xids(
             &mut source,

@@ -362,15 +362,35 @@ fn alternative(
         tolerations.map_or(0, <[_]>::len),
         limits::TOLERATIONS,
     )?;
+    // As the API server's `validateDeviceToleration` (after defaulting: no operator is Equal).
     for toleration in tolerations.into_iter().flatten() {
-        if let Some(operator) = toleration
-            .operator
+        let refused = |why: String| {
+            Err(format!(
+                "request {name}: tolerations: {why} (the API server refuses it)"
+            ))
+        };
+        let value = toleration.value.as_deref().unwrap_or("");
+        match toleration.operator.as_deref().unwrap_or("") {
+            "" | "Equal" => {}
+            "Exists" if value.is_empty() => {}
+            "Exists" => {
+                return refused(format!(
+                    "value: Invalid value: {value:?}: must be empty for operator `Exists`"
+                ));
+            }
+            operator => {
+                return refused(format!(
+                    "operator: Unsupported value: {operator:?}: supported values: \"Equal\", \"Exists\""
+                ));
+            }
+        }
+        if let Some(effect) = toleration
+            .effect
             .as_deref()
-            .filter(|o| !matches!(*o, "" | "Equal" | "Exists"))
+            .filter(|e| !matches!(*e, "" | "NoSchedule" | "NoExecute" | "None"))
         {
-            return Err(format!(
-                "request {name}: tolerations: Unsupported value: {operator:?}: supported values: \
-                 \"Equal\", \"Exists\" (the API server refuses it)"
+            return refused(format!(
+                "effect: Unsupported value: {effect:?}: supported values: \"NoExecute\", \"NoSchedule\", \"None\""
             ));
         }
     }

@@ -384,6 +384,30 @@ fn claims_the_api_server_refuses_are_errors() {
         )
     ));
     assert!(bogus.contains("Unsupported value: \"Bogus\""), "{bogus}");
+    let valued = error(&format!(
+        "    requests:\n{}",
+        request(
+            "t",
+            "accel",
+            "        tolerations: [{key: example.com/unhealthy, operator: Exists, value: x}]\n"
+        )
+    ));
+    assert!(
+        valued.contains("must be empty for operator `Exists`"),
+        "{valued}"
+    );
+    let effect = error(&format!(
+        "    requests:\n{}",
+        request(
+            "t",
+            "accel",
+            "        tolerations: [{operator: Exists, effect: Sometimes}]\n"
+        )
+    ));
+    assert!(
+        effect.contains("effect: Unsupported value: \"Sometimes\""),
+        "{effect}"
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub(crate) fn assign_core_types(
         &tree.join("sys/devices/cpu_atom/cpus"),
         CpuSet::from_cpulist,
     ));
-    // Arrow Lake-H and Lunar Lake's low-power E-cores have a PMU of their own (`hybrid_tiny`).
+    // Arrow Lake-H's low-power E-cores have a PMU of their own (`hybrid_tiny`).
     let low_power = errors.keep(tree.parse_optional(
         &tree.join("sys/devices/cpu_lowpower/cpus"),
         CpuSet::from_cpulist,

@@ -33,10 +33,13 @@ COPY . .
 # (hal-mock) would be unified into the plugin; built alone, the plugin has no fixtures, mocks or allocator.
 # CARGO_PROFILE=small: code optimised for size (about 5 MiB less resident memory, more CPU per prepare;
 # Cargo.toml's [profile.small]). Only release-like profiles: `dev` builds into target/debug.
+# PLUGIN_FEATURES: the plugin's features. Add `fixture` for an image that can serve an embedded fixture
+# machine (the chart's `fixture` value; scripts/kind-e2e.sh builds one): the default image has none.
 ARG CARGO_PROFILE=release
+ARG PLUGIN_FEATURES=udev,level-zero
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --profile "${CARGO_PROFILE}" --locked -p dra-hal-plugin --features udev,level-zero \
+    cargo build --profile "${CARGO_PROFILE}" --locked -p dra-hal-plugin --features "${PLUGIN_FEATURES}" \
  && cargo build --profile "${CARGO_PROFILE}" --locked -p hal-probe --features udev,level-zero \
  && install -D -m 0755 -t /out "target/${CARGO_PROFILE}/dra-hal-plugin" "target/${CARGO_PROFILE}/hal-probe"
 

@@ -43,7 +43,8 @@ EOF
 kind create cluster --name "$cluster" --image "$node_image" --config "$config" --wait 120s
 node=$(kind get nodes --name "$cluster")
 
-docker build -t "$image" .
+# The fixture needs a plugin built with it (the default image has none).
+docker build --build-arg PLUGIN_FEATURES=udev,level-zero,fixture -t "$image" .
 kind load docker-image "$image" --name "$cluster"
 
 # Stand-ins for the fixture's /dev/nvidia0-3, the NVIDIA control nodes and rdma_cm.

@@ -20,7 +20,7 @@ pub enum LogFormat {
     version,
     about = "DRA kubelet plugin: publishes this node's GPUs, NICs, RDMA devices and CPUs as ResourceSlices \
              and prepares claims through CDI",
-    after_help = "Try it on a laptop against any API server:\n  \
+    after_help = "Try it on a laptop against any API server (a build with the `fixture` feature):\n  \
                   dra-hal-plugin --fixture gb300 --node-name my-node --kubeconfig ~/.kube/config \\\n    \
                   --kubelet-root-dir /tmp/kubelet --cdi-root /tmp/cdi\n\n\
                   Exit status: 0 after a clean shutdown (SIGTERM, SIGINT), 1 on a startup or serving error, 2 on bad usage."
@@ -58,7 +58,8 @@ pub struct PluginArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "fixture")]
     pub sysfs_root: Option<PathBuf>,
 
-    /// Serve an embedded fixture machine (xeon, gb300, i915, hybrid, epyc) instead of this one.
+    /// Serve an embedded fixture machine (xeon, gb300, i915, hybrid, epyc) instead of this one. Only
+    /// in a build with the `fixture` feature (not the default image's).
     #[arg(long, value_name = "NAME")]
     pub fixture: Option<String>,
 

@@ -138,6 +138,7 @@ pub async fn run(
             binder,
             gpus: Arc::new(backends::SysfsGpu::new(root.clone())),
             dev_root: args.dev_root.clone(),
+            pod_networking: args.nri,
         },
         claims,
         inventory.clone(),

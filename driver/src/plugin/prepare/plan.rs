@@ -62,6 +62,7 @@ impl Preparer {
             attributes,
         } = self.resolve(allocated)?;
         refuse_admin_takes(allocated)?;
+        refuse_unattached(allocated, self.config.pod_networking)?;
         refuse_repeats(allocated, &shareable)?;
         let mut state = self.state();
         self.check_exclusive(&state, &claim.uid, allocated, &shareable)?;
@@ -605,15 +606,36 @@ fn refuse_repeats(allocated: &[Allocated], shareable: &[bool]) -> Result<(), Pre
     Ok(())
 }
 
+/// Whether `a` asks for its function's netdev in its pod (`netAttachDefName`, a `NetworkConfig`).
+fn takes_netdev(a: &Allocated) -> bool {
+    let nad =
+        a.vf.as_ref()
+            .is_some_and(|v| v.net_attach_def_name.is_some());
+    nad || a.network.is_some()
+}
+
+/// Without pod networking (`--nri` off), nothing would attach a function's netdev to the pod: a
+/// claim that asks for it is refused, not prepared for a pod that would run without its interface.
+fn refuse_unattached(allocated: &[Allocated], pod_networking: bool) -> Result<(), PrepareError> {
+    match allocated
+        .iter()
+        .find(|a| !pod_networking && takes_netdev(a))
+    {
+        Some(a) => Err(PrepareError::InvalidConfig(format!(
+            "{}: the claim asks for the function's netdev in the pod (netAttachDefName or \
+             NetworkConfig), but the plugin runs without --nri, so nothing would attach it",
+            a.device
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Admin access shares a device with the claim that uses it: a claim with admin access may not take
 /// a network function's netdev into its pod (`netAttachDefName`, a `NetworkConfig`), which would take
 /// it from the other claim's pod. (Rebinding is refused in [`rebinds`].)
 fn refuse_admin_takes(allocated: &[Allocated]) -> Result<(), PrepareError> {
     for a in allocated.iter().filter(|a| a.admin_access) {
-        let nad =
-            a.vf.as_ref()
-                .is_some_and(|v| v.net_attach_def_name.is_some());
-        if nad || a.network.is_some() {
+        if takes_netdev(a) {
             return Err(PrepareError::InvalidConfig(format!(
                 "{}: a claim with admin access cannot attach the function's netdev to its pod \
                  (netAttachDefName or NetworkConfig); admin access shares the device with the \

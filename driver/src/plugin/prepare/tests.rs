@@ -198,6 +198,7 @@ impl Setup {
                 self.machine.root(),
             ))),
             dev_root: None,
+            pod_networking: true,
         }
     }
 
@@ -591,6 +592,24 @@ fn vf_config(driver: Option<&str>, if_name: &str) -> serde_json::Value {
         parameters["driver"] = json!(driver);
     }
     json!([{"source": "FromClaim", "requests": ["vf"], "opaque": {"driver": DRIVER, "parameters": parameters}}])
+}
+
+/// Without pod networking (`--nri` off) a claim that asks for its netdev in the pod would run
+/// without its interface: it is refused, and nothing is changed.
+#[tokio::test]
+async fn a_claim_for_a_netdev_in_the_pod_is_refused_without_pod_networking() {
+    let s = Setup::on("xeon");
+    s.claims
+        .add("u1", &[("vf", "nic-0000-3b-01-1")], vf_config(None, "net1"));
+    let mut config = s.config("boot-1", SliceConfig::new(NODE));
+    config.pod_networking = false;
+    let preparer = Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap();
+    let error = preparer.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("without --nri"), "{error}");
+    assert!(preparer.recorded().await.is_empty());
+    assert!(s.spec_files().is_empty());
 }
 
 #[tokio::test]
@@ -1510,6 +1529,7 @@ async fn podman_sees_exactly_the_prepared_devices_and_env_needs_root() {
             s.machine.root(),
         ))),
         dev_root: Some(dev_root.clone()),
+        pod_networking: true,
     };
     let preparer = Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap();
     let devices = preparer.prepare(vec![reference(&uid)]).await[&uid]

@@ -51,16 +51,26 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
     Ok(driver::api::connect(kubeconfig).await?)
 }
 
-/// Runs the plugin until `shutdown` resolves: the claim handler serves the kubelet, the publisher keeps
-/// the slices current. On shutdown the sockets are removed (deregistration) after in-flight calls end,
-/// so the checkpoint is left consistent.
+/// Runs the plugin until `shutdown` turns true: the claim handler serves the kubelet, the publisher
+/// keeps the slices current. On shutdown the sockets are removed (deregistration) after in-flight
+/// calls end, so the checkpoint is left consistent. A shutdown during the waits of the startup (the
+/// API server's version, another instance's lock) ends it there, before anything is served.
 pub async fn run(
     args: PluginArgs,
     client: kube::Client,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let stopping = |mut shutdown: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
     let (mut config, root, _fixture) = machine(&args)?;
-    let (major, minor) = server_version_of(&client).await?;
+    let (major, minor) = tokio::select! {
+        version = server_version_of(&client) => version?,
+        () = stopping(shutdown.clone()) => {
+            tracing::info!("stopped before serving (waiting for the API server's version)");
+            return Ok(());
+        }
+    };
     if args.slices.counter_layout.is_none() {
         config.counter_layout = counter_layout_for(&major, &minor);
     }
@@ -107,7 +117,13 @@ pub async fn run(
     };
     let inventory = Arc::new(RwLock::new(read_inventory()));
     let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;
-    let _lock = acquire_instance_lock(sockets.plugin_dir()).await?;
+    let _lock = tokio::select! {
+        lock = acquire_instance_lock(sockets.plugin_dir()) => lock?,
+        () = stopping(shutdown.clone()) => {
+            tracing::info!("stopped before serving (waiting for another instance's lock)");
+            return Ok(());
+        }
+    };
     let boot_id = driver::inventory::boot_id(root.root()).unwrap_or_default();
     if boot_id.is_empty() {
         tracing::warn!(root = %root.root().display(), "no boot id under the root \
@@ -342,7 +358,14 @@ pub async fn run(
         "serving the kubelet"
     );
     let health = HealthService::new(health_stream);
-    let served = serve(&sockets, handler, Some(health), registration, shutdown).await;
+    let served = serve(
+        &sockets,
+        handler,
+        Some(health),
+        registration,
+        stopping(shutdown),
+    )
+    .await;
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");

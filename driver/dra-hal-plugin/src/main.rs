@@ -57,9 +57,10 @@ fn main() -> ExitCode {
 async fn serve() -> ExitCode {
     let args = PluginArgs::parse();
     init_logging(args.log_format);
+    let stopping = shutdown_signal();
     let result = async {
         let client = kube_client(args.kubeconfig.as_deref()).await?;
-        run(args, client, shutdown_signal()).await
+        run(args, client, stopping).await
     }
     .await;
     match result {
@@ -72,21 +73,33 @@ async fn serve() -> ExitCode {
     }
 }
 
-/// SIGTERM (the kubelet stopping the pod) or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Becomes true at SIGTERM (the kubelet stopping the pod) or SIGINT. The handlers are installed
+/// here, before the startup: the plugin runs as PID 1, for which the kernel drops a signal without
+/// one, and the startup can wait long (an API server that does not answer, another instance).
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (terminate, interrupt) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    tokio::spawn(async move {
+        let wait = |signal: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match signal {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(terminate, "SIGTERM") => tracing::info!("SIGTERM: shutting down"),
+            () = wait(interrupt, "SIGINT") => tracing::info!("SIGINT: shutting down"),
         }
-    };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+        let _ = stop.send(true);
+    });
+    stopping
 }

@@ -393,6 +393,46 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     assert!(stderr.contains("registered with the kubelet"), "{stderr}");
 }
 
+/// SIGTERM while the startup waits for an API server that does not answer (nothing listens on its
+/// port): a clean exit at once, not the signal's default action (which PID 1, as in the image, would
+/// not even get: the kernel drops a signal without a handler for it) nor the grace period.
+#[test]
+fn sigterm_during_the_startup_is_a_clean_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(free_port())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
+        .args(["--fixture", "xeon", "--node-name", NODE])
+        .arg("--kubelet-root-dir")
+        .arg(dir.path().join("kubelet"))
+        .arg("--cdi-root")
+        .arg(dir.path().join("cdi"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the handlers' installation, into the version read's retries.
+    std::thread::sleep(Duration::from_secs(2));
+    terminate(&child);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("stopped before serving"), "{stderr}");
+}
+
 #[test]
 fn bad_flags_fail_with_clear_messages() {
     let run = |args: &[&str]| {

@@ -321,7 +321,7 @@ pub async fn run(
         let listener = std::net::TcpListener::bind(address)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .with_context(|| format!("listening on {address} for metrics"))?;
-        tracing::info!(%address, "serving /metrics and /healthz");
+        tracing::info!(%address, "serving /metrics, /healthz and /readyz");
         // A thread and runtime of their own: no load on the metrics port takes CPU time or tasks
         // from the kubelet's sockets.
         let mut stopped = stopped.clone();
@@ -333,6 +333,24 @@ pub async fn run(
     }
     let registration = RegistrationService::new(&sockets).with_health();
     let mut status = registration.status();
+    {
+        // The kubelet registers a plugin within seconds of its socket appearing in the directory it
+        // watches; a minute without it is a plugin the kubelet does not see.
+        let status = registration.status();
+        let registry = sockets.registration().to_path_buf();
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = stopped.changed() => return,
+            }
+            if matches!(*status.borrow(), RegistrationState::Pending) {
+                tracing::error!(socket = %registry.display(), "the kubelet has not registered the \
+                    plugin after 60 s: is --kubelet-root-dir the kubelet's root directory? (not ready \
+                    until it does)");
+            }
+        });
+    }
     {
         let metrics = metrics.clone();
         tasks.spawn(async move {
@@ -346,6 +364,7 @@ pub async fn run(
                     RegistrationState::Pending => {}
                 }
                 metrics.set_healthy(!matches!(state, RegistrationState::Failed(_)));
+                metrics.set_registered(matches!(state, RegistrationState::Registered));
             }
         });
     }

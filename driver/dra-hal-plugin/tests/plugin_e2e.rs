@@ -363,6 +363,10 @@ async fn the_plugin_binary_serves_the_kubelet_end_to_end() {
     );
     state.lock().unwrap().set_hung(false);
     assert!(http_get(metrics_port, "/healthz").await.ends_with("ok\n"));
+    assert!(
+        http_get(metrics_port, "/readyz").await.ends_with("ok\n"),
+        "registered"
+    );
     // Every call of the run (version, slices and their watch, claims, the hung ones) went over one
     // HTTP/2 connection.
     assert_eq!(state.lock().unwrap().connections, 1);

@@ -3,7 +3,8 @@
 //! `GET /metrics`: counters of prepared and unprepared claims and their errors, a latency histogram
 //! per call, the number of devices published, in the OpenMetrics text format written by
 //! `prometheus-client`. `GET /healthz`: `ok` while the plugin serves and the kubelet has not
-//! refused its registration. The HTTP server ([`serve`]) is hyper's, with a header read timeout, a
+//! refused its registration (liveness). `GET /readyz`: `ok` once the kubelet has registered it too
+//! (readiness: a plugin the kubelet never registered publishes devices no pod can be prepared with). The HTTP server ([`serve`]) is hyper's, with a header read timeout, a
 //! deadline per connection and a connection cap.
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub struct Metrics {
     unprepare_seconds: Histogram,
     devices_published: Gauge,
     healthy: AtomicBool,
+    registered: AtomicBool,
     nri: std::sync::OnceLock<Arc<dra_nri::stats::NriStats>>,
     status_forbidden: std::sync::OnceLock<Arc<AtomicU64>>,
 }
@@ -52,6 +54,7 @@ impl Default for Metrics {
             unprepare_seconds: Histogram::new(BUCKETS),
             devices_published: Gauge::default(),
             healthy: AtomicBool::default(),
+            registered: AtomicBool::default(),
             nri: std::sync::OnceLock::new(),
             status_forbidden: std::sync::OnceLock::new(),
         }
@@ -78,6 +81,16 @@ impl Metrics {
     /// Whether `/healthz` answers ok.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Marks the plugin registered with the kubelet (or not, again).
+    pub fn set_registered(&self, registered: bool) {
+        self.registered.store(registered, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers ok: healthy and registered.
+    pub fn is_ready(&self) -> bool {
+        self.is_healthy() && self.registered.load(Ordering::Relaxed)
     }
 
     /// Counts the device status writes the API server forbade (the preparer's counter).
@@ -286,6 +299,13 @@ mod tests {
         assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 503"));
         metrics.set_healthy(true);
         assert!(get(address, "/healthz").await.ends_with("\r\n\r\nok\n"));
+        // Ready only once the kubelet has registered the plugin too.
+        assert!(get(address, "/readyz").await.starts_with("HTTP/1.1 503"));
+        metrics.set_registered(true);
+        assert!(get(address, "/readyz").await.ends_with("\r\n\r\nok\n"));
+        metrics.set_healthy(false);
+        assert!(get(address, "/readyz").await.starts_with("HTTP/1.1 503"));
+        metrics.set_healthy(true);
         assert!(
             get(address, "/metrics")
                 .await

@@ -1,4 +1,4 @@
-//! The HTTP server of `/metrics` and `/healthz`: hyper's HTTP/1 server, one request per connection,
+//! The HTTP server of `/metrics`, `/healthz` and `/readyz`: hyper's HTTP/1 server, one request per connection,
 //! with a header read timeout (a client that connects and sends nothing, or trickles its headers,
 //! is closed), a deadline per connection (a client that does not take the answer) and a cap on the
 //! connections served at once. When the cap is reached, a new connection closes the oldest one that
@@ -195,7 +195,8 @@ fn respond(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, body, content_type) = match path {
         "/metrics" => (StatusCode::OK, metrics.render(), CONTENT_TYPE),
         "/healthz" if metrics.is_healthy() => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-        "/healthz" => (
+        "/readyz" if metrics.is_ready() => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/healthz" | "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready\n".to_owned(),
             "text/plain",

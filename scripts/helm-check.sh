@@ -93,7 +93,8 @@ variants=(
   "default"
   "fixture-gb300 --set fixture=gb300 --set rtBandwidth=true --set devRoot=/var/lib/dra-hal/dev --set deviceMetadata=true --set logFormat=json --set deviceClasses.enabled=false"
   "privileged --set driverName=dra.example.com --set privileged=true --set cpuMode=individual --set reservedCpus=0-1 --set gpuPartitions=4 --set counterLayout=own-slice --set metrics.enabled=false
-   --set hostDev=true --set nri.enabled=true --set cni.enabled=true --set-json compatDomains=[] --set publish={nics,cpus}
+   --set hostDev=true --set nri.enabled=true --set cni.enabled=true --set cni.timeout=30 --set-json compatDomains=[] --set publish={nics,cpus}
+   --set excludeInterfaces={eth*,ens1f0} --set deviceFilter=device.attributes[\"dra.example.com\"].isSriovVf
    --set vfPolicy.pfs[0].selector.vendorId=0x15b3 --set vfPolicy.pfs[0].numVfs=4
    --set deviceClasses.extendedResourceNames.gpu=gpu.intel.com/i915"
 )

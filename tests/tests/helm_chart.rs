@@ -283,6 +283,12 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
             // CNI mode (on in this variant): the bin dir flag and mount, the sandboxes' namespaces
             // with host-to-container propagation, the host's network namespace.
             assert!(args.contains(&"--cni-bin-dir=/opt/cni/bin"), "{args:?}");
+            assert!(args.contains(&"--cni-timeout=30"), "{args:?}");
+            assert!(args.contains(&"--exclude-interfaces=eth*,ens1f0"), "{args:?}");
+            assert!(
+                args.contains(&"--device-filter=device.attributes[\"dra.example.com\"].isSriovVf"),
+                "{args:?}"
+            );
             assert!(
                 mounts
                     .iter()

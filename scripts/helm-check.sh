@@ -116,4 +116,18 @@ elif ! grep -q 'deviceClasses.extendedResourceNames.gpu: "not-a-resource" is not
   echo "helm-check: unexpected error for an invalid extendedResourceNames value: $bad" >&2
   exit 1
 fi
+# Values the plugin would refuse, or that cannot work, fail the rendering with why.
+for refused in "cni.enabled=true --set nri.enabled=true:cni.enabled needs privileged" \
+  "cni.enabled=true --set privileged=true:cni.enabled needs nri.enabled" \
+  "rtBandwidth=true --set cpuMode=individual:rtBandwidth needs cpuMode numa or socket" \
+  "gpuPartitions=2:vfPolicy and gpuPartitions need privileged"; do
+  read -r -a set_args <<<"--set ${refused%%:*}"
+  if bad=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 "${set_args[@]}" 2>&1); then
+    echo "helm-check: ${refused%%:*} was accepted" >&2
+    exit 1
+  elif ! grep -q "${refused#*:}" <<<"$bad"; then
+    echo "helm-check: unexpected error for ${refused%%:*}: $bad" >&2
+    exit 1
+  fi
+done
 ln -sfn "$schema_dir" "$out/schemas"

@@ -284,7 +284,10 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
             // with host-to-container propagation, the host's network namespace.
             assert!(args.contains(&"--cni-bin-dir=/opt/cni/bin"), "{args:?}");
             assert!(args.contains(&"--cni-timeout=30"), "{args:?}");
-            assert!(args.contains(&"--exclude-interfaces=eth*,ens1f0"), "{args:?}");
+            assert!(
+                args.contains(&"--exclude-interfaces=eth*,ens1f0"),
+                "{args:?}"
+            );
             assert!(
                 args.contains(&"--device-filter=device.attributes[\"dra.example.com\"].isSriovVf"),
                 "{args:?}"

@@ -98,6 +98,7 @@ if [[ -f $root/$cpu/cpu0/regs/identification/midr_el1 && -r $root/proc/cpuinfo ]
 fi
 copy_glob sys/devices/cpu_core cpus
 copy_glob sys/devices/cpu_atom cpus
+copy_glob sys/devices/cpu_lowpower cpus
 node=sys/devices/system/node
 copy_glob "$node" online possible has_cpu has_memory
 for d in "$root/$node"/node[0-9]*; do

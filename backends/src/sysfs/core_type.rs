@@ -281,20 +281,7 @@ mod tests {
         std::fs::create_dir_all(cpuinfo.parent().unwrap()).unwrap();
         let types = |cpuinfo_text: &str| {
             std::fs::write(&cpuinfo, cpuinfo_text).unwrap();
-            let mut cpus: Vec<LogicalCpu> = (0..4)
-                .map(|id| LogicalCpu {
-                    id,
-                    online: true,
-                    package: Some(0),
-                    die: None,
-                    cluster: None,
-                    core: Some(id),
-                    numa_node: None,
-                    l3: None,
-                    core_type: CoreType::Standard,
-                    siblings: None,
-                })
-                .collect();
+            let mut cpus = cpus(4, true);
             let mut errors = ErrorLog::default();
             assign_core_types(&root, &cpu_dir, &mut cpus, &mut errors);
             assert!(errors.0.is_empty(), "{:?}", errors.0);
@@ -319,9 +306,9 @@ mod tests {
         );
     }
 
-    /// CPUs 0-9 of a built tree, with CPU 0 online or not.
-    fn ten_cpus(cpu0_online: bool) -> Vec<LogicalCpu> {
-        (0..10)
+    /// CPUs 0 to `count - 1` of one package, all online but CPU 0 maybe, types not known yet.
+    fn cpus(count: u32, cpu0_online: bool) -> Vec<LogicalCpu> {
+        (0..count)
             .map(|id| LogicalCpu {
                 id,
                 online: id != 0 || cpu0_online,
@@ -358,7 +345,7 @@ mod tests {
             std::fs::create_dir_all(&path).unwrap();
             std::fs::write(path.join("cpus"), format!("{list}\n")).unwrap();
         }
-        let types = assigned(dir.path(), &mut ten_cpus(true));
+        let types = assigned(dir.path(), &mut cpus(10, true));
         use CoreType::{Efficiency, Performance};
         assert_eq!(types[..4], [Performance; 4]);
         assert_eq!(types[4..], [Efficiency; 6]);
@@ -379,7 +366,7 @@ mod tests {
             };
             std::fs::write(regs.join("midr_el1"), format!("{midr}\n")).unwrap();
         }
-        let types = assigned(dir.path(), &mut ten_cpus(false));
+        let types = assigned(dir.path(), &mut cpus(10, false));
         use CoreType::{Efficiency, Performance, Standard};
         assert_eq!(
             types[..5],

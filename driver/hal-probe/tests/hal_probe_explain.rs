@@ -337,18 +337,23 @@ fn explain_reads_the_slices_that_hal_probe_slices_prints() {
     );
     assert_eq!(from_file, from_fixture);
     // The same slices explained for another node are left out, and a note says so.
-    let path = slices.path().to_str().unwrap();
-    let other = hal_probe(&[
-        "explain",
-        "--node-name",
-        "n1",
-        "--slices",
-        path,
-        "--format",
-        "json",
-        GB300_TEMPLATES,
-    ]);
-    let stderr = String::from_utf8_lossy(&other.stderr);
+    let for_n1 = |slices: &str| {
+        let output = hal_probe(&[
+            "explain",
+            "--node-name",
+            "n1",
+            "--slices",
+            slices,
+            "--format",
+            "json",
+            GB300_TEMPLATES,
+        ]);
+        (
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            output.stderr,
+        )
+    };
+    let (stderr, _) = for_n1(slices.path().to_str().unwrap());
     assert!(
         stderr.contains("slices of node gb300 left out: the claims are explained for node n1"),
         "{stderr}"
@@ -360,23 +365,12 @@ fn explain_reads_the_slices_that_hal_probe_slices_prints() {
     );
     let mut renamed = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
     renamed.write_all(hostile.as_bytes()).unwrap();
-    let path = renamed.path().to_str().unwrap();
-    let other = hal_probe(&[
-        "explain",
-        "--node-name",
-        "n1",
-        "--slices",
-        path,
-        "--format",
-        "json",
-        GB300_TEMPLATES,
-    ]);
-    let stderr = String::from_utf8_lossy(&other.stderr);
+    let (stderr, raw) = for_n1(renamed.path().to_str().unwrap());
     assert!(
         stderr.contains("slices of node gb\\u{1b}]0;PWN\\u{7} left out"),
         "{stderr}"
     );
-    assert!(!other.stderr.contains(&0x1b), "{stderr:?}");
+    assert!(!raw.contains(&0x1b), "{stderr:?}");
 }
 
 #[test]

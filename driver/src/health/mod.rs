@@ -112,22 +112,11 @@ impl Health {
             );
             return self.mark_nvidia_gpus(&reason, &message);
         };
-        let found = self.devices.iter_mut().find(|(key, tracked)| {
-            matches!(key, DeviceKey::Gpu(_)) && tracked.identity.as_deref() == Some(uuid.as_str())
-        });
-        let Some((key, tracked)) = found else {
-            return false;
-        };
-        if tracked.xid.is_some() {
-            return false;
-        }
-        tracing::warn!(device = %key, %uuid, %reason, "GPU unhealthy: critical XID");
         let message = format!(
             "NVML reported critical XID {}; the GPU likely needs a reset",
             event.xid
         );
-        tracked.xid = Some(Unhealthy::now(&reason, message, Severity::Unusable));
-        true
+        self.mark_gpu(uuid, &reason, message)
     }
 
     /// Records that NVML's event wait failed (`why`): the XIDs of that moment are lost, so every
@@ -145,6 +134,12 @@ impl Health {
     /// errors would go unseen, so it is marked (`nvml-unwatched`), as NVIDIA's device plugin marks
     /// a device it cannot register. True when it was not marked already; false for a GPU not seen.
     pub fn record_unwatched(&mut self, uuid: &str, why: &str) -> bool {
+        let message = format!("NVML cannot watch it for XID events ({why})");
+        self.mark_gpu(uuid, "nvml-unwatched", message)
+    }
+
+    /// Marks the GPU `uuid` with a sticky `reason`; true when it was seen and not marked already.
+    fn mark_gpu(&mut self, uuid: &str, reason: &str, message: String) -> bool {
         let found = self.devices.iter_mut().find(|(key, tracked)| {
             matches!(key, DeviceKey::Gpu(_)) && tracked.identity.as_deref() == Some(uuid)
         });
@@ -154,13 +149,8 @@ impl Health {
         if tracked.xid.is_some() {
             return false;
         }
-        let message = format!("NVML cannot watch it for XID events ({why})");
-        tracing::warn!(device = %key, %uuid, "GPU unhealthy: {message}");
-        tracked.xid = Some(Unhealthy::now(
-            "nvml-unwatched",
-            message,
-            Severity::Unusable,
-        ));
+        tracing::warn!(device = %key, %uuid, %reason, "GPU unhealthy: {message}");
+        tracked.xid = Some(Unhealthy::now(reason, message, Severity::Unusable));
         true
     }
 

@@ -160,20 +160,24 @@ pub fn parse_hex_u64(text: &str) -> Result<u64, ParseError> {
         .map_err(|_| ParseError::new("hex register", text, "not hexadecimal"))
 }
 
-/// big.LITTLE by `cpu_capacity`: the lowest capacity is "efficiency", every higher one "performance"
-/// (so the middle cluster of a tri-cluster DynamIQ part counts as big). `None` when all are equal or
-/// none is known.
+/// big.LITTLE by `cpu_capacity`: the CPUs near the lowest capacity are "efficiency", every clearly
+/// higher one "performance" (so the middle cluster of a tri-cluster DynamIQ part counts as big).
+/// "Clearly higher" is the scheduler's own margin, about 5% (`capacity_greater` in
+/// kernel/sched/sched.h): ACPI machines derive capacities from each CPU's CPPC highest
+/// performance, which may differ by a few units between identical cores. `None` when no capacity is
+/// clearly higher than the lowest, or none is known.
 pub fn classify_by_capacity(capacities: &[Option<u64>]) -> Option<Vec<CoreType>> {
+    let greater = |a: u64, b: u64| u128::from(a) * 1024 > u128::from(b) * 1078;
     let known = capacities.iter().flatten();
-    let (min, max) = (known.clone().min()?, known.max()?);
-    if min == max {
+    let (min, max) = (*known.clone().min()?, *known.max()?);
+    if !greater(max, min) {
         return None;
     }
     Some(
         capacities
             .iter()
             .map(|c| match c {
-                Some(c) if c == min => CoreType::Efficiency,
+                Some(c) if !greater(*c, min) => CoreType::Efficiency,
                 Some(_) => CoreType::Performance,
                 None => CoreType::Standard,
             })
@@ -223,6 +227,26 @@ mod tests {
             ]
         );
         assert_eq!(classify_by_capacity(&[Some(1024), Some(1024)]), None);
+        // Identical cores whose CPPC highest performance differs a little (ACPI arm64 servers).
+        assert_eq!(
+            classify_by_capacity(&[Some(1024), Some(1010), Some(998), Some(1024)]),
+            None
+        );
+        // A LITTLE cluster whose cores differ a little is still one cluster.
+        let kinds = classify_by_capacity(&[Some(440), Some(446), Some(1024), Some(1019)]).unwrap();
+        assert_eq!(
+            kinds,
+            [
+                CoreType::Efficiency,
+                CoreType::Efficiency,
+                CoreType::Performance,
+                CoreType::Performance
+            ]
+        );
+        assert_eq!(
+            classify_by_capacity(&[Some(u64::MAX), Some(0)]).map(|k| k[1]),
+            Some(CoreType::Efficiency)
+        );
         assert_eq!(classify_by_capacity(&[None, None]), None);
         let a55 = 0x412f_d050;
         let a78 = 0x414f_d410;

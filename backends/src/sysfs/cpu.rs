@@ -277,7 +277,7 @@ fn read_cpu(
 ) -> RawCpu {
     let topology = dir.join("topology");
     if known.topology_files.is_none() {
-        known.topology_files = tree.entry_names(&topology);
+        known.topology_files = tree.entry_names(&topology, errors);
     }
     // Borrowed out of `known` for this CPU (and put back at the end), not cloned for each.
     let listing = known.topology_files.take();

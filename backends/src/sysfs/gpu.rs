@@ -87,7 +87,7 @@ impl GpuDevice for SysfsGpu {
         // Every file below is opened inside the root: a link out of it is not followed.
         let tree = &Tree::open(&self.root);
         let drm = drm_nodes(tree, &mut errors);
-        let nvidia = nvidia_entries(tree);
+        let nvidia = nvidia_entries(tree, &mut errors);
         // Only the functions that can be GPUs are read in full: display class (or a class that cannot
         // be read, so its error is reported), or named by a DRM node or the NVIDIA driver.
         let pci = read_functions(tree, |address, dir| {
@@ -193,7 +193,7 @@ fn read_memory_and_product(
     gpu: &mut GpuInfo,
     errors: &mut ErrorLog,
 ) {
-    let names = tree.entry_names(device_dir).unwrap_or_default();
+    let names = tree.entry_names(device_dir, errors).unwrap_or_default();
     if names.contains("product_name") {
         gpu.product = errors
             .keep(tree.read_optional(&device_dir.join("product_name")))
@@ -205,7 +205,7 @@ fn read_memory_and_product(
         return;
     }
     if let Some(card_dir) = card_dir {
-        let card_names = tree.entry_names(card_dir).unwrap_or_default();
+        let card_names = tree.entry_names(card_dir, errors).unwrap_or_default();
         if let Some(name) = ["lmem_total_bytes", "prelim_lmem_total_bytes"]
             .into_iter()
             .find(|name| card_names.contains(*name))
@@ -245,7 +245,10 @@ fn numbered(name: &str, prefix: &str) -> Option<u32> {
 /// Lists `sys/class/drm` once and maps every card and render node to its PCI function.
 fn drm_nodes(tree: &Tree, errors: &mut ErrorLog) -> BTreeMap<PciAddress, DrmNodes> {
     let mut by_function: BTreeMap<PciAddress, DrmNodes> = BTreeMap::new();
-    for name in tree.entry_names(&tree.join(DRM_CLASS)).unwrap_or_default() {
+    for name in tree
+        .entry_names(&tree.join(DRM_CLASS), errors)
+        .unwrap_or_default()
+    {
         let (number, is_card) = match (numbered(&name, "card"), numbered(&name, "renderD")) {
             (Some(n), _) => (n, true),
             (None, Some(n)) => (n, false),
@@ -386,8 +389,8 @@ fn uevent_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// `proc/driver/nvidia/gpus/<dddd:bb:dd.f>` directory names by address.
-fn nvidia_entries(tree: &Tree) -> BTreeMap<PciAddress, String> {
-    tree.entry_names(&tree.join(NVIDIA_GPUS))
+fn nvidia_entries(tree: &Tree, errors: &mut ErrorLog) -> BTreeMap<PciAddress, String> {
+    tree.entry_names(&tree.join(NVIDIA_GPUS), errors)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|name| Some((PciAddress::parse(&name).ok()?, name)))

@@ -409,3 +409,83 @@ fn the_same_holds_through_the_component_walk() {
         directory_links_down_a_device_path_stay_in_the_root();
     });
 }
+
+/// The first PCI function of the xeon tree that has a network interface, and its `net` directory.
+fn function_with_netdev(root: &Path) -> (String, PathBuf) {
+    let devices = root.join("sys/bus/pci/devices");
+    let mut names: Vec<String> = fs::read_dir(&devices)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let name = names
+        .into_iter()
+        .find(|n| devices.join(n).join("net").is_dir())
+        .expect("a function with a netdev");
+    let net = fs::canonicalize(devices.join(&name)).unwrap().join("net");
+    (name, net)
+}
+
+#[test]
+fn directories_that_cannot_be_listed_are_error_entries_not_absent() {
+    let fixture = xeon();
+    let root = fixture.root().to_path_buf();
+    let (address, net) = function_with_netdev(&root);
+    // A link loop in place of the function's `net/`: it cannot be listed (ELOOP).
+    fs::remove_dir_all(&net).unwrap();
+    std::os::unix::fs::symlink("net", &net).unwrap();
+    let pci = SysfsPci::new(SysfsRoot::new(&root))
+        .pci_functions()
+        .unwrap();
+    let entry = error_for(&pci.errors, &net);
+    assert!(entry.error.contains("list"), "{entry:?}");
+    let function = pci.items.iter().find(|f| f.address.to_string() == address);
+    assert!(
+        function.is_some_and(|f| f.netdevs.is_empty()),
+        "{function:?}"
+    );
+
+    // The same for the whole bus: no functions, and an error saying why (not an empty machine).
+    let devices = root.join("sys/bus/pci/devices");
+    fs::remove_dir_all(&devices).unwrap();
+    std::os::unix::fs::symlink("devices", &devices).unwrap();
+    let pci = SysfsPci::new(SysfsRoot::new(&root))
+        .pci_functions()
+        .unwrap();
+    assert!(pci.items.is_empty());
+    error_for(&pci.errors, &devices);
+}
+
+#[test]
+#[ignore = "needs root (capabilities to drop)"]
+fn a_directory_the_reader_may_not_list_is_an_error_entry_needs_root() {
+    use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+    let fixture = xeon();
+    let root = fixture.root().to_path_buf();
+    let (address, net) = function_with_netdev(&root);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&net, fs::Permissions::from_mode(0o000)).unwrap();
+    let read = {
+        let root = root.clone();
+        move || {
+            // Capabilities are per thread: this one reads as a root without the override of
+            // directory permissions (a container's root without CAP_DAC_*), so `net/` is EACCES.
+            let mut sets = capabilities(None).unwrap();
+            sets.effective -= CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH;
+            set_capabilities(None, sets).unwrap();
+            SysfsPci::new(SysfsRoot::new(&root)).pci_functions()
+        }
+    };
+    let pci = within_10s("pci_functions", read).unwrap();
+    let entry = error_for(&pci.errors, &net);
+    assert_eq!(
+        entry.kind,
+        Some(hal::ErrorKind::PermissionDenied),
+        "{entry:?}"
+    );
+    let function = pci.items.iter().find(|f| f.address.to_string() == address);
+    assert!(
+        function.is_some_and(|f| f.netdevs.is_empty()),
+        "{function:?}"
+    );
+}

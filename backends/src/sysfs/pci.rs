@@ -72,10 +72,13 @@ pub(crate) fn read_functions(
     wanted: impl Fn(PciAddress, &Path) -> bool,
 ) -> Discovered<PciFunction> {
     let devices = tree.join("sys/bus/pci/devices");
-    let Some(names) = tree.entry_names(&devices) else {
-        return Discovered::default();
-    };
     let mut errors = ErrorLog::default();
+    let Some(names) = tree.entry_names(&devices, &mut errors) else {
+        return Discovered {
+            items: Vec::new(),
+            errors: errors.0,
+        };
+    };
     let slots = read_slots(tree, &mut errors);
     let cpu_limit = super::numa::possible_cpu_limit(tree);
     // Each function's directory is opened inside the root: a link on its path cannot lead out.
@@ -88,11 +91,7 @@ pub(crate) fn read_functions(
                 Ok(function) => Some(function),
                 // Removed while this scan ran (hot unplug, VFs being destroyed): gone, not broken.
                 // A directory that cannot be listed again proves nothing: the error stays.
-                Err(_)
-                    if matches!(tree.entry_names(&devices), Some(now) if !now.contains(name)) =>
-                {
-                    None
-                }
+                Err(_) if matches!(tree.list(&devices), Ok(now) if !now.contains(name)) => None,
                 Err(e) => {
                     errors.0.push((&e).into());
                     None
@@ -121,7 +120,7 @@ const VIRTIO_VENDOR: u16 = 0x1af4;
 fn read_slots(tree: &Tree, errors: &mut ErrorLog) -> BTreeMap<String, String> {
     let dir = tree.join("sys/bus/pci/slots");
     let mut slots = BTreeMap::new();
-    for name in tree.entry_names(&dir).unwrap_or_default() {
+    for name in tree.entry_names(&dir, errors).unwrap_or_default() {
         if let Some(address) = errors.keep(tree.read_optional(&dir.join(&name).join("address"))) {
             slots.insert(address, name);
         }
@@ -209,26 +208,28 @@ fn read_function(
         pcie_root: pcie_root_of_path(&sysfs_path),
         parent,
         physfn,
-        netdevs: netdevs_of(tree, &dir, vendor_id),
+        netdevs: netdevs_of(tree, &dir, vendor_id, errors),
         sysfs_path: sysfs_path.to_string_lossy().into_owned(),
     })
 }
 
 /// Interface names of a function: `net/<name>`, and for virtio (vendor 0x1af4) `virtioN/net/<name>`,
 /// as virtio-net's interface hangs under the virtio device the PCI function carries.
-fn netdevs_of(tree: &Tree, dir: &Path, vendor_id: u16) -> Vec<String> {
-    let mut names: BTreeSet<String> = tree.entry_names(&dir.join("net")).unwrap_or_default();
+fn netdevs_of(tree: &Tree, dir: &Path, vendor_id: u16, errors: &mut ErrorLog) -> Vec<String> {
+    let mut names = tree
+        .entry_names(&dir.join("net"), errors)
+        .unwrap_or_default();
     if vendor_id != VIRTIO_VENDOR {
         return names.into_iter().collect();
     }
     for child in tree
-        .entry_names(dir)
+        .entry_names(dir, errors)
         .unwrap_or_default()
         .iter()
         .filter(|n| n.starts_with("virtio"))
     {
         names.extend(
-            tree.entry_names(&dir.join(child).join("net"))
+            tree.entry_names(&dir.join(child).join("net"), errors)
                 .unwrap_or_default(),
         );
     }

@@ -54,11 +54,15 @@ impl RdmaDevice for SysfsRdma {
     fn rdma_devices(&self) -> Result<Discovered<RdmaInfo>> {
         // Every file below is opened inside the root: a link out of it is not followed.
         let tree = &Tree::open(&self.root);
-        let Some(names) = tree.entry_names(&tree.join(CLASS)) else {
-            // No RDMA stack loaded: nothing to report.
-            return Ok(Discovered::default());
-        };
         let mut errors = ErrorLog::default();
+        let Some(names) = tree.entry_names(&tree.join(CLASS), &mut errors) else {
+            // No RDMA stack loaded: nothing to report (or the class could not be listed: the
+            // error says so).
+            return Ok(Discovered {
+                items: Vec::new(),
+                errors: errors.0,
+            });
+        };
         let mut chars = char_devices(tree, &mut errors);
         let listed: BTreeSet<String> = chars
             .values()
@@ -99,7 +103,7 @@ fn read_device(
     let mut netdevs = BTreeSet::new();
     if let Some((_, pci_dir)) = &pci {
         netdevs.extend(
-            tree.entry_names(&tree.join(pci_dir).join("net"))
+            tree.entry_names(&tree.join(pci_dir).join("net"), errors)
                 .unwrap_or_default(),
         );
     }
@@ -175,7 +179,7 @@ fn read_ports(
     errors: &mut ErrorLog,
 ) -> Vec<RdmaPort> {
     let ports_dir = dir.join("ports");
-    let Some(names) = tree.entry_names(&ports_dir) else {
+    let Some(names) = tree.entry_names(&ports_dir, errors) else {
         return Vec::new();
     };
     let mut numbers: Vec<u32> = names
@@ -277,7 +281,7 @@ fn scan_char_devices(
     errors: &mut ErrorLog,
     by_device: &mut BTreeMap<String, Vec<RdmaCharDevice>>,
 ) {
-    for name in tree.entry_names(class_dir).unwrap_or_default() {
+    for name in tree.entry_names(class_dir, errors).unwrap_or_default() {
         if known.contains(&name) {
             continue;
         }

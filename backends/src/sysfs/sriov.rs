@@ -124,7 +124,7 @@ impl SriovPf for SysfsSriov {
         let mut errors = ErrorLog::default();
         let mut pfs = Vec::new();
         let mut addresses: Vec<PciAddress> = tree
-            .entry_names(&devices)
+            .entry_names(&devices, &mut errors)
             .unwrap_or_default()
             .iter()
             .filter_map(|n| PciAddress::parse(n).ok())

@@ -18,7 +18,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::OFlags;
 
 use super::SysfsRoot;
-use super::attr;
+use super::attr::{self, ErrorLog};
 use super::in_root::{Reopen, RootDir};
 
 /// A sysfs root opened for reading inside it. Opened once per reading of a family (one `open(2)`,
@@ -161,11 +161,35 @@ impl Tree {
         Ok(names)
     }
 
-    /// The names in a directory, or `None` when it cannot be listed (missing: an offline CPU's
-    /// `topology/`). Listing once and opening only what exists is cheaper than probing for files that
-    /// old kernels lack.
-    pub fn entry_names(&self, dir: &Path) -> Option<BTreeSet<String>> {
-        self.list(dir).ok()
+    /// The names in a directory, or `None` when it is not there (missing: an offline CPU's
+    /// `topology/`; not a directory: `<entry>/net` looked for under each entry of a device). Any
+    /// other failure (`EACCES`, `EIO`, a link loop) is also `None`, and an error entry naming the
+    /// directory: what it holds is left out. Listing once and opening only what exists is cheaper
+    /// than probing for files that old kernels lack.
+    pub(crate) fn entry_names(
+        &self,
+        dir: &Path,
+        errors: &mut ErrorLog,
+    ) -> Option<BTreeSet<String>> {
+        match self.list(dir) {
+            Ok(names) => Some(names),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                None
+            }
+            Err(source) => {
+                errors.keep::<()>(Err(Error::Io {
+                    op: "list",
+                    path: dir.to_path_buf(),
+                    source,
+                }));
+                None
+            }
+        }
     }
 
     /// Lists the entries of `dir` named `<prefix><decimal>` and returns their numbers, sorted.

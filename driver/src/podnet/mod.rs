@@ -95,8 +95,22 @@ impl NetworkFiles for TreeFiles {
     }
 
     fn list(&self, relative: &Path) -> Vec<String> {
-        let names = self.0.entry_names(&self.0.join(relative));
-        names.into_iter().flatten().collect()
+        let path = self.0.join(relative);
+        match self.0.list(&path) {
+            Ok(names) => names.into_iter().collect(),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "the node's network: not listed");
+                Vec::new()
+            }
+        }
     }
 }
 

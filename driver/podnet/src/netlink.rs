@@ -21,6 +21,7 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP_INTR: u16 = 0x10;
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
@@ -121,6 +122,47 @@ fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
 
+/// Reads the messages of one datagram answering the request `seq` into `replies` (others are
+/// skipped); `Ok(true)` at its end: an ack, or a dump's `NLMSG_DONE`, both carrying an errno (0 or
+/// negative: an error). Sets `interrupted` when the kernel marks a message `NLM_F_DUMP_INTR`.
+fn take_answers(
+    mut rest: &[u8],
+    seq: u32,
+    what: &str,
+    replies: &mut Vec<Vec<u8>>,
+    interrupted: &mut bool,
+) -> Result<bool, NetError> {
+    while rest.len() >= 16 {
+        let len = u32_at(rest, 0).unwrap_or(0) as usize;
+        if len < 16 || len > rest.len() {
+            let message = format!("{what}: truncated reply");
+            return Err(NetError::new(NetErrorKind::Netlink, &message));
+        }
+        let kind = u16_at(rest, 4).unwrap_or(0);
+        let flags = u16_at(rest, 6).unwrap_or(0);
+        let reply_seq = u32_at(rest, 8).unwrap_or(0);
+        let payload = rest.get(16..len).unwrap_or_default();
+        rest = rest
+            .get(len.next_multiple_of(4).min(rest.len())..)
+            .unwrap_or_default();
+        if reply_seq != seq {
+            continue;
+        }
+        *interrupted |= flags & NLM_F_DUMP_INTR != 0;
+        match kind {
+            NLMSG_ERROR | NLMSG_DONE => {
+                let errno = u32_at(payload, 0).map_or(0, |e| (e as i32).unsigned_abs());
+                if errno == 0 {
+                    return Ok(true);
+                }
+                return Err(NetError::errno(what, errno as i32));
+            }
+            _ => replies.push(payload.to_vec()),
+        }
+    }
+    Ok(false)
+}
+
 pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
@@ -173,7 +215,10 @@ impl Rtnl {
         })
     }
 
-    /// Sends one request with `NLM_F_ACK` and reads the answer; `what` names it in errors.
+    /// Sends one request with `NLM_F_ACK` and reads the answer; `what` names it in errors. A dump
+    /// the kernel marks interrupted (`NLM_F_DUMP_INTR`: the list changed while it was read, so an
+    /// entry may be missing) is asked again, up to three times, then an error: a caller must not
+    /// take a partial list for the whole.
     pub(crate) fn request(
         &mut self,
         kind: u16,
@@ -181,6 +226,26 @@ impl Rtnl {
         body: &[u8],
         what: &str,
     ) -> Result<Vec<Vec<u8>>, NetError> {
+        for _ in 0..3 {
+            if let (replies, false) = self.request_once(kind, flags, body, what)? {
+                return Ok(replies);
+            }
+        }
+        let what = format!("{what} (the list changed while it was read, three times)");
+        Err(NetError::errno(
+            &what,
+            rustix::io::Errno::INTR.raw_os_error(),
+        ))
+    }
+
+    /// [`Rtnl::request`] once: the replies, and whether the kernel marked the dump interrupted.
+    fn request_once(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        body: &[u8],
+        what: &str,
+    ) -> Result<(Vec<Vec<u8>>, bool), NetError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut msg = Vec::with_capacity(16 + body.len());
@@ -198,39 +263,14 @@ impl Rtnl {
         )
         .map_err(|e| NetError::io(NetErrorKind::Netlink, what, e))?;
         let mut replies = Vec::new();
+        let mut interrupted = false;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let (n, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())
                 .map_err(|e| NetError::io(NetErrorKind::Netlink, what, e))?;
-            let mut rest = buf.get(..n).unwrap_or_default();
-            while rest.len() >= 16 {
-                let len = u32_at(rest, 0).unwrap_or(0) as usize;
-                if len < 16 || len > rest.len() {
-                    return Err(NetError::new(
-                        NetErrorKind::Netlink,
-                        &format!("{what}: truncated reply"),
-                    ));
-                }
-                let kind = u16_at(rest, 4).unwrap_or(0);
-                let reply_seq = u32_at(rest, 8).unwrap_or(0);
-                let payload = rest.get(16..len).unwrap_or_default();
-                rest = rest
-                    .get(len.next_multiple_of(4).min(rest.len())..)
-                    .unwrap_or_default();
-                if reply_seq != seq {
-                    continue;
-                }
-                match kind {
-                    NLMSG_ERROR => {
-                        let errno = u32_at(payload, 0).map_or(0, |e| (e as i32).unsigned_abs());
-                        if errno == 0 {
-                            return Ok(replies);
-                        }
-                        return Err(NetError::errno(what, errno as i32));
-                    }
-                    NLMSG_DONE => return Ok(replies),
-                    _ => replies.push(payload.to_vec()),
-                }
+            let datagram = buf.get(..n).unwrap_or_default();
+            if take_answers(datagram, seq, what, &mut replies, &mut interrupted)? {
+                return Ok((replies, interrupted));
             }
         }
     }
@@ -423,6 +463,52 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// One netlink message: header (`kind`, `flags`, `seq`) and payload.
+    fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&flags.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn a_dump_marked_interrupted_or_ended_with_an_errno_is_not_taken_whole() {
+        let link = [0u8; 16];
+        let done = |errno: i32| message(NLMSG_DONE, 0x2, 5, &errno.to_ne_bytes());
+        let take = |datagram: &[u8]| {
+            let (mut replies, mut interrupted) = (Vec::new(), false);
+            let done = take_answers(datagram, 5, "listing links", &mut replies, &mut interrupted);
+            done.map(|done| (done, replies.len(), interrupted))
+        };
+        // A whole dump: two links (one of another request, skipped), then its end.
+        let whole = [
+            message(RTM_NEWLINK, 0x2, 5, &link),
+            message(RTM_NEWLINK, 0x2, 4, &link),
+            done(0),
+        ]
+        .concat();
+        assert_eq!(take(&whole).unwrap(), (true, 1, false));
+        // The list changed while it was read: marked, to be asked again.
+        let changed = [
+            message(RTM_NEWLINK, 0x2 | NLM_F_DUMP_INTR, 5, &link),
+            done(0),
+        ]
+        .concat();
+        assert_eq!(take(&changed).unwrap(), (true, 1, true));
+        // The dump ended with an error (`NLMSG_DONE` carrying -EMSGSIZE): not a shorter list.
+        let failed = [message(RTM_NEWLINK, 0x2, 5, &link), done(-90)].concat();
+        assert_eq!(take(&failed).unwrap_err().errno, Some(90));
+        // More to come.
+        assert_eq!(
+            take(&message(RTM_NEWLINK, 0x2, 5, &link)).unwrap(),
+            (false, 1, false)
+        );
+    }
 
     /// An `RTM_NEWLINK` body: `ifinfomsg` (index 7, up), then its attributes.
     fn body(attrs: &[(u16, &[u8])]) -> Vec<u8> {

@@ -164,18 +164,26 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             format!("{what}: its output is over {MAX_OUTPUT} bytes"),
         ));
     }
-    let json: Option<Value> = if stdout.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        Some(serde_json::from_slice(&stdout).map_err(|e| {
-            CniError::new(
-                CniErrorKind::Exec,
-                format!("{what}: its output is not JSON: {e}"),
-            )
-        })?)
+    let json: Option<Result<Value, _>> = match stdout.iter().all(u8::is_ascii_whitespace) {
+        true => None,
+        false => Some(serde_json::from_slice(&stdout)),
     };
     if !status.success() {
-        let json = json.unwrap_or(Value::Null);
+        // A plugin that failed before writing its error result (a Go panic, a shell error) says
+        // why in text: its status and the start of that text, not "not JSON".
+        let json = match json {
+            Some(Ok(json)) => json,
+            Some(Err(_)) => {
+                let text = String::from_utf8_lossy(&stdout);
+                let excerpt: String = text.trim().chars().take(MAX_EXCERPT).collect();
+                let excerpt = excerpt.escape_debug();
+                return Err(CniError::new(
+                    CniErrorKind::Plugin,
+                    format!("{what} failed ({status}), its output not a CNI error: {excerpt}"),
+                ));
+            }
+            None => Value::Null,
+        };
         let code = json.get("code").and_then(Value::as_u64);
         let msg = json.get("msg").and_then(Value::as_str).unwrap_or_default();
         let details = json
@@ -194,5 +202,16 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         }
         return Err(CniError::new(CniErrorKind::Plugin, message));
     }
-    Ok(json.unwrap_or(Value::Null))
+    match json {
+        None => Ok(Value::Null),
+        Some(parsed) => parsed.map_err(|e| {
+            CniError::new(
+                CniErrorKind::Exec,
+                format!("{what}: its output is not JSON: {e}"),
+            )
+        }),
+    }
 }
+
+/// The most of a failed plugin's text output an error quotes (characters).
+const MAX_EXCERPT: usize = 200;

@@ -288,6 +288,16 @@ fn a_missing_plugin_a_hung_one_and_a_flood_are_errors_of_their_kind() {
     write_exec(&bin.join("garbage"), "#!/bin/sh\necho not json\n");
     let garbage = cni.add(&one("garbage"), &attachment()).unwrap_err();
     assert!(garbage.to_string().contains("not JSON"), "{garbage}");
+    // A plugin that dies before writing its error result: its status and what it said.
+    write_exec(
+        &bin.join("panics"),
+        "#!/bin/sh\necho 'panic: netlink: no such device'\nexit 3\n",
+    );
+    let panics = cni.add(&one("panics"), &attachment()).unwrap_err();
+    assert_eq!(panics.kind(), CniErrorKind::Plugin, "{panics}");
+    let text = panics.to_string();
+    assert!(text.contains("exit status: 3"), "{text}");
+    assert!(text.contains("panic: netlink: no such device"), "{text}");
 }
 
 #[test]

@@ -29,11 +29,13 @@ pub struct Saved {
     /// The function's RDMA device, moved with it when the kernel's RDMA netns mode is exclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma: Option<String>,
-    /// Its interface index: on the host when [`survey`]ed, in the pod once [`attach_surveyed`] moved
-    /// it (the kernel keeps it when it is free in the pod's namespace, and gives another when not).
+    /// Its interface index in the pod, once [`attach_surveyed`] moved and configured it (the kernel
+    /// keeps its host index when that is free in the pod's namespace, and gives another when not).
     /// What tells it apart in the pod when the pod renamed it or set its MAC, and on the
     /// host when its namespace died: the kernel brings it back with that index when it is free.
-    /// `None` in the state of earlier versions.
+    /// `None` before (a [`survey`], an attach that failed or did not finish: the pod has not run, so
+    /// its MAC tells it apart, while an index guessed from the host's may be another netdev's of
+    /// the pod) and in the state of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<i32>,
     /// Its interface index on the host before the move. Where it equals `index` (the kernel kept
@@ -61,10 +63,17 @@ pub struct Attached {
     pub mac: String,
 }
 
+/// `EEXIST`: a netdev of that name is already there.
+const EEXIST: i32 = 17;
+
+/// How long a detach waits for a physical function whose namespace cannot be opened to come back.
+const RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How a detach ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detached {
-    /// Back on the host under its name, MTU and state.
+    /// Back on the host under its name (or, when another netdev took that name meanwhile, the name
+    /// it came back with: logged), MTU and state.
     Home,
     /// Neither in the pod nor on the host: destroyed with the namespace (a veth, a VF whose driver was
     /// unbound).
@@ -106,7 +115,7 @@ pub fn survey(
         pod_name: config.name.clone().unwrap_or_else(|| host_name.to_owned()),
         netns: netns.to_owned(),
         rdma: None,
-        index: Some(link.index),
+        index: None,
         host_index: Some(link.index),
         perm_mac: Some(link.perm_mac).filter(|p| !p.is_empty()),
     })
@@ -130,15 +139,19 @@ pub fn attach_surveyed(home: &Path, saved: &Saved, config: &Checked) -> Result<A
             )
         })?;
     let target = open_netns(&saved.netns)?;
-    host.set_link(
+    // The kernel moves it first (under its host name, when the pod has none of that name) and
+    // renames it after (`do_setlink`): a pod name taken in the pod fails the rename with the netdev
+    // already moved, so a failed call is undone too.
+    let moved = host.set_link(
         link.index,
         &LinkChange {
             name: Some(&saved.pod_name),
             netns: Some(&target),
             ..Default::default()
         },
-    )?;
-    let configured = configure(&saved.netns, &saved.pod_name, config).and_then(|done| {
+    );
+    let configured = moved.and_then(|()| configure(&saved.netns, &saved.pod_name, config));
+    let configured = configured.and_then(|done| {
         if let Some(rdma) = &saved.rdma {
             match move_rdma(home, &saved.netns, rdma)? {
                 RdmaMove::NotFound => {
@@ -327,8 +340,11 @@ fn find_in_pod(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate:
 }
 
 /// Moves the netdev of `saved` back from its pod into `home`, under its host name, with its MTU and
-/// state (and its RDMA device, when it was moved). A namespace already gone, or a netdev no longer in it, is looked for on the host (a physical
-/// function returns there when its namespace is destroyed).
+/// state (and its RDMA device, when it was moved). When its namespace cannot be opened, or it is no
+/// longer in it, it is looked for on the host (a physical function returns there when its namespace
+/// is destroyed). Not found anywhere: [`Detached::Gone`] for a netdev without a permanent address (a
+/// veth dies with its namespace); for one with it, an error after a short wait, as it is still in a
+/// namespace something holds, or on its way back.
 pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
     // Its RDMA device first (exclusive mode); a namespace gone has given it back to the host.
     if let Some(rdma) = &saved.rdma {
@@ -338,12 +354,22 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
             Err(e) => return Err(e),
         }
     }
+    // The namespace cannot be opened: destroyed (its physical functions come back to the host, a
+    // veth dies with it), or its path removed while something still holds it.
+    let mut unopened = None;
     let in_pod = match Rtnl::open_in(&saved.netns) {
         Ok(mut pod) => find_in_pod(pod.links()?, saved).map(|link| (pod, link)),
-        Err(e) if e.kind() == NetErrorKind::Namespace => None,
+        Err(e) if e.kind() == NetErrorKind::Namespace => {
+            unopened = Some(e);
+            None
+        }
         Err(e) => return Err(e),
     };
     let mut moved_home = false;
+    // The move failed with the host name taken: the kernel moves first and renames after
+    // (`do_setlink`), so it may be home under its pod name (found below), or still in the pod (the
+    // error then stands).
+    let mut name_taken = None;
     if let Some((mut pod, link)) = in_pod {
         let home_fd = open_netns(home)?;
         pod.set_link(
@@ -353,21 +379,33 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
                 ..Default::default()
             },
         )?;
-        pod.set_link(
+        let moved = pod.set_link(
             link.index,
             &LinkChange {
                 name: Some(&saved.host_name),
                 netns: Some(&home_fd),
                 ..Default::default()
             },
-        )?;
-        moved_home = true;
+        );
+        match moved {
+            Ok(()) => moved_home = true,
+            Err(e) if e.errno == Some(EEXIST) => name_taken = Some(e),
+            Err(e) => return Err(e),
+        }
     }
     let mut host = Rtnl::open_in(home)?;
-    // Just moved home and renamed to its host name (the call fails when a netdev holds that name,
-    // though the move may have happened: then it is found below): it is that one, whatever its MAC
-    // and the index the kernel gave it there.
-    let links = host.links()?;
+    // Just moved home and renamed to its host name: it is that one, whatever its MAC and the index
+    // the kernel gave it there.
+    let mut links = host.links()?;
+    // A physical function comes back when its namespace is destroyed, but the kernel does that
+    // after the namespace's last user is gone (`cleanup_net`, a work queue): wait a little for it.
+    if unopened.is_some() && saved.perm_mac.is_some() {
+        let deadline = std::time::Instant::now() + RETURN_WAIT;
+        while find_home(links.clone(), saved).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            links = host.links()?;
+        }
+    }
     let just_moved = links
         .iter()
         .find(|l| moved_home && l.name == saved.host_name);
@@ -376,6 +414,20 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
         None => find_home(links, saved),
     };
     let Some(link) = found else {
+        if let Some(error) = name_taken {
+            return Err(error);
+        }
+        // A function with a permanent address does not vanish with its namespace: it is still in
+        // one (held elsewhere), or on its way back. Its record stays for the next try.
+        if let (Some(error), Some(perm_mac)) = (unopened, &saved.perm_mac) {
+            let message = format!(
+                "{} ({perm_mac}) is neither on the host nor in its pod's namespace, which cannot \
+                 be opened ({error}): still in that namespace (held by another process) or not \
+                 yet given back by the kernel; kept for the next try",
+                saved.host_name
+            );
+            return Err(NetError::new(NetErrorKind::NotFound, &message));
+        }
         return Ok(Detached::Gone);
     };
     if link.up {
@@ -403,10 +455,28 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
             tracing::warn!(%error, interface = %saved.host_name, mac = %saved.mac, "its MAC could not be restored");
         }
     }
+    // Its host name back, unless another netdev took it meanwhile: then it stays under the name it
+    // came back with (logged), as no retry would free the name.
+    if link.name != saved.host_name {
+        let renamed = host.set_link(
+            link.index,
+            &LinkChange {
+                name: Some(&saved.host_name),
+                ..Default::default()
+            },
+        );
+        match renamed {
+            Ok(()) => {}
+            Err(e) if e.errno == Some(EEXIST) => tracing::warn!(
+                interface = %link.name, host_name = %saved.host_name,
+                "its host name is taken by another interface: left under the name it came back with"
+            ),
+            Err(e) => return Err(e),
+        }
+    }
     host.set_link(
         link.index,
         &LinkChange {
-            name: (link.name != saved.host_name).then_some(saved.host_name.as_str()),
             mtu: Some(saved.mtu),
             ..Default::default()
         },

@@ -292,3 +292,72 @@ fn a_function_moved_home_is_ours_whatever_its_mac_and_index_needs_root() {
     assert_ne!(back["ifindex"].as_i64().map(|i| i.to_string()), Some(index));
     assert!(pod.link("net1").is_none());
 }
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn a_pod_name_taken_in_the_pod_leaves_the_netdev_on_the_host_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf5", "vf5peer");
+    // The pod already has a `net1`: the kernel moves `vf5` in under its own name, then fails the
+    // rename (EEXIST).
+    veth(&pod, "net1", "other");
+    let error = attach(&home.path(), "vf5", &pod.path(), &demo_config()).unwrap_err();
+    assert_eq!(error.errno, Some(17), "{error}");
+    let list = |ns: &Netns| ns.json(&["link", "show"]).to_string();
+    assert!(
+        pod.link("vf5").is_none(),
+        "left in the pod: {} / home {}",
+        list(&pod),
+        list(&home)
+    );
+    assert_eq!(home.link("vf5").unwrap()["mtu"], 1500);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn a_host_name_taken_meanwhile_does_not_fail_every_detach_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf6", "vf6peer");
+    let attached = attach(&home.path(), "vf6", &pod.path(), &demo_config()).unwrap();
+    // Another netdev takes the host name while the pod runs.
+    sh(&[
+        "-n", &home.0, "link", "add", "vf6", "type", "veth", "peer", "name", "squat6",
+    ]);
+    // Home under the name it came back with, its MTU and state restored; the other keeps `vf6`.
+    assert_eq!(
+        detach(&home.path(), &attached.saved).unwrap(),
+        Detached::Home
+    );
+    assert!(pod.link("net1").is_none());
+    let back = home.link("net1").expect("home as net1");
+    assert_eq!(back["mtu"], 1500);
+    assert!(back["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_ne!(home.link("vf6").unwrap()["address"], back["address"]);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and veth"]
+fn a_function_not_found_while_its_namespace_cannot_be_opened_is_kept_needs_root() {
+    let home = Netns::new("home");
+    let pod = Netns::new("pod");
+    veth(&home, "vf7", "vf7peer");
+    let mut attached = attach(&home.path(), "vf7", &pod.path(), &demo_config()).unwrap();
+    // A physical function (a veth standing in, given a permanent address), in a namespace still
+    // held by a process while its path is removed (as a runtime does at the sandbox's removal).
+    attached.saved.perm_mac = Some("02:00:00:00:77:07".into());
+    let hold = std::fs::File::open(pod.path()).unwrap();
+    pod.delete();
+    let error = detach(&home.path(), &attached.saved).unwrap_err();
+    assert_eq!(
+        error.kind(),
+        crate::error::NetErrorKind::NotFound,
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("kept for the next try"),
+        "{error}"
+    );
+    drop(hold);
+}

@@ -113,11 +113,12 @@ impl DirectMode {
         moved::store(&self.state_dir, &entry)?;
         match direct::attach_surveyed(&self.home, &entry.saved, config) {
             Ok(attached) => {
-                // Its index in the pod, when the kernel had to give it another at the move.
+                // Its index in the pod, known now (the kernel may have given it another than its
+                // host index at the move).
                 if attached.saved.index != entry.saved.index {
                     entry.saved.index = attached.saved.index;
                     if let Err(error) = moved::store(&self.state_dir, &entry) {
-                        tracing::warn!(%error, netdev = host_name, "its index in the pod could not be recorded; its index on the host is kept");
+                        tracing::warn!(%error, netdev = host_name, "its index in the pod could not be recorded; it is told apart by its MAC and name");
                     }
                 }
                 let data = NetworkData {

@@ -4,8 +4,10 @@
 //!
 //! Everything is read under a root (`/` on a node, a captured tree in `hal-probe --sysfs-root` and
 //! tests) through the caller's [`NetworkFiles`]: `proc/net/route`, `proc/net/ipv6_route`,
-//! `proc/net/if_inet6` and `sys/class/net/<name>/{lower_*,brif,bonding/slaves}`. Unreadable files
-//! and malformed lines are skipped: the files are the kernel's, but a captured tree is not.
+//! `proc/net/if_inet6` and `sys/class/net/<name>/{lower_*,brif,bonding/slaves}`, and on a live node
+//! the addresses the kernel lists (netlink), which name an InternalIP's interface where routes cannot.
+//! Unreadable files and malformed lines are skipped: the files are the kernel's, but a captured tree
+//! is not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -57,6 +59,13 @@ pub trait NetworkFiles {
     fn read(&self, relative: &Path) -> Option<String>;
     /// The names in the directory at `relative`; none when it cannot be listed.
     fn list(&self, relative: &Path) -> Vec<String>;
+    /// Each address of the node with the interface holding it, when the reader can ask the kernel
+    /// (a node's own network namespace, over netlink); `None` for a captured tree, or when the
+    /// kernel cannot be asked. Without it, the holder of an IPv4 InternalIP is found by its
+    /// connected routes, which a `/32` address does not have.
+    fn addresses(&self) -> Option<Vec<(String, IpAddr)>> {
+        None
+    }
 }
 
 /// The most read of one file: `proc/net/ipv6_route` lines are 150 bytes, so about 100,000 routes.
@@ -87,12 +96,25 @@ impl NodeNetwork {
         for name in default_v6(&v6) {
             found.entry(name).or_insert(Reason::DefaultRouteV6);
         }
+        let addresses = match internal_ips.is_empty() {
+            true => None,
+            false => files.addresses(),
+        };
         for ip in internal_ips {
-            let owner = match ip {
-                IpAddr::V4(ip) => connected_v4(&v4, *ip),
-                IpAddr::V6(ip) => holder_v6(&inet6, *ip),
-            };
-            if let Some(name) = owner {
+            // The interfaces holding it, as the kernel says; else as the files say.
+            let mut holders: Vec<String> = addresses
+                .iter()
+                .flatten()
+                .filter(|(name, held)| held == ip && is_interface_name(name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            if holders.is_empty() {
+                holders = match ip {
+                    IpAddr::V4(ip) => connected_v4(&v4, *ip),
+                    IpAddr::V6(ip) => holder_v6(&inet6, *ip).into_iter().collect(),
+                };
+            }
+            for name in holders {
                 found.entry(name).or_insert(Reason::InternalIp(*ip));
             }
         }
@@ -141,6 +163,22 @@ impl NodeNetwork {
     }
 }
 
+/// Each address of this process's network namespace with the name of the interface holding it,
+/// as the kernel lists them (netlink): what [`NetworkFiles::addresses`] answers on a live node.
+pub fn kernel_addresses() -> Result<Vec<(String, IpAddr)>, crate::error::NetError> {
+    let mut rtnl = crate::netlink::Rtnl::open()?;
+    let names: BTreeMap<i32, String> = rtnl
+        .links()?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
+    let addresses = rtnl.all_addresses()?;
+    Ok(addresses
+        .into_iter()
+        .filter_map(|(index, cidr)| Some((names.get(&index)?.clone(), cidr.addr)))
+        .collect())
+}
+
 /// A kernel interface name: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
 pub fn is_interface_name(name: &str) -> bool {
     !name.is_empty()
@@ -177,9 +215,12 @@ pub fn default_v4(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The interface whose connected (gatewayless) IPv4 route holds `ip`, the longest prefix winning.
-pub fn connected_v4(text: &str, ip: Ipv4Addr) -> Option<String> {
-    text.lines()
+/// The interfaces whose connected (gatewayless) IPv4 route holds `ip`, the longest prefix winning:
+/// every one of them when several have it (two ports on one subnet: which holds the address the
+/// routes do not say).
+pub fn connected_v4(text: &str, ip: Ipv4Addr) -> Vec<String> {
+    let connected: Vec<(&str, u32)> = text
+        .lines()
         .skip(1)
         .filter_map(route_v4)
         .filter(|(name, dest, flags, mask)| {
@@ -189,8 +230,16 @@ pub fn connected_v4(text: &str, ip: Ipv4Addr) -> Option<String> {
                 && is_interface_name(name)
                 && u32::from(ip) & u32::from(*mask) == u32::from(*dest)
         })
-        .max_by_key(|(_, _, _, mask)| u32::from(*mask).count_ones())
-        .map(|(name, ..)| name.to_owned())
+        .map(|(name, _, _, mask)| (name, u32::from(mask).count_ones()))
+        .collect();
+    let longest = connected.iter().map(|(_, len)| *len).max();
+    let mut names: Vec<String> = connected
+        .iter()
+        .filter(|(_, len)| Some(*len) == longest)
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    names.dedup();
+    names
 }
 
 fn ipv6_hex(text: &str) -> Option<Ipv6Addr> {

@@ -376,15 +376,24 @@ impl Rtnl {
 
     /// The addresses of link `index`.
     pub fn addresses(&mut self, index: i32) -> Result<Vec<Cidr>, NetError> {
+        let all = self.all_addresses()?;
+        Ok(all
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Every address of the namespace, with its link's index.
+    pub fn all_addresses(&mut self) -> Result<Vec<(i32, Cidr)>, NetError> {
         let replies = self.request(RTM_GETADDR, NLM_F_DUMP, &[0u8; 8], "listing addresses")?;
         let mut found = Vec::new();
         for reply in replies {
-            let (Some(&fam), Some(&prefix)) = (reply.first(), reply.get(1)) else {
+            let (Some(&fam), Some(&prefix), Some(index)) =
+                (reply.first(), reply.get(1), u32_at(&reply, 4))
+            else {
                 continue;
             };
-            if u32_at(&reply, 4) != Some(index as u32) {
-                continue;
-            }
             let want = if fam == AF_INET {
                 IFA_LOCAL
             } else {
@@ -397,7 +406,7 @@ impl Rtnl {
                     _ => None,
                 };
                 if let Some(addr) = addr {
-                    found.push(Cidr { addr, prefix });
+                    found.push((index as i32, Cidr { addr, prefix }));
                 }
             }
         }

@@ -85,6 +85,59 @@ fn the_interface_of_the_internal_ip_is_protected_without_a_default_route() {
     );
 }
 
+/// [`Plain`] reads, and the addresses a live node's kernel would list.
+struct WithAddresses(Plain, Vec<(String, IpAddr)>);
+
+impl NetworkFiles for WithAddresses {
+    fn read(&self, relative: &Path) -> Option<String> {
+        self.0.read(relative)
+    }
+    fn list(&self, relative: &Path) -> Vec<String> {
+        self.0.list(relative)
+    }
+    fn addresses(&self) -> Option<Vec<(String, IpAddr)>> {
+        Some(self.1.clone())
+    }
+}
+
+#[test]
+fn two_ports_on_the_internal_ips_subnet_are_both_protected_unless_the_kernel_names_one() {
+    // 10.0.0.0/24 on two ports; the default route on a third.
+    let route = format!(
+        "{HEADER}mgmt\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+         ens1f0\t0000000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
+         ens1f1\t0000000A\t00000000\t0001\t0\t0\t101\t00FFFFFF\t0\t0\t0\n"
+    );
+    let (_dir, root) = tree(&route, "", "");
+    let ip: IpAddr = "10.0.0.5".parse().unwrap();
+    let node = NodeNetwork::read(&Plain(root.clone()), &[ip]);
+    let names: Vec<&String> = node.interfaces.keys().collect();
+    assert_eq!(
+        names,
+        ["ens1f0", "ens1f1", "mgmt"],
+        "the routes cannot tell"
+    );
+    // The kernel says which holds it: that one only.
+    let held = vec![
+        ("ens1f1".to_owned(), ip),
+        ("mgmt".to_owned(), "192.168.0.9".parse().unwrap()),
+    ];
+    let node = NodeNetwork::read(&WithAddresses(Plain(root.clone()), held), &[ip]);
+    let names: Vec<&String> = node.interfaces.keys().collect();
+    assert_eq!(names, ["ens1f1", "mgmt"]);
+    assert_eq!(node.interfaces["ens1f1"], Reason::InternalIp(ip));
+    // A /32 InternalIP has no connected route: only the kernel's addresses name its interface.
+    let only_default =
+        format!("{HEADER}mgmt\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
+    let (_dir2, root2) = tree(&only_default, "", "");
+    let lone: IpAddr = "10.9.9.9".parse().unwrap();
+    let node = NodeNetwork::read(&Plain(root2.clone()), &[lone]);
+    assert!(!node.interfaces.contains_key("ens2"));
+    let held = vec![("ens2".to_owned(), lone)];
+    let node = NodeNetwork::read(&WithAddresses(Plain(root2), held), &[lone]);
+    assert_eq!(node.interfaces["ens2"], Reason::InternalIp(lone));
+}
+
 #[test]
 fn bridge_ports_bond_slaves_and_vlan_parents_of_the_default_route_are_protected() {
     let route = format!("{HEADER}br0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
@@ -114,7 +167,7 @@ fn malformed_route_files_do_not_panic_and_yield_nothing() {
                 lo\t00000000\t0\t0003\t0\t0\t0\t00000000\n \n";
     assert!(default_v4(junk).is_empty());
     assert!(default_v6("00 00 00\n::: 0 0 0 0 0 0 0 1 eth0\n").is_empty());
-    assert_eq!(connected_v4(junk, "10.0.0.1".parse().unwrap()), None);
+    assert!(connected_v4(junk, "10.0.0.1".parse().unwrap()).is_empty());
     let (_dir, root) = tree(junk, junk, junk);
     assert!(
         NodeNetwork::read(&Plain(root.clone()), &["::1".parse().unwrap()])

@@ -94,6 +94,21 @@ impl NetworkFiles for TreeFiles {
         }
     }
 
+    /// The kernel's addresses when the root is this node's `/` (the plugin runs in the host's
+    /// network namespace, as `proc/net` is read there); none for a captured tree.
+    fn addresses(&self) -> Option<Vec<(String, IpAddr)>> {
+        if self.0.root() != Path::new("/") {
+            return None;
+        }
+        match dra_podnet::hostnet::kernel_addresses() {
+            Ok(addresses) => Some(addresses),
+            Err(error) => {
+                tracing::warn!(%error, "the node's addresses: not listed (routes are used)");
+                None
+            }
+        }
+    }
+
     fn list(&self, relative: &Path) -> Vec<String> {
         let path = self.0.join(relative);
         match self.0.list(&path) {

@@ -300,3 +300,17 @@ fn the_node_network_of_a_hostile_tree_is_read_without_blocking_or_leaving_the_ro
         BTreeMap::from([("eth0".to_owned(), Reason::DefaultRouteV4)])
     );
 }
+
+#[test]
+fn the_kernels_addresses_are_asked_for_on_the_node_only() {
+    let live = TreeFiles(Tree::open(&backends::SysfsRoot::new("/")));
+    let addresses = live.addresses().expect("netlink answers in any namespace");
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert!(
+        addresses.contains(&("lo".to_owned(), loopback)),
+        "{addresses:?}"
+    );
+    // A captured tree: this machine's addresses are not its.
+    let captured = TreeFiles(Tree::open(&backends::SysfsRoot::new(DEV_VM)));
+    assert_eq!(captured.addresses(), None);
+}

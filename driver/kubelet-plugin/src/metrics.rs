@@ -4,8 +4,9 @@
 //! per call, the number of devices published, in the OpenMetrics text format written by
 //! `prometheus-client`. `GET /healthz`: `ok` while the plugin serves and the kubelet has not
 //! refused its registration (liveness). `GET /readyz`: `ok` once the kubelet has registered it too
-//! (readiness: a plugin the kubelet never registered publishes devices no pod can be prepared with). The HTTP server ([`serve`]) is hyper's, with a header read timeout, a
-//! deadline per connection and a connection cap.
+//! (readiness: a plugin the kubelet never registered publishes devices no pod can be prepared with),
+//! and, with NRI, while the runtime's NRI connection is up. The HTTP server ([`serve`]) is hyper's,
+//! with a header read timeout, a deadline per connection and a connection cap.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,9 +89,13 @@ impl Metrics {
         self.registered.store(registered, Ordering::Relaxed);
     }
 
-    /// Whether `/readyz` answers ok: healthy and registered.
+    /// Whether `/readyz` answers ok: healthy and registered, and with NRI ([`Metrics::set_nri`])
+    /// connected to the runtime (without it, claims that need NRI are prepared but their
+    /// containers are neither pinned nor given their netdevs).
     pub fn is_ready(&self) -> bool {
-        self.is_healthy() && self.registered.load(Ordering::Relaxed)
+        self.is_healthy()
+            && self.registered.load(Ordering::Relaxed)
+            && self.nri.get().is_none_or(|nri| nri.connected())
     }
 
     /// Counts the device status writes the API server forbade (the preparer's counter).
@@ -306,6 +311,15 @@ mod tests {
         metrics.set_healthy(false);
         assert!(get(address, "/readyz").await.starts_with("HTTP/1.1 503"));
         metrics.set_healthy(true);
+        // With NRI: ready only while connected to the runtime.
+        let nri = Arc::new(dra_nri::stats::NriStats::default());
+        metrics.set_nri(nri.clone());
+        assert!(get(address, "/readyz").await.starts_with("HTTP/1.1 503"));
+        nri.set_connected(true);
+        assert!(get(address, "/readyz").await.ends_with("\r\n\r\nok\n"));
+        nri.set_connected(false);
+        assert!(get(address, "/readyz").await.starts_with("HTTP/1.1 503"));
+        assert!(get(address, "/healthz").await.ends_with("\r\n\r\nok\n"));
         assert!(
             get(address, "/metrics")
                 .await

@@ -265,9 +265,13 @@ impl CpuSet {
 
     /// Formats as a kernel hex mask for a machine with `nr_cpu_ids` possible CPUs: 32-bit words, most
     /// significant first, the first word only as wide as needed (`fffff` for 20 CPUs). The width grows to
-    /// hold the highest CPU in the set if `nr_cpu_ids` is too small.
+    /// hold the highest CPU in the set if `nr_cpu_ids` is too small, and is at most [`MAX_CPUS`] (as
+    /// [`CpuSet::from_hex_mask`] reads).
     pub fn to_hex_mask(&self, nr_cpu_ids: u32) -> String {
-        let bits = nr_cpu_ids.max(self.last().map_or(0, |l| l + 1)).max(1);
+        let bits = nr_cpu_ids
+            .min(MAX_CPUS)
+            .max(self.last().map_or(0, |l| l + 1))
+            .max(1);
         let word_count = bits.div_ceil(32);
         let mut out = String::with_capacity(word_count as usize * 9);
         for word_index in (0..word_count).rev() {
@@ -470,6 +474,13 @@ mod tests {
             "ffff,ffffffff"
         );
         assert_eq!(CpuSet::new().to_hex_mask(8), "00");
+        // At most as wide as a mask that reads back (not 1.2 GB for `u32::MAX`).
+        let widest = CpuSet::from_cpulist("1").unwrap().to_hex_mask(u32::MAX);
+        assert_eq!(widest.len(), (MAX_CPUS / 32 * 9 - 1) as usize);
+        assert_eq!(
+            CpuSet::from_hex_mask(&widest).unwrap(),
+            CpuSet::from_cpulist("1").unwrap()
+        );
     }
 
     #[test]

@@ -9,6 +9,12 @@ pub struct Quantity(i128);
 
 const NANO: i128 = 1_000_000_000;
 
+/// The largest value of a binary-suffixed quantity: apimachinery caps `Ki`..`Ei` values at 2⁶³-1.
+const MAX_BINARY: i128 = i64::MAX as i128 * NANO;
+
+/// The longest quantity text read.
+const MAX_TEXT: usize = 256;
+
 /// Why a quantity did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("quantity {text:?}: {why}")]
@@ -29,8 +35,8 @@ impl Quantity {
             why,
         };
         let s = text.trim();
-        if s.is_empty() || s.len() > 64 {
-            return Err(fail("empty or longer than 64 characters"));
+        if s.is_empty() || s.len() > MAX_TEXT {
+            return Err(fail("empty or longer than 256 characters"));
         }
         let (negative, s) = match s.as_bytes().first() {
             Some(b'-') => (true, s.get(1..).unwrap_or_default()),
@@ -46,7 +52,7 @@ impl Quantity {
             return Err(fail("no number"));
         }
         // mantissa × 10^exp10 × 2^exp2
-        let (exp10, exp2): (i32, u32) = match suffix {
+        let (exp10, exp2): (i64, u32) = match suffix {
             "" => (0, 0),
             "Ki" => (0, 10),
             "Mi" => (0, 20),
@@ -68,33 +74,42 @@ impl Quantity {
                     .strip_prefix(['e', 'E'])
                     .ok_or_else(|| fail("unknown suffix"))?;
                 let exp = exponent.parse::<i32>().map_err(|_| fail("bad exponent"))?;
-                if !(-40..=40).contains(&exp) {
-                    return Err(fail("exponent out of range"));
-                }
-                (exp, 0)
+                (i64::from(exp), 0)
             }
         };
+        // Zeros around the digits say nothing: `1.000` is `1`.
+        let fraction = fraction.trim_end_matches('0');
         let digits = format!("{whole}{fraction}");
         let digits = digits.trim_start_matches('0');
-        let digits = if digits.is_empty() { "0" } else { digits };
-        if digits.len() > 30 {
-            return Err(fail("too many digits"));
+        if digits.is_empty() {
+            return Ok(Quantity::ZERO);
         }
-        let mantissa: i128 = digits.parse().map_err(|_| fail("bad digits"))?;
-        let scale = exp10 + 9 - fraction.len() as i32;
-        let scaled = if scale >= 0 {
-            10i128
-                .checked_pow(scale as u32)
-                .and_then(|p| mantissa.checked_mul(p))
-        } else {
-            // Rounded up, as Kubernetes rounds sub-nano precision.
-            10i128
-                .checked_pow(scale.unsigned_abs())
-                .map(|p| (mantissa + p - 1) / p)
+        // At most 39 digits, which i128 holds (what `Display` prints of a sum re-parses).
+        let mantissa: i128 = digits
+            .parse()
+            .map_err(|_| fail("too large (over 39 digits)"))?;
+        let scale = exp10 + 9 - fraction.len() as i64;
+        // As apimachinery's `ParseQuantity`: times the binary suffix first, then rounded up to
+        // nano-units (away from zero), then a binary value capped at 2⁶³-1.
+        let binary = mantissa.checked_mul(1i128 << exp2);
+        let value = match binary {
+            Some(m) if scale >= 0 => u32::try_from(scale)
+                .ok()
+                .and_then(|scale| 10i128.checked_pow(scale))
+                .and_then(|p| m.checked_mul(p)),
+            // Below a nano-unit: one, as Kubernetes rounds sub-nano precision up.
+            Some(m) => Some(match u32::try_from(scale.unsigned_abs()).ok() {
+                Some(down) => 10i128.checked_pow(down).map_or(1, |p| (m + p - 1) / p),
+                None => 1,
+            }),
+            None => None,
         };
-        let value = scaled
-            .and_then(|v| v.checked_mul(1i128 << exp2))
-            .ok_or_else(|| fail("too large"))?;
+        let value = match (value, exp2) {
+            (Some(v), 0) => v,
+            (Some(v), _) => v.min(MAX_BINARY),
+            (None, 0) => return Err(fail("too large (over 10^29 nano-units)")),
+            (None, _) => MAX_BINARY,
+        };
         Ok(Quantity(if negative { -value } else { value }))
     }
 
@@ -136,7 +151,8 @@ impl fmt::Display for Quantity {
     /// other fractions as decimals.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0;
-        if v % NANO == 0 {
+        // A binary suffix only where it reads back: apimachinery caps binary values at 2⁶³-1.
+        if v % NANO == 0 && v.abs() <= MAX_BINARY {
             let whole = v / NANO;
             for (suffix, shift) in [
                 ("Ei", 60),
@@ -152,6 +168,9 @@ impl fmt::Display for Quantity {
                 }
             }
             return write!(f, "{whole}");
+        }
+        if v % NANO == 0 {
+            return write!(f, "{}", v / NANO);
         }
         if v % 1_000_000 == 0 {
             return write!(f, "{}m", v / 1_000_000);
@@ -192,21 +211,37 @@ mod tests {
     #[test]
     fn sub_nano_precision_rounds_up() {
         assert_eq!(q("1e-10"), Quantity(1));
+        assert_eq!(q("1e-41"), Quantity(1));
+        assert_eq!(q(&format!("0.{}1", "0".repeat(50))), Quantity(1));
+        assert_eq!(q("-1e-41"), Quantity(-1));
+    }
+
+    /// What apimachinery's `ParseQuantity` gives (`resource.MustParse(s).AsDec()`, in nano-units).
+    #[test]
+    fn binary_suffixes_multiply_before_rounding_and_cap_at_int64() {
+        assert_eq!(q("0.0000000001Ki").nano_units(), 103);
+        assert_eq!(q("0.3333333333Ki").nano_units(), 341_333_333_300);
+        assert_eq!(q("1.0000000001Gi").nano_units(), 1_073_741_824_107_374_183);
+        let max = i128::from(i64::MAX) * NANO;
+        assert_eq!(q("16Ei").nano_units(), max);
+        assert_eq!(q("9999999999999999999999999999999Ei").nano_units(), max);
+        assert_eq!(q("-16Ei").nano_units(), -max);
+        // Decimal values are not capped.
+        assert_eq!(q("16E").nano_units(), 16 * 10i128.pow(27));
+    }
+
+    #[test]
+    fn zeros_and_exponents_the_api_server_accepts_parse() {
+        assert_eq!(q("1.000000000000000000000000000000"), q("1"));
+        assert_eq!(q(&format!("{}1", "0".repeat(64))), q("1"));
+        assert_eq!(q("1e20"), q("100E"));
+        assert_eq!(q("0e999"), Quantity::ZERO);
+        assert_eq!(q("100000000000000000000"), q("1e20"));
     }
 
     #[test]
     fn bad_text_is_an_error_not_a_panic() {
-        for bad in [
-            "",
-            "Gi",
-            "1.2.3",
-            "1Xi",
-            "1e",
-            "1e999",
-            "9999999999999999999999999999999Ei",
-            "--1",
-            ".",
-        ] {
+        for bad in ["", "Gi", "1.2.3", "1Xi", "1e", "1e999", "--1", "."] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} parsed");
         }
     }
@@ -220,6 +255,16 @@ mod tests {
             assert_eq!(q(text).to_string(), text);
             assert_eq!(q(&q(text).to_string()), q(text));
         }
+    }
+
+    #[test]
+    fn sums_print_in_a_form_that_parses_back() {
+        let sum = q("100000000000000000000000000000").plus(q("1n"));
+        assert_eq!(q(&sum.to_string()), sum);
+        // Over the binary cap: printed plainly, as `1024Ei` would read back capped.
+        let big = q("1180591620717411303424");
+        assert_eq!(big.to_string(), "1180591620717411303424");
+        assert_eq!(q(&big.to_string()), big);
     }
 
     #[test]

@@ -48,14 +48,31 @@ pub fn trim_kernel_text(text: &str) -> &str {
     text.trim_matches(|c: char| c.is_whitespace() || c == '\0')
 }
 
-/// The operator characters (`+ - * / % < > = ! & | ? : . [ ( {`) of the CEL expression `expression`
-/// outside its string and bytes literals (`"..."`, `'...'`, triple-quoted, raw or not): a bound on
-/// how deep its parse nests (a chain of operators nests as deep as it is long), checked before a
-/// recursive parser sees an expression from a claim or a flag.
+/// The operators (`+ - * / % < > = ! & | ? : . [ ( {` and the keyword `in`) of the CEL expression
+/// `expression` outside its string and bytes literals (`"..."`, `'...'`, triple-quoted, raw or not)
+/// and its `//` comments: a bound on how deep its parse nests (a chain of operators nests as deep as
+/// it is long), checked before a recursive parser sees an expression from a claim or a flag.
 pub fn cel_operator_count(expression: &str) -> usize {
     let bytes = expression.as_bytes();
+    let word = |at: Option<usize>| {
+        at.and_then(|at| bytes.get(at))
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    };
     let (mut count, mut i) = (0, 0);
     while let Some(&b) = bytes.get(i) {
+        // A comment, to the end of its line: the lexer skips it, quotes in it included.
+        if b == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            while bytes.get(i).is_some_and(|&c| c != b'\n') {
+                i += 1;
+            }
+            continue;
+        }
+        // `in`, a relational operator: `1 in 1 in ...` chains as `1 + 1 + ...` does.
+        if bytes.get(i..i + 2) == Some(b"in") && !word(i.checked_sub(1)) && !word(Some(i + 2)) {
+            count += 1;
+            i += 2;
+            continue;
+        }
         if b == b'"' || b == b'\'' {
             let raw = i > 0 && matches!(bytes.get(i - 1), Some(b'r' | b'R'));
             let triple = bytes.get(i..i + 3) == Some(&[b, b, b][..]);
@@ -90,6 +107,16 @@ mod tests {
         assert_eq!(cel_operator_count(r#"a.b["c\"d"] == 'e\'f'"#), 4);
         assert_eq!(cel_operator_count("1+2*3"), 2);
         assert_eq!(cel_operator_count("'unterminated . + "), 0);
+        // A quote in a comment opens no string: what follows is counted.
+        let commented = format!("// \"\n{}1 // \"", "1+".repeat(5000));
+        assert_eq!(cel_operator_count(&commented), 5000);
+        assert_eq!(cel_operator_count("a // + - * \n+ b"), 1);
+        // `in` chains like any operator; inside names it is no keyword.
+        assert_eq!(
+            cel_operator_count(&format!("{}1", "1 in ".repeat(2000))),
+            2000
+        );
+        assert_eq!(cel_operator_count("x in y && inside(lin, in_x, x_in)"), 4);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct RealXid {
     set: nvml_wrapper::event::EventSet<'static>,
     /// The GPUs that could not be registered: the UUID where NVML could name it, and why.
     pub unregistered: Vec<(Option<String>, String)>,
+    /// The UUIDs of the GPUs registered (where NVML could name them).
+    pub watched: Vec<String>,
 }
 
 impl RealXid {
@@ -61,6 +63,7 @@ impl RealXid {
         let count = nvml.device_count().map_err(|e| e.to_string())?;
         let mut unregistered = Vec::new();
         let mut registered = Vec::new();
+        let mut watched = Vec::new();
         for index in 0..count {
             let device = match nvml.device_by_index(index) {
                 Ok(device) => device,
@@ -73,6 +76,7 @@ impl RealXid {
             set = match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
                 Ok(set) => {
                     registered.push(device);
+                    watched.extend(uuid);
                     set
                 }
                 Err(e) => {
@@ -95,7 +99,11 @@ impl RealXid {
             let whys: Vec<&str> = unregistered.iter().map(|(_, why)| why.as_str()).collect();
             return Err(whys.join("; "));
         }
-        Ok(RealXid { set, unregistered })
+        Ok(RealXid {
+            set,
+            unregistered,
+            watched,
+        })
     }
 }
 

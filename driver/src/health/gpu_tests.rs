@@ -352,6 +352,23 @@ fn the_xid_watch_goes_on_after_a_failed_wait_and_marks_the_gpus_whose_events_wer
 }
 
 #[test]
+fn gpus_not_watched_when_nvml_could_not_open_one_are_marked_unwatched() {
+    let mut health = Health::default();
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let uuid = |i: usize| inventory.gpus[i].uuid.clone().unwrap();
+    // NVML opened and watches three of the four; which one it could not open it cannot say.
+    let watched = [uuid(0), uuid(1), uuid(3)];
+    assert!(health.record_unopened(&watched, "GPU 2: GPU is lost"));
+    assert!(
+        !health.record_unopened(&watched, "GPU 2: GPU is lost"),
+        "already"
+    );
+    let unwatched = Some("nvml-unwatched".to_owned());
+    assert_eq!(reasons(&mut health), [None, None, unwatched, None]);
+}
+
+#[test]
 fn a_gpu_nvml_cannot_register_for_xid_events_is_marked_unwatched() {
     let mut health = Health::default();
     let mut inventory = gb300();

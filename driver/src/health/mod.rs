@@ -5,7 +5,7 @@
 //!
 //! | source (read at each rescan) | reason | severity |
 //! |---|---|---|
-//! | NVML critical XID (GPUs; sticky while the same UUID is at that address; on a GPU NVML cannot name, or a failed event wait (`nvml-events`): every NVIDIA GPU; a GPU NVML cannot register for events: `nvml-unwatched`) | `xid-79` | unusable |
+//! | NVML critical XID (GPUs; sticky while the same UUID is at that address; on a GPU NVML cannot name, or a failed event wait (`nvml-events`): every NVIDIA GPU; a GPU NVML cannot register for events, and every GPU it does not watch when it cannot open one: `nvml-unwatched`) | `xid-79` | unusable |
 //! | a device seen and gone for [`MISSES_FOR_GONE`] reads spanning the grace (GPUs, NICs, VFs gone with their PF, CPUs) | `missing` | unusable |
 //! | a CPU seen online and offline now (`cpuN/online` = 0) | `offline` | unusable |
 //! | CPUs of a group (grouped CPU modes) offline | `cpus-offline` | degraded |
@@ -136,6 +136,35 @@ impl Health {
     pub fn record_unwatched(&mut self, uuid: &str, why: &str) -> bool {
         let message = format!("NVML cannot watch it for XID events ({why})");
         self.mark_gpu(uuid, "nvml-unwatched", message)
+    }
+
+    /// Records that NVML could not even open a GPU when the XID watch started (`why`; which GPU it
+    /// is NVML cannot say): every NVIDIA GPU whose UUID is not among the `watched` ones is marked
+    /// (`nvml-unwatched`), as NVIDIA's device plugin marks a device it cannot get a handle of. True
+    /// when one was not marked already.
+    pub fn record_unopened(&mut self, watched: &[String], why: &str) -> bool {
+        let message = format!(
+            "NVML could not open a GPU to watch it for XID events ({why}), and this GPU is not among those it watches"
+        );
+        let mut marked = false;
+        for (key, tracked) in &mut self.devices {
+            let nvidia = matches!(&tracked.snapshot, Snapshot::Gpu { gpu, .. }
+                if gpu.vendor == hal::GpuVendor::Nvidia);
+            let seen = tracked
+                .identity
+                .as_ref()
+                .is_some_and(|u| watched.contains(u));
+            if nvidia && !seen && tracked.xid.is_none() {
+                tracing::warn!(device = %key, "GPU unhealthy: {message}");
+                tracked.xid = Some(Unhealthy::now(
+                    "nvml-unwatched",
+                    message.clone(),
+                    Severity::Unusable,
+                ));
+                marked = true;
+            }
+        }
+        marked
     }
 
     /// Marks the GPU `uuid` with a sticky `reason`; true when it was seen and not marked already.

@@ -50,18 +50,15 @@ pub(super) fn spawn_xid_watch(
                 return;
             }
         };
-        // A GPU whose XIDs would go unseen is marked; one NVML cannot even open is only logged
-        // (it cannot be told which it is; its NVML facts are an error entry of the rescans).
+        // A GPU whose XIDs would go unseen is marked; when NVML cannot even open one (it cannot
+        // say which), every NVIDIA GPU it does not watch is.
         let mut marked = false;
         for (uuid, error) in &source.unregistered {
-            match uuid {
-                Some(uuid) => {
-                    marked |= health
-                        .lock()
-                        .is_ok_and(|mut h| h.record_unwatched(uuid, error));
-                }
-                None => tracing::error!(%error, "no XID events from this GPU"),
-            }
+            tracing::error!(%error, "no XID events from this GPU");
+            marked |= health.lock().is_ok_and(|mut h| match uuid {
+                Some(uuid) => h.record_unwatched(uuid, error),
+                None => h.record_unopened(&source.watched, error),
+            });
         }
         if marked {
             changed.notify_one();

@@ -30,6 +30,9 @@ pub enum Reason {
     /// another network namespace than the host's (a pod without `hostNetwork`), so which
     /// interfaces are the node's is not known, and none is taken to be free.
     Unseen(Vec<String>),
+    /// Files of the node's network (these, with why) are there but could not be read: which
+    /// interfaces are the node's is not known, and none is taken to be free.
+    Unread(Vec<String>),
 }
 
 impl std::fmt::Display for Reason {
@@ -46,6 +49,11 @@ impl std::fmt::Display for Reason {
                  not in the host's network namespace: run it with hostNetwork)",
                 names.join(", ")
             ),
+            Reason::Unread(files) => write!(
+                f,
+                "may be the node's: the node's network could not be read ({})",
+                files.join("; ")
+            ),
         }
     }
 }
@@ -54,9 +62,10 @@ impl std::fmt::Display for Reason {
 /// one that stays inside the root, never blocks on a FIFO nor opens a device node, and reads at
 /// most [`MAX_FILE_BYTES`] of a file (this project's driver reads through its sysfs backend).
 pub trait NetworkFiles {
-    /// The text of the file at `relative` (`proc/net/route`); `None` when it is missing, cannot
-    /// be read, or is longer than [`MAX_FILE_BYTES`].
-    fn read(&self, relative: &Path) -> Option<String>;
+    /// The text of the file at `relative` (`proc/net/route`), at most its first [`MAX_FILE_BYTES`]
+    /// (whole lines); `Ok(None)` when it is missing; `Err` saying why when it is there but cannot
+    /// be read (the node's network is then not known, and every interface is withheld).
+    fn read(&self, relative: &Path) -> Result<Option<String>, String>;
     /// The names in the directory at `relative`; none when it cannot be listed.
     fn list(&self, relative: &Path) -> Vec<String>;
     /// Each address of the node with the interface holding it, when the reader can ask the kernel
@@ -79,13 +88,23 @@ pub struct NodeNetwork {
     /// The routes' interfaces, when none of them is in `sys/class/net`: the routes were read in
     /// another network namespace, and every interface is protected ([`Reason::Unseen`]).
     pub unseen: Option<Vec<String>>,
+    /// The files that are there but could not be read, and why: which interfaces are the node's
+    /// is not known, and every interface is protected ([`Reason::Unread`]).
+    pub unread: Vec<String>,
 }
 
 impl NodeNetwork {
     /// Reads the node's network through `files`: default-route interfaces, the interfaces of
     /// `internal_ips`, and everything below them.
     pub fn read(files: &dyn NetworkFiles, internal_ips: &[IpAddr]) -> NodeNetwork {
-        let read = |name: &str| files.read(&Path::new("proc/net").join(name));
+        let mut unread = Vec::new();
+        let mut read = |name: &str| {
+            let path = Path::new("proc/net").join(name);
+            files.read(&path).unwrap_or_else(|why| {
+                unread.push(format!("{}: {why}", path.display()));
+                None
+            })
+        };
         let v4 = read("route").unwrap_or_default();
         let v6 = read("ipv6_route").unwrap_or_default();
         let inet6 = read("if_inet6").unwrap_or_default();
@@ -126,6 +145,7 @@ impl NodeNetwork {
         let mut network = NodeNetwork {
             interfaces: found,
             unseen,
+            unread,
         };
         network.add_lower_devices(files);
         network
@@ -135,6 +155,9 @@ impl NodeNetwork {
     pub fn protects(&self, name: &str, globs: &[String]) -> Option<Reason> {
         if let Some(reason) = self.interfaces.get(name) {
             return Some(reason.clone());
+        }
+        if !self.unread.is_empty() {
+            return Some(Reason::Unread(self.unread.clone()));
         }
         if let Some(names) = &self.unseen {
             return Some(Reason::Unseen(names.clone()));
@@ -151,7 +174,7 @@ impl NodeNetwork {
         let mut todo: Vec<String> = self.interfaces.keys().cloned().collect();
         let mut seen: BTreeSet<String> = todo.iter().cloned().collect();
         while let Some(upper) = todo.pop() {
-            for lower in lower_devices(files, &upper) {
+            for lower in lower_devices(files, &upper, &mut self.unread) {
                 if seen.insert(lower.clone()) {
                     self.interfaces
                         .entry(lower.clone())
@@ -276,7 +299,7 @@ pub fn holder_v6(text: &str, ip: Ipv6Addr) -> Option<String> {
 
 /// The lower devices of `upper`: `lower_<name>` links, bridge ports (`brif/`), bond slaves
 /// (`bonding/slaves`).
-fn lower_devices(files: &dyn NetworkFiles, upper: &str) -> Vec<String> {
+fn lower_devices(files: &dyn NetworkFiles, upper: &str, unread: &mut Vec<String>) -> Vec<String> {
     if !is_interface_name(upper) {
         return Vec::new();
     }
@@ -288,8 +311,11 @@ fn lower_devices(files: &dyn NetworkFiles, upper: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect();
     found.extend(files.list(&dir.join("brif")));
-    if let Some(slaves) = files.read(&dir.join("bonding/slaves")) {
-        found.extend(slaves.split_whitespace().map(str::to_owned));
+    let slaves = dir.join("bonding/slaves");
+    match files.read(&slaves) {
+        Ok(Some(slaves)) => found.extend(slaves.split_whitespace().map(str::to_owned)),
+        Ok(None) => {}
+        Err(why) => unread.push(format!("{}: {why}", slaves.display())),
     }
     found.retain(|n| is_interface_name(n));
     found

@@ -27,8 +27,12 @@ fn dev_vm_ipv6_default_route_and_addresses_are_read() {
 struct Plain(PathBuf);
 
 impl NetworkFiles for Plain {
-    fn read(&self, relative: &Path) -> Option<String> {
-        std::fs::read_to_string(self.0.join(relative)).ok()
+    fn read(&self, relative: &Path) -> Result<Option<String>, String> {
+        match std::fs::read_to_string(self.0.join(relative)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
     fn list(&self, relative: &Path) -> Vec<String> {
         let entries = std::fs::read_dir(self.0.join(relative))
@@ -89,7 +93,7 @@ fn the_interface_of_the_internal_ip_is_protected_without_a_default_route() {
 struct WithAddresses(Plain, Vec<(String, IpAddr)>);
 
 impl NetworkFiles for WithAddresses {
-    fn read(&self, relative: &Path) -> Option<String> {
+    fn read(&self, relative: &Path) -> Result<Option<String>, String> {
         self.0.read(relative)
     }
     fn list(&self, relative: &Path) -> Vec<String> {

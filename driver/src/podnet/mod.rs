@@ -67,7 +67,7 @@ pub struct NodeNetArgs {
 pub struct TreeFiles(pub Tree);
 
 impl NetworkFiles for TreeFiles {
-    fn read(&self, relative: &Path) -> Option<String> {
+    fn read(&self, relative: &Path) -> Result<Option<String>, String> {
         let path = self.0.join(relative);
         let mut bytes = Vec::new();
         let read = self.0.open_regular(&path).and_then(|file| {
@@ -82,15 +82,16 @@ impl NetworkFiles for TreeFiles {
         });
         match read {
             Ok(_) if bytes.len() as u64 > MAX_FILE_BYTES => {
-                tracing::warn!(path = %path.display(), "longer than {MAX_FILE_BYTES} bytes: not read");
-                None
+                // Whole lines of the first part: the kernel lists the default route first.
+                bytes.truncate(MAX_FILE_BYTES as usize);
+                let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                bytes.truncate(end);
+                tracing::warn!(path = %path.display(), "longer than {MAX_FILE_BYTES} bytes: the rest not read");
+                Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
             }
-            Ok(_) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            Err(error) if error.kind() == hal::ErrorKind::NotFound => None,
-            Err(error) => {
-                tracing::warn!(%error, "the node's network: not read");
-                None
-            }
+            Ok(_) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(error) if error.kind() == hal::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error.to_string()),
         }
     }
 

@@ -82,7 +82,7 @@ impl NetworkFiles for TreeFiles {
         });
         match read {
             Ok(_) if bytes.len() as u64 > MAX_FILE_BYTES => {
-                // Whole lines of the first part: the kernel lists the default route first.
+                // Whole lines of the first part (the kernel lists the IPv4 default route first).
                 bytes.truncate(MAX_FILE_BYTES as usize);
                 let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
                 bytes.truncate(end);

@@ -262,7 +262,8 @@ fn network_config_is_validated_strictly_and_errors_name_the_field() {
 }
 
 /// A captured tree (`hal-probe --sysfs-root`) is untrusted: a FIFO, a link to `/dev/zero` and an
-/// over-long file in place of the network files are skipped, within seconds, and the rest is read.
+/// over-long file in place of the network files are not read past their bound, within seconds, and
+/// the rest is read; the files that could not be read withhold every interface.
 #[test]
 fn the_node_network_of_a_hostile_tree_is_read_without_blocking_or_leaving_the_root() {
     use rustix::fs::{CWD, FileType, Mode};
@@ -294,11 +295,25 @@ fn the_node_network_of_a_hostile_tree_is_read_without_blocking_or_leaving_the_ro
     let (skipped, node) = answer
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("read within 10 s");
-    assert_eq!(skipped, [None, None, None]);
+    // The FIFO and the device node are refused, the over-long file read up to its last whole line
+    // within the bound (none: it is all NUL bytes).
+    assert!(
+        skipped[0].as_ref().is_err_and(|e| e.contains("ipv6_route")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped[1].as_ref().is_err_and(|e| e.contains("if_inet6")),
+        "{skipped:?}"
+    );
+    assert_eq!(skipped[2], Ok(Some(String::new())));
     assert_eq!(
         node.interfaces,
         BTreeMap::from([("eth0".to_owned(), Reason::DefaultRouteV4)])
     );
+    // Files that are there but could not be read: which interfaces are the node's is not known,
+    // so none is free (not the routes' absence, which would leave the node's NIC open).
+    assert_eq!(node.unread.len(), 2, "{:?}", node.unread);
+    assert!(matches!(node.protects("ens9", &[]), Some(Reason::Unread(files)) if files.len() == 2));
 }
 
 #[test]

@@ -31,6 +31,7 @@ use fixture_tree::FixtureTree;
 #[cfg(feature = "udev")]
 use watch::spawn_hotplug_watch;
 use watch::spawn_xid_watch;
+use watch::version_moved;
 
 /// Starts logging (`RUST_LOG` filters, default `info`).
 pub fn init_logging(format: LogFormat) {
@@ -71,9 +72,17 @@ pub async fn run(
             return Ok(());
         }
     };
-    if args.slices.counter_layout.is_none() {
-        config.counter_layout = counter_layout_for(&major, &minor);
+    let started_version = (major.clone(), minor.clone());
+    let layout = counter_layout_for(&major, &minor);
+    if args.slices.counter_layout.is_some() && config.counter_layout != layout {
+        bail!(
+            "--counter-layout {:?}: the API server ({major}.{minor}) refuses that layout ({:?} \
+             is its); leave the flag out and the plugin follows the server's version",
+            config.counter_layout,
+            layout
+        );
     }
+    config.counter_layout = layout;
     config.informational_taints = informational_taints_for(&major, &minor);
     tracing::debug!(layout = ?config.counter_layout, informational_taints = config.informational_taints,
         "API server {major}.{minor}");
@@ -234,7 +243,7 @@ pub async fn run(
             slices
         };
         tasks.spawn(publish_loop(
-            publisher(client, &config),
+            publisher(client.clone(), &config),
             read,
             interval,
             changed.clone(),
@@ -377,17 +386,28 @@ pub async fn run(
         "serving the kubelet"
     );
     let health = HealthService::new(health_stream);
-    let served = serve(
-        &sockets,
-        handler,
-        Some(health),
-        registration,
-        stopping(shutdown),
-    )
-    .await;
+    // Served until SIGTERM, or until the API server's version crosses 1.35 (an upgraded control
+    // plane): then the plugin exits with an error, and the kubelet starts it again to publish for
+    // that version (prepared claims are in the checkpoint).
+    let moved = std::sync::OnceLock::new();
+    let until = async {
+        tokio::select! {
+            () = stopping(shutdown) => {}
+            Some(version) = version_moved(client.clone(), started_version, stopped.clone()) => {
+                let _ = moved.set(version);
+            }
+        }
+    };
+    let served = serve(&sockets, handler, Some(health), registration, until).await;
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
+    if let Some(version) = moved.get() {
+        bail!(
+            "the API server is now version {version} (it was {major}.{minor} at start): the slices' \
+             counter layout and taint effects depend on it, so the plugin exits to start again"
+        );
+    }
     served.map_err(anyhow::Error::from)
 }
 

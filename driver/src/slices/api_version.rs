@@ -5,7 +5,7 @@ use super::CounterLayout;
 
 /// Whether API server version `major.minor` is 1.35 or later: where counter sets get slices of their
 /// own and the taint effect `None` is accepted.
-fn at_least_1_35(major: &str, minor: &str) -> bool {
+pub fn at_least_1_35(major: &str, minor: &str) -> bool {
     let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
     matches!((major, minor), ("1", m) if m >= 35)
 }

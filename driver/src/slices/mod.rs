@@ -48,10 +48,13 @@ pub fn build_slices_of(
     config: &SliceConfig,
     generation: i64,
 ) -> Vec<ResourceSlice> {
+    // Only the sets a published device consumes (not those of a GPU whose family is not
+    // published, or whose devices were all left out).
     let counter_sets: Vec<CounterSet> = inventory
         .gpus
         .iter()
         .filter_map(|g| partitions::counter_set(g, inventory, config))
+        .filter(|set| devices.iter().any(|d| consumes(d, &set.name)))
         .collect();
     let per_slice = max_devices_per_slice(&devices);
     let own_slice = config.counter_layout == CounterLayout::OwnSlice;

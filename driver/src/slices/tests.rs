@@ -534,6 +534,26 @@ fn kubernetes_1_35_layout_puts_counter_sets_in_slices_of_their_own() {
 }
 
 #[test]
+fn no_counter_set_is_published_that_no_published_device_consumes() {
+    for layout in [CounterLayout::SameSlice, CounterLayout::OwnSlice] {
+        let mut config = SliceConfig::new("i915-node");
+        config.gpu_partitions = 4;
+        config.counter_layout = layout;
+        config.families.gpus = false;
+        let slices = build_slices(&inventory("i915"), &config, 1);
+        assert!(
+            slices.iter().all(|s| s.spec.shared_counters.is_none()),
+            "{layout:?}: sets of GPUs not published"
+        );
+        assert!(
+            slices
+                .iter()
+                .all(|s| s.spec.pool.resource_slice_count == slices.len() as i64)
+        );
+    }
+}
+
+#[test]
 fn a_partitions_name_gives_its_gpu() {
     use crate::slices::partitions::partition_gpu;
     let gpu = hal::PciAddress::parse("0000:4d:00.0").unwrap();

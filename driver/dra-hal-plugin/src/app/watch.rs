@@ -1,4 +1,5 @@
-//! Threads that wake the publisher between rescans: kernel hotplug events and NVIDIA XID events.
+//! Threads that wake the publisher between rescans: kernel hotplug events and NVIDIA XID events;
+//! and the task that reads the API server's version again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,4 +72,72 @@ pub(super) fn spawn_xid_watch(
             Duration::from_secs(1),
         );
     });
+}
+
+/// How often the API server's version is read again.
+const VERSION_RECHECK: Duration = Duration::from_secs(600);
+
+/// Reads the API server's version every [`VERSION_RECHECK`] until `stopped`, and returns the new one
+/// when it is on the other side of 1.35 than `started`: what the slices' counter layout and taint
+/// effects follow (a control plane upgraded while this plugin runs refuses the 1.34 layout), so the
+/// plugin restarts to publish for it. A failed read is skipped (the next comes an interval later).
+pub(super) async fn version_moved(
+    client: kube::Client,
+    started: (String, String),
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Option<String> {
+    use driver::slices::api_version::at_least_1_35;
+    let before = at_least_1_35(&started.0, &started.1);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(VERSION_RECHECK) => {}
+            _ = stopped.changed() => return None,
+        }
+        let read = tokio::time::timeout(Duration::from_secs(20), client.apiserver_version()).await;
+        let (major, minor) = match read {
+            Ok(Ok(info)) => match driver::api::major_minor(&info) {
+                Some(version) => version,
+                None => continue,
+            },
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "reading the API server's version again");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if at_least_1_35(&major, &minor) != before {
+            return Some(format!("{major}.{minor}"));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use driver::fake_api::FakeApi;
+
+    use super::{VERSION_RECHECK, version_moved};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_control_plane_upgraded_past_1_35_ends_the_wait_with_its_version() {
+        let state = Arc::new(Mutex::new(FakeApi::with_node("n")));
+        let client = FakeApi::mock_client(state.clone(), &driver::api::call_timeout_layer());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let started = ("1".to_owned(), "34".to_owned());
+        let task = tokio::spawn(version_moved(client.clone(), started, stopped.clone()));
+        // Read three times: still 1.34.
+        tokio::time::sleep(VERSION_RECHECK * 3 + VERSION_RECHECK / 2).await;
+        assert!(!task.is_finished());
+        state.lock().unwrap().server_minor = Some(36);
+        let moved = tokio::time::timeout(VERSION_RECHECK * 2, task).await;
+        assert_eq!(moved.unwrap().unwrap().as_deref(), Some("1.36"));
+        // A minor change on the same side (1.36 to 1.37) is no reason; a stop ends the wait.
+        let started = ("1".to_owned(), "37".to_owned());
+        let task = tokio::spawn(version_moved(client, started, stopped));
+        tokio::time::sleep(VERSION_RECHECK * 2).await;
+        stop.send(true).unwrap();
+        assert_eq!(task.await.unwrap(), None);
+    }
 }

@@ -32,16 +32,44 @@ impl VersionRefused {
     }
 }
 
-/// The API server's version (`major`, `minor`): asked until it answers (with [`Backoff`] between
-/// tries), never guessed. A refusal (401, 403) fails at once: retrying cannot change the plugin's
-/// credentials or RBAC.
+/// The `major` and `minor` of a version answer, as decimal numbers: its `major`/`minor` fields
+/// (`minor` may end in `+`, as managed clusters' do), else its `gitVersion` (`v1.35.0-alpha.1+abc`:
+/// source builds answer empty fields); `None` when neither says.
+pub fn major_minor(
+    info: &k8s_openapi::apimachinery::pkg::version::Info,
+) -> Option<(String, String)> {
+    let number = |text: &str| {
+        let digits = text.trim_end_matches('+');
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.to_owned())
+    };
+    if let (Some(major), Some(minor)) = (number(&info.major), number(&info.minor)) {
+        return Some((major, minor));
+    }
+    let release = info.git_version.strip_prefix('v')?;
+    let mut parts = release.split(['.', '-', '+']);
+    Some((number(parts.next()?)?, number(parts.next()?)?))
+}
+
+/// The API server's version (`major`, `minor`, decimal, [`major_minor`]): asked until it answers
+/// with one (with [`Backoff`] between tries), never guessed. A refusal (401, 403) fails at once:
+/// retrying cannot change the plugin's credentials or RBAC.
 pub async fn server_version_of(client: &kube::Client) -> Result<(String, String), VersionRefused> {
     let mut backoff = Backoff::default();
     loop {
         // The whole call, body included, within CALL_TIMEOUT: the client's own timeout covers only
         // the answer's headers, and a server that sends them and stalls would hold the start.
         let error = match tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await {
-            Ok(Ok(info)) => return Ok((info.major, info.minor)),
+            Ok(Ok(info)) => match major_minor(&info) {
+                Some(version) => return Ok(version),
+                None => (
+                    format!(
+                        "its answer names no version (major {:?}, minor {:?}, gitVersion {:?})",
+                        info.major, info.minor, info.git_version
+                    ),
+                    ErrorKind::Other,
+                ),
+            },
             Ok(Err(source)) => {
                 if let ErrorKind::Rejected(code @ (401 | 403)) = kind_of(&source) {
                     return Err(VersionRefused { code, source });
@@ -68,6 +96,37 @@ mod tests {
     use super::server_version_of;
     use crate::client::{Backoff, ErrorKind, call_timeout_layer};
     use crate::fake_api::FakeApi;
+
+    #[test]
+    fn the_version_is_read_from_its_fields_else_from_its_git_version() {
+        let info =
+            |major: &str, minor: &str, git: &str| k8s_openapi::apimachinery::pkg::version::Info {
+                major: major.into(),
+                minor: minor.into(),
+                git_version: git.into(),
+                ..Default::default()
+            };
+        let pair = |a: &str, b: &str| Some((a.to_owned(), b.to_owned()));
+        assert_eq!(
+            super::major_minor(&info("1", "35", "v1.35.1")),
+            pair("1", "35")
+        );
+        assert_eq!(
+            super::major_minor(&info("1", "34+", "v1.34.2-eks-1")),
+            pair("1", "34")
+        );
+        // Source builds answer empty fields: the release in gitVersion says it.
+        assert_eq!(
+            super::major_minor(&info("", "", "v1.35.0-alpha.1+0123abc")),
+            pair("1", "35")
+        );
+        assert_eq!(
+            super::major_minor(&info("1", "x", "v1.36.0")),
+            pair("1", "36")
+        );
+        assert_eq!(super::major_minor(&info("", "", "")), None);
+        assert_eq!(super::major_minor(&info("", "", "v1")), None);
+    }
 
     /// The version is never guessed: an API server that fails the version read is asked again, after
     /// a backoff, until it answers (the fake answers 1.34).

@@ -1,14 +1,16 @@
 //! The CEL environment of DRA selectors: `device.driver`, `device.attributes[domain].name`,
 //! `device.capacity[domain].name` (quantities), `device.allowMultipleAllocations`, with the Kubernetes
-//! extension functions (`quantity()`, `semver()`, strings, lists, ...) from kube-cel.
+//! extension functions (`quantity()`, `semver()`, strings, lists, ...) from kube-cel. A domain the
+//! device lacks is an empty map, as in Kubernetes (`domains.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use kube_cel::KubeCelExt;
-use kube_cel::cel::{Context, ExecutionError, Program, Value};
+use kube_cel::cel::{Context, ExecutionError, IdedExpr, Program, Value};
 
 use crate::cost::{self, MAX_COST};
+use crate::domains;
 use crate::model::{AttrValue, Candidate};
 
 /// What one selector said of one device.
@@ -87,20 +89,26 @@ impl CompileError {
     }
 }
 
+/// A selector as it is evaluated: its parse tree with domain lookups defaulted (`domains.rs`).
+#[derive(Debug)]
+pub struct Compiled(IdedExpr);
+
 /// Compiled selectors and the values devices are seen as.
 pub struct Cel {
     root: Context<'static>,
     to_quantity: Program,
     to_semver: Program,
-    programs: HashMap<String, Result<Rc<Program>, CompileError>>,
+    programs: HashMap<String, Result<Rc<Compiled>, CompileError>>,
 }
 
 impl Cel {
     /// A fresh environment with every Kubernetes CEL library.
     pub fn new() -> Result<Cel, String> {
         let compile = |s: &str| Program::compile(s).map_err(|e| e.to_string());
+        let mut root = Context::default().with_all();
+        root.add_function(domains::DOMAIN, domains::domain);
         Ok(Cel {
-            root: Context::default().with_all(),
+            root,
             to_quantity: compile("quantity(s)")?,
             to_semver: compile("semver(s)")?,
             programs: HashMap::new(),
@@ -109,7 +117,7 @@ impl Cel {
 
     /// Compiles `expression` once; later calls return the same program (or the same error). An
     /// expression over the API server's cost limit is refused, as the API server refuses it.
-    pub fn compile(&mut self, expression: &str) -> Result<Rc<Program>, CompileError> {
+    pub fn compile(&mut self, expression: &str) -> Result<Rc<Compiled>, CompileError> {
         self.programs
             .entry(expression.to_owned())
             .or_insert_with(|| {
@@ -130,7 +138,11 @@ impl Cel {
                 }
                 match cost::estimate(program.expression()) {
                     cost if cost > MAX_COST => Err(CompileError::TooComplex(cost)),
-                    _ => Ok(Rc::new(program)),
+                    _ => {
+                        let mut tree = program.expression().clone();
+                        domains::rewrite(&mut tree, false);
+                        Ok(Rc::new(Compiled(tree)))
+                    }
                 }
             })
             .clone()
@@ -144,15 +156,11 @@ impl Cel {
             .unwrap_or_else(|_| Value::from(text.to_owned()))
     }
 
-    /// `device` as CEL sees it. Every domain in `domains` is present (empty when the device has none of
-    /// its attributes), as Kubernetes answers an unknown domain with an empty map.
-    pub fn device_value(&self, device: &Candidate, domains: &BTreeSet<String>) -> Value {
+    /// `device` as CEL sees it: the device's own domains (a lookup of any other is an empty map,
+    /// `domains.rs`).
+    pub fn device_value(&self, device: &Candidate) -> Value {
         let mut attributes: BTreeMap<&str, HashMap<String, Value>> = BTreeMap::new();
         let mut capacity: BTreeMap<&str, HashMap<String, Value>> = BTreeMap::new();
-        for domain in domains {
-            attributes.entry(domain).or_default();
-            capacity.entry(domain).or_default();
-        }
         for (name, value) in &device.attributes {
             let (domain, id) = split(name);
             let value = match value {
@@ -192,10 +200,10 @@ impl Cel {
     }
 
     /// Runs `program` with `device` bound.
-    pub fn eval(&self, program: &Program, device: &Value) -> Verdict {
+    pub fn eval(&self, program: &Compiled, device: &Value) -> Verdict {
         let mut scope = self.root.new_inner_scope();
         scope.add_variable_from_value("device", device.clone());
-        match program.execute(&scope) {
+        match Value::resolve(&program.0, &scope) {
             Ok(Value::Bool(true)) => Verdict::Selected,
             Ok(Value::Bool(false)) => Verdict::NotSelected,
             Ok(other) => Verdict::Error(format!("the expression returned {other:?}, not a bool")),
@@ -208,35 +216,6 @@ impl Cel {
 /// `domain/id` into its parts (a bare name has no domain here; the model qualifies names first).
 fn split(name: &str) -> (&str, &str) {
     name.rsplit_once('/').unwrap_or(("", name))
-}
-
-/// The quoted string literals of an expression that look like attribute domains (contain a dot), so
-/// that `device.attributes["other.vendor.com"]` yields an empty map rather than an error.
-pub fn domain_literals(expression: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut chars = expression.char_indices();
-    while let Some((start, c)) = chars.next() {
-        if c != '"' && c != '\'' {
-            continue;
-        }
-        let quote = c;
-        let mut end = None;
-        for (i, d) in chars.by_ref() {
-            if d == quote {
-                end = Some(i);
-                break;
-            }
-        }
-        let Some(end) = end else { break };
-        if let Some(literal) = expression.get(start + 1..end)
-            && literal.contains('.')
-            && !literal.contains(['/', ' ', ':'])
-            && literal.len() <= 63
-        {
-            found.insert(literal.to_owned());
-        }
-    }
-    found
 }
 
 /// Verdicts by expression and device, so a class's selectors (and repeated request selectors) are
@@ -320,8 +299,7 @@ mod tests {
     fn verdict(expression: &str) -> Verdict {
         let mut cel = Cel::new().unwrap();
         let program = cel.compile(expression).unwrap();
-        let domains = domain_literals(expression);
-        let value = cel.device_value(&gpu(), &domains);
+        let value = cel.device_value(&gpu());
         cel.eval(&program, &value)
     }
 
@@ -419,7 +397,7 @@ mod tests {
                 .spawn(move || {
                     let mut cel = Cel::new().unwrap();
                     if let Ok(program) = cel.compile(&expression) {
-                        cel.eval(&program, &cel.device_value(&gpu(), &BTreeSet::new()));
+                        cel.eval(&program, &cel.device_value(&gpu()));
                     }
                     let refused = cel.compile(&deeper).map(drop);
                     assert!(
@@ -455,16 +433,40 @@ mod tests {
             cel.compile(&format!("{ten}.all(a, {ten}.all(b, a + b > 0))"))
                 .is_ok()
         );
+        // Small, but builds a list of 10^8 elements (52 s and 7.8 GB in kube-cel).
+        let error = cel
+            .compile("lists.range(100000000).size() > 0")
+            .unwrap_err();
+        assert_eq!(error.kind(), CompileErrorKind::TooComplex);
     }
 
+    /// Kubernetes answers a lookup of any domain the device lacks with an empty map
+    /// (`newStringInterfaceMapWithDefault`, `cel/compile.go`), whether or not the selector spells
+    /// it as a literal or any device has it; only lookups, not `in`, `size()` or iteration.
     #[test]
-    fn domain_literals_finds_quoted_domains_only() {
-        let found = domain_literals(
-            r#"device.attributes["dra.net"].ifName == 'eth0' && device.attributes['resource.kubernetes.io'].pciBusID == "0008:06:00.0""#,
+    fn any_unknown_domain_is_an_empty_map_as_in_kubernetes() {
+        use Verdict::*;
+        for expression in [
+            r#"device.attributes["localhost"].size() == 0"#,
+            r#"device.capacity["localhost"].size() == 0"#,
+            r#"device.attributes["local" + "host"].size() == 0"#,
+            "device.attributes.localhost.size() == 0",
+            "has(device.attributes.localhost)",
+            r#"device.attributes["gpu.example.com"].numaNode == 1 && device.attributes["gpu.example.com"].all(a, a != "x")"#,
+            r#""gpu.example.com" in device.attributes && !("localhost" in device.attributes)"#,
+            "size(device.attributes) == 1 && device.attributes.all(d, d == 'gpu.example.com')",
+            // A comprehension variable named `device` is not the device.
+            r#"[{"attributes": {"x": 1}}].all(device, device.attributes["x"] == 1)"#,
+        ] {
+            assert_eq!(verdict(expression), Selected, "{expression}");
+        }
+        assert_eq!(
+            verdict(r#"device.attributes["localhost"].x == 1"#),
+            Missing("x".into())
         );
         assert_eq!(
-            found.into_iter().collect::<Vec<_>>(),
-            vec!["dra.net".to_owned(), "resource.kubernetes.io".to_owned()]
+            verdict(r#"[{"attributes": {}}].all(device, device.attributes["x"] == 1)"#),
+            Missing("x".into())
         );
     }
 }

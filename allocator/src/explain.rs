@@ -1,12 +1,12 @@
 //! [`Allocator::explain`]: the allocation a claim would get, or the smallest reason it gets none.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 use kube_cel::cel::Value;
 
 use crate::cel::VerdictCache;
-use crate::cel::{Cel, CompileError, domain_literals};
+use crate::cel::{Cel, CompileError};
 use crate::claim::{Alternative, Claim, Mode};
 use crate::gates::FeatureGates;
 use crate::input::ClaimInput;
@@ -38,7 +38,6 @@ pub struct Allocator {
     pub(crate) pools: Pools,
     classes: BTreeMap<String, DeviceClass>,
     pub(crate) cel: Cel,
-    domains: BTreeSet<String>,
     pub(crate) values: Vec<Value>,
     /// Device tries before a search gives up.
     pub step_limit: u64,
@@ -125,7 +124,6 @@ impl Allocator {
             .filter_map(|c| c.metadata.name.clone().map(|n| (n, c)))
             .collect();
         let mut allocator = Allocator {
-            domains: pools.domains(),
             pools,
             classes,
             cel: Cel::new()?,
@@ -161,7 +159,7 @@ impl Allocator {
             .pools
             .devices
             .iter()
-            .map(|d| self.cel.device_value(d, &self.domains))
+            .map(|d| self.cel.device_value(d))
             .collect();
     }
 
@@ -223,7 +221,7 @@ impl Allocator {
 
     /// Whether some pool is invalid (duplicate names, unknown counter sets).
     pub(crate) fn any_invalid_pool(&self) -> bool {
-        self.pools.devices.iter().any(|d| d.invalid_pool)
+        self.pools.pools.iter().any(|p| p.invalid)
     }
 
     /// What an outcome says when the search reached its step limit.
@@ -285,17 +283,6 @@ impl Allocator {
                 return Err(Box::new(outcome));
             }
         };
-        let mut fresh = false;
-        for alternative in claim.requests.iter().flat_map(|r| &r.alternatives) {
-            for selector in &alternative.selectors {
-                for domain in domain_literals(&selector.expression) {
-                    fresh |= self.domains.insert(domain);
-                }
-            }
-        }
-        if fresh {
-            self.refresh_values();
-        }
         // `namespace/name`, as the scheduler names the claim (`klog.KObj`).
         let claim_name = input.scheduler_name.clone().unwrap_or_else(|| {
             input
@@ -495,15 +482,16 @@ impl Allocator {
             .iter()
             .filter_map(|f| f.error.as_ref().map(|e| (f.device, e)))
             .collect();
-        self.pools.devices.iter().enumerate().find_map(|(d, device)| {
-            let state = match (device.incomplete_pool, device.invalid_pool) {
+        // Every pool, with or without devices here (a pool of counters only, being updated).
+        self.pools.pools.iter().find_map(|pool| {
+            let state = match (pool.incomplete, pool.invalid) {
                 (true, _) => "being updated",
                 (_, true) => "invalid",
-                _ => return errors.get(&d).map(|e| (*e).clone()),
+                _ => return pool.devices.clone().find_map(|d| errors.get(&d).map(|e| (*e).clone())),
             };
             Some(format!(
-                "claim {claim_name}, request {}: asks for all devices, but resource pool {}/{} is currently {state}",
-                alternative.name, device.driver, device.pool
+                "claim {claim_name}, request {}: asks for all devices, but resource pool {} is currently {state}",
+                alternative.name, pool.id
             ))
         })
     }

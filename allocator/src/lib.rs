@@ -51,7 +51,9 @@ mod bounds;
 mod capacity;
 mod cel;
 mod claim;
+mod completeness;
 mod cost;
+mod domains;
 mod explain;
 mod extended;
 mod gates;
@@ -76,7 +78,7 @@ pub use extended::{CLASS_PREFIX, Implicit, implicit_claim};
 pub use gates::FeatureGates;
 pub use input::{ClaimInput, InputError, MAX_FILE_BYTES, Objects, PodInput, RequestMapping};
 pub use link::{EXTENDED_RESOURCE_CLAIM_ANNOTATION, PodClaims, link_pod};
-pub use model::{AttrValue, Pools};
+pub use model::{AttrValue, Pool, Pools};
 pub use nodes::{Node, describe_node_selector};
 pub use outcome::{Allocated, Outcome, Status};
 pub use quantity::{Quantity, QuantityError};
@@ -104,6 +106,9 @@ mod tests_gated;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_pod;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_pools;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_reserved;

@@ -6,15 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use k8s_openapi::api::resource::v1::{DeviceTaint, DeviceToleration};
-use kube_cel::cel::Program;
-
-use crate::cel::{Verdict, VerdictCache};
+use crate::cel::{Compiled, Verdict, VerdictCache};
 use crate::claim::{Alternative, Mode};
 use crate::explain::Allocator;
 use crate::model::NodeFit;
 use crate::outcome::{Matching, Rejection};
 use crate::search::Fit;
+use k8s_openapi::api::resource::v1::{DeviceTaint, DeviceToleration};
 
 impl Allocator {
     /// Selectors, capacity, taints and use of every device, for one alternative. `claim_name` is the
@@ -22,7 +20,7 @@ impl Allocator {
     pub(crate) fn matching(
         &self,
         alternative: &Alternative,
-        programs: &[Rc<Program>],
+        programs: &[Rc<Compiled>],
         verdicts: &mut VerdictCache,
         claim_name: &str,
         warnings: &mut Vec<String>,

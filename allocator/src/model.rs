@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::resource::v1::{DeviceAttribute, DeviceTaint, ResourceSlice};
 
 pub use crate::capacity::Capacity;
+pub use crate::completeness::Elsewhere;
+use crate::completeness::{Completeness, completeness};
 use crate::input::ClaimInput;
 use crate::nodes::Node;
 use crate::quantity::Quantity;
@@ -55,7 +57,8 @@ pub struct Candidate {
     pub consumes: Vec<(usize, BTreeMap<String, Quantity>)>,
     /// Taints.
     pub taints: Vec<DeviceTaint>,
-    /// Set when the pool is being updated (not all slices of its newest generation are here).
+    /// Set when the pool is being updated (its slices of its newest generation, on every node,
+    /// are not exactly `resourceSliceCount`).
     pub incomplete_pool: bool,
     /// Set when the pool is invalid (duplicate device names, counters it does not have): the
     /// scheduler allocates nothing from it.
@@ -177,11 +180,31 @@ pub struct Pools {
     /// Per device: it consumes counters of a pool where what existing claims hold already
     /// exceeds some counter set, so the scheduler gives it to nobody.
     pub starved: Vec<bool>,
+    /// The pools the scheduler gathers for the node, in its order (`GatherPools`), with or
+    /// without devices here.
+    pub pools: Vec<Pool>,
+    /// Devices of other nodes' slices in pools complete only with them, by `driver/pool/name`:
+    /// their allocations consume the pools' counters (`DeviceSlicesNotTargetingNode`).
+    pub elsewhere: BTreeMap<String, Elsewhere>,
     /// Things a user should know (older generations dropped, incomplete pools, unknown devices).
     pub warnings: Vec<String>,
     /// A node selector of a slice that does not parse: the scheduler fails every claim on the
     /// node with it (`GatherPools`).
     pub node_error: Option<String>,
+}
+
+/// A pool the scheduler gathers for the node.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// `driver/pool`.
+    pub id: String,
+    /// Its devices in [`Pools::devices`].
+    pub devices: std::ops::Range<usize>,
+    /// Being updated (`IsIncomplete`): `allocationMode: All` fails on it.
+    pub incomplete: bool,
+    /// Invalid (`IsInvalid`): `allocationMode: All` fails on it, and so does a claim that gets
+    /// no allocation.
+    pub invalid: bool,
 }
 
 /// What a device's own node selection says, for the report.
@@ -241,7 +264,7 @@ pub fn qualify(driver: &str, name: &str) -> String {
 }
 
 /// Counter values, by name; an unparsable one counts as zero, with a warning.
-fn counters(
+pub(crate) fn counters(
     counters: &BTreeMap<String, k8s_openapi::api::resource::v1::Counter>,
     warnings: &mut Vec<String>,
 ) -> BTreeMap<String, Quantity> {
@@ -298,11 +321,21 @@ impl Pools {
         version: KubernetesVersion,
     ) -> Pools {
         let mut pools = Pools::default();
+        let beside = version.counters_beside_devices();
         // (driver, pool) -> slices of the newest generation
         let mut grouped: BTreeMap<(String, String), Vec<&ResourceSlice>> = BTreeMap::new();
+        // Every slice that can exist, of any node: what makes a pool complete.
+        let mut all = Vec::new();
         for slice in slices {
             let spec = &slice.spec;
+            let refused = beyond_api_limits(spec.devices.as_deref().unwrap_or_default());
+            if refused.is_none() {
+                all.push(slice);
+            }
+            // From 1.35 on, a slice of shared counters is for every node (`GatherPools`).
+            let counters = !beside && spec.shared_counters.as_ref().is_some_and(|c| !c.is_empty());
             match node.wants_slice(slice) {
+                _ if counters => {}
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -312,7 +345,7 @@ impl Pools {
             }
             // A slice the API server refuses cannot exist: its pool lacks it (and is then
             // incomplete, as it would be in the cluster).
-            if let Some(refused) = beyond_api_limits(spec.devices.as_deref().unwrap_or_default()) {
+            if let Some(refused) = refused {
                 pools.warnings.push(format!(
                     "slice {}: {refused}: the API server refuses such a slice, so it cannot exist: left out",
                     slice.metadata.name.as_deref().unwrap_or("<no name>"),
@@ -328,34 +361,48 @@ impl Pools {
             }
             entry.push(slice);
         }
-        // Pools with binding conditions come after all others, each part by ID (`GatherPools`).
-        let mut grouped: Vec<_> = grouped.into_iter().collect();
-        grouped.sort_by_key(|(_, slices)| {
-            slices.iter().any(|s| {
-                s.spec
-                    .devices
-                    .iter()
-                    .flatten()
-                    .any(|d| d.binding_conditions.as_ref().is_some_and(|c| !c.is_empty()))
-            })
+        let mut gathered: Vec<_> = Vec::new();
+        for ((driver, pool), slices) in grouped {
+            match completeness(&slices, &all) {
+                Completeness::Obsolete { newer } => pools.warnings.push(format!(
+                    "pool {driver}/{pool}: generation {} here, but generation {newer} elsewhere: as in the scheduler, the pool is ignored while its driver replaces it",
+                    slices.first().map_or(0, |s| s.spec.pool.generation)
+                )),
+                state => gathered.push(((driver, pool), slices, state)),
+            }
+        }
+        // Complete pools with binding conditions come after all others, each part by ID
+        // (`GatherPools`).
+        gathered.sort_by_key(|(_, slices, state)| {
+            matches!(state, Completeness::Complete(_))
+                && slices.iter().any(|s| {
+                    s.spec
+                        .devices
+                        .iter()
+                        .flatten()
+                        .any(|d| d.binding_conditions.as_ref().is_some_and(|c| !c.is_empty()))
+                })
         });
-        for ((driver, pool), mut slices) in grouped {
+        for ((driver, pool), mut slices, state) in gathered {
             // The scheduler takes a pool's slices in name order (`buildPool`: sortSlicesByName),
             // whatever order they were listed in.
             slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-            let expected = slices
-                .first()
-                .map_or(0, |s| s.spec.pool.resource_slice_count);
-            let incomplete = (slices.len() as i64) < expected;
-            if incomplete {
-                pools.warnings.push(format!(
-                    "pool {driver}/{pool}: {} of {expected} slices present (being updated?): as in the scheduler, none of its devices is allocated until the pool is complete",
-                    slices.len()
-                ));
-            }
+            let (incomplete, elsewhere) = match state {
+                Completeness::Incomplete { present, expected } => {
+                    pools.warnings.push(format!(
+                        "pool {driver}/{pool}: {present} of {expected} slices present{} (being updated?): as in the scheduler, none of its devices is allocated until the pool is complete",
+                        match present as i64 > expected {
+                            true => ", more than resourceSliceCount",
+                            false => "",
+                        }
+                    ));
+                    (true, Vec::new())
+                }
+                Completeness::Complete(elsewhere) => (false, elsewhere),
+                Completeness::Obsolete { .. } => continue,
+            };
             // Counter sets by (slice, name): in 1.34 a device sees its own slice's sets only; from
             // 1.35 on, every set of the pool (the slice is None).
-            let beside = version.counters_beside_devices();
             let scope = |i: usize| beside.then_some(i);
             let mut sets: BTreeMap<(Option<usize>, String), usize> = BTreeMap::new();
             // Why the scheduler sets the pool aside (`buildPool`: the first problem found).
@@ -520,7 +567,14 @@ impl Pools {
             {
                 invalid = Some(format!("duplicate device name {}", duplicate.name));
             }
-            if let Some(reason) = invalid {
+            if !beside {
+                let id = format!("{driver}/{pool}");
+                let found = pools.record_elsewhere(&id, &elsewhere, &sets);
+                invalid = invalid.or(found);
+            }
+            // `buildPool` validates complete pools only.
+            let invalid = invalid.filter(|_| !incomplete);
+            if let Some(reason) = &invalid {
                 pools.warnings.push(format!(
                     "pool {driver}/{pool} is invalid ({reason}): as in the scheduler, none of its devices is allocated"
                 ));
@@ -528,6 +582,12 @@ impl Pools {
                     device.invalid_pool = true;
                 }
             }
+            pools.pools.push(Pool {
+                id: format!("{driver}/{pool}"),
+                devices: first..pools.devices.len(),
+                incomplete,
+                invalid: invalid.is_some(),
+            });
         }
         pools.usage = vec![Usage::default(); pools.devices.len()];
         pools.counters_used = vec![BTreeMap::new(); pools.counter_sets.len()];
@@ -601,14 +661,18 @@ impl Pools {
             };
             for result in results {
                 let id = format!("{}/{}/{}", result.driver, result.pool, result.device);
+                let admin = result.admin_access == Some(true);
                 let Some(&i) = index.get(&id) else {
+                    if self.charge_elsewhere(&id, admin) {
+                        continue;
+                    }
                     self.warnings.push(format!(
                         "{}: holds {id}, which no slice publishes: ignored",
                         claim.label
                     ));
                     continue;
                 };
-                if result.admin_access == Some(true) {
+                if admin {
                     continue;
                 }
                 let (Some(device), Some(usage)) = (self.devices.get(i), self.usage.get_mut(i))

@@ -99,7 +99,9 @@ impl Quantity {
                 .and_then(|p| m.checked_mul(p)),
             // Below a nano-unit: one, as Kubernetes rounds sub-nano precision up.
             Some(m) => Some(match u32::try_from(scale.unsigned_abs()).ok() {
-                Some(down) => 10i128.checked_pow(down).map_or(1, |p| (m + p - 1) / p),
+                Some(down) => 10i128
+                    .checked_pow(down)
+                    .map_or(1, |p| m / p + i128::from(m % p != 0)),
                 None => 1,
             }),
             None => None,
@@ -214,6 +216,11 @@ mod tests {
         assert_eq!(q("1e-41"), Quantity(1));
         assert_eq!(q(&format!("0.{}1", "0".repeat(50))), Quantity(1));
         assert_eq!(q("-1e-41"), Quantity(-1));
+        // Rounded up without overflow, near the largest mantissa.
+        let big = format!("8{}e-47", "0".repeat(37));
+        assert_eq!(q(&big), Quantity(8 * 10i128.pow(37) / 10i128.pow(38) + 1));
+        let max = "0.00000000170141183460469231731687303715884105727";
+        assert_eq!(q(max), Quantity(2));
     }
 
     /// What apimachinery's `ParseQuantity` gives (`resource.MustParse(s).AsDec()`, in nano-units).

@@ -75,12 +75,8 @@ pub async fn run(
     let started_version = (major.clone(), minor.clone());
     let layout = counter_layout_for(&major, &minor);
     if args.slices.counter_layout.is_some() && config.counter_layout != layout {
-        bail!(
-            "--counter-layout {:?}: the API server ({major}.{minor}) refuses that layout ({:?} \
-             is its); leave the flag out and the plugin follows the server's version",
-            config.counter_layout,
-            layout
-        );
+        tracing::warn!(asked = ?config.counter_layout, used = ?layout,
+            "--counter-layout: the API server ({major}.{minor}) refuses that layout; its own is used");
     }
     config.counter_layout = layout;
     config.informational_taints = informational_taints_for(&major, &minor);

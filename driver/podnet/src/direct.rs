@@ -342,9 +342,9 @@ fn find_in_pod(links: Vec<crate::netlink::Link>, saved: &Saved) -> Option<crate:
 /// Moves the netdev of `saved` back from its pod into `home`, under its host name, with its MTU and
 /// state (and its RDMA device, when it was moved). When its namespace cannot be opened, or it is no
 /// longer in it, it is looked for on the host (a physical function returns there when its namespace
-/// is destroyed). Not found anywhere: [`Detached::Gone`] for a netdev without a permanent address (a
-/// veth dies with its namespace); for one with it, an error after a short wait, as it is still in a
-/// namespace something holds, or on its way back.
+/// is destroyed, but asynchronously: one with a permanent address is waited for a little). Not
+/// found anywhere: [`Detached::Gone`] (a veth dies with its namespace, a VF whose driver was unbound
+/// with it).
 pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
     // Its RDMA device first (exclusive mode); a namespace gone has given it back to the host.
     if let Some(rdma) = &saved.rdma {
@@ -417,16 +417,13 @@ pub fn detach(home: &Path, saved: &Saved) -> Result<Detached, NetError> {
         if let Some(error) = name_taken {
             return Err(error);
         }
-        // A function with a permanent address does not vanish with its namespace: it is still in
-        // one (held elsewhere), or on its way back. Its record stays for the next try.
+        // Not back after the wait: destroyed (its VF removed, its driver unbound), or still in a
+        // namespace something holds after its path was removed, which cannot be told apart here;
+        // kept, it would fail every later try.
         if let (Some(error), Some(perm_mac)) = (unopened, &saved.perm_mac) {
-            let message = format!(
-                "{} ({perm_mac}) is neither on the host nor in its pod's namespace, which cannot \
-                 be opened ({error}): still in that namespace (held by another process) or not \
-                 yet given back by the kernel; kept for the next try",
-                saved.host_name
-            );
-            return Err(NetError::new(NetErrorKind::NotFound, &message));
+            tracing::warn!(netdev = %saved.host_name, %perm_mac, %error,
+                "not back on the host {} s after its namespace could not be opened: taken as gone \
+                 (if a process still holds that namespace, it is there)", RETURN_WAIT.as_secs());
         }
         return Ok(Detached::Gone);
     };

@@ -6,8 +6,9 @@
 //! tests) through the caller's [`NetworkFiles`]: `proc/net/route`, `proc/net/ipv6_route`,
 //! `proc/net/if_inet6` and `sys/class/net/<name>/{lower_*,brif,bonding/slaves}`, and on a live node
 //! the addresses the kernel lists (netlink), which name an InternalIP's interface where routes cannot.
-//! Unreadable files and malformed lines are skipped: the files are the kernel's, but a captured tree
-//! is not.
+//! Malformed lines are skipped (the files are the kernel's, but a captured tree is not); a file or
+//! directory that is there but cannot be read withholds every interface ([`Reason::Unread`]): which
+//! are the node's is then not known.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -66,8 +67,9 @@ pub trait NetworkFiles {
     /// (whole lines); `Ok(None)` when it is missing; `Err` saying why when it is there but cannot
     /// be read (the node's network is then not known, and every interface is withheld).
     fn read(&self, relative: &Path) -> Result<Option<String>, String>;
-    /// The names in the directory at `relative`; none when it cannot be listed.
-    fn list(&self, relative: &Path) -> Vec<String>;
+    /// The names in the directory at `relative`; none when it is missing (or not a directory);
+    /// `Err` saying why when it is there but cannot be listed (as for [`NetworkFiles::read`]).
+    fn list(&self, relative: &Path) -> Result<Vec<String>, String>;
     /// Each address of the node with the interface holding it, when the reader can ask the kernel
     /// (a node's own network namespace, over netlink); `None` for a captured tree, or when the
     /// kernel cannot be asked. Without it, the holder of an IPv4 InternalIP is found by its
@@ -139,7 +141,11 @@ impl NodeNetwork {
         }
         // In a pod without hostNetwork, `proc/net` is the pod's namespace while a host `/sys`
         // shows the host's interfaces: the pod's routes name none of them.
-        let host = files.list(Path::new("sys/class/net"));
+        let class = Path::new("sys/class/net");
+        let host = files.list(class).unwrap_or_else(|why| {
+            unread.push(format!("{}: {why}", class.display()));
+            Vec::new()
+        });
         let unseen = (!found.is_empty() && !found.keys().any(|name| host.contains(name)))
             .then(|| found.keys().cloned().collect());
         let mut network = NodeNetwork {
@@ -304,13 +310,18 @@ fn lower_devices(files: &dyn NetworkFiles, upper: &str, unread: &mut Vec<String>
         return Vec::new();
     }
     let dir = Path::new("sys/class/net").join(upper);
-    let mut found: Vec<String> = files
-        .list(&dir)
+    let mut list = |dir: &Path| {
+        files.list(dir).unwrap_or_else(|why| {
+            unread.push(format!("{}: {why}", dir.display()));
+            Vec::new()
+        })
+    };
+    let mut found: Vec<String> = list(&dir)
         .iter()
         .filter_map(|name| name.strip_prefix("lower_"))
         .map(str::to_owned)
         .collect();
-    found.extend(files.list(&dir.join("brif")));
+    found.extend(list(&dir.join("brif")));
     let slaves = dir.join("bonding/slaves");
     match files.read(&slaves) {
         Ok(Some(slaves)) => found.extend(slaves.split_whitespace().map(str::to_owned)),

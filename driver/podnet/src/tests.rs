@@ -34,14 +34,15 @@ impl NetworkFiles for Plain {
             Err(e) => Err(e.to_string()),
         }
     }
-    fn list(&self, relative: &Path) -> Vec<String> {
-        let entries = std::fs::read_dir(self.0.join(relative))
-            .into_iter()
-            .flatten();
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
+    fn list(&self, relative: &Path) -> Result<Vec<String>, String> {
+        match std::fs::read_dir(self.0.join(relative)) {
+            Ok(entries) => Ok(entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -96,7 +97,7 @@ impl NetworkFiles for WithAddresses {
     fn read(&self, relative: &Path) -> Result<Option<String>, String> {
         self.0.read(relative)
     }
-    fn list(&self, relative: &Path) -> Vec<String> {
+    fn list(&self, relative: &Path) -> Result<Vec<String>, String> {
         self.0.list(relative)
     }
     fn addresses(&self) -> Option<Vec<(String, IpAddr)>> {
@@ -163,6 +164,17 @@ fn bridge_ports_bond_slaves_and_vlan_parents_of_the_default_route_are_protected(
     assert_eq!(node.interfaces["ens3"], Reason::Below("bond0".into()));
     assert_eq!(node.interfaces["bond0.7"], Reason::DefaultRouteV6);
     assert_eq!(node.protects("ens9", &[]), None);
+    // A bridge whose ports cannot be listed (a link loop: ELOOP): which are below it is not known,
+    // so every interface is withheld, not the ports left free.
+    std::fs::remove_dir_all(class.join("br0/brif")).unwrap();
+    std::os::unix::fs::symlink("brif", class.join("br0/brif")).unwrap();
+    let node = NodeNetwork::read(&Plain(root.clone()), &[]);
+    assert!(!node.interfaces.contains_key("ens1"));
+    assert!(
+        matches!(node.protects("ens9", &[]), Some(Reason::Unread(ref f)) if f[0].contains("br0/brif")),
+        "{:?}",
+        node.unread
+    );
 }
 
 #[test]

@@ -110,22 +110,19 @@ impl NetworkFiles for TreeFiles {
         }
     }
 
-    fn list(&self, relative: &Path) -> Vec<String> {
+    fn list(&self, relative: &Path) -> Result<Vec<String>, String> {
         let path = self.0.join(relative);
         match self.0.list(&path) {
-            Ok(names) => names.into_iter().collect(),
+            Ok(names) => Ok(names.into_iter().collect()),
             Err(error)
                 if matches!(
                     error.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
                 ) =>
             {
-                Vec::new()
+                Ok(Vec::new())
             }
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "the node's network: not listed");
-                Vec::new()
-            }
+            Err(error) => Err(error.to_string()),
         }
     }
 }

@@ -73,9 +73,9 @@ pub struct SliceArgs {
     pub rt_bandwidth: bool,
 
     /// Where GPU partitions' shared counter sets go: `same-slice` (Kubernetes 1.34) or `own-slice`
-    /// (1.35 and later). Default: the plugin asks the API server's version (and refuses a layout
-    /// that version refuses); `hal-probe explain` follows its --kubernetes-version; `hal-probe
-    /// slices` and `draw` use same-slice.
+    /// (1.35 and later). Default: the plugin asks the API server's version (and does not use a
+    /// layout that version refuses); `hal-probe explain` follows its --kubernetes-version;
+    /// `hal-probe slices` and `draw` use same-slice.
     #[arg(long, value_enum, value_name = "LAYOUT")]
     pub counter_layout: Option<CounterLayoutArg>,
 

@@ -68,7 +68,7 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         // A group of its own, so a timeout kills what it started too (a delegated IPAM plugin),
         // not only the plugin: else that one goes on with its ADD while the rollback's DEL runs.
         .process_group(0);
@@ -110,6 +110,17 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             // Drained, so the plugin never blocks on a full pipe.
             let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
             let _ = sender.send(read.map(|_| bytes));
+        });
+    }
+    // The start of its stderr, for an error (a Go panic goes there); the rest drained.
+    let (err_sender, err_received) = mpsc::channel();
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let mut limited = stderr.take(MAX_EXCERPT as u64 * 4);
+            let _ = limited.read_to_end(&mut bytes);
+            let _ = err_sender.send(bytes);
+            let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
         });
     }
     let kill_group = |child: &std::process::Child| {
@@ -170,19 +181,34 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
     };
     if !status.success() {
         // A plugin that failed before writing its error result (a Go panic, a shell error) says
-        // why in text: its status and the start of that text, not "not JSON".
+        // why in text, on stderr or stdout: its status and the start of that text, not "not JSON".
+        let excerpt = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(bytes);
+            let start: String = text.trim().chars().take(MAX_EXCERPT).collect();
+            start.escape_debug().to_string()
+        };
         let json = match json {
             Some(Ok(json)) => json,
             Some(Err(_)) => {
-                let text = String::from_utf8_lossy(&stdout);
-                let excerpt: String = text.trim().chars().take(MAX_EXCERPT).collect();
-                let excerpt = excerpt.escape_debug();
+                let text = excerpt(&stdout);
                 return Err(CniError::new(
                     CniErrorKind::Plugin,
-                    format!("{what} failed ({status}), its output not a CNI error: {excerpt}"),
+                    format!("{what} failed ({status}), its output not a CNI error: {text}"),
                 ));
             }
-            None => Value::Null,
+            None => {
+                let stderr = err_received
+                    .recv_timeout(Duration::from_millis(100))
+                    .unwrap_or_default();
+                let text = excerpt(&stderr);
+                if !text.is_empty() {
+                    return Err(CniError::new(
+                        CniErrorKind::Plugin,
+                        format!("{what} failed ({status}), no CNI error; stderr: {text}"),
+                    ));
+                }
+                Value::Null
+            }
         };
         let code = json.get("code").and_then(Value::as_u64);
         let msg = json.get("msg").and_then(Value::as_str).unwrap_or_default();

@@ -298,6 +298,16 @@ fn a_missing_plugin_a_hung_one_and_a_flood_are_errors_of_their_kind() {
     let text = panics.to_string();
     assert!(text.contains("exit status: 3"), "{text}");
     assert!(text.contains("panic: netlink: no such device"), "{text}");
+    // As Go panics: on stderr, exit status 2.
+    write_exec(
+        &bin.join("gopanic"),
+        "#!/bin/sh\necho 'panic: runtime error: index out of range' >&2\nexit 2\n",
+    );
+    let panics = cni.add(&one("gopanic"), &attachment()).unwrap_err();
+    assert_eq!(panics.kind(), CniErrorKind::Plugin, "{panics}");
+    let text = panics.to_string();
+    assert!(text.contains("exit status: 2"), "{text}");
+    assert!(text.contains("stderr: panic: runtime error"), "{text}");
 }
 
 #[test]

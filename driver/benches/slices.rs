@@ -6,6 +6,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use dra_kubelet_plugin::slices::KubeVersion;
 use dra_kubelet_plugin::slices::validate_pool;
 use driver::inventory::Inventory;
 use driver::slices::{CpuMode, SliceConfig, build_slices};
@@ -56,7 +57,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("slices/xeon-individual", |b| {
         b.iter(|| {
             let slices = build_slices(&inventory, &config, 1);
-            assert!(validate_pool(&slices).is_empty());
+            assert!(validate_pool(&slices, KubeVersion::V1_34).is_empty());
             slices.len()
         })
     });
@@ -64,7 +65,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("slices/synthetic-1024-cpus-individual", |b| {
         b.iter(|| {
             let slices = build_slices(&big, &config, 1);
-            assert!(validate_pool(&slices).is_empty());
+            assert!(validate_pool(&slices, KubeVersion::V1_34).is_empty());
             assert_eq!(slices.len(), 8);
             slices.len()
         })

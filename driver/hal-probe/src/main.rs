@@ -594,7 +594,9 @@ impl Machine {
         ))
     }
 
-    /// The ResourceSlices the driver would publish here, checked as the API server would.
+    /// The ResourceSlices the driver would publish here, checked as the API server of the
+    /// Kubernetes version they are laid out for would: 1.35 for counter sets in slices of their own
+    /// (`--counter-layout own-slice`, or `explain --kubernetes-version` 1.35 and later), else 1.34.
     fn slices(&self, args: &MachineArgs, flags: &SliceArgs) -> anyhow::Result<Vec<ResourceSlice>> {
         let config = flags.config(&node_name(args)).map_err(anyhow::Error::msg)?;
         let mut inventory = self.inventory(args);
@@ -606,12 +608,16 @@ impl Machine {
             say(format!("{address} not published: {why}"));
         }
         let slices = build_slices(&inventory, &config, 0);
-        let problems = validate_pool(&slices);
+        let version = driver::publish::kube_version(&config);
+        let problems = validate_pool(&slices, version);
         if !problems.is_empty() {
             for p in &problems {
                 say(p.to_string());
             }
-            bail!("the slices would be rejected by the API server (a bug: please report it)");
+            bail!(
+                "the slices would be rejected by the API server of Kubernetes {version} (a bug: \
+                 please report it)"
+            );
         }
         Ok(slices)
     }

@@ -5,8 +5,9 @@
 //! The driver builds its slices (`metadata.name`, `spec.driver`, `spec.nodeName`, `spec.pool.name` and
 //! `resourceSliceCount` set; the generation is the publisher's) and hands them to
 //! [`Publisher::publish`], or gives [`publish_loop`] a function that reads them. Slices that break the
-//! API server's rules ([`crate::slices::validate_pool`]) or the driver's own check
-//! ([`Publisher::with_check`]) are never sent.
+//! API server's rules ([`crate::slices::validate_pool`], for the Kubernetes version of
+//! [`Publisher::with_kube_version`]) or the driver's own check ([`Publisher::with_check`]) are never
+//! sent.
 //!
 //! * What the API server holds for this node and driver (field selectors `spec.nodeName` and
 //!   `spec.driver`) is listed once, then kept current by a watch ([`publish_loop`]) and by the answers
@@ -37,6 +38,7 @@ use kube::api::{
 };
 
 use crate::client::{CALL_TIMEOUT, ErrorKind, kind_of};
+use crate::slices::KubeVersion;
 
 mod run;
 pub use run::publish_loop;
@@ -157,6 +159,8 @@ pub struct Publisher {
     driver_name: String,
     /// The driver's own check, run before anything is sent.
     check: Option<SliceCheck>,
+    /// The Kubernetes version whose API server rules the slices are checked against.
+    kube_version: KubeVersion,
     owner: Option<OwnerReference>,
     /// `None`: list before the next comparison.
     observed: Option<Observed>,
@@ -197,6 +201,7 @@ impl Publisher {
             node_name: node_name.to_owned(),
             driver_name: driver_name.to_owned(),
             check: None,
+            kube_version: KubeVersion::V1_34,
             owner: None,
             observed: None,
             dropped: BTreeMap::new(),
@@ -214,6 +219,14 @@ impl Publisher {
         self
     }
 
+    /// Checks the slices against the API server rules of Kubernetes `version` (default 1.34, the
+    /// first with `resource.k8s.io/v1`): a driver that lays its slices out for the server's version
+    /// (counter sets in slices of their own, the taint effect `None`: 1.35 and later) says so here.
+    pub fn with_kube_version(mut self, version: KubeVersion) -> Self {
+        self.kube_version = version;
+        self
+    }
+
     /// `spec.nodeName=<node>,spec.driver=<driver>`.
     pub(crate) fn selector(&self) -> String {
         format!(
@@ -226,7 +239,7 @@ impl Publisher {
     /// without a name, with the name of another, or of another node or driver (the list would never see them, so they would be
     /// created again and again).
     fn invalid(&self, desired: &[ResourceSlice]) -> Vec<String> {
-        let mut errors: Vec<String> = crate::slices::validate_pool(desired)
+        let mut errors: Vec<String> = crate::slices::validate_pool(desired, self.kube_version)
             .iter()
             .map(ToString::to_string)
             .collect();

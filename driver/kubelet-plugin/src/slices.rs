@@ -9,7 +9,7 @@
 pub mod names;
 pub mod validate;
 
-pub use validate::{SliceError, validate_pool};
+pub use validate::{KubeVersion, SliceError, validate_pool};
 
 use k8s_openapi::api::resource::v1::Device;
 

@@ -192,8 +192,15 @@ fn a_link_going_down_taints_its_nic_with_effect_none_and_is_reported_until_it_is
     }
     // The other functions, its VFs included, are fine.
     healthy(&inventory, "nic-0000-3b-01-0");
+    // The effect `None` is for Kubernetes 1.35 and later.
     let slices = build_slices(&inventory, &config(true), 1);
-    assert_eq!(dra_kubelet_plugin::slices::validate_pool(&slices), []);
+    assert_eq!(
+        dra_kubelet_plugin::slices::validate_pool(
+            &slices,
+            dra_kubelet_plugin::slices::KubeVersion::V1_35
+        ),
+        []
+    );
 
     // The same problem on the next read keeps its time: the slice does not change.
     let again = tree.read(&mut health);

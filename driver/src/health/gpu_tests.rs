@@ -75,7 +75,13 @@ fn a_critical_xid_taints_its_gpu_and_an_application_xid_does_not() {
     assert_eq!(taints(&inventory, "gpu-0008-06-00-0"), []);
     // The slices with a taint stay valid (64 devices per slice at most).
     let slices = build_slices(&inventory, &SliceConfig::new("n"), 1);
-    assert_eq!(dra_kubelet_plugin::slices::validate_pool(&slices), []);
+    assert_eq!(
+        dra_kubelet_plugin::slices::validate_pool(
+            &slices,
+            dra_kubelet_plugin::slices::KubeVersion::V1_34
+        ),
+        []
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@ use k8s_openapi::api::resource::v1::{Device, DeviceAttribute};
 
 use super::names::*;
 use super::*;
+use crate::publish::kube_version;
+use dra_kubelet_plugin::slices::KubeVersion;
 use dra_kubelet_plugin::slices::{MAX_DEVICES_PER_SLICE_ADVANCED, slice_name, validate_pool};
 
 const PCI_IDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/pci.ids");
@@ -38,7 +40,7 @@ fn string<'a>(device: &'a Device, name: &str) -> Option<&'a str> {
 fn gb300_publishes_gpus_ib_only_nics_and_numa_groups_aligned_by_numa() {
     let config = SliceConfig::new("gb300-node");
     let slices = build_slices(&inventory("gb300"), &config, 1);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
     assert_eq!(slices.len(), 1);
     let devices = by_name(&slices);
     let names: Vec<&String> = devices.keys().collect();
@@ -112,7 +114,7 @@ fn gb300_publishes_gpus_ib_only_nics_and_numa_groups_aligned_by_numa() {
 #[test]
 fn xeon_vf_and_gpu_share_numa_node_and_pcie_root() {
     let slices = build_slices(&inventory("xeon"), &SliceConfig::new("xeon-node"), 0);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, KubeVersion::V1_34), []);
     let devices = by_name(&slices);
     let gpu = &devices["gpu-0000-b3-00-0"];
     let vf = &devices["nic-0000-b1-00-2"];
@@ -144,7 +146,7 @@ fn individual_cpus_skip_reserved_and_split_into_slices_of_128() {
     config.families.nics = false;
     config.reserved_cpus = hal::CpuSet::from_cpulist("0,112").unwrap();
     let slices = build_slices(&inventory("xeon"), &config, 7);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
     assert_eq!(slices.len(), 2, "222 CPUs: 128 + 94");
     assert!(slices.iter().all(|s| s.spec.pool.resource_slice_count == 2
         && s.spec.pool.generation == 7
@@ -198,10 +200,21 @@ fn every_fixture_gives_a_valid_pool() {
             CpuMode::GroupedByNuma,
             CpuMode::GroupedBySocket,
         ] {
-            let mut config = SliceConfig::new(name);
-            config.cpu_mode = mode;
-            let slices = build_slices(&inventory(name), &config, 0);
-            assert_eq!(validate_pool(&slices), [], "{name} {mode:?}");
+            // Both layouts, each checked for its Kubernetes version (1.34, 1.35), with partitions.
+            for layout in [CounterLayout::SameSlice, CounterLayout::OwnSlice] {
+                let mut config = SliceConfig::new(name);
+                config.cpu_mode = mode;
+                config.counter_layout = layout;
+                config.informational_taints = layout == CounterLayout::OwnSlice;
+                config.gpu_partitions = 4;
+                let slices = build_slices(&inventory(name), &config, 0);
+                let version = kube_version(&config);
+                assert_eq!(
+                    validate_pool(&slices, version),
+                    [],
+                    "{name} {mode:?} {layout:?} {version}"
+                );
+            }
         }
     }
 }
@@ -319,7 +332,7 @@ fn gpu_vendor_facts_become_version_attributes() {
     gpu.memory_bytes = Some(284_208 * 1024 * 1024);
     gb300.gpus[1].driver_version = Some("r580-beta".into());
     let slices = build_slices(&gb300, &SliceConfig::new("n"), 0);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, KubeVersion::V1_34), []);
     let devices = by_name(&slices);
     let gpu0 = &devices["gpu-0008-06-00-0"];
     let version = |d: &Device, k: &str| attr(d, k).and_then(|a| a.version.clone());
@@ -362,7 +375,7 @@ fn nvlink_cliques_tiles_and_execution_units_are_attributes_where_known() {
     assert_eq!(string(&gb300["gpu-0009-06-00-0"], "nvlinkClique"), None);
     assert_eq!(int(&gb300["gpu-0008-06-00-0"], "tiles"), None);
     let slices = build_slices(&i915, &SliceConfig::new("n"), 0);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, KubeVersion::V1_34), []);
     let i915 = by_name(&slices);
     assert_eq!(int(&i915["gpu-0000-4d-00-0"], "tiles"), Some(1));
     assert_eq!(int(&i915["gpu-0000-4d-00-0"], "executionUnits"), Some(512));
@@ -373,7 +386,7 @@ fn intel_gpus_are_published_whole_and_as_partitions_sharing_counters() {
     let mut config = SliceConfig::new("i915-node");
     config.gpu_partitions = 4;
     let slices = build_slices(&inventory("i915"), &config, 1);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
     let devices = by_name(&slices);
     let whole = &devices["gpu-0000-4d-00-0"];
     assert_eq!(int(whole, "partitions"), Some(4));
@@ -444,7 +457,7 @@ fn counter_groups_are_never_split_across_slices() {
     config.gpu_partitions = 31;
     config.cpu_mode = CpuMode::Individual;
     let slices = build_slices(&inventory("i915"), &config, 1);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
     for slice in &slices {
         assert!(slice.spec.devices.as_ref().unwrap().len() <= MAX_DEVICES_PER_SLICE_ADVANCED);
     }
@@ -465,7 +478,7 @@ fn rt_bandwidth_is_a_shareable_device_per_cpu_group() {
     let mut config = SliceConfig::new("xeon-node");
     config.rt_bandwidth = true;
     let slices = build_slices(&inventory("xeon"), &config, 1);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
     let devices = by_name(&slices);
     let rt = &devices["rt-numa-0"];
     assert_eq!(string(rt, "type"), Some("rt"));
@@ -499,7 +512,7 @@ fn kubernetes_1_35_layout_puts_counter_sets_in_slices_of_their_own() {
     config.gpu_partitions = 4;
     config.counter_layout = CounterLayout::OwnSlice;
     let slices = build_slices(&inventory("i915"), &config, 1);
-    assert_eq!(validate_pool(&slices), []);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
     let counters: Vec<&ResourceSlice> = slices
         .iter()
         .filter(|s| s.spec.shared_counters.is_some())
@@ -524,7 +537,7 @@ fn kubernetes_1_35_layout_puts_counter_sets_in_slices_of_their_own() {
     // The same slices in the 1.34 layout would be refused if mixed: sets and devices together.
     let mut mixed = slices.clone();
     mixed[0].spec.shared_counters = counters[0].spec.shared_counters.clone();
-    let problems = validate_pool(&mixed);
+    let problems = validate_pool(&mixed, kube_version(&config));
     assert!(
         problems.iter().any(|p| p
             .to_string()

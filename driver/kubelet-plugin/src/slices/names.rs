@@ -1,5 +1,5 @@
 //! Names and values the API server accepts (`k8s.io/kubernetes/pkg/apis/resource/validation`): DNS labels and subdomains,
-//! C identifiers, 64-byte strings, strict semver, quantities.
+//! C identifiers, label keys and values, 64-byte strings, strict semver, quantities.
 
 /// Longest string or version attribute value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64;
@@ -33,6 +33,41 @@ pub fn is_qualified_name(text: &str) -> bool {
         None => is_c_identifier(text),
         Some((domain, identifier)) => is_driver_name(domain) && is_c_identifier(identifier),
     }
+}
+
+/// Longest label value, and name part of a label key.
+pub const MAX_LABEL_VALUE: usize = 63;
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, of any length: a label value or key name part.
+fn is_label_value_shaped(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A label key (apimachinery's `IsQualifiedName`, used for taint keys): a name part of at most 63
+/// characters `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, optionally after a DNS subdomain prefix
+/// and `/`. Not to be confused with [`is_qualified_name`], the DRA attribute name.
+pub fn is_label_key(text: &str) -> bool {
+    let name = match text.split_once('/') {
+        None => text,
+        Some((prefix, name)) => {
+            if !is_dns_subdomain(prefix, 253) {
+                return false;
+            }
+            name
+        }
+    };
+    name.len() <= MAX_LABEL_VALUE && is_label_value_shaped(name)
+}
+
+/// A label value (apimachinery's `IsValidLabelValue`, used for taint values): empty, or at most 63
+/// characters `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
+pub fn is_label_value(text: &str) -> bool {
+    text.is_empty() || (text.len() <= MAX_LABEL_VALUE && is_label_value_shaped(text))
 }
 
 /// Strict semver 2.0.0: `MAJOR.MINOR.PATCH[-pre][+build]`, no leading zeros in numeric identifiers,

@@ -7,6 +7,7 @@ use k8s_openapi::api::resource::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::names::*;
+use super::validate::KubeVersion;
 use super::*;
 
 /// A valid pool of `slices.len()` slices of node `n` and driver `gpu.example.com`, with that many
@@ -56,8 +57,13 @@ fn pool(slices: &[usize]) -> Vec<ResourceSlice> {
         .collect()
 }
 
+/// What the API server of Kubernetes 1.34 would refuse.
 fn problems(slices: &[ResourceSlice]) -> Vec<String> {
-    validate_pool(slices)
+    problems_for(slices, KubeVersion::V1_34)
+}
+
+fn problems_for(slices: &[ResourceSlice], version: KubeVersion) -> Vec<String> {
+    validate_pool(slices, version)
         .iter()
         .map(ToString::to_string)
         .collect()
@@ -353,7 +359,11 @@ fn counter_sets_in_slices_of_their_own_kubernetes_1_35() {
     slices[1].spec.shared_counters = Some(vec![set("gpu-0", &["memory"])]);
     slices[0].spec.devices.as_mut().unwrap()[0].consumes_counters =
         Some(vec![consumes("gpu-0", &["memory"])]);
-    assert_eq!(problems(&slices), Vec::<String>::new(), "a set of the pool");
+    assert_eq!(
+        problems_for(&slices, KubeVersion::V1_35),
+        Vec::<String>::new(),
+        "a set of the pool"
+    );
 
     slices[0].spec.devices.as_mut().unwrap()[1].consumes_counters = Some(vec![
         consumes("gpu-0", &["memory"]),
@@ -362,9 +372,9 @@ fn counter_sets_in_slices_of_their_own_kubernetes_1_35() {
     ]);
     slices[0].spec.shared_counters = Some(vec![set("gpu-1", &["memory"])]);
     slices[1].spec.shared_counters = Some((0..9).map(|i| set(&format!("s{i}"), &["m"])).collect());
-    let errors = problems(&slices);
+    let errors = problems_for(&slices, KubeVersion::V1_35);
     let expect = [
-        "sharedCounters and devices in one slice (Kubernetes 1.35 layout)",
+        "sharedCounters and devices in one slice",
         "spec.devices[1].consumesCounters: 3 entries; at most 2 (Kubernetes 1.35)",
         "spec.sharedCounters: 9 sets; at most 8",
     ];

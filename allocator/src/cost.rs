@@ -193,43 +193,13 @@ fn walk(e: &IdedExpr, scope: &mut Scope) -> (u64, Size) {
             };
             (add(cost, 1), size)
         }
-        Expr::List(list) => {
-            let mut cost = 10;
-            let n = list.elements.len() as u64;
-            let mut size = Size {
-                regex: 0,
-                ..Size::of(n, 0, n)
-            };
-            for element in &list.elements {
-                let (c, s) = walk(element, scope);
-                cost = add(cost, c);
-                size.item = size.item.max(s.total);
-                size.total = add(size.total, s.total);
-                size.regex = size.regex.max(s.regex);
-            }
-            (cost, size)
-        }
+        Expr::List(list) => literal(10, list.elements.len(), list.elements.iter(), scope),
         Expr::Map(map) => {
-            let mut cost = 30;
-            let n = map.entries.len() as u64;
-            let mut size = Size {
-                regex: 0,
-                ..Size::of(n, 0, n)
-            };
-            for entry in &map.entries {
-                let parts = match &entry.expr {
-                    EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
-                    EntryExpr::StructField(f) => vec![&f.value],
-                };
-                for part in parts {
-                    let (c, s) = walk(part, scope);
-                    cost = add(cost, c);
-                    size.item = size.item.max(s.total);
-                    size.total = add(size.total, s.total);
-                    size.regex = size.regex.max(s.regex);
-                }
-            }
-            (cost, size)
+            let parts = map.entries.iter().flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            });
+            literal(30, map.entries.len(), parts, scope)
         }
         Expr::Struct(s) => {
             let cost = s
@@ -246,6 +216,30 @@ fn walk(e: &IdedExpr, scope: &mut Scope) -> (u64, Size) {
         Expr::Comprehension(c) => comprehension(c, scope),
     };
     (cost.min(UNBOUNDED), size.capped())
+}
+
+/// A list or map literal of `n` entries made of `parts`: `base` (what building it costs) plus what
+/// its parts cost; each item at most as large as its largest part.
+fn literal<'a>(
+    base: u64,
+    n: usize,
+    parts: impl Iterator<Item = &'a IdedExpr>,
+    scope: &mut Scope,
+) -> (u64, Size) {
+    let n = n as u64;
+    let mut cost = base;
+    let mut size = Size {
+        regex: 0,
+        ..Size::of(n, 0, n)
+    };
+    for part in parts {
+        let (c, s) = walk(part, scope);
+        cost = add(cost, c);
+        size.item = size.item.max(s.total);
+        size.total = add(size.total, s.total);
+        size.regex = size.regex.max(s.regex);
+    }
+    (cost, size)
 }
 
 /// A variable: a comprehension's, else `device`, else one CEL does not know (an error when run).

@@ -161,6 +161,23 @@ impl Tree {
         Ok(names)
     }
 
+    /// [`Tree::list`], with a directory that is not there (missing, or not a directory) as `Ok(None)`:
+    /// any other failure is the error.
+    pub fn list_if_there(&self, dir: &Path) -> io::Result<Option<BTreeSet<String>>> {
+        match self.list(dir) {
+            Ok(names) => Ok(Some(names)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The names in a directory, or `None` when it is not there (missing: an offline CPU's
     /// `topology/`; not a directory: `<entry>/net` looked for under each entry of a device). Any
     /// other failure (`EACCES`, `EIO`, a link loop) is also `None`, and an error entry naming the
@@ -171,16 +188,8 @@ impl Tree {
         dir: &Path,
         errors: &mut ErrorLog,
     ) -> Option<BTreeSet<String>> {
-        match self.list(dir) {
-            Ok(names) => Some(names),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                None
-            }
+        match self.list_if_there(dir) {
+            Ok(names) => names,
             Err(source) => {
                 errors.keep::<()>(Err(Error::Io {
                     op: "list",

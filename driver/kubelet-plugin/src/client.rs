@@ -26,7 +26,7 @@ mod version;
 
 pub use connect::{ConnectError, connect};
 pub use line_limit::{LineLimited, LineTooLong, MAX_LINE};
-pub use version::{VersionRefused, major_minor, server_version_of};
+pub use version::{VersionRefused, major_minor, server_version_of, server_version_once};
 
 /// The most any single request/response call may take.
 ///

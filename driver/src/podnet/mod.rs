@@ -111,19 +111,10 @@ impl NetworkFiles for TreeFiles {
     }
 
     fn list(&self, relative: &Path) -> Result<Vec<String>, String> {
-        let path = self.0.join(relative);
-        match self.0.list(&path) {
-            Ok(names) => Ok(names.into_iter().collect()),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(Vec::new())
-            }
-            Err(error) => Err(error.to_string()),
-        }
+        let names = self.0.list_if_there(&self.0.join(relative));
+        names
+            .map(|names| names.into_iter().flatten().collect())
+            .map_err(|error| error.to_string())
     }
 }
 

@@ -93,17 +93,12 @@ pub(super) async fn version_moved(
             () = tokio::time::sleep(VERSION_RECHECK) => {}
             _ = stopped.changed() => return None,
         }
-        let read = tokio::time::timeout(Duration::from_secs(20), client.apiserver_version()).await;
-        let (major, minor) = match read {
-            Ok(Ok(info)) => match driver::api::major_minor(&info) {
-                Some(version) => version,
-                None => continue,
-            },
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "reading the API server's version again");
+        let (major, minor) = match driver::api::server_version_once(&client).await {
+            Ok(version) => version,
+            Err(error) => {
+                tracing::debug!(?error, "reading the API server's version again");
                 continue;
             }
-            Err(_) => continue,
         };
         if at_least_1_35(&major, &minor) != before {
             return Some(format!("{major}.{minor}"));

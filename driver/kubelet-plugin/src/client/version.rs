@@ -51,32 +51,39 @@ pub fn major_minor(
     Some((number(parts.next()?)?, number(parts.next()?)?))
 }
 
+/// One read of the API server's version (`major`, `minor`, [`major_minor`]): the refusal
+/// (`Err(Ok)`), or why there is none this time and of what kind (`Err(Err)`).
+pub async fn server_version_once(
+    client: &kube::Client,
+) -> Result<(String, String), Result<VersionRefused, (String, ErrorKind)>> {
+    // The whole call, body included, within CALL_TIMEOUT: the client's own timeout covers only
+    // the answer's headers, and a server that sends them and stalls would hold the caller.
+    match tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(info)) => major_minor(&info).ok_or_else(|| {
+            let why = format!(
+                "its answer names no version (major {:?}, minor {:?}, gitVersion {:?})",
+                info.major, info.minor, info.git_version
+            );
+            Err((why, ErrorKind::Other))
+        }),
+        Ok(Err(source)) => match kind_of(&source) {
+            ErrorKind::Rejected(code @ (401 | 403)) => Err(Ok(VersionRefused { code, source })),
+            kind => Err(Err((source.to_string(), kind))),
+        },
+        Err(_) => Err(Err(("no answer".to_owned(), ErrorKind::Timeout))),
+    }
+}
+
 /// The API server's version (`major`, `minor`, decimal, [`major_minor`]): asked until it answers
 /// with one (with [`Backoff`] between tries), never guessed. A refusal (401, 403) fails at once:
 /// retrying cannot change the plugin's credentials or RBAC.
 pub async fn server_version_of(client: &kube::Client) -> Result<(String, String), VersionRefused> {
     let mut backoff = Backoff::default();
     loop {
-        // The whole call, body included, within CALL_TIMEOUT: the client's own timeout covers only
-        // the answer's headers, and a server that sends them and stalls would hold the start.
-        let error = match tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await {
-            Ok(Ok(info)) => match major_minor(&info) {
-                Some(version) => return Ok(version),
-                None => (
-                    format!(
-                        "its answer names no version (major {:?}, minor {:?}, gitVersion {:?})",
-                        info.major, info.minor, info.git_version
-                    ),
-                    ErrorKind::Other,
-                ),
-            },
-            Ok(Err(source)) => {
-                if let ErrorKind::Rejected(code @ (401 | 403)) = kind_of(&source) {
-                    return Err(VersionRefused { code, source });
-                }
-                (source.to_string(), kind_of(&source))
-            }
-            Err(_) => ("no answer".to_owned(), ErrorKind::Timeout),
+        let error = match server_version_once(client).await {
+            Ok(version) => return Ok(version),
+            Err(Ok(refused)) => return Err(refused),
+            Err(Err(failed)) => failed,
         };
         let delay = backoff.next_delay();
         // A driver must not guess: e.g. guessing the 1.34 counter layout would make every

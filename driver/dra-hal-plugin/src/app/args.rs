@@ -13,7 +13,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The plugin's flags. Each has an environment variable fallback, for DaemonSet manifests.
+/// The plugin's flags. Those with `env` also read that environment variable (`[env: ...]` in
+/// `--help`); the others are flags only.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "dra-hal-plugin",

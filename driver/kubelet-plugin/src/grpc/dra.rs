@@ -10,8 +10,8 @@ use super::{v1, v1beta1};
 use crate::handler::{ClaimRef, DraHandler, PrepareResults, PreparedDevice, UnprepareResults};
 
 /// The most claims one call may name. The kubelet sends the claims of one pod per call, and a pod
-/// references a handful; a call naming thousands would hold every other call for as long as its
-/// claims take, so it is refused as a whole.
+/// references a handful; a call naming thousands would take as long as all its claims (and, with a
+/// handler that is not concurrent, hold every other call as long), so it is refused as a whole.
 pub const MAX_CLAIMS_PER_CALL: usize = 128;
 
 /// The answer for a claim the handler left out of its results: the kubelet retries such claims.

@@ -2,9 +2,10 @@
 //! `/sys` when an attribute is written.
 //!
 //! Emulated: `sriov_numvfs` (creates or removes the VF functions, their `physfn`/`virtfnN` links,
-//! `bus/pci/devices` entries and IOMMU groups; EBUSY between two non-zero counts, EINVAL above
-//! `sriov_totalvfs`; autoprobe binds the VF driver), `driver_override`, `<driver>/unbind`,
-//! `<driver>/bind` and `drivers_probe`. Any other existing attribute is written as a file.
+//! `bus/pci/devices` entries and IOMMU groups; as `sriov_numvfs_store` in the kernel's
+//! `drivers/pci/iov.c`: ERANGE above `sriov_totalvfs`, ENOENT for a change while the PF has no
+//! driver, EBUSY between two non-zero counts; autoprobe binds the VF driver), `driver_override`,
+//! `<driver>/unbind`, `<driver>/bind` and `drivers_probe`. Any other existing attribute is written as a file.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,6 +21,8 @@ use crate::tree::{link, write};
 const EINVAL: i32 = 22;
 const EBUSY: i32 = 16;
 const ENODEV: i32 = 19;
+const ENOENT: i32 = 2;
+const ERANGE: i32 = 34;
 
 /// The kernel side of a fixture: applies writes with their side effects, and logs them.
 #[derive(Debug)]
@@ -96,10 +99,15 @@ impl EmulatedKernel {
             .read_u32(&pf_dir.join("sriov_totalvfs"))
             .ok_or_else(|| io::Error::from_raw_os_error(ENODEV))?;
         if requested > total {
-            return Err(io::Error::from_raw_os_error(EINVAL));
+            return Err(io::Error::from_raw_os_error(ERANGE));
         }
         if requested == current {
             return Ok(());
+        }
+        // No driver bound: the kernel cannot ask one to configure SR-IOV (a bound driver without
+        // `sriov_configure` gives the same; not emulated).
+        if fs::symlink_metadata(self.root.join(pf_dir).join("driver")).is_err() {
+            return Err(io::Error::from_raw_os_error(ENOENT));
         }
         if requested != 0 && current != 0 {
             return Err(io::Error::from_raw_os_error(EBUSY));

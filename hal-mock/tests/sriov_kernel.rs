@@ -226,3 +226,28 @@ fn kernel_refusals_name_the_attribute() {
         "{text}"
     );
 }
+
+/// The kernel's `sriov_numvfs_store` answers ENOENT when no driver is bound to the PF: said as
+/// such (`Unsupported`), not as a file not found, and nothing is created.
+#[test]
+fn a_pf_without_driver_cannot_change_its_vf_count() {
+    let dir = hal_mock::scratch_dir("sriov-").unwrap();
+    let kernel = e810(dir.path());
+    let function = dir.path().join("sys/bus/pci/devices/0000:3b:00.0");
+    std::fs::remove_file(function.join("driver")).unwrap();
+    let sriov = SysfsSriov::with_writer(SysfsRoot::new(dir.path()), kernel.clone());
+    let err = sriov.set_num_vfs(addr("0000:3b:00.0"), 4).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("0000:3b:00.0") && text.contains("no driver is bound"),
+        "{text}"
+    );
+    assert!(!function.join("virtfn0").exists());
+    // The emulated kernel's own answers, in the kernel's order: ERANGE above the total comes
+    // before the driver check; the count it already has is no change.
+    let numvfs = function.join("sriov_numvfs");
+    let above = kernel.write_attribute(&numvfs, "9").unwrap_err();
+    assert_eq!(above.raw_os_error(), Some(34), "ERANGE");
+    kernel.write_attribute(&numvfs, "0").unwrap();
+}

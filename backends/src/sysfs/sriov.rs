@@ -162,9 +162,10 @@ impl SriovPf for SysfsSriov {
         let path = self.dir(pf).join("sriov_numvfs");
         // The kernel answers EBUSY to a change between two non-zero counts: go through 0.
         if state.num_vfs != 0 && count != 0 {
-            self.write(&path, "0")?;
+            self.write(&path, "0").map_err(|e| no_sriov_driver(e, pf))?;
         }
         self.write(&path, &count.to_string())
+            .map_err(|e| no_sriov_driver(e, pf))
     }
 
     fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
@@ -247,5 +248,20 @@ impl SriovPf for SysfsSriov {
         Err(Error::Unsupported(format!(
             "{function}: {driver} did not bind{put_back}; is the module loaded?"
         )))
+    }
+}
+
+/// The kernel's ENOENT for a `sriov_numvfs` write (`sriov_numvfs_store`, `drivers/pci/iov.c`): the
+/// file is there, but no driver is bound to the PF or its driver cannot configure SR-IOV (no
+/// `sriov_configure`). Said so, as `Unsupported`, not as a missing file.
+fn no_sriov_driver(error: Error, pf: PciAddress) -> Error {
+    match &error {
+        Error::Refused { source, .. } if source.raw_os_error() == Some(2) => {
+            Error::Unsupported(format!(
+                "{pf}: the kernel cannot change its VF count ({error}): no driver is bound to \
+                 it, or its driver does not support SR-IOV configuration through sysfs"
+            ))
+        }
+        _ => error,
     }
 }

@@ -516,6 +516,7 @@ fn rebinds(
     inventory: &Inventory,
 ) -> Result<Vec<Rebind>, PrepareError> {
     let mut out = Vec::new();
+    let mut devices = Vec::new();
     for (a, source) in allocated.iter().zip(sources) {
         let wanted =
             a.vf.as_ref()
@@ -563,8 +564,52 @@ fn rebinds(
             driver,
             original: current,
         });
+        devices.push(a.device.as_str());
     }
+    refuse_unviable_groups(&out, &devices, inventory)?;
     Ok(out)
+}
+
+/// Drivers that may hold a function of an IOMMU group while a container opens the group through
+/// VFIO: the kernel's group viability (`driver_managed_dma` drivers: vfio-pci, pci-stub, PCIe port
+/// services) or no driver at all. Any other driver there makes `/dev/vfio/<group>` fail to open
+/// ("group is not viable"), so the pod would start without its device.
+const VFIO_GROUP_PEERS: [&str; 3] = ["vfio-pci", "pci-stub", "pcieport"];
+
+/// Refuses a bind to vfio-pci whose IOMMU group also holds a function on another driver that this
+/// claim does not bind to vfio-pci too (a GPU's audio function on `snd_hda_intel`, functions behind a
+/// root port without ACS).
+fn refuse_unviable_groups(
+    rebinds: &[Rebind],
+    devices: &[&str],
+    inventory: &Inventory,
+) -> Result<(), PrepareError> {
+    let to_vfio = |r: &&Rebind| r.driver == "vfio-pci";
+    let bound: Vec<hal::PciAddress> = rebinds.iter().filter(to_vfio).map(|r| r.function).collect();
+    for (r, device) in rebinds.iter().zip(devices).filter(|(r, _)| to_vfio(r)) {
+        let Some(group) = inventory.function(r.function).and_then(|f| f.iommu_group) else {
+            continue;
+        };
+        let peer = inventory.pci.iter().find(|f| {
+            f.iommu_group == Some(group)
+                && !bound.contains(&f.address)
+                && f.driver
+                    .as_deref()
+                    .is_some_and(|d| !VFIO_GROUP_PEERS.contains(&d))
+        });
+        if let Some(peer) = peer {
+            return Err(PrepareError::InvalidConfig(format!(
+                "{device}: {} shares IOMMU group {group} with {} (bound to {}); /dev/vfio/{group} \
+                 opens only when every function of the group is on vfio-pci or has no driver \
+                 (unbind that function or bind it to vfio-pci on the node, allocate it in this \
+                 claim too, or give each function a group of its own: ACS)",
+                r.function,
+                peer.address,
+                peer.driver.as_deref().unwrap_or_default(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The devices `allocated` gives with admin access only (every result naming them has it).

@@ -1811,3 +1811,4 @@ mod durability;
 mod error_kinds;
 mod metadata;
 mod nri;
+mod vfio;

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -112,15 +112,21 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             let _ = sender.send(read.map(|_| bytes));
         });
     }
-    // The start of its stderr, for an error (a Go panic goes there); the rest drained.
-    let (err_sender, err_received) = mpsc::channel();
-    if let Some(stderr) = child.stderr.take() {
+    // The start of its stderr, for an error (a Go panic goes there), kept as it comes: a process
+    // the plugin started may hold stderr open long after the plugin ended. The rest drained.
+    let stderr_start = Arc::new(Mutex::new(Vec::new()));
+    let (err_sender, err_received) = mpsc::channel::<()>();
+    if let Some(mut stderr) = child.stderr.take() {
+        let kept = stderr_start.clone();
         std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let mut limited = stderr.take(MAX_EXCERPT as u64 * 4);
-            let _ = limited.read_to_end(&mut bytes);
-            let _ = err_sender.send(bytes);
-            let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
+            let mut buffer = [0; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+                if let (Ok(mut kept), Some(read)) = (kept.lock(), buffer.get(..n)) {
+                    let room = (MAX_EXCERPT * 4).saturating_sub(kept.len());
+                    kept.extend_from_slice(read.get(..room.min(n)).unwrap_or_default());
+                }
+            }
+            let _ = err_sender.send(());
         });
     }
     let kill_group = |child: &std::process::Child| {
@@ -197,9 +203,9 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
                 ));
             }
             None => {
-                let stderr = err_received
-                    .recv_timeout(Duration::from_millis(100))
-                    .unwrap_or_default();
+                // Its end, or what came so far when something else still holds it open.
+                let _ = err_received.recv_timeout(Duration::from_millis(100));
+                let stderr = stderr_start.lock().map(|b| b.clone()).unwrap_or_default();
                 let text = excerpt(&stderr);
                 if !text.is_empty() {
                     return Err(CniError::new(

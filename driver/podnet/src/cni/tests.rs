@@ -308,6 +308,16 @@ fn a_missing_plugin_a_hung_one_and_a_flood_are_errors_of_their_kind() {
     let text = panics.to_string();
     assert!(text.contains("exit status: 2"), "{text}");
     assert!(text.contains("stderr: panic: runtime error"), "{text}");
+    // A process it started still holds stderr: what was written before the plugin ended is quoted.
+    write_exec(
+        &bin.join("daemon"),
+        "#!/bin/sh\nsleep 5 >/dev/null &\necho 'panic: started a daemon' >&2\nexit 2\n",
+    );
+    let started = std::time::Instant::now();
+    let panics = cni.add(&one("daemon"), &attachment()).unwrap_err();
+    let text = panics.to_string();
+    assert!(text.contains("stderr: panic: started a daemon"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4));
 }
 
 #[test]

@@ -9,15 +9,21 @@
 #
 # What is copied: CPU topology, caches and NUMA nodes; every PCI function's identity, placement, driver
 # and SR-IOV attributes with its links (driver, iommu_group, physfn, virtfnN) and children (net,
-# infiniband, infiniband_verbs, infiniband_mad, drm); the sys/class entries of those children; NVIDIA's
-# /proc/driver/nvidia/gpus/*/information; on arm64, /proc/cpuinfo. Links are copied as links (relative,
-# as the kernel makes them).
+# infiniband, infiniband_verbs, infiniband_mad, drm); the sys/class entries of those children; every
+# network interface's link state (flags, operstate, carrier) and lower devices (lower_* links, brif/,
+# bonding/slaves), virtual ones (bonds, bridges, VLANs) included; the node's routes and addresses
+# (/proc/net/{route,ipv6_route,if_inet6}: which interfaces are the node's own network); the real-time
+# limit (/proc/sys/kernel/sched_rt_{runtime,period}_us); NVIDIA's /proc/driver/nvidia/gpus/*/information;
+# on arm64, /proc/cpuinfo. Links are copied as links (relative, as the kernel makes them); none is
+# followed out of the root. Not copied: the boot id (a capture must never pass for the machine it is
+# read on).
 # What is masked: InfiniBand node/system-image GUIDs and NVIDIA GPU UUIDs (replaced by counters); MAC
-# addresses are never read, serial numbers never copied. Needs: bash, coreutils, grep. Reads only; run
-# it as root to include root-only attributes.
+# addresses are never read, serial numbers never copied. Needs: bash, coreutils, grep, sed. Reads only;
+# run it as root to include root-only attributes, in the host's network namespace (not in a pod without
+# hostNetwork: /proc/net is the reader's namespace).
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 root=/
 while [[ $# -gt 0 ]]; do
@@ -33,8 +39,9 @@ out=$1
 [[ -d $root/sys ]] || { echo "capture-fixture: $root/sys is not a directory" >&2; exit 1; }
 [[ ! -e $out ]] || { echo "capture-fixture: $out already exists" >&2; exit 1; }
 mkdir -p "$out"
-root=$(cd "$root" && pwd)
-out=$(cd "$out" && pwd)
+# Physical paths (-P): links are resolved, and kept inside the root, against the root's real path.
+root=$(cd "$root" && pwd -P)
+out=$(cd "$out" && pwd -P)
 
 # Paths are collected first and copied at the end, with bash builtins for file contents: a fixture has
 # thousands of attributes, and a process per file (cat, head, mkdir) made a 224-CPU capture take a
@@ -73,8 +80,36 @@ flush() {
     links=()
 }
 
-# realpath of a link, relative to the root.
-resolve() { local p; p=$(cd "$root/$1" 2>/dev/null && pwd -P) || return 1; echo "${p#"$root"/}"; }
+# realpath of a link (or of a path with links on the way), relative to the root; fails when it is
+# not a directory or leads out of the root (a link of a captured tree to the host's /sys or /proc).
+resolve() {
+    local p base=${root%/}
+    p=$(cd "$root/$1" 2>/dev/null && pwd -P) || return 1
+    [[ $p == "$base"/* ]] || return 1
+    echo "${p#"$base"/}"
+}
+
+# copy_netdev DIR: queue a network interface's directory (once): its link state (the health of its
+# function), and its lower devices, bridge ports and bond slaves (the node-network guard's reads).
+declare -A netdevs=()
+copy_netdev() {
+    [[ -z ${netdevs[$1]:-} ]] || return 0
+    netdevs[$1]=1
+    copy_glob "$1" ifindex flags operstate carrier 'lower_*'
+    [[ -d $root/$1/brif && ! -L $root/$1/brif ]] && copy_glob "$1/brif" '*'
+    [[ -L $root/$1/bonding ]] || copy_glob "$1" bonding/slaves
+    return 0
+}
+
+# copy_bounded REL: copy a file that may be long (a routing table) now, at most 16 MiB (what the
+# driver reads of it) in whole lines.
+copy_bounded() {
+    local limit=16777216
+    [[ -f $root/$1 && ! -L $root/$1 && -r $root/$1 ]] || return 0
+    mkdir -p "$out/${1%/*}"
+    head -c "$limit" "$root/$1" > "$out/$1"
+    if [[ $(wc -c < "$out/$1") -ge $limit ]]; then sed -i '$d' "$out/$1"; fi
+}
 
 mask_counter=0
 mask_guid() { mask_counter=$((mask_counter + 1)); printf '0000:0000:0000:%04x\n' "$mask_counter"; }
@@ -115,7 +150,9 @@ for link in "$root"/sys/bus/pci/devices/*; do
     copy_glob "$dev" vendor device subsystem_vendor subsystem_device class revision numa_node local_cpulist \
         local_cpus driver_override 'sriov_*' driver iommu_group physfn 'virtfn*' lmem_total_bytes \
         prelim_lmem_total_bytes mem_info_vram_total product_name 'tile*/physical_vram_size_bytes'
-    for child in "$root/$dev"/net/* "$root/$dev"/virtio*/net/*; do [[ -d $child ]] && copy_glob "${child#"$root"/}" ifindex; done
+    for child in "$root/$dev"/net/* "$root/$dev"/virtio*/net/*; do
+        [[ -d $child && ! -L $child ]] && copy_netdev "${child#"$root"/}"
+    done
     for child in "$root/$dev"/infiniband_verbs/* "$root/$dev"/infiniband_mad/*; do
         [[ -d $child ]] && copy_glob "${child#"$root"/}" ibdev port dev abi_version
     done
@@ -139,7 +176,25 @@ for class in infiniband infiniband_verbs infiniband_mad drm net; do
     copy_glob "sys/class/$class" '*'
 done
 copy_glob sys/class/misc/rdma_cm dev
+# Every interface, the virtual ones too (sys/devices/virtual/net: lo, bonds, bridges, VLANs): their
+# class links would otherwise dangle, and the guard reads their lower devices.
+for link in "$root"/sys/class/net/*; do
+    [[ -L $link ]] || continue
+    netdev=$(resolve "${link#"$root"/}") && copy_netdev "$netdev"
+done
+# The kernel's real-time bandwidth limit (the rt-<group> devices).
+if resolve proc/sys/kernel > /dev/null; then
+    copy_glob proc/sys/kernel sched_rt_runtime_us sched_rt_period_us
+fi
 flush
+
+# The node's routes and IPv6 addresses: which interfaces carry the default route or the InternalIP. On a
+# node /proc/net is a link to the reader's own /proc/<pid>/net, inside the root; in a captured tree it
+# must not lead out of it. route is always there where IPv4 is (a tree without it withholds every
+# interface); ipv6_route and if_inet6 are not when IPv6 is disabled.
+if resolve proc/net > /dev/null; then
+    for f in route ipv6_route if_inet6; do copy_bounded "proc/net/$f"; done
+fi
 
 # NVIDIA driver facts, UUIDs masked.
 n=0

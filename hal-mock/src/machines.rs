@@ -49,6 +49,11 @@ pub struct FixtureMachine {
     pub default_drivers: Vec<DefaultDriver>,
 }
 
+/// The header line of `/proc/net/route`, which the kernel pads to 127 columns as every line
+/// (`fib_route_seq_show`); with no route, the whole file.
+const ROUTE_HEADER: &str =
+    "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT";
+
 /// Names of every fixture, for `--help` and error messages.
 pub const FIXTURES: [&str; 5] = ["xeon", "gb300", "i915", "hybrid", "epyc"];
 
@@ -85,14 +90,22 @@ impl FixtureMachine {
             })
     }
 
-    /// Writes the machine's sysfs (and `proc/driver/nvidia`, `proc/sys/kernel/sched_rt_*`) tree under
-    /// `root` (which must exist):
+    /// Writes the machine's sysfs (and `proc/driver/nvidia`, `proc/sys/kernel/sched_rt_*`,
+    /// `proc/net/route`) tree under `root` (which must exist):
     /// CPUs and nodes, PCI functions, VFs enabled through the emulated kernel, then RDMA and GPUs.
     pub fn render(&self, root: &Path) -> io::Result<()> {
         self.cpu.render(root)?;
         // The kernel's default real-time bandwidth limit (95% of each period).
         write(&root.join("proc/sys/kernel/sched_rt_runtime_us"), "950000")?;
         write(&root.join("proc/sys/kernel/sched_rt_period_us"), "1000000")?;
+        // An empty IPv4 routing table, as the kernel prints one (its header line): the fixtures
+        // model hardware, not a network, so none of their NICs carries the node's default route.
+        // Every kernel with IPv4 has the file, and the driver withholds every NIC of a tree
+        // without it (which interface is the node's own is then not known).
+        write(
+            &root.join("proc/net/route"),
+            &format!("{ROUTE_HEADER:<127}"),
+        )?;
         write(&root.join("sys/bus/pci/drivers_probe"), "")?;
         for function in &self.pci {
             function.render(root)?;

@@ -68,27 +68,113 @@ fn view(root: &Path) -> String {
     )
 }
 
+/// What the driver publishes from a tree, as the plugin reads it: each interface's link state, the
+/// node's own network as the guard reads it and the functions it withholds (with why), the health
+/// taints, and the slices (`rt-<group>` devices included); the root's path left out.
+fn published(root: &Path) -> String {
+    let sysfs = SysfsRoot::new(root);
+    let mut inventory = driver::inventory::Inventory::from_sysfs(&sysfs, None);
+    let files = driver::podnet::TreeFiles(backends::sysfs::tree::Tree::open(&sysfs));
+    let node = driver::podnet::hostnet::NodeNetwork::read(&files, &[]);
+    let mut config = driver::slices::SliceConfig::new("node");
+    config.rt_bandwidth = true;
+    let withheld = driver::podnet::withhold(&mut inventory, &config, &node, &[], None);
+    driver::health::Health::default().apply(&mut inventory);
+    let slices = driver::slices::build_slices(&inventory, &config, 0);
+    let text = format!(
+        "links {:?}\nerrors {:?}\nnode {node:?}\nwithheld {withheld:?}\nhealth {:?}\nslices {}",
+        inventory.net_links,
+        inventory.errors,
+        inventory.health,
+        serde_json::to_string_pretty(&slices).unwrap(),
+    );
+    let text = text.replace(root.to_str().unwrap(), "<root>");
+    // When a device was first seen unhealthy is the time of the read, not the tree's.
+    let text = blank_after(&text, "since: Time(", ')');
+    let text = blank_after(&text, "\"timeAdded\": \"", '"');
+    // The capture masks GPU UUIDs.
+    blank_after(&text, "\"GPU-", '"')
+}
+
+/// `text` with what follows each `marker`, up to `end`, left out.
+fn blank_after(text: &str, marker: &str, end: char) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(marker) {
+        let (head, tail) = rest.split_at(at + marker.len());
+        out.push_str(head);
+        rest = &tail[tail.find(end).unwrap_or(tail.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Asserts that two views are the same, showing the first lines that differ.
+fn assert_same(captured: &str, original: &str, name: &str) {
+    let show = |text: &str, line: usize| {
+        text.lines()
+            .skip(line)
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let difference = captured
+        .lines()
+        .zip(original.lines())
+        .position(|(a, b)| a != b)
+        .map(|line| {
+            format!(
+                "line {line}:\n captured: {}\n original: {}",
+                show(captured, line),
+                show(original, line)
+            )
+        });
+    assert!(
+        difference.is_none(),
+        "{name}: the capture differs at {}",
+        difference.unwrap_or_default()
+    );
+    assert_eq!(
+        captured.lines().count(),
+        original.lines().count(),
+        "{name}: one view is longer"
+    );
+}
+
+/// Runs the capture script on `root`; the captured tree is `scratch/name`.
+fn capture(root: &Path, scratch: &Path, name: &str) -> PathBuf {
+    let out = scratch.join(name);
+    let status = Command::new("bash")
+        .arg(workspace().join("scripts/capture-fixture.sh"))
+        .arg("--root")
+        .arg(root)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    out
+}
+
 #[test]
 fn capturing_a_fixture_changes_nothing_the_backends_see_runs_capture_script() {
     let script = workspace().join("scripts/capture-fixture.sh");
     for name in hal_mock::FIXTURES {
         let fixture = hal_mock::by_name(name).unwrap().materialize().unwrap();
         let scratch = hal_mock::scratch_dir("capture-").unwrap();
-        let out = scratch.path().join(name);
-        let status = Command::new("bash")
-            .arg(&script)
-            .arg("--root")
-            .arg(fixture.root())
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        let out = capture(fixture.root(), scratch.path(), name);
         assert_eq!(view(&out), view(fixture.root()), "{name}");
+        assert_same(&published(&out), &published(fixture.root()), name);
     }
+    // A real capture, captured again.
+    let dev_vm = workspace().join("testdata/captured/dev-vm");
+    let scratch = hal_mock::scratch_dir("capture-").unwrap();
+    let out = capture(&dev_vm, scratch.path(), "dev-vm");
+    assert_eq!(view(&out), view(&dev_vm), "dev-vm");
+    assert_same(&published(&out), &published(&dev_vm), "dev-vm");
     let refuse = Command::new("bash")
         .arg(&script)
         .arg(workspace().join("testdata"))
@@ -98,4 +184,119 @@ fn capturing_a_fixture_changes_nothing_the_backends_see_runs_capture_script() {
         !refuse.status.success(),
         "an existing output directory is refused"
     );
+}
+
+/// Writes `text` (and a newline) at `root/relative`, creating its directory.
+fn write(root: &Path, relative: &str, text: &str) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, format!("{text}\n")).unwrap();
+}
+
+/// A symlink at `root/relative` with the text `target`.
+fn link(root: &Path, relative: &str, target: &str) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, path).unwrap();
+}
+
+/// A virtual interface (`sys/devices/virtual/net/NAME`, up) with its class link.
+fn virtual_netdev(root: &Path, name: &str, ifindex: u32) {
+    let dir = format!("sys/devices/virtual/net/{name}");
+    write(root, &format!("{dir}/ifindex"), &ifindex.to_string());
+    write(root, &format!("{dir}/flags"), "0x1003");
+    write(root, &format!("{dir}/operstate"), "up");
+    write(root, &format!("{dir}/carrier"), "1");
+    link(
+        root,
+        &format!("sys/class/net/{name}"),
+        &format!("../../devices/virtual/net/{name}"),
+    );
+}
+
+/// The xeon fixture as a node whose own network is on its ConnectX PF: the IPv4 default route on a
+/// bridge `br0` whose port is the bond `bond0`, whose slave is `ens2f0np0`; the IPv6 default route
+/// on the VLAN `bond0.7` above `bond0`. One VF's link is down (`ens1f0v3`: up, no carrier), one VF
+/// is down administratively (`ens1f0v5`: its carrier unreadable, an empty file as captured).
+/// Everything the guard and the health read must survive the capture.
+#[test]
+fn capturing_a_nodes_network_and_link_states_changes_nothing_published_runs_capture_script() {
+    let fixture = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let root = fixture.root();
+    let header =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT";
+    write(
+        root,
+        "proc/net/route",
+        &format!(
+            "{header:<127}\n{:<127}\n{:<127}",
+            "br0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0",
+            "br0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0",
+        ),
+    );
+    write(
+        root,
+        "proc/net/ipv6_route",
+        "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+         fd000000000000000000000000000001 00000400 00000003 00000000 00000003  bond0.7",
+    );
+    write(
+        root,
+        "proc/net/if_inet6",
+        "fd000000000000000000000000000002 0c 40 00 80  bond0.7",
+    );
+    virtual_netdev(root, "lo", 1);
+    virtual_netdev(root, "br0", 40);
+    virtual_netdev(root, "bond0", 41);
+    virtual_netdev(root, "bond0.7", 42);
+    let net = "sys/devices/virtual/net";
+    link(root, &format!("{net}/br0/brif/bond0"), "../../bond0/brport");
+    write(root, &format!("{net}/bond0/brport/state"), "3");
+    write(root, &format!("{net}/bond0/bonding/slaves"), "ens2f0np0");
+    let port = std::fs::read_link(root.join("sys/class/net/ens2f0np0")).unwrap();
+    let port = port.to_str().unwrap().strip_prefix("../../").unwrap();
+    link(
+        root,
+        &format!("{net}/bond0/lower_ens2f0np0"),
+        &format!("../../../../{port}"),
+    );
+    link(root, &format!("{net}/bond0.7/lower_bond0"), "../bond0");
+    let class = root.join("sys/class/net");
+    std::fs::write(class.join("ens1f0v3/operstate"), "down\n").unwrap();
+    std::fs::write(class.join("ens1f0v3/carrier"), "0\n").unwrap();
+    std::fs::write(class.join("ens1f0v5/flags"), "0x1002\n").unwrap();
+    std::fs::write(class.join("ens1f0v5/operstate"), "down\n").unwrap();
+    std::fs::write(class.join("ens1f0v5/carrier"), "").unwrap();
+
+    let before = published(root);
+    // What this test is about is there to lose.
+    let slices_start = before.find("\nslices ").unwrap();
+    let (facts, slices) = before.split_at(slices_start);
+    for expected in [
+        r#"name: "ens1f0v3", admin_up: Some(true), operstate: Some("down"), carrier: Some(false)"#,
+        r#"name: "ens1f0v5", admin_up: Some(false), operstate: Some("down"), carrier: None"#,
+        r#""br0": DefaultRouteV4"#,
+        r#""bond0": Below("br0")"#,
+        r#""ens2f0np0": Below("bond0")"#,
+        r#""bond0.7": DefaultRouteV6"#,
+        "ens2f0np0 is a member or lower device of bond0",
+        "link-down",
+    ] {
+        assert!(facts.contains(expected), "{expected}: {facts}");
+    }
+    assert!(!facts.contains("unread: [\""), "{facts}");
+    assert!(slices.contains("\"rt-"), "rt devices: {slices}");
+    assert!(slices.contains("ens1f0v3") && !slices.contains("\"ens2f0np0\""));
+
+    let scratch = hal_mock::scratch_dir("capture-").unwrap();
+    let out = capture(root, scratch.path(), "xeon-node");
+    assert_same(&published(&out), &before, "xeon-node");
+    assert_eq!(view(&out), view(root));
+    // Links are copied as links: the bridge's port and the bond's lower device dangle as in the
+    // node's tree (what they lead to is not read).
+    assert_eq!(
+        std::fs::read_link(out.join(format!("{net}/br0/brif/bond0"))).unwrap(),
+        Path::new("../../bond0/brport")
+    );
+    assert!(out.join(format!("{net}/bond0.7/lower_bond0")).is_symlink());
 }

@@ -8,7 +8,10 @@
 //! the addresses the kernel lists (netlink), which name an InternalIP's interface where routes cannot.
 //! Malformed lines are skipped (the files are the kernel's, but a captured tree is not); a file or
 //! directory that is there but cannot be read withholds every interface ([`Reason::Unread`]): which
-//! are the node's is then not known.
+//! are the node's is then not known. So does a missing `proc/net/route`: every kernel with IPv4 has
+//! it (a header line when the table is empty), so only a tree that left it out (a capture, a
+//! fixture) lacks it, and such a tree does not say which interface carries the default route.
+//! `ipv6_route` and `if_inet6` are optional (absent where IPv6 is disabled).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -31,8 +34,9 @@ pub enum Reason {
     /// another network namespace than the host's (a pod without `hostNetwork`), so which
     /// interfaces are the node's is not known, and none is taken to be free.
     Unseen(Vec<String>),
-    /// Files of the node's network (these, with why) are there but could not be read: which
-    /// interfaces are the node's is not known, and none is taken to be free.
+    /// Files of the node's network (these, with why) are there but could not be read, or
+    /// `proc/net/route` is missing: which interfaces are the node's is not known, and none is
+    /// taken to be free.
     Unread(Vec<String>),
 }
 
@@ -79,6 +83,10 @@ pub trait NetworkFiles {
     }
 }
 
+/// Why every interface is withheld from a tree without `proc/net/route`.
+pub const MISSING_ROUTE: &str = "proc/net/route: missing (every kernel with IPv4 has it: this tree \
+     does not say which interface carries the default route)";
+
 /// The most read of one file: `proc/net/ipv6_route` lines are 150 bytes, so about 100,000 routes.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -90,8 +98,9 @@ pub struct NodeNetwork {
     /// The routes' interfaces, when none of them is in `sys/class/net`: the routes were read in
     /// another network namespace, and every interface is protected ([`Reason::Unseen`]).
     pub unseen: Option<Vec<String>>,
-    /// The files that are there but could not be read, and why: which interfaces are the node's
-    /// is not known, and every interface is protected ([`Reason::Unread`]).
+    /// The files that are there but could not be read (or `proc/net/route`, missing), and why:
+    /// which interfaces are the node's is not known, and every interface is protected
+    /// ([`Reason::Unread`]).
     pub unread: Vec<String>,
 }
 
@@ -104,12 +113,18 @@ impl NodeNetwork {
             let path = Path::new("proc/net").join(name);
             files.read(&path).unwrap_or_else(|why| {
                 unread.push(format!("{}: {why}", path.display()));
-                None
+                Some(String::new())
             })
         };
-        let v4 = read("route").unwrap_or_default();
+        // A missing IPv4 table is not an empty one (that is a header line): the tree does not say
+        // which interface carries the default route. IPv6 may be disabled.
+        let v4 = read("route");
         let v6 = read("ipv6_route").unwrap_or_default();
         let inet6 = read("if_inet6").unwrap_or_default();
+        let v4 = v4.unwrap_or_else(|| {
+            unread.push(MISSING_ROUTE.to_owned());
+            String::new()
+        });
         let mut found = BTreeMap::new();
         for name in default_v4(&v4) {
             found.entry(name).or_insert(Reason::DefaultRouteV4);

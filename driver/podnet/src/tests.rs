@@ -225,3 +225,25 @@ fn routes_of_another_network_namespace_protect_every_interface() {
     assert_eq!(node.protects("ens1f0", &[]), None);
     assert_eq!(node.protects("eth0", &[]), Some(Reason::DefaultRouteV4));
 }
+
+/// A tree without `proc/net/route` (a capture that left it out; every kernel with IPv4 has it):
+/// which interface carries the default route is not known, so every interface is protected,
+/// naming the file. The kernel's empty table (its header line) protects nothing, and IPv6's
+/// files are optional (IPv6 may be disabled).
+#[test]
+fn a_tree_without_the_ipv4_routes_protects_every_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    std::fs::create_dir_all(root.join("sys/class/net/eth0")).unwrap();
+    let node = NodeNetwork::read(&Plain(root.clone()), &[]);
+    assert!(node.interfaces.is_empty());
+    assert_eq!(node.unread, [MISSING_ROUTE]);
+    let why = node.protects("eth0", &[]).unwrap();
+    assert_eq!(why, Reason::Unread(vec![MISSING_ROUTE.to_owned()]));
+    assert!(why.to_string().contains("proc/net/route: missing"), "{why}");
+    std::fs::create_dir_all(root.join("proc/net")).unwrap();
+    std::fs::write(root.join("proc/net/route"), HEADER).unwrap();
+    let node = NodeNetwork::read(&Plain(root), &[]);
+    assert_eq!(node, NodeNetwork::default());
+    assert_eq!(node.protects("eth0", &[]), None);
+}

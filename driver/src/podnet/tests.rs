@@ -60,6 +60,33 @@ fn dev_vm_management_interface_carrying_the_default_route_is_never_published() {
     assert!(if_names(&fresh, &config).is_empty());
 }
 
+/// dev-vm as the capture script used to leave it, without `proc/`: its routes unknown, `eth0`
+/// (the VM's management interface) was published as `nic-0000-00-03-0`. Now no network function
+/// is, and the reason names the missing file.
+#[test]
+fn dev_vm_without_its_routes_publishes_no_network_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(Path::new(DEV_VM).join("sys"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let root = backends::SysfsRoot::new(dir.path());
+    let config = SliceConfig::new("dev-vm");
+    let mut inventory = Inventory::from_sysfs(&root, None);
+    assert_eq!(device_names(&inventory, &config), ["nic-0000-00-03-0"]);
+    let guard = NodeGuard::new(dir.path(), Vec::new(), NodeNetArgs::default()).unwrap();
+    let withheld = guard.apply(&mut inventory, &config);
+    assert_eq!(withheld.keys().collect::<Vec<_>>(), ["0000:00:03.0"]);
+    assert!(
+        withheld["0000:00:03.0"].contains("proc/net/route: missing"),
+        "{withheld:?}"
+    );
+    assert!(device_names(&inventory, &config).is_empty());
+}
+
 #[test]
 fn exclude_interfaces_removes_devices_from_the_slices() {
     let (_machine, mut inventory) = xeon();
@@ -311,7 +338,7 @@ fn the_node_network_of_a_hostile_tree_is_read_without_blocking_or_leaving_the_ro
         BTreeMap::from([("eth0".to_owned(), Reason::DefaultRouteV4)])
     );
     // Files that are there but could not be read: which interfaces are the node's is not known,
-    // so none is free (not the routes' absence, which would leave the node's NIC open).
+    // so none is free (not taken for empty files, which would leave the node's NIC open).
     assert_eq!(node.unread.len(), 2, "{:?}", node.unread);
     assert!(matches!(node.protects("ens9", &[]), Some(Reason::Unread(files)) if files.len() == 2));
 }

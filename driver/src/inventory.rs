@@ -19,6 +19,10 @@ pub struct Inventory {
     /// Devices known to be unhealthy (kept by [`crate::health::Health`]), published with a taint
     /// and reported to the kubelet.
     pub health: BTreeMap<DeviceKey, Unhealthy>,
+    /// Functions withheld from publication (the node's own network, `--exclude-interfaces`,
+    /// `--device-filter`; see [`crate::podnet::withhold`]): no devices, but still on the node, in
+    /// IOMMU groups a function given to a pod through VFIO may share.
+    pub withheld: Vec<hal::PciFunction>,
 }
 
 impl Deref for Inventory {
@@ -67,6 +71,7 @@ impl Inventory {
             machine: backends::inventory::Inventory::from_machine(root, pci_ids, vendors),
             rt_limit: crate::plugin::rt::RtLimit::read(root.root()),
             health: BTreeMap::new(),
+            withheld: Vec::new(),
         }
     }
 }

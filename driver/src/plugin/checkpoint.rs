@@ -100,6 +100,11 @@ impl SpecJson {
         Ok(SpecJson(serde_json::to_string(spec)?.into()))
     }
 
+    /// Whether the spec's JSON text holds `text` (a quoted string, as `"/dev/vfio/12"`).
+    pub fn mentions(&self, text: &str) -> bool {
+        self.0.contains(text)
+    }
+
     /// The spec, decoded.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(&self.0)

@@ -204,8 +204,8 @@ pub async fn internal_ips(client: &kube::Client, node: &str) -> Vec<IpAddr> {
     }
 }
 
-/// Removes from `inventory` the functions with a netdev of the node's network or matching `globs`, and
-/// the network functions `filter` does not select. Returns PCI address → why.
+/// Moves from `inventory.pci` to `inventory.withheld` the functions with a netdev of the node's network
+/// or matching `globs`, and the network functions `filter` does not select. Returns PCI address → why.
 pub fn withhold(
     inventory: &mut Inventory,
     config: &SliceConfig,
@@ -242,9 +242,11 @@ pub fn withhold(
             withheld.entry(function.address.to_string()).or_insert(why);
         }
     }
-    inventory
-        .pci
-        .retain(|f| !withheld.contains_key(&f.address.to_string()));
+    let (kept, removed) = std::mem::take(&mut inventory.pci)
+        .into_iter()
+        .partition(|f| !withheld.contains_key(&f.address.to_string()));
+    inventory.pci = kept;
+    inventory.withheld = removed;
     withheld
 }
 

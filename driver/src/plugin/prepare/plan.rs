@@ -95,6 +95,7 @@ impl Preparer {
                     .inventory
                     .read()
                     .map_err(|_| PrepareError::poisoned("inventory"))?;
+                check_vfio_groups(allocated, &sources, &inventory, &state, &claim.uid)?;
                 rebinds(allocated, &sources, &inventory)?
             };
             let keys = result_keys(allocated);
@@ -516,7 +517,6 @@ fn rebinds(
     inventory: &Inventory,
 ) -> Result<Vec<Rebind>, PrepareError> {
     let mut out = Vec::new();
-    let mut devices = Vec::new();
     for (a, source) in allocated.iter().zip(sources) {
         let wanted =
             a.vf.as_ref()
@@ -564,46 +564,75 @@ fn rebinds(
             driver,
             original: current,
         });
-        devices.push(a.device.as_str());
     }
-    refuse_unviable_groups(&out, &devices, inventory)?;
     Ok(out)
 }
 
-/// Drivers that may hold a function of an IOMMU group while a container opens the group through
-/// VFIO: the kernel's group viability (`driver_managed_dma` drivers: vfio-pci, pci-stub, PCIe port
-/// services) or no driver at all. Any other driver there makes `/dev/vfio/<group>` fail to open
-/// ("group is not viable"), so the pod would start without its device.
-const VFIO_GROUP_PEERS: [&str; 3] = ["vfio-pci", "pci-stub", "pcieport"];
+/// Whether a function on `driver` leaves its IOMMU group usable through VFIO: drivers that leave DMA
+/// to their user (`driver_managed_dma`, Linux 5.19 and later): vfio-pci and its variant drivers
+/// (`mlx5_vfio_pci`, `nvgrace_gpu_vfio_pci`, `xe-vfio-pci`, ...), pci-stub, PCIe port services.
+fn leaves_group_usable(driver: &str) -> bool {
+    matches!(driver, "pci-stub" | "pcieport")
+        || driver.ends_with("vfio-pci")
+        || driver.ends_with("vfio_pci")
+}
 
-/// Refuses a bind to vfio-pci whose IOMMU group also holds a function on another driver that this
-/// claim does not bind to vfio-pci too (a GPU's audio function on `snd_hda_intel`, functions behind a
-/// root port without ACS).
-fn refuse_unviable_groups(
-    rebinds: &[Rebind],
-    devices: &[&str],
+/// Refuses functions the claim gives to its pod through VFIO (`vfio-pci`) whose IOMMU group the pod
+/// could not use: the kernel attaches `/dev/vfio/<group>` to a container only when every function of
+/// the group is without a driver or on one that leaves DMA to VFIO ([`leaves_group_usable`]),
+/// and a group is held by one open file at a time (`vfio_group_fops_open`: EBUSY), so not by two
+/// claims' pods. A GPU's audio function on `snd_hda_intel`, or functions without ACS between them,
+/// share a group; withheld functions (the node's own NIC) count too.
+fn check_vfio_groups(
+    allocated: &[Allocated],
+    sources: &[DeviceSource],
     inventory: &Inventory,
+    state: &BTreeMap<String, ClaimRecord>,
+    uid: &str,
 ) -> Result<(), PrepareError> {
-    let to_vfio = |r: &&Rebind| r.driver == "vfio-pci";
-    let bound: Vec<hal::PciAddress> = rebinds.iter().filter(to_vfio).map(|r| r.function).collect();
-    for (r, device) in rebinds.iter().zip(devices).filter(|(r, _)| to_vfio(r)) {
-        let Some(group) = inventory.function(r.function).and_then(|f| f.iommu_group) else {
+    let vfio: Vec<(&str, hal::PciAddress)> = allocated
+        .iter()
+        .zip(sources)
+        .filter_map(|(a, source)| {
+            let driver = a.vf.as_ref().and_then(|v| v.driver.as_deref());
+            let driver = driver.or_else(|| a.gpu.as_ref().and_then(|g| g.driver.as_deref()));
+            let address = match source {
+                DeviceSource::Nic { function, .. } => function.address,
+                DeviceSource::Gpu(gpu) => gpu.pci_address,
+                _ => return None,
+            };
+            (driver == Some("vfio-pci")).then_some((a.device.as_str(), address))
+        })
+        .collect();
+    let functions = || inventory.pci.iter().chain(&inventory.withheld);
+    for (device, address) in &vfio {
+        let own = functions().find(|f| f.address == *address);
+        let Some(group) = own.and_then(|f| f.iommu_group) else {
             continue;
         };
-        let peer = inventory.pci.iter().find(|f| {
+        // First: a function another claim bound may still be on its old driver in the inventory
+        // (until the rescan its binding starts).
+        let node = format!("\"/dev/vfio/{group}\"");
+        let holder = state
+            .iter()
+            .find(|(other, r)| other.as_str() != uid && r.cdi_spec.mentions(&node));
+        if let Some((other, _)) = holder {
+            return Err(PrepareError::Held(format!(
+                "{device}: IOMMU group {group} of {address} is already given to claim {other} \
+                 (/dev/vfio/{group}); a VFIO group serves one pod at a time"
+            )));
+        }
+        let peer = functions().find(|f| {
             f.iommu_group == Some(group)
-                && !bound.contains(&f.address)
-                && f.driver
-                    .as_deref()
-                    .is_some_and(|d| !VFIO_GROUP_PEERS.contains(&d))
+                && !vfio.iter().any(|(_, a)| *a == f.address)
+                && f.driver.as_deref().is_some_and(|d| !leaves_group_usable(d))
         });
         if let Some(peer) = peer {
             return Err(PrepareError::InvalidConfig(format!(
-                "{device}: {} shares IOMMU group {group} with {} (bound to {}); /dev/vfio/{group} \
-                 opens only when every function of the group is on vfio-pci or has no driver \
-                 (unbind that function or bind it to vfio-pci on the node, allocate it in this \
-                 claim too, or give each function a group of its own: ACS)",
-                r.function,
+                "{device}: {address} shares IOMMU group {group} with {} (bound to {}); a pod can \
+                 use /dev/vfio/{group} only when every function of the group is on vfio-pci or \
+                 has no driver (unbind that function or bind it to vfio-pci on the node, or give \
+                 each function a group of its own: ACS)",
                 peer.address,
                 peer.driver.as_deref().unwrap_or_default(),
             )));

@@ -234,20 +234,25 @@ fn a_pf_without_driver_cannot_change_its_vf_count() {
     let dir = hal_mock::scratch_dir("sriov-").unwrap();
     let kernel = e810(dir.path());
     let function = dir.path().join("sys/bus/pci/devices/0000:3b:00.0");
-    std::fs::remove_file(function.join("driver")).unwrap();
     let sriov = SysfsSriov::with_writer(SysfsRoot::new(dir.path()), kernel.clone());
-    let err = sriov.set_num_vfs(addr("0000:3b:00.0"), 4).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
-    let text = err.to_string();
-    assert!(
-        text.contains("0000:3b:00.0") && text.contains("no driver is bound"),
-        "{text}"
-    );
-    assert!(!function.join("virtfn0").exists());
+    // VFs stay when the PF's driver is unbound (the kernel only warns): 2 to 4 goes through 0,
+    // which the kernel refuses the same way.
+    sriov.set_num_vfs(addr("0000:3b:00.0"), 2).unwrap();
+    std::fs::remove_file(function.join("driver")).unwrap();
+    for count in [4, 0] {
+        let err = sriov.set_num_vfs(addr("0000:3b:00.0"), count).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("0000:3b:00.0") && text.contains("no driver is bound"),
+            "{text}"
+        );
+    }
+    assert!(function.join("virtfn1").exists() && !function.join("virtfn2").exists());
     // The emulated kernel's own answers, in the kernel's order: ERANGE above the total comes
     // before the driver check; the count it already has is no change.
     let numvfs = function.join("sriov_numvfs");
     let above = kernel.write_attribute(&numvfs, "9").unwrap_err();
     assert_eq!(above.raw_os_error(), Some(34), "ERANGE");
-    kernel.write_attribute(&numvfs, "0").unwrap();
+    kernel.write_attribute(&numvfs, "2").unwrap();
 }

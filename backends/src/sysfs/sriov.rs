@@ -160,12 +160,16 @@ impl SriovPf for SysfsSriov {
             return Ok(());
         }
         let path = self.dir(pf).join("sriov_numvfs");
+        // ENOENT from the write itself, not from a PF removed meanwhile (its file gone).
+        let refused = |e: Error| match Tree::open(&self.root).try_exists(&path) {
+            Ok(true) => no_sriov_driver(e, pf),
+            _ => e,
+        };
         // The kernel answers EBUSY to a change between two non-zero counts: go through 0.
         if state.num_vfs != 0 && count != 0 {
-            self.write(&path, "0").map_err(|e| no_sriov_driver(e, pf))?;
+            self.write(&path, "0").map_err(refused)?;
         }
-        self.write(&path, &count.to_string())
-            .map_err(|e| no_sriov_driver(e, pf))
+        self.write(&path, &count.to_string()).map_err(refused)
     }
 
     fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {

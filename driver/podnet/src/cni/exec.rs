@@ -120,7 +120,13 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         let kept = stderr_start.clone();
         std::thread::spawn(move || {
             let mut buffer = [0; 4096];
-            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+            loop {
+                let n = match stderr.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
                 if let (Ok(mut kept), Some(read)) = (kept.lock(), buffer.get(..n)) {
                     let room = (MAX_EXCERPT * 4).saturating_sub(kept.len());
                     kept.extend_from_slice(read.get(..room.min(n)).unwrap_or_default());

@@ -14,16 +14,20 @@
 # bonding/slaves), virtual ones (bonds, bridges, VLANs) included; the node's routes and addresses
 # (/proc/net/{route,ipv6_route,if_inet6}: which interfaces are the node's own network); the real-time
 # limit (/proc/sys/kernel/sched_rt_{runtime,period}_us); NVIDIA's /proc/driver/nvidia/gpus/*/information;
-# on arm64, /proc/cpuinfo. Links are copied as links (relative, as the kernel makes them); none is
-# followed out of the root. Not copied: the boot id (a capture must never pass for the machine it is
+# on arm64, /proc/cpuinfo. Not copied: the boot id (a capture must never pass for the machine it is
 # read on).
+# Nothing outside the root is read or copied: links are copied as links (their text, relative as the
+# kernel makes them); a directory is resolved (links on the way followed) before anything in it is
+# listed or read, and skipped when it leads out of the root; only regular files are read (never a
+# FIFO or a device), each up to a bound: 64 KiB an attribute, 4 MiB /proc/cpuinfo, 16 MiB a
+# /proc/net file (whole lines).
 # What is masked: InfiniBand node/system-image GUIDs and NVIDIA GPU UUIDs (replaced by counters); MAC
 # addresses are never read, serial numbers never copied. Needs: bash, coreutils, grep, sed. Reads only;
 # run it as root to include root-only attributes, in the host's network namespace (not in a pod without
 # hostNetwork: /proc/net is the reader's namespace).
 set -euo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit "${1:-0}"; }
 
 root=/
 while [[ $# -gt 0 ]]; do
@@ -49,19 +53,62 @@ out=$(cd "$out" && pwd -P)
 files=()
 links=()
 
-# copy_file REL / copy_link REL: queue a regular file / a symlink (copied with its relative text).
-copy_file() { [[ -f $root/$1 && -r $root/$1 ]] && files+=("$1"); return 0; }
-copy_link() { [[ -L $root/$1 ]] && links+=("$1"); return 0; }
+# resolve REL: sets `resolved` to the real path of the directory REL (links on the way followed),
+# relative to the root; fails when it is not a directory or leads out of the root (a link of a
+# captured tree to the host's /sys or /proc). A builtin `cd`, not a subshell: it runs for every
+# directory read. (The script's own paths are absolute: its working directory does not matter.)
+resolved=
+resolve() {
+    local base=${root%/}
+    cd -P -- "$root/$1" 2>/dev/null || return 1
+    [[ $PWD == "$base"/* ]] || return 1
+    resolved=${PWD#"$base"/}
+}
 
-# copy_glob DIR PATTERN...: queue what matches the patterns in DIR (relative to root).
+# each DIR PATTERN: sets `found` to the directories matching PATTERN (one name) in DIR, as DIR/NAME,
+# where DIR and each of them resolve inside the root.
+found=()
+each() {
+    local base d
+    found=()
+    resolve "$1" || return 0
+    base=$resolved
+    for d in "$root/$base"/$2; do
+        resolve "$base/${d##*/}" && found+=("$1/${d##*/}")
+    done
+    return 0
+}
+
+# copy_glob DIR PATTERN...: queue what matches the patterns in DIR (relative to root): a link as a
+# link, a readable regular file (read at the end, at most 64 KiB); nothing else. DIR, and each
+# directory a pattern names on the way (`topology/*`), is resolved before it is listed, and skipped
+# when it leads out of the root.
 copy_glob() {
-    local dir=$1; shift
-    local pattern f
+    local dir=$1 base pattern f
+    shift
+    resolve "$dir" || return 0
+    base=$resolved
     for pattern in "$@"; do
-        for f in "$root/$dir"/$pattern; do
-            if [[ -L $f ]]; then copy_link "${f#"$root"/}"; elif [[ -f $f ]]; then copy_file "${f#"$root"/}"; fi
+        if [[ $pattern == */* ]]; then
+            for f in "$root/$base"/${pattern%%/*}; do copy_glob "$dir/${f##*/}" "${pattern#*/}"; done
+            continue
+        fi
+        for f in "$root/$base"/$pattern; do
+            if [[ -L $f ]]; then
+                links+=("$dir/${f##*/}")
+            elif [[ -f $f && -r $f ]]; then
+                files+=("$dir/${f##*/}")
+            fi
         done
     done
+}
+
+# regular REL: whether REL is a readable regular file in the root (its directory resolving inside
+# it), to read now; a link there is queued as a link instead (and is not read).
+regular() {
+    resolve "${1%/*}" || return 1
+    if [[ -L $root/$1 ]]; then links+=("$1"); return 1; fi
+    [[ -f $root/$1 && -r $root/$1 ]]
 }
 
 # Writes everything queued: directories in one mkdir, contents read and written by builtins.
@@ -80,15 +127,6 @@ flush() {
     links=()
 }
 
-# realpath of a link (or of a path with links on the way), relative to the root; fails when it is
-# not a directory or leads out of the root (a link of a captured tree to the host's /sys or /proc).
-resolve() {
-    local p base=${root%/}
-    p=$(cd "$root/$1" 2>/dev/null && pwd -P) || return 1
-    [[ $p == "$base"/* ]] || return 1
-    echo "${p#"$base"/}"
-}
-
 # copy_netdev DIR: queue a network interface's directory (once): its link state (the health of its
 # function), and its lower devices, bridge ports and bond slaves (the node-network guard's reads).
 declare -A netdevs=()
@@ -96,19 +134,23 @@ copy_netdev() {
     [[ -z ${netdevs[$1]:-} ]] || return 0
     netdevs[$1]=1
     copy_glob "$1" ifindex flags operstate carrier 'lower_*'
-    [[ -d $root/$1/brif && ! -L $root/$1/brif ]] && copy_glob "$1/brif" '*'
+    [[ -L $root/$1/brif ]] || copy_glob "$1/brif" '*'
     [[ -L $root/$1/bonding ]] || copy_glob "$1" bonding/slaves
     return 0
 }
 
-# copy_bounded REL: copy a file that may be long (a routing table) now, at most 16 MiB (what the
-# driver reads of it) in whole lines.
+# copy_bounded REL: copy a file that may be long (a routing table) now, what the driver reads of it:
+# all of it when it has at most 16 MiB, else the whole lines of its first 16 MiB.
 copy_bounded() {
     local limit=16777216
-    [[ -f $root/$1 && ! -L $root/$1 && -r $root/$1 ]] || return 0
+    regular "$1" || return 0
     mkdir -p "$out/${1%/*}"
-    head -c "$limit" "$root/$1" > "$out/$1"
-    if [[ $(wc -c < "$out/$1") -ge $limit ]]; then sed -i '$d' "$out/$1"; fi
+    head -c "$((limit + 1))" "$root/$1" > "$out/$1"
+    if [[ $(wc -c < "$out/$1") -gt $limit ]]; then
+        truncate -s "$limit" "$out/$1"
+        # Unless the limit ends a line, the last (partial) line goes.
+        [[ $(tail -c 1 "$out/$1" | wc -l) -eq 1 ]] || sed -i '$d' "$out/$1"
+    fi
 }
 
 mask_counter=0
@@ -117,58 +159,79 @@ mask_guid() { mask_counter=$((mask_counter + 1)); printf '0000:0000:0000:%04x\n'
 # CPUs and NUMA nodes.
 cpu=sys/devices/system/cpu
 copy_glob "$cpu" online possible present offline kernel_max smt/active smt/control
-for d in "$root/$cpu"/cpu[0-9]*; do
-    c=${d#"$root"/}
+each "$cpu" 'cpu[0-9]*'
+for c in "${found[@]}"; do
     copy_glob "$c" online cpu_capacity regs/identification/midr_el1 'topology/*'
-    for idx in "$d"/cache/index*; do
-        [[ -d $idx ]] || continue
-        copy_glob "${idx#"$root"/}" level type id size shared_cpu_list shared_cpu_map
+    each "$c/cache" 'index*'
+    for idx in "${found[@]}"; do
+        copy_glob "$idx" level type id size shared_cpu_list shared_cpu_map
     done
 done
-# arm64: /proc/cpuinfo holds every online CPU's MIDR fields (read once instead of a midr_el1 per CPU).
-# Board serial numbers, which some arm kernels print there, are left out.
-if [[ -f $root/$cpu/cpu0/regs/identification/midr_el1 && -r $root/proc/cpuinfo ]]; then
+# arm64: /proc/cpuinfo holds every online CPU's MIDR fields (read once instead of a midr_el1 per CPU);
+# the driver reads its first 4 MiB. Board serial numbers, which some arm kernels print there, are left
+# out.
+if regular "$cpu/cpu0/regs/identification/midr_el1" && regular proc/cpuinfo; then
     mkdir -p "$out/proc"
-    grep -v '^Serial' "$root/proc/cpuinfo" >"$out/proc/cpuinfo" || true
+    head -c 4194304 "$root/proc/cpuinfo" | grep -v '^Serial' > "$out/proc/cpuinfo" || true
 fi
 copy_glob sys/devices/cpu_core cpus
 copy_glob sys/devices/cpu_atom cpus
 copy_glob sys/devices/cpu_lowpower cpus
 node=sys/devices/system/node
 copy_glob "$node" online possible has_cpu has_memory
-for d in "$root/$node"/node[0-9]*; do
-    copy_glob "${d#"$root"/}" cpulist cpumap meminfo distance
+each "$node" 'node[0-9]*'
+for d in "${found[@]}"; do
+    copy_glob "$d" cpulist cpumap meminfo distance
 done
 
 # PCI functions.
 copy_glob sys/bus/pci drivers_probe
-for s in "$root"/sys/bus/pci/slots/*; do [[ -d $s ]] && copy_glob "${s#"$root"/}" address; done
-for link in "$root"/sys/bus/pci/devices/*; do
-    rel=${link#"$root"/}
-    copy_link "$rel"
-    dev=$(resolve "$rel") || continue
+each sys/bus/pci/slots '*'
+for s in "${found[@]}"; do copy_glob "$s" address; done
+pci=()
+if resolve sys/bus/pci/devices; then
+    for link in "$root/$resolved"/*; do
+        [[ -e $link || -L $link ]] && pci+=("sys/bus/pci/devices/${link##*/}")
+    done
+fi
+for rel in "${pci[@]}"; do
+    [[ -L $root/$rel ]] && links+=("$rel")
+    resolve "$rel" || continue
+    dev=$resolved
     copy_glob "$dev" vendor device subsystem_vendor subsystem_device class revision numa_node local_cpulist \
         local_cpus driver_override 'sriov_*' driver iommu_group physfn 'virtfn*' lmem_total_bytes \
         prelim_lmem_total_bytes mem_info_vram_total product_name 'tile*/physical_vram_size_bytes'
-    for child in "$root/$dev"/net/* "$root/$dev"/virtio*/net/*; do
-        [[ -d $child && ! -L $child ]] && copy_netdev "${child#"$root"/}"
+    each "$dev/net" '*'
+    children=("${found[@]}")
+    each "$dev" 'virtio*'
+    for virtio in "${found[@]}"; do
+        each "$virtio/net" '*'
+        children+=("${found[@]}")
     done
-    for child in "$root/$dev"/infiniband_verbs/* "$root/$dev"/infiniband_mad/*; do
-        [[ -d $child ]] && copy_glob "${child#"$root"/}" ibdev port dev abi_version
+    for child in "${children[@]}"; do
+        [[ -L $root/$child ]] || copy_netdev "$child"
     done
-    for child in "$root/$dev"/drm/card[0-9]* "$root/$dev"/drm/renderD[0-9]*; do
-        [[ -d $child ]] && copy_glob "${child#"$root"/}" dev lmem_total_bytes prelim_lmem_total_bytes
+    each "$dev/infiniband_verbs" '*'
+    children=("${found[@]}")
+    each "$dev/infiniband_mad" '*'
+    for child in "${children[@]}" "${found[@]}"; do
+        copy_glob "$child" ibdev port dev abi_version
     done
-    for ib in "$root/$dev"/infiniband/*; do
-        [[ -d $ib ]] || continue
-        r=${ib#"$root"/}
+    each "$dev/drm" 'card[0-9]*'
+    children=("${found[@]}")
+    each "$dev/drm" 'renderD[0-9]*'
+    for child in "${children[@]}" "${found[@]}"; do
+        copy_glob "$child" dev lmem_total_bytes prelim_lmem_total_bytes
+    done
+    each "$dev/infiniband" '*'
+    for r in "${found[@]}"; do
         copy_glob "$r" node_type fw_ver hca_type
         mkdir -p "$out/$r"
-        [[ -r $ib/node_guid ]] && mask_guid > "$out/$r/node_guid"
-        [[ -r $ib/sys_image_guid ]] && mask_guid > "$out/$r/sys_image_guid"
-        for port in "$ib"/ports/*; do
-            [[ -d $port ]] || continue
-            copy_glob "${port#"$root"/}" state phys_state rate link_layer lid 'gid_attrs/ndevs/*'
+        [[ -r $root/$r/node_guid ]] && mask_guid > "$out/$r/node_guid"
+        [[ -r $root/$r/sys_image_guid ]] && mask_guid > "$out/$r/sys_image_guid"
+        each "$r/ports" '*'
+        for port in "${found[@]}"; do
+            copy_glob "$port" state phys_state rate link_layer lid 'gid_attrs/ndevs/*'
         done
     done
 done
@@ -178,32 +241,33 @@ done
 copy_glob sys/class/misc/rdma_cm dev
 # Every interface, the virtual ones too (sys/devices/virtual/net: lo, bonds, bridges, VLANs): their
 # class links would otherwise dangle, and the guard reads their lower devices.
-for link in "$root"/sys/class/net/*; do
-    [[ -L $link ]] || continue
-    netdev=$(resolve "${link#"$root"/}") && copy_netdev "$netdev"
-done
-# The kernel's real-time bandwidth limit (the rt-<group> devices).
-if resolve proc/sys/kernel > /dev/null; then
-    copy_glob proc/sys/kernel sched_rt_runtime_us sched_rt_period_us
+if resolve sys/class/net; then
+    for link in "$root/$resolved"/*; do
+        [[ -L $link ]] || continue
+        resolve "sys/class/net/${link##*/}" && copy_netdev "$resolved"
+    done
 fi
-flush
+# The kernel's real-time bandwidth limit (the rt-<group> devices).
+copy_glob proc/sys/kernel sched_rt_runtime_us sched_rt_period_us
 
 # The node's routes and IPv6 addresses: which interfaces carry the default route or the InternalIP. On a
 # node /proc/net is a link to the reader's own /proc/<pid>/net, inside the root; in a captured tree it
 # must not lead out of it. route is always there where IPv4 is (a tree without it withholds every
 # interface); ipv6_route and if_inet6 are not when IPv6 is disabled.
-if resolve proc/net > /dev/null; then
-    for f in route ipv6_route if_inet6; do copy_bounded "proc/net/$f"; done
-fi
+for f in route ipv6_route if_inet6; do copy_bounded "proc/net/$f"; done
 
-# NVIDIA driver facts, UUIDs masked.
+# NVIDIA driver facts, UUIDs masked; read as the driver reads an attribute (64 KiB, a byte more kept so
+# that a longer file stays one).
 n=0
-for info in "$root"/proc/driver/nvidia/gpus/*/information; do
-    [[ -r $info ]] || continue
-    rel=${info#"$root"/}
-    mkdir -p "$out/$(dirname "$rel")"
+each proc/driver/nvidia/gpus '*'
+for gpu in "${found[@]}"; do
+    regular "$gpu/information" || continue
+    mkdir -p "$out/$gpu"
     n=$((n + 1))
-    sed -E "s/(GPU UUID:[[:space:]]*)GPU-[0-9a-fA-F-]+/\1GPU-00000000-0000-0000-0000-$(printf '%012x' "$n")/" "$info" > "$out/$rel"
+    head -c 65537 "$root/$gpu/information" |
+        sed -E "s/(GPU UUID:[[:space:]]*)GPU-[0-9a-fA-F-]+/\1GPU-00000000-0000-0000-0000-$(printf '%012x' "$n")/" \
+        > "$out/$gpu/information"
 done
+flush
 
 echo "capture-fixture: wrote $(find "$out" -type f | wc -l) files and $(find "$out" -type l | wc -l) links to $out"

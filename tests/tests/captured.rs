@@ -300,3 +300,116 @@ fn capturing_a_nodes_network_and_link_states_changes_nothing_published_runs_capt
     );
     assert!(out.join(format!("{net}/bond0.7/lower_bond0")).is_symlink());
 }
+
+/// A FIFO at `root/relative` (`mkfifo`: the capture script needs coreutils anyway).
+fn fifo(root: &Path, relative: &str) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let made = Command::new("mkfifo").arg(&path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// A hostile tree: directories that lead out of the root (on the way to what is read, and inside a
+/// pattern), FIFOs and a link to `/dev/zero` where files are read, and a route file longer than the
+/// 16 MiB bound. The capture must finish, copy nothing from outside, and keep the lines in the bound.
+#[test]
+fn capture_reads_nothing_outside_the_root_and_never_blocks_runs_capture_script() {
+    let scratch = hal_mock::scratch_dir("capture-").unwrap();
+    let root = scratch.path().join("root");
+    let outside = scratch.path().join("outside");
+    write(&outside, "node0/cpulist", "SECRET");
+    write(&outside, "core_id", "SECRET");
+    write(&outside, "information", "SECRET");
+    let outside = outside.to_str().unwrap();
+    let cpu = "sys/devices/system/cpu";
+    write(&root, &format!("{cpu}/online"), "0");
+    write(
+        &root,
+        &format!("{cpu}/cpu0/regs/identification/midr_el1"),
+        "0x410fd050",
+    );
+    fifo(&root, &format!("{cpu}/present"));
+    link(&root, &format!("{cpu}/possible"), "/dev/zero");
+    link(&root, &format!("{cpu}/cpu0/topology"), outside);
+    link(&root, "sys/devices/system/node", outside);
+    fifo(&root, "proc/cpuinfo");
+    let gpus = "proc/driver/nvidia/gpus";
+    fifo(&root, &format!("{gpus}/0000:01:00.0/information"));
+    link(&root, &format!("{gpus}/0000:02:00.0"), outside);
+    // 16 MiB + 5 lines of the kernel's 128-byte lines: 16 MiB ends a line, and all 131072 are kept.
+    let line = |i: usize| format!("{:<127}\n", format!("eth{i}\t00000000\t00000000\t0001"));
+    let route: String = (0..131_077).map(line).collect();
+    std::fs::create_dir_all(root.join("proc/net")).unwrap();
+    std::fs::write(root.join("proc/net/route"), &route).unwrap();
+    link(&root, "proc/net/ipv6_route", "/dev/zero");
+
+    let out = scratch.path().join("out");
+    let mut child = Command::new("bash")
+        .arg(workspace().join("scripts/capture-fixture.sh"))
+        .arg("--root")
+        .arg(&root)
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the capture blocked (a FIFO or an endless file was read)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+
+    // Nothing from outside: every file copied is a regular file of the root, none says SECRET.
+    let mut files = vec![out.clone()];
+    let mut copied = Vec::new();
+    while let Some(path) = files.pop() {
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                files.push(entry.path());
+            } else if kind.is_file() {
+                let relative = entry.path().strip_prefix(&out).unwrap().to_path_buf();
+                let text = std::fs::read_to_string(entry.path()).unwrap();
+                assert!(!text.contains("SECRET"), "{}", relative.display());
+                copied.push(relative);
+            }
+        }
+    }
+    copied.sort();
+    assert_eq!(
+        copied,
+        [
+            "proc/net/route".to_owned(),
+            format!("{cpu}/cpu0/regs/identification/midr_el1"),
+            format!("{cpu}/online"),
+        ]
+        .map(PathBuf::from),
+        "only the root's regular files are copied"
+    );
+    // Links are copied as links, not followed.
+    for (relative, target) in [
+        (format!("{cpu}/possible"), "/dev/zero"),
+        ("proc/net/ipv6_route".to_owned(), "/dev/zero"),
+    ] {
+        assert_eq!(
+            std::fs::read_link(out.join(relative)).unwrap(),
+            Path::new(target)
+        );
+    }
+    // The whole lines of the first 16 MiB, the last one included.
+    let captured = std::fs::read_to_string(out.join("proc/net/route")).unwrap();
+    assert_eq!(captured.len(), 16 * 1024 * 1024);
+    assert_eq!(captured.lines().count(), 131_072);
+    assert_eq!(captured, route[..16 * 1024 * 1024]);
+}

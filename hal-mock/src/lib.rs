@@ -17,7 +17,7 @@ pub mod mocks;
 mod pci;
 mod tree;
 
-pub use cpu::{Arch, CpuLayout, ExpectedCpu};
+pub use cpu::{Arch, CacheSizes, CpuLayout, ExpectedCpu};
 pub use devices::{GpuSpec, NvidiaSpec, RdmaPortSpec, RdmaSpec};
 pub use kernel::EmulatedKernel;
 pub use machines::{

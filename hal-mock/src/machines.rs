@@ -77,7 +77,13 @@ pub fn by_name(name: &str) -> Result<FixtureMachine, String> {
             FIXTURES.join(", ")
         ));
     };
-    serde_json::from_str(json).map_err(|e| format!("testdata/machines/{name}.json: {e}"))
+    let machine: FixtureMachine =
+        serde_json::from_str(json).map_err(|e| format!("testdata/machines/{name}.json: {e}"))?;
+    machine
+        .cpu
+        .check()
+        .map_err(|e| format!("testdata/machines/{name}.json: cpu: {e}"))?;
+    Ok(machine)
 }
 
 impl FixtureMachine {
@@ -238,9 +244,10 @@ mod tests {
                 let online = !machine.cpu.offline.contains(&want.id);
                 assert_eq!(cpu.online, online, "{name} cpu{}", cpu.id);
                 if !online {
+                    // No topology or cache of its own, and in no node's list.
                     assert_eq!(
-                        (cpu.package, cpu.core, cpu.l3),
-                        (None, None, None),
+                        (cpu.package, cpu.core, cpu.l3, cpu.numa_node, &cpu.siblings),
+                        (None, None, None, None, &None),
                         "{name} cpu{}",
                         cpu.id
                     );
@@ -248,6 +255,7 @@ mod tests {
                 }
                 assert_eq!(cpu.package, Some(want.package), "{name} cpu{}", cpu.id);
                 assert_eq!(cpu.core, Some(want.core), "{name} cpu{}", cpu.id);
+                assert_eq!(cpu.cluster, want.cluster, "{name} cpu{}", cpu.id);
                 assert_eq!(
                     cpu.numa_node,
                     want.numa_node.map(NumaNode),
@@ -408,6 +416,13 @@ mod tests {
         assert_eq!(xeon.first().unwrap().siblings.to_string(), "0,112");
         let rpl = by_name("hybrid").unwrap().cpu.expected();
         assert_eq!(rpl.len(), 20);
+        // Intel client parts number a P-core's threads next to each other.
+        assert_eq!(rpl[0].siblings.to_string(), "0-1");
+        assert_eq!(rpl[11].siblings.to_string(), "10-11");
+        // CPUs 62-63 are offline: the kernel lists the online thread of their cores alone.
+        let epyc = by_name("epyc").unwrap().cpu.expected();
+        assert_eq!(epyc[30].siblings.to_string(), "30");
+        assert_eq!(epyc[29].siblings.to_string(), "29,61");
         let gb300 = by_name("gb300").unwrap();
         assert_eq!(gb300.cpu.expected().len(), 128);
         let unknown = by_name("nope").unwrap_err();

@@ -48,7 +48,9 @@ pub struct LogicalCpu {
     pub l3: Option<u32>,
     /// Core type (hybrid machines).
     pub core_type: CoreType,
-    /// SMT siblings including this CPU (`core_cpus_list` / `thread_siblings`).
+    /// SMT siblings including this CPU (`core_cpus_list` / `thread_siblings`): the online threads of
+    /// its core, as the kernel lists them (a thread taken offline leaves its siblings' lists, so a
+    /// core can be one CPU on SMT hardware). `None` for an offline CPU.
     pub siblings: Option<CpuSet>,
 }
 

@@ -654,6 +654,72 @@ mod tests {
         assert!(inv.errors.is_empty(), "{:?}", inv.errors);
     }
 
+    /// The shape of hwloc's `16em64t-4s2c2t-offlines` dump (masks only, no `cpu/online`): the kernel
+    /// leaves an offline thread out of its sibling's lists (there cpu6's `thread_siblings` is `...040`
+    /// with cpu14 offline). Here core 1 is cpus 1 and 3, cpu3 offline: the core is cpu1 alone, with its
+    /// `core_id`, and no error; cpu3 has nothing but `online`.
+    #[test]
+    fn a_core_whose_other_thread_is_offline_is_its_online_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (cpu, core, siblings) in [(0, 0, "5"), (1, 1, "2"), (2, 0, "5")] {
+            let base = format!("sys/devices/system/cpu/cpu{cpu}");
+            write(root, &format!("{base}/topology/physical_package_id"), "0\n");
+            write(
+                root,
+                &format!("{base}/topology/core_id"),
+                &format!("{core}\n"),
+            );
+            write(root, &format!("{base}/topology/thread_siblings"), siblings);
+            write(root, &format!("{base}/topology/core_siblings"), "7\n");
+            write(root, &format!("{base}/cache/index2/level"), "3\n");
+            write(root, &format!("{base}/cache/index2/type"), "Unified\n");
+            write(root, &format!("{base}/cache/index2/shared_cpu_map"), "7\n");
+        }
+        write(root, "sys/devices/system/cpu/cpu3/online", "0\n");
+        let inv = SysfsCpuTopology::new(SysfsRoot::new(root))
+            .cpu_inventory()
+            .unwrap();
+        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+        assert_eq!(inv.online().to_string(), "0-2");
+        let cpu1 = &inv.cpus[1];
+        assert_eq!(cpu1.siblings.as_ref().unwrap().to_string(), "1");
+        assert_eq!(
+            (cpu1.package, cpu1.core, cpu1.l3),
+            (Some(0), Some(1), Some(0))
+        );
+        let cores: Vec<String> = inv.cores().values().map(|s| s.to_string()).collect();
+        assert_eq!(cores, ["0,2", "1"]);
+        let cpu3 = &inv.cpus[3];
+        assert_eq!(
+            (cpu3.online, cpu3.core, &cpu3.siblings),
+            (false, None, &None)
+        );
+    }
+
+    /// The epyc fixture, CPUs 62-63 offline: the cores of cpu30 and cpu31 are one thread each, keep
+    /// their core ids, and the machine still has 32 cores.
+    #[test]
+    fn the_epyc_fixtures_half_offline_cores_are_their_online_threads() {
+        let fixture = hal_mock::by_name("epyc").unwrap().materialize().unwrap();
+        let inv = SysfsCpuTopology::new(SysfsRoot::new(fixture.root()))
+            .cpu_inventory()
+            .unwrap();
+        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+        let cpu30 = inv.cpu(30).unwrap();
+        assert_eq!(cpu30.siblings.as_ref().unwrap().to_string(), "30");
+        assert_eq!(cpu30.core, Some(30));
+        let cores = inv.cores();
+        assert_eq!(cores.len(), 32);
+        let single: Vec<String> = cores
+            .values()
+            .filter(|s| s.len() == 1)
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(single, ["30", "31"]);
+        assert_eq!(inv.cpu(62).unwrap().siblings, None);
+    }
+
     #[test]
     fn bad_files_degrade_only_what_depends_on_them() {
         let dir = tempfile::tempdir().unwrap();

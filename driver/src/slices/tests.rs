@@ -165,6 +165,42 @@ fn individual_cpus_skip_reserved_and_split_into_slices_of_128() {
     );
 }
 
+/// Individual CPUs publish the kernel's numbering as it is: a Raptor Lake's P-core ids step by 4 and
+/// a core's threads are adjacent CPUs, its E-cores are ids 24-31; and a core whose other thread is
+/// offline (the epyc's CPUs 62-63) is its online thread alone.
+#[test]
+fn individual_cpus_publish_the_kernels_core_ids_and_online_siblings() {
+    let mut config = SliceConfig::new("n");
+    config.cpu_mode = CpuMode::Individual;
+    config.families.gpus = false;
+    config.families.nics = false;
+    let slices = build_slices(&inventory("hybrid"), &config, 0);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
+    let devices = by_name(&slices);
+    let cpu = |n: u32| {
+        let d = &devices[&format!("cpu-{n}")];
+        (
+            int(d, "coreId"),
+            string(d, "smtSiblings"),
+            string(d, "coreType"),
+        )
+    };
+    assert_eq!(cpu(2), (Some(4), Some("2-3"), Some("performance")));
+    assert_eq!(cpu(3), (Some(4), Some("2-3"), Some("performance")));
+    assert_eq!(cpu(11), (Some(20), Some("10-11"), Some("performance")));
+    assert_eq!(cpu(13), (Some(25), Some("13"), Some("efficiency")));
+    let slices = build_slices(&inventory("epyc"), &config, 0);
+    assert_eq!(validate_pool(&slices, kube_version(&config)), []);
+    let epyc = by_name(&slices);
+    assert_eq!(epyc.len(), 62);
+    let cpu30 = &epyc["cpu-30"];
+    assert_eq!(
+        (int(cpu30, "coreId"), string(cpu30, "smtSiblings")),
+        (Some(30), Some("30"))
+    );
+    assert_eq!(string(&epyc["cpu-29"], "smtSiblings"), Some("29,61"));
+}
+
 #[test]
 fn families_can_be_turned_off_and_grouping_by_socket() {
     let mut config = SliceConfig::new("n");

@@ -36,19 +36,24 @@ impl Tree {
         fs::write(self.root().join(relative), format!("{value}\n")).unwrap();
     }
 
-    /// Sets `cpuN/online` and the kernel's list of online CPUs.
+    /// Takes CPU `id` offline or brings it back as the kernel does: an offline CPU keeps only its
+    /// `online` file and leaves every other CPU's lists (siblings, caches, its node), so the
+    /// fixture's CPU tree is rendered again with the new offline set.
     fn set_cpu_online(&self, id: u32, online: bool) {
-        self.write(
-            &format!("sys/devices/system/cpu/cpu{id}/online"),
-            if online { "1" } else { "0" },
-        );
-        let list = self.root().join("sys/devices/system/cpu/online");
-        let mut set = hal::CpuSet::from_cpulist(fs::read_to_string(&list).unwrap().trim()).unwrap();
+        let cpu = self.root().join("sys/devices/system/cpu");
+        let offline = fs::read_to_string(cpu.join("offline")).unwrap();
+        let mut offline = hal::CpuSet::from_cpulist(offline.trim()).unwrap();
         match online {
-            true => set.insert(id),
-            false => set.remove(id),
+            true => offline.remove(id),
+            false => offline.insert(id),
         }
-        fs::write(&list, format!("{}\n", set.to_cpulist())).unwrap();
+        let mut layout = hal_mock::by_name(self.name).unwrap().cpu;
+        layout.offline = offline.iter().collect();
+        fs::remove_dir_all(&cpu).unwrap();
+        fs::remove_dir_all(self.root().join("sys/devices/system/node")).unwrap();
+        layout.render(self.root()).unwrap();
+        let topology = cpu.join(format!("cpu{id}/topology"));
+        assert_eq!(topology.exists(), online, "{}", topology.display());
     }
 
     /// Takes the PCI functions at `addresses` away as hot-removal does: their directories and every

@@ -19,7 +19,7 @@
 # Nothing outside the root is read or copied: links are copied as links (their text, relative as the
 # kernel makes them); a directory is resolved (links on the way followed) before anything in it is
 # listed or read, and skipped when it leads out of the root; only regular files are read (never a
-# FIFO or a device), each up to a bound: 64 KiB an attribute, 4 MiB /proc/cpuinfo, 16 MiB a
+# FIFO or a device), each up to a bound: 64 KiB and a byte an attribute, 4 MiB /proc/cpuinfo, 16 MiB a
 # /proc/net file (whole lines).
 # What is masked: InfiniBand node/system-image GUIDs and NVIDIA GPU UUIDs (replaced by counters); MAC
 # addresses are never read, serial numbers never copied. Needs: bash, coreutils, grep, sed. Reads only;
@@ -80,7 +80,7 @@ each() {
 }
 
 # copy_glob DIR PATTERN...: queue what matches the patterns in DIR (relative to root): a link as a
-# link, a readable regular file (read at the end, at most 64 KiB); nothing else. DIR, and each
+# link, a readable regular file (read at the end, at most 64 KiB and a byte); nothing else. DIR, and each
 # directory a pattern names on the way (`topology/*`), is resolved before it is listed, and skipped
 # when it leads out of the root.
 copy_glob() {
@@ -119,7 +119,8 @@ flush() {
     if [[ ${#dirs[@]} -gt 0 ]]; then printf '%s\0' "${!dirs[@]}" | xargs -0 mkdir -p; fi
     for rel in "${files[@]}"; do
         content=
-        IFS= read -r -d '' -N 65536 content 2>/dev/null < "$root/$rel" || true
+        # One byte over the backends' 64 KiB bound: a longer attribute replays as too long.
+        IFS= read -r -d '' -N 65537 content 2>/dev/null < "$root/$rel" || true
         printf '%s' "$content" > "$out/$rel"
     done
     for rel in "${links[@]}"; do ln -sfn "$(readlink "$root/$rel")" "$out/$rel"; done

@@ -8,6 +8,7 @@
 //!
 //! For narrow unit tests of logic above the traits, [`mocks`] has [`mockall`] mocks of every `hal` trait.
 
+mod bridges;
 mod cpu;
 mod devices;
 mod hex;
@@ -17,6 +18,7 @@ pub mod mocks;
 mod pci;
 mod tree;
 
+pub use bridges::BridgeSpec;
 pub use cpu::{Arch, CacheSizes, CpuLayout, ExpectedCpu};
 pub use devices::{GpuSpec, NvidiaSpec, RdmaPortSpec, RdmaSpec};
 pub use kernel::EmulatedKernel;

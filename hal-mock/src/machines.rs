@@ -5,6 +5,7 @@ use std::path::Path;
 
 use hal::AttributeWriter;
 
+use crate::bridges::BridgeSpec;
 use crate::cpu::CpuLayout;
 use crate::devices::{GpuSpec, RdmaSpec};
 use crate::kernel::EmulatedKernel;
@@ -38,6 +39,10 @@ pub struct FixtureMachine {
     /// PCI functions (PFs; VFs are created from `sriov.enabled`).
     #[serde(default)]
     pub pci: Vec<PciFunctionSpec>,
+    /// The identities of the bridges named in the functions' `bridges` chains (each chain's bridges
+    /// are rendered once, as functions of their own).
+    #[serde(default)]
+    pub bridges: Vec<BridgeSpec>,
     /// RDMA devices.
     #[serde(default)]
     pub rdma: Vec<RdmaSpec>,
@@ -98,7 +103,7 @@ impl FixtureMachine {
 
     /// Writes the machine's sysfs (and `proc/driver/nvidia`, `proc/sys/kernel/sched_rt_*`,
     /// `proc/net/route`) tree under `root` (which must exist):
-    /// CPUs and nodes, PCI functions, VFs enabled through the emulated kernel, then RDMA and GPUs.
+    /// CPUs and nodes, the bridges, PCI functions, VFs enabled through the emulated kernel, then RDMA and GPUs.
     pub fn render(&self, root: &Path) -> io::Result<()> {
         self.cpu.render(root)?;
         // The kernel's default real-time bandwidth limit (95% of each period).
@@ -113,6 +118,7 @@ impl FixtureMachine {
             &format!("{ROUTE_HEADER:<127}"),
         )?;
         write(&root.join("sys/bus/pci/drivers_probe"), "")?;
+        crate::bridges::render(root, &self.pci, &self.bridges)?;
         for function in &self.pci {
             function.render(root)?;
         }
@@ -301,9 +307,23 @@ mod tests {
                 .sum();
             assert_eq!(
                 found.items.len(),
-                machine.pci.len() + vfs as usize,
+                machine.pci.len() + machine.bridges.len() + vfs as usize,
                 "{name}"
             );
+            for bridge in &machine.bridges {
+                let f = found
+                    .items
+                    .iter()
+                    .find(|f| f.address == bridge.address)
+                    .unwrap();
+                assert_eq!(
+                    (f.vendor_id, f.device_id, f.class, &f.driver),
+                    (bridge.vendor, bridge.device, 0x060400, &bridge.driver),
+                    "{name} {}",
+                    bridge.address
+                );
+                assert!(f.iommu_group.is_some(), "{name} {}", bridge.address);
+            }
             for spec in &machine.pci {
                 let f = found
                     .items
@@ -389,9 +409,13 @@ mod tests {
         assert_eq!(
             place,
             [
+                "0008:00:00.0 pci0008:00 numa0",
                 "0008:06:00.0 pci0008:00 numa0",
+                "0009:00:00.0 pci0009:00 numa0",
                 "0009:06:00.0 pci0009:00 numa0",
+                "0018:00:00.0 pci0018:00 numa1",
                 "0018:06:00.0 pci0018:00 numa1",
+                "0019:00:00.0 pci0019:00 numa1",
                 "0019:06:00.0 pci0019:00 numa1",
                 "0101:00:00.0 pci0101:00 numa0",
                 "0102:00:00.0 pci0102:00 numa0",

@@ -256,7 +256,12 @@ fn labels_from_the_kernel_are_escaped() {
 fn long_labels_are_cut_and_kept_whole_in_the_tooltip() {
     let mut inventory = fixture("xeon");
     let long = "x".repeat(500);
-    inventory.pci[0].device_name = Some(long.clone());
+    let ice = inventory
+        .pci
+        .iter_mut()
+        .find(|f| f.address.to_string() == "0000:3b:00.0")
+        .unwrap();
+    ice.device_name = Some(long.clone());
     let svg = draw(&inventory, "xeon", Vec::new());
     let doc = roxmltree::Document::parse(&svg).unwrap();
     // `NIC · ` and the name, cut to the longest line.

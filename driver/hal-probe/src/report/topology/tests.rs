@@ -167,3 +167,75 @@ fn bridges_decide_pix_pxb_and_phb() {
     assert_eq!(l("0000:03:00.0", "0000:05:00.0"), Some(Link::Phb));
     assert_eq!(l("0000:03:00.0", "0001:00:00.0"), None, "unknown NUMA node");
 }
+
+#[test]
+fn functions_behind_one_switch_are_pxb_on_a_fixture() {
+    // The i915 fixture's first Flex 170 sits behind a switch: root port 4a:02.0, upstream port
+    // 4b:00.0, downstream port 4c:01.0. A NIC on another downstream port of that switch shares the
+    // root port and the upstream port with the GPU.
+    let mut machine = hal_mock::by_name("i915").unwrap();
+    let gpu = machine
+        .pci
+        .iter()
+        .find(|f| f.address.to_string() == "0000:4d:00.0")
+        .unwrap()
+        .clone();
+    let port = PciAddress::parse("0000:4c:02.0").unwrap();
+    machine.bridges.push(hal_mock::BridgeSpec {
+        address: port,
+        vendor: 0x8086,
+        device: 0x4fa4,
+        driver: Some("pcieport".into()),
+    });
+    machine.pci.push(hal_mock::PciFunctionSpec {
+        address: PciAddress::parse("0000:4e:00.0").unwrap(),
+        bridges: vec![gpu.bridges[0], gpu.bridges[1], port],
+        vendor: 0x15b3,
+        device: 0x101d,
+        class: 0x020000,
+        netdevs: vec!["ens5np0".into()],
+        driver: Some("mlx5_core".into()),
+        iommu_group: Some(34),
+        sriov: None,
+        ..gpu
+    });
+    let fixture = machine.materialize().unwrap();
+    let root = SysfsRoot::new(fixture.root());
+    let pci = SysfsPci::new(root.clone()).pci_functions().unwrap().items;
+    let gpus = SysfsGpu::new(root.clone()).gpus().unwrap().items;
+    let rdma = SysfsRdma::new(root).rdma_devices().unwrap().items;
+
+    // The bridges are functions of their own, as the kernel lists them.
+    let bridge = |a: &str| {
+        pci.iter()
+            .find(|f| f.address.to_string() == a)
+            .unwrap_or_else(|| panic!("bridge {a} not listed"))
+    };
+    for a in [
+        "0000:4a:02.0",
+        "0000:4b:00.0",
+        "0000:4c:01.0",
+        "0000:4c:02.0",
+        "0000:c7:02.0",
+        "0000:00:1c.5",
+    ] {
+        let b = bridge(a);
+        assert_eq!(b.class >> 8, 0x0604, "{a}");
+        assert_eq!(b.driver.as_deref(), Some("pcieport"), "{a}");
+        assert!(b.iommu_group.is_some(), "{a}");
+    }
+    // The BMC's PCIe-to-PCI bridge has no port driver.
+    assert_eq!(bridge("0000:02:00.0").class >> 8, 0x0604);
+    assert_eq!(bridge("0000:02:00.0").driver, None);
+    assert_eq!(
+        bridge("0000:4c:01.0").parent,
+        PciAddress::parse("0000:4b:00.0").ok()
+    );
+    assert_eq!(bridge("0000:4c:01.0").numa_node, Some(NumaNode(0)));
+
+    let t = Topology::build(&pci, &gpus, &rdma);
+    assert_eq!(names(&t), ["GPU0=-", "GPU1=-", "GPU2=-", "NIC0=ens5np0"]);
+    // GPU1 is the Flex at 4d:00.0; GPU2 the one on the other socket.
+    assert_eq!(t.devices[1].pci_address.to_string(), "0000:4d:00.0");
+    assert_eq!(row(&t, "NIC0"), ["NODE", "PXB", "SYS", "X"]);
+}

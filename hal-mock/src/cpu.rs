@@ -285,7 +285,7 @@ impl CpuLayout {
         cpus
     }
 
-    /// Every CPU with what discovery must find for it (see [`CpuLayout::placed`] for the numbering).
+    /// Every CPU with what discovery must find for it (numbered as the field docs of `apic_ids` say).
     pub fn expected(&self) -> Vec<ExpectedCpu> {
         let online = self.online();
         self.placed()

@@ -68,6 +68,14 @@ pub struct Allocated {
     pub consumed_rt: Option<u64>,
 }
 
+impl Allocated {
+    /// The kernel driver its `VfConfig` or `GpuConfig` asks to bind it to (`vfio-pci`, `iavf`).
+    pub fn driver(&self) -> Option<&str> {
+        let vf = self.vf.as_ref().and_then(|v| v.driver.as_deref());
+        vf.or_else(|| self.gpu.as_ref().and_then(|g| g.driver.as_deref()))
+    }
+}
+
 /// How a GPU is given (`kind: GpuConfig`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

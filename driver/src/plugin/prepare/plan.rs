@@ -425,8 +425,7 @@ impl Preparer {
         };
         for ((a, source), key) in allocated.iter().zip(sources).zip(keys) {
             let name = format!("{}-{key}", claim.uid);
-            let vfio = a.vf.as_ref().and_then(|v| v.driver.as_deref()) == Some("vfio-pci")
-                || a.gpu.as_ref().and_then(|g| g.driver.as_deref()) == Some("vfio-pci");
+            let vfio = a.driver() == Some("vfio-pci");
             let vfio_group = match source {
                 _ if !vfio => None,
                 DeviceSource::Nic { function, .. } => Some(function.iommu_group),
@@ -518,11 +517,7 @@ fn rebinds(
 ) -> Result<Vec<Rebind>, PrepareError> {
     let mut out = Vec::new();
     for (a, source) in allocated.iter().zip(sources) {
-        let wanted =
-            a.vf.as_ref()
-                .and_then(|vf| vf.driver.clone())
-                .or_else(|| a.gpu.as_ref().and_then(|g| g.driver.clone()));
-        let Some(driver) = wanted else {
+        let Some(driver) = a.driver().map(str::to_owned) else {
             continue;
         };
         let (address, current) = match source {
@@ -594,14 +589,12 @@ fn check_vfio_groups(
         .iter()
         .zip(sources)
         .filter_map(|(a, source)| {
-            let driver = a.vf.as_ref().and_then(|v| v.driver.as_deref());
-            let driver = driver.or_else(|| a.gpu.as_ref().and_then(|g| g.driver.as_deref()));
             let address = match source {
                 DeviceSource::Nic { function, .. } => function.address,
                 DeviceSource::Gpu(gpu) => gpu.pci_address,
                 _ => return None,
             };
-            (driver == Some("vfio-pci")).then_some((a.device.as_str(), address))
+            (a.driver() == Some("vfio-pci")).then_some((a.device.as_str(), address))
         })
         .collect();
     let functions = || inventory.pci.iter().chain(&inventory.withheld);

@@ -26,6 +26,8 @@
 # run it as root to include root-only attributes, in the host's network namespace (not in a pod without
 # hostNetwork: /proc/net is the reader's namespace).
 set -euo pipefail
+# Bytes, not characters: `read -n` and `${#...}` count in the locale's characters otherwise.
+export LC_ALL=C
 
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit "${1:-0}"; }
 
@@ -118,10 +120,15 @@ flush() {
     for rel in "${files[@]}" "${links[@]}"; do dirs["$out/${rel%/*}"]=1; done
     if [[ ${#dirs[@]} -gt 0 ]]; then printf '%s\0' "${!dirs[@]}" | xargs -0 mkdir -p; fi
     for rel in "${files[@]}"; do
+        # One byte over the backends' 64 KiB bound: a longer attribute replays as too long. A bash
+        # string holds no NUL byte: `read` stops at the first one, and a file that has one (a
+        # NUL-separated list) is copied by `head` instead, byte for byte.
         content=
-        # One byte over the backends' 64 KiB bound: a longer attribute replays as too long.
-        IFS= read -r -d '' -N 65537 content 2>/dev/null < "$root/$rel" || true
-        printf '%s' "$content" > "$out/$rel"
+        if IFS= read -r -d '' -n 65537 content 2>/dev/null < "$root/$rel" && ((${#content} < 65537)); then
+            head -c 65537 "$root/$rel" > "$out/$rel"
+        else
+            printf '%s' "$content" > "$out/$rel"
+        fi
     done
     for rel in "${links[@]}"; do ln -sfn "$(readlink "$root/$rel")" "$out/$rel"; done
     files=()

@@ -413,3 +413,36 @@ fn capture_reads_nothing_outside_the_root_and_never_blocks_runs_capture_script()
     assert_eq!(captured.lines().count(), 131_072);
     assert_eq!(captured, route[..16 * 1024 * 1024]);
 }
+
+/// Attributes are copied byte for byte up to 64 KiB and a byte: NUL bytes (a NUL-separated list, as
+/// some kernels print), bytes that are not UTF-8, and multibyte characters counted as bytes.
+#[test]
+fn capture_copies_attributes_byte_for_byte_runs_capture_script() {
+    let scratch = hal_mock::scratch_dir("capture-").unwrap();
+    let root = scratch.path().join("root");
+    let cpu = "sys/devices/system/cpu";
+    let bound = 64 * 1024 + 1;
+    let attributes: [(String, Vec<u8>); 5] = [
+        (format!("{cpu}/online"), b"0-1\n\0".to_vec()),
+        (format!("{cpu}/possible"), b"0\x001\0\xff\xfe\n".to_vec()),
+        (format!("{cpu}/present"), vec![0; bound + 100]),
+        (format!("{cpu}/offline"), "é".repeat(bound).into_bytes()),
+        (format!("{cpu}/kernel_max"), vec![b'7'; bound + 1]),
+    ];
+    for (relative, bytes) in &attributes {
+        let path = root.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let out = capture(&root, scratch.path(), "out");
+    for (relative, bytes) in &attributes {
+        let copied = std::fs::read(out.join(relative)).unwrap();
+        let kept = &bytes[..bytes.len().min(bound)];
+        assert!(
+            copied == kept,
+            "{relative}: {} bytes of {}",
+            copied.len(),
+            kept.len()
+        );
+    }
+}

@@ -52,6 +52,21 @@ fn captured_dev_vm_reads_as_the_machine_it_was() {
     assert_eq!(net.numa_node, None, "a one-node VM says -1");
     assert_eq!(net.pcie_root.unwrap().to_string(), "pci0000:00");
     assert!(SysfsSriov::new(root).sriov_pfs().unwrap().items.is_empty());
+
+    // What the plugin reads beside the hardware: eth0's link state, the node's default route on
+    // eth0 (so it is withheld), and the kernel's real-time limit (one `rt-` device).
+    let published = published(&workspace().join("testdata/captured/dev-vm"));
+    assert!(
+        published.contains(
+            r#"NetLink { name: "eth0", admin_up: Some(true), operstate: Some("up"), carrier: Some(true) }"#
+        ),
+        "{published}"
+    );
+    assert!(
+        published.contains(r#"withheld {"0000:00:03.0": "eth0 carries the IPv4 default route"#),
+        "{published}"
+    );
+    assert!(published.contains("\"name\": \"rt-"), "{published}");
 }
 
 /// What the backends see in a tree, with paths made relative so two trees compare.

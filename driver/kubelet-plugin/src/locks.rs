@@ -40,16 +40,19 @@ impl KeyedLocks {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for the lock of `key`.
+    /// Waits for the lock of `key`. A wait given up (its future dropped, even after the lock was
+    /// handed to it) leaves no entry behind: the guard is made before the wait, and its drop
+    /// removes the entry as a release does.
     pub async fn lock(&self, key: &str) -> KeyedGuard<'_> {
         let lock = self.map().entry(key.to_owned()).or_default().clone();
-        let guard = lock.clone().lock_owned().await;
-        KeyedGuard {
+        let mut held = KeyedGuard {
             locks: self,
             key: key.to_owned(),
-            lock: Some(lock),
-            guard: Some(guard),
-        }
+            lock: Some(lock.clone()),
+            guard: None,
+        };
+        held.guard = Some(lock.lock_owned().await);
+        held
     }
 
     /// How many keys have an entry: those held or waited for.
@@ -124,6 +127,23 @@ mod tests {
         waiter.abort();
         let _ = waiter.await;
         drop(held);
+        assert!(locks.is_empty());
+    }
+
+    /// The lock is handed to a waiter when its holder lets go; the waiter is dropped before it runs
+    /// again (the kubelet gave up on the call).
+    #[tokio::test]
+    async fn a_waiter_dropped_after_it_was_handed_the_lock_leaves_no_entry_behind() {
+        let locks = KeyedLocks::default();
+        let held = locks.lock("a").await;
+        let mut waiter = Box::pin(locks.lock("a"));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiter.as_mut().poll(&mut context).is_pending());
+        drop(held);
+        drop(waiter);
+        assert!(locks.is_empty(), "{} entries left", locks.len());
+        // The key can be locked again.
+        drop(locks.lock("a").await);
         assert!(locks.is_empty());
     }
 }

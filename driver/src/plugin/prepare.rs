@@ -598,6 +598,11 @@ impl Preparer {
         super::claims::check_claim_ref(&claim).map_err(|e| Arc::new(e.into()))?;
         let uid = claim.uid.clone();
         let once = self.inflight().entry(uid.clone()).or_default().clone();
+        let asking = Asking {
+            preparer: self,
+            uid: &uid,
+            once: once.clone(),
+        };
         let result = once
             .get_or_init(|| async {
                 let _claim = self.locks.lock(&uid).await;
@@ -605,10 +610,7 @@ impl Preparer {
             })
             .await
             .clone();
-        let mut inflight = self.inflight();
-        if inflight.get(&uid).is_some_and(|o| Arc::ptr_eq(o, &once)) {
-            inflight.remove(&uid);
-        }
+        drop(asking);
         result
     }
 
@@ -636,6 +638,27 @@ impl Preparer {
 
 /// The answer of a prepare in flight, shared with whoever asks for the claim meanwhile.
 type PrepareOnce = tokio::sync::OnceCell<Result<Vec<PreparedDevice>, Arc<PrepareError>>>;
+
+/// One ask of a prepare in flight: its entry goes when the ask ends, answered or dropped (the kubelet
+/// gave up on the call), so the map holds only the claims being prepared. A later ask while another
+/// still waits makes a new entry; the claim lock keeps the two prepares apart.
+struct Asking<'a> {
+    preparer: &'a Preparer,
+    uid: &'a str,
+    once: Arc<PrepareOnce>,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.preparer.inflight();
+        if inflight
+            .get(self.uid)
+            .is_some_and(|o| Arc::ptr_eq(o, &self.once))
+        {
+            inflight.remove(self.uid);
+        }
+    }
+}
 
 impl DraHandler for Preparer {
     fn prepare(&self, claims: Vec<ClaimRef>) -> super::api::BoxFuture<'_, PrepareResults> {

@@ -82,24 +82,32 @@ impl Preparer {
         })?;
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
         // the API server may not allow it (an older release, RBAC); the CDI env says the same.
+        // Written by a task of its own, which ends even when the kubelet gives up on this call (its
+        // deadline drops this future): the retry finds the claim completed and writes no status.
         if !planned.statuses.is_empty() {
-            let driver = &self.config.slices.driver_name;
-            let written = self
-                .claims
-                .set_device_status(&claim.namespace, &claim.name, driver, planned.statuses)
-                .await;
-            match written {
-                Ok(()) => {}
-                Err(StatusWriteError::Forbidden(error)) => {
-                    self.status_forbidden
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(claim = %claim.uid, %error,
-                        "configuration error: device status not written");
+            let claims = self.claims.clone();
+            let forbidden = self.status_forbidden.clone();
+            let driver = self.config.slices.driver_name.clone();
+            let statuses = planned.statuses;
+            let (uid, namespace, name) = (claim.uid, claim.namespace, claim.name);
+            let write = tokio::spawn(async move {
+                let written = claims
+                    .set_device_status(&namespace, &name, &driver, statuses)
+                    .await;
+                match written {
+                    Ok(()) => {}
+                    Err(StatusWriteError::Forbidden(error)) => {
+                        forbidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(claim = %uid, %error,
+                            "configuration error: device status not written");
+                    }
+                    Err(StatusWriteError::Failed(error)) => {
+                        tracing::warn!(claim = %uid, %error, "device status not written");
+                    }
                 }
-                Err(StatusWriteError::Failed(error)) => {
-                    tracing::warn!(claim = %claim.uid, %error, "device status not written");
-                }
-            }
+            });
+            // Only a panic of the write ends it early, and the claim is prepared anyway.
+            let _ = write.await;
         }
         Ok(devices)
     }

@@ -19,6 +19,8 @@ struct Gated {
     passed: AtomicUsize,
     /// Random yields before each answer (0: none), so concurrent prepares interleave.
     jitter: AtomicUsize,
+    /// When set, device status writes wait here until it is opened (a slow API server).
+    status_gate: Mutex<Option<Arc<Semaphore>>>,
 }
 
 impl Gated {
@@ -62,6 +64,26 @@ impl ClaimSource for Gated {
             }
             self.passed.fetch_add(1, Ordering::SeqCst);
             self.inner.get(&namespace, &name).await
+        })
+    }
+
+    fn set_device_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        driver: &str,
+        devices: Vec<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<(), super::super::StatusWriteError>> {
+        let gate = self.status_gate.lock().unwrap().clone();
+        let (namespace, name, driver) = (namespace.to_owned(), name.to_owned(), driver.to_owned());
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                let _ = gate.acquire().await;
+            }
+            let inner = &self.inner;
+            inner
+                .set_device_status(&namespace, &name, &driver, devices)
+                .await
         })
     }
 }
@@ -501,4 +523,52 @@ async fn a_slow_vf_count_write_does_not_stall_the_other_tasks() {
         let answers = prepare.await.unwrap();
         assert!(answers.values().all(Result::is_ok), "{answers:?}");
     }
+}
+
+/// The kubelet gives up on a prepare (its deadline drops the call) while the claim's device status
+/// is being written: the write still ends, the retry answers from the completed record, and nothing
+/// of the call is left in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prepare_the_kubelet_gives_up_on_still_writes_the_device_status() {
+    let s = Setup::on("xeon");
+    s.claims
+        .add("u1", &[("vf", "nic-0000-b1-00-2")], vf_config(None, "net1"));
+    let source = Gated::over(s.claims.clone());
+    let gate = Arc::new(Semaphore::new(0));
+    *source.status_gate.lock().unwrap() = Some(gate.clone());
+    let config = s.config("boot-1", SliceConfig::new(NODE));
+    let preparer = Preparer::new(config, source.clone(), s.inventory.clone()).unwrap();
+    let deadline = std::time::Duration::from_millis(300);
+    let call = tokio::time::timeout(deadline, preparer.prepare(vec![reference("u1")])).await;
+    assert!(call.is_err(), "the status write held the call");
+    assert!(
+        preparer.inflight().is_empty(),
+        "an ask given up is not in flight"
+    );
+    assert_eq!(preparer.locks.len(), 0, "no claim lock left behind");
+    gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    until(|| s.claims.1.lock().unwrap().contains_key("ns/claim-u1")).await;
+    assert_eq!(
+        s.claims.1.lock().unwrap()["ns/claim-u1"][0]["data"]["netdev"],
+        "ens2f0v0"
+    );
+}
+
+/// A prepare given up while it waits for the API server leaves no entry in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prepare_given_up_while_reading_its_claim_leaves_nothing_in_flight() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let source = Gated::over(s.claims.clone());
+    source.close("a");
+    let preparer = gated_preparer(&s, source.clone());
+    let deadline = std::time::Duration::from_millis(100);
+    let call = tokio::time::timeout(deadline, preparer.prepare(vec![reference("a")])).await;
+    assert!(call.is_err(), "the claim read held the call");
+    assert!(preparer.inflight().is_empty());
+    assert_eq!(preparer.locks.len(), 0);
+    source.open("a");
+    assert!(preparer.prepare(vec![reference("a")]).await["a"].is_ok());
+    assert!(preparer.inflight().is_empty());
 }

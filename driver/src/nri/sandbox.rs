@@ -70,9 +70,11 @@ pub struct PodNetwork {
 impl PodNetwork {
     /// What to tell the operator when the runtime's time for one call (`request_timeout_ms`, from
     /// `Configure`; 0 when the runtime does not say) is shorter than even one CNI plugin call may
-    /// take ([`Cni::timeout`]; an attach runs several in turn, so this is the least to ask): the attach runs inside `RunPodSandbox`, and containerd treats a call past
-    /// its timeout as fatal (containerd/nri `pkg/adaptation/plugin.go`, `isFatalError`:
-    /// `context.DeadlineExceeded`): it drops the plugin and starts the sandbox without its networks.
+    /// take ([`Cni::timeout`]; an attach runs several in turn, so this is the least to ask): the
+    /// attach runs inside `RunPodSandbox`, and containerd treats a call past its timeout as fatal
+    /// (containerd/nri `pkg/adaptation/plugin.go`, `isFatalError`: `context.DeadlineExceeded`): it
+    /// drops the plugin and starts the sandbox, and the attach, which goes on, brings the network
+    /// functions in late.
     pub fn request_timeout_warning(&self, request_timeout_ms: i64) -> Option<String> {
         let cni = self.cni.timeout;
         let given = match u64::try_from(request_timeout_ms) {
@@ -86,8 +88,8 @@ impl PodNetwork {
             "the NRI runtime {given}, and pod networking attaches a pod's network functions inside \
              RunPodSandbox, running each CNI plugin of each function in turn, each allowed {}s \
              (--cni-timeout): an attach that takes longer makes containerd drop this plugin and \
-             start the pod without its networks; set plugin_request_timeout well above \
-             --cni-timeout (docs/nri.md)",
+             start the pod before its network functions are in; set plugin_request_timeout well \
+             above --cni-timeout (docs/nri.md)",
             cni.as_secs()
         ))
     }

@@ -48,6 +48,31 @@ pub fn trim_kernel_text(text: &str) -> &str {
     text.trim_matches(|c: char| c.is_whitespace() || c == '\0')
 }
 
+/// Whether a terminal acts on `c` instead of showing it: control characters (C0, DEL and C1: escape
+/// sequences, line breaks, `\r`) and the Unicode bidi controls that reorder what it shows.
+pub fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with each character a terminal acts on ([`acts_on_terminal`]) written as JSON escapes it
+/// (`\u001b`), for untrusted text (a claim's keys, a CNI plugin's message, a name a pod gave its
+/// interface) put into a message, a log line or a table.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(acts_on_terminal) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// The operators (`+ - * / % < > = ! & | ? : . [ ( {` and the keyword `in`) of the CEL expression
 /// `expression` outside its string and bytes literals (`"..."`, `'...'`, triple-quoted, raw or not)
 /// and its `//` comments: a bound on how deep its parse nests (a chain of operators nests as deep as
@@ -99,6 +124,20 @@ pub fn cel_operator_count(expression: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_terminal_acts_on_is_escaped_and_the_rest_kept() {
+        let hostile = "x\u{1b}]0;t\u{7}\r\nforged \u{202e}exe.\u{9b}2J\u{7f}";
+        assert_eq!(
+            escape_controls(hostile),
+            r"x\u001b]0;t\u0007\u000d\u000aforged \u202eexe.\u009b2J\u007f"
+        );
+        let plain = "ens1f0 — café \"quoted\" `field` 0000:b1:00.0";
+        assert!(matches!(
+            escape_controls(plain),
+            std::borrow::Cow::Borrowed(p) if p == plain
+        ));
+    }
 
     #[test]
     fn cel_operators_are_counted_outside_string_literals() {

@@ -24,6 +24,7 @@ use driver::slices::api_version::{counter_layout_for, informational_taints_for};
 
 mod args;
 mod fixture_tree;
+mod log;
 mod watch;
 
 pub use args::{LogFormat, PluginArgs};
@@ -33,17 +34,13 @@ use watch::spawn_hotplug_watch;
 use watch::spawn_xid_watch;
 use watch::version_moved;
 
-/// Starts logging (`RUST_LOG` filters, default `info`).
+/// Starts logging to stderr (`RUST_LOG` filters, default `info`), one line per event with control
+/// characters escaped (`app/log.rs`).
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let _ = log::subscriber(format, filter, || log::SafeLines(std::io::stderr())).try_init();
 }
 
 /// A kube client from `--kubeconfig`, else in-cluster (or the default kubeconfig), with the kit's

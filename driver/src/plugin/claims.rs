@@ -233,7 +233,7 @@ impl DeviceConfig {
             return Err(FieldError::new("env", problem));
         }
         for (name, value) in &self.env {
-            let field = || format!("env.{name}");
+            let field = || format!("env.{}", hal::text::escape_controls(name));
             let valid = name
                 .bytes()
                 .next()
@@ -534,7 +534,10 @@ pub fn decode_opaque(
         } else {
             format!(".{path}")
         };
-        (at, e.into_inner().to_string())
+        // Both quote the config's keys as written: no control character reaches a message.
+        let problem = e.into_inner().to_string();
+        let escape = |text: &str| hal::text::escape_controls(text).into_owned();
+        (escape(&at), escape(&problem))
     };
     let checked = |result: Result<(), FieldError>| result.map_err(at_field);
     match kind.as_ref().and_then(|k| k.as_str()) {

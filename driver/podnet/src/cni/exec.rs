@@ -199,6 +199,9 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             let start: String = text.trim().chars().take(MAX_EXCERPT).collect();
             start.escape_debug().to_string()
         };
+        // The error result's text is the plugin's (often echoing a NetworkAttachmentDefinition's
+        // values): cut and escaped as the text above, since it reaches the runtime and the log.
+        let quoted = |text: &str| excerpt(text.as_bytes());
         let json = match json {
             Some(Ok(json)) => json,
             Some(Err(_)) => {
@@ -233,10 +236,10 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             message.push_str(&format!(", CNI error {code}"));
         }
         if !msg.is_empty() {
-            message.push_str(&format!(": {msg}"));
+            message.push_str(&format!(": {}", quoted(msg)));
         }
         if !details.is_empty() {
-            message.push_str(&format!(" ({details})"));
+            message.push_str(&format!(" ({})", quoted(details)));
         }
         return Err(CniError::new(CniErrorKind::Plugin, message));
     }

@@ -318,6 +318,23 @@ fn a_missing_plugin_a_hung_one_and_a_flood_are_errors_of_their_kind() {
     let text = panics.to_string();
     assert!(text.contains("stderr: panic: started a daemon"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(4));
+    // A CNI error result whose text (echoing a NetworkAttachmentDefinition's values) would set a
+    // terminal's title, clear its screen and forge a log line, and is 900 KB long: cut and escaped.
+    let msg = "bad \\u001b]0;pwned\\u0007\\u001b[2J\\nINFO forged";
+    let details = "x".repeat(900_000);
+    write_exec(
+        &bin.join("hostile"),
+        &format!(
+            "#!/bin/sh\nprintf '%s' '{{\"code\":7,\"msg\":\"{msg}\",\"details\":\"{details}\"}}'\nexit 1\n"
+        ),
+    );
+    let hostile = cni.add(&one("hostile"), &attachment()).unwrap_err();
+    assert_eq!(hostile.kind(), CniErrorKind::Plugin, "{hostile}");
+    let text = hostile.to_string();
+    let head: String = text.chars().take(300).collect();
+    assert!(!text.contains(char::is_control), "{head:?}");
+    assert!(text.len() < 1024, "{} bytes", text.len());
+    assert!(text.contains("CNI error 7: bad \\u{1b}]0;pwned"), "{head}");
 }
 
 #[test]

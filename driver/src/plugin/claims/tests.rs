@@ -235,6 +235,21 @@ fn opaque_config_is_strict_and_errors_name_the_field() {
         assert_eq!(at, field, "{parameters}");
         assert!(why.contains(problem), "{parameters}: {why}");
     }
+    // Keys that would set a terminal's title, clear its screen and forge a log line are named
+    // escaped: the message reaches the kubelet (the pod's events) and the log.
+    let forged = "x\u{1b}]0;owned\u{7}\u{1b}[2J\nINFO claim prepared \u{202e}";
+    for parameters in [
+        json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "VfConfig", forged: 1}),
+        json!({"apiVersion": "hal.dra.dev/v1alpha1", "kind": "DeviceConfig", "env": {forged: "v"}}),
+    ] {
+        let (at, why) = decode_opaque(&parameters, DRIVER).unwrap_err();
+        assert!(!at.contains(hal::text::acts_on_terminal), "{at:?}");
+        assert!(!why.contains(hal::text::acts_on_terminal), "{why:?}");
+        assert!(
+            at.contains(r"x\u001b]0;owned\u0007\u001b[2J\u000aINFO"),
+            "{at:?}"
+        );
+    }
     let config = json!([opaque(
         "FromClaim",
         &[],

@@ -55,13 +55,14 @@ mock! {
 
 mock! {
     /// A mock [`hal::SriovPf`]: `expect_sriov_pfs`, `expect_set_num_vfs`, `expect_bind_driver`,
-    /// `expect_sriov_state`.
+    /// `expect_unbind_driver`, `expect_sriov_state`.
     pub SriovPf {}
 
     impl hal::SriovPf for SriovPf {
         fn sriov_pfs(&self) -> Result<Discovered<SriovState>>;
         fn set_num_vfs(&self, pf: PciAddress, count: u32) -> Result<()>;
         fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()>;
+        fn unbind_driver(&self, function: PciAddress) -> Result<()>;
         fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>>;
     }
 }

@@ -45,6 +45,9 @@ macro_rules! forward {
             fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
                 (**self).bind_driver(function, driver)
             }
+            fn unbind_driver(&self, function: PciAddress) -> Result<()> {
+                (**self).unbind_driver(function)
+            }
             fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
                 (**self).sriov_state(pf)
             }
@@ -128,6 +131,10 @@ mod tests {
             self.log(format!("bind_driver {function} {driver}"));
             Ok(())
         }
+        fn unbind_driver(&self, function: PciAddress) -> Result<()> {
+            self.log(format!("unbind_driver {function}"));
+            Ok(())
+        }
         fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
             self.log(format!("sriov_state {pf}"));
             Ok(None)
@@ -157,12 +164,13 @@ mod tests {
         backend.sriov_pfs().unwrap();
         backend.set_num_vfs(address(), 4).unwrap();
         backend.bind_driver(address(), "vfio-pci").unwrap();
+        backend.unbind_driver(address()).unwrap();
         backend.sriov_state(address()).unwrap();
         backend.rdma_devices().unwrap();
         backend.gpus().unwrap();
     }
 
-    const EXPECTED: [&str; 10] = [
+    const EXPECTED: [&str; 11] = [
         "cpu_inventory",
         "online_cpus",
         "pci_functions",
@@ -170,6 +178,7 @@ mod tests {
         "sriov_pfs",
         "set_num_vfs 0000:3b:00.1 4",
         "bind_driver 0000:3b:00.1 vfio-pci",
+        "unbind_driver 0000:3b:00.1",
         "sriov_state 0000:3b:00.1",
         "rdma_devices",
         "gpus",

@@ -115,6 +115,36 @@ impl SysfsSriov {
             vfs,
         }))
     }
+
+    /// The directory of `function`, which must exist. NotFound naming the function's own directory:
+    /// the function is gone (callers undoing a rebind rely on it). Not when the PCI devices'
+    /// directory is missing too (a root that is not a sysfs tree, nothing mounted there yet): that is
+    /// not a function gone. Any other failure to look is that failure.
+    fn function_dir(&self, tree: &Tree, function: PciAddress) -> Result<std::path::PathBuf> {
+        let dir = self.dir(function);
+        let devices = dir.parent().unwrap_or(&dir).to_owned();
+        let found = tree.try_exists(&dir).and_then(|found| match found {
+            true => Ok(None),
+            false => tree.try_exists(&devices).map(Some),
+        });
+        let missing = match found {
+            Ok(None) => None,
+            Ok(Some(true)) => Some((dir.clone(), std::io::ErrorKind::NotFound.into())),
+            Ok(Some(false)) => Some((
+                devices,
+                std::io::Error::other("missing: the root has no PCI devices' directory"),
+            )),
+            Err(source) => Some((dir.clone(), source)),
+        };
+        if let Some((path, source)) = missing {
+            return Err(Error::Io {
+                op: "find",
+                path,
+                source,
+            });
+        }
+        Ok(dir)
+    }
 }
 
 impl SriovPf for SysfsSriov {
@@ -183,32 +213,7 @@ impl SriovPf for SysfsSriov {
             )));
         }
         let tree = Tree::open(&self.root);
-        let dir = self.dir(function);
-        // NotFound naming the function's own directory: the function is gone (callers undoing a
-        // rebind rely on it). Not when the PCI devices' directory is missing too (a root that is not
-        // a sysfs tree, nothing mounted there yet): that is not a function gone. Any other failure
-        // to look is that failure.
-        let devices = dir.parent().unwrap_or(&dir).to_owned();
-        let found = tree.try_exists(&dir).and_then(|found| match found {
-            true => Ok(None),
-            false => tree.try_exists(&devices).map(Some),
-        });
-        let missing = match found {
-            Ok(None) => None,
-            Ok(Some(true)) => Some((dir.clone(), std::io::ErrorKind::NotFound.into())),
-            Ok(Some(false)) => Some((
-                devices,
-                std::io::Error::other("missing: the root has no PCI devices' directory"),
-            )),
-            Err(source) => Some((dir.clone(), source)),
-        };
-        if let Some((path, source)) = missing {
-            return Err(Error::Io {
-                op: "find",
-                path,
-                source,
-            });
-        }
+        let dir = self.function_dir(&tree, function)?;
         let before = tree.link_name(&dir.join("driver"));
         if before.as_deref() == Some(driver) {
             return Ok(());
@@ -252,6 +257,24 @@ impl SriovPf for SysfsSriov {
         Err(Error::Unsupported(format!(
             "{function}: {driver} did not bind{put_back}; is the module loaded?"
         )))
+    }
+
+    fn unbind_driver(&self, function: PciAddress) -> Result<()> {
+        let tree = Tree::open(&self.root);
+        let dir = self.function_dir(&tree, function)?;
+        let override_path = dir.join("driver_override");
+        // Cleared first: a probe between the two writes would bind the override's driver again.
+        let cleared = tree.read_trimmed(&override_path).ok();
+        if cleared
+            .as_deref()
+            .is_some_and(|o| o != "(null)" && !o.is_empty())
+        {
+            self.write(&override_path, "\n")?;
+        }
+        if tree.link_name(&dir.join("driver")).is_some() {
+            self.write(&dir.join("driver/unbind"), &function.to_string())?;
+        }
+        Ok(())
     }
 }
 

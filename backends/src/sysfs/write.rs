@@ -194,12 +194,16 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("sys/bus/pci/devices")).unwrap();
         let address = PciAddress::parse("0000:3b:01.0").unwrap();
         let sriov = crate::SysfsSriov::new(crate::SysfsRoot::new(tmp.path()));
-        let err = sriov.bind_driver(address, "iavf").unwrap_err();
-        assert_eq!(err.kind(), hal::ErrorKind::NotFound, "{err}");
-        let hal::Error::Io { path, .. } = &err else {
-            panic!("{err:?}")
-        };
-        assert_eq!(path.file_name().unwrap(), "0000:3b:01.0");
+        for err in [
+            sriov.bind_driver(address, "iavf").unwrap_err(),
+            sriov.unbind_driver(address).unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), hal::ErrorKind::NotFound, "{err}");
+            let hal::Error::Io { path, .. } = &err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(path.file_name().unwrap(), "0000:3b:01.0");
+        }
 
         let nowhere = crate::SysfsSriov::new(crate::SysfsRoot::new(tmp.path().join("nope")));
         let err = nowhere.bind_driver(address, "iavf").unwrap_err();

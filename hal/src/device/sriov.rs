@@ -42,6 +42,11 @@ pub trait SriovPf: Send + Sync {
     /// Binds `function` to `driver` (`driver_override`, `unbind`, `drivers_probe`).
     fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()>;
 
+    /// Leaves `function` without a driver: its `driver_override` cleared (or a later probe would
+    /// bind that driver again) and its driver, if any, unbound. How a function that had no driver
+    /// before [`SriovPf::bind_driver`] is given back.
+    fn unbind_driver(&self, function: PciAddress) -> Result<()>;
+
     /// One PF's state.
     fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
         Ok(self.sriov_pfs()?.items.into_iter().find(|s| s.pf == pf))

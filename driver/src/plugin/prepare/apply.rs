@@ -304,7 +304,7 @@ pub(super) fn cpu_claims_of(state: &BTreeMap<String, ClaimRecord>) -> BTreeMap<S
 }
 
 /// Gives back what a claim changed: the original driver of every rebound function that still
-/// exists, then the CDI spec.
+/// exists (none to a function that had none), then the CDI spec.
 pub(super) fn undo_record(
     config: &PreparerConfig,
     kind: &str,
@@ -316,7 +316,8 @@ pub(super) fn undo_record(
         };
         let result = match &rebind.original {
             Some(original) => config.binder.bind_driver(rebind.function, original),
-            None => Ok(()),
+            // It had none: left without one, as it was.
+            None => config.binder.unbind_driver(rebind.function),
         };
         // A function that is gone (its PF's VF count changed, the card was removed) has nothing
         // to give back: a function that comes back is a new device, bound by the kernel's rules.

@@ -612,6 +612,38 @@ async fn a_claim_for_a_netdev_in_the_pod_is_refused_without_pod_networking() {
     assert!(s.spec_files().is_empty());
 }
 
+/// A function without a driver (a VF of a PF whose autoprobe is off) that a claim binds to vfio-pci
+/// is left without one at unprepare, its override cleared, as it was (it stayed on vfio-pci).
+#[tokio::test]
+async fn a_function_that_had_no_driver_has_none_after_unprepare() {
+    let s = Setup::on("xeon");
+    let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
+    s.binder.unbind_driver(vf).unwrap();
+    assert_eq!(s.driver_of("0000:3b:01.1"), None);
+    let root = backends::SysfsRoot::new(s.machine.root());
+    *s.inventory.write().unwrap() = Inventory::from_sysfs(&root, None);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-1")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let preparer = s.preparer("boot-1");
+    let results = preparer.prepare(vec![reference("u1")]).await;
+    assert!(results["u1"].is_ok(), "{results:?}");
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("vfio-pci"));
+    let results = preparer.unprepare(vec![reference("u1")]).await;
+    assert!(results["u1"].is_ok(), "{results:?}");
+    assert_eq!(s.driver_of("0000:3b:01.1"), None);
+    let override_path = s
+        .machine
+        .root()
+        .join("sys/bus/pci/devices/0000:3b:01.1/driver_override");
+    assert_eq!(
+        std::fs::read_to_string(override_path).unwrap().trim(),
+        "(null)"
+    );
+}
+
 #[tokio::test]
 async fn a_vf_for_vfio_is_bound_exposed_through_its_group_and_given_back() {
     let s = Setup::on("xeon");

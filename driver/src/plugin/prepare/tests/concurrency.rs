@@ -455,6 +455,10 @@ impl hal::SriovPf for SlowCount {
     fn bind_driver(&self, function: hal::PciAddress, driver: &str) -> hal::Result<()> {
         self.inner.bind_driver(function, driver)
     }
+
+    fn unbind_driver(&self, function: hal::PciAddress) -> hal::Result<()> {
+        self.inner.unbind_driver(function)
+    }
 }
 
 /// A VF count the kernel takes long over is written under the claim-state lock (no prepare may

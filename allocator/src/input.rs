@@ -206,7 +206,8 @@ impl Objects {
             Some(ns) => format!("{kind} {ns}/{name}"),
             None => format!("{kind} {name}"),
         };
-        let context = format!(" ({label})");
+        // The name is the user's, unvalidated: escaped, so an error message stays on its line.
+        let context = format!(" ({})", crate::text::field_safe(&label));
         let api_version = value
             .get("apiVersion")
             .and_then(|v| v.as_str())
@@ -530,6 +531,23 @@ mod tests {
             .to_string();
         assert!(
             error.starts_with("x.json: document 1 (ResourceSlice <no name>): "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_error_names_the_document_on_one_line_whatever_its_name() {
+        let error = Objects::default()
+            .add_text(
+                "c.yaml",
+                "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: \"c\\n  forged\\u202e\", namespace: ns}\nspec: 1\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(
+                "c.yaml: document 1 (ResourceClaim ns/c\\u{a}  forged\\u{202e}): spec: "
+            ),
             "{error}"
         );
     }

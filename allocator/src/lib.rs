@@ -68,6 +68,7 @@ mod render;
 mod reserved;
 mod search;
 pub mod synthetic;
+pub mod text;
 mod version;
 mod why;
 mod yaml;

@@ -3,8 +3,10 @@
 use std::fmt::Write;
 
 use crate::outcome::{Outcome, Status};
+use crate::text::{field_safe, lines_safe};
 
-/// Renders outcomes as text.
+/// Renders outcomes as text. Names come from the user's files unvalidated: each value is escaped
+/// ([`field_safe`]) before it goes into a line, so none starts a line of its own or acts on a terminal.
 pub fn render_table(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     for (i, outcome) in outcomes.iter().enumerate() {
@@ -25,12 +27,14 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
         let _ = writeln!(
             out,
             "{}: {verdict} (Kubernetes {} rules{gates})",
-            outcome.claim, outcome.kubernetes_version
+            field_safe(&outcome.claim),
+            outcome.kubernetes_version
         );
         if let Some(pod) = &outcome.pod {
             let _ = writeln!(
                 out,
-                "  of {pod} (the scheduler allocates the pod's pending claims together, in one search)"
+                "  of {} (the scheduler allocates the pod's pending claims together, in one search)",
+                field_safe(pod)
             );
         }
         if !outcome.devices.is_empty() {
@@ -50,18 +54,20 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
                     let mut consumes: Vec<String> = d
                         .consumed_capacity
                         .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
+                        .map(|(k, v)| format!("{}={}", field_safe(k), field_safe(v)))
                         .collect();
                     if d.admin_access {
                         consumes.insert(0, "admin access".into());
                     }
                     [
-                        d.request.clone(),
-                        d.driver.clone(),
-                        d.pool.clone(),
-                        d.device.clone(),
+                        field_safe(&d.request).into_owned(),
+                        field_safe(&d.driver).into_owned(),
+                        field_safe(&d.pool).into_owned(),
+                        field_safe(&d.device).into_owned(),
                         d.numa_node.map_or("-".into(), |n| n.to_string()),
-                        d.pcie_root.clone().unwrap_or_else(|| "-".into()),
+                        d.pcie_root
+                            .as_deref()
+                            .map_or_else(|| "-".into(), |r| field_safe(r).into_owned()),
                         if consumes.is_empty() {
                             "-".into()
                         } else {
@@ -93,21 +99,23 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
             let _ = writeln!(
                 out,
                 "  container {} {}: {}",
-                m.container_name, m.resource_name, m.request_name
+                field_safe(&m.container_name),
+                field_safe(&m.resource_name),
+                field_safe(&m.request_name)
             );
         }
         if let Some(numa) = &outcome.numa {
-            let _ = writeln!(out, "  NUMA: {numa}");
+            let _ = writeln!(out, "  NUMA: {}", field_safe(numa));
         }
         if let Some(root) = &outcome.pcie_root {
-            let _ = writeln!(out, "  PCIe: {root}");
+            let _ = writeln!(out, "  PCIe: {}", field_safe(root));
         }
         match (&outcome.node_selector, outcome.status) {
             (Some(selector), _) => {
                 let _ = writeln!(
                     out,
                     "  node selector: {}",
-                    crate::nodes::describe_node_selector(selector)
+                    field_safe(&crate::nodes::describe_node_selector(selector))
                 );
             }
             (None, Status::Allocated) => {
@@ -115,11 +123,17 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
             }
             (None, _) => {}
         }
+        // An explanation may have lines of its own (a device count per reason): they are indented
+        // under it.
         for line in &outcome.explanation {
-            let _ = writeln!(out, "  why: {}", line.replace('\n', "\n       "));
+            let _ = writeln!(
+                out,
+                "  why: {}",
+                lines_safe(line).replace('\n', "\n       ")
+            );
         }
         for warning in &outcome.warnings {
-            let _ = writeln!(out, "  warning: {warning}");
+            let _ = writeln!(out, "  warning: {}", field_safe(warning));
         }
     }
     out

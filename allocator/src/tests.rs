@@ -958,3 +958,35 @@ fn the_searches_for_the_reason_share_one_step_limit() {
         "{limited:#?}"
     );
 }
+
+#[test]
+fn the_table_escapes_names_so_none_forges_a_line_or_reorders_text() {
+    // A claim name and a selector from a user's file, neither validated before the report.
+    let text = "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: \"c\\n  gpu  example.com  node-a  gpu-9\\r\\u202eevil\\u009b31m\", namespace: ns}\nspec:\n  devices:\n    requests:\n    - name: gpu\n      exactly:\n        deviceClassName: example\n        selectors: [{cel: {expression: \"device.attributes[\\\"example.com\\\"].type == \\\"x\\u2066\\\"\\n\\r\\t\\u001b[2J\"}}]\n";
+    let mut objects = Objects::default();
+    objects.add_text("claim", text).unwrap();
+    let outcome = allocator().explain(&objects.claims[0]);
+    let table = crate::render_table(&[outcome]);
+    assert!(
+        table.starts_with(
+            "ResourceClaim ns/c\\u{a}  gpu  example.com  node-a  gpu-9\\u{d}\\u{202e}evil\\u{9b}31m: error"
+        ),
+        "{table}"
+    );
+    // One line of its own for the claim; the explanation's lines are indented under it.
+    assert_eq!(
+        table.lines().filter(|l| !l.starts_with(' ')).count(),
+        1,
+        "{table}"
+    );
+    assert!(
+        table.contains("== \\\"x\\u{2066}\\\"\\n\\r\\t\\u{1b}[2J\""),
+        "{table}"
+    );
+    assert!(
+        !table
+            .chars()
+            .any(|c| crate::text::acts(c) && c != '\n' && c != '\t'),
+        "{table:?}"
+    );
+}

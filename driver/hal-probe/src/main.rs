@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use allocator::text::{field_safe, json_safe};
 use anyhow::{Context, bail};
 use backends::sysfs::pciids::default_pci_ids;
 use backends::{SysfsCpuTopology, SysfsPci, SysfsRoot, SysfsSriov};
@@ -339,7 +340,7 @@ fn run() -> anyhow::Result<ExitCode> {
     if want_slices {
         let slices = machine.slices(&args.machine, &args.slices)?;
         match args.format.unwrap_or(Format::Yaml) {
-            Format::Json => emit(&(serde_json::to_string_pretty(&slices)? + "\n"))?,
+            Format::Json => emit(&(json_safe(serde_json::to_string_pretty(&slices)?) + "\n"))?,
             Format::Yaml | Format::Table => {
                 let mut text = String::new();
                 for slice in &slices {
@@ -370,7 +371,7 @@ fn run() -> anyhow::Result<ExitCode> {
     let report = Report::collect(&sources, &families);
     if report.is_empty() {
         for e in &report.errors {
-            say(&e.error);
+            say(field_safe(&e.error));
         }
         bail!("nothing could be read");
     }
@@ -491,11 +492,12 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         gates,
     };
     let report = hal_probe::explain::explain(&request, node_slices)?;
+    // Notes are one line each, and name pods, nodes and documents of the user's files.
     for note in &report.notes {
-        say(note);
+        say(field_safe(note));
     }
     match args.format.unwrap_or(Format::Table) {
-        Format::Json => emit(&(serde_json::to_string_pretty(&report.claims)? + "\n"))?,
+        Format::Json => emit(&(json_safe(serde_json::to_string_pretty(&report.claims)?) + "\n"))?,
         Format::Yaml => emit(&to_yaml(&serde_json::to_value(&report.claims)?))?,
         Format::Table => emit(&terminal_safe(&allocator::render_table(&report.claims)))?,
     }

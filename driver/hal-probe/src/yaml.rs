@@ -2,7 +2,8 @@
 //!
 //! Quoting every string is deliberate. `kubectl` reads YAML 1.1, where a plain `0008:06:00.0` is a
 //! base-60 number and `on` a boolean; a slice printed with plain scalars would not round-trip into a
-//! string attribute. Double-quoted strings use JSON escaping, which YAML accepts as is.
+//! string attribute. Double-quoted strings use JSON escaping, which YAML accepts as is, with the
+//! characters YAML cannot take raw escaped too.
 
 use std::fmt::Write;
 
@@ -33,8 +34,12 @@ fn inline(value: &Value) -> String {
     }
 }
 
+/// A double-quoted scalar. serde_json escapes only what JSON must (`"`, `\`, C0 controls); YAML
+/// also refuses raw DEL, C1 controls and U+FFFE/U+FFFF, and YAML 1.1 (kubectl's) breaks lines at
+/// U+0085, U+2028 and U+2029: those, and the bidi controls, are written as `\u009b`, which both
+/// read as the character.
 fn quote(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+    allocator::text::json_safe(serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned()))
 }
 
 /// Keys are plain when they are made of letters, digits and `_./-` and start with a letter.
@@ -102,7 +107,7 @@ fn write_value(out: &mut String, value: &Value, indent: usize) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -131,5 +136,48 @@ mod tests {
              empty: []\n  nested:\n    -\n      - 1\n      - 2\n    - []\n  \"no\": null\n  nodeName: \"n\"\n  \"weird key\": true\n"
         );
         assert_eq!(to_yaml(&json!("x\"y")), "\"x\\\"y\"\n");
+    }
+
+    /// A GPU model or a name with C1 controls, DEL, YAML 1.1 line breaks or bidi controls: written
+    /// escaped, and read back, by the reader `explain --slices` uses, as the same string.
+    #[test]
+    fn strings_yaml_cannot_take_raw_are_escaped_and_read_back() {
+        let hostile = "NVIDIA GB300\u{9b}31mC1RED\u{9b}0m \u{7f} \u{85}\u{2028}\u{2029} \u{202e}evil \
+                       \u{fffe}\u{ffff} \u{1b}[0m\n\t é";
+        let key = "example.com/x\u{9b}\u{202e}";
+        let slice = json!({
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceSlice",
+            "metadata": {"name": "s"},
+            "spec": {
+                "driver": "example.com",
+                "nodeName": "n",
+                "pool": {"name": "n", "generation": 1, "resourceSliceCount": 1},
+                "devices": [{"name": "gpu-0", "attributes": {
+                    "productName": {"string": hostile},
+                    key: {"string": "k"}
+                }}]
+            }
+        });
+        let yaml = to_yaml(&slice);
+        assert!(
+            !yaml
+                .chars()
+                .any(|c| (allocator::text::acts(c) && c != '\n')
+                    || matches!(c, '\u{fffe}' | '\u{ffff}')),
+            "{yaml:?}"
+        );
+        assert!(
+            yaml.contains(r#"string: "NVIDIA GB300\u009b31mC1RED\u009b0m \u007f \u0085\u2028\u2029 \u202eevil \ufffe\uffff \u001b[0m\n\t é""#),
+            "{yaml}"
+        );
+        let mut objects = allocator::Objects::default();
+        objects.add_text("s.yaml", &yaml).unwrap();
+        let attributes = objects.slices[0].spec.devices.as_ref().unwrap()[0]
+            .attributes
+            .as_ref()
+            .unwrap();
+        assert_eq!(attributes["productName"].string.as_deref(), Some(hostile));
+        assert_eq!(attributes[key].string.as_deref(), Some("k"));
     }
 }

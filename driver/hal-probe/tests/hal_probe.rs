@@ -162,6 +162,206 @@ fn the_table_escapes_control_characters_of_hostile_names() {
     );
 }
 
+/// Whether a terminal acts on `c`: control characters other than the table's own newlines, bidi
+/// controls, line and paragraph separators.
+fn acts_on_a_terminal(c: char) -> bool {
+    allocator::text::acts(c) && c != '\n'
+}
+
+/// Each string of a hostile tree goes into its table cell escaped: an interface name, an RDMA port's
+/// state and rate, a GPU's product name cannot add a row (newline, carriage return) or reorder the
+/// line (bidi controls), and a 60 KB product name is cut.
+#[test]
+fn the_table_escapes_each_hostile_value_so_none_forges_a_row_or_reorders_text() {
+    let fixture = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let root = fixture.root();
+    let net = root.join("sys/bus/pci/devices/0000:3b:00.0/net");
+    fs::rename(
+        net.join("ens1f0"),
+        net.join("x\n  0000:00:1f.0  8086:1234  network \u{202e}evil"),
+    )
+    .unwrap();
+    let port = fs::canonicalize(root.join("sys/class/infiniband/mlx5_0/ports/1")).unwrap();
+    fs::write(port.join("state"), "4: ACTIVE\r\n    port 9  FORGED\n").unwrap();
+    fs::write(port.join("rate"), "100 Gb/sec\u{2067} (4X EDR)\t\n").unwrap();
+    // Without NVML's model, the product name is the attribute's.
+    let information = root.join("proc/driver/nvidia/gpus/0000:4b:00.0/information");
+    let text = fs::read_to_string(&information).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("Model"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&information, text).unwrap();
+    let product = format!("AMD\n  0000:00:1e.0 fake\u{202e}{}", "y".repeat(60_000));
+    fs::write(
+        root.join("sys/bus/pci/devices/0000:4b:00.0/product_name"),
+        &product,
+    )
+    .unwrap();
+
+    let output = hal_probe(&[
+        "--sysfs-root",
+        root.to_str().unwrap(),
+        "pci",
+        "rdma",
+        "gpus",
+        "topology",
+    ]);
+    let table = stdout(&output);
+    assert!(
+        table.contains("  [x\\u{a}  0000:00:1f.0  8086:1234  network \\u{202e}evil]"),
+        "{table}"
+    );
+    assert!(
+        table.contains(": x\\u{a}  0000:00:1f.0  8086:1234  network \\u{202e}evil 0000:3b:00.0\n"),
+        "the topology's name, {table}"
+    );
+    assert!(
+        table.contains(
+            "    port 1  ACTIVE\\u{d}\\u{a}    port 9  FORGED LinkUp  Ethernet  100 Gb/sec\\u{2067} (4X EDR)\n"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.contains("  AMD\\u{a}  0000:00:1e.0 fake\\u{202e}yyy"),
+        "{table}"
+    );
+    for forged in ["  0000:00:1f.0", "  0000:00:1e.0", "    port 9"] {
+        assert!(
+            !table.lines().any(|l| l.starts_with(forged)),
+            "{forged:?} forged a row: {table}"
+        );
+    }
+    assert!(!table.contains(acts_on_a_terminal), "{table:?}");
+    // The 60 KB name is cut to MAX_CELL_CHARS with a marker; the JSON keeps it whole.
+    let gpu = table
+        .lines()
+        .find(|l| l.starts_with("  0000:4b:00.0  nvidia   /dev/nvidia0"))
+        .unwrap();
+    let start = gpu.find("  AMD").unwrap() + 2;
+    let end = gpu.find('…').expect("the product name is cut") + '…'.len_utf8();
+    let shown = &gpu[start..end];
+    assert_eq!(shown.chars().count(), hal_probe::report::MAX_CELL_CHARS + 1);
+    assert!(shown.ends_with("y…"), "{shown}");
+    let json = stdout(&hal_probe(&[
+        "--sysfs-root",
+        root.to_str().unwrap(),
+        "--format",
+        "json",
+        "gpus",
+    ]));
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["gpus"][0]["product"], product.as_str());
+}
+
+/// A GPU model with C1 controls (`\u{9b}` is a CSI to xterm), DEL and a bidi control: the YAML of
+/// `slices` escapes them and `explain --slices` reads it back (it failed on "unexpected character"),
+/// and the JSON shows none raw.
+#[test]
+fn slices_escape_c1_del_and_bidi_and_explain_reads_them_back() {
+    let fixture = hal_mock::by_name("xeon").unwrap().materialize().unwrap();
+    let root = fixture.root();
+    let model = "NVIDIA GB300\u{9b}31mC1RED\u{9b}0m \u{7f} \u{2028}\u{202e}evil";
+    let information = root.join("proc/driver/nvidia/gpus/0000:4b:00.0/information");
+    let text = fs::read_to_string(&information)
+        .unwrap()
+        .replace("NVIDIA H100 PCIe", model);
+    fs::write(&information, text).unwrap();
+    let root = root.to_str().unwrap();
+    let yaml = stdout(&hal_probe(&[
+        "--sysfs-root",
+        root,
+        "--node-name",
+        "n1",
+        "slices",
+    ]));
+    assert!(!yaml.contains(acts_on_a_terminal), "{yaml:?}");
+    assert!(
+        yaml.contains(r#"string: "NVIDIA GB300\u009b31mC1RED\u009b0m \u007f \u2028\u202eevil""#),
+        "{yaml}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let slices = dir.path().join("s.yaml");
+    fs::write(&slices, &yaml).unwrap();
+    // A claim for the GPU of that model, by its name; the claim's name and a skipped document's
+    // are the user's, unvalidated.
+    let claim = dir.path().join("claim.yaml");
+    fs::write(
+        &claim,
+        r#"apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: "c\u009b\u202e", namespace: ns}
+spec:
+  devices:
+    requests:
+    - name: gpu
+      exactly:
+        deviceClassName: gpu.hal.dra.dev
+        selectors:
+        - cel: {expression: "device.attributes[\"hal.dra.dev\"].productName == \"NVIDIA GB300\u009b31mC1RED\u009b0m \u007f \u2028\u202eevil\""}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: "m\nhal-probe: forged\u202e"}
+"#,
+    )
+    .unwrap();
+    let explain = |format: &str| {
+        hal_probe(&[
+            "explain",
+            "--format",
+            format,
+            "--slices",
+            slices.to_str().unwrap(),
+            claim.to_str().unwrap(),
+        ])
+    };
+    let output = explain("table");
+    let table = stdout(&output);
+    assert!(
+        table.starts_with("ResourceClaim ns/c\\u{9b}\\u{202e}: fits"),
+        "{table}"
+    );
+    assert!(
+        table.contains("gpu      hal.dra.dev  n1    gpu-0000-4b-00-0"),
+        "{table}"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("skipped (ConfigMap m\\u{a}hal-probe: forged\\u{202e})"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(acts_on_a_terminal), "{stderr:?}");
+    let json = stdout(&explain("json"));
+    assert!(!json.contains(acts_on_a_terminal), "{json:?}");
+    assert!(
+        json.contains(r#""claim": "ResourceClaim ns/c\u009b\u202e""#),
+        "{json}"
+    );
+    let json = stdout(&hal_probe(&[
+        "--sysfs-root",
+        root,
+        "--format",
+        "json",
+        "slices",
+    ]));
+    assert!(!json.contains(acts_on_a_terminal), "{json:?}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json[0]["spec"]["devices"][0]["attributes"]["productName"]["string"],
+        model
+    );
+    let report = stdout(&hal_probe(&[
+        "--sysfs-root",
+        root,
+        "--format",
+        "json",
+        "gpus",
+    ]));
+    assert!(!report.contains(acts_on_a_terminal), "{report:?}");
+}
+
 #[test]
 fn a_tree_from_another_machine_is_read_without_this_machines_vendor_libraries() {
     // A fixture written to disk is a capture: no boot id of this kernel, so NVML (whose answers

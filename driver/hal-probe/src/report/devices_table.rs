@@ -6,6 +6,17 @@ use std::fmt::Write;
 
 use hal::{GpuInfo, LinkLayer, PciAddress, PciFunction, RdmaCharKind, RdmaInfo, SriovState};
 
+use super::cell;
+
+/// The tree's names, each escaped and bounded ([`cell`]), joined by `, `.
+fn cells(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| cell(name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A short name for a PCI base class.
 fn class_name(function: &PciFunction) -> String {
     match function.base_class() {
@@ -22,7 +33,8 @@ fn class_name(function: &PciFunction) -> String {
     }
 }
 
-/// Renders PCI functions, with SR-IOV state beside each PF.
+/// Renders PCI functions, with SR-IOV state beside each PF. Every string from the tree (driver,
+/// name, interfaces) goes in through [`cell`]: a directory name cannot forge a row.
 pub(super) fn render_pci(
     out: &mut String,
     functions: &[PciFunction],
@@ -48,17 +60,17 @@ pub(super) fn render_pci(
             f.vendor_id,
             f.device_id,
             class_name(f),
-            f.driver.as_deref().unwrap_or("-"),
+            cell(f.driver.as_deref().unwrap_or("-")),
             f.numa_node
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             f.pcie_root
                 .map_or_else(|| "root ?".to_owned(), |r| r.to_string()),
         );
         if let Some(name) = &f.device_name {
-            let _ = write!(line, "  {name}");
+            let _ = write!(line, "  {}", cell(name));
         }
         if !f.netdevs.is_empty() {
-            let _ = write!(line, "  [{}]", f.netdevs.join(", "));
+            let _ = write!(line, "  [{}]", cells(&f.netdevs));
         }
         if let Some(pf) = f.physfn {
             let _ = write!(line, "  VF of {pf}");
@@ -79,34 +91,35 @@ pub(super) fn render_rdma(out: &mut String, devices: &[RdmaInfo]) {
             .map_or_else(|| "no PCI function".to_owned(), |a| a.to_string());
         let netdevs = match d.is_ib_only() {
             true => "IB-only".to_owned(),
-            false => format!("[{}]", d.netdevs.join(", ")),
+            false => format!("[{}]", cells(&d.netdevs)),
         };
-        let nodes: Vec<&str> = d
+        let nodes: Vec<_> = d
             .char_devices
             .iter()
             .filter(|c| c.kind != RdmaCharKind::RdmaCm)
             .filter_map(|c| c.path.rsplit('/').next())
+            .map(cell)
             .collect();
         let _ = writeln!(
             out,
             "  {:<10} {pci}  {netdevs}  {}",
-            d.name,
+            cell(&d.name),
             nodes.join(" ")
         );
         for p in &d.ports {
             let layer = match &p.link_layer {
                 Some(LinkLayer::Infiniband) => "InfiniBand",
                 Some(LinkLayer::Ethernet) => "Ethernet",
-                Some(LinkLayer::Other(other)) => other.as_str(),
+                Some(LinkLayer::Other(other)) => &cell(other),
                 None => "-",
             };
             let _ = writeln!(
                 out,
                 "    port {}  {} {}  {layer}  {}",
                 p.number,
-                p.state.as_deref().unwrap_or("-"),
-                p.phys_state.as_deref().unwrap_or("-"),
-                p.rate.as_deref().unwrap_or("-"),
+                cell(p.state.as_deref().unwrap_or("-")),
+                cell(p.phys_state.as_deref().unwrap_or("-")),
+                cell(p.rate.as_deref().unwrap_or("-")),
             );
         }
     }
@@ -119,11 +132,12 @@ pub(super) fn render_gpus(out: &mut String, gpus: &[GpuInfo]) {
         let mut line = format!(
             "  {}  {:<7}",
             g.pci_address,
-            g.driver.as_deref().unwrap_or("-")
+            cell(g.driver.as_deref().unwrap_or("-"))
         );
-        let nodes: Vec<String> = [g.drm_card.clone(), g.drm_render.clone()]
+        let nodes: Vec<String> = [g.drm_card.as_deref(), g.drm_render.as_deref()]
             .into_iter()
             .flatten()
+            .map(|node| cell(node).into_owned())
             .chain(g.nvidia_minor.map(|m| format!("/dev/nvidia{m}")))
             .collect();
         if !nodes.is_empty() {
@@ -133,19 +147,19 @@ pub(super) fn render_gpus(out: &mut String, gpus: &[GpuInfo]) {
             let _ = write!(line, "  {} MiB", bytes / (1024 * 1024));
         }
         if let Some(product) = &g.product {
-            let _ = write!(line, "  {product}");
+            let _ = write!(line, "  {}", cell(product));
         }
         if let Some(architecture) = &g.architecture {
-            let _ = write!(line, "  {architecture}");
+            let _ = write!(line, "  {}", cell(architecture));
         }
         if let Some(cc) = &g.compute_capability {
-            let _ = write!(line, "  cc {cc}");
+            let _ = write!(line, "  cc {}", cell(cc));
         }
         if let Some(version) = &g.driver_version {
-            let _ = write!(line, "  driver {version}");
+            let _ = write!(line, "  driver {}", cell(version));
         }
         if let Some(uuid) = &g.uuid {
-            let _ = write!(line, "  {uuid}");
+            let _ = write!(line, "  {}", cell(uuid));
         }
         let _ = writeln!(out, "{line}");
     }

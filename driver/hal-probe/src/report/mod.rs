@@ -192,28 +192,36 @@ impl Report {
 
     /// The JSON contract, pretty-printed.
     pub fn to_json(&self) -> String {
-        // Serializing plain data with string keys cannot fail.
-        serde_json::to_string_pretty(self)
-            .unwrap_or_else(|e| format!("{{\"errors\":[{{\"path\":\"\",\"error\":\"{e}\"}}]}}"))
+        // Serializing plain data with string keys cannot fail. C1 controls and bidi controls in the
+        // tree's strings are escaped: JSON read on a terminal does not play them.
+        allocator::text::json_safe(
+            serde_json::to_string_pretty(self).unwrap_or_else(|e| {
+                format!("{{\"errors\":[{{\"path\":\"\",\"error\":\"{e}\"}}]}}")
+            }),
+        )
     }
 }
 
-/// `text` made safe for a terminal: control characters other than newline and tab (an escape
-/// sequence in a hostile tree's interface name, a claim's name) are written as `\u{1b}`, so they
-/// show instead of acting on the terminal.
+/// `text` made safe for a terminal as a whole: characters that act on it other than newline and tab
+/// (an escape sequence, `\r`, a bidi control) are written as `\u{1b}`, so they show instead of
+/// acting. A last pass over output whose values were each escaped already ([`cell`]); it cannot tell
+/// a value's newline from the output's own, which is why each value is escaped before it goes in.
 pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    let acts = |c: char| c.is_control() && c != '\n' && c != '\t';
-    if !text.contains(acts) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut safe = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match acts(c) {
-            true => safe.push_str(&c.escape_unicode().to_string()),
-            false => safe.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(safe)
+    allocator::text::lines_safe(text)
+}
+
+/// The longest a value from the tree shows in a table, in characters; longer ones end in `…`. Longer
+/// than any real value (pci.ids names reach about 140 characters, NVML's product names 96 bytes,
+/// interface names 15, RDMA device names 63), short enough that a hostile 64 KiB attribute takes
+/// about three lines of a terminal instead of pages. The JSON and YAML forms keep the whole value.
+pub const MAX_CELL_CHARS: usize = 256;
+
+/// One value from the tree (a kernel string, a directory name, a vendor library's answer) as it goes
+/// into a table: every character that acts on a terminal (newline, `\r` and tab, escape sequences,
+/// bidi controls) escaped as `\u{a}`, so it cannot start a row of its own or reorder the line, and
+/// cut at [`MAX_CELL_CHARS`].
+pub fn cell(text: &str) -> std::borrow::Cow<'_, str> {
+    allocator::text::field_safe_bounded(text, MAX_CELL_CHARS)
 }
 
 #[cfg(test)]
@@ -222,10 +230,10 @@ mod terminal_tests {
 
     #[test]
     fn escape_sequences_are_shown_not_played() {
-        let hostile = "eth\u{1b}[31mRED\u{1b}]0;PWN\u{7}\tok\n";
+        let hostile = "eth\u{1b}[31mRED\u{1b}]0;PWN\u{7}\tok\u{202e}\n";
         assert_eq!(
             terminal_safe(hostile),
-            "eth\\u{1b}[31mRED\\u{1b}]0;PWN\\u{7}\tok\n"
+            "eth\\u{1b}[31mRED\\u{1b}]0;PWN\\u{7}\tok\\u{202e}\n"
         );
         assert!(matches!(
             terminal_safe("cpus: 0-3\n"),

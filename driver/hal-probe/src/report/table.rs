@@ -44,7 +44,7 @@ pub fn render_table(report: &Report) -> String {
     if !report.errors.is_empty() {
         let _ = writeln!(out, "errors ({}):", report.errors.len());
         for e in &report.errors {
-            let _ = writeln!(out, "  {}", e.error);
+            let _ = writeln!(out, "  {}", allocator::text::field_safe(&e.error));
         }
     }
     out

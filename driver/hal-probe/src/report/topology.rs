@@ -154,7 +154,7 @@ impl Topology {
             let name = d
                 .name
                 .as_deref()
-                .map(|n| format!(" {n}"))
+                .map(|n| format!(" {}", super::cell(n)))
                 .unwrap_or_default();
             let _ = writeln!(out, "  {}:{name} {}", d.label, d.pci_address);
         }

@@ -506,7 +506,10 @@ impl Preparer {
     /// kubelet prepares a claim once on a node, and a pod that comes to share it later gets no
     /// prepare of its own (`prepareResources` in the kubelet's `pkg/kubelet/cm/dra/manager.go` only
     /// adds the pod to a claim it has prepared). The NRI plugin asks for this when a container's pod
-    /// is not among its claim's pods, before refusing it. True when pods were added.
+    /// is not among its claim's pods, before refusing it. True when pods were added. The pods become
+    /// those of the claim's `reservedFor`: a pod that ended has left it (the resource claim
+    /// controller removes it), and a claim that stays prepared while pods come and go (a CronJob's
+    /// beside a long-running one) would otherwise keep every pod it ever had.
     pub async fn add_reserved_pods(&self, uid: &str) -> Result<bool, PrepareError> {
         let claim = match self.state().get(uid) {
             Some(record) if record.phase == Phase::Completed && !record.pods.is_empty() => {
@@ -524,15 +527,10 @@ impl Preparer {
         let Some(mut record) = record.filter(|r| r.phase == Phase::Completed) else {
             return Ok(false);
         };
-        let before = record.pods.len();
-        for pod in reserved {
-            if !record.pods.contains(&pod) {
-                record.pods.push(pod);
-            }
-        }
-        if record.pods.len() == before {
+        if reserved.iter().all(|pod| record.pods.contains(pod)) {
             return Ok(false);
         }
+        record.pods = reserved;
         apply::blocking(|| self.commit(Some(record)))?;
         Ok(true)
     }

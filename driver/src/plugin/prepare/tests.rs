@@ -70,6 +70,16 @@ impl Claims {
         );
     }
 
+    /// The pod `pod` is no longer among the claim `uid`'s reservations (it ended).
+    fn unreserve(&self, uid: &str, pod: &str) {
+        let mut claims = self.0.lock().unwrap();
+        let claim = claims.get_mut(&format!("ns/claim-{uid}")).unwrap();
+        let status = claim.status.as_mut().unwrap();
+        if let Some(reserved) = status.reserved_for.as_mut() {
+            reserved.retain(|r| r.uid != pod);
+        }
+    }
+
     fn remove(&self, uid: &str) {
         self.0.lock().unwrap().remove(&format!("ns/claim-{uid}"));
     }

@@ -153,6 +153,40 @@ async fn a_pod_that_comes_to_share_a_prepared_claim_is_pinned_to_its_cpus() {
     assert_eq!(pods, ["pod-a", "pod-b"]);
 }
 
+/// Pods come and go sharing a claim that stays prepared (a CronJob's pods beside a long-running
+/// one): the claim's pods follow its reservations, so its record does not grow with every pod that
+/// ever shared it (it grew past the record's size limit after about 6,700 pods, then refused new
+/// pods).
+#[tokio::test]
+async fn a_shared_claims_pods_follow_its_reservations_and_do_not_grow() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 2, json!([]));
+    let preparer = s.preparer("boot-1");
+    preparer.prepare(vec![reference("a")]).await["a"]
+        .clone()
+        .unwrap();
+    let pods = || {
+        preparer
+            .cpu_claims()
+            .borrow()
+            .get("a")
+            .unwrap()
+            .pods
+            .clone()
+    };
+    for round in 0..20 {
+        let job = format!("job-{round}");
+        s.claims.reserve_for("a", &job);
+        if round > 0 {
+            s.claims.unreserve("a", &format!("job-{}", round - 1));
+        }
+        assert!(preparer.add_reserved_pods("a").await.unwrap());
+        assert_eq!(pods(), ["pod-a".to_owned(), job]);
+    }
+    // Nothing new: nothing written.
+    assert!(!preparer.add_reserved_pods("a").await.unwrap());
+}
+
 #[tokio::test]
 async fn claim_cpus_are_published_from_the_moment_they_are_reserved_until_unprepare() {
     let s = Setup::on("xeon");

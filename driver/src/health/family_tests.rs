@@ -385,6 +385,38 @@ fn vfs_removed_by_a_lower_sriov_numvfs_are_forgotten_and_published_again_when_ba
     assert!(back.health.is_empty(), "{:?}", back.health);
 }
 
+/// The same when the PF is withheld from publishing (the node's own NIC, whose VFs are published):
+/// it is still on the node, so its VFs were removed on purpose.
+#[test]
+fn vfs_of_a_withheld_pf_removed_by_a_lower_sriov_numvfs_are_forgotten() {
+    let tree = Tree::new("xeon");
+    let machine = hal_mock::by_name(tree.name).unwrap();
+    let kernel = machine.kernel(tree.root());
+    let address = "0000:3b:00.0";
+    let numvfs = fs::canonicalize(tree.root().join(format!("sys/bus/pci/devices/{address}")))
+        .unwrap()
+        .join("sriov_numvfs");
+    let pf = hal::PciAddress::parse(address).unwrap();
+    let read = |health: &mut Health| {
+        let mut inventory = Inventory::from_sysfs(&backends::SysfsRoot::new(tree.root()), None);
+        // As the plugin's guard does (`podnet::withhold`): out of `pci`, into `withheld`.
+        let at = inventory.pci.iter().position(|f| f.address == pf).unwrap();
+        let function = inventory.machine.pci.remove(at);
+        inventory.withheld.push(function);
+        health.apply(&mut inventory);
+        inventory
+    };
+    let mut health = Health::default();
+    let vf = "nic-0000-3b-01-0";
+    healthy(&read(&mut health), vf);
+    hal::AttributeWriter::write_attribute(&kernel, &numvfs, "0").unwrap();
+    read(&mut health);
+    for _ in 0..2 {
+        let gone = read(&mut health);
+        assert!(gone.health.is_empty(), "{:?}", gone.health);
+    }
+}
+
 /// The same for an SR-IOV GPU's VFs (published as GPUs): removed with a lower `sriov_numvfs` (the
 /// last partition released, an operator) while the GPU stays, they are forgotten, not missing.
 #[test]

@@ -283,9 +283,12 @@ impl Health {
             let gone = *misses >= MISSES_FOR_GONE && now.duration_since(*first) >= self.grace;
             // A VF gone while its PF is here was removed by lowering the PF's `sriov_numvfs` (a VF
             // cannot leave alone): on purpose (an operator, the VF policy), so it is forgotten, not
-            // missing; until then it is kept as any device a read missed.
+            // missing; until then it is kept as any device a read missed. A PF withheld from
+            // publishing (the node's own NIC, whose VFs are published) is here too.
             let pf_here = tracked.snapshot.pf().is_some_and(|pf| {
-                present.contains(&DeviceKey::Function(pf)) || present.contains(&DeviceKey::Gpu(pf))
+                present.contains(&DeviceKey::Function(pf))
+                    || present.contains(&DeviceKey::Gpu(pf))
+                    || inventory.withheld.iter().any(|f| f.address == pf)
             });
             if gone && pf_here {
                 tracing::info!(device = %key, "forgotten: a VF removed with a lower sriov_numvfs");

@@ -174,9 +174,16 @@ impl Rtnl {
     }
 
     /// A netlink socket of `protocol` (none: `NETLINK_ROUTE`) in this thread's network namespace.
+    /// Closed on exec: a CNI plugin started meanwhile must not inherit it (one opened in a pod's
+    /// namespace would keep that namespace alive as long as the plugin's children live).
     pub(crate) fn open_protocol(protocol: Option<rustix::net::Protocol>) -> Result<Rtnl, NetError> {
-        let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, protocol)
-            .map_err(|e| NetError::io(NetErrorKind::Netlink, "opening a netlink socket", e))?;
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            rustix::net::SocketFlags::CLOEXEC,
+            protocol,
+        )
+        .map_err(|e| NetError::io(NetErrorKind::Netlink, "opening a netlink socket", e))?;
         rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))
             .map_err(|e| NetError::io(NetErrorKind::Netlink, "binding a netlink socket", e))?;
         Ok(Rtnl { fd, seq: 1 })
@@ -472,6 +479,13 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd, NetError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netlink_sockets_are_closed_on_exec() {
+        let rtnl = Rtnl::open().unwrap();
+        let flags = rustix::io::fcntl_getfd(&rtnl.fd).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "{flags:?}");
+    }
 
     /// One netlink message: header (`kind`, `flags`, `seq`) and payload.
     fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {

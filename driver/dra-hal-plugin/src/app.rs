@@ -198,17 +198,15 @@ pub async fn run(
     {
         // Until every recorded claim was checked: an API server that does not answer at start
         // would otherwise leave deleted claims' devices held, and rebuilt claims' CPUs open to
-        // any pod, until the kubelet's next call for them.
+        // any pod, until the kubelet's next call for them. Then once an hour (a GET per recorded
+        // claim), for claims the kubelet lost without unpreparing them.
         let handler = handler.clone();
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
             let (first, most) = (Duration::from_secs(1), Duration::from_secs(60));
+            let period = Duration::from_secs(3600);
             tokio::select! {
-                cleaned = handler.inner().clean_stale_until_checked(first, most) => {
-                    if !cleaned.is_empty() {
-                        tracing::info!(claims = ?cleaned, "unprepared claims that no longer exist");
-                    }
-                }
+                () = handler.inner().keep_clean(first, most, period) => {}
                 _ = stopped.changed() => {}
             }
         });

@@ -400,6 +400,34 @@ impl Preparer {
         unprepared
     }
 
+    /// [`Preparer::clean_stale_until_checked`], then [`Preparer::clean_stale`] every `period` for as
+    /// long as the plugin runs: the kubelet unprepares a claim before it is deleted, but one whose
+    /// own checkpoint was lost never does, and the claim's devices stayed held (refusing the claims
+    /// they are allocated to next) until the plugin's next start. Logs what it unprepares; never
+    /// ends.
+    pub async fn keep_clean(
+        &self,
+        first: std::time::Duration,
+        most: std::time::Duration,
+        period: std::time::Duration,
+    ) {
+        let cleaned = self.clean_stale_until_checked(first, most).await;
+        if !cleaned.is_empty() {
+            tracing::info!(claims = ?cleaned, "unprepared claims that no longer exist");
+        }
+        let start = tokio::time::Instant::now() + period;
+        let mut every = tokio::time::interval_at(start, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let round = self.clean_stale().await;
+            if !round.unprepared.is_empty() {
+                tracing::warn!(claims = ?round.unprepared,
+                    "unprepared claims that no longer exist and the kubelet did not unprepare");
+            }
+        }
+    }
+
     /// Unprepares the recorded claims that no longer exist (deleted, or re-created with another UID),
     /// completes those rebuilt from their CDI specs, and removes CDI specs of this driver that no
     /// recorded claim owns.

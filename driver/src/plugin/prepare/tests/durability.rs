@@ -449,6 +449,32 @@ async fn the_cleaning_is_retried_until_the_api_server_answers_for_every_claim() 
     assert!(!after.cpu_claims().borrow()["a"].pods.is_empty());
 }
 
+/// A claim deleted without an unprepare (the kubelet lost its own checkpoint) while the plugin runs:
+/// its devices are freed at the next periodic cleaning, not only at the plugin's next start.
+#[tokio::test(start_paused = true)]
+async fn a_claim_deleted_without_an_unprepare_is_cleaned_while_the_plugin_runs() {
+    let s = Setup::on("xeon");
+    s.claims.add_cpus("a", "cpus-numa-0", 4, json!([]));
+    let preparer = Arc::new(s.preparer("boot-1"));
+    assert!(preparer.prepare(vec![reference("a")]).await["a"].is_ok());
+    let hour = Duration::from_secs(3600);
+    let cleaning = tokio::spawn({
+        let preparer = preparer.clone();
+        async move {
+            let one = Duration::from_secs(1);
+            preparer.keep_clean(one, 60 * one, hour).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(preparer.recorded().await.keys().collect::<Vec<_>>(), ["a"]);
+    s.claims.remove("a");
+    tokio::time::sleep(hour).await;
+    assert!(preparer.recorded().await.is_empty());
+    assert!(s.spec_files().is_empty());
+    assert!(!cleaning.is_finished());
+    cleaning.abort();
+}
+
 /// A rebuilt claim whose completed record would be over the size limit is not tried again (it
 /// never fits): the cleaning ends, and the record waits for the claim's next prepare.
 #[tokio::test(start_paused = true)]

@@ -91,12 +91,15 @@ pub async fn run(
         Duration::from_secs(args.rescan_interval.max(1)).mul_f64(0.9),
     )));
     // The node's own network (default routes, InternalIP) and --exclude-interfaces/--device-filter.
-    let node_guard = driver::podnet::NodeGuard::new(
+    // The InternalIPs are read again while the plugin runs (a task below).
+    let first_ips = driver::podnet::internal_ips(&client, &config.node_name).await;
+    let node_guard = Arc::new(driver::podnet::NodeGuard::new(
         root.root(),
-        driver::podnet::internal_ips(&client, &config.node_name).await,
+        first_ips.clone().unwrap_or_default(),
         args.node_net.clone(),
-    )?;
+    )?);
     let read_inventory = {
+        let node_guard = node_guard.clone();
         let root = root.clone();
         let fixture = args.fixture.clone();
         let health = health.clone();
@@ -195,6 +198,25 @@ pub async fn run(
         tokio::sync::watch::channel(first_report.unwrap_or_default());
     let health_reports = Arc::new(health_reports);
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        // The Node's InternalIPs: every 10 minutes (they may change), every 30 s until read.
+        let (retry, period) = (Duration::from_secs(30), Duration::from_secs(600));
+        let client = client.clone();
+        let node = config.node_name.clone();
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            let keep = async {
+                tokio::time::sleep(if first_ips.is_some() { period } else { retry }).await;
+                let ips =
+                    driver::podnet::keep_internal_ips(&node_guard, &client, &node, retry, period);
+                ips.await;
+            };
+            tokio::select! {
+                () = keep => {}
+                _ = stopped.changed() => {}
+            }
+        });
+    }
     {
         // Until every recorded claim was checked: an API server that does not answer at start
         // would otherwise leave deleted claims' devices held, and rebuilt claims' CPUs open to

@@ -133,6 +133,8 @@ impl Default for Revision {
 pub struct FakeApi {
     /// Node name → uid.
     pub nodes: BTreeMap<String, String>,
+    /// Node name → its `InternalIP` addresses (`status.addresses`).
+    pub node_ips: BTreeMap<String, Vec<String>>,
     /// ResourceSlices by name. Changed through requests, so that watches see the changes.
     pub slices: BTreeMap<String, Value>,
     /// ResourceClaims by `namespace/name`.
@@ -228,10 +230,20 @@ impl FakeApi {
         }
         if let Some(name) = path.strip_prefix(NODES) {
             return match (method, self.nodes.get(name)) {
-                ("GET", Some(uid)) => Reply::Json(
-                    200,
-                    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": uid}}),
-                ),
+                ("GET", Some(uid)) => {
+                    let addresses: Vec<Value> = self
+                        .node_ips
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .map(|ip| json!({"type": "InternalIP", "address": ip}))
+                        .collect();
+                    Reply::Json(
+                        200,
+                        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": uid},
+                               "status": {"addresses": addresses}}),
+                    )
+                }
                 _ => not_found("", "nodes", name),
             };
         }

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use backends::sysfs::tree::Tree;
 use filter::{DeviceFilter, FilterError};
@@ -121,7 +121,8 @@ impl NetworkFiles for TreeFiles {
 /// Withholds the node's own network and filtered devices from each inventory read.
 pub struct NodeGuard {
     root: PathBuf,
-    internal_ips: Vec<IpAddr>,
+    /// The Node's InternalIPs as last read ([`NodeGuard::set_internal_ips`]).
+    internal_ips: Mutex<Vec<IpAddr>>,
     args: NodeNetArgs,
     last: Mutex<BTreeMap<String, String>>,
 }
@@ -138,10 +139,23 @@ impl NodeGuard {
         }
         Ok(NodeGuard {
             root: root.into(),
-            internal_ips,
+            internal_ips: Mutex::new(internal_ips),
             args,
             last: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The Node's InternalIPs, read again (they may change, or may not have been read at start): the
+    /// next [`NodeGuard::apply`] withholds the interfaces that carry them.
+    pub fn set_internal_ips(&self, ips: Vec<IpAddr>) {
+        let mut known = self
+            .internal_ips
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *known != ips {
+            tracing::info!(was = ?*known, now = ?ips, "the Node's InternalIPs changed");
+            *known = ips;
+        }
     }
 
     /// Removes from `inventory` the functions to withhold; returns them (PCI address → why), and logs
@@ -152,7 +166,12 @@ impl NodeGuard {
         config: &SliceConfig,
     ) -> BTreeMap<String, String> {
         let files = TreeFiles(Tree::open(&backends::SysfsRoot::new(&self.root)));
-        let node = NodeNetwork::read(&files, &self.internal_ips);
+        let internal_ips = self
+            .internal_ips
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let node = NodeNetwork::read(&files, &internal_ips);
         // The filter holds non-Send CEL state: compiled for each read (it is small).
         let filter = self
             .args
@@ -178,29 +197,50 @@ impl NodeGuard {
     }
 }
 
-/// The node's InternalIP addresses from its Node object (none when it cannot be read in 10 s).
-pub async fn internal_ips(client: &kube::Client, node: &str) -> Vec<IpAddr> {
+/// The node's InternalIP addresses from its Node object; `None` when it cannot be read in 10 s
+/// (logged).
+pub async fn internal_ips(client: &kube::Client, node: &str) -> Option<Vec<IpAddr>> {
     let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     match tokio::time::timeout(std::time::Duration::from_secs(10), api.get(node)).await {
-        Ok(Ok(node)) => node
-            .status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a.type_ == "InternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect(),
+        Ok(Ok(node)) => Some(
+            node.status
+                .and_then(|s| s.addresses)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect(),
+        ),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, node, "the Node's InternalIP could not be read; only default-route interfaces are withheld");
-            Vec::new()
+            tracing::warn!(error = %e, node, "the Node's InternalIP could not be read");
+            None
         }
         Err(_) => {
-            tracing::warn!(
-                node,
-                "the Node's InternalIP could not be read in 10 s; only default-route interfaces are withheld"
-            );
-            Vec::new()
+            tracing::warn!(node, "the Node's InternalIP could not be read in 10 s");
+            None
         }
+    }
+}
+
+/// Reads the Node's InternalIPs into `guard` for as long as the plugin runs: every `period`, and
+/// every `retry` while they could not be read (an API server slow at start left only the
+/// default-route interfaces withheld). A failed read keeps what was read before. Never ends.
+pub async fn keep_internal_ips(
+    guard: &NodeGuard,
+    client: &kube::Client,
+    node: &str,
+    retry: std::time::Duration,
+    period: std::time::Duration,
+) {
+    loop {
+        let wait = match internal_ips(client, node).await {
+            Some(ips) => {
+                guard.set_internal_ips(ips);
+                period
+            }
+            None => retry,
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

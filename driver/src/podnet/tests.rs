@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::filter::{DeviceFilter, FilterErrorKind};
 use super::hostnet::*;
@@ -355,4 +356,86 @@ fn the_kernels_addresses_are_asked_for_on_the_node_only() {
     // A captured tree: this machine's addresses are not its.
     let captured = TreeFiles(Tree::open(&backends::SysfsRoot::new(DEV_VM)));
     assert_eq!(captured.addresses(), None);
+}
+
+/// The xeon with a connected route for `ens1f0`'s subnet (10.0.0.0/24) and no default route.
+fn xeon_with_a_node_subnet() -> (hal_mock::MaterializedFixture, Inventory) {
+    let (machine, inventory) = xeon();
+    let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                 ens1f0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+    std::fs::write(machine.root().join("proc/net/route"), route).unwrap();
+    (machine, inventory)
+}
+
+/// The Node's InternalIP read after the start (the API server was slow then, or the address
+/// changed): the next read withholds the interface carrying it.
+#[test]
+fn internal_ips_set_after_the_start_are_withheld_from_the_next_read() {
+    let (machine, inventory) = xeon_with_a_node_subnet();
+    let config = SliceConfig::new("xeon");
+    let guard = NodeGuard::new(machine.root(), Vec::new(), NodeNetArgs::default()).unwrap();
+    let mut first = inventory.clone();
+    guard.apply(&mut first, &config);
+    assert!(if_names(&first, &config).contains(&"ens1f0".to_owned()));
+    guard.set_internal_ips(vec!["10.0.0.5".parse().unwrap()]);
+    let mut next = inventory.clone();
+    let withheld = guard.apply(&mut next, &config);
+    assert!(!if_names(&next, &config).contains(&"ens1f0".to_owned()));
+    assert!(
+        withheld.values().any(|w| w.contains("InternalIP 10.0.0.5")),
+        "{withheld:?}"
+    );
+}
+
+/// The plugin's reader of the Node's InternalIPs: retried until read, then read again every
+/// period; a failed read keeps what was read before.
+#[tokio::test(start_paused = true)]
+async fn the_nodes_internal_ips_are_read_until_read_and_then_kept_current() {
+    use std::sync::{Arc, Mutex};
+    let (machine, inventory) = xeon_with_a_node_subnet();
+    let config = SliceConfig::new("xeon");
+    let guard = NodeGuard::new(machine.root(), Vec::new(), NodeNetArgs::default()).unwrap();
+    let api = Arc::new(Mutex::new(crate::fake_api::FakeApi::default()));
+    let client =
+        crate::fake_api::FakeApi::mock_client(api.clone(), &crate::api::call_timeout_layer());
+    let (retry, period) = (Duration::from_secs(30), Duration::from_secs(600));
+    let ens1f0_published = |guard: &NodeGuard| {
+        let mut read = inventory.clone();
+        guard.apply(&mut read, &config);
+        if_names(&read, &config).contains(&"ens1f0".to_owned())
+    };
+    let keep = keep_internal_ips(&guard, &client, "node-1", retry, period);
+    let check = async {
+        // No Node yet (404): nothing known, retried every 30 s.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(ens1f0_published(&guard));
+        {
+            let mut api = api.lock().unwrap();
+            api.nodes.insert("node-1".into(), "uid-1".into());
+            api.node_ips
+                .insert("node-1".into(), vec!["10.0.0.5".into()]);
+        }
+        tokio::time::sleep(retry).await;
+        assert!(!ens1f0_published(&guard), "read at the retry");
+        // The Node gone for a while (a failed read): what was read is kept.
+        api.lock().unwrap().nodes.clear();
+        tokio::time::sleep(period).await;
+        assert!(
+            !ens1f0_published(&guard),
+            "a failed read keeps the addresses"
+        );
+        // Back with another address: the next read takes it.
+        {
+            let mut api = api.lock().unwrap();
+            api.nodes.insert("node-1".into(), "uid-1".into());
+            api.node_ips
+                .insert("node-1".into(), vec!["192.168.9.9".into()]);
+        }
+        tokio::time::sleep(period + retry).await;
+        assert!(ens1f0_published(&guard), "the new address is elsewhere");
+    };
+    tokio::select! {
+        () = keep => panic!("it never ends"),
+        () = check => {}
+    }
 }

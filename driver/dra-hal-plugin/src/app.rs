@@ -299,7 +299,7 @@ pub async fn run(
     // NVML's XID events are this node's GPUs': not those of a fixture or another machine's tree.
     if args.fixture.is_none() {
         if driver::inventory::is_this_machine(root.root()) {
-            spawn_xid_watch(health, changed.clone(), stopped.clone());
+            spawn_xid_watch(health, inventory.clone(), changed.clone(), stopped.clone());
         } else {
             tracing::info!(
                 root = %root.root().display(),

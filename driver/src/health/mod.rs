@@ -44,7 +44,7 @@ pub use crate::slices::health::of_source;
 pub use crate::unhealthy::{DeviceKey, MISSING, OFFLINE, Severity, Unhealthy};
 use observe::Snapshot;
 pub use report::{report, report_of};
-pub use xid::{XID_WAIT, follow_xids};
+pub use xid::{XID_WAIT, follow_xids, open_xids};
 
 /// Reads in a row that must miss a device before it is "gone": one missed read (a rescan racing a
 /// driver reload, a slow sysfs under load) is not a lost device.

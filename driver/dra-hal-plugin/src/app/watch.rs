@@ -35,21 +35,28 @@ pub(super) fn spawn_hotplug_watch(changed: Arc<tokio::sync::Notify>) {
 }
 
 /// Waits for NVML's critical XID events on a thread of its own (NVML blocks) and republishes when a GPU
-/// turns unhealthy ([`driver::health::follow_xids`]). Without NVML (no NVIDIA GPU, no library) it
-/// logs why once and stops.
+/// turns unhealthy ([`driver::health::follow_xids`]). NVML is opened again every minute while it
+/// cannot be and the node has NVIDIA GPUs (a driver container may start after the plugin); without
+/// any ([`driver::health::open_xids`]) it logs why once and stops.
 pub(super) fn spawn_xid_watch(
     health: Arc<std::sync::Mutex<driver::health::Health>>,
+    inventory: Arc<std::sync::RwLock<driver::inventory::Inventory>>,
     changed: Arc<tokio::sync::Notify>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     use backends::nvml::xid::RealXid;
     std::thread::spawn(move || {
-        let mut source = match RealXid::open() {
-            Ok(source) => source,
-            Err(error) => {
-                tracing::info!(%error, "no XID events; GPU health comes from rescans only");
-                return;
-            }
+        let nvidia = || {
+            inventory
+                .read()
+                .is_ok_and(|i| i.gpus.iter().any(|g| g.vendor == hal::GpuVendor::Nvidia))
+        };
+        let is_stopped = || *stopped.borrow();
+        let every = Duration::from_secs(60);
+        let Some(mut source) =
+            driver::health::open_xids(RealXid::open, &nvidia, &is_stopped, every)
+        else {
+            return;
         };
         // A GPU whose XIDs would go unseen is marked; when NVML cannot even open one (it cannot
         // say which), every NVIDIA GPU it does not watch is.

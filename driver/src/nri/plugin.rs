@@ -8,7 +8,9 @@
 //! the connection's loop. The plugin's own work beside the calls (claims prepared or unprepared,
 //! unsolicited updates that failed, their retry tick) is its `background`. After each `Synchronize`
 //! the sandboxes of pod networking the runtime no longer has are torn down off the loop, from the
-//! mark taken on the loop ([`super::sandbox::SyncMark`]).
+//! mark taken on the loop ([`super::sandbox::SyncMark`]); and while the connection lasts, a task of
+//! its own tries again the pod network teardowns that failed
+//! ([`super::sandbox::PodNetwork::retry_teardowns`]), ending with the connection's plugin.
 //!
 //! It never calls into the runtime while the runtime may be calling it: containerd 1.7 and 2.1 take
 //! two locks in opposite orders for a plugin's unsolicited `UpdateContainers` (the adaptation lock,
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use dra_nri::stub::{self, EventMask, Flow, Plugin};
 use hal::CpuSet;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::endpoint::code;
 use super::policy::{ClaimCpus, Policy, Snapshot, SyncedContainer, Update};
@@ -159,6 +161,9 @@ pub struct CpuPlugin {
     failed: mpsc::UnboundedReceiver<Vec<String>>,
     retry: tokio::time::Interval,
     _pusher: Option<AbortOnDrop>,
+    /// Only with pod networking: dropped with this plugin (its connection ended), it ends the task
+    /// that tries failed teardowns again, after the round under way (never amid a teardown).
+    _teardowns: Option<oneshot::Sender<()>>,
 }
 
 impl CpuPlugin {
@@ -172,6 +177,12 @@ impl CpuPlugin {
             .then(|| AbortOnDrop(tokio::spawn(pusher(runtime, push_rx, failed_tx))));
         let mut retry = tokio::time::interval(RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Off the loop: a teardown runs CNI plugins and waits for sandbox locks.
+        let teardowns = config.pod_network.clone().map(|net| {
+            let (ended, rx) = oneshot::channel();
+            tokio::spawn(async move { net.retry_teardowns(rx).await });
+            ended
+        });
         CpuPlugin {
             policy,
             source,
@@ -182,6 +193,7 @@ impl CpuPlugin {
             failed,
             retry,
             _pusher: pusher,
+            _teardowns: teardowns,
         }
     }
 

@@ -7,11 +7,16 @@
 //! `RemovePodSandbox` the cached CNI attachments of the sandbox get their `DEL` and its direct-mode
 //! netdevs go home; after each `Synchronize`, those of sandboxes the runtime no longer has (gone while
 //! the plugin was down), listed and torn down off the event loop, so the runtime's other events are
-//! answered meanwhile. The events of one sandbox never run at once (one lock per sandbox id).
+//! answered meanwhile. A teardown that fails (at a stop or removal, in the undo of a failed start, or
+//! after a `Synchronize`) is tried again every [`TEARDOWN_RETRY`] while the plugin is connected
+//! ([`PodNetwork::retry_teardowns`]): the runtime only logs a plugin's failed stop, and nothing else
+//! would try again before the next reconnection. The events of one sandbox never run at once (one
+//! lock per sandbox id).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dra_kubelet_plugin::locks::{KeyedGuard, KeyedLocks};
 
@@ -95,19 +100,36 @@ impl PodNetwork {
     }
 }
 
+/// How often the teardowns that failed are tried again while the plugin is connected.
+pub const TEARDOWN_RETRY: Duration = Duration::from_secs(60);
+
 /// Per pod sandbox id: one lock, so its events never run at once, and when it got its network
 /// functions from this plugin (the sequence number of its `RunPodSandbox`, until its stop, removal
 /// or teardown), so the cleanup after a `Synchronize`, which runs beside the events, never tears down
 /// a sandbox the runtime started after the `Synchronize` named the sandboxes alive, and does tear
 /// down one started before it (by an earlier connection: its stop was missed while disconnected).
-#[derive(Default)]
+///
+/// Also the sandboxes known gone whose teardown failed (`failed`: stopped or removed, found vanished
+/// after a `Synchronize`, or whose start failed with something left), each with its tries so far:
+/// [`PodNetwork::retry_teardowns`] tries exactly those again. Each is entered and left under its
+/// lock: a `RunPodSandbox` of the same id takes it out (its leftovers then wait for its own stop), as
+/// does a teardown that succeeds, so a retry never tears down a sandbox started again.
 pub(crate) struct Sandboxes {
     locks: KeyedLocks,
     started: std::sync::Mutex<BTreeMap<String, u64>>,
     starts: std::sync::atomic::AtomicU64,
+    failed: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// How often [`PodNetwork::retry_teardowns`] tries the failed teardowns again.
+    retry_every: Duration,
     /// Tests: while true, the listing after a `Synchronize` waits, as on a slow or hung disk.
     #[cfg(test)]
     pub(crate) listing_held: (std::sync::Mutex<bool>, std::sync::Condvar),
+}
+
+impl Default for Sandboxes {
+    fn default() -> Sandboxes {
+        Sandboxes::retrying_every(TEARDOWN_RETRY)
+    }
 }
 
 /// The point, in the sequence of sandbox starts, where a `Synchronize` named the sandboxes alive:
@@ -116,6 +138,19 @@ pub(crate) struct Sandboxes {
 pub struct SyncMark(u64);
 
 impl Sandboxes {
+    /// No sandbox yet; failed teardowns tried again every `every`.
+    pub(crate) fn retrying_every(every: Duration) -> Sandboxes {
+        Sandboxes {
+            locks: KeyedLocks::default(),
+            started: std::sync::Mutex::default(),
+            starts: std::sync::atomic::AtomicU64::default(),
+            failed: std::sync::Mutex::default(),
+            retry_every: every,
+            #[cfg(test)]
+            listing_held: Default::default(),
+        }
+    }
+
     /// Tests: holds (or lets go of) the listing after a `Synchronize`.
     #[cfg(test)]
     pub(crate) fn hold_listing(&self, held: bool) {
@@ -178,6 +213,40 @@ impl Sandboxes {
     fn started_after(&self, id: &str, mark: SyncMark) -> bool {
         let started = self.started();
         started.get(id).is_some_and(|&number| number > mark.0)
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes how the teardown of the sandbox `id`, known gone, went (its lock held): done, it is
+    /// forgotten; failed, it is tried again ([`PodNetwork::retry_teardowns`]). Returns the tries.
+    fn torn_down(&self, id: &str, done: bool) -> u32 {
+        let mut failed = self.failed();
+        if done {
+            return failed.remove(id).unwrap_or(0).saturating_add(1);
+        }
+        let tries = failed.entry(id.to_owned()).or_insert(0);
+        *tries = tries.saturating_add(1);
+        *tries
+    }
+
+    /// The sandbox `id` runs again (its lock held): a failed teardown of it is not tried again, and
+    /// what it left is for its next stop. Whether one was pending.
+    fn started_again(&self, id: &str) -> bool {
+        self.failed().remove(id).is_some()
+    }
+
+    /// The sandboxes whose teardown failed and is to be tried again.
+    pub(crate) fn failed_teardowns(&self) -> Vec<String> {
+        self.failed().keys().cloned().collect()
+    }
+
+    /// How many times the teardown of the sandbox `id` failed, if it is to be tried again.
+    fn failed_tries(&self, id: &str) -> Option<u32> {
+        self.failed().get(id).copied()
     }
 }
 
@@ -292,6 +361,10 @@ impl PodNetwork {
         pod: &api::PodSandbox,
     ) -> Result<Vec<(String, String)>, SandboxError> {
         let _sandbox = self.sandboxes.lock(&pod.id).await;
+        if self.sandboxes.started_again(&pod.id) {
+            tracing::info!(sandbox = %pod.id, pod = %pod.name,
+                "a sandbox whose teardown failed runs again: not torn down until its next stop");
+        }
         let prepared = (self.prepared)()?;
         let functions: Vec<PodFunction> = of_pod(&prepared, &pod.uid)
             .into_iter()
@@ -343,6 +416,14 @@ impl PodNetwork {
                     // All or nothing: what this sandbox got so far goes back.
                     self.undo(done).await;
                     self.sandboxes.forget(&pod.id);
+                    // What could not be undone (or a failed attach kept) is tried again: the
+                    // runtime fails the sandbox, and may never send its stop.
+                    if self.has_state(&pod.id).await {
+                        let tries = self.sandboxes.torn_down(&pod.id, false);
+                        tracing::warn!(sandbox = %pod.id, pod = %pod.name, tries,
+                            "a failed sandbox's network functions could not all be undone; retrying every {:?}",
+                            self.sandboxes.retry_every);
+                    }
                     return Err(error);
                 }
             }
@@ -465,14 +546,51 @@ impl PodNetwork {
         }
     }
 
-    /// `DEL` for every cached attachment of the sandbox, and its direct-mode netdevs home.
+    /// `DEL` for every cached attachment of the sandbox, and its direct-mode netdevs home. One that
+    /// fails is also tried again ([`PodNetwork::retry_teardowns`]) until it succeeds, the sandbox
+    /// runs again, or its removal's teardown succeeds.
     pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), SandboxError> {
-        let failures = self.teardown(&pod.id).await.failures();
+        let _sandbox = self.sandboxes.lock(&pod.id).await;
+        let failures = self.teardown_locked(&pod.id).await.failures();
         self.sandboxes.forget(&pod.id);
+        let tries = self.sandboxes.torn_down(&pod.id, failures.is_empty());
         match failures.is_empty() {
             true => Ok(()),
-            false => Err(SandboxError::Teardown { failures }),
+            false => {
+                tracing::warn!(sandbox = %pod.id, pod = %pod.name, tries, ?failures,
+                    "pod network teardown failed; retrying every {:?}", self.sandboxes.retry_every);
+                Err(SandboxError::Teardown { failures })
+            }
         }
+    }
+
+    /// Whether anything of the sandbox `id` is recorded: a CNI cache entry or a direct-mode state
+    /// file (unreadable ones named after it included).
+    async fn has_state(&self, id: &str) -> bool {
+        let net = self.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let (named, prefix) = (format!("-{id}-"), format!("{id}-"));
+            let cni = net
+                .cni
+                .cached()
+                .into_iter()
+                .any(|(name, entry)| match entry {
+                    Ok(entry) => entry.container_id == id,
+                    Err(_) => name.contains(&named),
+                });
+            cni || net
+                .direct
+                .moved()
+                .into_iter()
+                .any(|(name, entry)| match entry {
+                    Ok(moved) => moved.sandbox == id,
+                    Err(_) => name.starts_with(&prefix),
+                })
+        })
+        .await
+        // A listing that failed to run: assume something is left, the retry finds out.
+        .unwrap_or(true)
     }
 
     /// Tears down what the sandbox `id` got, under its lock: `DEL` for every cached CNI attachment,
@@ -492,6 +610,7 @@ impl PodNetwork {
         }
         let done = self.teardown_locked(id).await;
         self.sandboxes.forget(id);
+        self.sandboxes.torn_down(id, done.failures().is_empty());
         Some(done)
     }
 
@@ -587,6 +706,55 @@ impl PodNetwork {
             }
         }
     }
+
+    /// Every [`TEARDOWN_RETRY`] (tests: `Sandboxes::retrying_every`), the first one period from
+    /// now, until `ended` is dropped or sent (its connection ended): tries again the teardowns that
+    /// failed ([`PodNetwork::retry_failed_teardowns`]). A round under way when `ended` comes
+    /// finishes first: a teardown is never cut off between its `DEL` and the cache entry's removal,
+    /// or while its lock is held. A round that runs long delays the next (no burst after it).
+    pub async fn retry_teardowns(&self, mut ended: tokio::sync::oneshot::Receiver<()>) {
+        let every = self.sandboxes.retry_every;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Ended first: no round starts once the connection is over.
+                biased;
+                _ = &mut ended => return,
+                _ = tick.tick() => {}
+            }
+            self.retry_failed_teardowns().await;
+        }
+    }
+
+    /// One round of [`PodNetwork::retry_teardowns`]: tears down again, each under its lock, every
+    /// sandbox whose teardown failed, unless it ran again or was torn down since (it is then no
+    /// longer listed). One that succeeds is forgotten; one that fails again is logged (once per
+    /// round) and kept.
+    pub async fn retry_failed_teardowns(&self) {
+        for id in self.sandboxes.failed_teardowns() {
+            let _sandbox = self.sandboxes.lock(&id).await;
+            // Under its lock: a RunPodSandbox or a stop that succeeded meanwhile took it out.
+            if self.sandboxes.failed_tries(&id).is_none() {
+                continue;
+            }
+            if self.sandboxes.started().contains_key(&id) {
+                // Alive again (cannot happen: its start took it out): never torn down here.
+                self.sandboxes.started_again(&id);
+                continue;
+            }
+            let done = self.teardown_locked(&id).await;
+            let failures = done.failures();
+            let tries = self.sandboxes.torn_down(&id, failures.is_empty());
+            if failures.is_empty() {
+                tracing::info!(sandbox = %id, tries, attachments = done.cni.len(),
+                    netdevs = done.direct.len(), "a failed pod network teardown done on retry");
+            } else {
+                tracing::warn!(sandbox = %id, tries, ?failures,
+                    "pod network teardown failed again; retrying in {:?}", self.sandboxes.retry_every);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -595,6 +763,9 @@ mod tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests_direct;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_retry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_sync;

@@ -546,7 +546,7 @@ mod tests {
             .to_string();
         assert!(
             error.starts_with(
-                "c.yaml: document 1 (ResourceClaim ns/c\\u{a}  forged\\u{202e}): spec: "
+                "c.yaml: document 1 (ResourceClaim ns/c\\u000a  forged\\u202e): spec: "
             ),
             "{error}"
         );

@@ -5,36 +5,34 @@
 //! and `\n` start a line of the value's choosing) and on the Unicode bidi controls (which reorder
 //! what follows them). Escaping them in each value before it goes into a line of output keeps the
 //! value on its line and in its order; the output's own line breaks stay. Escapes are written as
-//! Rust writes them (`\u{1b}`), as `hal-probe` shows them; [`hal::text::escape_controls`] writes
-//! JSON's (`\u001b`) for log lines.
+//! JSON writes them (`\u001b`), by the workspace's one escaper ([`hal::text::escape_where`]), as the
+//! plugin's log lines and messages are.
 
 use std::borrow::Cow;
 
-/// Whether a terminal or a text viewer acts on `c` instead of showing it: what
-/// [`hal::text::acts_on_terminal`] names (C0 controls, DEL, C1 controls: `\u{9b}` is a CSI to
-/// xterm, `\u{85}` a line break; the Unicode bidi controls, which reorder the text around them),
-/// and the line and paragraph separators U+2028 and U+2029.
-pub fn acts(c: char) -> bool {
-    hal::text::acts_on_terminal(c) || matches!(c, '\u{2028}' | '\u{2029}')
-}
+use hal::text::{acts_on_terminal, escape_controls, escape_where};
 
-/// One untrusted value as it goes into a table cell or a line of text: every character that
-/// [`acts`], newline, carriage return and tab included, written as `\u{1b}`, so the value shows on
-/// its line, in its order, and adds no line of its own.
+/// One untrusted value as it goes into a table cell or a line of text: every character a terminal
+/// acts on ([`hal::text::acts_on_terminal`]: newline, carriage return and tab included) written as
+/// `\u001b`, so the value shows on its line, in its order, and adds no line of its own.
 pub fn field_safe(text: &str) -> Cow<'_, str> {
-    escape(text, acts, usize::MAX)
+    escape_controls(text)
 }
 
 /// [`field_safe`], cut to at most `max_chars` characters (escapes counted as they show, and never
 /// cut in the middle) followed by `…` when longer: for a table cell whose value may be huge (a 64 KiB
 /// sysfs attribute).
 pub fn field_safe_bounded(text: &str, max_chars: usize) -> Cow<'_, str> {
-    escape(text, acts, max_chars)
+    escape_where(text, acts_on_terminal, max_chars)
 }
 
 /// Text of several lines (a message, a whole table): as [`field_safe`], but newline and tab kept.
 pub fn lines_safe(text: &str) -> Cow<'_, str> {
-    escape(text, |c| acts(c) && c != '\n' && c != '\t', usize::MAX)
+    escape_where(
+        text,
+        |c| acts_on_terminal(c) && c != '\n' && c != '\t',
+        usize::MAX,
+    )
 }
 
 /// Serialized JSON (or a YAML double-quoted scalar written as JSON) with every character that
@@ -43,42 +41,13 @@ pub fn lines_safe(text: &str) -> Cow<'_, str> {
 /// serde_json already escapes the C0 controls. Outside strings JSON has only ASCII punctuation,
 /// digits, letters and whitespace, so only string contents change, to the same value.
 pub fn json_safe(json: String) -> String {
-    let raw = |c: char| (acts(c) && u32::from(c) >= 0x7f) || matches!(c, '\u{fffe}' | '\u{ffff}');
-    if !json.contains(raw) {
-        return json;
+    let raw = |c: char| {
+        (acts_on_terminal(c) && u32::from(c) >= 0x7f) || matches!(c, '\u{fffe}' | '\u{ffff}')
+    };
+    match escape_where(&json, raw, usize::MAX) {
+        Cow::Borrowed(_) => json,
+        Cow::Owned(safe) => safe,
     }
-    let mut safe = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
-        match raw(c) {
-            // Every such character is in the Basic Multilingual Plane: four hex digits.
-            true => safe.push_str(&format!("\\u{:04x}", u32::from(c))),
-            false => safe.push(c),
-        }
-    }
-    safe
-}
-
-fn escape(text: &str, escaped: impl Fn(char) -> bool, max_chars: usize) -> Cow<'_, str> {
-    let long = max_chars < usize::MAX && text.chars().nth(max_chars).is_some();
-    if !long && !text.contains(&escaped) {
-        return Cow::Borrowed(text);
-    }
-    let mut safe = String::with_capacity(text.len().min(max_chars.saturating_mul(4)) + 16);
-    let mut shown = 0usize;
-    for c in text.chars() {
-        let escape = escaped(c).then(|| c.escape_unicode());
-        let width = escape.clone().map_or(1, Iterator::count);
-        if shown + width > max_chars {
-            safe.push('…');
-            break;
-        }
-        shown += width;
-        match escape {
-            Some(escape) => safe.extend(escape),
-            None => safe.push(c),
-        }
-    }
-    Cow::Owned(safe)
 }
 
 #[cfg(test)]
@@ -91,14 +60,14 @@ mod tests {
         let hostile = "ens1f0\n  0000:00:1f.0\r\tx\u{1b}[31m\u{9b}0m\u{7f}\u{85}\u{2028}\u{2029}\u{202e}\u{2066}\u{200f}\u{61c}";
         assert_eq!(
             field_safe(hostile),
-            "ens1f0\\u{a}  0000:00:1f.0\\u{d}\\u{9}x\\u{1b}[31m\\u{9b}0m\\u{7f}\\u{85}\\u{2028}\\u{2029}\\u{202e}\\u{2066}\\u{200f}\\u{61c}"
+            "ens1f0\\u000a  0000:00:1f.0\\u000d\\u0009x\\u001b[31m\\u009b0m\\u007f\\u0085\\u2028\\u2029\\u202e\\u2066\\u200f\\u061c"
         );
         let plain = "NVIDIA H100 PCIe — café \"x\" 0000:b1:00.0";
         assert!(matches!(field_safe(plain), Cow::Borrowed(p) if p == plain));
         // Lines of a whole output keep their line breaks and tabs, nothing else.
         assert_eq!(
             lines_safe("a\tb\nc\r\u{202e}d\n"),
-            "a\tb\nc\\u{d}\\u{202e}d\n"
+            "a\tb\nc\\u000d\\u202ed\n"
         );
     }
 
@@ -109,7 +78,7 @@ mod tests {
         assert_eq!(field_safe_bounded("abcdefg", 6), "abcdef…");
         // `\u{1b}` is six characters: it fits whole or not at all.
         assert_eq!(field_safe_bounded("abc\u{1b}def", 8), "abc…");
-        assert_eq!(field_safe_bounded("abc\u{1b}def", 9), "abc\\u{1b}…");
+        assert_eq!(field_safe_bounded("abc\u{1b}def", 9), "abc\\u001b…");
         let huge = "é".repeat(65536);
         assert_eq!(field_safe_bounded(&huge, 256).chars().count(), 257);
     }

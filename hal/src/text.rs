@@ -48,29 +48,51 @@ pub fn trim_kernel_text(text: &str) -> &str {
     text.trim_matches(|c: char| c.is_whitespace() || c == '\0')
 }
 
-/// Whether a terminal acts on `c` instead of showing it: control characters (C0, DEL and C1: escape
-/// sequences, line breaks, `\r`) and the Unicode bidi controls that reorder what it shows.
+/// Whether a terminal, or a reader of lines, acts on `c` instead of showing it: control characters
+/// (C0, DEL and C1: escape sequences, line breaks, `\r`; `\u{9b}` is a CSI to xterm), the Unicode
+/// bidi controls that reorder what it shows, and the line and paragraph separators U+2028 and U+2029.
 pub fn acts_on_terminal(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// `text` with each character a terminal acts on ([`acts_on_terminal`]) written as JSON escapes it
-/// (`\u001b`), for untrusted text (a claim's keys, a CNI plugin's message, a name a pod gave its
-/// interface) put into a message, a log line or a table.
+/// (`\u001b`), for untrusted text (a claim's keys, a CNI plugin's message, a kernel name) put into a
+/// message, a log line or a table. Inside a JSON string the escape decodes back to the character.
 pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(acts_on_terminal) {
+    escape_where(text, acts_on_terminal, usize::MAX)
+}
+
+/// `text` with each character `escaped` picks written as JSON escapes it (`\u001b`; every such
+/// character is in the Basic Multilingual Plane), cut to at most `max_chars` characters as shown
+/// (an escape counts its six, and is never cut) followed by `…` when longer. The one escaper of the
+/// workspace: [`escape_controls`], and `allocator::text`'s table cells, lines and JSON build on it.
+pub fn escape_where(
+    text: &str,
+    escaped: impl Fn(char) -> bool,
+    max_chars: usize,
+) -> std::borrow::Cow<'_, str> {
+    let long = max_chars < usize::MAX && text.chars().nth(max_chars).is_some();
+    if !long && !text.contains(&escaped) {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut escaped = String::with_capacity(text.len() + 16);
+    let mut safe = String::with_capacity(text.len().min(max_chars.saturating_mul(6)) + 16);
+    let mut shown = 0usize;
     for c in text.chars() {
-        if acts_on_terminal(c) {
-            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
-        } else {
-            escaped.push(c);
+        let escape = escaped(c).then(|| format!("\\u{:04x}", u32::from(c)));
+        let width = escape.as_ref().map_or(1, String::len);
+        if shown.saturating_add(width) > max_chars {
+            safe.push('…');
+            break;
+        }
+        shown += width;
+        match escape {
+            Some(escape) => safe.push_str(&escape),
+            None => safe.push(c),
         }
     }
-    std::borrow::Cow::Owned(escaped)
+    std::borrow::Cow::Owned(safe)
 }
 
 /// The operators (`+ - * / % < > = ! & | ? : . [ ( {` and the keyword `in`) of the CEL expression

@@ -163,7 +163,7 @@ mod tests {
         assert!(
             !yaml
                 .chars()
-                .any(|c| (allocator::text::acts(c) && c != '\n')
+                .any(|c| (hal::text::acts_on_terminal(c) && c != '\n')
                     || matches!(c, '\u{fffe}' | '\u{ffff}')),
             "{yaml:?}"
         );

@@ -367,7 +367,7 @@ fn explain_reads_the_slices_that_hal_probe_slices_prints() {
     renamed.write_all(hostile.as_bytes()).unwrap();
     let (stderr, raw) = for_n1(renamed.path().to_str().unwrap());
     assert!(
-        stderr.contains("slices of node gb\\u{1b}]0;PWN\\u{7} left out"),
+        stderr.contains("slices of node gb\\u001b]0;PWN\\u0007 left out"),
         "{stderr}"
     );
     assert!(!raw.contains(&0x1b), "{stderr:?}");

@@ -233,7 +233,7 @@ mod terminal_tests {
         let hostile = "eth\u{1b}[31mRED\u{1b}]0;PWN\u{7}\tok\u{202e}\n";
         assert_eq!(
             terminal_safe(hostile),
-            "eth\\u{1b}[31mRED\\u{1b}]0;PWN\\u{7}\tok\\u{202e}\n"
+            "eth\\u001b[31mRED\\u001b]0;PWN\\u0007\tok\\u202e\n"
         );
         assert!(matches!(
             terminal_safe("cpus: 0-3\n"),

@@ -197,7 +197,7 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         let excerpt = |bytes: &[u8]| {
             let text = String::from_utf8_lossy(bytes);
             let start: String = text.trim().chars().take(MAX_EXCERPT).collect();
-            start.escape_debug().to_string()
+            hal::text::escape_controls(&start).into_owned()
         };
         // The error result's text is the plugin's (often echoing a NetworkAttachmentDefinition's
         // values): cut and escaped as the text above, since it reaches the runtime and the log.

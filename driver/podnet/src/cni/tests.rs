@@ -334,7 +334,7 @@ fn a_missing_plugin_a_hung_one_and_a_flood_are_errors_of_their_kind() {
     let head: String = text.chars().take(300).collect();
     assert!(!text.contains(char::is_control), "{head:?}");
     assert!(text.len() < 1024, "{} bytes", text.len());
-    assert!(text.contains("CNI error 7: bad \\u{1b}]0;pwned"), "{head}");
+    assert!(text.contains("CNI error 7: bad \\u001b]0;pwned"), "{head}");
 }
 
 #[test]

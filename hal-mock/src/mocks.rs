@@ -62,7 +62,7 @@ mock! {
         fn sriov_pfs(&self) -> Result<Discovered<SriovState>>;
         fn set_num_vfs(&self, pf: PciAddress, count: u32) -> Result<()>;
         fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()>;
-        fn unbind_driver(&self, function: PciAddress) -> Result<()>;
+        fn unbind_driver(&self, function: PciAddress, driver: &str) -> Result<()>;
         fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>>;
     }
 }

@@ -45,8 +45,8 @@ macro_rules! forward {
             fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
                 (**self).bind_driver(function, driver)
             }
-            fn unbind_driver(&self, function: PciAddress) -> Result<()> {
-                (**self).unbind_driver(function)
+            fn unbind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
+                (**self).unbind_driver(function, driver)
             }
             fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
                 (**self).sriov_state(pf)
@@ -131,8 +131,8 @@ mod tests {
             self.log(format!("bind_driver {function} {driver}"));
             Ok(())
         }
-        fn unbind_driver(&self, function: PciAddress) -> Result<()> {
-            self.log(format!("unbind_driver {function}"));
+        fn unbind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
+            self.log(format!("unbind_driver {function} {driver}"));
             Ok(())
         }
         fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
@@ -164,7 +164,7 @@ mod tests {
         backend.sriov_pfs().unwrap();
         backend.set_num_vfs(address(), 4).unwrap();
         backend.bind_driver(address(), "vfio-pci").unwrap();
-        backend.unbind_driver(address()).unwrap();
+        backend.unbind_driver(address(), "vfio-pci").unwrap();
         backend.sriov_state(address()).unwrap();
         backend.rdma_devices().unwrap();
         backend.gpus().unwrap();
@@ -178,7 +178,7 @@ mod tests {
         "sriov_pfs",
         "set_num_vfs 0000:3b:00.1 4",
         "bind_driver 0000:3b:00.1 vfio-pci",
-        "unbind_driver 0000:3b:00.1",
+        "unbind_driver 0000:3b:00.1 vfio-pci",
         "sriov_state 0000:3b:00.1",
         "rdma_devices",
         "gpus",

@@ -259,19 +259,15 @@ impl SriovPf for SysfsSriov {
         )))
     }
 
-    fn unbind_driver(&self, function: PciAddress) -> Result<()> {
+    fn unbind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
         let tree = Tree::open(&self.root);
         let dir = self.function_dir(&tree, function)?;
         let override_path = dir.join("driver_override");
         // Cleared first: a probe between the two writes would bind the override's driver again.
-        let cleared = tree.read_trimmed(&override_path).ok();
-        if cleared
-            .as_deref()
-            .is_some_and(|o| o != "(null)" && !o.is_empty())
-        {
+        if tree.read_trimmed(&override_path).ok().as_deref() == Some(driver) {
             self.write(&override_path, "\n")?;
         }
-        if tree.link_name(&dir.join("driver")).is_some() {
+        if tree.link_name(&dir.join("driver")).as_deref() == Some(driver) {
             self.write(&dir.join("driver/unbind"), &function.to_string())?;
         }
         Ok(())

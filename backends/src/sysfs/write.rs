@@ -196,7 +196,7 @@ mod tests {
         let sriov = crate::SysfsSriov::new(crate::SysfsRoot::new(tmp.path()));
         for err in [
             sriov.bind_driver(address, "iavf").unwrap_err(),
-            sriov.unbind_driver(address).unwrap_err(),
+            sriov.unbind_driver(address, "iavf").unwrap_err(),
         ] {
             assert_eq!(err.kind(), hal::ErrorKind::NotFound, "{err}");
             let hal::Error::Io { path, .. } = &err else {

@@ -120,6 +120,9 @@ pub struct Preparer {
     rebuilt: bool,
     /// Device status writes the API server forbade (a configuration error).
     status_forbidden: Arc<std::sync::atomic::AtomicU64>,
+    /// Device status writes under way, by claim UID: true once done. A write outlives a prepare the
+    /// kubelet gave up on; the claim's next prepare or unprepare waits for it.
+    status_writes: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// The plugin's data directory when device metadata is on (`--device-metadata`).
     metadata_dir: Option<std::path::PathBuf>,
 }
@@ -272,6 +275,7 @@ impl Preparer {
             cpu_claims,
             rebuilt,
             status_forbidden: Arc::default(),
+            status_writes: Mutex::default(),
             metadata_dir: None,
         })
     }
@@ -545,12 +549,14 @@ impl Preparer {
             }
             _ => return Ok(false),
         };
+        // Read under the claim's lock: two asks at once must not commit an older read over a newer
+        // one (a pod that joined between them would be dropped).
+        let _claim = self.locks.lock(uid).await;
         let found = self.claims.get(&claim.namespace, &claim.name).await?;
         let Some(found) = found.filter(|c| c.metadata.uid.as_deref() == Some(uid)) else {
             return Ok(false);
         };
         let reserved = plan::reserved_pods(&found);
-        let _claim = self.locks.lock(uid).await;
         let record = self.state().get(uid).cloned();
         let Some(mut record) = record.filter(|r| r.phase == Phase::Completed) else {
             return Ok(false);

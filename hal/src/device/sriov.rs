@@ -42,10 +42,11 @@ pub trait SriovPf: Send + Sync {
     /// Binds `function` to `driver` (`driver_override`, `unbind`, `drivers_probe`).
     fn bind_driver(&self, function: PciAddress, driver: &str) -> Result<()>;
 
-    /// Leaves `function` without a driver: its `driver_override` cleared (or a later probe would
-    /// bind that driver again) and its driver, if any, unbound. How a function that had no driver
-    /// before [`SriovPf::bind_driver`] is given back.
-    fn unbind_driver(&self, function: PciAddress) -> Result<()>;
+    /// Gives `function` back from `driver`, leaving it without one: its `driver_override` cleared
+    /// when it names `driver` (or a later probe would bind it again), and `driver` unbound when bound.
+    /// A function on another driver (bound by someone else since) is left as it is. How a function
+    /// that had no driver before [`SriovPf::bind_driver`] bound `driver` is given back.
+    fn unbind_driver(&self, function: PciAddress, driver: &str) -> Result<()>;
 
     /// One PF's state.
     fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {

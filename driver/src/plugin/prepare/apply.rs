@@ -34,6 +34,9 @@ impl Preparer {
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
         let existing = self.state().get(&claim.uid).cloned();
         if let Some(record) = existing {
+            // A status write of a prepare given up on ends first: the answer must not come before
+            // the status a CNI reads, nor that write after the pod's own `networkData`.
+            self.status_written(&claim.uid).await;
             if record.phase == Phase::Completed && record.recovered {
                 // Rebuilt from its CDI spec: completed with what the claim says, keeping its CPUs
                 // and spec, when the devices match; redone otherwise.
@@ -83,14 +86,19 @@ impl Preparer {
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
         // the API server may not allow it (an older release, RBAC); the CDI env says the same.
         // Written by a task of its own, which ends even when the kubelet gives up on this call (its
-        // deadline drops this future): the retry finds the claim completed and writes no status.
+        // deadline drops this future): the retry finds the claim completed, waits for the write
+        // ([`Preparer::status_written`]) and writes no status itself.
         if !planned.statuses.is_empty() {
+            let (done, written) = tokio::sync::watch::channel(false);
+            self.status_writes().insert(claim.uid.clone(), written);
             let claims = self.claims.clone();
             let forbidden = self.status_forbidden.clone();
             let driver = self.config.slices.driver_name.clone();
             let statuses = planned.statuses;
-            let (uid, namespace, name) = (claim.uid, claim.namespace, claim.name);
+            let uid = claim.uid.clone();
+            let (task_uid, namespace, name) = (claim.uid, claim.namespace, claim.name);
             let write = tokio::spawn(async move {
+                let uid = task_uid;
                 let written = claims
                     .set_device_status(&namespace, &name, &driver, statuses)
                     .await;
@@ -105,11 +113,36 @@ impl Preparer {
                         tracing::warn!(claim = %uid, %error, "device status not written");
                     }
                 }
+                let _ = done.send(true);
             });
             // Only a panic of the write ends it early, and the claim is prepared anyway.
             let _ = write.await;
+            self.status_writes().remove(&uid);
         }
         Ok(devices)
+    }
+
+    /// Waits (at most a little over an API call's limit) for a device status write of the claim
+    /// `uid` still under way: one whose prepare the kubelet gave up on. Called under the claim's
+    /// lock, as are the writes' starts.
+    async fn status_written(&self, uid: &str) {
+        let pending = self.status_writes().get(uid).cloned();
+        if let Some(mut written) = pending {
+            let most = super::source::CALL_LIMIT + std::time::Duration::from_secs(5);
+            let _ = tokio::time::timeout(most, written.wait_for(|done| *done)).await;
+        }
+        self.status_writes().remove(uid);
+    }
+
+    fn status_writes(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>,
+    > {
+        self.status_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The writes of a reserved prepare: the `Started` record (no fsync), the driver rebinds, the CDI
@@ -266,6 +299,8 @@ impl Preparer {
     /// Unprepares one claim while holding its claim lock: undo, remove the record, clear the
     /// device status this driver wrote.
     pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
+        // The status is cleared below: a write of a prepare given up on lands first.
+        self.status_written(&claim.uid).await;
         // Unknown claims (never prepared here, already unprepared, or forgotten after a reboot) are
         // done, once metadata files a forgotten claim left are gone.
         let Some(record) = self.state().get(&claim.uid).cloned() else {
@@ -316,8 +351,8 @@ pub(super) fn undo_record(
         };
         let result = match &rebind.original {
             Some(original) => config.binder.bind_driver(rebind.function, original),
-            // It had none: left without one, as it was.
-            None => config.binder.unbind_driver(rebind.function),
+            // It had none: left without one, as it was, unless someone bound another since.
+            None => config.binder.unbind_driver(rebind.function, &rebind.driver),
         };
         // A function that is gone (its PF's VF count changed, the card was removed) has nothing
         // to give back: a function that comes back is a new device, bound by the kernel's rules.

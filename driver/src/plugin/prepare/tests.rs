@@ -628,7 +628,7 @@ async fn a_claim_for_a_netdev_in_the_pod_is_refused_without_pod_networking() {
 async fn a_function_that_had_no_driver_has_none_after_unprepare() {
     let s = Setup::on("xeon");
     let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
-    s.binder.unbind_driver(vf).unwrap();
+    s.binder.unbind_driver(vf, "iavf").unwrap();
     assert_eq!(s.driver_of("0000:3b:01.1"), None);
     let root = backends::SysfsRoot::new(s.machine.root());
     *s.inventory.write().unwrap() = Inventory::from_sysfs(&root, None);
@@ -649,8 +649,20 @@ async fn a_function_that_had_no_driver_has_none_after_unprepare() {
         .root()
         .join("sys/bus/pci/devices/0000:3b:01.1/driver_override");
     assert_eq!(
-        std::fs::read_to_string(override_path).unwrap().trim(),
+        std::fs::read_to_string(&override_path).unwrap().trim(),
         "(null)"
+    );
+    // Bound again by the claim, then by someone else (an operator, another tool) to iavf before
+    // the unprepare: left on iavf.
+    let results = preparer.prepare(vec![reference("u1")]).await;
+    assert!(results["u1"].is_ok(), "{results:?}");
+    s.binder.bind_driver(vf, "iavf").unwrap();
+    let results = preparer.unprepare(vec![reference("u1")]).await;
+    assert!(results["u1"].is_ok(), "{results:?}");
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("iavf"));
+    assert_eq!(
+        std::fs::read_to_string(&override_path).unwrap().trim(),
+        "iavf"
     );
 }
 

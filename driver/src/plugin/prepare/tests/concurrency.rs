@@ -456,8 +456,8 @@ impl hal::SriovPf for SlowCount {
         self.inner.bind_driver(function, driver)
     }
 
-    fn unbind_driver(&self, function: hal::PciAddress) -> hal::Result<()> {
-        self.inner.unbind_driver(function)
+    fn unbind_driver(&self, function: hal::PciAddress, driver: &str) -> hal::Result<()> {
+        self.inner.unbind_driver(function, driver)
     }
 }
 
@@ -530,8 +530,8 @@ async fn a_slow_vf_count_write_does_not_stall_the_other_tasks() {
 }
 
 /// The kubelet gives up on a prepare (its deadline drops the call) while the claim's device status
-/// is being written: the write still ends, the retry answers from the completed record, and nothing
-/// of the call is left in flight.
+/// is being written: the write still ends, the retry answers from the completed record once it has
+/// (a CNI of the pod reads the status), and nothing of the call is left in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_prepare_the_kubelet_gives_up_on_still_writes_the_device_status() {
     let s = Setup::on("xeon");
@@ -541,7 +541,7 @@ async fn a_prepare_the_kubelet_gives_up_on_still_writes_the_device_status() {
     let gate = Arc::new(Semaphore::new(0));
     *source.status_gate.lock().unwrap() = Some(gate.clone());
     let config = s.config("boot-1", SliceConfig::new(NODE));
-    let preparer = Preparer::new(config, source.clone(), s.inventory.clone()).unwrap();
+    let preparer = Arc::new(Preparer::new(config, source.clone(), s.inventory.clone()).unwrap());
     let deadline = std::time::Duration::from_millis(300);
     let call = tokio::time::timeout(deadline, preparer.prepare(vec![reference("u1")])).await;
     assert!(call.is_err(), "the status write held the call");
@@ -550,9 +550,19 @@ async fn a_prepare_the_kubelet_gives_up_on_still_writes_the_device_status() {
         "an ask given up is not in flight"
     );
     assert_eq!(preparer.locks.len(), 0, "no claim lock left behind");
+    // The retry waits for the write.
+    let retry = tokio::spawn({
+        let preparer = preparer.clone();
+        async move { preparer.prepare(vec![reference("u1")]).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !retry.is_finished(),
+        "answered before the status was written"
+    );
     gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
-    until(|| s.claims.1.lock().unwrap().contains_key("ns/claim-u1")).await;
+    assert!(retry.await.unwrap()["u1"].is_ok());
+    assert!(s.claims.1.lock().unwrap().contains_key("ns/claim-u1"));
     assert_eq!(
         s.claims.1.lock().unwrap()["ns/claim-u1"][0]["data"]["netdev"],
         "ens2f0v0"

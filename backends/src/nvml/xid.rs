@@ -52,13 +52,21 @@ pub struct RealXid {
 }
 
 impl RealXid {
-    /// Initializes NVML (kept for the life of the process) and registers every GPU it can: one
-    /// that cannot be opened or registered (lost, too old for events) is listed in `unregistered`
-    /// and the others are watched. An error when none can be.
+    /// Initializes NVML (once, kept for the life of the process: a later call that fails again
+    /// reuses it) and registers every GPU it can: one that cannot be opened or registered (lost,
+    /// too old for events) is listed in `unregistered` and the others are watched. An error when
+    /// none can be.
     pub fn open() -> Result<RealXid, String> {
         use nvml_wrapper::bitmasks::event::EventTypes;
-        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
-        let nvml: &'static nvml_wrapper::Nvml = Box::leak(Box::new(nvml));
+        static NVML: std::sync::OnceLock<nvml_wrapper::Nvml> = std::sync::OnceLock::new();
+        let nvml: &'static nvml_wrapper::Nvml = match NVML.get() {
+            Some(nvml) => nvml,
+            None => {
+                let nvml =
+                    nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
+                NVML.get_or_init(|| nvml)
+            }
+        };
         let mut set = nvml.create_event_set().map_err(|e| e.to_string())?;
         let count = nvml.device_count().map_err(|e| e.to_string())?;
         let mut unregistered = Vec::new();

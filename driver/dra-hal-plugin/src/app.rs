@@ -92,7 +92,7 @@ pub async fn run(
     )));
     // The node's own network (default routes, InternalIP) and --exclude-interfaces/--device-filter.
     // The InternalIPs are read again while the plugin runs (a task below).
-    let first_ips = driver::podnet::internal_ips(&client, &config.node_name).await;
+    let first_ips = driver::podnet::internal_ips(&client, &config.node_name, true).await;
     let node_guard = Arc::new(driver::podnet::NodeGuard::new(
         root.root(),
         first_ips.clone().unwrap_or_default(),

@@ -121,8 +121,9 @@ impl NetworkFiles for TreeFiles {
 /// Withholds the node's own network and filtered devices from each inventory read.
 pub struct NodeGuard {
     root: PathBuf,
-    /// The Node's InternalIPs as last read ([`NodeGuard::set_internal_ips`]).
-    internal_ips: Mutex<Vec<IpAddr>>,
+    /// The Node's InternalIPs withheld: those of the last two reads ([`NodeGuard::set_internal_ips`]),
+    /// and the last read alone.
+    internal_ips: Mutex<(Vec<IpAddr>, Vec<IpAddr>)>,
     args: NodeNetArgs,
     last: Mutex<BTreeMap<String, String>>,
 }
@@ -139,23 +140,33 @@ impl NodeGuard {
         }
         Ok(NodeGuard {
             root: root.into(),
-            internal_ips: Mutex::new(internal_ips),
+            internal_ips: Mutex::new((internal_ips.clone(), internal_ips)),
             args,
             last: Mutex::new(BTreeMap::new()),
         })
     }
 
     /// The Node's InternalIPs, read again (they may change, or may not have been read at start): the
-    /// next [`NodeGuard::apply`] withholds the interfaces that carry them.
+    /// next [`NodeGuard::apply`] withholds the interfaces that carry them, and those of the read
+    /// before: an address is let go only when two reads in a row lack it (a Node whose addresses
+    /// are being rewritten, by a cloud controller or a new `--node-ip`, may show none for a moment).
     pub fn set_internal_ips(&self, ips: Vec<IpAddr>) {
         let mut known = self
             .internal_ips
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if *known != ips {
-            tracing::info!(was = ?*known, now = ?ips, "the Node's InternalIPs changed");
-            *known = ips;
+        let (withheld, last) = &mut *known;
+        let mut now = ips.clone();
+        for ip in last.iter() {
+            if !now.contains(ip) {
+                now.push(*ip);
+            }
         }
+        if *withheld != now {
+            tracing::info!(was = ?*withheld, now = ?now, "the Node's InternalIPs withheld changed");
+            *withheld = now;
+        }
+        *last = ips;
     }
 
     /// Removes from `inventory` the functions to withhold; returns them (PCI address → why), and logs
@@ -170,6 +181,7 @@ impl NodeGuard {
             .internal_ips
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .0
             .clone();
         let node = NodeNetwork::read(&files, &internal_ips);
         // The filter holds non-Send CEL state: compiled for each read (it is small).
@@ -198,33 +210,36 @@ impl NodeGuard {
 }
 
 /// The node's InternalIP addresses from its Node object; `None` when it cannot be read in 10 s
-/// (logged).
-pub async fn internal_ips(client: &kube::Client, node: &str) -> Option<Vec<IpAddr>> {
+/// (logged at `warn` when `loud`, else at `debug`).
+pub async fn internal_ips(client: &kube::Client, node: &str, loud: bool) -> Option<Vec<IpAddr>> {
     let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-    match tokio::time::timeout(std::time::Duration::from_secs(10), api.get(node)).await {
-        Ok(Ok(node)) => Some(
-            node.status
-                .and_then(|s| s.addresses)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect(),
-        ),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, node, "the Node's InternalIP could not be read");
-            None
+    let error = match tokio::time::timeout(std::time::Duration::from_secs(10), api.get(node)).await
+    {
+        Ok(Ok(node)) => {
+            return Some(
+                node.status
+                    .and_then(|s| s.addresses)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .filter_map(|a| a.address.parse().ok())
+                    .collect(),
+            );
         }
-        Err(_) => {
-            tracing::warn!(node, "the Node's InternalIP could not be read in 10 s");
-            None
-        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer in 10 s".to_owned(),
+    };
+    match loud {
+        true => tracing::warn!(%error, node, "the Node's InternalIP could not be read"),
+        false => tracing::debug!(%error, node, "the Node's InternalIP could not be read"),
     }
+    None
 }
 
 /// Reads the Node's InternalIPs into `guard` for as long as the plugin runs: every `period`, and
 /// every `retry` while they could not be read (an API server slow at start left only the
-/// default-route interfaces withheld). A failed read keeps what was read before. Never ends.
+/// default-route interfaces withheld). A failed read keeps what was read before; the first of a run
+/// of failures is logged as a warning. Never ends.
 pub async fn keep_internal_ips(
     guard: &NodeGuard,
     client: &kube::Client,
@@ -232,13 +247,18 @@ pub async fn keep_internal_ips(
     retry: std::time::Duration,
     period: std::time::Duration,
 ) {
+    let mut failing = false;
     loop {
-        let wait = match internal_ips(client, node).await {
+        let wait = match internal_ips(client, node, !failing).await {
             Some(ips) => {
+                failing = false;
                 guard.set_internal_ips(ips);
                 period
             }
-            None => retry,
+            None => {
+                failing = true;
+                retry
+            }
         };
         tokio::time::sleep(wait).await;
     }

@@ -385,6 +385,16 @@ fn internal_ips_set_after_the_start_are_withheld_from_the_next_read() {
         withheld.values().any(|w| w.contains("InternalIP 10.0.0.5")),
         "{withheld:?}"
     );
+    // A read without it (a Node whose addresses are being rewritten) keeps it one more read.
+    let published = |guard: &NodeGuard| {
+        let mut read = inventory.clone();
+        guard.apply(&mut read, &config);
+        if_names(&read, &config).contains(&"ens1f0".to_owned())
+    };
+    guard.set_internal_ips(Vec::new());
+    assert!(!published(&guard), "let go after one read without it");
+    guard.set_internal_ips(Vec::new());
+    assert!(published(&guard), "kept after two reads without it");
 }
 
 /// The plugin's reader of the Node's InternalIPs: retried until read, then read again every

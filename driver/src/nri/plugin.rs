@@ -9,8 +9,11 @@
 //! unsolicited updates that failed, their retry tick) is its `background`. After each `Synchronize`
 //! the sandboxes of pod networking the runtime no longer has are torn down off the loop, from the
 //! mark taken on the loop ([`super::sandbox::SyncMark`]); and while the connection lasts, a task of
-//! its own tries again the pod network teardowns that failed
-//! ([`super::sandbox::PodNetwork::retry_teardowns`]), ending with the connection's plugin.
+//! its own tries again the pod network teardowns that failed, each when its backoff is over
+//! ([`super::sandbox::PodNetwork::retry_teardowns`]), ending with the connection's plugin. The
+//! teardowns that failed are not the connection's: kept in the pod networking the connections share
+//! (in memory, for the life of the process), those left when one connection ends are tried by the
+//! next one's task.
 //!
 //! It never calls into the runtime while the runtime may be calling it: containerd 1.7 and 2.1 take
 //! two locks in opposite orders for a plugin's unsolicited `UpdateContainers` (the adaptation lock,

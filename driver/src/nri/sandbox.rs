@@ -8,10 +8,14 @@
 //! netdevs go home; after each `Synchronize`, those of sandboxes the runtime no longer has (gone while
 //! the plugin was down), listed and torn down off the event loop, so the runtime's other events are
 //! answered meanwhile. A teardown that fails (at a stop or removal, in the undo of a failed start, or
-//! after a `Synchronize`) is tried again every [`TEARDOWN_RETRY`] while the plugin is connected
-//! ([`PodNetwork::retry_teardowns`]): the runtime only logs a plugin's failed stop, and nothing else
-//! would try again before the next reconnection. The events of one sandbox never run at once (one
-//! lock per sandbox id).
+//! after a `Synchronize`) is tried again while the plugin is connected
+//! ([`PodNetwork::retry_teardowns`]), [`TEARDOWN_RETRY`] after it failed, then after twice as long
+//! each time up to [`TEARDOWN_RETRY_MAX`], and on at that pace until it succeeds: the runtime only
+//! logs a plugin's failed stop, and nothing else would try again before the next reconnection. The
+//! sandboxes whose teardown failed are kept in memory for the life of the process, across
+//! reconnections (each connection's task tries them again, on the same schedule); a plugin restart
+//! forgets them, and leaves what they hold to the cleanup after its first `Synchronize`. The events of
+//! one sandbox never run at once (one lock per sandbox id).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -100,8 +104,15 @@ impl PodNetwork {
     }
 }
 
-/// How often the teardowns that failed are tried again while the plugin is connected.
+/// How long after a teardown first failed it is tried again (while the plugin is connected), and how
+/// often [`PodNetwork::retry_teardowns`] looks for the ones due: each failed try doubles the wait
+/// before the next, up to [`TEARDOWN_RETRY_MAX`].
 pub const TEARDOWN_RETRY: Duration = Duration::from_secs(60);
+
+/// The longest wait between two tries of a teardown that keeps failing: it is tried again at this
+/// pace for as long as the process lives (never given up: what it holds would leak, an IPAM lease or
+/// a netdev under its pod name).
+pub const TEARDOWN_RETRY_MAX: Duration = Duration::from_secs(3600);
 
 /// Per pod sandbox id: one lock, so its events never run at once, and when it got its network
 /// functions from this plugin (the sequence number of its `RunPodSandbox`, until its stop, removal
@@ -110,17 +121,21 @@ pub const TEARDOWN_RETRY: Duration = Duration::from_secs(60);
 /// down one started before it (by an earlier connection: its stop was missed while disconnected).
 ///
 /// Also the sandboxes known gone whose teardown failed (`failed`: stopped or removed, found vanished
-/// after a `Synchronize`, or whose start failed with something left), each with its tries so far:
-/// [`PodNetwork::retry_teardowns`] tries exactly those again. Each is entered and left under its
-/// lock: a `RunPodSandbox` of the same id takes it out (its leftovers then wait for its own stop), as
-/// does a teardown that succeeds, so a retry never tears down a sandbox started again.
+/// after a `Synchronize`, or whose start failed with something left), each with its tries so far and
+/// when the next is due: [`PodNetwork::retry_teardowns`] tries exactly those again, each when due.
+/// Each is entered and left under its lock: a `RunPodSandbox` of the same id takes it out (its
+/// leftovers then wait for its own stop), as does a teardown that succeeds, so a retry never tears
+/// down a sandbox started again. They live as long as this (one per process, shared by the
+/// connections): a connection that ends leaves them to the next one's task.
 pub(crate) struct Sandboxes {
     locks: KeyedLocks,
     started: std::sync::Mutex<BTreeMap<String, u64>>,
     starts: std::sync::atomic::AtomicU64,
-    failed: std::sync::Mutex<BTreeMap<String, u32>>,
-    /// How often [`PodNetwork::retry_teardowns`] tries the failed teardowns again.
+    failed: std::sync::Mutex<BTreeMap<String, Failed>>,
+    /// The wait before the first try again of a failed teardown ([`TEARDOWN_RETRY`]), doubled after
+    /// each try that fails, up to `retry_max` ([`TEARDOWN_RETRY_MAX`]).
     retry_every: Duration,
+    retry_max: Duration,
     /// Tests: while true, the listing after a `Synchronize` waits, as on a slow or hung disk.
     #[cfg(test)]
     pub(crate) listing_held: (std::sync::Mutex<bool>, std::sync::Condvar),
@@ -137,8 +152,32 @@ impl Default for Sandboxes {
 #[derive(Clone, Copy, Debug)]
 pub struct SyncMark(u64);
 
+/// A sandbox whose teardown failed, to be tried again (`Sandboxes::failed`).
+#[derive(Debug)]
+struct Failed {
+    /// The tries that failed so far.
+    tries: u32,
+    /// When the next try is due.
+    due: tokio::time::Instant,
+    /// What the last try's failures said.
+    failures: Vec<String>,
+}
+
+/// How a teardown went, as `Sandboxes::torn_down` noted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Noted {
+    /// The tries so far, this one included.
+    pub(crate) tries: u32,
+    /// Failed: the wait until the next try. Done: none.
+    pub(crate) next: Option<Duration>,
+    /// Whether a failure is worth a WARN: on tries 1, 2, 4, 8, ... (powers of two), or when what
+    /// failed is not what failed the try before. Otherwise it is logged at DEBUG.
+    pub(crate) loud: bool,
+}
+
 impl Sandboxes {
-    /// No sandbox yet; failed teardowns tried again every `every`.
+    /// No sandbox yet; a failed teardown tried again `every` after it failed, then after twice as
+    /// long each time, up to [`TEARDOWN_RETRY_MAX`] (or `every`, if longer).
     pub(crate) fn retrying_every(every: Duration) -> Sandboxes {
         Sandboxes {
             locks: KeyedLocks::default(),
@@ -146,6 +185,7 @@ impl Sandboxes {
             starts: std::sync::atomic::AtomicU64::default(),
             failed: std::sync::Mutex::default(),
             retry_every: every,
+            retry_max: TEARDOWN_RETRY_MAX.max(every),
             #[cfg(test)]
             listing_held: Default::default(),
         }
@@ -215,22 +255,52 @@ impl Sandboxes {
         started.get(id).is_some_and(|&number| number > mark.0)
     }
 
-    fn failed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+    fn failed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Failed>> {
         self.failed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Notes how the teardown of the sandbox `id`, known gone, went (its lock held): done, it is
-    /// forgotten; failed, it is tried again ([`PodNetwork::retry_teardowns`]). Returns the tries.
-    fn torn_down(&self, id: &str, done: bool) -> u32 {
+    /// The wait after the failed try number `tries` (from 1): `retry_every`, doubled for each try
+    /// before it, at most `retry_max`.
+    fn backoff(&self, tries: u32) -> Duration {
+        let doublings = 2u32.saturating_pow(tries.saturating_sub(1));
+        self.retry_every
+            .saturating_mul(doublings)
+            .min(self.retry_max)
+    }
+
+    /// Notes how the teardown of the sandbox `id`, known gone, went (its lock held), `failures` its
+    /// failures (none: done): done, it is forgotten; failed, it is tried again
+    /// ([`PodNetwork::retry_teardowns`]) once its wait ([`Sandboxes::backoff`]) is over.
+    fn torn_down(&self, id: &str, failures: &[String]) -> Noted {
         let mut failed = self.failed();
-        if done {
-            return failed.remove(id).unwrap_or(0).saturating_add(1);
+        if failures.is_empty() {
+            let tries = failed.remove(id).map_or(0, |f| f.tries).saturating_add(1);
+            return Noted {
+                tries,
+                next: None,
+                loud: false,
+            };
         }
-        let tries = failed.entry(id.to_owned()).or_insert(0);
-        *tries = tries.saturating_add(1);
-        *tries
+        let (tries, changed) = match failed.get(id) {
+            Some(before) => (before.tries.saturating_add(1), before.failures != failures),
+            None => (1, true),
+        };
+        let wait = self.backoff(tries);
+        failed.insert(
+            id.to_owned(),
+            Failed {
+                tries,
+                due: tokio::time::Instant::now() + wait,
+                failures: failures.to_vec(),
+            },
+        );
+        Noted {
+            tries,
+            next: Some(wait),
+            loud: changed || tries.is_power_of_two(),
+        }
     }
 
     /// The sandbox `id` runs again (its lock held): a failed teardown of it is not tried again, and
@@ -240,13 +310,49 @@ impl Sandboxes {
     }
 
     /// The sandboxes whose teardown failed and is to be tried again.
+    #[cfg(test)]
     pub(crate) fn failed_teardowns(&self) -> Vec<String> {
         self.failed().keys().cloned().collect()
     }
 
+    /// The sandboxes whose teardown failed and whose next try is due at `now`.
+    fn due_teardowns(&self, now: tokio::time::Instant) -> Vec<String> {
+        let failed = self.failed();
+        failed
+            .iter()
+            .filter(|(_, f)| f.due <= now)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether the teardown of the sandbox `id` failed and its next try is due at `now`.
+    fn due(&self, id: &str, now: tokio::time::Instant) -> bool {
+        self.failed().get(id).is_some_and(|f| f.due <= now)
+    }
+
+    /// When the first of the next tries is due, if a teardown is to be tried again.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.failed().values().map(|f| f.due).min()
+    }
+
     /// How many times the teardown of the sandbox `id` failed, if it is to be tried again.
+    #[cfg(test)]
     fn failed_tries(&self, id: &str) -> Option<u32> {
-        self.failed().get(id).copied()
+        self.failed().get(id).map(|f| f.tries)
+    }
+}
+
+/// Logs the failed teardown of the sandbox `id` (of the pod `pod`, when known) as `noted`: `what`,
+/// with the tries so far and the wait before the next, at WARN when `noted.loud`, at DEBUG otherwise.
+fn log_failed(id: &str, pod: Option<&str>, what: &str, noted: Noted, failures: &[String]) {
+    let Some(next) = noted.next else { return };
+    let tries = noted.tries;
+    if noted.loud {
+        tracing::warn!(sandbox = %id, pod, tries, ?failures,
+            "{what} ({tries} tries so far); trying again in {next:?}");
+    } else {
+        tracing::debug!(sandbox = %id, pod, tries, ?failures,
+            "{what} ({tries} tries so far); trying again in {next:?}");
     }
 }
 
@@ -414,15 +520,22 @@ impl PodNetwork {
                 }
                 Err(error) => {
                     // All or nothing: what this sandbox got so far goes back.
-                    self.undo(done).await;
+                    let mut failures = self.undo(done).await;
                     self.sandboxes.forget(&pod.id);
                     // What could not be undone (or a failed attach kept) is tried again: the
                     // runtime fails the sandbox, and may never send its stop.
                     if self.has_state(&pod.id).await {
-                        let tries = self.sandboxes.torn_down(&pod.id, false);
-                        tracing::warn!(sandbox = %pod.id, pod = %pod.name, tries,
-                            "a failed sandbox's network functions could not all be undone; retrying every {:?}",
-                            self.sandboxes.retry_every);
+                        if failures.is_empty() {
+                            failures.push("state left by the failed start".to_owned());
+                        }
+                        let noted = self.sandboxes.torn_down(&pod.id, &failures);
+                        log_failed(
+                            &pod.id,
+                            Some(&pod.name),
+                            "a failed sandbox's network functions could not all be undone",
+                            noted,
+                            &failures,
+                        );
                     }
                     return Err(error);
                 }
@@ -432,8 +545,9 @@ impl PodNetwork {
         Ok(made)
     }
 
-    /// Undoes the attachments of a sandbox that failed, last first.
-    async fn undo(&self, done: Vec<Made>) {
+    /// Undoes the attachments of a sandbox that failed, last first; returns what failed.
+    async fn undo(&self, done: Vec<Made>) -> Vec<String> {
+        let mut failures = Vec::new();
         for attachment in done.into_iter().rev() {
             let error = match attachment {
                 Made::Cni(entry) => {
@@ -453,8 +567,10 @@ impl PodNetwork {
             };
             if let Some(error) = error {
                 tracing::warn!(%error, "undoing an attachment of a failed sandbox");
+                failures.push(error);
             }
         }
+        failures
     }
 
     async fn attach(
@@ -553,12 +669,17 @@ impl PodNetwork {
         let _sandbox = self.sandboxes.lock(&pod.id).await;
         let failures = self.teardown_locked(&pod.id).await.failures();
         self.sandboxes.forget(&pod.id);
-        let tries = self.sandboxes.torn_down(&pod.id, failures.is_empty());
+        let noted = self.sandboxes.torn_down(&pod.id, &failures);
         match failures.is_empty() {
             true => Ok(()),
             false => {
-                tracing::warn!(sandbox = %pod.id, pod = %pod.name, tries, ?failures,
-                    "pod network teardown failed; retrying every {:?}", self.sandboxes.retry_every);
+                log_failed(
+                    &pod.id,
+                    Some(&pod.name),
+                    "pod network teardown failed",
+                    noted,
+                    &failures,
+                );
                 Err(SandboxError::Teardown { failures })
             }
         }
@@ -610,7 +731,8 @@ impl PodNetwork {
         }
         let done = self.teardown_locked(id).await;
         self.sandboxes.forget(id);
-        self.sandboxes.torn_down(id, done.failures().is_empty());
+        // Its failures are logged by the caller, at every `Synchronize`.
+        self.sandboxes.torn_down(id, &done.failures());
         Some(done)
     }
 
@@ -707,35 +829,48 @@ impl PodNetwork {
         }
     }
 
-    /// Every [`TEARDOWN_RETRY`] (tests: `Sandboxes::retrying_every`), the first one period from
-    /// now, until `ended` is dropped or sent (its connection ended): tries again the teardowns that
-    /// failed ([`PodNetwork::retry_failed_teardowns`]). A round under way when `ended` comes
+    /// Until `ended` is dropped or sent (its connection ended): tries again the teardowns that
+    /// failed, each when due ([`PodNetwork::retry_failed_teardowns`]; [`TEARDOWN_RETRY`] after it
+    /// failed, then twice as long after each try that fails, up to [`TEARDOWN_RETRY_MAX`]). It wakes
+    /// when the first is due, and at least every [`TEARDOWN_RETRY`] (tests:
+    /// `Sandboxes::retrying_every`) for those failed since, the first time one period from now (the
+    /// cleanup after the connection's `Synchronize` goes first). The failed teardowns outlive the
+    /// connection: the next connection's task tries them. A round under way when `ended` comes
     /// finishes first: a teardown is never cut off between its `DEL` and the cache entry's removal,
-    /// or while its lock is held. A round that runs long delays the next (no burst after it).
+    /// or while its lock is held.
     pub async fn retry_teardowns(&self, mut ended: tokio::sync::oneshot::Receiver<()>) {
         let every = self.sandboxes.retry_every;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wake = tokio::time::Instant::now() + every;
         loop {
             tokio::select! {
                 // Ended first: no round starts once the connection is over.
                 biased;
                 _ = &mut ended => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
             self.retry_failed_teardowns().await;
+            // A teardown failed from now on is due `every` from now at the soonest: waking every
+            // `every` finds it in time.
+            let now = tokio::time::Instant::now();
+            wake = self
+                .sandboxes
+                .next_due()
+                .map_or(now + every, |due| due.clamp(now, now + every));
         }
     }
 
     /// One round of [`PodNetwork::retry_teardowns`]: tears down again, each under its lock, every
-    /// sandbox whose teardown failed, unless it ran again or was torn down since (it is then no
-    /// longer listed). One that succeeds is forgotten; one that fails again is logged (once per
-    /// round) and kept.
+    /// sandbox whose teardown failed and whose next try is due, unless it ran again, was torn down or
+    /// tried since (by a stop, a `Synchronize`'s cleanup, or the round of an earlier connection's
+    /// task). One that succeeds is forgotten; one that fails again is kept, its next try after twice
+    /// the wait, logged at WARN on tries 1, 2, 4, 8, ... or when what failed changed, at DEBUG
+    /// otherwise.
     pub async fn retry_failed_teardowns(&self) {
-        for id in self.sandboxes.failed_teardowns() {
+        let now = tokio::time::Instant::now();
+        for id in self.sandboxes.due_teardowns(now) {
             let _sandbox = self.sandboxes.lock(&id).await;
-            // Under its lock: a RunPodSandbox or a stop that succeeded meanwhile took it out.
-            if self.sandboxes.failed_tries(&id).is_none() {
+            // Under its lock: a RunPodSandbox or a teardown meanwhile took it out or put it off.
+            if !self.sandboxes.due(&id, now) {
                 continue;
             }
             if self.sandboxes.started().contains_key(&id) {
@@ -745,13 +880,18 @@ impl PodNetwork {
             }
             let done = self.teardown_locked(&id).await;
             let failures = done.failures();
-            let tries = self.sandboxes.torn_down(&id, failures.is_empty());
+            let noted = self.sandboxes.torn_down(&id, &failures);
             if failures.is_empty() {
-                tracing::info!(sandbox = %id, tries, attachments = done.cni.len(),
+                tracing::info!(sandbox = %id, tries = noted.tries, attachments = done.cni.len(),
                     netdevs = done.direct.len(), "a failed pod network teardown done on retry");
             } else {
-                tracing::warn!(sandbox = %id, tries, ?failures,
-                    "pod network teardown failed again; retrying in {:?}", self.sandboxes.retry_every);
+                log_failed(
+                    &id,
+                    None,
+                    "pod network teardown failed again",
+                    noted,
+                    &failures,
+                );
             }
         }
     }

@@ -135,7 +135,7 @@ pub async fn run(
             (proc/sys/kernel/random/boot_id): a reboot cannot be told from a restart, so claims \
             are answered from their records after either");
     }
-    let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims(client.clone()));
+    let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims::new(client.clone()));
     // Writes go to the kernel on a node, and to the fixture's emulated kernel on a fixture.
     let writer: Arc<dyn hal::AttributeWriter> = match &args.fixture {
         Some(name) => Arc::new(
@@ -161,7 +161,7 @@ pub async fn run(
             dev_root: args.dev_root.clone(),
             pod_networking: args.nri,
         },
-        claims,
+        claims.clone(),
         inventory.clone(),
     )
     .with_context(|| format!("loading the checkpoint {}", checkpoint.display()))?;
@@ -176,6 +176,7 @@ pub async fn run(
         sockets.plugin_dir(),
         checkpoint.clone(),
         client.clone(),
+        claims,
         &config.driver_name,
         &config.node_name,
     );

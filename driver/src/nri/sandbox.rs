@@ -423,12 +423,15 @@ pub fn netns_of(pod: &api::PodSandbox) -> Option<PathBuf> {
 
 impl PodNetwork {
     /// Pod networking of the plugin: plugins from `--cni-bin-dir`, the cache under `state_dir`, the
-    /// claims from the checkpoint at `checkpoint` (read only), NADs and status through `client`.
+    /// claims from the checkpoint at `checkpoint` (read only), NADs through `client`, the claims'
+    /// status through `claims` (the preparer's source: its status writes of one claim do not
+    /// interleave with these).
     pub fn for_plugin(
         args: &cni::CniArgs,
         state_dir: &std::path::Path,
         checkpoint: PathBuf,
         client: kube::Client,
+        claims: Arc<dyn ClaimSource>,
         driver: &str,
         pool: &str,
     ) -> PodNetwork {
@@ -437,8 +440,8 @@ impl PodNetwork {
         PodNetwork {
             cni: runtime,
             prepared: Arc::new(move || crate::podnet::pods::read_prepared(&checkpoint)),
-            nads: kube_nads(client.clone()),
-            claims: Some(Arc::new(crate::plugin::prepare::KubeClaims(client))),
+            nads: kube_nads(client),
+            claims: Some(claims),
             driver: driver.to_owned(),
             pool: pool.to_owned(),
             direct: direct::DirectMode::new(state_dir),

@@ -25,7 +25,9 @@ use crate::slices::SliceConfig;
 use crate::slices::devices::{DeviceSource, devices_with_sources};
 use apply::{cpu_claims_of, undo_record};
 pub use error::{ErrorKind, InjectedFault, PrepareError};
-pub use source::{CALL_LIMIT, ClaimReadError, ClaimSource, KubeClaims, StatusWriteError};
+pub use source::{
+    CALL_LIMIT, ClaimReadError, ClaimSource, KubeClaims, StatusChange, StatusWriteError,
+};
 
 mod apply;
 mod edits;
@@ -35,6 +37,7 @@ mod network;
 mod plan;
 mod recover;
 mod source;
+mod status;
 
 /// The points between the writes of a prepare, where tests inject a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,9 +123,10 @@ pub struct Preparer {
     rebuilt: bool,
     /// Device status writes the API server forbade (a configuration error).
     status_forbidden: Arc<std::sync::atomic::AtomicU64>,
-    /// Device status writes under way, by claim UID: true once done. A write outlives a prepare the
-    /// kubelet gave up on; the claim's next prepare or unprepare waits for it.
-    status_writes: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// Device status writes under way or ended, by claim UID ([`status`]). A write outlives a prepare
+    /// the kubelet gave up on (the claim's next prepare waits for its first try) and tries again
+    /// after a failure until the claim's unprepare stops it.
+    status_writes: Mutex<HashMap<String, status::StatusWrite>>,
     /// The plugin's data directory when device metadata is on (`--device-metadata`).
     metadata_dir: Option<std::path::PathBuf>,
 }

@@ -37,7 +37,8 @@ pub fn with_network_data(
     mine
 }
 
-/// Writes `data` as the `networkData` of `device` in `claim`'s status.
+/// Writes `data` as the `networkData` of `device` in `claim`'s status: read, changed and written
+/// back in one step of `claims` ([`ClaimSource::change_device_status`]).
 pub async fn write_network_data(
     claims: &dyn ClaimSource,
     claim: &ClaimRef,
@@ -46,25 +47,14 @@ pub async fn write_network_data(
     device: &str,
     data: &NetworkData,
 ) -> Result<(), StatusWriteError> {
-    let current = claims
-        .get(&claim.namespace, &claim.name)
-        .await
-        .map_err(|e| StatusWriteError::Failed(e.to_string()))?
-        .ok_or_else(|| {
-            StatusWriteError::Failed(format!(
-                "ResourceClaim {}/{} is gone",
-                claim.namespace, claim.name
-            ))
-        })?;
-    let devices: Vec<Value> = current
-        .status
-        .and_then(|s| s.devices)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|d| serde_json::to_value(d).ok())
-        .collect();
-    let devices = with_network_data(&devices, driver, pool, device, data);
+    let (owner, pool, device, data) = (
+        driver.to_owned(),
+        pool.to_owned(),
+        device.to_owned(),
+        data.clone(),
+    );
+    let change = move |mine: Vec<Value>| with_network_data(&mine, &owner, &pool, &device, &data);
     claims
-        .set_device_status(&claim.namespace, &claim.name, driver, devices)
+        .change_device_status(&claim.namespace, &claim.name, driver, Box::new(change))
         .await
 }

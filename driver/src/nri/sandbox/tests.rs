@@ -120,7 +120,7 @@ pub(super) fn network(
         },
         prepared: Arc::new(move || Ok(records.clone())),
         nads: kube_nads(client.clone()),
-        claims: Some(Arc::new(KubeClaims(client))),
+        claims: Some(Arc::new(KubeClaims::new(client))),
         driver: DRIVER.into(),
         pool: "node-1".into(),
         direct: direct::DirectMode::new(state),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::plan::Planned;
-use super::{PrepareError, Preparer, PreparerConfig, Rebind, StatusWriteError, Step, recover};
+use super::{PrepareError, Preparer, PreparerConfig, Rebind, Step, recover, status};
 use crate::nri::policy::ClaimCpus;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::Spec;
@@ -34,9 +34,9 @@ impl Preparer {
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
         let existing = self.state().get(&claim.uid).cloned();
         if let Some(record) = existing {
-            // A status write of a prepare given up on ends first: the answer must not come before
-            // the status a CNI reads, nor that write after the pod's own `networkData`.
-            self.status_written(&claim.uid).await;
+            // The first try of a status write of a prepare given up on ends first: the answer must
+            // not come before the status a CNI reads.
+            self.status_first_tried(&claim.uid).await;
             if record.phase == Phase::Completed && record.recovered {
                 // Rebuilt from its CDI spec: completed with what the claim says, keeping its CPUs
                 // and spec, when the devices match; redone otherwise.
@@ -85,61 +85,52 @@ impl Preparer {
         })?;
         // What a CNI needs to attach the network functions, in the claim's device status. Not fatal:
         // the API server may not allow it (an older release, RBAC); the CDI env says the same.
-        // Written by a task of its own, which ends even when the kubelet gives up on this call (its
-        // deadline drops this future): the retry finds the claim completed, waits for the write
-        // ([`Preparer::status_written`]) and writes no status itself.
+        // Written by a task of its own, which goes on when the kubelet gives up on this call (its
+        // deadline drops this future: the retry finds the claim completed and waits for the first
+        // try) and tries again after a failure ([`super::status`]); the answer waits for the first.
         if !planned.statuses.is_empty() {
-            let (done, written) = tokio::sync::watch::channel(false);
-            self.status_writes().insert(claim.uid.clone(), written);
-            let claims = self.claims.clone();
-            let forbidden = self.status_forbidden.clone();
-            let driver = self.config.slices.driver_name.clone();
-            let statuses = planned.statuses;
-            let uid = claim.uid.clone();
-            let (task_uid, namespace, name) = (claim.uid, claim.namespace, claim.name);
-            let write = tokio::spawn(async move {
-                let uid = task_uid;
-                let written = claims
-                    .set_device_status(&namespace, &name, &driver, statuses)
-                    .await;
-                match written {
-                    Ok(()) => {}
-                    Err(StatusWriteError::Forbidden(error)) => {
-                        forbidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::error!(claim = %uid, %error,
-                            "configuration error: device status not written");
-                    }
-                    Err(StatusWriteError::Failed(error)) => {
-                        tracing::warn!(claim = %uid, %error, "device status not written");
-                    }
-                }
-                let _ = done.send(true);
-            });
-            // Only a panic of the write ends it early, and the claim is prepared anyway.
-            let _ = write.await;
-            self.status_writes().remove(&uid);
+            let target = status::Target {
+                claims: self.claims.clone(),
+                forbidden: self.status_forbidden.clone(),
+                claim: claim.clone(),
+                driver: self.config.slices.driver_name.clone(),
+            };
+            let write = status::StatusWrite::start(target, planned.statuses);
+            self.status_writes()
+                .insert(claim.uid.clone(), write.clone());
+            write.first_tried().await;
+            if write.ended() {
+                self.status_writes().remove(&claim.uid);
+            }
         }
         Ok(devices)
     }
 
-    /// Waits (at most a little over an API call's limit) for a device status write of the claim
-    /// `uid` still under way: one whose prepare the kubelet gave up on. Called under the claim's
-    /// lock, as are the writes' starts.
-    async fn status_written(&self, uid: &str) {
+    /// Waits (at most a little over an API call's limit) for the first try of a device status write
+    /// of the claim `uid` still under way: one whose prepare the kubelet gave up on. Called under the
+    /// claim's lock, as are the writes' starts.
+    async fn status_first_tried(&self, uid: &str) {
         let pending = self.status_writes().get(uid).cloned();
-        if let Some(mut written) = pending {
-            let most = super::source::CALL_LIMIT + std::time::Duration::from_secs(5);
-            let _ = tokio::time::timeout(most, written.wait_for(|done| *done)).await;
+        if let Some(write) = pending {
+            write.first_tried().await;
+            if write.ended() {
+                self.status_writes().remove(uid);
+            }
         }
-        self.status_writes().remove(uid);
+    }
+
+    /// Stops the device status write of the claim `uid` (its tries again) and waits for its end (at
+    /// most a little over an API call's limit). Called under the claim's lock.
+    async fn status_stopped(&self, uid: &str) {
+        let pending = self.status_writes().remove(uid);
+        if let Some(write) = pending {
+            write.stop().await;
+        }
     }
 
     fn status_writes(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>,
-    > {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, status::StatusWrite>> {
         self.status_writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -299,8 +290,8 @@ impl Preparer {
     /// Unprepares one claim while holding its claim lock: undo, remove the record, clear the
     /// device status this driver wrote.
     pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
-        // The status is cleared below: a write of a prepare given up on lands first.
-        self.status_written(&claim.uid).await;
+        // The status is cleared below: a write of the prepare (or its tries again) lands first.
+        self.status_stopped(&claim.uid).await;
         // Unknown claims (never prepared here, already unprepared, or forgotten after a reboot) are
         // done, once metadata files a forgotten claim left are gone.
         let Some(record) = self.state().get(&claim.uid).cloned() else {

@@ -1,6 +1,7 @@
 //! Where the preparer reads claims from and writes their device status: the API server, with every
 //! call bounded in time, so a slow or hung server delays only the claims that need it.
 
+use dra_kubelet_plugin::locks::KeyedLocks;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::Api;
 
@@ -31,6 +32,52 @@ pub trait ClaimSource: Send + Sync {
     ) -> BoxFuture<'_, Result<(), StatusWriteError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Reads this driver's entries in the claim's `status.devices`, hands them to `change` and writes
+    /// what it returns ([`ClaimSource::set_device_status`]). The API server's source does the read and
+    /// the write of one claim as one step: its writers (the preparer's retries, the NRI plugin's
+    /// `networkData`) never interleave there and undo each other's entries.
+    fn change_device_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        driver: &'a str,
+        change: StatusChange,
+    ) -> BoxFuture<'a, Result<(), StatusWriteError>> {
+        Box::pin(read_change_write(self, namespace, name, driver, change))
+    }
+}
+
+/// What [`ClaimSource::change_device_status`] does with the driver's current entries.
+pub type StatusChange = Box<dyn FnOnce(Vec<serde_json::Value>) -> Vec<serde_json::Value> + Send>;
+
+/// [`ClaimSource::change_device_status`] without a lock: reads the claim, writes `change` of this
+/// driver's entries.
+async fn read_change_write<S: ClaimSource + ?Sized>(
+    source: &S,
+    namespace: &str,
+    name: &str,
+    driver: &str,
+    change: StatusChange,
+) -> Result<(), StatusWriteError> {
+    let current = source
+        .get(namespace, name)
+        .await
+        .map_err(|e| StatusWriteError::Failed(e.to_string()))?
+        .ok_or_else(|| {
+            StatusWriteError::Gone(format!("ResourceClaim {namespace}/{name} is gone"))
+        })?;
+    let mine: Vec<serde_json::Value> = current
+        .status
+        .and_then(|s| s.devices)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.driver == driver)
+        .filter_map(|d| serde_json::to_value(d).ok())
+        .collect();
+    source
+        .set_device_status(namespace, name, driver, change(mine))
+        .await
 }
 
 /// Why a ResourceClaim could not be read: the API server's answer, classified (404, 409, 5xx, ... as
@@ -76,6 +123,9 @@ pub enum StatusWriteError {
     /// `associated-node:patch` on `resourceclaims/driver` for the driver's name.
     #[error("{0}")]
     Forbidden(String),
+    /// The claim is gone (deleted): there is nothing to write to.
+    #[error("{0}")]
+    Gone(String),
     /// Any other failure (unreachable, timed out, a conflict).
     #[error("{0}")]
     Failed(String),
@@ -90,8 +140,22 @@ fn is_missing(error: &kube::Error, name: &str) -> bool {
         if status.code == 404 && status.details.as_ref().is_some_and(|d| d.name == name))
 }
 
-/// Claims from the API server.
-pub struct KubeClaims(pub kube::Client);
+/// Claims from the API server. Its [`ClaimSource::change_device_status`] holds a lock per claim, so
+/// share one between the preparer and the NRI plugin.
+pub struct KubeClaims {
+    client: kube::Client,
+    status_locks: KeyedLocks,
+}
+
+impl KubeClaims {
+    /// Claims through `client`.
+    pub fn new(client: kube::Client) -> KubeClaims {
+        KubeClaims {
+            client,
+            status_locks: KeyedLocks::default(),
+        }
+    }
+}
 
 impl ClaimSource for KubeClaims {
     fn get(
@@ -99,7 +163,7 @@ impl ClaimSource for KubeClaims {
         namespace: &str,
         name: &str,
     ) -> BoxFuture<'_, Result<Option<ResourceClaim>, ClaimReadError>> {
-        let api: Api<ResourceClaim> = Api::namespaced(self.0.clone(), namespace);
+        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), namespace);
         let name = name.to_owned();
         let claim = format!("{namespace}/{name}");
         Box::pin(async move {
@@ -128,7 +192,7 @@ impl ClaimSource for KubeClaims {
         driver: &str,
         devices: Vec<serde_json::Value>,
     ) -> BoxFuture<'_, Result<(), StatusWriteError>> {
-        let api: Api<ResourceClaim> = Api::namespaced(self.0.clone(), namespace);
+        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), namespace);
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         let params = kube::api::PatchParams::apply(driver).force();
         let driver = driver.to_owned();
@@ -163,6 +227,19 @@ impl ClaimSource for KubeClaims {
                         "writing the device status of ResourceClaim {namespace}/{name}: {e}"
                     )),
                 })
+        })
+    }
+
+    fn change_device_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        driver: &'a str,
+        change: StatusChange,
+    ) -> BoxFuture<'a, Result<(), StatusWriteError>> {
+        Box::pin(async move {
+            let _claim = self.status_locks.lock(&format!("{namespace}/{name}")).await;
+            read_change_write(self, namespace, name, driver, change).await
         })
     }
 }
@@ -204,7 +281,7 @@ mod tests {
                 "spec": {"devices": {"requests": []}}}),
         );
         let client = FakeApi::mock_client(api.clone(), &crate::api::call_timeout_layer());
-        let claims = KubeClaims(client);
+        let claims = KubeClaims::new(client);
         assert!(claims.get("ns", "claim-b").await.unwrap().is_none());
         let path = "GET /apis/resource.k8s.io/v1/namespaces/ns/resourceclaims/claim-a";
         api.lock().unwrap().fail_once.push((path.into(), 404));

@@ -12,15 +12,17 @@ use super::*;
 const DRIVER: &str = "hal.dra.dev";
 const NODE: &str = "node-1";
 
-/// Claims held in memory, as the API server would return them, the device statuses written, how
-/// many of the next reads of a claim get no answer (a timeout; by `namespace/name`), and the names
-/// read (in order).
+/// Claims held in memory, as the API server would return them, the device statuses written (also
+/// in the claims' `status.devices`), how many of the next reads of a claim get no answer (a timeout;
+/// by `namespace/name`), the names read (in order), and how many of the next status writes of a
+/// claim fail (a 5xx; by `namespace/name`).
 #[derive(Default)]
 struct Claims(
     Mutex<BTreeMap<String, ResourceClaim>>,
     Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
     Mutex<BTreeMap<String, usize>>,
     Mutex<Vec<String>>,
+    Mutex<BTreeMap<String, usize>>,
 );
 
 impl Claims {
@@ -127,10 +129,22 @@ impl ClaimSource for Claims {
             let error = super::StatusWriteError::Forbidden(format!("{namespace}/{name}: 403"));
             return Box::pin(async move { Err(error) });
         }
-        self.1
-            .lock()
-            .unwrap()
-            .insert(format!("{namespace}/{name}"), devices);
+        let key = format!("{namespace}/{name}");
+        let fails = self.4.lock().unwrap().get_mut(&key).is_some_and(|n| {
+            let left = n.checked_sub(1);
+            *n = left.unwrap_or(0);
+            left.is_some()
+        });
+        if fails {
+            let error = super::StatusWriteError::Failed(format!("{key}: 503"));
+            return Box::pin(async move { Err(error) });
+        }
+        // Server-side apply by one field manager: its list replaces its entries (the only ones).
+        if let Some(claim) = self.0.lock().unwrap().get_mut(&key) {
+            let status = claim.status.get_or_insert_default();
+            status.devices = Some(serde_json::from_value(json!(devices)).unwrap());
+        }
+        self.1.lock().unwrap().insert(key, devices);
         Box::pin(async { Ok(()) })
     }
 }
@@ -1865,4 +1879,5 @@ mod durability;
 mod error_kinds;
 mod metadata;
 mod nri;
+mod status_retry;
 mod vfio;

@@ -217,7 +217,7 @@ async fn the_sriov_resource_alignment_demo_gets_net1_from_its_nad_through_nri_ne
         );
     }
     let client = FakeApi::mock_client(api.clone(), &crate::api::call_timeout_layer());
-    let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims(client.clone()));
+    let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims::new(client.clone()));
     let preparer = Preparer::new(
         s.config("boot-1", SliceConfig::new(NODE)),
         claims.clone(),

@@ -1,0 +1,206 @@
+//! The device status of a claim's network functions (`pciAddress`, `netdev`, `rdmaDevice`,
+//! `network`, `interfaceName`), written by a task of its own after the claim is prepared: a CNI of
+//! the pod reads it, so it must not be lost when the kubelet gives up on the call (its deadline drops
+//! the prepare's future) nor when the API server fails the write once (a 5xx, a timeout, during an
+//! upgrade of the control plane). The prepare answers after the first try; a failed try is tried
+//! again [`FIRST_RETRY`] later, then after twice the wait each time up to [`LONGEST_WAIT`], [`TRIES`]
+//! tries in all, until the claim is unprepared. A try again reads the claim first and keeps the
+//! `networkData` the NRI plugin wrote meanwhile (the pod may have started), through
+//! [`ClaimSource::change_device_status`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+
+use super::{CALL_LIMIT, ClaimSource, StatusWriteError};
+use crate::plugin::api::ClaimRef;
+
+/// The wait before the first try again.
+pub(super) const FIRST_RETRY: Duration = Duration::from_secs(2);
+
+/// The longest wait between two tries.
+pub(super) const LONGEST_WAIT: Duration = Duration::from_secs(60);
+
+/// Tries in all (about three minutes of waits between them: 2, 4, 8, 16, 32, 60 and 60 s).
+pub(super) const TRIES: u32 = 8;
+
+/// How far a status write got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// The first try is under way.
+    First,
+    /// The first try failed; tries again are under way.
+    Retrying,
+    /// Written, given up, or cancelled.
+    Ended,
+}
+
+/// A claim's status write under way (its task's stage, and how to stop its tries again).
+#[derive(Clone)]
+pub(super) struct StatusWrite {
+    stage: watch::Receiver<Stage>,
+    cancel: Arc<Notify>,
+}
+
+/// What the write task needs besides the entries.
+pub(super) struct Target {
+    pub(super) claims: Arc<dyn ClaimSource>,
+    /// Counts the writes the API server forbids (a configuration error, on `/metrics`).
+    pub(super) forbidden: Arc<AtomicU64>,
+    pub(super) claim: ClaimRef,
+    pub(super) driver: String,
+}
+
+impl StatusWrite {
+    /// Starts writing `entries` as the driver's entries of the claim's `status.devices`.
+    pub(super) fn start(target: Target, entries: Vec<Value>) -> StatusWrite {
+        let (stage, watched) = watch::channel(Stage::First);
+        let cancel = Arc::new(Notify::new());
+        tokio::spawn(write(target, entries, stage, cancel.clone()));
+        StatusWrite {
+            stage: watched,
+            cancel,
+        }
+    }
+
+    /// Waits (at most a little over an API call's limit) until the first try is over.
+    pub(super) async fn first_tried(&self) {
+        self.wait_for(Stage::Retrying).await;
+    }
+
+    /// Stops the tries again and waits (at most a little over an API call's limit: one may be
+    /// under way) until the task ended.
+    pub(super) async fn stop(&self) {
+        self.cancel.notify_one();
+        self.wait_for(Stage::Ended).await;
+    }
+
+    /// Whether the task ended.
+    pub(super) fn ended(&self) -> bool {
+        *self.stage.borrow() == Stage::Ended
+    }
+
+    async fn wait_for(&self, stage: Stage) {
+        let mut watched = self.stage.clone();
+        // A read and a write, each bounded by the call limit, and a little more.
+        let most = CALL_LIMIT * 2 + Duration::from_secs(5);
+        let _ = tokio::time::timeout(most, watched.wait_for(|s| *s >= stage)).await;
+    }
+}
+
+/// The task: the first try, then the tries again while they fail and the claim is prepared.
+async fn write(
+    target: Target,
+    entries: Vec<Value>,
+    stage: watch::Sender<Stage>,
+    cancel: Arc<Notify>,
+) {
+    let Target {
+        claims,
+        forbidden,
+        claim,
+        driver,
+    } = target;
+    let (namespace, name, uid) = (&claim.namespace, &claim.name, &claim.uid);
+    let mut result = claims
+        .set_device_status(namespace, name, &driver, entries.clone())
+        .await;
+    let _ = stage.send(Stage::Retrying);
+    let mut tries = 1;
+    let mut wait = FIRST_RETRY;
+    loop {
+        match result {
+            Ok(()) => {
+                if tries > 1 {
+                    tracing::info!(claim = %uid, tries, "device status written");
+                }
+                break;
+            }
+            Err(StatusWriteError::Forbidden(error)) => {
+                forbidden.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(claim = %uid, %error,
+                    "configuration error: device status not written");
+                break;
+            }
+            Err(StatusWriteError::Gone(error)) => {
+                tracing::debug!(claim = %uid, %error, "device status not written");
+                break;
+            }
+            Err(StatusWriteError::Failed(error)) if tries >= TRIES => {
+                tracing::warn!(claim = %uid, %error, tries,
+                    "device status not written; giving up");
+                break;
+            }
+            Err(StatusWriteError::Failed(error)) => {
+                tracing::warn!(claim = %uid, %error, tries,
+                    "device status not written; trying again in {wait:?}");
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.notified() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(LONGEST_WAIT);
+        tries += 1;
+        let planned = entries.clone();
+        let change = Box::new(move |current: Vec<Value>| keep_network_data(planned, current));
+        result = claims
+            .change_device_status(namespace, name, &driver, change)
+            .await;
+    }
+    let _ = stage.send(Stage::Ended);
+}
+
+/// The `planned` entries, each with the `networkData` of the `current` entry of its device where
+/// that has one (the NRI plugin's, with the pod's addresses), and the current entries of devices not
+/// planned.
+fn keep_network_data(planned: Vec<Value>, current: Vec<Value>) -> Vec<Value> {
+    let mut out = planned;
+    for entry in current {
+        let device = entry.get("device");
+        match out.iter_mut().find(|p| p.get("device") == device) {
+            Some(planned) => {
+                if let (Some(map), Some(data)) = (planned.as_object_mut(), entry.get("networkData"))
+                {
+                    map.insert("networkData".into(), data.clone());
+                }
+            }
+            None => out.push(entry),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::keep_network_data;
+
+    #[test]
+    fn a_try_again_keeps_the_network_data_the_pod_got_and_entries_it_does_not_plan() {
+        let planned = vec![
+            json!({"device": "vf-0", "data": {"pciAddress": "0000:3b:02.0"},
+                   "networkData": {"interfaceName": "net1"}}),
+            json!({"device": "vf-1", "data": {"pciAddress": "0000:3b:02.1"}}),
+        ];
+        let current = vec![
+            json!({"device": "vf-0", "networkData": {"interfaceName": "net1", "ips": ["10.0.0.2/24"]}}),
+            json!({"device": "vf-9", "networkData": {"interfaceName": "net9"}}),
+        ];
+        assert_eq!(
+            keep_network_data(planned, current),
+            vec![
+                json!({"device": "vf-0", "data": {"pciAddress": "0000:3b:02.0"},
+                       "networkData": {"interfaceName": "net1", "ips": ["10.0.0.2/24"]}}),
+                json!({"device": "vf-1", "data": {"pciAddress": "0000:3b:02.1"}}),
+                json!({"device": "vf-9", "networkData": {"interfaceName": "net9"}}),
+            ]
+        );
+    }
+}

@@ -464,7 +464,18 @@ impl Preparer {
                         left.push(claim);
                     }
                 }
-                Ok(_) => stale.push(claim),
+                // Re-created under its name (another UID), or gone.
+                Ok(Some(found)) if found.metadata.uid.is_some() => stale.push(claim),
+                Ok(None) => stale.push(claim),
+                // An answer without a UID (a `{}` from a proxy decodes as a claim with every field
+                // empty) says nothing about the claim: unpreparing would take a running pod's
+                // devices.
+                Ok(Some(_)) => {
+                    tracing::warn!(claim = %claim.uid, namespace = %claim.namespace,
+                        name = %claim.name,
+                        "the API server's answer for a claim has no UID; checked again later");
+                    left.push(claim);
+                }
                 Err(error) => {
                     let kind = error.kind();
                     tracing::warn!(%error, %kind, "cannot check whether a claim still exists");

@@ -541,6 +541,31 @@ async fn a_corrupt_checkpoint_is_replaced_not_a_crash_loop() {
     );
 }
 
+/// An answer that decodes as a claim but has no UID (a proxy's `{}`: k8s-openapi fills every field
+/// with its default) is not "re-created under another UID": the claim is kept and checked again.
+#[tokio::test]
+async fn a_claim_answered_without_a_uid_is_kept_not_unprepared() {
+    let s = Setup::new();
+    s.claims
+        .add("kept", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("kept")]).await["kept"].is_ok());
+    let empty: ResourceClaim = serde_json::from_value(json!({})).unwrap();
+    s.claims
+        .0
+        .lock()
+        .unwrap()
+        .insert("ns/claim-kept".into(), empty);
+    let cleaned = preparer.clean_stale().await;
+    assert!(cleaned.unprepared.is_empty(), "{cleaned:?}");
+    assert_eq!(cleaned.left, [reference("kept")]);
+    assert_eq!(
+        preparer.recorded().await.keys().collect::<Vec<_>>(),
+        ["kept"]
+    );
+    assert_eq!(s.spec_files(), ["hal.dra.dev-device_kept.json"]);
+}
+
 #[tokio::test]
 async fn stale_claims_and_specs_are_cleaned() {
     let s = Setup::new();

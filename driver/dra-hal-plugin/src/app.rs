@@ -51,8 +51,9 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 
 /// Runs the plugin until `shutdown` turns true: the claim handler serves the kubelet, the publisher
 /// keeps the slices current. On shutdown the sockets are removed (deregistration) after in-flight
-/// calls end, so the checkpoint is left consistent. A shutdown during the waits of the startup (the
-/// API server's version, another instance's lock) ends it there, before anything is served.
+/// calls end, so the checkpoint is left consistent. A shutdown during the waits of the startup
+/// (another instance's lock, the API server's version) ends it there, before the kubelet is served
+/// (`/healthz` is, from the lock on).
 pub async fn run(
     args: PluginArgs,
     client: kube::Client,
@@ -62,6 +63,39 @@ pub async fn run(
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     let (mut config, root, _fixture) = machine(&args)?;
+    let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;
+    let _lock = tokio::select! {
+        lock = acquire_instance_lock(sockets.plugin_dir()) => lock?,
+        () = stopping(shutdown.clone()) => {
+            tracing::info!("stopped before serving (waiting for another instance's lock)");
+            return Ok(());
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Served from here on: alive (`/healthz`) while the startup waits for the API server (its
+    // version, the Node's InternalIPs, claims to check), ready (`/readyz`) once the kubelet
+    // registered the plugin. A startup probe counting only until the API server answers would
+    // restart a plugin that waits for an API server down longer than the probe allows.
+    if !args.metrics_address.is_empty() {
+        let address: SocketAddr = args
+            .metrics_address
+            .parse()
+            .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
+        let listener = std::net::TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .with_context(|| format!("listening on {address} for metrics"))?;
+        tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+        // A thread and runtime of their own: no load on the metrics port takes CPU time or tasks
+        // from the kubelet's sockets.
+        let mut stopped = stopped.clone();
+        let stop = async move {
+            let _ = stopped.changed().await;
+        };
+        driver::plugin::metrics::serve_on_thread(listener, metrics.clone(), stop)
+            .context("starting the metrics thread")?;
+    }
+    metrics.set_healthy(true);
     let (major, minor) = tokio::select! {
         version = server_version_of(&client) => version?,
         () = stopping(shutdown.clone()) => {
@@ -91,11 +125,12 @@ pub async fn run(
         Duration::from_secs(args.rescan_interval.max(1)).mul_f64(0.9),
     )));
     // The node's own network (default routes, InternalIP) and --exclude-interfaces/--device-filter.
-    // The InternalIPs are read again while the plugin runs (a task below).
+    // The InternalIPs are read again while the plugin runs (a task below); until read once, every
+    // netdev is withheld (which one carries them is not known).
     let first_ips = driver::podnet::internal_ips(&client, &config.node_name, true).await;
     let node_guard = Arc::new(driver::podnet::NodeGuard::new(
         root.root(),
-        first_ips.clone().unwrap_or_default(),
+        first_ips.clone(),
         args.node_net.clone(),
     )?);
     let read_inventory = {
@@ -121,14 +156,6 @@ pub async fn run(
         }
     };
     let inventory = Arc::new(RwLock::new(read_inventory()));
-    let sockets = PluginSockets::new(&args.kubelet_root_dir, &config.driver_name)?;
-    let _lock = tokio::select! {
-        lock = acquire_instance_lock(sockets.plugin_dir()) => lock?,
-        () = stopping(shutdown.clone()) => {
-            tracing::info!("stopped before serving (waiting for another instance's lock)");
-            return Ok(());
-        }
-    };
     let boot_id = driver::inventory::boot_id(root.root()).unwrap_or_default();
     if boot_id.is_empty() {
         tracing::warn!(root = %root.root().display(), "no boot id under the root \
@@ -180,11 +207,9 @@ pub async fn run(
         &config.driver_name,
         &config.node_name,
     );
-    let metrics = Arc::new(Metrics::default());
     metrics.set_status_forbidden(preparer.status_forbidden());
     let handler = Arc::new(Metered::new(preparer, metrics.clone()));
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let changed = Arc::new(tokio::sync::Notify::new());
     let interval = Duration::from_secs(args.rescan_interval.max(1));
     // Every rescan sends every published device's health to the kubelet's streams; a device not
@@ -205,11 +230,18 @@ pub async fn run(
         let client = client.clone();
         let node = config.node_name.clone();
         let mut stopped = stopped.clone();
+        let changed = changed.clone();
         tasks.spawn(async move {
             let keep = async {
                 tokio::time::sleep(if first_ips.is_some() { period } else { retry }).await;
-                let ips =
-                    driver::podnet::keep_internal_ips(&node_guard, &client, &node, retry, period);
+                let ips = driver::podnet::keep_internal_ips(
+                    &node_guard,
+                    &client,
+                    &node,
+                    retry,
+                    period,
+                    &changed,
+                );
                 ips.await;
             };
             tokio::select! {
@@ -336,24 +368,6 @@ pub async fn run(
             }
         });
     }
-    if !args.metrics_address.is_empty() {
-        let address: SocketAddr = args
-            .metrics_address
-            .parse()
-            .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
-        let listener = std::net::TcpListener::bind(address)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .with_context(|| format!("listening on {address} for metrics"))?;
-        tracing::info!(%address, "serving /metrics, /healthz and /readyz");
-        // A thread and runtime of their own: no load on the metrics port takes CPU time or tasks
-        // from the kubelet's sockets.
-        let mut stopped = stopped.clone();
-        let stop = async move {
-            let _ = stopped.changed().await;
-        };
-        driver::plugin::metrics::serve_on_thread(listener, metrics.clone(), stop)
-            .context("starting the metrics thread")?;
-    }
     let registration = RegistrationService::new(&sockets).with_health();
     let mut status = registration.status();
     {
@@ -391,7 +405,6 @@ pub async fn run(
             }
         });
     }
-    metrics.set_healthy(true);
     tracing::info!(
         driver = %config.driver_name,
         node = %config.node_name,

@@ -2,7 +2,8 @@
 //!
 //! `GET /metrics`: counters of prepared and unprepared claims and their errors, a latency histogram
 //! per call, the number of devices published, in the OpenMetrics text format written by
-//! `prometheus-client`. `GET /healthz`: `ok` while the plugin serves and the kubelet has not
+//! `prometheus-client`. `GET /healthz`: `ok` while the plugin runs (the driver says from when: this
+//! project's plugin from the start, while it still waits for the API server) and the kubelet has not
 //! refused its registration (liveness). `GET /readyz`: `ok` once the kubelet has registered it too
 //! (readiness: a plugin the kubelet never registered publishes devices no pod can be prepared with),
 //! and, with NRI, while the runtime's NRI connection is up. The HTTP server ([`serve`]) is hyper's,

@@ -122,17 +122,19 @@ impl NetworkFiles for TreeFiles {
 pub struct NodeGuard {
     root: PathBuf,
     /// The Node's InternalIPs withheld: those of the last two reads ([`NodeGuard::set_internal_ips`]),
-    /// and the last read alone.
-    internal_ips: Mutex<(Vec<IpAddr>, Vec<IpAddr>)>,
+    /// and the last read alone; `None` until read once (every netdev is withheld meanwhile).
+    internal_ips: Mutex<Option<(Vec<IpAddr>, Vec<IpAddr>)>>,
     args: NodeNetArgs,
     last: Mutex<BTreeMap<String, String>>,
 }
 
 impl NodeGuard {
-    /// A guard reading the node's network under `root`; fails when `--device-filter` is not CEL.
+    /// A guard reading the node's network under `root`, the Node's InternalIPs `internal_ips`
+    /// (`None`: not read yet, so which interface carries them is not known and every netdev is
+    /// withheld until [`NodeGuard::set_internal_ips`]); fails when `--device-filter` is not CEL.
     pub fn new(
         root: impl Into<PathBuf>,
-        internal_ips: Vec<IpAddr>,
+        internal_ips: Option<Vec<IpAddr>>,
         args: NodeNetArgs,
     ) -> Result<NodeGuard, FilterError> {
         if let Some(expression) = &args.device_filter {
@@ -140,7 +142,7 @@ impl NodeGuard {
         }
         Ok(NodeGuard {
             root: root.into(),
-            internal_ips: Mutex::new((internal_ips.clone(), internal_ips)),
+            internal_ips: Mutex::new(internal_ips.map(|ips| (ips.clone(), ips))),
             args,
             last: Mutex::new(BTreeMap::new()),
         })
@@ -150,23 +152,30 @@ impl NodeGuard {
     /// next [`NodeGuard::apply`] withholds the interfaces that carry them, and those of the read
     /// before: an address is let go only when two reads in a row lack it (a Node whose addresses
     /// are being rewritten, by a cloud controller or a new `--node-ip`, may show none for a moment).
-    pub fn set_internal_ips(&self, ips: Vec<IpAddr>) {
+    /// True when what is withheld changed (the first read always does).
+    pub fn set_internal_ips(&self, ips: Vec<IpAddr>) -> bool {
         let mut known = self
             .internal_ips
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (withheld, last) = &mut *known;
+        let Some((withheld, last)) = &mut *known else {
+            tracing::info!(now = ?ips, "the Node's InternalIPs read");
+            *known = Some((ips.clone(), ips));
+            return true;
+        };
         let mut now = ips.clone();
         for ip in last.iter() {
             if !now.contains(ip) {
                 now.push(*ip);
             }
         }
-        if *withheld != now {
-            tracing::info!(was = ?*withheld, now = ?now, "the Node's InternalIPs withheld changed");
-            *withheld = now;
-        }
         *last = ips;
+        if *withheld == now {
+            return false;
+        }
+        tracing::info!(was = ?*withheld, now = ?now, "the Node's InternalIPs withheld changed");
+        *withheld = now;
+        true
     }
 
     /// Removes from `inventory` the functions to withhold; returns them (PCI address → why), and logs
@@ -181,9 +190,13 @@ impl NodeGuard {
             .internal_ips
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .clone();
-        let node = NodeNetwork::read(&files, &internal_ips);
+            .as_ref()
+            .map(|(withheld, _)| withheld.clone());
+        let mut node = NodeNetwork::read(&files, internal_ips.as_deref().unwrap_or_default());
+        if internal_ips.is_none() {
+            node.unread
+                .push("the Node's InternalIPs (not read from the API server yet)".to_owned());
+        }
         // The filter holds non-Send CEL state: compiled for each read (it is small).
         let filter = self
             .args
@@ -237,22 +250,26 @@ pub async fn internal_ips(client: &kube::Client, node: &str, loud: bool) -> Opti
 }
 
 /// Reads the Node's InternalIPs into `guard` for as long as the plugin runs: every `period`, and
-/// every `retry` while they could not be read (an API server slow at start left only the
-/// default-route interfaces withheld). A failed read keeps what was read before; the first of a run
-/// of failures is logged as a warning. Never ends.
+/// every `retry` while they could not be read (an API server slow at start left every netdev
+/// withheld). A read that changes what is withheld notifies `changed` (the plugin reads its
+/// inventory and publishes again then, not at the next rescan). A failed read keeps what was read
+/// before; the first of a run of failures is logged as a warning. Never ends.
 pub async fn keep_internal_ips(
     guard: &NodeGuard,
     client: &kube::Client,
     node: &str,
     retry: std::time::Duration,
     period: std::time::Duration,
+    changed: &tokio::sync::Notify,
 ) {
     let mut failing = false;
     loop {
         let wait = match internal_ips(client, node, !failing).await {
             Some(ips) => {
                 failing = false;
-                guard.set_internal_ips(ips);
+                if guard.set_internal_ips(ips) {
+                    changed.notify_one();
+                }
                 period
             }
             None => {

@@ -55,7 +55,7 @@ fn dev_vm_management_interface_carrying_the_default_route_is_never_published() {
             .is_none()
     );
     // The guard the plugin uses reads the same.
-    let guard = NodeGuard::new(DEV_VM, Vec::new(), NodeNetArgs::default()).unwrap();
+    let guard = NodeGuard::new(DEV_VM, Some(Vec::new()), NodeNetArgs::default()).unwrap();
     let mut fresh = Inventory::from_sysfs(&root, None);
     assert_eq!(guard.apply(&mut fresh, &config).len(), 1);
     assert!(if_names(&fresh, &config).is_empty());
@@ -78,7 +78,7 @@ fn dev_vm_without_its_routes_publishes_no_network_function() {
     let config = SliceConfig::new("dev-vm");
     let mut inventory = Inventory::from_sysfs(&root, None);
     assert_eq!(device_names(&inventory, &config), ["nic-0000-00-03-0"]);
-    let guard = NodeGuard::new(dir.path(), Vec::new(), NodeNetArgs::default()).unwrap();
+    let guard = NodeGuard::new(dir.path(), Some(Vec::new()), NodeNetArgs::default()).unwrap();
     let withheld = guard.apply(&mut inventory, &config);
     assert_eq!(withheld.keys().collect::<Vec<_>>(), ["0000:00:03.0"]);
     assert!(
@@ -145,7 +145,7 @@ fn device_filter_errors_have_a_kind_and_a_failing_device_is_withheld() {
     assert!(
         NodeGuard::new(
             "/nonexistent",
-            Vec::new(),
+            Some(Vec::new()),
             NodeNetArgs {
                 device_filter: Some("(".into()),
                 ..Default::default()
@@ -367,17 +367,35 @@ fn xeon_with_a_node_subnet() -> (hal_mock::MaterializedFixture, Inventory) {
     (machine, inventory)
 }
 
-/// The Node's InternalIP read after the start (the API server was slow then, or the address
-/// changed): the next read withholds the interface carrying it.
+/// The Node's InternalIP not read at the start (the API server was slow then): every netdev is
+/// withheld, since which one carries it is not known; once read, the next read withholds only the
+/// interface carrying it (and what the default routes name).
 #[test]
 fn internal_ips_set_after_the_start_are_withheld_from_the_next_read() {
     let (machine, inventory) = xeon_with_a_node_subnet();
     let config = SliceConfig::new("xeon");
-    let guard = NodeGuard::new(machine.root(), Vec::new(), NodeNetArgs::default()).unwrap();
+    let guard = NodeGuard::new(machine.root(), None, NodeNetArgs::default()).unwrap();
     let mut first = inventory.clone();
-    guard.apply(&mut first, &config);
-    assert!(if_names(&first, &config).contains(&"ens1f0".to_owned()));
-    guard.set_internal_ips(vec!["10.0.0.5".parse().unwrap()]);
+    let withheld = guard.apply(&mut first, &config);
+    assert!(
+        if_names(&first, &config).is_empty(),
+        "{:?}",
+        if_names(&first, &config)
+    );
+    assert!(
+        withheld
+            .values()
+            .any(|w| w.contains("the Node's InternalIPs (not read from the API server yet)")),
+        "{withheld:?}"
+    );
+    assert!(
+        guard.set_internal_ips(vec!["10.0.0.5".parse().unwrap()]),
+        "the first read"
+    );
+    assert!(
+        !guard.set_internal_ips(vec!["10.0.0.5".parse().unwrap()]),
+        "the same"
+    );
     let mut next = inventory.clone();
     let withheld = guard.apply(&mut next, &config);
     assert!(!if_names(&next, &config).contains(&"ens1f0".to_owned()));
@@ -404,7 +422,7 @@ async fn the_nodes_internal_ips_are_read_until_read_and_then_kept_current() {
     use std::sync::{Arc, Mutex};
     let (machine, inventory) = xeon_with_a_node_subnet();
     let config = SliceConfig::new("xeon");
-    let guard = NodeGuard::new(machine.root(), Vec::new(), NodeNetArgs::default()).unwrap();
+    let guard = NodeGuard::new(machine.root(), None, NodeNetArgs::default()).unwrap();
     let api = Arc::new(Mutex::new(crate::fake_api::FakeApi::default()));
     let client =
         crate::fake_api::FakeApi::mock_client(api.clone(), &crate::api::call_timeout_layer());
@@ -414,11 +432,25 @@ async fn the_nodes_internal_ips_are_read_until_read_and_then_kept_current() {
         guard.apply(&mut read, &config);
         if_names(&read, &config).contains(&"ens1f0".to_owned())
     };
-    let keep = keep_internal_ips(&guard, &client, "node-1", retry, period);
+    let published = |guard: &NodeGuard| {
+        let mut read = inventory.clone();
+        guard.apply(&mut read, &config);
+        if_names(&read, &config).len()
+    };
+    let all = if_names(&inventory, &config).len();
+    let changed = tokio::sync::Notify::new();
+    // Whether `changed` was notified since the last look (a permit is kept).
+    let notified = || async {
+        tokio::time::timeout(Duration::from_millis(1), changed.notified())
+            .await
+            .is_ok()
+    };
+    let keep = keep_internal_ips(&guard, &client, "node-1", retry, period, &changed);
     let check = async {
-        // No Node yet (404): nothing known, retried every 30 s.
+        // No Node yet (404): nothing known, every netdev withheld, retried every 30 s.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(ens1f0_published(&guard));
+        assert_eq!(published(&guard), 0);
+        assert!(!notified().await);
         {
             let mut api = api.lock().unwrap();
             api.nodes.insert("node-1".into(), "uid-1".into());
@@ -427,6 +459,8 @@ async fn the_nodes_internal_ips_are_read_until_read_and_then_kept_current() {
         }
         tokio::time::sleep(retry).await;
         assert!(!ens1f0_published(&guard), "read at the retry");
+        assert_eq!(published(&guard), all - 1, "only ens1f0 withheld");
+        assert!(notified().await, "a publish is asked for at once");
         // The Node gone for a while (a failed read): what was read is kept.
         api.lock().unwrap().nodes.clear();
         tokio::time::sleep(period).await;
@@ -434,15 +468,21 @@ async fn the_nodes_internal_ips_are_read_until_read_and_then_kept_current() {
             !ens1f0_published(&guard),
             "a failed read keeps the addresses"
         );
-        // Back with another address: the next read takes it.
+        assert!(!notified().await);
+        // Back with another address: the next read takes it, and the one after lets the old go.
         {
             let mut api = api.lock().unwrap();
             api.nodes.insert("node-1".into(), "uid-1".into());
             api.node_ips
                 .insert("node-1".into(), vec!["192.168.9.9".into()]);
         }
-        tokio::time::sleep(period + retry).await;
+        // The reads after the failed ones come every 30 s: the next within `retry`.
+        tokio::time::sleep(retry).await;
+        assert!(!ens1f0_published(&guard), "kept for one more read");
+        assert!(notified().await, "the new address withheld too");
+        tokio::time::sleep(period).await;
         assert!(ens1f0_published(&guard), "the new address is elsewhere");
+        assert!(notified().await);
     };
     tokio::select! {
         () = keep => panic!("it never ends"),

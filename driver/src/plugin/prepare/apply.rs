@@ -54,8 +54,13 @@ impl Preparer {
                 Phase::Completed if !record.recovered => {
                     return blocking(|| self.redo_completed(record));
                 }
-                // Started, or rebuilt from a spec that does not match the claim: redone.
+                // Started, or rebuilt from a spec that does not match the claim: redone. A started
+                // record's file says so (synced) before anything is undone: one whose completed
+                // write failed after its rename may still say "completed".
                 _ => blocking(|| {
+                    if record.phase == Phase::Started {
+                        self.config.checkpoint.put(&record, Durability::Synced)?;
+                    }
                     undo_record(&self.config, &self.kind, &record)
                         .map_err(|e| PrepareError::RollingBack(Box::new(e)))?;
                     self.drop_record(&record)
@@ -175,7 +180,17 @@ impl Preparer {
         let mut completed = started.clone();
         completed.phase = Phase::Completed;
         if let Err(error) = self.commit(Some(completed)) {
-            // The file still says started: undo now rather than answer from memory.
+            // A write that failed after its rename (the directory's fsync: an EIO, after which ext4
+            // often goes read-only) left "completed" in the file. It must say started before
+            // anything is undone: a restart would answer "completed" as prepared. When it cannot,
+            // the devices stay as the file says (memory keeps the started record, which the next
+            // prepare or unprepare rolls back once the file can say so).
+            if let Err(also) = self.config.checkpoint.put(started, Durability::Synced) {
+                return Err(PrepareError::Abandoned {
+                    cause: Box::new(error),
+                    also: vec![also.into()],
+                });
+            }
             return Err(self.abandon(started, error));
         }
         self.fault(Step::Completed)?;

@@ -743,6 +743,68 @@ async fn a_rebuilt_partition_claim_still_holds_its_gpus_vfs() {
     assert_eq!(num_vfs(), "0", "the last partition gave the GPU back");
 }
 
+/// The completed record is renamed in place but the directory's fsync fails (EIO), and the disk goes
+/// read-only (as ext4 does after an I/O error): the file cannot be made to say started, so nothing is
+/// undone: the function stays on vfio-pci, as the file (completed) says. A retry while the disk is
+/// still read-only undoes nothing either; a restart answers the claim from its completed record, with
+/// the function where the record says it is.
+#[tokio::test]
+async fn a_completed_write_that_fails_after_its_rename_on_a_read_only_disk_undoes_nothing() {
+    let mut s = Setup::on("xeon");
+    let mut binder = hal_mock::mocks::MockSriovPf::new();
+    binder
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "vfio-pci")
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let restores = Arc::new(AtomicUsize::new(0));
+    let counted = restores.clone();
+    binder
+        .expect_bind_driver()
+        .withf(|_, driver| driver == "iavf")
+        .returning(move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+    s.binder = Arc::new(binder);
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-3")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let mut config = s.config("boot-1", SliceConfig::new(NODE));
+    // Writes 1 and 2 (started, completed) go through; from the completed write's directory fsync
+    // on, the disk is read-only.
+    let writes = Arc::new(AtomicUsize::new(0));
+    let counted = writes.clone();
+    config.checkpoint = config
+        .checkpoint
+        .with_write_fault(Arc::new(move || {
+            match counted.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Ok(()),
+                _ => Err(std::io::Error::from_raw_os_error(30)),
+            }
+        }))
+        .with_dir_sync_fault(Arc::new(|| Err(std::io::Error::from_raw_os_error(5))));
+    let preparer = Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap();
+    let error = preparer.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("Read-only file system"), "{error}");
+    assert_eq!(restores.load(Ordering::SeqCst), 0, "undone while the file says completed");
+    let (memory, file) = memory_and_file(&s, &preparer).await;
+    assert_eq!(memory, BTreeMap::from([("u1".to_owned(), Phase::Started)]));
+    assert_eq!(file, BTreeMap::from([("u1".to_owned(), Phase::Completed)]));
+    // The kubelet asks again, the disk still read-only: still nothing undone.
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_err());
+    assert_eq!(restores.load(Ordering::SeqCst), 0);
+    // A restart answers it from the completed record: the function is still on vfio-pci.
+    drop(preparer);
+    let restarted = s.preparer("boot-1");
+    assert!(restarted.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(restores.load(Ordering::SeqCst), 0);
+}
+
 /// The completed record is renamed in place but the directory's fsync fails (EIO), so the prepare
 /// fails and is undone; the undo fails too (the function is busy). The record kept must say
 /// started in the file as in memory: a restart that read "completed" would answer the claim as

@@ -5,7 +5,10 @@
 #   DIR/privileged.yaml     privileged, a VF policy, NRI with CNI mode, individual CPUs, GPU partitions, host /dev, metrics off,
 #                           another driver name, an extended resource name for the gpu class
 #   DIR/schemas             -> strict JSON schemas of every Kubernetes kind, 1.34 to 1.37
-# tests/tests/helm_chart.rs validates every rendered document against those schemas.
+# tests/tests/helm_chart.rs validates every rendered document against those schemas. Values that cannot
+# work (a surging updateStrategy, the host's / as a mounted directory, ...) must fail the rendering with
+# their reason; an IPv6 metrics.host must render bracketed ([::]:9464); the grace period must cover
+# cni.timeout.
 #
 # Usage: scripts/helm-check.sh DIR
 #
@@ -120,13 +123,36 @@ fi
 for refused in "cni.enabled=true --set nri.enabled=true:cni.enabled needs privileged" \
   "cni.enabled=true --set privileged=true:cni.enabled needs nri.enabled" \
   "rtBandwidth=true --set cpuMode=individual:rtBandwidth needs cpuMode numa or socket" \
-  "gpuPartitions=2:vfPolicy and gpuPartitions need privileged"; do
+  "gpuPartitions=2:vfPolicy and gpuPartitions need privileged" \
+  "updateStrategy.rollingUpdate.maxSurge=1 --set updateStrategy.rollingUpdate.maxUnavailable=0:updateStrategy.rollingUpdate.maxSurge: 1: a surge starts the new plugin pod" \
+  "updateStrategy.rollingUpdate.maxSurge=25%:updateStrategy.rollingUpdate.maxSurge: 25%: a surge starts" \
+  "updateStrategy.rollingUpdate.maxUnavailable=0%:updateStrategy.rollingUpdate.maxUnavailable: 0%: the old plugin pod must stop" \
+  "cdiRoot=/:cdiRoot: \"/\" is the host's root directory" \
+  "nri.enabled=true --set nri.socketDir=/var/..:nri.socketDir: \"/var/..\" is the host's root directory" \
+  "cni.netnsDir=//:cni.netnsDir: \"//\" is the host's root directory"; do
   read -r -a set_args <<<"--set ${refused%%:*}"
   if bad=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 "${set_args[@]}" 2>&1); then
     echo "helm-check: ${refused%%:*} was accepted" >&2
     exit 1
   elif ! grep -q "${refused#*:}" <<<"$bad"; then
     echo "helm-check: unexpected error for ${refused%%:*}: $bad" >&2
+    exit 1
+  fi
+done
+# An IPv6 metrics host is bracketed, as Rust's SocketAddr reads it (":::9464" would stop the plugin).
+for host in :: '[::]'; do
+  rendered=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 --set "metrics.host=$host")
+  if ! grep -qF -- '- "--metrics-address=[::]:9464"' <<<"$rendered"; then
+    echo "helm-check: metrics.host=$host did not render --metrics-address=[::]:9464" >&2
+    exit 1
+  fi
+done
+# The grace after SIGTERM: 75 s by default, at least cni.timeout + 15 s with CNI mode.
+for grace in "75:" "135:--set privileged=true --set nri.enabled=true --set cni.enabled=true --set cni.timeout=120"; do
+  read -r -a set_args <<<"${grace#*:}"
+  rendered=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 "${set_args[@]}")
+  if ! grep -qx "      terminationGracePeriodSeconds: ${grace%%:*}" <<<"$rendered"; then
+    echo "helm-check: terminationGracePeriodSeconds is not ${grace%%:*} with ${grace#*:}" >&2
     exit 1
   fi
 done

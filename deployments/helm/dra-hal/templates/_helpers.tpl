@@ -12,6 +12,11 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The ClusterRole's and ClusterRoleBinding's name: cluster-scoped, so <namespace>-<fullname>. */}}
+{{- define "dra-hal.clusterRoleName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "dra-hal.fullname" .) -}}
+{{- end -}}
+
 {{- define "dra-hal.selectorLabels" -}}
 app.kubernetes.io/name: {{ default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -156,4 +156,11 @@ for grace in "75:" "135:--set privileged=true --set nri.enabled=true --set cni.e
     exit 1
   fi
 done
+# Pod networking (--pod-networking) only with CNI mode: NRI alone (CPU pinning) has neither the
+# pods' namespaces nor the capabilities, so the plugin refuses such claims at prepare.
+rendered=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 --set nri.enabled=true)
+if grep -qF -- '--pod-networking' <<<"$rendered"; then
+  echo "helm-check: nri.enabled without cni.enabled rendered --pod-networking" >&2
+  exit 1
+fi
 ln -sfn "$schema_dir" "$out/schemas"

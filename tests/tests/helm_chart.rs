@@ -280,8 +280,9 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
                 mounts.iter().any(|m| m["mountPath"] == "/var/run/nri"),
                 "{mounts:?}"
             );
-            // CNI mode (on in this variant): the bin dir flag and mount, the sandboxes' namespaces
-            // with host-to-container propagation, the host's network namespace.
+            // CNI mode (on in this variant): pod networking, the bin dir flag and mount, the
+            // sandboxes' namespaces with host-to-container propagation, the host's network namespace.
+            assert!(args.contains(&"--pod-networking"), "{args:?}");
             assert!(args.contains(&"--cni-bin-dir=/opt/cni/bin"), "{args:?}");
             assert!(args.contains(&"--cni-timeout=30"), "{args:?}");
             assert!(

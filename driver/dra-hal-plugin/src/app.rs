@@ -186,7 +186,7 @@ pub async fn run(
             binder,
             gpus: Arc::new(backends::SysfsGpu::new(root.clone())),
             dev_root: args.dev_root.clone(),
-            pod_networking: args.nri,
+            pod_networking: args.pod_networking,
         },
         claims.clone(),
         inventory.clone(),
@@ -305,7 +305,7 @@ pub async fn run(
         let mut nri = driver::nri::plugin::NriConfig::new(&args.nri_socket);
         nri.index = args.nri_index.clone();
         nri.unsolicited_updates = args.nri_unsolicited_updates;
-        nri.pod_network = Some(Arc::new(pod_network));
+        nri.pod_network = args.pod_networking.then(|| Arc::new(pod_network));
         metrics.set_nri(nri.stats.clone());
         let inventory = inventory.clone();
         let reserved = config.reserved_cpus.clone();

@@ -465,9 +465,15 @@ fn bad_flags_fail_with_clear_messages() {
         "--nri-socket",
         "--nri-index",
         "--nri-unsolicited-updates",
+        "--pod-networking",
     ] {
         assert!(text.contains(flag), "{flag}");
     }
+    // Pod networking runs at NRI's pod sandbox events: refused without --nri.
+    let bad = run(&["--pod-networking", "--node-name", "n"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert!(text.contains("--nri"), "{text}");
     let bad = run(&["--cpu-mode", "sideways"]);
     assert_eq!(bad.status.code(), Some(2));
     let bad = run(&["--nri-index", "7"]);

@@ -74,8 +74,9 @@ pub struct PreparerConfig {
     /// Where device nodes are on the host when not at their container paths (stand-in nodes for a
     /// fixture): CDI device nodes get `hostPath` under it.
     pub dev_root: Option<std::path::PathBuf>,
-    /// Whether pod networking runs (`--nri`): a claim that asks for its function's netdev in the
-    /// pod (`netAttachDefName`, a `NetworkConfig`) is refused without it, as nothing would attach it.
+    /// Whether pod networking runs (`--pod-networking`, with `--nri`): a claim that asks for its
+    /// function's netdev in the pod (`netAttachDefName`, a `NetworkConfig`) is refused without it, as
+    /// nothing would attach it.
     pub pod_networking: bool,
 }
 

@@ -104,6 +104,14 @@ pub struct PluginArgs {
     #[arg(long)]
     pub nri: bool,
 
+    /// With --nri, attach claims' network functions to their pods at pod sandbox start: CNI mode (a
+    /// VfConfig's netAttachDefName, plugins from --cni-bin-dir) and direct mode (a NetworkConfig).
+    /// It needs the pods' network namespaces (/var/run/netns) and CAP_NET_ADMIN and CAP_SYS_ADMIN
+    /// (the chart's cni.enabled gives them). Without it, a claim that asks for its function's netdev
+    /// in the pod is refused at prepare, rather than its pod failing at sandbox start.
+    #[arg(long, env = "POD_NETWORKING", requires = "nri")]
+    pub pod_networking: bool,
+
     /// The runtime's NRI socket.
     #[arg(
         long,

@@ -681,8 +681,9 @@ fn takes_netdev(a: &Allocated) -> bool {
     nad || a.network.is_some()
 }
 
-/// Without pod networking (`--nri` off), nothing would attach a function's netdev to the pod: a
-/// claim that asks for it is refused, not prepared for a pod that would run without its interface.
+/// Without pod networking (`--pod-networking`, with `--nri`), nothing would attach a function's
+/// netdev to the pod: a claim that asks for it is refused, not prepared for a pod whose sandbox would
+/// fail (or run without its interface).
 fn refuse_unattached(allocated: &[Allocated], pod_networking: bool) -> Result<(), PrepareError> {
     match allocated
         .iter()
@@ -690,7 +691,8 @@ fn refuse_unattached(allocated: &[Allocated], pod_networking: bool) -> Result<()
     {
         Some(a) => Err(PrepareError::InvalidConfig(format!(
             "{}: the claim asks for the function's netdev in the pod (netAttachDefName or \
-             NetworkConfig), but the plugin runs without --nri, so nothing would attach it",
+             NetworkConfig), but the plugin runs without pod networking (--pod-networking, with \
+             --nri), so nothing would attach it",
             a.device
         ))),
         None => Ok(()),

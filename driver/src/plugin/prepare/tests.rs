@@ -643,8 +643,9 @@ fn vf_config(driver: Option<&str>, if_name: &str) -> serde_json::Value {
     json!([{"source": "FromClaim", "requests": ["vf"], "opaque": {"driver": DRIVER, "parameters": parameters}}])
 }
 
-/// Without pod networking (`--nri` off) a claim that asks for its netdev in the pod would run
-/// without its interface: it is refused, and nothing is changed.
+/// Without pod networking (`--pod-networking`, with `--nri`) a claim that asks for its netdev in the
+/// pod would have its sandbox fail (or run without its interface): it is refused, and nothing is
+/// changed.
 #[tokio::test]
 async fn a_claim_for_a_netdev_in_the_pod_is_refused_without_pod_networking() {
     let s = Setup::on("xeon");
@@ -656,7 +657,10 @@ async fn a_claim_for_a_netdev_in_the_pod_is_refused_without_pod_networking() {
     let error = preparer.prepare(vec![reference("u1")]).await["u1"]
         .clone()
         .unwrap_err();
-    assert!(error.contains("without --nri"), "{error}");
+    assert!(
+        error.contains("without pod networking (--pod-networking"),
+        "{error}"
+    );
     assert!(preparer.recorded().await.is_empty());
     assert!(s.spec_files().is_empty());
 }

@@ -791,7 +791,11 @@ async fn a_completed_write_that_fails_after_its_rename_on_a_read_only_disk_undoe
         .clone()
         .unwrap_err();
     assert!(error.contains("Read-only file system"), "{error}");
-    assert_eq!(restores.load(Ordering::SeqCst), 0, "undone while the file says completed");
+    assert_eq!(
+        restores.load(Ordering::SeqCst),
+        0,
+        "undone while the file says completed"
+    );
     let (memory, file) = memory_and_file(&s, &preparer).await;
     assert_eq!(memory, BTreeMap::from([("u1".to_owned(), Phase::Started)]));
     assert_eq!(file, BTreeMap::from([("u1".to_owned(), Phase::Completed)]));

@@ -220,9 +220,20 @@ impl SriovPf for SysfsSriov {
         }
         let override_path = dir.join("driver_override");
         let override_before = tree.read_trimmed(&override_path).ok();
+        let restore = match override_before.as_deref() {
+            Some("(null)") | None => "\n",
+            Some(earlier) => earlier,
+        };
         self.write(&override_path, driver)?;
-        if before.is_some() {
-            self.write(&dir.join("driver/unbind"), &function.to_string())?;
+        if before.is_some()
+            && let Err(error) = self.write(&dir.join("driver/unbind"), &function.to_string())
+        {
+            // Still on its driver: the override goes back too (best effort; the unbind's error is
+            // the one to report), or the next probe of the function (a driver reload, a rescan)
+            // would bind it to `driver` with no claim holding it, and a rollback that finds it on
+            // its driver would change nothing.
+            let _ = self.write(&override_path, restore);
+            return Err(error);
         }
         let probe = self.root.join("sys/bus/pci/drivers_probe");
         self.write(&probe, &function.to_string())?;
@@ -234,10 +245,6 @@ impl SriovPf for SysfsSriov {
         // was, its override and, probed again, its driver, rather than left without one.
         let mut put_back = format!(" (bound now: {})", bound.as_deref().unwrap_or("none"));
         if bound.is_none() {
-            let restore = match override_before.as_deref() {
-                Some("(null)") | None => "\n",
-                Some(earlier) => earlier,
-            };
             let mut restored = self.write(&override_path, restore);
             // Probed again only when it had a driver: one left unbound on purpose stays unbound.
             if restored.is_ok() && before.is_some() {

@@ -119,6 +119,8 @@ mod tests {
     struct OnlyIavfLoaded {
         function: std::path::PathBuf,
         iavf: std::path::PathBuf,
+        /// The driver's `unbind` fails (EBUSY), as a driver whose device is in use may.
+        busy: bool,
     }
 
     impl AttributeWriter for OnlyIavfLoaded {
@@ -133,6 +135,7 @@ mod tests {
                     };
                     std::fs::write(path, format!("{shown}\n"))
                 }
+                Some("unbind") if self.busy => Err(io::Error::from_raw_os_error(16)),
                 Some("unbind") => std::fs::remove_file(&link),
                 Some("drivers_probe") if !link.is_symlink() => {
                     let wanted = std::fs::read_to_string(self.function.join("driver_override"))?;
@@ -163,6 +166,7 @@ mod tests {
         let kernel = OnlyIavfLoaded {
             function: function.clone(),
             iavf,
+            busy: false,
         };
         let sriov = crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), Arc::new(kernel));
         let address = PciAddress::parse("0000:3b:01.0").unwrap();
@@ -183,6 +187,39 @@ mod tests {
         let err = sriov.bind_driver(address, "vfio-pci").unwrap_err();
         assert!(err.to_string().contains("left unbound, as it was"), "{err}");
         assert!(!function.join("driver").exists());
+    }
+
+    /// An unbind the driver refuses (EBUSY) fails the bind and takes the override back: left set,
+    /// the next probe of the function would bind it to the driver no claim holds it for, and a
+    /// rollback finding it on its driver would change nothing.
+    #[test]
+    fn a_refused_unbind_takes_the_override_back() {
+        use hal::{PciAddress, SriovPf};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let function = root.join("sys/bus/pci/devices/0000:3b:01.0");
+        let iavf = root.join("sys/bus/pci/drivers/iavf");
+        std::fs::create_dir_all(&function).unwrap();
+        std::fs::create_dir_all(&iavf).unwrap();
+        std::fs::write(root.join("sys/bus/pci/drivers_probe"), "").unwrap();
+        symlink(&iavf, function.join("driver")).unwrap();
+        let address = PciAddress::parse("0000:3b:01.0").unwrap();
+        for (before, after) in [("(null)\n", "(null)\n"), ("iavf\n", "iavf\n")] {
+            std::fs::write(function.join("driver_override"), before).unwrap();
+            let kernel = OnlyIavfLoaded {
+                function: function.clone(),
+                iavf: iavf.clone(),
+                busy: true,
+            };
+            let sriov =
+                crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), Arc::new(kernel));
+            let err = sriov.bind_driver(address, "vfio-pci").unwrap_err();
+            assert!(err.to_string().contains("unbind"), "{err}");
+            let left = std::fs::read_to_string(function.join("driver_override")).unwrap();
+            assert_eq!(left, after, "from {before:?}");
+            let driver = std::fs::read_link(function.join("driver")).unwrap();
+            assert!(driver.ends_with("iavf"), "{driver:?}");
+        }
     }
 
     /// A function that is not there is NotFound naming its own directory (what undoing a rebind

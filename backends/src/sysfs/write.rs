@@ -149,6 +149,18 @@ mod tests {
         }
     }
 
+    /// The function 0000:3b:01.0 under `root`, bound to `iavf`, and `drivers_probe`; returns the
+    /// function's directory and iavf's.
+    fn function_on_iavf(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let function = root.join("sys/bus/pci/devices/0000:3b:01.0");
+        let iavf = root.join("sys/bus/pci/drivers/iavf");
+        std::fs::create_dir_all(&function).unwrap();
+        std::fs::create_dir_all(&iavf).unwrap();
+        std::fs::write(root.join("sys/bus/pci/drivers_probe"), "").unwrap();
+        symlink(&iavf, function.join("driver")).unwrap();
+        (function, iavf)
+    }
+
     /// A driver that does not bind (its module is not loaded) leaves the function as it was, with
     /// its driver, not unbound; the error says so.
     #[test]
@@ -156,13 +168,8 @@ mod tests {
         use hal::{PciAddress, SriovPf};
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        let function = root.join("sys/bus/pci/devices/0000:3b:01.0");
-        let iavf = root.join("sys/bus/pci/drivers/iavf");
-        std::fs::create_dir_all(&function).unwrap();
-        std::fs::create_dir_all(&iavf).unwrap();
-        std::fs::write(root.join("sys/bus/pci/drivers_probe"), "").unwrap();
+        let (function, iavf) = function_on_iavf(root);
         std::fs::write(function.join("driver_override"), "(null)\n").unwrap();
-        symlink(&iavf, function.join("driver")).unwrap();
         let kernel = OnlyIavfLoaded {
             function: function.clone(),
             iavf,
@@ -197,12 +204,7 @@ mod tests {
         use hal::{PciAddress, SriovPf};
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        let function = root.join("sys/bus/pci/devices/0000:3b:01.0");
-        let iavf = root.join("sys/bus/pci/drivers/iavf");
-        std::fs::create_dir_all(&function).unwrap();
-        std::fs::create_dir_all(&iavf).unwrap();
-        std::fs::write(root.join("sys/bus/pci/drivers_probe"), "").unwrap();
-        symlink(&iavf, function.join("driver")).unwrap();
+        let (function, iavf) = function_on_iavf(root);
         let address = PciAddress::parse("0000:3b:01.0").unwrap();
         for (before, after) in [("(null)\n", "(null)\n"), ("iavf\n", "iavf\n")] {
             std::fs::write(function.join("driver_override"), before).unwrap();

@@ -17,6 +17,9 @@ const MAX_ENTRY: u64 = 64 * 1024;
 /// The most entries read from the directory.
 const MAX_ENTRIES: usize = 4096;
 
+/// The entries of the state directory, by file name, each read or why not ([`list`]).
+pub type Listed = Vec<(String, Result<Moved, NetError>)>;
+
 /// One netdev moved into a pod sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -83,9 +86,11 @@ pub fn load(path: &Path) -> Result<Moved, NetError> {
 }
 
 /// Every entry under `dir` (temp files of interrupted writes skipped), by file name; a missing
-/// directory has none.
-pub fn list(dir: &Path) -> Vec<(String, Result<Moved, NetError>)> {
-    list_with(dir, load)
+/// directory has none. A directory that cannot be read, or an entry of it, is an error naming the
+/// directory ([`NetErrorKind::State`]): never "nothing moved", which would let a teardown forget
+/// netdevs still in their pods.
+pub fn list(dir: &Path) -> Result<Listed, NetError> {
+    list_with(dir, load).map_err(|e| state_error(e.to_string()))
 }
 
 /// The file at `path` (no symlink followed), refused when over `max` bytes.
@@ -100,21 +105,91 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// `load` of every file under `dir` whose name does not start with `.` (the temp files of
-/// interrupted writes), at most 4096, by file name; a missing directory has none.
-pub(crate) fn list_with<T>(dir: &Path, load: impl Fn(&Path) -> T) -> Vec<(String, T)> {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Vec::new();
+/// interrupted writes), at most 4096, by file name; a missing directory has none. Any other failure
+/// to read the directory, or one of its entries, is an error naming the directory (`listing <dir>:
+/// <why>`, the OS error's kind kept): a partial listing is never returned as a whole one.
+pub(crate) fn list_with<T>(
+    dir: &Path,
+    load: impl Fn(&Path) -> T,
+) -> std::io::Result<Vec<(String, T)>> {
+    let failed = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("listing {}: {e}", dir.display()))
     };
-    let mut out: Vec<(String, T)> = read
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| !n.starts_with('.'))
-        .take(MAX_ENTRIES)
+    let read = match std::fs::read_dir(dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(failed(e)),
+    };
+    let names = entry_names(read.map(|entry| entry.map(|e| e.file_name()))).map_err(failed)?;
+    let mut out: Vec<(String, T)> = names
+        .into_iter()
         .map(|name| {
             let entry = load(&dir.join(&name));
             (name, entry)
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    Ok(out)
 }
+
+/// The names of `entries` (a directory's, in its order) that are UTF-8 and do not start with `.`,
+/// at most 4096; the first entry that failed to read fails them all.
+fn entry_names(
+    entries: impl Iterator<Item = std::io::Result<std::ffi::OsString>>,
+) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.to_str() else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        if names.len() == MAX_ENTRIES {
+            break;
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}
+
+/// Removes the temp files that atomic writes interrupted by a crash (a SIGKILL, an OOM kill) left
+/// under `dir` (the direct-mode state or the CNI result cache), and returns their paths; a missing
+/// directory has none. Only [`dra_kubelet_plugin::files::write_atomically`]'s temp files go: for each
+/// name of its temp naming (`.<entry>.<16 hex digits>.tmp`), the kit's
+/// [`dra_kubelet_plugin::files::remove_stale_temps`] of that entry (`.<entry>.*.tmp`); entries,
+/// files moved aside and anything else stay. For a start, before anything writes there: a write
+/// under way would lose its temp file.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut entries = std::collections::BTreeSet::new();
+    for entry in read {
+        let name = entry?.file_name();
+        if let Some(of) = name.to_str().and_then(temp_of) {
+            entries.insert(of.to_owned());
+        }
+    }
+    let mut removed = Vec::new();
+    for entry in entries {
+        removed.extend(dra_kubelet_plugin::files::remove_stale_temps(
+            &dir.join(entry),
+        )?);
+    }
+    Ok(removed)
+}
+
+/// The entry whose temp file `name` is, when it is one: `.<entry>.<16 hex digits>.tmp`, `<entry>`
+/// not empty and not starting with `.` (no entry of these directories does).
+fn temp_of(name: &str) -> Option<&str> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (entry, random) = inner.rsplit_once('.')?;
+    let random_ok = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    (random_ok && !entry.is_empty() && !entry.starts_with('.')).then_some(entry)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;

@@ -2,13 +2,15 @@
 //! a prepared claim reserved for the pod is attached into the sandbox's network namespace, in CNI
 //! mode ([`crate::podnet::cni`]) when its `VfConfig` names a NetworkAttachmentDefinition, in direct
 //! mode ([`crate::podnet::direct`], [`direct`]) when the claim gives it a `NetworkConfig`, and its
-//! `networkData` written to the claim's status; an error fails the sandbox with a message naming the
-//! claim, the device and the field, and undoes what the sandbox got so far. At `StopPodSandbox` and
-//! `RemovePodSandbox` the cached CNI attachments of the sandbox get their `DEL` and its direct-mode
-//! netdevs go home; after each `Synchronize`, those of sandboxes the runtime no longer has (gone while
-//! the plugin was down), listed and torn down off the event loop, so the runtime's other events are
-//! answered meanwhile. A teardown that fails (at a stop or removal, in the undo of a failed start, or
-//! after a `Synchronize`) is tried again while the plugin is connected
+//! `networkData` written to the claim's status (in a task of its own: the answer does not wait for
+//! the API server); an error fails the sandbox with a message naming the claim, the device and the
+//! field, and undoes what the sandbox got so far. At `StopPodSandbox` and `RemovePodSandbox` the
+//! cached CNI attachments of the sandbox get their `DEL` and its direct-mode netdevs go home; after
+//! each `Synchronize`, those of sandboxes the runtime no longer has (gone while the plugin was down),
+//! listed and torn down off the event loop, so the runtime's other events are answered meanwhile. A
+//! state directory that cannot be listed never reads as empty: the teardown (or the cleanup after a
+//! `Synchronize`) fails, and is tried again. A teardown that fails (at a stop or removal, in the
+//! undo of a failed start, or after a `Synchronize`) is tried again while the plugin is connected
 //! ([`PodNetwork::retry_teardowns`]), [`TEARDOWN_RETRY`] after it failed, then after twice as long
 //! each time up to [`TEARDOWN_RETRY_MAX`], and on at that pace until it succeeds: the runtime only
 //! logs a plugin's failed stop, and nothing else would try again before the next reconnection. The
@@ -79,11 +81,13 @@ pub struct PodNetwork {
 impl PodNetwork {
     /// What to tell the operator when the runtime's time for one call (`request_timeout_ms`, from
     /// `Configure`; 0 when the runtime does not say) is shorter than even one CNI plugin call may
-    /// take ([`Cni::timeout`]; an attach runs several in turn, so this is the least to ask): the
-    /// attach runs inside `RunPodSandbox`, and containerd treats a call past its timeout as fatal
-    /// (containerd/nri `pkg/adaptation/plugin.go`, `isFatalError`: `context.DeadlineExceeded`): it
-    /// drops the plugin and starts the sandbox, and the attach, which goes on, brings the network
-    /// functions in late.
+    /// take ([`Cni::timeout`]; an attach runs several in turn, each CNI-mode function after the
+    /// read of its NetworkAttachmentDefinition, up to [`cni::nad::TIMEOUT`], so this is the least to
+    /// ask): the attach runs inside `RunPodSandbox`, and containerd treats a call past its timeout as
+    /// fatal (containerd/nri `pkg/adaptation/plugin.go`, `isFatalError`:
+    /// `context.DeadlineExceeded`): it drops the plugin and starts the sandbox, and the attach,
+    /// which goes on, brings the network functions in late. (The claim's status write of
+    /// `networkData` is not waited for: it runs in a task of its own.)
     pub fn request_timeout_warning(&self, request_timeout_ms: i64) -> Option<String> {
         let cni = self.cni.timeout;
         let given = match u64::try_from(request_timeout_ms) {
@@ -93,16 +97,21 @@ impl PodNetwork {
             Ok(ms) if u128::from(ms) >= cni.as_millis() => return None,
             Ok(ms) => format!("waits {ms} ms for one call (containerd's plugin_request_timeout)"),
         };
+        let nad = cni::nad::TIMEOUT.as_secs();
         Some(format!(
             "the NRI runtime {given}, and pod networking attaches a pod's network functions inside \
-             RunPodSandbox, running each CNI plugin of each function in turn, each allowed {}s \
-             (--cni-timeout): an attach that takes longer makes containerd drop this plugin and \
-             start the pod before its network functions are in; set plugin_request_timeout well \
-             above --cni-timeout (docs/nri.md)",
+             RunPodSandbox, for each CNI-mode function reading its NetworkAttachmentDefinition from \
+             the API server (allowed {nad}s) and running each of its CNI plugins in turn, each \
+             allowed {}s (--cni-timeout): an attach that takes longer makes containerd drop this \
+             plugin and start the pod before its network functions are in; set \
+             plugin_request_timeout well above --cni-timeout plus {nad}s per function (docs/nri.md)",
             cni.as_secs()
         ))
     }
 }
+
+/// How a teardown names the CNI result cache when it could not be listed.
+pub const CNI_UNLISTED: &str = "CNI cache";
 
 /// How long after a teardown first failed it is tried again (while the plugin is connected), and how
 /// often [`PodNetwork::retry_teardowns`] looks for the ones due: each failed try doubles the wait
@@ -136,6 +145,12 @@ pub(crate) struct Sandboxes {
     /// each try that fails, up to `retry_max` ([`TEARDOWN_RETRY_MAX`]).
     retry_every: Duration,
     retry_max: Duration,
+    /// The cleanup after a `Synchronize` whose listing of the state directories failed, to be tried
+    /// again ([`PodNetwork::retry_teardowns`], on the teardowns' schedule): the latest one only (a
+    /// later listing that succeeds finds all an earlier one would).
+    cleanup: std::sync::Mutex<Option<PendingCleanup>>,
+    /// The cleanups after a `Synchronize` started so far (numbers them).
+    cleanups: std::sync::atomic::AtomicU64,
     /// Tests: while true, the listing after a `Synchronize` waits, as on a slow or hung disk.
     #[cfg(test)]
     pub(crate) listing_held: (std::sync::Mutex<bool>, std::sync::Condvar),
@@ -155,6 +170,23 @@ pub struct SyncMark(u64);
 /// A sandbox whose teardown failed, to be tried again (`Sandboxes::failed`).
 #[derive(Debug)]
 struct Failed {
+    /// The tries that failed so far.
+    tries: u32,
+    /// When the next try is due.
+    due: tokio::time::Instant,
+    /// What the last try's failures said.
+    failures: Vec<String>,
+}
+
+/// The cleanup after a `Synchronize` whose listing failed, to be tried again (`Sandboxes::cleanup`).
+#[derive(Debug)]
+struct PendingCleanup {
+    /// Which cleanup (`Sandboxes::cleanups`): a later `Synchronize`'s takes its place.
+    number: u64,
+    /// The sandboxes its `Synchronize` named alive.
+    alive: BTreeSet<String>,
+    /// Where its `Synchronize` ended.
+    mark: SyncMark,
     /// The tries that failed so far.
     tries: u32,
     /// When the next try is due.
@@ -186,6 +218,8 @@ impl Sandboxes {
             failed: std::sync::Mutex::default(),
             retry_every: every,
             retry_max: TEARDOWN_RETRY_MAX.max(every),
+            cleanup: std::sync::Mutex::default(),
+            cleanups: std::sync::atomic::AtomicU64::default(),
             #[cfg(test)]
             listing_held: Default::default(),
         }
@@ -330,15 +364,91 @@ impl Sandboxes {
         self.failed().get(id).is_some_and(|f| f.due <= now)
     }
 
-    /// When the first of the next tries is due, if a teardown is to be tried again.
+    /// When the first of the next tries is due, if a teardown or a cleanup after a `Synchronize`
+    /// is to be tried again.
     fn next_due(&self) -> Option<tokio::time::Instant> {
-        self.failed().values().map(|f| f.due).min()
+        let cleanup = self.cleanup().as_ref().map(|p| p.due);
+        self.failed().values().map(|f| f.due).chain(cleanup).min()
     }
 
     /// How many times the teardown of the sandbox `id` failed, if it is to be tried again.
     #[cfg(test)]
     fn failed_tries(&self, id: &str) -> Option<u32> {
         self.failed().get(id).map(|f| f.tries)
+    }
+
+    fn cleanup(&self) -> std::sync::MutexGuard<'_, Option<PendingCleanup>> {
+        self.cleanup
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The number of a new cleanup after a `Synchronize`.
+    fn next_cleanup(&self) -> u64 {
+        self.cleanups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .saturating_add(1)
+    }
+
+    /// Notes how the listing of the cleanup `number` (after a `Synchronize` that named `alive` at
+    /// `mark`) went, `failures` the listings that failed (none: listed): listed, neither it nor an
+    /// earlier one is tried again; failed, it is tried again once its wait is over
+    /// ([`Sandboxes::backoff`]). `None` when a later `Synchronize`'s cleanup took its place.
+    fn cleanup_listed(
+        &self,
+        number: u64,
+        alive: &BTreeSet<String>,
+        mark: SyncMark,
+        failures: &[String],
+    ) -> Option<Noted> {
+        let mut pending = self.cleanup();
+        if pending.as_ref().is_some_and(|p| p.number > number) {
+            return None;
+        }
+        let before = pending.as_ref().filter(|p| p.number == number);
+        if failures.is_empty() {
+            let tries = before.map_or(0, |p| p.tries).saturating_add(1);
+            *pending = None;
+            return Some(Noted {
+                tries,
+                next: None,
+                loud: false,
+            });
+        }
+        let (tries, changed) = match before {
+            Some(before) => (before.tries.saturating_add(1), before.failures != failures),
+            None => (1, true),
+        };
+        let wait = self.backoff(tries);
+        *pending = Some(PendingCleanup {
+            number,
+            alive: alive.clone(),
+            mark,
+            tries,
+            due: tokio::time::Instant::now() + wait,
+            failures: failures.to_vec(),
+        });
+        Some(Noted {
+            tries,
+            next: Some(wait),
+            loud: changed || tries.is_power_of_two(),
+        })
+    }
+
+    /// The cleanup after a `Synchronize` to try again, if one is due at `now`: its number, the
+    /// sandboxes its `Synchronize` named alive, and its mark.
+    fn due_cleanup(&self, now: tokio::time::Instant) -> Option<(u64, BTreeSet<String>, SyncMark)> {
+        let pending = self.cleanup();
+        pending
+            .as_ref()
+            .filter(|p| p.due <= now)
+            .map(|p| (p.number, p.alive.clone(), p.mark))
+    }
+
+    /// How many times the listing of the pending cleanup after a `Synchronize` failed (tests).
+    #[cfg(test)]
+    pub(crate) fn cleanup_tries(&self) -> Option<u32> {
+        self.cleanup().as_ref().map(|p| p.tries)
     }
 }
 
@@ -437,7 +547,7 @@ impl PodNetwork {
     ) -> PodNetwork {
         let mut runtime = Cni::new(&args.cni_bin_dir, state_dir);
         runtime.timeout = std::time::Duration::from_secs(args.cni_timeout.max(1));
-        PodNetwork {
+        let network = PodNetwork {
             cni: runtime,
             prepared: Arc::new(move || crate::podnet::pods::read_prepared(&checkpoint)),
             nads: kube_nads(client),
@@ -446,6 +556,31 @@ impl PodNetwork {
             pool: pool.to_owned(),
             direct: direct::DirectMode::new(state_dir),
             sandboxes: Arc::default(),
+        };
+        network.remove_stale_temps();
+        network
+    }
+
+    /// Removes the temp files that atomic writes of the CNI cache and the direct-mode state left
+    /// when the plugin was killed during one (`.<entry>.<random>.tmp`, up to 2 MiB each, whose names
+    /// hold a sandbox id, so no later write replaces them); logs what it removed, and a failure
+    /// (nothing else depends on it). Once, at start: before any event, so no write is under way.
+    pub fn remove_stale_temps(&self) {
+        let swept = [
+            (CNI_UNLISTED, self.cni.remove_stale_temps()),
+            (direct::STATE_UNLISTED, self.direct.remove_stale_temps()),
+        ];
+        for (what, result) in swept {
+            match result {
+                Ok(removed) if removed.is_empty() => {}
+                Ok(removed) => tracing::info!(
+                    ?removed,
+                    "temp files of interrupted writes of the {what} removed"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "the temp files of interrupted writes of the {what} could not be removed")
+                }
+            }
         }
     }
 
@@ -518,7 +653,7 @@ impl PodNetwork {
                         Made::Direct(moved) => moved.saved.pod_name.clone(),
                     };
                     made.push((function.device.clone(), name));
-                    self.write_status(function, &data).await;
+                    self.write_status(function, &data);
                     done.push(attachment);
                 }
                 Err(error) => {
@@ -526,11 +661,22 @@ impl PodNetwork {
                     let mut failures = self.undo(done).await;
                     self.sandboxes.forget(&pod.id);
                     // What could not be undone (or a failed attach kept) is tried again: the
-                    // runtime fails the sandbox, and may never send its stop.
-                    if self.has_state(&pod.id).await {
-                        if failures.is_empty() {
-                            failures.push("state left by the failed start".to_owned());
+                    // runtime fails the sandbox, and may never send its stop. So is a sandbox
+                    // whose state could not be listed: it may have some.
+                    let left = match self.has_state(&pod.id).await {
+                        Ok(false) => false,
+                        Ok(true) => {
+                            if failures.is_empty() {
+                                failures.push("state left by the failed start".to_owned());
+                            }
+                            true
                         }
+                        Err(unlisted) => {
+                            failures.push(unlisted);
+                            true
+                        }
+                    };
+                    if left {
                         let noted = self.sandboxes.torn_down(&pod.id, &failures);
                         log_failed(
                             &pod.id,
@@ -646,23 +792,39 @@ impl PodNetwork {
         })
     }
 
-    async fn write_status(&self, function: &PodFunction, data: &cni::NetworkData) {
-        let Some(claims) = &self.claims else { return };
+    /// Writes `data` as the `networkData` of `function` to its claim's status, in a task of its own:
+    /// the write (a read and a server-side apply of the claim, each allowed 20 s) never holds up the
+    /// `RunPodSandbox` answer, which the runtime waits for only `plugin_request_timeout` (2 s by
+    /// default in containerd, which drops a plugin that runs past it). The claims source orders
+    /// the status writes of one claim (the preparer's and these: a lock per claim), so neither undoes
+    /// the other's entries. A failure is logged, as the write is not the sandbox's: its functions
+    /// are in.
+    fn write_status(&self, function: &PodFunction, data: &cni::NetworkData) {
+        let Some(claims) = self.claims.clone() else {
+            return;
+        };
         if function.device.is_empty() {
             return;
         }
-        if let Err(error) = crate::podnet::status::write_network_data(
-            claims.as_ref(),
-            &function.claim,
-            &self.driver,
-            &self.pool,
-            &function.device,
-            data,
-        )
-        .await
-        {
-            tracing::warn!(claim = %function.claim.uid, %error, "networkData not written to the claim's status");
-        }
+        let (claim, device, data) = (
+            function.claim.clone(),
+            function.device.clone(),
+            data.clone(),
+        );
+        let (driver, pool) = (self.driver.clone(), self.pool.clone());
+        tokio::spawn(async move {
+            let written = crate::podnet::status::write_network_data(
+                claims.as_ref(),
+                &claim,
+                &driver,
+                &pool,
+                &device,
+                &data,
+            );
+            if let Err(error) = written.await {
+                tracing::warn!(claim = %claim.uid, %device, %error, "networkData not written to the claim's status");
+            }
+        });
     }
 
     /// `DEL` for every cached attachment of the sandbox, and its direct-mode netdevs home. One that
@@ -689,8 +851,9 @@ impl PodNetwork {
     }
 
     /// Whether anything of the sandbox `id` is recorded: a CNI cache entry or a direct-mode state
-    /// file (unreadable ones named after it included).
-    async fn has_state(&self, id: &str) -> bool {
+    /// file (unreadable ones named after it included). A listing that failed (or did not run) is an
+    /// error, never "nothing": something may be left, which the retry finds out.
+    async fn has_state(&self, id: &str) -> Result<bool, String> {
         let net = self.clone();
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -698,23 +861,26 @@ impl PodNetwork {
             let cni = net
                 .cni
                 .cached()
+                .map_err(|e| format!("{CNI_UNLISTED}: {e}"))?
                 .into_iter()
                 .any(|(name, entry)| match entry {
                     Ok(entry) => entry.container_id == id,
                     Err(_) => name.contains(&named),
                 });
-            cni || net
-                .direct
-                .moved()
-                .into_iter()
-                .any(|(name, entry)| match entry {
+            let direct = || -> Result<bool, String> {
+                let moved = net
+                    .direct
+                    .moved()
+                    .map_err(|e| format!("{}: {e}", direct::STATE_UNLISTED))?;
+                Ok(moved.into_iter().any(|(name, entry)| match entry {
                     Ok(moved) => moved.sandbox == id,
                     Err(_) => name.starts_with(&prefix),
-                })
+                }))
+            };
+            Ok(cni || direct()?)
         })
         .await
-        // A listing that failed to run: assume something is left, the retry finds out.
-        .unwrap_or(true)
+        .unwrap_or_else(|e| Err(format!("listing the state of the sandbox: {e}")))
     }
 
     /// Tears down what the sandbox `id` got, under its lock: `DEL` for every cached CNI attachment,
@@ -739,18 +905,19 @@ impl PodNetwork {
         Some(done)
     }
 
-    /// The teardown of the sandbox `id`, its lock held.
+    /// The teardown of the sandbox `id`, its lock held. A state directory that cannot be listed
+    /// is a failure of it ([`CNI_UNLISTED`], [`direct::STATE_UNLISTED`]), tried again like any.
     async fn teardown_locked(&self, id: &str) -> Teardown {
         let cni = self.cni.clone();
         let sandbox = id.to_owned();
-        let cni = tokio::task::spawn_blocking(move || cni.del_sandbox(&sandbox))
-            .await
-            .unwrap_or_else(|e| {
-                vec![(
-                    id.to_owned(),
-                    Err(cni::CniError::new(cni::CniErrorKind::Exec, e.to_string())),
-                )]
-            });
+        let cni = match tokio::task::spawn_blocking(move || cni.del_sandbox(&sandbox)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(unlisted)) => vec![(CNI_UNLISTED.to_owned(), Err(unlisted))],
+            Err(e) => vec![(
+                id.to_owned(),
+                Err(cni::CniError::new(cni::CniErrorKind::Exec, e.to_string())),
+            )],
+        };
         let direct = self.direct.move_back_sandbox(id).await;
         Teardown { cni, direct }
     }
@@ -758,28 +925,77 @@ impl PodNetwork {
     /// After a `Synchronize` that named the sandboxes `alive` at `mark` (`Sandboxes::mark`, taken
     /// on the event loop), beside the event loop: lists the sandboxes that vanished
     /// ([`PodNetwork::vanished`], a blocking read of the state directory, on a blocking thread) and
-    /// tears them down ([`PodNetwork::del_vanished`]).
+    /// tears them down ([`PodNetwork::del_vanished`]). A state directory that cannot be listed
+    /// never reads as "nothing vanished": the cleanup is tried again
+    /// ([`PodNetwork::retry_teardowns`], on the schedule of a failed teardown) until a listing
+    /// succeeds or a later `Synchronize`'s cleanup takes its place.
     pub async fn clean_up_vanished(&self, alive: BTreeSet<String>, mark: SyncMark) {
+        let number = self.sandboxes.next_cleanup();
+        self.clean_up(number, alive, mark).await;
+    }
+
+    /// The cleanup `number` after a `Synchronize` (its first try, or a try again): lists, tears
+    /// down what it found, and notes (and logs) a listing that failed, for a try again.
+    async fn clean_up(&self, number: u64, alive: BTreeSet<String>, mark: SyncMark) {
         let net = self.clone();
+        let listed = alive.clone();
         let listing = move || {
             #[cfg(test)]
             net.sandboxes.wait_while_listing_held();
-            net.vanished(&alive)
+            net.vanished(&listed)
         };
-        match tokio::task::spawn_blocking(listing).await {
-            Ok(vanished) => self.del_vanished(vanished, mark).await,
-            Err(error) => {
-                tracing::warn!(%error, "listing the sandboxes gone while the plugin was down")
-            }
+        let (vanished, failures) = match tokio::task::spawn_blocking(listing).await {
+            Ok(found) => found,
+            Err(error) => (
+                BTreeSet::new(),
+                vec![format!("listing the state directories: {error}")],
+            ),
+        };
+        // What was found goes now, even when another listing failed.
+        self.del_vanished(vanished, mark).await;
+        let Some(noted) = self
+            .sandboxes
+            .cleanup_listed(number, &alive, mark, &failures)
+        else {
+            return;
+        };
+        let tries = noted.tries;
+        match noted.next {
+            None if tries > 1 => tracing::info!(
+                tries,
+                "the state directories listed on retry: the sandboxes gone while the plugin was \
+                 disconnected are torn down"
+            ),
+            None => {}
+            Some(next) if noted.loud => tracing::warn!(
+                ?failures,
+                tries,
+                "the state directories could not be listed after a Synchronize, so the sandboxes \
+                 gone while the plugin was disconnected are not torn down yet ({tries} tries so \
+                 far); trying again in {next:?}"
+            ),
+            Some(next) => tracing::debug!(
+                ?failures,
+                tries,
+                "the state directories could not be listed after a Synchronize ({tries} tries so \
+                 far); trying again in {next:?}"
+            ),
         }
     }
 
     /// The sandboxes with CNI attachments or direct-mode netdevs that are not in `alive` (blocking:
     /// reads the state directory); unreadable entries are logged and kept. A sandbox started after
-    /// the `Synchronize` may be among them: [`PodNetwork::del_vanished`] skips it.
-    pub fn vanished(&self, alive: &BTreeSet<String>) -> BTreeSet<String> {
+    /// the `Synchronize` may be among them: [`PodNetwork::del_vanished`] skips it. Also the
+    /// listings that failed, one message each naming the directory (what such a directory holds is
+    /// not known: none of it is among the sandboxes).
+    pub fn vanished(&self, alive: &BTreeSet<String>) -> (BTreeSet<String>, Vec<String>) {
         let mut out = BTreeSet::new();
-        for (name, entry) in self.cni.cached() {
+        let mut unlisted = Vec::new();
+        let cached = self.cni.cached().unwrap_or_else(|error| {
+            unlisted.push(format!("{CNI_UNLISTED}: {error}"));
+            Vec::new()
+        });
+        for (name, entry) in cached {
             match entry {
                 Ok(entry) if !alive.contains(&entry.container_id) => {
                     out.insert(entry.container_id);
@@ -790,7 +1006,11 @@ impl PodNetwork {
                 }
             }
         }
-        for (name, entry) in self.direct.moved() {
+        let moved = self.direct.moved().unwrap_or_else(|error| {
+            unlisted.push(format!("{}: {error}", direct::STATE_UNLISTED));
+            Vec::new()
+        });
+        for (name, entry) in moved {
             match entry {
                 Ok(moved) if !alive.contains(&moved.sandbox) => {
                     out.insert(moved.sandbox);
@@ -801,7 +1021,7 @@ impl PodNetwork {
                 }
             }
         }
-        out
+        (out, unlisted)
     }
 
     /// Tears down the sandboxes [`PodNetwork::vanished`] found, each under its lock (a stop event of
@@ -833,7 +1053,7 @@ impl PodNetwork {
     }
 
     /// Until `ended` is dropped or sent (its connection ended): tries again the teardowns that
-    /// failed, each when due ([`PodNetwork::retry_failed_teardowns`]; [`TEARDOWN_RETRY`] after it
+    /// failed (and the cleanup after a `Synchronize` whose listing failed), each when due ([`PodNetwork::retry_failed_teardowns`]; [`TEARDOWN_RETRY`] after it
     /// failed, then twice as long after each try that fails, up to [`TEARDOWN_RETRY_MAX`]). It wakes
     /// when the first is due, and at least every [`TEARDOWN_RETRY`] (tests:
     /// `Sandboxes::retrying_every`) for those failed since, the first time one period from now (the
@@ -862,14 +1082,18 @@ impl PodNetwork {
         }
     }
 
-    /// One round of [`PodNetwork::retry_teardowns`]: tears down again, each under its lock, every
-    /// sandbox whose teardown failed and whose next try is due, unless it ran again, was torn down or
-    /// tried since (by a stop, a `Synchronize`'s cleanup, or the round of an earlier connection's
-    /// task). One that succeeds is forgotten; one that fails again is kept, its next try after twice
+    /// One round of [`PodNetwork::retry_teardowns`]: the cleanup after a `Synchronize` whose listing
+    /// failed, when due ([`PodNetwork::clean_up_vanished`]); then tears down again, each under its
+    /// lock, every sandbox whose teardown failed and whose next try is due, unless it ran again, was
+    /// torn down or tried since (by a stop, a `Synchronize`'s cleanup, or the round of an earlier
+    /// connection's task). One that succeeds is forgotten; one that fails again is kept, its next try after twice
     /// the wait, logged at WARN on tries 1, 2, 4, 8, ... or when what failed changed, at DEBUG
     /// otherwise.
     pub async fn retry_failed_teardowns(&self) {
         let now = tokio::time::Instant::now();
+        if let Some((number, alive, mark)) = self.sandboxes.due_cleanup(now) {
+            self.clean_up(number, alive, mark).await;
+        }
         for id in self.sandboxes.due_teardowns(now) {
             let _sandbox = self.sandboxes.lock(&id).await;
             // Under its lock: a RunPodSandbox or a teardown meanwhile took it out or put it off.
@@ -911,4 +1135,10 @@ mod tests_direct;
 mod tests_retry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_status;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests_sync;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests_unlisted;

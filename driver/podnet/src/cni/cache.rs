@@ -16,6 +16,9 @@ pub const CACHE_KIND: &str = "cniCacheV1";
 /// The largest cache file read.
 const MAX_ENTRY: u64 = 2 * 1024 * 1024;
 
+/// The entries of the cache, by file name, each read or why not ([`list`]).
+pub type Listed = Vec<(String, Result<Entry, CniError>)>;
+
 /// One attachment, as cached.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -111,7 +114,16 @@ pub fn load(path: &Path) -> Result<Entry, CniError> {
 }
 
 /// Every entry under `dir` (temp files of interrupted writes skipped), by file name; a missing
-/// directory has none.
-pub fn list(dir: &Path) -> Vec<(String, Result<Entry, CniError>)> {
+/// directory has none. A directory that cannot be read, or an entry of it, is an error naming the
+/// directory ([`CniErrorKind::Cache`]): never "nothing cached", which would let a teardown skip the
+/// `DEL` of attachments still made.
+pub fn list(dir: &Path) -> Result<Listed, CniError> {
     crate::moved::list_with(dir, load)
+        .map_err(|e| CniError::new(CniErrorKind::Cache, e.to_string()))
+}
+
+/// Removes the temp files of interrupted writes of entries under `dir` (a plugin killed while
+/// writing one), and returns their paths ([`crate::moved::remove_stale_temps`]). At start only.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    crate::moved::remove_stale_temps(dir)
 }

@@ -61,6 +61,9 @@ pub struct Added {
     pub network: NetworkData,
 }
 
+/// The `DEL`s run, each cached attachment's file name with how its `DEL` went.
+pub type Dels = Vec<(String, Result<(), CniError>)>;
+
 /// The default timeout of one plugin call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -143,37 +146,43 @@ impl Cni {
         cache::remove(&self.cache_dir, &entry.file_name())
     }
 
-    /// The cached attachments.
-    pub fn cached(&self) -> Vec<(String, Result<Entry, CniError>)> {
+    /// The cached attachments; an error when the cache cannot be listed ([`cache::list`]).
+    pub fn cached(&self) -> Result<cache::Listed, CniError> {
         cache::list(&self.cache_dir)
+    }
+
+    /// Removes the temp files that writes of the cache interrupted by a crash left
+    /// ([`cache::remove_stale_temps`]); at start, before any ADD.
+    pub fn remove_stale_temps(&self) -> std::io::Result<Vec<PathBuf>> {
+        cache::remove_stale_temps(&self.cache_dir)
     }
 
     /// Runs DEL for every cached attachment whose sandbox `alive` says is gone (at start, for
     /// sandboxes that vanished while the plugin was down); returns each one tried (its file name) and
-    /// how it went. Unreadable entries are reported and kept.
-    pub fn del_vanished(
-        &self,
-        alive: &dyn Fn(&Entry) -> bool,
-    ) -> Vec<(String, Result<(), CniError>)> {
+    /// how it went. Unreadable entries are reported and kept. A cache that cannot be listed is an
+    /// error: what it holds is not known.
+    pub fn del_vanished(&self, alive: &dyn Fn(&Entry) -> bool) -> Result<Dels, CniError> {
         let mut out = Vec::new();
-        for (name, entry) in self.cached() {
+        for (name, entry) in self.cached()? {
             match entry {
                 Ok(entry) if alive(&entry) => {}
                 Ok(entry) => out.push((name, self.del(&entry))),
                 Err(e) => out.push((name, Err(e))),
             }
         }
-        out
+        Ok(out)
     }
 
     /// Runs DEL for every cached attachment of the sandbox `container_id` (its stop or removal).
     /// An unreadable entry whose name holds the sandbox's id is logged at WARN and kept, not
     /// skipped without a word (its attachment may still be there), nor returned as a failure:
     /// reading it again cannot succeed, and CRI-O fails the sandbox's stop on a plugin's error, so
-    /// the pod would never finish stopping.
-    pub fn del_sandbox(&self, container_id: &str) -> Vec<(String, Result<(), CniError>)> {
+    /// the pod would never finish stopping. A cache that cannot be listed (EIO, EMFILE, ...) is an
+    /// error, for the caller to try again: whether the sandbox has attachments is not known.
+    pub fn del_sandbox(&self, container_id: &str) -> Result<Dels, CniError> {
         let named = format!("-{container_id}-");
-        self.cached()
+        Ok(self
+            .cached()?
             .into_iter()
             .filter_map(|(name, entry)| match entry {
                 Ok(entry) if entry.container_id == container_id => Some((name, self.del(&entry))),
@@ -185,7 +194,7 @@ impl Cni {
                 }
                 _ => None,
             })
-            .collect()
+            .collect())
     }
 
     /// The config plugin `i` gets on stdin.

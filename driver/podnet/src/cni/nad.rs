@@ -8,7 +8,7 @@ use super::conf::ConfList;
 use super::error::{CniError, CniErrorKind};
 
 /// How long the read may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The resource: `network-attachment-definitions.k8s.cni.cncf.io`, version `v1`.
 pub fn resource() -> ApiResource {

@@ -202,7 +202,7 @@ fn add_chains_results_caches_them_and_del_runs_in_reverse_with_the_cached_result
         }
     );
     // The cache holds what DEL needs, under libcni's file name.
-    let cached = cni.cached();
+    let cached = cni.cached().unwrap();
     assert_eq!(cached.len(), 1);
     assert_eq!(cached[0].0, "vf-test1-sandbox1-net1");
     let entry = cached[0].1.clone().unwrap();
@@ -220,7 +220,7 @@ fn add_chains_results_caches_them_and_del_runs_in_reverse_with_the_cached_result
     assert!(lines[3].starts_with("first DEL sandbox1  net1 "));
     assert_eq!(stdin(&bin, "first", "DEL")["prevResult"], added.result);
     assert_eq!(stdin(&bin, "second", "DEL")["prevResult"], added.result);
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn a_failed_add_runs_del_for_what_was_added_and_forgets_it() {
         stdin(&bin, "first", "DEL")["prevResult"]["ips"][0]["address"],
         "192.0.2.1/24"
     );
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
 }
 
 #[test]
@@ -361,7 +361,7 @@ fn bad_inputs_are_refused_before_any_plugin_runs() {
         let error = cni.add(&conflist(), &at).unwrap_err();
         assert!(error.to_string().starts_with(field), "{error}");
     }
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
 }
 
 #[test]
@@ -378,11 +378,18 @@ fn del_vanished_runs_del_for_sandboxes_no_longer_alive_and_keeps_the_rest() {
     cni.add(&conflist(), &other).unwrap();
     // A restarted plugin: a fresh runtime over the same cache, told only sandbox2 is alive.
     let restarted = runtime(dir.path());
-    let done = restarted.del_vanished(&|e| e.container_id == "sandbox2");
+    let done = restarted
+        .del_vanished(&|e| e.container_id == "sandbox2")
+        .unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].0, "vf-test1-sandbox1-net1");
     assert!(done[0].1.is_ok());
-    let left: Vec<String> = restarted.cached().into_iter().map(|(n, _)| n).collect();
+    let left: Vec<String> = restarted
+        .cached()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(left, ["vf-test1-sandbox2-net1"]);
     let dels: Vec<String> = log(&bin)
         .into_iter()
@@ -392,7 +399,7 @@ fn del_vanished_runs_del_for_sandboxes_no_longer_alive_and_keeps_the_rest() {
     assert!(dels.iter().all(|l| l.contains(" sandbox1 ")));
     // A corrupt entry is reported and kept.
     std::fs::write(dir.path().join("state/cni/results/n-x-net1"), "{").unwrap();
-    let done = restarted.del_vanished(&|_| true);
+    let done = restarted.del_vanished(&|_| true).unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].1.as_ref().unwrap_err().kind(), CniErrorKind::Cache);
 }
@@ -475,7 +482,7 @@ fn a_fifo_in_the_cache_is_an_unreadable_entry_at_once_not_a_listing_that_waits()
     .unwrap();
     let (done, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = done.send(cni.cached());
+        let _ = done.send(cni.cached().unwrap());
     });
     let cached = wait
         .recv_timeout(Duration::from_secs(10))
@@ -520,7 +527,7 @@ fn a_config_too_deep_for_the_cache_is_refused_before_add() {
     assert_eq!(error.kind(), CniErrorKind::Cache, "{error}");
     assert!(error.to_string().contains("would not read back"), "{error}");
     assert!(log(&bin).is_empty(), "no plugin ran: {:?}", log(&bin));
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
 }
 
 /// A plugin's result nested as deep as the JSON reader takes cannot be cached: its ADD is undone
@@ -545,7 +552,7 @@ fn a_result_too_deep_for_the_cache_is_undone_at_once() {
     let error = cni.add(&list, &attachment()).unwrap_err();
     assert_eq!(error.kind(), CniErrorKind::Cache, "{error}");
     assert_eq!(log(&bin), ["deep ADD", "deep DEL"]);
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
 }
 
 /// An unreadable entry of the sandbox does not fail its stop (reading it again cannot succeed, and
@@ -557,9 +564,9 @@ fn an_unreadable_entry_of_a_sandbox_is_kept_without_failing_its_stop() {
     std::fs::create_dir_all(&cni.cache_dir).unwrap();
     let name = "vf-test1-sandbox1-net1";
     std::fs::write(cni.cache_dir.join(name), "{").unwrap();
-    assert!(cni.del_sandbox("sandbox1").is_empty());
+    assert!(cni.del_sandbox("sandbox1").unwrap().is_empty());
     assert!(cni.cache_dir.join(name).exists(), "kept");
-    assert!(cni.del_sandbox("sandbox2").is_empty());
+    assert!(cni.del_sandbox("sandbox2").unwrap().is_empty());
 }
 
 /// Whether process `pid` has ended (gone, or a zombie nobody reaped yet), within 5 s.
@@ -612,4 +619,51 @@ fn a_plugin_past_its_timeout_is_killed_with_its_children() {
             pid.trim()
         );
     }
+}
+
+/// A cache that cannot be listed (EIO, EMFILE, EACCES; here ENOTDIR, the cache directory a file)
+/// is an error naming it, never "nothing cached": a stop would forget the sandbox without its DEL
+/// (an IPAM lease leaked, a VF left with the pod's VLAN and MAC). A missing cache is empty.
+#[test]
+fn a_cache_that_cannot_be_listed_is_an_error_not_an_empty_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cni = runtime(dir.path());
+    assert!(cni.cached().unwrap().is_empty(), "missing: empty");
+    assert!(cni.del_sandbox("sandbox1").unwrap().is_empty());
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    cni.cache_dir = file.clone();
+    let error = cni.cached().unwrap_err();
+    assert_eq!(error.kind(), CniErrorKind::Cache);
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("listing {}", file.display())),
+        "{error}"
+    );
+    let error = cni.del_sandbox("sandbox1").unwrap_err();
+    assert_eq!(error.kind(), CniErrorKind::Cache, "{error}");
+    assert!(cni.del_vanished(&|_| false).is_err());
+}
+
+/// A plugin killed while writing a cache entry leaves its temp file (up to 2 MiB; its name holds
+/// the sandbox id, so no later write replaces it): swept at start, the entries kept.
+#[test]
+fn temp_files_of_interrupted_cache_writes_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cni = runtime(dir.path());
+    assert!(cni.remove_stale_temps().unwrap().is_empty(), "no cache yet");
+    std::fs::create_dir_all(&cni.cache_dir).unwrap();
+    let stale = cni
+        .cache_dir
+        .join(".vf-test1-sandbox1-net1.0123456789abcdef.tmp");
+    std::fs::write(&stale, "{\"kind\":").unwrap();
+    let entry = cni.cache_dir.join("vf-test1-sandbox2-net1");
+    std::fs::write(&entry, "{").unwrap();
+    assert_eq!(
+        cni.remove_stale_temps().unwrap(),
+        std::slice::from_ref(&stale)
+    );
+    assert!(!stale.exists());
+    assert!(entry.exists(), "an entry is never swept, readable or not");
 }

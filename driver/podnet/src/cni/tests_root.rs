@@ -89,13 +89,13 @@ fn host_device_with_static_ipam_moves_the_netdev_in_as_net1_and_del_brings_it_ba
     assert_eq!(added.result["cniVersion"], "1.0.0");
 
     // Sandbox stop: DEL with the cached inputs brings it home under its name.
-    let (_, entry) = cni.cached().pop().unwrap();
+    let (_, entry) = cni.cached().unwrap().pop().unwrap();
     cni.del(&entry.unwrap()).unwrap();
     assert!(pod.link("net1").is_none());
     let back = vf.on_host().expect("back on the host under its name");
     assert_eq!(back["address"], host_mac.as_str());
     assert_eq!(back["mtu"], 1400);
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
 }
 
 #[test]
@@ -137,13 +137,13 @@ fn a_0_4_0_conflist_chains_host_device_and_tuning_and_a_restart_still_runs_del_n
     // The plugin restarts (a fresh runtime over the same cache); the sandbox is gone from the runtime:
     // DEL runs from the cache alone, in reverse (tuning restores the MTU, host-device moves it home).
     let restarted = runtime(state.path());
-    let done = restarted.del_vanished(&|_| false);
+    let done = restarted.del_vanished(&|_| false).unwrap();
     assert_eq!(done.len(), 1, "{done:?}");
     assert!(done[0].1.is_ok(), "{done:?}");
     assert!(pod.link("net1").is_none());
     let back = vf.on_host().expect("home");
     assert_eq!(back["mtu"], 1500);
-    assert!(restarted.cached().is_empty());
+    assert!(restarted.cached().unwrap().is_empty());
 }
 
 #[test]
@@ -163,9 +163,9 @@ fn del_after_the_namespace_is_gone_succeeds_and_a_failed_add_leaves_the_host_as_
     cni.add(&list, &attachment(&pod, "sandboxc")).unwrap();
     // The namespace dies first (a veth dies with it; a VF would come home): DEL still completes.
     pod.delete();
-    let (_, entry) = cni.cached().pop().unwrap();
+    let (_, entry) = cni.cached().unwrap().pop().unwrap();
     cni.del(&entry.unwrap()).unwrap();
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
     assert!(vf.on_host().is_none());
 
     // A NAD naming a device that is not there: ADD fails with host-device's own message, nothing cached.
@@ -181,6 +181,6 @@ fn del_after_the_namespace_is_gone_succeeds_and_a_failed_add_leaves_the_host_as_
         error.to_string().contains("failed to find host device"),
         "{error}"
     );
-    assert!(cni.cached().is_empty());
+    assert!(cni.cached().unwrap().is_empty());
     assert!(pod.link("net1").is_none());
 }

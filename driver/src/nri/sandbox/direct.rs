@@ -14,6 +14,9 @@ use crate::podnet::error::{NetError, NetErrorKind};
 use crate::podnet::moved::{self, MOVED_KIND, Moved};
 use crate::podnet::pods::PodFunction;
 
+/// How a teardown names the direct-mode state directory when it could not be listed.
+pub const STATE_UNLISTED: &str = "direct-mode state";
+
 /// Where direct mode moves netdevs from, and where it keeps their state.
 #[derive(Debug, Clone)]
 pub struct DirectMode {
@@ -32,9 +35,16 @@ impl DirectMode {
         }
     }
 
-    /// The netdevs moved now, by state file name.
-    pub fn moved(&self) -> Vec<(String, Result<Moved, NetError>)> {
+    /// The netdevs moved now, by state file name; an error when the state directory cannot be
+    /// listed ([`moved::list`]).
+    pub fn moved(&self) -> Result<moved::Listed, NetError> {
         moved::list(&self.state_dir)
+    }
+
+    /// Removes the temp files that writes of the state interrupted by a crash left
+    /// ([`moved::remove_stale_temps`]); at start, before any netdev moves.
+    pub fn remove_stale_temps(&self) -> std::io::Result<Vec<PathBuf>> {
+        moved::remove_stale_temps(&self.state_dir)
     }
 
     /// Moves the netdev of `moved` home and forgets it: home, or gone with its namespace (reported).
@@ -71,13 +81,19 @@ impl DirectMode {
             })
     }
 
-    /// Moves back every netdev of the sandbox `id`, by state file name.
+    /// Moves back every netdev of the sandbox `id`, by state file name. A state directory that
+    /// cannot be listed is one failure (named [`STATE_UNLISTED`]): what the sandbox has there is not
+    /// known, so its teardown fails and is tried again.
     pub async fn move_back_sandbox(&self, id: &str) -> Vec<(String, Result<Detached, NetError>)> {
         let mode = self.clone();
         let sandbox = id.to_owned();
         let done = tokio::task::spawn_blocking(move || {
             let id = sandbox;
-            mode.moved()
+            let moved = match mode.moved() {
+                Ok(moved) => moved,
+                Err(error) => return vec![(STATE_UNLISTED.to_owned(), Err(error))],
+            };
+            moved
                 .into_iter()
                 .filter_map(|(name, entry)| match entry {
                     Ok(moved) if moved.sandbox == id => {

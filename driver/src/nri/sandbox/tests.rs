@@ -169,6 +169,19 @@ pub(super) fn status_devices(api: &Arc<Mutex<FakeApi>>) -> Value {
     api.lock().unwrap().claims["demo/claim1"]["status"]["devices"].clone()
 }
 
+/// The claim's status devices once the first one's `networkData` has `ips` (the NRI plugin's write,
+/// which the `RunPodSandbox` answer does not wait for), up to 10 s.
+pub(super) async fn written_status(api: &Arc<Mutex<FakeApi>>) -> Value {
+    for _ in 0..400 {
+        let devices = status_devices(api);
+        if !devices[0]["networkData"]["ips"].is_null() {
+            return devices;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("networkData never written: {}", status_devices(api));
+}
+
 pub(super) async fn connect(runtime: &FakeRuntime) -> PluginConn {
     let (conn, configured) = runtime.accept().await.unwrap();
     // The pod sandbox events are subscribed besides the container events.
@@ -217,7 +230,7 @@ async fn run_pod_sandbox_adds_the_claims_functions_with_their_nad_and_stop_delet
     assert_eq!(stdin["deviceID"], "0000:3b:02.0");
     assert_eq!(stdin["name"], "vf-test1");
     // networkData in the claim's status, the preparer's data kept.
-    let devices = status_devices(&api);
+    let devices = written_status(&api).await;
     assert_eq!(
         devices[0]["networkData"],
         json!({"interfaceName": "net1", "ips": ["192.0.2.44/24"],
@@ -362,7 +375,7 @@ async fn through_nri_the_pod_gets_net1_from_host_device_and_stop_brings_it_home_
     assert_eq!(addrs[0]["addr_info"][0]["local"], "10.56.217.10");
     assert!(vf.on_host().is_none());
     assert_eq!(
-        status_devices(&api)[0]["networkData"],
+        written_status(&api).await[0]["networkData"],
         json!({"interfaceName": "net1", "ips": ["10.56.217.10/24"], "hardwareAddress": mac})
     );
     conn.sandbox_event(event::STOP_POD_SANDBOX, &pod)

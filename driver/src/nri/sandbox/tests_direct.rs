@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::tests::{
-    DEVICE, api, connect, lines, network, record, recorder, start_network, status_devices,
+    DEVICE, api, connect, lines, network, record, recorder, start_network, written_status,
 };
 use super::*;
 use crate::nri::fake_runtime::{FakeRuntime, PluginConn, pod_in_netns};
@@ -77,7 +77,7 @@ async fn a_direct_mode_function_without_a_namespace_or_netdev_fails_the_sandbox_
          has no netdev on the host to move"
     );
     // Nothing was recorded as moved.
-    assert!(net.direct.moved().is_empty());
+    assert!(net.direct.moved().unwrap().is_empty());
 }
 
 /// A CNI plugin `rec` whose DEL takes 300 ms, so that two teardowns of one sandbox overlap.
@@ -123,8 +123,9 @@ async fn racing_teardowns_of_one_sandbox_run_del_once() {
     // A Synchronize cleanup (the sandbox is not among the runtime's) and a stop at once.
     net.run_pod_sandbox(&pod).await.unwrap();
     let mark = net.sandboxes.mark();
-    let vanished = net.vanished(&["sandbox0".to_owned()].into());
+    let (vanished, unlisted) = net.vanished(&["sandbox0".to_owned()].into());
     assert_eq!(vanished, ["sandbox1".to_owned()].into());
+    assert!(unlisted.is_empty(), "{unlisted:?}");
     let ((), stop) = tokio::join!(net.del_vanished(vanished, mark), net.stop_pod_sandbox(&pod));
     stop.unwrap();
     assert_eq!(
@@ -133,7 +134,7 @@ async fn racing_teardowns_of_one_sandbox_run_del_once() {
         "{:?}",
         lines(&bin.join("log"))
     );
-    assert!(net.cni.cached().is_empty());
+    assert!(net.cni.cached().unwrap().is_empty());
     // No lock is left behind.
     assert_eq!(net.sandboxes.len(), 0);
 }
@@ -273,7 +274,7 @@ mod root {
         let routes6 = pod_ns.json(&["-6", "route", "show", "2001:db8::/32"]);
         assert_eq!(routes6[0]["gateway"], "fd00:9::1");
         // networkData in the claim's status, the preparer's data kept.
-        let devices = status_devices(&api);
+        let devices = written_status(&api).await;
         assert_eq!(
             devices[0]["networkData"],
             json!({"interfaceName": "net1", "ips": ["192.0.2.10/24", "fd00:9::10/64"],
@@ -281,7 +282,7 @@ mod root {
         );
         assert_eq!(devices[0]["data"]["pciAddress"], "0000:3b:02.0");
         // Its state is on disk until it is home.
-        let moved = net.direct.moved();
+        let moved = net.direct.moved().unwrap();
         assert_eq!(moved.len(), 1);
         assert_eq!(moved[0].0, "sandboxd1-net1");
         let saved = &moved[0].1.as_ref().unwrap().saved;
@@ -316,7 +317,7 @@ mod root {
         assert_eq!(back["mtu"], 1500);
         assert!(is_up(&back));
         assert!(global_addresses(&home, "vf0").is_empty());
-        assert!(net.direct.moved().is_empty());
+        assert!(net.direct.moved().unwrap().is_empty());
         // The remove finds nothing left.
         conn.sandbox_event(event::REMOVE_POD_SANDBOX, &pod)
             .await
@@ -346,12 +347,12 @@ mod root {
         let node = start_network(&dir.path().join("nri.sock"), fresh.clone());
         let conn = connect(&runtime).await;
         for _ in 0..200 {
-            if fresh.direct.moved().is_empty() {
+            if fresh.direct.moved().unwrap().is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        assert!(fresh.direct.moved().is_empty());
+        assert!(fresh.direct.moved().unwrap().is_empty());
         assert!(pod_ns.link("net1").is_none());
         let back = home.link("vf0").expect("vf0 back on the host");
         assert_eq!(back["mtu"], 1500);
@@ -393,12 +394,12 @@ mod root {
         dra_podnet::testing::sh(&[
             "-n", &pod_ns.0, "link", "set", "net2", "down", "mtu", "1280",
         ]);
-        assert_eq!(net.direct.moved().len(), 2);
+        assert_eq!(net.direct.moved().unwrap().len(), 2);
         // The next plugin's Synchronize does not list the sandbox.
-        let vanished = net.vanished(&["sandbox0".to_owned()].into());
+        let (vanished, _) = net.vanished(&["sandbox0".to_owned()].into());
         assert_eq!(vanished, ["sandboxd5".to_owned()].into());
         net.del_vanished(vanished, net.sandboxes.mark()).await;
-        assert!(net.direct.moved().is_empty());
+        assert!(net.direct.moved().unwrap().is_empty());
         assert!(pod_ns.link("net2").is_none());
         for name in ["vf0", "vf1"] {
             let back = home
@@ -425,7 +426,10 @@ mod root {
         assert_eq!(done.direct.len(), 1);
         assert_eq!(done.direct[0].0, "sandboxd3-net1");
         assert_eq!(done.direct[0].1.as_ref().unwrap(), &Detached::Gone);
-        assert!(net.direct.moved().is_empty(), "the state is dropped");
+        assert!(
+            net.direct.moved().unwrap().is_empty(),
+            "the state is dropped"
+        );
         assert!(home.link("vf0").is_none());
         // Stop and remove events after that succeed: nothing is left to do.
         net.stop_pod_sandbox(&pod).await.unwrap();
@@ -461,6 +465,6 @@ mod root {
         );
         assert!(pod_ns.link("net1").is_none());
         assert_eq!(home.link("vf0").unwrap()["mtu"], 1500);
-        assert!(net.direct.moved().is_empty());
+        assert!(net.direct.moved().unwrap().is_empty());
     }
 }

@@ -71,7 +71,7 @@ impl Setup {
     }
 
     fn cached(&self) -> usize {
-        self.net.cni.cached().len()
+        self.net.cni.cached().unwrap().len()
     }
 
     fn let_del_succeed(&self) {

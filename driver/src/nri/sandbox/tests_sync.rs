@@ -165,6 +165,6 @@ async fn a_sandbox_started_before_a_reconnection_and_gone_meanwhile_gets_its_del
         lines(&bin.join("log")),
         ["ADD sandbox1 /run/netns/cni-1 net1", "DEL sandbox1  net1"]
     );
-    assert!(net.cni.cached().is_empty());
+    assert!(net.cni.cached().unwrap().is_empty());
     assert!(!net.sandboxes.started_after("sandbox1", mark));
 }

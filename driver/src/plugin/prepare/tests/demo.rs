@@ -331,17 +331,28 @@ async fn the_sriov_resource_alignment_demo_gets_net1_from_its_nad_through_nri_ne
         "{stdin}"
     );
 
-    // The claim's status: the preparer's entry for the VF, with the CNI result's addresses.
-    let status =
-        api.lock().unwrap().claims[&format!("{namespace}/{claim_name}")]["status"]["devices"]
-            .clone();
-    let entry = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["device"] == vf_device.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("{status}"));
+    // The claim's status: the preparer's entry for the VF, with the CNI result's addresses
+    // (written after the sandbox's answer, by a task of its own: waited for, up to 10 s).
+    let entry_of = || {
+        let status =
+            api.lock().unwrap().claims[&format!("{namespace}/{claim_name}")]["status"]["devices"]
+                .clone();
+        let entry = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == vf_device.as_str())
+            .cloned();
+        entry.unwrap_or_else(|| panic!("{status}"))
+    };
+    let mut entry = entry_of();
+    for _ in 0..400 {
+        if !entry["networkData"]["ips"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        entry = entry_of();
+    }
     assert_eq!(entry["networkData"]["interfaceName"], "net1", "{entry}");
     assert_eq!(
         entry["networkData"]["ips"],

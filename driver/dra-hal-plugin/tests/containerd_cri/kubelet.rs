@@ -121,7 +121,13 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"))
             .args(&self.plugin_args)
             .args(["--node-name", NODE, "--metrics-address", "127.0.0.1:0"])
-            .args(["--nri", "--pod-networking", "--nri-index", "05", "--nri-socket"])
+            .args([
+                "--nri",
+                "--pod-networking",
+                "--nri-index",
+                "05",
+                "--nri-socket",
+            ])
             .arg(self.containerd.nri_socket())
             .arg("--kubelet-root-dir")
             .arg(self.kubelet_root())

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::sandboxes::Noted;
 use super::tests::{api, connect, lines, network, record, start_network};
 use super::*;
 use crate::nri::fake_runtime::{FakeRuntime, pod_in_netns};

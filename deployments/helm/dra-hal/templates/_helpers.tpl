@@ -17,6 +17,11 @@
 {{- printf "%s-%s" .Release.Namespace (include "dra-hal.fullname" .) -}}
 {{- end -}}
 
+{{/* The ValidatingAdmissionPolicy and its binding (cluster-scoped): resourceslices-policy-<namespace>-<fullname>. */}}
+{{- define "dra-hal.resourceSlicePolicyName" -}}
+{{- printf "resourceslices-policy-%s" (include "dra-hal.clusterRoleName" .) -}}
+{{- end -}}
+
 {{- define "dra-hal.selectorLabels" -}}
 app.kubernetes.io/name: {{ default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/instance: {{ .Release.Name }}

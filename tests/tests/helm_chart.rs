@@ -311,7 +311,27 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
                     && m["mountPropagation"] == "HostToContainer"),
                 "{mounts:?}"
             );
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m["mountPath"] == "/etc/cni/net.d" && m["readOnly"] == true),
+                "{mounts:?}"
+            );
             assert_eq!(daemonset["spec"]["template"]["spec"]["hostNetwork"], true);
+        }
+        // The host's /sys: writable only when privileged (VF policy, partitions, rebinds), else
+        // read-only with its submounts (cgroup2, debugfs, ...).
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        let sys = mounts
+            .iter()
+            .find(|m| m["mountPath"] == "/sys")
+            .unwrap_or_else(|| panic!("{variant}: no /sys mount"));
+        match variant == "privileged" {
+            true => assert!(sys["readOnly"] != true, "{sys}"),
+            false => {
+                assert_eq!(sys["readOnly"], true, "{variant}: {sys}");
+                assert_eq!(sys["recursiveReadOnly"], "IfPossible", "{variant}: {sys}");
+            }
         }
 
         // Extended resource names: only where the values give one (the privileged variant's gpu class).

@@ -10,7 +10,10 @@
 //!
 //! A record file that is not a record (corrupt, truncated, oversized, of another claim, a directory)
 //! is moved aside (`<uid>.json.bad-*`, the newest [`files::KEEP_ASIDE`] kept per claim) and reported
-//! with its claim, never a crash loop. What one claim may store is bounded ([`MAX_CLAIM_BYTES`]).
+//! with its claim, never a crash loop. A record file that cannot be read at all (an I/O error other
+//! than "not found": EIO from a bad block, EACCES) is left where it is, for it may read later, and
+//! reported with its claim ([`Unreadable`]): neither [`Checkpoint::load`] nor
+//! [`Checkpoint::read_valid`] fails on it. What one claim may store is bounded ([`MAX_CLAIM_BYTES`]).
 //! Before anything is moved aside (or when the directory is missing) a rebuild is marked in the
 //! directory (`.rebuild-pending`, synced): the driver rebuilds what was lost from elsewhere (its CDI
 //! specs), writes it, and calls [`Checkpoint::rebuild_done`]; a start that finds the mark knows an
@@ -93,6 +96,39 @@ pub struct Discarded {
     pub moved_to: PathBuf,
 }
 
+/// A record file that could not be read (an I/O error other than "not found": EIO, EACCES, ...).
+/// It is left in place: it is not known to be bad, and a later read may succeed.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The claim whose record it is (its file name).
+    pub uid: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Why it could not be read.
+    pub error: io::Error,
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the record of claim {} ({}) could not be read: {}",
+            self.uid,
+            self.path.display(),
+            self.error
+        )
+    }
+}
+
+/// What [`Checkpoint::read_valid`] found.
+#[derive(Debug)]
+pub struct Valid<R> {
+    /// The valid records, by claim UID.
+    pub claims: BTreeMap<String, R>,
+    /// The record files it could not read, left out of `claims`.
+    pub unreadable: Vec<Unreadable>,
+}
+
 /// What [`Checkpoint::load`] found.
 #[derive(Debug)]
 pub struct Loaded<R> {
@@ -100,6 +136,10 @@ pub struct Loaded<R> {
     pub claims: BTreeMap<String, R>,
     /// Files that were not valid records, moved aside.
     pub discarded: Vec<Discarded>,
+    /// Record files that could not be read, left in place (not in `claims`, not moved aside): what
+    /// they hold is not known to be lost. No rebuild is marked for them: the file itself says so
+    /// at every load until it reads, or is replaced or removed.
+    pub unreadable: Vec<Unreadable>,
     /// Temp files of interrupted writes that were removed.
     pub removed_temps: Vec<PathBuf>,
     /// There was no checkpoint at all: a new plugin directory, or one removed by hand.
@@ -118,6 +158,7 @@ impl<R> Default for Loaded<R> {
         Loaded {
             claims: BTreeMap::new(),
             discarded: Vec::new(),
+            unreadable: Vec::new(),
             removed_temps: Vec::new(),
             missing: false,
             rebuild_interrupted: false,
@@ -201,11 +242,16 @@ impl CheckpointError {
 /// A test hook run before each write or removal of a record; an error fails it as the disk would.
 pub type WriteFault = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
+/// A test hook run before each read of a record file, with its path; an error fails the read as the
+/// disk would (EIO from a bad block, EACCES).
+pub type ReadFault = Arc<dyn Fn(&Path) -> io::Result<()> + Send + Sync>;
+
 /// The checkpoint directory of records `R`.
 pub struct Checkpoint<R> {
     dir: PathBuf,
     fault: Option<WriteFault>,
     dir_sync_fault: Option<WriteFault>,
+    read_fault: Option<ReadFault>,
     record: PhantomData<fn() -> R>,
 }
 
@@ -215,6 +261,7 @@ impl<R> Clone for Checkpoint<R> {
             dir: self.dir.clone(),
             fault: self.fault.clone(),
             dir_sync_fault: self.dir_sync_fault.clone(),
+            read_fault: self.read_fault.clone(),
             record: PhantomData,
         }
     }
@@ -226,6 +273,7 @@ impl<R> fmt::Debug for Checkpoint<R> {
             .field("dir", &self.dir)
             .field("fault", &self.fault.is_some())
             .field("dir_sync_fault", &self.dir_sync_fault.is_some())
+            .field("read_fault", &self.read_fault.is_some())
             .finish()
     }
 }
@@ -243,6 +291,7 @@ impl<R: Record> Checkpoint<R> {
             dir: dir.into(),
             fault: None,
             dir_sync_fault: None,
+            read_fault: None,
             record: PhantomData,
         }
     }
@@ -260,6 +309,21 @@ impl<R: Record> Checkpoint<R> {
         self
     }
 
+    /// Runs `fault` before every read of a record file, with its path (tests: a bad block, a file
+    /// the plugin may not read).
+    pub fn with_read_fault(mut self, fault: ReadFault) -> Self {
+        self.read_fault = Some(fault);
+        self
+    }
+
+    /// Reads the record file of `uid` at `path` ([`read_record`]), after the read fault.
+    fn read(&self, path: &Path, uid: &str) -> Result<R, Unusable> {
+        if let Some(fault) = &self.read_fault {
+            fault(path).map_err(Unusable::Io)?;
+        }
+        read_record(path, uid)
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -272,8 +336,9 @@ impl<R: Record> Checkpoint<R> {
 
     /// Reads every record, after removing the temp files of interrupted writes. A missing directory
     /// is an empty checkpoint (`missing`); a record file that is not a valid record, or a directory
-    /// path that is not a directory, is moved aside and reported in `discarded`. Only I/O failures
-    /// (permissions, a failed rename) are errors.
+    /// path that is not a directory, is moved aside and reported in `discarded`; a record file that
+    /// cannot be read (EIO, EACCES) is left in place and reported in `unreadable`. Only I/O failures
+    /// of the directory or of what is removed or moved (permissions, a failed rename) are errors.
     ///
     /// Whenever something is to be rebuilt (`missing`, `discarded`), a rebuild is marked
     /// ([`Self::mark_rebuild`]) before anything is moved aside; the driver writes the records it
@@ -384,11 +449,14 @@ impl<R: Record> Checkpoint<R> {
         }
         for uid in records {
             let path = self.record_path(&uid);
-            match read_record(&path, &uid) {
+            match self.read(&path, &uid) {
                 Ok(record) => {
                     loaded.claims.insert(uid, record);
                 }
-                Err(Unusable::Io(e)) => return Err(io_at("read", &path)(e)),
+                // Removed since the listing: no record.
+                Err(Unusable::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                // Not known to be bad: left for a later read, reported for the driver to decide.
+                Err(Unusable::Io(error)) => loaded.unreadable.push(Unreadable { uid, path, error }),
                 Err(Unusable::Bad(why)) => self.discard(loaded, Some(uid), &path, &why)?,
             }
         }
@@ -486,14 +554,19 @@ impl<R: Record> Checkpoint<R> {
     /// Every valid record, read without side effects (no temp file removed, nothing moved aside:
     /// that is [`load`](Self::load)'s, at the preparer's start). For readers beside the preparer,
     /// such as a pod-network handler. A record being replaced at this moment is read whole (old or
-    /// new: writes are renames); a bad one is left out.
-    pub fn read_valid(&self) -> Result<BTreeMap<String, R>, CheckpointError> {
+    /// new: writes are renames); a bad one is left out. One that cannot be read (EIO, EACCES) is
+    /// left out too and named in `unreadable`: one record must not keep a reader from the others.
+    /// Only a directory that cannot be listed is an error.
+    pub fn read_valid(&self) -> Result<Valid<R>, CheckpointError> {
+        let mut valid = Valid {
+            claims: BTreeMap::new(),
+            unreadable: Vec::new(),
+        };
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(valid),
             Err(e) => return Err(io_at("list", &self.dir)(e)),
         };
-        let mut claims = BTreeMap::new();
         for entry in entries {
             let entry = entry.map_err(io_at("list", &self.dir))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -502,17 +575,22 @@ impl<R: Record> Checkpoint<R> {
             let Some(uid) = record_uid(&name) else {
                 continue;
             };
-            match read_record(&self.record_path(uid), uid) {
+            let path = self.record_path(uid);
+            match self.read(&path, uid) {
                 Ok(record) => {
-                    claims.insert(uid.to_owned(), record);
+                    valid.claims.insert(uid.to_owned(), record);
                 }
                 // Gone since the listing (unprepared meanwhile), or bad: not a prepared claim.
                 Err(Unusable::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(Unusable::Io(e)) => return Err(io_at("read", &entry.path())(e)),
+                Err(Unusable::Io(error)) => valid.unreadable.push(Unreadable {
+                    uid: uid.to_owned(),
+                    path,
+                    error,
+                }),
                 Err(Unusable::Bad(_)) => {}
             }
         }
-        Ok(claims)
+        Ok(valid)
     }
 
     /// Removes the record of `uid` (none is success) and fsyncs the directory.

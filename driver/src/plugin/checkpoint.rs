@@ -13,7 +13,9 @@
 //! boot: such a record is forgotten at start and the claim prepared afresh.
 //!
 //! A record file that is not a record is moved aside by the kit and reported with its claim; the
-//! preparer rebuilds that claim from its CDI spec. What one claim may store is bounded
+//! preparer rebuilds that claim from its CDI spec. One that cannot be read (EIO, EACCES) is left in
+//! place and reported ([`Unreadable`]); the preparer rebuilds its claim from its CDI spec too, in
+//! memory only (see `Preparer::new`). What one claim may store is bounded
 //! ([`MAX_CLAIM_BYTES`]). The single `checkpoint.json` of earlier
 //! versions is moved into the directory at start (or aside, when it is not a valid checkpoint).
 
@@ -26,7 +28,7 @@ use dra_kubelet_plugin::checkpoint::{self, Checkpoint, Record, io_at};
 use super::api::{ClaimRef, PreparedDevice};
 
 pub use dra_kubelet_plugin::checkpoint::{
-    CheckpointError, Discarded, MAX_CLAIM_BYTES, WriteFault, crc32,
+    CheckpointError, Discarded, MAX_CLAIM_BYTES, ReadFault, Unreadable, Valid, WriteFault, crc32,
 };
 pub use dra_kubelet_plugin::files;
 
@@ -184,6 +186,12 @@ impl CheckpointFile {
         self
     }
 
+    /// Runs `fault` before every read of a record file, with its path (tests: EIO, EACCES).
+    pub fn with_read_fault(mut self, fault: ReadFault) -> Self {
+        self.records = self.records.with_read_fault(fault);
+        self
+    }
+
     /// Reads every record ([`Checkpoint::load`]), after removing the temp files of interrupted
     /// writes of the legacy `checkpoint.json` and moving its claims into the directory (or it aside,
     /// when it is not a valid checkpoint). Only I/O failures are errors.
@@ -219,14 +227,17 @@ impl CheckpointFile {
         loaded: &mut Loaded,
     ) -> Result<(), CheckpointError> {
         let listed: Vec<&str> = claims.values().map(|r| r.claim.uid.as_str()).collect();
+        // A record that could not be read is of a claim too: stale as well when not listed.
         let stale: Vec<String> = loaded
             .claims
             .keys()
+            .chain(loaded.unreadable.iter().map(|u| &u.uid))
             .filter(|uid| !listed.contains(&uid.as_str()))
             .cloned()
             .collect();
         for uid in stale {
             loaded.claims.remove(&uid);
+            loaded.unreadable.retain(|u| u.uid != uid);
             let path = self.records.record_path(&uid);
             let why = format!(
                 "{}: claim {uid} is not in {}, which a build that ran after this record wrote (a \
@@ -288,6 +299,10 @@ impl CheckpointFile {
             }
         }
         loaded.migrated = fit.len();
+        // A record that could not be read was written over by the file's (the newer state).
+        loaded
+            .unreadable
+            .retain(|u| !fit.iter().any(|r| r.claim.uid == u.uid));
         let fit = fit.into_iter().map(|r| (r.claim.uid.clone(), r));
         loaded.claims.extend(fit);
         Ok(())

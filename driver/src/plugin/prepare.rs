@@ -133,9 +133,11 @@ pub struct Preparer {
 }
 
 impl Preparer {
-    /// Loads the checkpoint (a corrupt one is reported through `tracing` and replaced), rolls back
-    /// claims a crash left `Started` (one whose rollback fails keeps its record, and is rolled back
-    /// at its next prepare or unprepare), and serves the devices of `inventory` (shared with the publisher,
+    /// Loads the checkpoint (a corrupt one is reported through `tracing` and replaced; a record
+    /// that cannot be read is left in place and its claim rebuilt from its CDI spec), forgets the
+    /// claims an earlier boot undid (a file that cannot be removed then is logged, not fatal), rolls
+    /// back claims a crash left `Started` (one whose rollback fails keeps its record, and is rolled
+    /// back at its next prepare or unprepare), and serves the devices of `inventory` (shared with the publisher,
     /// which refreshes it).
     pub fn new(
         config: PreparerConfig,
@@ -155,6 +157,21 @@ impl Preparer {
         for bad in &loaded.discarded {
             tracing::warn!(reason = %bad.why, "checkpoint discarded; rebuilding from the CDI specs");
         }
+        // A record file that could not be read (EIO from a bad block, EACCES) is treated as a spec
+        // that could not be: the plugin starts without it (every other claim served), its claim is
+        // rebuilt from its CDI spec as one whose record was bad, and no spec is cleaned as an
+        // orphan (`rebuilt`). The file is left in place, and the rebuilt record is held in memory
+        // only, not written over it: the file is not known to be bad and may read at the next start,
+        // with what a spec cannot tell (the drivers to give functions back to, the RT placement).
+        // The claim's next write (its completion from its ResourceClaim at the cleaning, a prepare,
+        // its unprepare) replaces or removes it, as any record: from then on the preparer's record
+        // is the claim's state.
+        let unreadable: BTreeSet<&str> = loaded.unreadable.iter().map(|u| u.uid.as_str()).collect();
+        for bad in &loaded.unreadable {
+            tracing::warn!(claim = %bad.uid, file = %bad.path.display(), error = %bad.error,
+                "a checkpoint record could not be read; left in place, its claim rebuilt from its \
+                CDI spec");
+        }
         // A lost or unusable checkpoint: the specs on disk are claims this driver prepared, not
         // orphans. The whole of it: every spec without a record; one claim's file: that claim. A
         // rebuild that an earlier start began and did not finish: the files that said what was
@@ -171,6 +188,7 @@ impl Preparer {
             .discarded
             .iter()
             .filter_map(|d| d.uid.as_deref())
+            .chain(unreadable.iter().copied())
             .collect();
         let mut rebuilt_any = false;
         let wanted = |uid: &str| !claims.contains_key(uid) && (whole || lost.contains(&uid));
@@ -180,6 +198,12 @@ impl Preparer {
         };
         let mut unstored = 0;
         for (uid, record) in recovered.claims {
+            // Not written over a record file that could not be read (see above).
+            if unreadable.contains(uid.as_str()) {
+                claims.insert(uid, record);
+                rebuilt_any = true;
+                continue;
+            }
             match config.checkpoint.put(&record, Durability::Synced) {
                 Ok(()) => {}
                 // A spec that makes a record over the size limit (written by hand, or by a build
@@ -210,9 +234,14 @@ impl Preparer {
             }
         }
         .map_err(std::io::Error::other)?;
+        for uid in unreadable.iter().filter(|uid| !claims.contains_key(**uid)) {
+            tracing::warn!(claim = %uid, "a claim whose record could not be read has no readable \
+                CDI spec: not rebuilt, its devices are not held until the kubelet prepares it again");
+        }
         // Specs no record owns are then kept, not cleaned as orphans, until a start without a
         // rebuild: a spec that could not be read may be a claim's too.
         let rebuilt = !loaded.discarded.is_empty()
+            || !loaded.unreadable.is_empty()
             || loaded.rebuild_interrupted
             || loaded.missing && rebuilt_any
             || recovered.unreadable > 0;
@@ -227,18 +256,30 @@ impl Preparer {
             .filter(|(_, r)| undone_by_reboot(r, &config.boot_id))
             .map(|(uid, _)| uid.clone())
             .collect();
+        //
+        // Forgotten in memory whatever the files say: a removal that fails (a read-only
+        // /var/lib/kubelet after the reboot, a directory at the spec's path) is logged and the
+        // start goes on, as a failed rollback below does. The spec goes first, then the record: a
+        // record left (its removal failed, or the spec's did) is of an earlier boot at the next
+        // start too, which forgets it and tries again; a spec left without its record could be
+        // taken for a live claim's by a rebuild. Until then the kubelet's next prepare of the claim
+        // prepares it afresh (its `Started` record replaces the one left), never from the stale
+        // record.
         for uid in &undone {
             tracing::info!(claim = %uid, "prepared in an earlier boot, which undid its device changes: \
                 forgotten, prepared afresh when the kubelet asks");
             claims.remove(uid);
-            config
-                .checkpoint
-                .remove(uid)
-                .map_err(std::io::Error::other)?;
-            config
-                .cdi
-                .remove_claim_spec(&kind, uid)
-                .map_err(std::io::Error::other)?;
+            if let Err(error) = config.cdi.remove_claim_spec(&kind, uid) {
+                tracing::error!(claim = %uid, %error,
+                    "removing the CDI spec of a claim prepared in an earlier boot failed; its \
+                    record is kept, and both are removed at the next start");
+                continue;
+            }
+            if let Err(error) = config.checkpoint.remove(uid) {
+                tracing::error!(claim = %uid, %error,
+                    "removing the checkpoint record of a claim prepared in an earlier boot failed; \
+                    forgotten in memory, removed at the next start");
+            }
         }
         let started: Vec<String> = claims
             .iter()

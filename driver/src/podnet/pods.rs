@@ -6,11 +6,12 @@
 //! without side effects ([`read_prepared`]): the preparer alone repairs or rewrites it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use super::config::Checked;
 use crate::plugin::api::ClaimRef;
-use crate::plugin::checkpoint::{ClaimRecord, Phase};
+use crate::plugin::checkpoint::{CheckpointFile, ClaimRecord, Phase, Unreadable};
 use crate::plugin::claims::NetworkAttachment;
 
 /// One network function to attach to a pod.
@@ -127,8 +128,57 @@ fn device_env(spec: &serde_json::Value, name: &str, key: &str) -> Option<String>
 
 /// The prepared claims in the checkpoint directory `dir` (one record file per claim), read only:
 /// no temp files removed, nothing moved aside (that is the preparer's). A missing directory has none.
+///
+/// A record file that cannot be read (EIO from a bad block, EACCES) is left out and logged at WARN,
+/// once per file and error (`report_unreadable`): which pods its claim is reserved for is not
+/// known, and failing the read would fail every pod sandbox on the node, those without claims too.
+/// The readable claims are served. Only a directory that cannot be listed is an error.
 pub fn read_prepared(
     dir: &Path,
 ) -> Result<BTreeMap<String, ClaimRecord>, crate::plugin::checkpoint::CheckpointError> {
-    crate::plugin::checkpoint::CheckpointFile::new(dir).read_valid()
+    read_prepared_from(&CheckpointFile::new(dir))
+}
+
+/// [`read_prepared`] from `checkpoint` (tests give it a read fault).
+pub(crate) fn read_prepared_from(
+    checkpoint: &CheckpointFile,
+) -> Result<BTreeMap<String, ClaimRecord>, crate::plugin::checkpoint::CheckpointError> {
+    let valid = checkpoint.read_valid()?;
+    report_unreadable(&UNREADABLE, &valid.unreadable);
+    Ok(valid.claims)
+}
+
+/// The record files the last reads could not read, with their error's text.
+static UNREADABLE: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+
+/// Logs at WARN each of `unreadable` that `seen` does not hold with the same error (a record file
+/// that became unreadable, or fails another way now), and at INFO each file `seen` holds that reads
+/// again (or is gone); then `seen` holds `unreadable`. A read per pod sandbox would otherwise log the
+/// same error at each. Returns how many it logged at WARN.
+pub(crate) fn report_unreadable(
+    seen: &Mutex<BTreeMap<PathBuf, String>>,
+    unreadable: &[Unreadable],
+) -> usize {
+    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+    let now: BTreeMap<PathBuf, String> = unreadable
+        .iter()
+        .map(|u| (u.path.clone(), u.error.to_string()))
+        .collect();
+    for path in seen.keys().filter(|path| !now.contains_key(*path)) {
+        tracing::info!(file = %path.display(), "a checkpoint record that could not be read reads again, or is gone");
+    }
+    let mut warned = 0;
+    for u in unreadable {
+        if seen
+            .get(&u.path)
+            .is_none_or(|error| *error != u.error.to_string())
+        {
+            tracing::warn!(claim = %u.uid, file = %u.path.display(), error = %u.error,
+                "a checkpoint record could not be read; its claim's network functions are not \
+                attached to pods until it reads (the other claims are served)");
+            warned += 1;
+        }
+    }
+    *seen = now;
+    warned
 }

@@ -91,7 +91,7 @@ fn one_file_per_claim_round_trips_and_a_missing_directory_is_empty() {
     assert_eq!(loaded.claims, claims(&[&a, &b]));
     assert!(!loaded.missing);
     assert_eq!(names_in(checkpoint.path()), ["a.json", "b.json"]);
-    assert_eq!(checkpoint.read_valid().unwrap(), claims(&[&a, &b]));
+    assert_eq!(checkpoint.read_valid().unwrap().claims, claims(&[&a, &b]));
     checkpoint.remove("a").unwrap();
     checkpoint.remove("a").unwrap();
     assert_eq!(checkpoint.load().unwrap().claims, claims(&[&b]));
@@ -165,7 +165,9 @@ fn a_corrupt_record_is_moved_aside_alone_and_named_with_its_claim() {
         checkpoint.put(&b, Synced).unwrap();
         fs::write(checkpoint.record_path("a"), &bytes).unwrap();
         // A reader beside the preparer leaves it out and moves nothing.
-        assert_eq!(checkpoint.read_valid().unwrap(), claims(&[&b]), "{why}");
+        let valid = checkpoint.read_valid().unwrap();
+        assert_eq!(valid.claims, claims(&[&b]), "{why}");
+        assert!(valid.unreadable.is_empty(), "bad is not unreadable: {why}");
         assert!(checkpoint.record_path("a").exists(), "{why}");
         let loaded = checkpoint.load().unwrap();
         assert_eq!(loaded.claims, claims(&[&b]), "{why}");
@@ -184,6 +186,67 @@ fn a_corrupt_record_is_moved_aside_alone_and_named_with_its_claim() {
     assert_eq!(kept, files::KEEP_ASIDE, "only the newest are kept");
     checkpoint.put(&a, Synced).unwrap();
     assert_eq!(checkpoint.load().unwrap().claims, claims(&[&a, &b]));
+}
+
+/// A checkpoint whose reads of the record of `uid` fail with the OS error `errno`.
+fn failing_reads_of(path: &Path, uid: &str, errno: i32) -> TestCheckpoint {
+    let failing = TestCheckpoint::new(path).record_path(uid);
+    TestCheckpoint::new(path).with_read_fault(Arc::new(move |read: &Path| match read == failing {
+        true => Err(io::Error::from_raw_os_error(errno)),
+        false => Ok(()),
+    }))
+}
+
+/// A record file that cannot be read (EIO from a bad block, EACCES) fails neither the load nor a
+/// reader's listing: the other records are read, and it is named with its claim and left in place,
+/// untouched (it may read later), with no rebuild marked for it.
+#[test]
+fn a_record_that_cannot_be_read_is_reported_and_left_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint");
+    let (a, b) = (record("a", "completed"), record("b", "completed"));
+    TestCheckpoint::new(&path).put(&a, Synced).unwrap();
+    TestCheckpoint::new(&path).put(&b, Synced).unwrap();
+    let bytes = fs::read(TestCheckpoint::new(&path).record_path("a")).unwrap();
+    for (errno, kind) in [
+        (5, io::ErrorKind::Other),
+        (13, io::ErrorKind::PermissionDenied),
+    ] {
+        let checkpoint = failing_reads_of(&path, "a", errno);
+        let loaded = checkpoint.load().unwrap();
+        assert_eq!(loaded.claims, claims(&[&b]), "{errno}");
+        assert!(loaded.discarded.is_empty(), "{errno}: not moved aside");
+        assert!(!loaded.rebuild_interrupted && !loaded.missing, "{errno}");
+        assert_eq!(loaded.unreadable.len(), 1, "{errno}");
+        let unreadable = &loaded.unreadable[0];
+        assert_eq!(unreadable.uid, "a");
+        assert_eq!(unreadable.path, checkpoint.record_path("a"));
+        assert_eq!(unreadable.error.raw_os_error(), Some(errno));
+        if kind != io::ErrorKind::Other {
+            assert_eq!(unreadable.error.kind(), kind);
+        }
+        let text = unreadable.to_string();
+        assert!(
+            text.contains("claim a") && text.contains("a.json"),
+            "{text}"
+        );
+        let valid = checkpoint.read_valid().unwrap();
+        assert_eq!(valid.claims, claims(&[&b]), "{errno}");
+        assert_eq!(valid.unreadable.len(), 1, "{errno}");
+        assert_eq!(valid.unreadable[0].uid, "a");
+        assert_eq!(valid.unreadable[0].error.raw_os_error(), Some(errno));
+        assert_eq!(names_in(&path), ["a.json", "b.json"], "{errno}");
+        assert_eq!(fs::read(checkpoint.record_path("a")).unwrap(), bytes);
+    }
+    // Read again without the fault: as it was.
+    let checkpoint = TestCheckpoint::new(&path);
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&a, &b]));
+    assert!(loaded.unreadable.is_empty() && !loaded.rebuild_interrupted);
+    // A record removed between the listing and its read (unprepared meanwhile) is not unreadable.
+    let gone = failing_reads_of(&path, "a", 2);
+    assert!(gone.load().unwrap().unreadable.is_empty());
+    assert!(gone.read_valid().unwrap().unreadable.is_empty());
 }
 
 #[test]

@@ -165,6 +165,44 @@ fn records_older_than_the_single_file_of_a_downgrade_are_moved_aside() {
     assert_eq!(checkpoint.load().unwrap().claims, claims(&[&kept, &new]));
 }
 
+/// The same when the records beside the single file cannot be read (EIO): the file is the newer
+/// state still. A record it lists is written over by its claim (no longer unreadable); one it does
+/// not list is of a claim unprepared since, moved aside as well.
+#[test]
+fn unreadable_records_beside_the_single_file_of_a_downgrade_give_way_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint");
+    let legacy = dir.path().join("checkpoint.json");
+    let (kept, gone) = (
+        record("kept", Phase::Completed),
+        record("gone", Phase::Completed),
+    );
+    CheckpointFile::new(&path).put(&kept, Synced).unwrap();
+    CheckpointFile::new(&path).put(&gone, Synced).unwrap();
+    fs::write(&legacy, legacy::encode(&claims(&[&kept]))).unwrap();
+    let failing = [path.join("kept.json"), path.join("gone.json")];
+    let checkpoint =
+        CheckpointFile::new(&path).with_read_fault(std::sync::Arc::new(move |read: &Path| {
+            match failing.iter().any(|f| f == read) {
+                true => Err(std::io::Error::from_raw_os_error(5)),
+                false => Ok(()),
+            }
+        }));
+    let loaded = checkpoint.load().unwrap();
+    assert_eq!(loaded.claims, claims(&[&kept]));
+    assert!(loaded.unreadable.is_empty(), "{:?}", loaded.unreadable);
+    let [discarded] = loaded.discarded.as_slice() else {
+        panic!("{:?}", loaded.discarded)
+    };
+    assert_eq!(discarded.uid.as_deref(), Some("gone"));
+    assert!(!checkpoint.record_path("gone").exists());
+    assert!(!legacy.exists());
+    assert_eq!(
+        CheckpointFile::new(&path).load().unwrap().claims,
+        claims(&[&kept])
+    );
+}
+
 #[test]
 fn claims_of_earlier_versions_that_cannot_be_records_are_reported_and_the_file_is_kept_aside() {
     let dir = tempfile::tempdir().unwrap();

@@ -864,3 +864,205 @@ async fn a_completed_write_that_fails_after_its_rename_leaves_a_started_file_whe
     assert!(restarted.recorded().await.is_empty());
     assert_eq!(restores.load(Ordering::SeqCst), 2);
 }
+
+/// A checkpoint whose reads of the records of `uids` fail with the OS error `errno` (EIO: a bad
+/// block).
+fn unreadable_records(s: &Setup, uids: &[&str], errno: i32) -> CheckpointFile {
+    let failing: Vec<std::path::PathBuf> = uids
+        .iter()
+        .map(|uid| s.checkpoint_path().join(format!("{uid}.json")))
+        .collect();
+    CheckpointFile::new(s.checkpoint_path()).with_read_fault(Arc::new(move |path| {
+        match failing.iter().any(|f| f == path) {
+            true => Err(std::io::Error::from_raw_os_error(errno)),
+            false => Ok(()),
+        }
+    }))
+}
+
+/// A record file that cannot be read at start (EIO from a bad block) does not keep the plugin from
+/// starting: the other claims are served, its claim is rebuilt from its CDI spec (its devices held
+/// against other claims, the kubelet's next ask answered the same), the file is left as it was,
+/// and no spec is cleaned as an orphan: not that of a claim whose record and spec both fail.
+#[tokio::test]
+async fn an_unreadable_record_does_not_stop_the_start_and_its_claim_is_rebuilt_from_its_spec() {
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("b", &[("nic", "rdma-0101-00-00-0")], json!([]));
+    s.claims.add("c", &[("gpu", "gpu-0009-06-00-0")], json!([]));
+    let before = s.preparer("boot-1");
+    let all = vec![reference("a"), reference("b"), reference("c")];
+    let answers = before.prepare(all).await;
+    assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    drop(before);
+    let specs = [
+        "hal.dra.dev-device_a.json",
+        "hal.dra.dev-device_b.json",
+        "hal.dra.dev-device_c.json",
+    ];
+    // c's spec cannot be read either (not JSON): c is not rebuilt, but its spec is a claim's.
+    std::fs::write(s.cdi_dir().join(specs[2]), "garbage").unwrap();
+    let record = |uid: &str| s.checkpoint_path().join(format!("{uid}.json"));
+    let (a_bytes, c_bytes) = (
+        std::fs::read(record("a")).unwrap(),
+        std::fs::read(record("c")).unwrap(),
+    );
+
+    let mut config = s.config("boot-1", SliceConfig::new(NODE));
+    config.checkpoint = unreadable_records(&s, &["a", "c"], 5);
+    let after = Preparer::new(config, s.claims.clone(), s.inventory.clone())
+        .expect("an unreadable record does not stop the start");
+    assert_eq!(
+        after.recorded().await.keys().collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let left = std::fs::read(record("a")).unwrap() == a_bytes;
+    assert!(left, "a.json left as it was");
+    let left = std::fs::read(record("c")).unwrap() == c_bytes;
+    assert!(left, "c.json left as it was");
+    // Another claim for a's GPU is refused, as before.
+    s.claims.add("d", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let d = after.prepare(vec![reference("d")]).await;
+    assert!(
+        d["d"]
+            .clone()
+            .unwrap_err()
+            .contains("already prepared for claim a"),
+        "{d:?}"
+    );
+    assert!(after.clean_stale().await == Cleaned::default());
+    assert_eq!(s.spec_files(), specs, "no spec deleted as an orphan");
+    assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
+    // Completed from its ResourceClaim at the cleaning: a's record is the preparer's now.
+    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert!(!file.claims["a"].recovered, "{:?}", file.claims["a"]);
+}
+
+/// Capabilities are per thread: `f` runs on a thread of its own as a root without the override of
+/// file permissions (a container's root without CAP_DAC_*), so a file of mode 000 is EACCES.
+fn without_dac_override<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+    std::thread::spawn(move || {
+        let mut sets = capabilities(None).unwrap();
+        sets.effective -= CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH;
+        set_capabilities(None, sets).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The same with a real EACCES: a record of mode 000 read by a root without CAP_DAC_OVERRIDE.
+#[tokio::test]
+#[ignore = "needs root (capabilities to drop)"]
+async fn a_record_the_plugin_may_not_read_does_not_stop_the_start_needs_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    s.claims.add("a", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    s.claims
+        .add("b", &[("nic", "rdma-0101-00-00-0")], json!([]));
+    let before = s.preparer("boot-1");
+    let answers = before.prepare(vec![reference("a"), reference("b")]).await;
+    assert!(answers.values().all(Result::is_ok), "{answers:?}");
+    drop(before);
+    let record = s.checkpoint_path().join("a.json");
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let config = s.config("boot-1", SliceConfig::new(NODE));
+    let (claims, inventory) = (s.claims.clone(), s.inventory.clone());
+    let after = without_dac_override(move || Preparer::new(config, claims, inventory))
+        .expect("an unreadable record does not stop the start");
+    assert_eq!(
+        after.recorded().await.keys().collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert!(record.exists(), "left in place");
+    assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
+}
+
+/// A claim prepared in an earlier boot whose record cannot be removed at start (a read-only
+/// /var/lib/kubelet after the reboot) does not keep the plugin from starting: it is forgotten in
+/// memory, and the kubelet's next prepare prepares it afresh (its function bound again), never
+/// from the stale record, which that prepare replaces.
+#[tokio::test]
+async fn a_claim_of_an_earlier_boot_whose_record_cannot_be_removed_is_prepared_afresh() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "vfio",
+        &[("vf", "nic-0000-3b-01-1")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let first = s.preparer("boot-1").prepare(vec![reference("vfio")]).await;
+    assert!(first["vfio"].is_ok(), "{first:?}");
+    // The node reboots: the VF is back on its kernel driver and /var/run/cdi is empty.
+    let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
+    s.binder.bind_driver(vf, "iavf").unwrap();
+    std::fs::remove_dir_all(s.cdi_dir()).unwrap();
+    // The first write or removal (the stale record's, at start) finds the disk read-only.
+    let mut config = s.config("boot-2", SliceConfig::new(NODE));
+    let calls = Arc::new(AtomicUsize::new(0));
+    config.checkpoint = config.checkpoint.with_write_fault(Arc::new(move || {
+        match calls.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(std::io::Error::from_raw_os_error(30)),
+            _ => Ok(()),
+        }
+    }));
+    let rebooted = Preparer::new(config, s.claims.clone(), s.inventory.clone())
+        .expect("a failed removal does not stop the start");
+    assert!(rebooted.recorded().await.is_empty(), "forgotten in memory");
+    let record = s.checkpoint_path().join("vfio.json");
+    assert!(record.exists(), "the removal failed");
+    let again = rebooted.prepare(vec![reference("vfio")]).await;
+    assert_eq!(again, first);
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("vfio-pci"));
+    let stored = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert_eq!(stored.claims["vfio"].boot_id, "boot-2");
+    assert_eq!(stored.claims["vfio"].phase, Phase::Completed);
+}
+
+/// The same when the claim's CDI spec cannot be removed (a directory at its path: EISDIR): the
+/// plugin starts, the claim is forgotten in memory and its record kept for the next start to
+/// forget again; the kubelet's next prepare is not answered from the stale record but prepares
+/// afresh, and fails naming the spec until the path is freed.
+#[tokio::test]
+async fn a_claim_of_an_earlier_boot_whose_spec_cannot_be_removed_is_not_answered_from_its_record() {
+    let s = Setup::on("xeon");
+    s.claims.add(
+        "vfio",
+        &[("vf", "nic-0000-3b-01-1")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let first = s.preparer("boot-1").prepare(vec![reference("vfio")]).await;
+    assert!(first["vfio"].is_ok(), "{first:?}");
+    let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
+    s.binder.bind_driver(vf, "iavf").unwrap();
+    let spec = s.cdi_dir().join("hal.dra.dev-device_vfio.json");
+    std::fs::remove_file(&spec).unwrap();
+    std::fs::create_dir_all(spec.join("inside")).unwrap();
+
+    let rebooted = s.preparer("boot-2");
+    assert!(rebooted.recorded().await.is_empty(), "forgotten in memory");
+    let record = s.checkpoint_path().join("vfio.json");
+    let stale = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert_eq!(
+        stale.claims["vfio"].boot_id, "boot-1",
+        "kept for the next start"
+    );
+    assert!(spec.is_dir());
+    let blocked = rebooted.prepare(vec![reference("vfio")]).await;
+    let error = blocked["vfio"].clone().unwrap_err();
+    assert!(error.contains("hal.dra.dev-device_vfio.json"), "{error}");
+    assert_eq!(
+        s.driver_of("0000:3b:01.1").as_deref(),
+        Some("iavf"),
+        "rolled back"
+    );
+    // The path freed, the next prepare succeeds, afresh.
+    std::fs::remove_dir_all(&spec).unwrap();
+    let again = rebooted.prepare(vec![reference("vfio")]).await;
+    assert_eq!(again, first);
+    assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("vfio-pci"));
+    let stored = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
+    assert_eq!(stored.claims["vfio"].boot_id, "boot-2");
+    assert!(record.exists());
+}

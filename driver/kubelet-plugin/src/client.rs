@@ -14,7 +14,12 @@
 //! Every response body is also bounded ([`LineLimited`]): at most [`MAX_LINE`] bytes without a line
 //! break, as kube's client reads a body whole and a watch's lines with no length limit.
 //!
-//! At a plugin's start: [`connect`] makes the client (a kubeconfig file, else in-cluster) with that
+//! The client sends a call again by itself only when the API server said when to come back: a 429,
+//! 503 or 504 with `Retry-After`, after that long plus jitter, at most [`MAX_RETRIES`] times within
+//! [`RETRY_BUDGET`] ([`RetryAfter`], whose documentation says why neither kube's retries nor none).
+//! Every other failure goes to the caller at once, with its kind; the callers back off themselves.
+//!
+//! At a plugin's start: [`connect()`] makes the client (a kubeconfig file, else in-cluster) with that
 //! layer, and [`server_version_of`] reads the API server's version, retried until it answers, failing
 //! at once on a refusal ([`VersionRefused`]).
 
@@ -22,10 +27,12 @@ use std::time::Duration;
 
 mod connect;
 mod line_limit;
+mod retry;
 mod version;
 
 pub use connect::{ConnectError, connect};
 pub use line_limit::{LineLimited, LineTooLong, MAX_LINE};
+pub use retry::{MAX_RETRIES, MIN_RETRY_DELAY, RETRY_BUDGET, RETRY_JITTER, RetryAfter};
 pub use version::{VersionRefused, major_minor, server_version_of, server_version_once};
 
 /// The most any single request/response call may take.
@@ -74,20 +81,21 @@ pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// [`MAX_IDLE_CONNECTIONS`] idle HTTP/1.1 connections, pings an HTTP/2
 /// connection as client-go does ([`HTTP2_PING_INTERVAL`]), with [`call_timeout_layer`] on every call
 /// and every response body limited to [`MAX_LINE`] bytes between line breaks ([`LineLimited`]).
+/// A 429, 503 or 504 with `Retry-After` is sent again ([`RetryAfter`]) when the configuration asks
+/// for retries (`default_retry`, on by default), in place of kube's retries.
 ///
 /// Why HTTP/2: with HTTP/1.1 a burst of 128 prepares opens up to 128 connections (and as many TLS
 /// handshakes, on the API server too), whose buffers were a third of the plugin's heap at its peak.
 /// With one multiplexed connection its RSS with 1000 live claims settled about 1.5 MiB lower on
 /// average, within the spread of single runs (docs/perf.md, "Prepare at scale").
 ///
-/// The stack is kube's default one (`ClientBuilder::try_from`) with the same retries of 429, 503 and
-/// 504 when the configuration asks for them (`default_retry`, on by default) and the same connect
-/// timeout (`connect_timeout`), less two things: kube's trace layer (debug spans, and an error event
-/// for each 5xx or transport failure; the callers log their own failures) and its connector's read and
-/// write timeouts (unset in kube's defaults; the call timeout bounds the connect and the response's
-/// start). With a proxy or an exec
-/// credential plugin in the configuration the client is kube's own (HTTP/1.1), with the call
-/// timeouts, and the pool keeps hyper's defaults.
+/// The stack is kube's default one (`ClientBuilder::try_from`) with the same connect timeout
+/// (`connect_timeout`), less three things: kube's retries (replaced by [`RetryAfter`]), kube's trace
+/// layer (debug spans, and an error event for each 5xx or transport failure; the callers log their
+/// own failures) and its connector's read and write timeouts (unset in kube's defaults; the call
+/// timeout bounds the connect and the response's start). With a proxy or an exec credential plugin
+/// in the configuration the client is kube's own (HTTP/1.1), with the call timeouts and
+/// [`RetryAfter`] in place of kube's retries, and the pool keeps hyper's defaults.
 pub fn client_from_config(config: kube::Config) -> Result<kube::Client, kube::Error> {
     client_with(config, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT, MAX_LINE)
 }
@@ -104,18 +112,31 @@ fn client_with(
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     use kube::client::ConfigExt as _;
-    use kube::client::retry::RetryPolicy;
 
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(RetryAfter::default()));
     // kube's own stack for what it does and this one does not: proxies, and client certificates
     // from an exec credential plugin (kube rebuilds its connector when they expire).
     if config.proxy_url.is_some() || config.auth_info.exec.is_some() {
+        let mut config = config;
+        config.default_retry = false;
         let limit_lines = tower::util::MapResponseLayer::new(
             move |response: http::Response<Box<kube::client::DynBody>>| {
                 response.map(|body| LineLimited::new(body, max_line))
             },
         );
+        // Retrying needs a service that clones: kube's stack is boxed, so it goes behind a
+        // buffer (tower's, as deep as the one of kube's `Client`).
+        let retry = retry.map(|retry| {
+            tower::ServiceBuilder::new()
+                .layer(retry)
+                .layer(tower::buffer::BufferLayer::new(1024))
+                .into_inner()
+        });
         return Ok(kube::client::ClientBuilder::try_from(config)?
             .with_layer(&limit_lines)
+            .with_layer(&tower::util::option_layer(retry))
             .with_layer(&call_timeout_layer())
             .build());
     }
@@ -144,9 +165,6 @@ fn client_with(
         .http2_keep_alive_timeout(ping_timeout)
         .http2_keep_alive_while_idle(true)
         .build(connector);
-    let retry = config
-        .default_retry
-        .then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry()));
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(retry)
@@ -287,6 +305,10 @@ mod tests_pool;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests_lines;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests_retry;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -1,5 +1,5 @@
 //! The plugin's `kube::Client`: from a kubeconfig file, else in-cluster, through
-//! [`client_from_config`](super::client_from_config).
+//! [`client_from_config`].
 
 use std::path::{Path, PathBuf};
 

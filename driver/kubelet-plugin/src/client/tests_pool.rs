@@ -1,7 +1,8 @@
 //! `client_from_config` against real servers on loopback (hyper's): over HTTP/1.1 the pool's idle
 //! cap; over TLS one HTTP/2 connection for the calls in flight, one kept after a first burst that
 //! opened many, and a connection that died silently (a TCP proxy that stops passing bytes) replaced
-//! once its health check fails; kube's stack kept (authentication, retries of 503).
+//! once its health check fails; kube's stack kept (authentication), its retries replaced (a 503 with
+//! `Retry-After` sent again: [`super::RetryAfter`]; `tests_retry` has the rest).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,7 +28,8 @@ struct Seen {
     authorized: AtomicUsize,
 }
 
-/// Serves `GET /version` (each answer after `delay`); the first `failures` requests get a 503.
+/// Serves `GET /version` (each answer after `delay`); the first `failures` requests get a 503 with
+/// `Retry-After: 0`.
 async fn serve(delay: Duration, failures: usize) -> (kube::Config, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -62,6 +64,7 @@ async fn serve(delay: Duration, failures: usize) -> (kube::Config, Arc<Seen>) {
                         let response = http::Response::builder()
                             .status(status)
                             .header("content-type", "application/json")
+                            .header("retry-after", "0")
                             .body(Full::new(Bytes::from_static(body.as_bytes())))
                             .unwrap();
                         Ok::<_, Infallible>(response)
@@ -113,7 +116,7 @@ async fn after_a_burst_at_most_the_idle_cap_of_connections_stay_open_and_are_reu
 }
 
 #[tokio::test]
-async fn the_token_is_sent_and_a_503_is_retried_as_kube_does() {
+async fn the_token_is_sent_and_a_503_with_retry_after_is_retried() {
     let (mut config, seen) = serve(Duration::ZERO, 1).await;
     config.auth_info.token = Some("t0ken".to_owned().into());
     let client = client_from_config(config).unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dra_kubelet_plugin::locks::{KeyedGuard, KeyedLocks};
 
 /// How long after a teardown first failed it is tried again (while the plugin is connected), and how
-/// often [`PodNetwork::retry_teardowns`] looks for the ones due: each failed try doubles the wait
+/// often [`super::PodNetwork::retry_teardowns`] looks for the ones due: each failed try doubles the wait
 /// before the next, up to [`TEARDOWN_RETRY_MAX`].
 pub const TEARDOWN_RETRY: Duration = Duration::from_secs(60);
 
@@ -26,7 +26,7 @@ pub const TEARDOWN_RETRY_MAX: Duration = Duration::from_secs(3600);
 ///
 /// Also the sandboxes known gone whose teardown failed (`failed`: stopped or removed, found vanished
 /// after a `Synchronize`, or whose start failed with something left), each with its tries so far and
-/// when the next is due: [`PodNetwork::retry_teardowns`] tries exactly those again, each when due.
+/// when the next is due: [`super::PodNetwork::retry_teardowns`] tries exactly those again, each when due.
 /// Each is entered and left under its lock: a `RunPodSandbox` of the same id takes it out (its
 /// leftovers then wait for its own stop), as does a teardown that succeeds, so a retry never tears
 /// down a sandbox started again. They live as long as this (one per process, shared by the
@@ -41,7 +41,7 @@ pub(crate) struct Sandboxes {
     pub(super) retry_every: Duration,
     pub(super) retry_max: Duration,
     /// The cleanup after a `Synchronize` whose listing of the state directories failed, to be tried
-    /// again ([`PodNetwork::retry_teardowns`], on the teardowns' schedule): the latest one only (a
+    /// again ([`super::PodNetwork::retry_teardowns`], on the teardowns' schedule): the latest one only (a
     /// later listing that succeeds finds all an earlier one would).
     pub(super) cleanup: std::sync::Mutex<Option<PendingCleanup>>,
     /// The cleanups after a `Synchronize` started so far (numbers them).
@@ -201,7 +201,7 @@ impl Sandboxes {
 
     /// Notes how the teardown of the sandbox `id`, known gone, went (its lock held), `failures` its
     /// failures (none: done): done, it is forgotten; failed, it is tried again
-    /// ([`PodNetwork::retry_teardowns`]) once its wait ([`Sandboxes::backoff`]) is over.
+    /// ([`super::PodNetwork::retry_teardowns`]) once its wait ([`Sandboxes::backoff`]) is over.
     pub(super) fn torn_down(&self, id: &str, failures: &[String]) -> Noted {
         let mut failed = self.failed();
         if failures.is_empty() {

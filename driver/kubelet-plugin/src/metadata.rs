@@ -214,6 +214,36 @@ pub fn write_request(
     })
 }
 
+/// The UIDs of the claims that have metadata files under `data_dir` (none when its directory is
+/// missing): its directories, but for names that cannot be a claim UID (hidden ones included).
+pub fn claims_with_files(data_dir: &Path) -> Result<Vec<String>, MetadataError> {
+    let dir = data_dir.join(HOST_SUBDIR);
+    let io = |source| MetadataError::Io {
+        path: dir.clone(),
+        source,
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+        Ok(entries) => entries,
+    };
+    let mut uids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        let is_dir = entry.file_type().map_err(io)?.is_dir();
+        let name = entry.file_name();
+        if let Some(name) = name.to_str()
+            && is_dir
+            && segment_ok(name)
+            && !name.starts_with('.')
+        {
+            uids.push(name.to_owned());
+        }
+    }
+    uids.sort();
+    Ok(uids)
+}
+
 /// Removes a claim's metadata files (nothing to do when there are none).
 pub fn remove_claim(data_dir: &Path, uid: &str) -> Result<(), MetadataError> {
     let dir = claim_dir(data_dir, uid)?;

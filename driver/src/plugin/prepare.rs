@@ -331,9 +331,32 @@ impl Preparer {
         self.status_forbidden.clone()
     }
 
-    /// Writes device metadata (KEP-5304) under `data_dir` for every claim prepared from now on.
+    /// Writes device metadata (KEP-5304) under `data_dir` for every claim prepared from now on, and
+    /// removes there the files of claims with no record (call it before serving).
     pub fn with_device_metadata(mut self, data_dir: impl Into<std::path::PathBuf>) -> Self {
-        self.metadata_dir = Some(data_dir.into());
+        let data_dir = data_dir.into();
+        // The files of claims with no record: forgotten at start after a reboot, whose unprepare
+        // the kubelet may never send (their pods gone). Removed before anything is served.
+        match dra_kubelet_plugin::metadata::claims_with_files(&data_dir) {
+            Ok(uids) => {
+                let forgotten: Vec<String> = {
+                    let state = self.state();
+                    uids.into_iter()
+                        .filter(|uid| !state.contains_key(uid))
+                        .collect()
+                };
+                for uid in forgotten {
+                    match dra_kubelet_plugin::metadata::remove_claim(&data_dir, &uid) {
+                        Ok(()) => tracing::info!(claim = %uid,
+                            "device metadata of a claim with no record removed"),
+                        Err(error) => tracing::warn!(claim = %uid, %error,
+                            "device metadata of a claim with no record not removed"),
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "device metadata directory not listed"),
+        }
+        self.metadata_dir = Some(data_dir);
         self
     }
 

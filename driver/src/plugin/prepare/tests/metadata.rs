@@ -7,6 +7,32 @@ fn metadata_preparer(s: &Setup, data_dir: &Path) -> Preparer {
     s.preparer("boot-1").with_device_metadata(data_dir)
 }
 
+/// The files of a claim with no record (forgotten at start after a reboot, its pod gone, so the
+/// kubelet never unprepares it) are removed when metadata is turned on at start; a recorded claim's
+/// stay, and names that cannot be a claim UID are left alone.
+#[tokio::test]
+async fn metadata_of_claims_with_no_record_is_removed_at_start() {
+    let s = Setup::new();
+    let data = s.dir.path().join("plugin");
+    s.claims
+        .add("u1", &[("gpu", "gpu-0008-06-00-0")], json!([]));
+    let preparer = metadata_preparer(&s, &data);
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    drop(preparer);
+    let root = data.join("dra-device-metadata");
+    std::fs::create_dir_all(root.join("forgotten/gpu")).unwrap();
+    std::fs::write(root.join("forgotten/gpu/metadata.json"), "{}").unwrap();
+    std::fs::write(root.join(".not-a-claim"), "").unwrap();
+    let _restarted = metadata_preparer(&s, &data);
+    let mut left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".not-a-claim", "u1"]);
+    assert!(root.join("u1/gpu/metadata.json").exists());
+}
+
 #[tokio::test]
 async fn each_request_gets_its_metadata_file_and_mount_and_unprepare_removes_them() {
     let s = Setup::new();
@@ -165,15 +191,14 @@ async fn a_claim_with_metadata_files_is_prepared_afresh_after_a_reboot_which_rew
     );
     drop(rebuilt);
 
-    // Rebooted again, and the claim deleted meanwhile: the kubelet's unprepare of the forgotten
-    // claim removes the files it left.
+    // Rebooted again, and the claim deleted meanwhile: the files the forgotten claim left are
+    // removed at start (the kubelet may never unprepare it), and its unprepare is done.
     let rebooted = s.preparer("boot-3").with_device_metadata(&data);
     assert!(!record.exists());
-    assert!(data.join("dra-device-metadata/u1").exists());
+    assert!(!data.join("dra-device-metadata/u1").exists());
     rebooted.unprepare(vec![reference("u1")]).await["u1"]
         .clone()
         .unwrap();
-    assert!(!data.join("dra-device-metadata/u1").exists());
 }
 
 /// A real container reads its request's metadata through the CDI mount: podman with runc, the CDI

@@ -459,13 +459,12 @@ impl PodNetwork {
             function.device.clone(),
             data.clone(),
         );
-        let (driver, pool) = (self.driver.clone(), self.pool.clone());
+        let driver = self.driver.clone();
         tokio::spawn(async move {
             let written = crate::podnet::status::write_network_data(
                 claims.as_ref(),
                 &claim,
                 &driver,
-                &pool,
                 &device,
                 &data,
             );

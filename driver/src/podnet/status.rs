@@ -3,38 +3,31 @@
 //! driver's current entries are read and written back with the function's `networkData` replaced, so
 //! the rest of what the preparer wrote (`data`: PCI address, netdev, network) stays.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::cni::NetworkData;
 use crate::plugin::api::ClaimRef;
 use crate::plugin::prepare::{ClaimSource, StatusWriteError};
 
-/// This driver's entries of `devices` with `networkData` of `device` set to `data` (an entry added
-/// when the preparer wrote none for it).
+/// This driver's entries of `devices` with `networkData` of `device` set to `data`; `None` when the
+/// driver has no entry for `device`: the claim's status was cleared (its unprepare) or never written
+/// (the preparer's write failed; its tries again keep what this would write only when the entry is
+/// there), and a pod's data must not bring back an entry of a claim no longer prepared.
 pub fn with_network_data(
     devices: &[Value],
     driver: &str,
-    pool: &str,
     device: &str,
     data: &NetworkData,
-) -> Vec<Value> {
+) -> Option<Vec<Value>> {
     let mut mine: Vec<Value> = devices
         .iter()
         .filter(|d| d["driver"] == driver)
         .cloned()
         .collect();
     let network = serde_json::to_value(data).unwrap_or(Value::Null);
-    match mine.iter_mut().find(|d| d["device"] == device) {
-        Some(entry) => {
-            if let Some(map) = entry.as_object_mut() {
-                map.insert("networkData".into(), network);
-            }
-        }
-        None => mine.push(
-            json!({"driver": driver, "pool": pool, "device": device, "networkData": network}),
-        ),
-    }
-    mine
+    let entry = mine.iter_mut().find(|d| d["device"] == device)?;
+    entry.as_object_mut()?.insert("networkData".into(), network);
+    Some(mine)
 }
 
 /// Writes `data` as the `networkData` of `device` in `claim`'s status: read, changed and written
@@ -43,17 +36,11 @@ pub async fn write_network_data(
     claims: &dyn ClaimSource,
     claim: &ClaimRef,
     driver: &str,
-    pool: &str,
     device: &str,
     data: &NetworkData,
 ) -> Result<(), StatusWriteError> {
-    let (owner, pool, device, data) = (
-        driver.to_owned(),
-        pool.to_owned(),
-        device.to_owned(),
-        data.clone(),
-    );
-    let change = move |mine: Vec<Value>| with_network_data(&mine, &owner, &pool, &device, &data);
+    let (owner, device, data) = (driver.to_owned(), device.to_owned(), data.clone());
+    let change = move |mine: Vec<Value>| with_network_data(&mine, &owner, &device, &data);
     claims
         .change_device_status(&claim.namespace, &claim.name, driver, Box::new(change))
         .await

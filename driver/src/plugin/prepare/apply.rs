@@ -317,9 +317,11 @@ impl Preparer {
         self.remove_metadata(&claim.uid);
         let stored = blocking(|| self.drop_record(&record));
         let driver = &self.config.slices.driver_name;
+        // In turn with the NRI side's `networkData` writes of the claim (the claims source's lock),
+        // which write nothing once the entries are gone.
         let cleared = self
             .claims
-            .set_device_status(&claim.namespace, &claim.name, driver, Vec::new())
+            .clear_device_status(&claim.namespace, &claim.name, driver)
             .await;
         if let Err(error) = cleared {
             tracing::debug!(claim = %claim.uid, %error, "device status not cleared");

@@ -34,9 +34,21 @@ pub trait ClaimSource: Send + Sync {
     }
 
     /// Reads this driver's entries in the claim's `status.devices`, hands them to `change` and writes
-    /// what it returns ([`ClaimSource::set_device_status`]). The API server's source does the read and
+    /// what it returns ([`ClaimSource::set_device_status`]; nothing when it returns `None`). The API server's source does the read and
     /// the write of one claim as one step: its writers (the preparer's retries, the NRI plugin's
     /// `networkData`) never interleave there and undo each other's entries.
+    /// Removes this driver's entries from the claim's `status.devices`, in turn with
+    /// [`ClaimSource::change_device_status`] of the claim (the API server's source takes the same lock
+    /// per claim), so a read-and-write under way lands first and one that comes after finds nothing.
+    fn clear_device_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        driver: &'a str,
+    ) -> BoxFuture<'a, Result<(), StatusWriteError>> {
+        self.set_device_status(namespace, name, driver, Vec::new())
+    }
+
     fn change_device_status<'a>(
         &'a self,
         namespace: &'a str,
@@ -48,8 +60,10 @@ pub trait ClaimSource: Send + Sync {
     }
 }
 
-/// What [`ClaimSource::change_device_status`] does with the driver's current entries.
-pub type StatusChange = Box<dyn FnOnce(Vec<serde_json::Value>) -> Vec<serde_json::Value> + Send>;
+/// What [`ClaimSource::change_device_status`] does with the driver's current entries: the entries to
+/// write, or `None` to write nothing.
+pub type StatusChange =
+    Box<dyn FnOnce(Vec<serde_json::Value>) -> Option<Vec<serde_json::Value>> + Send>;
 
 /// [`ClaimSource::change_device_status`] without a lock: reads the claim, writes `change` of this
 /// driver's entries.
@@ -75,9 +89,14 @@ async fn read_change_write<S: ClaimSource + ?Sized>(
         .filter(|d| d.driver == driver)
         .filter_map(|d| serde_json::to_value(d).ok())
         .collect();
-    source
-        .set_device_status(namespace, name, driver, change(mine))
-        .await
+    match change(mine) {
+        Some(devices) => {
+            source
+                .set_device_status(namespace, name, driver, devices)
+                .await
+        }
+        None => Ok(()),
+    }
 }
 
 /// Why a ResourceClaim could not be read: the API server's answer, classified (404, 409, 5xx, ... as
@@ -240,6 +259,19 @@ impl ClaimSource for KubeClaims {
         Box::pin(async move {
             let _claim = self.status_locks.lock(&format!("{namespace}/{name}")).await;
             read_change_write(self, namespace, name, driver, change).await
+        })
+    }
+
+    fn clear_device_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        driver: &'a str,
+    ) -> BoxFuture<'a, Result<(), StatusWriteError>> {
+        Box::pin(async move {
+            let _claim = self.status_locks.lock(&format!("{namespace}/{name}")).await;
+            self.set_device_status(namespace, name, driver, Vec::new())
+                .await
         })
     }
 }

@@ -9,7 +9,7 @@
 //! [`ClaimSource::change_device_status`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -43,6 +43,9 @@ enum Stage {
 pub(super) struct StatusWrite {
     stage: watch::Receiver<Stage>,
     cancel: Arc<Notify>,
+    /// Set by [`StatusWrite::stop`]: a try again that gets the claim's status after it writes
+    /// nothing (the unprepare's clear may have come first).
+    cancelled: Arc<AtomicBool>,
 }
 
 /// What the write task needs besides the entries.
@@ -59,10 +62,16 @@ impl StatusWrite {
     pub(super) fn start(target: Target, entries: Vec<Value>) -> StatusWrite {
         let (stage, watched) = watch::channel(Stage::First);
         let cancel = Arc::new(Notify::new());
-        tokio::spawn(write(target, entries, stage, cancel.clone()));
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let stop = Stop {
+            cancel: cancel.clone(),
+            cancelled: cancelled.clone(),
+        };
+        tokio::spawn(write(target, entries, stage, stop));
         StatusWrite {
             stage: watched,
             cancel,
+            cancelled,
         }
     }
 
@@ -74,6 +83,7 @@ impl StatusWrite {
     /// Stops the tries again and waits (at most a little over an API call's limit: one may be
     /// under way) until the task ended.
     pub(super) async fn stop(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
         self.cancel.notify_one();
         self.wait_for(Stage::Ended).await;
     }
@@ -91,13 +101,14 @@ impl StatusWrite {
     }
 }
 
-/// The task: the first try, then the tries again while they fail and the claim is prepared.
-async fn write(
-    target: Target,
-    entries: Vec<Value>,
-    stage: watch::Sender<Stage>,
+/// How the task learns it is stopped: woken from its wait, and told at the claim's status.
+struct Stop {
     cancel: Arc<Notify>,
-) {
+    cancelled: Arc<AtomicBool>,
+}
+
+/// The task: the first try, then the tries again while they fail and the claim is prepared.
+async fn write(target: Target, entries: Vec<Value>, stage: watch::Sender<Stage>, stop: Stop) {
     let Target {
         claims,
         forbidden,
@@ -141,16 +152,22 @@ async fn write(
         }
         tokio::select! {
             biased;
-            _ = cancel.notified() => break,
+            _ = stop.cancel.notified() => break,
             _ = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(LONGEST_WAIT);
         tries += 1;
         let planned = entries.clone();
-        let change = Box::new(move |current: Vec<Value>| keep_network_data(planned, current));
+        let cancelled = stop.cancelled.clone();
+        let change = Box::new(move |current: Vec<Value>| {
+            (!cancelled.load(Ordering::SeqCst)).then(|| keep_network_data(planned, current))
+        });
         result = claims
             .change_device_status(namespace, name, &driver, change)
             .await;
+        if stop.cancelled.load(Ordering::SeqCst) {
+            break;
+        }
     }
     let _ = stage.send(Stage::Ended);
 }

@@ -6,6 +6,7 @@
 use super::*;
 use crate::plugin::prepare::status;
 use crate::podnet::cni::NetworkData;
+use std::sync::Arc;
 use std::time::Duration;
 
 const KEY: &str = "ns/claim-u1";
@@ -37,43 +38,174 @@ fn failures_left(s: &Setup) -> usize {
     s.claims.4.lock().unwrap()[KEY]
 }
 
-/// The first try fails: the prepare answers (the claim is prepared); the write is tried again 2 s
-/// later, after the pod's `networkData` came (the NRI plugin's write, through the same source), and
-/// the entry written then has both the prepare's `data` and the pod's addresses.
+fn pod_data() -> NetworkData {
+    serde_json::from_value(
+        json!({"interfaceName": "net1", "ips": ["10.0.0.2/24"], "hardwareAddress": "02:00:00:00:00:01"}),
+    )
+    .unwrap()
+}
+
+/// The first try fails, as the API server answers (the write is lost): the prepare answers (the
+/// claim is prepared), and the pod's `networkData` (the NRI plugin's write, through the same source)
+/// writes nothing, as the claim has no entry of this driver's. The write is tried again 2 s later.
+/// When the first write did land and only its answer was lost, the pod's `networkData` is kept by the
+/// try again: the entry written then has both the prepare's `data` and the pod's addresses.
 #[tokio::test(start_paused = true)]
 async fn a_failed_status_write_is_tried_again_and_keeps_the_network_data_written_meanwhile() {
     let s = setup(1);
     let preparer = s.preparer("boot-1");
     assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
     assert_eq!(written(&s), None, "the first try failed");
-
-    // The pod starts: the NRI plugin writes its networkData.
-    let data: NetworkData = serde_json::from_value(
-        json!({"interfaceName": "net1", "ips": ["10.0.0.2/24"], "hardwareAddress": "02:00:00:00:00:01"}),
-    )
-    .unwrap();
     let claim = reference("u1");
-    crate::podnet::status::write_network_data(
-        &*s.claims,
-        &claim,
-        DRIVER,
-        NODE,
-        "nic-0000-b1-00-2",
-        &data,
-    )
-    .await
-    .unwrap();
+    let nic = "nic-0000-b1-00-2";
+    crate::podnet::status::write_network_data(&*s.claims, &claim, DRIVER, nic, &pod_data())
+        .await
+        .unwrap();
+    assert_eq!(written(&s), None, "no entry: the pod's data is not written");
 
+    // The first write landed after all (its answer lost), then the pod's networkData came.
+    s.claims
+        .set_device_status(
+            "ns",
+            "claim-u1",
+            DRIVER,
+            planned(json!({"interfaceName": "net1"})),
+        )
+        .await
+        .unwrap();
+    crate::podnet::status::write_network_data(&*s.claims, &claim, DRIVER, nic, &pod_data())
+        .await
+        .unwrap();
     tokio::time::sleep(status::FIRST_RETRY + Duration::from_millis(500)).await;
-    assert_eq!(
-        written(&s).unwrap(),
-        planned(json!({"interfaceName": "net1", "ips": ["10.0.0.2/24"],
-                       "hardwareAddress": "02:00:00:00:00:01"}))
-    );
+    let with_pod = planned(json!({"interfaceName": "net1", "ips": ["10.0.0.2/24"],
+                                  "hardwareAddress": "02:00:00:00:00:01"}));
+    assert_eq!(written(&s).unwrap(), with_pod);
     // Written: not tried again.
     let reads = s.claims.3.lock().unwrap().len();
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert_eq!(s.claims.3.lock().unwrap().len(), reads);
+    assert_eq!(written(&s).unwrap(), with_pod);
+}
+
+/// Claims whose read-and-write of one claim's status is one step (a lock per claim, as
+/// `KubeClaims`), and whose change waits for `gate` between its read and its write (a slow API
+/// server).
+struct LockedSlow {
+    inner: Arc<Claims>,
+    locks: dra_kubelet_plugin::locks::KeyedLocks,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl ClaimSource for LockedSlow {
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Option<ResourceClaim>, super::super::ClaimReadError>> {
+        self.inner.get(namespace, name)
+    }
+
+    fn set_device_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        driver: &str,
+        devices: Vec<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<(), super::super::StatusWriteError>> {
+        self.inner
+            .set_device_status(namespace, name, driver, devices)
+    }
+
+    fn clear_device_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        driver: &'a str,
+    ) -> BoxFuture<'a, Result<(), super::super::StatusWriteError>> {
+        Box::pin(async move {
+            let _claim = self.locks.lock(&format!("{namespace}/{name}")).await;
+            self.inner
+                .set_device_status(namespace, name, driver, Vec::new())
+                .await
+        })
+    }
+
+    fn change_device_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        driver: &'a str,
+        change: super::super::StatusChange,
+    ) -> BoxFuture<'a, Result<(), super::super::StatusWriteError>> {
+        Box::pin(async move {
+            let _claim = self.locks.lock(&format!("{namespace}/{name}")).await;
+            let current = self.inner.get(namespace, name).await.unwrap().unwrap();
+            let _slow = self.gate.acquire().await.unwrap();
+            let mine: Vec<serde_json::Value> = current
+                .status
+                .and_then(|s| s.devices)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| d.driver == driver)
+                .filter_map(|d| serde_json::to_value(d).ok())
+                .collect();
+            match change(mine) {
+                Some(devices) => {
+                    self.inner
+                        .set_device_status(namespace, name, driver, devices)
+                        .await
+                }
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+/// The pod's `networkData` write (the NRI plugin's, in a task of its own) read the claim before its
+/// unprepare, and lands slowly: the unprepare's clear comes after it (ordered by the source), and a
+/// write of the pod's data after the clear writes nothing: no entry comes back to a claim no longer
+/// prepared here.
+#[tokio::test(start_paused = true)]
+async fn the_pods_network_data_never_lands_after_the_unprepares_clear() {
+    let s = setup(0);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let claims = Arc::new(LockedSlow {
+        inner: s.claims.clone(),
+        locks: Default::default(),
+        gate: gate.clone(),
+    });
+    let config = s.config("boot-1", SliceConfig::new(NODE));
+    let preparer = Arc::new(Preparer::new(config, claims.clone(), s.inventory.clone()).unwrap());
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert!(written(&s).is_some_and(|w| !w.is_empty()));
+    let nic = "nic-0000-b1-00-2";
+    let pod_write = |claims: Arc<LockedSlow>| {
+        tokio::spawn(async move {
+            crate::podnet::status::write_network_data(
+                &*claims,
+                &reference("u1"),
+                DRIVER,
+                nic,
+                &pod_data(),
+            )
+            .await
+        })
+    };
+    let nri = pod_write(claims.clone());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The pod goes; the kubelet unprepares the claim while the pod's write waits for its answer.
+    let unprepare = tokio::spawn({
+        let preparer = preparer.clone();
+        async move { preparer.unprepare(vec![reference("u1")]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    gate.add_permits(100);
+    nri.await.unwrap().unwrap();
+    assert!(unprepare.await.unwrap()["u1"].is_ok());
+    assert_eq!(written(&s), Some(Vec::new()), "cleared last");
+    // A pod write that comes after the clear writes nothing.
+    pod_write(claims.clone()).await.unwrap().unwrap();
+    assert_eq!(written(&s), Some(Vec::new()));
 }
 
 /// A write that keeps failing is tried [`status::TRIES`] times, 2, 4, 8, 16, 32, 60 and 60 s apart,

@@ -33,10 +33,6 @@ pub trait ClaimSource: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
-    /// Reads this driver's entries in the claim's `status.devices`, hands them to `change` and writes
-    /// what it returns ([`ClaimSource::set_device_status`]; nothing when it returns `None`). The API server's source does the read and
-    /// the write of one claim as one step: its writers (the preparer's retries, the NRI plugin's
-    /// `networkData`) never interleave there and undo each other's entries.
     /// Removes this driver's entries from the claim's `status.devices`, in turn with
     /// [`ClaimSource::change_device_status`] of the claim (the API server's source takes the same lock
     /// per claim), so a read-and-write under way lands first and one that comes after finds nothing.
@@ -49,6 +45,11 @@ pub trait ClaimSource: Send + Sync {
         self.set_device_status(namespace, name, driver, Vec::new())
     }
 
+    /// Reads this driver's entries in the claim's `status.devices`, hands them to `change` and writes
+    /// what it returns ([`ClaimSource::set_device_status`]; nothing when it returns `None`). The API
+    /// server's source does the read and the write of one claim as one step: its writers (the
+    /// preparer's tries again, the NRI plugin's `networkData`, the unprepare's clear) never
+    /// interleave there and undo each other's entries.
     fn change_device_status<'a>(
         &'a self,
         namespace: &'a str,

@@ -324,6 +324,21 @@ impl<R: Record> Checkpoint<R> {
         read_record(path, uid)
     }
 
+    /// Reads the record of `uid` again (one that could not be read at [`Self::load`]): `None` when
+    /// there is no such file, or when it reads but is not a valid record (what the caller rebuilt
+    /// instead stands, and its next write replaces it). A file that still cannot be read is an
+    /// error.
+    pub fn read_again(&self, uid: &str) -> Result<Option<R>, CheckpointError> {
+        let path = self.record_path(uid);
+        check_uid(uid, &path)?;
+        match self.read(&path, uid) {
+            Ok(record) => Ok(Some(record)),
+            Err(Unusable::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(Unusable::Io(e)) => Err(io_at("read", &path)(e)),
+            Err(Unusable::Bad(_)) => Ok(None),
+        }
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir

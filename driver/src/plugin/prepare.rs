@@ -122,6 +122,9 @@ pub struct Preparer {
     /// The checkpoint was rebuilt at start: CDI specs no record owns may belong to live claims and
     /// are kept.
     rebuilt: bool,
+    /// Claims whose record file could not be read at start (EIO, EACCES): read again before anything
+    /// is decided for them ([`Preparer::read_again`]).
+    unreadable: Mutex<BTreeSet<String>>,
     /// Device status writes the API server forbade (a configuration error).
     status_forbidden: Arc<std::sync::atomic::AtomicU64>,
     /// Device status writes under way or ended, by claim UID ([`status`]). A write outlives a prepare
@@ -167,6 +170,7 @@ impl Preparer {
         // its unprepare) replaces or removes it, as any record: from then on the preparer's record
         // is the claim's state.
         let unreadable: BTreeSet<&str> = loaded.unreadable.iter().map(|u| u.uid.as_str()).collect();
+        let read_again: BTreeSet<String> = unreadable.iter().map(|u| (*u).to_owned()).collect();
         for bad in &loaded.unreadable {
             tracing::warn!(claim = %bad.uid, file = %bad.path.display(), error = %bad.error,
                 "a checkpoint record could not be read; left in place, its claim rebuilt from its \
@@ -295,7 +299,7 @@ impl Preparer {
             // must not keep the plugin from starting: it keeps its record, and with it its devices
             // and what to undo, and the rollback runs again at its next prepare or unprepare, or
             // at the next start.
-            let undone = undo_record(&config, &kind, record);
+            let undone = undo_record(&config, &kind, &inventory, record);
             if let Err(error) = undone.and_then(|()| Ok(config.checkpoint.remove(uid)?)) {
                 let kind = error.kind();
                 tracing::error!(claim = %uid, %error, ?kind,
@@ -320,6 +324,7 @@ impl Preparer {
             faults: None,
             cpu_claims,
             rebuilt,
+            unreadable: Mutex::new(read_again),
             status_forbidden: Arc::default(),
             status_writes: Mutex::default(),
             metadata_dir: None,
@@ -578,6 +583,49 @@ impl Preparer {
         Cleaned { unprepared, left }
     }
 
+    /// A claim whose record file could not be read at start is read again (under the claim's lock)
+    /// before anything is decided for it: read, the record takes the place of what memory holds
+    /// (rebuilt from its CDI spec, or nothing), so its undo state (the drivers to give functions back
+    /// to, a `Started` record's rollback) is used; one prepared in an earlier boot is forgotten, as at
+    /// start. Still unreadable, the call fails with its I/O error and the kubelet tries again: a
+    /// prepare would write over the file, an unprepare remove it, losing what only it says (remove
+    /// the file by hand to let them go on without it).
+    fn read_again(&self, uid: &str) -> Result<(), PrepareError> {
+        if !self.unreadable().contains(uid) {
+            return Ok(());
+        }
+        let record = apply::blocking(|| self.config.checkpoint.read_again(uid))?;
+        self.unreadable().remove(uid);
+        let Some(record) = record else {
+            return Ok(());
+        };
+        tracing::info!(claim = %uid, "a checkpoint record that could not be read at start reads now");
+        if undone_by_reboot(&record, &self.config.boot_id) {
+            self.config
+                .cdi
+                .remove_claim_spec(&self.kind, uid)
+                .map_err(|source| PrepareError::Cdi {
+                    context: "removing the CDI spec of a claim prepared in an earlier boot",
+                    source,
+                })?;
+            self.config.checkpoint.remove(uid)?;
+            let mut state = self.state();
+            state.remove(uid);
+            self.publish_cpus(&state);
+            return Ok(());
+        }
+        let mut state = self.state();
+        state.insert(uid.to_owned(), record);
+        self.publish_cpus(&state);
+        Ok(())
+    }
+
+    fn unreadable(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Completes a record rebuilt from its CDI spec with what its ResourceClaim says (the pods it
     /// is reserved for: until then the NRI plugin lets any pod's containers use its CPUs), as its
     /// next prepare would; the kubelet does not prepare a running pod's claims again after a
@@ -589,6 +637,10 @@ impl Preparer {
             return true;
         }
         let _claim = self.locks.lock(&claim.uid).await;
+        if let Err(error) = self.read_again(&claim.uid) {
+            tracing::warn!(claim = %claim.uid, %error, "a claim whose record cannot be read is not completed");
+            return false;
+        }
         let record = self.state().get(&claim.uid).cloned();
         let Some(record) = record.filter(rebuilt) else {
             return true;

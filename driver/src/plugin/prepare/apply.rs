@@ -4,9 +4,11 @@
 //! `Started` record is written goes through one rollback path ([`Preparer::abandon`]).
 
 use std::collections::BTreeMap;
+use std::sync::RwLock;
 
 use super::plan::Planned;
 use super::{PrepareError, Preparer, PreparerConfig, Rebind, Step, recover, status};
+use crate::inventory::Inventory;
 use crate::nri::policy::ClaimCpus;
 use crate::plugin::api::{ClaimRef, PreparedDevice};
 use crate::plugin::cdi::Spec;
@@ -32,6 +34,7 @@ impl Preparer {
         &self,
         claim: ClaimRef,
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
+        self.read_again(&claim.uid)?;
         let existing = self.state().get(&claim.uid).cloned();
         if let Some(record) = existing {
             // The first try of a status write of a prepare given up on ends first: the answer must
@@ -61,7 +64,7 @@ impl Preparer {
                     if record.phase == Phase::Started {
                         self.config.checkpoint.put(&record, Durability::Synced)?;
                     }
-                    undo_record(&self.config, &self.kind, &record)
+                    undo_record(&self.config, &self.kind, &self.inventory, &record)
                         .map_err(|e| PrepareError::RollingBack(Box::new(e)))?;
                     self.drop_record(&record)
                 })?,
@@ -163,6 +166,11 @@ impl Preparer {
                 let error = PrepareError::Device { context, source };
                 return Err(self.abandon(started, error));
             }
+            note_driver(
+                &self.inventory,
+                rebind.function,
+                Some(rebind.driver.clone()),
+            );
         }
         self.fault(Step::DevicesPrepared)?;
         let uid = &started.claim.uid;
@@ -266,7 +274,7 @@ impl Preparer {
     fn abandon(&self, record: &ClaimRecord, error: PrepareError) -> PrepareError {
         let mut also = Vec::new();
         self.remove_metadata(&record.claim.uid);
-        let dropped = undo_record(&self.config, &self.kind, record)
+        let dropped = undo_record(&self.config, &self.kind, &self.inventory, record)
             .map_err(|e| PrepareError::RollingBack(Box::new(e)))
             .and_then(|()| self.drop_record(record));
         if let Err(e) = dropped {
@@ -307,13 +315,14 @@ impl Preparer {
     pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
         // The status is cleared below: a write of the prepare (or its tries again) lands first.
         self.status_stopped(&claim.uid).await;
+        self.read_again(&claim.uid)?;
         // Unknown claims (never prepared here, already unprepared, or forgotten after a reboot) are
         // done, once metadata files a forgotten claim left are gone.
         let Some(record) = self.state().get(&claim.uid).cloned() else {
             self.remove_metadata(&claim.uid);
             return Ok(());
         };
-        blocking(|| undo_record(&self.config, &self.kind, &record))?;
+        blocking(|| undo_record(&self.config, &self.kind, &self.inventory, &record))?;
         self.remove_metadata(&claim.uid);
         let stored = blocking(|| self.drop_record(&record));
         let driver = &self.config.slices.driver_name;
@@ -351,6 +360,7 @@ pub(super) fn cpu_claims_of(state: &BTreeMap<String, ClaimRecord>) -> BTreeMap<S
 pub(super) fn undo_record(
     config: &PreparerConfig,
     kind: &str,
+    inventory: &RwLock<Inventory>,
     record: &ClaimRecord,
 ) -> Result<(), PrepareError> {
     for value in record.undo.values() {
@@ -383,6 +393,7 @@ pub(super) fn undo_record(
             ),
             source,
         })?;
+        note_driver(inventory, rebind.function, rebind.original.clone());
     }
     config
         .cdi
@@ -391,4 +402,29 @@ pub(super) fn undo_record(
             context: "removing the CDI spec",
             source,
         })
+}
+
+/// Sets the driver of the function at `address` in `inventory` to `driver`, which this process just
+/// bound it to (or left it without). The inventory is read at start and at rescans; a plan made
+/// before the next rescan must see the drivers as they are now: a rollback at start (the inventory
+/// is read before it), or of a `Started` record at the claim's next prepare, changed them, and a
+/// function taken for one still on the claim's driver would get no rebind.
+pub(super) fn note_driver(
+    inventory: &RwLock<Inventory>,
+    address: hal::PciAddress,
+    driver: Option<String>,
+) {
+    let Ok(mut inventory) = inventory.write() else {
+        return;
+    };
+    for function in inventory.pci.iter_mut().filter(|f| f.address == address) {
+        function.driver.clone_from(&driver);
+    }
+    for gpu in inventory
+        .gpus
+        .iter_mut()
+        .filter(|g| g.pci_address == address)
+    {
+        gpu.driver.clone_from(&driver);
+    }
 }

@@ -202,6 +202,13 @@ impl Setup {
         self.dir.path().join("cdi")
     }
 
+    /// Reads the inventory from the tree again, as a plugin does at start (tests that restart the
+    /// preparer after changing drivers behind its back, as a reboot does).
+    fn reread_inventory(&self) {
+        let root = backends::SysfsRoot::new(self.machine.root());
+        *self.inventory.write().unwrap() = Inventory::from_sysfs(&root, None);
+    }
+
     fn preparer(&self, boot_id: &str) -> Preparer {
         self.preparer_with(boot_id, SliceConfig::new(NODE))
     }
@@ -700,6 +707,7 @@ async fn a_function_that_had_no_driver_has_none_after_unprepare() {
     let results = preparer.prepare(vec![reference("u1")]).await;
     assert!(results["u1"].is_ok(), "{results:?}");
     s.binder.bind_driver(vf, "iavf").unwrap();
+    s.reread_inventory();
     let results = preparer.unprepare(vec![reference("u1")]).await;
     assert!(results["u1"].is_ok(), "{results:?}");
     assert_eq!(s.driver_of("0000:3b:01.1").as_deref(), Some("iavf"));
@@ -780,6 +788,7 @@ async fn after_a_reboot_a_claim_that_changed_a_device_is_prepared_afresh_and_the
 
     // The node reboots: the VF is back on its kernel driver and /var/run/cdi is empty.
     s.binder.bind_driver(vf, "iavf").unwrap();
+    s.reread_inventory();
     std::fs::remove_dir_all(s.cdi_dir()).unwrap();
     let rebooted = s.preparer("boot-2");
     let records = |uid: &str| s.checkpoint_path().join(format!("{uid}.json")).exists();

@@ -655,6 +655,7 @@ async fn a_rebuilt_claim_that_changed_a_device_is_prepared_afresh_after_a_reboot
     // The node reboots: the VF is back on its kernel driver and /var/run/cdi is empty.
     let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
     s.binder.bind_driver(vf, "iavf").unwrap();
+    s.reread_inventory();
     std::fs::remove_dir_all(s.cdi_dir()).unwrap();
     let rebooted = s.preparer("boot-2");
     assert!(rebooted.recorded().await.is_empty());
@@ -880,6 +881,98 @@ fn unreadable_records(s: &Setup, uids: &[&str], errno: i32) -> CheckpointFile {
     }))
 }
 
+/// The plugin reads its inventory before the preparer starts, and the start rolls back a `Started`
+/// record (a crash after the rebind): the VF goes back to iavf after the inventory saw it on
+/// vfio-pci. The kubelet's prepare right after (before any rescan) must rebind it, not take it for
+/// one on vfio-pci already: the preparer keeps the inventory's drivers as it changes them.
+#[tokio::test]
+async fn a_rollback_at_start_leaves_the_inventory_with_the_drivers_it_gave_back() {
+    let s = Setup::on("xeon");
+    let vf = "0000:3b:01.2";
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-2")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let crashing = s.preparer("boot-1").with_faults(Arc::new(|at| match at {
+        Step::DevicesPrepared => Err("crash".into()),
+        _ => Ok(()),
+    }));
+    assert!(crashing.prepare(vec![reference("u1")]).await["u1"].is_err());
+    drop(crashing);
+    // The restart: the inventory read first (the VF on vfio-pci), then the preparer's rollback.
+    s.reread_inventory();
+    let restarted = s.preparer("boot-1");
+    assert_eq!(s.driver_of(vf).as_deref(), Some("iavf"), "rolled back");
+    assert!(restarted.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(s.driver_of(vf).as_deref(), Some("vfio-pci"), "bound again");
+    assert!(restarted.unprepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(s.driver_of(vf).as_deref(), Some("iavf"));
+}
+
+/// A `Started` record (a crash after the rebind, before the CDI spec) that cannot be read at the
+/// next start is not rebuilt (no spec). The kubelet's prepare of the claim then fails with the I/O
+/// error rather than preparing afresh over the file (which would find the VF on vfio-pci already,
+/// record nothing to undo, and leave it there for good); once the file reads, the record is rolled
+/// back (the VF to iavf) and the claim prepared, and its unprepare gives the VF back.
+#[tokio::test]
+async fn a_record_unreadable_at_start_is_read_again_before_its_claim_is_prepared_or_unprepared() {
+    use std::sync::atomic::AtomicBool;
+    let s = Setup::on("xeon");
+    let vf = "0000:3b:01.2";
+    s.claims.add(
+        "u1",
+        &[("vf", "nic-0000-3b-01-2")],
+        vf_config(Some("vfio-pci"), "net1"),
+    );
+    let before = s.driver_of(vf);
+    let crashing = s.preparer("boot-1").with_faults(Arc::new(|at| match at {
+        Step::DevicesPrepared => Err("crash".into()),
+        _ => Ok(()),
+    }));
+    assert!(crashing.prepare(vec![reference("u1")]).await["u1"].is_err());
+    drop(crashing);
+    assert_eq!(s.driver_of(vf).as_deref(), Some("vfio-pci"));
+    // The plugin starts again (its inventory read afresh); u1.json reads EIO until the disk heals.
+    let root = backends::SysfsRoot::new(s.machine.root());
+    *s.inventory.write().unwrap() = Inventory::from_sysfs(&root, None);
+    let failing = Arc::new(AtomicBool::new(true));
+    let fails = failing.clone();
+    let record = s.checkpoint_path().join("u1.json");
+    let mut config = s.config("boot-1", SliceConfig::new(NODE));
+    config.checkpoint =
+        CheckpointFile::new(s.checkpoint_path()).with_read_fault(Arc::new(move |path| {
+            match path == record && fails.load(Ordering::SeqCst) {
+                true => Err(std::io::Error::from_raw_os_error(5)),
+                false => Ok(()),
+            }
+        }));
+    let restarted = Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap();
+    assert!(
+        restarted.recorded().await.is_empty(),
+        "not rebuilt: no spec"
+    );
+    // The kubelet's prepare while the file cannot be read: refused, nothing changed.
+    let error = restarted.prepare(vec![reference("u1")]).await["u1"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("Input/output error"), "{error}");
+    assert!(s.checkpoint_path().join("u1.json").exists());
+    // Readable again: rolled back, then prepared; the pod's end gives the VF back.
+    failing.store(false, Ordering::SeqCst);
+    assert!(restarted.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(s.driver_of(vf).as_deref(), Some("vfio-pci"));
+    assert_eq!(
+        restarted.unprepare(vec![reference("u1")]).await["u1"],
+        Ok(())
+    );
+    assert_eq!(
+        s.driver_of(vf),
+        before,
+        "the VF is given back to its driver"
+    );
+}
+
 /// A record file that cannot be read at start (EIO from a bad block) does not keep the plugin from
 /// starting: the other claims are served, its claim is rebuilt from its CDI spec (its devices held
 /// against other claims, the kubelet's next ask answered the same), the file is left as it was,
@@ -931,12 +1024,18 @@ async fn an_unreadable_record_does_not_stop_the_start_and_its_claim_is_rebuilt_f
             .contains("already prepared for claim a"),
         "{d:?}"
     );
-    assert!(after.clean_stale().await == Cleaned::default());
+    // Not completed from its ResourceClaim while its file cannot be read (that would write over
+    // it), nor prepared: the kubelet's prepare fails with the I/O error, and is asked again.
+    let cleaned = after.clean_stale().await;
+    assert!(cleaned.unprepared.is_empty(), "{cleaned:?}");
+    assert_eq!(cleaned.left, [reference("a")]);
     assert_eq!(s.spec_files(), specs, "no spec deleted as an orphan");
-    assert_eq!(after.prepare(vec![reference("a")]).await["a"], answers["a"]);
-    // Completed from its ResourceClaim at the cleaning: a's record is the preparer's now.
-    let file = CheckpointFile::new(s.checkpoint_path()).load().unwrap();
-    assert!(!file.claims["a"].recovered, "{:?}", file.claims["a"]);
+    let error = after.prepare(vec![reference("a")]).await["a"]
+        .clone()
+        .unwrap_err();
+    assert!(error.contains("Input/output error"), "{error}");
+    let left = std::fs::read(record("a")).unwrap() == a_bytes;
+    assert!(left, "a.json still as it was");
 }
 
 /// Capabilities are per thread: `f` runs on a thread of its own as a root without the override of
@@ -997,6 +1096,7 @@ async fn a_claim_of_an_earlier_boot_whose_record_cannot_be_removed_is_prepared_a
     // The node reboots: the VF is back on its kernel driver and /var/run/cdi is empty.
     let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
     s.binder.bind_driver(vf, "iavf").unwrap();
+    s.reread_inventory();
     std::fs::remove_dir_all(s.cdi_dir()).unwrap();
     // The first write or removal (the stale record's, at start) finds the disk read-only.
     let mut config = s.config("boot-2", SliceConfig::new(NODE));
@@ -1036,6 +1136,7 @@ async fn a_claim_of_an_earlier_boot_whose_spec_cannot_be_removed_is_not_answered
     assert!(first["vfio"].is_ok(), "{first:?}");
     let vf = hal::PciAddress::parse("0000:3b:01.1").unwrap();
     s.binder.bind_driver(vf, "iavf").unwrap();
+    s.reread_inventory();
     let spec = s.cdi_dir().join("hal.dra.dev-device_vfio.json");
     std::fs::remove_file(&spec).unwrap();
     std::fs::create_dir_all(spec.join("inside")).unwrap();

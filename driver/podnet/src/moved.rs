@@ -105,7 +105,8 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// `load` of every file under `dir` whose name does not start with `.` (the temp files of
-/// interrupted writes), at most 4096, by file name; a missing directory has none. Any other failure
+/// interrupted writes), by file name; a missing directory has none, and more than 4096 entries are
+/// an error (no node holds that many attachments). Any other failure
 /// to read the directory, or one of its entries, is an error naming the directory (`listing <dir>:
 /// <why>`, the OS error's kind kept): a partial listing is never returned as a whole one.
 pub(crate) fn list_with<T>(
@@ -132,8 +133,8 @@ pub(crate) fn list_with<T>(
     Ok(out)
 }
 
-/// The names of `entries` (a directory's, in its order) that are UTF-8 and do not start with `.`,
-/// at most 4096; the first entry that failed to read fails them all.
+/// The names of `entries` (a directory's, in its order) that are UTF-8 and do not start with `.`;
+/// the first entry that failed to read fails them all, as do more than [`MAX_ENTRIES`] names.
 fn entry_names(
     entries: impl Iterator<Item = std::io::Result<std::ffi::OsString>>,
 ) -> std::io::Result<Vec<String>> {
@@ -145,7 +146,9 @@ fn entry_names(
             continue;
         }
         if names.len() == MAX_ENTRIES {
-            break;
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_ENTRIES} entries"
+            )));
         }
         names.push(name.to_owned());
     }

@@ -75,6 +75,13 @@ fn an_entry_that_fails_to_read_fails_the_whole_listing() {
         entry_names(entries.into_iter()).unwrap(),
         ["b-net1", "a-net1"]
     );
+    // Past the bound: an error, not the first 4096 as if they were all.
+    let many = (0..=super::MAX_ENTRIES).map(|i| Ok(OsString::from(format!("s{i}-net1"))));
+    let error = entry_names(many).unwrap_err();
+    assert!(
+        error.to_string().contains("more than 4096 entries"),
+        "{error}"
+    );
 }
 
 #[test]

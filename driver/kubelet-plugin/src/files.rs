@@ -252,16 +252,24 @@ pub fn remove_stale_temps(path: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Renames `path` (whatever it is: a file, a directory, a link) to
-/// `<name>.bad-<nanoseconds>-<random>` beside it, keeps the [`KEEP_ASIDE`] newest such files and removes older ones; returns the new
-/// name.
+/// Renames `path` (whatever it is: a file, a directory, a link) to `<name>.bad-<stamp>-<random>`
+/// beside it, keeps the [`KEEP_ASIDE`] newest such entries and removes older ones; returns the new
+/// name. The stamp is the wall clock in nanoseconds, or one more than the newest stamp already there
+/// when the clock is behind it (a step back, a wrong RTC at boot): the name order stays the order
+/// of the moves, so the entry just moved aside is never the one pruned.
 pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
     let dir = parent_of(path);
     let name = file_name_of(path);
-    let nanos = SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let aside = dir.join(format!("{name}.bad-{nanos:039}-{:016x}", unpredictable()));
+    let newest = aside_entries(dir, &name)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(n, _)| aside_stamp(n, &name))
+        .max();
+    let stamp = newest.map_or(now, |newest| now.max(newest.saturating_add(1)));
+    let aside = dir.join(format!("{name}.bad-{stamp:039}-{:016x}", unpredictable()));
     fs::rename(path, &aside)?;
     File::open(dir)?.sync_all()?;
     if let Err(error) = prune_aside(dir, &name) {
@@ -270,16 +278,31 @@ pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
     Ok(aside)
 }
 
-/// Keeps the [`KEEP_ASIDE`] newest `<name>.bad-*` entries of `dir` and removes the others.
-fn prune_aside(dir: &Path, name: &str) -> io::Result<()> {
+/// The `<name>.bad-*` entries of `dir`: (file name, path).
+fn aside_entries(dir: &Path, name: &str) -> io::Result<Vec<(String, PathBuf)>> {
     let prefix = format!("{name}.bad-");
-    let mut kept: Vec<(String, PathBuf)> = fs::read_dir(dir)?
+    Ok(fs::read_dir(dir)?
         .filter_map(Result::ok)
         .filter_map(|e| {
             let n = e.file_name().to_str()?.to_owned();
             n.starts_with(&prefix).then(|| (n, e.path()))
         })
-        .collect();
+        .collect())
+}
+
+/// The stamp of an entry `<name>.bad-<stamp>-<random>` (39 digits, as [`move_aside`] writes it).
+fn aside_stamp(entry: &str, name: &str) -> Option<u128> {
+    let rest = entry.strip_prefix(name)?.strip_prefix(".bad-")?;
+    let (stamp, _) = rest.split_once('-')?;
+    (stamp.len() == 39 && stamp.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stamp.parse().ok())
+        .flatten()
+}
+
+/// Keeps the [`KEEP_ASIDE`] newest `<name>.bad-*` entries of `dir` (by name: by stamp) and removes
+/// the others.
+fn prune_aside(dir: &Path, name: &str) -> io::Result<()> {
+    let mut kept = aside_entries(dir, name)?;
     kept.sort();
     let excess = kept.len().saturating_sub(KEEP_ASIDE);
     for (_, old) in kept.into_iter().take(excess) {
@@ -292,4 +315,41 @@ fn prune_aside(dir: &Path, name: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod aside_tests {
+    use super::*;
+
+    /// A clock stepped back (entries moved aside "in the future" are there): the entry moved aside
+    /// now is kept, and the oldest of the others goes.
+    #[test]
+    fn a_clock_behind_the_newest_stamp_still_keeps_the_entry_just_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let far = u128::from(u64::MAX) * 1000;
+        for i in 0..KEEP_ASIDE {
+            let stamp = far + i as u128;
+            fs::write(dir.path().join(format!("a.json.bad-{stamp:039}-0")), "x").unwrap();
+        }
+        let path = dir.path().join("a.json");
+        fs::write(&path, "newest").unwrap();
+        let aside = move_aside(&path).unwrap();
+        assert_eq!(fs::read_to_string(&aside).unwrap(), "newest");
+        let entries = aside_entries(dir.path(), "a.json").unwrap();
+        assert_eq!(entries.len(), KEEP_ASIDE);
+        let oldest = format!("a.json.bad-{far:039}-0");
+        assert!(entries.iter().all(|(n, _)| *n != oldest), "{entries:?}");
+        let stamp = aside_stamp(&file_name_of(&aside), "a.json").unwrap();
+        assert_eq!(stamp, far + KEEP_ASIDE as u128, "one past the newest");
+    }
+
+    #[test]
+    fn only_stamps_written_by_move_aside_are_read() {
+        assert_eq!(aside_stamp(&format!("a.bad-{:039}-ff", 7), "a"), Some(7));
+        assert_eq!(aside_stamp("a.bad-7-ff", "a"), None);
+        assert_eq!(aside_stamp(&format!("a.bad-{:039}", 7), "a"), None);
+        assert_eq!(aside_stamp(&format!("b.bad-{:039}-ff", 7), "a"), None);
+        assert_eq!(aside_stamp(&format!("a.bad-+{:038}-ff", 7), "a"), None);
+    }
 }

@@ -3,10 +3,12 @@
 use std::fmt::Write;
 
 use crate::outcome::{Outcome, Status};
-use crate::text::{field_safe, lines_safe};
+use crate::text::{cell, field_safe, lines_safe};
 
 /// Renders outcomes as text. Names come from the user's files unvalidated: each value is escaped
-/// ([`field_safe`]) before it goes into a line, so none starts a line of its own or acts on a terminal.
+/// ([`field_safe`]) before it goes into a line, so none starts a line of its own or acts on a terminal,
+/// and each name is cut at [`crate::text::MAX_CELL_CHARS`] ([`cell`]): a huge one would widen every
+/// row of its table to its length.
 pub fn render_table(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     for (i, outcome) in outcomes.iter().enumerate() {
@@ -27,14 +29,14 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
         let _ = writeln!(
             out,
             "{}: {verdict} (Kubernetes {} rules{gates})",
-            field_safe(&outcome.claim),
+            cell(&outcome.claim),
             outcome.kubernetes_version
         );
         if let Some(pod) = &outcome.pod {
             let _ = writeln!(
                 out,
                 "  of {} (the scheduler allocates the pod's pending claims together, in one search)",
-                field_safe(pod)
+                cell(pod)
             );
         }
         if !outcome.devices.is_empty() {
@@ -54,20 +56,20 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
                     let mut consumes: Vec<String> = d
                         .consumed_capacity
                         .iter()
-                        .map(|(k, v)| format!("{}={}", field_safe(k), field_safe(v)))
+                        .map(|(k, v)| format!("{}={}", cell(k), cell(v)))
                         .collect();
                     if d.admin_access {
                         consumes.insert(0, "admin access".into());
                     }
                     [
-                        field_safe(&d.request).into_owned(),
-                        field_safe(&d.driver).into_owned(),
-                        field_safe(&d.pool).into_owned(),
-                        field_safe(&d.device).into_owned(),
+                        cell(&d.request).into_owned(),
+                        cell(&d.driver).into_owned(),
+                        cell(&d.pool).into_owned(),
+                        cell(&d.device).into_owned(),
                         d.numa_node.map_or("-".into(), |n| n.to_string()),
                         d.pcie_root
                             .as_deref()
-                            .map_or_else(|| "-".into(), |r| field_safe(r).into_owned()),
+                            .map_or_else(|| "-".into(), |r| cell(r).into_owned()),
                         if consumes.is_empty() {
                             "-".into()
                         } else {
@@ -99,9 +101,9 @@ pub fn render_table(outcomes: &[Outcome]) -> String {
             let _ = writeln!(
                 out,
                 "  container {} {}: {}",
-                field_safe(&m.container_name),
-                field_safe(&m.resource_name),
-                field_safe(&m.request_name)
+                cell(&m.container_name),
+                cell(&m.resource_name),
+                cell(&m.request_name)
             );
         }
         if let Some(numa) = &outcome.numa {

@@ -959,6 +959,27 @@ fn the_searches_for_the_reason_share_one_step_limit() {
     );
 }
 
+/// A name of 5,000 characters from a user's file shows cut at `MAX_CELL_CHARS` with a marker.
+#[test]
+fn the_table_cuts_a_huge_name() {
+    let name = "a".repeat(5000);
+    let text = format!(
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  devices:\n    requests:\n    - name: gpu\n      exactly:\n        deviceClassName: example\n"
+    );
+    let mut objects = Objects::default();
+    objects.add_text("claim", &text).unwrap();
+    let outcome = allocator().explain(&objects.claims[0]);
+    let table = crate::render_table(&[outcome]);
+    let first = table.lines().next().unwrap();
+    let (shown, _) = first.split_once(": ").unwrap();
+    assert_eq!(
+        shown.chars().count(),
+        crate::text::MAX_CELL_CHARS + 1,
+        "{first}"
+    );
+    assert!(shown.ends_with('…'), "{first}");
+}
+
 #[test]
 fn the_table_escapes_names_so_none_forges_a_line_or_reorders_text() {
     // A claim name and a selector from a user's file, neither validated before the report.

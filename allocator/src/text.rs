@@ -26,6 +26,18 @@ pub fn field_safe_bounded(text: &str, max_chars: usize) -> Cow<'_, str> {
     escape_where(text, acts_on_terminal, max_chars)
 }
 
+/// The longest an untrusted value shows in a table cell, in characters; longer ones end in `…`.
+/// Longer than any real value (Kubernetes names reach 253 characters, pci.ids names about 140,
+/// NVML's product names 96 bytes, interface names 15, RDMA device names 63), short enough that a
+/// hostile 64 KiB value takes about three lines of a terminal instead of pages. The JSON and YAML
+/// forms keep the whole value.
+pub const MAX_CELL_CHARS: usize = 256;
+
+/// One untrusted value as it goes into a table cell: [`field_safe_bounded`] at [`MAX_CELL_CHARS`].
+pub fn cell(text: &str) -> Cow<'_, str> {
+    field_safe_bounded(text, MAX_CELL_CHARS)
+}
+
 /// Text of several lines (a message, a whole table): as [`field_safe`], but newline and tab kept.
 pub fn lines_safe(text: &str) -> Cow<'_, str> {
     escape_where(

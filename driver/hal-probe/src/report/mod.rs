@@ -210,19 +210,14 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     allocator::text::lines_safe(text)
 }
 
-/// The longest a value from the tree shows in a table, in characters; longer ones end in `…`. Longer
-/// than any real value (pci.ids names reach about 140 characters, NVML's product names 96 bytes,
-/// interface names 15, RDMA device names 63), short enough that a hostile 64 KiB attribute takes
-/// about three lines of a terminal instead of pages. The JSON and YAML forms keep the whole value.
-pub const MAX_CELL_CHARS: usize = 256;
+/// The longest a value from the tree shows in a table: [`allocator::text::MAX_CELL_CHARS`].
+pub use allocator::text::MAX_CELL_CHARS;
 
 /// One value from the tree (a kernel string, a directory name, a vendor library's answer) as it goes
 /// into a table: every character that acts on a terminal (newline, `\r` and tab, escape sequences,
 /// bidi controls) escaped as `\u{a}`, so it cannot start a row of its own or reorder the line, and
-/// cut at [`MAX_CELL_CHARS`].
-pub fn cell(text: &str) -> std::borrow::Cow<'_, str> {
-    allocator::text::field_safe_bounded(text, MAX_CELL_CHARS)
-}
+/// cut at [`MAX_CELL_CHARS`] ([`allocator::text::cell`]).
+pub use allocator::text::cell;
 
 #[cfg(test)]
 mod terminal_tests {

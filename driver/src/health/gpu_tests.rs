@@ -386,3 +386,34 @@ fn a_gpu_nvml_cannot_register_for_xid_events_is_marked_unwatched() {
     let unwatched = Some("nvml-unwatched".to_owned());
     assert_eq!(reasons(&mut health), [None, None, unwatched, None]);
 }
+
+/// NVML watches the GPUs present at its start: a GPU that appears later (a rescan finds a new UUID
+/// at an address: a replaced card) is marked `nvml-unwatched` at the next apply; the watched ones
+/// are not, and neither is anything before the watch runs.
+#[test]
+fn a_gpu_that_appears_after_the_xid_watch_started_is_marked_unwatched() {
+    let mut health = Health::default();
+    let mut inventory = gb300();
+    health.apply(&mut inventory);
+    let watched: Vec<String> = inventory
+        .gpus
+        .iter()
+        .map(|g| g.uuid.clone().unwrap())
+        .collect();
+    health.watching_xids(&watched);
+    assert_eq!(reasons(&mut health), [None, None, None, None]);
+    let mut replaced = gb300();
+    replaced.gpus[1].uuid = Some("GPU-00000000-0000-0000-0000-0000000000aa".into());
+    health.apply(&mut replaced);
+    let key = DeviceKey::Gpu(replaced.gpus[1].pci_address);
+    let marked = replaced.health.get(&key).map(|u| u.reason.as_str());
+    assert_eq!(marked, Some("nvml-unwatched"));
+    assert_eq!(replaced.health.len(), 1, "{:?}", replaced.health);
+    // Before the watch runs, a new UUID is only a replaced GPU.
+    let mut unwatched = Health::default();
+    unwatched.apply(&mut gb300());
+    let mut replaced = gb300();
+    replaced.gpus[1].uuid = Some("GPU-00000000-0000-0000-0000-0000000000aa".into());
+    unwatched.apply(&mut replaced);
+    assert!(replaced.health.is_empty(), "{:?}", replaced.health);
+}

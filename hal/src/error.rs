@@ -20,6 +20,9 @@ pub enum ErrorKind {
     Malformed,
     /// The caller asked for something invalid.
     InvalidInput,
+    /// The process or the system ran out of a resource (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`):
+    /// the same call may work later, and what it did not read is not known to be absent.
+    Exhausted,
     /// Any other I/O failure.
     Io,
 }
@@ -33,9 +36,12 @@ impl ErrorKind {
             io::ErrorKind::Unsupported => ErrorKind::Unsupported,
             io::ErrorKind::ResourceBusy => ErrorKind::Busy,
             io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => ErrorKind::Malformed,
+            io::ErrorKind::OutOfMemory => ErrorKind::Exhausted,
             _ => match error.raw_os_error() {
                 Some(16) => ErrorKind::Busy,                   // EBUSY
                 Some(95) | Some(38) => ErrorKind::Unsupported, // EOPNOTSUPP, ENOSYS
+                // EMFILE, ENFILE, ENOMEM, ENOBUFS
+                Some(24) | Some(23) | Some(12) | Some(105) => ErrorKind::Exhausted,
                 _ => ErrorKind::Io,
             },
         }
@@ -160,6 +166,13 @@ mod tests {
         };
         assert_eq!(p.kind(), ErrorKind::Malformed);
         assert_eq!(p.to_string(), "/p: invalid cpulist \"zz\": bad");
+        // Out of a resource (EMFILE, ENFILE, ENOMEM, ENOBUFS): may work later; EIO may not.
+        for errno in [24, 23, 12, 105] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(ErrorKind::from_io(&e), ErrorKind::Exhausted, "{errno}");
+        }
+        let eio = io::Error::from_raw_os_error(5);
+        assert_eq!(ErrorKind::from_io(&eio), ErrorKind::Io);
     }
 
     #[test]

@@ -417,3 +417,43 @@ fn a_gpu_that_appears_after_the_xid_watch_started_is_marked_unwatched() {
     unwatched.apply(&mut replaced);
     assert!(replaced.health.is_empty(), "{:?}", replaced.health);
 }
+
+/// A rescan that ran out of file descriptors (EMFILE while listing the PCI devices) sees no GPU:
+/// that is no miss, however long it lasts; the GPUs stay published as they were, untainted. A read
+/// without the error afterwards counts again.
+#[test]
+fn a_rescan_that_ran_out_of_file_descriptors_makes_no_device_gone() {
+    let mut health = Health::default();
+    health.apply(&mut gb300());
+    let exhausted = || {
+        let mut inventory = gb300();
+        inventory.gpus.clear();
+        inventory.pci.clear();
+        inventory.errors.push(hal::InventoryError {
+            path: "/sys/bus/pci/devices".into(),
+            error: "Too many open files (os error 24)".into(),
+            kind: Some(hal::ErrorKind::from_io(&std::io::Error::from_raw_os_error(
+                24,
+            ))),
+        });
+        inventory
+    };
+    for _ in 0..4 {
+        let mut inventory = exhausted();
+        health.apply(&mut inventory);
+        assert!(inventory.health.is_empty(), "{:?}", inventory.health);
+        assert_eq!(inventory.gpus.len(), 4, "kept as last seen");
+    }
+    let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
+    for _ in 0..2 {
+        let mut inventory = gb300();
+        inventory.gpus.retain(|g| g.pci_address != gone);
+        inventory.pci.retain(|f| f.address != gone);
+        health.apply(&mut inventory);
+        if inventory.health.contains_key(&DeviceKey::Gpu(gone)) {
+            assert_eq!(inventory.health[&DeviceKey::Gpu(gone)].reason, MISSING);
+            return;
+        }
+    }
+    panic!("a GPU missed by two reads without the error is gone");
+}

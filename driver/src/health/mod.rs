@@ -22,7 +22,8 @@
 //!
 //! A device that goes away keeps its name and its last-known view (so claims that hold it still find
 //! it) and is `missing` after [`MISSES_FOR_GONE`] reads in a row without it, a rescan interval apart
-//! (one missed read is not a lost device); it is healthy again when the same device (the same PCI
+//! (one missed read is not a lost device; nor is a read that ran out of file descriptors or memory,
+//! `hal::ErrorKind::Exhausted`); it is healthy again when the same device (the same PCI
 //! address or CPU id) is back. A VF gone while its PF stays was removed on purpose (a lower
 //! `sriov_numvfs`) and is forgotten after the same reads, not missing. An XID is sticky while its GPU (its UUID) is at that address, as in
 //! NVIDIA's device plugin: an XID often means the GPU needs a reset. Device taints are alpha in
@@ -310,9 +311,25 @@ impl Health {
                 (None, None) => None,
             };
         }
+        // A read that ran out of file descriptors or memory left out devices that are there: their
+        // absence is not a miss (kept as they were last seen), or one burst of EMFILE would make
+        // every device gone, and every prepare refused, for a rescan interval.
+        let exhausted = inventory
+            .errors
+            .iter()
+            .find(|e| e.kind == Some(hal::ErrorKind::Exhausted));
+        if let Some(error) = exhausted {
+            tracing::warn!(path = %error.path, error = %error.error,
+                "the rescan ran out of a resource: devices it did not see are kept as they were");
+        }
+        let exhausted = exhausted.is_some();
         let mut forgotten = Vec::new();
         for (key, tracked) in &mut self.devices {
             if present.contains(key) {
+                continue;
+            }
+            if exhausted {
+                tracked.snapshot.restore(inventory);
                 continue;
             }
             let (misses, first) = tracked.misses.get_or_insert((0, now));

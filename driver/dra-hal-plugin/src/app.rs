@@ -29,6 +29,7 @@ mod watch;
 
 pub use args::{LogFormat, PluginArgs};
 use fixture_tree::FixtureTree;
+use watch::first_panic;
 #[cfg(feature = "udev")]
 use watch::spawn_hotplug_watch;
 use watch::spawn_xid_watch;
@@ -416,12 +417,18 @@ pub async fn run(
     // Served until SIGTERM, or until the API server's version crosses 1.35 (an upgraded control
     // plane): then the plugin exits with an error, and the kubelet starts it again to publish for
     // that version (prepared claims are in the checkpoint).
+    // Or until a task panics: the plugin exits with an error rather than run without it.
     let moved = std::sync::OnceLock::new();
+    let panicked = std::sync::OnceLock::new();
     let until = async {
         tokio::select! {
             () = stopping(shutdown) => {}
             Some(version) = version_moved(client.clone(), started_version, stopped.clone()) => {
                 let _ = moved.set(version);
+            }
+            panic = first_panic(&mut tasks) => {
+                tracing::error!(%panic, "a task of the plugin panicked; stopping");
+                let _ = panicked.set(panic);
             }
         }
     };
@@ -429,6 +436,9 @@ pub async fn run(
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
+    if let Some(panic) = panicked.get() {
+        bail!("a task of the plugin panicked ({panic}): the plugin exits to start again");
+    }
     if let Some(version) = moved.get() {
         bail!(
             "the API server is now version {version} (it was {major}.{minor} at start): the slices' \

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
 async fn serve() -> ExitCode {
     let args = PluginArgs::parse();
     init_logging(args.log_format);
+    raise_open_files_limit();
     let stopping = shutdown_signal();
     let result = async {
         let client = kube_client(args.kubeconfig.as_deref()).await?;
@@ -70,6 +71,30 @@ async fn serve() -> ExitCode {
             eprintln!("dra-hal-plugin: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, as Go programs do at start (Go 1.19+): a
+/// container's soft limit is often 1024 (containerd 2's default), and the plugin's open files grow
+/// with what the node does at once (gRPC and API connections, CNI plugin pipes, network namespaces,
+/// checkpoint and CDI files). A read that fails with EMFILE fails a prepare, or a rescan. Refused or
+/// already there: left as it is.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), Some(hard)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if current >= hard {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = current, to = hard, "open files limit raised"),
+        Err(error) => tracing::info!(%error, current, hard, "open files limit not raised"),
     }
 }
 
@@ -102,4 +127,26 @@ fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
         let _ = stop.send(true);
     });
     stopping
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+    /// This test binary's own limit, lowered and raised again (to 1024, which the other tests of
+    /// this binary, running meanwhile, do not come near).
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let hard = hard.filter(|h| *h > 1024).expect("a hard limit over 1024");
+        let low = Rlimit {
+            current: Some(1024),
+            maximum: Some(hard),
+        };
+        setrlimit(Resource::Nofile, low).unwrap();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(1024));
+        super::raise_open_files_limit();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+    }
 }

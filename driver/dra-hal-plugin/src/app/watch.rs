@@ -45,44 +45,49 @@ pub(super) fn spawn_xid_watch(
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     use backends::nvml::xid::RealXid;
-    std::thread::spawn(move || {
-        let nvidia = || {
-            inventory
-                .read()
-                .is_ok_and(|i| i.gpus.iter().any(|g| g.vendor == hal::GpuVendor::Nvidia))
-        };
-        let is_stopped = || *stopped.borrow();
-        let every = Duration::from_secs(60);
-        let Some(mut source) =
-            driver::health::open_xids(RealXid::open, &nvidia, &is_stopped, every)
-        else {
-            return;
-        };
-        // A GPU whose XIDs would go unseen is marked; when NVML cannot even open one (it cannot
-        // say which), every NVIDIA GPU it does not watch is; and so is a GPU that appears later
-        // (NVML sees the GPUs of its start only), at the rescan that finds it.
-        if let Ok(mut h) = health.lock() {
-            h.watching_xids(&source.watched);
-        }
-        let mut marked = false;
-        for (uuid, error) in &source.unregistered {
-            tracing::error!(%error, "no XID events from this GPU");
-            marked |= health.lock().is_ok_and(|mut h| match uuid {
-                Some(uuid) => h.record_unwatched(uuid, error),
-                None => h.record_unopened(&source.watched, error),
-            });
-        }
-        if marked {
-            changed.notify_one();
-        }
-        driver::health::follow_xids(
-            &mut source,
-            &health,
-            &|| changed.notify_one(),
-            &|| *stopped.borrow(),
-            Duration::from_secs(1),
-        );
-    });
+    let spawned = std::thread::Builder::new()
+        .name("xid-watch".into())
+        .spawn(move || {
+            let nvidia = || {
+                inventory
+                    .read()
+                    .is_ok_and(|i| i.gpus.iter().any(|g| g.vendor == hal::GpuVendor::Nvidia))
+            };
+            let is_stopped = || *stopped.borrow();
+            let every = Duration::from_secs(60);
+            let Some(mut source) =
+                driver::health::open_xids(RealXid::open, &nvidia, &is_stopped, every)
+            else {
+                return;
+            };
+            // A GPU whose XIDs would go unseen is marked; when NVML cannot even open one (it cannot
+            // say which), every NVIDIA GPU it does not watch is; and so is a GPU that appears later
+            // (NVML sees the GPUs of its start only), at the rescan that finds it.
+            if let Ok(mut h) = health.lock() {
+                h.watching_xids(&source.watched);
+            }
+            let mut marked = false;
+            for (uuid, error) in &source.unregistered {
+                tracing::error!(%error, "no XID events from this GPU");
+                marked |= health.lock().is_ok_and(|mut h| match uuid {
+                    Some(uuid) => h.record_unwatched(uuid, error),
+                    None => h.record_unopened(&source.watched, error),
+                });
+            }
+            if marked {
+                changed.notify_one();
+            }
+            driver::health::follow_xids(
+                &mut source,
+                &health,
+                &|| changed.notify_one(),
+                &|| *stopped.borrow(),
+                Duration::from_secs(1),
+            );
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the XID watch; GPU health comes from rescans only");
+    }
 }
 
 /// How often the API server's version is read again.
@@ -117,6 +122,29 @@ pub(super) async fn version_moved(
     }
 }
 
+/// Waits until a task of `tasks` panics and gives its message; tasks that return are let go (some
+/// end early: the registration check after a minute). A panic in a task is caught by tokio and would
+/// otherwise go unseen until the shutdown: the NRI connection's task gone for good (no CPU pinning,
+/// no pod network, no reconnection), or `spawn_blocking` refused a thread (`OS can't spawn worker
+/// thread`: the pod's pids limit), while the plugin still says it is healthy. The caller exits with
+/// an error instead, and the kubelet starts it again.
+pub(super) async fn first_panic(tasks: &mut tokio::task::JoinSet<()>) -> String {
+    loop {
+        match tasks.join_next().await {
+            Some(Err(error)) if error.is_panic() => {
+                let panic = error.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned());
+                return message.unwrap_or_else(|| "a panic without a message".to_owned());
+            }
+            Some(_) => {}
+            None => std::future::pending().await,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -124,7 +152,25 @@ mod tests {
 
     use driver::fake_api::FakeApi;
 
-    use super::{VERSION_RECHECK, version_moved};
+    use super::{VERSION_RECHECK, first_panic, version_moved};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_panics_ends_the_wait_with_its_message_and_one_that_returns_does_not() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async {});
+        tasks.spawn(std::future::pending());
+        let wait =
+            tokio::time::timeout(std::time::Duration::from_secs(60), first_panic(&mut tasks));
+        assert!(wait.await.is_err(), "no task panicked");
+        tasks.spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            panic!("OS can't spawn worker thread: {}", 11)
+        });
+        let message = first_panic(&mut tasks).await;
+        assert_eq!(message, "OS can't spawn worker thread: 11");
+        tasks.spawn(async { std::panic::panic_any(7_u8) });
+        assert_eq!(first_panic(&mut tasks).await, "a panic without a message");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_control_plane_upgraded_past_1_35_ends_the_wait_with_its_version() {

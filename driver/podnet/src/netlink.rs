@@ -202,8 +202,10 @@ impl Rtnl {
     ) -> Result<Rtnl, NetError> {
         let ns = open_netns(netns)?;
         std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
+            // Builder: a thread that cannot start (EAGAIN) is an error here, not a panic.
+            std::thread::Builder::new()
+                .name("netns-join".into())
+                .spawn_scoped(scope, || {
                     rustix::thread::move_into_link_name_space(
                         ns.as_fd(),
                         Some(rustix::thread::LinkNameSpaceType::Network),
@@ -217,6 +219,9 @@ impl Rtnl {
                     })?;
                     Rtnl::open_protocol(protocol)
                 })
+                .map_err(|e| {
+                    NetError::new(NetErrorKind::Namespace, &format!("starting a thread: {e}"))
+                })?
                 .join()
                 .unwrap_or_else(|_| Err(NetError::new(NetErrorKind::Namespace, "thread panicked")))
         })

@@ -94,31 +94,56 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
     };
     // Capped: `--cni-timeout` is the operator's, and `Instant + u64::MAX s` would panic.
     let deadline = Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
-    if let Some(mut stdin) = child.stdin.take() {
+    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let kill_group = |child: &std::process::Child| {
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_child(child),
+            rustix::process::Signal::KILL,
+        );
+    };
+    // The pipes are served by threads of their own. A thread that cannot start (EAGAIN: the pod's
+    // pids limit) fails the call with the plugin and its group killed and reaped, not left running
+    // beside the rollback's DEL.
+    let mut spawn_or_kill = |work: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name("cni-pipe".into())
+            .spawn(work)
+            .map(drop)
+            .map_err(|e| {
+                kill_group(&child);
+                let _ = child.kill();
+                let _ = child.wait();
+                CniError::new(
+                    CniErrorKind::Exec,
+                    format!("{what}: no thread for its pipes: {e}"),
+                )
+            })
+    };
+    if let Some(mut stdin) = pipes.0 {
         let bytes = call.stdin.to_vec();
         // A plugin that does not read its stdin must not block us: written beside.
-        std::thread::spawn(move || {
+        spawn_or_kill(Box::new(move || {
             let _ = stdin.write_all(&bytes);
-        });
+        }))?;
     }
     let (sender, received) = mpsc::channel();
-    if let Some(stdout) = child.stdout.take() {
-        std::thread::spawn(move || {
+    if let Some(stdout) = pipes.1 {
+        spawn_or_kill(Box::new(move || {
             let mut bytes = Vec::new();
             let mut limited = stdout.take(MAX_OUTPUT as u64 + 1);
             let read = limited.read_to_end(&mut bytes);
             // Drained, so the plugin never blocks on a full pipe.
             let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
             let _ = sender.send(read.map(|_| bytes));
-        });
+        }))?;
     }
     // The start of its stderr, for an error (a Go panic goes there), kept as it comes: a process
     // the plugin started may hold stderr open long after the plugin ended. The rest drained.
     let stderr_start = Arc::new(Mutex::new(Vec::new()));
     let (err_sender, err_received) = mpsc::channel::<()>();
-    if let Some(mut stderr) = child.stderr.take() {
+    if let Some(mut stderr) = pipes.2 {
         let kept = stderr_start.clone();
-        std::thread::spawn(move || {
+        spawn_or_kill(Box::new(move || {
             let mut buffer = [0; 4096];
             loop {
                 let n = match stderr.read(&mut buffer) {
@@ -133,14 +158,8 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
                 }
             }
             let _ = err_sender.send(());
-        });
+        }))?;
     }
-    let kill_group = |child: &std::process::Child| {
-        let _ = rustix::process::kill_process_group(
-            rustix::process::Pid::from_child(child),
-            rustix::process::Signal::KILL,
-        );
-    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,

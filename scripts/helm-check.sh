@@ -9,9 +9,10 @@
 # tests/tests/helm_chart.rs validates every rendered document against those schemas. Values that cannot
 # work (a surging updateStrategy, the host's / as a mounted directory, ...) must fail the rendering with
 # their reason; an IPv6 metrics.host must render bracketed ([::]:9464); the grace period must cover
-# cni.timeout. The ResourceSlice ValidatingAdmissionPolicy and its binding are rendered by default, named
-# after the namespace and release, for this release's ServiceAccount and driverName, and not at all with
-# resourceSliceAdmission.enabled=false.
+# cni.timeout; the unprivileged container must name the runtime's default seccomp profile, the
+# privileged one none. The ResourceSlice ValidatingAdmissionPolicy and its binding are rendered by
+# default, named after the namespace and release, for this release's ServiceAccount and driverName, and
+# not at all with resourceSliceAdmission.enabled=false.
 #
 # Usage: scripts/helm-check.sh DIR
 #
@@ -167,6 +168,18 @@ if grep -qF -- '--pod-networking' <<<"$rendered"; then
   echo "helm-check: nri.enabled without cni.enabled rendered --pod-networking" >&2
   exit 1
 fi
+# The unprivileged container runs under the runtime's default seccomp profile (Pod Security
+# "restricted"; driver/dra-hal-plugin/tests/plugin_container.rs runs the plugin under one); the
+# privileged one, unconfined whatever it says, names no profile.
+for case in "false:            type: RuntimeDefault" "true:"; do
+  privileged=${case%%:*} want=${case#*:}
+  rendered=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 --set "privileged=$privileged")
+  profile=$(grep -A1 -x '          seccompProfile:' <<<"$rendered" | tail -n +2 || true)
+  if [ "$profile" != "$want" ]; then
+    echo "helm-check: privileged=$privileged rendered the seccompProfile '$profile', not '$want'" >&2
+    exit 1
+  fi
+done
 # The ResourceSlice admission policy (templates/validatingadmissionpolicy.yaml): one policy and one
 # binding by default, named resourceslices-policy-<namespace>-<fullname>, restricting exactly this
 # release's ServiceAccount to its token's node and to driverName; none when turned off.

@@ -333,6 +333,18 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
                 assert_eq!(sys["recursiveReadOnly"], "IfPossible", "{variant}: {sys}");
             }
         }
+        // The unprivileged container under the runtime's default seccomp profile (Pod Security
+        // "restricted"), which the plugin runs under in driver/dra-hal-plugin/tests/plugin_container.rs;
+        // a privileged container runs unconfined, and names no profile.
+        let security = &container["securityContext"];
+        match variant == "privileged" {
+            true => assert!(security["seccompProfile"].is_null(), "{security}"),
+            false => assert_eq!(
+                security["seccompProfile"],
+                json!({"type": "RuntimeDefault"}),
+                "{variant}: {security}"
+            ),
+        }
 
         // Extended resource names: only where the values give one (the privileged variant's gpu class).
         let extended: BTreeMap<String, Value> = docs

@@ -46,7 +46,8 @@ impl FixtureTree {
             .create_new(true)
             .mode(0o600)
             .open(&temp)?;
-        lock.try_lock().map_err(io::Error::other)?;
+        // The inner error itself (an EPERM from a seccomp profile says so), not std's summary of it.
+        lock.try_lock().map_err(io::Error::from)?;
         fs::rename(&temp, dir.path().join(LOCK))?;
         machine.render(dir.path())?;
         Ok(FixtureTree { dir, _lock: lock })

@@ -48,6 +48,15 @@ macro_rules! forward {
             fn unbind_driver(&self, function: PciAddress, driver: &str) -> Result<()> {
                 (**self).unbind_driver(function, driver)
             }
+            fn restore_driver(
+                &self,
+                function: PciAddress,
+                driver: &str,
+                original: Option<&str>,
+                original_override: Option<&str>,
+            ) -> Result<()> {
+                (**self).restore_driver(function, driver, original, original_override)
+            }
             fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
                 (**self).sriov_state(pf)
             }
@@ -135,6 +144,18 @@ mod tests {
             self.log(format!("unbind_driver {function} {driver}"));
             Ok(())
         }
+        fn restore_driver(
+            &self,
+            function: PciAddress,
+            driver: &str,
+            original: Option<&str>,
+            original_override: Option<&str>,
+        ) -> Result<()> {
+            self.log(format!(
+                "restore_driver {function} {driver} {original:?} {original_override:?}"
+            ));
+            Ok(())
+        }
         fn sriov_state(&self, pf: PciAddress) -> Result<Option<SriovState>> {
             self.log(format!("sriov_state {pf}"));
             Ok(None)
@@ -165,12 +186,15 @@ mod tests {
         backend.set_num_vfs(address(), 4).unwrap();
         backend.bind_driver(address(), "vfio-pci").unwrap();
         backend.unbind_driver(address(), "vfio-pci").unwrap();
+        backend
+            .restore_driver(address(), "vfio-pci", Some("iavf"), None)
+            .unwrap();
         backend.sriov_state(address()).unwrap();
         backend.rdma_devices().unwrap();
         backend.gpus().unwrap();
     }
 
-    const EXPECTED: [&str; 11] = [
+    const EXPECTED: [&str; 12] = [
         "cpu_inventory",
         "online_cpus",
         "pci_functions",
@@ -179,6 +203,7 @@ mod tests {
         "set_num_vfs 0000:3b:00.1 4",
         "bind_driver 0000:3b:00.1 vfio-pci",
         "unbind_driver 0000:3b:00.1 vfio-pci",
+        "restore_driver 0000:3b:00.1 vfio-pci Some(\"iavf\") None",
         "sriov_state 0000:3b:00.1",
         "rdma_devices",
         "gpus",

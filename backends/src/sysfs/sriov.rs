@@ -279,6 +279,40 @@ impl SriovPf for SysfsSriov {
         }
         Ok(())
     }
+
+    fn restore_driver(
+        &self,
+        function: PciAddress,
+        driver: &str,
+        original: Option<&str>,
+        original_override: Option<&str>,
+    ) -> Result<()> {
+        if let Some(value) = original_override {
+            hal::device::sriov::check_driver_override(value)?;
+        }
+        match original {
+            Some(original) => self.bind_driver(function, original)?,
+            None => self.unbind_driver(function, driver)?,
+        }
+        let tree = Tree::open(&self.root);
+        let dir = self.function_dir(&tree, function)?;
+        if tree.link_name(&dir.join("driver")).as_deref() != original {
+            // Bound to another driver since, by someone else: theirs, override and all.
+            return Ok(());
+        }
+        let override_path = dir.join("driver_override");
+        let now = tree.read_trimmed(&override_path)?;
+        let now = Some(now.as_str()).filter(|v| !v.is_empty() && *v != "(null)");
+        // What the bind (`driver`) or the give-back (`original`, or none) left; another is someone
+        // else's.
+        let left_by_us = now == Some(driver) || now == original;
+        if now == original_override || !left_by_us {
+            return Ok(());
+        }
+        // "\n" clears it (`driver_set_override`; a write of zero bytes never reaches the
+        // attribute: `sysfs_kf_write`).
+        self.write(&override_path, original_override.unwrap_or("\n"))
+    }
 }
 
 /// The kernel's ENOENT for a `sriov_numvfs` write (`sriov_numvfs_store`, `drivers/pci/iov.c`): the

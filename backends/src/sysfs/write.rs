@@ -224,6 +224,96 @@ mod tests {
         }
     }
 
+    /// Giving a function back puts its override back as it was before the bind: unset (written
+    /// `"\n"`), or its value. An override someone else set since, or a function someone else bound
+    /// since, is left; an override the kernel would not keep as written is refused before anything
+    /// changes.
+    #[test]
+    fn giving_a_function_back_puts_its_override_back_as_it_was() {
+        use hal::{PciAddress, SriovPf};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let (function, iavf) = function_on_iavf(root);
+        let vfio = root.join("sys/bus/pci/drivers/vfio-pci");
+        std::fs::create_dir_all(&vfio).unwrap();
+        let link = function.join("driver");
+        let override_path = function.join("driver_override");
+        let bind_to = |driver: Option<&Path>, shown: &str| {
+            let _ = std::fs::remove_file(&link);
+            if let Some(driver) = driver {
+                symlink(driver, &link).unwrap();
+            }
+            std::fs::write(&override_path, format!("{shown}\n")).unwrap();
+        };
+        let driver = || {
+            let target = std::fs::read_link(&link).ok()?;
+            Some(target.file_name()?.to_string_lossy().into_owned())
+        };
+        let shown = || std::fs::read_to_string(&override_path).unwrap();
+        let kernel = OnlyIavfLoaded {
+            function: function.clone(),
+            iavf: iavf.clone(),
+            busy: false,
+        };
+        let sriov = crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), Arc::new(kernel));
+        let address = PciAddress::parse("0000:3b:01.0").unwrap();
+
+        bind_to(Some(&vfio), "vfio-pci");
+        sriov
+            .restore_driver(address, "vfio-pci", Some("iavf"), None)
+            .unwrap();
+        assert_eq!(
+            (driver().as_deref(), shown().as_str()),
+            (Some("iavf"), "(null)\n")
+        );
+        bind_to(Some(&vfio), "vfio-pci");
+        sriov
+            .restore_driver(address, "vfio-pci", Some("iavf"), Some("none"))
+            .unwrap();
+        assert_eq!(
+            (driver().as_deref(), shown().as_str()),
+            (Some("iavf"), "none\n")
+        );
+        // It had no driver: left without one, with its override.
+        bind_to(Some(&vfio), "vfio-pci");
+        sriov
+            .restore_driver(address, "vfio-pci", None, Some("none"))
+            .unwrap();
+        assert_eq!((driver(), shown().as_str()), (None, "none\n"));
+
+        // Someone else's since: an override set on its driver, a driver bound to one that had none.
+        bind_to(Some(&iavf), "other");
+        sriov
+            .restore_driver(address, "vfio-pci", Some("iavf"), None)
+            .unwrap();
+        assert_eq!(
+            (driver().as_deref(), shown().as_str()),
+            (Some("iavf"), "other\n")
+        );
+        bind_to(Some(&iavf), "iavf");
+        sriov
+            .restore_driver(address, "vfio-pci", None, Some("none"))
+            .unwrap();
+        assert_eq!(
+            (driver().as_deref(), shown().as_str()),
+            (Some("iavf"), "iavf\n")
+        );
+
+        // Not what the kernel keeps as written: refused, nothing changed.
+        let long = "x".repeat(hal::device::sriov::MAX_DRIVER_OVERRIDE + 1);
+        for bad in ["iavf\nvfio-pci", "(null)", "", long.as_str()] {
+            bind_to(Some(&vfio), "vfio-pci");
+            let err = sriov
+                .restore_driver(address, "vfio-pci", Some("iavf"), Some(bad))
+                .unwrap_err();
+            assert_eq!(err.kind(), hal::ErrorKind::InvalidInput, "{bad:?}: {err}");
+            assert_eq!(
+                (driver().as_deref(), shown().as_str()),
+                (Some("vfio-pci"), "vfio-pci\n")
+            );
+        }
+    }
+
     /// A function that is not there is NotFound naming its own directory (what undoing a rebind
     /// takes as "gone"); a root that cannot be opened is not a function gone.
     #[test]

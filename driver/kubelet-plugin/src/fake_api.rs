@@ -17,6 +17,9 @@
 //!   Conflict` when the stored object differs ("Precondition failed: UID in precondition: ...";
 //!   `Preconditions.Check` in `k8s.io/apiserver/pkg/storage/interfaces.go`, made a conflict by
 //!   `InterpretDeleteError` in `k8s.io/apiserver/pkg/storage/errors`);
+//! * a status apply of a ResourceClaim whose `metadata.uid` is not the stored claim's (deleted and
+//!   re-created under its name) is `422 Invalid`, "metadata.uid: ... field is immutable" (module
+//!   `claims`);
 //! * ResourceSlices take the field selectors `spec.nodeName` and `spec.driver` (and any other field
 //!   path here; the real server knows `spec.nodeName`, `spec.driver`, `spec.pool.name`) on list, watch
 //!   and delete-collection;
@@ -46,6 +49,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+mod claims;
 mod serve;
 pub use serve::{FakeTls, FakeTlsError, MockBody, kubeconfig};
 
@@ -262,28 +266,10 @@ impl FakeApi {
                 _ => status(405, "method not allowed"),
             };
         }
-        if let Some(rest) = path.strip_prefix(CLAIMS) {
-            // namespaces/<ns>/resourceclaims/<name>[/status]
-            let parts: Vec<&str> = rest.split('/').collect();
-            if let [namespace, "resourceclaims", name, "status"] = parts.as_slice() {
-                let key = format!("{namespace}/{name}");
-                let Some(claim) = self.claims.get_mut(&key) else {
-                    return not_found("resource.k8s.io", "resourceclaims", name);
-                };
-                if method != "PATCH" || !body["status"].is_object() {
-                    return status(400, "a PATCH with a status is expected");
-                }
-                // Server-side apply by one field manager: its list replaces what it owned.
-                claim["status"]["devices"] = body["status"]["devices"].clone();
-                return Reply::Json(200, claim.clone());
-            }
-            if let [namespace, "resourceclaims", name] = parts.as_slice() {
-                let key = format!("{namespace}/{name}");
-                return match (method, self.claims.get(&key)) {
-                    ("GET", Some(claim)) => Reply::Json(200, claim.clone()),
-                    _ => not_found("resource.k8s.io", "resourceclaims", name),
-                };
-            }
+        if let Some(rest) = path.strip_prefix(CLAIMS)
+            && let Some(reply) = self.claim_request(method, rest, &body)
+        {
+            return reply;
         }
         if let Some(rest) = path.strip_prefix(NADS)
             && let [namespace, "network-attachment-definitions", name] =

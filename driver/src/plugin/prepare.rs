@@ -34,6 +34,7 @@ mod edits;
 mod error;
 mod metadata;
 mod network;
+mod overrides;
 mod plan;
 mod recover;
 mod source;
@@ -91,6 +92,10 @@ pub struct Rebind {
     pub driver: String,
     /// Bound before (none: unbound).
     pub original: Option<String>,
+    /// `driver_override` before, put back by the undo; absent in records of earlier versions and
+    /// for a function the inventory lacks (see [`overrides::to_put_back`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_override: Option<overrides::DriverOverride>,
 }
 
 /// What one [`Preparer::clean_stale`] did.
@@ -128,9 +133,10 @@ pub struct Preparer {
     unreadable: Mutex<BTreeSet<String>>,
     /// Device status writes the API server forbade (a configuration error).
     status_forbidden: Arc<std::sync::atomic::AtomicU64>,
-    /// Device status writes under way or ended, by claim UID ([`status`]). A write outlives a prepare
-    /// the kubelet gave up on (the claim's next prepare waits for its first try) and tries again
-    /// after a failure until the claim's unprepare stops it.
+    /// Device status writes and clears under way or ended, by claim UID ([`status`]). A write
+    /// outlives a prepare the kubelet gave up on (the claim's next prepare waits for its first try)
+    /// and tries again after a failure until the claim's unprepare stops it; the unprepare's clear
+    /// outlives it likewise, until the claim's next prepare stops it.
     status_writes: Mutex<HashMap<String, status::StatusWrite>>,
     /// The plugin's data directory when device metadata is on (`--device-metadata`).
     metadata_dir: Option<std::path::PathBuf>,

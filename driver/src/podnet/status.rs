@@ -42,6 +42,6 @@ pub async fn write_network_data(
     let (owner, device, data) = (driver.to_owned(), device.to_owned(), data.clone());
     let change = move |mine: Vec<Value>| with_network_data(&mine, &owner, &device, &data);
     claims
-        .change_device_status(&claim.namespace, &claim.name, driver, Box::new(change))
+        .change_device_status(claim, driver, Box::new(change))
         .await
 }

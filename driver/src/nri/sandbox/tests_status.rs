@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::tests::{api, connect, network, record, recorder, start_network, status_devices};
 use super::*;
 use crate::nri::fake_runtime::{FakeRuntime, pod_in_netns};
-use crate::plugin::api::BoxFuture;
+use crate::plugin::api::{BoxFuture, ClaimRef};
 use crate::plugin::prepare::{ClaimReadError, KubeClaims, StatusWriteError};
 
 /// The claims of the fake API server, whose status writes each wait for a permit of `gate` (an API
@@ -35,17 +35,14 @@ impl ClaimSource for SlowStatus {
 
     fn set_device_status(
         &self,
-        namespace: &str,
-        name: &str,
+        claim: &ClaimRef,
         driver: &str,
         devices: Vec<serde_json::Value>,
     ) -> BoxFuture<'_, Result<(), StatusWriteError>> {
-        let (namespace, name, driver) = (namespace.to_owned(), name.to_owned(), driver.to_owned());
+        let (claim, driver) = (claim.clone(), driver.to_owned());
         Box::pin(async move {
             let _permit = self.gate.acquire().await.unwrap();
-            self.inner
-                .set_device_status(&namespace, &name, &driver, devices)
-                .await
+            self.inner.set_device_status(&claim, &driver, devices).await
         })
     }
 }

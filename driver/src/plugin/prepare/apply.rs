@@ -35,11 +35,12 @@ impl Preparer {
         claim: ClaimRef,
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
         self.read_again(&claim.uid)?;
+        // The first try of a status write of a prepare given up on ends first: the answer must not
+        // come before the status a CNI reads. A clear of an unprepare (given up on, or trying
+        // again) ends before this prepare writes the status again.
+        self.status_settled(&claim.uid, false).await;
         let existing = self.state().get(&claim.uid).cloned();
         if let Some(record) = existing {
-            // The first try of a status write of a prepare given up on ends first: the answer must
-            // not come before the status a CNI reads.
-            self.status_first_tried(&claim.uid).await;
             if record.phase == Phase::Completed && record.recovered {
                 // Rebuilt from its CDI spec: completed with what the claim says, keeping its CPUs
                 // and spec, when the devices match; redone otherwise.
@@ -104,35 +105,47 @@ impl Preparer {
                 driver: self.config.slices.driver_name.clone(),
             };
             let write = status::StatusWrite::start(target, planned.statuses);
-            self.status_writes()
-                .insert(claim.uid.clone(), write.clone());
-            write.first_tried().await;
-            if write.ended() {
-                self.status_writes().remove(&claim.uid);
-            }
+            self.status_tracked(&claim.uid, write).await;
         }
         Ok(devices)
     }
 
-    /// Waits (at most a little over an API call's limit) for the first try of a device status write
-    /// of the claim `uid` still under way: one whose prepare the kubelet gave up on. Called under the
-    /// claim's lock, as are the writes' starts.
-    async fn status_first_tried(&self, uid: &str) {
+    /// Settles the status task of the claim `uid` under way (one whose prepare or unprepare the
+    /// kubelet gave up on, or trying again) before a prepare (`unprepare` false) or an unprepare
+    /// goes on, each wait at most a little over an API call's limit. Before a prepare: a write's
+    /// first try ends (its tries again write what the prepare would); a clear is stopped (the
+    /// prepare writes the status again after it). Before an unprepare: a write is stopped (its
+    /// clear comes after it); a clear's first try ends (a second unprepare finds no record and
+    /// answers after it, as the first would have). Called under the claim's lock, as are the tasks'
+    /// starts.
+    async fn status_settled(&self, uid: &str, unprepare: bool) {
         let pending = self.status_writes().get(uid).cloned();
-        if let Some(write) = pending {
-            write.first_tried().await;
-            if write.ended() {
+        let Some(task) = pending else {
+            return;
+        };
+        if task.clearing() == unprepare {
+            task.first_tried().await;
+            if task.ended() {
                 self.status_writes().remove(uid);
             }
+        } else {
+            self.status_writes().remove(uid);
+            task.stop().await;
         }
     }
 
-    /// Stops the device status write of the claim `uid` (its tries again) and waits for its end (at
-    /// most a little over an API call's limit). Called under the claim's lock.
-    async fn status_stopped(&self, uid: &str) {
-        let pending = self.status_writes().remove(uid);
-        if let Some(write) = pending {
-            write.stop().await;
+    /// Keeps `task` as the status task of the claim `uid` and waits for its first try (at most a
+    /// little over an API call's limit); the task goes on when this future is dropped. Tasks that
+    /// ended are forgotten. Called under the claim's lock.
+    async fn status_tracked(&self, uid: &str, task: status::StatusWrite) {
+        {
+            let mut tasks = self.status_writes();
+            tasks.retain(|_, t| !t.ended());
+            tasks.insert(uid.to_owned(), task.clone());
+        }
+        task.first_tried().await;
+        if task.ended() {
+            self.status_writes().remove(uid);
         }
     }
 
@@ -166,11 +179,9 @@ impl Preparer {
                 let error = PrepareError::Device { context, source };
                 return Err(self.abandon(started, error));
             }
-            note_driver(
-                &self.inventory,
-                rebind.function,
-                Some(rebind.driver.clone()),
-            );
+            // `bind_driver` leaves the override naming the driver.
+            let bound = Some(rebind.driver.as_str());
+            note_driver(&self.inventory, rebind.function, bound, bound);
         }
         self.fault(Step::DevicesPrepared)?;
         let uid = &started.claim.uid;
@@ -314,7 +325,7 @@ impl Preparer {
     /// device status this driver wrote.
     pub(super) async fn unprepare_locked(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
         // The status is cleared below: a write of the prepare (or its tries again) lands first.
-        self.status_stopped(&claim.uid).await;
+        self.status_settled(&claim.uid, true).await;
         self.read_again(&claim.uid)?;
         // Unknown claims (never prepared here, already unprepared, or forgotten after a reboot) are
         // done, once metadata files a forgotten claim left are gone.
@@ -325,16 +336,19 @@ impl Preparer {
         blocking(|| undo_record(&self.config, &self.kind, &self.inventory, &record))?;
         self.remove_metadata(&claim.uid);
         let stored = blocking(|| self.drop_record(&record));
-        let driver = &self.config.slices.driver_name;
         // In turn with the NRI side's `networkData` writes of the claim (the claims source's lock),
-        // which write nothing once the entries are gone.
-        let cleared = self
-            .claims
-            .clear_device_status(&claim.namespace, &claim.name, driver)
+        // which write nothing once the entries are gone. A task of its own ([`status`]): it goes on
+        // when the kubelet gives up on this call (its deadline drops this future; the record is
+        // gone, so its retry would not clear), and tries again after a failure until the claim's
+        // next prepare. Not fatal: the unprepare answers after the first try.
+        let target = status::Target {
+            claims: self.claims.clone(),
+            forbidden: self.status_forbidden.clone(),
+            claim: claim.clone(),
+            driver: self.config.slices.driver_name.clone(),
+        };
+        self.status_tracked(&claim.uid, status::StatusWrite::clear(target))
             .await;
-        if let Err(error) = cleared {
-            tracing::debug!(claim = %claim.uid, %error, "device status not cleared");
-        }
         stored
     }
 }
@@ -367,11 +381,15 @@ pub(super) fn undo_record(
         let Ok(rebind) = serde_json::from_value::<Rebind>(value.clone()) else {
             continue;
         };
-        let result = match &rebind.original {
-            Some(original) => config.binder.bind_driver(rebind.function, original),
-            // It had none: left without one, as it was, unless someone bound another since.
-            None => config.binder.unbind_driver(rebind.function, &rebind.driver),
-        };
+        // Its driver (none: left without one, as it was), unless someone bound another since, and
+        // its override as it was.
+        let put_back = super::overrides::to_put_back(&rebind);
+        let result = config.binder.restore_driver(
+            rebind.function,
+            &rebind.driver,
+            rebind.original.as_deref(),
+            put_back,
+        );
         // A function that is gone (its PF's VF count changed, the card was removed) has nothing
         // to give back: a function that comes back is a new device, bound by the kernel's rules.
         // Gone is NotFound naming the function's own directory; a file of it missing (its driver
@@ -393,7 +411,12 @@ pub(super) fn undo_record(
             ),
             source,
         })?;
-        note_driver(inventory, rebind.function, rebind.original.clone());
+        note_driver(
+            inventory,
+            rebind.function,
+            rebind.original.as_deref(),
+            put_back,
+        );
     }
     config
         .cdi
@@ -405,20 +428,25 @@ pub(super) fn undo_record(
 }
 
 /// Sets the driver of the function at `address` in `inventory` to `driver`, which this process just
-/// bound it to (or left it without). The inventory is read at start and at rescans; a plan made
-/// before the next rescan must see the drivers as they are now: a rollback at start (the inventory
-/// is read before it), or of a `Started` record at the claim's next prepare, changed them, and a
-/// function taken for one still on the claim's driver would get no rebind.
+/// bound it to (or left it without), and its `driver_override` to `driver_override`, which that
+/// left. The inventory is read at start and at rescans; a plan made before the next rescan must see
+/// the drivers as they are now: a rollback at start (the inventory is read before it), or of a
+/// `Started` record at the claim's next prepare, changed them, and a function taken for one still on
+/// the claim's driver would get no rebind (and one whose override was taken for the claim's driver
+/// would get it back at the next unprepare).
 pub(super) fn note_driver(
     inventory: &RwLock<Inventory>,
     address: hal::PciAddress,
-    driver: Option<String>,
+    driver: Option<&str>,
+    driver_override: Option<&str>,
 ) {
     let Ok(mut inventory) = inventory.write() else {
         return;
     };
+    let driver = driver.map(str::to_owned);
     for function in inventory.pci.iter_mut().filter(|f| f.address == address) {
         function.driver.clone_from(&driver);
+        function.driver_override = driver_override.map(str::to_owned);
     }
     for gpu in inventory
         .gpus

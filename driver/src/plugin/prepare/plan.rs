@@ -554,10 +554,13 @@ fn rebinds(
                 a.device
             )));
         }
+        let original_override =
+            super::overrides::before_rebind(inventory, &a.device, address, &driver)?;
         out.push(Rebind {
             function: address,
             driver,
             original: current,
+            original_override,
         });
     }
     Ok(out)

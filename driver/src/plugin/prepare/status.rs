@@ -7,6 +7,13 @@
 //! tries in all, until the claim is unprepared. A try again reads the claim first and keeps the
 //! `networkData` the NRI plugin wrote meanwhile (the pod may have started), through
 //! [`ClaimSource::change_device_status`].
+//!
+//! The unprepare's clear of the driver's entries is such a task too ([`StatusWrite::clear`]), tried
+//! again the same way until the claim's next prepare stops it: a clear dropped with the unprepare's
+//! future left the entries until the claim was deallocated.
+//!
+//! Every try is bound to the claim's UID: a claim deleted and re-created under its name (another
+//! pod's) answers [`StatusWriteError::Replaced`], which ends the task as a deleted claim does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
-use super::{CALL_LIMIT, ClaimSource, StatusWriteError};
+use super::{CALL_LIMIT, ClaimSource, StatusChange, StatusWriteError};
 use crate::plugin::api::ClaimRef;
 
 /// The wait before the first try again.
@@ -38,13 +45,15 @@ enum Stage {
     Ended,
 }
 
-/// A claim's status write under way (its task's stage, and how to stop its tries again).
+/// A claim's status write (or clear) under way (its task's stage, and how to stop its tries again).
 #[derive(Clone)]
 pub(super) struct StatusWrite {
+    /// A clear of the driver's entries (the unprepare's), not a write of the prepare's.
+    clearing: bool,
     stage: watch::Receiver<Stage>,
     cancel: Arc<Notify>,
     /// Set by [`StatusWrite::stop`]: a try again that gets the claim's status after it writes
-    /// nothing (the unprepare's clear may have come first).
+    /// nothing (the unprepare's clear, or the next prepare's write, may have come first).
     cancelled: Arc<AtomicBool>,
 }
 
@@ -57,9 +66,26 @@ pub(super) struct Target {
     pub(super) driver: String,
 }
 
+/// What a task writes.
+enum Goal {
+    /// The prepare's entries.
+    Write(Vec<Value>),
+    /// None: the unprepare's clear.
+    Clear,
+}
+
 impl StatusWrite {
     /// Starts writing `entries` as the driver's entries of the claim's `status.devices`.
     pub(super) fn start(target: Target, entries: Vec<Value>) -> StatusWrite {
+        StatusWrite::spawn(target, Goal::Write(entries))
+    }
+
+    /// Starts removing the driver's entries from the claim's `status.devices` (the unprepare's).
+    pub(super) fn clear(target: Target) -> StatusWrite {
+        StatusWrite::spawn(target, Goal::Clear)
+    }
+
+    fn spawn(target: Target, goal: Goal) -> StatusWrite {
         let (stage, watched) = watch::channel(Stage::First);
         let cancel = Arc::new(Notify::new());
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -67,12 +93,19 @@ impl StatusWrite {
             cancel: cancel.clone(),
             cancelled: cancelled.clone(),
         };
-        tokio::spawn(write(target, entries, stage, stop));
+        let clearing = matches!(goal, Goal::Clear);
+        tokio::spawn(write(target, goal, stage, stop));
         StatusWrite {
+            clearing,
             stage: watched,
             cancel,
             cancelled,
         }
+    }
+
+    /// Whether this is the unprepare's clear.
+    pub(super) fn clearing(&self) -> bool {
+        self.clearing
     }
 
     /// Waits (at most a little over an API call's limit) until the first try is over.
@@ -107,8 +140,8 @@ struct Stop {
     cancelled: Arc<AtomicBool>,
 }
 
-/// The task: the first try, then the tries again while they fail and the claim is prepared.
-async fn write(target: Target, entries: Vec<Value>, stage: watch::Sender<Stage>, stop: Stop) {
+/// The task: the first try, then the tries again while they fail and the task is not stopped.
+async fn write(target: Target, goal: Goal, stage: watch::Sender<Stage>, stop: Stop) {
     let Target {
         claims,
         forbidden,
@@ -116,9 +149,18 @@ async fn write(target: Target, entries: Vec<Value>, stage: watch::Sender<Stage>,
         driver,
     } = target;
     let (namespace, name, uid) = (&claim.namespace, &claim.name, &claim.uid);
-    let mut result = claims
-        .set_device_status(namespace, name, &driver, entries.clone())
-        .await;
+    let done = match goal {
+        Goal::Write(_) => "written",
+        Goal::Clear => "cleared",
+    };
+    let mut result = match &goal {
+        Goal::Write(entries) => {
+            claims
+                .set_device_status(&claim, &driver, entries.clone())
+                .await
+        }
+        Goal::Clear => claims.clear_device_status(&claim, &driver).await,
+    };
     let _ = stage.send(Stage::Retrying);
     let mut tries = 1;
     let mut wait = FIRST_RETRY;
@@ -126,8 +168,14 @@ async fn write(target: Target, entries: Vec<Value>, stage: watch::Sender<Stage>,
         match result {
             Ok(()) => {
                 if tries > 1 {
-                    tracing::info!(claim = %uid, tries, "device status written");
+                    tracing::info!(claim = %uid, %namespace, %name, tries, "device status {done}");
                 }
+                break;
+            }
+            // The clear of a claim whose write was forbidden is forbidden too (and every claim is
+            // cleared, those with nothing written included): the write said so.
+            Err(StatusWriteError::Forbidden(error)) if matches!(goal, Goal::Clear) => {
+                tracing::debug!(claim = %uid, %error, "device status not cleared");
                 break;
             }
             Err(StatusWriteError::Forbidden(error)) => {
@@ -137,17 +185,24 @@ async fn write(target: Target, entries: Vec<Value>, stage: watch::Sender<Stage>,
                 break;
             }
             Err(StatusWriteError::Gone(error)) => {
-                tracing::debug!(claim = %uid, %error, "device status not written");
+                tracing::debug!(claim = %uid, %error, "device status not {done}: the claim is gone");
+                break;
+            }
+            // Another pod's claim under the same name: nothing of this one goes there, and there is
+            // nothing of this one to clear.
+            Err(StatusWriteError::Replaced(error)) => {
+                tracing::info!(claim = %uid, %namespace, %name, %error,
+                    "device status not {done}: the claim was re-created under its name");
                 break;
             }
             Err(StatusWriteError::Failed(error)) if tries >= TRIES => {
                 tracing::warn!(claim = %uid, %error, tries,
-                    "device status not written; giving up");
+                    "device status not {done}; giving up");
                 break;
             }
             Err(StatusWriteError::Failed(error)) => {
                 tracing::warn!(claim = %uid, %error, tries,
-                    "device status not written; trying again in {wait:?}");
+                    "device status not {done}; trying again in {wait:?}");
             }
         }
         tokio::select! {
@@ -157,14 +212,21 @@ async fn write(target: Target, entries: Vec<Value>, stage: watch::Sender<Stage>,
         }
         wait = (wait * 2).min(LONGEST_WAIT);
         tries += 1;
-        let planned = entries.clone();
         let cancelled = stop.cancelled.clone();
-        let change = Box::new(move |current: Vec<Value>| {
-            (!cancelled.load(Ordering::SeqCst)).then(|| keep_network_data(planned, current))
-        });
-        result = claims
-            .change_device_status(namespace, name, &driver, change)
-            .await;
+        // Decided in the claim's turn ([`ClaimSource::change_device_status`]): a stop that came
+        // before writes nothing.
+        let change: StatusChange = match &goal {
+            Goal::Write(entries) => {
+                let planned = entries.clone();
+                Box::new(move |current: Vec<Value>| {
+                    (!cancelled.load(Ordering::SeqCst)).then(|| keep_network_data(planned, current))
+                })
+            }
+            Goal::Clear => Box::new(move |current: Vec<Value>| {
+                (!cancelled.load(Ordering::SeqCst) && !current.is_empty()).then(Vec::new)
+            }),
+        };
+        result = claims.change_device_status(&claim, &driver, change).await;
         if stop.cancelled.load(Ordering::SeqCst) {
             break;
         }

@@ -118,12 +118,12 @@ impl ClaimSource for Claims {
 
     fn set_device_status(
         &self,
-        namespace: &str,
-        name: &str,
+        claim: &ClaimRef,
         driver: &str,
         devices: Vec<serde_json::Value>,
     ) -> BoxFuture<'_, Result<(), super::StatusWriteError>> {
         assert_eq!(driver, DRIVER);
+        let (namespace, name) = (&claim.namespace, &claim.name);
         // A claim named for it stands for a cluster whose RBAC lacks the status permissions.
         if name.ends_with("-forbidden") {
             let error = super::StatusWriteError::Forbidden(format!("{namespace}/{name}: 403"));
@@ -139,9 +139,14 @@ impl ClaimSource for Claims {
             let error = super::StatusWriteError::Failed(format!("{key}: 503"));
             return Box::pin(async move { Err(error) });
         }
-        // Server-side apply by one field manager: its list replaces its entries (the only ones).
-        if let Some(claim) = self.0.lock().unwrap().get_mut(&key) {
-            let status = claim.status.get_or_insert_default();
+        // Server-side apply by one field manager: its list replaces its entries (the only ones);
+        // bound to the claim's UID, as the API server's source writes it (another is a 422).
+        if let Some(stored) = self.0.lock().unwrap().get_mut(&key) {
+            if stored.metadata.uid.as_deref() != Some(claim.uid.as_str()) {
+                let error = super::StatusWriteError::Replaced(format!("{key}: 422"));
+                return Box::pin(async move { Err(error) });
+            }
+            let status = stored.status.get_or_insert_default();
             status.devices = Some(serde_json::from_value(json!(devices)).unwrap());
         }
         self.1.lock().unwrap().insert(key, devices);
@@ -1917,5 +1922,8 @@ mod durability;
 mod error_kinds;
 mod metadata;
 mod nri;
+mod overrides;
+mod status_clear;
 mod status_retry;
+mod status_uid;
 mod vfio;

@@ -69,21 +69,18 @@ impl ClaimSource for Gated {
 
     fn set_device_status(
         &self,
-        namespace: &str,
-        name: &str,
+        claim: &ClaimRef,
         driver: &str,
         devices: Vec<serde_json::Value>,
     ) -> BoxFuture<'_, Result<(), super::super::StatusWriteError>> {
         let gate = self.status_gate.lock().unwrap().clone();
-        let (namespace, name, driver) = (namespace.to_owned(), name.to_owned(), driver.to_owned());
+        let (claim, driver) = (claim.clone(), driver.to_owned());
         Box::pin(async move {
             if let Some(gate) = gate {
                 let _ = gate.acquire().await;
             }
             let inner = &self.inner;
-            inner
-                .set_device_status(&namespace, &name, &driver, devices)
-                .await
+            inner.set_device_status(&claim, &driver, devices).await
         })
     }
 }

@@ -9,10 +9,10 @@ use crate::podnet::cni::NetworkData;
 use std::sync::Arc;
 use std::time::Duration;
 
-const KEY: &str = "ns/claim-u1";
+pub(super) const KEY: &str = "ns/claim-u1";
 
 /// The xeon's VF of claim `u1`, its status write failing `failures` times.
-fn setup(failures: usize) -> Setup {
+pub(super) fn setup(failures: usize) -> Setup {
     let s = Setup::on("xeon");
     s.claims
         .add("u1", &[("vf", "nic-0000-b1-00-2")], vf_config(None, "net1"));
@@ -21,7 +21,7 @@ fn setup(failures: usize) -> Setup {
 }
 
 /// The status the prepare plans for `u1`, with `network_data` as its `networkData`.
-fn planned(network_data: serde_json::Value) -> Vec<serde_json::Value> {
+pub(super) fn planned(network_data: serde_json::Value) -> Vec<serde_json::Value> {
     vec![
         json!({"driver": DRIVER, "pool": NODE, "device": "nic-0000-b1-00-2",
         "networkData": network_data,
@@ -30,11 +30,11 @@ fn planned(network_data: serde_json::Value) -> Vec<serde_json::Value> {
     ]
 }
 
-fn written(s: &Setup) -> Option<Vec<serde_json::Value>> {
+pub(super) fn written(s: &Setup) -> Option<Vec<serde_json::Value>> {
     s.claims.1.lock().unwrap().get(KEY).cloned()
 }
 
-fn failures_left(s: &Setup) -> usize {
+pub(super) fn failures_left(s: &Setup) -> usize {
     s.claims.4.lock().unwrap()[KEY]
 }
 
@@ -65,12 +65,7 @@ async fn a_failed_status_write_is_tried_again_and_keeps_the_network_data_written
 
     // The first write landed after all (its answer lost), then the pod's networkData came.
     s.claims
-        .set_device_status(
-            "ns",
-            "claim-u1",
-            DRIVER,
-            planned(json!({"interfaceName": "net1"})),
-        )
+        .set_device_status(&claim, DRIVER, planned(json!({"interfaceName": "net1"})))
         .await
         .unwrap();
     crate::podnet::status::write_network_data(&*s.claims, &claim, DRIVER, nic, &pod_data())
@@ -107,39 +102,40 @@ impl ClaimSource for LockedSlow {
 
     fn set_device_status(
         &self,
-        namespace: &str,
-        name: &str,
+        claim: &ClaimRef,
         driver: &str,
         devices: Vec<serde_json::Value>,
     ) -> BoxFuture<'_, Result<(), super::super::StatusWriteError>> {
-        self.inner
-            .set_device_status(namespace, name, driver, devices)
+        self.inner.set_device_status(claim, driver, devices)
     }
 
     fn clear_device_status<'a>(
         &'a self,
-        namespace: &'a str,
-        name: &'a str,
+        claim: &'a ClaimRef,
         driver: &'a str,
     ) -> BoxFuture<'a, Result<(), super::super::StatusWriteError>> {
         Box::pin(async move {
-            let _claim = self.locks.lock(&format!("{namespace}/{name}")).await;
+            let _claim = self.locks.lock(&claim.name).await;
             self.inner
-                .set_device_status(namespace, name, driver, Vec::new())
+                .set_device_status(claim, driver, Vec::new())
                 .await
         })
     }
 
     fn change_device_status<'a>(
         &'a self,
-        namespace: &'a str,
-        name: &'a str,
+        claim: &'a ClaimRef,
         driver: &'a str,
         change: super::super::StatusChange,
     ) -> BoxFuture<'a, Result<(), super::super::StatusWriteError>> {
         Box::pin(async move {
-            let _claim = self.locks.lock(&format!("{namespace}/{name}")).await;
-            let current = self.inner.get(namespace, name).await.unwrap().unwrap();
+            let _claim = self.locks.lock(&claim.name).await;
+            let current = self
+                .inner
+                .get(&claim.namespace, &claim.name)
+                .await
+                .unwrap()
+                .unwrap();
             let _slow = self.gate.acquire().await.unwrap();
             let mine: Vec<serde_json::Value> = current
                 .status
@@ -150,11 +146,7 @@ impl ClaimSource for LockedSlow {
                 .filter_map(|d| serde_json::to_value(d).ok())
                 .collect();
             match change(mine) {
-                Some(devices) => {
-                    self.inner
-                        .set_device_status(namespace, name, driver, devices)
-                        .await
-                }
+                Some(devices) => self.inner.set_device_status(claim, driver, devices).await,
                 None => Ok(()),
             }
         })

@@ -12,7 +12,9 @@
 //! is moved aside (`<uid>.json.bad-*`, the newest [`files::KEEP_ASIDE`] kept per claim) and reported
 //! with its claim, never a crash loop. A record file that cannot be read at all (an I/O error other
 //! than "not found": EIO from a bad block, EACCES) is left where it is, for it may read later, and
-//! reported with its claim ([`Unreadable`]): neither [`Checkpoint::load`] nor
+//! reported with its claim ([`Unreadable`]); so is an intact record this version does not understand
+//! (a later version's format or fields, after a rollback of the plugin: `InvalidData`), which holds
+//! what undoing its claim needs and reads again once that version is back: neither [`Checkpoint::load`] nor
 //! [`Checkpoint::read_valid`] fails on it. What one claim may store is bounded ([`MAX_CLAIM_BYTES`]).
 //! Before anything is moved aside (or when the directory is missing) a rebuild is marked in the
 //! directory (`.rebuild-pending`, synced): the driver rebuilds what was lost from elsewhere (its CDI
@@ -73,9 +75,10 @@ pub trait Record: Serialize + DeserializeOwned {
     fn describe(&self) -> String;
 }
 
-/// The header line of a record file.
+/// The header line of a record file. Fields it does not know are let through: a later version may
+/// add some, and says with `version` whether this one may read the record.
 #[derive(serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct Header {
     version: u32,
     /// CRC-32 (IEEE) of the record's JSON (the rest of the file), as 8 hex digits.
@@ -649,8 +652,16 @@ pub fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
 }
 
 enum Unusable {
+    /// Not read (an I/O error), or not understood (a later version's record): left in place.
     Io(io::Error),
+    /// Not a valid record: moved aside.
     Bad(String),
+}
+
+/// An intact record this version does not understand, as an error that leaves it in place
+/// ([`Unreadable`], `InvalidData`).
+fn not_understood(why: String) -> Unusable {
+    Unusable::Io(io::Error::new(io::ErrorKind::InvalidData, why))
 }
 
 /// What is at `path` when it is not a plain file: `a directory`, `a symbolic link`, `a special file`.
@@ -687,6 +698,15 @@ fn read_record<R: Record>(path: &Path, uid: &str) -> Result<R, Unusable> {
     let (head, rest) = bytes.split_at(newline);
     let header: Header =
         serde_json::from_slice(head).map_err(|e| bad(format!("not a record header: {e}")))?;
+    // Written by a later version (this one rolled back to): left in place, as a file that cannot
+    // be read, and not moved aside: it holds what undoing the claim needs, which the later version
+    // reads again once it is back. A record the claim's calls cannot use until then.
+    if header.version > VERSION {
+        return Err(not_understood(format!(
+            "written by a later version of the plugin (record format {}, this one reads {VERSION})",
+            header.version
+        )));
+    }
     if header.version != VERSION {
         return Err(bad(format!(
             "version {} (expected {VERSION})",
@@ -709,8 +729,14 @@ fn read_record<R: Record>(path: &Path, uid: &str) -> Result<R, Unusable> {
             header.checksum
         )));
     }
-    let record: R =
-        serde_json::from_slice(body).map_err(|e| bad(format!("not a claim record: {e}")))?;
+    // Intact (the checksum matches) but not a record this version understands: a field or a value
+    // a later version added. Left in place, as above, not moved aside as a corrupt one is.
+    let record: R = serde_json::from_slice(body).map_err(|e| {
+        not_understood(format!(
+            "not a claim record this version of the plugin understands (written by a later \
+             one?): {e}"
+        ))
+    })?;
     if record.uid() != uid {
         return Err(bad(format!(
             "holds the record of claim {}, not of {uid}",

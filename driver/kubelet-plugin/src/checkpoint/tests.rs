@@ -153,9 +153,9 @@ fn a_corrupt_record_is_moved_aside_alone_and_named_with_its_claim() {
         (b"{\n".to_vec(), "not a record header"),
         (b"null\n{}".to_vec(), "not a record header"),
         (
-            text.replacen("\"version\":2", "\"version\":9", 1)
+            text.replacen("\"version\":2", "\"version\":1", 1)
                 .into_bytes(),
-            "version 9",
+            "version 1",
         ),
         (good_a[..cut].to_vec(), "truncated"),
         (good_b.clone(), "holds the record of claim b"),
@@ -461,4 +461,54 @@ proptest::proptest! {
             proptest::prop_assert!(checkpoint.load().unwrap().claims.contains_key(&uid));
         }
     }
+}
+
+/// A record of a later version of the plugin (rolled back to this one): a later record format, or an
+/// intact record with a field this version does not know. It holds what undoing its claim needs, so
+/// it is left in place and reported as unreadable (the claim's calls fail until that version is back),
+/// never moved aside as a corrupt one; a header field this version does not know is let through.
+#[test]
+fn a_record_of_a_later_version_is_left_in_place_not_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = TestCheckpoint::new(dir.path().join("checkpoint"));
+    let (a, b) = (record("a", "completed"), record("b", "completed"));
+    checkpoint.put(&b, Synced).unwrap();
+    let file = |version: u32, header_extra: &str, body: &str| {
+        format!(
+            "{{\"version\":{version},\"checksum\":\"{:08x}\",\"bytes\":{}{header_extra}}}\n{body}\n",
+            crc32(body.as_bytes()),
+            body.len()
+        )
+    };
+    let body = serde_json::to_string(&a).unwrap();
+    let with_field = body.replacen('{', "{\"rtTasks\":[1],", 1);
+    let cases = [
+        (file(VERSION + 1, "", &body), "record format 3"),
+        (file(VERSION, "", &with_field), "unknown field `rtTasks`"),
+    ];
+    for (text, why) in cases {
+        fs::write(checkpoint.record_path("a"), &text).unwrap();
+        let loaded = checkpoint.load().unwrap();
+        assert_eq!(loaded.claims, claims(&[&b]), "{why}");
+        assert!(loaded.discarded.is_empty(), "{why}: not moved aside");
+        assert!(!loaded.rebuild_interrupted, "{why}");
+        assert_eq!(loaded.unreadable.len(), 1, "{why}");
+        let unreadable = loaded.unreadable[0].to_string();
+        assert!(unreadable.contains(why), "{unreadable}");
+        assert!(unreadable.contains("later"), "{unreadable}");
+        assert_eq!(
+            fs::read_to_string(checkpoint.record_path("a")).unwrap(),
+            text
+        );
+        assert!(checkpoint.read_again("a").is_err(), "{why}");
+        let valid = checkpoint.read_valid().unwrap();
+        assert_eq!(valid.unreadable.len(), 1, "{why}");
+    }
+    // A header field this version does not know, of the current format: read.
+    fs::write(
+        checkpoint.record_path("a"),
+        file(VERSION, ",\"minReader\":2", &body),
+    )
+    .unwrap();
+    assert_eq!(checkpoint.load().unwrap().claims, claims(&[&a, &b]));
 }

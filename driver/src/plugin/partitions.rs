@@ -20,8 +20,11 @@ use crate::slices::partitions::counter_set_name;
 
 /// The undo entry of a claim holding partitions of `pf`.
 pub(crate) fn undo_key(pf: PciAddress) -> String {
-    format!("partitions:{pf}")
+    format!("{UNDO_PREFIX}{pf}")
 }
+
+/// The start of the undo keys of [`undo_key`].
+pub(crate) const UNDO_PREFIX: &str = "partitions:";
 
 /// Another claim (not `uid`) that holds partitions of `pf`.
 fn partition_holder<'a>(

@@ -377,10 +377,7 @@ pub(super) fn undo_record(
     inventory: &RwLock<Inventory>,
     record: &ClaimRecord,
 ) -> Result<(), PrepareError> {
-    for value in record.undo.values() {
-        let Ok(rebind) = serde_json::from_value::<Rebind>(value.clone()) else {
-            continue;
-        };
+    for rebind in rebinds_to_undo(record)? {
         // Its driver (none: left without one, as it was), unless someone bound another since, and
         // its override as it was.
         let put_back = super::overrides::to_put_back(&rebind);
@@ -425,6 +422,38 @@ pub(super) fn undo_record(
             context: "removing the CDI spec",
             source,
         })
+}
+
+/// The rebinds of `record` to give back, checked before anything is given back. Its undo entries
+/// are keyed by what they undo: a function's address (a [`Rebind`]), `partitions:<pf>` (released with
+/// the claim's state), `metadata` (the device metadata files) and `rebuilt` (a note of a claim rebuilt
+/// from its CDI spec). An entry of another key, or a function's entry that is not a rebind, was
+/// written by a later version this one was rolled back from: the undo fails before any change, and
+/// the record stays for that version (skipped, the change it undoes would stay for good once the
+/// record is gone).
+fn rebinds_to_undo(record: &ClaimRecord) -> Result<Vec<Rebind>, PrepareError> {
+    let not_known = |key: &str, why: String| {
+        PrepareError::Internal(format!(
+            "claim {}: the undo entry {key:?} of its checkpoint record is not one this version of \
+             the plugin knows ({why}; written by a later version?): nothing undone, the record \
+             kept",
+            record.claim.uid
+        ))
+    };
+    let mut rebinds = Vec::new();
+    for (key, value) in &record.undo {
+        if hal::PciAddress::parse(key).is_ok() {
+            let rebind = serde_json::from_value::<Rebind>(value.clone())
+                .map_err(|e| not_known(key, e.to_string()))?;
+            rebinds.push(rebind);
+        } else if !(key.starts_with(crate::plugin::partitions::UNDO_PREFIX)
+            || key == super::metadata::UNDO_KEY
+            || key == super::recover::REBUILT_UNDO_KEY)
+        {
+            return Err(not_known(key, "an entry of another kind".into()));
+        }
+    }
+    Ok(rebinds)
 }
 
 /// Sets the driver of the function at `address` in `inventory` to `driver`, which this process just

@@ -18,7 +18,7 @@ pub(super) const CLAIM_ENV: &str = "DRA_HAL_CLAIM";
 
 /// The undo entry of a record rebuilt from a spec whose prepare bound a function to vfio-pci: the
 /// driver before is lost, but a reboot undid the binding, so the record must not outlive one.
-const REBUILT_UNDO_KEY: &str = "rebuilt";
+pub(super) const REBUILT_UNDO_KEY: &str = "rebuilt";
 
 /// What [`from_cdi_specs`] rebuilt.
 #[derive(Default)]

@@ -221,3 +221,55 @@ async fn a_function_whose_override_could_not_be_put_back_is_not_rebound() {
         assert_eq!(override_of(&s), odd);
     }
 }
+
+/// An undo entry this version does not know (a later version's kind of entry, or a function's entry
+/// that is not a rebind), in the record of a claim (a rollback of the plugin): the unprepare fails
+/// before it changes anything and keeps the record, for the later version to undo it all; skipped,
+/// the change it undoes would stay for good.
+#[tokio::test]
+async fn an_undo_entry_this_version_does_not_know_fails_the_unprepare_and_keeps_the_record() {
+    let s = Setup::on("xeon");
+    vfio_claim(&s, "u1");
+    let preparer = s.preparer("boot-1");
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    drop(preparer);
+    let checkpoint = CheckpointFile::new(s.checkpoint_path());
+    let written = checkpoint.load().unwrap().claims.remove("u1").unwrap();
+    let later_entries = [
+        ("sriovNumvfs:0000:3b:00.0", serde_json::json!({"was": 4})),
+        (VF, serde_json::json!("a later kind of entry")),
+    ];
+    for (key, value) in later_entries {
+        let mut record = written.clone();
+        record.undo.insert(key.to_owned(), value);
+        checkpoint.put(&record, Durability::Synced).unwrap();
+        let restarted = s.preparer("boot-1");
+        let error = restarted.unprepare(vec![reference("u1")]).await["u1"]
+            .clone()
+            .unwrap_err();
+        assert!(
+            error.contains(&format!("the undo entry {key:?}"))
+                && error.contains("not one this version of the plugin knows"),
+            "{error}"
+        );
+        assert_eq!(
+            s.driver_of(VF).as_deref(),
+            Some("vfio-pci"),
+            "nothing undone"
+        );
+        assert_eq!(
+            restarted.recorded().await,
+            BTreeMap::from([("u1".to_owned(), Phase::Completed)])
+        );
+        assert!(checkpoint.load().unwrap().claims.contains_key("u1"));
+        drop(restarted);
+    }
+    // The record as this version wrote it: undone.
+    checkpoint.put(&written, Durability::Synced).unwrap();
+    let restarted = s.preparer("boot-1");
+    assert_eq!(
+        restarted.unprepare(vec![reference("u1")]).await["u1"],
+        Ok(())
+    );
+    assert_eq!(s.driver_of(VF).as_deref(), Some("iavf"));
+}

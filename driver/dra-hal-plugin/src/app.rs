@@ -73,6 +73,10 @@ pub async fn run(
         }
     };
     let metrics = Arc::new(Metrics::default());
+    // The heartbeat `/healthz` waits for: a runtime that stops running tasks (its workers lost or
+    // blocked) is restarted by the liveness probe (dra_kubelet_plugin::metrics::HEARTBEAT_STALE).
+    let heartbeat = tokio::spawn(metrics.clone().keep_beating(Duration::from_secs(2)));
+    let _heartbeat = AbortOnDrop(heartbeat);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Served from here on: alive (`/healthz`) while the startup waits for the API server (its
     // version, the Node's InternalIPs, claims to check), ready (`/readyz`) once the kubelet
@@ -478,4 +482,13 @@ fn machine(
         (None, None) => (backends::SysfsRoot::default(), None),
     };
     Ok((config, root, fixture))
+}
+
+/// Aborts its task when dropped (the heartbeat ends with [`run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

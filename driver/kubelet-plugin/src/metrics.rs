@@ -3,8 +3,9 @@
 //! `GET /metrics`: counters of prepared and unprepared claims and their errors, a latency histogram
 //! per call, the number of devices published, in the OpenMetrics text format written by
 //! `prometheus-client`. `GET /healthz`: `ok` while the plugin runs (the driver says from when: this
-//! project's plugin from the start, while it still waits for the API server) and the kubelet has not
-//! refused its registration (liveness). `GET /readyz`: `ok` once the kubelet has registered it too
+//! project's plugin from the start, while it still waits for the API server), the kubelet has not
+//! refused its registration, and the driver's async runtime beats ([`Metrics::beat`], at most
+//! [`HEARTBEAT_STALE`] ago, once it began) (liveness). `GET /readyz`: `ok` once the kubelet has registered it too
 //! (readiness: a plugin the kubelet never registered publishes devices no pod can be prepared with),
 //! and, with NRI, while the runtime's NRI connection is up. The HTTP server ([`serve`]) is hyper's,
 //! with a header read timeout, a deadline per connection and a connection cap.
@@ -30,6 +31,10 @@ const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
+fn stale_millis() -> u64 {
+    u64::try_from(HEARTBEAT_STALE.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The plugin's metrics.
 pub struct Metrics {
     prepared: Counter,
@@ -43,7 +48,17 @@ pub struct Metrics {
     registered: AtomicBool,
     nri: std::sync::OnceLock<Arc<dra_nri::stats::NriStats>>,
     status_forbidden: std::sync::OnceLock<Arc<AtomicU64>>,
+    /// What [`Metrics::beat`] measures from.
+    created: tokio::time::Instant,
+    /// Milliseconds from `created` to the last [`Metrics::beat`] plus one; 0: none yet.
+    last_beat: AtomicU64,
 }
+
+/// How long `/healthz` waits for a heartbeat of the driver's async runtime ([`Metrics::beat`]) before
+/// it answers 503: a runtime whose worker threads are lost or blocked (a `spawn_blocking` refused a
+/// thread inside `block_in_place`, a deadlock) serves no kubelet call, while the HTTP server, on a
+/// thread of its own, would still say ok.
+pub const HEARTBEAT_STALE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -59,6 +74,8 @@ impl Default for Metrics {
             registered: AtomicBool::default(),
             nri: std::sync::OnceLock::new(),
             status_forbidden: std::sync::OnceLock::new(),
+            created: tokio::time::Instant::now(),
+            last_beat: AtomicU64::new(0),
         }
     }
 }
@@ -80,9 +97,31 @@ impl Metrics {
         let _ = self.nri.set(stats);
     }
 
-    /// Whether `/healthz` answers ok.
+    /// Whether `/healthz` answers ok: marked healthy ([`Metrics::set_healthy`]), and, once the driver
+    /// beats ([`Metrics::beat`]), a beat within [`HEARTBEAT_STALE`].
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        let last = self.last_beat.load(Ordering::Relaxed);
+        let fresh = last == 0 || self.millis_now().saturating_sub(last - 1) <= stale_millis();
+        fresh && self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// A heartbeat of the driver's async runtime: called from a task of it ([`Metrics::keep_beating`]).
+    pub fn beat(&self) {
+        self.last_beat
+            .store(self.millis_now().saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Beats every `every` for as long as the future runs (spawn it on the runtime that serves the
+    /// kubelet; `every` well under [`HEARTBEAT_STALE`]).
+    pub async fn keep_beating(self: Arc<Self>, every: std::time::Duration) {
+        loop {
+            self.beat();
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn millis_now(&self) -> u64 {
+        u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Marks the plugin registered with the kubelet (or not, again).
@@ -346,6 +385,32 @@ mod tests {
             limits,
         ));
         address
+    }
+
+    /// A runtime that stops beating (its workers lost or blocked) turns `/healthz` 503 after
+    /// `HEARTBEAT_STALE`, and ok again when it beats; before any beat, only `set_healthy` counts.
+    #[tokio::test(start_paused = true)]
+    async fn healthz_fails_when_the_runtime_stops_beating() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_healthy(true);
+        tokio::time::advance(HEARTBEAT_STALE * 3).await;
+        assert!(metrics.is_healthy(), "no beat yet: not required");
+        let beating = tokio::spawn(metrics.clone().keep_beating(HEARTBEAT_STALE / 10));
+        tokio::time::sleep(HEARTBEAT_STALE * 2).await;
+        assert!(metrics.is_healthy());
+        beating.abort();
+        tokio::time::sleep(HEARTBEAT_STALE - HEARTBEAT_STALE / 5).await;
+        assert!(metrics.is_healthy(), "within the limit");
+        tokio::time::sleep(HEARTBEAT_STALE / 2).await;
+        assert!(!metrics.is_healthy(), "no beat for longer than the limit");
+        assert!(!metrics.is_ready());
+        metrics.beat();
+        assert!(metrics.is_healthy());
+        metrics.set_healthy(false);
+        assert!(
+            !metrics.is_healthy(),
+            "a beat does not override set_healthy"
+        );
     }
 
     #[tokio::test(start_paused = true)]

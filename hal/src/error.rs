@@ -40,8 +40,8 @@ impl ErrorKind {
             _ => match error.raw_os_error() {
                 Some(16) => ErrorKind::Busy,                   // EBUSY
                 Some(95) | Some(38) => ErrorKind::Unsupported, // EOPNOTSUPP, ENOSYS
-                // EMFILE, ENFILE, ENOMEM, ENOBUFS
-                Some(24) | Some(23) | Some(12) | Some(105) => ErrorKind::Exhausted,
+                // EMFILE, ENFILE, ENOBUFS (ENOMEM is `OutOfMemory` above)
+                Some(24) | Some(23) | Some(105) => ErrorKind::Exhausted,
                 _ => ErrorKind::Io,
             },
         }

@@ -387,40 +387,10 @@ fn a_gpu_nvml_cannot_register_for_xid_events_is_marked_unwatched() {
     assert_eq!(reasons(&mut health), [None, None, unwatched, None]);
 }
 
-/// NVML watches the GPUs present at its start: a GPU that appears later (a rescan finds a new UUID
-/// at an address: a replaced card) is marked `nvml-unwatched` at the next apply; the watched ones
-/// are not, and neither is anything before the watch runs.
-#[test]
-fn a_gpu_that_appears_after_the_xid_watch_started_is_marked_unwatched() {
-    let mut health = Health::default();
-    let mut inventory = gb300();
-    health.apply(&mut inventory);
-    let watched: Vec<String> = inventory
-        .gpus
-        .iter()
-        .map(|g| g.uuid.clone().unwrap())
-        .collect();
-    health.watching_xids(&watched);
-    assert_eq!(reasons(&mut health), [None, None, None, None]);
-    let mut replaced = gb300();
-    replaced.gpus[1].uuid = Some("GPU-00000000-0000-0000-0000-0000000000aa".into());
-    health.apply(&mut replaced);
-    let key = DeviceKey::Gpu(replaced.gpus[1].pci_address);
-    let marked = replaced.health.get(&key).map(|u| u.reason.as_str());
-    assert_eq!(marked, Some("nvml-unwatched"));
-    assert_eq!(replaced.health.len(), 1, "{:?}", replaced.health);
-    // Before the watch runs, a new UUID is only a replaced GPU.
-    let mut unwatched = Health::default();
-    unwatched.apply(&mut gb300());
-    let mut replaced = gb300();
-    replaced.gpus[1].uuid = Some("GPU-00000000-0000-0000-0000-0000000000aa".into());
-    unwatched.apply(&mut replaced);
-    assert!(replaced.health.is_empty(), "{:?}", replaced.health);
-}
-
 /// A rescan that ran out of file descriptors (EMFILE while listing the PCI devices) sees no GPU:
-/// that is no miss, however long it lasts; the GPUs stay published as they were, untainted. A read
-/// without the error afterwards counts again.
+/// that is no miss, for up to `EXHAUSTED_READS_SKIPPED` reads in a row; the GPUs stay published as
+/// they were, untainted. A read without the error afterwards counts again, and so do reads of an
+/// error that stays.
 #[test]
 fn a_rescan_that_ran_out_of_file_descriptors_makes_no_device_gone() {
     let mut health = Health::default();
@@ -438,12 +408,22 @@ fn a_rescan_that_ran_out_of_file_descriptors_makes_no_device_gone() {
         });
         inventory
     };
-    for _ in 0..4 {
+    for _ in 0..EXHAUSTED_READS_SKIPPED {
         let mut inventory = exhausted();
         health.apply(&mut inventory);
         assert!(inventory.health.is_empty(), "{:?}", inventory.health);
         assert_eq!(inventory.gpus.len(), 4, "kept as last seen");
     }
+    // An error that stays: after that many reads, the devices not seen count as missed again.
+    let mut health_staying = Health::default();
+    health_staying.apply(&mut gb300());
+    let mut last = exhausted();
+    for _ in 0..EXHAUSTED_READS_SKIPPED + MISSES_FOR_GONE {
+        last = exhausted();
+        health_staying.apply(&mut last);
+    }
+    let first = inventory_gpu(&gb300(), 0);
+    assert_eq!(last.health[&DeviceKey::Gpu(first)].reason, MISSING);
     let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
     for _ in 0..2 {
         let mut inventory = gb300();
@@ -456,4 +436,8 @@ fn a_rescan_that_ran_out_of_file_descriptors_makes_no_device_gone() {
         }
     }
     panic!("a GPU missed by two reads without the error is gone");
+}
+
+fn inventory_gpu(inventory: &Inventory, i: usize) -> hal::PciAddress {
+    inventory.gpus[i].pci_address
 }

@@ -5,7 +5,7 @@
 //!
 //! | source (read at each rescan) | reason | severity |
 //! |---|---|---|
-//! | NVML critical XID (GPUs; sticky while the same UUID is at that address; on a GPU NVML cannot name, or a failed event wait (`nvml-events`): every NVIDIA GPU; a GPU NVML cannot register for events, and every GPU it does not watch when it cannot open one, and one that appears after the watch started: `nvml-unwatched`) | `xid-79` | unusable |
+//! | NVML critical XID (GPUs; sticky while the same UUID is at that address; on a GPU NVML cannot name, or a failed event wait (`nvml-events`): every NVIDIA GPU; a GPU NVML cannot register for events, and every GPU it does not watch when it cannot open one: `nvml-unwatched`) | `xid-79` | unusable |
 //! | a device seen and gone for [`MISSES_FOR_GONE`] reads spanning the grace (GPUs, NICs, VFs gone with their PF, CPUs) | `missing` | unusable |
 //! | a CPU seen online and offline now (`cpuN/online` = 0) | `offline` | unusable |
 //! | CPUs of a group (grouped CPU modes) offline | `cpus-offline` | degraded |
@@ -22,8 +22,8 @@
 //!
 //! A device that goes away keeps its name and its last-known view (so claims that hold it still find
 //! it) and is `missing` after [`MISSES_FOR_GONE`] reads in a row without it, a rescan interval apart
-//! (one missed read is not a lost device; nor is a read that ran out of file descriptors or memory,
-//! `hal::ErrorKind::Exhausted`); it is healthy again when the same device (the same PCI
+//! (one missed read is not a lost device; nor are up to [`EXHAUSTED_READS_SKIPPED`] reads in a row
+//! that ran out of file descriptors or memory, `hal::ErrorKind::Exhausted`); it is healthy again when the same device (the same PCI
 //! address or CPU id) is back. A VF gone while its PF stays was removed on purpose (a lower
 //! `sriov_numvfs`) and is forgotten after the same reads, not missing. An XID is sticky while its GPU (its UUID) is at that address, as in
 //! NVIDIA's device plugin: an XID often means the GPU needs a reset. Device taints are alpha in
@@ -84,9 +84,14 @@ pub struct Health {
     devices: BTreeMap<DeviceKey, Tracked>,
     /// How long a device must be missing, besides [`MISSES_FOR_GONE`] reads, before it is gone.
     grace: Duration,
-    /// The UUIDs of the GPUs the XID watch registered, once it runs ([`Health::watching_xids`]).
-    xid_watched: Option<std::collections::BTreeSet<String>>,
+    /// Reads in a row that ran out of a resource ([`EXHAUSTED_READS_SKIPPED`]).
+    exhausted_reads: u32,
 }
+
+/// How many reads in a row that ran out of a resource (EMFILE, ENFILE, ENOMEM, ENOBUFS) count no miss:
+/// a burst passes; an error that stays (a device's attribute that always fails so) must not keep a
+/// device that fell off the bus from ever being `missing`.
+pub const EXHAUSTED_READS_SKIPPED: u32 = 3;
 
 impl Health {
     /// Health whose devices are gone only after [`MISSES_FOR_GONE`] reads without them that span at
@@ -139,41 +144,6 @@ impl Health {
     pub fn record_unwatched(&mut self, uuid: &str, why: &str) -> bool {
         let message = format!("NVML cannot watch it for XID events ({why})");
         self.mark_gpu(uuid, "nvml-unwatched", message)
-    }
-
-    /// Records that the XID watch runs with NVML's event set registered for the GPUs `watched`
-    /// (their UUIDs). NVML sees only the GPUs present at its start, so a GPU that appears later (a
-    /// PCI rescan, a replaced card: another UUID) is not in the set: from the next
-    /// [`apply`](Self::apply) on, every NVIDIA GPU whose UUID is not among them is marked
-    /// `nvml-unwatched` (sticky, until the plugin restarts and watches it), as the GPUs NVML could
-    /// not register are. A GPU whose UUID is unknown is left as it is (which GPU it is cannot be said).
-    pub fn watching_xids(&mut self, watched: &[String]) {
-        self.xid_watched = Some(watched.iter().cloned().collect());
-    }
-
-    /// Marks the NVIDIA GPUs with a UUID the XID watch did not register ([`Health::watching_xids`]).
-    fn mark_gpus_not_watched(&mut self) {
-        let Some(watched) = &self.xid_watched else {
-            return;
-        };
-        for (key, tracked) in &mut self.devices {
-            let nvidia = matches!(&tracked.snapshot, Snapshot::Gpu { gpu, .. }
-                if gpu.vendor == hal::GpuVendor::Nvidia);
-            let unwatched = tracked
-                .identity
-                .as_ref()
-                .is_some_and(|uuid| !watched.contains(uuid));
-            if nvidia && unwatched && tracked.xid.is_none() {
-                let message = "it appeared after the XID watch started (NVML watches the GPUs \
-                               present at its start); restart the plugin to watch it";
-                tracing::warn!(device = %key, uuid = ?tracked.identity, "GPU unhealthy: {message}");
-                tracked.xid = Some(Unhealthy::now(
-                    "nvml-unwatched",
-                    message.to_owned(),
-                    Severity::Unusable,
-                ));
-            }
-        }
     }
 
     /// Records that NVML could not even open a GPU when the XID watch started (`why`; which GPU it
@@ -318,11 +288,23 @@ impl Health {
             .errors
             .iter()
             .find(|e| e.kind == Some(hal::ErrorKind::Exhausted));
-        if let Some(error) = exhausted {
-            tracing::warn!(path = %error.path, error = %error.error,
-                "the rescan ran out of a resource: devices it did not see are kept as they were");
-        }
-        let exhausted = exhausted.is_some();
+        self.exhausted_reads = match exhausted {
+            Some(_) => self.exhausted_reads.saturating_add(1),
+            None => 0,
+        };
+        let exhausted = match exhausted {
+            Some(error) if self.exhausted_reads <= EXHAUSTED_READS_SKIPPED => {
+                tracing::warn!(path = %error.path, error = %error.error,
+                    "the rescan ran out of a resource: devices it did not see are kept as they were");
+                true
+            }
+            Some(error) => {
+                tracing::warn!(path = %error.path, error = %error.error, reads = self.exhausted_reads,
+                    "the rescans keep running out of a resource: devices they do not see count as missed");
+                false
+            }
+            None => false,
+        };
         let mut forgotten = Vec::new();
         for (key, tracked) in &mut self.devices {
             if present.contains(key) {
@@ -362,7 +344,6 @@ impl Health {
         for key in forgotten {
             self.devices.remove(&key);
         }
-        self.mark_gpus_not_watched();
         observe::sort(inventory);
         inventory.health = self
             .devices

@@ -61,11 +61,7 @@ pub(super) fn spawn_xid_watch(
                 return;
             };
             // A GPU whose XIDs would go unseen is marked; when NVML cannot even open one (it cannot
-            // say which), every NVIDIA GPU it does not watch is; and so is a GPU that appears later
-            // (NVML sees the GPUs of its start only), at the rescan that finds it.
-            if let Ok(mut h) = health.lock() {
-                h.watching_xids(&source.watched);
-            }
+            // say which), every NVIDIA GPU it does not watch is.
             let mut marked = false;
             for (uuid, error) in &source.unregistered {
                 tracing::error!(%error, "no XID events from this GPU");

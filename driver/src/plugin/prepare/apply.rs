@@ -37,7 +37,8 @@ impl Preparer {
         self.read_again(&claim.uid)?;
         // The first try of a status write of a prepare given up on ends first: the answer must not
         // come before the status a CNI reads. A clear of an unprepare (given up on, or trying
-        // again) ends before this prepare writes the status again.
+        // again) goes on until this prepare writes the status again (below): a prepare that fails
+        // before must not leave the entries of the unprepared claim.
         self.status_settled(&claim.uid, false).await;
         let existing = self.state().get(&claim.uid).cloned();
         if let Some(record) = existing {
@@ -104,6 +105,8 @@ impl Preparer {
                 claim: claim.clone(),
                 driver: self.config.slices.driver_name.clone(),
             };
+            // A clear still trying must not land after this write.
+            self.status_stopped(&claim.uid).await;
             let write = status::StatusWrite::start(target, planned.statuses);
             self.status_tracked(&claim.uid, write).await;
         }
@@ -123,14 +126,27 @@ impl Preparer {
         let Some(task) = pending else {
             return;
         };
-        if task.clearing() == unprepare {
-            task.first_tried().await;
-            if task.ended() {
-                self.status_writes().remove(uid);
+        match (task.clearing(), unprepare) {
+            // A clear before a prepare: stopped only where the prepare writes ([`Self::status_stopped`]).
+            (true, false) => {}
+            (clearing, unprepare) if clearing == unprepare => {
+                task.first_tried().await;
+                if task.ended() {
+                    self.status_writes().remove(uid);
+                }
             }
-        } else {
-            self.status_writes().remove(uid);
+            _ => self.status_stopped(uid).await,
+        }
+    }
+
+    /// Stops the status task of the claim `uid` (its tries again), waits for its end (at most a
+    /// little over an API call's limit), then forgets it: a call the kubelet gives up on meanwhile
+    /// leaves it in the map, for the next call to stop. Called under the claim's lock.
+    async fn status_stopped(&self, uid: &str) {
+        let pending = self.status_writes().get(uid).cloned();
+        if let Some(task) = pending {
             task.stop().await;
+            self.status_writes().remove(uid);
         }
     }
 
@@ -141,7 +157,11 @@ impl Preparer {
         {
             let mut tasks = self.status_writes();
             tasks.retain(|_, t| !t.ended());
-            tasks.insert(uid.to_owned(), task.clone());
+            // One still trying (an unprepare that failed after it started its clear, then ran
+            // again) is stopped, not left trying untracked.
+            if let Some(replaced) = tasks.insert(uid.to_owned(), task.clone()) {
+                replaced.cancel();
+            }
         }
         task.first_tried().await;
         if task.ended() {

@@ -116,9 +116,14 @@ impl StatusWrite {
     /// Stops the tries again and waits (at most a little over an API call's limit: one may be
     /// under way) until the task ended.
     pub(super) async fn stop(&self) {
+        self.cancel();
+        self.wait_for(Stage::Ended).await;
+    }
+
+    /// Stops the tries again without waiting (a try under way ends as it ends).
+    pub(super) fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.cancel.notify_one();
-        self.wait_for(Stage::Ended).await;
     }
 
     /// Whether the task ended.

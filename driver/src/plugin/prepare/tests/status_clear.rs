@@ -110,3 +110,31 @@ async fn the_claims_next_prepare_stops_the_clears_tries_again() {
         "not cleared after the prepare"
     );
 }
+
+/// The claim's next prepare fails before it writes the status (a fault after its start) while the
+/// clear of its unprepare waits to be tried again: the clear goes on and lands, so the unprepared
+/// claim's entries do not stay (the next unprepare finds no record and would not clear).
+#[tokio::test(start_paused = true)]
+async fn a_prepare_that_fails_before_its_write_leaves_the_clear_trying() {
+    let s = setup(0);
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = fail.clone();
+    let preparer = s.preparer("boot-1").with_faults(Arc::new(move |at| {
+        match failing.load(std::sync::atomic::Ordering::SeqCst) && at == Step::DevicesPrepared {
+            true => Err("injected".into()),
+            false => Ok(()),
+        }
+    }));
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    s.claims.4.lock().unwrap().insert(KEY.into(), 1);
+    assert!(preparer.unprepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(
+        written(&s).unwrap(),
+        planned(json!({"interfaceName": "net1"})),
+        "the first clear failed"
+    );
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_err());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(written(&s), Some(Vec::new()), "cleared by the try again");
+}

@@ -651,19 +651,6 @@ pub fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
         .map_err(io_at("sync directory", dir))
 }
 
-enum Unusable {
-    /// Not read (an I/O error), or not understood (a later version's record): left in place.
-    Io(io::Error),
-    /// Not a valid record: moved aside.
-    Bad(String),
-}
-
-/// An intact record this version does not understand, as an error that leaves it in place
-/// ([`Unreadable`], `InvalidData`).
-fn not_understood(why: String) -> Unusable {
-    Unusable::Io(io::Error::new(io::ErrorKind::InvalidData, why))
-}
-
 /// What is at `path` when it is not a plain file: `a directory`, `a symbolic link`, `a special file`.
 pub fn not_a_file(meta: &fs::Metadata) -> Option<&'static str> {
     match meta.file_type() {
@@ -674,83 +661,14 @@ pub fn not_a_file(meta: &fs::Metadata) -> Option<&'static str> {
     }
 }
 
-/// Reads the record file of `uid`: its header, checksum and the claim it names are checked.
-fn read_record<R: Record>(path: &Path, uid: &str) -> Result<R, Unusable> {
-    let meta = fs::symlink_metadata(path).map_err(Unusable::Io)?;
-    if let Some(what) = not_a_file(&meta) {
-        return Err(Unusable::Bad(format!("is {what}, not a file")));
-    }
-    let file = files::open_no_follow(path).map_err(Unusable::Io)?;
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(
-        &mut io::Read::take(file, MAX_FILE_BYTES as u64 + 1),
-        &mut bytes,
-    )
-    .map_err(Unusable::Io)?;
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err(Unusable::Bad(format!("larger than {MAX_FILE_BYTES} bytes")));
-    }
-    let bad = |why: String| Unusable::Bad(why);
-    let newline = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| bad("no header line".into()))?;
-    let (head, rest) = bytes.split_at(newline);
-    let header: Header =
-        serde_json::from_slice(head).map_err(|e| bad(format!("not a record header: {e}")))?;
-    // Written by a later version (this one rolled back to): left in place, as a file that cannot
-    // be read, and not moved aside: it holds what undoing the claim needs, which the later version
-    // reads again once it is back. A record the claim's calls cannot use until then.
-    if header.version > VERSION {
-        return Err(not_understood(format!(
-            "written by a later version of the plugin (record format {}, this one reads {VERSION})",
-            header.version
-        )));
-    }
-    if header.version != VERSION {
-        return Err(bad(format!(
-            "version {} (expected {VERSION})",
-            header.version
-        )));
-    }
-    let body = rest.get(1..).unwrap_or_default();
-    let body = body.strip_suffix(b"\n").unwrap_or(body);
-    if body.len() != header.bytes {
-        return Err(bad(format!(
-            "{} bytes of record, the header says {} (truncated?)",
-            body.len(),
-            header.bytes
-        )));
-    }
-    let checksum = format!("{:08x}", crc32(body));
-    if checksum != header.checksum {
-        return Err(bad(format!(
-            "checksum {} does not match the content ({checksum})",
-            header.checksum
-        )));
-    }
-    // Intact (the checksum matches) but not a record this version understands: a field or a value
-    // a later version added. Left in place, as above, not moved aside as a corrupt one is.
-    let record: R = serde_json::from_slice(body).map_err(|e| {
-        not_understood(format!(
-            "not a claim record this version of the plugin understands (written by a later \
-             one?): {e}"
-        ))
-    })?;
-    if record.uid() != uid {
-        return Err(bad(format!(
-            "holds the record of claim {}, not of {uid}",
-            record.uid()
-        )));
-    }
-    Ok(record)
-}
-
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320, the one of zlib and `cksum -a crc32b`),
 /// computed by `crc32fast` (SIMD where the CPU has it).
 pub fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
+
+mod read;
+use read::{Unusable, read_record};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]

@@ -12,6 +12,8 @@
 //!   in-cluster, and the API server's version read at start;
 //! - [`locks`]: one async lock per key (claim UID, pod sandbox), entries gone once released;
 //! - [`metadata`]: device metadata files (KEP-5304) and their CDI mounts;
+//! - [`claims`]: a driver's ResourceClaims: read one, write its device status (bound to the claim's
+//!   UID, kept going after the kubelet gives up, tried again after a failure);
 //! - [`metrics`]: `/metrics` and `/healthz`;
 //! - [`publish`]: the ResourceSlice publisher (list + watch, repair of other actors' changes);
 //! - [`slices`]: the API server's rules for ResourceSlices (limits, names, a check of a whole pool),
@@ -20,6 +22,7 @@
 
 pub mod cdi;
 pub mod checkpoint;
+pub mod claims;
 pub mod client;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_api;

@@ -24,10 +24,11 @@ use crate::nri::policy::ClaimCpus;
 use crate::slices::SliceConfig;
 use crate::slices::devices::{DeviceSource, devices_with_sources};
 use apply::{cpu_claims_of, undo_record};
-pub use error::{ErrorKind, InjectedFault, PrepareError};
-pub use source::{
+pub use dra_kubelet_plugin::claims::status;
+pub use dra_kubelet_plugin::claims::{
     CALL_LIMIT, ClaimReadError, ClaimSource, KubeClaims, StatusChange, StatusWriteError,
 };
+pub use error::{ErrorKind, InjectedFault, PrepareError};
 
 mod apply;
 mod edits;
@@ -37,9 +38,7 @@ mod network;
 mod overrides;
 mod plan;
 mod recover;
-mod source;
 mod start;
-mod status;
 
 /// The points between the writes of a prepare, where tests inject a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +92,7 @@ pub struct Rebind {
     /// Bound before (none: unbound).
     pub original: Option<String>,
     /// `driver_override` before, put back by the undo; absent in records of earlier versions and
-    /// for a function the inventory lacks (see [`overrides::to_put_back`]).
+    /// for a function the inventory lacks (see `overrides::to_put_back`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_override: Option<overrides::DriverOverride>,
 }

@@ -6,7 +6,7 @@
 use dra_kubelet_plugin::cdi::CdiError;
 use dra_kubelet_plugin::metadata::MetadataError;
 
-use super::source::ClaimReadError;
+use super::ClaimReadError;
 use crate::api::ErrorKind as ApiErrorKind;
 use crate::plugin::checkpoint::CheckpointError;
 use crate::plugin::claims::ClaimError;

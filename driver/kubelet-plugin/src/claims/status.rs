@@ -1,6 +1,6 @@
-//! The device status of a claim's network functions (`pciAddress`, `netdev`, `rdmaDevice`,
-//! `network`, `interfaceName`), written by a task of its own after the claim is prepared: a CNI of
-//! the pod reads it, so it must not be lost when the kubelet gives up on the call (its deadline drops
+//! A driver's entries of a claim's `status.devices` (for a network driver: `networkData` with the
+//! interface name, addresses and MAC, and the device's attributes), written by a task of its own
+//! after the claim is prepared: a CNI of the pod reads it, so it must not be lost when the kubelet gives up on the call (its deadline drops
 //! the prepare's future) nor when the API server fails the write once (a 5xx, a timeout, during an
 //! upgrade of the control plane). The prepare answers after the first try; a failed try is tried
 //! again [`FIRST_RETRY`] later, then after twice the wait each time up to [`LONGEST_WAIT`], [`TRIES`]
@@ -23,16 +23,16 @@ use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
 use super::{CALL_LIMIT, ClaimSource, StatusChange, StatusWriteError};
-use crate::plugin::api::ClaimRef;
+use crate::handler::ClaimRef;
 
 /// The wait before the first try again.
-pub(super) const FIRST_RETRY: Duration = Duration::from_secs(2);
+pub const FIRST_RETRY: Duration = Duration::from_secs(2);
 
 /// The longest wait between two tries.
-pub(super) const LONGEST_WAIT: Duration = Duration::from_secs(60);
+pub const LONGEST_WAIT: Duration = Duration::from_secs(60);
 
 /// Tries in all (about three minutes of waits between them: 2, 4, 8, 16, 32, 60 and 60 s).
-pub(super) const TRIES: u32 = 8;
+pub const TRIES: u32 = 8;
 
 /// How far a status write got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,7 +47,7 @@ enum Stage {
 
 /// A claim's status write (or clear) under way (its task's stage, and how to stop its tries again).
 #[derive(Clone)]
-pub(super) struct StatusWrite {
+pub struct StatusWrite {
     /// A clear of the driver's entries (the unprepare's), not a write of the prepare's.
     clearing: bool,
     stage: watch::Receiver<Stage>,
@@ -58,12 +58,15 @@ pub(super) struct StatusWrite {
 }
 
 /// What the write task needs besides the entries.
-pub(super) struct Target {
-    pub(super) claims: Arc<dyn ClaimSource>,
+pub struct Target {
+    /// Where the claim is read and written.
+    pub claims: Arc<dyn ClaimSource>,
     /// Counts the writes the API server forbids (a configuration error, on `/metrics`).
-    pub(super) forbidden: Arc<AtomicU64>,
-    pub(super) claim: ClaimRef,
-    pub(super) driver: String,
+    pub forbidden: Arc<AtomicU64>,
+    /// The claim, as the kubelet named it (its UID binds every write).
+    pub claim: ClaimRef,
+    /// The driver whose entries are written (the field manager of the apply).
+    pub driver: String,
 }
 
 /// What a task writes.
@@ -76,12 +79,12 @@ enum Goal {
 
 impl StatusWrite {
     /// Starts writing `entries` as the driver's entries of the claim's `status.devices`.
-    pub(super) fn start(target: Target, entries: Vec<Value>) -> StatusWrite {
+    pub fn start(target: Target, entries: Vec<Value>) -> StatusWrite {
         StatusWrite::spawn(target, Goal::Write(entries))
     }
 
     /// Starts removing the driver's entries from the claim's `status.devices` (the unprepare's).
-    pub(super) fn clear(target: Target) -> StatusWrite {
+    pub fn clear(target: Target) -> StatusWrite {
         StatusWrite::spawn(target, Goal::Clear)
     }
 
@@ -104,30 +107,30 @@ impl StatusWrite {
     }
 
     /// Whether this is the unprepare's clear.
-    pub(super) fn clearing(&self) -> bool {
+    pub fn clearing(&self) -> bool {
         self.clearing
     }
 
     /// Waits (at most a little over an API call's limit) until the first try is over.
-    pub(super) async fn first_tried(&self) {
+    pub async fn first_tried(&self) {
         self.wait_for(Stage::Retrying).await;
     }
 
     /// Stops the tries again and waits (at most a little over an API call's limit: one may be
     /// under way) until the task ended.
-    pub(super) async fn stop(&self) {
+    pub async fn stop(&self) {
         self.cancel();
         self.wait_for(Stage::Ended).await;
     }
 
     /// Stops the tries again without waiting (a try under way ends as it ends).
-    pub(super) fn cancel(&self) {
+    pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.cancel.notify_one();
     }
 
     /// Whether the task ended.
-    pub(super) fn ended(&self) -> bool {
+    pub fn ended(&self) -> bool {
         *self.stage.borrow() == Stage::Ended
     }
 

@@ -1,15 +1,21 @@
-//! Where the preparer reads claims from and writes their device status: the API server, with every
-//! call bounded in time, so a slow or hung server delays only the claims that need it.
+//! A driver's ResourceClaims on the API server: read one ([`ClaimSource::get`]), and write, change or
+//! clear the driver's entries of its `status.devices` (server-side apply, bound to the claim's UID:
+//! a claim deleted and re-created under its name is never written), with every call bounded in time
+//! so a slow or hung server delays only the claims that need it ([`KubeClaims`]). [`status`] keeps a
+//! write (or a clear) going after the kubelet gave up on the call that started it, and tries it
+//! again after a failure.
 
-use dra_kubelet_plugin::locks::KeyedLocks;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::Api;
 
-use crate::api::{ErrorKind as ApiErrorKind, kind_of};
-use crate::plugin::api::{BoxFuture, ClaimRef};
+use crate::client::{ErrorKind as ApiErrorKind, kind_of};
+use crate::locks::KeyedLocks;
+
+pub mod status;
+use crate::handler::{BoxFuture, ClaimRef};
 
 /// The most one API call of a prepare may take, end to end: twice the client's limit for the
-/// response to start ([`crate::api::CALL_TIMEOUT`]), so a body that never ends is bounded too.
+/// response to start ([`crate::client::CALL_TIMEOUT`]), so a body that never ends is bounded too.
 pub const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Where claims are read from.
@@ -374,13 +380,13 @@ mod tests {
                 "metadata": {"name": "claim-a", "namespace": "ns", "uid": "a"},
                 "spec": {"devices": {"requests": []}}}),
         );
-        let client = FakeApi::mock_client(api.clone(), &crate::api::call_timeout_layer());
+        let client = FakeApi::mock_client(api.clone(), &crate::client::call_timeout_layer());
         let claims = KubeClaims::new(client);
         assert!(claims.get("ns", "claim-b").await.unwrap().is_none());
         let path = "GET /apis/resource.k8s.io/v1/namespaces/ns/resourceclaims/claim-a";
         api.lock().unwrap().fail_once.push((path.into(), 404));
         let error = claims.get("ns", "claim-a").await.unwrap_err();
-        assert_eq!(error.kind(), crate::api::ErrorKind::NotFound);
+        assert_eq!(error.kind(), crate::client::ErrorKind::NotFound);
         assert!(claims.get("ns", "claim-a").await.unwrap().is_some());
     }
 
@@ -392,7 +398,7 @@ mod tests {
     async fn a_status_write_to_a_claim_re_created_under_its_name_is_refused() {
         use super::{ClaimSource, KubeClaims, StatusWriteError};
         use crate::fake_api::FakeApi;
-        use crate::plugin::api::ClaimRef;
+        use crate::handler::ClaimRef;
         use std::sync::{Arc, Mutex};
         let theirs =
             serde_json::json!([{"driver": "hal.dra.dev", "pool": "node-2", "device": "vf-9"}]);
@@ -405,7 +411,7 @@ mod tests {
         );
         let claims = KubeClaims::new(FakeApi::mock_client(
             api.clone(),
-            &crate::api::call_timeout_layer(),
+            &crate::client::call_timeout_layer(),
         ));
         let old = ClaimRef {
             namespace: "ns".into(),

@@ -138,3 +138,38 @@ async fn a_prepare_that_fails_before_its_write_leaves_the_clear_trying() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(written(&s), Some(Vec::new()), "cleared by the try again");
 }
+
+/// An unprepare whose record removal fails (EIO) after it started the clear, and whose clear's first
+/// try failed: the kubelet calls it again, which starts a second clear. The first is stopped, not left
+/// trying untracked: else its try again, 2 s later, would clear the status the claim's next prepare
+/// wrote meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_clear_replaced_by_the_next_unprepares_is_stopped() {
+    let s = setup(0);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fail = failing.clone();
+    let mut config = s.config("boot-1", SliceConfig::new(NODE));
+    config.checkpoint = config.checkpoint.with_write_fault(Arc::new(move || {
+        match fail.load(std::sync::atomic::Ordering::SeqCst) {
+            true => Err(std::io::Error::from_raw_os_error(5)),
+            false => Ok(()),
+        }
+    }));
+    let preparer = Preparer::new(config, s.claims.clone(), s.inventory.clone()).unwrap();
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    s.claims.4.lock().unwrap().insert(KEY.into(), 1);
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(preparer.unprepare(vec![reference("u1")]).await["u1"].is_err());
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(preparer.unprepare(vec![reference("u1")]).await["u1"].is_ok());
+    assert_eq!(written(&s), Some(Vec::new()), "cleared by the second clear");
+    assert!(preparer.prepare(vec![reference("u1")]).await["u1"].is_ok());
+    let with_status = planned(json!({"interfaceName": "net1"}));
+    assert_eq!(written(&s).unwrap(), with_status);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        written(&s).unwrap(),
+        with_status,
+        "not cleared by the first clear's try again"
+    );
+}

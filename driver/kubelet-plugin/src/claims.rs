@@ -107,18 +107,23 @@ async fn read_change_write<S: ClaimSource + ?Sized>(
             )));
         }
     }
-    let mine: Vec<serde_json::Value> = current
+    match change(entries_of(current, driver)) {
+        Some(devices) => source.set_device_status(claim, driver, devices).await,
+        None => Ok(()),
+    }
+}
+
+/// The entries of `claim`'s `status.devices` that `driver` wrote, as JSON (what a
+/// [`StatusChange`] gets).
+pub fn entries_of(claim: ResourceClaim, driver: &str) -> Vec<serde_json::Value> {
+    claim
         .status
         .and_then(|s| s.devices)
         .unwrap_or_default()
         .into_iter()
         .filter(|d| d.driver == driver)
         .filter_map(|d| serde_json::to_value(d).ok())
-        .collect();
-    match change(mine) {
-        Some(devices) => source.set_device_status(claim, driver, devices).await,
-        None => Ok(()),
-    }
+        .collect()
 }
 
 /// Why a ResourceClaim could not be read: the API server's answer, classified (404, 409, 5xx, ... as

@@ -116,8 +116,9 @@ impl Preparer {
     /// Settles the status task of the claim `uid` under way (one whose prepare or unprepare the
     /// kubelet gave up on, or trying again) before a prepare (`unprepare` false) or an unprepare
     /// goes on, each wait at most a little over an API call's limit. Before a prepare: a write's
-    /// first try ends (its tries again write what the prepare would); a clear is stopped (the
-    /// prepare writes the status again after it). Before an unprepare: a write is stopped (its
+    /// first try ends (its tries again write what the prepare would); a clear goes on, and is
+    /// stopped only where the prepare writes ([`Self::status_stopped`]: a prepare that fails before
+    /// must not leave the entries of the unprepared claim). Before an unprepare: a write is stopped (its
     /// clear comes after it); a clear's first try ends (a second unprepare finds no record and
     /// answers after it, as the first would have). Called under the claim's lock, as are the tasks'
     /// starts.
@@ -127,7 +128,6 @@ impl Preparer {
             return;
         };
         match (task.clearing(), unprepare) {
-            // A clear before a prepare: stopped only where the prepare writes ([`Self::status_stopped`]).
             (true, false) => {}
             (clearing, unprepare) if clearing == unprepare => {
                 task.first_tried().await;

@@ -137,14 +137,7 @@ impl ClaimSource for LockedSlow {
                 .unwrap()
                 .unwrap();
             let _slow = self.gate.acquire().await.unwrap();
-            let mine: Vec<serde_json::Value> = current
-                .status
-                .and_then(|s| s.devices)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|d| d.driver == driver)
-                .filter_map(|d| serde_json::to_value(d).ok())
-                .collect();
+            let mine = dra_kubelet_plugin::claims::entries_of(current, driver);
             match change(mine) {
                 Some(devices) => self.inner.set_device_status(claim, driver, devices).await,
                 None => Ok(()),

@@ -5,11 +5,14 @@
 //! * [`nvml`] (feature, default), [`level_zero`] and [`verbs`]: vendor libraries that enrich the sysfs
 //!   GPUs and RDMA devices; their seams and merges are always built, the real libraries behind features.
 //! * `udev` (feature): hotplug uevents.
+//! * [`nvidia_gate`]: this process's NVML users against an unbind from the `nvidia` driver (which
+//!   would wait in the kernel for them for good).
 //! * [`inventory`]: the whole machine in one call, `Inventory::from_sysfs(&SysfsRoot::new("/"), None)`.
 
 pub(crate) mod enrich;
 pub mod inventory;
 pub mod level_zero;
+pub mod nvidia_gate;
 #[cfg(feature = "nvml")]
 pub mod nvml;
 pub mod sysfs;

@@ -95,6 +95,8 @@ pub struct RealNvml;
 
 impl NvmlApi for RealNvml {
     fn query(&self) -> std::result::Result<NvmlSystem, String> {
+        // Held until NVML is shut down (`nvml` is dropped first: declared after).
+        let _share = crate::nvidia_gate::gate().share(crate::nvidia_gate::SHARE_WAIT)?;
         let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
         let driver_version = nvml.sys_driver_version().map_err(|e| e.to_string())?;
         let cuda = nvml.sys_cuda_driver_version().map_err(|e| e.to_string())?;

@@ -1,7 +1,7 @@
 //! GPU health from NVML: critical XID events (the driver's error reports: 79 "fallen off the bus",
 //! 48 double-bit ECC, 94/95 contained/uncontained ECC, ...). [`XidSource`] is the seam: [`RealXid`]
-//! waits on an NVML event set registered for `CRITICAL_XID_ERROR` on every GPU; [`FakeXid`] plays
-//! events given in advance.
+//! waits on an NVML event set registered for `CRITICAL_XID_ERROR` on every GPU, opened by an
+//! [`NvmlSession`]; [`FakeXid`] plays events given in advance.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -42,31 +42,35 @@ impl XidSource for FakeXid {
     }
 }
 
-/// NVML's event set, registered for critical XIDs on every GPU.
-pub struct RealXid {
-    set: nvml_wrapper::event::EventSet<'static>,
-    /// The GPUs that could not be registered: the UUID where NVML could name it, and why.
-    pub unregistered: Vec<(Option<String>, String)>,
-    /// The UUIDs of the GPUs registered (where NVML could name them).
-    pub watched: Vec<String>,
+/// NVML opened for the XID watch, under a share of the [`nvidia_gate`](crate::nvidia_gate): shut
+/// down (the share given back) when dropped, so that a GPU can be unbound from `nvidia`, and so
+/// that NVML, opened again, lists the GPUs bound since (it enumerates them when first initialized
+/// in the process).
+pub struct NvmlSession {
+    // Dropped in this order: NVML shut down, then the share given back.
+    nvml: nvml_wrapper::Nvml,
+    _share: crate::nvidia_gate::Share<'static>,
 }
 
-impl RealXid {
-    /// Initializes NVML (once, kept for the life of the process: a later call that fails again
-    /// reuses it) and registers every GPU it can: one that cannot be opened or registered (lost,
-    /// too old for events) is listed in `unregistered` and the others are watched. An error when
-    /// none can be.
-    pub fn open() -> Result<RealXid, String> {
+impl NvmlSession {
+    /// Opens NVML once no GPU is being unbound from `nvidia` (an error after
+    /// [`SHARE_WAIT`](crate::nvidia_gate::SHARE_WAIT)), or says why it cannot.
+    pub fn open() -> Result<NvmlSession, String> {
+        use crate::nvidia_gate::{SHARE_WAIT, gate};
+        let share = gate().share(SHARE_WAIT)?;
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
+        Ok(NvmlSession {
+            nvml,
+            _share: share,
+        })
+    }
+
+    /// An event set registered for critical XIDs on every GPU it can: one that cannot be opened or
+    /// registered (lost, too old for events) is listed in `unregistered` and the others are
+    /// watched. An error when none can be.
+    pub fn xids(&self) -> Result<RealXid<'_>, String> {
         use nvml_wrapper::bitmasks::event::EventTypes;
-        static NVML: std::sync::OnceLock<nvml_wrapper::Nvml> = std::sync::OnceLock::new();
-        let nvml: &'static nvml_wrapper::Nvml = match NVML.get() {
-            Some(nvml) => nvml,
-            None => {
-                let nvml =
-                    nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
-                NVML.get_or_init(|| nvml)
-            }
-        };
+        let nvml = &self.nvml;
         let mut set = nvml.create_event_set().map_err(|e| e.to_string())?;
         let count = nvml.device_count().map_err(|e| e.to_string())?;
         let mut unregistered = Vec::new();
@@ -115,7 +119,16 @@ impl RealXid {
     }
 }
 
-impl XidSource for RealXid {
+/// NVML's event set, registered for critical XIDs on every GPU ([`NvmlSession::xids`]).
+pub struct RealXid<'nvml> {
+    set: nvml_wrapper::event::EventSet<'nvml>,
+    /// The GPUs that could not be registered: the UUID where NVML could name it, and why.
+    pub unregistered: Vec<(Option<String>, String)>,
+    /// The UUIDs of the GPUs registered (where NVML could name them).
+    pub watched: Vec<String>,
+}
+
+impl XidSource for RealXid<'_> {
     fn wait(&mut self, timeout: Duration) -> Result<Vec<XidEvent>, String> {
         use nvml_wrapper::enums::event::XidError;
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);

@@ -62,6 +62,31 @@ impl SysfsSriov {
             })
     }
 
+    /// Unbinds `function` (in `dir`) from `driver`. From `nvidia`, only with the whole
+    /// [`nvidia_gate`](crate::nvidia_gate): the kernel's remove would wait for good for this
+    /// process's NVML users; a `Busy` error, with nothing written, when they do not let go in time.
+    fn unbind(&self, dir: &Path, function: PciAddress, driver: &str) -> Result<()> {
+        use crate::nvidia_gate::{EXCLUSIVE_WAIT, NVIDIA_DRIVER, gate};
+        let path = dir.join("driver/unbind");
+        let _whole = match driver {
+            NVIDIA_DRIVER => Some(gate().exclusive(EXCLUSIVE_WAIT).map_err(|shares| {
+                Error::Io {
+                    op: "write",
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::ResourceBusy,
+                        format!(
+                            "{shares} NVML user(s) of this plugin still hold the GPUs after \
+                         {EXCLUSIVE_WAIT:?}; not unbinding, as the kernel would wait for them"
+                        ),
+                    ),
+                }
+            })?),
+            _ => None,
+        };
+        self.write(&path, &function.to_string())
+    }
+
     fn read_state(
         &self,
         tree: &Tree,
@@ -225,8 +250,8 @@ impl SriovPf for SysfsSriov {
             Some(earlier) => earlier,
         };
         self.write(&override_path, driver)?;
-        if before.is_some()
-            && let Err(error) = self.write(&dir.join("driver/unbind"), &function.to_string())
+        if let Some(before) = before.as_deref()
+            && let Err(error) = self.unbind(&dir, function, before)
         {
             // Still on its driver: the override goes back too (best effort; the unbind's error is
             // the one to report), or the next probe of the function (a driver reload, a rescan)
@@ -275,7 +300,7 @@ impl SriovPf for SysfsSriov {
             self.write(&override_path, "\n")?;
         }
         if tree.link_name(&dir.join("driver")).as_deref() == Some(driver) {
-            self.write(&dir.join("driver/unbind"), &function.to_string())?;
+            self.unbind(&dir, function, driver)?;
         }
         Ok(())
     }

@@ -433,4 +433,84 @@ mod tests {
         assert_eq!(refused.raw_os_error(), Some(einval), "{refused}");
         assert_eq!(std::fs::read_to_string(path).unwrap(), before);
     }
+
+    /// A GPU's kernel side: `unbind` records whether this process's NVIDIA gate was held (or
+    /// wanted) at that moment; `drivers_probe` binds the override's driver.
+    struct GpuKernel {
+        function: std::path::PathBuf,
+        drivers: std::path::PathBuf,
+        unbinds: std::sync::Mutex<Vec<bool>>,
+    }
+
+    impl AttributeWriter for GpuKernel {
+        fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
+            let link = self.function.join("driver");
+            match path.file_name().and_then(|n| n.to_str()) {
+                Some("driver_override") => std::fs::write(path, format!("{}\n", value.trim())),
+                Some("unbind") => {
+                    let held = crate::nvidia_gate::gate().wanted();
+                    self.unbinds.lock().unwrap().push(held);
+                    std::fs::remove_file(&link)
+                }
+                Some("drivers_probe") => {
+                    let wanted = std::fs::read_to_string(self.function.join("driver_override"))?;
+                    symlink(self.drivers.join(wanted.trim()), &link)
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Unbinding a GPU from `nvidia` waits for this process's NVML users (the XID watch lets go
+    /// when the gate is wanted) and runs with the gate held: written while NVML holds the GPU, the
+    /// kernel's remove would wait for good. Giving it back (from vfio-pci) needs no gate.
+    #[test]
+    fn a_gpu_is_unbound_from_nvidia_only_once_this_processs_nvml_let_go() {
+        use hal::{PciAddress, SriovPf};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let function = root.join("sys/bus/pci/devices/0000:17:00.0");
+        let drivers = root.join("sys/bus/pci/drivers");
+        for dir in [
+            &function,
+            &drivers.join("nvidia"),
+            &drivers.join("vfio-pci"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(root.join("sys/bus/pci/drivers_probe"), "").unwrap();
+        std::fs::write(function.join("driver_override"), "(null)\n").unwrap();
+        symlink(drivers.join("nvidia"), function.join("driver")).unwrap();
+        let kernel = Arc::new(GpuKernel {
+            function: function.clone(),
+            drivers,
+            unbinds: std::sync::Mutex::new(Vec::new()),
+        });
+        let sriov = crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), kernel.clone());
+        let address = PciAddress::parse("0000:17:00.0").unwrap();
+        let gate = crate::nvidia_gate::gate();
+        let let_go = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let share = gate.share(std::time::Duration::from_secs(20)).unwrap();
+            s.spawn(|| {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while !gate.wanted() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let_go.store(true, Ordering::SeqCst);
+                drop(share);
+            });
+            sriov.bind_driver(address, "vfio-pci").unwrap();
+            assert!(
+                let_go.load(Ordering::SeqCst),
+                "unbound while NVML held the GPU"
+            );
+        });
+        assert!(!gate.wanted(), "the gate was not given back");
+        sriov.bind_driver(address, "nvidia").unwrap();
+        assert_eq!(*kernel.unbinds.lock().unwrap(), [true, false]);
+        let driver = std::fs::read_link(function.join("driver")).unwrap();
+        assert!(driver.ends_with("nvidia"), "{driver:?}");
+    }
 }

@@ -277,7 +277,11 @@ pub async fn run(
         let slice_config = config.clone();
         let health_reports = health_reports.clone();
         let read = move || {
-            let fresh = read_inventory();
+            // Off the async workers: a rescan walks sysfs and opens NVML (seconds per GPU without
+            // persistence mode, up to `nvidia_gate::SHARE_WAIT` while a GPU is unbound), and would
+            // stall the kubelet's and NRI's calls on this worker meanwhile (one worker under a CPU
+            // limit of one).
+            let fresh = tokio::task::block_in_place(&read_inventory);
             let now = k8s_openapi::jiff::Timestamp::now().as_second();
             // The published devices are built once per rescan, for the health report and the slices.
             let devices = driver::slices::devices::devices_with_sources(&fresh, &slice_config);

@@ -361,10 +361,18 @@ fn the_xid_watch_goes_on_after_a_failed_wait_and_marks_the_gpus_whose_events_wer
 fn gpus_not_watched_when_nvml_could_not_open_one_are_marked_unwatched() {
     let mut health = Health::default();
     let mut inventory = gb300();
+    assert!(
+        inventory
+            .gpus
+            .iter()
+            .all(|g| g.driver.as_deref() == Some("nvidia"))
+    );
+    // The second is passed through to a VM: not NVML's to open.
+    inventory.gpus[1].driver = Some("vfio-pci".to_owned());
     health.apply(&mut inventory);
     let uuid = |i: usize| inventory.gpus[i].uuid.clone().unwrap();
-    // NVML opened and watches three of the four; which one it could not open it cannot say.
-    let watched = [uuid(0), uuid(1), uuid(3)];
+    // NVML opened and watches two of the three on nvidia; which one it could not open it cannot say.
+    let watched = [uuid(0), uuid(3)];
     assert!(health.record_unopened(&watched, "GPU 2: GPU is lost"));
     assert!(
         !health.record_unopened(&watched, "GPU 2: GPU is lost"),

@@ -45,7 +45,7 @@ pub use crate::slices::health::of_source;
 pub use crate::unhealthy::{DeviceKey, MISSING, OFFLINE, Severity, Unhealthy};
 use observe::Snapshot;
 pub use report::{report, report_of};
-pub use xid::{XID_WAIT, follow_xids, open_xids};
+pub use xid::{Registered, XID_WAIT, XidWatch, follow_xids, open_xids, watch_xids};
 
 /// Reads in a row that must miss a device before it is "gone": one missed read (a rescan racing a
 /// driver reload, a slow sysfs under load) is not a lost device.
@@ -147,7 +147,7 @@ impl Health {
     }
 
     /// Records that NVML could not even open a GPU when the XID watch started (`why`; which GPU it
-    /// is NVML cannot say): every NVIDIA GPU whose UUID is not among the `watched` ones is marked
+    /// is NVML cannot say): every GPU on the `nvidia` driver whose UUID is not among the `watched` ones is marked
     /// (`nvml-unwatched`), as NVIDIA's device plugin marks a device it cannot get a handle of. True
     /// when one was not marked already.
     pub fn record_unopened(&mut self, watched: &[String], why: &str) -> bool {
@@ -162,7 +162,10 @@ impl Health {
                 .identity
                 .as_ref()
                 .is_some_and(|u| watched.contains(u));
-            if nvidia && !seen && tracked.xid.is_none() {
+            // A GPU on another driver (vfio-pci: passed through to a VM) is not NVML's to open.
+            let on_nvidia = matches!(&tracked.snapshot, Snapshot::Gpu { gpu, .. }
+                if gpu.driver.as_deref() == Some(backends::nvidia_gate::NVIDIA_DRIVER));
+            if nvidia && on_nvidia && !seen && tracked.xid.is_none() {
                 tracing::warn!(device = %key, "GPU unhealthy: {message}");
                 tracked.xid = Some(Unhealthy::now(
                     "nvml-unwatched",

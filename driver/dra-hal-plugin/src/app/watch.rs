@@ -35,16 +35,20 @@ pub(super) fn spawn_hotplug_watch(changed: Arc<tokio::sync::Notify>) {
 }
 
 /// Waits for NVML's critical XID events on a thread of its own (NVML blocks) and republishes when a GPU
-/// turns unhealthy ([`driver::health::follow_xids`]). NVML is opened again every minute while it
+/// turns unhealthy ([`driver::health::watch_xids`]). NVML is opened again every minute while it
 /// cannot be and the node has NVIDIA GPUs (a driver container may start after the plugin); without
-/// any ([`driver::health::open_xids`]) it logs why once and stops.
+/// any ([`driver::health::open_xids`]) it logs why once and stops. It lets go of NVML while a GPU
+/// is unbound from `nvidia` ([`backends::nvidia_gate`]) and opens it again when the GPUs on
+/// `nvidia` change.
 pub(super) fn spawn_xid_watch(
     health: Arc<std::sync::Mutex<driver::health::Health>>,
     inventory: Arc<std::sync::RwLock<driver::inventory::Inventory>>,
     changed: Arc<tokio::sync::Notify>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    use backends::nvml::xid::RealXid;
+    use backends::nvidia_gate::{NVIDIA_DRIVER, gate};
+    use backends::nvml::xid::NvmlSession;
+    use driver::health::XidWatch;
     let spawned = std::thread::Builder::new()
         .name("xid-watch".into())
         .spawn(move || {
@@ -53,37 +57,44 @@ pub(super) fn spawn_xid_watch(
                     .read()
                     .is_ok_and(|i| i.gpus.iter().any(|g| g.vendor == hal::GpuVendor::Nvidia))
             };
-            let is_stopped = || *stopped.borrow();
-            let every = Duration::from_secs(60);
-            let Some(mut source) =
-                driver::health::open_xids(RealXid::open, &nvidia, &is_stopped, every)
-            else {
-                return;
+            let on_nvidia = || {
+                let Ok(inventory) = inventory.read() else {
+                    return Vec::new();
+                };
+                let mut on: Vec<_> = (inventory.gpus.iter())
+                    .filter(|g| g.driver.as_deref() == Some(NVIDIA_DRIVER))
+                    .map(|g| g.pci_address)
+                    .collect();
+                on.sort();
+                on
             };
-            // A GPU whose XIDs would go unseen is marked; when NVML cannot even open one (it cannot
-            // say which), every NVIDIA GPU it does not watch is.
-            let mut marked = false;
-            for (uuid, error) in &source.unregistered {
-                tracing::error!(%error, "no XID events from this GPU");
-                marked |= health.lock().is_ok_and(|mut h| match uuid {
-                    Some(uuid) => h.record_unwatched(uuid, error),
-                    None => h.record_unopened(&source.watched, error),
-                });
-            }
-            if marked {
-                changed.notify_one();
-            }
-            driver::health::follow_xids(
-                &mut source,
-                &health,
-                &|| changed.notify_one(),
-                &|| *stopped.borrow(),
-                Duration::from_secs(1),
-            );
+            let watch = XidWatch {
+                health: &health,
+                changed: &|| changed.notify_one(),
+                stopped: &|| *stopped.borrow(),
+                nvidia: &nvidia,
+                on_nvidia: &on_nvidia,
+                let_go: &|| gate().wanted(),
+                every: Duration::from_secs(60),
+                pause: Duration::from_secs(1),
+            };
+            driver::health::watch_xids(&watch, NvmlSession::open, &register_xids);
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the XID watch; GPU health comes from rescans only");
     }
+}
+
+/// Every GPU of `session` registered for XID events.
+fn register_xids(
+    session: &backends::nvml::xid::NvmlSession,
+) -> Result<driver::health::Registered<'_>, String> {
+    let xids = session.xids()?;
+    Ok(driver::health::Registered {
+        unregistered: xids.unregistered.clone(),
+        watched: xids.watched.clone(),
+        source: Box::new(xids),
+    })
 }
 
 /// How often the API server's version is read again.

@@ -50,6 +50,33 @@ pub fn find(dirs: &[PathBuf], plugin: &str) -> Result<PathBuf, CniError> {
         })
 }
 
+/// Kills the plugin `child` and its process group (what it started), reaps the plugin, and then
+/// the group's members that were given to this process: the plugin runs as PID 1 of its container,
+/// which inherits every orphan, and an orphan nobody waits for stays a zombie, one PID of the pod's
+/// limit each, for as long as the plugin runs.
+fn end_group(child: &mut std::process::Child) {
+    let group = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    let _ = child.kill();
+    let _ = child.wait();
+    reap_group(group);
+}
+
+/// Waits for the members of process group `group` that are this process's children (orphans it
+/// inherited), up to a moment for those still dying; none when it inherited none (ECHILD).
+fn reap_group(group: rustix::process::Pid) {
+    use rustix::process::{WaitOptions, waitpgid};
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        match waitpgid(group, WaitOptions::NOHANG) {
+            Ok(Some(_)) => {}
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// Runs `call` with the binaries of `dirs` (also its `CNI_PATH`), at most `timeout`; returns its stdout
 /// as JSON (`Null` when it wrote nothing, as DEL may).
 pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value, CniError> {
@@ -95,12 +122,7 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
     // Capped: `--cni-timeout` is the operator's, and `Instant + u64::MAX s` would panic.
     let deadline = Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
     let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let kill_group = |child: &std::process::Child| {
-        let _ = rustix::process::kill_process_group(
-            rustix::process::Pid::from_child(child),
-            rustix::process::Signal::KILL,
-        );
-    };
+
     // The pipes are served by threads of their own. A thread that cannot start (EAGAIN: the pod's
     // pids limit) fails the call with the plugin and its group killed and reaped, not left running
     // beside the rollback's DEL.
@@ -110,9 +132,7 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
             .spawn(work)
             .map(drop)
             .map_err(|e| {
-                kill_group(&child);
-                let _ = child.kill();
-                let _ = child.wait();
+                end_group(&mut child);
                 CniError::new(
                     CniErrorKind::Exec,
                     format!("{what}: no thread for its pipes: {e}"),
@@ -164,9 +184,7 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
-                kill_group(&child);
-                let _ = child.kill();
-                let _ = child.wait();
+                end_group(&mut child);
                 return Err(CniError::new(
                     CniErrorKind::Timeout,
                     format!("{what} did not finish in {} s; killed", timeout.as_secs()),
@@ -193,7 +211,7 @@ pub fn run(dirs: &[PathBuf], call: &Call<'_>, timeout: Duration) -> Result<Value
         }
         Err(_) => {
             // What it started holds its stdout: ended too (its group outlives it).
-            kill_group(&child);
+            end_group(&mut child);
             return Err(CniError::new(
                 CniErrorKind::Timeout,
                 format!("{what}: its stdout stayed open past the deadline"),

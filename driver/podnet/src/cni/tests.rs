@@ -621,6 +621,44 @@ fn a_plugin_past_its_timeout_is_killed_with_its_children() {
     }
 }
 
+/// The children a plugin past its timeout started are reaped, not left as zombies of this process:
+/// the plugin runs as PID 1 of its container, which inherits them (played here by making the test
+/// process their subreaper), and a zombie nobody waits for holds one PID of the pod's limit for good.
+#[test]
+fn the_children_of_a_plugin_past_its_timeout_are_reaped() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let d = bin.display();
+    write_exec(
+        &bin.join("spawner"),
+        &format!(
+            "#!/bin/sh\nsleep 30 > /dev/null 2>&1 &\necho $! > {d}/child-$CNI_COMMAND.pid\n\
+             exec sleep 30\n"
+        ),
+    );
+    let mut cni = runtime(dir.path());
+    cni.timeout = Duration::from_millis(300);
+    let list = ConfList::parse(r#"{"cniVersion":"1.0.0","name":"n","type":"spawner"}"#).unwrap();
+    let error = cni.add(&list, &attachment()).unwrap_err();
+    assert_eq!(error.kind(), CniErrorKind::Timeout, "{error}");
+    for command in ["ADD", "DEL"] {
+        let pid = std::fs::read_to_string(bin.join(format!("child-{command}.pid"))).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&stat).exists() {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {command} plugin's child {} is left: {state}",
+                pid.trim()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// A cache that cannot be listed (EIO, EMFILE, EACCES; here ENOTDIR, the cache directory a file)
 /// is an error naming it, never "nothing cached": a stop would forget the sandbox without its DEL
 /// (an IPAM lease leaked, a VF left with the pod's VLAN and MAC). A missing cache is empty.

@@ -399,16 +399,16 @@ fn nvidia_entries(tree: &Tree, errors: &mut ErrorLog) -> BTreeMap<PciAddress, St
 
 /// What the NVIDIA driver's `information` file says about one GPU.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct NvidiaInformation {
+pub(crate) struct NvidiaInformation {
     model: Option<String>,
     uuid: Option<String>,
-    minor: Option<u32>,
+    pub(crate) minor: Option<u32>,
 }
 
 /// Parses `information`: lines `Key:<spaces/tabs>value`; unknown keys are skipped, the first of a
 /// repeated key wins, a UUID with `?` (driver could not query it) is absent. At most [`MAX_LINES`]
 /// lines are looked at.
-fn parse_nvidia_information(text: &str) -> Result<NvidiaInformation, ParseError> {
+pub(crate) fn parse_nvidia_information(text: &str) -> Result<NvidiaInformation, ParseError> {
     let mut info = NvidiaInformation::default();
     for line in text.lines().take(MAX_LINES) {
         let Some((key, value)) = line.split_once(':') else {

@@ -5,6 +5,7 @@ pub mod core_type;
 pub mod cpu;
 mod cpu_groups;
 pub mod gpu;
+mod holders;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod hostile_tests;

@@ -9,7 +9,8 @@ use hal::{
 };
 
 use super::SysfsRoot;
-use super::attr::{ErrorLog, parse_u32};
+use super::attr::{self, ErrorLog, parse_u32};
+use super::holders::{self, DeviceNumber};
 use super::link::pci_functions_in_path;
 use super::tree::Tree;
 use super::write::FileWriter;
@@ -65,6 +66,9 @@ impl SysfsSriov {
     /// Unbinds `function` (in `dir`) from `driver`. From `nvidia`, only with the whole
     /// [`nvidia_gate`](crate::nvidia_gate): the kernel's remove would wait for good for this
     /// process's NVML users; a `Busy` error, with nothing written, when they do not let go in time.
+    /// From `nvidia` and from `vfio-pci` (and its variant drivers), not while another process holds
+    /// the function's device node open ([`Self::check_holders`]): a `Busy` error naming them, with
+    /// nothing written.
     fn unbind(&self, dir: &Path, function: PciAddress, driver: &str) -> Result<()> {
         use crate::nvidia_gate::{EXCLUSIVE_WAIT, NVIDIA_DRIVER, gate};
         let path = dir.join("driver/unbind");
@@ -84,7 +88,131 @@ impl SysfsSriov {
             })?),
             _ => None,
         };
+        // After the gate: this process's NVML has let go by now.
+        self.check_holders(dir, function, driver, &path)?;
         self.write(&path, &function.to_string())
+    }
+
+    /// The device nodes a remove from `driver` waits for while they are held open, under the root
+    /// (`dev/...`), each with the number to look for when the node itself is not there (a
+    /// container's `/dev` is a copy made when it started, without the VFIO nodes made since):
+    ///
+    /// * `nvidia`: `dev/nvidia<minor>`, the minor from `proc/driver/nvidia/gpus/<function>/information`
+    ///   (`Device Minor:`; none when the file is missing), the number `195:<minor>` (the driver's
+    ///   fixed major, `NV_MAJOR_DEVICE_NUMBER`);
+    /// * `vfio-pci` and the variant drivers (`mlx5_vfio_pci`, ...): the group, `dev/vfio/<group>`
+    ///   (the name of the function's `iommu_group` link; the number from
+    ///   `sys/class/vfio/<group>/dev`), and each iommufd device of the function,
+    ///   `dev/vfio/devices/<name>` for `<function>/vfio-dev/<name>` (the number from its `dev`).
+    fn held_nodes(
+        &self,
+        tree: &Tree,
+        dir: &Path,
+        function: PciAddress,
+        driver: &str,
+    ) -> Result<Vec<(PathBuf, Option<DeviceNumber>)>> {
+        let number = |path: &Path| tree.parse_scalar(path, DeviceNumber::parse);
+        let mut nodes = Vec::new();
+        if driver == crate::nvidia_gate::NVIDIA_DRIVER {
+            let information = tree.join(format!("proc/driver/nvidia/gpus/{function}/information"));
+            let minor = tree
+                .parse_scalar(&information, super::gpu::parse_nvidia_information)?
+                .and_then(|info| info.minor);
+            if let Some(minor) = minor {
+                let fixed = DeviceNumber {
+                    major: NVIDIA_MAJOR,
+                    minor,
+                };
+                nodes.push((PathBuf::from(format!("dev/nvidia{minor}")), Some(fixed)));
+            }
+        } else if is_vfio(driver) {
+            let group = tree
+                .link_name(&dir.join("iommu_group"))
+                .filter(|name| name.parse::<u32>().is_ok());
+            if let Some(group) = group {
+                let dev = tree.join(format!("sys/class/vfio/{group}/dev"));
+                nodes.push((PathBuf::from(format!("dev/vfio/{group}")), number(&dev)?));
+            }
+            let cdevs = tree
+                .list_if_there(&dir.join("vfio-dev"))
+                .map_err(|source| Error::Io {
+                    op: "list",
+                    path: dir.join("vfio-dev"),
+                    source,
+                })?
+                .unwrap_or_default();
+            let cdevs = attr::numbered_names(cdevs.iter().map(String::as_str), "vfio", MAX_CDEVS);
+            for index in cdevs.into_iter().take(MAX_CDEVS as usize) {
+                let dev = dir.join(format!("vfio-dev/vfio{index}/dev"));
+                let node = PathBuf::from(format!("dev/vfio/devices/vfio{index}"));
+                nodes.push((node, number(&dev)?));
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// A `Busy` error, before the unbind of `function` from `driver` is written (at `unbind`), when
+    /// a process holds one of the [device nodes the kernel's remove waits for](Self::held_nodes)
+    /// open: written, the remove would wait for good (without a way to interrupt it) for them to let
+    /// go. Who holds a node is read from `<root>/proc` ([`super::holders`]): in a container, the
+    /// processes of its PID namespace only (all of the node's with `hostPID`). A root without
+    /// `proc/` (a captured tree) has nobody to check; a `proc/` that cannot be read fails the unbind
+    /// (who holds the node is not known), as does more than the look's bounds allow.
+    fn check_holders(
+        &self,
+        dir: &Path,
+        function: PciAddress,
+        driver: &str,
+        unbind: &Path,
+    ) -> Result<()> {
+        if driver != crate::nvidia_gate::NVIDIA_DRIVER && !is_vfio(driver) {
+            return Ok(());
+        }
+        let root = self.root.root();
+        let tree = Tree::open(&self.root);
+        let not_unbinding = format!("not unbinding {function} from {driver}");
+        for (node, fallback) in self.held_nodes(&tree, dir, function, driver)? {
+            let shown = root.join(&node);
+            let unknown = |error: Error| {
+                let what = format!(
+                    "{not_unbinding}: who holds {} is not known",
+                    shown.display()
+                );
+                with_context(error, &what)
+            };
+            let found = holders::device_number(root, &node).map_err(unknown)?;
+            let (number, absent) = match (found, fallback) {
+                (Some(number), _) => (number, false),
+                (None, Some(number)) => (number, true),
+                (None, None) => continue,
+            };
+            let held = holders::holders_of(root, number).map_err(unknown)?;
+            if held.is_empty() {
+                continue;
+            }
+            let mut by: Vec<String> = held.iter().map(ToString::to_string).collect();
+            if held.len() >= holders::MAX_HOLDERS {
+                by.push("perhaps more".to_owned());
+            }
+            let device = if absent {
+                format!(" (device {number}, not in this root's /dev)")
+            } else {
+                String::new()
+            };
+            return Err(Error::Io {
+                op: "write",
+                path: unbind.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    format!(
+                        "{not_unbinding}: {}{device} is held by {}; the kernel would wait for it",
+                        shown.display(),
+                        by.join(", ")
+                    ),
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn read_state(
@@ -337,6 +465,37 @@ impl SriovPf for SysfsSriov {
         // "\n" clears it (`driver_set_override`; a write of zero bytes never reaches the
         // attribute: `sysfs_kf_write`).
         self.write(&override_path, original_override.unwrap_or("\n"))
+    }
+}
+
+/// The major number of `/dev/nvidia<minor>` (`NV_MAJOR_DEVICE_NUMBER`, fixed in the driver).
+const NVIDIA_MAJOR: u32 = 195;
+
+/// The most iommufd device nodes of one function looked at (a function has one).
+const MAX_CDEVS: u32 = 16;
+
+/// `vfio-pci` or one of its variant drivers (`mlx5_vfio_pci`, `hisi_acc_vfio_pci`,
+/// `nvgrace_gpu_vfio_pci`, ...), whose remove waits for the VFIO descriptors to be closed.
+fn is_vfio(driver: &str) -> bool {
+    driver == "vfio-pci" || driver.ends_with("_vfio_pci") || driver.ends_with("-vfio-pci")
+}
+
+/// `error` with `what` said after its own text, of the same kind.
+fn with_context(error: Error, what: &str) -> Error {
+    match error {
+        Error::Io { op, path, source } => {
+            let kind = match hal::ErrorKind::from_io(&source) {
+                hal::ErrorKind::Exhausted => std::io::ErrorKind::OutOfMemory,
+                hal::ErrorKind::Busy => std::io::ErrorKind::ResourceBusy,
+                _ => source.kind(),
+            };
+            Error::Io {
+                op,
+                path,
+                source: std::io::Error::new(kind, format!("{source}; {what}")),
+            }
+        }
+        other => other,
     }
 }
 

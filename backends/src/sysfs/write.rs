@@ -446,7 +446,10 @@ mod tests {
         fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
             let link = self.function.join("driver");
             match path.file_name().and_then(|n| n.to_str()) {
-                Some("driver_override") => std::fs::write(path, format!("{}\n", value.trim())),
+                Some("driver_override") => {
+                    let shown = Some(value.trim()).filter(|v| !v.is_empty());
+                    std::fs::write(path, format!("{}\n", shown.unwrap_or("(null)")))
+                }
                 Some("unbind") => {
                     let held = crate::nvidia_gate::gate().wanted();
                     self.unbinds.lock().unwrap().push(held);
@@ -461,6 +464,10 @@ mod tests {
         }
     }
 
+    /// The tests that take this process's NVIDIA gate, one at a time: each looks at whether it is
+    /// wanted.
+    static GATE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Unbinding a GPU from `nvidia` waits for this process's NVML users (the XID watch lets go
     /// when the gate is wanted) and runs with the gate held: written while NVML holds the GPU, the
     /// kernel's remove would wait for good. Giving it back (from vfio-pci) needs no gate.
@@ -468,6 +475,9 @@ mod tests {
     fn a_gpu_is_unbound_from_nvidia_only_once_this_processs_nvml_let_go() {
         use hal::{PciAddress, SriovPf};
         use std::sync::atomic::{AtomicBool, Ordering};
+        let _serial = GATE_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let function = root.join("sys/bus/pci/devices/0000:17:00.0");
@@ -512,5 +522,198 @@ mod tests {
         assert_eq!(*kernel.unbinds.lock().unwrap(), [true, false]);
         let driver = std::fs::read_link(function.join("driver")).unwrap();
         assert!(driver.ends_with("nvidia"), "{driver:?}");
+    }
+
+    /// `/dev/null`: a character device (1:3) every machine has and anyone may look at, standing in
+    /// for the device nodes (`root/dev/...` and a holder's descriptor both link to it).
+    const NULL: &str = "/dev/null";
+
+    /// A GPU on `nvidia` whose node (`/dev/nvidia0`, minor 0 in the driver's `information`) another
+    /// process holds open (dcgm-exporter, pid 4321) is not unbound: the kernel's remove would wait
+    /// for good. `Busy`, naming the node and the holder, nothing written to `unbind`, the override
+    /// put back; once the holder let go, the bind goes through.
+    #[test]
+    fn a_gpu_another_process_holds_open_is_not_unbound_from_nvidia() {
+        use crate::sysfs::test_tree::{link, write};
+        use hal::{PciAddress, SriovPf};
+        let _serial = GATE_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let function = root.join("sys/bus/pci/devices/0000:17:00.0");
+        let drivers = root.join("sys/bus/pci/drivers");
+        for dir in [
+            &function,
+            &drivers.join("nvidia"),
+            &drivers.join("vfio-pci"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(root.join("sys/bus/pci/drivers_probe"), "").unwrap();
+        std::fs::write(function.join("driver_override"), "(null)\n").unwrap();
+        symlink(drivers.join("nvidia"), function.join("driver")).unwrap();
+        write(
+            root,
+            "proc/driver/nvidia/gpus/0000:17:00.0/information",
+            "Model: \t\t NVIDIA H100\nDevice Minor:  0\n",
+        );
+        link(root, "dev/nvidia0", NULL);
+        link(root, "proc/4321/fd/3", NULL);
+        write(root, "proc/4321/comm", "dcgm-exporter\n");
+        // Another GPU's holder, and a process holding nothing.
+        link(root, "dev/nvidia1", "/dev/zero");
+        link(root, "proc/99/fd/4", "/dev/zero");
+        write(root, "proc/99/comm", "cuda-app\n");
+        link(root, "proc/100/fd/0", "/");
+        let kernel = Arc::new(GpuKernel {
+            function: function.clone(),
+            drivers,
+            unbinds: std::sync::Mutex::new(Vec::new()),
+        });
+        let sriov = crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), kernel.clone());
+        let address = PciAddress::parse("0000:17:00.0").unwrap();
+
+        let err = sriov.bind_driver(address, "vfio-pci").unwrap_err();
+        assert_eq!(err.kind(), hal::ErrorKind::Busy, "{err}");
+        let node = root.join("dev/nvidia0");
+        let expected = format!(
+            "not unbinding 0000:17:00.0 from nvidia: {} is held by pid 4321 (dcgm-exporter); \
+             the kernel would wait for it",
+            node.display()
+        );
+        assert!(err.to_string().contains(&expected), "{err}");
+        assert_eq!(err.path(), Some(function.join("driver/unbind").as_path()));
+        assert!(!err.to_string().contains("cuda-app"), "{err}");
+        assert_eq!(*kernel.unbinds.lock().unwrap(), [] as [bool; 0]);
+        let left = std::fs::read_to_string(function.join("driver_override")).unwrap();
+        assert_eq!(left, "(null)\n");
+        let driver = std::fs::read_link(function.join("driver")).unwrap();
+        assert!(driver.ends_with("nvidia"), "{driver:?}");
+        assert!(!crate::nvidia_gate::gate().wanted(), "the gate was kept");
+        // unbind_driver (a give-back to no driver) alike.
+        let err = sriov.unbind_driver(address, "nvidia").unwrap_err();
+        assert_eq!(err.kind(), hal::ErrorKind::Busy, "{err}");
+        assert_eq!(*kernel.unbinds.lock().unwrap(), [] as [bool; 0]);
+
+        // The holder let go.
+        std::fs::remove_file(root.join("proc/4321/fd/3")).unwrap();
+        sriov.bind_driver(address, "vfio-pci").unwrap();
+        assert_eq!(*kernel.unbinds.lock().unwrap(), [true]);
+        let driver = std::fs::read_link(function.join("driver")).unwrap();
+        assert!(driver.ends_with("vfio-pci"), "{driver:?}");
+    }
+
+    /// Records the attributes written (their names), then writes through `inner`.
+    struct Recording<K> {
+        inner: K,
+        written: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl<K: AttributeWriter> AttributeWriter for Recording<K> {
+        fn write_attribute(&self, path: &Path, value: &str) -> io::Result<()> {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            self.written.lock().unwrap().push(name);
+            self.inner.write_attribute(path, value)
+        }
+    }
+
+    /// A function on `vfio-pci` whose VFIO group (`/dev/vfio/12`) a QEMU (pid 77) holds open is not
+    /// given back: `vfio-pci`'s remove would wait for the descriptor to be closed. `Busy`, naming the
+    /// node and the holder, nothing written to `unbind`, the override put back; without the holder,
+    /// given back. Alike for the iommufd device node (`/dev/vfio/devices/vfio0`), and for a group
+    /// node missing from the root's `/dev` (its number read from `sys/class/vfio/12/dev`).
+    #[test]
+    fn a_function_whose_vfio_group_a_process_holds_is_not_given_back() {
+        use crate::sysfs::test_tree::{link, write};
+        use hal::{PciAddress, SriovPf};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let (function, iavf) = function_on_iavf(root);
+        let vfio = root.join("sys/bus/pci/drivers/vfio-pci");
+        std::fs::create_dir_all(&vfio).unwrap();
+        std::fs::create_dir_all(root.join("sys/kernel/iommu_groups/12")).unwrap();
+        symlink(
+            "../../../../kernel/iommu_groups/12",
+            function.join("iommu_group"),
+        )
+        .unwrap();
+        link(root, "dev/vfio/12", NULL);
+        write(root, "proc/77/comm", "qemu-kvm\n");
+        let on_vfio = || {
+            let _ = std::fs::remove_file(function.join("driver"));
+            symlink(&vfio, function.join("driver")).unwrap();
+            std::fs::write(function.join("driver_override"), "vfio-pci\n").unwrap();
+        };
+        let kernel = Arc::new(Recording {
+            inner: OnlyIavfLoaded {
+                function: function.clone(),
+                iavf,
+                busy: false,
+            },
+            written: std::sync::Mutex::new(Vec::new()),
+        });
+        let sriov = crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), kernel.clone());
+        let address = PciAddress::parse("0000:3b:01.0").unwrap();
+        let busy = |original: Option<&str>, node: &str| {
+            on_vfio();
+            kernel.written.lock().unwrap().clear();
+            let err = sriov
+                .restore_driver(address, "vfio-pci", original, None)
+                .unwrap_err();
+            assert_eq!(err.kind(), hal::ErrorKind::Busy, "{err}");
+            let expected = format!(
+                "not unbinding 0000:3b:01.0 from vfio-pci: {} is held by pid 77 (qemu-kvm); ",
+                root.join(node).display()
+            );
+            assert!(err.to_string().contains(&expected), "{err}");
+            let written = kernel.written.lock().unwrap().clone();
+            assert!(!written.iter().any(|w| w == "unbind"), "{written:?}");
+            let driver = std::fs::read_link(function.join("driver")).unwrap();
+            assert!(driver.ends_with("vfio-pci"), "{driver:?}");
+            let left = std::fs::read_to_string(function.join("driver_override")).unwrap();
+            let expected_override = match original {
+                // The bind to iavf put the override back.
+                Some(_) => "vfio-pci\n",
+                // The give-back to no driver cleared it first, as it does.
+                None => "(null)\n",
+            };
+            assert_eq!(left, expected_override);
+        };
+
+        // The group held.
+        link(root, "proc/77/fd/9", NULL);
+        busy(Some("iavf"), "dev/vfio/12");
+        busy(None, "dev/vfio/12");
+        // Its node not in the root's /dev: the number sysfs gives.
+        std::fs::remove_file(root.join("dev/vfio/12")).unwrap();
+        write(root, "sys/class/vfio/12/dev", "1:3\n");
+        on_vfio();
+        let err = sriov
+            .restore_driver(address, "vfio-pci", Some("iavf"), None)
+            .unwrap_err();
+        assert_eq!(err.kind(), hal::ErrorKind::Busy, "{err}");
+        assert!(err.to_string().contains("(device 1:3, "), "{err}");
+        std::fs::remove_file(root.join("sys/class/vfio/12/dev")).unwrap();
+
+        // The iommufd device node held.
+        std::fs::create_dir_all(function.join("vfio-dev/vfio0")).unwrap();
+        link(root, "dev/vfio/devices/vfio0", NULL);
+        busy(Some("iavf"), "dev/vfio/devices/vfio0");
+
+        // Nobody holds them: given back.
+        std::fs::remove_file(root.join("proc/77/fd/9")).unwrap();
+        on_vfio();
+        sriov
+            .restore_driver(address, "vfio-pci", Some("iavf"), None)
+            .unwrap();
+        let driver = std::fs::read_link(function.join("driver")).unwrap();
+        assert!(driver.ends_with("iavf"), "{driver:?}");
+        assert!(kernel.written.lock().unwrap().iter().any(|w| w == "unbind"));
+        on_vfio();
+        sriov
+            .restore_driver(address, "vfio-pci", None, None)
+            .unwrap();
+        assert!(!function.join("driver").exists());
     }
 }

@@ -3,7 +3,10 @@
 //! kubelet drives it. The test is the kubelet: it registers the plugin (grpc-go's `:authority`),
 //! prepares claims over the plugin's socket (`localhost`), passes the returned CDI ids to
 //! `CreateContainer`, and reads each container's CPUs from its cgroup and `/proc/<pid>/status`.
-//! Needs root and the unpacked containerd: `#[ignore]`, run by `.ci/run` with `--ignored`.
+//! Needs root and the unpacked containerd: `#[ignore]`, and named `..._needs_root_and_containerd`;
+//! `.ci/run` runs them with `--ignored` once per containerd it fetched, with `DRA_HAL_CONTAINERD_BIN`
+//! set, and skips them (`--skip _needs_root_and_containerd`) in its general `--ignored` run. Run
+//! without `DRA_HAL_CONTAINERD_BIN`, they fail and say what to set: they never pass untested.
 
 #![allow(
     clippy::unwrap_used,
@@ -26,6 +29,20 @@ mod watcher;
 
 use cri::Cri;
 use kubelet::Node;
+
+/// The node of [`Node::start`], which needs `DRA_HAL_CONTAINERD_BIN`: without it the test fails
+/// (it would otherwise pass having tested nothing) and the message says what to set.
+async fn start_node(args: &[&str]) -> Node {
+    assert!(
+        std::env::var_os("DRA_HAL_CONTAINERD_BIN").is_some(),
+        "DRA_HAL_CONTAINERD_BIN is not set: this test needs a real containerd. Run, as root, \
+         scripts/containerd-fetch.sh, which prints \"<suite> <version> <dir>\" per containerd, and \
+         set DRA_HAL_CONTAINERD_BIN=<dir>/usr/bin (as .ci/run does)"
+    );
+    Node::start(args)
+        .await
+        .expect("Node::start returned None with DRA_HAL_CONTAINERD_BIN set")
+}
 
 /// The container's CPUs as its exec'd process, its main process and its cgroup see them.
 #[derive(Debug, PartialEq)]
@@ -76,10 +93,8 @@ const XEON_TWO_CPUS: &[&str] = &[
 /// unprepared (with the next container event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd (DRA_HAL_CONTAINERD_BIN, scripts/containerd-fetch.sh)"]
-async fn containerd_pins_claim_containers_and_moves_the_shared_pool_needs_root() {
-    let Some(node) = Node::start(XEON_TWO_CPUS).await else {
-        return;
-    };
+async fn containerd_pins_claim_containers_and_moves_the_shared_pool_needs_root_and_containerd() {
+    let node = start_node(XEON_TWO_CPUS).await;
     let cri = &node.cri;
     let web = node.pod("web", "uid-web").await;
     let web_main = cri
@@ -129,10 +144,8 @@ async fn containerd_pins_claim_containers_and_moves_the_shared_pool_needs_root()
 /// every one), and the long-running shared container ends on the whole pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd (DRA_HAL_CONTAINERD_BIN, scripts/containerd-fetch.sh)"]
-async fn containerd_churn_while_claims_change_needs_root() {
-    let Some(node) = Node::start(XEON_TWO_CPUS).await else {
-        return;
-    };
+async fn containerd_churn_while_claims_change_needs_root_and_containerd() {
+    let node = start_node(XEON_TWO_CPUS).await;
     let cri = &node.cri;
     let web = node.pod("web", "uid-web").await;
     let worker = node.pod("worker", "uid-worker").await;
@@ -195,10 +208,8 @@ async fn containerd_churn_while_claims_change_needs_root() {
 /// and started again: the plugin reconnects, and new containers and the unprepare move as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd (DRA_HAL_CONTAINERD_BIN, scripts/containerd-fetch.sh)"]
-async fn containerd_plugin_kill_and_runtime_restart_needs_root() {
-    let Some(mut node) = Node::start(XEON_TWO_CPUS).await else {
-        return;
-    };
+async fn containerd_plugin_kill_and_runtime_restart_needs_root_and_containerd() {
+    let mut node = start_node(XEON_TWO_CPUS).await;
     let cri = node.cri.clone();
     let web = node.pod("web", "uid-web").await;
     let worker = node.pod("worker", "uid-worker").await;
@@ -257,7 +268,7 @@ async fn containerd_plugin_kill_and_runtime_restart_needs_root() {
 /// issm and rdma_cm) and the claim's environment, through containerd's CDI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd (DRA_HAL_CONTAINERD_BIN, scripts/containerd-fetch.sh)"]
-async fn containerd_gives_a_gpu_and_rdma_claim_exactly_its_nodes_needs_root() {
+async fn containerd_gives_a_gpu_and_rdma_claim_exactly_its_nodes_needs_root_and_containerd() {
     let dev_root = tempfile::tempdir().unwrap();
     let dev_root_arg = dev_root.path().to_str().unwrap().to_owned();
     let args = [
@@ -268,9 +279,7 @@ async fn containerd_gives_a_gpu_and_rdma_claim_exactly_its_nodes_needs_root() {
         "--dev-root",
         &dev_root_arg,
     ];
-    let Some(node) = Node::start(&args).await else {
-        return;
-    };
+    let node = start_node(&args).await;
     let cri = &node.cri;
     node.add_claim(
         "accel",

@@ -1,6 +1,11 @@
 //! The connection limits of the plugin's sockets, as a flood and the kubelet see them: idle
 //! connections beyond the cap wait, the cap holds the kubelet back only until the idle ones time out,
 //! and then its call gets through.
+//!
+//! The idle timeout, the keepalive pings and the tests' own waits are tokio's timers, and the sockets
+//! are Unix sockets in this process (a byte written is readable at once): the idle test runs on
+//! paused time (`start_paused`), where the timeouts fire in the order of their deadlines however
+//! loaded the machine, and waiting is free.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +20,7 @@ mod grpc_support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dra_kubelet_plugin::grpc::pluginregistration::InfoRequest;
 use dra_kubelet_plugin::grpc::pluginregistration::registration_client::RegistrationClient;
@@ -31,6 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
@@ -120,7 +126,9 @@ async fn prepare(channel: Channel) -> Result<usize, tonic::Status> {
     Ok(answer.into_inner().claims.len())
 }
 
-#[tokio::test]
+/// On paused time: the flood's first two connections time out at `IDLE`, the next two from the
+/// backlog at `2 * IDLE`, and only then does the kubelet's connection get a slot.
+#[tokio::test(start_paused = true)]
 async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_they_time_out() {
     let root = tempfile::tempdir().unwrap();
     let sockets = PluginSockets::new(root.path(), DRIVER).unwrap();
@@ -130,18 +138,21 @@ async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_
 
     // A flood: five connections to the DRA socket that never send a byte. Two take the slots; the
     // other three wait in the listen backlog.
+    let flooded = Instant::now();
     let mut flood = Vec::new();
     for _ in 0..5 {
         flood.push(UnixStream::connect(sockets.dra()).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // While both slots are held, a kubelet call cannot be served: the cap is real.
+    // While both slots are held, a kubelet call cannot be served: the cap is real. (Virtual time:
+    // the window ends before the first idle timeout however slowly the machine runs.)
     let held = tokio::time::timeout(Duration::from_millis(300), async {
         prepare(channel(sockets.dra()).await).await
     })
     .await;
     assert!(held.is_err(), "served past the cap: {held:?}");
+    assert!(flooded.elapsed() < IDLE, "{:?}", flooded.elapsed());
 
     // The registration socket has slots of its own: the flood on the DRA socket does not hold it.
     let mut registration = RegistrationClient::new(channel(sockets.registration()).await);
@@ -151,17 +162,21 @@ async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_
         .unwrap();
     assert_eq!(info.into_inner().name, DRIVER);
 
-    // Once the idle connections time out (two at a time), the kubelet's call gets through.
-    let start = Instant::now();
+    // Once the idle connections time out (two at a time: the first two at IDLE, the two next in
+    // the backlog at 2 * IDLE), the kubelet's call gets through.
     let claims = tokio::time::timeout(WAIT, async { prepare(channel(sockets.dra()).await).await })
         .await
         .expect("the kubelet is served once the idle connections timed out")
         .unwrap();
     assert_eq!(claims, 1);
+    let served = flooded.elapsed();
     assert!(
-        start.elapsed() >= IDLE / 2,
-        "served after {:?}, before any idle connection could time out",
-        start.elapsed()
+        served >= IDLE * 2,
+        "served {served:?} after the flood, before four idle connections could time out"
+    );
+    assert!(
+        served < IDLE * 3,
+        "served {served:?} after the flood, not as the second pair's slots freed"
     );
 
     // Every flood connection is closed by the server, none is kept open.
@@ -171,11 +186,11 @@ async fn idle_connections_beyond_the_cap_wait_and_the_kubelet_gets_through_once_
     }
 
     // A live HTTP/2 client answers the keepalive pings, so its connection, left without calls for
-    // several idle timeouts, is not closed: the next call goes over the same connection.
+    // ten idle timeouts, is not closed: the next call goes over the same connection.
     let connects = Arc::new(AtomicUsize::new(0));
     let live = counting_channel(sockets.dra(), connects.clone()).await;
     assert_eq!(prepare(live.clone()).await.unwrap(), 1);
-    tokio::time::sleep(IDLE * 3).await;
+    tokio::time::sleep(IDLE * 10).await;
     assert_eq!(prepare(live).await.unwrap(), 1);
     assert_eq!(
         connects.load(Ordering::SeqCst),

@@ -21,7 +21,7 @@ const NETDEV: &str = "ens2f0v0";
 
 /// The plugin on the Xeon fixture (its NIC VFs; two CPUs as the other tests), with stand-in device
 /// nodes (the VF's RDMA device's) under `dev_root`.
-async fn start(dev_root: &tempfile::TempDir) -> Option<Node> {
+async fn start(dev_root: &tempfile::TempDir) -> Node {
     let dev_root = dev_root.path().to_str().unwrap().to_owned();
     let args = [
         "--fixture",
@@ -33,7 +33,7 @@ async fn start(dev_root: &tempfile::TempDir) -> Option<Node> {
         "--dev-root",
         &dev_root,
     ];
-    Node::start(&args).await
+    crate::start_node(&args).await
 }
 
 /// A veth pair on the host, its end named [`NETDEV`] (MTU 1500, up): the VF's netdev. Deleted on
@@ -270,11 +270,10 @@ async fn back_home(node: &Node, mac: &str) -> serde_json::Value {
 /// host has the netdev back under its name (host-device's DEL, run at StopPodSandbox).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd (DRA_HAL_CONTAINERD_BIN) and the CNI reference plugins"]
-async fn containerd_pod_gets_net1_from_its_network_attachment_definition_needs_root() {
+async fn containerd_pod_gets_net1_from_its_network_attachment_definition_needs_root_and_containerd()
+{
     let dev_root = tempfile::tempdir().unwrap();
-    let Some(node) = start(&dev_root).await else {
-        return;
-    };
+    let node = start(&dev_root).await;
     let vf = StandIn::new();
     let mac = vf.mac();
     baseline(&node).await;
@@ -299,11 +298,9 @@ async fn containerd_pod_gets_net1_from_its_network_attachment_definition_needs_r
 /// and back under its name with its MTU at StopPodSandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd (DRA_HAL_CONTAINERD_BIN) and the CNI reference plugins"]
-async fn containerd_pod_gets_net1_from_its_claims_network_config_needs_root() {
+async fn containerd_pod_gets_net1_from_its_claims_network_config_needs_root_and_containerd() {
     let dev_root = tempfile::tempdir().unwrap();
-    let Some(node) = start(&dev_root).await else {
-        return;
-    };
+    let node = start(&dev_root).await;
     let vf = StandIn::new();
     let mac = vf.mac();
     baseline(&node).await;
@@ -344,11 +341,10 @@ async fn containerd_pod_gets_net1_from_its_claims_network_config_needs_root() {
 /// Synchronize and runs the DEL of its cached attachment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd (DRA_HAL_CONTAINERD_BIN) and the CNI reference plugins"]
-async fn containerd_plugin_killed_between_add_and_removal_still_runs_del_needs_root() {
+async fn containerd_plugin_killed_between_add_and_removal_still_runs_del_needs_root_and_containerd()
+{
     let dev_root = tempfile::tempdir().unwrap();
-    let Some(mut node) = start(&dev_root).await else {
-        return;
-    };
+    let mut node = start(&dev_root).await;
     let vf = StandIn::new();
     let mac = vf.mac();
     let config = cni_mode(&node);
@@ -412,11 +408,10 @@ fn files_in(dir: &std::path::Path) -> Vec<String> {
 /// Synchronize finds the sandbox gone, reports the netdev gone and forgets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd (DRA_HAL_CONTAINERD_BIN) and the CNI reference plugins"]
-async fn containerd_plugin_killed_after_a_direct_move_still_brings_the_netdev_home_needs_root() {
+async fn containerd_plugin_killed_after_a_direct_move_still_brings_the_netdev_home_needs_root_and_containerd()
+ {
     let dev_root = tempfile::tempdir().unwrap();
-    let Some(mut node) = start(&dev_root).await else {
-        return;
-    };
+    let mut node = start(&dev_root).await;
     let vf = StandIn::new();
     let mac = vf.mac();
     let (pod, container, seen) =

@@ -46,7 +46,7 @@ pub enum CompileError {
     /// More operators than [`MAX_OPERATORS`]: nested too deep to parse safely.
     #[error(
         "Too deep: more than {MAX_OPERATORS} operators, selections and brackets (it has {0}); \
-         CEL's parser refuses nesting past 250 levels"
+         cel-go's parser refuses nesting past 250 levels, kube-cel's past 95"
     )]
     TooDeep(usize),
 }
@@ -60,7 +60,18 @@ pub const MAX_LENGTH: usize = 10 * 1024;
 /// 10 KiB chain (5,000 levels) overflow a thread's stack. cel-go's parser refuses more than 250
 /// levels; counting every operator is stricter than counting levels, and this bound leaves a
 /// selector far more than real ones use (tens).
+///
+/// Nesting (brackets, calls, parentheses: `[[…]]`, `f(f(…))`, `((…))`) is bound tighter, by
+/// kube-cel's parser: its recursion limit (96) refuses an expression nested more than 95 levels
+/// deep, as a [`CompileError::Syntax`] ("Recursion limit of 96 exceeded"). cel-go's parser allows
+/// 250, so a selector nested 96 to 250 levels deep may pass the API server and is refused here.
+/// Chains of binary operators and selections (`1 + 1 + …`, `a.b.c…`) do not nest in the parser;
+/// for them this bound is the one that binds.
 pub const MAX_OPERATORS: usize = 1000;
+
+/// A syntax error's text is cut to this many bytes: kube-cel's message repeats the whole
+/// expression for each error it finds, and a 2,000-bracket selector gave 4.8 MB.
+const MAX_SYNTAX_ERROR_BYTES: usize = 4 * 1024;
 
 /// The stack a thread needs to compile and evaluate any expression within [`MAX_LENGTH`] and
 /// [`MAX_OPERATORS`] (measured with a debug build, which needs the most; the default 2 MiB of a
@@ -129,7 +140,7 @@ impl Cel {
                     _ => {}
                 }
                 let program = Program::compile(expression)
-                    .map_err(|e| CompileError::Syntax(e.to_string()))?;
+                    .map_err(|e| CompileError::Syntax(bounded(e.to_string())))?;
                 // Message construction (`Foo{}`) names a type the DRA environment does not
                 // declare (the API server refuses it); kube-cel cannot evaluate it.
                 if cost::constructs_message(program.expression()) {
@@ -211,6 +222,15 @@ impl Cel {
             Err(e) => Verdict::Error(e.to_string()),
         }
     }
+}
+
+/// `text` cut to [`MAX_SYNTAX_ERROR_BYTES`] on a character boundary, saying how much was cut.
+fn bounded(text: String) -> String {
+    if text.len() <= MAX_SYNTAX_ERROR_BYTES {
+        return text;
+    }
+    let kept = hal::text::truncate_utf8(&text, MAX_SYNTAX_ERROR_BYTES);
+    format!("{kept}… (cut: {} more bytes)", text.len() - kept.len())
 }
 
 /// `domain/id` into its parts (a bare name has no domain here; the model qualifies names first).
@@ -376,39 +396,99 @@ mod tests {
     }
 
     /// The deepest expressions the limits let through compile and evaluate on a thread of
-    /// [`STACK_BYTES`]; one operator more is refused before parsing.
+    /// [`STACK_BYTES`]. Chains are bound by [`MAX_OPERATORS`]: one operator more is refused as
+    /// too deep before parsing. Nesting is bound by kube-cel's parser at 95 levels (see
+    /// [`MAX_OPERATORS`]): one level more is a syntax error.
     #[test]
     fn the_deepest_expressions_within_the_limits_run_on_the_documented_stack() {
-        let terms = MAX_OPERATORS - 2;
-        let chain = format!("{}1 == 0", "1+".repeat(terms));
-        let dotted = format!("device{}.x == 1", ".a".repeat(terms - 2));
-        let nested = format!("{}true{}", "[".repeat(terms), "]".repeat(terms));
-        let calls = format!(
-            "{}'x'{}.size() > 0",
-            "string(".repeat(terms - 3),
-            ")".repeat(terms - 3)
-        );
-        for expression in [chain, dotted, nested, calls] {
+        const PARSER_DEPTH: usize = 95;
+        // `n` operators: `+` and `==`; `.a`, `.x` and `==`.
+        let sum = |n: usize| format!("{}1 == {}", "1+".repeat(n - 2), n - 1);
+        let path = |n: usize| format!("device{}.x == 1", ".a".repeat(n - 3));
+        let chains = [
+            (sum as fn(usize) -> String, Verdict::Selected),
+            (path, Verdict::Missing("a".into())),
+        ]
+        .map(|(shape, verdict)| {
+            let (expression, deeper) = (shape(MAX_OPERATORS), shape(MAX_OPERATORS + 1));
+            assert_eq!(hal::text::cel_operator_count(&expression), MAX_OPERATORS);
+            assert_eq!(hal::text::cel_operator_count(&deeper), MAX_OPERATORS + 1);
+            (expression, verdict, deeper)
+        });
+        let nested = |depth: usize| {
+            let list = format!("{}true{}", "[".repeat(depth), "]".repeat(depth));
+            format!("{list} == {list}")
+        };
+        // Not `string(`: the cost estimate takes `string()` to triple its input (bytes with
+        // invalid UTF-8), so ten nested calls are over the cost limit.
+        let calls = |depth: usize| format!("{}1{} == 1", "int(".repeat(depth), ")".repeat(depth));
+        let parens = |depth: usize| format!("{}true{}", "(".repeat(depth), ")".repeat(depth));
+        let nestings = [nested, calls, parens].map(|shape| {
+            (
+                shape(PARSER_DEPTH),
+                Verdict::Selected,
+                shape(PARSER_DEPTH + 1),
+            )
+        });
+        let cases = chains.into_iter().chain(nestings);
+        for (expression, expected, deeper) in cases {
             let count = hal::text::cel_operator_count(&expression);
             assert!(count <= MAX_OPERATORS, "{count}");
-            let deeper = format!("{expression} && 1 == 1 && 2 == 2");
+            assert!(expression.len() <= MAX_LENGTH, "{}", expression.len());
             std::thread::Builder::new()
                 .stack_size(STACK_BYTES)
                 .spawn(move || {
                     let mut cel = Cel::new().unwrap();
-                    if let Ok(program) = cel.compile(&expression) {
-                        cel.eval(&program, &cel.device_value(&gpu()));
-                    }
+                    let program = match cel.compile(&expression) {
+                        Ok(program) => program,
+                        Err(e) => panic!("{e}: {expression}"),
+                    };
+                    assert_eq!(cel.eval(&program, &cel.device_value(&gpu())), expected);
                     let refused = cel.compile(&deeper).map(drop);
-                    assert!(
-                        matches!(refused, Err(CompileError::TooDeep(_))),
-                        "{refused:?}"
-                    );
+                    let past_the_parser = hal::text::cel_operator_count(&deeper) <= MAX_OPERATORS;
+                    match refused {
+                        Err(CompileError::TooDeep(_)) if !past_the_parser => {}
+                        Err(CompileError::Syntax(e))
+                            if past_the_parser && e.contains("Recursion limit of 96 exceeded") => {}
+                        other => panic!("{other:?}: {deeper}"),
+                    }
                 })
                 .unwrap()
                 .join()
-                .expect("no stack overflow");
+                .expect("the checks on the thread passed (a stack overflow aborts instead)");
         }
+    }
+
+    /// kube-cel repeats the whole expression in its message for each error: a 2,000-bracket
+    /// selector gave a 4.8 MB message. The message is cut, and says so.
+    #[test]
+    fn syntax_errors_are_cut_to_a_few_kilobytes() {
+        let depth = MAX_OPERATORS / 2 - 1;
+        let expression = format!("{}true{}", "[".repeat(depth), "]".repeat(depth));
+        std::thread::Builder::new()
+            .stack_size(STACK_BYTES)
+            .spawn(move || {
+                let mut cel = Cel::new().unwrap();
+                let error = cel.compile(&expression).unwrap_err();
+                assert_eq!(error.kind(), CompileErrorKind::Syntax);
+                let text = error.to_string();
+                assert!(text.len() <= MAX_SYNTAX_ERROR_BYTES + 100, "{}", text.len());
+                assert!(text.contains("Recursion limit of 96 exceeded"), "{text}");
+                assert!(text.ends_with(" more bytes)"), "{text}");
+                // A short error is whole.
+                let error = cel.compile("device.attributes[").unwrap_err().to_string();
+                assert!(!error.contains("(cut: "), "{error}");
+                // Cut on a character boundary.
+                let cut = bounded("é".repeat(MAX_SYNTAX_ERROR_BYTES));
+                assert!(
+                    cut.starts_with(&"é".repeat(MAX_SYNTAX_ERROR_BYTES / 2)),
+                    "{cut}"
+                );
+                assert!(cut.ends_with("… (cut: 4096 more bytes)"), "{cut}");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -227,17 +227,58 @@ fn a_gpu_with_an_unreadable_tile_keeps_its_sysfs_view_and_its_error_names_it() {
     );
 }
 
-/// The real loader, where the machine has one (CI installs libze1): with no Intel GPU driver it must
-/// say why, never panic; on a machine with Intel GPUs every answer has a PCI address sysfs can parse.
+/// The PCI functions sysfs shows as Intel GPUs: vendor 0x8086, display class (0x03xxxx), bound to
+/// a GPU driver (`i915`, `xe`).
+#[cfg(feature = "level-zero")]
+fn intel_gpus_in_sysfs() -> std::collections::BTreeSet<PciAddress> {
+    let mut gpus = std::collections::BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/sys/bus/pci/devices") else {
+        return gpus;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        let driver = std::fs::read_link(path.join("driver")).unwrap_or_default();
+        if read("vendor").trim() == "0x8086"
+            && read("class").trim().starts_with("0x03")
+            && driver
+                .file_name()
+                .is_some_and(|name| name == "i915" || name == "xe")
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            gpus.insert(PciAddress::parse(&name).unwrap_or_else(|e| panic!("{name}: {e}")));
+        }
+    }
+    gpus
+}
+
+/// The real loader, where the machine has one (CI installs libze-dev, with no Intel GPU driver):
+/// every GPU it lists is one sysfs shows as an Intel GPU (none where there is none); where it
+/// cannot answer it says it has no driver (`zeInit` answers `ZE_RESULT_ERROR_UNINITIALIZED`) or no
+/// loader. Never a panic.
 #[cfg(feature = "level-zero")]
 #[test]
 fn the_real_loader_answers_or_says_why() {
+    let in_sysfs = intel_gpus_in_sysfs();
     match RealLevelZero.query() {
         Ok(gpus) => {
             for gpu in gpus {
-                PciAddress::parse(&gpu.pci_address).unwrap();
+                let address =
+                    PciAddress::parse(&gpu.pci_address).unwrap_or_else(|e| panic!("{gpu:?}: {e}"));
+                assert!(
+                    in_sysfs.contains(&address),
+                    "Level Zero lists {address}, sysfs shows Intel GPUs {in_sysfs:?}"
+                );
             }
         }
-        Err(why) => assert!(why.starts_with("Level Zero unavailable: "), "{why}"),
+        Err(why) => {
+            let no_driver = format!(
+                "Level Zero unavailable: zeInit returned {:#x}",
+                bindings::ZE_RESULT_ERROR_UNINITIALIZED
+            );
+            let no_loader = why.starts_with("Level Zero unavailable: ") && why.contains(LOADER);
+            assert!(why == no_driver || no_loader, "{why}");
+        }
     }
 }

@@ -96,14 +96,67 @@ fn xeon_h100s_by_upper_case_bus_ids() {
     );
 }
 
-#[test]
-fn the_real_library_is_absent_here_and_says_so() {
-    // No NVIDIA driver on CI machines: the real seam must fail cleanly, not panic.
-    if std::path::Path::new("/proc/driver/nvidia/version").exists() {
-        return;
+/// The PCI functions sysfs shows as NVIDIA GPUs bound to the `nvidia` driver: vendor 0x10de,
+/// display class (0x03xxxx: VGA, 3D controller).
+fn nvidia_gpus_in_sysfs() -> std::collections::BTreeSet<hal::PciAddress> {
+    let devices = std::path::Path::new("/sys/bus/pci/devices");
+    let Ok(entries) = std::fs::read_dir(devices) else {
+        return Default::default();
+    };
+    let mut gpus = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        let driver = std::fs::read_link(path.join("driver")).unwrap_or_default();
+        if read("vendor").trim() == "0x10de"
+            && read("class").trim().starts_with("0x03")
+            && driver.file_name().is_some_and(|name| name == "nvidia")
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            gpus.insert(hal::PciAddress::parse(&name).unwrap_or_else(|e| panic!("{name}: {e}")));
+        }
     }
-    let error = RealNvml.query().unwrap_err();
-    assert!(error.starts_with("NVML unavailable"), "{error}");
+    gpus
+}
+
+/// Where the NVIDIA driver is loaded, the real seam answers, with the loaded driver's version and
+/// GPUs that sysfs shows as NVIDIA GPUs bound to `nvidia` (at least one; a container may see fewer
+/// than the host's). Elsewhere (CI: no driver, no library) it fails cleanly, saying which.
+#[test]
+fn the_real_library_lists_the_gpus_sysfs_shows_or_says_why_not() {
+    let version = std::fs::read_to_string("/proc/driver/nvidia/version");
+    let Ok(version) = version else {
+        let error = RealNvml.query().unwrap_err();
+        // The library is not installed, or is and finds no driver.
+        let missing_library = error.starts_with("NVML unavailable: a libloading error occurred: ")
+            && error.contains("libnvidia-ml.so.1");
+        let missing_driver = error == "NVML unavailable: NVIDIA driver is not loaded";
+        assert!(missing_library || missing_driver, "{error}");
+        return;
+    };
+    let system = RealNvml
+        .query()
+        .unwrap_or_else(|e| panic!("the NVIDIA driver is loaded ({version:?}), yet: {e}"));
+    assert!(
+        !system.driver_version.is_empty() && version.contains(&system.driver_version),
+        "NVML says driver {}, /proc/driver/nvidia/version {version:?}",
+        system.driver_version
+    );
+    assert!(!system.gpus.is_empty(), "{system:?}");
+    let in_sysfs = nvidia_gpus_in_sysfs();
+    for gpu in &system.gpus {
+        let address = hal::PciAddress::parse(&gpu.pci_bus_id.to_ascii_lowercase()).unwrap();
+        assert!(
+            in_sysfs.contains(&address),
+            "NVML lists {}, sysfs shows {in_sysfs:?}",
+            gpu.pci_bus_id
+        );
+    }
+    assert!(
+        system.gpus.len() + system.unreadable.len() <= in_sysfs.len(),
+        "{system:?}, sysfs {in_sysfs:?}"
+    );
 }
 
 #[test]

@@ -173,17 +173,43 @@ fn mtus_and_gids_are_printed_as_the_kernel_does() {
     assert_eq!(gid_text(&raw), "fe80:0000:0000:0000:0000:0000:0000:0001");
 }
 
-/// The real library, where the machine has one (CI installs libibverbs): on a machine without RDMA
-/// devices it lists none or says why, never panics.
+/// The real library, where the machine has one (CI installs libibverbs, with no RDMA device): it
+/// lists devices sysfs shows in `/sys/class/infiniband` (none where that is absent; one without a
+/// user-space provider is left out), or, where the kernel has no verbs interface
+/// (`/sys/class/infiniband_verbs`), says so (ENOSYS); never panics.
 #[cfg(feature = "verbs")]
 #[test]
 fn the_real_library_answers_or_says_why() {
+    let entries = |dir: &str| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let in_sysfs = entries("/sys/class/infiniband");
     match RealVerbs.query() {
         Ok(devices) => {
-            for device in devices {
-                assert!(!device.name.is_empty());
-            }
+            let listed: std::collections::BTreeSet<String> =
+                devices.into_iter().map(|d| d.name).collect();
+            assert!(
+                listed.is_subset(&in_sysfs),
+                "libibverbs lists {listed:?}, /sys/class/infiniband has {in_sysfs:?}"
+            );
         }
-        Err(why) => assert!(why.starts_with("verbs unavailable: "), "{why}"),
+        Err(why) => {
+            let enosys = std::io::Error::from_raw_os_error(38);
+            assert_eq!(
+                why,
+                format!("verbs unavailable: ibv_get_device_list: {enosys}")
+            );
+            assert!(
+                !std::path::Path::new("/sys/class/infiniband_verbs").exists(),
+                "{why}, yet the kernel has a verbs interface"
+            );
+        }
     }
 }

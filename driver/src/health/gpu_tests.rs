@@ -422,28 +422,46 @@ fn a_rescan_that_ran_out_of_file_descriptors_makes_no_device_gone() {
         assert!(inventory.health.is_empty(), "{:?}", inventory.health);
         assert_eq!(inventory.gpus.len(), 4, "kept as last seen");
     }
-    // An error that stays: after that many reads, the devices not seen count as missed again.
+    // An error that stays: after that many reads, the devices not seen count as missed again,
+    // and are gone after MISSES_FOR_GONE of them.
     let mut health_staying = Health::default();
     health_staying.apply(&mut gb300());
-    let mut last = exhausted();
-    for _ in 0..EXHAUSTED_READS_SKIPPED + MISSES_FOR_GONE {
-        last = exhausted();
-        health_staying.apply(&mut last);
+    let first = DeviceKey::Gpu(inventory_gpu(&gb300(), 0));
+    for read in 1..=EXHAUSTED_READS_SKIPPED + MISSES_FOR_GONE {
+        let mut inventory = exhausted();
+        health_staying.apply(&mut inventory);
+        let reason = inventory.health.get(&first).map(|u| u.reason.as_str());
+        match read {
+            r if r < EXHAUSTED_READS_SKIPPED + MISSES_FOR_GONE => {
+                assert_eq!(reason, None, "read {read}")
+            }
+            _ => assert_eq!(reason, Some(MISSING), "read {read}"),
+        }
     }
-    let first = inventory_gpu(&gb300(), 0);
-    assert_eq!(last.health[&DeviceKey::Gpu(first)].reason, MISSING);
+    // Reads without the error count from the first: fewer than MISSES_FOR_GONE misses are not
+    // gone (the GPU is kept as last seen), the MISSES_FOR_GONE-th is.
     let gone = hal::PciAddress::parse("0008:06:00.0").unwrap();
-    for _ in 0..2 {
+    for read in 1..=MISSES_FOR_GONE {
         let mut inventory = gb300();
         inventory.gpus.retain(|g| g.pci_address != gone);
         inventory.pci.retain(|f| f.address != gone);
         health.apply(&mut inventory);
-        if inventory.health.contains_key(&DeviceKey::Gpu(gone)) {
+        if read < MISSES_FOR_GONE {
+            assert!(
+                inventory.health.is_empty(),
+                "read {read}: {:?}",
+                inventory.health
+            );
+            assert_eq!(inventory.gpus.len(), 4, "read {read}: kept as last seen");
+        } else {
+            assert_eq!(
+                inventory.health.keys().collect::<Vec<_>>(),
+                [&DeviceKey::Gpu(gone)],
+                "read {read}"
+            );
             assert_eq!(inventory.health[&DeviceKey::Gpu(gone)].reason, MISSING);
-            return;
         }
     }
-    panic!("a GPU missed by two reads without the error is gone");
 }
 
 fn inventory_gpu(inventory: &Inventory, i: usize) -> hal::PciAddress {

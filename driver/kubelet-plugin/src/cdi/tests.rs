@@ -841,53 +841,50 @@ fn failed_writes_leave_the_previous_spec_and_no_temp_file() {
     }
 }
 
-/// Whether this process can write into a directory whose mode forbids it (root, CAP_DAC_OVERRIDE).
-fn ignores_directory_permissions(dir: &Path) -> bool {
-    let probe = dir.join("probe");
-    let writable = fs::write(&probe, b"").is_ok();
-    let _ = fs::remove_file(probe);
-    writable
+/// A write into `dir` (mode 0555) fails with EACCES and names the path.
+fn assert_a_write_into_fails_with_the_path(dir: &Path) {
+    let mut next = rdma_spec();
+    next.devices[0].container_edits.env = vec!["NEW=1".into()];
+    let error = CdiDir::new(dir).write_claim_spec(CLAIM, &next).unwrap_err();
+    assert_eq!(
+        error.io_kind(),
+        Some(io::ErrorKind::PermissionDenied),
+        "{error}"
+    );
+    assert!(error.path().unwrap().starts_with(dir), "{error}");
+    assert!(
+        error.to_string().contains(&dir.display().to_string()),
+        "{error}"
+    );
 }
 
+/// Root writes whatever a directory's mode says (CAP_DAC_OVERRIDE): as root, the write runs on a
+/// thread without the capabilities that pass over permissions (capabilities are per thread).
 #[test]
 fn writes_into_a_read_only_directory_fail_with_the_path_and_keep_the_previous_spec() {
+    use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
     let tmp = tempfile::tempdir().unwrap();
     let cdi = CdiDir::new(tmp.path());
     let path = cdi.write_claim_spec(CLAIM, &rdma_spec()).unwrap();
     let before = fs::read(&path).unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o555)).unwrap();
-    let mut next = rdma_spec();
-    next.devices[0].container_edits.env = vec!["NEW=1".into()];
-    if ignores_directory_permissions(tmp.path()) {
-        // Root: a read-only mode does not stop writes, so the same guarantee is exercised with an
-        // injected ENOSPC in `failed_writes_leave_the_previous_spec_and_no_temp_file`; here only
-        // the read-only assertions are skipped, loudly.
-        eprintln!(
-            "SKIPPED read-only assertions of {}: running with CAP_DAC_OVERRIDE (root); the same \
-             guarantee is checked by failed_writes_leave_the_previous_spec_and_no_temp_file",
-            module_path!()
-        );
-        cdi.write_claim_spec(CLAIM, &next).unwrap();
-    } else {
-        let error = cdi.write_claim_spec(CLAIM, &next).unwrap_err();
-        assert_eq!(
-            error.io_kind(),
-            Some(io::ErrorKind::PermissionDenied),
-            "{error}"
-        );
-        assert!(error.path().unwrap().starts_with(tmp.path()), "{error}");
-        assert!(
-            error
-                .to_string()
-                .contains(&tmp.path().display().to_string()),
-            "{error}"
-        );
-        assert_eq!(fs::read(&path).unwrap(), before);
-        assert_eq!(
-            names(tmp.path()),
-            [format!("hal.dra.dev-rdma_{CLAIM}.json")]
-        );
-    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut sets = capabilities(None).unwrap();
+            sets.effective -= CapabilitySet::DAC_OVERRIDE
+                | CapabilitySet::DAC_READ_SEARCH
+                | CapabilitySet::FOWNER;
+            set_capabilities(None, sets).unwrap();
+            assert_a_write_into_fails_with_the_path(tmp.path());
+        })
+        .join()
+        .unwrap();
+    });
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert_eq!(
+        names(tmp.path()),
+        [format!("hal.dra.dev-rdma_{CLAIM}.json")]
+    );
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
 }
 

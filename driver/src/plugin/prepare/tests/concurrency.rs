@@ -21,6 +21,8 @@ struct Gated {
     jitter: AtomicUsize,
     /// When set, device status writes wait here until it is opened (a slow API server).
     status_gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Device status writes begun (counted before the gate; tries again and clears included).
+    status_writes: AtomicUsize,
 }
 
 impl Gated {
@@ -76,6 +78,7 @@ impl ClaimSource for Gated {
         let gate = self.status_gate.lock().unwrap().clone();
         let (claim, driver) = (claim.clone(), driver.to_owned());
         Box::pin(async move {
+            self.status_writes.fetch_add(1, Ordering::SeqCst);
             if let Some(gate) = gate {
                 let _ = gate.acquire().await;
             }
@@ -526,44 +529,92 @@ async fn a_slow_vf_count_write_does_not_stall_the_other_tasks() {
     }
 }
 
-/// The kubelet gives up on a prepare (its deadline drops the call) while the claim's device status
-/// is being written: the write still ends, the retry answers from the completed record once it has
-/// (a CNI of the pod reads the status), and nothing of the call is left in flight.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_prepare_the_kubelet_gives_up_on_still_writes_the_device_status() {
+/// A preparer over [`Gated`] claims whose device status writes wait at a closed gate, with the
+/// claim `u1` allocated a VF (whose prepare writes a device status), and a prepare of `u1` the
+/// kubelet gave up on (its deadline dropped the call) while its status write was under way.
+async fn a_prepare_given_up_during_its_status_write()
+-> (Setup, Arc<Gated>, Arc<Semaphore>, Arc<Preparer>) {
     let s = Setup::on("xeon");
     s.claims
         .add("u1", &[("vf", "nic-0000-b1-00-2")], vf_config(None, "net1"));
     let source = Gated::over(s.claims.clone());
     let gate = Arc::new(Semaphore::new(0));
     *source.status_gate.lock().unwrap() = Some(gate.clone());
-    let config = s.config("boot-1", SliceConfig::new(NODE));
-    let preparer = Arc::new(Preparer::new(config, source.clone(), s.inventory.clone()).unwrap());
-    let deadline = std::time::Duration::from_millis(300);
-    let call = tokio::time::timeout(deadline, preparer.prepare(vec![reference("u1")])).await;
-    assert!(call.is_err(), "the status write held the call");
+    let preparer = gated_preparer(&s, source.clone());
+    let call = tokio::spawn({
+        let preparer = preparer.clone();
+        async move { preparer.prepare(vec![reference("u1")]).await }
+    });
+    // The write is under way (at the gate): the call waits for its first try, and is dropped now.
+    until(|| source.status_writes.load(Ordering::SeqCst) == 1).await;
+    call.abort();
+    let dropped = call.await.expect_err("the status write held the call");
+    assert!(dropped.is_cancelled(), "{dropped}");
     assert!(
         preparer.inflight().is_empty(),
         "an ask given up is not in flight"
     );
     assert_eq!(preparer.locks.len(), 0, "no claim lock left behind");
-    // The retry waits for the write.
+    assert_eq!(status_of(&s), None, "written before the gate opened");
+    (s, source, gate, preparer)
+}
+
+/// The `netdev` of the claim `u1`'s device status, once written.
+fn status_of(s: &Setup) -> Option<serde_json::Value> {
+    let statuses = s.claims.1.lock().unwrap();
+    statuses
+        .get("ns/claim-u1")
+        .map(|devices| devices[0]["data"]["netdev"].clone())
+}
+
+/// The kubelet gives up on a prepare while the claim's device status is being written: the write
+/// goes on by itself (no call of the kubelet runs) and lands, once; the retry answers from the
+/// completed record, writing nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prepare_the_kubelet_gives_up_on_still_writes_the_device_status() {
+    let (s, source, gate, preparer) = a_prepare_given_up_during_its_status_write().await;
+    gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    until(|| status_of(&s).is_some()).await;
+    assert_eq!(status_of(&s), Some(json!("ens2f0v0")));
+    assert_eq!(source.status_writes.load(Ordering::SeqCst), 1);
+    let answers = preparer.prepare(vec![reference("u1")]).await;
+    assert!(answers["u1"].is_ok(), "{answers:?}");
+    assert_eq!(
+        source.status_writes.load(Ordering::SeqCst),
+        1,
+        "the retry wrote the status again"
+    );
+    assert!(preparer.inflight().is_empty());
+    assert_eq!(preparer.locks.len(), 0);
+}
+
+/// The kubelet's retry of a prepare it gave up on during the status write waits for that write's
+/// first try (a CNI of the pod reads the status), under the claim's lock, and answers from the
+/// completed record after it, without a write of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_retry_of_a_prepare_given_up_on_waits_for_its_status_write() {
+    let (s, source, gate, preparer) = a_prepare_given_up_during_its_status_write().await;
     let retry = tokio::spawn({
         let preparer = preparer.clone();
         async move { preparer.prepare(vec![reference("u1")]).await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // It holds the claim's lock: past the lock, it waits for the write at the gate (how long it
+    // is watched only bounds how soon a retry that does not wait is caught).
+    until(|| preparer.locks.len() == 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(
         !retry.is_finished(),
         "answered before the status was written"
     );
     gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    assert!(retry.await.unwrap()["u1"].is_ok());
-    assert!(s.claims.1.lock().unwrap().contains_key("ns/claim-u1"));
+    let answers = retry.await.unwrap();
+    assert!(answers["u1"].is_ok(), "{answers:?}");
     assert_eq!(
-        s.claims.1.lock().unwrap()["ns/claim-u1"][0]["data"]["netdev"],
-        "ens2f0v0"
+        status_of(&s),
+        Some(json!("ens2f0v0")),
+        "written by the answer"
     );
+    assert_eq!(source.status_writes.load(Ordering::SeqCst), 1);
 }
 
 /// A prepare given up while it waits for the API server leaves no entry in flight.

@@ -8,7 +8,8 @@
 #   DIR/schemas             -> strict JSON schemas of every Kubernetes kind, 1.34 to 1.37
 # tests/tests/helm_chart.rs validates every rendered document against those schemas. Values that cannot
 # work (a surging updateStrategy, the host's / as a mounted directory, ...) must fail the rendering with
-# their reason; an IPv6 metrics.host must render bracketed ([::]:9464); the grace period must cover
+# their reason; an IPv6 metrics.host must render bracketed ([::]:9464); nri.index renders two digits
+# from a number or a string; a logLevel the plugin would refuse (warning) is refused; the grace period must cover
 # cni.timeout; the unprivileged container must name the runtime's default seccomp profile, the
 # privileged one none. The ResourceSlice ValidatingAdmissionPolicy and its binding are rendered by
 # default, named after the namespace and release, for this release's ServiceAccount and driverName, and
@@ -152,6 +153,26 @@ for host in :: '[::]'; do
     exit 1
   fi
 done
+# nri.index as a number (--set gives an integer) or a string: two digits; over 99 refused.
+for index in "20:20" "7:07" "07:07"; do
+  rendered=$("$helm" template dra-hal "$chart" --kube-version 1.34.0 --set nri.enabled=true --set "nri.index=${index%%:*}")
+  if ! grep -qF -- "- \"--nri-index=${index#*:}\"" <<<"$rendered"; then
+    echo "helm-check: nri.index=${index%%:*} did not render --nri-index=${index#*:}" >&2
+    exit 1
+  fi
+done
+# logLevel is RUST_LOG, which the plugin refuses when a bare word is not a level: the schema too (and
+# an nri.index over 99).
+for set_arg in logLevel=warning nri.index=100; do
+  if "$helm" template dra-hal "$chart" --kube-version 1.34.0 --set "$set_arg" >/dev/null 2>&1; then
+    echo "helm-check: $set_arg was accepted" >&2
+    exit 1
+  fi
+done
+if ! "$helm" template dra-hal "$chart" --kube-version 1.34.0 --set 'logLevel=driver=debug\,info' >/dev/null; then
+  echo "helm-check: logLevel=driver=debug,info was refused" >&2
+  exit 1
+fi
 # The grace after SIGTERM: 75 s by default, at least cni.timeout + 15 s with CNI mode.
 for grace in "75:" "135:--set privileged=true --set nri.enabled=true --set cni.enabled=true --set cni.timeout=120"; do
   read -r -a set_args <<<"${grace#*:}"

@@ -326,6 +326,13 @@ fn helm_chart_renders_valid_manifests_needs_shared_corpora() {
             .iter()
             .find(|m| m["mountPath"] == "/sys")
             .unwrap_or_else(|| panic!("{variant}: no /sys mount"));
+        // The host's PID namespace when privileged: the holders of a device are looked for in
+        // /proc before it is unbound.
+        let host_pid = &daemonset["spec"]["template"]["spec"]["hostPID"];
+        match variant == "privileged" {
+            true => assert_eq!(host_pid, true, "{variant}"),
+            false => assert!(host_pid.is_null(), "{variant}: {host_pid}"),
+        }
         match variant == "privileged" {
             true => assert!(sys["readOnly"] != true, "{sys}"),
             false => {

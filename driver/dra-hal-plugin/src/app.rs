@@ -35,16 +35,67 @@ use watch::spawn_hotplug_watch;
 use watch::spawn_xid_watch;
 use watch::version_moved;
 
-/// Starts logging to stderr (`RUST_LOG` filters, default `info`), one line per event with control
-/// characters escaped (`app/log.rs`).
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = log::subscriber(format, filter, || log::SafeLines(std::io::stderr())).try_init();
+/// A flag's value (or `RUST_LOG`) refused at start, before any work: exit status 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// A kube client from `--kubeconfig`, else in-cluster (or the default kubeconfig), with the kit's
+impl std::error::Error for Usage {}
+
+/// Starts logging to stderr, one line per event with control characters escaped (`app/log.rs`),
+/// filtered by `RUST_LOG` (default `info`). A `RUST_LOG` that does not parse, or a bare word in it
+/// that is not a level (`warning`), is refused: nothing is logged then.
+pub fn init_logging(format: LogFormat) -> Result<(), Usage> {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let rust_log = match std::env::var("RUST_LOG") {
+        Ok(text) => Some(text),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(Usage("RUST_LOG: not UTF-8".to_owned()));
+        }
+    };
+    let filter = log::filter(rust_log.as_deref()).map_err(Usage)?;
+    let _ = log::subscriber(format, filter, || log::SafeLines(std::io::stderr())).try_init();
+    Ok(())
+}
+
+/// What the flags name that is checked before the API server is asked (a bad value there would
+/// otherwise be told only once the server answers, and never while it is down).
+pub struct Checked {
+    /// `--vf-policy`, loaded once.
+    vf_policy: Option<driver::plugin::provision::KeptPolicy>,
+}
+
+/// Checks `--device-filter` (compiled), `--vf-policy` (loaded) and `--pci-ids` (opened, when
+/// named), each a [`Usage`] error naming the flag and its value.
+pub fn check_flags(args: &PluginArgs) -> Result<Checked, Usage> {
+    if let Some(expression) = &args.node_net.device_filter {
+        // The error names the flag (`--device-filter: CEL syntax error: ...`).
+        driver::podnet::filter::DeviceFilter::new(expression)
+            .map_err(|error| Usage(error.to_string()))?;
+    }
+    if let Some(path) = &args.pci_ids {
+        backends::sysfs::pciids::PciNames::load(path, &Default::default())
+            .map_err(|error| Usage(format!("--pci-ids {}: {error}", path.display())))?;
+    }
+    let vf_policy = match &args.vf_policy {
+        Some(path) => {
+            let mut kept = driver::plugin::provision::KeptPolicy::new(path);
+            kept.policy()
+                .map_err(|error| Usage(format!("--vf-policy {error}")))?;
+            Some(kept)
+        }
+        None => None,
+    };
+    Ok(Checked { vf_policy })
+}
+
+/// A kube client from `--kubeconfig`, else the default kubeconfig, else in-cluster, with the kit's
 /// per-call deadline (`dra_kubelet_plugin::client::connect`).
 pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
     Ok(driver::api::connect(kubeconfig).await?)
@@ -57,6 +108,7 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 /// (`/healthz` is, from the lock on).
 pub async fn run(
     args: PluginArgs,
+    checked: Checked,
     client: kube::Client,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -112,7 +164,8 @@ pub async fn run(
     let layout = counter_layout_for(&major, &minor);
     if args.slices.counter_layout.is_some() && config.counter_layout != layout {
         tracing::warn!(asked = ?config.counter_layout, used = ?layout,
-            "--counter-layout: the API server ({major}.{minor}) refuses that layout; its own is used");
+            "--counter-layout is ignored by the plugin: it publishes the layout of the API server's \
+             version ({major}.{minor})");
     }
     config.counter_layout = layout;
     config.informational_taints = informational_taints_for(&major, &minor);
@@ -127,7 +180,7 @@ pub async fn run(
     // The grace is 9/10 of the interval: periodic reads start an interval apart but are timed when
     // they end, so a faster second read must not need a third one to make a device gone.
     let health = Arc::new(std::sync::Mutex::new(driver::health::Health::with_grace(
-        Duration::from_secs(args.rescan_interval.max(1)).mul_f64(0.9),
+        Duration::from_secs(args.rescan_interval).mul_f64(0.9),
     )));
     // The node's own network (default routes, InternalIP) and --exclude-interfaces/--device-filter.
     // The InternalIPs are read again while the plugin runs (a task below); until read once, every
@@ -138,8 +191,10 @@ pub async fn run(
         first_ips.clone(),
         args.node_net.clone(),
     )?);
+    let inventory_errors = Arc::new(LoggedOnce::default());
     let read_inventory = {
         let node_guard = node_guard.clone();
+        let inventory_errors = inventory_errors.clone();
         let root = root.clone();
         let fixture = args.fixture.clone();
         let health = health.clone();
@@ -147,6 +202,11 @@ pub async fn run(
         move || {
             let vendors = driver::inventory::Vendors::for_root(&root, fixture.as_deref());
             let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), vendors);
+            // Each problem once (not at every rescan): a pci.ids file or sysfs files that cannot
+            // be read, a backend that fails.
+            for error in inventory_errors.new_ones(&inventory.errors) {
+                tracing::warn!(path = %error.path, error = %error.error, "inventory: not read");
+            }
             let withheld = node_guard.apply(&mut inventory, &config);
             if let Ok(mut health) = health.lock() {
                 // A function withheld from publishing (the node's own NIC) is not missing.
@@ -216,7 +276,7 @@ pub async fn run(
     let handler = Arc::new(Metered::new(preparer, metrics.clone()));
 
     let changed = Arc::new(tokio::sync::Notify::new());
-    let interval = Duration::from_secs(args.rescan_interval.max(1));
+    let interval = Duration::from_secs(args.rescan_interval);
     // Every rescan sends every published device's health to the kubelet's streams; a device not
     // reported for three rescans is unknown to the kubelet.
     let health_timeout = i64::try_from(interval.as_secs().saturating_mul(3)).unwrap_or(i64::MAX);
@@ -349,10 +409,9 @@ pub async fn run(
             );
         }
     }
-    if let Some(path) = &args.vf_policy {
+    if let Some(mut kept) = checked.vf_policy {
         let handler = handler.clone();
         let changed = changed.clone();
-        let mut kept = driver::plugin::provision::KeptPolicy::new(path);
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
             loop {
@@ -494,5 +553,70 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The distinct inventory errors already logged: at most [`LoggedOnce::MAX`], the oldest forgotten
+/// first (one logged again after that many others is not a flood).
+#[derive(Default)]
+struct LoggedOnce {
+    seen: std::sync::Mutex<std::collections::VecDeque<hal::InventoryError>>,
+}
+
+impl LoggedOnce {
+    /// The most errors remembered.
+    const MAX: usize = 256;
+
+    /// Those of `errors` not logged yet, now remembered.
+    fn new_ones<'a>(&self, errors: &'a [hal::InventoryError]) -> Vec<&'a hal::InventoryError> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut new = Vec::new();
+        for error in errors {
+            if seen
+                .iter()
+                .any(|known| known.path == error.path && known.error == error.error)
+            {
+                continue;
+            }
+            if seen.len() == Self::MAX {
+                seen.pop_front();
+            }
+            seen.push_back(error.clone());
+            new.push(error);
+        }
+        new
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn error(path: &str, text: &str) -> hal::InventoryError {
+        hal::InventoryError {
+            path: path.to_owned(),
+            error: text.to_owned(),
+            kind: None,
+        }
+    }
+
+    #[test]
+    fn each_inventory_error_is_logged_once_and_the_memory_is_bounded() {
+        let logged = LoggedOnce::default();
+        let first = [error("/p/pci.ids", "not found"), error("/sys/x", "EACCES")];
+        assert_eq!(logged.new_ones(&first).len(), 2);
+        // The next rescan finds the same problems: nothing new to log.
+        assert!(logged.new_ones(&first).is_empty());
+        let later = [error("/sys/x", "EACCES"), error("/sys/x", "EIO")];
+        assert_eq!(logged.new_ones(&later), [&later[1]]);
+        let many: Vec<_> = (0..LoggedOnce::MAX + 10)
+            .map(|i| error(&format!("/sys/{i}"), "EIO"))
+            .collect();
+        assert_eq!(logged.new_ones(&many).len(), many.len());
+        assert_eq!(logged.seen.lock().unwrap().len(), LoggedOnce::MAX);
     }
 }

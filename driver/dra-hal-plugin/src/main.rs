@@ -7,8 +7,7 @@ mod app;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use app::{PluginArgs, init_logging, kube_client, run};
-use clap::Parser;
+use app::{PluginArgs, Usage, check_flags, init_logging, kube_client, run};
 
 /// An idle blocking thread ends after this long (tokio's default: 10 s), so the threads a burst of
 /// prepares started, and their stacks, are gone soon after it. The pool's size stays tokio's default
@@ -55,22 +54,48 @@ fn main() -> ExitCode {
 }
 
 async fn serve() -> ExitCode {
-    let args = PluginArgs::parse();
-    init_logging(args.log_format);
+    let args = PluginArgs::parse_checked();
+    if let Err(error) = init_logging(args.log_format) {
+        // No log to write it to.
+        eprintln!("dra-hal-plugin: {error}");
+        return ExitCode::from(USAGE);
+    }
     raise_open_files_limit();
     let stopping = shutdown_signal();
+    let checked = match check_flags(&args) {
+        Ok(checked) => checked,
+        Err(error) => {
+            fatal(&anyhow::Error::new(error));
+            return ExitCode::from(USAGE);
+        }
+    };
     let result = async {
         let client = kube_client(args.kubeconfig.as_deref()).await?;
-        run(args, client, stopping).await
+        run(args, checked, client, stopping).await
     }
     .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("dra-hal-plugin: {error:#}");
-            ExitCode::FAILURE
+            fatal(&error);
+            match error.is::<Usage>() {
+                true => ExitCode::from(USAGE),
+                false => ExitCode::FAILURE,
+            }
         }
+    }
+}
+
+/// The exit status of bad usage (clap's): a flag's value or `RUST_LOG` refused at start.
+const USAGE: u8 = 2;
+
+/// Tells the error that ends the process once: as a log event (one JSON line with `--log-format
+/// json`) when the log shows errors, else on stderr as plain text (`RUST_LOG=off`).
+fn fatal(error: &anyhow::Error) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{error:#}");
+    } else {
+        eprintln!("dra-hal-plugin: {error:#}");
     }
 }
 
@@ -98,41 +123,104 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Becomes true at SIGTERM (the kubelet stopping the pod) or SIGINT. The handlers are installed
-/// here, before the startup: the plugin runs as PID 1, for which the kernel drops a signal without
-/// one, and the startup can wait long (an API server that does not answer, another instance).
+/// Becomes true at SIGTERM (the kubelet stopping the pod) or SIGINT; a second one of either exits
+/// the process at once with status 1 ([`on_signals`]). The handlers are installed here, before the
+/// startup: the plugin runs as PID 1, for which the kernel drops a signal without one, and the
+/// startup can wait long (an API server that does not answer, another instance). They stay
+/// installed until the process ends: tokio never gives a signal back to its default action.
 fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let (terminate, interrupt) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    tokio::spawn(async move {
-        let wait = |signal: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
-            match signal {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for {name}");
-                    std::future::pending::<()>().await;
-                }
+    let (signals, received) = tokio::sync::mpsc::channel(4);
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ] {
+        match signal(kind) {
+            Ok(mut signal) => {
+                let signals = signals.clone();
+                tokio::spawn(async move {
+                    while signal.recv().await.is_some() {
+                        if signals.send(name).await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-        };
-        tokio::select! {
-            () = wait(terminate, "SIGTERM") => tracing::info!("SIGTERM: shutting down"),
-            () = wait(interrupt, "SIGINT") => tracing::info!("SIGINT: shutting down"),
+            Err(error) => tracing::warn!(%error, "cannot listen for {name}"),
         }
-        let _ = stop.send(true);
-    });
+    }
+    tokio::spawn(on_signals(received, stop, || std::process::exit(1)));
     stopping
+}
+
+/// The first signal of `received` turns `stop` true (a clean shutdown); the second calls `exit`,
+/// for an operator whose shutdown is stuck (a call that does not end, a runtime that does not
+/// answer). With no signal source left, `stop` is kept (dropping it would read as a shutdown).
+async fn on_signals(
+    mut received: tokio::sync::mpsc::Receiver<&'static str>,
+    stop: tokio::sync::watch::Sender<bool>,
+    exit: impl FnOnce(),
+) {
+    let Some(first) = received.recv().await else {
+        return std::future::pending().await;
+    };
+    tracing::info!("{first}: shutting down (another SIGTERM or SIGINT exits at once)");
+    let _ = stop.send(true);
+    let Some(second) = received.recv().await else {
+        return std::future::pending().await;
+    };
+    tracing::warn!("{second} during the shutdown: exiting at once (status 1)");
+    exit();
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+    /// The first signal asks for a clean shutdown; the second exits at once.
+    #[tokio::test]
+    async fn a_second_signal_exits_at_once() {
+        let (signals, received) = tokio::sync::mpsc::channel(4);
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
+        let exited = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(super::on_signals(received, stop, {
+            let exited = exited.clone();
+            move || exited.store(true, Ordering::SeqCst)
+        }));
+        signals.send("SIGTERM").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stopping.wait_for(|stop| *stop))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!exited.load(Ordering::SeqCst), "exited at the first signal");
+        signals.send("SIGINT").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("no exit at the second signal")
+            .unwrap();
+        assert!(exited.load(Ordering::SeqCst));
+    }
+
+    /// Without any signal source (neither handler installed), the shutdown is not started.
+    #[tokio::test]
+    async fn no_signal_source_is_no_shutdown() {
+        let (signals, received) = tokio::sync::mpsc::channel::<&'static str>(1);
+        drop(signals);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(super::on_signals(received, stop, || {}));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished());
+        assert!(!*stopping.borrow());
+        assert!(stopping.has_changed().is_ok(), "the sender is kept");
+        task.abort();
+    }
 
     /// This test binary's own limit, lowered and raised again (to 1024, which the other tests of
     /// this binary, running meanwhile, do not come near).

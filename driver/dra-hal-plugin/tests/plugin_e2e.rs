@@ -79,6 +79,49 @@ fn sigterm_during_the_startup_is_a_clean_exit() {
     assert!(stderr.contains("stopped before serving"), "{stderr}");
 }
 
+/// The plugin binary with `args` and `env`, none of the environment variables it reads inherited,
+/// killed if it has not exited after 20 s; its exit status (`None`: killed) and stderr.
+fn run_briefly(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dra-hal-plugin"));
+    for name in [
+        "NODE_NAME",
+        "KUBECONFIG",
+        "RUST_LOG",
+        "POD_NETWORKING",
+        "DEVICE_METADATA",
+        "NRI_UNSOLICITED_UPDATES",
+        "DEVICE_FILTER",
+        "VF_POLICY",
+        "RESCAN_INTERVAL",
+        "CNI_TIMEOUT",
+        "LOG_FORMAT",
+    ] {
+        command.env_remove(name);
+    }
+    let mut child = command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 #[test]
 fn bad_flags_fail_with_clear_messages() {
     let run = |args: &[&str]| {
@@ -86,6 +129,8 @@ fn bad_flags_fail_with_clear_messages() {
             .args(args)
             .env_remove("NODE_NAME")
             .env_remove("KUBECONFIG")
+            .env_remove("POD_NETWORKING")
+            .env_remove("RUST_LOG")
             .output()
             .unwrap()
     };
@@ -125,6 +170,199 @@ fn bad_flags_fail_with_clear_messages() {
         text.contains("NRI plugin index \"7\": two digits (00-99) expected"),
         "{text}"
     );
+    // Bounded, not raised to 1 in silence nor past the clock (`Instant + u64::MAX s` panicked).
+    for (flag, value, range) in [
+        ("--rescan-interval", "0", "1..=86400"),
+        ("--rescan-interval", "18446744073709551615", "1..=86400"),
+        ("--cni-timeout", "0", "1..=3600"),
+        ("--cni-timeout", "3601", "1..=3600"),
+    ] {
+        let bad = run(&[flag, value, "--node-name", "n"]);
+        assert_eq!(bad.status.code(), Some(2), "{flag} {value}");
+        let text = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            text.contains(&format!("{value} is not in {range}")),
+            "{text}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    // --help names RUST_LOG, what boolean variables take, and what the plugin does with
+    // --counter-layout.
+    for words in [
+        "RUST_LOG filters the log",
+        "true, yes, y, on, 1 or false, no, n, off, 0",
+        "--counter-layout: ignored by the plugin",
+        "Ignored by the plugin, which always publishes the layout of the API server's version",
+        "KUBECONFIG is not read as a ':'-separated list",
+    ] {
+        assert!(text_of(&help.stdout).contains(words), "{words}");
+    }
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A boolean variable takes the usual words, and one that is false requires nothing
+/// (`POD_NETWORKING=false` was refused for want of --nri).
+#[test]
+fn boolean_variables_take_the_usual_words() {
+    let missing = [
+        "--node-name",
+        "n",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ];
+    for value in ["false", "0", "no", "off", "FALSE", "n"] {
+        let (status, stderr) = run_briefly(&missing, &[("POD_NETWORKING", value)]);
+        // Past the flags, to the kubeconfig.
+        assert_eq!(status, Some(1), "POD_NETWORKING={value}: {stderr}");
+        assert!(stderr.contains("reading kubeconfig"), "{stderr}");
+    }
+    for value in ["true", "1", "yes", "on", "TRUE"] {
+        let (status, stderr) = run_briefly(&missing, &[("POD_NETWORKING", value)]);
+        assert_eq!(status, Some(2), "POD_NETWORKING={value}: {stderr}");
+        assert!(
+            stderr.contains("--pod-networking (or POD_NETWORKING true) needs --nri"),
+            "{stderr}"
+        );
+    }
+    let (status, stderr) = run_briefly(&missing, &[("DEVICE_METADATA", "1")]);
+    assert_eq!(status, Some(1), "{stderr}");
+    let (status, stderr) = run_briefly(&missing, &[("DEVICE_METADATA", "maybe")]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("invalid value 'maybe'"), "{stderr}");
+}
+
+/// `RUST_LOG=warning` turned every event off (tracing reads it as a target), and a filter that
+/// did not parse fell back to `info` in silence: both refused, naming RUST_LOG.
+#[test]
+fn a_rust_log_that_is_not_a_filter_is_refused() {
+    let args = [
+        "--node-name",
+        "n",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ];
+    let (status, stderr) = run_briefly(&args, &[("RUST_LOG", "warning")]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("RUST_LOG \"warning\": \"warning\" is not a level")
+            && stderr.contains("did you mean \"warn\"?"),
+        "{stderr}"
+    );
+    let (status, stderr) = run_briefly(&args, &[("RUST_LOG", "driver=loud")]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("RUST_LOG \"driver=loud\": "), "{stderr}");
+    let (status, stderr) = run_briefly(&args, &[("RUST_LOG", "warn")]);
+    assert_eq!(status, Some(1), "{stderr}");
+}
+
+/// The error that ends the process is told once: one log line (one JSON object with
+/// `--log-format json`), or one plain line on stderr when the log shows no errors.
+#[test]
+fn a_fatal_error_is_told_once() {
+    let args = [
+        "--node-name",
+        "n",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ];
+    let (status, stderr) = run_briefly(&[&args[..], &["--log-format", "json"]].concat(), &[]);
+    assert_eq!(status, Some(1));
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let event: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(event["level"], "ERROR", "{stderr}");
+    let message = event["fields"]["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        "reading kubeconfig /nonexistent/kubeconfig: No such file or directory (os error 2)"
+    );
+    let (_, stderr) = run_briefly(&args, &[]);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(" ERROR "), "{stderr}");
+    let (status, stderr) = run_briefly(&args, &[("RUST_LOG", "off")]);
+    assert_eq!(status, Some(1));
+    assert_eq!(
+        stderr,
+        "dra-hal-plugin: reading kubeconfig /nonexistent/kubeconfig: No such file or directory (os error 2)\n"
+    );
+}
+
+/// A kubeconfig that does not parse: named with the line and column, never its text (kube's parse
+/// error quotes the lines around the error, a token among them).
+#[test]
+fn a_malformed_kubeconfig_is_told_without_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user: {token: SECRET-TOKEN-abc123}\nclusters: 5\n",
+    )
+    .unwrap();
+    let path = kubeconfig.to_str().unwrap();
+    for format in ["text", "json"] {
+        let (status, stderr) = run_briefly(
+            &["--node-name", "n1", "--log-format", format],
+            &[("KUBECONFIG", path)],
+        );
+        assert_eq!(status, Some(1), "{stderr}");
+        assert!(!stderr.contains("SECRET-TOKEN"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("kubeconfig {path}, line 6, column 11: ")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+/// Flags whose values are checked before the API server is asked: a bad one is told at once (exit
+/// 2), not after the server answers, nor never while it is down (nothing listens on its port here).
+#[test]
+fn bad_flag_values_are_told_before_the_api_server_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, driver::fake_api::kubeconfig(free_port())).unwrap();
+    let kubelet = dir.path().join("kubelet");
+    let base = [
+        "--fixture",
+        "xeon",
+        "--node-name",
+        NODE,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--kubelet-root-dir",
+        kubelet.to_str().unwrap(),
+        "--metrics-address",
+        "",
+    ];
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, "{\"pfs\": 5}").unwrap();
+    for (flag, value, told) in [
+        ("--device-filter", "(", "--device-filter: CEL syntax error"),
+        (
+            "--pci-ids",
+            "/nonexistent/pci.ids",
+            "--pci-ids /nonexistent/pci.ids: ",
+        ),
+        (
+            "--vf-policy",
+            "/nonexistent/policy.json",
+            "--vf-policy /nonexistent/policy.json: ",
+        ),
+        ("--vf-policy", policy.to_str().unwrap(), "--vf-policy "),
+    ] {
+        let start = Instant::now();
+        let (status, stderr) = run_briefly(&[&base[..], &[flag, value]].concat(), &[]);
+        assert_eq!(status, Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(told), "{stderr}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{flag}: {:?}",
+            start.elapsed()
+        );
+    }
 }
 
 /// The binary with `--nri` on the 2-socket Xeon fixture: it registers with an NRI runtime (the

@@ -45,7 +45,7 @@ struct Args {
     machine: MachineArgs,
 
     /// Output format: `table` for people, `json` for programs (a stable contract, see the driver README),
-    /// `yaml` (for `slices`, the form `kubectl` shows). `slices` defaults to yaml.
+    /// `yaml` (for `slices`, the form `kubectl` shows). `slices` takes yaml (its default) or json.
     #[arg(long, value_enum)]
     format: Option<Format>,
 
@@ -166,8 +166,8 @@ struct ExplainArgs {
     no_builtin_classes: bool,
 
     /// Device tries before the search gives up on a claim.
-    #[arg(long, value_name = "N")]
-    max_steps: Option<u64>,
+    #[arg(long, value_name = "N", default_value_t = allocator::DEFAULT_STEP_LIMIT)]
+    max_steps: u64,
 
     /// Allocate as the scheduler of this Kubernetes version does (1.34, 1.35 or 1.36; `v1.35.2`
     /// works too). It also decides where this node's slices put shared counters unless
@@ -336,11 +336,17 @@ fn run() -> anyhow::Result<ExitCode> {
             .collect()
     };
 
+    if want_slices && args.format == Some(Format::Table) {
+        return Err(usage(
+            "--format table: `slices` prints yaml (the default) or json, not a table",
+        ));
+    }
     let machine = Machine::open(&args.machine)?;
     if want_slices {
         let slices = machine.slices(&args.machine, &args.slices)?;
         match args.format.unwrap_or(Format::Yaml) {
             Format::Json => emit(&(json_safe(serde_json::to_string_pretty(&slices)?) + "\n"))?,
+            // Table is refused above.
             Format::Yaml | Format::Table => {
                 let mut text = String::new();
                 for slice in &slices {
@@ -487,7 +493,7 @@ fn run_explain(mut args: ExplainArgs) -> anyhow::Result<ExitCode> {
         node_labels: args.node_labels.unwrap_or_default(),
         no_builtin_classes: args.no_builtin_classes,
         driver_name: args.slice_flags.driver_name.clone(),
-        step_limit: args.max_steps,
+        step_limit: Some(args.max_steps),
         version,
         gates,
     };

@@ -424,6 +424,22 @@ fn bad_usage_and_bad_roots_fail_clearly() {
         help.contains("--sysfs-root") && help.contains("--fixture") && help.contains("Exit status"),
         "{help}"
     );
+
+    // `slices` has no table: refused, not printed as YAML in silence.
+    let table = hal_probe(&["--fixture", "xeon", "--format", "table", "slices"]);
+    assert_eq!(table.status.code(), Some(2));
+    assert!(table.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&table.stderr);
+    assert!(
+        stderr.contains("--format table: `slices` prints yaml (the default) or json"),
+        "{stderr}"
+    );
+    // explain's --help shows the default of --max-steps.
+    let help = stdout(&hal_probe(&["explain", "--help"]));
+    assert!(
+        help.contains(&format!("[default: {}]", allocator::DEFAULT_STEP_LIMIT)),
+        "{help}"
+    );
 }
 
 /// Flags the subcommand would not see are refused, not dropped; usage errors found after parsing

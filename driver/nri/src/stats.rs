@@ -67,7 +67,7 @@ impl NriStats {
         let (exclusive, shared) = self.containers();
         registry.register(
             "dra_hal_nri_connected",
-            "1 while registered with the runtime's NRI socket.",
+            "1 while registered with the runtime's NRI socket",
             ConstGauge::new(i64::from(self.connected())),
         );
         let containers = Family::<[(&'static str, &'static str); 1], Gauge>::default();
@@ -78,17 +78,17 @@ impl NriStats {
         }
         registry.register(
             "dra_hal_nri_containers",
-            "Containers the NRI plugin places, by placement.",
+            "Containers the NRI plugin places, by placement",
             containers,
         );
         registry.register(
             "dra_hal_nri_refused_containers",
-            "Containers whose creation was refused (empty shared pool, bad claim env).",
+            "Containers whose creation was refused (empty shared pool, bad claim env)",
             ConstCounter::new(self.refused()),
         );
         registry.register(
             "dra_hal_nri_update_failures",
-            "Container CPU updates the runtime did not apply (each is retried).",
+            "Container CPU updates the runtime did not apply (each is retried)",
             ConstCounter::new(self.update_failures.load(Ordering::Relaxed)),
         );
     }

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 pub use dra_podnet::cni::*;
 
+/// The longest `--cni-timeout`: an hour.
+pub const MAX_CNI_TIMEOUT: u64 = 3600;
+
 /// Flags of CNI mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CniArgs {
@@ -18,12 +21,13 @@ pub struct CniArgs {
     )]
     pub cni_bin_dir: PathBuf,
 
-    /// Seconds one CNI plugin call may take before it is killed.
+    /// Seconds one CNI plugin call may take before it is killed, 1 to 3600.
     #[arg(
         long,
         env = "CNI_TIMEOUT",
         value_name = "SECONDS",
-        default_value_t = 60
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_CNI_TIMEOUT)
     )]
     pub cni_timeout: u64,
 }

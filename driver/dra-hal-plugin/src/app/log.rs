@@ -31,6 +31,59 @@ where
     }
 }
 
+/// The levels `RUST_LOG` takes, alone or after a target's `=`.
+const LEVELS: &str = "trace, debug, info, warn, error, off";
+
+/// The filter of `RUST_LOG`'s text: `None` or blank is `info`. Refused, rather than read as
+/// something else: a text that does not parse (tracing's own reading would fall back to `info`
+/// in silence), and a bare word that is not a level (tracing reads `warning` as a target, turning
+/// every other event off).
+pub(super) fn filter(rust_log: Option<&str>) -> Result<EnvFilter, String> {
+    let text = rust_log
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .unwrap_or("info");
+    let shown = hal::text::escape_where(text, hal::text::acts_on_terminal, 200);
+    for directive in text.split(',').map(str::trim) {
+        let bare = !directive.is_empty() && !directive.contains(['=', '[']);
+        if bare
+            && directive
+                .parse::<tracing::level_filters::LevelFilter>()
+                .is_err()
+        {
+            let word = hal::text::escape_where(directive, hal::text::acts_on_terminal, 60);
+            let hint = match level_meant(directive) {
+                Some(level) => format!("did you mean {level:?}? "),
+                None => String::new(),
+            };
+            return Err(format!(
+                "RUST_LOG {shown:?}: {word:?} is not a level ({LEVELS}): {hint}a target needs \
+                 its level, as in {:?}",
+                format!("{word}=debug")
+            ));
+        }
+    }
+    EnvFilter::builder().parse(text).map_err(|error| {
+        format!(
+            "RUST_LOG {shown:?}: {error} (levels: {LEVELS}; directives as in \"info,driver=debug\")"
+        )
+    })
+}
+
+/// The level a word that is not one probably means.
+fn level_meant(word: &str) -> Option<&'static str> {
+    let word = word.to_ascii_lowercase();
+    Some(match word.as_str() {
+        "warning" | "warnings" | "wrn" => "warn",
+        "err" | "errors" | "fatal" | "critical" | "crit" | "panic" => "error",
+        "information" | "informational" | "notice" | "inf" => "info",
+        "verbose" | "dbg" | "debugging" => "debug",
+        "all" | "trc" | "tracing" => "trace",
+        "none" | "quiet" | "silent" | "disabled" | "false" => "off",
+        _ => return None,
+    })
+}
+
 /// A writer of whole events (the formatter writes each event, its newline last, in one call) that
 /// escapes what a terminal would act on.
 pub(super) struct SafeLines<W>(pub W);
@@ -116,6 +169,56 @@ mod tests {
         let json = logged(LogFormat::Json, HOSTILE);
         let json: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(json["fields"]["error"], HOSTILE);
+    }
+
+    #[test]
+    fn rust_log_levels_and_directives_are_taken() {
+        for text in [
+            None,
+            Some(""),
+            Some("  "),
+            Some("warn"),
+            Some("WARN"),
+            Some("3"),
+            Some("off"),
+            Some("info,driver=debug"),
+            Some("driver::plugin=trace, info"),
+            Some("info,"),
+        ] {
+            assert!(filter(text).is_ok(), "{text:?}: {:?}", filter(text).err());
+        }
+        assert_eq!(filter(None).unwrap().to_string(), "info");
+        assert_eq!(filter(Some(" ")).unwrap().to_string(), "info");
+    }
+
+    /// `warning` is a target for tracing: every event but that target's would be off.
+    #[test]
+    fn a_word_that_is_not_a_level_is_refused_with_the_level_meant() {
+        let error = filter(Some("warning")).unwrap_err();
+        assert_eq!(
+            error,
+            "RUST_LOG \"warning\": \"warning\" is not a level (trace, debug, info, warn, error, \
+             off): did you mean \"warn\"? a target needs its level, as in \"warning=debug\""
+        );
+        let error = filter(Some("info,driver")).unwrap_err();
+        assert!(
+            error.starts_with("RUST_LOG \"info,driver\": \"driver\" is not a level"),
+            "{error}"
+        );
+        assert!(!error.contains("did you mean"), "{error}");
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_is_refused_naming_rust_log() {
+        for text in ["driver=loud", "info,[unclosed", "=debug"] {
+            let Err(error) = filter(Some(text)) else {
+                panic!("{text:?} taken");
+            };
+            assert!(
+                error.starts_with(&format!("RUST_LOG {text:?}: ")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -62,6 +62,9 @@ async fn until(at: Option<Instant>) {
     }
 }
 
+/// Far enough to be never for a rescan (tokio's own cap on a timer is about 30 years).
+const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Keeps the API server's slices equal to the driver's until `shutdown` turns true.
 ///
 /// The slices to publish are read with `read` at start, every `interval`, and whenever `changed` is
@@ -87,7 +90,12 @@ pub async fn publish_loop(
     let mut watch_deadline = Instant::now();
     let mut settle: Option<Instant> = None;
     let mut first_event = Instant::now();
-    let mut rescan = tokio::time::interval_at(Instant::now() + interval, interval);
+    // Checked: the interval is the operator's, and `Instant + Duration::MAX` panics. An interval
+    // past the clock's range is a rescan never due (tokio caps the period itself).
+    let first_rescan = Instant::now()
+        .checked_add(interval)
+        .unwrap_or_else(|| Instant::now() + NEVER);
+    let mut rescan = tokio::time::interval_at(first_rescan, interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if retry_at.is_none() && due {

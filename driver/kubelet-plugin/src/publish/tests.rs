@@ -277,6 +277,30 @@ async fn api_errors_name_the_operation_and_a_missing_node_fails_clearly() {
     assert_eq!(report.created, 1);
 }
 
+/// An interval past the clock's range (`--rescan-interval 18446744073709551615` before the flag was
+/// bounded) publishes once and waits, rather than panicking at `Instant + interval`.
+#[tokio::test(start_paused = true)]
+async fn an_interval_past_the_clocks_range_is_a_rescan_never_due() {
+    let (publisher, state) = publisher(FakeApi::with_node("n"), "n");
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(publish_loop(
+        publisher,
+        || gpus("n"),
+        std::time::Duration::MAX,
+        changed,
+        shutdown,
+    ));
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    let writes = requests(&state)
+        .iter()
+        .filter(|r| !r.starts_with("GET"))
+        .count();
+    assert_eq!(writes, 1);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_loop_publishes_changes_on_notification_and_rescans_for_free() {
     let (publisher, state) = publisher(FakeApi::with_node("n"), "n");

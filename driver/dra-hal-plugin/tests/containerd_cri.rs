@@ -30,20 +30,6 @@ mod watcher;
 use cri::Cri;
 use kubelet::Node;
 
-/// The node of [`Node::start`], which needs `DRA_HAL_CONTAINERD_BIN`: without it the test fails
-/// (it would otherwise pass having tested nothing) and the message says what to set.
-async fn start_node(args: &[&str]) -> Node {
-    assert!(
-        std::env::var_os("DRA_HAL_CONTAINERD_BIN").is_some(),
-        "DRA_HAL_CONTAINERD_BIN is not set: this test needs a real containerd. Run, as root, \
-         scripts/containerd-fetch.sh, which prints \"<suite> <version> <dir>\" per containerd, and \
-         set DRA_HAL_CONTAINERD_BIN=<dir>/usr/bin (as .ci/run does)"
-    );
-    Node::start(args)
-        .await
-        .expect("Node::start returned None with DRA_HAL_CONTAINERD_BIN set")
-}
-
 /// The container's CPUs as its exec'd process, its main process and its cgroup see them.
 #[derive(Debug, PartialEq)]
 struct Cpus {
@@ -94,7 +80,7 @@ const XEON_TWO_CPUS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd (DRA_HAL_CONTAINERD_BIN, scripts/containerd-fetch.sh)"]
 async fn containerd_pins_claim_containers_and_moves_the_shared_pool_needs_root_and_containerd() {
-    let node = start_node(XEON_TWO_CPUS).await;
+    let node = Node::start(XEON_TWO_CPUS).await;
     let cri = &node.cri;
     let web = node.pod("web", "uid-web").await;
     let web_main = cri
@@ -145,7 +131,7 @@ async fn containerd_pins_claim_containers_and_moves_the_shared_pool_needs_root_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd (DRA_HAL_CONTAINERD_BIN, scripts/containerd-fetch.sh)"]
 async fn containerd_churn_while_claims_change_needs_root_and_containerd() {
-    let node = start_node(XEON_TWO_CPUS).await;
+    let node = Node::start(XEON_TWO_CPUS).await;
     let cri = &node.cri;
     let web = node.pod("web", "uid-web").await;
     let worker = node.pod("worker", "uid-worker").await;
@@ -209,7 +195,7 @@ async fn containerd_churn_while_claims_change_needs_root_and_containerd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd (DRA_HAL_CONTAINERD_BIN, scripts/containerd-fetch.sh)"]
 async fn containerd_plugin_kill_and_runtime_restart_needs_root_and_containerd() {
-    let mut node = start_node(XEON_TWO_CPUS).await;
+    let mut node = Node::start(XEON_TWO_CPUS).await;
     let cri = node.cri.clone();
     let web = node.pod("web", "uid-web").await;
     let worker = node.pod("worker", "uid-worker").await;
@@ -279,7 +265,7 @@ async fn containerd_gives_a_gpu_and_rdma_claim_exactly_its_nodes_needs_root_and_
         "--dev-root",
         &dev_root_arg,
     ];
-    let node = start_node(&args).await;
+    let node = Node::start(&args).await;
     let cri = &node.cri;
     node.add_claim(
         "accel",

@@ -33,7 +33,7 @@ async fn start(dev_root: &tempfile::TempDir) -> Node {
         "--dev-root",
         &dev_root,
     ];
-    crate::start_node(&args).await
+    crate::kubelet::Node::start(&args).await
 }
 
 /// A veth pair on the host, its end named [`NETDEV`] (MTU 1500, up): the VF's netdev. Deleted on

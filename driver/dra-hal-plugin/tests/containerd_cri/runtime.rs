@@ -13,8 +13,8 @@ use serde_json::json;
 pub const IMAGE: &str = "docker.io/library/dra-hal-busybox:1";
 
 /// The directory with `containerd`, `ctr` and `containerd-shim-runc-v2`, from
-/// `DRA_HAL_CONTAINERD_BIN`; `None` (the test is skipped) when it is not set. Set but unusable is a
-/// failure, not a skip.
+/// `DRA_HAL_CONTAINERD_BIN`; `None` when it is not set ([`super::kubelet::Node::start`] fails the
+/// test then). Set but unusable is a failure too.
 pub fn bin_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("DRA_HAL_CONTAINERD_BIN")?);
     for tool in ["containerd", "ctr", "containerd-shim-runc-v2"] {

@@ -348,6 +348,19 @@ impl SriovPf for SysfsSriov {
             Ok(true) => no_sriov_driver(e, pf),
             _ => e,
         };
+        // Any change from a non-zero count removes every VF (through 0): a VF on vfio-pci that a
+        // process holds open would make the write wait in the kernel for good, as its unbind would.
+        if state.num_vfs != 0 {
+            let tree = Tree::open(&self.root);
+            for vf in &state.vfs {
+                let dir = self.dir(vf.address);
+                if let Some(driver) = tree.link_name(&dir.join("driver"))
+                    && is_vfio(&driver)
+                {
+                    self.check_holders(&dir, vf.address, &driver, &path)?;
+                }
+            }
+        }
         // The kernel answers EBUSY to a change between two non-zero counts: go through 0.
         if state.num_vfs != 0 && count != 0 {
             self.write(&path, "0").map_err(refused)?;

@@ -618,6 +618,50 @@ mod tests {
         }
     }
 
+    /// A VF count change (which removes every VF) is refused while a VF on `vfio-pci` is held open
+    /// (its remove would wait for good, as an unbind would): `Busy`, nothing written to
+    /// `sriov_numvfs`; without the holder, written.
+    #[test]
+    fn the_vf_count_is_not_changed_while_a_vf_on_vfio_pci_is_held() {
+        use crate::sysfs::test_tree::{link, write};
+        use hal::{PciAddress, SriovPf};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let (vf, _) = function_on_iavf(root);
+        let pf = root.join("sys/bus/pci/devices/0000:3b:00.0");
+        std::fs::create_dir_all(&pf).unwrap();
+        std::fs::write(pf.join("sriov_totalvfs"), "4\n").unwrap();
+        std::fs::write(pf.join("sriov_numvfs"), "1\n").unwrap();
+        symlink("../0000:3b:01.0", pf.join("virtfn0")).unwrap();
+        let vfio = root.join("sys/bus/pci/drivers/vfio-pci");
+        std::fs::create_dir_all(&vfio).unwrap();
+        std::fs::remove_file(vf.join("driver")).unwrap();
+        symlink(&vfio, vf.join("driver")).unwrap();
+        std::fs::create_dir_all(root.join("sys/kernel/iommu_groups/12")).unwrap();
+        symlink("../../../../kernel/iommu_groups/12", vf.join("iommu_group")).unwrap();
+        link(root, "dev/vfio/12", NULL);
+        write(root, "proc/77/comm", "qemu-kvm\n");
+        link(root, "proc/77/fd/9", NULL);
+        let kernel = Arc::new(Recording {
+            inner: FileWriter::new(root),
+            written: std::sync::Mutex::new(Vec::new()),
+        });
+        let sriov = crate::SysfsSriov::with_writer(crate::SysfsRoot::new(root), kernel.clone());
+        let address = PciAddress::parse("0000:3b:00.0").unwrap();
+        for count in [0, 2] {
+            let err = sriov.set_num_vfs(address, count).unwrap_err();
+            assert_eq!(err.kind(), hal::ErrorKind::Busy, "{err}");
+            assert!(
+                err.to_string().contains("held by pid 77 (qemu-kvm)"),
+                "{err}"
+            );
+            assert!(kernel.written.lock().unwrap().is_empty());
+        }
+        std::fs::remove_file(root.join("proc/77/fd/9")).unwrap();
+        sriov.set_num_vfs(address, 0).unwrap();
+        assert_eq!(*kernel.written.lock().unwrap(), ["sriov_numvfs"]);
+    }
+
     /// A function on `vfio-pci` whose VFIO group (`/dev/vfio/12`) a QEMU (pid 77) holds open is not
     /// given back: `vfio-pci`'s remove would wait for the descriptor to be closed. `Busy`, naming the
     /// node and the holder, nothing written to `unbind`, the override put back; without the holder,

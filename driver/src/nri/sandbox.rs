@@ -257,7 +257,15 @@ impl PodNetwork {
             tracing::info!(sandbox = %pod.id, pod = %pod.name,
                 "a sandbox whose teardown failed runs again: not torn down until its next stop");
         }
-        let prepared = (self.prepared)()?;
+        // Every record read (a file each): off the async workers, which answer the runtime's
+        // other events meanwhile.
+        let read = self.prepared.clone();
+        let prepared = tokio::task::spawn_blocking(move || read())
+            .await
+            .map_err(|source| SandboxError::Task {
+                claim: format!("pod {}: reading the prepared claims", pod.name),
+                source,
+            })??;
         let functions: Vec<PodFunction> = of_pod(&prepared, &pod.uid)
             .into_iter()
             .filter(|f| {

@@ -125,9 +125,10 @@ fn raise_open_files_limit() {
 
 /// Becomes true at SIGTERM (the kubelet stopping the pod) or SIGINT; a second one of either exits
 /// the process at once with status 1 ([`on_signals`]). The handlers are installed here, before the
-/// startup: the plugin runs as PID 1, for which the kernel drops a signal without one, and the
-/// startup can wait long (an API server that does not answer, another instance). They stay
-/// installed until the process ends: tokio never gives a signal back to its default action.
+/// startup: the plugin may run as PID 1 (in a PID namespace of its own), for which the kernel drops
+/// a signal without one, and the startup can wait long (an API server that does not answer,
+/// another instance). They stay installed until the process ends: tokio never gives a signal back
+/// to its default action.
 fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let (stop, stopping) = tokio::sync::watch::channel(false);

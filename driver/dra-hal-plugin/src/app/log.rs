@@ -63,7 +63,18 @@ pub(super) fn filter(rust_log: Option<&str>) -> Result<EnvFilter, String> {
             ));
         }
     }
-    EnvFilter::builder().parse(text).map_err(|error| {
+    // Spaces around a directive and its `=` (`info , driver= debug`, which the chart's schema
+    // lets through) are not the filter's syntax: dropped. A span filter (`[...]`) is left as written.
+    let directives: Vec<String> = (text.split(',').map(str::trim))
+        .filter(|d| !d.is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((target, level)) if !d.contains('[') => {
+                format!("{}={}", target.trim(), level.trim())
+            }
+            _ => d.to_owned(),
+        })
+        .collect();
+    EnvFilter::builder().parse(directives.join(",")).map_err(|error| {
         format!(
             "RUST_LOG {shown:?}: {error} (levels: {LEVELS}; directives as in \"info,driver=debug\")"
         )
@@ -183,6 +194,8 @@ mod tests {
             Some("off"),
             Some("info,driver=debug"),
             Some("driver::plugin=trace, info"),
+            Some("info , driver=debug"),
+            Some("driver= debug ,warn"),
             Some("info,"),
         ] {
             assert!(filter(text).is_ok(), "{text:?}: {:?}", filter(text).err());

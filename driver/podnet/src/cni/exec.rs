@@ -51,9 +51,10 @@ pub fn find(dirs: &[PathBuf], plugin: &str) -> Result<PathBuf, CniError> {
 }
 
 /// Kills the plugin `child` and its process group (what it started), reaps the plugin, and then
-/// the group's members that were given to this process: the plugin runs as PID 1 of its container,
-/// which inherits every orphan, and an orphan nobody waits for stays a zombie, one PID of the pod's
-/// limit each, for as long as the plugin runs.
+/// the group's members that were given to this process: run as PID 1 of its container (an image's
+/// entrypoint in a PID namespace of its own; the chart's privileged pod shares the host's, whose
+/// init reaps them instead), the plugin inherits every orphan, and an orphan nobody waits for stays
+/// a zombie, one PID of the pod's limit each, for as long as the plugin runs.
 fn end_group(child: &mut std::process::Child) {
     let group = rustix::process::Pid::from_child(child);
     let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);

@@ -204,8 +204,15 @@ pub async fn run(
             let mut inventory = Inventory::from_machine(&root, pci_ids.as_deref(), vendors);
             // Each problem once (not at every rescan): a pci.ids file or sysfs files that cannot
             // be read, a backend that fails.
-            for error in inventory_errors.new_ones(&inventory.errors) {
+            let (new, filled) = inventory_errors.new_ones(&inventory.errors);
+            for error in new {
                 tracing::warn!(path = %error.path, error = %error.error, "inventory: not read");
+            }
+            if filled {
+                tracing::warn!(
+                    logged = LoggedOnce::MAX,
+                    "inventory: more distinct errors than are logged; the others are not"
+                );
             }
             let withheld = node_guard.apply(&mut inventory, &config);
             if let Ok(mut health) = health.lock() {
@@ -556,38 +563,45 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The distinct inventory errors already logged: at most [`LoggedOnce::MAX`], the oldest forgotten
-/// first (one logged again after that many others is not a flood).
+/// The distinct inventory errors already logged: at most [`LoggedOnce::MAX`]. Past that many, new
+/// ones are not logged (a node whose sysfs refuses hundreds of files would otherwise log them all
+/// again at every rescan, the oldest forgotten first); the caller says so once.
 #[derive(Default)]
 struct LoggedOnce {
-    seen: std::sync::Mutex<std::collections::VecDeque<hal::InventoryError>>,
+    seen: std::sync::Mutex<(Vec<hal::InventoryError>, bool)>,
 }
 
 impl LoggedOnce {
     /// The most errors remembered.
     const MAX: usize = 256;
 
-    /// Those of `errors` not logged yet, now remembered.
-    fn new_ones<'a>(&self, errors: &'a [hal::InventoryError]) -> Vec<&'a hal::InventoryError> {
-        let mut seen = self
+    /// Those of `errors` not logged yet, now remembered; and whether the memory filled up just now
+    /// (the errors past it are not returned, now or later).
+    fn new_ones<'a>(
+        &self,
+        errors: &'a [hal::InventoryError],
+    ) -> (Vec<&'a hal::InventoryError>, bool) {
+        let mut guard = self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (seen, full) = &mut *guard;
         let mut new = Vec::new();
+        let mut filled = false;
         for error in errors {
-            if seen
-                .iter()
-                .any(|known| known.path == error.path && known.error == error.error)
-            {
+            let known = (seen.iter()).any(|k| k.path == error.path && k.error == error.error);
+            if known || *full {
                 continue;
             }
             if seen.len() == Self::MAX {
-                seen.pop_front();
+                *full = true;
+                filled = true;
+                continue;
             }
-            seen.push_back(error.clone());
+            seen.push(error.clone());
             new.push(error);
         }
-        new
+        (new, filled)
     }
 }
 
@@ -608,15 +622,19 @@ mod tests {
     fn each_inventory_error_is_logged_once_and_the_memory_is_bounded() {
         let logged = LoggedOnce::default();
         let first = [error("/p/pci.ids", "not found"), error("/sys/x", "EACCES")];
-        assert_eq!(logged.new_ones(&first).len(), 2);
+        assert_eq!(logged.new_ones(&first), (vec![&first[0], &first[1]], false));
         // The next rescan finds the same problems: nothing new to log.
-        assert!(logged.new_ones(&first).is_empty());
+        assert_eq!(logged.new_ones(&first), (vec![], false));
         let later = [error("/sys/x", "EACCES"), error("/sys/x", "EIO")];
-        assert_eq!(logged.new_ones(&later), [&later[1]]);
+        assert_eq!(logged.new_ones(&later), (vec![&later[1]], false));
         let many: Vec<_> = (0..LoggedOnce::MAX + 10)
             .map(|i| error(&format!("/sys/{i}"), "EIO"))
             .collect();
-        assert_eq!(logged.new_ones(&many).len(), many.len());
-        assert_eq!(logged.seen.lock().unwrap().len(), LoggedOnce::MAX);
+        // Up to the memory's size (3 taken above), then said once.
+        let (new, filled) = logged.new_ones(&many);
+        assert_eq!((new.len(), filled), (LoggedOnce::MAX - 3, true));
+        assert_eq!(logged.seen.lock().unwrap().0.len(), LoggedOnce::MAX);
+        // The next rescan with the same errors logs nothing: no flood at every rescan.
+        assert_eq!(logged.new_ones(&many), (vec![], false));
     }
 }
